@@ -1,0 +1,218 @@
+"""The domain model: jobs, schedules, executions and events as plain dataclasses.
+
+Neither grpc nor SQLAlchemy is imported here; the API layer converts protos to
+these and the storage layer converts these to rows.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeAlias, TypeVar
+
+JsonObject: TypeAlias = dict[str, Any]
+
+
+class DependencyCondition(enum.Enum):
+    ON_SUCCESS = "on_success"
+    ON_FAILURE = "on_failure"
+    ON_COMPLETION = "on_completion"
+
+
+class ExecutionState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    LOST = "lost"
+
+
+class ExecutionTrigger(enum.Enum):
+    SCHEDULE = "schedule"
+    RUN_NOW = "run_now"
+    BACKFILL = "backfill"
+    DEPENDENCY = "dependency"
+    RETRY = "retry"
+
+
+class SkipReason(enum.Enum):
+    OVERLAP = "overlap"
+    MISSED = "missed"
+    PAUSED = "paused"
+
+
+class MisfirePolicy(enum.Enum):
+    SKIP = "skip"
+    RUN_ONCE = "run_once"
+    RUN_ALL = "run_all"
+
+
+class OverlapPolicy(enum.Enum):
+    SKIP = "skip"
+    QUEUE_ONE = "queue_one"
+    ALLOW_ALL = "allow_all"
+    CANCEL_RUNNING = "cancel_running"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 1
+    initial_backoff: timedelta = timedelta(seconds=1)
+    backoff_multiplier: float = 2.0
+    max_backoff: timedelta = timedelta(hours=1)
+    jitter: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobDependent:
+    job_id: str
+    condition: DependencyCondition = DependencyCondition.ON_SUCCESS
+
+
+@dataclass(frozen=True)
+class CompletionCallback:
+    url: str
+    states: tuple[ExecutionState, ...] = ()
+    # The HMAC secret; never sent back to callers.
+    secret: str = ""
+
+
+@dataclass(frozen=True)
+class ExecutionStats:
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    last_run_time: datetime | None = None
+    last_run_state: ExecutionState | None = None
+    next_run_time: datetime | None = None
+    p50_duration: timedelta | None = None
+
+
+@dataclass
+class Job:
+    """What to run and how. `namespace` + `id` identify it."""
+
+    namespace: str
+    id: str
+    executor: str
+    parameters: JsonObject
+    description: str = ""
+    timeout: timedelta | None = None
+    retry_policy: RetryPolicy | None = None
+    max_concurrency: int = 0
+    dependents: list[JobDependent] = field(default_factory=list)
+    callback: CompletionCallback | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    # Output only: set by the store.
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    etag: str = ""
+    stats: ExecutionStats | None = None
+
+
+# Triggers: a small tree of specs, turned into APScheduler triggers by `triggers.py`.
+
+
+@dataclass(frozen=True)
+class CronSpec:
+    expression: str
+
+
+@dataclass(frozen=True)
+class IntervalSpec:
+    every: timedelta
+
+
+@dataclass(frozen=True)
+class DateSpec:
+    run_time: datetime
+
+
+@dataclass(frozen=True)
+class AnyOfSpec:
+    triggers: tuple[TriggerSpec, ...]
+
+
+@dataclass(frozen=True)
+class AllOfSpec:
+    triggers: tuple[TriggerSpec, ...]
+
+
+TriggerSpec: TypeAlias = CronSpec | IntervalSpec | DateSpec | AnyOfSpec | AllOfSpec
+
+
+@dataclass
+class Schedule:
+    """When a job runs. `namespace` + `id` identify it; `job_id` is in the same namespace."""
+
+    namespace: str
+    id: str
+    job_id: str
+    trigger: TriggerSpec
+    time_zone: str = "UTC"
+    description: str = ""
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    jitter: timedelta | None = None
+    misfire_policy: MisfirePolicy = MisfirePolicy.RUN_ONCE
+    catchup_window: timedelta = timedelta(hours=1)
+    overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    paused: bool = False
+    pause_reason: str = ""
+    arguments: JsonObject = field(default_factory=dict)
+    # Maintained by the store and the dispatcher.
+    next_fire_time: datetime | None = None
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    etag: str = ""
+    stats: ExecutionStats | None = None
+
+
+@dataclass
+class Execution:
+    """One attempt at running a job."""
+
+    namespace: str
+    id: str
+    job_id: str
+    state: ExecutionState
+    trigger: ExecutionTrigger
+    scheduled_time: datetime
+    schedule_id: str = ""
+    create_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    attempt: int = 1
+    first_attempt_id: str = ""
+    parent_execution_id: str = ""
+    arguments: JsonObject = field(default_factory=dict)
+    exit_code: int | None = None
+    http_status: int | None = None
+    output: str = ""
+    output_truncated: bool = False
+    result: Any = None
+    error: str = ""
+    skip_reason: SkipReason | None = None
+    worker: str = ""
+
+
+@dataclass(frozen=True)
+class Page:
+    """Paging of a list call, already validated: `size` in 1..1000, `after` a decoded cursor."""
+
+    size: int
+    after: str | None = None
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Listing(Generic[T]):
+    items: list[T]
+    # The cursor of the last item when more may follow; None at the end.
+    next_after: str | None
