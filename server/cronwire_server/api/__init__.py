@@ -1,0 +1,1 @@
+"""The gRPC layer: servicers that convert between protos and the domain, and nothing more."""

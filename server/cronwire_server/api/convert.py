@@ -1,0 +1,333 @@
+"""Conversions between the cronwire.v1 messages and the domain model, both ways."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+
+from cronwire.v1 import execution_pb2, job_pb2, schedule_pb2
+from cronwire_server import model
+from cronwire_server.api.names import format_name, parse_name
+from cronwire_server.errors import FieldViolation, InvalidArgument
+from cronwire_server.triggers import PreviewTime
+
+# Enums: proto value <-> domain member. UNSPECIFIED maps to the documented default.
+
+_DEPENDENCY = {
+    job_pb2.DEPENDENCY_CONDITION_ON_SUCCESS: model.DependencyCondition.ON_SUCCESS,
+    job_pb2.DEPENDENCY_CONDITION_ON_FAILURE: model.DependencyCondition.ON_FAILURE,
+    job_pb2.DEPENDENCY_CONDITION_ON_COMPLETION: model.DependencyCondition.ON_COMPLETION,
+}
+_EXECUTION_STATE = {
+    execution_pb2.EXECUTION_STATE_QUEUED: model.ExecutionState.QUEUED,
+    execution_pb2.EXECUTION_STATE_RUNNING: model.ExecutionState.RUNNING,
+    execution_pb2.EXECUTION_STATE_SUCCEEDED: model.ExecutionState.SUCCEEDED,
+    execution_pb2.EXECUTION_STATE_FAILED: model.ExecutionState.FAILED,
+    execution_pb2.EXECUTION_STATE_TIMED_OUT: model.ExecutionState.TIMED_OUT,
+    execution_pb2.EXECUTION_STATE_CANCELLED: model.ExecutionState.CANCELLED,
+    execution_pb2.EXECUTION_STATE_SKIPPED: model.ExecutionState.SKIPPED,
+    execution_pb2.EXECUTION_STATE_LOST: model.ExecutionState.LOST,
+}
+_MISFIRE = {
+    schedule_pb2.MISFIRE_POLICY_SKIP: model.MisfirePolicy.SKIP,
+    schedule_pb2.MISFIRE_POLICY_RUN_ONCE: model.MisfirePolicy.RUN_ONCE,
+    schedule_pb2.MISFIRE_POLICY_RUN_ALL: model.MisfirePolicy.RUN_ALL,
+}
+_OVERLAP = {
+    schedule_pb2.OVERLAP_POLICY_SKIP: model.OverlapPolicy.SKIP,
+    schedule_pb2.OVERLAP_POLICY_QUEUE_ONE: model.OverlapPolicy.QUEUE_ONE,
+    schedule_pb2.OVERLAP_POLICY_ALLOW_ALL: model.OverlapPolicy.ALLOW_ALL,
+    schedule_pb2.OVERLAP_POLICY_CANCEL_RUNNING: model.OverlapPolicy.CANCEL_RUNNING,
+}
+
+
+def _reverse(mapping: dict[int, Any]) -> dict[Any, int]:
+    return {v: k for k, v in mapping.items()}
+
+
+_DEPENDENCY_PB, _STATE_PB = _reverse(_DEPENDENCY), _reverse(_EXECUTION_STATE)
+_MISFIRE_PB, _OVERLAP_PB = _reverse(_MISFIRE), _reverse(_OVERLAP)
+
+
+def _enum(value: int, mapping: dict[int, Any], default: Any, field: str) -> Any:
+    if value == 0:
+        return default
+    try:
+        return mapping[value]
+    except KeyError:
+        raise InvalidArgument.field(field, f"unknown value {value}") from None
+
+
+def execution_state_from_pb(value: int, field: str) -> model.ExecutionState:
+    state: model.ExecutionState = _enum(value, _EXECUTION_STATE, None, field)
+    if state is None:
+        raise InvalidArgument.field(field, "must not be EXECUTION_STATE_UNSPECIFIED")
+    return state
+
+
+# Well-known types
+
+
+def _integral(value: Any) -> Any:
+    # Struct carries every number as a double; give JSON schemas and executors ints back.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    result: dict[str, Any] = _integral(json_format.MessageToDict(value))
+    return result
+
+
+def dict_to_struct(value: dict[str, Any], out: struct_pb2.Struct) -> None:
+    out.Clear()
+    out.update(value)
+
+
+def duration_from_pb(value: duration_pb2.Duration) -> timedelta:
+    return value.ToTimedelta()
+
+
+def optional_duration(message: Any, field: str) -> timedelta | None:
+    return duration_from_pb(getattr(message, field)) if message.HasField(field) else None
+
+
+def optional_time(message: Any, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, field)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def set_time(out: timestamp_pb2.Timestamp, value: datetime | None) -> None:
+    if value is not None:
+        out.FromDatetime(value)
+
+
+def set_duration(out: duration_pb2.Duration, value: timedelta | None) -> None:
+    if value is not None:
+        out.FromTimedelta(value)
+
+
+# Jobs
+
+
+def job_from_pb(message: job_pb2.Job, namespace: str, job_id: str) -> model.Job:
+    """The domain job for a Job message (its `name` is not read: callers pass the id)."""
+    violations: list[FieldViolation] = []
+    dependents: list[model.JobDependent] = []
+    for index, dependent in enumerate(message.dependents):
+        field = f"dependents[{index}]"
+        try:
+            target = parse_name(dependent.job, "job", f"{field}.job")
+            if target.namespace != namespace:
+                raise InvalidArgument.field(f"{field}.job", "must be a job of the same namespace")
+            condition = _enum(
+                dependent.condition, _DEPENDENCY, model.DependencyCondition.ON_SUCCESS, f"{field}.condition"
+            )
+            dependents.append(model.JobDependent(target.id, condition))
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+    callback = None
+    if message.HasField("callback"):
+        states = []
+        for index, state in enumerate(message.callback.states):
+            try:
+                states.append(execution_state_from_pb(state, f"callback.states[{index}]"))
+            except InvalidArgument as error:
+                violations.extend(error.violations)
+        callback = model.CompletionCallback(message.callback.url, tuple(states), message.callback.secret)
+    retry = None
+    if message.HasField("retry_policy"):
+        policy = message.retry_policy
+        defaults = model.RetryPolicy()
+        retry = model.RetryPolicy(
+            max_attempts=policy.max_attempts or defaults.max_attempts,
+            initial_backoff=optional_duration(policy, "initial_backoff") or defaults.initial_backoff,
+            backoff_multiplier=policy.backoff_multiplier or defaults.backoff_multiplier,
+            max_backoff=optional_duration(policy, "max_backoff") or defaults.max_backoff,
+            jitter=policy.jitter,
+        )
+    if violations:
+        raise InvalidArgument(violations)
+    timeout = optional_duration(message, "timeout")
+    return model.Job(
+        namespace=namespace,
+        id=job_id,
+        executor=message.executor,
+        parameters=struct_to_dict(message.parameters),
+        description=message.description,
+        timeout=timeout or None,
+        retry_policy=retry,
+        max_concurrency=message.max_concurrency,
+        dependents=dependents,
+        callback=callback,
+        labels=dict(message.labels),
+    )
+
+
+def stats_to_pb(stats: model.ExecutionStats, out: execution_pb2.ExecutionStats) -> None:
+    out.total, out.succeeded, out.failed = stats.total, stats.succeeded, stats.failed
+    set_time(out.last_run_time, stats.last_run_time)
+    if stats.last_run_state is not None:
+        out.last_run_state = _STATE_PB[stats.last_run_state]
+    set_time(out.next_run_time, stats.next_run_time)
+    set_duration(out.p50_duration, stats.p50_duration)
+
+
+def job_to_pb(job: model.Job) -> job_pb2.Job:
+    message = job_pb2.Job(
+        name=format_name("job", job.namespace, job.id),
+        description=job.description,
+        executor=job.executor,
+        max_concurrency=job.max_concurrency,
+        labels=job.labels,
+        etag=job.etag,
+    )
+    dict_to_struct(job.parameters, message.parameters)
+    set_duration(message.timeout, job.timeout)
+    if job.retry_policy is not None:
+        policy = job.retry_policy
+        message.retry_policy.max_attempts = policy.max_attempts
+        message.retry_policy.initial_backoff.FromTimedelta(policy.initial_backoff)
+        message.retry_policy.backoff_multiplier = policy.backoff_multiplier
+        message.retry_policy.max_backoff.FromTimedelta(policy.max_backoff)
+        message.retry_policy.jitter = policy.jitter
+    for dependent in job.dependents:
+        message.dependents.add(
+            job=format_name("job", job.namespace, dependent.job_id),
+            condition=_DEPENDENCY_PB[dependent.condition],
+        )
+    if job.callback is not None:
+        message.callback.url = job.callback.url
+        message.callback.states.extend(_STATE_PB[s] for s in job.callback.states)
+        # The secret never leaves the server.
+        message.callback.secret_set = bool(job.callback.secret)
+    set_time(message.create_time, job.create_time)
+    set_time(message.update_time, job.update_time)
+    if job.stats is not None:
+        stats_to_pb(job.stats, message.stats)
+    return message
+
+
+# Schedules
+
+
+def trigger_from_pb(message: schedule_pb2.Trigger, field: str = "trigger") -> model.TriggerSpec:
+    kind = message.WhichOneof("kind")
+    if kind == "cron":
+        return model.CronSpec(message.cron.expression)
+    if kind == "interval":
+        return model.IntervalSpec(duration_from_pb(message.interval.every))
+    if kind == "date":
+        if not message.date.HasField("run_time"):
+            raise InvalidArgument.field(f"{field}.date.run_time", "is required")
+        return model.DateSpec(message.date.run_time.ToDatetime(tzinfo=UTC))
+    if kind in ("any_of", "all_of"):
+        children = getattr(message, kind).triggers
+        specs = tuple(
+            trigger_from_pb(child, f"{field}.{kind}.triggers[{index}]") for index, child in enumerate(children)
+        )
+        return model.AnyOfSpec(specs) if kind == "any_of" else model.AllOfSpec(specs)
+    raise InvalidArgument.field(field, "is required: set one of cron, interval, date, any_of, all_of")
+
+
+def trigger_to_pb(spec: model.TriggerSpec, out: schedule_pb2.Trigger) -> None:
+    match spec:
+        case model.CronSpec(expression):
+            out.cron.expression = expression
+        case model.IntervalSpec(every):
+            out.interval.every.FromTimedelta(every)
+        case model.DateSpec(run_time):
+            out.date.run_time.FromDatetime(run_time)
+        case model.AnyOfSpec(triggers) | model.AllOfSpec(triggers):
+            target = out.any_of if isinstance(spec, model.AnyOfSpec) else out.all_of
+            target.SetInParent()
+            for child in triggers:
+                trigger_to_pb(child, target.triggers.add())
+
+
+def schedule_from_pb(message: schedule_pb2.Schedule, namespace: str, schedule_id: str) -> model.Schedule:
+    """The domain schedule for a Schedule message (its `name` is not read)."""
+    violations: list[FieldViolation] = []
+    job_id = ""
+    try:
+        target = parse_name(message.job, "job", "job")
+        if target.namespace != namespace:
+            raise InvalidArgument.field("job", "must be a job of the schedule's namespace")
+        job_id = target.id
+    except InvalidArgument as error:
+        violations.extend(error.violations)
+    trigger: model.TriggerSpec = model.CronSpec("")
+    try:
+        trigger = trigger_from_pb(message.trigger)
+    except InvalidArgument as error:
+        violations.extend(error.violations)
+    try:
+        misfire = _enum(message.misfire_policy, _MISFIRE, model.MisfirePolicy.RUN_ONCE, "misfire_policy")
+        overlap = _enum(message.overlap_policy, _OVERLAP, model.OverlapPolicy.SKIP, "overlap_policy")
+    except InvalidArgument as error:
+        violations.extend(error.violations)
+    if violations:
+        raise InvalidArgument(violations)
+    defaults = model.Schedule(namespace="", id="", job_id="", trigger=trigger)
+    return model.Schedule(
+        namespace=namespace,
+        id=schedule_id,
+        job_id=job_id,
+        trigger=trigger,
+        time_zone=message.time_zone or defaults.time_zone,
+        description=message.description,
+        start_time=optional_time(message, "start_time"),
+        end_time=optional_time(message, "end_time"),
+        jitter=optional_duration(message, "jitter") or None,
+        misfire_policy=misfire,
+        catchup_window=optional_duration(message, "catchup_window") or defaults.catchup_window,
+        overlap_policy=overlap,
+        paused=message.paused,
+        pause_reason=message.pause_reason,
+        arguments=struct_to_dict(message.arguments),
+    )
+
+
+def schedule_to_pb(schedule: model.Schedule) -> schedule_pb2.Schedule:
+    message = schedule_pb2.Schedule(
+        name=format_name("schedule", schedule.namespace, schedule.id),
+        job=format_name("job", schedule.namespace, schedule.job_id),
+        description=schedule.description,
+        time_zone=schedule.time_zone,
+        misfire_policy=_MISFIRE_PB[schedule.misfire_policy],
+        overlap_policy=_OVERLAP_PB[schedule.overlap_policy],
+        paused=schedule.paused,
+        pause_reason=schedule.pause_reason,
+        etag=schedule.etag,
+    )
+    trigger_to_pb(schedule.trigger, message.trigger)
+    set_time(message.start_time, schedule.start_time)
+    set_time(message.end_time, schedule.end_time)
+    set_duration(message.jitter, schedule.jitter)
+    set_duration(message.catchup_window, schedule.catchup_window)
+    dict_to_struct(schedule.arguments, message.arguments)
+    set_time(message.next_fire_time, schedule.next_fire_time)
+    set_time(message.create_time, schedule.create_time)
+    set_time(message.update_time, schedule.update_time)
+    if schedule.stats is not None:
+        stats_to_pb(schedule.stats, message.stats)
+    return message
+
+
+def fire_time_to_pb(preview: PreviewTime) -> schedule_pb2.FireTime:
+    message = schedule_pb2.FireTime(
+        local_time=preview.local_time.isoformat(),
+        in_dst_gap=preview.in_dst_gap,
+        in_dst_fold=preview.in_dst_fold,
+    )
+    message.fire_time.FromDatetime(preview.fire_time)
+    return message

@@ -1,0 +1,122 @@
+"""cronwire.v1.JobService: protos in, domain calls, protos out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import grpc
+
+from cronwire.v1 import job_service_pb2, job_service_pb2_grpc
+from cronwire_server.api import convert, fields, names
+from cronwire_server.api.masks import mask_paths, merge
+from cronwire_server.api.paging import encode_token, page_from_request
+from cronwire_server.api.status import unary, unimplemented
+from cronwire_server.jobs import JobManager
+from cronwire_server.model import Job
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+MUTABLE = frozenset(
+    {
+        "description",
+        "executor",
+        "parameters",
+        "timeout",
+        "retry_policy",
+        "max_concurrency",
+        "dependents",
+        "callback",
+        "labels",
+    }
+)
+OUTPUT_ONLY = frozenset({"name", "create_time", "update_time", "etag", "stats"})
+
+
+class JobService(job_service_pb2_grpc.JobServiceServicer):
+    def __init__(self, jobs: JobManager) -> None:
+        self._jobs = jobs
+
+    @unary
+    async def CreateJob(
+        self, request: job_service_pb2.CreateJobRequest, context: Context
+    ) -> job_service_pb2.CreateJobResponse:
+        namespace = names.parse_parent(request.parent)
+        job_id = names.check_id(request.job_id, "job_id") if request.job_id else names.new_id("job")
+        request_id = fields.request_id(request.request_id)
+        fields.required(request.HasField("job"), "job")
+        with fields.under("job"):
+            job = convert.job_from_pb(request.job, namespace, job_id)
+            created = await self._jobs.create(job, request_id=request_id)
+        return job_service_pb2.CreateJobResponse(job=convert.job_to_pb(created))
+
+    @unary
+    async def GetJob(
+        self, request: job_service_pb2.GetJobRequest, context: Context
+    ) -> job_service_pb2.GetJobResponse:
+        name = names.parse_name(request.name, "job")
+        job = await self._jobs.get(name.namespace, name.id)
+        return job_service_pb2.GetJobResponse(job=convert.job_to_pb(job))
+
+    @unary
+    async def ListJobs(
+        self, request: job_service_pb2.ListJobsRequest, context: Context
+    ) -> job_service_pb2.ListJobsResponse:
+        namespace = names.parse_parent(request.parent)
+        filters = {"namespace": namespace, "executor": request.executor}
+        page = page_from_request(request.page_size, request.page_token, filters)
+        listing = await self._jobs.list(namespace, page, executor=request.executor)
+        return job_service_pb2.ListJobsResponse(
+            jobs=[convert.job_to_pb(job) for job in listing.items],
+            next_page_token=encode_token(listing.next_after, filters),
+        )
+
+    @unary
+    async def UpdateJob(
+        self, request: job_service_pb2.UpdateJobRequest, context: Context
+    ) -> job_service_pb2.UpdateJobResponse:
+        fields.required(request.HasField("job"), "job")
+        name = names.parse_name(request.job.name, "job", "job.name")
+        mask = request.update_mask if request.HasField("update_mask") else None
+        paths = mask_paths(request.job, mask, mutable=MUTABLE, output_only=OUTPUT_ONLY)
+
+        def change(current: Job) -> Job:
+            merged = convert.job_to_pb(current)
+            merge(merged, request.job, paths)
+            return _keep_callback_secret(current, convert.job_from_pb(merged, name.namespace, name.id))
+
+        with fields.under("job"):
+            job = await self._jobs.update(name.namespace, name.id, change, expected_etag=request.job.etag)
+        return job_service_pb2.UpdateJobResponse(job=convert.job_to_pb(job))
+
+    @unary
+    async def DeleteJob(
+        self, request: job_service_pb2.DeleteJobRequest, context: Context
+    ) -> job_service_pb2.DeleteJobResponse:
+        name = names.parse_name(request.name, "job")
+        await self._jobs.delete(name.namespace, name.id, expected_etag=request.etag)
+        return job_service_pb2.DeleteJobResponse()
+
+    async def RunJob(
+        self, request: job_service_pb2.RunJobRequest, context: Context
+    ) -> job_service_pb2.RunJobResponse:
+        await unimplemented(context, "RunJob")
+
+    @unary
+    async def ListJobTypes(
+        self, request: job_service_pb2.ListJobTypesRequest, context: Context
+    ) -> job_service_pb2.ListJobTypesResponse:
+        response = job_service_pb2.ListJobTypesResponse()
+        for kind in self._jobs.types():
+            job_type = response.job_types.add(name=kind.name, description=kind.description)
+            job_type.parameters_schema.update(kind.parameters_schema)
+            job_type.example.update(kind.example)
+        return response
+
+
+def _keep_callback_secret(current: Job, updated: Job) -> Job:
+    # Reads never return the secret, so an update that sends none keeps the stored one.
+    if updated.callback and not updated.callback.secret and current.callback and current.callback.secret:
+        updated.callback = replace(updated.callback, secret=current.callback.secret)
+    return updated
+

@@ -1,0 +1,105 @@
+"""One place maps domain errors to gRPC statuses with google.rpc details."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from cronwire_server.errors import (
+    AlreadyExists,
+    CronwireError,
+    EtagMismatch,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StorageUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "cronwire.v1"
+
+_CODES: list[tuple[type[CronwireError], int]] = [
+    (InvalidArgument, code_pb2.INVALID_ARGUMENT),
+    (NotFound, code_pb2.NOT_FOUND),
+    (AlreadyExists, code_pb2.ALREADY_EXISTS),
+    (EtagMismatch, code_pb2.ABORTED),
+    (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
+    (StorageUnavailable, code_pb2.UNAVAILABLE),
+]
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_status(error: CronwireError) -> grpc.Status:
+    """The gRPC status for a domain error: its code, message, ErrorInfo and BadRequest."""
+    code = next((c for cls, c in _CODES if isinstance(error, cls)), code_pb2.INTERNAL)
+    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))]
+    if isinstance(error, InvalidArgument):
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in error.violations
+        ]
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+    status: grpc.Status = rpc_status.to_status(
+        status_pb2.Status(code=code, message=error.message, details=details)
+    )
+    return status
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: CronwireError) -> NoReturn:
+    await context.abort_with_status(to_status(error))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover - it always raises
+
+
+async def unimplemented(context: grpc.aio.ServicerContext[Any, Any], method: str) -> NoReturn:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server yet")
+    raise AssertionError("abort returned")  # pragma: no cover
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Self = TypeVar("Self")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def unary(
+    method: Callable[[Self, Req, Ctx], Awaitable[Resp]],
+) -> Callable[[Self, Req, Ctx], Awaitable[Resp]]:
+    """Wrap a unary servicer method so domain errors become statuses with details."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Self, request: Req, context: Ctx) -> Resp:
+        try:
+            return await method(self, request, context)
+        except CronwireError as error:
+            await abort(context, error)
+
+    return wrapper
+
+
+def server_streaming(
+    method: Callable[[Self, Req, Ctx], AsyncIterator[Resp]],
+) -> Callable[[Self, Req, Ctx], AsyncIterator[Resp]]:
+    """Wrap a server-streaming servicer method the same way."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Self, request: Req, context: Ctx) -> AsyncIterator[Resp]:
+        try:
+            async for response in method(self, request, context):
+                yield response
+        except CronwireError as error:
+            await abort(context, error)
+
+    return wrapper

@@ -1,0 +1,126 @@
+"""Builds and runs the gRPC server: cronwire services, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from cronwire.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
+    execution_service_pb2,
+    execution_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
+)
+from cronwire_server import __version__
+from cronwire_server.api.event_service import EventService
+from cronwire_server.api.execution_service import ExecutionService
+from cronwire_server.api.job_service import JobService
+from cronwire_server.api.schedule_service import ScheduleService
+from cronwire_server.config import Settings
+from cronwire_server.jobs import JobManager
+from cronwire_server.schedules import ScheduleManager
+from cronwire_server.storage import Store
+from cronwire_server.storage.migrate import upgrade
+from cronwire_server.storage.sql_store import open_store
+
+log = logging.getLogger("cronwire_server")
+
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (job_service_pb2, "JobService"),
+        (schedule_service_pb2, "ScheduleService"),
+        (execution_service_pb2, "ExecutionService"),
+        (event_service_pb2, "EventService"),
+    )
+)
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class RunningServer:
+    """A started server and what it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    store: Store
+
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING first, so balancers drain us, then let calls finish within `grace`."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.store.close()
+
+
+async def create_server(settings: Settings) -> RunningServer:
+    """Migrate the database, open the store and start serving on `settings.listen`."""
+    await asyncio.to_thread(upgrade, settings.database_url)
+    store = await open_store(settings.database_url)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(JobManager(store)), server)
+    schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
+        ScheduleService(ScheduleManager(store)), server
+    )
+    execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(ExecutionService(), server)
+    event_service_pb2_grpc.add_EventServiceServicer_to_server(EventService(), server)
+
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as exc:
+        await store.close()
+        raise SystemExit(f"cannot listen on {settings.listen}: {exc}") from exc
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, health, store)
+
+
+def _write_port_file(path: str, port: int) -> None:
+    # Written whole then renamed, so a reader polling for it never sees half a number.
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(f"{port}\n")
+    os.replace(partial, target)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await create_server(settings)
+    host = settings.listen.rsplit(":", 1)[0]
+    log.info("cronwire-server %s listening on %s:%d", __version__, host, running.port)
+    if settings.port_file:
+        _write_port_file(settings.port_file, running.port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("shutting down: health NOT_SERVING, letting calls finish for up to %.0fs", settings.shutdown_grace)
+    await running.stop(settings.shutdown_grace)
+    log.info("stopped")

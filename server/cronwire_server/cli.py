@@ -1,0 +1,48 @@
+"""`cronwire-server`: `serve` (the default) and `migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from cronwire_server import __version__
+from cronwire_server.config import add_database_flag, add_server_flags, settings_from_args
+
+COMMANDS = ("serve", "migrate")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cronwire-server", description="The cronwire job-scheduling server (gRPC)."
+    )
+    parser.add_argument("--version", action="version", version=f"cronwire-server {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the server (the default command)")
+    add_server_flags(serve)
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    add_database_flag(migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help", "--version")):
+        args_list.insert(0, "serve")
+    args = _parser().parse_args(args_list)
+    try:
+        from cronwire_server.app import serve
+        from cronwire_server.storage.migrate import upgrade
+    except ModuleNotFoundError as exc:
+        print(f"cronwire-server needs the server extra: pip install 'cronwire[server]' ({exc})", file=sys.stderr)
+        return 2
+    if args.command == "migrate":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        upgrade(args.database_url)
+        print("database is up to date")
+        return 0
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings_from_args(args)))
+    return 0

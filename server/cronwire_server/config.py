@@ -1,0 +1,71 @@
+"""Server settings: command-line flags, each with a CRONWIRE_* environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE_URL = "sqlite:///cronwire.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    database_url: str = DEFAULT_DATABASE_URL
+    # Seconds that running calls get to finish on SIGTERM.
+    shutdown_grace: float = 10.0
+    # Where to write the bound port once serving (useful with port 0).
+    port_file: str = ""
+    log_level: str = "INFO"
+
+
+def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
+    """Flags for `serve`; each defaults to its CRONWIRE_* variable, then to the built-in default."""
+    parser.add_argument(
+        "--listen",
+        default=env.get("CRONWIRE_LISTEN", DEFAULT_LISTEN),
+        metavar="HOST:PORT",
+        help="address to serve gRPC on; port 0 picks a free one (CRONWIRE_LISTEN, default %(default)s)",
+    )
+    add_database_flag(parser, env)
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=float(env.get("CRONWIRE_SHUTDOWN_GRACE", "10")),
+        metavar="SECONDS",
+        help="on SIGTERM, how long running calls may finish (CRONWIRE_SHUTDOWN_GRACE, default %(default)s)",
+    )
+    parser.add_argument(
+        "--port-file",
+        default=env.get("CRONWIRE_PORT_FILE", ""),
+        metavar="PATH",
+        help="write the bound port to this file once serving (CRONWIRE_PORT_FILE)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env.get("CRONWIRE_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(CRONWIRE_LOG_LEVEL, default %(default)s)",
+    )
+
+
+def add_database_flag(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=env.get("CRONWIRE_DATABASE_URL", DEFAULT_DATABASE_URL),
+        metavar="URL",
+        help="sqlite:///FILE or postgresql+psycopg://USER@HOST/DB (CRONWIRE_DATABASE_URL, default %(default)s)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(
+        listen=args.listen,
+        database_url=args.database_url,
+        shutdown_grace=args.shutdown_grace,
+        port_file=args.port_file,
+        log_level=args.log_level,
+    )

@@ -1,0 +1,130 @@
+"""Schedule rules: validation, next fire times, pause and resume, previews."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from cronwire_server import triggers
+from cronwire_server.errors import FieldViolation, InvalidArgument
+from cronwire_server.model import Listing, Page, Schedule
+from cronwire_server.optimistic import read_modify_write
+from cronwire_server.storage import Store
+
+MAX_DESCRIPTION = 2048
+MAX_PREVIEW = 1000
+DEFAULT_PREVIEW = 10
+
+# The fields that decide when a schedule fires; changing one recomputes next_fire_time.
+TIMING_FIELDS = ("trigger", "time_zone", "start_time", "end_time")
+
+
+def schedule_name(namespace: str, schedule_id: str) -> str:
+    return f"namespaces/{namespace}/schedules/{schedule_id}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def anchor(schedule: Schedule, now: datetime) -> datetime:
+    """The instant interval ticks count from: the start time, else the creation time."""
+    return schedule.start_time or schedule.create_time or now
+
+
+def validate_schedule(schedule: Schedule) -> None:
+    """Raise InvalidArgument naming every bad field (paths relative to the Schedule message)."""
+    violations: list[FieldViolation] = []
+    try:
+        triggers.validate_schedule_timing(schedule)
+    except InvalidArgument as error:
+        violations.extend(error.violations)
+    if len(schedule.description) > MAX_DESCRIPTION:
+        violations.append(FieldViolation("description", f"must be at most {MAX_DESCRIPTION} characters"))
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def with_next_fire_time(schedule: Schedule, now: datetime) -> Schedule:
+    return dataclasses.replace(
+        schedule, next_fire_time=triggers.next_fire_time(schedule, now, anchor(schedule, now))
+    )
+
+
+class ScheduleManager:
+    """The schedule operations, over a Store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def create(self, schedule: Schedule, *, request_id: str = "") -> Schedule:
+        validate_schedule(schedule)
+        now = utcnow()
+        if schedule.start_time is None:
+            # Pin the anchor so interval ticks do not drift with restarts or updates.
+            schedule = dataclasses.replace(schedule, start_time=now)
+        return await self._store.create_schedule(with_next_fire_time(schedule, now), request_id=request_id)
+
+    async def get(self, namespace: str, schedule_id: str) -> Schedule:
+        return await self._store.get_schedule(namespace, schedule_id)
+
+    async def list(self, namespace: str, page: Page, *, job_id: str = "") -> Listing[Schedule]:
+        return await self._store.list_schedules(namespace, page, job_id=job_id)
+
+    async def update(
+        self,
+        namespace: str,
+        schedule_id: str,
+        change: Callable[[Schedule], Schedule],
+        *,
+        expected_etag: str = "",
+    ) -> Schedule:
+        def checked(current: Schedule) -> Schedule:
+            updated = change(current)
+            validate_schedule(updated)
+            if any(getattr(updated, f) != getattr(current, f) for f in TIMING_FIELDS):
+                updated = with_next_fire_time(updated, utcnow())
+            return updated
+
+        return await self._write(namespace, schedule_id, checked, expected_etag)
+
+    async def pause(self, namespace: str, schedule_id: str, reason: str) -> Schedule:
+        # next_fire_time is kept: the ticks from it to the resume are the misfires.
+        return await self._write(
+            namespace, schedule_id, lambda s: dataclasses.replace(s, paused=True, pause_reason=reason), ""
+        )
+
+    async def resume(self, namespace: str, schedule_id: str) -> Schedule:
+        return await self._write(
+            namespace, schedule_id, lambda s: dataclasses.replace(s, paused=False, pause_reason=""), ""
+        )
+
+    async def delete(self, namespace: str, schedule_id: str, *, expected_etag: str = "") -> None:
+        await self._store.delete_schedule(namespace, schedule_id, expected_etag=expected_etag)
+
+    async def _write(
+        self, namespace: str, schedule_id: str, change: Callable[[Schedule], Schedule], expected_etag: str
+    ) -> Schedule:
+        return await read_modify_write(
+            lambda: self._store.get_schedule(namespace, schedule_id),
+            lambda schedule, etag: self._store.update_schedule(schedule, expected_etag=etag),
+            change,
+            kind="schedule",
+            name=schedule_name(namespace, schedule_id),
+            expected_etag=expected_etag,
+        )
+
+    @staticmethod
+    def preview_count(count: int) -> int:
+        """The number of fire times a preview asking for `count` computes."""
+        if count < 0 or count > MAX_PREVIEW:
+            raise InvalidArgument.field("count", f"must be between 0 and {MAX_PREVIEW}")
+        return count or DEFAULT_PREVIEW
+
+    @staticmethod
+    def preview(schedule: Schedule, after: datetime | None, count: int) -> list[triggers.PreviewTime]:
+        """The next `count` fire times after `after` (default now); validates an unsaved spec."""
+        validate_schedule(schedule)
+        now = utcnow()
+        return triggers.preview(schedule, after or now, count, anchor(schedule, now))
