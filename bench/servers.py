@@ -1,0 +1,105 @@
+"""Start a server as a subprocess, learn its port from its port file, stop it with SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+POLL_INTERVAL_S = 0.05
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+class ServerProcess:
+    """A server started with `--port-file`, bound to 127.0.0.1 on a free port.
+
+    Its output goes to a log file beside the port file, shown when it fails to start.
+    """
+
+    def __init__(self, argv: Sequence[str], workdir: Path, name: str) -> None:
+        self.name = name
+        self._argv = list(argv)
+        self._port_file = workdir / f"{name}.port"
+        self._log_path = workdir / f"{name}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
+        self._port_file.unlink(missing_ok=True)
+        with self._log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                [*self._argv, "--port-file", str(self._port_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self._port_file.parent,
+            )
+        try:
+            self.port = self._wait_for_port(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_for_port(self, timeout: float) -> int:
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise ServerFailed(f"{self.name} exited with {self._process.returncode}\n{self.log_tail()}")
+            port = _read_port(self._port_file)
+            if port:
+                return port
+            time.sleep(POLL_INTERVAL_S)
+        raise ServerFailed(f"{self.name} wrote no port file within {timeout:.0f} s\n{self.log_tail()}")
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM, wait; SIGKILL if it does not stop in time. Returns the exit code."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                print(f"{self.name} ignored SIGTERM for {timeout:.0f} s; killing it", file=sys.stderr)
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self._log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _read_port(path: Path) -> int:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return 0
+    return int(text) if text.isdigit() else 0
