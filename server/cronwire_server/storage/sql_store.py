@@ -1,0 +1,583 @@
+"""`Store` on SQLAlchemy asyncio: aiosqlite for SQLite, psycopg 3 for PostgreSQL.
+
+SQLAlchemy Core only: every call is one short transaction of a few statements,
+with no ORM identity map or unit of work to pay for on the hot path.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn, assert_never
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.engine import URL, Row, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from cronwire_server import errors
+from cronwire_server.model import (
+    AllOfSpec,
+    AnyOfSpec,
+    CompletionCallback,
+    CronSpec,
+    DateSpec,
+    DependencyCondition,
+    ExecutionState,
+    IntervalSpec,
+    Job,
+    JobDependent,
+    JsonObject,
+    Listing,
+    MisfirePolicy,
+    OverlapPolicy,
+    Page,
+    RetryPolicy,
+    Schedule,
+    TriggerSpec,
+)
+from cronwire_server.storage.tables import jobs, request_ids, schedules
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# ---------------------------------------------------------------------------
+# URLs
+
+
+def _backend(url: URL) -> str:
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return "sqlite"
+    if backend in ("postgresql", "postgres"):
+        return "postgresql"
+    raise ValueError(f"unsupported database {backend!r}: use sqlite:///FILE or postgresql://...")
+
+
+def _with_driver(url: str, drivers: dict[str, str]) -> str:
+    parsed = make_url(url)
+    backend = _backend(parsed)
+    return parsed.set(drivername=drivers[backend]).render_as_string(hide_password=False)
+
+
+def normalize_url(url: str) -> str:
+    """The async SQLAlchemy URL for a user's database URL.
+
+    `sqlite:///x.db` -> `sqlite+aiosqlite:///x.db`; `postgres://` and
+    `postgresql://` (any driver) -> `postgresql+psycopg://`.
+    """
+    return _with_driver(url, {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"})
+
+
+def sync_url(url: str) -> str:
+    """The blocking-driver SQLAlchemy URL for the same database (used by migrations)."""
+    return _with_driver(url, {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg"})
+
+
+# ---------------------------------------------------------------------------
+# Engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # busy_timeout first: switching to WAL needs a lock another connection may hold.
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    # WAL: readers never block the writer, and commits are cheaper.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # Off by default in SQLite, per connection; the schedules -> jobs cascade needs it.
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    """An async engine for a user's database URL, set up for the store."""
+    async_url = normalize_url(url)
+    if make_url(async_url).get_backend_name() == "sqlite":
+        engine = create_async_engine(async_url, pool_size=pool_size, max_overflow=max_overflow)
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        return engine
+    return create_async_engine(
+        async_url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        connect_args={"application_name": "cronwire"},
+    )
+
+
+async def open_store(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> SqlStore:
+    """A store on a migrated database (see `storage.migrate.upgrade`). Connects lazily."""
+    return SqlStore(create_engine(url, pool_size=pool_size, max_overflow=max_overflow))
+
+
+# ---------------------------------------------------------------------------
+# Errors
+
+
+@contextmanager
+def _unavailable_on_connection_errors() -> Iterator[None]:
+    """Turn "cannot talk to the database" into the retryable domain error."""
+    try:
+        yield
+    except exc.DBAPIError as error:
+        # OperationalError covers refused connections, shutdowns, locked SQLite files.
+        if error.connection_invalidated or isinstance(error, exc.OperationalError | exc.InterfaceError):
+            raise errors.StorageUnavailable(f"the database is unavailable: {error.orig}") from error
+        raise
+    except (exc.TimeoutError, OSError) as error:
+        raise errors.StorageUnavailable(f"the database is unavailable: {error}") from error
+
+
+def _violated(error: exc.IntegrityError) -> str:
+    """Which constraint kind an insert or update broke: "unique", "foreign_key" or "other"."""
+    sqlstate = getattr(error.orig, "sqlstate", None)  # psycopg
+    if sqlstate is not None:
+        return {"23505": "unique", "23503": "foreign_key"}.get(sqlstate, "other")
+    name = getattr(error.orig, "sqlite_errorname", "")
+    if name in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
+        return "unique"
+    return "foreign_key" if name == "SQLITE_CONSTRAINT_FOREIGNKEY" else "other"
+
+
+class _RequestSeen(Exception):
+    """The request id is recorded already: replay the first result instead."""
+
+
+def job_name(namespace: str, job_id: str) -> str:
+    return f"namespaces/{namespace}/jobs/{job_id}"
+
+
+def schedule_name(namespace: str, schedule_id: str) -> str:
+    return f"namespaces/{namespace}/schedules/{schedule_id}"
+
+
+# ---------------------------------------------------------------------------
+# Values <-> rows
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else value.total_seconds()
+
+
+def _duration(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _retry_to_json(policy: RetryPolicy | None) -> JsonObject | None:
+    if policy is None:
+        return None
+    return {
+        "max_attempts": policy.max_attempts,
+        "initial_backoff_seconds": policy.initial_backoff.total_seconds(),
+        "backoff_multiplier": policy.backoff_multiplier,
+        "max_backoff_seconds": policy.max_backoff.total_seconds(),
+        "jitter": policy.jitter,
+    }
+
+
+def _retry_from_json(data: JsonObject | None) -> RetryPolicy | None:
+    if data is None:
+        return None
+    return RetryPolicy(
+        max_attempts=data["max_attempts"],
+        initial_backoff=timedelta(seconds=data["initial_backoff_seconds"]),
+        backoff_multiplier=data["backoff_multiplier"],
+        max_backoff=timedelta(seconds=data["max_backoff_seconds"]),
+        jitter=data["jitter"],
+    )
+
+
+def _callback_to_json(callback: CompletionCallback | None) -> JsonObject | None:
+    if callback is None:
+        return None
+    return {"url": callback.url, "states": [s.value for s in callback.states], "secret": callback.secret}
+
+
+def _callback_from_json(data: JsonObject | None) -> CompletionCallback | None:
+    if data is None:
+        return None
+    states = tuple(ExecutionState(s) for s in data["states"])
+    return CompletionCallback(url=data["url"], states=states, secret=data["secret"])
+
+
+def trigger_to_json(spec: TriggerSpec) -> JsonObject:
+    """The stored form of a trigger tree: one key naming the kind, its body as the value."""
+    match spec:
+        case CronSpec():
+            return {"cron": {"expression": spec.expression}}
+        case IntervalSpec():
+            return {"interval": {"seconds": spec.every.total_seconds()}}
+        case DateSpec():
+            return {"date": {"run_time": spec.run_time.isoformat()}}
+        case AnyOfSpec():
+            return {"any_of": [trigger_to_json(t) for t in spec.triggers]}
+        case AllOfSpec():
+            return {"all_of": [trigger_to_json(t) for t in spec.triggers]}
+        case _:
+            assert_never(spec)
+
+
+def trigger_from_json(data: JsonObject) -> TriggerSpec:
+    ((kind, body),) = data.items()
+    if kind == "cron":
+        return CronSpec(expression=body["expression"])
+    if kind == "interval":
+        return IntervalSpec(every=timedelta(seconds=body["seconds"]))
+    if kind == "date":
+        return DateSpec(run_time=datetime.fromisoformat(body["run_time"]))
+    if kind == "any_of":
+        return AnyOfSpec(triggers=tuple(trigger_from_json(t) for t in body))
+    if kind == "all_of":
+        return AllOfSpec(triggers=tuple(trigger_from_json(t) for t in body))
+    raise ValueError(f"unknown trigger kind {kind!r} in the database")
+
+
+def _job_fields(job: Job) -> dict[str, Any]:
+    """The columns a caller sets (create and update)."""
+    return {
+        "executor": job.executor,
+        "description": job.description,
+        "parameters": job.parameters,
+        "timeout_seconds": _seconds(job.timeout),
+        "retry_policy": _retry_to_json(job.retry_policy),
+        "max_concurrency": job.max_concurrency,
+        "dependents": [{"job_id": d.job_id, "condition": d.condition.value} for d in job.dependents],
+        "callback": _callback_to_json(job.callback),
+        "labels": job.labels,
+    }
+
+
+def _job_from_row(row: Row[Any]) -> Job:
+    return Job(
+        namespace=row.namespace,
+        id=row.id,
+        executor=row.executor,
+        parameters=row.parameters,
+        description=row.description,
+        timeout=_duration(row.timeout_seconds),
+        retry_policy=_retry_from_json(row.retry_policy),
+        max_concurrency=row.max_concurrency,
+        dependents=[JobDependent(d["job_id"], DependencyCondition(d["condition"])) for d in row.dependents],
+        callback=_callback_from_json(row.callback),
+        labels=row.labels,
+        create_time=row.create_time,
+        update_time=row.update_time,
+        etag=row.etag,
+    )
+
+
+def _schedule_fields(schedule: Schedule) -> dict[str, Any]:
+    """The columns a caller sets (create and update)."""
+    return {
+        "job_id": schedule.job_id,
+        "trigger": trigger_to_json(schedule.trigger),
+        "time_zone": schedule.time_zone,
+        "description": schedule.description,
+        "start_time": schedule.start_time,
+        "end_time": schedule.end_time,
+        "jitter_seconds": _seconds(schedule.jitter),
+        "misfire_policy": schedule.misfire_policy.value,
+        "catchup_window_seconds": schedule.catchup_window.total_seconds(),
+        "overlap_policy": schedule.overlap_policy.value,
+        "paused": schedule.paused,
+        "pause_reason": schedule.pause_reason,
+        "arguments": schedule.arguments,
+        "next_fire_time": schedule.next_fire_time,
+    }
+
+
+def _schedule_from_row(row: Row[Any]) -> Schedule:
+    return Schedule(
+        namespace=row.namespace,
+        id=row.id,
+        job_id=row.job_id,
+        trigger=trigger_from_json(row.trigger),
+        time_zone=row.time_zone,
+        description=row.description,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        jitter=_duration(row.jitter_seconds),
+        misfire_policy=MisfirePolicy(row.misfire_policy),
+        catchup_window=timedelta(seconds=row.catchup_window_seconds),
+        overlap_policy=OverlapPolicy(row.overlap_policy),
+        paused=row.paused,
+        pause_reason=row.pause_reason,
+        arguments=row.arguments,
+        next_fire_time=row.next_fire_time,
+        create_time=row.create_time,
+        update_time=row.update_time,
+        etag=row.etag,
+    )
+
+
+def _new_etag() -> str:
+    return secrets.token_hex(8)
+
+
+def _stamp(fields: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """`fields` plus what every write sets: a new etag and the update time."""
+    return {**fields, "update_time": now, "etag": _new_etag()}
+
+
+# Built once: the hot path only binds values.
+_INSERT_JOB = sa.insert(jobs).returning(*jobs.c)
+_INSERT_SCHEDULE = sa.insert(schedules).returning(*schedules.c)
+_INSERT_REQUEST_ID = sa.insert(request_ids)
+
+# ---------------------------------------------------------------------------
+# The store
+
+
+class SqlStore:
+    """`Store` on one SQLAlchemy async engine; owns the engine and disposes it on close."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def dialect_name(self) -> str:
+        return self._engine.dialect.name
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        with _unavailable_on_connection_errors():
+            async with self._engine.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        with _unavailable_on_connection_errors():
+            async with self._engine.connect() as conn:
+                yield conn
+
+    async def _record_request(
+        self, conn: AsyncConnection, namespace: str, request_id: str, method: str, resource_id: str
+    ) -> None:
+        """Claim `request_id` first, so a concurrent duplicate waits for us and then sees our row."""
+        row = {
+            "namespace": namespace,
+            "request_id": request_id,
+            "method": method,
+            "resource_id": resource_id,
+            "create_time": datetime.now(UTC),
+        }
+        try:
+            await conn.execute(_INSERT_REQUEST_ID, row)
+        except exc.IntegrityError as error:
+            if _violated(error) != "unique":
+                raise
+            raise _RequestSeen from error
+
+    async def _recorded_resource(self, namespace: str, request_id: str, method: str) -> str | None:
+        """The id the first request with `request_id` created, None if no record is left."""
+        query = sa.select(request_ids.c.method, request_ids.c.resource_id).where(
+            request_ids.c.namespace == namespace, request_ids.c.request_id == request_id
+        )
+        async with self._read() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        if row is None:
+            return None
+        if row.method != method:
+            raise errors.InvalidArgument.field("request_id", f"was already used for a {row.method} request")
+        return str(row.resource_id)
+
+    # Jobs
+
+    async def create_job(self, job: Job, *, request_id: str = "") -> Job:
+        # Twice at most: a recorded request id can vanish only if its record expires meanwhile.
+        for _ in range(2):
+            try:
+                return await self._insert_job(job, request_id)
+            except _RequestSeen:
+                resource_id = await self._recorded_resource(job.namespace, request_id, "CreateJob")
+                if resource_id is not None:
+                    return await self.get_job(job.namespace, resource_id)
+        raise errors.StorageUnavailable("the request id record kept changing; retry")
+
+    async def _insert_job(self, job: Job, request_id: str) -> Job:
+        now = datetime.now(UTC)
+        values = {
+            "namespace": job.namespace,
+            "id": job.id,
+            "create_time": now,
+            **_stamp(_job_fields(job), now),
+        }
+        async with self._transaction() as conn:
+            if request_id:
+                await self._record_request(conn, job.namespace, request_id, "CreateJob", job.id)
+            try:
+                row = (await conn.execute(_INSERT_JOB, values)).one()
+            except exc.IntegrityError as error:
+                if _violated(error) != "unique":
+                    raise
+                raise errors.AlreadyExists("job", job_name(job.namespace, job.id)) from error
+        return _job_from_row(row)
+
+    async def get_job(self, namespace: str, job_id: str) -> Job:
+        query = sa.select(jobs).where(jobs.c.namespace == namespace, jobs.c.id == job_id)
+        async with self._read() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        if row is None:
+            raise errors.NotFound("job", job_name(namespace, job_id))
+        return _job_from_row(row)
+
+    async def list_jobs(self, namespace: str, page: Page, *, executor: str = "") -> Listing[Job]:
+        query = sa.select(jobs).where(jobs.c.namespace == namespace)
+        if executor:
+            query = query.where(jobs.c.executor == executor)
+        rows, next_after = await self._page(query, jobs.c.id, page)
+        return Listing(items=[_job_from_row(r) for r in rows], next_after=next_after)
+
+    async def update_job(self, job: Job, *, expected_etag: str) -> Job:
+        key = (jobs.c.namespace == job.namespace, jobs.c.id == job.id)
+        values = _stamp(_job_fields(job), datetime.now(UTC))
+        async with self._transaction() as conn:
+            row = await _update_returning(conn, jobs, key, values, expected_etag)
+            if row is None:
+                await _raise_missing_or_changed(conn, jobs, key, "job", job_name(job.namespace, job.id))
+        return _job_from_row(row)
+
+    async def delete_job(self, namespace: str, job_id: str, *, expected_etag: str = "") -> None:
+        key = (jobs.c.namespace == namespace, jobs.c.id == job_id)
+        # The schedules go with it: ON DELETE CASCADE, in this same statement.
+        async with self._transaction() as conn:
+            if not await _delete(conn, jobs, key, expected_etag):
+                await _raise_missing_or_changed(conn, jobs, key, "job", job_name(namespace, job_id))
+
+    # Schedules
+
+    async def create_schedule(self, schedule: Schedule, *, request_id: str = "") -> Schedule:
+        for _ in range(2):
+            try:
+                return await self._insert_schedule(schedule, request_id)
+            except _RequestSeen:
+                resource_id = await self._recorded_resource(schedule.namespace, request_id, "CreateSchedule")
+                if resource_id is not None:
+                    return await self.get_schedule(schedule.namespace, resource_id)
+        raise errors.StorageUnavailable("the request id record kept changing; retry")
+
+    async def _insert_schedule(self, schedule: Schedule, request_id: str) -> Schedule:
+        now = datetime.now(UTC)
+        values = {
+            "namespace": schedule.namespace,
+            "id": schedule.id,
+            "create_time": now,
+            **_stamp(_schedule_fields(schedule), now),
+        }
+        async with self._transaction() as conn:
+            if request_id:
+                ns, sid = schedule.namespace, schedule.id
+                await self._record_request(conn, ns, request_id, "CreateSchedule", sid)
+            try:
+                row = (await conn.execute(_INSERT_SCHEDULE, values)).one()
+            except exc.IntegrityError as error:
+                _raise_schedule_conflict(error, schedule)
+        return _schedule_from_row(row)
+
+    async def get_schedule(self, namespace: str, schedule_id: str) -> Schedule:
+        query = sa.select(schedules).where(schedules.c.namespace == namespace, schedules.c.id == schedule_id)
+        async with self._read() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        if row is None:
+            raise errors.NotFound("schedule", schedule_name(namespace, schedule_id))
+        return _schedule_from_row(row)
+
+    async def list_schedules(self, namespace: str, page: Page, *, job_id: str = "") -> Listing[Schedule]:
+        query = sa.select(schedules).where(schedules.c.namespace == namespace)
+        if job_id:
+            query = query.where(schedules.c.job_id == job_id)
+        rows, next_after = await self._page(query, schedules.c.id, page)
+        return Listing(items=[_schedule_from_row(r) for r in rows], next_after=next_after)
+
+    async def update_schedule(self, schedule: Schedule, *, expected_etag: str) -> Schedule:
+        key = (schedules.c.namespace == schedule.namespace, schedules.c.id == schedule.id)
+        name = schedule_name(schedule.namespace, schedule.id)
+        values = _stamp(_schedule_fields(schedule), datetime.now(UTC))
+        async with self._transaction() as conn:
+            try:
+                row = await _update_returning(conn, schedules, key, values, expected_etag)
+            except exc.IntegrityError as error:
+                _raise_schedule_conflict(error, schedule)
+            if row is None:
+                await _raise_missing_or_changed(conn, schedules, key, "schedule", name)
+        return _schedule_from_row(row)
+
+    async def delete_schedule(self, namespace: str, schedule_id: str, *, expected_etag: str = "") -> None:
+        key = (schedules.c.namespace == namespace, schedules.c.id == schedule_id)
+        async with self._transaction() as conn:
+            if not await _delete(conn, schedules, key, expected_etag):
+                name = schedule_name(namespace, schedule_id)
+                await _raise_missing_or_changed(conn, schedules, key, "schedule", name)
+
+    async def _page(
+        self, query: sa.Select[Any], id_column: sa.Column[Any], page: Page
+    ) -> tuple[Sequence[Row[Any]], str | None]:
+        """Keyset paging: the rows after the cursor in id order, and the next cursor if more follow.
+
+        One row more than asked for tells whether more follow without a COUNT.
+        """
+        if page.after:
+            query = query.where(id_column > page.after)
+        query = query.order_by(id_column).limit(page.size + 1)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        if len(rows) <= page.size:
+            return rows, None
+        return rows[: page.size], str(rows[page.size - 1].id)
+
+
+# ---------------------------------------------------------------------------
+# Statement helpers shared by jobs and schedules
+
+
+def _etag_condition(table: sa.Table, expected_etag: str) -> sa.ColumnElement[bool]:
+    # An empty expected etag means "whatever it is now" (AIP-154: the etag is optional).
+    return table.c.etag == expected_etag if expected_etag else sa.true()
+
+
+async def _update_returning(
+    conn: AsyncConnection,
+    table: sa.Table,
+    key: tuple[sa.ColumnElement[bool], ...],
+    values: dict[str, Any],
+    expected_etag: str,
+) -> Row[Any] | None:
+    stmt = sa.update(table).where(*key, _etag_condition(table, expected_etag)).values(values)
+    return (await conn.execute(stmt.returning(*table.c))).one_or_none()
+
+
+async def _delete(
+    conn: AsyncConnection, table: sa.Table, key: tuple[sa.ColumnElement[bool], ...], expected_etag: str
+) -> bool:
+    result = await conn.execute(sa.delete(table).where(*key, _etag_condition(table, expected_etag)))
+    return bool(result.rowcount)
+
+
+async def _raise_missing_or_changed(
+    conn: AsyncConnection, table: sa.Table, key: tuple[sa.ColumnElement[bool], ...], kind: str, name: str
+) -> NoReturn:
+    """After a write matched no row: NotFound if the row is gone, else EtagMismatch."""
+    exists = (await conn.execute(sa.select(table.c.etag).where(*key))).first() is not None
+    if exists:
+        raise errors.EtagMismatch(kind, name)
+    raise errors.NotFound(kind, name)
+
+
+def _raise_schedule_conflict(error: exc.IntegrityError, schedule: Schedule) -> NoReturn:
+    violated = _violated(error)
+    if violated == "foreign_key":
+        raise errors.NotFound("job", job_name(schedule.namespace, schedule.job_id)) from error
+    if violated == "unique":
+        raise errors.AlreadyExists("schedule", schedule_name(schedule.namespace, schedule.id)) from error
+    raise error

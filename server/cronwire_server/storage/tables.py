@@ -1,0 +1,126 @@
+"""The relational schema, as SQLAlchemy Core tables.
+
+The Alembic migrations are the source of truth for the database; these tables
+must describe the same thing so the store's statements compile against them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+
+# Stable constraint names, so later migrations can drop or alter them by name.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+# JSONB on PostgreSQL: binary, indexable; plain JSON text elsewhere.
+Json = sa.JSON().with_variant(JSONB(), "postgresql")
+# For optional documents: Python None is SQL NULL, not the JSON value null.
+OptionalJson = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+# Identifiers compare byte-wise on PostgreSQL ("C" collation) as they do on SQLite,
+# so id order (the list order and the paging cursor) is the same on both backends.
+Ident = sa.String().with_variant(sa.String(collation="C"), "postgresql")
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes in and out, on every backend.
+
+    PostgreSQL stores TIMESTAMP WITH TIME ZONE; SQLite stores naive UTC text
+    (fixed-width, so it sorts chronologically), made aware again on read.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store takes timezone-aware datetimes only")
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _audit_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("create_time", UtcDateTime(), nullable=False),
+        sa.Column("update_time", UtcDateTime(), nullable=False),
+        sa.Column("etag", sa.String(), nullable=False),
+    ]
+
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("namespace", Ident, primary_key=True),
+    sa.Column("id", Ident, primary_key=True),
+    sa.Column("executor", sa.String(), nullable=False),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("parameters", Json, nullable=False),
+    sa.Column("timeout_seconds", sa.Float(), nullable=True),
+    sa.Column("retry_policy", OptionalJson, nullable=True),
+    sa.Column("max_concurrency", sa.Integer(), nullable=False),
+    sa.Column("dependents", Json, nullable=False),
+    sa.Column("callback", OptionalJson, nullable=True),
+    sa.Column("labels", Json, nullable=False),
+    *_audit_columns(),
+    # Serves ListJobs filtered by executor, already in cursor (id) order.
+    sa.Index(None, "namespace", "executor", "id"),
+)
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("namespace", Ident, primary_key=True),
+    sa.Column("id", Ident, primary_key=True),
+    sa.Column("job_id", Ident, nullable=False),
+    sa.Column("trigger", Json, nullable=False),
+    sa.Column("time_zone", sa.String(), nullable=False),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("start_time", UtcDateTime(), nullable=True),
+    sa.Column("end_time", UtcDateTime(), nullable=True),
+    sa.Column("jitter_seconds", sa.Float(), nullable=True),
+    sa.Column("misfire_policy", sa.String(), nullable=False),
+    sa.Column("catchup_window_seconds", sa.Float(), nullable=False),
+    sa.Column("overlap_policy", sa.String(), nullable=False),
+    sa.Column("paused", sa.Boolean(), nullable=False),
+    sa.Column("pause_reason", sa.Text(), nullable=False),
+    sa.Column("arguments", Json, nullable=False),
+    sa.Column("next_fire_time", UtcDateTime(), nullable=True),
+    *_audit_columns(),
+    sa.ForeignKeyConstraint(["namespace", "job_id"], ["jobs.namespace", "jobs.id"], ondelete="CASCADE"),
+    # Serves ListSchedules by job and the cascade from a deleted job.
+    sa.Index(None, "namespace", "job_id", "id"),
+    # The dispatcher claims due schedules in next_fire_time order.
+    sa.Index(None, "next_fire_time"),
+)
+
+request_ids = sa.Table(
+    "request_ids",
+    metadata,
+    sa.Column("namespace", Ident, primary_key=True),
+    sa.Column("request_id", sa.String(), primary_key=True),
+    sa.Column("method", sa.String(), nullable=False),
+    sa.Column("resource_id", Ident, nullable=False),
+    sa.Column("create_time", UtcDateTime(), nullable=False),
+)
