@@ -53,7 +53,9 @@ def generate(out: Path) -> None:
 
 
 def generated_files(root: Path) -> list[Path]:
-    return sorted(p.relative_to(root) for p in (root / PACKAGE).glob("*") if p.name.endswith(GENERATED_SUFFIXES))
+    return sorted(
+        p.relative_to(root) for p in (root / PACKAGE).glob("*") if p.name.endswith(GENERATED_SUFFIXES)
+    )
 
 
 def check() -> int:

@@ -121,6 +121,8 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
-    log.info("shutting down: health NOT_SERVING, letting calls finish for up to %.0fs", settings.shutdown_grace)
+    log.info(
+        "shutting down: health NOT_SERVING, letting calls finish for up to %.0fs", settings.shutdown_grace
+    )
     await running.stop(settings.shutdown_grace)
     log.info("stopped")

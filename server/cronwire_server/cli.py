@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cronwire_server.app import serve
         from cronwire_server.storage.migrate import upgrade
     except ModuleNotFoundError as exc:
-        print(f"cronwire-server needs the server extra: pip install 'cronwire[server]' ({exc})", file=sys.stderr)
+        print(
+            f"cronwire-server needs the server extra: pip install 'cronwire[server]' ({exc})", file=sys.stderr
+        )
         return 2
     if args.command == "migrate":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

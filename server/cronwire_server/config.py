@@ -57,7 +57,7 @@ def add_database_flag(parser: argparse.ArgumentParser, env: Mapping[str, str] = 
         "--database-url",
         default=env.get("CRONWIRE_DATABASE_URL", DEFAULT_DATABASE_URL),
         metavar="URL",
-        help="sqlite:///FILE or postgresql+psycopg://USER@HOST/DB (CRONWIRE_DATABASE_URL, default %(default)s)",
+        help="sqlite:///FILE or postgresql://USER@HOST/DB (CRONWIRE_DATABASE_URL, default %(default)s)",
     )
 
 

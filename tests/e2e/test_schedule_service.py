@@ -63,7 +63,14 @@ async def test_every_trigger_kind_round_trips(schedules: ScheduleServiceStub) ->
             "triggers": [
                 {"cron": {"expression": "*/10 * * * * *"}},
                 {"interval": {"every": "90s"}},
-                {"allOf": {"triggers": [{"cron": {"expression": "0 0 * * *"}}, {"date": {"runTime": "2030-01-01T00:00:00Z"}}]}},
+                {
+                    "allOf": {
+                        "triggers": [
+                            {"cron": {"expression": "0 0 * * *"}},
+                            {"date": {"runTime": "2030-01-01T00:00:00Z"}},
+                        ]
+                    }
+                },
             ]
         }
     }
@@ -94,7 +101,9 @@ async def test_schedule_for_a_missing_job_is_not_found(schedules: ScheduleServic
 async def test_bad_schedule_names_the_field_and_stores_nothing(
     schedules: ScheduleServiceStub, fields: dict[str, Any], field: str
 ) -> None:
-    violations, reason = await expect_error(create(schedules, "bad", **fields), grpc.StatusCode.INVALID_ARGUMENT)
+    violations, reason = await expect_error(
+        create(schedules, "bad", **fields), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert field in violations, violations
     assert reason
     listed = await schedules.ListSchedules(schedule_service_pb2.ListSchedulesRequest(parent=PARENT))
@@ -113,7 +122,9 @@ async def test_list_filters_by_job_and_pages(jobs: JobServiceStub, schedules: Sc
         schedule_service_pb2.ListSchedulesRequest(parent=PARENT, job=JOB, page_size=2)
     )
     second = await schedules.ListSchedules(
-        schedule_service_pb2.ListSchedulesRequest(parent=PARENT, job=JOB, page_size=2, page_token=first.next_page_token)
+        schedule_service_pb2.ListSchedulesRequest(
+            parent=PARENT, job=JOB, page_size=2, page_token=first.next_page_token
+        )
     )
     assert [s.name.rsplit("/", 1)[1] for s in [*first.schedules, *second.schedules]] == ["b0", "b1", "b2"]
     assert second.next_page_token == ""
@@ -139,7 +150,8 @@ async def test_update_recomputes_the_next_fire_time(schedules: ScheduleServiceSt
 
     stale = spec(name=created.name, description="late", etag=created.etag)
     _, reason = await expect_error(
-        schedules.UpdateSchedule(schedule_service_pb2.UpdateScheduleRequest(schedule=stale)), grpc.StatusCode.ABORTED
+        schedules.UpdateSchedule(schedule_service_pb2.UpdateScheduleRequest(schedule=stale)),
+        grpc.StatusCode.ABORTED,
     )
     assert reason == "ETAG_MISMATCH"
     moved = spec(name=created.name, job=f"{PARENT}/jobs/other")
@@ -164,14 +176,16 @@ async def test_pause_and_resume(schedules: ScheduleServiceStub) -> None:
             schedule_service_pb2.PauseScheduleRequest(name=created.name, reason="maintenance")
         )
     ).schedule
-    assert paused.paused and paused.pause_reason == "maintenance"
+    assert paused.paused
+    assert paused.pause_reason == "maintenance"
     assert not paused.HasField("next_fire_time")
     got = (await schedules.GetSchedule(schedule_service_pb2.GetScheduleRequest(name=created.name))).schedule
     assert got.paused
     resumed = (
         await schedules.ResumeSchedule(schedule_service_pb2.ResumeScheduleRequest(name=created.name))
     ).schedule
-    assert not resumed.paused and resumed.pause_reason == ""
+    assert not resumed.paused
+    assert resumed.pause_reason == ""
     assert resumed.HasField("next_fire_time")
 
 
@@ -191,11 +205,14 @@ async def test_delete(schedules: ScheduleServiceStub) -> None:
     )
     await schedules.DeleteSchedule(schedule_service_pb2.DeleteScheduleRequest(name=created.name))
     await expect_error(
-        schedules.GetSchedule(schedule_service_pb2.GetScheduleRequest(name=created.name)), grpc.StatusCode.NOT_FOUND
+        schedules.GetSchedule(schedule_service_pb2.GetScheduleRequest(name=created.name)),
+        grpc.StatusCode.NOT_FOUND,
     )
 
 
-async def test_preview_across_spring_forward_keeps_nine_o_clock_berlin(schedules: ScheduleServiceStub) -> None:
+async def test_preview_across_spring_forward_keeps_nine_o_clock_berlin(
+    schedules: ScheduleServiceStub,
+) -> None:
     request = schedule_service_pb2.PreviewScheduleRequest(schedule=spec(), count=5)
     request.after_time.FromDatetime(datetime(2027, 3, 24, 12, tzinfo=UTC))
     response = await schedules.PreviewSchedule(request)
@@ -219,7 +236,9 @@ async def test_preview_flags_a_time_in_the_autumn_fold(schedules: ScheduleServic
 
 @pytest.mark.usefixtures("job")
 async def test_preview_of_a_stored_schedule_and_bad_requests(schedules: ScheduleServiceStub) -> None:
-    created = await create(schedules, "stored", trigger={"interval": {"every": "3600s"}}, startTime="2030-01-01T00:00:00Z")
+    created = await create(
+        schedules, "stored", trigger={"interval": {"every": "3600s"}}, startTime="2030-01-01T00:00:00Z"
+    )
     request = schedule_service_pb2.PreviewScheduleRequest(name=created.name, count=3)
     response = await schedules.PreviewSchedule(request)
     assert [t.local_time for t in response.fire_times] == [
@@ -234,19 +253,25 @@ async def test_preview_of_a_stored_schedule_and_bad_requests(schedules: Schedule
     assert "count" in violations
     violations, _ = await expect_error(
         schedules.PreviewSchedule(
-            schedule_service_pb2.PreviewScheduleRequest(schedule=spec(trigger={"cron": {"expression": "bad"}}))
+            schedule_service_pb2.PreviewScheduleRequest(
+                schedule=spec(trigger={"cron": {"expression": "bad"}})
+            )
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert "schedule.trigger.cron.expression" in violations
     await expect_error(
-        schedules.PreviewSchedule(schedule_service_pb2.PreviewScheduleRequest(name=f"{PARENT}/schedules/none")),
+        schedules.PreviewSchedule(
+            schedule_service_pb2.PreviewScheduleRequest(name=f"{PARENT}/schedules/none")
+        ),
         grpc.StatusCode.NOT_FOUND,
     )
 
 
 async def test_backfill_is_not_implemented_yet(schedules: ScheduleServiceStub) -> None:
     await expect_error(
-        schedules.BackfillSchedule(schedule_service_pb2.BackfillScheduleRequest(name=f"{PARENT}/schedules/x")),
+        schedules.BackfillSchedule(
+            schedule_service_pb2.BackfillScheduleRequest(name=f"{PARENT}/schedules/x")
+        ),
         grpc.StatusCode.UNIMPLEMENTED,
     )

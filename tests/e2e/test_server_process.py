@@ -29,7 +29,9 @@ def test_health_reports_serving_for_the_server_and_each_service(database_url: st
 def test_sigterm_flips_health_to_not_serving_then_exits_cleanly(database_url: str, tmp_path: Path) -> None:
     server = start_server(database_url, tmp_path, "--shutdown-grace", "5")
     with grpc.insecure_channel(server.target) as channel:
-        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=30
+        )
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         server.process.send_signal(signal.SIGTERM)
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -50,16 +52,22 @@ def test_everything_stored_survives_a_restart(database_url: str, tmp_path: Path)
                 ),
                 timeout=10,
             ).job
-            schedule = ScheduleServiceStub(channel).CreateSchedule(
-                schedule_service_pb2.CreateScheduleRequest(
-                    parent="namespaces/prod",
-                    schedule_id="daily",
-                    schedule=schedule_pb2.Schedule(
-                        job=job.name, trigger={"cron": {"expression": "0 3 * * *"}}, time_zone="Asia/Tokyo"
+            schedule = (
+                ScheduleServiceStub(channel)
+                .CreateSchedule(
+                    schedule_service_pb2.CreateScheduleRequest(
+                        parent="namespaces/prod",
+                        schedule_id="daily",
+                        schedule=schedule_pb2.Schedule(
+                            job=job.name,
+                            trigger={"cron": {"expression": "0 3 * * *"}},
+                            time_zone="Asia/Tokyo",
+                        ),
                     ),
-                ),
-                timeout=10,
-            ).schedule
+                    timeout=10,
+                )
+                .schedule
+            )
     finally:
         assert first.stop() == 0, first.log()
 

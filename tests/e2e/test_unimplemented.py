@@ -23,7 +23,9 @@ async def test_execution_service(executions: ExecutionServiceStub) -> None:
             await call
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in executions.StreamExecutionLogs(execution_service_pb2.StreamExecutionLogsRequest(name=NAME)):
+        async for _ in executions.StreamExecutionLogs(
+            execution_service_pb2.StreamExecutionLogsRequest(name=NAME)
+        ):
             pass
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 

@@ -233,7 +233,8 @@ def trigger_from_pb(message: schedule_pb2.Trigger, field: str = "trigger") -> mo
     if kind in ("any_of", "all_of"):
         children = getattr(message, kind).triggers
         specs = tuple(
-            trigger_from_pb(child, f"{field}.{kind}.triggers[{index}]") for index, child in enumerate(children)
+            trigger_from_pb(child, f"{field}.{kind}.triggers[{index}]")
+            for index, child in enumerate(children)
         )
         return model.AnyOfSpec(specs) if kind == "any_of" else model.AllOfSpec(specs)
     raise InvalidArgument.field(field, "is required: set one of cron, interval, date, any_of, all_of")

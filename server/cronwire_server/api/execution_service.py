@@ -16,7 +16,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
-    async def GetExecution(self, request: pb.GetExecutionRequest, context: Context) -> pb.GetExecutionResponse:
+    async def GetExecution(
+        self, request: pb.GetExecutionRequest, context: Context
+    ) -> pb.GetExecutionResponse:
         await unimplemented(context, "GetExecution")
 
     async def ListExecutions(

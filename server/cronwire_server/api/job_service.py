@@ -119,4 +119,3 @@ def _keep_callback_secret(current: Job, updated: Job) -> Job:
     if updated.callback and not updated.callback.secret and current.callback and current.callback.secret:
         updated.callback = replace(updated.callback, secret=current.callback.secret)
     return updated
-

@@ -54,7 +54,9 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     ) -> schedule_service_pb2.CreateScheduleResponse:
         namespace = names.parse_parent(request.parent)
         schedule_id = (
-            names.check_id(request.schedule_id, "schedule_id") if request.schedule_id else names.new_id("schedule")
+            names.check_id(request.schedule_id, "schedule_id")
+            if request.schedule_id
+            else names.new_id("schedule")
         )
         request_id = fields.request_id(request.request_id)
         fields.required(request.HasField("schedule"), "schedule")
@@ -100,7 +102,8 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
         mask = request.update_mask if request.HasField("update_mask") else None
         if mask is not None and any(p.split(".")[0] in ("job", "paused") for p in mask.paths):
             raise InvalidArgument.field(
-                "update_mask", "job cannot be changed, and paused changes through PauseSchedule/ResumeSchedule"
+                "update_mask",
+                "job cannot be changed, and paused changes through PauseSchedule/ResumeSchedule",
             )
         paths = mask_paths(update, mask, mutable=MUTABLE, output_only=OUTPUT_ONLY)
 
@@ -170,7 +173,9 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
                 schedule = convert.schedule_from_pb(spec, spec.job.split("/")[1], "preview")
                 times = self._schedules.preview(schedule, after, count)
         else:
-            raise InvalidArgument.field("source", "set `name` (a stored schedule) or `schedule` (an unsaved one)")
+            raise InvalidArgument.field(
+                "source", "set `name` (a stored schedule) or `schedule` (an unsaved one)"
+            )
         return schedule_service_pb2.PreviewScheduleResponse(
             fire_times=[convert.fire_time_to_pb(t) for t in times], time_zone=schedule.time_zone
         )

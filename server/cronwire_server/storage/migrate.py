@@ -51,6 +51,10 @@ def upgrade(url: str, revision: str = "head") -> None:
             if connection.dialect.name == "postgresql":
                 connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
             command.upgrade(alembic_config(connection), revision)
+        if engine.dialect.name == "sqlite":
+            # Persistent in the file; switching here, once, spares the store's pool racing to do it.
+            with engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
     finally:
         engine.dispose()
 
