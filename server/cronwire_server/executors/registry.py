@@ -1,0 +1,139 @@
+"""The executor kinds a job may use, each with the JSON schema of its parameters.
+
+A new kind is registered here, in `KINDS`, and nowhere else; CreateJob and
+UpdateJob validate parameters against its schema, ListJobTypes lists it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError
+
+from cronwire_server.errors import FieldViolation, InvalidArgument
+from cronwire_server.executors import kinds
+
+__all__ = ["KINDS", "ExecutorKind", "all_kinds", "get_kind", "validate_parameters"]
+
+
+@dataclass(frozen=True)
+class ExecutorKind:
+    """An executor kind: its name (`Job.executor`), what it runs, its parameters' schema, an example."""
+
+    name: str
+    description: str
+    parameters_schema: dict[str, Any]
+    example: dict[str, Any]
+
+
+_BUILTIN = (
+    ExecutorKind(
+        name="shell",
+        description="Runs a program with its arguments (or a shell command line), capturing its output.",
+        parameters_schema=kinds.SHELL_SCHEMA,
+        example=kinds.SHELL_EXAMPLE,
+    ),
+    ExecutorKind(
+        name="python",
+        description="Calls a Python function `module:function` in a subprocess.",
+        parameters_schema=kinds.PYTHON_SCHEMA,
+        example=kinds.PYTHON_EXAMPLE,
+    ),
+    ExecutorKind(
+        name="http",
+        description="Calls a webhook and checks the response status.",
+        parameters_schema=kinds.HTTP_SCHEMA,
+        example=kinds.HTTP_EXAMPLE,
+    ),
+    ExecutorKind(
+        name="noop",
+        description="Does nothing but record its arguments; for trying schedules out.",
+        parameters_schema=kinds.NOOP_SCHEMA,
+        example=kinds.NOOP_EXAMPLE,
+    ),
+)
+
+
+def _compile(kinds: Iterable[ExecutorKind]) -> dict[str, Draft202012Validator]:
+    validators: dict[str, Draft202012Validator] = {}
+    for kind in kinds:
+        # A broken schema fails at import, not at the first CreateJob.
+        Draft202012Validator.check_schema(kind.parameters_schema)
+        validators[kind.name] = Draft202012Validator(kind.parameters_schema)
+    return validators
+
+
+KINDS: Mapping[str, ExecutorKind] = MappingProxyType({kind.name: kind for kind in _BUILTIN})
+_VALIDATORS = _compile(KINDS.values())
+
+
+def all_kinds() -> list[ExecutorKind]:
+    """Every kind, by name."""
+    return sorted(KINDS.values(), key=lambda kind: kind.name)
+
+
+def get_kind(name: str) -> ExecutorKind:
+    """The kind called `name`; InvalidArgument on field `executor` if there is none."""
+    kind = KINDS.get(name)
+    if kind is None:
+        known = ", ".join(sorted(KINDS))
+        if not name:
+            raise InvalidArgument.field("executor", f"required: one of {known}")
+        raise InvalidArgument.field("executor", f"unknown executor kind {name!r}; known kinds: {known}")
+    return kind
+
+
+def validate_parameters(kind_name: str, parameters: dict[str, Any]) -> None:
+    """Raise InvalidArgument unless `parameters` match the kind's schema.
+
+    An unknown kind is a violation of `executor`; each schema violation is one
+    of `parameters.<path>` (`parameters.argv[0]`), with jsonschema's message.
+    """
+    kind = get_kind(kind_name)
+    errors = sorted(_VALIDATORS[kind.name].iter_errors(parameters), key=lambda e: list(map(str, e.path)))
+    violations = [violation for error in errors for violation in _violations(error)]
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def _violations(error: ValidationError) -> list[FieldViolation]:
+    path = list(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    instance = error.instance
+    # Name the property itself rather than the object that lacks or has it.
+    if error.validator == "required" and isinstance(instance, Mapping):
+        for name in schema.get("required", ()):
+            if name not in instance and error.message == f"{name!r} is a required property":
+                return [FieldViolation(_field([*path, name]), "required")]
+    if (
+        error.validator == "additionalProperties"
+        and schema.get("additionalProperties") is False
+        and isinstance(instance, Mapping)
+    ):
+        allowed = schema.get("properties", {})
+        extra = [name for name in instance if name not in allowed]
+        known = ", ".join(allowed)
+        return [FieldViolation(_field([*path, n]), f"unknown parameter; known: {known}") for n in extra]
+    message = schema.get("errorMessage")
+    return [FieldViolation(_field(path), message if isinstance(message, str) else error.message)]
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _field(path: Iterable[str | int]) -> str:
+    """`parameters.argv[0]`, `parameters.env["X-KEY"]`: the request path of a parameter."""
+    text = "parameters"
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _IDENTIFIER.fullmatch(part):
+            text += f".{part}"
+        else:
+            text += f"[{json.dumps(part)}]"
+    return text
