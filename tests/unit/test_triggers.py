@@ -1,0 +1,425 @@
+"""Trigger arithmetic against real APScheduler: crontab semantics, intervals, bounds, DST."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from cronwire_server import triggers
+from cronwire_server.errors import InvalidArgument
+from cronwire_server.model import (
+    AllOfSpec,
+    AnyOfSpec,
+    CronSpec,
+    DateSpec,
+    IntervalSpec,
+    Schedule,
+    TriggerSpec,
+)
+from cronwire_server.triggers import PreviewTime
+
+BERLIN = ZoneInfo("Europe/Berlin")
+ANCHOR = datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def schedule(trigger: TriggerSpec, time_zone: str = "UTC", **fields: Any) -> Schedule:
+    return Schedule(namespace="ns", id="s", job_id="j", trigger=trigger, time_zone=time_zone, **fields)
+
+
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+
+
+def times(spec: TriggerSpec, after: datetime, count: int, **fields: Any) -> list[datetime]:
+    return triggers.fire_times(schedule(spec, **fields), after, count, ANCHOR)
+
+
+def violations(s: Schedule) -> dict[str, str]:
+    with pytest.raises(InvalidArgument) as caught:
+        triggers.validate_schedule_timing(s)
+    return {v.field: v.description for v in caught.value.violations}
+
+
+# --- cron ---------------------------------------------------------------------
+
+
+def test_cron_five_fields() -> None:
+    assert times(CronSpec("15 */6 * * *"), utc(2027, 1, 1), 3) == [
+        utc(2027, 1, 1, 0, 15),
+        utc(2027, 1, 1, 6, 15),
+        utc(2027, 1, 1, 12, 15),
+    ]
+
+
+def test_cron_six_fields_has_seconds_first() -> None:
+    assert times(CronSpec("*/20 30 9 * * *"), utc(2027, 1, 1), 4) == [
+        utc(2027, 1, 1, 9, 30, 0),
+        utc(2027, 1, 1, 9, 30, 20),
+        utc(2027, 1, 1, 9, 30, 40),
+        utc(2027, 1, 2, 9, 30, 0),
+    ]
+
+
+@pytest.mark.parametrize("sunday", ["0", "7", "sun", "SUN"])
+def test_cron_day_of_week_uses_crontab_numbering(sunday: str) -> None:
+    # 2027-01-03 is a Sunday; APScheduler's own numbering would make 0 a Monday.
+    assert times(CronSpec(f"0 8 * * {sunday}"), utc(2027, 1, 1), 2) == [
+        utc(2027, 1, 3, 8),
+        utc(2027, 1, 10, 8),
+    ]
+
+
+def test_cron_day_of_week_ranges_and_steps_keep_crontab_numbering() -> None:
+    weekdays = [t.weekday() for t in times(CronSpec("0 0 * * 1-5"), utc(2027, 1, 1), 10)]
+    assert set(weekdays) == {0, 1, 2, 3, 4}  # Monday..Friday in Python's numbering
+    weekend = [t.strftime("%a") for t in times(CronSpec("0 0 * * 6-7"), utc(2027, 1, 1), 4)]
+    assert weekend == ["Sat", "Sun", "Sat", "Sun"]
+    # */2 counts from Sunday, as in cron: Sun, Tue, Thu, Sat.
+    stepped = {t.strftime("%a") for t in times(CronSpec("0 0 * * */2"), utc(2027, 1, 1), 8)}
+    assert stepped == {"Sun", "Tue", "Thu", "Sat"}
+
+
+def test_cron_with_both_day_fields_restricted_fires_on_either() -> None:
+    # POSIX cron: the 13th of the month or any Friday.
+    fired = times(CronSpec("0 0 13 * 5"), utc(2027, 1, 1), 4)
+    assert fired == [utc(2027, 1, 8), utc(2027, 1, 13), utc(2027, 1, 15), utc(2027, 1, 22)]
+
+
+def test_cron_in_a_time_zone() -> None:
+    assert times(CronSpec("0 9 * * *"), utc(2027, 1, 1), 1, time_zone="America/New_York") == [
+        utc(2027, 1, 1, 14)
+    ]
+
+
+def test_next_fire_time_is_strictly_after() -> None:
+    s = schedule(CronSpec("0 * * * *"))
+    assert triggers.next_fire_time(s, utc(2027, 1, 1, 5), ANCHOR) == utc(2027, 1, 1, 6)
+    assert triggers.next_fire_time(s, utc(2027, 1, 1, 5, 0, 0) - timedelta(microseconds=1), ANCHOR) == utc(
+        2027, 1, 1, 5
+    )
+
+
+def test_naive_times_are_read_as_utc() -> None:
+    s = schedule(CronSpec("0 * * * *"))
+    fired = triggers.next_fire_time(s, datetime(2027, 1, 1, 5), ANCHOR)
+    assert fired == utc(2027, 1, 1, 6)
+    assert fired is not None
+    assert fired.tzinfo is UTC
+
+
+# --- interval and date --------------------------------------------------------
+
+
+def test_interval_counts_from_start_time() -> None:
+    start = utc(2027, 1, 1, 0, 0, 7)
+    fired = times(IntervalSpec(timedelta(minutes=10)), utc(2027, 1, 1, 1), 3, start_time=start)
+    assert fired == [utc(2027, 1, 1, 1, 0, 7), utc(2027, 1, 1, 1, 10, 7), utc(2027, 1, 1, 1, 20, 7)]
+
+
+def test_interval_without_start_counts_from_the_anchor_whatever_the_query_time() -> None:
+    s = schedule(IntervalSpec(timedelta(minutes=7)))
+    created = utc(2027, 1, 1, 0, 0, 5) + timedelta(microseconds=250_000)
+    first = triggers.fire_times(s, utc(2027, 1, 1, 1), 2, created)
+    # Restarting later and asking from another instant lands on the same grid.
+    later = triggers.fire_times(s, utc(2027, 1, 1, 1, 3, 30), 1, created)
+    assert first == [utc(2027, 1, 1, 1, 3, 5), utc(2027, 1, 1, 1, 10, 5)]
+    assert later == [utc(2027, 1, 1, 1, 10, 5)]
+
+
+def test_interval_ticks_are_exact_far_from_the_anchor() -> None:
+    start = utc(2026, 4, 4, 15, 42, 29) + timedelta(microseconds=42_146)
+    s = schedule(IntervalSpec(timedelta(milliseconds=1)), start_time=start)
+    tick = utc(2027, 8, 12, 20, 12, 47) + timedelta(microseconds=415_146)
+    # APScheduler 3.11's float timestamps put this tick a millisecond late.
+    assert triggers.next_fire_time(s, tick - timedelta(microseconds=1), ANCHOR) == tick
+
+
+def test_interval_is_not_shifted_by_dst() -> None:
+    fired = times(IntervalSpec(timedelta(hours=1)), utc(2027, 3, 28, 0), 3, time_zone="Europe/Berlin")
+    assert fired == [utc(2027, 3, 28, 1), utc(2027, 3, 28, 2), utc(2027, 3, 28, 3)]
+
+
+def test_date_fires_once() -> None:
+    when = utc(2027, 6, 1, 12)
+    assert times(DateSpec(when), utc(2027, 1, 1), 5) == [when]
+    assert times(DateSpec(when), when, 5) == []
+
+
+# --- combinations and bounds ----------------------------------------------------
+
+
+def test_any_of_merges_in_order_without_repeats() -> None:
+    spec = AnyOfSpec((CronSpec("0 */2 * * *"), CronSpec("0 */3 * * *"), DateSpec(utc(2027, 1, 1, 5))))
+    assert times(spec, utc(2027, 1, 1), 5) == [
+        utc(2027, 1, 1, 2),
+        utc(2027, 1, 1, 3),
+        utc(2027, 1, 1, 4),
+        utc(2027, 1, 1, 5),
+        utc(2027, 1, 1, 6),
+    ]
+
+
+def test_any_of_counts_each_interval_from_its_anchor() -> None:
+    spec = AnyOfSpec((IntervalSpec(timedelta(minutes=40)), CronSpec("30 * * * *")))
+    fired = times(spec, utc(2027, 1, 1), 4, start_time=utc(2027, 1, 1))
+    assert fired == [
+        utc(2027, 1, 1, 0, 30),
+        utc(2027, 1, 1, 0, 40),
+        utc(2027, 1, 1, 1, 20),
+        utc(2027, 1, 1, 1, 30),
+    ]
+
+
+def test_all_of_fires_where_every_trigger_agrees() -> None:
+    # Every 7 minutes from midnight, but only on the hour: each 7 hours.
+    spec = AllOfSpec((IntervalSpec(timedelta(minutes=7)), CronSpec("0 * * * *")))
+    fired = times(spec, utc(2027, 1, 1), 3, start_time=utc(2027, 1, 1))
+    assert fired == [utc(2027, 1, 1, 7), utc(2027, 1, 1, 14), utc(2027, 1, 1, 21)]
+
+
+def test_all_of_that_never_agrees_ends_instead_of_hanging(caplog: pytest.LogCaptureFixture) -> None:
+    # Even minutes from midnight against minute 1 of each hour: APScheduler's AndTrigger would loop forever.
+    spec = AllOfSpec((IntervalSpec(timedelta(minutes=2)), CronSpec("1 * * * *")))
+    assert times(spec, utc(2027, 1, 1), 1, start_time=utc(2027, 1, 1)) == []
+    assert "no common fire time" in caplog.text
+
+
+def test_start_and_end_bound_every_kind() -> None:
+    bounds = {"start_time": utc(2027, 1, 1, 2), "end_time": utc(2027, 1, 1, 4)}
+    assert times(CronSpec("0 * * * *"), utc(2027, 1, 1), 9, **bounds) == [
+        utc(2027, 1, 1, 2),
+        utc(2027, 1, 1, 3),
+        utc(2027, 1, 1, 4),
+    ]
+    assert times(IntervalSpec(timedelta(hours=1)), utc(2027, 1, 1), 9, **bounds) == [
+        utc(2027, 1, 1, 2),
+        utc(2027, 1, 1, 3),
+        utc(2027, 1, 1, 4),
+    ]
+    assert times(DateSpec(utc(2027, 1, 1, 5)), utc(2027, 1, 1), 9, **bounds) == []
+    combined = AnyOfSpec((CronSpec("0 * * * *"), CronSpec("30 * * * *")))
+    assert times(combined, utc(2027, 1, 1), 9, **bounds) == [
+        utc(2027, 1, 1, 2),
+        utc(2027, 1, 1, 2, 30),
+        utc(2027, 1, 1, 3),
+        utc(2027, 1, 1, 3, 30),
+        utc(2027, 1, 1, 4),
+    ]
+
+
+def test_fire_times_between_is_start_inclusive_end_exclusive_and_limited() -> None:
+    s = schedule(CronSpec("0 * * * *"))
+    between = list(triggers.fire_times_between(s, utc(2027, 1, 1, 1), utc(2027, 1, 1, 4), ANCHOR, 100))
+    assert between == [utc(2027, 1, 1, 1), utc(2027, 1, 1, 2), utc(2027, 1, 1, 3)]
+    limited = list(triggers.fire_times_between(s, utc(2027, 1, 1), utc(2028, 1, 1), ANCHOR, 2))
+    assert limited == [utc(2027, 1, 1, 0), utc(2027, 1, 1, 1)]
+
+
+def test_build_trigger_is_cached() -> None:
+    a = schedule(CronSpec("5 4 * * *"), "Europe/Berlin")
+    b = schedule(CronSpec("5 4 * * *"), "Europe/Berlin")
+    assert triggers.build_trigger(a, ANCHOR) is triggers.build_trigger(b, ANCHOR)
+
+
+# --- DST ----------------------------------------------------------------------
+
+
+def test_berlin_weekday_nine_am_across_spring_forward() -> None:
+    previewed = triggers.preview(
+        schedule(CronSpec("0 9 * * 1-5"), "Europe/Berlin"), utc(2027, 3, 24), 5, ANCHOR
+    )
+    assert [p.fire_time for p in previewed] == [
+        utc(2027, 3, 24, 8),  # Wed, CET (+01:00)
+        utc(2027, 3, 25, 8),
+        utc(2027, 3, 26, 8),
+        utc(2027, 3, 29, 7),  # Mon after 2027-03-28, CEST (+02:00)
+        utc(2027, 3, 30, 7),
+    ]
+    assert all(p.local_time.hour == 9 and p.local_time.minute == 0 for p in previewed)
+    assert [p.local_time.isoformat() for p in previewed][2:4] == [
+        "2027-03-26T09:00:00+01:00",
+        "2027-03-29T09:00:00+02:00",
+    ]
+    assert not any(p.in_dst_gap or p.in_dst_fold for p in previewed)
+
+
+def test_berlin_spring_forward_gap_moves_the_tick_and_flags_it() -> None:
+    # 02:30 does not exist on 2027-03-28 (02:00 -> 03:00). APScheduler 3.11 does
+    # not skip the day: it reads 02:30 at the old offset, i.e. 01:30 UTC = 03:30 CEST.
+    previewed = triggers.preview(
+        schedule(CronSpec("30 2 * * *"), "Europe/Berlin"), utc(2027, 3, 27), 3, ANCHOR
+    )
+    assert previewed == [
+        PreviewTime(utc(2027, 3, 27, 1, 30), datetime(2027, 3, 27, 2, 30, tzinfo=BERLIN), False, False),
+        PreviewTime(utc(2027, 3, 28, 1, 30), datetime(2027, 3, 28, 3, 30, tzinfo=BERLIN), True, False),
+        PreviewTime(utc(2027, 3, 29, 0, 30), datetime(2027, 3, 29, 2, 30, tzinfo=BERLIN), False, False),
+    ]
+
+
+def test_hourly_cron_in_the_gap_is_not_flagged() -> None:
+    # 03:30 CEST is a time `30 * * * *` names, whatever happened at 02:30.
+    previewed = triggers.preview(
+        schedule(CronSpec("30 * * * *"), "Europe/Berlin"), utc(2027, 3, 28), 3, ANCHOR
+    )
+    assert [p.local_time.isoformat() for p in previewed] == [
+        "2027-03-28T01:30:00+01:00",
+        "2027-03-28T03:30:00+02:00",
+        "2027-03-28T04:30:00+02:00",
+    ]
+    assert not any(p.in_dst_gap for p in previewed)
+
+
+def test_berlin_fall_back_fold_fires_once_and_is_flagged() -> None:
+    # 02:30 happens twice on 2027-10-31 (CEST 00:30 UTC, then CET 01:30 UTC).
+    previewed = triggers.preview(
+        schedule(CronSpec("30 2 * * *"), "Europe/Berlin"), utc(2027, 10, 30), 3, ANCHOR
+    )
+    assert [(p.fire_time, p.in_dst_fold, p.in_dst_gap) for p in previewed] == [
+        (utc(2027, 10, 30, 0, 30), False, False),
+        (utc(2027, 10, 31, 0, 30), True, False),  # the first occurrence only
+        (utc(2027, 11, 1, 1, 30), False, False),
+    ]
+    assert previewed[1].local_time.isoformat() == "2027-10-31T02:30:00+02:00"
+
+
+def test_fold_second_occurrence_is_skipped_even_when_asked_from_inside_it() -> None:
+    s = schedule(CronSpec("30 2 * * *"), "Europe/Berlin")
+    assert triggers.next_fire_time(s, utc(2027, 10, 31, 0, 45), ANCHOR) == utc(2027, 11, 1, 1, 30)
+
+
+def test_hourly_cron_fires_in_both_repeated_hours() -> None:
+    previewed = triggers.preview(
+        schedule(CronSpec("0 * * * *"), "Europe/Berlin"), utc(2027, 10, 30, 22, 30), 4, ANCHOR
+    )
+    assert [(p.local_time.isoformat(), p.in_dst_fold) for p in previewed] == [
+        ("2027-10-31T01:00:00+02:00", False),
+        ("2027-10-31T02:00:00+02:00", True),
+        ("2027-10-31T02:00:00+01:00", True),
+        ("2027-10-31T03:00:00+01:00", False),
+    ]
+
+
+def test_interval_and_date_ticks_are_never_flagged() -> None:
+    spec = IntervalSpec(timedelta(minutes=30))
+    previewed = triggers.preview(
+        schedule(spec, "Europe/Berlin", start_time=utc(2027, 10, 31)), utc(2027, 10, 31), 4, ANCHOR
+    )
+    assert [p.local_time.isoformat() for p in previewed] == [
+        "2027-10-31T02:30:00+02:00",
+        "2027-10-31T02:00:00+01:00",  # a wall time of the fold, but an instant: not flagged
+        "2027-10-31T02:30:00+01:00",
+        "2027-10-31T03:00:00+01:00",
+    ]
+    assert not any(p.in_dst_fold or p.in_dst_gap for p in previewed)
+    date = triggers.preview(
+        schedule(DateSpec(utc(2027, 10, 31, 1)), "Europe/Berlin"), utc(2027, 1, 1), 1, ANCHOR
+    )
+    assert date == [
+        PreviewTime(utc(2027, 10, 31, 1), datetime(2027, 10, 31, 2, tzinfo=BERLIN, fold=1), False, False)
+    ]
+
+
+def test_describe_fire_time_flags_a_backfilled_tick() -> None:
+    s = schedule(CronSpec("30 2 * * *"), "Europe/Berlin")
+    described = triggers.describe_fire_time(s, utc(2027, 3, 28, 1, 30), ANCHOR)
+    assert described.in_dst_gap
+    assert described.local_time.isoformat() == "2027-03-28T03:30:00+02:00"
+
+
+# --- validation ---------------------------------------------------------------
+
+
+def test_valid_schedule_passes() -> None:
+    spec = AnyOfSpec((CronSpec("0 9 * * 1-5"), AllOfSpec((CronSpec("0 0 1 * *"), CronSpec("0 0 * * 1")))))
+    triggers.validate_schedule_timing(
+        schedule(
+            spec, "Europe/Berlin", start_time=utc(2027, 1, 1), end_time=utc(2027, 1, 1), jitter=timedelta(0)
+        )
+    )
+
+
+def test_bad_cron_says_what_is_wrong() -> None:
+    found = violations(schedule(CronSpec("61 * * * *")))
+    assert list(found) == ["trigger.cron.expression"]
+    assert "minute" in found["trigger.cron.expression"]
+    assert "61" in found["trigger.cron.expression"]
+
+
+@pytest.mark.parametrize("expression", ["* * * *", "* * * * * * *"])
+def test_cron_with_wrong_field_count(expression: str) -> None:
+    found = violations(schedule(CronSpec(expression)))
+    assert "expected 5 fields" in found["trigger.cron.expression"]
+    assert f"got {len(expression.split())}" in found["trigger.cron.expression"]
+
+
+@pytest.mark.parametrize(
+    ("expression", "fragment"),
+    [
+        ("", "required"),
+        ("0 0 * * 8", "not a weekday"),
+        ("0 0 * * fun", "unknown weekday name"),
+        ("0 25 * * *", "hour"),
+        ("0 0 30 2 *", "never matches"),
+    ],
+)
+def test_cron_expression_problems(expression: str, fragment: str) -> None:
+    assert fragment in violations(schedule(CronSpec(expression)))["trigger.cron.expression"]
+
+
+def test_unknown_time_zone() -> None:
+    assert (
+        "Mars/Olympus_Mons" in violations(schedule(CronSpec("0 * * * *"), "Mars/Olympus_Mons"))["time_zone"]
+    )
+
+
+def test_interval_must_be_positive() -> None:
+    assert set(violations(schedule(IntervalSpec(timedelta(0))))) == {"trigger.interval.every"}
+    assert set(violations(schedule(IntervalSpec(timedelta(seconds=-1))))) == {"trigger.interval.every"}
+
+
+def test_end_before_start() -> None:
+    s = schedule(CronSpec("0 * * * *"), start_time=utc(2027, 1, 2), end_time=utc(2027, 1, 1))
+    assert set(violations(s)) == {"end_time"}
+
+
+def test_negative_jitter_and_catchup_window() -> None:
+    s = schedule(CronSpec("0 * * * *"), jitter=timedelta(seconds=-1), catchup_window=timedelta(seconds=-1))
+    assert set(violations(s)) == {"jitter", "catchup_window"}
+
+
+def test_every_violation_is_listed_with_nested_paths() -> None:
+    spec = AnyOfSpec(
+        (
+            CronSpec("0 9 * * 1-5"),
+            CronSpec("0 9 * *"),
+            AllOfSpec((IntervalSpec(timedelta(0)),)),
+        )
+    )
+    found = violations(
+        schedule(spec, "Nowhere/Special", start_time=utc(2027, 1, 2), end_time=utc(2027, 1, 1))
+    )
+    assert set(found) == {
+        "trigger.any_of.triggers[1].cron.expression",
+        "trigger.any_of.triggers[2].all_of.triggers",
+        "trigger.any_of.triggers[2].all_of.triggers[0].interval.every",
+        "time_zone",
+        "end_time",
+    }
+
+
+def test_combination_needs_two_triggers() -> None:
+    assert "got 1" in violations(schedule(AnyOfSpec((CronSpec("0 * * * *"),))))["trigger.any_of.triggers"]
+    assert "got 0" in violations(schedule(AllOfSpec(())))["trigger.all_of.triggers"]
+
+
+def test_missing_trigger() -> None:
+    assert set(violations(schedule(None))) == {"trigger"}  # type: ignore[arg-type]
+
+
+def test_build_trigger_refuses_an_invalid_schedule() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        triggers.build_trigger(schedule(CronSpec("bad"), "Nowhere/Special"), ANCHOR)
+    assert {v.field for v in caught.value.violations} == {"trigger.cron.expression", "time_zone"}
