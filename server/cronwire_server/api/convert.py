@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,12 +16,12 @@ from cronwire_server.triggers import PreviewTime
 
 # Enums: proto value <-> domain member. UNSPECIFIED maps to the documented default.
 
-_DEPENDENCY = {
+_DEPENDENCY: dict[Any, model.DependencyCondition] = {
     job_pb2.DEPENDENCY_CONDITION_ON_SUCCESS: model.DependencyCondition.ON_SUCCESS,
     job_pb2.DEPENDENCY_CONDITION_ON_FAILURE: model.DependencyCondition.ON_FAILURE,
     job_pb2.DEPENDENCY_CONDITION_ON_COMPLETION: model.DependencyCondition.ON_COMPLETION,
 }
-_EXECUTION_STATE = {
+_EXECUTION_STATE: dict[Any, model.ExecutionState] = {
     execution_pb2.EXECUTION_STATE_QUEUED: model.ExecutionState.QUEUED,
     execution_pb2.EXECUTION_STATE_RUNNING: model.ExecutionState.RUNNING,
     execution_pb2.EXECUTION_STATE_SUCCEEDED: model.ExecutionState.SUCCEEDED,
@@ -30,12 +31,12 @@ _EXECUTION_STATE = {
     execution_pb2.EXECUTION_STATE_SKIPPED: model.ExecutionState.SKIPPED,
     execution_pb2.EXECUTION_STATE_LOST: model.ExecutionState.LOST,
 }
-_MISFIRE = {
+_MISFIRE: dict[Any, model.MisfirePolicy] = {
     schedule_pb2.MISFIRE_POLICY_SKIP: model.MisfirePolicy.SKIP,
     schedule_pb2.MISFIRE_POLICY_RUN_ONCE: model.MisfirePolicy.RUN_ONCE,
     schedule_pb2.MISFIRE_POLICY_RUN_ALL: model.MisfirePolicy.RUN_ALL,
 }
-_OVERLAP = {
+_OVERLAP: dict[Any, model.OverlapPolicy] = {
     schedule_pb2.OVERLAP_POLICY_SKIP: model.OverlapPolicy.SKIP,
     schedule_pb2.OVERLAP_POLICY_QUEUE_ONE: model.OverlapPolicy.QUEUE_ONE,
     schedule_pb2.OVERLAP_POLICY_ALLOW_ALL: model.OverlapPolicy.ALLOW_ALL,
@@ -43,7 +44,7 @@ _OVERLAP = {
 }
 
 
-def _reverse(mapping: dict[int, Any]) -> dict[Any, int]:
+def _reverse(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
     return {v: k for k, v in mapping.items()}
 
 
@@ -51,7 +52,7 @@ _DEPENDENCY_PB, _STATE_PB = _reverse(_DEPENDENCY), _reverse(_EXECUTION_STATE)
 _MISFIRE_PB, _OVERLAP_PB = _reverse(_MISFIRE), _reverse(_OVERLAP)
 
 
-def _enum(value: int, mapping: dict[int, Any], default: Any, field: str) -> Any:
+def _enum(value: int, mapping: Mapping[Any, Any], default: Any, field: str) -> Any:
     if value == 0:
         return default
     try:

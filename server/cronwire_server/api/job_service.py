@@ -65,7 +65,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         namespace = names.parse_parent(request.parent)
         filters = {"namespace": namespace, "executor": request.executor}
         page = page_from_request(request.page_size, request.page_token, filters)
-        listing = await self._jobs.list(namespace, page, executor=request.executor)
+        listing = await self._jobs.list_page(namespace, page, executor=request.executor)
         return job_service_pb2.ListJobsResponse(
             jobs=[convert.job_to_pb(job) for job in listing.items],
             next_page_token=encode_token(listing.next_after, filters),

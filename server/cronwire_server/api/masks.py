@@ -36,7 +36,7 @@ def mask_paths(
                 raise InvalidArgument.field("update_mask", f"{path!r} cannot be updated; updatable: {known}")
             paths.append(path)
     checked = field_mask_pb2.FieldMask(paths=paths)
-    if not checked.IsValidForDescriptor(update.DESCRIPTOR):
+    if not checked.IsValidForDescriptor(update.DESCRIPTOR):  # type: ignore[arg-type]
         raise InvalidArgument.field("update_mask", f"names a field {update.DESCRIPTOR.name} does not have")
     return checked
 

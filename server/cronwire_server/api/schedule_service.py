@@ -86,7 +86,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
             job_id = job.id
         filters = {"namespace": namespace, "job": job_id}
         page = page_from_request(request.page_size, request.page_token, filters)
-        listing = await self._schedules.list(namespace, page, job_id=job_id)
+        listing = await self._schedules.list_page(namespace, page, job_id=job_id)
         return schedule_service_pb2.ListSchedulesResponse(
             schedules=[_schedule_pb(s) for s in listing.items],
             next_page_token=encode_token(listing.next_after, filters),
