@@ -88,8 +88,8 @@ def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
 
 
 def dict_to_struct(value: dict[str, Any], out: struct_pb2.Struct) -> None:
-    out.Clear()
-    out.update(value)
+    if value:
+        out.update(value)
 
 
 def duration_from_pb(value: duration_pb2.Duration) -> timedelta:
