@@ -199,6 +199,8 @@ def _verdict(target: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # Other work on the machine skews every phase; the JSON records how busy it was.
+    loadavg_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cronwire-bench-") as tmp, LoadProcess() as load:
         workdir = Path(tmp)
         phase_list = [run_echo(args, load, workdir), *run_cronwire(args, load, workdir)]
@@ -211,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "concurrency": args.concurrency,
             "channels": args.channels,
             "cpus": os.cpu_count(),
+            "loadavg_1m_before": round(loadavg_before, 2),
         }
         figures = {key: phase_figures(phase) for key, phase in phases.items()}
         print(json.dumps({"config": config, "phases": figures, "targets": targets}, indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -46,6 +47,8 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self._port_file.parent,
+                # Unbuffered, so the log tail shown on a failed start is complete.
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         try:
             self.port = self._wait_for_port(timeout)

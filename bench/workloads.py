@@ -11,8 +11,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from cronwire.v1 import job_pb2, job_service_pb2
 from google.protobuf import struct_pb2
+
+from cronwire.v1 import job_pb2, job_service_pb2
 
 PARENT = "namespaces/bench"
 CREATE_JOB = "/cronwire.v1.JobService/CreateJob"
