@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, assert_never
 
@@ -93,16 +93,17 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
     """An async engine for a user's database URL, set up for the store."""
     async_url = normalize_url(url)
+    # Autocommit: most calls are one statement, which then costs one round trip, not three.
+    options: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "isolation_level": "AUTOCOMMIT",
+    }
     if make_url(async_url).get_backend_name() == "sqlite":
-        engine = create_async_engine(async_url, pool_size=pool_size, max_overflow=max_overflow)
+        engine = create_async_engine(async_url, **options)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         return engine
-    return create_async_engine(
-        async_url,
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-        connect_args={"application_name": "cronwire"},
-    )
+    return create_async_engine(async_url, connect_args={"application_name": "cronwire"}, **options)
 
 
 async def open_store(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> SqlStore:
@@ -139,8 +140,10 @@ def _violated(error: exc.IntegrityError) -> str:
     return "foreign_key" if name == "SQLITE_CONSTRAINT_FOREIGNKEY" else "other"
 
 
-class _RequestSeen(Exception):
-    """The request id is recorded already: replay the first result instead."""
+async def _rollback(conn: AsyncConnection) -> None:
+    """Best effort: if the connection broke, the pool discards it and the server rolls back."""
+    with suppress(exc.DBAPIError):
+        await conn.exec_driver_sql("ROLLBACK")
 
 
 def job_name(namespace: str, job_id: str) -> str:
@@ -319,72 +322,111 @@ def _stamp(fields: dict[str, Any], now: datetime) -> dict[str, Any]:
     return {**fields, "update_time": now, "etag": _new_etag()}
 
 
-# Built once: the hot path only binds values.
+# Built once: the hot path only binds values. Inserts take their VALUES from the parameters.
 _INSERT_JOB = sa.insert(jobs).returning(*jobs.c)
 _INSERT_SCHEDULE = sa.insert(schedules).returning(*schedules.c)
-_INSERT_REQUEST_ID = sa.insert(request_ids)
+_RECORD_REQUEST = sa.insert(request_ids).values(
+    namespace=sa.bindparam("request_namespace"),
+    request_id=sa.bindparam("request_id"),
+    method=sa.bindparam("request_method"),
+    resource_id=sa.bindparam("request_resource_id"),
+    create_time=sa.bindparam("request_create_time"),
+)
+# PostgreSQL runs a data-modifying CTE with the main statement: the request id is
+# recorded and the resource inserted in one statement, one round trip.
+_INSERT_JOB_RECORDING_REQUEST = _INSERT_JOB.add_cte(_RECORD_REQUEST.cte("recorded_request"))
+_INSERT_SCHEDULE_RECORDING_REQUEST = _INSERT_SCHEDULE.add_cte(_RECORD_REQUEST.cte("recorded_request"))
+_GET_JOB = sa.select(jobs).where(
+    jobs.c.namespace == sa.bindparam("namespace"), jobs.c.id == sa.bindparam("id")
+)
+_GET_SCHEDULE = sa.select(schedules).where(
+    schedules.c.namespace == sa.bindparam("namespace"), schedules.c.id == sa.bindparam("id")
+)
+
+
+def _request_params(values: dict[str, Any], request_id: str, method: str) -> dict[str, Any]:
+    return {
+        **values,
+        "request_namespace": values["namespace"],
+        "request_id": request_id,
+        "request_method": method,
+        "request_resource_id": values["id"],
+        "request_create_time": values["create_time"],
+    }
+
 
 # ---------------------------------------------------------------------------
 # The store
 
 
 class SqlStore:
-    """`Store` on one SQLAlchemy async engine; owns the engine and disposes it on close."""
+    """`Store` on one SQLAlchemy async engine; owns the engine and disposes it on close.
+
+    The engine autocommits: a single statement is its own transaction, with no
+    BEGIN/COMMIT round trips. `_transaction` opens an explicit one where several
+    statements must be atomic.
+    """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        # SQLite: take the write lock at BEGIN, so busy_timeout applies and a reader never
+        # fails to upgrade to a writer halfway through.
+        self._begin = "BEGIN" if self._postgres else "BEGIN IMMEDIATE"
 
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
 
-    @property
-    def dialect_name(self) -> str:
-        return self._engine.dialect.name
-
     async def close(self) -> None:
         await self._engine.dispose()
 
     async def ping(self) -> None:
-        async with self._read() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+        async with self._connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        with _unavailable_on_connection_errors():
-            async with self._engine.begin() as conn:
-                yield conn
-
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
         with _unavailable_on_connection_errors():
             async with self._engine.connect() as conn:
                 yield conn
 
-    async def _record_request(
-        self, conn: AsyncConnection, namespace: str, request_id: str, method: str, resource_id: str
-    ) -> None:
-        """Claim `request_id` first, so a concurrent duplicate waits for us and then sees our row."""
-        row = {
-            "namespace": namespace,
-            "request_id": request_id,
-            "method": method,
-            "resource_id": resource_id,
-            "create_time": datetime.now(UTC),
-        }
-        try:
-            await conn.execute(_INSERT_REQUEST_ID, row)
-        except exc.IntegrityError as error:
-            if _violated(error) != "unique":
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self._connect() as conn:
+            await conn.exec_driver_sql(self._begin)
+            try:
+                yield conn
+            except Exception:
+                await _rollback(conn)
                 raise
-            raise _RequestSeen from error
+            await conn.exec_driver_sql("COMMIT")
+
+    async def _insert(
+        self, plain: sa.Insert, recording: sa.Insert, values: dict[str, Any], request_id: str, method: str
+    ) -> Row[Any]:
+        """Insert one row and return it; with a request id, record that id atomically with it.
+
+        A concurrent request with the same id waits on our uncommitted request id row,
+        then fails with a unique violation: it never inserts a second resource.
+        """
+        if not request_id:
+            async with self._connect() as conn:
+                return (await conn.execute(plain, values)).one()
+        params = _request_params(values, request_id, method)
+        if self._postgres:
+            async with self._connect() as conn:
+                return (await conn.execute(recording, params)).one()
+        async with self._transaction() as conn:
+            await conn.execute(_RECORD_REQUEST, params)
+            return (await conn.execute(plain, values)).one()
 
     async def _recorded_resource(self, namespace: str, request_id: str, method: str) -> str | None:
-        """The id the first request with `request_id` created, None if no record is left."""
+        """The id of what the request with `request_id` created, None if it is not recorded."""
         query = sa.select(request_ids.c.method, request_ids.c.resource_id).where(
             request_ids.c.namespace == namespace, request_ids.c.request_id == request_id
         )
-        async with self._read() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(query)).one_or_none()
         if row is None:
             return None
@@ -395,39 +437,26 @@ class SqlStore:
     # Jobs
 
     async def create_job(self, job: Job, *, request_id: str = "") -> Job:
-        # Twice at most: a recorded request id can vanish only if its record expires meanwhile.
-        for _ in range(2):
-            try:
-                return await self._insert_job(job, request_id)
-            except _RequestSeen:
-                resource_id = await self._recorded_resource(job.namespace, request_id, "CreateJob")
-                if resource_id is not None:
-                    return await self.get_job(job.namespace, resource_id)
-        raise errors.StorageUnavailable("the request id record kept changing; retry")
-
-    async def _insert_job(self, job: Job, request_id: str) -> Job:
         now = datetime.now(UTC)
-        values = {
-            "namespace": job.namespace,
-            "id": job.id,
-            "create_time": now,
-            **_stamp(_job_fields(job), now),
-        }
-        async with self._transaction() as conn:
+        values = {"namespace": job.namespace, "id": job.id, "create_time": now}
+        values.update(_stamp(_job_fields(job), now))
+        statements = (_INSERT_JOB, _INSERT_JOB_RECORDING_REQUEST)
+        try:
+            row = await self._insert(*statements, values, request_id, "CreateJob")
+        except exc.IntegrityError as error:
+            if _violated(error) != "unique":
+                raise
+            # The id is taken, or the request id is: then this repeats a request that got there first.
             if request_id:
-                await self._record_request(conn, job.namespace, request_id, "CreateJob", job.id)
-            try:
-                row = (await conn.execute(_INSERT_JOB, values)).one()
-            except exc.IntegrityError as error:
-                if _violated(error) != "unique":
-                    raise
-                raise errors.AlreadyExists("job", job_name(job.namespace, job.id)) from error
+                replay = await self._recorded_resource(job.namespace, request_id, "CreateJob")
+                if replay is not None:
+                    return await self.get_job(job.namespace, replay)
+            raise errors.AlreadyExists("job", job_name(job.namespace, job.id)) from error
         return _job_from_row(row)
 
     async def get_job(self, namespace: str, job_id: str) -> Job:
-        query = sa.select(jobs).where(jobs.c.namespace == namespace, jobs.c.id == job_id)
-        async with self._read() as conn:
-            row = (await conn.execute(query)).one_or_none()
+        async with self._connect() as conn:
+            row = (await conn.execute(_GET_JOB, {"namespace": namespace, "id": job_id})).one_or_none()
         if row is None:
             raise errors.NotFound("job", job_name(namespace, job_id))
         return _job_from_row(row)
@@ -442,7 +471,7 @@ class SqlStore:
     async def update_job(self, job: Job, *, expected_etag: str) -> Job:
         key = (jobs.c.namespace == job.namespace, jobs.c.id == job.id)
         values = _stamp(_job_fields(job), datetime.now(UTC))
-        async with self._transaction() as conn:
+        async with self._connect() as conn:
             row = await _update_returning(conn, jobs, key, values, expected_etag)
             if row is None:
                 await _raise_missing_or_changed(conn, jobs, key, "job", job_name(job.namespace, job.id))
@@ -451,44 +480,31 @@ class SqlStore:
     async def delete_job(self, namespace: str, job_id: str, *, expected_etag: str = "") -> None:
         key = (jobs.c.namespace == namespace, jobs.c.id == job_id)
         # The schedules go with it: ON DELETE CASCADE, in this same statement.
-        async with self._transaction() as conn:
+        async with self._connect() as conn:
             if not await _delete(conn, jobs, key, expected_etag):
                 await _raise_missing_or_changed(conn, jobs, key, "job", job_name(namespace, job_id))
 
     # Schedules
 
     async def create_schedule(self, schedule: Schedule, *, request_id: str = "") -> Schedule:
-        for _ in range(2):
-            try:
-                return await self._insert_schedule(schedule, request_id)
-            except _RequestSeen:
-                resource_id = await self._recorded_resource(schedule.namespace, request_id, "CreateSchedule")
-                if resource_id is not None:
-                    return await self.get_schedule(schedule.namespace, resource_id)
-        raise errors.StorageUnavailable("the request id record kept changing; retry")
-
-    async def _insert_schedule(self, schedule: Schedule, request_id: str) -> Schedule:
         now = datetime.now(UTC)
-        values = {
-            "namespace": schedule.namespace,
-            "id": schedule.id,
-            "create_time": now,
-            **_stamp(_schedule_fields(schedule), now),
-        }
-        async with self._transaction() as conn:
-            if request_id:
-                ns, sid = schedule.namespace, schedule.id
-                await self._record_request(conn, ns, request_id, "CreateSchedule", sid)
-            try:
-                row = (await conn.execute(_INSERT_SCHEDULE, values)).one()
-            except exc.IntegrityError as error:
-                _raise_schedule_conflict(error, schedule)
+        values = {"namespace": schedule.namespace, "id": schedule.id, "create_time": now}
+        values.update(_stamp(_schedule_fields(schedule), now))
+        statements = (_INSERT_SCHEDULE, _INSERT_SCHEDULE_RECORDING_REQUEST)
+        try:
+            row = await self._insert(*statements, values, request_id, "CreateSchedule")
+        except exc.IntegrityError as error:
+            if _violated(error) == "unique" and request_id:
+                replay = await self._recorded_resource(schedule.namespace, request_id, "CreateSchedule")
+                if replay is not None:
+                    return await self.get_schedule(schedule.namespace, replay)
+            _raise_schedule_conflict(error, schedule)
         return _schedule_from_row(row)
 
     async def get_schedule(self, namespace: str, schedule_id: str) -> Schedule:
-        query = sa.select(schedules).where(schedules.c.namespace == namespace, schedules.c.id == schedule_id)
-        async with self._read() as conn:
-            row = (await conn.execute(query)).one_or_none()
+        params = {"namespace": namespace, "id": schedule_id}
+        async with self._connect() as conn:
+            row = (await conn.execute(_GET_SCHEDULE, params)).one_or_none()
         if row is None:
             raise errors.NotFound("schedule", schedule_name(namespace, schedule_id))
         return _schedule_from_row(row)
@@ -504,7 +520,7 @@ class SqlStore:
         key = (schedules.c.namespace == schedule.namespace, schedules.c.id == schedule.id)
         name = schedule_name(schedule.namespace, schedule.id)
         values = _stamp(_schedule_fields(schedule), datetime.now(UTC))
-        async with self._transaction() as conn:
+        async with self._connect() as conn:
             try:
                 row = await _update_returning(conn, schedules, key, values, expected_etag)
             except exc.IntegrityError as error:
@@ -515,7 +531,7 @@ class SqlStore:
 
     async def delete_schedule(self, namespace: str, schedule_id: str, *, expected_etag: str = "") -> None:
         key = (schedules.c.namespace == namespace, schedules.c.id == schedule_id)
-        async with self._transaction() as conn:
+        async with self._connect() as conn:
             if not await _delete(conn, schedules, key, expected_etag):
                 name = schedule_name(namespace, schedule_id)
                 await _raise_missing_or_changed(conn, schedules, key, "schedule", name)
@@ -530,7 +546,7 @@ class SqlStore:
         if page.after:
             query = query.where(id_column > page.after)
         query = query.order_by(id_column).limit(page.size + 1)
-        async with self._read() as conn:
+        async with self._connect() as conn:
             rows = (await conn.execute(query)).all()
         if len(rows) <= page.size:
             return rows, None
