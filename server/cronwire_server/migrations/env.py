@@ -6,8 +6,9 @@ There is no alembic.ini; the URL never goes through Alembic's config parser.
 from __future__ import annotations
 
 from alembic import context
-from cronwire_server.storage.tables import metadata
 from sqlalchemy.engine import Connection
+
+from cronwire_server.storage.tables import metadata
 
 
 def _run(connection: Connection) -> None:
