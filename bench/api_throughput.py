@@ -170,7 +170,8 @@ def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def print_table(phases: dict[str, Phase], targets: dict[str, dict[str, Any]]) -> None:
+def print_table(phases: dict[str, Phase], targets: dict[str, dict[str, Any]], loadavg_before: float) -> None:
+    print(f"{os.cpu_count()} CPUs, load average {loadavg_before:.2f} before the run")
     print(f"{'phase':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for phase in phases.values():
         r = phase.result
@@ -199,7 +200,7 @@ def _verdict(target: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # Other work on the machine skews every phase; the JSON records how busy it was.
+    # Other work on the machine skews every phase; the output records how busy it was.
     loadavg_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cronwire-bench-") as tmp, LoadProcess() as load:
         workdir = Path(tmp)
@@ -218,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures = {key: phase_figures(phase) for key, phase in phases.items()}
         print(json.dumps({"config": config, "phases": figures, "targets": targets}, indent=2))
     else:
-        print_table(phases, targets)
+        print_table(phases, targets, loadavg_before)
     # Missing a target is a result (0); a phase that could not run is not (1).
     return 0 if all(phase.result for phase in phase_list) else 1
 
