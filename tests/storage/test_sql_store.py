@@ -179,6 +179,12 @@ def test_normalize_url_rejects_other_databases() -> None:
         normalize_url("mysql://u@db/cw")
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+async def test_in_memory_sqlite_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="in-memory"):
+        await open_store(url)
+
+
 # Jobs
 
 

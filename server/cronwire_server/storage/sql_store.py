@@ -100,7 +100,11 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> A
         "max_overflow": max_overflow,
         "isolation_level": "AUTOCOMMIT",
     }
-    if make_url(async_url).get_backend_name() == "sqlite":
+    parsed = make_url(async_url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            # Each pooled connection (and the migration) would see its own empty database.
+            raise ValueError("in-memory SQLite is not supported: give a file, sqlite:///cronwire.db")
         engine = create_async_engine(async_url, **options)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         return engine
