@@ -166,6 +166,8 @@ class Schedule:
     arguments: JsonObject = field(default_factory=dict)
     # Maintained by the store and the dispatcher.
     next_fire_time: datetime | None = None
+    # When the schedule was last resumed: earlier missed ticks fell while it was paused.
+    resumed_at: datetime | None = None
     create_time: datetime | None = None
     update_time: datetime | None = None
     etag: str = ""
@@ -198,6 +200,16 @@ class Execution:
     error: str = ""
     skip_reason: SkipReason | None = None
     worker: str = ""
+    # When a worker may start it: the tick plus jitter, or a retry's backoff.
+    due_time: datetime | None = None
+    # A worker starts it only while no other execution of its schedule runs.
+    serial: bool = False
+    # Set by CancelExecution on a RUNNING execution; its worker stops it.
+    cancel_requested: bool = False
+
+    @property
+    def ended(self) -> bool:
+        return self.state not in (ExecutionState.QUEUED, ExecutionState.RUNNING)
 
 
 @dataclass(frozen=True)
