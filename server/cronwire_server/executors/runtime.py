@@ -1,0 +1,71 @@
+"""What a worker hands an executor and what it gets back.
+
+A worker builds a `RunRequest` for one execution, picks the kind's `Runner`
+(`runners.runner_for`) and awaits `run`. A runner never raises for a failed
+run: every way a run can end is a `RunOutcome`. Only `asyncio.CancelledError`
+escapes, when the worker's own task is cancelled, and by then the runner has
+stopped whatever it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from cronwire_server.model import ExecutionState
+
+__all__ = ["OutputCallback", "RunOutcome", "RunRequest", "Runner", "describe_timeout"]
+
+OutputCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One execution to run."""
+
+    execution_name: str  # namespaces/{ns}/executions/{id}, for env/logging
+    job_name: str
+    parameters: dict[str, Any]  # the job's executor parameters, validated against the kind's schema
+    arguments: dict[str, Any]  # the execution's arguments (from the schedule or RunJob)
+    scheduled_time: datetime
+    attempt: int
+    timeout: timedelta | None  # None = no timeout
+    capture_bytes: int = 1024 * 1024  # bound on captured output
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended."""
+
+    state: ExecutionState  # SUCCEEDED, FAILED, TIMED_OUT or CANCELLED
+    exit_code: int | None = None
+    # stdout and stderr interleaved as produced, decoded UTF-8 with errors="replace".
+    output: str = ""
+    output_truncated: bool = False
+    result: Any = None
+    # For people: "exit code 3", "timed out after 5s", "cancelled", "executable not found: foo".
+    error: str = ""
+
+
+class Runner(Protocol):
+    """Runs one kind of executor.
+
+    `cancel` is set when the execution is cancelled or the server drains: the
+    runner stops the work and returns CANCELLED. `on_output` receives output as
+    it is produced; it is called on the event loop and must not block.
+    """
+
+    async def run(
+        self,
+        request: RunRequest,
+        cancel: asyncio.Event,
+        on_output: OutputCallback | None = None,
+    ) -> RunOutcome: ...
+
+
+def describe_timeout(timeout: timedelta) -> str:
+    """`timed out after 5s`, `timed out after 0.25s`: the error of a TIMED_OUT outcome."""
+    return f"timed out after {timeout.total_seconds():g}s"
