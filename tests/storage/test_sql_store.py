@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
 from datetime import UTC, datetime, timedelta, timezone
@@ -527,5 +528,25 @@ async def test_unreachable_database_is_storage_unavailable(backend: str, tmp_pat
             await store.create_job(make_job())
         with pytest.raises(errors.StorageUnavailable):
             await store.list_jobs(NS, Page(size=1))
+    finally:
+        await store.close()
+
+
+async def test_cancelled_calls_leave_the_pool_usable(database_url: str) -> None:
+    # One connection, so a connection left mid-transaction or mid-query would break the next call.
+    store = await open_store(database_url, pool_size=1, max_overflow=0)
+    try:
+        await store.create_job(make_job("base"))
+        # Cancel at a different point of the call each time: before, inside and after its
+        # transaction (a cancelled create may or may not have happened; either is fine).
+        for steps in range(0, 100, 5):
+            task = asyncio.create_task(store.create_job(make_job(f"job-{steps}"), request_id=f"req-{steps}"))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            created = await store.create_job(make_job(f"after-{steps}"), request_id=f"req-after-{steps}")
+            assert await store.get_job(NS, created.id) == created
     finally:
         await store.close()
