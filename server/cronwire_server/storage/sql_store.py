@@ -1,7 +1,7 @@
 """`Store` on SQLAlchemy asyncio: aiosqlite for SQLite, psycopg 3 for PostgreSQL.
 
-SQLAlchemy Core only: every call is one short transaction of a few statements,
-with no ORM identity map or unit of work to pay for on the hot path.
+SQLAlchemy Core only, no ORM identity map or unit of work to pay for: most calls
+are one autocommitted statement, one round trip.
 """
 
 from __future__ import annotations
@@ -131,11 +131,13 @@ def _unavailable_on_connection_errors() -> Iterator[None]:
         yield
     except exc.DBAPIError as error:
         # OperationalError covers refused connections, shutdowns, locked SQLite files.
+        # The message reaches API callers: the driver's text (hosts, ports) stays in the cause.
         if error.connection_invalidated or isinstance(error, exc.OperationalError | exc.InterfaceError):
-            raise errors.StorageUnavailable(f"the database is unavailable: {error.orig}") from error
+            reason = type(error.orig).__name__
+            raise errors.StorageUnavailable(f"the database is unavailable ({reason})") from error
         raise
-    except (exc.TimeoutError, OSError) as error:
-        raise errors.StorageUnavailable(f"the database is unavailable: {error}") from error
+    except (exc.TimeoutError, OSError) as error:  # pool exhausted, socket errors
+        raise errors.StorageUnavailable(f"the database is unavailable ({type(error).__name__})") from error
 
 
 def _violated(error: exc.IntegrityError) -> str:
