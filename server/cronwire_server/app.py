@@ -6,7 +6,8 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -30,11 +31,14 @@ from cronwire_server.api.execution_service import ExecutionService
 from cronwire_server.api.job_service import JobService
 from cronwire_server.api.schedule_service import ScheduleService
 from cronwire_server.config import Settings
+from cronwire_server.dispatcher import Dispatcher
+from cronwire_server.executions import ExecutionManager
 from cronwire_server.jobs import JobManager
 from cronwire_server.schedules import ScheduleManager
 from cronwire_server.storage import Store
 from cronwire_server.storage.migrate import upgrade
 from cronwire_server.storage.sql_store import open_store
+from cronwire_server.workers import WorkerPool
 
 log = logging.getLogger("cronwire_server")
 
@@ -60,11 +64,18 @@ class RunningServer:
     port: int
     health: HealthServicer
     store: Store
+    workers: WorkerPool | None = None
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self, grace: float) -> None:
-        """Report NOT_SERVING first, so balancers drain us, then let calls finish within `grace`."""
+        """Report NOT_SERVING first, so balancers drain us; stop claiming; let calls and running
+        executions finish within `grace`; put back what is still running; release the database."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        self.stopping.set()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        drained = self.workers.drain(grace) if self.workers else asyncio.sleep(0)
+        await asyncio.gather(self.server.stop(grace), drained)
         await self.store.close()
 
 
@@ -78,12 +89,18 @@ async def create_server(settings: Settings) -> RunningServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
     )
-    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(JobManager(store)), server)
-    schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
-        ScheduleService(ScheduleManager(store)), server
-    )
-    execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(ExecutionService(), server)
-    event_service_pb2_grpc.add_EventServiceServicer_to_server(EventService(), server)
+    if "api" in settings.roles:
+        executions = ExecutionManager(store)
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(
+            JobService(JobManager(store), executions), server
+        )
+        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
+            ScheduleService(ScheduleManager(store)), server
+        )
+        execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(
+            ExecutionService(executions), server
+        )
+        event_service_pb2_grpc.add_EventServiceServicer_to_server(EventService(), server)
 
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -98,7 +115,24 @@ async def create_server(settings: Settings) -> RunningServer:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health, store)
+    running = RunningServer(server, port, health, store)
+    _start_scheduler(running, settings)
+    return running
+
+
+def _start_scheduler(running: RunningServer, settings: Settings) -> None:
+    """The dispatcher and the worker pool, as this process's roles say."""
+    if "dispatcher" in settings.roles:
+        dispatcher = Dispatcher(running.store, grace=timedelta(seconds=settings.misfire_grace_seconds))
+        running.background.append(asyncio.create_task(dispatcher.run(running.stopping)))
+    if "worker" in settings.roles:
+        running.workers = WorkerPool(
+            running.store,
+            slots=settings.worker_slots,
+            lease=timedelta(seconds=settings.lease_seconds),
+            capture_bytes=settings.max_output_bytes,
+        )
+        running.background.append(asyncio.create_task(running.workers.run(running.stopping)))
 
 
 def _write_port_file(path: str, port: int) -> None:

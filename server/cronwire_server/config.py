@@ -9,6 +9,15 @@ from dataclasses import dataclass
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///cronwire.db"
+ROLES = ("api", "dispatcher", "worker")
+
+
+def parse_roles(value: str) -> frozenset[str]:
+    roles = frozenset(r.strip() for r in value.split(",") if r.strip())
+    unknown = roles - set(ROLES)
+    if unknown or not roles:
+        raise argparse.ArgumentTypeError(f"roles are a comma-separated subset of {','.join(ROLES)}")
+    return roles
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,12 @@ class Settings:
     # Where to write the bound port once serving (useful with port 0).
     port_file: str = ""
     log_level: str = "INFO"
+    # Which parts this process runs; every role is safe to run in many processes at once.
+    roles: frozenset[str] = frozenset(ROLES)
+    worker_slots: int = 16
+    lease_seconds: float = 30.0
+    misfire_grace_seconds: float = 5.0
+    max_output_bytes: int = 1024 * 1024
 
 
 def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
@@ -45,6 +60,44 @@ def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = o
         help="write the bound port to this file once serving (CRONWIRE_PORT_FILE)",
     )
     parser.add_argument(
+        "--roles",
+        type=parse_roles,
+        default=parse_roles(env.get("CRONWIRE_ROLES", ",".join(ROLES))),
+        metavar="ROLES",
+        help="what this process runs: api,dispatcher,worker or a subset (CRONWIRE_ROLES, default all)",
+    )
+    parser.add_argument(
+        "--worker-slots",
+        type=int,
+        default=int(env.get("CRONWIRE_WORKER_SLOTS", "16")),
+        metavar="N",
+        help="executions this process runs at once (CRONWIRE_WORKER_SLOTS, default %(default)s)",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=float(env.get("CRONWIRE_LEASE_SECONDS", "30")),
+        metavar="SECONDS",
+        help="a running execution whose worker stops renewing its lease this long is recovered "
+        "by another replica (CRONWIRE_LEASE_SECONDS, default %(default)s)",
+    )
+    parser.add_argument(
+        "--misfire-grace-seconds",
+        type=float,
+        default=float(env.get("CRONWIRE_MISFIRE_GRACE_SECONDS", "5")),
+        metavar="SECONDS",
+        help="a tick fired later than this is a misfire, handled by the schedule's misfire policy "
+        "(CRONWIRE_MISFIRE_GRACE_SECONDS, default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-output-bytes",
+        type=int,
+        default=int(env.get("CRONWIRE_MAX_OUTPUT_BYTES", str(1024 * 1024))),
+        metavar="BYTES",
+        help="captured output kept per execution; the rest is dropped and flagged "
+        "(CRONWIRE_MAX_OUTPUT_BYTES, default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env.get("CRONWIRE_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -68,4 +121,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         shutdown_grace=args.shutdown_grace,
         port_file=args.port_file,
         log_level=args.log_level,
+        roles=args.roles,
+        worker_slots=args.worker_slots,
+        lease_seconds=args.lease_seconds,
+        misfire_grace_seconds=args.misfire_grace_seconds,
+        max_output_bytes=args.max_output_bytes,
     )

@@ -165,7 +165,7 @@ class _Overlap:
             return self._queue(tick, serial=True)
         if policy is OverlapPolicy.QUEUE_ONE and self.queued == 0:
             return self._queue(tick, serial=True)
-        note = "the previous execution was still running (overlap policy {})".format(policy.name)
+        note = f"the previous execution was still running (overlap policy {policy.name})"
         return PlannedRun(tick, tick, SkipReason.OVERLAP, note=note)
 
 

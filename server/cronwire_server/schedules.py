@@ -96,9 +96,13 @@ class ScheduleManager:
         )
 
     async def resume(self, namespace: str, schedule_id: str) -> Schedule:
-        return await self._write(
-            namespace, schedule_id, lambda s: dataclasses.replace(s, paused=False, pause_reason=""), ""
-        )
+        def resume(schedule: Schedule) -> Schedule:
+            if not schedule.paused:
+                return schedule
+            # Ticks due before now fell while paused: the misfire policy decides on them.
+            return dataclasses.replace(schedule, paused=False, pause_reason="", resumed_at=utcnow())
+
+        return await self._write(namespace, schedule_id, resume, "")
 
     async def delete(self, namespace: str, schedule_id: str, *, expected_etag: str = "") -> None:
         await self._store.delete_schedule(namespace, schedule_id, expected_etag=expected_etag)

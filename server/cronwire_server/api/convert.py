@@ -218,6 +218,62 @@ def job_to_pb(job: model.Job) -> job_pb2.Job:
     return message
 
 
+# Executions
+
+_TRIGGER_PB = {
+    model.ExecutionTrigger.SCHEDULE: execution_pb2.EXECUTION_TRIGGER_SCHEDULE,
+    model.ExecutionTrigger.RUN_NOW: execution_pb2.EXECUTION_TRIGGER_RUN_NOW,
+    model.ExecutionTrigger.BACKFILL: execution_pb2.EXECUTION_TRIGGER_BACKFILL,
+    model.ExecutionTrigger.DEPENDENCY: execution_pb2.EXECUTION_TRIGGER_DEPENDENCY,
+    model.ExecutionTrigger.RETRY: execution_pb2.EXECUTION_TRIGGER_RETRY,
+}
+_SKIP_PB = {
+    model.SkipReason.OVERLAP: execution_pb2.SKIP_REASON_OVERLAP,
+    model.SkipReason.MISSED: execution_pb2.SKIP_REASON_MISSED,
+    model.SkipReason.PAUSED: execution_pb2.SKIP_REASON_PAUSED,
+}
+
+
+def execution_to_pb(execution: model.Execution) -> execution_pb2.Execution:
+    ns = execution.namespace
+    message = execution_pb2.Execution(
+        name=format_name("execution", ns, execution.id),
+        job=format_name("job", ns, execution.job_id),
+        schedule=format_name("schedule", ns, execution.schedule_id) if execution.schedule_id else "",
+        state=_STATE_PB[execution.state],
+        trigger=_TRIGGER_PB[execution.trigger],
+        attempt=execution.attempt,
+        first_attempt=format_name("execution", ns, execution.first_attempt_id)
+        if execution.first_attempt_id
+        else "",
+        parent_execution=(
+            format_name("execution", ns, execution.parent_execution_id)
+            if execution.parent_execution_id
+            else ""
+        ),
+        output=execution.output,
+        output_truncated=execution.output_truncated,
+        error=execution.error,
+        worker=execution.worker,
+    )
+    set_time(message.scheduled_time, execution.scheduled_time)
+    set_time(message.create_time, execution.create_time)
+    set_time(message.start_time, execution.start_time)
+    set_time(message.end_time, execution.end_time)
+    dict_to_struct(execution.arguments, message.arguments)
+    if execution.exit_code is not None:
+        message.exit_code = execution.exit_code
+    if execution.http_status is not None:
+        message.http_status = execution.http_status
+    if execution.result is not None:
+        json_format.ParseDict(execution.result, message.result)
+    if execution.skip_reason is not None:
+        message.skip_reason = _SKIP_PB[execution.skip_reason]
+    if execution.state is model.ExecutionState.QUEUED and execution.trigger is model.ExecutionTrigger.RETRY:
+        set_time(message.next_attempt_time, execution.due_time)
+    return message
+
+
 # Schedules
 
 

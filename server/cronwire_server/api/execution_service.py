@@ -1,5 +1,4 @@
-"""cronwire.v1.ExecutionService. Executions come with the scheduler core; until then every
-RPC answers UNIMPLEMENTED."""
+"""cronwire.v1.ExecutionService: protos in, domain calls, protos out."""
 
 from __future__ import annotations
 
@@ -10,26 +9,71 @@ import grpc
 
 from cronwire.v1 import execution_service_pb2 as pb
 from cronwire.v1 import execution_service_pb2_grpc
-from cronwire_server.api.status import unimplemented
+from cronwire_server.api import convert, names
+from cronwire_server.api.paging import encode_token, page_from_request
+from cronwire_server.api.status import unary, unimplemented
+from cronwire_server.errors import InvalidArgument
+from cronwire_server.executions import ExecutionManager
+from cronwire_server.storage.base import ExecutionFilter
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+def _filter(request: pb.ListExecutionsRequest, namespace: str) -> ExecutionFilter:
+    def in_namespace(value: str, kind: str, field: str) -> str:
+        if not value:
+            return ""
+        name = names.parse_name(value, kind, field)
+        if name.namespace != namespace:
+            raise InvalidArgument.field(field, f"must be a {kind} of the listed namespace")
+        return name.id
+
+    states = tuple(
+        convert.execution_state_from_pb(state, f"states[{index}]")
+        for index, state in enumerate(request.states)
+    )
+    return ExecutionFilter(
+        job_id=in_namespace(request.job, "job", "job"),
+        schedule_id=in_namespace(request.schedule, "schedule", "schedule"),
+        states=states,
+        scheduled_after=convert.optional_time(request, "start_time"),
+        scheduled_before=convert.optional_time(request, "end_time"),
+    )
+
+
 class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
+    def __init__(self, executions: ExecutionManager) -> None:
+        self._executions = executions
+
+    @unary
     async def GetExecution(
         self, request: pb.GetExecutionRequest, context: Context
     ) -> pb.GetExecutionResponse:
-        await unimplemented(context, "GetExecution")
+        name = names.parse_name(request.name, "execution")
+        execution = await self._executions.get(name.namespace, name.id)
+        return pb.GetExecutionResponse(execution=convert.execution_to_pb(execution))
 
+    @unary
     async def ListExecutions(
         self, request: pb.ListExecutionsRequest, context: Context
     ) -> pb.ListExecutionsResponse:
-        await unimplemented(context, "ListExecutions")
+        namespace = names.parse_parent(request.parent)
+        where = _filter(request, namespace)
+        filters = {"namespace": namespace, "filter": repr(where)}
+        page = page_from_request(request.page_size, request.page_token, filters)
+        listing = await self._executions.list_page(namespace, page, where)
+        return pb.ListExecutionsResponse(
+            executions=[convert.execution_to_pb(e) for e in listing.items],
+            next_page_token=encode_token(listing.next_after, filters),
+        )
 
+    @unary
     async def CancelExecution(
         self, request: pb.CancelExecutionRequest, context: Context
     ) -> pb.CancelExecutionResponse:
-        await unimplemented(context, "CancelExecution")
+        name = names.parse_name(request.name, "execution")
+        execution = await self._executions.cancel(name.namespace, name.id, request.reason)
+        return pb.CancelExecutionResponse(execution=convert.execution_to_pb(execution))
 
     async def StreamExecutionLogs(
         self, request: pb.StreamExecutionLogsRequest, context: Context

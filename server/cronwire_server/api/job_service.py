@@ -11,7 +11,8 @@ from cronwire.v1 import job_service_pb2, job_service_pb2_grpc
 from cronwire_server.api import convert, fields, names
 from cronwire_server.api.masks import mask_paths, merge
 from cronwire_server.api.paging import encode_token, page_from_request
-from cronwire_server.api.status import unary, unimplemented
+from cronwire_server.api.status import unary
+from cronwire_server.executions import ExecutionManager
 from cronwire_server.jobs import JobManager
 from cronwire_server.model import Job
 
@@ -34,8 +35,9 @@ OUTPUT_ONLY = frozenset({"name", "create_time", "update_time", "etag", "stats"})
 
 
 class JobService(job_service_pb2_grpc.JobServiceServicer):
-    def __init__(self, jobs: JobManager) -> None:
+    def __init__(self, jobs: JobManager, executions: ExecutionManager) -> None:
         self._jobs = jobs
+        self._executions = executions
 
     @unary
     async def CreateJob(
@@ -97,10 +99,15 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         await self._jobs.delete(name.namespace, name.id, expected_etag=request.etag)
         return job_service_pb2.DeleteJobResponse()
 
+    @unary
     async def RunJob(
         self, request: job_service_pb2.RunJobRequest, context: Context
     ) -> job_service_pb2.RunJobResponse:
-        await unimplemented(context, "RunJob")
+        name = names.parse_name(request.name, "job")
+        request_id = fields.request_id(request.request_id)
+        arguments = convert.struct_to_dict(request.arguments)
+        execution = await self._executions.run_job(name.namespace, name.id, arguments, request_id=request_id)
+        return job_service_pb2.RunJobResponse(execution=convert.execution_to_pb(execution))
 
     @unary
     async def ListJobTypes(

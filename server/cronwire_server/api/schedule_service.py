@@ -115,7 +115,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
             updated = convert.schedule_from_pb(merged, name.namespace, name.id)
             # Stored-only state the message does not carry.
             updated.paused, updated.next_fire_time = current.paused, current.next_fire_time
-            updated.create_time = current.create_time
+            updated.create_time, updated.resumed_at = current.create_time, current.resumed_at
             return updated
 
         with fields.under("schedule"):

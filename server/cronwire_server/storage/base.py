@@ -2,9 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
 
-from cronwire_server.model import Job, Listing, Page, Schedule
+from cronwire_server.executors.runtime import RunOutcome
+from cronwire_server.model import Execution, ExecutionState, Job, JsonObject, Listing, Page, Schedule
+from cronwire_server.planning import ScheduleActivity, TickPlan
+
+# The dispatcher's decision for one due schedule, run inside the claiming transaction.
+Planner = Callable[[Schedule, datetime, ScheduleActivity], TickPlan]
+# When a failed attempt is retried: (job, ended attempt, its end state, now) -> due time or None.
+RetryPlanner = Callable[[Job, Execution, ExecutionState, datetime], "datetime | None"]
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    schedules: int  # schedules claimed and advanced
+    queued: int  # executions queued
+    skipped: int  # ticks recorded as SKIPPED
+    more: bool  # the batch was full: more schedules may be due right now
+
+
+@dataclass(frozen=True)
+class ClaimedExecution:
+    """A RUNNING execution a worker holds the lease of, with the job it runs."""
+
+    execution: Execution
+    job: Job
+
+
+@dataclass(frozen=True)
+class ExecutionFilter:
+    job_id: str = ""
+    schedule_id: str = ""
+    states: tuple[ExecutionState, ...] = ()
+    scheduled_after: datetime | None = None
+    scheduled_before: datetime | None = None
+
+
+class Wakeup(Protocol):
+    """Wakes sleepers when work may be waiting, in this process and (PostgreSQL) in every replica."""
+
+    async def wait(self, channel: str, max_wait: float) -> bool:
+        """Wait until `channel` ("schedules" or "executions") is signalled or `max_wait` seconds pass."""
 
 
 class Store(Protocol):
@@ -64,3 +106,64 @@ class Store(Protocol):
 
     async def delete_schedule(self, namespace: str, schedule_id: str, *, expected_etag: str = "") -> None:
         """Delete the schedule. NotFound; EtagMismatch if `expected_etag` is stale."""
+
+    # The clock: every "now" that decides claiming, firing and leases is the database's.
+
+    async def now(self) -> datetime:
+        """The database's current time."""
+
+    @property
+    def wakeup(self) -> Wakeup:
+        """Notifications that schedules changed or executions were queued."""
+
+    # The dispatcher
+
+    async def dispatch_due(self, planner: Planner, *, limit: int) -> DispatchResult:
+        """Claim up to `limit` due, unpaused schedules (SKIP LOCKED: replicas share the work), and in
+        the same transaction insert the executions `planner` decides on (one per schedule and tick:
+        a tick never fires twice), cancel running ones it asks to, and advance next_fire_time."""
+
+    async def next_fire_time(self) -> datetime | None:
+        """The earliest next fire time of an unpaused schedule."""
+
+    # Workers
+
+    async def claim_executions(self, worker: str, limit: int, lease: timedelta) -> list[ClaimedExecution]:
+        """Start up to `limit` due QUEUED executions (SKIP LOCKED), honouring serial executions and the
+        jobs' max_concurrency; each RUNNING under `worker` with a lease until now + `lease`."""
+
+    async def next_due_time(self) -> datetime | None:
+        """The earliest due time of a QUEUED execution."""
+
+    async def renew_leases(self, worker: str, execution_ids: list[str], lease: timedelta) -> set[str]:
+        """Extend the leases `worker` holds; return the ids whose cancellation was requested."""
+
+    async def finish_execution(
+        self, claimed: ClaimedExecution, worker: str, outcome: RunOutcome, retry: RetryPlanner
+    ) -> Execution | None:
+        """Record an attempt's end (only if `worker` still holds it: None otherwise), and queue the next
+        attempt if `retry` gives a time, in one transaction."""
+
+    async def release_executions(self, worker: str, execution_ids: list[str]) -> None:
+        """Put executions a draining worker did not finish back in the queue, attempt unchanged."""
+
+    async def recover_expired(self, retry: RetryPlanner, *, limit: int) -> list[Execution]:
+        """Mark RUNNING executions whose lease expired as LOST and queue their retries."""
+
+    # Executions
+
+    async def run_job(
+        self, namespace: str, job_id: str, arguments: JsonObject, *, request_id: str = ""
+    ) -> Execution:
+        """Queue an execution of the job now. NotFound; a seen `request_id` returns its execution."""
+
+    async def get_execution(self, namespace: str, execution_id: str) -> Execution:
+        """The execution with its output, or NotFound."""
+
+    async def list_executions(self, namespace: str, page: Page, where: ExecutionFilter) -> Listing[Execution]:
+        """Newest first (by create time, then id), output left out; `page.after` is a cursor this
+        method returned."""
+
+    async def cancel_execution(self, namespace: str, execution_id: str, reason: str) -> Execution:
+        """QUEUED: CANCELLED at once. RUNNING: cancellation requested; its worker stops it. Ended:
+        unchanged."""

@@ -6,13 +6,12 @@ are one autocommitted statement, one round trip.
 
 from __future__ import annotations
 
-import copy
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, TypeVar, assert_never
+from typing import Any, NoReturn, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -21,27 +20,38 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
 from cronwire_server import errors
-from cronwire_server.model import (
-    AllOfSpec,
-    AnyOfSpec,
-    CompletionCallback,
-    CronSpec,
-    DateSpec,
-    DependencyCondition,
-    ExecutionState,
-    IntervalSpec,
-    Job,
-    JobDependent,
-    JsonObject,
-    Listing,
-    MisfirePolicy,
-    OverlapPolicy,
-    Page,
-    RetryPolicy,
-    Schedule,
-    TriggerSpec,
+from cronwire_server.executors.runtime import RunOutcome
+from cronwire_server.model import Execution, ExecutionTrigger, Job, JsonObject, Listing, Page, Schedule
+from cronwire_server.storage import sql_executions as ex
+from cronwire_server.storage.base import (
+    ClaimedExecution,
+    DispatchResult,
+    ExecutionFilter,
+    Planner,
+    RetryPlanner,
 )
-from cronwire_server.storage.tables import jobs, request_ids, schedules
+from cronwire_server.storage.records import (
+    job_fields,
+    job_from_record,
+    job_name,
+    schedule_fields,
+    schedule_from_record,
+    schedule_name,
+    trigger_from_json,
+    trigger_to_json,
+)
+from cronwire_server.storage.tables import executions, jobs, request_ids, schedules
+from cronwire_server.storage.wakeup import LocalWakeup, PostgresWakeup
+
+__all__ = [
+    "SqlStore",
+    "create_engine",
+    "normalize_url",
+    "open_store",
+    "sync_url",
+    "trigger_from_json",
+    "trigger_to_json",
+]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -157,183 +167,6 @@ def _rollback(conn: Connection) -> None:
         conn.exec_driver_sql("ROLLBACK")
 
 
-def job_name(namespace: str, job_id: str) -> str:
-    return f"namespaces/{namespace}/jobs/{job_id}"
-
-
-def schedule_name(namespace: str, schedule_id: str) -> str:
-    return f"namespaces/{namespace}/schedules/{schedule_id}"
-
-
-# ---------------------------------------------------------------------------
-# Values <-> rows
-
-
-def _seconds(value: timedelta | None) -> float | None:
-    return None if value is None else value.total_seconds()
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    # Rows read back are UTC already; values just written may carry the caller's zone.
-    return None if value is None else value.astimezone(UTC)
-
-
-def _duration(seconds: float | None) -> timedelta | None:
-    return None if seconds is None else timedelta(seconds=seconds)
-
-
-def _retry_to_json(policy: RetryPolicy | None) -> JsonObject | None:
-    if policy is None:
-        return None
-    return {
-        "max_attempts": policy.max_attempts,
-        "initial_backoff_seconds": policy.initial_backoff.total_seconds(),
-        "backoff_multiplier": policy.backoff_multiplier,
-        "max_backoff_seconds": policy.max_backoff.total_seconds(),
-        "jitter": policy.jitter,
-    }
-
-
-def _retry_from_json(data: JsonObject | None) -> RetryPolicy | None:
-    if data is None:
-        return None
-    return RetryPolicy(
-        max_attempts=data["max_attempts"],
-        initial_backoff=timedelta(seconds=data["initial_backoff_seconds"]),
-        backoff_multiplier=data["backoff_multiplier"],
-        max_backoff=timedelta(seconds=data["max_backoff_seconds"]),
-        jitter=data["jitter"],
-    )
-
-
-def _callback_to_json(callback: CompletionCallback | None) -> JsonObject | None:
-    if callback is None:
-        return None
-    return {"url": callback.url, "states": [s.value for s in callback.states], "secret": callback.secret}
-
-
-def _callback_from_json(data: JsonObject | None) -> CompletionCallback | None:
-    if data is None:
-        return None
-    states = tuple(ExecutionState(s) for s in data["states"])
-    return CompletionCallback(url=data["url"], states=states, secret=data["secret"])
-
-
-def trigger_to_json(spec: TriggerSpec) -> JsonObject:
-    """The stored form of a trigger tree: one key naming the kind, its body as the value."""
-    match spec:
-        case CronSpec():
-            return {"cron": {"expression": spec.expression}}
-        case IntervalSpec():
-            return {"interval": {"seconds": spec.every.total_seconds()}}
-        case DateSpec():
-            return {"date": {"run_time": spec.run_time.isoformat()}}
-        case AnyOfSpec():
-            return {"any_of": [trigger_to_json(t) for t in spec.triggers]}
-        case AllOfSpec():
-            return {"all_of": [trigger_to_json(t) for t in spec.triggers]}
-        case _:
-            assert_never(spec)
-
-
-def trigger_from_json(data: JsonObject) -> TriggerSpec:
-    ((kind, body),) = data.items()
-    if kind == "cron":
-        return CronSpec(expression=body["expression"])
-    if kind == "interval":
-        return IntervalSpec(every=timedelta(seconds=body["seconds"]))
-    if kind == "date":
-        return DateSpec(run_time=datetime.fromisoformat(body["run_time"]))
-    if kind == "any_of":
-        return AnyOfSpec(triggers=tuple(trigger_from_json(t) for t in body))
-    if kind == "all_of":
-        return AllOfSpec(triggers=tuple(trigger_from_json(t) for t in body))
-    raise ValueError(f"unknown trigger kind {kind!r} in the database")
-
-
-def _job_fields(job: Job) -> dict[str, Any]:
-    """The columns a caller sets (create and update)."""
-    return {
-        "executor": job.executor,
-        "description": job.description,
-        # Copies: the returned job is built from these values and must not share the caller's.
-        "parameters": copy.deepcopy(job.parameters),
-        "timeout_seconds": _seconds(job.timeout),
-        "retry_policy": _retry_to_json(job.retry_policy),
-        "max_concurrency": job.max_concurrency,
-        "dependents": [{"job_id": d.job_id, "condition": d.condition.value} for d in job.dependents],
-        "callback": _callback_to_json(job.callback),
-        "labels": dict(job.labels),
-    }
-
-
-def _job_from_record(row: Mapping[Any, Any]) -> Job:
-    """A job from a row's mapping, or from the values just written (the same keys)."""
-    return Job(
-        namespace=row["namespace"],
-        id=row["id"],
-        executor=row["executor"],
-        parameters=row["parameters"],
-        description=row["description"],
-        timeout=_duration(row["timeout_seconds"]),
-        retry_policy=_retry_from_json(row["retry_policy"]),
-        max_concurrency=row["max_concurrency"],
-        dependents=[
-            JobDependent(d["job_id"], DependencyCondition(d["condition"])) for d in row["dependents"]
-        ],
-        callback=_callback_from_json(row["callback"]),
-        labels=row["labels"],
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-        etag=row["etag"],
-    )
-
-
-def _schedule_fields(schedule: Schedule) -> dict[str, Any]:
-    """The columns a caller sets (create and update)."""
-    return {
-        "job_id": schedule.job_id,
-        "trigger": trigger_to_json(schedule.trigger),
-        "time_zone": schedule.time_zone,
-        "description": schedule.description,
-        "start_time": schedule.start_time,
-        "end_time": schedule.end_time,
-        "jitter_seconds": _seconds(schedule.jitter),
-        "misfire_policy": schedule.misfire_policy.value,
-        "catchup_window_seconds": schedule.catchup_window.total_seconds(),
-        "overlap_policy": schedule.overlap_policy.value,
-        "paused": schedule.paused,
-        "pause_reason": schedule.pause_reason,
-        "arguments": copy.deepcopy(schedule.arguments),
-        "next_fire_time": schedule.next_fire_time,
-    }
-
-
-def _schedule_from_record(row: Mapping[Any, Any]) -> Schedule:
-    """A schedule from a row's mapping, or from the values just written (the same keys)."""
-    return Schedule(
-        namespace=row["namespace"],
-        id=row["id"],
-        job_id=row["job_id"],
-        trigger=trigger_from_json(row["trigger"]),
-        time_zone=row["time_zone"],
-        description=row["description"],
-        start_time=_utc(row["start_time"]),
-        end_time=_utc(row["end_time"]),
-        jitter=_duration(row["jitter_seconds"]),
-        misfire_policy=MisfirePolicy(row["misfire_policy"]),
-        catchup_window=timedelta(seconds=row["catchup_window_seconds"]),
-        overlap_policy=OverlapPolicy(row["overlap_policy"]),
-        paused=row["paused"],
-        pause_reason=row["pause_reason"],
-        arguments=row["arguments"],
-        next_fire_time=_utc(row["next_fire_time"]),
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-        etag=row["etag"],
-    )
-
-
 def _new_etag() -> str:
     return secrets.token_hex(8)
 
@@ -406,12 +239,18 @@ class SqlStore:
         # SQLite: take the write lock at BEGIN, so busy_timeout applies and a reader never
         # fails to upgrade to a writer halfway through.
         self._begin = "BEGIN" if self._postgres else "BEGIN IMMEDIATE"
+        self._wakeup: LocalWakeup = (
+            PostgresWakeup(engine.url.render_as_string(hide_password=False))
+            if self._postgres
+            else LocalWakeup()
+        )
 
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
 
     async def close(self) -> None:
+        await self._wakeup.close()
         await self._engine.dispose()
 
     async def ping(self) -> None:
@@ -507,7 +346,7 @@ class SqlStore:
     async def create_job(self, job: Job, *, request_id: str = "") -> Job:
         now = datetime.now(UTC)
         values = {"namespace": job.namespace, "id": job.id, "create_time": now}
-        values.update(_stamp(_job_fields(job), now))
+        values.update(_stamp(job_fields(job), now))
         statements = (_INSERT_JOB, _INSERT_JOB_RECORDING_REQUEST)
         try:
             await self._run(self._insert, *statements, values, request_id, "CreateJob")
@@ -520,26 +359,26 @@ class SqlStore:
                 if replay is not None:
                     return await self.get_job(job.namespace, replay)
             raise errors.AlreadyExists("job", job_name(job.namespace, job.id)) from error
-        return _job_from_record(values)
+        return job_from_record(values)
 
     async def get_job(self, namespace: str, job_id: str) -> Job:
         row = await self._run(self._one_or_none, _GET_JOB, {"namespace": namespace, "id": job_id})
         if row is None:
             raise errors.NotFound("job", job_name(namespace, job_id))
-        return _job_from_record(row._mapping)
+        return job_from_record(row._mapping)
 
     async def list_jobs(self, namespace: str, page: Page, *, executor: str = "") -> Listing[Job]:
         query = sa.select(jobs).where(jobs.c.namespace == namespace)
         if executor:
             query = query.where(jobs.c.executor == executor)
         rows, next_after = await self._page(query, jobs.c.id, page)
-        return Listing(items=[_job_from_record(r._mapping) for r in rows], next_after=next_after)
+        return Listing(items=[job_from_record(r._mapping) for r in rows], next_after=next_after)
 
     async def update_job(self, job: Job, *, expected_etag: str) -> Job:
         key = _Key("job", job.namespace, job.id)
-        values = _stamp(_job_fields(job), datetime.now(UTC))
+        values = _stamp(job_fields(job), datetime.now(UTC))
         row = await self._run(self._update, jobs, key, values, expected_etag)
-        return _job_from_record(row._mapping)
+        return job_from_record(row._mapping)
 
     async def delete_job(self, namespace: str, job_id: str, *, expected_etag: str = "") -> None:
         # The schedules go with it: ON DELETE CASCADE, in this same statement.
@@ -550,7 +389,7 @@ class SqlStore:
     async def create_schedule(self, schedule: Schedule, *, request_id: str = "") -> Schedule:
         now = datetime.now(UTC)
         values = {"namespace": schedule.namespace, "id": schedule.id, "create_time": now}
-        values.update(_stamp(_schedule_fields(schedule), now))
+        values.update(_stamp(schedule_fields(schedule), now))
         statements = (_INSERT_SCHEDULE, _INSERT_SCHEDULE_RECORDING_REQUEST)
         try:
             await self._run(self._insert, *statements, values, request_id, "CreateSchedule")
@@ -560,32 +399,190 @@ class SqlStore:
                 if replay is not None:
                     return await self.get_schedule(schedule.namespace, replay)
             _raise_schedule_conflict(error, schedule)
-        return _schedule_from_record(values)
+        await self._schedules_changed()
+        return schedule_from_record(values)
 
     async def get_schedule(self, namespace: str, schedule_id: str) -> Schedule:
         row = await self._run(self._one_or_none, _GET_SCHEDULE, {"namespace": namespace, "id": schedule_id})
         if row is None:
             raise errors.NotFound("schedule", schedule_name(namespace, schedule_id))
-        return _schedule_from_record(row._mapping)
+        return schedule_from_record(row._mapping)
 
     async def list_schedules(self, namespace: str, page: Page, *, job_id: str = "") -> Listing[Schedule]:
         query = sa.select(schedules).where(schedules.c.namespace == namespace)
         if job_id:
             query = query.where(schedules.c.job_id == job_id)
         rows, next_after = await self._page(query, schedules.c.id, page)
-        return Listing(items=[_schedule_from_record(r._mapping) for r in rows], next_after=next_after)
+        return Listing(items=[schedule_from_record(r._mapping) for r in rows], next_after=next_after)
 
     async def update_schedule(self, schedule: Schedule, *, expected_etag: str) -> Schedule:
         key = _Key("schedule", schedule.namespace, schedule.id)
-        values = _stamp(_schedule_fields(schedule), datetime.now(UTC))
+        values = _stamp(schedule_fields(schedule), datetime.now(UTC))
         try:
             row = await self._run(self._update, schedules, key, values, expected_etag)
         except exc.IntegrityError as error:  # moved to a job that does not exist
             _raise_schedule_conflict(error, schedule)
-        return _schedule_from_record(row._mapping)
+        await self._schedules_changed()
+        return schedule_from_record(row._mapping)
 
     async def delete_schedule(self, namespace: str, schedule_id: str, *, expected_etag: str = "") -> None:
         await self._run(self._delete, schedules, _Key("schedule", namespace, schedule_id), expected_etag)
+
+    async def _schedules_changed(self) -> None:
+        """Wake the dispatchers: a schedule's next fire time may be earlier now."""
+        if self._postgres:
+            await self._run(self._execute, sa.text("NOTIFY cronwire_schedules"), {})
+        self._wakeup.signal("schedules")
+
+    # The clock and wake-ups
+
+    async def now(self) -> datetime:
+        return await self._run(self._now)
+
+    def _now(self) -> datetime:
+        with self._sync.connect() as conn:
+            return ex.database_now(conn)
+
+    @property
+    def wakeup(self) -> LocalWakeup:
+        if isinstance(self._wakeup, PostgresWakeup):
+            self._wakeup.start()
+        return self._wakeup
+
+    def _in_transaction(self, work: Callable[..., T], *args: Any) -> T:
+        with self._transaction() as conn:
+            return work(conn, *args, ex.database_now(conn))
+
+    # The dispatcher
+
+    async def dispatch_due(self, planner: Planner, *, limit: int) -> DispatchResult:
+        result: DispatchResult = await self._run(self._in_transaction, ex.dispatch, planner, limit)
+        if result.queued:
+            self._wakeup.signal("executions")
+        return result
+
+    async def next_fire_time(self) -> datetime | None:
+        query = sa.select(sa.func.min(schedules.c.next_fire_time)).where(schedules.c.paused.is_(False))
+        rows = await self._run(self._all, query)
+        return _aware(rows[0][0])
+
+    # Workers
+
+    async def claim_executions(self, worker: str, limit: int, lease: timedelta) -> list[ClaimedExecution]:
+        claimed: list[ClaimedExecution] = await self._run(
+            self._in_transaction, ex.claim, worker, limit, lease
+        )
+        return claimed
+
+    async def next_due_time(self) -> datetime | None:
+        query = sa.select(sa.func.min(executions.c.due_time)).where(executions.c.state == ex.QUEUED)
+        rows = await self._run(self._all, query)
+        return _aware(rows[0][0])
+
+    async def renew_leases(self, worker: str, execution_ids: list[str], lease: timedelta) -> set[str]:
+        stop: set[str] = await self._run(self._in_transaction, ex.renew, worker, execution_ids, lease)
+        return stop
+
+    async def finish_execution(
+        self, claimed: ClaimedExecution, worker: str, outcome: RunOutcome, retry: RetryPlanner
+    ) -> Execution | None:
+        result: Execution | None = await self._run(
+            self._in_transaction, ex.finish, claimed, worker, outcome, retry
+        )
+        self._wakeup.signal("executions")  # a slot, a serial turn or a retry may be free now
+        return result
+
+    async def release_executions(self, worker: str, execution_ids: list[str]) -> None:
+        await self._run(self._in_transaction, lambda conn, now: ex.release(conn, worker, execution_ids))
+        self._wakeup.signal("executions")
+
+    async def recover_expired(self, retry: RetryPlanner, *, limit: int) -> list[Execution]:
+        lost: list[Execution] = await self._run(self._in_transaction, ex.recover, retry, limit)
+        if lost:
+            self._wakeup.signal("executions")
+        return lost
+
+    # Executions
+
+    async def run_job(
+        self, namespace: str, job_id: str, arguments: JsonObject, *, request_id: str = ""
+    ) -> Execution:
+        if request_id:
+            replay = await self._recorded_resource(namespace, request_id, "RunJob")
+            if replay is not None:
+                return await self.get_execution(namespace, replay)
+        try:
+            row = await self._run(
+                self._in_transaction, self._run_job, namespace, job_id, arguments, request_id
+            )
+        except exc.IntegrityError:
+            replay = await self._recorded_resource(namespace, request_id, "RunJob") if request_id else None
+            if replay is None:
+                raise
+            return await self.get_execution(namespace, replay)
+        self._wakeup.signal("executions")
+        return ex.execution_from_row(row)
+
+    def _run_job(
+        self,
+        conn: Connection,
+        namespace: str,
+        job_id: str,
+        arguments: JsonObject,
+        request_id: str,
+        now: datetime,
+    ) -> dict[str, Any]:
+        if conn.execute(_GET_JOB, {"namespace": namespace, "id": job_id}).first() is None:
+            raise errors.NotFound("job", job_name(namespace, job_id))
+        row = ex.new_row(
+            namespace=namespace,
+            job_id=job_id,
+            trigger=ExecutionTrigger.RUN_NOW,
+            scheduled_time=now,
+            arguments=arguments,
+            now=now,
+        )
+        if request_id:
+            conn.execute(
+                _RECORD_REQUEST,
+                _request_params(
+                    {"namespace": namespace, "id": row["id"], "create_time": now}, request_id, "RunJob"
+                ),
+            )
+        conn.execute(sa.insert(executions), [row])
+        ex.notify(conn, "executions")
+        return row
+
+    async def get_execution(self, namespace: str, execution_id: str) -> Execution:
+        query = sa.select(executions).where(
+            executions.c.namespace == namespace, executions.c.id == execution_id
+        )
+        row = await self._run(self._one_or_none, query, {})
+        if row is None:
+            raise errors.NotFound("execution", f"namespaces/{namespace}/executions/{execution_id}")
+        return ex.execution_from_row(row._mapping)
+
+    async def list_executions(self, namespace: str, page: Page, where: ExecutionFilter) -> Listing[Execution]:
+        query = ex.filtered(namespace, where)
+        if page.after:
+            query = ex.after_cursor(query, page.after)
+        rows = await self._run(self._all, ex.ordered_newest_first(query).limit(page.size + 1))
+        items = ex.rows_to_executions(rows[: page.size])
+        more = len(rows) > page.size
+        return Listing(items=items, next_after=ex.cursor_of(items[-1]) if more else None)
+
+    async def cancel_execution(self, namespace: str, execution_id: str, reason: str) -> Execution:
+        await self._run(self._in_transaction, ex.cancel, namespace, execution_id, reason)
+        return await self.get_execution(namespace, execution_id)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # Aggregates (MIN) bypass the column type: SQLite hands back naive UTC text.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------

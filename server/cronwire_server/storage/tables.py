@@ -108,6 +108,7 @@ schedules = sa.Table(
     sa.Column("arguments", Json, nullable=False),
     sa.Column("next_fire_time", UtcDateTime(), nullable=True),
     *_audit_columns(),
+    sa.Column("resumed_at", UtcDateTime(), nullable=True),
     sa.ForeignKeyConstraint(["namespace", "job_id"], ["jobs.namespace", "jobs.id"], ondelete="CASCADE"),
     # Serves ListSchedules by job and the cascade from a deleted job.
     sa.Index(None, "namespace", "job_id", "id"),
@@ -123,4 +124,59 @@ request_ids = sa.Table(
     sa.Column("method", sa.String(), nullable=False),
     sa.Column("resource_id", Ident, nullable=False),
     sa.Column("create_time", UtcDateTime(), nullable=False),
+)
+
+
+ACTIVE = sa.text("state IN ('queued', 'running')")
+
+
+def _partial(condition: str | sa.TextClause) -> dict[str, Any]:
+    clause = sa.text(condition) if isinstance(condition, str) else condition
+    return {"postgresql_where": clause, "sqlite_where": clause}
+
+
+executions = sa.Table(
+    "executions",
+    metadata,
+    sa.Column("namespace", Ident, primary_key=True),
+    sa.Column("id", Ident, primary_key=True),
+    sa.Column("job_id", Ident, nullable=False),
+    # Empty when no schedule fired it. No foreign keys: history outlives jobs and schedules.
+    sa.Column("schedule_id", Ident, nullable=False),
+    sa.Column("state", sa.String(), nullable=False),
+    sa.Column("trigger", sa.String(), nullable=False),
+    sa.Column("scheduled_time", UtcDateTime(), nullable=False),
+    sa.Column("due_time", UtcDateTime(), nullable=False),
+    sa.Column("create_time", UtcDateTime(), nullable=False),
+    sa.Column("start_time", UtcDateTime(), nullable=True),
+    sa.Column("end_time", UtcDateTime(), nullable=True),
+    sa.Column("attempt", sa.Integer(), nullable=False),
+    sa.Column("first_attempt_id", Ident, nullable=False),
+    sa.Column("parent_execution_id", Ident, nullable=False),
+    sa.Column("arguments", Json, nullable=False),
+    sa.Column("exit_code", sa.Integer(), nullable=True),
+    sa.Column("http_status", sa.Integer(), nullable=True),
+    sa.Column("output", sa.Text(), nullable=False),
+    sa.Column("output_truncated", sa.Boolean(), nullable=False),
+    sa.Column("result", OptionalJson, nullable=True),
+    sa.Column("error", sa.Text(), nullable=False),
+    sa.Column("skip_reason", sa.String(), nullable=True),
+    sa.Column("worker", sa.String(), nullable=False),
+    sa.Column("lease_expires_at", UtcDateTime(), nullable=True),
+    sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+    sa.Column("serial", sa.Boolean(), nullable=False),
+    sa.Index(
+        "ux_executions_schedule_tick",
+        "namespace",
+        "schedule_id",
+        "scheduled_time",
+        unique=True,
+        **_partial("trigger = 'schedule'"),
+    ),
+    sa.Index("ix_executions_queued_due", "due_time", **_partial("state = 'queued'")),
+    sa.Index("ix_executions_running_lease", "lease_expires_at", **_partial("state = 'running'")),
+    sa.Index("ix_executions_active_schedule", "namespace", "schedule_id", **_partial(ACTIVE)),
+    sa.Index("ix_executions_active_job", "namespace", "job_id", **_partial(ACTIVE)),
+    sa.Index("ix_executions_namespace_create_time", "namespace", "create_time", "id"),
+    sa.Index("ix_executions_job_create_time", "namespace", "job_id", "create_time"),
 )

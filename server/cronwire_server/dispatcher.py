@@ -1,0 +1,77 @@
+"""The dispatcher: turns due schedule ticks into executions, in every replica at once.
+
+The database is the clock's memory: each pass claims due schedules with SKIP
+LOCKED, so replicas share the work and a tick fires once. Between passes it
+sleeps until the earliest next fire time, woken early when a schedule changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from cronwire_server.errors import StorageUnavailable
+from cronwire_server.model import Schedule
+from cronwire_server.planning import DEFAULT_MISFIRE_GRACE, ScheduleActivity, TickPlan, plan_ticks
+from cronwire_server.storage import Store
+
+log = logging.getLogger(__name__)
+
+# Schedules claimed per transaction: large enough to batch inserts, small enough to keep locks short.
+BATCH = 200
+# Sleep at most this long even when nothing is due: a safety net for a lost notification.
+MAX_SLEEP = 5.0
+RETRY_AFTER_ERROR = 1.0
+
+
+async def sleep_until_woken(store: Store, channel: str, delay: float, stopping: asyncio.Event) -> None:
+    """Sleep up to `delay` seconds; return early on a wake-up of `channel` or when stopping."""
+    if stopping.is_set():
+        return
+    woken = asyncio.ensure_future(store.wakeup.wait(channel, delay))
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({woken, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        stopped.cancel()
+
+
+class Dispatcher:
+    def __init__(self, store: Store, *, grace: timedelta = DEFAULT_MISFIRE_GRACE, batch: int = BATCH) -> None:
+        self._store = store
+        self._grace = grace
+        self._batch = batch
+
+    def plan(self, schedule: Schedule, now: datetime, activity: ScheduleActivity) -> TickPlan:
+        anchor = schedule.start_time or schedule.create_time or now
+        return plan_ticks(schedule, now, activity, anchor=anchor, grace=self._grace)
+
+    async def run_once(self) -> int:
+        """One pass over everything due now; returns the executions queued."""
+        queued = 0
+        while True:
+            result = await self._store.dispatch_due(self.plan, limit=self._batch)
+            queued += result.queued
+            if not result.more:
+                return queued
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        log.info("dispatcher started")
+        while not stopping.is_set():
+            try:
+                await self.run_once()
+                delay = await self._sleep_time()
+            except StorageUnavailable as error:
+                log.warning("dispatcher: database unavailable (%s); retrying", error)
+                delay = RETRY_AFTER_ERROR
+            await sleep_until_woken(self._store, "schedules", delay, stopping)
+        log.info("dispatcher stopped")
+
+    async def _sleep_time(self) -> float:
+        upcoming = await self._store.next_fire_time()
+        if upcoming is None:
+            return MAX_SLEEP
+        now = await self._store.now()
+        return max(0.0, min(MAX_SLEEP, (upcoming - now).total_seconds()))

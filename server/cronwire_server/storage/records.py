@@ -1,0 +1,202 @@
+"""Domain objects <-> the values of their rows (jobs and schedules)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, assert_never
+
+from cronwire_server.model import (
+    AllOfSpec,
+    AnyOfSpec,
+    CompletionCallback,
+    CronSpec,
+    DateSpec,
+    DependencyCondition,
+    ExecutionState,
+    IntervalSpec,
+    Job,
+    JobDependent,
+    JsonObject,
+    MisfirePolicy,
+    OverlapPolicy,
+    RetryPolicy,
+    Schedule,
+    TriggerSpec,
+)
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else value.total_seconds()
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # Rows read back are UTC already; values just written may carry the caller's zone.
+    return None if value is None else value.astimezone(UTC)
+
+
+def _duration(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _retry_to_json(policy: RetryPolicy | None) -> JsonObject | None:
+    if policy is None:
+        return None
+    return {
+        "max_attempts": policy.max_attempts,
+        "initial_backoff_seconds": policy.initial_backoff.total_seconds(),
+        "backoff_multiplier": policy.backoff_multiplier,
+        "max_backoff_seconds": policy.max_backoff.total_seconds(),
+        "jitter": policy.jitter,
+    }
+
+
+def _retry_from_json(data: JsonObject | None) -> RetryPolicy | None:
+    if data is None:
+        return None
+    return RetryPolicy(
+        max_attempts=data["max_attempts"],
+        initial_backoff=timedelta(seconds=data["initial_backoff_seconds"]),
+        backoff_multiplier=data["backoff_multiplier"],
+        max_backoff=timedelta(seconds=data["max_backoff_seconds"]),
+        jitter=data["jitter"],
+    )
+
+
+def _callback_to_json(callback: CompletionCallback | None) -> JsonObject | None:
+    if callback is None:
+        return None
+    return {"url": callback.url, "states": [s.value for s in callback.states], "secret": callback.secret}
+
+
+def _callback_from_json(data: JsonObject | None) -> CompletionCallback | None:
+    if data is None:
+        return None
+    states = tuple(ExecutionState(s) for s in data["states"])
+    return CompletionCallback(url=data["url"], states=states, secret=data["secret"])
+
+
+def trigger_to_json(spec: TriggerSpec) -> JsonObject:
+    """The stored form of a trigger tree: one key naming the kind, its body as the value."""
+    match spec:
+        case CronSpec():
+            return {"cron": {"expression": spec.expression}}
+        case IntervalSpec():
+            return {"interval": {"seconds": spec.every.total_seconds()}}
+        case DateSpec():
+            return {"date": {"run_time": spec.run_time.isoformat()}}
+        case AnyOfSpec():
+            return {"any_of": [trigger_to_json(t) for t in spec.triggers]}
+        case AllOfSpec():
+            return {"all_of": [trigger_to_json(t) for t in spec.triggers]}
+        case _:
+            assert_never(spec)
+
+
+def trigger_from_json(data: JsonObject) -> TriggerSpec:
+    ((kind, body),) = data.items()
+    if kind == "cron":
+        return CronSpec(expression=body["expression"])
+    if kind == "interval":
+        return IntervalSpec(every=timedelta(seconds=body["seconds"]))
+    if kind == "date":
+        return DateSpec(run_time=datetime.fromisoformat(body["run_time"]))
+    if kind == "any_of":
+        return AnyOfSpec(triggers=tuple(trigger_from_json(t) for t in body))
+    if kind == "all_of":
+        return AllOfSpec(triggers=tuple(trigger_from_json(t) for t in body))
+    raise ValueError(f"unknown trigger kind {kind!r} in the database")
+
+
+def job_fields(job: Job) -> dict[str, Any]:
+    """The columns a caller sets (create and update)."""
+    return {
+        "executor": job.executor,
+        "description": job.description,
+        # Copies: the returned job is built from these values and must not share the caller's.
+        "parameters": copy.deepcopy(job.parameters),
+        "timeout_seconds": _seconds(job.timeout),
+        "retry_policy": _retry_to_json(job.retry_policy),
+        "max_concurrency": job.max_concurrency,
+        "dependents": [{"job_id": d.job_id, "condition": d.condition.value} for d in job.dependents],
+        "callback": _callback_to_json(job.callback),
+        "labels": dict(job.labels),
+    }
+
+
+def job_from_record(row: Mapping[Any, Any]) -> Job:
+    """A job from a row's mapping, or from the values just written (the same keys)."""
+    return Job(
+        namespace=row["namespace"],
+        id=row["id"],
+        executor=row["executor"],
+        parameters=row["parameters"],
+        description=row["description"],
+        timeout=_duration(row["timeout_seconds"]),
+        retry_policy=_retry_from_json(row["retry_policy"]),
+        max_concurrency=row["max_concurrency"],
+        dependents=[
+            JobDependent(d["job_id"], DependencyCondition(d["condition"])) for d in row["dependents"]
+        ],
+        callback=_callback_from_json(row["callback"]),
+        labels=row["labels"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        etag=row["etag"],
+    )
+
+
+def schedule_fields(schedule: Schedule) -> dict[str, Any]:
+    """The columns a caller sets (create and update)."""
+    return {
+        "job_id": schedule.job_id,
+        "trigger": trigger_to_json(schedule.trigger),
+        "time_zone": schedule.time_zone,
+        "description": schedule.description,
+        "start_time": schedule.start_time,
+        "end_time": schedule.end_time,
+        "jitter_seconds": _seconds(schedule.jitter),
+        "misfire_policy": schedule.misfire_policy.value,
+        "catchup_window_seconds": schedule.catchup_window.total_seconds(),
+        "overlap_policy": schedule.overlap_policy.value,
+        "paused": schedule.paused,
+        "pause_reason": schedule.pause_reason,
+        "arguments": copy.deepcopy(schedule.arguments),
+        "next_fire_time": schedule.next_fire_time,
+        "resumed_at": schedule.resumed_at,
+    }
+
+
+def schedule_from_record(row: Mapping[Any, Any]) -> Schedule:
+    """A schedule from a row's mapping, or from the values just written (the same keys)."""
+    return Schedule(
+        namespace=row["namespace"],
+        id=row["id"],
+        job_id=row["job_id"],
+        trigger=trigger_from_json(row["trigger"]),
+        time_zone=row["time_zone"],
+        description=row["description"],
+        start_time=_utc(row["start_time"]),
+        end_time=_utc(row["end_time"]),
+        jitter=_duration(row["jitter_seconds"]),
+        misfire_policy=MisfirePolicy(row["misfire_policy"]),
+        catchup_window=timedelta(seconds=row["catchup_window_seconds"]),
+        overlap_policy=OverlapPolicy(row["overlap_policy"]),
+        paused=row["paused"],
+        pause_reason=row["pause_reason"],
+        arguments=row["arguments"],
+        next_fire_time=_utc(row["next_fire_time"]),
+        resumed_at=_utc(row["resumed_at"]),
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        etag=row["etag"],
+    )
+
+
+def job_name(namespace: str, job_id: str) -> str:
+    return f"namespaces/{namespace}/jobs/{job_id}"
+
+
+def schedule_name(namespace: str, schedule_id: str) -> str:
+    return f"namespaces/{namespace}/schedules/{schedule_id}"

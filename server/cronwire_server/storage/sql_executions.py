@@ -1,0 +1,530 @@
+"""Executions in SQL: the dispatcher's and the workers' transactions, as synchronous
+building blocks that `SqlStore` runs on its async driver.
+
+Every function takes an open Connection inside a transaction and the database's
+"now", so the decisions of a pass and the rows they write commit together.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
+
+from cronwire_server.executors.runtime import RunOutcome
+from cronwire_server.model import (
+    Execution,
+    ExecutionState,
+    ExecutionTrigger,
+    Job,
+    JsonObject,
+    SkipReason,
+)
+from cronwire_server.planning import PlannedRun, ScheduleActivity
+from cronwire_server.storage.base import (
+    ClaimedExecution,
+    DispatchResult,
+    ExecutionFilter,
+    Planner,
+    RetryPlanner,
+)
+from cronwire_server.storage.records import job_from_record, schedule_from_record
+from cronwire_server.storage.tables import executions, jobs, schedules
+
+QUEUED, RUNNING = ExecutionState.QUEUED.value, ExecutionState.RUNNING.value
+ACTIVE_STATES = (QUEUED, RUNNING)
+# Columns a listing returns: everything but the (large) output.
+LISTED_COLUMNS = [c for c in executions.c if c.name != "output"]
+
+
+def new_execution_id() -> str:
+    """Time-ordered: 12 hex digits of milliseconds, then 12 random ones."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+def execution_from_row(row: Mapping[Any, Any]) -> Execution:
+    skip = row["skip_reason"]
+    return Execution(
+        namespace=row["namespace"],
+        id=row["id"],
+        job_id=row["job_id"],
+        schedule_id=row["schedule_id"],
+        state=ExecutionState(row["state"]),
+        trigger=ExecutionTrigger(row["trigger"]),
+        scheduled_time=row["scheduled_time"],
+        due_time=row["due_time"],
+        create_time=row["create_time"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        attempt=row["attempt"],
+        first_attempt_id=row["first_attempt_id"],
+        parent_execution_id=row["parent_execution_id"],
+        arguments=row["arguments"],
+        exit_code=row["exit_code"],
+        http_status=row["http_status"],
+        output=row.get("output", ""),
+        output_truncated=row["output_truncated"],
+        result=row["result"],
+        error=row["error"],
+        skip_reason=SkipReason(skip) if skip else None,
+        worker=row["worker"],
+        serial=row["serial"],
+        cancel_requested=row["cancel_requested"],
+    )
+
+
+def new_row(
+    *,
+    namespace: str,
+    job_id: str,
+    trigger: ExecutionTrigger,
+    scheduled_time: datetime,
+    now: datetime,
+    schedule_id: str = "",
+    due_time: datetime | None = None,
+    arguments: JsonObject | None = None,
+    state: ExecutionState = ExecutionState.QUEUED,
+    skip_reason: SkipReason | None = None,
+    error: str = "",
+    attempt: int = 1,
+    first_attempt_id: str = "",
+    parent_execution_id: str = "",
+    serial: bool = False,
+) -> dict[str, Any]:
+    """The values of a new execution row."""
+    ended = state is not ExecutionState.QUEUED
+    return {
+        "namespace": namespace,
+        "id": new_execution_id(),
+        "job_id": job_id,
+        "schedule_id": schedule_id,
+        "state": state.value,
+        "trigger": trigger.value,
+        "scheduled_time": scheduled_time,
+        "due_time": due_time or scheduled_time,
+        "create_time": now,
+        "start_time": None,
+        "end_time": now if ended else None,
+        "attempt": attempt,
+        "first_attempt_id": first_attempt_id,
+        "parent_execution_id": parent_execution_id,
+        "arguments": dict(arguments or {}),
+        "exit_code": None,
+        "http_status": None,
+        "output": "",
+        "output_truncated": False,
+        "result": None,
+        "error": error,
+        "skip_reason": skip_reason.value if skip_reason else None,
+        "worker": "",
+        "lease_expires_at": None,
+        "cancel_requested": False,
+        "serial": serial,
+    }
+
+
+def _insert_ignoring_duplicate_ticks(conn: Connection, rows: list[dict[str, Any]]) -> int:
+    """Insert rows; a tick another replica recorded first is left alone. Returns rows inserted."""
+    if not rows:
+        return 0
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(executions).on_conflict_do_nothing(
+        index_elements=["namespace", "schedule_id", "scheduled_time"],
+        index_where=sa.text("trigger = 'schedule'"),
+    )
+    result = conn.execute(statement, rows)
+    return max(result.rowcount, 0)
+
+
+def database_now(conn: Connection) -> datetime:
+    """The database's clock: every replica decides by the same time."""
+    if conn.dialect.name == "postgresql":
+        value = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+        assert isinstance(value, datetime)
+        return value
+    return datetime.now(UTC)
+
+
+def notify(conn: Connection, channel: str) -> None:
+    """NOTIFY every replica when this transaction commits (PostgreSQL; a no-op elsewhere)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"NOTIFY cronwire_{channel}")
+
+
+def _locked(select: sa.Select[Any], conn: Connection, *tables: sa.Table) -> sa.Select[Any]:
+    # Replicas share the work: each skips rows another has locked. SQLite has one writer anyway.
+    if conn.dialect.name == "postgresql":
+        return select.with_for_update(skip_locked=True, of=list(tables) or None)
+    return select
+
+
+# The dispatcher
+
+
+def dispatch(conn: Connection, planner: Planner, limit: int, now: datetime) -> DispatchResult:
+    due = conn.execute(
+        _locked(
+            sa.select(schedules)
+            .where(schedules.c.paused.is_(False), schedules.c.next_fire_time <= now)
+            .order_by(schedules.c.next_fire_time)
+            .limit(limit),
+            conn,
+        )
+    ).all()
+    if not due:
+        return DispatchResult(0, 0, 0, more=False)
+    activity = _activity(conn, [(r.namespace, r.id) for r in due])
+    rows: list[dict[str, Any]] = []
+    advances: list[dict[str, Any]] = []
+    cancel: list[tuple[str, str]] = []
+    for record in due:
+        schedule = schedule_from_record(record._mapping)
+        plan = planner(schedule, now, activity.get((schedule.namespace, schedule.id), ScheduleActivity()))
+        rows += [
+            _tick_row(schedule.namespace, schedule.job_id, schedule.id, schedule.arguments, run, now)
+            for run in plan.runs
+        ]
+        advances.append(
+            {"b_namespace": schedule.namespace, "b_id": schedule.id, "b_next": plan.next_fire_time}
+        )
+        if plan.cancel_running:
+            cancel.append((schedule.namespace, schedule.id))
+    _insert_ignoring_duplicate_ticks(conn, rows)
+    conn.execute(
+        sa.update(schedules)
+        .where(schedules.c.namespace == sa.bindparam("b_namespace"), schedules.c.id == sa.bindparam("b_id"))
+        .values(next_fire_time=sa.bindparam("b_next")),
+        advances,
+    )
+    if cancel:
+        conn.execute(
+            sa.update(executions)
+            .where(
+                sa.tuple_(executions.c.namespace, executions.c.schedule_id).in_(cancel),
+                executions.c.state == RUNNING,
+            )
+            .values(cancel_requested=True)
+        )
+    queued = sum(1 for r in rows if r["state"] == QUEUED)
+    if queued:
+        notify(conn, "executions")
+    return DispatchResult(len(due), queued, len(rows) - queued, more=len(due) == limit)
+
+
+def _activity(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], ScheduleActivity]:
+    counts = conn.execute(
+        sa.select(executions.c.namespace, executions.c.schedule_id, executions.c.state, sa.func.count())
+        .where(
+            sa.tuple_(executions.c.namespace, executions.c.schedule_id).in_(keys),
+            executions.c.state.in_(ACTIVE_STATES),
+        )
+        .group_by(executions.c.namespace, executions.c.schedule_id, executions.c.state)
+    ).all()
+    found: dict[tuple[str, str], Counter[str]] = {}
+    for namespace, schedule_id, state, count in counts:
+        found.setdefault((namespace, schedule_id), Counter())[state] = count
+    return {key: ScheduleActivity(running=c[RUNNING], queued=c[QUEUED]) for key, c in found.items()}
+
+
+def _tick_row(
+    namespace: str, job_id: str, schedule_id: str, arguments: JsonObject, run: PlannedRun, now: datetime
+) -> dict[str, Any]:
+    skipped = run.skip_reason is not None
+    return new_row(
+        namespace=namespace,
+        job_id=job_id,
+        schedule_id=schedule_id,
+        trigger=ExecutionTrigger.SCHEDULE,
+        scheduled_time=run.tick,
+        due_time=run.due_time,
+        arguments=arguments,
+        state=ExecutionState.SKIPPED if skipped else ExecutionState.QUEUED,
+        skip_reason=run.skip_reason,
+        error=run.note,
+        serial=run.serial,
+        now=now,
+    )
+
+
+# Workers
+
+
+def claim(
+    conn: Connection, worker: str, limit: int, lease: timedelta, now: datetime
+) -> list[ClaimedExecution]:
+    candidates = conn.execute(
+        _locked(
+            sa.select(executions, jobs.c.max_concurrency.label("job_max_concurrency"))
+            .join(
+                jobs,
+                sa.and_(jobs.c.namespace == executions.c.namespace, jobs.c.id == executions.c.job_id),
+                isouter=True,
+            )
+            .where(executions.c.state == QUEUED, executions.c.due_time <= now)
+            .order_by(executions.c.due_time)
+            .limit(limit),
+            conn,
+            executions,
+        )
+    ).all()
+    if not candidates:
+        return []
+    accepted, orphans = _admissible(conn, candidates)
+    if orphans:
+        conn.execute(
+            sa.update(executions)
+            .where(sa.tuple_(executions.c.namespace, executions.c.id).in_(orphans))
+            .values(
+                state=ExecutionState.FAILED.value, end_time=now, error="the job was deleted before it ran"
+            )
+        )
+    if not accepted:
+        return []
+    claimed = conn.execute(
+        sa.update(executions)
+        .where(sa.tuple_(executions.c.namespace, executions.c.id).in_(accepted))
+        .values(state=RUNNING, worker=worker, start_time=now, lease_expires_at=now + lease)
+        .returning(*executions.c)
+    ).all()
+    job_keys = {(r.namespace, r.job_id) for r in claimed}
+    job_rows = conn.execute(sa.select(jobs).where(sa.tuple_(jobs.c.namespace, jobs.c.id).in_(job_keys))).all()
+    by_key = {(r.namespace, r.id): job_from_record(r._mapping) for r in job_rows}
+    return [
+        ClaimedExecution(execution_from_row(r._mapping), by_key[(r.namespace, r.job_id)])
+        for r in sorted(claimed, key=lambda r: r.due_time)
+    ]
+
+
+def _admissible(
+    conn: Connection, candidates: Sequence[Row[Any]]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The candidates that may start now, and those whose job is gone.
+
+    A serial execution starts only while nothing else of its schedule runs, and a
+    job with max_concurrency only below that many running. Such candidates take a
+    transaction-scoped advisory lock on their schedule or job first (PostgreSQL),
+    so two replicas cannot both admit one on the same stale count.
+    """
+    accepted: list[tuple[str, str]] = []
+    orphans: list[tuple[str, str]] = []
+    running_schedule: Counter[tuple[str, str]] = Counter()
+    running_job: Counter[tuple[str, str]] = Counter()
+    counted_schedules: set[tuple[str, str]] = set()
+    counted_jobs: set[tuple[str, str]] = set()
+    for row in candidates:
+        key = (row.namespace, row.id)
+        if row.job_max_concurrency is None:
+            orphans.append(key)
+            continue
+        schedule_key, job_key = (row.namespace, row.schedule_id), (row.namespace, row.job_id)
+        if row.serial and row.schedule_id:
+            if schedule_key not in counted_schedules:
+                counted_schedules.add(schedule_key)
+                running_schedule[schedule_key] = _running(conn, executions.c.schedule_id, schedule_key)
+            if running_schedule[schedule_key] > 0:
+                continue
+        if row.job_max_concurrency > 0:
+            if job_key not in counted_jobs:
+                counted_jobs.add(job_key)
+                running_job[job_key] = _running(conn, executions.c.job_id, job_key)
+            if running_job[job_key] >= row.job_max_concurrency:
+                continue
+        accepted.append(key)
+        running_schedule[schedule_key] += 1
+        running_job[job_key] += 1
+    return accepted, orphans
+
+
+def _running(conn: Connection, column: sa.Column[Any], key: tuple[str, str]) -> int:
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"{column.name}:{key[0]}/{key[1]}")))
+        )
+    count = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(executions)
+        .where(executions.c.namespace == key[0], column == key[1], executions.c.state == RUNNING)
+    ).scalar_one()
+    return int(count)
+
+
+def renew(conn: Connection, worker: str, ids: list[str], lease: timedelta, now: datetime) -> set[str]:
+    """Extend `worker`'s leases; the ids it should stop: cancelled, or no longer its own."""
+    held = conn.execute(
+        sa.update(executions)
+        .where(executions.c.id.in_(ids), executions.c.worker == worker, executions.c.state == RUNNING)
+        .values(lease_expires_at=now + lease)
+        .returning(executions.c.id, executions.c.cancel_requested)
+    ).all()
+    kept = {row.id for row in held if not row.cancel_requested}
+    return set(ids) - kept
+
+
+def finish(
+    conn: Connection,
+    claimed: ClaimedExecution,
+    worker: str,
+    outcome: RunOutcome,
+    retry: RetryPlanner,
+    now: datetime,
+) -> Execution | None:
+    execution = claimed.execution
+    row = conn.execute(
+        sa.update(executions)
+        .where(
+            executions.c.namespace == execution.namespace,
+            executions.c.id == execution.id,
+            executions.c.worker == worker,
+            executions.c.state == RUNNING,
+        )
+        .values(
+            state=outcome.state.value,
+            end_time=now,
+            exit_code=outcome.exit_code,
+            output=outcome.output,
+            output_truncated=outcome.output_truncated,
+            result=outcome.result,
+            error=outcome.error,
+            lease_expires_at=None,
+        )
+        .returning(*executions.c)
+    ).one_or_none()
+    if row is None:  # the lease expired and another replica took over
+        return None
+    ended = execution_from_row(row._mapping)
+    _queue_retry(conn, claimed.job, ended, outcome.state, retry, now)
+    return ended
+
+
+def _queue_retry(
+    conn: Connection, job: Job, ended: Execution, state: ExecutionState, retry: RetryPlanner, now: datetime
+) -> bool:
+    due = retry(job, ended, state, now)
+    if due is None:
+        return False
+    row = new_row(
+        namespace=ended.namespace,
+        job_id=ended.job_id,
+        schedule_id=ended.schedule_id,
+        trigger=ExecutionTrigger.RETRY,
+        scheduled_time=due,
+        arguments=ended.arguments,
+        attempt=ended.attempt + 1,
+        first_attempt_id=ended.first_attempt_id or ended.id,
+        parent_execution_id=ended.id,
+        serial=ended.serial,
+        now=now,
+    )
+    conn.execute(sa.insert(executions), [row])
+    notify(conn, "executions")
+    return True
+
+
+def release(conn: Connection, worker: str, ids: list[str]) -> None:
+    conn.execute(
+        sa.update(executions)
+        .where(executions.c.id.in_(ids), executions.c.worker == worker, executions.c.state == RUNNING)
+        .values(state=QUEUED, worker="", start_time=None, lease_expires_at=None, cancel_requested=False)
+    )
+    notify(conn, "executions")
+
+
+def recover(conn: Connection, retry: RetryPlanner, limit: int, now: datetime) -> list[Execution]:
+    expired = conn.execute(
+        _locked(
+            sa.select(executions.c.namespace, executions.c.id)
+            .where(executions.c.state == RUNNING, executions.c.lease_expires_at < now)
+            .limit(limit),
+            conn,
+            executions,
+        )
+    ).all()
+    if not expired:
+        return []
+    lost = conn.execute(
+        sa.update(executions)
+        .where(sa.tuple_(executions.c.namespace, executions.c.id).in_([tuple(r) for r in expired]))
+        .values(
+            state=ExecutionState.LOST.value,
+            end_time=now,
+            lease_expires_at=None,
+            error=sa.literal("lease expired: worker ") + executions.c.worker + " stopped renewing it",
+        )
+        .returning(*LISTED_COLUMNS)
+    ).all()
+    result = [execution_from_row(r._mapping) for r in lost]
+    job_keys = {(e.namespace, e.job_id) for e in result}
+    job_rows = conn.execute(sa.select(jobs).where(sa.tuple_(jobs.c.namespace, jobs.c.id).in_(job_keys))).all()
+    by_key = {(r.namespace, r.id): job_from_record(r._mapping) for r in job_rows}
+    for execution in result:
+        job = by_key.get((execution.namespace, execution.job_id))
+        if job is not None:
+            _queue_retry(conn, job, execution, ExecutionState.LOST, retry, now)
+    return result
+
+
+# Reads and API writes
+
+
+def filtered(namespace: str, where: ExecutionFilter) -> sa.Select[Any]:
+    query = sa.select(*LISTED_COLUMNS).where(executions.c.namespace == namespace)
+    if where.job_id:
+        query = query.where(executions.c.job_id == where.job_id)
+    if where.schedule_id:
+        query = query.where(executions.c.schedule_id == where.schedule_id)
+    if where.states:
+        query = query.where(executions.c.state.in_([s.value for s in where.states]))
+    if where.scheduled_after is not None:
+        query = query.where(executions.c.scheduled_time >= where.scheduled_after)
+    if where.scheduled_before is not None:
+        query = query.where(executions.c.scheduled_time < where.scheduled_before)
+    return query
+
+
+def after_cursor(query: sa.Select[Any], cursor: str) -> sa.Select[Any]:
+    """Newest first: rows older than the cursor `"{create_time iso}|{id}"`."""
+    stamp, _, last_id = cursor.partition("|")
+    created = datetime.fromisoformat(stamp)
+    return query.where(
+        sa.or_(
+            executions.c.create_time < created,
+            sa.and_(executions.c.create_time == created, executions.c.id < last_id),
+        )
+    )
+
+
+def cursor_of(execution: Execution) -> str:
+    assert execution.create_time is not None
+    return f"{execution.create_time.isoformat()}|{execution.id}"
+
+
+def ordered_newest_first(query: sa.Select[Any]) -> sa.Select[Any]:
+    return query.order_by(executions.c.create_time.desc(), executions.c.id.desc())
+
+
+def rows_to_executions(rows: Iterable[Row[Any]]) -> list[Execution]:
+    return [execution_from_row(r._mapping) for r in rows]
+
+
+def cancel(conn: Connection, namespace: str, execution_id: str, reason: str, now: datetime) -> None:
+    """QUEUED -> CANCELLED now; RUNNING -> cancellation requested (its worker stops it)."""
+    key = (executions.c.namespace == namespace, executions.c.id == execution_id)
+    error = f"cancelled: {reason}" if reason else "cancelled"
+    stopped = conn.execute(
+        sa.update(executions)
+        .where(*key, executions.c.state == QUEUED)
+        .values(state=ExecutionState.CANCELLED.value, end_time=now, error=error)
+    ).rowcount
+    if not stopped:
+        conn.execute(
+            sa.update(executions)
+            .where(*key, executions.c.state == RUNNING)
+            .values(cancel_requested=True, error=error)
+        )

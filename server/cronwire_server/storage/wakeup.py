@@ -1,0 +1,84 @@
+"""Wake-ups: "schedules changed" and "executions queued", in this process and across replicas.
+
+In one process an asyncio.Event per channel is enough. With PostgreSQL every
+replica also LISTENs; writers NOTIFY inside their transaction, so the wake-up
+is delivered on commit. Notifications carry no payload (PostgreSQL caps it at
+8,000 bytes): sleepers re-read the tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("schedules", "executions")
+PG_PREFIX = "cronwire_"
+RECONNECT_DELAY = 1.0
+
+
+def pg_channel(channel: str) -> str:
+    return PG_PREFIX + channel
+
+
+class LocalWakeup:
+    """Wake-ups within one process."""
+
+    def __init__(self) -> None:
+        self._events = {channel: asyncio.Event() for channel in CHANNELS}
+
+    def signal(self, channel: str) -> None:
+        self._events[channel].set()
+
+    async def wait(self, channel: str, max_wait: float) -> bool:
+        event = self._events[channel]
+        if not event.is_set():
+            try:
+                await asyncio.wait_for(event.wait(), max_wait)
+            except TimeoutError:
+                return False
+        event.clear()
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+class PostgresWakeup(LocalWakeup):
+    """Local wake-ups plus LISTEN on a dedicated connection, reconnecting when it breaks."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
+                    for channel in CHANNELS:
+                        await conn.execute(f"LISTEN {pg_channel(channel)}")
+                    # Anything may have happened while we were not listening.
+                    for channel in CHANNELS:
+                        self.signal(channel)
+                    async for notify in conn.notifies():
+                        self.signal(notify.channel.removeprefix(PG_PREFIX))
+            except psycopg.Error as error:
+                log.warning("LISTEN connection lost (%s); reconnecting", type(error).__name__)
+                await asyncio.sleep(RECONNECT_DELAY)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

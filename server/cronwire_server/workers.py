@@ -1,0 +1,214 @@
+"""Workers: a bounded pool in every replica that runs QUEUED executions.
+
+A worker claims executions with SKIP LOCKED and holds each under a lease it
+renews by heartbeat; a replica that dies stops renewing, and any replica's
+recovery loop marks the execution LOST and queues its retry. On shutdown the
+pool stops claiming, lets running executions finish within a grace period,
+then stops the rest and puts them back in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from cronwire_server.dispatcher import sleep_until_woken
+from cronwire_server.errors import StorageUnavailable
+from cronwire_server.executors.runners import runner_for
+from cronwire_server.executors.runtime import RunOutcome, RunRequest
+from cronwire_server.model import Execution, ExecutionState, Job
+from cronwire_server.planning import retry_due_time
+from cronwire_server.storage import Store
+from cronwire_server.storage.base import ClaimedExecution
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SLOTS = 16
+DEFAULT_LEASE = timedelta(seconds=30)
+DEFAULT_CAPTURE_BYTES = 1024 * 1024
+# Heartbeats also carry cancellations to running executions, so they come often.
+MAX_HEARTBEAT_INTERVAL = 1.0
+MAX_IDLE_SLEEP = 5.0
+RETRY_AFTER_ERROR = 1.0
+
+
+def worker_identity() -> str:
+    """host:pid:random, unique per process start, shown as an execution's `worker`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def plan_retry(job: Job, execution: Execution, state: ExecutionState, now: datetime) -> datetime | None:
+    return retry_due_time(job.retry_policy, execution.attempt, state, now)
+
+
+@dataclass
+class _Running:
+    claimed: ClaimedExecution
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when the pool drains: the run is stopped and put back, not recorded as cancelled.
+    released: bool = False
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        slots: int = DEFAULT_SLOTS,
+        lease: timedelta = DEFAULT_LEASE,
+        capture_bytes: int = DEFAULT_CAPTURE_BYTES,
+        identity: str | None = None,
+    ) -> None:
+        self._store = store
+        self._slots = slots
+        self._lease = lease
+        self._capture_bytes = capture_bytes
+        self.identity = identity or worker_identity()
+        self._running: dict[str, _Running] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._helpers: list[asyncio.Task[None]] = []
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Claim and run executions until `stopping` is set (then call `drain`)."""
+        log.info("worker pool %s started with %d slots", self.identity, self._slots)
+        # Heartbeats go on while draining; `drain` stops them.
+        self._helpers = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._recover())]
+        while not stopping.is_set():
+            try:
+                claimed = await self._claim()
+                delay = 0.0 if claimed else await self._idle_time()
+            except StorageUnavailable as error:
+                log.warning("worker: database unavailable (%s); retrying", error)
+                delay = RETRY_AFTER_ERROR
+            if delay > 0 or self.running >= self._slots:
+                self._slot_freed.clear()
+                await self._sleep(stopping, delay if self.running < self._slots else MAX_IDLE_SLEEP)
+
+    async def _claim(self) -> int:
+        free = self._slots - self.running
+        if free <= 0:
+            return 0
+        claimed = await self._store.claim_executions(self.identity, free, self._lease)
+        for item in claimed:
+            running = _Running(item)
+            self._running[item.execution.id] = running
+            task = asyncio.create_task(self._execute(running))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(claimed)
+
+    async def _idle_time(self) -> float:
+        due = await self._store.next_due_time()
+        if due is None:
+            return MAX_IDLE_SLEEP
+        now = await self._store.now()
+        return max(0.0, min(MAX_IDLE_SLEEP, (due - now).total_seconds()))
+
+    async def _sleep(self, stopping: asyncio.Event, delay: float) -> None:
+        freed = asyncio.ensure_future(self._slot_freed.wait())
+        try:
+            woken = asyncio.ensure_future(sleep_until_woken(self._store, "executions", delay, stopping))
+            await asyncio.wait({freed, woken}, return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+        finally:
+            freed.cancel()
+
+    async def _execute(self, running: _Running) -> None:
+        execution, job = running.claimed.execution, running.claimed.job
+        request = RunRequest(
+            execution_name=f"namespaces/{execution.namespace}/executions/{execution.id}",
+            job_name=f"namespaces/{job.namespace}/jobs/{job.id}",
+            parameters=job.parameters,
+            arguments=execution.arguments,
+            scheduled_time=execution.scheduled_time,
+            attempt=execution.attempt,
+            timeout=job.timeout,
+            capture_bytes=self._capture_bytes,
+        )
+        try:
+            try:
+                outcome = await runner_for(job.executor).run(request, running.cancel)
+            except LookupError as error:
+                outcome = RunOutcome(ExecutionState.FAILED, error=str(error))
+            except Exception as error:  # a runner bug must not leave the execution RUNNING
+                log.exception("executor %s failed on %s", job.executor, request.execution_name)
+                outcome = RunOutcome(ExecutionState.FAILED, error=f"executor error: {error}")
+            await self._record(running, outcome)
+        finally:
+            self._running.pop(execution.id, None)
+            self._slot_freed.set()
+
+    async def _record(self, running: _Running, outcome: RunOutcome) -> None:
+        claimed = running.claimed
+        for _ in range(30):
+            try:
+                if running.released:
+                    await self._store.release_executions(self.identity, [claimed.execution.id])
+                else:
+                    await self._store.finish_execution(claimed, self.identity, outcome, plan_retry)
+                return
+            except StorageUnavailable as error:
+                # The lease still protects the run; keep trying until it would expire.
+                log.warning("cannot record %s yet (%s); retrying", claimed.execution.id, error)
+                await asyncio.sleep(RETRY_AFTER_ERROR)
+        log.error("gave up recording %s; its lease will expire and it will be retried", claimed.execution.id)
+
+    async def _heartbeat(self) -> None:
+        interval = min(self._lease.total_seconds() / 3, MAX_HEARTBEAT_INTERVAL)
+        while True:
+            await asyncio.sleep(interval)
+            ids = list(self._running)
+            if not ids:
+                continue
+            try:
+                cancelled = await self._store.renew_leases(self.identity, ids, self._lease)
+            except StorageUnavailable as error:
+                log.warning("heartbeat failed (%s)", error)
+                continue
+            for execution_id in cancelled:
+                if execution_id in self._running:
+                    self._running[execution_id].cancel.set()
+
+    async def _recover(self) -> None:
+        # Jittered so the replicas' recovery passes do not run in lockstep.
+        interval = self._lease.total_seconds() / 2
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.5, 1.0))
+            try:
+                lost = await self._store.recover_expired(plan_retry, limit=100)
+            except StorageUnavailable as error:
+                log.warning("lease recovery failed (%s)", error)
+                continue
+            for execution in lost:
+                log.warning(
+                    "execution %s lost by worker %s (lease expired); retry policy applied",
+                    execution.id,
+                    execution.worker,
+                )
+
+    async def drain(self, grace: float) -> None:
+        """After `run` returned: let running executions finish for `grace` seconds, then stop and
+        requeue the rest."""
+        if self._tasks:
+            log.info("draining: waiting up to %.0fs for %d running executions", grace, len(self._tasks))
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            if pending:
+                log.info("stopping %d executions and putting them back in the queue", len(pending))
+                for running in self._running.values():
+                    running.released = True
+                    running.cancel.set()
+                await asyncio.wait(pending)
+        for helper in self._helpers:
+            helper.cancel()
+        await asyncio.gather(*self._helpers, return_exceptions=True)
