@@ -312,9 +312,3 @@ async def test_list_job_types_describes_each_kind(jobs: JobServiceStub) -> None:
                 job=job_pb2.Job(executor=kind.name, parameters=kind.example),
             )
         )
-
-
-async def test_run_job_is_not_implemented_yet(jobs: JobServiceStub) -> None:
-    await expect_error(
-        jobs.RunJob(job_service_pb2.RunJobRequest(name=f"{PARENT}/jobs/x")), grpc.StatusCode.UNIMPLEMENTED
-    )
