@@ -35,6 +35,7 @@ DEFAULT_CAPTURE_BYTES = 1024 * 1024
 # Heartbeats also carry cancellations to running executions, so they come often.
 MAX_HEARTBEAT_INTERVAL = 1.0
 MAX_IDLE_SLEEP = 5.0
+BLOCKED_POLL = 1.0
 RETRY_AFTER_ERROR = 1.0
 
 
@@ -113,7 +114,11 @@ class WorkerPool:
         if due is None:
             return MAX_IDLE_SLEEP
         now = await self._store.now()
-        return max(0.0, min(MAX_IDLE_SLEEP, (due - now).total_seconds()))
+        if due <= now:
+            # Due but not admitted (a serial turn or a job's concurrency limit): the end of the
+            # run that blocks it wakes us; poll now and then in case that was on another replica.
+            return BLOCKED_POLL
+        return min(MAX_IDLE_SLEEP, (due - now).total_seconds())
 
     async def _sleep(self, stopping: asyncio.Event, delay: float) -> None:
         freed = asyncio.ensure_future(self._slot_freed.wait())

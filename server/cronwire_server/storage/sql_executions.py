@@ -269,7 +269,8 @@ def claim(
             )
             .where(executions.c.state == QUEUED, executions.c.due_time <= now)
             .order_by(executions.c.due_time)
-            .limit(limit),
+            # Extra candidates, so blocked serial or rate-limited ones do not starve runnable ones.
+            .limit(limit * 2 + 16),
             conn,
             executions,
         )
@@ -277,6 +278,7 @@ def claim(
     if not candidates:
         return []
     accepted, orphans = _admissible(conn, candidates)
+    accepted = accepted[:limit]
     if orphans:
         conn.execute(
             sa.update(executions)
@@ -399,7 +401,9 @@ def finish(
     if row is None:  # the lease expired and another replica took over
         return None
     ended = execution_from_row(row._mapping)
-    _queue_retry(conn, claimed.job, ended, outcome.state, retry, now)
+    retried = _queue_retry(conn, claimed.job, ended, outcome.state, retry, now)
+    if not retried and (ended.serial or claimed.job.max_concurrency):
+        notify(conn, "executions")  # an execution waiting for this one's end may start now
     return ended
 
 
