@@ -64,7 +64,9 @@ def test_misfire_skip_records_every_missed_tick() -> None:
 
 
 def test_misfire_run_once_coalesces_the_missed_ticks() -> None:
-    result = plan(every_minute(misfire_policy=MisfirePolicy.RUN_ONCE), T0 + 2 * MINUTE + timedelta(seconds=30))
+    result = plan(
+        every_minute(misfire_policy=MisfirePolicy.RUN_ONCE), T0 + 2 * MINUTE + timedelta(seconds=30)
+    )
     assert [(r.tick, r.skip_reason) for r in result.runs] == [
         (T0, SkipReason.MISSED),
         (T0 + MINUTE, SkipReason.MISSED),
@@ -94,7 +96,9 @@ def test_ticks_older_than_the_catch_up_window_become_one_record() -> None:
 
 
 def test_ticks_missed_while_paused_say_so() -> None:
-    schedule = every_minute(misfire_policy=MisfirePolicy.SKIP, resumed_at=T0 + 2 * MINUTE + timedelta(seconds=1))
+    schedule = every_minute(
+        misfire_policy=MisfirePolicy.SKIP, resumed_at=T0 + 2 * MINUTE + timedelta(seconds=1)
+    )
     result = plan(schedule, T0 + 2 * MINUTE + timedelta(seconds=10))
     assert [r.skip_reason for r in result.runs] == [SkipReason.PAUSED] * 3
 
@@ -139,9 +143,7 @@ def test_retry_backoff_grows_and_is_capped() -> None:
         backoff_multiplier=3,
         max_backoff=timedelta(seconds=10),
     )
-    delays = [
-        retry_due_time(policy, attempt, ExecutionState.FAILED, T0) for attempt in (1, 2, 3, 4)
-    ]
+    delays = [retry_due_time(policy, attempt, ExecutionState.FAILED, T0) for attempt in (1, 2, 3, 4)]
     assert [d - T0 if d else None for d in delays] == [
         timedelta(seconds=2),
         timedelta(seconds=6),

@@ -17,7 +17,10 @@ _FORBIDDEN: dict[str, Any] = {"not": {}}
 _ENV = {
     "type": "object",
     "additionalProperties": {"type": "string"},
-    "description": "Environment variables added to the server's environment for the run.",
+    "description": (
+        "Environment variables for the run, set over a minimal inherited environment "
+        "(PATH, HOME, USER, LANG, TZ, ...)."
+    ),
 }
 _WORKING_DIR = {
     "type": "string",
