@@ -174,6 +174,23 @@ class Schedule:
     stats: ExecutionStats | None = None
 
 
+class CallbackState(enum.Enum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class CallbackDelivery:
+    """The completion callback of one execution: pending until delivered or given up."""
+
+    state: CallbackState
+    attempts: int = 0
+    http_status: int | None = None
+    error: str = ""
+    last_attempt_time: datetime | None = None
+
+
 @dataclass
 class Execution:
     """One attempt at running a job."""
@@ -206,6 +223,10 @@ class Execution:
     serial: bool = False
     # Set by CancelExecution on a RUNNING execution; its worker stops it.
     cancel_requested: bool = False
+    # A backfill's executions run at most group_limit at once.
+    backfill_id: str = ""
+    group_limit: int = 0
+    callback: CallbackDelivery | None = None
 
     @property
     def ended(self) -> bool:

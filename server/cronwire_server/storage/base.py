@@ -8,7 +8,16 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from cronwire_server.executors.runtime import RunOutcome
-from cronwire_server.model import Execution, ExecutionState, Job, JsonObject, Listing, Page, Schedule
+from cronwire_server.model import (
+    Execution,
+    ExecutionState,
+    ExecutionStats,
+    Job,
+    JsonObject,
+    Listing,
+    Page,
+    Schedule,
+)
 from cronwire_server.planning import ScheduleActivity, TickPlan
 
 # The dispatcher's decision for one due schedule, run inside the claiming transaction.
@@ -167,3 +176,44 @@ class Store(Protocol):
     async def cancel_execution(self, namespace: str, execution_id: str, reason: str) -> Execution:
         """QUEUED: CANCELLED at once. RUNNING: cancellation requested; its worker stops it. Ended:
         unchanged."""
+
+    # Run control
+
+    async def append_logs(self, namespace: str, execution_id: str, chunks: list[tuple[int, str]]) -> None:
+        """Store output chunks (byte offset, text) of a running execution; wakes log followers."""
+
+    async def read_logs(
+        self, namespace: str, execution_id: str, offset: int, limit: int
+    ) -> list[tuple[int, str, datetime]]:
+        """Output chunks (offset, text, time) from the one holding byte `offset` on."""
+
+    async def claim_callbacks(self, limit: int) -> list[tuple[Execution, Job]]:
+        """Due pending completion callbacks with their jobs, held while being delivered."""
+
+    async def record_callback(
+        self,
+        execution: Execution,
+        *,
+        http_status: int | None,
+        error: str,
+        delivered: bool,
+        next_time: datetime | None,
+    ) -> None:
+        """One delivery attempt; without delivery, `next_time` None gives up."""
+
+    async def backfill(
+        self,
+        schedule: Schedule,
+        ticks: list[datetime],
+        *,
+        serial: bool,
+        max_concurrency: int,
+        request_id: str = "",
+    ) -> list[Execution]:
+        """Queue one BACKFILL execution per tick, at most `max_concurrency` running at once; a seen
+        `request_id` returns the executions of that earlier backfill."""
+
+    async def execution_stats(
+        self, namespace: str, *, job_id: str = "", schedule_id: str = ""
+    ) -> ExecutionStats:
+        """Statistics over a job's or a schedule's executions (next_run_time included)."""

@@ -20,8 +20,12 @@ from sqlalchemy.engine import Connection, Row
 
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.model import (
+    CallbackDelivery,
+    CallbackState,
+    DependencyCondition,
     Execution,
     ExecutionState,
+    ExecutionStats,
     ExecutionTrigger,
     Job,
     JsonObject,
@@ -36,7 +40,7 @@ from cronwire_server.storage.base import (
     RetryPlanner,
 )
 from cronwire_server.storage.records import job_from_record, schedule_from_record
-from cronwire_server.storage.tables import executions, jobs, schedules
+from cronwire_server.storage.tables import execution_logs, executions, jobs, schedules
 
 QUEUED, RUNNING = ExecutionState.QUEUED.value, ExecutionState.RUNNING.value
 ACTIVE_STATES = (QUEUED, RUNNING)
@@ -77,6 +81,21 @@ def execution_from_row(row: Mapping[Any, Any]) -> Execution:
         worker=row["worker"],
         serial=row["serial"],
         cancel_requested=row["cancel_requested"],
+        backfill_id=row["backfill_id"],
+        group_limit=row["group_limit"],
+        callback=_callback_from_row(row),
+    )
+
+
+def _callback_from_row(row: Mapping[Any, Any]) -> CallbackDelivery | None:
+    if row["callback_state"] is None:
+        return None
+    return CallbackDelivery(
+        state=CallbackState(row["callback_state"]),
+        attempts=row["callback_attempts"],
+        http_status=row["callback_http_status"],
+        error=row["callback_error"],
+        last_attempt_time=row["callback_last_time"],
     )
 
 
@@ -97,6 +116,8 @@ def new_row(
     first_attempt_id: str = "",
     parent_execution_id: str = "",
     serial: bool = False,
+    backfill_id: str = "",
+    group_limit: int = 0,
 ) -> dict[str, Any]:
     """The values of a new execution row."""
     ended = state is not ExecutionState.QUEUED
@@ -127,6 +148,14 @@ def new_row(
         "lease_expires_at": None,
         "cancel_requested": False,
         "serial": serial,
+        "backfill_id": backfill_id,
+        "group_limit": group_limit,
+        "callback_state": None,
+        "callback_attempts": 0,
+        "callback_http_status": None,
+        "callback_error": "",
+        "callback_last_time": None,
+        "callback_next_time": None,
     }
 
 
@@ -318,8 +347,10 @@ def _admissible(
     orphans: list[tuple[str, str]] = []
     running_schedule: Counter[tuple[str, str]] = Counter()
     running_job: Counter[tuple[str, str]] = Counter()
+    running_group: Counter[tuple[str, str]] = Counter()
     counted_schedules: set[tuple[str, str]] = set()
     counted_jobs: set[tuple[str, str]] = set()
+    counted_groups: set[tuple[str, str]] = set()
     for row in candidates:
         key = (row.namespace, row.id)
         if row.job_max_concurrency is None:
@@ -338,9 +369,17 @@ def _admissible(
                 running_job[job_key] = _running(conn, executions.c.job_id, job_key)
             if running_job[job_key] >= row.job_max_concurrency:
                 continue
+        group_key = (row.namespace, row.backfill_id)
+        if row.group_limit > 0 and row.backfill_id:
+            if group_key not in counted_groups:
+                counted_groups.add(group_key)
+                running_group[group_key] = _running(conn, executions.c.backfill_id, group_key)
+            if running_group[group_key] >= row.group_limit:
+                continue
         accepted.append(key)
         running_schedule[schedule_key] += 1
         running_job[job_key] += 1
+        running_group[group_key] += 1
     return accepted, orphans
 
 
@@ -402,8 +441,10 @@ def finish(
         return None
     ended = execution_from_row(row._mapping)
     retried = _queue_retry(conn, claimed.job, ended, outcome.state, retry, now)
-    if not retried and (ended.serial or claimed.job.max_concurrency):
-        notify(conn, "executions")  # an execution waiting for this one's end may start now
+    if not retried:
+        _on_final(conn, claimed.job, ended, now)
+        if ended.serial or claimed.job.max_concurrency or ended.group_limit:
+            notify(conn, "executions")  # an execution waiting for this one's end may start now
     return ended
 
 
@@ -469,8 +510,8 @@ def recover(conn: Connection, retry: RetryPlanner, limit: int, now: datetime) ->
     by_key = {(r.namespace, r.id): job_from_record(r._mapping) for r in job_rows}
     for execution in result:
         job = by_key.get((execution.namespace, execution.job_id))
-        if job is not None:
-            _queue_retry(conn, job, execution, ExecutionState.LOST, retry, now)
+        if job is not None and not _queue_retry(conn, job, execution, ExecutionState.LOST, retry, now):
+            _on_final(conn, job, execution, now)
     return result
 
 
@@ -525,10 +566,281 @@ def cancel(conn: Connection, namespace: str, execution_id: str, reason: str, now
         sa.update(executions)
         .where(*key, executions.c.state == QUEUED)
         .values(state=ExecutionState.CANCELLED.value, end_time=now, error=error)
-    ).rowcount
-    if not stopped:
+        .returning(*LISTED_COLUMNS)
+    ).one_or_none()
+    if stopped is not None:
+        ended = execution_from_row(stopped._mapping)
+        _on_final(conn, _job(conn, namespace, ended.job_id), ended, now)
+        return
+    conn.execute(
+        sa.update(executions)
+        .where(*key, executions.c.state == RUNNING)
+        .values(cancel_requested=True, error=error)
+    )
+
+
+def _job(conn: Connection, namespace: str, job_id: str) -> Job | None:
+    row = conn.execute(
+        sa.select(jobs).where(jobs.c.namespace == namespace, jobs.c.id == job_id)
+    ).one_or_none()
+    return None if row is None else job_from_record(row._mapping)
+
+
+# After the last attempt: job chains and completion callbacks
+
+
+def _triggers(condition: DependencyCondition, state: ExecutionState) -> bool:
+    if condition is DependencyCondition.ON_COMPLETION:
+        return True
+    succeeded = state is ExecutionState.SUCCEEDED
+    return succeeded if condition is DependencyCondition.ON_SUCCESS else not succeeded
+
+
+def _on_final(conn: Connection, job: Job | None, ended: Execution, now: datetime) -> None:
+    """An execution ended for good (no retry follows): trigger dependents, queue the callback."""
+    if job is None:
+        return
+    wanted = [d.job_id for d in job.dependents if _triggers(d.condition, ended.state)]
+    if wanted:
+        existing = conn.execute(
+            sa.select(jobs.c.id).where(jobs.c.namespace == ended.namespace, jobs.c.id.in_(wanted))
+        ).scalars()
+        rows = [
+            new_row(
+                namespace=ended.namespace,
+                job_id=child,
+                trigger=ExecutionTrigger.DEPENDENCY,
+                scheduled_time=now,
+                parent_execution_id=ended.id,
+                now=now,
+            )
+            for child in existing
+        ]
+        if rows:
+            conn.execute(sa.insert(executions), rows)
+            notify(conn, "executions")
+    callback = job.callback
+    if callback is not None and (not callback.states or ended.state in callback.states):
         conn.execute(
             sa.update(executions)
-            .where(*key, executions.c.state == RUNNING)
-            .values(cancel_requested=True, error=error)
+            .where(executions.c.namespace == ended.namespace, executions.c.id == ended.id)
+            .values(callback_state=CallbackState.PENDING.value, callback_next_time=now)
         )
+        notify(conn, "callbacks")
+
+
+# Completion callbacks
+
+CALLBACK_LEASE = timedelta(seconds=60)
+
+
+def claim_callbacks(conn: Connection, limit: int, now: datetime) -> list[tuple[Execution, Job]]:
+    """Pending callbacks that are due, each held for CALLBACK_LEASE while it is delivered."""
+    rows = conn.execute(
+        _locked(
+            sa.select(*LISTED_COLUMNS)
+            .where(
+                executions.c.callback_state == CallbackState.PENDING.value,
+                executions.c.callback_next_time <= now,
+            )
+            .order_by(executions.c.callback_next_time)
+            .limit(limit),
+            conn,
+            executions,
+        )
+    ).all()
+    if not rows:
+        return []
+    keys = [(r.namespace, r.id) for r in rows]
+    conn.execute(
+        sa.update(executions)
+        .where(sa.tuple_(executions.c.namespace, executions.c.id).in_(keys))
+        .values(callback_next_time=now + CALLBACK_LEASE)
+    )
+    claimed = []
+    for row in rows:
+        execution = execution_from_row(row._mapping)
+        job = _job(conn, execution.namespace, execution.job_id)
+        if job is None or job.callback is None:
+            record_callback(
+                conn,
+                execution.namespace,
+                execution.id,
+                execution.callback,
+                None,
+                "the job or its callback was removed",
+                False,
+                None,
+                now,
+            )
+            continue
+        claimed.append((execution, job))
+    return claimed
+
+
+def record_callback(
+    conn: Connection,
+    namespace: str,
+    execution_id: str,
+    before: CallbackDelivery | None,
+    http_status: int | None,
+    error: str,
+    delivered: bool,
+    next_time: datetime | None,
+    now: datetime,
+) -> None:
+    """One delivery attempt's outcome; `next_time` None without delivery means: given up."""
+    if delivered:
+        state = CallbackState.DELIVERED
+    else:
+        state = CallbackState.PENDING if next_time is not None else CallbackState.FAILED
+    conn.execute(
+        sa.update(executions)
+        .where(executions.c.namespace == namespace, executions.c.id == execution_id)
+        .values(
+            callback_state=state.value,
+            callback_attempts=(before.attempts if before else 0) + 1,
+            callback_http_status=http_status,
+            callback_error=error,
+            callback_last_time=now,
+            callback_next_time=next_time,
+        )
+    )
+
+
+# Live output
+
+
+def append_logs(
+    conn: Connection, namespace: str, execution_id: str, chunks: list[tuple[int, str]], now: datetime
+) -> None:
+    conn.execute(
+        sa.insert(execution_logs),
+        [
+            {
+                "namespace": namespace,
+                "execution_id": execution_id,
+                "offset": offset,
+                "data": data,
+                "time": now,
+            }
+            for offset, data in chunks
+        ],
+    )
+    notify(conn, "logs")
+
+
+def read_logs(
+    conn: Connection, namespace: str, execution_id: str, offset: int, limit: int
+) -> list[tuple[int, str, datetime]]:
+    """The chunks from the one holding byte `offset` on, in order: (offset, data, time)."""
+    rows = conn.execute(
+        sa.select(execution_logs.c.offset, execution_logs.c.data, execution_logs.c.time)
+        .where(
+            execution_logs.c.namespace == namespace,
+            execution_logs.c.execution_id == execution_id,
+            execution_logs.c.offset >= _chunk_start(conn, namespace, execution_id, offset),
+        )
+        .order_by(execution_logs.c.offset)
+        .limit(limit)
+    ).all()
+    return [(int(r.offset), str(r.data), r.time) for r in rows]
+
+
+def _chunk_start(conn: Connection, namespace: str, execution_id: str, offset: int) -> int:
+    """The offset of the chunk holding byte `offset` (the caller trims the part before it)."""
+    found = conn.execute(
+        sa.select(sa.func.max(execution_logs.c.offset)).where(
+            execution_logs.c.namespace == namespace,
+            execution_logs.c.execution_id == execution_id,
+            execution_logs.c.offset <= offset,
+        )
+    ).scalar_one_or_none()
+    return int(found) if found is not None else 0
+
+
+# Backfill
+
+
+def backfill(
+    conn: Connection,
+    namespace: str,
+    job_id: str,
+    schedule_id: str,
+    arguments: JsonObject,
+    ticks: list[datetime],
+    serial: bool,
+    group_limit: int,
+    backfill_id: str,
+    now: datetime,
+) -> list[str]:
+    rows = [
+        new_row(
+            namespace=namespace,
+            job_id=job_id,
+            schedule_id=schedule_id,
+            trigger=ExecutionTrigger.BACKFILL,
+            scheduled_time=tick,
+            due_time=now,
+            arguments=arguments,
+            serial=serial,
+            backfill_id=backfill_id,
+            group_limit=group_limit,
+            now=now,
+        )
+        for tick in ticks
+    ]
+    if rows:
+        conn.execute(sa.insert(executions), rows)
+        notify(conn, "executions")
+    return [r["id"] for r in rows]
+
+
+def backfill_executions(conn: Connection, namespace: str, backfill_id: str) -> list[Execution]:
+    rows = conn.execute(
+        sa.select(*LISTED_COLUMNS)
+        .where(executions.c.namespace == namespace, executions.c.backfill_id == backfill_id)
+        .order_by(executions.c.scheduled_time)
+    ).all()
+    return rows_to_executions(rows)
+
+
+# Statistics
+
+STATS_DURATION_SAMPLE = 1000
+FAILED_STATES = (ExecutionState.FAILED.value, ExecutionState.TIMED_OUT.value, ExecutionState.LOST.value)
+
+
+def stats(conn: Connection, namespace: str, column: sa.Column[Any], key: str) -> ExecutionStats:
+    """Counts, the latest run and the median duration (over the latest finished runs)."""
+    mine = (executions.c.namespace == namespace, column == key)
+    total, succeeded, failed = conn.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.coalesce(
+                sa.func.sum(sa.case((executions.c.state == ExecutionState.SUCCEEDED.value, 1), else_=0)), 0
+            ),
+            sa.func.coalesce(sa.func.sum(sa.case((executions.c.state.in_(FAILED_STATES), 1), else_=0)), 0),
+        ).where(*mine)
+    ).one()
+    last = conn.execute(
+        sa.select(executions.c.start_time, executions.c.state)
+        .where(*mine, executions.c.start_time.is_not(None))
+        .order_by(executions.c.start_time.desc())
+        .limit(1)
+    ).one_or_none()
+    spans = conn.execute(
+        sa.select(executions.c.start_time, executions.c.end_time)
+        .where(*mine, executions.c.start_time.is_not(None), executions.c.end_time.is_not(None))
+        .order_by(executions.c.end_time.desc())
+        .limit(STATS_DURATION_SAMPLE)
+    ).all()
+    durations = sorted(end - start for start, end in spans)
+    return ExecutionStats(
+        total=int(total),
+        succeeded=int(succeeded),
+        failed=int(failed),
+        last_run_time=last.start_time if last else None,
+        last_run_state=ExecutionState(last.state) if last else None,
+        p50_duration=durations[(len(durations) - 1) // 2] if durations else None,
+    )

@@ -6,6 +6,7 @@ are one autocommitted statement, one round trip.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -21,7 +22,16 @@ from sqlalchemy.util import greenlet_spawn
 
 from cronwire_server import errors
 from cronwire_server.executors.runtime import RunOutcome
-from cronwire_server.model import Execution, ExecutionTrigger, Job, JsonObject, Listing, Page, Schedule
+from cronwire_server.model import (
+    Execution,
+    ExecutionStats,
+    ExecutionTrigger,
+    Job,
+    JsonObject,
+    Listing,
+    Page,
+    Schedule,
+)
 from cronwire_server.storage import sql_executions as ex
 from cronwire_server.storage.base import (
     ClaimedExecution,
@@ -574,6 +584,133 @@ class SqlStore:
     async def cancel_execution(self, namespace: str, execution_id: str, reason: str) -> Execution:
         await self._run(self._in_transaction, ex.cancel, namespace, execution_id, reason)
         return await self.get_execution(namespace, execution_id)
+
+    # Run control
+
+    async def append_logs(self, namespace: str, execution_id: str, chunks: list[tuple[int, str]]) -> None:
+        await self._run(self._in_transaction, ex.append_logs, namespace, execution_id, chunks)
+        self._wakeup.signal("logs")
+
+    async def read_logs(
+        self, namespace: str, execution_id: str, offset: int, limit: int
+    ) -> list[tuple[int, str, datetime]]:
+        chunks: list[tuple[int, str, datetime]] = await self._run(
+            self._read, ex.read_logs, namespace, execution_id, offset, limit
+        )
+        return chunks
+
+    def _read(self, work: Callable[..., T], *args: Any) -> T:
+        with self._sync.connect() as conn:
+            return work(conn, *args)
+
+    async def claim_callbacks(self, limit: int) -> list[tuple[Execution, Job]]:
+        claimed: list[tuple[Execution, Job]] = await self._run(
+            self._in_transaction, ex.claim_callbacks, limit
+        )
+        return claimed
+
+    async def record_callback(
+        self,
+        execution: Execution,
+        *,
+        http_status: int | None,
+        error: str,
+        delivered: bool,
+        next_time: datetime | None,
+    ) -> None:
+        await self._run(
+            self._in_transaction,
+            ex.record_callback,
+            execution.namespace,
+            execution.id,
+            execution.callback,
+            http_status,
+            error,
+            delivered,
+            next_time,
+        )
+        if next_time is not None:
+            self._wakeup.signal("callbacks")
+
+    async def backfill(
+        self,
+        schedule: Schedule,
+        ticks: list[datetime],
+        *,
+        serial: bool,
+        max_concurrency: int,
+        request_id: str = "",
+    ) -> list[Execution]:
+        namespace = schedule.namespace
+        if request_id:
+            replay = await self._recorded_resource(namespace, request_id, "BackfillSchedule")
+            if replay is not None:
+                return await self._run(self._read, ex.backfill_executions, namespace, replay)
+        backfill_id = ex.new_execution_id()
+        try:
+            await self._run(
+                self._in_transaction,
+                self._backfill,
+                schedule,
+                ticks,
+                serial,
+                max_concurrency,
+                backfill_id,
+                request_id,
+            )
+        except exc.IntegrityError:
+            replay = (
+                await self._recorded_resource(namespace, request_id, "BackfillSchedule")
+                if request_id
+                else None
+            )
+            if replay is None:
+                raise
+            backfill_id = replay
+        self._wakeup.signal("executions")
+        executions_: list[Execution] = await self._run(
+            self._read, ex.backfill_executions, namespace, backfill_id
+        )
+        return executions_
+
+    def _backfill(
+        self,
+        conn: Connection,
+        schedule: Schedule,
+        ticks: list[datetime],
+        serial: bool,
+        max_concurrency: int,
+        backfill_id: str,
+        request_id: str,
+        now: datetime,
+    ) -> None:
+        if request_id:
+            record = {"namespace": schedule.namespace, "id": backfill_id, "create_time": now}
+            conn.execute(_RECORD_REQUEST, _request_params(record, request_id, "BackfillSchedule"))
+        ex.backfill(
+            conn,
+            schedule.namespace,
+            schedule.job_id,
+            schedule.id,
+            schedule.arguments,
+            ticks,
+            serial,
+            max_concurrency,
+            backfill_id,
+            now,
+        )
+
+    async def execution_stats(
+        self, namespace: str, *, job_id: str = "", schedule_id: str = ""
+    ) -> ExecutionStats:
+        column, key = (executions.c.job_id, job_id) if job_id else (executions.c.schedule_id, schedule_id)
+        found: ExecutionStats = await self._run(self._read, ex.stats, namespace, column, key)
+        upcoming = sa.select(sa.func.min(schedules.c.next_fire_time)).where(
+            schedules.c.namespace == namespace, schedules.c.paused.is_(False)
+        )
+        upcoming = upcoming.where(schedules.c.job_id == job_id if job_id else schedules.c.id == schedule_id)
+        rows = await self._run(self._all, upcoming)
+        return dataclasses.replace(found, next_run_time=_aware(rows[0][0]))
 
 
 def _aware(value: datetime | None) -> datetime | None:

@@ -165,6 +165,16 @@ executions = sa.Table(
     sa.Column("lease_expires_at", UtcDateTime(), nullable=True),
     sa.Column("cancel_requested", sa.Boolean(), nullable=False),
     sa.Column("serial", sa.Boolean(), nullable=False),
+    # A backfill's executions run at most group_limit at once.
+    sa.Column("backfill_id", Ident, nullable=False, server_default=""),
+    sa.Column("group_limit", sa.Integer(), nullable=False, server_default="0"),
+    # The job's completion callback: pending until delivered or given up.
+    sa.Column("callback_state", sa.String(), nullable=True),
+    sa.Column("callback_attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("callback_http_status", sa.Integer(), nullable=True),
+    sa.Column("callback_error", sa.Text(), nullable=False, server_default=""),
+    sa.Column("callback_last_time", UtcDateTime(), nullable=True),
+    sa.Column("callback_next_time", UtcDateTime(), nullable=True),
     sa.Index(
         "ux_executions_schedule_tick",
         "namespace",
@@ -179,4 +189,22 @@ executions = sa.Table(
     sa.Index("ix_executions_active_job", "namespace", "job_id", **_partial(ACTIVE)),
     sa.Index("ix_executions_namespace_create_time", "namespace", "create_time", "id"),
     sa.Index("ix_executions_job_create_time", "namespace", "job_id", "create_time"),
+    sa.Index("ix_executions_callback_due", "callback_next_time", **_partial("callback_state = 'pending'")),
+    sa.Index(
+        "ix_executions_active_backfill",
+        "namespace",
+        "backfill_id",
+        **_partial("state IN ('queued', 'running') AND backfill_id != ''"),
+    ),
+)
+
+# Output as it is produced, in chunks, so any replica can stream a run's output live.
+execution_logs = sa.Table(
+    "execution_logs",
+    metadata,
+    sa.Column("namespace", Ident, primary_key=True),
+    sa.Column("execution_id", Ident, primary_key=True),
+    sa.Column("offset", sa.BigInteger(), primary_key=True),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Column("time", UtcDateTime(), nullable=False),
 )
