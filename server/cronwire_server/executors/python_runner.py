@@ -63,8 +63,10 @@ class PythonRunner:
     ) -> RunOutcome:
         if cancel.is_set():
             return RunOutcome(ExecutionState.CANCELLED, error="cancelled")
-        directory = await asyncio.to_thread(_prepare, request, self.result_limit)
+        # Made here, so that the `finally` below removes it whatever happens next.
+        directory = tempfile.mkdtemp(prefix="cronwire-python-")
         try:
+            await asyncio.to_thread(_write_call, directory, request, self.result_limit)
             ran = await self._shell.run(_child_request(request, directory), cancel, on_output)
             # Stopped, or never started (exit_code None): the shell runner's outcome says it all.
             if ran.state in (ExecutionState.TIMED_OUT, ExecutionState.CANCELLED) or ran.exit_code is None:
@@ -75,9 +77,8 @@ class PythonRunner:
         return _outcome(ran, reply)
 
 
-def _prepare(request: RunRequest, reply_limit: int) -> str:
-    """A private directory holding the call file; the child writes its reply there."""
-    directory = tempfile.mkdtemp(prefix="cronwire-python-")
+def _write_call(directory: str, request: RunRequest, reply_limit: int) -> None:
+    """What the child is to call, in the private directory where it writes its reply."""
     parameters = request.parameters
     call = {
         "callable": parameters["callable"],
@@ -93,7 +94,6 @@ def _prepare(request: RunRequest, reply_limit: int) -> str:
     }
     with open(os.path.join(directory, _CALL), "w", encoding="utf-8") as file:
         json.dump(call, file, default=str)
-    return directory
 
 
 def _child_request(request: RunRequest, directory: str) -> RunRequest:

@@ -5,21 +5,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from cronwire_server.executors.http_runner import HttpRunner
 from cronwire_server.executors.noop import NoopRunner
+from cronwire_server.executors.python_runner import PythonRunner
 from cronwire_server.executors.runtime import Runner
 from cronwire_server.executors.shell import ShellRunner
 
 __all__ = ["runner_for"]
 
 # Runners keep no state between runs, so one of each serves every execution.
-_RUNNERS: Mapping[str, Runner] = MappingProxyType({"shell": ShellRunner(), "noop": NoopRunner()})
+# `http` refuses non-public addresses until the server passes an HttpPolicy.
+_RUNNERS: Mapping[str, Runner] = MappingProxyType(
+    {"shell": ShellRunner(), "python": PythonRunner(), "http": HttpRunner(), "noop": NoopRunner()}
+)
 
 
 def runner_for(kind: str) -> Runner:
     """The runner of executor kind `kind` (`Job.executor`).
 
-    LookupError for a kind without a runner in this server (`python` and `http`
-    have none yet): the worker reports the execution FAILED with its message.
+    LookupError for a kind without a runner in this server: the worker reports
+    the execution FAILED with its message.
     """
     try:
         return _RUNNERS[kind]

@@ -48,6 +48,8 @@ class RunOutcome:
     result: Any = None
     # For people: "exit code 3", "timed out after 5s", "cancelled", "executable not found: foo".
     error: str = ""
+    # The response status of an `http` run that got a response; None for other kinds.
+    http_status: int | None = None
 
 
 class Runner(Protocol):

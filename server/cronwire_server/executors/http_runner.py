@@ -1,0 +1,328 @@
+"""The `http` executor: calls a webhook, after checking where the call would go.
+
+Requests carry `X-Cronwire-Execution`, `X-Cronwire-Scheduled-Time` (ISO 8601)
+and `X-Cronwire-Attempt`, which the job's headers cannot override, so that a
+receiver can tell a retry from a new run. The run succeeds when the status is
+expected (`expected_status`, or any 2xx); redirects are not followed, since the
+next location would go unchecked. The response body, up to `capture_bytes`, is
+the output. `RunRequest.timeout` bounds the whole call, name resolution
+included; connecting alone is bounded by `CONNECT_TIMEOUT` too.
+
+Server-side request forgery: a job could aim a webhook at the server's own
+network (a database, a cloud metadata service at 169.254.169.254). Unless the
+`HttpPolicy` allows them, addresses that are not public (loopback, link-local,
+private, unspecified, multicast, other reserved ranges, and IPv6 forms that
+embed such an IPv4 address) are refused. The host is resolved once, every
+address it resolves to is checked, and the request is sent to a checked
+address: the URL's host is replaced by the address, while the `Host` header and,
+for https, the TLS server name (SNI and certificate check, through httpcore's
+`sni_hostname` extension) keep the original name. A name that resolves to a
+public address at check time and to a private one at connect time (DNS
+rebinding) therefore cannot get through, since nothing resolves it a second
+time. Proxies from the environment are not used (`trust_env=False`): a proxy
+would resolve the name itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import Any
+
+import httpx
+
+from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest, describe_timeout
+from cronwire_server.executors.shell import _Capture
+from cronwire_server.model import ExecutionState
+
+__all__ = ["CONNECT_TIMEOUT", "HttpPolicy", "HttpRunner", "check_url"]
+
+# Seconds to connect (TCP and TLS) to one address, within the run's timeout.
+CONNECT_TIMEOUT = 10.0
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    """Which addresses `http` jobs may call besides public ones.
+
+    `allow_private` turns the check off: every address is allowed.
+    `allowed_networks` allows the addresses of those networks only, e.g.
+    `(ip_network("10.1.0.0/16"),)`. `hint` ends the refusal message: how an
+    operator allows an address (the server names its setting there).
+    """
+
+    allow_private: bool = False
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    hint: str = "allow it with the server's HTTP policy: allow_private or allowed_networks"
+
+    def refusal(self, address: IPAddress) -> str | None:
+        """Why `address` may not be called, or None when it may."""
+        if self.allow_private:
+            return None
+        embedded = _embedded_ipv4(address)
+        candidates = (address,) if embedded is None else (address, embedded)
+        if any(a in network for a in candidates for network in self.allowed_networks):
+            return None
+        category = _category(embedded if embedded is not None else address)
+        if category is None:
+            return None
+        return f"refused: {address} is {category} address ({self.hint})"
+
+
+def check_url(url: str, policy: HttpPolicy | None = None) -> str | None:
+    """Why `url` may not be called, or None: for validating a job before it runs.
+
+    Checks the scheme and a host that is an IP address (in any of the forms a
+    resolver reads as one: `127.1`, `0x7f000001`), resolving no names: a name
+    is checked each time the job runs.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        return f"invalid URL: {exc}"
+    if parsed.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parsed.host:
+        return "the URL has no host"
+    address = _literal_address(parsed.host)
+    if address is None:
+        return None
+    return (policy or HttpPolicy()).refusal(address)
+
+
+class HttpRunner:
+    """Runs `http` jobs under `policy` (by default, public addresses only).
+
+    `ssl_context` verifies https servers; by default, against httpx's CA bundle (certifi).
+    """
+
+    def __init__(
+        self,
+        policy: HttpPolicy | None = None,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.policy = policy or HttpPolicy()
+        self.connect_timeout = connect_timeout
+        # The default is made on first use, off the event loop (it reads the CA bundle), then shared.
+        self._ssl_context = ssl_context
+
+    async def run(
+        self,
+        request: RunRequest,
+        cancel: asyncio.Event,
+        on_output: OutputCallback | None = None,
+    ) -> RunOutcome:
+        if cancel.is_set():
+            return RunOutcome(ExecutionState.CANCELLED, error="cancelled")
+        exchange = _Exchange(request.capture_bytes, on_output)
+        call = asyncio.ensure_future(self._call(request, exchange))
+        cancelled = asyncio.ensure_future(cancel.wait())
+        try:
+            timeout = request.timeout.total_seconds() if request.timeout is not None else None
+            await asyncio.wait({call, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not call.done():
+                # Cancelling the call aborts the request and closes its connection.
+                call.cancel()
+                await asyncio.wait({call})
+        except BaseException:
+            # The worker's own task was cancelled: abort the request all the same.
+            call.cancel()
+            await asyncio.wait({call}, timeout=1.0)
+            raise
+        finally:
+            cancelled.cancel()
+
+        # A call that finished just as it was cancelled or timed out counts as finished.
+        if not call.cancelled():
+            failure = call.exception()
+            # The call handles the errors a webhook meets; anything else still fails the run only.
+            state, error = call.result() if failure is None else (ExecutionState.FAILED, _describe(failure))
+        elif cancelled.done():
+            state, error = ExecutionState.CANCELLED, "cancelled"
+        else:
+            assert request.timeout is not None
+            state, error = ExecutionState.TIMED_OUT, describe_timeout(request.timeout)
+        output, truncated = exchange.output()
+        return RunOutcome(
+            state, output=output, output_truncated=truncated, error=error, http_status=exchange.status
+        )
+
+    async def _call(self, request: RunRequest, exchange: _Exchange) -> tuple[ExecutionState, str]:
+        parameters = request.parameters
+        url = httpx.URL(parameters["url"])
+        if url.scheme not in ("http", "https") or not url.host:
+            return ExecutionState.FAILED, f"cannot call {parameters['url']}: not an http(s) URL with a host"
+        host = url.raw_host.decode("ascii")
+        try:
+            addresses = await _resolve(host, url.port or (443 if url.scheme == "https" else 80))
+        except OSError as exc:
+            return ExecutionState.FAILED, f"cannot resolve {host}: {exc.strerror or exc}"
+        if not addresses:
+            return ExecutionState.FAILED, f"cannot resolve {host}: no addresses"
+        for address in addresses:
+            refusal = self.policy.refusal(address)
+            if refusal is not None:
+                return ExecutionState.FAILED, refusal
+
+        if self._ssl_context is None:
+            self._ssl_context = await asyncio.to_thread(httpx.create_ssl_context, trust_env=False)
+        try:
+            async with httpx.AsyncClient(
+                verify=self._ssl_context,
+                timeout=httpx.Timeout(None, connect=self.connect_timeout),
+                follow_redirects=False,
+                trust_env=False,
+            ) as client:
+                # Try the addresses in turn until one connects; nothing was sent to those that did not.
+                for index, address in enumerate(addresses):
+                    try:
+                        await self._send(client, _pinned(client, request, url, address), exchange)
+                        break
+                    except (httpx.ConnectError, httpx.ConnectTimeout):
+                        if index == len(addresses) - 1:
+                            raise
+        except Exception as exc:  # connection, protocol or decoding errors, a header httpx cannot send
+            return ExecutionState.FAILED, _describe(exc)
+
+        expected = parameters.get("expected_status") or ()
+        status = exchange.status
+        assert status is not None
+        if (status in expected) if expected else (200 <= status < 300):
+            return ExecutionState.SUCCEEDED, ""
+        return ExecutionState.FAILED, f"unexpected HTTP status {status}"
+
+    @staticmethod
+    async def _send(client: httpx.AsyncClient, request: httpx.Request, exchange: _Exchange) -> None:
+        response = await client.send(request, stream=True)
+        try:
+            exchange.status = response.status_code
+            async for chunk in response.aiter_bytes():
+                # Past the bound the rest is not read: closing drops the connection.
+                if not exchange.received(chunk):
+                    break
+        finally:
+            await response.aclose()
+
+
+def _pinned(
+    client: httpx.AsyncClient, request: RunRequest, url: httpx.URL, address: IPAddress
+) -> httpx.Request:
+    """The job's request, sent to `address` while naming `url`'s host in Host and TLS."""
+    parameters = request.parameters
+    headers = httpx.Headers(parameters.get("headers", {}))
+    headers.setdefault("Host", url.netloc.decode("ascii"))
+    content: bytes | None = None
+    if "json" in parameters:
+        # Serialised here rather than by httpx, which sends no body for a JSON null.
+        content = json.dumps(parameters["json"], ensure_ascii=False, separators=(",", ":")).encode()
+        headers.setdefault("Content-Type", "application/json")
+    elif "body" in parameters:
+        content = parameters["body"].encode()
+    headers["X-Cronwire-Execution"] = request.execution_name
+    headers["X-Cronwire-Scheduled-Time"] = request.scheduled_time.isoformat()
+    headers["X-Cronwire-Attempt"] = str(request.attempt)
+    extensions: dict[str, Any] = {}
+    if url.scheme == "https" and _literal_address(url.host) is None:
+        extensions["sni_hostname"] = url.raw_host.decode("ascii")
+    return client.build_request(
+        parameters.get("method", "POST"),
+        url.copy_with(host=str(address)),
+        headers=headers,
+        content=content,
+        extensions=extensions,
+    )
+
+
+class _Exchange:
+    """What is known of the response so far, kept when the call fails or is stopped."""
+
+    def __init__(self, limit: int, on_output: OutputCallback | None) -> None:
+        self.status: int | None = None
+        self._room = limit
+        self._capture = _Capture(limit, on_output)
+
+    def received(self, chunk: bytes) -> bool:
+        """Record a chunk of the body; False once the bound is passed."""
+        self._capture.data_received(chunk)
+        self._room -= len(chunk)
+        return self._room >= 0
+
+    def output(self) -> tuple[str, bool]:
+        self._capture.connection_lost(None)
+        return self._capture.result()
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    """The addresses of `host`, in the resolver's order, without repeats."""
+    literal = _literal_address(host)
+    if literal is not None:
+        return [literal]
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for family, _, _, _, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        address = ip_address(sockaddr[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def _literal_address(host: str) -> IPAddress | None:
+    """The address `host` names without a resolver, or None for a name."""
+    try:
+        return ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    try:
+        # The legacy forms (`127.1`, `2130706433`, `0x7f.1`) resolvers accept; no DNS name looks like these.
+        return IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
+
+
+_NAT64 = ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: IPAddress) -> IPv4Address | None:
+    """The IPv4 address an IPv6 one reaches: mapped (::ffff:a.b.c.d), NAT64 or 6to4."""
+    if isinstance(address, IPv4Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
+
+
+_PRIVATE: tuple[IPNetwork, ...] = tuple(
+    ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
+
+
+def _category(address: IPAddress) -> str | None:
+    """`a loopback`, `a private`...: what kind of non-public address this is; None for a public one."""
+    checks: Iterable[tuple[bool, str]] = (
+        (address.is_unspecified, "an unspecified"),
+        (address.is_loopback, "a loopback"),
+        (address.is_link_local, "a link-local"),
+        (address.is_multicast, "a multicast"),
+        (any(address in network for network in _PRIVATE), "a private"),
+        (not address.is_global, "a reserved (non-public)"),
+    )
+    return next((name for matched, name in checks if matched), None)
+
+
+def _describe(exc: BaseException) -> str:
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
