@@ -1,0 +1,70 @@
+"""Catching up a daily cron across the spring-forward change: 09:00 Berlin, CET then CEST."""
+
+from __future__ import annotations
+
+import signal
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from cronwire.v1 import execution_pb2
+from tests.integration.helpers import (
+    NAMESPACE,
+    Replicas,
+    all_ended,
+    describe,
+    seconds,
+    set_next_fire_time,
+    utc,
+)
+from tests.support import wait_for
+
+BERLIN = ZoneInfo("Europe/Berlin")
+SUCCEEDED = execution_pb2.EXECUTION_STATE_SUCCEEDED
+# 09:00 in Berlin: 08:00Z in CET until Sunday 30 March 2025, 07:00Z in CEST from then on.
+EXPECTED = [
+    datetime(2025, 3, 27, 8, tzinfo=UTC),
+    datetime(2025, 3, 28, 8, tzinfo=UTC),
+    datetime(2025, 3, 29, 8, tzinfo=UTC),
+    datetime(2025, 3, 30, 7, tzinfo=UTC),
+    datetime(2025, 3, 31, 7, tzinfo=UTC),
+    datetime(2025, 4, 1, 7, tzinfo=UTC),
+]
+
+
+def test_a_daily_cron_caught_up_across_dst_fires_at_nine_berlin_time(
+    database_url: str, replicas: Replicas
+) -> None:
+    server = replicas.start(database_url)
+    api = replicas.api(server)
+    job = api.create_job("morning", "noop")
+    schedule = api.create_schedule(
+        "nine-in-berlin",
+        job.name,
+        trigger={"cron": {"expression": "0 9 * * *"}},
+        timeZone="Europe/Berlin",
+        misfirePolicy="MISFIRE_POLICY_RUN_ALL",
+        catchupWindow=seconds(timedelta(days=1000)),
+        startTime="2025-03-27T00:00:00Z",
+        endTime="2025-04-02T00:00:00Z",
+        paused=True,
+    )
+    assert schedule.paused
+    # Real time cannot be moved back: move the schedule's next tick into the past instead.
+    set_next_fire_time(database_url, NAMESPACE, "nine-in-berlin", EXPECTED[0])
+    api.resume(schedule.name)
+
+    executions = wait_for(
+        all_ended(api, schedule=schedule.name, at_least=len(EXPECTED)),
+        20,
+        "the missed ticks to be caught up",
+        interval=0.1,
+    )
+    listing = describe(executions)
+    assert sorted(utc(e.scheduled_time) for e in executions) == EXPECTED, listing
+    assert {utc(e.scheduled_time).astimezone(BERLIN).strftime("%H:%M") for e in executions} == {"09:00"}
+    assert all(
+        e.state == SUCCEEDED and e.trigger == execution_pb2.EXECUTION_TRIGGER_SCHEDULE for e in executions
+    ), listing
+    # The next tick, 2 April, is past the end: the schedule is done.
+    assert not api.get_schedule(schedule.name).HasField("next_fire_time")
+    assert server.stop(signal.SIGTERM) == 0, server.log()
