@@ -1,7 +1,119 @@
-"""cronwire: the client SDK and CLI of the cronwire job-scheduling service."""
+"""cronwire: the client SDK and CLI of the cronwire job-scheduling service.
+
+    from datetime import timedelta
+    import cronwire
+
+    with cronwire.Client("127.0.0.1:50051") as client:
+        client.create_job("backup", executor="shell", parameters={"argv": ["pg_dump", "app"]},
+                          timeout=timedelta(minutes=10))
+        client.create_schedule("nightly", job="backup", trigger=cronwire.CronTrigger("0 3 * * *"),
+                               time_zone="Europe/Berlin")
+        execution = client.run("backup")          # waits until it has ended
+        print(execution.state, execution.output)
+
+`AsyncClient` has the same methods for asyncio. Failed calls raise `CronwireError` subclasses.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from cronwire._channel import TLSConfig
+from cronwire._errors import (
+    AlreadyExists,
+    Conflict,
+    CronwireError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from cronwire._requests import UNSET
+from cronwire._types import (
+    AllOfTrigger,
+    AnyOfTrigger,
+    BackfillResult,
+    CallbackDelivery,
+    CompletionCallback,
+    CronTrigger,
+    DateTrigger,
+    DependencyCondition,
+    Event,
+    EventType,
+    Execution,
+    ExecutionState,
+    ExecutionStats,
+    ExecutionTrigger,
+    FireTime,
+    IntervalTrigger,
+    Job,
+    JobDependent,
+    JobType,
+    LogChunk,
+    LogStream,
+    MisfirePolicy,
+    OverlapPolicy,
+    Page,
+    RetryPolicy,
+    Schedule,
+    SchedulePreview,
+    SkipReason,
+    Trigger,
+)
+from cronwire._version import __version__
+from cronwire.aio import AsyncClient
+from cronwire.client import Client
 
-__all__ = ["__version__"]
+__all__ = [
+    "UNSET",
+    "AllOfTrigger",
+    "AlreadyExists",
+    "AnyOfTrigger",
+    "AsyncClient",
+    "BackfillResult",
+    "CallbackDelivery",
+    "Client",
+    "CompletionCallback",
+    "Conflict",
+    "CronTrigger",
+    "CronwireError",
+    "DateTrigger",
+    "DeadlineExceeded",
+    "DependencyCondition",
+    "Event",
+    "EventType",
+    "Execution",
+    "ExecutionState",
+    "ExecutionStats",
+    "ExecutionTrigger",
+    "FailedPrecondition",
+    "FieldViolation",
+    "FireTime",
+    "IntervalTrigger",
+    "InvalidArgument",
+    "Job",
+    "JobDependent",
+    "JobType",
+    "LogChunk",
+    "LogStream",
+    "MisfirePolicy",
+    "NotFound",
+    "OverlapPolicy",
+    "Page",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "Schedule",
+    "SchedulePreview",
+    "SkipReason",
+    "TLSConfig",
+    "Trigger",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "__version__",
+]

@@ -1,0 +1,295 @@
+"""Plain documents (JSON/YAML-ready dicts) for the SDK's types, both ways.
+
+The CLI prints these with `-o json|yaml`, and `cronwire apply` reads the same shapes, so
+`cronwire jobs get backup -o yaml` is a valid item of an apply file. Times are RFC 3339
+strings, durations `10m`-style strings, enum members their names (`RUN_ONCE`), triggers
+`{cron: "0 3 * * *"}`, `{every: 5m}`, `{at: <time>}`, `{any_of: [...]}`, `{all_of: [...]}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from cronwire._types import (
+    AllOfTrigger,
+    AnyOfTrigger,
+    CompletionCallback,
+    CronTrigger,
+    DateTrigger,
+    DependencyCondition,
+    ExecutionState,
+    FireTime,
+    IntervalTrigger,
+    JobDependent,
+    MisfirePolicy,
+    OverlapPolicy,
+    RetryPolicy,
+    Trigger,
+)
+from cronwire._values import format_duration, format_time, parse_duration, parse_enum, parse_time
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+class DocumentError(ValueError):
+    """A document does not describe a valid value; `path` says where (`jobs[0].timeout`)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+
+
+# SDK values -> documents
+
+
+def trigger_document(trigger: Trigger) -> dict[str, Any]:
+    match trigger:
+        case CronTrigger(expression):
+            return {"cron": expression}
+        case IntervalTrigger(every):
+            return {"every": format_duration(every)}
+        case DateTrigger(run_time):
+            return {"at": format_time(run_time)}
+        case AnyOfTrigger(triggers):
+            return {"any_of": [trigger_document(t) for t in triggers]}
+        case AllOfTrigger(triggers):
+            return {"all_of": [trigger_document(t) for t in triggers]}
+    raise TypeError(f"not a trigger: {trigger!r}")
+
+
+def to_document(value: Any) -> Any:
+    """A JSON-ready form of an SDK value (dataclasses, enums, times, durations, containers)."""
+    if isinstance(value, CronTrigger | IntervalTrigger | DateTrigger | AnyOfTrigger | AllOfTrigger):
+        return trigger_document(value)
+    if isinstance(value, FireTime):  # the local time keeps its UTC offset
+        return {
+            "fire_time": format_time(value.fire_time),
+            "local_time": value.local_time.isoformat(),
+            "in_dst_gap": value.in_dst_gap,
+            "in_dst_fold": value.in_dst_fold,
+        }
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_document(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_document(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_document(v) for v in value]
+    return value
+
+
+# Documents -> SDK values
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], path: str, what: str) -> Any:
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise DocumentError(path, f"must be {what}, got {value!r}")
+    if not isinstance(value, kind):
+        raise DocumentError(path, f"must be {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def read_str(value: Any, path: str) -> str:
+    result: str = _expect(value, str, path, "a string")
+    return result
+
+
+def read_int(value: Any, path: str) -> int:
+    result: int = _expect(value, int, path, "an integer")
+    return result
+
+
+def read_float(value: Any, path: str) -> float:
+    return float(_expect(value, (int, float), path, "a number"))
+
+
+def read_bool(value: Any, path: str) -> bool:
+    result: bool = _expect(value, bool, path, "true or false")
+    return result
+
+
+def read_object(value: Any, path: str) -> dict[str, Any]:
+    result = _expect(value, dict, path, "a mapping")
+    for key in result:
+        read_str(key, f"{path} key")
+    return dict(result)
+
+
+def read_list(value: Any, path: str) -> list[Any]:
+    return list(_expect(value, list, path, "a list"))
+
+
+def read_duration(value: Any, path: str) -> timedelta:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise DocumentError(path, "must not be negative")
+        return timedelta(seconds=value)
+    try:
+        return parse_duration(read_str(value, path))
+    except ValueError as error:
+        raise DocumentError(path, str(error)) from None
+
+
+def read_time(value: Any, path: str) -> datetime:
+    if isinstance(value, datetime):  # YAML reads unquoted timestamps itself
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        return parse_time(read_str(value, path))
+    except ValueError as error:
+        raise DocumentError(path, str(error)) from None
+
+
+def read_enum(cls: type[E], value: Any, path: str) -> E:
+    try:
+        return parse_enum(cls, read_str(value, path))
+    except ValueError as error:
+        raise DocumentError(path, str(error)) from None
+
+
+def optional(read: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    """`read`, with null passed through as None (null clears a field)."""
+
+    def reader(value: Any, path: str) -> Any:
+        return None if value is None else read(value, path)
+
+    return reader
+
+
+def read_trigger(value: Any, path: str) -> Trigger:
+    document = read_object(value, path)
+    if len(document) != 1:
+        raise DocumentError(path, "must have exactly one of cron, every, at, any_of, all_of")
+    ((kind, body),) = document.items()
+    where = f"{path}.{kind}"
+    if kind == "cron":
+        return CronTrigger(read_str(body, where))
+    if kind == "every":
+        return IntervalTrigger(read_duration(body, where))
+    if kind == "at":
+        return DateTrigger(read_time(body, where))
+    if kind in ("any_of", "all_of"):
+        children = [read_trigger(child, f"{where}[{i}]") for i, child in enumerate(read_list(body, where))]
+        return AnyOfTrigger(children) if kind == "any_of" else AllOfTrigger(children)
+    raise DocumentError(path, f"unknown trigger {kind!r}; one of cron, every, at, any_of, all_of")
+
+
+def read_retry_policy(value: Any, path: str) -> RetryPolicy:
+    document = read_object(value, path)
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "max_attempts": read_int,
+        "initial_backoff": optional(read_duration),
+        "backoff_multiplier": read_float,
+        "max_backoff": optional(read_duration),
+        "jitter": read_float,
+    }
+    return RetryPolicy(**_read_fields(document, readers, path))
+
+
+def read_dependents(value: Any, path: str) -> list[JobDependent]:
+    dependents = []
+    for index, item in enumerate(read_list(value, path)):
+        where = f"{path}[{index}]"
+        if isinstance(item, str):
+            dependents.append(JobDependent(item))
+            continue
+        fields = _read_fields(
+            read_object(item, where),
+            {"job": read_str, "condition": optional(lambda v, p: read_enum(DependencyCondition, v, p))},
+            where,
+        )
+        if "job" not in fields:
+            raise DocumentError(f"{where}.job", "is required")
+        dependents.append(JobDependent(**fields))
+    return dependents
+
+
+def read_callback(value: Any, path: str) -> CompletionCallback:
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "url": read_str,
+        "states": lambda v, p: [
+            read_enum(ExecutionState, s, f"{p}[{i}]") for i, s in enumerate(read_list(v, p))
+        ],
+        "secret": read_str,
+        "secret_set": read_bool,
+    }
+    fields = _read_fields(read_object(value, path), readers, path)
+    fields.pop("secret_set", None)  # output only
+    if "url" not in fields:
+        raise DocumentError(f"{path}.url", "is required")
+    return CompletionCallback(**fields)
+
+
+def read_labels(value: Any, path: str) -> dict[str, str]:
+    return {key: read_str(v, f"{path}.{key}") for key, v in read_object(value, path).items()}
+
+
+def _read_fields(
+    document: Mapping[str, Any], readers: Mapping[str, Callable[[Any, str], Any]], path: str
+) -> dict[str, Any]:
+    fields = {}
+    for key, value in document.items():
+        reader = readers.get(key)
+        if reader is None:
+            known = ", ".join(readers)
+            raise DocumentError(f"{path}.{key}" if path else key, f"unknown field; known: {known}")
+        fields[key] = reader(value, f"{path}.{key}" if path else key)
+    return fields
+
+
+# The fields of jobs and schedules in documents: readers for the writable ones; the output-only
+# ones (what `get -o yaml` prints besides) are accepted and ignored.
+
+JOB_FIELDS: dict[str, Callable[[Any, str], Any]] = {
+    "executor": read_str,
+    "parameters": optional(read_object),
+    "description": optional(read_str),
+    "timeout": optional(read_duration),
+    "retry_policy": optional(read_retry_policy),
+    "max_concurrency": optional(read_int),
+    "dependents": optional(read_dependents),
+    "callback": optional(read_callback),
+    "labels": optional(read_labels),
+}
+JOB_OUTPUT_ONLY = frozenset({"create_time", "update_time", "etag", "stats"})
+
+SCHEDULE_FIELDS: dict[str, Callable[[Any, str], Any]] = {
+    "trigger": read_trigger,
+    "description": optional(read_str),
+    "time_zone": optional(read_str),
+    "start_time": optional(read_time),
+    "end_time": optional(read_time),
+    "jitter": optional(read_duration),
+    "misfire_policy": optional(lambda v, p: read_enum(MisfirePolicy, v, p)),
+    "catchup_window": optional(read_duration),
+    "overlap_policy": optional(lambda v, p: read_enum(OverlapPolicy, v, p)),
+    "arguments": optional(read_object),
+    "paused": read_bool,
+}
+SCHEDULE_OUTPUT_ONLY = frozenset(
+    {"next_fire_time", "create_time", "update_time", "etag", "pause_reason", "stats"}
+)
+
+
+def read_spec(
+    document: Any,
+    path: str,
+    readers: Mapping[str, Callable[[Any, str], Any]],
+    output_only: frozenset[str],
+    identity: tuple[str, ...],
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The identifying fields (`name`, and `job` for schedules) and the writable fields given."""
+    body = read_object(document, path)
+    ids = {key: read_str(body.pop(key), f"{path}.{key}") for key in identity if key in body}
+    for key in output_only:
+        body.pop(key, None)
+    return ids, _read_fields(body, readers, path)

@@ -1,0 +1,750 @@
+"""The SDK's value types: enums without the proto prefix and dataclasses over the messages.
+
+Every dataclass converts itself with `_to_proto` / `_from_proto`; users never see the
+generated classes. Times are aware `datetime`s (UTC when read), durations `timedelta`s,
+JSON objects `dict`s. Enum fields are None when the server left them unspecified.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeAlias, TypeVar
+
+from cronwire._convert import (
+    check_aware,
+    dict_to_struct,
+    duration_from,
+    enum_from,
+    enum_to,
+    enums_to,
+    set_duration,
+    set_time,
+    split_name,
+    struct_to_dict,
+    time_from,
+    value_from,
+)
+from cronwire.v1 import (
+    event_pb2,
+    execution_pb2,
+    execution_service_pb2,
+    job_pb2,
+    schedule_pb2,
+    schedule_service_pb2,
+)
+
+T = TypeVar("T")
+
+# Enums
+
+
+class ExecutionState(enum.IntEnum):
+    """Where an execution is in its life: QUEUED -> RUNNING -> one end state."""
+
+    QUEUED = execution_pb2.EXECUTION_STATE_QUEUED
+    RUNNING = execution_pb2.EXECUTION_STATE_RUNNING
+    SUCCEEDED = execution_pb2.EXECUTION_STATE_SUCCEEDED
+    FAILED = execution_pb2.EXECUTION_STATE_FAILED
+    TIMED_OUT = execution_pb2.EXECUTION_STATE_TIMED_OUT
+    CANCELLED = execution_pb2.EXECUTION_STATE_CANCELLED
+    SKIPPED = execution_pb2.EXECUTION_STATE_SKIPPED
+    LOST = execution_pb2.EXECUTION_STATE_LOST
+
+    @property
+    def ended(self) -> bool:
+        """True for the end states (every state but QUEUED and RUNNING)."""
+        return self not in (ExecutionState.QUEUED, ExecutionState.RUNNING)
+
+
+class ExecutionTrigger(enum.IntEnum):
+    """What caused an execution."""
+
+    SCHEDULE = execution_pb2.EXECUTION_TRIGGER_SCHEDULE
+    RUN_NOW = execution_pb2.EXECUTION_TRIGGER_RUN_NOW
+    BACKFILL = execution_pb2.EXECUTION_TRIGGER_BACKFILL
+    DEPENDENCY = execution_pb2.EXECUTION_TRIGGER_DEPENDENCY
+    RETRY = execution_pb2.EXECUTION_TRIGGER_RETRY
+
+
+class SkipReason(enum.IntEnum):
+    """Why a tick did not run."""
+
+    OVERLAP = execution_pb2.SKIP_REASON_OVERLAP
+    MISSED = execution_pb2.SKIP_REASON_MISSED
+    PAUSED = execution_pb2.SKIP_REASON_PAUSED
+
+
+class LogStream(enum.IntEnum):
+    """Which output stream a piece of captured output came from."""
+
+    STDOUT = execution_pb2.LOG_STREAM_STDOUT
+    STDERR = execution_pb2.LOG_STREAM_STDERR
+
+
+class DependencyCondition(enum.IntEnum):
+    """When a dependent job is triggered by the end of an execution."""
+
+    ON_SUCCESS = job_pb2.DEPENDENCY_CONDITION_ON_SUCCESS
+    ON_FAILURE = job_pb2.DEPENDENCY_CONDITION_ON_FAILURE
+    ON_COMPLETION = job_pb2.DEPENDENCY_CONDITION_ON_COMPLETION
+
+
+class MisfirePolicy(enum.IntEnum):
+    """What happens to ticks missed while no replica ran or while the schedule was paused."""
+
+    SKIP = schedule_pb2.MISFIRE_POLICY_SKIP
+    RUN_ONCE = schedule_pb2.MISFIRE_POLICY_RUN_ONCE
+    RUN_ALL = schedule_pb2.MISFIRE_POLICY_RUN_ALL
+
+
+class OverlapPolicy(enum.IntEnum):
+    """What happens when a tick comes while the previous execution still runs."""
+
+    SKIP = schedule_pb2.OVERLAP_POLICY_SKIP
+    QUEUE_ONE = schedule_pb2.OVERLAP_POLICY_QUEUE_ONE
+    ALLOW_ALL = schedule_pb2.OVERLAP_POLICY_ALLOW_ALL
+    CANCEL_RUNNING = schedule_pb2.OVERLAP_POLICY_CANCEL_RUNNING
+
+
+class EventType(enum.IntEnum):
+    """The kinds of event."""
+
+    EXECUTION_QUEUED = event_pb2.EVENT_TYPE_EXECUTION_QUEUED
+    EXECUTION_STARTED = event_pb2.EVENT_TYPE_EXECUTION_STARTED
+    EXECUTION_SUCCEEDED = event_pb2.EVENT_TYPE_EXECUTION_SUCCEEDED
+    EXECUTION_FAILED = event_pb2.EVENT_TYPE_EXECUTION_FAILED
+    EXECUTION_TIMED_OUT = event_pb2.EVENT_TYPE_EXECUTION_TIMED_OUT
+    EXECUTION_CANCELLED = event_pb2.EVENT_TYPE_EXECUTION_CANCELLED
+    EXECUTION_RETRYING = event_pb2.EVENT_TYPE_EXECUTION_RETRYING
+    EXECUTION_SKIPPED = event_pb2.EVENT_TYPE_EXECUTION_SKIPPED
+    EXECUTION_LOST = event_pb2.EVENT_TYPE_EXECUTION_LOST
+    JOB_CREATED = event_pb2.EVENT_TYPE_JOB_CREATED
+    JOB_UPDATED = event_pb2.EVENT_TYPE_JOB_UPDATED
+    JOB_DELETED = event_pb2.EVENT_TYPE_JOB_DELETED
+    SCHEDULE_CREATED = event_pb2.EVENT_TYPE_SCHEDULE_CREATED
+    SCHEDULE_UPDATED = event_pb2.EVENT_TYPE_SCHEDULE_UPDATED
+    SCHEDULE_PAUSED = event_pb2.EVENT_TYPE_SCHEDULE_PAUSED
+    SCHEDULE_RESUMED = event_pb2.EVENT_TYPE_SCHEDULE_RESUMED
+    SCHEDULE_DELETED = event_pb2.EVENT_TYPE_SCHEDULE_DELETED
+
+
+# Pages
+
+
+@dataclass
+class Page(Generic[T]):
+    """One page of a listing: its items and the token of the next page ("" on the last page)."""
+
+    items: list[T]
+    next_page_token: str = ""
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+# Jobs
+
+
+@dataclass
+class RetryPolicy:
+    """How failed attempts are retried: at most `max_attempts` in all, the first included.
+
+    The delay before attempt n+1 is `initial_backoff * backoff_multiplier ** (n - 1)`,
+    capped at `max_backoff` and spread by `jitter` (a fraction in [0, 1]). Unset values
+    take the server's defaults (1 s, 2, 1 h).
+    """
+
+    max_attempts: int = 0
+    initial_backoff: timedelta | None = None
+    backoff_multiplier: float = 0.0
+    max_backoff: timedelta | None = None
+    jitter: float = 0.0
+
+    def _to_proto(self) -> job_pb2.RetryPolicy:
+        message = job_pb2.RetryPolicy(
+            max_attempts=self.max_attempts, backoff_multiplier=self.backoff_multiplier, jitter=self.jitter
+        )
+        if self.initial_backoff is not None:
+            set_duration(message.initial_backoff, self.initial_backoff)
+        if self.max_backoff is not None:
+            set_duration(message.max_backoff, self.max_backoff)
+        return message
+
+    @classmethod
+    def _from_proto(cls, message: job_pb2.RetryPolicy) -> RetryPolicy:
+        return cls(
+            max_attempts=message.max_attempts,
+            initial_backoff=duration_from(message, "initial_backoff"),
+            backoff_multiplier=message.backoff_multiplier,
+            max_backoff=duration_from(message, "max_backoff"),
+            jitter=message.jitter,
+        )
+
+
+@dataclass
+class JobDependent:
+    """A job triggered when an execution of this job ends; `job` is an id or a full name."""
+
+    job: str
+    condition: DependencyCondition | None = None
+
+    def _to_proto(self) -> job_pb2.JobDependent:
+        return job_pb2.JobDependent(job=self.job, condition=enum_to(self.condition))
+
+    @classmethod
+    def _from_proto(cls, message: job_pb2.JobDependent) -> JobDependent:
+        return cls(job=message.job, condition=enum_from(DependencyCondition, message.condition))
+
+
+@dataclass
+class CompletionCallback:
+    """A webhook POSTed to when an execution ends in one of `states` (empty: every end state).
+
+    `secret` is sent, never read back; `secret_set` says whether the server holds one.
+    """
+
+    url: str
+    states: list[ExecutionState] = field(default_factory=list)
+    secret: str = ""
+    secret_set: bool = False
+
+    def _to_proto(self) -> job_pb2.CompletionCallback:
+        return job_pb2.CompletionCallback(url=self.url, states=enums_to(self.states), secret=self.secret)
+
+    @classmethod
+    def _from_proto(cls, message: job_pb2.CompletionCallback) -> CompletionCallback:
+        states = [s for s in (enum_from(ExecutionState, v) for v in message.states) if s is not None]
+        return cls(url=message.url, states=states, secret_set=message.secret_set)
+
+
+@dataclass
+class ExecutionStats:
+    """Statistics over the executions of a job or a schedule."""
+
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    last_run_time: datetime | None = None
+    last_run_state: ExecutionState | None = None
+    next_run_time: datetime | None = None
+    p50_duration: timedelta | None = None
+
+    @classmethod
+    def _from_proto(cls, message: execution_pb2.ExecutionStats) -> ExecutionStats:
+        return cls(
+            total=message.total,
+            succeeded=message.succeeded,
+            failed=message.failed,
+            last_run_time=time_from(message, "last_run_time"),
+            last_run_state=enum_from(ExecutionState, message.last_run_state),
+            next_run_time=time_from(message, "next_run_time"),
+            p50_duration=duration_from(message, "p50_duration"),
+        )
+
+
+@dataclass
+class Job:
+    """A job: what to run (an executor kind and its parameters) and how to run it.
+
+    `name`, `create_time`, `update_time`, `etag` and `stats` are set by the server.
+    """
+
+    name: str = ""
+    executor: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    timeout: timedelta | None = None
+    retry_policy: RetryPolicy | None = None
+    max_concurrency: int = 0
+    dependents: list[JobDependent] = field(default_factory=list)
+    callback: CompletionCallback | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    etag: str = ""
+    stats: ExecutionStats | None = None
+
+    @property
+    def id(self) -> str:
+        """The last part of the name (`backup` in `namespaces/default/jobs/backup`)."""
+        return split_name(self.name)[1]
+
+    @property
+    def namespace(self) -> str:
+        """The namespace part of the name."""
+        return split_name(self.name)[0]
+
+    def _to_proto(self) -> job_pb2.Job:
+        message = job_pb2.Job(
+            name=self.name,
+            executor=self.executor,
+            description=self.description,
+            max_concurrency=self.max_concurrency,
+            dependents=[d._to_proto() for d in self.dependents],
+            labels=self.labels,
+            etag=self.etag,
+        )
+        dict_to_struct(self.parameters, message.parameters)
+        if self.timeout is not None:
+            set_duration(message.timeout, self.timeout)
+        if self.retry_policy is not None:
+            message.retry_policy.CopyFrom(self.retry_policy._to_proto())
+        if self.callback is not None:
+            message.callback.CopyFrom(self.callback._to_proto())
+        return message
+
+    @classmethod
+    def _from_proto(cls, message: job_pb2.Job) -> Job:
+        return cls(
+            name=message.name,
+            executor=message.executor,
+            parameters=struct_to_dict(message.parameters),
+            description=message.description,
+            timeout=duration_from(message, "timeout"),
+            retry_policy=(
+                RetryPolicy._from_proto(message.retry_policy) if message.HasField("retry_policy") else None
+            ),
+            max_concurrency=message.max_concurrency,
+            dependents=[JobDependent._from_proto(d) for d in message.dependents],
+            callback=(
+                CompletionCallback._from_proto(message.callback) if message.HasField("callback") else None
+            ),
+            labels=dict(message.labels),
+            create_time=time_from(message, "create_time"),
+            update_time=time_from(message, "update_time"),
+            etag=message.etag,
+            stats=ExecutionStats._from_proto(message.stats) if message.HasField("stats") else None,
+        )
+
+
+@dataclass
+class JobType:
+    """An executor kind and the JSON schema (draft 2020-12) of its parameters."""
+
+    name: str
+    description: str = ""
+    parameters_schema: dict[str, Any] = field(default_factory=dict)
+    example: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def _from_proto(cls, message: job_pb2.JobType) -> JobType:
+        return cls(
+            name=message.name,
+            description=message.description,
+            parameters_schema=struct_to_dict(message.parameters_schema),
+            example=struct_to_dict(message.example),
+        )
+
+
+# Triggers
+
+
+@dataclass(frozen=True)
+class CronTrigger:
+    """Fires on the times a cron expression of 5 fields (`0 9 * * 1-5`) or 6 fields (with
+    seconds first) names, read in the schedule's time zone."""
+
+    expression: str
+
+    def _fill(self, out: schedule_pb2.Trigger) -> None:
+        out.cron.expression = self.expression
+
+
+@dataclass(frozen=True)
+class IntervalTrigger:
+    """Fires every `every`, counted from the schedule's start time (or its creation)."""
+
+    every: timedelta
+
+    def _fill(self, out: schedule_pb2.Trigger) -> None:
+        set_duration(out.interval.every, self.every)
+
+
+@dataclass(frozen=True)
+class DateTrigger:
+    """Fires once, at `run_time` (an aware datetime)."""
+
+    run_time: datetime
+
+    def __post_init__(self) -> None:
+        check_aware(self.run_time, "DateTrigger.run_time")
+
+    def _fill(self, out: schedule_pb2.Trigger) -> None:
+        set_time(out.date.run_time, self.run_time)
+
+
+@dataclass(frozen=True)
+class AnyOfTrigger:
+    """Fires whenever any of its two or more triggers fires."""
+
+    triggers: tuple[Trigger, ...]
+
+    def __init__(self, triggers: Sequence[Trigger]) -> None:
+        object.__setattr__(self, "triggers", tuple(triggers))
+
+    def _fill(self, out: schedule_pb2.Trigger) -> None:
+        out.any_of.SetInParent()
+        for trigger in self.triggers:
+            trigger._fill(out.any_of.triggers.add())
+
+
+@dataclass(frozen=True)
+class AllOfTrigger:
+    """Fires only at the times every one of its two or more triggers agrees on."""
+
+    triggers: tuple[Trigger, ...]
+
+    def __init__(self, triggers: Sequence[Trigger]) -> None:
+        object.__setattr__(self, "triggers", tuple(triggers))
+
+    def _fill(self, out: schedule_pb2.Trigger) -> None:
+        out.all_of.SetInParent()
+        for trigger in self.triggers:
+            trigger._fill(out.all_of.triggers.add())
+
+
+Trigger: TypeAlias = CronTrigger | IntervalTrigger | DateTrigger | AnyOfTrigger | AllOfTrigger
+"""When a schedule fires: one of the trigger classes."""
+
+
+def trigger_to_proto(trigger: Trigger) -> schedule_pb2.Trigger:
+    message = schedule_pb2.Trigger()
+    trigger._fill(message)
+    return message
+
+
+def trigger_from_proto(message: schedule_pb2.Trigger) -> Trigger | None:
+    kind = message.WhichOneof("kind")
+    if kind == "cron":
+        return CronTrigger(message.cron.expression)
+    if kind == "interval":
+        return IntervalTrigger(message.interval.every.ToTimedelta())
+    if kind == "date":
+        run_time = time_from(message.date, "run_time")
+        return DateTrigger(run_time) if run_time is not None else None
+    if kind in ("any_of", "all_of"):
+        children = [trigger_from_proto(child) for child in getattr(message, kind).triggers]
+        known = [child for child in children if child is not None]
+        return AnyOfTrigger(known) if kind == "any_of" else AllOfTrigger(known)
+    return None
+
+
+# Schedules
+
+
+@dataclass
+class Schedule:
+    """A schedule: when one job runs.
+
+    `name`, `next_fire_time`, `create_time`, `update_time`, `etag`, `pause_reason` and
+    `stats` are set by the server; `paused` changes through pause/resume.
+    """
+
+    name: str = ""
+    job: str = ""
+    trigger: Trigger | None = None
+    description: str = ""
+    time_zone: str = ""
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    jitter: timedelta | None = None
+    misfire_policy: MisfirePolicy | None = None
+    catchup_window: timedelta | None = None
+    overlap_policy: OverlapPolicy | None = None
+    paused: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+    next_fire_time: datetime | None = None
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    etag: str = ""
+    pause_reason: str = ""
+    stats: ExecutionStats | None = None
+
+    @property
+    def id(self) -> str:
+        """The last part of the name (`nightly` in `namespaces/default/schedules/nightly`)."""
+        return split_name(self.name)[1]
+
+    @property
+    def namespace(self) -> str:
+        """The namespace part of the name."""
+        return split_name(self.name)[0]
+
+    def _to_proto(self) -> schedule_pb2.Schedule:
+        message = schedule_pb2.Schedule(
+            name=self.name,
+            job=self.job,
+            description=self.description,
+            time_zone=self.time_zone,
+            misfire_policy=enum_to(self.misfire_policy),
+            overlap_policy=enum_to(self.overlap_policy),
+            paused=self.paused,
+            etag=self.etag,
+        )
+        if self.trigger is not None:
+            message.trigger.CopyFrom(trigger_to_proto(self.trigger))
+        if self.start_time is not None:
+            set_time(message.start_time, self.start_time)
+        if self.end_time is not None:
+            set_time(message.end_time, self.end_time)
+        if self.jitter is not None:
+            set_duration(message.jitter, self.jitter)
+        if self.catchup_window is not None:
+            set_duration(message.catchup_window, self.catchup_window)
+        dict_to_struct(self.arguments, message.arguments)
+        return message
+
+    @classmethod
+    def _from_proto(cls, message: schedule_pb2.Schedule) -> Schedule:
+        return cls(
+            name=message.name,
+            job=message.job,
+            trigger=trigger_from_proto(message.trigger),
+            description=message.description,
+            time_zone=message.time_zone,
+            start_time=time_from(message, "start_time"),
+            end_time=time_from(message, "end_time"),
+            jitter=duration_from(message, "jitter"),
+            misfire_policy=enum_from(MisfirePolicy, message.misfire_policy),
+            catchup_window=duration_from(message, "catchup_window"),
+            overlap_policy=enum_from(OverlapPolicy, message.overlap_policy),
+            paused=message.paused,
+            arguments=struct_to_dict(message.arguments),
+            next_fire_time=time_from(message, "next_fire_time"),
+            create_time=time_from(message, "create_time"),
+            update_time=time_from(message, "update_time"),
+            etag=message.etag,
+            pause_reason=message.pause_reason,
+            stats=ExecutionStats._from_proto(message.stats) if message.HasField("stats") else None,
+        )
+
+
+@dataclass(frozen=True)
+class FireTime:
+    """One computed fire time: the instant, the same instant as wall-clock time in the
+    schedule's time zone (with its UTC offset), and daylight-saving flags."""
+
+    fire_time: datetime
+    local_time: datetime
+    in_dst_gap: bool = False
+    in_dst_fold: bool = False
+
+    @classmethod
+    def _from_proto(cls, message: schedule_pb2.FireTime) -> FireTime:
+        instant = time_from(message, "fire_time")
+        assert instant is not None, "the server sent a FireTime without fire_time"
+        local = datetime.fromisoformat(message.local_time) if message.local_time else instant
+        return cls(instant, local, message.in_dst_gap, message.in_dst_fold)
+
+
+@dataclass(frozen=True)
+class SchedulePreview:
+    """The next fire times of a schedule and the time zone their local times are in."""
+
+    fire_times: list[FireTime]
+    time_zone: str
+
+    @classmethod
+    def _from_proto(cls, message: schedule_service_pb2.PreviewScheduleResponse) -> SchedulePreview:
+        return cls([FireTime._from_proto(t) for t in message.fire_times], message.time_zone)
+
+
+@dataclass(frozen=True)
+class BackfillResult:
+    """The ticks a backfill covered and the names of the executions it queued (none on a dry run)."""
+
+    fire_times: list[FireTime]
+    executions: list[str]
+
+    @classmethod
+    def _from_proto(cls, message: schedule_service_pb2.BackfillScheduleResponse) -> BackfillResult:
+        return cls([FireTime._from_proto(t) for t in message.fire_times], list(message.executions))
+
+
+# Executions
+
+
+@dataclass
+class CallbackDelivery:
+    """The outcome of calling a job's completion callback for one execution."""
+
+    attempts: int = 0
+    http_status: int | None = None
+    delivered: bool = False
+    error: str = ""
+    last_attempt_time: datetime | None = None
+
+    @classmethod
+    def _from_proto(cls, message: execution_pb2.CallbackDelivery) -> CallbackDelivery:
+        return cls(
+            attempts=message.attempts,
+            http_status=message.http_status if message.HasField("http_status") else None,
+            delivered=message.delivered,
+            error=message.error,
+            last_attempt_time=time_from(message, "last_attempt_time"),
+        )
+
+
+@dataclass
+class Execution:
+    """One run (one attempt) of a job, with its outcome. Every field is set by the server.
+
+    `output` is filled by `get_execution` (listings leave it empty).
+    """
+
+    name: str
+    job: str = ""
+    schedule: str = ""
+    state: ExecutionState | None = None
+    trigger: ExecutionTrigger | None = None
+    scheduled_time: datetime | None = None
+    create_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    attempt: int = 0
+    first_attempt: str = ""
+    parent_execution: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict)
+    exit_code: int | None = None
+    http_status: int | None = None
+    output: str = ""
+    output_truncated: bool = False
+    result: Any = None
+    error: str = ""
+    skip_reason: SkipReason | None = None
+    worker: str = ""
+    next_attempt_time: datetime | None = None
+    callback_delivery: CallbackDelivery | None = None
+
+    @property
+    def id(self) -> str:
+        """The last part of the name."""
+        return split_name(self.name)[1]
+
+    @property
+    def namespace(self) -> str:
+        """The namespace part of the name."""
+        return split_name(self.name)[0]
+
+    @property
+    def ended(self) -> bool:
+        """True once the execution is in an end state."""
+        return self.state is not None and self.state.ended
+
+    @property
+    def succeeded(self) -> bool:
+        """True if the execution SUCCEEDED."""
+        return self.state is ExecutionState.SUCCEEDED
+
+    @property
+    def duration(self) -> timedelta | None:
+        """How long it ran: end minus start, once both are known."""
+        if self.start_time is None or self.end_time is None:
+            return None
+        return self.end_time - self.start_time
+
+    @classmethod
+    def _from_proto(cls, message: execution_pb2.Execution) -> Execution:
+        return cls(
+            name=message.name,
+            job=message.job,
+            schedule=message.schedule,
+            state=enum_from(ExecutionState, message.state),
+            trigger=enum_from(ExecutionTrigger, message.trigger),
+            scheduled_time=time_from(message, "scheduled_time"),
+            create_time=time_from(message, "create_time"),
+            start_time=time_from(message, "start_time"),
+            end_time=time_from(message, "end_time"),
+            attempt=message.attempt,
+            first_attempt=message.first_attempt,
+            parent_execution=message.parent_execution,
+            arguments=struct_to_dict(message.arguments),
+            exit_code=message.exit_code if message.HasField("exit_code") else None,
+            http_status=message.http_status if message.HasField("http_status") else None,
+            output=message.output,
+            output_truncated=message.output_truncated,
+            result=value_from(message, "result"),
+            error=message.error,
+            skip_reason=enum_from(SkipReason, message.skip_reason),
+            worker=message.worker,
+            next_attempt_time=time_from(message, "next_attempt_time"),
+            callback_delivery=(
+                CallbackDelivery._from_proto(message.callback_delivery)
+                if message.HasField("callback_delivery")
+                else None
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """A piece of an execution's output: `data` starts at byte `offset` of the whole output.
+
+    `final_state` is set on the last chunk of a followed stream: the execution's end state.
+    """
+
+    data: str
+    offset: int
+    stream: LogStream | None = None
+    time: datetime | None = None
+    final_state: ExecutionState | None = None
+
+    @classmethod
+    def _from_proto(cls, message: execution_service_pb2.StreamExecutionLogsResponse) -> LogChunk:
+        return cls(
+            data=message.data,
+            offset=message.offset,
+            stream=enum_from(LogStream, message.stream),
+            time=time_from(message, "time"),
+            final_state=enum_from(ExecutionState, message.final_state),
+        )
+
+
+# Events
+
+
+@dataclass
+class Event:
+    """A committed state change of a job, a schedule or an execution.
+
+    `sequence` only grows across the whole service. One of `execution`, `job_snapshot`
+    and `schedule_snapshot` holds the resource right after the change (before, for a
+    delete); execution snapshots leave out the output.
+    """
+
+    sequence: int
+    type: EventType | None = None
+    resource: str = ""
+    namespace: str = ""
+    time: datetime | None = None
+    job: str = ""
+    schedule: str = ""
+    actor: str = ""
+    execution: Execution | None = None
+    job_snapshot: Job | None = None
+    schedule_snapshot: Schedule | None = None
+
+    @classmethod
+    def _from_proto(cls, message: event_pb2.Event) -> Event:
+        snapshot = message.WhichOneof("snapshot")
+        return cls(
+            sequence=message.sequence,
+            type=enum_from(EventType, message.type),
+            resource=message.resource,
+            namespace=message.namespace,
+            time=time_from(message, "time"),
+            job=message.job,
+            schedule=message.schedule,
+            actor=message.actor,
+            execution=Execution._from_proto(message.execution) if snapshot == "execution" else None,
+            job_snapshot=Job._from_proto(message.job_snapshot) if snapshot == "job_snapshot" else None,
+            schedule_snapshot=(
+                Schedule._from_proto(message.schedule_snapshot) if snapshot == "schedule_snapshot" else None
+            ),
+        )

@@ -1,0 +1,217 @@
+"""The human views of the CLI: one table per listing, one key/value block per resource."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cronwire._output import cell, details, short, table, trigger_text
+from cronwire._types import (
+    Event,
+    Execution,
+    ExecutionStats,
+    FireTime,
+    Job,
+    JobType,
+    RetryPolicy,
+    Schedule,
+    SchedulePreview,
+)
+from cronwire._values import format_duration
+
+
+def _retry_text(policy: RetryPolicy | None) -> str:
+    if policy is None or policy.max_attempts <= 1:
+        return "-"
+    parts = [f"{policy.max_attempts} attempts"]
+    if policy.initial_backoff is not None:
+        parts.append(f"backoff {format_duration(policy.initial_backoff)}")
+    if policy.backoff_multiplier:
+        parts.append(f"x{policy.backoff_multiplier:g}")
+    if policy.max_backoff is not None:
+        parts.append(f"up to {format_duration(policy.max_backoff)}")
+    return ", ".join(parts)
+
+
+def _stats_pairs(stats: ExecutionStats | None) -> list[tuple[str, Any]]:
+    if stats is None:
+        return []
+    last_state = stats.last_run_state.name if stats.last_run_state is not None else None
+    return [
+        ("runs", f"{stats.total} ({stats.succeeded} succeeded, {stats.failed} failed)"),
+        ("last run", f"{cell(stats.last_run_time)} {cell(last_state)}" if stats.last_run_time else None),
+        ("next run", stats.next_run_time),
+        ("median duration", stats.p50_duration),
+    ]
+
+
+def job_details(job: Job) -> str:
+    dependents = ", ".join(
+        f"{short(d.job, job.namespace)} ({d.condition.name if d.condition else 'ON_SUCCESS'})"
+        for d in job.dependents
+    )
+    callback = None
+    if job.callback is not None:
+        states = ",".join(s.name for s in job.callback.states) or "every end"
+        callback = f"{job.callback.url} on {states}{' (signed)' if job.callback.secret_set else ''}"
+    pairs: list[tuple[str, Any]] = [
+        ("name", job.name),
+        ("executor", job.executor),
+        ("parameters", job.parameters),
+        ("description", job.description),
+        ("timeout", job.timeout),
+        ("retries", _retry_text(job.retry_policy)),
+        ("max concurrency", job.max_concurrency or None),
+        ("dependents", dependents),
+        ("callback", callback),
+        ("labels", ", ".join(f"{k}={v}" for k, v in sorted(job.labels.items()))),
+        ("created", job.create_time),
+        ("updated", job.update_time),
+        ("etag", job.etag),
+        *_stats_pairs(job.stats),
+    ]
+    return details(pairs)
+
+
+def jobs_table(jobs: list[Job], namespace: str) -> str:
+    rows = []
+    for job in jobs:
+        stats = job.stats
+        rows.append(
+            [
+                short(job.name, namespace),
+                job.executor,
+                job.timeout,
+                _retry_text(job.retry_policy),
+                stats.last_run_state.name if stats and stats.last_run_state else None,
+                stats.next_run_time if stats else None,
+                job.description,
+            ]
+        )
+    return table(["NAME", "EXECUTOR", "TIMEOUT", "RETRIES", "LAST RUN", "NEXT RUN", "DESCRIPTION"], rows)
+
+
+def job_types_table(types: list[JobType]) -> str:
+    return table(["NAME", "DESCRIPTION"], [[t.name, t.description] for t in types])
+
+
+def schedule_details(schedule: Schedule) -> str:
+    pairs: list[tuple[str, Any]] = [
+        ("name", schedule.name),
+        ("job", schedule.job),
+        ("trigger", trigger_text(schedule.trigger)),
+        ("time zone", schedule.time_zone),
+        ("description", schedule.description),
+        (
+            "paused",
+            f"yes ({schedule.pause_reason})"
+            if schedule.paused and schedule.pause_reason
+            else schedule.paused,
+        ),
+        ("next fire", schedule.next_fire_time),
+        ("start", schedule.start_time),
+        ("end", schedule.end_time),
+        ("jitter", schedule.jitter),
+        ("misfire policy", schedule.misfire_policy.name if schedule.misfire_policy else None),
+        ("catch-up window", schedule.catchup_window),
+        ("overlap policy", schedule.overlap_policy.name if schedule.overlap_policy else None),
+        ("arguments", schedule.arguments),
+        ("created", schedule.create_time),
+        ("updated", schedule.update_time),
+        ("etag", schedule.etag),
+        *_stats_pairs(schedule.stats),
+    ]
+    return details(pairs)
+
+
+def schedules_table(schedules: list[Schedule], namespace: str) -> str:
+    rows = [
+        [
+            short(s.name, namespace),
+            short(s.job, namespace),
+            trigger_text(s.trigger),
+            s.time_zone,
+            s.paused,
+            s.next_fire_time,
+        ]
+        for s in schedules
+    ]
+    return table(["NAME", "JOB", "TRIGGER", "TIME ZONE", "PAUSED", "NEXT FIRE"], rows)
+
+
+def preview_table(preview: SchedulePreview) -> str:
+    def flags(time: FireTime) -> str:
+        marks = [m for m, on in (("DST gap", time.in_dst_gap), ("DST fold", time.in_dst_fold)) if on]
+        return ", ".join(marks)
+
+    rows = [[t.fire_time, t.local_time.isoformat(), flags(t)] for t in preview.fire_times]
+    return table(["FIRE TIME (UTC)", f"LOCAL TIME ({preview.time_zone})", "NOTE"], rows)
+
+
+def _outcome(execution: Execution) -> str:
+    if execution.exit_code is not None:
+        return f"exit {execution.exit_code}"
+    if execution.http_status is not None:
+        return f"HTTP {execution.http_status}"
+    if execution.skip_reason is not None:
+        return execution.skip_reason.name.lower()
+    return ""
+
+
+def execution_details(execution: Execution) -> str:
+    pairs: list[tuple[str, Any]] = [
+        ("name", execution.name),
+        ("job", execution.job),
+        ("schedule", execution.schedule),
+        ("state", execution.state),
+        ("outcome", _outcome(execution)),
+        ("error", execution.error),
+        ("trigger", execution.trigger.name if execution.trigger else None),
+        ("attempt", execution.attempt),
+        ("first attempt", execution.first_attempt),
+        ("parent", execution.parent_execution),
+        ("arguments", execution.arguments),
+        ("scheduled", execution.scheduled_time),
+        ("started", execution.start_time),
+        ("ended", execution.end_time),
+        ("duration", execution.duration),
+        ("next attempt", execution.next_attempt_time),
+        ("worker", execution.worker),
+        ("result", execution.result),
+    ]
+    text = details(pairs)
+    if execution.output:
+        truncated = " (truncated)" if execution.output_truncated else ""
+        text += f"output{truncated}:\n{execution.output}"
+        if not execution.output.endswith("\n"):
+            text += "\n"
+    return text
+
+
+def executions_table(executions: list[Execution], namespace: str) -> str:
+    rows = [
+        [
+            short(e.name, namespace),
+            short(e.job, namespace),
+            e.state,
+            e.trigger.name if e.trigger else None,
+            e.attempt,
+            e.scheduled_time,
+            e.duration,
+            _outcome(e),
+        ]
+        for e in executions
+    ]
+    return table(["NAME", "JOB", "STATE", "TRIGGER", "ATTEMPT", "SCHEDULED", "DURATION", "OUTCOME"], rows)
+
+
+def event_line(event: Event) -> str:
+    kind = event.type.name if event.type else "UNKNOWN"
+    state = ""
+    if event.execution is not None and event.execution.error:
+        state = f"  {event.execution.error}"
+    return f"{event.sequence}  {cell(event.time)}  {kind}  {event.resource}{state}\n"
+
+
+def events_table(events: list[Event]) -> str:
+    rows = [[e.sequence, e.time, e.type.name if e.type else None, e.resource] for e in events]
+    return table(["SEQUENCE", "TIME", "TYPE", "RESOURCE"], rows)

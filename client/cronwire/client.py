@@ -1,0 +1,729 @@
+"""The synchronous client: one method per RPC, Python values in and out, typed errors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import grpc
+
+from cronwire import _channel
+from cronwire._channel import DEFAULT_NAMESPACE, DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSConfig
+from cronwire._errors import from_rpc_error
+from cronwire._requests import (
+    DEFAULT_POLL_INTERVAL,
+    UNSET,
+    ExecutionRef,
+    JobRef,
+    Maybe,
+    Reconnect,
+    Requests,
+    ScheduleRef,
+    Waiter,
+    find_retry,
+)
+from cronwire._stream import RESUMABLE, LogCursor, WatchCursor
+from cronwire._types import (
+    BackfillResult,
+    CompletionCallback,
+    Event,
+    EventType,
+    Execution,
+    ExecutionState,
+    Job,
+    JobDependent,
+    JobType,
+    LogChunk,
+    MisfirePolicy,
+    OverlapPolicy,
+    Page,
+    RetryPolicy,
+    Schedule,
+    SchedulePreview,
+    Trigger,
+)
+from cronwire._version import __version__
+from cronwire.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
+    execution_service_pb2,
+    execution_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
+)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+T = TypeVar("T")
+
+
+def _user_agent() -> str:
+    return f"cronwire-python/{__version__}"
+
+
+class Client:
+    """A synchronous connection to a cronwire server.
+
+    Short names (`backup`) are read in `namespace`; full names
+    (`namespaces/ops/jobs/backup`) are used as they are. Every call gets the default
+    deadline `timeout`, except the streams (`watch`, `logs`) and waits. Read calls are
+    retried on UNAVAILABLE by the channel (`retry_reads`); writes never are. Failed
+    calls raise `CronwireError` subclasses.
+
+    Use it as a context manager, or call `close()`.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        tls: bool | TLSConfig = False,
+        token: str | None = None,
+        timeout: timedelta | float | None = DEFAULT_TIMEOUT,
+        retry_reads: bool = True,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """Open a channel to `target` (`host:port`).
+
+        Args:
+            target: the server's address.
+            namespace: where short names are read and lists look by default.
+            tls: False for plaintext, True for TLS with the system's CAs, or a `TLSConfig`
+                (own CA, client certificate for mutual TLS).
+            token: sent as `authorization: Bearer <token>` with every call.
+            timeout: the default deadline of every unary call (seconds or timedelta); None
+                for none.
+            retry_reads: retry read calls on UNAVAILABLE (up to 5 attempts, with backoff).
+            channel_options: extra gRPC channel options.
+        """
+        self._requests = Requests(namespace)
+        self._timeout = _channel.deadline(timeout)
+        self._metadata = _channel.call_metadata(token)
+        tls_config = _channel.tls_config(tls)
+        options = _channel.channel_options(
+            user_agent=_user_agent(), retry_reads=retry_reads, tls=tls_config, extra=channel_options
+        )
+        if tls_config is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, tls_config.credentials(), options=options)
+        self._jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
+        self._schedules = schedule_service_pb2_grpc.ScheduleServiceStub(self._channel)
+        self._executions = execution_service_pb2_grpc.ExecutionServiceStub(self._channel)
+        self._events = event_service_pb2_grpc.EventServiceStub(self._channel)
+        self.target = target
+
+    @property
+    def namespace(self) -> str:
+        """The namespace short names are read in."""
+        return self._requests.namespace
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+        try:
+            return method(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+
+    def _pages(self, fetch: Callable[[str], Page[T]]) -> Iterator[T]:
+        token = ""
+        while True:
+            page = fetch(token)
+            yield from page.items
+            token = page.next_page_token
+            if not token:
+                return
+
+    # Jobs
+
+    def create_job(
+        self,
+        job_id: str = "",
+        *,
+        executor: str,
+        parameters: Mapping[str, Any] | None = None,
+        description: str = "",
+        timeout: timedelta | None = None,
+        retry_policy: RetryPolicy | None = None,
+        max_concurrency: int = 0,
+        dependents: Sequence[JobDependent | str] = (),
+        callback: CompletionCallback | None = None,
+        labels: Mapping[str, str] | None = None,
+        namespace: str | None = None,
+        request_id: str = "",
+    ) -> Job:
+        """Create a job and return it as stored.
+
+        `job_id` is the last part of its name (lowercase letters, digits, hyphens; a random
+        one when empty). `executor` is a kind from `list_job_types()` and `parameters` must
+        match its schema, e.g. `executor="shell", parameters={"argv": ["echo", "hi"]}`.
+        `dependents` are job ids or names (or `JobDependent`s with a condition) triggered
+        when an execution ends. A repeated `request_id` returns the first call's job.
+        Raises AlreadyExists if the id is taken, InvalidArgument naming each bad field.
+        """
+        request = self._requests.create_job(
+            job_id,
+            namespace=namespace,
+            request_id=request_id,
+            executor=executor,
+            parameters=parameters,
+            description=description,
+            timeout=timeout,
+            retry_policy=retry_policy,
+            max_concurrency=max_concurrency,
+            dependents=dependents,
+            callback=callback,
+            labels=labels,
+        )
+        return Job._from_proto(self._call(self._jobs.CreateJob, request).job)
+
+    def get_job(self, job: JobRef) -> Job:
+        """Get a job by id, name or `Job`. Raises NotFound."""
+        request = job_service_pb2.GetJobRequest(name=self._requests.job_name(job))
+        return Job._from_proto(self._call(self._jobs.GetJob, request).job)
+
+    def list_jobs(
+        self, *, executor: str = "", page_size: int = 0, page_token: str = "", namespace: str | None = None
+    ) -> Page[Job]:
+        """One page of the jobs of a namespace, in id order (optionally of one executor kind).
+
+        `page_size` 0 means the server's default (50); pass the page's `next_page_token`
+        as `page_token` for the next one. `iter_jobs` does that for you.
+        """
+        request = job_service_pb2.ListJobsRequest(
+            parent=self._requests.parent(namespace),
+            executor=executor,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = self._call(self._jobs.ListJobs, request)
+        return Page([Job._from_proto(j) for j in response.jobs], response.next_page_token)
+
+    def iter_jobs(
+        self, *, executor: str = "", page_size: int = 0, namespace: str | None = None
+    ) -> Iterator[Job]:
+        """Every job of a namespace, fetched a page at a time as the iteration goes."""
+        return self._pages(
+            lambda token: self.list_jobs(
+                executor=executor, page_size=page_size, page_token=token, namespace=namespace
+            )
+        )
+
+    def update_job(
+        self,
+        job: JobRef,
+        *,
+        executor: Maybe | str = UNSET,
+        parameters: Maybe | Mapping[str, Any] = UNSET,
+        description: Maybe | str = UNSET,
+        timeout: Maybe | timedelta | None = UNSET,
+        retry_policy: Maybe | RetryPolicy | None = UNSET,
+        max_concurrency: Maybe | int = UNSET,
+        dependents: Maybe | Sequence[JobDependent | str] = UNSET,
+        callback: Maybe | CompletionCallback | None = UNSET,
+        labels: Maybe | Mapping[str, str] = UNSET,
+        etag: str = "",
+    ) -> Job:
+        """Change the fields given (the others stay as they are) and return the job as stored.
+
+        `None` clears a field (`timeout=None`: no timeout). With `etag` (by default the etag
+        of a `Job` passed as `job`), the update applies only if the job did not change since;
+        otherwise it raises Conflict.
+        """
+        fields = {
+            "executor": executor,
+            "parameters": parameters,
+            "description": description,
+            "timeout": timeout,
+            "retry_policy": retry_policy,
+            "max_concurrency": max_concurrency,
+            "dependents": dependents,
+            "callback": callback,
+            "labels": labels,
+        }
+        request = self._requests.update_job(job, etag, fields)
+        return Job._from_proto(self._call(self._jobs.UpdateJob, request).job)
+
+    def delete_job(self, job: JobRef, *, etag: str = "") -> None:
+        """Delete a job and its schedules (past executions are kept).
+
+        With `etag` (by default that of a `Job` passed as `job`) it raises Conflict if the
+        job changed since.
+        """
+        request = job_service_pb2.DeleteJobRequest(
+            name=self._requests.job_name(job), etag=etag or (job.etag if isinstance(job, Job) else "")
+        )
+        self._call(self._jobs.DeleteJob, request)
+
+    def run_job(
+        self, job: JobRef, *, arguments: Mapping[str, Any] | None = None, request_id: str = ""
+    ) -> Execution:
+        """Queue an execution of a job now and return it (QUEUED).
+
+        A repeated `request_id` returns the first call's execution instead of a new one.
+        """
+        request = self._requests.run_job(job, arguments, request_id)
+        return Execution._from_proto(self._call(self._jobs.RunJob, request).execution)
+
+    def run(
+        self,
+        job: JobRef,
+        *,
+        arguments: Mapping[str, Any] | None = None,
+        wait: bool = True,
+        poll_interval: timedelta | float = DEFAULT_POLL_INTERVAL,
+        wait_timeout: timedelta | float | None = None,
+        follow_retries: bool = True,
+        request_id: str = "",
+    ) -> Execution:
+        """Run a job now; with `wait`, return the execution once it has ended.
+
+        The wait polls `get_execution` every `poll_interval`. With `follow_retries`, a failed
+        attempt that the job's retry policy retries is followed to its last attempt. Raises
+        DeadlineExceeded if `wait_timeout` passes first. Without `wait`, it is `run_job`.
+        """
+        execution = self.run_job(job, arguments=arguments, request_id=request_id)
+        if not wait:
+            return execution
+        return self.wait_for_execution(
+            execution, poll_interval=poll_interval, wait_timeout=wait_timeout, follow_retries=follow_retries
+        )
+
+    def list_job_types(self) -> list[JobType]:
+        """The executor kinds this server runs, each with the JSON schema of its parameters."""
+        response = self._call(self._jobs.ListJobTypes, job_service_pb2.ListJobTypesRequest())
+        return [JobType._from_proto(t) for t in response.job_types]
+
+    # Schedules
+
+    def create_schedule(
+        self,
+        schedule_id: str = "",
+        *,
+        job: JobRef,
+        trigger: Trigger,
+        time_zone: str = "",
+        description: str = "",
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        jitter: timedelta | None = None,
+        misfire_policy: MisfirePolicy | None = None,
+        catchup_window: timedelta | None = None,
+        overlap_policy: OverlapPolicy | None = None,
+        paused: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        namespace: str | None = None,
+        request_id: str = "",
+    ) -> Schedule:
+        """Create a schedule for a job and return it as stored.
+
+        `trigger` is a `CronTrigger`, `IntervalTrigger`, `DateTrigger` or a combination
+        (`AnyOfTrigger`, `AllOfTrigger`); cron fields and wall-clock times are read in
+        `time_zone` (an IANA name, UTC by default). The schedule goes in the job's namespace
+        when `job` is a full name. Raises NotFound if the job does not exist.
+        """
+        request = self._requests.create_schedule(
+            schedule_id,
+            namespace=namespace,
+            request_id=request_id,
+            job=job,
+            trigger=trigger,
+            time_zone=time_zone,
+            description=description,
+            start_time=start_time,
+            end_time=end_time,
+            jitter=jitter,
+            misfire_policy=misfire_policy,
+            catchup_window=catchup_window,
+            overlap_policy=overlap_policy,
+            paused=paused,
+            arguments=arguments,
+        )
+        return Schedule._from_proto(self._call(self._schedules.CreateSchedule, request).schedule)
+
+    def get_schedule(self, schedule: ScheduleRef) -> Schedule:
+        """Get a schedule by id, name or `Schedule`. Raises NotFound."""
+        request = schedule_service_pb2.GetScheduleRequest(name=self._requests.schedule_name(schedule))
+        return Schedule._from_proto(self._call(self._schedules.GetSchedule, request).schedule)
+
+    def list_schedules(
+        self,
+        *,
+        job: JobRef | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        namespace: str | None = None,
+    ) -> Page[Schedule]:
+        """One page of the schedules of a namespace in id order, optionally of one job."""
+        request = schedule_service_pb2.ListSchedulesRequest(
+            parent=self._requests.parent(namespace),
+            job=self._requests.job_name(job, namespace) if job is not None else "",
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = self._call(self._schedules.ListSchedules, request)
+        return Page([Schedule._from_proto(s) for s in response.schedules], response.next_page_token)
+
+    def iter_schedules(
+        self, *, job: JobRef | None = None, page_size: int = 0, namespace: str | None = None
+    ) -> Iterator[Schedule]:
+        """Every schedule of a namespace (optionally of one job), a page at a time."""
+        return self._pages(
+            lambda token: self.list_schedules(
+                job=job, page_size=page_size, page_token=token, namespace=namespace
+            )
+        )
+
+    def update_schedule(
+        self,
+        schedule: ScheduleRef,
+        *,
+        trigger: Maybe | Trigger = UNSET,
+        time_zone: Maybe | str = UNSET,
+        description: Maybe | str = UNSET,
+        start_time: Maybe | datetime | None = UNSET,
+        end_time: Maybe | datetime | None = UNSET,
+        jitter: Maybe | timedelta | None = UNSET,
+        misfire_policy: Maybe | MisfirePolicy | None = UNSET,
+        catchup_window: Maybe | timedelta | None = UNSET,
+        overlap_policy: Maybe | OverlapPolicy | None = UNSET,
+        arguments: Maybe | Mapping[str, Any] = UNSET,
+        etag: str = "",
+    ) -> Schedule:
+        """Change the fields given (the others stay as they are) and return the schedule.
+
+        `None` resets a field to its default. The job of a schedule cannot change, and
+        `paused` changes through `pause_schedule`/`resume_schedule`. With `etag` (by default
+        that of a `Schedule` passed as `schedule`) it raises Conflict if the schedule changed.
+        """
+        fields = {
+            "trigger": trigger,
+            "time_zone": time_zone,
+            "description": description,
+            "start_time": start_time,
+            "end_time": end_time,
+            "jitter": jitter,
+            "misfire_policy": misfire_policy,
+            "catchup_window": catchup_window,
+            "overlap_policy": overlap_policy,
+            "arguments": arguments,
+        }
+        request = self._requests.update_schedule(schedule, etag, fields)
+        return Schedule._from_proto(self._call(self._schedules.UpdateSchedule, request).schedule)
+
+    def delete_schedule(self, schedule: ScheduleRef, *, etag: str = "") -> None:
+        """Delete a schedule (its past executions are kept); Conflict on a stale `etag`."""
+        request = schedule_service_pb2.DeleteScheduleRequest(
+            name=self._requests.schedule_name(schedule),
+            etag=etag or (schedule.etag if isinstance(schedule, Schedule) else ""),
+        )
+        self._call(self._schedules.DeleteSchedule, request)
+
+    def pause_schedule(self, schedule: ScheduleRef, *, reason: str = "") -> Schedule:
+        """Stop a schedule from firing until it is resumed; `reason` is kept as `pause_reason`."""
+        request = schedule_service_pb2.PauseScheduleRequest(
+            name=self._requests.schedule_name(schedule), reason=reason
+        )
+        return Schedule._from_proto(self._call(self._schedules.PauseSchedule, request).schedule)
+
+    def resume_schedule(self, schedule: ScheduleRef) -> Schedule:
+        """Let a paused schedule fire again; ticks missed meanwhile follow its misfire policy."""
+        request = schedule_service_pb2.ResumeScheduleRequest(name=self._requests.schedule_name(schedule))
+        return Schedule._from_proto(self._call(self._schedules.ResumeSchedule, request).schedule)
+
+    def backfill_schedule(
+        self,
+        schedule: ScheduleRef,
+        *,
+        start_time: datetime,
+        end_time: datetime,
+        overlap_policy: OverlapPolicy | None = None,
+        max_concurrency: int = 0,
+        dry_run: bool = False,
+        request_id: str = "",
+    ) -> BackfillResult:
+        """Run the ticks the schedule's trigger yields in [start_time, end_time) (a past range).
+
+        `dry_run` only computes the ticks. Returns the ticks and the queued executions' names.
+        """
+        request = self._requests.backfill(
+            schedule,
+            start_time=start_time,
+            end_time=end_time,
+            overlap_policy=overlap_policy,
+            max_concurrency=max_concurrency,
+            dry_run=dry_run,
+            request_id=request_id,
+        )
+        return BackfillResult._from_proto(self._call(self._schedules.BackfillSchedule, request))
+
+    def preview_schedule(
+        self,
+        schedule: ScheduleRef | None = None,
+        *,
+        trigger: Trigger | None = None,
+        time_zone: str = "",
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        count: int = 0,
+        after_time: datetime | None = None,
+    ) -> SchedulePreview:
+        """Compute the next fire times; nothing is stored or run.
+
+        Give a stored schedule's id or name, an unsaved `Schedule`, or a `trigger` (with
+        `time_zone`, `start_time`, `end_time`). `count` 0 means 10; `after_time` defaults
+        to now.
+        """
+        request = self._requests.preview(
+            schedule,
+            trigger=trigger,
+            time_zone=time_zone,
+            start_time=start_time,
+            end_time=end_time,
+            count=count,
+            after_time=after_time,
+        )
+        return SchedulePreview._from_proto(self._call(self._schedules.PreviewSchedule, request))
+
+    # Executions
+
+    def get_execution(self, execution: ExecutionRef) -> Execution:
+        """Get an execution by id, name or `Execution`, with its captured output."""
+        request = execution_service_pb2.GetExecutionRequest(name=self._requests.execution_name(execution))
+        return Execution._from_proto(self._call(self._executions.GetExecution, request).execution)
+
+    def list_executions(
+        self,
+        *,
+        job: JobRef | None = None,
+        schedule: ScheduleRef | None = None,
+        states: Iterable[ExecutionState] = (),
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        namespace: str | None = None,
+    ) -> Page[Execution]:
+        """One page of a namespace's executions, newest first, without their output.
+
+        Filters: a job, a schedule, states, and a range of scheduled times
+        [`start_time`, `end_time`).
+        """
+        request = self._requests.list_executions(
+            namespace=namespace,
+            job=job,
+            schedule=schedule,
+            states=states,
+            start_time=start_time,
+            end_time=end_time,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = self._call(self._executions.ListExecutions, request)
+        return Page([Execution._from_proto(e) for e in response.executions], response.next_page_token)
+
+    def iter_executions(
+        self,
+        *,
+        job: JobRef | None = None,
+        schedule: ScheduleRef | None = None,
+        states: Iterable[ExecutionState] = (),
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = 0,
+        namespace: str | None = None,
+    ) -> Iterator[Execution]:
+        """Every execution matching the filters of `list_executions`, a page at a time."""
+        wanted = tuple(states)
+        return self._pages(
+            lambda token: self.list_executions(
+                job=job,
+                schedule=schedule,
+                states=wanted,
+                start_time=start_time,
+                end_time=end_time,
+                page_size=page_size,
+                page_token=token,
+                namespace=namespace,
+            )
+        )
+
+    def cancel_execution(self, execution: ExecutionRef, *, reason: str = "") -> Execution:
+        """Cancel an execution: a QUEUED one at once, a RUNNING one is stopped by its replica.
+
+        Returns the execution, CANCELLED or still RUNNING while it stops. Cancelling an ended
+        execution changes nothing.
+        """
+        request = execution_service_pb2.CancelExecutionRequest(
+            name=self._requests.execution_name(execution), reason=reason
+        )
+        return Execution._from_proto(self._call(self._executions.CancelExecution, request).execution)
+
+    def wait_for_execution(
+        self,
+        execution: ExecutionRef,
+        *,
+        poll_interval: timedelta | float = DEFAULT_POLL_INTERVAL,
+        wait_timeout: timedelta | float | None = None,
+        follow_retries: bool = True,
+    ) -> Execution:
+        """Poll an execution until it has ended and return it, with its output.
+
+        With `follow_retries`, an attempt that fails and is retried is followed to the
+        attempt that ends for good. Raises DeadlineExceeded if `wait_timeout` passes first.
+        """
+        waiter = Waiter(poll_interval, wait_timeout)
+        name = self._requests.execution_name(execution)
+        while True:
+            current = self.get_execution(name)
+            if current.ended:
+                retry = self._find_retry(current) if follow_retries else None
+                if retry is None:
+                    return current
+                name = retry.name
+                continue
+            time.sleep(waiter.next_sleep(current))
+
+    def _find_retry(self, ended: Execution) -> Execution | None:
+        request = self._requests.retry_lookup(ended)
+        while request is not None:
+            response = self._call(self._executions.ListExecutions, request)
+            found = find_retry((Execution._from_proto(e) for e in response.executions), ended)
+            if found is not None or not response.next_page_token:
+                return found
+            request.page_token = response.next_page_token
+        return None
+
+    def logs(self, execution: ExecutionRef, *, follow: bool = True, offset: int = 0) -> Iterator[LogChunk]:
+        """Stream an execution's output from byte `offset`, as `LogChunk`s.
+
+        With `follow`, the stream stays open and yields output as it is produced until the
+        execution ends (the last chunk carries `final_state`). A broken stream
+        (UNAVAILABLE) is resumed from the last byte received.
+        """
+        cursor = LogCursor(self._requests.execution_name(execution), follow, offset)
+        backoff = Reconnect()
+        while True:
+            call = self._executions.StreamExecutionLogs(cursor.request(), metadata=self._metadata)
+            try:
+                for response in call:
+                    chunk = LogChunk._from_proto(response)
+                    cursor.advance(chunk)
+                    backoff.progressed()
+                    yield chunk
+                if cursor.complete:
+                    return
+            except grpc.RpcError as error:
+                if error.code() not in RESUMABLE:
+                    raise from_rpc_error(error) from error
+            finally:
+                call.cancel()  # type: ignore[no-untyped-call]
+            time.sleep(backoff.next_delay())
+
+    # Events
+
+    def list_events(
+        self,
+        *,
+        after_sequence: int = 0,
+        job: JobRef | None = None,
+        schedule: ScheduleRef | None = None,
+        event_types: Iterable[EventType] = (),
+        page_size: int = 0,
+        page_token: str = "",
+        namespace: str | None = None,
+    ) -> Page[Event]:
+        """One page of retained events in sequence order; `namespace="-"` lists every namespace."""
+        request = self._requests.list_events(
+            namespace=namespace,
+            after_sequence=after_sequence,
+            job=job,
+            schedule=schedule,
+            event_types=event_types,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response: event_service_pb2.ListEventsResponse = self._call(self._events.ListEvents, request)
+        return Page([Event._from_proto(e) for e in response.events], response.next_page_token)
+
+    def iter_events(
+        self,
+        *,
+        after_sequence: int = 0,
+        job: JobRef | None = None,
+        schedule: ScheduleRef | None = None,
+        event_types: Iterable[EventType] = (),
+        page_size: int = 0,
+        namespace: str | None = None,
+    ) -> Iterator[Event]:
+        """Every retained event matching the filters of `list_events`, a page at a time."""
+        types = tuple(event_types)
+        return self._pages(
+            lambda token: self.list_events(
+                after_sequence=after_sequence,
+                job=job,
+                schedule=schedule,
+                event_types=types,
+                page_size=page_size,
+                page_token=token,
+                namespace=namespace,
+            )
+        )
+
+    def watch(
+        self,
+        *,
+        after_sequence: int = 0,
+        job: JobRef | None = None,
+        schedule: ScheduleRef | None = None,
+        event_types: Iterable[EventType] = (),
+        namespace: str | None = None,
+        reconnect: bool = True,
+    ) -> Iterator[Event]:
+        """Yield events as they are committed, forever (stop by leaving the loop).
+
+        `after_sequence` first replays the retained events after it (0: only new ones).
+        When the stream breaks (UNAVAILABLE) or the server ends it with a resumable status,
+        it reconnects with backoff and resumes after the last sequence seen, so no event is
+        missed or repeated; `reconnect=False` raises instead. `namespace="-"` watches every
+        namespace the caller may read.
+        """
+        cursor = WatchCursor(
+            self._requests.watch_events(
+                namespace=namespace,
+                after_sequence=after_sequence,
+                job=job,
+                schedule=schedule,
+                event_types=tuple(event_types),
+            )
+        )
+        backoff = Reconnect()
+        while True:
+            call = self._events.WatchEvents(cursor.request(), metadata=self._metadata)
+            try:
+                for response in call:
+                    events = cursor.accept(response)
+                    backoff.progressed()
+                    yield from events
+            except grpc.RpcError as error:
+                if not (reconnect and error.code() in RESUMABLE):
+                    raise from_rpc_error(error) from error
+            finally:
+                call.cancel()  # type: ignore[no-untyped-call]
+            if not reconnect:
+                return
+            time.sleep(backoff.next_delay())

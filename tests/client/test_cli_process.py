@@ -1,0 +1,100 @@
+"""The installed `cronwire` console script, run as a process against a `cronwire-server` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import ServerProcess, start_server
+
+
+def _entry_point() -> str:
+    beside = Path(sys.executable).with_name("cronwire")
+    found = str(beside) if beside.exists() else shutil.which("cronwire")
+    assert found, "the `cronwire` console script is not installed (pip install -e .)"
+    return found
+
+
+@pytest.fixture
+def server(fresh_database_url: Callable[[str], str], tmp_path: Path) -> Iterator[ServerProcess]:
+    running = start_server(fresh_database_url("sqlite"), tmp_path / "server")
+    yield running
+    running.stop()
+
+
+def test_console_script_end_to_end(server: ServerProcess) -> None:
+    env = {**os.environ, "CRONWIRE_SERVER": server.target, "CRONWIRE_NAMESPACE": "proc"}
+    env.pop("CRONWIRE_TOKEN", None)
+
+    def cronwire(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([_entry_point(), *argv], env=env, capture_output=True, text=True, timeout=60)
+
+    assert cronwire("jobs", "create", "ok", "--shell", "--", "true").returncode == 0
+    assert cronwire("jobs", "create", "ko", "--shell", "--", "false").returncode == 0
+    assert cronwire("jobs", "create", "hello", "--shell", "--", "echo", "hello world").returncode == 0
+
+    ok = cronwire("jobs", "run", "ok", "--wait")
+    assert ok.returncode == 0, ok.stderr
+    assert "SUCCEEDED" in ok.stderr
+    ko = cronwire("jobs", "run", "ko", "--wait")
+    assert ko.returncode == 3, ko.stderr
+    assert "FAILED" in ko.stderr
+    hello = cronwire("jobs", "run", "hello", "--wait")
+    assert (hello.returncode, hello.stdout) == (0, "hello world\n")
+
+    listed = cronwire("jobs", "list", "-o", "json")
+    assert [j["name"] for j in json.loads(listed.stdout)] == [
+        "namespaces/proc/jobs/hello",
+        "namespaces/proc/jobs/ko",
+        "namespaces/proc/jobs/ok",
+    ]
+    table = cronwire("executions", "list", "--job", "ko")
+    assert "FAILED" in table.stdout
+
+    bad = cronwire("schedules", "create", "s", "--job", "ok", "--cron", "61 * * * *")
+    assert bad.returncode == 1
+    assert bad.stdout == ""
+    assert bad.stderr.startswith("cronwire: error: schedule.trigger.cron.expression (--cron):")
+    assert bad.stderr.count("\n") == 1
+
+    usage = cronwire("jobs", "create", "x", "--timeout", "soon")
+    assert usage.returncode == 2
+    assert "argument --timeout" in usage.stderr
+
+
+def test_console_script_without_a_server(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{sock.getsockname()[1]}"
+        result = subprocess.run(
+            [_entry_point(), "--server", target, "--deadline", "5", "jobs", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr.startswith("cronwire: error: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_create_job_example_runs(server: ServerProcess) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "create_job.py"
+    for _ in range(2):  # the second run updates what the first created
+        result = subprocess.run(
+            [sys.executable, str(example), "--server", server.target, "--namespace", "example"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "backing up" in result.stdout
+        assert "SUCCEEDED" in result.stdout

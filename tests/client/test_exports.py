@@ -1,0 +1,158 @@
+"""The SDK's public surface is explicit and pinned: a change to it is a deliberate change here."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import cronwire
+
+EXPORTED = [
+    "UNSET",
+    "AllOfTrigger",
+    "AlreadyExists",
+    "AnyOfTrigger",
+    "AsyncClient",
+    "BackfillResult",
+    "CallbackDelivery",
+    "Client",
+    "CompletionCallback",
+    "Conflict",
+    "CronTrigger",
+    "CronwireError",
+    "DateTrigger",
+    "DeadlineExceeded",
+    "DependencyCondition",
+    "Event",
+    "EventType",
+    "Execution",
+    "ExecutionState",
+    "ExecutionStats",
+    "ExecutionTrigger",
+    "FailedPrecondition",
+    "FieldViolation",
+    "FireTime",
+    "IntervalTrigger",
+    "InvalidArgument",
+    "Job",
+    "JobDependent",
+    "JobType",
+    "LogChunk",
+    "LogStream",
+    "MisfirePolicy",
+    "NotFound",
+    "OverlapPolicy",
+    "Page",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "Schedule",
+    "SchedulePreview",
+    "SkipReason",
+    "TLSConfig",
+    "Trigger",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "__version__",
+]
+
+CLIENT_METHODS = [
+    "backfill_schedule",
+    "cancel_execution",
+    "close",
+    "create_job",
+    "create_schedule",
+    "delete_job",
+    "delete_schedule",
+    "get_execution",
+    "get_job",
+    "get_schedule",
+    "iter_events",
+    "iter_executions",
+    "iter_jobs",
+    "iter_schedules",
+    "list_events",
+    "list_executions",
+    "list_job_types",
+    "list_jobs",
+    "list_schedules",
+    "logs",
+    "namespace",
+    "pause_schedule",
+    "preview_schedule",
+    "resume_schedule",
+    "run",
+    "run_job",
+    "update_job",
+    "update_schedule",
+    "wait_for_execution",
+    "watch",
+]
+
+
+def _public(cls: type) -> list[str]:
+    return sorted(name for name in vars(cls) if not name.startswith("_"))
+
+
+def test_all_is_pinned_and_importable() -> None:
+    assert sorted(cronwire.__all__) == sorted(EXPORTED)
+    for name in cronwire.__all__:
+        assert hasattr(cronwire, name), name
+
+
+def test_no_generated_class_is_exported() -> None:
+    for name in cronwire.__all__:
+        module = getattr(getattr(cronwire, name), "__module__", "") or ""
+        assert not module.startswith("cronwire.v1"), name
+
+
+def test_clients_have_the_same_pinned_methods() -> None:
+    assert _public(cronwire.Client) == CLIENT_METHODS
+    assert _public(cronwire.AsyncClient) == CLIENT_METHODS
+
+
+def test_async_client_methods_are_coroutines_or_async_iterators() -> None:
+    for name in CLIENT_METHODS:
+        if name == "namespace":
+            continue
+        method = getattr(cronwire.AsyncClient, name)
+        streaming = name.startswith("iter_") or name in ("logs", "watch")
+        if streaming:
+            assert not inspect.iscoroutinefunction(method), name
+        else:
+            assert inspect.iscoroutinefunction(method), name
+
+
+def test_every_public_callable_has_a_docstring() -> None:
+    for cls in (cronwire.Client, cronwire.AsyncClient):
+        for name in _public(cls):
+            assert inspect.getdoc(getattr(cls, name)), f"{cls.__name__}.{name}"
+    for name in cronwire.__all__:
+        value = getattr(cronwire, name)
+        if inspect.isclass(value):
+            assert inspect.getdoc(value), name
+
+
+def test_enums_carry_no_proto_prefix() -> None:
+    assert cronwire.ExecutionState.SUCCEEDED.name == "SUCCEEDED"
+    assert cronwire.OverlapPolicy.QUEUE_ONE.name == "QUEUE_ONE"
+    assert cronwire.EventType.EXECUTION_FAILED.name == "EXECUTION_FAILED"
+    assert all("UNSPECIFIED" not in member.name for member in cronwire.EventType)
+
+
+def test_error_classes_share_one_root() -> None:
+    for name in cronwire.__all__:
+        value = getattr(cronwire, name)
+        if inspect.isclass(value) and issubclass(value, Exception):
+            assert issubclass(value, cronwire.CronwireError), name
+
+
+def test_the_client_never_imports_the_server() -> None:
+    code = (
+        "import sys, cronwire, cronwire.cli, cronwire.aio; "
+        "print(sorted(m for m in sys.modules if m.startswith('cronwire_server')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
