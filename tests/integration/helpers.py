@@ -101,6 +101,20 @@ class Api:
         request = schedule_service_pb2.ResumeScheduleRequest(name=schedule)
         return self.schedules.ResumeSchedule(request, timeout=RPC_TIMEOUT).schedule
 
+    def schedules_of(self) -> list[schedule_pb2.Schedule]:
+        """Every schedule of the namespace, read page by page."""
+        found: list[schedule_pb2.Schedule] = []
+        token = ""
+        while True:
+            request = schedule_service_pb2.ListSchedulesRequest(
+                parent=PARENT, page_size=PAGE_SIZE, page_token=token
+            )
+            response = self.schedules.ListSchedules(request, timeout=RPC_TIMEOUT)
+            found.extend(response.schedules)
+            token = response.next_page_token
+            if not token:
+                return found
+
     def get(self, execution: str) -> Execution:
         request = execution_service_pb2.GetExecutionRequest(name=execution)
         return self.executions.GetExecution(request, timeout=RPC_TIMEOUT).execution
