@@ -30,9 +30,10 @@ from cronwire_server.api.event_service import EventService
 from cronwire_server.api.execution_service import ExecutionService
 from cronwire_server.api.job_service import JobService
 from cronwire_server.api.schedule_service import ScheduleService
-from cronwire_server.config import Settings
+from cronwire_server.config import Settings, http_policy
 from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.executions import ExecutionManager
+from cronwire_server.executors.runners import Runners
 from cronwire_server.jobs import JobManager
 from cronwire_server.schedules import ScheduleManager
 from cronwire_server.storage import Store
@@ -91,9 +92,8 @@ async def create_server(settings: Settings) -> RunningServer:
     )
     if "api" in settings.roles:
         executions = ExecutionManager(store)
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobService(JobManager(store), executions), server
-        )
+        jobs = JobManager(store, http_policy(settings))
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(jobs, executions), server)
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
             ScheduleService(ScheduleManager(store)), server
         )
@@ -131,6 +131,7 @@ def _start_scheduler(running: RunningServer, settings: Settings) -> None:
             slots=settings.worker_slots,
             lease=timedelta(seconds=settings.lease_seconds),
             capture_bytes=settings.max_output_bytes,
+            runners=Runners(http_policy(settings)),
         )
         running.background.append(asyncio.create_task(running.workers.run(running.stopping)))
 

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cronwire_server.executors.http_runner import HttpPolicy
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///cronwire.db"
 ROLES = ("api", "dispatcher", "worker")
+
+
+def parse_networks(value: str) -> tuple[str, ...]:
+    networks = tuple(n.strip() for n in value.split(",") if n.strip())
+    for network in networks:
+        try:
+            ipaddress.ip_network(network)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{network!r} is not a network (CIDR): {exc}") from exc
+    return networks
 
 
 def parse_roles(value: str) -> frozenset[str]:
@@ -35,6 +48,9 @@ class Settings:
     lease_seconds: float = 30.0
     misfire_grace_seconds: float = 5.0
     max_output_bytes: int = 1024 * 1024
+    # Webhooks (http jobs, callbacks) to loopback, private and link-local addresses.
+    allow_private_networks: bool = False
+    allowed_networks: tuple[str, ...] = ()
 
 
 def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
@@ -98,6 +114,22 @@ def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = o
         "(CRONWIRE_MAX_OUTPUT_BYTES, default %(default)s)",
     )
     parser.add_argument(
+        "--allow-private-networks",
+        action="store_true",
+        default=env.get("CRONWIRE_ALLOW_PRIVATE_NETWORKS", "").lower() in ("1", "true", "yes"),
+        help="let http jobs and callbacks call loopback, private and link-local addresses "
+        "(CRONWIRE_ALLOW_PRIVATE_NETWORKS=1); off by default: a scheduler that calls URLs for its "
+        "users must not reach the cloud metadata service or the host's own ports",
+    )
+    parser.add_argument(
+        "--allowed-networks",
+        type=parse_networks,
+        default=parse_networks(env.get("CRONWIRE_ALLOWED_NETWORKS", "")),
+        metavar="CIDR,...",
+        help="non-public networks http jobs and callbacks may call, e.g. 10.1.0.0/16 "
+        "(CRONWIRE_ALLOWED_NETWORKS)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env.get("CRONWIRE_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -126,4 +158,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         lease_seconds=args.lease_seconds,
         misfire_grace_seconds=args.misfire_grace_seconds,
         max_output_bytes=args.max_output_bytes,
+        allow_private_networks=args.allow_private_networks,
+        allowed_networks=args.allowed_networks,
+    )
+
+
+def http_policy(settings: Settings) -> HttpPolicy:
+    return HttpPolicy(
+        allow_private=settings.allow_private_networks,
+        allowed_networks=tuple(ipaddress.ip_network(n) for n in settings.allowed_networks),
+        hint="allow it with --allow-private-networks or --allowed-networks",
     )

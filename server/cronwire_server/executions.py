@@ -1,10 +1,35 @@
-"""Execution operations the API exposes: run now, read, list, cancel."""
+"""Execution operations the API exposes: run now, read, list, cancel, follow the output."""
 
 from __future__ import annotations
 
-from cronwire_server.model import Execution, JsonObject, Listing, Page
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from cronwire_server.model import Execution, ExecutionState, JsonObject, Listing, Page
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ExecutionFilter
+
+LOG_BATCH = 100
+# A follower re-reads at least this often, in case a wake-up from another replica was lost.
+FOLLOW_POLL = 1.0
+
+
+@dataclass(frozen=True)
+class OutputPiece:
+    """A piece of an execution's output, or (data "" and `final_state` set) the end of it."""
+
+    offset: int
+    data: str
+    time: datetime | None = None
+    final_state: ExecutionState | None = None
+
+
+def _trim(offset: int, data: str, start: int) -> str:
+    # A chunk may begin before the requested byte offset: drop what the caller has.
+    if start <= offset:
+        return data
+    return data.encode()[start - offset :].decode(errors="ignore")
 
 
 class ExecutionManager:
@@ -24,3 +49,30 @@ class ExecutionManager:
 
     async def cancel(self, namespace: str, execution_id: str, reason: str) -> Execution:
         return await self._store.cancel_execution(namespace, execution_id, reason)
+
+    async def output(
+        self, namespace: str, execution_id: str, offset: int, follow: bool
+    ) -> AsyncIterator[OutputPiece]:
+        """The output from byte `offset` on; with `follow`, until the execution ends (then a final piece)."""
+        execution = await self._store.get_execution(namespace, execution_id)
+        while True:
+            chunks = await self._store.read_logs(namespace, execution_id, offset, LOG_BATCH)
+            for start, data, time in chunks:
+                piece = _trim(start, data, offset)
+                if piece:
+                    yield OutputPiece(offset, piece, time)
+                    offset = max(offset, start) + len(piece.encode())
+            if len(chunks) == LOG_BATCH:
+                continue
+            if execution.ended:
+                # Output stored whole with the outcome but never chunked (or cut at the end).
+                rest = execution.output.encode()[offset:].decode(errors="ignore")
+                if rest:
+                    yield OutputPiece(offset, rest, execution.end_time)
+                    offset += len(rest.encode())
+                yield OutputPiece(offset, "", execution.end_time, execution.state)
+                return
+            if not follow:
+                return
+            await self._store.wakeup.wait("logs", FOLLOW_POLL)
+            execution = await self._store.get_execution(namespace, execution_id)

@@ -7,13 +7,16 @@ from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from cronwire_server.errors import FieldViolation, InvalidArgument
+from cronwire_server.errors import FieldViolation, InvalidArgument, NotFound
 from cronwire_server.executors import registry
+from cronwire_server.executors.http_runner import HttpPolicy, check_url
 from cronwire_server.executors.registry import ExecutorKind
 from cronwire_server.model import Job, Listing, Page, RetryPolicy
 from cronwire_server.optimistic import read_modify_write
 from cronwire_server.storage import Store
 
+# Job chains are followed this far when looking for a cycle.
+MAX_CHAIN_LOOKUPS = 1000
 LABEL_KEY = re.compile(r"^[a-z]([a-z0-9_.-]{0,62})$")
 MAX_DESCRIPTION = 2048
 MAX_ATTEMPTS = 100
@@ -38,8 +41,12 @@ def _retry_violations(policy: RetryPolicy) -> list[FieldViolation]:
     return [FieldViolation(f"retry_policy.{field}", text) for field, text in found]
 
 
-def validate_job(job: Job) -> None:
-    """Raise InvalidArgument naming every bad field (paths relative to the Job message)."""
+def validate_job(job: Job, policy: HttpPolicy | None = None) -> None:
+    """Raise InvalidArgument naming every bad field (paths relative to the Job message).
+
+    URLs (http jobs, callbacks) are checked against `policy` as far as that is possible
+    without DNS; the http runner checks the resolved addresses again when it sends.
+    """
     violations: list[FieldViolation] = []
     try:
         registry.validate_parameters(job.executor, job.parameters)
@@ -56,10 +63,15 @@ def validate_job(job: Job) -> None:
     for index, dependent in enumerate(job.dependents):
         if dependent.job_id == job.id:
             violations.append(FieldViolation(f"dependents[{index}].job", "a job cannot depend on itself"))
+    url_parameter = job.parameters.get("url") if job.executor == "http" else None
+    if isinstance(url_parameter, str) and (refusal := check_url(url_parameter, policy)) is not None:
+        violations.append(FieldViolation("parameters.url", refusal))
     if job.callback is not None:
         url = urlsplit(job.callback.url)
         if url.scheme not in ("http", "https") or not url.hostname:
             violations.append(FieldViolation("callback.url", "must be an absolute http or https URL"))
+        elif (refusal := check_url(job.callback.url, policy)) is not None:
+            violations.append(FieldViolation("callback.url", refusal))
     for key in job.labels:
         if not LABEL_KEY.match(key):
             violations.append(
@@ -72,15 +84,40 @@ def validate_job(job: Job) -> None:
 class JobManager:
     """The job operations, over a Store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, policy: HttpPolicy | None = None) -> None:
         self._store = store
+        self._policy = policy
 
     async def create(self, job: Job, *, request_id: str = "") -> Job:
-        validate_job(job)
+        validate_job(job, self._policy)
+        await self._refuse_cycles(job)
         return await self._store.create_job(job, request_id=request_id)
 
     async def get(self, namespace: str, job_id: str) -> Job:
-        return await self._store.get_job(namespace, job_id)
+        """The job with its statistics."""
+        job = await self._store.get_job(namespace, job_id)
+        job.stats = await self._store.execution_stats(namespace, job_id=job_id)
+        return job
+
+    async def _refuse_cycles(self, job: Job) -> None:
+        """INVALID_ARGUMENT if following dependents from `job` leads back to it.
+
+        Dependents that do not exist (yet) end a path: a cycle closed later is refused then.
+        """
+        stack = [(d.job_id, [job.id, d.job_id], index) for index, d in enumerate(job.dependents)]
+        seen: set[str] = set()
+        while stack and len(seen) < MAX_CHAIN_LOOKUPS:
+            current, path, index = stack.pop()
+            if current == job.id:
+                raise InvalidArgument.field(f"dependents[{index}].job", "makes a cycle: " + " -> ".join(path))
+            if current in seen:
+                continue
+            seen.add(current)
+            try:
+                child = await self._store.get_job(job.namespace, current)
+            except NotFound:
+                continue
+            stack += [(d.job_id, [*path, d.job_id], index) for d in child.dependents]
 
     async def list_page(self, namespace: str, page: Page, *, executor: str = "") -> Listing[Job]:
         return await self._store.list_jobs(namespace, page, executor=executor)
@@ -90,7 +127,7 @@ class JobManager:
     ) -> Job:
         def checked(current: Job) -> Job:
             updated = change(current)
-            validate_job(updated)
+            validate_job(updated, self._policy)
             return updated
 
         return await read_modify_write(
@@ -100,6 +137,7 @@ class JobManager:
             kind="job",
             name=job_name(namespace, job_id),
             expected_etag=expected_etag,
+            verify=self._refuse_cycles,
         )
 
     async def delete(self, namespace: str, job_id: str, *, expected_etag: str = "") -> None:

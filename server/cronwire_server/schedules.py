@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 
 from cronwire_server import triggers
 from cronwire_server.errors import FieldViolation, InvalidArgument
-from cronwire_server.model import Listing, Page, Schedule
+from cronwire_server.model import Execution, Listing, OverlapPolicy, Page, Schedule
 from cronwire_server.optimistic import read_modify_write
 from cronwire_server.storage import Store
 
 MAX_DESCRIPTION = 2048
 MAX_PREVIEW = 1000
+MAX_BACKFILL = 1000
 DEFAULT_PREVIEW = 10
 
 # The fields that decide when a schedule fires; changing one recomputes next_fire_time.
@@ -132,3 +133,55 @@ class ScheduleManager:
         validate_schedule(schedule)
         now = utcnow()
         return triggers.preview(schedule, after or now, count, anchor(schedule, now))
+
+    async def with_stats(self, schedule: Schedule) -> Schedule:
+        stats = await self._store.execution_stats(schedule.namespace, schedule_id=schedule.id)
+        return dataclasses.replace(schedule, stats=stats)
+
+    async def backfill(
+        self,
+        namespace: str,
+        schedule_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        overlap_policy: OverlapPolicy,
+        max_concurrency: int,
+        dry_run: bool,
+        request_id: str = "",
+    ) -> tuple[list[triggers.PreviewTime], list[Execution]]:
+        """The ticks in [start, end), and unless `dry_run` one queued BACKFILL execution per tick.
+
+        They run at most `max_concurrency` at once; with any overlap policy but ALLOW_ALL each
+        also waits until no other execution of the schedule runs.
+        """
+        violations = []
+        if end <= start:
+            violations.append(FieldViolation("end_time", "must be after start_time"))
+        now = utcnow()
+        if end > now:
+            violations.append(FieldViolation("end_time", "must not be in the future"))
+        if max_concurrency < 0:
+            violations.append(FieldViolation("max_concurrency", "must not be negative"))
+        if violations:
+            raise InvalidArgument(violations)
+        schedule = await self._store.get_schedule(namespace, schedule_id)
+        anchor_time = anchor(schedule, now)
+        # History before the schedule existed is what a backfill is for: its bounds do not apply.
+        unbounded = dataclasses.replace(schedule, start_time=None, end_time=None)
+        ticks = list(triggers.fire_times_between(unbounded, start, end, anchor_time, MAX_BACKFILL + 1))
+        if len(ticks) > MAX_BACKFILL:
+            raise InvalidArgument.field(
+                "end_time", f"the range holds more than {MAX_BACKFILL} ticks; backfill it in parts"
+            )
+        previews = [triggers.describe_fire_time(unbounded, tick, anchor_time) for tick in ticks]
+        if dry_run or not ticks:
+            return previews, []
+        executions = await self._store.backfill(
+            schedule,
+            ticks,
+            serial=overlap_policy is not OverlapPolicy.ALLOW_ALL,
+            max_concurrency=max_concurrency or 1,
+            request_id=request_id,
+        )
+        return previews, executions

@@ -18,9 +18,10 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from cronwire_server import callbacks
 from cronwire_server.dispatcher import sleep_until_woken
 from cronwire_server.errors import StorageUnavailable
-from cronwire_server.executors.runners import runner_for
+from cronwire_server.executors.runners import Runners
 from cronwire_server.executors.runtime import RunOutcome, RunRequest
 from cronwire_server.model import Execution, ExecutionState, Job
 from cronwire_server.planning import retry_due_time
@@ -35,6 +36,9 @@ DEFAULT_CAPTURE_BYTES = 1024 * 1024
 # Heartbeats also carry cancellations to running executions, so they come often.
 MAX_HEARTBEAT_INTERVAL = 1.0
 MAX_IDLE_SLEEP = 5.0
+OUTPUT_FLUSH_INTERVAL = 0.25
+CALLBACK_BATCH = 20
+CALLBACK_POLL = 1.0
 BLOCKED_POLL = 1.0
 RETRY_AFTER_ERROR = 1.0
 
@@ -54,6 +58,18 @@ class _Running:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when the pool drains: the run is stopped and put back, not recorded as cancelled.
     released: bool = False
+    # Output not yet stored as chunks, and the byte offset the next chunk starts at.
+    pending_output: list[str] = field(default_factory=list)
+    output_offset: int = 0
+
+    def take_output(self) -> tuple[int, str] | None:
+        if not self.pending_output:
+            return None
+        text = "".join(self.pending_output)
+        self.pending_output.clear()
+        offset = self.output_offset
+        self.output_offset += len(text.encode())
+        return offset, text
 
 
 class WorkerPool:
@@ -65,12 +81,14 @@ class WorkerPool:
         lease: timedelta = DEFAULT_LEASE,
         capture_bytes: int = DEFAULT_CAPTURE_BYTES,
         identity: str | None = None,
+        runners: Runners | None = None,
     ) -> None:
         self._store = store
         self._slots = slots
         self._lease = lease
         self._capture_bytes = capture_bytes
         self.identity = identity or worker_identity()
+        self._runners = runners or Runners()
         self._running: dict[str, _Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
@@ -84,7 +102,12 @@ class WorkerPool:
         """Claim and run executions until `stopping` is set (then call `drain`)."""
         log.info("worker pool %s started with %d slots", self.identity, self._slots)
         # Heartbeats go on while draining; `drain` stops them.
-        self._helpers = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._recover())]
+        self._helpers = [
+            asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._recover()),
+            asyncio.create_task(self._flush_output_loop()),
+            asyncio.create_task(self._deliver_callbacks()),
+        ]
         while not stopping.is_set():
             try:
                 claimed = await self._claim()
@@ -143,12 +166,15 @@ class WorkerPool:
         )
         try:
             try:
-                outcome = await runner_for(job.executor).run(request, running.cancel)
+                outcome = await self._runners.runner_for(job.executor).run(
+                    request, running.cancel, running.pending_output.append
+                )
             except LookupError as error:
                 outcome = RunOutcome(ExecutionState.FAILED, error=str(error))
             except Exception as error:  # a runner bug must not leave the execution RUNNING
                 log.exception("executor %s failed on %s", job.executor, request.execution_name)
                 outcome = RunOutcome(ExecutionState.FAILED, error=f"executor error: {error}")
+            await self._flush_output(running)
             await self._record(running, outcome)
         finally:
             self._running.pop(execution.id, None)
@@ -168,6 +194,52 @@ class WorkerPool:
                 log.warning("cannot record %s yet (%s); retrying", claimed.execution.id, error)
                 await asyncio.sleep(RETRY_AFTER_ERROR)
         log.error("gave up recording %s; its lease will expire and it will be retried", claimed.execution.id)
+
+    async def _flush_output(self, running: _Running) -> None:
+        chunk = running.take_output()
+        if chunk is None:
+            return
+        execution = running.claimed.execution
+        try:
+            await self._store.append_logs(execution.namespace, execution.id, [chunk])
+        except StorageUnavailable as error:
+            # Live output is best effort; the whole output is stored with the outcome.
+            log.warning("could not store live output of %s (%s)", execution.id, error)
+
+    async def _flush_output_loop(self) -> None:
+        while True:
+            await asyncio.sleep(OUTPUT_FLUSH_INTERVAL)
+            await asyncio.gather(*(self._flush_output(r) for r in list(self._running.values())))
+
+    async def _deliver_callbacks(self) -> None:
+        while True:
+            try:
+                claimed = await self._store.claim_callbacks(CALLBACK_BATCH)
+            except StorageUnavailable as error:
+                log.warning("callback delivery: database unavailable (%s)", error)
+                claimed = []
+            await asyncio.gather(*(self._deliver(execution, job) for execution, job in claimed))
+            if len(claimed) < CALLBACK_BATCH:
+                await self._store.wakeup.wait("callbacks", CALLBACK_POLL)
+
+    async def _deliver(self, execution: Execution, job: Job) -> None:
+        attempt = await callbacks.deliver(job, execution, self._runners.http)
+        made = (execution.callback.attempts if execution.callback else 0) + 1
+        retry_at = None if attempt.delivered else callbacks.next_attempt_time(made, await self._store.now())
+        if not attempt.delivered:
+            log.warning(
+                "callback of %s to %s failed (%s)",
+                execution.id,
+                job.callback and job.callback.url,
+                attempt.error,
+            )
+        await self._store.record_callback(
+            execution,
+            http_status=attempt.http_status,
+            error=attempt.error,
+            delivered=attempt.delivered,
+            next_time=retry_at,
+        )
 
     async def _heartbeat(self) -> None:
         interval = min(self._lease.total_seconds() / 3, MAX_HEARTBEAT_INTERVAL)

@@ -19,7 +19,9 @@ from cronwire_server.config import Settings
 
 @pytest.fixture
 async def server(database_url: str) -> AsyncIterator[RunningServer]:
-    running = await create_server(Settings(listen="127.0.0.1:0", database_url=database_url))
+    # Tests call webhooks they serve on loopback.
+    settings = Settings(listen="127.0.0.1:0", database_url=database_url, allow_private_networks=True)
+    running = await create_server(settings)
     yield running
     await running.stop(grace=0)
 

@@ -5,20 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from cronwire.v1 import event_service_pb2, execution_service_pb2
+from cronwire.v1 import event_service_pb2
 from cronwire.v1.event_service_pb2_grpc import EventServiceStub
-from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 
 NAME = "namespaces/ops/executions/e1"
-
-
-async def test_stream_execution_logs(executions: ExecutionServiceStub) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in executions.StreamExecutionLogs(
-            execution_service_pb2.StreamExecutionLogsRequest(name=NAME)
-        ):
-            pass
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_event_service(events: EventServiceStub) -> None:

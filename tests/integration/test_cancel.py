@@ -15,11 +15,6 @@ CANCELLED = execution_pb2.EXECUTION_STATE_CANCELLED
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: sql_executions.finish() writes the runner's error ('cancelled') over the "
-    "'cancelled: <reason>' that cancel() recorded, so the reason of a RUNNING execution is lost",
-)
 def test_cancelling_a_running_execution_keeps_the_reason(
     fresh_database_url: Callable[[str], str], replicas: Replicas
 ) -> None:

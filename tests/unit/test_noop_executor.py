@@ -95,7 +95,7 @@ def test_runner_for_each_kind_with_a_runner() -> None:
     assert isinstance(runner_for("noop"), NoopRunner)
 
 
-@pytest.mark.parametrize("kind", ["python", "http", "nope"])
+@pytest.mark.parametrize("kind", ["nope", ""])
 def test_runner_for_a_kind_without_one(kind: str) -> None:
     with pytest.raises(LookupError, match=f"no runner for executor kind '{kind}'"):
         runner_for(kind)

@@ -61,6 +61,17 @@ def _enum(value: int, mapping: Mapping[Any, Any], default: Any, field: str) -> A
         raise InvalidArgument.field(field, f"unknown value {value}") from None
 
 
+def overlap_from_pb(
+    value: int, default: model.OverlapPolicy, field: str = "overlap_policy"
+) -> model.OverlapPolicy:
+    policy: model.OverlapPolicy = _enum(value, _OVERLAP, default, field)
+    return policy
+
+
+def execution_state_to_pb(state: model.ExecutionState) -> Any:
+    return _STATE_PB[state]
+
+
 def execution_state_from_pb(value: int, field: str) -> model.ExecutionState:
     state: model.ExecutionState = _enum(value, _EXECUTION_STATE, None, field)
     if state is None:
@@ -271,6 +282,15 @@ def execution_to_pb(execution: model.Execution) -> execution_pb2.Execution:
         message.skip_reason = _SKIP_PB[execution.skip_reason]
     if execution.state is model.ExecutionState.QUEUED and execution.trigger is model.ExecutionTrigger.RETRY:
         set_time(message.next_attempt_time, execution.due_time)
+    if execution.callback is not None:
+        delivery = message.callback_delivery
+        delivery.attempts = execution.callback.attempts
+        delivery.delivered = execution.callback.state is model.CallbackState.DELIVERED
+        delivery.error = execution.callback.error
+        if execution.callback.http_status is not None:
+            delivery.http_status = execution.callback.http_status
+        set_time(delivery.last_attempt_time, execution.callback.last_attempt_time)
+        delivery.SetInParent()
     return message
 
 

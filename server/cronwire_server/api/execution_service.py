@@ -11,7 +11,7 @@ from cronwire.v1 import execution_service_pb2 as pb
 from cronwire.v1 import execution_service_pb2_grpc
 from cronwire_server.api import convert, names
 from cronwire_server.api.paging import encode_token, page_from_request
-from cronwire_server.api.status import unary, unimplemented
+from cronwire_server.api.status import server_streaming, unary
 from cronwire_server.errors import InvalidArgument
 from cronwire_server.executions import ExecutionManager
 from cronwire_server.storage.base import ExecutionFilter
@@ -75,8 +75,16 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
         execution = await self._executions.cancel(name.namespace, name.id, request.reason)
         return pb.CancelExecutionResponse(execution=convert.execution_to_pb(execution))
 
+    @server_streaming
     async def StreamExecutionLogs(
         self, request: pb.StreamExecutionLogsRequest, context: Context
     ) -> AsyncIterator[pb.StreamExecutionLogsResponse]:
-        await unimplemented(context, "StreamExecutionLogs")
-        yield pb.StreamExecutionLogsResponse()  # pragma: no cover - makes this a generator
+        name = names.parse_name(request.name, "execution")
+        if request.offset < 0:
+            raise InvalidArgument.field("offset", "must not be negative")
+        async for piece in self._executions.output(name.namespace, name.id, request.offset, request.follow):
+            response = pb.StreamExecutionLogsResponse(data=piece.data, offset=piece.offset)
+            convert.set_time(response.time, piece.time)
+            if piece.final_state is not None:
+                response.final_state = convert.execution_state_to_pb(piece.final_state)
+            yield response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -10,9 +11,9 @@ from cronwire.v1 import schedule_pb2, schedule_service_pb2, schedule_service_pb2
 from cronwire_server.api import convert, fields, names
 from cronwire_server.api.masks import mask_paths, merge
 from cronwire_server.api.paging import encode_token, page_from_request
-from cronwire_server.api.status import unary, unimplemented
+from cronwire_server.api.status import unary
 from cronwire_server.errors import InvalidArgument
-from cronwire_server.model import Schedule
+from cronwire_server.model import OverlapPolicy, Schedule
 from cronwire_server.schedules import ScheduleManager
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -70,7 +71,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
         self, request: schedule_service_pb2.GetScheduleRequest, context: Context
     ) -> schedule_service_pb2.GetScheduleResponse:
         name = names.parse_name(request.name, "schedule")
-        schedule = await self._schedules.get(name.namespace, name.id)
+        schedule = await self._schedules.with_stats(await self._schedules.get(name.namespace, name.id))
         return schedule_service_pb2.GetScheduleResponse(schedule=_schedule_pb(schedule))
 
     @unary
@@ -148,10 +149,28 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
         schedule = await self._schedules.resume(name.namespace, name.id)
         return schedule_service_pb2.ResumeScheduleResponse(schedule=_schedule_pb(schedule))
 
+    @unary
     async def BackfillSchedule(
         self, request: schedule_service_pb2.BackfillScheduleRequest, context: Context
     ) -> schedule_service_pb2.BackfillScheduleResponse:
-        await unimplemented(context, "BackfillSchedule")
+        name = names.parse_name(request.name, "schedule")
+        fields.required(request.HasField("start_time"), "start_time")
+        fields.required(request.HasField("end_time"), "end_time")
+        overlap = convert.overlap_from_pb(request.overlap_policy, default=OverlapPolicy.ALLOW_ALL)
+        times, executions = await self._schedules.backfill(
+            name.namespace,
+            name.id,
+            request.start_time.ToDatetime(tzinfo=UTC),
+            request.end_time.ToDatetime(tzinfo=UTC),
+            overlap_policy=overlap,
+            max_concurrency=request.max_concurrency,
+            dry_run=request.dry_run,
+            request_id=fields.request_id(request.request_id),
+        )
+        return schedule_service_pb2.BackfillScheduleResponse(
+            fire_times=[convert.fire_time_to_pb(t) for t in times],
+            executions=[names.format_name("execution", e.namespace, e.id) for e in executions],
+        )
 
     @unary
     async def PreviewSchedule(

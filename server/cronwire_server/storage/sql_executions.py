@@ -417,6 +417,7 @@ def finish(
     now: datetime,
 ) -> Execution | None:
     execution = claimed.execution
+    cancelled = outcome.state is ExecutionState.CANCELLED
     row = conn.execute(
         sa.update(executions)
         .where(
@@ -429,10 +430,15 @@ def finish(
             state=outcome.state.value,
             end_time=now,
             exit_code=outcome.exit_code,
+            http_status=outcome.http_status,
             output=outcome.output,
             output_truncated=outcome.output_truncated,
             result=outcome.result,
-            error=outcome.error,
+            # A cancellation's reason was recorded when it was requested: keep it.
+            error=sa.case(
+                (sa.and_(executions.c.cancel_requested, sa.literal(cancelled)), executions.c.error),
+                else_=sa.literal(outcome.error),
+            ),
             lease_expires_at=None,
         )
         .returning(*executions.c)
