@@ -32,6 +32,7 @@ from cronwire_server.api.job_service import JobService
 from cronwire_server.api.schedule_service import ScheduleService
 from cronwire_server.config import Settings, http_policy
 from cronwire_server.dispatcher import Dispatcher
+from cronwire_server.events import EventHub, EventManager, Pruner, Sequencer
 from cronwire_server.executions import ExecutionManager
 from cronwire_server.executors.runners import Runners
 from cronwire_server.jobs import JobManager
@@ -90,6 +91,8 @@ async def create_server(settings: Settings) -> RunningServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
     )
+    stopping = asyncio.Event()
+    background = [asyncio.create_task(Sequencer(store).run(stopping))]
     if "api" in settings.roles:
         executions = ExecutionManager(store)
         jobs = JobManager(store, http_policy(settings))
@@ -100,7 +103,12 @@ async def create_server(settings: Settings) -> RunningServer:
         execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(
             ExecutionService(executions), server
         )
-        event_service_pb2_grpc.add_EventServiceServicer_to_server(EventService(), server)
+        hub = EventHub(store)
+        hub_task = await hub.start(stopping)
+        events = EventManager(
+            store, hub, heartbeat=settings.watch_heartbeat_seconds, buffer=settings.watch_buffer
+        )
+        event_service_pb2_grpc.add_EventServiceServicer_to_server(EventService(events), server)
 
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -115,7 +123,9 @@ async def create_server(settings: Settings) -> RunningServer:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server, port, health, store)
+    if "api" in settings.roles:
+        background.append(hub_task)
+    running = RunningServer(server, port, health, store, background=background, stopping=stopping)
     _start_scheduler(running, settings)
     return running
 
@@ -125,6 +135,8 @@ def _start_scheduler(running: RunningServer, settings: Settings) -> None:
     if "dispatcher" in settings.roles:
         dispatcher = Dispatcher(running.store, grace=timedelta(seconds=settings.misfire_grace_seconds))
         running.background.append(asyncio.create_task(dispatcher.run(running.stopping)))
+        pruner = Pruner(running.store, timedelta(days=settings.event_retention_days))
+        running.background.append(asyncio.create_task(pruner.run(running.stopping)))
     if "worker" in settings.roles:
         running.workers = WorkerPool(
             running.store,

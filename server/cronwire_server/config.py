@@ -51,6 +51,9 @@ class Settings:
     # Webhooks (http jobs, callbacks) to loopback, private and link-local addresses.
     allow_private_networks: bool = False
     allowed_networks: tuple[str, ...] = ()
+    event_retention_days: float = 7.0
+    watch_heartbeat_seconds: float = 15.0
+    watch_buffer: int = 256
 
 
 def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
@@ -130,6 +133,30 @@ def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = o
         "(CRONWIRE_ALLOWED_NETWORKS)",
     )
     parser.add_argument(
+        "--event-retention-days",
+        type=float,
+        default=float(env.get("CRONWIRE_EVENT_RETENTION_DAYS", "7")),
+        metavar="DAYS",
+        help="how long events are kept for ListEvents and resuming watchers "
+        "(CRONWIRE_EVENT_RETENTION_DAYS, default %(default)s)",
+    )
+    parser.add_argument(
+        "--watch-heartbeat-seconds",
+        type=float,
+        default=float(env.get("CRONWIRE_WATCH_HEARTBEAT_SECONDS", "15")),
+        metavar="SECONDS",
+        help="an idle WatchEvents stream gets a heartbeat this often (CRONWIRE_WATCH_HEARTBEAT_SECONDS, "
+        "default %(default)s)",
+    )
+    parser.add_argument(
+        "--watch-buffer",
+        type=int,
+        default=int(env.get("CRONWIRE_WATCH_BUFFER", "256")),
+        metavar="BATCHES",
+        help="event batches a watcher may fall behind before it is cut off and told to resume "
+        "(CRONWIRE_WATCH_BUFFER, default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env.get("CRONWIRE_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -160,6 +187,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_output_bytes=args.max_output_bytes,
         allow_private_networks=args.allow_private_networks,
         allowed_networks=args.allowed_networks,
+        event_retention_days=args.event_retention_days,
+        watch_heartbeat_seconds=args.watch_heartbeat_seconds,
+        watch_buffer=args.watch_buffer,
     )
 
 

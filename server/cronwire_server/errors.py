@@ -86,6 +86,18 @@ class FailedPrecondition(CronwireError):
     reason = "FAILED_PRECONDITION"
 
 
+class ResourceExhausted(CronwireError):
+    """A limit was reached; the message says which and what to do."""
+
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class OutOfRange(CronwireError):
+    """The request points past what exists (e.g. events no longer retained)."""
+
+    reason = "OUT_OF_RANGE"
+
+
 class StorageUnavailable(CronwireError):
     """The database could not be reached; the call may be retried."""
 

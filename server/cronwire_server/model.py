@@ -233,6 +233,70 @@ class Execution:
         return self.state not in (ExecutionState.QUEUED, ExecutionState.RUNNING)
 
 
+class EventType(enum.Enum):
+    EXECUTION_QUEUED = "execution_queued"
+    EXECUTION_STARTED = "execution_started"
+    EXECUTION_SUCCEEDED = "execution_succeeded"
+    EXECUTION_FAILED = "execution_failed"
+    EXECUTION_TIMED_OUT = "execution_timed_out"
+    EXECUTION_CANCELLED = "execution_cancelled"
+    EXECUTION_RETRYING = "execution_retrying"
+    EXECUTION_SKIPPED = "execution_skipped"
+    EXECUTION_LOST = "execution_lost"
+    JOB_CREATED = "job_created"
+    JOB_UPDATED = "job_updated"
+    JOB_DELETED = "job_deleted"
+    SCHEDULE_CREATED = "schedule_created"
+    SCHEDULE_UPDATED = "schedule_updated"
+    SCHEDULE_PAUSED = "schedule_paused"
+    SCHEDULE_RESUMED = "schedule_resumed"
+    SCHEDULE_DELETED = "schedule_deleted"
+
+
+# The event an execution's arrival in each state is reported as.
+STATE_EVENTS = {
+    ExecutionState.QUEUED: EventType.EXECUTION_QUEUED,
+    ExecutionState.RUNNING: EventType.EXECUTION_STARTED,
+    ExecutionState.SUCCEEDED: EventType.EXECUTION_SUCCEEDED,
+    ExecutionState.FAILED: EventType.EXECUTION_FAILED,
+    ExecutionState.TIMED_OUT: EventType.EXECUTION_TIMED_OUT,
+    ExecutionState.CANCELLED: EventType.EXECUTION_CANCELLED,
+    ExecutionState.SKIPPED: EventType.EXECUTION_SKIPPED,
+    ExecutionState.LOST: EventType.EXECUTION_LOST,
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    """A committed state change; `sequence` orders every event of the service."""
+
+    sequence: int
+    type: EventType
+    namespace: str
+    resource: str
+    time: datetime
+    job_id: str = ""
+    schedule_id: str = ""
+    actor: str = ""
+    snapshot: Job | Schedule | Execution | None = None
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    namespace: str = ""  # empty: every namespace
+    job_id: str = ""
+    schedule_id: str = ""
+    types: frozenset[EventType] = frozenset()
+
+    def matches(self, event: Event) -> bool:
+        return (
+            (not self.namespace or event.namespace == self.namespace)
+            and (not self.job_id or event.job_id == self.job_id)
+            and (not self.schedule_id or event.schedule_id == self.schedule_id)
+            and (not self.types or event.type in self.types)
+        )
+
+
 @dataclass(frozen=True)
 class Page:
     """Paging of a list call, already validated: `size` in 1..1000, `after` a decoded cursor."""

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from cronwire_server import triggers
 from cronwire_server.errors import FieldViolation, InvalidArgument
-from cronwire_server.model import Execution, Listing, OverlapPolicy, Page, Schedule
+from cronwire_server.model import EventType, Execution, Listing, OverlapPolicy, Page, Schedule
 from cronwire_server.optimistic import read_modify_write
 from cronwire_server.storage import Store
 
@@ -93,7 +93,11 @@ class ScheduleManager:
     async def pause(self, namespace: str, schedule_id: str, reason: str) -> Schedule:
         # next_fire_time is kept: the ticks from it to the resume are the misfires.
         return await self._write(
-            namespace, schedule_id, lambda s: dataclasses.replace(s, paused=True, pause_reason=reason), ""
+            namespace,
+            schedule_id,
+            lambda s: dataclasses.replace(s, paused=True, pause_reason=reason),
+            "",
+            EventType.SCHEDULE_PAUSED,
         )
 
     async def resume(self, namespace: str, schedule_id: str) -> Schedule:
@@ -103,17 +107,24 @@ class ScheduleManager:
             # Ticks due before now fell while paused: the misfire policy decides on them.
             return dataclasses.replace(schedule, paused=False, pause_reason="", resumed_at=utcnow())
 
-        return await self._write(namespace, schedule_id, resume, "")
+        return await self._write(namespace, schedule_id, resume, "", EventType.SCHEDULE_RESUMED)
 
     async def delete(self, namespace: str, schedule_id: str, *, expected_etag: str = "") -> None:
         await self._store.delete_schedule(namespace, schedule_id, expected_etag=expected_etag)
 
     async def _write(
-        self, namespace: str, schedule_id: str, change: Callable[[Schedule], Schedule], expected_etag: str
+        self,
+        namespace: str,
+        schedule_id: str,
+        change: Callable[[Schedule], Schedule],
+        expected_etag: str,
+        event_type: EventType = EventType.SCHEDULE_UPDATED,
     ) -> Schedule:
         return await read_modify_write(
             lambda: self._store.get_schedule(namespace, schedule_id),
-            lambda schedule, etag: self._store.update_schedule(schedule, expected_etag=etag),
+            lambda schedule, etag: self._store.update_schedule(
+                schedule, expected_etag=etag, event_type=event_type
+            ),
             change,
             kind="schedule",
             name=schedule_name(namespace, schedule_id),

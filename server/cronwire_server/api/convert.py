@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
-from cronwire.v1 import execution_pb2, job_pb2, schedule_pb2
+from cronwire.v1 import event_pb2, execution_pb2, job_pb2, schedule_pb2
 from cronwire_server import model
 from cronwire_server.api.names import format_name, parse_name
 from cronwire_server.errors import FieldViolation, InvalidArgument
@@ -408,4 +408,38 @@ def fire_time_to_pb(preview: PreviewTime) -> schedule_pb2.FireTime:
         in_dst_fold=preview.in_dst_fold,
     )
     message.fire_time.FromDatetime(preview.fire_time)
+    return message
+
+
+# Events
+
+_EVENT_TYPE_PB = {t: getattr(event_pb2, f"EVENT_TYPE_{t.name}") for t in model.EventType}
+_EVENT_TYPE = {v: k for k, v in _EVENT_TYPE_PB.items()}
+
+
+def event_type_from_pb(value: int, field: str) -> model.EventType:
+    try:
+        return _EVENT_TYPE[value]
+    except KeyError:
+        raise InvalidArgument.field(field, f"unknown or unspecified event type {value}") from None
+
+
+def event_to_pb(event: model.Event) -> event_pb2.Event:
+    message = event_pb2.Event(
+        sequence=event.sequence,
+        type=_EVENT_TYPE_PB[event.type],
+        resource=event.resource,
+        namespace=event.namespace,
+        job=format_name("job", event.namespace, event.job_id) if event.job_id else "",
+        schedule=format_name("schedule", event.namespace, event.schedule_id) if event.schedule_id else "",
+        actor=event.actor,
+    )
+    set_time(message.time, event.time)
+    snapshot = event.snapshot
+    if isinstance(snapshot, model.Execution):
+        message.execution.CopyFrom(execution_to_pb(snapshot))
+    elif isinstance(snapshot, model.Job):
+        message.job_snapshot.CopyFrom(job_to_pb(snapshot))
+    elif isinstance(snapshot, model.Schedule):
+        message.schedule_snapshot.CopyFrom(schedule_to_pb(snapshot))
     return message

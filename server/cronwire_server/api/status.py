@@ -19,6 +19,8 @@ from cronwire_server.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    OutOfRange,
+    ResourceExhausted,
     StorageUnavailable,
 )
 
@@ -33,6 +35,8 @@ _CODES: list[tuple[type[CronwireError], int]] = [
     (EtagMismatch, code_pb2.ABORTED),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
     (StorageUnavailable, code_pb2.UNAVAILABLE),
+    (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
+    (OutOfRange, code_pb2.OUT_OF_RANGE),
 ]
 
 

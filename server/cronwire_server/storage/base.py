@@ -9,6 +9,9 @@ from typing import Protocol
 
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.model import (
+    Event,
+    EventFilter,
+    EventType,
     Execution,
     ExecutionState,
     ExecutionStats,
@@ -109,7 +112,9 @@ class Store(Protocol):
     async def list_schedules(self, namespace: str, page: Page, *, job_id: str = "") -> Listing[Schedule]:
         """Schedules in id order after `page.after`, at most `page.size`; only `job_id`'s if given."""
 
-    async def update_schedule(self, schedule: Schedule, *, expected_etag: str) -> Schedule:
+    async def update_schedule(
+        self, schedule: Schedule, *, expected_etag: str, event_type: EventType = EventType.SCHEDULE_UPDATED
+    ) -> Schedule:
         """Replace the schedule's fields (paused state and next fire time included) if its etag is
         still `expected_etag`. NotFound; EtagMismatch."""
 
@@ -217,3 +222,19 @@ class Store(Protocol):
         self, namespace: str, *, job_id: str = "", schedule_id: str = ""
     ) -> ExecutionStats:
         """Statistics over a job's or a schedule's executions (next_run_time included)."""
+
+    # Events
+
+    async def sequence_events(self, limit: int) -> int:
+        """Number committed events that have no sequence yet (one sequencer at a time); how many."""
+
+    async def latest_event_sequence(self) -> int:
+        """The largest sequence numbered so far (0 when there is none)."""
+
+    async def read_events(
+        self, where: EventFilter, *, after: int, limit: int, up_to: int | None = None
+    ) -> list[Event]:
+        """Numbered events after sequence `after` (up to `up_to`) matching `where`, in order."""
+
+    async def prune_events(self, before: datetime, *, limit: int) -> int:
+        """Delete up to `limit` events older than `before`; how many."""

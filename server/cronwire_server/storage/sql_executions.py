@@ -23,6 +23,7 @@ from cronwire_server.model import (
     CallbackDelivery,
     CallbackState,
     DependencyCondition,
+    EventType,
     Execution,
     ExecutionState,
     ExecutionStats,
@@ -32,6 +33,7 @@ from cronwire_server.model import (
     SkipReason,
 )
 from cronwire_server.planning import PlannedRun, ScheduleActivity
+from cronwire_server.storage import sql_events
 from cronwire_server.storage.base import (
     ClaimedExecution,
     DispatchResult,
@@ -43,6 +45,8 @@ from cronwire_server.storage.records import job_from_record, schedule_from_recor
 from cronwire_server.storage.tables import execution_logs, executions, jobs, schedules
 
 QUEUED, RUNNING = ExecutionState.QUEUED.value, ExecutionState.RUNNING.value
+# Connection.info key of the events a transaction writes just before it commits.
+PENDING_EVENTS = "cronwire_pending_events"
 ACTIVE_STATES = (QUEUED, RUNNING)
 # Columns a listing returns: everything but the (large) output.
 LISTED_COLUMNS = [c for c in executions.c if c.name != "output"]
@@ -159,17 +163,21 @@ def new_row(
     }
 
 
-def _insert_ignoring_duplicate_ticks(conn: Connection, rows: list[dict[str, Any]]) -> int:
-    """Insert rows; a tick another replica recorded first is left alone. Returns rows inserted."""
+def emit(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Queue events to be written just before this transaction commits (see SqlStore)."""
+    conn.info.setdefault(PENDING_EVENTS, []).extend(rows)
+
+
+def _insert_ignoring_duplicate_ticks(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert rows; a tick another replica recorded first is left alone. Returns the ids inserted."""
     if not rows:
-        return 0
+        return set()
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(executions).on_conflict_do_nothing(
         index_elements=["namespace", "schedule_id", "scheduled_time"],
         index_where=sa.text("trigger = 'schedule'"),
     )
-    result = conn.execute(statement, rows)
-    return max(result.rowcount, 0)
+    return set(conn.execute(statement.returning(executions.c.id), rows).scalars())
 
 
 def database_now(conn: Connection) -> datetime:
@@ -225,7 +233,9 @@ def dispatch(conn: Connection, planner: Planner, limit: int, now: datetime) -> D
         )
         if plan.cancel_running:
             cancel.append((schedule.namespace, schedule.id))
-    _insert_ignoring_duplicate_ticks(conn, rows)
+    inserted = _insert_ignoring_duplicate_ticks(conn, rows)
+    rows = [r for r in rows if r["id"] in inserted]
+    emit(conn, [sql_events.execution_event(r, now) for r in rows])
     conn.execute(
         sa.update(schedules)
         .where(schedules.c.namespace == sa.bindparam("b_namespace"), schedules.c.id == sa.bindparam("b_id"))
@@ -324,6 +334,7 @@ def claim(
         .values(state=RUNNING, worker=worker, start_time=now, lease_expires_at=now + lease)
         .returning(*executions.c)
     ).all()
+    emit(conn, [sql_events.execution_event(r._mapping, now) for r in claimed])
     job_keys = {(r.namespace, r.job_id) for r in claimed}
     job_rows = conn.execute(sa.select(jobs).where(sa.tuple_(jobs.c.namespace, jobs.c.id).in_(job_keys))).all()
     by_key = {(r.namespace, r.id): job_from_record(r._mapping) for r in job_rows}
@@ -445,6 +456,7 @@ def finish(
     ).one_or_none()
     if row is None:  # the lease expired and another replica took over
         return None
+    emit(conn, [sql_events.execution_event(row._mapping, now)])
     ended = execution_from_row(row._mapping)
     retried = _queue_retry(conn, claimed.job, ended, outcome.state, retry, now)
     if not retried:
@@ -475,15 +487,41 @@ def _queue_retry(
     )
     conn.execute(sa.insert(executions), [row])
     notify(conn, "executions")
+    retrying = {**_execution_values(ended), "state": ended.state.value}
+    emit(
+        conn,
+        [
+            sql_events.execution_event(retrying, now, EventType.EXECUTION_RETRYING),
+            sql_events.execution_event(row, now),
+        ],
+    )
     return True
 
 
-def release(conn: Connection, worker: str, ids: list[str]) -> None:
-    conn.execute(
+def _execution_values(execution: Execution) -> dict[str, Any]:
+    """The identifying values of an execution, enough for its event."""
+    return {
+        "namespace": execution.namespace,
+        "id": execution.id,
+        "job_id": execution.job_id,
+        "schedule_id": execution.schedule_id,
+        "state": execution.state.value,
+        "attempt": execution.attempt,
+        "scheduled_time": execution.scheduled_time,
+        "end_time": execution.end_time,
+        "exit_code": execution.exit_code,
+        "error": execution.error,
+    }
+
+
+def release(conn: Connection, worker: str, ids: list[str], now: datetime) -> None:
+    released = conn.execute(
         sa.update(executions)
         .where(executions.c.id.in_(ids), executions.c.worker == worker, executions.c.state == RUNNING)
         .values(state=QUEUED, worker="", start_time=None, lease_expires_at=None, cancel_requested=False)
-    )
+        .returning(*LISTED_COLUMNS)
+    ).all()
+    emit(conn, [sql_events.execution_event(r._mapping, now) for r in released])
     notify(conn, "executions")
 
 
@@ -510,6 +548,7 @@ def recover(conn: Connection, retry: RetryPlanner, limit: int, now: datetime) ->
         )
         .returning(*LISTED_COLUMNS)
     ).all()
+    emit(conn, [sql_events.execution_event(r._mapping, now) for r in lost])
     result = [execution_from_row(r._mapping) for r in lost]
     job_keys = {(e.namespace, e.job_id) for e in result}
     job_rows = conn.execute(sa.select(jobs).where(sa.tuple_(jobs.c.namespace, jobs.c.id).in_(job_keys))).all()
@@ -575,6 +614,7 @@ def cancel(conn: Connection, namespace: str, execution_id: str, reason: str, now
         .returning(*LISTED_COLUMNS)
     ).one_or_none()
     if stopped is not None:
+        emit(conn, [sql_events.execution_event(stopped._mapping, now)])
         ended = execution_from_row(stopped._mapping)
         _on_final(conn, _job(conn, namespace, ended.job_id), ended, now)
         return
@@ -625,6 +665,7 @@ def _on_final(conn: Connection, job: Job | None, ended: Execution, now: datetime
         if rows:
             conn.execute(sa.insert(executions), rows)
             notify(conn, "executions")
+            emit(conn, [sql_events.execution_event(r, now) for r in rows])
     callback = job.callback
     if callback is not None and (not callback.states or ended.state in callback.states):
         conn.execute(
@@ -799,6 +840,7 @@ def backfill(
     if rows:
         conn.execute(sa.insert(executions), rows)
         notify(conn, "executions")
+        emit(conn, [sql_events.execution_event(r, now) for r in rows])
     return [r["id"] for r in rows]
 
 

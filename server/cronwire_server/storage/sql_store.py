@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +23,9 @@ from sqlalchemy.util import greenlet_spawn
 from cronwire_server import errors
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.model import (
+    Event,
+    EventFilter,
+    EventType,
     Execution,
     ExecutionStats,
     ExecutionTrigger,
@@ -32,6 +35,7 @@ from cronwire_server.model import (
     Page,
     Schedule,
 )
+from cronwire_server.storage import sql_events
 from cronwire_server.storage import sql_executions as ex
 from cronwire_server.storage.base import (
     ClaimedExecution,
@@ -200,8 +204,13 @@ _RECORD_REQUEST = sa.insert(request_ids).values(
 )
 # PostgreSQL runs a data-modifying CTE with the main statement: the request id is
 # recorded and the resource inserted in one statement, one round trip.
-_INSERT_JOB_RECORDING_REQUEST = _INSERT_JOB.add_cte(_RECORD_REQUEST.cte("recorded_request"))
-_INSERT_SCHEDULE_RECORDING_REQUEST = _INSERT_SCHEDULE.add_cte(_RECORD_REQUEST.cte("recorded_request"))
+# The event of the change rides in the same statement too.
+_INSERT_JOB_WITH_EVENT = _INSERT_JOB.add_cte(sql_events.INSERT_ONE.cte("event"))
+_INSERT_SCHEDULE_WITH_EVENT = _INSERT_SCHEDULE.add_cte(sql_events.INSERT_ONE.cte("event"))
+_INSERT_JOB_RECORDING_REQUEST = _INSERT_JOB_WITH_EVENT.add_cte(_RECORD_REQUEST.cte("recorded_request"))
+_INSERT_SCHEDULE_RECORDING_REQUEST = _INSERT_SCHEDULE_WITH_EVENT.add_cte(
+    _RECORD_REQUEST.cte("recorded_request")
+)
 _GET_JOB = sa.select(jobs).where(
     jobs.c.namespace == sa.bindparam("namespace"), jobs.c.id == sa.bindparam("id")
 )
@@ -287,45 +296,86 @@ class SqlStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
+        """BEGIN ... COMMIT; events the work queued (`sql_executions.emit`) are written last."""
         with self._sync.connect() as conn:
             conn.exec_driver_sql(self._begin)
+            conn.info[ex.PENDING_EVENTS] = []
             try:
                 yield conn
+                sql_events.insert(conn, conn.info.pop(ex.PENDING_EVENTS))
             except Exception:
+                conn.info.pop(ex.PENDING_EVENTS, None)
                 _rollback(conn)
                 raise
             conn.exec_driver_sql("COMMIT")
 
     def _insert(
-        self, plain: sa.Insert, recording: sa.Insert, values: dict[str, Any], request_id: str, method: str
+        self,
+        statements: tuple[sa.Insert, sa.Insert, sa.Insert],
+        values: dict[str, Any],
+        event: dict[str, Any],
+        request_id: str,
+        method: str,
     ) -> None:
-        """Insert one row; with a request id, record that id atomically with it.
+        """Insert one row and its event; with a request id, record that id atomically with it.
 
         A concurrent request with the same id waits on our uncommitted request id row,
         then fails with a unique violation: it never inserts a second resource.
         """
-        if not request_id:
-            self._execute(plain, values)
-        elif self._postgres:
-            self._execute(recording, _request_params(values, request_id, method))
-        else:
-            with self._transaction() as conn:
+        plain, with_event, recording = statements
+        if self._postgres:
+            params = {**values, **sql_events.params(event)}
+            if request_id:
+                self._execute(recording, _request_params(params, request_id, method))
+            else:
+                self._execute(with_event, params)
+            return
+        with self._transaction() as conn:
+            if request_id:
                 conn.execute(_RECORD_REQUEST, _request_params(values, request_id, method))
-                conn.execute(plain, values)
+            conn.execute(plain, values)
+            sql_events.insert(conn, [event])
 
-    def _update(self, table: sa.Table, key: _Key, values: dict[str, Any], expected_etag: str) -> Row[Any]:
-        """UPDATE ... RETURNING the row, if the etag matches; else NotFound or EtagMismatch."""
+    def _update(
+        self, table: sa.Table, key: _Key, values: dict[str, Any], expected_etag: str, event_type: EventType
+    ) -> Row[Any]:
+        """UPDATE ... RETURNING the row and write its event, if the etag matches; else NotFound or
+        EtagMismatch."""
         statement = sa.update(table).where(*key.match(table, expected_etag)).values(values)
-        with self._sync.connect() as conn:
+        with self._transaction() as conn:
             row = conn.execute(statement.returning(*table.c)).one_or_none()
             if row is None:
                 _raise_missing_or_changed(conn, table, key)
+            sql_events.insert(conn, [_resource_event(event_type, key, row._mapping, self._now_of(conn))])
         return row
 
-    def _delete(self, table: sa.Table, key: _Key, expected_etag: str) -> None:
-        with self._sync.connect() as conn:
-            if not conn.execute(sa.delete(table).where(*key.match(table, expected_etag))).rowcount:
+    def _delete(self, table: sa.Table, key: _Key, expected_etag: str, event_type: EventType) -> None:
+        with self._transaction() as conn:
+            now = self._now_of(conn)
+            cascaded: list[dict[str, Any]] = []
+            if table is jobs:
+                # Its schedules go with it (ON DELETE CASCADE); each gets its event too.
+                doomed = conn.execute(
+                    sa.select(schedules).where(
+                        schedules.c.namespace == key.namespace, schedules.c.job_id == key.id
+                    )
+                ).all()
+                cascaded = [
+                    _resource_event(
+                        EventType.SCHEDULE_DELETED, _Key("schedule", key.namespace, r.id), r._mapping, now
+                    )
+                    for r in doomed
+                ]
+            row = conn.execute(
+                sa.delete(table).where(*key.match(table, expected_etag)).returning(*table.c)
+            ).one_or_none()
+            if row is None:
                 _raise_missing_or_changed(conn, table, key)
+            sql_events.insert(conn, [*cascaded, _resource_event(event_type, key, row._mapping, now)])
+
+    @staticmethod
+    def _now_of(conn: Connection) -> datetime:
+        return datetime.now(UTC)
 
     async def _recorded_resource(self, namespace: str, request_id: str, method: str) -> str | None:
         """The id of what the request with `request_id` created, None if it is not recorded."""
@@ -357,9 +407,11 @@ class SqlStore:
         now = datetime.now(UTC)
         values = {"namespace": job.namespace, "id": job.id, "create_time": now}
         values.update(_stamp(job_fields(job), now))
-        statements = (_INSERT_JOB, _INSERT_JOB_RECORDING_REQUEST)
+        statements = (_INSERT_JOB, _INSERT_JOB_WITH_EVENT, _INSERT_JOB_RECORDING_REQUEST)
+        key = _Key("job", job.namespace, job.id)
+        event = _resource_event(EventType.JOB_CREATED, key, values, now)
         try:
-            await self._run(self._insert, *statements, values, request_id, "CreateJob")
+            await self._run(self._insert, statements, values, event, request_id, "CreateJob")
         except exc.IntegrityError as error:
             if _violated(error) != "unique":
                 raise
@@ -369,6 +421,7 @@ class SqlStore:
                 if replay is not None:
                     return await self.get_job(job.namespace, replay)
             raise errors.AlreadyExists("job", job_name(job.namespace, job.id)) from error
+        self._wakeup.signal("events_new")
         return job_from_record(values)
 
     async def get_job(self, namespace: str, job_id: str) -> Job:
@@ -387,12 +440,16 @@ class SqlStore:
     async def update_job(self, job: Job, *, expected_etag: str) -> Job:
         key = _Key("job", job.namespace, job.id)
         values = _stamp(job_fields(job), datetime.now(UTC))
-        row = await self._run(self._update, jobs, key, values, expected_etag)
+        row = await self._run(self._update, jobs, key, values, expected_etag, EventType.JOB_UPDATED)
+        self._wakeup.signal("events_new")
         return job_from_record(row._mapping)
 
     async def delete_job(self, namespace: str, job_id: str, *, expected_etag: str = "") -> None:
         # The schedules go with it: ON DELETE CASCADE, in this same statement.
-        await self._run(self._delete, jobs, _Key("job", namespace, job_id), expected_etag)
+        await self._run(
+            self._delete, jobs, _Key("job", namespace, job_id), expected_etag, EventType.JOB_DELETED
+        )
+        self._wakeup.signal("events_new")
 
     # Schedules
 
@@ -400,9 +457,11 @@ class SqlStore:
         now = datetime.now(UTC)
         values = {"namespace": schedule.namespace, "id": schedule.id, "create_time": now}
         values.update(_stamp(schedule_fields(schedule), now))
-        statements = (_INSERT_SCHEDULE, _INSERT_SCHEDULE_RECORDING_REQUEST)
+        statements = (_INSERT_SCHEDULE, _INSERT_SCHEDULE_WITH_EVENT, _INSERT_SCHEDULE_RECORDING_REQUEST)
+        key = _Key("schedule", schedule.namespace, schedule.id)
+        event = _resource_event(EventType.SCHEDULE_CREATED, key, values, now)
         try:
-            await self._run(self._insert, *statements, values, request_id, "CreateSchedule")
+            await self._run(self._insert, statements, values, event, request_id, "CreateSchedule")
         except exc.IntegrityError as error:
             if _violated(error) == "unique" and request_id:
                 replay = await self._recorded_resource(schedule.namespace, request_id, "CreateSchedule")
@@ -425,24 +484,29 @@ class SqlStore:
         rows, next_after = await self._page(query, schedules.c.id, page)
         return Listing(items=[schedule_from_record(r._mapping) for r in rows], next_after=next_after)
 
-    async def update_schedule(self, schedule: Schedule, *, expected_etag: str) -> Schedule:
+    async def update_schedule(
+        self, schedule: Schedule, *, expected_etag: str, event_type: EventType = EventType.SCHEDULE_UPDATED
+    ) -> Schedule:
         key = _Key("schedule", schedule.namespace, schedule.id)
         values = _stamp(schedule_fields(schedule), datetime.now(UTC))
         try:
-            row = await self._run(self._update, schedules, key, values, expected_etag)
+            row = await self._run(self._update, schedules, key, values, expected_etag, event_type)
         except exc.IntegrityError as error:  # moved to a job that does not exist
             _raise_schedule_conflict(error, schedule)
         await self._schedules_changed()
         return schedule_from_record(row._mapping)
 
     async def delete_schedule(self, namespace: str, schedule_id: str, *, expected_etag: str = "") -> None:
-        await self._run(self._delete, schedules, _Key("schedule", namespace, schedule_id), expected_etag)
+        key = _Key("schedule", namespace, schedule_id)
+        await self._run(self._delete, schedules, key, expected_etag, EventType.SCHEDULE_DELETED)
+        self._wakeup.signal("events_new")
 
     async def _schedules_changed(self) -> None:
         """Wake the dispatchers: a schedule's next fire time may be earlier now."""
         if self._postgres:
             await self._run(self._execute, sa.text("NOTIFY cronwire_schedules"), {})
         self._wakeup.signal("schedules")
+        self._wakeup.signal("events_new")
 
     # The clock and wake-ups
 
@@ -461,7 +525,11 @@ class SqlStore:
 
     def _in_transaction(self, work: Callable[..., T], *args: Any) -> T:
         with self._transaction() as conn:
-            return work(conn, *args, ex.database_now(conn))
+            result = work(conn, *args, ex.database_now(conn))
+            wrote_events = bool(conn.info.get(ex.PENDING_EVENTS))
+        if wrote_events:
+            self._wakeup.signal("events_new")
+        return result
 
     # The dispatcher
 
@@ -503,7 +571,7 @@ class SqlStore:
         return result
 
     async def release_executions(self, worker: str, execution_ids: list[str]) -> None:
-        await self._run(self._in_transaction, lambda conn, now: ex.release(conn, worker, execution_ids))
+        await self._run(self._in_transaction, ex.release, worker, execution_ids)
         self._wakeup.signal("executions")
 
     async def recover_expired(self, retry: RetryPlanner, *, limit: int) -> list[Execution]:
@@ -561,6 +629,7 @@ class SqlStore:
             )
         conn.execute(sa.insert(executions), [row])
         ex.notify(conn, "executions")
+        ex.emit(conn, [sql_events.execution_event(row, now)])
         return row
 
     async def get_execution(self, namespace: str, execution_id: str) -> Execution:
@@ -712,6 +781,32 @@ class SqlStore:
         rows = await self._run(self._all, upcoming)
         return dataclasses.replace(found, next_run_time=_aware(rows[0][0]))
 
+    # Events
+
+    async def sequence_events(self, limit: int) -> int:
+        numbered: int = await self._run(
+            self._in_transaction, lambda conn, n, now: sql_events.sequence_pending(conn, n), limit
+        )
+        if numbered:
+            self._wakeup.signal("events")
+        return numbered
+
+    async def latest_event_sequence(self) -> int:
+        latest: int = await self._run(self._read, sql_events.latest)
+        return latest
+
+    async def read_events(
+        self, where: EventFilter, *, after: int, limit: int, up_to: int | None = None
+    ) -> list[Event]:
+        rows = await self._run(self._all, sql_events.select(where, after, limit, up_to))
+        return sql_events.to_events(rows)
+
+    async def prune_events(self, before: datetime, *, limit: int) -> int:
+        pruned: int = await self._run(
+            self._in_transaction, lambda conn, b, n, now: sql_events.prune(conn, b, n), before, limit
+        )
+        return pruned
+
 
 def _aware(value: datetime | None) -> datetime | None:
     # Aggregates (MIN) bypass the column type: SQLite hands back naive UTC text.
@@ -747,6 +842,22 @@ class _Key:
         if expected_etag:
             where.append(table.c.etag == expected_etag)
         return where
+
+
+def _resource_event(
+    event_type: EventType, key: _Key, values: Mapping[Any, Any], now: datetime
+) -> dict[str, Any]:
+    """The event of a job or schedule change, with the row as its snapshot."""
+    is_job = key.kind == "job"
+    return sql_events.row(
+        event_type,
+        key.namespace,
+        key.name,
+        now,
+        job_id=key.id if is_job else values["job_id"],
+        schedule_id="" if is_job else key.id,
+        snapshot=sql_events.job_row_snapshot(values) if is_job else sql_events.schedule_row_snapshot(values),
+    )
 
 
 def _raise_missing_or_changed(conn: Connection, table: sa.Table, key: _Key) -> NoReturn:

@@ -208,3 +208,28 @@ execution_logs = sa.Table(
     sa.Column("data", sa.Text(), nullable=False),
     sa.Column("time", UtcDateTime(), nullable=False),
 )
+
+# Every state change. Writers insert with no sequence; one sequencer at a time numbers the
+# committed rows, so sequences become visible in order and a reader never skips one.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("sequence", sa.BigInteger(), nullable=True),
+    sa.Column("type", sa.String(), nullable=False),
+    sa.Column("namespace", Ident, nullable=False),
+    sa.Column("resource", sa.String(), nullable=False),
+    sa.Column("job_id", Ident, nullable=False),
+    sa.Column("schedule_id", Ident, nullable=False),
+    sa.Column("actor", sa.String(), nullable=False),
+    sa.Column("time", UtcDateTime(), nullable=False),
+    sa.Column("snapshot", OptionalJson, nullable=True),
+    sa.Index("ux_events_sequence", "sequence", unique=True),
+    sa.Index("ix_events_unsequenced", "id", **_partial("sequence IS NULL")),
+    # Retention prunes by time.
+    sa.Index("ix_events_time", "time"),
+    # AUTOINCREMENT: SQLite never reuses the id of a pruned last event.
+    sqlite_autoincrement=True,
+)

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("schedules", "executions", "callbacks", "logs")
+CHANNELS = ("schedules", "executions", "callbacks", "logs", "events", "events_new")
 PG_PREFIX = "cronwire_"
 RECONNECT_DELAY = 1.0
 

@@ -1,0 +1,227 @@
+"""The event stream: numbering committed events, and fanning them out to watchers.
+
+Every process runs a `Sequencer` (only one numbers at a time, see
+`storage.sql_events.sequence_pending`) and, with the api role, one `EventHub`
+that follows the numbered events in order and hands each watcher the batches
+that match its filters. A watcher's buffer is bounded: one that falls behind is
+cut off and told to resume from its last sequence, so it never slows the hub or
+the other watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from cronwire_server.errors import OutOfRange, ResourceExhausted, StorageUnavailable
+from cronwire_server.model import Event, EventFilter, Listing, Page
+from cronwire_server.storage import Store
+
+log = logging.getLogger(__name__)
+
+SEQUENCE_BATCH = 5000
+READ_BATCH = 1000
+# Re-read at least this often, in case a wake-up from another replica was lost.
+POLL = 1.0
+DEFAULT_BUFFER = 256  # batches a watcher may have waiting
+DEFAULT_HEARTBEAT = 15.0
+DEFAULT_RETENTION = timedelta(days=7)
+PRUNE_EVERY = 600.0
+PRUNE_BATCH = 1000
+
+
+class WatcherTooSlow(ResourceExhausted):
+    """A watcher fell further behind than its buffer holds; it should resume from its last sequence."""
+
+    reason = "WATCHER_TOO_SLOW"
+
+
+class EventsPruned(OutOfRange):
+    """`after_sequence` is older than the retained events."""
+
+    reason = "EVENTS_PRUNED"
+
+
+class Sequencer:
+    """Numbers committed events as they arrive; one per process, one numbering at a time overall."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        from cronwire_server.dispatcher import sleep_until_woken
+
+        while not stopping.is_set():
+            try:
+                while await self._store.sequence_events(SEQUENCE_BATCH) == SEQUENCE_BATCH:
+                    pass
+            except StorageUnavailable as error:
+                log.warning("sequencer: database unavailable (%s)", error)
+            await sleep_until_woken(self._store, "events_new", POLL, stopping)
+
+
+@dataclass(eq=False)
+class Subscription:
+    where: EventFilter
+    buffer: int
+    queue: asyncio.Queue[list[Event]] = field(init=False)
+    overflowed: bool = False
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(self.buffer)
+
+    def offer(self, batch: list[Event]) -> None:
+        matching = [e for e in batch if self.where.matches(e)]
+        if not matching or self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(matching)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+class EventHub:
+    """Follows numbered events in sequence order and offers each batch to every subscription."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._subscriptions: set[Subscription] = set()
+        self.position = 0  # every event up to here has been offered
+        self._advanced = asyncio.Condition()
+
+    async def start(self, stopping: asyncio.Event) -> asyncio.Task[None]:
+        self.position = await self._store.latest_event_sequence()
+        return asyncio.create_task(self._follow(stopping))
+
+    async def _follow(self, stopping: asyncio.Event) -> None:
+        from cronwire_server.dispatcher import sleep_until_woken
+
+        while not stopping.is_set():
+            try:
+                batch = await self._store.read_events(EventFilter(), after=self.position, limit=READ_BATCH)
+            except StorageUnavailable as error:
+                log.warning("event hub: database unavailable (%s)", error)
+                batch = []
+            if batch:
+                for subscription in list(self._subscriptions):
+                    subscription.offer(batch)
+                self.position = batch[-1].sequence
+                async with self._advanced:
+                    self._advanced.notify_all()
+            if len(batch) < READ_BATCH:
+                await sleep_until_woken(self._store, "events", POLL, stopping)
+
+    def subscribe(self, where: EventFilter, buffer: int = DEFAULT_BUFFER) -> Subscription:
+        subscription = Subscription(where, buffer)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    @property
+    def watchers(self) -> int:
+        return len(self._subscriptions)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a watcher is sent: events (in order), or a heartbeat (no events) with the bookmark."""
+
+    events: list[Event]
+    latest_sequence: int
+
+
+class EventManager:
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        *,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._heartbeat = heartbeat
+        self._buffer = buffer
+
+    async def list_page(self, where: EventFilter, page: Page, after: int) -> Listing[Event]:
+        start = max(after, int(page.after or 0))
+        found = await self._store.read_events(where, after=start, limit=page.size + 1)
+        more = len(found) > page.size
+        items = found[: page.size]
+        return Listing(items=items, next_after=str(items[-1].sequence) if more else None)
+
+    async def watch(self, where: EventFilter, after: int) -> AsyncIterator[Delivery]:
+        """Replay what is retained after `after` (0: nothing), then follow live; no gap, no duplicate.
+
+        The subscription starts before the replay, so what is committed meanwhile waits in it;
+        anything the replay already sent is dropped from it by sequence.
+        """
+        subscription = self._hub.subscribe(where, self._buffer)
+        try:
+            sent = self._hub.position if after <= 0 else after
+            if after > 0:
+                async for batch in self._replay(where, after, self._hub.position):
+                    yield Delivery(batch, self._hub.position)
+                    sent = batch[-1].sequence
+                sent = max(sent, after)
+            while True:
+                if subscription.overflowed:
+                    raise WatcherTooSlow(
+                        f"this watcher fell more than {self._buffer} batches behind; "
+                        f"reconnect with after_sequence={sent} to resume"
+                    )
+                try:
+                    batch = await asyncio.wait_for(subscription.queue.get(), self._heartbeat)
+                except TimeoutError:
+                    yield Delivery([], max(sent, self._hub.position))
+                    continue
+                fresh = [e for e in batch if e.sequence > sent]
+                if fresh:
+                    sent = fresh[-1].sequence
+                    # The hub's position is a true bookmark only once nothing is left waiting here.
+                    yield Delivery(fresh, self._hub.position if subscription.queue.empty() else sent)
+        finally:
+            self._hub.unsubscribe(subscription)
+
+    async def _replay(self, where: EventFilter, after: int, up_to: int) -> AsyncIterator[list[Event]]:
+        oldest = await self._store.read_events(EventFilter(), after=0, limit=1)
+        if oldest and after < oldest[0].sequence - 1:
+            raise EventsPruned(
+                f"events after sequence {after} are no longer retained; the oldest is {oldest[0].sequence}"
+            )
+        while True:
+            batch = await self._store.read_events(where, after=after, limit=READ_BATCH, up_to=up_to)
+            if not batch:
+                return
+            yield batch
+            after = batch[-1].sequence
+
+
+class Pruner:
+    """Deletes events older than the retention, in small batches, every few minutes."""
+
+    def __init__(self, store: Store, retention: timedelta = DEFAULT_RETENTION) -> None:
+        self._store = store
+        self._retention = retention
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(StorageUnavailable):
+                await self.prune_once(await self._store.now())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), PRUNE_EVERY)
+
+    async def prune_once(self, now: datetime) -> int:
+        pruned = 0
+        while (batch := await self._store.prune_events(now - self._retention, limit=PRUNE_BATCH)) > 0:
+            pruned += batch
+        if pruned:
+            log.info("pruned %d events older than %s", pruned, self._retention)
+        return pruned

@@ -1,0 +1,225 @@
+"""Events in SQL: written in the transaction of the change they describe, read in sequence order."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from cronwire_server.model import STATE_EVENTS, Event, EventFilter, EventType, Execution, Job, Schedule
+from cronwire_server.storage.records import job_from_record, schedule_from_record
+from cronwire_server.storage.tables import events
+
+# Snapshots never carry the callback secret; a marker keeps "a secret is set" visible.
+REDACTED = "<redacted>"
+
+_INSERT = sa.insert(events)
+
+
+def _jsonable(values: Mapping[Any, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in values.items()}
+
+
+def _times(values: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    restored = dict(values)
+    for key in keys:
+        if isinstance(restored.get(key), str):
+            restored[key] = datetime.fromisoformat(restored[key])
+    return restored
+
+
+JOB_TIMES = ("create_time", "update_time")
+SCHEDULE_TIMES = ("start_time", "end_time", "next_fire_time", "create_time", "update_time", "resumed_at")
+EXECUTION_TIMES = (
+    "scheduled_time",
+    "due_time",
+    "create_time",
+    "start_time",
+    "end_time",
+    "lease_expires_at",
+    "callback_last_time",
+    "callback_next_time",
+)
+
+
+def job_row_snapshot(values: Mapping[str, Any]) -> dict[str, Any]:
+    snapshot = _jsonable(values)
+    callback = snapshot.get("callback")
+    if callback and callback.get("secret"):
+        snapshot["callback"] = {**callback, "secret": REDACTED}
+    return {"job": snapshot}
+
+
+def schedule_row_snapshot(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {"schedule": _jsonable(values)}
+
+
+def execution_row_snapshot(values: Mapping[Any, Any]) -> dict[str, Any]:
+    return {"execution": _jsonable({k: v for k, v in values.items() if k != "output"})}
+
+
+def row(
+    event_type: EventType,
+    namespace: str,
+    resource: str,
+    now: datetime,
+    *,
+    job_id: str = "",
+    schedule_id: str = "",
+    snapshot: dict[str, Any] | None = None,
+    actor: str = "",
+) -> dict[str, Any]:
+    return {
+        "type": event_type.value,
+        "namespace": namespace,
+        "resource": resource,
+        "job_id": job_id,
+        "schedule_id": schedule_id,
+        "actor": actor,
+        "time": now,
+        "snapshot": snapshot,
+    }
+
+
+def execution_event(
+    values: Mapping[Any, Any], now: datetime, event_type: EventType | None = None
+) -> dict[str, Any]:
+    """The event of an execution row arriving in its state (or `event_type`)."""
+    from cronwire_server.model import ExecutionState
+
+    kind = event_type or STATE_EVENTS[ExecutionState(values["state"])]
+    return row(
+        kind,
+        values["namespace"],
+        f"namespaces/{values['namespace']}/executions/{values['id']}",
+        now,
+        job_id=values["job_id"],
+        schedule_id=values["schedule_id"],
+        snapshot=execution_row_snapshot(values),
+    )
+
+
+def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Write events, not yet numbered; the sequencer numbers them once committed.
+
+    On PostgreSQL a statement trigger wakes the sequencers of every replica (migration 0004).
+    """
+    if rows:
+        conn.execute(_INSERT, rows)
+
+
+SEQUENCER_LOCK = 0x63726F6E77697265  # any constant shared by every replica
+
+
+def sequence_pending(conn: Connection, limit: int) -> int:
+    """Number the committed events that have no sequence yet, in insertion order.
+
+    One sequencer at a time (a transaction-scoped advisory lock on PostgreSQL; SQLite has a
+    single writer): each numbering commits before the next starts, so sequences become
+    visible in order, and a reader that has seen sequence N will never see a smaller one.
+    Returns how many were numbered (0 when another replica holds the lock).
+    """
+    postgres = conn.dialect.name == "postgresql"
+    if (
+        postgres
+        and not conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(SEQUENCER_LOCK))).scalar_one()
+    ):
+        return 0
+    base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.sequence), 0))).scalar_one()
+    pending = (
+        sa.select(events.c.id, sa.func.row_number().over(order_by=events.c.id).label("n"))
+        .where(events.c.sequence.is_(None))
+        .order_by(events.c.id)
+        .limit(limit)
+        .subquery()
+    )
+    numbered = conn.execute(
+        sa.update(events).where(events.c.id == pending.c.id).values(sequence=int(base) + pending.c.n)
+    ).rowcount
+    if numbered and postgres:
+        conn.exec_driver_sql("NOTIFY cronwire_events")
+    return max(int(numbered), 0)
+
+
+def latest(conn: Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.sequence), 0))).scalar_one())
+
+
+def prune(conn: Connection, before: datetime, limit: int) -> int:
+    """Delete up to `limit` numbered events older than `before` (small batches: short locks)."""
+    doomed = (
+        sa.select(events.c.id)
+        .where(events.c.time < before, events.c.sequence.is_not(None))
+        .order_by(events.c.id)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    return max(int(conn.execute(sa.delete(events).where(events.c.id.in_(doomed))).rowcount), 0)
+
+
+# For single-statement writes (PostgreSQL): the event goes in a data-modifying CTE of the main
+# statement. `id` is spelled DEFAULT: the statement's parameters carry the resource's own `id`.
+INSERT_ONE = sa.insert(events).values(
+    id=sa.literal_column("DEFAULT"),
+    type=sa.bindparam("ev_type"),
+    namespace=sa.bindparam("ev_namespace"),
+    resource=sa.bindparam("ev_resource"),
+    job_id=sa.bindparam("ev_job_id"),
+    schedule_id=sa.bindparam("ev_schedule_id"),
+    actor=sa.bindparam("ev_actor"),
+    time=sa.bindparam("ev_time"),
+    snapshot=sa.bindparam("ev_snapshot", type_=events.c.snapshot.type),
+)
+
+
+def params(event: dict[str, Any]) -> dict[str, Any]:
+    """`event` (from `row`) as the bind parameters of INSERT_ONE."""
+    return {f"ev_{key}": value for key, value in event.items()}
+
+
+def event_from_row(record: Mapping[Any, Any]) -> Event:
+    from cronwire_server.storage.sql_executions import execution_from_row
+
+    snapshot: Job | Schedule | Execution | None = None
+    data = record["snapshot"]
+    if data:
+        ((kind, values),) = data.items()
+        if kind == "job":
+            snapshot = job_from_record(_times(values, JOB_TIMES))
+        elif kind == "schedule":
+            snapshot = schedule_from_record(_times(values, SCHEDULE_TIMES))
+        else:
+            snapshot = execution_from_row({"output": "", **_times(values, EXECUTION_TIMES)})
+    return Event(
+        sequence=int(record["sequence"]),
+        type=EventType(record["type"]),
+        namespace=record["namespace"],
+        resource=record["resource"],
+        time=record["time"],
+        job_id=record["job_id"],
+        schedule_id=record["schedule_id"],
+        actor=record["actor"],
+        snapshot=snapshot,
+    )
+
+
+def select(where: EventFilter, after: int, limit: int, up_to: int | None = None) -> sa.Select[Any]:
+    query = sa.select(events).where(events.c.sequence > after, events.c.sequence.is_not(None))
+    if up_to is not None:
+        query = query.where(events.c.sequence <= up_to)
+    if where.namespace:
+        query = query.where(events.c.namespace == where.namespace)
+    if where.job_id:
+        query = query.where(events.c.job_id == where.job_id)
+    if where.schedule_id:
+        query = query.where(events.c.schedule_id == where.schedule_id)
+    if where.types:
+        query = query.where(events.c.type.in_(sorted(t.value for t in where.types)))
+    return query.order_by(events.c.sequence).limit(limit)
+
+
+def to_events(rows: Sequence[Row[Any]]) -> list[Event]:
+    return [event_from_row(r._mapping) for r in rows]
