@@ -26,13 +26,23 @@ class ServerProcess:
     Its output goes to a log file beside the port file, shown when it fails to start.
     """
 
-    def __init__(self, argv: Sequence[str], workdir: Path, name: str) -> None:
+    def __init__(
+        self, argv: Sequence[str], workdir: Path, name: str, *, poll_interval: float = POLL_INTERVAL_S
+    ) -> None:
         self.name = name
+        self._poll_interval = poll_interval
         self._argv = list(argv)
         self._port_file = workdir / f"{name}.port"
         self._log_path = workdir / f"{name}.log"
         self._process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        # Seconds from spawning the process to its port file appearing (0 until started).
+        self.startup_seconds = 0.0
+
+    @property
+    def pid(self) -> int:
+        """The process id while it runs, else 0."""
+        return self._process.pid if self._process is not None else 0
 
     @property
     def address(self) -> str:
@@ -40,6 +50,7 @@ class ServerProcess:
 
     def start(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
         self._port_file.unlink(missing_ok=True)
+        spawned = time.monotonic()
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 [*self._argv, "--port-file", str(self._port_file)],
@@ -52,6 +63,7 @@ class ServerProcess:
             )
         try:
             self.port = self._wait_for_port(timeout)
+            self.startup_seconds = time.monotonic() - spawned
         except BaseException:
             self.stop()
             raise
@@ -66,7 +78,7 @@ class ServerProcess:
             port = _read_port(self._port_file)
             if port:
                 return port
-            time.sleep(POLL_INTERVAL_S)
+            time.sleep(self._poll_interval)
         raise ServerFailed(f"{self.name} wrote no port file within {timeout:.0f} s\n{self.log_tail()}")
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
@@ -106,3 +118,30 @@ def _read_port(path: Path) -> int:
     except FileNotFoundError:
         return 0
     return int(text) if text.isdigit() else 0
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of a running process (VmRSS in /proc/PID/status, Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds a running process has used so far, and seconds its threads were runnable
+    but waited for a CPU (Linux; summed over the threads alive now).
+
+    From /proc/PID/task/*/schedstat, which the scheduler keeps in nanoseconds: the
+    tick-sampled times of /proc/PID/stat miss processes that wake on a timer and
+    finish before the next tick.
+    """
+    used = waited = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            on_cpu, on_queue, _ = task.joinpath("schedstat").read_text().split()
+        except FileNotFoundError:  # the thread just ended
+            continue
+        used += int(on_cpu)
+        waited += int(on_queue)
+    return used / 1e9, waited / 1e9
