@@ -39,6 +39,7 @@ MAX_IDLE_SLEEP = 5.0
 OUTPUT_FLUSH_INTERVAL = 0.25
 CALLBACK_BATCH = 20
 CALLBACK_POLL = 1.0
+FINISH_BATCH = 256
 BLOCKED_POLL = 1.0
 RETRY_AFTER_ERROR = 1.0
 
@@ -93,6 +94,8 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._helpers: list[asyncio.Task[None]] = []
+        self._finished: list[tuple[ClaimedExecution, RunOutcome, asyncio.Future[None]]] = []
+        self._outcomes_waiting = asyncio.Event()
 
     @property
     def running(self) -> int:
@@ -107,6 +110,7 @@ class WorkerPool:
             asyncio.create_task(self._recover()),
             asyncio.create_task(self._flush_output_loop()),
             asyncio.create_task(self._deliver_callbacks()),
+            asyncio.create_task(self._finisher()),
         ]
         while not stopping.is_set():
             try:
@@ -182,18 +186,43 @@ class WorkerPool:
 
     async def _record(self, running: _Running, outcome: RunOutcome) -> None:
         claimed = running.claimed
+        if not running.released:
+            # Outcomes that end together are written together, by the finisher.
+            done = asyncio.get_running_loop().create_future()
+            self._finished.append((claimed, outcome, done))
+            self._outcomes_waiting.set()
+            await done
+            return
         for _ in range(30):
             try:
-                if running.released:
-                    await self._store.release_executions(self.identity, [claimed.execution.id])
-                else:
-                    await self._store.finish_execution(claimed, self.identity, outcome, plan_retry)
+                await self._store.release_executions(self.identity, [claimed.execution.id])
                 return
             except StorageUnavailable as error:
                 # The lease still protects the run; keep trying until it would expire.
                 log.warning("cannot record %s yet (%s); retrying", claimed.execution.id, error)
                 await asyncio.sleep(RETRY_AFTER_ERROR)
         log.error("gave up recording %s; its lease will expire and it will be retried", claimed.execution.id)
+
+    async def _finisher(self) -> None:
+        """Writes the outcomes waiting, in batches, until none is left; retries while the
+        database is away (the leases keep the runs safe meanwhile)."""
+        while True:
+            await self._outcomes_waiting.wait()
+            self._outcomes_waiting.clear()
+            while self._finished:
+                batch, self._finished = self._finished[:FINISH_BATCH], self._finished[FINISH_BATCH:]
+                try:
+                    await self._store.finish_executions(
+                        [(c, o) for c, o, _ in batch], self.identity, plan_retry
+                    )
+                except StorageUnavailable as error:
+                    log.warning("cannot record %d outcomes yet (%s); retrying", len(batch), error)
+                    self._finished[:0] = batch
+                    await asyncio.sleep(RETRY_AFTER_ERROR)
+                    continue
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
 
     async def _flush_output(self, running: _Running) -> None:
         chunk = running.take_output()

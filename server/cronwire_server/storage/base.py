@@ -152,11 +152,11 @@ class Store(Protocol):
     async def renew_leases(self, worker: str, execution_ids: list[str], lease: timedelta) -> set[str]:
         """Extend the leases `worker` holds; return the ids whose cancellation was requested."""
 
-    async def finish_execution(
-        self, claimed: ClaimedExecution, worker: str, outcome: RunOutcome, retry: RetryPlanner
-    ) -> Execution | None:
-        """Record an attempt's end (only if `worker` still holds it: None otherwise), and queue the next
-        attempt if `retry` gives a time, in one transaction."""
+    async def finish_executions(
+        self, items: list[tuple[ClaimedExecution, RunOutcome]], worker: str, retry: RetryPlanner
+    ) -> list[Execution | None]:
+        """Record attempts' ends in one transaction — each only if `worker` still holds it (None
+        otherwise) — and queue next attempts where `retry` gives a time."""
 
     async def release_executions(self, worker: str, execution_ids: list[str]) -> None:
         """Put executions a draining worker did not finish back in the queue, attempt unchanged."""

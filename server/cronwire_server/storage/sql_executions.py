@@ -452,7 +452,7 @@ def finish(
             ),
             lease_expires_at=None,
         )
-        .returning(*executions.c)
+        .returning(*LISTED_COLUMNS)
     ).one_or_none()
     if row is None:  # the lease expired and another replica took over
         return None
@@ -464,6 +464,17 @@ def finish(
         if ended.serial or claimed.job.max_concurrency or ended.group_limit:
             notify(conn, "executions")  # an execution waiting for this one's end may start now
     return ended
+
+
+def finish_many(
+    conn: Connection,
+    items: list[tuple[ClaimedExecution, RunOutcome]],
+    worker: str,
+    retry: RetryPlanner,
+    now: datetime,
+) -> list[Execution | None]:
+    """Several outcomes in one transaction: the per-transaction round trips are paid once."""
+    return [finish(conn, claimed, worker, outcome, retry, now) for claimed, outcome in items]
 
 
 def _queue_retry(

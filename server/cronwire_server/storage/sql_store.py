@@ -561,14 +561,14 @@ class SqlStore:
         stop: set[str] = await self._run(self._in_transaction, ex.renew, worker, execution_ids, lease)
         return stop
 
-    async def finish_execution(
-        self, claimed: ClaimedExecution, worker: str, outcome: RunOutcome, retry: RetryPlanner
-    ) -> Execution | None:
-        result: Execution | None = await self._run(
-            self._in_transaction, ex.finish, claimed, worker, outcome, retry
+    async def finish_executions(
+        self, items: list[tuple[ClaimedExecution, RunOutcome]], worker: str, retry: RetryPlanner
+    ) -> list[Execution | None]:
+        results: list[Execution | None] = await self._run(
+            self._in_transaction, ex.finish_many, items, worker, retry
         )
         self._wakeup.signal("executions")  # a slot, a serial turn or a retry may be free now
-        return result
+        return results
 
     async def release_executions(self, worker: str, execution_ids: list[str]) -> None:
         await self._run(self._in_transaction, ex.release, worker, execution_ids)
