@@ -10,6 +10,11 @@ flight for --seconds after a --warmup:
 2. CreateJob on the real server, each call a new `shell` job;
 3. GetJob of the jobs created, picked at random.
 
+Both servers run on the same event loop (`--event-loop`, default auto: uvloop if
+installed), and every phase reports the CPU the server, the load generator and
+PostgreSQL used per call, which says who the bottleneck was and moves much less
+than calls/s when other work shares the machine.
+
 A measurement, not a test: it exits 0 whether or not the targets are met.
 """
 
@@ -25,11 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from database import fresh_database
+from cpu import CpuUsage, CpuWindow, Meter, postgres_meter, process_tree_meter
+from database import fresh_database, libpq_url
 from echo_server import METHOD as ECHO_METHOD
 from load import LoadProcess, LoadResult, LoadSpec, Workload
 from servers import ServerFailed, ServerProcess
 from workloads import CreateJobWorkload, EchoWorkload, GetJobWorkload, get_job_request_size
+
+from cronwire_server.eventloop import ALL_ROLES, EVENT_LOOPS, resolve
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 # GetJob is a primary-key read; it should keep most of what gRPC itself can do.
@@ -37,6 +45,9 @@ GET_JOB_VS_ECHO_TARGET_PCT = 60.0
 # 5x the ~475 add_job/s of APScheduler 3's SQLAlchemyJobStore on the same database.
 CREATE_JOB_TARGET_PER_S = 2400.0
 CRONWIRE_PHASES = (("CreateJob", "create_job"), ("GetJob", "get_job"))
+EVENT_LOOP_ENV = "CRONWIRE_EVENT_LOOP"
+# CPU groups, as printed: the server under test, the load generator, PostgreSQL.
+CPU_GROUPS = (("server", "server"), ("load", "load gen"), ("postgres", "PG"))
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,8 @@ class Phase:
     key: str
     result: LoadResult | None  # None: the phase could not run
     note: str = ""
+    cpu: CpuUsage | None = None  # None: not measured (not Linux, or the window was too short)
+    event_loop: str = ""  # the loop the server ran on, as seen from outside ("" if unknown)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -68,6 +81,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="ARG",
         help="an extra argument for cronwire_server, repeatable; write --server-arg=--flag=value",
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=os.environ.get(EVENT_LOOP_ENV, "auto"),
+        help=f"the loop of both servers; cronwire_server gets it as ${EVENT_LOOP_ENV} "
+        f"(default: ${EVENT_LOOP_ENV}, else %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     return parser.parse_args(argv)
 
@@ -90,12 +110,46 @@ def load_spec(
     )
 
 
+def server_event_loop(pid: int) -> str:
+    """The loop a running server uses, from the outside: uvloop if its extension is mapped."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
+    return "uvloop" if "/uvloop/loop." in maps else "asyncio"
+
+
+def measured_run(
+    args: argparse.Namespace, load: LoadProcess, spec: LoadSpec, meters: dict[str, Meter | None]
+) -> tuple[LoadResult, CpuUsage | None]:
+    """`load.run(spec)`, with the CPU of each meter over the measured window."""
+    with CpuWindow(meters, args.warmup, args.seconds) as window:
+        result = load.run(spec)
+    return result, window.usage
+
+
+def server_roles(server_args: Sequence[str]) -> frozenset[str]:
+    """The roles the cronwire server will run, from its `--roles` argument (default all)."""
+    roles: str | None = None
+    for index, arg in enumerate(server_args):
+        if arg.startswith("--roles="):
+            roles = arg.split("=", 1)[1]
+        elif arg == "--roles" and index + 1 < len(server_args):
+            roles = server_args[index + 1]
+    return ALL_ROLES if roles is None else frozenset(r.strip() for r in roles.split(",") if r.strip())
+
+
 def run_echo(args: argparse.Namespace, load: LoadProcess, workdir: Path) -> Phase:
-    argv = [sys.executable, str(Path(__file__).with_name("echo_server.py")), "--listen", "127.0.0.1:0"]
+    argv = [
+        *(sys.executable, str(Path(__file__).with_name("echo_server.py")), "--listen", "127.0.0.1:0"),
+        *("--event-loop", args.echo_event_loop),
+    ]
     workload = EchoWorkload(ECHO_METHOD, b"x" * get_job_request_size())
     with ServerProcess(argv, workdir, "echo-server") as server:
         progress(f"echo: {len(workload.payload)}-byte payload, server on {server.address}")
-        return Phase("echo", "echo", load.run(load_spec(args, server.address, workload)))
+        meters = {"server": process_tree_meter(server.pid), "load": process_tree_meter(load.pid)}
+        result, cpu = measured_run(args, load, load_spec(args, server.address, workload), meters)
+        return Phase("echo", "echo", result, cpu=cpu, event_loop=server_event_loop(server.pid))
 
 
 def run_cronwire(args: argparse.Namespace, load: LoadProcess, workdir: Path) -> list[Phase]:
@@ -116,16 +170,26 @@ def _run_cronwire(args: argparse.Namespace, load: LoadProcess, workdir: Path) ->
         ]
         with ServerProcess(argv, workdir, "cronwire-server") as server:
             progress(f"cronwire: server on {server.address}, database {database_url.rsplit('/', 1)[-1]}")
-            create = load.run(load_spec(args, server.address, CreateJobWorkload(), collect_ok_keys=True))
+            loop = server_event_loop(server.pid)
+            meters = {
+                "server": process_tree_meter(server.pid),
+                "load": process_tree_meter(load.pid),
+                "postgres": postgres_meter(libpq_url(args.database_url)),
+            }
+            create_spec = load_spec(args, server.address, CreateJobWorkload(), collect_ok_keys=True)
+            create, create_cpu = measured_run(args, load, create_spec, meters)
             names, create.ok_keys = create.ok_keys, []
             progress(f"CreateJob: {len(names)} jobs created")
-            get = load.run(load_spec(args, server.address, GetJobWorkload(names))) if names else None
+            get, get_cpu = None, None
+            if names:
+                get_spec = load_spec(args, server.address, GetJobWorkload(names))
+                get, get_cpu = measured_run(args, load, get_spec, meters)
             exit_code = server.stop()
             if exit_code:
                 progress(f"cronwire_server exited with {exit_code} on SIGTERM\n{server.log_tail()}")
     return [
-        Phase("CreateJob", "create_job", create),
-        Phase("GetJob", "get_job", get, "" if get else "no job was created"),
+        Phase("CreateJob", "create_job", create, cpu=create_cpu, event_loop=loop),
+        Phase("GetJob", "get_job", get, "" if get else "no job was created", cpu=get_cpu, event_loop=loop),
     ]
 
 
@@ -143,6 +207,22 @@ def phase_figures(phase: Phase) -> dict[str, Any]:
         "error_codes": result.error_codes,
         "first_error": result.first_error,
         "seconds": result.seconds,
+        "event_loop": phase.event_loop,
+        "cpu": cpu_figures(phase),
+    }
+
+
+def cpu_figures(phase: Phase) -> dict[str, dict[str, float | None]] | None:
+    """Per group: cores kept busy and CPU microseconds per successful call."""
+    if phase.cpu is None or phase.result is None:
+        return None
+    rate = phase.result.calls_per_s
+    return {
+        group: {
+            "cores": _round(phase.cpu.cores.get(group)),
+            "us_per_call": _round(phase.cpu.per_call_us(group, rate), 0),
+        }
+        for group, _ in CPU_GROUPS
     }
 
 
@@ -155,7 +235,19 @@ def target_figures(phases: dict[str, Phase]) -> dict[str, dict[str, Any]]:
     return {
         "get_job_vs_echo_pct": _target(get_pct, GET_JOB_VS_ECHO_TARGET_PCT),
         "create_job_per_s": _target(create_rate, CREATE_JOB_TARGET_PER_S),
+        # Not a target: the same ratio in server CPU per call, which other work on the
+        # machine moves much less than it moves the echo ceiling's calls/s.
+        "get_job_vs_echo_cpu_pct": {"value": _round(_cpu_ratio_pct(phases["echo"], phases["get_job"]))},
     }
+
+
+def _cpu_ratio_pct(echo: Phase, get: Phase) -> float | None:
+    """Echo's server CPU per call as a percentage of GetJob's."""
+    if echo.cpu is None or get.cpu is None or echo.result is None or get.result is None:
+        return None
+    echo_us = echo.cpu.per_call_us("server", echo.result.calls_per_s)
+    get_us = get.cpu.per_call_us("server", get.result.calls_per_s)
+    return 100.0 * echo_us / get_us if echo_us and get_us else None
 
 
 def _target(value: float | None, target: float) -> dict[str, Any]:
@@ -170,18 +262,28 @@ def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def print_table(phases: dict[str, Phase], targets: dict[str, dict[str, Any]], loadavg_before: float) -> None:
-    print(f"{os.cpu_count()} CPUs, load average {loadavg_before:.2f} before the run")
-    print(f"{'phase':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+def print_table(
+    phases: dict[str, Phase], targets: dict[str, dict[str, Any]], loadavg: tuple[float, float]
+) -> None:
+    print(f"{os.cpu_count()} CPUs, load average {loadavg[0]:.2f} before the run, {loadavg[1]:.2f} after")
+    cpu_heads = "".join(f" {name + ' us':>10}" for _, name in CPU_GROUPS)
+    print(f"{'phase':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}{cpu_heads}  loop")
     for phase in phases.values():
         r = phase.result
         if r is None:
             print(f"{phase.name:<10} {'-':>9} {'-':>8} {'-':>8} {'-':>7}  ({phase.note})")
             continue
         p50, p99 = _cell(r.percentile_ms(50), ".2f"), _cell(r.percentile_ms(99), ".2f")
-        print(f"{phase.name:<10} {r.calls_per_s:>9.0f} {p50:>8} {p99:>8} {r.errors:>7}")
+        cpu = "".join(f" {_cpu_cell(phase, group):>10}" for group, _ in CPU_GROUPS)
+        loop = phase.event_loop or "?"
+        print(f"{phase.name:<10} {r.calls_per_s:>9.0f} {p50:>8} {p99:>8} {r.errors:>7}{cpu}  {loop}")
         if r.first_error:
             print(f"{'':<10} first error: {r.first_error}")
+    print("(CPU microseconds per call, and in brackets the cores kept busy; PG counts the whole server)")
+    loops = {phase.event_loop for phase in phases.values() if phase.result and phase.event_loop}
+    if len(loops) > 1:
+        print(f"WARNING: the servers ran on different event loops ({', '.join(sorted(loops))}): the ratio")
+        print("         below compares loops as well as servers")
     get, create = targets["get_job_vs_echo_pct"], targets["create_job_per_s"]
     print()
     print(
@@ -192,6 +294,18 @@ def print_table(phases: dict[str, Phase], targets: dict[str, dict[str, Any]], lo
         f"CreateJob:             {_cell(create['value'], '.0f'):>6} /s  "
         f"target >= {create['target']:.0f} /s  {_verdict(create)}"
     )
+    cpu_pct = targets["get_job_vs_echo_cpu_pct"]["value"]
+    print(f"(echo / GetJob server CPU per call: {_cell(cpu_pct, '.1f')} %, steadier than the calls/s ratio)")
+
+
+def _cpu_cell(phase: Phase, group: str) -> str:
+    if phase.cpu is None or phase.result is None:
+        return "-"
+    cores = phase.cpu.cores.get(group)
+    per_call = phase.cpu.per_call_us(group, phase.result.calls_per_s)
+    if cores is None or per_call is None:
+        return "-"
+    return f"{per_call:.0f} ({cores:.1f})"
 
 
 def _verdict(target: dict[str, Any]) -> str:
@@ -200,11 +314,18 @@ def _verdict(target: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # cronwire_server reads it; the echo server is told the loop that resolves to.
+    os.environ[EVENT_LOOP_ENV] = args.event_loop
+    try:
+        args.echo_event_loop = resolve(args.event_loop, server_roles(args.server_arg))
+    except ValueError as exc:
+        raise SystemExit(f"--event-loop: {exc}") from None
     # Other work on the machine skews every phase; the output records how busy it was.
     loadavg_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cronwire-bench-") as tmp, LoadProcess() as load:
         workdir = Path(tmp)
         phase_list = [run_echo(args, load, workdir), *run_cronwire(args, load, workdir)]
+    loadavg_after = os.getloadavg()[0]
     phases = {phase.key: phase for phase in phase_list}
     targets = target_figures(phases)
     if args.json:
@@ -215,11 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "channels": args.channels,
             "cpus": os.cpu_count(),
             "loadavg_1m_before": round(loadavg_before, 2),
+            "loadavg_1m_after": round(loadavg_after, 2),
+            "event_loop": args.event_loop,
         }
         figures = {key: phase_figures(phase) for key, phase in phases.items()}
         print(json.dumps({"config": config, "phases": figures, "targets": targets}, indent=2))
     else:
-        print_table(phases, targets, loadavg_before)
+        print_table(phases, targets, (loadavg_before, loadavg_after))
     # Missing a target is a result (0); a phase that could not run is not (1).
     return 0 if all(phase.result for phase in phase_list) else 1
 

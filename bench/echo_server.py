@@ -3,7 +3,10 @@
 It measures the ceiling of Python gRPC on this machine: no protobuf, no
 database, nothing but the transport and the event loop. Run as its own process:
 
-    python bench/echo_server.py --listen 127.0.0.1:0 --port-file PATH
+    python bench/echo_server.py --listen 127.0.0.1:0 --port-file PATH [--event-loop auto]
+
+`api_throughput.py` gives it the loop the cronwire server resolves to, so the
+ceiling and the server it is compared with run on the same loop.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import signal
 from pathlib import Path
 
 import grpc
+
+from cronwire_server.eventloop import EVENT_LOOPS
+from cronwire_server.eventloop import run as run_on_loop
 
 SERVICE = "bench.Echo"
 METHOD = f"/{SERVICE}/Echo"
@@ -61,8 +67,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:0", help="host:port; port 0 picks a free one")
     parser.add_argument("--port-file", type=Path, required=True, help="where to write the bound port")
+    parser.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default="auto",
+        help="auto: uvloop if installed (default %(default)s)",
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.listen, args.port_file))
+    # No roles: an echo server spawns no subprocesses, so uvloop is always allowed.
+    run_on_loop(serve(args.listen, args.port_file), args.event_loop, roles=())
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import statistics
 import time
 from collections import Counter
@@ -150,6 +151,14 @@ class LoadProcess:
         # spawn, not fork: gRPC's core does not survive a fork, and the child
         # should start clean rather than copy the orchestrator's state.
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self._pid = 0
+
+    @property
+    def pid(self) -> int:
+        """The worker process's id (started on first use), for CPU accounting."""
+        if not self._pid:
+            self._pid = self._pool.submit(os.getpid).result()
+        return self._pid
 
     def run(self, spec: LoadSpec) -> LoadResult:
         return self._pool.submit(run_load, spec).result()
