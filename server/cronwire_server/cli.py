@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(args_list)
     try:
         from cronwire_server.app import serve
+        from cronwire_server.eventloop import resolve, run
         from cronwire_server.storage.migrate import upgrade
     except ModuleNotFoundError as exc:
         print(
@@ -46,5 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("database is up to date")
         return 0
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings_from_args(args)))
+    settings = settings_from_args(args)
+    try:
+        loop = resolve(settings.event_loop, settings.roles)
+    except ValueError as exc:
+        print(f"cronwire-server: {exc}", file=sys.stderr)
+        return 2
+    run(serve(settings), loop, settings.roles)
     return 0

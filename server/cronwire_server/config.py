@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cronwire_server.eventloop import EVENT_LOOPS
 from cronwire_server.executors.http_runner import HttpPolicy
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -54,6 +55,7 @@ class Settings:
     event_retention_days: float = 7.0
     watch_heartbeat_seconds: float = 15.0
     watch_buffer: int = 256
+    event_loop: str = "auto"
 
 
 def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
@@ -157,6 +159,13 @@ def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = o
         "(CRONWIRE_WATCH_BUFFER, default %(default)s)",
     )
     parser.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=env.get("CRONWIRE_EVENT_LOOP", "auto"),
+        help="auto (uvloop in processes without the worker role, when installed), uvloop or asyncio "
+        "(CRONWIRE_EVENT_LOOP, default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env.get("CRONWIRE_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -190,6 +199,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         event_retention_days=args.event_retention_days,
         watch_heartbeat_seconds=args.watch_heartbeat_seconds,
         watch_buffer=args.watch_buffer,
+        event_loop=args.event_loop,
     )
 
 

@@ -102,7 +102,14 @@ class EventHub:
 
         while not stopping.is_set():
             try:
-                batch = await self._store.read_events(EventFilter(), after=self.position, limit=READ_BATCH)
+                if not self._subscriptions:
+                    # Nobody watches: keep the position, skip reading the rows.
+                    self.position = await self._store.latest_event_sequence()
+                    batch = []
+                else:
+                    batch = await self._store.read_events(
+                        EventFilter(), after=self.position, limit=READ_BATCH
+                    )
             except StorageUnavailable as error:
                 log.warning("event hub: database unavailable (%s)", error)
                 batch = []

@@ -119,7 +119,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> AsyncEngine:
     """An async engine for a user's database URL, set up for the store."""
     async_url = normalize_url(url)
     # Autocommit: most calls are one statement, which then costs one round trip, not three.
@@ -139,7 +139,8 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> A
     return create_async_engine(async_url, connect_args={"application_name": "cronwire"}, **options)
 
 
-async def open_store(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> SqlStore:
+async def open_store(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> SqlStore:
+    # No overflow: connections opened and closed under load lose their prepared statements.
     """A store on a migrated database (see `storage.migrate.upgrade`). Connects lazily."""
     return SqlStore(create_engine(url, pool_size=pool_size, max_overflow=max_overflow))
 
