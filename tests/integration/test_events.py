@@ -112,11 +112,10 @@ async def test_a_watcher_that_reconnects_receives_exactly_what_it_missed(
                 segments.append(list(watcher.events))
                 after = watcher.last_sequence
         executions = await runs
-        earlier = [e for segment in segments for e in segment]
-        await eventually(
-            lambda: succeeded(earlier + watcher.events) >= set(executions), WITHIN, "every run to succeed"
-        )
-        await watcher.wait_until(await a.latest_sequence(), WITHIN)
+        history = await a.numbered(len(executions) * 3 + 1)  # the job's event and three per run
+        assert_ran_to_success(history, executions)
+        # Its bookmark (a heartbeat's, if nothing else) reaches the end: all was sent.
+        await watcher.wait_until(history[-1].sequence, WITHIN)
         await watcher.stop()
         segments.append(list(watcher.events))
 
@@ -128,6 +127,40 @@ async def test_a_watcher_that_reconnects_receives_exactly_what_it_missed(
         assert_contiguous(joined, bookmark)
         same_events(joined, history)
         assert_ran_to_success(joined, executions)
+
+
+async def test_reconnecting_again_and_again_while_events_flow_leaves_no_gap(
+    fresh_database_url: Callable[[str], str], replicas: Replicas
+) -> None:
+    """Each connection is the only watcher of its replica, so the replica's hub keeps going
+    from "nobody watches" to "somebody does" while events are being numbered."""
+    url = fresh_database_url("postgres")
+    api = replicas.start(url, *API_ONLY)
+    full = replicas.start(url)
+    async with stubs_on(api, full) as (a, b):
+        job = await b.create_job(PARENT, "noop")
+        bookmark = (await a.numbered(1))[-1].sequence
+        runs = asyncio.create_task(b.run_many(job.name, 200, concurrency=4))
+        received: list[Event] = []
+        after = bookmark
+        connections = 0
+        while not runs.done():
+            watcher = Watcher(a.events, after_sequence=after)
+            await eventually(lambda w=watcher: len(w.events) >= 3 or runs.done(), WITHIN, "3 events")
+            await watcher.stop()
+            assert watcher.error is None
+            received.extend(watcher.events)
+            after = watcher.last_sequence or after
+            connections += 1
+        executions = await runs
+        history = await a.numbered(len(executions) * 3 + 1)
+        last = Watcher(a.events, after_sequence=after)
+        await last.wait_until(history[-1].sequence, WITHIN)
+        await last.stop()
+        received.extend(last.events)
+        assert connections >= 10, connections
+        assert_contiguous(received, bookmark)
+        same_events(received, history[1:])
 
 
 async def test_a_hundred_watchers_each_receive_every_event_of_a_burst(
