@@ -91,7 +91,6 @@ class EventHub:
         self._store = store
         self._subscriptions: set[Subscription] = set()
         self.position = 0  # every event up to here has been offered
-        self._advanced = asyncio.Condition()
 
     async def start(self, stopping: asyncio.Event) -> asyncio.Task[None]:
         self.position = await self._store.latest_event_sequence()
@@ -104,7 +103,9 @@ class EventHub:
             try:
                 if not self._subscriptions:
                     # Nobody watches: keep the position, skip reading the rows.
-                    self.position = await self._store.latest_event_sequence()
+                    latest = await self._store.latest_event_sequence()
+                    if not self._subscriptions:  # a watcher that came meanwhile needs every row
+                        self.position = latest
                     batch = []
                 else:
                     batch = await self._store.read_events(
@@ -113,12 +114,14 @@ class EventHub:
             except StorageUnavailable as error:
                 log.warning("event hub: database unavailable (%s)", error)
                 batch = []
+            except Exception:  # the hub must outlive any one bad row
+                log.exception("event hub: cannot read events after %d; retrying", self.position)
+                await asyncio.sleep(POLL)
+                continue
             if batch:
                 for subscription in list(self._subscriptions):
                     subscription.offer(batch)
                 self.position = batch[-1].sequence
-                async with self._advanced:
-                    self._advanced.notify_all()
             if len(batch) < READ_BATCH:
                 await sleep_until_woken(self._store, "events", POLL, stopping)
 
@@ -175,8 +178,8 @@ class EventManager:
             sent = self._hub.position if after <= 0 else after
             if after > 0:
                 async for batch in self._replay(where, after, self._hub.position):
-                    yield Delivery(batch, self._hub.position)
                     sent = batch[-1].sequence
+                    yield Delivery(batch, sent)
                 sent = max(sent, after)
             while True:
                 if subscription.overflowed:

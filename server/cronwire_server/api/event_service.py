@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
 
+from cronwire.v1 import event_pb2, event_service_pb2_grpc
 from cronwire.v1 import event_service_pb2 as pb
-from cronwire.v1 import event_service_pb2_grpc
 from cronwire_server.api import convert, names
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import server_streaming, unary
 from cronwire_server.errors import InvalidArgument
 from cronwire_server.events import EventManager
-from cronwire_server.model import EventFilter
+from cronwire_server.model import Event, EventFilter
 
 Context = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_PAGE = 100
@@ -45,9 +46,45 @@ def _filter(request: pb.WatchEventsRequest | pb.ListEventsRequest) -> EventFilte
     return EventFilter(namespace=namespace, job_id=job_id, schedule_id=schedule_id, types=types)
 
 
+# Responses stay well under the 4 MiB a default client accepts, however large the snapshots.
+MAX_RESPONSE_BYTES = 1024 * 1024
+CONVERTED_KEPT = 4096
+
+
+class _Converted:
+    """Watchers of the same events share one conversion of each (per server: per database)."""
+
+    def __init__(self) -> None:
+        self._messages: OrderedDict[int, event_pb2.Event] = OrderedDict()
+
+    def __call__(self, event: Event) -> event_pb2.Event:
+        message = self._messages.get(event.sequence)
+        if message is None:
+            message = self._messages[event.sequence] = convert.event_to_pb(event)
+            if len(self._messages) > CONVERTED_KEPT:
+                self._messages.popitem(last=False)
+        return message
+
+
+def _by_size(events: list[event_pb2.Event]) -> Iterator[list[event_pb2.Event]]:
+    """`events` in consecutive pieces of at most MAX_RESPONSE_BYTES (at least one event each)."""
+    piece: list[event_pb2.Event] = []
+    size = 0
+    for message in events:
+        length = message.ByteSize()
+        if piece and size + length > MAX_RESPONSE_BYTES:
+            yield piece
+            piece, size = [], 0
+        piece.append(message)
+        size += length
+    if piece:
+        yield piece
+
+
 class EventService(event_service_pb2_grpc.EventServiceServicer):
     def __init__(self, events: EventManager) -> None:
         self._events = events
+        self._event_pb = _Converted()
 
     @server_streaming
     async def WatchEvents(
@@ -57,20 +94,33 @@ class EventService(event_service_pb2_grpc.EventServiceServicer):
         if request.after_sequence < 0:
             raise InvalidArgument.field("after_sequence", "must not be negative")
         async for delivery in self._events.watch(where, request.after_sequence):
-            yield pb.WatchEventsResponse(
-                events=[convert.event_to_pb(e) for e in delivery.events],
-                latest_sequence=delivery.latest_sequence,
-            )
+            if not delivery.events:
+                yield pb.WatchEventsResponse(latest_sequence=delivery.latest_sequence)
+                continue
+            chunks = list(_by_size([self._event_pb(e) for e in delivery.events]))
+            for index, chunk in enumerate(chunks):
+                # Only the last piece of a batch may carry the batch's bookmark.
+                last = index == len(chunks) - 1
+                bookmark = delivery.latest_sequence if last else chunk[-1].sequence
+                yield pb.WatchEventsResponse(events=chunk, latest_sequence=bookmark)
 
     @unary
     async def ListEvents(self, request: pb.ListEventsRequest, context: Context) -> pb.ListEventsResponse:
         where = _filter(request)
         if request.after_sequence < 0:
             raise InvalidArgument.field("after_sequence", "must not be negative")
-        filters = {"filter": repr(where), "after": request.after_sequence}
+        filters = {
+            "namespace": where.namespace,
+            "job": where.job_id,
+            "schedule": where.schedule_id,
+            "types": sorted(t.value for t in where.types),
+            "after": request.after_sequence,
+        }
         page = page_from_request(request.page_size, request.page_token, filters, default_size=DEFAULT_PAGE)
         listing = await self._events.list_page(where, page, request.after_sequence)
-        return pb.ListEventsResponse(
-            events=[convert.event_to_pb(e) for e in listing.items],
-            next_page_token=encode_token(listing.next_after, filters),
-        )
+        events = [self._event_pb(e) for e in listing.items]
+        first = next(_by_size(events), [])
+        next_after = listing.next_after
+        if len(first) < len(events):  # the page is cut at the size bound; the rest follows
+            next_after = str(first[-1].sequence)
+        return pb.ListEventsResponse(events=first, next_page_token=encode_token(next_after, filters))

@@ -149,10 +149,14 @@ def latest(conn: Connection) -> int:
 
 
 def prune(conn: Connection, before: datetime, limit: int) -> int:
-    """Delete up to `limit` numbered events older than `before` (small batches: short locks)."""
+    """Delete up to `limit` numbered events older than `before` (small batches: short locks).
+
+    The newest event always stays: numbering continues from it, so a sequence is never reused.
+    """
+    newest = sa.select(sa.func.max(events.c.sequence)).scalar_subquery()
     doomed = (
         sa.select(events.c.id)
-        .where(events.c.time < before, events.c.sequence.is_not(None))
+        .where(events.c.time < before, events.c.sequence.is_not(None), events.c.sequence < newest)
         .order_by(events.c.id)
         .limit(limit)
         .scalar_subquery()

@@ -498,7 +498,7 @@ def _queue_retry(
     )
     conn.execute(sa.insert(executions), [row])
     notify(conn, "executions")
-    retrying = {**_execution_values(ended), "state": ended.state.value}
+    retrying = _execution_values(ended)
     emit(
         conn,
         [
@@ -510,18 +510,42 @@ def _queue_retry(
 
 
 def _execution_values(execution: Execution) -> dict[str, Any]:
-    """The identifying values of an execution, enough for its event."""
+    """An execution as the values of its row (output left out), for its event snapshot."""
+    callback = execution.callback
     return {
         "namespace": execution.namespace,
         "id": execution.id,
         "job_id": execution.job_id,
         "schedule_id": execution.schedule_id,
         "state": execution.state.value,
-        "attempt": execution.attempt,
+        "trigger": execution.trigger.value,
         "scheduled_time": execution.scheduled_time,
+        "due_time": execution.due_time,
+        "create_time": execution.create_time,
+        "start_time": execution.start_time,
         "end_time": execution.end_time,
+        "attempt": execution.attempt,
+        "first_attempt_id": execution.first_attempt_id,
+        "parent_execution_id": execution.parent_execution_id,
+        "arguments": execution.arguments,
         "exit_code": execution.exit_code,
+        "http_status": execution.http_status,
+        "output_truncated": execution.output_truncated,
+        "result": execution.result,
         "error": execution.error,
+        "skip_reason": execution.skip_reason.value if execution.skip_reason else None,
+        "worker": execution.worker,
+        "lease_expires_at": None,
+        "cancel_requested": execution.cancel_requested,
+        "serial": execution.serial,
+        "backfill_id": execution.backfill_id,
+        "group_limit": execution.group_limit,
+        "callback_state": callback.state.value if callback else None,
+        "callback_attempts": callback.attempts if callback else 0,
+        "callback_http_status": callback.http_status if callback else None,
+        "callback_error": callback.error if callback else "",
+        "callback_last_time": callback.last_attempt_time if callback else None,
+        "callback_next_time": None,
     }
 
 
