@@ -275,3 +275,74 @@ async def test_webhooks_to_private_addresses_are_refused_by_default(database_url
             assert ended.error.startswith("refused:")
     finally:
         await running.stop(grace=0)
+
+
+async def test_a_python_job_that_raises_records_the_exception(
+    jobs: JobServiceStub, executions: ExecutionServiceStub
+) -> None:
+    job = await make_job(
+        jobs, "parse", executor="python", parameters={"callable": "json:loads", "args": ["not json"]}
+    )
+    ended = await wait_state(executions, (await run(jobs, job)).name, ENDED)
+    assert ended.state == execution_pb2.EXECUTION_STATE_FAILED
+    assert ended.error.startswith("json.decoder.JSONDecodeError: Expecting value")
+    exception = json_format.MessageToDict(ended.result)["exception"]
+    assert exception["type"].endswith("JSONDecodeError")
+    assert "Traceback" in exception["traceback"]
+    fine = await make_job(
+        jobs, "sum", executor="python", parameters={"callable": "builtins:sum", "args": [[1, 2, 3]]}
+    )
+    done = await wait_state(executions, (await run(jobs, fine)).name, ENDED)
+    assert done.state == execution_pb2.EXECUTION_STATE_SUCCEEDED
+    assert json_format.MessageToDict(done)["result"] == 6
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    calls: list[dict[str, str]]
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.calls.append(dict(self.headers))
+        self.send_response(500 if len(self.calls) == 1 else 200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+async def test_an_http_job_is_retried_with_backoff_until_it_succeeds(
+    jobs: JobServiceStub, executions: ExecutionServiceStub
+) -> None:
+    calls: list[dict[str, str]] = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Flaky", (_Flaky,), {"calls": calls}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        job = await make_job(
+            jobs,
+            "webhook",
+            executor="http",
+            parameters={"url": url, "json": {"hello": "world"}},
+            retryPolicy={"maxAttempts": 2, "initialBackoff": "0.3s"},
+        )
+        first = await run(jobs, job)
+
+        async def two_attempts() -> list[execution_pb2.Execution] | None:
+            found = await list_executions(executions, job=job)
+            return found if len(found) == 2 and all(e.state in ENDED for e in found) else None
+
+        attempts = sorted(await eventually(two_attempts, 15, "two attempts"), key=lambda e: e.attempt)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [(e.state, e.http_status) for e in attempts] == [
+        (execution_pb2.EXECUTION_STATE_FAILED, 500),
+        (execution_pb2.EXECUTION_STATE_SUCCEEDED, 200),
+    ]
+    assert attempts[0].error == "unexpected HTTP status 500"
+    gap = attempts[1].scheduled_time.ToDatetime() - attempts[0].end_time.ToDatetime()
+    assert timedelta(seconds=0.25) <= gap <= timedelta(seconds=0.5)
+    assert calls[0]["X-Cronwire-Execution"] == first.name
+    assert calls[1]["X-Cronwire-Attempt"] == "2"
