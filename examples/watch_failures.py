@@ -2,8 +2,8 @@
 
     python examples/watch_failures.py --server 127.0.0.1:50051
 
-NOTE: this needs the server's event stream (EventService.WatchEvents). Until a server has it,
-`watch()` raises `cronwire.Unimplemented` and this script says so and exits.
+NOTE: this needs the server's event stream (EventService.WatchEvents). Against a server
+without it, `watch()` raises `cronwire.Unimplemented` and this script says so and exits.
 
 `watch()` reconnects by itself when the connection breaks and resumes after the last event it
 delivered, so no failure is missed or reported twice. Pass `--after SEQUENCE` to replay the
@@ -52,7 +52,7 @@ def main() -> int:
             ):
                 react(client, event)
         except cronwire.Unimplemented:
-            print("this server has no event stream yet (EventService.WatchEvents)")
+            print("this server has no event stream (EventService.WatchEvents)")
             return 2
         except KeyboardInterrupt:
             return 0

@@ -16,6 +16,8 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_TIMEOUT = timedelta(seconds=30)
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+# gRPC's default reconnect backoff grows to 120 s; a server back after a restart is found sooner.
+MAX_RECONNECT_BACKOFF_MS = 5000
 
 # The calls that only read: retried on UNAVAILABLE by the channel itself. Writes are never
 # retried behind the caller's back (a create without request_id could run twice).
@@ -90,6 +92,7 @@ def channel_options(
         ("grpc.primary_user_agent", user_agent),
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ("grpc.enable_retries", 1 if retry_reads else 0),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     if retry_reads:
         options.append(("grpc.service_config", service_config(max_attempts=5)))

@@ -86,6 +86,10 @@ class ResourceExhausted(CronwireError):
     """A quota or a size limit was hit (RESOURCE_EXHAUSTED)."""
 
 
+class OutOfRange(CronwireError):
+    """A position beyond what the server holds (OUT_OF_RANGE), e.g. events no longer retained."""
+
+
 class Unavailable(CronwireError):
     """The server could not be reached or could not reach its database (UNAVAILABLE)."""
 
@@ -107,6 +111,7 @@ _BY_CODE: dict[grpc.StatusCode, type[CronwireError]] = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,

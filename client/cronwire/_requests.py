@@ -434,11 +434,13 @@ class Reconnect:
 
     def __init__(self) -> None:
         self.delay = self.INITIAL
+        self.retrying = False
 
     def progressed(self) -> None:
         self.delay = self.INITIAL
 
     def next_delay(self) -> float:
+        self.retrying = True
         delay = self.delay
         self.delay = min(self.delay * 2, self.MAXIMUM)
         return delay

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import grpc
-
+from cronwire._errors import Conflict, CronwireError, ResourceExhausted, Unavailable
 from cronwire._types import Event, LogChunk
 from cronwire.v1 import event_service_pb2, execution_service_pb2
 
-# Statuses a stream ends with that say "try again": the connection broke (UNAVAILABLE), the
-# server dropped the stream (ABORTED, e.g. a replica shutting down), or the server side cancelled
-# it (a cancellation of ours never reaches here: we stop reading first).
-RESUMABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED})
+# The server cuts off a watcher that fell too far behind with this reason, asking it to resume.
+WATCHER_TOO_SLOW = "WATCHER_TOO_SLOW"
+
+
+def resumable(error: CronwireError) -> bool:
+    """Whether a stream that ended with `error` should be opened again where it stopped.
+
+    The connection broke or the server went away (UNAVAILABLE, e.g. a replica shutting down),
+    the server asked for a retry (ABORTED), or it cut off a watcher that fell behind.
+    """
+    if isinstance(error, Unavailable | Conflict):
+        return True
+    return isinstance(error, ResourceExhausted) and error.reason == WATCHER_TOO_SLOW
 
 
 class LogCursor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from cronwire._requests import (
     Waiter,
     find_retry,
 )
-from cronwire._stream import RESUMABLE, LogCursor, WatchCursor
+from cronwire._stream import LogCursor, WatchCursor, resumable
 from cronwire._types import (
     BackfillResult,
     CompletionCallback,
@@ -608,7 +608,9 @@ class Client:
             request.page_token = response.next_page_token
         return None
 
-    def logs(self, execution: ExecutionRef, *, follow: bool = True, offset: int = 0) -> Iterator[LogChunk]:
+    def logs(
+        self, execution: ExecutionRef, *, follow: bool = True, offset: int = 0
+    ) -> Generator[LogChunk, None, None]:
         """Stream an execution's output from byte `offset`, as `LogChunk`s.
 
         With `follow`, the stream stays open and yields output as it is produced until the
@@ -618,7 +620,10 @@ class Client:
         cursor = LogCursor(self._requests.execution_name(execution), follow, offset)
         backoff = Reconnect()
         while True:
-            call = self._executions.StreamExecutionLogs(cursor.request(), metadata=self._metadata)
+            # Reconnects wait for the channel to be ready rather than fail at once while it backs off.
+            call = self._executions.StreamExecutionLogs(
+                cursor.request(), metadata=self._metadata, wait_for_ready=backoff.retrying
+            )
             try:
                 for response in call:
                     chunk = LogChunk._from_proto(response)
@@ -628,8 +633,9 @@ class Client:
                 if cursor.complete:
                     return
             except grpc.RpcError as error:
-                if error.code() not in RESUMABLE:
-                    raise from_rpc_error(error) from error
+                failure = from_rpc_error(error)
+                if not resumable(failure):
+                    raise failure from error
             finally:
                 call.cancel()  # type: ignore[no-untyped-call]
             time.sleep(backoff.next_delay())
@@ -693,14 +699,16 @@ class Client:
         event_types: Iterable[EventType] = (),
         namespace: str | None = None,
         reconnect: bool = True,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """Yield events as they are committed, forever (stop by leaving the loop).
 
         `after_sequence` first replays the retained events after it (0: only new ones).
-        When the stream breaks (UNAVAILABLE) or the server ends it with a resumable status,
-        it reconnects with backoff and resumes after the last sequence seen, so no event is
-        missed or repeated; `reconnect=False` raises instead. `namespace="-"` watches every
-        namespace the caller may read.
+        When the stream breaks or the server ends it with a resumable status (UNAVAILABLE, e.g.
+        a replica shutting down; ABORTED; RESOURCE_EXHAUSTED `WATCHER_TOO_SLOW`), it reconnects
+        with backoff and resumes after the last sequence seen, so no event is missed or
+        repeated; `reconnect=False` raises instead. OutOfRange means the events after
+        `after_sequence` are no longer retained. `namespace="-"` watches every namespace the
+        caller may read.
         """
         cursor = WatchCursor(
             self._requests.watch_events(
@@ -713,15 +721,18 @@ class Client:
         )
         backoff = Reconnect()
         while True:
-            call = self._events.WatchEvents(cursor.request(), metadata=self._metadata)
+            call = self._events.WatchEvents(
+                cursor.request(), metadata=self._metadata, wait_for_ready=backoff.retrying
+            )
             try:
                 for response in call:
                     events = cursor.accept(response)
                     backoff.progressed()
                     yield from events
             except grpc.RpcError as error:
-                if not (reconnect and error.code() in RESUMABLE):
-                    raise from_rpc_error(error) from error
+                failure = from_rpc_error(error)
+                if not (reconnect and resumable(failure)):
+                    raise failure from error
             finally:
                 call.cancel()  # type: ignore[no-untyped-call]
             if not reconnect:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import timedelta
 
 import grpc
 import pytest
 
 import cronwire
-from cronwire import CronTrigger, ExecutionState, IntervalTrigger, RetryPolicy
+from cronwire import CronTrigger, EventType, ExecutionState, IntervalTrigger, RetryPolicy
 
 WAIT = 30.0
 
@@ -79,20 +81,36 @@ async def test_errors(aio_client: cronwire.AsyncClient) -> None:
         await aio_client.run_job("missing")
 
 
-async def test_events_raise_unimplemented(aio_client: cronwire.AsyncClient) -> None:
-    with pytest.raises(cronwire.Unimplemented):
-        async for _ in aio_client.watch():
-            pass
-    with pytest.raises(cronwire.Unimplemented):
-        await aio_client.list_events()
+async def test_watch_live_events(aio_client: cronwire.AsyncClient) -> None:
+    await aio_client.create_job("hello", executor="shell", parameters={"argv": ["echo", "hi"]})
+    latest = 0
+    while not latest:  # the job's creation is numbered just after its commit; 0 would mean "from now on"
+        latest = max([e.sequence async for e in aio_client.iter_events(namespace="-")], default=0)
+        await asyncio.sleep(0.02)
+
+    async def first_success() -> list[cronwire.Event]:
+        seen = []
+        # Resuming after `latest` covers a run that starts before this stream is open.
+        stream = aio_client.watch(after_sequence=latest, event_types=[EventType.EXECUTION_SUCCEEDED])
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                seen.append(event)
+                break
+        return seen
+
+    watcher = asyncio.create_task(first_success())
+    execution = await aio_client.run_job("hello")
+    seen = await asyncio.wait_for(watcher, WAIT)
+    assert [e.type for e in seen] == [EventType.EXECUTION_SUCCEEDED]
+    assert seen[0].execution is not None
+    assert seen[0].execution.name == execution.name
+    page = await aio_client.list_events(event_types=[EventType.EXECUTION_SUCCEEDED])
+    assert [e.sequence for e in page] == [seen[0].sequence]
 
 
 async def test_logs(aio_client: cronwire.AsyncClient) -> None:
     await aio_client.create_job("hello", executor="shell", parameters={"argv": ["echo", "hello"]})
     execution = await aio_client.run("hello", poll_interval=0.05, wait_timeout=WAIT)
-    try:
-        chunks = [chunk async for chunk in aio_client.logs(execution)]
-    except cronwire.Unimplemented:
-        pytest.skip("the server does not stream logs yet (StreamExecutionLogs is UNIMPLEMENTED)")
+    chunks = [chunk async for chunk in aio_client.logs(execution)]
     assert "".join(c.data for c in chunks) == "hello\n"
     assert chunks[-1].final_state is ExecutionState.SUCCEEDED

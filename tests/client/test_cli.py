@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from cronwire.cli import EXIT_FAILED, EXIT_USAGE, EXIT_WAIT_TIMEOUT, main
+from tests.support import wait_for
 
 
 @dataclass
@@ -280,11 +281,27 @@ def test_job_types(cw: Run) -> None:
     assert types["shell"]["parameters_schema"]["type"] == "object"
 
 
-def test_events_report_unimplemented(cw: Run) -> None:
-    watch = cw("events", "watch")
-    assert watch.code == 1
-    assert watch.err == "cronwire: error: WatchEvents is not implemented by this server yet [UNIMPLEMENTED]\n"
-    assert cw("events", "list").code == 1
+def test_events(cw: Run) -> None:
+    assert cw("jobs", "create", "hello", "--shell", "--", "echo", "hi").code == 0
+    # Events are numbered just after their commit: wait until it is listed.
+    listed = wait_for(lambda: cw("events", "list", "-o", "json").json(), 30, "the JOB_CREATED event")
+    assert [e["type"] for e in listed] == ["JOB_CREATED"]
+    start = str(listed[-1]["sequence"])
+    assert cw("jobs", "run", "hello", "--wait").code == 0
+    table = wait_for(
+        lambda: cw("events", "list", "--job", "hello", "--type", "execution-succeeded").out.splitlines()[1:],
+        30,
+        "the EXECUTION_SUCCEEDED event",
+    )
+    assert len(table) == 1
+
+    watched = cw("events", "watch", "--after", start, "--limit", "3", "-o", "json")
+    assert watched.code == 0, watched.err
+    lines = [json.loads(line) for line in watched.out.splitlines()]
+    assert [e["type"] for e in lines] == ["EXECUTION_QUEUED", "EXECUTION_STARTED", "EXECUTION_SUCCEEDED"]
+    human = cw("events", "watch", "--after", start, "--limit", "1", "--type", "execution-succeeded")
+    assert "EXECUTION_SUCCEEDED" in human.out
+    assert "namespaces/default/executions/" in human.out
 
 
 def test_completion_script(cw: Run) -> None:

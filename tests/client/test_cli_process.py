@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProcess, start_server
+from tests.support import ServerProcess, start_server, wait_for
 
 
 def _entry_point() -> str:
@@ -98,3 +100,37 @@ def test_create_job_example_runs(server: ServerProcess) -> None:
         assert result.returncode == 0, result.stderr
         assert "backing up" in result.stdout
         assert "SUCCEEDED" in result.stdout
+
+
+def test_watch_failures_example_reports_a_failed_run(server: ServerProcess) -> None:
+    import cronwire
+
+    with cronwire.Client(server.target, namespace="example") as client:
+        client.create_job("ko", executor="shell", parameters={"argv": ["sh", "-c", "echo broken; exit 3"]})
+        # The creation's sequence: the watcher replays what follows it (0 would mean "from now on").
+        after = wait_for(
+            lambda: max((e.sequence for e in client.iter_events(namespace="-")), default=0), 30, "an event"
+        )
+        failed = client.run("ko", wait_timeout=30)
+    example = Path(__file__).resolve().parents[2] / "examples" / "watch_failures.py"
+    command = [sys.executable, str(example), "--server", server.target, "--namespace", "example"]
+    with subprocess.Popen(
+        [*command, "--after", str(after)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as watcher:
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(
+            target=lambda: [lines.put(line) for line in watcher.stdout or []], daemon=True
+        )
+        reader.start()
+        try:
+            first = lines.get(timeout=30)
+            assert f"EXECUTION_FAILED {failed.job} attempt 1: exit code 3" in first
+            assert lines.get(timeout=30).strip() == "broken"
+        finally:
+            watcher.terminate()
+            watcher.wait(timeout=30)
+            reader.join(timeout=30)  # it reads to the end of the pipe before the pipe is closed

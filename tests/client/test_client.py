@@ -13,6 +13,7 @@ from cronwire import (
     AnyOfTrigger,
     CronTrigger,
     DateTrigger,
+    EventType,
     ExecutionState,
     ExecutionTrigger,
     IntervalTrigger,
@@ -21,6 +22,7 @@ from cronwire import (
     OverlapPolicy,
     RetryPolicy,
 )
+from tests.support import wait_for
 
 WAIT = 30.0  # upper bound of every wait for an execution; they end in well under a second
 
@@ -289,41 +291,94 @@ def test_naive_datetimes_are_refused(client: cronwire.Client) -> None:
         client.list_executions(start_time=datetime(2030, 1, 1))
 
 
-def test_events_raise_unimplemented_until_the_server_has_them(client: cronwire.Client) -> None:
-    with pytest.raises(cronwire.Unimplemented) as watch:
-        next(iter(client.watch()))
-    assert watch.value.code is grpc.StatusCode.UNIMPLEMENTED
-    with pytest.raises(cronwire.Unimplemented):
-        client.list_events()
-    with pytest.raises(cronwire.Unimplemented):
-        list(client.iter_events(namespace="-"))
+def _all_events(client: cronwire.Client, count: int) -> list[cronwire.Event] | None:
+    events = list(client.iter_events(page_size=1))
+    return events if len(events) >= count else None
+
+
+def _latest_sequence(client: cronwire.Client) -> int:
+    """The sequence of the newest event, once there is one (0 would mean "from now on")."""
+
+    def latest() -> int:
+        return max((e.sequence for e in client.iter_events(namespace="-", page_size=1000)), default=0)
+
+    return wait_for(latest, WAIT, "a first event")
+
+
+def test_list_events(client: cronwire.Client) -> None:
+    client.create_job("hello", executor="noop")
+    client.create_schedule("s", job="hello", trigger=CronTrigger("0 * * * *"))
+    client.pause_schedule("s")
+    # Events are numbered just after their commit: wait until the last one is listed.
+    events = wait_for(lambda: _all_events(client, 3), WAIT, "three events")
+    assert [e.type for e in events] == [
+        EventType.JOB_CREATED,
+        EventType.SCHEDULE_CREATED,
+        EventType.SCHEDULE_PAUSED,
+    ]
+    assert [e.sequence for e in events] == sorted({e.sequence for e in events})
+    created = events[0]
+    assert created.resource == "namespaces/test/jobs/hello"
+    assert created.namespace == "test"
+    assert created.job_snapshot is not None
+    assert created.job_snapshot.executor == "noop"
+    assert created.time is not None
+    assert events[2].schedule_snapshot is not None
+    assert events[2].schedule_snapshot.paused
+
+    page = client.list_events(page_size=2)
+    assert len(page) == 2
+    assert page.next_page_token
+    only = client.list_events(event_types=[EventType.SCHEDULE_PAUSED], schedule="s")
+    assert [e.type for e in only] == [EventType.SCHEDULE_PAUSED]
+    after = client.list_events(after_sequence=events[1].sequence)
+    assert [e.sequence for e in after] == [events[2].sequence]
+    assert list(client.iter_events(namespace="elsewhere")) == []
+
+
+def test_watch_replays_after_a_sequence(client: cronwire.Client) -> None:
+    client.create_job("hello", executor="shell", parameters={"argv": ["echo", "hi"]})
+    start = _latest_sequence(client)
+    execution = client.run("hello", wait_timeout=WAIT)
+    seen = []
+    types = [EventType.EXECUTION_QUEUED, EventType.EXECUTION_STARTED, EventType.EXECUTION_SUCCEEDED]
+    for event in client.watch(after_sequence=start, job="hello", event_types=types):
+        seen.append(event)
+        if event.type is EventType.EXECUTION_SUCCEEDED:
+            break
+    assert [e.type for e in seen] == [
+        EventType.EXECUTION_QUEUED,
+        EventType.EXECUTION_STARTED,
+        EventType.EXECUTION_SUCCEEDED,
+    ]
+    assert {e.execution.name for e in seen if e.execution is not None} == {execution.name}
+    assert [e.sequence for e in seen] == sorted({e.sequence for e in seen})
+    assert seen[-1].execution is not None
+    assert seen[-1].execution.state is ExecutionState.SUCCEEDED
 
 
 def test_logs_stream_the_output(client: cronwire.Client) -> None:
     client.create_job("hello", executor="shell", parameters={"argv": ["echo", "hello"]})
     execution = client.run("hello", wait_timeout=WAIT)
-    try:
-        chunks = list(client.logs(execution, follow=True))
-    except cronwire.Unimplemented:
-        pytest.skip("the server does not stream logs yet (StreamExecutionLogs is UNIMPLEMENTED)")
+    chunks = list(client.logs(execution, follow=True))
     assert "".join(c.data for c in chunks) == "hello\n"
     assert chunks[-1].final_state is ExecutionState.SUCCEEDED
     rest = list(client.logs(execution.name, follow=False, offset=3))
     assert "".join(c.data for c in rest) == "lo\n"
 
 
-def test_backfill_dry_run(client: cronwire.Client) -> None:
+def test_backfill(client: cronwire.Client) -> None:
     client.create_job("j", executor="noop")
     client.create_schedule("hourly", job="j", trigger=CronTrigger("0 * * * *"))
     end = (datetime.now(UTC) - timedelta(hours=1)).replace(minute=30, second=0, microsecond=0)
-    try:
-        result = client.backfill_schedule(
-            "hourly", start_time=end - timedelta(hours=3), end_time=end, dry_run=True
-        )
-    except cronwire.Unimplemented:
-        pytest.skip("the server does not backfill yet (BackfillSchedule is UNIMPLEMENTED)")
-    assert [t.fire_time.minute for t in result.fire_times] == [0, 0, 0]
-    assert result.executions == []
+    dry = client.backfill_schedule("hourly", start_time=end - timedelta(hours=3), end_time=end, dry_run=True)
+    assert [t.fire_time.minute for t in dry.fire_times] == [0, 0, 0]
+    assert dry.executions == []
+    done = client.backfill_schedule("hourly", start_time=end - timedelta(hours=3), end_time=end)
+    assert len(done.executions) == 3
+    ended = [client.wait_for_execution(name, wait_timeout=WAIT) for name in done.executions]
+    assert {e.trigger for e in ended} == {ExecutionTrigger.BACKFILL}
+    assert all(e.succeeded for e in ended)
 
 
 def test_unavailable_server_raises_unavailable(unused_port: int) -> None:

@@ -42,6 +42,7 @@ EXPORTED = [
     "LogStream",
     "MisfirePolicy",
     "NotFound",
+    "OutOfRange",
     "OverlapPolicy",
     "Page",
     "PermissionDenied",

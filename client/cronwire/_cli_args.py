@@ -1,0 +1,283 @@
+"""The CLI's argument vocabulary: value types for argparse and the flag groups commands share."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from cronwire._channel import DEFAULT_NAMESPACE, DEFAULT_TARGET
+from cronwire._output import FORMATS
+from cronwire._types import (
+    EventType,
+    ExecutionState,
+    MisfirePolicy,
+    OverlapPolicy,
+)
+from cronwire._values import (
+    DURATION_HELP,
+    TIME_HELP,
+    enum_text,
+    parse_duration,
+    parse_enum,
+    parse_time,
+)
+
+E = TypeVar("E", bound=ExecutionState | MisfirePolicy | OverlapPolicy | EventType)
+
+
+class UsageError(Exception):
+    """A command line that is well-formed for argparse but says something impossible."""
+
+
+# Argument types: argparse reports their ValueError text as "argument --flag: ...".
+
+
+def _typed(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+duration_arg = _typed(parse_duration, "duration")
+time_arg = _typed(parse_time, "time")
+
+
+def _key_json(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # not JSON: the text itself
+    return key, value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+key_json_arg = _typed(_key_json, "KEY=JSON")
+key_value_arg = _typed(_key_value, "KEY=VALUE")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
+json_object_arg = _typed(_json_object, "JSON object")
+
+
+def enum_arg(cls: type[E]) -> Callable[[str], E]:
+    converter: Callable[[str], E] = _typed(lambda text: parse_enum(cls, text), cls.__name__)
+    return converter
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    return value
+
+
+count_arg = _typed(_non_negative, "number")
+
+
+def add_globals(parser: argparse.ArgumentParser, env: Mapping[str, str], suppress: bool) -> None:
+    """The connection and output flags; on subcommands they default to "not given"."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("connection and output")
+    group.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        default=default(env.get("CRONWIRE_SERVER") or DEFAULT_TARGET),
+        help=f"the server (CRONWIRE_SERVER, default {DEFAULT_TARGET})",
+    )
+    group.add_argument(
+        "--token",
+        default=default(env.get("CRONWIRE_TOKEN", "")),
+        help="API token, sent as a bearer token (CRONWIRE_TOKEN)",
+    )
+    group.add_argument("--tls", action="store_true", default=default(False), help="connect with TLS")
+    group.add_argument(
+        "--ca", metavar="FILE", default=default(""), help="CA certificates (PEM) to trust; implies --tls"
+    )
+    group.add_argument(
+        "--cert", metavar="FILE", default=default(""), help="client certificate (PEM) for mutual TLS"
+    )
+    group.add_argument(
+        "--key", metavar="FILE", default=default(""), help="client private key (PEM) for mutual TLS"
+    )
+    group.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        default=default(""),
+        help="the name the server's certificate must carry",
+    )
+    group.add_argument(
+        "-n",
+        "--namespace",
+        default=default(env.get("CRONWIRE_NAMESPACE") or DEFAULT_NAMESPACE),
+        help=f"namespace of short names (CRONWIRE_NAMESPACE, default {DEFAULT_NAMESPACE})",
+    )
+    group.add_argument(
+        "-o", "--output", choices=FORMATS, default=default("table"), help="output format (default table)"
+    )
+    group.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        default=default(30.0),
+        help="deadline of each call; 0 for none (default 30)",
+    )
+
+
+def job_flags(parser: argparse.ArgumentParser, create: bool) -> None:
+    parser.set_defaults(program=[])
+    what = parser.add_argument_group("what the job runs")
+    what.add_argument(
+        "--shell", action="store_true", help="run the program and arguments given after -- (shell executor)"
+    )
+    what.add_argument("--shell-command", metavar="CMD", help="run a command line through /bin/sh -c")
+    what.add_argument("--executor", metavar="KIND", help="the executor kind (see `cronwire jobs types`)")
+    what.add_argument(
+        "--param",
+        action="append",
+        type=key_json_arg,
+        metavar="KEY=JSON",
+        help="an executor parameter; VALUE is JSON, or text if it is not JSON"
+        + ("" if create else " (merged into the stored ones)"),
+    )
+    what.add_argument(
+        "--params", type=json_object_arg, metavar="JSON", help="all parameters as a JSON object"
+    )
+    how = parser.add_argument_group("how it runs")
+    how.add_argument("--description", help="free text")
+    how.add_argument(
+        "--timeout", type=duration_arg, metavar="DURATION", help=f"per attempt; {DURATION_HELP}; 0: none"
+    )
+    how.add_argument(
+        "--retries", type=count_arg, metavar="N", help="retry a failed run up to N times (0: never)"
+    )
+    how.add_argument(
+        "--retry-backoff", type=duration_arg, metavar="DURATION", help="delay before the first retry"
+    )
+    how.add_argument("--max-concurrency", type=count_arg, metavar="N", help="most runs at once (0: no limit)")
+    how.add_argument(
+        "--label",
+        action="append",
+        type=key_value_arg,
+        metavar="KEY=VALUE",
+        help="a label" + ("" if create else " (merged; KEY= removes it)"),
+    )
+    for flag in ("success", "failure", "completion"):
+        how.add_argument(
+            f"--on-{flag}", action="append", metavar="JOB", help=f"trigger JOB when a run ends in {flag}"
+        )
+    if create:
+        parser.add_argument("--request-id", help="a retried create with the same id returns the first job")
+    else:
+        how.add_argument("--no-dependents", action="store_true", help="remove every dependent job")
+        parser.add_argument("--etag", help="update only if the job still has this etag")
+
+
+def trigger_flags(parser: argparse.ArgumentParser) -> None:
+    when = parser.add_argument_group("when it fires (repeat to combine)")
+    when.add_argument("--cron", action="append", metavar="EXPR", help="5 or 6 cron fields, e.g. '0 3 * * *'")
+    when.add_argument(
+        "--every", action="append", type=duration_arg, metavar="DURATION", help="a fixed interval"
+    )
+    when.add_argument("--at", action="append", type=time_arg, metavar="TIME", help=f"once; {TIME_HELP}")
+    when.add_argument("--all", action="store_true", help="fire only when every trigger agrees (default: any)")
+    when.add_argument(
+        "--tz", metavar="ZONE", help="IANA time zone for cron fields, e.g. Europe/Berlin (default UTC)"
+    )
+    when.add_argument("--start", type=time_arg, metavar="TIME", help="no tick before")
+    when.add_argument("--end", type=time_arg, metavar="TIME", help="no tick after")
+
+
+def _choices(members: Iterable[enum.Enum]) -> str:
+    return ", ".join(enum_text(m) for m in members)
+
+
+def schedule_flags(parser: argparse.ArgumentParser, create: bool) -> None:
+    trigger_flags(parser)
+    how = parser.add_argument_group("how it fires")
+    how.add_argument("--description", help="free text")
+    how.add_argument("--jitter", type=duration_arg, metavar="DURATION", help="random delay in [0, DURATION)")
+    how.add_argument(
+        "--misfire", type=enum_arg(MisfirePolicy), metavar="POLICY", help=_choices(list(MisfirePolicy))
+    )
+    how.add_argument(
+        "--catchup-window", type=duration_arg, metavar="DURATION", help="how late a missed tick may run"
+    )
+    how.add_argument(
+        "--overlap", type=enum_arg(OverlapPolicy), metavar="POLICY", help=_choices(list(OverlapPolicy))
+    )
+    how.add_argument(
+        "--arg",
+        action="append",
+        type=key_json_arg,
+        metavar="KEY=JSON",
+        help="an argument passed to every run" + ("" if create else " (merged into the stored ones)"),
+    )
+    if create:
+        parser.add_argument("--job", required=True, help="the job it runs (id or name)")
+        parser.add_argument("--paused", action="store_true", help="create it paused")
+        parser.add_argument(
+            "--request-id", help="a retried create with the same id returns the first schedule"
+        )
+    else:
+        how.add_argument("--no-start", action="store_true", help="clear the start time")
+        how.add_argument("--no-end", action="store_true", help="clear the end time")
+        parser.add_argument("--etag", help="update only if the schedule still has this etag")
+
+
+def wait_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--poll-interval",
+        type=duration_arg,
+        default=timedelta(milliseconds=500),
+        metavar="DURATION",
+        help="(0.5s)",
+    )
+    parser.add_argument(
+        "--wait-timeout", type=duration_arg, metavar="DURATION", help="give up after (exit 124)"
+    )
+
+
+def event_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--job", help="only events of this job")
+    parser.add_argument("--schedule", help="only events of this schedule")
+    parser.add_argument(
+        "--type",
+        action="append",
+        type=enum_arg(EventType),
+        metavar="TYPE",
+        help="only these types (repeat), e.g. execution-failed",
+    )
+    parser.add_argument(
+        "--after", type=count_arg, metavar="SEQUENCE", help="replay the events after this sequence"
+    )
+    parser.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace you may read")

@@ -1,0 +1,641 @@
+"""The CLI's commands: each turns parsed arguments into one or two Client calls and prints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import IO, Any, TypeVar
+
+from cronwire._apply import Applier, Change, parse_text, read_file, summary
+from cronwire._channel import TLSConfig
+from cronwire._cli_args import UsageError
+from cronwire._documents import to_document
+from cronwire._errors import DeadlineExceeded, Unimplemented
+from cronwire._output import dump, json_line
+from cronwire._types import (
+    AllOfTrigger,
+    AnyOfTrigger,
+    CronTrigger,
+    DateTrigger,
+    DependencyCondition,
+    Execution,
+    ExecutionState,
+    IntervalTrigger,
+    JobDependent,
+    RetryPolicy,
+    Trigger,
+)
+from cronwire._views import (
+    event_line,
+    events_table,
+    execution_details,
+    executions_table,
+    job_details,
+    job_types_table,
+    jobs_table,
+    preview_table,
+    schedule_details,
+    schedules_table,
+)
+from cronwire.client import Client
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+EXIT_TIMED_OUT = 4
+EXIT_CANCELLED = 5
+EXIT_WAIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
+
+STATE_EXIT = {
+    ExecutionState.SUCCEEDED: EXIT_OK,
+    ExecutionState.FAILED: EXIT_FAILED,
+    ExecutionState.LOST: EXIT_FAILED,
+    ExecutionState.TIMED_OUT: EXIT_TIMED_OUT,
+    ExecutionState.CANCELLED: EXIT_CANCELLED,
+    ExecutionState.SKIPPED: EXIT_CANCELLED,
+}
+
+EXIT_CODES_HELP = """exit codes:
+  0    success
+  1    error (one line on stderr)
+  2    bad usage
+  3    jobs run --wait: the execution FAILED or was LOST
+  4    jobs run --wait: the execution TIMED_OUT
+  5    jobs run --wait: the execution was CANCELLED or SKIPPED
+  124  jobs run --wait: --wait-timeout passed first
+"""
+
+# Request fields and the flags that set them, so an error can name the flag as well.
+FLAG_OF_FIELD = {
+    "job_id": "NAME",
+    "schedule_id": "NAME",
+    "name": "NAME",
+    "job.executor": "--executor",
+    "job.parameters": "--param",
+    "job.timeout": "--timeout",
+    "job.retry_policy": "--retries",
+    "job.max_concurrency": "--max-concurrency",
+    "job.labels": "--label",
+    "job.dependents": "--on-success/--on-failure/--on-completion",
+    "schedule.job": "--job",
+    "schedule.trigger.cron": "--cron",
+    "schedule.trigger.interval": "--every",
+    "schedule.trigger.date": "--at",
+    "schedule.trigger": "--cron/--every/--at",
+    "schedule.time_zone": "--tz",
+    "schedule.start_time": "--start",
+    "schedule.end_time": "--end",
+    "schedule.jitter": "--jitter",
+    "schedule.catchup_window": "--catchup-window",
+    "schedule.arguments": "--arg",
+    "arguments": "--arg",
+    "count": "--count",
+    "page_size": "--limit",
+}
+
+
+# Context: the parsed arguments, the client (made on first use) and the output streams.
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    out: IO[str]
+    err: IO[str]
+    _client: Client | None = field(default=None, init=False)
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = make_client(self.args)
+        return self._client
+
+    @property
+    def namespace(self) -> str:
+        return str(self.args.namespace)
+
+    @property
+    def fmt(self) -> str:
+        return str(self.args.output)
+
+    def print(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def note(self, text: str) -> None:
+        self.err.write(text.rstrip("\n") + "\n")
+        self.err.flush()
+
+    def show(self, value: Any, human: Callable[[], str]) -> None:
+        """A resource or a list: the human view, or the document as JSON/YAML."""
+        if self.fmt == "table":
+            self.print(human())
+        else:
+            self.print(dump(to_document(value), self.fmt))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise UsageError(f"cannot read {what} {path}: {error.strerror}") from None
+
+
+def make_client(args: argparse.Namespace) -> Client:
+    tls: bool | TLSConfig = False
+    if args.tls or args.ca or args.cert or args.key:
+        if bool(args.cert) != bool(args.key):
+            raise UsageError("--cert and --key go together (mutual TLS)")
+        tls = TLSConfig(
+            root_certificates=_read_file(args.ca, "CA file") if args.ca else None,
+            client_certificate=_read_file(args.cert, "certificate") if args.cert else None,
+            client_private_key=_read_file(args.key, "key") if args.key else None,
+            server_name=args.tls_server_name or None,
+        )
+    return Client(
+        args.server,
+        namespace=args.namespace,
+        tls=tls,
+        token=args.token or None,
+        timeout=args.deadline if args.deadline > 0 else None,
+    )
+
+
+# Shared builders
+
+
+def _merge_pairs(pairs: Iterable[tuple[str, Any]] | None) -> dict[str, Any]:
+    return dict(pairs or [])
+
+
+def _dependents(args: argparse.Namespace) -> list[JobDependent]:
+    dependents: list[JobDependent] = []
+    for attribute, condition in (
+        ("on_success", DependencyCondition.ON_SUCCESS),
+        ("on_failure", DependencyCondition.ON_FAILURE),
+        ("on_completion", DependencyCondition.ON_COMPLETION),
+    ):
+        names: list[str] = getattr(args, attribute) or []
+        dependents.extend(JobDependent(job, condition) for job in names)
+    return dependents
+
+
+def _executor(args: argparse.Namespace, required: bool) -> tuple[str, dict[str, Any]] | None:
+    """The executor and base parameters the flags name, or None when they name none."""
+    command = list(args.program or [])
+    if args.shell_command is not None:
+        if command or args.shell:
+            raise UsageError("--shell-command takes a command line; give no program after --")
+        executor, parameters = "shell", {"shell": True, "command": args.shell_command}
+    elif command or args.shell:
+        if not command:
+            raise UsageError("--shell needs the program to run after --, e.g. --shell -- pg_dump app")
+        executor, parameters = "shell", {"argv": command}
+    elif args.executor:
+        executor, parameters = args.executor, {}
+    elif required:
+        raise UsageError(
+            "say what the job runs: --shell -- PROGRAM [ARGS...], --shell-command 'CMD', or --executor KIND"
+        )
+    else:
+        return None
+    if args.executor and args.executor != executor:
+        raise UsageError(f"--executor {args.executor} does not go with a shell command")
+    if args.params is not None:
+        parameters.update(args.params)
+    return executor, parameters
+
+
+def _retry_policy(args: argparse.Namespace) -> RetryPolicy | None:
+    if args.retry_backoff is not None and args.retries is None:
+        raise UsageError("--retry-backoff goes with --retries")
+    if not args.retries:
+        return None
+    return RetryPolicy(max_attempts=args.retries + 1, initial_backoff=args.retry_backoff)
+
+
+def _triggers(args: argparse.Namespace) -> Trigger | None:
+    triggers: list[Trigger] = [CronTrigger(e) for e in args.cron or []]
+    triggers += [IntervalTrigger(every) for every in args.every or []]
+    triggers += [DateTrigger(at) for at in args.at or []]
+    if not triggers:
+        return None
+    if len(triggers) == 1:
+        return triggers[0]
+    return AllOfTrigger(triggers) if args.all else AnyOfTrigger(triggers)
+
+
+# Commands: jobs
+
+
+def cmd_jobs_create(ctx: Context) -> int:
+    args = ctx.args
+    executor = _executor(args, required=True)
+    assert executor is not None
+    kind, parameters = executor
+    parameters.update(_merge_pairs(args.param))
+    job = ctx.client.create_job(
+        args.name,
+        executor=kind,
+        parameters=parameters,
+        description=args.description or "",
+        timeout=args.timeout or None,
+        retry_policy=_retry_policy(args),
+        max_concurrency=args.max_concurrency or 0,
+        dependents=_dependents(args),
+        labels=_merge_pairs(args.label),
+        request_id=args.request_id or "",
+    )
+    ctx.show(job, lambda: job_details(job))
+    return EXIT_OK
+
+
+def cmd_jobs_update(ctx: Context) -> int:
+    args = ctx.args
+    client = ctx.client
+    fields: dict[str, Any] = {}
+    etag = args.etag or ""
+    executor = _executor(args, required=False)
+    if executor is not None:
+        fields["executor"], fields["parameters"] = executor
+    if args.param or args.label:
+        # Merged into the stored values: read them first, and update only that version.
+        current = client.get_job(args.name)
+        etag = etag or current.etag
+        if args.param:
+            base = fields.get("parameters", current.parameters)
+            fields["parameters"] = {**base, **_merge_pairs(args.param)}
+        if args.label:
+            labels = {**current.labels, **_merge_pairs(args.label)}
+            fields["labels"] = {k: v for k, v in labels.items() if v != ""}
+    if args.description is not None:
+        fields["description"] = args.description
+    if args.timeout is not None:
+        fields["timeout"] = args.timeout or None
+    if args.retries is not None or args.retry_backoff is not None:
+        fields["retry_policy"] = _retry_policy(args)
+    if args.max_concurrency is not None:
+        fields["max_concurrency"] = args.max_concurrency
+    if args.on_success or args.on_failure or args.on_completion or args.no_dependents:
+        fields["dependents"] = _dependents(args)
+    if not fields:
+        raise UsageError("nothing to update: give at least one flag to change")
+    job = client.update_job(args.name, etag=etag, **fields)
+    ctx.show(job, lambda: job_details(job))
+    return EXIT_OK
+
+
+def cmd_jobs_get(ctx: Context) -> int:
+    job = ctx.client.get_job(ctx.args.name)
+    ctx.show(job, lambda: job_details(job))
+    return EXIT_OK
+
+
+def _limited(items: Iterable[T], limit: int) -> list[T]:
+    result: list[T] = []
+    for item in items:
+        if limit and len(result) >= limit:
+            break
+        result.append(item)
+    return result
+
+
+def cmd_jobs_list(ctx: Context) -> int:
+    args = ctx.args
+    page = min(args.limit, 1000) if args.limit else 0
+    jobs = _limited(ctx.client.iter_jobs(executor=args.executor or "", page_size=page), args.limit)
+    ctx.show(jobs, lambda: jobs_table(jobs, ctx.namespace))
+    return EXIT_OK
+
+
+def cmd_jobs_delete(ctx: Context) -> int:
+    ctx.client.delete_job(ctx.args.name, etag=ctx.args.etag or "")
+    if ctx.fmt == "table":
+        ctx.print(f"job {ctx.args.name} deleted\n")
+    else:
+        ctx.print(dump({"deleted": ctx.client._requests.job_name(ctx.args.name)}, ctx.fmt))
+    return EXIT_OK
+
+
+def _finished(ctx: Context, execution: Execution) -> int:
+    """Print a finished execution; its exit code (see the module's doc)."""
+    if ctx.fmt != "table":
+        ctx.print(dump(to_document(execution), ctx.fmt))
+    else:
+        if execution.output:
+            ctx.print(execution.output if execution.output.endswith("\n") else execution.output + "\n")
+        state = execution.state.name if execution.state is not None else "UNKNOWN"
+        parts = [f"execution {execution.name} {state}"]
+        if execution.duration is not None:
+            parts.append(f"in {execution.duration.total_seconds():.2f}s")
+        if execution.exit_code is not None:
+            parts.append(f"(exit code {execution.exit_code})")
+        if execution.attempt > 1:
+            parts.append(f"after {execution.attempt} attempts")
+        if execution.error and execution.error != f"exit code {execution.exit_code}":
+            parts.append(f"- {execution.error}")
+        ctx.note(" ".join(parts))
+    if execution.state is None:
+        return EXIT_ERROR
+    return STATE_EXIT.get(execution.state, EXIT_ERROR)
+
+
+def _wait(ctx: Context, execution: Execution) -> int:
+    args = ctx.args
+    try:
+        ended = ctx.client.wait_for_execution(
+            execution, poll_interval=args.poll_interval, wait_timeout=args.wait_timeout
+        )
+    except DeadlineExceeded as error:
+        if error.reason != "WAIT_TIMEOUT":
+            raise
+        ctx.note(f"cronwire: {error.message}")
+        return EXIT_WAIT_TIMEOUT
+    return _finished(ctx, ended)
+
+
+def cmd_jobs_run(ctx: Context) -> int:
+    args = ctx.args
+    execution = ctx.client.run_job(
+        args.name, arguments=_merge_pairs(args.arg), request_id=args.request_id or ""
+    )
+    if args.wait:
+        return _wait(ctx, execution)
+    if ctx.fmt == "table":
+        state = execution.state.name if execution.state else "QUEUED"
+        ctx.print(f"{execution.name} {state}\n")
+    else:
+        ctx.print(dump(to_document(execution), ctx.fmt))
+    return EXIT_OK
+
+
+def cmd_jobs_types(ctx: Context) -> int:
+    types = ctx.client.list_job_types()
+    ctx.show(types, lambda: job_types_table(types))
+    return EXIT_OK
+
+
+# Commands: schedules
+
+
+def cmd_schedules_create(ctx: Context) -> int:
+    args = ctx.args
+    trigger = _triggers(args)
+    if trigger is None:
+        raise UsageError("say when it fires: --cron EXPR, --every DURATION or --at TIME")
+    schedule = ctx.client.create_schedule(
+        args.name,
+        job=args.job,
+        trigger=trigger,
+        time_zone=args.tz or "",
+        description=args.description or "",
+        start_time=args.start,
+        end_time=args.end,
+        jitter=args.jitter,
+        misfire_policy=args.misfire,
+        catchup_window=args.catchup_window,
+        overlap_policy=args.overlap,
+        paused=args.paused,
+        arguments=_merge_pairs(args.arg),
+        request_id=args.request_id or "",
+    )
+    ctx.show(schedule, lambda: schedule_details(schedule))
+    return EXIT_OK
+
+
+def cmd_schedules_update(ctx: Context) -> int:
+    args = ctx.args
+    client = ctx.client
+    etag = args.etag or ""
+    fields: dict[str, Any] = {}
+    trigger = _triggers(args)
+    if trigger is not None:
+        fields["trigger"] = trigger
+    if args.arg:
+        current = client.get_schedule(args.name)
+        etag = etag or current.etag
+        fields["arguments"] = {**current.arguments, **_merge_pairs(args.arg)}
+    for attribute, key in (
+        ("tz", "time_zone"),
+        ("description", "description"),
+        ("start", "start_time"),
+        ("end", "end_time"),
+        ("jitter", "jitter"),
+        ("misfire", "misfire_policy"),
+        ("catchup_window", "catchup_window"),
+        ("overlap", "overlap_policy"),
+    ):
+        value = getattr(args, attribute)
+        if value is not None:
+            fields[key] = value
+    for attribute, key in (("no_start", "start_time"), ("no_end", "end_time")):
+        if getattr(args, attribute):
+            fields[key] = None
+    if not fields:
+        raise UsageError("nothing to update: give at least one flag to change")
+    schedule = client.update_schedule(args.name, etag=etag, **fields)
+    ctx.show(schedule, lambda: schedule_details(schedule))
+    return EXIT_OK
+
+
+def cmd_schedules_get(ctx: Context) -> int:
+    schedule = ctx.client.get_schedule(ctx.args.name)
+    ctx.show(schedule, lambda: schedule_details(schedule))
+    return EXIT_OK
+
+
+def cmd_schedules_list(ctx: Context) -> int:
+    args = ctx.args
+    page = min(args.limit, 1000) if args.limit else 0
+    schedules = _limited(ctx.client.iter_schedules(job=args.job, page_size=page), args.limit)
+    ctx.show(schedules, lambda: schedules_table(schedules, ctx.namespace))
+    return EXIT_OK
+
+
+def cmd_schedules_delete(ctx: Context) -> int:
+    ctx.client.delete_schedule(ctx.args.name, etag=ctx.args.etag or "")
+    if ctx.fmt == "table":
+        ctx.print(f"schedule {ctx.args.name} deleted\n")
+    else:
+        ctx.print(dump({"deleted": ctx.client._requests.schedule_name(ctx.args.name)}, ctx.fmt))
+    return EXIT_OK
+
+
+def cmd_schedules_pause(ctx: Context) -> int:
+    schedule = ctx.client.pause_schedule(ctx.args.name, reason=ctx.args.reason or "")
+    ctx.show(schedule, lambda: schedule_details(schedule))
+    return EXIT_OK
+
+
+def cmd_schedules_resume(ctx: Context) -> int:
+    schedule = ctx.client.resume_schedule(ctx.args.name)
+    ctx.show(schedule, lambda: schedule_details(schedule))
+    return EXIT_OK
+
+
+def cmd_schedules_preview(ctx: Context) -> int:
+    args = ctx.args
+    trigger = _triggers(args)
+    if (args.name is None) == (trigger is None):
+        raise UsageError("preview a stored schedule (NAME) or a trigger (--cron/--every/--at), one of them")
+    preview = ctx.client.preview_schedule(
+        args.name,
+        trigger=trigger,
+        time_zone=args.tz or "",
+        start_time=args.start,
+        end_time=args.end,
+        count=args.count,
+        after_time=args.after,
+    )
+    ctx.show(preview, lambda: preview_table(preview))
+    return EXIT_OK
+
+
+def cmd_schedules_backfill(ctx: Context) -> int:
+    args = ctx.args
+    result = ctx.client.backfill_schedule(
+        args.name,
+        start_time=args.start,
+        end_time=args.end,
+        overlap_policy=args.overlap,
+        max_concurrency=args.max_concurrency or 0,
+        dry_run=args.dry_run,
+        request_id=args.request_id or "",
+    )
+
+    def human() -> str:
+        lines = [f"{t.fire_time.isoformat()}  {t.local_time.isoformat()}\n" for t in result.fire_times]
+        verb = "would run" if args.dry_run else "queued"
+        lines.append(
+            f"{len(result.fire_times)} ticks; {verb} {len(result.executions) or len(result.fire_times)}\n"
+        )
+        return "".join(lines)
+
+    ctx.show(result, human)
+    return EXIT_OK
+
+
+# Commands: executions
+
+
+def cmd_executions_get(ctx: Context) -> int:
+    args = ctx.args
+    execution = ctx.client.get_execution(args.name)
+    if args.wait:
+        return _wait(ctx, execution)
+    ctx.show(execution, lambda: execution_details(execution))
+    return EXIT_OK
+
+
+def cmd_executions_list(ctx: Context) -> int:
+    args = ctx.args
+    page = min(args.limit, 1000) if args.limit else 0
+    found = ctx.client.iter_executions(
+        job=args.job,
+        schedule=args.schedule,
+        states=args.state or (),
+        start_time=args.since,
+        end_time=args.until,
+        page_size=page,
+    )
+    executions = _limited(found, args.limit)
+    ctx.show(executions, lambda: executions_table(executions, ctx.namespace))
+    return EXIT_OK
+
+
+def cmd_executions_cancel(ctx: Context) -> int:
+    execution = ctx.client.cancel_execution(ctx.args.name, reason=ctx.args.reason or "")
+    ctx.show(execution, lambda: execution_details(execution))
+    return EXIT_OK
+
+
+def cmd_executions_logs(ctx: Context) -> int:
+    args = ctx.args
+    client = ctx.client
+    final: ExecutionState | None = None
+    try:
+        for chunk in client.logs(args.name, follow=args.follow):
+            ctx.print(chunk.data)
+            final = chunk.final_state or final
+    except Unimplemented:
+        # A server without log streaming: print the captured output (at the end, with -f).
+        if args.follow:
+            ctx.note("cronwire: this server cannot stream logs; printing the output when the run ends")
+            execution = client.wait_for_execution(args.name, follow_retries=False)
+        else:
+            execution = client.get_execution(args.name)
+        ctx.print(execution.output)
+        final = execution.state if execution.ended else None
+    if args.follow and final is not None:
+        return STATE_EXIT.get(final, EXIT_ERROR)
+    return EXIT_OK
+
+
+# Commands: events
+
+
+def _event_filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "after_sequence": args.after or 0,
+        "job": args.job,
+        "schedule": args.schedule,
+        "event_types": tuple(args.type or ()),
+        "namespace": "-" if args.all_namespaces else None,
+    }
+
+
+def cmd_events_watch(ctx: Context) -> int:
+    for seen, event in enumerate(ctx.client.watch(**_event_filters(ctx.args)), start=1):
+        if ctx.fmt == "table":
+            ctx.print(event_line(event))
+        else:
+            ctx.print(json_line(to_document(event)))  # a stream: one JSON document per line
+        if ctx.args.limit and seen >= ctx.args.limit:
+            break
+    return EXIT_OK
+
+
+def cmd_events_list(ctx: Context) -> int:
+    args = ctx.args
+    page = min(args.limit, 1000) if args.limit else 0
+    events = _limited(ctx.client.iter_events(page_size=page, **_event_filters(args)), args.limit)
+    ctx.show(events, lambda: events_table(events))
+    return EXIT_OK
+
+
+# Commands: apply, completion
+
+
+def cmd_apply(ctx: Context) -> int:
+    args = ctx.args
+    if args.filename == "-":
+        text, source = sys.stdin.read(), "<stdin>"
+    else:
+        text, source = _read_file(args.filename, "file").decode("utf-8"), args.filename
+    plan = read_file(parse_text(text, source), ctx.namespace)
+
+    def report(change: Change) -> None:
+        if ctx.fmt == "table":
+            ctx.print(change.text(args.dry_run) + "\n")
+
+    applier = Applier(ctx.client, dry_run=args.dry_run, report=report)
+    try:
+        changes = applier.apply(plan, prune=args.prune)
+    finally:
+        if ctx.fmt != "table":
+            done = [to_document(c) | {"dry_run": args.dry_run} for c in applier.changes]
+            ctx.print(dump(done, ctx.fmt))
+    if ctx.fmt == "table":
+        ctx.print(summary(changes, plan.namespace, args.dry_run) + "\n")
+    return EXIT_OK
