@@ -68,11 +68,6 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: CronwireErro
     raise AssertionError("abort_with_status returned")  # pragma: no cover - it always raises
 
 
-async def unimplemented(context: grpc.aio.ServicerContext[Any, Any], method: str) -> NoReturn:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server yet")
-    raise AssertionError("abort returned")  # pragma: no cover
-
-
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Self = TypeVar("Self")
