@@ -56,6 +56,9 @@ SERVICE_NAMES = tuple(
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# Seconds the background loops get to notice shutdown, and the store to close.
+STOP_LOOPS_WITHIN = 5.0
+CLOSE_STORE_WITHIN = 10.0
 
 
 @dataclass
@@ -72,13 +75,23 @@ class RunningServer:
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING first, so balancers drain us; stop claiming; let calls and running
-        executions finish within `grace`; put back what is still running; release the database."""
+        executions finish within `grace`; put back what is still running; release the database.
+
+        Every phase is bounded: a loop stuck in a call is cancelled rather than waited for.
+        """
         await self.health.enter_graceful_shutdown()
         self.stopping.set()
-        await asyncio.gather(*self.background, return_exceptions=True)
+        if self.background:
+            _, stuck = await asyncio.wait(self.background, timeout=STOP_LOOPS_WITHIN)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*self.background, return_exceptions=True)
         drained = self.workers.drain(grace) if self.workers else asyncio.sleep(0)
         await asyncio.gather(self.server.stop(grace), drained)
-        await self.store.close()
+        try:
+            await asyncio.wait_for(self.store.close(), CLOSE_STORE_WITHIN)
+        except TimeoutError:
+            log.warning("the database connections did not close within %ss", CLOSE_STORE_WITHIN)
 
 
 async def create_server(settings: Settings) -> RunningServer:

@@ -40,6 +40,7 @@ OUTPUT_FLUSH_INTERVAL = 0.25
 CALLBACK_BATCH = 20
 CALLBACK_POLL = 1.0
 FINISH_BATCH = 256
+DRAIN_STOP_WITHIN = 15.0
 BLOCKED_POLL = 1.0
 RETRY_AFTER_ERROR = 1.0
 
@@ -314,7 +315,10 @@ class WorkerPool:
                 for running in self._running.values():
                     running.released = True
                     running.cancel.set()
-                await asyncio.wait(pending)
+                # Runners stop within their kill grace; never wait for ever on one that does not.
+                _, stuck = await asyncio.wait(pending, timeout=DRAIN_STOP_WITHIN)
+                for task in stuck:
+                    task.cancel()
         for helper in self._helpers:
             helper.cancel()
         await asyncio.gather(*self._helpers, return_exceptions=True)
