@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 from cronwire_server.eventloop import EVENT_LOOPS
 from cronwire_server.executors.http_runner import HttpPolicy
@@ -58,28 +59,43 @@ class Settings:
     event_loop: str = "auto"
 
 
+_DEFAULTS = Settings()
+
+
+def _flag(
+    parser: argparse.ArgumentParser,
+    env: Mapping[str, str],
+    flag: str,
+    *,
+    help: str,
+    convert: Callable[[str], Any] = str,
+    **extra: Any,
+) -> None:
+    """`--some-flag`: its CRONWIRE_SOME_FLAG variable, else the default of `Settings.some_flag`."""
+    dest = flag.removeprefix("--").replace("-", "_")
+    variable = "CRONWIRE_" + dest.upper()
+    raw = env.get(variable)
+    default = convert(raw) if raw is not None else getattr(_DEFAULTS, dest)
+    parser.add_argument(
+        flag, type=convert, default=default, help=f"{help} ({variable}, default %(default)s)", **extra
+    )
+
+
 def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
     """Flags for `serve`; each defaults to its CRONWIRE_* variable, then to the built-in default."""
-    parser.add_argument(
-        "--listen",
-        default=env.get("CRONWIRE_LISTEN", DEFAULT_LISTEN),
-        metavar="HOST:PORT",
-        help="address to serve gRPC on; port 0 picks a free one (CRONWIRE_LISTEN, default %(default)s)",
+    _flag(
+        parser, env, "--listen", metavar="HOST:PORT", help="address to serve gRPC on; port 0 picks a free one"
     )
     add_database_flag(parser, env)
-    parser.add_argument(
+    _flag(
+        parser,
+        env,
         "--shutdown-grace",
-        type=float,
-        default=float(env.get("CRONWIRE_SHUTDOWN_GRACE", "10")),
+        convert=float,
         metavar="SECONDS",
-        help="on SIGTERM, how long running calls may finish (CRONWIRE_SHUTDOWN_GRACE, default %(default)s)",
+        help="on SIGTERM, how long running calls and executions may finish",
     )
-    parser.add_argument(
-        "--port-file",
-        default=env.get("CRONWIRE_PORT_FILE", ""),
-        metavar="PATH",
-        help="write the bound port to this file once serving (CRONWIRE_PORT_FILE)",
-    )
+    _flag(parser, env, "--port-file", metavar="PATH", help="write the bound port to this file once serving")
     parser.add_argument(
         "--roles",
         type=parse_roles,
@@ -87,36 +103,33 @@ def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = o
         metavar="ROLES",
         help="what this process runs: api,dispatcher,worker or a subset (CRONWIRE_ROLES, default all)",
     )
-    parser.add_argument(
-        "--worker-slots",
-        type=int,
-        default=int(env.get("CRONWIRE_WORKER_SLOTS", "16")),
-        metavar="N",
-        help="executions this process runs at once (CRONWIRE_WORKER_SLOTS, default %(default)s)",
+    _flag(
+        parser, env, "--worker-slots", convert=int, metavar="N", help="executions this process runs at once"
     )
-    parser.add_argument(
+    _flag(
+        parser,
+        env,
         "--lease-seconds",
-        type=float,
-        default=float(env.get("CRONWIRE_LEASE_SECONDS", "30")),
+        convert=float,
         metavar="SECONDS",
         help="a running execution whose worker stops renewing its lease this long is recovered "
-        "by another replica (CRONWIRE_LEASE_SECONDS, default %(default)s)",
+        "by another replica",
     )
-    parser.add_argument(
+    _flag(
+        parser,
+        env,
         "--misfire-grace-seconds",
-        type=float,
-        default=float(env.get("CRONWIRE_MISFIRE_GRACE_SECONDS", "5")),
+        convert=float,
         metavar="SECONDS",
-        help="a tick fired later than this is a misfire, handled by the schedule's misfire policy "
-        "(CRONWIRE_MISFIRE_GRACE_SECONDS, default %(default)s)",
+        help="a tick fired later than this is a misfire, handled by the schedule's misfire policy",
     )
-    parser.add_argument(
+    _flag(
+        parser,
+        env,
         "--max-output-bytes",
-        type=int,
-        default=int(env.get("CRONWIRE_MAX_OUTPUT_BYTES", str(1024 * 1024))),
+        convert=int,
         metavar="BYTES",
-        help="captured output kept per execution; the rest is dropped and flagged "
-        "(CRONWIRE_MAX_OUTPUT_BYTES, default %(default)s)",
+        help="captured output kept per execution; the rest is dropped and flagged",
     )
     parser.add_argument(
         "--allow-private-networks",
@@ -134,73 +147,53 @@ def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = o
         help="non-public networks http jobs and callbacks may call, e.g. 10.1.0.0/16 "
         "(CRONWIRE_ALLOWED_NETWORKS)",
     )
-    parser.add_argument(
+    _flag(
+        parser,
+        env,
         "--event-retention-days",
-        type=float,
-        default=float(env.get("CRONWIRE_EVENT_RETENTION_DAYS", "7")),
+        convert=float,
         metavar="DAYS",
-        help="how long events are kept for ListEvents and resuming watchers "
-        "(CRONWIRE_EVENT_RETENTION_DAYS, default %(default)s)",
+        help="how long events are kept for ListEvents and resuming watchers",
     )
-    parser.add_argument(
+    _flag(
+        parser,
+        env,
         "--watch-heartbeat-seconds",
-        type=float,
-        default=float(env.get("CRONWIRE_WATCH_HEARTBEAT_SECONDS", "15")),
+        convert=float,
         metavar="SECONDS",
-        help="an idle WatchEvents stream gets a heartbeat this often (CRONWIRE_WATCH_HEARTBEAT_SECONDS, "
-        "default %(default)s)",
+        help="an idle WatchEvents stream gets a heartbeat this often",
     )
-    parser.add_argument(
+    _flag(
+        parser,
+        env,
         "--watch-buffer",
-        type=int,
-        default=int(env.get("CRONWIRE_WATCH_BUFFER", "256")),
+        convert=int,
         metavar="BATCHES",
-        help="event batches a watcher may fall behind before it is cut off and told to resume "
-        "(CRONWIRE_WATCH_BUFFER, default %(default)s)",
+        help="event batches a watcher may fall behind before it is cut off and told to resume",
     )
-    parser.add_argument(
+    _flag(
+        parser,
+        env,
         "--event-loop",
         choices=EVENT_LOOPS,
-        default=env.get("CRONWIRE_EVENT_LOOP", "auto"),
-        help="auto (uvloop in processes without the worker role, when installed), uvloop or asyncio "
-        "(CRONWIRE_EVENT_LOOP, default %(default)s)",
+        help="auto (uvloop in processes without the worker role, when installed), uvloop or asyncio",
     )
-    parser.add_argument(
-        "--log-level",
-        default=env.get("CRONWIRE_LOG_LEVEL", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="(CRONWIRE_LOG_LEVEL, default %(default)s)",
-    )
+    _flag(parser, env, "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
 
 
 def add_database_flag(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
-    parser.add_argument(
+    _flag(
+        parser,
+        env,
         "--database-url",
-        default=env.get("CRONWIRE_DATABASE_URL", DEFAULT_DATABASE_URL),
         metavar="URL",
-        help="sqlite:///FILE or postgresql://USER@HOST/DB (CRONWIRE_DATABASE_URL, default %(default)s)",
+        help="sqlite:///FILE or postgresql://USER@HOST/DB",
     )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    return Settings(
-        listen=args.listen,
-        database_url=args.database_url,
-        shutdown_grace=args.shutdown_grace,
-        port_file=args.port_file,
-        log_level=args.log_level,
-        roles=args.roles,
-        worker_slots=args.worker_slots,
-        lease_seconds=args.lease_seconds,
-        misfire_grace_seconds=args.misfire_grace_seconds,
-        max_output_bytes=args.max_output_bytes,
-        allow_private_networks=args.allow_private_networks,
-        allowed_networks=args.allowed_networks,
-        event_retention_days=args.event_retention_days,
-        watch_heartbeat_seconds=args.watch_heartbeat_seconds,
-        watch_buffer=args.watch_buffer,
-        event_loop=args.event_loop,
-    )
+    # `migrate` has only some of the flags: the rest keep their defaults.
+    return Settings(**{f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)})
 
 
 def http_policy(settings: Settings) -> HttpPolicy:
