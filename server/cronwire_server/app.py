@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -161,6 +162,15 @@ def _start_scheduler(running: RunningServer, settings: Settings) -> None:
         running.background.append(asyncio.create_task(running.workers.run(running.stopping)))
 
 
+SHUTDOWN_WATCHDOG_MARGIN = 20.0
+
+
+def _exit_hung(released: bool) -> None:
+    log.error("shutdown did not finish in time; exiting (everything released: %s)", released)
+    logging.shutdown()
+    os._exit(0 if released else 1)
+
+
 def _write_port_file(path: str, port: int) -> None:
     # Written whole then renamed, so a reader polling for it never sees half a number.
     target = Path(path)
@@ -184,5 +194,14 @@ async def serve(settings: Settings) -> None:
     log.info(
         "shutting down: health NOT_SERVING, letting calls finish for up to %.0fs", settings.shutdown_grace
     )
+    stopped = threading.Event()
+    # A process asked to stop must stop: if shutdown (or the interpreter's teardown after it)
+    # ever hangs, leave anyway — with status 0 once everything was released, else 1.
+    watchdog = threading.Timer(
+        settings.shutdown_grace + SHUTDOWN_WATCHDOG_MARGIN, lambda: _exit_hung(stopped.is_set())
+    )
+    watchdog.daemon = True
+    watchdog.start()
     await running.stop(settings.shutdown_grace)
+    stopped.set()
     log.info("stopped")
