@@ -90,7 +90,8 @@ class RunningServer:
         drained = self.workers.drain(grace) if self.workers else asyncio.sleep(0)
         await asyncio.gather(self.server.stop(grace), drained)
         try:
-            await asyncio.wait_for(self.store.close(), CLOSE_STORE_WITHIN)
+            async with asyncio.timeout(CLOSE_STORE_WITHIN):
+                await self.store.close()
         except TimeoutError:
             log.warning("the database connections did not close within %ss", CLOSE_STORE_WITHIN)
 

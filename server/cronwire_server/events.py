@@ -188,7 +188,8 @@ class EventManager:
                         f"reconnect with after_sequence={sent} to resume"
                     )
                 try:
-                    batch = await asyncio.wait_for(subscription.queue.get(), self._heartbeat)
+                    async with asyncio.timeout(self._heartbeat):
+                        batch = await subscription.queue.get()
                 except TimeoutError:
                     yield Delivery([], max(sent, self._hub.position))
                     continue
@@ -226,7 +227,8 @@ class Pruner:
             with contextlib.suppress(StorageUnavailable):
                 await self.prune_once(await self._store.now())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), PRUNE_EVERY)
+                async with asyncio.timeout(PRUNE_EVERY):
+                    await stopping.wait()
 
     async def prune_once(self, now: datetime) -> int:
         pruned = 0

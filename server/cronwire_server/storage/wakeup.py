@@ -38,8 +38,11 @@ class LocalWakeup:
     async def wait(self, channel: str, max_wait: float) -> bool:
         event = self._events[channel]
         if not event.is_set():
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # arrives as the event is set, and a loop cancelled at shutdown would then run on.
             try:
-                await asyncio.wait_for(event.wait(), max_wait)
+                async with asyncio.timeout(max_wait):
+                    await event.wait()
             except TimeoutError:
                 return False
         event.clear()

@@ -1,0 +1,38 @@
+"""Wake-ups: a sleeper cancelled at shutdown stops, even when its wake-up arrives at that moment."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cronwire_server.storage.wakeup import LocalWakeup
+
+
+async def test_a_signal_wakes_the_sleeper_at_once() -> None:
+    wakeup = LocalWakeup()
+    sleeper = asyncio.create_task(wakeup.wait("executions", 30))
+    await asyncio.sleep(0)
+    wakeup.signal("executions")
+    assert await asyncio.wait_for(sleeper, 5) is True
+
+
+async def test_without_a_signal_the_sleeper_returns_after_its_wait() -> None:
+    assert await LocalWakeup().wait("schedules", 0.01) is False
+
+
+@pytest.mark.parametrize("steps_between", [0, 1, 2, 3, 4])
+async def test_cancel_is_never_lost_when_the_signal_arrives_together(steps_between: int) -> None:
+    # A loop cancelled at shutdown must end; a wake-up landing in the same instant must not
+    # swallow the cancellation (asyncio.wait_for does on Python 3.11).
+    wakeup = LocalWakeup()
+    sleeper = asyncio.create_task(wakeup.wait("callbacks", 30))
+    await asyncio.sleep(0)
+    wakeup.signal("callbacks")
+    for _ in range(steps_between):
+        await asyncio.sleep(0)
+    if sleeper.cancel():
+        with pytest.raises(asyncio.CancelledError):
+            await sleeper
+    else:  # it had already finished
+        assert sleeper.result() is True
