@@ -196,6 +196,9 @@ executions = sa.Table(
         "backfill_id",
         **_partial("state IN ('queued', 'running') AND backfill_id != ''"),
     ),
+    # Age retention walks finished executions oldest first; the lag view reads recent starts.
+    sa.Index("ix_executions_finished_end_time", "end_time", **_partial("state NOT IN ('queued', 'running')")),
+    sa.Index("ix_executions_start_time", "start_time"),
 )
 
 # Output as it is produced, in chunks, so any replica can stream a run's output live.
@@ -232,4 +235,33 @@ events = sa.Table(
     sa.Index("ix_events_time", "time"),
     # AUTOINCREMENT: SQLite never reuses the id of a pruned last event.
     sqlite_autoincrement=True,
+)
+
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", Ident, primary_key=True),
+    sa.Column("description", sa.String(), nullable=False),
+    sa.Column("namespaces", Json, nullable=False),
+    sa.Column("role", sa.String(), nullable=False),
+    sa.Column("secret_sha256", sa.String(), nullable=False),
+    sa.Column("create_time", UtcDateTime(), nullable=False),
+    sa.Column("revoke_time", UtcDateTime(), nullable=True),
+)
+
+# Every running server process, heartbeating; rows silent for long are pruned.
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("id", Ident, primary_key=True),
+    sa.Column("hostname", sa.String(), nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    sa.Column("version", sa.String(), nullable=False),
+    sa.Column("roles", sa.String(), nullable=False),  # comma-separated
+    # Its own interval: whether it is alive is judged against it.
+    sa.Column("heartbeat_seconds", sa.Float(), nullable=False),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("heartbeat_at", UtcDateTime(), nullable=False),
+    sa.Index("ix_replicas_heartbeat_at", "heartbeat_at"),
 )
