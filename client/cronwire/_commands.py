@@ -49,6 +49,8 @@ EXIT_USAGE = 2
 EXIT_FAILED = 3
 EXIT_TIMED_OUT = 4
 EXIT_CANCELLED = 5
+EXIT_UNAUTHENTICATED = 6
+EXIT_PERMISSION_DENIED = 7
 EXIT_WAIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 
@@ -68,6 +70,8 @@ EXIT_CODES_HELP = """exit codes:
   3    jobs run --wait: the execution FAILED or was LOST
   4    jobs run --wait: the execution TIMED_OUT
   5    jobs run --wait: the execution was CANCELLED or SKIPPED
+  6    the server wants a valid API key (--token, CRONWIRE_TOKEN)
+  7    the API key's role or namespaces do not allow the call
   124  jobs run --wait: --wait-timeout passed first
 """
 
@@ -154,9 +158,9 @@ def _read_file(path: str, what: str) -> bytes:
 
 def make_client(args: argparse.Namespace) -> Client:
     tls: bool | TLSConfig = False
-    if args.tls or args.ca or args.cert or args.key:
+    if args.tls or args.ca or args.cert or args.key or args.tls_server_name:
         if bool(args.cert) != bool(args.key):
-            raise UsageError("--cert and --key go together (mutual TLS)")
+            raise UsageError("--tls-cert and --tls-key go together (mutual TLS)")
         tls = TLSConfig(
             root_certificates=_read_file(args.ca, "CA file") if args.ca else None,
             client_certificate=_read_file(args.cert, "certificate") if args.cert else None,

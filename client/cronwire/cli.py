@@ -34,7 +34,9 @@ from cronwire._commands import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_PERMISSION_DENIED,
     EXIT_TIMED_OUT,
+    EXIT_UNAUTHENTICATED,
     EXIT_USAGE,
     EXIT_WAIT_TIMEOUT,
     FLAG_OF_FIELD,
@@ -65,7 +67,7 @@ from cronwire._commands import (
 )
 from cronwire._completion import completion_script
 from cronwire._documents import DocumentError
-from cronwire._errors import CronwireError, InvalidArgument, Unavailable
+from cronwire._errors import CronwireError, InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
 from cronwire._output import OutputError
 from cronwire._types import ExecutionState, OverlapPolicy
 from cronwire._values import enum_text
@@ -304,6 +306,8 @@ def error_line(error: CronwireError, server: str = "") -> str:
     """One line for a failed call: the bad fields (with the flag that sets them) or the message."""
     if isinstance(error, Unavailable) and not error.reason and server:
         text = f"cannot reach the server at {server} ({error.message})"
+    elif isinstance(error, Unauthenticated):
+        text = f"{error.message} (give one with --token or CRONWIRE_TOKEN)"
     elif isinstance(error, InvalidArgument) and error.field_violations:
         parts = []
         for violation in error.field_violations:
@@ -348,7 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     except CronwireError as error:
         ctx.note(error_line(error, str(getattr(args, "server", ""))))
-        return EXIT_ERROR
+        if isinstance(error, Unauthenticated):
+            return EXIT_UNAUTHENTICATED
+        return EXIT_PERMISSION_DENIED if isinstance(error, PermissionDenied) else EXIT_ERROR
     except (DocumentError, OutputError) as error:
         ctx.note(f"cronwire: error: {error}")
         return EXIT_ERROR
@@ -371,7 +377,9 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_PERMISSION_DENIED",
     "EXIT_TIMED_OUT",
+    "EXIT_UNAUTHENTICATED",
     "EXIT_USAGE",
     "EXIT_WAIT_TIMEOUT",
     "build_parser",

@@ -17,31 +17,47 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from cronwire.v1 import (
+    cluster_service_pb2,
+    cluster_service_pb2_grpc,
     event_service_pb2,
     event_service_pb2_grpc,
     execution_service_pb2,
     execution_service_pb2_grpc,
     job_service_pb2,
     job_service_pb2_grpc,
+    key_service_pb2,
+    key_service_pb2_grpc,
     schedule_service_pb2,
     schedule_service_pb2_grpc,
 )
 from cronwire_server import __version__
+from cronwire_server.api.cluster_service import ClusterService
 from cronwire_server.api.event_service import EventService
 from cronwire_server.api.execution_service import ExecutionService
 from cronwire_server.api.job_service import JobService
+from cronwire_server.api.key_service import KeyService
 from cronwire_server.api.schedule_service import ScheduleService
-from cronwire_server.config import Settings, http_policy
+from cronwire_server.auth.manage import KeyManager
+from cronwire_server.auth.mode import AuthRefused, auth_interceptor
+from cronwire_server.config import Settings, http_policy, retention_policy
 from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.events import EventHub, EventManager, Pruner, Sequencer
 from cronwire_server.executions import ExecutionManager
 from cronwire_server.executors.runners import Runners
+from cronwire_server.health import DatabaseHealth
 from cronwire_server.jobs import JobManager
+from cronwire_server.limits import Limits
+from cronwire_server.metrics import MetricsEndpoint, RpcMetricsInterceptor, serve_metrics
+from cronwire_server.replicas import ReplicaHeartbeat, this_replica
+from cronwire_server.retention import ExecutionPruner
 from cronwire_server.schedules import ScheduleManager
+from cronwire_server.secrets import Secrets
 from cronwire_server.storage import Store
 from cronwire_server.storage.migrate import upgrade
+from cronwire_server.storage.sql_keys import KeyStore
 from cronwire_server.storage.sql_store import open_store
-from cronwire_server.workers import WorkerPool
+from cronwire_server.tls import TlsError, TlsFiles, server_credentials
+from cronwire_server.workers import WorkerPool, worker_identity
 
 log = logging.getLogger("cronwire_server")
 
@@ -52,11 +68,12 @@ SERVICE_NAMES = tuple(
         (schedule_service_pb2, "ScheduleService"),
         (execution_service_pb2, "ExecutionService"),
         (event_service_pb2, "EventService"),
+        (key_service_pb2, "KeyService"),
+        (cluster_service_pb2, "ClusterService"),
     )
 )
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 # Seconds the background loops get to notice shutdown, and the store to close.
 STOP_LOOPS_WITHIN = 5.0
 CLOSE_STORE_WITHIN = 10.0
@@ -71,6 +88,7 @@ class RunningServer:
     health: HealthServicer
     store: Store
     workers: WorkerPool | None = None
+    metrics: MetricsEndpoint | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -89,6 +107,8 @@ class RunningServer:
             await asyncio.gather(*self.background, return_exceptions=True)
         drained = self.workers.drain(grace) if self.workers else asyncio.sleep(0)
         await asyncio.gather(self.server.stop(grace), drained)
+        if self.metrics:
+            await self.metrics.close()
         try:
             async with asyncio.timeout(CLOSE_STORE_WITHIN):
                 await self.store.close()
@@ -98,22 +118,39 @@ class RunningServer:
 
 async def create_server(settings: Settings) -> RunningServer:
     """Migrate the database, open the store and start serving on `settings.listen`."""
+    # Settings that cannot work stop the server before it touches the database.
+    try:
+        limits = Limits.from_settings(settings)
+        credentials = server_credentials(tls_files(settings))
+    except (ValueError, TlsError) as exc:
+        raise SystemExit(f"cronwire-server: {exc}") from exc
     await asyncio.to_thread(upgrade, settings.database_url)
     store = await open_store(settings.database_url)
+    interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+    if settings.metrics_address:
+        # First, so that calls a later interceptor refuses are counted with their code.
+        interceptors.append(RpcMetricsInterceptor())
+    keys = KeyStore(store.engine)
+    try:
+        auth = await auth_interceptor(settings, keys)
+    except AuthRefused as exc:
+        await store.close()
+        raise SystemExit(f"cronwire-server: {exc}") from exc
+    if auth is not None:
+        interceptors.append(auth)
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
+        interceptors=interceptors,
+        options=limits.grpc_options(),
     )
     stopping = asyncio.Event()
     background = [asyncio.create_task(Sequencer(store).run(stopping))]
     if "api" in settings.roles:
         executions = ExecutionManager(store)
-        jobs = JobManager(store, http_policy(settings))
+        jobs = JobManager(store, http_policy(settings), max_per_namespace=limits.max_jobs_per_namespace)
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(jobs, executions), server)
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
-            ScheduleService(ScheduleManager(store)), server
+            ScheduleService(ScheduleManager(store, max_per_namespace=limits.max_schedules_per_namespace)),
+            server,
         )
         execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(
             ExecutionService(executions), server
@@ -124,6 +161,8 @@ async def create_server(settings: Settings) -> RunningServer:
             store, hub, heartbeat=settings.watch_heartbeat_seconds, buffer=settings.watch_buffer
         )
         event_service_pb2_grpc.add_EventServiceServicer_to_server(EventService(events), server)
+        key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyService(KeyManager(keys)), server)
+        cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterService(store), server)
 
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -131,34 +170,59 @@ async def create_server(settings: Settings) -> RunningServer:
         (*SERVICE_NAMES, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(settings.listen)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as exc:
         await store.close()
         raise SystemExit(f"cannot listen on {settings.listen}: {exc}") from exc
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # From now on health follows the database.
+    background.append(
+        asyncio.create_task(DatabaseHealth(settings.database_url, health, ("", *SERVICE_NAMES)).run(stopping))
+    )
     if "api" in settings.roles:
         background.append(hub_task)
     running = RunningServer(server, port, health, store, background=background, stopping=stopping)
-    _start_scheduler(running, settings)
+    if settings.metrics_address:
+        running.metrics = await serve_metrics(settings.metrics_address, store, store.engine.sync_engine.pool)
+    # In the registry before anyone is told the server is up.
+    identity = worker_identity()
+    replica = this_replica(identity, settings.roles, settings.replica_heartbeat_seconds)
+    heartbeat = ReplicaHeartbeat(store, replica)
+    await heartbeat.register()
+    running.background.append(asyncio.create_task(heartbeat.run(stopping)))
+    _start_scheduler(running, settings, identity)
     return running
 
 
-def _start_scheduler(running: RunningServer, settings: Settings) -> None:
+def tls_files(settings: Settings) -> TlsFiles:
+    return TlsFiles(cert=settings.tls_cert, key=settings.tls_key, client_ca=settings.tls_client_ca)
+
+
+def _start_scheduler(running: RunningServer, settings: Settings, identity: str) -> None:
     """The dispatcher and the worker pool, as this process's roles say."""
     if "dispatcher" in settings.roles:
         dispatcher = Dispatcher(running.store, grace=timedelta(seconds=settings.misfire_grace_seconds))
         running.background.append(asyncio.create_task(dispatcher.run(running.stopping)))
         pruner = Pruner(running.store, timedelta(days=settings.event_retention_days))
         running.background.append(asyncio.create_task(pruner.run(running.stopping)))
+        executions = ExecutionPruner(running.store, retention_policy(settings))
+        running.background.append(asyncio.create_task(executions.run(running.stopping)))
     if "worker" in settings.roles:
+        limits = Limits.from_settings(settings)
         running.workers = WorkerPool(
             running.store,
             slots=settings.worker_slots,
             lease=timedelta(seconds=settings.lease_seconds),
-            capture_bytes=settings.max_output_bytes,
+            capture_bytes=limits.max_output_bytes,
             runners=Runners(http_policy(settings)),
+            identity=identity,
+            secrets=Secrets(settings.secrets_file),
+            max_running_per_namespace=limits.max_running_per_namespace,
         )
         running.background.append(asyncio.create_task(running.workers.run(running.stopping)))
 
@@ -184,9 +248,16 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     running = await create_server(settings)
     host = settings.listen.rsplit(":", 1)[0]
-    log.info("cronwire-server %s listening on %s:%d", __version__, host, running.port)
+    files = tls_files(settings)
+    transport = ("mutual TLS" if files.mutual else "TLS") if files.enabled else "plaintext"
+    log.info("cronwire-server %s listening on %s:%d (%s)", __version__, host, running.port, transport)
     if settings.port_file:
         _write_port_file(settings.port_file, running.port)
+    if running.metrics:
+        metrics_host = settings.metrics_address.rsplit(":", 1)[0]
+        log.info("metrics at http://%s:%d/metrics", metrics_host, running.metrics.port)
+        if settings.metrics_port_file:
+            _write_port_file(settings.metrics_port_file, running.metrics.port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

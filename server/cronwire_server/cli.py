@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-from cronwire_server import __version__
-from cronwire_server.config import add_database_flag, add_server_flags, settings_from_args
+from cronwire_server import __version__, logs
+from cronwire_server.auth.commands import add_keys_command, run_keys_command
+from cronwire_server.config import (
+    add_database_flag,
+    add_log_format_flag,
+    add_server_flags,
+    settings_from_args,
+)
 
-COMMANDS = ("serve", "migrate")
+COMMANDS = ("serve", "migrate", "keys")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     add_server_flags(serve)
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     add_database_flag(migrate)
+    add_keys_command(commands)
+    add_log_format_flag(migrate)
     return parser
 
 
@@ -40,12 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"cronwire-server needs the server extra: pip install 'cronwire[server]' ({exc})", file=sys.stderr
         )
         return 2
+    if args.command == "keys":
+        logs.configure("WARNING", "text")
+        return run_keys_command(args)
     if args.command == "migrate":
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.configure("INFO", args.log_format)
         upgrade(args.database_url)
         print("database is up to date")
         return 0
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
     settings = settings_from_args(args)
     try:
         loop = resolve(settings.event_loop, settings.roles)

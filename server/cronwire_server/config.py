@@ -7,14 +7,23 @@ import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from typing import Any
 
 from cronwire_server.eventloop import EVENT_LOOPS
 from cronwire_server.executors.http_runner import HttpPolicy
+from cronwire_server.logs import FORMATS as LOG_FORMATS
+from cronwire_server.model import RetentionPolicy
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///cronwire.db"
 ROLES = ("api", "dispatcher", "worker")
+# The standard services a caller may reach without an API key, unless configured otherwise.
+AUTH_EXEMPTABLE = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
 
 
 def parse_networks(value: str) -> tuple[str, ...]:
@@ -25,6 +34,50 @@ def parse_networks(value: str) -> tuple[str, ...]:
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{network!r} is not a network (CIDR): {exc}") from exc
     return networks
+
+
+def non_negative(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {number}")
+    return number
+
+
+def host_and_port(address: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) -> (host, port); ValueError when it is not one."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def parse_metrics_address(value: str) -> str:
+    if value:
+        try:
+            host_and_port(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not negative, got {value}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    number = non_negative_float(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return number
 
 
 def parse_roles(value: str) -> frozenset[str]:
@@ -54,9 +107,41 @@ class Settings:
     allow_private_networks: bool = False
     allowed_networks: tuple[str, ...] = ()
     event_retention_days: float = 7.0
+    # Finished executions kept per job (0: no limit) and for how long (0: forever).
+    execution_retention_count: int = 1000
+    execution_retention_days: float = 30.0
+    # How often this process heartbeats in the replica registry (`cronwire status`).
+    replica_heartbeat_seconds: float = 5.0
     watch_heartbeat_seconds: float = 15.0
     watch_buffer: int = 256
     event_loop: str = "auto"
+    # Prometheus metrics over HTTP at HOST:PORT/metrics; empty: not served.
+    metrics_address: str = ""
+    # Where to write the metrics port once serving (useful with port 0).
+    metrics_port_file: str = ""
+    # "text" for people, "json" (one object per line) for log collectors.
+    log_format: str = "text"
+    # Auth: on when listening beyond loopback (unless `insecure`), or with `require_auth`.
+    require_auth: bool = False
+    insecure: bool = False
+    # Requests per second per API key in each replica (0: unlimited), and the burst allowed.
+    rate_limit_per_key: float = 50.0
+    rate_limit_burst: int = 100
+    # How long a replica trusts what it read about a key: the delay before a revocation bites.
+    key_cache_seconds: float = 5.0
+    # Services open without a key (health checks and reflection by default).
+    auth_exempt_services: tuple[str, ...] = AUTH_EXEMPTABLE
+    # TLS (PEM files): a certificate and key serve TLS; a client CA also requires client certificates.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Limits (see limits.py); 0 = unlimited where a limit is a count.
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_jobs_per_namespace: int = 100_000
+    max_schedules_per_namespace: int = 100_000
+    max_running_per_namespace: int = 0
+    # Secrets that jobs reference by name: a YAML or JSON file of name -> value.
+    secrets_file: str = ""
 
 
 _DEFAULTS = Settings()
@@ -158,6 +243,32 @@ def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = o
     _flag(
         parser,
         env,
+        "--execution-retention-count",
+        convert=non_negative,
+        metavar="N",
+        help="finished executions kept per job, the newest; older ones and their output are "
+        "pruned in the background (0: no limit)",
+    )
+    _flag(
+        parser,
+        env,
+        "--execution-retention-days",
+        convert=non_negative_float,
+        metavar="DAYS",
+        help="finished executions that ended longer ago are pruned with their output (0: kept forever)",
+    )
+    _flag(
+        parser,
+        env,
+        "--replica-heartbeat-seconds",
+        convert=positive_float,
+        metavar="SECONDS",
+        help="how often this process heartbeats in the replica registry; it shows as not alive "
+        "after three missed heartbeats",
+    )
+    _flag(
+        parser,
+        env,
         "--watch-heartbeat-seconds",
         convert=float,
         metavar="SECONDS",
@@ -179,6 +290,149 @@ def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = o
         help="auto (uvloop in processes without the worker role, when installed), uvloop or asyncio",
     )
     _flag(parser, env, "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
+    add_log_format_flag(parser, env)
+    _flag(
+        parser,
+        env,
+        "--metrics-address",
+        convert=parse_metrics_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics; off when empty; port 0 picks a free one",
+    )
+    _flag(
+        parser,
+        env,
+        "--metrics-port-file",
+        metavar="PATH",
+        help="write the bound metrics port to this file once serving",
+    )
+    add_tls_flags(parser, env)
+    add_auth_flags(parser, env)
+    add_limit_flags(parser, env)
+    _flag(
+        parser,
+        env,
+        "--secrets-file",
+        metavar="PATH",
+        help='secrets jobs reference as {"secret": "NAME"}: a YAML or JSON mapping of name to value, '
+        "read again when it changes; CRONWIRE_SECRET_<NAME> variables are read too",
+    )
+
+
+def _switch(parser: argparse.ArgumentParser, env: Mapping[str, str], flag: str, *, help: str) -> None:
+    """A boolean `--flag`, also set by CRONWIRE_FLAG=1 (or true, yes)."""
+    variable = "CRONWIRE_" + flag.removeprefix("--").replace("-", "_").upper()
+    on = env.get(variable, "").strip().lower() in ("1", "true", "yes")
+    parser.add_argument(flag, action="store_true", default=on, help=f"{help} ({variable}=1)")
+
+
+def parse_exempt_services(value: str) -> tuple[str, ...]:
+    services = tuple(s.strip() for s in value.split(",") if s.strip())
+    unknown = set(services) - set(AUTH_EXEMPTABLE)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"only health and reflection can be open without a key: a subset of {','.join(AUTH_EXEMPTABLE)}"
+        )
+    return services
+
+
+def add_auth_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
+    _switch(
+        parser,
+        env,
+        "--require-auth",
+        help="require an API key even when listening on loopback (beyond loopback it always is)",
+    )
+    _switch(
+        parser,
+        env,
+        "--insecure",
+        help="serve without authentication on a non-loopback address; only for trusted networks",
+    )
+    _flag(
+        parser,
+        env,
+        "--rate-limit-per-key",
+        convert=non_negative_float,
+        metavar="REQUESTS_PER_SECOND",
+        help="requests per second each API key may make to this replica; 0 is unlimited",
+    )
+    _flag(
+        parser,
+        env,
+        "--rate-limit-burst",
+        convert=non_negative,
+        metavar="REQUESTS",
+        help="requests a key may make at once before --rate-limit-per-key paces it",
+    )
+    _flag(
+        parser,
+        env,
+        "--key-cache-seconds",
+        convert=non_negative_float,
+        metavar="SECONDS",
+        help="how long a replica trusts what it read about a key: a revoked key stops working "
+        "within this time",
+    )
+    parser.add_argument(
+        "--auth-exempt-services",
+        type=parse_exempt_services,
+        default=parse_exempt_services(env.get("CRONWIRE_AUTH_EXEMPT_SERVICES", ",".join(AUTH_EXEMPTABLE))),
+        metavar="SERVICES",
+        help="services callable without a key, comma-separated; empty makes health and reflection "
+        "need one too (CRONWIRE_AUTH_EXEMPT_SERVICES, default health and reflection)",
+    )
+
+
+def add_tls_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
+    _flag(parser, env, "--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    _flag(parser, env, "--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    _flag(
+        parser,
+        env,
+        "--tls-client-ca",
+        metavar="PEM",
+        help="require client certificates signed by these CAs (mutual TLS); needs --tls-cert",
+    )
+
+
+def add_limit_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
+    _flag(
+        parser,
+        env,
+        "--max-message-bytes",
+        convert=non_negative,
+        metavar="BYTES",
+        help="largest request message accepted; larger ones get RESOURCE_EXHAUSTED",
+    )
+    for kind in ("jobs", "schedules"):
+        _flag(
+            parser,
+            env,
+            f"--max-{kind}-per-namespace",
+            convert=non_negative,
+            metavar="N",
+            help=f"{kind} a namespace may hold; creating more gets RESOURCE_EXHAUSTED (0: no limit)",
+        )
+    _flag(
+        parser,
+        env,
+        "--max-running-per-namespace",
+        convert=non_negative,
+        metavar="N",
+        help="executions of one namespace running at once across all replicas; the rest wait "
+        "QUEUED (0: no limit)",
+    )
+
+
+def add_log_format_flag(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
+    _flag(
+        parser,
+        env,
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text (readable) or json (one object per line, for log collectors)",
+    )
 
 
 def add_database_flag(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
@@ -201,4 +455,11 @@ def http_policy(settings: Settings) -> HttpPolicy:
         allow_private=settings.allow_private_networks,
         allowed_networks=tuple(ipaddress.ip_network(n) for n in settings.allowed_networks),
         hint="allow it with --allow-private-networks or --allowed-networks",
+    )
+
+
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    days = settings.execution_retention_days
+    return RetentionPolicy(
+        count=settings.execution_retention_count, max_age=timedelta(days=days) if days > 0 else None
     )

@@ -92,6 +92,28 @@ class ResourceExhausted(CronwireError):
     reason = "RESOURCE_EXHAUSTED"
 
 
+class RateLimited(ResourceExhausted):
+    """A caller sent requests faster than its allowed rate; `retry_delay` says when to try again."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, retry_delay: float) -> None:
+        super().__init__(message)
+        self.retry_delay = retry_delay
+
+
+class Unauthenticated(CronwireError):
+    """No valid credentials: one message for every cause, so it tells an attacker nothing."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(CronwireError):
+    """The caller is known but its role does not allow the call."""
+
+    reason = "PERMISSION_DENIED"
+
+
 class OutOfRange(CronwireError):
     """The request points past what exists (e.g. events no longer retained)."""
 

@@ -20,8 +20,11 @@ from cronwire_server.errors import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    PermissionDenied,
+    RateLimited,
     ResourceExhausted,
     StorageUnavailable,
+    Unauthenticated,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,8 @@ _CODES: list[tuple[type[CronwireError], int]] = [
     (StorageUnavailable, code_pb2.UNAVAILABLE),
     (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (OutOfRange, code_pb2.OUT_OF_RANGE),
+    (Unauthenticated, code_pb2.UNAUTHENTICATED),
+    (PermissionDenied, code_pb2.PERMISSION_DENIED),
 ]
 
 
@@ -56,6 +61,10 @@ def to_status(error: CronwireError) -> grpc.Status:
             for v in error.violations
         ]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+    if isinstance(error, RateLimited):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(max(int(error.retry_delay * 1e9), 1_000_000))
+        details.append(_pack(retry))
     status: grpc.Status = rpc_status.to_status(
         status_pb2.Status(code=code, message=error.message, details=details)
     )

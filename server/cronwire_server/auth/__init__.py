@@ -1,0 +1,1 @@
+"""Authentication and authorization: API keys, roles, namespace scopes, per-key request rates."""

@@ -1,0 +1,88 @@
+"""Key management, shared by KeyService and `cronwire-server keys`: validation and scope rules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cronwire_server.api.names import check_id
+from cronwire_server.auth.keys import (
+    ALL_NAMESPACES,
+    ApiKey,
+    Role,
+    digest,
+    format_token,
+    new_key_id,
+    new_secret,
+)
+from cronwire_server.auth.principal import Principal
+from cronwire_server.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from cronwire_server.model import Listing, Page
+from cronwire_server.storage.sql_keys import KeyStore
+
+MAX_DESCRIPTION = 2048
+
+
+def validate_key(namespaces: Sequence[str], description: str) -> tuple[str, ...]:
+    """The namespaces, deduplicated in order; InvalidArgument naming each bad field."""
+    violations: list[FieldViolation] = []
+    if not namespaces:
+        violations.append(FieldViolation("namespaces", f"name at least one namespace, or {ALL_NAMESPACES!r}"))
+    for index, namespace in enumerate(namespaces):
+        if namespace != ALL_NAMESPACES:
+            try:
+                check_id(namespace, f"namespaces[{index}]")
+            except InvalidArgument as error:
+                violations.extend(error.violations)
+    if len(description) > MAX_DESCRIPTION:
+        violations.append(FieldViolation("description", f"must be at most {MAX_DESCRIPTION} characters"))
+    if violations:
+        raise InvalidArgument(violations)
+    unique = tuple(dict.fromkeys(namespaces))
+    return (ALL_NAMESPACES,) if ALL_NAMESPACES in unique else unique
+
+
+class KeyManager:
+    """Key operations on behalf of a caller: an admin key limited to namespaces manages only keys
+    within them, and grants at most its own role."""
+
+    def __init__(self, store: KeyStore) -> None:
+        self._store = store
+
+    async def create(
+        self, role: Role, namespaces: Sequence[str], description: str, *, caller: Principal
+    ) -> tuple[ApiKey, str]:
+        """The stored key and its token (the only time the secret exists outside the caller)."""
+        scope = validate_key(namespaces, description)
+        if caller.key is not None:
+            if role > caller.key.role:
+                raise PermissionDenied(
+                    f"key {caller.key.name} has role {caller.key.role.name.lower()} and cannot create "
+                    f"a key with role {role.name.lower()}"
+                )
+            if not caller.key.covers(scope):
+                raise PermissionDenied(
+                    f"key {caller.key.name} can create keys only within its namespaces: "
+                    + ", ".join(caller.key.namespaces)
+                )
+        key_id, secret = new_key_id(), new_secret()
+        key = await self._store.create(ApiKey(key_id, role, scope, description), digest(secret))
+        return key, format_token(key_id, secret)
+
+    async def get(self, key_id: str, *, caller: Principal) -> ApiKey:
+        key = await self._store.get(key_id)
+        if not _manages(caller, key):
+            raise NotFound("key", key.name)
+        return key
+
+    async def list_page(self, page: Page, *, caller: Principal) -> Listing[ApiKey]:
+        # Keys the caller may not manage are left out: a page may come back short, never wrong.
+        listing = await self._store.list_page(page)
+        return Listing([k for k in listing.items if _manages(caller, k)], listing.next_after)
+
+    async def revoke(self, key_id: str, *, caller: Principal) -> ApiKey:
+        await self.get(key_id, caller=caller)
+        return await self._store.revoke(key_id)
+
+
+def _manages(caller: Principal, key: ApiKey) -> bool:
+    return caller.key is None or caller.key.covers(key.namespaces)

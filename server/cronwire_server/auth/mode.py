@@ -1,0 +1,63 @@
+"""When auth is on: beyond loopback always (unless --insecure), on loopback with --require-auth."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from cronwire_server.auth.cache import KeyCache
+from cronwire_server.auth.interceptor import AuthInterceptor
+from cronwire_server.auth.ratelimit import RateLimiter
+from cronwire_server.config import Settings
+from cronwire_server.storage.sql_keys import KeyStore
+
+log = logging.getLogger(__name__)
+
+FIRST_KEY_HINT = (
+    "create an admin key first: cronwire-server keys create --database-url URL --namespace '*' --role admin"
+)
+
+
+class AuthRefused(Exception):
+    """The server must not start as configured; the message says why and what to do."""
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether HOST:PORT only accepts connections from this machine (names other than
+    localhost count as reachable from elsewhere)."""
+    host = listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def auth_interceptor(settings: Settings, keys: KeyStore) -> AuthInterceptor | None:
+    """The interceptor if auth is on, None if it is off; AuthRefused if the server must not start."""
+    loopback = is_loopback(settings.listen)
+    if settings.insecure and settings.require_auth:
+        raise AuthRefused("--insecure and --require-auth contradict each other: choose one")
+    if settings.insecure:
+        if not loopback:
+            log.warning(
+                "AUTHENTICATION IS OFF (--insecure) on %s: anyone who can reach this address can "
+                "read, change and run every job. Use it only on a trusted network.",
+                settings.listen,
+            )
+        return None
+    if loopback and not settings.require_auth:
+        return None
+    if not await keys.any_active():
+        if not loopback:
+            raise AuthRefused(
+                f"refusing to serve on {settings.listen} without authentication, and the database "
+                f"has no API key yet: {FIRST_KEY_HINT} (or pass --insecure to serve without "
+                "authentication on a trusted network)"
+            )
+        log.warning("--require-auth is set but the database has no API key yet: %s", FIRST_KEY_HINT)
+    limiter = RateLimiter(settings.rate_limit_per_key, settings.rate_limit_burst)
+    return AuthInterceptor(
+        KeyCache(keys, settings.key_cache_seconds), limiter, frozenset(settings.auth_exempt_services)
+    )

@@ -1,0 +1,46 @@
+"""The role each RPC needs: one table, checked by the interceptor for every call.
+
+A method missing here is refused to every key (and a test fails), so a new RPC cannot
+slip through unprotected.
+"""
+
+from __future__ import annotations
+
+from cronwire_server.auth.keys import Role
+
+_V, _E, _A = Role.VIEWER, Role.EDITOR, Role.ADMIN
+
+REQUIRED_ROLES: dict[str, Role] = {
+    "/cronwire.v1.JobService/CreateJob": _E,
+    "/cronwire.v1.JobService/GetJob": _V,
+    "/cronwire.v1.JobService/ListJobs": _V,
+    "/cronwire.v1.JobService/UpdateJob": _E,
+    "/cronwire.v1.JobService/DeleteJob": _E,
+    "/cronwire.v1.JobService/RunJob": _E,
+    "/cronwire.v1.JobService/ListJobTypes": _V,
+    "/cronwire.v1.ScheduleService/CreateSchedule": _E,
+    "/cronwire.v1.ScheduleService/GetSchedule": _V,
+    "/cronwire.v1.ScheduleService/ListSchedules": _V,
+    "/cronwire.v1.ScheduleService/UpdateSchedule": _E,
+    "/cronwire.v1.ScheduleService/DeleteSchedule": _E,
+    "/cronwire.v1.ScheduleService/PauseSchedule": _E,
+    "/cronwire.v1.ScheduleService/ResumeSchedule": _E,
+    "/cronwire.v1.ScheduleService/BackfillSchedule": _E,
+    "/cronwire.v1.ScheduleService/PreviewSchedule": _V,
+    "/cronwire.v1.ExecutionService/GetExecution": _V,
+    "/cronwire.v1.ExecutionService/ListExecutions": _V,
+    "/cronwire.v1.ExecutionService/CancelExecution": _E,
+    "/cronwire.v1.ExecutionService/StreamExecutionLogs": _V,
+    "/cronwire.v1.EventService/WatchEvents": _V,
+    "/cronwire.v1.EventService/ListEvents": _V,
+    "/cronwire.v1.KeyService/CreateKey": _A,
+    "/cronwire.v1.KeyService/GetKey": _A,
+    "/cronwire.v1.KeyService/ListKeys": _A,
+    "/cronwire.v1.KeyService/RevokeKey": _A,
+    "/cronwire.v1.ClusterService/GetClusterStatus": _V,
+}
+
+
+def required_role(method: str) -> Role | None:
+    """The role `method` (`/package.Service/Method`) needs; None if it is not in the table."""
+    return REQUIRED_ROLES.get(method)
