@@ -1,0 +1,108 @@
+"""Logging: set up in one place, as readable text or as one JSON object per line.
+
+A log line about one run carries the run's names as record attributes
+(`log.info(..., extra=run_fields(execution))`): JSON lines have them as fields,
+text lines end with them, compactly. Nothing here ever logs secrets: callers pass
+names, states and numbers, never environments, headers or bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from cronwire_server.model import Execution
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# What every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+# Fields holding resource names, shown in text by their last part (the namespace is shown too).
+_RESOURCE_FIELDS = frozenset({"job", "schedule", "execution"})
+
+
+def run_fields(execution: Execution) -> dict[str, Any]:
+    """The `extra=` of a log line about `execution`: its namespace and the names of its job,
+    schedule (when a schedule fired it) and itself."""
+    ns = execution.namespace
+    fields: dict[str, Any] = {"namespace": ns, "job": f"namespaces/{ns}/jobs/{execution.job_id}"}
+    if execution.schedule_id:
+        fields["schedule"] = f"namespaces/{ns}/schedules/{execution.schedule_id}"
+    fields["execution"] = f"namespaces/{ns}/executions/{execution.id}"
+    return fields
+
+
+def url_for_log(url: str) -> str:
+    """`url` without credentials, query or fragment, which may hold tokens."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(an invalid URL)"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (RFC 3339, UTC), level, logger, message, the record's
+    extra fields, and the exception (traceback as one string) if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in extra_fields(record).items():
+            entry.setdefault(key, value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """The classic line, then the record's extra fields as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        fields = extra_fields(record)
+        if not fields:
+            return line
+        return line + " " + " ".join(f"{key}={_compact(key, value)}" for key, value in fields.items())
+
+
+def _compact(key: str, value: Any) -> str:
+    text = str(value)
+    if key in _RESOURCE_FIELDS and text.startswith("namespaces/"):
+        text = text.rsplit("/", 1)[-1]
+    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
+
+
+def configure(level: str | int = logging.INFO, log_format: str = "text") -> None:
+    """Send every logger's records to stderr in `log_format` ("text" or "json")."""
+    if log_format not in FORMATS:
+        raise ValueError(f"log format is one of {', '.join(FORMATS)}, not {log_format!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -1,0 +1,340 @@
+"""Prometheus metrics: one place defines them; instrumented code calls the small functions here.
+
+Metrics are process-global (the default registry), so several servers in one process add up
+into the same counters. Labels are low-cardinality only: states, executor kinds, RPC methods,
+never job names or execution ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import (
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.pool import Pool
+
+from cronwire_server import __version__
+from cronwire_server.config import host_and_port
+from cronwire_server.errors import StorageUnavailable
+from cronwire_server.model import SkipReason
+from cronwire_server.storage import Store
+
+log = logging.getLogger(__name__)
+
+# Queue depth is read from the database this often, never per RPC or per scrape.
+QUEUE_REFRESH_SECONDS = 5.0
+# From a few milliseconds (a worker idle when the tick came) to minutes (a backlog).
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+# The *_created series double what is exposed and say nothing a restart does not.
+disable_created_metrics()
+
+BUILD_INFO = Gauge("cronwire_build_info", "The running cronwire version; always 1.", ["version"])
+BUILD_INFO.labels(version=__version__).set(1)
+
+EXECUTIONS_STARTED = Counter(
+    "cronwire_executions_started_total", "Executions this process's workers started.", ["kind"]
+)
+EXECUTIONS_FINISHED = Counter(
+    "cronwire_executions_finished_total",
+    "Executions this process's workers ran that ended, by final state and executor kind.",
+    ["state", "kind"],
+)
+EXECUTIONS_RUNNING = Gauge("cronwire_executions_running", "Executions this process's workers are running.")
+SCHEDULING_LAG = Histogram(
+    "cronwire_scheduling_lag_seconds",
+    "How late executions start: start time minus due time (the scheduled time plus any jitter "
+    "or retry backoff).",
+    buckets=LAG_BUCKETS,
+)
+QUEUE_DEPTH = Gauge("cronwire_queue_depth", "QUEUED executions in the database, all replicas together.")
+OLDEST_QUEUED_AGE = Gauge(
+    "cronwire_oldest_queued_age_seconds",
+    "How long the longest-waiting due QUEUED execution has waited (0 when none is due).",
+)
+TICKS_SKIPPED = Counter(
+    "cronwire_ticks_skipped_total",
+    "Schedule ticks recorded as SKIPPED by this process's dispatcher, by reason.",
+    ["reason"],
+)
+LEASE_RECOVERIES = Counter(
+    "cronwire_lease_recoveries_total",
+    "Executions this process found with an expired lease (their worker died) and marked LOST.",
+)
+WATCHERS = Gauge("cronwire_watchers", "Open WatchEvents streams on this process.")
+
+# After go-grpc-prometheus, so existing dashboards and alerts apply as they are.
+RPC_STARTED = Counter(
+    "grpc_server_started_total",
+    "RPCs started on the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)
+RPC_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, whatever their status code.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+)
+RPC_SECONDS = Histogram(
+    "grpc_server_handling_seconds",
+    "Time from the start of an RPC to its end (streams: until the stream closes).",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)
+
+for _reason in SkipReason:
+    TICKS_SKIPPED.labels(reason=_reason.name.lower())
+
+
+# What instrumented code calls.
+
+
+def execution_started(kind: str, late_seconds: float) -> None:
+    EXECUTIONS_STARTED.labels(kind=kind).inc()
+    EXECUTIONS_RUNNING.inc()
+    SCHEDULING_LAG.observe(max(0.0, late_seconds))
+
+
+def execution_left(kind: str, state: str | None) -> None:
+    """A run this process started is over: `state` is its recorded end, None when it was put back
+    in the queue or another replica had taken it over."""
+    EXECUTIONS_RUNNING.dec()
+    if state is not None:
+        EXECUTIONS_FINISHED.labels(state=state, kind=kind).inc()
+
+
+def ticks_skipped(reasons: Iterable[SkipReason]) -> None:
+    for reason in reasons:
+        TICKS_SKIPPED.labels(reason=reason.name.lower()).inc()
+
+
+def lease_recovered(count: int) -> None:
+    LEASE_RECOVERIES.inc(count)
+
+
+def watcher_opened() -> None:
+    WATCHERS.inc()
+
+
+def watcher_closed() -> None:
+    WATCHERS.dec()
+
+
+# RPCs
+
+
+_STREAMING = {
+    (False, False): "unary",
+    (True, False): "client_stream",
+    (False, True): "server_stream",
+    (True, True): "bidi_stream",
+}
+
+
+def _code_after(error: BaseException | None, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        return grpc.StatusCode.CANCELLED.name
+    # Set by abort, abort_with_status or set_code; None when the handler just returned or raised.
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return grpc.StatusCode.OK.name if error is None else grpc.StatusCode.UNKNOWN.name
+
+
+@dataclass
+class _Rpc:
+    labels: tuple[str, str, str]
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        RPC_STARTED.labels(*self.labels).inc()
+
+    def end(self, error: BaseException | None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        RPC_HANDLED.labels(*self.labels, _code_after(error, context)).inc()
+        RPC_SECONDS.labels(*self.labels).observe(time.perf_counter() - self.started)
+
+
+def _measured(behaviour: Callable[..., Any], labels: tuple[str, str, str]) -> Callable[..., Any]:
+    """`behaviour` (a coroutine or async generator function), counted when it starts and ends."""
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            rpc = _Rpc(labels)
+            error: BaseException | None = None
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                rpc.end(error, context)
+
+        return stream
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        rpc = _Rpc(labels)
+        error: BaseException | None = None
+        try:
+            result = behaviour(request, context)
+            return await result if inspect.isawaitable(result) else result
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            rpc.end(error, context)
+
+    return call
+
+
+_HANDLER_FACTORIES = {
+    "unary": (grpc.unary_unary_rpc_method_handler, "unary_unary"),
+    "client_stream": (grpc.stream_unary_rpc_method_handler, "stream_unary"),
+    "server_stream": (grpc.unary_stream_rpc_method_handler, "unary_stream"),
+    "bidi_stream": (grpc.stream_stream_rpc_method_handler, "stream_stream"),
+}
+
+
+class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts every RPC the server knows, by method and final status code.
+
+    It must come first among the interceptors, so calls a later one refuses are counted too.
+    Unknown methods are not counted: their names come from callers and would be unbounded.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        grpc_type = _STREAMING[(handler.request_streaming, handler.response_streaming)]
+        make, attribute = _HANDLER_FACTORIES[grpc_type]
+        behaviour = getattr(handler, attribute)
+        return make(
+            _measured(behaviour, (grpc_type, service, method)),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+# The database: queue depth (refreshed in the background) and connection pool use (read at scrape).
+
+
+class _PoolCollector(Collector):
+    def __init__(self) -> None:
+        self._pools: list[Pool] = []
+        self._lock = threading.Lock()
+
+    def add(self, pool: Pool) -> None:
+        with self._lock:
+            self._pools.append(pool)
+
+    def remove(self, pool: Pool) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._pools.remove(pool)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        with self._lock:
+            pools = list(self._pools)
+        connections = GaugeMetricFamily(
+            "cronwire_db_pool_connections",
+            "Database connections of this process's pools, in use or idle.",
+            labels=["state"],
+        )
+        in_use = sum(_pool_number(pool, "checkedout") for pool in pools)
+        idle = sum(_pool_number(pool, "checkedin") for pool in pools)
+        connections.add_metric(["in_use"], in_use)
+        connections.add_metric(["idle"], idle)
+        size = GaugeMetricFamily(
+            "cronwire_db_pool_size", "Connections this process's database pools may hold open."
+        )
+        size.add_metric([], sum(_pool_number(pool, "size") for pool in pools))
+        return [connections, size]
+
+
+def _pool_number(pool: Pool, name: str) -> int:
+    # QueuePool has these counters; other pool classes report nothing.
+    method = getattr(pool, name, None)
+    return int(method()) if callable(method) else 0
+
+
+_POOLS = _PoolCollector()
+REGISTRY.register(_POOLS)
+
+
+async def refresh_queue(store: Store) -> None:
+    summary = await store.queue_summary()
+    QUEUE_DEPTH.set(summary.depth)
+    oldest = summary.oldest_due_time
+    OLDEST_QUEUED_AGE.set(max(0.0, (summary.now - oldest).total_seconds()) if oldest else 0.0)
+
+
+@dataclass
+class MetricsEndpoint:
+    """The HTTP server that exposes /metrics, and the background refresh it needs."""
+
+    port: int
+    _http: WSGIServer
+    _thread: threading.Thread
+    _pool: Pool | None
+    _refresher: asyncio.Task[None]
+
+    async def close(self) -> None:
+        self._refresher.cancel()
+        await asyncio.gather(self._refresher, return_exceptions=True)
+        if self._pool is not None:
+            _POOLS.remove(self._pool)
+        self._http.shutdown()
+        self._http.server_close()
+        await asyncio.to_thread(self._thread.join, 5.0)
+
+
+async def serve_metrics(address: str, store: Store, pool: Pool | None) -> MetricsEndpoint:
+    """Serve the metrics at http://ADDRESS/metrics (port 0: a free one, see `.port`)."""
+    host, port = host_and_port(address)
+    with contextlib.suppress(StorageUnavailable):
+        await refresh_queue(store)
+    try:
+        http, thread = start_http_server(port, addr=host)
+    except OSError as error:
+        raise SystemExit(f"cannot serve metrics on {address}: {error}") from error
+    if pool is not None:
+        _POOLS.add(pool)
+    refresher = asyncio.create_task(_refresh_loop(store))
+    return MetricsEndpoint(http.server_port, http, thread, pool, refresher)
+
+
+async def _refresh_loop(store: Store) -> None:
+    while True:
+        await asyncio.sleep(QUEUE_REFRESH_SECONDS)
+        try:
+            await refresh_queue(store)
+        except StorageUnavailable as error:
+            log.warning("metrics: cannot read the queue depth (%s)", error)
+
+
+def seconds_late(started: datetime | None, due: datetime | None) -> float:
+    if started is None or due is None:
+        return 0.0
+    return (started - due).total_seconds()
