@@ -287,10 +287,13 @@ class EventFilter:
     job_id: str = ""
     schedule_id: str = ""
     types: frozenset[EventType] = frozenset()
+    # Only these namespaces (the caller's scope); None: no such restriction.
+    namespaces: frozenset[str] | None = None
 
     def matches(self, event: Event) -> bool:
         return (
             (not self.namespace or event.namespace == self.namespace)
+            and (self.namespaces is None or event.namespace in self.namespaces)
             and (not self.job_id or event.job_id == self.job_id)
             and (not self.schedule_id or event.schedule_id == self.schedule_id)
             and (not self.types or event.type in self.types)
@@ -313,3 +316,59 @@ class Listing(Generic[T]):
     items: list[T]
     # The cursor of the last item when more may follow; None at the end.
     next_after: str | None
+
+
+# Operations
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A running server process, as it registered itself."""
+
+    id: str
+    hostname: str
+    pid: int
+    version: str
+    roles: frozenset[str]
+    heartbeat_seconds: float  # how often it heartbeats
+    started_at: datetime
+    heartbeat_at: datetime | None = None  # the database's clock; set by the store
+
+    def alive(self, now: datetime, missed: int = 3) -> bool:
+        """Heard from within `missed` of its own heartbeat intervals."""
+        if self.heartbeat_at is None:
+            return False
+        return (now - self.heartbeat_at).total_seconds() <= missed * self.heartbeat_seconds
+
+
+@dataclass(frozen=True)
+class LagPercentiles:
+    """start_time - scheduled_time, in seconds, over the executions started in a window."""
+
+    samples: int
+    p50: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    now: datetime
+    replicas: list[Replica]
+    queued: int
+    running: int
+    oldest_queued: Execution | None
+    lag: LagPercentiles
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Which finished executions are kept: per job the newest `count` (0: no limit), and none
+    older than `max_age` (None: forever)."""
+
+    count: int = 0
+    max_age: timedelta | None = None
+
+    @property
+    def keeps_everything(self) -> bool:
+        return self.count <= 0 and self.max_age is None

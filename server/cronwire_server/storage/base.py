@@ -9,6 +9,7 @@ from typing import Protocol
 
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.model import (
+    ClusterStatus,
     Event,
     EventFilter,
     EventType,
@@ -19,6 +20,8 @@ from cronwire_server.model import (
     JsonObject,
     Listing,
     Page,
+    Replica,
+    RetentionPolicy,
     Schedule,
 )
 from cronwire_server.planning import ScheduleActivity, TickPlan
@@ -35,6 +38,15 @@ class DispatchResult:
     queued: int  # executions queued
     skipped: int  # ticks recorded as SKIPPED
     more: bool  # the batch was full: more schedules may be due right now
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """The QUEUED executions of every replica, for the queue metrics."""
+
+    depth: int
+    oldest_due_time: datetime | None  # of those due by `now`; None when none is
+    now: datetime  # the database's
 
 
 @dataclass(frozen=True)
@@ -76,8 +88,9 @@ class Store(Protocol):
 
     # Jobs
 
-    async def create_job(self, job: Job, *, request_id: str = "") -> Job:
-        """Insert a job. AlreadyExists if the id is taken in its namespace.
+    async def create_job(self, job: Job, *, request_id: str = "", limit: int = 0) -> Job:
+        """Insert a job. AlreadyExists if the id is taken in its namespace; with a `limit` > 0,
+        NamespaceFull if the namespace holds that many jobs already.
 
         A non-empty `request_id` seen before in the namespace returns the job
         that request created (as it is now) instead of inserting.
@@ -100,10 +113,10 @@ class Store(Protocol):
 
     # Schedules
 
-    async def create_schedule(self, schedule: Schedule, *, request_id: str = "") -> Schedule:
+    async def create_schedule(self, schedule: Schedule, *, request_id: str = "", limit: int = 0) -> Schedule:
         """Insert a schedule. NotFound if its job does not exist, AlreadyExists if the id is taken.
 
-        `request_id` as for create_job.
+        `request_id` and `limit` as for create_job.
         """
 
     async def get_schedule(self, namespace: str, schedule_id: str) -> Schedule:
@@ -142,12 +155,18 @@ class Store(Protocol):
 
     # Workers
 
-    async def claim_executions(self, worker: str, limit: int, lease: timedelta) -> list[ClaimedExecution]:
-        """Start up to `limit` due QUEUED executions (SKIP LOCKED), honouring serial executions and the
-        jobs' max_concurrency; each RUNNING under `worker` with a lease until now + `lease`."""
+    async def claim_executions(
+        self, worker: str, limit: int, lease: timedelta, *, namespace_limit: int = 0
+    ) -> list[ClaimedExecution]:
+        """Start up to `limit` due QUEUED executions (SKIP LOCKED), honouring serial executions, the
+        jobs' max_concurrency and, when > 0, `namespace_limit` running per namespace (across all
+        replicas); each RUNNING under `worker` with a lease until now + `lease`."""
 
     async def next_due_time(self) -> datetime | None:
         """The earliest due time of a QUEUED execution."""
+
+    async def queue_summary(self) -> QueueSummary:
+        """How many executions are QUEUED, and the earliest due time of those already due."""
 
     async def renew_leases(self, worker: str, execution_ids: list[str], lease: timedelta) -> set[str]:
         """Extend the leases `worker` holds; return the ids whose cancellation was requested."""
@@ -238,3 +257,24 @@ class Store(Protocol):
 
     async def prune_events(self, before: datetime, *, limit: int) -> int:
         """Delete up to `limit` events older than `before`; how many."""
+
+    # Operations
+
+    async def register_replica(self, replica: Replica) -> None:
+        """Insert (or refresh) this process's row in the replica registry, stamped with now."""
+
+    async def heartbeat_replica(self, replica_id: str) -> bool:
+        """Stamp the replica's heartbeat with now; False when its row is gone (pruned)."""
+
+    async def remove_replica(self, replica_id: str) -> None:
+        """Delete the replica's row (clean shutdown)."""
+
+    async def prune_replicas(self, silent_for: timedelta) -> int:
+        """Delete the rows of replicas not heard from for `silent_for`; how many."""
+
+    async def cluster_status(self, lag_window: timedelta) -> ClusterStatus:
+        """Replicas, queue depth, running executions and the scheduling lag over `lag_window`."""
+
+    async def prune_executions(self, policy: RetentionPolicy, *, limit: int) -> int:
+        """Delete up to `limit` finished executions (and their output) that `policy` no longer keeps;
+        never active ones, ones with a pending callback, or ones an active execution descends from."""

@@ -22,7 +22,9 @@ from sqlalchemy.util import greenlet_spawn
 
 from cronwire_server import errors
 from cronwire_server.executors.runtime import RunOutcome
+from cronwire_server.limits import NamespaceFull
 from cronwire_server.model import (
+    ClusterStatus,
     Event,
     EventFilter,
     EventType,
@@ -33,15 +35,18 @@ from cronwire_server.model import (
     JsonObject,
     Listing,
     Page,
+    Replica,
+    RetentionPolicy,
     Schedule,
 )
-from cronwire_server.storage import sql_events
+from cronwire_server.storage import sql_events, sql_replicas, sql_retention
 from cronwire_server.storage import sql_executions as ex
 from cronwire_server.storage.base import (
     ClaimedExecution,
     DispatchResult,
     ExecutionFilter,
     Planner,
+    QueueSummary,
     RetryPlanner,
 )
 from cronwire_server.storage.records import (
@@ -317,14 +322,16 @@ class SqlStore:
         event: dict[str, Any],
         request_id: str,
         method: str,
+        limit: _NamespaceLimit | None = None,
     ) -> None:
         """Insert one row and its event; with a request id, record that id atomically with it.
 
         A concurrent request with the same id waits on our uncommitted request id row,
         then fails with a unique violation: it never inserts a second resource.
+        With a `limit`, the namespace's rows are counted in the inserting transaction.
         """
         plain, with_event, recording = statements
-        if self._postgres:
+        if self._postgres and limit is None:
             params = {**values, **sql_events.params(event)}
             if request_id:
                 self._execute(recording, _request_params(params, request_id, method))
@@ -332,6 +339,8 @@ class SqlStore:
                 self._execute(with_event, params)
             return
         with self._transaction() as conn:
+            if limit is not None:
+                limit.check(conn, values["namespace"])
             if request_id:
                 conn.execute(_RECORD_REQUEST, _request_params(values, request_id, method))
             conn.execute(plain, values)
@@ -404,15 +413,21 @@ class SqlStore:
 
     # Jobs
 
-    async def create_job(self, job: Job, *, request_id: str = "") -> Job:
+    async def create_job(self, job: Job, *, request_id: str = "", limit: int = 0) -> Job:
         now = datetime.now(UTC)
         values = {"namespace": job.namespace, "id": job.id, "create_time": now}
         values.update(_stamp(job_fields(job), now))
         statements = (_INSERT_JOB, _INSERT_JOB_WITH_EVENT, _INSERT_JOB_RECORDING_REQUEST)
         key = _Key("job", job.namespace, job.id)
         event = _resource_event(EventType.JOB_CREATED, key, values, now)
+        counted = _NamespaceLimit("job", jobs, limit) if limit > 0 else None
         try:
-            await self._run(self._insert, statements, values, event, request_id, "CreateJob")
+            await self._run(self._insert, statements, values, event, request_id, "CreateJob", counted)
+        except NamespaceFull:
+            # A retry of a create that got in before the namespace filled up gets its job.
+            if request_id and (replay := await self._recorded_resource(job.namespace, request_id, "CreateJob")):
+                return await self.get_job(job.namespace, replay)
+            raise
         except exc.IntegrityError as error:
             if _violated(error) != "unique":
                 raise
@@ -454,15 +469,21 @@ class SqlStore:
 
     # Schedules
 
-    async def create_schedule(self, schedule: Schedule, *, request_id: str = "") -> Schedule:
+    async def create_schedule(self, schedule: Schedule, *, request_id: str = "", limit: int = 0) -> Schedule:
         now = datetime.now(UTC)
         values = {"namespace": schedule.namespace, "id": schedule.id, "create_time": now}
         values.update(_stamp(schedule_fields(schedule), now))
         statements = (_INSERT_SCHEDULE, _INSERT_SCHEDULE_WITH_EVENT, _INSERT_SCHEDULE_RECORDING_REQUEST)
         key = _Key("schedule", schedule.namespace, schedule.id)
         event = _resource_event(EventType.SCHEDULE_CREATED, key, values, now)
+        counted = _NamespaceLimit("schedule", schedules, limit) if limit > 0 else None
         try:
-            await self._run(self._insert, statements, values, event, request_id, "CreateSchedule")
+            await self._run(self._insert, statements, values, event, request_id, "CreateSchedule", counted)
+        except NamespaceFull:
+            replay = request_id and await self._recorded_resource(schedule.namespace, request_id, "CreateSchedule")
+            if replay:
+                return await self.get_schedule(schedule.namespace, replay)
+            raise
         except exc.IntegrityError as error:
             if _violated(error) == "unique" and request_id:
                 replay = await self._recorded_resource(schedule.namespace, request_id, "CreateSchedule")
@@ -547,9 +568,11 @@ class SqlStore:
 
     # Workers
 
-    async def claim_executions(self, worker: str, limit: int, lease: timedelta) -> list[ClaimedExecution]:
+    async def claim_executions(
+        self, worker: str, limit: int, lease: timedelta, *, namespace_limit: int = 0
+    ) -> list[ClaimedExecution]:
         claimed: list[ClaimedExecution] = await self._run(
-            self._in_transaction, ex.claim, worker, limit, lease
+            self._in_transaction, ex.claim, worker, limit, lease, namespace_limit
         )
         return claimed
 
@@ -557,6 +580,19 @@ class SqlStore:
         query = sa.select(sa.func.min(executions.c.due_time)).where(executions.c.state == ex.QUEUED)
         rows = await self._run(self._all, query)
         return _aware(rows[0][0])
+
+    async def queue_summary(self) -> QueueSummary:
+        return await self._run(self._queue_summary)
+
+    def _queue_summary(self) -> QueueSummary:
+        # One pass over the partial index of QUEUED executions.
+        with self._sync.connect() as conn:
+            now = ex.database_now(conn)
+            due = sa.case((executions.c.due_time <= now, executions.c.due_time))
+            depth, oldest = conn.execute(
+                sa.select(sa.func.count(), sa.func.min(due)).where(executions.c.state == ex.QUEUED)
+            ).one()
+        return QueueSummary(int(depth), _aware(oldest), now)
 
     async def renew_leases(self, worker: str, execution_ids: list[str], lease: timedelta) -> set[str]:
         stop: set[str] = await self._run(self._in_transaction, ex.renew, worker, execution_ids, lease)
@@ -808,6 +844,30 @@ class SqlStore:
         )
         return pruned
 
+    # Operations
+
+    async def register_replica(self, replica: Replica) -> None:
+        await self._run(self._in_transaction, sql_replicas.register, replica)
+
+    async def heartbeat_replica(self, replica_id: str) -> bool:
+        alive: bool = await self._run(self._read, sql_replicas.heartbeat, replica_id)
+        return alive
+
+    async def remove_replica(self, replica_id: str) -> None:
+        await self._run(self._read, sql_replicas.remove, replica_id)
+
+    async def prune_replicas(self, silent_for: timedelta) -> int:
+        pruned: int = await self._run(self._read, sql_replicas.prune, silent_for)
+        return pruned
+
+    async def cluster_status(self, lag_window: timedelta) -> ClusterStatus:
+        status: ClusterStatus = await self._run(self._read, sql_replicas.cluster_status, lag_window)
+        return status
+
+    async def prune_executions(self, policy: RetentionPolicy, *, limit: int) -> int:
+        pruned: int = await self._run(self._in_transaction, sql_retention.prune, policy, limit)
+        return pruned
+
 
 def _aware(value: datetime | None) -> datetime | None:
     # Aggregates (MIN) bypass the column type: SQLite hands back naive UTC text.
@@ -820,6 +880,28 @@ def _aware(value: datetime | None) -> datetime | None:
 
 # ---------------------------------------------------------------------------
 # Helpers shared by jobs and schedules
+
+
+@dataclass(frozen=True)
+class _NamespaceLimit:
+    """At most `limit` rows of `table` in a namespace, counted in the inserting transaction.
+
+    SQLite's BEGIN IMMEDIATE makes the count exact. PostgreSQL counts without a lock (creates
+    in one namespace stay concurrent): creates racing at the limit, on any replicas, may each
+    see the count before the others commit, so a namespace may end up to (creates in flight
+    in it at that moment - 1) over its limit, and no further.
+    """
+
+    kind: str
+    table: sa.Table
+    limit: int
+
+    def check(self, conn: Connection, namespace: str) -> None:
+        # Stops counting at the limit: the cost does not grow past it.
+        held = sa.select(self.table.c.id).where(self.table.c.namespace == namespace).limit(self.limit)
+        count = conn.execute(sa.select(sa.func.count()).select_from(held.subquery())).scalar_one()
+        if count >= self.limit:
+            raise NamespaceFull(self.kind, namespace, self.limit)
 
 
 @dataclass(frozen=True)

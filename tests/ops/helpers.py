@@ -1,0 +1,35 @@
+"""Helpers of the operations tests: direct reads and writes to a test database, bypassing the server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cronwire_server.storage.sql_store import sync_url
+from cronwire_server.storage.tables import executions
+
+
+@contextmanager
+def database(database_url: str) -> Iterator[Connection]:
+    """One transaction on the test database, with the server's table definitions (so times are
+    stored the way the server stores them on either backend)."""
+    engine = sa.create_engine(sync_url(database_url))
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def shift_times(conn: Connection, execution_ids: list[str], delta: timedelta, *columns: str) -> None:
+    """Move `columns` of the executions by `delta` (negative: into the past)."""
+    for execution_id in execution_ids:
+        row = conn.execute(
+            sa.select(*(executions.c[c] for c in columns)).where(executions.c.id == execution_id)
+        ).one()
+        moved = {c: value + delta for c, value in zip(columns, row, strict=True) if value is not None}
+        conn.execute(sa.update(executions).where(executions.c.id == execution_id).values(moved))
