@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from cronwire_server.auth.principal import current_actor
 from cronwire_server.model import Execution, ExecutionState, JsonObject, Listing, Page
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ExecutionFilter
@@ -39,7 +40,9 @@ class ExecutionManager:
     async def run_job(
         self, namespace: str, job_id: str, arguments: JsonObject, *, request_id: str = ""
     ) -> Execution:
-        return await self._store.run_job(namespace, job_id, arguments, request_id=request_id)
+        return await self._store.run_job(
+            namespace, job_id, arguments, request_id=request_id, actor=current_actor()
+        )
 
     async def get(self, namespace: str, execution_id: str) -> Execution:
         return await self._store.get_execution(namespace, execution_id)
@@ -48,7 +51,7 @@ class ExecutionManager:
         return await self._store.list_executions(namespace, page, where)
 
     async def cancel(self, namespace: str, execution_id: str, reason: str) -> Execution:
-        return await self._store.cancel_execution(namespace, execution_id, reason)
+        return await self._store.cancel_execution(namespace, execution_id, reason, actor=current_actor())
 
     async def output(
         self, namespace: str, execution_id: str, offset: int, follow: bool

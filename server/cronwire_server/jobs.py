@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+from cronwire_server.auth.principal import current_actor
 from cronwire_server.errors import FieldViolation, InvalidArgument, NotFound
 from cronwire_server.executors import registry
 from cronwire_server.executors.http_runner import HttpPolicy, check_url
@@ -84,14 +85,17 @@ def validate_job(job: Job, policy: HttpPolicy | None = None) -> None:
 class JobManager:
     """The job operations, over a Store."""
 
-    def __init__(self, store: Store, policy: HttpPolicy | None = None) -> None:
+    def __init__(self, store: Store, policy: HttpPolicy | None = None, *, max_per_namespace: int = 0) -> None:
         self._store = store
         self._policy = policy
+        self._max_per_namespace = max_per_namespace
 
     async def create(self, job: Job, *, request_id: str = "") -> Job:
         validate_job(job, self._policy)
         await self._refuse_cycles(job)
-        return await self._store.create_job(job, request_id=request_id)
+        return await self._store.create_job(
+            job, request_id=request_id, limit=self._max_per_namespace, actor=current_actor()
+        )
 
     async def get(self, namespace: str, job_id: str) -> Job:
         """The job with its statistics."""
@@ -125,6 +129,8 @@ class JobManager:
     async def update(
         self, namespace: str, job_id: str, change: Callable[[Job], Job], *, expected_etag: str = ""
     ) -> Job:
+        actor = current_actor()
+
         def checked(current: Job) -> Job:
             updated = change(current)
             validate_job(updated, self._policy)
@@ -132,7 +138,7 @@ class JobManager:
 
         return await read_modify_write(
             lambda: self._store.get_job(namespace, job_id),
-            lambda job, etag: self._store.update_job(job, expected_etag=etag),
+            lambda job, etag: self._store.update_job(job, expected_etag=etag, actor=actor),
             checked,
             kind="job",
             name=job_name(namespace, job_id),
@@ -141,7 +147,7 @@ class JobManager:
         )
 
     async def delete(self, namespace: str, job_id: str, *, expected_etag: str = "") -> None:
-        await self._store.delete_job(namespace, job_id, expected_etag=expected_etag)
+        await self._store.delete_job(namespace, job_id, expected_etag=expected_etag, actor=current_actor())
 
     @staticmethod
     def types() -> list[ExecutorKind]:

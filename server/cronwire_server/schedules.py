@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from cronwire_server import triggers
+from cronwire_server.auth.principal import current_actor
 from cronwire_server.errors import FieldViolation, InvalidArgument
 from cronwire_server.model import EventType, Execution, Listing, OverlapPolicy, Page, Schedule
 from cronwire_server.optimistic import read_modify_write
@@ -56,8 +57,9 @@ def with_next_fire_time(schedule: Schedule, now: datetime) -> Schedule:
 class ScheduleManager:
     """The schedule operations, over a Store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, max_per_namespace: int = 0) -> None:
         self._store = store
+        self._max_per_namespace = max_per_namespace
 
     async def create(self, schedule: Schedule, *, request_id: str = "") -> Schedule:
         validate_schedule(schedule)
@@ -65,7 +67,12 @@ class ScheduleManager:
         if schedule.start_time is None:
             # Pin the anchor so interval ticks do not drift with restarts or updates.
             schedule = dataclasses.replace(schedule, start_time=now.replace(microsecond=0))
-        return await self._store.create_schedule(with_next_fire_time(schedule, now), request_id=request_id)
+        return await self._store.create_schedule(
+            with_next_fire_time(schedule, now),
+            request_id=request_id,
+            limit=self._max_per_namespace,
+            actor=current_actor(),
+        )
 
     async def get(self, namespace: str, schedule_id: str) -> Schedule:
         return await self._store.get_schedule(namespace, schedule_id)
@@ -110,7 +117,9 @@ class ScheduleManager:
         return await self._write(namespace, schedule_id, resume, "", EventType.SCHEDULE_RESUMED)
 
     async def delete(self, namespace: str, schedule_id: str, *, expected_etag: str = "") -> None:
-        await self._store.delete_schedule(namespace, schedule_id, expected_etag=expected_etag)
+        await self._store.delete_schedule(
+            namespace, schedule_id, expected_etag=expected_etag, actor=current_actor()
+        )
 
     async def _write(
         self,
@@ -120,10 +129,11 @@ class ScheduleManager:
         expected_etag: str,
         event_type: EventType = EventType.SCHEDULE_UPDATED,
     ) -> Schedule:
+        actor = current_actor()
         return await read_modify_write(
             lambda: self._store.get_schedule(namespace, schedule_id),
             lambda schedule, etag: self._store.update_schedule(
-                schedule, expected_etag=etag, event_type=event_type
+                schedule, expected_etag=etag, event_type=event_type, actor=actor
             ),
             change,
             kind="schedule",
@@ -194,5 +204,6 @@ class ScheduleManager:
             serial=overlap_policy is not OverlapPolicy.ALLOW_ALL,
             max_concurrency=max_concurrency or 1,
             request_id=request_id,
+            actor=current_actor(),
         )
         return previews, executions

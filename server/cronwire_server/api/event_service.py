@@ -10,9 +10,10 @@ import grpc
 
 from cronwire.v1 import event_pb2, event_service_pb2_grpc
 from cronwire.v1 import event_service_pb2 as pb
-from cronwire_server.api import convert, names
+from cronwire_server.api import convert, names, scope
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import server_streaming, unary
+from cronwire_server.auth import principal
 from cronwire_server.errors import InvalidArgument
 from cronwire_server.events import EventManager
 from cronwire_server.model import Event, EventFilter
@@ -22,28 +23,34 @@ DEFAULT_PAGE = 100
 
 
 def _filter(request: pb.WatchEventsRequest | pb.ListEventsRequest) -> EventFilter:
-    namespace = "" if request.parent in ("", "namespaces/-") else names.parse_parent(request.parent)
+    namespace = "" if request.parent in ("", "namespaces/-") else scope.parent(request.parent)
 
-    def resource_id(value: str, kind: str, field: str) -> str:
+    def resource(value: str, kind: str, field: str) -> names.ResourceName | None:
         if not value:
-            return ""
-        name = names.parse_name(value, kind, field)
+            return None
+        name = scope.name(value, kind, field)
         if namespace and name.namespace != namespace:
             raise InvalidArgument.field(field, f"must be a {kind} of namespace {namespace}")
-        return name.id
+        return name
 
     types = frozenset(
         convert.event_type_from_pb(value, f"event_types[{index}]")
         for index, value in enumerate(request.event_types)
     )
-    job_id = resource_id(request.job, "job", "job")
-    schedule_id = resource_id(request.schedule, "schedule", "schedule")
-    if not namespace and (job_id or schedule_id):
+    job = resource(request.job, "job", "job")
+    schedule = resource(request.schedule, "schedule", "schedule")
+    named = job or schedule
+    if not namespace and named:
         # A job or schedule id names a resource only within its namespace.
-        namespace = names.parse_name(
-            request.job or request.schedule, "job" if request.job else "schedule"
-        ).namespace
-    return EventFilter(namespace=namespace, job_id=job_id, schedule_id=schedule_id, types=types)
+        namespace = named.namespace
+    return EventFilter(
+        namespace=namespace,
+        job_id=job.id if job else "",
+        schedule_id=schedule.id if schedule else "",
+        types=types,
+        # Across namespaces, only those the caller's key covers.
+        namespaces=None if namespace else principal.visible_namespaces(),
+    )
 
 
 # Responses stay well under the 4 MiB a default client accepts, however large the snapshots.

@@ -9,7 +9,7 @@ import grpc
 
 from cronwire.v1 import execution_service_pb2 as pb
 from cronwire.v1 import execution_service_pb2_grpc
-from cronwire_server.api import convert, names
+from cronwire_server.api import convert, names, scope
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import server_streaming, unary
 from cronwire_server.errors import InvalidArgument
@@ -49,7 +49,7 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
     async def GetExecution(
         self, request: pb.GetExecutionRequest, context: Context
     ) -> pb.GetExecutionResponse:
-        name = names.parse_name(request.name, "execution")
+        name = scope.name(request.name, "execution")
         execution = await self._executions.get(name.namespace, name.id)
         return pb.GetExecutionResponse(execution=convert.execution_to_pb(execution))
 
@@ -57,7 +57,7 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
     async def ListExecutions(
         self, request: pb.ListExecutionsRequest, context: Context
     ) -> pb.ListExecutionsResponse:
-        namespace = names.parse_parent(request.parent)
+        namespace = scope.parent(request.parent)
         where = _filter(request, namespace)
         filters = {"namespace": namespace, "filter": repr(where)}
         page = page_from_request(request.page_size, request.page_token, filters)
@@ -71,7 +71,7 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
     async def CancelExecution(
         self, request: pb.CancelExecutionRequest, context: Context
     ) -> pb.CancelExecutionResponse:
-        name = names.parse_name(request.name, "execution")
+        name = scope.name(request.name, "execution")
         execution = await self._executions.cancel(name.namespace, name.id, request.reason)
         return pb.CancelExecutionResponse(execution=convert.execution_to_pb(execution))
 
@@ -79,7 +79,7 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
     async def StreamExecutionLogs(
         self, request: pb.StreamExecutionLogsRequest, context: Context
     ) -> AsyncIterator[pb.StreamExecutionLogsResponse]:
-        name = names.parse_name(request.name, "execution")
+        name = scope.name(request.name, "execution")
         if request.offset < 0:
             raise InvalidArgument.field("offset", "must not be negative")
         async for piece in self._executions.output(name.namespace, name.id, request.offset, request.follow):

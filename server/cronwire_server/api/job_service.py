@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from cronwire.v1 import job_service_pb2, job_service_pb2_grpc
-from cronwire_server.api import convert, fields, names
+from cronwire_server.api import convert, fields, names, scope
 from cronwire_server.api.masks import mask_paths, merge
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import unary
@@ -43,7 +43,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
     async def CreateJob(
         self, request: job_service_pb2.CreateJobRequest, context: Context
     ) -> job_service_pb2.CreateJobResponse:
-        namespace = names.parse_parent(request.parent)
+        namespace = scope.parent(request.parent)
         job_id = names.check_id(request.job_id, "job_id") if request.job_id else names.new_id("job")
         request_id = fields.request_id(request.request_id)
         fields.required(request.HasField("job"), "job")
@@ -56,7 +56,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Context
     ) -> job_service_pb2.GetJobResponse:
-        name = names.parse_name(request.name, "job")
+        name = scope.name(request.name, "job")
         job = await self._jobs.get(name.namespace, name.id)
         return job_service_pb2.GetJobResponse(job=convert.job_to_pb(job))
 
@@ -64,7 +64,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
     async def ListJobs(
         self, request: job_service_pb2.ListJobsRequest, context: Context
     ) -> job_service_pb2.ListJobsResponse:
-        namespace = names.parse_parent(request.parent)
+        namespace = scope.parent(request.parent)
         filters = {"namespace": namespace, "executor": request.executor}
         page = page_from_request(request.page_size, request.page_token, filters)
         listing = await self._jobs.list_page(namespace, page, executor=request.executor)
@@ -78,7 +78,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.UpdateJobRequest, context: Context
     ) -> job_service_pb2.UpdateJobResponse:
         fields.required(request.HasField("job"), "job")
-        name = names.parse_name(request.job.name, "job", "job.name")
+        name = scope.name(request.job.name, "job", "job.name")
         mask = request.update_mask if request.HasField("update_mask") else None
         paths = mask_paths(request.job, mask, mutable=MUTABLE, output_only=OUTPUT_ONLY)
 
@@ -95,7 +95,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
     async def DeleteJob(
         self, request: job_service_pb2.DeleteJobRequest, context: Context
     ) -> job_service_pb2.DeleteJobResponse:
-        name = names.parse_name(request.name, "job")
+        name = scope.name(request.name, "job")
         await self._jobs.delete(name.namespace, name.id, expected_etag=request.etag)
         return job_service_pb2.DeleteJobResponse()
 
@@ -103,7 +103,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
     async def RunJob(
         self, request: job_service_pb2.RunJobRequest, context: Context
     ) -> job_service_pb2.RunJobResponse:
-        name = names.parse_name(request.name, "job")
+        name = scope.name(request.name, "job")
         request_id = fields.request_id(request.request_id)
         arguments = convert.struct_to_dict(request.arguments)
         execution = await self._executions.run_job(name.namespace, name.id, arguments, request_id=request_id)

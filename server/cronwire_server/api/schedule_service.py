@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from cronwire.v1 import schedule_pb2, schedule_service_pb2, schedule_service_pb2_grpc
-from cronwire_server.api import convert, fields, names
+from cronwire_server.api import convert, fields, names, scope
 from cronwire_server.api.masks import mask_paths, merge
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import unary
@@ -53,7 +53,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     async def CreateSchedule(
         self, request: schedule_service_pb2.CreateScheduleRequest, context: Context
     ) -> schedule_service_pb2.CreateScheduleResponse:
-        namespace = names.parse_parent(request.parent)
+        namespace = scope.parent(request.parent)
         schedule_id = (
             names.check_id(request.schedule_id, "schedule_id")
             if request.schedule_id
@@ -70,7 +70,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     async def GetSchedule(
         self, request: schedule_service_pb2.GetScheduleRequest, context: Context
     ) -> schedule_service_pb2.GetScheduleResponse:
-        name = names.parse_name(request.name, "schedule")
+        name = scope.name(request.name, "schedule")
         schedule = await self._schedules.with_stats(await self._schedules.get(name.namespace, name.id))
         return schedule_service_pb2.GetScheduleResponse(schedule=_schedule_pb(schedule))
 
@@ -78,7 +78,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     async def ListSchedules(
         self, request: schedule_service_pb2.ListSchedulesRequest, context: Context
     ) -> schedule_service_pb2.ListSchedulesResponse:
-        namespace = names.parse_parent(request.parent)
+        namespace = scope.parent(request.parent)
         job_id = ""
         if request.job:
             job = names.parse_name(request.job, "job", "job")
@@ -99,7 +99,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     ) -> schedule_service_pb2.UpdateScheduleResponse:
         fields.required(request.HasField("schedule"), "schedule")
         update = request.schedule
-        name = names.parse_name(update.name, "schedule", "schedule.name")
+        name = scope.name(update.name, "schedule", "schedule.name")
         mask = request.update_mask if request.HasField("update_mask") else None
         if mask is not None and any(p.split(".")[0] in ("job", "paused") for p in mask.paths):
             raise InvalidArgument.field(
@@ -129,7 +129,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     async def DeleteSchedule(
         self, request: schedule_service_pb2.DeleteScheduleRequest, context: Context
     ) -> schedule_service_pb2.DeleteScheduleResponse:
-        name = names.parse_name(request.name, "schedule")
+        name = scope.name(request.name, "schedule")
         await self._schedules.delete(name.namespace, name.id, expected_etag=request.etag)
         return schedule_service_pb2.DeleteScheduleResponse()
 
@@ -137,7 +137,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     async def PauseSchedule(
         self, request: schedule_service_pb2.PauseScheduleRequest, context: Context
     ) -> schedule_service_pb2.PauseScheduleResponse:
-        name = names.parse_name(request.name, "schedule")
+        name = scope.name(request.name, "schedule")
         schedule = await self._schedules.pause(name.namespace, name.id, request.reason)
         return schedule_service_pb2.PauseScheduleResponse(schedule=_schedule_pb(schedule))
 
@@ -145,7 +145,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     async def ResumeSchedule(
         self, request: schedule_service_pb2.ResumeScheduleRequest, context: Context
     ) -> schedule_service_pb2.ResumeScheduleResponse:
-        name = names.parse_name(request.name, "schedule")
+        name = scope.name(request.name, "schedule")
         schedule = await self._schedules.resume(name.namespace, name.id)
         return schedule_service_pb2.ResumeScheduleResponse(schedule=_schedule_pb(schedule))
 
@@ -153,7 +153,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     async def BackfillSchedule(
         self, request: schedule_service_pb2.BackfillScheduleRequest, context: Context
     ) -> schedule_service_pb2.BackfillScheduleResponse:
-        name = names.parse_name(request.name, "schedule")
+        name = scope.name(request.name, "schedule")
         fields.required(request.HasField("start_time"), "start_time")
         fields.required(request.HasField("end_time"), "end_time")
         overlap = convert.overlap_from_pb(request.overlap_policy, default=OverlapPolicy.ALLOW_ALL)
@@ -180,7 +180,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
         after = convert.optional_time(request, "after_time")
         source = request.WhichOneof("source")
         if source == "name":
-            name = names.parse_name(request.name, "schedule")
+            name = scope.name(request.name, "schedule")
             schedule = await self._schedules.get(name.namespace, name.id)
             times = self._schedules.preview(schedule, after, count)
         elif source == "schedule":

@@ -76,6 +76,9 @@ class Wakeup(Protocol):
 class Store(Protocol):
     """Durable state. Every method is one transaction; errors are `cronwire_server.errors` types.
 
+    Methods that change something on a caller's behalf take `actor`, the API key (`keys/<id>`)
+    their events are credited to; "" for changes the scheduler makes itself or with auth off.
+
     Output-only fields (`create_time`, `update_time`, `etag`) are set here; the
     objects passed in are not modified, the stored versions are returned.
     """
@@ -88,7 +91,7 @@ class Store(Protocol):
 
     # Jobs
 
-    async def create_job(self, job: Job, *, request_id: str = "", limit: int = 0) -> Job:
+    async def create_job(self, job: Job, *, request_id: str = "", limit: int = 0, actor: str = "") -> Job:
         """Insert a job. AlreadyExists if the id is taken in its namespace; with a `limit` > 0,
         NamespaceFull if the namespace holds that many jobs already.
 
@@ -102,18 +105,22 @@ class Store(Protocol):
     async def list_jobs(self, namespace: str, page: Page, *, executor: str = "") -> Listing[Job]:
         """Jobs in id order after `page.after`, at most `page.size`; only `executor` kind if given."""
 
-    async def update_job(self, job: Job, *, expected_etag: str) -> Job:
+    async def update_job(self, job: Job, *, expected_etag: str, actor: str = "") -> Job:
         """Replace the job's fields, if its etag is still `expected_etag` (checked in the UPDATE).
 
         NotFound if it is gone, EtagMismatch if it changed.
         """
 
-    async def delete_job(self, namespace: str, job_id: str, *, expected_etag: str = "") -> None:
+    async def delete_job(
+        self, namespace: str, job_id: str, *, expected_etag: str = "", actor: str = ""
+    ) -> None:
         """Delete the job and its schedules. NotFound; EtagMismatch if `expected_etag` is stale."""
 
     # Schedules
 
-    async def create_schedule(self, schedule: Schedule, *, request_id: str = "", limit: int = 0) -> Schedule:
+    async def create_schedule(
+        self, schedule: Schedule, *, request_id: str = "", limit: int = 0, actor: str = ""
+    ) -> Schedule:
         """Insert a schedule. NotFound if its job does not exist, AlreadyExists if the id is taken.
 
         `request_id` and `limit` as for create_job.
@@ -126,12 +133,19 @@ class Store(Protocol):
         """Schedules in id order after `page.after`, at most `page.size`; only `job_id`'s if given."""
 
     async def update_schedule(
-        self, schedule: Schedule, *, expected_etag: str, event_type: EventType = EventType.SCHEDULE_UPDATED
+        self,
+        schedule: Schedule,
+        *,
+        expected_etag: str,
+        event_type: EventType = EventType.SCHEDULE_UPDATED,
+        actor: str = "",
     ) -> Schedule:
         """Replace the schedule's fields (paused state and next fire time included) if its etag is
         still `expected_etag`. NotFound; EtagMismatch."""
 
-    async def delete_schedule(self, namespace: str, schedule_id: str, *, expected_etag: str = "") -> None:
+    async def delete_schedule(
+        self, namespace: str, schedule_id: str, *, expected_etag: str = "", actor: str = ""
+    ) -> None:
         """Delete the schedule. NotFound; EtagMismatch if `expected_etag` is stale."""
 
     # The clock: every "now" that decides claiming, firing and leases is the database's.
@@ -186,7 +200,7 @@ class Store(Protocol):
     # Executions
 
     async def run_job(
-        self, namespace: str, job_id: str, arguments: JsonObject, *, request_id: str = ""
+        self, namespace: str, job_id: str, arguments: JsonObject, *, request_id: str = "", actor: str = ""
     ) -> Execution:
         """Queue an execution of the job now. NotFound; a seen `request_id` returns its execution."""
 
@@ -197,7 +211,9 @@ class Store(Protocol):
         """Newest first (by create time, then id), output left out; `page.after` is a cursor this
         method returned."""
 
-    async def cancel_execution(self, namespace: str, execution_id: str, reason: str) -> Execution:
+    async def cancel_execution(
+        self, namespace: str, execution_id: str, reason: str, *, actor: str = ""
+    ) -> Execution:
         """QUEUED: CANCELLED at once. RUNNING: cancellation requested; its worker stops it. Ended:
         unchanged."""
 
@@ -233,6 +249,7 @@ class Store(Protocol):
         serial: bool,
         max_concurrency: int,
         request_id: str = "",
+        actor: str = "",
     ) -> list[Execution]:
         """Queue one BACKFILL execution per tick, at most `max_concurrency` running at once; a seen
         `request_id` returns the executions of that earlier backfill."""

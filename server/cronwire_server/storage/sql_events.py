@@ -216,6 +216,8 @@ def select(where: EventFilter, after: int, limit: int, up_to: int | None = None)
         query = query.where(events.c.sequence <= up_to)
     if where.namespace:
         query = query.where(events.c.namespace == where.namespace)
+    if where.namespaces is not None:
+        query = query.where(events.c.namespace.in_(sorted(where.namespaces)))
     if where.job_id:
         query = query.where(events.c.job_id == where.job_id)
     if where.schedule_id:

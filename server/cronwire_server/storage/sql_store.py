@@ -301,14 +301,16 @@ class SqlStore:
             return conn.execute(statement).all()
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
-        """BEGIN ... COMMIT; events the work queued (`sql_executions.emit`) are written last."""
+    def _transaction(self, actor: str = "") -> Iterator[Connection]:
+        """BEGIN ... COMMIT; events the work queued (`sql_executions.emit`) are written last,
+        credited to `actor` (the API key of the call; "" for the scheduler's own work)."""
         with self._sync.connect() as conn:
             conn.exec_driver_sql(self._begin)
             conn.info[ex.PENDING_EVENTS] = []
             try:
                 yield conn
-                sql_events.insert(conn, conn.info.pop(ex.PENDING_EVENTS))
+                pending = conn.info.pop(ex.PENDING_EVENTS)
+                sql_events.insert(conn, [{**e, "actor": actor} for e in pending] if actor else pending)
             except Exception:
                 conn.info.pop(ex.PENDING_EVENTS, None)
                 _rollback(conn)
@@ -347,7 +349,13 @@ class SqlStore:
             sql_events.insert(conn, [event])
 
     def _update(
-        self, table: sa.Table, key: _Key, values: dict[str, Any], expected_etag: str, event_type: EventType
+        self,
+        table: sa.Table,
+        key: _Key,
+        values: dict[str, Any],
+        expected_etag: str,
+        event_type: EventType,
+        actor: str,
     ) -> Row[Any]:
         """UPDATE ... RETURNING the row and write its event, if the etag matches; else NotFound or
         EtagMismatch."""
@@ -356,10 +364,13 @@ class SqlStore:
             row = conn.execute(statement.returning(*table.c)).one_or_none()
             if row is None:
                 _raise_missing_or_changed(conn, table, key)
-            sql_events.insert(conn, [_resource_event(event_type, key, row._mapping, self._now_of(conn))])
+            event = _resource_event(event_type, key, row._mapping, self._now_of(conn), actor)
+            sql_events.insert(conn, [event])
         return row
 
-    def _delete(self, table: sa.Table, key: _Key, expected_etag: str, event_type: EventType) -> None:
+    def _delete(
+        self, table: sa.Table, key: _Key, expected_etag: str, event_type: EventType, actor: str
+    ) -> None:
         with self._transaction() as conn:
             now = self._now_of(conn)
             cascaded: list[dict[str, Any]] = []
@@ -372,7 +383,11 @@ class SqlStore:
                 ).all()
                 cascaded = [
                     _resource_event(
-                        EventType.SCHEDULE_DELETED, _Key("schedule", key.namespace, r.id), r._mapping, now
+                        EventType.SCHEDULE_DELETED,
+                        _Key("schedule", key.namespace, r.id),
+                        r._mapping,
+                        now,
+                        actor,
                     )
                     for r in doomed
                 ]
@@ -381,7 +396,7 @@ class SqlStore:
             ).one_or_none()
             if row is None:
                 _raise_missing_or_changed(conn, table, key)
-            sql_events.insert(conn, [*cascaded, _resource_event(event_type, key, row._mapping, now)])
+            sql_events.insert(conn, [*cascaded, _resource_event(event_type, key, row._mapping, now, actor)])
 
     @staticmethod
     def _now_of(conn: Connection) -> datetime:
@@ -413,19 +428,20 @@ class SqlStore:
 
     # Jobs
 
-    async def create_job(self, job: Job, *, request_id: str = "", limit: int = 0) -> Job:
+    async def create_job(self, job: Job, *, request_id: str = "", limit: int = 0, actor: str = "") -> Job:
         now = datetime.now(UTC)
         values = {"namespace": job.namespace, "id": job.id, "create_time": now}
         values.update(_stamp(job_fields(job), now))
         statements = (_INSERT_JOB, _INSERT_JOB_WITH_EVENT, _INSERT_JOB_RECORDING_REQUEST)
         key = _Key("job", job.namespace, job.id)
-        event = _resource_event(EventType.JOB_CREATED, key, values, now)
+        event = _resource_event(EventType.JOB_CREATED, key, values, now, actor)
         counted = _NamespaceLimit("job", jobs, limit) if limit > 0 else None
         try:
             await self._run(self._insert, statements, values, event, request_id, "CreateJob", counted)
         except NamespaceFull:
             # A retry of a create that got in before the namespace filled up gets its job.
-            if request_id and (replay := await self._recorded_resource(job.namespace, request_id, "CreateJob")):
+            replay = request_id and await self._recorded_resource(job.namespace, request_id, "CreateJob")
+            if replay:
                 return await self.get_job(job.namespace, replay)
             raise
         except exc.IntegrityError as error:
@@ -453,34 +469,39 @@ class SqlStore:
         rows, next_after = await self._page(query, jobs.c.id, page)
         return Listing(items=[job_from_record(r._mapping) for r in rows], next_after=next_after)
 
-    async def update_job(self, job: Job, *, expected_etag: str) -> Job:
+    async def update_job(self, job: Job, *, expected_etag: str, actor: str = "") -> Job:
         key = _Key("job", job.namespace, job.id)
         values = _stamp(job_fields(job), datetime.now(UTC))
-        row = await self._run(self._update, jobs, key, values, expected_etag, EventType.JOB_UPDATED)
+        row = await self._run(self._update, jobs, key, values, expected_etag, EventType.JOB_UPDATED, actor)
         self._wakeup.signal("events_new")
         return job_from_record(row._mapping)
 
-    async def delete_job(self, namespace: str, job_id: str, *, expected_etag: str = "") -> None:
+    async def delete_job(
+        self, namespace: str, job_id: str, *, expected_etag: str = "", actor: str = ""
+    ) -> None:
         # The schedules go with it: ON DELETE CASCADE, in this same statement.
-        await self._run(
-            self._delete, jobs, _Key("job", namespace, job_id), expected_etag, EventType.JOB_DELETED
-        )
+        key = _Key("job", namespace, job_id)
+        await self._run(self._delete, jobs, key, expected_etag, EventType.JOB_DELETED, actor)
         self._wakeup.signal("events_new")
 
     # Schedules
 
-    async def create_schedule(self, schedule: Schedule, *, request_id: str = "", limit: int = 0) -> Schedule:
+    async def create_schedule(
+        self, schedule: Schedule, *, request_id: str = "", limit: int = 0, actor: str = ""
+    ) -> Schedule:
         now = datetime.now(UTC)
         values = {"namespace": schedule.namespace, "id": schedule.id, "create_time": now}
         values.update(_stamp(schedule_fields(schedule), now))
         statements = (_INSERT_SCHEDULE, _INSERT_SCHEDULE_WITH_EVENT, _INSERT_SCHEDULE_RECORDING_REQUEST)
         key = _Key("schedule", schedule.namespace, schedule.id)
-        event = _resource_event(EventType.SCHEDULE_CREATED, key, values, now)
+        event = _resource_event(EventType.SCHEDULE_CREATED, key, values, now, actor)
         counted = _NamespaceLimit("schedule", schedules, limit) if limit > 0 else None
         try:
             await self._run(self._insert, statements, values, event, request_id, "CreateSchedule", counted)
         except NamespaceFull:
-            replay = request_id and await self._recorded_resource(schedule.namespace, request_id, "CreateSchedule")
+            replay = request_id and await self._recorded_resource(
+                schedule.namespace, request_id, "CreateSchedule"
+            )
             if replay:
                 return await self.get_schedule(schedule.namespace, replay)
             raise
@@ -507,20 +528,27 @@ class SqlStore:
         return Listing(items=[schedule_from_record(r._mapping) for r in rows], next_after=next_after)
 
     async def update_schedule(
-        self, schedule: Schedule, *, expected_etag: str, event_type: EventType = EventType.SCHEDULE_UPDATED
+        self,
+        schedule: Schedule,
+        *,
+        expected_etag: str,
+        event_type: EventType = EventType.SCHEDULE_UPDATED,
+        actor: str = "",
     ) -> Schedule:
         key = _Key("schedule", schedule.namespace, schedule.id)
         values = _stamp(schedule_fields(schedule), datetime.now(UTC))
         try:
-            row = await self._run(self._update, schedules, key, values, expected_etag, event_type)
+            row = await self._run(self._update, schedules, key, values, expected_etag, event_type, actor)
         except exc.IntegrityError as error:  # moved to a job that does not exist
             _raise_schedule_conflict(error, schedule)
         await self._schedules_changed()
         return schedule_from_record(row._mapping)
 
-    async def delete_schedule(self, namespace: str, schedule_id: str, *, expected_etag: str = "") -> None:
+    async def delete_schedule(
+        self, namespace: str, schedule_id: str, *, expected_etag: str = "", actor: str = ""
+    ) -> None:
         key = _Key("schedule", namespace, schedule_id)
-        await self._run(self._delete, schedules, key, expected_etag, EventType.SCHEDULE_DELETED)
+        await self._run(self._delete, schedules, key, expected_etag, EventType.SCHEDULE_DELETED, actor)
         self._wakeup.signal("events_new")
 
     async def _schedules_changed(self) -> None:
@@ -546,7 +574,10 @@ class SqlStore:
         return self._wakeup
 
     def _in_transaction(self, work: Callable[..., T], *args: Any) -> T:
-        with self._transaction() as conn:
+        return self._in_transaction_by("", work, *args)
+
+    def _in_transaction_by(self, actor: str, work: Callable[..., T], *args: Any) -> T:
+        with self._transaction(actor) as conn:
             result = work(conn, *args, ex.database_now(conn))
             wrote_events = bool(conn.info.get(ex.PENDING_EVENTS))
         if wrote_events:
@@ -620,7 +651,7 @@ class SqlStore:
     # Executions
 
     async def run_job(
-        self, namespace: str, job_id: str, arguments: JsonObject, *, request_id: str = ""
+        self, namespace: str, job_id: str, arguments: JsonObject, *, request_id: str = "", actor: str = ""
     ) -> Execution:
         if request_id:
             replay = await self._recorded_resource(namespace, request_id, "RunJob")
@@ -628,7 +659,7 @@ class SqlStore:
                 return await self.get_execution(namespace, replay)
         try:
             row = await self._run(
-                self._in_transaction, self._run_job, namespace, job_id, arguments, request_id
+                self._in_transaction_by, actor, self._run_job, namespace, job_id, arguments, request_id
             )
         except exc.IntegrityError:
             replay = await self._recorded_resource(namespace, request_id, "RunJob") if request_id else None
@@ -687,8 +718,10 @@ class SqlStore:
         more = len(rows) > page.size
         return Listing(items=items, next_after=ex.cursor_of(items[-1]) if more else None)
 
-    async def cancel_execution(self, namespace: str, execution_id: str, reason: str) -> Execution:
-        await self._run(self._in_transaction, ex.cancel, namespace, execution_id, reason)
+    async def cancel_execution(
+        self, namespace: str, execution_id: str, reason: str, *, actor: str = ""
+    ) -> Execution:
+        await self._run(self._in_transaction_by, actor, ex.cancel, namespace, execution_id, reason)
         return await self.get_execution(namespace, execution_id)
 
     # Run control
@@ -746,6 +779,7 @@ class SqlStore:
         serial: bool,
         max_concurrency: int,
         request_id: str = "",
+        actor: str = "",
     ) -> list[Execution]:
         namespace = schedule.namespace
         if request_id:
@@ -755,7 +789,8 @@ class SqlStore:
         backfill_id = ex.new_execution_id()
         try:
             await self._run(
-                self._in_transaction,
+                self._in_transaction_by,
+                actor,
                 self._backfill,
                 schedule,
                 ticks,
@@ -928,7 +963,7 @@ class _Key:
 
 
 def _resource_event(
-    event_type: EventType, key: _Key, values: Mapping[Any, Any], now: datetime
+    event_type: EventType, key: _Key, values: Mapping[Any, Any], now: datetime, actor: str
 ) -> dict[str, Any]:
     """The event of a job or schedule change, with the row as its snapshot."""
     is_job = key.kind == "job"
@@ -940,6 +975,7 @@ def _resource_event(
         job_id=key.id if is_job else values["job_id"],
         schedule_id="" if is_job else key.id,
         snapshot=sql_events.job_row_snapshot(values) if is_job else sql_events.schedule_row_snapshot(values),
+        actor=actor,
     )
 
 
