@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cronwire_server.storage.sql_store import sync_url
 from cronwire_server.storage.tables import executions
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -33,3 +37,17 @@ def shift_times(conn: Connection, execution_ids: list[str], delta: timedelta, *c
         ).one()
         moved = {c: value + delta for c, value in zip(columns, row, strict=True) if value is not None}
         conn.execute(sa.update(executions).where(executions.c.id == execution_id).values(moved))
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], what: str, within: float = 20.0) -> T:
+    """Poll the async `check` until it returns something truthy, or fail after `within` seconds
+    (the servers under test run on this event loop: a blocking sleep would stop them)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.05)

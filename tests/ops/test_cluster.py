@@ -126,14 +126,14 @@ async def test_lag_percentiles_over_the_executions_started_in_the_window(
     # Lags of 1..10 s exactly: scheduled that long before each started.
     ids = [name.rsplit("/", 1)[1] for name in names]
     with database(database_url) as conn:
-        for lag, execution_id in enumerate(ids, start=1):
+        for seconds, execution_id in enumerate(ids, start=1):
             start = conn.execute(
                 sa.select(executions.c.start_time).where(executions.c.id == execution_id)
             ).scalar_one()
             conn.execute(
                 sa.update(executions)
                 .where(executions.c.id == execution_id)
-                .values(scheduled_time=start - timedelta(seconds=lag))
+                .values(scheduled_time=start - timedelta(seconds=seconds))
             )
     lag = (await _status(target)).scheduling_lag
     assert lag.samples == 10

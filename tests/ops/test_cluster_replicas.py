@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cronwire.v1 import cluster_service_pb2, cluster_service_pb2_grpc
+from cronwire.v1 import cluster_pb2, cluster_service_pb2, cluster_service_pb2_grpc
 from tests.integration.helpers import Replicas
 from tests.support import ServerProcess, wait_for
 
@@ -26,7 +26,7 @@ def replicas(tmp_path: Path, fresh_database_url: Callable[[str], str]) -> Iterat
     started.close()
 
 
-def _replicas_seen_by(server: ServerProcess) -> dict[int, cluster_service_pb2.GetClusterStatusResponse]:
+def _replicas_seen_by(server: ServerProcess) -> dict[int, cluster_pb2.Replica]:
     with grpc.insecure_channel(server.target) as channel:
         stub = cluster_service_pb2_grpc.ClusterServiceStub(channel)
         status = stub.GetClusterStatus(cluster_service_pb2.GetClusterStatusRequest(), timeout=15)
@@ -62,10 +62,11 @@ def test_replicas_register_heartbeat_and_leave(
 
     # A replica that dies stays listed, no longer alive after three missed heartbeats.
     third.stop(signal.SIGKILL)
-    dead = wait_for(
-        lambda: (r := _replicas_seen_by(first)[third.process.pid]) and not r.alive and r,
-        10,
-        "the killed replica to turn not alive",
-    )
-    assert dead.heartbeat_interval.ToTimedelta().total_seconds() == pytest.approx(float(HEARTBEAT))
+
+    def dead() -> cluster_pb2.Replica | None:
+        replica = _replicas_seen_by(first)[third.process.pid]
+        return None if replica.alive else replica
+
+    gone = wait_for(dead, 10, "the killed replica to turn not alive")
+    assert gone.heartbeat_interval.ToTimedelta().total_seconds() == pytest.approx(float(HEARTBEAT))
     assert _replicas_seen_by(first)[first.process.pid].alive

@@ -1,0 +1,172 @@
+"""Execution retention: finished executions beyond the newest N of a job, or older than the age
+limit, are pruned with their output in the background; active ones and what they refer to stay."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from google.protobuf import json_format
+
+from cronwire.v1 import execution_pb2, execution_service_pb2, job_pb2, job_service_pb2
+from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
+from cronwire.v1.job_service_pb2_grpc import JobServiceStub
+from cronwire_server.app import RunningServer, create_server
+from cronwire_server.config import Settings
+from cronwire_server.storage.tables import execution_logs
+from tests.ops.helpers import database, eventually, shift_times
+
+PARENT = "namespaces/ops"
+TIMEOUT = 15.0
+E = execution_pb2
+ENDED = {E.EXECUTION_STATE_SUCCEEDED, E.EXECUTION_STATE_FAILED}
+
+
+class Api:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.jobs = JobServiceStub(channel)
+        self.executions = ExecutionServiceStub(channel)
+
+    async def create_job(self, job_id: str, **fields: Any) -> str:
+        job = json_format.ParseDict(fields, job_pb2.Job())
+        request = job_service_pb2.CreateJobRequest(parent=PARENT, job_id=job_id, job=job)
+        return (await self.jobs.CreateJob(request, timeout=TIMEOUT)).job.name
+
+    async def run(self, job: str, **arguments: Any) -> str:
+        request = job_service_pb2.RunJobRequest(name=job)
+        request.arguments.update(arguments)
+        return (await self.jobs.RunJob(request, timeout=TIMEOUT)).execution.name
+
+    async def get(self, name: str) -> execution_pb2.Execution:
+        request = execution_service_pb2.GetExecutionRequest(name=name)
+        return (await self.executions.GetExecution(request, timeout=TIMEOUT)).execution
+
+    async def executions_of(self, job: str) -> list[execution_pb2.Execution]:
+        request = execution_service_pb2.ListExecutionsRequest(parent=PARENT, job=job, page_size=1000)
+        return list((await self.executions.ListExecutions(request, timeout=TIMEOUT)).executions)
+
+    async def all_ended(self, job: str, count: int) -> list[execution_pb2.Execution] | None:
+        found = await self.executions_of(job)
+        return found if len(found) == count and all(e.state in ENDED for e in found) else None
+
+
+async def _server(database_url: str, **settings: Any) -> RunningServer:
+    return await create_server(Settings(listen="127.0.0.1:0", database_url=database_url, **settings))
+
+
+@pytest.fixture
+async def worker(database_url: str) -> AsyncIterator[tuple[RunningServer, Api]]:
+    """A server that runs executions and keeps them all."""
+    running = await _server(database_url, execution_retention_count=0, execution_retention_days=0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield running, Api(channel)
+    await running.stop(grace=0)
+
+
+def _id(name: str) -> str:
+    return name.rsplit("/", 1)[1]
+
+
+def _logged(database_url: str, names: list[str]) -> set[str]:
+    """Which of the executions still have output chunks stored."""
+    with database(database_url) as conn:
+        rows = conn.execute(
+            sa.select(execution_logs.c.execution_id).where(
+                execution_logs.c.execution_id.in_([_id(n) for n in names])
+            )
+        ).all()
+    return {row.execution_id for row in rows}
+
+
+async def test_each_job_keeps_its_newest_executions_and_their_output(
+    worker: tuple[RunningServer, Api], database_url: str
+) -> None:
+    _, api = worker
+    echo = {"executor": "shell", "parameters": {"argv": ["sh", "-c", 'echo "run $CRONWIRE_ARGUMENTS"']}}
+    trimmed = await api.create_job("trimmed", **echo)
+    other = await api.create_job("other", **echo)
+    runs = []
+    for n in range(6):
+        runs.append(await api.run(trimmed, n=n))
+        await eventually(lambda: api.all_ended(trimmed, len(runs)), f"run {n} to end")
+    others = [await api.run(other, n=n) for n in range(3)]
+    await eventually(lambda: api.all_ended(other, 3), "the other job's runs to end")
+    assert _logged(database_url, runs + others) == {_id(n) for n in runs + others}
+
+    pruning = await _server(database_url, roles=frozenset({"dispatcher"}), execution_retention_count=3)
+    try:
+        kept = await eventually(
+            lambda: api.all_ended(trimmed, 3), "the job's history to shrink to its newest three"
+        )
+    finally:
+        await pruning.stop(grace=0)
+    assert sorted(e.name for e in kept) == sorted(runs[3:])
+    for n, name in enumerate(runs[3:], start=3):
+        assert (await api.get(name)).output == f'run {{"n": {n}}}\n'
+    for name in runs[:3]:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await api.get(name)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert _logged(database_url, runs) == {_id(n) for n in runs[3:]}
+    # A job with no more than three runs keeps them all.
+    assert sorted(e.name for e in await api.executions_of(other)) == sorted(others)
+    assert _logged(database_url, others) == {_id(n) for n in others}
+
+
+async def test_old_finished_executions_go_recent_and_active_ones_stay(
+    worker: tuple[RunningServer, Api], database_url: str
+) -> None:
+    _, api = worker
+    quick = await api.create_job("quick", executor="noop")
+    slow = await api.create_job("slow", executor="shell", parameters={"argv": ["sleep", "30"]})
+    flaky = await api.create_job(
+        "flaky",
+        executor="shell",
+        parameters={"argv": ["false"]},
+        retryPolicy={"maxAttempts": 2, "initialBackoff": "3600s"},
+    )
+    finished = [await api.run(quick) for _ in range(4)]
+    await eventually(lambda: api.all_ended(quick, 4), "the quick runs to end")
+    running = await api.run(slow)
+    await eventually(lambda: _in_state(api, running, E.EXECUTION_STATE_RUNNING), "the slow run to start")
+    failed = await api.run(flaky)
+    retry = await eventually(lambda: _retry_of(api, flaky, failed), "the retry to be queued")
+
+    # Ten days ago: two of the quick runs, the running one, the failed attempt the retry waits on.
+    old = [finished[0], finished[1], running, failed]
+    with database(database_url) as conn:
+        shift_times(
+            conn,
+            [_id(n) for n in old],
+            -timedelta(days=10),
+            "scheduled_time",
+            "due_time",
+            "create_time",
+            "start_time",
+            "end_time",
+        )
+
+    pruning = await _server(database_url, roles=frozenset({"dispatcher"}), execution_retention_days=1)
+    try:
+        left = await eventually(lambda: api.all_ended(quick, 2), "the old quick runs to be pruned")
+    finally:
+        await pruning.stop(grace=0)
+    assert sorted(e.name for e in left) == sorted(finished[2:])
+    assert (await api.get(running)).state == E.EXECUTION_STATE_RUNNING
+    assert (await api.get(failed)).state == E.EXECUTION_STATE_FAILED
+    assert (await api.get(retry)).state == E.EXECUTION_STATE_QUEUED
+
+
+async def _in_state(api: Api, name: str, state: int) -> bool:
+    return (await api.get(name)).state == state
+
+
+async def _retry_of(api: Api, job: str, first: str) -> str | None:
+    for execution in await api.executions_of(job):
+        if execution.state == E.EXECUTION_STATE_QUEUED and execution.parent_execution == first:
+            return execution.name
+    return None
