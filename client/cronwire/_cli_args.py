@@ -119,21 +119,43 @@ def add_globals(parser: argparse.ArgumentParser, env: Mapping[str, str], suppres
         default=default(env.get("CRONWIRE_TOKEN", "")),
         help="API token, sent as a bearer token (CRONWIRE_TOKEN)",
     )
-    group.add_argument("--tls", action="store_true", default=default(False), help="connect with TLS")
     group.add_argument(
-        "--ca", metavar="FILE", default=default(""), help="CA certificates (PEM) to trust; implies --tls"
+        "--tls",
+        action="store_true",
+        default=default(env.get("CRONWIRE_TLS", "").lower() in ("1", "true", "yes")),
+        help="connect with TLS, trusting the system's CAs (CRONWIRE_TLS=1)",
+    )
+    # --ca, --cert and --key are the older spellings, kept working.
+    group.add_argument(
+        "--tls-ca",
+        "--ca",
+        dest="ca",
+        metavar="FILE",
+        default=default(env.get("CRONWIRE_TLS_CA", "")),
+        help="CA certificates (PEM) to trust instead of the system's; implies --tls (CRONWIRE_TLS_CA)",
     )
     group.add_argument(
-        "--cert", metavar="FILE", default=default(""), help="client certificate (PEM) for mutual TLS"
+        "--tls-cert",
+        "--cert",
+        dest="cert",
+        metavar="FILE",
+        default=default(env.get("CRONWIRE_TLS_CERT", "")),
+        help="client certificate chain (PEM) for mutual TLS; implies --tls (CRONWIRE_TLS_CERT)",
     )
     group.add_argument(
-        "--key", metavar="FILE", default=default(""), help="client private key (PEM) for mutual TLS"
+        "--tls-key",
+        "--key",
+        dest="key",
+        metavar="FILE",
+        default=default(env.get("CRONWIRE_TLS_KEY", "")),
+        help="the private key (PEM) of --tls-cert (CRONWIRE_TLS_KEY)",
     )
     group.add_argument(
         "--tls-server-name",
         metavar="NAME",
-        default=default(""),
-        help="the name the server's certificate must carry",
+        default=default(env.get("CRONWIRE_TLS_SERVER_NAME", "")),
+        help="the name the server's certificate must carry, when it is not the --server host "
+        "(CRONWIRE_TLS_SERVER_NAME)",
     )
     group.add_argument(
         "-n",

@@ -10,6 +10,7 @@ then stops the rest and puts them back in the queue.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -18,13 +19,15 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from cronwire_server import callbacks
+from cronwire_server import callbacks, metrics
 from cronwire_server.dispatcher import sleep_until_woken
 from cronwire_server.errors import StorageUnavailable
 from cronwire_server.executors.runners import Runners
 from cronwire_server.executors.runtime import RunOutcome, RunRequest
+from cronwire_server.logs import run_fields, url_for_log
 from cronwire_server.model import Execution, ExecutionState, Job
 from cronwire_server.planning import retry_due_time
+from cronwire_server.secrets import Redactor, SecretError, Secrets, has_references
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ClaimedExecution
 
@@ -54,6 +57,11 @@ def plan_retry(job: Job, execution: Execution, state: ExecutionState, now: datet
     return retry_due_time(job.retry_policy, execution.attempt, state, now)
 
 
+def plan_retry_expected(job: Job, ended: Execution) -> bool:
+    """Whether `plan_retry` queued another attempt after `ended` (its time does not matter here)."""
+    return ended.end_time is not None and plan_retry(job, ended, ended.state, ended.end_time) is not None
+
+
 @dataclass
 class _Running:
     claimed: ClaimedExecution
@@ -63,6 +71,10 @@ class _Running:
     # Output not yet stored as chunks, and the byte offset the next chunk starts at.
     pending_output: list[str] = field(default_factory=list)
     output_offset: int = 0
+
+    def add_output(self, text: str) -> None:
+        if text:
+            self.pending_output.append(text)
 
     def take_output(self) -> tuple[int, str] | None:
         if not self.pending_output:
@@ -84,6 +96,8 @@ class WorkerPool:
         capture_bytes: int = DEFAULT_CAPTURE_BYTES,
         identity: str | None = None,
         runners: Runners | None = None,
+        secrets: Secrets | None = None,
+        max_running_per_namespace: int = 0,
     ) -> None:
         self._store = store
         self._slots = slots
@@ -91,11 +105,13 @@ class WorkerPool:
         self._capture_bytes = capture_bytes
         self.identity = identity or worker_identity()
         self._runners = runners or Runners()
+        self._secrets = secrets or Secrets()
+        self._max_running_per_namespace = max_running_per_namespace
         self._running: dict[str, _Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._helpers: list[asyncio.Task[None]] = []
-        self._finished: list[tuple[ClaimedExecution, RunOutcome, asyncio.Future[None]]] = []
+        self._finished: list[tuple[ClaimedExecution, RunOutcome, asyncio.Future[Execution | None]]] = []
         self._outcomes_waiting = asyncio.Event()
 
     @property
@@ -128,8 +144,17 @@ class WorkerPool:
         free = self._slots - self.running
         if free <= 0:
             return 0
-        claimed = await self._store.claim_executions(self.identity, free, self._lease)
+        claimed = await self._store.claim_executions(
+            self.identity, free, self._lease, namespace_limit=self._max_running_per_namespace
+        )
         for item in claimed:
+            execution = item.execution
+            late = metrics.seconds_late(execution.start_time, execution.due_time or execution.scheduled_time)
+            metrics.execution_started(item.job.executor, late)
+            log.info(
+                "run started",
+                extra={**run_fields(execution), "kind": item.job.executor, "attempt": execution.attempt},
+            )
             running = _Running(item)
             self._running[item.execution.id] = running
             task = asyncio.create_task(self._execute(running))
@@ -159,6 +184,7 @@ class WorkerPool:
 
     async def _execute(self, running: _Running) -> None:
         execution, job = running.claimed.execution, running.claimed.job
+        recorded: ExecutionState | None = None
         request = RunRequest(
             execution_name=f"namespaces/{execution.namespace}/executions/{execution.id}",
             job_name=f"namespaces/{job.namespace}/jobs/{job.id}",
@@ -169,40 +195,86 @@ class WorkerPool:
             timeout=job.timeout,
             capture_bytes=self._capture_bytes,
         )
+        redactor = Redactor([])
         try:
             try:
+                request, redactor = await self._with_secrets(request)
                 outcome = await self._runners.runner_for(job.executor).run(
-                    request, running.cancel, running.pending_output.append
+                    request, running.cancel, lambda text: running.add_output(redactor.feed(text))
                 )
-            except LookupError as error:
+                running.add_output(redactor.close(outcome.output_truncated))
+            except (LookupError, SecretError) as error:
                 outcome = RunOutcome(ExecutionState.FAILED, error=str(error))
             except Exception as error:  # a runner bug must not leave the execution RUNNING
-                log.exception("executor %s failed on %s", job.executor, request.execution_name)
+                # Its traceback could quote a secret's value: then only the masked message.
+                log.error(
+                    "executor %s failed: %s",
+                    job.executor,
+                    redactor.text(repr(error)),
+                    exc_info=not redactor,
+                    extra=run_fields(execution),
+                )
                 outcome = RunOutcome(ExecutionState.FAILED, error=f"executor error: {error}")
+            outcome = redactor.outcome(outcome)
+            if outcome.output_truncated:
+                log.info(
+                    "output truncated: only the first %d bytes are kept",
+                    self._capture_bytes,
+                    extra=run_fields(execution),
+                )
             await self._flush_output(running)
-            await self._record(running, outcome)
+            recorded = await self._record(running, outcome)
         finally:
             self._running.pop(execution.id, None)
             self._slot_freed.set()
+            metrics.execution_left(job.executor, recorded.name if recorded else None)
 
-    async def _record(self, running: _Running, outcome: RunOutcome) -> None:
+    async def _with_secrets(self, request: RunRequest) -> tuple[RunRequest, Redactor]:
+        """The request with the secrets its parameters reference resolved, and the redactor that
+        masks their values; SecretError if one is not defined."""
+        if not has_references(request.parameters):
+            return request, Redactor([])
+        # Off the event loop: resolving may read the secrets file.
+        parameters, values = await asyncio.to_thread(self._secrets.resolve_parameters, request.parameters)
+        return dataclasses.replace(request, parameters=parameters), Redactor(values)
+
+    async def _record(self, running: _Running, outcome: RunOutcome) -> ExecutionState | None:
+        """Store the outcome; the state recorded, or None when the run was put back in the queue
+        or its lease had passed to another replica."""
         claimed = running.claimed
+        fields = run_fields(claimed.execution)
         if not running.released:
             # Outcomes that end together are written together, by the finisher.
-            done = asyncio.get_running_loop().create_future()
+            done: asyncio.Future[Execution | None] = asyncio.get_running_loop().create_future()
             self._finished.append((claimed, outcome, done))
             self._outcomes_waiting.set()
-            await done
-            return
+            ended = await done
+            if ended is None:
+                log.warning("run outcome not recorded: its lease had expired and passed on", extra=fields)
+                return None
+            retried = plan_retry_expected(claimed.job, ended)
+            log.info(
+                "run finished; a retry is queued" if retried else "run finished",
+                extra={
+                    **fields,
+                    "state": ended.state.name,
+                    "attempt": ended.attempt,
+                    **({"exit_code": ended.exit_code} if ended.exit_code is not None else {}),
+                    **({"http_status": ended.http_status} if ended.http_status is not None else {}),
+                },
+            )
+            return ended.state
+        log.info("run stopped by shutdown; putting it back in the queue", extra=fields)
         for _ in range(30):
             try:
                 await self._store.release_executions(self.identity, [claimed.execution.id])
-                return
+                return None
             except StorageUnavailable as error:
                 # The lease still protects the run; keep trying until it would expire.
-                log.warning("cannot record %s yet (%s); retrying", claimed.execution.id, error)
+                log.warning("cannot put the run back yet (%s); retrying", error, extra=fields)
                 await asyncio.sleep(RETRY_AFTER_ERROR)
-        log.error("gave up recording %s; its lease will expire and it will be retried", claimed.execution.id)
+        log.error("gave up putting the run back; its lease will expire and it will be retried", extra=fields)
+        return None
 
     async def _finisher(self) -> None:
         """Writes the outcomes waiting, in batches, until none is left; retries while the
@@ -213,7 +285,7 @@ class WorkerPool:
             while self._finished:
                 batch, self._finished = self._finished[:FINISH_BATCH], self._finished[FINISH_BATCH:]
                 try:
-                    await self._store.finish_executions(
+                    ended = await self._store.finish_executions(
                         [(c, o) for c, o, _ in batch], self.identity, plan_retry
                     )
                 except StorageUnavailable as error:
@@ -221,9 +293,9 @@ class WorkerPool:
                     self._finished[:0] = batch
                     await asyncio.sleep(RETRY_AFTER_ERROR)
                     continue
-                for _, _, done in batch:
+                for (_, _, done), execution in zip(batch, ended, strict=True):
                     if not done.done():
-                        done.set_result(None)
+                        done.set_result(execution)
 
     async def _flush_output(self, running: _Running) -> None:
         chunk = running.take_output()
@@ -234,7 +306,7 @@ class WorkerPool:
             await self._store.append_logs(execution.namespace, execution.id, [chunk])
         except StorageUnavailable as error:
             # Live output is best effort; the whole output is stored with the outcome.
-            log.warning("could not store live output of %s (%s)", execution.id, error)
+            log.warning("could not store live output (%s)", error, extra=run_fields(execution))
 
     async def _flush_output_loop(self) -> None:
         while True:
@@ -256,13 +328,16 @@ class WorkerPool:
         attempt = await callbacks.deliver(job, execution, self._runners.http)
         made = (execution.callback.attempts if execution.callback else 0) + 1
         retry_at = None if attempt.delivered else callbacks.next_attempt_time(made, await self._store.now())
-        if not attempt.delivered:
-            log.warning(
-                "callback of %s to %s failed (%s)",
-                execution.id,
-                job.callback and job.callback.url,
-                attempt.error,
-            )
+        fields = {**run_fields(execution), "attempt": made}
+        if attempt.http_status is not None:
+            fields["http_status"] = attempt.http_status
+        url = url_for_log(job.callback.url) if job.callback else ""
+        if attempt.delivered:
+            log.info("callback delivered to %s", url, extra=fields)
+        elif retry_at is None:
+            log.warning("callback to %s failed; giving up after %d attempts", url, made, extra=fields)
+        else:
+            log.warning("callback to %s failed; trying again at %s", url, retry_at.isoformat(), extra=fields)
         await self._store.record_callback(
             execution,
             http_status=attempt.http_status,
@@ -285,7 +360,10 @@ class WorkerPool:
                 continue
             for execution_id in cancelled:
                 if execution_id in self._running:
-                    self._running[execution_id].cancel.set()
+                    running = self._running[execution_id]
+                    if not running.cancel.is_set():
+                        log.info("run cancelled; stopping it", extra=run_fields(running.claimed.execution))
+                    running.cancel.set()
 
     async def _recover(self) -> None:
         # Jittered so the replicas' recovery passes do not run in lockstep.
@@ -297,11 +375,12 @@ class WorkerPool:
             except StorageUnavailable as error:
                 log.warning("lease recovery failed (%s)", error)
                 continue
+            metrics.lease_recovered(len(lost))
             for execution in lost:
                 log.warning(
-                    "execution %s lost by worker %s (lease expired); retry policy applied",
-                    execution.id,
+                    "run lost by worker %s (its lease expired); the retry policy applies",
                     execution.worker,
+                    extra={**run_fields(execution), "state": execution.state.name},
                 )
 
     async def drain(self, grace: float) -> None:

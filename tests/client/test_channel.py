@@ -237,4 +237,4 @@ def test_cli_tls_flags(
     assert '"executor": "noop"' in capsys.readouterr().out
 
     assert main(["jobs", "get", "backup", *flags, "--cert", str(directory / "client.pem")]) == 2
-    assert "--cert and --key go together" in capsys.readouterr().err
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err

@@ -10,16 +10,38 @@ from __future__ import annotations
 
 from typing import Any
 
+from cronwire_server.secrets import NAME_PATTERN
+
 _DRAFT = "https://json-schema.org/draft/2020-12/schema"
 # Rejects a subschema's instance outright; carries its own message.
 _FORBIDDEN: dict[str, Any] = {"not": {}}
 
+# A value given as text, or as a reference to a secret the server resolves when the job runs.
+_TEXT_OR_SECRET: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["secret"],
+            "properties": {
+                "secret": {
+                    "type": "string",
+                    "pattern": NAME_PATTERN,
+                    "description": "The name of a secret, resolved by the server when the job runs.",
+                }
+            },
+        },
+    ],
+    "errorMessage": 'must be a string or {"secret": "NAME"}, NAME a letter then letters, digits, - or _',
+}
 _ENV = {
     "type": "object",
-    "additionalProperties": {"type": "string"},
+    "additionalProperties": _TEXT_OR_SECRET,
     "description": (
         "Environment variables for the run, set over a minimal inherited environment "
-        "(PATH, HOME, USER, LANG, TZ, ...)."
+        '(PATH, HOME, USER, LANG, TZ, ...). A value may be {"secret": "NAME"}: the server '
+        "puts in the secret's value when the job runs, and masks it in the output."
     ),
 }
 _WORKING_DIR = {
@@ -119,8 +141,11 @@ HTTP_SCHEMA: dict[str, Any] = {
         },
         "headers": {
             "type": "object",
-            "additionalProperties": {"type": "string"},
-            "description": "Request headers.",
+            "additionalProperties": _TEXT_OR_SECRET,
+            "description": (
+                'Request headers. A value may be {"secret": "NAME"}: the server puts in the '
+                "secret's value when the job runs, and masks it in the output."
+            ),
         },
         "body": {"type": "string", "description": "The request body, sent as is. Not with `json`."},
         "json": {"description": "A JSON value sent as the body (`application/json`). Not with `body`."},
@@ -158,7 +183,7 @@ NOOP_SCHEMA: dict[str, Any] = {
 
 SHELL_EXAMPLE: dict[str, Any] = {
     "argv": ["pg_dump", "--format=custom", "--file=/backups/app.dump", "app"],
-    "env": {"PGHOST": "db.internal"},
+    "env": {"PGHOST": "db.internal", "PGPASSWORD": {"secret": "db-password"}},
     "working_dir": "/srv/backups",
 }
 PYTHON_EXAMPLE: dict[str, Any] = {
@@ -169,7 +194,7 @@ PYTHON_EXAMPLE: dict[str, Any] = {
 HTTP_EXAMPLE: dict[str, Any] = {
     "url": "https://hooks.example.com/reports/daily",
     "method": "POST",
-    "headers": {"Authorization": "Bearer <token>"},
+    "headers": {"Authorization": {"secret": "reports-webhook-auth"}},
     "json": {"report": "daily"},
     "expected_status": [200, 202],
 }

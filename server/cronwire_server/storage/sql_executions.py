@@ -296,27 +296,29 @@ def _tick_row(
 
 
 def claim(
-    conn: Connection, worker: str, limit: int, lease: timedelta, now: datetime
+    conn: Connection, worker: str, limit: int, lease: timedelta, namespace_limit: int, now: datetime
 ) -> list[ClaimedExecution]:
-    candidates = conn.execute(
-        _locked(
-            sa.select(executions, jobs.c.max_concurrency.label("job_max_concurrency"))
-            .join(
-                jobs,
-                sa.and_(jobs.c.namespace == executions.c.namespace, jobs.c.id == executions.c.job_id),
-                isouter=True,
-            )
-            .where(executions.c.state == QUEUED, executions.c.due_time <= now)
-            .order_by(executions.c.due_time)
-            # Extra candidates, so blocked serial or rate-limited ones do not starve runnable ones.
-            .limit(limit * 2 + 16),
-            conn,
-            executions,
+    """Start up to `limit` due executions; at most `namespace_limit` (if > 0) running per namespace."""
+    query = (
+        sa.select(executions, jobs.c.max_concurrency.label("job_max_concurrency"))
+        .join(
+            jobs,
+            sa.and_(jobs.c.namespace == executions.c.namespace, jobs.c.id == executions.c.job_id),
+            isouter=True,
         )
-    ).all()
+        .where(executions.c.state == QUEUED, executions.c.due_time <= now)
+        .order_by(executions.c.due_time)
+        # Extra candidates, so blocked serial or rate-limited ones do not starve runnable ones.
+        .limit(limit * 2 + 16)
+    )
+    if namespace_limit > 0:
+        # Namespaces at their limit are left out here already, so that their backlog does not
+        # fill the candidates and starve the other namespaces; `_admissible` counts exactly.
+        query = query.where(_running_in_namespace_of(executions) < namespace_limit)
+    candidates = conn.execute(_locked(query, conn, executions)).all()
     if not candidates:
         return []
-    accepted, orphans = _admissible(conn, candidates)
+    accepted, orphans = _admissible(conn, candidates, namespace_limit)
     accepted = accepted[:limit]
     if orphans:
         conn.execute(
@@ -344,16 +346,50 @@ def claim(
     ]
 
 
+def _running_in_namespace_of(table: sa.Table) -> sa.ScalarSelect[Any]:
+    running = executions.alias("running_in_namespace")
+    return (
+        sa.select(sa.func.count())
+        .select_from(running)
+        .where(running.c.namespace == table.c.namespace, running.c.state == RUNNING)
+        .scalar_subquery()
+    )
+
+
+def _namespace_room(conn: Connection, namespaces: Iterable[str], limit: int) -> Counter[str]:
+    """How many more executions each namespace may start under `limit`.
+
+    PostgreSQL: each namespace's advisory lock is taken first, all of them in one order (so two
+    replicas cannot deadlock), so that no other replica admits on the same count meanwhile.
+    """
+    ordered = sorted(set(namespaces))
+    if conn.dialect.name == "postgresql":
+        for namespace in ordered:
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"namespace:{namespace}"))))
+    counts = conn.execute(
+        sa.select(executions.c.namespace, sa.func.count())
+        .where(executions.c.namespace.in_(ordered), executions.c.state == RUNNING)
+        .group_by(executions.c.namespace)
+    ).all()
+    room: Counter[str] = Counter({namespace: limit for namespace in ordered})
+    room.subtract({namespace: int(count) for namespace, count in counts})
+    return room
+
+
 def _admissible(
-    conn: Connection, candidates: Sequence[Row[Any]]
+    conn: Connection, candidates: Sequence[Row[Any]], namespace_limit: int = 0
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The candidates that may start now, and those whose job is gone.
 
-    A serial execution starts only while nothing else of its schedule runs, and a
-    job with max_concurrency only below that many running. Such candidates take a
-    transaction-scoped advisory lock on their schedule or job first (PostgreSQL),
-    so two replicas cannot both admit one on the same stale count.
+    A serial execution starts only while nothing else of its schedule runs, a
+    job with max_concurrency only below that many running, and with a
+    `namespace_limit` only below that many running in its namespace. Such candidates
+    take a transaction-scoped advisory lock on their namespace, schedule or job first
+    (PostgreSQL), so two replicas cannot both admit one on the same stale count.
     """
+    room = None
+    if namespace_limit > 0:
+        room = _namespace_room(conn, (r.namespace for r in candidates), namespace_limit)
     accepted: list[tuple[str, str]] = []
     orphans: list[tuple[str, str]] = []
     running_schedule: Counter[tuple[str, str]] = Counter()
@@ -366,6 +402,8 @@ def _admissible(
         key = (row.namespace, row.id)
         if row.job_max_concurrency is None:
             orphans.append(key)
+            continue
+        if room is not None and room[row.namespace] <= 0:
             continue
         schedule_key, job_key = (row.namespace, row.schedule_id), (row.namespace, row.job_id)
         if row.serial and row.schedule_id:
@@ -388,6 +426,8 @@ def _admissible(
             if running_group[group_key] >= row.group_limit:
                 continue
         accepted.append(key)
+        if room is not None:
+            room[row.namespace] -= 1
         running_schedule[schedule_key] += 1
         running_job[job_key] += 1
         running_group[group_key] += 1
