@@ -72,7 +72,8 @@ async def test_a_request_over_max_message_bytes_is_refused(
         message, _ = await exhausted(
             create_job(jobs, "big", "too-big", parameters={"argv": ["echo", "x" * 70_000]}, executor="shell")
         )
-        assert "larger than max" in message and str(64 * 1024) in message
+        assert "larger than max" in message
+        assert str(64 * 1024) in message
         assert await count_jobs(jobs, "big") == 1
 
 
@@ -86,7 +87,9 @@ async def test_jobs_per_namespace(database_url: str) -> None:
         await jobs.CreateJob(first)
         message, reason = await exhausted(create_job(jobs, "small", "c"))
         assert reason == "JOB_LIMIT_REACHED"
-        assert "'small'" in message and "2 jobs" in message and "--max-jobs-per-namespace" in message
+        assert "'small'" in message
+        assert "2 jobs" in message
+        assert "--max-jobs-per-namespace" in message
         # Nothing half stored: not the job, and no event of it.
         assert await count_jobs(jobs, "small") == 2
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -134,7 +137,8 @@ async def test_schedules_per_namespace(database_url: str) -> None:
         await create("first")
         message, reason = await exhausted(create("second"))
         assert reason == "SCHEDULE_LIMIT_REACHED"
-        assert "1 schedules" in message and "--max-schedules-per-namespace" in message
+        assert "1 schedules" in message
+        assert "--max-schedules-per-namespace" in message
         listed = await schedules.ListSchedules(
             schedule_service_pb2.ListSchedulesRequest(parent="namespaces/sched")
         )
