@@ -188,7 +188,7 @@ async def create_server(settings: Settings) -> RunningServer:
         background.append(hub_task)
     running = RunningServer(server, port, health, store, background=background, stopping=stopping)
     if settings.metrics_address:
-        running.metrics = await serve_metrics(settings.metrics_address, store, store.engine.sync_engine.pool)
+        running.metrics = serve_metrics(settings.metrics_address, store, store.engine.sync_engine.pool)
     # In the registry before anyone is told the server is up.
     identity = worker_identity()
     replica = this_replica(identity, settings.roles, settings.replica_heartbeat_seconds)

@@ -11,10 +11,12 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
+from cronwire_server import metrics
 from cronwire_server.errors import StorageUnavailable
-from cronwire_server.model import Schedule
+from cronwire_server.model import Schedule, SkipReason
 from cronwire_server.planning import DEFAULT_MISFIRE_GRACE, ScheduleActivity, TickPlan, plan_ticks
 from cronwire_server.storage import Store
+from cronwire_server.storage.base import DispatchResult
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,22 @@ class Dispatcher:
         """One pass over everything due now; returns the executions queued."""
         queued = 0
         while True:
-            result = await self._store.dispatch_due(self.plan, limit=self._batch)
+            result = await self._dispatch_batch()
             queued += result.queued
             if not result.more:
                 return queued
+
+    async def _dispatch_batch(self) -> DispatchResult:
+        skipped: list[SkipReason] = []
+
+        def plan(schedule: Schedule, now: datetime, activity: ScheduleActivity) -> TickPlan:
+            planned = self.plan(schedule, now, activity)
+            skipped.extend(run.skip_reason for run in planned.runs if run.skip_reason)
+            return planned
+
+        result = await self._store.dispatch_due(plan, limit=self._batch)
+        metrics.ticks_skipped(skipped)  # counted once the batch has committed
+        return result
 
     async def run(self, stopping: asyncio.Event) -> None:
         log.info("dispatcher started")

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from cronwire_server import metrics
 from cronwire_server.errors import OutOfRange, ResourceExhausted, StorageUnavailable
 from cronwire_server.model import Event, EventFilter, Listing, Page
 from cronwire_server.storage import Store
@@ -174,6 +175,7 @@ class EventManager:
         anything the replay already sent is dropped from it by sequence.
         """
         subscription = self._hub.subscribe(where, self._buffer)
+        metrics.watcher_opened()
         try:
             sent = self._hub.position if after <= 0 else after
             if after > 0:
@@ -200,6 +202,7 @@ class EventManager:
                     yield Delivery(fresh, self._hub.position if subscription.queue.empty() else sent)
         finally:
             self._hub.unsubscribe(subscription)
+            metrics.watcher_closed()
 
     async def _replay(self, where: EventFilter, after: int, up_to: int) -> AsyncIterator[list[Event]]:
         oldest = await self._store.read_events(EventFilter(), after=0, limit=1)

@@ -40,13 +40,15 @@ from cronwire_server.storage import Store
 
 log = logging.getLogger(__name__)
 
-# Queue depth is read from the database this often, never per RPC or per scrape.
-QUEUE_REFRESH_SECONDS = 5.0
+# The queue is read from the database when scraped, at most this often, never per RPC.
+QUEUE_READ_INTERVAL = 1.0
+# A scrape waits this long for that read, then shows the last values read.
+QUEUE_READ_TIMEOUT = 2.0
 # From a few milliseconds (a worker idle when the tick came) to minutes (a backlog).
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 # The *_created series double what is exposed and say nothing a restart does not.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 BUILD_INFO = Gauge("cronwire_build_info", "The running cronwire version; always 1.", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)
@@ -65,11 +67,6 @@ SCHEDULING_LAG = Histogram(
     "How late executions start: start time minus due time (the scheduled time plus any jitter "
     "or retry backoff).",
     buckets=LAG_BUCKETS,
-)
-QUEUE_DEPTH = Gauge("cronwire_queue_depth", "QUEUED executions in the database, all replicas together.")
-OLDEST_QUEUED_AGE = Gauge(
-    "cronwire_oldest_queued_age_seconds",
-    "How long the longest-waiting due QUEUED execution has waited (0 when none is due).",
 )
 TICKS_SKIPPED = Counter(
     "cronwire_ticks_skipped_total",
@@ -238,7 +235,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         )
 
 
-# The database: queue depth (refreshed in the background) and connection pool use (read at scrape).
+# The database: the queue (read at scrape time) and connection pool use.
 
 
 class _PoolCollector(Collector):
@@ -262,10 +259,8 @@ class _PoolCollector(Collector):
             "Database connections of this process's pools, in use or idle.",
             labels=["state"],
         )
-        in_use = sum(_pool_number(pool, "checkedout") for pool in pools)
-        idle = sum(_pool_number(pool, "checkedin") for pool in pools)
-        connections.add_metric(["in_use"], in_use)
-        connections.add_metric(["idle"], idle)
+        connections.add_metric(["in_use"], sum(_pool_number(pool, "checkedout") for pool in pools))
+        connections.add_metric(["idle"], sum(_pool_number(pool, "checkedin") for pool in pools))
         size = GaugeMetricFamily(
             "cronwire_db_pool_size", "Connections this process's database pools may hold open."
         )
@@ -279,30 +274,90 @@ def _pool_number(pool: Pool, name: str) -> int:
     return int(method()) if callable(method) else 0
 
 
+class _QueueCollector(Collector):
+    """The QUEUED executions of all replicas, read from the database when Prometheus scrapes
+    (from the HTTP server's thread, on the store's event loop); nothing is read while nobody
+    scrapes. Several stores in one process (tests): the last one served is read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sources: list[tuple[Store, asyncio.AbstractEventLoop]] = []
+        self._depth = 0
+        self._oldest_age = 0.0
+        self._read_at = -QUEUE_READ_INTERVAL
+
+    def add(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            self._sources.append((store, loop))
+            self._read_at = -QUEUE_READ_INTERVAL
+
+    def remove(self, store: Store) -> None:
+        with self._lock:
+            self._sources = [(s, loop) for s, loop in self._sources if s is not store]
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        # Registering must not read the database: it runs on the event loop the read needs.
+        return self._families()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        with self._lock:
+            if self._sources and time.monotonic() - self._read_at >= QUEUE_READ_INTERVAL:
+                self._read(*self._sources[-1])
+            return self._families()
+
+    def _read(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            if asyncio.get_running_loop() is loop:
+                return  # collected on the store's own loop: waiting for it would deadlock
+        except RuntimeError:
+            pass
+        if loop.is_closed():
+            return
+        future = asyncio.run_coroutine_threadsafe(store.queue_summary(), loop)
+        try:
+            summary = future.result(QUEUE_READ_TIMEOUT)
+        except (TimeoutError, StorageUnavailable) as error:
+            future.cancel()
+            log.warning("metrics: cannot read the queue (%r); showing the last values", error)
+            return
+        self._depth = summary.depth
+        oldest = summary.oldest_due_time
+        self._oldest_age = max(0.0, (summary.now - oldest).total_seconds()) if oldest else 0.0
+        self._read_at = time.monotonic()
+
+    def _families(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(
+                "cronwire_queue_depth",
+                "QUEUED executions in the database, all replicas together.",
+                value=self._depth,
+            ),
+            GaugeMetricFamily(
+                "cronwire_oldest_queued_age_seconds",
+                "How long the longest-waiting due QUEUED execution has waited (0 when none is due).",
+                value=self._oldest_age,
+            ),
+        ]
+
+
 _POOLS = _PoolCollector()
+_QUEUE = _QueueCollector()
 REGISTRY.register(_POOLS)
-
-
-async def refresh_queue(store: Store) -> None:
-    summary = await store.queue_summary()
-    QUEUE_DEPTH.set(summary.depth)
-    oldest = summary.oldest_due_time
-    OLDEST_QUEUED_AGE.set(max(0.0, (summary.now - oldest).total_seconds()) if oldest else 0.0)
+REGISTRY.register(_QUEUE)
 
 
 @dataclass
 class MetricsEndpoint:
-    """The HTTP server that exposes /metrics, and the background refresh it needs."""
+    """The HTTP server that exposes /metrics, and what it reads at scrape time."""
 
     port: int
     _http: WSGIServer
     _thread: threading.Thread
+    _store: Store
     _pool: Pool | None
-    _refresher: asyncio.Task[None]
 
     async def close(self) -> None:
-        self._refresher.cancel()
-        await asyncio.gather(self._refresher, return_exceptions=True)
+        _QUEUE.remove(self._store)
         if self._pool is not None:
             _POOLS.remove(self._pool)
         self._http.shutdown()
@@ -310,28 +365,18 @@ class MetricsEndpoint:
         await asyncio.to_thread(self._thread.join, 5.0)
 
 
-async def serve_metrics(address: str, store: Store, pool: Pool | None) -> MetricsEndpoint:
-    """Serve the metrics at http://ADDRESS/metrics (port 0: a free one, see `.port`)."""
+def serve_metrics(address: str, store: Store, pool: Pool | None) -> MetricsEndpoint:
+    """Serve the metrics at http://ADDRESS/metrics (port 0: a free one, see `.port`).
+    Call it on the event loop that `store` runs on."""
     host, port = host_and_port(address)
-    with contextlib.suppress(StorageUnavailable):
-        await refresh_queue(store)
     try:
         http, thread = start_http_server(port, addr=host)
     except OSError as error:
         raise SystemExit(f"cannot serve metrics on {address}: {error}") from error
+    _QUEUE.add(store, asyncio.get_running_loop())
     if pool is not None:
         _POOLS.add(pool)
-    refresher = asyncio.create_task(_refresh_loop(store))
-    return MetricsEndpoint(http.server_port, http, thread, pool, refresher)
-
-
-async def _refresh_loop(store: Store) -> None:
-    while True:
-        await asyncio.sleep(QUEUE_REFRESH_SECONDS)
-        try:
-            await refresh_queue(store)
-        except StorageUnavailable as error:
-            log.warning("metrics: cannot read the queue depth (%s)", error)
+    return MetricsEndpoint(http.server_port, http, thread, store, pool)
 
 
 def seconds_late(started: datetime | None, due: datetime | None) -> float:
