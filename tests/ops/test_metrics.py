@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cronwire import Client, CronTrigger, NotFound
+from cronwire import Client, CronTrigger, ExecutionState, NotFound, OverlapPolicy
 from cronwire.v1 import event_service_pb2, event_service_pb2_grpc
 from tests.support import ServerProcess, start_server, wait_for
 
@@ -131,6 +131,25 @@ def test_queue_depth_and_running_executions(served: tuple[ServerProcess, int]) -
         assert value(samples, "cronwire_executions_finished_total", state="CANCELLED", kind="shell") >= 1
 
 
+def test_skipped_ticks_are_counted_by_reason(served: tuple[ServerProcess, int]) -> None:
+    server, port = served
+    skipped = "cronwire_ticks_skipped_total"
+    before = scrape(port)
+    assert {value(before, skipped, reason=r) for r in ("overlap", "missed", "paused")} == {0.0}
+    with Client(server.target, namespace="metrics") as client:
+        client.create_job("sleepy", executor="shell", parameters={"argv": ["sleep", "60"]})
+        # Every second, while the first run sleeps: the next ticks are skipped (overlap policy SKIP).
+        client.create_schedule(
+            "busy", job="sleepy", trigger=CronTrigger("* * * * * *"), overlap_policy=OverlapPolicy.SKIP
+        )
+        wait_for_metric(
+            port, "an overlapping tick counted", lambda s: value(s, skipped, reason="overlap") >= 1
+        )
+        client.delete_schedule("busy")
+        for run in client.list_executions(job="sleepy", states=[ExecutionState.RUNNING]).items:
+            client.cancel_execution(run.name)
+
+
 def test_rpcs_are_counted_by_method_and_code(served: tuple[ServerProcess, int]) -> None:
     server, port = served
     unary = {"grpc_type": "unary", "grpc_service": "cronwire.v1.JobService"}
@@ -197,7 +216,8 @@ def test_a_bad_metrics_address_is_refused(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 2
-    assert "--metrics-address" in result.stderr and "HOST:PORT" in result.stderr
+    assert "--metrics-address" in result.stderr
+    assert "HOST:PORT" in result.stderr
 
 
 def _version() -> str:
