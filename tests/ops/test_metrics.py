@@ -182,7 +182,7 @@ def test_watchers_gauge_follows_open_streams(served: tuple[ServerProcess, int]) 
             event_service_pb2.WatchEventsRequest(parent="namespaces/metrics")
         )
         wait_for_metric(port, "an open watcher", lambda s: value(s, "cronwire_watchers") == base + 1)
-        watch.cancel()
+        watch.cancel()  # type: ignore[no-untyped-call]
         samples = wait_for_metric(
             port, "the watcher to close", lambda s: value(s, "cronwire_watchers") == base
         )
