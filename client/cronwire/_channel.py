@@ -26,6 +26,7 @@ SAFE_METHODS: dict[str, tuple[str, ...]] = {
     "cronwire.v1.ScheduleService": ("GetSchedule", "ListSchedules", "PreviewSchedule"),
     "cronwire.v1.ExecutionService": ("GetExecution", "ListExecutions", "StreamExecutionLogs"),
     "cronwire.v1.EventService": ("ListEvents", "WatchEvents"),
+    "cronwire.v1.ClusterService": ("GetClusterStatus",),
 }
 
 

@@ -28,6 +28,7 @@ from cronwire._types import (
     Trigger,
 )
 from cronwire._views import (
+    cluster_status_view,
     event_line,
     events_table,
     execution_details,
@@ -619,6 +620,12 @@ def cmd_events_list(ctx: Context) -> int:
 
 
 # Commands: apply, completion
+
+
+def cmd_status(ctx: Context) -> int:
+    status = ctx.client.cluster_status(lag_window=ctx.args.lag_window)
+    ctx.show(status, lambda: cluster_status_view(status, ctx.namespace))
+    return EXIT_OK
 
 
 def cmd_apply(ctx: Context) -> int:

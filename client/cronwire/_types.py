@@ -28,6 +28,8 @@ from cronwire._convert import (
     value_from,
 )
 from cronwire.v1 import (
+    cluster_pb2,
+    cluster_service_pb2,
     event_pb2,
     execution_pb2,
     execution_service_pb2,
@@ -747,4 +749,102 @@ class Event:
             schedule_snapshot=(
                 Schedule._from_proto(message.schedule_snapshot) if snapshot == "schedule_snapshot" else None
             ),
+        )
+
+
+# The cluster
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A server process in the replica registry."""
+
+    id: str
+    hostname: str
+    pid: int
+    version: str
+    roles: list[str]
+    start_time: datetime | None
+    heartbeat_time: datetime | None
+    heartbeat_interval: timedelta | None
+    alive: bool  # heard from within three heartbeat intervals
+
+    @classmethod
+    def _from_proto(cls, message: cluster_pb2.Replica) -> Replica:
+        return cls(
+            id=message.id,
+            hostname=message.hostname,
+            pid=message.pid,
+            version=message.version,
+            roles=list(message.roles),
+            start_time=time_from(message, "start_time"),
+            heartbeat_time=time_from(message, "heartbeat_time"),
+            heartbeat_interval=duration_from(message, "heartbeat_interval"),
+            alive=message.alive,
+        )
+
+
+@dataclass(frozen=True)
+class QueuedExecution:
+    """The queued execution due first."""
+
+    name: str
+    job: str
+    create_time: datetime | None
+    scheduled_time: datetime | None
+
+    @classmethod
+    def _from_proto(cls, message: cluster_pb2.QueuedExecution) -> QueuedExecution:
+        return cls(
+            name=message.name,
+            job=message.job,
+            create_time=time_from(message, "create_time"),
+            scheduled_time=time_from(message, "scheduled_time"),
+        )
+
+
+@dataclass(frozen=True)
+class SchedulingLag:
+    """start_time - scheduled_time over the executions started in `window` (zero without samples)."""
+
+    window: timedelta
+    samples: int
+    p50: timedelta
+    p90: timedelta
+    p99: timedelta
+
+    @classmethod
+    def _from_proto(cls, message: cluster_pb2.SchedulingLag) -> SchedulingLag:
+        return cls(
+            window=message.window.ToTimedelta(),
+            samples=message.samples,
+            p50=message.p50.ToTimedelta(),
+            p90=message.p90.ToTimedelta(),
+            p99=message.p99.ToTimedelta(),
+        )
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """The replicas, the queue and the scheduling lag, as the shared database sees them."""
+
+    replicas: list[Replica]
+    queued_executions: int
+    running_executions: int
+    oldest_queued_execution: QueuedExecution | None
+    scheduling_lag: SchedulingLag
+    server_version: str
+    read_time: datetime | None
+
+    @classmethod
+    def _from_proto(cls, message: cluster_service_pb2.GetClusterStatusResponse) -> ClusterStatus:
+        oldest = message.oldest_queued_execution if message.HasField("oldest_queued_execution") else None
+        return cls(
+            replicas=[Replica._from_proto(r) for r in message.replicas],
+            queued_executions=message.queued_executions,
+            running_executions=message.running_executions,
+            oldest_queued_execution=QueuedExecution._from_proto(oldest) if oldest is not None else None,
+            scheduling_lag=SchedulingLag._from_proto(message.scheduling_lag),
+            server_version=message.server_version,
+            read_time=time_from(message, "read_time"),
         )

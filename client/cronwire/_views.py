@@ -6,6 +6,7 @@ from typing import Any
 
 from cronwire._output import cell, details, short, table, trigger_text
 from cronwire._types import (
+    ClusterStatus,
     Event,
     Execution,
     ExecutionStats,
@@ -215,3 +216,48 @@ def event_line(event: Event) -> str:
 def events_table(events: list[Event]) -> str:
     rows = [[e.sequence, e.time, e.type.name if e.type else None, e.resource] for e in events]
     return table(["SEQUENCE", "TIME", "TYPE", "RESOURCE"], rows)
+
+
+def cluster_status_view(status: ClusterStatus, namespace: str) -> str:
+    """The queue and the lag as key/value lines, then one row per replica."""
+    lag = status.scheduling_lag
+    oldest = status.oldest_queued_execution
+    lines = details(
+        [
+            ("server version", status.server_version),
+            ("queued", status.queued_executions),
+            (
+                "oldest queued",
+                f"{short(oldest.name, namespace)} (job {short(oldest.job, namespace)}, "
+                f"queued {cell(oldest.create_time)})"
+                if oldest is not None
+                else None,
+            ),
+            ("running", status.running_executions),
+            (
+                f"lag ({cell(lag.window)})",
+                f"p50 {_seconds(lag.p50)}, p90 {_seconds(lag.p90)}, p99 {_seconds(lag.p99)} "
+                f"over {lag.samples} started"
+                if lag.samples
+                else "no executions started",
+            ),
+        ]
+    )
+    alive = sum(1 for r in status.replicas if r.alive)
+    rows = [
+        [
+            r.id,
+            r.version,
+            ",".join(r.roles),
+            r.start_time,
+            r.heartbeat_time,
+            "yes" if r.alive else "NO",
+        ]
+        for r in status.replicas
+    ]
+    replicas = table(["REPLICA", "VERSION", "ROLES", "STARTED", "LAST HEARTBEAT", "ALIVE"], rows)
+    return f"{lines}\nreplicas: {alive} alive of {len(status.replicas)}\n{replicas}"
+
+
+def _seconds(value: Any) -> str:
+    return f"{value.total_seconds():.3f}s"

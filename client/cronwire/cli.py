@@ -18,6 +18,7 @@ from cronwire._cli_args import (
     UsageError,
     add_globals,
     count_arg,
+    duration_arg,
     enum_arg,
     event_flags,
     job_flags,
@@ -64,6 +65,7 @@ from cronwire._commands import (
     cmd_schedules_preview,
     cmd_schedules_resume,
     cmd_schedules_update,
+    cmd_status,
 )
 from cronwire._completion import completion_script
 from cronwire._documents import DocumentError
@@ -268,6 +270,19 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     event_flags(p)
     p.add_argument(
         "--limit", type=count_arg, default=100, metavar="N", help="at most N (default 100; 0: all)"
+    )
+
+    p = build.leaf(
+        top,
+        "status",
+        cmd_status,
+        "the cluster: replicas, queue depth, running executions, scheduling lag",
+    )
+    p.add_argument(
+        "--lag-window",
+        type=duration_arg,
+        metavar="DURATION",
+        help="the lag percentiles cover executions started this long ago until now (default 5m)",
     )
 
     p = build.leaf(

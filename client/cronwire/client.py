@@ -27,6 +27,7 @@ from cronwire._requests import (
 from cronwire._stream import LogCursor, WatchCursor, resumable
 from cronwire._types import (
     BackfillResult,
+    ClusterStatus,
     CompletionCallback,
     Event,
     EventType,
@@ -46,6 +47,8 @@ from cronwire._types import (
 )
 from cronwire._version import __version__
 from cronwire.v1 import (
+    cluster_service_pb2,
+    cluster_service_pb2_grpc,
     event_service_pb2,
     event_service_pb2_grpc,
     execution_service_pb2,
@@ -116,6 +119,7 @@ class Client:
         self._schedules = schedule_service_pb2_grpc.ScheduleServiceStub(self._channel)
         self._executions = execution_service_pb2_grpc.ExecutionServiceStub(self._channel)
         self._events = event_service_pb2_grpc.EventServiceStub(self._channel)
+        self._cluster = cluster_service_pb2_grpc.ClusterServiceStub(self._channel)
         self.target = target
 
     @property
@@ -639,6 +643,17 @@ class Client:
             finally:
                 call.cancel()  # type: ignore[no-untyped-call]
             time.sleep(backoff.next_delay())
+
+    # The cluster
+
+    def cluster_status(self, *, lag_window: timedelta | float | None = None) -> ClusterStatus:
+        """The replicas (alive or not), the queue and the scheduling lag percentiles over
+        `lag_window` (seconds or timedelta; None: the server's default of 5 minutes)."""
+        request = cluster_service_pb2.GetClusterStatusRequest()
+        if lag_window is not None:
+            window = lag_window if isinstance(lag_window, timedelta) else timedelta(seconds=lag_window)
+            request.lag_window.FromTimedelta(window)
+        return ClusterStatus._from_proto(self._call(self._cluster.GetClusterStatus, request))
 
     # Events
 
