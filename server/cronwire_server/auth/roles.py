@@ -40,7 +40,14 @@ REQUIRED_ROLES: dict[str, Role] = {
     "/cronwire.v1.ClusterService/GetClusterStatus": _V,
 }
 
+# Standard services, whole: they need a key only when not exempt (--auth-exempt-services).
+SERVICE_ROLES: dict[str, Role] = {
+    "grpc.health.v1.Health": _V,
+    "grpc.reflection.v1alpha.ServerReflection": _V,
+    "grpc.reflection.v1.ServerReflection": _V,
+}
+
 
 def required_role(method: str) -> Role | None:
-    """The role `method` (`/package.Service/Method`) needs; None if it is not in the table."""
-    return REQUIRED_ROLES.get(method)
+    """The role `method` (`/package.Service/Method`) needs; None if it is not in the tables."""
+    return REQUIRED_ROLES.get(method) or SERVICE_ROLES.get(method.split("/")[1])
