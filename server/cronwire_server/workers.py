@@ -328,7 +328,7 @@ class WorkerPool:
         attempt = await callbacks.deliver(job, execution, self._runners.http)
         made = (execution.callback.attempts if execution.callback else 0) + 1
         retry_at = None if attempt.delivered else callbacks.next_attempt_time(made, await self._store.now())
-        fields = {**run_fields(execution), "attempt": made}
+        fields = {**run_fields(execution), "delivery_attempt": made}
         if attempt.http_status is not None:
             fields["http_status"] = attempt.http_status
         url = url_for_log(job.callback.url) if job.callback else ""
