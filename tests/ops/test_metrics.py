@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cronwire import Client, CronTrigger, ExecutionState, NotFound, OverlapPolicy
+from cronwire import Client, CronTrigger, ExecutionState, NotFound, OverlapPolicy, Unauthenticated
 from cronwire.v1 import event_service_pb2, event_service_pb2_grpc
 from tests.support import ServerProcess, start_server, wait_for
 
@@ -171,6 +171,28 @@ def test_rpcs_are_counted_by_method_and_code(served: tuple[ServerProcess, int]) 
     assert delta("grpc_server_handling_seconds_count", **unary, grpc_method="GetJob") == 2
     # No label carries a job's name.
     assert not any("present" in v or "absent" in v for _, labels in samples for _, v in labels)
+
+
+def test_calls_refused_by_authentication_are_counted(tmp_path: Path) -> None:
+    port_file = tmp_path / "metrics-port"
+    server = start_server(
+        f"sqlite:///{tmp_path / 'cronwire.db'}",
+        tmp_path,
+        "--require-auth",
+        "--metrics-address",
+        "127.0.0.1:0",
+        "--metrics-port-file",
+        str(port_file),
+    )
+    try:
+        port = wait_for(lambda: port_file.exists() and int(port_file.read_text()), 10.0, "the metrics port")
+        with Client(server.target, namespace="metrics") as client, pytest.raises(Unauthenticated):
+            client.get_job("anything")
+        samples = scrape(port)
+    finally:
+        server.stop()
+    refused = {"grpc_type": "unary", "grpc_service": "cronwire.v1.JobService", "grpc_method": "GetJob"}
+    assert value(samples, "grpc_server_handled_total", **refused, grpc_code="UNAUTHENTICATED") == 1
 
 
 def test_watchers_gauge_follows_open_streams(served: tuple[ServerProcess, int]) -> None:
