@@ -33,6 +33,7 @@ from cronwire._errors import (
     Unavailable,
     Unimplemented,
 )
+from cronwire._keys import CreatedKey, Key, Role
 from cronwire._requests import UNSET
 from cronwire._types import (
     AllOfTrigger,
@@ -85,6 +86,7 @@ __all__ = [
     "ClusterStatus",
     "CompletionCallback",
     "Conflict",
+    "CreatedKey",
     "CronTrigger",
     "CronwireError",
     "DateTrigger",
@@ -104,6 +106,7 @@ __all__ = [
     "Job",
     "JobDependent",
     "JobType",
+    "Key",
     "LogChunk",
     "LogStream",
     "MisfirePolicy",
@@ -116,6 +119,7 @@ __all__ = [
     "Replica",
     "ResourceExhausted",
     "RetryPolicy",
+    "Role",
     "Schedule",
     "SchedulePreview",
     "SchedulingLag",

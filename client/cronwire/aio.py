@@ -12,6 +12,7 @@ import grpc
 from cronwire import _channel
 from cronwire._channel import DEFAULT_NAMESPACE, DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSConfig
 from cronwire._errors import from_rpc_error
+from cronwire._keys import CreatedKey, Key, Role, create_request, key_name
 from cronwire._requests import (
     DEFAULT_POLL_INTERVAL,
     UNSET,
@@ -55,6 +56,8 @@ from cronwire.v1 import (
     execution_service_pb2_grpc,
     job_service_pb2,
     job_service_pb2_grpc,
+    key_service_pb2,
+    key_service_pb2_grpc,
     schedule_service_pb2,
     schedule_service_pb2_grpc,
 )
@@ -120,6 +123,7 @@ class AsyncClient:
         self._executions = execution_service_pb2_grpc.ExecutionServiceStub(self._channel)
         self._events = event_service_pb2_grpc.EventServiceStub(self._channel)
         self._cluster = cluster_service_pb2_grpc.ClusterServiceStub(self._channel)
+        self._keys = key_service_pb2_grpc.KeyServiceStub(self._channel)
         self.target = target
 
     @property
@@ -656,6 +660,36 @@ class AsyncClient:
             window = lag_window if isinstance(lag_window, timedelta) else timedelta(seconds=lag_window)
             request.lag_window.FromTimedelta(window)
         return ClusterStatus._from_proto(await self._call(self._cluster.GetClusterStatus, request))
+
+    # API keys (an admin key is needed)
+
+    async def create_key(
+        self, namespaces: Sequence[str], role: Role | str, *, description: str = ""
+    ) -> CreatedKey:
+        """Create an API key for `namespaces` (["*"]: every one) with `role` (`Role` or
+        "viewer", "editor", "admin"). Its token is in the result, and only there."""
+        response = await self._call(self._keys.CreateKey, create_request(namespaces, role, description))
+        return CreatedKey(Key._from_proto(response.key), response.token)
+
+    async def get_key(self, key: str | Key) -> Key:
+        """Get a key by id, name (`keys/<id>`) or `Key`. Raises NotFound."""
+        request = key_service_pb2.GetKeyRequest(name=key_name(key))
+        return Key._from_proto((await self._call(self._keys.GetKey, request)).key)
+
+    async def list_keys(self, *, page_size: int = 0, page_token: str = "") -> Page[Key]:
+        """One page of the keys (revoked ones included), in id order."""
+        request = key_service_pb2.ListKeysRequest(page_size=page_size, page_token=page_token)
+        response = await self._call(self._keys.ListKeys, request)
+        return Page([Key._from_proto(k) for k in response.keys], response.next_page_token)
+
+    def iter_keys(self, *, page_size: int = 0) -> AsyncIterator[Key]:
+        """Every key, fetched a page at a time as the iteration goes."""
+        return self._pages(lambda token: self.list_keys(page_size=page_size, page_token=token))
+
+    async def revoke_key(self, key: str | Key) -> Key:
+        """Revoke a key; servers refuse it within their key cache time (5 s by default)."""
+        request = key_service_pb2.RevokeKeyRequest(name=key_name(key))
+        return Key._from_proto((await self._call(self._keys.RevokeKey, request)).key)
 
     # Events
 

@@ -70,6 +70,7 @@ from cronwire._commands import (
 from cronwire._completion import completion_script
 from cronwire._documents import DocumentError
 from cronwire._errors import CronwireError, InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
+from cronwire._key_commands import add_key_commands
 from cronwire._output import OutputError
 from cronwire._types import ExecutionState, OverlapPolicy
 from cronwire._values import enum_text
@@ -272,6 +273,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "--limit", type=count_arg, default=100, metavar="N", help="at most N (default 100; 0: all)"
     )
 
+    add_key_commands(top, build.leaf)
     p = build.leaf(
         top,
         "status",

@@ -49,7 +49,8 @@ async def auth_interceptor(settings: Settings, keys: KeyStore) -> AuthIntercepto
         return None
     if loopback and not settings.require_auth:
         return None
-    if not await keys.any_active():
+    # A process without the api role serves only health and reflection: no key is needed to start.
+    if "api" in settings.roles and not await keys.any_active():
         if not loopback:
             raise AuthRefused(
                 f"refusing to serve on {settings.listen} without authentication, and the database "

@@ -1,0 +1,73 @@
+"""API keys as the SDK shows them (KeyService): who may call, in which namespaces, with what role."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cronwire._convert import time_from
+from cronwire.v1 import key_pb2, key_service_pb2
+
+
+class Role(enum.IntEnum):
+    """What a key may do; each role includes the ones before it."""
+
+    VIEWER = key_pb2.ROLE_VIEWER  # read and watch
+    EDITOR = key_pb2.ROLE_EDITOR  # also create, change, delete, run, cancel, backfill
+    ADMIN = key_pb2.ROLE_ADMIN  # also manage keys
+
+
+@dataclass
+class Key:
+    """An API key (never its secret). `namespaces` ["*"] is every namespace."""
+
+    name: str
+    role: Role
+    namespaces: list[str] = field(default_factory=list)
+    description: str = ""
+    create_time: datetime | None = None
+    revoke_time: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        return self.name.removeprefix("keys/")
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoke_time is not None
+
+    @classmethod
+    def _from_proto(cls, message: key_pb2.Key) -> Key:
+        return cls(
+            name=message.name,
+            role=Role(message.role),
+            namespaces=list(message.namespaces),
+            description=message.description,
+            create_time=time_from(message, "create_time"),
+            revoke_time=time_from(message, "revoke_time"),
+        )
+
+
+@dataclass
+class CreatedKey:
+    """A new key and its token, `cwk_<id>_<secret>`: the only time the token is shown."""
+
+    key: Key
+    token: str
+
+
+def key_name(key: str | Key) -> str:
+    """`keys/<id>` for an id, a name or a Key."""
+    if isinstance(key, Key):
+        return key.name
+    return key if key.startswith("keys/") else f"keys/{key}"
+
+
+def create_request(
+    namespaces: Sequence[str], role: Role | str, description: str
+) -> key_service_pb2.CreateKeyRequest:
+    parsed = role if isinstance(role, Role) else Role[role.upper()]
+    key = key_pb2.Key(namespaces=list(namespaces), role=parsed.value, description=description)
+    return key_service_pb2.CreateKeyRequest(key=key)
