@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -14,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cronwire import Client, CronTrigger, ExecutionState, NotFound, OverlapPolicy, Unauthenticated
 from cronwire.v1 import event_service_pb2, event_service_pb2_grpc
+from tests.integration.helpers import child_pids
 from tests.support import ServerProcess, start_server, wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -48,12 +52,13 @@ def served(database_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, i
         str(port_file),
     )
     try:
-        metrics_port = wait_for(
-            lambda: port_file.exists() and int(port_file.read_text()), 10.0, "the metrics port file"
-        )
-        yield server, metrics_port
+        yield server, metrics_port(port_file)
     finally:
         server.stop()
+
+
+def metrics_port(port_file: Path) -> int:
+    return wait_for(lambda: port_file.exists() and int(port_file.read_text()), 10.0, "the metrics port file")
 
 
 def wait_for_metric(port: int, what: str, condition: Callable[[Samples], bool]) -> Samples:
@@ -173,6 +178,44 @@ def test_rpcs_are_counted_by_method_and_code(served: tuple[ServerProcess, int]) 
     assert not any("present" in v or "absent" in v for _, labels in samples for _, v in labels)
 
 
+def test_executions_of_a_killed_replica_are_counted_as_lease_recoveries(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cronwire.db'}"
+    victim = start_server(url, tmp_path / "victim", "--lease-seconds", "1")
+    job_processes: list[int] = []
+    try:
+        with Client(victim.target, namespace="metrics") as client:
+            client.create_job("sleeper", executor="shell", parameters={"argv": ["sleep", "30"]})
+            run = client.run_job("sleeper")
+            # Each job process leads its own process group: stopped below, whatever happens.
+            job_processes = wait_for(lambda: child_pids(victim.process.pid), DEADLINE, "the job process")
+        assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
+        port_file = tmp_path / "metrics-port"
+        survivor = start_server(
+            url,
+            tmp_path / "survivor",
+            "--lease-seconds",
+            "1",
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--metrics-port-file",
+            str(port_file),
+        )
+        try:
+            port = metrics_port(port_file)
+            wait_for_metric(
+                port, "the lost run counted", lambda s: value(s, "cronwire_lease_recoveries_total") == 1
+            )
+        finally:
+            survivor.stop()
+    finally:
+        victim.stop(signal.SIGKILL)
+        for pgid in job_processes:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+    lost = next(line for line in survivor.log().splitlines() if "run lost by worker" in line)
+    assert f"execution={run.name.rsplit('/', 1)[1]}" in lost
+
+
 def test_calls_refused_by_authentication_are_counted(tmp_path: Path) -> None:
     port_file = tmp_path / "metrics-port"
     server = start_server(
@@ -185,7 +228,7 @@ def test_calls_refused_by_authentication_are_counted(tmp_path: Path) -> None:
         str(port_file),
     )
     try:
-        port = wait_for(lambda: port_file.exists() and int(port_file.read_text()), 10.0, "the metrics port")
+        port = metrics_port(port_file)
         with Client(server.target, namespace="metrics") as client, pytest.raises(Unauthenticated):
             client.get_job("anything")
         samples = scrape(port)
