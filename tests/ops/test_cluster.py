@@ -17,7 +17,12 @@ from cronwire import __version__
 from cronwire.v1 import cluster_service_pb2, cluster_service_pb2_grpc, job_pb2, job_service_pb2
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire_server.app import RunningServer, create_server
+from cronwire_server.auth.keys import Role
+from cronwire_server.auth.manage import KeyManager
+from cronwire_server.auth.principal import OPEN
 from cronwire_server.config import Settings
+from cronwire_server.storage.sql_keys import KeyStore
+from cronwire_server.storage.sql_store import create_engine
 from cronwire_server.storage.tables import executions
 from tests.ops.helpers import database, shift_times
 from tests.support import status_details
@@ -163,3 +168,54 @@ async def test_a_bad_lag_window_is_refused(server: RunningServer, seconds: int, 
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     violations, _ = status_details(raised.value)
     assert message in violations["lag_window"]
+
+
+async def _tokens(database_url: str) -> dict[str, str]:
+    engine = create_engine(database_url, pool_size=1)
+    manager = KeyManager(KeyStore(engine))
+    try:
+        return {
+            who: (await manager.create(role, [namespace], "test", caller=OPEN))[1]
+            for who, role, namespace in (
+                ("editor", Role.EDITOR, "ops"),
+                ("viewer", Role.VIEWER, "ops"),
+                ("stranger", Role.VIEWER, "elsewhere"),
+            )
+        }
+    finally:
+        await engine.dispose()
+
+
+async def test_the_oldest_queued_execution_is_named_only_to_keys_of_its_namespace(database_url: str) -> None:
+    tokens = await _tokens(database_url)
+    running = await _server(database_url, roles=frozenset({"api", "dispatcher"}), require_auth=True)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            jobs = JobServiceStub(channel)
+            cluster = cluster_service_pb2_grpc.ClusterServiceStub(channel)
+
+            def auth(who: str) -> list[tuple[str, str]]:
+                return [("authorization", f"Bearer {tokens[who]}")]
+
+            await jobs.CreateJob(
+                job_service_pb2.CreateJobRequest(
+                    parent=PARENT, job_id="waits", job=job_pb2.Job(executor="noop")
+                ),
+                metadata=auth("editor"),
+                timeout=TIMEOUT,
+            )
+            queued = await jobs.RunJob(
+                job_service_pb2.RunJobRequest(name=f"{PARENT}/jobs/waits"),
+                metadata=auth("editor"),
+                timeout=TIMEOUT,
+            )
+            request = cluster_service_pb2.GetClusterStatusRequest()
+            mine = await cluster.GetClusterStatus(request, metadata=auth("viewer"), timeout=TIMEOUT)
+            theirs = await cluster.GetClusterStatus(request, metadata=auth("stranger"), timeout=TIMEOUT)
+    finally:
+        await running.stop(grace=0)
+    assert mine.oldest_queued_execution.name == queued.execution.name
+    assert mine.oldest_queued_execution.job == f"{PARENT}/jobs/waits"
+    assert theirs.queued_executions == 1
+    assert (theirs.oldest_queued_execution.name, theirs.oldest_queued_execution.job) == ("", "")
+    assert theirs.oldest_queued_execution.create_time == mine.oldest_queued_execution.create_time

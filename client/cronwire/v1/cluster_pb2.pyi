@@ -102,10 +102,11 @@ class QueuedExecution(_message.Message):
     SCHEDULED_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. The execution's resource name,
-    `namespaces/{namespace}/executions/{execution}`.
+    `namespaces/{namespace}/executions/{execution}`; empty when the caller's
+    API key does not cover its namespace.
     """
     job: _builtins.str
-    """Output only. The resource name of its job."""
+    """Output only. The resource name of its job; empty like `name`."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When it was queued."""

@@ -13,6 +13,7 @@ from cronwire_server import __version__
 from cronwire_server.api.convert import optional_duration, set_duration, set_time
 from cronwire_server.api.names import format_name
 from cronwire_server.api.status import unary
+from cronwire_server.auth import principal
 from cronwire_server.errors import InvalidArgument
 from cronwire_server.model import ClusterStatus, LagPercentiles, Replica
 from cronwire_server.storage import Store
@@ -70,8 +71,10 @@ def status_to_pb(status: ClusterStatus, window: timedelta) -> pb.GetClusterStatu
     oldest = status.oldest_queued
     if oldest is not None:
         queued = response.oldest_queued_execution
-        queued.name = format_name("execution", oldest.namespace, oldest.id)
-        queued.job = format_name("job", oldest.namespace, oldest.job_id)
+        # Its times are the cluster's business; its names only of those who see its namespace.
+        if principal.current().sees(oldest.namespace):
+            queued.name = format_name("execution", oldest.namespace, oldest.id)
+            queued.job = format_name("job", oldest.namespace, oldest.job_id)
         set_time(queued.create_time, oldest.create_time)
         set_time(queued.scheduled_time, oldest.scheduled_time)
     return response
