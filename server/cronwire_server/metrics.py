@@ -34,7 +34,6 @@ from sqlalchemy.pool import Pool
 
 from cronwire_server import __version__
 from cronwire_server.config import host_and_port
-from cronwire_server.errors import StorageUnavailable
 from cronwire_server.model import SkipReason
 from cronwire_server.storage import Store
 
@@ -300,9 +299,15 @@ class _QueueCollector(Collector):
         return self._families()
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        # The lock is not held while waiting for the loop, which may be taking it to remove a store.
         with self._lock:
-            if self._sources and time.monotonic() - self._read_at >= QUEUE_READ_INTERVAL:
-                self._read(*self._sources[-1])
+            source = self._sources[-1] if self._sources else None
+            due = time.monotonic() - self._read_at >= QUEUE_READ_INTERVAL
+            if source and due:
+                self._read_at = time.monotonic()  # one read at a time, however many scrape
+        if source and due:
+            self._read(*source)
+        with self._lock:
             return self._families()
 
     def _read(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
@@ -316,14 +321,14 @@ class _QueueCollector(Collector):
         future = asyncio.run_coroutine_threadsafe(store.queue_summary(), loop)
         try:
             summary = future.result(QUEUE_READ_TIMEOUT)
-        except (TimeoutError, StorageUnavailable) as error:
+        except Exception as error:  # a scrape never fails for it: the last values are shown
             future.cancel()
             log.warning("metrics: cannot read the queue (%r); showing the last values", error)
             return
-        self._depth = summary.depth
         oldest = summary.oldest_due_time
-        self._oldest_age = max(0.0, (summary.now - oldest).total_seconds()) if oldest else 0.0
-        self._read_at = time.monotonic()
+        with self._lock:
+            self._depth = summary.depth
+            self._oldest_age = max(0.0, (summary.now - oldest).total_seconds()) if oldest else 0.0
 
     def _families(self) -> list[GaugeMetricFamily]:
         return [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -120,6 +121,28 @@ def test_text_lines_stay_readable(tmp_path: Path) -> None:
     )
     assert re.fullmatch(pattern, line), line
     assert not any(x.startswith("{") for x in server.log().splitlines())
+
+
+def test_migrate_logs_json_too(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cronwire_server",
+            "migrate",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'cronwire.db'}",
+            "--log-format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert any(line["message"].startswith("Running upgrade") for line in lines)
+    assert all(line["time"].endswith("Z") and line["level"] == "INFO" for line in lines)
 
 
 def test_an_exception_is_one_json_field() -> None:
