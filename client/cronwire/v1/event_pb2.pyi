@@ -139,8 +139,9 @@ class Event(_message.Message):
     schedule: _builtins.str
     """Output only. The resource name of the schedule concerned, if any."""
     actor: _builtins.str
-    """Output only. The id of the API key that made the change; empty for
-    changes the service made by itself (ticks, retries) or with auth off.
+    """Output only. The API key that made the change, as its resource name
+    `keys/{key}` (never its secret); empty for changes the service made by
+    itself (ticks, runs starting and ending, retries) or with auth off.
     """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
