@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import pkgutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -337,8 +338,9 @@ async def test_every_rpc_answers_a_key_of_another_namespace_as_if_nothing_were_t
 
 
 async def test_roles_viewer_reads_editor_changes_admin_manages_keys(
-    channel: grpc.aio.Channel, keys: Keys
+    channel: grpc.aio.Channel, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="cronwire_server.auth.manage")
     jobs, key_service = JobServiceStub(channel), KeyServiceStub(channel)
     create = job_service_pb2.CreateJobRequest(
         parent=TEAM_A, job_id="by-viewer", job=job_pb2.Job(executor="noop")
@@ -375,6 +377,10 @@ async def test_roles_viewer_reads_editor_changes_admin_manages_keys(
     assert got.key.role == key_pb2.ROLE_VIEWER
     assert list(got.key.namespaces) == ["team-a"]
     assert created.token.split("_", 2)[2] not in str(got)
+    # Keys have no events; the log says who made which.
+    admin_name = f"keys/{keys.admin.split('_')[1]}"
+    assert f"key {created.key.name} created (role viewer, namespaces team-a) by {admin_name}" in caplog.text
+    assert created.token not in caplog.text
 
 
 async def test_an_admin_of_some_namespaces_manages_keys_only_within_them(

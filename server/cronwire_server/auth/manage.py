@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from cronwire_server.api.names import check_id
@@ -18,6 +19,8 @@ from cronwire_server.auth.principal import Principal
 from cronwire_server.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from cronwire_server.model import Listing, Page
 from cronwire_server.storage.sql_keys import KeyStore
+
+log = logging.getLogger(__name__)
 
 MAX_DESCRIPTION = 2048
 
@@ -66,6 +69,14 @@ class KeyManager:
                 )
         key_id, secret = new_key_id(), new_secret()
         key = await self._store.create(ApiKey(key_id, role, scope, description), digest(secret))
+        # Keys have no events: the log is their audit trail.
+        log.info(
+            "key %s created (role %s, namespaces %s) by %s",
+            key.name,
+            role.name.lower(),
+            ",".join(scope),
+            _who(caller),
+        )
         return key, format_token(key_id, secret)
 
     async def get(self, key_id: str, *, caller: Principal) -> ApiKey:
@@ -81,7 +92,13 @@ class KeyManager:
 
     async def revoke(self, key_id: str, *, caller: Principal) -> ApiKey:
         await self.get(key_id, caller=caller)
-        return await self._store.revoke(key_id)
+        key = await self._store.revoke(key_id)
+        log.info("key %s revoked by %s", key.name, _who(caller))
+        return key
+
+
+def _who(caller: Principal) -> str:
+    return caller.actor or "a caller without a key (auth off, or the keys command)"
 
 
 def _manages(caller: Principal, key: ApiKey) -> bool:
