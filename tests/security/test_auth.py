@@ -645,3 +645,26 @@ async def test_the_cli_prints_one_line_and_exits_distinctly_on_auth_errors(
     assert "PERMISSION_DENIED" in err
     code, _ = await asyncio.to_thread(run, "--token", keys.viewer_a, "jobs", "list", "-n", "team-a")
     assert code == 0
+
+
+async def test_a_job_chain_cannot_reach_a_namespace_the_key_cannot_see(
+    channel: grpc.aio.Channel, keys: Keys
+) -> None:
+    jobs = JobServiceStub(channel)
+    hidden = job_service_pb2.CreateJobRequest(
+        parent=TEAM_B, job_id="target", job=job_pb2.Job(executor="noop")
+    )
+    await jobs.CreateJob(hidden, metadata=bearer(keys.admin))
+    chained = json_format.ParseDict(
+        {"executor": "noop", "dependents": [{"job": f"{TEAM_B}/jobs/target"}]}, job_pb2.Job()
+    )
+    request = job_service_pb2.CreateJobRequest(parent=TEAM_A, job_id="chain", job=chained)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs.CreateJob(request, metadata=bearer(keys.editor_a))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "job.dependents[0].job" in status_details(caught.value)[0]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs.GetJob(
+            job_service_pb2.GetJobRequest(name=f"{TEAM_A}/jobs/chain"), metadata=bearer(keys.editor_a)
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
