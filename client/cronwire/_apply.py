@@ -260,6 +260,7 @@ def _job_create_arguments(fields: Mapping[str, Any]) -> dict[str, Any]:
         "dependents": fields.get("dependents") or [],
         "callback": fields.get("callback"),
         "labels": fields.get("labels") or {},
+        "execution_retention": fields.get("execution_retention"),
     }
 
 

@@ -21,6 +21,7 @@ from cronwire._types import (
     CronTrigger,
     DateTrigger,
     DependencyCondition,
+    ExecutionRetention,
     ExecutionState,
     FireTime,
     IntervalTrigger,
@@ -195,6 +196,18 @@ def read_retry_policy(value: Any, path: str) -> RetryPolicy:
     return RetryPolicy(**_read_fields(document, readers, path))
 
 
+def read_execution_retention(value: Any, path: str) -> ExecutionRetention:
+    document = read_object(value, path)
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "max_count": read_int,
+        "max_age": optional(read_duration),
+    }
+    fields = _read_fields(document, readers, path)
+    # 0 is no limit by age, as the server stores and returns it: unset.
+    fields["max_age"] = fields.get("max_age") or None
+    return ExecutionRetention(**fields)
+
+
 def read_dependents(value: Any, path: str) -> list[JobDependent]:
     dependents = []
     for index, item in enumerate(read_list(value, path)):
@@ -259,6 +272,7 @@ JOB_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "dependents": optional(read_dependents),
     "callback": optional(read_callback),
     "labels": optional(read_labels),
+    "execution_retention": optional(read_execution_retention),
 }
 JOB_OUTPUT_ONLY = frozenset({"create_time", "update_time", "etag", "stats"})
 

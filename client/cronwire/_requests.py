@@ -26,6 +26,7 @@ from cronwire._types import (
     CompletionCallback,
     EventType,
     Execution,
+    ExecutionRetention,
     ExecutionState,
     ExecutionTrigger,
     Job,
@@ -140,6 +141,7 @@ class Requests:
         dependents: Sequence[JobDependent | str],
         callback: CompletionCallback | None,
         labels: Mapping[str, str] | None,
+        execution_retention: ExecutionRetention | None,
     ) -> job_service_pb2.CreateJobRequest:
         ns = self.ns(namespace)
         job = Job(
@@ -152,6 +154,7 @@ class Requests:
             dependents=self._dependents(dependents, ns),
             callback=callback,
             labels=dict(labels or {}),
+            execution_retention=execution_retention,
         )
         return job_service_pb2.CreateJobRequest(
             parent=parent_name(ns), job_id=job_id, job=job._to_proto(), request_id=request_id

@@ -154,6 +154,26 @@ class Page(Generic[T]):
 
 
 @dataclass
+class ExecutionRetention:
+    """Which finished executions of a job are kept, in place of the server's retention settings:
+    the newest `max_count` (0: no limit by count), none that ended more than `max_age` ago (None:
+    no limit by age). Queued and running executions are always kept."""
+
+    max_count: int = 0
+    max_age: timedelta | None = None
+
+    def _to_proto(self) -> job_pb2.ExecutionRetention:
+        message = job_pb2.ExecutionRetention(max_count=self.max_count)
+        if self.max_age is not None:
+            set_duration(message.max_age, self.max_age)
+        return message
+
+    @classmethod
+    def _from_proto(cls, message: job_pb2.ExecutionRetention) -> ExecutionRetention:
+        return cls(max_count=message.max_count, max_age=duration_from(message, "max_age"))
+
+
+@dataclass
 class RetryPolicy:
     """How failed attempts are retried: at most `max_attempts` in all, the first included.
 
@@ -267,6 +287,7 @@ class Job:
     dependents: list[JobDependent] = field(default_factory=list)
     callback: CompletionCallback | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    execution_retention: ExecutionRetention | None = None
     create_time: datetime | None = None
     update_time: datetime | None = None
     etag: str = ""
@@ -299,6 +320,8 @@ class Job:
             message.retry_policy.CopyFrom(self.retry_policy._to_proto())
         if self.callback is not None:
             message.callback.CopyFrom(self.callback._to_proto())
+        if self.execution_retention is not None:
+            message.execution_retention.CopyFrom(self.execution_retention._to_proto())
         return message
 
     @classmethod
@@ -318,6 +341,11 @@ class Job:
                 CompletionCallback._from_proto(message.callback) if message.HasField("callback") else None
             ),
             labels=dict(message.labels),
+            execution_retention=(
+                ExecutionRetention._from_proto(message.execution_retention)
+                if message.HasField("execution_retention")
+                else None
+            ),
             create_time=time_from(message, "create_time"),
             update_time=time_from(message, "update_time"),
             etag=message.etag,

@@ -9,6 +9,7 @@ from cronwire._types import (
     ClusterStatus,
     Event,
     Execution,
+    ExecutionRetention,
     ExecutionStats,
     FireTime,
     Job,
@@ -31,6 +32,14 @@ def _retry_text(policy: RetryPolicy | None) -> str:
     if policy.max_backoff is not None:
         parts.append(f"up to {format_duration(policy.max_backoff)}")
     return ", ".join(parts)
+
+
+def _retention_text(retention: ExecutionRetention | None) -> str:
+    if retention is None:
+        return "the server's retention"
+    parts = [f"the newest {retention.max_count}" if retention.max_count else "any number"]
+    parts.append(f"for {format_duration(retention.max_age)}" if retention.max_age else "forever")
+    return " ".join(parts)
 
 
 def _stats_pairs(stats: ExecutionStats | None) -> list[tuple[str, Any]]:
@@ -65,6 +74,7 @@ def job_details(job: Job) -> str:
         ("dependents", dependents),
         ("callback", callback),
         ("labels", ", ".join(f"{k}={v}" for k, v in sorted(job.labels.items()))),
+        ("keeps", _retention_text(job.execution_retention)),
         ("created", job.create_time),
         ("updated", job.update_time),
         ("etag", job.etag),

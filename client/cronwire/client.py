@@ -33,6 +33,7 @@ from cronwire._types import (
     Event,
     EventType,
     Execution,
+    ExecutionRetention,
     ExecutionState,
     Job,
     JobDependent,
@@ -171,6 +172,7 @@ class Client:
         dependents: Sequence[JobDependent | str] = (),
         callback: CompletionCallback | None = None,
         labels: Mapping[str, str] | None = None,
+        execution_retention: ExecutionRetention | None = None,
         namespace: str | None = None,
         request_id: str = "",
     ) -> Job:
@@ -180,7 +182,9 @@ class Client:
         one when empty). `executor` is a kind from `list_job_types()` and `parameters` must
         match its schema, e.g. `executor="shell", parameters={"argv": ["echo", "hi"]}`.
         `dependents` are job ids or names (or `JobDependent`s with a condition) triggered
-        when an execution ends. A repeated `request_id` returns the first call's job.
+        when an execution ends. `execution_retention` keeps this job's finished executions
+        by its own rules instead of the server's. A repeated `request_id` returns the first
+        call's job.
         Raises AlreadyExists if the id is taken, InvalidArgument naming each bad field.
         """
         request = self._requests.create_job(
@@ -196,6 +200,7 @@ class Client:
             dependents=dependents,
             callback=callback,
             labels=labels,
+            execution_retention=execution_retention,
         )
         return Job._from_proto(self._call(self._jobs.CreateJob, request).job)
 
@@ -244,6 +249,7 @@ class Client:
         dependents: Maybe | Sequence[JobDependent | str] = UNSET,
         callback: Maybe | CompletionCallback | None = UNSET,
         labels: Maybe | Mapping[str, str] = UNSET,
+        execution_retention: Maybe | ExecutionRetention | None = UNSET,
         etag: str = "",
     ) -> Job:
         """Change the fields given (the others stay as they are) and return the job as stored.
@@ -262,6 +268,7 @@ class Client:
             "dependents": dependents,
             "callback": callback,
             "labels": labels,
+            "execution_retention": execution_retention,
         }
         request = self._requests.update_job(job, etag, fields)
         return Job._from_proto(self._call(self._jobs.UpdateJob, request).job)

@@ -61,6 +61,11 @@ def validate_job(job: Job, policy: HttpPolicy | None = None) -> None:
         violations.extend(_retry_violations(job.retry_policy))
     if job.max_concurrency < 0:
         violations.append(FieldViolation("max_concurrency", "must not be negative"))
+    if job.execution_retention is not None:
+        if job.execution_retention.count < 0:
+            violations.append(FieldViolation("execution_retention.max_count", "must not be negative"))
+        if job.execution_retention.max_age is not None and job.execution_retention.max_age < timedelta(0):
+            violations.append(FieldViolation("execution_retention.max_age", "must not be negative"))
     for index, dependent in enumerate(job.dependents):
         if dependent.job_id == job.id:
             violations.append(FieldViolation(f"dependents[{index}].job", "a job cannot depend on itself"))

@@ -107,6 +107,8 @@ class Job:
     dependents: list[JobDependent] = field(default_factory=list)
     callback: CompletionCallback | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # Which finished executions are kept; None: the server's policy.
+    execution_retention: RetentionPolicy | None = None
     # Output only: set by the store.
     create_time: datetime | None = None
     update_time: datetime | None = None
@@ -368,7 +370,3 @@ class RetentionPolicy:
 
     count: int = 0
     max_age: timedelta | None = None
-
-    @property
-    def keeps_everything(self) -> bool:
-        return self.count <= 0 and self.max_age is None

@@ -1,5 +1,6 @@
-"""Execution retention: finished executions the server-wide policy no longer keeps are deleted, with
-their output, in small batches, every few minutes (by processes with the dispatcher role)."""
+"""Execution retention: finished executions that their job's policy (or the server-wide one, for jobs
+without their own) no longer keeps are deleted with their output, in small batches, every few minutes
+(by processes with the dispatcher role)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ class ExecutionPruner:
         self._batch = batch
 
     async def run(self, stopping: asyncio.Event) -> None:
-        if self._policy.keeps_everything:
-            return
+        # Even when the server keeps everything: jobs may have policies of their own.
         while not stopping.is_set():
             try:
                 await self.prune_once(stopping)
@@ -48,7 +48,7 @@ class ExecutionPruner:
                 break
         if pruned:
             log.info(
-                "pruned %d finished executions (keeping per job %s, %s)",
+                "pruned %d finished executions (keeping per job, unless it says otherwise, %s, %s)",
                 pruned,
                 f"the newest {self._policy.count}" if self._policy.count > 0 else "any number",
                 f"none older than {self._policy.max_age}" if self._policy.max_age else "of any age",

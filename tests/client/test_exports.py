@@ -29,6 +29,7 @@ EXPORTED = [
     "Event",
     "EventType",
     "Execution",
+    "ExecutionRetention",
     "ExecutionState",
     "ExecutionStats",
     "ExecutionTrigger",

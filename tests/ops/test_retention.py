@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from google.protobuf import json_format
 
+import cronwire
 from cronwire.v1 import execution_pb2, execution_service_pb2, job_pb2, job_service_pb2
 from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
@@ -170,3 +171,51 @@ async def _retry_of(api: Api, job: str, first: str) -> str | None:
         if execution.state == E.EXECUTION_STATE_QUEUED and execution.parent_execution == first:
             return execution.name
     return None
+
+
+async def test_a_job_keeps_its_executions_by_its_own_rules(
+    worker: tuple[RunningServer, Api], database_url: str
+) -> None:
+    _, api = worker
+    default = await api.create_job("default", executor="noop")
+    longer = await api.create_job("longer", executor="noop", executionRetention={"maxCount": 5})
+    forever = await api.create_job("forever", executor="noop", executionRetention={})
+    hourly = await api.create_job("hourly", executor="noop", executionRetention={"maxAge": "3600s"})
+    runs = {job: [await api.run(job) for _ in range(6)] for job in (default, longer, forever, hourly)}
+    for job in runs:
+        await eventually(lambda job=job: api.all_ended(job, 6), f"the runs of {job} to end")  # type: ignore[misc]
+    with database(database_url) as conn:
+        shift_times(conn, [_id(n) for n in runs[hourly][:2]], -timedelta(hours=2), "create_time", "end_time")
+
+    pruning = await _server(
+        database_url, roles=frozenset({"dispatcher"}), execution_retention_count=3, execution_retention_days=0
+    )
+    try:
+        kept = await eventually(lambda: api.all_ended(default, 3), "the server's policy to apply")
+        kept_longer = await eventually(lambda: api.all_ended(longer, 5), "the job's count to apply")
+        kept_hourly = await eventually(lambda: api.all_ended(hourly, 4), "the job's age to apply")
+    finally:
+        await pruning.stop(grace=0)
+    assert sorted(e.name for e in kept) == sorted(runs[default][3:])
+    assert sorted(e.name for e in kept_longer) == sorted(runs[longer][1:])
+    assert sorted(e.name for e in kept_hourly) == sorted(runs[hourly][2:])
+    assert len(await api.executions_of(forever)) == 6
+
+
+async def test_a_jobs_retention_is_read_validated_and_cleared(worker: tuple[RunningServer, Api]) -> None:
+    running, _ = worker
+    async with cronwire.AsyncClient(f"127.0.0.1:{running.port}", namespace="ops") as client:
+        own = cronwire.ExecutionRetention(max_count=50, max_age=timedelta(days=2))
+        created = await client.create_job("kept", executor="noop", execution_retention=own)
+        assert created.execution_retention == own
+        assert (await client.get_job("kept")).execution_retention == own
+        assert (await client.create_job("plain", executor="noop")).execution_retention is None
+        with pytest.raises(cronwire.InvalidArgument) as raised:
+            await client.create_job(
+                "bad", executor="noop", execution_retention=cronwire.ExecutionRetention(max_count=-1)
+            )
+        assert [v.field for v in raised.value.field_violations] == ["job.execution_retention.max_count"]
+        cleared = await client.update_job("kept", execution_retention=None)
+        assert cleared.execution_retention is None
+        forever = cronwire.ExecutionRetention()
+        assert (await client.update_job("kept", execution_retention=forever)).execution_retention == forever

@@ -98,6 +98,7 @@ class Job(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
+    EXECUTION_RETENTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. The resource name, `namespaces/{namespace}/jobs/{job}`.
     Output only on create (built from `parent` and `job_id`); required on update.
@@ -159,6 +160,13 @@ class Job(_message.Message):
     def stats(self) -> _execution_pb2.ExecutionStats:
         """Output only. Statistics over this job's executions."""
 
+    @_builtins.property
+    def execution_retention(self) -> Global___ExecutionRetention:
+        """Optional. Which finished executions of this job are kept, in place of
+        the server's `--execution-retention-count` and
+        `--execution-retention-days`. Unset means the server's settings.
+        """
+
     def __init__(
         self,
         *,
@@ -176,14 +184,51 @@ class Job(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
         stats: _execution_pb2.ExecutionStats | None = ...,
+        execution_retention: Global___ExecutionRetention | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "create_time", b"create_time", "parameters", b"parameters", "retry_policy", b"retry_policy", "stats", b"stats", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "create_time", b"create_time", "execution_retention", b"execution_retention", "parameters", b"parameters", "retry_policy", b"retry_policy", "stats", b"stats", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "create_time", b"create_time", "dependents", b"dependents", "description", b"description", "etag", b"etag", "executor", b"executor", "labels", b"labels", "max_concurrency", b"max_concurrency", "name", b"name", "parameters", b"parameters", "retry_policy", b"retry_policy", "stats", b"stats", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "create_time", b"create_time", "dependents", b"dependents", "description", b"description", "etag", b"etag", "execution_retention", b"execution_retention", "executor", b"executor", "labels", b"labels", "max_concurrency", b"max_concurrency", "name", b"name", "parameters", b"parameters", "retry_policy", b"retry_policy", "stats", b"stats", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class ExecutionRetention(_message.Message):
+    """Which finished executions of a job are kept; the others are deleted with
+    their output in the background. Executions that are QUEUED or RUNNING, whose
+    completion callback is being delivered, or that a queued or running retry or
+    dependent refers to are always kept.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_COUNT_FIELD_NUMBER: _builtins.int
+    MAX_AGE_FIELD_NUMBER: _builtins.int
+    max_count: _builtins.int
+    """Optional. The newest finished executions kept. Zero means no limit by
+    count.
+    """
+    @_builtins.property
+    def max_age(self) -> _duration_pb2.Duration:
+        """Optional. Finished executions that ended longer ago are deleted. Unset or
+        zero means no limit by age.
+        """
+
+    def __init__(
+        self,
+        *,
+        max_count: _builtins.int = ...,
+        max_age: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_age", b"max_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_age", b"max_age", "max_count", b"max_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecutionRetention: _TypeAlias = ExecutionRetention  # noqa: Y015
 
 @_typing.final
 class RetryPolicy(_message.Message):

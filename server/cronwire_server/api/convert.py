@@ -170,6 +170,12 @@ def job_from_pb(message: job_pb2.Job, namespace: str, job_id: str) -> model.Job:
     if violations:
         raise InvalidArgument(violations)
     timeout = optional_duration(message, "timeout")
+    retention = None
+    if message.HasField("execution_retention"):
+        kept = message.execution_retention
+        retention = model.RetentionPolicy(
+            count=kept.max_count, max_age=optional_duration(kept, "max_age") or None
+        )
     return model.Job(
         namespace=namespace,
         id=job_id,
@@ -182,6 +188,7 @@ def job_from_pb(message: job_pb2.Job, namespace: str, job_id: str) -> model.Job:
         dependents=dependents,
         callback=callback,
         labels=dict(message.labels),
+        execution_retention=retention,
     )
 
 
@@ -222,6 +229,9 @@ def job_to_pb(job: model.Job) -> job_pb2.Job:
         message.callback.states.extend(_STATE_PB[s] for s in job.callback.states)
         # The secret never leaves the server.
         message.callback.secret_set = bool(job.callback.secret)
+    if job.execution_retention is not None:
+        message.execution_retention.max_count = job.execution_retention.count
+        set_duration(message.execution_retention.max_age, job.execution_retention.max_age)
     set_time(message.create_time, job.create_time)
     set_time(message.update_time, job.update_time)
     if job.stats is not None:

@@ -29,6 +29,7 @@ MUTABLE = frozenset(
         "dependents",
         "callback",
         "labels",
+        "execution_retention",
     }
 )
 OUTPUT_ONLY = frozenset({"name", "create_time", "update_time", "etag", "stats"})

@@ -21,6 +21,7 @@ from cronwire_server.model import (
     JsonObject,
     MisfirePolicy,
     OverlapPolicy,
+    RetentionPolicy,
     RetryPolicy,
     Schedule,
     TriggerSpec,
@@ -109,6 +110,18 @@ def trigger_from_json(data: JsonObject) -> TriggerSpec:
     raise ValueError(f"unknown trigger kind {kind!r} in the database")
 
 
+def _retention_to_json(policy: RetentionPolicy | None) -> JsonObject | None:
+    if policy is None:
+        return None
+    return {"count": policy.count, "max_age_seconds": _seconds(policy.max_age)}
+
+
+def retention_from_json(data: JsonObject | None) -> RetentionPolicy | None:
+    if data is None:
+        return None
+    return RetentionPolicy(count=data["count"], max_age=_duration(data["max_age_seconds"]))
+
+
 def job_fields(job: Job) -> dict[str, Any]:
     """The columns a caller sets (create and update)."""
     return {
@@ -122,6 +135,7 @@ def job_fields(job: Job) -> dict[str, Any]:
         "dependents": [{"job_id": d.job_id, "condition": d.condition.value} for d in job.dependents],
         "callback": _callback_to_json(job.callback),
         "labels": dict(job.labels),
+        "execution_retention": _retention_to_json(job.execution_retention),
     }
 
 
@@ -141,6 +155,7 @@ def job_from_record(row: Mapping[Any, Any]) -> Job:
         ],
         callback=_callback_from_json(row["callback"]),
         labels=row["labels"],
+        execution_retention=retention_from_json(row["execution_retention"]),
         create_time=row["create_time"],
         update_time=row["update_time"],
         etag=row["etag"],

@@ -9,8 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cronwire_server.model import CallbackState, RetentionPolicy
+from cronwire_server.storage.records import retention_from_json
 from cronwire_server.storage.sql_executions import ACTIVE_STATES
-from cronwire_server.storage.tables import execution_logs, executions, request_ids
+from cronwire_server.storage.tables import execution_logs, executions, jobs, request_ids
 
 RUN_JOB_METHOD = "RunJob"
 
@@ -37,7 +38,7 @@ def _deletable() -> list[sa.ColumnElement[bool]]:
     ]
 
 
-def _over_count(count: int, limit: int) -> sa.Select[Any]:
+def _over_count(count: int, limit: int, scope: list[sa.ColumnElement[bool]]) -> sa.Select[Any]:
     """Finished executions beyond the newest `count` of their job."""
     rank = (
         sa.func.row_number()
@@ -51,7 +52,7 @@ def _over_count(count: int, limit: int) -> sa.Select[Any]:
     deletable = sa.case((sa.and_(*_deletable()), 1), else_=0).label("deletable")
     finished = (
         sa.select(executions.c.namespace, executions.c.id, rank, deletable)
-        .where(executions.c.state.not_in(ACTIVE_STATES))
+        .where(executions.c.state.not_in(ACTIVE_STATES), *scope)
         .subquery()
     )
     return (
@@ -61,28 +62,66 @@ def _over_count(count: int, limit: int) -> sa.Select[Any]:
     )
 
 
-def _too_old(before: datetime, limit: int) -> sa.Select[Any]:
+def _too_old(before: datetime, limit: int, scope: list[sa.ColumnElement[bool]]) -> sa.Select[Any]:
     return (
         sa.select(executions.c.namespace, executions.c.id)
-        .where(executions.c.end_time < before, *_deletable())
+        .where(executions.c.end_time < before, *_deletable(), *scope)
         .order_by(executions.c.end_time)
         .limit(limit)
     )
 
 
+def _pick(
+    conn: Connection,
+    policy: RetentionPolicy,
+    scope: list[sa.ColumnElement[bool]],
+    limit: int,
+    now: datetime,
+) -> list[tuple[str, str]]:
+    """Up to `limit` executions within `scope` that `policy` no longer keeps."""
+    picked: dict[tuple[str, str], None] = {}
+    if policy.max_age is not None:
+        for row in conn.execute(_too_old(now - policy.max_age, limit, scope)):
+            picked[(row.namespace, row.id)] = None
+    if policy.count > 0 and len(picked) < limit:
+        for row in conn.execute(_over_count(policy.count, limit - len(picked), scope)):
+            picked[(row.namespace, row.id)] = None
+    return list(picked)
+
+
+def _own_policies(conn: Connection) -> dict[tuple[str, str], RetentionPolicy]:
+    rows = conn.execute(
+        sa.select(jobs.c.namespace, jobs.c.id, jobs.c.execution_retention).where(
+            jobs.c.execution_retention.is_not(None)
+        )
+    )
+    found = {}
+    for row in rows:
+        policy = retention_from_json(row.execution_retention)
+        if policy is not None:
+            found[(row.namespace, row.id)] = policy
+    return found
+
+
 def prune(conn: Connection, policy: RetentionPolicy, limit: int, now: datetime) -> int:
-    """Delete up to `limit` finished executions the policy no longer keeps; how many.
+    """Delete up to `limit` finished executions that their job's policy (or, for jobs without one,
+    `policy`) no longer keeps; how many.
 
     Candidates are picked first, then deleted with every safety condition checked again in the
     DELETE itself, so an execution that became a retry's parent meanwhile stays.
     """
-    candidates: list[tuple[str, str]] = []
-    if policy.max_age is not None:
-        candidates += [tuple(r) for r in conn.execute(_too_old(now - policy.max_age, limit)).all()]
-    if policy.count > 0 and len(candidates) < limit:
-        more = conn.execute(_over_count(policy.count, limit - len(candidates))).all()
-        picked = set(candidates)
-        candidates += [tuple(r) for r in more if tuple(r) not in picked]
+    own = _own_policies(conn)
+    has_own = sa.exists().where(
+        jobs.c.namespace == executions.c.namespace,
+        jobs.c.id == executions.c.job_id,
+        jobs.c.execution_retention.is_not(None),
+    )
+    candidates = _pick(conn, policy, [~has_own] if own else [], limit, now)
+    for (namespace, job_id), job_policy in own.items():
+        if len(candidates) >= limit:
+            break
+        scope = [executions.c.namespace == namespace, executions.c.job_id == job_id]
+        candidates += _pick(conn, job_policy, scope, limit - len(candidates), now)
     if not candidates:
         return 0
     key = sa.tuple_(executions.c.namespace, executions.c.id)

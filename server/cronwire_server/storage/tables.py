@@ -84,6 +84,8 @@ jobs = sa.Table(
     sa.Column("callback", OptionalJson, nullable=True),
     sa.Column("labels", Json, nullable=False),
     *_audit_columns(),
+    # {"count": N, "max_age_seconds": S | null}; NULL: the server's retention policy.
+    sa.Column("execution_retention", OptionalJson, nullable=True),
     # Serves ListJobs filtered by executor, already in cursor (id) order.
     sa.Index(None, "namespace", "executor", "id"),
 )

@@ -13,12 +13,14 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB
 
 revision: str = "0006"
 down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+OPTIONAL_JSON = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 IDENT = sa.String().with_variant(sa.String(collation="C"), "postgresql")
 TIMESTAMP = sa.DateTime(timezone=True)
 FINISHED = sa.text("state NOT IN ('queued', 'running')")
@@ -47,9 +49,12 @@ def upgrade() -> None:
         sqlite_where=FINISHED,
     )
     op.create_index("ix_executions_start_time", "executions", ["start_time"])
+    # A job's own retention policy, in place of the server's.
+    op.add_column("jobs", sa.Column("execution_retention", OPTIONAL_JSON, nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("jobs", "execution_retention")
     op.drop_index("ix_executions_start_time", "executions")
     op.drop_index("ix_executions_finished_end_time", "executions")
     op.drop_table("replicas")
