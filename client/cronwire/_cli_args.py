@@ -213,6 +213,20 @@ def job_flags(parser: argparse.ArgumentParser, create: bool) -> None:
         metavar="KEY=VALUE",
         help="a label" + ("" if create else " (merged; KEY= removes it)"),
     )
+    kept = parser.add_argument_group("its history, in place of the server's retention")
+    kept.add_argument(
+        "--keep", type=count_arg, metavar="N", help="keep the newest N finished runs (0: any number)"
+    )
+    kept.add_argument(
+        "--keep-for",
+        type=duration_arg,
+        metavar="DURATION",
+        help="delete finished runs that ended longer ago (0: keep them for ever)",
+    )
+    if not create:
+        kept.add_argument(
+            "--server-retention", action="store_true", help="keep its runs by the server's retention again"
+        )
     for flag in ("success", "failure", "completion"):
         how.add_argument(
             f"--on-{flag}", action="append", metavar="JOB", help=f"trigger JOB when a run ends in {flag}"

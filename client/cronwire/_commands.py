@@ -21,6 +21,7 @@ from cronwire._types import (
     DateTrigger,
     DependencyCondition,
     Execution,
+    ExecutionRetention,
     ExecutionState,
     IntervalTrigger,
     JobDependent,
@@ -87,6 +88,8 @@ FLAG_OF_FIELD = {
     "job.retry_policy": "--retries",
     "job.max_concurrency": "--max-concurrency",
     "job.labels": "--label",
+    "job.execution_retention.max_count": "--keep",
+    "job.execution_retention.max_age": "--keep-for",
     "job.dependents": "--on-success/--on-failure/--on-completion",
     "schedule.job": "--job",
     "schedule.trigger.cron": "--cron",
@@ -244,6 +247,17 @@ def _triggers(args: argparse.Namespace) -> Trigger | None:
 # Commands: jobs
 
 
+def _retention(args: argparse.Namespace, base: ExecutionRetention | None) -> ExecutionRetention | None:
+    """The job's own retention from --keep and --keep-for over `base`; None when neither is given."""
+    if args.keep is None and args.keep_for is None:
+        return None
+    kept = base or ExecutionRetention()
+    return ExecutionRetention(
+        max_count=kept.max_count if args.keep is None else args.keep,
+        max_age=kept.max_age if args.keep_for is None else (args.keep_for or None),
+    )
+
+
 def cmd_jobs_create(ctx: Context) -> int:
     args = ctx.args
     executor = _executor(args, required=True)
@@ -260,6 +274,7 @@ def cmd_jobs_create(ctx: Context) -> int:
         max_concurrency=args.max_concurrency or 0,
         dependents=_dependents(args),
         labels=_merge_pairs(args.label),
+        execution_retention=_retention(args, None),
         request_id=args.request_id or "",
     )
     ctx.show(job, lambda: job_details(job))
@@ -294,6 +309,15 @@ def cmd_jobs_update(ctx: Context) -> int:
         fields["max_concurrency"] = args.max_concurrency
     if args.on_success or args.on_failure or args.on_completion or args.no_dependents:
         fields["dependents"] = _dependents(args)
+    if args.server_retention:
+        if args.keep is not None or args.keep_for is not None:
+            raise UsageError("--server-retention goes with neither --keep nor --keep-for")
+        fields["execution_retention"] = None
+    elif args.keep is not None or args.keep_for is not None:
+        # Merged into the job's own rules: read them first, and update only that version.
+        current = client.get_job(args.name)
+        etag = etag or current.etag
+        fields["execution_retention"] = _retention(args, current.execution_retention)
     if not fields:
         raise UsageError("nothing to update: give at least one flag to change")
     job = client.update_job(args.name, etag=etag, **fields)

@@ -29,14 +29,29 @@ def database(database_url: str) -> Iterator[Connection]:
         engine.dispose()
 
 
-def shift_times(conn: Connection, execution_ids: list[str], delta: timedelta, *columns: str) -> None:
+async def in_database(database_url: str, work: Callable[[Connection], T]) -> T:
+    """Run `work` in one transaction on the test database, off the event loop: servers running on
+    the loop must be able to finish their own transactions meanwhile (SQLite has one writer)."""
+
+    def run() -> T:
+        with database(database_url) as conn:
+            return work(conn)
+
+    return await asyncio.to_thread(run)
+
+
+async def shift_times(database_url: str, execution_ids: list[str], delta: timedelta, *columns: str) -> None:
     """Move `columns` of the executions by `delta` (negative: into the past)."""
-    for execution_id in execution_ids:
-        row = conn.execute(
-            sa.select(*(executions.c[c] for c in columns)).where(executions.c.id == execution_id)
-        ).one()
-        moved = {c: value + delta for c, value in zip(columns, row, strict=True) if value is not None}
-        conn.execute(sa.update(executions).where(executions.c.id == execution_id).values(moved))
+
+    def shift(conn: Connection) -> None:
+        for execution_id in execution_ids:
+            row = conn.execute(
+                sa.select(*(executions.c[c] for c in columns)).where(executions.c.id == execution_id)
+            ).one()
+            moved = {c: value + delta for c, value in zip(columns, row, strict=True) if value is not None}
+            conn.execute(sa.update(executions).where(executions.c.id == execution_id).values(moved))
+
+    await in_database(database_url, shift)
 
 
 async def eventually(check: Callable[[], Awaitable[T | None]], what: str, within: float = 20.0) -> T:

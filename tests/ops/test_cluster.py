@@ -12,6 +12,7 @@ import grpc
 import pytest
 import sqlalchemy as sa
 from google.protobuf import duration_pb2
+from sqlalchemy.engine import Connection
 
 from cronwire import __version__
 from cronwire.v1 import cluster_service_pb2, cluster_service_pb2_grpc, job_pb2, job_service_pb2
@@ -24,7 +25,7 @@ from cronwire_server.config import Settings
 from cronwire_server.storage.sql_keys import KeyStore
 from cronwire_server.storage.sql_store import create_engine
 from cronwire_server.storage.tables import executions
-from tests.ops.helpers import database, shift_times
+from tests.ops.helpers import in_database, shift_times
 from tests.support import status_details
 
 PARENT = "namespaces/ops"
@@ -130,7 +131,8 @@ async def test_lag_percentiles_over_the_executions_started_in_the_window(
     )
     # Lags of 1..10 s exactly: scheduled that long before each started.
     ids = [name.rsplit("/", 1)[1] for name in names]
-    with database(database_url) as conn:
+
+    def set_lags(conn: Connection) -> None:
         for seconds, execution_id in enumerate(ids, start=1):
             start = conn.execute(
                 sa.select(executions.c.start_time).where(executions.c.id == execution_id)
@@ -140,6 +142,8 @@ async def test_lag_percentiles_over_the_executions_started_in_the_window(
                 .where(executions.c.id == execution_id)
                 .values(scheduled_time=start - timedelta(seconds=seconds))
             )
+
+    await in_database(database_url, set_lags)
     lag = (await _status(target)).scheduling_lag
     assert lag.samples == 10
     assert [lag.p50.ToTimedelta(), lag.p90.ToTimedelta(), lag.p99.ToTimedelta()] == [
@@ -148,8 +152,7 @@ async def test_lag_percentiles_over_the_executions_started_in_the_window(
         timedelta(seconds=10),
     ]
     # Five of them started an hour ago: outside a 30-minute window.
-    with database(database_url) as conn:
-        shift_times(conn, ids[:5], -timedelta(hours=1), "start_time")
+    await shift_times(database_url, ids[:5], -timedelta(hours=1), "start_time")
     recent = (await _status(target, timedelta(minutes=30))).scheduling_lag
     assert recent.samples == 5
     assert recent.window.ToTimedelta() == timedelta(minutes=30)

@@ -3,6 +3,7 @@ limit, are pruned with their output in the background; active ones and what they
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -13,13 +14,15 @@ import sqlalchemy as sa
 from google.protobuf import json_format
 
 import cronwire
+from cronwire.cli import main
 from cronwire.v1 import execution_pb2, execution_service_pb2, job_pb2, job_service_pb2
 from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire_server.app import RunningServer, create_server
 from cronwire_server.config import Settings
 from cronwire_server.storage.tables import execution_logs
-from tests.ops.helpers import database, eventually, shift_times
+from tests.client.conftest import ThreadedServer
+from tests.ops.helpers import eventually, in_database, shift_times
 
 PARENT = "namespaces/ops"
 TIMEOUT = 15.0
@@ -72,14 +75,12 @@ def _id(name: str) -> str:
     return name.rsplit("/", 1)[1]
 
 
-def _logged(database_url: str, names: list[str]) -> set[str]:
+async def _logged(database_url: str, names: list[str]) -> set[str]:
     """Which of the executions still have output chunks stored."""
-    with database(database_url) as conn:
-        rows = conn.execute(
-            sa.select(execution_logs.c.execution_id).where(
-                execution_logs.c.execution_id.in_([_id(n) for n in names])
-            )
-        ).all()
+    query = sa.select(execution_logs.c.execution_id).where(
+        execution_logs.c.execution_id.in_([_id(n) for n in names])
+    )
+    rows = await in_database(database_url, lambda conn: conn.execute(query).all())
     return {row.execution_id for row in rows}
 
 
@@ -96,7 +97,7 @@ async def test_each_job_keeps_its_newest_executions_and_their_output(
         await eventually(lambda: api.all_ended(trimmed, len(runs)), f"run {n} to end")
     others = [await api.run(other, n=n) for n in range(3)]
     await eventually(lambda: api.all_ended(other, 3), "the other job's runs to end")
-    assert _logged(database_url, runs + others) == {_id(n) for n in runs + others}
+    assert await _logged(database_url, runs + others) == {_id(n) for n in runs + others}
 
     pruning = await _server(database_url, roles=frozenset({"dispatcher"}), execution_retention_count=3)
     try:
@@ -112,10 +113,10 @@ async def test_each_job_keeps_its_newest_executions_and_their_output(
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await api.get(name)
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
-    assert _logged(database_url, runs) == {_id(n) for n in runs[3:]}
+    assert await _logged(database_url, runs) == {_id(n) for n in runs[3:]}
     # A job with no more than three runs keeps them all.
     assert sorted(e.name for e in await api.executions_of(other)) == sorted(others)
-    assert _logged(database_url, others) == {_id(n) for n in others}
+    assert await _logged(database_url, others) == {_id(n) for n in others}
 
 
 async def test_old_finished_executions_go_recent_and_active_ones_stay(
@@ -139,17 +140,16 @@ async def test_old_finished_executions_go_recent_and_active_ones_stay(
 
     # Ten days ago: two of the quick runs, the running one, the failed attempt the retry waits on.
     old = [finished[0], finished[1], running, failed]
-    with database(database_url) as conn:
-        shift_times(
-            conn,
-            [_id(n) for n in old],
-            -timedelta(days=10),
-            "scheduled_time",
-            "due_time",
-            "create_time",
-            "start_time",
-            "end_time",
-        )
+    await shift_times(
+        database_url,
+        [_id(n) for n in old],
+        -timedelta(days=10),
+        "scheduled_time",
+        "due_time",
+        "create_time",
+        "start_time",
+        "end_time",
+    )
 
     pruning = await _server(database_url, roles=frozenset({"dispatcher"}), execution_retention_days=1)
     try:
@@ -184,8 +184,9 @@ async def test_a_job_keeps_its_executions_by_its_own_rules(
     runs = {job: [await api.run(job) for _ in range(6)] for job in (default, longer, forever, hourly)}
     for job in runs:
         await eventually(lambda job=job: api.all_ended(job, 6), f"the runs of {job} to end")  # type: ignore[misc]
-    with database(database_url) as conn:
-        shift_times(conn, [_id(n) for n in runs[hourly][:2]], -timedelta(hours=2), "create_time", "end_time")
+    await shift_times(
+        database_url, [_id(n) for n in runs[hourly][:2]], -timedelta(hours=2), "create_time", "end_time"
+    )
 
     pruning = await _server(
         database_url, roles=frozenset({"dispatcher"}), execution_retention_count=3, execution_retention_days=0
@@ -219,3 +220,28 @@ async def test_a_jobs_retention_is_read_validated_and_cleared(worker: tuple[Runn
         assert cleared.execution_retention is None
         forever = cronwire.ExecutionRetention()
         assert (await client.update_job("kept", execution_retention=forever)).execution_retention == forever
+
+
+def test_the_cli_sets_and_clears_a_jobs_retention(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = ThreadedServer(database_url)
+    try:
+        monkeypatch.setenv("CRONWIRE_SERVER", server.target)
+        monkeypatch.delenv("CRONWIRE_TOKEN", raising=False)
+
+        def cw(*argv: str) -> Any:
+            capsys.readouterr()
+            assert main([*argv, "-o", "json"]) == 0, capsys.readouterr().err
+            return json.loads(capsys.readouterr().out)["execution_retention"]
+
+        assert cw("jobs", "create", "kept", "--executor", "noop", "--keep", "5", "--keep-for", "2d") == {
+            "max_count": 5,
+            "max_age": "2d",
+        }
+        assert cw("jobs", "update", "kept", "--keep", "7") == {"max_count": 7, "max_age": "2d"}
+        assert cw("jobs", "update", "kept", "--keep-for", "0") == {"max_count": 7, "max_age": None}
+        assert cw("jobs", "update", "kept", "--server-retention") is None
+        assert cw("jobs", "create", "plain", "--executor", "noop") is None
+    finally:
+        server.stop()
