@@ -159,50 +159,60 @@ class Redactor:
     """
 
     def __init__(self, values: list[str]) -> None:
-        # Longest first, so a value that contains another is masked whole.
+        # Longest first, so that a value containing another is masked whole.
         self._values = sorted({v for v in values if v}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, self._values))) if self._values else None
+        self._longest = len(self._values[0]) if self._values else 0
         self._held = ""
 
     def __bool__(self) -> bool:
-        return bool(self._values)
+        return self._pattern is not None
 
     def text(self, text: str) -> str:
-        for value in self._values:
-            text = text.replace(value, MASK)
-        return text
+        return self._pattern.sub(MASK, text) if self._pattern is not None else text
 
     def feed(self, chunk: str) -> str:
-        """The part of the output so far that is safe to pass on."""
-        if not self._values:
+        """The part of the output so far that is safe to pass on, masked."""
+        if self._pattern is None:
             return chunk
-        text = self.text(self._held + chunk)
-        keep = self._unfinished(text)
-        self._held = text[len(text) - keep :] if keep else ""
-        return text[: len(text) - keep]
+        text = self._held + chunk
+        cut = self._unfinished_from(text)
+        self._held = text[cut:]
+        return self.text(text[:cut])
 
     def close(self, truncated: bool = False) -> str:
-        """What `feed` held back. When the output was cut off, a held back start of a value is
-        masked: the rest of it was dropped, so it may well be one."""
+        """What `feed` held back, masked. When the output was cut off, a held back start of a
+        value is masked as a whole: the rest of it was dropped, so it may well be one."""
         held, self._held = self._held, ""
-        return MASK if truncated and held else held
+        if truncated and held and self._unfinished_from(held) == 0:
+            return MASK
+        return self.text(held)
 
-    def _unfinished(self, text: str) -> int:
-        """Length of the longest end of `text` that begins some value without completing it."""
-        longest = 0
-        for value in self._values:
-            for size in range(min(len(value) - 1, len(text)), longest, -1):
-                if text.endswith(value[:size]):
-                    longest = size
-                    break
-        return longest
+    def _unfinished_from(self, text: str) -> int:
+        """Where the end of `text` that may be a value continued by later output begins:
+        the earliest position from which the rest is a proper start of a value, outside any
+        whole value found; len(text) when there is none."""
+        assert self._pattern is not None
+        window = max(0, len(text) - self._longest + 1)
+        inside = [(m.start(), m.end()) for m in self._pattern.finditer(text, max(0, window - self._longest))]
+        for position in range(window, len(text)):
+            if any(start < position < end for start, end in inside):
+                continue
+            rest = text[position:]
+            if any(len(value) > len(rest) and value.startswith(rest) for value in self._values):
+                return position
+        return len(text)
 
     def outcome(self, outcome: RunOutcome) -> RunOutcome:
         """The outcome with the values masked in its output, error and result."""
-        if not self._values:
+        if self._pattern is None:
             return outcome
-        output = self.text(outcome.output)
-        if outcome.output_truncated and (cut := self._unfinished(output)):
-            output = output[: len(output) - cut] + MASK
+        output = outcome.output
+        if outcome.output_truncated:
+            cut = self._unfinished_from(output)
+            output = self.text(output[:cut]) + (MASK if cut < len(output) else "")
+        else:
+            output = self.text(output)
         return dataclasses.replace(
             outcome,
             output=output,

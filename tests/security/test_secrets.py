@@ -1,0 +1,266 @@
+"""Secrets referenced by jobs, against a real `cronwire-server` process: the value reaches the
+program, the webhook and the Python function, and appears nowhere else — not in the job as read
+back, events, output, the log stream, errors or the server's log."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from cronwire.v1 import (
+    event_service_pb2,
+    execution_pb2,
+    execution_service_pb2,
+    job_pb2,
+    job_service_pb2,
+)
+from cronwire.v1.event_service_pb2_grpc import EventServiceStub
+from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
+from cronwire.v1.job_service_pb2_grpc import JobServiceStub
+from cronwire_server.secrets import MASK, Redactor
+from tests.support import ServerProcess, start_server, status_details, wait_for
+
+PARENT = "namespaces/vault"
+DB_PASSWORD = "s3cr3t-db-pw-7f1c"
+ROTATED = "r0tated-db-pw-0042-longer"
+API_TOKEN = "Bearer tok-91ab-e5"
+PY_TOKEN = "py-token-5e7a"
+VALUES = (DB_PASSWORD, ROTATED, API_TOKEN, PY_TOKEN)
+ENDED = {
+    execution_pb2.EXECUTION_STATE_SUCCEEDED,
+    execution_pb2.EXECUTION_STATE_FAILED,
+    execution_pb2.EXECUTION_STATE_TIMED_OUT,
+    execution_pb2.EXECUTION_STATE_CANCELLED,
+}
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """Records the Authorization header it gets and echoes it in the response body."""
+
+    seen: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        value = self.headers.get("Authorization", "")
+        Receiver.seen.append(value)
+        body = f"you sent {value}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def secrets_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("secrets") / "secrets.yaml"
+    path.write_text(f"db-password: {DB_PASSWORD}\npy_token: {PY_TOKEN}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, secrets_file: Path) -> Iterator[ServerProcess]:
+    workdir = tmp_path_factory.mktemp("vault")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CRONWIRE_SECRET_API_TOKEN", API_TOKEN)
+        running = start_server(
+            f"sqlite:///{workdir / 'cronwire.db'}",
+            workdir,
+            "--secrets-file",
+            str(secrets_file),
+            "--allow-private-networks",
+            "--log-level",
+            "DEBUG",
+        )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.target) as channel:
+        yield channel
+
+
+def create_job(channel: grpc.Channel, job_id: str, executor: str, parameters: dict[str, Any]) -> job_pb2.Job:
+    job = json_format.ParseDict({"executor": executor, "parameters": parameters}, job_pb2.Job())
+    request = job_service_pb2.CreateJobRequest(parent=PARENT, job_id=job_id, job=job)
+    return JobServiceStub(channel).CreateJob(request).job
+
+
+def run(channel: grpc.Channel, job: str) -> execution_pb2.Execution:
+    started = JobServiceStub(channel).RunJob(job_service_pb2.RunJobRequest(name=job)).execution
+    executions = ExecutionServiceStub(channel)
+
+    def ended() -> execution_pb2.Execution | None:
+        got = executions.GetExecution(execution_service_pb2.GetExecutionRequest(name=started.name)).execution
+        return got if got.state in ENDED else None
+
+    return wait_for(ended, 20, f"{started.name} to end")
+
+
+def streamed(channel: grpc.Channel, execution: execution_pb2.Execution) -> str:
+    request = execution_service_pb2.StreamExecutionLogsRequest(name=execution.name)
+    return "".join(chunk.data for chunk in ExecutionServiceStub(channel).StreamExecutionLogs(request))
+
+
+def assert_hidden(text: str) -> None:
+    for value in VALUES:
+        assert value not in text
+    # Nor the start of one cut off by a chunk or a bound.
+    assert "s3cr3t-" not in text
+    assert "r0tated-" not in text
+
+
+def test_a_shell_job_gets_its_secret_and_nothing_shows_it(
+    channel: grpc.Channel, server: ServerProcess
+) -> None:
+    # The value is printed whole, then cut in two by a pause longer than the live-output flush.
+    def part(chars: str) -> str:
+        return f'printf %s "$(printf %s "$DB_PASSWORD" | cut -c{chars})"'
+
+    script = f'echo "password=$DB_PASSWORD"; {part("1-7")}; sleep 0.6; {part("8-")}; echo'
+    reference = {"DB_PASSWORD": {"secret": "db-password"}}
+    job = create_job(channel, "dump", "shell", {"shell": True, "command": script, "env": reference})
+    assert json_format.MessageToDict(job.parameters)["env"] == reference
+    done = run(channel, job.name)
+    assert done.state == execution_pb2.EXECUTION_STATE_SUCCEEDED, done.error
+    # Masked only when the program printed exactly the value: so it got it.
+    assert done.output == f"password={MASK}\n{MASK}\n"
+    assert streamed(channel, done) == done.output
+
+    jobs = JobServiceStub(channel)
+    got = jobs.GetJob(job_service_pb2.GetJobRequest(name=job.name)).job
+    assert json_format.MessageToDict(got.parameters)["env"] == reference
+    listed = jobs.ListJobs(job_service_pb2.ListJobsRequest(parent=PARENT))
+    assert_hidden(str(got) + str(listed) + str(done))
+
+
+def test_an_http_job_sends_its_secret_header(channel: grpc.Channel, receiver: str) -> None:
+    reference = {"Authorization": {"secret": "api-token"}}  # from CRONWIRE_SECRET_API_TOKEN
+    job = create_job(channel, "hook", "http", {"url": receiver, "headers": reference})
+    done = run(channel, job.name)
+    assert done.state == execution_pb2.EXECUTION_STATE_SUCCEEDED, done.error
+    assert Receiver.seen[-1] == API_TOKEN
+    assert done.output == f"you sent {MASK}\n"
+    assert_hidden(str(done) + streamed(channel, done))
+
+
+def test_a_python_job_gets_its_secret_and_its_result_is_masked(channel: grpc.Channel, tmp_path: Path) -> None:
+    (tmp_path / "token_job.py").write_text(
+        "import os\n\n"
+        "def main():\n"
+        "    print('token', os.environ['TOKEN'])\n"
+        "    return {'token': os.environ['TOKEN']}\n"
+    )
+    parameters = {
+        "callable": "token_job:main",
+        "working_dir": str(tmp_path),
+        "env": {"TOKEN": {"secret": "py_token"}},
+    }
+    job = create_job(channel, "python", "python", parameters)
+    done = run(channel, job.name)
+    assert done.state == execution_pb2.EXECUTION_STATE_SUCCEEDED, done.error
+    assert json_format.MessageToDict(done.result) == {"token": MASK}
+    assert done.output == f"token {MASK}\n"
+    assert_hidden(str(done) + streamed(channel, done))
+
+
+def test_the_secrets_file_is_read_again_when_it_changes(channel: grpc.Channel, secrets_file: Path) -> None:
+    job = create_job(
+        channel,
+        "rotated",
+        "shell",
+        {"argv": ["sh", "-c", 'echo "$PW"'], "env": {"PW": {"secret": "db-password"}}},
+    )
+    original = secrets_file.read_text()
+    try:
+        secrets_file.write_text(original.replace(DB_PASSWORD, ROTATED))
+        done = run(channel, job.name)
+    finally:
+        secrets_file.write_text(original)
+    assert done.output == f"{MASK}\n"
+    assert_hidden(str(done))
+
+
+def test_an_undefined_secret_fails_the_run_naming_it(channel: grpc.Channel) -> None:
+    job = create_job(
+        channel, "missing", "shell", {"argv": ["true"], "env": {"X": {"secret": "no-such-secret"}}}
+    )
+    done = run(channel, job.name)
+    assert done.state == execution_pb2.EXECUTION_STATE_FAILED
+    assert "'no-such-secret' is not defined" in done.error
+    assert "CRONWIRE_SECRET_NO_SUCH_SECRET" in done.error
+
+
+def test_a_bad_reference_is_refused_at_create_naming_the_field(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        create_job(
+            channel, "bad", "http", {"url": "http://127.0.0.1/", "headers": {"X-Key": {"secret": "a b"}}}
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    violations, _ = status_details(caught.value)
+    assert list(violations) == ['job.parameters.headers["X-Key"]']
+    with pytest.raises(grpc.RpcError):
+        JobServiceStub(channel).GetJob(job_service_pb2.GetJobRequest(name=f"{PARENT}/jobs/bad"))
+
+
+def test_no_value_in_events_or_the_server_log(channel: grpc.Channel, server: ServerProcess) -> None:
+    job = create_job(channel, "evented", "shell", {"argv": ["env"], "env": {"PW": {"secret": "db-password"}}})
+    failed = create_job(
+        channel, "failing", "shell", {"argv": ["false"], "env": {"PW": {"secret": "db-password"}}}
+    )
+    assert run(channel, job.name).output.count(MASK) == 1
+    assert run(channel, failed.name).state == execution_pb2.EXECUTION_STATE_FAILED
+    events = EventServiceStub(channel)
+    history: list[str] = []
+    page = event_service_pb2.ListEventsRequest(parent=PARENT, page_size=1000)
+    listed = events.ListEvents(page)
+    history.extend(str(e) for e in listed.events)
+    assert len(history) >= 8
+    # A watcher that replays the same history sees it the same way.
+    # (after_sequence 0 would mean "from now on")
+    first, last = listed.events[0].sequence, listed.events[-1].sequence
+    watch = events.WatchEvents(
+        event_service_pb2.WatchEventsRequest(parent=PARENT, after_sequence=first), timeout=20
+    )
+    try:
+        for response in watch:
+            history.extend(str(e) for e in response.events)
+            if any(e.sequence >= last for e in response.events):
+                break
+    finally:
+        watch.cancel()
+    assert len(history) >= 2 * len(listed.events) - 1
+    assert_hidden("\n".join(history))
+    assert "EXECUTION_SUCCEEDED" in "\n".join(history)
+    assert_hidden(server.log())
+
+
+def test_redactor_masks_values_split_across_chunks() -> None:
+    redactor = Redactor(["abcdef", "abc"])
+    out = [redactor.feed(chunk) for chunk in ("xx ab", "cd", "ef yy a", "bc zz ab")]
+    out.append(redactor.close())
+    assert "".join(out) == f"xx {MASK} yy {MASK} zz ab"
+    # Cut off in the middle of a value: what was held back is masked.
+    cut = Redactor(["abcdef"])
+    assert cut.feed("out: abc") == "out: "
+    assert cut.close(truncated=True) == MASK
