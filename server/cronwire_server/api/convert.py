@@ -103,19 +103,46 @@ def dict_to_struct(value: dict[str, Any], out: struct_pb2.Struct) -> None:
         out.update(value)
 
 
-def duration_from_pb(value: duration_pb2.Duration) -> timedelta:
+# The ranges google.protobuf.Duration and Timestamp define (0001-01-01 to 9999-12-31); values
+# outside them come only from hand-made messages, and would overflow the conversions.
+MAX_DURATION_SECONDS = 315_576_000_000
+MIN_TIMESTAMP_SECONDS, MAX_TIMESTAMP_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def duration_from_pb(value: duration_pb2.Duration, field: str) -> timedelta:
+    """The timedelta of a Duration; InvalidArgument on `field` outside Duration's range."""
+    seconds, nanos = value.seconds, value.nanos
+    if (
+        abs(seconds) > MAX_DURATION_SECONDS
+        or abs(nanos) > 999_999_999
+        or (seconds > 0 > nanos)
+        or (seconds < 0 < nanos)
+    ):
+        raise InvalidArgument.field(
+            field, f"is not a valid duration (at most {MAX_DURATION_SECONDS}s either way)"
+        )
     return value.ToTimedelta()
 
 
-def optional_duration(message: Any, field: str) -> timedelta | None:
-    return duration_from_pb(getattr(message, field)) if message.HasField(field) else None
+def time_from_pb(value: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """The aware datetime of a Timestamp; InvalidArgument on `field` outside years 1 to 9999."""
+    if (
+        not MIN_TIMESTAMP_SECONDS <= value.seconds <= MAX_TIMESTAMP_SECONDS
+        or not 0 <= value.nanos <= 999_999_999
+    ):
+        raise InvalidArgument.field(field, "is not a valid time (years 0001 to 9999)")
+    return value.ToDatetime(tzinfo=UTC)
 
 
-def optional_time(message: Any, field: str) -> datetime | None:
+def optional_duration(message: Any, field: str, path: str = "") -> timedelta | None:
+    """`message.field` if set; violations are reported on `path` (default: `field`)."""
+    return duration_from_pb(getattr(message, field), path or field) if message.HasField(field) else None
+
+
+def optional_time(message: Any, field: str, path: str = "") -> datetime | None:
     if not message.HasField(field):
         return None
-    stamp: timestamp_pb2.Timestamp = getattr(message, field)
-    return stamp.ToDatetime(tzinfo=UTC)
+    return time_from_pb(getattr(message, field), path or field)
 
 
 def set_time(out: timestamp_pb2.Timestamp, value: datetime | None) -> None:
@@ -162,9 +189,11 @@ def job_from_pb(message: job_pb2.Job, namespace: str, job_id: str) -> model.Job:
         defaults = model.RetryPolicy()
         retry = model.RetryPolicy(
             max_attempts=policy.max_attempts or defaults.max_attempts,
-            initial_backoff=optional_duration(policy, "initial_backoff") or defaults.initial_backoff,
+            initial_backoff=optional_duration(policy, "initial_backoff", "retry_policy.initial_backoff")
+            or defaults.initial_backoff,
             backoff_multiplier=policy.backoff_multiplier or defaults.backoff_multiplier,
-            max_backoff=optional_duration(policy, "max_backoff") or defaults.max_backoff,
+            max_backoff=optional_duration(policy, "max_backoff", "retry_policy.max_backoff")
+            or defaults.max_backoff,
             jitter=policy.jitter,
         )
     if violations:
@@ -174,7 +203,8 @@ def job_from_pb(message: job_pb2.Job, namespace: str, job_id: str) -> model.Job:
     if message.HasField("execution_retention"):
         kept = message.execution_retention
         retention = model.RetentionPolicy(
-            count=kept.max_count, max_age=optional_duration(kept, "max_age") or None
+            count=kept.max_count,
+            max_age=optional_duration(kept, "max_age", "execution_retention.max_age") or None,
         )
     return model.Job(
         namespace=namespace,
@@ -312,11 +342,11 @@ def trigger_from_pb(message: schedule_pb2.Trigger, field: str = "trigger") -> mo
     if kind == "cron":
         return model.CronSpec(message.cron.expression)
     if kind == "interval":
-        return model.IntervalSpec(duration_from_pb(message.interval.every))
+        return model.IntervalSpec(duration_from_pb(message.interval.every, f"{field}.interval.every"))
     if kind == "date":
         if not message.date.HasField("run_time"):
             raise InvalidArgument.field(f"{field}.date.run_time", "is required")
-        return model.DateSpec(message.date.run_time.ToDatetime(tzinfo=UTC))
+        return model.DateSpec(time_from_pb(message.date.run_time, f"{field}.date.run_time"))
     if kind in ("any_of", "all_of"):
         children = getattr(message, kind).triggers
         specs = tuple(

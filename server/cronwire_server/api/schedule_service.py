@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import Any
 
 import grpc
@@ -160,8 +159,8 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
         times, executions = await self._schedules.backfill(
             name.namespace,
             name.id,
-            request.start_time.ToDatetime(tzinfo=UTC),
-            request.end_time.ToDatetime(tzinfo=UTC),
+            convert.time_from_pb(request.start_time, "start_time"),
+            convert.time_from_pb(request.end_time, "end_time"),
             overlap_policy=overlap,
             max_concurrency=request.max_concurrency,
             dry_run=request.dry_run,
@@ -189,7 +188,11 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
                 spec = schedule_pb2.Schedule()
                 spec.CopyFrom(request.schedule)
                 spec.job = spec.job or "namespaces/preview/jobs/preview"
-                schedule = convert.schedule_from_pb(spec, spec.job.split("/")[1], "preview")
+                # The job's namespace, so that it passes the same-namespace check; a job that is
+                # not a name at all is reported by the converter.
+                parts = spec.job.split("/")
+                namespace = parts[1] if len(parts) > 1 else "preview"
+                schedule = convert.schedule_from_pb(spec, namespace, "preview")
                 times = self._schedules.preview(schedule, after, count)
         else:
             raise InvalidArgument.field(

@@ -45,6 +45,19 @@ _CODES: list[tuple[type[CronwireError], int]] = [
 ]
 
 
+# A status travels in trailing metadata, which clients cap (16 KiB by default): an error that
+# quotes a huge value from the request must stay small enough to arrive as itself.
+MAX_MESSAGE = 1024
+MAX_VIOLATIONS = 10
+MAX_VIOLATION_TEXT = 240
+
+
+def _bounded(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def _pack(message: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
@@ -57,8 +70,11 @@ def to_status(error: CronwireError) -> grpc.Status:
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))]
     if isinstance(error, InvalidArgument):
         violations = [
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.violations
+            error_details_pb2.BadRequest.FieldViolation(
+                field=_bounded(v.field, MAX_VIOLATION_TEXT),
+                description=_bounded(v.description, MAX_VIOLATION_TEXT),
+            )
+            for v in error.violations[:MAX_VIOLATIONS]
         ]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
     if isinstance(error, RateLimited):
@@ -66,7 +82,7 @@ def to_status(error: CronwireError) -> grpc.Status:
         retry.retry_delay.FromNanoseconds(max(int(error.retry_delay * 1e9), 1_000_000))
         details.append(_pack(retry))
     status: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=code, message=error.message, details=details)
+        status_pb2.Status(code=code, message=_bounded(error.message, MAX_MESSAGE), details=details)
     )
     return status
 
