@@ -4,6 +4,7 @@ back, events, output, the log stream, errors or the server's log."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +25,7 @@ from cronwire.v1 import (
 from cronwire.v1.event_service_pb2_grpc import EventServiceStub
 from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
-from cronwire_server.secrets import MASK, Redactor
+from cronwire_server.secrets import MASK, Redactor, SecretError, Secrets
 from tests.support import ServerProcess, start_server, status_details, wait_for
 
 PARENT = "namespaces/vault"
@@ -264,3 +265,27 @@ def test_redactor_masks_values_split_across_chunks() -> None:
     cut = Redactor(["abcdef"])
     assert cut.feed("out: abc") == "out: "
     assert cut.close(truncated=True) == MASK
+
+
+def test_secrets_file_before_environment_and_bad_files_name_no_value(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.json"
+    path.write_text(json.dumps({"db-password": "from-file"}))
+    environ = {"CRONWIRE_SECRET_DB_PASSWORD": "from-env", "CRONWIRE_SECRET_ONLY_ENV": "env-value"}
+    secrets = Secrets(str(path), environ)
+    assert secrets.value("db-password") == "from-file"
+    assert secrets.value("only-env") == "env-value"
+    parameters, used = secrets.resolve_parameters(
+        {"argv": ["x"], "env": {"A": {"secret": "only-env"}, "B": "plain"}}
+    )
+    assert parameters["env"] == {"A": "env-value", "B": "plain"}
+    assert used == ["env-value"]
+    path.write_text('db-password: "unclosed\n')
+    with pytest.raises(SecretError, match=r"not valid YAML or JSON at line \d") as caught:
+        secrets.value("db-password")
+    assert "unclosed" not in str(caught.value)
+    path.write_text("- a list\n")
+    with pytest.raises(SecretError, match="must hold a mapping"):
+        secrets.value("db-password")
+    path.unlink()
+    with pytest.raises(SecretError, match="cannot read the secrets file"):
+        secrets.value("db-password")
