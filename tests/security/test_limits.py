@@ -174,6 +174,25 @@ async def test_max_running_per_namespace_queues_the_rest(database_url: str) -> N
         assert done.start_time.ToDatetime() >= before.end_time.ToDatetime()
 
 
+async def test_a_namespace_at_its_limit_does_not_hold_up_the_others(database_url: str) -> None:
+    # More QUEUED runs in "busy" than a worker looks at in one claim, all due before the other's.
+    async with serving(database_url, max_running_per_namespace=1, worker_slots=4) as channel:
+        jobs, executions = JobServiceStub(channel), ExecutionServiceStub(channel)
+        await create_job(jobs, "busy", "long", parameters={"sleep_seconds": 30})
+        await create_job(jobs, "free", "quick")
+        for _ in range(40):
+            await jobs.RunJob(job_service_pb2.RunJobRequest(name="namespaces/busy/jobs/long"))
+        quick = await jobs.RunJob(job_service_pb2.RunJobRequest(name="namespaces/free/jobs/quick"))
+        done = await wait_state(executions, quick.execution.name, ENDED)
+        assert done.state == execution_pb2.EXECUTION_STATE_SUCCEEDED
+        listed = await executions.ListExecutions(
+            execution_service_pb2.ListExecutionsRequest(parent="namespaces/busy", page_size=100)
+        )
+        states = [e.state for e in listed.executions]
+        assert states.count(execution_pb2.EXECUTION_STATE_RUNNING) == 1
+        assert states.count(execution_pb2.EXECUTION_STATE_QUEUED) == 39
+
+
 async def test_output_over_max_output_bytes_is_truncated_and_flagged(
     fresh_database_url: Callable[[str], str],
 ) -> None:

@@ -314,7 +314,9 @@ def claim(
     if namespace_limit > 0:
         # Namespaces at their limit are left out here already, so that their backlog does not
         # fill the candidates and starve the other namespaces; `_admissible` counts exactly.
-        query = query.where(_running_in_namespace_of(executions) < namespace_limit)
+        full = _namespaces_at(conn, namespace_limit)
+        if full:
+            query = query.where(executions.c.namespace.not_in(full))
     candidates = conn.execute(_locked(query, conn, executions)).all()
     if not candidates:
         return []
@@ -346,14 +348,16 @@ def claim(
     ]
 
 
-def _running_in_namespace_of(table: sa.Table) -> sa.ScalarSelect[Any]:
-    running = executions.alias("running_in_namespace")
-    return (
-        sa.select(sa.func.count())
-        .select_from(running)
-        .where(running.c.namespace == table.c.namespace, running.c.state == RUNNING)
-        .scalar_subquery()
-    )
+def _namespaces_at(conn: Connection, limit: int) -> list[str]:
+    """The namespaces with `limit` or more executions running (read from the running ones only,
+    which the worker slots of all replicas bound)."""
+    rows = conn.execute(
+        sa.select(executions.c.namespace)
+        .where(executions.c.state == RUNNING)
+        .group_by(executions.c.namespace)
+        .having(sa.func.count() >= limit)
+    ).all()
+    return [row.namespace for row in rows]
 
 
 def _namespace_room(conn: Connection, namespaces: Iterable[str], limit: int) -> Counter[str]:
