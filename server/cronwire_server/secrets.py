@@ -98,7 +98,7 @@ class Secrets:
         return resolved, used
 
     def value(self, name: str) -> str:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise SecretError(f"{name!r} is not a secret name")
         found = self._from_file().get(name)
         if found is None:

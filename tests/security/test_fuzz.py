@@ -396,8 +396,9 @@ def _exists(create: Callable[[Any], Any], request: Message) -> None:
     assert code == grpc.StatusCode.ALREADY_EXISTS
 
 
-def _namespace_state(target: Target, parent: str, method: str) -> tuple[int, ...] | None:
-    """What a create must not change when it fails: the namespace's jobs and schedules."""
+def _namespace_state(target: Target, parent: str) -> tuple[tuple[str, ...], ...] | None:
+    """What a create must not change when it fails: which jobs and schedules the namespace holds
+    (their contents may change meanwhile: the dispatcher advances schedules' next fire times)."""
     if not parent.startswith("namespaces/"):
         return None
     try:
@@ -409,10 +410,35 @@ def _namespace_state(target: Target, parent: str, method: str) -> tuple[int, ...
         )
     except grpc.RpcError:
         return None  # not a namespace one can list: nothing can be created in it either
-    return (len(jobs.jobs), len(schedules.schedules), hash(str(jobs)), hash(str(schedules)))
+    return (tuple(j.name for j in jobs.jobs), tuple(s.name for s in schedules.schedules))
+
+
+def _job_state(target: Target, name: str) -> str | None:
+    """What a failed UpdateJob or DeleteJob must not change: the job's etag ("" if it is gone);
+    None when `name` cannot be read at all."""
+    try:
+        got = JobServiceStub(target.channel).GetJob(
+            job_service_pb2.GetJobRequest(name=name), timeout=CALL_TIMEOUT
+        )
+    except grpc.RpcError as error:
+        return "" if error.code() == grpc.StatusCode.NOT_FOUND else None  # type: ignore[attr-defined]
+    return got.job.etag
 
 
 CREATES = {"CreateJob", "CreateSchedule"}
+JOB_CHANGES: dict[str, Callable[[Any], str]] = {
+    "UpdateJob": lambda request: str(request.job.name),
+    "DeleteJob": lambda request: str(request.name),
+}
+
+
+def _state(target: Target, method: str, request: Any) -> Any:
+    """What `method` must leave as it was if it fails, or None where that is not checked."""
+    if method in CREATES and request.parent:
+        return _namespace_state(target, request.parent)
+    if method in JOB_CHANGES:
+        return _job_state(target, JOB_CHANGES[method](request))
+    return None
 
 
 def _fuzz(method: MethodDescriptor) -> Callable[[Target], None]:
@@ -428,14 +454,12 @@ def _fuzz(method: MethodDescriptor) -> Callable[[Target], None]:
     )
     @given(request=_plain_message(method.input_type, 0))
     def check(target: Target, request: Message) -> None:
-        parent = getattr(request, "parent", "") if method.name in CREATES else ""
-        before = _namespace_state(target, parent, method.name) if parent else None
+        before = _state(target, method.name, request)
         code = target.call(method, request)
         event(code.name)
         if code != grpc.StatusCode.OK and before is not None:
-            assert _namespace_state(target, parent, method.name) == before, (
-                f"failed {method.name} stored something"
-            )
+            after = _state(target, method.name, request)
+            assert after == before, f"{method.name} failed with {code.name} yet changed {before} to {after}"
 
     return check  # type: ignore[no-any-return]
 
@@ -456,11 +480,16 @@ def test_every_cronwire_rpc_is_fuzzed() -> None:
 def test_failed_create_stores_nothing_is_checked(target: Target) -> None:
     """The property's own check can fail: a create that does store changes the namespace."""
     parent = "namespaces/fuzz"
-    before = _namespace_state(target, parent, "CreateJob")
+    create = job_service_pb2.CreateJobRequest(parent=parent, job=job_pb2.Job(executor="noop"))
+    before = _state(target, "CreateJob", create)
     assert before is not None
-    job = job_pb2.Job(executor="noop")
-    JobServiceStub(target.channel).CreateJob(job_service_pb2.CreateJobRequest(parent=parent, job=job))
-    assert _namespace_state(target, parent, "CreateJob") != before
+    created = JobServiceStub(target.channel).CreateJob(create).job
+    assert _state(target, "CreateJob", create) != before
+    update = job_service_pb2.UpdateJobRequest(job=job_pb2.Job(name=created.name, description="changed"))
+    before = _state(target, "UpdateJob", update)
+    assert before == created.etag
+    JobServiceStub(target.channel).UpdateJob(update)
+    assert _state(target, "UpdateJob", update) not in (before, None)
 
 
 # Regressions: each crash the property found, as a plain test.
