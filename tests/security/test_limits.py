@@ -174,6 +174,30 @@ async def test_max_running_per_namespace_queues_the_rest(database_url: str) -> N
         assert done.start_time.ToDatetime() >= before.end_time.ToDatetime()
 
 
+@pytest.mark.postgres
+async def test_max_running_per_namespace_holds_across_replicas(
+    fresh_database_url: Callable[[str], str],
+) -> None:
+    url = fresh_database_url("postgres")
+    async with serving(url, max_running_per_namespace=1) as channel:
+        jobs, executions = JobServiceStub(channel), ExecutionServiceStub(channel)
+        await create_job(jobs, "shared", "long", parameters={"sleep_seconds": 2})
+
+        async def run() -> str:
+            request = job_service_pb2.RunJobRequest(name="namespaces/shared/jobs/long")
+            return (await jobs.RunJob(request)).execution.name
+
+        first = await run()
+        await wait_state(executions, first, {execution_pb2.EXECUTION_STATE_RUNNING})
+        # A second replica with free slots starts now; it must leave the second run waiting too.
+        async with serving(url, max_running_per_namespace=1):
+            second = await run()
+            done = await wait_state(executions, second, ENDED, within=30)
+        before = await wait_state(executions, first, ENDED)
+        assert done.state == before.state == execution_pb2.EXECUTION_STATE_SUCCEEDED
+        assert done.start_time.ToDatetime() >= before.end_time.ToDatetime()
+
+
 async def test_a_namespace_at_its_limit_does_not_hold_up_the_others(database_url: str) -> None:
     # More QUEUED runs in "busy" than a worker looks at in one claim, all due before the other's.
     async with serving(database_url, max_running_per_namespace=1, worker_slots=4) as channel:
