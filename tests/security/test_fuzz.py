@@ -39,7 +39,7 @@ from tests.conftest import TestDatabases
 from tests.support import ServerProcess, start_server, status_details
 
 # A quick pass by default; CRONWIRE_FUZZ_EXAMPLES=500 searches deeper.
-EXAMPLES_PER_RPC = int(os.environ.get("CRONWIRE_FUZZ_EXAMPLES", "25"))
+EXAMPLES_PER_RPC = int(os.environ.get("CRONWIRE_FUZZ_EXAMPLES", "20"))
 CALL_TIMEOUT = 10.0
 STREAM_TIMEOUT = 1.5
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED}
