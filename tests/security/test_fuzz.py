@@ -71,7 +71,9 @@ def _texts() -> st.SearchStrategy[str]:
     return st.one_of(
         st.text(max_size=40),
         st.text(alphabet=st.characters(codec="utf-8"), max_size=12),
-        st.sampled_from(["", " ", "*", "0", "-1", "null", "{}", "\x00", "\u202e", "🙂", "\U0001d518"]),
+        st.sampled_from(["", " ", "*", "0", "-1", "null", "{}", "\u202e", "🙂", "\U0001d518"]),
+        # Control characters, NUL among them (PostgreSQL text cannot hold one).
+        st.text(alphabet=st.characters(max_codepoint=31), min_size=1, max_size=4),
         st.just(HUGE),
     )
 
@@ -426,6 +428,76 @@ def _job_state(target: Target, name: str) -> str | None:
 
 
 CREATES = {"CreateJob", "CreateSchedule"}
+
+
+def _near_valid(method: MethodDescriptor) -> st.SearchStrategy[Message] | None:
+    """Requests that pass name and structure checks, with arbitrary text where users write text:
+    these reach storage and the executors' validation, which random messages seldom do."""
+    text = _texts()
+    ids = st.one_of(st.sampled_from(VALID_IDS), st.from_regex(r"\A[a-z][a-z0-9]{0,6}\Z"))
+    free = st.dictionaries(st.text(max_size=6), st.one_of(text, st.integers(), st.booleans()), max_size=3)
+    job = st.fixed_dictionaries(
+        {"executor": st.sampled_from(["noop", "shell"])},
+        optional={
+            "description": text,
+            "labels": st.dictionaries(st.sampled_from(["team", "tier"]), text, max_size=2),
+            "parameters": st.fixed_dictionaries(
+                {"argv": st.lists(text, min_size=1, max_size=3)},
+                optional={"env": st.dictionaries(st.text(max_size=6), text, max_size=2)},
+            ),
+        },
+    ).map(lambda job: {**job, "parameters": {}} if job["executor"] == "noop" else job)
+    parent = st.sampled_from([f"namespaces/{ns}" for ns in VALID_NAMESPACES])
+    if method.name == "CreateJob":
+        return st.builds(
+            lambda p, i, j, r: json_format.ParseDict(
+                {"parent": p, "jobId": i, "job": j, "requestId": r}, job_service_pb2.CreateJobRequest()
+            ),
+            parent,
+            ids,
+            job,
+            st.one_of(st.just(""), text),
+        )
+    if method.name == "CreateSchedule":
+        schedule = st.fixed_dictionaries(
+            {
+                "job": st.sampled_from([f"namespaces/{ns}/jobs/seed" for ns in VALID_NAMESPACES]),
+                "trigger": st.just({"cron": {"expression": "0 3 * * *"}}),
+            },
+            optional={
+                "description": text,
+                "arguments": free,
+                "timeZone": st.sampled_from(["UTC", "Asia/Tokyo"]),
+            },
+        )
+        return st.builds(
+            lambda p, i, sc: json_format.ParseDict(
+                {"parent": p, "scheduleId": i, "schedule": sc}, schedule_service_pb2.CreateScheduleRequest()
+            ),
+            parent,
+            ids,
+            schedule,
+        )
+    if method.name == "RunJob":
+        return st.builds(
+            lambda name, arguments, r: json_format.ParseDict(
+                {"name": name, "arguments": arguments, "requestId": r}, job_service_pb2.RunJobRequest()
+            ),
+            st.sampled_from([f"namespaces/{ns}/jobs/seed" for ns in VALID_NAMESPACES]),
+            free,
+            st.one_of(st.just(""), text),
+        )
+    if method.name == "UpdateJob":
+        return st.builds(
+            lambda ns, j: json_format.ParseDict(
+                {"job": {**j, "name": f"namespaces/{ns}/jobs/seed"}}, job_service_pb2.UpdateJobRequest()
+            ),
+            st.sampled_from(VALID_NAMESPACES),
+            job,
+        )
+    return None
+
+
 JOB_CHANGES: dict[str, Callable[[Any], str]] = {
     "UpdateJob": lambda request: str(request.job.name),
     "DeleteJob": lambda request: str(request.name),
@@ -442,6 +514,9 @@ def _state(target: Target, method: str, request: Any) -> Any:
 
 
 def _fuzz(method: MethodDescriptor) -> Callable[[Target], None]:
+    near_valid = _near_valid(method)
+    requests = _plain_message(method.input_type, 0)
+
     @settings(
         max_examples=EXAMPLES_PER_RPC,
         deadline=None,
@@ -452,7 +527,7 @@ def _fuzz(method: MethodDescriptor) -> Callable[[Target], None]:
             HealthCheck.large_base_example,
         ],
     )
-    @given(request=_plain_message(method.input_type, 0))
+    @given(request=requests if near_valid is None else st.one_of(requests, near_valid))
     def check(target: Target, request: Message) -> None:
         before = _state(target, method.name, request)
         code = target.call(method, request)
@@ -552,3 +627,25 @@ def test_an_error_quoting_a_huge_value_still_arrives(target: Target) -> None:
     assert "more characters" in details
     assert len(details) < 2000
     assert list(status_details(error)[0]) == ["name"]
+
+
+def test_nul_characters_are_refused_naming_the_field(target: Target) -> None:
+    """Found: a NUL in a job's description, arguments, labels or a request id reached PostgreSQL,
+    which cannot store one, and the call failed with UNKNOWN and the SQL in its message."""
+    job = json_format.ParseDict(
+        {"executor": "shell", "description": "a\x00b", "parameters": {"argv": ["echo", "\x00"]}},
+        job_pb2.Job(),
+    )
+    create = job_service_pb2.CreateJobRequest(parent="namespaces/fuzz", job_id="nul", job=job)
+    error = _error(lambda: JobServiceStub(target.channel).CreateJob(create))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert set(status_details(error)[0]) == {"job.description", "job.parameters.argv[1]"}
+    run = job_service_pb2.RunJobRequest(name="namespaces/fuzz/jobs/seed", request_id="r\x00")
+    error = _error(lambda: JobServiceStub(target.channel).RunJob(run))
+    assert list(status_details(error)[0]) == ["request_id"]
+    missing = _error(
+        lambda: JobServiceStub(target.channel).GetJob(
+            job_service_pb2.GetJobRequest(name=create.parent + "/jobs/nul")
+        )
+    )
+    assert missing.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]

@@ -9,9 +9,11 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from cronwire_server.api import fields
 from cronwire_server.errors import (
     AlreadyExists,
     CronwireError,
@@ -99,6 +101,12 @@ Self = TypeVar("Self")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
+def _check(request: object) -> None:
+    """What every request must satisfy before any servicer sees it."""
+    if isinstance(request, Message):
+        fields.refuse_nul(request)
+
+
 def unary(
     method: Callable[[Self, Req, Ctx], Awaitable[Resp]],
 ) -> Callable[[Self, Req, Ctx], Awaitable[Resp]]:
@@ -107,6 +115,7 @@ def unary(
     @functools.wraps(method)
     async def wrapper(self: Self, request: Req, context: Ctx) -> Resp:
         try:
+            _check(request)
             return await method(self, request, context)
         except CronwireError as error:
             await abort(context, error)
@@ -122,6 +131,7 @@ def server_streaming(
     @functools.wraps(method)
     async def wrapper(self: Self, request: Req, context: Ctx) -> AsyncIterator[Resp]:
         try:
+            _check(request)
             async for response in method(self, request, context):
                 yield response
         except CronwireError as error:
