@@ -649,3 +649,33 @@ def test_nul_characters_are_refused_naming_the_field(target: Target) -> None:
         )
     )
     assert missing.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+
+
+async def test_a_bug_is_internal_and_tells_the_caller_nothing(
+    fresh_database_url: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Should a servicer ever raise something unexpected, the caller gets INTERNAL without the
+    exception's text (which may hold SQL or values), and the server logs the traceback."""
+    from cronwire_server.app import create_server
+    from cronwire_server.config import Settings
+    from cronwire_server.jobs import JobManager
+
+    async def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("SELECT password FROM somewhere")
+
+    monkeypatch.setattr(JobManager, "get", broken)
+    running = await create_server(Settings(listen="127.0.0.1:0", database_url=fresh_database_url("sqlite")))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await JobServiceStub(channel).GetJob(
+                    job_service_pb2.GetJobRequest(name="namespaces/a/jobs/b")
+                )
+    finally:
+        await running.stop(grace=0)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "SELECT" not in (caught.value.details() or "")
+    assert "server's log" in (caught.value.details() or "")
+    assert "SELECT password FROM somewhere" in caplog.text

@@ -101,6 +101,13 @@ Self = TypeVar("Self")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
+def _unexpected(where: str) -> CronwireError:
+    """INTERNAL for a bug: logged with its traceback here, while the caller learns nothing of
+    the server's internals (SQL, paths, values)."""
+    log.exception("unexpected error in %s", where)
+    return CronwireError("internal error; the server's log has the details")
+
+
 def _check(request: object) -> None:
     """What every request must satisfy before any servicer sees it."""
     if isinstance(request, Message):
@@ -119,6 +126,10 @@ def unary(
             return await method(self, request, context)
         except CronwireError as error:
             await abort(context, error)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            await abort(context, _unexpected(method.__qualname__))
 
     return wrapper
 
@@ -136,5 +147,9 @@ def server_streaming(
                 yield response
         except CronwireError as error:
             await abort(context, error)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            await abort(context, _unexpected(method.__qualname__))
 
     return wrapper
