@@ -65,6 +65,7 @@ NAMESPACES = [*VALID_NAMESPACES, "-", "", "Fuzz", "a" * 64, "ns/x", "ünï"]
 IDS = [*VALID_IDS, "", "UPPER", "with space", "ünïcode", "x" * 300, "-", "a-", "0a"]
 COLLECTIONS = ["jobs", "schedules", "executions", "keys", "events", ""]
 HUGE = "h" * 200_000
+NON_FINITE = [float("nan"), float("inf"), float("-inf")]
 
 
 def _texts() -> st.SearchStrategy[str]:
@@ -180,7 +181,8 @@ def _integers(low: int, high: int) -> st.SearchStrategy[int]:
 
 def _json_values() -> st.SearchStrategy[Any]:
     return st.recursive(
-        st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | _texts(),
+        # NaN and infinities too: a Value can carry them, JSON cannot.
+        st.none() | st.booleans() | st.floats() | _texts(),
         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
         max_leaves=8,
     )
@@ -203,12 +205,18 @@ def _struct() -> st.SearchStrategy[Message]:
                     st.text(max_size=5), st.one_of(_texts(), st.builds(lambda n: {"secret": n}, _texts()))
                 ),
                 "headers": st.dictionaries(st.text(max_size=5), _texts(), max_size=2),
-                "sleep_seconds": st.floats(allow_nan=False, allow_infinity=False),
+                "sleep_seconds": st.floats(),
                 "callable": st.sampled_from(["os:getcwd", "nope", ":"]),
             },
         ),
     )
-    return shapes.map(lambda value: json_format.ParseDict(value, struct_pb2.Struct()))
+    return shapes.map(_to_struct)
+
+
+def _to_struct(value: dict[str, Any]) -> Message:
+    struct = struct_pb2.Struct()
+    struct.update(value)  # unlike json_format, takes NaN and infinities
+    return struct
 
 
 @st.composite
@@ -246,7 +254,7 @@ def _message(descriptor: Descriptor, depth: int) -> st.SearchStrategy[Message]:
     if special == "google.protobuf.Struct":
         return _struct()
     if special == "google.protobuf.Value":
-        return _json_values().map(lambda v: json_format.ParseDict(v, struct_pb2.Value()))
+        return _json_values().map(lambda v: _to_struct({"v": v}).fields["v"])  # type: ignore[attr-defined]
     return _plain_message(descriptor, depth)
 
 
@@ -435,7 +443,11 @@ def _near_valid(method: MethodDescriptor) -> st.SearchStrategy[Message] | None:
     these reach storage and the executors' validation, which random messages seldom do."""
     text = _texts()
     ids = st.one_of(st.sampled_from(VALID_IDS), st.from_regex(r"\A[a-z][a-z0-9]{0,6}\Z"))
-    free = st.dictionaries(st.text(max_size=6), st.one_of(text, st.integers(), st.booleans()), max_size=3)
+    free = st.dictionaries(
+        st.text(max_size=6),
+        st.one_of(text, st.integers(), st.booleans(), st.floats(), st.sampled_from(NON_FINITE)),
+        max_size=3,
+    ).map(_to_struct)
     job = st.fixed_dictionaries(
         {"executor": st.sampled_from(["noop", "shell"])},
         optional={
@@ -464,24 +476,21 @@ def _near_valid(method: MethodDescriptor) -> st.SearchStrategy[Message] | None:
                 "job": st.sampled_from([f"namespaces/{ns}/jobs/seed" for ns in VALID_NAMESPACES]),
                 "trigger": st.just({"cron": {"expression": "0 3 * * *"}}),
             },
-            optional={
-                "description": text,
-                "arguments": free,
-                "timeZone": st.sampled_from(["UTC", "Asia/Tokyo"]),
-            },
+            optional={"description": text, "timeZone": st.sampled_from(["UTC", "Asia/Tokyo"])},
         )
-        return st.builds(
-            lambda p, i, sc: json_format.ParseDict(
+
+        def create_schedule(p: str, i: str, sc: dict[str, Any], arguments: Message) -> Message:
+            request = json_format.ParseDict(
                 {"parent": p, "scheduleId": i, "schedule": sc}, schedule_service_pb2.CreateScheduleRequest()
-            ),
-            parent,
-            ids,
-            schedule,
-        )
+            )
+            request.schedule.arguments.CopyFrom(arguments)  # type: ignore[attr-defined]
+            return request
+
+        return st.builds(create_schedule, parent, ids, schedule, free)
     if method.name == "RunJob":
         return st.builds(
-            lambda name, arguments, r: json_format.ParseDict(
-                {"name": name, "arguments": arguments, "requestId": r}, job_service_pb2.RunJobRequest()
+            lambda name, arguments, r: job_service_pb2.RunJobRequest(
+                name=name, arguments=arguments, request_id=r
             ),
             st.sampled_from([f"namespaces/{ns}/jobs/seed" for ns in VALID_NAMESPACES]),
             free,
@@ -679,3 +688,18 @@ async def test_a_bug_is_internal_and_tells_the_caller_nothing(
     assert "SELECT" not in (caught.value.details() or "")
     assert "server's log" in (caught.value.details() or "")
     assert "SELECT password FROM somewhere" in caplog.text
+
+
+def test_nan_and_infinity_in_json_values_are_refused_naming_the_field(target: Target) -> None:
+    """Found: NaN or an infinity in a run's arguments or a job's parameters (a Value can hold
+    them, JSON cannot) failed the call with an unexpected error instead of INVALID_ARGUMENT."""
+    arguments = _to_struct({"ok": 1.5, "bad": float("nan"), "list": [float("-inf")]})
+    run = job_service_pb2.RunJobRequest(name="namespaces/fuzz/jobs/seed", arguments=arguments)
+    error = _error(lambda: JobServiceStub(target.channel).RunJob(run))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert set(status_details(error)[0]) == {"arguments.bad", "arguments.list[0]"}
+    parameters = _to_struct({"sleep_seconds": float("inf")})
+    job = job_pb2.Job(executor="noop", parameters=parameters)
+    create = job_service_pb2.CreateJobRequest(parent="namespaces/fuzz", job_id="infinite", job=job)
+    error = _error(lambda: JobServiceStub(target.channel).CreateJob(create))
+    assert list(status_details(error)[0]) == ["job.parameters.sleep_seconds"]

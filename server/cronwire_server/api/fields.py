@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from cronwire_server.errors import FieldViolation, InvalidArgument
@@ -37,50 +37,73 @@ def required(present: bool, field: str) -> None:
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_JSON_MESSAGES = ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue")
 NUL_RULE = "must not contain NUL characters (U+0000)"
+FINITE_RULE = "must be a finite number (JSON has no NaN or Infinity)"
 
 
-def refuse_nul(request: Message) -> None:
-    """InvalidArgument naming every string of `request` that holds a NUL character.
-
-    PostgreSQL cannot store one in text or JSON, and no program argument or header can
-    carry one: refused here for every request, the same on every backend.
+def refuse_unstorable(request: Message) -> None:
+    """InvalidArgument naming every value of `request` no backend can store: a string holding a
+    NUL character (PostgreSQL cannot store one in text or JSON, and no program argument or header
+    can carry one), and NaN or an infinity in a JSON value (Struct parameters and arguments).
+    Checked here for every request, so that it is the same on every backend.
     """
-    # Fast path: no string with a NUL can serialise without a zero byte.
+    # Fast path: neither can serialise without a zero byte (NaN and infinities hold some too).
     if b"\x00" not in request.SerializeToString():
         return
-    violations = [FieldViolation(path, NUL_RULE) for path in _nul_paths(request, "")]
+    violations = [FieldViolation(path, rule) for path, rule in _unstorable(request, "")]
     if violations:
         raise InvalidArgument(violations)
 
 
-def _nul_paths(value: Any, path: str) -> Iterator[str]:
+def _unstorable(message: Message, path: str) -> Iterator[tuple[str, str]]:
+    kind = message.DESCRIPTOR.full_name
+    if kind == "google.protobuf.Struct":
+        yield from _json_object(message, path)
+        return
+    if kind == "google.protobuf.Value":
+        yield from _json_value(message, path)
+        return
+    if kind == "google.protobuf.ListValue":
+        for index, element in enumerate(message.values):  # type: ignore[attr-defined]
+            yield from _json_value(element, f"{path}[{index}]")
+        return
+    for field, item in message.ListFields():
+        inner = f"{path}.{field.name}" if path else field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, element in item.items():  # named like labels['team']
+                yield from _text_or_message(key, f"{inner}[{key!r}]")
+                yield from _text_or_message(element, f"{inner}[{key!r}]")
+        elif field.is_repeated:
+            for index, element in enumerate(item):
+                yield from _text_or_message(element, f"{inner}[{index}]")
+        else:
+            yield from _text_or_message(item, inner)
+
+
+def _text_or_message(value: Any, path: str) -> Iterator[tuple[str, str]]:
     if isinstance(value, str):
         if "\x00" in value:
-            yield path
+            yield path, NUL_RULE
     elif isinstance(value, Message):
-        if value.DESCRIPTOR.full_name in _JSON_MESSAGES:
-            yield from _nul_paths(json_format.MessageToDict(value), path)
-            return
-        for field, item in value.ListFields():
-            inner = f"{path}.{field.name}" if path else field.name
-            if field.message_type is not None and field.message_type.GetOptions().map_entry:
-                for key, element in item.items():  # named like labels['team']
-                    if isinstance(key, str) and "\x00" in key:
-                        yield f"{inner}[{key!r}]"
-                    yield from _nul_paths(element, f"{inner}[{key!r}]")
-            elif field.is_repeated:
-                for index, element in enumerate(item):
-                    yield from _nul_paths(element, f"{inner}[{index}]")
-            else:
-                yield from _nul_paths(item, inner)
-    elif isinstance(value, dict):  # JSON, named like parameters.env["X-KEY"]
-        for key, item in value.items():
-            inner = f"{path}.{key}" if _IDENTIFIER.fullmatch(key) else f"{path}[{json.dumps(key)}]"
-            if "\x00" in key:
-                yield inner
-            yield from _nul_paths(item, inner)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _nul_paths(item, f"{path}[{index}]")
+        yield from _unstorable(value, path)
+
+
+def _json_object(struct: Any, path: str) -> Iterator[tuple[str, str]]:
+    for key, value in struct.fields.items():  # named like parameters.env["X-KEY"]
+        inner = f"{path}.{key}" if _IDENTIFIER.fullmatch(key) else f"{path}[{json.dumps(key)}]"
+        if "\x00" in key:
+            yield inner, NUL_RULE
+        yield from _json_value(value, inner)
+
+
+def _json_value(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value" and "\x00" in value.string_value:
+        yield path, NUL_RULE
+    elif kind == "number_value" and not math.isfinite(value.number_value):
+        yield path, FINITE_RULE
+    elif kind == "struct_value":
+        yield from _json_object(value.struct_value, path)
+    elif kind == "list_value":
+        for index, element in enumerate(value.list_value.values):
+            yield from _json_value(element, f"{path}[{index}]")

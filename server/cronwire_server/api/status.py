@@ -111,7 +111,7 @@ def _unexpected(where: str) -> CronwireError:
 def _check(request: object) -> None:
     """What every request must satisfy before any servicer sees it."""
     if isinstance(request, Message):
-        fields.refuse_nul(request)
+        fields.refuse_unstorable(request)
 
 
 def unary(
