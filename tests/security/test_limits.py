@@ -4,6 +4,8 @@ executions per namespace, captured output. Past a limit a caller gets RESOURCE_E
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -261,3 +263,26 @@ def test_apply_past_the_limit_names_it(tmp_path: Path, capsys: pytest.CaptureFix
         assert "--max-jobs-per-namespace" in capsys.readouterr().err
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-message-bytes", "100"], "--max-message-bytes must be at least 65536"),
+        (["--max-jobs-per-namespace", "-1"], "argument --max-jobs-per-namespace: must not be negative"),
+        (
+            ["--max-running-per-namespace", "many"],
+            "argument --max-running-per-namespace: 'many' is not a whole number",
+        ),
+    ],
+)
+def test_unusable_limits_stop_the_server_at_start(tmp_path: Path, flags: list[str], message: str) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "cronwire_server", "--listen", "127.0.0.1:0", *flags],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode != 0
+    assert message in finished.stderr
