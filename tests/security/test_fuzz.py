@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import pkgutil
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -698,6 +699,11 @@ def test_nan_and_infinity_in_json_values_are_refused_naming_the_field(target: Ta
     error = _error(lambda: JobServiceStub(target.channel).RunJob(run))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert set(status_details(error)[0]) == {"arguments.bad", "arguments.list[0]"}
+    # A NaN whose payload leaves no zero byte in the message.
+    quiet = struct.unpack("<d", b"\xff" * 7 + b"\x7f")[0]
+    run = job_service_pb2.RunJobRequest(name="namespaces/fuzz/jobs/seed", arguments=_to_struct({"q": quiet}))
+    error = _error(lambda: JobServiceStub(target.channel).RunJob(run))
+    assert list(status_details(error)[0]) == ["arguments.q"]
     parameters = _to_struct({"sleep_seconds": float("inf")})
     job = job_pb2.Job(executor="noop", parameters=parameters)
     create = job_service_pb2.CreateJobRequest(parent="namespaces/fuzz", job_id="infinite", job=job)

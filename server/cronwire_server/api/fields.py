@@ -38,6 +38,10 @@ def required(present: bool, field: str) -> None:
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NUL_RULE = "must not contain NUL characters (U+0000)"
+# The fast path: a string with a NUL serialises with a zero byte, and a NaN or infinite double
+# (little-endian, exponent all ones) with a byte >= 0xF0 followed by 0x7F or 0xFF. Requests
+# without either (most) are not walked.
+_MAYBE_UNSTORABLE = re.compile(rb"\x00|[\xf0-\xff][\x7f\xff]")
 FINITE_RULE = "must be a finite number (JSON has no NaN or Infinity)"
 
 
@@ -47,8 +51,7 @@ def refuse_unstorable(request: Message) -> None:
     can carry one), and NaN or an infinity in a JSON value (Struct parameters and arguments).
     Checked here for every request, so that it is the same on every backend.
     """
-    # Fast path: neither can serialise without a zero byte (NaN and infinities hold some too).
-    if b"\x00" not in request.SerializeToString():
+    if not _MAYBE_UNSTORABLE.search(request.SerializeToString()):
         return
     violations = [FieldViolation(path, rule) for path, rule in _unstorable(request, "")]
     if violations:
