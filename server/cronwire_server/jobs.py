@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -33,8 +34,9 @@ def _retry_violations(policy: RetryPolicy) -> list[FieldViolation]:
         found.append(("max_attempts", f"must be between 0 and {MAX_ATTEMPTS}"))
     if policy.initial_backoff <= timedelta(0):
         found.append(("initial_backoff", "must be positive"))
-    if policy.backoff_multiplier < 1:
-        found.append(("backoff_multiplier", "must be at least 1"))
+    # Written so that NaN fails too (every comparison with NaN is false).
+    if not 1 <= policy.backoff_multiplier < math.inf:
+        found.append(("backoff_multiplier", "must be a finite number of at least 1"))
     if policy.max_backoff < policy.initial_backoff:
         found.append(("max_backoff", "must not be shorter than initial_backoff"))
     if not 0 <= policy.jitter <= 1:

@@ -709,3 +709,15 @@ def test_nan_and_infinity_in_json_values_are_refused_naming_the_field(target: Ta
     create = job_service_pb2.CreateJobRequest(parent="namespaces/fuzz", job_id="infinite", job=job)
     error = _error(lambda: JobServiceStub(target.channel).CreateJob(create))
     assert list(status_details(error)[0]) == ["job.parameters.sleep_seconds"]
+
+
+def test_a_nan_backoff_multiplier_is_refused(target: Target) -> None:
+    """NaN passed the `< 1` check (every comparison with NaN is false) and would have been
+    stored, to break the retry arithmetic of the job's first failed run."""
+    job = job_pb2.Job(executor="noop")
+    job.retry_policy.max_attempts = 3
+    job.retry_policy.backoff_multiplier = float("nan")
+    create = job_service_pb2.CreateJobRequest(parent="namespaces/fuzz", job_id="nan-backoff", job=job)
+    error = _error(lambda: JobServiceStub(target.channel).CreateJob(create))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert list(status_details(error)[0]) == ["job.retry_policy.backoff_multiplier"]
