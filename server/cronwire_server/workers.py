@@ -16,6 +16,7 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -86,6 +87,17 @@ class _Running:
         return offset, text
 
 
+async def _kept_running(loop: Callable[[], Awaitable[None]]) -> None:
+    """Run a helper loop until cancelled; an unexpected error is logged and the loop restarted,
+    since a loop that died silently would strand every run it serves (RUNNING for ever)."""
+    while True:
+        try:
+            await loop()
+        except Exception:
+            log.exception("%s failed; restarting it", loop.__name__)
+            await asyncio.sleep(RETRY_AFTER_ERROR)
+
+
 class WorkerPool:
     def __init__(
         self,
@@ -123,11 +135,14 @@ class WorkerPool:
         log.info("worker pool %s started with %d slots", self.identity, self._slots)
         # Heartbeats go on while draining; `drain` stops them.
         self._helpers = [
-            asyncio.create_task(self._heartbeat()),
-            asyncio.create_task(self._recover()),
-            asyncio.create_task(self._flush_output_loop()),
-            asyncio.create_task(self._deliver_callbacks()),
-            asyncio.create_task(self._finisher()),
+            asyncio.create_task(_kept_running(loop))
+            for loop in (
+                self._heartbeat,
+                self._recover,
+                self._flush_output_loop,
+                self._deliver_callbacks,
+                self._finisher,
+            )
         ]
         while not stopping.is_set():
             try:
@@ -290,6 +305,12 @@ class WorkerPool:
                     )
                 except StorageUnavailable as error:
                     log.warning("cannot record %d outcomes yet (%s); retrying", len(batch), error)
+                    self._finished[:0] = batch
+                    await asyncio.sleep(RETRY_AFTER_ERROR)
+                    continue
+                except Exception:
+                    # Kept, never dropped: an outcome lost here would leave its run RUNNING.
+                    log.exception("recording %d outcomes failed; retrying", len(batch))
                     self._finished[:0] = batch
                     await asyncio.sleep(RETRY_AFTER_ERROR)
                     continue

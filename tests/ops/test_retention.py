@@ -32,6 +32,7 @@ ENDED = {E.EXECUTION_STATE_SUCCEEDED, E.EXECUTION_STATE_FAILED}
 
 class Api:
     def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.last_seen: list[str] = []  # the states all_ended saw last, for failure messages
         self.jobs = JobServiceStub(channel)
         self.executions = ExecutionServiceStub(channel)
 
@@ -55,6 +56,7 @@ class Api:
 
     async def all_ended(self, job: str, count: int) -> list[execution_pb2.Execution] | None:
         found = await self.executions_of(job)
+        self.last_seen = [execution_pb2.ExecutionState.Name(e.state) for e in found]
         return found if len(found) == count and all(e.state in ENDED for e in found) else None
 
 
@@ -183,7 +185,10 @@ async def test_a_job_keeps_its_executions_by_its_own_rules(
     hourly = await api.create_job("hourly", executor="noop", executionRetention={"maxAge": "3600s"})
     runs = {job: [await api.run(job) for _ in range(6)] for job in (default, longer, forever, hourly)}
     for job in runs:
-        await eventually(lambda job=job: api.all_ended(job, 6), f"the runs of {job} to end")  # type: ignore[misc]
+        try:
+            await eventually(lambda job=job: api.all_ended(job, 6), f"the runs of {job} to end", within=60)  # type: ignore[misc]
+        except AssertionError as error:
+            raise AssertionError(f"{error}; their states: {api.last_seen}") from None
     await shift_times(
         database_url, [_id(n) for n in runs[hourly][:2]], -timedelta(hours=2), "create_time", "end_time"
     )
