@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.pool import Pool
 
 from cronwire_server import __version__
+from cronwire_server.api.handlers import behaviour_of, with_behaviour
 from cronwire_server.config import host_and_port
 from cronwire_server.model import SkipReason
 from cronwire_server.storage import Store
@@ -200,14 +201,6 @@ def _measured(behaviour: Callable[..., Any], labels: tuple[str, str, str]) -> Ca
     return call
 
 
-_HANDLER_FACTORIES = {
-    "unary": (grpc.unary_unary_rpc_method_handler, "unary_unary"),
-    "client_stream": (grpc.stream_unary_rpc_method_handler, "stream_unary"),
-    "server_stream": (grpc.unary_stream_rpc_method_handler, "unary_stream"),
-    "bidi_stream": (grpc.stream_stream_rpc_method_handler, "stream_stream"),
-}
-
-
 class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts every RPC the server knows, by method and final status code.
 
@@ -225,13 +218,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
             return None
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
         grpc_type = _STREAMING[(handler.request_streaming, handler.response_streaming)]
-        make, attribute = _HANDLER_FACTORIES[grpc_type]
-        behaviour = getattr(handler, attribute)
-        return make(
-            _measured(behaviour, (grpc_type, service, method)),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_behaviour(handler, _measured(behaviour_of(handler), (grpc_type, service, method)))
 
 
 # The database: the queue (read at scrape time) and connection pool use.

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from cronwire_server.api.handlers import behaviour_of, with_behaviour
 from cronwire_server.api.status import abort
 from cronwire_server.auth import principal
 from cronwire_server.auth.cache import KeyCache
@@ -89,33 +90,18 @@ Admit = Callable[[Context], Awaitable[None]]
 
 def _guarded(handler: Any, admit: Admit) -> Any:
     """`handler` with `admit` run first in the call's own task, whatever its streaming kind."""
-    options = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None or handler.stream_unary is not None:
-        single = handler.unary_unary or handler.stream_unary
+    behaviour = behaviour_of(handler)
+    if not handler.response_streaming:
 
         async def respond(request: Any, context: Context) -> Any:
             await admit(context)
-            return await single(request, context)
+            return await behaviour(request, context)
 
-        make = (
-            grpc.unary_unary_rpc_method_handler
-            if handler.unary_unary
-            else grpc.stream_unary_rpc_method_handler
-        )
-        return make(respond, **options)
-    stream = handler.unary_stream or handler.stream_stream
+        return with_behaviour(handler, respond)
 
     async def respond_streaming(request: Any, context: Context) -> AsyncIterator[Any]:
         await admit(context)
-        async for response in stream(request, context):
+        async for response in behaviour(request, context):
             yield response
 
-    make = (
-        grpc.unary_stream_rpc_method_handler
-        if handler.unary_stream
-        else grpc.stream_stream_rpc_method_handler
-    )
-    return make(respond_streaming, **options)
+    return with_behaviour(handler, respond_streaming)
