@@ -31,11 +31,10 @@ def _time(value: datetime | None) -> str | None:
 
 
 def payload(job: Job, execution: Execution) -> dict[str, Any]:
-    ns = execution.namespace
     return {
-        "job": f"namespaces/{ns}/jobs/{job.id}",
-        "execution": f"namespaces/{ns}/executions/{execution.id}",
-        "schedule": f"namespaces/{ns}/schedules/{execution.schedule_id}" if execution.schedule_id else None,
+        "job": job.name,
+        "execution": execution.name,
+        "schedule": execution.schedule_name or None,
         "state": execution.state.name,
         "attempt": execution.attempt,
         "scheduled_time": _time(execution.scheduled_time),
@@ -67,8 +66,8 @@ async def deliver(job: Job, execution: Execution, http: HttpRunner) -> Attempt:
     if job.callback.secret:
         headers[SIGNATURE_HEADER] = signature(job.callback.secret, body.encode())
     request = RunRequest(
-        execution_name=f"namespaces/{execution.namespace}/executions/{execution.id}",
-        job_name=f"namespaces/{job.namespace}/jobs/{job.id}",
+        execution_name=execution.name,
+        job_name=job.name,
         parameters={"url": job.callback.url, "method": "POST", "headers": headers, "body": body},
         arguments={},
         scheduled_time=execution.scheduled_time,

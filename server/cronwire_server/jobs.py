@@ -13,7 +13,7 @@ from cronwire_server.errors import FieldViolation, InvalidArgument, NotFound
 from cronwire_server.executors import registry
 from cronwire_server.executors.http_runner import HttpPolicy, check_url
 from cronwire_server.executors.registry import ExecutorKind
-from cronwire_server.model import Job, Listing, Page, RetryPolicy
+from cronwire_server.model import Job, Listing, Page, RetryPolicy, job_name
 from cronwire_server.optimistic import read_modify_write
 from cronwire_server.storage import Store
 
@@ -22,10 +22,6 @@ MAX_CHAIN_LOOKUPS = 1000
 LABEL_KEY = re.compile(r"^[a-z]([a-z0-9_.-]{0,62})$")
 MAX_DESCRIPTION = 2048
 MAX_ATTEMPTS = 100
-
-
-def job_name(namespace: str, job_id: str) -> str:
-    return f"namespaces/{namespace}/jobs/{job_id}"
 
 
 def _retry_violations(policy: RetryPolicy) -> list[FieldViolation]:

@@ -29,11 +29,10 @@ _RESOURCE_FIELDS = frozenset({"job", "schedule", "execution"})
 def run_fields(execution: Execution) -> dict[str, Any]:
     """The `extra=` of a log line about `execution`: its namespace and the names of its job,
     schedule (when a schedule fired it) and itself."""
-    ns = execution.namespace
-    fields: dict[str, Any] = {"namespace": ns, "job": f"namespaces/{ns}/jobs/{execution.job_id}"}
+    fields: dict[str, Any] = {"namespace": execution.namespace, "job": execution.job_name}
     if execution.schedule_id:
-        fields["schedule"] = f"namespaces/{ns}/schedules/{execution.schedule_id}"
-    fields["execution"] = f"namespaces/{ns}/executions/{execution.id}"
+        fields["schedule"] = execution.schedule_name
+    fields["execution"] = execution.name
     return fields
 
 

@@ -14,6 +14,18 @@ from typing import Any, Generic, TypeAlias, TypeVar
 JsonObject: TypeAlias = dict[str, Any]
 
 
+def job_name(namespace: str, job_id: str) -> str:
+    return f"namespaces/{namespace}/jobs/{job_id}"
+
+
+def schedule_name(namespace: str, schedule_id: str) -> str:
+    return f"namespaces/{namespace}/schedules/{schedule_id}"
+
+
+def execution_name(namespace: str, execution_id: str) -> str:
+    return f"namespaces/{namespace}/executions/{execution_id}"
+
+
 class DependencyCondition(enum.Enum):
     ON_SUCCESS = "on_success"
     ON_FAILURE = "on_failure"
@@ -114,6 +126,10 @@ class Job:
     update_time: datetime | None = None
     etag: str = ""
     stats: ExecutionStats | None = None
+
+    @property
+    def name(self) -> str:
+        return job_name(self.namespace, self.id)
 
 
 # Triggers: a small tree of specs, turned into APScheduler triggers by `triggers.py`.
@@ -233,6 +249,19 @@ class Execution:
     @property
     def ended(self) -> bool:
         return self.state not in (ExecutionState.QUEUED, ExecutionState.RUNNING)
+
+    @property
+    def name(self) -> str:
+        return execution_name(self.namespace, self.id)
+
+    @property
+    def job_name(self) -> str:
+        return job_name(self.namespace, self.job_id)
+
+    @property
+    def schedule_name(self) -> str:
+        """ "" when no schedule fired it."""
+        return schedule_name(self.namespace, self.schedule_id) if self.schedule_id else ""
 
 
 class EventType(enum.Enum):

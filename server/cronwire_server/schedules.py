@@ -9,7 +9,15 @@ from datetime import UTC, datetime
 from cronwire_server import triggers
 from cronwire_server.auth.principal import current_actor
 from cronwire_server.errors import FieldViolation, InvalidArgument
-from cronwire_server.model import EventType, Execution, Listing, OverlapPolicy, Page, Schedule
+from cronwire_server.model import (
+    EventType,
+    Execution,
+    Listing,
+    OverlapPolicy,
+    Page,
+    Schedule,
+    schedule_name,
+)
 from cronwire_server.optimistic import read_modify_write
 from cronwire_server.storage import Store
 
@@ -20,10 +28,6 @@ DEFAULT_PREVIEW = 10
 
 # The fields that decide when a schedule fires; changing one recomputes next_fire_time.
 TIMING_FIELDS = ("trigger", "time_zone", "start_time", "end_time")
-
-
-def schedule_name(namespace: str, schedule_id: str) -> str:
-    return f"namespaces/{namespace}/schedules/{schedule_id}"
 
 
 def utcnow() -> datetime:

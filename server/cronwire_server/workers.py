@@ -201,8 +201,8 @@ class WorkerPool:
         execution, job = running.claimed.execution, running.claimed.job
         recorded: ExecutionState | None = None
         request = RunRequest(
-            execution_name=f"namespaces/{execution.namespace}/executions/{execution.id}",
-            job_name=f"namespaces/{job.namespace}/jobs/{job.id}",
+            execution_name=execution.name,
+            job_name=job.name,
             parameters=job.parameters,
             arguments=execution.arguments,
             scheduled_time=execution.scheduled_time,

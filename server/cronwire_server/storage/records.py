@@ -207,11 +207,3 @@ def schedule_from_record(row: Mapping[Any, Any]) -> Schedule:
         update_time=row["update_time"],
         etag=row["etag"],
     )
-
-
-def job_name(namespace: str, job_id: str) -> str:
-    return f"namespaces/{namespace}/jobs/{job_id}"
-
-
-def schedule_name(namespace: str, schedule_id: str) -> str:
-    return f"namespaces/{namespace}/schedules/{schedule_id}"

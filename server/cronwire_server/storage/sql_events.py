@@ -88,13 +88,13 @@ def execution_event(
     values: Mapping[Any, Any], now: datetime, event_type: EventType | None = None
 ) -> dict[str, Any]:
     """The event of an execution row arriving in its state (or `event_type`)."""
-    from cronwire_server.model import ExecutionState
+    from cronwire_server.model import ExecutionState, execution_name
 
     kind = event_type or STATE_EVENTS[ExecutionState(values["state"])]
     return row(
         kind,
         values["namespace"],
-        f"namespaces/{values['namespace']}/executions/{values['id']}",
+        execution_name(values["namespace"], values["id"]),
         now,
         job_id=values["job_id"],
         schedule_id=values["schedule_id"],

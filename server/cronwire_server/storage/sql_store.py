@@ -38,6 +38,9 @@ from cronwire_server.model import (
     Replica,
     RetentionPolicy,
     Schedule,
+    execution_name,
+    job_name,
+    schedule_name,
 )
 from cronwire_server.storage import sql_events, sql_replicas, sql_retention
 from cronwire_server.storage import sql_executions as ex
@@ -52,10 +55,8 @@ from cronwire_server.storage.base import (
 from cronwire_server.storage.records import (
     job_fields,
     job_from_record,
-    job_name,
     schedule_fields,
     schedule_from_record,
-    schedule_name,
     trigger_from_json,
     trigger_to_json,
 )
@@ -706,7 +707,7 @@ class SqlStore:
         )
         row = await self._run(self._one_or_none, query, {})
         if row is None:
-            raise errors.NotFound("execution", f"namespaces/{namespace}/executions/{execution_id}")
+            raise errors.NotFound("execution", execution_name(namespace, execution_id))
         return ex.execution_from_row(row._mapping)
 
     async def list_executions(self, namespace: str, page: Page, where: ExecutionFilter) -> Listing[Execution]:
