@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import socket
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import make_url
 
 from cronwire_server import errors
 from cronwire_server.model import (
@@ -36,6 +40,7 @@ from cronwire_server.model import (
 from cronwire_server.storage.migrate import current_revision, head_revision
 from cronwire_server.storage.sql_store import SqlStore, normalize_url, open_store, sync_url
 from cronwire_server.storage.tables import metadata
+from tests.conftest import POSTGRES_URL_ENV
 
 NS = "team-a"
 
@@ -548,5 +553,59 @@ async def test_cancelled_calls_leave_the_pool_usable(database_url: str) -> None:
                 await task
             created = await store.create_job(make_job(f"after-{steps}"), request_id=f"req-after-{steps}")
             assert await store.get_job(NS, created.id) == created
+    finally:
+        await store.close()
+
+
+
+def _admin_connection(database: str | None = None) -> psycopg.Connection[Any]:
+    server = make_url(os.environ[POSTGRES_URL_ENV]).set(drivername="postgresql")
+    if database:
+        server = server.set(database=database)
+    return psycopg.connect(server.render_as_string(hide_password=False), autocommit=True)
+
+
+async def _wait_for_lock_waiter(database: str) -> int:
+    """The pid of the session on `database` waiting for a row lock (polled, 10 s at most)."""
+    async with asyncio.timeout(10):
+        while True:
+            with _admin_connection() as conn:
+                row = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+                    (database,),
+                ).fetchone()
+            if row:
+                return int(row[0])
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("call", ["update", "delete"])
+async def test_connection_lost_inside_a_transaction_is_storage_unavailable(
+    fresh_database_url: Any, call: str
+) -> None:
+    """The database ends the connection in the middle of a transaction (a restart, a failover,
+    pg_terminate_backend): the call fails as "unavailable", which callers retry, not with the
+    rollback's own error; the store reconnects for the next call."""
+    url = fresh_database_url("postgres")
+    database = str(make_url(url).database)
+    store = await open_store(url, pool_size=1)
+    try:
+        job = await store.create_job(make_job("base"))
+        with _admin_connection(database) as locker:
+            locker.execute("BEGIN")
+            locker.execute("SELECT 1 FROM jobs WHERE id = 'base' FOR UPDATE")
+            if call == "update":
+                task = asyncio.create_task(store.update_job(job, expected_etag=""))
+            else:
+                task = asyncio.create_task(store.delete_job(NS, "base"))
+            waiter = await _wait_for_lock_waiter(database)
+            locker.execute("SELECT pg_terminate_backend(%s)", (waiter,))
+            with pytest.raises(errors.StorageUnavailable):
+                await task
+            locker.execute("ROLLBACK")
+        await store.ping()
+        assert await store.get_job(NS, "base") == job  # nothing half-done
+        assert await store.create_job(make_job("after"), limit=10) == await store.get_job(NS, "after")
     finally:
         await store.close()

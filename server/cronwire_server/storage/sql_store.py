@@ -167,6 +167,10 @@ def _unavailable_on_connection_errors() -> Iterator[None]:
             reason = type(error.orig).__name__
             raise errors.StorageUnavailable(f"the database is unavailable ({reason})") from error
         raise
+    except exc.PendingRollbackError as error:
+        # A connection invalidated mid-transaction refuses every use until rolled back: the
+        # connection was lost, not the statement wrong.
+        raise errors.StorageUnavailable("the database is unavailable (connection lost)") from error
     except (exc.TimeoutError, OSError) as error:  # pool exhausted, socket errors
         raise errors.StorageUnavailable(f"the database is unavailable ({type(error).__name__})") from error
 
@@ -183,8 +187,13 @@ def _violated(error: exc.IntegrityError) -> str:
 
 
 def _rollback(conn: Connection) -> None:
-    """Best effort: if the connection broke, the pool discards it and the server rolls back."""
-    with suppress(exc.DBAPIError):
+    """Best effort, and never in place of the error that led here: if the connection broke, the
+    pool discards it and the server has rolled back already."""
+    if conn.invalidated:
+        conn.rollback()  # only resets SQLAlchemy's state; nothing is sent
+        return
+    conn.info.pop(ex.PENDING_EVENTS, None)
+    with suppress(exc.SQLAlchemyError):
         conn.exec_driver_sql("ROLLBACK")
 
 
@@ -313,7 +322,6 @@ class SqlStore:
                 pending = conn.info.pop(ex.PENDING_EVENTS)
                 sql_events.insert(conn, [{**e, "actor": actor} for e in pending] if actor else pending)
             except Exception:
-                conn.info.pop(ex.PENDING_EVENTS, None)
                 _rollback(conn)
                 raise
             conn.exec_driver_sql("COMMIT")
