@@ -557,7 +557,6 @@ async def test_cancelled_calls_leave_the_pool_usable(database_url: str) -> None:
         await store.close()
 
 
-
 def _admin_connection(database: str | None = None) -> psycopg.Connection[Any]:
     server = make_url(os.environ[POSTGRES_URL_ENV]).set(drivername="postgresql")
     if database:
