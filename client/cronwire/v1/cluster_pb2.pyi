@@ -38,6 +38,7 @@ class Replica(_message.Message):
     HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     ALIVE_FIELD_NUMBER: _builtins.int
+    LOOPS_DOWN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The replica's identity, `host:pid:suffix`; the `worker` of
     the executions it ran.
@@ -69,6 +70,14 @@ class Replica(_message.Message):
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """Output only. How often it heartbeats."""
 
+    @_builtins.property
+    def loops_down(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. Its background loops (`dispatcher`, `claimer`, `finisher`,
+        `sequencer`, ...) that are not running or have kept failing for more
+        than a few seconds, as of its last heartbeat. Empty while every loop
+        runs; a replica with loops down reports NOT_SERVING in its health.
+        """
+
     def __init__(
         self,
         *,
@@ -81,10 +90,11 @@ class Replica(_message.Message):
         heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         alive: _builtins.bool = ...,
+        loops_down: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "heartbeat_time", b"heartbeat_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "heartbeat_interval", b"heartbeat_interval", "heartbeat_time", b"heartbeat_time", "hostname", b"hostname", "id", b"id", "pid", b"pid", "roles", b"roles", "start_time", b"start_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "heartbeat_interval", b"heartbeat_interval", "heartbeat_time", b"heartbeat_time", "hostname", b"hostname", "id", b"id", "loops_down", b"loops_down", "pid", b"pid", "roles", b"roles", "start_time", b"start_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -265,5 +265,7 @@ replicas = sa.Table(
     sa.Column("heartbeat_seconds", sa.Float(), nullable=False),
     sa.Column("started_at", UtcDateTime(), nullable=False),
     sa.Column("heartbeat_at", UtcDateTime(), nullable=False),
+    # Its background loops that are not running, comma-separated; "" while all run.
+    sa.Column("loops_down", sa.String(), nullable=False, server_default=""),
     sa.Index("ix_replicas_heartbeat_at", "heartbeat_at"),
 )
