@@ -796,6 +796,8 @@ class Replica:
     heartbeat_time: datetime | None
     heartbeat_interval: timedelta | None
     alive: bool  # heard from within three heartbeat intervals
+    # Its background loops not running (or failing for seconds) at its last heartbeat.
+    loops_down: list[str] = field(default_factory=list)
 
     @classmethod
     def _from_proto(cls, message: cluster_pb2.Replica) -> Replica:
@@ -809,6 +811,7 @@ class Replica:
             heartbeat_time=time_from(message, "heartbeat_time"),
             heartbeat_interval=duration_from(message, "heartbeat_interval"),
             alive=message.alive,
+            loops_down=list(message.loops_down),
         )
 
 

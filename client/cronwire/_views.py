@@ -262,10 +262,13 @@ def cluster_status_view(status: ClusterStatus, namespace: str) -> str:
             r.start_time,
             r.heartbeat_time,
             "yes" if r.alive else "NO",
+            ",".join(r.loops_down) or "-",
         ]
         for r in status.replicas
     ]
-    replicas = table(["REPLICA", "VERSION", "ROLES", "STARTED", "LAST HEARTBEAT", "ALIVE"], rows)
+    replicas = table(
+        ["REPLICA", "VERSION", "ROLES", "STARTED", "LAST HEARTBEAT", "ALIVE", "LOOPS DOWN"], rows
+    )
     return f"{lines}\nreplicas: {alive} alive of {len(status.replicas)}\n{replicas}"
 
 

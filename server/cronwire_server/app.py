@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -44,7 +44,7 @@ from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.events import EventHub, EventManager, Pruner, Sequencer
 from cronwire_server.executions import ExecutionManager
 from cronwire_server.executors.runners import Runners
-from cronwire_server.health import DatabaseHealth
+from cronwire_server.health import ReplicaHealth
 from cronwire_server.jobs import JobManager
 from cronwire_server.limits import Limits
 from cronwire_server.metrics import MetricsEndpoint, RpcMetricsInterceptor, serve_metrics
@@ -56,6 +56,7 @@ from cronwire_server.storage import Store
 from cronwire_server.storage.migrate import upgrade
 from cronwire_server.storage.sql_keys import KeyStore
 from cronwire_server.storage.sql_store import open_store
+from cronwire_server.supervisor import Supervisor
 from cronwire_server.tls import TlsError, TlsFiles, server_credentials
 from cronwire_server.workers import WorkerPool, worker_identity
 
@@ -76,6 +77,8 @@ HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 # Seconds the background loops get to notice shutdown, and the store to close.
 STOP_LOOPS_WITHIN = 5.0
+# The supervisor's phase of loops that stop first, before running executions drain.
+MAIN = "main"
 CLOSE_STORE_WITHIN = 10.0
 
 
@@ -87,10 +90,11 @@ class RunningServer:
     port: int
     health: HealthServicer
     store: Store
+    # Every background loop runs under it; `stopping` tells them to finish.
+    supervisor: Supervisor
+    stopping: asyncio.Event
     workers: WorkerPool | None = None
     metrics: MetricsEndpoint | None = None
-    background: list[asyncio.Task[None]] = field(default_factory=list)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING first, so balancers drain us; stop claiming; let calls and running
@@ -100,13 +104,11 @@ class RunningServer:
         """
         await self.health.enter_graceful_shutdown()
         self.stopping.set()
-        if self.background:
-            _, stuck = await asyncio.wait(self.background, timeout=STOP_LOOPS_WITHIN)
-            for task in stuck:
-                task.cancel()
-            await asyncio.gather(*self.background, return_exceptions=True)
+        await self.supervisor.stop([MAIN], within=STOP_LOOPS_WITHIN)
         drained = self.workers.drain(grace) if self.workers else asyncio.sleep(0)
         await asyncio.gather(self.server.stop(grace), drained)
+        # What running executions needed while draining (lease heartbeats, the finisher).
+        await self.supervisor.stop(within=0)
         if self.metrics:
             await self.metrics.close()
         try:
@@ -143,7 +145,8 @@ async def create_server(settings: Settings) -> RunningServer:
         options=limits.grpc_options(),
     )
     stopping = asyncio.Event()
-    background = [asyncio.create_task(Sequencer(store).run(stopping))]
+    supervisor = Supervisor(stopping)
+    supervisor.start("sequencer", lambda: Sequencer(store).run(stopping))
     if "api" in settings.roles:
         executions = ExecutionManager(store)
         jobs = JobManager(store, http_policy(settings), max_per_namespace=limits.max_jobs_per_namespace)
@@ -156,7 +159,8 @@ async def create_server(settings: Settings) -> RunningServer:
             ExecutionService(executions), server
         )
         hub = EventHub(store)
-        hub_task = await hub.start(stopping)
+        await hub.start()
+        supervisor.start("event-hub", lambda: hub.follow(stopping))
         events = EventManager(
             store, hub, heartbeat=settings.watch_heartbeat_seconds, buffer=settings.watch_buffer
         )
@@ -180,21 +184,18 @@ async def create_server(settings: Settings) -> RunningServer:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    # From now on health follows the database.
-    background.append(
-        asyncio.create_task(DatabaseHealth(settings.database_url, health, ("", *SERVICE_NAMES)).run(stopping))
-    )
-    if "api" in settings.roles:
-        background.append(hub_task)
-    running = RunningServer(server, port, health, store, background=background, stopping=stopping)
+    # From now on health follows the database and the loops.
+    replica_health = ReplicaHealth(settings.database_url, health, ("", *SERVICE_NAMES), supervisor.down)
+    supervisor.start("health", lambda: replica_health.run(stopping))
+    running = RunningServer(server, port, health, store, supervisor, stopping)
     if settings.metrics_address:
         running.metrics = serve_metrics(settings.metrics_address, store, store.engine.sync_engine.pool)
     # In the registry before anyone is told the server is up.
     identity = worker_identity()
-    replica = this_replica(identity, settings.roles, settings.replica_heartbeat_seconds)
-    heartbeat = ReplicaHeartbeat(store, replica)
+    replica = this_replica(identity, settings.roles, settings.replica_heartbeat_seconds, await store.now())
+    heartbeat = ReplicaHeartbeat(store, replica, loops_down=supervisor.down)
     await heartbeat.register()
-    running.background.append(asyncio.create_task(heartbeat.run(stopping)))
+    supervisor.start("replica-heartbeat", lambda: heartbeat.run(stopping))
     _start_scheduler(running, settings, identity)
     return running
 
@@ -205,13 +206,14 @@ def tls_files(settings: Settings) -> TlsFiles:
 
 def _start_scheduler(running: RunningServer, settings: Settings, identity: str) -> None:
     """The dispatcher and the worker pool, as this process's roles say."""
+    supervisor, stopping = running.supervisor, running.stopping
     if "dispatcher" in settings.roles:
         dispatcher = Dispatcher(running.store, grace=timedelta(seconds=settings.misfire_grace_seconds))
-        running.background.append(asyncio.create_task(dispatcher.run(running.stopping)))
+        supervisor.start("dispatcher", lambda: dispatcher.run(stopping))
         pruner = Pruner(running.store, timedelta(days=settings.event_retention_days))
-        running.background.append(asyncio.create_task(pruner.run(running.stopping)))
+        supervisor.start("event-retention", lambda: pruner.run(stopping))
         executions = ExecutionPruner(running.store, retention_policy(settings))
-        running.background.append(asyncio.create_task(executions.run(running.stopping)))
+        supervisor.start("execution-retention", lambda: executions.run(stopping))
     if "worker" in settings.roles:
         limits = Limits.from_settings(settings)
         running.workers = WorkerPool(
@@ -224,7 +226,8 @@ def _start_scheduler(running: RunningServer, settings: Settings, identity: str) 
             secrets=Secrets(settings.secrets_file),
             max_running_per_namespace=limits.max_running_per_namespace,
         )
-        running.background.append(asyncio.create_task(running.workers.run(running.stopping)))
+        workers = running.workers
+        supervisor.start("worker", lambda: workers.run(stopping))
 
 
 SHUTDOWN_WATCHDOG_MARGIN = 20.0

@@ -17,6 +17,7 @@ from cronwire_server.model import Schedule, SkipReason
 from cronwire_server.planning import DEFAULT_MISFIRE_GRACE, ScheduleActivity, TickPlan, plan_ticks
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import DispatchResult
+from cronwire_server.supervisor import loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,9 @@ class Dispatcher:
             try:
                 await self.run_once()
                 delay = await self._sleep_time()
+                loop_ok()
             except StorageUnavailable as error:
+                loop_failed(error)
                 log.warning("dispatcher: database unavailable (%s); retrying", error)
                 delay = RETRY_AFTER_ERROR
             await sleep_until_woken(self._store, "schedules", delay, stopping)

@@ -21,6 +21,7 @@ from cronwire_server import metrics
 from cronwire_server.errors import OutOfRange, ResourceExhausted, StorageUnavailable
 from cronwire_server.model import Event, EventFilter, Listing, Page
 from cronwire_server.storage import Store
+from cronwire_server.supervisor import loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,9 @@ class Sequencer:
             try:
                 while await self._store.sequence_events(SEQUENCE_BATCH) == SEQUENCE_BATCH:
                     pass
+                loop_ok()
             except StorageUnavailable as error:
+                loop_failed(error)
                 log.warning("sequencer: database unavailable (%s)", error)
             await sleep_until_woken(self._store, "events_new", POLL, stopping)
 
@@ -93,11 +96,12 @@ class EventHub:
         self._subscriptions: set[Subscription] = set()
         self.position = 0  # every event up to here has been offered
 
-    async def start(self, stopping: asyncio.Event) -> asyncio.Task[None]:
+    async def start(self) -> None:
+        """Start from the latest event: watchers replay older ones themselves."""
         self.position = await self._store.latest_event_sequence()
-        return asyncio.create_task(self._follow(stopping))
 
-    async def _follow(self, stopping: asyncio.Event) -> None:
+    async def follow(self, stopping: asyncio.Event) -> None:
+        """Offer new events to the subscriptions until `stopping` (run under the supervisor)."""
         from cronwire_server.dispatcher import sleep_until_woken
 
         while not stopping.is_set():
@@ -112,10 +116,13 @@ class EventHub:
                     batch = await self._store.read_events(
                         EventFilter(), after=self.position, limit=READ_BATCH
                     )
+                loop_ok()
             except StorageUnavailable as error:
+                loop_failed(error)
                 log.warning("event hub: database unavailable (%s)", error)
                 batch = []
-            except Exception:  # the hub must outlive any one bad row
+            except Exception as error:  # the hub must outlive any one bad row
+                loop_failed(error)
                 log.exception("event hub: cannot read events after %d; retrying", self.position)
                 await asyncio.sleep(POLL)
                 continue
@@ -227,8 +234,12 @@ class Pruner:
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            with contextlib.suppress(StorageUnavailable):
+            try:
                 await self.prune_once(await self._store.now())
+                loop_ok()
+            except StorageUnavailable as error:
+                loop_failed(error)
+                log.warning("event retention: database unavailable (%s)", error)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PRUNE_EVERY):
                     await stopping.wait()

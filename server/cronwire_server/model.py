@@ -364,6 +364,8 @@ class Replica:
     heartbeat_seconds: float  # how often it heartbeats
     started_at: datetime
     heartbeat_at: datetime | None = None  # the database's clock; set by the store
+    # Its background loops that were down at its last heartbeat (see `supervisor`).
+    loops_down: tuple[str, ...] = ()
 
     def alive(self, now: datetime, missed: int = 3) -> bool:
         """Heard from within `missed` of its own heartbeat intervals."""

@@ -1,22 +1,26 @@
 """This process in the replica registry: registered at start, heartbeating, removed at a clean stop.
 
-`cronwire status` (ClusterService.GetClusterStatus) lists the registry. A replica that dies without
-stopping cleanly stops heartbeating and shows as not alive; its row is pruned once silent for long.
+`cronwire status` (ClusterService.GetClusterStatus) lists the registry, with the background loops each
+replica has down. A replica that dies without stopping cleanly stops heartbeating and shows as not
+alive; its row is pruned once silent for long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from cronwire_server import __version__
 from cronwire_server.errors import StorageUnavailable
 from cronwire_server.model import Replica
 from cronwire_server.storage import Store
+from cronwire_server.supervisor import loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +30,10 @@ FORGET_AFTER = timedelta(hours=1)
 REMOVE_WITHIN = 2.0
 
 
-def this_replica(identity: str, roles: frozenset[str], heartbeat_seconds: float) -> Replica:
+def this_replica(
+    identity: str, roles: frozenset[str], heartbeat_seconds: float, started_at: datetime
+) -> Replica:
+    """This process, started at `started_at` by the database's clock."""
     return Replica(
         id=identity,
         hostname=socket.gethostname(),
@@ -34,17 +41,25 @@ def this_replica(identity: str, roles: frozenset[str], heartbeat_seconds: float)
         version=__version__,
         roles=roles,
         heartbeat_seconds=heartbeat_seconds,
-        started_at=datetime.now(UTC),
+        started_at=started_at,
     )
 
 
 class ReplicaHeartbeat:
-    """Keeps `replica`'s row fresh until `stopping` is set, then deletes it."""
+    """Keeps `replica`'s row fresh, with the loops `loops_down` names, until `stopping` is set, then
+    deletes it."""
 
-    def __init__(self, store: Store, replica: Replica, forget_after: timedelta = FORGET_AFTER) -> None:
+    def __init__(
+        self,
+        store: Store,
+        replica: Replica,
+        forget_after: timedelta = FORGET_AFTER,
+        loops_down: Callable[[], list[str]] = list,
+    ) -> None:
         self._store = store
         self.replica = replica
         self._forget_after = forget_after
+        self._loops_down = loops_down
         self._registered = False
 
     async def register(self) -> None:
@@ -65,14 +80,17 @@ class ReplicaHeartbeat:
                         await stopping.wait()
                 if stopping.is_set():
                     break
+                down = tuple(self._loops_down())
                 try:
                     if not self._registered:
                         await self.register()
-                    elif not await self._store.heartbeat_replica(self.replica.id):
+                    elif not await self._store.heartbeat_replica(self.replica.id, down):
                         # Pruned while cut off from the database for long: register again.
-                        await self._store.register_replica(self.replica)
+                        await self._store.register_replica(dataclasses.replace(self.replica, loops_down=down))
                     await self._store.prune_replicas(self._forget_after)
+                    loop_ok()
                 except StorageUnavailable as error:
+                    loop_failed(error)
                     log.warning("replica heartbeat: database unavailable (%s)", error)
         finally:
             if self._registered:

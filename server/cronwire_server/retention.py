@@ -11,6 +11,7 @@ import logging
 from cronwire_server.errors import StorageUnavailable
 from cronwire_server.model import RetentionPolicy
 from cronwire_server.storage import Store
+from cronwire_server.supervisor import loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ class ExecutionPruner:
         while not stopping.is_set():
             try:
                 await self.prune_once(stopping)
+                loop_ok()
             except StorageUnavailable as error:
+                loop_failed(error)
                 log.warning("execution retention: database unavailable (%s)", error)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._every):

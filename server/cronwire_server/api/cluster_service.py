@@ -43,6 +43,7 @@ def replica_to_pb(replica: Replica, status: ClusterStatus) -> cluster_pb2.Replic
         version=replica.version,
         roles=sorted(replica.roles),
         alive=replica.alive(status.now),
+        loops_down=replica.loops_down,
     )
     set_time(message.start_time, replica.started_at)
     set_time(message.heartbeat_time, replica.heartbeat_at)

@@ -280,8 +280,9 @@ class Store(Protocol):
     async def register_replica(self, replica: Replica) -> None:
         """Insert (or refresh) this process's row in the replica registry, stamped with now."""
 
-    async def heartbeat_replica(self, replica_id: str) -> bool:
-        """Stamp the replica's heartbeat with now; False when its row is gone (pruned)."""
+    async def heartbeat_replica(self, replica_id: str, loops_down: tuple[str, ...] = ()) -> bool:
+        """Stamp the replica's heartbeat with now and the loops it has down; False when its row is
+        gone (pruned)."""
 
     async def remove_replica(self, replica_id: str) -> None:
         """Delete the replica's row (clean shutdown)."""

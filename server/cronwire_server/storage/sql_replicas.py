@@ -30,6 +30,7 @@ def _values(replica: Replica, now: datetime) -> dict[str, Any]:
         "heartbeat_seconds": replica.heartbeat_seconds,
         "started_at": replica.started_at,
         "heartbeat_at": now,
+        "loops_down": ",".join(replica.loops_down),
     }
 
 
@@ -40,11 +41,14 @@ def register(conn: Connection, replica: Replica, now: datetime) -> None:
     conn.execute(sa.insert(replicas).values(values))
 
 
-def heartbeat(conn: Connection, replica_id: str) -> bool:
-    """Stamp the replica's heartbeat with the database's clock; False if its row is gone."""
+def heartbeat(conn: Connection, replica_id: str, loops_down: tuple[str, ...]) -> bool:
+    """Stamp the replica's heartbeat with the database's clock, with the loops it has down; False
+    if its row is gone."""
     now = database_now(conn)
     updated = conn.execute(
-        sa.update(replicas).where(replicas.c.id == replica_id).values(heartbeat_at=now)
+        sa.update(replicas)
+        .where(replicas.c.id == replica_id)
+        .values(heartbeat_at=now, loops_down=",".join(loops_down))
     ).rowcount
     return bool(updated)
 
@@ -69,6 +73,7 @@ def _replica_from_row(row: Any) -> Replica:
         heartbeat_seconds=row.heartbeat_seconds,
         started_at=row.started_at,
         heartbeat_at=row.heartbeat_at,
+        loops_down=tuple(name for name in row.loops_down.split(",") if name),
     )
 
 

@@ -893,8 +893,8 @@ class SqlStore:
     async def register_replica(self, replica: Replica) -> None:
         await self._run(self._in_transaction, sql_replicas.register, replica)
 
-    async def heartbeat_replica(self, replica_id: str) -> bool:
-        alive: bool = await self._run(self._read, sql_replicas.heartbeat, replica_id)
+    async def heartbeat_replica(self, replica_id: str, loops_down: tuple[str, ...] = ()) -> bool:
+        alive: bool = await self._run(self._read, sql_replicas.heartbeat, replica_id, loops_down)
         return alive
 
     async def remove_replica(self, replica_id: str) -> None:

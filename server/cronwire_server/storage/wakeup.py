@@ -75,8 +75,12 @@ class PostgresWakeup(LocalWakeup):
                         self.signal(channel)
                     async for notify in conn.notifies():
                         self.signal(notify.channel.removeprefix(PG_PREFIX))
-            except psycopg.Error as error:
+            except (psycopg.Error, OSError) as error:
                 log.warning("LISTEN connection lost (%s); reconnecting", type(error).__name__)
+                await asyncio.sleep(RECONNECT_DELAY)
+            except Exception:
+                # Never die: without it sleepers only wake on their timeouts, silently slower.
+                log.exception("LISTEN loop failed; reconnecting")
                 await asyncio.sleep(RECONNECT_DELAY)
 
     async def close(self) -> None:
