@@ -39,6 +39,7 @@ from cronwire_server.api.key_service import KeyService
 from cronwire_server.api.schedule_service import ScheduleService
 from cronwire_server.auth.manage import KeyManager
 from cronwire_server.auth.mode import AuthRefused, auth_interceptor
+from cronwire_server.clock import ClockCheck
 from cronwire_server.config import Settings, http_policy, retention_policy
 from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.events import EventHub, EventManager, Pruner, Sequencer
@@ -147,6 +148,7 @@ async def create_server(settings: Settings) -> RunningServer:
     stopping = asyncio.Event()
     supervisor = Supervisor(stopping)
     supervisor.start("sequencer", lambda: Sequencer(store).run(stopping))
+    supervisor.start("clock-check", lambda: ClockCheck(store).run(stopping))
     if "api" in settings.roles:
         executions = ExecutionManager(store)
         jobs = JobManager(store, http_policy(settings), max_per_namespace=limits.max_jobs_per_namespace)

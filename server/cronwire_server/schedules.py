@@ -1,10 +1,14 @@
-"""Schedule rules: validation, next fire times, pause and resume, previews."""
+"""Schedule rules: validation, next fire times, pause and resume, previews.
+
+Every "now" here is the database's (`Store.now`), never this replica's clock: a replica whose
+clock is off must store the same first fire times as any other.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from cronwire_server import triggers
 from cronwire_server.auth.principal import current_actor
@@ -28,10 +32,6 @@ DEFAULT_PREVIEW = 10
 
 # The fields that decide when a schedule fires; changing one recomputes next_fire_time.
 TIMING_FIELDS = ("trigger", "time_zone", "start_time", "end_time")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def anchor(schedule: Schedule, now: datetime) -> datetime:
@@ -67,7 +67,7 @@ class ScheduleManager:
 
     async def create(self, schedule: Schedule, *, request_id: str = "") -> Schedule:
         validate_schedule(schedule)
-        now = utcnow()
+        now = await self._store.now()
         if schedule.start_time is None:
             # Pin the anchor so interval ticks do not drift with restarts or updates.
             schedule = dataclasses.replace(schedule, start_time=now.replace(microsecond=0))
@@ -92,11 +92,13 @@ class ScheduleManager:
         *,
         expected_etag: str = "",
     ) -> Schedule:
+        now = await self._store.now()
+
         def checked(current: Schedule) -> Schedule:
             updated = change(current)
             validate_schedule(updated)
             if any(getattr(updated, f) != getattr(current, f) for f in TIMING_FIELDS):
-                updated = with_next_fire_time(updated, utcnow())
+                updated = with_next_fire_time(updated, now)
             return updated
 
         return await self._write(namespace, schedule_id, checked, expected_etag)
@@ -112,11 +114,13 @@ class ScheduleManager:
         )
 
     async def resume(self, namespace: str, schedule_id: str) -> Schedule:
+        now = await self._store.now()
+
         def resume(schedule: Schedule) -> Schedule:
             if not schedule.paused:
                 return schedule
             # Ticks due before now fell while paused: the misfire policy decides on them.
-            return dataclasses.replace(schedule, paused=False, pause_reason="", resumed_at=utcnow())
+            return dataclasses.replace(schedule, paused=False, pause_reason="", resumed_at=now)
 
         return await self._write(namespace, schedule_id, resume, "", EventType.SCHEDULE_RESUMED)
 
@@ -152,11 +156,12 @@ class ScheduleManager:
             raise InvalidArgument.field("count", f"must be between 0 and {MAX_PREVIEW}")
         return count or DEFAULT_PREVIEW
 
-    @staticmethod
-    def preview(schedule: Schedule, after: datetime | None, count: int) -> list[triggers.PreviewTime]:
+    async def preview(
+        self, schedule: Schedule, after: datetime | None, count: int
+    ) -> list[triggers.PreviewTime]:
         """The next `count` fire times after `after` (default now); validates an unsaved spec."""
         validate_schedule(schedule)
-        now = utcnow()
+        now = await self._store.now()
         return triggers.preview(schedule, after or now, count, anchor(schedule, now))
 
     async def with_stats(self, schedule: Schedule) -> Schedule:
@@ -183,7 +188,7 @@ class ScheduleManager:
         violations = []
         if end <= start:
             violations.append(FieldViolation("end_time", "must be after start_time"))
-        now = utcnow()
+        now = await self._store.now()
         if end > now:
             violations.append(FieldViolation("end_time", "must not be in the future"))
         if max_concurrency < 0:

@@ -181,7 +181,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
         if source == "name":
             name = scope.name(request.name, "schedule")
             schedule = await self._schedules.get(name.namespace, name.id)
-            times = self._schedules.preview(schedule, after, count)
+            times = await self._schedules.preview(schedule, after, count)
         elif source == "schedule":
             with fields.under("schedule"):
                 # An unsaved spec needs no job; a placeholder keeps the converter's checks on the rest.
@@ -193,7 +193,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
                 parts = spec.job.split("/")
                 namespace = parts[1] if len(parts) > 1 else "preview"
                 schedule = convert.schedule_from_pb(spec, namespace, "preview")
-                times = self._schedules.preview(schedule, after, count)
+                times = await self._schedules.preview(schedule, after, count)
         else:
             raise InvalidArgument.field(
                 "source", "set `name` (a stored schedule) or `schedule` (an unsaved one)"

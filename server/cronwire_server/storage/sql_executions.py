@@ -8,7 +8,6 @@ Every function takes an open Connection inside a transaction and the database's
 from __future__ import annotations
 
 import secrets
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -52,9 +51,10 @@ ACTIVE_STATES = (QUEUED, RUNNING)
 LISTED_COLUMNS = [c for c in executions.c if c.name != "output"]
 
 
-def new_execution_id() -> str:
-    """Time-ordered: 12 hex digits of milliseconds, then 12 random ones."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+def new_execution_id(now: datetime) -> str:
+    """Time-ordered: 12 hex digits of milliseconds since the epoch at `now` (the database's
+    clock, so ids from every replica sort by when they were made), then 12 random ones."""
+    return f"{int(now.timestamp() * 1000):012x}{secrets.token_hex(6)}"
 
 
 def execution_from_row(row: Mapping[Any, Any]) -> Execution:
@@ -127,7 +127,7 @@ def new_row(
     ended = state is not ExecutionState.QUEUED
     return {
         "namespace": namespace,
-        "id": new_execution_id(),
+        "id": new_execution_id(now),
         "job_id": job_id,
         "schedule_id": schedule_id,
         "state": state.value,

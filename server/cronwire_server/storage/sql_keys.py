@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cronwire_server import errors
 from cronwire_server.auth.keys import ApiKey, Role
 from cronwire_server.model import Listing, Page
-from cronwire_server.storage.sql_store import _unavailable_on_connection_errors
+from cronwire_server.storage.sql_store import _unavailable_on_connection_errors, stamp_time
 from cronwire_server.storage.tables import api_keys
 
 
@@ -45,6 +44,7 @@ class KeyStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
 
     async def _execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
         with _unavailable_on_connection_errors():
@@ -52,24 +52,25 @@ class KeyStore:
                 return await conn.execute(statement)
 
     async def create(self, key: ApiKey, secret_sha256: str) -> ApiKey:
-        stored = ApiKey(
+        result = await self._execute(
+            sa.insert(api_keys)
+            .values(
+                id=key.id,
+                description=key.description,
+                namespaces=list(key.namespaces),
+                role=key.role.name,
+                secret_sha256=secret_sha256,
+                create_time=stamp_time(self._postgres),
+            )
+            .returning(api_keys.c.create_time)
+        )
+        return ApiKey(
             id=key.id,
             role=key.role,
             namespaces=key.namespaces,
             description=key.description,
-            create_time=datetime.now(UTC),
+            create_time=result.scalar_one(),
         )
-        await self._execute(
-            sa.insert(api_keys).values(
-                id=stored.id,
-                description=stored.description,
-                namespaces=list(stored.namespaces),
-                role=stored.role.name,
-                secret_sha256=secret_sha256,
-                create_time=stored.create_time,
-            )
-        )
-        return stored
 
     async def lookup(self, key_id: str) -> StoredKey | None:
         """The key and its digest, revoked or not; None if there is no such key."""
@@ -99,7 +100,7 @@ class KeyStore:
         await self._execute(
             sa.update(api_keys)
             .where(api_keys.c.id == key_id, api_keys.c.revoke_time.is_(None))
-            .values(revoke_time=datetime.now(UTC))
+            .values(revoke_time=stamp_time(self._postgres))
         )
         return await self.get(key_id)
 

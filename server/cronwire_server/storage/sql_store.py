@@ -201,14 +201,25 @@ def _new_etag() -> str:
     return secrets.token_hex(8)
 
 
-def _stamp(fields: dict[str, Any], now: datetime) -> dict[str, Any]:
+def _stamp(fields: dict[str, Any], now: Any) -> dict[str, Any]:
     """`fields` plus what every write sets: a new etag and the update time."""
     return {**fields, "update_time": now, "etag": _new_etag()}
 
 
+def stamp_time(postgres: bool) -> Any:
+    """What a write stores as "now": on PostgreSQL the database's now() inside the statement, so
+    no replica's own clock reaches a stored time (now() is one instant for a whole transaction:
+    a row, its event and its request id agree). SQLite is one process: its clock is the database's.
+    """
+    return _DB_NOW if postgres else datetime.now(UTC)
+
+
+_DB_NOW = sa.func.now()
+_DB_STAMPS = {"create_time": _DB_NOW, "update_time": _DB_NOW}
+
 # Built once: the hot path only binds values. Inserts take their VALUES from the parameters.
-# No RETURNING: the row is exactly the values sent, and decoding it back costs more
-# client CPU than the rest of the insert.
+# No RETURNING but the time PostgreSQL stamped: the row is exactly the values sent, and
+# decoding it back costs more client CPU than the rest of the insert.
 _INSERT_JOB = sa.insert(jobs)
 _INSERT_SCHEDULE = sa.insert(schedules)
 _RECORD_REQUEST = sa.insert(request_ids).values(
@@ -218,14 +229,21 @@ _RECORD_REQUEST = sa.insert(request_ids).values(
     resource_id=sa.bindparam("request_resource_id"),
     create_time=sa.bindparam("request_create_time"),
 )
+# PostgreSQL: the same, stamped by the database's clock.
+_INSERT_JOB_STAMPED = _INSERT_JOB.values(_DB_STAMPS).returning(jobs.c.create_time)
+_INSERT_SCHEDULE_STAMPED = _INSERT_SCHEDULE.values(_DB_STAMPS).returning(schedules.c.create_time)
+_RECORD_REQUEST_STAMPED = _RECORD_REQUEST.values(create_time=_DB_NOW)
+_INSERT_EVENT_STAMPED = sql_events.INSERT_ONE.values(time=_DB_NOW)
 # PostgreSQL runs a data-modifying CTE with the main statement: the request id is
 # recorded and the resource inserted in one statement, one round trip.
 # The event of the change rides in the same statement too.
-_INSERT_JOB_WITH_EVENT = _INSERT_JOB.add_cte(sql_events.INSERT_ONE.cte("event"))
-_INSERT_SCHEDULE_WITH_EVENT = _INSERT_SCHEDULE.add_cte(sql_events.INSERT_ONE.cte("event"))
-_INSERT_JOB_RECORDING_REQUEST = _INSERT_JOB_WITH_EVENT.add_cte(_RECORD_REQUEST.cte("recorded_request"))
+_INSERT_JOB_WITH_EVENT = _INSERT_JOB_STAMPED.add_cte(_INSERT_EVENT_STAMPED.cte("event"))
+_INSERT_SCHEDULE_WITH_EVENT = _INSERT_SCHEDULE_STAMPED.add_cte(_INSERT_EVENT_STAMPED.cte("event"))
+_INSERT_JOB_RECORDING_REQUEST = _INSERT_JOB_WITH_EVENT.add_cte(
+    _RECORD_REQUEST_STAMPED.cte("recorded_request")
+)
 _INSERT_SCHEDULE_RECORDING_REQUEST = _INSERT_SCHEDULE_WITH_EVENT.add_cte(
-    _RECORD_REQUEST.cte("recorded_request")
+    _RECORD_REQUEST_STAMPED.cte("recorded_request")
 )
 _GET_JOB = sa.select(jobs).where(
     jobs.c.namespace == sa.bindparam("namespace"), jobs.c.id == sa.bindparam("id")
@@ -328,34 +346,46 @@ class SqlStore:
 
     def _insert(
         self,
-        statements: tuple[sa.Insert, sa.Insert, sa.Insert],
+        statements: tuple[sa.Insert, sa.Insert, sa.Insert, sa.Insert],
         values: dict[str, Any],
         event: dict[str, Any],
         request_id: str,
         method: str,
         limit: _NamespaceLimit | None = None,
-    ) -> None:
+    ) -> datetime:
         """Insert one row and its event; with a request id, record that id atomically with it.
 
         A concurrent request with the same id waits on our uncommitted request id row,
         then fails with a unique violation: it never inserts a second resource.
         With a `limit`, the namespace's rows are counted in the inserting transaction.
+        Returns the row's create (and update) time: on PostgreSQL the database stamps it, and
+        the times in `values` and `event` are not used.
         """
-        plain, with_event, recording = statements
+        plain, stamped, with_event, recording = statements
         if self._postgres and limit is None:
             params = {**values, **sql_events.params(event)}
             if request_id:
-                self._execute(recording, _request_params(params, request_id, method))
+                created = self._one_or_none(recording, _request_params(params, request_id, method))
             else:
-                self._execute(with_event, params)
-            return
+                created = self._one_or_none(with_event, params)
+            assert created is not None
+            stamped_at: datetime = created.create_time
+            return stamped_at
         with self._transaction() as conn:
             if limit is not None:
                 limit.check(conn, values["namespace"])
+            recorder = _RECORD_REQUEST_STAMPED if self._postgres else _RECORD_REQUEST
             if request_id:
-                conn.execute(_RECORD_REQUEST, _request_params(values, request_id, method))
-            conn.execute(plain, values)
+                conn.execute(recorder, _request_params(values, request_id, method))
+            now: datetime
+            if self._postgres:
+                now = conn.execute(stamped, values).scalar_one()
+                event = {**event, "time": now}
+            else:
+                conn.execute(plain, values)
+                now = values["create_time"]
             sql_events.insert(conn, [event])
+        return now
 
     def _update(
         self,
@@ -373,7 +403,8 @@ class SqlStore:
             row = conn.execute(statement.returning(*table.c)).one_or_none()
             if row is None:
                 _raise_missing_or_changed(conn, table, key)
-            event = _resource_event(event_type, key, row._mapping, self._now_of(conn), actor)
+            # The update time the row got (the database's clock on PostgreSQL, see stamp_time).
+            event = _resource_event(event_type, key, row._mapping, row.update_time, actor)
             sql_events.insert(conn, [event])
         return row
 
@@ -409,7 +440,7 @@ class SqlStore:
 
     @staticmethod
     def _now_of(conn: Connection) -> datetime:
-        return datetime.now(UTC)
+        return ex.database_now(conn)
 
     async def _recorded_resource(self, namespace: str, request_id: str, method: str) -> str | None:
         """The id of what the request with `request_id` created, None if it is not recorded."""
@@ -438,15 +469,20 @@ class SqlStore:
     # Jobs
 
     async def create_job(self, job: Job, *, request_id: str = "", limit: int = 0, actor: str = "") -> Job:
-        now = datetime.now(UTC)
+        now = datetime.now(UTC)  # SQLite's stamp; PostgreSQL stamps the row with its own clock
         values = {"namespace": job.namespace, "id": job.id, "create_time": now}
         values.update(_stamp(job_fields(job), now))
-        statements = (_INSERT_JOB, _INSERT_JOB_WITH_EVENT, _INSERT_JOB_RECORDING_REQUEST)
+        statements = (
+            _INSERT_JOB,
+            _INSERT_JOB_STAMPED,
+            _INSERT_JOB_WITH_EVENT,
+            _INSERT_JOB_RECORDING_REQUEST,
+        )
         key = _Key("job", job.namespace, job.id)
         event = _resource_event(EventType.JOB_CREATED, key, values, now, actor)
         counted = _NamespaceLimit("job", jobs, limit) if limit > 0 else None
         try:
-            await self._run(self._insert, statements, values, event, request_id, "CreateJob", counted)
+            now = await self._run(self._insert, statements, values, event, request_id, "CreateJob", counted)
         except NamespaceFull:
             # A retry of a create that got in before the namespace filled up gets its job.
             replay = request_id and await self._recorded_resource(job.namespace, request_id, "CreateJob")
@@ -463,7 +499,7 @@ class SqlStore:
                     return await self.get_job(job.namespace, replay)
             raise errors.AlreadyExists("job", job_name(job.namespace, job.id)) from error
         self._wakeup.signal("events_new")
-        return job_from_record(values)
+        return job_from_record({**values, "create_time": now, "update_time": now})
 
     async def get_job(self, namespace: str, job_id: str) -> Job:
         row = await self._run(self._one_or_none, _GET_JOB, {"namespace": namespace, "id": job_id})
@@ -480,7 +516,7 @@ class SqlStore:
 
     async def update_job(self, job: Job, *, expected_etag: str, actor: str = "") -> Job:
         key = _Key("job", job.namespace, job.id)
-        values = _stamp(job_fields(job), datetime.now(UTC))
+        values = _stamp(job_fields(job), stamp_time(self._postgres))
         row = await self._run(self._update, jobs, key, values, expected_etag, EventType.JOB_UPDATED, actor)
         self._wakeup.signal("events_new")
         return job_from_record(row._mapping)
@@ -498,15 +534,22 @@ class SqlStore:
     async def create_schedule(
         self, schedule: Schedule, *, request_id: str = "", limit: int = 0, actor: str = ""
     ) -> Schedule:
-        now = datetime.now(UTC)
+        now = datetime.now(UTC)  # SQLite's stamp; PostgreSQL stamps the row with its own clock
         values = {"namespace": schedule.namespace, "id": schedule.id, "create_time": now}
         values.update(_stamp(schedule_fields(schedule), now))
-        statements = (_INSERT_SCHEDULE, _INSERT_SCHEDULE_WITH_EVENT, _INSERT_SCHEDULE_RECORDING_REQUEST)
+        statements = (
+            _INSERT_SCHEDULE,
+            _INSERT_SCHEDULE_STAMPED,
+            _INSERT_SCHEDULE_WITH_EVENT,
+            _INSERT_SCHEDULE_RECORDING_REQUEST,
+        )
         key = _Key("schedule", schedule.namespace, schedule.id)
         event = _resource_event(EventType.SCHEDULE_CREATED, key, values, now, actor)
         counted = _NamespaceLimit("schedule", schedules, limit) if limit > 0 else None
         try:
-            await self._run(self._insert, statements, values, event, request_id, "CreateSchedule", counted)
+            now = await self._run(
+                self._insert, statements, values, event, request_id, "CreateSchedule", counted
+            )
         except NamespaceFull:
             replay = request_id and await self._recorded_resource(
                 schedule.namespace, request_id, "CreateSchedule"
@@ -521,7 +564,7 @@ class SqlStore:
                     return await self.get_schedule(schedule.namespace, replay)
             _raise_schedule_conflict(error, schedule)
         await self._schedules_changed()
-        return schedule_from_record(values)
+        return schedule_from_record({**values, "create_time": now, "update_time": now})
 
     async def get_schedule(self, namespace: str, schedule_id: str) -> Schedule:
         row = await self._run(self._one_or_none, _GET_SCHEDULE, {"namespace": namespace, "id": schedule_id})
@@ -545,7 +588,7 @@ class SqlStore:
         actor: str = "",
     ) -> Schedule:
         key = _Key("schedule", schedule.namespace, schedule.id)
-        values = _stamp(schedule_fields(schedule), datetime.now(UTC))
+        values = _stamp(schedule_fields(schedule), stamp_time(self._postgres))
         try:
             row = await self._run(self._update, schedules, key, values, expected_etag, event_type, actor)
         except exc.IntegrityError as error:  # moved to a job that does not exist
@@ -795,9 +838,8 @@ class SqlStore:
             replay = await self._recorded_resource(namespace, request_id, "BackfillSchedule")
             if replay is not None:
                 return await self._run(self._read, ex.backfill_executions, namespace, replay)
-        backfill_id = ex.new_execution_id()
         try:
-            await self._run(
+            backfill_id: str = await self._run(
                 self._in_transaction_by,
                 actor,
                 self._backfill,
@@ -805,7 +847,6 @@ class SqlStore:
                 ticks,
                 serial,
                 max_concurrency,
-                backfill_id,
                 request_id,
             )
         except exc.IntegrityError:
@@ -830,10 +871,11 @@ class SqlStore:
         ticks: list[datetime],
         serial: bool,
         max_concurrency: int,
-        backfill_id: str,
         request_id: str,
         now: datetime,
-    ) -> None:
+    ) -> str:
+        """Queue the backfill; returns its id (time-ordered like an execution id)."""
+        backfill_id = ex.new_execution_id(now)
         if request_id:
             record = {"namespace": schedule.namespace, "id": backfill_id, "create_time": now}
             conn.execute(_RECORD_REQUEST, _request_params(record, request_id, "BackfillSchedule"))
@@ -849,6 +891,7 @@ class SqlStore:
             backfill_id,
             now,
         )
+        return backfill_id
 
     async def execution_stats(
         self, namespace: str, *, job_id: str = "", schedule_id: str = ""
