@@ -24,6 +24,8 @@ class CronwireError(Exception):
     """
 
     reason = "INTERNAL"
+    # Seconds after which the same call may succeed (sent as RetryInfo); None: do not retry as is.
+    retry_delay: float | None = None
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
@@ -124,3 +126,4 @@ class StorageUnavailable(CronwireError):
     """The database could not be reached; the call may be retried."""
 
     reason = "STORAGE_UNAVAILABLE"
+    retry_delay = 1.0

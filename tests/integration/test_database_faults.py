@@ -14,11 +14,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cronwire.v1 import execution_pb2
 from tests.integration.helpers import Api, Replicas, describe
-from tests.support import ServerProcess, wait_for
+from tests.support import ServerProcess, status_details, wait_for
 from tests.throwaway_postgres import ThrowawayPostgres, throwaway_postgres
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -51,6 +52,16 @@ def _health(server: ServerProcess) -> int | None:
             return None
 
 
+def _failure(error: grpc.RpcError) -> str:
+    """code/reason of a failed call, with "+retry" when it carries RetryInfo."""
+    _, reason = status_details(error)
+    metadata = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+    raw = next((value for key, value in metadata if key == "grpc-status-details-bin"), b"")
+    details = status_pb2.Status.FromString(raw).details
+    retry = any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in details)
+    return f"{error.code().name}/{reason}{'+retry' if retry else ''}"
+
+
 class Load:
     """RunJob on every replica, back to back, from a thread each; remembers what was acknowledged
     and which codes the failures had."""
@@ -80,7 +91,7 @@ class Load:
                 name = api.run_job(self._job).name
             except grpc.RpcError as error:
                 with self._lock:
-                    self.failures[error.code().name] += 1
+                    self.failures[_failure(error)] += 1
                 self._stop.wait(0.05)  # a retrying client backs off
                 continue
             with self._lock:
@@ -132,10 +143,11 @@ def test_every_acknowledged_run_runs_exactly_once_after_a_database_fault(
         after = load.count()
         wait_for(lambda: load.count() >= after + 50, 30, "runs acknowledged after the fault")
 
-    # Every failure a caller saw says "retry", none is an internal error.
-    assert set(load.failures) <= {"UNAVAILABLE"}, load.failures
+    # Every failure a caller saw says "retry" (UNAVAILABLE with RetryInfo), none is an internal error.
+    retryable = "UNAVAILABLE/STORAGE_UNAVAILABLE+retry"
+    assert set(load.failures) <= {retryable}, load.failures
     if kind == "restart":
-        assert load.failures["UNAVAILABLE"] > 0, "the load went on while the database was down"
+        assert load.failures[retryable] > 0, "the load went on while the database was down"
 
     acknowledged = set(load.acknowledged)
     assert len(acknowledged) == len(load.acknowledged)

@@ -23,7 +23,6 @@ from cronwire_server.errors import (
     NotFound,
     OutOfRange,
     PermissionDenied,
-    RateLimited,
     ResourceExhausted,
     StorageUnavailable,
     Unauthenticated,
@@ -79,7 +78,7 @@ def to_status(error: CronwireError) -> grpc.Status:
             for v in error.violations[:MAX_VIOLATIONS]
         ]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
-    if isinstance(error, RateLimited):
+    if error.retry_delay is not None:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromNanoseconds(max(int(error.retry_delay * 1e9), 1_000_000))
         details.append(_pack(retry))
