@@ -23,10 +23,14 @@ from cronwire_server.model import (
 
 # A tick later than this is a misfire: the schedule's misfire policy decides its fate.
 DEFAULT_MISFIRE_GRACE = timedelta(seconds=5)
-# Ticks planned per schedule per pass; a schedule with more stays due for the next pass.
+# What one pass does for one schedule is bounded, whatever its backlog: at most this many ticks
+# within the catch-up window become records (one each, whatever the policy); a schedule with more
+# keeps its next fire time at the first tick not recorded yet, stays due, and the dispatcher comes
+# back to it in its next pass (the schedules due now are in that same pass: none waits for a backlog).
 MAX_TICKS_PER_PASS = 1000
-# Ticks older than the catch-up window are counted (up to this) into one record.
-MAX_COUNTED_OLD_TICKS = 100_000
+# Ticks older than the catch-up window become one SKIPPED record that counts them; the counting
+# stops at this many (the record then says "more than"), and the trigger jumps to the window.
+MAX_COUNTED_OLD_TICKS = 10_000
 
 RETRIED_STATES = frozenset({ExecutionState.FAILED, ExecutionState.TIMED_OUT, ExecutionState.LOST})
 
@@ -75,7 +79,15 @@ def plan_ticks(
     grace: timedelta = DEFAULT_MISFIRE_GRACE,
     rng: random.Random | None = None,
 ) -> TickPlan:
-    """Decide what every tick of `schedule` due by `now` becomes, and the next fire time."""
+    """Decide what the ticks of `schedule` due by `now` become, and the next fire time.
+
+    At most MAX_TICKS_PER_PASS ticks of the catch-up window are planned (plus one record for the
+    ticks older than it); the next fire time is then the first tick left, still due, for the next
+    pass. A backlog spread over several passes is handled as if in one: SKIP records each missed
+    tick, RUN_ALL queues each one (run one after another), and RUN_ONCE records each as skipped
+    but the latest, which it runs once: in the pass that reaches it, when the next tick is no
+    longer late.
+    """
     tick = schedule.next_fire_time
     if tick is None or tick > now:
         return TickPlan(next_fire_time=tick)
@@ -88,10 +100,15 @@ def plan_ticks(
         tick = triggers.next_fire_time(schedule, tick, anchor)
     late = [t for t in due if now - t > grace]
     on_time = [t for t in due if now - t <= grace]
+    # Whether this pass reached the latest missed tick, or a later pass will plan more of them.
+    more_late = tick is not None and now - tick > grace
 
     catch_up: list[datetime] = []
     if schedule.misfire_policy is MisfirePolicy.SKIP:
         runs += [PlannedRun(t, t, _reason(schedule, t), note="missed; misfire policy SKIP") for t in late]
+    elif schedule.misfire_policy is MisfirePolicy.RUN_ONCE and more_late:
+        note = "missed; coalesced into one run of the latest missed tick (misfire policy RUN_ONCE)"
+        runs += [PlannedRun(t, t, _reason(schedule, t), note=note) for t in late]
     elif schedule.misfire_policy is MisfirePolicy.RUN_ONCE and late:
         last = late[-1]
         note = f"missed; coalesced into the run for {last.isoformat()} (misfire policy RUN_ONCE)"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from cronwire_server import triggers
 from cronwire_server.model import (
     CronSpec,
     ExecutionState,
@@ -17,7 +19,14 @@ from cronwire_server.model import (
     Schedule,
     SkipReason,
 )
-from cronwire_server.planning import ScheduleActivity, plan_ticks, retry_due_time
+from cronwire_server.planning import (
+    MAX_COUNTED_OLD_TICKS,
+    MAX_TICKS_PER_PASS,
+    PlannedRun,
+    ScheduleActivity,
+    plan_ticks,
+    retry_due_time,
+)
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -101,6 +110,90 @@ def test_ticks_missed_while_paused_say_so() -> None:
     )
     result = plan(schedule, T0 + 2 * MINUTE + timedelta(seconds=10))
     assert [r.skip_reason for r in result.runs] == [SkipReason.PAUSED] * 3
+
+
+SECOND = timedelta(seconds=1)
+GRACE = timedelta(seconds=5)
+
+
+def passes(schedule: Schedule, now: datetime, step: timedelta) -> list[tuple[datetime, list[PlannedRun]]]:
+    """The dispatcher's passes over `schedule`, `step` apart, each from the next fire time the
+    previous one stored, until one leaves it caught up: (the pass's now, its records)."""
+    done: list[tuple[datetime, list[PlannedRun]]] = []
+    while True:
+        result = plan_ticks(schedule, now, ScheduleActivity(), anchor=T0, grace=GRACE, rng=random.Random(7))
+        done.append((now, result.runs))
+        if result.next_fire_time is None or result.next_fire_time > now:
+            return done
+        schedule = dataclasses.replace(schedule, next_fire_time=result.next_fire_time)
+        now += step
+        assert len(done) < 100, "the backlog never ends"
+
+
+@pytest.mark.parametrize("policy", list(MisfirePolicy))
+def test_a_backlog_larger_than_a_pass_keeps_one_record_per_tick_and_the_policy(policy: MisfirePolicy) -> None:
+    missed = 3 * MAX_TICKS_PER_PASS + 1
+    schedule = every_minute(
+        trigger=IntervalSpec(SECOND), misfire_policy=policy, catchup_window=timedelta(hours=1)
+    )
+    now = T0 + missed * SECOND + timedelta(milliseconds=20)  # the tick at `now` is on time
+    done = passes(schedule, now, timedelta(milliseconds=50))
+
+    assert len(done) > 1
+    assert all(len(runs) <= MAX_TICKS_PER_PASS for _, runs in done)
+    runs = [run for _, runs in done for run in runs]
+    assert [r.tick for r in runs] == [T0 + n * SECOND for n in range(len(runs))]
+    late = [r for at, runs in done for r in runs if at - r.tick > GRACE]
+    assert len(late) >= missed - GRACE / SECOND  # the last ticks are within the grace
+    ran = [r for r in late if r.skip_reason is None]
+    if policy is MisfirePolicy.SKIP:
+        assert ran == []
+    elif policy is MisfirePolicy.RUN_ONCE:
+        # One catch-up, however many passes the backlog took: the latest missed tick.
+        assert [r.tick for r in ran] == [late[-1].tick]
+        assert all("coalesced" in r.note for r in late[:-1])
+    else:
+        assert ran == late
+        assert all(r.serial for r in ran)
+    assert all(r.skip_reason is SkipReason.MISSED for r in late if r not in ran)
+    assert runs[-1].skip_reason is not SkipReason.MISSED  # on time: the overlap policy decides
+
+
+def test_run_once_coalesces_the_ticks_that_become_late_while_a_backlog_is_worked_through() -> None:
+    schedule = every_minute(trigger=IntervalSpec(SECOND), misfire_policy=MisfirePolicy.RUN_ONCE)
+    done = passes(schedule, T0 + 2500 * SECOND, timedelta(seconds=30))
+    assert len(done) == 3
+    late = [r for at, runs in done for r in runs if at - r.tick > GRACE]
+    assert len(late) > 2500 + 30
+    ran = [r for r in late if r.skip_reason is None]
+    assert [r.tick for r in ran] == [late[-1].tick]
+
+
+def test_a_pass_over_a_month_of_missed_ticks_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+    next_fire_time = triggers.next_fire_time
+
+    def counted(schedule: Schedule, after: datetime, anchor: datetime) -> datetime | None:
+        nonlocal calls
+        calls += 1
+        return next_fire_time(schedule, after, anchor)
+
+    monkeypatch.setattr(triggers, "next_fire_time", counted)
+    schedule = every_minute(
+        trigger=IntervalSpec(SECOND), misfire_policy=MisfirePolicy.RUN_ALL, catchup_window=timedelta(days=1)
+    )
+    now = T0 + timedelta(days=30)
+    result = plan(schedule, now)
+
+    # 2.6 million missed ticks: the pass evaluates the trigger a bounded number of times.
+    assert calls <= MAX_COUNTED_OLD_TICKS + MAX_TICKS_PER_PASS + 2 <= 20 * MAX_TICKS_PER_PASS, calls
+    assert len(result.runs) == MAX_TICKS_PER_PASS + 1
+    old = result.runs[0]
+    assert old.skip_reason is SkipReason.MISSED
+    assert old.note.startswith(f"more than {MAX_COUNTED_OLD_TICKS} tick(s) from {T0.isoformat()}")
+    # The rest starts at the catch-up window and stays due for the next pass.
+    assert result.runs[1].tick == now - timedelta(days=1)
+    assert result.next_fire_time == now - timedelta(days=1) + MAX_TICKS_PER_PASS * SECOND
 
 
 @pytest.mark.parametrize(
