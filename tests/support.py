@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -53,8 +53,12 @@ class ServerProcess:
         return self.log_path.read_text()
 
 
-def start_server(database_url: str, workdir: Path, *extra: str) -> ServerProcess:
-    """Start `python -m cronwire_server` on a free port and wait until it reports its port."""
+def start_server(
+    database_url: str, workdir: Path, *extra: str, env: Mapping[str, str] | None = None
+) -> ServerProcess:
+    """Start `python -m cronwire_server` on a free port and wait until it reports its port.
+
+    `env` adds to (or overrides) the environment the server inherits from the tests."""
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / f"port-{time.monotonic_ns()}"
     log_path = workdir / f"server-{time.monotonic_ns()}.log"
@@ -75,7 +79,7 @@ def start_server(database_url: str, workdir: Path, *extra: str) -> ServerProcess
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             text=True,
         )
 
