@@ -5,6 +5,15 @@ renews by heartbeat; a replica that dies stops renewing, and any replica's
 recovery loop marks the execution LOST and queues its retry. On shutdown the
 pool stops claiming, lets running executions finish within a grace period,
 then stops the rest and puts them back in the queue.
+
+Fencing: at most one attempt of an execution runs at a time. Each run's
+processes are registered with the pool's fence process (`executors.fence`),
+which kills them when the replica dies, and when the run's lease has not been
+renewed by `lease - fence_margin(lease)` after the last successful renewal was
+sent: before the lease could expire and pass to another replica, even while
+this process is frozen. A run killed so (or whose lease another replica took)
+records nothing: lease recovery, on any replica, marks it LOST and applies the
+retry policy. Each claim of a run has its own lease token (`CRONWIRE_LEASE_TOKEN`).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +33,7 @@ from datetime import datetime, timedelta
 from cronwire_server import callbacks, metrics
 from cronwire_server.dispatcher import sleep_until_woken
 from cronwire_server.errors import StorageUnavailable
+from cronwire_server.executors.fence import Fence
 from cronwire_server.executors.runners import Runners
 from cronwire_server.executors.runtime import RunOutcome, RunRequest
 from cronwire_server.logs import run_fields, url_for_log
@@ -39,6 +50,9 @@ DEFAULT_LEASE = timedelta(seconds=30)
 DEFAULT_CAPTURE_BYTES = 1024 * 1024
 # Heartbeats also carry cancellations to running executions, so they come often.
 MAX_HEARTBEAT_INTERVAL = 1.0
+# Seconds before a lease could expire by which an unrenewed run's processes are dead (a quarter
+# of the lease, at most this): room for a late fence and clocks that tick at slightly different rates.
+MAX_FENCE_MARGIN = 10.0
 MAX_IDLE_SLEEP = 5.0
 OUTPUT_FLUSH_INTERVAL = 0.25
 CALLBACK_BATCH = 20
@@ -54,6 +68,10 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def fence_margin(lease: timedelta) -> float:
+    return min(lease.total_seconds() / 4, MAX_FENCE_MARGIN)
+
+
 def plan_retry(job: Job, execution: Execution, state: ExecutionState, now: datetime) -> datetime | None:
     return retry_due_time(job.retry_policy, execution.attempt, state, now)
 
@@ -67,8 +85,14 @@ def plan_retry_expected(job: Job, ended: Execution) -> bool:
 class _Running:
     claimed: ClaimedExecution
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    # Unique per claim; the fence knows the run by it.
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Set when the pool drains: the run is stopped and put back, not recorded as cancelled.
     released: bool = False
+    # Set once its outcome is queued for the finisher (or it is put back): no longer renewed.
+    finishing: bool = False
+    # Set once its lease was not renewed in time or passed on: killed, and nothing recorded.
+    fenced: bool = False
     # Output not yet stored as chunks, and the byte offset the next chunk starts at.
     pending_output: list[str] = field(default_factory=list)
     output_offset: int = 0
@@ -125,6 +149,9 @@ class WorkerPool:
         self._helpers: list[asyncio.Task[None]] = []
         self._finished: list[tuple[ClaimedExecution, RunOutcome, asyncio.Future[Execution | None]]] = []
         self._outcomes_waiting = asyncio.Event()
+        self._fence = Fence()
+        # How long after a renewal was sent the run is safe: its lease is still this one's.
+        self._safe_for = lease.total_seconds() - fence_margin(lease)
 
     @property
     def running(self) -> int:
@@ -133,6 +160,7 @@ class WorkerPool:
     async def run(self, stopping: asyncio.Event) -> None:
         """Claim and run executions until `stopping` is set (then call `drain`)."""
         log.info("worker pool %s started with %d slots", self.identity, self._slots)
+        self._fence.start()
         # Heartbeats go on while draining; `drain` stops them.
         self._helpers = [
             asyncio.create_task(_kept_running(loop))
@@ -159,6 +187,7 @@ class WorkerPool:
         free = self._slots - self.running
         if free <= 0:
             return 0
+        sent = time.monotonic()
         claimed = await self._store.claim_executions(
             self.identity, free, self._lease, namespace_limit=self._max_running_per_namespace
         )
@@ -171,6 +200,7 @@ class WorkerPool:
                 extra={**run_fields(execution), "kind": item.job.executor, "attempt": execution.attempt},
             )
             running = _Running(item)
+            self._fence.begin(running.token, sent + self._safe_for)
             self._running[item.execution.id] = running
             task = asyncio.create_task(self._execute(running))
             self._tasks.add(task)
@@ -209,6 +239,8 @@ class WorkerPool:
             attempt=execution.attempt,
             timeout=job.timeout,
             capture_bytes=self._capture_bytes,
+            lease_token=running.token,
+            fence=self._fence,
         )
         redactor = Redactor([])
         try:
@@ -230,6 +262,9 @@ class WorkerPool:
                     extra=run_fields(execution),
                 )
                 outcome = RunOutcome(ExecutionState.FAILED, error=f"executor error: {error}")
+            if self._fenced(running, time.monotonic()):
+                return
+            running.finishing = True
             outcome = redactor.outcome(outcome)
             if outcome.output_truncated:
                 log.info(
@@ -240,9 +275,29 @@ class WorkerPool:
             await self._flush_output(running)
             recorded = await self._record(running, outcome)
         finally:
+            self._fence.end(running.token)
             self._running.pop(execution.id, None)
             self._slot_freed.set()
             metrics.execution_left(job.executor, recorded.name if recorded else None)
+
+    def _fenced(self, running: _Running, now: float) -> bool:
+        """Whether the run is fenced: so once its lease was not renewed within the safe margin
+        (its processes are being killed by the fence, if the fence had not done it already)."""
+        if not running.fenced and not running.finishing and self._fence.overdue(running.token, now):
+            self._fence_off(running, "its lease was not renewed within the safe margin")
+        return running.fenced
+
+    def _fence_off(self, running: _Running, why: str) -> None:
+        """Kill the run's processes now and record nothing for it."""
+        running.fenced = True
+        running.cancel.set()  # a run without processes (http) stops too
+        self._fence.kill(running.token)
+        log.warning(
+            "run fenced: %s; its processes are killed and nothing is recorded for it "
+            "(lease recovery marks it LOST and the retry policy applies)",
+            why,
+            extra={**run_fields(running.claimed.execution), "attempt": running.claimed.execution.attempt},
+        )
 
     async def _with_secrets(self, request: RunRequest) -> tuple[RunRequest, Redactor]:
         """The request with the secrets its parameters reference resolved, and the redactor that
@@ -332,7 +387,8 @@ class WorkerPool:
     async def _flush_output_loop(self) -> None:
         while True:
             await asyncio.sleep(OUTPUT_FLUSH_INTERVAL)
-            await asyncio.gather(*(self._flush_output(r) for r in list(self._running.values())))
+            running = [r for r in self._running.values() if not r.fenced]
+            await asyncio.gather(*(self._flush_output(r) for r in running))
 
     async def _deliver_callbacks(self) -> None:
         while True:
@@ -368,23 +424,37 @@ class WorkerPool:
         )
 
     async def _heartbeat(self) -> None:
-        interval = min(self._lease.total_seconds() / 3, MAX_HEARTBEAT_INTERVAL)
+        # Several heartbeats fit in the time a run stays safe after a renewal.
+        interval = min(self._lease.total_seconds() / 4, MAX_HEARTBEAT_INTERVAL)
         while True:
             await asyncio.sleep(interval)
-            ids = list(self._running)
-            if not ids:
+            sent = time.monotonic()
+            # Runs being finished are left out: the finisher locks their rows.
+            renewing = {
+                execution_id: running
+                for execution_id, running in self._running.items()
+                if not running.finishing and not self._fenced(running, sent)
+            }
+            if not renewing:
                 continue
             try:
-                cancelled = await self._store.renew_leases(self.identity, ids, self._lease)
+                renewal = await self._store.renew_leases(self.identity, list(renewing), self._lease)
             except StorageUnavailable as error:
                 log.warning("heartbeat failed (%s)", error)
                 continue
-            for execution_id in cancelled:
-                if execution_id in self._running:
-                    running = self._running[execution_id]
-                    if not running.cancel.is_set():
-                        log.info("run cancelled; stopping it", extra=run_fields(running.claimed.execution))
-                    running.cancel.set()
+            for execution_id in renewal.lost:
+                running = renewing[execution_id]
+                if not running.fenced and not running.finishing:
+                    self._fence_off(running, "its lease passed to another replica")
+            renewed = {r.token: r for r in renewing.values() if not r.fenced and not r.finishing}
+            # Only if the fence learns the new deadline before the last one passed.
+            for token in self._fence.extend(renewed, sent + self._safe_for):
+                self._fence_off(renewed[token], "its lease was renewed too late")
+            for execution_id in renewal.cancelled:
+                running = renewing[execution_id]
+                if not running.cancel.is_set():
+                    log.info("run cancelled; stopping it", extra=run_fields(running.claimed.execution))
+                running.cancel.set()
 
     async def _recover(self) -> None:
         # Jittered so the replicas' recovery passes do not run in lockstep.
@@ -422,3 +492,5 @@ class WorkerPool:
         for helper in self._helpers:
             helper.cancel()
         await asyncio.gather(*self._helpers, return_exceptions=True)
+        # The fence kills whatever is left (a run stuck past its stop) and exits.
+        await asyncio.to_thread(self._fence.close)

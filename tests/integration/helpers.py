@@ -29,6 +29,7 @@ from cronwire.v1 import (
 from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire.v1.schedule_service_pb2_grpc import ScheduleServiceStub
+from cronwire_server.executors.fence import MARKER as FENCE_MARKER
 from tests.support import ServerProcess, start_server, wait_for
 
 NAMESPACE = "core"
@@ -190,8 +191,17 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
+def _is_fence(pid: int) -> bool:
+    """Whether `pid` is a worker pool's fence process (`executors.fence`), not a job's."""
+    try:
+        return FENCE_MARKER.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+
+
 def child_pids(pid: int) -> list[int]:
-    """The live children of `pid` (read from Linux /proc; empty where there is none)."""
+    """The live children of `pid` but its fence process: its jobs' processes (read from Linux
+    /proc; empty where there is none)."""
     proc = Path("/proc")
     if not proc.is_dir():
         return []
@@ -199,7 +209,8 @@ def child_pids(pid: int) -> list[int]:
     for entry in proc.iterdir():
         if entry.name.isdigit():
             fields = _stat(int(entry.name))
-            if fields is not None and fields[1] == str(pid) and fields[0] not in ("Z", "X"):
+            live_child = fields is not None and fields[1] == str(pid) and fields[0] not in ("Z", "X")
+            if live_child and not _is_fence(int(entry.name)):
                 children.append(int(entry.name))
     return children
 

@@ -128,6 +128,7 @@ def request(
         attempt=2,
         timeout=timedelta(seconds=timeout) if timeout is not None else None,
         capture_bytes=capture_bytes,
+        lease_token="lease-1",
     )
 
 
@@ -189,7 +190,7 @@ async def test_a_500_fails_and_keeps_the_body(server: Server) -> None:
 
 
 async def test_cronwire_headers_are_sent_and_cannot_be_overridden(server: Server) -> None:
-    headers = {"Authorization": "Bearer t0ken", "X-Cronwire-Attempt": "99"}
+    headers = {"Authorization": "Bearer t0ken", "X-Cronwire-Attempt": "99", "X-Cronwire-Lease-Token": "x"}
     outcome = await run(request(server.url("/echo"), headers=headers))
     assert outcome.state is ExecutionState.SUCCEEDED, outcome
     received = server.requests[0]["headers"]
@@ -197,6 +198,7 @@ async def test_cronwire_headers_are_sent_and_cannot_be_overridden(server: Server
     assert received["X-Cronwire-Execution"] == "namespaces/ops/executions/e-1"
     assert received["X-Cronwire-Scheduled-Time"] == "2025-03-30T01:30:00+00:00"
     assert received["X-Cronwire-Attempt"] == "2"
+    assert received["X-Cronwire-Lease-Token"] == "lease-1"
     assert received["Host"] == f"127.0.0.1:{server.port}"
     assert server.requests[0]["method"] == "POST"
 

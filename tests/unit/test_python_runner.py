@@ -114,6 +114,7 @@ def request(
         scheduled_time=SCHEDULED,
         attempt=2,
         timeout=timedelta(seconds=timeout) if timeout is not None else None,
+        lease_token="lease-1",
     )
 
 
@@ -187,6 +188,7 @@ async def test_a_cronwire_parameter_gets_the_run_and_the_environment_has_the_arg
             "execution": "namespaces/ops/executions/e-1",
             "scheduled_time": "2025-03-30T01:30:00+00:00",
             "attempt": 2,
+            "lease_token": "lease-1",
         },
         "env": json.dumps({"day": "mon", "n": 2}),
     }

@@ -39,6 +39,7 @@ def request(
         attempt=2,
         timeout=timedelta(seconds=timeout) if timeout is not None else None,
         capture_bytes=capture_bytes,
+        lease_token="lease-1",
     )
 
 
@@ -134,7 +135,10 @@ async def test_cronwire_variables_describe_the_run_and_win_over_the_jobs_env() -
         "print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('CRONWIRE_')}))"
     )
     arguments = {"date": "2025-03-30", "dry_run": True, "tables": ["a", "b"], "note": "é"}
-    parameters = {"argv": [sys.executable, "-c", script], "env": {"CRONWIRE_JOB": "spoofed"}}
+    parameters = {
+        "argv": [sys.executable, "-c", script],
+        "env": {"CRONWIRE_JOB": "spoofed", "CRONWIRE_LEASE_TOKEN": "spoofed"},
+    }
     outcome = await run(request(parameters, arguments=arguments))
     env = json.loads(outcome.output)
     assert json.loads(env.pop("CRONWIRE_ARGUMENTS")) == arguments
@@ -143,6 +147,7 @@ async def test_cronwire_variables_describe_the_run_and_win_over_the_jobs_env() -
         "CRONWIRE_JOB": "namespaces/ops/jobs/backup",
         "CRONWIRE_SCHEDULED_TIME": "2025-03-30T01:30:00+00:00",
         "CRONWIRE_ATTEMPT": "2",
+        "CRONWIRE_LEASE_TOKEN": "lease-1",
     }
 
 

@@ -1,12 +1,14 @@
 """The `http` executor: calls a webhook, after checking where the call would go.
 
-Requests carry `X-Cronwire-Execution`, `X-Cronwire-Scheduled-Time` (ISO 8601)
-and `X-Cronwire-Attempt`, which the job's headers cannot override, so that a
-receiver can tell a retry from a new run. The run succeeds when the status is
-expected (`expected_status`, or any 2xx); redirects are not followed, since the
-next location would go unchecked. The response body, up to `capture_bytes`, is
-the output. `RunRequest.timeout` bounds the whole call, name resolution
-included; connecting alone is bounded by `CONNECT_TIMEOUT` too.
+Requests carry `X-Cronwire-Execution`, `X-Cronwire-Scheduled-Time` (ISO 8601),
+`X-Cronwire-Attempt` and `X-Cronwire-Lease-Token`, which the job's headers cannot
+override, so that a receiver can tell a retry from a new run and fence its writes
+(an HTTP call has no process the fence could kill when its replica vanishes).
+The run succeeds when the status is expected (`expected_status`, or any 2xx);
+redirects are not followed, since the next location would go unchecked. The
+response body, up to `capture_bytes`, is the output. `RunRequest.timeout` bounds
+the whole call, name resolution included; connecting alone is bounded by
+`CONNECT_TIMEOUT` too.
 
 Server-side request forgery: a job could aim a webhook at the server's own
 network (a database, a cloud metadata service at 169.254.169.254). Unless the
@@ -231,6 +233,8 @@ def _pinned(
     headers["X-Cronwire-Execution"] = request.execution_name
     headers["X-Cronwire-Scheduled-Time"] = request.scheduled_time.isoformat()
     headers["X-Cronwire-Attempt"] = str(request.attempt)
+    if request.lease_token:
+        headers["X-Cronwire-Lease-Token"] = request.lease_token
     extensions: dict[str, Any] = {}
     if url.scheme == "https" and _literal_address(url.host) is None:
         extensions["sni_hostname"] = url.raw_host.decode("ascii")

@@ -89,6 +89,7 @@ def _write_call(directory: str, request: RunRequest, reply_limit: int) -> None:
             "execution": request.execution_name,
             "scheduled_time": request.scheduled_time.isoformat(),
             "attempt": request.attempt,
+            "lease_token": request.lease_token,
         },
         "reply_limit": reply_limit,
     }

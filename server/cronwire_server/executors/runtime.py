@@ -11,15 +11,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from cronwire_server.model import ExecutionState
 
-__all__ = ["OutputCallback", "RunOutcome", "RunRequest", "Runner", "describe_timeout"]
+__all__ = ["OutputCallback", "ProcessFence", "RunOutcome", "RunRequest", "Runner", "describe_timeout"]
 
 OutputCallback = Callable[[str], None]
+
+
+class ProcessFence(Protocol):
+    """Where a runner registers the process groups it starts, so that they die with the replica
+    and before the run's lease could pass to another (`executors.fence.Fence`)."""
+
+    def guard(self, token: str, pgid: int) -> None:
+        """The run with lease `token` started process group `pgid`."""
+
+    def unguard(self, token: str, pgid: int) -> None:
+        """That group has ended."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,9 @@ class RunRequest:
     attempt: int
     timeout: timedelta | None  # None = no timeout
     capture_bytes: int = 1024 * 1024  # bound on captured output
+    # Unique per claim of an attempt: CRONWIRE_LEASE_TOKEN, for job code that fences its writes.
+    lease_token: str = ""
+    fence: ProcessFence | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,12 @@ everything it starts: stopping a run signals the whole group (SIGTERM, then
 SIGKILL after `kill_grace` seconds), and when the program exits on its own,
 whatever it left running in its group is stopped the same way, so a run never
 leaves orphans behind (a program that leaves its session on purpose is beyond
-reach, as with any process supervisor).
+reach, as with any process supervisor). The group is registered with the run's
+fence (`RunRequest.fence`) as soon as it starts, so that it dies with the replica
+and before the run's lease could pass to another (see `fence`). There is no
+parent-death signal besides: it would take `preexec_fn`, which makes every start
+fork the whole server (measured: 18 ms instead of 0.9 ms for a 300 MB server,
+with the event loop blocked) and is unsafe in a process with threads.
 
 The environment is not the server's, which holds its own configuration and
 secrets: only `INHERITED_ENV` is passed on, then the job's `env`, then the
@@ -79,6 +84,9 @@ class ShellRunner:
         finally:
             # The child has its own copy; ours would keep the pipe from ever reaching EOF.
             os.close(write_fd)
+        fence = request.fence
+        if fence is not None:
+            fence.guard(request.lease_token, process.pid)
 
         exited = asyncio.ensure_future(process.wait())
         cancelled = asyncio.ensure_future(cancel.wait())
@@ -104,6 +112,10 @@ class ShellRunner:
             cancelled.cancel()
             exited.cancel()
             transport.close()
+            if fence is not None:
+                # Reaped already, so its number may be reused by now; only for a moment, though,
+                # and a new process group of that number in that moment is improbable.
+                fence.unguard(request.lease_token, process.pid)
 
         output, truncated = capture.result()
         if stopped is not None:
@@ -168,6 +180,8 @@ def _environment(request: RunRequest) -> dict[str, str]:
         CRONWIRE_ATTEMPT=str(request.attempt),
         CRONWIRE_ARGUMENTS=json.dumps(request.arguments, default=str),
     )
+    if request.lease_token:
+        env["CRONWIRE_LEASE_TOKEN"] = request.lease_token
     return env
 
 

@@ -58,6 +58,15 @@ class ClaimedExecution:
 
 
 @dataclass(frozen=True)
+class LeaseRenewal:
+    """What a heartbeat learned about the leases it renewed: the executions whose cancellation
+    was requested, and those no longer the worker's (recovered by a replica: stop at once)."""
+
+    cancelled: frozenset[str] = frozenset()
+    lost: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class ExecutionFilter:
     job_id: str = ""
     schedule_id: str = ""
@@ -182,8 +191,9 @@ class Store(Protocol):
     async def queue_summary(self) -> QueueSummary:
         """How many executions are QUEUED, and the earliest due time of those already due."""
 
-    async def renew_leases(self, worker: str, execution_ids: list[str], lease: timedelta) -> set[str]:
-        """Extend the leases `worker` holds; return the ids whose cancellation was requested."""
+    async def renew_leases(self, worker: str, execution_ids: list[str], lease: timedelta) -> LeaseRenewal:
+        """Extend the leases `worker` holds (locking the rows in primary-key order); which were
+        cancelled and which are no longer its own."""
 
     async def finish_executions(
         self, items: list[tuple[ClaimedExecution, RunOutcome]], worker: str, retry: RetryPlanner

@@ -48,6 +48,7 @@ from cronwire_server.storage.base import (
     ClaimedExecution,
     DispatchResult,
     ExecutionFilter,
+    LeaseRenewal,
     Planner,
     QueueSummary,
     RetryPlanner,
@@ -677,9 +678,9 @@ class SqlStore:
             ).one()
         return QueueSummary(int(depth), _aware(oldest), now)
 
-    async def renew_leases(self, worker: str, execution_ids: list[str], lease: timedelta) -> set[str]:
-        stop: set[str] = await self._run(self._in_transaction, ex.renew, worker, execution_ids, lease)
-        return stop
+    async def renew_leases(self, worker: str, execution_ids: list[str], lease: timedelta) -> LeaseRenewal:
+        renewal: LeaseRenewal = await self._run(self._in_transaction, ex.renew, worker, execution_ids, lease)
+        return renewal
 
     async def finish_executions(
         self, items: list[tuple[ClaimedExecution, RunOutcome]], worker: str, retry: RetryPlanner
