@@ -37,7 +37,6 @@ from cronwire_server.storage.base import (
     ClaimedExecution,
     DispatchResult,
     ExecutionFilter,
-    LeaseRenewal,
     Planner,
     RetryPlanner,
 )
@@ -309,8 +308,6 @@ def claim(
         )
         .where(executions.c.state == QUEUED, executions.c.due_time <= now)
         .order_by(executions.c.due_time)
-        # Extra candidates, so blocked serial or rate-limited ones do not starve runnable ones.
-        .limit(limit * 2 + 16)
     )
     if namespace_limit > 0:
         # Namespaces at their limit are left out here already, so that their backlog does not
@@ -318,7 +315,8 @@ def claim(
         full = _namespaces_at(conn, namespace_limit)
         if full:
             query = query.where(executions.c.namespace.not_in(full))
-    candidates = conn.execute(_locked(query, conn, executions)).all()
+    # Extra candidates, so blocked serial or rate-limited ones do not starve runnable ones.
+    candidates = _candidates(conn, query, limit * 2 + 16)
     if not candidates:
         return []
     accepted, orphans = _admissible(conn, candidates, namespace_limit)
@@ -347,6 +345,41 @@ def claim(
         ClaimedExecution(execution_from_row(r._mapping), by_key[(r.namespace, r.job_id)])
         for r in sorted(claimed, key=lambda r: r.due_time)
     ]
+
+
+# Batches of candidates a claim reads at most while serial backlogs fill them.
+CANDIDATE_ROUNDS = 4
+
+
+def _candidates(conn: Connection, query: sa.Select[Any], count: int) -> list[Row[Any]]:
+    """Up to `count` candidates of `query` (oldest due first), where the serial executions of one
+    schedule, which start one at a time, take one place: a schedule with thousands of catch-ups
+    queued (misfire policy RUN_ALL) must not fill the candidates and starve the ticks of every
+    other schedule. Each further batch leaves out the serial executions of the schedules seen."""
+    found: list[Row[Any]] = []
+    serial: set[tuple[str, str]] = set()
+    for _ in range(CANDIDATE_ROUNDS):
+        batch = query
+        if found:
+            seen = [(row.namespace, row.id) for row in found]
+            batch = batch.where(sa.tuple_(executions.c.namespace, executions.c.id).not_in(seen))
+        if serial:
+            batch = batch.where(
+                sa.or_(
+                    executions.c.serial.is_(False),
+                    sa.tuple_(executions.c.namespace, executions.c.schedule_id).not_in(serial),
+                )
+            )
+        rows = conn.execute(_locked(batch.limit(count), conn, executions)).all()
+        found += rows
+        repeated = 0
+        for row in rows:
+            if row.serial and row.schedule_id:
+                repeated += (row.namespace, row.schedule_id) in serial
+                serial.add((row.namespace, row.schedule_id))
+        if len(rows) < count or not repeated:
+            break
+    return sorted(found, key=lambda row: row.due_time)
 
 
 def _namespaces_at(conn: Connection, limit: int) -> list[str]:
@@ -452,35 +485,16 @@ def _running(conn: Connection, column: sa.Column[Any], key: tuple[str, str]) -> 
     return int(count)
 
 
-def _held(worker: str, ids: list[str]) -> sa.Select[Any]:
-    """The keys of `worker`'s RUNNING executions among `ids`, locked in primary-key order
-    (PostgreSQL): every transaction that locks several executions takes them in this one order,
-    so two of them never wait for each other in a cycle (a deadlock). SQLite has one writer."""
-    return (
-        sa.select(executions.c.namespace, executions.c.id)
-        .where(executions.c.id.in_(ids), executions.c.worker == worker, executions.c.state == RUNNING)
-        .order_by(executions.c.namespace, executions.c.id)
-        .with_for_update(of=executions)
-    )
-
-
-def _key(execution: Execution) -> tuple[str, str]:
-    # Ident sorts in the "C" collation: as Python sorts strings.
-    return execution.namespace, execution.id
-
-
-def renew(conn: Connection, worker: str, ids: list[str], lease: timedelta, now: datetime) -> LeaseRenewal:
-    """Extend `worker`'s leases; which of them it should stop: cancelled, or no longer its own."""
+def renew(conn: Connection, worker: str, ids: list[str], lease: timedelta, now: datetime) -> set[str]:
+    """Extend `worker`'s leases; the ids it should stop: cancelled, or no longer its own."""
     held = conn.execute(
         sa.update(executions)
-        .where(sa.tuple_(executions.c.namespace, executions.c.id).in_(_held(worker, ids)))
+        .where(executions.c.id.in_(ids), executions.c.worker == worker, executions.c.state == RUNNING)
         .values(lease_expires_at=now + lease)
         .returning(executions.c.id, executions.c.cancel_requested)
     ).all()
-    return LeaseRenewal(
-        cancelled=frozenset(row.id for row in held if row.cancel_requested),
-        lost=frozenset(ids) - {row.id for row in held},
-    )
+    kept = {row.id for row in held if not row.cancel_requested}
+    return set(ids) - kept
 
 
 def finish(
@@ -537,14 +551,8 @@ def finish_many(
     retry: RetryPlanner,
     now: datetime,
 ) -> list[Execution | None]:
-    """Several outcomes in one transaction: the per-transaction round trips are paid once.
-    Rows are taken in primary-key order (see `_held`); results follow `items`."""
-    order = sorted(range(len(items)), key=lambda i: _key(items[i][0].execution))
-    ended: list[Execution | None] = [None] * len(items)
-    for i in order:
-        claimed, outcome = items[i]
-        ended[i] = finish(conn, claimed, worker, outcome, retry, now)
-    return ended
+    """Several outcomes in one transaction: the per-transaction round trips are paid once."""
+    return [finish(conn, claimed, worker, outcome, retry, now) for claimed, outcome in items]
 
 
 def _queue_retry(
@@ -622,7 +630,7 @@ def _execution_values(execution: Execution) -> dict[str, Any]:
 def release(conn: Connection, worker: str, ids: list[str], now: datetime) -> None:
     released = conn.execute(
         sa.update(executions)
-        .where(sa.tuple_(executions.c.namespace, executions.c.id).in_(_held(worker, ids)))
+        .where(executions.c.id.in_(ids), executions.c.worker == worker, executions.c.state == RUNNING)
         .values(state=QUEUED, worker="", start_time=None, lease_expires_at=None, cancel_requested=False)
         .returning(*LISTED_COLUMNS)
     ).all()
@@ -635,8 +643,6 @@ def recover(conn: Connection, retry: RetryPlanner, limit: int, now: datetime) ->
         _locked(
             sa.select(executions.c.namespace, executions.c.id)
             .where(executions.c.state == RUNNING, executions.c.lease_expires_at < now)
-            # Primary-key order, as every multi-row lock of executions (see `_held`).
-            .order_by(executions.c.namespace, executions.c.id)
             .limit(limit),
             conn,
             executions,
