@@ -37,6 +37,7 @@ from cronwire_server.storage.base import (
     ClaimedExecution,
     DispatchResult,
     ExecutionFilter,
+    LeaseRenewal,
     Planner,
     RetryPlanner,
 )
@@ -485,16 +486,35 @@ def _running(conn: Connection, column: sa.Column[Any], key: tuple[str, str]) -> 
     return int(count)
 
 
-def renew(conn: Connection, worker: str, ids: list[str], lease: timedelta, now: datetime) -> set[str]:
-    """Extend `worker`'s leases; the ids it should stop: cancelled, or no longer its own."""
+def _held(worker: str, ids: list[str]) -> sa.Select[Any]:
+    """The keys of `worker`'s RUNNING executions among `ids`, locked in primary-key order
+    (PostgreSQL): every transaction that locks several executions takes them in this one order,
+    so two of them never wait for each other in a cycle (a deadlock). SQLite has one writer."""
+    return (
+        sa.select(executions.c.namespace, executions.c.id)
+        .where(executions.c.id.in_(ids), executions.c.worker == worker, executions.c.state == RUNNING)
+        .order_by(executions.c.namespace, executions.c.id)
+        .with_for_update(of=executions)
+    )
+
+
+def _key(execution: Execution) -> tuple[str, str]:
+    # Ident sorts in the "C" collation: as Python sorts strings.
+    return execution.namespace, execution.id
+
+
+def renew(conn: Connection, worker: str, ids: list[str], lease: timedelta, now: datetime) -> LeaseRenewal:
+    """Extend `worker`'s leases; which of them it should stop: cancelled, or no longer its own."""
     held = conn.execute(
         sa.update(executions)
-        .where(executions.c.id.in_(ids), executions.c.worker == worker, executions.c.state == RUNNING)
+        .where(sa.tuple_(executions.c.namespace, executions.c.id).in_(_held(worker, ids)))
         .values(lease_expires_at=now + lease)
         .returning(executions.c.id, executions.c.cancel_requested)
     ).all()
-    kept = {row.id for row in held if not row.cancel_requested}
-    return set(ids) - kept
+    return LeaseRenewal(
+        cancelled=frozenset(row.id for row in held if row.cancel_requested),
+        lost=frozenset(ids) - {row.id for row in held},
+    )
 
 
 def finish(
@@ -551,8 +571,14 @@ def finish_many(
     retry: RetryPlanner,
     now: datetime,
 ) -> list[Execution | None]:
-    """Several outcomes in one transaction: the per-transaction round trips are paid once."""
-    return [finish(conn, claimed, worker, outcome, retry, now) for claimed, outcome in items]
+    """Several outcomes in one transaction: the per-transaction round trips are paid once.
+    Rows are taken in primary-key order (see `_held`); results follow `items`."""
+    order = sorted(range(len(items)), key=lambda i: _key(items[i][0].execution))
+    ended: list[Execution | None] = [None] * len(items)
+    for i in order:
+        claimed, outcome = items[i]
+        ended[i] = finish(conn, claimed, worker, outcome, retry, now)
+    return ended
 
 
 def _queue_retry(
@@ -630,7 +656,7 @@ def _execution_values(execution: Execution) -> dict[str, Any]:
 def release(conn: Connection, worker: str, ids: list[str], now: datetime) -> None:
     released = conn.execute(
         sa.update(executions)
-        .where(executions.c.id.in_(ids), executions.c.worker == worker, executions.c.state == RUNNING)
+        .where(sa.tuple_(executions.c.namespace, executions.c.id).in_(_held(worker, ids)))
         .values(state=QUEUED, worker="", start_time=None, lease_expires_at=None, cancel_requested=False)
         .returning(*LISTED_COLUMNS)
     ).all()
@@ -643,6 +669,8 @@ def recover(conn: Connection, retry: RetryPlanner, limit: int, now: datetime) ->
         _locked(
             sa.select(executions.c.namespace, executions.c.id)
             .where(executions.c.state == RUNNING, executions.c.lease_expires_at < now)
+            # Primary-key order, as every multi-row lock of executions (see `_held`).
+            .order_by(executions.c.namespace, executions.c.id)
             .limit(limit),
             conn,
             executions,
