@@ -193,22 +193,30 @@ def main(argv: list[str]) -> int:
     poller = select.poll()
     poller.register(stdin, select.POLLIN)
     pending = b""
+
+    def read() -> bool:
+        nonlocal pending
+        data, eof = _read_available(stdin)
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            if line:
+                fence.apply(line.decode("ascii"))
+        return eof
+
     try:
         while os.getppid() == parent:
             poller.poll(math.ceil(fence.next_wakeup(time.monotonic()) * 1000))
             # Taken before reading: a deadline the server extended before it passed is
             # extended here too, since that message is in the pipe by now.
             now = time.monotonic()
-            data, eof = _read_available(stdin)
-            *lines, pending = (pending + data).split(b"\n")
-            for line in lines:
-                if line:
-                    fence.apply(line.decode("ascii"))
-            if eof:
+            if read():
                 break
             fence.kill_overdue(now)
     except _ParentGone:
         pass
+    # What the server said before it died counts (it may have died as this process started).
+    with contextlib.suppress(_ParentGone):
+        read()
     fence.kill_all()
     return 0
 
