@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from cronwire._channel import DEFAULT_NAMESPACE, DEFAULT_TARGET
 from cronwire._output import FORMATS
 from cronwire._types import (
+    DstPolicy,
     EventType,
     ExecutionState,
     MisfirePolicy,
@@ -26,7 +27,7 @@ from cronwire._values import (
     parse_time,
 )
 
-E = TypeVar("E", bound=ExecutionState | MisfirePolicy | OverlapPolicy | EventType)
+E = TypeVar("E", bound=ExecutionState | MisfirePolicy | OverlapPolicy | EventType | DstPolicy)
 
 
 class UsageError(Exception):
@@ -248,6 +249,13 @@ def trigger_flags(parser: argparse.ArgumentParser) -> None:
     when.add_argument("--all", action="store_true", help="fire only when every trigger agrees (default: any)")
     when.add_argument(
         "--tz", metavar="ZONE", help="IANA time zone for cron fields, e.g. Europe/Berlin (default UTC)"
+    )
+    when.add_argument(
+        "--dst",
+        type=enum_arg(DstPolicy),
+        metavar="POLICY",
+        help="what a --cron time a daylight-saving change skips does: debian (runs at the jump, "
+        "default) or skip (does not run)",
     )
     when.add_argument("--start", type=time_arg, metavar="TIME", help="no tick before")
     when.add_argument("--end", type=time_arg, metavar="TIME", help="no tick after")

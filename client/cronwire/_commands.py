@@ -20,6 +20,7 @@ from cronwire._types import (
     CronTrigger,
     DateTrigger,
     DependencyCondition,
+    DstPolicy,
     Execution,
     ExecutionRetention,
     ExecutionState,
@@ -93,6 +94,7 @@ FLAG_OF_FIELD = {
     "job.dependents": "--on-success/--on-failure/--on-completion",
     "schedule.job": "--job",
     "schedule.trigger.cron": "--cron",
+    "schedule.trigger.cron.dst_policy": "--dst",
     "schedule.trigger.interval": "--every",
     "schedule.trigger.date": "--at",
     "schedule.trigger": "--cron/--every/--at",
@@ -234,7 +236,10 @@ def _retry_policy(args: argparse.Namespace) -> RetryPolicy | None:
 
 
 def _triggers(args: argparse.Namespace) -> Trigger | None:
-    triggers: list[Trigger] = [CronTrigger(e) for e in args.cron or []]
+    if args.dst is not None and not args.cron:
+        raise UsageError("--dst goes with --cron")
+    dst = args.dst or DstPolicy.DEBIAN
+    triggers: list[Trigger] = [CronTrigger(e, dst) for e in args.cron or []]
     triggers += [IntervalTrigger(every) for every in args.every or []]
     triggers += [DateTrigger(at) for at in args.at or []]
     if not triggers:

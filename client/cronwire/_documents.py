@@ -21,6 +21,7 @@ from cronwire._types import (
     CronTrigger,
     DateTrigger,
     DependencyCondition,
+    DstPolicy,
     ExecutionRetention,
     ExecutionState,
     FireTime,
@@ -50,8 +51,10 @@ class DocumentError(ValueError):
 
 def trigger_document(trigger: Trigger) -> dict[str, Any]:
     match trigger:
-        case CronTrigger(expression):
+        case CronTrigger(expression, DstPolicy.DEBIAN):
             return {"cron": expression}
+        case CronTrigger(expression, dst_policy):
+            return {"cron": {"expression": expression, "dst_policy": dst_policy.name}}
         case IntervalTrigger(every):
             return {"every": format_duration(every)}
         case DateTrigger(run_time):
@@ -173,7 +176,22 @@ def read_trigger(value: Any, path: str) -> Trigger:
     ((kind, body),) = document.items()
     where = f"{path}.{kind}"
     if kind == "cron":
-        return CronTrigger(read_str(body, where))
+        if not isinstance(body, dict):
+            return CronTrigger(read_str(body, where))
+        # The long form, for a policy: {cron: {expression: "30 2 * * *", dst_policy: SKIP}}.
+        cron = read_object(body, where)
+        unknown = set(cron) - {"expression", "dst_policy"}
+        if unknown:
+            raise DocumentError(
+                where, f"unknown field {sorted(unknown)[0]!r}; expected expression, dst_policy"
+            )
+        if "expression" not in cron:
+            raise DocumentError(f"{where}.expression", "is required")
+        policy = cron.get("dst_policy")
+        return CronTrigger(
+            read_str(cron["expression"], f"{where}.expression"),
+            DstPolicy.DEBIAN if policy is None else read_enum(DstPolicy, policy, f"{where}.dst_policy"),
+        )
     if kind == "every":
         return IntervalTrigger(read_duration(body, where))
     if kind == "at":

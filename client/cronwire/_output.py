@@ -91,6 +91,8 @@ def trigger_text(trigger: Trigger | None) -> str:
         if kind in ("any_of", "all_of"):
             inner = "; ".join(text(child) for child in body)
             return f"{kind.replace('_', ' ')} ({inner})"
+        if kind == "cron" and isinstance(body, dict):  # a DST policy other than the default
+            return f"cron {body['expression']} (dst {body['dst_policy'].lower()})"
         return f"{kind} {body}"
 
     return text(trigger_document(trigger))

@@ -102,6 +102,18 @@ class MisfirePolicy(enum.IntEnum):
     RUN_ALL = schedule_pb2.MISFIRE_POLICY_RUN_ALL
 
 
+class DstPolicy(enum.IntEnum):
+    """What a cron trigger does with a wall time a daylight-saving change skips.
+
+    DEBIAN (the default, as Debian cron): it fires at the jump. SKIP (as Kubernetes
+    CronJobs): it does not fire. Under both, a fixed time the clock repeats fires once
+    and a wildcard minute or hour follows the clock as it runs.
+    """
+
+    DEBIAN = schedule_pb2.DST_POLICY_DEBIAN
+    SKIP = schedule_pb2.DST_POLICY_SKIP
+
+
 class OverlapPolicy(enum.IntEnum):
     """What happens when a tick comes while the previous execution still runs."""
 
@@ -377,13 +389,16 @@ class JobType:
 
 @dataclass(frozen=True)
 class CronTrigger:
-    """Fires on the times a cron expression of 5 fields (`0 9 * * 1-5`) or 6 fields (with
-    seconds first) names, read in the schedule's time zone."""
+    """Fires on the times a cron expression of 5 fields (`0 9 * * 1-5`), 6 fields (with
+    seconds first) or a macro (`@daily`) names, read in the schedule's time zone, with
+    Debian cron's semantics; `dst_policy` says what a time the clock skips does."""
 
     expression: str
+    dst_policy: DstPolicy = DstPolicy.DEBIAN
 
     def _fill(self, out: schedule_pb2.Trigger) -> None:
         out.cron.expression = self.expression
+        out.cron.dst_policy = enum_to(self.dst_policy)
 
 
 @dataclass(frozen=True)
@@ -452,7 +467,9 @@ def trigger_to_proto(trigger: Trigger) -> schedule_pb2.Trigger:
 def trigger_from_proto(message: schedule_pb2.Trigger) -> Trigger | None:
     kind = message.WhichOneof("kind")
     if kind == "cron":
-        return CronTrigger(message.cron.expression)
+        return CronTrigger(
+            message.cron.expression, enum_from(DstPolicy, message.cron.dst_policy) or DstPolicy.DEBIAN
+        )
     if kind == "interval":
         return IntervalTrigger(message.interval.every.ToTimedelta())
     if kind == "date":

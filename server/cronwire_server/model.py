@@ -57,6 +57,13 @@ class SkipReason(enum.Enum):
     PAUSED = "paused"
 
 
+class DstPolicy(enum.Enum):
+    """What a cron trigger does with a wall time a daylight-saving change skips."""
+
+    DEBIAN = "debian"  # it runs at the jump, as Debian cron does
+    SKIP = "skip"  # it does not run, as Kubernetes CronJobs do
+
+
 class MisfirePolicy(enum.Enum):
     SKIP = "skip"
     RUN_ONCE = "run_once"
@@ -132,12 +139,13 @@ class Job:
         return job_name(self.namespace, self.id)
 
 
-# Triggers: a small tree of specs, turned into APScheduler triggers by `triggers.py`.
+# Triggers: a small tree of specs, turned into fire times by `triggers.py`.
 
 
 @dataclass(frozen=True)
 class CronSpec:
     expression: str
+    dst_policy: DstPolicy = DstPolicy.DEBIAN
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,31 @@
-"""Trigger arithmetic: when a schedule fires, computed by APScheduler 3.
+"""Trigger arithmetic: when a schedule fires.
 
 The dispatcher keeps each schedule's next fire time in the database and asks
 this module for the one after it; nothing here keeps state between calls.
 
-Semantics, where APScheduler 3 alone would differ from what cron users expect:
+Cron expressions follow Debian (Vixie) cron, computed by cronsim:
 
-- Cron expressions have 5 fields (`minute hour day month day-of-week`) or 6
-  (`second` first). Day-of-week uses crontab numbering, 0 and 7 are Sunday;
-  APScheduler 3 counts 0 as Monday even in `CronTrigger.from_crontab`, so the
-  field is rewritten into weekday names before APScheduler sees it.
-- As in POSIX cron, when both day-of-month and day-of-week are restricted (do
-  not start with `*`), a day matching either one fires (APScheduler requires both).
-- A wall time that does not exist (a daylight-saving gap) fires when the gap
-  ends plus the same offset into it: `30 2 * * *` in Europe/Berlin fires at
-  03:30 CEST on the spring-forward day. That is what APScheduler 3.11 does (it
-  reads the wall time with the offset in force before the gap); `preview`
-  flags such ticks with `in_dst_gap`.
-- A wall time that occurs twice (a daylight-saving fold) fires once, at its
-  first occurrence, unless the hour field is a wildcard (`0 * * * *` fires in
-  both repeated hours, as in Vixie cron). APScheduler 3.11 would fire twice.
+- 5 fields (`minute hour day month day-of-week`) or 6 (`second` first), or a
+  macro (`@hourly`, `@daily`/`@midnight`, `@weekly`, `@monthly`,
+  `@yearly`/`@annually`). Month and weekday names go anywhere numbers go,
+  steps may be wider than their range (`*/60` is minute 0), `a-a/n` is `a`,
+  0 and 7 are Sunday, `5-0` runs Friday to Sunday. Day-of-month also takes
+  `L` (last day) and `LW` (last weekday); day-of-week `5L` (last Friday) and
+  `5#3` (third Friday).
+- When both day fields are restricted (neither starts with `*`), a day
+  matching either fires.
+- An expression no date can match (`0 0 31 2 *`) is refused; every search has
+  a step budget, so no expression costs more than a few milliseconds.
+- Daylight saving, per the trigger's DstPolicy: a fixed-time expression
+  (neither minute nor hour starts with `*`) fires each wall time once, at its
+  first occurrence when the clock repeats it; a wall time the clock skips fires
+  at the jump (DEBIAN) or not at all (SKIP). A wildcard minute or hour follows
+  the clock as it runs: skipped times do not exist, repeated ones fire twice.
+  `preview` flags ticks moved out of a gap (`in_dst_gap`) and ticks on a
+  repeated wall time (`in_dst_fold`).
+
+Intervals, dates and their combinations are APScheduler 3 triggers, adjusted:
+
 - Interval ticks are counted from `start_time`, or else from a stable anchor
   the caller passes (the schedule's creation time), in exact elapsed time.
 - Jitter is not part of the trigger; the fire times here are exact.
@@ -28,20 +35,20 @@ Every returned datetime is aware and in UTC.
 
 from __future__ import annotations
 
+import calendar
 import functools
 import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import AndTrigger, OrTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from cronsim import CronSim
 
 from cronwire_server.errors import FieldViolation, InvalidArgument
 from cronwire_server.model import (
@@ -49,6 +56,7 @@ from cronwire_server.model import (
     AnyOfSpec,
     CronSpec,
     DateSpec,
+    DstPolicy,
     IntervalSpec,
     Schedule,
     TriggerSpec,
@@ -71,7 +79,11 @@ _TICK = timedelta(microseconds=1)
 # Bounds every search loop: AndTrigger children that never agree, or a
 # fixed-hour cron skipping a whole repeated hour second by second (3600 steps).
 _MAX_STEPS = 10_000
-# Where the "does this cron ever fire" check starts; 2000 is a leap year.
+# Bounds one cron search (days looked at plus clock moves, about 2 µs each).
+# The rarest valid shapes, such as `0 0 29 2 */7` (29 February on a Sunday, up
+# to 40 years apart), take about 1,200.
+_SEARCH_BUDGET = 5_000
+# Where the check that a SKIP cron fires at all in its zone starts searching.
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
@@ -97,9 +109,12 @@ def validate_schedule_timing(schedule: Schedule) -> None:
     violations: list[FieldViolation] = []
     _check_trigger(schedule.trigger, "trigger", violations)
     try:
-        _zone(schedule.time_zone)
+        zone = _zone(schedule.time_zone)
     except ValueError as e:
         violations.append(FieldViolation("time_zone", str(e)))
+    else:
+        if not violations:
+            _check_skip_fires(schedule.trigger, "trigger", zone, violations)
     if (
         schedule.start_time is not None
         and schedule.end_time is not None
@@ -121,12 +136,10 @@ def _check_trigger(spec: object, path: str, out: list[FieldViolation]) -> None:
             out.append(FieldViolation(where, "required: a cron expression such as `0 9 * * 1-5`"))
             return
         try:
-            fields = _parse_cron(spec.expression)
+            _parse_cron(spec.expression)
         except ValueError as e:
             out.append(FieldViolation(where, str(e)))
             return
-        if _cron(fields, UTC).get_next_fire_time(None, _EPOCH) is None:
-            out.append(FieldViolation(where, "never matches a date (such as 30 February)"))
     elif isinstance(spec, IntervalSpec):
         if spec.every <= timedelta(0):
             out.append(FieldViolation(f"{path}.interval.every", "must be positive"))
@@ -146,6 +159,23 @@ def _check_trigger(spec: object, path: str, out: list[FieldViolation]) -> None:
         out.append(FieldViolation(path, "required: one of cron, interval, date, any_of, all_of"))
 
 
+def _check_skip_fires(spec: TriggerSpec, path: str, zone: tzinfo, out: list[FieldViolation]) -> None:
+    """Refuse a DST_POLICY_SKIP cron whose every time falls in a gap (`30 2 * 3 0L` in Europe/Berlin)."""
+    if isinstance(spec, CronSpec) and spec.dst_policy is DstPolicy.SKIP:
+        if _Cron(_parse_cron(spec.expression), zone, spec.dst_policy).next_after(_EPOCH) is None:
+            out.append(
+                FieldViolation(
+                    f"{path}.cron.dst_policy",
+                    f"with SKIP the expression never fires in {zone}: every time it names falls "
+                    f"in a daylight-saving gap; use DEBIAN to run such times at the jump",
+                )
+            )
+    elif isinstance(spec, AnyOfSpec | AllOfSpec):
+        kind = "any_of" if isinstance(spec, AnyOfSpec) else "all_of"
+        for i, child in enumerate(spec.triggers):
+            _check_skip_fires(child, f"{path}.{kind}.triggers[{i}]", zone, out)
+
+
 def _zone(name: str) -> tzinfo:
     """The IANA zone `name` ("" means UTC); ValueError when unknown."""
     try:
@@ -162,35 +192,76 @@ def _utc(moment: datetime) -> datetime:
 
 
 # --- cron expressions ---------------------------------------------------------
+#
+# cronsim (Debian cron semantics) does the calendar arithmetic. This module
+# parses the expression itself, so that every refusal names its field and
+# reason and a few spellings mean what Vixie cron means (`5-5/10` is 5; cronsim
+# reads it as 5-59/10), then hands cronsim an explicit equivalent. Daylight
+# saving is applied here, per the trigger's DstPolicy, around cronsim's search.
 
-_FIELDS = ("second", "minute", "hour", "day", "month", "day_of_week")
-_LABELS = {
-    "second": "second",
-    "minute": "minute",
-    "hour": "hour",
-    "day": "day-of-month",
-    "month": "month",
-    "day_of_week": "day-of-week",
+_MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
 }
-_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab order: 0 = Sunday
-_WEEKDAY_ITEM = re.compile(
-    r"(?P<first>\*|[0-9]+|[a-zA-Z]+)(?:-(?P<last>[0-9]+|[a-zA-Z]+))?(?:/(?P<step>[0-9]+))?"
-)
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+_WEEKDAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")  # crontab order: 0 (and 7) = Sunday
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_ITEM = re.compile(r"(?P<first>\*|[0-9]+|[A-Z]+)(?:-(?P<last>[0-9]+|[A-Z]+))?(?:/(?P<step>[0-9]+))?")
 
 
 @dataclass(frozen=True)
-class _CronFields:
-    """A cron expression split into APScheduler's field arguments."""
+class _Field:
+    label: str
+    low: int
+    high: int  # day-of-week: 7, another Sunday, as in Vixie cron
+    names: tuple[str, ...] = ()
+    first_name: int = 0  # the value of names[0]
 
-    values: tuple[tuple[str, str], ...]  # (APScheduler field name, expression)
-    either_day: bool  # both day fields restricted: a day matching either fires
-    hour_wildcard: bool  # repeated (DST fold) hours fire twice
+    def value(self, token: str) -> int:
+        if token.isdigit():
+            number = int(token)
+            if not self.low <= number <= self.high:
+                raise ValueError(f"{number} is out of range {self.low}-{self.high}")
+            return number
+        if token in self.names:
+            return self.names.index(token) + self.first_name
+        if self.names:
+            raise ValueError(f"unknown name {token!r}; use {self.names[0]}-{self.names[-1]} or numbers")
+        raise ValueError(f"{token!r} is not a number")
+
+
+_SECOND = _Field("second", 0, 59)
+_MINUTE = _Field("minute", 0, 59)
+_HOUR = _Field("hour", 0, 23)
+_DAY = _Field("day-of-month", 1, 31)
+_MONTH = _Field("month", 1, 12, _MONTHS, 1)
+_DAY_OF_WEEK = _Field("day-of-week", 0, 7, _WEEKDAYS, 0)
+_CRON_FIELDS = (_SECOND, _MINUTE, _HOUR, _DAY, _MONTH, _DAY_OF_WEEK)
+
+
+@dataclass(frozen=True)
+class _CronExpr:
+    """A checked cron expression, spelled for cronsim."""
+
+    text: str  # 6 fields, numbers only, cronsim reads it as cron does
+    # A wildcard minute or hour follows the wall clock through DST changes (Debian's rule).
+    wall_clock: bool
 
 
 @functools.lru_cache(maxsize=1024)
-def _parse_cron(expression: str) -> _CronFields:
-    """Split and check `expression`; ValueError lists each bad field."""
-    parts = expression.split()
+def _parse_cron(expression: str) -> _CronExpr:
+    """Check `expression` and spell it for cronsim; ValueError names each bad field and why."""
+    text = expression.strip()
+    if text.startswith("@"):
+        if text.lower() not in _MACROS:
+            raise ValueError(f"unknown macro {text!r}; use one of {', '.join(_MACROS)}")
+        text = _MACROS[text.lower()]
+    parts = text.upper().split()
     if len(parts) not in (5, 6):
         raise ValueError(
             f"expected 5 fields (minute hour day-of-month month day-of-week) or 6 (second first), "
@@ -198,77 +269,229 @@ def _parse_cron(expression: str) -> _CronFields:
         )
     if len(parts) == 5:
         parts.insert(0, "0")
-    values = dict(zip(_FIELDS, parts, strict=True))
+    spelled: list[_Spelled] = []
     errors: list[str] = []
-    for name, expr in values.items():
+    for spec, part in zip(_CRON_FIELDS, parts, strict=True):
         try:
-            if name == "day_of_week":
-                expr = values[name] = _weekday_names(expr)
-            # APScheduler's own field parser, one field at a time, so each error names its field.
-            CronTrigger.FIELDS_MAP[name](name, expr)
+            spelled.append(_spell_field(spec, part))
         except ValueError as e:
-            errors.append(f"{_LABELS[name]}: {e}")
+            errors.append(f"{spec.label}: {e}")
     if errors:
         raise ValueError("; ".join(errors))
-    return _CronFields(
-        values=tuple(values.items()),
-        either_day=not parts[3].startswith("*") and not parts[5].startswith("*"),
-        hour_wildcard=parts[2].startswith("*"),
+    cron = _CronExpr(
+        " ".join(s.text for s in spelled), wall_clock=parts[1].startswith("*") or parts[2].startswith("*")
     )
+    _check_some_day_matches(cron, parts, spelled[3], spelled[4].values)
+    return cron
 
 
-def _weekday_names(field: str) -> str:
-    """Rewrite a crontab day-of-week field (0 or 7 = Sunday) as APScheduler weekday names."""
-    if field == "*":
-        return "*"
-    days: set[int] = set()
-    for item in field.split(","):
-        match = _WEEKDAY_ITEM.fullmatch(item)
+@dataclass(frozen=True)
+class _Spelled:
+    text: str  # the field as cronsim reads it
+    values: frozenset[int]  # the plain values it names
+    special: bool  # it has `L`, `LW`, `nL` or `n#k` items
+
+
+def _spell_field(spec: _Field, field: str) -> _Spelled:
+    """`field` as a list cronsim reads the way cron does (ValueError says what is wrong).
+
+    A field starting with `*` keeps its `*` or `*/n` first: cronsim, like cron,
+    reads a day field that starts with `*` as "any day" for the OR of the two day fields.
+    """
+    out: list[str] = []
+    specials: list[str] = []
+    values: set[int] = set()
+    listed: set[int] = set()  # values of the items after a leading `*` or `*/n`
+    for index, item in enumerate(field.split(",")):
+        special = _special(spec, item)
+        if special is not None:
+            specials.append(special)
+            continue
+        match = _ITEM.fullmatch(item)
         if match is None:
-            raise ValueError(f"unrecognized expression {item!r}; use 0-7 (0 and 7 are Sunday) or sun-sat")
+            raise ValueError(f"cannot read {item!r}; expected a value, a range `a-b`, a step `/n`, or `*`")
         first, last, step_text = match["first"], match["last"], match["step"]
-        step = int(step_text) if step_text else 1
+        step = int(step_text) if step_text is not None else 1
         if step == 0:
-            raise ValueError("the step must be higher than 0")
+            raise ValueError(f"in {item!r} the step must be at least 1")
         if first == "*":
             if last is not None:
-                raise ValueError(f"unrecognized expression {item!r}")
-            low, high = 0, 6
+                raise ValueError(f"cannot read {item!r}; `*` takes no range")
+            low, high = spec.low, spec.high
+            if index == 0:
+                out.append(f"*/{step}" if step_text is not None else "*")
+                values.update(range(low, high + 1, step))
+                continue
         else:
-            low = _weekday(first)
-            high = _weekday(last) if last else (7 if step_text else low)
-            if last and high == 0 and low > 0:
-                high = 7  # `5-0`, `fri-sun`: Sunday closes the week
-            if low > high:
-                raise ValueError(f"in {item!r} the first day is after the last")
-        days.update(d % 7 for d in range(low, high + 1, step))
-    return ",".join(_WEEKDAYS[d] for d in sorted(days))
+            low = spec.value(first)
+            if last is not None:
+                high = spec.value(last)
+                if spec is _DAY_OF_WEEK and high == 0 and low > 0:
+                    high = 7  # `5-0`, `FRI-SUN`: Sunday closes the week
+                if low > high:
+                    raise ValueError(f"in {item!r} the first value is after the last")
+            else:
+                high = spec.high if step_text is not None else low  # `a/n` runs to the field's end
+        listed.update(range(low, high + 1, step))
+    values |= listed
+    out += [str(v) for v in sorted(listed)] + specials
+    return _Spelled(",".join(out), frozenset(values), bool(specials))
 
 
-def _weekday(token: str) -> int:
-    if token.isdigit():
-        value = int(token)
-        if value > 7:
-            raise ValueError(f"{value} is not a weekday; use 0-7 (0 and 7 are Sunday)")
-        return value
-    try:
-        return _WEEKDAYS.index(token.lower())
-    except ValueError:
-        raise ValueError(f"unknown weekday name {token!r}; use sun, mon, tue, wed, thu, fri, sat") from None
+def _special(spec: _Field, item: str) -> str | None:
+    """The cronsim spelling of `L`, `LW` (day-of-month), `nL`, `n#k` (day-of-week); None for others."""
+    if spec is _DAY:
+        if item in ("L", "LW", "LAST"):  # `last`: APScheduler's spelling, accepted before cronsim
+            return "L" if item == "LAST" else item
+        if item.endswith("W") and item[:-1].isdigit():
+            raise ValueError(f"{item!r}: `W` (nearest weekday) is supported only as `LW`, the last weekday")
+        return None
+    if spec is _DAY_OF_WEEK:
+        if "#" in item:
+            day, _, nth = item.partition("#")
+            if not nth.isdigit() or not 1 <= int(nth) <= 5:
+                raise ValueError(f"in {item!r} the week must be 1-5 (`5#3` is the third Friday)")
+            return f"{spec.value(day)}#{int(nth)}"
+        if item.endswith("L") and len(item) > 1:
+            return f"{spec.value(item[:-1])}L"
+        return None
+    return None
 
 
-def _cron(fields: _CronFields, zone: tzinfo) -> BaseTrigger:
-    values = dict(fields.values)
-    if not fields.either_day:
-        return _Cron(fields.hour_wildcard, timezone=zone, **values)
-    by_month_day = {**values, "day_of_week": "*"}
-    by_weekday = {**values, "day": "*"}
-    return _Or(
-        [
-            _Cron(fields.hour_wildcard, timezone=zone, **by_month_day),
-            _Cron(fields.hour_wildcard, timezone=zone, **by_weekday),
-        ]
+def _check_some_day_matches(
+    cron: _CronExpr, parts: list[str], days: _Spelled, months: frozenset[int]
+) -> None:
+    """ValueError when no date can ever match (`0 0 31 2 *`): such a schedule would never fire."""
+    names = ", ".join(_MONTHS[m - 1] for m in sorted(months))
+    day_and = parts[3].startswith("*") or parts[5].startswith("*")
+    if day_and and not days.special and min(days.values) > max(_MONTH_DAYS[m - 1] for m in months):
+        if len(days.values) == 1:
+            raise ValueError(f"day-of-month: day {min(days.values)} never occurs in {names}")
+        listed = ", ".join(str(d) for d in sorted(days.values))
+        raise ValueError(f"day-of-month: days {listed} never occur in {names}")
+    # The day fields match a date by its day, its month's length and the weekday the
+    # month starts on; 2000-2027 has every month with every such combination.
+    search = CronSim(cron.text, datetime(2000, 1, 1))
+    seen: set[tuple[int, int, int]] = set()
+    for year in range(2000, 2028):
+        for month in sorted(months):
+            first_weekday, length = calendar.monthrange(year, month)
+            if (month, first_weekday, length) in seen:
+                continue
+            seen.add((month, first_weekday, length))
+            if any(search.match_day(date(year, month, day)) for day in range(1, length + 1)):
+                return
+    raise ValueError(
+        f"day-of-month {parts[3]!r} and day-of-week {parts[5]!r} never fall on the same day in {names}"
     )
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _Search(CronSim):
+    """CronSim that counts its steps (days looked at, clock moves) and stops at a budget."""
+
+    def __init__(self, expr: str, dt: datetime, budget: int) -> None:
+        self.steps = 0
+        self.budget = budget
+        super().__init__(expr, dt)
+
+    def _step(self) -> None:
+        self.steps += 1
+        if self.steps > self.budget:
+            raise _OverBudget
+
+    def tick(self, seconds: int = 1) -> None:
+        self._step()
+        super().tick(seconds)
+
+    def match_day(self, d: date) -> bool:
+        self._step()
+        return bool(super().match_day(d))
+
+
+class _Cron(BaseTrigger):  # type: ignore[misc]  # APScheduler has no type hints
+    """A cron expression read in `zone`, through DST changes as `policy` says.
+
+    A fixed-time expression (neither minute nor hour starts with `*`) is
+    searched on the wall clock: each matching wall time fires once, at its
+    first occurrence when the clock repeats it; one that the clock skips fires
+    at the jump (DEBIAN) or not at all (SKIP). A wildcard minute or hour
+    follows the clock as it runs: skipped times do not exist, repeated ones
+    fire twice.
+    """
+
+    __slots__ = ("cron", "policy", "steps", "zone")
+
+    def __init__(self, cron: _CronExpr, zone: tzinfo, policy: DstPolicy) -> None:
+        self.cron = cron
+        self.zone = zone
+        self.policy = policy
+        self.steps = 0  # of the last search, for tests and measurements
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        found = self.next_after(_utc(now) - _TICK)
+        return found[0] if found is not None else None
+
+    def next_after(self, after: datetime) -> tuple[datetime, bool] | None:
+        """The first fire time after `after` (UTC) and whether it was moved out of a gap; None: none."""
+        local = after.astimezone(self.zone)
+        search: _Search | None = None
+        try:
+            if self.cron.wall_clock and not _fixed_offset(self.zone):
+                search = _Search(self.cron.text, local, _SEARCH_BUDGET)
+                return next(search).astimezone(UTC), False
+            wall = local.replace(tzinfo=None)
+            if local.fold and _ambiguous(local):
+                # The wall times up to here, repeated, were fired at their first occurrence.
+                wall += local.replace(fold=0).utcoffset() - local.utcoffset()  # type: ignore[operator]
+            search = _Search(self.cron.text, wall, _SEARCH_BUDGET)
+            for candidate in search:
+                fire, moved = _instant(candidate, self.zone)
+                if moved and self.policy is DstPolicy.SKIP:
+                    continue
+                if fire > after:
+                    return fire, moved
+            return None
+        except StopIteration:  # cronsim found nothing within 50 years
+            return None
+        except OverflowError:  # past year 9999
+            return None
+        except _OverBudget:
+            log.warning("cron %r found no fire time within %d search steps", self.cron.text, _SEARCH_BUDGET)
+            return None
+        finally:
+            self.steps = search.steps if search is not None else 0
+
+    def __str__(self) -> str:
+        return f"cron[{self.cron.text}, {self.zone}, {self.policy.name}]"
+
+
+def _fixed_offset(zone: tzinfo) -> bool:
+    return zone is UTC or getattr(zone, "key", None) in ("UTC", "Etc/UTC")
+
+
+def _instant(wall: datetime, zone: tzinfo) -> tuple[datetime, bool]:
+    """The instant of naive wall time `wall` in `zone` (the first when repeated) and whether it is in a gap.
+
+    A wall time in a gap maps to the instant the gap ends, the moment the clock jumps.
+    """
+    first = wall.replace(tzinfo=zone).astimezone(UTC)  # fold=0: the earlier offset
+    if first.astimezone(zone).replace(tzinfo=None) == wall:
+        return first, False
+    # In the gap: between the instant read with the later offset and `first`,
+    # find the change by bisection (to the second; zones change on whole seconds).
+    low, high = wall.replace(tzinfo=zone, fold=1).astimezone(UTC), first
+    after_offset = high.astimezone(zone).utcoffset()
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) // 2
+        if middle.astimezone(zone).utcoffset() == after_offset:
+            high = middle
+        else:
+            low = middle
+    return high.replace(microsecond=0) if high.microsecond else high, True
 
 
 # --- APScheduler triggers, adjusted ---------------------------------------------
@@ -277,24 +500,6 @@ def _cron(fields: _CronFields, zone: tzinfo) -> BaseTrigger:
 # fire time at or after `now`. This module only ever asks that way: passing a
 # previous fire time would make IntervalTrigger children of an OrTrigger count
 # from another child's tick.
-
-
-class _Cron(CronTrigger):  # type: ignore[misc]  # APScheduler has no type hints
-    """CronTrigger that fires a repeated (DST fold) wall time only once, unless the hour is a wildcard."""
-
-    __slots__ = ("hour_wildcard",)
-
-    def __init__(self, hour_wildcard: bool, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.hour_wildcard = hour_wildcard
-
-    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        for _ in range(_MAX_STEPS):
-            fire: datetime | None = super().get_next_fire_time(previous_fire_time, now)
-            if fire is None or self.hour_wildcard or not _second_occurrence(fire, self.timezone):
-                return fire
-            previous_fire_time, now = None, _utc(fire) + _TICK
-        return None
 
 
 class _Interval(IntervalTrigger):  # type: ignore[misc]
@@ -392,12 +597,6 @@ class _Bounded(BaseTrigger):  # type: ignore[misc]
         return f"bounded[{self.trigger}, {self.start}, {self.end}]"
 
 
-def _second_occurrence(moment: datetime, zone: tzinfo) -> bool:
-    """Whether `moment` is the second time its wall-clock time occurs (DST fold)."""
-    local = _utc(moment).astimezone(zone)
-    return local.fold == 1 and _ambiguous(local)
-
-
 def _ambiguous(local: datetime) -> bool:
     return local.replace(fold=0).utcoffset() != local.replace(fold=1).utcoffset()
 
@@ -442,7 +641,7 @@ def _cached_trigger(
 
 def _build(spec: TriggerSpec, zone: tzinfo, anchor: datetime | None) -> BaseTrigger:
     if isinstance(spec, CronSpec):
-        return _cron(_parse_cron(spec.expression), zone)
+        return _Cron(_parse_cron(spec.expression), zone, spec.dst_policy)
     if isinstance(spec, IntervalSpec):
         if anchor is None:
             raise ValueError("an interval trigger needs an anchor")
@@ -548,8 +747,8 @@ def _names(trigger: BaseTrigger, fire: datetime) -> bool:
     if isinstance(trigger, _And):
         return all(_names(t, fire) for t in trigger.triggers)
     if isinstance(trigger, _Cron):
-        found = trigger.get_next_fire_time(None, fire)
-        return found is not None and _utc(found) == fire
+        found = trigger.next_after(fire - _TICK)
+        return found == (fire, False)
     return True  # intervals and dates are instants, never in a gap
 
 

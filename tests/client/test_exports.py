@@ -26,6 +26,7 @@ EXPORTED = [
     "DateTrigger",
     "DeadlineExceeded",
     "DependencyCondition",
+    "DstPolicy",
     "Event",
     "EventType",
     "Execution",

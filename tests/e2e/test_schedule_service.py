@@ -63,12 +63,12 @@ async def test_every_trigger_kind_round_trips(schedules: ScheduleServiceStub) ->
     trigger = {
         "anyOf": {
             "triggers": [
-                {"cron": {"expression": "*/10 * * * * *"}},
+                {"cron": {"expression": "*/10 * * * * *", "dstPolicy": "DST_POLICY_SKIP"}},
                 {"interval": {"every": "90s"}},
                 {
                     "allOf": {
                         "triggers": [
-                            {"cron": {"expression": "0 0 * * *"}},
+                            {"cron": {"expression": "0 0 * * *", "dstPolicy": "DST_POLICY_DEBIAN"}},
                             {"date": {"runTime": "2030-01-01T00:00:00Z"}},
                         ]
                     }

@@ -1,4 +1,4 @@
-"""Trigger arithmetic against real APScheduler: crontab semantics, intervals, bounds, DST."""
+"""Trigger arithmetic: Debian cron semantics (through cronsim), intervals, bounds, DST, search budgets."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from cronwire_server.model import (
     AnyOfSpec,
     CronSpec,
     DateSpec,
+    DstPolicy,
     IntervalSpec,
     Schedule,
     TriggerSpec,
@@ -246,17 +247,24 @@ def test_berlin_weekday_nine_am_across_spring_forward() -> None:
     assert not any(p.in_dst_gap or p.in_dst_fold for p in previewed)
 
 
-def test_berlin_spring_forward_gap_moves_the_tick_and_flags_it() -> None:
-    # 02:30 does not exist on 2027-03-28 (02:00 -> 03:00). APScheduler 3.11 does
-    # not skip the day: it reads 02:30 at the old offset, i.e. 01:30 UTC = 03:30 CEST.
+def test_berlin_spring_forward_gap_moves_the_tick_to_the_jump_and_flags_it() -> None:
+    # 02:30 does not exist on 2027-03-28 (02:00 -> 03:00): as in Debian cron, it runs at the jump.
     previewed = triggers.preview(
         schedule(CronSpec("30 2 * * *"), "Europe/Berlin"), utc(2027, 3, 27), 3, ANCHOR
     )
     assert previewed == [
         PreviewTime(utc(2027, 3, 27, 1, 30), datetime(2027, 3, 27, 2, 30, tzinfo=BERLIN), False, False),
-        PreviewTime(utc(2027, 3, 28, 1, 30), datetime(2027, 3, 28, 3, 30, tzinfo=BERLIN), True, False),
+        PreviewTime(utc(2027, 3, 28, 1, 0), datetime(2027, 3, 28, 3, 0, tzinfo=BERLIN), True, False),
         PreviewTime(utc(2027, 3, 29, 0, 30), datetime(2027, 3, 29, 2, 30, tzinfo=BERLIN), False, False),
     ]
+
+
+def test_skip_policy_drops_the_tick_in_the_gap() -> None:
+    previewed = triggers.preview(
+        schedule(CronSpec("30 2 * * *", DstPolicy.SKIP), "Europe/Berlin"), utc(2027, 3, 27), 2, ANCHOR
+    )
+    assert [p.fire_time for p in previewed] == [utc(2027, 3, 27, 1, 30), utc(2027, 3, 29, 0, 30)]
+    assert not any(p.in_dst_gap for p in previewed)
 
 
 def test_hourly_cron_in_the_gap_is_not_flagged() -> None:
@@ -324,9 +332,9 @@ def test_interval_and_date_ticks_are_never_flagged() -> None:
 
 def test_describe_fire_time_flags_a_backfilled_tick() -> None:
     s = schedule(CronSpec("30 2 * * *"), "Europe/Berlin")
-    described = triggers.describe_fire_time(s, utc(2027, 3, 28, 1, 30), ANCHOR)
+    described = triggers.describe_fire_time(s, utc(2027, 3, 28, 1, 0), ANCHOR)
     assert described.in_dst_gap
-    assert described.local_time.isoformat() == "2027-03-28T03:30:00+02:00"
+    assert described.local_time.isoformat() == "2027-03-28T03:00:00+02:00"
 
 
 # --- validation ---------------------------------------------------------------
@@ -359,10 +367,20 @@ def test_cron_with_wrong_field_count(expression: str) -> None:
     ("expression", "fragment"),
     [
         ("", "required"),
-        ("0 0 * * 8", "not a weekday"),
-        ("0 0 * * fun", "unknown weekday name"),
-        ("0 25 * * *", "hour"),
-        ("0 0 30 2 *", "never matches"),
+        ("0 0 * * 8", "day-of-week: 8 is out of range 0-7"),
+        ("0 0 * * fun", "day-of-week: unknown name 'FUN'; use SUN-SAT"),
+        ("0 0 1 foo *", "month: unknown name 'FOO'; use JAN-DEC"),
+        ("0 25 * * *", "hour: 25 is out of range 0-23"),
+        ("0 0 30 2 *", "day-of-month: day 30 never occurs in FEB"),
+        ("0 0 30,31 2 *", "day-of-month: days 30, 31 never occur in FEB"),
+        ("0 0 */31 * MON#2", "day-of-month '*/31' and day-of-week 'MON#2' never fall on the same day"),
+        ("*/0 * * * *", "minute: in '*/0' the step must be at least 1"),
+        ("5-2 * * * *", "minute: in '5-2' the first value is after the last"),
+        ("0 0 * * 1#6", "day-of-week: in '1#6' the week must be 1-5"),
+        ("0 0 15W * *", "`W` (nearest weekday) is supported only as `LW`"),
+        ("0 0 ? * *", "day-of-month: cannot read '?'"),
+        ("@reboot", "unknown macro '@reboot'"),
+        ("61 * 32 * *", "minute: 61 is out of range 0-59; day-of-month: 32 is out of range 1-31"),
     ],
 )
 def test_cron_expression_problems(expression: str, fragment: str) -> None:
@@ -423,3 +441,207 @@ def test_build_trigger_refuses_an_invalid_schedule() -> None:
     with pytest.raises(InvalidArgument) as caught:
         triggers.build_trigger(schedule(CronSpec("bad"), "Nowhere/Special"), ANCHOR)
     assert {v.field for v in caught.value.violations} == {"trigger.cron.expression", "time_zone"}
+
+
+# --- the cases of the cron-semantics issue: each failed before cronsim ------------
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def local_dates(expression: str, zone: str, after: datetime, count: int) -> list[str]:
+    fired = times(CronSpec(expression), after, count, time_zone=zone)
+    return [t.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M") for t in fired]
+
+
+def test_daily_midnight_keeps_the_day_after_the_spring_change() -> None:
+    after = datetime(2027, 3, 28, tzinfo=BERLIN)  # 00:00, the night of the change
+    assert local_dates("0 0 * * *", "Europe/Berlin", after, 2) == ["2027-03-29 00:00", "2027-03-30 00:00"]
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin", "America/New_York"])
+def test_monthly_keeps_the_first_of_the_month_after_the_spring_change(zone: str) -> None:
+    after = datetime(2027, 3, 10, tzinfo=ZoneInfo(zone))  # before the change in both zones
+    assert local_dates("0 0 1 * *", zone, after, 2) == ["2027-04-01 00:00", "2027-05-01 00:00"]
+
+
+def test_weekly_keeps_the_monday_after_the_spring_change() -> None:
+    after = datetime(2027, 3, 27, tzinfo=BERLIN)
+    assert local_dates("0 0 * * 1", "Europe/Berlin", after, 1) == ["2027-03-29 00:00"]
+
+
+def test_six_field_daily_keeps_the_day_after_the_spring_change_in_new_york() -> None:
+    after = datetime(2027, 3, 13, 12, tzinfo=NEW_YORK)  # the change is on 03-14
+    assert local_dates("0 0 0 * * *", "America/New_York", after, 3) == [
+        "2027-03-14 00:00",
+        "2027-03-15 00:00",
+        "2027-03-16 00:00",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("expression", "months"),
+    [
+        ("0 0 1 JAN-JUN/2 *", [1, 3, 5, 1]),
+        ("0 0 1 JAN-6 *", [1, 2, 3, 4]),
+        ("0 0 1 jan/3 *", [1, 4, 7, 10]),
+        ("0 0 1 8-DEC *", [8, 9, 10, 11]),
+        ("0 0 1 5-jul *", [5, 6, 7, 5]),
+        ("0 0 1 */12 *", [1, 1, 1, 1]),
+    ],
+)
+def test_month_names_mix_with_numbers_ranges_and_steps(expression: str, months: list[int]) -> None:
+    assert [t.month for t in times(CronSpec(expression), utc(2026, 12, 31), 4)] == months
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("*/60 * * * *", [utc(2027, 1, 1, 1), utc(2027, 1, 1, 2)]),
+        ("0 */24 * * *", [utc(2027, 1, 2), utc(2027, 1, 3)]),
+        ("0-5/10 * * * *", [utc(2027, 1, 1, 1), utc(2027, 1, 1, 2)]),
+        ("5-5/1 * * * *", [utc(2027, 1, 1, 0, 5), utc(2027, 1, 1, 1, 5)]),  # Vixie: just 5
+        ("0 0 */31 * *", [utc(2027, 2, 1), utc(2027, 3, 1)]),
+    ],
+)
+def test_steps_wider_than_their_range(expression: str, expected: list[datetime]) -> None:
+    assert times(CronSpec(expression), utc(2027, 1, 1), 2) == expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("0 0 L * *", ["2027-01-31", "2027-02-28", "2027-03-31"]),
+        ("0 0 LW * *", ["2027-01-29", "2027-02-26", "2027-03-31"]),  # Jan 31 is a Sunday
+        ("0 0 last * *", ["2027-01-31", "2027-02-28", "2027-03-31"]),
+        ("0 0 * * 5L", ["2027-01-29", "2027-02-26", "2027-03-26"]),
+        ("0 0 * * 5#3", ["2027-01-15", "2027-02-19", "2027-03-19"]),
+        ("0 0 * * FRI#2", ["2027-01-08", "2027-02-12", "2027-03-12"]),
+        ("@monthly", ["2027-02-01", "2027-03-01", "2027-04-01"]),
+        ("@weekly", ["2027-01-03", "2027-01-10", "2027-01-17"]),
+        ("@yearly", ["2028-01-01", "2029-01-01", "2030-01-01"]),
+        ("@annually", ["2028-01-01", "2029-01-01", "2030-01-01"]),
+        ("@daily", ["2027-01-02", "2027-01-03", "2027-01-04"]),
+        ("@midnight", ["2027-01-02", "2027-01-03", "2027-01-04"]),
+    ],
+)
+def test_last_nth_and_macros(expression: str, expected: list[str]) -> None:
+    assert [t.date().isoformat() for t in times(CronSpec(expression), utc(2027, 1, 1), 3)] == expected
+
+
+def test_hourly_macro() -> None:
+    assert times(CronSpec("@hourly"), utc(2027, 1, 1, 0, 30), 2) == [utc(2027, 1, 1, 1), utc(2027, 1, 1, 2)]
+
+
+def test_fixed_time_in_the_gap_runs_at_the_jump_with_the_hours_around_it() -> None:
+    after = datetime(2027, 3, 28, tzinfo=BERLIN)
+    previewed = triggers.preview(schedule(CronSpec("30 0-4 * * *"), "Europe/Berlin"), after, 4, ANCHOR)
+    assert [(p.local_time.strftime("%H:%M%z"), p.in_dst_gap) for p in previewed] == [
+        ("00:30+0100", False),
+        ("01:30+0100", False),
+        ("03:00+0200", True),  # 02:30, run at the jump as in Debian cron
+        ("03:30+0200", False),
+    ]
+    skip = triggers.preview(
+        schedule(CronSpec("30 0-4 * * *", DstPolicy.SKIP), "Europe/Berlin"), after, 3, ANCHOR
+    )
+    assert [p.local_time.strftime("%H:%M") for p in skip] == ["00:30", "01:30", "03:30"]
+
+
+@pytest.mark.parametrize("policy", list(DstPolicy))
+def test_wildcard_minute_runs_in_both_repeated_hours(policy: DstPolicy) -> None:
+    after = datetime(2027, 11, 7, tzinfo=NEW_YORK)  # 01:00-01:59 happens twice
+    previewed = triggers.preview(
+        schedule(CronSpec("*/15 1 * * *", policy), "America/New_York"), after, 9, ANCHOR
+    )
+    assert [p.local_time.strftime("%d %H:%M%z") for p in previewed] == [
+        "07 01:00-0400",
+        "07 01:15-0400",
+        "07 01:30-0400",
+        "07 01:45-0400",
+        "07 01:00-0500",
+        "07 01:15-0500",
+        "07 01:30-0500",
+        "07 01:45-0500",
+        "08 01:00-0500",
+    ]
+    assert all(p.in_dst_fold for p in previewed[:8])
+
+
+@pytest.mark.parametrize("policy", list(DstPolicy))
+def test_wildcard_minute_in_the_gap_does_not_run(policy: DstPolicy) -> None:
+    after = datetime(2027, 3, 28, 1, 58, tzinfo=BERLIN)
+    fired = times(CronSpec("* 2 * * *", policy), after, 2, time_zone="Europe/Berlin")
+    assert [t.astimezone(BERLIN).strftime("%m-%d %H:%M") for t in fired] == ["03-29 02:00", "03-29 02:01"]
+
+
+def test_fold_asked_from_its_second_occurrence_with_seconds() -> None:
+    # 6-field fixed times follow the same rule as 5-field ones: one run per repeated wall time.
+    s = schedule(CronSpec("0 30 2 * * *"), "Europe/Berlin")
+    assert triggers.next_fire_time(s, utc(2027, 10, 31, 0, 30), ANCHOR) == utc(2027, 11, 1, 1, 30)
+
+
+def test_day_of_month_or_day_of_week_unless_one_starts_with_a_star() -> None:
+    either = times(CronSpec("0 0 1 * MON"), utc(2027, 1, 1), 3)
+    assert [t.date().isoformat() for t in either] == ["2027-01-04", "2027-01-11", "2027-01-18"]
+    both = times(CronSpec("0 0 */2 * MON"), utc(2027, 1, 1), 2)  # odd days that are Mondays
+    assert [t.date().isoformat() for t in both] == ["2027-01-11", "2027-01-25"]
+
+
+# --- bounded search: steps, not seconds ----------------------------------------
+
+
+def search_steps(expression: str, zone: str = "UTC", policy: DstPolicy = DstPolicy.DEBIAN) -> list[int]:
+    """The steps each of the next 5 searches took (stopping early when the search finds nothing)."""
+    cron = triggers._Cron(triggers._parse_cron(expression), ZoneInfo(zone), policy)
+    steps: list[int] = []
+    after = utc(2027, 1, 1)
+    for _ in range(5):
+        found = cron.next_after(after)
+        steps.append(cron.steps)
+        if found is None:
+            break
+        after = found[0]
+    return steps
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        # Day-of-month never matches, day-of-week does: APScheduler searched to year 9999 (8-27 s).
+        "35-52 * 31 FEB,APR,JUN MON-THU",
+        "0 0 31 2 1",
+        "0 0 30 2 MON#2",
+    ],
+)
+def test_impossible_day_of_month_with_a_weekday_costs_few_steps(expression: str) -> None:
+    assert max(search_steps(expression, "Europe/Berlin")) <= 100
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "0 0 29 2 */7",  # 29 February on a Sunday: up to 40 years apart
+        "0 0 * 2 MON#5",  # a fifth Monday in February: 28 years apart
+        "0 0 */29 2 MON",
+        "59 59 23 L 12 *",
+    ],
+)
+def test_the_rarest_valid_shapes_stay_well_inside_the_budget(expression: str) -> None:
+    steps = search_steps(expression)
+    assert len(steps) == 5  # every search found its fire time
+    assert max(steps) <= 1_500 < triggers._SEARCH_BUDGET
+
+
+def test_a_shape_that_never_fires_stops_at_the_budget(caplog: pytest.LogCaptureFixture) -> None:
+    # The last Sunday of March at 02:30 is always inside Berlin's gap; SKIP drops every one.
+    steps = search_steps("30 2 * 3 0L", "Europe/Berlin", DstPolicy.SKIP)
+    assert steps == [triggers._SEARCH_BUDGET + 1]
+    assert "no fire time within" in caplog.text
+
+
+def test_skip_policy_that_never_fires_is_refused() -> None:
+    s = schedule(CronSpec("30 2 * 3 0L", DstPolicy.SKIP), "Europe/Berlin")
+    assert "never fires in Europe/Berlin" in violations(s)["trigger.cron.dst_policy"]
+    triggers.validate_schedule_timing(schedule(CronSpec("30 2 * 3 0L", DstPolicy.SKIP), "UTC"))
+    triggers.validate_schedule_timing(schedule(CronSpec("30 2 * 3 0L"), "Europe/Berlin"))

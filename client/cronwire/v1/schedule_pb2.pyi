@@ -23,6 +23,43 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _DstPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DstPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DstPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DST_POLICY_UNSPECIFIED: _DstPolicy.ValueType  # 0
+    """Not set: the same as DST_POLICY_DEBIAN."""
+    DST_POLICY_DEBIAN: _DstPolicy.ValueType  # 1
+    """As Debian cron: a fixed time the clock skips fires at the jump;
+    `30 2 * * *` in Europe/Berlin fires at 03:00 CEST on the spring change.
+    """
+    DST_POLICY_SKIP: _DstPolicy.ValueType  # 2
+    """As Kubernetes CronJobs: a fixed time the clock skips does not fire;
+    `30 2 * * *` in Europe/Berlin does not fire on the spring change.
+    """
+
+class DstPolicy(_DstPolicy, metaclass=_DstPolicyEnumTypeWrapper):
+    """What a cron trigger does when the clock jumps. Under both policies a
+    fixed-time expression (neither minute nor hour starts with `*`) fires a wall
+    time the clock repeats once, at its first occurrence, and an expression with
+    a wildcard minute or hour follows the clock as it runs: `*/15 1 * * *` fires
+    in both repeated 1 o'clock hours, `* 2 * * *` not at all in a skipped one.
+    """
+
+DST_POLICY_UNSPECIFIED: DstPolicy.ValueType  # 0
+"""Not set: the same as DST_POLICY_DEBIAN."""
+DST_POLICY_DEBIAN: DstPolicy.ValueType  # 1
+"""As Debian cron: a fixed time the clock skips fires at the jump;
+`30 2 * * *` in Europe/Berlin fires at 03:00 CEST on the spring change.
+"""
+DST_POLICY_SKIP: DstPolicy.ValueType  # 2
+"""As Kubernetes CronJobs: a fixed time the clock skips does not fire;
+`30 2 * * *` in Europe/Berlin does not fire on the spring change.
+"""
+Global___DstPolicy: _TypeAlias = DstPolicy  # noqa: Y015
+
 class _MisfirePolicy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -276,24 +313,35 @@ Global___Trigger: _TypeAlias = Trigger  # noqa: Y015
 
 @_typing.final
 class CronTrigger(_message.Message):
-    """A cron trigger."""
+    """A cron trigger, with the semantics of Debian cron."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPRESSION_FIELD_NUMBER: _builtins.int
+    DST_POLICY_FIELD_NUMBER: _builtins.int
     expression: _builtins.str
     """Required. A cron expression of 5 fields (`minute hour day month
     day-of-week`) or 6 fields (`second minute hour day month day-of-week`),
-    read in the schedule's time zone. Example: `0 9 * * 1-5`.
+    or a macro (`@hourly`, `@daily`, `@midnight`, `@weekly`, `@monthly`,
+    `@yearly`, `@annually`), read in the schedule's time zone. Names (`JAN`,
+    `MON`) go anywhere numbers go; day-of-month also takes `L` (last day) and
+    `LW` (last weekday), day-of-week `5L` (last Friday) and `5#3` (third
+    Friday). When both day fields are restricted, a day matching either
+    fires. Example: `0 9 * * 1-5`.
+    """
+    dst_policy: Global___DstPolicy.ValueType
+    """Optional. What the trigger does with a wall time that a daylight-saving
+    change skips. Defaults to DST_POLICY_DEBIAN.
     """
     def __init__(
         self,
         *,
         expression: _builtins.str = ...,
+        dst_policy: Global___DstPolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expression", b"expression"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_policy", b"dst_policy", "expression", b"expression"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -388,12 +436,14 @@ class FireTime(_message.Message):
     with the UTC offset, e.g. `2027-03-29T09:00:00+02:00`.
     """
     in_dst_gap: _builtins.bool
-    """True when the wall-clock time the trigger named does not exist on that
-    day (it falls in a daylight-saving gap), so the fire time was moved.
+    """True when the wall-clock time a cron trigger named does not exist on that
+    day (it falls in a daylight-saving gap), so the fire time was moved to the
+    jump (DST_POLICY_DEBIAN). Under DST_POLICY_SKIP such times do not fire.
     """
     in_dst_fold: _builtins.bool
-    """True when the wall-clock time occurs twice on that day (a daylight-saving
-    fold); the schedule fires on its first occurrence.
+    """True when a cron trigger named this wall-clock time and it occurs twice
+    on that day (a daylight-saving fold). A fixed-time expression fires on its
+    first occurrence only; one with a wildcard minute or hour on both.
     """
     @_builtins.property
     def fire_time(self) -> _timestamp_pb2.Timestamp:

@@ -36,6 +36,10 @@ _MISFIRE: dict[Any, model.MisfirePolicy] = {
     schedule_pb2.MISFIRE_POLICY_RUN_ONCE: model.MisfirePolicy.RUN_ONCE,
     schedule_pb2.MISFIRE_POLICY_RUN_ALL: model.MisfirePolicy.RUN_ALL,
 }
+_DST: dict[Any, model.DstPolicy] = {
+    schedule_pb2.DST_POLICY_DEBIAN: model.DstPolicy.DEBIAN,
+    schedule_pb2.DST_POLICY_SKIP: model.DstPolicy.SKIP,
+}
 _OVERLAP: dict[Any, model.OverlapPolicy] = {
     schedule_pb2.OVERLAP_POLICY_SKIP: model.OverlapPolicy.SKIP,
     schedule_pb2.OVERLAP_POLICY_QUEUE_ONE: model.OverlapPolicy.QUEUE_ONE,
@@ -49,7 +53,7 @@ def _reverse(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
 
 
 _DEPENDENCY_PB, _STATE_PB = _reverse(_DEPENDENCY), _reverse(_EXECUTION_STATE)
-_MISFIRE_PB, _OVERLAP_PB = _reverse(_MISFIRE), _reverse(_OVERLAP)
+_MISFIRE_PB, _OVERLAP_PB, _DST_PB = _reverse(_MISFIRE), _reverse(_OVERLAP), _reverse(_DST)
 
 
 def _enum(value: int, mapping: Mapping[Any, Any], default: Any, field: str) -> Any:
@@ -340,7 +344,8 @@ def execution_to_pb(execution: model.Execution) -> execution_pb2.Execution:
 def trigger_from_pb(message: schedule_pb2.Trigger, field: str = "trigger") -> model.TriggerSpec:
     kind = message.WhichOneof("kind")
     if kind == "cron":
-        return model.CronSpec(message.cron.expression)
+        policy = _enum(message.cron.dst_policy, _DST, model.DstPolicy.DEBIAN, f"{field}.cron.dst_policy")
+        return model.CronSpec(message.cron.expression, policy)
     if kind == "interval":
         return model.IntervalSpec(duration_from_pb(message.interval.every, f"{field}.interval.every"))
     if kind == "date":
@@ -359,8 +364,9 @@ def trigger_from_pb(message: schedule_pb2.Trigger, field: str = "trigger") -> mo
 
 def trigger_to_pb(spec: model.TriggerSpec, out: schedule_pb2.Trigger) -> None:
     match spec:
-        case model.CronSpec(expression):
+        case model.CronSpec(expression, dst_policy):
             out.cron.expression = expression
+            out.cron.dst_policy = _DST_PB[dst_policy]
         case model.IntervalSpec(every):
             out.interval.every.FromTimedelta(every)
         case model.DateSpec(run_time):

@@ -14,6 +14,7 @@ from cronwire_server.model import (
     CronSpec,
     DateSpec,
     DependencyCondition,
+    DstPolicy,
     ExecutionState,
     IntervalSpec,
     Job,
@@ -82,7 +83,7 @@ def trigger_to_json(spec: TriggerSpec) -> JsonObject:
     """The stored form of a trigger tree: one key naming the kind, its body as the value."""
     match spec:
         case CronSpec():
-            return {"cron": {"expression": spec.expression}}
+            return {"cron": {"expression": spec.expression, "dst_policy": spec.dst_policy.value}}
         case IntervalSpec():
             return {"interval": {"seconds": spec.every.total_seconds()}}
         case DateSpec():
@@ -98,7 +99,8 @@ def trigger_to_json(spec: TriggerSpec) -> JsonObject:
 def trigger_from_json(data: JsonObject) -> TriggerSpec:
     ((kind, body),) = data.items()
     if kind == "cron":
-        return CronSpec(expression=body["expression"])
+        # Rows written before DST policies existed behave as DEBIAN, the default.
+        return CronSpec(body["expression"], DstPolicy(body.get("dst_policy", DstPolicy.DEBIAN.value)))
     if kind == "interval":
         return IntervalSpec(every=timedelta(seconds=body["seconds"]))
     if kind == "date":
