@@ -235,6 +235,7 @@ class Fence:
         # What the fence knows, to tell a restarted one: token -> deadline, and token -> groups.
         self._deadlines: dict[str, float] = {}
         self._groups: dict[str, set[int]] = {}
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
@@ -324,7 +325,8 @@ class Fence:
         self._send([f"E {token}"])
 
     def close(self, wait: float = 5.0) -> None:
-        """Close the pipe: the fence kills what is left and exits."""
+        """Close the pipe: the fence kills what is left and exits. Later calls do nothing."""
+        self._closed = True
         if self._pipe >= 0:
             os.close(self._pipe)
             self._pipe = -1
@@ -340,6 +342,8 @@ class Fence:
         self._write(lines)
 
     def _write(self, lines: list[str]) -> None:
+        if self._closed:
+            return
         chunks = _packed(lines)
         for attempt in (1, 2):
             try:
