@@ -57,7 +57,7 @@ from cronwire_server.storage import Store
 from cronwire_server.storage.migrate import upgrade
 from cronwire_server.storage.sql_keys import KeyStore
 from cronwire_server.storage.sql_store import open_store
-from cronwire_server.supervisor import Supervisor
+from cronwire_server.supervisor import MAIN, Supervisor
 from cronwire_server.tls import TlsError, TlsFiles, server_credentials
 from cronwire_server.workers import WorkerPool, worker_identity
 
@@ -78,8 +78,6 @@ HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 # Seconds the background loops get to notice shutdown, and the store to close.
 STOP_LOOPS_WITHIN = 5.0
-# The supervisor's phase of loops that stop first, before running executions drain.
-MAIN = "main"
 CLOSE_STORE_WITHIN = 10.0
 
 
@@ -228,8 +226,7 @@ def _start_scheduler(running: RunningServer, settings: Settings, identity: str) 
             secrets=Secrets(settings.secrets_file),
             max_running_per_namespace=limits.max_running_per_namespace,
         )
-        workers = running.workers
-        supervisor.start("worker", lambda: workers.run(stopping))
+        running.workers.start(supervisor, stopping)
 
 
 SHUTDOWN_WATCHDOG_MARGIN = 20.0

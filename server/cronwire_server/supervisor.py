@@ -25,6 +25,10 @@ from cronwire_server.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
+# Phases: loops stop by phase at shutdown. MAIN stops first; DRAIN loops (what running executions
+# need: lease heartbeats, the finisher) only once the executions have drained.
+MAIN = "main"
+DRAIN = "drain"
 # A loop failing for longer than this is reported down (health NOT_SERVING).
 DOWN_AFTER = 5.0
 FIRST_BACKOFF = 0.5
@@ -90,7 +94,7 @@ class Supervisor:
         self._max_backoff = max_backoff
         self._loops: dict[str, _Loop] = {}
 
-    def start(self, name: str, run: Callable[[], Awaitable[object]], *, phase: str = "main") -> None:
+    def start(self, name: str, run: Callable[[], Awaitable[object]], *, phase: str = MAIN) -> None:
         """Run `run()` as the loop `name`: until it returns once `stopping` is set, or until `stop`
         covers its `phase`. `run` calls `loop_ok()` after each pass that worked."""
         if name in self._loops:

@@ -26,7 +26,6 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -42,6 +41,7 @@ from cronwire_server.planning import retry_due_time
 from cronwire_server.secrets import Redactor, SecretError, Secrets, has_references
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ClaimedExecution
+from cronwire_server.supervisor import DRAIN, Supervisor, loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +111,6 @@ class _Running:
         return offset, text
 
 
-async def _kept_running(loop: Callable[[], Awaitable[None]]) -> None:
-    """Run a helper loop until cancelled; an unexpected error is logged and the loop restarted,
-    since a loop that died silently would strand every run it serves (RUNNING for ever)."""
-    while True:
-        try:
-            await loop()
-        except Exception:
-            log.exception("%s failed; restarting it", loop.__name__)
-            await asyncio.sleep(RETRY_AFTER_ERROR)
-
-
 class WorkerPool:
     def __init__(
         self,
@@ -146,7 +135,6 @@ class WorkerPool:
         self._running: dict[str, _Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
-        self._helpers: list[asyncio.Task[None]] = []
         self._finished: list[tuple[ClaimedExecution, RunOutcome, asyncio.Future[Execution | None]]] = []
         self._outcomes_waiting = asyncio.Event()
         self._fence = Fence()
@@ -157,26 +145,31 @@ class WorkerPool:
     def running(self) -> int:
         return len(self._running)
 
-    async def run(self, stopping: asyncio.Event) -> None:
-        """Claim and run executions until `stopping` is set (then call `drain`)."""
+    def start(self, supervisor: Supervisor, stopping: asyncio.Event) -> None:
+        """Start the pool's loops under `supervisor`: the claimer until `stopping` is set (then call
+        `drain`); what running executions need (lease heartbeats, recovery, output, callbacks, the
+        finisher) until the supervisor stops its DRAIN phase, after `drain`. A loop that dies
+        silently would strand every run it serves (RUNNING for ever): hence the supervisor."""
         log.info("worker pool %s started with %d slots", self.identity, self._slots)
         self._fence.start()
-        # Heartbeats go on while draining; `drain` stops them.
-        self._helpers = [
-            asyncio.create_task(_kept_running(loop))
-            for loop in (
-                self._heartbeat,
-                self._recover,
-                self._flush_output_loop,
-                self._deliver_callbacks,
-                self._finisher,
-            )
-        ]
+        supervisor.start("claimer", lambda: self._claim_loop(stopping))
+        for name, loop in (
+            ("lease-heartbeat", self._heartbeat),
+            ("lease-recovery", self._recover),
+            ("output", self._flush_output_loop),
+            ("callbacks", self._deliver_callbacks),
+            ("finisher", self._finisher),
+        ):
+            supervisor.start(name, loop, phase=DRAIN)
+
+    async def _claim_loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
                 claimed = await self._claim()
                 delay = 0.0 if claimed else await self._idle_time()
+                loop_ok()
             except StorageUnavailable as error:
+                loop_failed(error)
                 log.warning("worker: database unavailable (%s); retrying", error)
                 delay = RETRY_AFTER_ERROR
             if delay > 0 or self.running >= self._slots:
@@ -359,16 +352,19 @@ class WorkerPool:
                         [(c, o) for c, o, _ in batch], self.identity, plan_retry
                     )
                 except StorageUnavailable as error:
+                    loop_failed(error)
                     log.warning("cannot record %d outcomes yet (%s); retrying", len(batch), error)
                     self._finished[:0] = batch
                     await asyncio.sleep(RETRY_AFTER_ERROR)
                     continue
-                except Exception:
+                except Exception as error:
                     # Kept, never dropped: an outcome lost here would leave its run RUNNING.
+                    loop_failed(error)
                     log.exception("recording %d outcomes failed; retrying", len(batch))
                     self._finished[:0] = batch
                     await asyncio.sleep(RETRY_AFTER_ERROR)
                     continue
+                loop_ok()
                 for (_, _, done), execution in zip(batch, ended, strict=True):
                     if not done.done():
                         done.set_result(execution)
@@ -394,7 +390,9 @@ class WorkerPool:
         while True:
             try:
                 claimed = await self._store.claim_callbacks(CALLBACK_BATCH)
+                loop_ok()
             except StorageUnavailable as error:
+                loop_failed(error)
                 log.warning("callback delivery: database unavailable (%s)", error)
                 claimed = []
             await asyncio.gather(*(self._deliver(execution, job) for execution, job in claimed))
@@ -439,7 +437,9 @@ class WorkerPool:
                 continue
             try:
                 renewal = await self._store.renew_leases(self.identity, list(renewing), self._lease)
+                loop_ok()
             except StorageUnavailable as error:
+                loop_failed(error)
                 log.warning("heartbeat failed (%s)", error)
                 continue
             for execution_id in renewal.lost:
@@ -463,7 +463,9 @@ class WorkerPool:
             await asyncio.sleep(interval * random.uniform(0.5, 1.0))
             try:
                 lost = await self._store.recover_expired(plan_retry, limit=100)
+                loop_ok()
             except StorageUnavailable as error:
+                loop_failed(error)
                 log.warning("lease recovery failed (%s)", error)
                 continue
             metrics.lease_recovered(len(lost))
@@ -475,8 +477,8 @@ class WorkerPool:
                 )
 
     async def drain(self, grace: float) -> None:
-        """After `run` returned: let running executions finish for `grace` seconds, then stop and
-        requeue the rest."""
+        """After the claimer stopped: let running executions finish for `grace` seconds, then stop
+        and requeue the rest. The DRAIN loops are still running: stop them afterwards."""
         if self._tasks:
             log.info("draining: waiting up to %.0fs for %d running executions", grace, len(self._tasks))
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
@@ -489,8 +491,5 @@ class WorkerPool:
                 _, stuck = await asyncio.wait(pending, timeout=DRAIN_STOP_WITHIN)
                 for task in stuck:
                     task.cancel()
-        for helper in self._helpers:
-            helper.cancel()
-        await asyncio.gather(*self._helpers, return_exceptions=True)
         # The fence kills whatever is left (a run stuck past its stop) and exits.
         await asyncio.to_thread(self._fence.close)

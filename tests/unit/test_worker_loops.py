@@ -1,37 +1,30 @@
-"""A worker's helper loops (heartbeat, recovery, output, callbacks, outcomes) outlive an
-unexpected error: a loop that died silently would leave the runs it serves RUNNING for ever."""
+"""A worker pool's loops run under the supervisor: the claimer stops first at shutdown, while what
+running executions need (lease heartbeats, recovery, output, callbacks, the finisher) goes on until
+they have drained."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
-import pytest
+from cronwire_server.storage.sql_store import SqlStore
+from cronwire_server.supervisor import MAIN, Supervisor
+from cronwire_server.workers import WorkerPool
 
-from cronwire_server.workers import _kept_running
+POOL_LOOPS = ["callbacks", "claimer", "finisher", "lease-heartbeat", "lease-recovery", "output"]
 
 
-async def test_a_helper_loop_that_fails_is_logged_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
-    calls = 0
-    restarted = asyncio.Event()
-
-    async def flaky_loop() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RuntimeError("boom")
-        restarted.set()
-        await asyncio.Event().wait()
-
-    with caplog.at_level(logging.ERROR, logger="cronwire_server.workers"):
-        task = asyncio.create_task(_kept_running(flaky_loop))
-        try:
-            async with asyncio.timeout(10):
-                await restarted.wait()
-        finally:
-            task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert calls == 2
-    assert "flaky_loop failed; restarting it" in caplog.text
-    assert "RuntimeError: boom" in caplog.text
+async def test_the_pool_loops_are_supervised_and_stop_in_phases(store: SqlStore) -> None:
+    stopping = asyncio.Event()
+    supervisor = Supervisor(stopping)
+    pool = WorkerPool(store, slots=2)
+    pool.start(supervisor, stopping)
+    try:
+        assert sorted(supervisor.names) == POOL_LOOPS
+        assert supervisor.down() == []
+        stopping.set()
+        await supervisor.stop([MAIN], within=5)
+        # Stopped on purpose is not down; the drain-phase loops still run.
+        assert supervisor.down() == []
+        await pool.drain(0)
+    finally:
+        await supervisor.stop(within=0)
