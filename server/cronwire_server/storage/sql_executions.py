@@ -244,12 +244,19 @@ def dispatch(conn: Connection, planner: Planner, limit: int, now: datetime) -> D
         advances,
     )
     if cancel:
-        conn.execute(
-            sa.update(executions)
+        # Locked in primary-key order like every multi-row change of executions (see `_held`).
+        running = (
+            sa.select(executions.c.namespace, executions.c.id)
             .where(
                 sa.tuple_(executions.c.namespace, executions.c.schedule_id).in_(cancel),
                 executions.c.state == RUNNING,
             )
+            .order_by(executions.c.namespace, executions.c.id)
+            .with_for_update(of=executions)
+        )
+        conn.execute(
+            sa.update(executions)
+            .where(sa.tuple_(executions.c.namespace, executions.c.id).in_(running))
             .values(cancel_requested=True)
         )
     queued = sum(1 for r in rows if r["state"] == QUEUED)
