@@ -445,8 +445,8 @@ class _Cron(BaseTrigger):  # type: ignore[misc]  # APScheduler has no type hints
                 return next(search).astimezone(UTC), False
             wall = local.replace(tzinfo=None)
             if local.fold and _ambiguous(local):
-                # The wall times up to here, repeated, were fired at their first occurrence.
-                wall += local.replace(fold=0).utcoffset() - local.utcoffset()  # type: ignore[operator]
+                # The rest of the repeated wall times fired at their first occurrence.
+                wall = _fold_end(local, self.zone) - timedelta(seconds=1)
             search = _Search(self.cron.text, wall, _SEARCH_BUDGET)
             for candidate in search:
                 fire, moved = _instant(candidate, self.zone)
@@ -473,6 +473,20 @@ def _fixed_offset(zone: tzinfo) -> bool:
     return zone is UTC or getattr(zone, "key", None) in ("UTC", "Etc/UTC")
 
 
+def _fold_end(local: datetime, zone: tzinfo) -> datetime:
+    """The first wall time after the fold that `local`, a second occurrence, is in (naive)."""
+    low = _utc(local)
+    high = low + (local.replace(fold=0).utcoffset() - local.utcoffset())  # type: ignore[operator]
+    # Bisection to the second, as in _instant.
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) // 2
+        if _ambiguous(middle.astimezone(zone)):
+            low = middle
+        else:
+            high = middle
+    return high.astimezone(zone).replace(tzinfo=None, microsecond=0)
+
+
 def _instant(wall: datetime, zone: tzinfo) -> tuple[datetime, bool]:
     """The instant of naive wall time `wall` in `zone` (the first when repeated) and whether it is in a gap.
 
@@ -491,7 +505,7 @@ def _instant(wall: datetime, zone: tzinfo) -> tuple[datetime, bool]:
             high = middle
         else:
             low = middle
-    return high.replace(microsecond=0) if high.microsecond else high, True
+    return high.replace(microsecond=0), True
 
 
 # --- APScheduler triggers, adjusted ---------------------------------------------

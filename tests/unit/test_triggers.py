@@ -645,3 +645,11 @@ def test_skip_policy_that_never_fires_is_refused() -> None:
     assert "never fires in Europe/Berlin" in violations(s)["trigger.cron.dst_policy"]
     triggers.validate_schedule_timing(schedule(CronSpec("30 2 * 3 0L", DstPolicy.SKIP), "UTC"))
     triggers.validate_schedule_timing(schedule(CronSpec("30 2 * 3 0L"), "Europe/Berlin"))
+
+
+@pytest.mark.parametrize("minute", [0, 15, 59])
+def test_the_hour_after_a_fold_fires_when_asked_from_inside_the_fold(minute: int) -> None:
+    # From inside the second 02:xx hour, the repeated times are done but 03:00 is not.
+    s = schedule(CronSpec("0 3 * * *"), "Europe/Berlin")
+    after = datetime(2027, 10, 31, 2, minute, 59, 999_999, tzinfo=BERLIN, fold=1)
+    assert triggers.next_fire_time(s, after, ANCHOR) == utc(2027, 10, 31, 2)
