@@ -47,6 +47,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
+from sqlalchemy import event as sa_event
 
 THREADS = 16
 MAX_INSTANCES = 100
@@ -149,16 +150,44 @@ class _Recorder:
                 self.done.set()
 
 
+class _SqlCounter:
+    """The job store's SQL, as cronwire's statement hook counts its own: statements, and round
+    trips (statements, plus the BEGIN psycopg sends before a transaction's first statement and
+    its COMMIT or ROLLBACK; this engine does not autocommit)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.statements = self.round_trips = 0
+        sa_event.listen(engine, "before_cursor_execute", self._statement)
+        for name in ("begin", "commit", "rollback"):
+            sa_event.listen(engine, name, self._control)
+
+    def _statement(self, *args: Any) -> None:
+        self.statements += len(args[3]) if args[5] else 1  # executemany: each parameter set
+        self.round_trips += 1
+
+    def _control(self, *_args: Any) -> None:
+        self.round_trips += 1
+
+    def figures(self) -> dict[str, int]:
+        return {"statements": self.statements, "round_trips": self.round_trips}
+
+
 def run(sqlalchemy_url: str, threads: int, expect: int, timeout: float) -> None:
     recorder = _Recorder(expect)
     scheduler = make_scheduler(sqlalchemy_url, threads)
+    sql = _SqlCounter(scheduler._jobstores["default"].engine)
     scheduler.add_listener(
         recorder, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
     )
     scheduler.start()
     finished = recorder.done.wait(timeout)
     with recorder.lock:
-        result = {"finished": finished, "runs": list(recorder.runs), "failed": dict(recorder.failed)}
+        result = {
+            "finished": finished,
+            "runs": list(recorder.runs),
+            "failed": dict(recorder.failed),
+            "sql": sql.figures(),
+        }
     print(json.dumps(result), flush=True)
     # Still running, so the orchestrator can read the CPU time of every thread.
     sys.stdin.readline()

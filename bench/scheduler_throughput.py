@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -212,6 +213,9 @@ class Run:
     wait_s: dict[str, float] = field(default_factory=dict)
     window_s: float = 0.0
     create_per_s: float | None = None
+    # What the scheduler processes sent to PostgreSQL over the same window: "statements" and
+    # "round_trips" (statements plus BEGIN/COMMIT), from their own statement hooks.
+    sql: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
     def cpu_pct(self) -> dict[str, float]:
@@ -223,6 +227,10 @@ class Run:
     def cpu_ms_per_run(self) -> dict[str, float]:
         started = len(self.lags_ms)
         return {k: 1000 * v / started for k, v in self.cpu_s.items()} if started else {}
+
+    def sql_per_run(self) -> dict[str, float]:
+        started = len(self.lags_ms)
+        return {k: v / started for k, v in self.sql.items()} if started else {}
 
     @property
     def ran(self) -> bool:
@@ -271,6 +279,7 @@ class Run:
             "per_worker": self.per_worker,
             "cpu_pct_of_one_core": {k: _round(v, 1) for k, v in self.cpu_pct().items()},
             "cpu_ms_per_run": {k: _round(v, 3) for k, v in self.cpu_ms_per_run().items()},
+            "sql_per_run": {k: _round(v, 2) for k, v in self.sql_per_run().items()},
             "waited_for_cpu_pct": {k: _round(v, 1) for k, v in self.wait_pct().items()},
             "window_s": _round(self.window_s, 3),
             "create_schedules_per_s": _round(self.create_per_s, 1),
@@ -298,6 +307,7 @@ def fill_from_baseline(run: Run, result: dict[str, Any]) -> None:
         run.last_start_s = max(r[1] for r in runs) - run.fire_at
         run.last_end_s = max(r[2] for r in runs) - run.fire_at
     run.other_states = {k: v for k, v in result["failed"].items() if v}
+    run.sql = result.get("sql", {})
     run.per_worker = [len(runs)]
     if not result["finished"]:
         run.note = f"only {len(runs)} of {run.expected} runs ended in time"
@@ -388,6 +398,39 @@ def server_argv(args: argparse.Namespace, database_url: str) -> list[str]:
     ]
 
 
+def with_metrics(argv: list[str], workdir: Path, name: str) -> list[str]:
+    """`argv` serving metrics on a free port, written to a file named after the server."""
+    return [
+        *argv,
+        "--metrics-address",
+        "127.0.0.1:0",
+        "--metrics-port-file",
+        str(metrics_port_file(workdir, name)),
+    ]
+
+
+def metrics_port_file(workdir: Path, name: str) -> Path:
+    return workdir / f"{name}.metrics-port"
+
+
+SQL_COUNTERS = {
+    "cronwire_sql_statements_total": "statements",
+    "cronwire_sql_round_trips_total": "round_trips",
+}
+
+
+def sql_sent(ports: Sequence[int]) -> dict[str, float]:
+    """The SQL the servers sent so far (their statement hooks, read from /metrics), summed."""
+    total = dict.fromkeys(SQL_COUNTERS.values(), 0.0)
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                name, _, value = line.partition(" ")
+                if name in SQL_COUNTERS:
+                    total[SQL_COUNTERS[name]] += float(value)
+    return total
+
+
 def next_second(moment: datetime) -> datetime:
     return moment.replace(microsecond=0) + timedelta(seconds=1)
 
@@ -437,7 +480,13 @@ def _cronwire_run(
     try:
         with fresh_database(args.database_url) as database_url, ExitStack() as stack:
             servers = [
-                stack.enter_context(ServerProcess(server_argv(args, database_url), workdir, f"cronwire-{n}"))
+                stack.enter_context(
+                    ServerProcess(
+                        with_metrics(server_argv(args, database_url), workdir, f"cronwire-{n}"),
+                        workdir,
+                        f"cronwire-{n}",
+                    )
+                )
                 for n in range(replicas)
             ]
             fire_at = planner.fire_time(count, replicas)
@@ -458,7 +507,8 @@ def _cronwire_run(
             if (fire_at - datetime.now(UTC)).total_seconds() < MIN_QUIET_S:
                 run.note = f"{OVERRAN} (CreateSchedule {created.per_s:.0f}/s)"
                 return run
-            _wait_and_measure(args, run, servers, libpq_url(database_url), fire_at, last_tick)
+            ports = [int(metrics_port_file(workdir, s.name).read_text()) for s in servers]
+            _wait_and_measure(args, run, servers, ports, libpq_url(database_url), fire_at, last_tick)
             for server in servers:
                 if server.stop():
                     progress(f"{server.name} exited uncleanly on SIGTERM\n{server.log_tail()}")
@@ -481,17 +531,22 @@ def _wait_and_measure(
     args: argparse.Namespace,
     run: Run,
     servers: Sequence[ServerProcess],
+    metrics_ports: Sequence[int],
     url: str,
     fire_at: datetime,
     last_tick: datetime,
 ) -> None:
     sleep_until(fire_at - timedelta(seconds=0.3))
+    sent_before = sql_sent(metrics_ports)
     meter = CpuMeter({"scheduler": [s.pid for s in servers], "postgres": backend_pids(url)})
     timeout = (last_tick - datetime.now(UTC)).total_seconds() + RUN_TIMEOUT_S + run.expected / 100
     with profiling(args, run.label, [s.pid for s in servers]):
         ended = wait_until_ended(url, run.expected, time.monotonic() + timeout)
         meter.add("postgres", backend_pids(url))
         meter.measure(run)
+    # A scrape costs the statements of one queue read: a handful against thousands.
+    sent_after = sql_sent(metrics_ports)
+    run.sql = {k: v - sent_before[k] for k, v in sent_after.items()}
     if ended < run.expected:
         run.note = f"only {ended} of {run.expected} executions ended within {timeout:.0f} s"
     fill_from_cronwire(run, read_executions(url))
@@ -768,13 +823,15 @@ def print_report(
     print("from the due time. CPU: % of one core while the runs were due and ms per run, of the")
     print("scheduler processes and of the PostgreSQL backends serving them; wait %: how long the")
     print("scheduler's threads were runnable but had no CPU (other work on the machine).")
+    print("sql/run, rt/run: SQL statements and round trips (statements, BEGIN, COMMIT) per run.")
     print(
         f"{'system':<12}{'run':>13}{'repl':>5}{'p50':>8}{'p99':>8}{'max':>8}{'fire/s':>8}{'exec/s':>8}"
-        f"{'last ok s':>10}{'cpu %':>7}{'ms/run':>7}{'wait %':>7}{'db %':>6}{'ms/run':>7}  notes"
+        f"{'last ok s':>10}{'cpu %':>7}{'ms/run':>7}{'wait %':>7}{'db %':>6}{'ms/run':>7}"
+        f"{'sql/run':>8}{'rt/run':>7}  notes"
     )
     for run in runs:
         what = f"{run.schedules} due" if run.kind == "burst" else f"{run.schedules}/s x {args.paced_seconds}s"
-        pct, per_run, wait = run.cpu_pct(), run.cpu_ms_per_run(), run.wait_pct()
+        pct, per_run, wait, sql = run.cpu_pct(), run.cpu_ms_per_run(), run.wait_pct(), run.sql_per_run()
         notes = [run.note] if run.note else []
         if run.other_states:
             notes.append(" ".join(f"{k}={v}" for k, v in run.other_states.items()))
@@ -791,6 +848,7 @@ def print_report(
             f"{_cell(pct.get('scheduler'), '.0f'):>7}{_cell(per_run.get('scheduler'), '.2f'):>7}"
             f"{_cell(wait.get('scheduler'), '.0f'):>7}"
             f"{_cell(pct.get('postgres'), '.0f'):>6}{_cell(per_run.get('postgres'), '.2f'):>7}"
+            f"{_cell(sql.get('statements'), '.2f'):>8}{_cell(sql.get('round_trips'), '.2f'):>7}"
             f"  {'; '.join(notes)}"
         )
     print()
@@ -834,6 +892,12 @@ def ratios(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 "executions_per_s": _quotient(run.executions_per_s, base.executions_per_s),
                 "cpu_ms_per_run": _quotient(
                     run.cpu_ms_per_run().get("scheduler"), base.cpu_ms_per_run().get("scheduler")
+                ),
+                "db_cpu_ms_per_run": _quotient(
+                    run.cpu_ms_per_run().get("postgres"), base.cpu_ms_per_run().get("postgres")
+                ),
+                "sql_per_run": _quotient(
+                    run.sql_per_run().get("statements"), base.sql_per_run().get("statements")
                 ),
             }
         )

@@ -28,7 +28,7 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.pool import Pool
 
@@ -37,6 +37,7 @@ from cronwire_server.api.handlers import behaviour_of, with_behaviour
 from cronwire_server.config import host_and_port
 from cronwire_server.model import SkipReason
 from cronwire_server.storage import Store
+from cronwire_server.storage.sql_store import SQL_SENT
 
 log = logging.getLogger(__name__)
 
@@ -332,10 +333,30 @@ class _QueueCollector(Collector):
         ]
 
 
+class _SqlCollector(Collector):
+    """What the process sent to its databases (counted by the store's statement hook): the
+    cost of the work in database calls, the figure a benchmark divides by executions."""
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        return [
+            CounterMetricFamily(
+                "cronwire_sql_statements",
+                "SQL statements sent (BEGIN/COMMIT not counted).",
+                SQL_SENT.statements,
+            ),
+            CounterMetricFamily(
+                "cronwire_sql_round_trips",
+                "Calls to the database: statements, BEGIN and COMMIT (an executemany counts once).",
+                SQL_SENT.round_trips,
+            ),
+        ]
+
+
 _POOLS = _PoolCollector()
 _QUEUE = _QueueCollector()
 REGISTRY.register(_POOLS)
 REGISTRY.register(_QUEUE)
+REGISTRY.register(_SqlCollector())
 
 
 @dataclass

@@ -126,6 +126,31 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class SqlSent:
+    """What this process sent to its databases, counted by a statement hook on every store engine
+    (several stores in one process add up, like the metrics): `statements`, and `round_trips`,
+    which add the BEGIN/COMMIT/ROLLBACK the store sends itself on its autocommit engine. An
+    executemany counts each parameter set as a statement and the batch as one round trip
+    (psycopg pipelines it)."""
+
+    def __init__(self) -> None:
+        self.statements = 0
+        self.round_trips = 0
+
+    def __call__(
+        self, _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, executemany: bool
+    ) -> None:
+        self.round_trips += 1
+        if executemany:
+            self.statements += len(parameters)
+        elif statement[:8].upper() not in _TRANSACTION_CONTROL:
+            self.statements += 1
+
+
+_TRANSACTION_CONTROL = frozenset({"BEGIN", "BEGIN IM", "COMMIT", "ROLLBACK"})
+SQL_SENT = SqlSent()
+
+
 def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> AsyncEngine:
     """An async engine for a user's database URL, set up for the store."""
     async_url = normalize_url(url)
@@ -142,8 +167,10 @@ def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> As
             raise ValueError("in-memory SQLite is not supported: give a file, sqlite:///cronwire.db")
         engine = create_async_engine(async_url, **options)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
-        return engine
-    return create_async_engine(async_url, connect_args={"application_name": "cronwire"}, **options)
+    else:
+        engine = create_async_engine(async_url, connect_args={"application_name": "cronwire"}, **options)
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", SQL_SENT)
+    return engine
 
 
 async def open_store(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> SqlStore:
