@@ -24,13 +24,13 @@ class _Entry:
 class KeyCache:
     def __init__(self, store: KeyStore, ttl: float) -> None:
         self._store = store
-        self._ttl = ttl
+        self.ttl = ttl
         self._entries: dict[str, _Entry] = {}
 
     async def lookup(self, key_id: str) -> StoredKey | None:
         now = time.monotonic()
         entry = self._entries.get(key_id)
-        if entry is not None and now - entry.read_at < self._ttl:
+        if entry is not None and now - entry.read_at < self.ttl:
             return entry.found
         found = await self._store.lookup(key_id)
         if len(self._entries) >= MAX_ENTRIES:

@@ -1,8 +1,16 @@
 """One interceptor checks every RPC, streaming ones included: who calls, whether its role may,
-and whether it is within its request rate. It then records the caller for the services."""
+and whether it is within its request rate. It then records the caller for the services.
+
+A stream outlives the check that admitted it, so its key is checked again while it is open
+(a few times per key-cache period): a stream of a key revoked meanwhile ends UNAUTHENTICATED
+within the key-cache period after the revocation, like the next unary call would.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,12 +23,24 @@ from cronwire_server.auth.cache import KeyCache
 from cronwire_server.auth.keys import ApiKey, parse_token, secret_matches
 from cronwire_server.auth.ratelimit import RateLimiter
 from cronwire_server.auth.roles import required_role
-from cronwire_server.errors import CronwireError, PermissionDenied, RateLimited, Unauthenticated
+from cronwire_server.errors import (
+    CronwireError,
+    PermissionDenied,
+    RateLimited,
+    StorageUnavailable,
+    Unauthenticated,
+)
+
+log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 # The same words whatever was wrong (missing, malformed, unknown, wrong secret, revoked).
 UNAUTHENTICATED = "a valid API key is required: send the metadata `authorization: Bearer <key>`"
+# An open stream's key is looked up again this many times per key-cache period (the lookup is
+# served by the cache, so this costs a query per key and period, not per stream).
+RECHECKS_PER_PERIOD = 4
+MIN_RECHECK_SECONDS = 0.05
 
 
 def _bearer(context: Context) -> str:
@@ -39,6 +59,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._keys = keys
         self._limiter = limiter
         self._exempt = exempt_services
+        self._recheck_every = max(keys.ttl / RECHECKS_PER_PERIOD, MIN_RECHECK_SECONDS)
 
     async def intercept_service(
         self,
@@ -49,15 +70,53 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         if handler is None or method.split("/")[1] in self._exempt:
             return handler
-        return _guarded(handler, lambda context: self._admit(method, context))
+        return _guarded(handler, lambda context: self._admit(method, context), self._revalidate)
 
-    async def _admit(self, method: str, context: Context) -> None:
+    async def _admit(self, method: str, context: Context) -> ApiKey:
         try:
             key = await self._authenticate(_bearer(context))
             self._authorize(method, key)
         except CronwireError as error:
             await abort(context, error)
         principal.set_current(principal.Principal(key))
+        return key
+
+    async def _revalidate(self, stream: AsyncIterator[Any], key: ApiKey) -> AsyncIterator[Any]:
+        """`stream`'s responses for as long as `key` stays valid; UNAUTHENTICATED once it is not,
+        even while the stream waits for its next response."""
+        step: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(stream))
+                while True:
+                    done, _ = await asyncio.wait((step,), timeout=self._recheck_every)
+                    if done:
+                        break
+                    if not await self._still_valid(key):
+                        raise Unauthenticated(UNAUTHENTICATED)
+                try:
+                    response = step.result()
+                except StopAsyncIteration:
+                    return
+                step = None
+                yield response
+        finally:
+            if step is not None and not step.done():
+                step.cancel()
+                with contextlib.suppress(BaseException):
+                    await step
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _still_valid(self, key: ApiKey) -> bool:
+        try:
+            found = await self._keys.lookup(key.id)
+        except StorageUnavailable as error:
+            # Unknown is not revoked: the stream goes on, and the next check asks again.
+            log.warning("cannot re-check key %s of an open stream: %s", key.name, error)
+            return True
+        return found is not None and found.key.revoke_time is None
 
     async def _authenticate(self, bearer: str) -> ApiKey:
         token = parse_token(bearer)
@@ -85,11 +144,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
 
 
-Admit = Callable[[Context], Awaitable[None]]
+Admit = Callable[[Context], Awaitable[ApiKey]]
+Revalidate = Callable[[AsyncIterator[Any], ApiKey], AsyncIterator[Any]]
 
 
-def _guarded(handler: Any, admit: Admit) -> Any:
-    """`handler` with `admit` run first in the call's own task, whatever its streaming kind."""
+def _guarded(handler: Any, admit: Admit, revalidate: Revalidate) -> Any:
+    """`handler` with `admit` run first in the call's own task, whatever its streaming kind; a
+    streaming response goes on only while the key stays valid."""
     behaviour = behaviour_of(handler)
     if not handler.response_streaming:
 
@@ -100,8 +161,12 @@ def _guarded(handler: Any, admit: Admit) -> Any:
         return with_behaviour(handler, respond)
 
     async def respond_streaming(request: Any, context: Context) -> AsyncIterator[Any]:
-        await admit(context)
-        async for response in behaviour(request, context):
-            yield response
+        key = await admit(context)
+        try:
+            async for response in revalidate(behaviour(request, context), key):
+                yield response
+        except Unauthenticated as error:
+            log.info("ending a stream of key %s: the key is no longer valid", key.name)
+            await abort(context, error)
 
     return with_behaviour(handler, respond_streaming)
