@@ -48,6 +48,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy import event as sa_event
+from sqlalchemy.engine.interfaces import ExecuteStyle
 
 THREADS = 16
 MAX_INSTANCES = 100
@@ -162,7 +163,8 @@ class _SqlCounter:
             sa_event.listen(engine, name, self._control)
 
     def _statement(self, *args: Any) -> None:
-        self.statements += len(args[3]) if args[5] else 1  # executemany: each parameter set
+        executemany = args[5] and args[4].execute_style is ExecuteStyle.EXECUTEMANY
+        self.statements += len(args[3]) if executemany else 1  # each parameter set
         self.round_trips += 1
 
     def _control(self, *_args: Any) -> None:

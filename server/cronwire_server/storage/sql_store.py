@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import URL, Connection, Row, make_url
+from sqlalchemy.engine.interfaces import ExecuteStyle
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
@@ -130,18 +131,18 @@ class SqlSent:
     """What this process sent to its databases, counted by a statement hook on every store engine
     (several stores in one process add up, like the metrics): `statements`, and `round_trips`,
     which add the BEGIN/COMMIT/ROLLBACK the store sends itself on its autocommit engine. An
-    executemany counts each parameter set as a statement and the batch as one round trip
-    (psycopg pipelines it)."""
+    executemany is as many statements as parameter sets in one round trip (psycopg pipelines
+    them); a multi-row INSERT (insertmanyvalues) is one statement."""
 
     def __init__(self) -> None:
         self.statements = 0
         self.round_trips = 0
 
     def __call__(
-        self, _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, executemany: bool
+        self, _conn: Any, _cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
     ) -> None:
         self.round_trips += 1
-        if executemany:
+        if executemany and context is not None and context.execute_style is ExecuteStyle.EXECUTEMANY:
             self.statements += len(parameters)
         elif statement[:8].upper() not in _TRANSACTION_CONTROL:
             self.statements += 1
