@@ -268,3 +268,88 @@ async def test_preview_of_a_stored_schedule_and_bad_requests(schedules: Schedule
         ),
         grpc.StatusCode.NOT_FOUND,
     )
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        # The 02:30 run of the spring change: at the jump, flagged, or not at all.
+        (None, [("2027-03-28T01:30:00+01:00", False), ("2027-03-28T03:00:00+02:00", True)]),
+        ("DST_POLICY_DEBIAN", [("2027-03-28T01:30:00+01:00", False), ("2027-03-28T03:00:00+02:00", True)]),
+        ("DST_POLICY_SKIP", [("2027-03-28T01:30:00+01:00", False), ("2027-03-28T03:30:00+02:00", False)]),
+    ],
+)
+async def test_preview_shows_the_dst_policy_in_the_spring_gap(
+    schedules: ScheduleServiceStub, policy: str | None, expected: list[tuple[str, bool]]
+) -> None:
+    cron: dict[str, Any] = {"expression": "30 0-4 * * *"}
+    if policy is not None:
+        cron["dstPolicy"] = policy
+    request = schedule_service_pb2.PreviewScheduleRequest(schedule=spec(trigger={"cron": cron}), count=3)
+    request.after_time.FromDatetime(datetime(2027, 3, 28, 0, 0, tzinfo=UTC))  # 01:00 in Berlin
+    response = await schedules.PreviewSchedule(request)
+    assert [(t.local_time, t.in_dst_gap) for t in response.fire_times][:2] == expected
+
+
+async def test_preview_of_a_wildcard_minute_in_the_fold_runs_both_hours(
+    schedules: ScheduleServiceStub,
+) -> None:
+    request = schedule_service_pb2.PreviewScheduleRequest(
+        schedule=spec(trigger={"cron": {"expression": "*/30 2 * * *"}}), count=5
+    )
+    request.after_time.FromDatetime(datetime(2027, 10, 30, 12, tzinfo=UTC))
+    response = await schedules.PreviewSchedule(request)
+    assert [(t.local_time, t.in_dst_fold) for t in response.fire_times] == [
+        ("2027-10-31T02:00:00+02:00", True),
+        ("2027-10-31T02:30:00+02:00", True),
+        ("2027-10-31T02:00:00+01:00", True),
+        ("2027-10-31T02:30:00+01:00", True),
+        ("2027-11-01T02:00:00+01:00", False),
+    ]
+
+
+@pytest.mark.usefixtures("job")
+@pytest.mark.parametrize(
+    ("trigger", "field", "fragment"),
+    [
+        (
+            {"cron": {"expression": "0 0 31 2 *"}},
+            "schedule.trigger.cron.expression",
+            "day 31 never occurs in FEB",
+        ),
+        (
+            {"cron": {"expression": "0 0 1 * * 8"}},
+            "schedule.trigger.cron.expression",
+            "day-of-week: 8 is out",
+        ),
+        (
+            {"cron": {"expression": "30 2 * 3 0L", "dstPolicy": "DST_POLICY_SKIP"}},
+            "schedule.trigger.cron.dst_policy",
+            "never fires in Europe/Berlin",
+        ),
+        (
+            {"cron": {"expression": "0 0 * * *", "dstPolicy": 9}},
+            "schedule.trigger.cron.dst_policy",
+            "unknown",
+        ),
+    ],
+)
+async def test_a_cron_that_cannot_fire_is_refused_naming_the_field(
+    schedules: ScheduleServiceStub, trigger: dict[str, Any], field: str, fragment: str
+) -> None:
+    violations, _ = await expect_error(
+        create(schedules, "bad", trigger=trigger), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert fragment in violations[field], violations
+    listed = await schedules.ListSchedules(schedule_service_pb2.ListSchedulesRequest(parent=PARENT))
+    assert list(listed.schedules) == []
+
+
+@pytest.mark.usefixtures("job")
+async def test_a_skip_schedule_is_stored_with_its_policy(schedules: ScheduleServiceStub) -> None:
+    created = await create(
+        schedules, "skip", trigger={"cron": {"expression": "@daily", "dstPolicy": "DST_POLICY_SKIP"}}
+    )
+    got = (await schedules.GetSchedule(schedule_service_pb2.GetScheduleRequest(name=created.name))).schedule
+    assert got.trigger.cron.dst_policy == schedule_pb2.DST_POLICY_SKIP
+    assert got.trigger.cron.expression == "@daily"
