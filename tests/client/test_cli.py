@@ -188,6 +188,16 @@ def test_schedules(cw: Run) -> None:
     local = [t["local_time"] for t in spec.json()["fire_times"]]
     assert local[0].startswith("2027-03-24T09:00:00+01:00")
     assert local[3].startswith("2027-03-29T09:00:00+02:00")
+    for dst, spring in (("debian", ["03:00:00+02:00"]), ("skip", [])):
+        gap = cw(
+            "schedules", "preview", "--cron", "30 2 * * *", "--tz", "Europe/Berlin", "--dst", dst,
+            "--after", "2027-03-27T12:00:00Z", "--count", "2", "-o", "json",
+        )  # fmt: skip
+        on_the_day = [
+            t["local_time"][11:] for t in gap.json()["fire_times"] if "2027-03-28" in t["local_time"]
+        ]
+        assert on_the_day == spring, gap.out
+    assert cw("schedules", "preview", "--every", "1h", "--dst", "skip").code == EXIT_USAGE
     assert cw("schedules", "preview").code == EXIT_USAGE
 
     assert cw("schedules", "delete", "once").code == 0
