@@ -22,7 +22,14 @@ from sqlalchemy.engine import make_url
 from cronwire_server.storage.migrate import upgrade
 from cronwire_server.storage.sql_store import SqlStore, normalize_url, open_store
 
+# Fixtures that live in modules of their own.
+pytest_plugins = ["tests.throwaway_postgres"]
+
 POSTGRES_URL_ENV = "CRONWIRE_TEST_POSTGRES_URL"
+
+# Servers the tests start run jobs as the tests' user, even as root, so that jobs can use the
+# tests' private temporary directories; the tests of job isolation set it off themselves.
+os.environ.setdefault("CRONWIRE_ALLOW_ROOT_JOBS", "1")
 BACKENDS = ("sqlite", "postgres")
 
 

@@ -6,7 +6,6 @@ shared server. initdb refuses to run as root, so as root the server runs as the 
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pwd
@@ -108,10 +107,10 @@ class ThrowawayPostgres:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-@contextlib.contextmanager
+@pytest.fixture
 def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
-    """A started throwaway server, stopped and deleted afterwards; skipped (failed in CI) when this
-    machine has no PostgreSQL server binaries."""
+    """A started throwaway server, stopped and deleted after the test; skipped (failed in CI) when
+    this machine has no PostgreSQL server binaries."""
     bindir = _binaries()
     if bindir is None:
         reason = "no PostgreSQL server binaries (initdb) to start a throwaway server"

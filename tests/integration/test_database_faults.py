@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cronwire.v1 import execution_pb2
 from tests.integration.helpers import Api, Replicas, describe
 from tests.support import ServerProcess, status_details, wait_for
-from tests.throwaway_postgres import ThrowawayPostgres, throwaway_postgres
+from tests.throwaway_postgres import ThrowawayPostgres
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -28,18 +28,12 @@ SUCCEEDED = execution_pb2.EXECUTION_STATE_SUCCEEDED
 
 
 @pytest.fixture
-def postgres() -> Iterator[ThrowawayPostgres]:
-    with throwaway_postgres() as server:
-        yield server
-
-
-@pytest.fixture
-def own_replicas(postgres: ThrowawayPostgres, tmp_path: Path) -> Iterator[Replicas]:
+def own_replicas(throwaway_postgres: ThrowawayPostgres, tmp_path: Path) -> Iterator[Replicas]:
     """Replicas on the throwaway server, gone before it is."""
     started = Replicas(tmp_path / "replicas")
     yield started
     started.close()
-    print(f"--- postgres log:\n{postgres.log()[-4000:]}")
+    print(f"--- postgres log:\n{throwaway_postgres.log()[-4000:]}")
 
 
 def _health(server: ServerProcess) -> int | None:
@@ -116,9 +110,9 @@ def _fault(postgres: ThrowawayPostgres, database: str, kind: str, replicas: list
 @pytest.mark.postgres
 @pytest.mark.parametrize("kind", ["restart", "terminate"])
 def test_every_acknowledged_run_runs_exactly_once_after_a_database_fault(
-    kind: str, postgres: ThrowawayPostgres, own_replicas: Replicas, tmp_path: Path
+    kind: str, throwaway_postgres: ThrowawayPostgres, own_replicas: Replicas, tmp_path: Path
 ) -> None:
-    url = postgres.create_database("cronwire")
+    url = throwaway_postgres.create_database("cronwire")
     replicas = [own_replicas.start(url), own_replicas.start(url)]
     apis = [own_replicas.api(server) for server in replicas]
     ledger = tmp_path / "ledger"
@@ -132,12 +126,12 @@ def test_every_acknowledged_run_runs_exactly_once_after_a_database_fault(
 
     with Load(apis, job) as load:
         wait_for(lambda: load.count() >= 50, 30, "runs acknowledged before the fault")
-        _fault(postgres, "cronwire", kind, replicas)
+        _fault(throwaway_postgres, "cronwire", kind, replicas)
         if kind == "terminate":
             # Again once the replicas have reconnected: a second blip must not find loops dead.
             before = load.count()
             wait_for(lambda: load.count() >= before + 50, 30, "runs acknowledged after the first blip")
-            _fault(postgres, "cronwire", kind, replicas)
+            _fault(throwaway_postgres, "cronwire", kind, replicas)
         for server in replicas:
             wait_for(lambda s=server: _health(s) == SERVING, 30, "SERVING once the database is back")
         after = load.count()

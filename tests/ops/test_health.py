@@ -17,7 +17,7 @@ from cronwire.v1 import execution_pb2, job_service_pb2
 from cronwire_server.app import SERVICE_NAMES
 from tests.integration.helpers import Api, execution_in
 from tests.support import ServerProcess, start_server, wait_for
-from tests.throwaway_postgres import ThrowawayPostgres, throwaway_postgres
+from tests.throwaway_postgres import ThrowawayPostgres
 
 pytestmark = pytest.mark.postgres
 
@@ -27,14 +27,8 @@ SUCCEEDED = execution_pb2.EXECUTION_STATE_SUCCEEDED
 
 
 @pytest.fixture
-def postgres() -> Iterator[ThrowawayPostgres]:
-    with throwaway_postgres() as server:
-        yield server
-
-
-@pytest.fixture
-def server(tmp_path: Path, postgres: ThrowawayPostgres) -> Iterator[ServerProcess]:
-    running = start_server(postgres.create_database("cronwire"), tmp_path)
+def server(tmp_path: Path, throwaway_postgres: ThrowawayPostgres) -> Iterator[ServerProcess]:
+    running = start_server(throwaway_postgres.create_database("cronwire"), tmp_path)
     yield running
     running.stop()
     print(running.log())  # shown when the test failed
@@ -54,7 +48,7 @@ def _all(channel: grpc.Channel, status: int) -> bool:
 
 
 def test_health_follows_the_database_and_nothing_is_lost(
-    server: ServerProcess, postgres: ThrowawayPostgres
+    server: ServerProcess, throwaway_postgres: ThrowawayPostgres
 ) -> None:
     api = Api(server.target)
     channel = grpc.insecure_channel(server.target)
@@ -65,9 +59,9 @@ def test_health_follows_the_database_and_nothing_is_lost(
         wait_for(execution_in(api, first.name, SUCCEEDED), 20, "the first run to succeed")
         assert _all(channel, SERVING)
 
-        postgres.stop("fast")
+        throwaway_postgres.stop("fast")
         wait_for(lambda: _all(channel, NOT_SERVING), 15, "NOT_SERVING while PostgreSQL is down")
-        postgres.start()
+        throwaway_postgres.start()
         wait_for(lambda: _all(channel, SERVING), 15, "SERVING once PostgreSQL is back")
 
         assert api.get_schedule(schedule.name).name == schedule.name
