@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from cronwire_server.errors import StorageUnavailable
 from cronwire_server.storage import Store
-from cronwire_server.supervisor import loop_ok
+from cronwire_server.supervisor import loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class ClockCheck:
                 loop_ok()
                 delay = self._every
             except StorageUnavailable as error:
+                loop_failed(error)
                 log.warning("cannot compare this replica's clock with the database's: %s", error)
                 delay = RETRY_AFTER
             with suppress(TimeoutError):
