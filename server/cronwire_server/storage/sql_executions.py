@@ -7,6 +7,7 @@ Every function takes an open Connection inside a transaction and the database's
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Connection, Row
 
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.model import (
+    STATE_EVENTS,
     CallbackDelivery,
     CallbackState,
     DependencyCondition,
@@ -586,6 +588,114 @@ def finish_many(
         claimed, outcome = items[i]
         ended[i] = finish(conn, claimed, worker, outcome, retry, now)
     return ended
+
+
+# Finishing on PostgreSQL: the outcomes of a loop turn in ONE statement, their events inserted by
+# a data-modifying CTE of it, the rows locked in primary-key order (see `_held`). Built once: the
+# batch travels as arrays, so the text never changes and psycopg prepares it.
+_ENDED = ", ".join(f"e.{c.name}" for c in LISTED_COLUMNS)
+FINISH_BATCH = sa.text(
+    f"""
+WITH outcome AS (
+    SELECT * FROM unnest(
+        CAST(:namespaces AS text[]), CAST(:ids AS text[]), CAST(:states AS text[]),
+        CAST(:exit_codes AS integer[]), CAST(:http_statuses AS integer[]), CAST(:outputs AS text[]),
+        CAST(:truncated AS boolean[]), CAST(:results AS text[]), CAST(:errors AS text[]),
+        CAST(:event_types AS text[])
+    ) AS o(namespace, id, state, exit_code, http_status, output, output_truncated, result, error, event_type)
+),
+held AS MATERIALIZED (
+    SELECT e.namespace, e.id
+    FROM executions AS e JOIN outcome AS o ON e.namespace = o.namespace AND e.id = o.id
+    WHERE e.worker = :worker AND e.state = '{RUNNING}'
+    ORDER BY e.namespace, e.id
+    FOR UPDATE OF e
+),
+ended AS (
+    UPDATE executions AS e
+    SET state = o.state, end_time = now(), exit_code = o.exit_code, http_status = o.http_status,
+        output = o.output, output_truncated = o.output_truncated, result = CAST(o.result AS jsonb),
+        -- A cancellation's reason was recorded when it was requested: keep it.
+        error = CASE WHEN e.cancel_requested AND o.state = '{ExecutionState.CANCELLED.value}'
+                     THEN e.error ELSE o.error END,
+        lease_expires_at = NULL
+    FROM held AS h JOIN outcome AS o ON o.namespace = h.namespace AND o.id = h.id
+    WHERE e.namespace = h.namespace AND e.id = h.id
+    RETURNING {_ENDED}, o.event_type
+),
+written AS (
+    INSERT INTO events (type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
+    SELECT event_type, namespace, 'namespaces/' || namespace || '/executions/' || id, job_id, schedule_id,
+           '', end_time, jsonb_build_object('execution', to_jsonb(ended) - 'event_type')
+    FROM ended
+    ORDER BY namespace, id
+),
+-- An execution waiting for one of these to end (a serial turn, a concurrency limit) may start now.
+woken AS MATERIALIZED (SELECT pg_notify('cronwire_executions', '') AS sent WHERE CAST(:wake AS boolean))
+SELECT {", ".join(c.name for c in LISTED_COLUMNS)} FROM ended LEFT JOIN woken ON true
+"""
+).columns(*LISTED_COLUMNS)
+
+
+def finishes_plainly(claimed: ClaimedExecution, outcome: RunOutcome, retry: RetryPlanner) -> bool:
+    """Whether ending a run with `outcome` writes nothing but its row and its event: no retry, no
+    dependent job, no callback. Those cost statements of their own, only when they happen."""
+    job, execution = claimed.job, claimed.execution
+    # Whether a retry follows does not depend on the time (only when it is due does).
+    if retry(job, execution, outcome.state, execution.start_time or execution.create_time or _EPOCH):
+        return False
+    if any(_triggers(d.condition, outcome.state) for d in job.dependents):
+        return False
+    callback = job.callback
+    return callback is None or (bool(callback.states) and outcome.state not in callback.states)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def finish_batch(
+    conn: Connection, items: Sequence[tuple[ClaimedExecution, RunOutcome]], worker: str
+) -> list[Execution | None]:
+    """PostgreSQL: every outcome of `items` and its event in one statement; None for a run whose
+    lease `worker` no longer held. Results follow `items`. Retries, dependents and callbacks are
+    `finish_rest`'s, in the same transaction."""
+    outcomes = [outcome for _, outcome in items]
+    rows = conn.execute(
+        FINISH_BATCH,
+        {
+            "namespaces": [c.execution.namespace for c, _ in items],
+            "ids": [c.execution.id for c, _ in items],
+            "states": [o.state.value for o in outcomes],
+            "exit_codes": [o.exit_code for o in outcomes],
+            "http_statuses": [o.http_status for o in outcomes],
+            "outputs": [o.output for o in outcomes],
+            "truncated": [o.output_truncated for o in outcomes],
+            "results": [None if o.result is None else json.dumps(o.result) for o in outcomes],
+            "errors": [o.error for o in outcomes],
+            "event_types": [STATE_EVENTS[o.state].value for o in outcomes],
+            "worker": worker,
+            "wake": any(
+                c.execution.serial or c.job.max_concurrency or c.execution.group_limit for c, _ in items
+            ),
+        },
+    ).all()
+    ended = {(r.namespace, r.id): execution_from_row(r._mapping) for r in rows}
+    return [ended.get(_key(c.execution)) for c, _ in items]
+
+
+def finish_rest(
+    conn: Connection,
+    items: Sequence[tuple[ClaimedExecution, RunOutcome]],
+    ended: Sequence[Execution | None],
+    retry: RetryPlanner,
+) -> None:
+    """After `finish_batch`, in its transaction: the retries, dependents and callbacks due."""
+    for (claimed, outcome), execution in zip(items, ended, strict=True):
+        if execution is None or execution.end_time is None or finishes_plainly(claimed, outcome, retry):
+            continue
+        now = execution.end_time
+        if not _queue_retry(conn, claimed.job, execution, outcome.state, retry, now):
+            _on_final(conn, claimed.job, execution, now)
 
 
 def _queue_retry(

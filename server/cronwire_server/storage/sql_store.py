@@ -713,11 +713,29 @@ class SqlStore:
     async def finish_executions(
         self, items: list[tuple[ClaimedExecution, RunOutcome]], worker: str, retry: RetryPlanner
     ) -> list[Execution | None]:
-        results: list[Execution | None] = await self._run(
-            self._in_transaction, ex.finish_many, items, worker, retry
-        )
+        results: list[Execution | None]
+        if self._postgres:
+            results = await self._run(self._finish_batch, items, worker, retry)
+        else:
+            results = await self._run(self._in_transaction, ex.finish_many, items, worker, retry)
         self._wakeup.signal("executions")  # a slot, a serial turn or a retry may be free now
         return results
+
+    def _finish_batch(
+        self, items: list[tuple[ClaimedExecution, RunOutcome]], worker: str, retry: RetryPlanner
+    ) -> list[Execution | None]:
+        """One autocommitted statement when every run ends plainly; else that statement and what
+        the others need (retries, dependents, callbacks) in one transaction."""
+        if all(ex.finishes_plainly(c, o, retry) for c, o in items):
+            with self._sync.connect() as conn:
+                ended = ex.finish_batch(conn, items, worker)
+        else:
+            with self._transaction() as conn:
+                ended = ex.finish_batch(conn, items, worker)
+                ex.finish_rest(conn, items, ended, retry)
+        if any(ended):
+            self._wakeup.signal("events_new")
+        return ended
 
     async def release_executions(self, worker: str, execution_ids: list[str]) -> None:
         await self._run(self._in_transaction, ex.release, worker, execution_ids)

@@ -1,0 +1,119 @@
+"""How many statements the hot path sends, counted by a statement hook on the store's engine:
+counts, not times, so they hold on any machine. Each set-based step is pinned here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from cronwire_server.executors.runtime import RunOutcome
+from cronwire_server.model import EventFilter, EventType, Execution, ExecutionState, Job, Page, RetryPolicy
+from cronwire_server.storage.base import ClaimedExecution, ExecutionFilter
+from cronwire_server.storage.sql_store import SqlStore, open_store
+from cronwire_server.workers import plan_retry
+
+NS = "counts"
+WORKER = "host:1:abc"
+LEASE = timedelta(seconds=60)
+BATCH = 100
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def store(fresh_database_url: Callable[[str], str]) -> AsyncIterator[SqlStore]:
+    opened = await open_store(fresh_database_url("postgres"))
+    yield opened
+    await opened.close()
+
+
+class Sent:
+    """Every call the store makes to the database: statements, BEGIN and COMMIT alike."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def __call__(self, *args: Any) -> None:
+        self.statements.append(args[2])
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+
+@contextmanager
+def counting(store: SqlStore) -> Iterator[Sent]:
+    sent = Sent()
+    engine = store.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", sent)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", sent)
+
+
+async def running(store: SqlStore, job: Job, count: int) -> list[ClaimedExecution]:
+    await store.create_job(job)
+    for _ in range(count):
+        await store.run_job(NS, job.id, {})
+    claimed = await store.claim_executions(WORKER, count, LEASE)
+    assert len(claimed) == count
+    return claimed
+
+
+async def all_events(store: SqlStore) -> list[Any]:
+    await store.sequence_events(10_000)
+    return await store.read_events(EventFilter(namespace=NS), after=0, limit=10_000)
+
+
+async def test_finishing_a_batch_of_plain_outcomes_is_one_statement(store: SqlStore) -> None:
+    claimed = await running(store, Job(namespace=NS, id="noop", executor="noop", parameters={}), BATCH)
+    items = [(c, RunOutcome(ExecutionState.SUCCEEDED, exit_code=0, output="ok\n")) for c in claimed]
+    with counting(store) as sent:
+        ended = await store.finish_executions(items, WORKER, plan_retry)
+    assert sent.count == 1, sent.statements
+    assert [e.id if e else None for e in ended] == [c.execution.id for c in claimed]
+    assert {e.state if e else None for e in ended} == {ExecutionState.SUCCEEDED}
+    # Its events came with it: one per outcome, with the ended execution as snapshot.
+    finished = [e for e in await all_events(store) if e.type is EventType.EXECUTION_SUCCEEDED]
+    assert sorted(e.resource for e in finished) == sorted(c.execution.name for c in claimed)
+    snapshot = finished[0].snapshot
+    assert isinstance(snapshot, Execution)
+    assert snapshot.state is ExecutionState.SUCCEEDED and snapshot.end_time is not None
+    stored = await store.get_execution(NS, claimed[0].execution.id)
+    assert (stored.output, stored.exit_code, stored.worker) == ("ok\n", 0, WORKER)
+
+
+async def test_a_run_whose_lease_passed_on_is_not_finished_and_the_others_are(store: SqlStore) -> None:
+    claimed = await running(store, Job(namespace=NS, id="noop", executor="noop", parameters={}), 3)
+    items = [(c, RunOutcome(ExecutionState.SUCCEEDED)) for c in claimed]
+    ended = await store.finish_executions(items, "another:2:def", plan_retry)
+    assert ended == [None, None, None]
+    ended = await store.finish_executions(items, WORKER, plan_retry)
+    assert all(e is not None and e.state is ExecutionState.SUCCEEDED for e in ended)
+
+
+async def test_a_retry_costs_statements_only_for_the_run_retried(store: SqlStore) -> None:
+    plain = await running(store, Job(namespace=NS, id="noop", executor="noop", parameters={}), BATCH)
+    retried = Job(
+        namespace=NS, id="flaky", executor="noop", parameters={}, retry_policy=RetryPolicy(max_attempts=2)
+    )
+    (flaky,) = await running(store, retried, 1)
+    items = [(c, RunOutcome(ExecutionState.SUCCEEDED)) for c in plain]
+    items.append((flaky, RunOutcome(ExecutionState.FAILED, exit_code=1, error="boom")))
+    with counting(store) as sent:
+        ended = await store.finish_executions(items, WORKER, plan_retry)
+    # BEGIN, the batch, the retry's row, its NOTIFY, the retry's events, COMMIT: not one per run.
+    assert sent.count <= 6, sent.statements
+    assert ended[-1] is not None and ended[-1].state is ExecutionState.FAILED
+    queued = await store.list_executions(
+        NS, Page(size=10), ExecutionFilter(job_id="flaky", states=(ExecutionState.QUEUED,))
+    )
+    assert [(e.attempt, e.parent_execution_id) for e in queued.items] == [(2, flaky.execution.id)]
+    types = [e.type for e in await all_events(store) if e.resource == flaky.execution.name]
+    assert types[-2:] == [EventType.EXECUTION_FAILED, EventType.EXECUTION_RETRYING]
