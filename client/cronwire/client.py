@@ -1,3 +1,5 @@
+# Generated from aio.py by `python scripts/gen_sync_client.py`: edit aio.py and run it again.
+# ruff: noqa: UP028
 """The synchronous client: one method per RPC, Python values in and out, typed errors."""
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ class Client:
         token = ""
         while True:
             page = fetch(token)
-            yield from page.items
+            for item in page.items:
+                yield item
             token = page.next_page_token
             if not token:
                 return
@@ -677,7 +680,7 @@ class Client:
     def get_key(self, key: str | Key) -> Key:
         """Get a key by id, name (`keys/<id>`) or `Key`. Raises NotFound."""
         request = key_service_pb2.GetKeyRequest(name=key_name(key))
-        return Key._from_proto((self._call(self._keys.GetKey, request)).key)
+        return Key._from_proto(self._call(self._keys.GetKey, request).key)
 
     def list_keys(self, *, page_size: int = 0, page_token: str = "") -> Page[Key]:
         """One page of the keys (revoked ones included), in id order."""
@@ -692,7 +695,7 @@ class Client:
     def revoke_key(self, key: str | Key) -> Key:
         """Revoke a key; servers refuse it within their key cache time (5 s by default)."""
         request = key_service_pb2.RevokeKeyRequest(name=key_name(key))
-        return Key._from_proto((self._call(self._keys.RevokeKey, request)).key)
+        return Key._from_proto(self._call(self._keys.RevokeKey, request).key)
 
     # Events
 
@@ -782,7 +785,8 @@ class Client:
                 for response in call:
                     events = cursor.accept(response)
                     backoff.progressed()
-                    yield from events
+                    for event in events:
+                        yield event
             except grpc.RpcError as error:
                 failure = from_rpc_error(error)
                 if not (reconnect and resumable(failure)):
