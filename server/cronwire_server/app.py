@@ -47,7 +47,7 @@ from cronwire_server.executions import ExecutionManager
 from cronwire_server.executors.runners import Runners
 from cronwire_server.health import ReplicaHealth
 from cronwire_server.jobs import JobManager
-from cronwire_server.limits import Limits
+from cronwire_server.limits import DocumentSizes, Limits
 from cronwire_server.metrics import MetricsEndpoint, RpcMetricsInterceptor, serve_metrics
 from cronwire_server.replicas import ReplicaHeartbeat, this_replica
 from cronwire_server.retention import ExecutionPruner
@@ -139,6 +139,8 @@ async def create_server(settings: Settings) -> RunningServer:
         raise SystemExit(f"cronwire-server: {exc}") from exc
     if auth is not None:
         interceptors.append(auth)
+    # After auth: an unauthenticated caller learns nothing of the limits.
+    interceptors.append(DocumentSizes(limits))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=limits.grpc_options(),

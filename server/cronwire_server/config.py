@@ -140,6 +140,11 @@ class Settings:
     max_jobs_per_namespace: int = 100_000
     max_schedules_per_namespace: int = 100_000
     max_running_per_namespace: int = 0
+    # Sizes of the free-form documents a request may carry: every copy of them (rows, events,
+    # watchers' pages) is bounded by these.
+    max_parameters_bytes: int = 256 * 1024
+    max_arguments_bytes: int = 256 * 1024
+    max_labels_bytes: int = 64 * 1024
     # Secrets that jobs reference by name: a YAML or JSON file of name -> value.
     secrets_file: str = ""
 
@@ -423,6 +428,19 @@ def add_limit_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os
         help="executions of one namespace running at once across all replicas; the rest wait "
         "QUEUED (0: no limit)",
     )
+    for document, of in (
+        ("parameters", "a job's parameters"),
+        ("arguments", "the arguments of a schedule or a run"),
+        ("labels", "a job's labels, keys and values together"),
+    ):
+        _flag(
+            parser,
+            env,
+            f"--max-{document}-bytes",
+            convert=non_negative,
+            metavar="BYTES",
+            help=f"largest size of {of}; larger gets INVALID_ARGUMENT naming the field (0: no limit)",
+        )
 
 
 def add_log_format_flag(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:

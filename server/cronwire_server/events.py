@@ -3,9 +3,11 @@
 Every process runs a `Sequencer` (only one numbers at a time, see
 `storage.sql_events.sequence_pending`) and, with the api role, one `EventHub`
 that follows the numbered events in order and hands each watcher the batches
-that match its filters. A watcher's buffer is bounded: one that falls behind is
-cut off and told to resume from its last sequence, so it never slows the hub or
-the other watchers.
+that match its filters. A watcher's buffer is bounded, in batches and in bytes:
+one that falls behind is cut off and told to resume from its last sequence, so it
+never slows the hub or the other watchers. Every read is bounded in bytes as well
+as in rows, so however large the snapshots, a watcher (live or replaying) or a
+listing holds a bounded page.
 """
 
 from __future__ import annotations
@@ -21,15 +23,21 @@ from cronwire_server import metrics
 from cronwire_server.errors import OutOfRange, ResourceExhausted, StorageUnavailable
 from cronwire_server.model import Event, EventFilter, Listing, Page
 from cronwire_server.storage import Store
+from cronwire_server.storage.base import EventPage
 from cronwire_server.supervisor import loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
 
 SEQUENCE_BATCH = 5000
 READ_BATCH = 1000
+# Snapshot bytes (JSON text) per read: what one hub batch or replay page may hold (one event
+# larger than this is still read, alone).
+READ_BYTES = 1024 * 1024
+LIST_BYTES = 1024 * 1024
 # Re-read at least this often, in case a wake-up from another replica was lost.
 POLL = 1.0
 DEFAULT_BUFFER = 256  # batches a watcher may have waiting
+DEFAULT_BUFFER_BYTES = 16 * 1024 * 1024  # and their snapshot bytes
 DEFAULT_HEARTBEAT = 15.0
 DEFAULT_RETENTION = timedelta(days=7)
 PRUNE_EVERY = 600.0
@@ -72,20 +80,43 @@ class Sequencer:
 class Subscription:
     where: EventFilter
     buffer: int
-    queue: asyncio.Queue[list[Event]] = field(init=False)
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES
+    queue: asyncio.Queue[tuple[list[Event], int]] = field(init=False)
+    queued_bytes: int = 0
     overflowed: bool = False
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.buffer)
 
-    def offer(self, batch: list[Event]) -> None:
-        matching = [e for e in batch if self.where.matches(e)]
-        if not matching or self.overflowed:
+    def offer(self, batch: list[Event], sizes: list[int] | None = None) -> None:
+        if self.overflowed:
             return
-        try:
-            self.queue.put_nowait(matching)
-        except asyncio.QueueFull:
-            self.overflowed = True
+        matching: list[Event] = []
+        size = 0
+        for index, event in enumerate(batch):
+            if self.where.matches(event):
+                matching.append(event)
+                size += sizes[index] if sizes else 0
+        if not matching:
+            return
+        # One batch is always taken, however large: the hub read it with a byte bound already.
+        if self.queue.full() or (self.queued_bytes and self.queued_bytes + size > self.buffer_bytes):
+            self.overflow()
+            return
+        self.queue.put_nowait((matching, size))
+        self.queued_bytes += size
+
+    def overflow(self) -> None:
+        """Cut off: what waits is dropped now, not when the watcher next reads (it may never)."""
+        self.overflowed = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queued_bytes = 0
+
+    async def get(self) -> list[Event]:
+        batch, size = await self.queue.get()
+        self.queued_bytes -= size
+        return batch
 
 
 class EventHub:
@@ -111,15 +142,17 @@ class EventHub:
                     latest = await self._store.latest_event_sequence()
                     if not self._subscriptions:  # a watcher that came meanwhile needs every row
                         self.position = latest
-                    batch = []
+                    page = EventPage([], [], cut=False)
                 else:
-                    batch = await self._store.read_events(
-                        EventFilter(), after=self.position, limit=READ_BATCH
+                    page = await self._store.read_event_page(
+                        EventFilter(), after=self.position, limit=READ_BATCH, max_bytes=READ_BYTES
                     )
+                batch = page.events
                 loop_ok()
             except StorageUnavailable as error:
                 loop_failed(error)
                 log.warning("event hub: database unavailable (%s)", error)
+                page = EventPage([], [], cut=False)
                 batch = []
             except Exception as error:  # the hub must outlive any one bad row
                 loop_failed(error)
@@ -128,13 +161,15 @@ class EventHub:
                 continue
             if batch:
                 for subscription in list(self._subscriptions):
-                    subscription.offer(batch)
+                    subscription.offer(batch, page.sizes)
                 self.position = batch[-1].sequence
-            if len(batch) < READ_BATCH:
+            if len(batch) < READ_BATCH and not page.cut:
                 await sleep_until_woken(self._store, "events", POLL, stopping)
 
-    def subscribe(self, where: EventFilter, buffer: int = DEFAULT_BUFFER) -> Subscription:
-        subscription = Subscription(where, buffer)
+    def subscribe(
+        self, where: EventFilter, buffer: int = DEFAULT_BUFFER, buffer_bytes: int = DEFAULT_BUFFER_BYTES
+    ) -> Subscription:
+        subscription = Subscription(where, buffer, buffer_bytes)
         self._subscriptions.add(subscription)
         return subscription
 
@@ -162,17 +197,21 @@ class EventManager:
         *,
         heartbeat: float = DEFAULT_HEARTBEAT,
         buffer: int = DEFAULT_BUFFER,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     ) -> None:
         self._store = store
         self._hub = hub
         self._heartbeat = heartbeat
         self._buffer = buffer
+        self._buffer_bytes = buffer_bytes
 
     async def list_page(self, where: EventFilter, page: Page, after: int) -> Listing[Event]:
         start = max(after, int(page.after or 0))
-        found = await self._store.read_events(where, after=start, limit=page.size + 1)
-        more = len(found) > page.size
-        items = found[: page.size]
+        found = await self._store.read_event_page(
+            where, after=start, limit=page.size + 1, max_bytes=LIST_BYTES
+        )
+        more = len(found.events) > page.size or found.cut
+        items = found.events[: page.size]
         return Listing(items=items, next_after=str(items[-1].sequence) if more else None)
 
     async def watch(self, where: EventFilter, after: int) -> AsyncIterator[Delivery]:
@@ -181,24 +220,23 @@ class EventManager:
         The subscription starts before the replay, so what is committed meanwhile waits in it;
         anything the replay already sent is dropped from it by sequence.
         """
-        subscription = self._hub.subscribe(where, self._buffer)
+        subscription = self._hub.subscribe(where, self._buffer, self._buffer_bytes)
         metrics.watcher_opened()
         try:
             sent = self._hub.position if after <= 0 else after
             if after > 0:
                 async for batch in self._replay(where, after, self._hub.position):
+                    # A replaying watcher that does not read is cut off like a live one: what
+                    # happened meanwhile overflowed its buffer.
+                    self._check_keeping_up(subscription, sent)
                     sent = batch[-1].sequence
                     yield Delivery(batch, sent)
                 sent = max(sent, after)
             while True:
-                if subscription.overflowed:
-                    raise WatcherTooSlow(
-                        f"this watcher fell more than {self._buffer} batches behind; "
-                        f"reconnect with after_sequence={sent} to resume"
-                    )
+                self._check_keeping_up(subscription, sent)
                 try:
                     async with asyncio.timeout(self._heartbeat):
-                        batch = await subscription.queue.get()
+                        batch = await subscription.get()
                 except TimeoutError:
                     yield Delivery([], max(sent, self._hub.position))
                     continue
@@ -211,6 +249,14 @@ class EventManager:
             self._hub.unsubscribe(subscription)
             metrics.watcher_closed()
 
+    def _check_keeping_up(self, subscription: Subscription, sent: int) -> None:
+        if subscription.overflowed:
+            raise WatcherTooSlow(
+                f"this watcher fell more than {self._buffer} batches or "
+                f"{self._buffer_bytes // (1024 * 1024)} MiB behind; "
+                f"reconnect with after_sequence={sent} to resume"
+            )
+
     async def _replay(self, where: EventFilter, after: int, up_to: int) -> AsyncIterator[list[Event]]:
         oldest = await self._store.read_events(EventFilter(), after=0, limit=1)
         if oldest and after < oldest[0].sequence - 1:
@@ -218,7 +264,10 @@ class EventManager:
                 f"events after sequence {after} are no longer retained; the oldest is {oldest[0].sequence}"
             )
         while True:
-            batch = await self._store.read_events(where, after=after, limit=READ_BATCH, up_to=up_to)
+            page = await self._store.read_event_page(
+                where, after=after, limit=READ_BATCH, max_bytes=READ_BYTES, up_to=up_to
+            )
+            batch = page.events
             if not batch:
                 return
             yield batch

@@ -10,16 +10,27 @@ get RESOURCE_EXHAUSTED with a message naming the limit and the flag that sets it
   transaction that inserts (storage/sql_store.py), so concurrent creates cannot overshoot.
 - `--max-running-per-namespace`: enforced in the claim query (storage/sql_executions.py), so it
   holds across replicas; executions past it stay QUEUED until a slot frees.
+- `--max-parameters-bytes`, `--max-arguments-bytes`, `--max-labels-bytes`: the free-form
+  documents of a request, checked before any service sees it (`DocumentSizes`). Everything that
+  copies them (rows, event snapshots, watchers' pages, the conversion cache) is bounded by them;
+  a document past its limit is INVALID_ARGUMENT naming the field, as a malformed one is.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import grpc
+from google.protobuf.message import Message
+
+from cronwire_server.api.handlers import behaviour_of, with_behaviour
+from cronwire_server.api.status import abort
 from cronwire_server.config import Settings
-from cronwire_server.errors import ResourceExhausted
+from cronwire_server.errors import FieldViolation, InvalidArgument, ResourceExhausted
 
-__all__ = ["Limits", "NamespaceFull"]
+__all__ = ["DocumentSizes", "Limits", "NamespaceFull"]
 
 # Responses may need more room than requests: an execution's output alone may reach
 # --max-output-bytes, and event pages are cut at 1 MiB.
@@ -34,6 +45,9 @@ class Limits:
     max_jobs_per_namespace: int = 0
     max_schedules_per_namespace: int = 0
     max_running_per_namespace: int = 0
+    max_parameters_bytes: int = Settings.max_parameters_bytes
+    max_arguments_bytes: int = Settings.max_arguments_bytes
+    max_labels_bytes: int = Settings.max_labels_bytes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -48,7 +62,19 @@ class Limits:
             max_jobs_per_namespace=settings.max_jobs_per_namespace,
             max_schedules_per_namespace=settings.max_schedules_per_namespace,
             max_running_per_namespace=settings.max_running_per_namespace,
+            max_parameters_bytes=settings.max_parameters_bytes,
+            max_arguments_bytes=settings.max_arguments_bytes,
+            max_labels_bytes=settings.max_labels_bytes,
         )
+
+    def document_limits(self) -> dict[str, tuple[int, str]]:
+        """Field name -> (its byte limit, the flag that sets it), for the documents with one."""
+        limits = {
+            "parameters": (self.max_parameters_bytes, "--max-parameters-bytes"),
+            "arguments": (self.max_arguments_bytes, "--max-arguments-bytes"),
+            "labels": (self.max_labels_bytes, "--max-labels-bytes"),
+        }
+        return {name: limit for name, limit in limits.items() if limit[0] > 0}
 
     def grpc_options(self) -> list[tuple[str, int]]:
         send = max(self.max_message_bytes, self.max_output_bytes + RESPONSE_HEADROOM)
@@ -73,3 +99,71 @@ class NamespaceFull(ResourceExhausted):
         self.kind = kind
         self.namespace = namespace
         self.limit = limit
+
+
+def _document_size(message: Message, name: str) -> int:
+    value = getattr(message, name)
+    if isinstance(value, Message):
+        return value.ByteSize()
+    # A map<string, string>: its keys and values as UTF-8.
+    return sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
+
+
+def _documents(message: Message, names: frozenset[str], prefix: str = "") -> Iterator[tuple[str, Message]]:
+    """(path, holder) for each field in `names` that `message` or a message field of it holds."""
+    for descriptor, value in message.ListFields():
+        path = f"{prefix}{descriptor.name}"
+        if descriptor.name in names:
+            yield path, message
+        elif not prefix and descriptor.message_type is not None and isinstance(value, Message):
+            yield from _documents(value, names, f"{path}.")
+
+
+def oversized_documents(request: Message, limits: dict[str, tuple[int, str]]) -> list[FieldViolation]:
+    """A violation for each free-form document of `request` (or of a message in it) past its limit."""
+    violations = []
+    for path, holder in _documents(request, frozenset(limits)):
+        name = path.rpartition(".")[2]
+        size, (limit, flag) = _document_size(holder, name), limits[name]
+        if size > limit:
+            violations.append(
+                FieldViolation(path, f"is {size} bytes; at most {limit} are accepted (the server's {flag})")
+            )
+    return violations
+
+
+class DocumentSizes(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses a request whose parameters, arguments or labels exceed their limits, before any
+    service (and any copy the service would make) sees it."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits.document_limits()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or not self._limits:
+            return handler
+        behaviour, limits = behaviour_of(handler), self._limits
+
+        async def check(request: Any, context: Any) -> None:
+            if isinstance(request, Message) and (violations := oversized_documents(request, limits)):
+                await abort(context, InvalidArgument(violations))
+
+        if not handler.response_streaming:
+
+            async def respond(request: Any, context: Any) -> Any:
+                await check(request, context)
+                return await behaviour(request, context)
+
+            return with_behaviour(handler, respond)
+
+        async def respond_streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            await check(request, context)
+            async for response in behaviour(request, context):
+                yield response
+
+        return with_behaviour(handler, respond_streaming)

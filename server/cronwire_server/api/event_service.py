@@ -56,20 +56,31 @@ def _filter(request: pb.WatchEventsRequest | pb.ListEventsRequest) -> EventFilte
 # Responses stay well under the 4 MiB a default client accepts, however large the snapshots.
 MAX_RESPONSE_BYTES = 1024 * 1024
 CONVERTED_KEPT = 4096
+# Large snapshots must not pin memory after their watchers are gone: the cache is bounded in
+# serialized bytes too.
+CONVERTED_KEPT_BYTES = 16 * 1024 * 1024
 
 
 class _Converted:
     """Watchers of the same events share one conversion of each (per server: per database)."""
 
-    def __init__(self) -> None:
-        self._messages: OrderedDict[int, event_pb2.Event] = OrderedDict()
+    def __init__(self, kept: int = CONVERTED_KEPT, kept_bytes: int = CONVERTED_KEPT_BYTES) -> None:
+        self._messages: OrderedDict[int, tuple[event_pb2.Event, int]] = OrderedDict()
+        self._kept = kept
+        self._kept_bytes = kept_bytes
+        self.bytes = 0
 
     def __call__(self, event: Event) -> event_pb2.Event:
-        message = self._messages.get(event.sequence)
-        if message is None:
-            message = self._messages[event.sequence] = convert.event_to_pb(event)
-            if len(self._messages) > CONVERTED_KEPT:
-                self._messages.popitem(last=False)
+        found = self._messages.get(event.sequence)
+        if found is not None:
+            return found[0]
+        message = convert.event_to_pb(event)
+        size = message.ByteSize()
+        self._messages[event.sequence] = (message, size)
+        self.bytes += size
+        while len(self._messages) > self._kept or (self.bytes > self._kept_bytes and len(self._messages) > 1):
+            _, (_, evicted) = self._messages.popitem(last=False)
+            self.bytes -= evicted
         return message
 
 

@@ -67,6 +67,16 @@ class LeaseRenewal:
 
 
 @dataclass(frozen=True)
+class EventPage:
+    """Events read with a byte bound, each with the size of its snapshot (JSON text); `cut` when
+    the bound (not the count or the end) stopped the page, so more events follow."""
+
+    events: list[Event]
+    sizes: list[int]
+    cut: bool
+
+
+@dataclass(frozen=True)
 class ExecutionFilter:
     job_id: str = ""
     schedule_id: str = ""
@@ -281,6 +291,11 @@ class Store(Protocol):
         self, where: EventFilter, *, after: int, limit: int, up_to: int | None = None
     ) -> list[Event]:
         """Numbered events after sequence `after` (up to `up_to`) matching `where`, in order."""
+
+    async def read_event_page(
+        self, where: EventFilter, *, after: int, limit: int, max_bytes: int, up_to: int | None = None
+    ) -> EventPage:
+        """Like `read_events`, also cut to at most `max_bytes` of snapshots (at least one event)."""
 
     async def prune_events(self, before: datetime, *, limit: int) -> int:
         """Delete up to `limit` events older than `before`; how many."""

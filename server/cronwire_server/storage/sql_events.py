@@ -227,5 +227,39 @@ def select(where: EventFilter, after: int, limit: int, up_to: int | None = None)
     return query.order_by(events.c.sequence).limit(limit)
 
 
+def select_page(
+    where: EventFilter,
+    after: int,
+    limit: int,
+    max_bytes: int,
+    up_to: int | None = None,
+    *,
+    postgres: bool,
+) -> sa.Select[Any]:
+    """Like `select`, cut further to the longest prefix whose snapshots fit in `max_bytes`, and
+    at least one event: a reader holds a bounded page however large each snapshot is. Each row
+    also carries `page_bytes` (its snapshot's size) and `page_rows` (how many rows the count
+    alone allowed), so a caller tells a cut page from the end.
+
+    The size is the stored one, known without reading the value: on PostgreSQL the (possibly
+    compressed) datum size, on SQLite the JSON text's length. Sizing by the decoded text would
+    make the database serialize every snapshot of the count-limited page for each page read.
+    """
+    counted = select(where, after, limit, up_to).subquery()
+    stored = sa.func.pg_column_size(counted.c.snapshot) if postgres else sa.func.length(counted.c.snapshot)
+    size = sa.func.coalesce(stored, 0)
+    sized = sa.select(
+        counted,
+        size.label("page_bytes"),
+        (sa.func.sum(size).over(order_by=counted.c.sequence) - size).label("bytes_before"),
+        sa.func.count().over().label("page_rows"),
+    ).subquery()
+    return (
+        sa.select(*(sized.c[c.name] for c in events.c), sized.c.page_bytes, sized.c.page_rows)
+        .where(sized.c.bytes_before < max_bytes)
+        .order_by(sized.c.sequence)
+    )
+
+
 def to_events(rows: Sequence[Row[Any]]) -> list[Event]:
     return [event_from_row(r._mapping) for r in rows]

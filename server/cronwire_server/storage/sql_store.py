@@ -48,6 +48,7 @@ from cronwire_server.storage import sql_executions as ex
 from cronwire_server.storage.base import (
     ClaimedExecution,
     DispatchResult,
+    EventPage,
     ExecutionFilter,
     LeaseRenewal,
     Planner,
@@ -971,6 +972,17 @@ class SqlStore:
     ) -> list[Event]:
         rows = await self._run(self._all, sql_events.select(where, after, limit, up_to))
         return sql_events.to_events(rows)
+
+    async def read_event_page(
+        self, where: EventFilter, *, after: int, limit: int, max_bytes: int, up_to: int | None = None
+    ) -> EventPage:
+        query = sql_events.select_page(where, after, limit, max_bytes, up_to, postgres=self._postgres)
+        rows = await self._run(self._all, query)
+        return EventPage(
+            events=sql_events.to_events(rows),
+            sizes=[int(r.page_bytes) for r in rows],
+            cut=bool(rows) and int(rows[0].page_rows) > len(rows),
+        )
 
     async def prune_events(self, before: datetime, *, limit: int) -> int:
         pruned: int = await self._run(
