@@ -12,7 +12,15 @@ import pytest
 import sqlalchemy as sa
 
 from cronwire_server.executors.runtime import RunOutcome
-from cronwire_server.model import EventFilter, EventType, Execution, ExecutionState, Job, Page, RetryPolicy
+from cronwire_server.model import (
+    EventFilter,
+    EventType,
+    Execution,
+    ExecutionState,
+    Job,
+    Page,
+    RetryPolicy,
+)
 from cronwire_server.storage.base import ClaimedExecution, ExecutionFilter
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.workers import plan_retry
@@ -84,7 +92,8 @@ async def test_finishing_a_batch_of_plain_outcomes_is_one_statement(store: SqlSt
     assert sorted(e.resource for e in finished) == sorted(c.execution.name for c in claimed)
     snapshot = finished[0].snapshot
     assert isinstance(snapshot, Execution)
-    assert snapshot.state is ExecutionState.SUCCEEDED and snapshot.end_time is not None
+    assert snapshot.state is ExecutionState.SUCCEEDED
+    assert snapshot.end_time is not None
     stored = await store.get_execution(NS, claimed[0].execution.id)
     assert (stored.output, stored.exit_code, stored.worker) == ("ok\n", 0, WORKER)
 
@@ -110,10 +119,45 @@ async def test_a_retry_costs_statements_only_for_the_run_retried(store: SqlStore
         ended = await store.finish_executions(items, WORKER, plan_retry)
     # BEGIN, the batch, the retry's row, its NOTIFY, the retry's events, COMMIT: not one per run.
     assert sent.count <= 6, sent.statements
-    assert ended[-1] is not None and ended[-1].state is ExecutionState.FAILED
+    assert ended[-1] is not None
+    assert ended[-1].state is ExecutionState.FAILED
     queued = await store.list_executions(
         NS, Page(size=10), ExecutionFilter(job_id="flaky", states=(ExecutionState.QUEUED,))
     )
     assert [(e.attempt, e.parent_execution_id) for e in queued.items] == [(2, flaky.execution.id)]
     types = [e.type for e in await all_events(store) if e.resource == flaky.execution.name]
     assert types[-2:] == [EventType.EXECUTION_FAILED, EventType.EXECUTION_RETRYING]
+
+
+async def test_claiming_a_batch_is_one_statement(store: SqlStore) -> None:
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    queued = [await store.run_job(NS, "noop", {}) for _ in range(BATCH)]
+    with counting(store) as sent:
+        claimed = await store.claim_executions(WORKER, BATCH, LEASE)
+    assert sent.count == 1, sent.statements
+    assert sorted(c.execution.id for c in claimed) == sorted(e.id for e in queued)
+    assert {(c.execution.state, c.execution.worker, c.job.id) for c in claimed} == {
+        (ExecutionState.RUNNING, WORKER, "noop")
+    }
+    first = claimed[0].execution
+    assert first.start_time is not None
+    stored = await store.get_execution(NS, first.id)
+    assert stored.state is ExecutionState.RUNNING
+    assert stored.start_time == first.start_time
+    started = [e for e in await all_events(store) if e.type is EventType.EXECUTION_STARTED]
+    assert sorted(e.resource for e in started) == sorted(e.name for e in queued)
+    with counting(store) as sent:
+        assert await store.claim_executions(WORKER, BATCH, LEASE) == []
+    assert sent.count == 1, "an empty queue costs one statement too"
+
+
+async def test_a_claim_that_needs_an_admission_decision_still_makes_it(store: SqlStore) -> None:
+    """A job's concurrency limit at the head of the queue: the one-statement claim starts
+    nothing and the deciding claim admits exactly the limit."""
+    limited = Job(namespace=NS, id="limited", executor="noop", parameters={}, max_concurrency=2)
+    await store.create_job(limited)
+    for _ in range(5):
+        await store.run_job(NS, "limited", {})
+    claimed = await store.claim_executions(WORKER, BATCH, LEASE)
+    assert len(claimed) == 2
+    assert await store.claim_executions(WORKER, BATCH, LEASE) == []

@@ -357,6 +357,74 @@ def claim(
     ]
 
 
+# Claiming on PostgreSQL in ONE statement: the `limit` oldest due QUEUED executions, locked with
+# SKIP LOCKED, started with this worker's lease, their events inserted by a CTE, their jobs read
+# with them. Only when none of them needs an admission decision (a serial turn, a job's or a
+# backfill's concurrency limit, a deleted job): then `claim` would start exactly these. Otherwise
+# the statement starts nothing and says so, and `claim` decides (`restricted` in its one row).
+_STARTED = ", ".join(f"s.{c.name}" for c in executions.c)
+_JOB_PREFIX = "job__"
+CLAIM_BATCH = sa.text(
+    f"""
+WITH picked AS MATERIALIZED (
+    SELECT e.namespace, e.id,
+           (e.serial AND e.schedule_id <> '') OR (e.group_limit > 0 AND e.backfill_id <> '')
+           OR j.max_concurrency IS NULL OR j.max_concurrency > 0 AS restricted
+    FROM executions AS e
+    LEFT JOIN jobs AS j ON j.namespace = e.namespace AND j.id = e.job_id
+    WHERE e.state = '{QUEUED}' AND e.due_time <= now()
+    ORDER BY e.due_time
+    LIMIT :limit
+    FOR UPDATE OF e SKIP LOCKED
+),
+verdict AS MATERIALIZED (
+    SELECT count(*) AS picked, coalesce(bool_or(restricted), false) AS restricted FROM picked
+),
+started AS (
+    UPDATE executions AS e
+    SET state = '{RUNNING}', worker = :worker, start_time = now(),
+        lease_expires_at = now() + CAST(:lease AS interval)
+    FROM picked AS p, verdict AS v
+    WHERE e.namespace = p.namespace AND e.id = p.id AND NOT v.restricted
+    RETURNING e.*
+),
+written AS (
+    INSERT INTO events (type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
+    SELECT '{EventType.EXECUTION_STARTED.value}', namespace,
+           'namespaces/' || namespace || '/executions/' || id, job_id, schedule_id, '', start_time,
+           jsonb_build_object('execution', to_jsonb(started) - 'output')
+    FROM started
+    ORDER BY due_time
+)
+SELECT v.restricted, {_STARTED}, {", ".join(f"j.{c.name} AS {_JOB_PREFIX}{c.name}" for c in jobs.c)}
+FROM verdict AS v
+LEFT JOIN (started AS s JOIN jobs AS j ON j.namespace = s.namespace AND j.id = s.job_id) ON true
+ORDER BY s.due_time
+"""
+).columns(
+    sa.column("restricted", sa.Boolean()),
+    *executions.c,
+    *(sa.column(f"{_JOB_PREFIX}{c.name}", c.type) for c in jobs.c),
+)
+
+
+def claim_batch(
+    conn: Connection, worker: str, limit: int, lease: timedelta
+) -> tuple[list[ClaimedExecution], bool]:
+    """PostgreSQL: start up to `limit` due executions in one statement when no admission decision
+    is needed; the executions started, and whether `claim` must decide instead (then none is)."""
+    rows = conn.execute(CLAIM_BATCH, {"limit": limit, "worker": worker, "lease": lease}).all()
+    restricted = bool(rows[0].restricted)
+    claimed = []
+    for row in rows:
+        if row.id is None:  # nothing started: the verdict's row alone
+            continue
+        values = row._mapping
+        job = {c.name: values[f"{_JOB_PREFIX}{c.name}"] for c in jobs.c}
+        claimed.append(ClaimedExecution(execution_from_row(values), job_from_record(job)))
+    return claimed, restricted
+
+
 # Batches of candidates a claim reads at most while serial backlogs fill them.
 CANDIDATE_ROUNDS = 4
 

@@ -684,10 +684,19 @@ class SqlStore:
     async def claim_executions(
         self, worker: str, limit: int, lease: timedelta, *, namespace_limit: int = 0
     ) -> list[ClaimedExecution]:
-        claimed: list[ClaimedExecution] = await self._run(
-            self._in_transaction, ex.claim, worker, limit, lease, namespace_limit
-        )
+        if self._postgres and namespace_limit <= 0:
+            claimed, restricted = await self._run(self._claim_batch, worker, limit, lease)
+            if not restricted:
+                return claimed
+        claimed = await self._run(self._in_transaction, ex.claim, worker, limit, lease, namespace_limit)
         return claimed
+
+    def _claim_batch(self, worker: str, limit: int, lease: timedelta) -> tuple[list[ClaimedExecution], bool]:
+        with self._sync.connect() as conn:
+            claimed, restricted = ex.claim_batch(conn, worker, limit, lease)
+        if claimed:
+            self._wakeup.signal("events_new")
+        return claimed, restricted
 
     async def next_due_time(self) -> datetime | None:
         query = sa.select(sa.func.min(executions.c.due_time)).where(executions.c.state == ex.QUEUED)
