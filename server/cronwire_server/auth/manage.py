@@ -86,9 +86,22 @@ class KeyManager:
         return key
 
     async def list_page(self, page: Page, *, caller: Principal) -> Listing[ApiKey]:
-        # Keys the caller may not manage are left out: a page may come back short, never wrong.
-        listing = await self._store.list_page(page)
-        return Listing([k for k in listing.items if _manages(caller, k)], listing.next_after)
+        """Up to `page.size` keys the caller may manage. Others are skipped over, and the cursor
+        is always the id of a key the caller sees, so a page token reveals nothing beyond it."""
+        found: list[ApiKey] = []
+        after = page.after
+        while True:
+            listing = await self._store.list_page(Page(size=page.size, after=after))
+            for key in listing.items:
+                if _manages(caller, key):
+                    found.append(key)
+                    if len(found) == page.size:
+                        # More follow if this was not the last key of the last page.
+                        last = key is listing.items[-1] and listing.next_after is None
+                        return Listing(found, None if last else key.id)
+            if listing.next_after is None:
+                return Listing(found, None)
+            after = listing.next_after
 
     async def revoke(self, key_id: str, *, caller: Principal) -> ApiKey:
         await self.get(key_id, caller=caller)

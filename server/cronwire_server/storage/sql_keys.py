@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cronwire_server import errors
 from cronwire_server.auth.keys import ApiKey, Role
 from cronwire_server.model import Listing, Page
 from cronwire_server.storage.sql_store import _unavailable_on_connection_errors, stamp_time
-from cronwire_server.storage.tables import api_keys
+from cronwire_server.storage.tables import api_keys, server_secrets
+
+PAGE_TOKEN_SECRET = "page_token_hmac"
 
 
 @dataclass(frozen=True)
@@ -110,3 +114,17 @@ class KeyStore:
             sa.select(api_keys.c.id).where(api_keys.c.revoke_time.is_(None)).limit(1)
         )
         return result.first() is not None
+
+    async def shared_secret(self, name: str = PAGE_TOKEN_SECRET) -> bytes:
+        """The secret `name`, the same for every replica on this database: made by the first
+        that asks (a racing replica's insert does nothing), read by all."""
+        insert = (postgresql.insert if self._postgres else sqlite.insert)(server_secrets)
+        with _unavailable_on_connection_errors():
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    insert.values(name=name, value=secrets.token_hex(32)).on_conflict_do_nothing()
+                )
+                value = (
+                    await conn.execute(sa.select(server_secrets.c.value).where(server_secrets.c.name == name))
+                ).scalar_one()
+        return bytes.fromhex(value)

@@ -252,6 +252,14 @@ api_keys = sa.Table(
     sa.Column("revoke_time", UtcDateTime(), nullable=True),
 )
 
+# Random values every replica shares, each made once by whichever server needs it first.
+server_secrets = sa.Table(
+    "server_secrets",
+    metadata,
+    sa.Column("name", sa.String(), primary_key=True),
+    sa.Column("value", sa.String(), nullable=False),
+)
+
 # Every running server process, heartbeating; rows silent for long are pruned.
 replicas = sa.Table(
     "replicas",
