@@ -36,7 +36,6 @@ from cronwire_server.api.event_service import EventService
 from cronwire_server.api.execution_service import ExecutionService
 from cronwire_server.api.job_service import JobService
 from cronwire_server.api.key_service import KeyService
-from cronwire_server.api.paging import use_secret as use_page_token_secret
 from cronwire_server.api.schedule_service import ScheduleService
 from cronwire_server.auth.manage import KeyManager
 from cronwire_server.auth.mode import AuthRefused, auth_interceptor
@@ -45,6 +44,7 @@ from cronwire_server.config import Settings, http_policy, retention_policy
 from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.events import EventHub, EventManager, Pruner, Sequencer
 from cronwire_server.executions import ExecutionManager
+from cronwire_server.executors.jobuser import SERVER_UMASK, JobUser, choose_job_user, warn_exposed
 from cronwire_server.executors.runners import Runners
 from cronwire_server.health import ReplicaHealth
 from cronwire_server.jobs import JobManager
@@ -53,7 +53,7 @@ from cronwire_server.metrics import MetricsEndpoint, RpcMetricsInterceptor, serv
 from cronwire_server.replicas import ReplicaHeartbeat, this_replica
 from cronwire_server.retention import ExecutionPruner
 from cronwire_server.schedules import ScheduleManager
-from cronwire_server.secrets import Secrets
+from cronwire_server.secrets import SecretError, Secrets
 from cronwire_server.storage import Store
 from cronwire_server.storage.migrate import upgrade
 from cronwire_server.storage.sql_keys import KeyStore
@@ -124,17 +124,18 @@ async def create_server(settings: Settings) -> RunningServer:
     try:
         limits = Limits.from_settings(settings)
         credentials = server_credentials(tls_files(settings))
+        job_user = job_user_of(settings) if "worker" in settings.roles else None
     except (ValueError, TlsError) as exc:
         raise SystemExit(f"cronwire-server: {exc}") from exc
     await asyncio.to_thread(upgrade, settings.database_url)
+    if job_user is not None:
+        check_job_user(settings, job_user)
     store = await open_store(settings.database_url)
     interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
     if settings.metrics_address:
         # First, so that calls a later interceptor refuses are counted with their code.
         interceptors.append(RpcMetricsInterceptor())
     keys = KeyStore(store.engine)
-    # Page tokens any replica issued are good on every other, and forged ones on none.
-    use_page_token_secret(await keys.shared_secret())
     try:
         auth = await auth_interceptor(settings, keys)
     except AuthRefused as exc:
@@ -154,7 +155,12 @@ async def create_server(settings: Settings) -> RunningServer:
     supervisor.start("clock-check", lambda: ClockCheck(store).run(stopping))
     if "api" in settings.roles:
         executions = ExecutionManager(store)
-        jobs = JobManager(store, http_policy(settings), max_per_namespace=limits.max_jobs_per_namespace)
+        jobs = JobManager(
+            store,
+            http_policy(settings),
+            max_per_namespace=limits.max_jobs_per_namespace,
+            secrets=Secrets(settings.secrets_file),
+        )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(jobs, executions), server)
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
             ScheduleService(ScheduleManager(store, max_per_namespace=limits.max_schedules_per_namespace)),
@@ -205,6 +211,33 @@ async def create_server(settings: Settings) -> RunningServer:
     return running
 
 
+def job_user_of(settings: Settings) -> JobUser:
+    """Who jobs run as; ValueError when that cannot be."""
+    return choose_job_user(settings.run_as, settings.allow_root_jobs)
+
+
+def _keep_files_from_jobs(settings: Settings) -> None:
+    """A server process whose jobs run as another user keeps the files it creates (the SQLite
+    database among them) to itself: before it creates any."""
+    try:
+        if "worker" in settings.roles and job_user_of(settings).switches:
+            os.umask(SERVER_UMASK)
+    except ValueError:
+        pass  # create_server says why it cannot start
+
+
+def check_job_user(settings: Settings, user: JobUser) -> None:
+    """Warn of what the job user could read of the server's, and of unscoped secrets."""
+    log.info("shell and python jobs run as %s (uid %d)", user.name, user.uid)
+    if user.uid == 0:
+        log.warning("jobs run as root (--allow-root-jobs): they can read the server's secrets and database")
+    warn_exposed(user, settings.database_url, [settings.secrets_file, settings.tls_key])
+    try:
+        Secrets(settings.secrets_file).warn_unscoped()
+    except SecretError as exc:
+        log.warning("%s", exc)
+
+
 def tls_files(settings: Settings) -> TlsFiles:
     return TlsFiles(cert=settings.tls_cert, key=settings.tls_key, client_ca=settings.tls_client_ca)
 
@@ -226,7 +259,7 @@ def _start_scheduler(running: RunningServer, settings: Settings, identity: str) 
             slots=settings.worker_slots,
             lease=timedelta(seconds=settings.lease_seconds),
             capture_bytes=limits.max_output_bytes,
-            runners=Runners(http_policy(settings)),
+            runners=Runners(http_policy(settings), user=job_user_of(settings)),
             identity=identity,
             secrets=Secrets(settings.secrets_file),
             max_running_per_namespace=limits.max_running_per_namespace,
@@ -253,6 +286,7 @@ def _write_port_file(path: str, port: int) -> None:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    _keep_files_from_jobs(settings)
     running = await create_server(settings)
     host = settings.listen.rsplit(":", 1)[0]
     files = tls_files(settings)

@@ -145,8 +145,12 @@ class Settings:
     max_parameters_bytes: int = 256 * 1024
     max_arguments_bytes: int = 256 * 1024
     max_labels_bytes: int = 64 * 1024
-    # Secrets that jobs reference by name: a YAML or JSON file of name -> value.
+    # Secrets that jobs reference by name: a YAML or JSON file of name -> value and namespaces.
     secrets_file: str = ""
+    # Who shell and python jobs run as (see executors.jobuser): by default a root server's jobs
+    # run as cronwire-jobs or nobody, and as root only with allow_root_jobs.
+    run_as: str = ""
+    allow_root_jobs: bool = False
 
 
 _DEFAULTS = Settings()
@@ -319,8 +323,24 @@ def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = o
         env,
         "--secrets-file",
         metavar="PATH",
-        help='secrets jobs reference as {"secret": "NAME"}: a YAML or JSON mapping of name to value, '
-        "read again when it changes; CRONWIRE_SECRET_<NAME> variables are read too",
+        help='secrets jobs reference as {"secret": "NAME"}: a YAML or JSON mapping of name to '
+        "{value, namespaces} (a plain value: every namespace), read again when it changes; "
+        "CRONWIRE_SECRET_<NAME> variables are read too, for every namespace",
+    )
+    _flag(
+        parser,
+        env,
+        "--run-as",
+        metavar="USER",
+        help="the user shell and python jobs run as (the server must run as root to switch); "
+        "a root server without it runs them as cronwire-jobs, else nobody",
+    )
+    _switch(
+        parser,
+        env,
+        "--allow-root-jobs",
+        help="let a server running as root run jobs as root: they can then read its database URL, "
+        "secrets and keys",
     )
 
 

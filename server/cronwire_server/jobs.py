@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from cronwire_server.executors.http_runner import HttpPolicy, check_url
 from cronwire_server.executors.registry import ExecutorKind
 from cronwire_server.model import Job, Listing, Page, RetryPolicy, job_name
 from cronwire_server.optimistic import read_modify_write
+from cronwire_server.secrets import Secrets, has_references
 from cronwire_server.storage import Store
 
 # Job chains are followed this far when looking for a cycle.
@@ -88,14 +90,23 @@ def validate_job(job: Job, policy: HttpPolicy | None = None) -> None:
 class JobManager:
     """The job operations, over a Store."""
 
-    def __init__(self, store: Store, policy: HttpPolicy | None = None, *, max_per_namespace: int = 0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: HttpPolicy | None = None,
+        *,
+        max_per_namespace: int = 0,
+        secrets: Secrets | None = None,
+    ) -> None:
         self._store = store
         self._policy = policy
         self._max_per_namespace = max_per_namespace
+        # Without it, references are checked when the job runs only.
+        self._secrets = secrets
 
     async def create(self, job: Job, *, request_id: str = "") -> Job:
         validate_job(job, self._policy)
-        await self._refuse_cycles(job)
+        await self._verify(job)
         return await self._store.create_job(
             job, request_id=request_id, limit=self._max_per_namespace, actor=current_actor()
         )
@@ -146,8 +157,23 @@ class JobManager:
             kind="job",
             name=job_name(namespace, job_id),
             expected_etag=expected_etag,
-            verify=self._refuse_cycles,
+            verify=self._verify,
         )
+
+    async def _verify(self, job: Job) -> None:
+        await self._refuse_cycles(job)
+        await self._refuse_foreign_secrets(job)
+
+    async def _refuse_foreign_secrets(self, job: Job) -> None:
+        """INVALID_ARGUMENT naming each reference to a secret the job's namespace may not use."""
+        if self._secrets is None or not has_references(job.parameters):
+            return
+        # Off the event loop: it may read the secrets file.
+        refused = await asyncio.to_thread(self._secrets.refusals, job.parameters, job.namespace)
+        if refused:
+            raise InvalidArgument(
+                [FieldViolation(registry.field_path([field, key]), why) for field, key, why in refused]
+            )
 
     async def delete(self, namespace: str, job_id: str, *, expected_etag: str = "") -> None:
         await self._store.delete_job(namespace, job_id, expected_etag=expected_etag, actor=current_actor())

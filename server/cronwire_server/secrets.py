@@ -3,21 +3,37 @@
 A job's shell/python `env` values and http `headers` values may be `{"secret": "NAME"}`
 instead of text. The job stores only the reference, so Get/List, events and the
 database never hold the value. When an execution runs, the worker resolves each
-reference (`Secrets.resolve_parameters`) from the secrets file (`--secrets-file`:
-a YAML or JSON mapping of name to value, read again whenever it changes) or else
-from the variable `CRONWIRE_SECRET_<NAME>` (upper-cased, `-` as `_`). Every value it
-resolved is then masked as `***` (`Redactor`) in the output before it is stored or
-streamed, in the error and in the result. An undefined secret fails the execution
-with an error naming the secret.
+reference (`Secrets.resolve_parameters`) from the secrets file (`--secrets-file`,
+read again whenever it changes) or else from the variable `CRONWIRE_SECRET_<NAME>`
+(upper-cased, `-` as `_`). Every value it resolved is then masked as `***`
+(`Redactor`) in the output before it is stored or streamed, in the error and in
+the result, and so are its escaped forms (JSON, `repr`, URL-encoded, base64).
+
+A secret belongs to namespaces: in the file, `NAME: {value: ..., namespaces: [a, b]}`
+(`"*"` for every namespace). A job may use only the secrets of its own namespace:
+a reference to another namespace's is refused at CreateJob/UpdateJob, and any
+reference it may not use fails the run (the file may have changed in between),
+with one message whether the secret is undefined or another namespace's. A secret
+defined nowhere is accepted at create (it may be defined before the job runs), so
+the names of secrets, not their values, can be told apart by an editor. The
+older flat form `NAME: value`, and every `CRONWIRE_SECRET_*` variable, is a
+secret of every namespace (fit for a server with one tenant; the server logs a
+warning naming them). Masking cannot catch a
+value the job transforms (reversed, then base64-encoded): scoping is what keeps
+a namespace from printing another's secrets.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
+import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no annotations
@@ -32,7 +48,9 @@ __all__ = [
     "SecretError",
     "Secrets",
     "environment_variable",
+    "escaped_forms",
     "has_references",
+    "namespace_of",
 ]
 
 MASK = "***"
@@ -40,6 +58,10 @@ NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,127}$"
 # The parameters whose values may be secret references: {name: reference} mappings.
 SECRET_PARAMETERS = ("env", "headers")
 _NAME = re.compile(NAME_PATTERN)
+# In a secrets file's `namespaces`: every namespace.
+EVERY_NAMESPACE = "*"
+
+_log = logging.getLogger(__name__)
 
 
 class SecretError(Exception):
@@ -58,11 +80,37 @@ def reference_name(value: Any) -> str | None:
     return None
 
 
+def namespace_of(resource_name: str) -> str:
+    """`namespaces/a/executions/e-1` -> `a`."""
+    prefix, _, rest = resource_name.partition("/")
+    return rest.partition("/")[0] if prefix == "namespaces" else ""
+
+
+def references(parameters: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
+    """(parameter, key, secret name) of each reference in `parameters`."""
+    for field in SECRET_PARAMETERS:
+        mapping = parameters.get(field)
+        if isinstance(mapping, Mapping):
+            for key, value in mapping.items():
+                name = reference_name(value)
+                if name is not None:
+                    yield field, str(key), name
+
+
 def has_references(parameters: Mapping[str, Any]) -> bool:
     return any(
         isinstance(mapping, Mapping) and any(reference_name(v) is not None for v in mapping.values())
         for mapping in (parameters.get(field) for field in SECRET_PARAMETERS)
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Secret:
+    value: str
+    namespaces: frozenset[str]  # {"*"}: every namespace
+
+    def allows(self, namespace: str) -> bool:
+        return EVERY_NAMESPACE in self.namespaces or namespace in self.namespaces
 
 
 class Secrets:
@@ -73,12 +121,15 @@ class Secrets:
         self._environ = environ
         self._lock = threading.Lock()
         self._loaded_for: tuple[int, int, int] | None = None
-        self._values: dict[str, str] = {}
+        self._secrets: dict[str, _Secret] = {}
 
-    def resolve_parameters(self, parameters: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    def resolve_parameters(
+        self, parameters: dict[str, Any], namespace: str
+    ) -> tuple[dict[str, Any], list[str]]:
         """`parameters` with every reference replaced by its value, and the values used.
 
-        SecretError for an undefined secret or an unreadable secrets file.
+        SecretError for a secret `namespace` may not use (or that is undefined) or an
+        unreadable secrets file.
         """
         resolved = dict(parameters)
         used: list[str] = []
@@ -92,27 +143,62 @@ class Secrets:
                 if name is None:
                     values[key] = value
                 else:
-                    values[key] = self.value(name)
+                    values[key] = self.value(name, namespace)
                     used.append(values[key])
             resolved[field] = values
         return resolved, used
 
-    def value(self, name: str) -> str:
-        if not _NAME.fullmatch(name):
-            raise SecretError(f"{name!r} is not a secret name")
-        found = self._from_file().get(name)
-        if found is None:
-            found = self._environ.get(environment_variable(name))
-        if found is None:
-            where = f"the secrets file {self._path} or " if self._path else ""
-            raise SecretError(
-                f"secret {name!r} is not defined: set it in {where}the server's "
-                f"environment as {environment_variable(name)}"
-            )
+    def refusals(self, parameters: Mapping[str, Any], namespace: str) -> list[tuple[str, str, str]]:
+        """(parameter, key, why) of each reference to a secret of other namespaces. A secret
+        defined nowhere is let through (it may be defined before the job runs, and a replica
+        without the worker role may not have the secrets): the run fails then, naming it. Names
+        that are not secret names are left to the parameters' schema."""
+        found: list[tuple[str, str, str]] = []
+        for field, key, name in references(parameters):
+            if not _NAME.fullmatch(name):
+                continue
+            secret = self._lookup(name)
+            if secret is not None and not secret.allows(namespace):
+                found.append((field, key, self._refusal(name, namespace)))
         return found
 
-    def _from_file(self) -> dict[str, str]:
-        """The file's mapping, parsed again when its inode, size or modification time change."""
+    def value(self, name: str, namespace: str) -> str:
+        if not _NAME.fullmatch(name):
+            raise SecretError(f"{name!r} is not a secret name")
+        secret = self._lookup(name)
+        if secret is None or not secret.allows(namespace):
+            # One message for both: the run's error tells nothing of the secrets of others.
+            raise SecretError(self._refusal(name, namespace))
+        return secret.value
+
+    def _lookup(self, name: str) -> _Secret | None:
+        secret = self._from_file().get(name)
+        if secret is None:
+            found = self._environ.get(environment_variable(name))
+            secret = _Secret(found, frozenset({EVERY_NAMESPACE})) if found is not None else None
+        return secret
+
+    def _refusal(self, name: str, namespace: str) -> str:
+        where = f"the secrets file {self._path} or " if self._path else ""
+        return (
+            f"secret {name!r} is not defined for namespace {namespace!r}: define it for that "
+            f"namespace in {where}the server's environment as {environment_variable(name)}"
+        )
+
+    def warn_unscoped(self) -> None:
+        """Log the secrets every namespace may use (flat entries, variables); SecretError if the
+        file cannot be read."""
+        names = sorted(n for n, s in self._from_file().items() if EVERY_NAMESPACE in s.namespaces)
+        variables = sorted(v for v in self._environ if v.startswith("CRONWIRE_SECRET_"))
+        if names or variables:
+            _log.warning(
+                "secrets usable by every namespace: %s; give each its namespaces in the secrets "
+                "file (NAME: {value: ..., namespaces: [...]}) unless this server has one tenant",
+                ", ".join(names + variables),
+            )
+
+    def _from_file(self) -> dict[str, _Secret]:
+        """The file's secrets, parsed again when its inode, size or modification time change."""
         if not self._path:
             return {}
         with self._lock:
@@ -120,16 +206,16 @@ class Secrets:
                 stat = os.stat(self._path)
                 stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
                 if stamp != self._loaded_for:
-                    self._values = _parse(self._path)
+                    self._secrets = _parse(self._path)
                     self._loaded_for = stamp
             except OSError as error:
                 raise SecretError(
                     f"cannot read the secrets file {self._path}: {error.strerror or error}"
                 ) from None
-            return self._values
+            return self._secrets
 
 
-def _parse(path: str) -> dict[str, str]:
+def _parse(path: str) -> dict[str, _Secret]:
     with open(path, encoding="utf-8") as handle:
         try:
             # YAML 1.1 is a superset of JSON as far as secrets files go.
@@ -143,16 +229,50 @@ def _parse(path: str) -> dict[str, str]:
         return {}
     if not isinstance(document, dict):
         raise SecretError(f"the secrets file {path} must hold a mapping of secret names to values")
-    values: dict[str, str] = {}
-    for name, value in document.items():
+    secrets: dict[str, _Secret] = {}
+    for name, entry in document.items():
+        where = f"the secrets file {path}: {str(name)!r}"
+        if isinstance(entry, dict):
+            if set(entry) != {"value", "namespaces"}:
+                raise SecretError(f'{where} must have a value and namespaces (a list; "*" for every one)')
+            value, namespaces = entry["value"], entry["namespaces"]
+            if (
+                not isinstance(namespaces, list)
+                or not namespaces
+                or not all(isinstance(n, str) and n for n in namespaces)
+            ):
+                raise SecretError(
+                    f'{where}: namespaces must be a list of namespace names ("*" for every one)'
+                )
+        else:
+            value, namespaces = entry, [EVERY_NAMESPACE]
         if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise SecretError(f"the secrets file {path}: the value of {str(name)!r} must be a string")
-        values[str(name)] = str(value)
-    return values
+            raise SecretError(f"{where}: the value must be a string")
+        secrets[str(name)] = _Secret(str(value), frozenset(namespaces))
+    return secrets
+
+
+def escaped_forms(value: str) -> set[str]:
+    """`value` as a program may print it escaped: JSON (ASCII or not), `repr` of the text and of
+    its UTF-8 bytes, URL-encoded, base64; the value itself included."""
+    forms = {
+        value,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        repr(value)[1:-1],
+        repr(value.encode())[2:-1],
+        value.encode("unicode_escape").decode("ascii"),
+        urllib.parse.quote(value, safe=""),
+        urllib.parse.quote_plus(value, safe=""),
+    }
+    encoded = value.encode()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        forms.add(encode(encoded).decode("ascii").rstrip("="))
+    return {form for form in forms if form}
 
 
 class Redactor:
-    """Masks the resolved secret values in what a run produces.
+    """Masks the resolved secret values, and their escaped forms, in what a run produces.
 
     Output arrives in chunks that may split a value: `feed` holds back the end of the
     text while it could be the start of a value, and `close` releases it.
@@ -160,7 +280,7 @@ class Redactor:
 
     def __init__(self, values: list[str]) -> None:
         # Longest first, so that a value containing another is masked whole.
-        self._values = sorted({v for v in values if v}, key=len, reverse=True)
+        self._values = sorted({form for v in values if v for form in escaped_forms(v)}, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, self._values))) if self._values else None
         self._longest = len(self._values[0]) if self._values else 0
         self._held = ""

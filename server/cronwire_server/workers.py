@@ -38,7 +38,7 @@ from cronwire_server.executors.runtime import RunOutcome, RunRequest
 from cronwire_server.logs import run_fields, url_for_log
 from cronwire_server.model import Execution, ExecutionState, Job
 from cronwire_server.planning import retry_due_time
-from cronwire_server.secrets import Redactor, SecretError, Secrets, has_references
+from cronwire_server.secrets import Redactor, SecretError, Secrets, has_references, namespace_of
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ClaimedExecution
 from cronwire_server.supervisor import DRAIN, Supervisor, loop_failed, loop_ok
@@ -297,8 +297,12 @@ class WorkerPool:
         masks their values; SecretError if one is not defined."""
         if not has_references(request.parameters):
             return request, Redactor([])
-        # Off the event loop: resolving may read the secrets file.
-        parameters, values = await asyncio.to_thread(self._secrets.resolve_parameters, request.parameters)
+        # Off the event loop: resolving may read the secrets file. Only the secrets of the run's own
+        # namespace resolve, whatever the job was accepted with: the file may have changed since.
+        namespace = namespace_of(request.execution_name)
+        parameters, values = await asyncio.to_thread(
+            self._secrets.resolve_parameters, request.parameters, namespace
+        )
         return dataclasses.replace(request, parameters=parameters), Redactor(values)
 
     async def _record(self, running: _Running, outcome: RunOutcome) -> ExecutionState | None:

@@ -27,7 +27,8 @@ class ThreadedServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cronwire-server", daemon=True)
         self._thread.start()
-        settings = Settings(listen="127.0.0.1:0", database_url=database_url)
+        # Jobs run as the tests' user, root or not: they use the tests' private directories.
+        settings = Settings(listen="127.0.0.1:0", database_url=database_url, allow_root_jobs=True)
         self._running: RunningServer = asyncio.run_coroutine_threadsafe(
             create_server(settings), self._loop
         ).result(START_TIMEOUT)
@@ -82,7 +83,8 @@ def client(server_target: str) -> Iterator[cronwire.Client]:
 @pytest.fixture
 async def aio_server(database_url: str) -> AsyncIterator[RunningServer]:
     """An in-process server on the test's own event loop, on each backend."""
-    running = await create_server(Settings(listen="127.0.0.1:0", database_url=database_url))
+    settings = Settings(listen="127.0.0.1:0", database_url=database_url, allow_root_jobs=True)
+    running = await create_server(settings)
     yield running
     await running.stop(grace=0)
 

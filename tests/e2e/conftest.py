@@ -19,8 +19,10 @@ from cronwire_server.config import Settings
 
 @pytest.fixture
 async def server(database_url: str) -> AsyncIterator[RunningServer]:
-    # Tests call webhooks they serve on loopback.
-    settings = Settings(listen="127.0.0.1:0", database_url=database_url, allow_private_networks=True)
+    # Tests call webhooks they serve on loopback; their jobs use the tests' private directories.
+    settings = Settings(
+        listen="127.0.0.1:0", database_url=database_url, allow_private_networks=True, allow_root_jobs=True
+    )
     running = await create_server(settings)
     yield running
     await running.stop(grace=0)

@@ -252,7 +252,9 @@ async def test_webhooks_to_private_addresses_are_refused_by_default(database_url
     from cronwire_server.app import create_server
     from cronwire_server.config import Settings
 
-    running = await create_server(Settings(listen="127.0.0.1:0", database_url=database_url))
+    running = await create_server(
+        Settings(listen="127.0.0.1:0", database_url=database_url, allow_root_jobs=True)
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             jobs, executions = JobServiceStub(channel), ExecutionServiceStub(channel)

@@ -4,8 +4,11 @@ back, events, output, the log stream, errors or the server's log."""
 
 from __future__ import annotations
 
+import base64
 import json
+import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,7 +36,11 @@ DB_PASSWORD = "s3cr3t-db-pw-7f1c"
 ROTATED = "r0tated-db-pw-0042-longer"
 API_TOKEN = "Bearer tok-91ab-e5"
 PY_TOKEN = "py-token-5e7a"
-VALUES = (DB_PASSWORD, ROTATED, API_TOKEN, PY_TOKEN)
+# Another namespace's, one with characters that escaping changes, and a header value ending in a newline.
+OTHER_TOKEN = "other-ns-token-3b9d"
+QUOTED = 'q"uo\\te-9f3a\u00e9'
+NEWLINE_TOKEN = "Bearer nl-77c2\n"
+VALUES = (DB_PASSWORD, ROTATED, API_TOKEN, PY_TOKEN, OTHER_TOKEN, QUOTED, NEWLINE_TOKEN.strip())
 ENDED = {
     execution_pb2.EXECUTION_STATE_SUCCEEDED,
     execution_pb2.EXECUTION_STATE_FAILED,
@@ -73,7 +80,18 @@ def receiver() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def secrets_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("secrets") / "secrets.yaml"
-    path.write_text(f"db-password: {DB_PASSWORD}\npy_token: {PY_TOKEN}\n")
+    # JSON, which YAML reads too.
+    path.write_text(
+        json.dumps(
+            {
+                "db-password": DB_PASSWORD,
+                "py_token": PY_TOKEN,
+                "other-token": {"value": OTHER_TOKEN, "namespaces": ["elsewhere"]},
+                "vault-quoted": {"value": QUOTED, "namespaces": ["vault", "elsewhere"]},
+                "nl-token": {"value": NEWLINE_TOKEN, "namespaces": ["vault"]},
+            }
+        )
+    )
     return path
 
 
@@ -203,13 +221,86 @@ def test_the_secrets_file_is_read_again_when_it_changes(channel: grpc.Channel, s
 
 
 def test_an_undefined_secret_fails_the_run_naming_it(channel: grpc.Channel) -> None:
+    # Accepted at create: it may be defined before the job runs.
     job = create_job(
         channel, "missing", "shell", {"argv": ["true"], "env": {"X": {"secret": "no-such-secret"}}}
     )
     done = run(channel, job.name)
     assert done.state == execution_pb2.EXECUTION_STATE_FAILED
-    assert "'no-such-secret' is not defined" in done.error
+    assert "secret 'no-such-secret' is not defined for namespace 'vault'" in done.error
     assert "CRONWIRE_SECRET_NO_SUCH_SECRET" in done.error
+
+
+def test_another_namespaces_secret_is_refused_at_create_and_update(channel: grpc.Channel) -> None:
+    secret = "other-token"
+    jobs = JobServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        create_job(
+            channel, f"refused-{secret}", "shell", {"argv": ["true"], "env": {"X": {"secret": secret}}}
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    violations, _ = status_details(caught.value)
+    assert list(violations) == ["job.parameters.env.X"]
+    assert f"secret {secret!r} is not defined for namespace 'vault'" in violations["job.parameters.env.X"]
+    with pytest.raises(grpc.RpcError) as missing:
+        jobs.GetJob(job_service_pb2.GetJobRequest(name=f"{PARENT}/jobs/refused-{secret}"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+
+    job = create_job(channel, f"updated-{secret}", "http", {"url": "http://127.0.0.1:9/"})
+    change = json_format.ParseDict(
+        {
+            "name": job.name,
+            "parameters": {"url": "http://127.0.0.1:9/", "headers": {"X-Key": {"secret": secret}}},
+        },
+        job_pb2.Job(),
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        jobs.UpdateJob(job_service_pb2.UpdateJobRequest(job=change, update_mask={"paths": ["parameters"]}))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    violations, _ = status_details(caught.value)
+    assert list(violations) == ['job.parameters.headers["X-Key"]']
+    got = jobs.GetJob(job_service_pb2.GetJobRequest(name=job.name)).job
+    assert "headers" not in json_format.MessageToDict(got.parameters)
+
+
+def test_a_secret_taken_from_the_namespace_after_create_fails_the_run(
+    channel: grpc.Channel, secrets_file: Path
+) -> None:
+    job = create_job(channel, "scoped", "shell", {"argv": ["true"], "env": {"X": {"secret": "vault-quoted"}}})
+    original = secrets_file.read_text()
+    try:
+        secrets_file.write_text(
+            original.replace('"namespaces": ["vault", "elsewhere"]', '"namespaces": ["elsewhere"]')
+        )
+        done = run(channel, job.name)
+    finally:
+        secrets_file.write_text(original)
+    assert done.state == execution_pb2.EXECUTION_STATE_FAILED
+    assert "secret 'vault-quoted' is not defined for namespace 'vault'" in done.error
+    assert "CRONWIRE_SECRET_VAULT_QUOTED" in done.error
+    assert_hidden(str(done))
+
+
+def test_escaped_forms_of_a_value_are_masked(channel: grpc.Channel) -> None:
+    script = (
+        "import base64, json, os, urllib.parse; v = os.environ['Q']; "
+        "print(json.dumps(v)); print(json.dumps(v, ensure_ascii=False)); print(repr(v)); "
+        "print(repr(v.encode())); print(urllib.parse.quote(v)); print(base64.b64encode(v.encode()).decode())"
+    )
+    parameters = {"argv": [sys.executable, "-c", script], "env": {"Q": {"secret": "vault-quoted"}}}
+    done = run(channel, create_job(channel, "escaped", "shell", parameters).name)
+    assert done.state == execution_pb2.EXECUTION_STATE_SUCCEEDED, done.error
+    assert "9f3a" not in done.output, done.output
+    assert "OWYzY" not in done.output, done.output  # base64 of the value's end
+    assert done.output.count(MASK) == 6, done.output
+
+
+def test_a_header_value_ending_in_a_newline_is_not_quoted_in_the_error(channel: grpc.Channel) -> None:
+    parameters = {"url": "http://127.0.0.1:9/", "headers": {"Authorization": {"secret": "nl-token"}}}
+    done = run(channel, create_job(channel, "newline", "http", parameters).name)
+    assert done.state == execution_pb2.EXECUTION_STATE_FAILED
+    assert "nl-77c2" not in str(done)
+    assert done.error == "header Authorization: its value holds a line break or control character"
 
 
 def test_a_bad_reference_is_refused_at_create_naming_the_field(channel: grpc.Channel) -> None:
@@ -272,20 +363,69 @@ def test_secrets_file_before_environment_and_bad_files_name_no_value(tmp_path: P
     path.write_text(json.dumps({"db-password": "from-file"}))
     environ = {"CRONWIRE_SECRET_DB_PASSWORD": "from-env", "CRONWIRE_SECRET_ONLY_ENV": "env-value"}
     secrets = Secrets(str(path), environ)
-    assert secrets.value("db-password") == "from-file"
-    assert secrets.value("only-env") == "env-value"
+    assert secrets.value("db-password", "any") == "from-file"
+    assert secrets.value("only-env", "any") == "env-value"
     parameters, used = secrets.resolve_parameters(
-        {"argv": ["x"], "env": {"A": {"secret": "only-env"}, "B": "plain"}}
+        {"argv": ["x"], "env": {"A": {"secret": "only-env"}, "B": "plain"}}, "any"
     )
     assert parameters["env"] == {"A": "env-value", "B": "plain"}
     assert used == ["env-value"]
     path.write_text('db-password: "unclosed\n')
     with pytest.raises(SecretError, match=r"not valid YAML or JSON at line \d") as caught:
-        secrets.value("db-password")
+        secrets.value("db-password", "any")
     assert "unclosed" not in str(caught.value)
     path.write_text("- a list\n")
     with pytest.raises(SecretError, match="must hold a mapping"):
-        secrets.value("db-password")
+        secrets.value("db-password", "any")
     path.unlink()
     with pytest.raises(SecretError, match="cannot read the secrets file"):
-        secrets.value("db-password")
+        secrets.value("db-password", "any")
+
+
+def test_a_secret_is_used_by_its_namespaces_only(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.yaml"
+    path.write_text(
+        "scoped: {value: s-1, namespaces: [a, b]}\n"
+        "everyone: {value: e-1, namespaces: ['*']}\n"
+        "flat: f-1\n"  # the older form: every namespace
+    )
+    secrets = Secrets(str(path), {"CRONWIRE_SECRET_FROM_ENV": "v-1"})
+    assert secrets.value("scoped", "b") == "s-1"
+    assert secrets.value("everyone", "c") == "e-1"
+    assert secrets.value("flat", "c") == "f-1"
+    assert secrets.value("from-env", "c") == "v-1"
+    with pytest.raises(SecretError) as refused:
+        secrets.value("scoped", "c")
+    with pytest.raises(SecretError) as undefined:
+        secrets.value("nothing", "c")
+    # The same answer for both: nothing tells a namespace that another has a secret of that name.
+    refusal = str(refused.value).replace("scoped", "X").replace("SCOPED", "X")
+    assert refusal == str(undefined.value).replace("nothing", "X").replace("NOTHING", "X")
+    assert "s-1" not in str(refused.value)
+    parameters = {"env": {"A": {"secret": "scoped"}, "B": "plain"}, "headers": {"H": {"secret": "flat"}}}
+    assert secrets.refusals(parameters, "a") == []
+    assert [(field, key) for field, key, _ in secrets.refusals(parameters, "c")] == [("env", "A")]
+    # Undefined: accepted at create, refused when the job runs.
+    assert secrets.refusals({"env": {"A": {"secret": "nothing"}}}, "c") == []
+    for bad in ("x: {value: v}\n", "x: {value: v, namespaces: []}\n", "x: {value: v, namespaces: a}\n"):
+        path.write_text(bad)
+        with pytest.raises(SecretError, match="namespaces"):
+            secrets.value("x", "a")
+
+
+def test_redactor_masks_escaped_forms() -> None:
+    value = 'pa"ss\\wörd\n'
+    redactor = Redactor([value])
+    text = "\n".join(
+        [
+            json.dumps(value),
+            json.dumps(value, ensure_ascii=False),
+            repr(value),
+            repr(value.encode()),
+            urllib.parse.quote(value),
+            base64.b64encode(value.encode()).decode(),
+        ]
+    )
+    masked = redactor.text(text)
+    assert "ss" not in masked, masked
+    assert "cyJ" not in masked, masked

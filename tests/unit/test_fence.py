@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cronwire_server.executors.fence import Fence
+from cronwire_server.executors.jobuser import JobUser
 from tests.support import wait_for
 
 # Every wait is bounded, so a broken fence fails the test instead of hanging it.
@@ -187,3 +188,35 @@ def ignores(pid: int, *signals: signal.Signals) -> bool:
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     mask = int(next(line for line in status if line.startswith("SigIgn:")).split()[1], 16)
     return all(mask & (1 << (s - 1)) for s in signals)
+
+
+def test_runs_of_another_user_are_found_and_killed(
+    fence: Fence, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    """Jobs run as an unprivileged user (through setpriv, as the shell runner starts them): the
+    fence, as the server's user, still reads their lease token in /proc and kills them."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail("CI runs the tests as root: jobs of another user must be fenced")
+        pytest.skip("needs root: jobs run as another user only under a root server")
+    nobody = JobUser.named("nobody")
+
+    def as_nobody(token: str) -> subprocess.Popen[bytes]:
+        argv, options = nobody.spawn(["sh", "-c", "sleep 60 & sleep 60"])
+        env = {"PATH": "/usr/bin:/bin", "CRONWIRE_LEASE_TOKEN": token}
+        process = subprocess.Popen(argv, start_new_session=True, env=env, cwd="/", **options)
+        sleepers.append(process)
+        wait_for(
+            lambda: Path(f"/proc/{process.pid}/status").read_text().count("\t65534\t") >= 2, BOUND, "uid"
+        )
+        return process
+
+    registered = as_nobody("run-1")
+    fence.begin("run-1", time.monotonic() + 0.3)
+    fence.guard("run-1", registered.pid)
+    assert registered.wait(BOUND) == -signal.SIGKILL
+    wait_for(lambda: group_gone(registered.pid), BOUND, "the whole group to die")
+    fence.begin("run-2", time.monotonic() + 60)
+    unregistered = as_nobody("run-2")
+    fence.close()
+    assert unregistered.wait(BOUND) == -signal.SIGKILL

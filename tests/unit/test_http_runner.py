@@ -244,6 +244,16 @@ async def test_a_refused_connection_fails_with_the_error() -> None:
     assert outcome.http_status is None
 
 
+@pytest.mark.parametrize("value", ["Bearer tok-4e1f\n", "Bearer tok-4e1f\r\nX-Evil: 1", "tok\x00-4e1f"])
+async def test_an_error_never_quotes_a_header_value(server: Server, value: str) -> None:
+    outcome = await run(
+        request(server.url("/status/200"), headers={"Authorization": value, "X-Other": "plain"})
+    )
+    assert outcome.state is ExecutionState.FAILED
+    assert outcome.error == "header Authorization: its value holds a line break or control character"
+    assert server.requests == []
+
+
 async def test_loopback_is_refused_by_default(server: Server) -> None:
     outcome = await run(request(server.url("/status/200")), runner=HttpRunner())
     assert outcome.state is ExecutionState.FAILED
@@ -286,6 +296,21 @@ async def test_an_allowed_name_is_called_at_its_checked_address_under_its_own_na
         ("http://[64:ff9b::a00:1]/", "64:ff9b::a00:1 is a private address"),
         ("http://127.1/", "127.0.0.1 is a loopback address"),
         ("http://2130706433/", "127.0.0.1 is a loopback address"),
+        # A trailing dot names the same address to a resolver.
+        ("http://127.0.0.1./", "127.0.0.1 is a loopback address"),
+        ("http://0x7f000001./", "127.0.0.1 is a loopback address"),
+        ("http://169.254.169.254./", "169.254.169.254 is a link-local address"),
+        # Reserved ranges this Python's is_global does not know: IPv4-compatible IPv6 (::/96),
+        # local-use NAT64, site-local, documentation, SRv6, IETF protocol assignments, 6to4 relays.
+        ("http://[::127.0.0.1]/", "::7f00:1 is a reserved (non-public) address"),
+        ("http://[::a9fe:a9fe]/", "::a9fe:a9fe is a reserved (non-public) address"),
+        ("http://[::8.8.8.8]/", "::808:808 is a reserved (non-public) address"),
+        ("http://[64:ff9b:1::a00:1]/", "64:ff9b:1::a00:1 is a reserved (non-public) address"),
+        ("http://[fec0::1]/", "fec0::1 is a reserved (non-public) address"),
+        ("http://[3fff::1]/", "3fff::1 is a reserved (non-public) address"),
+        ("http://[5f00::1]/", "5f00::1 is a reserved (non-public) address"),
+        ("http://192.0.0.9/", "192.0.0.9 is a reserved (non-public) address"),
+        ("http://192.88.99.1/", "192.88.99.1 is a reserved (non-public) address"),
     ],
 )
 def test_check_url_refuses_non_public_literal_addresses(url: str, refusal: str) -> None:

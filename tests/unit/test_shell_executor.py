@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cronwire_server.executors.jobuser import SAFE_PATH, JobUser
+from cronwire_server.executors.python_runner import PythonRunner
 from cronwire_server.executors.runtime import RunOutcome, RunRequest
 from cronwire_server.executors.shell import KILL_GRACE, ShellRunner
 from cronwire_server.model import ExecutionState
@@ -47,7 +52,7 @@ async def run(
     req: RunRequest,
     cancel: asyncio.Event | None = None,
     on_output: Callable[[str], None] | None = None,
-    runner: ShellRunner | None = None,
+    runner: ShellRunner | PythonRunner | None = None,
 ) -> RunOutcome:
     runner = runner or ShellRunner()
     return await asyncio.wait_for(runner.run(req, cancel or asyncio.Event(), on_output), BOUND)
@@ -107,7 +112,7 @@ async def test_shell_true_runs_a_pipeline() -> None:
     assert outcome == RunOutcome(ExecutionState.SUCCEEDED, exit_code=0, output="APPLE\nPEAR\n")
 
 
-async def test_env_and_working_dir_are_applied_over_a_minimal_environment(
+async def test_env_and_working_dir_are_applied_over_a_fresh_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CRONWIRE_TEST_SERVER_SECRET", "s3cret")
@@ -123,10 +128,16 @@ async def test_env_and_working_dir_are_applied_over_a_minimal_environment(
     seen = json.loads(outcome.output)
     assert same_file(seen["cwd"], tmp_path)
     env = seen["env"]
-    assert env["GREETING"] == "hi"
-    assert env["TZ"] == "Europe/Paris"
-    assert env["PATH"] == os.environ.get("PATH", os.defpath)
-    assert "CRONWIRE_TEST_SERVER_SECRET" not in env
+    # Nothing of the server's: only the variables of the job's user, then the job's own.
+    user = pwd.getpwuid(os.geteuid())
+    assert {k: v for k, v in env.items() if not k.startswith("CRONWIRE_")} == {
+        "PATH": SAFE_PATH,
+        "HOME": user.pw_dir,
+        "USER": user.pw_name,
+        "LOGNAME": user.pw_name,
+        "LANG": "C.UTF-8",
+        "GREETING": "hi",
+    }
 
 
 async def test_cronwire_variables_describe_the_run_and_win_over_the_jobs_env() -> None:
@@ -321,3 +332,59 @@ async def test_a_failing_on_output_does_not_break_the_run() -> None:
 
     outcome = await run(request({"argv": ["echo", "hi"]}), on_output=explode)
     assert outcome == RunOutcome(ExecutionState.SUCCEEDED, exit_code=0, output="hi\n")
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail("CI runs the tests as root: switching the job's user must be tested")
+        pytest.skip("needs root: only a root server runs jobs as another user")
+
+
+@pytest.fixture
+def server_only_file() -> Iterator[Path]:
+    """A file of the server's, mode 600, in a directory anyone may enter: only its mode keeps a
+    job of another user out."""
+    shared = Path(tempfile.mkdtemp())
+    shared.chmod(0o755)
+    private = shared / "server-only"
+    private.write_text("server secret")
+    private.chmod(0o600)
+    yield private
+    shutil.rmtree(shared)
+
+
+async def test_a_job_of_a_root_server_runs_as_its_user_in_a_directory_of_its_own(
+    server_only_file: Path,
+) -> None:
+    need_root()
+    nobody = JobUser.named("nobody")
+    script = (
+        "id -u; id -g; pwd; stat -c '%U %a' .; touch made-here && echo made; "
+        f"cat {server_only_file} 2>/dev/null || echo unreadable; "
+        "cat /proc/$PPID/environ >/dev/null 2>&1 || echo environ-unreadable"
+    )
+    outcome = await run(request({"shell": True, "command": script}), runner=ShellRunner(user=nobody))
+    assert outcome.state is ExecutionState.SUCCEEDED, outcome
+    uid, gid, cwd, owner, made, secret, environ = outcome.output.splitlines()
+    assert (int(uid), int(gid)) == (nobody.uid, nobody.gid)
+    assert os.path.basename(cwd).startswith("cronwire-run-")
+    assert not await asyncio.to_thread(os.path.exists, cwd)  # removed after the run
+    assert owner == "nobody 700"
+    assert (made, secret, environ) == ("made", "unreadable", "environ-unreadable")
+
+
+async def test_a_missing_program_is_named_when_switching_users() -> None:
+    need_root()
+    runner = ShellRunner(user=JobUser.named("nobody"))
+    outcome = await run(request({"argv": ["no-such-program-here"]}), runner=runner)
+    assert outcome == RunOutcome(ExecutionState.FAILED, error="executable not found: no-such-program-here")
+
+
+async def test_a_python_job_runs_as_the_job_user() -> None:
+    need_root()
+    nobody = JobUser.named("nobody")
+    runner = PythonRunner(user=nobody)
+    outcome = await run(request({"callable": "os:getuid"}), runner=runner)
+    assert outcome.state is ExecutionState.SUCCEEDED, outcome
+    assert outcome.result == nobody.uid

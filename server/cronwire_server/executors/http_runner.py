@@ -13,8 +13,10 @@ the whole call, name resolution included; connecting alone is bounded by
 Server-side request forgery: a job could aim a webhook at the server's own
 network (a database, a cloud metadata service at 169.254.169.254). Unless the
 `HttpPolicy` allows them, addresses that are not public (loopback, link-local,
-private, unspecified, multicast, other reserved ranges, and IPv6 forms that
-embed such an IPv4 address) are refused. The host is resolved once, every
+private, unspecified, multicast, other reserved ranges such as the deprecated
+IPv4-compatible `::/96` and site-local `fec0::/10`, and IPv6 forms that embed
+such an IPv4 address) are refused; a host's trailing dot (`127.0.0.1.`) does not
+hide a literal address. The host is resolved once, every
 address it resolves to is checked, and the request is sent to a checked
 address: the URL's host is replaced by the address, while the `Host` header and,
 for https, the TLS server name (SNI and certificate check, through httpcore's
@@ -23,12 +25,18 @@ public address at check time and to a private one at connect time (DNS
 rebinding) therefore cannot get through, since nothing resolves it a second
 time. Proxies from the environment are not used (`trust_env=False`): a proxy
 would resolve the name itself.
+
+A run's error never quotes a header value (it may be a secret, one that the
+output's masking would not recognise once escaped): a value with a line break
+or another control character is refused naming the header only, and any other
+error that would quote a value has it masked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import ssl
 from collections.abc import Iterable
@@ -41,6 +49,7 @@ import httpx
 from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest, describe_timeout
 from cronwire_server.executors.shell import _Capture
 from cronwire_server.model import ExecutionState
+from cronwire_server.secrets import Redactor
 
 __all__ = ["CONNECT_TIMEOUT", "HttpPolicy", "HttpRunner", "check_url"]
 
@@ -175,6 +184,13 @@ class HttpRunner:
             refusal = self.policy.refusal(address)
             if refusal is not None:
                 return ExecutionState.FAILED, refusal
+        headers: dict[str, str] = parameters.get("headers", {})
+        for name, value in headers.items():
+            if _CONTROL.search(value):
+                return (
+                    ExecutionState.FAILED,
+                    f"header {name}: its value holds a line break or control character",
+                )
 
         if self._ssl_context is None:
             self._ssl_context = await asyncio.to_thread(httpx.create_ssl_context, trust_env=False)
@@ -194,7 +210,7 @@ class HttpRunner:
                         if index == len(addresses) - 1:
                             raise
         except Exception as exc:  # connection, protocol or decoding errors, a header httpx cannot send
-            return ExecutionState.FAILED, _describe(exc)
+            return ExecutionState.FAILED, Redactor(list(headers.values())).text(_describe(exc))
 
         expected = parameters.get("expected_status") or ()
         status = exchange.status
@@ -284,6 +300,8 @@ async def _resolve(host: str, port: int) -> list[IPAddress]:
 
 def _literal_address(host: str) -> IPAddress | None:
     """The address `host` names without a resolver, or None for a name."""
+    # A resolver reads `127.0.0.1.` (an absolute name) as the address.
+    host = host.removesuffix(".")
     try:
         return ip_address(host.strip("[]"))
     except ValueError:
@@ -299,7 +317,8 @@ _NAT64 = ip_network("64:ff9b::/96")
 
 
 def _embedded_ipv4(address: IPAddress) -> IPv4Address | None:
-    """The IPv4 address an IPv6 one reaches: mapped (::ffff:a.b.c.d), NAT64 or 6to4."""
+    """The IPv4 address an IPv6 one reaches: mapped (::ffff:a.b.c.d), NAT64 or 6to4. The
+    deprecated IPv4-compatible form (::a.b.c.d) is refused whole, as reserved."""
     if isinstance(address, IPv4Address):
         return None
     if address.ipv4_mapped is not None:
@@ -312,6 +331,23 @@ def _embedded_ipv4(address: IPAddress) -> IPv4Address | None:
 _PRIVATE: tuple[IPNetwork, ...] = tuple(
     ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 )
+# Not public, though this Python's `is_global` may say otherwise: IETF protocol assignments,
+# the 6to4 relay anycast, IPv4-compatible IPv6 (::a.b.c.d, which reaches the IPv4 address on some
+# stacks), local-use NAT64, site-local, documentation (3fff::/20) and SRv6 segment identifiers.
+_RESERVED: tuple[IPNetwork, ...] = tuple(
+    ip_network(n)
+    for n in (
+        "192.0.0.0/24",
+        "192.88.99.0/24",
+        "::/96",
+        "64:ff9b:1::/48",
+        "fec0::/10",
+        "3fff::/20",
+        "5f00::/16",
+    )
+)
+# In a header value: what would end the header line, or cannot be sent in one.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _category(address: IPAddress) -> str | None:
@@ -322,7 +358,10 @@ def _category(address: IPAddress) -> str | None:
         (address.is_link_local, "a link-local"),
         (address.is_multicast, "a multicast"),
         (any(address in network for network in _PRIVATE), "a private"),
-        (not address.is_global, "a reserved (non-public)"),
+        (
+            not address.is_global or any(address in network for network in _RESERVED),
+            "a reserved (non-public)",
+        ),
     )
     return next((name for matched, name in checks if matched), None)
 

@@ -1,8 +1,9 @@
 """The `python` executor: calls `module:function` in a child interpreter.
 
 The child is run by the `shell` runner, so it gets the same treatment as a
-program: its own session, killed as a group on timeout or cancel (SIGTERM, then
-SIGKILL after the kill grace), the same minimal environment with the
+program: the same user (never the server's privileges), its own session,
+killed as a group on timeout or cancel (SIGTERM, then SIGKILL after the kill
+grace), the same fresh environment with the
 `CRONWIRE_*` variables (`CRONWIRE_ARGUMENTS` among them), and stdout and stderr
 captured and streamed as output. It runs `_python_entry`, which imports the
 module (the working directory is on its search path), calls the function with
@@ -31,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cronwire_server.executors.jobuser import JobUser
 from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest
 from cronwire_server.executors.shell import KILL_GRACE, ShellRunner, _exit_error
 from cronwire_server.model import ExecutionState
@@ -51,8 +53,10 @@ _CALL, _REPLY = "call.json", "reply.json"
 class PythonRunner:
     """Runs `python` jobs. `kill_grace` is the seconds between SIGTERM and SIGKILL."""
 
-    def __init__(self, *, kill_grace: float = KILL_GRACE, result_limit: int = RESULT_LIMIT) -> None:
-        self._shell = ShellRunner(kill_grace=kill_grace)
+    def __init__(
+        self, *, kill_grace: float = KILL_GRACE, result_limit: int = RESULT_LIMIT, user: JobUser | None = None
+    ) -> None:
+        self._shell = ShellRunner(kill_grace=kill_grace, user=user)
         self.result_limit = result_limit
 
     async def run(
@@ -66,6 +70,8 @@ class PythonRunner:
         # Made here, so that the `finally` below removes it whatever happens next.
         directory = tempfile.mkdtemp(prefix="cronwire-python-")
         try:
+            # The child writes its reply there, as the job's user.
+            self._shell.user.own(directory)
             await asyncio.to_thread(_write_call, directory, request, self.result_limit)
             ran = await self._shell.run(_child_request(request, directory), cancel, on_output)
             # Stopped, or never started (exit_code None): the shell runner's outcome says it all.

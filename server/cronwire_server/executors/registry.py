@@ -18,7 +18,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from cronwire_server.errors import FieldViolation, InvalidArgument
 from cronwire_server.executors import kinds
 
-__all__ = ["KINDS", "ExecutorKind", "all_kinds", "get_kind", "validate_parameters"]
+__all__ = ["KINDS", "ExecutorKind", "all_kinds", "field_path", "get_kind", "validate_parameters"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _violations(error: ValidationError) -> list[FieldViolation]:
     if error.validator == "required" and isinstance(instance, Mapping):
         for name in schema.get("required", ()):
             if name not in instance and error.message == f"{name!r} is a required property":
-                return [FieldViolation(_field([*path, name]), "required")]
+                return [FieldViolation(field_path([*path, name]), "required")]
     if (
         error.validator == "additionalProperties"
         and schema.get("additionalProperties") is False
@@ -118,15 +118,15 @@ def _violations(error: ValidationError) -> list[FieldViolation]:
         allowed = schema.get("properties", {})
         extra = [name for name in instance if name not in allowed]
         known = ", ".join(allowed)
-        return [FieldViolation(_field([*path, n]), f"unknown parameter; known: {known}") for n in extra]
+        return [FieldViolation(field_path([*path, n]), f"unknown parameter; known: {known}") for n in extra]
     message = schema.get("errorMessage")
-    return [FieldViolation(_field(path), message if isinstance(message, str) else error.message)]
+    return [FieldViolation(field_path(path), message if isinstance(message, str) else error.message)]
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _field(path: Iterable[str | int]) -> str:
+def field_path(path: Iterable[str | int]) -> str:
     """`parameters.argv[0]`, `parameters.env["X-KEY"]`: the request path of a parameter."""
     text = "parameters"
     for part in path:

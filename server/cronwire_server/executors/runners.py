@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from cronwire_server.executors.http_runner import HttpPolicy, HttpRunner
+from cronwire_server.executors.jobuser import JobUser
 from cronwire_server.executors.noop import NoopRunner
 from cronwire_server.executors.python_runner import PythonRunner
 from cronwire_server.executors.runtime import Runner
@@ -15,15 +16,21 @@ __all__ = ["Runners", "runner_for"]
 
 
 class Runners:
-    """One runner per executor kind; `http` (jobs and callbacks) calls only what `policy` allows.
+    """One runner per executor kind; `http` (jobs and callbacks) calls only what `policy` allows;
+    `shell` and `python` jobs run as `user` (by default the server's own: see `jobuser`).
 
     Runners keep no state between runs, so one of each serves every execution.
     """
 
-    def __init__(self, policy: HttpPolicy | None = None) -> None:
+    def __init__(self, policy: HttpPolicy | None = None, *, user: JobUser | None = None) -> None:
         self.http = HttpRunner(policy)
         self._by_kind: Mapping[str, Runner] = MappingProxyType(
-            {"shell": ShellRunner(), "python": PythonRunner(), "http": self.http, "noop": NoopRunner()}
+            {
+                "shell": ShellRunner(user=user),
+                "python": PythonRunner(user=user),
+                "http": self.http,
+                "noop": NoopRunner(),
+            }
         )
 
     def runner_for(self, kind: str) -> Runner:
