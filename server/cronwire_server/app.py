@@ -36,6 +36,7 @@ from cronwire_server.api.event_service import EventService
 from cronwire_server.api.execution_service import ExecutionService
 from cronwire_server.api.job_service import JobService
 from cronwire_server.api.key_service import KeyService
+from cronwire_server.api.paging import use_secret as use_page_token_secret
 from cronwire_server.api.schedule_service import ScheduleService
 from cronwire_server.auth.manage import KeyManager
 from cronwire_server.auth.mode import AuthRefused, auth_interceptor
@@ -136,6 +137,8 @@ async def create_server(settings: Settings) -> RunningServer:
         # First, so that calls a later interceptor refuses are counted with their code.
         interceptors.append(RpcMetricsInterceptor())
     keys = KeyStore(store.engine)
+    # Page tokens any replica issued are good on every other, and forged ones on none.
+    use_page_token_secret(await keys.shared_secret())
     try:
         auth = await auth_interceptor(settings, keys)
     except AuthRefused as exc:
