@@ -39,15 +39,19 @@ _ENV = {
     "type": "object",
     "additionalProperties": _TEXT_OR_SECRET,
     "description": (
-        "Environment variables for the run, set over a minimal inherited environment "
-        '(PATH, HOME, USER, LANG, TZ, ...). A value may be {"secret": "NAME"}: the server '
-        "puts in the secret's value when the job runs, and masks it in the output."
+        "Environment variables for the run, set over a fresh environment with nothing of the "
+        "server's (PATH, HOME, USER, LOGNAME, LANG of the job's user). A value may be "
+        '{"secret": "NAME"} of a secret of the job\'s namespace: the server puts in the '
+        "secret's value when the job runs, and masks it in the output."
     ),
 }
 _WORKING_DIR = {
     "type": "string",
     "minLength": 1,
-    "description": "The directory the process starts in. Defaults to the worker's working directory.",
+    "description": (
+        "The directory the process starts in; its user must be able to use it. Defaults to a "
+        "new directory of the run's own, removed when the run ends."
+    ),
 }
 
 SHELL_SCHEMA: dict[str, Any] = {
