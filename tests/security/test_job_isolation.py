@@ -234,6 +234,7 @@ def test_the_server_warns_of_its_files_the_job_user_can_read(shared_dir: Path) -
         process.wait(30)
     assert f"can read {secrets_file}" in log
     assert f"can read {database}" in log
+    assert f"can list the server's working directory {shared_dir}" in log
     assert "flat" in log
 
 

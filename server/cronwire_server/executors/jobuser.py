@@ -142,7 +142,8 @@ def warn_exposed(
     user: JobUser, database_url: str, files: list[str], argv: list[str] | None = None
 ) -> list[str]:
     """Log (and return) a warning for each server secret the job user could read: the SQLite
-    database, the given files (secrets file, TLS key), a database URL on the command line."""
+    database, the given files (secrets file, TLS key), the server's working directory, a
+    database URL on the command line."""
     if not user.switches:
         return []
     warnings: list[str] = []
@@ -156,6 +157,13 @@ def warn_exposed(
                 f"jobs run as {user.name} and can read {os.path.abspath(path)}: make it readable by the "
                 "server's user only (chmod 600, in a directory jobs cannot enter)"
             )
+    # Where the server keeps its state by default (the SQLite database, files it writes).
+    here = os.getcwd()
+    if readable_by(here, user):
+        warnings.append(
+            f"jobs run as {user.name} and can list the server's working directory {here}: make it "
+            "the server's user's only (chmod 700)"
+        )
     arguments = sys.argv if argv is None else argv
     if url.get_backend_name() != "sqlite" and any(a.split("=", 1)[0] == "--database-url" for a in arguments):
         warnings.append(
