@@ -374,6 +374,16 @@ async def test_a_job_of_a_root_server_runs_as_its_user_in_a_directory_of_its_own
     assert (made, secret, environ) == ("made", "unreadable", "environ-unreadable")
 
 
+async def test_a_working_dir_the_job_user_cannot_enter_is_refused(server_only_file: Path) -> None:
+    need_root()
+    private = server_only_file.parent / "private"
+    private.mkdir(mode=0o700)
+    runner = ShellRunner(user=JobUser.named("nobody"))
+    outcome = await run(request({"argv": ["true"], "working_dir": str(private)}), runner=runner)
+    error = f"working directory not permitted: {private} (jobs run as nobody)"
+    assert outcome == RunOutcome(ExecutionState.FAILED, error=error)
+
+
 async def test_a_missing_program_is_named_when_switching_users() -> None:
     need_root()
     runner = ShellRunner(user=JobUser.named("nobody"))

@@ -175,6 +175,18 @@ def warn_exposed(
     return warnings
 
 
+def can_enter(path: str, user: JobUser) -> bool:
+    """Whether `user` could make `path` its working directory (the server enters it for the job,
+    before the switch, so it must tell)."""
+    if user.uid == 0:
+        return True
+    target = Path(path).resolve()
+    try:
+        return all(_allows(os.stat(d), user, 1) for d in (*target.parents, target))
+    except OSError:
+        return True  # what does not exist is for the spawn to report
+
+
 def readable_by(path: str, user: JobUser) -> bool:
     """Whether `user` could read `path` by its permission bits (ACLs aside)."""
     if user.uid == 0:

@@ -43,7 +43,7 @@ import tempfile
 from collections.abc import Awaitable
 from typing import Any
 
-from cronwire_server.executors.jobuser import JobUser
+from cronwire_server.executors.jobuser import JobUser, can_enter
 from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest, describe_timeout
 from cronwire_server.model import ExecutionState
 
@@ -72,7 +72,11 @@ class ShellRunner:
         if cancel.is_set():
             return RunOutcome(ExecutionState.CANCELLED, error="cancelled")
         if "working_dir" in request.parameters:
-            return await self._run(request, cancel, on_output, request.parameters["working_dir"])
+            working_dir: str = request.parameters["working_dir"]
+            if self.user.switches and not can_enter(working_dir, self.user):
+                error = f"working directory not permitted: {working_dir} (jobs run as {self.user.name})"
+                return RunOutcome(ExecutionState.FAILED, error=error)
+            return await self._run(request, cancel, on_output, working_dir)
         # On the loop: a few syscalls on a local directory, cheaper than a thread's round trip.
         directory = _run_directory(self.user)
         try:
