@@ -38,6 +38,7 @@ from cronwire_server.api.job_service import JobService
 from cronwire_server.api.key_service import KeyService
 from cronwire_server.api.paging import use_secret as use_page_token_secret
 from cronwire_server.api.schedule_service import ScheduleService
+from cronwire_server.auth.interceptor import RequestDecoding
 from cronwire_server.auth.manage import KeyManager
 from cronwire_server.auth.mode import AuthRefused, auth_interceptor
 from cronwire_server.clock import ClockCheck
@@ -146,7 +147,8 @@ async def create_server(settings: Settings) -> RunningServer:
         raise SystemExit(f"cronwire-server: {exc}") from exc
     if auth is not None:
         interceptors.append(auth)
-    # After auth: an unauthenticated caller learns nothing of the limits.
+    # After auth: an unauthenticated caller gets nothing decoded, and learns nothing of the limits.
+    interceptors.append(RequestDecoding())
     interceptors.append(DocumentSizes(limits))
     server = grpc.aio.server(
         interceptors=interceptors,
