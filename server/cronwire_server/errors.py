@@ -122,6 +122,12 @@ class OutOfRange(CronwireError):
     reason = "OUT_OF_RANGE"
 
 
+class DeadlineExceeded(CronwireError):
+    """The server gave up on a computation that took longer than it allows (a preview, say)."""
+
+    reason = "DEADLINE_EXCEEDED"
+
+
 class StorageUnavailable(CronwireError):
     """The database could not be reached; the call may be retried."""
 

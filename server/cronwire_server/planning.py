@@ -7,6 +7,7 @@ produce commit together.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,6 +34,27 @@ MAX_TICKS_PER_PASS = 1000
 MAX_COUNTED_OLD_TICKS = 10_000
 
 RETRIED_STATES = frozenset({ExecutionState.FAILED, ExecutionState.TIMED_OUT, ExecutionState.LOST})
+
+log = logging.getLogger(__name__)
+
+
+def _next_tick(schedule: Schedule, after: datetime, anchor: datetime) -> datetime | None:
+    """The trigger's next fire time; None, as for an ended schedule, when its search spends the budget.
+
+    Creating or updating to such a trigger is refused, so this takes a rarer shape found only
+    later in its life (an `all_of` whose triggers stop agreeing). One search costs at most
+    triggers.SEARCH_STEPS; giving up then keeps the pass, and every other schedule in it, moving.
+    """
+    try:
+        return triggers.next_fire_time(schedule, after, anchor)
+    except triggers.TriggerTooExpensive as e:
+        log.warning(
+            "schedule %s/%s stops firing: its trigger %s; update the trigger to start it again",
+            schedule.namespace,
+            schedule.id,
+            e.message,
+        )
+        return None
 
 
 @dataclass(frozen=True)
@@ -97,7 +119,7 @@ def plan_ticks(
     due: list[datetime] = []
     while tick is not None and tick <= now and len(due) < MAX_TICKS_PER_PASS:
         due.append(tick)
-        tick = triggers.next_fire_time(schedule, tick, anchor)
+        tick = _next_tick(schedule, tick, anchor)
     late = [t for t in due if now - t > grace]
     on_time = [t for t in due if now - t <= grace]
     # Whether this pass reached the latest missed tick, or a later pass will plan more of them.
@@ -136,14 +158,14 @@ def _skip_old_ticks(
     while current is not None and current < window_start and count < MAX_COUNTED_OLD_TICKS:
         last = current
         count += 1
-        current = triggers.next_fire_time(schedule, current, anchor)
+        current = _next_tick(schedule, current, anchor)
     if count == 0:
         return current
     counted = str(count)
     if current is not None and current < window_start:
         # Too many to count one by one: jump to the window with the trigger's own arithmetic.
         counted = f"more than {MAX_COUNTED_OLD_TICKS}"
-        current = triggers.next_fire_time(schedule, window_start - timedelta(microseconds=1), anchor)
+        current = _next_tick(schedule, window_start - timedelta(microseconds=1), anchor)
     note = (
         f"{counted} tick(s) from {first.isoformat()} to {last.isoformat()} missed: "
         f"older than the catch-up window ({schedule.catchup_window})"

@@ -6,13 +6,16 @@ clock is off must store the same first fire times as any other.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 from cronwire_server import triggers
 from cronwire_server.auth.principal import current_actor
-from cronwire_server.errors import FieldViolation, InvalidArgument
+from cronwire_server.errors import DeadlineExceeded, FieldViolation, InvalidArgument
 from cronwire_server.model import (
     EventType,
     Execution,
@@ -29,6 +32,16 @@ MAX_DESCRIPTION = 2048
 MAX_PREVIEW = 1000
 MAX_BACKFILL = 1000
 DEFAULT_PREVIEW = 10
+# A preview (or a backfill's tick list) computes in a thread, never on the event loop, and
+# gives up after this long: each search is bounded by triggers.SEARCH_STEPS, but a thousand
+# of them are not.
+PREVIEW_TIMEOUT = 5.0
+# Such threads at once per replica: each takes the GIL in turns with the event loop, so a
+# flood of previews would slow the loop (health, lease renewal) down. Others wait their turn,
+# within their own timeout.
+PREVIEW_THREADS = 2
+
+T = TypeVar("T")
 
 # The fields that decide when a schedule fires; changing one recomputes next_fire_time.
 TIMING_FIELDS = ("trigger", "time_zone", "start_time", "end_time")
@@ -61,9 +74,32 @@ def with_next_fire_time(schedule: Schedule, now: datetime) -> Schedule:
 class ScheduleManager:
     """The schedule operations, over a Store."""
 
-    def __init__(self, store: Store, *, max_per_namespace: int = 0) -> None:
+    def __init__(
+        self, store: Store, *, max_per_namespace: int = 0, preview_timeout: float = PREVIEW_TIMEOUT
+    ) -> None:
         self._store = store
         self._max_per_namespace = max_per_namespace
+        self._preview_timeout = preview_timeout
+        self._preview_threads = asyncio.Semaphore(PREVIEW_THREADS)
+
+    async def _off_loop(self, work: Callable[[float], T]) -> T:
+        """`work(deadline)` in a thread, given up on after the preview timeout (DEADLINE_EXCEEDED).
+
+        `deadline` (time.monotonic()) goes down to every search step, so the thread stops too
+        rather than run on after the caller has its answer.
+        """
+        timeout = self._preview_timeout
+        deadline = time.monotonic() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._preview_threads:
+                    return await asyncio.to_thread(work, deadline)
+        except (TimeoutError, triggers.SearchTimedOut):
+            raise DeadlineExceeded(
+                f"computing the fire times took longer than {timeout:g}s; "
+                "ask for fewer (count, or a shorter range) or simplify the trigger",
+                reason="PREVIEW_TOO_EXPENSIVE",
+            ) from None
 
     async def create(self, schedule: Schedule, *, request_id: str = "") -> Schedule:
         validate_schedule(schedule)
@@ -159,10 +195,18 @@ class ScheduleManager:
     async def preview(
         self, schedule: Schedule, after: datetime | None, count: int
     ) -> list[triggers.PreviewTime]:
-        """The next `count` fire times after `after` (default now); validates an unsaved spec."""
-        validate_schedule(schedule)
+        """The next `count` fire times after `after` (default now); validates an unsaved spec.
+
+        INVALID_ARGUMENT names the trigger's field when a search spends its step budget;
+        DEADLINE_EXCEEDED when the whole takes longer than the preview timeout.
+        """
         now = await self._store.now()
-        return triggers.preview(schedule, after or now, count, anchor(schedule, now))
+
+        def compute(deadline: float) -> list[triggers.PreviewTime]:
+            validate_schedule(schedule)
+            return triggers.preview(schedule, after or now, count, anchor(schedule, now), deadline=deadline)
+
+        return await self._off_loop(compute)
 
     async def with_stats(self, schedule: Schedule) -> Schedule:
         stats = await self._store.execution_stats(schedule.namespace, schedule_id=schedule.id)
@@ -199,12 +243,23 @@ class ScheduleManager:
         anchor_time = anchor(schedule, now)
         # History before the schedule existed is what a backfill is for: its bounds do not apply.
         unbounded = dataclasses.replace(schedule, start_time=None, end_time=None)
-        ticks = list(triggers.fire_times_between(unbounded, start, end, anchor_time, MAX_BACKFILL + 1))
-        if len(ticks) > MAX_BACKFILL:
-            raise InvalidArgument.field(
-                "end_time", f"the range holds more than {MAX_BACKFILL} ticks; backfill it in parts"
+
+        def compute(deadline: float) -> tuple[list[datetime], list[triggers.PreviewTime]]:
+            ticks = list(
+                triggers.fire_times_between(
+                    unbounded, start, end, anchor_time, MAX_BACKFILL + 1, deadline=deadline
+                )
             )
-        previews = [triggers.describe_fire_time(unbounded, tick, anchor_time) for tick in ticks]
+            if len(ticks) > MAX_BACKFILL:
+                raise InvalidArgument.field(
+                    "end_time", f"the range holds more than {MAX_BACKFILL} ticks; backfill it in parts"
+                )
+            described = [
+                triggers.describe_fire_time(unbounded, tick, anchor_time, deadline=deadline) for tick in ticks
+            ]
+            return ticks, described
+
+        ticks, previews = await self._off_loop(compute)
         if dry_run or not ticks:
             return previews, []
         executions = await self._store.backfill(

@@ -29,6 +29,13 @@ Intervals, dates and their combinations are APScheduler 3 triggers, adjusted:
 - Interval ticks are counted from `start_time`, or else from a stable anchor
   the caller passes (the schedule's creation time), in exact elapsed time.
 - Jitter is not part of the trigger; the fire times here are exact.
+- A combination nests at most MAX_TRIGGER_DEPTH deep and holds at most
+  MAX_TRIGGER_LEAVES crons, intervals and dates in all.
+- One search (one next fire time) has one step budget, SEARCH_STEPS, shared by
+  the whole trigger tree: an `all_of` whose triggers rarely or never agree
+  costs at most that, wherever it is nested, then the search fails with
+  TriggerTooExpensive (an InvalidArgument naming the combination) rather than
+  running on. A caller may also give a search a deadline (SearchTimedOut).
 
 Every returned datetime is aware and in UTC.
 """
@@ -39,6 +46,7 @@ import calendar
 import functools
 import logging
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -63,7 +71,13 @@ from cronwire_server.model import (
 )
 
 __all__ = [
+    "MAX_TRIGGER_DEPTH",
+    "MAX_TRIGGER_LEAVES",
+    "SEARCH_STEPS",
     "PreviewTime",
+    "SearchBudget",
+    "SearchTimedOut",
+    "TriggerTooExpensive",
     "build_trigger",
     "describe_fire_time",
     "fire_times",
@@ -76,15 +90,71 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _TICK = timedelta(microseconds=1)
-# Bounds every search loop: AndTrigger children that never agree, or a
-# fixed-hour cron skipping a whole repeated hour second by second (3600 steps).
-_MAX_STEPS = 10_000
+# The steps one search may take across the whole trigger tree. A step is a few
+# microseconds of work: a day or clock move a cron search looks at, an interval
+# or date evaluated; each cron evaluation also costs _CRON_STEPS for its fixed
+# overhead. 20,000 steps are 0.1-0.2 s of CPU; an `all_of` of `0 0 * * 1` and
+# `0 0 13 * *` (Monday the 13th) takes about 1,500 per fire time.
+SEARCH_STEPS = 20_000
+_CRON_STEPS = 10
+# Combinations nested in one another (`any_of` > `all_of` > `any_of` > `all_of`).
+MAX_TRIGGER_DEPTH = 4
+# Crons, intervals and dates in one trigger tree.
+MAX_TRIGGER_LEAVES = 32
 # Bounds one cron search (days looked at plus clock moves, about 2 µs each).
 # The rarest valid shapes, such as `0 0 29 2 */7` (29 February on a Sunday, up
 # to 40 years apart), take about 1,200.
 _SEARCH_BUDGET = 5_000
 # Where the check that a SKIP cron fires at all in its zone starts searching.
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class TriggerTooExpensive(InvalidArgument):
+    """A search ran out of its step budget: the trigger names no fire time it can afford to find."""
+
+    reason = "TRIGGER_TOO_EXPENSIVE"
+
+
+class SearchTimedOut(Exception):
+    """A search passed the deadline its caller gave it."""
+
+
+class _Exhausted(Exception):
+    """The shared budget ran out.
+
+    `path` names the combination to blame: the innermost `all_of` that was going round
+    (its triggers disagreed at least once), else the innermost combination searching.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path = ""
+        self.looping = False
+
+
+class SearchBudget:
+    """The steps left to one search, shared by every node of the trigger tree it walks.
+
+    Also carries an optional deadline (time.monotonic()), so that work given up
+    by its caller (a preview past its timeout) stops instead of running on in a thread.
+    """
+
+    __slots__ = ("deadline", "limit", "used")
+
+    def __init__(self, limit: int = SEARCH_STEPS, deadline: float | None = None) -> None:
+        self.limit = limit
+        self.used = 0
+        self.deadline = deadline
+
+    def remaining(self) -> int:
+        return max(self.limit - self.used, 0)
+
+    def charge(self, steps: int) -> None:
+        self.used += steps
+        if self.used > self.limit:
+            raise _Exhausted
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise SearchTimedOut
 
 
 @dataclass(frozen=True)
@@ -107,7 +177,7 @@ def validate_schedule_timing(schedule: Schedule) -> None:
     `trigger.any_of.triggers[1].interval.every`, `time_zone`, ...).
     """
     violations: list[FieldViolation] = []
-    _check_trigger(schedule.trigger, "trigger", violations)
+    _check_trigger(schedule.trigger, "trigger", violations, _Shape())
     try:
         zone = _zone(schedule.time_zone)
     except ValueError as e:
@@ -129,7 +199,32 @@ def validate_schedule_timing(schedule: Schedule) -> None:
         raise InvalidArgument(violations)
 
 
-def _check_trigger(spec: object, path: str, out: list[FieldViolation]) -> None:
+@dataclass
+class _Shape:
+    """What _check_trigger has walked so far: the leaves counted, whether a limit was reported."""
+
+    # Off for schedules already stored, which may predate the limits: the search budget bounds them.
+    limited: bool = True
+    leaves: int = 0
+    too_deep: bool = False
+    too_wide: bool = False
+
+
+def _check_trigger(spec: object, path: str, out: list[FieldViolation], shape: _Shape, depth: int = 0) -> None:
+    if isinstance(spec, CronSpec | IntervalSpec | DateSpec):
+        shape.leaves += 1
+        if shape.limited and shape.leaves > MAX_TRIGGER_LEAVES:
+            # Reported once, at the first leaf past the limit; the rest is not even parsed.
+            if not shape.too_wide:
+                out.append(
+                    FieldViolation(
+                        path,
+                        f"a trigger holds at most {MAX_TRIGGER_LEAVES} crons, intervals and dates "
+                        f"in all; this is number {shape.leaves}",
+                    )
+                )
+                shape.too_wide = True
+            return
     if isinstance(spec, CronSpec):
         where = f"{path}.cron.expression"
         if not spec.expression.strip():
@@ -147,6 +242,17 @@ def _check_trigger(spec: object, path: str, out: list[FieldViolation]) -> None:
         pass
     elif isinstance(spec, AnyOfSpec | AllOfSpec):
         kind = "any_of" if isinstance(spec, AnyOfSpec) else "all_of"
+        if shape.limited and depth >= MAX_TRIGGER_DEPTH:
+            if not shape.too_deep:
+                out.append(
+                    FieldViolation(
+                        f"{path}.{kind}",
+                        f"combinations nest at most {MAX_TRIGGER_DEPTH} deep (any_of and all_of "
+                        f"inside one another); this one is number {depth + 1}",
+                    )
+                )
+                shape.too_deep = True
+            return
         if len(spec.triggers) < 2:
             out.append(
                 FieldViolation(
@@ -154,13 +260,18 @@ def _check_trigger(spec: object, path: str, out: list[FieldViolation]) -> None:
                 )
             )
         for i, child in enumerate(spec.triggers):
-            _check_trigger(child, f"{path}.{kind}.triggers[{i}]", out)
+            _check_trigger(child, f"{path}.{kind}.triggers[{i}]", out, shape, depth + 1)
     else:
         out.append(FieldViolation(path, "required: one of cron, interval, date, any_of, all_of"))
 
 
 def _check_skip_fires(spec: TriggerSpec, path: str, zone: tzinfo, out: list[FieldViolation]) -> None:
-    """Refuse a DST_POLICY_SKIP cron whose every time falls in a gap (`30 2 * 3 0L` in Europe/Berlin)."""
+    """Refuse a DST_POLICY_SKIP cron whose every time falls in a gap (`30 2 * 3 0L` in Europe/Berlin).
+
+    Stops at the first: each such refusal costs a whole cron search budget.
+    """
+    if out:
+        return
     if isinstance(spec, CronSpec) and spec.dst_policy is DstPolicy.SKIP:
         if _Cron(_parse_cron(spec.expression), zone, spec.dst_policy).next_after(_EPOCH) is None:
             out.append(
@@ -432,22 +543,32 @@ class _Cron(BaseTrigger):  # type: ignore[misc]  # APScheduler has no type hints
         self.steps = 0  # of the last search, for tests and measurements
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        found = self.next_after(_utc(now) - _TICK)
+        return self.search(_utc(now), SearchBudget())
+
+    def search(self, now: datetime, budget: SearchBudget) -> datetime | None:
+        """The first fire time at or after `now`, paid for from `budget`."""
+        found = self.next_after(now - _TICK, budget)
         return found[0] if found is not None else None
 
-    def next_after(self, after: datetime) -> tuple[datetime, bool] | None:
-        """The first fire time after `after` (UTC) and whether it was moved out of a gap; None: none."""
+    def next_after(self, after: datetime, budget: SearchBudget | None = None) -> tuple[datetime, bool] | None:
+        """The first fire time after `after` (UTC) and whether it was moved out of a gap; None: none.
+
+        The cron's own search budget bounds it; with a shared `budget`, so does what is left of that.
+        """
+        if budget is not None:
+            budget.charge(_CRON_STEPS)
+        own = _SEARCH_BUDGET if budget is None else min(_SEARCH_BUDGET, budget.remaining())
         local = after.astimezone(self.zone)
         search: _Search | None = None
         try:
             if self.cron.wall_clock and not _fixed_offset(self.zone):
-                search = _Search(self.cron.text, local, _SEARCH_BUDGET)
+                search = _Search(self.cron.text, local, own)
                 return next(search).astimezone(UTC), False
             wall = local.replace(tzinfo=None)
             if local.fold and _ambiguous(local):
                 # The rest of the repeated wall times fired at their first occurrence.
                 wall = _fold_end(local, self.zone) - timedelta(seconds=1)
-            search = _Search(self.cron.text, wall, _SEARCH_BUDGET)
+            search = _Search(self.cron.text, wall, own)
             for candidate in search:
                 fire, moved = _instant(candidate, self.zone)
                 if moved and self.policy is DstPolicy.SKIP:
@@ -460,10 +581,14 @@ class _Cron(BaseTrigger):  # type: ignore[misc]  # APScheduler has no type hints
         except OverflowError:  # past year 9999
             return None
         except _OverBudget:
+            if own < _SEARCH_BUDGET:
+                raise _Exhausted from None  # the tree's budget ran out, not the cron's own
             log.warning("cron %r found no fire time within %d search steps", self.cron.text, _SEARCH_BUDGET)
             return None
         finally:
             self.steps = search.steps if search is not None else 0
+            if budget is not None:
+                budget.used += min(self.steps, own)  # charged before: over `own`, it raised above
 
     def __str__(self) -> str:
         return f"cron[{self.cron.text}, {self.zone}, {self.policy.name}]"
@@ -510,10 +635,11 @@ def _instant(wall: datetime, zone: tzinfo) -> tuple[datetime, bool]:
 
 # --- APScheduler triggers, adjusted ---------------------------------------------
 #
-# Every trigger built here answers get_next_fire_time(None, now) with the first
-# fire time at or after `now`. This module only ever asks that way: passing a
-# previous fire time would make IntervalTrigger children of an OrTrigger count
-# from another child's tick.
+# Every trigger built here answers search(now, budget) with the first fire time
+# at or after `now`, paying for the work from the search's shared budget, and
+# get_next_fire_time(None, now) the same with a fresh budget. This module never
+# passes a previous fire time: that would make IntervalTrigger children of an
+# OrTrigger count from another child's tick.
 
 
 class _Interval(IntervalTrigger):  # type: ignore[misc]
@@ -541,6 +667,10 @@ class _Interval(IntervalTrigger):  # type: ignore[misc]
             return None
         return fire.astimezone(self.timezone)
 
+    def search(self, now: datetime, budget: SearchBudget) -> datetime | None:
+        budget.charge(1)
+        return self.get_next_fire_time(None, now)
+
 
 class _Date(DateTrigger):  # type: ignore[misc]
     """DateTrigger that reports nothing once `now` is past its date (APScheduler's returns it regardless)."""
@@ -553,40 +683,69 @@ class _Date(DateTrigger):  # type: ignore[misc]
             return None
         return run_date
 
+    def search(self, now: datetime, budget: SearchBudget) -> datetime | None:
+        budget.charge(1)
+        return self.get_next_fire_time(None, now)
+
 
 class _Or(OrTrigger):  # type: ignore[misc]
-    """OrTrigger comparing in UTC: datetimes sharing a tzinfo compare by wall time, wrong in a fold."""
+    """OrTrigger comparing in UTC: datetimes sharing a tzinfo compare by wall time, wrong in a fold.
 
-    __slots__ = ()
+    `path` names it in the schedule (`trigger.any_of`) for a search that runs out of budget.
+    """
+
+    def __init__(self, triggers: list[BaseTrigger], path: str) -> None:
+        super().__init__(triggers)
+        self.path = path
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        fires = [t.get_next_fire_time(previous_fire_time, now) for t in self.triggers]
+        return self.search(_utc(now), SearchBudget())
+
+    def search(self, now: datetime, budget: SearchBudget) -> datetime | None:
+        try:
+            fires = [t.search(now, budget) for t in self.triggers]
+        except _Exhausted as e:
+            e.path = e.path or self.path
+            raise
         found = [_utc(f) for f in fires if f is not None]
         return min(found) if found else None
 
 
 class _And(AndTrigger):  # type: ignore[misc]
-    """AndTrigger comparing in UTC and giving up after a bounded search.
+    """AndTrigger comparing in UTC, bounded by the search's budget.
 
     APScheduler's loops forever when its children never agree (two intervals
-    out of phase); here that ends the schedule, with a warning.
+    out of phase), and nested ones multiply their loops; here every child's
+    evaluation is paid from the one budget of the search, wherever it is nested.
     """
 
-    __slots__ = ()
+    def __init__(self, triggers: list[BaseTrigger], path: str) -> None:
+        super().__init__(triggers)
+        self.path = path
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        for _ in range(_MAX_STEPS):
-            fires = [t.get_next_fire_time(previous_fire_time, now) for t in self.triggers]
-            if any(f is None for f in fires):
-                return None
-            found = [_utc(f) for f in fires if f is not None]
-            if min(found) == max(found):
-                return found[0]
-            now = max(found)
-        log.warning(
-            "all_of trigger found no common fire time within %d steps; treating it as ended", _MAX_STEPS
-        )
-        return None
+        return self.search(_utc(now), SearchBudget())
+
+    def search(self, now: datetime, budget: SearchBudget) -> datetime | None:
+        rounds = 0
+        try:
+            while True:
+                rounds += 1
+                found: list[datetime] = []
+                for t in self.triggers:
+                    fire = t.search(now, budget)
+                    if fire is None:
+                        return None
+                    found.append(_utc(fire))
+                latest = max(found)
+                if min(found) == latest:
+                    return latest
+                now = latest
+        except _Exhausted as e:
+            if rounds > 1 and not e.looping:
+                e.path, e.looping = self.path, True
+            e.path = e.path or self.path
+            raise
 
 
 class _Bounded(BaseTrigger):  # type: ignore[misc]
@@ -600,9 +759,12 @@ class _Bounded(BaseTrigger):  # type: ignore[misc]
         self.end = end
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        return self.search(_utc(now), SearchBudget())
+
+    def search(self, now: datetime, budget: SearchBudget) -> datetime | None:
         if self.start is not None and now < self.start:
             now = self.start
-        fire: datetime | None = self.trigger.get_next_fire_time(previous_fire_time, now)
+        fire: datetime | None = self.trigger.search(now, budget)
         if fire is None or (self.end is not None and fire > self.end):
             return None
         return fire
@@ -639,7 +801,7 @@ def _cached_trigger(
     spec: TriggerSpec, zone_name: str, start: datetime | None, end: datetime | None, anchor: datetime | None
 ) -> BaseTrigger:
     violations: list[FieldViolation] = []
-    _check_trigger(spec, "trigger", violations)
+    _check_trigger(spec, "trigger", violations, _Shape(limited=False))
     try:
         zone = _zone(zone_name)
     except ValueError as e:
@@ -650,10 +812,10 @@ def _cached_trigger(
     if isinstance(spec, IntervalSpec) and interval_anchor is not None:
         # The interval's own start is its bound as well as its anchor.
         return _Bounded(_Interval(spec.every, interval_anchor, end, zone), start, end)
-    return _Bounded(_build(spec, zone, interval_anchor), start, end)
+    return _Bounded(_build(spec, zone, interval_anchor, "trigger"), start, end)
 
 
-def _build(spec: TriggerSpec, zone: tzinfo, anchor: datetime | None) -> BaseTrigger:
+def _build(spec: TriggerSpec, zone: tzinfo, anchor: datetime | None, path: str) -> BaseTrigger:
     if isinstance(spec, CronSpec):
         return _Cron(_parse_cron(spec.expression), zone, spec.dst_policy)
     if isinstance(spec, IntervalSpec):
@@ -662,8 +824,13 @@ def _build(spec: TriggerSpec, zone: tzinfo, anchor: datetime | None) -> BaseTrig
         return _Interval(spec.every, anchor, None, zone)
     if isinstance(spec, DateSpec):
         return _Date(run_date=_utc(spec.run_time), timezone=zone)
-    children = [_build(child, zone, anchor) for child in spec.triggers]
-    return _Or(children) if isinstance(spec, AnyOfSpec) else _And(children)
+    kind = "any_of" if isinstance(spec, AnyOfSpec) else "all_of"
+    children = [
+        _build(child, zone, anchor, f"{path}.{kind}.triggers[{i}]") for i, child in enumerate(spec.triggers)
+    ]
+    return (
+        _Or(children, f"{path}.any_of") if isinstance(spec, AnyOfSpec) else _And(children, f"{path}.all_of")
+    )
 
 
 def _has_interval(spec: TriggerSpec) -> bool:
@@ -677,8 +844,17 @@ def _has_interval(spec: TriggerSpec) -> bool:
 # --- fire times ---------------------------------------------------------------
 
 
-def _next_after(trigger: BaseTrigger, after: datetime) -> datetime | None:
-    fire: datetime | None = trigger.get_next_fire_time(None, after + _TICK)
+def _next_after(trigger: BaseTrigger, after: datetime, deadline: float | None = None) -> datetime | None:
+    """One search, with a budget of its own: TriggerTooExpensive names the combination that spent it."""
+    budget = SearchBudget(deadline=deadline)
+    try:
+        fire: datetime | None = trigger.search(after + _TICK, budget)
+    except _Exhausted as e:
+        raise TriggerTooExpensive.field(
+            e.path or "trigger",
+            f"found no fire time after {after.isoformat()} within {SEARCH_STEPS} search steps: "
+            "its triggers agree too rarely, or never; simplify the combination",
+        ) from None
     if fire is None:
         return None
     fire = _utc(fire)
@@ -688,25 +864,35 @@ def _next_after(trigger: BaseTrigger, after: datetime) -> datetime | None:
 
 
 def next_fire_time(schedule: Schedule, after: datetime, anchor: datetime) -> datetime | None:
-    """The first fire time strictly after `after`, in UTC; None when the schedule has ended."""
+    """The first fire time strictly after `after`, in UTC; None when the schedule has ended.
+
+    Raises TriggerTooExpensive when the search spends its budget (SEARCH_STEPS).
+    """
     return _next_after(build_trigger(schedule, anchor), _utc(after))
 
 
-def _iter_fire_times(schedule: Schedule, after: datetime, anchor: datetime) -> Iterator[datetime]:
+def _iter_fire_times(
+    schedule: Schedule, after: datetime, anchor: datetime, deadline: float | None = None
+) -> Iterator[datetime]:
     trigger = build_trigger(schedule, anchor)
     fire: datetime | None = _utc(after)
     while fire is not None:
-        fire = _next_after(trigger, fire)
+        fire = _next_after(trigger, fire, deadline)
         if fire is not None:
             yield fire
 
 
-def fire_times(schedule: Schedule, after: datetime, count: int, anchor: datetime) -> list[datetime]:
-    """The next `count` fire times strictly after `after`, in UTC; fewer when the schedule ends."""
+def fire_times(
+    schedule: Schedule, after: datetime, count: int, anchor: datetime, *, deadline: float | None = None
+) -> list[datetime]:
+    """The next `count` fire times strictly after `after`, in UTC; fewer when the schedule ends.
+
+    Each search has its own budget; SearchTimedOut once past `deadline` (time.monotonic()).
+    """
     times: list[datetime] = []
     if count <= 0:
         return times
-    for fire in _iter_fire_times(schedule, after, anchor):
+    for fire in _iter_fire_times(schedule, after, anchor, deadline):
         times.append(fire)
         if len(times) >= count:
             break
@@ -714,13 +900,19 @@ def fire_times(schedule: Schedule, after: datetime, count: int, anchor: datetime
 
 
 def fire_times_between(
-    schedule: Schedule, start: datetime, end: datetime, anchor: datetime, limit: int
+    schedule: Schedule,
+    start: datetime,
+    end: datetime,
+    anchor: datetime,
+    limit: int,
+    *,
+    deadline: float | None = None,
 ) -> Iterator[datetime]:
     """The fire times in [start, end), in UTC and in order, at most `limit` of them."""
     if limit <= 0:
         return
     end = _utc(end)
-    for n, fire in enumerate(_iter_fire_times(schedule, _utc(start) - _TICK, anchor), start=1):
+    for n, fire in enumerate(_iter_fire_times(schedule, _utc(start) - _TICK, anchor, deadline), start=1):
         if fire >= end:
             return
         yield fire
@@ -728,50 +920,63 @@ def fire_times_between(
             return
 
 
-def preview(schedule: Schedule, after: datetime, count: int, anchor: datetime) -> list[PreviewTime]:
-    """The next `count` fire times after `after`, each with its local time and DST flags."""
+def preview(
+    schedule: Schedule, after: datetime, count: int, anchor: datetime, *, deadline: float | None = None
+) -> list[PreviewTime]:
+    """The next `count` fire times after `after`, each with its local time and DST flags.
+
+    Raises TriggerTooExpensive when one search spends its budget, SearchTimedOut past `deadline`.
+    """
     trigger = build_trigger(schedule, anchor)
     zone = _zone(schedule.time_zone)
-    return [_describe(trigger, fire, zone) for fire in fire_times(schedule, after, count, anchor)]
+    return [
+        _describe(trigger, fire, zone, deadline)
+        for fire in fire_times(schedule, after, count, anchor, deadline=deadline)
+    ]
 
 
-def describe_fire_time(schedule: Schedule, fire: datetime, anchor: datetime) -> PreviewTime:
+def describe_fire_time(
+    schedule: Schedule, fire: datetime, anchor: datetime, *, deadline: float | None = None
+) -> PreviewTime:
     """`fire`, a fire time of `schedule` (from `fire_times_between`, say), with its DST flags."""
-    return _describe(build_trigger(schedule, anchor), _utc(fire), _zone(schedule.time_zone))
+    return _describe(build_trigger(schedule, anchor), _utc(fire), _zone(schedule.time_zone), deadline)
 
 
-def _describe(trigger: BaseTrigger, fire: datetime, zone: tzinfo) -> PreviewTime:
+def _describe(trigger: BaseTrigger, fire: datetime, zone: tzinfo, deadline: float | None) -> PreviewTime:
     local = fire.astimezone(zone)
+    # At most one cron search per leaf, with a generous budget: a tree's crons all
+    # at their own limit fit, so describing never fails for lack of steps.
+    budget = SearchBudget(MAX_TRIGGER_LEAVES * (_SEARCH_BUDGET + _CRON_STEPS), deadline)
     return PreviewTime(
         fire_time=fire,
         local_time=local,
         # A tick the trigger would not name when asked at that instant was
         # moved there: its wall time fell into a gap.
-        in_dst_gap=not _names(trigger, fire),
-        in_dst_fold=_ambiguous(local) and _named_by_cron(trigger, fire),
+        in_dst_gap=not _names(trigger, fire, budget),
+        in_dst_fold=_ambiguous(local) and _named_by_cron(trigger, fire, budget),
     )
 
 
-def _names(trigger: BaseTrigger, fire: datetime) -> bool:
+def _names(trigger: BaseTrigger, fire: datetime, budget: SearchBudget) -> bool:
     """Whether `trigger` fires at exactly `fire` when asked from that instant."""
     if isinstance(trigger, _Bounded):
-        return _names(trigger.trigger, fire)
+        return _names(trigger.trigger, fire, budget)
     if isinstance(trigger, _Or):
-        return any(_names(t, fire) for t in trigger.triggers)
+        return any(_names(t, fire, budget) for t in trigger.triggers)
     if isinstance(trigger, _And):
-        return all(_names(t, fire) for t in trigger.triggers)
+        return all(_names(t, fire, budget) for t in trigger.triggers)
     if isinstance(trigger, _Cron):
-        found = trigger.next_after(fire - _TICK)
+        found = trigger.next_after(fire - _TICK, budget)
         return found == (fire, False)
     return True  # intervals and dates are instants, never in a gap
 
 
-def _named_by_cron(trigger: BaseTrigger, fire: datetime) -> bool:
+def _named_by_cron(trigger: BaseTrigger, fire: datetime, budget: SearchBudget) -> bool:
     """Whether a wall-clock (cron) part of `trigger` names `fire`; folds matter only to those."""
     if isinstance(trigger, _Bounded):
-        return _named_by_cron(trigger.trigger, fire)
+        return _named_by_cron(trigger.trigger, fire, budget)
     if isinstance(trigger, _Or | _And):
-        return any(_named_by_cron(t, fire) for t in trigger.triggers)
+        return any(_named_by_cron(t, fire, budget) for t in trigger.triggers)
     if isinstance(trigger, _Cron):
-        return _names(trigger, fire)
+        return _names(trigger, fire, budget)
     return False

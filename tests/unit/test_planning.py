@@ -10,6 +10,7 @@ import pytest
 
 from cronwire_server import triggers
 from cronwire_server.model import (
+    AllOfSpec,
     CronSpec,
     ExecutionState,
     IntervalSpec,
@@ -227,6 +228,21 @@ def test_a_cron_schedule_that_ends_has_no_next_fire_time() -> None:
     result = plan(schedule, T0)
     assert [r.tick for r in result.runs] == [T0]
     assert result.next_fire_time is None
+
+
+def test_a_trigger_that_spends_its_search_budget_stops_the_schedule_not_the_pass(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Stored with a tick due (creating it now is refused); its next search finds no tick it can
+    # afford: even minutes never meet minute 1 of the hour.
+    never = AllOfSpec((IntervalSpec(2 * MINUTE), CronSpec("1 * * * *")))
+    with pytest.raises(triggers.TriggerTooExpensive):
+        triggers.next_fire_time(every_minute(trigger=never), T0, T0)
+    result = plan(every_minute(trigger=never), T0)
+    assert [(r.tick, r.skip_reason) for r in result.runs] == [(T0, None)]
+    assert result.next_fire_time is None
+    assert "schedule ns/s stops firing" in caplog.text
+    assert "trigger.all_of: found no fire time" in caplog.text
 
 
 def test_retry_backoff_grows_and_is_capped() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -181,11 +182,14 @@ def test_all_of_fires_where_every_trigger_agrees() -> None:
     assert fired == [utc(2027, 1, 1, 7), utc(2027, 1, 1, 14), utc(2027, 1, 1, 21)]
 
 
-def test_all_of_that_never_agrees_ends_instead_of_hanging(caplog: pytest.LogCaptureFixture) -> None:
+def test_all_of_that_never_agrees_is_refused_instead_of_hanging() -> None:
     # Even minutes from midnight against minute 1 of each hour: APScheduler's AndTrigger would loop forever.
     spec = AllOfSpec((IntervalSpec(timedelta(minutes=2)), CronSpec("1 * * * *")))
-    assert times(spec, utc(2027, 1, 1), 1, start_time=utc(2027, 1, 1)) == []
-    assert "no common fire time" in caplog.text
+    with pytest.raises(triggers.TriggerTooExpensive) as caught:
+        times(spec, utc(2027, 1, 1), 1, start_time=utc(2027, 1, 1))
+    [violation] = caught.value.violations
+    assert violation.field == "trigger.all_of"
+    assert f"within {triggers.SEARCH_STEPS} search steps" in violation.description
 
 
 def test_start_and_end_bound_every_kind() -> None:
@@ -653,3 +657,123 @@ def test_the_hour_after_a_fold_fires_when_asked_from_inside_the_fold(minute: int
     s = schedule(CronSpec("0 3 * * *"), "Europe/Berlin")
     after = datetime(2027, 10, 31, 2, minute, 59, 999_999, tzinfo=BERLIN, fold=1)
     assert triggers.next_fire_time(s, after, ANCHOR) == utc(2027, 10, 31, 2)
+
+
+# --- combinations: one budget per search, limits on shape -------------------------
+
+
+def pair(a: str, b: str) -> AllOfSpec:
+    """Midnight on weekday `a` and on weekday `b`: never both."""
+    return AllOfSpec((CronSpec(f"0 0 * * {a}"), CronSpec(f"0 0 * * {b}")))
+
+
+# Each never finds a fire time; nesting multiplied APScheduler's loops (the second ran for minutes).
+NEVER: dict[str, tuple[TriggerSpec, str]] = {
+    "pair": (pair("MON", "TUE"), "trigger.all_of"),
+    "four pairs in any_of": (
+        AnyOfSpec((pair("MON", "TUE"), pair("WED", "THU"), pair("FRI", "SAT"), pair("SUN", "MON"))),
+        "trigger.any_of.triggers[0].all_of",
+    ),
+    "all_of of any_of with pairs": (
+        AllOfSpec(
+            (
+                AnyOfSpec((CronSpec("0 0 * * MON"), pair("WED", "THU"))),
+                AnyOfSpec((CronSpec("0 0 * * TUE"), pair("FRI", "SAT"))),
+            )
+        ),
+        "trigger.all_of.triggers[0].any_of.triggers[1].all_of",
+    ),
+    "all_of in all_of, in and out of phase": (
+        AllOfSpec(
+            (IntervalSpec(timedelta(minutes=2)), AllOfSpec((CronSpec("1 * * * *"), pair("MON", "MON"))))
+        ),
+        "trigger.all_of.triggers[1].all_of",  # the one going round, not the pair inside it that agrees
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(NEVER))
+def test_a_search_spends_one_budget_however_the_combinations_nest(name: str) -> None:
+    spec, blamed = NEVER[name]
+    s = schedule(spec, start_time=utc(2027, 1, 1))
+    budget = triggers.SearchBudget()
+    with pytest.raises(triggers._Exhausted):
+        triggers.build_trigger(s, ANCHOR).search(utc(2027, 1, 1), budget)
+    # Over by at most one leaf's fixed cost: nested loops share the budget, never multiply it.
+    assert triggers.SEARCH_STEPS < budget.used <= triggers.SEARCH_STEPS + triggers._CRON_STEPS
+    with pytest.raises(triggers.TriggerTooExpensive) as caught:
+        triggers.next_fire_time(s, utc(2027, 1, 1), ANCHOR)
+    assert [v.field for v in caught.value.violations] == [blamed]
+
+
+def search_costs(spec: TriggerSpec, count: int, **fields: Any) -> tuple[list[datetime], list[int]]:
+    """The next `count` fire times from 2027 and the steps each search took."""
+    trigger = triggers.build_trigger(schedule(spec, **fields), ANCHOR)
+    fired: list[datetime] = []
+    costs: list[int] = []
+    after = utc(2027, 1, 1)
+    for _ in range(count):
+        budget = triggers.SearchBudget()
+        after = trigger.search(after + timedelta(microseconds=1), budget)
+        fired.append(after)
+        costs.append(budget.used)
+    return fired, costs
+
+
+def test_combinations_that_agree_stay_well_inside_the_budget() -> None:
+    monday_13th, costs = search_costs(AllOfSpec((CronSpec("0 0 13 * *"), CronSpec("0 0 * * MON"))), 3)
+    assert [t.date().isoformat() for t in monday_13th] == ["2027-09-13", "2027-12-13", "2028-03-13"]
+    assert max(costs) <= 2_000
+    # Every 4001 s and every 4003 s from one start: together once each 185 days, in ~8,000 rounds.
+    start = utc(2027, 1, 1)
+    primes = AllOfSpec((IntervalSpec(timedelta(seconds=4001)), IntervalSpec(timedelta(seconds=4003))))
+    together, costs = search_costs(primes, 2, start_time=start)
+    assert together == [start + timedelta(seconds=4001 * 4003 * n) for n in (1, 2)]
+    assert 10_000 < max(costs) < triggers.SEARCH_STEPS
+    # An any_of evaluates each of its triggers once per search.
+    weekdays = AnyOfSpec(tuple(CronSpec(f"0 {h} * * 1-5") for h in range(8)))
+    _, costs = search_costs(weekdays, 10)
+    assert max(costs) <= 500  # 8 crons, none looking more than a weekend ahead
+
+
+def test_a_search_past_its_deadline_stops() -> None:
+    s = schedule(pair("MON", "TUE"))
+    with pytest.raises(triggers.SearchTimedOut):
+        triggers.preview(s, utc(2027, 1, 1), 10, ANCHOR, deadline=time.monotonic() - 1)
+    with pytest.raises(triggers.SearchTimedOut):
+        triggers.fire_times(schedule(CronSpec("* * * * *")), utc(2027, 1, 1), 5, ANCHOR, deadline=0.0)
+
+
+def nested(depth: int) -> TriggerSpec:
+    """`depth` combinations inside one another, alternating any_of and all_of, two crons at the bottom."""
+    spec: TriggerSpec = AnyOfSpec((CronSpec("0 0 * * *"), CronSpec("0 12 * * *")))
+    for level in range(depth - 1):
+        kind = AllOfSpec if level % 2 == 0 else AnyOfSpec
+        spec = kind((spec, CronSpec("0 * * * *")))
+    return spec
+
+
+def test_combinations_nest_at_most_the_limit() -> None:
+    triggers.validate_schedule_timing(schedule(nested(triggers.MAX_TRIGGER_DEPTH)))
+    found = violations(schedule(nested(triggers.MAX_TRIGGER_DEPTH + 3)))
+    # Named once, at the first combination too deep.
+    assert list(found) == [  # the fifth from the top
+        "trigger.any_of.triggers[0].all_of.triggers[0].any_of.triggers[0].all_of.triggers[0].any_of"
+    ]
+    assert f"at most {triggers.MAX_TRIGGER_DEPTH} deep" in next(iter(found.values()))
+
+
+def test_a_trigger_holds_at_most_the_limit_of_leaves_nested_or_not() -> None:
+    crons = tuple(CronSpec(f"{m} * * * *") for m in range(triggers.MAX_TRIGGER_LEAVES))
+    triggers.validate_schedule_timing(schedule(AnyOfSpec(crons)))
+    found = violations(schedule(AnyOfSpec((*crons, CronSpec("bad")))))
+    assert list(found) == [f"trigger.any_of.triggers[{triggers.MAX_TRIGGER_LEAVES}]"]  # not parsed
+    half = triggers.MAX_TRIGGER_LEAVES // 2
+    split = AnyOfSpec((AnyOfSpec(crons[:half]), AllOfSpec((*crons[half:], IntervalSpec(timedelta(hours=1))))))
+    assert list(violations(schedule(split))) == [f"trigger.any_of.triggers[1].all_of.triggers[{half}]"]
+
+
+def test_a_stored_schedule_past_the_limits_still_computes() -> None:
+    # Stored before the limits existed: the budget bounds its searches, so it keeps firing.
+    deep = schedule(nested(triggers.MAX_TRIGGER_DEPTH + 1))
+    assert triggers.next_fire_time(deep, utc(2027, 1, 1), ANCHOR) == utc(2027, 1, 1, 1)

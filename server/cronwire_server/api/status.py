@@ -17,6 +17,7 @@ from cronwire_server.api import fields
 from cronwire_server.errors import (
     AlreadyExists,
     CronwireError,
+    DeadlineExceeded,
     EtagMismatch,
     FailedPrecondition,
     InvalidArgument,
@@ -43,6 +44,7 @@ _CODES: list[tuple[type[CronwireError], int]] = [
     (OutOfRange, code_pb2.OUT_OF_RANGE),
     (Unauthenticated, code_pb2.UNAUTHENTICATED),
     (PermissionDenied, code_pb2.PERMISSION_DENIED),
+    (DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
 ]
 
 
