@@ -11,15 +11,18 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.model import (
     EventFilter,
     EventType,
     Execution,
     ExecutionState,
+    IntervalSpec,
     Job,
     Page,
     RetryPolicy,
+    Schedule,
 )
 from cronwire_server.storage.base import ClaimedExecution, ExecutionFilter
 from cronwire_server.storage.sql_store import SqlStore, open_store
@@ -161,3 +164,27 @@ async def test_a_claim_that_needs_an_admission_decision_still_makes_it(store: Sq
     claimed = await store.claim_executions(WORKER, BATCH, LEASE)
     assert len(claimed) == 2
     assert await store.claim_executions(WORKER, BATCH, LEASE) == []
+
+
+async def test_a_burst_of_due_schedules_costs_at_most_one_statement_per_execution(store: SqlStore) -> None:
+    """Dispatch, claim (batches of a worker pool's 16 slots), finish (the same batches) and the
+    numbering of every event they wrote: 1,000 noop executions from 1,000 due schedules."""
+    count, slots = 1000, 16
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    for n in range(count):
+        await store.create_schedule(
+            Schedule(namespace=NS, id=f"s{n}", job_id="noop", trigger=IntervalSpec(timedelta(hours=1)))
+        )
+    async with store.engine.connect() as conn:  # due now
+        await conn.execute(sa.text("UPDATE schedules SET next_fire_time = now() - interval '1 second'"))
+    finished = 0
+    with counting(store) as sent:
+        assert await Dispatcher(store).run_once() == count
+        while claimed := await store.claim_executions(WORKER, slots, LEASE):
+            outcomes = [(c, RunOutcome(ExecutionState.SUCCEEDED, exit_code=0)) for c in claimed]
+            ended = await store.finish_executions(outcomes, WORKER, plan_retry)
+            finished += sum(e is not None for e in ended)
+        while await store.sequence_events(1000):
+            pass
+    assert finished == count
+    assert sent.count <= count, f"{sent.count} statements for {count} executions"

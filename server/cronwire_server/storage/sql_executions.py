@@ -239,12 +239,7 @@ def dispatch(conn: Connection, planner: Planner, limit: int, now: datetime) -> D
     inserted = _insert_ignoring_duplicate_ticks(conn, rows)
     rows = [r for r in rows if r["id"] in inserted]
     emit(conn, [sql_events.execution_event(r, now) for r in rows])
-    conn.execute(
-        sa.update(schedules)
-        .where(schedules.c.namespace == sa.bindparam("b_namespace"), schedules.c.id == sa.bindparam("b_id"))
-        .values(next_fire_time=sa.bindparam("b_next")),
-        advances,
-    )
+    _advance(conn, advances)
     if cancel:
         # Locked in primary-key order like every multi-row change of executions (see `_held`).
         running = (
@@ -265,6 +260,37 @@ def dispatch(conn: Connection, planner: Planner, limit: int, now: datetime) -> D
     if queued:
         notify(conn, "executions")
     return DispatchResult(len(due), queued, len(rows) - queued, more=len(due) == limit)
+
+
+# PostgreSQL: the next fire times of a dispatch batch in one statement (an executemany is one
+# statement per schedule), built once. The rows are locked already, by the dispatch's SELECT.
+_ADVANCE_MANY = sa.text(
+    """
+UPDATE schedules AS s SET next_fire_time = a.next
+FROM unnest(CAST(:namespaces AS text[]), CAST(:ids AS text[]), CAST(:nexts AS timestamptz[]))
+    AS a(namespace, id, next)
+WHERE s.namespace = a.namespace AND s.id = a.id
+"""
+)
+_ADVANCE = (
+    sa.update(schedules)
+    .where(schedules.c.namespace == sa.bindparam("b_namespace"), schedules.c.id == sa.bindparam("b_id"))
+    .values(next_fire_time=sa.bindparam("b_next"))
+)
+
+
+def _advance(conn: Connection, advances: list[dict[str, Any]]) -> None:
+    if len(advances) > 1 and conn.dialect.name == "postgresql":
+        conn.execute(
+            _ADVANCE_MANY,
+            {
+                "namespaces": [a["b_namespace"] for a in advances],
+                "ids": [a["b_id"] for a in advances],
+                "nexts": [a["b_next"] for a in advances],
+            },
+        )
+    else:
+        conn.execute(_ADVANCE, advances)
 
 
 def _activity(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], ScheduleActivity]:
