@@ -127,6 +127,9 @@ class Settings:
     # Requests per second per API key in each replica (0: unlimited), and the burst allowed.
     rate_limit_per_key: float = 50.0
     rate_limit_burst: int = 100
+    # Failed authentications per second per client address (0: unlimited), and the burst allowed.
+    auth_failures_per_peer: float = 1.0
+    auth_failure_burst: int = 20
     # How long a replica trusts what it read about a key: the delay before a revocation bites.
     key_cache_seconds: float = 5.0
     # Services open without a key (health checks and reflection by default).
@@ -389,6 +392,24 @@ def add_auth_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.
         convert=non_negative,
         metavar="REQUESTS",
         help="requests a key may make at once before --rate-limit-per-key paces it",
+    )
+    _flag(
+        parser,
+        env,
+        "--auth-failures-per-peer",
+        convert=non_negative_float,
+        metavar="PER_SECOND",
+        help="failed authentications a client address may make per second; past it, its calls "
+        "get RESOURCE_EXHAUSTED until it is back under (0: unlimited)",
+    )
+    _flag(
+        parser,
+        env,
+        "--auth-failure-burst",
+        convert=non_negative,
+        metavar="FAILURES",
+        help="failed authentications a client address may make at once before "
+        "--auth-failures-per-peer paces it",
     )
     _flag(
         parser,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine.interfaces import ExecuteStyle
 
 from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.executors.runtime import RunOutcome
@@ -44,17 +45,18 @@ async def store(fresh_database_url: Callable[[str], str]) -> AsyncIterator[SqlSt
 
 
 class Sent:
-    """Every call the store makes to the database: statements, BEGIN and COMMIT alike."""
+    """Every statement the store sends, BEGIN and COMMIT included; an executemany counts as
+    many statements as it has parameter sets (the server runs each)."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
+        self.count = 0
 
     def __call__(self, *args: Any) -> None:
-        self.statements.append(args[2])
-
-    @property
-    def count(self) -> int:
-        return len(self.statements)
+        statement, parameters, context, executemany = args[2:6]
+        self.statements.append(statement)
+        many = executemany and context.execute_style is ExecuteStyle.EXECUTEMANY
+        self.count += len(parameters) if many else 1
 
 
 @contextmanager

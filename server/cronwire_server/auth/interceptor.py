@@ -45,6 +45,12 @@ RECHECKS_PER_PERIOD = 4
 MIN_RECHECK_SECONDS = 0.05
 
 
+def _address(peer: str) -> str:
+    """`ipv4:10.0.0.7:51234` -> `ipv4:10.0.0.7`: one client machine, whatever its port."""
+    address, _, port = peer.rpartition(":")
+    return address if address and port.isdigit() else peer
+
+
 def _bearer(context: Context) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str):
@@ -57,9 +63,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Admits a call with a valid, unrevoked key whose role the method allows; else refuses it with
     UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED before the service sees it."""
 
-    def __init__(self, keys: KeyCache, limiter: RateLimiter, exempt_services: frozenset[str]) -> None:
+    def __init__(
+        self,
+        keys: KeyCache,
+        limiter: RateLimiter,
+        exempt_services: frozenset[str],
+        failures: RateLimiter | None = None,
+    ) -> None:
         self._keys = keys
         self._limiter = limiter
+        # Failed authentications per client address: guessing costs lookups and log lines.
+        self._failures = failures or RateLimiter(0, 1)
         self._exempt = exempt_services
         self._recheck_every = max(keys.ttl / RECHECKS_PER_PERIOD, MIN_RECHECK_SECONDS)
 
@@ -75,8 +89,21 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return _guarded(handler, lambda context: self._admit(method, context), self._revalidate)
 
     async def _admit(self, method: str, context: Context) -> ApiKey:
+        peer = _address(context.peer())
         try:
-            key = await self._authenticate(_bearer(context))
+            wait = self._failures.wait(peer)
+            if wait > 0:
+                raise RateLimited(
+                    f"too many failed authentications from this address (over "
+                    f"{self._failures.rate:g} per second, bursts of {self._failures.burst}); "
+                    f"retry in {wait:.2f}s",
+                    wait,
+                )
+            try:
+                key = await self._authenticate(_bearer(context))
+            except Unauthenticated:
+                self._failures.acquire(peer)
+                raise
             self._authorize(method, key)
         except CronwireError as error:
             await abort(context, error)

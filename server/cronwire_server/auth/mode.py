@@ -59,6 +59,10 @@ async def auth_interceptor(settings: Settings, keys: KeyStore) -> AuthIntercepto
             )
         log.warning("--require-auth is set but the database has no API key yet: %s", FIRST_KEY_HINT)
     limiter = RateLimiter(settings.rate_limit_per_key, settings.rate_limit_burst)
+    failures = RateLimiter(settings.auth_failures_per_peer, settings.auth_failure_burst)
     return AuthInterceptor(
-        KeyCache(keys, settings.key_cache_seconds), limiter, frozenset(settings.auth_exempt_services)
+        KeyCache(keys, settings.key_cache_seconds),
+        limiter,
+        frozenset(settings.auth_exempt_services),
+        failures,
     )
