@@ -50,7 +50,7 @@ from cronwire_server.executors.jobuser import SERVER_UMASK, JobUser, choose_job_
 from cronwire_server.executors.runners import Runners
 from cronwire_server.health import ReplicaHealth
 from cronwire_server.jobs import JobManager
-from cronwire_server.limits import DocumentSizes, Limits
+from cronwire_server.limits import DocumentSizes, Limits, StreamCaps
 from cronwire_server.metrics import MetricsEndpoint, RpcMetricsInterceptor, serve_metrics
 from cronwire_server.replicas import ReplicaHeartbeat, this_replica
 from cronwire_server.retention import ExecutionPruner
@@ -150,6 +150,7 @@ async def create_server(settings: Settings) -> RunningServer:
     # After auth: an unauthenticated caller gets nothing decoded, and learns nothing of the limits.
     interceptors.append(RequestDecoding())
     interceptors.append(DocumentSizes(limits))
+    interceptors.append(StreamCaps(limits))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=limits.grpc_options(),

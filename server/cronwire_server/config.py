@@ -148,6 +148,9 @@ class Settings:
     max_parameters_bytes: int = 256 * 1024
     max_arguments_bytes: int = 256 * 1024
     max_labels_bytes: int = 64 * 1024
+    # Server streams (WatchEvents, StreamExecutionLogs) open at once, per key and per replica.
+    max_streams_per_key: int = 100
+    max_streams_per_replica: int = 2000
     # Secrets that jobs reference by name: a YAML or JSON file of name -> value and namespaces.
     secrets_file: str = ""
     # Who shell and python jobs run as (see executors.jobuser): by default a root server's jobs
@@ -481,6 +484,16 @@ def add_limit_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os
             convert=non_negative,
             metavar="BYTES",
             help=f"largest size of {of}; larger gets INVALID_ARGUMENT naming the field (0: no limit)",
+        )
+    for scope in ("key", "replica"):
+        _flag(
+            parser,
+            env,
+            f"--max-streams-per-{scope}",
+            convert=non_negative,
+            metavar="N",
+            help=f"streams (WatchEvents, StreamExecutionLogs) open at once per {scope}; more get "
+            "RESOURCE_EXHAUSTED (0: no limit)",
         )
 
 

@@ -14,6 +14,8 @@ get RESOURCE_EXHAUSTED with a message naming the limit and the flag that sets it
   documents of a request, checked before any service sees it (`DocumentSizes`). Everything that
   copies them (rows, event snapshots, watchers' pages, the conversion cache) is bounded by them;
   a document past its limit is INVALID_ARGUMENT naming the field, as a malformed one is.
+- `--max-streams-per-key`, `--max-streams-per-replica`: server streams open at once in this
+  replica (`StreamCaps`); one more is RESOURCE_EXHAUSTED before it starts.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from google.protobuf.message import Message
 
 from cronwire_server.api.handlers import behaviour_of, with_behaviour
 from cronwire_server.api.status import abort
+from cronwire_server.auth import principal
 from cronwire_server.config import Settings
 from cronwire_server.errors import FieldViolation, InvalidArgument, ResourceExhausted
 
-__all__ = ["DocumentSizes", "Limits", "NamespaceFull"]
+__all__ = ["DocumentSizes", "Limits", "NamespaceFull", "StreamCaps"]
 
 # Responses may need more room than requests: an execution's output alone may reach
 # --max-output-bytes, and event pages are cut at 1 MiB.
@@ -48,6 +51,8 @@ class Limits:
     max_parameters_bytes: int = Settings.max_parameters_bytes
     max_arguments_bytes: int = Settings.max_arguments_bytes
     max_labels_bytes: int = Settings.max_labels_bytes
+    max_streams_per_key: int = Settings.max_streams_per_key
+    max_streams_per_replica: int = Settings.max_streams_per_replica
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -65,6 +70,8 @@ class Limits:
             max_parameters_bytes=settings.max_parameters_bytes,
             max_arguments_bytes=settings.max_arguments_bytes,
             max_labels_bytes=settings.max_labels_bytes,
+            max_streams_per_key=settings.max_streams_per_key,
+            max_streams_per_replica=settings.max_streams_per_replica,
         )
 
     def document_limits(self) -> dict[str, tuple[int, str]]:
@@ -165,5 +172,66 @@ class DocumentSizes(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             await check(request, context)
             async for response in behaviour(request, context):
                 yield response
+
+        return with_behaviour(handler, respond_streaming)
+
+
+class TooManyStreams(ResourceExhausted):
+    reason = "TOO_MANY_STREAMS"
+
+
+class StreamCaps(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts the server streams open in this replica, per key and in all, and refuses one past
+    either limit. Installed after auth, which names the key (none with auth off)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._per_key = limits.max_streams_per_key
+        self._per_replica = limits.max_streams_per_replica
+        self._by_key: dict[str, int] = {}
+        self.open = 0
+
+    def _take(self, key: str) -> None:
+        if self._per_replica and self.open >= self._per_replica:
+            raise TooManyStreams(
+                f"this replica already serves {self._per_replica} streams, its limit (the server's "
+                "--max-streams-per-replica); retry later or on another replica"
+            )
+        held = self._by_key.get(key, 0)
+        if key and self._per_key and held >= self._per_key:
+            raise TooManyStreams(
+                f"key {key} already has {self._per_key} streams open on this replica, its limit (the "
+                "server's --max-streams-per-key); close some first"
+            )
+        self._by_key[key] = held + 1
+        self.open += 1
+
+    def _give_back(self, key: str) -> None:
+        self.open -= 1
+        held = self._by_key.pop(key) - 1
+        if held:
+            self._by_key[key] = held
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler.response_streaming or not (self._per_key or self._per_replica):
+            return handler
+        behaviour = behaviour_of(handler)
+
+        async def respond_streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            caller = principal.current().key
+            key = caller.name if caller else ""
+            try:
+                self._take(key)
+            except TooManyStreams as error:
+                await abort(context, error)
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            finally:
+                self._give_back(key)
 
         return with_behaviour(handler, respond_streaming)

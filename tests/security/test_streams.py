@@ -2,7 +2,8 @@
 
 A stream is admitted once, when it opens; these tests show that it does not outlive its key:
 WatchEvents and StreamExecutionLogs opened before a revocation end UNAUTHENTICATED within the
-key-cache period after it, even while they wait with nothing to send.
+key-cache period after it, even while they wait with nothing to send. And a key, or all keys
+together, can hold only so many streams open on a replica.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire.v1.key_service_pb2_grpc import KeyServiceStub
 from cronwire_server.app import RunningServer
+from tests.e2e.test_execution_service import eventually
 from tests.security.test_auth import TEAM_A, Keys, bearer, make_keys, start
 
 KEY_CACHE_SECONDS = 1.0
@@ -129,3 +131,52 @@ async def test_open_streams_end_unauthenticated_within_the_key_cache_period_afte
     for call in kept_streams:
         call.cancel()
     await asyncio.gather(*kept)
+
+
+async def test_streams_are_capped_per_key_and_per_replica(database_url: str, keys: Keys) -> None:
+    running = await start(
+        database_url,
+        rate_limit_per_key=0,
+        watch_heartbeat_seconds=0.2,
+        max_streams_per_key=2,
+        max_streams_per_replica=3,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            events = EventServiceStub(channel)
+
+            async def opened(token: str) -> Any:
+                call = events.WatchEvents(
+                    event_service_pb2.WatchEventsRequest(parent=TEAM_A), metadata=bearer(token)
+                )
+                await call.read()  # a heartbeat: it is open
+                return call
+
+            async def refused(token: str) -> str:
+                call = events.WatchEvents(
+                    event_service_pb2.WatchEventsRequest(parent=TEAM_A), metadata=bearer(token)
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await call.read()
+                assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.value
+                return error.value.details() or ""
+
+            first = [await opened(keys.viewer_a), await opened(keys.viewer_a)]
+            assert "--max-streams-per-key" in await refused(keys.viewer_a)
+            other = await opened(keys.editor_a)
+            # Three open on the replica: another key is refused too.
+            assert "--max-streams-per-replica" in await refused(keys.admin)
+            # A stream that ends gives its place back.
+            first[0].cancel()
+
+            async def reopened() -> Any:
+                try:
+                    return await opened(keys.viewer_a)
+                except grpc.aio.AioRpcError:
+                    return None
+
+            again = await eventually(reopened, 5, "a place to free up")
+            for call in (first[1], other, again):
+                call.cancel()
+    finally:
+        await running.stop(grace=0)
