@@ -353,3 +353,80 @@ async def test_a_skip_schedule_is_stored_with_its_policy(schedules: ScheduleServ
     got = (await schedules.GetSchedule(schedule_service_pb2.GetScheduleRequest(name=created.name))).schedule
     assert got.trigger.cron.dst_policy == schedule_pb2.DST_POLICY_SKIP
     assert got.trigger.cron.expression == "@daily"
+
+
+# --- bounded trigger arithmetic ------------------------------------------------------
+
+
+def cron(expression: str) -> dict[str, Any]:
+    return {"cron": {"expression": expression}}
+
+
+def never_both(a: str, b: str) -> dict[str, Any]:
+    return {"allOf": {"triggers": [cron(f"0 0 * * {a}"), cron(f"0 0 * * {b}")]}}
+
+
+# About 150 bytes of trigger that used to hold a server's event loop for seconds per preview:
+# each all_of goes round looking for a midnight that is two weekdays at once.
+NESTED_TRIGGER = {
+    "anyOf": {
+        "triggers": [
+            never_both("MON", "TUE"),
+            never_both("WED", "THU"),
+            never_both("FRI", "SAT"),
+            never_both("SUN", "MON"),
+        ]
+    }
+}
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """`depth` combinations inside one another, any_of outermost, alternating with all_of."""
+    trigger: dict[str, Any] = {"anyOf": {"triggers": [cron("0 0 * * *"), cron("0 12 * * *")]}}
+    for level in range(depth - 1):
+        kind = "allOf" if level % 2 == 0 else "anyOf"
+        trigger = {kind: {"triggers": [trigger, cron("0 * * * *")]}}
+    return trigger
+
+
+WIDE = {"anyOf": {"triggers": [cron(f"{minute} * * * *") for minute in range(33)]}}
+TOO_DEEP_FIELD = (
+    "schedule.trigger.any_of.triggers[0].all_of.triggers[0].any_of.triggers[0].all_of.triggers[0].any_of"
+)
+
+
+@pytest.mark.usefixtures("job")
+@pytest.mark.parametrize(
+    ("trigger", "field", "fragment"),
+    [
+        (nested(5), TOO_DEEP_FIELD, "at most 4 deep"),
+        (WIDE, "schedule.trigger.any_of.triggers[32]", "at most 32 crons, intervals and dates"),
+        (never_both("MON", "TUE"), "schedule.trigger.all_of", "within 20000 search steps"),
+        (NESTED_TRIGGER, "schedule.trigger.any_of.triggers[0].all_of", "within 20000 search steps"),
+    ],
+)
+async def test_a_trigger_too_deep_too_wide_or_too_costly_is_refused_naming_the_field(
+    schedules: ScheduleServiceStub, trigger: dict[str, Any], field: str, fragment: str
+) -> None:
+    assert len(json_format.ParseDict(NESTED_TRIGGER, schedule_pb2.Trigger()).SerializeToString()) < 160
+    await create(schedules, "fine", trigger=nested(4))
+    violations, _ = await expect_error(
+        create(schedules, "bad", trigger=trigger), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert list(violations) == [field]
+    assert fragment in violations[field]
+    change = spec(name=f"{PARENT}/schedules/fine", trigger=trigger)
+    violations, _ = await expect_error(
+        schedules.UpdateSchedule(
+            schedule_service_pb2.UpdateScheduleRequest(
+                schedule=change, update_mask=field_mask_pb2.FieldMask(paths=["trigger"])
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert list(violations) == [field]
+    preview = schedule_service_pb2.PreviewScheduleRequest(schedule=spec(trigger=trigger), count=10)
+    violations, _ = await expect_error(schedules.PreviewSchedule(preview), grpc.StatusCode.INVALID_ARGUMENT)
+    assert list(violations) == [field]
+    listed = await schedules.ListSchedules(schedule_service_pb2.ListSchedulesRequest(parent=PARENT))
+    assert [s.name for s in listed.schedules] == [f"{PARENT}/schedules/fine"]
