@@ -105,3 +105,11 @@ def configure(level: str | int = logging.INFO, log_format: str = "text") -> None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Libraries that log SQL parameters or result rows at DEBUG (job parameters, arguments,
+    # key digests, server secrets): at most their statements reach the log, whatever the level.
+    root = logging.getLogger().getEffectiveLevel()
+    for name in QUIET_AT_DEBUG:
+        logging.getLogger(name).setLevel(max(root, logging.INFO))
+
+
+QUIET_AT_DEBUG = ("aiosqlite", "sqlalchemy.engine", "psycopg")

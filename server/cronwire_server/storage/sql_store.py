@@ -161,6 +161,8 @@ def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> As
         "pool_size": pool_size,
         "max_overflow": max_overflow,
         "isolation_level": "AUTOCOMMIT",
+        # Never in logs or error messages: parameters carry job documents and secrets.
+        "hide_parameters": True,
     }
     parsed = make_url(async_url)
     if parsed.get_backend_name() == "sqlite":
