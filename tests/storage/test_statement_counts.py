@@ -190,3 +190,18 @@ async def test_a_burst_of_due_schedules_costs_at_most_one_statement_per_executio
             pass
     assert finished == count
     assert sent.count <= count, f"{sent.count} statements for {count} executions"
+
+
+async def test_numbering_a_batch_of_events_is_one_statement_under_the_lock(store: SqlStore) -> None:
+    await running(store, Job(namespace=NS, id="noop", executor="noop", parameters={}), BATCH)
+    with counting(store) as sent:
+        numbered = await store.sequence_events(10_000)
+    # BEGIN, the sequencer's lock, the numbering (its NOTIFY included), COMMIT.
+    assert sent.count == 4, sent.statements
+    assert numbered == 1 + 2 * BATCH  # the job's event, then each run's QUEUED and STARTED
+    events = await store.read_events(EventFilter(namespace=NS), after=0, limit=10_000)
+    assert [e.sequence for e in events] == list(range(1, numbered + 1))
+    assert events[-1].type is EventType.EXECUTION_STARTED
+    await store.run_job(NS, "noop", {})
+    assert await store.sequence_events(10_000) == 1
+    assert await store.latest_event_sequence() == numbered + 1

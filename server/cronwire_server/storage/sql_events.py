@@ -145,6 +145,29 @@ def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
 SEQUENCER_LOCK = 0x63726F6E77697265  # any constant shared by every replica
 
 
+_TRY_SEQUENCER_LOCK = sa.select(sa.func.pg_try_advisory_xact_lock(SEQUENCER_LOCK))
+# PostgreSQL, with the sequencer's lock held: number the pending events and NOTIFY the replicas
+# in one statement, built once.
+_NUMBER_PENDING = sa.text(
+    """
+WITH base AS (SELECT coalesce(max(sequence), 0) AS last FROM events),
+pending AS (
+    SELECT id, row_number() OVER (ORDER BY id) AS n FROM events
+    WHERE sequence IS NULL ORDER BY id LIMIT :limit
+),
+numbered AS (
+    UPDATE events AS e SET sequence = base.last + pending.n
+    FROM pending, base WHERE e.id = pending.id
+    RETURNING e.id
+),
+woken AS MATERIALIZED (
+    SELECT pg_notify('cronwire_events', '') AS sent FROM (SELECT 1 FROM numbered LIMIT 1) AS any_numbered
+)
+SELECT (SELECT count(*) FROM numbered) AS numbered, (SELECT count(*) FROM woken) AS woken
+"""
+)
+
+
 def sequence_pending(conn: Connection, limit: int) -> int:
     """Number the committed events that have no sequence yet, in insertion order.
 
@@ -154,11 +177,11 @@ def sequence_pending(conn: Connection, limit: int) -> int:
     Returns how many were numbered (0 when another replica holds the lock).
     """
     postgres = conn.dialect.name == "postgresql"
-    if (
-        postgres
-        and not conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(SEQUENCER_LOCK))).scalar_one()
-    ):
-        return 0
+    if postgres:
+        if not conn.execute(_TRY_SEQUENCER_LOCK).scalar_one():
+            return 0
+        # A statement of its own after the lock: its snapshot sees every numbering committed before.
+        return int(conn.execute(_NUMBER_PENDING, {"limit": limit}).scalar_one())
     base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.sequence), 0))).scalar_one()
     pending = (
         sa.select(events.c.id, sa.func.row_number().over(order_by=events.c.id).label("n"))

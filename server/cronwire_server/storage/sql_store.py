@@ -967,12 +967,15 @@ class SqlStore:
     # Events
 
     async def sequence_events(self, limit: int) -> int:
-        numbered: int = await self._run(
-            self._in_transaction, lambda conn, n, now: sql_events.sequence_pending(conn, n), limit
-        )
+        numbered = await self._run(self._sequence_events, limit)
         if numbered:
             self._wakeup.signal("events")
         return numbered
+
+    def _sequence_events(self, limit: int) -> int:
+        # No clock read: numbering needs no time.
+        with self._transaction() as conn:
+            return sql_events.sequence_pending(conn, limit)
 
     async def latest_event_sequence(self) -> int:
         latest: int = await self._run(self._read, sql_events.latest)
