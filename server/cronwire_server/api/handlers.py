@@ -4,7 +4,10 @@ take the handler's behaviour, wrap it, and serve the wrapper with the same strea
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -20,11 +23,57 @@ _FACTORIES: dict[tuple[bool, bool], Callable[..., Any]] = {
 
 def behaviour_of(handler: Any) -> Callable[..., Any]:
     """The function `handler` serves: a coroutine function, or an async generator function when
-    the response streams."""
+    the response streams (whichever style the servicer wrote it in, see `_as_generator`)."""
     behaviour: Callable[..., Any] = (
         handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
     )
+    if handler.response_streaming and not inspect.isasyncgenfunction(behaviour):
+        return _as_generator(behaviour)
     return behaviour
+
+
+class _WritesQueued:
+    """A servicer context whose `write` hands the response to a queue instead of the wire."""
+
+    def __init__(self, context: Any, queue: asyncio.Queue[Any]) -> None:
+        self._context = context
+        self._queue = queue
+
+    async def write(self, message: Any) -> None:
+        await self._queue.put(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def _as_generator(behaviour: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    """A streaming behaviour written as a coroutine that calls `context.write` (the health
+    servicer's Watch) as an async generator: wrappers then yield its responses like any other's,
+    and gRPC never sees the two styles mixed in one call."""
+
+    async def generate(request: Any, context: Any) -> AsyncIterator[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue(1)
+        # Awaited below in every case: it lives exactly as long as the call.
+        writer = asyncio.ensure_future(behaviour(request, _WritesQueued(context, queue)))
+        try:
+            while True:
+                taken = asyncio.ensure_future(queue.get())
+                await asyncio.wait({taken, writer}, return_when=asyncio.FIRST_COMPLETED)
+                if taken.done():
+                    yield taken.result()
+                    continue
+                taken.cancel()
+                while not queue.empty():
+                    yield queue.get_nowait()
+                writer.result()  # its error, if it ended with one
+                return
+        finally:
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+
+    return generate
 
 
 def with_behaviour(handler: Any, behaviour: Callable[..., Any]) -> Any:
