@@ -118,6 +118,12 @@ def test_every_variable_of_the_env_file_is_a_server_setting() -> None:
     assert not unknown, f"not flags of cronwire-server serve: {unknown}"
 
 
+def test_the_env_file_keeps_unauthenticated_metrics_off_public_interfaces() -> None:
+    # /metrics takes no key: the shipped configuration serves it on loopback only.
+    host = _env_file()["CRONWIRE_METRICS_ADDRESS"].rsplit(":", 1)[0]
+    assert host in ("127.0.0.1", "[::1]", "localhost"), host
+
+
 @pytest.mark.postgres
 def test_the_unit_runs_as_written_with_the_env_file(
     tmp_path: Path, fresh_database_url: Callable[[str], str]
