@@ -157,6 +157,7 @@ async def create_server(settings: Settings) -> RunningServer:
     )
     stopping = asyncio.Event()
     supervisor = Supervisor(stopping)
+    store.supervise_listener(supervisor)
     supervisor.start("sequencer", lambda: Sequencer(store).run(stopping))
     supervisor.start("clock-check", lambda: ClockCheck(store).run(stopping))
     if "api" in settings.roles:

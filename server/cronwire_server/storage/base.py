@@ -25,6 +25,7 @@ from cronwire_server.model import (
     Schedule,
 )
 from cronwire_server.planning import ScheduleActivity, TickPlan
+from cronwire_server.supervisor import Supervisor
 
 # The dispatcher's decision for one due schedule, run inside the claiming transaction.
 Planner = Callable[[Schedule, datetime, ScheduleActivity], TickPlan]
@@ -171,6 +172,10 @@ class Store(Protocol):
 
     async def now(self) -> datetime:
         """The database's current time."""
+
+    def supervise_listener(self, supervisor: Supervisor) -> None:
+        """Run the store's own background loop, if it has one (PostgreSQL's LISTEN), under
+        `supervisor`."""
 
     @property
     def wakeup(self) -> Wakeup:

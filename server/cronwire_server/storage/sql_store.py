@@ -65,6 +65,7 @@ from cronwire_server.storage.records import (
 )
 from cronwire_server.storage.tables import executions, jobs, request_ids, schedules
 from cronwire_server.storage.wakeup import LocalWakeup, PostgresWakeup
+from cronwire_server.supervisor import Supervisor
 
 __all__ = [
     "SqlStore",
@@ -650,6 +651,12 @@ class SqlStore:
     def _now(self) -> datetime:
         with self._sync.connect() as conn:
             return ex.database_now(conn)
+
+    def supervise_listener(self, supervisor: Supervisor) -> None:
+        """With PostgreSQL, run the LISTEN connection that brings other replicas' wake-ups as one
+        of `supervisor`'s loops (call before the first use of `wakeup`)."""
+        if isinstance(self._wakeup, PostgresWakeup):
+            self._wakeup.supervised_by(supervisor)
 
     @property
     def wakeup(self) -> LocalWakeup:

@@ -15,6 +15,8 @@ import logging
 import psycopg
 from sqlalchemy.engine import make_url
 
+from cronwire_server.supervisor import DRAIN, Supervisor, loop_failed, loop_ok
+
 log = logging.getLogger(__name__)
 
 CHANNELS = ("schedules", "executions", "callbacks", "logs", "events", "events_new")
@@ -59,27 +61,38 @@ class PostgresWakeup(LocalWakeup):
         super().__init__()
         self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         self._task: asyncio.Task[None] | None = None
+        self._supervised = False
+
+    def supervised_by(self, supervisor: Supervisor) -> None:
+        """Run the listener as the supervisor's loop `listener` (a server), counted in health; it
+        is stopped with the last loops, once running executions have drained."""
+        self._supervised = True
+        supervisor.start("listener", self.listen, phase=DRAIN)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._listen())
+        """Start listening on first use, when no supervisor runs the listener (a bare store)."""
+        if self._task is None and not self._supervised:
+            self._task = asyncio.create_task(self.listen())
 
-    async def _listen(self) -> None:
+    async def listen(self) -> None:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
                     for channel in CHANNELS:
                         await conn.execute(f"LISTEN {pg_channel(channel)}")
+                    loop_ok()
                     # Anything may have happened while we were not listening.
                     for channel in CHANNELS:
                         self.signal(channel)
                     async for notify in conn.notifies():
                         self.signal(notify.channel.removeprefix(PG_PREFIX))
             except (psycopg.Error, OSError) as error:
+                loop_failed(error)
                 log.warning("LISTEN connection lost (%s); reconnecting", type(error).__name__)
                 await asyncio.sleep(RECONNECT_DELAY)
-            except Exception:
-                # Never die: without it sleepers only wake on their timeouts, silently slower.
+            except Exception as error:
+                # Never die, supervised or not: without it sleepers only wake on their timeouts.
+                loop_failed(error)
                 log.exception("LISTEN loop failed; reconnecting")
                 await asyncio.sleep(RECONNECT_DELAY)
 
