@@ -220,3 +220,28 @@ def test_runs_of_another_user_are_found_and_killed(
     unregistered = as_nobody("run-2")
     fence.close()
     assert unregistered.wait(BOUND) == -signal.SIGKILL
+
+
+def test_parent_death_signals_at_any_moment_still_leave_no_run_alive(
+    fence: Fence, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    """The parent-death signal may arrive while the fence is already shutting down (its pipe
+    closed first): wherever it lands, the fence kills its runs and exits cleanly."""
+    job = sleeper(sleepers)
+    fence.begin("run-1", time.monotonic() + 60)
+    fence.guard("run-1", job.pid)
+    process = fence._process
+    assert process is not None
+    wait_for(lambda: catches(process.pid, signal.SIGUSR1), BOUND, "the fence to set up its signals")
+    for _ in range(200):
+        if process.poll() is not None:
+            break
+        os.kill(process.pid, signal.SIGUSR1)
+    assert job.wait(BOUND) == -signal.SIGKILL
+    assert process.wait(BOUND) == 0
+
+
+def catches(pid: int, sig: signal.Signals) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    mask = int(next(line for line in status if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(mask & (1 << (sig - 1)))

@@ -78,10 +78,6 @@ class _Run:
     killed: bool = False
 
 
-class _ParentGone(Exception):
-    pass
-
-
 def _prctl(option: int, value: int | bytes) -> None:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
@@ -182,9 +178,19 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    def parent_gone(signum: int, frame: object) -> None:
-        raise _ParentGone
+    # The parent-death signal only sets a flag and wakes the poll through the wakeup pipe: a
+    # handler that raised could land anywhere, even after the last guarded line, and leave the
+    # runs alive.
+    gone = False
 
+    def parent_gone(signum: int, frame: object) -> None:
+        nonlocal gone
+        gone = True
+
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
     signal.signal(signal.SIGUSR1, parent_gone)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGUSR1)
     fence = _Fence()
@@ -192,6 +198,7 @@ def main(argv: list[str]) -> int:
     os.set_blocking(stdin, False)
     poller = select.poll()
     poller.register(stdin, select.POLLIN)
+    poller.register(wake_read, select.POLLIN)
     pending = b""
 
     def read() -> bool:
@@ -203,20 +210,16 @@ def main(argv: list[str]) -> int:
                 fence.apply(line.decode("ascii"))
         return eof
 
-    try:
-        while os.getppid() == parent:
-            poller.poll(math.ceil(fence.next_wakeup(time.monotonic()) * 1000))
-            # Taken before reading: a deadline the server extended before it passed is
-            # extended here too, since that message is in the pipe by now.
-            now = time.monotonic()
-            if read():
-                break
-            fence.kill_overdue(now)
-    except _ParentGone:
-        pass
+    while not gone and os.getppid() == parent:
+        poller.poll(math.ceil(fence.next_wakeup(time.monotonic()) * 1000))
+        # Taken before reading: a deadline the server extended before it passed is
+        # extended here too, since that message is in the pipe by now.
+        now = time.monotonic()
+        if read():
+            break
+        fence.kill_overdue(now)
     # What the server said before it died counts (it may have died as this process started).
-    with contextlib.suppress(_ParentGone):
-        read()
+    read()
     fence.kill_all()
     return 0
 
