@@ -37,6 +37,7 @@ from cronwire_server.api.execution_service import ExecutionService
 from cronwire_server.api.job_service import JobService
 from cronwire_server.api.key_service import KeyService
 from cronwire_server.api.paging import use_secret as use_page_token_secret
+from cronwire_server.api.rpc_metrics import RpcMetricsInterceptor
 from cronwire_server.api.schedule_service import ScheduleService
 from cronwire_server.auth.interceptor import RequestDecoding
 from cronwire_server.auth.manage import KeyManager
@@ -51,7 +52,7 @@ from cronwire_server.executors.runners import Runners
 from cronwire_server.health import ReplicaHealth
 from cronwire_server.jobs import JobManager
 from cronwire_server.limits import DocumentSizes, Limits, StreamCaps
-from cronwire_server.metrics import MetricsEndpoint, RpcMetricsInterceptor, serve_metrics
+from cronwire_server.metrics_endpoint import MetricsEndpoint, serve_metrics
 from cronwire_server.replicas import ReplicaHeartbeat, this_replica
 from cronwire_server.retention import ExecutionPruner
 from cronwire_server.schedules import ScheduleManager

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from cronwire_server.eventloop import EVENT_LOOPS
-from cronwire_server.executors.http_runner import HttpPolicy
+from cronwire_server.executors.address_policy import HttpPolicy
 from cronwire_server.logs import FORMATS as LOG_FORMATS
 from cronwire_server.model import RetentionPolicy
 
