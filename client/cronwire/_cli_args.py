@@ -20,10 +20,12 @@ from cronwire._types import (
 )
 from cronwire._values import (
     DURATION_HELP,
-    TIME_HELP,
+    LOCAL_TIME_HELP,
     enum_text,
+    looks_relative,
     parse_duration,
     parse_enum,
+    parse_local_time,
     parse_time,
 )
 
@@ -50,6 +52,36 @@ def _typed(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
 
 duration_arg = _typed(parse_duration, "duration")
 time_arg = _typed(parse_time, "time")
+# A time that may be a wall time, read later in the schedule's zone (`--at 2030-01-01T09:00 --tz ...`).
+local_time_arg = _typed(parse_local_time, "time")
+
+
+def time_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """The option strings, in the whole command tree, whose value is a time."""
+    flags: set[str] = set()
+    for action in parser._actions:
+        if action.type in (time_arg, local_time_arg):
+            flags.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                flags |= time_flags(child)
+    return flags
+
+
+def join_relative_times(words: list[str], flags: set[str]) -> list[str]:
+    """`--start -6h` as `--start=-6h`: argparse takes a word starting with `-` for an option, so
+    a relative time given as its own word after a time flag is joined to the flag."""
+    joined: list[str] = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word in flags and index + 1 < len(words) and looks_relative(words[index + 1]):
+            joined.append(f"{word}={words[index + 1]}")
+            index += 2
+            continue
+        joined.append(word)
+        index += 1
+    return joined
 
 
 def _key_json(text: str) -> tuple[str, Any]:
@@ -245,10 +277,15 @@ def trigger_flags(parser: argparse.ArgumentParser) -> None:
     when.add_argument(
         "--every", action="append", type=duration_arg, metavar="DURATION", help="a fixed interval"
     )
-    when.add_argument("--at", action="append", type=time_arg, metavar="TIME", help=f"once; {TIME_HELP}")
+    when.add_argument(
+        "--at", action="append", type=local_time_arg, metavar="TIME", help=f"once; {LOCAL_TIME_HELP}"
+    )
     when.add_argument("--all", action="store_true", help="fire only when every trigger agrees (default: any)")
     when.add_argument(
-        "--tz", metavar="ZONE", help="IANA time zone for cron fields, e.g. Europe/Berlin (default UTC)"
+        "--tz",
+        metavar="ZONE",
+        help="IANA time zone of the cron fields and of --at/--start/--end times written without an "
+        "offset, e.g. Europe/Berlin (default UTC)",
     )
     when.add_argument(
         "--dst",
@@ -257,8 +294,8 @@ def trigger_flags(parser: argparse.ArgumentParser) -> None:
         help="what a --cron time a daylight-saving change skips does: debian (runs at the jump, "
         "default) or skip (does not run)",
     )
-    when.add_argument("--start", type=time_arg, metavar="TIME", help="no tick before")
-    when.add_argument("--end", type=time_arg, metavar="TIME", help="no tick after")
+    when.add_argument("--start", type=local_time_arg, metavar="TIME", help="no tick before")
+    when.add_argument("--end", type=local_time_arg, metavar="TIME", help="no tick after")
 
 
 def _choices(members: Iterable[enum.Enum]) -> str:

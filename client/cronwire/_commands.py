@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
 from cronwire._apply import Applier, Change, parse_text, read_file, summary
@@ -29,6 +30,7 @@ from cronwire._types import (
     RetryPolicy,
     Trigger,
 )
+from cronwire._values import format_time, in_zone
 from cronwire._views import (
     cluster_status_view,
     event_line,
@@ -235,13 +237,48 @@ def _retry_policy(args: argparse.Namespace) -> RetryPolicy | None:
     return RetryPolicy(max_attempts=args.retries + 1, initial_backoff=args.retry_backoff)
 
 
+def _wall_times(args: argparse.Namespace) -> list[datetime]:
+    """The times of the trigger flags that were written without an offset."""
+    given = [*(args.at or []), args.start, args.end, getattr(args, "after", None)]
+    return [t for t in given if t is not None and t.tzinfo is None]
+
+
+def _zone_of_times(ctx: Context, stored: str | None) -> str:
+    """The zone wall times of --at/--start/--end are read in: --tz, else the stored schedule's."""
+    if ctx.args.tz is not None or not _wall_times(ctx.args):
+        return str(ctx.args.tz or "")
+    return ctx.client.get_schedule(stored).time_zone if stored else ""
+
+
+def _zoned(args: argparse.Namespace, zone: str) -> None:
+    """Read the wall times of the trigger flags in `zone` (in place)."""
+    try:
+        args.at = [in_zone(t, zone) for t in args.at or []]
+        for attribute in ("start", "end", "after"):
+            value = getattr(args, attribute, None)
+            if value is not None:
+                setattr(args, attribute, in_zone(value, zone))
+    except ValueError as error:
+        raise UsageError(f"argument --tz: {error}") from None
+
+
+def _refuse_past_dates(args: argparse.Namespace) -> None:
+    now = datetime.now(UTC)
+    for at in args.at or []:
+        if at <= now:
+            raise UsageError(
+                f"--at {format_time(at)} is in the past (now {format_time(now.replace(microsecond=0))}): "
+                "a one-shot time must be in the future"
+            )
+
+
 def _triggers(args: argparse.Namespace) -> Trigger | None:
     if args.dst is not None and not args.cron:
         raise UsageError("--dst goes with --cron")
     dst = args.dst or DstPolicy.DEBIAN
     triggers: list[Trigger] = [CronTrigger(e, dst) for e in args.cron or []]
     triggers += [IntervalTrigger(every) for every in args.every or []]
-    triggers += [DateTrigger(at) for at in args.at or []]
+    triggers += [DateTrigger(in_zone(at)) for at in args.at or []]
     if not triggers:
         return None
     if len(triggers) == 1:
@@ -425,6 +462,8 @@ def cmd_jobs_types(ctx: Context) -> int:
 
 def cmd_schedules_create(ctx: Context) -> int:
     args = ctx.args
+    _zoned(args, args.tz or "")
+    _refuse_past_dates(args)
     trigger = _triggers(args)
     if trigger is None:
         raise UsageError("say when it fires: --cron EXPR, --every DURATION or --at TIME")
@@ -453,6 +492,8 @@ def cmd_schedules_update(ctx: Context) -> int:
     client = ctx.client
     etag = args.etag or ""
     fields: dict[str, Any] = {}
+    _zoned(args, _zone_of_times(ctx, args.name))
+    _refuse_past_dates(args)
     trigger = _triggers(args)
     if trigger is not None:
         fields["trigger"] = trigger
@@ -520,6 +561,7 @@ def cmd_schedules_resume(ctx: Context) -> int:
 
 def cmd_schedules_preview(ctx: Context) -> int:
     args = ctx.args
+    _zoned(args, _zone_of_times(ctx, args.name))
     trigger = _triggers(args)
     if (args.name is None) == (trigger is None):
         raise UsageError("preview a stored schedule (NAME) or a trigger (--cron/--every/--at), one of them")

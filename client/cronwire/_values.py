@@ -6,13 +6,22 @@ import enum
 import re
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 E = TypeVar("E", bound=enum.Enum)
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
 DURATION_HELP = "a duration: 90s, 10m, 1h30m, 500ms, 2d, or seconds (600)"
-TIME_HELP = "a time: 2030-01-01T00:00:00Z (no offset: UTC), now, or relative to now (-2h, +30m)"
+TIME_HELP = (
+    "a time: 2030-01-01T00:00:00Z, 2030-01-01 09:30 or 2030-01-01 (no offset: UTC), now, "
+    "or relative to now (-6h, +30m, -1d)"
+)
+LOCAL_TIME_HELP = (
+    "a time: 2030-01-01T09:00 (no offset: in --tz, else UTC), 2030-01-01T09:00:00Z, now, "
+    "or relative to now (-6h, +30m)"
+)
+_RELATIVE = re.compile(r"^[+-](\d|\.\d)")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -55,8 +64,20 @@ def format_duration(value: timedelta) -> str:
     return "".join(parts)
 
 
+def looks_relative(text: str) -> bool:
+    """True for `-6h`, `+30m`, `-1.5d`: a time relative to now (not a command-line option)."""
+    return bool(_RELATIVE.match(text))
+
+
 def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """An ISO 8601 time (no offset means UTC), `now`, or `-2h` / `+30m` relative to now."""
+    """An ISO 8601 time or date (no offset means UTC), `now`, or `-2h` / `+30m` relative to now."""
+    parsed = parse_local_time(text, now)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def parse_local_time(text: str, now: datetime | None = None) -> datetime:
+    """As `parse_time`, but a time written without an offset stays naive (a wall time, for
+    `in_zone` to read in a time zone); `now` and relative times are aware."""
     value = text.strip()
     current = now or datetime.now(UTC)
     if value.lower() == "now":
@@ -72,7 +93,19 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
         parsed = datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError:
         raise ValueError(f"invalid time {text!r}; {TIME_HELP}") from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def in_zone(value: datetime, zone: str = "") -> datetime:
+    """`value` as an aware time: a naive (wall) time is read in IANA `zone` (UTC if empty)."""
+    if value.tzinfo is not None:
+        return value
+    if not zone or zone.upper() == "UTC":
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.replace(tzinfo=ZoneInfo(zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {zone!r}; an IANA name such as Europe/Berlin") from None
 
 
 def format_time(value: datetime) -> str:

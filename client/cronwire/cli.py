@@ -22,9 +22,12 @@ from cronwire._cli_args import (
     enum_arg,
     event_flags,
     job_flags,
+    join_relative_times,
     key_json_arg,
+    local_time_arg,
     schedule_flags,
     time_arg,
+    time_flags,
     trigger_flags,
     wait_flags,
 )
@@ -213,7 +216,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p.add_argument("name", nargs="?", help="a stored schedule (or give --cron/--every/--at)")
     trigger_flags(p)
     p.add_argument("--count", type=count_arg, default=0, metavar="N", help="how many (default 10)")
-    p.add_argument("--after", type=time_arg, metavar="TIME", help="from this time (default now)")
+    p.add_argument(
+        "--after",
+        type=local_time_arg,
+        metavar="TIME",
+        help="from this time (default now; no offset: in --tz)",
+    )
     p = build.leaf(schedules, "backfill", cmd_schedules_backfill, "run the ticks of a past time range")
     p.add_argument("name", help="the schedule (id or name)")
     p.add_argument("--start", type=time_arg, required=True, metavar="TIME", help="range start (inclusive)")
@@ -350,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in words:
         split = words.index("--")
         words, command = words[:split], words[split + 1 :]
+    words = join_relative_times(words, time_flags(parser))
     try:
         args = parser.parse_args(words)
         if command:
