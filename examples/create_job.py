@@ -75,8 +75,8 @@ def main() -> int:
             print(f"gave up waiting: {error}")
             return 2
         print(execution.output, end="")
-        state = execution.state.name if execution.state else "UNKNOWN"
-        print(f"{execution.name}: {state} after {execution.attempt} attempt(s)")
+        # SDK enums print as their names: "SUCCEEDED", "FAILED", ...
+        print(f"{execution.name}: {execution.state} after {execution.attempt} attempt(s)")
         return 0 if execution.succeeded else 1
 
 

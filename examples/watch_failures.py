@@ -28,8 +28,8 @@ def react(client: cronwire.Client, event: cronwire.Event) -> None:
     # Event snapshots leave the output out; read it from the execution itself.
     output = client.get_execution(execution.name).output
     tail = "\n    ".join(output.splitlines()[-5:])
-    kind = event.type.name if event.type else "FAILED"
-    print(f"[{event.sequence}] {kind} {execution.job} attempt {execution.attempt}: {execution.error}")
+    # SDK enums print as their names: EXECUTION_FAILED, EXECUTION_TIMED_OUT, ...
+    print(f"[{event.sequence}] {event.type} {execution.job} attempt {execution.attempt}: {execution.error}")
     if tail:
         print(f"    {tail}")
 

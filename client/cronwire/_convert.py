@@ -12,6 +12,24 @@ from google.protobuf.message import Message
 
 E = TypeVar("E", bound=enum.IntEnum)
 
+
+class NamedIntEnum(enum.IntEnum):
+    """An enum of the SDK: compares as the proto's number, prints as its name.
+
+    `repr()` gives `ExecutionState.FAILED`; `str()` and f-strings give `FAILED` (a bare
+    IntEnum prints the number, which means nothing to a reader).
+    """
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, format_spec: str) -> str:
+        return format(self.name, format_spec)
+
+
 COLLECTIONS = {"job": "jobs", "schedule": "schedules", "execution": "executions"}
 ALL_NAMESPACES = "-"
 

@@ -7,13 +7,13 @@ JSON objects `dict`s. Enum fields are None when the server left them unspecified
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeAlias, TypeVar
 
 from cronwire._convert import (
+    NamedIntEnum,
     check_aware,
     dict_to_struct,
     duration_from,
@@ -43,7 +43,7 @@ T = TypeVar("T")
 # Enums
 
 
-class ExecutionState(enum.IntEnum):
+class ExecutionState(NamedIntEnum):
     """Where an execution is in its life: QUEUED -> RUNNING -> one end state."""
 
     QUEUED = execution_pb2.EXECUTION_STATE_QUEUED
@@ -61,7 +61,7 @@ class ExecutionState(enum.IntEnum):
         return self not in (ExecutionState.QUEUED, ExecutionState.RUNNING)
 
 
-class ExecutionTrigger(enum.IntEnum):
+class ExecutionTrigger(NamedIntEnum):
     """What caused an execution."""
 
     SCHEDULE = execution_pb2.EXECUTION_TRIGGER_SCHEDULE
@@ -71,7 +71,7 @@ class ExecutionTrigger(enum.IntEnum):
     RETRY = execution_pb2.EXECUTION_TRIGGER_RETRY
 
 
-class SkipReason(enum.IntEnum):
+class SkipReason(NamedIntEnum):
     """Why a tick did not run."""
 
     OVERLAP = execution_pb2.SKIP_REASON_OVERLAP
@@ -79,14 +79,14 @@ class SkipReason(enum.IntEnum):
     PAUSED = execution_pb2.SKIP_REASON_PAUSED
 
 
-class LogStream(enum.IntEnum):
+class LogStream(NamedIntEnum):
     """Which output stream a piece of captured output came from."""
 
     STDOUT = execution_pb2.LOG_STREAM_STDOUT
     STDERR = execution_pb2.LOG_STREAM_STDERR
 
 
-class DependencyCondition(enum.IntEnum):
+class DependencyCondition(NamedIntEnum):
     """When a dependent job is triggered by the end of an execution."""
 
     ON_SUCCESS = job_pb2.DEPENDENCY_CONDITION_ON_SUCCESS
@@ -94,7 +94,7 @@ class DependencyCondition(enum.IntEnum):
     ON_COMPLETION = job_pb2.DEPENDENCY_CONDITION_ON_COMPLETION
 
 
-class MisfirePolicy(enum.IntEnum):
+class MisfirePolicy(NamedIntEnum):
     """What happens to ticks missed while no replica ran or while the schedule was paused."""
 
     SKIP = schedule_pb2.MISFIRE_POLICY_SKIP
@@ -102,7 +102,7 @@ class MisfirePolicy(enum.IntEnum):
     RUN_ALL = schedule_pb2.MISFIRE_POLICY_RUN_ALL
 
 
-class DstPolicy(enum.IntEnum):
+class DstPolicy(NamedIntEnum):
     """What a cron trigger does with a wall time a daylight-saving change skips.
 
     DEBIAN (the default, as Debian cron): it fires at the jump. SKIP (as Kubernetes
@@ -114,7 +114,7 @@ class DstPolicy(enum.IntEnum):
     SKIP = schedule_pb2.DST_POLICY_SKIP
 
 
-class OverlapPolicy(enum.IntEnum):
+class OverlapPolicy(NamedIntEnum):
     """What happens when a tick comes while the previous execution still runs."""
 
     SKIP = schedule_pb2.OVERLAP_POLICY_SKIP
@@ -123,7 +123,7 @@ class OverlapPolicy(enum.IntEnum):
     CANCEL_RUNNING = schedule_pb2.OVERLAP_POLICY_CANCEL_RUNNING
 
 
-class EventType(enum.IntEnum):
+class EventType(NamedIntEnum):
     """The kinds of event."""
 
     EXECUTION_QUEUED = event_pb2.EVENT_TYPE_EXECUTION_QUEUED
