@@ -1,16 +1,19 @@
-"""Helpers shared by the tests: real server processes, error details, polling with deadlines."""
+"""Helpers shared by the tests: real server processes, error details, and the one way to wait —
+polling a condition with a deadline (`wait_for`, and `eventually` in async tests)."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -30,6 +33,34 @@ def wait_for(condition: Callable[[], T | None], timeout: float, what: str, inter
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], within: float, what: str, interval: float = 0.02
+) -> T: ...
+@overload
+async def eventually(
+    check: Callable[[], T | None], within: float, what: str, interval: float = 0.02
+) -> T: ...
+async def eventually(
+    check: Callable[[], Any],
+    within: float,
+    what: str,
+    interval: float = 0.02,
+) -> T:
+    """`wait_for` for async tests: poll `check` (plain or async) without blocking the event loop
+    (servers under test may run on it) until it returns something truthy; fail after `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -16,6 +15,7 @@ from cronwire.v1 import execution_pb2, execution_service_pb2, job_pb2, job_servi
 from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from tests.e2e.test_job_service import expect_error
+from tests.support import eventually
 
 PARENT = "namespaces/runs"
 T = TypeVar("T")
@@ -25,17 +25,6 @@ ENDED = {
     execution_pb2.EXECUTION_STATE_TIMED_OUT,
     execution_pb2.EXECUTION_STATE_CANCELLED,
 }
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], within: float, what: str) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def make_job(jobs: JobServiceStub, job_id: str, **fields: Any) -> str:

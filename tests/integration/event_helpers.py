@@ -5,11 +5,10 @@ WatchEvents stream in the background, ListEvents page by page, and the ordering 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -19,6 +18,7 @@ from cronwire.v1 import event_pb2, event_service_pb2, job_pb2, job_service_pb2
 from cronwire.v1.event_service_pb2_grpc import EventServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire.v1.schedule_service_pb2_grpc import ScheduleServiceStub
+from tests.support import eventually
 
 T = TypeVar("T")
 
@@ -36,25 +36,6 @@ SMALL_WINDOW = [("grpc.http2.bdp_probe", 0)]
 
 def type_name(event_type: int) -> str:
     return event_pb2.EventType.Name(event_type)  # type: ignore[arg-type]
-
-
-async def eventually(
-    check: Callable[[], T | None] | Callable[[], Awaitable[T | None]],
-    within: float,
-    what: str,
-    interval: float = 0.02,
-) -> T:
-    """Poll `check` (plain or async) until it returns something truthy; fail after `within` s."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 class Stubs:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import TypeVar
@@ -52,17 +52,3 @@ async def shift_times(database_url: str, execution_ids: list[str], delta: timede
             conn.execute(sa.update(executions).where(executions.c.id == execution_id).values(moved))
 
     await in_database(database_url, shift)
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str, within: float = 20.0) -> T:
-    """Poll the async `check` until it returns something truthy, or fail after `within` seconds
-    (the servers under test run on this event loop: a blocking sleep would stop them)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.05)

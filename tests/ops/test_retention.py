@@ -22,7 +22,8 @@ from cronwire_server.app import RunningServer, create_server
 from cronwire_server.config import Settings
 from cronwire_server.storage.tables import execution_logs
 from tests.client.conftest import ThreadedServer
-from tests.ops.helpers import eventually, in_database, shift_times
+from tests.ops.helpers import in_database, shift_times
+from tests.support import eventually
 
 PARENT = "namespaces/ops"
 TIMEOUT = 15.0
@@ -96,15 +97,15 @@ async def test_each_job_keeps_its_newest_executions_and_their_output(
     runs = []
     for n in range(6):
         runs.append(await api.run(trimmed, n=n))
-        await eventually(lambda: api.all_ended(trimmed, len(runs)), f"run {n} to end")
+        await eventually(lambda: api.all_ended(trimmed, len(runs)), 20, f"run {n} to end")
     others = [await api.run(other, n=n) for n in range(3)]
-    await eventually(lambda: api.all_ended(other, 3), "the other job's runs to end")
+    await eventually(lambda: api.all_ended(other, 3), 20, "the other job's runs to end")
     assert await _logged(database_url, runs + others) == {_id(n) for n in runs + others}
 
     pruning = await _server(database_url, roles=frozenset({"dispatcher"}), execution_retention_count=3)
     try:
         kept = await eventually(
-            lambda: api.all_ended(trimmed, 3), "the job's history to shrink to its newest three"
+            lambda: api.all_ended(trimmed, 3), 20, "the job's history to shrink to its newest three"
         )
     finally:
         await pruning.stop(grace=0)
@@ -134,11 +135,11 @@ async def test_old_finished_executions_go_recent_and_active_ones_stay(
         retryPolicy={"maxAttempts": 2, "initialBackoff": "3600s"},
     )
     finished = [await api.run(quick) for _ in range(4)]
-    await eventually(lambda: api.all_ended(quick, 4), "the quick runs to end")
+    await eventually(lambda: api.all_ended(quick, 4), 20, "the quick runs to end")
     running = await api.run(slow)
-    await eventually(lambda: _in_state(api, running, E.EXECUTION_STATE_RUNNING), "the slow run to start")
+    await eventually(lambda: _in_state(api, running, E.EXECUTION_STATE_RUNNING), 20, "the slow run to start")
     failed = await api.run(flaky)
-    retry = await eventually(lambda: _retry_of(api, flaky, failed), "the retry to be queued")
+    retry = await eventually(lambda: _retry_of(api, flaky, failed), 20, "the retry to be queued")
 
     # Ten days ago: two of the quick runs, the running one, the failed attempt the retry waits on.
     old = [finished[0], finished[1], running, failed]
@@ -155,7 +156,7 @@ async def test_old_finished_executions_go_recent_and_active_ones_stay(
 
     pruning = await _server(database_url, roles=frozenset({"dispatcher"}), execution_retention_days=1)
     try:
-        left = await eventually(lambda: api.all_ended(quick, 2), "the old quick runs to be pruned")
+        left = await eventually(lambda: api.all_ended(quick, 2), 20, "the old quick runs to be pruned")
     finally:
         await pruning.stop(grace=0)
     assert sorted(e.name for e in left) == sorted(finished[2:])
@@ -186,7 +187,7 @@ async def test_a_job_keeps_its_executions_by_its_own_rules(
     runs = {job: [await api.run(job) for _ in range(6)] for job in (default, longer, forever, hourly)}
     for job in runs:
         try:
-            await eventually(lambda job=job: api.all_ended(job, 6), f"the runs of {job} to end", within=60)  # type: ignore[misc]
+            await eventually(lambda job=job: api.all_ended(job, 6), 60, f"the runs of {job} to end")  # type: ignore[misc]
         except AssertionError as error:
             raise AssertionError(f"{error}; their states: {api.last_seen}") from None
     await shift_times(
@@ -197,9 +198,9 @@ async def test_a_job_keeps_its_executions_by_its_own_rules(
         database_url, roles=frozenset({"dispatcher"}), execution_retention_count=3, execution_retention_days=0
     )
     try:
-        kept = await eventually(lambda: api.all_ended(default, 3), "the server's policy to apply")
-        kept_longer = await eventually(lambda: api.all_ended(longer, 5), "the job's count to apply")
-        kept_hourly = await eventually(lambda: api.all_ended(hourly, 4), "the job's age to apply")
+        kept = await eventually(lambda: api.all_ended(default, 3), 20, "the server's policy to apply")
+        kept_longer = await eventually(lambda: api.all_ended(longer, 5), 20, "the job's count to apply")
+        kept_hourly = await eventually(lambda: api.all_ended(hourly, 4), 20, "the job's age to apply")
     finally:
         await pruning.stop(grace=0)
     assert sorted(e.name for e in kept) == sorted(runs[default][3:])

@@ -7,7 +7,6 @@ import json
 import os
 import tempfile
 import textwrap
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +18,7 @@ from cronwire_server.executors.python_runner import PythonRunner
 from cronwire_server.executors.runners import runner_for
 from cronwire_server.executors.runtime import RunOutcome, RunRequest
 from cronwire_server.model import ExecutionState
+from tests.support import eventually
 
 SCHEDULED = datetime(2025, 3, 30, 1, 30, tzinfo=UTC)
 # Every run is bounded, so a broken runner fails the test instead of hanging it.
@@ -138,10 +138,7 @@ def gone(pid: int) -> bool:
 
 
 async def wait_gone(pid: int) -> None:
-    deadline = time.monotonic() + 2.0
-    while not gone(pid):
-        assert time.monotonic() < deadline, f"process {pid} still runs"
-        await asyncio.sleep(0.01)
+    await eventually(lambda: gone(pid), 2.0, f"process {pid} to end")
 
 
 class FirstLine:

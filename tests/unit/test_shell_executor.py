@@ -22,6 +22,7 @@ from cronwire_server.executors.python_runner import PythonRunner
 from cronwire_server.executors.runtime import RunOutcome, RunRequest
 from cronwire_server.executors.shell import KILL_GRACE, ShellRunner
 from cronwire_server.model import ExecutionState
+from tests.support import eventually
 
 SCHEDULED = datetime(2025, 3, 30, 1, 30, tzinfo=UTC)
 # Every run is bounded, so a broken runner fails the test instead of hanging it.
@@ -72,10 +73,7 @@ def same_file(a: str | Path, b: str | Path) -> bool:
 
 
 async def wait_gone(pid: int) -> None:
-    deadline = time.monotonic() + 2.0
-    while not gone(pid):
-        assert time.monotonic() < deadline, f"process {pid} still runs"
-        await asyncio.sleep(0.01)
+    await eventually(lambda: gone(pid), 2.0, f"process {pid} to end")
 
 
 class Lines:
