@@ -35,6 +35,7 @@ from database import fresh_database, libpq_url
 from echo_server import METHOD as ECHO_METHOD
 from load import LoadProcess, LoadResult, LoadSpec, Workload
 from servers import ServerFailed, ServerProcess
+from sql_sent import metrics_port_file, statement_meter, with_metrics
 from workloads import CreateJobWorkload, EchoWorkload, GetJobWorkload, get_job_request_size
 
 from cronwire_server.eventloop import ALL_ROLES, EVENT_LOOPS, resolve
@@ -48,6 +49,8 @@ CRONWIRE_PHASES = (("CreateJob", "create_job"), ("GetJob", "get_job"))
 EVENT_LOOP_ENV = "CRONWIRE_EVENT_LOOP"
 # CPU groups, as printed: the server under test, the load generator, PostgreSQL.
 CPU_GROUPS = (("server", "server"), ("load", "load gen"), ("postgres", "PG"))
+# The meter of the SQL statements the server sent, beside the CPU ones.
+STATEMENTS = "statements"
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ def _run_cronwire(args: argparse.Namespace, load: LoadProcess, workdir: Path) ->
             *("--database-url", database_url),
             *args.server_arg,
         ]
+        argv = with_metrics(argv, workdir, "cronwire-server")
         with ServerProcess(argv, workdir, "cronwire-server") as server:
             progress(f"cronwire: server on {server.address}, database {database_url.rsplit('/', 1)[-1]}")
             loop = server_event_loop(server.pid)
@@ -175,6 +179,8 @@ def _run_cronwire(args: argparse.Namespace, load: LoadProcess, workdir: Path) ->
                 "server": process_tree_meter(server.pid),
                 "load": process_tree_meter(load.pid),
                 "postgres": postgres_meter(libpq_url(args.database_url)),
+                # Not CPU: the statements sent, so that "cores" reads as statements per second.
+                STATEMENTS: statement_meter(int(metrics_port_file(workdir, "cronwire-server").read_text())),
             }
             create_spec = load_spec(args, server.address, CreateJobWorkload(), collect_ok_keys=True)
             create, create_cpu = measured_run(args, load, create_spec, meters)
@@ -209,7 +215,16 @@ def phase_figures(phase: Phase) -> dict[str, Any]:
         "seconds": result.seconds,
         "event_loop": phase.event_loop,
         "cpu": cpu_figures(phase),
+        "statements_per_call": _round(statements_per_call(phase)),
     }
+
+
+def statements_per_call(phase: Phase) -> float | None:
+    """SQL statements the server sent per successful call over the measured window."""
+    if phase.cpu is None or phase.result is None or not phase.result.calls_per_s:
+        return None
+    per_second = phase.cpu.cores.get(STATEMENTS)
+    return None if per_second is None else per_second / phase.result.calls_per_s
 
 
 def cpu_figures(phase: Phase) -> dict[str, dict[str, float | None]] | None:
@@ -267,7 +282,8 @@ def print_table(
 ) -> None:
     print(f"{os.cpu_count()} CPUs, load average {loadavg[0]:.2f} before the run, {loadavg[1]:.2f} after")
     cpu_heads = "".join(f" {name + ' us':>10}" for _, name in CPU_GROUPS)
-    print(f"{'phase':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}{cpu_heads}  loop")
+    heads = f"{'phase':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    print(f"{heads}{cpu_heads} {'sql/call':>9}  loop")
     for phase in phases.values():
         r = phase.result
         if r is None:
@@ -276,10 +292,12 @@ def print_table(
         p50, p99 = _cell(r.percentile_ms(50), ".2f"), _cell(r.percentile_ms(99), ".2f")
         cpu = "".join(f" {_cpu_cell(phase, group):>10}" for group, _ in CPU_GROUPS)
         loop = phase.event_loop or "?"
-        print(f"{phase.name:<10} {r.calls_per_s:>9.0f} {p50:>8} {p99:>8} {r.errors:>7}{cpu}  {loop}")
+        sql = _cell(statements_per_call(phase), ".2f")
+        print(f"{phase.name:<10} {r.calls_per_s:>9.0f} {p50:>8} {p99:>8} {r.errors:>7}{cpu} {sql:>9}  {loop}")
         if r.first_error:
             print(f"{'':<10} first error: {r.first_error}")
-    print("(CPU microseconds per call, and in brackets the cores kept busy; PG counts the whole server)")
+    print("(CPU microseconds per call, and in brackets the cores kept busy; PG counts the whole server;")
+    print(" sql/call: SQL statements the server sent per call, from its statement hook)")
     loops = {phase.event_loop for phase in phases.values() if phase.result and phase.event_loop}
     if len(loops) > 1:
         print(f"WARNING: the servers ran on different event loops ({', '.join(sorted(loops))}): the ratio")
