@@ -37,10 +37,12 @@ from cronwire._views import (
     events_table,
     execution_details,
     executions_table,
+    job_describe,
     job_details,
     job_types_table,
     jobs_table,
     preview_table,
+    schedule_describe,
     schedule_details,
     schedules_table,
 )
@@ -134,7 +136,8 @@ class Context:
 
     @property
     def fmt(self) -> str:
-        return str(self.args.output)
+        """`table` (also for `-o wide`: a table with exact times), `json` or `yaml`."""
+        return "table" if self.args.output == "wide" else str(self.args.output)
 
     def print(self, text: str) -> None:
         self.out.write(text)
@@ -382,11 +385,58 @@ def _limited(items: Iterable[T], limit: int) -> list[T]:
     return result
 
 
+def _page_size(limit: int) -> int:
+    """The page size of a listing cut at `limit`: one more, to learn whether there are more."""
+    return min(limit + 1, 1000) if limit else 0
+
+
+def _cut(ctx: Context, items: Iterable[T], limit: int, what: str) -> list[T]:
+    """At most `limit` of `items` (0: all); when more were left out, say so on stderr."""
+    result: list[T] = []
+    for item in items:
+        if limit and len(result) >= limit:
+            ctx.note(f"{len(result)} {what} shown; more with --limit N or --all")
+            break
+        result.append(item)
+    return result
+
+
+def _limit(args: argparse.Namespace) -> int:
+    return 0 if getattr(args, "all", False) else int(args.limit)
+
+
 def cmd_jobs_list(ctx: Context) -> int:
     args = ctx.args
-    page = min(args.limit, 1000) if args.limit else 0
-    jobs = _limited(ctx.client.iter_jobs(executor=args.executor or "", page_size=page), args.limit)
+    limit = _limit(args)
+    found = ctx.client.iter_jobs(executor=args.executor or "", page_size=_page_size(limit))
+    jobs = _cut(ctx, found, limit, "jobs")
     ctx.show(jobs, lambda: jobs_table(jobs, ctx.namespace))
+    return EXIT_OK
+
+
+RUNS = (
+    ExecutionState.QUEUED,
+    ExecutionState.RUNNING,
+    ExecutionState.SUCCEEDED,
+    ExecutionState.FAILED,
+    ExecutionState.TIMED_OUT,
+    ExecutionState.CANCELLED,
+    ExecutionState.LOST,
+)
+ACTIVE = (ExecutionState.QUEUED, ExecutionState.RUNNING)
+RECENT_RUNS = 10
+SKIPPED_COUNTED = 1000  # skipped ticks counted by `schedules describe`, at most
+
+
+def cmd_jobs_describe(ctx: Context) -> int:
+    client = ctx.client
+    job = client.get_job(ctx.args.name)
+    schedules = list(client.iter_schedules(job=job.name))
+    active = list(client.iter_executions(job=job.name, states=ACTIVE))
+    # The newest runs that ran (skipped ticks are counted on their schedule instead).
+    recent = client.list_executions(job=job.name, states=RUNS, page_size=RECENT_RUNS).items
+    document = {"job": job, "schedules": schedules, "active": active, "recent": recent}
+    ctx.show(document, lambda: job_describe(job, schedules, active, recent, ctx.namespace))
     return EXIT_OK
 
 
@@ -532,9 +582,42 @@ def cmd_schedules_get(ctx: Context) -> int:
 
 def cmd_schedules_list(ctx: Context) -> int:
     args = ctx.args
-    page = min(args.limit, 1000) if args.limit else 0
-    schedules = _limited(ctx.client.iter_schedules(job=args.job, page_size=page), args.limit)
+    limit = _limit(args)
+    found = ctx.client.iter_schedules(job=args.job, page_size=_page_size(limit))
+    schedules = _cut(ctx, found, limit, "schedules")
     ctx.show(schedules, lambda: schedules_table(schedules, ctx.namespace))
+    return EXIT_OK
+
+
+def cmd_schedules_describe(ctx: Context) -> int:
+    client = ctx.client
+    schedule = client.get_schedule(ctx.args.name)
+    preview = client.preview_schedule(schedule.name, count=5)
+    skipped = _limited(
+        client.iter_executions(
+            schedule=schedule.name, states=(ExecutionState.SKIPPED,), page_size=SKIPPED_COUNTED + 1
+        ),
+        SKIPPED_COUNTED + 1,
+    )
+    capped = len(skipped) > SKIPPED_COUNTED
+    skipped = skipped[:SKIPPED_COUNTED]
+    active = list(client.iter_executions(schedule=schedule.name, states=ACTIVE))
+    recent = client.list_executions(schedule=schedule.name, states=RUNS, page_size=RECENT_RUNS).items
+    reasons: dict[str, int] = {}
+    for execution in skipped:
+        reason = execution.skip_reason.name if execution.skip_reason else "UNKNOWN"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    document = {
+        "schedule": schedule,
+        "next_fire_times": preview.fire_times,
+        "skipped_ticks": {"total": len(skipped), "more": capped, "by_reason": reasons},
+        "active": active,
+        "recent": recent,
+    }
+    ctx.show(
+        document,
+        lambda: schedule_describe(schedule, preview, skipped, capped, active, recent, ctx.namespace),
+    )
     return EXIT_OK
 
 
@@ -616,16 +699,16 @@ def cmd_executions_get(ctx: Context) -> int:
 
 def cmd_executions_list(ctx: Context) -> int:
     args = ctx.args
-    page = min(args.limit, 1000) if args.limit else 0
+    limit = _limit(args)
     found = ctx.client.iter_executions(
         job=args.job,
         schedule=args.schedule,
         states=args.state or (),
         start_time=args.since,
         end_time=args.until,
-        page_size=page,
+        page_size=_page_size(limit),
     )
-    executions = _limited(found, args.limit)
+    executions = _cut(ctx, found, limit, "executions")
     ctx.show(executions, lambda: executions_table(executions, ctx.namespace))
     return EXIT_OK
 
@@ -684,8 +767,9 @@ def cmd_events_watch(ctx: Context) -> int:
 
 def cmd_events_list(ctx: Context) -> int:
     args = ctx.args
-    page = min(args.limit, 1000) if args.limit else 0
-    events = _limited(ctx.client.iter_events(page_size=page, **_event_filters(args)), args.limit)
+    limit = _limit(args)
+    found = ctx.client.iter_events(page_size=_page_size(limit), **_event_filters(args))
+    events = _cut(ctx, found, limit, "events")
     ctx.show(events, lambda: events_table(events))
     return EXIT_OK
 

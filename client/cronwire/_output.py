@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import IO, Any
@@ -12,7 +14,34 @@ from typing import IO, Any
 from cronwire._types import ExecutionState, Trigger
 from cronwire._values import format_duration
 
-FORMATS = ("table", "json", "yaml")
+FORMATS = ("table", "wide", "json", "yaml")
+# Tables show times as ages ("3m ago", "in 2h"); `-o wide` shows them exact, as json and yaml do.
+_EXACT_TIMES: ContextVar[bool] = ContextVar("cronwire_exact_times", default=False)
+
+
+@contextmanager
+def exact_times(exact: bool = True) -> Iterator[None]:
+    """Within the block, tables show exact times (`-o wide`) instead of ages."""
+    token = _EXACT_TIMES.set(exact)
+    try:
+        yield
+    finally:
+        _EXACT_TIMES.reset(token)
+
+
+def age(value: datetime, now: datetime | None = None) -> str:
+    """How far `value` is from now, in its largest whole unit: `3m ago`, `in 2h`, `just now`."""
+    seconds = ((now or datetime.now(UTC)) - value).total_seconds()
+    span = abs(seconds)
+    if span < 1:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if span >= size:
+            text = f"{int(span // size)}{unit}"
+            break
+    return f"{text} ago" if seconds > 0 else f"in {text}"
+
+
 YAML_MISSING = "YAML needs PyYAML, which is not installed (pip install pyyaml); JSON works without it"
 
 
@@ -60,9 +89,16 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+def table_cell(value: Any) -> str:
+    """A cell of a table: as `cell`, but a time is its age unless exact times are asked for."""
+    if isinstance(value, datetime) and not _EXACT_TIMES.get():
+        return age(value)
+    return cell(value)
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """Left-aligned columns, two spaces apart, a header row in capitals."""
-    text_rows = [[cell(v) for v in row] for row in rows]
+    text_rows = [[table_cell(v) for v in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in text_rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -74,9 +110,21 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def details(pairs: Iterable[tuple[str, Any]]) -> str:
     """`key: value` lines, keys aligned."""
-    items = [(k, cell(v)) for k, v in pairs]
+    items = [(k, detail_cell(v)) for k, v in pairs]
     width = max((len(k) for k, _ in items), default=0)
     return "".join(f"{(k + ':').ljust(width + 1)} {v}\n" for k, v in items)
+
+
+def showing_exact_times() -> bool:
+    """True within `exact_times()` (`-o wide`)."""
+    return _EXACT_TIMES.get()
+
+
+def detail_cell(value: Any) -> str:
+    """A value of a key/value block: a time exact, with its age unless exact times are asked for."""
+    if isinstance(value, datetime) and not _EXACT_TIMES.get():
+        return f"{cell(value)} ({age(value)})"
+    return cell(value)
 
 
 def trigger_text(trigger: Trigger | None) -> str:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
-from cronwire._output import cell, details, short, table, trigger_text
+from cronwire._output import (
+    cell,
+    detail_cell,
+    details,
+    short,
+    showing_exact_times,
+    table,
+    table_cell,
+    trigger_text,
+)
 from cronwire._types import (
     ClusterStatus,
     Event,
@@ -42,19 +52,38 @@ def _retention_text(retention: ExecutionRetention | None) -> str:
     return " ".join(parts)
 
 
+def success_rate(stats: ExecutionStats | None) -> str | None:
+    """The share of the runs with an outcome that succeeded (`-` when none has one yet)."""
+    if stats is None or not stats.succeeded + stats.failed:
+        return None
+    return f"{100 * stats.succeeded / (stats.succeeded + stats.failed):.0f}%"
+
+
+def _last_run(stats: ExecutionStats | None, when: Any) -> str | None:
+    if stats is None or stats.last_run_time is None:
+        return None
+    state = stats.last_run_state.name if stats.last_run_state is not None else "UNKNOWN"
+    return f"{state} {when(stats.last_run_time)}"
+
+
 def _stats_pairs(stats: ExecutionStats | None) -> list[tuple[str, Any]]:
     if stats is None:
         return []
-    last_state = stats.last_run_state.name if stats.last_run_state is not None else None
+    rate = success_rate(stats)
     return [
         ("runs", f"{stats.total} ({stats.succeeded} succeeded, {stats.failed} failed)"),
-        ("last run", f"{cell(stats.last_run_time)} {cell(last_state)}" if stats.last_run_time else None),
+        ("success rate", f"{rate} of the runs that succeeded or failed" if rate else None),
+        ("last run", _last_run(stats, detail_cell)),
         ("next run", stats.next_run_time),
         ("median duration", stats.p50_duration),
     ]
 
 
 def job_details(job: Job) -> str:
+    return details([*_job_pairs(job), *_stats_pairs(job.stats)])
+
+
+def _job_pairs(job: Job) -> list[tuple[str, Any]]:
     dependents = ", ".join(
         f"{short(d.job, job.namespace)} ({d.condition.name if d.condition else 'ON_SUCCESS'})"
         for d in job.dependents
@@ -69,7 +98,7 @@ def job_details(job: Job) -> str:
         ("parameters", job.parameters),
         ("description", job.description),
         ("timeout", job.timeout),
-        ("retries", _retry_text(job.retry_policy)),
+        ("attempts", _retry_text(job.retry_policy)),
         ("max concurrency", job.max_concurrency or None),
         ("dependents", dependents),
         ("callback", callback),
@@ -78,9 +107,8 @@ def job_details(job: Job) -> str:
         ("created", job.create_time),
         ("updated", job.update_time),
         ("etag", job.etag),
-        *_stats_pairs(job.stats),
     ]
-    return details(pairs)
+    return pairs
 
 
 def jobs_table(jobs: list[Job], namespace: str) -> str:
@@ -91,14 +119,16 @@ def jobs_table(jobs: list[Job], namespace: str) -> str:
             [
                 short(job.name, namespace),
                 job.executor,
+                _last_run(stats, table_cell),
+                stats.next_run_time if stats else None,
+                success_rate(stats),
                 job.timeout,
                 _retry_text(job.retry_policy),
-                stats.last_run_state.name if stats and stats.last_run_state else None,
-                stats.next_run_time if stats else None,
                 job.description,
             ]
         )
-    return table(["NAME", "EXECUTOR", "TIMEOUT", "RETRIES", "LAST RUN", "NEXT RUN", "DESCRIPTION"], rows)
+    headers = ["NAME", "EXECUTOR", "LAST RUN", "NEXT RUN", "SUCCESS %", "TIMEOUT", "ATTEMPTS", "DESCRIPTION"]
+    return table(headers, rows)
 
 
 def job_types_table(types: list[JobType]) -> str:
@@ -106,6 +136,10 @@ def job_types_table(types: list[JobType]) -> str:
 
 
 def schedule_details(schedule: Schedule) -> str:
+    return details([*_schedule_pairs(schedule), *_stats_pairs(schedule.stats)])
+
+
+def _schedule_pairs(schedule: Schedule) -> list[tuple[str, Any]]:
     pairs: list[tuple[str, Any]] = [
         ("name", schedule.name),
         ("job", schedule.job),
@@ -129,9 +163,84 @@ def schedule_details(schedule: Schedule) -> str:
         ("created", schedule.create_time),
         ("updated", schedule.update_time),
         ("etag", schedule.etag),
-        *_stats_pairs(schedule.stats),
     ]
-    return details(pairs)
+    return pairs
+
+
+def _section(title: str, body: str, empty: str = "none") -> str:
+    return f"\n{title}:\n" + (body if body else f"  {empty}\n")
+
+
+def _indent(text: str) -> str:
+    return "".join(f"  {line}\n" for line in text.splitlines())
+
+
+def active_table(executions: list[Execution], namespace: str) -> str:
+    rows = [
+        [short(e.name, namespace), e.state, e.trigger.name if e.trigger else None, e.attempt, e.start_time]
+        for e in executions
+    ]
+    return table(["NAME", "STATE", "TRIGGER", "ATTEMPT", "STARTED"], rows)
+
+
+def job_describe(
+    job: Job, schedules: list[Schedule], active: list[Execution], recent: list[Execution], namespace: str
+) -> str:
+    """`jobs describe`: the job, its statistics, its schedules, what runs now, its last runs."""
+    text = details(_job_pairs(job))
+    text += _section("statistics", _indent(details(_stats_pairs(job.stats))) if job.stats else "")
+    schedule_rows = [
+        [short(s.name, namespace), trigger_text(s.trigger), s.time_zone, s.paused, s.next_fire_time]
+        for s in schedules
+    ]
+    text += _section(
+        "schedules",
+        _indent(table(["NAME", "TRIGGER", "TIME ZONE", "PAUSED", "NEXT FIRE"], schedule_rows))
+        if schedules
+        else "",
+    )
+    text += _section("running or queued", _indent(active_table(active, namespace)) if active else "")
+    text += _section(
+        f"last {len(recent)} runs" if recent else "last runs",
+        _indent(executions_table(recent, namespace)) if recent else "",
+    )
+    return text
+
+
+def skipped_text(skipped: list[Execution], capped: bool) -> str:
+    """`3 (overlap 2, missed 1)`: skipped ticks by reason."""
+    if not skipped:
+        return "0"
+    reasons = Counter(e.skip_reason.name.lower() if e.skip_reason else "unknown" for e in skipped)
+    by_reason = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
+    return f"{len(skipped)}{'+' if capped else ''} ({by_reason})"
+
+
+def schedule_describe(
+    schedule: Schedule,
+    preview: SchedulePreview,
+    skipped: list[Execution],
+    skipped_capped: bool,
+    active: list[Execution],
+    recent: list[Execution],
+    namespace: str,
+) -> str:
+    """`schedules describe`: the schedule, its statistics, its next fire times, skipped ticks,
+    what runs now and its last runs."""
+    text = details(_schedule_pairs(schedule))
+    stats = [*_stats_pairs(schedule.stats), ("skipped ticks", skipped_text(skipped, skipped_capped))]
+    text += _section("statistics", _indent(details(stats)))
+    text += _section(
+        f"next {len(preview.fire_times)} fire times" if preview.fire_times else "next fire times",
+        _indent(preview_table(preview, with_age=True)) if preview.fire_times else "",
+        "none planned",
+    )
+    text += _section("running or queued", _indent(active_table(active, namespace)) if active else "")
+    text += _section(
+        f"last {len(recent)} runs" if recent else "last runs",
+        _indent(executions_table(recent, namespace)) if recent else "",
+    )
+    return text
 
 
 def schedules_table(schedules: list[Schedule], namespace: str) -> str:
@@ -149,13 +258,19 @@ def schedules_table(schedules: list[Schedule], namespace: str) -> str:
     return table(["NAME", "JOB", "TRIGGER", "TIME ZONE", "PAUSED", "NEXT FIRE"], rows)
 
 
-def preview_table(preview: SchedulePreview) -> str:
+def preview_table(preview: SchedulePreview, with_age: bool = False) -> str:
+    with_age = with_age and not showing_exact_times()
+
     def flags(time: FireTime) -> str:
         marks = [m for m, on in (("DST gap", time.in_dst_gap), ("DST fold", time.in_dst_fold)) if on]
         return ", ".join(marks)
 
-    rows = [[t.fire_time, t.local_time.isoformat(), flags(t)] for t in preview.fire_times]
-    return table(["FIRE TIME (UTC)", f"LOCAL TIME ({preview.time_zone})", "NOTE"], rows)
+    headers = ["FIRE TIME (UTC)", f"LOCAL TIME ({preview.time_zone})"] + (["IN"] if with_age else [])
+    rows = [
+        [cell(t.fire_time), t.local_time.isoformat()] + ([t.fire_time] if with_age else []) + [flags(t)]
+        for t in preview.fire_times
+    ]
+    return table([*headers, "NOTE"], rows)
 
 
 def _outcome(execution: Execution) -> str:

@@ -54,6 +54,7 @@ from cronwire._commands import (
     cmd_executions_logs,
     cmd_jobs_create,
     cmd_jobs_delete,
+    cmd_jobs_describe,
     cmd_jobs_get,
     cmd_jobs_list,
     cmd_jobs_run,
@@ -62,6 +63,7 @@ from cronwire._commands import (
     cmd_schedules_backfill,
     cmd_schedules_create,
     cmd_schedules_delete,
+    cmd_schedules_describe,
     cmd_schedules_get,
     cmd_schedules_list,
     cmd_schedules_pause,
@@ -74,7 +76,7 @@ from cronwire._completion import completion_script
 from cronwire._documents import DocumentError
 from cronwire._errors import CronwireError, InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
 from cronwire._key_commands import add_key_commands
-from cronwire._output import OutputError
+from cronwire._output import OutputError, exact_times
 from cronwire._types import ExecutionState, OverlapPolicy
 from cronwire._values import enum_text
 from cronwire._version import __version__
@@ -104,6 +106,18 @@ class _Builder:
         )
         parser.set_defaults(func=handler, parser=parser)
         return parser
+
+
+def _limit_flags(parser: argparse.ArgumentParser, default: int, what: str) -> None:
+    limits = parser.add_mutually_exclusive_group()
+    limits.add_argument(
+        "--limit",
+        type=count_arg,
+        default=default,
+        metavar="N",
+        help=f"at most N {what} (default {default or 'all'}; 0: all); a cut list says so on stderr",
+    )
+    limits.add_argument("--all", action="store_true", help=f"every {what[:-1]} (as --limit 0)")
 
 
 def cmd_completion(ctx: Context) -> int:
@@ -154,9 +168,23 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     job_flags(p, create=False)
     p = build.leaf(jobs, "get", cmd_jobs_get, "show a job")
     p.add_argument("name", help="the job (id or name)")
-    p = build.leaf(jobs, "list", cmd_jobs_list, "list the jobs of the namespace")
+    p = build.leaf(
+        jobs,
+        "describe",
+        cmd_jobs_describe,
+        "a job with its statistics, schedules, running executions and last runs",
+    )
+    p.add_argument("name", help="the job (id or name)")
+    p = build.leaf(
+        jobs,
+        "list",
+        cmd_jobs_list,
+        "list the jobs of the namespace",
+        description="List the jobs of the namespace with their last run, next run and success rate "
+        "(of the runs that succeeded or failed). Times are ages (3m ago, in 2h); -o wide shows them exact.",
+    )
     p.add_argument("--executor", help="only jobs of this executor kind")
-    p.add_argument("--limit", type=count_arg, default=0, metavar="N", help="at most N jobs")
+    _limit_flags(p, 0, "jobs")
     p = build.leaf(jobs, "delete", cmd_jobs_delete, "delete a job and its schedules")
     p.add_argument("name", help="the job (id or name)")
     p.add_argument("--etag", help="delete only if the job still has this etag")
@@ -199,9 +227,16 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     schedule_flags(p, create=False)
     p = build.leaf(schedules, "get", cmd_schedules_get, "show a schedule")
     p.add_argument("name", help="the schedule (id or name)")
+    p = build.leaf(
+        schedules,
+        "describe",
+        cmd_schedules_describe,
+        "a schedule with its statistics, next 5 fire times, skipped ticks and last runs",
+    )
+    p.add_argument("name", help="the schedule (id or name)")
     p = build.leaf(schedules, "list", cmd_schedules_list, "list the schedules of the namespace")
     p.add_argument("--job", help="only the schedules of this job")
-    p.add_argument("--limit", type=count_arg, default=0, metavar="N", help="at most N schedules")
+    _limit_flags(p, 0, "schedules")
     p = build.leaf(schedules, "delete", cmd_schedules_delete, "delete a schedule")
     p.add_argument("name", help="the schedule (id or name)")
     p.add_argument("--etag", help="delete only if the schedule still has this etag")
@@ -250,7 +285,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     )
     p.add_argument("--since", type=time_arg, metavar="TIME", help="scheduled at or after")
     p.add_argument("--until", type=time_arg, metavar="TIME", help="scheduled before")
-    p.add_argument("--limit", type=count_arg, default=50, metavar="N", help="at most N (default 50; 0: all)")
+    _limit_flags(p, 50, "executions")
     p = build.leaf(executions, "cancel", cmd_executions_cancel, "cancel a queued or running execution")
     p.add_argument("name", help="the execution (id or name)")
     p.add_argument("--reason", help="why, for people")
@@ -277,9 +312,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     )
     p = build.leaf(events, "list", cmd_events_list, "list retained events")
     event_flags(p)
-    p.add_argument(
-        "--limit", type=count_arg, default=100, metavar="N", help="at most N (default 100; 0: all)"
-    )
+    _limit_flags(p, 100, "events")
 
     add_key_commands(top, build.leaf)
     p = build.leaf(
@@ -369,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     ctx = Context(args, out, err)
     try:
-        result: int = args.func(ctx)
+        with exact_times(args.output == "wide"):
+            result: int = args.func(ctx)
         return result
     except UsageError as error:
         try:

@@ -318,7 +318,7 @@ def test_completion_script(cw: Run) -> None:
     script = cw("completion", "bash")
     assert script.code == 0
     assert "complete -o default -F _cronwire_complete cronwire" in script.out
-    assert '"jobs") echo "create update get list delete run types" ;;' in script.out
+    assert '"jobs") echo "create update get describe list delete run types" ;;' in script.out
     assert "--shell-command" in script.out
     assert "bashcompinit" in cw("completion", "zsh").out
 
