@@ -134,6 +134,16 @@ def _non_negative(text: str) -> int:
 count_arg = _typed(_non_negative, "number")
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+_positive = _typed(_at_least_one, "number")
+
+
 def add_globals(parser: argparse.ArgumentParser, env: Mapping[str, str], suppress: bool) -> None:
     """The connection and output flags; on subcommands they default to "not given"."""
 
@@ -197,7 +207,12 @@ def add_globals(parser: argparse.ArgumentParser, env: Mapping[str, str], suppres
         help=f"namespace of short names (CRONWIRE_NAMESPACE, default {DEFAULT_NAMESPACE})",
     )
     group.add_argument(
-        "-o", "--output", choices=FORMATS, default=default("table"), help="output format (default table)"
+        "-o",
+        "--output",
+        choices=FORMATS,
+        default=default("table"),
+        help="output format: table (times as ages), wide (a table with exact times), json or yaml "
+        "(default table)",
     )
     group.add_argument(
         "--deadline",
@@ -232,8 +247,18 @@ def job_flags(parser: argparse.ArgumentParser, create: bool) -> None:
     how.add_argument(
         "--timeout", type=duration_arg, metavar="DURATION", help=f"per attempt; {DURATION_HELP}; 0: none"
     )
-    how.add_argument(
-        "--retries", type=count_arg, metavar="N", help="retry a failed run up to N times (0: never)"
+    attempts = how.add_mutually_exclusive_group()
+    attempts.add_argument(
+        "--max-attempts",
+        type=_positive,
+        metavar="N",
+        help="run a failing job at most N times in all, the first attempt included (1: no retries)",
+    )
+    attempts.add_argument(
+        "--retries",
+        type=count_arg,
+        metavar="N",
+        help="N retries after the first attempt (--max-attempts N+1; 0: never retry)",
     )
     how.add_argument(
         "--retry-backoff", type=duration_arg, metavar="DURATION", help="delay before the first retry"

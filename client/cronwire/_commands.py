@@ -90,7 +90,7 @@ FLAG_OF_FIELD = {
     "job.executor": "--executor",
     "job.parameters": "--param",
     "job.timeout": "--timeout",
-    "job.retry_policy": "--retries",
+    "job.retry_policy": "--max-attempts/--retries",
     "job.max_concurrency": "--max-concurrency",
     "job.labels": "--label",
     "job.execution_retention.max_count": "--keep",
@@ -232,12 +232,20 @@ def _executor(args: argparse.Namespace, required: bool) -> tuple[str, dict[str, 
     return executor, parameters
 
 
+def _max_attempts(args: argparse.Namespace) -> int | None:
+    """The attempts in all that --max-attempts or --retries (retries after the first) ask for."""
+    if args.max_attempts is not None:
+        return int(args.max_attempts)
+    return None if args.retries is None else int(args.retries) + 1
+
+
 def _retry_policy(args: argparse.Namespace) -> RetryPolicy | None:
-    if args.retry_backoff is not None and args.retries is None:
-        raise UsageError("--retry-backoff goes with --retries")
-    if not args.retries:
+    attempts = _max_attempts(args)
+    if args.retry_backoff is not None and attempts is None:
+        raise UsageError("--retry-backoff goes with --max-attempts or --retries")
+    if attempts is None or attempts <= 1:
         return None
-    return RetryPolicy(max_attempts=args.retries + 1, initial_backoff=args.retry_backoff)
+    return RetryPolicy(max_attempts=attempts, initial_backoff=args.retry_backoff)
 
 
 def _wall_times(args: argparse.Namespace) -> list[datetime]:
@@ -348,7 +356,7 @@ def cmd_jobs_update(ctx: Context) -> int:
         fields["description"] = args.description
     if args.timeout is not None:
         fields["timeout"] = args.timeout or None
-    if args.retries is not None or args.retry_backoff is not None:
+    if _max_attempts(args) is not None or args.retry_backoff is not None:
         fields["retry_policy"] = _retry_policy(args)
     if args.max_concurrency is not None:
         fields["max_concurrency"] = args.max_concurrency
@@ -691,10 +699,21 @@ def cmd_schedules_backfill(ctx: Context) -> int:
 def cmd_executions_get(ctx: Context) -> int:
     args = ctx.args
     execution = ctx.client.get_execution(args.name)
-    if args.wait:
-        return _wait(ctx, execution)
-    ctx.show(execution, lambda: execution_details(execution))
-    return EXIT_OK
+    if not args.wait:
+        ctx.show(execution, lambda: execution_details(execution))
+        return EXIT_OK
+    # The same view as without --wait, once the execution (and its retries) has ended.
+    try:
+        ended = ctx.client.wait_for_execution(
+            execution, poll_interval=args.poll_interval, wait_timeout=args.wait_timeout
+        )
+    except DeadlineExceeded as error:
+        if error.reason != "WAIT_TIMEOUT":
+            raise
+        ctx.note(f"cronwire: {error.message}")
+        return EXIT_WAIT_TIMEOUT
+    ctx.show(ended, lambda: execution_details(ended))
+    return STATE_EXIT.get(ended.state, EXIT_ERROR) if ended.state is not None else EXIT_ERROR
 
 
 def cmd_executions_list(ctx: Context) -> int:

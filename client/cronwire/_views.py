@@ -32,9 +32,11 @@ from cronwire._values import format_duration
 
 
 def _retry_text(policy: RetryPolicy | None) -> str:
+    """`4 (3 retries), backoff 30s, x2, up to 1h`: the attempts in all, the first included."""
     if policy is None or policy.max_attempts <= 1:
-        return "-"
-    parts = [f"{policy.max_attempts} attempts"]
+        return "1 (no retries)"
+    retries = policy.max_attempts - 1
+    parts = [f"{policy.max_attempts} ({retries} {'retry' if retries == 1 else 'retries'})"]
     if policy.initial_backoff is not None:
         parts.append(f"backoff {format_duration(policy.initial_backoff)}")
     if policy.backoff_multiplier:

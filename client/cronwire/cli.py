@@ -151,7 +151,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "create a job",
         description="Create a job. Say what it runs with --shell -- PROGRAM [ARGS...] (no shell involved), "
         "--shell-command 'CMD' (through /bin/sh), or --executor KIND with --param KEY=JSON.",
-        epilog="examples:\n  cronwire jobs create backup --shell --timeout 10m --retries 3 -- pg_dump app\n"
+        epilog="examples:\n"
+        "  cronwire jobs create backup --shell --timeout 10m --max-attempts 4 -- pg_dump app\n"
         "  cronwire jobs create tick --executor noop --param sleep_seconds=1",
     )
     p.add_argument("name", help="the job's id (or full name)")
