@@ -30,6 +30,14 @@ def add_key_commands(top: argparse._SubParsersAction[argparse.ArgumentParser], l
     p.add_argument(
         "--role", required=True, choices=[r.name.lower() for r in Role], help="what the key may do"
     )
+    p.add_argument(
+        "--executors",
+        type=lambda value: [kind.strip() for kind in value.split(",") if kind.strip()],
+        default=[],
+        metavar="KIND[,KIND]",
+        help="the executor kinds the key may create and change jobs with, e.g. shell,python; "
+        "'*' is every kind (default: http,noop)",
+    )
     p.add_argument("--description", default="", help="who or what uses the key")
     leaf(keys, "list", cmd_keys_list, "list API keys, revoked ones included (never their secrets)")
     p = leaf(keys, "get", cmd_keys_get, "show an API key")
@@ -40,9 +48,17 @@ def add_key_commands(top: argparse._SubParsersAction[argparse.ArgumentParser], l
 
 def _rows(keys: list[Key]) -> str:
     return table(
-        ["ID", "ROLE", "NAMESPACES", "CREATED", "REVOKED", "DESCRIPTION"],
+        ["ID", "ROLE", "NAMESPACES", "EXECUTORS", "CREATED", "REVOKED", "DESCRIPTION"],
         [
-            [k.id, k.role.name.lower(), ",".join(k.namespaces), k.create_time, k.revoke_time, k.description]
+            [
+                k.id,
+                k.role.name.lower(),
+                ",".join(k.namespaces),
+                ",".join(k.executors),
+                k.create_time,
+                k.revoke_time,
+                k.description,
+            ]
             for k in keys
         ],
     )
@@ -50,11 +66,16 @@ def _rows(keys: list[Key]) -> str:
 
 def cmd_keys_create(ctx: Context) -> int:
     args = ctx.args
-    created = ctx.client.create_key(args.namespaces, args.role, description=args.description)
+    created = ctx.client.create_key(
+        args.namespaces, args.role, description=args.description, executors=args.executors
+    )
     if ctx.fmt == "table":
         # The token alone on stdout, for TOKEN=$(cronwire keys create ...).
         ctx.print(created.token + "\n")
-        ctx.note(f"created key {created.key.name} (role {args.role}); the token is shown only this once")
+        ctx.note(
+            f"created key {created.key.name} (role {args.role}, executors "
+            f"{','.join(created.key.executors)}); the token is shown only this once"
+        )
     else:
         document: dict[str, Any] = {"key": to_document(created.key), "token": created.token}
         ctx.print(dump(document, ctx.fmt))

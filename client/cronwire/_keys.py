@@ -21,7 +21,8 @@ class Role(enum.IntEnum):
 
 @dataclass
 class Key:
-    """An API key (never its secret). `namespaces` ["*"] is every namespace."""
+    """An API key (never its secret). `namespaces` ["*"] is every namespace; `executors`, the
+    executor kinds it may create and change jobs with, ["*"] every kind."""
 
     name: str
     role: Role
@@ -29,6 +30,7 @@ class Key:
     description: str = ""
     create_time: datetime | None = None
     revoke_time: datetime | None = None
+    executors: list[str] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -47,6 +49,7 @@ class Key:
             description=message.description,
             create_time=time_from(message, "create_time"),
             revoke_time=time_from(message, "revoke_time"),
+            executors=list(message.executors),
         )
 
 
@@ -66,8 +69,10 @@ def key_name(key: str | Key) -> str:
 
 
 def create_request(
-    namespaces: Sequence[str], role: Role | str, description: str
+    namespaces: Sequence[str], role: Role | str, description: str, executors: Sequence[str] = ()
 ) -> key_service_pb2.CreateKeyRequest:
     parsed = role if isinstance(role, Role) else Role[role.upper()]
-    key = key_pb2.Key(namespaces=list(namespaces), role=parsed.value, description=description)
+    key = key_pb2.Key(
+        namespaces=list(namespaces), role=parsed.value, description=description, executors=list(executors)
+    )
     return key_service_pb2.CreateKeyRequest(key=key)

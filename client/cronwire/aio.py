@@ -671,11 +671,19 @@ class AsyncClient:
     # API keys (an admin key is needed)
 
     async def create_key(
-        self, namespaces: Sequence[str], role: Role | str, *, description: str = ""
+        self,
+        namespaces: Sequence[str],
+        role: Role | str,
+        *,
+        description: str = "",
+        executors: Sequence[str] = (),
     ) -> CreatedKey:
         """Create an API key for `namespaces` (["*"]: every one) with `role` (`Role` or
-        "viewer", "editor", "admin"). Its token is in the result, and only there."""
-        response = await self._call(self._keys.CreateKey, create_request(namespaces, role, description))
+        "viewer", "editor", "admin") that may create and change jobs of the `executors` kinds
+        (["*"]: every one; empty: the server's default, http and noop). Its token is in the
+        result, and only there."""
+        request = create_request(namespaces, role, description, executors)
+        response = await self._call(self._keys.CreateKey, request)
         return CreatedKey(Key._from_proto(response.key), response.token)
 
     async def get_key(self, key: str | Key) -> Key:

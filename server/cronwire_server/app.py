@@ -48,6 +48,7 @@ from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.events import EventHub, EventManager, Pruner, Sequencer
 from cronwire_server.executions import ExecutionManager
 from cronwire_server.executors.jobuser import SERVER_UMASK, JobUser, choose_job_user, warn_exposed
+from cronwire_server.executors.registry import EntryPolicy
 from cronwire_server.executors.runners import Runners
 from cronwire_server.health import ReplicaHealth
 from cronwire_server.jobs import JobManager
@@ -169,7 +170,9 @@ async def create_server(settings: Settings) -> RunningServer:
             max_per_namespace=limits.max_jobs_per_namespace,
             secrets=Secrets(settings.secrets_file),
         )
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(jobs, executions), server)
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(
+            JobService(jobs, executions, entry=EntryPolicy(settings.python_path_allow)), server
+        )
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
             ScheduleService(ScheduleManager(store, max_per_namespace=limits.max_schedules_per_namespace)),
             server,
@@ -267,7 +270,11 @@ def _start_scheduler(running: RunningServer, settings: Settings, identity: str) 
             slots=settings.worker_slots,
             lease=timedelta(seconds=settings.lease_seconds),
             capture_bytes=limits.max_output_bytes,
-            runners=Runners(http_policy(settings), user=job_user_of(settings)),
+            runners=Runners(
+                http_policy(settings),
+                user=job_user_of(settings),
+                entry=EntryPolicy(settings.python_path_allow),
+            ),
             identity=identity,
             secrets=Secrets(settings.secrets_file),
             max_running_per_namespace=limits.max_running_per_namespace,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
@@ -157,6 +158,9 @@ class Settings:
     # run as cronwire-jobs or nobody, and as root only with allow_root_jobs.
     run_as: str = ""
     allow_root_jobs: bool = False
+    # The packages python jobs may call (`module:function`); empty: any but those that run programs
+    # or code (os, builtins, subprocess...; see executors.registry.REFUSED_MODULES).
+    python_path_allow: tuple[str, ...] = ()
 
 
 _DEFAULTS = Settings()
@@ -348,6 +352,29 @@ def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = o
         help="let a server running as root run jobs as root: they can then read its database URL, "
         "secrets and keys",
     )
+    _flag(
+        parser,
+        env,
+        "--python-path-allow",
+        convert=parse_python_path_allow,
+        metavar="PKG[,PKG]",
+        help="the only packages python jobs may call (module:function under one of them); without it "
+        "every module but those that run programs or code (os, builtins, subprocess, sys...)",
+    )
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def parse_python_path_allow(value: str) -> tuple[str, ...]:
+    """`myapp, reports.jobs` -> ("myapp", "reports.jobs")."""
+    packages = tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
+    for package in packages:
+        if not _MODULE_NAME.fullmatch(package):
+            raise argparse.ArgumentTypeError(
+                f"{package!r} is not a module name (letters, digits, _ and dots)"
+            )
+    return packages
 
 
 def _switch(parser: argparse.ArgumentParser, env: Mapping[str, str], flag: str, *, help: str) -> None:

@@ -292,7 +292,7 @@ async def test_a_python_job_that_raises_records_the_exception(
     assert exception["type"].endswith("JSONDecodeError")
     assert "Traceback" in exception["traceback"]
     fine = await make_job(
-        jobs, "sum", executor="python", parameters={"callable": "builtins:sum", "args": [[1, 2, 3]]}
+        jobs, "sum", executor="python", parameters={"callable": "math:fsum", "args": [[1, 2, 3]]}
     )
     done = await wait_state(executions, (await run(jobs, fine)).name, ENDED)
     assert done.state == execution_pb2.EXECUTION_STATE_SUCCEEDED

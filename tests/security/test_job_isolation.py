@@ -97,9 +97,9 @@ def start(workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], in
     return process, wait_for(port, STARTUP_DEADLINE, "the server's port file"), log_path
 
 
-def create_key(env: dict[str, str], cwd: Path, namespace: str, role: str) -> str:
+def create_key(env: dict[str, str], cwd: Path, namespace: str, role: str, *more: str) -> str:
     made = subprocess.run(
-        [str(SERVER_BIN), "keys", "create", "--namespace", namespace, "--role", role],
+        [str(SERVER_BIN), "keys", "create", "--namespace", namespace, "--role", role, *more],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -161,7 +161,7 @@ def test_a_scoped_editors_job_cannot_reach_past_its_namespace(
     }
     process, port, log_path = start(shared_dir, env)
     try:
-        editor = create_key(env, shared_dir, "a", "editor")
+        editor = create_key(env, shared_dir, "a", "editor", "--executors", "shell")
         admin = create_key(env, shared_dir, "b", "admin")
         target = f"127.0.0.1:{port}"
         editor_client, b_client = Client(target, editor), Client(target, admin)

@@ -19,6 +19,7 @@ import pytest
 
 from cronwire_server.executors.jobuser import SAFE_PATH, JobUser
 from cronwire_server.executors.python_runner import PythonRunner
+from cronwire_server.executors.registry import EntryPolicy
 from cronwire_server.executors.runtime import RunOutcome, RunRequest
 from cronwire_server.executors.shell import KILL_GRACE, ShellRunner
 from cronwire_server.model import ExecutionState
@@ -392,7 +393,8 @@ async def test_a_missing_program_is_named_when_switching_users() -> None:
 async def test_a_python_job_runs_as_the_job_user() -> None:
     need_root()
     nobody = JobUser.named("nobody")
-    runner = PythonRunner(user=nobody)
+    # os is refused to python jobs unless the server allows it (--python-path-allow os).
+    runner = PythonRunner(user=nobody, entry=EntryPolicy(allow=("os",)))
     outcome = await run(request({"callable": "os:getuid"}), runner=runner)
     assert outcome.state is ExecutionState.SUCCEEDED, outcome
     assert outcome.result == nobody.uid

@@ -67,6 +67,7 @@ class Key(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    EXECUTORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. The resource name, `keys/{key}`: the key's short id."""
     description: _builtins.str
@@ -87,6 +88,16 @@ class Key(_message.Message):
     def revoke_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the key was revoked; unset while it is valid."""
 
+    @_builtins.property
+    def executors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. The executor kinds (`Job.executor`) the key may create and
+        change jobs with, e.g. `http`; `*` is every kind. Empty on create means
+        the default, `http` and `noop`, whatever the role: `shell` and `python`
+        run code on the workers and are granted only by name. A key can grant
+        only kinds it has itself. Running, deleting and scheduling an existing
+        job need no kind.
+        """
+
     def __init__(
         self,
         *,
@@ -96,10 +107,11 @@ class Key(_message.Message):
         role: Global___Role.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
+        executors: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "name", b"name", "namespaces", b"namespaces", "revoke_time", b"revoke_time", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "executors", b"executors", "name", b"name", "namespaces", b"namespaces", "revoke_time", b"revoke_time", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

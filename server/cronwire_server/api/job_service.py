@@ -12,7 +12,10 @@ from cronwire_server.api import convert, fields, names, scope
 from cronwire_server.api.masks import mask_paths, merge
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import unary
+from cronwire_server.auth import principal
+from cronwire_server.errors import InvalidArgument, PermissionDenied
 from cronwire_server.executions import ExecutionManager
+from cronwire_server.executors.registry import KINDS, EntryPolicy
 from cronwire_server.jobs import JobManager
 from cronwire_server.model import Job
 
@@ -36,9 +39,22 @@ OUTPUT_ONLY = frozenset({"name", "create_time", "update_time", "etag", "stats"})
 
 
 class JobService(job_service_pb2_grpc.JobServiceServicer):
-    def __init__(self, jobs: JobManager, executions: ExecutionManager) -> None:
+    def __init__(
+        self, jobs: JobManager, executions: ExecutionManager, *, entry: EntryPolicy | None = None
+    ) -> None:
         self._jobs = jobs
         self._executions = executions
+        # The modules python jobs may call (--python-path-allow).
+        self._entry = entry or EntryPolicy()
+
+    def _check(self, job: Job) -> None:
+        """PERMISSION_DENIED unless the caller's key may use the job's executor kind; then
+        INVALID_ARGUMENT for a python entry point the server does not allow."""
+        _require_executor(job.executor)
+        if job.executor == "python" and isinstance(job.parameters.get("callable"), str):
+            refusal = self._entry.refusal(job.parameters["callable"])
+            if refusal is not None:
+                raise InvalidArgument.field("parameters.callable", refusal)
 
     @unary
     async def CreateJob(
@@ -50,6 +66,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         fields.required(request.HasField("job"), "job")
         with fields.under("job"):
             job = convert.job_from_pb(request.job, namespace, job_id)
+            self._check(job)
             created = await self._jobs.create(job, request_id=request_id)
         return job_service_pb2.CreateJobResponse(job=convert.job_to_pb(created))
 
@@ -84,9 +101,14 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         paths = mask_paths(request.job, mask, mutable=MUTABLE, output_only=OUTPUT_ONLY)
 
         def change(current: Job) -> Job:
+            # A job of a kind the key may not use stays as it is, even if the change would
+            # move it to a kind the key may use.
+            _require_executor(current.executor)
             merged = convert.job_to_pb(current)
             merge(merged, request.job, paths)
-            return _keep_callback_secret(current, convert.job_from_pb(merged, name.namespace, name.id))
+            updated = _keep_callback_secret(current, convert.job_from_pb(merged, name.namespace, name.id))
+            self._check(updated)
+            return updated
 
         with fields.under("job"):
             job = await self._jobs.update(name.namespace, name.id, change, expected_etag=request.job.etag)
@@ -120,6 +142,19 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             job_type.parameters_schema.update(kind.parameters_schema)
             job_type.example.update(kind.example)
         return response
+
+
+def _require_executor(executor: str) -> None:
+    """PERMISSION_DENIED, naming `job.executor`, if the caller's key may not create or change
+    jobs of this executor kind. Auth off (no key) may use every kind."""
+    key = principal.current().key
+    # An unknown kind is INVALID_ARGUMENT, from validation.
+    if key is not None and executor in KINDS and not key.may_use(executor):
+        raise PermissionDenied(
+            f"job.executor: key {key.name} may not create or change {executor!r} jobs; its executor "
+            f"kinds are {', '.join(key.executors)} (an admin grants more with keys create --executors)",
+            reason="EXECUTOR_NOT_GRANTED",
+        )
 
 
 def _keep_callback_secret(current: Job, updated: Job) -> Job:

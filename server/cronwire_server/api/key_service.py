@@ -24,6 +24,7 @@ def key_to_pb(key: ApiKey) -> key_pb2.Key:
         description=key.description,
         namespaces=list(key.namespaces),
         role=key_pb2.Role.ValueType(key.role.value),
+        executors=list(key.executors),
     )
     convert.set_time(message.create_time, key.create_time)
     convert.set_time(message.revoke_time, key.revoke_time)
@@ -54,6 +55,7 @@ class KeyService(key_service_pb2_grpc.KeyServiceServicer):
                 list(request.key.namespaces),
                 request.key.description,
                 caller=principal.current(),
+                executors=list(request.key.executors),
             )
         return key_service_pb2.CreateKeyResponse(key=key_to_pb(key), token=token)
 

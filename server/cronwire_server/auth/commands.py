@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from cronwire_server.auth.keys import ALL_NAMESPACES, ApiKey, Role
+from cronwire_server.auth.keys import ALL_EXECUTORS, ALL_NAMESPACES, DEFAULT_EXECUTORS, ApiKey, Role
 from cronwire_server.auth.principal import OPEN
 from cronwire_server.errors import CronwireError, InvalidArgument, NotFound
 from cronwire_server.model import Page
@@ -39,6 +39,14 @@ def add_keys_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         choices=[r.name.lower() for r in Role],
         help="viewer: read and watch; editor: also change and run; admin: also manage keys",
     )
+    create.add_argument(
+        "--executors",
+        type=_kinds,
+        default=[],
+        metavar="KIND[,KIND]",
+        help="the executor kinds the key may create and change jobs with, e.g. shell,python; "
+        f"{ALL_EXECUTORS!r} is every kind (default: {','.join(DEFAULT_EXECUTORS)}, whatever the role)",
+    )
     create.add_argument("--description", default="", help="who or what uses the key")
     add_database_flag(create)
     listing = actions.add_parser("list", help="list keys, revoked ones included (never their secrets)")
@@ -46,6 +54,10 @@ def add_keys_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     revoke = actions.add_parser("revoke", help="revoke a key (servers notice within --key-cache-seconds)")
     revoke.add_argument("key", metavar="ID", help="the key's id (or keys/ID)")
     add_database_flag(revoke)
+
+
+def _kinds(value: str) -> list[str]:
+    return [kind.strip() for kind in value.split(",") if kind.strip()]
 
 
 def run_keys_command(args: argparse.Namespace) -> int:
@@ -82,11 +94,14 @@ def _run(url: str, work: Callable[[KeyManager], Awaitable[int]]) -> int:
 
 
 async def _create(keys: KeyManager, args: argparse.Namespace) -> int:
-    key, token = await keys.create(Role.parse(args.role), args.namespaces, args.description, caller=OPEN)
+    key, token = await keys.create(
+        Role.parse(args.role), args.namespaces, args.description, caller=OPEN, executors=args.executors
+    )
     # The token alone on stdout, for TOKEN=$(cronwire-server keys create ...).
     print(token)
     print(
-        f"created key {key.name} (role {key.role.name.lower()}, namespaces {', '.join(key.namespaces)}); "
+        f"created key {key.name} (role {key.role.name.lower()}, namespaces {', '.join(key.namespaces)}, "
+        f"executors {', '.join(key.executors)}); "
         "it is shown only this once",
         file=sys.stderr,
     )
@@ -94,7 +109,7 @@ async def _create(keys: KeyManager, args: argparse.Namespace) -> int:
 
 
 async def _list(keys: KeyManager) -> int:
-    rows = [("ID", "ROLE", "NAMESPACES", "CREATED", "REVOKED", "DESCRIPTION")]
+    rows = [("ID", "ROLE", "NAMESPACES", "EXECUTORS", "CREATED", "REVOKED", "DESCRIPTION")]
     page = Page(size=1000)
     while True:
         listing = await keys.list_page(page, caller=OPEN)
@@ -108,11 +123,12 @@ async def _list(keys: KeyManager) -> int:
     return 0
 
 
-def _row(key: ApiKey) -> tuple[str, str, str, str, str, str]:
+def _row(key: ApiKey) -> tuple[str, str, str, str, str, str, str]:
     return (
         key.id,
         key.role.name.lower(),
         ",".join(key.namespaces),
+        ",".join(key.executors),
         _time(key.create_time),
         _time(key.revoke_time) or "-",
         key.description,

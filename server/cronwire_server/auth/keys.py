@@ -17,6 +17,10 @@ from datetime import datetime
 
 TOKEN_PREFIX = "cwk"
 ALL_NAMESPACES = "*"
+# Executor kinds: "*" is every kind. A key made without a list gets the default, whatever its
+# role: shell and python run code on the workers, so they are granted by name only.
+ALL_EXECUTORS = "*"
+DEFAULT_EXECUTORS = ("http", "noop")
 ID_HEX_DIGITS = 12
 SECRET_BYTES = 32
 
@@ -49,6 +53,8 @@ class ApiKey:
     description: str = ""
     create_time: datetime | None = None
     revoke_time: datetime | None = None
+    # The executor kinds it may create or change jobs with; ("*",) is every kind.
+    executors: tuple[str, ...] = DEFAULT_EXECUTORS
 
     @property
     def name(self) -> str:
@@ -61,6 +67,14 @@ class ApiKey:
     def covers(self, namespaces: Iterable[str]) -> bool:
         """Whether every one of `namespaces` is within this key's."""
         return self.all_namespaces or set(namespaces) <= set(self.namespaces)
+
+    def may_use(self, executor: str) -> bool:
+        """Whether jobs of executor kind `executor` may be created or changed with this key."""
+        return ALL_EXECUTORS in self.executors or executor in self.executors
+
+    def grants(self, executors: Iterable[str]) -> bool:
+        """Whether every one of `executors` is within this key's."""
+        return ALL_EXECUTORS in self.executors or set(executors) <= set(self.executors)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 from cronwire_server.api.names import check_id
 from cronwire_server.auth.keys import (
+    ALL_EXECUTORS,
     ALL_NAMESPACES,
+    DEFAULT_EXECUTORS,
     ApiKey,
     Role,
     digest,
@@ -17,6 +19,7 @@ from cronwire_server.auth.keys import (
 )
 from cronwire_server.auth.principal import Principal
 from cronwire_server.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from cronwire_server.executors.registry import KINDS
 from cronwire_server.model import Listing, Page
 from cronwire_server.storage.sql_keys import KeyStore
 
@@ -44,18 +47,47 @@ def validate_key(namespaces: Sequence[str], description: str) -> tuple[str, ...]
     return (ALL_NAMESPACES,) if ALL_NAMESPACES in unique else unique
 
 
+def validate_executors(executors: Sequence[str]) -> tuple[str, ...]:
+    """The executor kinds, deduplicated in order (none given: the default, http and noop);
+    InvalidArgument naming each unknown one."""
+    if not executors:
+        return DEFAULT_EXECUTORS
+    known = ", ".join(sorted(KINDS))
+    violations = [
+        FieldViolation(
+            f"executors[{index}]", f"unknown executor kind {kind!r}; one of {known}, or {ALL_EXECUTORS!r}"
+        )
+        for index, kind in enumerate(executors)
+        if kind != ALL_EXECUTORS and kind not in KINDS
+    ]
+    if violations:
+        raise InvalidArgument(violations)
+    unique = tuple(dict.fromkeys(executors))
+    return (ALL_EXECUTORS,) if ALL_EXECUTORS in unique else unique
+
+
 class KeyManager:
     """Key operations on behalf of a caller: an admin key limited to namespaces manages only keys
-    within them, and grants at most its own role."""
+    within them, and grants at most its own role and its own executor kinds."""
 
     def __init__(self, store: KeyStore) -> None:
         self._store = store
 
     async def create(
-        self, role: Role, namespaces: Sequence[str], description: str, *, caller: Principal
+        self,
+        role: Role,
+        namespaces: Sequence[str],
+        description: str,
+        *,
+        caller: Principal,
+        executors: Sequence[str] = (),
     ) -> tuple[ApiKey, str]:
-        """The stored key and its token (the only time the secret exists outside the caller)."""
+        """The stored key and its token (the only time the secret exists outside the caller).
+
+        `executors`: the executor kinds the key may create and change jobs with; none given is
+        the default (http, noop), whatever the role."""
         scope = validate_key(namespaces, description)
+        kinds = validate_executors(executors)
         if caller.key is not None:
             if role > caller.key.role:
                 raise PermissionDenied(
@@ -67,15 +99,23 @@ class KeyManager:
                     f"key {caller.key.name} can create keys only within its namespaces: "
                     + ", ".join(caller.key.namespaces)
                 )
+            if not caller.key.grants(kinds):
+                raise PermissionDenied(
+                    f"key {caller.key.name} can grant only its own executor kinds: "
+                    + ", ".join(caller.key.executors)
+                )
         key_id, secret = new_key_id(), new_secret()
-        key = await self._store.create(ApiKey(key_id, role, scope, description), digest(secret))
+        key = await self._store.create(
+            ApiKey(key_id, role, scope, description, executors=kinds), digest(secret)
+        )
         # Keys have no events: the log is their audit trail.
         log.info(
-            "key %s created (role %s, namespaces %s) by %s",
+            "key %s created (role %s, namespaces %s) by %s, with executor kinds %s",
             key.name,
             role.name.lower(),
             ",".join(scope),
             _who(caller),
+            ",".join(kinds),
         )
         return key, format_token(key_id, secret)
 

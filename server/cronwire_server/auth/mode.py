@@ -14,7 +14,8 @@ from cronwire_server.storage.sql_keys import KeyStore
 log = logging.getLogger(__name__)
 
 FIRST_KEY_HINT = (
-    "create an admin key first: cronwire-server keys create --database-url URL --namespace '*' --role admin"
+    "create an admin key first: cronwire-server keys create --database-url URL --namespace '*' --role admin "
+    "--executors '*'"
 )
 
 

@@ -4,7 +4,10 @@
 in the interpreter the job names, which need not have cronwire installed: so it
 uses the standard library only, and nothing newer than Python 3.8.
 
-The call file holds `{"callable", "args", "kwargs", "context", "reply_limit"}`.
+The call file holds `{"callable", "args", "kwargs", "context", "reply_limit", "policy"}`;
+`policy` (`{"allow": [...], "refuse": [...]}`) names the modules the job may call: a module
+reached through the function's path (`tasks:os.system`), or the module a function belongs to,
+must be one of them, as the server checked for the module named.
 The reply file gets one JSON object: `{"value": v}`, `{"repr": "..."}` for a
 value JSON cannot hold, `{"omitted": n}` for a value of more than `reply_limit`
 bytes of JSON, or `{"error": "...", "exception": {...}}`. It is written under
@@ -38,7 +41,7 @@ def main(argv: list[str]) -> int:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        function = _load(spec)
+        function = _load(spec, call.get("policy"))
     except _LoadError as exc:
         trace = exc.cause.__traceback__
         # Without this module's frame: what is left is the import machinery and the module's code.
@@ -68,7 +71,22 @@ class _LoadError(Exception):
         self.cause = cause
 
 
-def _load(spec: str) -> Any:
+def _within(module: str, packages: Any) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def _permitted(module: str, policy: Any) -> bool:
+    if policy.get("allow"):
+        return _within(module, policy["allow"])
+    return not module.startswith("_") and not _within(module, policy.get("refuse", ()))
+
+
+def _refuse(spec: str, why: str) -> _LoadError:
+    error = PermissionError(f"refused: {spec}: {why}")
+    return _LoadError(str(error), error)
+
+
+def _load(spec: str, policy: Any = None) -> Any:
     module_name, _, path = spec.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
@@ -79,6 +97,16 @@ def _load(spec: str) -> Any:
             target = getattr(target, name)
         except Exception as exc:
             raise _LoadError(f"cannot find {spec}: {_describe(exc)}", exc) from exc
+        if policy is not None and isinstance(target, type(sys)) and not _permitted(target.__name__, policy):
+            raise _refuse(spec, f"reaches module {target.__name__!r}, which python jobs may not call")
+    owner = getattr(target, "__module__", None)
+    if (
+        policy is not None
+        and isinstance(owner, str)
+        and _within(owner, policy.get("refuse", ()))
+        and not _within(owner, policy.get("allow", ()))
+    ):
+        raise _refuse(spec, f"is a function of module {owner!r}, which python jobs may not call")
     if not callable(target):
         error = TypeError(f"not callable ({type(target).__name__})")
         raise _LoadError(f"cannot call {spec}: {error}", error)

@@ -12,6 +12,11 @@ that name), awaits it with `asyncio.run` if it is a coroutine function, and
 writes a JSON reply to a file of a private temporary directory: the reply
 never mixes with the output, and the function may print whatever it likes.
 
+The module must be one the server's `EntryPolicy` permits (`--python-path-allow`;
+by default not `os`, `builtins`, `subprocess` and the like): the runner refuses
+others before starting anything, and the child refuses a function reached
+through a refused module (`tasks:os.system`) or belonging to one.
+
 The run succeeds when the function returns: its value, if JSON can hold it, is
 the result, else `{"repr": "..."}`. An exception, or a module or function that
 cannot be found, fails the run with `"Type: message"` and the result
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from cronwire_server.executors.jobuser import JobUser
+from cronwire_server.executors.registry import EntryPolicy
 from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest
 from cronwire_server.executors.shell import KILL_GRACE, ShellRunner, _exit_error
 from cronwire_server.model import ExecutionState
@@ -51,13 +57,20 @@ _CALL, _REPLY = "call.json", "reply.json"
 
 
 class PythonRunner:
-    """Runs `python` jobs. `kill_grace` is the seconds between SIGTERM and SIGKILL."""
+    """Runs `python` jobs. `kill_grace` is the seconds between SIGTERM and SIGKILL; `entry`, the
+    modules a job may call (by default every one but those that run programs or code)."""
 
     def __init__(
-        self, *, kill_grace: float = KILL_GRACE, result_limit: int = RESULT_LIMIT, user: JobUser | None = None
+        self,
+        *,
+        kill_grace: float = KILL_GRACE,
+        result_limit: int = RESULT_LIMIT,
+        user: JobUser | None = None,
+        entry: EntryPolicy | None = None,
     ) -> None:
         self._shell = ShellRunner(kill_grace=kill_grace, user=user)
         self.result_limit = result_limit
+        self.entry = entry or EntryPolicy()
 
     async def run(
         self,
@@ -67,12 +80,17 @@ class PythonRunner:
     ) -> RunOutcome:
         if cancel.is_set():
             return RunOutcome(ExecutionState.CANCELLED, error="cancelled")
+        # Checked at create and update too; again here, for jobs stored before (or by a server
+        # with another --python-path-allow).
+        refusal = self.entry.refusal(str(request.parameters.get("callable", "")))
+        if refusal is not None:
+            return RunOutcome(ExecutionState.FAILED, error=f"refused: {refusal}")
         # Made here, so that the `finally` below removes it whatever happens next.
         directory = tempfile.mkdtemp(prefix="cronwire-python-")
         try:
             # The child writes its reply there, as the job's user.
             self._shell.user.own(directory)
-            await asyncio.to_thread(_write_call, directory, request, self.result_limit)
+            await asyncio.to_thread(_write_call, directory, request, self.result_limit, self.entry)
             ran = await self._shell.run(_child_request(request, directory), cancel, on_output)
             # Stopped, or never started (exit_code None): the shell runner's outcome says it all.
             if ran.state in (ExecutionState.TIMED_OUT, ExecutionState.CANCELLED) or ran.exit_code is None:
@@ -83,7 +101,7 @@ class PythonRunner:
         return _outcome(ran, reply)
 
 
-def _write_call(directory: str, request: RunRequest, reply_limit: int) -> None:
+def _write_call(directory: str, request: RunRequest, reply_limit: int, entry: EntryPolicy) -> None:
     """What the child is to call, in the private directory where it writes its reply."""
     parameters = request.parameters
     call = {
@@ -98,6 +116,7 @@ def _write_call(directory: str, request: RunRequest, reply_limit: int) -> None:
             "lease_token": request.lease_token,
         },
         "reply_limit": reply_limit,
+        "policy": entry.to_json(),
     }
     with open(os.path.join(directory, _CALL), "w", encoding="utf-8") as file:
         json.dump(call, file, default=str)

@@ -18,7 +18,15 @@ from jsonschema import Draft202012Validator, ValidationError
 from cronwire_server.errors import FieldViolation, InvalidArgument
 from cronwire_server.executors import kinds
 
-__all__ = ["KINDS", "ExecutorKind", "all_kinds", "field_path", "get_kind", "validate_parameters"]
+__all__ = [
+    "KINDS",
+    "EntryPolicy",
+    "ExecutorKind",
+    "all_kinds",
+    "field_path",
+    "get_kind",
+    "validate_parameters",
+]
 
 
 @dataclass(frozen=True)
@@ -137,3 +145,123 @@ def field_path(path: Iterable[str | int]) -> str:
         else:
             text += f"[{json.dumps(part)}]"
     return text
+
+
+# Modules (and their submodules) a python job's `callable` may not name unless the server lists
+# them in --python-path-allow: they run programs, run code given as text or files, load native
+# code or change files and the interpreter. A deny list cannot know every installed package
+# that can do so; --python-path-allow, which admits only the packages listed, is the real fence.
+REFUSED_MODULES = frozenset(
+    {
+        "__main__",
+        "asyncio",
+        "bdb",
+        "builtins",
+        "code",
+        "codeop",
+        "concurrent",
+        "cProfile",
+        "cronwire",
+        "cronwire_server",
+        "ctypes",
+        "dill",
+        "distutils",
+        "doctest",
+        "ensurepip",
+        "fcntl",
+        "fileinput",
+        "importlib",
+        "imp",
+        "io",
+        "IPython",
+        "jsonpickle",
+        "logging.config",
+        "marshal",
+        "mmap",
+        "multiprocessing",
+        "nt",
+        "os",
+        "pathlib",
+        "pdb",
+        "pexpect",
+        "pickle",
+        "pip",
+        "pkg_resources",
+        "pkgutil",
+        "platform",
+        "posix",
+        "profile",
+        "pty",
+        "runpy",
+        "setuptools",
+        "sh",
+        "shelve",
+        "shutil",
+        "site",
+        "socket",
+        "subprocess",
+        "sys",
+        "tarfile",
+        "tempfile",
+        "termios",
+        "timeit",
+        "trace",
+        "tty",
+        "unittest",
+        "venv",
+        "webbrowser",
+        "yaml",
+        "zipfile",
+        "zipimport",
+    }
+)
+
+
+_IMPLEMENTED_BY = {"os": ("posix", "nt")}
+
+
+def _within(module: str, packages: Iterable[str]) -> bool:
+    return any(module == package or module.startswith(package + ".") for package in packages)
+
+
+@dataclass(frozen=True)
+class EntryPolicy:
+    """Which modules a python job's `callable` (`module:function`) may name.
+
+    With `allow` empty (the default) every module but the REFUSED_MODULES and private top-level
+    ones (`_posixsubprocess`); with `allow`, only those packages and their submodules. The
+    function's path never has a part starting with `_` (`tempfile:_os.system`). The run checks
+    the same again, and also that no module reached through the path (`tasks:os.system`) is
+    refused and that the function itself is not one of a refused module's.
+    """
+
+    allow: tuple[str, ...] = ()
+
+    def permits_module(self, module: str) -> bool:
+        if self.allow:
+            return _within(module, self.allow)
+        return not module.startswith("_") and not _within(module, REFUSED_MODULES)
+
+    def refusal(self, spec: str) -> str | None:
+        """Why `spec` may not be called; None if it may (a malformed spec is the schema's to report)."""
+        module, _, path = spec.partition(":")
+        if not module:
+            return None
+        if not self.permits_module(module):
+            if self.allow:
+                return f"module {module!r} is not under the packages python jobs may call: " + ", ".join(
+                    self.allow
+                )
+            return (
+                f"module {module!r} may not be called by python jobs (it can run programs or "
+                "arbitrary code); the server's --python-path-allow lists the packages they may call"
+            )
+        if any(part.startswith("_") for part in path.split(".")):
+            return f"{path!r}: a python job's function path may not have private (`_`) parts"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """What the child checks the modules it reaches with."""
+        # os's functions belong to posix (or nt): allowing os allows them.
+        implementations = [alias for package in self.allow for alias in _IMPLEMENTED_BY.get(package, ())]
+        return {"allow": [*self.allow, *implementations], "refuse": sorted(REFUSED_MODULES)}

@@ -9,6 +9,7 @@ from cronwire_server.executors.http_runner import HttpPolicy, HttpRunner
 from cronwire_server.executors.jobuser import JobUser
 from cronwire_server.executors.noop import NoopRunner
 from cronwire_server.executors.python_runner import PythonRunner
+from cronwire_server.executors.registry import EntryPolicy
 from cronwire_server.executors.runtime import Runner
 from cronwire_server.executors.shell import ShellRunner
 
@@ -22,12 +23,18 @@ class Runners:
     Runners keep no state between runs, so one of each serves every execution.
     """
 
-    def __init__(self, policy: HttpPolicy | None = None, *, user: JobUser | None = None) -> None:
+    def __init__(
+        self,
+        policy: HttpPolicy | None = None,
+        *,
+        user: JobUser | None = None,
+        entry: EntryPolicy | None = None,
+    ) -> None:
         self.http = HttpRunner(policy)
         self._by_kind: Mapping[str, Runner] = MappingProxyType(
             {
                 "shell": ShellRunner(user=user),
-                "python": PythonRunner(user=user),
+                "python": PythonRunner(user=user, entry=entry),
                 "http": self.http,
                 "noop": NoopRunner(),
             }

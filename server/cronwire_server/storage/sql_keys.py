@@ -36,6 +36,7 @@ def _key(row: Mapping[Any, Any]) -> ApiKey:
         description=row["description"],
         create_time=row["create_time"],
         revoke_time=row["revoke_time"],
+        executors=tuple(row["executors"]),
     )
 
 
@@ -63,6 +64,7 @@ class KeyStore:
                 description=key.description,
                 namespaces=list(key.namespaces),
                 role=key.role.name,
+                executors=list(key.executors),
                 secret_sha256=secret_sha256,
                 create_time=stamp_time(self._postgres),
             )
@@ -74,6 +76,7 @@ class KeyStore:
             namespaces=key.namespaces,
             description=key.description,
             create_time=result.scalar_one(),
+            executors=key.executors,
         )
 
     async def lookup(self, key_id: str) -> StoredKey | None:

@@ -247,6 +247,8 @@ api_keys = sa.Table(
     sa.Column("description", sa.String(), nullable=False),
     sa.Column("namespaces", Json, nullable=False),
     sa.Column("role", sa.String(), nullable=False),
+    # A JSON list of the executor kinds it may create and change jobs with; ["*"] is every kind.
+    sa.Column("executors", Json, nullable=False),
     sa.Column("secret_sha256", sa.String(), nullable=False),
     sa.Column("create_time", UtcDateTime(), nullable=False),
     sa.Column("revoke_time", UtcDateTime(), nullable=True),
