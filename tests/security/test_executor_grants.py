@@ -266,6 +266,20 @@ async def test_python_jobs_may_not_call_os_or_builtins(channel: grpc.aio.Channel
         )
         assert set(status_details(error)[0]) == {"job.parameters.callable"}, spec
         assert await get_job(channel, tokens.root, f"bad-{index}") is None
+    # Nor through the interpreter or variables that make it load other code.
+    sneaky = {
+        "callable": "math:fsum",
+        "python": "/bin/sh",
+        "env": {"PYTHONWARNINGS": "ignore::antigravity.Browser", "BROWSER": "id", "LANG": "C"},
+    }
+    error = await refused(
+        create_job(channel, python_editor, "sneaky", job("python", sneaky)), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert set(status_details(error)[0]) == {
+        "job.parameters.python",
+        "job.parameters.env.PYTHONWARNINGS",
+        "job.parameters.env.BROWSER",
+    }
     fine = await create_job(
         channel, python_editor, "fine", job("python", {"callable": "math:fsum", "args": [[1, 2]]})
     )

@@ -51,10 +51,8 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         """PERMISSION_DENIED unless the caller's key may use the job's executor kind; then
         INVALID_ARGUMENT for a python entry point the server does not allow."""
         _require_executor(job.executor)
-        if job.executor == "python" and isinstance(job.parameters.get("callable"), str):
-            refusal = self._entry.refusal(job.parameters["callable"])
-            if refusal is not None:
-                raise InvalidArgument.field("parameters.callable", refusal)
+        if job.executor == "python" and (violations := self._entry.violations(job.parameters)):
+            raise InvalidArgument(violations)
 
     @unary
     async def CreateJob(

@@ -82,9 +82,9 @@ class PythonRunner:
             return RunOutcome(ExecutionState.CANCELLED, error="cancelled")
         # Checked at create and update too; again here, for jobs stored before (or by a server
         # with another --python-path-allow).
-        refusal = self.entry.refusal(str(request.parameters.get("callable", "")))
-        if refusal is not None:
-            return RunOutcome(ExecutionState.FAILED, error=f"refused: {refusal}")
+        refused = self.entry.violations(request.parameters)
+        if refused:
+            return RunOutcome(ExecutionState.FAILED, error=f"refused: {refused[0].description}")
         # Made here, so that the `finally` below removes it whatever happens next.
         directory = tempfile.mkdtemp(prefix="cronwire-python-")
         try:

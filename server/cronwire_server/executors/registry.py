@@ -218,6 +218,18 @@ REFUSED_MODULES = frozenset(
 
 
 _IMPLEMENTED_BY = {"os": ("posix", "nt")}
+_PYTHON = re.compile(r"[\w.+-]*(?:python|pypy)[0-9.]*")
+# Interpreter variables that only change how output looks or bytecode is kept.
+_HARMLESS_PYTHON_VARIABLES = frozenset(
+    {"PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE"}
+)
+
+
+def _loads_code(name: str) -> bool:
+    upper = name.upper()
+    if upper.startswith("PYTHON"):
+        return upper not in _HARMLESS_PYTHON_VARIABLES
+    return upper.startswith("LD_") or upper == "BROWSER"
 
 
 def _within(module: str, packages: Iterable[str]) -> bool:
@@ -259,6 +271,32 @@ class EntryPolicy:
         if any(part.startswith("_") for part in path.split(".")):
             return f"{path!r}: a python job's function path may not have private (`_`) parts"
         return None
+
+    def violations(self, parameters: Mapping[str, Any]) -> list[FieldViolation]:
+        """What a python job's parameters may not do here, each naming its parameter: the
+        `callable`'s module, an interpreter that is no Python, and environment variables that
+        make the interpreter load other code (`PYTHONPATH`, `PYTHONSTARTUP`, `LD_PRELOAD`...)."""
+        found: list[FieldViolation] = []
+        spec = parameters.get("callable")
+        if isinstance(spec, str) and (refusal := self.refusal(spec)) is not None:
+            found.append(FieldViolation("parameters.callable", refusal))
+        python = parameters.get("python")
+        if isinstance(python, str) and not _PYTHON.fullmatch(python.rsplit("/", 1)[-1]):
+            found.append(
+                FieldViolation(
+                    "parameters.python", "must be a Python interpreter (python, python3.12, pypy3...)"
+                )
+            )
+        env = parameters.get("env")
+        for name in env if isinstance(env, Mapping) else ():
+            if _loads_code(str(name)):
+                found.append(
+                    FieldViolation(
+                        field_path(["env", name]),
+                        "may not be set for python jobs: it makes the interpreter load other code",
+                    )
+                )
+        return found
 
     def to_json(self) -> dict[str, Any]:
         """What the child checks the modules it reaches with."""
