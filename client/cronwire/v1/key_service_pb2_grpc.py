@@ -28,7 +28,7 @@ if _version_not_supported:
 class KeyServiceStub:
     """Manages API keys. Every RPC needs a key with ROLE_ADMIN. An admin key
     limited to some namespaces sees and manages only keys within them, and
-    creates keys with at most its own role.
+    creates keys with at most its own role and its own executor kinds.
 
     Departures from the AIPs, with reasons: every RPC answers with its own
     `XxxResponse` (buf STANDARD lint; room to grow). Revoking is a custom method
@@ -67,7 +67,7 @@ class KeyServiceStub:
 class KeyServiceServicer:
     """Manages API keys. Every RPC needs a key with ROLE_ADMIN. An admin key
     limited to some namespaces sees and manages only keys within them, and
-    creates keys with at most its own role.
+    creates keys with at most its own role and its own executor kinds.
 
     Departures from the AIPs, with reasons: every RPC answers with its own
     `XxxResponse` (buf STANDARD lint; room to grow). Revoking is a custom method
@@ -77,7 +77,9 @@ class KeyServiceServicer:
 
     def CreateKey(self, request, context):
         """Creates a key and returns its secret token. The token is shown this once
-        and cannot be read again.
+        and cannot be read again. Fails with INVALID_ARGUMENT naming
+        `key.executors[i]` for an unknown executor kind, and PERMISSION_DENIED
+        for a role, namespace or executor kind beyond the caller's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,7 +142,7 @@ def add_KeyServiceServicer_to_server(servicer, server):
 class KeyService:
     """Manages API keys. Every RPC needs a key with ROLE_ADMIN. An admin key
     limited to some namespaces sees and manages only keys within them, and
-    creates keys with at most its own role.
+    creates keys with at most its own role and its own executor kinds.
 
     Departures from the AIPs, with reasons: every RPC answers with its own
     `XxxResponse` (buf STANDARD lint; room to grow). Revoking is a custom method

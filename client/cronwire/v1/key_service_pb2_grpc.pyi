@@ -29,7 +29,7 @@ GRPC_VERSION: str
 class KeyServiceStub:
     """Manages API keys. Every RPC needs a key with ROLE_ADMIN. An admin key
     limited to some namespaces sees and manages only keys within them, and
-    creates keys with at most its own role.
+    creates keys with at most its own role and its own executor kinds.
 
     Departures from the AIPs, with reasons: every RPC answers with its own
     `XxxResponse` (buf STANDARD lint; room to grow). Revoking is a custom method
@@ -43,7 +43,9 @@ class KeyServiceStub:
     def __new__(cls, channel: _aio.Channel) -> KeyServiceAsyncStub: ...
     CreateKey: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.CreateKeyRequest, _key_service_pb2.CreateKeyResponse]
     """Creates a key and returns its secret token. The token is shown this once
-    and cannot be read again.
+    and cannot be read again. Fails with INVALID_ARGUMENT naming
+    `key.executors[i]` for an unknown executor kind, and PERMISSION_DENIED
+    for a role, namespace or executor kind beyond the caller's.
     """
     GetKey: _grpc.UnaryUnaryMultiCallable[_key_service_pb2.GetKeyRequest, _key_service_pb2.GetKeyResponse]
     """Gets a key by name (never its secret). Fails with NOT_FOUND if there is
@@ -60,7 +62,7 @@ class KeyServiceStub:
 class KeyServiceAsyncStub(KeyServiceStub):
     """Manages API keys. Every RPC needs a key with ROLE_ADMIN. An admin key
     limited to some namespaces sees and manages only keys within them, and
-    creates keys with at most its own role.
+    creates keys with at most its own role and its own executor kinds.
 
     Departures from the AIPs, with reasons: every RPC answers with its own
     `XxxResponse` (buf STANDARD lint; room to grow). Revoking is a custom method
@@ -71,7 +73,9 @@ class KeyServiceAsyncStub(KeyServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateKey: _aio.UnaryUnaryMultiCallable[_key_service_pb2.CreateKeyRequest, _key_service_pb2.CreateKeyResponse]  # type: ignore[assignment]
     """Creates a key and returns its secret token. The token is shown this once
-    and cannot be read again.
+    and cannot be read again. Fails with INVALID_ARGUMENT naming
+    `key.executors[i]` for an unknown executor kind, and PERMISSION_DENIED
+    for a role, namespace or executor kind beyond the caller's.
     """
     GetKey: _aio.UnaryUnaryMultiCallable[_key_service_pb2.GetKeyRequest, _key_service_pb2.GetKeyResponse]  # type: ignore[assignment]
     """Gets a key by name (never its secret). Fails with NOT_FOUND if there is
@@ -87,7 +91,7 @@ class KeyServiceAsyncStub(KeyServiceStub):
 class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages API keys. Every RPC needs a key with ROLE_ADMIN. An admin key
     limited to some namespaces sees and manages only keys within them, and
-    creates keys with at most its own role.
+    creates keys with at most its own role and its own executor kinds.
 
     Departures from the AIPs, with reasons: every RPC answers with its own
     `XxxResponse` (buf STANDARD lint; room to grow). Revoking is a custom method
@@ -102,7 +106,9 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_key_service_pb2.CreateKeyResponse, _abc.Awaitable[_key_service_pb2.CreateKeyResponse]]:
         """Creates a key and returns its secret token. The token is shown this once
-        and cannot be read again.
+        and cannot be read again. Fails with INVALID_ARGUMENT naming
+        `key.executors[i]` for an unknown executor kind, and PERMISSION_DENIED
+        for a role, namespace or executor kind beyond the caller's.
         """
 
     @_abc_1.abstractmethod
