@@ -20,7 +20,6 @@ from cronwire.v1 import (
     cluster_service_pb2,
     cluster_service_pb2_grpc,
     event_service_pb2,
-    event_service_pb2_grpc,
     execution_service_pb2,
     execution_service_pb2_grpc,
     job_service_pb2,
@@ -33,6 +32,7 @@ from cronwire.v1 import (
 from cronwire_server import __version__
 from cronwire_server.api.cluster_service import ClusterService
 from cronwire_server.api.event_service import EventService
+from cronwire_server.api.event_service import add_to_server as add_event_service
 from cronwire_server.api.execution_service import ExecutionService
 from cronwire_server.api.job_service import JobService
 from cronwire_server.api.key_service import KeyService
@@ -186,7 +186,8 @@ async def create_server(settings: Settings) -> RunningServer:
         events = EventManager(
             store, hub, heartbeat=settings.watch_heartbeat_seconds, buffer=settings.watch_buffer
         )
-        event_service_pb2_grpc.add_EventServiceServicer_to_server(EventService(events), server)
+        # Not the generated registration: WatchEvents sends bytes it serialized once per batch.
+        add_event_service(EventService(events), server)
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyService(KeyManager(keys)), server)
         cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterService(store), server)
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from cronwire_server import metrics
 from cronwire_server.errors import OutOfRange, ResourceExhausted, StorageUnavailable
@@ -77,34 +78,54 @@ class Sequencer:
 
 
 @dataclass(eq=False)
+class Batch:
+    """The events of one hub read that one filter takes, in sequence order.
+
+    Every subscription whose filter takes the same events of a read is offered this same
+    object, so what the API layer derives from it (the serialized responses, kept in
+    `encoded`) is made once and shared by all of them, however many they are.
+    """
+
+    events: list[Event]
+    size: int  # their snapshot bytes, as read
+    encoded: dict[Any, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FanOutCounts:
+    """What the hub has done: hub reads fanned out, and the `Batch`es it made for them (one per
+    distinct filter result of a read, shared by every watcher with that result)."""
+
+    reads: int = 0
+    batches: int = 0
+
+
+# Of every hub of this process.
+fan_out_counts = FanOutCounts()
+
+
+@dataclass(eq=False)
 class Subscription:
     where: EventFilter
     buffer: int
     buffer_bytes: int = DEFAULT_BUFFER_BYTES
-    queue: asyncio.Queue[tuple[list[Event], int]] = field(init=False)
+    queue: asyncio.Queue[Batch] = field(init=False)
     queued_bytes: int = 0
     overflowed: bool = False
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.buffer)
 
-    def offer(self, batch: list[Event], sizes: list[int] | None = None) -> None:
+    def offer(self, batch: Batch) -> None:
+        """Queue `batch` (already filtered by `where`), or cut this subscription off."""
         if self.overflowed:
             return
-        matching: list[Event] = []
-        size = 0
-        for index, event in enumerate(batch):
-            if self.where.matches(event):
-                matching.append(event)
-                size += sizes[index] if sizes else 0
-        if not matching:
-            return
         # One batch is always taken, however large: the hub read it with a byte bound already.
-        if self.queue.full() or (self.queued_bytes and self.queued_bytes + size > self.buffer_bytes):
+        if self.queue.full() or (self.queued_bytes and self.queued_bytes + batch.size > self.buffer_bytes):
             self.overflow()
             return
-        self.queue.put_nowait((matching, size))
-        self.queued_bytes += size
+        self.queue.put_nowait(batch)
+        self.queued_bytes += batch.size
 
     def overflow(self) -> None:
         """Cut off: what waits is dropped now, not when the watcher next reads (it may never)."""
@@ -113,10 +134,35 @@ class Subscription:
             self.queue.get_nowait()
         self.queued_bytes = 0
 
-    async def get(self) -> list[Event]:
-        batch, size = await self.queue.get()
-        self.queued_bytes -= size
+    async def get(self) -> Batch:
+        batch = await self.queue.get()
+        self.queued_bytes -= batch.size
         return batch
+
+
+def fan_out(events: list[Event], sizes: list[int], subscriptions: Iterable[Subscription]) -> None:
+    """Offer each subscription the events of `events` its filter takes: each distinct filter is
+    matched once, and subscriptions whose filters take the same events share one `Batch`."""
+    by_filter: dict[EventFilter, Batch | None] = {}
+    by_result: dict[tuple[int, ...], Batch] = {}
+    for subscription in subscriptions:
+        if subscription.overflowed:
+            continue
+        where = subscription.where
+        if where in by_filter:
+            shared = by_filter[where]
+        else:
+            taken = tuple(index for index, event in enumerate(events) if where.matches(event))
+            shared = by_result.get(taken) if taken else None
+            if taken and shared is None:
+                chosen = events if len(taken) == len(events) else [events[index] for index in taken]
+                size = sum(sizes[index] for index in taken) if sizes else 0
+                shared = by_result[taken] = Batch(chosen, size)
+                fan_out_counts.batches += 1
+            by_filter[where] = shared
+        if shared is not None:
+            subscription.offer(shared)
+    fan_out_counts.reads += 1
 
 
 class EventHub:
@@ -160,8 +206,7 @@ class EventHub:
                 await asyncio.sleep(POLL)
                 continue
             if batch:
-                for subscription in list(self._subscriptions):
-                    subscription.offer(batch, page.sizes)
+                fan_out(batch, page.sizes, list(self._subscriptions))
                 self.position = batch[-1].sequence
             if len(batch) < READ_BATCH and not page.cut:
                 await sleep_until_woken(self._store, "events", POLL, stopping)
@@ -183,10 +228,15 @@ class EventHub:
 
 @dataclass(frozen=True)
 class Delivery:
-    """What a watcher is sent: events (in order), or a heartbeat (no events) with the bookmark."""
+    """What a watcher is sent: events (in order), or a heartbeat (no events) with the bookmark.
+
+    `shared`: the hub's batch these events are, exactly, when they are; other watchers may be
+    sent the same one (see `Batch`).
+    """
 
     events: list[Event]
     latest_sequence: int
+    shared: Batch | None = None
 
 
 class EventManager:
@@ -225,12 +275,12 @@ class EventManager:
         try:
             sent = self._hub.position if after <= 0 else after
             if after > 0:
-                async for batch in self._replay(where, after, self._hub.position):
+                async for page in self._replay(where, after, self._hub.position):
                     # A replaying watcher that does not read is cut off like a live one: what
                     # happened meanwhile overflowed its buffer.
                     self._check_keeping_up(subscription, sent)
-                    sent = batch[-1].sequence
-                    yield Delivery(batch, sent)
+                    sent = page[-1].sequence
+                    yield Delivery(page, sent)
                 sent = max(sent, after)
             while True:
                 self._check_keeping_up(subscription, sent)
@@ -240,11 +290,15 @@ class EventManager:
                 except TimeoutError:
                     yield Delivery([], max(sent, self._hub.position))
                     continue
-                fresh = [e for e in batch if e.sequence > sent]
+                fresh: list[Event] = batch.events
+                shared: Batch | None = batch
+                if fresh[0].sequence <= sent:  # partly sent by the replay already
+                    fresh, shared = [e for e in fresh if e.sequence > sent], None
                 if fresh:
                     sent = fresh[-1].sequence
                     # The hub's position is a true bookmark only once nothing is left waiting here.
-                    yield Delivery(fresh, self._hub.position if subscription.queue.empty() else sent)
+                    bookmark = self._hub.position if subscription.queue.empty() else sent
+                    yield Delivery(fresh, bookmark, shared)
         finally:
             self._hub.unsubscribe(subscription)
             metrics.watcher_closed()

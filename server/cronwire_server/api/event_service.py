@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
-from cronwire.v1 import event_pb2, event_service_pb2_grpc
 from cronwire.v1 import event_service_pb2 as pb
 from cronwire_server.api import convert, names, scope
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import server_streaming, unary
 from cronwire_server.auth import principal
 from cronwire_server.errors import InvalidArgument
-from cronwire_server.events import EventManager
+from cronwire_server.events import Delivery, EventManager
 from cronwire_server.model import Event, EventFilter
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -59,71 +60,169 @@ CONVERTED_KEPT = 4096
 # Large snapshots must not pin memory after their watchers are gone: the cache is bounded in
 # serialized bytes too.
 CONVERTED_KEPT_BYTES = 16 * 1024 * 1024
+SERVICE = pb.DESCRIPTOR.services_by_name["EventService"].full_name
 
 
-class _Converted:
-    """Watchers of the same events share one conversion of each (per server: per database)."""
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _events_tag() -> bytes:
+    """The key of an entry of `events` (a length-delimited field) in both responses that carry
+    events: their bodies are built from the events' own serializations, one after another."""
+    numbers = {
+        m.DESCRIPTOR.fields_by_name["events"].number for m in (pb.WatchEventsResponse, pb.ListEventsResponse)
+    }
+    (number,) = numbers
+    return _varint(number << 3 | 2)
+
+
+EVENTS_TAG = _events_tag()
+
+
+@dataclass
+class EncodeCounts:
+    """Serialization work of this process's EventServices: events serialized (each once while
+    cached), and response bodies built from them (once per hub batch and distinct filter result
+    for live watchers, however many share it; once per page for a replay or a listing)."""
+
+    events: int = 0
+    bodies: int = 0
+
+
+encode_counts = EncodeCounts()
+
+
+class _Encoded:
+    """Each event converted and serialized once (per server: per database), as an entry of a
+    response's `events`; watchers and listings of the same events share it."""
 
     def __init__(self, kept: int = CONVERTED_KEPT, kept_bytes: int = CONVERTED_KEPT_BYTES) -> None:
-        self._messages: OrderedDict[int, tuple[event_pb2.Event, int]] = OrderedDict()
+        self._entries: OrderedDict[int, bytes] = OrderedDict()
         self._kept = kept
         self._kept_bytes = kept_bytes
         self.bytes = 0
 
-    def __call__(self, event: Event) -> event_pb2.Event:
-        found = self._messages.get(event.sequence)
+    def __call__(self, event: Event) -> bytes:
+        found = self._entries.get(event.sequence)
         if found is not None:
-            return found[0]
-        message = convert.event_to_pb(event)
-        size = message.ByteSize()
-        self._messages[event.sequence] = (message, size)
-        self.bytes += size
-        while len(self._messages) > self._kept or (self.bytes > self._kept_bytes and len(self._messages) > 1):
-            _, (_, evicted) = self._messages.popitem(last=False)
-            self.bytes -= evicted
-        return message
+            return found
+        serialized = convert.event_to_pb(event).SerializeToString()
+        entry = EVENTS_TAG + _varint(len(serialized)) + serialized
+        encode_counts.events += 1
+        self._entries[event.sequence] = entry
+        self.bytes += len(entry)
+        while len(self._entries) > self._kept or (self.bytes > self._kept_bytes and len(self._entries) > 1):
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= len(evicted)
+        return entry
 
 
-def _by_size(events: list[event_pb2.Event]) -> Iterator[list[event_pb2.Event]]:
-    """`events` in consecutive pieces of at most MAX_RESPONSE_BYTES (at least one event each)."""
-    piece: list[event_pb2.Event] = []
-    size = 0
-    for message in events:
-        length = message.ByteSize()
-        if piece and size + length > MAX_RESPONSE_BYTES:
-            yield piece
-            piece, size = [], 0
-        piece.append(message)
-        size += length
-    if piece:
-        yield piece
+@dataclass(frozen=True)
+class _Body:
+    """Consecutive events' entries, one response's worth: bytes of a response without its other fields."""
+
+    entries: bytes
+    last_sequence: int
 
 
-class EventService(event_service_pb2_grpc.EventServiceServicer):
+def _bodies(events: list[Event], entries: list[bytes]) -> list[_Body]:
+    """`events` in consecutive bodies of at most MAX_RESPONSE_BYTES (at least one event each)."""
+    bodies: list[_Body] = []
+    start = size = 0
+    for index, entry in enumerate(entries):
+        if index > start and size + len(entry) > MAX_RESPONSE_BYTES:
+            bodies.append(_Body(b"".join(entries[start:index]), events[index - 1].sequence))
+            start, size = index, 0
+        size += len(entry)
+    if entries:
+        bodies.append(_Body(b"".join(entries[start:]), events[-1].sequence))
+    encode_counts.bodies += 1
+    return bodies
+
+
+def _watch_response(body: bytes, latest_sequence: int) -> bytes:
+    """A serialized WatchEventsResponse: the body's events, then the bookmark (the field order
+    protobuf serializes in; a parser takes the concatenation as one message)."""
+    return body + pb.WatchEventsResponse(latest_sequence=latest_sequence).SerializeToString()
+
+
+def _serialized(response: bytes | Message) -> bytes:
+    """The response serializer: what the service serialized itself goes out as it is."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def add_to_server(service: EventService, server: grpc.aio.Server) -> None:
+    """Serve `service` as cronwire.v1.EventService. Unlike the generated
+    `add_EventServiceServicer_to_server`, responses may be bytes the service serialized (the
+    same protobuf wire format), so that every watcher of a batch can be sent the same bytes."""
+    handlers = {
+        "WatchEvents": grpc.unary_stream_rpc_method_handler(
+            service.WatchEvents,
+            request_deserializer=pb.WatchEventsRequest.FromString,
+            response_serializer=_serialized,
+        ),
+        "ListEvents": grpc.unary_unary_rpc_method_handler(
+            service.ListEvents,
+            request_deserializer=pb.ListEventsRequest.FromString,
+            response_serializer=_serialized,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)  # type: ignore[attr-defined]
+
+
+class EventService:
+    """cronwire.v1.EventService; serve it with `add_to_server`: its responses are serialized
+    here, each batch of events once for every watcher it goes to."""
+
     def __init__(self, events: EventManager) -> None:
         self._events = events
-        self._event_pb = _Converted()
+        self._entry = _Encoded()
 
     @server_streaming
-    async def WatchEvents(
-        self, request: pb.WatchEventsRequest, context: Context
-    ) -> AsyncIterator[pb.WatchEventsResponse]:
+    async def WatchEvents(self, request: pb.WatchEventsRequest, context: Context) -> AsyncIterator[bytes]:
         where = _filter(request)
         if request.after_sequence < 0:
             raise InvalidArgument.field("after_sequence", "must not be negative")
         async for delivery in self._events.watch(where, request.after_sequence):
             if not delivery.events:
-                yield pb.WatchEventsResponse(latest_sequence=delivery.latest_sequence)
+                yield _watch_response(b"", delivery.latest_sequence)
                 continue
-            chunks = list(_by_size([self._event_pb(e) for e in delivery.events]))
-            for index, chunk in enumerate(chunks):
-                # Only the last piece of a batch may carry the batch's bookmark.
-                last = index == len(chunks) - 1
-                bookmark = delivery.latest_sequence if last else chunk[-1].sequence
-                yield pb.WatchEventsResponse(events=chunk, latest_sequence=bookmark)
+            for response in self._responses(delivery):
+                yield response
+
+    def _responses(self, delivery: Delivery) -> list[bytes]:
+        """The responses that send `delivery`: shared with every watcher sent the same batch of
+        the hub (built by the first to get there; rebuilt only for another bookmark, which is a
+        copy of the bytes). Only the last piece of a batch may carry the batch's bookmark."""
+        shared = delivery.shared.encoded if delivery.shared is not None else {}
+        bodies: list[_Body] | None = shared.get("bodies")
+        if bodies is None:
+            bodies = _bodies(delivery.events, [self._entry(e) for e in delivery.events])
+            shared["bodies"] = bodies
+        made: tuple[int, list[bytes]] | None = shared.get("responses")
+        if made is None or made[0] != delivery.latest_sequence:
+            last = len(bodies) - 1
+            made = (
+                delivery.latest_sequence,
+                [
+                    _watch_response(
+                        body.entries, delivery.latest_sequence if i == last else body.last_sequence
+                    )
+                    for i, body in enumerate(bodies)
+                ],
+            )
+            shared["responses"] = made
+        return made[1]
 
     @unary
-    async def ListEvents(self, request: pb.ListEventsRequest, context: Context) -> pb.ListEventsResponse:
+    async def ListEvents(self, request: pb.ListEventsRequest, context: Context) -> bytes:
         where = _filter(request)
         if request.after_sequence < 0:
             raise InvalidArgument.field("after_sequence", "must not be negative")
@@ -136,9 +235,10 @@ class EventService(event_service_pb2_grpc.EventServiceServicer):
         }
         page = page_from_request(request.page_size, request.page_token, filters, default_size=DEFAULT_PAGE)
         listing = await self._events.list_page(where, page, request.after_sequence)
-        events = [self._event_pb(e) for e in listing.items]
-        first = next(_by_size(events), [])
+        bodies = _bodies(listing.items, [self._entry(e) for e in listing.items])
         next_after = listing.next_after
-        if len(first) < len(events):  # the page is cut at the size bound; the rest follows
-            next_after = str(first[-1].sequence)
-        return pb.ListEventsResponse(events=first, next_page_token=encode_token(next_after, filters))
+        if len(bodies) > 1:  # the page is cut at the size bound; the rest follows
+            next_after = str(bodies[0].last_sequence)
+        first = bodies[0].entries if bodies else b""
+        token = pb.ListEventsResponse(next_page_token=encode_token(next_after, filters))
+        return first + token.SerializeToString()
