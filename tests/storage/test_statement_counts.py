@@ -3,9 +3,10 @@ counts, not times, so they hold on any machine. Each set-based step is pinned he
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -157,8 +158,8 @@ async def test_claiming_a_batch_is_one_statement(store: SqlStore) -> None:
 
 
 async def test_a_claim_that_needs_an_admission_decision_still_makes_it(store: SqlStore) -> None:
-    """A job's concurrency limit at the head of the queue: the one-statement claim starts
-    nothing and the deciding claim admits exactly the limit."""
+    """A job's concurrency limit at the head of the queue: the plain claim starts nothing and the
+    admitting claim admits exactly the limit."""
     limited = Job(namespace=NS, id="limited", executor="noop", parameters={}, max_concurrency=2)
     await store.create_job(limited)
     for _ in range(5):
@@ -166,6 +167,105 @@ async def test_a_claim_that_needs_an_admission_decision_still_makes_it(store: Sq
     claimed = await store.claim_executions(WORKER, BATCH, LEASE)
     assert len(claimed) == 2
     assert await store.claim_executions(WORKER, BATCH, LEASE) == []
+
+
+def admitting(sent: Sent) -> None:
+    """The statements of one claim that admits: the admission lock and the claim, sent in one
+    round trip (no BEGIN, no COMMIT)."""
+    assert len(sent.statements) == 2, sent.statements
+    assert "pg_advisory_xact_lock" in sent.statements[0]
+    assert "WITH picked" in sent.statements[1]
+
+
+async def test_a_claim_that_admits_is_one_round_trip_and_keeps_every_limit(store: SqlStore) -> None:
+    """A job's concurrency limit, a serial backfill (one tick at a time, in tick order) and plain
+    runs in one queue; once the store knows the queue needs decisions, a claim is one round trip."""
+    await store.create_job(Job(namespace=NS, id="limited", executor="noop", parameters={}, max_concurrency=2))
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    schedule = await store.create_schedule(
+        Schedule(namespace=NS, id="hourly", job_id="noop", trigger=IntervalSpec(timedelta(hours=1)))
+    )
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    ticks = [base + timedelta(hours=h) for h in (3, 1, 2, 0)]
+    backfilled = await store.backfill(schedule, ticks, serial=True, max_concurrency=0)
+    limited = [await store.run_job(NS, "limited", {}) for _ in range(5)]
+    plain = [await store.run_job(NS, "noop", {}) for _ in range(3)]
+
+    first = await store.claim_executions(WORKER, BATCH, LEASE)
+    ids = {c.execution.id for c in first}
+    assert {e.id for e in plain} <= ids
+    assert len(ids & {e.id for e in limited}) == 2
+    serial = [c for c in first if c.execution.backfill_id]
+    assert [c.execution.scheduled_time for c in serial] == [base]  # the first tick, alone
+    assert len(first) == 3 + 2 + 1
+
+    done = [c for c in first if c.execution.job_id == "limited"][:1] + serial
+    await store.finish_executions(
+        [(c, RunOutcome(ExecutionState.SUCCEEDED)) for c in done], WORKER, plan_retry
+    )
+    with counting(store) as sent:
+        second = await store.claim_executions(WORKER, BATCH, LEASE)
+    admitting(sent)
+    assert sorted(
+        (c.execution.job_id, c.execution.scheduled_time) for c in second if c.execution.backfill_id
+    ) == [("noop", base + timedelta(hours=1))]
+    assert len([c for c in second if c.execution.job_id == "limited"]) == 1
+    assert len(second) == 2
+    assert {e.backfill_id for e in backfilled} == {serial[0].execution.backfill_id}
+
+    with counting(store) as sent:
+        assert await store.claim_executions(WORKER, BATCH, LEASE) == []
+    admitting(sent)
+
+
+async def test_a_namespace_limit_is_kept_in_one_round_trip(store: SqlStore) -> None:
+    for namespace in ("busy", "free"):
+        await store.create_job(Job(namespace=namespace, id="noop", executor="noop", parameters={}))
+        for _ in range(5):
+            await store.run_job(namespace, "noop", {})
+    with counting(store) as sent:
+        claimed = await store.claim_executions(WORKER, BATCH, LEASE, namespace_limit=3)
+    admitting(sent)
+    assert sorted(c.execution.namespace for c in claimed) == ["busy"] * 3 + ["free"] * 3
+    assert await store.claim_executions(WORKER, BATCH, LEASE, namespace_limit=3) == []
+
+
+async def test_a_deleted_jobs_queued_run_fails_when_claimed(store: SqlStore) -> None:
+    await store.create_job(Job(namespace=NS, id="gone", executor="noop", parameters={}))
+    queued = await store.run_job(NS, "gone", {})
+    async with store.engine.connect() as conn:  # as if deleted between its queueing and its claim
+        await conn.execute(sa.text("DELETE FROM jobs WHERE id = 'gone'"))
+    assert await store.claim_executions(WORKER, BATCH, LEASE) == []
+    failed = await store.get_execution(NS, queued.id)
+    assert (failed.state, failed.error) == (ExecutionState.FAILED, "the job was deleted before it ran")
+
+
+async def test_replicas_claiming_at_once_never_pass_a_concurrency_limit(store: SqlStore) -> None:
+    """Admitting claims of several replicas race on the same job: the RUNNING counts each decides
+    on are never stale (each admits under the lock, with a snapshot taken once it holds it)."""
+    await store.create_job(Job(namespace=NS, id="one", executor="noop", parameters={}, max_concurrency=1))
+    for _ in range(40):
+        await store.run_job(NS, "one", {})
+    url = store.engine.url.render_as_string(hide_password=False)
+    replicas = [store, await open_store(url), await open_store(url)]
+    try:
+        for _ in range(40):
+            rounds = await asyncio.gather(
+                *(
+                    r.claim_executions(f"host:{n}:abc", 4, LEASE)
+                    for n, r in enumerate(replicas)
+                    for _ in (0, 1)
+                )
+            )
+            started = [(n // 2, c) for n, claimed in enumerate(rounds) for c in claimed]
+            assert len(started) == 1, [c.execution.id for _, c in started]
+            n, claimed = started[0]
+            await replicas[n].finish_executions(
+                [(claimed, RunOutcome(ExecutionState.SUCCEEDED))], f"host:{n}:abc", plan_retry
+            )
+    finally:
+        for replica in replicas[1:]:
+            await replica.close()
 
 
 async def test_a_burst_of_due_schedules_costs_at_most_one_statement_per_execution(store: SqlStore) -> None:

@@ -15,8 +15,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.util import await_only
 
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.model import (
@@ -383,35 +385,133 @@ def claim(
     ]
 
 
-# Claiming on PostgreSQL in ONE statement: the `limit` oldest due QUEUED executions, locked with
-# SKIP LOCKED, started with this worker's lease, their events inserted by a CTE, their jobs read
-# with them. Only when none of them needs an admission decision (a serial turn, a job's or a
-# backfill's concurrency limit, a deleted job): then `claim` would start exactly these. Otherwise
-# the statement starts nothing and says so, and `claim` decides (`restricted` in its one row).
+# Claiming on PostgreSQL in ONE statement: the oldest due QUEUED executions, locked with SKIP
+# LOCKED, those admitted started with this worker's lease, their events inserted by a CTE, their
+# jobs read with them. Admission is decided in the statement, as `_admissible` decides it, stage
+# by stage in due order (each stage ranks the candidates the stages before it let through):
+#   - a serial execution starts only while nothing of its schedule runs, one per schedule;
+#   - a backfill group's, a job's and (with a namespace limit) a namespace's running executions
+#     plus the candidates ranked before it stay within the limit;
+#   - an execution whose job is gone is FAILED.
+# Only the later serial executions of a schedule are left out of the candidates (the earliest
+# stands for them), so that a schedule's backlog of catch-ups does not fill them.
+#
+# Counts of RUNNING executions are only exact if no other claim admits on the same keys between
+# this statement's snapshot and its commit. So a claim that admits ("admit" mode) runs under one
+# transaction-scoped advisory lock, taken by a statement of its own sent in the same round trip
+# (the simple query protocol runs them in one transaction, each with its own snapshot: the
+# claim's is taken once the lock is held, after the previous admitting claim committed). A claim
+# in plain mode starts only candidates that need no decision (no serial turn, no limit, job
+# present) and holds no lock; it reports whether it left any, and then the store claims in admit
+# mode until none is left.
 _STARTED = ", ".join(f"s.{c.name}" for c in executions.c)
 _JOB_PREFIX = "job__"
-CLAIM_BATCH = sa.text(
-    f"""
+_CANDIDATE = (
+    "namespace, id, job_id, schedule_id, serial, backfill_id, group_limit, due_time, scheduled_time, "
+    "max_concurrency"
+)
+_ADMISSION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('cronwire:claim-admission'))"
+_ORPHANED = "the job was deleted before it ran"
+
+
+def _running_count(key: str, alias: str) -> str:
+    return (
+        f"(SELECT count(*) FROM executions AS r WHERE r.namespace = {alias}.namespace"
+        f" AND r.{key} = {alias}.{key} AND r.state = '{RUNNING}')"
+    )
+
+
+def _order(alias: str) -> str:
+    # The order candidates are admitted in: by due time, then tick (a backfill's ticks are all due
+    # at once and run in tick order), then id.
+    return f"{alias}.due_time, {alias}.scheduled_time, {alias}.id"
+
+
+def _rank(partition: str, alias: str) -> str:
+    return f"row_number() OVER (PARTITION BY {partition} ORDER BY {_order(alias)})"
+
+
+def _claim_sql(*, limit: str, worker: str, lease: str, namespace_limit: str, admit: str) -> str:
+    """The claim statement; each argument is an SQL expression (a bind parameter or a literal)."""
+    full = (
+        f"""
+      AND e.namespace NOT IN (
+          SELECT r.namespace FROM executions AS r WHERE r.state = '{RUNNING}'
+          GROUP BY r.namespace HAVING count(*) >= {namespace_limit})"""
+        if namespace_limit != "0"
+        else ""
+    )
+    return f"""
 WITH picked AS MATERIALIZED (
-    SELECT e.namespace, e.id,
-           (e.serial AND e.schedule_id <> '') OR (e.group_limit > 0 AND e.backfill_id <> '')
-           OR j.max_concurrency IS NULL OR j.max_concurrency > 0 AS restricted
+    SELECT e.namespace, e.id, e.job_id, e.schedule_id, e.serial, e.backfill_id, e.group_limit, e.due_time,
+           e.scheduled_time
     FROM executions AS e
-    LEFT JOIN jobs AS j ON j.namespace = e.namespace AND j.id = e.job_id
     WHERE e.state = '{QUEUED}' AND e.due_time <= now()
+      AND NOT (e.serial AND e.schedule_id <> '' AND EXISTS (
+          SELECT 1 FROM executions AS q
+          WHERE q.namespace = e.namespace AND q.schedule_id = e.schedule_id AND q.state = '{QUEUED}'
+            AND ({_order("q")}) < ({_order("e")}))){full}
     ORDER BY e.due_time
-    LIMIT :limit
+    LIMIT {limit} * 2 + 16
     FOR UPDATE OF e SKIP LOCKED
 ),
+candidate AS MATERIALIZED (
+    SELECT p.*, j.max_concurrency, j.id IS NULL AS orphan,
+           (p.serial AND p.schedule_id <> '') OR (p.group_limit > 0 AND p.backfill_id <> '')
+           OR j.max_concurrency IS NULL OR j.max_concurrency > 0 OR {namespace_limit} > 0 AS restricted
+    FROM picked AS p LEFT JOIN jobs AS j ON j.namespace = p.namespace AND j.id = p.job_id
+),
+serial_turn AS (
+    SELECT {_CANDIDATE},
+           CASE WHEN c.serial AND c.schedule_id <> ''
+                THEN {_rank("c.namespace, c.schedule_id", "c")} = 1
+                     AND {_running_count("schedule_id", "c")} = 0
+                ELSE true END AS ok
+    FROM candidate AS c
+    WHERE NOT c.orphan AND ({admit} OR NOT c.restricted)
+),
+group_room AS (
+    SELECT {_CANDIDATE},
+           CASE WHEN s.group_limit > 0 AND s.backfill_id <> ''
+                THEN {_rank("s.namespace, s.backfill_id", "s")} + {_running_count("backfill_id", "s")}
+                     <= s.group_limit
+                ELSE true END AS ok
+    FROM serial_turn AS s WHERE s.ok
+),
+job_room AS (
+    SELECT {_CANDIDATE},
+           CASE WHEN s.max_concurrency > 0
+                THEN {_rank("s.namespace, s.job_id", "s")} + {_running_count("job_id", "s")}
+                     <= s.max_concurrency
+                ELSE true END AS ok
+    FROM group_room AS s WHERE s.ok
+),
+namespace_room AS (
+    SELECT {_CANDIDATE},
+           CASE WHEN {namespace_limit} > 0
+                THEN {_rank("s.namespace", "s")}
+                     + (SELECT count(*) FROM executions AS r
+                        WHERE r.namespace = s.namespace AND r.state = '{RUNNING}') <= {namespace_limit}
+                ELSE true END AS ok
+    FROM job_room AS s WHERE s.ok
+),
+admitted AS MATERIALIZED (
+    SELECT namespace, id FROM namespace_room WHERE ok ORDER BY due_time, scheduled_time, id LIMIT {limit}
+),
 verdict AS MATERIALIZED (
-    SELECT count(*) AS picked, coalesce(bool_or(restricted), false) AS restricted FROM picked
+    SELECT coalesce(bool_or(restricted), false) AS restricted FROM candidate
+),
+orphaned AS (
+    UPDATE executions AS e
+    SET state = '{ExecutionState.FAILED.value}', end_time = now(), error = '{_ORPHANED}'
+    FROM candidate AS c
+    WHERE {admit} AND c.orphan AND e.namespace = c.namespace AND e.id = c.id
 ),
 started AS (
     UPDATE executions AS e
-    SET state = '{RUNNING}', worker = :worker, start_time = now(),
-        lease_expires_at = now() + CAST(:lease AS interval)
-    FROM picked AS p, verdict AS v
-    WHERE e.namespace = p.namespace AND e.id = p.id AND NOT v.restricted
+    SET state = '{RUNNING}', worker = {worker}, start_time = now(), lease_expires_at = now() + {lease}
+    FROM admitted AS a
+    WHERE e.namespace = a.namespace AND e.id = a.id
     RETURNING e.*
 ),
 written AS (
@@ -427,6 +527,13 @@ FROM verdict AS v
 LEFT JOIN (started AS s JOIN jobs AS j ON j.namespace = s.namespace AND j.id = s.job_id) ON true
 ORDER BY s.due_time
 """
+
+
+# Plain mode, built once (psycopg prepares it): starts only candidates that need no decision.
+CLAIM_BATCH = sa.text(
+    _claim_sql(
+        limit=":limit", worker=":worker", lease="CAST(:lease AS interval)", namespace_limit="0", admit="false"
+    )
 ).columns(
     sa.column("restricted", sa.Boolean()),
     *executions.c,
@@ -434,21 +541,93 @@ ORDER BY s.due_time
 )
 
 
+def _literal(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("NUL in an SQL literal")
+    return "'" + text.replace("'", "''") + "'"
+
+
 def claim_batch(
-    conn: Connection, worker: str, limit: int, lease: timedelta
+    conn: Connection,
+    worker: str,
+    limit: int,
+    lease: timedelta,
+    namespace_limit: int = 0,
+    *,
+    admit: bool = False,
 ) -> tuple[list[ClaimedExecution], bool]:
-    """PostgreSQL: start up to `limit` due executions in one statement when no admission decision
-    is needed; the executions started, and whether `claim` must decide instead (then none is)."""
-    rows = conn.execute(CLAIM_BATCH, {"limit": limit, "worker": worker, "lease": lease}).all()
-    restricted = bool(rows[0].restricted)
+    """PostgreSQL: start up to `limit` due executions in one round trip. Plain mode (`admit`
+    False, no namespace limit) starts those that need no admission decision; admit mode decides
+    for all. Returns the executions started, and whether candidates needing a decision were seen
+    (then the next claims should admit)."""
+    if admit or namespace_limit > 0:
+        claim = _claim_sql(
+            limit=str(int(limit)),
+            worker=_literal(worker),
+            lease=f"interval '{float(lease.total_seconds())} seconds'",
+            namespace_limit=str(max(0, int(namespace_limit))),
+            admit="true",
+        )
+        names, values = run_script(conn, [_ADMISSION_LOCK, claim])
+        rows: list[Mapping[Any, Any]] = [_converted(dict(zip(names, row, strict=True))) for row in values]
+    else:
+        result = conn.execute(CLAIM_BATCH, {"limit": limit, "worker": worker, "lease": lease}).all()
+        rows = [row._mapping for row in result]
+    restricted = bool(rows[0]["restricted"])
     claimed = []
-    for row in rows:
-        if row.id is None:  # nothing started: the verdict's row alone
+    for values_ in rows:
+        if values_["id"] is None:  # nothing started: the verdict's row alone
             continue
-        values = row._mapping
-        job = {c.name: values[f"{_JOB_PREFIX}{c.name}"] for c in jobs.c}
-        claimed.append(ClaimedExecution(execution_from_row(values), job_from_record(job)))
+        job = {c.name: values_[f"{_JOB_PREFIX}{c.name}"] for c in jobs.c}
+        claimed.append(ClaimedExecution(execution_from_row(values_), job_from_record(job)))
     return claimed, restricted
+
+
+def _converted(row: dict[str, Any]) -> dict[str, Any]:
+    """A row read on the driver directly, as SQLAlchemy's types would have read it."""
+    for name, value in row.items():
+        if isinstance(value, datetime):
+            row[name] = value.astimezone(UTC)
+        elif isinstance(value, str) and name in _JSON_COLUMNS:
+            row[name] = json.loads(value)
+    return row
+
+
+_JSON_COLUMNS = frozenset(
+    [c.name for c in executions.c if isinstance(c.type, sa.JSON)]
+    + [f"{_JOB_PREFIX}{c.name}" for c in jobs.c if isinstance(c.type, sa.JSON)]
+)
+
+
+def run_script(conn: Connection, statements: Sequence[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """PostgreSQL: several statements (no parameters) in one round trip, in one transaction, each
+    with its own snapshot (the simple query protocol); the column names and rows of the last.
+    Sent on the driver directly (SQLAlchemy reads only a first result), reported to the
+    engine's statement hooks like any other statement, errors translated as SQLAlchemy does."""
+    import psycopg  # PostgreSQL only
+
+    script = ";\n".join(statements)
+    for statement in statements:
+        conn.dispatch.before_cursor_execute(conn, None, statement, {}, None, False)
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.AsyncConnection)
+
+    async def send() -> tuple[list[str], list[tuple[Any, ...]]]:
+        async with driver.cursor() as cursor:
+            await cursor.execute(script.encode())  # bytes: no placeholder is looked for
+            while cursor.nextset():
+                pass
+            assert cursor.description is not None
+            return [c.name for c in cursor.description], list(await cursor.fetchall())
+
+    try:
+        return await_only(send())
+    except psycopg.Error as error:
+        if driver.broken or driver.closed:
+            conn.invalidate(error)
+        raise exc.DBAPIError.instance(
+            script, None, error, psycopg.Error, connection_invalidated=conn.invalidated
+        ) from error
 
 
 # Batches of candidates a claim reads at most while serial backlogs fill them.

@@ -325,6 +325,8 @@ class SqlStore:
         # SQLite: take the write lock at BEGIN, so busy_timeout applies and a reader never
         # fails to upgrade to a writer halfway through.
         self._begin = "BEGIN" if self._postgres else "BEGIN IMMEDIATE"
+        # Whether the last claim saw executions that need an admission decision (PostgreSQL).
+        self._admitting = False
         self._wakeup: LocalWakeup = (
             PostgresWakeup(engine.url.render_as_string(hide_password=False))
             if self._postgres
@@ -693,16 +695,29 @@ class SqlStore:
     async def claim_executions(
         self, worker: str, limit: int, lease: timedelta, *, namespace_limit: int = 0
     ) -> list[ClaimedExecution]:
-        if self._postgres and namespace_limit <= 0:
-            claimed, restricted = await self._run(self._claim_batch, worker, limit, lease)
-            if not restricted:
-                return claimed
-        claimed = await self._run(self._in_transaction, ex.claim, worker, limit, lease, namespace_limit)
+        if not self._postgres:
+            claimed: list[ClaimedExecution] = await self._run(
+                self._in_transaction, ex.claim, worker, limit, lease, namespace_limit
+            )
+            return claimed
+        # One round trip: admitting (under the admission lock) while the last claim saw executions
+        # that need a decision, else plainly; a plain claim that left some admits at once.
+        admit = self._admitting or namespace_limit > 0
+        claimed, self._admitting = await self._run(
+            self._claim_batch, worker, limit, lease, namespace_limit, admit
+        )
+        if self._admitting and not admit and len(claimed) < limit:
+            more, self._admitting = await self._run(
+                self._claim_batch, worker, limit - len(claimed), lease, namespace_limit, True
+            )
+            claimed += more
         return claimed
 
-    def _claim_batch(self, worker: str, limit: int, lease: timedelta) -> tuple[list[ClaimedExecution], bool]:
+    def _claim_batch(
+        self, worker: str, limit: int, lease: timedelta, namespace_limit: int, admit: bool
+    ) -> tuple[list[ClaimedExecution], bool]:
         with self._sync.connect() as conn:
-            claimed, restricted = ex.claim_batch(conn, worker, limit, lease)
+            claimed, restricted = ex.claim_batch(conn, worker, limit, lease, namespace_limit, admit=admit)
         if claimed:
             self._wakeup.signal("events_new")
         return claimed, restricted
