@@ -114,7 +114,10 @@ async def get_job(channel: grpc.aio.Channel, token: str, job_id: str) -> job_pb2
 
 
 async def grant(
-    channel: grpc.aio.Channel, admin: str, *executors: str, role: int = key_pb2.ROLE_EDITOR
+    channel: grpc.aio.Channel,
+    admin: str,
+    *executors: str,
+    role: key_pb2.Role.ValueType = key_pb2.ROLE_EDITOR,
 ) -> str:
     key = key_pb2.Key(namespaces=["team-a"], role=role, executors=list(executors))
     request = key_service_pb2.CreateKeyRequest(key=key)
@@ -415,8 +418,12 @@ async def test_the_migration_keeps_what_existing_keys_could_do(database_url: str
     # The server migrates the database as it starts.
     running = await start(database_url, rate_limit_per_key=0)
     try:
-        store = KeyStore(running.store.engine)
-        executors = {role: (await store.get(t.split("_")[1])).executors for role, t in tokens.items()}
+        engine = create_engine(database_url, pool_size=1)
+        try:
+            store = KeyStore(engine)
+            executors = {role: (await store.get(t.split("_")[1])).executors for role, t in tokens.items()}
+        finally:
+            await engine.dispose()
         assert executors == {"VIEWER": ("http", "noop"), "EDITOR": ("*",), "ADMIN": ("*",)}
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             # The old editor key still makes shell and python jobs; the old admin still grants them.
