@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -352,7 +352,12 @@ async def test_the_child_refuses_a_function_reached_through_a_refused_module(tmp
     )
 
 
-def test_the_server_keys_command_grants_and_lists_executor_kinds(database_url: str) -> None:
+def test_the_server_keys_command_grants_and_lists_executor_kinds(
+    fresh_database_url: Callable[[str], str],
+) -> None:
+    # One backend: the API tests cover both; this one is about the command.
+    database_url = fresh_database_url("sqlite")
+
     def keys(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(SERVER_BIN), "keys", *argv, "--database-url", database_url],
