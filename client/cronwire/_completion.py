@@ -1,75 +1,78 @@
-"""Shell completion scripts generated from the CLI's argparse tree (no extra dependency)."""
+"""Shell completion scripts generated from the CLI's argparse tree by shtab.
+
+Every command, flag and choice of the parser completes (`-o <TAB>`: table, wide, json, yaml);
+flags whose value is a FILE complete file names; job and schedule names complete from the
+server the environment points at (CRONWIRE_SERVER, CRONWIRE_NAMESPACE, ...) when it answers.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-_SCRIPT = """# cronwire completion for bash{zsh_note}
-{prelude}_cronwire_complete() {{
-    local cur prev path word i
-    cur="${{COMP_WORDS[COMP_CWORD]}}"
-    prev="${{COMP_WORDS[COMP_CWORD-1]}}"
-    path=""
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        word="${{COMP_WORDS[i]}}"
-        case "$word" in -*) continue ;; esac
-        if [[ " $(_cronwire_commands "$path") " == *" $word "* ]]; then
-            path="${{path:+$path }}$word"
-        fi
-    done
-    case "$prev" in
-        -f|--filename|--ca|--cert|--key)
-            COMPREPLY=($(compgen -f -- "$cur"))
-            return ;;
-    esac
-    if [[ "$cur" == -* ]]; then
-        COMPREPLY=($(compgen -W "$(_cronwire_options "$path")" -- "$cur"))
-    else
-        COMPREPLY=($(compgen -W "$(_cronwire_commands "$path")" -- "$cur"))
-    fi
-}}
+SHELLS = ("bash", "zsh", "fish", "tcsh")
 
-_cronwire_commands() {{
-    case "$1" in
-{commands}
-    esac
-}}
+# The hidden command a script runs to list names; quiet and quick when no server answers.
+NAMES_COMMAND = "cronwire completion --names {kind} 2>/dev/null"
 
-_cronwire_options() {{
-    case "$1" in
-{options}
-    esac
-}}
-
-complete -o default -F _cronwire_complete cronwire
-"""
+# Flags whose value is a job or a schedule (the positional `name` goes by its command).
+_NAME_FLAGS = {"--job": "jobs", "--schedule": "schedules"}
+_NAME_COMMANDS = {
+    ("jobs", "get"),
+    ("jobs", "describe"),
+    ("jobs", "update"),
+    ("jobs", "delete"),
+    ("jobs", "run"),
+    ("schedules", "get"),
+    ("schedules", "describe"),
+    ("schedules", "update"),
+    ("schedules", "delete"),
+    ("schedules", "pause"),
+    ("schedules", "resume"),
+    ("schedules", "preview"),
+    ("schedules", "backfill"),
+}
 
 
-def _walk(parser: argparse.ArgumentParser, path: str, out: dict[str, tuple[list[str], list[str]]]) -> None:
-    commands: list[str] = []
-    options: list[str] = []
+def _mark(parser: argparse.ArgumentParser, path: tuple[str, ...], shtab: Any) -> None:
+    """Tell shtab what the values of file and name arguments are."""
     for action in parser._actions:
-        options.extend(s for s in action.option_strings if s.startswith("--") or len(s) == 2)
         if isinstance(action, argparse._SubParsersAction):
             for name, child in action.choices.items():
-                commands.append(name)
-                _walk(child, f"{path} {name}".strip(), out)
-    out[path] = (commands, options)
+                _mark(child, (*path, name), shtab)
+            continue
+        if action.metavar == "FILE":
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+            continue
+        kind = next((k for flag, k in _NAME_FLAGS.items() if flag in action.option_strings), None)
+        if kind is None and not action.option_strings and action.dest == "name" and path in _NAME_COMMANDS:
+            kind = path[0]
+        if kind is not None:
+            action.complete = _names(kind)  # type: ignore[attr-defined]
+
+
+def _names(kind: str) -> dict[str, Any]:
+    """How each shell completes the names of `kind`: by asking the server when completing
+    (shtab's `cmd` would run the command in zsh when the script is loaded)."""
+    command = NAMES_COMMAND.format(kind=kind)
+    function = f"_cronwire_{kind}"
+    return {
+        "bash": function,
+        "zsh": function,
+        "fish": f"({command})",
+        "tcsh": f"`{command}`",
+        "preamble": {
+            "bash": f'{function}() {{\n  compgen -W "$({command})" -- "$1"\n}}\n',
+            "zsh": f'{function}() {{\n  local -a names\n  names=(${{(f)"$({command})"}})\n'
+            "  compadd -a names\n}\n",
+        },
+    }
 
 
 def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
-    """A completion script for `shell` (bash, or zsh through bashcompinit)."""
-    tree: dict[str, tuple[list[str], list[str]]] = {}
-    _walk(parser, "", tree)
-    commands = "\n".join(
-        f'        "{path}") echo "{" ".join(cmds)}" ;;' for path, (cmds, _) in tree.items() if cmds
-    )
-    options = "\n".join(f'        "{path}") echo "{" ".join(opts)}" ;;' for path, (_, opts) in tree.items())
-    if shell == "zsh":
-        return _SCRIPT.format(
-            zsh_note=" and zsh (through bashcompinit)",
-            prelude="autoload -U +X bashcompinit && bashcompinit\n",
-            commands=commands,
-            options=options,
-        )
-    return _SCRIPT.format(zsh_note="", prelude="", commands=commands, options=options)
+    """A completion script for `shell` (bash, zsh, fish or tcsh), generated from `parser`."""
+    import shtab  # only this command needs it
+
+    _mark(parser, (), shtab)
+    script: str = shtab.complete(parser, shell=shell)
+    return script if script.endswith("\n") else script + "\n"

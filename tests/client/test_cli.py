@@ -314,15 +314,6 @@ def test_events(cw: Run) -> None:
     assert "namespaces/default/executions/" in human.out
 
 
-def test_completion_script(cw: Run) -> None:
-    script = cw("completion", "bash")
-    assert script.code == 0
-    assert "complete -o default -F _cronwire_complete cronwire" in script.out
-    assert '"jobs") echo "create update get describe list delete run types" ;;' in script.out
-    assert "--shell-command" in script.out
-    assert "bashcompinit" in cw("completion", "zsh").out
-
-
 def test_version(cw: Run) -> None:
     assert cw("--version").out.startswith("cronwire ")
 
