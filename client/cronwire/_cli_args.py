@@ -121,6 +121,7 @@ json_object_arg = _typed(_json_object, "JSON object")
 
 def enum_arg(cls: type[E]) -> Callable[[str], E]:
     converter: Callable[[str], E] = _typed(lambda text: parse_enum(cls, text), cls.__name__)
+    converter.enum_choices = [enum_text(m) for m in cls]  # type: ignore[attr-defined]  # for completion
     return converter
 
 

@@ -1,6 +1,7 @@
 """Shell completion scripts generated from the CLI's argparse tree by shtab.
 
-Every command, flag and choice of the parser completes (`-o <TAB>`: table, wide, json, yaml);
+Every command, flag and choice of the parser completes (`-o <TAB>`: table, wide, json, yaml;
+`--overlap <TAB>`: skip, queue-one, ...);
 flags whose value is a FILE complete file names; job and schedule names complete from the
 server the environment points at (CRONWIRE_SERVER, CRONWIRE_NAMESPACE, ...) when it answers.
 """
@@ -44,11 +45,28 @@ def _mark(parser: argparse.ArgumentParser, path: tuple[str, ...], shtab: Any) ->
         if action.metavar == "FILE":
             action.complete = shtab.FILE  # type: ignore[attr-defined]
             continue
+        words = getattr(action.type, "enum_choices", None)
+        if words:
+            action.complete = _words(action.dest, words)  # type: ignore[attr-defined]
+            continue
         kind = next((k for flag, k in _NAME_FLAGS.items() if flag in action.option_strings), None)
         if kind is None and not action.option_strings and action.dest == "name" and path in _NAME_COMMANDS:
             kind = path[0]
         if kind is not None:
             action.complete = _names(kind)  # type: ignore[attr-defined]
+
+
+def _words(dest: str, words: list[str]) -> dict[str, Any]:
+    """How each shell completes a fixed list of words (an enum flag's values: `skip`, `queue-one`)."""
+    function = f"_cronwire_words_{dest}"
+    listed = " ".join(words)
+    return {
+        "bash": function,
+        "zsh": f"({listed})",
+        "fish": listed,
+        "tcsh": f"({listed})",
+        "preamble": {"bash": f"{function}() {{\n  compgen -W '{listed}' -- \"$1\"\n}}\n"},
+    }
 
 
 def _names(kind: str) -> dict[str, Any]:

@@ -26,6 +26,8 @@ printf '%s\\n' "${COMPREPLY[@]}"
 CASES = [
     ("cronwire jobs list -o ", ["json", "table", "wide", "yaml"]),
     ("cronwire jobs de", ["delete", "describe"]),
+    ("cronwire schedules create s --overlap ", ["allow-all", "cancel-running", "queue-one", "skip"]),
+    ("cronwire executions list --state s", ["skipped", "succeeded"]),
     ("cronwire apply -f sp", ["spec.json", "spec.yaml"]),
     ("cronwire jobs describe ", ["backup", "tick"]),
     ("cronwire executions list --job ", ["backup", "tick"]),
