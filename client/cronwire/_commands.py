@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import math
 import sys
 from collections.abc import Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any, TypeVar
 
 from cronwire._apply import Applier, Change, parse_text, read_file, summary
 from cronwire._channel import TLSConfig
 from cronwire._cli_args import UsageError
 from cronwire._documents import to_document
-from cronwire._errors import DeadlineExceeded, Unimplemented
+from cronwire._errors import CronwireError, DeadlineExceeded, Unimplemented
 from cronwire._output import dump, json_line
 from cronwire._types import (
     AllOfTrigger,
@@ -30,7 +33,7 @@ from cronwire._types import (
     RetryPolicy,
     Trigger,
 )
-from cronwire._values import format_time, in_zone
+from cronwire._values import format_duration, format_time, in_zone
 from cronwire._views import (
     cluster_status_view,
     event_line,
@@ -46,6 +49,7 @@ from cronwire._views import (
     schedule_details,
     schedules_table,
 )
+from cronwire.aio import AsyncClient
 from cronwire.client import Client
 
 T = TypeVar("T")
@@ -167,7 +171,7 @@ def _read_file(path: str, what: str) -> bytes:
         raise UsageError(f"cannot read {what} {path}: {error.strerror}") from None
 
 
-def make_client(args: argparse.Namespace) -> Client:
+def _tls(args: argparse.Namespace) -> bool | TLSConfig:
     tls: bool | TLSConfig = False
     if args.tls or args.ca or args.cert or args.key or args.tls_server_name:
         if bool(args.cert) != bool(args.key):
@@ -178,10 +182,25 @@ def make_client(args: argparse.Namespace) -> Client:
             client_private_key=_read_file(args.key, "key") if args.key else None,
             server_name=args.tls_server_name or None,
         )
+    return tls
+
+
+def make_client(args: argparse.Namespace) -> Client:
     return Client(
         args.server,
         namespace=args.namespace,
-        tls=tls,
+        tls=_tls(args),
+        token=args.token or None,
+        timeout=args.deadline if args.deadline > 0 else None,
+    )
+
+
+def make_async_client(args: argparse.Namespace) -> AsyncClient:
+    """The asyncio client with the same settings; create it inside a running loop."""
+    return AsyncClient(
+        args.server,
+        namespace=args.namespace,
+        tls=_tls(args),
         token=args.token or None,
         timeout=args.deadline if args.deadline > 0 else None,
     )
@@ -457,12 +476,12 @@ def cmd_jobs_delete(ctx: Context) -> int:
     return EXIT_OK
 
 
-def _finished(ctx: Context, execution: Execution) -> int:
+def _finished(ctx: Context, execution: Execution, output_shown: bool = False) -> int:
     """Print a finished execution; its exit code (see the module's doc)."""
     if ctx.fmt != "table":
         ctx.print(dump(to_document(execution), ctx.fmt))
     else:
-        if execution.output:
+        if execution.output and not output_shown:
             ctx.print(execution.output if execution.output.endswith("\n") else execution.output + "\n")
         state = execution.state.name if execution.state is not None else "UNKNOWN"
         parts = [f"execution {execution.name} {state}"]
@@ -494,12 +513,115 @@ def _wait(ctx: Context, execution: Execution) -> int:
     return _finished(ctx, ended)
 
 
+def _attempt_line(ended: Execution, retry: Execution) -> str:
+    """`attempt 1 failed (exit 1); retrying in 30s`: an attempt that ended and will be retried."""
+    state = ended.state.name.lower().replace("_", " ") if ended.state is not None else "ended"
+    outcome = f" (exit {ended.exit_code})" if ended.exit_code is not None else ""
+    if ended.error and ended.exit_code is None:
+        outcome = f" ({ended.error})"
+    due = retry.next_attempt_time or retry.scheduled_time
+    left = (due - datetime.now(UTC)).total_seconds() if due is not None else 0.0
+    when = f"in {format_duration(timedelta(seconds=math.ceil(left)))}" if left > 0.05 else "now"
+    return f"attempt {ended.attempt} {state}{outcome}; retrying {when} (attempt {retry.attempt})"
+
+
+class _Following:
+    """The attempt `jobs run --wait` follows now, for the message when it is interrupted."""
+
+    def __init__(self, execution: Execution) -> None:
+        self.name = execution.name
+
+
+async def _attempt_live(ctx: Context, client: AsyncClient, name: str) -> Execution:
+    """Print an attempt's output as it is produced (StreamExecutionLogs); return the attempt once
+    it has ended. Its state is also polled, so the end is seen without waiting on the stream."""
+    printed = 0  # bytes of the output printed so far
+
+    async def stream() -> None:
+        nonlocal printed
+        async with aclosing(client.logs(name, follow=True)) as chunks:
+            async for chunk in chunks:
+                data = chunk.data.encode()[max(printed - chunk.offset, 0) :]
+                if data:
+                    ctx.print(data.decode(errors="ignore"))
+                    printed = chunk.offset + len(chunk.data.encode())
+
+    task = asyncio.create_task(stream())
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=ctx.args.poll_interval.total_seconds() or 0.5)
+            if task in done:
+                task.result()  # the stream's error, if it failed
+            current = await client.get_execution(name)
+            if task in done or current.ended:
+                break
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    rest = current.output.encode()[printed:]  # what the stream had not delivered yet
+    if rest and not current.output_truncated:
+        ctx.print(rest.decode(errors="ignore"))
+    return current
+
+
+async def _follow_live(ctx: Context, following: _Following) -> Execution:
+    """Print each attempt's output as it is produced and report attempts as they end; return the
+    last attempt once it has ended."""
+    async with make_async_client(ctx.args) as client:
+        while True:
+            ended = await _attempt_live(ctx, client, following.name)
+            retry = await client._find_retry(ended)
+            if retry is None:
+                return ended
+            ctx.note(f"cronwire: {_attempt_line(ended, retry)}")
+            following.name = retry.name
+
+
+def _follow(ctx: Context, execution: Execution) -> int:
+    """`jobs run --wait` in a table: the output live, attempts as they end, the outcome."""
+    args = ctx.args
+    following = _Following(execution)
+    timeout = args.wait_timeout.total_seconds() if args.wait_timeout is not None else None
+    try:
+        ended = asyncio.run(asyncio.wait_for(_follow_live(ctx, following), timeout))
+    except Unimplemented:
+        # A server without log streaming: poll, and print the output at the end.
+        return _wait(ctx, ctx.client.get_execution(following.name))
+    except TimeoutError:
+        state = ctx.client.get_execution(following.name).state
+        ctx.note(
+            f"cronwire: execution {following.name} is still {state.name if state else 'QUEUED'} "
+            f"after {format_duration(args.wait_timeout)}; it keeps running"
+        )
+        return EXIT_WAIT_TIMEOUT
+    except KeyboardInterrupt:
+        ctx.note(_interrupted(ctx, following.name))
+        return EXIT_INTERRUPTED
+    return _finished(ctx, ended, output_shown=True)
+
+
+def _interrupted(ctx: Context, name: str) -> str:
+    """What an interrupted wait leaves behind: the execution, and whether it runs on."""
+    try:
+        current = ctx.client.get_execution(name)
+    except CronwireError:
+        return f"cronwire: interrupted; execution {name} may still be running"
+    if current.ended:
+        return f"cronwire: interrupted; execution {name} ended {current.state}"
+    return (
+        f"cronwire: interrupted; execution {name} keeps running ({current.state}); "
+        f"stop it with: cronwire executions cancel {current.id}"
+    )
+
+
 def cmd_jobs_run(ctx: Context) -> int:
     args = ctx.args
     execution = ctx.client.run_job(
         args.name, arguments=_merge_pairs(args.arg), request_id=args.request_id or ""
     )
     if args.wait:
+        if ctx.fmt == "table":
+            return _follow(ctx, execution)
         return _wait(ctx, execution)
     if ctx.fmt == "table":
         state = execution.state.name if execution.state else "QUEUED"

@@ -307,18 +307,25 @@ class Client:
         wait_timeout: timedelta | float | None = None,
         follow_retries: bool = True,
         request_id: str = "",
+        on_attempt: Callable[[Execution, Execution | None], object] | None = None,
     ) -> Execution:
         """Run a job now; with `wait`, return the execution once it has ended.
 
         The wait polls `get_execution` every `poll_interval`. With `follow_retries`, a failed
         attempt that the job's retry policy retries is followed to its last attempt. Raises
         DeadlineExceeded if `wait_timeout` passes first. Without `wait`, it is `run_job`.
+        `on_attempt` is called with each attempt as it ends, the last one included (see
+        `wait_for_execution`).
         """
         execution = self.run_job(job, arguments=arguments, request_id=request_id)
         if not wait:
             return execution
         return self.wait_for_execution(
-            execution, poll_interval=poll_interval, wait_timeout=wait_timeout, follow_retries=follow_retries
+            execution,
+            poll_interval=poll_interval,
+            wait_timeout=wait_timeout,
+            follow_retries=follow_retries,
+            on_attempt=on_attempt,
         )
 
     def list_job_types(self) -> list[JobType]:
@@ -598,11 +605,15 @@ class Client:
         poll_interval: timedelta | float = DEFAULT_POLL_INTERVAL,
         wait_timeout: timedelta | float | None = None,
         follow_retries: bool = True,
+        on_attempt: Callable[[Execution, Execution | None], object] | None = None,
     ) -> Execution:
         """Poll an execution until it has ended and return it, with its output.
 
         With `follow_retries`, an attempt that fails and is retried is followed to the
         attempt that ends for good. Raises DeadlineExceeded if `wait_timeout` passes first.
+        `on_attempt(attempt, retry)` is called with each attempt as it ends (its output
+        included) and the attempt queued to retry it (`next_attempt_time`: when it is due), or
+        None for the last one.
         """
         waiter = Waiter(poll_interval, wait_timeout)
         name = self._requests.execution_name(execution)
@@ -610,6 +621,8 @@ class Client:
             current = self.get_execution(name)
             if current.ended:
                 retry = self._find_retry(current) if follow_retries else None
+                if on_attempt is not None:
+                    on_attempt(current, retry)
                 if retry is None:
                     return current
                 name = retry.name

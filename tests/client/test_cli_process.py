@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -134,3 +135,70 @@ def test_watch_failures_example_reports_a_failed_run(server: ServerProcess) -> N
             watcher.terminate()
             watcher.wait(timeout=30)
             reader.join(timeout=30)  # it reads to the end of the pipe before the pipe is closed
+
+
+def _lines_of(process: subprocess.Popen[str]) -> tuple[queue.Queue[str], threading.Thread]:
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stdout or []], daemon=True)
+    reader.start()
+    return lines, reader
+
+
+def test_run_wait_follows_the_output_live(server: ServerProcess, tmp_path: Path) -> None:
+    env = {**os.environ, "CRONWIRE_SERVER": server.target, "CRONWIRE_NAMESPACE": "live"}
+    env.pop("CRONWIRE_TOKEN", None)
+    go = tmp_path / "go"
+    command = f"echo first; while [ ! -e {go} ]; do sleep 0.05; done; echo second"
+    created = subprocess.run(
+        [_entry_point(), "jobs", "create", "held", "--shell-command", command],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    with subprocess.Popen(
+        [_entry_point(), "jobs", "run", "held", "--wait"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as run:  # fmt: skip
+        lines, reader = _lines_of(run)
+        try:
+            # The first line arrives while the run is still held: printed as it is produced.
+            assert lines.get(timeout=30) == "first\n"
+            assert run.poll() is None
+            go.touch()
+            assert lines.get(timeout=30) == "second\n"
+            assert run.wait(timeout=30) == 0
+            assert "SUCCEEDED" in (run.stderr.read() if run.stderr else "")
+        finally:
+            go.touch()
+            run.kill()
+            reader.join(timeout=30)
+
+
+def test_interrupted_run_wait_names_the_execution_that_keeps_running(server: ServerProcess) -> None:
+    import cronwire
+
+    env = {**os.environ, "CRONWIRE_SERVER": server.target, "CRONWIRE_NAMESPACE": "live"}
+    env.pop("CRONWIRE_TOKEN", None)
+    with cronwire.Client(server.target, namespace="live") as client:
+        client.create_job(
+            "long", executor="shell", parameters={"argv": ["sh", "-c", "echo started; sleep 60"]}
+        )
+        with subprocess.Popen(
+            [_entry_point(), "jobs", "run", "long", "--wait"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ) as run:  # fmt: skip
+            lines, reader = _lines_of(run)
+            try:
+                assert lines.get(timeout=30) == "started\n"
+                run.send_signal(signal.SIGINT)
+                assert run.wait(timeout=30) == 130
+                err = run.stderr.read() if run.stderr else ""
+            finally:
+                run.kill()
+                reader.join(timeout=30)
+        (execution,) = client.list_executions(job="long").items
+        assert execution.state is cronwire.ExecutionState.RUNNING
+        assert err == (
+            f"cronwire: interrupted; execution {execution.name} keeps running (RUNNING); "
+            f"stop it with: cronwire executions cancel {execution.id}\n"
+        )
+        client.cancel_execution(execution)
