@@ -3,7 +3,9 @@
 Every process runs a `Sequencer` (only one numbers at a time, see
 `storage.sql_events.sequence_pending`) and, with the api role, one `EventHub`
 that follows the numbered events in order and hands each watcher the batches
-that match its filters. A watcher's buffer is bounded, in batches and in bytes:
+that match its filters: each distinct filter is matched once per read, and the
+watchers whose filters take the same events share one batch object, so that the
+API serializes it once for all of them. A watcher's buffer is bounded, in batches and in bytes:
 one that falls behind is cut off and told to resume from its last sequence, so it
 never slows the hub or the other watchers. Every read is bounded in bytes as well
 as in rows, so however large the snapshots, a watcher (live or replaying) or a
@@ -39,6 +41,8 @@ LIST_BYTES = 1024 * 1024
 POLL = 1.0
 DEFAULT_BUFFER = 256  # batches a watcher may have waiting
 DEFAULT_BUFFER_BYTES = 16 * 1024 * 1024  # and their snapshot bytes
+# Batches a watcher that fell behind takes at once (also bounded by READ_BYTES).
+COALESCE_BATCHES = 64
 DEFAULT_HEARTBEAT = 15.0
 DEFAULT_RETENTION = timedelta(days=7)
 PRUNE_EVERY = 600.0
@@ -134,10 +138,16 @@ class Subscription:
             self.queue.get_nowait()
         self.queued_bytes = 0
 
-    async def get(self) -> Batch:
-        batch = await self.queue.get()
-        self.queued_bytes -= batch.size
-        return batch
+    async def get(self) -> list[Batch]:
+        """The next batch, and those waiting behind it up to about a hub read's worth: a watcher
+        that fell behind catches up in fewer, larger responses."""
+        batches = [await self.queue.get()]
+        size = batches[0].size
+        while size < READ_BYTES and len(batches) < COALESCE_BATCHES and not self.queue.empty():
+            batches.append(self.queue.get_nowait())
+            size += batches[-1].size
+        self.queued_bytes -= size
+        return batches
 
 
 def fan_out(events: list[Event], sizes: list[int], subscriptions: Iterable[Subscription]) -> None:
@@ -228,15 +238,21 @@ class EventHub:
 
 @dataclass(frozen=True)
 class Delivery:
-    """What a watcher is sent: events (in order), or a heartbeat (no events) with the bookmark.
+    """What a watcher is sent: batches of events (in order), or a heartbeat (none) with the bookmark.
 
-    `shared`: the hub's batch these events are, exactly, when they are; other watchers may be
-    sent the same one (see `Batch`).
+    A batch the hub offered is sent as it is, the same object to every watcher whose filter took
+    the same events (see `Batch`); a replayed page, or what is left of a batch the replay sent
+    part of, is a batch of this watcher's own.
     """
 
-    events: list[Event]
+    batches: list[Batch]
     latest_sequence: int
-    shared: Batch | None = None
+
+    @property
+    def events(self) -> list[Event]:
+        if len(self.batches) == 1:
+            return self.batches[0].events
+        return [event for batch in self.batches for event in batch.events]
 
 
 class EventManager:
@@ -280,25 +296,27 @@ class EventManager:
                     # happened meanwhile overflowed its buffer.
                     self._check_keeping_up(subscription, sent)
                     sent = page[-1].sequence
-                    yield Delivery(page, sent)
+                    yield Delivery([Batch(page, 0)], sent)
                 sent = max(sent, after)
             while True:
                 self._check_keeping_up(subscription, sent)
                 try:
                     async with asyncio.timeout(self._heartbeat):
-                        batch = await subscription.get()
+                        batches = await subscription.get()
                 except TimeoutError:
                     yield Delivery([], max(sent, self._hub.position))
                     continue
-                fresh: list[Event] = batch.events
-                shared: Batch | None = batch
-                if fresh[0].sequence <= sent:  # partly sent by the replay already
-                    fresh, shared = [e for e in fresh if e.sequence > sent], None
+                fresh: list[Batch] = []
+                for batch in batches:
+                    if batch.events[0].sequence > sent:
+                        fresh.append(batch)
+                    elif batch.events[-1].sequence > sent:  # partly sent by the replay already
+                        fresh.append(Batch([e for e in batch.events if e.sequence > sent], 0))
                 if fresh:
-                    sent = fresh[-1].sequence
+                    sent = fresh[-1].events[-1].sequence
                     # The hub's position is a true bookmark only once nothing is left waiting here.
                     bookmark = self._hub.position if subscription.queue.empty() else sent
-                    yield Delivery(fresh, bookmark, shared)
+                    yield Delivery(fresh, bookmark)
         finally:
             self._hub.unsubscribe(subscription)
             metrics.watcher_closed()

@@ -1,4 +1,9 @@
-"""cronwire.v1.EventService: protos in, domain calls, protos out."""
+"""cronwire.v1.EventService: protos in, domain calls, protos out.
+
+Responses with events are serialized here, not by gRPC: each event once (cached), each batch of
+the hub once for all the watchers sent it, as bytes in the same wire format (`add_to_server`
+registers a response serializer that passes them through).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import server_streaming, unary
 from cronwire_server.auth import principal
 from cronwire_server.errors import InvalidArgument
-from cronwire_server.events import Delivery, EventManager
+from cronwire_server.events import Batch, Delivery, EventManager
 from cronwire_server.model import Event, EventFilter
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -152,6 +157,25 @@ def _watch_response(body: bytes, latest_sequence: int) -> bytes:
     return body + pb.WatchEventsResponse(latest_sequence=latest_sequence).SerializeToString()
 
 
+def _joined(bodies: list[_Body], latest_sequence: int) -> list[bytes]:
+    """Responses carrying `bodies` in order, as few as fit MAX_RESPONSE_BYTES (a body alone may
+    be larger only if one event is); the last with `latest_sequence`, the others with the
+    sequence of their last event."""
+    responses: list[bytes] = []
+    piece: list[_Body] = []
+    size = 0
+    for body in bodies:
+        if piece and size + len(body.entries) > MAX_RESPONSE_BYTES:
+            responses.append(_watch_response(b"".join(b.entries for b in piece), piece[-1].last_sequence))
+            piece, size = [], 0
+        piece.append(body)
+        size += len(body.entries)
+    if piece:
+        entries = piece[0].entries if len(piece) == 1 else b"".join(b.entries for b in piece)
+        responses.append(_watch_response(entries, latest_sequence))
+    return responses
+
+
 def _serialized(response: bytes | Message) -> bytes:
     """The response serializer: what the service serialized itself goes out as it is."""
     return response if isinstance(response, bytes) else response.SerializeToString()
@@ -191,35 +215,35 @@ class EventService:
         if request.after_sequence < 0:
             raise InvalidArgument.field("after_sequence", "must not be negative")
         async for delivery in self._events.watch(where, request.after_sequence):
-            if not delivery.events:
+            if not delivery.batches:
                 yield _watch_response(b"", delivery.latest_sequence)
                 continue
             for response in self._responses(delivery):
                 yield response
 
     def _responses(self, delivery: Delivery) -> list[bytes]:
-        """The responses that send `delivery`: shared with every watcher sent the same batch of
-        the hub (built by the first to get there; rebuilt only for another bookmark, which is a
-        copy of the bytes). Only the last piece of a batch may carry the batch's bookmark."""
-        shared = delivery.shared.encoded if delivery.shared is not None else {}
-        bodies: list[_Body] | None = shared.get("bodies")
+        """The responses that send `delivery`, none larger than MAX_RESPONSE_BYTES unless one
+        event is; only the last may carry the delivery's bookmark (the others, their last event's).
+
+        Each batch's events are serialized once, by the first watcher to send it, and kept with
+        the batch for the others; so are the responses of a delivery of that batch alone, which
+        are then the same bytes for every watcher (rebuilt, a copy, only for another bookmark).
+        Several batches (a watcher catching up) go out joined into as few responses as fit.
+        """
+        latest = delivery.latest_sequence
+        if len(delivery.batches) == 1:
+            cache = delivery.batches[0].encoded
+            made: tuple[int, list[bytes]] | None = cache.get("responses")
+            if made is None or made[0] != latest:
+                made = cache["responses"] = (latest, _joined(self._bodies_of(delivery.batches[0]), latest))
+            return made[1]
+        return _joined([body for batch in delivery.batches for body in self._bodies_of(batch)], latest)
+
+    def _bodies_of(self, batch: Batch) -> list[_Body]:
+        bodies: list[_Body] | None = batch.encoded.get("bodies")
         if bodies is None:
-            bodies = _bodies(delivery.events, [self._entry(e) for e in delivery.events])
-            shared["bodies"] = bodies
-        made: tuple[int, list[bytes]] | None = shared.get("responses")
-        if made is None or made[0] != delivery.latest_sequence:
-            last = len(bodies) - 1
-            made = (
-                delivery.latest_sequence,
-                [
-                    _watch_response(
-                        body.entries, delivery.latest_sequence if i == last else body.last_sequence
-                    )
-                    for i, body in enumerate(bodies)
-                ],
-            )
-            shared["responses"] = made
-        return made[1]
+            bodies = batch.encoded["bodies"] = _bodies(batch.events, [self._entry(e) for e in batch.events])
+        return bodies
 
     @unary
     async def ListEvents(self, request: pb.ListEventsRequest, context: Context) -> bytes:
