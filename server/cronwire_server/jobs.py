@@ -112,10 +112,8 @@ class JobManager:
         )
 
     async def get(self, namespace: str, job_id: str) -> Job:
-        """The job with its statistics."""
-        job = await self._store.get_job(namespace, job_id)
-        job.stats = await self._store.execution_stats(namespace, job_id=job_id)
-        return job
+        """The job with its statistics (one statement: they are counters kept with it)."""
+        return await self._store.get_job(namespace, job_id, with_stats=True)
 
     async def _refuse_cycles(self, job: Job) -> None:
         """INVALID_ARGUMENT if following dependents from `job` leads back to it.
@@ -138,7 +136,7 @@ class JobManager:
             stack += [(d.job_id, [*path, d.job_id], index) for d in child.dependents]
 
     async def list_page(self, namespace: str, page: Page, *, executor: str = "") -> Listing[Job]:
-        return await self._store.list_jobs(namespace, page, executor=executor)
+        return await self._store.list_jobs(namespace, page, executor=executor, with_stats=True)
 
     async def update(
         self, namespace: str, job_id: str, change: Callable[[Job], Job], *, expected_etag: str = ""

@@ -114,11 +114,13 @@ class ScheduleManager:
             actor=current_actor(),
         )
 
-    async def get(self, namespace: str, schedule_id: str) -> Schedule:
-        return await self._store.get_schedule(namespace, schedule_id)
+    async def get(self, namespace: str, schedule_id: str, *, with_stats: bool = False) -> Schedule:
+        """The schedule; with its statistics if `with_stats` (read in the same statement)."""
+        return await self._store.get_schedule(namespace, schedule_id, with_stats=with_stats)
 
     async def list_page(self, namespace: str, page: Page, *, job_id: str = "") -> Listing[Schedule]:
-        return await self._store.list_schedules(namespace, page, job_id=job_id)
+        """A page of schedules, each with its statistics."""
+        return await self._store.list_schedules(namespace, page, job_id=job_id, with_stats=True)
 
     async def update(
         self,
@@ -207,10 +209,6 @@ class ScheduleManager:
             return triggers.preview(schedule, after or now, count, anchor(schedule, now), deadline=deadline)
 
         return await self._off_loop(compute)
-
-    async def with_stats(self, schedule: Schedule) -> Schedule:
-        stats = await self._store.execution_stats(schedule.namespace, schedule_id=schedule.id)
-        return dataclasses.replace(schedule, stats=stats)
 
     async def backfill(
         self,

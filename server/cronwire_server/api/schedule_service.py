@@ -70,7 +70,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
         self, request: schedule_service_pb2.GetScheduleRequest, context: Context
     ) -> schedule_service_pb2.GetScheduleResponse:
         name = scope.name(request.name, "schedule")
-        schedule = await self._schedules.with_stats(await self._schedules.get(name.namespace, name.id))
+        schedule = await self._schedules.get(name.namespace, name.id, with_stats=True)
         return schedule_service_pb2.GetScheduleResponse(schedule=_schedule_pb(schedule))
 
     @unary

@@ -15,7 +15,6 @@ from cronwire_server.model import (
     EventType,
     Execution,
     ExecutionState,
-    ExecutionStats,
     Job,
     JsonObject,
     Listing,
@@ -119,11 +118,14 @@ class Store(Protocol):
         that request created (as it is now) instead of inserting.
         """
 
-    async def get_job(self, namespace: str, job_id: str) -> Job:
-        """The job, or NotFound."""
+    async def get_job(self, namespace: str, job_id: str, *, with_stats: bool = False) -> Job:
+        """The job, or NotFound; `with_stats`: with its statistics, read in the same statement."""
 
-    async def list_jobs(self, namespace: str, page: Page, *, executor: str = "") -> Listing[Job]:
-        """Jobs in id order after `page.after`, at most `page.size`; only `executor` kind if given."""
+    async def list_jobs(
+        self, namespace: str, page: Page, *, executor: str = "", with_stats: bool = False
+    ) -> Listing[Job]:
+        """Jobs in id order after `page.after`, at most `page.size`; only `executor` kind if given;
+        each with its statistics if `with_stats`."""
 
     async def update_job(self, job: Job, *, expected_etag: str, actor: str = "") -> Job:
         """Replace the job's fields, if its etag is still `expected_etag` (checked in the UPDATE).
@@ -146,11 +148,14 @@ class Store(Protocol):
         `request_id` and `limit` as for create_job.
         """
 
-    async def get_schedule(self, namespace: str, schedule_id: str) -> Schedule:
-        """The schedule, or NotFound."""
+    async def get_schedule(self, namespace: str, schedule_id: str, *, with_stats: bool = False) -> Schedule:
+        """The schedule, or NotFound; `with_stats`: with its statistics, read in the same statement."""
 
-    async def list_schedules(self, namespace: str, page: Page, *, job_id: str = "") -> Listing[Schedule]:
-        """Schedules in id order after `page.after`, at most `page.size`; only `job_id`'s if given."""
+    async def list_schedules(
+        self, namespace: str, page: Page, *, job_id: str = "", with_stats: bool = False
+    ) -> Listing[Schedule]:
+        """Schedules in id order after `page.after`, at most `page.size`; only `job_id`'s if given;
+        each with its statistics if `with_stats`."""
 
     async def update_schedule(
         self,
@@ -278,11 +283,6 @@ class Store(Protocol):
     ) -> list[Execution]:
         """Queue one BACKFILL execution per tick, at most `max_concurrency` running at once; a seen
         `request_id` returns the executions of that earlier backfill."""
-
-    async def execution_stats(
-        self, namespace: str, *, job_id: str = "", schedule_id: str = ""
-    ) -> ExecutionStats:
-        """Statistics over a job's or a schedule's executions (next_run_time included)."""
 
     # Events
 

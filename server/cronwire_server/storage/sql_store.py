@@ -6,7 +6,6 @@ are one autocommitted statement, one round trip.
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -30,6 +29,7 @@ from cronwire_server.model import (
     EventFilter,
     EventType,
     Execution,
+    ExecutionState,
     ExecutionStats,
     ExecutionTrigger,
     Job,
@@ -63,7 +63,14 @@ from cronwire_server.storage.records import (
     trigger_from_json,
     trigger_to_json,
 )
-from cronwire_server.storage.tables import executions, jobs, request_ids, schedules
+from cronwire_server.storage.tables import (
+    UtcDateTime,
+    execution_counters,
+    executions,
+    jobs,
+    request_ids,
+    schedules,
+)
 from cronwire_server.storage.wakeup import LocalWakeup, PostgresWakeup
 from cronwire_server.supervisor import Supervisor
 
@@ -284,6 +291,82 @@ _GET_JOB = sa.select(jobs).where(
 _GET_SCHEDULE = sa.select(schedules).where(
     schedules.c.namespace == sa.bindparam("namespace"), schedules.c.id == sa.bindparam("id")
 )
+_GET_EXECUTION = sa.select(executions).where(
+    executions.c.namespace == sa.bindparam("namespace"), executions.c.id == sa.bindparam("id")
+)
+
+
+# Reads with statistics: the row, its counters (kept by triggers, see tables.execution_counters)
+# and the next run, in one statement.
+def _stats_columns(counters: sa.FromClause) -> list[sa.ColumnElement[Any]]:
+    names = ("total", "succeeded", "failed", "last_run_time", "last_run_state", "durations")
+    return [counters.c[name].label(f"stats_{name}") for name in names]
+
+
+def _counted(table: sa.Table, kind: str) -> tuple[sa.Join, list[sa.ColumnElement[Any]]]:
+    counters = execution_counters.alias(f"{kind}_counters")
+    joined = table.outerjoin(
+        counters,
+        sa.and_(
+            counters.c.namespace == table.c.namespace,
+            counters.c.kind == kind,
+            counters.c.owner_id == table.c.id,
+        ),
+    )
+    return joined, _stats_columns(counters)
+
+
+_JOB_COUNTED, _JOB_STATS = _counted(jobs, "job")
+# The earliest next fire time of the job's unpaused schedules.
+_JOB_NEXT_RUN = sa.type_coerce(
+    sa.select(sa.func.min(schedules.c.next_fire_time))
+    .where(
+        schedules.c.namespace == jobs.c.namespace,
+        schedules.c.job_id == jobs.c.id,
+        schedules.c.paused.is_(False),
+    )
+    .scalar_subquery(),
+    UtcDateTime(),
+).label("stats_next_run_time")
+_JOBS_WITH_STATS = sa.select(jobs, *_JOB_STATS, _JOB_NEXT_RUN).select_from(_JOB_COUNTED)
+_SCHEDULE_COUNTED, _SCHEDULE_STATS = _counted(schedules, "schedule")
+_SCHEDULES_WITH_STATS = sa.select(schedules, *_SCHEDULE_STATS).select_from(_SCHEDULE_COUNTED)
+_GET_JOB_WITH_STATS = _JOBS_WITH_STATS.where(
+    jobs.c.namespace == sa.bindparam("namespace"), jobs.c.id == sa.bindparam("id")
+)
+_GET_SCHEDULE_WITH_STATS = _SCHEDULES_WITH_STATS.where(
+    schedules.c.namespace == sa.bindparam("namespace"), schedules.c.id == sa.bindparam("id")
+)
+
+
+def _stats_of(row: Mapping[Any, Any], next_run_time: datetime | None) -> ExecutionStats:
+    """The statistics read with a job or schedule (no counters row: none yet)."""
+    durations = sorted(row["stats_durations"] or ())
+    state = row["stats_last_run_state"]
+    return ExecutionStats(
+        total=int(row["stats_total"] or 0),
+        succeeded=int(row["stats_succeeded"] or 0),
+        failed=int(row["stats_failed"] or 0),
+        last_run_time=row["stats_last_run_time"],
+        last_run_state=ExecutionState(state) if state else None,
+        next_run_time=next_run_time,
+        # The lower median, as a list of even length has no middle element.
+        p50_duration=timedelta(seconds=durations[(len(durations) - 1) // 2]) if durations else None,
+    )
+
+
+def _job_with_stats(row: Row[Any]) -> Job:
+    job = job_from_record(row._mapping)
+    job.stats = _stats_of(row._mapping, row.stats_next_run_time)
+    return job
+
+
+def _schedule_with_stats(row: Row[Any]) -> Schedule:
+    schedule = schedule_from_record(row._mapping)
+    schedule.stats = _stats_of(row._mapping, None if schedule.paused else schedule.next_fire_time)
+    return schedule
+
+
 _GET_REQUEST = sa.select(request_ids.c.method, request_ids.c.resource_id).where(
     request_ids.c.namespace == sa.bindparam("namespace"),
     request_ids.c.request_id == sa.bindparam("request_id"),
@@ -536,18 +619,22 @@ class SqlStore:
         self._wakeup.signal("events_new")
         return job_from_record({**values, "create_time": now, "update_time": now})
 
-    async def get_job(self, namespace: str, job_id: str) -> Job:
-        row = await self._run(self._one_or_none, _GET_JOB, {"namespace": namespace, "id": job_id})
+    async def get_job(self, namespace: str, job_id: str, *, with_stats: bool = False) -> Job:
+        query = _GET_JOB_WITH_STATS if with_stats else _GET_JOB
+        row = await self._run(self._one_or_none, query, {"namespace": namespace, "id": job_id})
         if row is None:
             raise errors.NotFound("job", job_name(namespace, job_id))
-        return job_from_record(row._mapping)
+        return _job_with_stats(row) if with_stats else job_from_record(row._mapping)
 
-    async def list_jobs(self, namespace: str, page: Page, *, executor: str = "") -> Listing[Job]:
-        query = sa.select(jobs).where(jobs.c.namespace == namespace)
+    async def list_jobs(
+        self, namespace: str, page: Page, *, executor: str = "", with_stats: bool = False
+    ) -> Listing[Job]:
+        query = (_JOBS_WITH_STATS if with_stats else sa.select(jobs)).where(jobs.c.namespace == namespace)
         if executor:
             query = query.where(jobs.c.executor == executor)
         rows, next_after = await self._page(query, jobs.c.id, page)
-        return Listing(items=[job_from_record(r._mapping) for r in rows], next_after=next_after)
+        to_job = _job_with_stats if with_stats else (lambda r: job_from_record(r._mapping))
+        return Listing(items=[to_job(r) for r in rows], next_after=next_after)
 
     async def update_job(self, job: Job, *, expected_etag: str, actor: str = "") -> Job:
         key = _Key("job", job.namespace, job.id)
@@ -601,18 +688,23 @@ class SqlStore:
         await self._schedules_changed()
         return schedule_from_record({**values, "create_time": now, "update_time": now})
 
-    async def get_schedule(self, namespace: str, schedule_id: str) -> Schedule:
-        row = await self._run(self._one_or_none, _GET_SCHEDULE, {"namespace": namespace, "id": schedule_id})
+    async def get_schedule(self, namespace: str, schedule_id: str, *, with_stats: bool = False) -> Schedule:
+        query = _GET_SCHEDULE_WITH_STATS if with_stats else _GET_SCHEDULE
+        row = await self._run(self._one_or_none, query, {"namespace": namespace, "id": schedule_id})
         if row is None:
             raise errors.NotFound("schedule", schedule_name(namespace, schedule_id))
-        return schedule_from_record(row._mapping)
+        return _schedule_with_stats(row) if with_stats else schedule_from_record(row._mapping)
 
-    async def list_schedules(self, namespace: str, page: Page, *, job_id: str = "") -> Listing[Schedule]:
-        query = sa.select(schedules).where(schedules.c.namespace == namespace)
+    async def list_schedules(
+        self, namespace: str, page: Page, *, job_id: str = "", with_stats: bool = False
+    ) -> Listing[Schedule]:
+        query = _SCHEDULES_WITH_STATS if with_stats else sa.select(schedules)
+        query = query.where(schedules.c.namespace == namespace)
         if job_id:
             query = query.where(schedules.c.job_id == job_id)
         rows, next_after = await self._page(query, schedules.c.id, page)
-        return Listing(items=[schedule_from_record(r._mapping) for r in rows], next_after=next_after)
+        to_schedule = _schedule_with_stats if with_stats else (lambda r: schedule_from_record(r._mapping))
+        return Listing(items=[to_schedule(r) for r in rows], next_after=next_after)
 
     async def update_schedule(
         self,
@@ -834,10 +926,8 @@ class SqlStore:
         return row
 
     async def get_execution(self, namespace: str, execution_id: str) -> Execution:
-        query = sa.select(executions).where(
-            executions.c.namespace == namespace, executions.c.id == execution_id
-        )
-        row = await self._run(self._one_or_none, query, {})
+        params = {"namespace": namespace, "id": execution_id}
+        row = await self._run(self._one_or_none, _GET_EXECUTION, params)
         if row is None:
             raise errors.NotFound("execution", execution_name(namespace, execution_id))
         return ex.execution_from_row(row._mapping)
@@ -973,18 +1063,6 @@ class SqlStore:
             now,
         )
         return backfill_id
-
-    async def execution_stats(
-        self, namespace: str, *, job_id: str = "", schedule_id: str = ""
-    ) -> ExecutionStats:
-        column, key = (executions.c.job_id, job_id) if job_id else (executions.c.schedule_id, schedule_id)
-        found: ExecutionStats = await self._run(self._read, ex.stats, namespace, column, key)
-        upcoming = sa.select(sa.func.min(schedules.c.next_fire_time)).where(
-            schedules.c.namespace == namespace, schedules.c.paused.is_(False)
-        )
-        upcoming = upcoming.where(schedules.c.job_id == job_id if job_id else schedules.c.id == schedule_id)
-        rows = await self._run(self._all, upcoming)
-        return dataclasses.replace(found, next_run_time=_aware(rows[0][0]))
 
     # Events
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, JSONB
 from sqlalchemy.engine import Dialect
 
 # Stable constraint names, so later migrations can drop or alter them by name.
@@ -201,6 +201,36 @@ executions = sa.Table(
     # Age retention walks finished executions oldest first; the lag view reads recent starts.
     sa.Index("ix_executions_finished_end_time", "end_time", **_partial("state NOT IN ('queued', 'running')")),
     sa.Index("ix_executions_start_time", "start_time"),
+)
+
+# Lifetime statistics of each job and schedule (kind "job" or "schedule", owner_id its id), kept
+# by triggers on `executions` (migration 0011 describes them); retention and deletes leave them.
+execution_counters = sa.Table(
+    "execution_counters",
+    metadata,
+    sa.Column("namespace", Ident, primary_key=True),
+    sa.Column("kind", sa.String(), primary_key=True),
+    sa.Column("owner_id", Ident, primary_key=True),
+    sa.Column("total", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("succeeded", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("failed", sa.BigInteger(), nullable=False, server_default="0"),
+    # The started execution with the latest (start time, id), and its state.
+    sa.Column("last_run_time", UtcDateTime(), nullable=True),
+    sa.Column("last_run_id", Ident, nullable=True),
+    sa.Column("last_run_state", sa.String(), nullable=True),
+    # Seconds, of the latest executions that ended after starting (at most 100), oldest first.
+    sa.Column("durations", sa.JSON().with_variant(ARRAY(DOUBLE_PRECISION()), "postgresql"), nullable=False),
+)
+
+# PostgreSQL: what each statement changed, folded into the counters when its transaction commits
+# (never holds a committed row). Unused on SQLite, whose triggers update the counters at once.
+execution_counter_changes = sa.Table(
+    "execution_counter_changes",
+    metadata,
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("changes", Json, nullable=False),
 )
 
 # Output as it is produced, in chunks, so any replica can stream a run's output live.
