@@ -422,7 +422,8 @@ def _cut(ctx: Context, items: Iterable[T], limit: int, what: str) -> list[T]:
     result: list[T] = []
     for item in items:
         if limit and len(result) >= limit:
-            ctx.note(f"{len(result)} {what} shown; more with --limit N or --all")
+            noun = what[:-1] if len(result) == 1 else what
+            ctx.note(f"{len(result)} {noun} shown; more with --limit N or --all")
             break
         result.append(item)
     return result

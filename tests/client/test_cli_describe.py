@@ -114,7 +114,7 @@ def test_cut_lists_say_so(cw: Run) -> None:  # noqa: F811
         assert cw("jobs", "run", "a").code == 0
     runs = cw("executions", "list", "--limit", "1", "-o", "json")
     assert len(runs.json()) == 1
-    assert runs.err == "1 executions shown; more with --limit N or --all\n"
+    assert runs.err == "1 execution shown; more with --limit N or --all\n"
     assert cw("executions", "list", "--all").err == ""
     assert cw("jobs", "list", "--all", "--limit", "2").code == 2
 
