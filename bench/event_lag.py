@@ -8,6 +8,7 @@ arrives. See bench/README.md, "Event delivery lag".
 
     python bench/event_lag.py                   # add --json for one JSON object
     python bench/event_lag.py --topology both   # one server, then two replicas
+    python bench/event_lag.py --compare-tree DIR   # DIR's server too, in the same run
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import sqlalchemy as sa
 from database import fresh_database
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
+import cronwire_server
 from cronwire.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
@@ -92,9 +94,15 @@ class Server:
                 self.process.wait()
 
 
-def start_server(name: str, database_url: str, workdir: Path, flags: Sequence[str]) -> Server:
+def start_server(name: str, database_url: str, workdir: Path, flags: Sequence[str], tree: str = "") -> Server:
+    """A server process; from the sources under `tree` (its server/ and client/) if given."""
     port_file = workdir / f"{name}.port"
     log = workdir / f"{name}.log"
+    env = dict(os.environ)
+    if tree:
+        paths = [str(Path(tree, "server")), str(Path(tree, "client")), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    port_file.unlink(missing_ok=True)
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
@@ -115,6 +123,7 @@ def start_server(name: str, database_url: str, workdir: Path, flags: Sequence[st
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=workdir,
+            env=env,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -388,6 +397,8 @@ async def run_watchers(address: str, count: int, channels: int) -> None:
         "missing_deliveries": wanted * count - delivered,
         "streams_with_gaps": sum(1 for s in streams if s.gaps),
         "streams_cut_off": sum(1 for s in streams if s.error),
+        # Responses that carried events, per stream (the fewer, the larger).
+        "responses_per_stream": round(sum(len(s.arrivals) for s in streams) / max(1, count), 1),
         "first_error": next((s.error for s in streams if s.error), ""),
         # From "ready" (the writer starts) until every stream had everything.
         "watcher_process_cpu_percent": cpu_percent,
@@ -417,6 +428,7 @@ def machine_load() -> dict[str, float]:
 @dataclass
 class Outcome:
     topology: str
+    tree: str  # where the server's code came from ("" for this one's)
     snapshot: str
     rate: float
     seconds: float
@@ -426,6 +438,8 @@ class Outcome:
     server_cpu_percent: dict[str, float]
     # Server CPU (all replicas) per event delivered to one watcher, sequencing included.
     server_cpu_us_per_delivery: float
+    # Server CPU (all replicas) over the run, in cores: CPU seconds / wall seconds.
+    server_cores: float
     machine: dict[str, float]
 
     @property
@@ -458,12 +472,12 @@ def running(processes: list[Server]) -> Iterator[list[Server]]:
             server.stop()
 
 
-def run_topology(topology: str, args: argparse.Namespace, workdir: Path) -> Outcome:
+def run_topology(topology: str, args: argparse.Namespace, workdir: Path, tree: str = "") -> Outcome:
     with fresh_database(args.database_url) as database_url:
         servers: list[Server] = []
         with running(servers):
             for name, flags in TOPOLOGIES[topology]:
-                servers.append(start_server(name, database_url, workdir, [*flags, *args.server_arg]))
+                servers.append(start_server(name, database_url, workdir, [*flags, *args.server_arg], tree))
             watched = servers[0]
             watchers = subprocess.Popen(
                 [
@@ -505,6 +519,7 @@ def run_topology(topology: str, args: argparse.Namespace, workdir: Path) -> Outc
                 wall = time.monotonic() - clock
                 used = {s.name: s.cpu_seconds() - cpu_before[s.name] for s in servers}
                 cpu = {name: round(100 * seconds / wall, 1) for name, seconds in used.items()}
+                cores = round(sum(used.values()) / wall, 2)
                 deliveries = len(written.commits) * args.watchers - report["missing_deliveries"]
                 per_delivery = round(sum(used.values()) / max(1, deliveries) * 1e6, 2)
             finally:
@@ -513,6 +528,7 @@ def run_topology(topology: str, args: argparse.Namespace, workdir: Path) -> Outc
                 watchers.wait()
     return Outcome(
         topology=topology,
+        tree=tree,
         snapshot=args.snapshot,
         rate=args.rate,
         seconds=args.seconds,
@@ -521,33 +537,46 @@ def run_topology(topology: str, args: argparse.Namespace, workdir: Path) -> Outc
         watchers=report,
         server_cpu_percent=cpu,
         server_cpu_us_per_delivery=per_delivery,
+        server_cores=cores,
         machine=machine,
     )
 
 
 def print_table(outcomes: list[Outcome]) -> None:
+    trees = sorted({o.tree for o in outcomes})
+    label = {tree: (f"[{chr(ord('a') + i)}]" if len(trees) > 1 else "") for i, tree in enumerate(trees)}
     print(
-        f"{'topology':<9} {'events/s':>8} {'watchers':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8} {'missing':>8} {'cut off':>8}  server CPU %"
+        f"{'topology':<13} {'events/s':>8} {'watchers':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+        f"{'max ms':>8} {'missing':>8} {'cut off':>8} {'cores':>6} {'us/event':>8}  verdict"
     )
     for o in outcomes:
         lag = {p: "never" if v is None else f"{v:.1f}" for p, v in o.watchers["lag_ms"].items()}
         print(
-            f"{o.topology:<9} {o.written_per_s:>8.0f} {o.watchers['watchers']:>8} {lag['50']:>8} "
-            f"{lag['90']:>8} {lag['99']:>8} {lag['100']:>8} {o.watchers['missing_deliveries']:>8} "
-            f"{o.watchers['streams_cut_off']:>8}  {o.server_cpu_percent}"
+            f"{o.topology + label[o.tree]:<13} {o.written_per_s:>8.0f} {o.watchers['watchers']:>8} "
+            f"{lag['50']:>8} {lag['90']:>8} {lag['99']:>8} {lag['100']:>8} "
+            f"{o.watchers['missing_deliveries']:>8} {o.watchers['streams_cut_off']:>8} "
+            f"{o.server_cores:>6.2f} {o.server_cpu_us_per_delivery:>8.2f}  {'PASS' if o.passed else 'MISS'}"
         )
     print()
+    if len(trees) > 1:
+        for tree in trees:
+            print(f"{label[tree]} server from {tree or Path(cronwire_server.__file__).parent.parent}")
+        print()
+    target = f"target p99 <= {TARGET_P99_MS:.0f} ms, nothing missing, no stream cut off"
     for o in outcomes:
         verdict = "PASS" if o.passed else "MISS"
-        target = f"target <= {TARGET_P99_MS:.0f} ms, nothing missing"
-        print(f"{o.topology} (snapshot: {o.snapshot}): p99 {o.p99_ms:.1f} ms  {target}  {verdict}")
+        print(
+            f"{o.topology}{label[o.tree]} (snapshot: {o.snapshot}): p99 {o.p99_ms:.1f} ms, "
+            f"server {o.server_cores:.2f} cores ({o.server_cpu_us_per_delivery} us per delivered event)  "
+            f"{target}  {verdict}"
+        )
         if not o.rate_reached:
             print(f"  the writer reached only {o.written_per_s:.0f} of {o.rate:.0f} events/s")
         print(
             f"  machine while writing: {o.machine}; "
             f"watcher process CPU {o.watchers['watcher_process_cpu_percent']} %; "
-            f"server CPU per delivery {o.server_cpu_us_per_delivery} us"
+            f"{o.watchers['responses_per_stream']} responses per stream; "
+            f"server CPU % by process {o.server_cpu_percent}"
         )
         if o.watchers["first_error"]:
             print(f"  first stream error: {o.watchers['first_error']}")
@@ -578,6 +607,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="what each event carries: a job snapshot (as JOB_UPDATED events do; default) or nothing",
     )
     parser.add_argument("--server-arg", action="append", default=[], help="a flag for every server")
+    parser.add_argument(
+        "--compare-tree",
+        default="",
+        help="also run the servers from the sources under this directory (its server/ and client/, "
+        "e.g. an exported older commit), alternating with this checkout's, in the same run",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each topology (and tree)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--watch-address", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -587,8 +623,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     topologies = list(TOPOLOGIES) if args.topology == "both" else [args.topology]
+    trees = [args.compare_tree, ""] if args.compare_tree else [""]
     with tempfile.TemporaryDirectory(prefix="cronwire-event-lag-") as tmp:
-        outcomes = [run_topology(t, args, Path(tmp)) for t in topologies]
+        outcomes = [
+            run_topology(t, args, Path(tmp), tree)
+            for t in topologies
+            for _ in range(args.repeat)
+            for tree in trees
+        ]
     if args.json:
         print(
             json.dumps(
