@@ -257,6 +257,7 @@ def tls_files(settings: Settings) -> TlsFiles:
 def _start_scheduler(running: RunningServer, settings: Settings, identity: str) -> None:
     """The dispatcher and the worker pool, as this process's roles say."""
     supervisor, stopping = running.supervisor, running.stopping
+    dispatcher = None
     if "dispatcher" in settings.roles:
         dispatcher = Dispatcher(running.store, grace=timedelta(seconds=settings.misfire_grace_seconds))
         supervisor.start("dispatcher", lambda: dispatcher.run(stopping))
@@ -281,6 +282,8 @@ def _start_scheduler(running: RunningServer, settings: Settings, identity: str) 
             max_running_per_namespace=limits.max_running_per_namespace,
         )
         running.workers.start(supervisor, stopping)
+        if dispatcher is not None:
+            dispatcher.fuse(running.workers)  # ticks start here at once while slots are free
 
 
 SHUTDOWN_WATCHDOG_MARGIN = 20.0

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from cronwire_server import metrics
 from cronwire_server.errors import StorageUnavailable
 from cronwire_server.model import Schedule, SkipReason
 from cronwire_server.planning import DEFAULT_MISFIRE_GRACE, ScheduleActivity, TickPlan, plan_ticks
 from cronwire_server.storage import Store
-from cronwire_server.storage.base import DispatchResult
+from cronwire_server.storage.base import ClaimedExecution, DispatchResult, StartNow
 from cronwire_server.supervisor import loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
@@ -41,11 +44,32 @@ async def sleep_until_woken(store: Store, channel: str, delay: float, stopping: 
         stopped.cancel()
 
 
+class LocalPool(Protocol):
+    """The worker pool of this process, which runs what a dispatch starts itself (`WorkerPool`)."""
+
+    def reserve(self, wanted: int) -> StartNow | None: ...
+
+    def adopt(self, start: StartNow, started: Sequence[ClaimedExecution], sent: float) -> None: ...
+
+
 class Dispatcher:
-    def __init__(self, store: Store, *, grace: timedelta = DEFAULT_MISFIRE_GRACE, batch: int = BATCH) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        grace: timedelta = DEFAULT_MISFIRE_GRACE,
+        batch: int = BATCH,
+        pool: LocalPool | None = None,
+    ) -> None:
         self._store = store
         self._grace = grace
         self._batch = batch
+        self._pool = pool
+
+    def fuse(self, pool: LocalPool) -> None:
+        """Start the runs a dispatch creates in `pool` at once while it has free slots: inserted
+        RUNNING with its lease, so a tick costs no claim."""
+        self._pool = pool
 
     def plan(self, schedule: Schedule, now: datetime, activity: ScheduleActivity) -> TickPlan:
         anchor = schedule.start_time or schedule.create_time or now
@@ -68,7 +92,19 @@ class Dispatcher:
             skipped.extend(run.skip_reason for run in planned.runs if run.skip_reason)
             return planned
 
-        result = await self._store.dispatch_due(plan, limit=self._batch)
+        pool = self._pool
+        start = pool.reserve(self._batch) if pool is not None else None
+        if start is None:
+            result = await self._store.dispatch_due(plan, limit=self._batch)
+        else:
+            assert pool is not None
+            started: tuple[ClaimedExecution, ...] = ()
+            sent = time.monotonic()  # the leases are taken after this
+            try:
+                result = await self._store.dispatch_due(plan, limit=self._batch, start=start)
+                started = result.started
+            finally:
+                pool.adopt(start, started, sent)
         metrics.ticks_skipped(skipped)  # counted once the batch has committed
         return result
 

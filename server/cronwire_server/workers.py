@@ -26,6 +26,7 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -40,7 +41,7 @@ from cronwire_server.model import Execution, ExecutionState, Job
 from cronwire_server.planning import retry_due_time
 from cronwire_server.secrets import Redactor, SecretError, Secrets, has_references, namespace_of
 from cronwire_server.storage import Store
-from cronwire_server.storage.base import ClaimedExecution
+from cronwire_server.storage.base import ClaimedExecution, StartNow
 from cronwire_server.supervisor import DRAIN, Supervisor, loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,9 @@ class WorkerPool:
         self._finished: list[tuple[ClaimedExecution, RunOutcome, asyncio.Future[Execution | None]]] = []
         self._outcomes_waiting = asyncio.Event()
         self._fence = Fence()
+        # Slots promised to a dispatch that starts runs itself (`reserve`), until it returns.
+        self._reserved = 0
+        self._stopping: asyncio.Event | None = None
         # How long after a renewal was sent the run is safe: its lease is still this one's.
         self._safe_for = lease.total_seconds() - fence_margin(lease)
 
@@ -152,6 +156,7 @@ class WorkerPool:
         silently would strand every run it serves (RUNNING for ever): hence the supervisor."""
         log.info("worker pool %s started with %d slots", self.identity, self._slots)
         self._fence.start()
+        self._stopping = stopping
         supervisor.start("claimer", lambda: self._claim_loop(stopping))
         for name, loop in (
             ("lease-heartbeat", self._heartbeat),
@@ -172,33 +177,68 @@ class WorkerPool:
                 loop_failed(error)
                 log.warning("worker: database unavailable (%s); retrying", error)
                 delay = RETRY_AFTER_ERROR
-            if delay > 0 or self.running >= self._slots:
+            full = self._free() <= 0
+            if delay > 0 or full:
                 self._slot_freed.clear()
-                await self._sleep(stopping, delay if self.running < self._slots else MAX_IDLE_SLEEP)
+                await self._sleep(stopping, MAX_IDLE_SLEEP if full else delay)
+
+    def _free(self) -> int:
+        return self._slots - self.running - self._reserved
 
     async def _claim(self) -> int:
-        free = self._slots - self.running
+        free = self._free()
         if free <= 0:
             return 0
-        sent = time.monotonic()
-        claimed = await self._store.claim_executions(
-            self.identity, free, self._lease, namespace_limit=self._max_running_per_namespace
-        )
-        for item in claimed:
-            execution = item.execution
-            late = metrics.seconds_late(execution.start_time, execution.due_time or execution.scheduled_time)
-            metrics.execution_started(item.job.executor, late)
-            log.info(
-                "run started",
-                extra={**run_fields(execution), "kind": item.job.executor, "attempt": execution.attempt},
+        self._reserved += free
+        try:
+            sent = time.monotonic()
+            claimed = await self._store.claim_executions(
+                self.identity, free, self._lease, namespace_limit=self._max_running_per_namespace
             )
-            running = _Running(item)
-            self._fence.begin(running.token, sent + self._safe_for)
-            self._running[item.execution.id] = running
-            task = asyncio.create_task(self._execute(running))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        finally:
+            self._reserved -= free
+        for item in claimed:
+            self._begin(item, sent)
         return len(claimed)
+
+    def reserve(self, wanted: int) -> StartNow | None:
+        """Free slots for a dispatch that starts the runs it creates itself (leased to this pool),
+        held until `adopt`; None when there is none to give, or each run must be admitted by a
+        claim (a namespace limit: the dispatch does not count the namespace's runs)."""
+        stopping = self._stopping
+        if stopping is None or stopping.is_set() or self._max_running_per_namespace > 0:
+            return None
+        count = min(wanted, self._free())
+        if count <= 0:
+            return None
+        self._reserved += count
+        return StartNow(self.identity, count, self._lease)
+
+    def adopt(self, start: StartNow, started: Sequence[ClaimedExecution], sent: float) -> None:
+        """After the dispatch `start` was given to (sent at `sent`, monotonic) committed or failed:
+        run what it started, and give back the slots it did not use."""
+        self._reserved -= start.count
+        for item in started:
+            self._begin(item, sent)
+        if len(started) < start.count:
+            self._slot_freed.set()
+
+    def _begin(self, item: ClaimedExecution, sent: float) -> None:
+        """Run a claimed execution; the fence knows it before it starts: safe until `sent` (when the
+        lease was taken, monotonic) plus the safe margin."""
+        execution = item.execution
+        late = metrics.seconds_late(execution.start_time, execution.due_time or execution.scheduled_time)
+        metrics.execution_started(item.job.executor, late)
+        log.info(
+            "run started",
+            extra={**run_fields(execution), "kind": item.job.executor, "attempt": execution.attempt},
+        )
+        running = _Running(item)
+        self._fence.begin(running.token, sent + self._safe_for)
+        self._running[item.execution.id] = running
+        task = asyncio.create_task(self._execute(running))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _idle_time(self) -> float:
         due = await self._store.next_due_time()

@@ -38,6 +38,18 @@ class DispatchResult:
     queued: int  # executions queued
     skipped: int  # ticks recorded as SKIPPED
     more: bool  # the batch was full: more schedules may be due right now
+    # Executions started by the dispatch itself for the local worker pool (see `StartNow`).
+    started: tuple[ClaimedExecution, ...] = ()
+
+
+@dataclass(frozen=True)
+class StartNow:
+    """Executions a dispatch creates that `worker` starts at once: inserted RUNNING with its
+    lease, at most `count`, only those due and needing no admission decision."""
+
+    worker: str
+    count: int
+    lease: timedelta
 
 
 @dataclass(frozen=True)
@@ -188,10 +200,13 @@ class Store(Protocol):
 
     # The dispatcher
 
-    async def dispatch_due(self, planner: Planner, *, limit: int) -> DispatchResult:
+    async def dispatch_due(
+        self, planner: Planner, *, limit: int, start: StartNow | None = None
+    ) -> DispatchResult:
         """Claim up to `limit` due, unpaused schedules (SKIP LOCKED: replicas share the work), and in
         the same transaction insert the executions `planner` decides on (one per schedule and tick:
-        a tick never fires twice), cancel running ones it asks to, and advance next_fire_time."""
+        a tick never fires twice), cancel running ones it asks to, and advance next_fire_time.
+        With `start`, some of them are inserted RUNNING instead, leased to its worker."""
 
     async def next_fire_time(self) -> datetime | None:
         """The earliest next fire time of an unpaused schedule."""

@@ -44,6 +44,7 @@ from cronwire_server.storage.base import (
     LeaseRenewal,
     Planner,
     RetryPlanner,
+    StartNow,
 )
 from cronwire_server.storage.records import job_from_record, schedule_from_record
 from cronwire_server.storage.tables import execution_logs, executions, jobs, schedules
@@ -210,36 +211,64 @@ def _locked(select: sa.Select[Any], conn: Connection, *tables: sa.Table) -> sa.S
 # The dispatcher
 
 
-def dispatch(conn: Connection, planner: Planner, limit: int, now: datetime) -> DispatchResult:
-    due = conn.execute(
-        _locked(
-            sa.select(schedules)
-            .where(schedules.c.paused.is_(False), schedules.c.next_fire_time <= now)
-            .order_by(schedules.c.next_fire_time)
-            .limit(limit),
-            conn,
+def dispatch(
+    conn: Connection, planner: Planner, limit: int, start: StartNow | None, now: datetime
+) -> DispatchResult:
+    query = (
+        sa.select(schedules)
+        .where(schedules.c.paused.is_(False), schedules.c.next_fire_time <= now)
+        .order_by(schedules.c.next_fire_time)
+        .limit(limit)
+    )
+    if start is not None:
+        # The jobs come with the schedules: a run started at once needs its job, and whether
+        # its start needs an admission decision (then it is queued as usual).
+        query = query.add_columns(*(c.label(f"{_JOB_PREFIX}{c.name}") for c in jobs.c)).join(
+            jobs,
+            sa.and_(jobs.c.namespace == schedules.c.namespace, jobs.c.id == schedules.c.job_id),
+            isouter=True,
         )
-    ).all()
+    due = conn.execute(_locked(query, conn, schedules)).all()
     if not due:
         return DispatchResult(0, 0, 0, more=False)
     activity = _activity(conn, [(r.namespace, r.id) for r in due])
     rows: list[dict[str, Any]] = []
     advances: list[dict[str, Any]] = []
     cancel: list[tuple[str, str]] = []
+    to_start: dict[int, Job] = {}  # id() of a row -> its job
+    room = start.count if start is not None else 0
     for record in due:
-        schedule = schedule_from_record(record._mapping)
+        values = record._mapping
+        schedule = schedule_from_record(values)
         plan = planner(schedule, now, activity.get((schedule.namespace, schedule.id), ScheduleActivity()))
-        rows += [
+        ticks = [
             _tick_row(schedule.namespace, schedule.job_id, schedule.id, schedule.arguments, run, now)
             for run in plan.runs
         ]
+        rows += ticks
+        if room > 0 and values[f"{_JOB_PREFIX}max_concurrency"] == 0:
+            job = job_from_record({c.name: values[f"{_JOB_PREFIX}{c.name}"] for c in jobs.c})
+            for row in ticks:
+                if room > 0 and row["state"] == QUEUED and not row["serial"] and row["due_time"] <= now:
+                    to_start[id(row)] = job
+                    room -= 1
         advances.append(
             {"b_namespace": schedule.namespace, "b_id": schedule.id, "b_next": plan.next_fire_time}
         )
         if plan.cancel_running:
             cancel.append((schedule.namespace, schedule.id))
+    queued_events = [sql_events.execution_event(r, now) for r in rows if id(r) in to_start]
+    if start is not None:
+        for row in rows:
+            if id(row) in to_start:
+                row.update(
+                    state=RUNNING, worker=start.worker, start_time=now, lease_expires_at=now + start.lease
+                )
     inserted = _insert_ignoring_duplicate_ticks(conn, rows)
     rows = [r for r in rows if r["id"] in inserted]
+    started = [r for r in rows if id(r) in to_start]
+    # A run started at once was queued first, as far as its events tell.
+    emit(conn, [e for e in queued_events if e["resource"].rpartition("/")[2] in inserted])
     emit(conn, [sql_events.execution_event(r, now) for r in rows])
     _advance(conn, advances)
     if cancel:
@@ -261,7 +290,13 @@ def dispatch(conn: Connection, planner: Planner, limit: int, now: datetime) -> D
     queued = sum(1 for r in rows if r["state"] == QUEUED)
     if queued:
         notify(conn, "executions")
-    return DispatchResult(len(due), queued, len(rows) - queued, more=len(due) == limit)
+    return DispatchResult(
+        len(due),
+        queued + len(started),
+        len(rows) - queued - len(started),
+        more=len(due) == limit,
+        started=tuple(ClaimedExecution(execution_from_row(r), to_start[id(r)]) for r in started),
+    )
 
 
 # PostgreSQL: the next fire times of a dispatch batch in one statement (an executemany is one
@@ -431,36 +466,11 @@ def _rank(partition: str, alias: str) -> str:
     return f"row_number() OVER (PARTITION BY {partition} ORDER BY {_order(alias)})"
 
 
-def _claim_sql(*, limit: str, worker: str, lease: str, namespace_limit: str, admit: str) -> str:
-    """The claim statement; each argument is an SQL expression (a bind parameter or a literal)."""
-    full = (
-        f"""
-      AND e.namespace NOT IN (
-          SELECT r.namespace FROM executions AS r WHERE r.state = '{RUNNING}'
-          GROUP BY r.namespace HAVING count(*) >= {namespace_limit})"""
-        if namespace_limit != "0"
-        else ""
-    )
-    return f"""
-WITH picked AS MATERIALIZED (
-    SELECT e.namespace, e.id, e.job_id, e.schedule_id, e.serial, e.backfill_id, e.group_limit, e.due_time,
-           e.scheduled_time
-    FROM executions AS e
-    WHERE e.state = '{QUEUED}' AND e.due_time <= now()
-      AND NOT (e.serial AND e.schedule_id <> '' AND EXISTS (
-          SELECT 1 FROM executions AS q
-          WHERE q.namespace = e.namespace AND q.schedule_id = e.schedule_id AND q.state = '{QUEUED}'
-            AND ({_order("q")}) < ({_order("e")}))){full}
-    ORDER BY e.due_time
-    LIMIT {limit} * 2 + 16
-    FOR UPDATE OF e SKIP LOCKED
-),
-candidate AS MATERIALIZED (
-    SELECT p.*, j.max_concurrency, j.id IS NULL AS orphan,
-           (p.serial AND p.schedule_id <> '') OR (p.group_limit > 0 AND p.backfill_id <> '')
-           OR j.max_concurrency IS NULL OR j.max_concurrency > 0 OR {namespace_limit} > 0 AS restricted
-    FROM picked AS p LEFT JOIN jobs AS j ON j.namespace = p.namespace AND j.id = p.job_id
-),
+def _claim_sql(*, limit: str, worker: str, lease: str, namespace_limit: str, admit: bool) -> str:
+    """The claim statement; each argument but `admit` is an SQL expression (a bind parameter or a
+    literal)."""
+    if admit:
+        decided = f"""
 serial_turn AS (
     SELECT {_CANDIDATE},
            CASE WHEN c.serial AND c.schedule_id <> ''
@@ -468,7 +478,7 @@ serial_turn AS (
                      AND {_running_count("schedule_id", "c")} = 0
                 ELSE true END AS ok
     FROM candidate AS c
-    WHERE NOT c.orphan AND ({admit} OR NOT c.restricted)
+    WHERE NOT c.orphan
 ),
 group_room AS (
     SELECT {_CANDIDATE},
@@ -498,14 +508,50 @@ namespace_room AS (
 admitted AS MATERIALIZED (
     SELECT namespace, id FROM namespace_room WHERE ok ORDER BY due_time, scheduled_time, id LIMIT {limit}
 ),
-verdict AS MATERIALIZED (
-    SELECT coalesce(bool_or(restricted), false) AS restricted FROM candidate
-),
 orphaned AS (
     UPDATE executions AS e
     SET state = '{ExecutionState.FAILED.value}', end_time = now(), error = '{_ORPHANED}'
     FROM candidate AS c
-    WHERE {admit} AND c.orphan AND e.namespace = c.namespace AND e.id = c.id
+    WHERE c.orphan AND e.namespace = c.namespace AND e.id = c.id
+),
+"""
+    else:  # only candidates that need no decision
+        decided = f"""
+admitted AS MATERIALIZED (
+    SELECT namespace, id FROM candidate WHERE NOT restricted
+    ORDER BY due_time, scheduled_time, id LIMIT {limit}
+),
+"""
+    full = (
+        f"""
+      AND e.namespace NOT IN (
+          SELECT r.namespace FROM executions AS r WHERE r.state = '{RUNNING}'
+          GROUP BY r.namespace HAVING count(*) >= {namespace_limit})"""
+        if namespace_limit != "0"
+        else ""
+    )
+    return f"""
+WITH picked AS MATERIALIZED (
+    SELECT e.namespace, e.id, e.job_id, e.schedule_id, e.serial, e.backfill_id, e.group_limit, e.due_time,
+           e.scheduled_time
+    FROM executions AS e
+    WHERE e.state = '{QUEUED}' AND e.due_time <= now()
+      AND NOT (e.serial AND e.schedule_id <> '' AND EXISTS (
+          SELECT 1 FROM executions AS q
+          WHERE q.namespace = e.namespace AND q.schedule_id = e.schedule_id AND q.state = '{QUEUED}'
+            AND ({_order("q")}) < ({_order("e")}))){full}
+    ORDER BY e.due_time
+    LIMIT {limit} * 2 + 16
+    FOR UPDATE OF e SKIP LOCKED
+),
+candidate AS MATERIALIZED (
+    SELECT p.*, j.max_concurrency, j.id IS NULL AS orphan,
+           (p.serial AND p.schedule_id <> '') OR (p.group_limit > 0 AND p.backfill_id <> '')
+           OR j.max_concurrency IS NULL OR j.max_concurrency > 0 OR {namespace_limit} > 0 AS restricted
+    FROM picked AS p LEFT JOIN jobs AS j ON j.namespace = p.namespace AND j.id = p.job_id
+),
+{decided}verdict AS MATERIALIZED (
+    SELECT coalesce(bool_or(restricted), false) AS restricted FROM candidate
 ),
 started AS (
     UPDATE executions AS e
@@ -529,10 +575,23 @@ ORDER BY s.due_time
 """
 
 
+def _compact(sql: str) -> str:
+    """`sql` with its runs of whitespace made one space (its literals have none): psycopg caches
+    the parsing of a statement only up to 4,096 bytes, and parses a longer one at every call."""
+    assert "--" not in sql, "a comment would swallow the rest of the statement"
+    return " ".join(sql.split())
+
+
 # Plain mode, built once (psycopg prepares it): starts only candidates that need no decision.
 CLAIM_BATCH = sa.text(
-    _claim_sql(
-        limit=":limit", worker=":worker", lease="CAST(:lease AS interval)", namespace_limit="0", admit="false"
+    _compact(
+        _claim_sql(
+            limit=":limit",
+            worker=":worker",
+            lease="CAST(:lease AS interval)",
+            namespace_limit="0",
+            admit=False,
+        )
     )
 ).columns(
     sa.column("restricted", sa.Boolean()),
@@ -566,7 +625,7 @@ def claim_batch(
             worker=_literal(worker),
             lease=f"interval '{float(lease.total_seconds())} seconds'",
             namespace_limit=str(max(0, int(namespace_limit))),
-            admit="true",
+            admit=True,
         )
         names, values = run_script(conn, [_ADMISSION_LOCK, claim])
         rows: list[Mapping[Any, Any]] = [_converted(dict(zip(names, row, strict=True))) for row in values]

@@ -54,6 +54,7 @@ from cronwire_server.storage.base import (
     Planner,
     QueueSummary,
     RetryPlanner,
+    StartNow,
 )
 from cronwire_server.storage.records import (
     job_fields,
@@ -771,9 +772,11 @@ class SqlStore:
 
     # The dispatcher
 
-    async def dispatch_due(self, planner: Planner, *, limit: int) -> DispatchResult:
-        result: DispatchResult = await self._run(self._in_transaction, ex.dispatch, planner, limit)
-        if result.queued:
+    async def dispatch_due(
+        self, planner: Planner, *, limit: int, start: StartNow | None = None
+    ) -> DispatchResult:
+        result: DispatchResult = await self._run(self._in_transaction, ex.dispatch, planner, limit, start)
+        if result.queued > len(result.started):
             self._wakeup.signal("executions")
         return result
 
