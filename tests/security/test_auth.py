@@ -604,7 +604,9 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float:
     raise AssertionError("no RetryInfo detail")
 
 
-async def test_on_loopback_without_require_auth_everything_stays_open(database_url: str, keys: Keys) -> None:
+async def test_on_loopback_without_keys_everything_stays_open_until_the_first_key(database_url: str) -> None:
+    """A laptop server (loopback, no --require-auth) serves keyless callers while the database has
+    no key; the first key, created through that very server, turns auth on at once."""
     running = await create_server(Settings(listen="127.0.0.1:0", database_url=database_url))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -619,6 +621,55 @@ async def test_on_loopback_without_require_auth_everything_stays_open(database_u
                 return [e.actor for e in found.events] or None
 
             assert await eventually(created, 15, "the event") == [""]
+
+            made = await KeyServiceStub(channel).CreateKey(
+                key_service_pb2.CreateKeyRequest(
+                    key=key_pb2.Key(namespaces=["*"], role=key_pb2.ROLE_ADMIN, executors=["*"])
+                )
+            )
+            get = job_service_pb2.GetJobRequest(name=f"{TEAM_B}/jobs/open")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await jobs.GetJob(get)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            got = await jobs.GetJob(get, metadata=bearer(made.token))
+            assert got.job.name == f"{TEAM_B}/jobs/open"
+    finally:
+        await running.stop(grace=0)
+
+
+async def test_on_loopback_a_key_in_the_database_turns_auth_on_and_revoking_all_keeps_it_on(
+    database_url: str, keys: Keys
+) -> None:
+    running = await create_server(
+        Settings(listen="127.0.0.1:0", database_url=database_url, auth_failures_per_peer=0)
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            jobs = JobServiceStub(channel)
+            listing = job_service_pb2.ListJobsRequest(parent=TEAM_A)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await jobs.ListJobs(listing)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            await jobs.ListJobs(listing, metadata=bearer(keys.viewer_a))
+    finally:
+        await running.stop(grace=0)
+
+    # Every key revoked: the server does not open again (the keys' owners meant auth to be on).
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        manager = KeyManager(KeyStore(engine))
+        for token in (keys.admin, keys.admin_a, keys.editor_a, keys.viewer_a, keys.editor_b):
+            await manager.revoke(token.split("_")[1], caller=OPEN)
+    finally:
+        await engine.dispose()
+    running = await create_server(
+        Settings(listen="127.0.0.1:0", database_url=database_url, auth_failures_per_peer=0)
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await JobServiceStub(channel).ListJobs(job_service_pb2.ListJobsRequest(parent=TEAM_A))
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await running.stop(grace=0)
 

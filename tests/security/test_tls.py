@@ -72,7 +72,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 def _server(tmp_path_factory: pytest.TempPathFactory, name: str, *flags: str) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp(name)
-    running = start_server(f"sqlite:///{workdir / 'cronwire.db'}", workdir, *flags)
+    # These tests are about the transport: TLS turns auth on, even on loopback, unless --insecure.
+    running = start_server(f"sqlite:///{workdir / 'cronwire.db'}", workdir, *flags, "--insecure")
     yield running
     running.stop()
 
@@ -111,6 +112,20 @@ async def test_async_client_over_tls(tls_server: ServerProcess, pki: Pki) -> Non
     ) as client:
         await client.create_job("hello", executor="noop")
         assert (await client.get_job("hello")).name == "namespaces/tls-aio/jobs/hello"
+
+
+def test_tls_turns_auth_on_even_on_loopback(pki: Pki, tmp_path: Path) -> None:
+    flags = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key))
+    running = start_server(f"sqlite:///{tmp_path / 'cronwire.db'}", tmp_path, *flags)
+    try:
+        with (
+            cronwire.Client(running.target, tls=pki.tls(client=False), namespace="tls") as client,
+            pytest.raises(cronwire.Unauthenticated),
+        ):
+            client.list_jobs()
+        assert "no API key yet" in running.log()
+    finally:
+        running.stop()
 
 
 def test_plaintext_client_is_refused(tls_server: ServerProcess) -> None:

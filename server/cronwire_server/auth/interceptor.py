@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -59,9 +61,46 @@ def _bearer(context: Context) -> str:
     return ""
 
 
+def _then(handler: Any, after: Callable[[], None]) -> Any:
+    """The unary `handler`, calling `after` once it has answered."""
+    behaviour = behaviour_of(handler)
+
+    async def respond(request: Any, context: Context) -> Any:
+        try:
+            return await behaviour(request, context)
+        finally:
+            after()
+
+    return with_behaviour(handler, respond)
+
+
+class KeysExist:
+    """Whether the database has had a key, read at most once per `ttl` until it has one; from then
+    on, for good: revoking every key must not open the server again."""
+
+    def __init__(self, ask: Callable[[], Awaitable[bool]], ttl: float) -> None:
+        self._ask = ask
+        self._ttl = ttl
+        self._known = False
+        self._read_at = -math.inf
+
+    async def __call__(self) -> bool:
+        if not self._known and time.monotonic() - self._read_at >= self._ttl:
+            self._known = await self._ask()
+            self._read_at = time.monotonic()
+        return self._known
+
+    def forget(self) -> None:
+        """Read again on the next call (a key may have just been created)."""
+        self._read_at = -math.inf
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Admits a call with a valid, unrevoked key whose role the method allows; else refuses it with
-    UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED before the service sees it."""
+    UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED before the service sees it.
+
+    With `open_until_keys` (a loopback server started without --require-auth), calls pass
+    unchecked, as with auth off, until the database has a key: the first key turns auth on."""
 
     def __init__(
         self,
@@ -69,8 +108,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         limiter: RateLimiter,
         exempt_services: frozenset[str],
         failures: RateLimiter | None = None,
+        open_until_keys: KeysExist | None = None,
     ) -> None:
         self._keys = keys
+        self._open_until_keys = open_until_keys
         self._limiter = limiter
         # Failed authentications per client address: guessing costs lookups and log lines.
         self._failures = failures or RateLimiter(0, 1)
@@ -86,7 +127,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         if handler is None or method.split("/")[1] in self._exempt:
             return handler
+        if self._open_until_keys is not None and not await self._keys_exist():
+            if method.endswith("/CreateKey"):
+                return _then(handler, self._open_until_keys.forget)
+            return handler
         return _guarded(handler, lambda context: self._admit(method, context), self._revalidate)
+
+    async def _keys_exist(self) -> bool:
+        assert self._open_until_keys is not None
+        try:
+            return await self._open_until_keys()
+        except StorageUnavailable:
+            return True  # unknown: checked like any call (the key lookup will say UNAVAILABLE)
 
     async def _admit(self, method: str, context: Context) -> ApiKey:
         peer = _address(context.peer())

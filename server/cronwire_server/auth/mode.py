@@ -1,4 +1,5 @@
-"""When auth is on: beyond loopback always (unless --insecure), on loopback with --require-auth."""
+"""When auth is on: beyond loopback always (unless --insecure); on loopback with --require-auth,
+with TLS, or as soon as the database has a key."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import ipaddress
 import logging
 
 from cronwire_server.auth.cache import KeyCache
-from cronwire_server.auth.interceptor import AuthInterceptor
+from cronwire_server.auth.interceptor import AuthInterceptor, KeysExist
 from cronwire_server.auth.ratelimit import RateLimiter
 from cronwire_server.config import Settings
 from cronwire_server.storage.sql_keys import KeyStore
@@ -48,17 +49,20 @@ async def auth_interceptor(settings: Settings, keys: KeyStore) -> AuthIntercepto
                 settings.listen,
             )
         return None
-    if loopback and not settings.require_auth:
-        return None
+    # On loopback without --require-auth or TLS (a laptop), auth waits for the first key: a key
+    # someone created is meant to be needed, and a server must not serve keyless callers beside it.
+    open_until_keys = None
+    if loopback and not settings.require_auth and not settings.tls_cert:
+        open_until_keys = KeysExist(keys.any_created, settings.key_cache_seconds)
     # A process without the api role serves only health and reflection: no key is needed to start.
-    if "api" in settings.roles and not await keys.any_active():
+    if open_until_keys is None and "api" in settings.roles and not await keys.any_active():
         if not loopback:
             raise AuthRefused(
                 f"refusing to serve on {settings.listen} without authentication, and the database "
                 f"has no API key yet: {FIRST_KEY_HINT} (or pass --insecure to serve without "
                 "authentication on a trusted network)"
             )
-        log.warning("--require-auth is set but the database has no API key yet: %s", FIRST_KEY_HINT)
+        log.warning("auth is on but the database has no API key yet: %s", FIRST_KEY_HINT)
     limiter = RateLimiter(settings.rate_limit_per_key, settings.rate_limit_burst)
     failures = RateLimiter(settings.auth_failures_per_peer, settings.auth_failure_burst)
     return AuthInterceptor(
@@ -66,4 +70,5 @@ async def auth_interceptor(settings: Settings, keys: KeyStore) -> AuthIntercepto
         limiter,
         frozenset(settings.auth_exempt_services),
         failures,
+        open_until_keys,
     )

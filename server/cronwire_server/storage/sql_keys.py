@@ -111,6 +111,11 @@ class KeyStore:
         )
         return await self.get(key_id)
 
+    async def any_created(self) -> bool:
+        """Whether a key was ever created here, revoked ones included."""
+        result = await self._execute(sa.select(api_keys.c.id).limit(1))
+        return result.first() is not None
+
     async def any_active(self) -> bool:
         """Whether at least one key is not revoked."""
         result = await self._execute(
