@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from cronwire._convert import time_from
+from cronwire._convert import NamedIntEnum, time_from
 from cronwire.v1 import key_pb2, key_service_pb2
 
 
-class Role(enum.IntEnum):
+class Role(NamedIntEnum):
     """What a key may do; each role includes the ones before it."""
 
     VIEWER = key_pb2.ROLE_VIEWER  # read and watch

@@ -22,3 +22,10 @@ def test_enums_print_as_their_names(client: cronwire.Client) -> None:
 
     (event,) = client.list_events(job=job, event_types=[EventType.EXECUTION_FAILED]).items
     assert str(event.type) == "EXECUTION_FAILED"
+
+
+def test_key_roles_print_as_their_names() -> None:
+    # Not through a server: the first key would turn auth on for the other tests' server.
+    assert str(cronwire.Role.VIEWER) == "VIEWER"
+    assert repr(cronwire.Role.VIEWER) == "Role.VIEWER"
+    assert f"{cronwire.Role.ADMIN:>6}" == " ADMIN"
