@@ -208,6 +208,13 @@ def _locked(select: sa.Select[Any], conn: Connection, *tables: sa.Table) -> sa.S
     return select
 
 
+def _compact(sql: str) -> str:
+    """`sql` with its runs of whitespace made one space (its literals have none): psycopg caches
+    the parsing of a statement only up to 4,096 bytes, and parses a longer one at every call."""
+    assert "--" not in sql, "a comment would swallow the rest of the statement"
+    return " ".join(sql.split())
+
+
 # The dispatcher
 
 
@@ -257,19 +264,29 @@ def dispatch(
         )
         if plan.cancel_running:
             cancel.append((schedule.namespace, schedule.id))
-    queued_events = [sql_events.execution_event(r, now) for r in rows if id(r) in to_start]
-    if start is not None:
-        for row in rows:
-            if id(row) in to_start:
-                row.update(
-                    state=RUNNING, worker=start.worker, start_time=now, lease_expires_at=now + start.lease
-                )
-    inserted = _insert_ignoring_duplicate_ticks(conn, rows)
-    rows = [r for r in rows if r["id"] in inserted]
+    if conn.dialect.name == "postgresql":
+        if start is not None:
+            for row in rows:
+                if id(row) in to_start:
+                    row.update(
+                        state=RUNNING, worker=start.worker, start_time=now, lease_expires_at=now + start.lease
+                    )
+        inserted = _insert_ticks(conn, rows, now)
+        rows = [r for r in rows if r["id"] in inserted]
+    else:
+        queued_events = [sql_events.execution_event(r, now) for r in rows if id(r) in to_start]
+        if start is not None:
+            for row in rows:
+                if id(row) in to_start:
+                    row.update(
+                        state=RUNNING, worker=start.worker, start_time=now, lease_expires_at=now + start.lease
+                    )
+        inserted = _insert_ignoring_duplicate_ticks(conn, rows)
+        rows = [r for r in rows if r["id"] in inserted]
+        # A run started at once was queued first, as far as its events tell.
+        emit(conn, [e for e in queued_events if e["resource"].rpartition("/")[2] in inserted])
+        emit(conn, [sql_events.execution_event(r, now) for r in rows])
     started = [r for r in rows if id(r) in to_start]
-    # A run started at once was queued first, as far as its events tell.
-    emit(conn, [e for e in queued_events if e["resource"].rpartition("/")[2] in inserted])
-    emit(conn, [sql_events.execution_event(r, now) for r in rows])
     _advance(conn, advances)
     if cancel:
         # Locked in primary-key order like every multi-row change of executions (see `_held`).
@@ -297,6 +314,89 @@ def dispatch(
         more=len(due) == limit,
         started=tuple(ClaimedExecution(execution_from_row(r), to_start[id(r)]) for r in started),
     )
+
+
+# PostgreSQL: the ticks of a dispatch batch inserted in one statement built once (their values
+# travel as arrays; the columns every tick shares are written here), a tick another replica
+# recorded first left alone, and the events of those inserted written by a CTE of it: each in its
+# state, and a run started at once (RUNNING) first as QUEUED, as if claimed.
+_TICK_ARRAYS = {
+    "namespace": "text",
+    "id": "text",
+    "job_id": "text",
+    "schedule_id": "text",
+    "state": "text",
+    "scheduled_time": "timestamptz",
+    "due_time": "timestamptz",
+    "arguments": "text",
+    "error": "text",
+    "skip_reason": "text",
+    "serial": "boolean",
+    "worker": "text",
+    "lease_expires_at": "timestamptz",
+    "event_type": "text",
+}
+_TICK_COLUMNS = {
+    **{name: f"t.{name}" for name in _TICK_ARRAYS if name not in ("arguments", "event_type")},
+    "arguments": "CAST(t.arguments AS jsonb)",
+    "trigger": f"'{ExecutionTrigger.SCHEDULE.value}'",
+    "attempt": "1",
+    "first_attempt_id": "''",
+    "parent_execution_id": "''",
+    "output": "''",
+    "output_truncated": "false",
+    "cancel_requested": "false",
+    "create_time": ":now",
+    "start_time": f"CASE WHEN t.state = '{RUNNING}' THEN CAST(:now AS timestamptz) END",
+    "end_time": f"CASE WHEN t.state NOT IN ('{QUEUED}', '{RUNNING}') THEN CAST(:now AS timestamptz) END",
+}
+_QUEUED_SNAPSHOT = (
+    "to_jsonb(i) - 'output' || jsonb_build_object("
+    f"'state', '{QUEUED}', 'worker', '', 'start_time', NULL, 'lease_expires_at', NULL)"
+)
+_INSERT_TICKS = sa.text(
+    _compact(
+        f"""
+WITH inserted AS (
+    INSERT INTO executions ({", ".join(_TICK_COLUMNS)})
+    SELECT {", ".join(_TICK_COLUMNS.values())}
+    FROM unnest({", ".join(f"CAST(:{n}s AS {t}[])" for n, t in _TICK_ARRAYS.items())})
+        WITH ORDINALITY AS t({", ".join(_TICK_ARRAYS)}, n)
+    ORDER BY t.n
+    ON CONFLICT (namespace, schedule_id, scheduled_time) WHERE trigger = '{ExecutionTrigger.SCHEDULE.value}'
+    DO NOTHING
+    RETURNING *
+),
+written AS (
+    INSERT INTO events (type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
+    SELECT e.type, i.namespace, 'namespaces/' || i.namespace || '/executions/' || i.id, i.job_id,
+           i.schedule_id, '', :now, jsonb_build_object('execution', e.snapshot)
+    FROM inserted AS i
+    JOIN unnest(CAST(:ids AS text[]), CAST(:event_types AS text[])) WITH ORDINALITY AS t(id, type, n)
+        ON t.id = i.id
+    CROSS JOIN LATERAL (
+        SELECT '{EventType.EXECUTION_QUEUED.value}' AS type, {_QUEUED_SNAPSHOT} AS snapshot, 0 AS phase
+        WHERE i.state = '{RUNNING}'
+        UNION ALL
+        SELECT t.type, to_jsonb(i) - 'output', 1
+    ) AS e
+    ORDER BY t.n, e.phase
+)
+SELECT id FROM inserted
+"""
+    )
+)
+
+
+def _insert_ticks(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> set[str]:
+    """PostgreSQL: insert a dispatch's ticks with their events (`_INSERT_TICKS`); the ids inserted."""
+    if not rows:
+        return set()
+    params: dict[str, Any] = {f"{name}s": [r[name] for r in rows] for name in _TICK_ARRAYS if name in rows[0]}
+    params["argumentss"] = [json.dumps(r["arguments"]) for r in rows]
+    params["event_types"] = [STATE_EVENTS[ExecutionState(r["state"])].value for r in rows]
+    params["now"] = now
+    return set(conn.execute(_INSERT_TICKS, params).scalars())
 
 
 # PostgreSQL: the next fire times of a dispatch batch in one statement (an executemany is one
@@ -573,13 +673,6 @@ FROM verdict AS v
 LEFT JOIN (started AS s JOIN jobs AS j ON j.namespace = s.namespace AND j.id = s.job_id) ON true
 ORDER BY s.due_time
 """
-
-
-def _compact(sql: str) -> str:
-    """`sql` with its runs of whitespace made one space (its literals have none): psycopg caches
-    the parsing of a statement only up to 4,096 bytes, and parses a longer one at every call."""
-    assert "--" not in sql, "a comment would swallow the rest of the statement"
-    return " ".join(sql.split())
 
 
 # Plain mode, built once (psycopg prepares it): starts only candidates that need no decision.

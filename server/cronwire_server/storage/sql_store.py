@@ -778,6 +778,8 @@ class SqlStore:
         result: DispatchResult = await self._run(self._in_transaction, ex.dispatch, planner, limit, start)
         if result.queued > len(result.started):
             self._wakeup.signal("executions")
+        if result.queued or result.skipped:  # their events, written by the dispatch's statement
+            self._wakeup.signal("events_new")
         return result
 
     async def next_fire_time(self) -> datetime | None:
