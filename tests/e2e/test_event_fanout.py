@@ -6,9 +6,12 @@ once for every watcher whose filter takes the same events of it, not once per wa
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -22,8 +25,9 @@ from cronwire_server.api import event_service
 from cronwire_server.app import RunningServer
 from cronwire_server.events import Batch, Delivery, Subscription, fan_out, fan_out_counts
 from cronwire_server.model import Event, EventFilter, EventType
+from tests.e2e.test_grpcurl import GRPCURL, grpcurl
 from tests.security.test_auth import Keys, bearer, make_keys, start
-from tests.support import eventually
+from tests.support import ServerProcess, eventually, start_server, wait_for
 
 TEAM_A = "namespaces/team-a"
 TEAM_B = "namespaces/team-b"
@@ -277,3 +281,54 @@ async def test_a_watcher_behind_gets_the_waiting_batches_joined_in_order() -> No
     alone = service._responses(Delivery([batches[0]], 42))
     assert service._responses(Delivery([batches[0]], 42))[0] is alone[0]
     assert event_service_pb2.WatchEventsResponse.FromString(alone[0]).events[:] == response.events[:3]
+
+
+def test_grpcurl_reads_watch_and_list_responses_as_before(tmp_path: Path) -> None:
+    """The bytes the service serializes itself are the same protobuf messages to a client that
+    knows only what reflection tells it."""
+    if GRPCURL is None:
+        pytest.skip("grpcurl is not installed")
+    running = start_server(f"sqlite:///{tmp_path / 'cronwire.db'}", tmp_path)
+    try:
+        for job_id in ("first", "second"):
+            created = grpcurl(
+                running,
+                "cronwire.v1.JobService/CreateJob",
+                data={"parent": "namespaces/default", "job_id": job_id, "job": {"executor": "noop"}},
+            )
+            assert created.returncode == 0, created.stderr
+        listed = wait_for(
+            lambda: _grpcurl_events(running, "ListEvents", {"parent": "namespaces/default"}, 2),
+            30,
+            "two numbered events",
+        )
+        (listing,) = listed
+        first, second = listing["events"]
+        assert first["job"] == "namespaces/default/jobs/first"
+        assert second["job"] == "namespaces/default/jobs/second"
+        assert second["type"] == "EVENT_TYPE_JOB_CREATED"
+        assert second["job_snapshot"]["executor"] == "noop"
+        # A replay from the first: the second, then grpcurl gives up waiting for more.
+        watched = _grpcurl_events(running, "WatchEvents", {"after_sequence": first["sequence"]}, 1)
+        assert watched is not None
+        assert [e for response in watched for e in response.get("events", [])] == [second]
+        assert int(watched[0]["latest_sequence"]) >= int(second["sequence"])
+    finally:
+        running.stop()
+
+
+def _grpcurl_events(
+    server: ServerProcess, method: str, request: dict[str, object], count: int
+) -> list[dict[str, Any]] | None:
+    """The responses grpcurl printed for `method`, if they hold at least `count` events."""
+    assert GRPCURL is not None
+    command = [GRPCURL, "-plaintext", "-max-time", "2", "-d", json.dumps(request), server.target]
+    command.append(f"cronwire.v1.EventService/{method}")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    decoder, text, responses = json.JSONDecoder(), result.stdout, []
+    position = 0
+    while (start := text.find("{", position)) >= 0:
+        response, position = decoder.raw_decode(text, start)
+        responses.append(response)
+    events = sum(len(r.get("events", [])) for r in responses)
+    return responses if events >= count else None
