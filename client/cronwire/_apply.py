@@ -21,13 +21,15 @@ The file (YAML or JSON) is a mapping:
 Missing resources are created; existing ones get the fields the file names updated (with
 the etag just read, so a concurrent change fails instead of being overwritten); `null`
 clears a field. With `prune`, jobs and schedules of the namespace the file does not name are
-deleted.
+deleted. Before anything changes, the server checks every create and update of the file
+(validate_only); `--dry-run` stops there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -45,7 +47,7 @@ from cronwire._documents import (
     read_spec,
     read_str,
 )
-from cronwire._errors import NotFound
+from cronwire._errors import CronwireError, NotFound
 from cronwire._output import YAML_MISSING, OutputError, yaml_module
 from cronwire._types import (
     CompletionCallback,
@@ -280,8 +282,99 @@ def _schedule_create_arguments(fields: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Step:
+    """One change of the plan: `run(validate_only)` makes it (or has the server check it)."""
+
+    change: Change
+    run: Callable[[bool], Any]
+    item: Item | None = None
+    # Schedules of a job this file creates: the server cannot find that job before it is.
+    job_created_here: bool = False
+    checked: bool = True
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What the server (or the comparison) refused, at its place in the file."""
+
+    path: str
+    message: str
+
+    def text(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ApplyRefused(Exception):
+    """The server refused part of the file when checking it: nothing was changed."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(p.text() for p in problems))
+        self.problems = problems
+
+
+class ApplyFailed(Exception):
+    """A change failed after others were made: `done` were made, `failed` was not."""
+
+    def __init__(self, done: list[Change], failed: Change, problem: Problem, left: list[Change]) -> None:
+        super().__init__(problem.text())
+        self.done = done
+        self.failed = failed
+        self.problem = problem
+        self.left = left
+
+
+_FIELD_PREFIX = re.compile(r"^(?:job|schedule)\.([A-Za-z0-9_.\[\]'\"-]+): ")
+_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _place(item: Item, field_path: str) -> str:
+    """Where a server field (`job.parameters.argv`) is in the file (`jobs[1].parameters.argv`).
+
+    The path is followed in the item's document as far as it goes: a value written in a short
+    form there (`trigger: {cron: "..."}` for `trigger.cron.expression`) is named itself.
+    """
+    for prefix in ("job.", "schedule."):
+        if field_path.startswith(prefix):
+            field_path = field_path[len(prefix) :]
+    value: Any = item.document
+    place = item.path
+    for match in _PART.finditer(field_path):
+        key, index = match.group(1), match.group(2)
+        if key is not None and isinstance(value, dict):
+            place += f".{key}"
+            value = value.get(key)
+        elif index is not None and isinstance(value, list):
+            place += f"[{index}]"
+            value = value[int(index)] if int(index) < len(value) else None
+        elif value is None or isinstance(value, dict | list):
+            # Not in the document (a default, or a field left out): named as the server does.
+            place += f".{key}" if key is not None else f"[{index}]"
+            value = None
+        else:
+            break
+    return place
+
+
+def _problems(error: CronwireError, item: Item | None, change: Change) -> list[Problem]:
+    if item is None:
+        return [Problem("", f"{change.kind} {change.name}: {error.message}")]
+    if error.field_violations:
+        return [Problem(_place(item, v.field), v.description) for v in error.field_violations]
+    match = _FIELD_PREFIX.match(error.message)
+    if match:
+        return [Problem(_place(item, match.group(1)), error.message[match.end() :])]
+    return [Problem(item.path, error.message)]
+
+
 class Applier:
-    """Applies a checked file through a client, reporting every change as it is made."""
+    """Applies a checked file through a client, reporting every change as it is made.
+
+    The whole file is planned (each resource read) and every create and update checked by the
+    server (AIP-163 validate_only: fields, permissions, references) before anything changes; a
+    refusal anywhere raises ApplyRefused with nothing changed. A change that then fails (a
+    concurrent write, a namespace limit) raises ApplyFailed naming what was already made.
+    """
 
     def __init__(self, client: Client, *, dry_run: bool, report: Callable[[Change], None]) -> None:
         self._client = client
@@ -294,32 +387,80 @@ class Applier:
         self._report(change)
 
     def apply(self, plan: ApplyFile, *, prune: bool) -> list[Change]:
-        for item in plan.jobs:
-            self._apply_job(item, plan.namespace)
-        for item in plan.schedules:
-            self._apply_schedule(item, plan.namespace)
-        if prune:
-            self._prune(plan)
+        steps, problems = self.plan(plan, prune=prune)
+        problems += self._check(steps)
+        if problems:
+            raise ApplyRefused(problems)
+        for index, step in enumerate(steps):
+            if not self._dry_run and step.change.action != "unchanged":
+                try:
+                    step.run(False)
+                except CronwireError as error:
+                    (problem,) = _problems(error, step.item, step.change)[:1]
+                    left = [s.change for s in steps[index + 1 :] if s.change.action != "unchanged"]
+                    done = [c for c in self.changes if c.action != "unchanged"]
+                    raise ApplyFailed(done, step.change, problem, left) from error
+            self._record(step.change)
         return self.changes
 
-    def _apply_job(self, item: Item, namespace: str) -> None:
+    def _check(self, steps: list[Step]) -> list[Problem]:
+        """Every create and update of the plan checked by the server, nothing stored."""
+        problems: list[Problem] = []
+        for step in steps:
+            if step.change.action not in ("create", "update") or not step.checked:
+                continue
+            try:
+                step.run(True)
+            except NotFound as error:
+                if step.job_created_here:
+                    continue  # the schedule's fields passed; its job is created by this file first
+                if step.item is not None and step.change == Change("schedule", step.item.name, "create"):
+                    problems.append(Problem(_place(step.item, "job"), error.message))
+                else:
+                    problems += _problems(error, step.item, step.change)
+            except CronwireError as error:
+                problems += _problems(error, step.item, step.change)
+        return problems
+
+    def plan(self, plan: ApplyFile, *, prune: bool) -> tuple[list[Step], list[Problem]]:
+        """The steps that make the namespace match the file, and what cannot be planned."""
+        steps: list[Step] = []
+        problems: list[Problem] = []
+        for item in plan.jobs:
+            steps += self._plan_job(item, plan.namespace)
+        created = {s.change.name for s in steps if s.change.action == "create"}
+        for item in plan.schedules:
+            try:
+                steps += self._plan_schedule(item, plan.namespace, item.job in created)
+            except DocumentError as error:
+                problems.append(Problem(error.path, error.problem))
+        if prune:
+            steps += self._plan_prune(plan)
+        return steps, problems
+
+    def _plan_job(self, item: Item, namespace: str) -> list[Step]:
         client = self._client
         try:
             current = client.get_job(item.name)
         except NotFound:
-            if not self._dry_run:
-                arguments = _job_create_arguments(item.fields)
-                client.create_job(split_name(item.name)[1], namespace=namespace, **arguments)
-            self._record(Change("job", item.name, "create"))
-            return
+            arguments = _job_create_arguments(item.fields)
+            job_id = split_name(item.name)[1]
+
+            def create(validate_only: bool) -> Any:
+                return client.create_job(
+                    job_id, namespace=namespace, validate_only=validate_only, **arguments
+                )
+
+            return [Step(Change("job", item.name, "create"), create, item)]
         changed = [k for k, v in item.fields.items() if _job_field_differs(k, v, current, item, namespace)]
         if not changed:
-            self._record(Change("job", item.name, "unchanged"))
-            return
-        if not self._dry_run:
-            updates = {key: self._job_update_value(key, item.fields[key]) for key in changed}
-            client.update_job(current, etag=current.etag, **updates)
-        self._record(Change("job", item.name, "update", tuple(changed)))
+            return [Step(Change("job", item.name, "unchanged"), lambda _: None, item)]
+        updates = {key: self._job_update_value(key, item.fields[key]) for key in changed}
+
+        def update(validate_only: bool) -> Any:
+            return client.update_job(current, etag=current.etag, validate_only=validate_only, **updates)
+
+        return [Step(Change("job", item.name, "update", tuple(changed)), update, item)]
 
     @staticmethod
     def _job_update_value(key: str, value: Any) -> Any:
@@ -333,60 +474,77 @@ class Applier:
             return 0
         return value
 
-    def _apply_schedule(self, item: Item, namespace: str) -> None:
+    def _plan_schedule(self, item: Item, namespace: str, job_created_here: bool) -> list[Step]:
         client = self._client
         fields = dict(item.fields)
         paused = fields.pop("paused", None)
         try:
             current = client.get_schedule(item.name)
         except NotFound:
-            if not self._dry_run:
-                client.create_schedule(
-                    split_name(item.name)[1],
-                    job=item.job,
-                    namespace=namespace,
-                    **_schedule_create_arguments({**fields, "paused": bool(paused)}),
+            arguments = _schedule_create_arguments({**fields, "paused": bool(paused)})
+            schedule_id = split_name(item.name)[1]
+
+            def create(validate_only: bool) -> Any:
+                return client.create_schedule(
+                    schedule_id, job=item.job, namespace=namespace, validate_only=validate_only, **arguments
                 )
-            self._record(Change("schedule", item.name, "create"))
-            return
+
+            change = Change("schedule", item.name, "create")
+            return [Step(change, create, item, job_created_here=job_created_here)]
         if current.job != item.job:
             raise DocumentError(
                 f"{item.path}.job",
                 f"schedule {item.name} runs {current.job}; a schedule's job cannot change "
                 "(delete the schedule or give it another name)",
             )
+        steps = []
         changed = [k for k, v in fields.items() if _schedule_field_differs(k, v, current)]
         if changed:
-            if not self._dry_run:
-                updates = {k: fields[k] for k in changed}
-                current = client.update_schedule(current, etag=current.etag, **updates)
-            self._record(Change("schedule", item.name, "update", tuple(changed)))
-        if paused is not None and paused != current.paused:
-            if not self._dry_run:
-                if paused:
-                    client.pause_schedule(item.name, reason="cronwire apply")
-                else:
-                    client.resume_schedule(item.name)
-            self._record(Change("schedule", item.name, "pause" if paused else "resume"))
-        elif not changed:
-            self._record(Change("schedule", item.name, "unchanged"))
+            updates = {k: fields[k] for k in changed}
 
-    def _prune(self, plan: ApplyFile) -> None:
+            def update(validate_only: bool) -> Any:
+                return client.update_schedule(
+                    current, etag=current.etag, validate_only=validate_only, **updates
+                )
+
+            steps.append(Step(Change("schedule", item.name, "update", tuple(changed)), update, item))
+        if paused is not None and paused != current.paused:
+
+            def pause(validate_only: bool) -> Any:
+                if paused:
+                    return client.pause_schedule(item.name, reason="cronwire apply")
+                return client.resume_schedule(item.name)
+
+            action = "pause" if paused else "resume"
+            steps.append(Step(Change("schedule", item.name, action), pause, item, checked=False))
+        elif not changed:
+            steps.append(Step(Change("schedule", item.name, "unchanged"), lambda _: None, item))
+        return steps
+
+    def _plan_prune(self, plan: ApplyFile) -> list[Step]:
         client = self._client
+        steps = []
         wanted_schedules = {item.name for item in plan.schedules}
         wanted_jobs = {item.name for item in plan.jobs}
+
+        def deleting(resource: Job | Schedule) -> Callable[[bool], None]:
+            def run(validate_only: bool) -> None:
+                with contextlib.suppress(NotFound):  # gone meanwhile: the goal is reached
+                    if isinstance(resource, Schedule):
+                        client.delete_schedule(resource, etag=resource.etag)
+                    else:
+                        client.delete_job(resource, etag=resource.etag)
+
+            return run
+
         for schedule in list(client.iter_schedules(namespace=plan.namespace)):
             if schedule.name not in wanted_schedules:
-                if not self._dry_run:
-                    with contextlib.suppress(NotFound):  # gone meanwhile: the goal is reached
-                        client.delete_schedule(schedule, etag=schedule.etag)
-                self._record(Change("schedule", schedule.name, "delete"))
+                change = Change("schedule", schedule.name, "delete")
+                steps.append(Step(change, deleting(schedule), checked=False))
         for job in list(client.iter_jobs(namespace=plan.namespace)):
             if job.name not in wanted_jobs:
-                if not self._dry_run:
-                    with contextlib.suppress(NotFound):
-                        client.delete_job(job, etag=job.etag)
-                self._record(Change("job", job.name, "delete"))
+                steps.append(Step(Change("job", job.name, "delete"), deleting(job), checked=False))
+        return steps
 
 
 def summary(changes: list[Change], namespace: str, dry_run: bool) -> str:
@@ -395,5 +553,8 @@ def summary(changes: list[Change], namespace: str, dry_run: bool) -> str:
         counts[change.action] = counts.get(change.action, 0) + 1
     order = ["create", "update", "pause", "resume", "delete", "unchanged"]
     parts = [f"{counts[a]} {PAST[a]}" for a in order if a in counts] or ["nothing to do"]
-    prefix = "dry run, nothing changed" if dry_run else "applied"
-    return f"{prefix} in namespace {namespace}: {', '.join(parts)}"
+    if dry_run:
+        return (
+            f"dry run, nothing changed in namespace {namespace}: {', '.join(parts)} (checked by the server)"
+        )
+    return f"applied in namespace {namespace}: {', '.join(parts)}"

@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, TypeVar
 
-from cronwire._apply import Applier, Change, parse_text, read_file, summary
+from cronwire._apply import (
+    PAST,
+    Applier,
+    ApplyFailed,
+    ApplyRefused,
+    Change,
+    parse_text,
+    read_file,
+    summary,
+)
 from cronwire._channel import TLSConfig
 from cronwire._cli_args import UsageError
 from cronwire._documents import to_document
@@ -940,6 +949,33 @@ def cmd_apply(ctx: Context) -> int:
     applier = Applier(ctx.client, dry_run=args.dry_run, report=report)
     try:
         changes = applier.apply(plan, prune=args.prune)
+    except ApplyRefused as refused:
+        for problem in refused.problems:
+            ctx.note(f"cronwire: error: {problem.text()}")
+        count = len(refused.problems)
+        ctx.note(
+            f"nothing changed in namespace {plan.namespace}: the server refused "
+            f"{count} {'place' if count == 1 else 'places'} of the file"
+        )
+        return EXIT_ERROR
+    except ApplyFailed as failed:
+        change = failed.failed
+        ctx.note(
+            f"cronwire: error: {change.kind} {change.name} could not be {PAST[change.action]}: "
+            f"{failed.problem.text()}"
+        )
+        for made_change in failed.done:
+            ctx.note(f"  made before the failure: {made_change.text(False)}")
+        for left in failed.left:
+            ctx.note(f"  not attempted: {left.text(True)}")
+        made = (
+            summary(failed.done, plan.namespace, False).split(": ", 1)[1] if failed.done else "nothing made"
+        )
+        ctx.note(
+            f"apply stopped in namespace {plan.namespace}: {made}; 1 failed, "
+            f"{len(failed.left)} not attempted (apply the file again once the cause is fixed)"
+        )
+        return EXIT_ERROR
     finally:
         if ctx.fmt != "table":
             done = [to_document(c) | {"dry_run": args.dry_run} for c in applier.changes]

@@ -176,6 +176,7 @@ class AsyncClient:
         execution_retention: ExecutionRetention | None = None,
         namespace: str | None = None,
         request_id: str = "",
+        validate_only: bool = False,
     ) -> Job:
         """Create a job and return it as stored.
 
@@ -187,6 +188,8 @@ class AsyncClient:
         by its own rules instead of the server's. A repeated `request_id` returns the first
         call's job.
         Raises AlreadyExists if the id is taken, InvalidArgument naming each bad field.
+        With `validate_only` the server checks everything (permissions and references too)
+        and returns the job it would have stored, but stores nothing.
         """
         request = self._requests.create_job(
             job_id,
@@ -203,6 +206,7 @@ class AsyncClient:
             labels=labels,
             execution_retention=execution_retention,
         )
+        request.validate_only = validate_only
         return Job._from_proto((await self._call(self._jobs.CreateJob, request)).job)
 
     async def get_job(self, job: JobRef) -> Job:
@@ -252,12 +256,14 @@ class AsyncClient:
         labels: Maybe | Mapping[str, str] = UNSET,
         execution_retention: Maybe | ExecutionRetention | None = UNSET,
         etag: str = "",
+        validate_only: bool = False,
     ) -> Job:
         """Change the fields given (the others stay as they are) and return the job as stored.
 
         `None` clears a field (`timeout=None`: no timeout). With `etag` (by default the etag
         of a `Job` passed as `job`), the update applies only if the job did not change since;
-        otherwise it raises Conflict.
+        otherwise it raises Conflict. With `validate_only` the server checks the update and
+        returns the job as it would be, but stores nothing.
         """
         fields = {
             "executor": executor,
@@ -272,6 +278,7 @@ class AsyncClient:
             "execution_retention": execution_retention,
         }
         request = self._requests.update_job(job, etag, fields)
+        request.validate_only = validate_only
         return Job._from_proto((await self._call(self._jobs.UpdateJob, request)).job)
 
     async def delete_job(self, job: JobRef, *, etag: str = "") -> None:
@@ -351,13 +358,16 @@ class AsyncClient:
         arguments: Mapping[str, Any] | None = None,
         namespace: str | None = None,
         request_id: str = "",
+        validate_only: bool = False,
     ) -> Schedule:
         """Create a schedule for a job and return it as stored.
 
         `trigger` is a `CronTrigger`, `IntervalTrigger`, `DateTrigger` or a combination
         (`AnyOfTrigger`, `AllOfTrigger`); cron fields and wall-clock times are read in
         `time_zone` (an IANA name, UTC by default). The schedule goes in the job's namespace
-        when `job` is a full name. Raises NotFound if the job does not exist.
+        when `job` is a full name. Raises NotFound if the job does not exist. With
+        `validate_only` the server checks everything and returns the schedule it would have
+        stored, but stores nothing.
         """
         request = self._requests.create_schedule(
             schedule_id,
@@ -376,6 +386,7 @@ class AsyncClient:
             paused=paused,
             arguments=arguments,
         )
+        request.validate_only = validate_only
         return Schedule._from_proto((await self._call(self._schedules.CreateSchedule, request)).schedule)
 
     async def get_schedule(self, schedule: ScheduleRef) -> Schedule:
@@ -426,12 +437,15 @@ class AsyncClient:
         overlap_policy: Maybe | OverlapPolicy | None = UNSET,
         arguments: Maybe | Mapping[str, Any] = UNSET,
         etag: str = "",
+        validate_only: bool = False,
     ) -> Schedule:
         """Change the fields given (the others stay as they are) and return the schedule.
 
         `None` resets a field to its default. The job of a schedule cannot change, and
         `paused` changes through `pause_schedule`/`resume_schedule`. With `etag` (by default
         that of a `Schedule` passed as `schedule`) it raises Conflict if the schedule changed.
+        With `validate_only` the server checks the update and returns the schedule as it
+        would be, but stores nothing.
         """
         fields = {
             "trigger": trigger,
@@ -446,6 +460,7 @@ class AsyncClient:
             "arguments": arguments,
         }
         request = self._requests.update_schedule(schedule, etag, fields)
+        request.validate_only = validate_only
         return Schedule._from_proto((await self._call(self._schedules.UpdateSchedule, request)).schedule)
 
     async def delete_schedule(self, schedule: ScheduleRef, *, etag: str = "") -> None:

@@ -358,7 +358,11 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "-f", "--filename", required=True, metavar="FILE", help="the file (YAML or JSON; - for stdin)"
     )
     p.add_argument("--prune", action="store_true", help="delete jobs and schedules the file does not name")
-    p.add_argument("--dry-run", action="store_true", help="only say what would change")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only say what would change, every create and update checked by the server",
+    )
 
     p = build.leaf(
         top,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from cronwire_server.auth.principal import current_actor
-from cronwire_server.errors import FieldViolation, InvalidArgument, NotFound
+from cronwire_server.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from cronwire_server.executors import registry
 from cronwire_server.executors.http_runner import HttpPolicy, check_url
 from cronwire_server.executors.registry import ExecutorKind
@@ -111,6 +112,18 @@ class JobManager:
             job, request_id=request_id, limit=self._max_per_namespace, actor=current_actor()
         )
 
+    async def check_create(self, job: Job) -> Job:
+        """The job `create` would store, checked as `create` checks it; nothing is stored
+        (AIP-163 validate_only). ALREADY_EXISTS when the id is taken."""
+        validate_job(job, self._policy)
+        await self._verify(job)
+        try:
+            await self._store.get_job(job.namespace, job.id)
+        except NotFound:
+            now = await self._store.now()
+            return dataclasses.replace(job, create_time=now, update_time=now)
+        raise AlreadyExists("job", job_name(job.namespace, job.id))
+
     async def get(self, namespace: str, job_id: str) -> Job:
         """The job with its statistics (one statement: they are counters kept with it)."""
         return await self._store.get_job(namespace, job_id, with_stats=True)
@@ -139,8 +152,15 @@ class JobManager:
         return await self._store.list_jobs(namespace, page, executor=executor, with_stats=True)
 
     async def update(
-        self, namespace: str, job_id: str, change: Callable[[Job], Job], *, expected_etag: str = ""
+        self,
+        namespace: str,
+        job_id: str,
+        change: Callable[[Job], Job],
+        *,
+        expected_etag: str = "",
+        validate_only: bool = False,
     ) -> Job:
+        """With `validate_only`, everything is checked and the updated job returned unstored."""
         actor = current_actor()
 
         def checked(current: Job) -> Job:
@@ -150,7 +170,9 @@ class JobManager:
 
         return await read_modify_write(
             lambda: self._store.get_job(namespace, job_id),
-            lambda job, etag: self._store.update_job(job, expected_etag=etag, actor=actor),
+            _unstored
+            if validate_only
+            else (lambda j, etag: self._store.update_job(j, expected_etag=etag, actor=actor)),
             checked,
             kind="job",
             name=job_name(namespace, job_id),
@@ -179,3 +201,8 @@ class JobManager:
     @staticmethod
     def types() -> list[ExecutorKind]:
         return registry.all_kinds()
+
+
+async def _unstored(job: Job, etag: str) -> Job:
+    """The write of a validate_only update: the job as it would be stored, nothing written."""
+    return job

@@ -15,7 +15,14 @@ from typing import TypeVar
 
 from cronwire_server import triggers
 from cronwire_server.auth.principal import current_actor
-from cronwire_server.errors import DeadlineExceeded, FieldViolation, InvalidArgument
+from cronwire_server.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    EtagMismatch,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from cronwire_server.model import (
     EventType,
     Execution,
@@ -101,18 +108,32 @@ class ScheduleManager:
                 reason="PREVIEW_TOO_EXPENSIVE",
             ) from None
 
-    async def create(self, schedule: Schedule, *, request_id: str = "") -> Schedule:
+    async def create(
+        self, schedule: Schedule, *, request_id: str = "", validate_only: bool = False
+    ) -> Schedule:
         validate_schedule(schedule)
         now = await self._store.now()
         if schedule.start_time is None:
             # Pin the anchor so interval ticks do not drift with restarts or updates.
             schedule = dataclasses.replace(schedule, start_time=now.replace(microsecond=0))
+        if validate_only:
+            return await self._check_create(with_next_fire_time(schedule, now), now)
         return await self._store.create_schedule(
             with_next_fire_time(schedule, now),
             request_id=request_id,
             limit=self._max_per_namespace,
             actor=current_actor(),
         )
+
+    async def _check_create(self, schedule: Schedule, now: datetime) -> Schedule:
+        """AIP-163 validate_only: NOT_FOUND for a missing job, ALREADY_EXISTS for a taken id,
+        else the schedule as it would be stored; nothing is stored."""
+        await self._store.get_job(schedule.namespace, schedule.job_id)
+        try:
+            await self._store.get_schedule(schedule.namespace, schedule.id)
+        except NotFound:
+            return dataclasses.replace(schedule, create_time=now, update_time=now)
+        raise AlreadyExists("schedule", schedule_name(schedule.namespace, schedule.id))
 
     async def get(self, namespace: str, schedule_id: str, *, with_stats: bool = False) -> Schedule:
         """The schedule; with its statistics if `with_stats` (read in the same statement)."""
@@ -129,7 +150,9 @@ class ScheduleManager:
         change: Callable[[Schedule], Schedule],
         *,
         expected_etag: str = "",
+        validate_only: bool = False,
     ) -> Schedule:
+        """With `validate_only`, everything is checked and the updated schedule returned unstored."""
         now = await self._store.now()
 
         def checked(current: Schedule) -> Schedule:
@@ -139,6 +162,11 @@ class ScheduleManager:
                 updated = with_next_fire_time(updated, now)
             return updated
 
+        if validate_only:
+            current = await self._store.get_schedule(namespace, schedule_id)
+            if expected_etag and current.etag != expected_etag:
+                raise EtagMismatch("schedule", schedule_name(namespace, schedule_id))
+            return checked(current)
         return await self._write(namespace, schedule_id, checked, expected_etag)
 
     async def pause(self, namespace: str, schedule_id: str, reason: str) -> Schedule:

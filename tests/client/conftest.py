@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -23,14 +24,16 @@ START_TIMEOUT = 60.0
 class ThreadedServer:
     """An in-process cronwire server on its own event loop, in a background thread."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, **settings: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cronwire-server", daemon=True)
         self._thread.start()
         # Jobs run as the tests' user, root or not: they use the tests' private directories.
-        settings = Settings(listen="127.0.0.1:0", database_url=database_url, allow_root_jobs=True)
+        configured = Settings(
+            listen="127.0.0.1:0", database_url=database_url, allow_root_jobs=True, **settings
+        )
         self._running: RunningServer = asyncio.run_coroutine_threadsafe(
-            create_server(settings), self._loop
+            create_server(configured), self._loop
         ).result(START_TIMEOUT)
 
     @property

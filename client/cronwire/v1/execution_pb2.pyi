@@ -367,7 +367,9 @@ class ExecutionStats(_message.Message):
     NEXT_RUN_TIME_FIELD_NUMBER: _builtins.int
     P50_DURATION_FIELD_NUMBER: _builtins.int
     total: _builtins.int
-    """Output only. Executions in all, every state included."""
+    """Output only. Executions in all, every state included, over the resource's
+    lifetime: executions removed by retention or deleted do not lower it.
+    """
     succeeded: _builtins.int
     """Output only. Executions that SUCCEEDED."""
     failed: _builtins.int
@@ -386,7 +388,9 @@ class ExecutionStats(_message.Message):
 
     @_builtins.property
     def p50_duration(self) -> _duration_pb2.Duration:
-        """Output only. The median duration of the finished executions."""
+        """Output only. The lower median duration of the latest 100 executions that
+        ended after they started (executions that never started are left out).
+        """
 
     def __init__(
         self,

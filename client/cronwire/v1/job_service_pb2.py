@@ -28,7 +28,7 @@ from cronwire.v1 import execution_pb2 as cronwire_dot_v1_dot_execution__pb2
 from cronwire.v1 import job_pb2 as cronwire_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ronwire/v1/job_service.proto\x12\x0b\x63ronwire.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1b\x63ronwire/v1/execution.proto\x1a\x15\x63ronwire/v1/job.proto\"e\n\x10\x43reateJobRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x1d\n\x03job\x18\x03 \x01(\x0b\x32\x10.cronwire.v1.Job\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"2\n\x11\x43reateJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.cronwire.v1.Job\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.cronwire.v1.Job\"Z\n\x0fListJobsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x04 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.cronwire.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x10UpdateJobRequest\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.cronwire.v1.Job\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"2\n\x11UpdateJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.cronwire.v1.Job\".\n\x10\x44\x65leteJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x13\n\x11\x44\x65leteJobResponse\"]\n\rRunJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x03 \x01(\t\";\n\x0eRunJobResponse\x12)\n\texecution\x18\x01 \x01(\x0b\x32\x16.cronwire.v1.Execution\"\x15\n\x13ListJobTypesRequest\"?\n\x14ListJobTypesResponse\x12\'\n\tjob_types\x18\x01 \x03(\x0b\x32\x14.cronwire.v1.JobType2\x94\x04\n\nJobService\x12J\n\tCreateJob\x12\x1d.cronwire.v1.CreateJobRequest\x1a\x1e.cronwire.v1.CreateJobResponse\x12\x41\n\x06GetJob\x12\x1a.cronwire.v1.GetJobRequest\x1a\x1b.cronwire.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.cronwire.v1.ListJobsRequest\x1a\x1d.cronwire.v1.ListJobsResponse\x12J\n\tUpdateJob\x12\x1d.cronwire.v1.UpdateJobRequest\x1a\x1e.cronwire.v1.UpdateJobResponse\x12J\n\tDeleteJob\x12\x1d.cronwire.v1.DeleteJobRequest\x1a\x1e.cronwire.v1.DeleteJobResponse\x12\x41\n\x06RunJob\x12\x1a.cronwire.v1.RunJobRequest\x1a\x1b.cronwire.v1.RunJobResponse\x12S\n\x0cListJobTypes\x12 .cronwire.v1.ListJobTypesRequest\x1a!.cronwire.v1.ListJobTypesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ronwire/v1/job_service.proto\x12\x0b\x63ronwire.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1b\x63ronwire/v1/execution.proto\x1a\x15\x63ronwire/v1/job.proto\"|\n\x10\x43reateJobRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x1d\n\x03job\x18\x03 \x01(\x0b\x32\x10.cronwire.v1.Job\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"2\n\x11\x43reateJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.cronwire.v1.Job\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.cronwire.v1.Job\"Z\n\x0fListJobsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x04 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.cronwire.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"y\n\x10UpdateJobRequest\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.cronwire.v1.Job\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"2\n\x11UpdateJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.cronwire.v1.Job\".\n\x10\x44\x65leteJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x13\n\x11\x44\x65leteJobResponse\"v\n\rRunJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x17\n\x0frespect_overlap\x18\x04 \x01(\x08\";\n\x0eRunJobResponse\x12)\n\texecution\x18\x01 \x01(\x0b\x32\x16.cronwire.v1.Execution\"\x15\n\x13ListJobTypesRequest\"?\n\x14ListJobTypesResponse\x12\'\n\tjob_types\x18\x01 \x03(\x0b\x32\x14.cronwire.v1.JobType2\x94\x04\n\nJobService\x12J\n\tCreateJob\x12\x1d.cronwire.v1.CreateJobRequest\x1a\x1e.cronwire.v1.CreateJobResponse\x12\x41\n\x06GetJob\x12\x1a.cronwire.v1.GetJobRequest\x1a\x1b.cronwire.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.cronwire.v1.ListJobsRequest\x1a\x1d.cronwire.v1.ListJobsResponse\x12J\n\tUpdateJob\x12\x1d.cronwire.v1.UpdateJobRequest\x1a\x1e.cronwire.v1.UpdateJobResponse\x12J\n\tDeleteJob\x12\x1d.cronwire.v1.DeleteJobRequest\x1a\x1e.cronwire.v1.DeleteJobResponse\x12\x41\n\x06RunJob\x12\x1a.cronwire.v1.RunJobRequest\x1a\x1b.cronwire.v1.RunJobResponse\x12S\n\x0cListJobTypes\x12 .cronwire.v1.ListJobTypesRequest\x1a!.cronwire.v1.ListJobTypesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,33 +36,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cronwire.v1.job_service_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATEJOBREQUEST']._serialized_start=162
-  _globals['_CREATEJOBREQUEST']._serialized_end=263
-  _globals['_CREATEJOBRESPONSE']._serialized_start=265
-  _globals['_CREATEJOBRESPONSE']._serialized_end=315
-  _globals['_GETJOBREQUEST']._serialized_start=317
-  _globals['_GETJOBREQUEST']._serialized_end=346
-  _globals['_GETJOBRESPONSE']._serialized_start=348
-  _globals['_GETJOBRESPONSE']._serialized_end=395
-  _globals['_LISTJOBSREQUEST']._serialized_start=397
-  _globals['_LISTJOBSREQUEST']._serialized_end=487
-  _globals['_LISTJOBSRESPONSE']._serialized_start=489
-  _globals['_LISTJOBSRESPONSE']._serialized_end=564
-  _globals['_UPDATEJOBREQUEST']._serialized_start=566
-  _globals['_UPDATEJOBREQUEST']._serialized_end=664
-  _globals['_UPDATEJOBRESPONSE']._serialized_start=666
-  _globals['_UPDATEJOBRESPONSE']._serialized_end=716
-  _globals['_DELETEJOBREQUEST']._serialized_start=718
-  _globals['_DELETEJOBREQUEST']._serialized_end=764
-  _globals['_DELETEJOBRESPONSE']._serialized_start=766
-  _globals['_DELETEJOBRESPONSE']._serialized_end=785
-  _globals['_RUNJOBREQUEST']._serialized_start=787
-  _globals['_RUNJOBREQUEST']._serialized_end=880
-  _globals['_RUNJOBRESPONSE']._serialized_start=882
-  _globals['_RUNJOBRESPONSE']._serialized_end=941
-  _globals['_LISTJOBTYPESREQUEST']._serialized_start=943
-  _globals['_LISTJOBTYPESREQUEST']._serialized_end=964
-  _globals['_LISTJOBTYPESRESPONSE']._serialized_start=966
-  _globals['_LISTJOBTYPESRESPONSE']._serialized_end=1029
-  _globals['_JOBSERVICE']._serialized_start=1032
-  _globals['_JOBSERVICE']._serialized_end=1564
+  _globals['_CREATEJOBREQUEST']._serialized_end=286
+  _globals['_CREATEJOBRESPONSE']._serialized_start=288
+  _globals['_CREATEJOBRESPONSE']._serialized_end=338
+  _globals['_GETJOBREQUEST']._serialized_start=340
+  _globals['_GETJOBREQUEST']._serialized_end=369
+  _globals['_GETJOBRESPONSE']._serialized_start=371
+  _globals['_GETJOBRESPONSE']._serialized_end=418
+  _globals['_LISTJOBSREQUEST']._serialized_start=420
+  _globals['_LISTJOBSREQUEST']._serialized_end=510
+  _globals['_LISTJOBSRESPONSE']._serialized_start=512
+  _globals['_LISTJOBSRESPONSE']._serialized_end=587
+  _globals['_UPDATEJOBREQUEST']._serialized_start=589
+  _globals['_UPDATEJOBREQUEST']._serialized_end=710
+  _globals['_UPDATEJOBRESPONSE']._serialized_start=712
+  _globals['_UPDATEJOBRESPONSE']._serialized_end=762
+  _globals['_DELETEJOBREQUEST']._serialized_start=764
+  _globals['_DELETEJOBREQUEST']._serialized_end=810
+  _globals['_DELETEJOBRESPONSE']._serialized_start=812
+  _globals['_DELETEJOBRESPONSE']._serialized_end=831
+  _globals['_RUNJOBREQUEST']._serialized_start=833
+  _globals['_RUNJOBREQUEST']._serialized_end=951
+  _globals['_RUNJOBRESPONSE']._serialized_start=953
+  _globals['_RUNJOBRESPONSE']._serialized_end=1012
+  _globals['_LISTJOBTYPESREQUEST']._serialized_start=1014
+  _globals['_LISTJOBTYPESREQUEST']._serialized_end=1035
+  _globals['_LISTJOBTYPESRESPONSE']._serialized_start=1037
+  _globals['_LISTJOBTYPESRESPONSE']._serialized_end=1100
+  _globals['_JOBSERVICE']._serialized_start=1103
+  _globals['_JOBSERVICE']._serialized_end=1635
 # @@protoc_insertion_point(module_scope)

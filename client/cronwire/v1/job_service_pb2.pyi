@@ -32,6 +32,7 @@ class CreateJobRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     JOB_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """Required. The namespace to create the job in, `namespaces/{namespace}`.
     A namespace exists as soon as something is created in it.
@@ -46,6 +47,12 @@ class CreateJobRequest(_message.Message):
     retried call with the same `request_id` returns the first call's result
     instead of failing with ALREADY_EXISTS.
     """
+    validate_only: _builtins.bool
+    """Optional. Only check the request (AIP-163): the server validates it as it
+    would for the create (fields, the caller's permissions, secret references,
+    dependents, an existing job of that id) and returns the job it would have
+    stored, but stores nothing and sends no event.
+    """
     @_builtins.property
     def job(self) -> _job_pb2.Job:
         """Required. The job to create. Its `name` is ignored."""
@@ -57,10 +64,11 @@ class CreateJobRequest(_message.Message):
         job_id: _builtins.str = ...,
         job: _job_pb2.Job | None = ...,
         request_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "job_id", b"job_id", "parent", b"parent", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "job_id", b"job_id", "parent", b"parent", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -210,6 +218,12 @@ class UpdateJobRequest(_message.Message):
 
     JOB_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Optional. Only check the update (AIP-163): the server validates it as it
+    would (fields, permissions, etag, references) and returns the job as it
+    would be after the update, but stores nothing and sends no event.
+    """
     @_builtins.property
     def job(self) -> _job_pb2.Job:
         """Required. The job with its new values; `job.name` says which job. If
@@ -227,10 +241,11 @@ class UpdateJobRequest(_message.Message):
         *,
         job: _job_pb2.Job | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -312,11 +327,20 @@ class RunJobRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESPECT_OVERLAP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. The job's resource name."""
     request_id: _builtins.str
     """Optional. A unique id for this request: a retried call with the same
     `request_id` returns the first call's execution instead of a new one.
+    """
+    respect_overlap: _builtins.bool
+    """Optional. Follow the overlap policy of the job's schedules: when an
+    execution started by one of the job's schedules is still QUEUED or
+    RUNNING, a schedule with overlap policy SKIP makes this run a SKIPPED
+    execution (skip_reason OVERLAP) that is returned and never runs.
+    Unset, a manual run always queues (limited only by the job's
+    max_concurrency).
     """
     @_builtins.property
     def arguments(self) -> _struct_pb2.Struct:
@@ -328,10 +352,11 @@ class RunJobRequest(_message.Message):
         name: _builtins.str = ...,
         arguments: _struct_pb2.Struct | None = ...,
         request_id: _builtins.str = ...,
+        respect_overlap: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "name", b"name", "request_id", b"request_id", "respect_overlap", b"respect_overlap"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -346,7 +371,7 @@ class RunJobResponse(_message.Message):
     EXECUTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def execution(self) -> _execution_pb2.Execution:
-        """The execution, QUEUED."""
+        """The execution, QUEUED (or SKIPPED with `respect_overlap`)."""
 
     def __init__(
         self,

@@ -27,49 +27,49 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from cronwire.v1 import schedule_pb2 as cronwire_dot_v1_dot_schedule__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"cronwire/v1/schedule_service.proto\x12\x0b\x63ronwire.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x63ronwire/v1/schedule.proto\"y\n\x15\x43reateScheduleRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0bschedule_id\x18\x02 \x01(\t\x12\'\n\x08schedule\x18\x03 \x01(\x0b\x32\x15.cronwire.v1.Schedule\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"A\n\x16\x43reateScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.cronwire.v1.Schedule\"\"\n\x12GetScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x13GetScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.cronwire.v1.Schedule\"Z\n\x14ListSchedulesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0b\n\x03job\x18\x04 \x01(\t\"Z\n\x15ListSchedulesResponse\x12(\n\tschedules\x18\x01 \x03(\x0b\x32\x15.cronwire.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"q\n\x15UpdateScheduleRequest\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.cronwire.v1.Schedule\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"A\n\x16UpdateScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.cronwire.v1.Schedule\"3\n\x15\x44\x65leteScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse\"4\n\x14PauseScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x15PauseScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.cronwire.v1.Schedule\"%\n\x15ResumeScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x16ResumeScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.cronwire.v1.Schedule\"\xf7\x01\n\x17\x42\x61\x63kfillScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eoverlap_policy\x18\x04 \x01(\x0e\x32\x1a.cronwire.v1.OverlapPolicy\x12\x17\n\x0fmax_concurrency\x18\x05 \x01(\x05\x12\x0f\n\x07\x64ry_run\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"Y\n\x18\x42\x61\x63kfillScheduleResponse\x12)\n\nfire_times\x18\x01 \x03(\x0b\x32\x15.cronwire.v1.FireTime\x12\x12\n\nexecutions\x18\x02 \x03(\t\"\x9c\x01\n\x16PreviewScheduleRequest\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12)\n\x08schedule\x18\x02 \x01(\x0b\x32\x15.cronwire.v1.ScheduleH\x00\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12.\n\nafter_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06source\"W\n\x17PreviewScheduleResponse\x12)\n\nfire_times\x18\x01 \x03(\x0b\x32\x15.cronwire.v1.FireTime\x12\x11\n\ttime_zone\x18\x02 \x01(\t2\xbe\x06\n\x0fScheduleService\x12Y\n\x0e\x43reateSchedule\x12\".cronwire.v1.CreateScheduleRequest\x1a#.cronwire.v1.CreateScheduleResponse\x12P\n\x0bGetSchedule\x12\x1f.cronwire.v1.GetScheduleRequest\x1a .cronwire.v1.GetScheduleResponse\x12V\n\rListSchedules\x12!.cronwire.v1.ListSchedulesRequest\x1a\".cronwire.v1.ListSchedulesResponse\x12Y\n\x0eUpdateSchedule\x12\".cronwire.v1.UpdateScheduleRequest\x1a#.cronwire.v1.UpdateScheduleResponse\x12Y\n\x0e\x44\x65leteSchedule\x12\".cronwire.v1.DeleteScheduleRequest\x1a#.cronwire.v1.DeleteScheduleResponse\x12V\n\rPauseSchedule\x12!.cronwire.v1.PauseScheduleRequest\x1a\".cronwire.v1.PauseScheduleResponse\x12Y\n\x0eResumeSchedule\x12\".cronwire.v1.ResumeScheduleRequest\x1a#.cronwire.v1.ResumeScheduleResponse\x12_\n\x10\x42\x61\x63kfillSchedule\x12$.cronwire.v1.BackfillScheduleRequest\x1a%.cronwire.v1.BackfillScheduleResponse\x12\\\n\x0fPreviewSchedule\x12#.cronwire.v1.PreviewScheduleRequest\x1a$.cronwire.v1.PreviewScheduleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"cronwire/v1/schedule_service.proto\x12\x0b\x63ronwire.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x63ronwire/v1/schedule.proto\"\x90\x01\n\x15\x43reateScheduleRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0bschedule_id\x18\x02 \x01(\t\x12\'\n\x08schedule\x18\x03 \x01(\x0b\x32\x15.cronwire.v1.Schedule\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"A\n\x16\x43reateScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.cronwire.v1.Schedule\"\"\n\x12GetScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x13GetScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.cronwire.v1.Schedule\"Z\n\x14ListSchedulesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0b\n\x03job\x18\x04 \x01(\t\"Z\n\x15ListSchedulesResponse\x12(\n\tschedules\x18\x01 \x03(\x0b\x32\x15.cronwire.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x88\x01\n\x15UpdateScheduleRequest\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.cronwire.v1.Schedule\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"A\n\x16UpdateScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.cronwire.v1.Schedule\"3\n\x15\x44\x65leteScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse\"4\n\x14PauseScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x15PauseScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.cronwire.v1.Schedule\"%\n\x15ResumeScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x16ResumeScheduleResponse\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.cronwire.v1.Schedule\"\xf7\x01\n\x17\x42\x61\x63kfillScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eoverlap_policy\x18\x04 \x01(\x0e\x32\x1a.cronwire.v1.OverlapPolicy\x12\x17\n\x0fmax_concurrency\x18\x05 \x01(\x05\x12\x0f\n\x07\x64ry_run\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"Y\n\x18\x42\x61\x63kfillScheduleResponse\x12)\n\nfire_times\x18\x01 \x03(\x0b\x32\x15.cronwire.v1.FireTime\x12\x12\n\nexecutions\x18\x02 \x03(\t\"\x9c\x01\n\x16PreviewScheduleRequest\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12)\n\x08schedule\x18\x02 \x01(\x0b\x32\x15.cronwire.v1.ScheduleH\x00\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12.\n\nafter_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06source\"W\n\x17PreviewScheduleResponse\x12)\n\nfire_times\x18\x01 \x03(\x0b\x32\x15.cronwire.v1.FireTime\x12\x11\n\ttime_zone\x18\x02 \x01(\t2\xbe\x06\n\x0fScheduleService\x12Y\n\x0e\x43reateSchedule\x12\".cronwire.v1.CreateScheduleRequest\x1a#.cronwire.v1.CreateScheduleResponse\x12P\n\x0bGetSchedule\x12\x1f.cronwire.v1.GetScheduleRequest\x1a .cronwire.v1.GetScheduleResponse\x12V\n\rListSchedules\x12!.cronwire.v1.ListSchedulesRequest\x1a\".cronwire.v1.ListSchedulesResponse\x12Y\n\x0eUpdateSchedule\x12\".cronwire.v1.UpdateScheduleRequest\x1a#.cronwire.v1.UpdateScheduleResponse\x12Y\n\x0e\x44\x65leteSchedule\x12\".cronwire.v1.DeleteScheduleRequest\x1a#.cronwire.v1.DeleteScheduleResponse\x12V\n\rPauseSchedule\x12!.cronwire.v1.PauseScheduleRequest\x1a\".cronwire.v1.PauseScheduleResponse\x12Y\n\x0eResumeSchedule\x12\".cronwire.v1.ResumeScheduleRequest\x1a#.cronwire.v1.ResumeScheduleResponse\x12_\n\x10\x42\x61\x63kfillSchedule\x12$.cronwire.v1.BackfillScheduleRequest\x1a%.cronwire.v1.BackfillScheduleResponse\x12\\\n\x0fPreviewSchedule\x12#.cronwire.v1.PreviewScheduleRequest\x1a$.cronwire.v1.PreviewScheduleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cronwire.v1.schedule_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATESCHEDULEREQUEST']._serialized_start=146
-  _globals['_CREATESCHEDULEREQUEST']._serialized_end=267
-  _globals['_CREATESCHEDULERESPONSE']._serialized_start=269
-  _globals['_CREATESCHEDULERESPONSE']._serialized_end=334
-  _globals['_GETSCHEDULEREQUEST']._serialized_start=336
-  _globals['_GETSCHEDULEREQUEST']._serialized_end=370
-  _globals['_GETSCHEDULERESPONSE']._serialized_start=372
-  _globals['_GETSCHEDULERESPONSE']._serialized_end=434
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=436
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=526
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=528
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=618
-  _globals['_UPDATESCHEDULEREQUEST']._serialized_start=620
-  _globals['_UPDATESCHEDULEREQUEST']._serialized_end=733
-  _globals['_UPDATESCHEDULERESPONSE']._serialized_start=735
-  _globals['_UPDATESCHEDULERESPONSE']._serialized_end=800
-  _globals['_DELETESCHEDULEREQUEST']._serialized_start=802
-  _globals['_DELETESCHEDULEREQUEST']._serialized_end=853
-  _globals['_DELETESCHEDULERESPONSE']._serialized_start=855
-  _globals['_DELETESCHEDULERESPONSE']._serialized_end=879
-  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=881
-  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=933
-  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=935
-  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=999
-  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=1001
-  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=1038
-  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=1040
-  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=1105
-  _globals['_BACKFILLSCHEDULEREQUEST']._serialized_start=1108
-  _globals['_BACKFILLSCHEDULEREQUEST']._serialized_end=1355
-  _globals['_BACKFILLSCHEDULERESPONSE']._serialized_start=1357
-  _globals['_BACKFILLSCHEDULERESPONSE']._serialized_end=1446
-  _globals['_PREVIEWSCHEDULEREQUEST']._serialized_start=1449
-  _globals['_PREVIEWSCHEDULEREQUEST']._serialized_end=1605
-  _globals['_PREVIEWSCHEDULERESPONSE']._serialized_start=1607
-  _globals['_PREVIEWSCHEDULERESPONSE']._serialized_end=1694
-  _globals['_SCHEDULESERVICE']._serialized_start=1697
-  _globals['_SCHEDULESERVICE']._serialized_end=2527
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=147
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=291
+  _globals['_CREATESCHEDULERESPONSE']._serialized_start=293
+  _globals['_CREATESCHEDULERESPONSE']._serialized_end=358
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=360
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=394
+  _globals['_GETSCHEDULERESPONSE']._serialized_start=396
+  _globals['_GETSCHEDULERESPONSE']._serialized_end=458
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=460
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=550
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=552
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=642
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_start=645
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_end=781
+  _globals['_UPDATESCHEDULERESPONSE']._serialized_start=783
+  _globals['_UPDATESCHEDULERESPONSE']._serialized_end=848
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=850
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=901
+  _globals['_DELETESCHEDULERESPONSE']._serialized_start=903
+  _globals['_DELETESCHEDULERESPONSE']._serialized_end=927
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=929
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=981
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=983
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=1047
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=1049
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=1086
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=1088
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=1153
+  _globals['_BACKFILLSCHEDULEREQUEST']._serialized_start=1156
+  _globals['_BACKFILLSCHEDULEREQUEST']._serialized_end=1403
+  _globals['_BACKFILLSCHEDULERESPONSE']._serialized_start=1405
+  _globals['_BACKFILLSCHEDULERESPONSE']._serialized_end=1494
+  _globals['_PREVIEWSCHEDULEREQUEST']._serialized_start=1497
+  _globals['_PREVIEWSCHEDULEREQUEST']._serialized_end=1653
+  _globals['_PREVIEWSCHEDULERESPONSE']._serialized_start=1655
+  _globals['_PREVIEWSCHEDULERESPONSE']._serialized_end=1742
+  _globals['_SCHEDULESERVICE']._serialized_start=1745
+  _globals['_SCHEDULESERVICE']._serialized_end=2575
 # @@protoc_insertion_point(module_scope)

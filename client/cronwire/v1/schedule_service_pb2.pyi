@@ -31,6 +31,7 @@ class CreateScheduleRequest(_message.Message):
     SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     SCHEDULE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """Required. The namespace, `namespaces/{namespace}`."""
     schedule_id: _builtins.str
@@ -40,6 +41,12 @@ class CreateScheduleRequest(_message.Message):
     request_id: _builtins.str
     """Optional. A unique id for this request: a retried call with the same
     `request_id` returns the first call's schedule.
+    """
+    validate_only: _builtins.bool
+    """Optional. Only check the request (AIP-163): the server validates it as it
+    would for the create (fields, the caller's permissions, that the job
+    exists, an existing schedule of that id) and returns the schedule it would
+    have stored, but stores nothing and sends no event.
     """
     @_builtins.property
     def schedule(self) -> _schedule_pb2.Schedule:
@@ -52,10 +59,11 @@ class CreateScheduleRequest(_message.Message):
         schedule_id: _builtins.str = ...,
         schedule: _schedule_pb2.Schedule | None = ...,
         request_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "request_id", b"request_id", "schedule", b"schedule", "schedule_id", b"schedule_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "request_id", b"request_id", "schedule", b"schedule", "schedule_id", b"schedule_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -207,6 +215,12 @@ class UpdateScheduleRequest(_message.Message):
 
     SCHEDULE_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Optional. Only check the update (AIP-163): the server validates it as it
+    would (fields, permissions, etag) and returns the schedule as it would be
+    after the update, but stores nothing and sends no event.
+    """
     @_builtins.property
     def schedule(self) -> _schedule_pb2.Schedule:
         """Required. The schedule with its new values; `schedule.name` says which.
@@ -224,10 +238,11 @@ class UpdateScheduleRequest(_message.Message):
         *,
         schedule: _schedule_pb2.Schedule | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -65,7 +65,10 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         with fields.under("job"):
             job = convert.job_from_pb(request.job, namespace, job_id)
             self._check(job)
-            created = await self._jobs.create(job, request_id=request_id)
+            if request.validate_only:
+                created = await self._jobs.check_create(job)
+            else:
+                created = await self._jobs.create(job, request_id=request_id)
         return job_service_pb2.CreateJobResponse(job=convert.job_to_pb(created))
 
     @unary
@@ -109,7 +112,13 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             return updated
 
         with fields.under("job"):
-            job = await self._jobs.update(name.namespace, name.id, change, expected_etag=request.job.etag)
+            job = await self._jobs.update(
+                name.namespace,
+                name.id,
+                change,
+                expected_etag=request.job.etag,
+                validate_only=request.validate_only,
+            )
         return job_service_pb2.UpdateJobResponse(job=convert.job_to_pb(job))
 
     @unary

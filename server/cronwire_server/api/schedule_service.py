@@ -62,7 +62,9 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
         fields.required(request.HasField("schedule"), "schedule")
         with fields.under("schedule"):
             schedule = convert.schedule_from_pb(request.schedule, namespace, schedule_id)
-            created = await self._schedules.create(schedule, request_id=request_id)
+            created = await self._schedules.create(
+                schedule, request_id=request_id, validate_only=request.validate_only
+            )
         return schedule_service_pb2.CreateScheduleResponse(schedule=_schedule_pb(created))
 
     @unary
@@ -120,7 +122,11 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
 
         with fields.under("schedule"):
             schedule = await self._schedules.update(
-                name.namespace, name.id, change, expected_etag=update.etag
+                name.namespace,
+                name.id,
+                change,
+                expected_etag=update.etag,
+                validate_only=request.validate_only,
             )
         return schedule_service_pb2.UpdateScheduleResponse(schedule=_schedule_pb(schedule))
 
