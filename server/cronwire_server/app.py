@@ -48,7 +48,7 @@ from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.events import EventHub, EventManager, Pruner, Sequencer
 from cronwire_server.executions import ExecutionManager
 from cronwire_server.executors.jobuser import SERVER_UMASK, JobUser, choose_job_user, warn_exposed
-from cronwire_server.executors.registry import EntryPolicy
+from cronwire_server.executors.registry import EntryPolicy, ExecutorPolicy
 from cronwire_server.executors.runners import Runners
 from cronwire_server.health import ReplicaHealth
 from cronwire_server.jobs import JobManager
@@ -166,12 +166,12 @@ async def create_server(settings: Settings) -> RunningServer:
         executions = ExecutionManager(store)
         jobs = JobManager(
             store,
-            http_policy(settings),
+            ExecutorPolicy(http_policy(settings), EntryPolicy(settings.python_path_allow)),
             max_per_namespace=limits.max_jobs_per_namespace,
             secrets=Secrets(settings.secrets_file),
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobService(jobs, executions, entry=EntryPolicy(settings.python_path_allow)), server
+            JobService(jobs, executions), server
         )
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
             ScheduleService(ScheduleManager(store, max_per_namespace=limits.max_schedules_per_namespace)),

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 from cronwire_server.auth.principal import current_actor
 from cronwire_server.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from cronwire_server.executors import registry
-from cronwire_server.executors.http_runner import HttpPolicy, check_url
-from cronwire_server.executors.registry import ExecutorKind
+from cronwire_server.executors.http_runner import check_url
+from cronwire_server.executors.registry import ExecutorKind, ExecutorPolicy
 from cronwire_server.model import Job, Listing, Page, RetryPolicy, job_name
 from cronwire_server.optimistic import read_modify_write
 from cronwire_server.secrets import Secrets, has_references
@@ -43,15 +43,17 @@ def _retry_violations(policy: RetryPolicy) -> list[FieldViolation]:
     return [FieldViolation(f"retry_policy.{field}", text) for field, text in found]
 
 
-def validate_job(job: Job, policy: HttpPolicy | None = None) -> None:
+def validate_job(job: Job, policy: ExecutorPolicy | None = None) -> None:
     """Raise InvalidArgument naming every bad field (paths relative to the Job message).
 
-    URLs (http jobs, callbacks) are checked against `policy` as far as that is possible
-    without DNS; the http runner checks the resolved addresses again when it sends.
+    The parameters are checked by their executor kind's record under `policy` (an http job's
+    URL, a python job's entry point); callback URLs against its HTTP policy as far as that is
+    possible without DNS; the http runner checks the resolved addresses again when it sends.
     """
+    policy = policy or ExecutorPolicy()
     violations: list[FieldViolation] = []
     try:
-        registry.validate_parameters(job.executor, job.parameters)
+        registry.validate_parameters(job.executor, job.parameters, policy)
     except InvalidArgument as error:
         violations.extend(error.violations)
     if len(job.description) > MAX_DESCRIPTION:
@@ -70,14 +72,11 @@ def validate_job(job: Job, policy: HttpPolicy | None = None) -> None:
     for index, dependent in enumerate(job.dependents):
         if dependent.job_id == job.id:
             violations.append(FieldViolation(f"dependents[{index}].job", "a job cannot depend on itself"))
-    url_parameter = job.parameters.get("url") if job.executor == "http" else None
-    if isinstance(url_parameter, str) and (refusal := check_url(url_parameter, policy)) is not None:
-        violations.append(FieldViolation("parameters.url", refusal))
     if job.callback is not None:
         url = urlsplit(job.callback.url)
         if url.scheme not in ("http", "https") or not url.hostname:
             violations.append(FieldViolation("callback.url", "must be an absolute http or https URL"))
-        elif (refusal := check_url(job.callback.url, policy)) is not None:
+        elif (refusal := check_url(job.callback.url, policy.http)) is not None:
             violations.append(FieldViolation("callback.url", refusal))
     for key in job.labels:
         if not LABEL_KEY.match(key):
@@ -94,7 +93,7 @@ class JobManager:
     def __init__(
         self,
         store: Store,
-        policy: HttpPolicy | None = None,
+        policy: ExecutorPolicy | None = None,
         *,
         max_per_namespace: int = 0,
         secrets: Secrets | None = None,

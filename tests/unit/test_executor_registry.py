@@ -9,6 +9,8 @@ from jsonschema import Draft202012Validator
 
 from cronwire_server.errors import InvalidArgument
 from cronwire_server.executors import registry
+from cronwire_server.executors.address_policy import HttpPolicy
+from cronwire_server.executors.runners import Runners
 
 
 def violations(kind: str, parameters: Any) -> dict[str, str]:
@@ -113,3 +115,28 @@ def test_noop_accepts_nothing_or_a_bounded_sleep() -> None:
 def test_all_violations_are_reported_together() -> None:
     found = violations("http", {"url": "ftp://x", "method": "FETCH", "timeout": 3})
     assert set(found) == {"parameters.url", "parameters.method", "parameters.timeout"}
+
+
+@pytest.mark.parametrize("kind", registry.all_kinds(), ids=lambda kind: kind.name)
+def test_every_kind_record_is_complete(kind: registry.ExecutorKind) -> None:
+    # Its example passes its schema and its own checks under the default policy, and its
+    # factory makes a runner: a new kind cannot be half registered.
+    registry.validate_parameters(kind.name, kind.example, registry.ExecutorPolicy())
+    runner = kind.runner(registry.ExecutorPolicy())
+    assert callable(getattr(runner, "run", None))
+    assert Runners().runner_for(kind.name).__class__ is runner.__class__
+
+
+def test_kind_checks_beyond_the_schema_use_the_servers_policy() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        registry.validate_parameters("http", {"url": "http://127.0.0.1:8080/hook"}, registry.ExecutorPolicy())
+    assert [v.field for v in caught.value.violations] == ["parameters.url"]
+    allow_private = registry.ExecutorPolicy(http=HttpPolicy(allow_private=True))
+    registry.validate_parameters("http", {"url": "http://127.0.0.1:8080/hook"}, allow_private)
+
+    refused = registry.ExecutorPolicy()
+    with pytest.raises(InvalidArgument) as caught:
+        registry.validate_parameters("python", {"callable": "os:system"}, refused)
+    assert [v.field for v in caught.value.violations] == ["parameters.callable"]
+    allowed = registry.ExecutorPolicy(entry=registry.EntryPolicy(allow=("os",)))
+    registry.validate_parameters("python", {"callable": "os:getcwd"}, allowed)

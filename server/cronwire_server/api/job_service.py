@@ -13,9 +13,9 @@ from cronwire_server.api.masks import mask_paths, merge
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import unary
 from cronwire_server.auth import principal
-from cronwire_server.errors import InvalidArgument, PermissionDenied
+from cronwire_server.errors import PermissionDenied
 from cronwire_server.executions import ExecutionManager
-from cronwire_server.executors.registry import KINDS, EntryPolicy
+from cronwire_server.executors.registry import KINDS
 from cronwire_server.jobs import JobManager
 from cronwire_server.model import Job
 
@@ -39,20 +39,14 @@ OUTPUT_ONLY = frozenset({"name", "create_time", "update_time", "etag", "stats"})
 
 
 class JobService(job_service_pb2_grpc.JobServiceServicer):
-    def __init__(
-        self, jobs: JobManager, executions: ExecutionManager, *, entry: EntryPolicy | None = None
-    ) -> None:
+    def __init__(self, jobs: JobManager, executions: ExecutionManager) -> None:
         self._jobs = jobs
         self._executions = executions
-        # The modules python jobs may call (--python-path-allow).
-        self._entry = entry or EntryPolicy()
 
     def _check(self, job: Job) -> None:
-        """PERMISSION_DENIED unless the caller's key may use the job's executor kind; then
-        INVALID_ARGUMENT for a python entry point the server does not allow."""
+        """PERMISSION_DENIED unless the caller's key may use the job's executor kind (what its
+        parameters may do under the server's policy, the job manager validates)."""
         _require_executor(job.executor)
-        if job.executor == "python" and (violations := self._entry.violations(job.parameters)):
-            raise InvalidArgument(violations)
 
     @unary
     async def CreateJob(

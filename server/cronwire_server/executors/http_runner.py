@@ -46,7 +46,13 @@ import httpx
 
 from cronwire_server.executors.address_policy import HttpPolicy, IPAddress
 from cronwire_server.executors.address_policy import literal_address as _literal_address
-from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest, describe_timeout
+from cronwire_server.executors.runtime import (
+    OutputCallback,
+    RunOutcome,
+    RunRequest,
+    cancelled_outcome,
+    race,
+)
 from cronwire_server.executors.shell import _Capture
 from cronwire_server.model import ExecutionState
 from cronwire_server.secrets import Redactor
@@ -103,35 +109,27 @@ class HttpRunner:
         on_output: OutputCallback | None = None,
     ) -> RunOutcome:
         if cancel.is_set():
-            return RunOutcome(ExecutionState.CANCELLED, error="cancelled")
+            return cancelled_outcome()
         exchange = _Exchange(request.capture_bytes, on_output)
         call = asyncio.ensure_future(self._call(request, exchange))
-        cancelled = asyncio.ensure_future(cancel.wait())
-        try:
-            timeout = request.timeout.total_seconds() if request.timeout is not None else None
-            await asyncio.wait({call, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+
+        async def stop() -> None:
             if not call.done():
                 # Cancelling the call aborts the request and closes its connection.
                 call.cancel()
                 await asyncio.wait({call})
-        except BaseException:
-            # The worker's own task was cancelled: abort the request all the same.
+
+        async def abandon() -> None:
             call.cancel()
             await asyncio.wait({call}, timeout=1.0)
-            raise
-        finally:
-            cancelled.cancel()
 
-        # A call that finished just as it was cancelled or timed out counts as finished.
-        if not call.cancelled():
+        stopped = await race(call, cancel, request.timeout, stop=stop, abandon=abandon)
+        if stopped is not None:
+            state, error = stopped
+        else:
             failure = call.exception()
             # The call handles the errors a webhook meets; anything else still fails the run only.
             state, error = call.result() if failure is None else (ExecutionState.FAILED, _describe(failure))
-        elif cancelled.done():
-            state, error = ExecutionState.CANCELLED, "cancelled"
-        else:
-            assert request.timeout is not None
-            state, error = ExecutionState.TIMED_OUT, describe_timeout(request.timeout)
         output, truncated = exchange.output()
         return RunOutcome(
             state, output=output, output_truncated=truncated, error=error, http_status=exchange.status

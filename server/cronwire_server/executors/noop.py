@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest, describe_timeout
+from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest, cancelled_outcome, race
 from cronwire_server.model import ExecutionState
 
 __all__ = ["NoopRunner"]
@@ -19,26 +19,21 @@ class NoopRunner:
         cancel: asyncio.Event,
         on_output: OutputCallback | None = None,
     ) -> RunOutcome:
+        if cancel.is_set():
+            return cancelled_outcome()
         seconds = float(request.parameters.get("sleep_seconds", 0))
-        timed_out = ""
-        # The run lasts `seconds`, cut short by the timeout or by `cancel`.
-        if request.timeout is not None and request.timeout.total_seconds() < seconds:
-            seconds, timed_out = request.timeout.total_seconds(), describe_timeout(request.timeout)
-        if await _set_within(cancel, seconds):
-            return RunOutcome(ExecutionState.CANCELLED, error="cancelled")
-        if timed_out:
-            return RunOutcome(ExecutionState.TIMED_OUT, error=timed_out)
+        # The run lasts `seconds`, cut short by the timeout (only one shorter than that) or `cancel`.
+        timeout = request.timeout
+        if timeout is not None and timeout.total_seconds() >= seconds:
+            timeout = None
+        sleep = asyncio.ensure_future(asyncio.sleep(seconds))
+
+        async def stop() -> None:
+            sleep.cancel()
+
+        stopped = await race(sleep, cancel, timeout, stop=stop, abandon=stop)
+        if stopped is not None:
+            state, error = stopped
+            return RunOutcome(state, error=error)
         result = {"arguments": dict(request.arguments), "parameters": dict(request.parameters)}
         return RunOutcome(ExecutionState.SUCCEEDED, result=result)
-
-
-async def _set_within(event: asyncio.Event, seconds: float) -> bool:
-    """Whether `event` is set within `seconds`."""
-    if seconds <= 0:
-        return event.is_set()
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({waiter}, timeout=seconds)
-    finally:
-        waiter.cancel()
-    return event.is_set()

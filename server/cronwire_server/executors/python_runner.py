@@ -39,7 +39,7 @@ from typing import Any
 
 from cronwire_server.executors.jobuser import JobUser
 from cronwire_server.executors.registry import EntryPolicy
-from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest
+from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest, cancelled_outcome
 from cronwire_server.executors.shell import KILL_GRACE, ShellRunner, _exit_error
 from cronwire_server.model import ExecutionState
 
@@ -79,7 +79,7 @@ class PythonRunner:
         on_output: OutputCallback | None = None,
     ) -> RunOutcome:
         if cancel.is_set():
-            return RunOutcome(ExecutionState.CANCELLED, error="cancelled")
+            return cancelled_outcome()
         # Checked at create and update too; again here, for jobs stored before (or by a server
         # with another --python-path-allow).
         refused = self.entry.violations(request.parameters)

@@ -1,4 +1,4 @@
-"""The runner of each executor kind: what a worker calls to run an execution."""
+"""The runners of a server: one per executor kind, made by the kind's record (`registry.KINDS`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ from types import MappingProxyType
 
 from cronwire_server.executors.http_runner import HttpPolicy, HttpRunner
 from cronwire_server.executors.jobuser import JobUser
-from cronwire_server.executors.noop import NoopRunner
-from cronwire_server.executors.python_runner import PythonRunner
-from cronwire_server.executors.registry import EntryPolicy
+from cronwire_server.executors.registry import KINDS, EntryPolicy, ExecutorPolicy
 from cronwire_server.executors.runtime import Runner
-from cronwire_server.executors.shell import ShellRunner
 
 __all__ = ["Runners", "runner_for"]
 
@@ -30,15 +27,14 @@ class Runners:
         user: JobUser | None = None,
         entry: EntryPolicy | None = None,
     ) -> None:
-        self.http = HttpRunner(policy)
+        self.policy = ExecutorPolicy(http=policy or HttpPolicy(), entry=entry or EntryPolicy(), user=user)
         self._by_kind: Mapping[str, Runner] = MappingProxyType(
-            {
-                "shell": ShellRunner(user=user),
-                "python": PythonRunner(user=user, entry=entry),
-                "http": self.http,
-                "noop": NoopRunner(),
-            }
+            {name: kind.runner(self.policy) for name, kind in KINDS.items()}
         )
+        http = self._by_kind["http"]
+        assert isinstance(http, HttpRunner)
+        # Completion callbacks are delivered by the http jobs' runner, under the same policy.
+        self.http = http
 
     def runner_for(self, kind: str) -> Runner:
         """The runner of executor kind `kind` (`Job.executor`).

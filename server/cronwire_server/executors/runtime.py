@@ -5,19 +5,35 @@ A worker builds a `RunRequest` for one execution, picks the kind's `Runner`
 run: every way a run can end is a `RunOutcome`. Only `asyncio.CancelledError`
 escapes, when the worker's own task is cancelled, and by then the runner has
 stopped whatever it started.
+
+How a run is stopped is the runner's; when is the same for every kind:
+`race` waits for the work, its timeout and the cancel event, stops the work and
+says which came first, so a timeout reads `timed out after 5s` and a cancel
+`cancelled` whatever the kind.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from cronwire_server.model import ExecutionState
 
-__all__ = ["OutputCallback", "ProcessFence", "RunOutcome", "RunRequest", "Runner", "describe_timeout"]
+__all__ = [
+    "OutputCallback",
+    "ProcessFence",
+    "RunOutcome",
+    "RunRequest",
+    "Runner",
+    "Stopped",
+    "cancelled_outcome",
+    "describe_timeout",
+    "race",
+]
 
 OutputCallback = Callable[[str], None]
 
@@ -85,3 +101,52 @@ class Runner(Protocol):
 def describe_timeout(timeout: timedelta) -> str:
     """`timed out after 5s`, `timed out after 0.25s`: the error of a TIMED_OUT outcome."""
     return f"timed out after {timeout.total_seconds():g}s"
+
+
+# Why a run was stopped before its work finished:
+# (CANCELLED, "cancelled") or (TIMED_OUT, "timed out after 5s").
+Stopped = tuple[ExecutionState, str]
+
+
+def cancelled_outcome() -> RunOutcome:
+    """The outcome of a run cancelled before it started anything."""
+    return RunOutcome(ExecutionState.CANCELLED, error="cancelled")
+
+
+async def race(
+    work: asyncio.Future[Any],
+    cancel: asyncio.Event,
+    time_limit: timedelta | None,
+    *,
+    stop: Callable[[], Awaitable[None]],
+    abandon: Callable[[], Awaitable[None]],
+) -> Stopped | None:
+    """Wait for `work`, at most `time_limit` (the run's timeout; None: no limit), until
+    `cancel` is set; then `stop`.
+
+    Returns None when the work finished first (work that finished just as it was cancelled
+    or timed out counts as finished), else why it was stopped: `cancel` before the timeout.
+    `stop` is awaited in every case, finished or not (a finished program may leave processes
+    in its group); it ends the work and keeps what it produced. When the caller's own task is
+    cancelled meanwhile, `abandon` (no grace, but leave nothing running) is awaited instead
+    and the CancelledError propagates. `work` is left to the caller.
+    """
+    cancelled = asyncio.ensure_future(cancel.wait())
+    try:
+        seconds = time_limit.total_seconds() if time_limit is not None else None
+        await asyncio.wait({work, cancelled}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        stopped: Stopped | None = None
+        if work.done():
+            pass
+        elif cancelled.done():
+            stopped = (ExecutionState.CANCELLED, "cancelled")
+        elif time_limit is not None:
+            stopped = (ExecutionState.TIMED_OUT, describe_timeout(time_limit))
+        await stop()
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            await abandon()
+        raise
+    finally:
+        cancelled.cancel()
+    return stopped

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import errno
 import json
 import logging
@@ -44,7 +43,13 @@ from collections.abc import Awaitable
 from typing import Any
 
 from cronwire_server.executors.jobuser import JobUser, can_enter
-from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest, describe_timeout
+from cronwire_server.executors.runtime import (
+    OutputCallback,
+    RunOutcome,
+    RunRequest,
+    cancelled_outcome,
+    race,
+)
 from cronwire_server.model import ExecutionState
 
 __all__ = ["KILL_GRACE", "ShellRunner"]
@@ -70,7 +75,7 @@ class ShellRunner:
         on_output: OutputCallback | None = None,
     ) -> RunOutcome:
         if cancel.is_set():
-            return RunOutcome(ExecutionState.CANCELLED, error="cancelled")
+            return cancelled_outcome()
         if "working_dir" in request.parameters:
             working_dir: str = request.parameters["working_dir"]
             if self.user.switches and not can_enter(working_dir, self.user):
@@ -120,27 +125,20 @@ class ShellRunner:
             fence.guard(request.lease_token, process.pid)
 
         exited = asyncio.ensure_future(process.wait())
-        cancelled = asyncio.ensure_future(cancel.wait())
-        stopped: tuple[ExecutionState, str] | None = None
-        try:
-            timeout = request.timeout.total_seconds() if request.timeout is not None else None
-            await asyncio.wait({exited, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            # A program that finished just as it was cancelled or timed out counts as finished.
-            if exited.done():
-                pass
-            elif cancelled.done():
-                stopped = (ExecutionState.CANCELLED, "cancelled")
-            elif request.timeout is not None:
-                stopped = (ExecutionState.TIMED_OUT, describe_timeout(request.timeout))
-            await self._stop(process.pid, exited, capture)
-        except BaseException:
-            # The worker's own task was cancelled: no grace, but leave nothing running.
+
+        async def abandon() -> None:
             _signal_group(process.pid, signal.SIGKILL)
-            with contextlib.suppress(BaseException):
-                await asyncio.wait({exited}, timeout=1.0)
-            raise
+            await asyncio.wait({exited}, timeout=1.0)
+
+        try:
+            stopped = await race(
+                exited,
+                cancel,
+                request.timeout,
+                stop=lambda: self._stop(process.pid, exited, capture),
+                abandon=abandon,
+            )
         finally:
-            cancelled.cancel()
             exited.cancel()
             transport.close()
             if fence is not None:
