@@ -35,7 +35,7 @@ from cronwire_server.dispatcher import sleep_until_woken
 from cronwire_server.errors import StorageUnavailable
 from cronwire_server.executors.fence import Fence
 from cronwire_server.executors.runners import Runners
-from cronwire_server.executors.runtime import RunOutcome, RunRequest
+from cronwire_server.executors.runtime import RunOutcome, RunRequest, parent_run
 from cronwire_server.logs import run_fields, url_for_log
 from cronwire_server.model import Execution, ExecutionState, Job
 from cronwire_server.planning import retry_due_time
@@ -274,6 +274,7 @@ class WorkerPool:
             capture_bytes=self._capture_bytes,
             lease_token=running.token,
             fence=self._fence,
+            parent=await parent_run(execution, self._store.get_execution),
         )
         redactor = Redactor([])
         try:

@@ -4,6 +4,8 @@ Requests carry `X-Cronwire-Execution`, `X-Cronwire-Scheduled-Time` (ISO 8601),
 `X-Cronwire-Attempt` and `X-Cronwire-Lease-Token`, which the job's headers cannot
 override, so that a receiver can tell a retry from a new run and fence its writes
 (an HTTP call has no process the fence could kill when its replica vanishes).
+A dependent job's run also carries its parent's `X-Cronwire-Parent-Execution`,
+`-Job`, `-State` and `-Exit-Code` (see `runtime.ParentRun`).
 The run succeeds when the status is expected (`expected_status`, or any 2xx);
 redirects are not followed, since the next location would go unchecked. The
 response body, up to `capture_bytes`, is the output. `RunRequest.timeout` bounds
@@ -51,6 +53,7 @@ from cronwire_server.executors.runtime import (
     RunOutcome,
     RunRequest,
     cancelled_outcome,
+    parent_headers,
     race,
 )
 from cronwire_server.executors.shell import _Capture
@@ -218,6 +221,8 @@ def _pinned(
     headers["X-Cronwire-Attempt"] = str(request.attempt)
     if request.lease_token:
         headers["X-Cronwire-Lease-Token"] = request.lease_token
+    if request.parent is not None:
+        headers.update(parent_headers(request.parent))
     extensions: dict[str, Any] = {}
     if url.scheme == "https" and _literal_address(url.host) is None:
         extensions["sni_hostname"] = url.raw_host.decode("ascii")

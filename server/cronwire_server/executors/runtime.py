@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from cronwire_server.model import ExecutionState
+from cronwire_server.errors import NotFound, StorageUnavailable
+from cronwire_server.model import Execution, ExecutionState, job_name
 
 __all__ = [
     "OutputCallback",
+    "ParentRun",
     "ProcessFence",
     "RunOutcome",
     "RunRequest",
@@ -32,7 +34,10 @@ __all__ = [
     "Stopped",
     "cancelled_outcome",
     "describe_timeout",
+    "parent_headers",
+    "parent_run",
     "race",
+    "set_parent_env",
 ]
 
 OutputCallback = Callable[[str], None]
@@ -50,6 +55,63 @@ class ProcessFence(Protocol):
 
 
 @dataclass(frozen=True)
+class ParentRun:
+    """The execution whose end started a dependent job's run, as the run is told of it:
+    `CRONWIRE_PARENT_*` variables (shell, python), `X-Cronwire-Parent-*` headers (http)."""
+
+    execution_name: str
+    job_name: str
+    state: ExecutionState
+    exit_code: int | None = None
+
+    def fields(self) -> dict[str, str]:
+        """EXECUTION, JOB, STATE (`FAILED`, as the API names it) and EXIT_CODE (empty when
+        the parent had none, e.g. an http job or a run that never started)."""
+        return {
+            "EXECUTION": self.execution_name,
+            "JOB": self.job_name,
+            "STATE": self.state.name,
+            "EXIT_CODE": "" if self.exit_code is None else str(self.exit_code),
+        }
+
+
+def set_parent_env(env: dict[str, str], parent: ParentRun | None) -> None:
+    """`CRONWIRE_PARENT_EXECUTION`, `_JOB`, `_STATE`, `_EXIT_CODE` into `env` for a run another
+    execution started; for other runs none of them (a job's own `env` cannot pose as a parent)."""
+    for key in PARENT_FIELDS:
+        env.pop(f"CRONWIRE_PARENT_{key}", None)
+    if parent is not None:
+        env.update({f"CRONWIRE_PARENT_{key}": value for key, value in parent.fields().items()})
+
+
+def parent_headers(parent: ParentRun) -> dict[str, str]:
+    """`X-Cronwire-Parent-Execution`, `-Job`, `-State`, `-Exit-Code` (the last only when the
+    parent had an exit code)."""
+    return {
+        "X-Cronwire-Parent-" + key.title().replace("_", "-"): value
+        for key, value in parent.fields().items()
+        if value
+    }
+
+
+PARENT_FIELDS = ("EXECUTION", "JOB", "STATE", "EXIT_CODE")
+
+
+async def parent_run(
+    execution: Execution, get_execution: Callable[[str, str], Awaitable[Execution]]
+) -> ParentRun | None:
+    """The parent of a dependent job's execution, read with `get_execution`; None for other
+    executions, and for a parent deleted (or unreadable) meanwhile: the run goes ahead."""
+    if not execution.parent_execution_id:
+        return None
+    try:
+        parent = await get_execution(execution.namespace, execution.parent_execution_id)
+    except (NotFound, StorageUnavailable):
+        return None
+    return ParentRun(parent.name, job_name(parent.namespace, parent.job_id), parent.state, parent.exit_code)
+
+
+@dataclass(frozen=True)
 class RunRequest:
     """One execution to run."""
 
@@ -64,6 +126,8 @@ class RunRequest:
     # Unique per claim of an attempt: CRONWIRE_LEASE_TOKEN, for job code that fences its writes.
     lease_token: str = ""
     fence: ProcessFence | None = field(default=None, compare=False, repr=False)
+    # The execution whose end started this one (a job's dependents), else None.
+    parent: ParentRun | None = None
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ privileges when the server is root). Its environment is built afresh, none of it
 the server's, which holds its own configuration and secrets: PATH (a safe
 default), HOME, USER, LOGNAME and LANG for its user, then the job's `env`, then
 the `CRONWIRE_*` variables describing the run (which the job's `env` cannot
-override). Without a `working_dir` it starts in a directory of its own, made for
-the run, owned by its user, and removed when the run ends: never the server's
+override), with `CRONWIRE_PARENT_*` for a dependent job's run (`runtime.ParentRun`).
+Without a `working_dir` it starts in a directory of its own, made for the run,
+owned by its user, and removed when the run ends: never the server's
 working directory, which may hold the database. Errors never quote an `env` value.
 
 stdout and stderr share one pipe, so their output interleaves as produced. The
@@ -49,6 +50,7 @@ from cronwire_server.executors.runtime import (
     RunRequest,
     cancelled_outcome,
     race,
+    set_parent_env,
 )
 from cronwire_server.model import ExecutionState
 
@@ -219,6 +221,7 @@ def _environment(request: RunRequest, user: JobUser) -> dict[str, str]:
         CRONWIRE_ATTEMPT=str(request.attempt),
         CRONWIRE_ARGUMENTS=json.dumps(request.arguments, default=str),
     )
+    set_parent_env(env, request.parent)
     if request.lease_token:
         env["CRONWIRE_LEASE_TOKEN"] = request.lease_token
     return env
