@@ -5,11 +5,11 @@ Every process runs a `Sequencer` (only one numbers at a time, see
 that follows the numbered events in order and hands each watcher the batches
 that match its filters: each distinct filter is matched once per read, and the
 watchers whose filters take the same events share one batch object, so that the
-API serializes it once for all of them. A watcher's buffer is bounded, in batches and in bytes:
-one that falls behind is cut off and told to resume from its last sequence, so it
-never slows the hub or the other watchers. Every read is bounded in bytes as well
-as in rows, so however large the snapshots, a watcher (live or replaying) or a
-listing holds a bounded page.
+API serializes it once for all of them. A watcher's buffer is bounded, in batches
+and in bytes: one that falls behind is cut off and told to resume from its last
+sequence, so it never slows the hub or the other watchers. Every read is bounded
+in bytes as well as in rows, so however large the snapshots, a watcher (live or
+replaying) or a listing holds a bounded page.
 """
 
 from __future__ import annotations
@@ -247,12 +247,6 @@ class Delivery:
 
     batches: list[Batch]
     latest_sequence: int
-
-    @property
-    def events(self) -> list[Event]:
-        if len(self.batches) == 1:
-            return self.batches[0].events
-        return [event for batch in self.batches for event in batch.events]
 
 
 class EventManager:

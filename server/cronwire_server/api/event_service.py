@@ -138,6 +138,8 @@ class _Body:
 
 def _bodies(events: list[Event], entries: list[bytes]) -> list[_Body]:
     """`events` in consecutive bodies of at most MAX_RESPONSE_BYTES (at least one event each)."""
+    if not entries:
+        return []
     bodies: list[_Body] = []
     start = size = 0
     for index, entry in enumerate(entries):
@@ -145,8 +147,7 @@ def _bodies(events: list[Event], entries: list[bytes]) -> list[_Body]:
             bodies.append(_Body(b"".join(entries[start:index]), events[index - 1].sequence))
             start, size = index, 0
         size += len(entry)
-    if entries:
-        bodies.append(_Body(b"".join(entries[start:]), events[-1].sequence))
+    bodies.append(_Body(b"".join(entries[start:]), events[-1].sequence))
     encode_counts.bodies += 1
     return bodies
 
