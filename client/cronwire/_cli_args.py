@@ -264,7 +264,12 @@ def job_flags(parser: argparse.ArgumentParser, create: bool) -> None:
     how.add_argument(
         "--retry-backoff", type=duration_arg, metavar="DURATION", help="delay before the first retry"
     )
-    how.add_argument("--max-concurrency", type=count_arg, metavar="N", help="most runs at once (0: no limit)")
+    how.add_argument(
+        "--max-concurrency",
+        type=count_arg,
+        metavar="N",
+        help="most runs at once (0: no limit; 1: its runs never overlap)",
+    )
     how.add_argument(
         "--label",
         action="append",

@@ -627,8 +627,17 @@ def _interrupted(ctx: Context, name: str) -> str:
 def cmd_jobs_run(ctx: Context) -> int:
     args = ctx.args
     execution = ctx.client.run_job(
-        args.name, arguments=_merge_pairs(args.arg), request_id=args.request_id or ""
+        args.name,
+        arguments=_merge_pairs(args.arg),
+        request_id=args.request_id or "",
+        respect_overlap=args.no_overlap,
     )
+    if execution.state is ExecutionState.SKIPPED:
+        if ctx.fmt == "table":
+            ctx.print(f"{execution.name} SKIPPED: {execution.error}\n")
+        else:
+            ctx.print(dump(to_document(execution), ctx.fmt))
+        return STATE_EXIT[ExecutionState.SKIPPED]
     if args.wait:
         if ctx.fmt == "table":
             return _follow(ctx, execution)
@@ -851,10 +860,14 @@ def cmd_executions_get(ctx: Context) -> int:
 def cmd_executions_list(ctx: Context) -> int:
     args = ctx.args
     limit = _limit(args)
+    states = args.state or ()
+    if not states and not args.all_states:
+        # Skipped ticks are counted on the schedule; listed, they would bury the runs.
+        states = tuple(s for s in ExecutionState if s is not ExecutionState.SKIPPED)
     found = ctx.client.iter_executions(
         job=args.job,
         schedule=args.schedule,
-        states=args.state or (),
+        states=states,
         start_time=args.since,
         end_time=args.until,
         page_size=_page_size(limit),

@@ -293,13 +293,21 @@ class AsyncClient:
         await self._call(self._jobs.DeleteJob, request)
 
     async def run_job(
-        self, job: JobRef, *, arguments: Mapping[str, Any] | None = None, request_id: str = ""
+        self,
+        job: JobRef,
+        *,
+        arguments: Mapping[str, Any] | None = None,
+        request_id: str = "",
+        respect_overlap: bool = False,
     ) -> Execution:
         """Queue an execution of a job now and return it (QUEUED).
 
-        A repeated `request_id` returns the first call's execution instead of a new one.
+        A repeated `request_id` returns the first call's execution instead of a new one. With
+        `respect_overlap`, while a run of one of the job's schedules with overlap policy SKIP
+        is queued or running, the run is recorded SKIPPED (skip reason OVERLAP) and returned.
         """
         request = self._requests.run_job(job, arguments, request_id)
+        request.respect_overlap = respect_overlap
         return Execution._from_proto((await self._call(self._jobs.RunJob, request)).execution)
 
     async def run(
@@ -313,6 +321,7 @@ class AsyncClient:
         follow_retries: bool = True,
         request_id: str = "",
         on_attempt: Callable[[Execution, Execution | None], object] | None = None,
+        respect_overlap: bool = False,
     ) -> Execution:
         """Run a job now; with `wait`, return the execution once it has ended.
 
@@ -320,9 +329,11 @@ class AsyncClient:
         attempt that the job's retry policy retries is followed to its last attempt. Raises
         DeadlineExceeded if `wait_timeout` passes first. Without `wait`, it is `run_job`.
         `on_attempt` is called with each attempt as it ends, the last one included (see
-        `wait_for_execution`).
+        `wait_for_execution`). `respect_overlap` is `run_job`'s.
         """
-        execution = await self.run_job(job, arguments=arguments, request_id=request_id)
+        execution = await self.run_job(
+            job, arguments=arguments, request_id=request_id, respect_overlap=respect_overlap
+        )
         if not wait:
             return execution
         return await self.wait_for_execution(

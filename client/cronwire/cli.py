@@ -223,6 +223,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p.add_argument("--wait", action="store_true", help="wait for the end; exit code from the outcome")
     wait_flags(p)
     p.add_argument("--request-id", help="a retried run with the same id returns the first execution")
+    p.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="follow the overlap policy of the job's schedules: while a run of a schedule with "
+        "--overlap skip is queued or running, this run is recorded SKIPPED (exit 5) instead",
+    )
     build.leaf(jobs, "types", cmd_jobs_types, "list the executor kinds (-o json: with their schemas)")
 
     schedules = top.add_parser("schedules", help="when jobs run").add_subparsers(
@@ -299,7 +305,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         action="append",
         type=enum_arg(ExecutionState),
         metavar="STATE",
-        help="only these states (repeat): " + ", ".join(enum_text(s) for s in ExecutionState),
+        help="only these states (repeat): "
+        + ", ".join(enum_text(s) for s in ExecutionState)
+        + "; without it, every state but skipped",
+    )
+    p.add_argument(
+        "--all-states",
+        action="store_true",
+        help="skipped ticks too (left out by default so that they do not bury the runs)",
     )
     p.add_argument("--since", type=time_arg, metavar="TIME", help="scheduled at or after")
     p.add_argument("--until", type=time_arg, metavar="TIME", help="scheduled before")

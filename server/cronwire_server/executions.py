@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cronwire_server.auth.principal import current_actor
-from cronwire_server.model import Execution, ExecutionState, JsonObject, Listing, Page
+from cronwire_server.model import (
+    Execution,
+    ExecutionState,
+    JsonObject,
+    Listing,
+    OverlapPolicy,
+    Page,
+)
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ExecutionFilter
 
@@ -38,10 +45,33 @@ class ExecutionManager:
         self._store = store
 
     async def run_job(
-        self, namespace: str, job_id: str, arguments: JsonObject, *, request_id: str = ""
+        self,
+        namespace: str,
+        job_id: str,
+        arguments: JsonObject,
+        *,
+        request_id: str = "",
+        respect_overlap: bool = False,
     ) -> Execution:
+        """Queue a run now. With `respect_overlap`, while a run of one of the job's schedules
+        whose overlap policy is SKIP is queued or running, the run is recorded SKIPPED
+        (reason OVERLAP) and returned instead."""
+        skip_while_running: list[str] = []
+        if respect_overlap:
+            after: str | None = None
+            while True:
+                listing = await self._store.list_schedules(namespace, Page(1000, after), job_id=job_id)
+                skip_while_running += [s.id for s in listing.items if s.overlap_policy is OverlapPolicy.SKIP]
+                if listing.next_after is None:
+                    break
+                after = listing.next_after
         return await self._store.run_job(
-            namespace, job_id, arguments, request_id=request_id, actor=current_actor()
+            namespace,
+            job_id,
+            arguments,
+            request_id=request_id,
+            actor=current_actor(),
+            skip_while_running=skip_while_running,
         )
 
     async def get(self, namespace: str, execution_id: str) -> Execution:

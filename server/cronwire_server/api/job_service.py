@@ -130,7 +130,13 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         name = scope.name(request.name, "job")
         request_id = fields.request_id(request.request_id)
         arguments = convert.struct_to_dict(request.arguments)
-        execution = await self._executions.run_job(name.namespace, name.id, arguments, request_id=request_id)
+        execution = await self._executions.run_job(
+            name.namespace,
+            name.id,
+            arguments,
+            request_id=request_id,
+            respect_overlap=request.respect_overlap,
+        )
         return job_service_pb2.RunJobResponse(execution=convert.execution_to_pb(execution))
 
     @unary

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -245,9 +245,19 @@ class Store(Protocol):
     # Executions
 
     async def run_job(
-        self, namespace: str, job_id: str, arguments: JsonObject, *, request_id: str = "", actor: str = ""
+        self,
+        namespace: str,
+        job_id: str,
+        arguments: JsonObject,
+        *,
+        request_id: str = "",
+        actor: str = "",
+        skip_while_running: Sequence[str] = (),
     ) -> Execution:
-        """Queue an execution of the job now. NotFound; a seen `request_id` returns its execution."""
+        """Queue an execution of the job now. NotFound; a seen `request_id` returns its execution.
+
+        While an execution of a schedule in `skip_while_running` is QUEUED or RUNNING, the run is
+        recorded SKIPPED (reason OVERLAP) instead, checked in the insert's transaction."""
 
     async def get_execution(self, namespace: str, execution_id: str) -> Execution:
         """The execution with its output, or NotFound."""

@@ -39,6 +39,7 @@ from cronwire_server.model import (
     Replica,
     RetentionPolicy,
     Schedule,
+    SkipReason,
     execution_name,
     job_name,
     schedule_name,
@@ -881,7 +882,14 @@ class SqlStore:
     # Executions
 
     async def run_job(
-        self, namespace: str, job_id: str, arguments: JsonObject, *, request_id: str = "", actor: str = ""
+        self,
+        namespace: str,
+        job_id: str,
+        arguments: JsonObject,
+        *,
+        request_id: str = "",
+        actor: str = "",
+        skip_while_running: Sequence[str] = (),
     ) -> Execution:
         if request_id:
             replay = await self._recorded_resource(namespace, request_id, "RunJob")
@@ -889,14 +897,22 @@ class SqlStore:
                 return await self.get_execution(namespace, replay)
         try:
             row = await self._run(
-                self._in_transaction_by, actor, self._run_job, namespace, job_id, arguments, request_id
+                self._in_transaction_by,
+                actor,
+                self._run_job,
+                namespace,
+                job_id,
+                arguments,
+                request_id,
+                skip_while_running,
             )
         except exc.IntegrityError:
             replay = await self._recorded_resource(namespace, request_id, "RunJob") if request_id else None
             if replay is None:
                 raise
             return await self.get_execution(namespace, replay)
-        self._wakeup.signal("executions")
+        if row["state"] == ExecutionState.QUEUED.value:
+            self._wakeup.signal("executions")
         return ex.execution_from_row(row)
 
     def _run_job(
@@ -906,10 +922,25 @@ class SqlStore:
         job_id: str,
         arguments: JsonObject,
         request_id: str,
+        skip_while_running: Sequence[str],
         now: datetime,
     ) -> dict[str, Any]:
         if conn.execute(_GET_JOB, {"namespace": namespace, "id": job_id}).first() is None:
             raise errors.NotFound("job", job_name(namespace, job_id))
+        # RunJob respect_overlap: skipped, like a tick, while a run of such a schedule is active.
+        busy = (
+            conn.execute(
+                sa.select(executions.c.schedule_id, executions.c.id)
+                .where(
+                    executions.c.namespace == namespace,
+                    executions.c.schedule_id.in_(skip_while_running),
+                    executions.c.state.in_(ex.ACTIVE_STATES),
+                )
+                .limit(1)
+            ).first()
+            if skip_while_running
+            else None
+        )
         row = ex.new_row(
             namespace=namespace,
             job_id=job_id,
@@ -917,6 +948,14 @@ class SqlStore:
             scheduled_time=now,
             arguments=arguments,
             now=now,
+            state=ExecutionState.SKIPPED if busy else ExecutionState.QUEUED,
+            skip_reason=SkipReason.OVERLAP if busy else None,
+            error=(
+                f"skipped: {execution_name(namespace, busy.id)} of schedule "
+                f"{schedule_name(namespace, busy.schedule_id)} (overlap policy SKIP) is still running"
+                if busy
+                else ""
+            ),
         )
         if request_id:
             conn.execute(
