@@ -44,7 +44,7 @@ from cronwire_server.model import (
     job_name,
     schedule_name,
 )
-from cronwire_server.storage import sql_events, sql_replicas, sql_retention
+from cronwire_server.storage import sql_creates, sql_events, sql_replicas, sql_retention
 from cronwire_server.storage import sql_executions as ex
 from cronwire_server.storage.base import (
     ClaimedExecution,
@@ -70,6 +70,7 @@ from cronwire_server.storage.tables import (
     execution_counters,
     executions,
     jobs,
+    namespace_usage,
     request_ids,
     schedules,
 )
@@ -259,33 +260,13 @@ def stamp_time(postgres: bool) -> Any:
 _DB_NOW = sa.func.now()
 _DB_STAMPS = {"create_time": _DB_NOW, "update_time": _DB_NOW}
 
-# Built once: the hot path only binds values. Inserts take their VALUES from the parameters.
-# No RETURNING but the time PostgreSQL stamped: the row is exactly the values sent, and
-# decoding it back costs more client CPU than the rest of the insert.
-_INSERT_JOB = sa.insert(jobs)
-_INSERT_SCHEDULE = sa.insert(schedules)
+# Built once: the hot path only binds values.
 _RECORD_REQUEST = sa.insert(request_ids).values(
     namespace=sa.bindparam("request_namespace"),
     request_id=sa.bindparam("request_id"),
     method=sa.bindparam("request_method"),
     resource_id=sa.bindparam("request_resource_id"),
     create_time=sa.bindparam("request_create_time"),
-)
-# PostgreSQL: the same, stamped by the database's clock.
-_INSERT_JOB_STAMPED = _INSERT_JOB.values(_DB_STAMPS).returning(jobs.c.create_time)
-_INSERT_SCHEDULE_STAMPED = _INSERT_SCHEDULE.values(_DB_STAMPS).returning(schedules.c.create_time)
-_RECORD_REQUEST_STAMPED = _RECORD_REQUEST.values(create_time=_DB_NOW)
-_INSERT_EVENT_STAMPED = sql_events.INSERT_ONE.values(time=_DB_NOW)
-# PostgreSQL runs a data-modifying CTE with the main statement: the request id is
-# recorded and the resource inserted in one statement, one round trip.
-# The event of the change rides in the same statement too.
-_INSERT_JOB_WITH_EVENT = _INSERT_JOB_STAMPED.add_cte(_INSERT_EVENT_STAMPED.cte("event"))
-_INSERT_SCHEDULE_WITH_EVENT = _INSERT_SCHEDULE_STAMPED.add_cte(_INSERT_EVENT_STAMPED.cte("event"))
-_INSERT_JOB_RECORDING_REQUEST = _INSERT_JOB_WITH_EVENT.add_cte(
-    _RECORD_REQUEST_STAMPED.cte("recorded_request")
-)
-_INSERT_SCHEDULE_RECORDING_REQUEST = _INSERT_SCHEDULE_WITH_EVENT.add_cte(
-    _RECORD_REQUEST_STAMPED.cte("recorded_request")
 )
 _GET_JOB = sa.select(jobs).where(
     jobs.c.namespace == sa.bindparam("namespace"), jobs.c.id == sa.bindparam("id")
@@ -369,6 +350,17 @@ def _schedule_with_stats(row: Row[Any]) -> Schedule:
     return schedule
 
 
+# A delete locks its namespace's counts (see SqlStore._delete).
+_LOCK_USAGE = (
+    sa.select(namespace_usage.c.kind)
+    .where(
+        namespace_usage.c.namespace == sa.bindparam("namespace"),
+        namespace_usage.c.kind.in_(sa.bindparam("kinds", expanding=True)),
+    )
+    .order_by(namespace_usage.c.kind)
+    .with_for_update()
+)
+
 _GET_REQUEST = sa.select(request_ids.c.method, request_ids.c.resource_id).where(
     request_ids.c.namespace == sa.bindparam("namespace"),
     request_ids.c.request_id == sa.bindparam("request_id"),
@@ -410,6 +402,11 @@ class SqlStore:
         # SQLite: take the write lock at BEGIN, so busy_timeout applies and a reader never
         # fails to upgrade to a writer halfway through.
         self._begin = "BEGIN" if self._postgres else "BEGIN IMMEDIATE"
+        # Creates waiting for the batch in flight go in together with the next (sql_creates).
+        self._creates = {
+            "job": sql_creates.GroupCommit(self._commit_creates),
+            "schedule": sql_creates.GroupCommit(self._commit_creates),
+        }
         # Whether the last claim saw executions that need an admission decision (PostgreSQL).
         self._admitting = False
         self._wakeup: LocalWakeup = (
@@ -464,48 +461,48 @@ class SqlStore:
                 raise
             conn.exec_driver_sql("COMMIT")
 
-    def _insert(
-        self,
-        statements: tuple[sa.Insert, sa.Insert, sa.Insert, sa.Insert],
-        values: dict[str, Any],
-        event: dict[str, Any],
-        request_id: str,
-        method: str,
-        limit: _NamespaceLimit | None = None,
-    ) -> datetime:
-        """Insert one row and its event; with a request id, record that id atomically with it.
+    async def _commit_creates(self, creates: list[sql_creates.Create]) -> None:
+        """One transaction for the batch; if it fails for a reason one create may cause (not the
+        database being unavailable), each create again alone, so that reason fails only its own."""
+        try:
+            await self._run(self._commit_batch, creates)
+        except errors.StorageUnavailable:
+            raise
+        except Exception:
+            if len(creates) == 1:
+                raise
+            for create in creates:
+                create.outcome = sql_creates.Outcome.PENDING
+                try:
+                    await self._run(self._commit_batch, [create])
+                except Exception as error:
+                    create.error = error
 
-        A concurrent request with the same id waits on our uncommitted request id row,
-        then fails with a unique violation: it never inserts a second resource.
-        With a `limit`, the namespace's rows are counted in the inserting transaction.
-        Returns the row's create (and update) time: on PostgreSQL the database stamps it, and
-        the times in `values` and `event` are not used.
-        """
-        plain, stamped, with_event, recording = statements
-        if self._postgres and limit is None:
-            params = {**values, **sql_events.params(event)}
-            if request_id:
-                created = self._one_or_none(recording, _request_params(params, request_id, method))
-            else:
-                created = self._one_or_none(with_event, params)
-            assert created is not None
-            stamped_at: datetime = created.create_time
-            return stamped_at
+    def _commit_batch(self, creates: list[sql_creates.Create]) -> None:
         with self._transaction() as conn:
-            if limit is not None:
-                limit.check(conn, values["namespace"])
-            recorder = _RECORD_REQUEST_STAMPED if self._postgres else _RECORD_REQUEST
-            if request_id:
-                conn.execute(recorder, _request_params(values, request_id, method))
-            now: datetime
-            if self._postgres:
-                now = conn.execute(stamped, values).scalar_one()
-                event = {**event, "time": now}
-            else:
-                conn.execute(plain, values)
-                now = values["create_time"]
-            sql_events.insert(conn, [event])
-        return now
+            sql_creates.commit(conn, creates)
+
+    async def _create(self, create: sql_creates.Create) -> datetime | str:
+        """The create time of the row `create` inserted, or the id of the resource its request id
+        created before (a retry); else the error why neither."""
+        done = await self._creates[create.kind].submit(create)
+        if done.error is not None:
+            raise done.error
+        if done.outcome is sql_creates.Outcome.CREATED:
+            assert done.created_at is not None
+            self._wakeup.signal("events_new")
+            return done.created_at
+        name = f"namespaces/{create.namespace}/{create.kind}s/{create.values['id']}"
+        if done.outcome is sql_creates.Outcome.NO_JOB:
+            raise errors.NotFound("job", job_name(create.namespace, create.values["job_id"]))
+        # A retry of a create that got in gets what it created, whatever stops it now.
+        if create.request_id:
+            replay = await self._recorded_resource(create.namespace, create.request_id, create.method)
+            if replay is not None:
+                return replay
+        if done.outcome is sql_creates.Outcome.FULL:
+            raise NamespaceFull(create.kind, create.namespace, create.limit)
+        raise errors.AlreadyExists(create.kind, name)
 
     def _update(
         self,
@@ -532,6 +529,10 @@ class SqlStore:
         self, table: sa.Table, key: _Key, expected_etag: str, event_type: EventType, actor: str
     ) -> None:
         with self._transaction() as conn:
+            if self._postgres:
+                # The namespace's counts first, in the order creates take them (see sql_creates).
+                kinds = ["job", "schedule"] if table is jobs else ["schedule"]
+                conn.execute(_LOCK_USAGE, {"namespace": key.namespace, "kinds": kinds})
             now = self._now_of(conn)
             cascaded: list[dict[str, Any]] = []
             if table is jobs:
@@ -592,34 +593,12 @@ class SqlStore:
         now = datetime.now(UTC)  # SQLite's stamp; PostgreSQL stamps the row with its own clock
         values = {"namespace": job.namespace, "id": job.id, "create_time": now}
         values.update(_stamp(job_fields(job), now))
-        statements = (
-            _INSERT_JOB,
-            _INSERT_JOB_STAMPED,
-            _INSERT_JOB_WITH_EVENT,
-            _INSERT_JOB_RECORDING_REQUEST,
-        )
         key = _Key("job", job.namespace, job.id)
         event = _resource_event(EventType.JOB_CREATED, key, values, now, actor)
-        counted = _NamespaceLimit("job", jobs, limit) if limit > 0 else None
-        try:
-            now = await self._run(self._insert, statements, values, event, request_id, "CreateJob", counted)
-        except NamespaceFull:
-            # A retry of a create that got in before the namespace filled up gets its job.
-            replay = request_id and await self._recorded_resource(job.namespace, request_id, "CreateJob")
-            if replay:
-                return await self.get_job(job.namespace, replay)
-            raise
-        except exc.IntegrityError as error:
-            if _violated(error) != "unique":
-                raise
-            # The id is taken, or the request id is: then this repeats a request that got there first.
-            if request_id:
-                replay = await self._recorded_resource(job.namespace, request_id, "CreateJob")
-                if replay is not None:
-                    return await self.get_job(job.namespace, replay)
-            raise errors.AlreadyExists("job", job_name(job.namespace, job.id)) from error
-        self._wakeup.signal("events_new")
-        return job_from_record({**values, "create_time": now, "update_time": now})
+        created = await self._create(sql_creates.Create("job", values, event, request_id, "CreateJob", limit))
+        if isinstance(created, str):
+            return await self.get_job(job.namespace, created)
+        return job_from_record({**values, "create_time": created, "update_time": created})
 
     async def get_job(self, namespace: str, job_id: str, *, with_stats: bool = False) -> Job:
         query = _GET_JOB_WITH_STATS if with_stats else _GET_JOB
@@ -661,34 +640,15 @@ class SqlStore:
         now = datetime.now(UTC)  # SQLite's stamp; PostgreSQL stamps the row with its own clock
         values = {"namespace": schedule.namespace, "id": schedule.id, "create_time": now}
         values.update(_stamp(schedule_fields(schedule), now))
-        statements = (
-            _INSERT_SCHEDULE,
-            _INSERT_SCHEDULE_STAMPED,
-            _INSERT_SCHEDULE_WITH_EVENT,
-            _INSERT_SCHEDULE_RECORDING_REQUEST,
-        )
         key = _Key("schedule", schedule.namespace, schedule.id)
         event = _resource_event(EventType.SCHEDULE_CREATED, key, values, now, actor)
-        counted = _NamespaceLimit("schedule", schedules, limit) if limit > 0 else None
-        try:
-            now = await self._run(
-                self._insert, statements, values, event, request_id, "CreateSchedule", counted
-            )
-        except NamespaceFull:
-            replay = request_id and await self._recorded_resource(
-                schedule.namespace, request_id, "CreateSchedule"
-            )
-            if replay:
-                return await self.get_schedule(schedule.namespace, replay)
-            raise
-        except exc.IntegrityError as error:
-            if _violated(error) == "unique" and request_id:
-                replay = await self._recorded_resource(schedule.namespace, request_id, "CreateSchedule")
-                if replay is not None:
-                    return await self.get_schedule(schedule.namespace, replay)
-            _raise_schedule_conflict(error, schedule)
+        created = await self._create(
+            sql_creates.Create("schedule", values, event, request_id, "CreateSchedule", limit)
+        )
+        if isinstance(created, str):
+            return await self.get_schedule(schedule.namespace, created)
         await self._schedules_changed()
-        return schedule_from_record({**values, "create_time": now, "update_time": now})
+        return schedule_from_record({**values, "create_time": created, "update_time": created})
 
     async def get_schedule(self, namespace: str, schedule_id: str, *, with_stats: bool = False) -> Schedule:
         query = _GET_SCHEDULE_WITH_STATS if with_stats else _GET_SCHEDULE
@@ -1184,28 +1144,6 @@ def _aware(value: datetime | None) -> datetime | None:
 
 # ---------------------------------------------------------------------------
 # Helpers shared by jobs and schedules
-
-
-@dataclass(frozen=True)
-class _NamespaceLimit:
-    """At most `limit` rows of `table` in a namespace, counted in the inserting transaction.
-
-    SQLite's BEGIN IMMEDIATE makes the count exact. PostgreSQL counts without a lock (creates
-    in one namespace stay concurrent): creates racing at the limit, on any replicas, may each
-    see the count before the others commit, so a namespace may end up to (creates in flight
-    in it at that moment - 1) over its limit, and no further.
-    """
-
-    kind: str
-    table: sa.Table
-    limit: int
-
-    def check(self, conn: Connection, namespace: str) -> None:
-        # Stops counting at the limit: the cost does not grow past it.
-        held = sa.select(self.table.c.id).where(self.table.c.namespace == namespace).limit(self.limit)
-        count = conn.execute(sa.select(sa.func.count()).select_from(held.subquery())).scalar_one()
-        if count >= self.limit:
-            raise NamespaceFull(self.kind, namespace, self.limit)
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,16 @@ execution_counters = sa.Table(
     sa.Column("durations", sa.JSON().with_variant(ARRAY(DOUBLE_PRECISION()), "postgresql"), nullable=False),
 )
 
+# How many jobs and schedules (kind "job" or "schedule") each namespace holds, kept by triggers
+# on those tables (migration 0013): the quota check reads one row instead of counting.
+namespace_usage = sa.Table(
+    "namespace_usage",
+    metadata,
+    sa.Column("namespace", Ident, primary_key=True),
+    sa.Column("kind", sa.String(), primary_key=True),
+    sa.Column("used", sa.BigInteger(), nullable=False, server_default="0"),
+)
+
 # PostgreSQL: what each statement changed, folded into the counters when its transaction commits
 # (never holds a committed row). Unused on SQLite, whose triggers update the counters at once.
 execution_counter_changes = sa.Table(

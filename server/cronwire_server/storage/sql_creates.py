@@ -1,0 +1,272 @@
+"""Creates of jobs and schedules, committed in groups.
+
+Creates that arrive while a batch's transaction runs wait, and go in together in the next one
+(group commit): one multi-row INSERT of the rows, one of their events, one of their request ids,
+after one statement that locks and reads the namespaces' counts for the quota. A lone create
+goes at once: no timer adds to its latency.
+
+Each create gets its own outcome: created, or the reason it was not (its id taken, its namespace
+full, its job missing, its request id already recorded); one create's failure never fails
+another. Two creates of one batch never share an id or a request id (the later waits for the
+next batch), so each outcome is what the creates would have had one after the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from cronwire_server.storage import sql_events
+from cronwire_server.storage.tables import jobs, namespace_usage, request_ids, schedules
+
+__all__ = ["Create", "GroupCommit", "Outcome", "commit"]
+
+# Creates per batch at most (the rest wait for the next): keeps a multi-row INSERT's parameters
+# well below what either database takes in one statement.
+MAX_BATCH = 256
+
+
+class Outcome(enum.Enum):
+    PENDING = "pending"
+    CREATED = "created"
+    EXISTS = "exists"  # the id is taken
+    FULL = "full"  # the namespace holds its limit of this kind
+    NO_JOB = "no_job"  # a schedule's job does not exist
+    REQUEST_TAKEN = "request_taken"  # the request id is recorded already (a retry)
+
+
+@dataclass
+class Create:
+    """One create: the row's values, its event, and what became of it."""
+
+    kind: str  # "job" or "schedule"
+    values: dict[str, Any]
+    event: dict[str, Any]
+    request_id: str
+    method: str
+    limit: int  # 0: none
+    outcome: Outcome = Outcome.PENDING
+    created_at: datetime | None = None  # the row's create time, as stored
+    error: Exception | None = None  # what failed this create alone
+
+    @property
+    def namespace(self) -> str:
+        return str(self.values["namespace"])
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, str(self.values["id"]))
+
+    def claims(self) -> list[tuple[str, str, str]]:
+        """What no other create of its batch may share."""
+        taken = [("id", *self.key)]
+        if self.request_id:
+            taken.append(("request", self.namespace, self.request_id))
+        return taken
+
+
+class GroupCommit:
+    """Runs `commit` on the creates waiting, one batch at a time; each caller gets its Create back
+    with its outcome, or the error that failed the whole batch (the database unavailable)."""
+
+    def __init__(self, commit: Callable[[list[Create]], Awaitable[None]]) -> None:
+        self._commit = commit
+        self._waiting: list[tuple[Create, asyncio.Future[Create]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def submit(self, create: Create) -> Create:
+        future: asyncio.Future[Create] = asyncio.get_running_loop().create_future()
+        self._waiting.append((create, future))
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        return await future
+
+    def _next_batch(self) -> list[tuple[Create, asyncio.Future[Create]]]:
+        batch: list[tuple[Create, asyncio.Future[Create]]] = []
+        later: list[tuple[Create, asyncio.Future[Create]]] = []
+        claimed: set[tuple[str, str, str]] = set()
+        for item in self._waiting:
+            claims = item[0].claims()
+            if len(batch) < MAX_BATCH and claimed.isdisjoint(claims):
+                batch.append(item)
+                claimed.update(claims)
+            else:
+                later.append(item)
+        self._waiting = later
+        return batch
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._next_batch()
+                try:
+                    await self._commit([create for create, _ in batch])
+                except Exception as error:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for create, future in batch:
+                    if not future.done():  # its caller went away: the create stands
+                        future.set_result(create)
+        finally:
+            self._draining = None
+
+
+def commit(conn: Connection, creates: list[Create]) -> None:
+    """Insert what `creates` may insert, in `conn`'s open transaction, and set each outcome.
+
+    SQLite stores each create's own time; PostgreSQL stamps the rows with its own clock (now(),
+    one instant for the transaction)."""
+    postgres = conn.dialect.name == "postgresql"
+    kind = creates[0].kind
+    table = jobs if kind == "job" else schedules
+    pending = creates
+    if kind == "schedule":
+        pending = _with_jobs(conn, pending, postgres)
+    room = _room(conn, kind, pending)
+    inserted: list[Create] = []
+    while pending:
+        admitted: list[Create] = []
+        for create in pending:
+            left = room.get(create.namespace)
+            if left is None or left > 0:
+                admitted.append(create)
+                if left is not None:
+                    room[create.namespace] = left - 1
+            else:
+                create.outcome = Outcome.FULL
+        if not admitted:
+            break
+        went_in = _insert_rows(conn, table, admitted, postgres)
+        for create in admitted:
+            stamped = went_in.get(create.key)
+            if stamped is None:
+                create.outcome = Outcome.EXISTS
+                if create.namespace in room:
+                    room[create.namespace] += 1  # its place goes to a create refused for it
+            else:
+                create.outcome, create.created_at = Outcome.CREATED, stamped
+                inserted.append(create)
+        # Rare: ids already taken left room that creates refused in this batch may take.
+        pending = [c for c in pending if c.outcome is Outcome.FULL and room.get(c.namespace, 0) > 0]
+    recorded = _record_requests(conn, [c for c in inserted if c.request_id], postgres)
+    if recorded:
+        _undo(conn, table, recorded)
+        inserted = [c for c in inserted if c.outcome is Outcome.CREATED]
+    sql_events.insert(conn, [{**c.event, "time": c.created_at} for c in inserted])
+
+
+def _with_jobs(conn: Connection, creates: list[Create], postgres: bool) -> list[Create]:
+    """The schedules whose job exists; the job is locked (FOR KEY SHARE) until commit, so it stays."""
+    wanted = sorted({(c.namespace, str(c.values["job_id"])) for c in creates})
+    query = sa.select(jobs.c.namespace, jobs.c.id).where(sa.tuple_(jobs.c.namespace, jobs.c.id).in_(wanted))
+    if postgres:
+        query = query.order_by(jobs.c.namespace, jobs.c.id).with_for_update(key_share=True, read=True)
+    found = {(r.namespace, r.id) for r in conn.execute(query)}
+    for create in creates:
+        if (create.namespace, create.values["job_id"]) not in found:
+            create.outcome = Outcome.NO_JOB
+    return [c for c in creates if c.outcome is Outcome.PENDING]
+
+
+def _room(conn: Connection, kind: str, creates: list[Create]) -> dict[str, int]:
+    """How many more rows each namespace with a limit may take; its counter row locked until
+    commit (an upsert that changes nothing, in namespace order, so it works for a namespace with no
+    row yet and batches on several replicas never wait for each other in a cycle)."""
+    limits = {c.namespace: c.limit for c in creates if c.limit > 0}
+    if not limits:
+        return {}
+    names = sorted(limits)
+    rows = conn.execute(_LOCK_USAGE[conn.dialect.name], [{"namespace": n, "kind": kind} for n in names])
+    used = {r.namespace: int(r.used) for r in rows}
+    return {n: max(0, limits[n] - used.get(n, 0)) for n in names}
+
+
+def _insert_rows(
+    conn: Connection, table: sa.Table, creates: list[Create], postgres: bool
+) -> dict[tuple[str, str], datetime]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING: the (namespace, id) that went in, with their
+    create time. One statement for the batch (SQLAlchemy's insertmanyvalues), compiled once."""
+    statement = _INSERTS[conn.dialect.name, table.name]
+    if postgres:
+        rows = [{k: v for k, v in c.values.items() if k not in _STAMPED} for c in creates]
+        return {(r.namespace, r.id): r.create_time for r in conn.execute(statement, rows)}
+    went_in = {(r.namespace, r.id) for r in conn.execute(statement, [c.values for c in creates])}
+    return {c.key: c.values["create_time"] for c in creates if c.key in went_in}
+
+
+_STAMPED = frozenset({"create_time", "update_time"})
+
+
+def _build_inserts() -> dict[tuple[str, str], Any]:
+    built: dict[tuple[str, str], Any] = {}
+    for table in (jobs, schedules):
+        returned = (table.c.namespace, table.c.id, table.c.create_time)
+        now = sa.func.now()
+        built["postgresql", table.name] = (
+            postgresql.insert(table)
+            .values(create_time=now, update_time=now)
+            .on_conflict_do_nothing()
+            .returning(*returned)
+        )
+        built["sqlite", table.name] = sqlite.insert(table).on_conflict_do_nothing().returning(*returned)
+    return built
+
+
+_INSERTS = _build_inserts()
+_LOCK_USAGE = {
+    name: insert(namespace_usage)
+    .values(used=0)
+    .on_conflict_do_update(
+        index_elements=[namespace_usage.c.namespace, namespace_usage.c.kind],
+        set_={"used": namespace_usage.c.used},
+    )
+    .returning(namespace_usage.c.namespace, namespace_usage.c.used)
+    for name, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+_RECORDS = {
+    "postgresql": postgresql.insert(request_ids)
+    .values(create_time=sa.func.now())
+    .on_conflict_do_nothing()
+    .returning(request_ids.c.namespace, request_ids.c.request_id),
+    "sqlite": sqlite.insert(request_ids)
+    .on_conflict_do_nothing()
+    .returning(request_ids.c.namespace, request_ids.c.request_id),
+}
+
+
+def _record_requests(conn: Connection, creates: list[Create], postgres: bool) -> list[Create]:
+    """Record the request ids of the creates that went in; those whose request id was recorded
+    already (a retry racing the first try) come back, marked REQUEST_TAKEN."""
+    if not creates:
+        return []
+    rows = [
+        {
+            "namespace": c.namespace,
+            "request_id": c.request_id,
+            "method": c.method,
+            "resource_id": c.values["id"],
+            **({} if postgres else {"create_time": c.created_at}),
+        }
+        for c in creates
+    ]
+    returned = conn.execute(_RECORDS[conn.dialect.name], rows)
+    recorded = {(r.namespace, r.request_id) for r in returned}
+    taken = [c for c in creates if (c.namespace, c.request_id) not in recorded]
+    for create in taken:
+        create.outcome, create.created_at = Outcome.REQUEST_TAKEN, None
+    return taken
+
+
+def _undo(conn: Connection, table: sa.Table, creates: list[Create]) -> None:
+    keys = [c.key for c in creates]
+    conn.execute(sa.delete(table).where(sa.tuple_(table.c.namespace, table.c.id).in_(keys)))

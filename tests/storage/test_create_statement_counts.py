@@ -1,0 +1,56 @@
+"""Creates that arrive together are committed together: 64 concurrent CreateJob calls over a real
+channel cost at most 2 statements each, counted by a statement hook on the server's engine (every
+statement sent, BEGIN and COMMIT included), not timed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from cronwire.v1 import job_pb2, job_service_pb2
+from cronwire.v1.job_service_pb2_grpc import JobServiceStub
+from cronwire_server.app import create_server
+from cronwire_server.config import Settings
+from cronwire_server.storage.sql_store import SqlStore
+from tests.storage.test_read_statement_counts import counting
+
+CREATES = 64
+NS = "batch"
+
+
+@pytest.mark.postgres
+async def test_64_concurrent_creates_cost_at_most_2_statements_each(
+    fresh_database_url: Callable[[str], str],
+) -> None:
+    url = fresh_database_url("postgres")
+    # API only (no background loop shares the engine), with the default namespace quota on.
+    running = await create_server(
+        Settings(listen="127.0.0.1:0", database_url=url, roles=frozenset({"api"}), rate_limit_per_key=0)
+    )
+    try:
+        store = running.store
+        assert isinstance(store, SqlStore)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            jobs = JobServiceStub(channel)
+
+            async def create(job_id: str) -> str:
+                request = job_service_pb2.CreateJobRequest(
+                    parent=f"namespaces/{NS}", job_id=job_id, job=job_pb2.Job(executor="noop")
+                )
+                return (await jobs.CreateJob(request)).job.name
+
+            await create("warm-up")  # the channel and the server's first statements
+            names = [f"job-{n}" for n in range(CREATES)]
+            with counting(store) as counts:
+                created = await asyncio.gather(*(create(n) for n in names))
+            assert created == [f"namespaces/{NS}/jobs/{n}" for n in names]
+            listed = await jobs.ListJobs(
+                job_service_pb2.ListJobsRequest(parent=f"namespaces/{NS}", page_size=100)
+            )
+            assert len(listed.jobs) == CREATES + 1
+            assert counts[0] <= 2 * CREATES, f"{counts[0]} statements for {CREATES} creates"
+    finally:
+        await running.stop(grace=0)
