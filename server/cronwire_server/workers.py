@@ -170,8 +170,11 @@ class WorkerPool:
     async def _claim_loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
-                claimed = await self._claim()
-                delay = 0.0 if claimed else await self._idle_time()
+                if self._free() <= 0:
+                    delay = MAX_IDLE_SLEEP  # until a slot is freed (or given back by a dispatch)
+                else:
+                    claimed = await self._claim()
+                    delay = 0.0 if claimed else await self._idle_time()
                 loop_ok()
             except StorageUnavailable as error:
                 loop_failed(error)

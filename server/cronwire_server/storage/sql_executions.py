@@ -622,6 +622,9 @@ admitted AS MATERIALIZED (
     ORDER BY due_time, scheduled_time, id LIMIT {limit}
 ),
 """
+    # Admitting, extra candidates, so that blocked ones do not starve runnable ones; plainly, each
+    # row locked is one the claim may start (a claim's row locks are most of its database work).
+    candidates = f"{limit} * 2 + 16" if admit else limit
     full = (
         f"""
       AND e.namespace NOT IN (
@@ -641,7 +644,7 @@ WITH picked AS MATERIALIZED (
           WHERE q.namespace = e.namespace AND q.schedule_id = e.schedule_id AND q.state = '{QUEUED}'
             AND ({_order("q")}) < ({_order("e")}))){full}
     ORDER BY e.due_time
-    LIMIT {limit} * 2 + 16
+    LIMIT {candidates}
     FOR UPDATE OF e SKIP LOCKED
 ),
 candidate AS MATERIALIZED (
