@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,6 +53,7 @@ from cronwire._views import (
     job_details,
     job_types_table,
     jobs_table,
+    namespaces_table,
     preview_table,
     schedule_describe,
     schedule_details,
@@ -442,12 +443,38 @@ def _limit(args: argparse.Namespace) -> int:
     return 0 if getattr(args, "all", False) else int(args.limit)
 
 
+def _each_namespace(ctx: Context, listing: Callable[[str | None], Iterable[T]]) -> Iterator[T]:
+    """`listing` of the CLI's namespace; with -A/--all-namespaces, of every namespace the key may
+    see (ListNamespaces), one namespace after the other, as the iteration goes."""
+    if not getattr(ctx.args, "all_namespaces", False):
+        yield from listing(None)
+        return
+    for namespace in ctx.client.iter_namespaces():
+        yield from listing(namespace.id)
+
+
+def _shown_namespace(ctx: Context) -> str:
+    # With -A names are shown in full: ids alone would not say which namespace.
+    return "" if getattr(ctx.args, "all_namespaces", False) else ctx.namespace
+
+
+def cmd_namespaces_list(ctx: Context) -> int:
+    namespaces = list(ctx.client.iter_namespaces())
+    ctx.show(namespaces, lambda: namespaces_table(namespaces))
+    return EXIT_OK
+
+
 def cmd_jobs_list(ctx: Context) -> int:
     args = ctx.args
     limit = _limit(args)
-    found = ctx.client.iter_jobs(executor=args.executor or "", page_size=_page_size(limit))
+    found = _each_namespace(
+        ctx,
+        lambda namespace: ctx.client.iter_jobs(
+            executor=args.executor or "", page_size=_page_size(limit), namespace=namespace
+        ),
+    )
     jobs = _cut(ctx, found, limit, "jobs")
-    ctx.show(jobs, lambda: jobs_table(jobs, ctx.namespace))
+    ctx.show(jobs, lambda: jobs_table(jobs, _shown_namespace(ctx)))
     return EXIT_OK
 
 
@@ -732,9 +759,14 @@ def cmd_schedules_get(ctx: Context) -> int:
 def cmd_schedules_list(ctx: Context) -> int:
     args = ctx.args
     limit = _limit(args)
-    found = ctx.client.iter_schedules(job=args.job, page_size=_page_size(limit))
+    found = _each_namespace(
+        ctx,
+        lambda namespace: ctx.client.iter_schedules(
+            job=args.job, page_size=_page_size(limit), namespace=namespace
+        ),
+    )
     schedules = _cut(ctx, found, limit, "schedules")
-    ctx.show(schedules, lambda: schedules_table(schedules, ctx.namespace))
+    ctx.show(schedules, lambda: schedules_table(schedules, _shown_namespace(ctx)))
     return EXIT_OK
 
 
@@ -864,16 +896,20 @@ def cmd_executions_list(ctx: Context) -> int:
     if not states and not args.all_states:
         # Skipped ticks are counted on the schedule; listed, they would bury the runs.
         states = tuple(s for s in ExecutionState if s is not ExecutionState.SKIPPED)
-    found = ctx.client.iter_executions(
-        job=args.job,
-        schedule=args.schedule,
-        states=states,
-        start_time=args.since,
-        end_time=args.until,
-        page_size=_page_size(limit),
+    found = _each_namespace(
+        ctx,
+        lambda namespace: ctx.client.iter_executions(
+            job=args.job,
+            schedule=args.schedule,
+            states=states,
+            start_time=args.since,
+            end_time=args.until,
+            page_size=_page_size(limit),
+            namespace=namespace,
+        ),
     )
     executions = _cut(ctx, found, limit, "executions")
-    ctx.show(executions, lambda: executions_table(executions, ctx.namespace))
+    ctx.show(executions, lambda: executions_table(executions, _shown_namespace(ctx)))
     return EXIT_OK
 
 

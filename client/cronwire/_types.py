@@ -384,6 +384,24 @@ class JobType:
         )
 
 
+@dataclass
+class Namespace:
+    """A namespace that holds jobs or schedules (`list_namespaces`), with what it holds."""
+
+    name: str  # namespaces/{namespace}
+    job_count: int = 0
+    schedule_count: int = 0
+
+    @property
+    def id(self) -> str:
+        """The namespace itself: `ops` for `namespaces/ops`."""
+        return self.name.split("/", 1)[1]
+
+    @classmethod
+    def _from_proto(cls, message: cluster_service_pb2.Namespace) -> Namespace:
+        return cls(name=message.name, job_count=message.job_count, schedule_count=message.schedule_count)
+
+
 # Triggers
 
 

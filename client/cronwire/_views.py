@@ -24,6 +24,7 @@ from cronwire._types import (
     FireTime,
     Job,
     JobType,
+    Namespace,
     RetryPolicy,
     Schedule,
     SchedulePreview,
@@ -135,6 +136,10 @@ def jobs_table(jobs: list[Job], namespace: str) -> str:
 
 def job_types_table(types: list[JobType]) -> str:
     return table(["NAME", "DESCRIPTION"], [[t.name, t.description] for t in types])
+
+
+def namespaces_table(namespaces: list[Namespace]) -> str:
+    return table(["NAME", "JOBS", "SCHEDULES"], [[n.id, n.job_count, n.schedule_count] for n in namespaces])
 
 
 def schedule_details(schedule: Schedule) -> str:

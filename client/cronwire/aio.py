@@ -40,6 +40,7 @@ from cronwire._types import (
     JobType,
     LogChunk,
     MisfirePolicy,
+    Namespace,
     OverlapPolicy,
     Page,
     RetryPolicy,
@@ -706,6 +707,17 @@ class AsyncClient:
             window = lag_window if isinstance(lag_window, timedelta) else timedelta(seconds=lag_window)
             request.lag_window.FromTimedelta(window)
         return ClusterStatus._from_proto(await self._call(self._cluster.GetClusterStatus, request))
+
+    async def list_namespaces(self, *, page_size: int = 0, page_token: str = "") -> Page[Namespace]:
+        """One page of the namespaces that hold jobs or schedules, by name, with their counts;
+        only those the key may see."""
+        request = cluster_service_pb2.ListNamespacesRequest(page_size=page_size, page_token=page_token)
+        response = await self._call(self._cluster.ListNamespaces, request)
+        return Page([Namespace._from_proto(n) for n in response.namespaces], response.next_page_token)
+
+    def iter_namespaces(self, *, page_size: int = 0) -> AsyncIterator[Namespace]:
+        """Every namespace of `list_namespaces`, a page at a time."""
+        return self._pages(lambda token: self.list_namespaces(page_size=page_size, page_token=token))
 
     # API keys (an admin key is needed)
 

@@ -61,6 +61,7 @@ from cronwire._commands import (
     cmd_jobs_run,
     cmd_jobs_types,
     cmd_jobs_update,
+    cmd_namespaces_list,
     cmd_schedules_backfill,
     cmd_schedules_create,
     cmd_schedules_delete,
@@ -107,6 +108,15 @@ class _Builder:
         )
         parser.set_defaults(func=handler, parser=parser)
         return parser
+
+
+def _all_namespaces_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help=f"the {what} of every namespace the key may see, one namespace after the other (names in full)",
+    )
 
 
 def _limit_flags(parser: argparse.ArgumentParser, default: int, what: str) -> None:
@@ -203,6 +213,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     )
     p.add_argument("--executor", help="only jobs of this executor kind")
     _limit_flags(p, 0, "jobs")
+    _all_namespaces_flag(p, "jobs")
     p = build.leaf(jobs, "delete", cmd_jobs_delete, "delete a job and its schedules")
     p.add_argument("name", help="the job (id or name)")
     p.add_argument("--etag", help="delete only if the job still has this etag")
@@ -261,6 +272,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p = build.leaf(schedules, "list", cmd_schedules_list, "list the schedules of the namespace")
     p.add_argument("--job", help="only the schedules of this job")
     _limit_flags(p, 0, "schedules")
+    _all_namespaces_flag(p, "schedules")
     p = build.leaf(schedules, "delete", cmd_schedules_delete, "delete a schedule")
     p.add_argument("name", help="the schedule (id or name)")
     p.add_argument("--etag", help="delete only if the schedule still has this etag")
@@ -317,6 +329,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p.add_argument("--since", type=time_arg, metavar="TIME", help="scheduled at or after")
     p.add_argument("--until", type=time_arg, metavar="TIME", help="scheduled before")
     _limit_flags(p, 50, "executions")
+    _all_namespaces_flag(p, "executions")
     p = build.leaf(executions, "cancel", cmd_executions_cancel, "cancel a queued or running execution")
     p.add_argument("name", help="the execution (id or name)")
     p.add_argument("--reason", help="why, for people")
@@ -344,6 +357,16 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p = build.leaf(events, "list", cmd_events_list, "list retained events")
     event_flags(p)
     _limit_flags(p, 100, "events")
+
+    namespaces = top.add_parser("namespaces", help="the namespaces the key may see").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    build.leaf(
+        namespaces,
+        "list",
+        cmd_namespaces_list,
+        "list the namespaces that hold jobs or schedules, with their counts",
+    )
 
     add_key_commands(top, build.leaf)
     p = build.leaf(

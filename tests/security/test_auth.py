@@ -300,6 +300,8 @@ NAMESPACE_FREE = {
     "KeyService/ListKeys",
     "KeyService/RevokeKey",
     "ClusterService/GetClusterStatus",
+    # Lists only the caller's namespaces (tests/security/test_namespaces_list.py).
+    "ClusterService/ListNamespaces",
 }
 
 

@@ -45,6 +45,11 @@ class ClusterServiceStub:
                 request_serializer=cronwire_dot_v1_dot_cluster__service__pb2.GetClusterStatusRequest.SerializeToString,
                 response_deserializer=cronwire_dot_v1_dot_cluster__service__pb2.GetClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.ListNamespaces = channel.unary_unary(
+                '/cronwire.v1.ClusterService/ListNamespaces',
+                request_serializer=cronwire_dot_v1_dot_cluster__service__pb2.ListNamespacesRequest.SerializeToString,
+                response_deserializer=cronwire_dot_v1_dot_cluster__service__pb2.ListNamespacesResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -63,6 +68,16 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNamespaces(self, request, context):
+        """Lists the namespaces that hold jobs or schedules, by name, with their
+        counts; only those the caller's key may see (every one with auth off or a
+        key for all namespaces). A namespace is not a resource of its own: it
+        exists while something is in it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -70,6 +85,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.GetClusterStatus,
                     request_deserializer=cronwire_dot_v1_dot_cluster__service__pb2.GetClusterStatusRequest.FromString,
                     response_serializer=cronwire_dot_v1_dot_cluster__service__pb2.GetClusterStatusResponse.SerializeToString,
+            ),
+            'ListNamespaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNamespaces,
+                    request_deserializer=cronwire_dot_v1_dot_cluster__service__pb2.ListNamespacesRequest.FromString,
+                    response_serializer=cronwire_dot_v1_dot_cluster__service__pb2.ListNamespacesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -105,6 +125,33 @@ class ClusterService:
             '/cronwire.v1.ClusterService/GetClusterStatus',
             cronwire_dot_v1_dot_cluster__service__pb2.GetClusterStatusRequest.SerializeToString,
             cronwire_dot_v1_dot_cluster__service__pb2.GetClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNamespaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cronwire.v1.ClusterService/ListNamespaces',
+            cronwire_dot_v1_dot_cluster__service__pb2.ListNamespacesRequest.SerializeToString,
+            cronwire_dot_v1_dot_cluster__service__pb2.ListNamespacesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,12 @@ class ClusterServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ClusterServiceAsyncStub: ...
     GetClusterStatus: _grpc.UnaryUnaryMultiCallable[_cluster_service_pb2.GetClusterStatusRequest, _cluster_service_pb2.GetClusterStatusResponse]
     """Gets the status of the cluster, as the shared database sees it."""
+    ListNamespaces: _grpc.UnaryUnaryMultiCallable[_cluster_service_pb2.ListNamespacesRequest, _cluster_service_pb2.ListNamespacesResponse]
+    """Lists the namespaces that hold jobs or schedules, by name, with their
+    counts; only those the caller's key may see (every one with auth off or a
+    key for all namespaces). A namespace is not a resource of its own: it
+    exists while something is in it.
+    """
 
 @_typing.type_check_only
 class ClusterServiceAsyncStub(ClusterServiceStub):
@@ -55,6 +61,12 @@ class ClusterServiceAsyncStub(ClusterServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetClusterStatus: _aio.UnaryUnaryMultiCallable[_cluster_service_pb2.GetClusterStatusRequest, _cluster_service_pb2.GetClusterStatusResponse]  # type: ignore[assignment]
     """Gets the status of the cluster, as the shared database sees it."""
+    ListNamespaces: _aio.UnaryUnaryMultiCallable[_cluster_service_pb2.ListNamespacesRequest, _cluster_service_pb2.ListNamespacesResponse]  # type: ignore[assignment]
+    """Lists the namespaces that hold jobs or schedules, by name, with their
+    counts; only those the caller's key may see (every one with auth off or a
+    key for all namespaces). A namespace is not a resource of its own: it
+    exists while something is in it.
+    """
 
 class ClusterServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reports on the cluster as a whole: its replicas, the queue and the
@@ -72,5 +84,17 @@ class ClusterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_service_pb2.GetClusterStatusResponse, _abc.Awaitable[_cluster_service_pb2.GetClusterStatusResponse]]:
         """Gets the status of the cluster, as the shared database sees it."""
+
+    @_abc_1.abstractmethod
+    def ListNamespaces(
+        self,
+        request: _cluster_service_pb2.ListNamespacesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_service_pb2.ListNamespacesResponse, _abc.Awaitable[_cluster_service_pb2.ListNamespacesResponse]]:
+        """Lists the namespaces that hold jobs or schedules, by name, with their
+        counts; only those the caller's key may see (every one with auth off or a
+        key for all namespaces). A namespace is not a resource of its own: it
+        exists while something is in it.
+        """
 
 def add_ClusterServiceServicer_to_server(servicer: ClusterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,4 +1,5 @@
-"""cronwire.v1.ClusterService: the replicas, the queue and the scheduling lag, read from the database."""
+"""cronwire.v1.ClusterService: the replicas, the queue, the scheduling lag and the namespaces, read
+from the database."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from cronwire.v1 import cluster_pb2, cluster_service_pb2_grpc
 from cronwire.v1 import cluster_service_pb2 as pb
 from cronwire_server import __version__
 from cronwire_server.api.convert import optional_duration, set_duration, set_time
-from cronwire_server.api.names import format_name
+from cronwire_server.api.names import format_name, parent_name
+from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import unary
 from cronwire_server.auth import principal
 from cronwire_server.errors import InvalidArgument
@@ -91,3 +93,21 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
     ) -> pb.GetClusterStatusResponse:
         window = lag_window(request)
         return status_to_pb(await self._store.cluster_status(window), window)
+
+    @unary
+    async def ListNamespaces(
+        self, request: pb.ListNamespacesRequest, context: Context
+    ) -> pb.ListNamespacesResponse:
+        page = page_from_request(request.page_size, request.page_token, {"list": "namespaces"})
+        visible = principal.visible_namespaces()
+        counts = await self._store.namespace_counts()
+        names = sorted(n for n in counts if (visible is None or n in visible) and n > (page.after or ""))
+        shown = names[: page.size]
+        more = len(names) > page.size
+        return pb.ListNamespacesResponse(
+            namespaces=[
+                pb.Namespace(name=parent_name(n), job_count=counts[n][0], schedule_count=counts[n][1])
+                for n in shown
+            ],
+            next_page_token=encode_token(shown[-1] if more else None, {"list": "namespaces"}),
+        )

@@ -38,6 +38,7 @@ REQUIRED_ROLES: dict[str, Role] = {
     "/cronwire.v1.KeyService/ListKeys": _A,
     "/cronwire.v1.KeyService/RevokeKey": _A,
     "/cronwire.v1.ClusterService/GetClusterStatus": _V,
+    "/cronwire.v1.ClusterService/ListNamespaces": _V,
 }
 
 # Standard services, whole: they need a key only when not exempt (--auth-exempt-services).

@@ -163,6 +163,9 @@ class Store(Protocol):
     async def get_schedule(self, namespace: str, schedule_id: str, *, with_stats: bool = False) -> Schedule:
         """The schedule, or NotFound; `with_stats`: with its statistics, read in the same statement."""
 
+    async def namespace_counts(self) -> dict[str, tuple[int, int]]:
+        """Every namespace holding jobs or schedules: (jobs, schedules) in it."""
+
     async def list_schedules(
         self, namespace: str, page: Page, *, job_id: str = "", with_stats: bool = False
     ) -> Listing[Schedule]:

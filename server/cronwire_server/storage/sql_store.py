@@ -257,6 +257,11 @@ def stamp_time(postgres: bool) -> Any:
     return _DB_NOW if postgres else datetime.now(UTC)
 
 
+# ListNamespaces: what each namespace holds.
+_JOBS_BY_NAMESPACE = sa.select(jobs.c.namespace, sa.func.count().label("n")).group_by(jobs.c.namespace)
+_SCHEDULES_BY_NAMESPACE = sa.select(schedules.c.namespace, sa.func.count().label("n")).group_by(
+    schedules.c.namespace
+)
 _DB_NOW = sa.func.now()
 _DB_STAMPS = {"create_time": _DB_NOW, "update_time": _DB_NOW}
 
@@ -656,6 +661,14 @@ class SqlStore:
         if row is None:
             raise errors.NotFound("schedule", schedule_name(namespace, schedule_id))
         return _schedule_with_stats(row) if with_stats else schedule_from_record(row._mapping)
+
+    async def namespace_counts(self) -> dict[str, tuple[int, int]]:
+        counts: dict[str, tuple[int, int]] = {}
+        for row in await self._run(self._all, _JOBS_BY_NAMESPACE):
+            counts[row.namespace] = (row.n, 0)
+        for row in await self._run(self._all, _SCHEDULES_BY_NAMESPACE):
+            counts[row.namespace] = (counts.get(row.namespace, (0, 0))[0], row.n)
+        return counts
 
     async def list_schedules(
         self, namespace: str, page: Page, *, job_id: str = "", with_stats: bool = False
