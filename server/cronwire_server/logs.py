@@ -106,10 +106,13 @@ def configure(level: str | int = logging.INFO, log_format: str = "text") -> None
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # Libraries that log SQL parameters or result rows at DEBUG (job parameters, arguments,
-    # key digests, server secrets): at most their statements reach the log, whatever the level.
+    # key digests, server secrets): at most their statements reach the log, whatever the level,
+    # and those (INFO, one or two records per statement) only at DEBUG.
     root = logging.getLogger().getEffectiveLevel()
     for name in QUIET_AT_DEBUG:
-        logging.getLogger(name).setLevel(max(root, logging.INFO))
+        logging.getLogger(name).setLevel(
+            logging.INFO if root <= logging.DEBUG else max(root, logging.WARNING)
+        )
 
 
 QUIET_AT_DEBUG = ("aiosqlite", "sqlalchemy.engine", "psycopg")
