@@ -62,7 +62,7 @@ def test_validate_only_checks_everything_and_stores_nothing(client: cronwire.Cli
     assert client.get_schedule("nightly").description == ""
 
 
-def test_apply_dry_run_reports_what_the_server_refuses_at_its_place(cw: Run, tmp_path: Path) -> None:
+def test_apply_dry_run_reports_what_the_server_refuses_at_its_place(cw: Run, tmp_path: Path) -> None:  # noqa: F811
     spec: dict[str, Any] = {
         "jobs": [
             {"name": "fine", "executor": "noop"},
