@@ -169,12 +169,17 @@ class WorkerPool:
 
     async def _claim_loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
+            for_slot = True
             try:
                 if self._free() <= 0:
                     delay = MAX_IDLE_SLEEP  # until a slot is freed (or given back by a dispatch)
+                elif await self._claim():
+                    delay = 0.0
                 else:
-                    claimed = await self._claim()
-                    delay = 0.0 if claimed else await self._idle_time()
+                    delay = await self._idle_time()
+                    # Nothing to start: a freed slot changes nothing, new or unblocked work does
+                    # (its wake-up); unless a namespace limit held runs back (any end makes room).
+                    for_slot = self._max_running_per_namespace > 0
                 loop_ok()
             except StorageUnavailable as error:
                 loop_failed(error)
@@ -183,7 +188,7 @@ class WorkerPool:
             full = self._free() <= 0
             if delay > 0 or full:
                 self._slot_freed.clear()
-                await self._sleep(stopping, MAX_IDLE_SLEEP if full else delay)
+                await self._sleep(stopping, MAX_IDLE_SLEEP if full else delay, for_slot=for_slot or full)
 
     def _free(self) -> int:
         return self._slots - self.running - self._reserved
@@ -254,7 +259,10 @@ class WorkerPool:
             return BLOCKED_POLL
         return min(MAX_IDLE_SLEEP, (due - now).total_seconds())
 
-    async def _sleep(self, stopping: asyncio.Event, delay: float) -> None:
+    async def _sleep(self, stopping: asyncio.Event, delay: float, *, for_slot: bool = True) -> None:
+        if not for_slot:
+            await sleep_until_woken(self._store, "executions", delay, stopping)
+            return
         freed = asyncio.ensure_future(self._slot_freed.wait())
         try:
             woken = asyncio.ensure_future(sleep_until_woken(self._store, "executions", delay, stopping))

@@ -1081,6 +1081,15 @@ def finishes_plainly(claimed: ClaimedExecution, outcome: RunOutcome, retry: Retr
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def may_unblock(claimed: ClaimedExecution, outcome: RunOutcome, retry: RetryPlanner) -> bool:
+    """Whether ending a run may let a QUEUED execution start that could not before: the next
+    serial turn, room under a job's or a backfill's limit, a retry or a dependent queued."""
+    execution = claimed.execution
+    if execution.serial or claimed.job.max_concurrency or execution.group_limit:
+        return True
+    return not finishes_plainly(claimed, outcome, retry)
+
+
 def finish_batch(
     conn: Connection, items: Sequence[tuple[ClaimedExecution, RunOutcome]], worker: str
 ) -> list[Execution | None]:

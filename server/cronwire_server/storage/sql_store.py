@@ -823,7 +823,10 @@ class SqlStore:
             results = await self._run(self._finish_batch, items, worker, retry)
         else:
             results = await self._run(self._in_transaction, ex.finish_many, items, worker, retry)
-        self._wakeup.signal("executions")  # a slot, a serial turn or a retry may be free now
+        # A serial turn, a concurrency limit's room or a retry may be free now (a worker pool knows
+        # its own free slots): wake the claimers of this process.
+        if any(ex.may_unblock(c, o, retry) for c, o in items):
+            self._wakeup.signal("executions")
         return results
 
     def _finish_batch(
