@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from cronwire_server.storage import sql_events
-from cronwire_server.storage.tables import jobs, namespace_usage, request_ids, schedules
+from cronwire_server.storage.tables import UtcDateTime, jobs, namespace_usage, request_ids, schedules
 
 __all__ = ["Create", "GroupCommit", "Outcome", "commit"]
 
@@ -162,7 +164,7 @@ def commit(conn: Connection, creates: list[Create]) -> None:
     if recorded:
         _undo(conn, table, recorded)
         inserted = [c for c in inserted if c.outcome is Outcome.CREATED]
-    sql_events.insert(conn, [{**c.event, "time": c.created_at} for c in inserted])
+    _insert_events(conn, inserted, postgres)
 
 
 def _with_jobs(conn: Connection, creates: list[Create], postgres: bool) -> list[Create]:
@@ -195,34 +197,70 @@ def _insert_rows(
     conn: Connection, table: sa.Table, creates: list[Create], postgres: bool
 ) -> dict[tuple[str, str], datetime]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING: the (namespace, id) that went in, with their
-    create time. One statement for the batch (SQLAlchemy's insertmanyvalues), compiled once."""
-    statement = _INSERTS[conn.dialect.name, table.name]
+    create time. One statement for the batch, in key order (so that batches on several replicas
+    never wait for each other's rows in a cycle)."""
+    creates = sorted(creates, key=lambda c: c.key)
     if postgres:
-        rows = [{k: v for k, v in c.values.items() if k not in _STAMPED} for c in creates]
-        return {(r.namespace, r.id): r.create_time for r in conn.execute(statement, rows)}
-    went_in = {(r.namespace, r.id) for r in conn.execute(statement, [c.values for c in creates])}
+        # The rows as one JSON document: a statement built once, whose only parameter psycopg
+        # sends as it is (no per-row SQL to render and parse, no array to escape).
+        columns = tuple(k for k in creates[0].values if k not in _STAMPED)
+        statement = _postgres_insert(table.name, columns)
+        rows = _json([{k: c.values[k] for k in columns} for c in creates])
+        return {(r.namespace, r.id): r.create_time for r in conn.execute(statement, {"rows": rows})}
+    went_in = {(r.namespace, r.id) for r in conn.execute(_INSERTS[table.name], [c.values for c in creates])}
     return {c.key: c.values["create_time"] for c in creates if c.key in went_in}
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+@functools.cache
+def _postgres_insert(table: str, columns: tuple[str, ...]) -> sa.TextualSelect:
+    names = ", ".join(f'"{c}"' for c in columns)
+    picked = ", ".join(f'r."{c}"' for c in columns)
+    return sa.text(
+        f"INSERT INTO {table} ({names}, create_time, update_time) SELECT {picked}, now(), now() "
+        "FROM jsonb_array_elements(CAST(:rows AS jsonb)) WITH ORDINALITY AS e(doc, n), "
+        f"jsonb_populate_record(NULL::{table}, e.doc) AS r ORDER BY e.n "
+        "ON CONFLICT DO NOTHING RETURNING namespace, id, create_time"
+    ).columns(create_time=UtcDateTime())
+
+
+# PostgreSQL: the events of a batch from one JSON document, in order, stamped now() (the rows'
+# create time: one instant for the transaction).
+_POSTGRES_EVENTS = sa.text(
+    "INSERT INTO events (type, namespace, resource, job_id, schedule_id, actor, time, snapshot) "
+    "SELECT r.type, r.namespace, r.resource, r.job_id, r.schedule_id, r.actor, now(), r.snapshot "
+    "FROM jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(doc, n), "
+    "jsonb_populate_record(NULL::events, e.doc) AS r ORDER BY e.n"
+)
+
+
+def _insert_events(conn: Connection, creates: list[Create], postgres: bool) -> None:
+    if postgres and creates:
+        fields = ("type", "namespace", "resource", "job_id", "schedule_id", "actor", "snapshot")
+        events = [{k: c.event[k] for k in fields} for c in creates]
+        conn.execute(_POSTGRES_EVENTS, {"events": _json(events)})
+    else:
+        sql_events.insert(conn, [{**c.event, "time": c.created_at} for c in creates])
 
 
 _STAMPED = frozenset({"create_time", "update_time"})
 
 
-def _build_inserts() -> dict[tuple[str, str], Any]:
-    built: dict[tuple[str, str], Any] = {}
-    for table in (jobs, schedules):
-        returned = (table.c.namespace, table.c.id, table.c.create_time)
-        now = sa.func.now()
-        built["postgresql", table.name] = (
-            postgresql.insert(table)
-            .values(create_time=now, update_time=now)
-            .on_conflict_do_nothing()
-            .returning(*returned)
-        )
-        built["sqlite", table.name] = sqlite.insert(table).on_conflict_do_nothing().returning(*returned)
-    return built
-
-
-_INSERTS = _build_inserts()
+_INSERTS = {
+    table.name: sqlite.insert(table)
+    .on_conflict_do_nothing()
+    .returning(table.c.namespace, table.c.id, table.c.create_time)
+    for table in (jobs, schedules)
+}
 _LOCK_USAGE = {
     name: insert(namespace_usage)
     .values(used=0)
