@@ -6,8 +6,9 @@ get RESOURCE_EXHAUSTED with a message naming the limit and the flag that sets it
 - `--max-message-bytes`: the largest request message; gRPC itself refuses a larger one.
 - `--max-output-bytes`: output captured per execution; the rest is dropped and
   `output_truncated` set (see workers.py).
-- `--max-jobs-per-namespace`, `--max-schedules-per-namespace`: checked by the store in the
-  transaction that inserts (storage/sql_store.py), so concurrent creates cannot overshoot.
+- `--max-jobs-per-namespace`, `--max-schedules-per-namespace`: checked by the store against the
+  namespace's counter row, locked in the transaction that inserts (storage/sql_creates.py), so
+  concurrent creates cannot overshoot, on any replicas.
 - `--max-running-per-namespace`: enforced in the claim query (storage/sql_executions.py), so it
   holds across replicas; executions past it stay QUEUED until a slot frees.
 - `--max-parameters-bytes`, `--max-arguments-bytes`, `--max-labels-bytes`: the free-form
