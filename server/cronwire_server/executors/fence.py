@@ -221,6 +221,9 @@ def main(argv: list[str]) -> int:
     # What the server said before it died counts (it may have died as this process started).
     read()
     fence.kill_all()
+    # Python's shutdown puts handled signals back to their default action: a late parent-death
+    # signal would then kill the fence with it instead of letting it exit.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     return 0
 
 

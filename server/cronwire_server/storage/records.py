@@ -1,4 +1,5 @@
-"""Domain objects <-> the values of their rows (jobs and schedules)."""
+"""Domain objects <-> the values of their rows (jobs, schedules, executions): row mapping in
+one place, for every storage module."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from typing import Any, assert_never
 from cronwire_server.model import (
     AllOfSpec,
     AnyOfSpec,
+    CallbackDelivery,
+    CallbackState,
     CompletionCallback,
     CronSpec,
     DateSpec,
     DependencyCondition,
     DstPolicy,
+    Execution,
     ExecutionState,
+    ExecutionTrigger,
     IntervalSpec,
     Job,
     JobDependent,
@@ -25,6 +30,7 @@ from cronwire_server.model import (
     RetentionPolicy,
     RetryPolicy,
     Schedule,
+    SkipReason,
     TriggerSpec,
 )
 
@@ -208,4 +214,53 @@ def schedule_from_record(row: Mapping[Any, Any]) -> Schedule:
         create_time=row["create_time"],
         update_time=row["update_time"],
         etag=row["etag"],
+    )
+
+
+# Executions
+
+
+def execution_from_row(row: Mapping[Any, Any]) -> Execution:
+    skip = row["skip_reason"]
+    return Execution(
+        namespace=row["namespace"],
+        id=row["id"],
+        job_id=row["job_id"],
+        schedule_id=row["schedule_id"],
+        state=ExecutionState(row["state"]),
+        trigger=ExecutionTrigger(row["trigger"]),
+        scheduled_time=row["scheduled_time"],
+        due_time=row["due_time"],
+        create_time=row["create_time"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        attempt=row["attempt"],
+        first_attempt_id=row["first_attempt_id"],
+        parent_execution_id=row["parent_execution_id"],
+        arguments=row["arguments"],
+        exit_code=row["exit_code"],
+        http_status=row["http_status"],
+        output=row.get("output", ""),
+        output_truncated=row["output_truncated"],
+        result=row["result"],
+        error=row["error"],
+        skip_reason=SkipReason(skip) if skip else None,
+        worker=row["worker"],
+        serial=row["serial"],
+        cancel_requested=row["cancel_requested"],
+        backfill_id=row["backfill_id"],
+        group_limit=row["group_limit"],
+        callback=_callback_from_row(row),
+    )
+
+
+def _callback_from_row(row: Mapping[Any, Any]) -> CallbackDelivery | None:
+    if row["callback_state"] is None:
+        return None
+    return CallbackDelivery(
+        state=CallbackState(row["callback_state"]),
+        attempts=row["callback_attempts"],
+        http_status=row["callback_http_status"],
+        error=row["callback_error"],
+        last_attempt_time=row["callback_last_time"],
     )

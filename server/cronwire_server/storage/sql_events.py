@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from cronwire_server.model import STATE_EVENTS, Event, EventFilter, EventType, Execution, Job, Schedule
-from cronwire_server.storage.records import job_from_record, schedule_from_record
+from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
 from cronwire_server.storage.tables import events
 
 # Snapshots never carry the callback secret; a marker keeps "a secret is set" visible.
@@ -239,7 +239,6 @@ def params(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def event_from_row(record: Mapping[Any, Any]) -> Event:
-    from cronwire_server.storage.sql_executions import execution_from_row
 
     snapshot: Job | Schedule | Execution | None = None
     data = record["snapshot"]

@@ -29,7 +29,6 @@ from cronwire_server.model import (
     EventType,
     Execution,
     ExecutionState,
-    ExecutionStats,
     ExecutionTrigger,
     Job,
     JsonObject,
@@ -46,7 +45,7 @@ from cronwire_server.storage.base import (
     RetryPlanner,
     StartNow,
 )
-from cronwire_server.storage.records import job_from_record, schedule_from_record
+from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
 from cronwire_server.storage.tables import execution_logs, executions, jobs, schedules
 
 QUEUED, RUNNING = ExecutionState.QUEUED.value, ExecutionState.RUNNING.value
@@ -61,52 +60,6 @@ def new_execution_id(now: datetime) -> str:
     """Time-ordered: 12 hex digits of milliseconds since the epoch at `now` (the database's
     clock, so ids from every replica sort by when they were made), then 12 random ones."""
     return f"{int(now.timestamp() * 1000):012x}{secrets.token_hex(6)}"
-
-
-def execution_from_row(row: Mapping[Any, Any]) -> Execution:
-    skip = row["skip_reason"]
-    return Execution(
-        namespace=row["namespace"],
-        id=row["id"],
-        job_id=row["job_id"],
-        schedule_id=row["schedule_id"],
-        state=ExecutionState(row["state"]),
-        trigger=ExecutionTrigger(row["trigger"]),
-        scheduled_time=row["scheduled_time"],
-        due_time=row["due_time"],
-        create_time=row["create_time"],
-        start_time=row["start_time"],
-        end_time=row["end_time"],
-        attempt=row["attempt"],
-        first_attempt_id=row["first_attempt_id"],
-        parent_execution_id=row["parent_execution_id"],
-        arguments=row["arguments"],
-        exit_code=row["exit_code"],
-        http_status=row["http_status"],
-        output=row.get("output", ""),
-        output_truncated=row["output_truncated"],
-        result=row["result"],
-        error=row["error"],
-        skip_reason=SkipReason(skip) if skip else None,
-        worker=row["worker"],
-        serial=row["serial"],
-        cancel_requested=row["cancel_requested"],
-        backfill_id=row["backfill_id"],
-        group_limit=row["group_limit"],
-        callback=_callback_from_row(row),
-    )
-
-
-def _callback_from_row(row: Mapping[Any, Any]) -> CallbackDelivery | None:
-    if row["callback_state"] is None:
-        return None
-    return CallbackDelivery(
-        state=CallbackState(row["callback_state"]),
-        attempts=row["callback_attempts"],
-        http_status=row["callback_http_status"],
-        error=row["callback_error"],
-        last_attempt_time=row["callback_last_time"],
-    )
 
 
 def new_row(
@@ -1546,44 +1499,3 @@ def backfill_executions(conn: Connection, namespace: str, backfill_id: str) -> l
         .order_by(executions.c.scheduled_time)
     ).all()
     return rows_to_executions(rows)
-
-
-# Statistics
-
-STATS_DURATION_SAMPLE = 1000
-FAILED_STATES = (ExecutionState.FAILED.value, ExecutionState.TIMED_OUT.value, ExecutionState.LOST.value)
-
-
-def stats(conn: Connection, namespace: str, column: sa.Column[Any], key: str) -> ExecutionStats:
-    """Counts, the latest run and the median duration (over the latest finished runs)."""
-    mine = (executions.c.namespace == namespace, column == key)
-    total, succeeded, failed = conn.execute(
-        sa.select(
-            sa.func.count(),
-            sa.func.coalesce(
-                sa.func.sum(sa.case((executions.c.state == ExecutionState.SUCCEEDED.value, 1), else_=0)), 0
-            ),
-            sa.func.coalesce(sa.func.sum(sa.case((executions.c.state.in_(FAILED_STATES), 1), else_=0)), 0),
-        ).where(*mine)
-    ).one()
-    last = conn.execute(
-        sa.select(executions.c.start_time, executions.c.state)
-        .where(*mine, executions.c.start_time.is_not(None))
-        .order_by(executions.c.start_time.desc())
-        .limit(1)
-    ).one_or_none()
-    spans = conn.execute(
-        sa.select(executions.c.start_time, executions.c.end_time)
-        .where(*mine, executions.c.start_time.is_not(None), executions.c.end_time.is_not(None))
-        .order_by(executions.c.end_time.desc())
-        .limit(STATS_DURATION_SAMPLE)
-    ).all()
-    durations = sorted(end - start for start, end in spans)
-    return ExecutionStats(
-        total=int(total),
-        succeeded=int(succeeded),
-        failed=int(failed),
-        last_run_time=last.start_time if last else None,
-        last_run_state=ExecutionState(last.state) if last else None,
-        p50_duration=durations[(len(durations) - 1) // 2] if durations else None,
-    )

@@ -58,6 +58,7 @@ from cronwire_server.storage.base import (
     StartNow,
 )
 from cronwire_server.storage.records import (
+    execution_from_row,
     job_fields,
     job_from_record,
     schedule_fields,
@@ -889,7 +890,7 @@ class SqlStore:
             return await self.get_execution(namespace, replay)
         if row["state"] == ExecutionState.QUEUED.value:
             self._wakeup.signal("executions")
-        return ex.execution_from_row(row)
+        return execution_from_row(row)
 
     def _run_job(
         self,
@@ -950,7 +951,7 @@ class SqlStore:
         row = await self._run(self._one_or_none, _GET_EXECUTION, params)
         if row is None:
             raise errors.NotFound("execution", execution_name(namespace, execution_id))
-        return ex.execution_from_row(row._mapping)
+        return execution_from_row(row._mapping)
 
     async def list_executions(self, namespace: str, page: Page, where: ExecutionFilter) -> Listing[Execution]:
         query = ex.filtered(namespace, where)
