@@ -54,3 +54,40 @@ async def test_64_concurrent_creates_cost_at_most_2_statements_each(
             assert counts[0] <= 2 * CREATES, f"{counts[0]} statements for {CREATES} creates"
     finally:
         await running.stop(grace=0)
+
+
+@pytest.mark.postgres
+async def test_64_concurrent_runs_share_their_transactions(fresh_database_url: Callable[[str], str]) -> None:
+    """RunJob calls that arrive together share a transaction (each alone was BEGIN, the clock, the
+    job, the insert, NOTIFY, the event, COMMIT); each caller still gets its own execution, and a
+    run of a missing job is NOT_FOUND alone."""
+    url = fresh_database_url("postgres")
+    running = await create_server(
+        Settings(listen="127.0.0.1:0", database_url=url, roles=frozenset({"api"}), rate_limit_per_key=0)
+    )
+    try:
+        store = running.store
+        assert isinstance(store, SqlStore)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            jobs = JobServiceStub(channel)
+            request = job_service_pb2.CreateJobRequest(
+                parent=f"namespaces/{NS}", job_id="often", job=job_pb2.Job(executor="noop")
+            )
+            job = (await jobs.CreateJob(request)).job.name
+
+            async def run(name: str) -> str:
+                try:
+                    return (await jobs.RunJob(job_service_pb2.RunJobRequest(name=name))).execution.name
+                except grpc.aio.AioRpcError as error:
+                    return error.code().name
+
+            await run(job)  # warm-up
+            names = [job] * CREATES + [f"namespaces/{NS}/jobs/missing"]
+            with counting(store) as counts:
+                got = await asyncio.gather(*(run(n) for n in names))
+            assert got[-1] == "NOT_FOUND"
+            assert len(set(got[:-1])) == CREATES
+            assert all(g.startswith(f"{job.replace('/jobs/often', '')}/executions/") for g in got[:-1])
+            assert counts[0] <= 3 * CREATES, f"{counts[0]} statements for {CREATES} runs"
+    finally:
+        await running.stop(grace=0)

@@ -17,10 +17,10 @@ import asyncio
 import enum
 import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -57,7 +57,6 @@ class Create:
     limit: int  # 0: none
     outcome: Outcome = Outcome.PENDING
     created_at: datetime | None = None  # the row's create time, as stored
-    error: Exception | None = None  # what failed this create alone
 
     @property
     def namespace(self) -> str:
@@ -75,33 +74,44 @@ class Create:
         return taken
 
 
-class GroupCommit:
-    """Runs `commit` on the creates waiting, one batch at a time; each caller gets its Create back
-    with its outcome, or the error that failed the whole batch (the database unavailable)."""
+class Claimed(Protocol):
+    def claims(self) -> list[tuple[str, str, str]]:
+        """What no other item of its batch may share (it waits for the next batch)."""
+        ...
 
-    def __init__(self, commit: Callable[[list[Create]], Awaitable[None]]) -> None:
+
+T = TypeVar("T", bound=Claimed)
+R = TypeVar("R")
+
+
+class GroupCommit(Generic[T, R]):
+    """Runs `commit` on the items waiting, one batch at a time: it returns each item's result or
+    its own error, in order; an error it raises (the database unavailable) goes to every caller
+    of the batch."""
+
+    def __init__(self, commit: Callable[[list[T]], Awaitable[Sequence[R | Exception]]]) -> None:
         self._commit = commit
-        self._waiting: list[tuple[Create, asyncio.Future[Create]]] = []
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._draining: asyncio.Task[None] | None = None
 
-    async def submit(self, create: Create) -> Create:
-        future: asyncio.Future[Create] = asyncio.get_running_loop().create_future()
-        self._waiting.append((create, future))
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
         if self._draining is None:
             self._draining = asyncio.create_task(self._drain())
         return await future
 
-    def _next_batch(self) -> list[tuple[Create, asyncio.Future[Create]]]:
-        batch: list[tuple[Create, asyncio.Future[Create]]] = []
-        later: list[tuple[Create, asyncio.Future[Create]]] = []
+    def _next_batch(self) -> list[tuple[T, asyncio.Future[R]]]:
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        later: list[tuple[T, asyncio.Future[R]]] = []
         claimed: set[tuple[str, str, str]] = set()
-        for item in self._waiting:
-            claims = item[0].claims()
+        for waiting in self._waiting:
+            claims = waiting[0].claims()
             if len(batch) < MAX_BATCH and claimed.isdisjoint(claims):
-                batch.append(item)
+                batch.append(waiting)
                 claimed.update(claims)
             else:
-                later.append(item)
+                later.append(waiting)
         self._waiting = later
         return batch
 
@@ -110,15 +120,19 @@ class GroupCommit:
             while self._waiting:
                 batch = self._next_batch()
                 try:
-                    await self._commit([create for create, _ in batch])
+                    results = await self._commit([item for item, _ in batch])
                 except Exception as error:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(error)
                     continue
-                for create, future in batch:
-                    if not future.done():  # its caller went away: the create stands
-                        future.set_result(create)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():  # its caller went away: what it did stands
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
         finally:
             self._draining = None
 

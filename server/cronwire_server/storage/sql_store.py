@@ -409,10 +409,12 @@ class SqlStore:
         # fails to upgrade to a writer halfway through.
         self._begin = "BEGIN" if self._postgres else "BEGIN IMMEDIATE"
         # Creates waiting for the batch in flight go in together with the next (sql_creates).
-        self._creates = {
+        self._creates: dict[str, sql_creates.GroupCommit[sql_creates.Create, sql_creates.Create]] = {
             "job": sql_creates.GroupCommit(self._commit_creates),
             "schedule": sql_creates.GroupCommit(self._commit_creates),
         }
+        # RunJob calls likewise: those that arrive together share a transaction.
+        self._runs: sql_creates.GroupCommit[_Run, dict[str, Any]] = sql_creates.GroupCommit(self._commit_runs)
         # Whether the last claim saw executions that need an admission decision (PostgreSQL).
         self._admitting = False
         self._wakeup: LocalWakeup = (
@@ -467,22 +469,28 @@ class SqlStore:
                 raise
             conn.exec_driver_sql("COMMIT")
 
-    async def _commit_creates(self, creates: list[sql_creates.Create]) -> None:
+    async def _commit_creates(
+        self, creates: list[sql_creates.Create]
+    ) -> list[sql_creates.Create | Exception]:
         """One transaction for the batch; if it fails for a reason one create may cause (not the
         database being unavailable), each create again alone, so that reason fails only its own."""
         try:
             await self._run(self._commit_batch, creates)
+            return list(creates)
         except errors.StorageUnavailable:
             raise
         except Exception:
             if len(creates) == 1:
                 raise
-            for create in creates:
-                create.outcome = sql_creates.Outcome.PENDING
-                try:
-                    await self._run(self._commit_batch, [create])
-                except Exception as error:
-                    create.error = error
+        results: list[sql_creates.Create | Exception] = []
+        for create in creates:
+            create.outcome = sql_creates.Outcome.PENDING
+            try:
+                await self._run(self._commit_batch, [create])
+                results.append(create)
+            except Exception as error:
+                results.append(error)
+        return results
 
     def _commit_batch(self, creates: list[sql_creates.Create]) -> None:
         with self._transaction() as conn:
@@ -492,8 +500,6 @@ class SqlStore:
         """The create time of the row `create` inserted, or the id of the resource its request id
         created before (a retry); else the error why neither."""
         done = await self._creates[create.kind].submit(create)
-        if done.error is not None:
-            raise done.error
         if done.outcome is sql_creates.Outcome.CREATED:
             assert done.created_at is not None
             self._wakeup.signal("events_new")
@@ -872,17 +878,9 @@ class SqlStore:
             replay = await self._recorded_resource(namespace, request_id, "RunJob")
             if replay is not None:
                 return await self.get_execution(namespace, replay)
+        run = _Run(namespace, job_id, arguments, request_id, actor, tuple(skip_while_running))
         try:
-            row = await self._run(
-                self._in_transaction_by,
-                actor,
-                self._run_job,
-                namespace,
-                job_id,
-                arguments,
-                request_id,
-                skip_while_running,
-            )
+            row = await self._runs.submit(run)
         except exc.IntegrityError:
             replay = await self._recorded_resource(namespace, request_id, "RunJob") if request_id else None
             if replay is None:
@@ -891,6 +889,54 @@ class SqlStore:
         if row["state"] == ExecutionState.QUEUED.value:
             self._wakeup.signal("executions")
         return execution_from_row(row)
+
+    async def _commit_runs(self, runs: list[_Run]) -> list[dict[str, Any] | Exception]:
+        """The runs that arrived together, in one transaction; if it fails for a reason one run may
+        cause (a request id taken), each run again alone, so that reason fails only its own."""
+        try:
+            return await self._run(self._run_batch, runs)
+        except errors.StorageUnavailable:
+            raise
+        except Exception:
+            if len(runs) == 1:
+                raise
+        results: list[dict[str, Any] | Exception] = []
+        for run in runs:
+            try:
+                results += await self._run(self._run_batch, [run])
+            except Exception as error:
+                results.append(error)
+        return results
+
+    def _run_batch(self, runs: list[_Run]) -> list[dict[str, Any] | Exception]:
+        results: list[dict[str, Any] | Exception] = []
+        with self._transaction() as conn:
+            now = ex.database_now(conn)
+            pending = conn.info[ex.PENDING_EVENTS]
+            notified = False
+            for run in runs:
+                queued = len(pending)
+                try:
+                    row = self._run_job(
+                        conn,
+                        run.namespace,
+                        run.job_id,
+                        run.arguments,
+                        run.request_id,
+                        run.skip_while_running,
+                        now,
+                        notify=not notified,
+                    )
+                except errors.NotFound as error:  # raised before the run wrote anything
+                    results.append(error)
+                    continue
+                notified = True
+                results.append(row)
+                if run.actor:
+                    pending[queued:] = [{**e, "actor": run.actor} for e in pending[queued:]]
+        if notified:
+            self._wakeup.signal("events_new")
+        return results
 
     def _run_job(
         self,
@@ -901,6 +947,8 @@ class SqlStore:
         request_id: str,
         skip_while_running: Sequence[str],
         now: datetime,
+        *,
+        notify: bool = True,
     ) -> dict[str, Any]:
         if conn.execute(_GET_JOB, {"namespace": namespace, "id": job_id}).first() is None:
             raise errors.NotFound("job", job_name(namespace, job_id))
@@ -942,7 +990,8 @@ class SqlStore:
                 ),
             )
         conn.execute(sa.insert(executions), [row])
-        ex.notify(conn, "executions")
+        if notify:  # once per transaction is enough: PostgreSQL delivers it at commit
+            ex.notify(conn, "executions")
         ex.emit(conn, [sql_events.execution_event(row, now)])
         return row
 
@@ -1161,6 +1210,21 @@ def _aware(value: datetime | None) -> datetime | None:
 
 # ---------------------------------------------------------------------------
 # Helpers shared by jobs and schedules
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One RunJob call waiting for its batch."""
+
+    namespace: str
+    job_id: str
+    arguments: JsonObject
+    request_id: str
+    actor: str
+    skip_while_running: tuple[str, ...]
+
+    def claims(self) -> list[tuple[str, str, str]]:
+        return [("request", self.namespace, self.request_id)] if self.request_id else []
 
 
 @dataclass(frozen=True)
