@@ -258,11 +258,9 @@ def stamp_time(postgres: bool) -> Any:
     return _DB_NOW if postgres else datetime.now(UTC)
 
 
-# ListNamespaces: what each namespace holds.
-_JOBS_BY_NAMESPACE = sa.select(jobs.c.namespace, sa.func.count().label("n")).group_by(jobs.c.namespace)
-_SCHEDULES_BY_NAMESPACE = sa.select(schedules.c.namespace, sa.func.count().label("n")).group_by(
-    schedules.c.namespace
-)
+# ListNamespaces: what each namespace holds, from the counter rows the quota keeps (no count
+# over the tables).
+_NAMESPACE_USAGE = sa.select(namespace_usage).where(namespace_usage.c.used > 0)
 _DB_NOW = sa.func.now()
 _DB_STAMPS = {"create_time": _DB_NOW, "update_time": _DB_NOW}
 
@@ -671,10 +669,13 @@ class SqlStore:
 
     async def namespace_counts(self) -> dict[str, tuple[int, int]]:
         counts: dict[str, tuple[int, int]] = {}
-        for row in await self._run(self._all, _JOBS_BY_NAMESPACE):
-            counts[row.namespace] = (row.n, 0)
-        for row in await self._run(self._all, _SCHEDULES_BY_NAMESPACE):
-            counts[row.namespace] = (counts.get(row.namespace, (0, 0))[0], row.n)
+        for row in await self._run(self._all, _NAMESPACE_USAGE):
+            job_count, schedule_count = counts.get(row.namespace, (0, 0))
+            if row.kind == "job":
+                job_count = row.used
+            elif row.kind == "schedule":
+                schedule_count = row.used
+            counts[row.namespace] = (job_count, schedule_count)
         return counts
 
     async def list_schedules(
