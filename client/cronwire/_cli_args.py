@@ -135,6 +135,25 @@ def _non_negative(text: str) -> int:
 count_arg = _typed(_non_negative, "number")
 
 
+END_STATES = (
+    ExecutionState.SUCCEEDED,
+    ExecutionState.FAILED,
+    ExecutionState.TIMED_OUT,
+    ExecutionState.CANCELLED,
+)
+
+
+def _end_states(text: str) -> list[ExecutionState]:
+    states = [parse_enum(ExecutionState, word) for word in text.split(",") if word.strip()]
+    for state in states:
+        if state not in END_STATES:
+            raise ValueError(f"{enum_text(state)} is not an end state; one of {_choices(END_STATES)}")
+    return states
+
+
+end_states_arg = _typed(_end_states, "states")
+
+
 def _at_least_one(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -295,6 +314,23 @@ def job_flags(parser: argparse.ArgumentParser, create: bool) -> None:
         how.add_argument(
             f"--on-{flag}", action="append", metavar="JOB", help=f"trigger JOB when a run ends in {flag}"
         )
+    hook = parser.add_argument_group("completion callback (a signed JSON POST when a run ends)")
+    hook.add_argument("--callback", metavar="URL", help="the http(s) URL POSTed to when a run ends")
+    hook.add_argument(
+        "--callback-on",
+        action="append",
+        type=end_states_arg,
+        metavar="STATES",
+        help=f"comma-separated end states that call it (default: every one): {_choices(END_STATES)}",
+    )
+    hook.add_argument(
+        "--callback-secret-ref",
+        metavar="VAR",
+        help="the environment variable holding the HMAC secret of the X-Cronwire-Signature header "
+        "(read by this command, so the secret stays off the command line)",
+    )
+    if not create:
+        hook.add_argument("--no-callback", action="store_true", help="remove the completion callback")
     if create:
         parser.add_argument("--request-id", help="a retried create with the same id returns the first job")
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import aclosing
@@ -30,6 +31,7 @@ from cronwire._output import dump, json_line
 from cronwire._types import (
     AllOfTrigger,
     AnyOfTrigger,
+    CompletionCallback,
     CronTrigger,
     DateTrigger,
     DependencyCondition,
@@ -110,6 +112,9 @@ FLAG_OF_FIELD = {
     "job.execution_retention.max_count": "--keep",
     "job.execution_retention.max_age": "--keep-for",
     "job.dependents": "--on-success/--on-failure/--on-completion",
+    "job.callback": "--callback",
+    "job.callback.url": "--callback",
+    "job.callback.states": "--callback-on",
     "schedule.job": "--job",
     "schedule.trigger.cron": "--cron",
     "schedule.trigger.cron.dst_policy": "--dst",
@@ -340,6 +345,56 @@ def _retention(args: argparse.Namespace, base: ExecutionRetention | None) -> Exe
     )
 
 
+def _callback_secret(args: argparse.Namespace) -> str:
+    """The signing secret named by --callback-secret-ref (an environment variable); "" without it."""
+    if not args.callback_secret_ref:
+        return ""
+    secret = os.environ.get(args.callback_secret_ref, "")
+    if not secret:
+        raise UsageError(
+            f"--callback-secret-ref: the environment variable {args.callback_secret_ref} is not set"
+        )
+    return secret
+
+
+def _callback_states(args: argparse.Namespace) -> list[ExecutionState] | None:
+    if args.callback_on is None:
+        return None
+    return list(dict.fromkeys(state for group in args.callback_on for state in group))
+
+
+def _new_callback(args: argparse.Namespace) -> CompletionCallback | None:
+    """The callback of `jobs create`: --callback with --callback-on and --callback-secret-ref."""
+    if not args.callback:
+        if args.callback_on is not None or args.callback_secret_ref:
+            raise UsageError("--callback-on and --callback-secret-ref go with --callback URL")
+        return None
+    return CompletionCallback(
+        url=args.callback, states=_callback_states(args) or [], secret=_callback_secret(args)
+    )
+
+
+def _changed_callback(
+    args: argparse.Namespace, current: Callable[[], CompletionCallback | None]
+) -> CompletionCallback | None:
+    """The callback of `jobs update`: the flags given over the stored callback (its secret is
+    kept by the server unless --callback-secret-ref gives a new one)."""
+    if args.no_callback:
+        if args.callback or args.callback_on is not None or args.callback_secret_ref:
+            raise UsageError("--no-callback goes with no other --callback flag")
+        return None
+    states = _callback_states(args)
+    url = args.callback
+    if not url or states is None:
+        stored = current()
+        if stored is None and not url:
+            raise UsageError("the job has no callback: give --callback URL")
+        url = url or (stored.url if stored else "")
+        if states is None:
+            states = list(stored.states) if stored else []
+    return CompletionCallback(url=url, states=states, secret=_callback_secret(args))
+
+
 def cmd_jobs_create(ctx: Context) -> int:
     args = ctx.args
     executor = _executor(args, required=True)
@@ -357,6 +412,7 @@ def cmd_jobs_create(ctx: Context) -> int:
         dependents=_dependents(args),
         labels=_merge_pairs(args.label),
         execution_retention=_retention(args, None),
+        callback=_new_callback(args),
         request_id=args.request_id or "",
     )
     ctx.show(job, lambda: job_details(job))
@@ -400,6 +456,15 @@ def cmd_jobs_update(ctx: Context) -> int:
         current = client.get_job(args.name)
         etag = etag or current.etag
         fields["execution_retention"] = _retention(args, current.execution_retention)
+    if args.no_callback or args.callback or args.callback_on is not None or args.callback_secret_ref:
+
+        def stored_callback() -> CompletionCallback | None:
+            nonlocal etag
+            current = client.get_job(args.name)
+            etag = etag or current.etag
+            return current.callback
+
+        fields["callback"] = _changed_callback(args, stored_callback)
     if not fields:
         raise UsageError("nothing to update: give at least one flag to change")
     job = client.update_job(args.name, etag=etag, **fields)

@@ -16,6 +16,7 @@ from cronwire._output import (
     trigger_text,
 )
 from cronwire._types import (
+    CallbackDelivery,
     ClusterStatus,
     Event,
     Execution,
@@ -290,6 +291,24 @@ def _outcome(execution: Execution) -> str:
     return ""
 
 
+def _delivery_text(delivery: CallbackDelivery | None) -> str | None:
+    """`failed after 5 attempts: HTTP 500 (...)`: the completion callback's delivery."""
+    if delivery is None:
+        return None
+    attempts = f"{delivery.attempts} attempt{'' if delivery.attempts == 1 else 's'}"
+    if delivery.delivered:
+        status = f" (HTTP {delivery.http_status})" if delivery.http_status is not None else ""
+        return f"delivered after {attempts}{status}"
+    if not delivery.attempts:
+        return "pending"
+    code = delivery.http_status
+    reasons = [f"HTTP {code}"] if code is not None and str(code) not in delivery.error else []
+    if delivery.error:
+        reasons.append(delivery.error)
+    last = f", last at {cell(delivery.last_attempt_time)}" if delivery.last_attempt_time else ""
+    return f"not delivered after {attempts}{last}: {'; '.join(reasons) or 'no answer'}"
+
+
 def execution_details(execution: Execution) -> str:
     pairs: list[tuple[str, Any]] = [
         ("name", execution.name),
@@ -310,6 +329,7 @@ def execution_details(execution: Execution) -> str:
         ("next attempt", execution.next_attempt_time),
         ("worker", execution.worker),
         ("result", execution.result),
+        ("callback", _delivery_text(execution.callback_delivery)),
     ]
     text = details(pairs)
     if execution.output:

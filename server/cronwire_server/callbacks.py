@@ -11,13 +11,17 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from cronwire_server.executors.http_runner import HttpRunner
 from cronwire_server.executors.runtime import RunRequest
+from cronwire_server.logs import run_fields, url_for_log
 from cronwire_server.model import Execution, ExecutionState, Job
+
+log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 FIRST_BACKOFF = timedelta(seconds=1)
@@ -56,6 +60,13 @@ class Attempt:
     http_status: int | None = None
     error: str = ""
 
+    @property
+    def reason(self) -> str:
+        """Why the call was not a delivery, for people: `HTTP 500: ...`, or the error."""
+        code = self.http_status
+        status = f"HTTP {code}" if code is not None and str(code) not in self.error else ""
+        return ": ".join(part for part in (status, self.error) if part) or "no answer"
+
 
 async def deliver(job: Job, execution: Execution, http: HttpRunner) -> Attempt:
     """POST the payload once, through the http runner (its address policy, timeouts and
@@ -77,7 +88,15 @@ async def deliver(job: Job, execution: Execution, http: HttpRunner) -> Attempt:
     )
     outcome = await http.run(request, asyncio.Event())
     delivered = outcome.state is ExecutionState.SUCCEEDED
-    return Attempt(delivered, outcome.http_status, "" if delivered else outcome.error)
+    attempt = Attempt(delivered, outcome.http_status, "" if delivered else outcome.error)
+    if not delivered:
+        fields: dict[str, Any] = {**run_fields(execution), "reason": attempt.reason}
+        if attempt.http_status is not None:
+            fields["http_status"] = attempt.http_status
+        log.warning(
+            "callback to %s not delivered: %s", url_for_log(job.callback.url), attempt.reason, extra=fields
+        )
+    return attempt
 
 
 def next_attempt_time(attempts_made: int, now: datetime) -> datetime | None:

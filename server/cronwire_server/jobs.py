@@ -6,13 +6,16 @@ import asyncio
 import dataclasses
 import math
 import re
+import socket
 from collections.abc import Callable
 from datetime import timedelta
+from ipaddress import ip_address
 from urllib.parse import urlsplit
 
 from cronwire_server.auth.principal import current_actor
 from cronwire_server.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from cronwire_server.executors import registry
+from cronwire_server.executors.address_policy import literal_address
 from cronwire_server.executors.http_runner import check_url
 from cronwire_server.executors.registry import ExecutorKind, ExecutorPolicy
 from cronwire_server.model import Job, Listing, Page, RetryPolicy, job_name
@@ -25,6 +28,8 @@ MAX_CHAIN_LOOKUPS = 1000
 LABEL_KEY = re.compile(r"^[a-z]([a-z0-9_.-]{0,62})$")
 MAX_DESCRIPTION = 2048
 MAX_ATTEMPTS = 100
+# How long CreateJob/UpdateJob wait for the callback's host name to resolve.
+CALLBACK_RESOLVE_TIMEOUT = timedelta(seconds=2)
 
 
 def _retry_violations(policy: RetryPolicy) -> list[FieldViolation]:
@@ -182,6 +187,32 @@ class JobManager:
     async def _verify(self, job: Job) -> None:
         await self._refuse_cycles(job)
         await self._refuse_foreign_secrets(job)
+        await self._refuse_resolved_callback(job)
+
+    async def _refuse_resolved_callback(self, job: Job) -> None:
+        """INVALID_ARGUMENT when the callback's host name resolves to an address the HTTP policy
+        refuses (a literal address is checked by `validate_job`). A name that does not resolve
+        within CALLBACK_RESOLVE_TIMEOUT is accepted: the address is checked again at each send."""
+        if job.callback is None:
+            return
+        host = urlsplit(job.callback.url).hostname
+        if not host or literal_address(host) is not None:
+            return
+        http = (self._policy or ExecutorPolicy()).http
+        if http.allow_private:
+            return
+        try:
+            async with asyncio.timeout(CALLBACK_RESOLVE_TIMEOUT.total_seconds()):
+                found = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError, UnicodeError):
+            return
+        for *_, sockaddr in found:
+            try:
+                address = ip_address(str(sockaddr[0]).split("%", 1)[0])
+            except ValueError:
+                continue
+            if (refusal := http.refusal(address)) is not None:
+                raise InvalidArgument.field("callback.url", f"{host} resolves to {address}: {refusal}")
 
     async def _refuse_foreign_secrets(self, job: Job) -> None:
         """INVALID_ARGUMENT naming each reference to a secret the job's namespace may not use."""
