@@ -170,9 +170,7 @@ async def create_server(settings: Settings) -> RunningServer:
             max_per_namespace=limits.max_jobs_per_namespace,
             secrets=Secrets(settings.secrets_file),
         )
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobService(jobs, executions), server
-        )
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(jobs, executions), server)
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
             ScheduleService(ScheduleManager(store, max_per_namespace=limits.max_schedules_per_namespace)),
             server,
