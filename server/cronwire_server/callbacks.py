@@ -18,7 +18,6 @@ from typing import Any
 
 from cronwire_server.executors.http_runner import HttpRunner
 from cronwire_server.executors.runtime import RunRequest
-from cronwire_server.logs import run_fields, url_for_log
 from cronwire_server.model import Execution, ExecutionState, Job
 
 log = logging.getLogger(__name__)
@@ -88,15 +87,8 @@ async def deliver(job: Job, execution: Execution, http: HttpRunner) -> Attempt:
     )
     outcome = await http.run(request, asyncio.Event())
     delivered = outcome.state is ExecutionState.SUCCEEDED
-    attempt = Attempt(delivered, outcome.http_status, "" if delivered else outcome.error)
-    if not delivered:
-        fields: dict[str, Any] = {**run_fields(execution), "reason": attempt.reason}
-        if attempt.http_status is not None:
-            fields["http_status"] = attempt.http_status
-        log.warning(
-            "callback to %s not delivered: %s", url_for_log(job.callback.url), attempt.reason, extra=fields
-        )
-    return attempt
+    # The worker logs the attempt, with this reason and what happens next.
+    return Attempt(delivered, outcome.http_status, "" if delivered else outcome.error)
 
 
 def next_attempt_time(attempts_made: int, now: datetime) -> datetime | None:

@@ -466,9 +466,17 @@ class WorkerPool:
         if attempt.delivered:
             log.info("callback delivered to %s", url, extra=fields)
         elif retry_at is None:
-            log.warning("callback to %s failed; giving up after %d attempts", url, made, extra=fields)
+            log.warning(
+                "callback to %s not delivered: %s; giving up after %d attempts",
+                *(url, attempt.reason, made),
+                extra={**fields, "reason": attempt.reason},
+            )
         else:
-            log.warning("callback to %s failed; trying again at %s", url, retry_at.isoformat(), extra=fields)
+            log.warning(
+                "callback to %s not delivered: %s; trying again at %s",
+                *(url, attempt.reason, retry_at.isoformat()),
+                extra={**fields, "reason": attempt.reason},
+            )
         await self._store.record_callback(
             execution,
             http_status=attempt.http_status,

@@ -93,7 +93,11 @@ def test_json_lines_carry_the_names_of_each_run(tmp_path: Path) -> None:
     assert scheduled["schedule"] == f"namespaces/{NS}/schedules/every-second"
     callback = next(line for line in runs if line["message"].startswith("callback to"))
     assert callback["job"] == f"namespaces/{NS}/jobs/broken"
-    assert callback["message"].startswith("callback to http://127.0.0.1:9/hook failed")
+    assert callback["message"].startswith("callback to http://127.0.0.1:9/hook not delivered: ConnectError")
+    assert callback["reason"].startswith("ConnectError")
+    # One line per attempt: the reason and what happens next together.
+    attempts = [line["delivery_attempt"] for line in runs if line["message"].startswith("callback to")]
+    assert len(attempts) == len(set(attempts)), attempts
 
     text = server.log()
     for secret in (ENV_SECRET, CALLBACK_SECRET, QUERY_SECRET):
