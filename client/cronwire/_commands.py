@@ -979,7 +979,22 @@ def cmd_executions_list(ctx: Context) -> int:
 
 
 def cmd_executions_cancel(ctx: Context) -> int:
-    execution = ctx.client.cancel_execution(ctx.args.name, reason=ctx.args.reason or "")
+    """Cancel the run, then wait (bounded by --wait-seconds) for the attempt cancelled to end."""
+    args = ctx.args
+    execution = ctx.client.cancel_execution(args.name, reason=args.reason or "")
+    if execution.id != args.name.rsplit("/", 1)[-1]:
+        ctx.note(f"cronwire: cancelling attempt {execution.attempt} of this run: {execution.name}")
+    wait = args.wait_seconds
+    if not execution.ended and wait > 0:
+        try:
+            execution = ctx.client.wait_for_execution(execution, wait_timeout=wait, follow_retries=False)
+        except DeadlineExceeded as error:
+            if error.reason != "WAIT_TIMEOUT":
+                raise
+            execution = ctx.client.get_execution(execution.name)
+            ctx.show(execution, lambda: execution_details(execution))
+            ctx.note(f"cronwire: {execution.name} has not stopped after {wait:g}s; its worker stops it")
+            return EXIT_WAIT_TIMEOUT
     ctx.show(execution, lambda: execution_details(execution))
     return EXIT_OK
 

@@ -613,10 +613,14 @@ class AsyncClient:
         )
 
     async def cancel_execution(self, execution: ExecutionRef, *, reason: str = "") -> Execution:
-        """Cancel an execution: a QUEUED one at once, a RUNNING one is stopped by its replica.
+        """Cancel the run `execution` is an attempt of: its live attempt, whichever it is (a
+        retry queued or running after `execution` ended included). A QUEUED attempt is
+        cancelled at once, a RUNNING one is stopped by its replica; a cancelled run is not
+        retried.
 
-        Returns the execution, CANCELLED or still RUNNING while it stops. Cancelling an ended
-        execution changes nothing.
+        Returns the attempt cancelled (its `attempt` says which), CANCELLED or still RUNNING
+        while it stops; `wait_for_execution(..., follow_retries=False)` waits for its end. When
+        no attempt of the run is queued or running, nothing changes and `execution` is returned.
         """
         request = execution_service_pb2.CancelExecutionRequest(
             name=self._requests.execution_name(execution), reason=reason

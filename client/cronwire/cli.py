@@ -330,9 +330,16 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p.add_argument("--until", type=time_arg, metavar="TIME", help="scheduled before")
     _limit_flags(p, 50, "executions")
     _all_namespaces_flag(p, "executions")
-    p = build.leaf(executions, "cancel", cmd_executions_cancel, "cancel a queued or running execution")
-    p.add_argument("name", help="the execution (id or name)")
+    p = build.leaf(executions, "cancel", cmd_executions_cancel, "cancel a run: its queued or running attempt")
+    p.add_argument("name", help="the execution (id or name) of any attempt of the run")
     p.add_argument("--reason", help="why, for people")
+    p.add_argument(
+        "--wait-seconds",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="wait up to S seconds for the run to stop, then print its final state (0: no wait)",
+    )
     p = build.leaf(executions, "logs", cmd_executions_logs, "print an execution's output")
     p.add_argument("name", help="the execution (id or name)")
     p.add_argument(

@@ -1251,26 +1251,57 @@ def rows_to_executions(rows: Iterable[Row[Any]]) -> list[Execution]:
     return [execution_from_row(r._mapping) for r in rows]
 
 
-def cancel(conn: Connection, namespace: str, execution_id: str, reason: str, now: datetime) -> None:
-    """QUEUED -> CANCELLED now; RUNNING -> cancellation requested (its worker stops it)."""
-    key = (executions.c.namespace == namespace, executions.c.id == execution_id)
-    error = f"cancelled: {reason}" if reason else "cancelled"
-    stopped = conn.execute(
-        sa.update(executions)
-        .where(*key, executions.c.state == QUEUED)
-        .values(state=ExecutionState.CANCELLED.value, end_time=now, error=error)
-        .returning(*LISTED_COLUMNS)
+def cancel(conn: Connection, namespace: str, execution_id: str, reason: str, now: datetime) -> str:
+    """Cancel the run `execution_id` is an attempt of: its live attempt, whichever it is (QUEUED ->
+    CANCELLED now; RUNNING -> cancellation requested, its worker stops it). A cancelled attempt is
+    not retried, so the run ends there. The id of the attempt cancelled (`execution_id` when no
+    attempt of the run is live)."""
+    given = conn.execute(
+        sa.select(executions.c.job_id, executions.c.first_attempt_id).where(
+            executions.c.namespace == namespace, executions.c.id == execution_id
+        )
     ).one_or_none()
-    if stopped is not None:
-        emit(conn, [sql_events.execution_event(stopped._mapping, now)])
-        ended = execution_from_row(stopped._mapping)
-        _on_final(conn, _job(conn, namespace, ended.job_id), ended, now)
-        return
-    conn.execute(
-        sa.update(executions)
-        .where(*key, executions.c.state == RUNNING)
-        .values(cancel_requested=True, error=error)
-    )
+    if given is None:
+        return execution_id
+    run = given.first_attempt_id or execution_id
+    error = f"cancelled: {reason}" if reason else "cancelled"
+    # An attempt may end (and queue the next) or be claimed between the look-up and the update:
+    # look again, a few times.
+    for _ in range(3):
+        live: str | None = conn.execute(
+            sa.select(executions.c.id)
+            .where(
+                executions.c.namespace == namespace,
+                executions.c.job_id == given.job_id,
+                executions.c.state.in_([QUEUED, RUNNING]),
+                sa.or_(executions.c.id == run, executions.c.first_attempt_id == run),
+            )
+            .order_by(executions.c.attempt.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if live is None:
+            return execution_id
+        key = (executions.c.namespace == namespace, executions.c.id == live)
+        stopped = conn.execute(
+            sa.update(executions)
+            .where(*key, executions.c.state == QUEUED)
+            .values(state=ExecutionState.CANCELLED.value, end_time=now, error=error)
+            .returning(*LISTED_COLUMNS)
+        ).one_or_none()
+        if stopped is not None:
+            emit(conn, [sql_events.execution_event(stopped._mapping, now)])
+            ended = execution_from_row(stopped._mapping)
+            _on_final(conn, _job(conn, namespace, ended.job_id), ended, now)
+            return live
+        requested = conn.execute(
+            sa.update(executions)
+            .where(*key, executions.c.state == RUNNING)
+            .values(cancel_requested=True, error=error)
+            .returning(executions.c.id)
+        ).one_or_none()
+        if requested is not None:
+            return live
+    return execution_id
 
 
 def _job(conn: Connection, namespace: str, job_id: str) -> Job | None:

@@ -1015,8 +1015,11 @@ class SqlStore:
     async def cancel_execution(
         self, namespace: str, execution_id: str, reason: str, *, actor: str = ""
     ) -> Execution:
-        await self._run(self._in_transaction_by, actor, ex.cancel, namespace, execution_id, reason)
-        return await self.get_execution(namespace, execution_id)
+        """Cancels the run `execution_id` is an attempt of; the attempt cancelled (see `ex.cancel`)."""
+        cancelled: str = await self._run(
+            self._in_transaction_by, actor, ex.cancel, namespace, execution_id, reason
+        )
+        return await self.get_execution(namespace, cancelled)
 
     # Run control
 
