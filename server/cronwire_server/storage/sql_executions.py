@@ -1091,7 +1091,9 @@ def finish_rest(
 def _queue_retry(
     conn: Connection, job: Job, ended: Execution, state: ExecutionState, retry: RetryPlanner, now: datetime
 ) -> bool:
-    due = retry(job, ended, state, now)
+    # A cancelled run is not retried, even when its attempt ended otherwise before its worker
+    # heard of the cancellation.
+    due = None if ended.cancel_requested else retry(job, ended, state, now)
     if due is None:
         return False
     row = new_row(
