@@ -31,3 +31,23 @@ async def test_an_attempt_failing_after_its_run_was_cancelled_is_not_retried(sto
 
     listing = await store.list_executions(NS, Page(10), ExecutionFilter(job_id="job"))
     assert [(e.attempt, e.state) for e in listing.items] == [(1, ExecutionState.FAILED)]
+
+
+async def test_a_run_released_at_shutdown_after_a_cancel_request_ends_cancelled(store: SqlStore) -> None:
+    """A draining replica hands its unfinished runs back to the queue; one whose cancellation was
+    requested is not handed back to run again: it ends CANCELLED."""
+    await store.create_job(Job(namespace=NS, id="job", executor="noop", parameters={}))
+    await store.create_job(Job(namespace=NS, id="other", executor="noop", parameters={}))
+    await store.run_job(NS, "job", {})
+    await store.run_job(NS, "other", {})
+    claimed = await store.claim_executions(WORKER, 2, timedelta(seconds=60))
+    by_job = {c.execution.job_id: c.execution for c in claimed}
+    await store.cancel_execution(NS, by_job["job"].id, "not today")
+
+    await store.release_executions(WORKER, [c.execution.id for c in claimed])
+
+    cancelled = await store.get_execution(NS, by_job["job"].id)
+    assert (cancelled.state, cancelled.worker) == (ExecutionState.CANCELLED, "")
+    assert cancelled.end_time is not None
+    assert (await store.get_execution(NS, by_job["other"].id)).state is ExecutionState.QUEUED
+    assert await store.claim_executions(WORKER, 2, timedelta(seconds=60)) != []

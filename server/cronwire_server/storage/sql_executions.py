@@ -1166,7 +1166,15 @@ def release(conn: Connection, worker: str, ids: list[str], now: datetime) -> Non
     released = conn.execute(
         sa.update(executions)
         .where(sa.tuple_(executions.c.namespace, executions.c.id).in_(_held(worker, ids)))
-        .values(state=QUEUED, worker="", start_time=None, lease_expires_at=None, cancel_requested=False)
+        # A run whose cancellation was asked for is not handed back to run again: it ends here.
+        .values(
+            state=sa.case((executions.c.cancel_requested, ExecutionState.CANCELLED.value), else_=QUEUED),
+            end_time=sa.case((executions.c.cancel_requested, now), else_=None),
+            error=sa.case((executions.c.cancel_requested, "cancelled"), else_=executions.c.error),
+            start_time=sa.case((executions.c.cancel_requested, executions.c.start_time), else_=None),
+            worker="",
+            lease_expires_at=None,
+        )
         .returning(*LISTED_COLUMNS)
     ).all()
     emit(conn, [sql_events.execution_event(r._mapping, now) for r in released])
