@@ -169,6 +169,7 @@ async def create_server(settings: Settings) -> RunningServer:
             ExecutorPolicy(http_policy(settings), EntryPolicy(settings.python_path_allow)),
             max_per_namespace=limits.max_jobs_per_namespace,
             secrets=Secrets(settings.secrets_file),
+            max_fan_out=limits.max_fan_out,
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(jobs, executions), server)
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(

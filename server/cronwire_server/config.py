@@ -152,6 +152,8 @@ class Settings:
     # Server streams (WatchEvents, StreamExecutionLogs) open at once, per key and per replica.
     max_streams_per_key: int = 100
     max_streams_per_replica: int = 2000
+    # Executions one run of a job may lead to through its dependents, every path counted.
+    max_fan_out: int = 100
     # Secrets that jobs reference by name: a YAML or JSON file of name -> value and namespaces.
     secrets_file: str = ""
     # Who shell and python jobs run as (see executors.jobuser): by default a root server's jobs
@@ -522,6 +524,15 @@ def add_limit_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = os
             help=f"streams (WatchEvents, StreamExecutionLogs) open at once per {scope}; more get "
             "RESOURCE_EXHAUSTED (0: no limit)",
         )
+    _flag(
+        parser,
+        env,
+        "--max-fan-out",
+        convert=non_negative,
+        metavar="N",
+        help="executions one run of a job may lead to through its dependents, every path counted; "
+        "a job change past it gets INVALID_ARGUMENT naming dependents (0: no limit)",
+    )
 
 
 def add_log_format_flag(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:

@@ -18,6 +18,7 @@ from cronwire_server.executors import registry
 from cronwire_server.executors.address_policy import literal_address
 from cronwire_server.executors.http_runner import check_url
 from cronwire_server.executors.registry import ExecutorKind, ExecutorPolicy
+from cronwire_server.fanout import fan_outs
 from cronwire_server.model import Job, Listing, Page, RetryPolicy, job_name
 from cronwire_server.optimistic import read_modify_write
 from cronwire_server.secrets import Secrets, has_references
@@ -30,6 +31,10 @@ MAX_DESCRIPTION = 2048
 MAX_ATTEMPTS = 100
 # How long CreateJob/UpdateJob wait for the callback's host name to resolve.
 CALLBACK_RESOLVE_TIMEOUT = timedelta(seconds=2)
+# The default of the server's --max-fan-out.
+DEFAULT_MAX_FAN_OUT = 100
+# Jobs per page when the fan-out check lists a namespace.
+FAN_OUT_PAGE = 1000
 
 
 def _retry_violations(policy: RetryPolicy) -> list[FieldViolation]:
@@ -102,10 +107,13 @@ class JobManager:
         *,
         max_per_namespace: int = 0,
         secrets: Secrets | None = None,
+        max_fan_out: int = DEFAULT_MAX_FAN_OUT,
     ) -> None:
         self._store = store
         self._policy = policy
         self._max_per_namespace = max_per_namespace
+        # Executions one run of a job may lead to through dependents (0: no limit).
+        self._max_fan_out = max_fan_out
         # Without it, references are checked when the job runs only.
         self._secrets = secrets
 
@@ -152,6 +160,57 @@ class JobManager:
                 continue
             stack += [(d.job_id, [*path, d.job_id], index) for d in child.dependents]
 
+    async def _refuse_fan_out(self, job: Job) -> None:
+        """INVALID_ARGUMENT naming `dependents` when, with `job` as given, one run of it or of a job
+        that reaches it through dependents would lead to more than --max-fan-out executions.
+
+        A job without dependents leads to its own run only, the least it can: nothing grows, nothing
+        is read. Otherwise the namespace's jobs are listed once (their number is bounded by
+        --max-jobs-per-namespace) and the counts computed in one memoised pass.
+        """
+        limit = self._max_fan_out
+        if not limit or not job.dependents:
+            return
+        graph: dict[str, list[str]] = {}
+        page = Page(size=FAN_OUT_PAGE)
+        while True:
+            listing = await self._store.list_jobs(job.namespace, page)
+            for other in listing.items:
+                if other.dependents:
+                    graph[other.id] = [d.job_id for d in other.dependents]
+            if listing.next_after is None:
+                break
+            page = Page(size=FAN_OUT_PAGE, after=listing.next_after)
+        graph[job.id] = [d.job_id for d in job.dependents]
+        # The jobs whose runs can reach this one: a change here changes their counts too.
+        parents: dict[str, list[str]] = {}
+        for parent, children in graph.items():
+            for child in children:
+                parents.setdefault(child, []).append(parent)
+        ancestors: list[str] = []
+        seen, pending = {job.id}, [job.id]
+        while pending:
+            for parent in parents.get(pending.pop(), ()):
+                if parent not in seen:
+                    seen.add(parent)
+                    ancestors.append(parent)
+                    pending.append(parent)
+        counts = fan_outs(graph, [job.id, *sorted(ancestors)])
+        if counts[job.id] > limit:
+            raise InvalidArgument.field(
+                "dependents",
+                f"one run of job {job.id!r} would lead to {counts[job.id]} executions through its "
+                f"dependents (every path counted), more than {limit} (the server's --max-fan-out)",
+            )
+        for ancestor in sorted(ancestors):
+            if counts[ancestor] > limit:
+                raise InvalidArgument.field(
+                    "dependents",
+                    f"with this change one run of job {ancestor!r}, which reaches {job.id!r} through "
+                    f"dependents, would lead to {counts[ancestor]} executions (every path counted), more "
+                    f"than {limit} (the server's --max-fan-out)",
+                )
+
     async def list_page(self, namespace: str, page: Page, *, executor: str = "") -> Listing[Job]:
         return await self._store.list_jobs(namespace, page, executor=executor, with_stats=True)
 
@@ -186,6 +245,7 @@ class JobManager:
 
     async def _verify(self, job: Job) -> None:
         await self._refuse_cycles(job)
+        await self._refuse_fan_out(job)
         await self._refuse_foreign_secrets(job)
         await self._refuse_resolved_callback(job)
 

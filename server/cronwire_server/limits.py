@@ -17,6 +17,9 @@ get RESOURCE_EXHAUSTED with a message naming the limit and the flag that sets it
   a document past its limit is INVALID_ARGUMENT naming the field, as a malformed one is.
 - `--max-streams-per-key`, `--max-streams-per-replica`: server streams open at once in this
   replica (`StreamCaps`); one more is RESOURCE_EXHAUSTED before it starts.
+- `--max-fan-out`: executions one run of a job may lead to through its dependents (every path
+  counted), checked at CreateJob/UpdateJob for the job and every job that reaches it
+  (jobs.py `_refuse_fan_out`): INVALID_ARGUMENT naming `dependents`, as a cycle is.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Limits:
     max_labels_bytes: int = Settings.max_labels_bytes
     max_streams_per_key: int = Settings.max_streams_per_key
     max_streams_per_replica: int = Settings.max_streams_per_replica
+    max_fan_out: int = Settings.max_fan_out
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -73,6 +77,7 @@ class Limits:
             max_labels_bytes=settings.max_labels_bytes,
             max_streams_per_key=settings.max_streams_per_key,
             max_streams_per_replica=settings.max_streams_per_replica,
+            max_fan_out=settings.max_fan_out,
         )
 
     def document_limits(self) -> dict[str, tuple[int, str]]:

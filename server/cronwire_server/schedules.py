@@ -23,6 +23,7 @@ from cronwire_server.errors import (
     InvalidArgument,
     NotFound,
 )
+from cronwire_server.fanout import fan_out_of
 from cronwire_server.model import (
     EventType,
     Execution,
@@ -38,6 +39,8 @@ from cronwire_server.storage import Store
 MAX_DESCRIPTION = 2048
 MAX_PREVIEW = 1000
 MAX_BACKFILL = 1000
+# Executions one backfill may lead to: its ticks times its job's fan-out (dependents included).
+MAX_BACKFILL_EXECUTIONS = 10_000
 DEFAULT_PREVIEW = 10
 # A preview (or a backfill's tick list) computes in a thread, never on the event loop, and
 # gives up after this long: each search is bounded by triggers.SEARCH_STEPS, but a thousand
@@ -286,6 +289,14 @@ class ScheduleManager:
             return ticks, described
 
         ticks, previews = await self._off_loop(compute)
+        fan_out = await fan_out_of(self._store, namespace, schedule.job_id) if ticks else 1
+        if len(ticks) * fan_out > MAX_BACKFILL_EXECUTIONS:
+            raise InvalidArgument.field(
+                "end_time",
+                f"the range holds {len(ticks)} ticks and each run of job {schedule.job_id!r} leads to "
+                f"{fan_out} executions through its dependents: {len(ticks) * fan_out} in all, more than "
+                f"{MAX_BACKFILL_EXECUTIONS}; backfill it in parts",
+            )
         if dry_run or not ticks:
             return previews, []
         executions = await self._store.backfill(
