@@ -1,11 +1,17 @@
 """Creates that arrive together are committed together: 64 concurrent CreateJob calls over a real
 channel cost at most 2 statements each, counted by a statement hook on the server's engine (every
-statement sent, BEGIN and COMMIT included), not timed."""
+statement sent, BEGIN and COMMIT included), not timed.
+
+"Together" is made certain, not left to timing: another connection holds the table the first
+batch writes until every other call waits behind it (on a quiet machine, calls otherwise arrive
+one by one and batches stay small)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 import pytest
@@ -14,11 +20,33 @@ from cronwire.v1 import job_pb2, job_service_pb2
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire_server.app import create_server
 from cronwire_server.config import Settings
-from cronwire_server.storage.sql_store import SqlStore
+from cronwire_server.storage.sql_creates import GroupCommit
+from cronwire_server.storage.sql_store import SqlStore, create_engine
 from tests.storage.test_read_statement_counts import counting
+from tests.support import eventually
 
 CREATES = 64
 NS = "batch"
+
+
+@asynccontextmanager
+async def held(url: str, table: str) -> AsyncIterator[None]:
+    """`table` locked against writes by another connection until the block ends."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            # The store's engines autocommit; this one needs a transaction to hold the lock.
+            await conn.execution_options(isolation_level="READ COMMITTED")
+            async with conn.begin():
+                await conn.exec_driver_sql(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+                yield
+    finally:
+        await engine.dispose()
+
+
+async def all_waiting(group: GroupCommit[Any, Any], count: int) -> None:
+    """Until `count` calls wait behind the batch in flight."""
+    await eventually(lambda: len(group._waiting) >= count, 30, f"{count} calls to wait for the batch")
 
 
 @pytest.mark.postgres
@@ -45,7 +73,10 @@ async def test_64_concurrent_creates_cost_at_most_2_statements_each(
             await create("warm-up")  # the channel and the server's first statements
             names = [f"job-{n}" for n in range(CREATES)]
             with counting(store) as counts:
-                created = await asyncio.gather(*(create(n) for n in names))
+                async with held(url, "namespace_usage"):
+                    calls = asyncio.gather(*(create(n) for n in names))
+                    await all_waiting(store._creates["job"], CREATES - 1)
+                created = await calls
             assert created == [f"namespaces/{NS}/jobs/{n}" for n in names]
             listed = await jobs.ListJobs(
                 job_service_pb2.ListJobsRequest(parent=f"namespaces/{NS}", page_size=100)
@@ -84,7 +115,10 @@ async def test_64_concurrent_runs_share_their_transactions(fresh_database_url: C
             await run(job)  # warm-up
             names = [job] * CREATES + [f"namespaces/{NS}/jobs/missing"]
             with counting(store) as counts:
-                got = await asyncio.gather(*(run(n) for n in names))
+                async with held(url, "executions"):
+                    calls = asyncio.gather(*(run(n) for n in names))
+                    await all_waiting(store._runs, CREATES)
+                got = await calls
             assert got[-1] == "NOT_FOUND"
             assert len(set(got[:-1])) == CREATES
             assert all(g.startswith(f"{job.replace('/jobs/often', '')}/executions/") for g in got[:-1])
