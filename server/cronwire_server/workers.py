@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -36,12 +37,13 @@ from cronwire_server.errors import StorageUnavailable
 from cronwire_server.executors.fence import Fence
 from cronwire_server.executors.runners import Runners
 from cronwire_server.executors.runtime import RunOutcome, RunRequest, parent_run
+from cronwire_server.lease_renewer import LeaseRenewer
 from cronwire_server.logs import run_fields, url_for_log
 from cronwire_server.model import Execution, ExecutionState, Job
 from cronwire_server.planning import retry_due_time
 from cronwire_server.secrets import Redactor, SecretError, Secrets, has_references, namespace_of
 from cronwire_server.storage import Store
-from cronwire_server.storage.base import ClaimedExecution, StartNow
+from cronwire_server.storage.base import ClaimedExecution, LeaseRenewal, StartNow
 from cronwire_server.supervisor import DRAIN, Supervisor, loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,8 @@ class WorkerPool:
         self._secrets = secrets or Secrets()
         self._max_running_per_namespace = max_running_per_namespace
         self._running: dict[str, _Running] = {}
+        # Held while `_running` changes: the lease renewer's thread reads it.
+        self._running_lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._finished: list[tuple[ClaimedExecution, RunOutcome, asyncio.Future[Execution | None]]] = []
@@ -243,7 +247,8 @@ class WorkerPool:
         )
         running = _Running(item)
         self._fence.begin(running.token, sent + self._safe_for)
-        self._running[item.execution.id] = running
+        with self._running_lock:
+            self._running[item.execution.id] = running
         task = asyncio.create_task(self._execute(running))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -321,7 +326,8 @@ class WorkerPool:
             recorded = await self._record(running, outcome)
         finally:
             self._fence.end(running.token)
-            self._running.pop(execution.id, None)
+            with self._running_lock:
+                self._running.pop(execution.id, None)
             self._slot_freed.set()
             metrics.execution_left(job.executor, recorded.name if recorded else None)
 
@@ -486,38 +492,56 @@ class WorkerPool:
         )
 
     async def _heartbeat(self) -> None:
+        """Renewals run in a thread (`lease_renewer`): a held event loop does not stop them. This
+        loop reports the thread's health and starts a fence process that died again (only this
+        thread may: see `Fence`)."""
         # Several heartbeats fit in the time a run stays safe after a renewal.
         interval = min(self._lease.total_seconds() / 4, MAX_HEARTBEAT_INTERVAL)
-        while True:
-            await asyncio.sleep(interval)
-            sent = time.monotonic()
-            # Runs being finished are left out: the finisher locks their rows.
-            renewing = {
-                execution_id: running
-                for execution_id, running in self._running.items()
-                if not running.finishing and not self._fenced(running, sent)
-            }
-            if not renewing:
-                continue
-            try:
-                renewal = await self._store.renew_leases(self.identity, list(renewing), self._lease)
-                loop_ok()
-            except StorageUnavailable as error:
-                loop_failed(error)
-                log.warning("heartbeat failed (%s)", error)
-                continue
-            for execution_id in renewal.lost:
-                running = renewing[execution_id]
-                if not running.fenced and not running.finishing:
+        loop = asyncio.get_running_loop()
+        renewer = LeaseRenewer(
+            self._store.blocking_renewals(),
+            worker=self.identity,
+            lease=self._lease,
+            interval=interval,
+            safe_for=self._safe_for,
+            fence=self._fence,
+            targets=self._renewable,
+            learned=lambda *learned: loop.call_soon_threadsafe(self._after_renewal, *learned),
+        )
+        renewer.start()
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                self._fence.start()
+                if not renewer.alive:
+                    raise RuntimeError("the lease renewal thread ended")
+                if renewer.failure is None:
+                    loop_ok()
+                else:
+                    loop_failed(renewer.failure)
+        finally:
+            renewer.stop()
+
+    def _renewable(self) -> dict[str, str]:
+        """The runs to renew, {execution id: lease token} (called from the renewer's thread). Runs
+        being finished are left out: the finisher locks their rows."""
+        with self._running_lock:
+            return {i: r.token for i, r in self._running.items() if not r.finishing and not r.fenced}
+
+    def _after_renewal(self, renewal: LeaseRenewal, renewed: dict[str, str], late: set[str]) -> None:
+        """What a renewal learned, on the event loop: runs whose lease passed on or was renewed too
+        late are fenced off (the renewer has had their processes killed), cancelled runs stop."""
+        for execution_id, token in renewed.items():
+            running = self._running.get(execution_id)
+            if running is None or running.token != token:
+                continue  # ended meanwhile
+            if not running.fenced and not running.finishing:
+                if execution_id in renewal.lost:
                     self._fence_off(running, "its lease passed to another replica")
-            renewed = {r.token: r for r in renewing.values() if not r.fenced and not r.finishing}
-            # Only if the fence learns the new deadline before the last one passed.
-            for token in self._fence.extend(renewed, sent + self._safe_for):
-                self._fence_off(renewed[token], "its lease was renewed too late")
-            for execution_id in renewal.cancelled:
-                running = renewing[execution_id]
-                if not running.cancel.is_set():
-                    log.info("run cancelled; stopping it", extra=run_fields(running.claimed.execution))
+                elif token in late:
+                    self._fence_off(running, "its lease was renewed too late")
+            if execution_id in renewal.cancelled and not running.cancel.is_set():
+                log.info("run cancelled; stopping it", extra=run_fields(running.claimed.execution))
                 running.cancel.set()
 
     async def _recover(self) -> None:

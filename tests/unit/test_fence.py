@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +142,32 @@ def test_a_fence_that_died_is_replaced_and_told_what_it_knew(
     fence.begin("run-2", time.monotonic() + 60)  # the write fails: a new fence starts
     assert fence.pid not in (None, old)
     assert job.wait(BOUND) == -signal.SIGKILL
+
+
+def test_another_thread_never_starts_a_fence_but_its_lines_reach_the_next_one(
+    fence: Fence, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    """A fence started by a thread that ends would die with it (its parent-death signal follows
+    that thread): so the lease renewer's thread only tells; the owner starts the next fence."""
+    job = sleeper(sleepers)
+    fence.begin("run-1", time.monotonic() + 0.5)
+    fence.guard("run-1", job.pid)
+    old = fence.pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: gone(old), BOUND, "the fence to die")
+    renewer = threading.Thread(target=fence.extend, args=(["run-1"], time.monotonic() + 60))
+    renewer.start()
+    renewer.join()
+    assert fence.pid is None  # the write failed; no fence was started from that thread
+    fence.start()  # the owner's next call: the new fence is told the renewed deadline
+    assert fence.pid not in (None, old)
+    # The fence acts in order: once a later deadline was acted on, run-1's first one had passed.
+    later = sleeper(sleepers)
+    fence.begin("run-2", time.monotonic() + 0.5)
+    fence.guard("run-2", later.pid)
+    assert later.wait(BOUND) == -signal.SIGKILL
+    assert job.poll() is None, "the renewal made from the other thread was lost"
 
 
 def test_a_server_killed_9_takes_its_jobs_with_it(tmp_path: Path) -> None:

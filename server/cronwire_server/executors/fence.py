@@ -48,10 +48,12 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 __all__ = ["MARKER", "Fence"]
 
@@ -230,12 +232,30 @@ def main(argv: list[str]) -> int:
 # The server's client
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[Concatenate[Fence, _P], _R]) -> Callable[Concatenate[Fence, _P], _R]:
+    def locked(self: Fence, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    locked.__doc__ = method.__doc__
+    return locked
+
+
 class Fence:
     """The server's side of a fence process: started on first use (or `start`), restarted if it
-    dies, told about runs as they begin, renew and end. Call it from the event loop's thread only:
-    the fence's parent-death signal follows the thread that started it."""
+    dies, told about runs as they begin, renew and end. Safe to call from several threads; but
+    only the thread that made it starts the process, because the fence's parent-death signal
+    follows the thread that started it (a renewal thread ending would kill every run). Another
+    thread's lines reach a fence that died when the owner starts the next one (it is told the
+    whole state)."""
 
     def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._owner = threading.get_ident()
         self._process: subprocess.Popen[bytes] | None = None
         self._pipe = -1
         # What the fence knows, to tell a restarted one: token -> deadline, and token -> groups.
@@ -247,6 +267,7 @@ class Fence:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @_locked
     def start(self) -> None:
         """Start the fence process unless it runs already (else it starts on first use)."""
         if self._process is not None and self._process.poll() is not None:
@@ -276,12 +297,14 @@ class Fence:
         for chunk in _packed(lines):
             os.write(self._pipe, chunk)
 
+    @_locked
     def begin(self, token: str, deadline: float) -> None:
         """A run is about to start processes: kill them after `deadline` (a monotonic time)."""
         self._deadlines[token] = deadline
         self._groups[token] = set()
         self._send([f"B {token} {deadline!r}"])
 
+    @_locked
     def guard(self, token: str, pgid: int) -> None:
         """The run started process group `pgid`."""
         self._groups.setdefault(token, set()).add(pgid)
@@ -289,11 +312,13 @@ class Fence:
         if self.overdue(token):
             self.kill(token)
 
+    @_locked
     def unguard(self, token: str, pgid: int) -> None:
         """Process group `pgid` of the run has ended (forgotten, so that its number may be reused)."""
         self._groups.get(token, set()).discard(pgid)
         self._send([f"U {token} {pgid}"])
 
+    @_locked
     def extend(self, tokens: Iterable[str], deadline: float) -> set[str]:
         """Move the runs' deadline to `deadline`. Runs whose deadline passed before the fence could
         have learned it are killed instead: those are returned."""
@@ -310,11 +335,13 @@ class Fence:
                 self._deadlines[token] = max(self._deadlines[token], deadline)
         return late
 
+    @_locked
     def overdue(self, token: str, now: float | None = None) -> bool:
         """Whether the run's deadline has passed (the fence has killed it, or is about to)."""
         deadline = self._deadlines.get(token)
         return deadline is not None and deadline < (time.monotonic() if now is None else now)
 
+    @_locked
     def kill(self, token: str) -> None:
         """Kill the run's process groups now (here and by the fence, which also finds a process
         that started but is not registered yet)."""
@@ -325,11 +352,13 @@ class Fence:
         self._deadlines[token] = -math.inf
         self._send([f"K {token}"])
 
+    @_locked
     def end(self, token: str) -> None:
         self._deadlines.pop(token, None)
         self._groups.pop(token, None)
         self._send([f"E {token}"])
 
+    @_locked
     def close(self, wait: float = 5.0) -> None:
         """Close the pipe: the fence kills what is left and exits. Later calls do nothing."""
         self._closed = True
@@ -354,6 +383,8 @@ class Fence:
         for attempt in (1, 2):
             try:
                 if self._process is None:
+                    if threading.get_ident() != self._owner:
+                        return  # the owner starts the next one, and tells it the whole state
                     self._spawn()
                 while chunks:
                     os.write(self._pipe, chunks[0])

@@ -97,6 +97,14 @@ class ExecutionFilter:
     scheduled_before: datetime | None = None
 
 
+class BlockingRenewals(Protocol):
+    """`Store.renew_leases` as a blocking call, safe in any one thread."""
+
+    def renew(self, worker: str, execution_ids: list[str], lease: timedelta) -> LeaseRenewal: ...
+
+    def close(self) -> None: ...
+
+
 class Wakeup(Protocol):
     """Wakes sleepers when work may be waiting, in this process and (PostgreSQL) in every replica."""
 
@@ -232,6 +240,10 @@ class Store(Protocol):
     async def renew_leases(self, worker: str, execution_ids: list[str], lease: timedelta) -> LeaseRenewal:
         """Extend the leases `worker` holds (locking the rows in primary-key order); which were
         cancelled and which are no longer its own."""
+
+    def blocking_renewals(self) -> BlockingRenewals:
+        """Lease renewal on a connection of its own, for a thread that must not wait for the event
+        loop (the worker pool's renewer). Close it when done."""
 
     async def finish_executions(
         self, items: list[tuple[ClaimedExecution, RunOutcome]], worker: str, retry: RetryPlanner

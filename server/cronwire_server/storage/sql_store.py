@@ -189,6 +189,30 @@ def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> As
     return engine
 
 
+class _BlockingRenewals:
+    """`BlockingRenewals` on a blocking engine of its own (one connection), on the store's database."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(sync_url(url))
+        options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "isolation_level": "AUTOCOMMIT"}
+        if parsed.get_backend_name() == "sqlite":
+            self._engine = sa.create_engine(parsed, hide_parameters=True, **options)
+            sa.event.listen(self._engine, "connect", _sqlite_on_connect)
+        else:
+            # A database that stops answering fails the renewal (retried) instead of hanging it.
+            options["connect_args"] = {"application_name": "cronwire", "connect_timeout": 5}
+            self._engine = sa.create_engine(parsed, hide_parameters=True, **options)
+        sa.event.listen(self._engine, "before_cursor_execute", SQL_SENT)
+
+    def renew(self, worker: str, execution_ids: list[str], lease: timedelta) -> LeaseRenewal:
+        # Autocommit: the UPDATE alone is atomic, and the lease runs from just before it.
+        with _unavailable_on_connection_errors(), self._engine.connect() as conn:
+            return ex.renew(conn, worker, execution_ids, lease, ex.database_now(conn))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
 async def open_store(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> SqlStore:
     # No overflow: connections opened and closed under load lose their prepared statements.
     """A store on a migrated database (see `storage.migrate.upgrade`). Connects lazily."""
@@ -822,6 +846,9 @@ class SqlStore:
     async def renew_leases(self, worker: str, execution_ids: list[str], lease: timedelta) -> LeaseRenewal:
         renewal: LeaseRenewal = await self._run(self._in_transaction, ex.renew, worker, execution_ids, lease)
         return renewal
+
+    def blocking_renewals(self) -> _BlockingRenewals:
+        return _BlockingRenewals(self._engine.url.render_as_string(hide_password=False))
 
     async def finish_executions(
         self, items: list[tuple[ClaimedExecution, RunOutcome]], worker: str, retry: RetryPlanner
