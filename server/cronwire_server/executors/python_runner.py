@@ -48,11 +48,11 @@ __all__ = ["RESULT_LIMIT", "PythonRunner"]
 # Bytes of JSON a returned value may take; a larger one is recorded as {"omitted": <bytes>}.
 RESULT_LIMIT = 1024 * 1024
 
-# The entry runs as a file of its own rather than `-m cronwire_server...`, so the
-# job's interpreter needs no cronwire, and under `-c` so that the search path
-# starts with the working directory instead of this package's directory.
-_ENTRY = str(Path(__file__).with_name("_python_entry.py"))
-_BOOTSTRAP = "import runpy, sys; runpy.run_path(sys.argv.pop(1), run_name='__main__')"
+# The entry's source is handed to the interpreter under `-c` rather than run as
+# `-m cronwire_server...` or as its file: the job's interpreter needs no cronwire,
+# the job's user need not be able to read the server's installation, and the
+# search path starts with the working directory instead of this package's.
+_ENTRY = Path(__file__).with_name("_python_entry.py").read_text(encoding="utf-8")
 _CALL, _REPLY = "call.json", "reply.json"
 
 
@@ -126,7 +126,7 @@ def _child_request(request: RunRequest, directory: str) -> RunRequest:
     """The request as a `shell` run of the entry."""
     parameters = request.parameters
     python: str = parameters.get("python") or sys.executable
-    argv = [python, "-c", _BOOTSTRAP, _ENTRY, os.path.join(directory, _CALL), os.path.join(directory, _REPLY)]
+    argv = [python, "-c", _ENTRY, os.path.join(directory, _CALL), os.path.join(directory, _REPLY)]
     # Unbuffered, so output streams as printed and survives os._exit; the job may say otherwise.
     shell: dict[str, Any] = {"argv": argv, "env": {"PYTHONUNBUFFERED": "1", **parameters.get("env", {})}}
     if "working_dir" in parameters:
