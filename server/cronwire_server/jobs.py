@@ -12,6 +12,7 @@ from datetime import timedelta
 from ipaddress import ip_address
 from urllib.parse import urlsplit
 
+from cronwire_server.arguments import check_schema
 from cronwire_server.auth.principal import current_actor
 from cronwire_server.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from cronwire_server.executors import registry
@@ -88,6 +89,10 @@ def validate_job(job: Job, policy: ExecutorPolicy | None = None) -> None:
             violations.append(FieldViolation("callback.url", "must be an absolute http or https URL"))
         elif (refusal := check_url(job.callback.url, policy.http)) is not None:
             violations.append(FieldViolation("callback.url", refusal))
+    try:
+        check_schema(job.arguments_schema)
+    except InvalidArgument as error:
+        violations.extend(error.violations)
     for key in job.labels:
         if not LABEL_KEY.match(key):
             violations.append(

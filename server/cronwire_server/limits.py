@@ -86,6 +86,7 @@ class Limits:
             "parameters": (self.max_parameters_bytes, "--max-parameters-bytes"),
             "arguments": (self.max_arguments_bytes, "--max-arguments-bytes"),
             "labels": (self.max_labels_bytes, "--max-labels-bytes"),
+            "arguments_schema": (self.max_parameters_bytes, "--max-parameters-bytes"),
         }
         return {name: limit for name, limit in limits.items() if limit[0] > 0}
 

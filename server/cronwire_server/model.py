@@ -128,6 +128,8 @@ class Job:
     labels: dict[str, str] = field(default_factory=dict)
     # Which finished executions are kept; None: the server's policy.
     execution_retention: RetentionPolicy | None = None
+    # The JSON Schema its runs' arguments must match (`arguments`); None: any arguments.
+    arguments_schema: JsonObject | None = None
     # Output only: set by the store.
     create_time: datetime | None = None
     update_time: datetime | None = None

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from cronwire_server import triggers
+from cronwire_server.arguments import checked_arguments
 from cronwire_server.auth.principal import current_actor
 from cronwire_server.errors import (
     AlreadyExists,
@@ -115,6 +116,10 @@ class ScheduleManager:
         self, schedule: Schedule, *, request_id: str = "", validate_only: bool = False
     ) -> Schedule:
         validate_schedule(schedule)
+        job = await self._store.get_job(schedule.namespace, schedule.job_id)
+        schedule = dataclasses.replace(
+            schedule, arguments=checked_arguments(job.arguments_schema, schedule.arguments)
+        )
         now = await self._store.now()
         if schedule.start_time is None:
             # Pin the anchor so interval ticks do not drift with restarts or updates.
@@ -129,9 +134,8 @@ class ScheduleManager:
         )
 
     async def _check_create(self, schedule: Schedule, now: datetime) -> Schedule:
-        """AIP-163 validate_only: NOT_FOUND for a missing job, ALREADY_EXISTS for a taken id,
+        """AIP-163 validate_only (the job was found already): ALREADY_EXISTS for a taken id,
         else the schedule as it would be stored; nothing is stored."""
-        await self._store.get_job(schedule.namespace, schedule.job_id)
         try:
             await self._store.get_schedule(schedule.namespace, schedule.id)
         except NotFound:
@@ -157,10 +161,15 @@ class ScheduleManager:
     ) -> Schedule:
         """With `validate_only`, everything is checked and the updated schedule returned unstored."""
         now = await self._store.now()
+        # The job (which a schedule cannot change) for its arguments schema.
+        job_id = (await self._store.get_schedule(namespace, schedule_id)).job_id
+        schema = (await self._store.get_job(namespace, job_id)).arguments_schema
 
         def checked(current: Schedule) -> Schedule:
             updated = change(current)
             validate_schedule(updated)
+            if updated.arguments != current.arguments:
+                updated = dataclasses.replace(updated, arguments=checked_arguments(schema, updated.arguments))
             if any(getattr(updated, f) != getattr(current, f) for f in TIMING_FIELDS):
                 updated = with_next_fire_time(updated, now)
             return updated
@@ -269,6 +278,20 @@ class ScheduleManager:
         if violations:
             raise InvalidArgument(violations)
         schedule = await self._store.get_schedule(namespace, schedule_id)
+        job = await self._store.get_job(namespace, schedule.job_id)
+        try:
+            # Its runs get the schedule's arguments: checked against the job's schema of today.
+            checked_arguments(job.arguments_schema, schedule.arguments)
+        except InvalidArgument as error:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        v.field,
+                        f"the schedule's argument does not match the job's arguments_schema: {v.description}",
+                    )
+                    for v in error.violations
+                ]
+            ) from None
         anchor_time = anchor(schedule, now)
         # History before the schedule existed is what a backfill is for: its bounds do not apply.
         unbounded = dataclasses.replace(schedule, start_time=None, end_time=None)

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from cronwire.v1 import execution_pb2 as cronwire_dot_v1_dot_execution__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63ronwire/v1/job.proto\x12\x0b\x63ronwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1b\x63ronwire/v1/execution.proto\"\xf5\x04\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x03 \x01(\t\x12+\n\nparameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0cretry_policy\x18\x06 \x01(\x0b\x32\x18.cronwire.v1.RetryPolicy\x12\x17\n\x0fmax_concurrency\x18\x07 \x01(\x05\x12-\n\ndependents\x18\x08 \x03(\x0b\x32\x19.cronwire.v1.JobDependent\x12\x31\n\x08\x63\x61llback\x18\t \x01(\x0b\x32\x1f.cronwire.v1.CompletionCallback\x12,\n\x06labels\x18\n \x03(\x0b\x32\x1c.cronwire.v1.Job.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\r \x01(\t\x12*\n\x05stats\x18\x0e \x01(\x0b\x32\x1b.cronwire.v1.ExecutionStats\x12<\n\x13\x65xecution_retention\x18\x0f \x01(\x0b\x32\x1f.cronwire.v1.ExecutionRetention\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x12\x45xecutionRetention\x12\x11\n\tmax_count\x18\x01 \x01(\x05\x12*\n\x07max_age\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb3\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x03 \x01(\x01\x12.\n\x0bmax_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\"P\n\x0cJobDependent\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x33\n\tcondition\x18\x02 \x01(\x0e\x32 .cronwire.v1.DependencyCondition\"r\n\x12\x43ompletionCallback\x12\x0b\n\x03url\x18\x01 \x01(\t\x12+\n\x06states\x18\x02 \x03(\x0e\x32\x1b.cronwire.v1.ExecutionState\x12\x0e\n\x06secret\x18\x03 \x01(\t\x12\x12\n\nsecret_set\x18\x04 \x01(\x08\"\x8a\x01\n\x07JobType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x32\n\x11parameters_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x65xample\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct*\xad\x01\n\x13\x44\x65pendencyCondition\x12$\n DEPENDENCY_CONDITION_UNSPECIFIED\x10\x00\x12#\n\x1f\x44\x45PENDENCY_CONDITION_ON_SUCCESS\x10\x01\x12#\n\x1f\x44\x45PENDENCY_CONDITION_ON_FAILURE\x10\x02\x12&\n\"DEPENDENCY_CONDITION_ON_COMPLETION\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63ronwire/v1/job.proto\x12\x0b\x63ronwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1b\x63ronwire/v1/execution.proto\"\xa8\x05\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x03 \x01(\t\x12+\n\nparameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0cretry_policy\x18\x06 \x01(\x0b\x32\x18.cronwire.v1.RetryPolicy\x12\x17\n\x0fmax_concurrency\x18\x07 \x01(\x05\x12-\n\ndependents\x18\x08 \x03(\x0b\x32\x19.cronwire.v1.JobDependent\x12\x31\n\x08\x63\x61llback\x18\t \x01(\x0b\x32\x1f.cronwire.v1.CompletionCallback\x12,\n\x06labels\x18\n \x03(\x0b\x32\x1c.cronwire.v1.Job.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\r \x01(\t\x12*\n\x05stats\x18\x0e \x01(\x0b\x32\x1b.cronwire.v1.ExecutionStats\x12<\n\x13\x65xecution_retention\x18\x0f \x01(\x0b\x32\x1f.cronwire.v1.ExecutionRetention\x12\x31\n\x10\x61rguments_schema\x18\x10 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x12\x45xecutionRetention\x12\x11\n\tmax_count\x18\x01 \x01(\x05\x12*\n\x07max_age\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb3\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x03 \x01(\x01\x12.\n\x0bmax_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\"P\n\x0cJobDependent\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x33\n\tcondition\x18\x02 \x01(\x0e\x32 .cronwire.v1.DependencyCondition\"r\n\x12\x43ompletionCallback\x12\x0b\n\x03url\x18\x01 \x01(\t\x12+\n\x06states\x18\x02 \x03(\x0e\x32\x1b.cronwire.v1.ExecutionState\x12\x0e\n\x06secret\x18\x03 \x01(\t\x12\x12\n\nsecret_set\x18\x04 \x01(\x08\"\x8a\x01\n\x07JobType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x32\n\x11parameters_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x65xample\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct*\xad\x01\n\x13\x44\x65pendencyCondition\x12$\n DEPENDENCY_CONDITION_UNSPECIFIED\x10\x00\x12#\n\x1f\x44\x45PENDENCY_CONDITION_ON_SUCCESS\x10\x01\x12#\n\x1f\x44\x45PENDENCY_CONDITION_ON_FAILURE\x10\x02\x12&\n\"DEPENDENCY_CONDITION_ON_COMPLETION\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,20 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB_LABELSENTRY']._loaded_options = None
   _globals['_JOB_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_DEPENDENCYCONDITION']._serialized_start=1401
-  _globals['_DEPENDENCYCONDITION']._serialized_end=1574
+  _globals['_DEPENDENCYCONDITION']._serialized_start=1452
+  _globals['_DEPENDENCYCONDITION']._serialized_end=1625
   _globals['_JOB']._serialized_start=163
-  _globals['_JOB']._serialized_end=792
-  _globals['_JOB_LABELSENTRY']._serialized_start=747
-  _globals['_JOB_LABELSENTRY']._serialized_end=792
-  _globals['_EXECUTIONRETENTION']._serialized_start=794
-  _globals['_EXECUTIONRETENTION']._serialized_end=877
-  _globals['_RETRYPOLICY']._serialized_start=880
-  _globals['_RETRYPOLICY']._serialized_end=1059
-  _globals['_JOBDEPENDENT']._serialized_start=1061
-  _globals['_JOBDEPENDENT']._serialized_end=1141
-  _globals['_COMPLETIONCALLBACK']._serialized_start=1143
-  _globals['_COMPLETIONCALLBACK']._serialized_end=1257
-  _globals['_JOBTYPE']._serialized_start=1260
-  _globals['_JOBTYPE']._serialized_end=1398
+  _globals['_JOB']._serialized_end=843
+  _globals['_JOB_LABELSENTRY']._serialized_start=798
+  _globals['_JOB_LABELSENTRY']._serialized_end=843
+  _globals['_EXECUTIONRETENTION']._serialized_start=845
+  _globals['_EXECUTIONRETENTION']._serialized_end=928
+  _globals['_RETRYPOLICY']._serialized_start=931
+  _globals['_RETRYPOLICY']._serialized_end=1110
+  _globals['_JOBDEPENDENT']._serialized_start=1112
+  _globals['_JOBDEPENDENT']._serialized_end=1192
+  _globals['_COMPLETIONCALLBACK']._serialized_start=1194
+  _globals['_COMPLETIONCALLBACK']._serialized_end=1308
+  _globals['_JOBTYPE']._serialized_start=1311
+  _globals['_JOBTYPE']._serialized_end=1449
 # @@protoc_insertion_point(module_scope)

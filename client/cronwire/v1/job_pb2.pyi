@@ -99,6 +99,7 @@ class Job(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
     EXECUTION_RETENTION_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_SCHEMA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. The resource name, `namespaces/{namespace}/jobs/{job}`.
     Output only on create (built from `parent` and `job_id`); required on update.
@@ -167,6 +168,16 @@ class Job(_message.Message):
         `--execution-retention-days`. Unset means the server's settings.
         """
 
+    @_builtins.property
+    def arguments_schema(self) -> _struct_pb2.Struct:
+        """Optional. A JSON Schema (draft 2020-12) for the arguments of this job's
+        runs: RunJob, CreateSchedule, UpdateSchedule and BackfillSchedule refuse
+        arguments that do not match it (INVALID_ARGUMENT naming the argument, as
+        `arguments.region`), and fill in the `default` of each top-level property
+        the arguments lack. Its `type`, if given, is "object". Unset means any
+        arguments.
+        """
+
     def __init__(
         self,
         *,
@@ -185,10 +196,11 @@ class Job(_message.Message):
         etag: _builtins.str = ...,
         stats: _execution_pb2.ExecutionStats | None = ...,
         execution_retention: Global___ExecutionRetention | None = ...,
+        arguments_schema: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "create_time", b"create_time", "execution_retention", b"execution_retention", "parameters", b"parameters", "retry_policy", b"retry_policy", "stats", b"stats", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments_schema", b"arguments_schema", "callback", b"callback", "create_time", b"create_time", "execution_retention", b"execution_retention", "parameters", b"parameters", "retry_policy", b"retry_policy", "stats", b"stats", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "create_time", b"create_time", "dependents", b"dependents", "description", b"description", "etag", b"etag", "execution_retention", b"execution_retention", "executor", b"executor", "labels", b"labels", "max_concurrency", b"max_concurrency", "name", b"name", "parameters", b"parameters", "retry_policy", b"retry_policy", "stats", b"stats", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_schema", b"arguments_schema", "callback", b"callback", "create_time", b"create_time", "dependents", b"dependents", "description", b"description", "etag", b"etag", "execution_retention", b"execution_retention", "executor", b"executor", "labels", b"labels", "max_concurrency", b"max_concurrency", "name", b"name", "parameters", b"parameters", "retry_policy", b"retry_policy", "stats", b"stats", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -223,6 +223,9 @@ def job_from_pb(message: job_pb2.Job, namespace: str, job_id: str) -> model.Job:
         callback=callback,
         labels=dict(message.labels),
         execution_retention=retention,
+        arguments_schema=struct_to_dict(message.arguments_schema)
+        if message.HasField("arguments_schema")
+        else None,
     )
 
 
@@ -266,6 +269,8 @@ def job_to_pb(job: model.Job) -> job_pb2.Job:
     if job.execution_retention is not None:
         message.execution_retention.max_count = job.execution_retention.count
         set_duration(message.execution_retention.max_age, job.execution_retention.max_age)
+    if job.arguments_schema is not None:
+        dict_to_struct(job.arguments_schema, message.arguments_schema)
     set_time(message.create_time, job.create_time)
     set_time(message.update_time, job.update_time)
     if job.stats is not None:

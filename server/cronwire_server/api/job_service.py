@@ -33,6 +33,7 @@ MUTABLE = frozenset(
         "callback",
         "labels",
         "execution_retention",
+        "arguments_schema",
     }
 )
 OUTPUT_ONLY = frozenset({"name", "create_time", "update_time", "etag", "stats"})

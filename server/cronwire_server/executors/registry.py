@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator, ValidationError
+from jsonschema import Draft202012Validator
 
 from cronwire_server.errors import FieldViolation, InvalidArgument
 from cronwire_server.executors import kinds
 from cronwire_server.executors.address_policy import HttpPolicy
 from cronwire_server.executors.entry_policy import EntryPolicy
-from cronwire_server.executors.parameter_paths import field_path
+from cronwire_server.executors.parameter_paths import field_path, schema_violations
 from cronwire_server.executors.runtime import Runner
 
 if TYPE_CHECKING:
@@ -41,28 +41,6 @@ __all__ = [
     "get_kind",
     "validate_parameters",
 ]
-
-
-def _violations(error: ValidationError) -> list[FieldViolation]:
-    path = list(error.absolute_path)
-    schema = error.schema if isinstance(error.schema, Mapping) else {}
-    instance = error.instance
-    # Name the property itself rather than the object that lacks or has it.
-    if error.validator == "required" and isinstance(instance, Mapping):
-        for name in schema.get("required", ()):
-            if name not in instance and error.message == f"{name!r} is a required property":
-                return [FieldViolation(field_path([*path, name]), "required")]
-    if (
-        error.validator == "additionalProperties"
-        and schema.get("additionalProperties") is False
-        and isinstance(instance, Mapping)
-    ):
-        allowed = schema.get("properties", {})
-        extra = [name for name in instance if name not in allowed]
-        known = ", ".join(allowed)
-        return [FieldViolation(field_path([*path, n]), f"unknown parameter; known: {known}") for n in extra]
-    message = schema.get("errorMessage")
-    return [FieldViolation(field_path(path), message if isinstance(message, str) else error.message)]
 
 
 @dataclass(frozen=True)
@@ -214,7 +192,7 @@ def validate_parameters(
     """
     kind = get_kind(kind_name)
     errors = sorted(_VALIDATORS[kind.name].iter_errors(parameters), key=lambda e: list(map(str, e.path)))
-    violations = [violation for error in errors for violation in _violations(error)]
+    violations = [violation for error in errors for violation in schema_violations(error)]
     if policy is not None:
         # Also on parameters the schema refused: each check reads only what it can.
         violations += kind.validate(parameters, policy)

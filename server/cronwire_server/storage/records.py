@@ -144,6 +144,7 @@ def job_fields(job: Job) -> dict[str, Any]:
         "callback": _callback_to_json(job.callback),
         "labels": dict(job.labels),
         "execution_retention": _retention_to_json(job.execution_retention),
+        "arguments_schema": copy.deepcopy(job.arguments_schema),
     }
 
 
@@ -164,6 +165,7 @@ def job_from_record(row: Mapping[Any, Any]) -> Job:
         callback=_callback_from_json(row["callback"]),
         labels=row["labels"],
         execution_retention=retention_from_json(row["execution_retention"]),
+        arguments_schema=row["arguments_schema"],
         create_time=row["create_time"],
         update_time=row["update_time"],
         etag=row["etag"],

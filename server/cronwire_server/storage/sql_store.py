@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
 from cronwire_server import errors
+from cronwire_server.arguments import checked_arguments
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.limits import NamespaceFull
 from cronwire_server.model import (
@@ -955,7 +956,7 @@ class SqlStore:
                         now,
                         notify=not notified,
                     )
-                except errors.NotFound as error:  # raised before the run wrote anything
+                except (errors.NotFound, errors.InvalidArgument) as error:  # raised before it wrote anything
                     results.append(error)
                     continue
                 notified = True
@@ -978,8 +979,10 @@ class SqlStore:
         *,
         notify: bool = True,
     ) -> dict[str, Any]:
-        if conn.execute(_GET_JOB, {"namespace": namespace, "id": job_id}).first() is None:
+        job = conn.execute(_GET_JOB, {"namespace": namespace, "id": job_id}).first()
+        if job is None:
             raise errors.NotFound("job", job_name(namespace, job_id))
+        arguments = checked_arguments(job.arguments_schema, arguments)
         # RunJob respect_overlap: skipped, like a tick, while a run of such a schedule is active.
         busy = (
             conn.execute(

@@ -86,6 +86,8 @@ jobs = sa.Table(
     *_audit_columns(),
     # {"count": N, "max_age_seconds": S | null}; NULL: the server's retention policy.
     sa.Column("execution_retention", OptionalJson, nullable=True),
+    # The JSON Schema of its runs' arguments; NULL: any arguments.
+    sa.Column("arguments_schema", OptionalJson, nullable=True),
     # Serves ListJobs filtered by executor, already in cursor (id) order.
     sa.Index(None, "namespace", "executor", "id"),
 )
