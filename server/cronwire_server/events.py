@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cronwire_server import metrics
+from cronwire_server.config import Settings
 from cronwire_server.errors import OutOfRange, ResourceExhausted, StorageUnavailable
 from cronwire_server.model import Event, EventFilter, Listing, Page
 from cronwire_server.storage import Store
@@ -39,12 +40,13 @@ READ_BYTES = 1024 * 1024
 LIST_BYTES = 1024 * 1024
 # Re-read at least this often, in case a wake-up from another replica was lost.
 POLL = 1.0
-DEFAULT_BUFFER = 256  # batches a watcher may have waiting
+# Defaults of the server's settings, kept there (these serve callers that build a hub alone).
+DEFAULT_BUFFER = Settings.watch_buffer  # batches a watcher may have waiting
 DEFAULT_BUFFER_BYTES = 16 * 1024 * 1024  # and their snapshot bytes
 # Batches a watcher that fell behind takes at once (also bounded by READ_BYTES).
 COALESCE_BATCHES = 64
-DEFAULT_HEARTBEAT = 15.0
-DEFAULT_RETENTION = timedelta(days=7)
+DEFAULT_HEARTBEAT = Settings.watch_heartbeat_seconds
+DEFAULT_RETENTION = timedelta(days=Settings.event_retention_days)
 PRUNE_EVERY = 600.0
 PRUNE_BATCH = 1000
 

@@ -14,13 +14,15 @@ from urllib.parse import urlsplit
 
 from cronwire_server.arguments import check_schema
 from cronwire_server.auth.principal import current_actor
+from cronwire_server.config import Settings
 from cronwire_server.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from cronwire_server.executors import registry
 from cronwire_server.executors.address_policy import literal_address
 from cronwire_server.executors.http_runner import check_url
 from cronwire_server.executors.registry import ExecutorKind, ExecutorPolicy
 from cronwire_server.fanout import fan_outs
-from cronwire_server.model import Job, Listing, Page, RetryPolicy, job_name
+from cronwire_server.model import Job, Listing, Page, RetryPolicy
+from cronwire_server.names import job_name
 from cronwire_server.optimistic import read_modify_write
 from cronwire_server.secrets import Secrets, has_references
 from cronwire_server.storage import Store
@@ -33,7 +35,7 @@ MAX_ATTEMPTS = 100
 # How long CreateJob/UpdateJob wait for the callback's host name to resolve.
 CALLBACK_RESOLVE_TIMEOUT = timedelta(seconds=2)
 # The default of the server's --max-fan-out.
-DEFAULT_MAX_FAN_OUT = 100
+DEFAULT_MAX_FAN_OUT = Settings.max_fan_out
 # Jobs per page when the fan-out check lists a namespace.
 FAN_OUT_PAGE = 1000
 

@@ -11,19 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeAlias, TypeVar
 
+from cronwire_server.names import execution_name, job_name, schedule_name
+
 JsonObject: TypeAlias = dict[str, Any]
-
-
-def job_name(namespace: str, job_id: str) -> str:
-    return f"namespaces/{namespace}/jobs/{job_id}"
-
-
-def schedule_name(namespace: str, schedule_id: str) -> str:
-    return f"namespaces/{namespace}/schedules/{schedule_id}"
-
-
-def execution_name(namespace: str, execution_id: str) -> str:
-    return f"namespaces/{namespace}/executions/{execution_id}"
 
 
 class DependencyCondition(enum.Enum):

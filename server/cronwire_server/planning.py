@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cronwire_server import triggers
+from cronwire_server.config import Settings
 from cronwire_server.model import (
     ExecutionState,
     MisfirePolicy,
@@ -22,8 +23,9 @@ from cronwire_server.model import (
     SkipReason,
 )
 
-# A tick later than this is a misfire: the schedule's misfire policy decides its fate.
-DEFAULT_MISFIRE_GRACE = timedelta(seconds=5)
+# A tick later than this is a misfire: the schedule's misfire policy decides its fate (the
+# server's --misfire-grace-seconds).
+DEFAULT_MISFIRE_GRACE = timedelta(seconds=Settings.misfire_grace_seconds)
 # What one pass does for one schedule is bounded, whatever its backlog: at most this many ticks
 # within the catch-up window become records (one each, whatever the policy); a schedule with more
 # keeps its next fire time at the first tick not recorded yet, stays due, and the dispatcher comes

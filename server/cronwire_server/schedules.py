@@ -32,8 +32,8 @@ from cronwire_server.model import (
     OverlapPolicy,
     Page,
     Schedule,
-    schedule_name,
 )
+from cronwire_server.names import schedule_name
 from cronwire_server.optimistic import read_modify_write
 from cronwire_server.storage import Store
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cronwire_server import callbacks, metrics
+from cronwire_server.config import Settings
 from cronwire_server.dispatcher import sleep_until_woken
 from cronwire_server.errors import StorageUnavailable
 from cronwire_server.executors.fence import Fence
@@ -48,9 +49,10 @@ from cronwire_server.supervisor import DRAIN, Supervisor, loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SLOTS = 16
-DEFAULT_LEASE = timedelta(seconds=30)
-DEFAULT_CAPTURE_BYTES = 1024 * 1024
+# Defaults of the server's settings, kept there (these serve callers that build a pool alone).
+DEFAULT_SLOTS = Settings.worker_slots
+DEFAULT_LEASE = timedelta(seconds=Settings.lease_seconds)
+DEFAULT_CAPTURE_BYTES = Settings.max_output_bytes
 # Heartbeats also carry cancellations to running executions, so they come often.
 MAX_HEARTBEAT_INTERVAL = 1.0
 # Seconds before a lease could expire by which an unrenewed run's processes are dead (a quarter

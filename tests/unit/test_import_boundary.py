@@ -13,6 +13,7 @@ import pytest
 CORE = (
     "cronwire_server.model",
     "cronwire_server.errors",
+    "cronwire_server.names",
     "cronwire_server.triggers",
     "cronwire_server.planning",
     "cronwire_server.schedules",

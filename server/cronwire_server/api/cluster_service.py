@@ -12,12 +12,12 @@ from cronwire.v1 import cluster_pb2, cluster_service_pb2_grpc
 from cronwire.v1 import cluster_service_pb2 as pb
 from cronwire_server import __version__
 from cronwire_server.api.convert import optional_duration, set_duration, set_time
-from cronwire_server.api.names import format_name, parent_name
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import unary
 from cronwire_server.auth import principal
 from cronwire_server.errors import InvalidArgument
 from cronwire_server.model import ClusterStatus, LagPercentiles, Replica
+from cronwire_server.names import format_name, parent_name
 from cronwire_server.storage import Store
 
 Context = grpc.aio.ServicerContext[Any, Any]

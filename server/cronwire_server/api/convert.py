@@ -10,8 +10,8 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from cronwire.v1 import event_pb2, execution_pb2, job_pb2, schedule_pb2
 from cronwire_server import model
-from cronwire_server.api.names import format_name, parse_name
 from cronwire_server.errors import FieldViolation, InvalidArgument
+from cronwire_server.names import format_name, parse_name
 from cronwire_server.triggers import PreviewTime
 
 # Enums: proto value <-> domain member. UNSPECIFIED maps to the documented default.

@@ -16,7 +16,8 @@ import grpc
 from google.protobuf.message import Message
 
 from cronwire.v1 import event_service_pb2 as pb
-from cronwire_server.api import convert, names, scope
+from cronwire_server import names
+from cronwire_server.api import convert, scope
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import server_streaming, unary
 from cronwire_server.auth import principal

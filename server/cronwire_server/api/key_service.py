@@ -14,6 +14,7 @@ from cronwire_server.auth import principal
 from cronwire_server.auth.keys import ApiKey, Role
 from cronwire_server.auth.manage import KeyManager
 from cronwire_server.errors import InvalidArgument
+from cronwire_server.names import parse_key_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -32,10 +33,7 @@ def key_to_pb(key: ApiKey) -> key_pb2.Key:
 
 
 def _key_id(name: str, field: str = "name") -> str:
-    collection, _, key_id = name.partition("/")
-    if collection != "keys" or not key_id or "/" in key_id:
-        raise InvalidArgument.field(field, f"{name!r} is not a key name of the form keys/{{key}}")
-    return key_id
+    return parse_key_name(name, field)
 
 
 class KeyService(key_service_pb2_grpc.KeyServiceServicer):

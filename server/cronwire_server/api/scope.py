@@ -6,7 +6,7 @@ caller's key does not cover is NOT_FOUND, exactly as if nothing were there.
 
 from __future__ import annotations
 
-from cronwire_server.api import names
+from cronwire_server import names
 from cronwire_server.auth import principal
 
 

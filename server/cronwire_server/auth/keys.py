@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from cronwire_server.names import key_name
+
 TOKEN_PREFIX = "cwk"
 ALL_NAMESPACES = "*"
 # Executor kinds: "*" is every kind. A key made without a list gets the default, whatever its
@@ -58,7 +60,7 @@ class ApiKey:
 
     @property
     def name(self) -> str:
-        return f"keys/{self.id}"
+        return key_name(self.id)
 
     @property
     def all_namespaces(self) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from cronwire_server.api.names import check_id
 from cronwire_server.auth.keys import (
     ALL_EXECUTORS,
     ALL_NAMESPACES,
@@ -21,6 +20,7 @@ from cronwire_server.auth.principal import Principal
 from cronwire_server.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from cronwire_server.executors.registry import KINDS
 from cronwire_server.model import Listing, Page
+from cronwire_server.names import check_id
 from cronwire_server.storage.sql_keys import KeyStore
 
 log = logging.getLogger(__name__)

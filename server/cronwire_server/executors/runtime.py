@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from cronwire_server.config import Settings
 from cronwire_server.errors import NotFound, StorageUnavailable
-from cronwire_server.model import Execution, ExecutionState, job_name
+from cronwire_server.model import Execution, ExecutionState
+from cronwire_server.names import job_name
 
 __all__ = [
     "OutputCallback",
@@ -122,7 +124,7 @@ class RunRequest:
     scheduled_time: datetime
     attempt: int
     timeout: timedelta | None  # None = no timeout
-    capture_bytes: int = 1024 * 1024  # bound on captured output
+    capture_bytes: int = Settings.max_output_bytes  # bound on captured output
     # Unique per claim of an attempt: CRONWIRE_LEASE_TOKEN, for job code that fences its writes.
     lease_token: str = ""
     fence: ProcessFence | None = field(default=None, compare=False, repr=False)

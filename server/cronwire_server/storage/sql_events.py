@@ -89,7 +89,8 @@ def execution_event(
     values: Mapping[Any, Any], now: datetime, event_type: EventType | None = None
 ) -> dict[str, Any]:
     """The event of an execution row arriving in its state (or `event_type`)."""
-    from cronwire_server.model import ExecutionState, execution_name
+    from cronwire_server.model import ExecutionState
+    from cronwire_server.names import execution_name
 
     kind = event_type or STATE_EVENTS[ExecutionState(values["state"])]
     return row(

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cronwire_server import errors
 from cronwire_server.auth.keys import ApiKey, Role
 from cronwire_server.model import Listing, Page
+from cronwire_server.names import key_name
 from cronwire_server.storage.sql_store import _unavailable_on_connection_errors, stamp_time
 from cronwire_server.storage.tables import api_keys, server_secrets
 
@@ -41,7 +42,7 @@ def _key(row: Mapping[Any, Any]) -> ApiKey:
 
 
 def _not_found(key_id: str) -> errors.NotFound:
-    return errors.NotFound("key", f"keys/{key_id}")
+    return errors.NotFound("key", key_name(key_id))
 
 
 class KeyStore:

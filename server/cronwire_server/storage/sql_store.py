@@ -41,10 +41,8 @@ from cronwire_server.model import (
     RetentionPolicy,
     Schedule,
     SkipReason,
-    execution_name,
-    job_name,
-    schedule_name,
 )
+from cronwire_server.names import execution_name, format_name, job_name, schedule_name
 from cronwire_server.storage import sql_creates, sql_events, sql_replicas, sql_retention
 from cronwire_server.storage import sql_executions as ex
 from cronwire_server.storage.base import (
@@ -527,7 +525,7 @@ class SqlStore:
             assert done.created_at is not None
             self._wakeup.signal("events_new")
             return done.created_at
-        name = f"namespaces/{create.namespace}/{create.kind}s/{create.values['id']}"
+        name = format_name(create.kind, create.namespace, create.values["id"])
         if done.outcome is sql_creates.Outcome.NO_JOB:
             raise errors.NotFound("job", job_name(create.namespace, create.values["job_id"]))
         # A retry of a create that got in gets what it created, whatever stops it now.
@@ -1271,7 +1269,7 @@ class _Key:
 
     @property
     def name(self) -> str:
-        return f"namespaces/{self.namespace}/{self.kind}s/{self.id}"
+        return format_name(self.kind, self.namespace, self.id)
 
     def match(self, table: sa.Table, expected_etag: str = "") -> list[sa.ColumnElement[bool]]:
         """The WHERE clause for this row, and its etag unless `expected_etag` is empty.

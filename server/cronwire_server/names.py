@@ -1,4 +1,5 @@
-"""Resource names (`namespaces/{namespace}/jobs/{job}`) and the ids inside them."""
+"""Resource names (`namespaces/{namespace}/jobs/{job}`, `keys/{key}`) and the ids inside them:
+every name is formatted and parsed here."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 ID_RULE = "1 to 63 lowercase letters, digits or hyphens, starting with a letter, not ending with a hyphen"
 
 COLLECTIONS = {"job": "jobs", "schedule": "schedules", "execution": "executions"}
+KEYS = "keys"
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,30 @@ def parse_name(value: str, kind: str, field: str = "name") -> ResourceName:
 
 def format_name(kind: str, namespace: str, resource_id: str) -> str:
     return f"namespaces/{namespace}/{COLLECTIONS[kind]}/{resource_id}"
+
+
+def job_name(namespace: str, job_id: str) -> str:
+    return format_name("job", namespace, job_id)
+
+
+def schedule_name(namespace: str, schedule_id: str) -> str:
+    return format_name("schedule", namespace, schedule_id)
+
+
+def execution_name(namespace: str, execution_id: str) -> str:
+    return format_name("execution", namespace, execution_id)
+
+
+def key_name(key_id: str) -> str:
+    return f"{KEYS}/{key_id}"
+
+
+def parse_key_name(value: str, field: str = "name") -> str:
+    """`keys/{key}` -> the key id."""
+    collection, _, key_id = value.partition("/")
+    if collection != KEYS or not key_id or "/" in key_id:
+        raise InvalidArgument.field(field, f"{value!r} is not a key name of the form keys/{{key}}")
+    return key_id
 
 
 def parent_name(namespace: str) -> str:
