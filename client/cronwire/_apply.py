@@ -9,6 +9,9 @@ The file (YAML or JSON) is a mapping:
         parameters: {argv: [pg_dump, app]}
         timeout: 10m
         retry_policy: {max_attempts: 3, initial_backoff: 30s}
+        arguments_schema:         # optional: a JSON Schema for the arguments of its runs
+          type: object
+          properties: {target: {enum: [full, incremental], default: full}}
         schedules:                # optional: schedules of this job
           - name: nightly
             trigger: {cron: "0 3 * * *"}
@@ -218,7 +221,8 @@ def _job_field_differs(key: str, wanted: Any, current: Job, item: Item, namespac
         # The secret is never read back: only a secret given where none is stored is a change.
         new_secret = bool(wanted.secret) and not have.secret_set
         return wanted.url != have.url or list(wanted.states) != list(have.states) or new_secret
-    if key == "timeout":
+    if key in ("timeout", "arguments_schema"):
+        # An empty schema allows any arguments, as no schema does (and is read back as none).
         return (wanted or None) != (have or None)
     defaults: dict[str, Any] = {"description": "", "max_concurrency": 0, "parameters": {}, "labels": {}}
     if key in defaults:
@@ -263,6 +267,7 @@ def _job_create_arguments(fields: Mapping[str, Any]) -> dict[str, Any]:
         "callback": fields.get("callback"),
         "labels": fields.get("labels") or {},
         "execution_retention": fields.get("execution_retention"),
+        "arguments_schema": fields.get("arguments_schema") or None,
     }
 
 

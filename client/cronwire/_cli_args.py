@@ -119,6 +119,27 @@ def _json_object(text: str) -> dict[str, Any]:
 json_object_arg = _typed(_json_object, "JSON object")
 
 
+def _schema(text: str) -> dict[str, Any]:
+    """A JSON Schema given inline as JSON, or as `@FILE` (JSON, or YAML unless it ends in .json)."""
+    if not text.startswith("@"):
+        return _json_object(text)
+    from cronwire._apply import parse_text  # apply's reader: YAML when PyYAML is there
+
+    path = text[1:]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = handle.read()
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    document = parse_text(content, path)
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} must hold a mapping (a JSON object)")
+    return document
+
+
+schema_arg = _typed(_schema, "JSON Schema")
+
+
 def enum_arg(cls: type[E]) -> Callable[[str], E]:
     converter: Callable[[str], E] = _typed(lambda text: parse_enum(cls, text), cls.__name__)
     converter.enum_choices = [enum_text(m) for m in cls]  # type: ignore[attr-defined]  # for completion
@@ -331,6 +352,20 @@ def job_flags(parser: argparse.ArgumentParser, create: bool) -> None:
     )
     if not create:
         hook.add_argument("--no-callback", action="store_true", help="remove the completion callback")
+    template = parser.add_argument_group("its runs' arguments (a job as a template)")
+    schema = template.add_mutually_exclusive_group()
+    schema.add_argument(
+        "--arguments-schema",
+        type=schema_arg,
+        metavar="JSON|@FILE",
+        help="a JSON Schema (draft 2020-12) the arguments of its runs must match; the default of "
+        "each top-level property is filled in when a run lacks it. @FILE reads it from a JSON or "
+        "YAML file",
+    )
+    if not create:
+        schema.add_argument(
+            "--no-arguments-schema", action="store_true", help="remove the schema: any arguments again"
+        )
     if create:
         parser.add_argument("--request-id", help="a retried create with the same id returns the first job")
     else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
+import json
 import math
 import os
 import sys
@@ -115,6 +117,7 @@ FLAG_OF_FIELD = {
     "job.callback": "--callback",
     "job.callback.url": "--callback",
     "job.callback.states": "--callback-on",
+    "job.arguments_schema": "--arguments-schema",
     "schedule.job": "--job",
     "schedule.trigger.cron": "--cron",
     "schedule.trigger.cron.dst_policy": "--dst",
@@ -413,6 +416,7 @@ def cmd_jobs_create(ctx: Context) -> int:
         labels=_merge_pairs(args.label),
         execution_retention=_retention(args, None),
         callback=_new_callback(args),
+        arguments_schema=args.arguments_schema,
         request_id=args.request_id or "",
     )
     ctx.show(job, lambda: job_details(job))
@@ -465,6 +469,10 @@ def cmd_jobs_update(ctx: Context) -> int:
             return current.callback
 
         fields["callback"] = _changed_callback(args, stored_callback)
+    if args.no_arguments_schema:
+        fields["arguments_schema"] = None
+    elif args.arguments_schema is not None:
+        fields["arguments_schema"] = args.arguments_schema
     if not fields:
         raise UsageError("nothing to update: give at least one flag to change")
     job = client.update_job(args.name, etag=etag, **fields)
@@ -716,11 +724,87 @@ def _interrupted(ctx: Context, name: str) -> str:
     )
 
 
+def _argument_path(path: Iterable[str | int]) -> str:
+    """`arguments.hosts[1]`, `arguments["x-y"]`: an argument named as the server names it."""
+    text = "arguments"
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part.isidentifier() and part.isascii():
+            text += f".{part}"
+        else:
+            text += f"[{json.dumps(part)}]"
+    return text
+
+
+def argument_problems(schema: dict[str, Any] | None, arguments: dict[str, Any]) -> list[str]:
+    """`arguments.region: 'mars' is not one of ['eu', 'us']`: each argument of a run that the
+    job's schema refuses, checked as the server checks them (the `default` of each top-level
+    property the arguments lack filled in first). Empty when they match, or when this client
+    cannot judge the schema (the server then decides)."""
+    if not schema:
+        return []
+    from jsonschema import Draft202012Validator, SchemaError  # only `jobs run` needs it
+    from referencing.exceptions import Unresolvable
+
+    filled = dict(arguments)
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        for name, declared in properties.items():
+            if name not in filled and isinstance(declared, dict) and "default" in declared:
+                filled[name] = copy.deepcopy(declared["default"])
+    try:
+        Draft202012Validator.check_schema(schema)
+        errors = sorted(
+            Draft202012Validator(schema).iter_errors(filled), key=lambda e: list(map(str, e.absolute_path))
+        )
+    except (SchemaError, Unresolvable):
+        return []
+    problems: list[str] = []
+    for error in errors:
+        path = list(error.absolute_path)
+        declared = error.schema if isinstance(error.schema, dict) else {}
+        instance = error.instance
+        if error.validator == "required" and isinstance(instance, dict):
+            missing = [
+                n
+                for n in declared.get("required", ())
+                if n not in instance and error.message == f"{n!r} is a required property"
+            ]
+            if missing:
+                problems.append(f"{_argument_path([*path, missing[0]])}: required")
+                continue
+        if (
+            error.validator == "additionalProperties"
+            and declared.get("additionalProperties") is False
+            and isinstance(instance, dict)
+        ):
+            allowed = declared.get("properties", {})
+            known = ", ".join(sorted(allowed))
+            problems += [
+                f"{_argument_path([*path, n])}: unknown argument; known: {known}"
+                for n in instance
+                if n not in allowed
+            ]
+            continue
+        message = declared.get("errorMessage")
+        problems.append(f"{_argument_path(path)}: {message if isinstance(message, str) else error.message}")
+    return problems
+
+
 def cmd_jobs_run(ctx: Context) -> int:
     args = ctx.args
+    arguments = _merge_pairs(args.arg)
+    # Checked here against the job's schema first, so that a mistyped argument is named before
+    # anything is asked of the server to run (which checks them again).
+    problems = argument_problems(ctx.client.get_job(args.name).arguments_schema, arguments)
+    if problems:
+        for problem in problems:
+            ctx.note(f"cronwire: error: {problem}")
+        return EXIT_ERROR
     execution = ctx.client.run_job(
         args.name,
-        arguments=_merge_pairs(args.arg),
+        arguments=arguments,
         request_id=args.request_id or "",
         respect_overlap=args.no_overlap,
     )

@@ -291,6 +291,7 @@ JOB_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "callback": optional(read_callback),
     "labels": optional(read_labels),
     "execution_retention": optional(read_execution_retention),
+    "arguments_schema": optional(read_object),
 }
 JOB_OUTPUT_ONLY = frozenset({"create_time", "update_time", "etag", "stats"})
 

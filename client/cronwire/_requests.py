@@ -142,6 +142,7 @@ class Requests:
         callback: CompletionCallback | None,
         labels: Mapping[str, str] | None,
         execution_retention: ExecutionRetention | None,
+        arguments_schema: Mapping[str, Any] | None,
     ) -> job_service_pb2.CreateJobRequest:
         ns = self.ns(namespace)
         job = Job(
@@ -155,6 +156,7 @@ class Requests:
             callback=callback,
             labels=dict(labels or {}),
             execution_retention=execution_retention,
+            arguments_schema=None if arguments_schema is None else dict(arguments_schema),
         )
         return job_service_pb2.CreateJobRequest(
             parent=parent_name(ns), job_id=job_id, job=job._to_proto(), request_id=request_id
@@ -171,6 +173,8 @@ class Requests:
                 value = self._dependents(value or (), split_name(name)[0] or self.namespace)
             elif key in ("parameters", "labels"):
                 value = dict(value or {})
+            elif key == "arguments_schema":
+                value = None if value is None else dict(value)
             elif key in ("executor", "description"):
                 value = value or ""
             elif key == "max_concurrency":

@@ -286,6 +286,9 @@ class ExecutionStats:
 class Job:
     """A job: what to run (an executor kind and its parameters) and how to run it.
 
+    `arguments_schema`, a JSON Schema (draft 2020-12) for the arguments of its runs, makes it a
+    template: runs and schedules whose arguments do not match are refused, and the `default` of
+    each top-level property the arguments lack is filled in. None means any arguments.
     `name`, `create_time`, `update_time`, `etag` and `stats` are set by the server.
     """
 
@@ -300,6 +303,7 @@ class Job:
     callback: CompletionCallback | None = None
     labels: dict[str, str] = field(default_factory=dict)
     execution_retention: ExecutionRetention | None = None
+    arguments_schema: dict[str, Any] | None = None
     create_time: datetime | None = None
     update_time: datetime | None = None
     etag: str = ""
@@ -334,6 +338,9 @@ class Job:
             message.callback.CopyFrom(self.callback._to_proto())
         if self.execution_retention is not None:
             message.execution_retention.CopyFrom(self.execution_retention._to_proto())
+        if self.arguments_schema is not None:
+            message.arguments_schema.SetInParent()
+            dict_to_struct(self.arguments_schema, message.arguments_schema)
         return message
 
     @classmethod
@@ -357,6 +364,9 @@ class Job:
                 ExecutionRetention._from_proto(message.execution_retention)
                 if message.HasField("execution_retention")
                 else None
+            ),
+            arguments_schema=(
+                struct_to_dict(message.arguments_schema) if message.HasField("arguments_schema") else None
             ),
             create_time=time_from(message, "create_time"),
             update_time=time_from(message, "update_time"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -87,7 +88,97 @@ def job_details(job: Job) -> str:
     return details([*_job_pairs(job), *_stats_pairs(job.stats)])
 
 
-def _job_pairs(job: Job) -> list[tuple[str, Any]]:
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _argument_type(declared: Any) -> str:
+    """`integer, >= 1`, `one of "eu", "us"`, `array of string`: what an argument may be."""
+    if declared is True or declared == {}:
+        return "any"
+    if declared is False:
+        return "refused"
+    if not isinstance(declared, dict):
+        return _json(declared)
+    if "const" in declared:
+        return f"= {_json(declared['const'])}"
+    if isinstance(declared.get("enum"), list):
+        return "one of " + ", ".join(_json(v) for v in declared["enum"])
+    kind = declared.get("type")
+    text = " or ".join(kind) if isinstance(kind, list) else str(kind) if kind else ""
+    items = declared.get("items")
+    if text == "array" and isinstance(items, dict) and items:
+        text = f"array of {_argument_type(items)}"
+    bounds = [
+        f"{sign} {_json(declared[key])}"
+        for key, sign in (
+            ("minimum", ">="),
+            ("exclusiveMinimum", ">"),
+            ("maximum", "<="),
+            ("exclusiveMaximum", "<"),
+        )
+        if key in declared
+    ]
+    if "pattern" in declared:
+        bounds.append(f"matching {declared['pattern']}")
+    if "$ref" in declared:
+        bounds.append(f"see {declared['$ref']}")
+    return ", ".join([text or "any", *bounds]) if bounds or text else "any"
+
+
+def _declared(schema: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The top-level properties of a schema, its required names, and every name it declares:
+    the required ones first, each group by name (a schema's keys come back in no set order)."""
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    required = schema.get("required")
+    required = [r for r in required if isinstance(r, str)] if isinstance(required, list) else []
+    names = sorted({*properties, *required}, key=lambda name: (name not in required, name))
+    return properties, required, names
+
+
+def arguments_summary(schema: dict[str, Any] | None) -> str:
+    """`region (required), days, dry_run; no others`: the arguments a job's schema declares."""
+    if not schema:
+        return "any"
+    _, required, names = _declared(schema)
+    text = ", ".join(f"{n} (required)" if n in required else n for n in names) or "see jobs describe"
+    if schema.get("additionalProperties") is False:
+        text += "; no others"
+    return text
+
+
+def arguments_text(schema: dict[str, Any] | None) -> str:
+    """A job's arguments_schema for people: one row per top-level argument it declares (type,
+    whether required, default, description), and what it says of other arguments."""
+    if not schema:
+        return "  any (no arguments_schema)\n"
+    properties, required, names = _declared(schema)
+    rows = []
+    for name in names:
+        declared = properties.get(name, True)
+        body = declared if isinstance(declared, dict) else {}
+        rows.append(
+            [
+                name,
+                _argument_type(declared),
+                name in required,
+                _json(body["default"]) if "default" in body else None,
+                body.get("description") or body.get("title"),
+            ]
+        )
+    text = _indent(table(["NAME", "TYPE", "REQUIRED", "DEFAULT", "DESCRIPTION"], rows)) if rows else ""
+    other = schema.get("additionalProperties", True)
+    if other is not True and other != {}:
+        text += f"  other arguments: {_argument_type(other)}\n"
+    described = {"type", "properties", "required", "additionalProperties", "$schema", "title", "description"}
+    rest = {k: v for k, v in schema.items() if k not in described}
+    if rest:
+        text += f"  more rules: {_json(rest)}\n"
+    return text or f"  {_json(schema)}\n"
+
+
+def _job_pairs(job: Job, schema_inline: bool = True) -> list[tuple[str, Any]]:
     dependents = ", ".join(
         f"{short(d.job, job.namespace)} ({d.condition.name if d.condition else 'ON_SUCCESS'})"
         for d in job.dependents
@@ -108,6 +199,7 @@ def _job_pairs(job: Job) -> list[tuple[str, Any]]:
         ("callback", callback),
         ("labels", ", ".join(f"{k}={v}" for k, v in sorted(job.labels.items()))),
         ("keeps", _retention_text(job.execution_retention)),
+        *([("arguments", arguments_summary(job.arguments_schema))] if schema_inline else []),
         ("created", job.create_time),
         ("updated", job.update_time),
         ("etag", job.etag),
@@ -194,8 +286,10 @@ def active_table(executions: list[Execution], namespace: str) -> str:
 def job_describe(
     job: Job, schedules: list[Schedule], active: list[Execution], recent: list[Execution], namespace: str
 ) -> str:
-    """`jobs describe`: the job, its statistics, its schedules, what runs now, its last runs."""
-    text = details(_job_pairs(job))
+    """`jobs describe`: the job, its arguments, its statistics, its schedules, what runs now, its
+    last runs."""
+    text = details(_job_pairs(job, schema_inline=False))
+    text += _section("arguments", arguments_text(job.arguments_schema))
     text += _section("statistics", _indent(details(_stats_pairs(job.stats))) if job.stats else "")
     schedule_rows = [
         [short(s.name, namespace), trigger_text(s.trigger), s.time_zone, s.paused, s.next_fire_time]

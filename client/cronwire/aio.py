@@ -175,6 +175,7 @@ class AsyncClient:
         callback: CompletionCallback | None = None,
         labels: Mapping[str, str] | None = None,
         execution_retention: ExecutionRetention | None = None,
+        arguments_schema: Mapping[str, Any] | None = None,
         namespace: str | None = None,
         request_id: str = "",
         validate_only: bool = False,
@@ -186,8 +187,10 @@ class AsyncClient:
         match its schema, e.g. `executor="shell", parameters={"argv": ["echo", "hi"]}`.
         `dependents` are job ids or names (or `JobDependent`s with a condition) triggered
         when an execution ends. `execution_retention` keeps this job's finished executions
-        by its own rules instead of the server's. A repeated `request_id` returns the first
-        call's job.
+        by its own rules instead of the server's. `arguments_schema`, a JSON Schema (draft
+        2020-12) for the arguments of its runs, makes the job a template: RunJob and schedules
+        refuse arguments that do not match it, and each top-level property's `default` that
+        the arguments lack is filled in. A repeated `request_id` returns the first call's job.
         Raises AlreadyExists if the id is taken, InvalidArgument naming each bad field.
         With `validate_only` the server checks everything (permissions and references too)
         and returns the job it would have stored, but stores nothing.
@@ -206,6 +209,7 @@ class AsyncClient:
             callback=callback,
             labels=labels,
             execution_retention=execution_retention,
+            arguments_schema=arguments_schema,
         )
         request.validate_only = validate_only
         return Job._from_proto((await self._call(self._jobs.CreateJob, request)).job)
@@ -256,15 +260,17 @@ class AsyncClient:
         callback: Maybe | CompletionCallback | None = UNSET,
         labels: Maybe | Mapping[str, str] = UNSET,
         execution_retention: Maybe | ExecutionRetention | None = UNSET,
+        arguments_schema: Maybe | Mapping[str, Any] | None = UNSET,
         etag: str = "",
         validate_only: bool = False,
     ) -> Job:
         """Change the fields given (the others stay as they are) and return the job as stored.
 
-        `None` clears a field (`timeout=None`: no timeout). With `etag` (by default the etag
-        of a `Job` passed as `job`), the update applies only if the job did not change since;
-        otherwise it raises Conflict. With `validate_only` the server checks the update and
-        returns the job as it would be, but stores nothing.
+        `None` clears a field (`timeout=None`: no timeout; `arguments_schema=None`: any
+        arguments). With `etag` (by default the etag of a `Job` passed as `job`), the update
+        applies only if the job did not change since; otherwise it raises Conflict. With
+        `validate_only` the server checks the update and returns the job as it would be, but
+        stores nothing.
         """
         fields = {
             "executor": executor,
@@ -277,6 +283,7 @@ class AsyncClient:
             "callback": callback,
             "labels": labels,
             "execution_retention": execution_retention,
+            "arguments_schema": arguments_schema,
         }
         request = self._requests.update_job(job, etag, fields)
         request.validate_only = validate_only
