@@ -229,7 +229,11 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     )
     p.add_argument("name", help="the job (id or name)")
     p.add_argument(
-        "--arg", action="append", type=key_json_arg, metavar="KEY=JSON", help="an argument for this run"
+        "--arg",
+        action="append",
+        type=key_json_arg,
+        metavar="KEY=JSON",
+        help="an argument for this run (checked against the job's arguments_schema before the call)",
     )
     p.add_argument("--wait", action="store_true", help="wait for the end; exit code from the outcome")
     wait_flags(p)
