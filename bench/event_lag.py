@@ -43,7 +43,7 @@ from cronwire.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
 )
-from cronwire_server.model import EventType
+from cronwire_server.core.model import EventType
 from cronwire_server.storage import sql_events
 from cronwire_server.storage.sql_store import SqlStore, normalize_url, open_store
 from cronwire_server.storage.tables import jobs

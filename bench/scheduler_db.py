@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from scheduler_api import JOB_ID, NAMESPACE
 
-from cronwire_server.model import CronSpec, Schedule
+from cronwire_server.core.model import CronSpec, Schedule
 from cronwire_server.storage.records import schedule_fields
 from cronwire_server.storage.tables import schedules as schedules_table
 

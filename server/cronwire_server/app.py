@@ -44,9 +44,10 @@ from cronwire_server.auth.manage import KeyManager
 from cronwire_server.auth.mode import AuthRefused, auth_interceptor
 from cronwire_server.clock import ClockCheck
 from cronwire_server.config import Settings, http_policy, retention_policy
+from cronwire_server.core.executions import ExecutionManager
+from cronwire_server.core.schedules import ScheduleManager
 from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.events import EventHub, EventManager, Pruner, Sequencer
-from cronwire_server.executions import ExecutionManager
 from cronwire_server.executors.jobuser import SERVER_UMASK, JobUser, choose_job_user, warn_exposed
 from cronwire_server.executors.registry import EntryPolicy, ExecutorPolicy
 from cronwire_server.executors.runners import Runners
@@ -56,7 +57,6 @@ from cronwire_server.limits import DocumentSizes, Limits, StreamCaps
 from cronwire_server.metrics_endpoint import MetricsEndpoint, serve_metrics
 from cronwire_server.replicas import ReplicaHeartbeat, this_replica
 from cronwire_server.retention import ExecutionPruner
-from cronwire_server.schedules import ScheduleManager
 from cronwire_server.secrets import SecretError, Secrets
 from cronwire_server.storage import Store
 from cronwire_server.storage.migrate import upgrade

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from cronwire_server.core.model import Execution, ExecutionState, Job
 from cronwire_server.executors.http_runner import HttpRunner
 from cronwire_server.executors.runtime import RunRequest
-from cronwire_server.model import Execution, ExecutionState, Job
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import logging
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 
-from cronwire_server.errors import StorageUnavailable
+from cronwire_server.core.errors import StorageUnavailable
 from cronwire_server.storage import Store
 from cronwire_server.supervisor import loop_failed, loop_ok
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
+from cronwire_server.core.model import RetentionPolicy
 from cronwire_server.eventloop import EVENT_LOOPS
 from cronwire_server.executors.address_policy import HttpPolicy
 from cronwire_server.logs import FORMATS as LOG_FORMATS
-from cronwire_server.model import RetentionPolicy
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///cronwire.db"

@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from cronwire_server import metrics
-from cronwire_server.errors import StorageUnavailable
-from cronwire_server.model import Schedule, SkipReason
-from cronwire_server.planning import DEFAULT_MISFIRE_GRACE, ScheduleActivity, TickPlan, plan_ticks
+from cronwire_server.core.errors import StorageUnavailable
+from cronwire_server.core.model import Schedule, SkipReason
+from cronwire_server.core.planning import DEFAULT_MISFIRE_GRACE, ScheduleActivity, TickPlan, plan_ticks
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ClaimedExecution, DispatchResult, StartNow
 from cronwire_server.supervisor import loop_failed, loop_ok

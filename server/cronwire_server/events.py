@@ -24,8 +24,8 @@ from typing import Any
 
 from cronwire_server import metrics
 from cronwire_server.config import Settings
-from cronwire_server.errors import OutOfRange, ResourceExhausted, StorageUnavailable
-from cronwire_server.model import Event, EventFilter, Listing, Page
+from cronwire_server.core.errors import OutOfRange, ResourceExhausted, StorageUnavailable
+from cronwire_server.core.model import Event, EventFilter, Listing, Page
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import EventPage
 from cronwire_server.supervisor import loop_failed, loop_ok

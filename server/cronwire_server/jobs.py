@@ -12,18 +12,18 @@ from datetime import timedelta
 from ipaddress import ip_address
 from urllib.parse import urlsplit
 
-from cronwire_server.arguments import check_schema
 from cronwire_server.auth.principal import current_actor
 from cronwire_server.config import Settings
-from cronwire_server.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from cronwire_server.core.arguments import check_schema
+from cronwire_server.core.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from cronwire_server.core.fanout import fan_outs
+from cronwire_server.core.model import Job, Listing, Page, RetryPolicy
+from cronwire_server.core.names import job_name
+from cronwire_server.core.optimistic import read_modify_write
 from cronwire_server.executors import registry
 from cronwire_server.executors.address_policy import literal_address
 from cronwire_server.executors.http_runner import check_url
 from cronwire_server.executors.registry import ExecutorKind, ExecutorPolicy
-from cronwire_server.fanout import fan_outs
-from cronwire_server.model import Job, Listing, Page, RetryPolicy
-from cronwire_server.names import job_name
-from cronwire_server.optimistic import read_modify_write
 from cronwire_server.secrets import Secrets, has_references
 from cronwire_server.storage import Store
 

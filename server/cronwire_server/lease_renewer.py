@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from cronwire_server.errors import StorageUnavailable
+from cronwire_server.core.errors import StorageUnavailable
 from cronwire_server.executors.fence import Fence
 from cronwire_server.storage.base import BlockingRenewals, LeaseRenewal
 

@@ -35,7 +35,7 @@ from cronwire_server.api.handlers import behaviour_of, with_behaviour
 from cronwire_server.api.status import abort
 from cronwire_server.auth import principal
 from cronwire_server.config import Settings
-from cronwire_server.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from cronwire_server.core.errors import FieldViolation, InvalidArgument, ResourceExhausted
 
 __all__ = ["DocumentSizes", "Limits", "NamespaceFull", "StreamCaps"]
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 from cronwire_server import __version__
-from cronwire_server.model import SkipReason
+from cronwire_server.core.model import SkipReason
 
 # From a few milliseconds (a worker idle when the tick came) to minutes (a backlog).
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from cronwire_server import __version__
-from cronwire_server.errors import StorageUnavailable
-from cronwire_server.model import Replica
+from cronwire_server.core.errors import StorageUnavailable
+from cronwire_server.core.model import Replica
 from cronwire_server.storage import Store
 from cronwire_server.supervisor import loop_failed, loop_ok
 

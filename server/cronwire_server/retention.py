@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 import logging
 
-from cronwire_server.errors import StorageUnavailable
-from cronwire_server.model import RetentionPolicy
+from cronwire_server.core.errors import StorageUnavailable
+from cronwire_server.core.model import RetentionPolicy
 from cronwire_server.storage import Store
 from cronwire_server.supervisor import loop_failed, loop_ok
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from cronwire_server.errors import StorageUnavailable
+from cronwire_server.core.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
 

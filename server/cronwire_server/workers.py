@@ -33,15 +33,15 @@ from datetime import datetime, timedelta
 
 from cronwire_server import callbacks, metrics
 from cronwire_server.config import Settings
+from cronwire_server.core.errors import StorageUnavailable
+from cronwire_server.core.model import Execution, ExecutionState, Job
+from cronwire_server.core.planning import retry_due_time
 from cronwire_server.dispatcher import sleep_until_woken
-from cronwire_server.errors import StorageUnavailable
 from cronwire_server.executors.fence import Fence
 from cronwire_server.executors.runners import Runners
 from cronwire_server.executors.runtime import RunOutcome, RunRequest, parent_run
 from cronwire_server.lease_renewer import LeaseRenewer
 from cronwire_server.logs import run_fields, url_for_log
-from cronwire_server.model import Execution, ExecutionState, Job
-from cronwire_server.planning import retry_due_time
 from cronwire_server.secrets import Redactor, SecretError, Secrets, has_references, namespace_of
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ClaimedExecution, LeaseRenewal, StartNow

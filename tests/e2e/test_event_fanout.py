@@ -23,8 +23,8 @@ from cronwire.v1.event_service_pb2_grpc import EventServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire_server.api import event_service
 from cronwire_server.app import RunningServer
+from cronwire_server.core.model import Event, EventFilter, EventType
 from cronwire_server.events import Batch, Delivery, Subscription, fan_out, fan_out_counts
-from cronwire_server.model import Event, EventFilter, EventType
 from tests.e2e.test_grpcurl import GRPCURL, grpcurl
 from tests.security.test_auth import Keys, bearer, make_keys, start
 from tests.support import ServerProcess, eventually, start_server, wait_for

@@ -25,8 +25,8 @@ from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire.v1.schedule_service_pb2_grpc import ScheduleServiceStub
 from cronwire_server.app import RunningServer
+from cronwire_server.core.model import EventType
 from cronwire_server.events import DEFAULT_RETENTION, Pruner
-from cronwire_server.model import EventType
 from cronwire_server.storage import sql_events
 from cronwire_server.storage.sql_store import SqlStore
 from tests.e2e.test_execution_service import ENDED, eventually, wait_state

@@ -10,8 +10,16 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from cronwire_server.core.model import (
+    EventFilter,
+    EventType,
+    ExecutionState,
+    IntervalSpec,
+    Job,
+    Page,
+    Schedule,
+)
 from cronwire_server.dispatcher import Dispatcher
-from cronwire_server.model import EventFilter, EventType, ExecutionState, IntervalSpec, Job, Page, Schedule
 from cronwire_server.storage.base import ExecutionFilter
 from cronwire_server.storage.sql_store import SqlStore
 from cronwire_server.storage.tables import schedules

@@ -38,10 +38,10 @@ from cronwire_server.app import RunningServer
 from cronwire_server.auth.keys import Role, digest, format_token, new_key_id, new_secret
 from cronwire_server.auth.manage import KeyManager
 from cronwire_server.auth.principal import OPEN
+from cronwire_server.core.model import ExecutionState
 from cronwire_server.executors.python_runner import PythonRunner
 from cronwire_server.executors.registry import EntryPolicy
 from cronwire_server.executors.runtime import RunRequest
-from cronwire_server.model import ExecutionState
 from cronwire_server.storage.migrate import alembic_config
 from cronwire_server.storage.sql_keys import KeyStore
 from cronwire_server.storage.sql_store import create_engine, sync_url

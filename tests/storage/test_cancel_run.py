@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from cronwire_server.core.model import ExecutionState, Job, RetryPolicy
 from cronwire_server.executors.runtime import RunOutcome
-from cronwire_server.model import ExecutionState, Job, RetryPolicy
 from cronwire_server.storage.base import ExecutionFilter, Page
 from cronwire_server.storage.sql_store import SqlStore
 from cronwire_server.workers import plan_retry

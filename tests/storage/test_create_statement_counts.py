@@ -44,9 +44,9 @@ async def held(url: str, table: str) -> AsyncIterator[None]:
         await engine.dispose()
 
 
-async def all_waiting(group: GroupCommit[Any, Any], count: int) -> None:
-    """Until `count` calls wait behind the batch in flight."""
-    await eventually(lambda: len(group._waiting) >= count, 30, f"{count} calls to wait for the batch")
+async def all_arrived(group: GroupCommit[Any, Any], count: int) -> None:
+    """Until `count` calls are in `group`: the first batch (held) and the calls waiting behind it."""
+    await eventually(lambda: group.pending >= count, 30, f"{count} calls to reach the group commit")
 
 
 @pytest.mark.postgres
@@ -75,7 +75,7 @@ async def test_64_concurrent_creates_cost_at_most_2_statements_each(
             with counting(store) as counts:
                 async with held(url, "namespace_usage"):
                     calls = asyncio.gather(*(create(n) for n in names))
-                    await all_waiting(store._creates["job"], CREATES - 1)
+                    await all_arrived(store._creates["job"], CREATES)
                 created = await calls
             assert created == [f"namespaces/{NS}/jobs/{n}" for n in names]
             listed = await jobs.ListJobs(
@@ -117,7 +117,7 @@ async def test_64_concurrent_runs_share_their_transactions(fresh_database_url: C
             with counting(store) as counts:
                 async with held(url, "executions"):
                     calls = asyncio.gather(*(run(n) for n in names))
-                    await all_waiting(store._runs, CREATES)
+                    await all_arrived(store._runs, CREATES + 1)
                 got = await calls
             assert got[-1] == "NOT_FOUND"
             assert len(set(got[:-1])) == CREATES

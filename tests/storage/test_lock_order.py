@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from cronwire_server.core.model import ExecutionState, Job
 from cronwire_server.executors.runtime import RunOutcome
-from cronwire_server.model import ExecutionState, Job
 from cronwire_server.storage.base import ClaimedExecution
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.workers import plan_retry

@@ -21,9 +21,9 @@ from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire.v1.schedule_service_pb2_grpc import ScheduleServiceStub
 from cronwire_server.app import create_server
 from cronwire_server.config import Settings
-from cronwire_server.errors import AlreadyExists
+from cronwire_server.core.errors import AlreadyExists
+from cronwire_server.core.model import IntervalSpec, Job, Schedule
 from cronwire_server.limits import NamespaceFull
-from cronwire_server.model import IntervalSpec, Job, Schedule
 from cronwire_server.storage.migrate import alembic_config, upgrade_async
 from cronwire_server.storage.sql_store import open_store, sync_url
 

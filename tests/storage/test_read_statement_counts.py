@@ -35,9 +35,7 @@ from cronwire_server.auth.keys import Role
 from cronwire_server.auth.manage import KeyManager
 from cronwire_server.auth.principal import OPEN
 from cronwire_server.config import Settings
-from cronwire_server.dispatcher import Dispatcher
-from cronwire_server.executors.runtime import RunOutcome
-from cronwire_server.model import (
+from cronwire_server.core.model import (
     DependencyCondition,
     ExecutionState,
     ExecutionStats,
@@ -50,6 +48,8 @@ from cronwire_server.model import (
     RetryPolicy,
     Schedule,
 )
+from cronwire_server.dispatcher import Dispatcher
+from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.storage.base import ClaimedExecution, ExecutionFilter
 from cronwire_server.storage.migrate import alembic_config, upgrade_async
 from cronwire_server.storage.sql_keys import KeyStore

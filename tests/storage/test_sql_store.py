@@ -19,8 +19,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import make_url
 
-from cronwire_server import errors
-from cronwire_server.model import (
+from cronwire_server.core import errors
+from cronwire_server.core.model import (
     AllOfSpec,
     AnyOfSpec,
     CompletionCallback,

@@ -13,9 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import ExecuteStyle
 
-from cronwire_server.dispatcher import Dispatcher
-from cronwire_server.executors.runtime import RunOutcome
-from cronwire_server.model import (
+from cronwire_server.core.model import (
     EventFilter,
     EventType,
     Execution,
@@ -26,6 +24,8 @@ from cronwire_server.model import (
     RetryPolicy,
     Schedule,
 )
+from cronwire_server.dispatcher import Dispatcher
+from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.storage.base import ClaimedExecution, ExecutionFilter
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.workers import plan_retry

@@ -20,9 +20,9 @@ from cronsim import CronSim, CronSimError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cronwire_server import triggers
-from cronwire_server.errors import InvalidArgument
-from cronwire_server.model import CronSpec, DstPolicy, Schedule
+from cronwire_server.core import triggers
+from cronwire_server.core.errors import InvalidArgument
+from cronwire_server.core.model import CronSpec, DstPolicy, Schedule
 
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Australia/Sydney")
 # The day before each 2027 change of the DST zones, and quiet days.

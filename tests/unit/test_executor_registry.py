@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from cronwire_server.errors import InvalidArgument
+from cronwire_server.core.errors import InvalidArgument
 from cronwire_server.executors import registry
 from cronwire_server.executors.address_policy import HttpPolicy
 from cronwire_server.executors.runners import Runners

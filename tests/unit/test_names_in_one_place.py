@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import cronwire_server
-from cronwire_server import names
+from cronwire_server.core import names
 
 PACKAGE = Path(cronwire_server.__file__).parent
 # An f-string or format call that starts a resource name.

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from cronwire_server.core.model import ExecutionState
 from cronwire_server.executors.noop import NoopRunner
 from cronwire_server.executors.runners import runner_for
 from cronwire_server.executors.runtime import RunOutcome, RunRequest
 from cronwire_server.executors.shell import ShellRunner
-from cronwire_server.model import ExecutionState
 
 BOUND = 3.0
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cronwire_server import triggers
-from cronwire_server.model import (
+from cronwire_server.core import triggers
+from cronwire_server.core.model import (
     AllOfSpec,
     CronSpec,
     ExecutionState,
@@ -20,7 +20,7 @@ from cronwire_server.model import (
     Schedule,
     SkipReason,
 )
-from cronwire_server.planning import (
+from cronwire_server.core.planning import (
     MAX_COUNTED_OLD_TICKS,
     MAX_TICKS_PER_PASS,
     PlannedRun,

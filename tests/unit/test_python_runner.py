@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from cronwire_server.core.model import ExecutionState
 from cronwire_server.executors.python_runner import PythonRunner
 from cronwire_server.executors.runners import runner_for
 from cronwire_server.executors.runtime import RunOutcome, RunRequest
-from cronwire_server.model import ExecutionState
 from tests.support import eventually
 
 SCHEDULED = datetime(2025, 3, 30, 1, 30, tzinfo=UTC)

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
+from cronwire_server.core.model import ExecutionState
 from cronwire_server.executors.runtime import race
-from cronwire_server.model import ExecutionState
 
 BOUND = 3.0
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
+from cronwire_server.core.model import ExecutionState
 from cronwire_server.executors.jobuser import SAFE_PATH, JobUser
 from cronwire_server.executors.python_runner import PythonRunner
 from cronwire_server.executors.registry import EntryPolicy
 from cronwire_server.executors.runtime import RunOutcome, RunRequest
 from cronwire_server.executors.shell import KILL_GRACE, ShellRunner
-from cronwire_server.model import ExecutionState
 from tests.support import eventually
 
 SCHEDULED = datetime(2025, 3, 30, 1, 30, tzinfo=UTC)

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from cronwire_server.errors import StorageUnavailable
+from cronwire_server.core.errors import StorageUnavailable
 from cronwire_server.supervisor import Supervisor, loop_failed, loop_ok
 
 

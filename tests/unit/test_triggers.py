@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cronwire_server import triggers
-from cronwire_server.errors import InvalidArgument
-from cronwire_server.model import (
+from cronwire_server.core import triggers
+from cronwire_server.core.errors import InvalidArgument
+from cronwire_server.core.model import (
     AllOfSpec,
     AnyOfSpec,
     CronSpec,
@@ -21,7 +21,7 @@ from cronwire_server.model import (
     Schedule,
     TriggerSpec,
 )
-from cronwire_server.triggers import PreviewTime
+from cronwire_server.core.triggers import PreviewTime
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ANCHOR = datetime(2027, 1, 1, tzinfo=UTC)

@@ -15,9 +15,9 @@ from cronwire_server.api.convert import optional_duration, set_duration, set_tim
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import unary
 from cronwire_server.auth import principal
-from cronwire_server.errors import InvalidArgument
-from cronwire_server.model import ClusterStatus, LagPercentiles, Replica
-from cronwire_server.names import format_name, parent_name
+from cronwire_server.core.errors import InvalidArgument
+from cronwire_server.core.model import ClusterStatus, LagPercentiles, Replica
+from cronwire_server.core.names import format_name, parent_name
 from cronwire_server.storage import Store
 
 Context = grpc.aio.ServicerContext[Any, Any]

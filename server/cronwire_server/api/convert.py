@@ -9,10 +9,10 @@ from typing import Any
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from cronwire.v1 import event_pb2, execution_pb2, job_pb2, schedule_pb2
-from cronwire_server import model
-from cronwire_server.errors import FieldViolation, InvalidArgument
-from cronwire_server.names import format_name, parse_name
-from cronwire_server.triggers import PreviewTime
+from cronwire_server.core import model
+from cronwire_server.core.errors import FieldViolation, InvalidArgument
+from cronwire_server.core.names import format_name, parse_name
+from cronwire_server.core.triggers import PreviewTime
 
 # Enums: proto value <-> domain member. UNSPECIFIED maps to the documented default.
 

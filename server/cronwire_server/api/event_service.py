@@ -16,14 +16,14 @@ import grpc
 from google.protobuf.message import Message
 
 from cronwire.v1 import event_service_pb2 as pb
-from cronwire_server import names
 from cronwire_server.api import convert, scope
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import server_streaming, unary
 from cronwire_server.auth import principal
-from cronwire_server.errors import InvalidArgument
+from cronwire_server.core import names
+from cronwire_server.core.errors import InvalidArgument
+from cronwire_server.core.model import Event, EventFilter
 from cronwire_server.events import Batch, Delivery, EventManager
-from cronwire_server.model import Event, EventFilter
 
 Context = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_PAGE = 100

@@ -9,12 +9,12 @@ import grpc
 
 from cronwire.v1 import execution_service_pb2 as pb
 from cronwire.v1 import execution_service_pb2_grpc
-from cronwire_server import names
 from cronwire_server.api import convert, scope
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import server_streaming, unary
-from cronwire_server.errors import InvalidArgument
-from cronwire_server.executions import ExecutionManager
+from cronwire_server.core import names
+from cronwire_server.core.errors import InvalidArgument
+from cronwire_server.core.executions import ExecutionManager
 from cronwire_server.storage.base import ExecutionFilter
 
 Context = grpc.aio.ServicerContext[Any, Any]

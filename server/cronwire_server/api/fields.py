@@ -11,7 +11,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from cronwire_server.errors import FieldViolation, InvalidArgument
+from cronwire_server.core.errors import FieldViolation, InvalidArgument
 
 MAX_REQUEST_ID = 128
 

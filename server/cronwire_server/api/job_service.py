@@ -8,17 +8,17 @@ from typing import Any
 import grpc
 
 from cronwire.v1 import job_service_pb2, job_service_pb2_grpc
-from cronwire_server import names
 from cronwire_server.api import convert, fields, scope
 from cronwire_server.api.masks import mask_paths, merge
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import unary
 from cronwire_server.auth import principal
-from cronwire_server.errors import PermissionDenied
-from cronwire_server.executions import ExecutionManager
+from cronwire_server.core import names
+from cronwire_server.core.errors import PermissionDenied
+from cronwire_server.core.executions import ExecutionManager
+from cronwire_server.core.model import Job
 from cronwire_server.executors.registry import KINDS
 from cronwire_server.jobs import JobManager
-from cronwire_server.model import Job
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

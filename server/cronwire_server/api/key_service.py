@@ -13,8 +13,8 @@ from cronwire_server.api.status import unary
 from cronwire_server.auth import principal
 from cronwire_server.auth.keys import ApiKey, Role
 from cronwire_server.auth.manage import KeyManager
-from cronwire_server.errors import InvalidArgument
-from cronwire_server.names import parse_key_name
+from cronwire_server.core.errors import InvalidArgument
+from cronwire_server.core.names import parse_key_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 
-from cronwire_server.errors import InvalidArgument
+from cronwire_server.core.errors import InvalidArgument
 
 
 def mask_paths(

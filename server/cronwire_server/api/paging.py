@@ -14,8 +14,8 @@ import hmac
 import json
 import secrets
 
-from cronwire_server.errors import InvalidArgument
-from cronwire_server.model import Page
+from cronwire_server.core.errors import InvalidArgument
+from cronwire_server.core.model import Page
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000

@@ -7,14 +7,14 @@ from typing import Any
 import grpc
 
 from cronwire.v1 import schedule_pb2, schedule_service_pb2, schedule_service_pb2_grpc
-from cronwire_server import names
 from cronwire_server.api import convert, fields, scope
 from cronwire_server.api.masks import mask_paths, merge
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import unary
-from cronwire_server.errors import InvalidArgument
-from cronwire_server.model import OverlapPolicy, Schedule
-from cronwire_server.schedules import ScheduleManager
+from cronwire_server.core import names
+from cronwire_server.core.errors import InvalidArgument
+from cronwire_server.core.model import OverlapPolicy, Schedule
+from cronwire_server.core.schedules import ScheduleManager
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

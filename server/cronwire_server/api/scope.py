@@ -6,8 +6,8 @@ caller's key does not cover is NOT_FOUND, exactly as if nothing were there.
 
 from __future__ import annotations
 
-from cronwire_server import names
 from cronwire_server.auth import principal
+from cronwire_server.core import names
 
 
 def name(value: str, kind: str, field: str = "name") -> names.ResourceName:

@@ -14,7 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from cronwire_server.api import fields
-from cronwire_server.errors import (
+from cronwire_server.core.errors import (
     AlreadyExists,
     CronwireError,
     DeadlineExceeded,

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from cronwire_server.auth.keys import ALL_EXECUTORS, ALL_NAMESPACES, DEFAULT_EXECUTORS, ApiKey, Role
 from cronwire_server.auth.principal import OPEN
-from cronwire_server.errors import CronwireError, InvalidArgument, NotFound
-from cronwire_server.model import Page
+from cronwire_server.core.errors import CronwireError, InvalidArgument, NotFound
+from cronwire_server.core.model import Page
 
 if TYPE_CHECKING:
     from cronwire_server.auth.manage import KeyManager

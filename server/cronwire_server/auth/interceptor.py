@@ -25,7 +25,7 @@ from cronwire_server.auth.cache import KeyCache
 from cronwire_server.auth.keys import ApiKey, parse_token, secret_matches
 from cronwire_server.auth.ratelimit import RateLimiter
 from cronwire_server.auth.roles import required_role
-from cronwire_server.errors import (
+from cronwire_server.core.errors import (
     CronwireError,
     FieldViolation,
     InvalidArgument,

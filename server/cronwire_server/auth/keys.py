@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from cronwire_server.names import key_name
+from cronwire_server.core.names import key_name
 
 TOKEN_PREFIX = "cwk"
 ALL_NAMESPACES = "*"

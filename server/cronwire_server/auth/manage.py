@@ -17,10 +17,10 @@ from cronwire_server.auth.keys import (
     new_secret,
 )
 from cronwire_server.auth.principal import Principal
-from cronwire_server.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from cronwire_server.core.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from cronwire_server.core.model import Listing, Page
+from cronwire_server.core.names import check_id
 from cronwire_server.executors.registry import KINDS
-from cronwire_server.model import Listing, Page
-from cronwire_server.names import check_id
 from cronwire_server.storage.sql_keys import KeyStore
 
 log = logging.getLogger(__name__)

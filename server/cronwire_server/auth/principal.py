@@ -10,7 +10,7 @@ import contextvars
 from dataclasses import dataclass
 
 from cronwire_server.auth.keys import ApiKey, Role
-from cronwire_server.errors import NotFound
+from cronwire_server.core.errors import NotFound
 
 
 @dataclass(frozen=True)

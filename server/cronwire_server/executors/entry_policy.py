@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cronwire_server.errors import FieldViolation
-from cronwire_server.executors.parameter_paths import field_path
+from cronwire_server.core.errors import FieldViolation
+from cronwire_server.core.parameter_paths import field_path
 
 __all__ = ["REFUSED_MODULES", "EntryPolicy"]
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import httpx
 
+from cronwire_server.core.model import ExecutionState
 from cronwire_server.executors.address_policy import HttpPolicy, IPAddress
 from cronwire_server.executors.address_policy import literal_address as _literal_address
 from cronwire_server.executors.runtime import (
@@ -57,7 +58,6 @@ from cronwire_server.executors.runtime import (
     race,
 )
 from cronwire_server.executors.shell import _Capture
-from cronwire_server.model import ExecutionState
 from cronwire_server.secrets import Redactor
 
 __all__ = ["CONNECT_TIMEOUT", "HttpPolicy", "HttpRunner", "check_url"]

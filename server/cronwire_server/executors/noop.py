@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from cronwire_server.core.model import ExecutionState
 from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest, cancelled_outcome, race
-from cronwire_server.model import ExecutionState
 
 __all__ = ["NoopRunner"]
 

@@ -37,11 +37,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cronwire_server.core.model import ExecutionState
 from cronwire_server.executors.entry_policy import EntryPolicy
 from cronwire_server.executors.jobuser import JobUser
 from cronwire_server.executors.runtime import OutputCallback, RunOutcome, RunRequest, cancelled_outcome
 from cronwire_server.executors.shell import KILL_GRACE, ShellRunner, _exit_error
-from cronwire_server.model import ExecutionState
 
 __all__ = ["RESULT_LIMIT", "PythonRunner"]
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 
-from cronwire_server.errors import FieldViolation, InvalidArgument
+from cronwire_server.core.errors import FieldViolation, InvalidArgument
+from cronwire_server.core.parameter_paths import field_path, schema_violations
 from cronwire_server.executors import kinds
 from cronwire_server.executors.address_policy import HttpPolicy
 from cronwire_server.executors.entry_policy import EntryPolicy
-from cronwire_server.executors.parameter_paths import field_path, schema_violations
 from cronwire_server.executors.runtime import Runner
 
 if TYPE_CHECKING:

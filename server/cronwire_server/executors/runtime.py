@@ -22,9 +22,9 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from cronwire_server.config import Settings
-from cronwire_server.errors import NotFound, StorageUnavailable
-from cronwire_server.model import Execution, ExecutionState
-from cronwire_server.names import job_name
+from cronwire_server.core.errors import NotFound, StorageUnavailable
+from cronwire_server.core.model import Execution, ExecutionState
+from cronwire_server.core.names import job_name
 
 __all__ = [
     "OutputCallback",

@@ -43,6 +43,7 @@ import tempfile
 from collections.abc import Awaitable
 from typing import Any
 
+from cronwire_server.core.model import ExecutionState
 from cronwire_server.executors.jobuser import JobUser, can_enter
 from cronwire_server.executors.runtime import (
     OutputCallback,
@@ -52,7 +53,6 @@ from cronwire_server.executors.runtime import (
     race,
     set_parent_env,
 )
-from cronwire_server.model import ExecutionState
 
 __all__ = ["KILL_GRACE", "ShellRunner"]
 

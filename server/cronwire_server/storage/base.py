@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from cronwire_server.executors.runtime import RunOutcome
-from cronwire_server.model import (
+from cronwire_server.core.model import (
     ClusterStatus,
     Event,
     EventFilter,
@@ -23,7 +22,8 @@ from cronwire_server.model import (
     RetentionPolicy,
     Schedule,
 )
-from cronwire_server.planning import ScheduleActivity, TickPlan
+from cronwire_server.core.planning import ScheduleActivity, TickPlan
+from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.supervisor import Supervisor
 
 # The dispatcher's decision for one due schedule, run inside the claiming transaction.
@@ -113,7 +113,7 @@ class Wakeup(Protocol):
 
 
 class Store(Protocol):
-    """Durable state. Every method is one transaction; errors are `cronwire_server.errors` types.
+    """Durable state. Every method is one transaction; errors are `cronwire_server.core.errors` types.
 
     Methods that change something on a caller's behalf take `actor`, the API key (`keys/<id>`)
     their events are credited to; "" for changes the scheduler makes itself or with auth off.

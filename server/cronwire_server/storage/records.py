@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, assert_never
 
-from cronwire_server.model import (
+from cronwire_server.core.model import (
     AllOfSpec,
     AnyOfSpec,
     CallbackDelivery,

@@ -93,13 +93,19 @@ class GroupCommit(Generic[T, R]):
         self._commit = commit
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._draining: asyncio.Task[None] | None = None
+        # Items submitted and not answered yet: waiting, or in the batch being committed.
+        self.pending = 0
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._draining is None:
             self._draining = asyncio.create_task(self._drain())
-        return await future
+        self.pending += 1
+        try:
+            return await future
+        finally:
+            self.pending -= 1
 
     def _next_batch(self) -> list[tuple[T, asyncio.Future[R]]]:
         batch: list[tuple[T, asyncio.Future[R]]] = []

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from cronwire_server.model import STATE_EVENTS, Event, EventFilter, EventType, Execution, Job, Schedule
+from cronwire_server.core.model import STATE_EVENTS, Event, EventFilter, EventType, Execution, Job, Schedule
 from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
 from cronwire_server.storage.tables import events
 
@@ -89,8 +89,8 @@ def execution_event(
     values: Mapping[Any, Any], now: datetime, event_type: EventType | None = None
 ) -> dict[str, Any]:
     """The event of an execution row arriving in its state (or `event_type`)."""
-    from cronwire_server.model import ExecutionState
-    from cronwire_server.names import execution_name
+    from cronwire_server.core.model import ExecutionState
+    from cronwire_server.core.names import execution_name
 
     kind = event_type or STATE_EVENTS[ExecutionState(values["state"])]
     return row(

@@ -20,8 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.util import await_only
 
-from cronwire_server.executors.runtime import RunOutcome
-from cronwire_server.model import (
+from cronwire_server.core.model import (
     STATE_EVENTS,
     CallbackDelivery,
     CallbackState,
@@ -34,7 +33,8 @@ from cronwire_server.model import (
     JsonObject,
     SkipReason,
 )
-from cronwire_server.planning import PlannedRun, ScheduleActivity
+from cronwire_server.core.planning import PlannedRun, ScheduleActivity
+from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.storage import sql_events
 from cronwire_server.storage.base import (
     ClaimedExecution,

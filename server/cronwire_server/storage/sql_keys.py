@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cronwire_server import errors
 from cronwire_server.auth.keys import ApiKey, Role
-from cronwire_server.model import Listing, Page
-from cronwire_server.names import key_name
+from cronwire_server.core import errors
+from cronwire_server.core.model import Listing, Page
+from cronwire_server.core.names import key_name
 from cronwire_server.storage.sql_store import _unavailable_on_connection_errors, stamp_time
 from cronwire_server.storage.tables import api_keys, server_secrets
 

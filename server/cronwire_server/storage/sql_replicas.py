@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cronwire_server.model import ClusterStatus, ExecutionTrigger, LagPercentiles, Replica
+from cronwire_server.core.model import ClusterStatus, ExecutionTrigger, LagPercentiles, Replica
 from cronwire_server.storage.sql_executions import (
     LISTED_COLUMNS,
     QUEUED,

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cronwire_server.model import CallbackState, RetentionPolicy
+from cronwire_server.core.model import CallbackState, RetentionPolicy
 from cronwire_server.storage.records import retention_from_json
 from cronwire_server.storage.sql_executions import ACTIVE_STATES
 from cronwire_server.storage.tables import execution_logs, executions, jobs, request_ids

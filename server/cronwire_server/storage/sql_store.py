@@ -20,11 +20,9 @@ from sqlalchemy.engine.interfaces import ExecuteStyle
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
-from cronwire_server import errors
-from cronwire_server.arguments import checked_arguments
-from cronwire_server.executors.runtime import RunOutcome
-from cronwire_server.limits import NamespaceFull
-from cronwire_server.model import (
+from cronwire_server.core import errors
+from cronwire_server.core.arguments import checked_arguments
+from cronwire_server.core.model import (
     ClusterStatus,
     Event,
     EventFilter,
@@ -42,7 +40,9 @@ from cronwire_server.model import (
     Schedule,
     SkipReason,
 )
-from cronwire_server.names import execution_name, format_name, job_name, schedule_name
+from cronwire_server.core.names import execution_name, format_name, job_name, schedule_name
+from cronwire_server.executors.runtime import RunOutcome
+from cronwire_server.limits import NamespaceFull
 from cronwire_server.storage import sql_creates, sql_events, sql_replicas, sql_retention
 from cronwire_server.storage import sql_executions as ex
 from cronwire_server.storage.base import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-from cronwire_server.errors import EtagMismatch
+from cronwire_server.core.errors import EtagMismatch
 
 
 class Versioned(Protocol):

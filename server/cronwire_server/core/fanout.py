@@ -6,7 +6,7 @@ Every path counts: a job that two chains reach runs once per chain. CreateJob/Up
 
 from __future__ import annotations
 
-from cronwire_server.errors import NotFound
+from cronwire_server.core.errors import NotFound
 from cronwire_server.storage import Store
 
 

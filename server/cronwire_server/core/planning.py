@@ -12,9 +12,9 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from cronwire_server import triggers
 from cronwire_server.config import Settings
-from cronwire_server.model import (
+from cronwire_server.core import triggers
+from cronwire_server.core.model import (
     ExecutionState,
     MisfirePolicy,
     OverlapPolicy,

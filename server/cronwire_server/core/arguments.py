@@ -16,9 +16,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, SchemaError
 
-from cronwire_server.errors import FieldViolation, InvalidArgument
-from cronwire_server.executors.parameter_paths import schema_violations
-from cronwire_server.model import JsonObject
+from cronwire_server.core.errors import FieldViolation, InvalidArgument
+from cronwire_server.core.model import JsonObject
+from cronwire_server.core.parameter_paths import schema_violations
 
 __all__ = ["check_schema", "checked_arguments"]
 

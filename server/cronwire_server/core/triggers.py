@@ -58,8 +58,8 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from cronsim import CronSim
 
-from cronwire_server.errors import FieldViolation, InvalidArgument
-from cronwire_server.model import (
+from cronwire_server.core.errors import FieldViolation, InvalidArgument
+from cronwire_server.core.model import (
     AllOfSpec,
     AnyOfSpec,
     CronSpec,

@@ -7,7 +7,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from cronwire_server.errors import InvalidArgument
+from cronwire_server.core.errors import InvalidArgument
 
 # AIP-122 ids: lowercase letters, digits and hyphens, starting with a letter.
 ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")

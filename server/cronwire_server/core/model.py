@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeAlias, TypeVar
 
-from cronwire_server.names import execution_name, job_name, schedule_name
+from cronwire_server.core.names import execution_name, job_name, schedule_name
 
 JsonObject: TypeAlias = dict[str, Any]
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 
 from jsonschema import ValidationError
 
-from cronwire_server.errors import FieldViolation
+from cronwire_server.core.errors import FieldViolation
 
 __all__ = ["field_path", "schema_violations"]
 

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
-from cronwire_server import triggers
-from cronwire_server.arguments import checked_arguments
 from cronwire_server.auth.principal import current_actor
-from cronwire_server.errors import (
+from cronwire_server.core import triggers
+from cronwire_server.core.arguments import checked_arguments
+from cronwire_server.core.errors import (
     AlreadyExists,
     DeadlineExceeded,
     EtagMismatch,
@@ -24,8 +24,8 @@ from cronwire_server.errors import (
     InvalidArgument,
     NotFound,
 )
-from cronwire_server.fanout import fan_out_of
-from cronwire_server.model import (
+from cronwire_server.core.fanout import fan_out_of
+from cronwire_server.core.model import (
     EventType,
     Execution,
     Listing,
@@ -33,8 +33,8 @@ from cronwire_server.model import (
     Page,
     Schedule,
 )
-from cronwire_server.names import schedule_name
-from cronwire_server.optimistic import read_modify_write
+from cronwire_server.core.names import schedule_name
+from cronwire_server.core.optimistic import read_modify_write
 from cronwire_server.storage import Store
 
 MAX_DESCRIPTION = 2048

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cronwire_server.auth.principal import current_actor
-from cronwire_server.model import (
+from cronwire_server.core.model import (
     Execution,
     ExecutionState,
     JsonObject,
