@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 # Fields holding resource names, shown in text by their last part (the namespace is shown too).
 _RESOURCE_FIELDS = frozenset({"job", "schedule", "execution"})
+# What makes a text value quoted: whitespace (`\s` is `str.isspace`), a quote or an equals sign.
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
 
 
 def run_fields(execution: Execution) -> dict[str, Any]:
@@ -95,7 +98,7 @@ def _compact(key: str, value: Any) -> str:
     text = str(value)
     if key in _RESOURCE_FIELDS and text.startswith("namespaces/"):
         text = text.rsplit("/", 1)[-1]
-    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
+    return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text
 
 
 def configure(level: str | int = logging.INFO, log_format: str = "text") -> None:

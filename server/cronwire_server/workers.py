@@ -243,10 +243,11 @@ class WorkerPool:
         execution = item.execution
         late = metrics.seconds_late(execution.start_time, execution.due_time or execution.scheduled_time)
         metrics.execution_started(item.job.executor, late)
-        log.info(
-            "run started",
-            extra={**run_fields(execution), "kind": item.job.executor, "attempt": execution.attempt},
-        )
+        if log.isEnabledFor(logging.INFO):  # its fields are built per run: only when logged
+            log.info(
+                "run started",
+                extra={**run_fields(execution), "kind": item.job.executor, "attempt": execution.attempt},
+            )
         running = _Running(item)
         self._fence.begin(running.token, sent + self._safe_for)
         with self._running_lock:
@@ -369,7 +370,6 @@ class WorkerPool:
         """Store the outcome; the state recorded, or None when the run was put back in the queue
         or its lease had passed to another replica."""
         claimed = running.claimed
-        fields = run_fields(claimed.execution)
         if not running.released:
             # Outcomes that end together are written together, by the finisher.
             done: asyncio.Future[Execution | None] = asyncio.get_running_loop().create_future()
@@ -377,20 +377,25 @@ class WorkerPool:
             self._outcomes_waiting.set()
             ended = await done
             if ended is None:
-                log.warning("run outcome not recorded: its lease had expired and passed on", extra=fields)
+                log.warning(
+                    "run outcome not recorded: its lease had expired and passed on",
+                    extra=run_fields(claimed.execution),
+                )
                 return None
-            retried = plan_retry_expected(claimed.job, ended)
-            log.info(
-                "run finished; a retry is queued" if retried else "run finished",
-                extra={
-                    **fields,
-                    "state": ended.state.name,
-                    "attempt": ended.attempt,
-                    **({"exit_code": ended.exit_code} if ended.exit_code is not None else {}),
-                    **({"http_status": ended.http_status} if ended.http_status is not None else {}),
-                },
-            )
+            if log.isEnabledFor(logging.INFO):  # its fields are built per run: only when logged
+                retried = plan_retry_expected(claimed.job, ended)
+                log.info(
+                    "run finished; a retry is queued" if retried else "run finished",
+                    extra={
+                        **run_fields(claimed.execution),
+                        "state": ended.state.name,
+                        "attempt": ended.attempt,
+                        **({"exit_code": ended.exit_code} if ended.exit_code is not None else {}),
+                        **({"http_status": ended.http_status} if ended.http_status is not None else {}),
+                    },
+                )
             return ended.state
+        fields = run_fields(claimed.execution)
         log.info("run stopped by shutdown; putting it back in the queue", extra=fields)
         for _ in range(30):
             try:

@@ -22,6 +22,9 @@ class NoopRunner:
         if cancel.is_set():
             return cancelled_outcome()
         seconds = float(request.parameters.get("sleep_seconds", 0))
+        if seconds <= 0:
+            # Nothing to wait for, so nothing to race a timeout or a cancel against: done now.
+            return self._succeeded(request)
         # The run lasts `seconds`, cut short by the timeout (only one shorter than that) or `cancel`.
         timeout = request.timeout
         if timeout is not None and timeout.total_seconds() >= seconds:
@@ -35,5 +38,9 @@ class NoopRunner:
         if stopped is not None:
             state, error = stopped
             return RunOutcome(state, error=error)
+        return self._succeeded(request)
+
+    @staticmethod
+    def _succeeded(request: RunRequest) -> RunOutcome:
         result = {"arguments": dict(request.arguments), "parameters": dict(request.parameters)}
         return RunOutcome(ExecutionState.SUCCEEDED, result=result)
