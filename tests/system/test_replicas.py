@@ -116,7 +116,6 @@ def test_a_killed_replicas_execution_is_lost_then_retried_on_the_other(
     survivor = next(s for s in servers if s is not victim)
     replicas.adopt_job_processes(victim)
 
-    killed = time.monotonic()
     assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
     api = apis[survivor.process.pid]
 
@@ -134,7 +133,6 @@ def test_a_killed_replicas_execution_is_lost_then_retried_on_the_other(
         return retries[0] if retries and retries[0].state == RUNNING else None
 
     second = wait_for(second_attempt_running, LEASE + RECOVERY_MARGIN, "the second attempt to run")
-    assert time.monotonic() - killed < LEASE + RECOVERY_MARGIN
     assert second.trigger == execution_pb2.EXECUTION_TRIGGER_RETRY
     assert second.attempt == 2
     assert second.first_attempt == first.name
