@@ -1,7 +1,8 @@
 """Trigger arithmetic: when a schedule fires.
 
 The dispatcher keeps each schedule's next fire time in the database and asks
-this module for the one after it; nothing here keeps state between calls.
+this module for the one after it; nothing here keeps state between calls (only
+caches of built triggers and of the fire times they gave, which never change).
 
 Cron expressions follow Debian (Vixie) cron, computed by cronsim:
 
@@ -868,7 +869,15 @@ def next_fire_time(schedule: Schedule, after: datetime, anchor: datetime) -> dat
 
     Raises TriggerTooExpensive when the search spends its budget (SEARCH_STEPS).
     """
-    return _next_after(build_trigger(schedule, anchor), _utc(after))
+    return _next_after_cached(build_trigger(schedule, anchor), _utc(after))
+
+
+@functools.lru_cache(maxsize=4096)
+def _next_after_cached(trigger: BaseTrigger, after: datetime) -> datetime | None:
+    """`_next_after` without a deadline, remembered: the answer depends only on the (cached,
+    stateless) trigger and `after`, and schedules that share a trigger fire together (a burst of
+    them due at one tick searches once). An exception is not remembered: it is raised each time."""
+    return _next_after(trigger, after)
 
 
 def _iter_fire_times(
