@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from cronwire_server.api.handlers import behaviour_of, with_behaviour
+from cronwire_server.api.handlers import Rewrapped, behaviour_of, with_behaviour
 from cronwire_server.api.status import abort
 from cronwire_server.auth import principal
 from cronwire_server.config import Settings
@@ -146,12 +146,29 @@ def oversized_documents(request: Message, limits: dict[str, tuple[int, str]]) ->
     return violations
 
 
+def _may_hold(deserializer: Any, names: frozenset[str]) -> bool:
+    """Whether requests `deserializer` decodes can hold a field in `names` where
+    `oversized_documents` looks (the request's fields, and those of its message fields); True
+    when the request's type cannot be told."""
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    if descriptor is None or not hasattr(descriptor, "fields"):
+        return True
+    for field in descriptor.fields:
+        if field.name in names:
+            return True
+        if field.message_type is not None and any(inner.name in names for inner in field.message_type.fields):
+            return True
+    return False
+
+
 class DocumentSizes(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Refuses a request whose parameters, arguments or labels exceed their limits, before any
-    service (and any copy the service would make) sees it."""
+    service (and any copy the service would make) sees it. Methods whose requests cannot hold
+    such a document are served as they are."""
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits.document_limits()
+        self._wrapped = Rewrapped(self._checking)
 
     async def intercept_service(
         self,
@@ -161,7 +178,13 @@ class DocumentSizes(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming or not self._limits:
             return handler
-        behaviour, limits = behaviour_of(handler), self._limits
+        return self._wrapped(handler_call_details.method, handler)
+
+    def _checking(self, method: str, handler: Any) -> Any:
+        limits = self._limits
+        if not _may_hold(handler.request_deserializer, frozenset(limits)):
+            return handler
+        behaviour = behaviour_of(handler)
 
         async def check(request: Any, context: Any) -> None:
             if isinstance(request, Message) and (violations := oversized_documents(request, limits)):
@@ -196,6 +219,7 @@ class StreamCaps(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._per_replica = limits.max_streams_per_replica
         self._by_key: dict[str, int] = {}
         self.open = 0
+        self._wrapped = Rewrapped(self._counting)
 
     def _take(self, key: str) -> None:
         if self._per_replica and self.open >= self._per_replica:
@@ -226,6 +250,9 @@ class StreamCaps(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None or not handler.response_streaming or not (self._per_key or self._per_replica):
             return handler
+        return self._wrapped(handler_call_details.method, handler)
+
+    def _counting(self, method: str, handler: Any) -> Any:
         behaviour = behaviour_of(handler)
 
         async def respond_streaming(request: Any, context: Any) -> AsyncIterator[Any]:

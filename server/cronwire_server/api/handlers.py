@@ -76,6 +76,34 @@ def _as_generator(behaviour: Callable[..., Any]) -> Callable[..., AsyncIterator[
     return generate
 
 
+# More methods than any server here serves: past it, handlers are wrapped per call again.
+MAX_WRAPPED_METHODS = 1024
+
+
+class Rewrapped:
+    """An interceptor's wrapping of each method's handler, made on the method's first call and
+    reused after: `wrap(method, handler)` runs again only if the handler under it changes (a
+    generic handler may return a new one per call).
+
+    An interceptor's `intercept_service` runs for every call, but what it wraps a method's handler
+    in depends only on the method and that handler; building the closures and handler objects
+    once per method keeps that out of every call.
+    """
+
+    def __init__(self, wrap: Callable[[str, Any], Any]) -> None:
+        self._wrap = wrap
+        self._made: dict[str, tuple[Any, Any]] = {}
+
+    def __call__(self, method: str, handler: Any) -> Any:
+        made = self._made.get(method)
+        if made is not None and made[0] is handler:
+            return made[1]
+        wrapped = self._wrap(method, handler)
+        if made is not None or len(self._made) < MAX_WRAPPED_METHODS:
+            self._made[method] = (handler, wrapped)
+        return wrapped
+
+
 def with_behaviour(handler: Any, behaviour: Callable[..., Any]) -> Any:
     """A handler like `handler` that serves `behaviour` instead."""
     make = _FACTORIES[(handler.request_streaming, handler.response_streaming)]

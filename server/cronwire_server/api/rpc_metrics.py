@@ -7,12 +7,11 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from cronwire_server.api.handlers import behaviour_of, with_behaviour
+from cronwire_server.api.handlers import Rewrapped, behaviour_of, with_behaviour
 from cronwire_server.metrics import RPC_HANDLED, RPC_SECONDS, RPC_STARTED
 
 _STREAMING = {
@@ -33,25 +32,38 @@ def _code_after(error: BaseException | None, context: grpc.aio.ServicerContext[A
     return grpc.StatusCode.OK.name if error is None else grpc.StatusCode.UNKNOWN.name
 
 
-@dataclass
-class _Rpc:
-    labels: tuple[str, str, str]
-    started: float = field(default_factory=time.perf_counter)
+class _Method:
+    """One method's counters, their labels bound once: a call then only counts and observes."""
 
-    def __post_init__(self) -> None:
-        RPC_STARTED.labels(*self.labels).inc()
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self._labels = labels
+        self._started = RPC_STARTED.labels(*labels)
+        self._seconds = RPC_SECONDS.labels(*labels)
+        # By code name, bound on a code's first use (at most one per status code).
+        self._handled: dict[str, Any] = {}
 
-    def end(self, error: BaseException | None, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        RPC_HANDLED.labels(*self.labels, _code_after(error, context)).inc()
-        RPC_SECONDS.labels(*self.labels).observe(time.perf_counter() - self.started)
+    def start(self) -> float:
+        self._started.inc()
+        return time.perf_counter()
+
+    def end(
+        self, started: float, error: BaseException | None, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        code = _code_after(error, context)
+        handled = self._handled.get(code)
+        if handled is None:
+            handled = self._handled[code] = RPC_HANDLED.labels(*self._labels, code)
+        handled.inc()
+        self._seconds.observe(time.perf_counter() - started)
 
 
 def _measured(behaviour: Callable[..., Any], labels: tuple[str, str, str]) -> Callable[..., Any]:
     """`behaviour` (a coroutine or async generator function), counted when it starts and ends."""
+    rpc = _Method(labels)
     if inspect.isasyncgenfunction(behaviour):
 
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            rpc = _Rpc(labels)
+            started = rpc.start()
             error: BaseException | None = None
             try:
                 async for response in behaviour(request, context):
@@ -60,12 +72,27 @@ def _measured(behaviour: Callable[..., Any], labels: tuple[str, str, str]) -> Ca
                 error = raised
                 raise
             finally:
-                rpc.end(error, context)
+                rpc.end(started, error, context)
 
         return stream
 
+    if inspect.iscoroutinefunction(behaviour):
+
+        async def call_coroutine(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = rpc.start()
+            error: BaseException | None = None
+            try:
+                return await behaviour(request, context)
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                rpc.end(started, error, context)
+
+        return call_coroutine
+
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        rpc = _Rpc(labels)
+        started = rpc.start()
         error: BaseException | None = None
         try:
             result = behaviour(request, context)
@@ -74,9 +101,15 @@ def _measured(behaviour: Callable[..., Any], labels: tuple[str, str, str]) -> Ca
             error = raised
             raise
         finally:
-            rpc.end(error, context)
+            rpc.end(started, error, context)
 
     return call
+
+
+def _wrap(method_path: str, handler: Any) -> Any:
+    service, _, method = method_path.lstrip("/").rpartition("/")
+    grpc_type = _STREAMING[(handler.request_streaming, handler.response_streaming)]
+    return with_behaviour(handler, _measured(behaviour_of(handler), (grpc_type, service, method)))
 
 
 class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -86,6 +119,9 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
     Unknown methods are not counted: their names come from callers and would be unbounded.
     """
 
+    def __init__(self) -> None:
+        self._wrapped = Rewrapped(_wrap)
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
@@ -94,6 +130,4 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        grpc_type = _STREAMING[(handler.request_streaming, handler.response_streaming)]
-        return with_behaviour(handler, _measured(behaviour_of(handler), (grpc_type, service, method)))
+        return self._wrapped(handler_call_details.method, handler)

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from cronwire_server.api.handlers import behaviour_of, with_behaviour
+from cronwire_server.api.handlers import Rewrapped, behaviour_of, with_behaviour
 from cronwire_server.api.status import abort
 from cronwire_server.auth import principal
 from cronwire_server.auth.cache import KeyCache
@@ -117,6 +117,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._failures = failures or RateLimiter(0, 1)
         self._exempt = exempt_services
         self._recheck_every = max(keys.ttl / RECHECKS_PER_PERIOD, MIN_RECHECK_SECONDS)
+        # Each method's handler, guarded (or, while open until keys exist, as it is), made once.
+        self._guarded = Rewrapped(self._guard)
+        self._open = Rewrapped(self._open_for)
 
     async def intercept_service(
         self,
@@ -128,9 +131,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or method.split("/")[1] in self._exempt:
             return handler
         if self._open_until_keys is not None and not await self._keys_exist():
-            if method.endswith("/CreateKey"):
-                return _then(handler, self._open_until_keys.forget)
-            return handler
+            return self._open(method, handler)
+        return self._guarded(method, handler)
+
+    def _open_for(self, method: str, handler: Any) -> Any:
+        """`handler` as served before any key exists: unchecked (CreateKey then reads again)."""
+        if method.endswith("/CreateKey"):
+            assert self._open_until_keys is not None
+            return _then(handler, self._open_until_keys.forget)
+        return handler
+
+    def _guard(self, method: str, handler: Any) -> Any:
         return _guarded(handler, lambda context: self._admit(method, context), self._revalidate)
 
     async def _keys_exist(self) -> bool:
@@ -283,35 +294,43 @@ class RequestDecoding(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     off): undecodable bytes are INVALID_ARGUMENT, logged at most as a refused call.
     """
 
+    def __init__(self) -> None:
+        self._wrapped = Rewrapped(_decoding)
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
-            return handler
-        behaviour, decode = behaviour_of(handler), _decoder(handler)
-        make = _RAW_FACTORIES[handler.response_streaming]
-        if not handler.response_streaming:
+        if handler is None:
+            return None
+        return self._wrapped(handler_call_details.method, handler)
 
-            async def respond(raw: bytes, context: Context) -> Any:
-                try:
-                    request = decode(raw)
-                except CronwireError as error:
-                    await abort(context, error)
-                return await behaviour(request, context)
 
-            return make(respond, request_deserializer=None, response_serializer=handler.response_serializer)
+def _decoding(method: str, handler: Any) -> Any:
+    """`handler`, taking the raw request and decoding it itself."""
+    if handler.request_streaming or handler.request_deserializer is None:
+        return handler
+    behaviour, decode = behaviour_of(handler), _decoder(handler)
+    make = _RAW_FACTORIES[handler.response_streaming]
+    if not handler.response_streaming:
 
-        async def respond_streaming(raw: bytes, context: Context) -> AsyncIterator[Any]:
+        async def respond(raw: bytes, context: Context) -> Any:
             try:
                 request = decode(raw)
             except CronwireError as error:
                 await abort(context, error)
-            async for response in behaviour(request, context):
-                yield response
+            return await behaviour(request, context)
 
-        return make(
-            respond_streaming, request_deserializer=None, response_serializer=handler.response_serializer
-        )
+        return make(respond, request_deserializer=None, response_serializer=handler.response_serializer)
+
+    async def respond_streaming(raw: bytes, context: Context) -> AsyncIterator[Any]:
+        try:
+            request = decode(raw)
+        except CronwireError as error:
+            await abort(context, error)
+        async for response in behaviour(request, context):
+            yield response
+
+    return make(respond_streaming, request_deserializer=None, response_serializer=handler.response_serializer)
