@@ -19,6 +19,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 T = TypeVar("T")
+# The repository's root, for tests that read its files (deploy/, examples/, scripts/).
+REPO = Path(__file__).resolve().parents[1]
 
 STARTUP_DEADLINE = 30.0
 

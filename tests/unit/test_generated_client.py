@@ -6,14 +6,14 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from cronwire import AsyncClient, Client
+from tests.support import REPO
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = REPO
 STREAMS = ("logs", "watch")
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
+ROOT = REPO
 PACKAGES = (ROOT / "server" / "cronwire_server", ROOT / "client" / "cronwire")
 
 

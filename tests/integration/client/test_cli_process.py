@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProcess, start_server, wait_for
+from tests.support import REPO, ServerProcess, start_server, wait_for
 
 
 def _entry_point() -> str:
@@ -90,7 +90,7 @@ def test_console_script_without_a_server(tmp_path: Path) -> None:
 
 
 def test_create_job_example_runs(server: ServerProcess) -> None:
-    example = Path(__file__).resolve().parents[2] / "examples" / "create_job.py"
+    example = REPO / "examples" / "create_job.py"
     for _ in range(2):  # the second run updates what the first created
         result = subprocess.run(
             [sys.executable, str(example), "--server", server.target, "--namespace", "example"],
@@ -113,7 +113,7 @@ def test_watch_failures_example_reports_a_failed_run(server: ServerProcess) -> N
             lambda: max((e.sequence for e in client.iter_events(namespace="-")), default=0), 30, "an event"
         )
         failed = client.run("ko", wait_timeout=30)
-    example = Path(__file__).resolve().parents[2] / "examples" / "watch_failures.py"
+    example = REPO / "examples" / "watch_failures.py"
     command = [sys.executable, str(example), "--server", server.target, "--namespace", "example"]
     with subprocess.Popen(
         [*command, "--after", str(after)],

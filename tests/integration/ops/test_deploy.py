@@ -26,9 +26,9 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cronwire.v1 import cluster_service_pb2, cluster_service_pb2_grpc
-from tests.support import wait_for
+from tests.support import REPO, wait_for
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEPLOY = REPO / "deploy"
 UNIT = DEPLOY / "cronwire-server.service"
 ENV_FILE = DEPLOY / "cronwire.env"
 SERVER_BIN = Path(sys.executable).parent / "cronwire-server"
