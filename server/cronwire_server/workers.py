@@ -145,6 +145,8 @@ class WorkerPool:
         self._finished: list[tuple[ClaimedExecution, RunOutcome, asyncio.Future[Execution | None]]] = []
         self._outcomes_waiting = asyncio.Event()
         self._fence = Fence()
+        # Runs over whose end the fence is told at the next turn of the event loop (`_end_fenced`).
+        self._ending: list[str] = []
         # Slots promised to a dispatch that starts runs itself (`reserve`), until it returns.
         self._reserved = 0
         self._stopping: asyncio.Event | None = None
@@ -211,8 +213,7 @@ class WorkerPool:
             )
         finally:
             self._reserved -= free
-        for item in claimed:
-            self._begin(item, sent)
+        self._begin(claimed, sent)
         return len(claimed)
 
     def reserve(self, wanted: int) -> StartNow | None:
@@ -232,29 +233,34 @@ class WorkerPool:
         """After the dispatch `start` was given to (sent at `sent`, monotonic) committed or failed:
         run what it started, and give back the slots it did not use."""
         self._reserved -= start.count
-        for item in started:
-            self._begin(item, sent)
+        self._begin(started, sent)
         if len(started) < start.count:
             self._slot_freed.set()
 
-    def _begin(self, item: ClaimedExecution, sent: float) -> None:
-        """Run a claimed execution; the fence knows it before it starts: safe until `sent` (when the
-        lease was taken, monotonic) plus the safe margin."""
-        execution = item.execution
-        late = metrics.seconds_late(execution.start_time, execution.due_time or execution.scheduled_time)
-        metrics.execution_started(item.job.executor, late)
-        if log.isEnabledFor(logging.INFO):  # its fields are built per run: only when logged
-            log.info(
-                "run started",
-                extra={**run_fields(execution), "kind": item.job.executor, "attempt": execution.attempt},
-            )
-        running = _Running(item)
-        self._fence.begin(running.token, sent + self._safe_for)
-        with self._running_lock:
-            self._running[item.execution.id] = running
-        task = asyncio.create_task(self._execute(running))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _begin(self, claimed: Sequence[ClaimedExecution], sent: float) -> None:
+        """Run claimed executions; the fence knows them (told in one write) before they start: safe
+        until `sent` (when their leases were taken, monotonic) plus the safe margin."""
+        if not claimed:
+            return
+        runs = [_Running(item) for item in claimed]
+        deadline = sent + self._safe_for
+        self._fence.begin_many((running.token, deadline) for running in runs)
+        logged = log.isEnabledFor(logging.INFO)  # the fields are built per run: only when logged
+        for running in runs:
+            item = running.claimed
+            execution = item.execution
+            late = metrics.seconds_late(execution.start_time, execution.due_time or execution.scheduled_time)
+            metrics.execution_started(item.job.executor, late)
+            if logged:
+                log.info(
+                    "run started",
+                    extra={**run_fields(execution), "kind": item.job.executor, "attempt": execution.attempt},
+                )
+            with self._running_lock:
+                self._running[execution.id] = running
+            task = asyncio.create_task(self._execute(running))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _idle_time(self) -> float:
         due = await self._store.next_due_time()
@@ -328,11 +334,22 @@ class WorkerPool:
             await self._flush_output(running)
             recorded = await self._record(running, outcome)
         finally:
-            self._fence.end(running.token)
+            self._end_fenced(running.token)
             with self._running_lock:
                 self._running.pop(execution.id, None)
             self._slot_freed.set()
             metrics.execution_left(job.executor, recorded.name if recorded else None)
+
+    def _end_fenced(self, token: str) -> None:
+        """Tell the fence a run is over; the runs that end in the same turn of the event loop (a
+        finisher batch) are told in one write, at the start of the next."""
+        if not self._ending:
+            asyncio.get_running_loop().call_soon(self._flush_ends)
+        self._ending.append(token)
+
+    def _flush_ends(self) -> None:
+        ending, self._ending = self._ending, []
+        self._fence.end_many(ending)
 
     def _fenced(self, running: _Running, now: float) -> bool:
         """Whether the run is fenced: so once its lease was not renewed within the safe margin
@@ -587,4 +604,5 @@ class WorkerPool:
                 for task in stuck:
                     task.cancel()
         # The fence kills whatever is left (a run stuck past its stop) and exits.
+        self._flush_ends()
         await asyncio.to_thread(self._fence.close)

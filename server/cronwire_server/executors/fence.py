@@ -297,12 +297,20 @@ class Fence:
         for chunk in _packed(lines):
             os.write(self._pipe, chunk)
 
-    @_locked
     def begin(self, token: str, deadline: float) -> None:
         """A run is about to start processes: kill them after `deadline` (a monotonic time)."""
-        self._deadlines[token] = deadline
-        self._groups[token] = set()
-        self._send([f"B {token} {deadline!r}"])
+        self.begin_many([(token, deadline)])
+
+    @_locked
+    def begin_many(self, runs: Iterable[tuple[str, float]]) -> None:
+        """`begin` for several runs (token, deadline), told in one write (or as few as fit)."""
+        lines = []
+        for token, deadline in runs:
+            self._deadlines[token] = deadline
+            self._groups[token] = set()
+            lines.append(f"B {token} {deadline!r}")
+        if lines:
+            self._send(lines)
 
     @_locked
     def guard(self, token: str, pgid: int) -> None:
@@ -352,11 +360,19 @@ class Fence:
         self._deadlines[token] = -math.inf
         self._send([f"K {token}"])
 
-    @_locked
     def end(self, token: str) -> None:
-        self._deadlines.pop(token, None)
-        self._groups.pop(token, None)
-        self._send([f"E {token}"])
+        self.end_many([token])
+
+    @_locked
+    def end_many(self, tokens: Iterable[str]) -> None:
+        """The runs are over: forgotten here and by the fence, told in one write (or as few as fit)."""
+        lines = []
+        for token in tokens:
+            self._deadlines.pop(token, None)
+            self._groups.pop(token, None)
+            lines.append(f"E {token}")
+        if lines:
+            self._send(lines)
 
     @_locked
     def close(self, wait: float = 5.0) -> None:
