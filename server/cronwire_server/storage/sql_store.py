@@ -167,25 +167,35 @@ SQL_SENT = SqlSent()
 def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> AsyncEngine:
     """An async engine for a user's database URL, set up for the store."""
     async_url = normalize_url(url)
-    # Autocommit: most calls are one statement, which then costs one round trip, not three.
+    parsed = make_url(async_url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        # Each pooled connection (and the migration) would see its own empty database.
+        raise ValueError("in-memory SQLite is not supported: give a file, sqlite:///cronwire.db")
+    engine = create_async_engine(async_url, **_engine_options(parsed, pool_size, max_overflow))
+    _instrument(engine.sync_engine)
+    return engine
+
+
+def _engine_options(url: URL, pool_size: int, max_overflow: int, **connect_args: Any) -> dict[str, Any]:
+    """Options of every engine on the store's database; `connect_args` go to PostgreSQL's driver."""
     options: dict[str, Any] = {
         "pool_size": pool_size,
         "max_overflow": max_overflow,
+        # Autocommit: most calls are one statement, which then costs one round trip, not three.
         "isolation_level": "AUTOCOMMIT",
         # Never in logs or error messages: parameters carry job documents and secrets.
         "hide_parameters": True,
     }
-    parsed = make_url(async_url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database in (None, "", ":memory:"):
-            # Each pooled connection (and the migration) would see its own empty database.
-            raise ValueError("in-memory SQLite is not supported: give a file, sqlite:///cronwire.db")
-        engine = create_async_engine(async_url, **options)
-        sa.event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
-    else:
-        engine = create_async_engine(async_url, connect_args={"application_name": "cronwire"}, **options)
-    sa.event.listen(engine.sync_engine, "before_cursor_execute", SQL_SENT)
-    return engine
+    if url.get_backend_name() != "sqlite":
+        options["connect_args"] = {"application_name": "cronwire", **connect_args}
+    return options
+
+
+def _instrument(engine: sa.Engine) -> None:
+    """SQLite's per-connection settings, and the statement count every engine of the store keeps."""
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_on_connect)
+    sa.event.listen(engine, "before_cursor_execute", SQL_SENT)
 
 
 class _BlockingRenewals:
@@ -193,15 +203,9 @@ class _BlockingRenewals:
 
     def __init__(self, url: str) -> None:
         parsed = make_url(sync_url(url))
-        options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "isolation_level": "AUTOCOMMIT"}
-        if parsed.get_backend_name() == "sqlite":
-            self._engine = sa.create_engine(parsed, hide_parameters=True, **options)
-            sa.event.listen(self._engine, "connect", _sqlite_on_connect)
-        else:
-            # A database that stops answering fails the renewal (retried) instead of hanging it.
-            options["connect_args"] = {"application_name": "cronwire", "connect_timeout": 5}
-            self._engine = sa.create_engine(parsed, hide_parameters=True, **options)
-        sa.event.listen(self._engine, "before_cursor_execute", SQL_SENT)
+        # A database that stops answering fails the renewal (retried) instead of hanging it.
+        self._engine = sa.create_engine(parsed, **_engine_options(parsed, 1, 0, connect_timeout=5))
+        _instrument(self._engine)
 
     def renew(self, worker: str, execution_ids: list[str], lease: timedelta) -> LeaseRenewal:
         # Autocommit: the UPDATE alone is atomic, and the lease runs from just before it.
