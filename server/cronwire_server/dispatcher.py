@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from cronwire_server import metrics
 from cronwire_server.core.errors import StorageUnavailable
@@ -35,13 +35,17 @@ async def sleep_until_woken(store: Store, channel: str, delay: float, stopping: 
     """Sleep up to `delay` seconds; return early on a wake-up of `channel` or when stopping."""
     if stopping.is_set():
         return
-    woken = asyncio.ensure_future(store.wakeup.wait(channel, delay))
-    stopped = asyncio.ensure_future(stopping.wait())
+    await first_of(store.wakeup.wait(channel, delay), stopping.wait())
+
+
+async def first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Return when the first of `waits` does; the others are cancelled."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
     try:
-        await asyncio.wait({woken, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        woken.cancel()
-        stopped.cancel()
+        for task in tasks:
+            task.cancel()
 
 
 class LocalPool(Protocol):

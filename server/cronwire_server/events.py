@@ -183,28 +183,41 @@ class EventHub:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._subscriptions: set[Subscription] = set()
+        self._watched = asyncio.Event()  # set while there is a subscription
         self.position = 0  # every event up to here has been offered
 
     async def start(self) -> None:
         """Start from the latest event: watchers replay older ones themselves."""
         self.position = await self._store.latest_event_sequence()
 
+    async def catch_up(self) -> None:
+        """Move an idle hub's position to the latest event, before its first subscription.
+
+        While nobody watches the hub reads nothing (not even the latest sequence), so its
+        position grows stale; the first watcher to come moves it, so that "from now" means now
+        and a replay ends where the hub goes on. A watcher already subscribed keeps the position
+        where it is: it needs every event after it.
+        """
+        if self._subscriptions:
+            return
+        latest = await self._store.latest_event_sequence()
+        if not self._subscriptions:
+            self.position = max(self.position, latest)
+
     async def follow(self, stopping: asyncio.Event) -> None:
         """Offer new events to the subscriptions until `stopping` (run under the supervisor)."""
-        from cronwire_server.dispatcher import sleep_until_woken
+        from cronwire_server.dispatcher import first_of, sleep_until_woken
 
         while not stopping.is_set():
+            if not self._subscriptions:
+                # Nobody watches: no reads at all until someone subscribes (see catch_up).
+                loop_ok()
+                await first_of(self._watched.wait(), stopping.wait())
+                continue
             try:
-                if not self._subscriptions:
-                    # Nobody watches: keep the position, skip reading the rows.
-                    latest = await self._store.latest_event_sequence()
-                    if not self._subscriptions:  # a watcher that came meanwhile needs every row
-                        self.position = latest
-                    page = EventPage([], [], cut=False)
-                else:
-                    page = await self._store.read_event_page(
-                        EventFilter(), after=self.position, limit=READ_BATCH, max_bytes=READ_BYTES
-                    )
+                page = await self._store.read_event_page(
+                    EventFilter(), after=self.position, limit=READ_BATCH, max_bytes=READ_BYTES
+                )
                 batch = page.events
                 loop_ok()
             except StorageUnavailable as error:
@@ -228,10 +241,13 @@ class EventHub:
     ) -> Subscription:
         subscription = Subscription(where, buffer, buffer_bytes)
         self._subscriptions.add(subscription)
+        self._watched.set()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
+        if not self._subscriptions:
+            self._watched.clear()
 
     @property
     def watchers(self) -> int:
@@ -282,6 +298,7 @@ class EventManager:
         The subscription starts before the replay, so what is committed meanwhile waits in it;
         anything the replay already sent is dropped from it by sequence.
         """
+        await self._hub.catch_up()
         subscription = self._hub.subscribe(where, self._buffer, self._buffer_bytes)
         metrics.watcher_opened()
         try:
