@@ -4,7 +4,8 @@ exactly the events committed after it started (on each backend, a real store).""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
 
 import sqlalchemy as sa
 
@@ -73,7 +74,7 @@ async def test_an_idle_hub_sends_no_statement_and_a_late_watcher_starts_from_now
         assert first.batches == []
         await record.create_jobs(store, "after-1")
         assert await next_events(watch) == [f"namespaces/{NS}/jobs/after-1"]
-        await watch.aclose()
+        await cast(AsyncGenerator[Delivery, None], watch).aclose()  # unsubscribes
         assert record.event_reads()  # the watcher's
 
         # Nobody watches again: the hub goes quiet once more.
