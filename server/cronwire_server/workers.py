@@ -38,6 +38,7 @@ from cronwire_server.core.model import Execution, ExecutionState, Job
 from cronwire_server.core.planning import retry_due_time
 from cronwire_server.dispatcher import sleep_until_woken
 from cronwire_server.executors.fence import Fence
+from cronwire_server.executors.registry import starts_processes
 from cronwire_server.executors.runners import Runners
 from cronwire_server.executors.runtime import RunOutcome, RunRequest, parent_run
 from cronwire_server.lease_renewer import LeaseRenewer
@@ -244,7 +245,7 @@ class WorkerPool:
             return
         runs = [_Running(item) for item in claimed]
         deadline = sent + self._safe_for
-        self._fence.begin_many((running.token, deadline) for running in runs)
+        self._fence.begin_many((r.token, deadline, starts_processes(r.claimed.job.executor)) for r in runs)
         logged = log.isEnabledFor(logging.INFO)  # the fields are built per run: only when logged
         for running in runs:
             item = running.claimed

@@ -272,3 +272,22 @@ def catches(pid: int, sig: signal.Signals) -> bool:
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     mask = int(next(line for line in status if line.startswith("SigCgt:")).split()[1], 16)
     return bool(mask & (1 << (sig - 1)))
+
+
+def test_a_run_that_starts_no_process_is_kept_here_and_announced_only_if_it_does(
+    fence: Fence, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    told: list[str] = []
+    send = fence._send
+    fence._send = lambda lines: (told.extend(lines), send(lines))[1]  # type: ignore[method-assign]
+    fence.begin_many([("noop-1", time.monotonic() + 60, False), ("http-1", time.monotonic() - 1, False)])
+    assert fence.extend(["noop-1"], time.monotonic() + 60) == set()
+    fence.end_many(["noop-1"])
+    assert told == [], "a run without processes cost the fence pipe a write"
+    assert fence.overdue("http-1"), "its deadline is still kept: a late run is fenced off"
+    # A run of a kind that said it starts none, starting one after all, is announced then.
+    fence.begin_many([("odd-1", time.monotonic() + 0.3, False)])
+    job = sleeper(sleepers)
+    fence.guard("odd-1", job.pid)
+    assert [line.split()[0] for line in told] == ["B", "G"]
+    assert job.wait(BOUND) == -signal.SIGKILL

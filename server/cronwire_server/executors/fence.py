@@ -258,8 +258,9 @@ class Fence:
         self._owner = threading.get_ident()
         self._process: subprocess.Popen[bytes] | None = None
         self._pipe = -1
-        # What the fence knows, to tell a restarted one: token -> deadline, and token -> groups.
+        # Every run's deadline (token -> monotonic time), announced to the fence or not.
         self._deadlines: dict[str, float] = {}
+        # What the fence knows, to tell a restarted one: the groups of each announced run.
         self._groups: dict[str, set[int]] = {}
         self._closed = False
 
@@ -292,31 +293,37 @@ class Fence:
         # Never block the event loop on a fence that stopped reading: that fails the write.
         os.set_blocking(write, False)
         self._pipe = write
-        lines = [f"B {token} {deadline!r}" for token, deadline in self._deadlines.items()]
+        lines = [f"B {token} {self._deadlines[token]!r}" for token in self._groups]
         lines += [f"G {token} {pgid}" for token, groups in self._groups.items() for pgid in groups]
         for chunk in _packed(lines):
             os.write(self._pipe, chunk)
 
     def begin(self, token: str, deadline: float) -> None:
         """A run is about to start processes: kill them after `deadline` (a monotonic time)."""
-        self.begin_many([(token, deadline)])
+        self.begin_many([(token, deadline, True)])
 
     @_locked
-    def begin_many(self, runs: Iterable[tuple[str, float]]) -> None:
-        """`begin` for several runs (token, deadline), told in one write (or as few as fit)."""
+    def begin_many(self, runs: Iterable[tuple[str, float, bool]]) -> None:
+        """`begin` for several runs (token, deadline, whether it may start processes), told in one
+        write (or as few as fit). A run that starts no process (noop, http) is not announced:
+        its deadline is only kept here, for `overdue`."""
         lines = []
-        for token, deadline in runs:
+        for token, deadline, announced in runs:
             self._deadlines[token] = deadline
-            self._groups[token] = set()
-            lines.append(f"B {token} {deadline!r}")
+            if announced:
+                self._groups[token] = set()
+                lines.append(f"B {token} {deadline!r}")
         if lines:
             self._send(lines)
 
     @_locked
     def guard(self, token: str, pgid: int) -> None:
         """The run started process group `pgid`."""
+        lines = [f"G {token} {pgid}"]
+        if token not in self._groups and token in self._deadlines:  # a kind that said it starts none
+            lines.insert(0, f"B {token} {self._deadlines[token]!r}")
         self._groups.setdefault(token, set()).add(pgid)
-        self._send([f"G {token} {pgid}"])
+        self._send(lines)
         if self.overdue(token):
             self.kill(token)
 
@@ -333,7 +340,9 @@ class Fence:
         tokens = [t for t in tokens if t in self._deadlines]
         if not tokens:
             return set()
-        self._send(_chunked(f"R {deadline!r}", tokens))
+        announced = [t for t in tokens if t in self._groups]
+        if announced:
+            self._send(_chunked(f"R {deadline!r}", announced))
         written = time.monotonic()
         late = {t for t in tokens if self._deadlines[t] < written}
         for token in tokens:
@@ -355,9 +364,11 @@ class Fence:
         that started but is not registered yet)."""
         if token not in self._deadlines:
             return  # over: nothing of it is left
-        for pgid in self._groups.get(token, ()):
-            _kill_group(pgid)
         self._deadlines[token] = -math.inf
+        if token not in self._groups:
+            return  # never announced: it started no process
+        for pgid in self._groups[token]:
+            _kill_group(pgid)
         self._send([f"K {token}"])
 
     def end(self, token: str) -> None:
@@ -369,8 +380,8 @@ class Fence:
         lines = []
         for token in tokens:
             self._deadlines.pop(token, None)
-            self._groups.pop(token, None)
-            lines.append(f"E {token}")
+            if self._groups.pop(token, None) is not None:
+                lines.append(f"E {token}")
         if lines:
             self._send(lines)
 

@@ -39,6 +39,7 @@ __all__ = [
     "all_kinds",
     "field_path",
     "get_kind",
+    "starts_processes",
     "validate_parameters",
 ]
 
@@ -63,7 +64,8 @@ def _no_checks(parameters: Mapping[str, Any], policy: ExecutorPolicy) -> list[Fi
 @dataclass(frozen=True)
 class ExecutorKind:
     """An executor kind: its name (`Job.executor`), what it runs, its parameters' schema, an
-    example, its checks beyond the schema and its runner.
+    example, its checks beyond the schema and its runner, and whether its runs start processes
+    (only those are announced to the pool's fence, `executors.fence`).
 
     `validate` returns what the parameters may not do under the server's policy, each naming
     its parameter; it gets parameters the schema may have refused, so it reads only what it
@@ -77,6 +79,7 @@ class ExecutorKind:
     example: dict[str, Any]
     runner: Callable[[ExecutorPolicy], Runner]
     validate: Callable[[Mapping[str, Any], ExecutorPolicy], list[FieldViolation]] = _no_checks
+    starts_processes: bool = True  # the safe guess: announced runs only cost a pipe line
 
 
 def _shell_runner(policy: ExecutorPolicy) -> Runner:
@@ -141,6 +144,7 @@ _BUILTIN = (
         example=kinds.HTTP_EXAMPLE,
         runner=_http_runner,
         validate=_http_violations,
+        starts_processes=False,
     ),
     ExecutorKind(
         name="noop",
@@ -148,6 +152,7 @@ _BUILTIN = (
         parameters_schema=kinds.NOOP_SCHEMA,
         example=kinds.NOOP_EXAMPLE,
         runner=_noop_runner,
+        starts_processes=False,
     ),
 )
 
@@ -168,6 +173,12 @@ _VALIDATORS = _compile(KINDS.values())
 def all_kinds() -> list[ExecutorKind]:
     """Every kind, by name."""
     return sorted(KINDS.values(), key=lambda kind: kind.name)
+
+
+def starts_processes(name: str) -> bool:
+    """Whether runs of executor kind `name` may start processes (True for a kind not known here)."""
+    kind = KINDS.get(name)
+    return kind is None or kind.starts_processes
 
 
 def get_kind(name: str) -> ExecutorKind:
