@@ -17,6 +17,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from cronwire.v1 import (
+    calendar_service_pb2,
+    calendar_service_pb2_grpc,
     cluster_service_pb2,
     cluster_service_pb2_grpc,
     event_service_pb2,
@@ -30,6 +32,7 @@ from cronwire.v1 import (
     schedule_service_pb2_grpc,
 )
 from cronwire_server import __version__
+from cronwire_server.api.calendar_service import CalendarService
 from cronwire_server.api.cluster_service import ClusterService
 from cronwire_server.api.event_service import EventService
 from cronwire_server.api.event_service import add_to_server as add_event_service
@@ -44,6 +47,7 @@ from cronwire_server.auth.manage import KeyManager
 from cronwire_server.auth.mode import AuthRefused, auth_interceptor
 from cronwire_server.clock import ClockCheck
 from cronwire_server.config import Settings, http_policy, retention_policy
+from cronwire_server.core.calendar_manager import CalendarManager
 from cronwire_server.core.executions import ExecutionManager
 from cronwire_server.core.schedules import ScheduleManager
 from cronwire_server.dispatcher import Dispatcher
@@ -73,6 +77,7 @@ SERVICE_NAMES = tuple(
     for module, name in (
         (job_service_pb2, "JobService"),
         (schedule_service_pb2, "ScheduleService"),
+        (calendar_service_pb2, "CalendarService"),
         (execution_service_pb2, "ExecutionService"),
         (event_service_pb2, "EventService"),
         (key_service_pb2, "KeyService"),
@@ -175,6 +180,9 @@ async def create_server(settings: Settings) -> RunningServer:
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
             ScheduleService(ScheduleManager(store, max_per_namespace=limits.max_schedules_per_namespace)),
             server,
+        )
+        calendar_service_pb2_grpc.add_CalendarServiceServicer_to_server(
+            CalendarService(CalendarManager(store)), server
         )
         execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(
             ExecutionService(executions), server

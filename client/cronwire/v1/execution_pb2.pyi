@@ -122,6 +122,10 @@ class _SkipReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SkipReason
     """The tick was missed while no replica ran, beyond the misfire policy."""
     SKIP_REASON_PAUSED: _SkipReason.ValueType  # 3
     """The tick fell while the schedule was paused."""
+    SKIP_REASON_CALENDAR: _SkipReason.ValueType  # 4
+    """The tick fell on a time one of the schedule's calendars excludes; `error`
+    names the calendar and why.
+    """
 
 class SkipReason(_SkipReason, metaclass=_SkipReasonEnumTypeWrapper):
     """Why a tick did not run."""
@@ -134,6 +138,10 @@ SKIP_REASON_MISSED: SkipReason.ValueType  # 2
 """The tick was missed while no replica ran, beyond the misfire policy."""
 SKIP_REASON_PAUSED: SkipReason.ValueType  # 3
 """The tick fell while the schedule was paused."""
+SKIP_REASON_CALENDAR: SkipReason.ValueType  # 4
+"""The tick fell on a time one of the schedule's calendars excludes; `error`
+names the calendar and why.
+"""
 Global___SkipReason: _TypeAlias = SkipReason  # noqa: Y015
 
 class _LogStream:

@@ -149,6 +149,8 @@ class Schedule(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     PAUSE_REASON_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
+    EXCLUDE_CALENDARS_FIELD_NUMBER: _builtins.int
+    ONLY_ON_CALENDARS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. The resource name,
     `namespaces/{namespace}/schedules/{schedule}`. Output only on create;
@@ -214,7 +216,9 @@ class Schedule(_message.Message):
 
     @_builtins.property
     def next_fire_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the schedule fires next; unset when paused or ended."""
+        """Output only. When the schedule fires next, past the ticks its calendars
+        exclude; unset when paused or ended.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -227,6 +231,22 @@ class Schedule(_message.Message):
     @_builtins.property
     def stats(self) -> _execution_pb2.ExecutionStats:
         """Output only. Statistics over the executions this schedule fired."""
+
+    @_builtins.property
+    def exclude_calendars(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. Resource names of calendars in the same namespace,
+        `namespaces/{namespace}/calendars/{calendar}`: a tick on any of them does
+        not run and is recorded as a SKIPPED execution (skip_reason CALENDAR)
+        naming the calendar. The calendars must exist.
+        """
+
+    @_builtins.property
+    def only_on_calendars(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. Resource names of calendars in the same namespace: a tick runs
+        only if it falls on every one of them (e.g. a calendar of business days);
+        other ticks are recorded as SKIPPED (skip_reason CALENDAR). The calendars
+        must exist.
+        """
 
     def __init__(
         self,
@@ -250,10 +270,12 @@ class Schedule(_message.Message):
         etag: _builtins.str = ...,
         pause_reason: _builtins.str = ...,
         stats: _execution_pb2.ExecutionStats | None = ...,
+        exclude_calendars: _abc.Iterable[_builtins.str] | None = ...,
+        only_on_calendars: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "catchup_window", b"catchup_window", "create_time", b"create_time", "end_time", b"end_time", "jitter", b"jitter", "next_fire_time", b"next_fire_time", "start_time", b"start_time", "stats", b"stats", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "catchup_window", b"catchup_window", "create_time", b"create_time", "description", b"description", "end_time", b"end_time", "etag", b"etag", "jitter", b"jitter", "job", b"job", "misfire_policy", b"misfire_policy", "name", b"name", "next_fire_time", b"next_fire_time", "overlap_policy", b"overlap_policy", "pause_reason", b"pause_reason", "paused", b"paused", "start_time", b"start_time", "stats", b"stats", "time_zone", b"time_zone", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "catchup_window", b"catchup_window", "create_time", b"create_time", "description", b"description", "end_time", b"end_time", "etag", b"etag", "exclude_calendars", b"exclude_calendars", "jitter", b"jitter", "job", b"job", "misfire_policy", b"misfire_policy", "name", b"name", "next_fire_time", b"next_fire_time", "only_on_calendars", b"only_on_calendars", "overlap_policy", b"overlap_policy", "pause_reason", b"pause_reason", "paused", b"paused", "start_time", b"start_time", "stats", b"stats", "time_zone", b"time_zone", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -431,6 +453,9 @@ class FireTime(_message.Message):
     LOCAL_TIME_FIELD_NUMBER: _builtins.int
     IN_DST_GAP_FIELD_NUMBER: _builtins.int
     IN_DST_FOLD_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
+    EXCLUDED_BY_FIELD_NUMBER: _builtins.int
+    EXCLUSION_REASON_FIELD_NUMBER: _builtins.int
     local_time: _builtins.str
     """The same instant as wall-clock time in the schedule's time zone, ISO 8601
     with the UTC offset, e.g. `2027-03-29T09:00:00+02:00`.
@@ -445,6 +470,19 @@ class FireTime(_message.Message):
     on that day (a daylight-saving fold). A fixed-time expression fires on its
     first occurrence only; one with a wildcard minute or hour on both.
     """
+    excluded: _builtins.bool
+    """True when the schedule's calendars exclude this tick: it does not run and
+    is recorded as a SKIPPED execution (skip_reason CALENDAR).
+    """
+    excluded_by: _builtins.str
+    """The resource name of the calendar that excludes the tick: one of
+    `exclude_calendars` that holds it, or one of `only_on_calendars` that does
+    not. Empty when the tick runs.
+    """
+    exclusion_reason: _builtins.str
+    """Why the calendar excludes the tick, for people, e.g. `public holiday in
+    DE-BY: Whit Monday`. Empty when the tick runs.
+    """
     @_builtins.property
     def fire_time(self) -> _timestamp_pb2.Timestamp:
         """The instant the schedule fires."""
@@ -456,10 +494,13 @@ class FireTime(_message.Message):
         local_time: _builtins.str = ...,
         in_dst_gap: _builtins.bool = ...,
         in_dst_fold: _builtins.bool = ...,
+        excluded: _builtins.bool = ...,
+        excluded_by: _builtins.str = ...,
+        exclusion_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fire_time", b"fire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fire_time", b"fire_time", "in_dst_fold", b"in_dst_fold", "in_dst_gap", b"in_dst_gap", "local_time", b"local_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["excluded", b"excluded", "excluded_by", b"excluded_by", "exclusion_reason", b"exclusion_reason", "fire_time", b"fire_time", "in_dst_fold", b"in_dst_fold", "in_dst_gap", b"in_dst_gap", "local_time", b"local_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -510,11 +510,15 @@ class PreviewScheduleRequest(_message.Message):
     name: _builtins.str
     """The resource name of a stored schedule."""
     count: _builtins.int
-    """Optional. How many fire times to compute. 0 means 10; at most 1000."""
+    """Optional. How many fire times to compute, the ticks the schedule's
+    calendars exclude included. 0 means 10; at most 1000.
+    """
     @_builtins.property
     def schedule(self) -> _schedule_pb2.Schedule:
-        """An unsaved schedule: only `trigger`, `time_zone`, `start_time` and
-        `end_time` are read.
+        """An unsaved schedule: only `trigger`, `time_zone`, `start_time`,
+        `end_time`, `exclude_calendars` and `only_on_calendars` are read (the
+        calendars of the namespace of `job`, which may be left empty when no
+        calendar is named).
         """
 
     @_builtins.property
@@ -551,7 +555,9 @@ class PreviewScheduleResponse(_message.Message):
     """The time zone the local times are given in."""
     @_builtins.property
     def fire_times(self) -> _containers.RepeatedCompositeFieldContainer[_schedule_pb2.FireTime]:
-        """The fire times, in order. Fewer than asked when the trigger ends."""
+        """The fire times, in order, each saying whether a calendar excludes it.
+        Fewer than asked when the trigger ends.
+        """
 
     def __init__(
         self,

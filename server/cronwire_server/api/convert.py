@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
-from cronwire.v1 import event_pb2, execution_pb2, job_pb2, schedule_pb2
+from cronwire.v1 import calendar_pb2, event_pb2, execution_pb2, job_pb2, schedule_pb2
 from cronwire_server.core import model
+from cronwire_server.core.calendars import WEEKDAY_NAMES
 from cronwire_server.core.errors import FieldViolation, InvalidArgument
 from cronwire_server.core.names import format_name, parse_name
 from cronwire_server.core.triggers import PreviewTime
@@ -291,6 +292,7 @@ _SKIP_PB = {
     model.SkipReason.OVERLAP: execution_pb2.SKIP_REASON_OVERLAP,
     model.SkipReason.MISSED: execution_pb2.SKIP_REASON_MISSED,
     model.SkipReason.PAUSED: execution_pb2.SKIP_REASON_PAUSED,
+    model.SkipReason.CALENDAR: execution_pb2.SKIP_REASON_CALENDAR,
 }
 
 
@@ -404,6 +406,12 @@ def schedule_from_pb(message: schedule_pb2.Schedule, namespace: str, schedule_id
         overlap = _enum(message.overlap_policy, _OVERLAP, model.OverlapPolicy.SKIP, "overlap_policy")
     except InvalidArgument as error:
         violations.extend(error.violations)
+    references: dict[str, tuple[str, ...]] = {}
+    for field in ("exclude_calendars", "only_on_calendars"):
+        try:
+            references[field] = calendar_ids(getattr(message, field), namespace, field)
+        except InvalidArgument as error:
+            violations.extend(error.violations)
     if violations:
         raise InvalidArgument(violations)
     defaults = model.Schedule(namespace="", id="", job_id="", trigger=trigger)
@@ -423,6 +431,8 @@ def schedule_from_pb(message: schedule_pb2.Schedule, namespace: str, schedule_id
         paused=message.paused,
         pause_reason=message.pause_reason,
         arguments=struct_to_dict(message.arguments),
+        exclude_calendars=references["exclude_calendars"],
+        only_on_calendars=references["only_on_calendars"],
     )
 
 
@@ -449,16 +459,148 @@ def schedule_to_pb(schedule: model.Schedule) -> schedule_pb2.Schedule:
     set_time(message.update_time, schedule.update_time)
     if schedule.stats is not None:
         stats_to_pb(schedule.stats, message.stats)
+    message.exclude_calendars.extend(
+        format_name("calendar", schedule.namespace, c) for c in schedule.exclude_calendars
+    )
+    message.only_on_calendars.extend(
+        format_name("calendar", schedule.namespace, c) for c in schedule.only_on_calendars
+    )
     return message
 
 
-def fire_time_to_pb(preview: PreviewTime) -> schedule_pb2.FireTime:
+def fire_time_to_pb(preview: PreviewTime, namespace: str = "") -> schedule_pb2.FireTime:
     message = schedule_pb2.FireTime(
         local_time=preview.local_time.isoformat(),
         in_dst_gap=preview.in_dst_gap,
         in_dst_fold=preview.in_dst_fold,
+        excluded=bool(preview.excluded_by),
+        excluded_by=format_name("calendar", namespace, preview.excluded_by) if preview.excluded_by else "",
+        exclusion_reason=preview.exclusion_reason,
     )
     message.fire_time.FromDatetime(preview.fire_time)
+    return message
+
+
+# Calendars
+
+_WEEKDAYS = {getattr(calendar_pb2, f"WEEKDAY_{n.upper()}"): i for i, n in WEEKDAY_NAMES.items()}
+
+
+def calendar_ids(values: Any, namespace: str, field: str) -> tuple[str, ...]:
+    """Calendar resource names of `namespace` -> their ids, each once; InvalidArgument naming
+    `field[i]` for a name that is not one."""
+    ids: list[str] = []
+    for index, value in enumerate(values):
+        path = f"{field}[{index}]"
+        parsed = parse_name(value, "calendar", path)
+        if parsed.namespace != namespace:
+            raise InvalidArgument.field(path, f"{value!r} is not a calendar of namespace {namespace!r}")
+        if parsed.id in ids:
+            raise InvalidArgument.field(path, f"{value!r} is named twice")
+        ids.append(parsed.id)
+    return tuple(ids)
+
+
+def _date(value: str, field: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument.field(field, f"{value!r} is not a date of the form YYYY-MM-DD") from None
+
+
+def _minutes(value: str, field: str) -> int:
+    hours, sep, minutes = value.partition(":")
+    if sep and hours.isdigit() and minutes.isdigit() and len(minutes) == 2 and len(hours) <= 2:
+        total = int(hours) * 60 + int(minutes)
+        if int(minutes) < 60 and total <= 24 * 60:
+            return total
+    raise InvalidArgument.field(field, f"{value!r} is not a time of the form HH:MM (00:00 to 24:00)")
+
+
+def _format_minutes(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def calendar_from_pb(message: calendar_pb2.Calendar, namespace: str, calendar_id: str) -> model.Calendar:
+    """The domain calendar for a Calendar message (its `name` is not read); InvalidArgument naming
+    every field that cannot be read."""
+    violations: list[FieldViolation] = []
+
+    def attempt(read: Any, *args: Any) -> Any:
+        try:
+            return read(*args)
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+            return None
+
+    dates = []
+    for i, span in enumerate(message.dates):
+        start = attempt(_date, span.start_date, f"dates[{i}].start_date")
+        end = attempt(_date, span.end_date, f"dates[{i}].end_date") if span.end_date else start
+        if start is not None and end is not None:
+            dates.append(model.DateRange(start, end))
+    weekdays = []
+    for i, value in enumerate(message.weekdays):
+        if value not in _WEEKDAYS:
+            violations.append(FieldViolation(f"weekdays[{i}]", f"unknown or unspecified weekday {value}"))
+        else:
+            weekdays.append(_WEEKDAYS[value])
+    ranges = []
+    for i, hours in enumerate(message.time_ranges):
+        start_minutes = attempt(_minutes, hours.start_time, f"time_ranges[{i}].start_time")
+        end_minutes = attempt(_minutes, hours.end_time, f"time_ranges[{i}].end_time")
+        if start_minutes is not None and end_minutes is not None:
+            ranges.append(model.TimeRange(start_minutes, end_minutes))
+    included = attempt(calendar_ids, message.include_calendars, namespace, "include_calendars") or ()
+    excluded = attempt(calendar_ids, message.exclude_calendars, namespace, "exclude_calendars") or ()
+    if violations:
+        raise InvalidArgument(violations)
+    return model.Calendar(
+        namespace=namespace,
+        id=calendar_id,
+        time_zone=message.time_zone or "UTC",
+        description=message.description,
+        dates=tuple(dates),
+        yearly_dates=tuple(model.YearlyDate(y.month, y.day) for y in message.yearly_dates),
+        weekdays=tuple(weekdays),
+        public_holidays=tuple(
+            model.PublicHolidays(h.country, h.subdivision) for h in message.public_holidays
+        ),
+        time_ranges=tuple(ranges),
+        include_calendars=included,
+        exclude_calendars=excluded,
+    )
+
+
+def time_range_to_pb(span: model.TimeRange) -> calendar_pb2.TimeRange:
+    return calendar_pb2.TimeRange(start_time=_format_minutes(span.start), end_time=_format_minutes(span.end))
+
+
+def calendar_to_pb(cal: model.Calendar) -> calendar_pb2.Calendar:
+    weekday_pb = _reverse(_WEEKDAYS)
+    message = calendar_pb2.Calendar(
+        name=format_name("calendar", cal.namespace, cal.id),
+        description=cal.description,
+        time_zone=cal.time_zone,
+        dates=[
+            calendar_pb2.DateRange(
+                start_date=d.start.isoformat(), end_date="" if d.end == d.start else d.end.isoformat()
+            )
+            for d in cal.dates
+        ],
+        yearly_dates=[calendar_pb2.YearlyDate(month=y.month, day=y.day) for y in cal.yearly_dates],
+        weekdays=[weekday_pb[w] for w in cal.weekdays],
+        public_holidays=[
+            calendar_pb2.PublicHolidays(country=h.country, subdivision=h.subdivision)
+            for h in cal.public_holidays
+        ],
+        time_ranges=[time_range_to_pb(t) for t in cal.time_ranges],
+        include_calendars=[format_name("calendar", cal.namespace, c) for c in cal.include_calendars],
+        exclude_calendars=[format_name("calendar", cal.namespace, c) for c in cal.exclude_calendars],
+        etag=cal.etag,
+    )
+    set_time(message.create_time, cal.create_time)
+    set_time(message.update_time, cal.update_time)
     return message
 
 

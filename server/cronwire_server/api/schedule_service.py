@@ -30,6 +30,8 @@ MUTABLE = frozenset(
         "catchup_window",
         "overlap_policy",
         "arguments",
+        "exclude_calendars",
+        "only_on_calendars",
     }
 )
 OUTPUT_ONLY = frozenset(
@@ -174,7 +176,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
             request_id=fields.request_id(request.request_id),
         )
         return schedule_service_pb2.BackfillScheduleResponse(
-            fire_times=[convert.fire_time_to_pb(t) for t in times],
+            fire_times=[convert.fire_time_to_pb(t, name.namespace) for t in times],
             executions=[names.format_name("execution", e.namespace, e.id) for e in executions],
         )
 
@@ -194,6 +196,15 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
                 # An unsaved spec needs no job; a placeholder keeps the converter's checks on the rest.
                 spec = schedule_pb2.Schedule()
                 spec.CopyFrom(request.schedule)
+                named = [*spec.exclude_calendars, *spec.only_on_calendars]
+                for field, value in [
+                    *((f"exclude_calendars[{i}]", v) for i, v in enumerate(spec.exclude_calendars)),
+                    *((f"only_on_calendars[{i}]", v) for i, v in enumerate(spec.only_on_calendars)),
+                ]:
+                    # Their namespace's calendars are read: the caller must be allowed to.
+                    scope.name(value, "calendar", field)
+                if not spec.job and named:
+                    spec.job = f"{named[0].rpartition('/calendars/')[0]}/jobs/preview"
                 spec.job = spec.job or "namespaces/preview/jobs/preview"
                 # The job's namespace, so that it passes the same-namespace check; a job that is
                 # not a name at all is reported by the converter.
@@ -206,5 +217,6 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
                 "source", "set `name` (a stored schedule) or `schedule` (an unsaved one)"
             )
         return schedule_service_pb2.PreviewScheduleResponse(
-            fire_times=[convert.fire_time_to_pb(t) for t in times], time_zone=schedule.time_zone
+            fire_times=[convert.fire_time_to_pb(t, schedule.namespace) for t in times],
+            time_zone=schedule.time_zone,
         )

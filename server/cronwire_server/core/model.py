@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Generic, TypeAlias, TypeVar
 
-from cronwire_server.core.names import execution_name, job_name, schedule_name
+from cronwire_server.core.names import calendar_name, execution_name, job_name, schedule_name
 
 JsonObject: TypeAlias = dict[str, Any]
 
@@ -45,6 +45,7 @@ class SkipReason(enum.Enum):
     OVERLAP = "overlap"
     MISSED = "missed"
     PAUSED = "paused"
+    CALENDAR = "calendar"
 
 
 class DstPolicy(enum.Enum):
@@ -190,6 +191,74 @@ class Schedule:
     update_time: datetime | None = None
     etag: str = ""
     stats: ExecutionStats | None = None
+    # Calendar ids in the same namespace: ticks on any of `exclude_calendars`, or off any of
+    # `only_on_calendars`, are skipped (SkipReason.CALENDAR).
+    exclude_calendars: tuple[str, ...] = ()
+    only_on_calendars: tuple[str, ...] = ()
+    # Those calendars and every calendar they name, by id, as they were at the last change of
+    # the schedule or of one of them: kept with the schedule by the store, so deciding on a
+    # tick needs no other read.
+    calendars: dict[str, Calendar] = field(default_factory=dict)
+
+
+# Calendars: sets of days (and times within days) that schedules skip or keep to; `calendars.py`
+# decides what they hold.
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """Dates from `start` to `end`, both included."""
+
+    start: date
+    end: date
+
+
+@dataclass(frozen=True)
+class YearlyDate:
+    month: int
+    day: int
+
+
+@dataclass(frozen=True)
+class PublicHolidays:
+    """The public holidays of a country (ISO 3166-1 alpha-2), or of one of its subdivisions."""
+
+    country: str
+    subdivision: str = ""
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """Wall-clock minutes after midnight, `start` included, `end` (at most 1440) not."""
+
+    start: int
+    end: int
+
+
+@dataclass
+class Calendar:
+    """A named set of days, or of times within days, in one time zone."""
+
+    namespace: str
+    id: str
+    time_zone: str = "UTC"
+    description: str = ""
+    dates: tuple[DateRange, ...] = ()
+    yearly_dates: tuple[YearlyDate, ...] = ()
+    # ISO weekdays: 1 is Monday, 7 Sunday.
+    weekdays: tuple[int, ...] = ()
+    public_holidays: tuple[PublicHolidays, ...] = ()
+    time_ranges: tuple[TimeRange, ...] = ()
+    # Calendar ids in the same namespace: added to this one's times, then taken away.
+    include_calendars: tuple[str, ...] = ()
+    exclude_calendars: tuple[str, ...] = ()
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    etag: str = ""
+
+    @property
+    def name(self) -> str:
+        return calendar_name(self.namespace, self.id)
 
 
 class CallbackState(enum.Enum):

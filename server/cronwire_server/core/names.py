@@ -13,7 +13,7 @@ from cronwire_server.core.errors import InvalidArgument
 ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 ID_RULE = "1 to 63 lowercase letters, digits or hyphens, starting with a letter, not ending with a hyphen"
 
-COLLECTIONS = {"job": "jobs", "schedule": "schedules", "execution": "executions"}
+COLLECTIONS = {"job": "jobs", "schedule": "schedules", "execution": "executions", "calendar": "calendars"}
 KEYS = "keys"
 
 
@@ -69,6 +69,10 @@ def job_name(namespace: str, job_id: str) -> str:
 
 def schedule_name(namespace: str, schedule_id: str) -> str:
     return format_name("schedule", namespace, schedule_id)
+
+
+def calendar_name(namespace: str, calendar_id: str) -> str:
+    return format_name("calendar", namespace, calendar_id)
 
 
 def execution_name(namespace: str, execution_id: str) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cronwire_server.config import Settings
-from cronwire_server.core import triggers
+from cronwire_server.core import calendars, triggers
 from cronwire_server.core.model import (
     ExecutionState,
     MisfirePolicy,
@@ -119,8 +119,16 @@ def plan_ticks(
     tick = _skip_old_ticks(schedule, tick, now - schedule.catchup_window, anchor, runs)
 
     due: list[datetime] = []
-    while tick is not None and tick <= now and len(due) < MAX_TICKS_PER_PASS:
-        due.append(tick)
+    visited = 0
+    while tick is not None and tick <= now and visited < MAX_TICKS_PER_PASS:
+        visited += 1
+        # A tick the schedule's calendars exclude is recorded as such, whatever the misfire
+        # policy: it would not have run on time either.
+        excluded = calendars.exclusion(schedule, tick) if calendars.uses_calendars(schedule) else None
+        if excluded is not None:
+            runs.append(PlannedRun(tick, tick, SkipReason.CALENDAR, note=excluded.note))
+        else:
+            due.append(tick)
         tick = _next_tick(schedule, tick, anchor)
     late = [t for t in due if now - t > grace]
     on_time = [t for t in due if now - t <= grace]

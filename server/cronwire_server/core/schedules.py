@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from cronwire_server.auth.principal import current_actor
-from cronwire_server.core import triggers
+from cronwire_server.core import calendars, triggers
 from cronwire_server.core.arguments import checked_arguments
 from cronwire_server.core.errors import (
     AlreadyExists,
@@ -26,6 +26,7 @@ from cronwire_server.core.errors import (
 )
 from cronwire_server.core.fanout import fan_out_of
 from cronwire_server.core.model import (
+    Calendar,
     EventType,
     Execution,
     Listing,
@@ -76,10 +77,48 @@ def validate_schedule(schedule: Schedule) -> None:
         raise InvalidArgument(violations)
 
 
+def with_calendars(schedule: Schedule, world: dict[str, Calendar]) -> Schedule:
+    """`schedule` with the calendars it names and those they name (`Schedule.calendars`) from
+    `world`, its namespace's calendars; InvalidArgument naming each one that does not exist."""
+    violations = [
+        FieldViolation(f"{field}[{i}]", f"calendar {calendar_id!r} does not exist")
+        for field in ("exclude_calendars", "only_on_calendars")
+        for i, calendar_id in enumerate(getattr(schedule, field))
+        if calendar_id not in world
+    ]
+    if violations:
+        raise InvalidArgument(violations)
+    named = (*schedule.exclude_calendars, *schedule.only_on_calendars)
+    return dataclasses.replace(schedule, calendars=calendars.reach(world, named))
+
+
+def shown(schedule: Schedule) -> Schedule:
+    """The schedule as callers see it: its next fire time is the next tick that runs, past the
+    ticks its calendars exclude (the dispatcher keeps the next tick, to record those as SKIPPED)."""
+    if not calendars.uses_calendars(schedule) or schedule.next_fire_time is None:
+        return schedule
+    anchor_time = schedule.start_time or schedule.create_time or schedule.next_fire_time
+    next_run = calendars.next_run_time(schedule, anchor_time)
+    stats = schedule.stats
+    if stats is not None and stats.next_run_time is not None:
+        stats = dataclasses.replace(stats, next_run_time=next_run)
+    return dataclasses.replace(schedule, next_fire_time=next_run, stats=stats)
+
+
 def with_next_fire_time(schedule: Schedule, now: datetime) -> Schedule:
     return dataclasses.replace(
         schedule, next_fire_time=triggers.next_fire_time(schedule, now, anchor(schedule, now))
     )
+
+
+def _with_exclusion(schedule: Schedule, time: triggers.PreviewTime) -> triggers.PreviewTime:
+    """`time` saying which of the schedule's calendars excludes it, and why."""
+    if not calendars.uses_calendars(schedule):
+        return time
+    excluded = calendars.exclusion(schedule, time.fire_time)
+    if excluded is None:
+        return time
+    return dataclasses.replace(time, excluded_by=excluded.calendar_id, exclusion_reason=excluded.reason)
 
 
 class ScheduleManager:
@@ -116,6 +155,7 @@ class ScheduleManager:
         self, schedule: Schedule, *, request_id: str = "", validate_only: bool = False
     ) -> Schedule:
         validate_schedule(schedule)
+        schedule = await self._with_calendars(schedule)
         job = await self._store.get_job(schedule.namespace, schedule.job_id)
         schedule = dataclasses.replace(
             schedule, arguments=checked_arguments(job.arguments_schema, schedule.arguments)
@@ -125,13 +165,19 @@ class ScheduleManager:
             # Pin the anchor so interval ticks do not drift with restarts or updates.
             schedule = dataclasses.replace(schedule, start_time=now.replace(microsecond=0))
         if validate_only:
-            return await self._check_create(with_next_fire_time(schedule, now), now)
-        return await self._store.create_schedule(
+            return shown(await self._check_create(with_next_fire_time(schedule, now), now))
+        created = await self._store.create_schedule(
             with_next_fire_time(schedule, now),
             request_id=request_id,
             limit=self._max_per_namespace,
             actor=current_actor(),
         )
+        return shown(created)
+
+    async def _with_calendars(self, schedule: Schedule) -> Schedule:
+        if not calendars.uses_calendars(schedule):
+            return dataclasses.replace(schedule, calendars={})
+        return with_calendars(schedule, await self._store.namespace_calendars(schedule.namespace))
 
     async def _check_create(self, schedule: Schedule, now: datetime) -> Schedule:
         """AIP-163 validate_only (the job was found already): ALREADY_EXISTS for a taken id,
@@ -144,11 +190,12 @@ class ScheduleManager:
 
     async def get(self, namespace: str, schedule_id: str, *, with_stats: bool = False) -> Schedule:
         """The schedule; with its statistics if `with_stats` (read in the same statement)."""
-        return await self._store.get_schedule(namespace, schedule_id, with_stats=with_stats)
+        return shown(await self._store.get_schedule(namespace, schedule_id, with_stats=with_stats))
 
     async def list_page(self, namespace: str, page: Page, *, job_id: str = "") -> Listing[Schedule]:
         """A page of schedules, each with its statistics."""
-        return await self._store.list_schedules(namespace, page, job_id=job_id, with_stats=True)
+        listing = await self._store.list_schedules(namespace, page, job_id=job_id, with_stats=True)
+        return dataclasses.replace(listing, items=[shown(s) for s in listing.items])
 
     async def update(
         self,
@@ -164,10 +211,12 @@ class ScheduleManager:
         # The job (which a schedule cannot change) for its arguments schema.
         job_id = (await self._store.get_schedule(namespace, schedule_id)).job_id
         schema = (await self._store.get_job(namespace, job_id)).arguments_schema
+        world = await self._store.namespace_calendars(namespace)
 
         def checked(current: Schedule) -> Schedule:
             updated = change(current)
             validate_schedule(updated)
+            updated = with_calendars(updated, world)
             if updated.arguments != current.arguments:
                 updated = dataclasses.replace(updated, arguments=checked_arguments(schema, updated.arguments))
             if any(getattr(updated, f) != getattr(current, f) for f in TIMING_FIELDS):
@@ -178,18 +227,19 @@ class ScheduleManager:
             current = await self._store.get_schedule(namespace, schedule_id)
             if expected_etag and current.etag != expected_etag:
                 raise EtagMismatch("schedule", schedule_name(namespace, schedule_id))
-            return checked(current)
-        return await self._write(namespace, schedule_id, checked, expected_etag)
+            return shown(checked(current))
+        return shown(await self._write(namespace, schedule_id, checked, expected_etag))
 
     async def pause(self, namespace: str, schedule_id: str, reason: str) -> Schedule:
         # next_fire_time is kept: the ticks from it to the resume are the misfires.
-        return await self._write(
+        paused = await self._write(
             namespace,
             schedule_id,
             lambda s: dataclasses.replace(s, paused=True, pause_reason=reason),
             "",
             EventType.SCHEDULE_PAUSED,
         )
+        return shown(paused)
 
     async def resume(self, namespace: str, schedule_id: str) -> Schedule:
         now = await self._store.now()
@@ -200,7 +250,7 @@ class ScheduleManager:
             # Ticks due before now fell while paused: the misfire policy decides on them.
             return dataclasses.replace(schedule, paused=False, pause_reason="", resumed_at=now)
 
-        return await self._write(namespace, schedule_id, resume, "", EventType.SCHEDULE_RESUMED)
+        return shown(await self._write(namespace, schedule_id, resume, "", EventType.SCHEDULE_RESUMED))
 
     async def delete(self, namespace: str, schedule_id: str, *, expected_etag: str = "") -> None:
         await self._store.delete_schedule(
@@ -243,10 +293,14 @@ class ScheduleManager:
         DEADLINE_EXCEEDED when the whole takes longer than the preview timeout.
         """
         now = await self._store.now()
+        if schedule.create_time is None:  # unsaved: the calendars of its namespace as they are
+            validate_schedule(schedule)
+            schedule = await self._with_calendars(schedule)
 
         def compute(deadline: float) -> list[triggers.PreviewTime]:
             validate_schedule(schedule)
-            return triggers.preview(schedule, after or now, count, anchor(schedule, now), deadline=deadline)
+            times = triggers.preview(schedule, after or now, count, anchor(schedule, now), deadline=deadline)
+            return [_with_exclusion(schedule, t) for t in times]
 
         return await self._off_loop(compute)
 
@@ -307,9 +361,13 @@ class ScheduleManager:
                     "end_time", f"the range holds more than {MAX_BACKFILL} ticks; backfill it in parts"
                 )
             described = [
-                triggers.describe_fire_time(unbounded, tick, anchor_time, deadline=deadline) for tick in ticks
+                _with_exclusion(
+                    unbounded, triggers.describe_fire_time(unbounded, tick, anchor_time, deadline=deadline)
+                )
+                for tick in ticks
             ]
-            return ticks, described
+            # The ticks the schedule's calendars exclude are reported, not run.
+            return [d.fire_time for d in described if not d.excluded_by], described
 
         ticks, previews = await self._off_loop(compute)
         fan_out = await fan_out_of(self._store, namespace, schedule.job_id) if ticks else 1

@@ -166,6 +166,9 @@ class PreviewTime:
     local_time: datetime  # the same instant in the schedule's time zone
     in_dst_gap: bool  # the wall time the trigger named did not exist; the tick was moved
     in_dst_fold: bool  # the wall time occurs twice that day; the tick is its first occurrence
+    # The schedule's calendar that excludes the tick (its id) and why; empty when the tick runs.
+    excluded_by: str = ""
+    exclusion_reason: str = ""
 
 
 # --- validation ---------------------------------------------------------------

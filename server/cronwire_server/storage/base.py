@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from cronwire_server.core.model import (
+    Calendar,
     ClusterStatus,
     Event,
     EventFilter,
@@ -195,6 +196,30 @@ class Store(Protocol):
         self, namespace: str, schedule_id: str, *, expected_etag: str = "", actor: str = ""
     ) -> None:
         """Delete the schedule. NotFound; EtagMismatch if `expected_etag` is stale."""
+
+    # Calendars
+
+    async def create_calendar(self, calendar: Calendar, *, request_id: str = "", actor: str = "") -> Calendar:
+        """Insert a calendar. AlreadyExists if the id is taken; a repeated `request_id` returns the
+        calendar that request created."""
+
+    async def get_calendar(self, namespace: str, calendar_id: str) -> Calendar:
+        """The calendar, or NotFound."""
+
+    async def list_calendars(self, namespace: str, page: Page) -> Listing[Calendar]:
+        """Calendars in id order after `page.after`, at most `page.size`."""
+
+    async def namespace_calendars(self, namespace: str) -> dict[str, Calendar]:
+        """Every calendar of the namespace, by id."""
+
+    async def update_calendar(self, calendar: Calendar, *, expected_etag: str, actor: str = "") -> Calendar:
+        """Replace the calendar's fields if its etag is still `expected_etag`, and in the same
+        transaction give every schedule that reaches it the calendars as they are now
+        (`Schedule.calendars`). NotFound; EtagMismatch."""
+
+    async def delete_calendar(self, namespace: str, calendar_id: str, *, expected_etag: str = "") -> None:
+        """Delete the calendar. NotFound; EtagMismatch; FailedPrecondition while a schedule or
+        another calendar names it."""
 
     # The clock: every "now" that decides claiming, firing and leases is the database's.
 

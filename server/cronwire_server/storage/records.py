@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, assert_never
 
 from cronwire_server.core.model import (
     AllOfSpec,
     AnyOfSpec,
+    Calendar,
     CallbackDelivery,
     CallbackState,
     CompletionCallback,
     CronSpec,
+    DateRange,
     DateSpec,
     DependencyCondition,
     DstPolicy,
@@ -27,11 +29,14 @@ from cronwire_server.core.model import (
     JsonObject,
     MisfirePolicy,
     OverlapPolicy,
+    PublicHolidays,
     RetentionPolicy,
     RetryPolicy,
     Schedule,
     SkipReason,
+    TimeRange,
     TriggerSpec,
+    YearlyDate,
 )
 
 
@@ -190,6 +195,10 @@ def schedule_fields(schedule: Schedule) -> dict[str, Any]:
         "arguments": copy.deepcopy(schedule.arguments),
         "next_fire_time": schedule.next_fire_time,
         "resumed_at": schedule.resumed_at,
+        "exclude_calendars": list(schedule.exclude_calendars),
+        "only_on_calendars": list(schedule.only_on_calendars),
+        # NULL when it names none: the schedules a calendar change concerns are the others.
+        "calendars": calendars_to_json(schedule.calendars) if schedule.calendars else None,
     }
 
 
@@ -216,7 +225,65 @@ def schedule_from_record(row: Mapping[Any, Any]) -> Schedule:
         create_time=row["create_time"],
         update_time=row["update_time"],
         etag=row["etag"],
+        # Event snapshots written before calendars existed lack these keys.
+        exclude_calendars=tuple(row.get("exclude_calendars") or ()),
+        only_on_calendars=tuple(row.get("only_on_calendars") or ()),
+        calendars=calendars_from_json(row.get("calendars") or {}, row["namespace"]),
     )
+
+
+# Calendars
+
+
+def calendar_rules_to_json(cal: Calendar) -> JsonObject:
+    """What a calendar holds (everything but its identity, description and audit fields)."""
+    return {
+        "time_zone": cal.time_zone,
+        "dates": [[d.start.isoformat(), d.end.isoformat()] for d in cal.dates],
+        "yearly_dates": [[y.month, y.day] for y in cal.yearly_dates],
+        "weekdays": list(cal.weekdays),
+        "public_holidays": [[h.country, h.subdivision] for h in cal.public_holidays],
+        "time_ranges": [[t.start, t.end] for t in cal.time_ranges],
+        "include_calendars": list(cal.include_calendars),
+        "exclude_calendars": list(cal.exclude_calendars),
+    }
+
+
+def calendar_rules_from_json(data: JsonObject, namespace: str, calendar_id: str) -> Calendar:
+    return Calendar(
+        namespace=namespace,
+        id=calendar_id,
+        time_zone=data["time_zone"],
+        dates=tuple(DateRange(date.fromisoformat(a), date.fromisoformat(b)) for a, b in data["dates"]),
+        yearly_dates=tuple(YearlyDate(m, d) for m, d in data["yearly_dates"]),
+        weekdays=tuple(data["weekdays"]),
+        public_holidays=tuple(PublicHolidays(c, s) for c, s in data["public_holidays"]),
+        time_ranges=tuple(TimeRange(a, b) for a, b in data["time_ranges"]),
+        include_calendars=tuple(data["include_calendars"]),
+        exclude_calendars=tuple(data["exclude_calendars"]),
+    )
+
+
+def calendars_to_json(calendars: Mapping[str, Calendar]) -> JsonObject:
+    return {calendar_id: calendar_rules_to_json(cal) for calendar_id, cal in sorted(calendars.items())}
+
+
+def calendars_from_json(data: JsonObject, namespace: str) -> dict[str, Calendar]:
+    return {cid: calendar_rules_from_json(rules, namespace, cid) for cid, rules in data.items()}
+
+
+def calendar_fields(cal: Calendar) -> dict[str, Any]:
+    """The columns a caller sets (create and update)."""
+    return {"description": cal.description, "rules": calendar_rules_to_json(cal)}
+
+
+def calendar_from_record(row: Mapping[Any, Any]) -> Calendar:
+    cal = calendar_rules_from_json(row["rules"], row["namespace"], row["id"])
+    cal.description = row["description"]
+    cal.create_time = row["create_time"]
+    cal.update_time = row["update_time"]
+    cal.etag = row["etag"]
+    return cal
 
 
 # Executions

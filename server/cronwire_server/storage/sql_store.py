@@ -23,6 +23,7 @@ from sqlalchemy.util import greenlet_spawn
 from cronwire_server.core import errors
 from cronwire_server.core.arguments import checked_arguments
 from cronwire_server.core.model import (
+    Calendar,
     ClusterStatus,
     Event,
     EventFilter,
@@ -43,7 +44,7 @@ from cronwire_server.core.model import (
 from cronwire_server.core.names import execution_name, format_name, job_name, schedule_name
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.limits import NamespaceFull
-from cronwire_server.storage import sql_creates, sql_events, sql_replicas, sql_retention
+from cronwire_server.storage import sql_calendars, sql_creates, sql_events, sql_replicas, sql_retention
 from cronwire_server.storage import sql_executions as ex
 from cronwire_server.storage.base import (
     ClaimedExecution,
@@ -57,6 +58,7 @@ from cronwire_server.storage.base import (
     StartNow,
 )
 from cronwire_server.storage.records import (
+    calendar_from_record,
     execution_from_row,
     job_fields,
     job_from_record,
@@ -747,6 +749,38 @@ class SqlStore:
         self._wakeup.signal("schedules")
         self._wakeup.signal("events_new")
 
+    # Calendars
+
+    async def create_calendar(self, calendar: Calendar, *, request_id: str = "", actor: str = "") -> Calendar:
+        created = await self._run(self._in_transaction_by, actor, sql_calendars.create, calendar, request_id)
+        if isinstance(created, str):
+            return await self.get_calendar(calendar.namespace, created)
+        return calendar_from_record(created._mapping)
+
+    async def get_calendar(self, namespace: str, calendar_id: str) -> Calendar:
+        return await self._run(self._read, sql_calendars.get, namespace, calendar_id)
+
+    async def list_calendars(self, namespace: str, page: Page) -> Listing[Calendar]:
+        rows = await self._run(self._read, sql_calendars.list_page, namespace, page.after, page.size)
+        items = [calendar_from_record(r._mapping) for r in rows[: page.size]]
+        return Listing(items=items, next_after=items[-1].id if len(rows) > page.size else None)
+
+    async def namespace_calendars(self, namespace: str) -> dict[str, Calendar]:
+        return await self._run(self._read, sql_calendars.of_namespace, namespace)
+
+    async def update_calendar(self, calendar: Calendar, *, expected_etag: str, actor: str = "") -> Calendar:
+        row = await self._run(self._in_transaction_by, actor, sql_calendars.update, calendar, expected_etag)
+        return calendar_from_record(row._mapping)
+
+    async def delete_calendar(self, namespace: str, calendar_id: str, *, expected_etag: str = "") -> None:
+        await self._run(self._in_transaction, self._deleting_calendar, namespace, calendar_id, expected_etag)
+
+    @staticmethod
+    def _deleting_calendar(
+        conn: Connection, namespace: str, calendar_id: str, expected_etag: str, now: datetime
+    ) -> None:
+        sql_calendars.delete(conn, namespace, calendar_id, expected_etag)
+
     # The clock and wake-ups
 
     async def now(self) -> datetime:
@@ -1179,7 +1213,9 @@ class SqlStore:
         return numbered
 
     def _sequence_events(self, limit: int) -> int:
-        # No clock read: numbering needs no time.
+        # No clock read: numbering needs no time. PostgreSQL's is one script, its own transaction.
+        if self._postgres:
+            return self._read(sql_events.sequence_pending, limit)
         with self._transaction() as conn:
             return sql_events.sequence_pending(conn, limit)
 

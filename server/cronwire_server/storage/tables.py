@@ -113,11 +113,27 @@ schedules = sa.Table(
     sa.Column("next_fire_time", UtcDateTime(), nullable=True),
     *_audit_columns(),
     sa.Column("resumed_at", UtcDateTime(), nullable=True),
+    # Calendar ids (JSON lists) and the calendars they reach, as they were at the last change of
+    # the schedule or of one of them (records.calendars_to_json); NULL when it names none.
+    sa.Column("exclude_calendars", Json, nullable=False, server_default="[]"),
+    sa.Column("only_on_calendars", Json, nullable=False, server_default="[]"),
+    sa.Column("calendars", OptionalJson, nullable=True),
     sa.ForeignKeyConstraint(["namespace", "job_id"], ["jobs.namespace", "jobs.id"], ondelete="CASCADE"),
     # Serves ListSchedules by job and the cascade from a deleted job.
     sa.Index(None, "namespace", "job_id", "id"),
     # The dispatcher claims due schedules in next_fire_time order.
     sa.Index(None, "next_fire_time"),
+)
+
+calendars = sa.Table(
+    "calendars",
+    metadata,
+    sa.Column("namespace", Ident, primary_key=True),
+    sa.Column("id", Ident, primary_key=True),
+    sa.Column("description", sa.Text(), nullable=False),
+    # What it holds: zone, day rules, time ranges, the calendars it names (records.calendar_fields).
+    sa.Column("rules", Json, nullable=False),
+    *_audit_columns(),
 )
 
 request_ids = sa.Table(

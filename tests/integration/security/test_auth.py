@@ -28,6 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import cronwire.v1
 from cronwire.v1 import (
+    calendar_pb2,
+    calendar_service_pb2,
     event_pb2,
     event_service_pb2,
     execution_service_pb2,
@@ -38,6 +40,7 @@ from cronwire.v1 import (
     schedule_pb2,
     schedule_service_pb2,
 )
+from cronwire.v1.calendar_service_pb2_grpc import CalendarServiceStub
 from cronwire.v1.event_service_pb2_grpc import EventServiceStub
 from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
@@ -58,6 +61,7 @@ TEAM_A = "namespaces/team-a"
 TEAM_B = "namespaces/team-b"
 JOB = f"{TEAM_A}/jobs/nightly"
 SCHEDULE = f"{TEAM_A}/schedules/daily"
+CALENDAR = f"{TEAM_A}/calendars/holidays"
 
 
 @dataclass
@@ -244,6 +248,12 @@ async def seed(channel: grpc.aio.Channel, admin: str) -> str:
         schedule_service_pb2.CreateScheduleRequest(parent=TEAM_A, schedule_id="daily", schedule=schedule),
         metadata=metadata,
     )
+    await CalendarServiceStub(channel).CreateCalendar(
+        calendar_service_pb2.CreateCalendarRequest(
+            parent=TEAM_A, calendar_id="holidays", calendar=calendar_pb2.Calendar(weekdays=[7])
+        ),
+        metadata=metadata,
+    )
     run = await jobs.RunJob(job_service_pb2.RunJobRequest(name=JOB), metadata=metadata)
     return run.execution.name
 
@@ -281,6 +291,16 @@ def requests_into_team_a(execution: str) -> dict[str, Message]:
         "ScheduleService/ResumeSchedule": schedule_service_pb2.ResumeScheduleRequest(name=SCHEDULE),
         "ScheduleService/BackfillSchedule": backfill,
         "ScheduleService/PreviewSchedule": schedule_service_pb2.PreviewScheduleRequest(name=SCHEDULE),
+        "CalendarService/CreateCalendar": calendar_service_pb2.CreateCalendarRequest(
+            parent=TEAM_A, calendar_id="intruder", calendar=calendar_pb2.Calendar()
+        ),
+        "CalendarService/GetCalendar": calendar_service_pb2.GetCalendarRequest(name=CALENDAR),
+        "CalendarService/ListCalendars": calendar_service_pb2.ListCalendarsRequest(parent=TEAM_A),
+        "CalendarService/UpdateCalendar": calendar_service_pb2.UpdateCalendarRequest(
+            calendar=calendar_pb2.Calendar(name=CALENDAR, description="mine")
+        ),
+        "CalendarService/DeleteCalendar": calendar_service_pb2.DeleteCalendarRequest(name=CALENDAR),
+        "CalendarService/PreviewCalendar": calendar_service_pb2.PreviewCalendarRequest(name=CALENDAR),
         "ExecutionService/GetExecution": execution_service_pb2.GetExecutionRequest(name=execution),
         "ExecutionService/ListExecutions": execution_service_pb2.ListExecutionsRequest(parent=TEAM_A),
         "ExecutionService/CancelExecution": execution_service_pb2.CancelExecutionRequest(name=execution),

@@ -1,0 +1,369 @@
+"""CalendarService, and schedules that skip or keep to calendars, over a real channel on SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2, json_format
+
+from cronwire.v1 import (
+    calendar_pb2,
+    calendar_service_pb2,
+    execution_pb2,
+    execution_service_pb2,
+    job_pb2,
+    job_service_pb2,
+    schedule_pb2,
+    schedule_service_pb2,
+)
+from cronwire.v1.calendar_service_pb2_grpc import CalendarServiceStub
+from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
+from cronwire.v1.job_service_pb2_grpc import JobServiceStub
+from cronwire.v1.schedule_service_pb2_grpc import ScheduleServiceStub
+from tests.integration.api.test_job_service import expect_error
+from tests.support import eventually
+
+PARENT = "namespaces/ops"
+JOB = f"{PARENT}/jobs/report"
+BERLIN = ZoneInfo("Europe/Berlin")
+# Bavaria's public holidays of 2027 on weekdays, by hand (see tests/unit/test_calendars.py).
+BAVARIAN_WEEKDAY_HOLIDAYS_2027 = {
+    date(2027, m, d) for m, d in [(1, 1), (1, 6), (3, 26), (3, 29), (5, 6), (5, 17), (5, 27), (11, 1)]
+}
+
+
+@pytest.fixture
+def calendars(channel: grpc.aio.Channel) -> CalendarServiceStub:
+    return CalendarServiceStub(channel)
+
+
+@pytest.fixture
+async def job(jobs: JobServiceStub) -> job_pb2.Job:
+    request = job_service_pb2.CreateJobRequest(
+        parent=PARENT, job_id="report", job=job_pb2.Job(executor="noop")
+    )
+    return (await jobs.CreateJob(request)).job
+
+
+def calendar(**fields: Any) -> calendar_pb2.Calendar:
+    return json_format.ParseDict(fields, calendar_pb2.Calendar())
+
+
+async def create_calendar(
+    calendars: CalendarServiceStub, calendar_id: str, request_id: str = "", **fields: Any
+) -> calendar_pb2.Calendar:
+    request = calendar_service_pb2.CreateCalendarRequest(
+        parent=PARENT, calendar_id=calendar_id, calendar=calendar(**fields), request_id=request_id
+    )
+    return (await calendars.CreateCalendar(request)).calendar
+
+
+async def business_days(calendars: CalendarServiceStub) -> str:
+    """`business-days`: weekdays in Europe/Berlin minus Bavaria's public holidays."""
+    await create_calendar(
+        calendars,
+        "weekdays",
+        timeZone="Europe/Berlin",
+        weekdays=[
+            "WEEKDAY_MONDAY",
+            "WEEKDAY_TUESDAY",
+            "WEEKDAY_WEDNESDAY",
+            "WEEKDAY_THURSDAY",
+            "WEEKDAY_FRIDAY",
+        ],
+    )
+    await create_calendar(
+        calendars,
+        "bavaria",
+        timeZone="Europe/Berlin",
+        publicHolidays=[{"country": "DE", "subdivision": "BY"}],
+    )
+    created = await create_calendar(
+        calendars,
+        "business-days",
+        timeZone="Europe/Berlin",
+        includeCalendars=[f"{PARENT}/calendars/weekdays"],
+        excludeCalendars=[f"{PARENT}/calendars/bavaria"],
+    )
+    return created.name
+
+
+async def create_schedule(
+    schedules: ScheduleServiceStub, schedule_id: str, **fields: Any
+) -> schedule_pb2.Schedule:
+    spec = json_format.ParseDict({"job": JOB, **fields}, schedule_pb2.Schedule())
+    request = schedule_service_pb2.CreateScheduleRequest(
+        parent=PARENT, schedule_id=schedule_id, schedule=spec
+    )
+    return (await schedules.CreateSchedule(request)).schedule
+
+
+@pytest.mark.usefixtures("job")
+async def test_calendars_have_the_aip_semantics_of_jobs(
+    calendars: CalendarServiceStub, schedules: ScheduleServiceStub
+) -> None:
+    first = await create_calendar(calendars, "closed", request_id="r-1", dates=[{"startDate": "2027-12-24"}])
+    again = await create_calendar(calendars, "closed", request_id="r-1", dates=[{"startDate": "2027-12-24"}])
+    assert again == first
+    assert first.etag
+    assert first.HasField("create_time")
+    await expect_error(create_calendar(calendars, "closed"), grpc.StatusCode.ALREADY_EXISTS)
+    checked = await calendars.CreateCalendar(
+        calendar_service_pb2.CreateCalendarRequest(
+            parent=PARENT,
+            calendar_id="dry",
+            calendar=calendar(weekdays=["WEEKDAY_SUNDAY"]),
+            validate_only=True,
+        )
+    )
+    assert checked.calendar.name == f"{PARENT}/calendars/dry"
+    await expect_error(
+        calendars.GetCalendar(calendar_service_pb2.GetCalendarRequest(name=f"{PARENT}/calendars/dry")),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    for n in range(3):
+        await create_calendar(calendars, f"extra-{n}", yearlyDates=[{"month": 5, "day": n + 1}])
+    pages, token = [], ""
+    while True:
+        page = await calendars.ListCalendars(
+            calendar_service_pb2.ListCalendarsRequest(parent=PARENT, page_size=3, page_token=token)
+        )
+        pages.append([c.name.rpartition("/")[2] for c in page.calendars])
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == [["closed", "extra-0", "extra-1"], ["extra-2"]]
+
+    update = calendar_service_pb2.UpdateCalendarRequest(
+        calendar=calendar(name=first.name, description="office closed", etag=first.etag),
+        update_mask=field_mask_pb2.FieldMask(paths=["description"]),
+    )
+    updated = (await calendars.UpdateCalendar(update)).calendar
+    assert updated.description == "office closed"
+    assert updated.dates == first.dates
+    assert updated.etag != first.etag
+    await expect_error(calendars.UpdateCalendar(update), grpc.StatusCode.ABORTED)  # the stale etag
+
+    await create_schedule(
+        schedules, "nightly", trigger={"cron": {"expression": "0 3 * * *"}}, excludeCalendars=[first.name]
+    )
+    delete = calendar_service_pb2.DeleteCalendarRequest(name=first.name)
+    _, reason = await expect_error(calendars.DeleteCalendar(delete), grpc.StatusCode.FAILED_PRECONDITION)
+    assert reason == "CALENDAR_IN_USE"
+    await schedules.DeleteSchedule(
+        schedule_service_pb2.DeleteScheduleRequest(name=f"{PARENT}/schedules/nightly")
+    )
+    await calendars.DeleteCalendar(delete)
+    await expect_error(
+        calendars.GetCalendar(calendar_service_pb2.GetCalendarRequest(name=first.name)),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+@pytest.mark.usefixtures("job")
+async def test_bad_input_is_refused_naming_each_field_and_nothing_is_stored(
+    calendars: CalendarServiceStub, schedules: ScheduleServiceStub
+) -> None:
+    violations, _ = await expect_error(
+        create_calendar(
+            calendars,
+            "bad",
+            timeZone="Europe/Nowhere",
+            dates=[{"startDate": "2027-02-30"}],
+            publicHolidays=[{"country": "DE", "subdivision": "XX"}],
+            timeRanges=[{"startTime": "9:00", "endTime": "25:00"}],
+            includeCalendars=[f"{PARENT}/calendars/missing"],
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(violations) == {"calendar.dates[0].start_date", "calendar.time_ranges[0].end_time"}
+    violations, _ = await expect_error(
+        create_calendar(
+            calendars,
+            "bad",
+            timeZone="Europe/Nowhere",
+            publicHolidays=[{"country": "DE", "subdivision": "XX"}],
+            includeCalendars=[f"{PARENT}/calendars/missing"],
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(violations) == {"calendar.time_zone", "calendar.public_holidays[0].subdivision"}
+    violations, _ = await expect_error(
+        create_calendar(calendars, "bad", includeCalendars=[f"{PARENT}/calendars/missing"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violations == {"calendar.include_calendars[0]": "calendar 'missing' does not exist"}
+    listed = await calendars.ListCalendars(calendar_service_pb2.ListCalendarsRequest(parent=PARENT))
+    assert list(listed.calendars) == []
+
+    # A cycle, closed by an update, names its path; the calendar stays as it was.
+    a = await create_calendar(calendars, "a", weekdays=["WEEKDAY_MONDAY"])
+    await create_calendar(calendars, "b", includeCalendars=[a.name])
+    violations, _ = await expect_error(
+        calendars.UpdateCalendar(
+            calendar_service_pb2.UpdateCalendarRequest(
+                calendar=calendar(name=a.name, excludeCalendars=[f"{PARENT}/calendars/b"])
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violations == {"calendar.exclude_calendars[0]": "makes a cycle: a -> b -> a"}
+    got = (await calendars.GetCalendar(calendar_service_pb2.GetCalendarRequest(name=a.name))).calendar
+    assert got == a
+
+    violations, _ = await expect_error(
+        create_schedule(
+            schedules,
+            "s",
+            trigger={"cron": {"expression": "0 9 * * *"}},
+            excludeCalendars=[a.name],
+            onlyOnCalendars=[f"{PARENT}/calendars/nope", "namespaces/other/calendars/x"],
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(violations) == {"schedule.only_on_calendars[1]"}
+    violations, _ = await expect_error(
+        create_schedule(
+            schedules,
+            "s",
+            trigger={"cron": {"expression": "0 9 * * *"}},
+            onlyOnCalendars=[f"{PARENT}/calendars/nope"],
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violations == {"schedule.only_on_calendars[0]": "calendar 'nope' does not exist"}
+    listed_schedules = await schedules.ListSchedules(schedule_service_pb2.ListSchedulesRequest(parent=PARENT))
+    assert list(listed_schedules.schedules) == []
+
+
+@pytest.mark.usefixtures("job")
+async def test_preview_shows_berlin_weekdays_at_nine_minus_bavarian_holidays_across_2027(
+    calendars: CalendarServiceStub, schedules: ScheduleServiceStub
+) -> None:
+    business = await business_days(calendars)
+    stored = await create_schedule(
+        schedules,
+        "weekday-9am",
+        trigger={"cron": {"expression": "0 9 * * *"}},
+        timeZone="Europe/Berlin",
+        onlyOnCalendars=[business],
+    )
+    request = schedule_service_pb2.PreviewScheduleRequest(name=stored.name, count=365)
+    request.after_time.FromDatetime(datetime(2026, 12, 31, 12, tzinfo=UTC))
+    preview = await schedules.PreviewSchedule(request)
+    assert len(preview.fire_times) == 365
+    ran = [date.fromisoformat(t.local_time[:10]) for t in preview.fire_times if not t.excluded]
+    days = [date(2027, 1, 1) + timedelta(days=n) for n in range(365)]
+    expected = [d for d in days if d.isoweekday() <= 5 and d not in BAVARIAN_WEEKDAY_HOLIDAYS_2027]
+    assert ran == expected
+    assert len(ran) == 253
+    assert {t.local_time[11:] for t in preview.fire_times} == {"09:00:00+01:00", "09:00:00+02:00"}
+    whit_monday = next(t for t in preview.fire_times if t.local_time.startswith("2027-05-17"))
+    assert whit_monday.excluded
+    assert whit_monday.excluded_by == business
+    assert "is not on it" in whit_monday.exclusion_reason
+    # An unsaved spec previews the same, the calendars read from its job's namespace.
+    unsaved = schedule_service_pb2.PreviewScheduleRequest(schedule=stored, count=365)
+    unsaved.after_time.CopyFrom(request.after_time)
+    assert (await schedules.PreviewSchedule(unsaved)).fire_times == preview.fire_times
+    # The calendar's own year view holds the same days.
+    year = await calendars.PreviewCalendar(
+        calendar_service_pb2.PreviewCalendarRequest(name=business, year=2027)
+    )
+    assert [date.fromisoformat(d.date) for d in year.days] == expected
+    assert all(not d.time_ranges for d in year.days)
+
+
+@pytest.mark.usefixtures("job")
+async def test_excluded_ticks_become_skipped_records_and_a_calendar_change_replans_its_schedules(
+    calendars: CalendarServiceStub, schedules: ScheduleServiceStub, executions: ExecutionServiceStub
+) -> None:
+    # Every day, in UTC: each tick of a per-second schedule is excluded until the calendar changes.
+    every_day = await create_calendar(
+        calendars,
+        "every-day",
+        weekdays=[
+            f"WEEKDAY_{d}"
+            for d in ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
+        ],
+    )
+    ticking = await create_schedule(
+        schedules,
+        "ticking",
+        trigger={"cron": {"expression": "* * * * * *"}},
+        excludeCalendars=[every_day.name],
+    )
+    assert not ticking.HasField("next_fire_time")  # no tick runs within the search's reach
+
+    async def listed(state: int) -> list[execution_pb2.Execution]:
+        page = await executions.ListExecutions(
+            execution_service_pb2.ListExecutionsRequest(parent=PARENT, schedule=ticking.name, page_size=100)
+        )
+        return [e for e in page.executions if e.state == state]
+
+    skipped = await eventually(
+        lambda: _at_least(listed(execution_pb2.EXECUTION_STATE_SKIPPED), 2),
+        10,
+        "two ticks skipped by the calendar",
+    )
+    assert {e.skip_reason for e in skipped} == {execution_pb2.SKIP_REASON_CALENDAR}
+    assert all(e.error.startswith("excluded by calendar every-day: ") for e in skipped)
+    got = (await schedules.GetSchedule(schedule_service_pb2.GetScheduleRequest(name=ticking.name))).schedule
+    assert got.stats.total >= 2
+    assert got.stats.succeeded == 0
+
+    # A daily 09:00 Berlin schedule whose next days a second calendar excludes: taking days out of
+    # that calendar brings the schedule's next fire time forward, read back from the database.
+    today = datetime.now(BERLIN).date()
+    closed = await create_calendar(
+        calendars,
+        "closed",
+        timeZone="Europe/Berlin",
+        dates=[{"startDate": today.isoformat(), "endDate": (today + timedelta(days=5)).isoformat()}],
+    )
+    daily = await create_schedule(
+        schedules,
+        "daily",
+        trigger={"cron": {"expression": "0 9 * * *"}},
+        timeZone="Europe/Berlin",
+        excludeCalendars=[closed.name],
+    )
+    first = daily.next_fire_time.ToDatetime(tzinfo=UTC).astimezone(BERLIN)
+    assert (first.date(), first.hour) == (today + timedelta(days=6), 9)
+    await calendars.UpdateCalendar(
+        calendar_service_pb2.UpdateCalendarRequest(
+            calendar=calendar(
+                name=closed.name, dates=[{"startDate": (today - timedelta(days=1)).isoformat()}]
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["dates"]),
+        )
+    )
+    replanned = (
+        await schedules.GetSchedule(schedule_service_pb2.GetScheduleRequest(name=daily.name))
+    ).schedule
+    nxt = replanned.next_fire_time.ToDatetime(tzinfo=UTC).astimezone(BERLIN)
+    assert nxt.date() in (today, today + timedelta(days=1))
+    assert nxt.hour == 9
+    assert replanned.stats.next_run_time == replanned.next_fire_time
+
+    # The per-second schedule runs again once its calendar holds nothing.
+    await calendars.UpdateCalendar(
+        calendar_service_pb2.UpdateCalendarRequest(
+            calendar=calendar(name=every_day.name), update_mask=field_mask_pb2.FieldMask(paths=["weekdays"])
+        )
+    )
+    await eventually(
+        lambda: _at_least(listed(execution_pb2.EXECUTION_STATE_SUCCEEDED), 1),
+        10,
+        "a tick run after the change",
+    )
+
+
+async def _at_least(found: Any, n: int) -> list[execution_pb2.Execution] | None:
+    items: list[execution_pb2.Execution] = await found
+    return items if len(items) >= n else None
