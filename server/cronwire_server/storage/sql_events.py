@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection, Row
 
 from cronwire_server.core.model import STATE_EVENTS, Event, EventFilter, EventType, Execution, Job, Schedule
 from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
+from cronwire_server.storage.sql_script import run_script
 from cronwire_server.storage.tables import events
 
 # Snapshots never carry the callback secret; a marker keeps "a secret is set" visible.
@@ -146,15 +147,15 @@ def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
 SEQUENCER_LOCK = 0x63726F6E77697265  # any constant shared by every replica
 
 
-_TRY_SEQUENCER_LOCK = sa.select(sa.func.pg_try_advisory_xact_lock(SEQUENCER_LOCK))
-# PostgreSQL, with the sequencer's lock held: number the pending events and NOTIFY the replicas
-# in one statement, built once.
-_NUMBER_PENDING = sa.text(
-    """
+# PostgreSQL: the sequencer's lock, then the numbering of the pending events and the NOTIFY of
+# the replicas, sent as one script (one round trip, one transaction): the numbering's snapshot is
+# taken once the lock is held, so after the previous numbering committed.
+_SEQUENCER_LOCK = f"SELECT pg_advisory_xact_lock({SEQUENCER_LOCK})"
+_NUMBER_PENDING = """
 WITH base AS (SELECT coalesce(max(sequence), 0) AS last FROM events),
 pending AS (
     SELECT id, row_number() OVER (ORDER BY id) AS n FROM events
-    WHERE sequence IS NULL ORDER BY id LIMIT :limit
+    WHERE sequence IS NULL ORDER BY id LIMIT {limit:d}
 ),
 numbered AS (
     UPDATE events AS e SET sequence = base.last + pending.n
@@ -166,23 +167,20 @@ woken AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM numbered) AS numbered, (SELECT count(*) FROM woken) AS woken
 """
-)
 
 
 def sequence_pending(conn: Connection, limit: int) -> int:
     """Number the committed events that have no sequence yet, in insertion order.
 
-    One sequencer at a time (a transaction-scoped advisory lock on PostgreSQL; SQLite has a
-    single writer): each numbering commits before the next starts, so sequences become
-    visible in order, and a reader that has seen sequence N will never see a smaller one.
-    Returns how many were numbered (0 when another replica holds the lock).
+    One sequencer at a time (a transaction-scoped advisory lock on PostgreSQL, waited for: a
+    numbering is short; SQLite has a single writer): each numbering commits before the next
+    starts, so sequences become visible in order, and a reader that has seen sequence N will
+    never see a smaller one. On PostgreSQL `conn` must not be in a transaction (the script is
+    its own); on SQLite it must. Returns how many were numbered.
     """
-    postgres = conn.dialect.name == "postgresql"
-    if postgres:
-        if not conn.execute(_TRY_SEQUENCER_LOCK).scalar_one():
-            return 0
-        # A statement of its own after the lock: its snapshot sees every numbering committed before.
-        return int(conn.execute(_NUMBER_PENDING, {"limit": limit}).scalar_one())
+    if conn.dialect.name == "postgresql":
+        _, rows = run_script(conn, [_SEQUENCER_LOCK, _NUMBER_PENDING.format(limit=int(limit))])
+        return int(rows[0][0])
     base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.sequence), 0))).scalar_one()
     pending = (
         sa.select(events.c.id, sa.func.row_number().over(order_by=events.c.id).label("n"))
@@ -194,8 +192,6 @@ def sequence_pending(conn: Connection, limit: int) -> int:
     numbered = conn.execute(
         sa.update(events).where(events.c.id == pending.c.id).values(sequence=int(base) + pending.c.n)
     ).rowcount
-    if numbered and postgres:
-        conn.exec_driver_sql("NOTIFY cronwire_events")
     return max(int(numbered), 0)
 
 

@@ -15,10 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.util import await_only
 
 from cronwire_server.core.model import (
     STATE_EVENTS,
@@ -46,6 +44,7 @@ from cronwire_server.storage.base import (
     StartNow,
 )
 from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
+from cronwire_server.storage.sql_script import run_script
 from cronwire_server.storage.tables import execution_logs, executions, jobs, schedules
 
 QUEUED, RUNNING = ExecutionState.QUEUED.value, ExecutionState.RUNNING.value
@@ -705,37 +704,6 @@ _JSON_COLUMNS = frozenset(
     [c.name for c in executions.c if isinstance(c.type, sa.JSON)]
     + [f"{_JOB_PREFIX}{c.name}" for c in jobs.c if isinstance(c.type, sa.JSON)]
 )
-
-
-def run_script(conn: Connection, statements: Sequence[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """PostgreSQL: several statements (no parameters) in one round trip, in one transaction, each
-    with its own snapshot (the simple query protocol); the column names and rows of the last.
-    Sent on the driver directly (SQLAlchemy reads only a first result), reported to the
-    engine's statement hooks like any other statement, errors translated as SQLAlchemy does."""
-    import psycopg  # PostgreSQL only
-
-    script = ";\n".join(statements)
-    for statement in statements:
-        conn.dispatch.before_cursor_execute(conn, None, statement, {}, None, False)
-    driver = conn.connection.driver_connection
-    assert isinstance(driver, psycopg.AsyncConnection)
-
-    async def send() -> tuple[list[str], list[tuple[Any, ...]]]:
-        async with driver.cursor() as cursor:
-            await cursor.execute(script.encode())  # bytes: no placeholder is looked for
-            while cursor.nextset():
-                pass
-            assert cursor.description is not None
-            return [c.name for c in cursor.description], list(await cursor.fetchall())
-
-    try:
-        return await_only(send())
-    except psycopg.Error as error:
-        if driver.broken or driver.closed:
-            conn.invalidate(error)
-        raise exc.DBAPIError.instance(
-            script, None, error, psycopg.Error, connection_invalidated=conn.invalidated
-        ) from error
 
 
 # Batches of candidates a claim reads at most while serial backlogs fill them.
