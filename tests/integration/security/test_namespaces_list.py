@@ -35,7 +35,11 @@ async def test_namespaces_are_listed_with_their_counts_as_far_as_the_key_sees(
         await admin.create_job("a1", executor="noop", namespace="team-a")
         await admin.create_job("a2", executor="noop", namespace="team-a")
         await admin.create_schedule(
-            "hourly", job="namespaces/team-a/jobs/a1", trigger=cronwire.CronTrigger("@hourly")
+            # Paused: it must never fire while the test lists executions (at the top of an hour).
+            "hourly",
+            job="namespaces/team-a/jobs/a1",
+            trigger=cronwire.CronTrigger("@hourly"),
+            paused=True,
         )
         await admin.create_job("b1", executor="noop", namespace="team-b")
         everything = [
