@@ -6,17 +6,22 @@ import argparse
 import enum
 import json
 from collections.abc import Callable, Iterable, Mapping
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any, TypeVar
 
 from cronwire._channel import DEFAULT_NAMESPACE, DEFAULT_TARGET
 from cronwire._output import FORMATS
 from cronwire._types import (
+    DateRange,
     DstPolicy,
     EventType,
     ExecutionState,
     MisfirePolicy,
     OverlapPolicy,
+    PublicHolidays,
+    TimeRange,
+    Weekday,
+    YearlyDate,
 )
 from cronwire._values import (
     DURATION_HELP,
@@ -425,6 +430,23 @@ def schedule_flags(parser: argparse.ArgumentParser, create: bool) -> None:
         metavar="KEY=JSON",
         help="an argument passed to every run" + ("" if create else " (merged into the stored ones)"),
     )
+    days = parser.add_argument_group("calendars (repeat to name more)")
+    days.add_argument(
+        "--exclude-calendar",
+        action="append",
+        metavar="CALENDAR",
+        help="skip the ticks on this calendar (recorded SKIPPED, reason calendar)"
+        + ("" if create else "; replaces the stored ones"),
+    )
+    days.add_argument(
+        "--only-on-calendar",
+        action="append",
+        metavar="CALENDAR",
+        help="run only the ticks on this calendar, e.g. business days"
+        + ("" if create else "; replaces the stored ones"),
+    )
+    if not create:
+        days.add_argument("--no-calendars", action="store_true", help="clear both lists of calendars")
     if create:
         parser.add_argument("--job", required=True, help="the job it runs (id or name)")
         parser.add_argument("--paused", action="store_true", help="create it paused")
@@ -435,6 +457,106 @@ def schedule_flags(parser: argparse.ArgumentParser, create: bool) -> None:
         how.add_argument("--no-start", action="store_true", help="clear the start time")
         how.add_argument("--no-end", action="store_true", help="clear the end time")
         parser.add_argument("--etag", help="update only if the schedule still has this etag")
+
+
+def _date_range(text: str) -> DateRange:
+    first, sep, last = text.partition("..")
+    try:
+        return DateRange(date.fromisoformat(first), date.fromisoformat(last) if sep else None)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date (2027-12-24) or a range (2027-12-24..2027-12-31)") from None
+
+
+def _yearly(text: str) -> YearlyDate:
+    month, sep, day = text.partition("-")
+    if not (sep and month.isdigit() and day.isdigit()):
+        raise ValueError(f"{text!r} is not a yearly date MM-DD, e.g. 12-24")
+    return YearlyDate(int(month), int(day))
+
+
+_DAYS = [w.name.lower()[:3] for w in Weekday]
+
+
+def _weekdays(text: str) -> list[Weekday]:
+    days: list[Weekday] = []
+    for part in text.lower().split(","):
+        first, sep, last = part.strip().partition("-")
+        if first[:3] not in _DAYS or (sep and last[:3] not in _DAYS):
+            raise ValueError(f"{text!r} is not weekdays like mon-fri or sat,sun")
+        start = _DAYS.index(first[:3])
+        end = _DAYS.index(last[:3]) if sep else start
+        span = range(start, end + 1) if end >= start else [*range(start, 7), *range(0, end + 1)]
+        days += [Weekday(n + 1) for n in span if Weekday(n + 1) not in days]
+    return days
+
+
+def _holidays(text: str) -> PublicHolidays:
+    country, _, subdivision = text.partition("-")
+    if not country:
+        raise ValueError(f"{text!r} is not a country (DE) or a country and subdivision (DE-BY)")
+    return PublicHolidays(country.upper(), subdivision.upper())
+
+
+def _hours(text: str) -> TimeRange:
+    start, sep, end = text.partition("-")
+    if not sep or ":" not in start or ":" not in end:
+        raise ValueError(f"{text!r} is not a range of wall-clock times HH:MM-HH:MM, e.g. 12:00-13:00")
+    return TimeRange(start, end)
+
+
+date_range_arg = _typed(_date_range, "date")
+yearly_arg = _typed(_yearly, "yearly date")
+weekdays_arg = _typed(_weekdays, "weekdays")
+holidays_arg = _typed(_holidays, "holidays")
+hours_arg = _typed(_hours, "hours")
+
+
+def calendar_flags(parser: argparse.ArgumentParser, create: bool) -> None:
+    replaced = "" if create else " (replaces the stored ones)"
+    days = parser.add_argument_group("the days it holds (repeat each to add more)" + replaced)
+    days.add_argument(
+        "--date",
+        action="append",
+        type=date_range_arg,
+        metavar="DATE[..DATE]",
+        help="a date or range of dates",
+    )
+    days.add_argument(
+        "--yearly", action="append", type=yearly_arg, metavar="MM-DD", help="a date of every year"
+    )
+    days.add_argument(
+        "--weekdays",
+        action="append",
+        type=weekdays_arg,
+        metavar="DAYS",
+        help="days of the week, e.g. mon-fri",
+    )
+    days.add_argument(
+        "--holidays",
+        action="append",
+        type=holidays_arg,
+        metavar="CC[-SUB]",
+        help="a country's public holidays (DE, US, GB), or a subdivision's (DE-BY, US-NY)",
+    )
+    days.add_argument(
+        "--hours",
+        action="append",
+        type=hours_arg,
+        metavar="HH:MM-HH:MM",
+        help="only these wall-clock times of its days (default: whole days)",
+    )
+    days.add_argument("--include", action="append", metavar="CALENDAR", help="add another calendar's times")
+    days.add_argument(
+        "--exclude", action="append", metavar="CALENDAR", help="take another calendar's times away"
+    )
+    parser.add_argument("--tz", metavar="ZONE", help="IANA time zone its days are read in (default UTC)")
+    parser.add_argument("--description", help="free text")
+    if create:
+        parser.add_argument(
+            "--request-id", help="a retried create with the same id returns the first calendar"
+        )
+    else:
+        parser.add_argument("--etag", help="update only if the calendar still has this etag")
 
 
 def wait_flags(parser: argparse.ArgumentParser) -> None:

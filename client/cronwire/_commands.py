@@ -48,6 +48,9 @@ from cronwire._types import (
 )
 from cronwire._values import format_duration, format_time, in_zone
 from cronwire._views import (
+    calendar_details,
+    calendar_year_view,
+    calendars_table,
     cluster_status_view,
     event_line,
     events_table,
@@ -856,6 +859,8 @@ def cmd_schedules_create(ctx: Context) -> int:
         overlap_policy=args.overlap,
         paused=args.paused,
         arguments=_merge_pairs(args.arg),
+        exclude_calendars=args.exclude_calendar or (),
+        only_on_calendars=args.only_on_calendar or (),
         request_id=args.request_id or "",
     )
     ctx.show(schedule, lambda: schedule_details(schedule))
@@ -892,6 +897,11 @@ def cmd_schedules_update(ctx: Context) -> int:
     for attribute, key in (("no_start", "start_time"), ("no_end", "end_time")):
         if getattr(args, attribute):
             fields[key] = None
+    if args.no_calendars:
+        fields["exclude_calendars"] = fields["only_on_calendars"] = []
+    for attribute in ("exclude_calendar", "only_on_calendar"):
+        if getattr(args, attribute):
+            fields[f"{attribute}s"] = getattr(args, attribute)
     if not fields:
         raise UsageError("nothing to update: give at least one flag to change")
     schedule = client.update_schedule(args.name, etag=etag, **fields)
@@ -988,6 +998,75 @@ def cmd_schedules_preview(ctx: Context) -> int:
         after_time=args.after,
     )
     ctx.show(preview, lambda: preview_table(preview))
+    return EXIT_OK
+
+
+# Commands: calendars
+
+
+def _calendar_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The calendar fields the flags give (lists flattened), by their client keyword."""
+    fields: dict[str, Any] = {}
+    for attribute, key in (
+        ("date", "dates"),
+        ("yearly", "yearly_dates"),
+        ("holidays", "public_holidays"),
+        ("hours", "time_ranges"),
+        ("include", "include_calendars"),
+        ("exclude", "exclude_calendars"),
+    ):
+        if getattr(args, attribute):
+            fields[key] = list(getattr(args, attribute))
+    if args.weekdays:
+        fields["weekdays"] = list(dict.fromkeys(day for days in args.weekdays for day in days))
+    if args.tz is not None:
+        fields["time_zone"] = args.tz
+    if args.description is not None:
+        fields["description"] = args.description
+    return fields
+
+
+def cmd_calendars_create(ctx: Context) -> int:
+    calendar = ctx.client.create_calendar(
+        ctx.args.name, request_id=ctx.args.request_id or "", **_calendar_fields(ctx.args)
+    )
+    ctx.show(calendar, lambda: calendar_details(calendar))
+    return EXIT_OK
+
+
+def cmd_calendars_update(ctx: Context) -> int:
+    fields = _calendar_fields(ctx.args)
+    if not fields:
+        raise UsageError("nothing to update: give at least one flag to change")
+    calendar = ctx.client.update_calendar(ctx.args.name, etag=ctx.args.etag or "", **fields)
+    ctx.show(calendar, lambda: calendar_details(calendar))
+    return EXIT_OK
+
+
+def cmd_calendars_get(ctx: Context) -> int:
+    calendar = ctx.client.get_calendar(ctx.args.name)
+    ctx.show(calendar, lambda: calendar_details(calendar))
+    return EXIT_OK
+
+
+def cmd_calendars_list(ctx: Context) -> int:
+    calendars = list(ctx.client.iter_calendars())
+    ctx.show(calendars, lambda: calendars_table(calendars, ctx.namespace))
+    return EXIT_OK
+
+
+def cmd_calendars_delete(ctx: Context) -> int:
+    ctx.client.delete_calendar(ctx.args.name, etag=ctx.args.etag or "")
+    if ctx.fmt == "table":
+        ctx.print(f"calendar {ctx.args.name} deleted\n")
+    else:
+        ctx.print(dump({"deleted": ctx.client._requests.calendar_name(ctx.args.name)}, ctx.fmt))
+    return EXIT_OK
+
+
+def cmd_calendars_preview(ctx: Context) -> int:
+    preview = ctx.client.preview_calendar(ctx.args.name, year=ctx.args.year or 0)
+    ctx.show(preview, lambda: calendar_year_view(preview))
     return EXIT_OK
 
 

@@ -30,7 +30,7 @@ class NamedIntEnum(enum.IntEnum):
         return format(self.name, format_spec)
 
 
-COLLECTIONS = {"job": "jobs", "schedule": "schedules", "execution": "executions"}
+COLLECTIONS = {"job": "jobs", "schedule": "schedules", "execution": "executions", "calendar": "calendars"}
 ALL_NAMESPACES = "-"
 
 

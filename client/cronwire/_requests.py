@@ -23,6 +23,7 @@ from cronwire._convert import (
 )
 from cronwire._errors import DeadlineExceeded
 from cronwire._types import (
+    Calendar,
     CompletionCallback,
     EventType,
     Execution,
@@ -39,6 +40,7 @@ from cronwire._types import (
     trigger_to_proto,
 )
 from cronwire.v1 import (
+    calendar_service_pb2,
     event_service_pb2,
     execution_service_pb2,
     job_service_pb2,
@@ -63,6 +65,7 @@ Maybe: TypeAlias = Literal[Unset.UNSET]
 
 JobRef: TypeAlias = "str | Job"
 ScheduleRef: TypeAlias = "str | Schedule"
+CalendarRef: TypeAlias = "str | Calendar"
 ExecutionRef: TypeAlias = "str | Execution"
 
 DEFAULT_POLL_INTERVAL = timedelta(milliseconds=500)
@@ -70,7 +73,7 @@ RETRIED_STATES = (ExecutionState.FAILED, ExecutionState.TIMED_OUT, ExecutionStat
 
 
 def _name(kind: str, ref: Any, namespace: str) -> str:
-    if isinstance(ref, Job | Schedule | Execution):
+    if isinstance(ref, Job | Schedule | Execution | Calendar):
         if not ref.name:
             raise ValueError(f"the {kind} has no name; pass a stored {kind} or its name")
         return ref.name
@@ -82,7 +85,7 @@ def _name(kind: str, ref: Any, namespace: str) -> str:
 def _etag(ref: Any, etag: str) -> str:
     if etag:
         return etag
-    return ref.etag if isinstance(ref, Job | Schedule) else ""
+    return ref.etag if isinstance(ref, Job | Schedule | Calendar) else ""
 
 
 def _mask(values: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -113,6 +116,12 @@ class Requests:
 
     def execution_name(self, ref: ExecutionRef, namespace: str | None = None) -> str:
         return _name("execution", ref, self.ns(namespace))
+
+    def calendar_name(self, ref: CalendarRef, namespace: str | None = None) -> str:
+        return _name("calendar", ref, self.ns(namespace))
+
+    def calendar_names(self, refs: Iterable[CalendarRef] | None, namespace: str) -> list[str]:
+        return [self.calendar_name(ref, namespace) for ref in refs or ()]
 
     def parent(self, namespace: str | None) -> str:
         return parent_name(self.ns(namespace))
@@ -211,6 +220,8 @@ class Requests:
         overlap_policy: OverlapPolicy | None,
         paused: bool,
         arguments: Mapping[str, Any] | None,
+        exclude_calendars: Iterable[CalendarRef] | None = None,
+        only_on_calendars: Iterable[CalendarRef] | None = None,
     ) -> schedule_service_pb2.CreateScheduleRequest:
         job_ns = split_name(job.name if isinstance(job, Job) else job)[0]
         ns = namespace or job_ns or self.namespace
@@ -227,6 +238,8 @@ class Requests:
             overlap_policy=overlap_policy,
             paused=paused,
             arguments=dict(arguments or {}),
+            exclude_calendars=self.calendar_names(exclude_calendars, ns),
+            only_on_calendars=self.calendar_names(only_on_calendars, ns),
         )
         return schedule_service_pb2.CreateScheduleRequest(
             parent=parent_name(ns),
@@ -245,6 +258,8 @@ class Requests:
                 value = dict(value or {})
             elif key in ("time_zone", "description"):
                 value = value or ""
+            elif key in ("exclude_calendars", "only_on_calendars"):
+                value = self.calendar_names(value, split_name(schedule.name)[0] or self.namespace)
             setattr(schedule, key, value)
         return schedule_service_pb2.UpdateScheduleRequest(
             schedule=schedule._to_proto(), update_mask=field_mask_pb2.FieldMask(paths=paths)
@@ -297,7 +312,13 @@ class Requests:
             schedule = Schedule(
                 trigger=trigger, time_zone=time_zone, start_time=start_time, end_time=end_time
             )
-        spec = schedule_pb2.Schedule(time_zone=schedule.time_zone)
+        ns = split_name(schedule.job)[0] or schedule.namespace or self.namespace
+        spec = schedule_pb2.Schedule(
+            time_zone=schedule.time_zone,
+            job=schedule.job,
+            exclude_calendars=self.calendar_names(schedule.exclude_calendars, ns),
+            only_on_calendars=self.calendar_names(schedule.only_on_calendars, ns),
+        )
         if schedule.trigger is not None:
             spec.trigger.CopyFrom(trigger_to_proto(schedule.trigger))
         if schedule.start_time is not None:
@@ -306,6 +327,50 @@ class Requests:
             set_time(spec.end_time, schedule.end_time)
         request.schedule.CopyFrom(spec)
         return request
+
+    # Calendars
+
+    def create_calendar(
+        self,
+        calendar_id: str,
+        calendar: Calendar,
+        *,
+        namespace: str | None,
+        request_id: str,
+        validate_only: bool,
+    ) -> calendar_service_pb2.CreateCalendarRequest:
+        ns = namespace or calendar.namespace or self.namespace
+        message = calendar._to_proto()
+        message.ClearField("include_calendars")
+        message.ClearField("exclude_calendars")
+        message.include_calendars.extend(self.calendar_names(calendar.include_calendars, ns))
+        message.exclude_calendars.extend(self.calendar_names(calendar.exclude_calendars, ns))
+        return calendar_service_pb2.CreateCalendarRequest(
+            parent=parent_name(ns),
+            calendar_id=calendar_id or calendar.id,
+            calendar=message,
+            request_id=request_id,
+            validate_only=validate_only,
+        )
+
+    def update_calendar(
+        self, ref: CalendarRef, etag: str, fields: Mapping[str, Any]
+    ) -> calendar_service_pb2.UpdateCalendarRequest:
+        name = self.calendar_name(ref)
+        paths, given = _mask(fields)
+        calendar = Calendar(name=name, etag=_etag(ref, etag))
+        ns = split_name(name)[0] or self.namespace
+        for key, value in given.items():
+            if key in ("include_calendars", "exclude_calendars"):
+                value = self.calendar_names(value, ns)
+            elif key in ("description", "time_zone"):
+                value = value or ""
+            else:
+                value = list(value or ())
+            setattr(calendar, key, value)
+        return calendar_service_pb2.UpdateCalendarRequest(
+            calendar=calendar._to_proto(), update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
 
     # Executions
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Generic, TypeAlias, TypeVar
 
 from cronwire._convert import (
@@ -28,6 +28,8 @@ from cronwire._convert import (
     value_from,
 )
 from cronwire.v1 import (
+    calendar_pb2,
+    calendar_service_pb2,
     cluster_pb2,
     cluster_service_pb2,
     event_pb2,
@@ -77,6 +79,7 @@ class SkipReason(NamedIntEnum):
     OVERLAP = execution_pb2.SKIP_REASON_OVERLAP
     MISSED = execution_pb2.SKIP_REASON_MISSED
     PAUSED = execution_pb2.SKIP_REASON_PAUSED
+    CALENDAR = execution_pb2.SKIP_REASON_CALENDAR
 
 
 class LogStream(NamedIntEnum):
@@ -540,6 +543,9 @@ class Schedule:
     etag: str = ""
     pause_reason: str = ""
     stats: ExecutionStats | None = None
+    # Calendar names (`namespaces/{namespace}/calendars/{calendar}`) of the schedule's namespace.
+    exclude_calendars: list[str] = field(default_factory=list)
+    only_on_calendars: list[str] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -561,6 +567,8 @@ class Schedule:
             overlap_policy=enum_to(self.overlap_policy),
             paused=self.paused,
             etag=self.etag,
+            exclude_calendars=self.exclude_calendars,
+            only_on_calendars=self.only_on_calendars,
         )
         if self.trigger is not None:
             message.trigger.CopyFrom(trigger_to_proto(self.trigger))
@@ -597,25 +605,42 @@ class Schedule:
             etag=message.etag,
             pause_reason=message.pause_reason,
             stats=ExecutionStats._from_proto(message.stats) if message.HasField("stats") else None,
+            exclude_calendars=list(message.exclude_calendars),
+            only_on_calendars=list(message.only_on_calendars),
         )
 
 
 @dataclass(frozen=True)
 class FireTime:
     """One computed fire time: the instant, the same instant as wall-clock time in the
-    schedule's time zone (with its UTC offset), and daylight-saving flags."""
+    schedule's time zone (with its UTC offset), and daylight-saving flags. `excluded_by` names
+    the calendar that excludes the tick (it does not run), `exclusion_reason` says why."""
 
     fire_time: datetime
     local_time: datetime
     in_dst_gap: bool = False
     in_dst_fold: bool = False
+    excluded_by: str = ""
+    exclusion_reason: str = ""
+
+    @property
+    def excluded(self) -> bool:
+        """Whether one of the schedule's calendars excludes this tick."""
+        return bool(self.excluded_by)
 
     @classmethod
     def _from_proto(cls, message: schedule_pb2.FireTime) -> FireTime:
         instant = time_from(message, "fire_time")
         assert instant is not None, "the server sent a FireTime without fire_time"
         local = datetime.fromisoformat(message.local_time) if message.local_time else instant
-        return cls(instant, local, message.in_dst_gap, message.in_dst_fold)
+        return cls(
+            instant,
+            local,
+            message.in_dst_gap,
+            message.in_dst_fold,
+            message.excluded_by if message.excluded else "",
+            message.exclusion_reason,
+        )
 
 
 @dataclass(frozen=True)
@@ -640,6 +665,166 @@ class BackfillResult:
     @classmethod
     def _from_proto(cls, message: schedule_service_pb2.BackfillScheduleResponse) -> BackfillResult:
         return cls([FireTime._from_proto(t) for t in message.fire_times], list(message.executions))
+
+
+# Calendars
+
+
+class Weekday(NamedIntEnum):
+    """A day of the week."""
+
+    MONDAY = calendar_pb2.WEEKDAY_MONDAY
+    TUESDAY = calendar_pb2.WEEKDAY_TUESDAY
+    WEDNESDAY = calendar_pb2.WEEKDAY_WEDNESDAY
+    THURSDAY = calendar_pb2.WEEKDAY_THURSDAY
+    FRIDAY = calendar_pb2.WEEKDAY_FRIDAY
+    SATURDAY = calendar_pb2.WEEKDAY_SATURDAY
+    SUNDAY = calendar_pb2.WEEKDAY_SUNDAY
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """Dates from `start` to `end`, both included; `end` None: `start` alone."""
+
+    start: date
+    end: date | None = None
+
+    def _to_proto(self) -> calendar_pb2.DateRange:
+        end = "" if self.end is None or self.end == self.start else self.end.isoformat()
+        return calendar_pb2.DateRange(start_date=self.start.isoformat(), end_date=end)
+
+    @classmethod
+    def _from_proto(cls, message: calendar_pb2.DateRange) -> DateRange:
+        end = date.fromisoformat(message.end_date) if message.end_date else None
+        return cls(date.fromisoformat(message.start_date), end)
+
+
+@dataclass(frozen=True)
+class YearlyDate:
+    """A date that comes back every year (12-24)."""
+
+    month: int
+    day: int
+
+
+@dataclass(frozen=True)
+class PublicHolidays:
+    """The public holidays of a country (`DE`), or of one of its subdivisions (`BY`)."""
+
+    country: str
+    subdivision: str = ""
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """Wall-clock times within a day, `HH:MM`: `start` included, `end` (up to `24:00`) not."""
+
+    start: str
+    end: str
+
+
+@dataclass
+class Calendar:
+    """A named set of days, or of times within days, in one time zone, that schedules skip
+    (`exclude_calendars`) or keep to (`only_on_calendars`).
+
+    A day is on it when a day rule names it (`dates`, `yearly_dates`, `weekdays`,
+    `public_holidays`); with `time_ranges` only those times of it. `include_calendars` are
+    added, `exclude_calendars` taken away (calendar names of the same namespace).
+    `name`, `create_time`, `update_time` and `etag` are set by the server.
+    """
+
+    name: str = ""
+    description: str = ""
+    time_zone: str = ""
+    dates: list[DateRange] = field(default_factory=list)
+    yearly_dates: list[YearlyDate] = field(default_factory=list)
+    weekdays: list[Weekday] = field(default_factory=list)
+    public_holidays: list[PublicHolidays] = field(default_factory=list)
+    time_ranges: list[TimeRange] = field(default_factory=list)
+    include_calendars: list[str] = field(default_factory=list)
+    exclude_calendars: list[str] = field(default_factory=list)
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    etag: str = ""
+
+    @property
+    def id(self) -> str:
+        """The last part of the name."""
+        return split_name(self.name)[1]
+
+    @property
+    def namespace(self) -> str:
+        """The namespace part of the name."""
+        return split_name(self.name)[0]
+
+    def _to_proto(self) -> calendar_pb2.Calendar:
+        return calendar_pb2.Calendar(
+            name=self.name,
+            description=self.description,
+            time_zone=self.time_zone,
+            dates=[d._to_proto() for d in self.dates],
+            yearly_dates=[calendar_pb2.YearlyDate(month=y.month, day=y.day) for y in self.yearly_dates],
+            weekdays=[enum_to(w) for w in self.weekdays],
+            public_holidays=[
+                calendar_pb2.PublicHolidays(country=h.country, subdivision=h.subdivision)
+                for h in self.public_holidays
+            ],
+            time_ranges=[
+                calendar_pb2.TimeRange(start_time=t.start, end_time=t.end) for t in self.time_ranges
+            ],
+            include_calendars=self.include_calendars,
+            exclude_calendars=self.exclude_calendars,
+            etag=self.etag,
+        )
+
+    @classmethod
+    def _from_proto(cls, message: calendar_pb2.Calendar) -> Calendar:
+        return cls(
+            name=message.name,
+            description=message.description,
+            time_zone=message.time_zone,
+            dates=[DateRange._from_proto(d) for d in message.dates],
+            yearly_dates=[YearlyDate(y.month, y.day) for y in message.yearly_dates],
+            weekdays=[w for w in (enum_from(Weekday, v) for v in message.weekdays) if w is not None],
+            public_holidays=[PublicHolidays(h.country, h.subdivision) for h in message.public_holidays],
+            time_ranges=[TimeRange(t.start_time, t.end_time) for t in message.time_ranges],
+            include_calendars=list(message.include_calendars),
+            exclude_calendars=list(message.exclude_calendars),
+            create_time=time_from(message, "create_time"),
+            update_time=time_from(message, "update_time"),
+            etag=message.etag,
+        )
+
+
+@dataclass(frozen=True)
+class CalendarDay:
+    """A day a calendar holds: whole (`time_ranges` empty) or those times; `reason` says why."""
+
+    day: date
+    time_ranges: list[TimeRange]
+    reason: str
+
+
+@dataclass(frozen=True)
+class CalendarPreview:
+    """The days of one year that a calendar holds, in its time zone."""
+
+    year: int
+    time_zone: str
+    days: list[CalendarDay]
+
+    @classmethod
+    def _from_proto(cls, message: calendar_service_pb2.PreviewCalendarResponse) -> CalendarPreview:
+        days = [
+            CalendarDay(
+                date.fromisoformat(d.date),
+                [TimeRange(t.start_time, t.end_time) for t in d.time_ranges],
+                d.reason,
+            )
+            for d in message.days
+        ]
+        return cls(message.year, message.time_zone, days)
 
 
 # Executions

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import calendar as month_grid
 import json
 from collections import Counter
+from datetime import date
 from typing import Any
 
 from cronwire._output import (
@@ -17,6 +19,8 @@ from cronwire._output import (
     trigger_text,
 )
 from cronwire._types import (
+    Calendar,
+    CalendarPreview,
     CallbackDelivery,
     ClusterStatus,
     Event,
@@ -260,6 +264,8 @@ def _schedule_pairs(schedule: Schedule) -> list[tuple[str, Any]]:
         ("catch-up window", schedule.catchup_window),
         ("overlap policy", schedule.overlap_policy.name if schedule.overlap_policy else None),
         ("arguments", schedule.arguments),
+        ("exclude calendars", ", ".join(schedule.exclude_calendars) or None),
+        ("only on calendars", ", ".join(schedule.only_on_calendars) or None),
         ("created", schedule.create_time),
         ("updated", schedule.update_time),
         ("etag", schedule.etag),
@@ -365,6 +371,9 @@ def preview_table(preview: SchedulePreview, with_age: bool = False) -> str:
 
     def flags(time: FireTime) -> str:
         marks = [m for m, on in (("DST gap", time.in_dst_gap), ("DST fold", time.in_dst_fold)) if on]
+        if time.excluded:
+            calendar_id = time.excluded_by.rpartition("/")[2]
+            marks.append(f"SKIPPED by calendar {calendar_id}: {time.exclusion_reason}")
         return ", ".join(marks)
 
     headers = ["FIRE TIME (UTC)", f"LOCAL TIME ({preview.time_zone})"] + (["IN"] if with_age else [])
@@ -510,3 +519,86 @@ def cluster_status_view(status: ClusterStatus, namespace: str) -> str:
 
 def _seconds(value: Any) -> str:
     return f"{value.total_seconds():.3f}s"
+
+
+# Calendars
+
+
+def _calendar_rules(calendar: Calendar) -> list[tuple[str, Any]]:
+    dates = [d.start.isoformat() + (f"..{d.end.isoformat()}" if d.end else "") for d in calendar.dates]
+    return [
+        ("dates", ", ".join(dates) or None),
+        ("yearly", ", ".join(f"{y.month:02d}-{y.day:02d}" for y in calendar.yearly_dates) or None),
+        ("weekdays", ", ".join(w.name.lower()[:3] for w in calendar.weekdays) or None),
+        (
+            "public holidays",
+            ", ".join(
+                h.country + (f"-{h.subdivision}" if h.subdivision else "") for h in calendar.public_holidays
+            )
+            or None,
+        ),
+        ("hours", ", ".join(f"{t.start}-{t.end}" for t in calendar.time_ranges) or None),
+        ("include", ", ".join(calendar.include_calendars) or None),
+        ("exclude", ", ".join(calendar.exclude_calendars) or None),
+    ]
+
+
+def calendar_details(calendar: Calendar) -> str:
+    pairs: list[tuple[str, Any]] = [
+        ("name", calendar.name),
+        ("time zone", calendar.time_zone),
+        ("description", calendar.description),
+        *[(k, v) for k, v in _calendar_rules(calendar) if v is not None],
+        ("created", calendar.create_time),
+        ("updated", calendar.update_time),
+        ("etag", calendar.etag),
+    ]
+    return details(pairs)
+
+
+def calendars_table(calendars: list[Calendar], namespace: str) -> str:
+    def rules(calendar: Calendar) -> str:
+        return "; ".join(f"{k} {v}" for k, v in _calendar_rules(calendar) if v is not None)
+
+    rows = [[short(c.name, namespace), c.time_zone, rules(c)] for c in calendars]
+    return table(["NAME", "TIME ZONE", "RULES"], rows)
+
+
+_WEEKDAY_NAMES = {name.lower() for name in month_grid.day_name}
+
+
+def calendar_year_view(preview: CalendarPreview) -> str:
+    """Twelve month grids, three across: a day the calendar holds whole is marked `*`, a day it
+    holds in part `~`; then the days it holds for a reason other than their weekday."""
+    held = {d.day: d for d in preview.days}
+    blocks = []
+    for month in range(1, 13):
+        lines = [month_grid.month_name[month].center(28).rstrip(), " Mo  Tu  We  Th  Fr  Sa  Su"]
+        for week in month_grid.Calendar().monthdayscalendar(preview.year, month):
+            cells = []
+            for day in week:
+                if not day:
+                    cells.append("    ")
+                    continue
+                found = held.get(date(preview.year, month, day))
+                mark = " " if found is None else ("~" if found.time_ranges else "*")
+                cells.append(f"{day:3d}{mark}")
+            lines.append("".join(cells).rstrip())
+        blocks.append(lines)
+    out = [f"{preview.year}, {preview.time_zone}: * whole day on the calendar, ~ part of the day\n"]
+    for row in range(0, 12, 3):
+        group = blocks[row : row + 3]
+        height = max(len(b) for b in group)
+        for i in range(height):
+            out.append("   ".join((b[i] if i < len(b) else "").ljust(28) for b in group).rstrip() + "\n")
+        out.append("\n")
+    whole = sum(1 for d in preview.days if not d.time_ranges)
+    out.append(f"{len(preview.days)} days on the calendar ({whole} whole)\n")
+    for held_day in preview.days:
+        if held_day.reason.lower() in _WEEKDAY_NAMES and not held_day.time_ranges:
+            continue
+        hours = ", ".join(f"{t.start}-{t.end}" for t in held_day.time_ranges)
+        suffix = f"  ({hours})" if hours else ""
+        when = f"{held_day.day.isoformat()} {held_day.day.strftime('%a')}"
+        out.append(f"  {when}  {held_day.reason}{suffix}\n")
+    return "".join(out)

@@ -16,6 +16,7 @@ from cronwire._keys import CreatedKey, Key, Role, create_request, key_name
 from cronwire._requests import (
     DEFAULT_POLL_INTERVAL,
     UNSET,
+    CalendarRef,
     ExecutionRef,
     JobRef,
     Maybe,
@@ -28,8 +29,11 @@ from cronwire._requests import (
 from cronwire._stream import LogCursor, WatchCursor, resumable
 from cronwire._types import (
     BackfillResult,
+    Calendar,
+    CalendarPreview,
     ClusterStatus,
     CompletionCallback,
+    DateRange,
     Event,
     EventType,
     Execution,
@@ -43,13 +47,19 @@ from cronwire._types import (
     Namespace,
     OverlapPolicy,
     Page,
+    PublicHolidays,
     RetryPolicy,
     Schedule,
     SchedulePreview,
+    TimeRange,
     Trigger,
+    Weekday,
+    YearlyDate,
 )
 from cronwire._version import __version__
 from cronwire.v1 import (
+    calendar_service_pb2,
+    calendar_service_pb2_grpc,
     cluster_service_pb2,
     cluster_service_pb2_grpc,
     event_service_pb2,
@@ -122,6 +132,7 @@ class AsyncClient:
             self._channel = grpc.aio.secure_channel(target, tls_config.credentials(), options=options)
         self._jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
         self._schedules = schedule_service_pb2_grpc.ScheduleServiceStub(self._channel)
+        self._calendars = calendar_service_pb2_grpc.CalendarServiceStub(self._channel)
         self._executions = execution_service_pb2_grpc.ExecutionServiceStub(self._channel)
         self._events = event_service_pb2_grpc.EventServiceStub(self._channel)
         self._cluster = cluster_service_pb2_grpc.ClusterServiceStub(self._channel)
@@ -375,6 +386,8 @@ class AsyncClient:
         overlap_policy: OverlapPolicy | None = None,
         paused: bool = False,
         arguments: Mapping[str, Any] | None = None,
+        exclude_calendars: Iterable[CalendarRef] | None = None,
+        only_on_calendars: Iterable[CalendarRef] | None = None,
         namespace: str | None = None,
         request_id: str = "",
         validate_only: bool = False,
@@ -386,7 +399,9 @@ class AsyncClient:
         `time_zone` (an IANA name, UTC by default). The schedule goes in the job's namespace
         when `job` is a full name. Raises NotFound if the job does not exist. With
         `validate_only` the server checks everything and returns the schedule it would have
-        stored, but stores nothing.
+        stored, but stores nothing. A tick on one of `exclude_calendars`, or off one of
+        `only_on_calendars` (calendars of the schedule's namespace), does not run: it is
+        recorded as a SKIPPED execution with skip reason CALENDAR.
         """
         request = self._requests.create_schedule(
             schedule_id,
@@ -404,6 +419,8 @@ class AsyncClient:
             overlap_policy=overlap_policy,
             paused=paused,
             arguments=arguments,
+            exclude_calendars=exclude_calendars,
+            only_on_calendars=only_on_calendars,
         )
         request.validate_only = validate_only
         return Schedule._from_proto((await self._call(self._schedules.CreateSchedule, request)).schedule)
@@ -455,6 +472,8 @@ class AsyncClient:
         catchup_window: Maybe | timedelta | None = UNSET,
         overlap_policy: Maybe | OverlapPolicy | None = UNSET,
         arguments: Maybe | Mapping[str, Any] = UNSET,
+        exclude_calendars: Maybe | Iterable[CalendarRef] = UNSET,
+        only_on_calendars: Maybe | Iterable[CalendarRef] = UNSET,
         etag: str = "",
         validate_only: bool = False,
     ) -> Schedule:
@@ -477,6 +496,8 @@ class AsyncClient:
             "catchup_window": catchup_window,
             "overlap_policy": overlap_policy,
             "arguments": arguments,
+            "exclude_calendars": exclude_calendars,
+            "only_on_calendars": only_on_calendars,
         }
         request = self._requests.update_schedule(schedule, etag, fields)
         request.validate_only = validate_only
@@ -555,6 +576,125 @@ class AsyncClient:
             after_time=after_time,
         )
         return SchedulePreview._from_proto(await self._call(self._schedules.PreviewSchedule, request))
+
+    # Calendars
+
+    async def create_calendar(
+        self,
+        calendar_id: str = "",
+        *,
+        time_zone: str = "",
+        description: str = "",
+        dates: Iterable[DateRange] = (),
+        yearly_dates: Iterable[YearlyDate] = (),
+        weekdays: Iterable[Weekday] = (),
+        public_holidays: Iterable[PublicHolidays] = (),
+        time_ranges: Iterable[TimeRange] = (),
+        include_calendars: Iterable[CalendarRef] = (),
+        exclude_calendars: Iterable[CalendarRef] = (),
+        namespace: str | None = None,
+        request_id: str = "",
+        validate_only: bool = False,
+    ) -> Calendar:
+        """Create a calendar and return it as stored.
+
+        A day is on it when one of `dates`, `yearly_dates`, `weekdays` or `public_holidays`
+        names it; with `time_ranges` only those wall-clock times of it. `include_calendars`
+        are added, `exclude_calendars` taken away (ids or names of the same namespace). Days
+        and times are read in `time_zone` (UTC by default). With `validate_only` nothing is
+        stored.
+        """
+        calendar = Calendar(
+            time_zone=time_zone,
+            description=description,
+            dates=list(dates),
+            yearly_dates=list(yearly_dates),
+            weekdays=list(weekdays),
+            public_holidays=list(public_holidays),
+            time_ranges=list(time_ranges),
+            include_calendars=[str(c) if isinstance(c, str) else c.name for c in include_calendars],
+            exclude_calendars=[str(c) if isinstance(c, str) else c.name for c in exclude_calendars],
+        )
+        request = self._requests.create_calendar(
+            calendar_id, calendar, namespace=namespace, request_id=request_id, validate_only=validate_only
+        )
+        return Calendar._from_proto((await self._call(self._calendars.CreateCalendar, request)).calendar)
+
+    async def get_calendar(self, calendar: CalendarRef) -> Calendar:
+        """Get a calendar by id, name or `Calendar`. Raises NotFound."""
+        request = calendar_service_pb2.GetCalendarRequest(name=self._requests.calendar_name(calendar))
+        return Calendar._from_proto((await self._call(self._calendars.GetCalendar, request)).calendar)
+
+    async def list_calendars(
+        self, *, page_size: int = 0, page_token: str = "", namespace: str | None = None
+    ) -> Page[Calendar]:
+        """One page of the calendars of a namespace in id order."""
+        request = calendar_service_pb2.ListCalendarsRequest(
+            parent=self._requests.parent(namespace), page_size=page_size, page_token=page_token
+        )
+        response = await self._call(self._calendars.ListCalendars, request)
+        return Page([Calendar._from_proto(c) for c in response.calendars], response.next_page_token)
+
+    def iter_calendars(self, *, page_size: int = 0, namespace: str | None = None) -> AsyncIterator[Calendar]:
+        """Every calendar of a namespace, a page at a time."""
+        return self._pages(
+            lambda token: self.list_calendars(page_size=page_size, page_token=token, namespace=namespace)
+        )
+
+    async def update_calendar(
+        self,
+        calendar: CalendarRef,
+        *,
+        time_zone: Maybe | str = UNSET,
+        description: Maybe | str = UNSET,
+        dates: Maybe | Iterable[DateRange] = UNSET,
+        yearly_dates: Maybe | Iterable[YearlyDate] = UNSET,
+        weekdays: Maybe | Iterable[Weekday] = UNSET,
+        public_holidays: Maybe | Iterable[PublicHolidays] = UNSET,
+        time_ranges: Maybe | Iterable[TimeRange] = UNSET,
+        include_calendars: Maybe | Iterable[CalendarRef] = UNSET,
+        exclude_calendars: Maybe | Iterable[CalendarRef] = UNSET,
+        etag: str = "",
+        validate_only: bool = False,
+    ) -> Calendar:
+        """Change the fields given (the others stay as they are) and return the calendar.
+
+        The schedules that use the calendar follow the change from their next tick on, and
+        their next fire time is planned again. With `etag` (by default that of a `Calendar`
+        passed as `calendar`) it raises Conflict if the calendar changed.
+        """
+        fields = {
+            "time_zone": time_zone,
+            "description": description,
+            "dates": dates,
+            "yearly_dates": yearly_dates,
+            "weekdays": weekdays,
+            "public_holidays": public_holidays,
+            "time_ranges": time_ranges,
+            "include_calendars": include_calendars,
+            "exclude_calendars": exclude_calendars,
+        }
+        request = self._requests.update_calendar(calendar, etag, fields)
+        request.validate_only = validate_only
+        return Calendar._from_proto((await self._call(self._calendars.UpdateCalendar, request)).calendar)
+
+    async def delete_calendar(self, calendar: CalendarRef, *, etag: str = "") -> None:
+        """Delete a calendar; FailedPrecondition while a schedule or calendar names it."""
+        request = calendar_service_pb2.DeleteCalendarRequest(
+            name=self._requests.calendar_name(calendar),
+            etag=etag or (calendar.etag if isinstance(calendar, Calendar) else ""),
+        )
+        await self._call(self._calendars.DeleteCalendar, request)
+
+    async def preview_calendar(self, calendar: CalendarRef, *, year: int = 0) -> CalendarPreview:
+        """The days of `year` (0: this year) that a stored calendar (id or name) or an unsaved
+        `Calendar` holds."""
+        request = calendar_service_pb2.PreviewCalendarRequest(year=year)
+        if isinstance(calendar, Calendar) and not calendar.name:
+            request.calendar.CopyFrom(calendar._to_proto())
+        else:
+            request.name = self._requests.calendar_name(calendar)
+        return CalendarPreview._from_proto(await self._call(self._calendars.PreviewCalendar, request))
 
     # Executions
 

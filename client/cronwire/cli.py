@@ -18,6 +18,7 @@ from typing import Any
 from cronwire._cli_args import (
     UsageError,
     add_globals,
+    calendar_flags,
     count_arg,
     duration_arg,
     enum_arg,
@@ -47,6 +48,12 @@ from cronwire._commands import (
     FLAG_OF_FIELD,
     Context,
     cmd_apply,
+    cmd_calendars_create,
+    cmd_calendars_delete,
+    cmd_calendars_get,
+    cmd_calendars_list,
+    cmd_calendars_preview,
+    cmd_calendars_update,
     cmd_events_list,
     cmd_events_watch,
     cmd_executions_cancel,
@@ -305,6 +312,36 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p.add_argument("--max-concurrency", type=count_arg, metavar="N", help="runs at once (default 1)")
     p.add_argument("--dry-run", action="store_true", help="only list the ticks")
     p.add_argument("--request-id", help="a retried backfill with the same id runs nothing again")
+
+    calendars = top.add_parser("calendars", help="days and times schedules skip or keep to").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    p = build.leaf(
+        calendars,
+        "create",
+        cmd_calendars_create,
+        "create a calendar",
+        epilog="examples:\n"
+        "  cronwire calendars create weekdays --weekdays mon-fri --tz Europe/Berlin\n"
+        "  cronwire calendars create bavaria --holidays DE-BY --tz Europe/Berlin\n"
+        "  cronwire calendars create business-days --include weekdays --exclude bavaria --tz Europe/Berlin\n"
+        "  cronwire schedules create report --job report --cron '0 9 * * *' --tz Europe/Berlin "
+        "--only-on-calendar business-days",
+    )
+    p.add_argument("name", help="the calendar's id (or full name)")
+    calendar_flags(p, create=True)
+    p = build.leaf(calendars, "update", cmd_calendars_update, "change the fields given of a calendar")
+    p.add_argument("name", help="the calendar (id or name)")
+    calendar_flags(p, create=False)
+    p = build.leaf(calendars, "get", cmd_calendars_get, "show a calendar")
+    p.add_argument("name", help="the calendar (id or name)")
+    build.leaf(calendars, "list", cmd_calendars_list, "list the calendars of the namespace")
+    p = build.leaf(calendars, "delete", cmd_calendars_delete, "delete a calendar no schedule uses")
+    p.add_argument("name", help="the calendar (id or name)")
+    p.add_argument("--etag", help="delete only if the calendar still has this etag")
+    p = build.leaf(calendars, "preview", cmd_calendars_preview, "a year view of a calendar's days")
+    p.add_argument("name", help="the calendar (id or name)")
+    p.add_argument("--year", type=count_arg, metavar="YEAR", help="the year to show (default this year)")
 
     executions = top.add_parser("executions", help="the runs of jobs").add_subparsers(
         dest="action", metavar="ACTION", required=True

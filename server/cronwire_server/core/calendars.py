@@ -286,11 +286,24 @@ def exclusion(schedule: Schedule, tick: datetime) -> Exclusion | None:
             return Exclusion(calendar_id, reason)
     for calendar_id in schedule.only_on_calendars:
         if holds(calendars, calendar_id, tick) is None:
-            cal = calendars.get(calendar_id)
-            local = tick.astimezone(zone(cal.time_zone if cal else "UTC"))
-            when = f"{local.date()} ({WEEKDAY_NAMES[local.isoweekday()]}) {local.strftime('%H:%M')}"
-            return Exclusion(calendar_id, f"{when} is not on it (only_on_calendars)")
+            return Exclusion(calendar_id, _why_not(calendars, calendar_id, tick))
     return None
+
+
+def _why_not(calendars: Mapping[str, Calendar], calendar_id: str, tick: datetime) -> str:
+    """Why calendar `calendar_id` does not hold `tick`, for an only-on calendar's exclusion."""
+    cal = calendars.get(calendar_id)
+    local = tick.astimezone(zone(cal.time_zone if cal else "UTC"))
+    when = f"{local.date()} ({WEEKDAY_NAMES[local.isoweekday()]}) {local.strftime('%H:%M')}"
+    if cal is not None:
+        added = _own_reason(cal, local) is not None or any(
+            holds(calendars, other, tick) is not None for other in cal.include_calendars
+        )
+        for other in cal.exclude_calendars if added else ():
+            reason = holds(calendars, other, tick)
+            if reason is not None:
+                return f"{when} is taken away from it by calendar {other} ({reason}) (only_on_calendars)"
+    return f"{when} is not on it (only_on_calendars)"
 
 
 def uses_calendars(schedule: Schedule) -> bool:

@@ -266,7 +266,7 @@ async def test_preview_shows_berlin_weekdays_at_nine_minus_bavarian_holidays_acr
     whit_monday = next(t for t in preview.fire_times if t.local_time.startswith("2027-05-17"))
     assert whit_monday.excluded
     assert whit_monday.excluded_by == business
-    assert "is not on it" in whit_monday.exclusion_reason
+    assert "taken away from it by calendar bavaria" in whit_monday.exclusion_reason
     # An unsaved spec previews the same, the calendars read from its job's namespace.
     unsaved = schedule_service_pb2.PreviewScheduleRequest(schedule=stored, count=365)
     unsaved.after_time.CopyFrom(request.after_time)

@@ -1,0 +1,100 @@
+"""Calendars from the SDK and the CLI, against a real server: a business-day schedule built from
+the command line, previewed, and the same calendars through the client's dataclasses."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import cronwire
+from cronwire import Calendar, DateRange, PublicHolidays, SkipReason, TimeRange, Weekday
+from cronwire.cli import EXIT_ERROR
+from tests.integration.client.test_cli import Run, cw  # noqa: F401  (the fixture)
+
+
+def test_a_business_day_schedule_from_the_command_line(cw: Run) -> None:  # noqa: F811
+    assert cw("calendars", "create", "weekdays", "--weekdays", "mon-fri", "--tz", "Europe/Berlin").code == 0
+    assert cw("calendars", "create", "bavaria", "--holidays", "DE-BY", "--tz", "Europe/Berlin").code == 0
+    created = cw(
+        "calendars", "create", "business-days", "--include", "weekdays", "--exclude", "bavaria",
+        "--tz", "Europe/Berlin", "-o", "json",
+    )  # fmt: skip
+    assert created.code == 0, created.err
+    assert created.json()["exclude_calendars"] == ["namespaces/default/calendars/bavaria"]
+    listed = cw("calendars", "list")
+    assert [line.split()[0] for line in listed.out.splitlines()[1:]] == [
+        "bavaria",
+        "business-days",
+        "weekdays",
+    ]
+
+    year = cw("calendars", "preview", "bavaria", "--year", "2027")
+    assert year.code == 0, year.err
+    assert "2027, Europe/Berlin" in year.out
+    assert "12 days on the calendar (12 whole)" in year.out
+    assert "2027-05-17 Mon  public holiday in DE-BY: " in year.out
+    # Whit Monday is marked in May's grid (the week of the 17th).
+    assert " 17*" in year.out
+
+    assert cw("jobs", "create", "report", "--executor", "noop").code == 0
+    made = cw(
+        "schedules", "create", "report-9am", "--job", "report", "--cron", "0 9 * * *",
+        "--tz", "Europe/Berlin", "--only-on-calendar", "business-days",
+    )  # fmt: skip
+    assert made.code == 0, made.err
+    assert "only on calendars: namespaces/default/calendars/business-days" in made.out
+    preview = cw("schedules", "preview", "report-9am", "--after", "2027-05-14T12:00", "--count", "4")
+    lines = preview.out.splitlines()[1:]
+    assert [line.split()[1][:10] for line in lines] == [
+        "2027-05-15",
+        "2027-05-16",
+        "2027-05-17",
+        "2027-05-18",
+    ]
+    assert ["SKIPPED by calendar business-days" in line for line in lines] == [True, True, True, False]
+    assert "taken away from it by calendar bavaria" in lines[2]
+
+    refused = cw("calendars", "delete", "bavaria")
+    assert refused.code == EXIT_ERROR
+    assert "CALENDAR_IN_USE" in refused.err
+    bad = cw("calendars", "create", "bad", "--holidays", "XX", "--date", "2027-02-27..2027-02-01")
+    assert bad.code == EXIT_ERROR
+    assert "calendar.dates[0].end_date" in bad.err
+    assert "calendar.public_holidays[0].country" in bad.err
+
+
+def test_the_sdk_round_trips_calendars_and_schedules_name_them(client: cronwire.Client) -> None:
+    lunch = client.create_calendar(
+        "lunch",
+        time_zone="Europe/Berlin",
+        weekdays=[Weekday.MONDAY, Weekday.FRIDAY],
+        time_ranges=[TimeRange("12:00", "13:30")],
+        dates=[DateRange(date(2027, 12, 24), date(2027, 12, 31))],
+        public_holidays=[PublicHolidays("US", "NY")],
+    )
+    assert client.get_calendar("lunch") == lunch
+    assert lunch.weekdays == [Weekday.MONDAY, Weekday.FRIDAY]
+    updated = client.update_calendar(lunch, description="lunch break", public_holidays=[])
+    assert updated.description == "lunch break"
+    assert updated.public_holidays == []
+    assert updated.time_ranges == lunch.time_ranges
+    assert [c.id for c in client.iter_calendars()] == ["lunch"]
+    year = client.preview_calendar("lunch", year=2027)
+    assert year.days[0].day == date(2027, 1, 1)  # a Friday
+    assert year.days[0].time_ranges == [TimeRange("12:00", "13:30")]
+    assert date(2027, 12, 25) in {d.day for d in year.days}  # the range holds the whole day
+    unsaved = client.preview_calendar(Calendar(weekdays=[Weekday.SUNDAY]), year=2027)
+    assert len(unsaved.days) == 52
+
+    client.create_job("report", executor="noop")
+    schedule = client.create_schedule(
+        "report", job="report", trigger=cronwire.CronTrigger("*/30 11-13 * * 1"), time_zone="Europe/Berlin",
+        exclude_calendars=["lunch"],
+    )  # fmt: skip
+    assert schedule.exclude_calendars == ["namespaces/test/calendars/lunch"]
+    preview = client.preview_schedule(schedule, count=6, after_time=datetime(2027, 6, 6, tzinfo=UTC))
+    excluded = [t.local_time.strftime("%H:%M") for t in preview.fire_times if t.excluded]
+    assert excluded == ["12:00", "12:30", "13:00"]
+    assert {t.excluded_by for t in preview.fire_times if t.excluded} == {"namespaces/test/calendars/lunch"}
+    assert client.update_schedule(schedule, exclude_calendars=[]).exclude_calendars == []
+    client.delete_calendar("lunch")
+    assert SkipReason.CALENDAR.name == "CALENDAR"
