@@ -12,7 +12,6 @@ from sqlalchemy.engine import Connection, Row
 
 from cronwire_server.core.model import STATE_EVENTS, Event, EventFilter, EventType, Execution, Job, Schedule
 from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
-from cronwire_server.storage.sql_script import run_script
 from cronwire_server.storage.tables import events
 
 # Snapshots never carry the callback secret; a marker keeps "a secret is set" visible.
@@ -144,29 +143,9 @@ def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
         conn.execute(_INSERT, rows)
 
 
-SEQUENCER_LOCK = 0x63726F6E77697265  # any constant shared by every replica
-
-
-# PostgreSQL: the sequencer's lock, then the numbering of the pending events and the NOTIFY of
-# the replicas, sent as one script (one round trip, one transaction): the numbering's snapshot is
-# taken once the lock is held, so after the previous numbering committed.
-_SEQUENCER_LOCK = f"SELECT pg_advisory_xact_lock({SEQUENCER_LOCK})"
-_NUMBER_PENDING = """
-WITH base AS (SELECT coalesce(max(sequence), 0) AS last FROM events),
-pending AS (
-    SELECT id, row_number() OVER (ORDER BY id) AS n FROM events
-    WHERE sequence IS NULL ORDER BY id LIMIT {limit:d}
-),
-numbered AS (
-    UPDATE events AS e SET sequence = base.last + pending.n
-    FROM pending, base WHERE e.id = pending.id
-    RETURNING e.id
-),
-woken AS MATERIALIZED (
-    SELECT pg_notify('cronwire_events', '') AS sent FROM (SELECT 1 FROM numbered LIMIT 1) AS any_numbered
-)
-SELECT (SELECT count(*) FROM numbered) AS numbered, (SELECT count(*) FROM woken) AS woken
-"""
+# PostgreSQL: the sequencer's lock, the numbering and the NOTIFY of the replicas, in one call of
+# the function migration 0017 made (one statement, one round trip, prepared).
+_NUMBER_PENDING = sa.text("SELECT cronwire_number_events(:limit)")
 
 
 def sequence_pending(conn: Connection, limit: int) -> int:
@@ -175,12 +154,11 @@ def sequence_pending(conn: Connection, limit: int) -> int:
     One sequencer at a time (a transaction-scoped advisory lock on PostgreSQL, waited for: a
     numbering is short; SQLite has a single writer): each numbering commits before the next
     starts, so sequences become visible in order, and a reader that has seen sequence N will
-    never see a smaller one. On PostgreSQL `conn` must not be in a transaction (the script is
-    its own); on SQLite it must. Returns how many were numbered.
+    never see a smaller one. On PostgreSQL `conn` must not be in a transaction (the call is its
+    own); on SQLite it must. Returns how many were numbered.
     """
     if conn.dialect.name == "postgresql":
-        _, rows = run_script(conn, [_SEQUENCER_LOCK, _NUMBER_PENDING.format(limit=int(limit))])
-        return int(rows[0][0])
+        return int(conn.execute(_NUMBER_PENDING, {"limit": limit}).scalar_one())
     base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.sequence), 0))).scalar_one()
     pending = (
         sa.select(events.c.id, sa.func.row_number().over(order_by=events.c.id).label("n"))

@@ -298,9 +298,9 @@ async def test_numbering_a_batch_of_events_is_one_statement_under_the_lock(store
     await running(store, Job(namespace=NS, id="noop", executor="noop", parameters={}), BATCH)
     with counting(store) as sent:
         numbered = await store.sequence_events(10_000)
-    # The sequencer's lock, then the numbering (its NOTIFY included): one script, one round trip
-    # (4 statements before: BEGIN, the lock, the numbering, COMMIT).
-    assert sent.count == 2, sent.statements
+    # One call takes the sequencer's lock and numbers them, its NOTIFY included (4 statements
+    # before: BEGIN, the lock, the numbering, COMMIT).
+    assert sent.count == 1, sent.statements
     assert numbered == 1 + 2 * BATCH  # the job's event, then each run's QUEUED and STARTED
     events = await store.read_events(EventFilter(namespace=NS), after=0, limit=10_000)
     assert [e.sequence for e in events] == list(range(1, numbered + 1))
