@@ -387,6 +387,19 @@ def trigger_flags(parser: argparse.ArgumentParser) -> None:
     when.add_argument(
         "--at", action="append", type=local_time_arg, metavar="TIME", help=f"once; {LOCAL_TIME_HELP}"
     )
+    when.add_argument(
+        "--business-day",
+        action="append",
+        type=int,
+        metavar="N",
+        help="the N-th business day of every month (-1: the last, -2: the one before), per --calendar",
+    )
+    when.add_argument(
+        "--calendar", metavar="CALENDAR", help="the calendar of business days of --business-day"
+    )
+    when.add_argument(
+        "--time-of-day", metavar="HH:MM", help="the wall-clock time of --business-day (default 00:00)"
+    )
     when.add_argument("--all", action="store_true", help="fire only when every trigger agrees (default: any)")
     when.add_argument(
         "--tz",

@@ -33,6 +33,7 @@ from cronwire._output import dump, json_line
 from cronwire._types import (
     AllOfTrigger,
     AnyOfTrigger,
+    BusinessDayTrigger,
     CompletionCallback,
     CronTrigger,
     DateTrigger,
@@ -330,6 +331,13 @@ def _triggers(args: argparse.Namespace) -> Trigger | None:
     triggers: list[Trigger] = [CronTrigger(e, dst) for e in args.cron or []]
     triggers += [IntervalTrigger(every) for every in args.every or []]
     triggers += [DateTrigger(in_zone(at)) for at in args.at or []]
+    if (args.calendar or args.time_of_day) and not args.business_day:
+        raise UsageError("--calendar and --time-of-day go with --business-day")
+    if args.business_day and not args.calendar:
+        raise UsageError("--business-day needs --calendar (the calendar of business days)")
+    triggers += [
+        BusinessDayTrigger(args.calendar, n, args.time_of_day or "00:00") for n in args.business_day or []
+    ]
     if not triggers:
         return None
     if len(triggers) == 1:
@@ -844,7 +852,7 @@ def cmd_schedules_create(ctx: Context) -> int:
     _refuse_past_dates(args)
     trigger = _triggers(args)
     if trigger is None:
-        raise UsageError("say when it fires: --cron EXPR, --every DURATION or --at TIME")
+        raise UsageError("say when it fires: --cron EXPR, --every DURATION, --at TIME or --business-day N")
     schedule = ctx.client.create_schedule(
         args.name,
         job=args.job,

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from cronwire._types import (
     AllOfTrigger,
     AnyOfTrigger,
+    BusinessDayTrigger,
     CompletionCallback,
     CronTrigger,
     DateTrigger,
@@ -63,12 +64,16 @@ def trigger_document(trigger: Trigger) -> dict[str, Any]:
             return {"any_of": [trigger_document(t) for t in triggers]}
         case AllOfTrigger(triggers):
             return {"all_of": [trigger_document(t) for t in triggers]}
+        case BusinessDayTrigger(calendar, day, time_of_day):
+            return {"business_day": {"calendar": calendar, "day": day, "time_of_day": time_of_day}}
     raise TypeError(f"not a trigger: {trigger!r}")
 
 
 def to_document(value: Any) -> Any:
     """A JSON-ready form of an SDK value (dataclasses, enums, times, durations, containers)."""
-    if isinstance(value, CronTrigger | IntervalTrigger | DateTrigger | AnyOfTrigger | AllOfTrigger):
+    if isinstance(
+        value, CronTrigger | IntervalTrigger | DateTrigger | AnyOfTrigger | AllOfTrigger | BusinessDayTrigger
+    ):
         return trigger_document(value)
     if isinstance(value, FireTime):  # the local time keeps its UTC offset
         return {
@@ -76,6 +81,8 @@ def to_document(value: Any) -> Any:
             "local_time": value.local_time.isoformat(),
             "in_dst_gap": value.in_dst_gap,
             "in_dst_fold": value.in_dst_fold,
+            "excluded_by": value.excluded_by,
+            "exclusion_reason": value.exclusion_reason,
         }
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_document(getattr(value, f.name)) for f in dataclasses.fields(value)}

@@ -23,6 +23,9 @@ from cronwire._convert import (
 )
 from cronwire._errors import DeadlineExceeded
 from cronwire._types import (
+    AllOfTrigger,
+    AnyOfTrigger,
+    BusinessDayTrigger,
     Calendar,
     CompletionCallback,
     EventType,
@@ -80,6 +83,17 @@ def _name(kind: str, ref: Any, namespace: str) -> str:
     if not isinstance(ref, str):
         raise TypeError(f"expected a {kind} name or a {kind.capitalize()}, got {type(ref).__name__}")
     return resource_name(kind, ref, namespace)
+
+
+def _resolved(trigger: Trigger, namespace: str) -> Trigger:
+    """`trigger` with the calendars of its business days as full names (ids read in `namespace`)."""
+    if isinstance(trigger, BusinessDayTrigger):
+        full = resource_name("calendar", trigger.calendar, namespace)
+        return BusinessDayTrigger(full, trigger.day, trigger.time_of_day)
+    if isinstance(trigger, AnyOfTrigger | AllOfTrigger):
+        children = [_resolved(t, namespace) for t in trigger.triggers]
+        return AnyOfTrigger(children) if isinstance(trigger, AnyOfTrigger) else AllOfTrigger(children)
+    return trigger
 
 
 def _etag(ref: Any, etag: str) -> str:
@@ -227,7 +241,7 @@ class Requests:
         ns = namespace or job_ns or self.namespace
         schedule = Schedule(
             job=self.job_name(job, ns),
-            trigger=trigger,
+            trigger=_resolved(trigger, ns),
             description=description,
             time_zone=time_zone,
             start_time=start_time,
@@ -260,6 +274,8 @@ class Requests:
                 value = value or ""
             elif key in ("exclude_calendars", "only_on_calendars"):
                 value = self.calendar_names(value, split_name(schedule.name)[0] or self.namespace)
+            elif key == "trigger" and value is not None:
+                value = _resolved(value, split_name(schedule.name)[0] or self.namespace)
             setattr(schedule, key, value)
         return schedule_service_pb2.UpdateScheduleRequest(
             schedule=schedule._to_proto(), update_mask=field_mask_pb2.FieldMask(paths=paths)
@@ -320,7 +336,7 @@ class Requests:
             only_on_calendars=self.calendar_names(schedule.only_on_calendars, ns),
         )
         if schedule.trigger is not None:
-            spec.trigger.CopyFrom(trigger_to_proto(schedule.trigger))
+            spec.trigger.CopyFrom(trigger_to_proto(_resolved(schedule.trigger, ns)))
         if schedule.start_time is not None:
             set_time(spec.start_time, schedule.start_time)
         if schedule.end_time is not None:

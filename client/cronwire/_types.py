@@ -485,7 +485,25 @@ class AllOfTrigger:
             trigger._fill(out.all_of.triggers.add())
 
 
-Trigger: TypeAlias = CronTrigger | IntervalTrigger | DateTrigger | AnyOfTrigger | AllOfTrigger
+@dataclass(frozen=True)
+class BusinessDayTrigger:
+    """Fires on the `day`-th business day of every month (1 the first, -1 the last, -2 the one
+    before it) at `time_of_day` (`HH:MM`, wall clock in the schedule's time zone). Business days
+    are the days `calendar` (a calendar of the schedule's namespace, id or name) holds."""
+
+    calendar: str
+    day: int
+    time_of_day: str = "00:00"
+
+    def _fill(self, out: schedule_pb2.Trigger) -> None:
+        out.business_day.calendar = self.calendar
+        out.business_day.day = self.day
+        out.business_day.time_of_day = self.time_of_day
+
+
+Trigger: TypeAlias = (
+    CronTrigger | IntervalTrigger | DateTrigger | AnyOfTrigger | AllOfTrigger | BusinessDayTrigger
+)
 """When a schedule fires: one of the trigger classes."""
 
 
@@ -506,6 +524,9 @@ def trigger_from_proto(message: schedule_pb2.Trigger) -> Trigger | None:
     if kind == "date":
         run_time = time_from(message.date, "run_time")
         return DateTrigger(run_time) if run_time is not None else None
+    if kind == "business_day":
+        body = message.business_day
+        return BusinessDayTrigger(body.calendar, body.day, body.time_of_day or "00:00")
     if kind in ("any_of", "all_of"):
         children = [trigger_from_proto(child) for child in getattr(message, kind).triggers]
         known = [child for child in children if child is not None]

@@ -13,6 +13,7 @@ import pytest
 from cronwire_server.core import calendars, triggers
 from cronwire_server.core.errors import InvalidArgument
 from cronwire_server.core.model import (
+    BusinessDaySpec,
     Calendar,
     CronSpec,
     DateRange,
@@ -24,6 +25,7 @@ from cronwire_server.core.model import (
     YearlyDate,
 )
 from cronwire_server.core.planning import ScheduleActivity, plan_ticks
+from cronwire_server.core.schedules import next_run_time
 
 BERLIN = ZoneInfo("Europe/Berlin")
 WEEKDAYS = (1, 2, 3, 4, 5)
@@ -202,7 +204,7 @@ def test_the_next_fire_time_steps_over_excluded_days_with_a_search_per_stretch()
         calendars=business_days(),
         next_fire_time=datetime(2027, 5, 15, 7, tzinfo=UTC),  # Saturday 09:00 Berlin
     )
-    found = calendars.next_run_time(s, datetime(2027, 1, 1, tzinfo=UTC))
+    found = next_run_time(s, datetime(2027, 1, 1, tzinfo=UTC))
     assert found == datetime(2027, 5, 17, 22, tzinfo=UTC)  # Tuesday 00:00 Berlin
 
 
@@ -273,3 +275,73 @@ def test_cycles_are_refused_naming_the_path_and_missing_calendars_the_field() ->
     with pytest.raises(InvalidArgument) as missing:
         calendars.check_references(cal("d", exclude_calendars=("a", "nope")), stored)
     assert missing.value.violations[0].field == "exclude_calendars[1]"
+
+
+# Business-day triggers
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def new_york_business_days() -> dict[str, Calendar]:
+    return world(
+        cal("weekdays", time_zone="America/New_York", weekdays=WEEKDAYS),
+        cal("new-york", time_zone="America/New_York", public_holidays=(PublicHolidays("US", "NY"),)),
+        cal(
+            "business",
+            time_zone="America/New_York",
+            include_calendars=("weekdays",),
+            exclude_calendars=("new-york",),
+        ),
+    )
+
+
+def test_the_last_business_day_of_each_month_of_2027_in_new_york() -> None:
+    s = schedule(
+        BusinessDaySpec("business", -1, 17 * 60), zone="America/New_York", calendars=new_york_business_days()
+    )
+    fires = triggers.fire_times(s, datetime(2027, 1, 1, tzinfo=UTC), 12, datetime(2027, 1, 1, tzinfo=UTC))
+    local = [f.astimezone(NEW_YORK) for f in fires]
+    # By hand: month ends on a weekend step back to Friday; Memorial Day is Monday 31 May; New
+    # Year's Day 2028 is a Saturday, observed on Friday 31 December 2027.
+    assert [t.date() for t in local] == [
+        date(2027, 1, 29), date(2027, 2, 26), date(2027, 3, 31), date(2027, 4, 30), date(2027, 5, 28),
+        date(2027, 6, 30), date(2027, 7, 30), date(2027, 8, 31), date(2027, 9, 30), date(2027, 10, 29),
+        date(2027, 11, 30), date(2027, 12, 30),
+    ]  # fmt: skip
+    assert {(t.hour, t.minute) for t in local} == {(17, 0)}
+
+
+def test_the_nth_business_day_and_a_month_with_too_few() -> None:
+    business = new_york_business_days()
+    second = schedule(BusinessDaySpec("business", 2, 9 * 60), zone="America/New_York", calendars=business)
+    fires = triggers.fire_times(second, datetime(2027, 1, 1, tzinfo=UTC), 2, datetime(2027, 1, 1, tzinfo=UTC))
+    # January: Fri 1 is New Year's Day, so Mon 4 and Tue 5; February: Mon 1, Tue 2.
+    assert [f.astimezone(NEW_YORK).date() for f in fires] == [date(2027, 1, 5), date(2027, 2, 2)]
+    # Only the 1st of each month is a business day: the 2nd business day never comes, within
+    # the search's bounded reach.
+    firsts = world(cal("firsts", yearly_dates=tuple(YearlyDate(m, 1) for m in range(1, 13))))
+    never = schedule(BusinessDaySpec("firsts", 2), calendars=firsts)
+    assert (
+        triggers.next_fire_time(never, datetime(2027, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+        is None
+    )
+
+
+def test_a_business_day_trigger_follows_its_calendar_when_it_changes() -> None:
+    closed = cal("open", weekdays=WEEKDAYS, exclude_calendars=("closed",))
+    first = schedule(BusinessDaySpec("open", 1), calendars=world(closed, cal("closed")))
+    start = datetime(2027, 2, 15, tzinfo=UTC)
+    assert triggers.next_fire_time(first, start, start) == datetime(2027, 3, 1, tzinfo=UTC)
+    shut = cal("closed", dates=(DateRange(date(2027, 3, 1), date(2027, 3, 2)),))
+    moved = schedule(BusinessDaySpec("open", 1), calendars=world(closed, shut))
+    assert triggers.next_fire_time(moved, start, start) == datetime(2027, 3, 3, tzinfo=UTC)
+
+
+def test_bad_business_day_fields_are_named() -> None:
+    s = schedule(BusinessDaySpec("business", 0, 24 * 60))
+    with pytest.raises(InvalidArgument) as caught:
+        triggers.validate_schedule_timing(s)
+    assert [v.field for v in caught.value.violations] == [
+        "trigger.business_day.day",
+        "trigger.business_day.time_of_day",
+    ]

@@ -15,6 +15,7 @@ EXPORTED = [
     "AnyOfTrigger",
     "AsyncClient",
     "BackfillResult",
+    "BusinessDayTrigger",
     "Calendar",
     "CalendarDay",
     "CalendarPreview",

@@ -284,7 +284,7 @@ Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
 @_typing.final
 class Trigger(_message.Message):
     """When a schedule fires: one of a cron expression, a fixed interval, a single
-    date, or a combination of those.
+    date, a business day of the month, or a combination of those.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -294,6 +294,7 @@ class Trigger(_message.Message):
     DATE_FIELD_NUMBER: _builtins.int
     ANY_OF_FIELD_NUMBER: _builtins.int
     ALL_OF_FIELD_NUMBER: _builtins.int
+    BUSINESS_DAY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def cron(self) -> Global___CronTrigger:
         """Fires on the times a cron expression names."""
@@ -314,6 +315,10 @@ class Trigger(_message.Message):
     def all_of(self) -> Global___TriggerList:
         """Fires only at times every one of the triggers agrees on."""
 
+    @_builtins.property
+    def business_day(self) -> Global___BusinessDayTrigger:
+        """Fires on the n-th (or n-th last) business day of every month."""
+
     def __init__(
         self,
         *,
@@ -322,16 +327,60 @@ class Trigger(_message.Message):
         date: Global___DateTrigger | None = ...,
         any_of: Global___TriggerList | None = ...,
         all_of: Global___TriggerList | None = ...,
+        business_day: Global___BusinessDayTrigger | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["all_of", b"all_of", "any_of", b"any_of", "cron", b"cron", "date", b"date", "interval", b"interval", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["all_of", b"all_of", "any_of", b"any_of", "business_day", b"business_day", "cron", b"cron", "date", b"date", "interval", b"interval", "kind", b"kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_of", b"all_of", "any_of", b"any_of", "cron", b"cron", "date", b"date", "interval", b"interval", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_of", b"all_of", "any_of", b"any_of", "business_day", b"business_day", "cron", b"cron", "date", b"date", "interval", b"interval", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["cron", "interval", "date", "any_of", "all_of"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["cron", "interval", "date", "any_of", "all_of", "business_day"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Trigger: _TypeAlias = Trigger  # noqa: Y015
+
+@_typing.final
+class BusinessDayTrigger(_message.Message):
+    """Fires once a month, on the n-th business day of the month or the n-th
+    counted from its end, at a wall-clock time in the schedule's time zone. A
+    business day is a day the calendar holds at that time (e.g. a calendar of
+    weekdays minus public holidays).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALENDAR_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
+    TIME_OF_DAY_FIELD_NUMBER: _builtins.int
+    calendar: _builtins.str
+    """Required. The resource name of a calendar in the schedule's namespace,
+    `namespaces/{namespace}/calendars/{calendar}`, whose days are the
+    business days. Changing the calendar re-plans the schedule.
+    """
+    day: _builtins.int
+    """Required. Which business day of the month: 1 is the first, 2 the second,
+    -1 the last, -2 the one before it; 1 to 23 or -1 to -23. A month with
+    fewer business days does not fire.
+    """
+    time_of_day: _builtins.str
+    """Optional. The wall-clock time of day, `HH:MM`, in the schedule's time
+    zone. Defaults to `00:00`. A time a daylight-saving change skips fires at
+    the jump.
+    """
+    def __init__(
+        self,
+        *,
+        calendar: _builtins.str = ...,
+        day: _builtins.int = ...,
+        time_of_day: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar", b"calendar", "day", b"day", "time_of_day", b"time_of_day"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BusinessDayTrigger: _TypeAlias = BusinessDayTrigger  # noqa: Y015
 
 @_typing.final
 class CronTrigger(_message.Message):

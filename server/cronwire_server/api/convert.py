@@ -348,8 +348,19 @@ def execution_to_pb(execution: model.Execution) -> execution_pb2.Execution:
 # Schedules
 
 
-def trigger_from_pb(message: schedule_pb2.Trigger, field: str = "trigger") -> model.TriggerSpec:
+def trigger_from_pb(
+    message: schedule_pb2.Trigger, field: str = "trigger", namespace: str = ""
+) -> model.TriggerSpec:
+    """The domain trigger; a business day's calendar must be of `namespace` (the schedule's)."""
     kind = message.WhichOneof("kind")
+    if kind == "business_day":
+        where = f"{field}.business_day"
+        body = message.business_day
+        ids = calendar_ids([body.calendar], namespace, f"{where}.calendar") if body.calendar else ()
+        if not ids:
+            raise InvalidArgument.field(f"{where}.calendar", "is required: the calendar of business days")
+        minutes = _minutes(body.time_of_day, f"{where}.time_of_day") if body.time_of_day else 0
+        return model.BusinessDaySpec(ids[0], body.day, minutes)
     if kind == "cron":
         policy = _enum(message.cron.dst_policy, _DST, model.DstPolicy.DEBIAN, f"{field}.cron.dst_policy")
         return model.CronSpec(message.cron.expression, policy)
@@ -362,15 +373,21 @@ def trigger_from_pb(message: schedule_pb2.Trigger, field: str = "trigger") -> mo
     if kind in ("any_of", "all_of"):
         children = getattr(message, kind).triggers
         specs = tuple(
-            trigger_from_pb(child, f"{field}.{kind}.triggers[{index}]")
+            trigger_from_pb(child, f"{field}.{kind}.triggers[{index}]", namespace)
             for index, child in enumerate(children)
         )
         return model.AnyOfSpec(specs) if kind == "any_of" else model.AllOfSpec(specs)
-    raise InvalidArgument.field(field, "is required: set one of cron, interval, date, any_of, all_of")
+    raise InvalidArgument.field(
+        field, "is required: set one of cron, interval, date, business_day, any_of, all_of"
+    )
 
 
-def trigger_to_pb(spec: model.TriggerSpec, out: schedule_pb2.Trigger) -> None:
+def trigger_to_pb(spec: model.TriggerSpec, out: schedule_pb2.Trigger, namespace: str = "") -> None:
     match spec:
+        case model.BusinessDaySpec(calendar_id, day, at_minutes):
+            out.business_day.calendar = format_name("calendar", namespace, calendar_id)
+            out.business_day.day = day
+            out.business_day.time_of_day = _format_minutes(at_minutes)
         case model.CronSpec(expression, dst_policy):
             out.cron.expression = expression
             out.cron.dst_policy = _DST_PB[dst_policy]
@@ -382,7 +399,7 @@ def trigger_to_pb(spec: model.TriggerSpec, out: schedule_pb2.Trigger) -> None:
             target = out.any_of if isinstance(spec, model.AnyOfSpec) else out.all_of
             target.SetInParent()
             for child in triggers:
-                trigger_to_pb(child, target.triggers.add())
+                trigger_to_pb(child, target.triggers.add(), namespace)
 
 
 def schedule_from_pb(message: schedule_pb2.Schedule, namespace: str, schedule_id: str) -> model.Schedule:
@@ -398,7 +415,7 @@ def schedule_from_pb(message: schedule_pb2.Schedule, namespace: str, schedule_id
         violations.extend(error.violations)
     trigger: model.TriggerSpec = model.CronSpec("")
     try:
-        trigger = trigger_from_pb(message.trigger)
+        trigger = trigger_from_pb(message.trigger, namespace=namespace)
     except InvalidArgument as error:
         violations.extend(error.violations)
     try:
@@ -448,7 +465,7 @@ def schedule_to_pb(schedule: model.Schedule) -> schedule_pb2.Schedule:
         pause_reason=schedule.pause_reason,
         etag=schedule.etag,
     )
-    trigger_to_pb(schedule.trigger, message.trigger)
+    trigger_to_pb(schedule.trigger, message.trigger, schedule.namespace)
     set_time(message.start_time, schedule.start_time)
     set_time(message.end_time, schedule.end_time)
     set_duration(message.jitter, schedule.jitter)

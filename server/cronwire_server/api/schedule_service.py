@@ -47,6 +47,21 @@ def _schedule_pb(schedule: Schedule) -> schedule_pb2.Schedule:
     return message
 
 
+def _trigger_calendars(trigger: schedule_pb2.Trigger, path: str) -> list[tuple[str, str]]:
+    """(field, calendar name) of each business day's calendar in a trigger message."""
+    kind = trigger.WhichOneof("kind")
+    if kind == "business_day" and trigger.business_day.calendar:
+        return [(f"{path}.business_day.calendar", trigger.business_day.calendar)]
+    if kind in ("any_of", "all_of"):
+        children = getattr(trigger, kind).triggers
+        return [
+            ref
+            for i, child in enumerate(children)
+            for ref in _trigger_calendars(child, f"{path}.{kind}.triggers[{i}]")
+        ]
+    return []
+
+
 class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     def __init__(self, schedules: ScheduleManager) -> None:
         self._schedules = schedules
@@ -196,11 +211,13 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
                 # An unsaved spec needs no job; a placeholder keeps the converter's checks on the rest.
                 spec = schedule_pb2.Schedule()
                 spec.CopyFrom(request.schedule)
-                named = [*spec.exclude_calendars, *spec.only_on_calendars]
-                for field, value in [
+                references = [
                     *((f"exclude_calendars[{i}]", v) for i, v in enumerate(spec.exclude_calendars)),
                     *((f"only_on_calendars[{i}]", v) for i, v in enumerate(spec.only_on_calendars)),
-                ]:
+                    *_trigger_calendars(spec.trigger, "trigger"),
+                ]
+                named = [value for _, value in references]
+                for field, value in references:
                     # Their namespace's calendars are read: the caller must be allowed to.
                     scope.name(value, "calendar", field)
                 if not spec.job and named:

@@ -20,6 +20,7 @@ from cronwire_server.core.errors import (
 from cronwire_server.core.model import Calendar, Listing, Page
 from cronwire_server.core.names import calendar_name
 from cronwire_server.core.optimistic import read_modify_write
+from cronwire_server.core.schedules import replanned
 from cronwire_server.storage import Store
 
 # A year view computes in a thread and gives up after this long.
@@ -79,7 +80,9 @@ class CalendarManager:
 
         return await read_modify_write(
             lambda: self._store.get_calendar(namespace, calendar_id),
-            lambda cal, etag: self._store.update_calendar(cal, expected_etag=etag, actor=actor),
+            lambda cal, etag: self._store.update_calendar(
+                cal, expected_etag=etag, replan=replanned, actor=actor
+            ),
             change,
             kind="calendar",
             name=name,

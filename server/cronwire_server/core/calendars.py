@@ -26,9 +26,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays as _holidays
 
-from cronwire_server.core import triggers
 from cronwire_server.core.errors import FieldViolation, InvalidArgument
-from cronwire_server.core.model import Calendar, Schedule, TimeRange
+from cronwire_server.core.model import AllOfSpec, AnyOfSpec, BusinessDaySpec, Calendar, Schedule, TimeRange
 
 MAX_DESCRIPTION = 2048
 # Entries per list of one calendar: a calendar is a rule set, not a date table of decades.
@@ -307,7 +306,31 @@ def _why_not(calendars: Mapping[str, Calendar], calendar_id: str, tick: datetime
 
 
 def uses_calendars(schedule: Schedule) -> bool:
+    """Whether calendars may exclude the schedule's ticks (its trigger's calendars aside)."""
     return bool(schedule.exclude_calendars or schedule.only_on_calendars)
+
+
+def trigger_references(spec: object, path: str = "trigger") -> list[tuple[str, str]]:
+    """(field path, calendar id) of every calendar a trigger tree names (business-day leaves)."""
+    if isinstance(spec, BusinessDaySpec):
+        return [(f"{path}.business_day.calendar", spec.calendar_id)]
+    if isinstance(spec, AnyOfSpec | AllOfSpec):
+        kind = "any_of" if isinstance(spec, AnyOfSpec) else "all_of"
+        return [
+            ref
+            for i, child in enumerate(spec.triggers)
+            for ref in trigger_references(child, f"{path}.{kind}.triggers[{i}]")
+        ]
+    return []
+
+
+def schedule_references(schedule: Schedule) -> list[tuple[str, str]]:
+    """(field path, calendar id) of every calendar the schedule names, its trigger's included."""
+    return [
+        *((f"exclude_calendars[{i}]", c) for i, c in enumerate(schedule.exclude_calendars)),
+        *((f"only_on_calendars[{i}]", c) for i, c in enumerate(schedule.only_on_calendars)),
+        *trigger_references(schedule.trigger),
+    ]
 
 
 def next_boundary(calendars: Iterable[Calendar], instant: datetime) -> datetime:
@@ -383,26 +406,3 @@ def _local_range(start: datetime, end: datetime, tz: ZoneInfo, day: date) -> Tim
         return MINUTES_PER_DAY if local.date() > day else local.hour * 60 + local.minute
 
     return TimeRange(minutes(start), minutes(end))
-
-
-def next_run_time(schedule: Schedule, anchor: datetime) -> datetime | None:
-    """The first tick from `schedule.next_fire_time` on that its calendars do not exclude; None
-    when there is none within MAX_SKIPPED_STRETCHES excluded stretches (or the trigger ends).
-
-    Each excluded tick's stretch (see `stretch_end`) is stepped over with one trigger search, so
-    a weekend costs two searches however often the trigger fires in it.
-    """
-    tick = schedule.next_fire_time
-    if not uses_calendars(schedule):
-        return tick
-    try:
-        for _ in range(MAX_SKIPPED_STRETCHES):
-            if tick is None or exclusion(schedule, tick) is None:
-                return tick
-            tick = triggers.next_fire_time(schedule, stretch_end(schedule, tick) - _JUST_BEFORE, anchor)
-    except triggers.TriggerTooExpensive:
-        return tick
-    return None
-
-
-_JUST_BEFORE = timedelta(microseconds=1)

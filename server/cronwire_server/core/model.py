@@ -161,7 +161,17 @@ class AllOfSpec:
     triggers: tuple[TriggerSpec, ...]
 
 
-TriggerSpec: TypeAlias = CronSpec | IntervalSpec | DateSpec | AnyOfSpec | AllOfSpec
+@dataclass(frozen=True)
+class BusinessDaySpec:
+    """The `day`-th business day of each month (negative: counted from the end) at `at_minutes`
+    after midnight, wall clock; business days are the days calendar `calendar_id` holds then."""
+
+    calendar_id: str
+    day: int
+    at_minutes: int = 0
+
+
+TriggerSpec: TypeAlias = CronSpec | IntervalSpec | DateSpec | AnyOfSpec | AllOfSpec | BusinessDaySpec
 
 
 @dataclass

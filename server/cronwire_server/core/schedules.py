@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from cronwire_server.auth.principal import current_actor
@@ -78,18 +78,40 @@ def validate_schedule(schedule: Schedule) -> None:
 
 
 def with_calendars(schedule: Schedule, world: dict[str, Calendar]) -> Schedule:
-    """`schedule` with the calendars it names and those they name (`Schedule.calendars`) from
-    `world`, its namespace's calendars; InvalidArgument naming each one that does not exist."""
+    """`schedule` with the calendars it names (its trigger's included) and those they name
+    (`Schedule.calendars`) from `world`, its namespace's calendars; InvalidArgument naming each
+    one that does not exist."""
+    named = calendars.schedule_references(schedule)
     violations = [
-        FieldViolation(f"{field}[{i}]", f"calendar {calendar_id!r} does not exist")
-        for field in ("exclude_calendars", "only_on_calendars")
-        for i, calendar_id in enumerate(getattr(schedule, field))
+        FieldViolation(field, f"calendar {calendar_id!r} does not exist")
+        for field, calendar_id in named
         if calendar_id not in world
     ]
     if violations:
         raise InvalidArgument(violations)
-    named = (*schedule.exclude_calendars, *schedule.only_on_calendars)
-    return dataclasses.replace(schedule, calendars=calendars.reach(world, named))
+    return dataclasses.replace(schedule, calendars=calendars.reach(world, [c for _, c in named]))
+
+
+def next_run_time(schedule: Schedule, anchor_time: datetime) -> datetime | None:
+    """The first tick from `schedule.next_fire_time` on that its calendars do not exclude; None
+    when there is none within calendars.MAX_SKIPPED_STRETCHES excluded stretches (or the trigger
+    ends).
+
+    Each excluded tick's stretch (see `calendars.stretch_end`) is stepped over with one trigger
+    search, so a weekend costs two searches however often the trigger fires in it.
+    """
+    tick = schedule.next_fire_time
+    if not calendars.uses_calendars(schedule):
+        return tick
+    try:
+        for _ in range(calendars.MAX_SKIPPED_STRETCHES):
+            if tick is None or calendars.exclusion(schedule, tick) is None:
+                return tick
+            after = calendars.stretch_end(schedule, tick) - timedelta(microseconds=1)
+            tick = triggers.next_fire_time(schedule, after, anchor_time)
+    except triggers.TriggerTooExpensive:
+        return tick
+    return None
 
 
 def shown(schedule: Schedule) -> Schedule:
@@ -98,11 +120,29 @@ def shown(schedule: Schedule) -> Schedule:
     if not calendars.uses_calendars(schedule) or schedule.next_fire_time is None:
         return schedule
     anchor_time = schedule.start_time or schedule.create_time or schedule.next_fire_time
-    next_run = calendars.next_run_time(schedule, anchor_time)
+    next_run = next_run_time(schedule, anchor_time)
     stats = schedule.stats
     if stats is not None and stats.next_run_time is not None:
         stats = dataclasses.replace(stats, next_run_time=next_run)
     return dataclasses.replace(schedule, next_fire_time=next_run, stats=stats)
+
+
+def replanned(schedule: Schedule, now: datetime) -> Schedule:
+    """`schedule`, given the current versions of its calendars, with its next fire time planned
+    again: its trigger's next tick when the trigger reads a calendar (business days), from the
+    tick it was waiting for if that is due already, else from now. Exclusions need nothing: they
+    are decided at each tick, and the next fire time callers see is computed from the calendars
+    kept with the schedule (`shown`). A paused schedule keeps its next fire time for its misfire
+    policy."""
+    if schedule.paused or not calendars.trigger_references(schedule.trigger):
+        return schedule
+    waiting = schedule.next_fire_time
+    after = min(now, waiting - timedelta(microseconds=1)) if waiting is not None else now
+    try:
+        fire = triggers.next_fire_time(schedule, after, anchor(schedule, now))
+    except triggers.TriggerTooExpensive:
+        fire = None
+    return dataclasses.replace(schedule, next_fire_time=fire)
 
 
 def with_next_fire_time(schedule: Schedule, now: datetime) -> Schedule:
@@ -175,7 +215,7 @@ class ScheduleManager:
         return shown(created)
 
     async def _with_calendars(self, schedule: Schedule) -> Schedule:
-        if not calendars.uses_calendars(schedule):
+        if not calendars.schedule_references(schedule):
             return dataclasses.replace(schedule, calendars={})
         return with_calendars(schedule, await self._store.namespace_calendars(schedule.namespace))
 

@@ -44,11 +44,12 @@ Every returned datetime is aware and in UTC.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import functools
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -59,10 +60,13 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from cronsim import CronSim
 
+from cronwire_server.core import calendars as calendar_rules
 from cronwire_server.core.errors import FieldViolation, InvalidArgument
 from cronwire_server.core.model import (
     AllOfSpec,
     AnyOfSpec,
+    BusinessDaySpec,
+    Calendar,
     CronSpec,
     DateSpec,
     DstPolicy,
@@ -106,6 +110,10 @@ MAX_TRIGGER_LEAVES = 32
 # The rarest valid shapes, such as `0 0 29 2 */7` (29 February on a Sunday, up
 # to 40 years apart), take about 1,200.
 _SEARCH_BUDGET = 5_000
+# Business days: the highest n of "the n-th (last) business day of the month", and how many
+# months one search looks at before it gives up (the trigger then names no fire time).
+MAX_BUSINESS_DAY = 23
+_BUSINESS_MONTHS = 120
 # Where the check that a SKIP cron fires at all in its zone starts searching.
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -215,7 +223,7 @@ class _Shape:
 
 
 def _check_trigger(spec: object, path: str, out: list[FieldViolation], shape: _Shape, depth: int = 0) -> None:
-    if isinstance(spec, CronSpec | IntervalSpec | DateSpec):
+    if isinstance(spec, CronSpec | IntervalSpec | DateSpec | BusinessDaySpec):
         shape.leaves += 1
         if shape.limited and shape.leaves > MAX_TRIGGER_LEAVES:
             # Reported once, at the first leaf past the limit; the rest is not even parsed.
@@ -244,6 +252,17 @@ def _check_trigger(spec: object, path: str, out: list[FieldViolation], shape: _S
             out.append(FieldViolation(f"{path}.interval.every", "must be positive"))
     elif isinstance(spec, DateSpec):
         pass
+    elif isinstance(spec, BusinessDaySpec):
+        if not (1 <= spec.day <= MAX_BUSINESS_DAY or -MAX_BUSINESS_DAY <= spec.day <= -1):
+            out.append(
+                FieldViolation(
+                    f"{path}.business_day.day",
+                    f"must be 1 to {MAX_BUSINESS_DAY} (the n-th business day of the month) or "
+                    f"-1 to -{MAX_BUSINESS_DAY} (counted from the end), got {spec.day}",
+                )
+            )
+        if not 0 <= spec.at_minutes < 24 * 60:
+            out.append(FieldViolation(f"{path}.business_day.time_of_day", "must be 00:00 to 23:59"))
     elif isinstance(spec, AnyOfSpec | AllOfSpec):
         kind = "any_of" if isinstance(spec, AnyOfSpec) else "all_of"
         if shape.limited and depth >= MAX_TRIGGER_DEPTH:
@@ -266,7 +285,9 @@ def _check_trigger(spec: object, path: str, out: list[FieldViolation], shape: _S
         for i, child in enumerate(spec.triggers):
             _check_trigger(child, f"{path}.{kind}.triggers[{i}]", out, shape, depth + 1)
     else:
-        out.append(FieldViolation(path, "required: one of cron, interval, date, any_of, all_of"))
+        out.append(
+            FieldViolation(path, "required: one of cron, interval, date, business_day, any_of, all_of")
+        )
 
 
 def _check_skip_fires(spec: TriggerSpec, path: str, zone: tzinfo, out: list[FieldViolation]) -> None:
@@ -692,6 +713,56 @@ class _Date(DateTrigger):  # type: ignore[misc]
         return self.get_next_fire_time(None, now)
 
 
+class _BusinessDay(BaseTrigger):  # type: ignore[misc]
+    """The `day`-th business day of every month (negative: from its end) at a wall-clock time.
+
+    A business day is a day whose wall-clock time `at` the calendar holds. Each day looked at
+    costs a step of the search's budget; a search gives up after _BUSINESS_MONTHS months.
+    """
+
+    __slots__ = ("calendars", "spec", "zone")
+
+    def __init__(self, spec: BusinessDaySpec, zone: tzinfo, calendars: Mapping[str, Calendar]) -> None:
+        self.spec = spec
+        self.zone = zone
+        self.calendars = calendars
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        return self.search(_utc(now), SearchBudget())
+
+    def search(self, now: datetime, budget: SearchBudget) -> datetime | None:
+        """The first fire time at or after `now`."""
+        local = now.astimezone(self.zone)
+        year, month = local.year, local.month
+        for _ in range(_BUSINESS_MONTHS):
+            fire = self.in_month(year, month, budget)
+            if fire is not None and fire >= now:
+                return fire
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+            if year > 9998:
+                return None
+        return None
+
+    def in_month(self, year: int, month: int, budget: SearchBudget) -> datetime | None:
+        """The month's fire time; None when it has too few business days."""
+        spec = self.spec
+        hour, minute = divmod(spec.at_minutes, 60)
+        days = range(1, calendar.monthrange(year, month)[1] + 1)
+        wanted = spec.day if spec.day > 0 else -spec.day
+        found = 0
+        for day in days if spec.day > 0 else reversed(days):
+            budget.charge(1)
+            instant, _ = _instant(datetime(year, month, day, hour, minute), self.zone)
+            if calendar_rules.holds(self.calendars, spec.calendar_id, instant) is not None:
+                found += 1
+                if found == wanted:
+                    return instant
+        return None
+
+    def __str__(self) -> str:
+        return f"business_day[{self.spec.day} of {self.spec.calendar_id}, {self.zone}]"
+
+
 class _Or(OrTrigger):  # type: ignore[misc]
     """OrTrigger comparing in UTC: datetimes sharing a tzinfo compare by wall time, wrong in a fold.
 
@@ -797,12 +868,44 @@ def build_trigger(schedule: Schedule, anchor: datetime) -> BaseTrigger:
     end = _utc(schedule.end_time) if schedule.end_time is not None else None
     needs_anchor = start is None and _has_interval(schedule.trigger)
     base = _utc(anchor).replace(microsecond=0) if needs_anchor else None
-    return _cached_trigger(schedule.trigger, schedule.time_zone, start, end, base)
+    named = calendar_rules.trigger_references(schedule.trigger)
+    days = _CalendarSet(schedule.calendars) if named else None
+    return _cached_trigger(schedule.trigger, schedule.time_zone, start, end, base, days)
+
+
+class _CalendarSet:
+    """The calendars a trigger's business days are read from, hashable by what they hold, so
+    that triggers built on the same calendars stay cached and a changed calendar builds anew."""
+
+    __slots__ = ("_key", "calendars")
+
+    def __init__(self, calendars: Mapping[str, Calendar]) -> None:
+        self.calendars = dict(calendars)
+        self._key = tuple(
+            sorted(
+                (
+                    cid,
+                    repr(dataclasses.replace(c, create_time=None, update_time=None, etag="", description="")),
+                )
+                for cid, c in calendars.items()
+            )
+        )
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _CalendarSet) and self._key == other._key
 
 
 @functools.lru_cache(maxsize=4096)
 def _cached_trigger(
-    spec: TriggerSpec, zone_name: str, start: datetime | None, end: datetime | None, anchor: datetime | None
+    spec: TriggerSpec,
+    zone_name: str,
+    start: datetime | None,
+    end: datetime | None,
+    anchor: datetime | None,
+    days: _CalendarSet | None = None,
 ) -> BaseTrigger:
     violations: list[FieldViolation] = []
     _check_trigger(spec, "trigger", violations, _Shape(limited=False))
@@ -816,10 +919,14 @@ def _cached_trigger(
     if isinstance(spec, IntervalSpec) and interval_anchor is not None:
         # The interval's own start is its bound as well as its anchor.
         return _Bounded(_Interval(spec.every, interval_anchor, end, zone), start, end)
-    return _Bounded(_build(spec, zone, interval_anchor, "trigger"), start, end)
+    return _Bounded(_build(spec, zone, interval_anchor, "trigger", days), start, end)
 
 
-def _build(spec: TriggerSpec, zone: tzinfo, anchor: datetime | None, path: str) -> BaseTrigger:
+def _build(
+    spec: TriggerSpec, zone: tzinfo, anchor: datetime | None, path: str, days: _CalendarSet | None = None
+) -> BaseTrigger:
+    if isinstance(spec, BusinessDaySpec):
+        return _BusinessDay(spec, zone, days.calendars if days is not None else {})
     if isinstance(spec, CronSpec):
         return _Cron(_parse_cron(spec.expression), zone, spec.dst_policy)
     if isinstance(spec, IntervalSpec):
@@ -830,7 +937,8 @@ def _build(spec: TriggerSpec, zone: tzinfo, anchor: datetime | None, path: str) 
         return _Date(run_date=_utc(spec.run_time), timezone=zone)
     kind = "any_of" if isinstance(spec, AnyOfSpec) else "all_of"
     children = [
-        _build(child, zone, anchor, f"{path}.{kind}.triggers[{i}]") for i, child in enumerate(spec.triggers)
+        _build(child, zone, anchor, f"{path}.{kind}.triggers[{i}]", days)
+        for i, child in enumerate(spec.triggers)
     ]
     return (
         _Or(children, f"{path}.any_of") if isinstance(spec, AnyOfSpec) else _And(children, f"{path}.all_of")

@@ -212,10 +212,18 @@ class Store(Protocol):
     async def namespace_calendars(self, namespace: str) -> dict[str, Calendar]:
         """Every calendar of the namespace, by id."""
 
-    async def update_calendar(self, calendar: Calendar, *, expected_etag: str, actor: str = "") -> Calendar:
+    async def update_calendar(
+        self,
+        calendar: Calendar,
+        *,
+        expected_etag: str,
+        replan: Callable[[Schedule, datetime], Schedule],
+        actor: str = "",
+    ) -> Calendar:
         """Replace the calendar's fields if its etag is still `expected_etag`, and in the same
         transaction give every schedule that reaches it the calendars as they are now
-        (`Schedule.calendars`). NotFound; EtagMismatch."""
+        (`Schedule.calendars`) and the next fire time `replan` plans with them. NotFound;
+        EtagMismatch."""
 
     async def delete_calendar(self, namespace: str, calendar_id: str, *, expected_etag: str = "") -> None:
         """Delete the calendar. NotFound; EtagMismatch; FailedPrecondition while a schedule or

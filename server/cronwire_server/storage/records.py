@@ -11,6 +11,7 @@ from typing import Any, assert_never
 from cronwire_server.core.model import (
     AllOfSpec,
     AnyOfSpec,
+    BusinessDaySpec,
     Calendar,
     CallbackDelivery,
     CallbackState,
@@ -103,6 +104,10 @@ def trigger_to_json(spec: TriggerSpec) -> JsonObject:
             return {"any_of": [trigger_to_json(t) for t in spec.triggers]}
         case AllOfSpec():
             return {"all_of": [trigger_to_json(t) for t in spec.triggers]}
+        case BusinessDaySpec():
+            return {
+                "business_day": {"calendar": spec.calendar_id, "day": spec.day, "at_minutes": spec.at_minutes}
+            }
         case _:
             assert_never(spec)
 
@@ -120,6 +125,8 @@ def trigger_from_json(data: JsonObject) -> TriggerSpec:
         return AnyOfSpec(triggers=tuple(trigger_from_json(t) for t in body))
     if kind == "all_of":
         return AllOfSpec(triggers=tuple(trigger_from_json(t) for t in body))
+    if kind == "business_day":
+        return BusinessDaySpec(body["calendar"], body["day"], body["at_minutes"])
     raise ValueError(f"unknown trigger kind {kind!r} in the database")
 
 

@@ -5,8 +5,10 @@ Synchronous SQLAlchemy Core work, run by `SqlStore` on its engine (see `SqlStore
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,7 +16,7 @@ from sqlalchemy.engine import Connection, Row
 
 from cronwire_server.core import calendars as rules
 from cronwire_server.core import errors
-from cronwire_server.core.model import Calendar
+from cronwire_server.core.model import Calendar, Schedule
 from cronwire_server.core.names import calendar_name, schedule_name
 from cronwire_server.storage.records import (
     calendar_fields,
@@ -25,6 +27,9 @@ from cronwire_server.storage.records import (
 from cronwire_server.storage.tables import calendars, request_ids, schedules
 
 METHOD_CREATE = "CreateCalendar"
+# A schedule that reaches a changed calendar, with the calendars as they are now -> the same
+# schedule with its next fire time planned again (core.schedules.replanned).
+Replanner = Callable[[Schedule, datetime], Schedule]
 
 
 def _new_etag() -> str:
@@ -100,9 +105,10 @@ def of_namespace(conn: Connection, namespace: str) -> dict[str, Calendar]:
     return {row.id: calendar_from_record(row._mapping) for row in rows}
 
 
-def update(conn: Connection, cal: Calendar, expected_etag: str, now: Any) -> Row[Any]:
+def update(conn: Connection, cal: Calendar, expected_etag: str, replan: Replanner, now: datetime) -> Row[Any]:
     """UPDATE the calendar if the etag matches, then refresh the calendars kept with every
-    schedule of the namespace that reaches it, in the caller's transaction."""
+    schedule of the namespace that reaches it and plan its next fire time again (`replan`), in
+    the caller's transaction."""
     where = _key(calendars, cal.namespace, cal.id)
     if expected_etag:
         where.append(calendars.c.etag == expected_etag)
@@ -127,11 +133,15 @@ def update(conn: Connection, cal: Calendar, expected_etag: str, now: Any) -> Row
         schedule = schedule_from_record(record._mapping)
         if cal.id not in schedule.calendars:
             continue
-        reached = rules.reach(world, (*schedule.exclude_calendars, *schedule.only_on_calendars))
+        reached = rules.reach(world, [c for _, c in rules.schedule_references(schedule)])
+        planned = replan(dataclasses.replace(schedule, calendars=reached), now)
         conn.execute(
             sa.update(schedules)
             .where(schedules.c.namespace == schedule.namespace, schedules.c.id == schedule.id)
-            .values(calendars=calendars_to_json(reached) if reached else None)
+            .values(
+                calendars=calendars_to_json(reached) if reached else None,
+                next_fire_time=planned.next_fire_time,
+            )
         )
     return row
 
@@ -149,7 +159,7 @@ def delete(conn: Connection, namespace: str, calendar_id: str, expected_etag: st
         sa.select(schedules).where(schedules.c.namespace == namespace, schedules.c.calendars.is_not(None))
     ).all():
         schedule = schedule_from_record(record._mapping)
-        if calendar_id in (*schedule.exclude_calendars, *schedule.only_on_calendars):
+        if calendar_id in {c for _, c in rules.schedule_references(schedule)}:
             raise errors.FailedPrecondition(
                 f"calendar {name!r} is named by schedule {schedule_name(namespace, schedule.id)!r}; "
                 "change or delete that schedule first",

@@ -768,8 +768,18 @@ class SqlStore:
     async def namespace_calendars(self, namespace: str) -> dict[str, Calendar]:
         return await self._run(self._read, sql_calendars.of_namespace, namespace)
 
-    async def update_calendar(self, calendar: Calendar, *, expected_etag: str, actor: str = "") -> Calendar:
-        row = await self._run(self._in_transaction_by, actor, sql_calendars.update, calendar, expected_etag)
+    async def update_calendar(
+        self,
+        calendar: Calendar,
+        *,
+        expected_etag: str,
+        replan: Callable[[Schedule, datetime], Schedule],
+        actor: str = "",
+    ) -> Calendar:
+        row = await self._run(
+            self._in_transaction_by, actor, sql_calendars.update, calendar, expected_etag, replan
+        )
+        await self._schedules_changed()  # a re-planned next fire time may be earlier now
         return calendar_from_record(row._mapping)
 
     async def delete_calendar(self, namespace: str, calendar_id: str, *, expected_etag: str = "") -> None:

@@ -32,6 +32,13 @@ PARENT = "namespaces/ops"
 JOB = f"{PARENT}/jobs/report"
 BERLIN = ZoneInfo("Europe/Berlin")
 # Bavaria's public holidays of 2027 on weekdays, by hand (see tests/unit/test_calendars.py).
+WORKING_DAYS = [
+    "WEEKDAY_MONDAY",
+    "WEEKDAY_TUESDAY",
+    "WEEKDAY_WEDNESDAY",
+    "WEEKDAY_THURSDAY",
+    "WEEKDAY_FRIDAY",
+]
 BAVARIAN_WEEKDAY_HOLIDAYS_2027 = {
     date(2027, m, d) for m, d in [(1, 1), (1, 6), (3, 26), (3, 29), (5, 6), (5, 17), (5, 27), (11, 1)]
 }
@@ -367,3 +374,74 @@ async def test_excluded_ticks_become_skipped_records_and_a_calendar_change_repla
 async def _at_least(found: Any, n: int) -> list[execution_pb2.Execution] | None:
     items: list[execution_pb2.Execution] = await found
     return items if len(items) >= n else None
+
+
+@pytest.mark.usefixtures("job")
+async def test_a_last_business_day_trigger_in_new_york_and_a_calendar_change_replanning_it(
+    calendars: CalendarServiceStub, schedules: ScheduleServiceStub
+) -> None:
+    await create_calendar(calendars, "ny-weekdays", timeZone="America/New_York", weekdays=WORKING_DAYS)
+    await create_calendar(
+        calendars,
+        "new-york",
+        timeZone="America/New_York",
+        publicHolidays=[{"country": "US", "subdivision": "NY"}],
+    )
+    business = await create_calendar(
+        calendars, "ny-business", timeZone="America/New_York",
+        includeCalendars=[f"{PARENT}/calendars/ny-weekdays"],
+        excludeCalendars=[f"{PARENT}/calendars/new-york"],
+    )  # fmt: skip
+    month_end = await create_schedule(
+        schedules, "month-end", timeZone="America/New_York",
+        trigger={"businessDay": {"calendar": business.name, "day": -1, "timeOfDay": "17:00"}},
+    )  # fmt: skip
+    assert json_format.MessageToDict(month_end.trigger) == {
+        "businessDay": {"calendar": business.name, "day": -1, "timeOfDay": "17:00"}
+    }
+    request = schedule_service_pb2.PreviewScheduleRequest(name=month_end.name, count=12)
+    request.after_time.FromDatetime(datetime(2027, 1, 1, tzinfo=UTC))
+    preview = await schedules.PreviewSchedule(request)
+    assert [t.local_time for t in preview.fire_times] == [
+        f"2027-{m:02d}-{d:02d}T17:00:00{'-05:00' if m in (1, 2, 11, 12) else '-04:00'}"
+        for m, d in [(1, 29), (2, 26), (3, 31), (4, 30), (5, 28), (6, 30), (7, 30), (8, 31), (9, 30),
+                     (10, 29), (11, 30), (12, 30)]
+    ]  # fmt: skip
+
+    violations, _ = await expect_error(
+        create_schedule(
+            schedules, "bad", trigger={"businessDay": {"calendar": f"{PARENT}/calendars/nope", "day": 0}}
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(violations) == {"schedule.trigger.business_day.day"}
+    violations, _ = await expect_error(
+        create_schedule(
+            schedules, "bad", trigger={"businessDay": {"calendar": f"{PARENT}/calendars/nope", "day": 1}}
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violations == {"schedule.trigger.business_day.calendar": "calendar 'nope' does not exist"}
+
+    # Every day is open but the ones `shut` holds: shutting the day the schedule waits for
+    # moves its stored next fire time, in the calendar's own transaction.
+    shut = await create_calendar(calendars, "shut")
+    every_day = [
+        f"WEEKDAY_{d}" for d in ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
+    ]
+    await create_calendar(calendars, "open", weekdays=every_day, excludeCalendars=[shut.name])
+    last_day = await create_schedule(
+        schedules, "last-day", trigger={"businessDay": {"calendar": f"{PARENT}/calendars/open", "day": -1}}
+    )
+    before = last_day.next_fire_time.ToDatetime(tzinfo=UTC)
+    assert (before + timedelta(days=1)).day == 1  # the last day of a month, at 00:00 UTC
+    await calendars.UpdateCalendar(
+        calendar_service_pb2.UpdateCalendarRequest(
+            calendar=calendar(name=shut.name, dates=[{"startDate": before.date().isoformat()}])
+        )
+    )
+    got = (await schedules.GetSchedule(schedule_service_pb2.GetScheduleRequest(name=last_day.name))).schedule
+    after = got.next_fire_time.ToDatetime(tzinfo=UTC)
+    assert after != before
+    assert after.date() != before.date()
+    assert after > datetime.now(UTC)

@@ -53,6 +53,27 @@ def test_a_business_day_schedule_from_the_command_line(cw: Run) -> None:  # noqa
     assert ["SKIPPED by calendar business-days" in line for line in lines] == [True, True, True, False]
     assert "taken away from it by calendar bavaria" in lines[2]
 
+    # The last business day of each month, at 17:00 Berlin time.
+    month_end = cw(
+        "schedules", "create", "month-end", "--job", "report", "--business-day", "-1",
+        "--calendar", "business-days", "--time-of-day", "17:00", "--tz", "Europe/Berlin", "-o", "json",
+    )  # fmt: skip
+    assert month_end.code == 0, month_end.err
+    assert month_end.json()["trigger"] == {
+        "business_day": {
+            "calendar": "namespaces/default/calendars/business-days",
+            "day": -1,
+            "time_of_day": "17:00",
+        }
+    }
+    ends = cw(
+        "schedules", "preview", "month-end", "--after", "2027-01-01T00:00", "--count", "3", "-o", "json"
+    )
+    assert [t["local_time"] for t in ends.json()["fire_times"]] == [
+        "2027-01-29T17:00:00+01:00", "2027-02-26T17:00:00+01:00", "2027-03-31T17:00:00+02:00",
+    ]  # fmt: skip
+    assert cw("schedules", "create", "x", "--job", "report", "--business-day", "1").code == 2
+
     refused = cw("calendars", "delete", "bavaria")
     assert refused.code == EXIT_ERROR
     assert "CALENDAR_IN_USE" in refused.err
