@@ -39,6 +39,9 @@ RETRIED_STATES = frozenset({ExecutionState.FAILED, ExecutionState.TIMED_OUT, Exe
 
 log = logging.getLogger(__name__)
 
+# Jitter's randomness, made once: seeding a generator per plan costs more than the plan.
+_RANDOM = random.Random()
+
 
 def _next_tick(schedule: Schedule, after: datetime, anchor: datetime) -> datetime | None:
     """The trigger's next fire time; None, as for an ended schedule, when its search spends the budget.
@@ -149,7 +152,7 @@ def plan_ticks(
     else:
         catch_up = late
 
-    plan = _Overlap(schedule, activity, rng or random.Random())
+    plan = _Overlap(schedule, activity, rng or _RANDOM)
     for t in catch_up:
         runs.append(plan.catch_up(t))
     for t in on_time:
@@ -231,5 +234,5 @@ def retry_due_time(
     seconds = policy.initial_backoff.total_seconds() * policy.backoff_multiplier ** (attempt - 1)
     seconds = min(seconds, policy.max_backoff.total_seconds())
     if policy.jitter:
-        seconds = (rng or random.Random()).uniform(seconds * (1 - policy.jitter), seconds)
+        seconds = (rng or _RANDOM).uniform(seconds * (1 - policy.jitter), seconds)
     return now + timedelta(seconds=seconds)
