@@ -388,6 +388,13 @@ def trigger_flags(parser: argparse.ArgumentParser) -> None:
         "--at", action="append", type=local_time_arg, metavar="TIME", help=f"once; {LOCAL_TIME_HELP}"
     )
     when.add_argument(
+        "--rrule",
+        action="append",
+        metavar="RULE",
+        help="an RFC 5545 recurrence, lines separated by newlines or by a literal \\n, e.g. "
+        "'DTSTART:20270104T090000\\nRRULE:FREQ=WEEKLY;BYDAY=MO,WE' (wall-clock times in --tz)",
+    )
+    when.add_argument(
         "--business-day",
         action="append",
         type=int,

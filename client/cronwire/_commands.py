@@ -45,6 +45,7 @@ from cronwire._types import (
     IntervalTrigger,
     JobDependent,
     RetryPolicy,
+    RRuleTrigger,
     Trigger,
 )
 from cronwire._values import format_duration, format_time, in_zone
@@ -331,6 +332,7 @@ def _triggers(args: argparse.Namespace) -> Trigger | None:
     triggers: list[Trigger] = [CronTrigger(e, dst) for e in args.cron or []]
     triggers += [IntervalTrigger(every) for every in args.every or []]
     triggers += [DateTrigger(in_zone(at)) for at in args.at or []]
+    triggers += [RRuleTrigger(rule.replace("\\n", "\n")) for rule in args.rrule or []]
     if (args.calendar or args.time_of_day) and not args.business_day:
         raise UsageError("--calendar and --time-of-day go with --business-day")
     if args.business_day and not args.calendar:
@@ -852,7 +854,9 @@ def cmd_schedules_create(ctx: Context) -> int:
     _refuse_past_dates(args)
     trigger = _triggers(args)
     if trigger is None:
-        raise UsageError("say when it fires: --cron EXPR, --every DURATION, --at TIME or --business-day N")
+        raise UsageError(
+            "say when it fires: --cron EXPR, --every DURATION, --at TIME, --rrule RULE or --business-day N"
+        )
     schedule = ctx.client.create_schedule(
         args.name,
         job=args.job,

@@ -31,6 +31,7 @@ from cronwire._types import (
     MisfirePolicy,
     OverlapPolicy,
     RetryPolicy,
+    RRuleTrigger,
     Trigger,
 )
 from cronwire._values import format_duration, format_time, parse_duration, parse_enum, parse_time
@@ -64,6 +65,8 @@ def trigger_document(trigger: Trigger) -> dict[str, Any]:
             return {"any_of": [trigger_document(t) for t in triggers]}
         case AllOfTrigger(triggers):
             return {"all_of": [trigger_document(t) for t in triggers]}
+        case RRuleTrigger(rule):
+            return {"rrule": rule}
         case BusinessDayTrigger(calendar, day, time_of_day):
             return {"business_day": {"calendar": calendar, "day": day, "time_of_day": time_of_day}}
     raise TypeError(f"not a trigger: {trigger!r}")

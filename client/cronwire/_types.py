@@ -501,8 +501,26 @@ class BusinessDayTrigger:
         out.business_day.time_of_day = self.time_of_day
 
 
+@dataclass(frozen=True)
+class RRuleTrigger:
+    """Fires on the occurrences of an RFC 5545 recurrence: DTSTART, RRULE and optional RDATE,
+    EXDATE and EXRULE lines, e.g. "DTSTART:20270104T090000\\nRRULE:FREQ=WEEKLY;BYDAY=MO,WE". Its
+    times are wall-clock times in the schedule's time zone (no TZID, no `Z`)."""
+
+    rule: str
+
+    def _fill(self, out: schedule_pb2.Trigger) -> None:
+        out.rrule.rule = self.rule
+
+
 Trigger: TypeAlias = (
-    CronTrigger | IntervalTrigger | DateTrigger | AnyOfTrigger | AllOfTrigger | BusinessDayTrigger
+    CronTrigger
+    | IntervalTrigger
+    | DateTrigger
+    | AnyOfTrigger
+    | AllOfTrigger
+    | BusinessDayTrigger
+    | RRuleTrigger
 )
 """When a schedule fires: one of the trigger classes."""
 
@@ -524,6 +542,8 @@ def trigger_from_proto(message: schedule_pb2.Trigger) -> Trigger | None:
     if kind == "date":
         run_time = time_from(message.date, "run_time")
         return DateTrigger(run_time) if run_time is not None else None
+    if kind == "rrule":
+        return RRuleTrigger(message.rrule.rule)
     if kind == "business_day":
         body = message.business_day
         return BusinessDayTrigger(body.calendar, body.day, body.time_of_day or "00:00")

@@ -63,6 +63,7 @@ EXPORTED = [
     "ResourceExhausted",
     "RetryPolicy",
     "Role",
+    "RRuleTrigger",
     "Schedule",
     "SchedulePreview",
     "SchedulingLag",

@@ -284,7 +284,8 @@ Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
 @_typing.final
 class Trigger(_message.Message):
     """When a schedule fires: one of a cron expression, a fixed interval, a single
-    date, a business day of the month, or a combination of those.
+    date, a business day of the month, an RFC 5545 recurrence rule, or a
+    combination of those.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -295,6 +296,7 @@ class Trigger(_message.Message):
     ANY_OF_FIELD_NUMBER: _builtins.int
     ALL_OF_FIELD_NUMBER: _builtins.int
     BUSINESS_DAY_FIELD_NUMBER: _builtins.int
+    RRULE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def cron(self) -> Global___CronTrigger:
         """Fires on the times a cron expression names."""
@@ -319,6 +321,10 @@ class Trigger(_message.Message):
     def business_day(self) -> Global___BusinessDayTrigger:
         """Fires on the n-th (or n-th last) business day of every month."""
 
+    @_builtins.property
+    def rrule(self) -> Global___RRuleTrigger:
+        """Fires on the occurrences of an RFC 5545 recurrence rule."""
+
     def __init__(
         self,
         *,
@@ -328,16 +334,48 @@ class Trigger(_message.Message):
         any_of: Global___TriggerList | None = ...,
         all_of: Global___TriggerList | None = ...,
         business_day: Global___BusinessDayTrigger | None = ...,
+        rrule: Global___RRuleTrigger | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["all_of", b"all_of", "any_of", b"any_of", "business_day", b"business_day", "cron", b"cron", "date", b"date", "interval", b"interval", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["all_of", b"all_of", "any_of", b"any_of", "business_day", b"business_day", "cron", b"cron", "date", b"date", "interval", b"interval", "kind", b"kind", "rrule", b"rrule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_of", b"all_of", "any_of", b"any_of", "business_day", b"business_day", "cron", b"cron", "date", b"date", "interval", b"interval", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_of", b"all_of", "any_of", b"any_of", "business_day", b"business_day", "cron", b"cron", "date", b"date", "interval", b"interval", "kind", b"kind", "rrule", b"rrule"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["cron", "interval", "date", "any_of", "all_of", "business_day"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["cron", "interval", "date", "any_of", "all_of", "business_day", "rrule"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Trigger: _TypeAlias = Trigger  # noqa: Y015
+
+@_typing.final
+class RRuleTrigger(_message.Message):
+    """An RFC 5545 (iCalendar) recurrence: a DTSTART line, RRULE lines, and
+    optionally RDATE, EXDATE and EXRULE lines, e.g.
+    `DTSTART:20270104T090000\\nRRULE:FREQ=WEEKLY;BYDAY=MO,WE\\nEXDATE:20270405T090000`.
+    Every time in it is a wall-clock time in the schedule's time zone (TZID
+    parameters and UTC `Z` times are refused); a time a daylight-saving change
+    repeats fires at its first occurrence, one it skips at the jump. FREQ is
+    MINUTELY or coarser; COUNT at most 1000. A search walks the rule one period
+    of its frequency at a time within the trigger's step budget, so a rule that
+    fires too rarely for its frequency is refused like a rare cron combination.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    """Required. The recurrence, its lines separated by newlines."""
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RRuleTrigger: _TypeAlias = RRuleTrigger  # noqa: Y015
 
 @_typing.final
 class BusinessDayTrigger(_message.Message):

@@ -366,6 +366,8 @@ def trigger_from_pb(
         return model.CronSpec(message.cron.expression, policy)
     if kind == "interval":
         return model.IntervalSpec(duration_from_pb(message.interval.every, f"{field}.interval.every"))
+    if kind == "rrule":
+        return model.RRuleSpec(message.rrule.rule)
     if kind == "date":
         if not message.date.HasField("run_time"):
             raise InvalidArgument.field(f"{field}.date.run_time", "is required")
@@ -378,12 +380,14 @@ def trigger_from_pb(
         )
         return model.AnyOfSpec(specs) if kind == "any_of" else model.AllOfSpec(specs)
     raise InvalidArgument.field(
-        field, "is required: set one of cron, interval, date, business_day, any_of, all_of"
+        field, "is required: set one of cron, interval, date, business_day, rrule, any_of, all_of"
     )
 
 
 def trigger_to_pb(spec: model.TriggerSpec, out: schedule_pb2.Trigger, namespace: str = "") -> None:
     match spec:
+        case model.RRuleSpec(rule):
+            out.rrule.rule = rule
         case model.BusinessDaySpec(calendar_id, day, at_minutes):
             out.business_day.calendar = format_name("calendar", namespace, calendar_id)
             out.business_day.day = day

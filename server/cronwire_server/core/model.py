@@ -171,7 +171,17 @@ class BusinessDaySpec:
     at_minutes: int = 0
 
 
-TriggerSpec: TypeAlias = CronSpec | IntervalSpec | DateSpec | AnyOfSpec | AllOfSpec | BusinessDaySpec
+@dataclass(frozen=True)
+class RRuleSpec:
+    """An RFC 5545 recurrence (DTSTART, RRULE, RDATE, EXDATE, EXRULE lines), wall-clock times in
+    the schedule's time zone."""
+
+    rule: str
+
+
+TriggerSpec: TypeAlias = (
+    CronSpec | IntervalSpec | DateSpec | AnyOfSpec | AllOfSpec | BusinessDaySpec | RRuleSpec
+)
 
 
 @dataclass

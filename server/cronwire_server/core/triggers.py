@@ -52,6 +52,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
@@ -59,6 +60,7 @@ from apscheduler.triggers.combining import AndTrigger, OrTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from cronsim import CronSim
+from dateutil import rrule as rfc5545
 
 from cronwire_server.core import calendars as calendar_rules
 from cronwire_server.core.errors import FieldViolation, InvalidArgument
@@ -71,6 +73,7 @@ from cronwire_server.core.model import (
     DateSpec,
     DstPolicy,
     IntervalSpec,
+    RRuleSpec,
     Schedule,
     TriggerSpec,
 )
@@ -223,7 +226,7 @@ class _Shape:
 
 
 def _check_trigger(spec: object, path: str, out: list[FieldViolation], shape: _Shape, depth: int = 0) -> None:
-    if isinstance(spec, CronSpec | IntervalSpec | DateSpec | BusinessDaySpec):
+    if isinstance(spec, CronSpec | IntervalSpec | DateSpec | BusinessDaySpec | RRuleSpec):
         shape.leaves += 1
         if shape.limited and shape.leaves > MAX_TRIGGER_LEAVES:
             # Reported once, at the first leaf past the limit; the rest is not even parsed.
@@ -252,6 +255,11 @@ def _check_trigger(spec: object, path: str, out: list[FieldViolation], shape: _S
             out.append(FieldViolation(f"{path}.interval.every", "must be positive"))
     elif isinstance(spec, DateSpec):
         pass
+    elif isinstance(spec, RRuleSpec):
+        try:
+            _parse_rrule(spec.rule)
+        except ValueError as e:
+            out.append(FieldViolation(f"{path}.rrule.rule", str(e)))
     elif isinstance(spec, BusinessDaySpec):
         if not (1 <= spec.day <= MAX_BUSINESS_DAY or -MAX_BUSINESS_DAY <= spec.day <= -1):
             out.append(
@@ -763,6 +771,260 @@ class _BusinessDay(BaseTrigger):  # type: ignore[misc]
         return f"business_day[{self.spec.day} of {self.spec.calendar_id}, {self.zone}]"
 
 
+# --- RFC 5545 recurrence rules -------------------------------------------------
+#
+# python-dateutil expands the rules. Every time in them is a wall-clock time in the schedule's
+# zone (a time the clock repeats fires at its first occurrence, one it skips at the jump); a TZID
+# or a UTC `Z` is refused rather than half honoured. dateutil walks a rule from its DTSTART one
+# period (a day of FREQ=DAILY, a week of WEEKLY, ...) at a time, so a search here starts it at
+# the period of the search (the rule re-anchored there, the same occurrences) and bounds it to as
+# many periods as the search's budget has steps left: a rule that fires too rarely for its
+# frequency (`FREQ=MINUTELY;BYMONTH=2`) spends the budget and is refused like a rare cron
+# combination. A rule with COUNT is expanded once, within the same bound, into its dates.
+
+MAX_RRULE_LENGTH = 4096
+MAX_RRULE_COUNT = 1000
+_RRULE_UTC_TIME = re.compile(r"\d{8}T\d{6}Z")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One RRULE (or EXRULE) as dateutil read it: its frequency, grid and BY-parts, all explicit
+    (dateutil fills in those DTSTART implies), so that it can be started again at any period of
+    its grid and name the same occurrences from there on."""
+
+    freq: int
+    interval: int
+    wkst: int
+    dtstart: datetime
+    until: datetime | None
+    count: int | None
+    by: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, rule: rfc5545.rrule) -> _Rule:
+        parts: dict[str, Any] = vars(rule)
+        weekdays = [rfc5545.weekday(w) for w in parts["_byweekday"] or ()]
+        weekdays += [rfc5545.weekday(w, n) for w, n in parts["_bynweekday"] or ()]
+        monthdays = (*(parts["_bymonthday"] or ()), *(parts["_bynmonthday"] or ()))
+        by = {
+            "bysetpos": parts["_bysetpos"],
+            "bymonth": parts["_bymonth"],
+            "bymonthday": monthdays or None,
+            "byyearday": parts["_byyearday"],
+            "byeaster": parts["_byeaster"],
+            "byweekno": parts["_byweekno"],
+            "byweekday": tuple(weekdays) or None,
+            "byhour": tuple(sorted(parts["_byhour"])) if parts["_byhour"] else None,
+            "byminute": tuple(sorted(parts["_byminute"])) if parts["_byminute"] else None,
+            "bysecond": tuple(sorted(parts["_bysecond"])) if parts["_bysecond"] else None,
+        }
+        return cls(
+            freq=int(parts["_freq"]),
+            interval=int(parts["_interval"]),
+            wkst=int(parts["_wkst"]),
+            dtstart=parts["_dtstart"],
+            until=parts["_until"],
+            count=parts["_count"],
+            by=tuple(by.items()),
+        )
+
+    def rebuilt(self, dtstart: datetime, until: datetime | None, count: int | None = None) -> rfc5545.rrule:
+        """The rule starting at `dtstart` (a period boundary on its grid) and ending at `until`."""
+        if self.until is not None:
+            until = self.until if until is None else min(until, self.until)
+        freq: Any = self.freq  # an int of dateutil's, typed as a Literal in its stubs
+        return rfc5545.rrule(
+            freq,
+            dtstart=dtstart,
+            interval=self.interval,
+            wkst=self.wkst,
+            count=count,
+            until=None if count else until,
+            cache=False,
+            **dict(self.by),
+        )
+
+    def shift(self, start: datetime, periods: int) -> datetime:
+        """`start` moved `periods` periods of the rule's frequency on (capped at year 9999)."""
+        try:
+            if self.freq == rfc5545.YEARLY:
+                return start.replace(year=min(start.year + periods, 9999))
+            if self.freq == rfc5545.MONTHLY:
+                months = start.month - 1 + periods
+                return start.replace(year=min(start.year + months // 12, 9999), month=months % 12 + 1, day=1)
+            return start + timedelta(seconds=_PERIOD_SECONDS[self.freq] * periods)
+        except (OverflowError, ValueError):
+            return datetime(9999, 12, 31)
+
+    def period_start(self, at: datetime) -> datetime:
+        """The start of the period on the rule's grid (every INTERVAL periods from DTSTART's) that
+        holds `at`; DTSTART itself when `at` is before it."""
+        start, step = self.dtstart, self.interval
+        if at <= start:
+            return start
+        if self.freq == rfc5545.YEARLY:
+            return datetime(start.year + (at.year - start.year) // step * step, 1, 1)
+        if self.freq == rfc5545.MONTHLY:
+            months = (at.year - start.year) * 12 + at.month - start.month
+            first = start.month - 1 + months // step * step
+            return datetime(start.year + first // 12, first % 12 + 1, 1)
+        if self.freq == rfc5545.WEEKLY:
+            monday = start.date() - timedelta(days=(start.weekday() - self.wkst) % 7)
+            week = datetime.combine(monday, datetime.min.time())
+            return week + timedelta(weeks=(at - week).days // 7 // step * step)
+        if self.freq == rfc5545.DAILY:
+            day = datetime.combine(start.date(), datetime.min.time())
+            return day + timedelta(days=(at - day).days // step * step)
+        unit = timedelta(seconds=_PERIOD_SECONDS[self.freq])
+        base = start.replace(
+            minute=0 if self.freq == rfc5545.HOURLY else start.minute, second=0, microsecond=0
+        )
+        return base + unit * ((at - base) // unit // step * step)
+
+
+_PERIOD_SECONDS = {
+    rfc5545.YEARLY: 366 * 86400,
+    rfc5545.MONTHLY: 31 * 86400,
+    rfc5545.WEEKLY: 7 * 86400,
+    rfc5545.DAILY: 86400,
+    rfc5545.HOURLY: 3600,
+    rfc5545.MINUTELY: 60,
+}
+
+
+@dataclass(frozen=True)
+class _ParsedRule:
+    rules: tuple[_Rule, ...]
+    exrules: tuple[_Rule, ...]
+    rdates: tuple[datetime, ...]
+    exdates: frozenset[datetime]
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_rrule(text: str) -> _ParsedRule:
+    """The rule set of `text` (naive wall times); ValueError saying what is wrong."""
+    if not text.strip():
+        raise ValueError(
+            "required: DTSTART and RRULE lines, e.g. DTSTART:20270101T090000 RRULE:FREQ=WEEKLY;BYDAY=MO"
+        )
+    if len(text) > MAX_RRULE_LENGTH:
+        raise ValueError(f"must be at most {MAX_RRULE_LENGTH} characters")
+    lines = [line.strip() for line in text.replace("\\n", "\n").splitlines() if line.strip()]
+    if not any(line.upper().startswith("DTSTART") for line in lines):
+        raise ValueError("needs a DTSTART line (e.g. DTSTART:20270101T090000): the rule counts from it")
+    if "TZID=" in text.upper() or _RRULE_UTC_TIME.search(text.upper()):
+        raise ValueError(
+            "times are wall-clock times in the schedule's time_zone: leave out TZID and the UTC `Z`"
+        )
+    try:
+        parsed: Any = rfc5545.rrulestr("\n".join(lines), forceset=True, ignoretz=True, cache=False)
+    except (ValueError, TypeError, IndexError, KeyError) as e:
+        raise ValueError(f"not an RFC 5545 recurrence dateutil can read: {e}") from None
+    rules = [_Rule.of(r) for r in parsed._rrule]
+    exrules = [_Rule.of(r) for r in parsed._exrule]
+    rdates: list[datetime] = list(parsed._rdate)
+    if not rules and not rdates:
+        raise ValueError("needs an RRULE or RDATE line")
+    kept: list[_Rule] = []
+    for rule in rules:
+        if rule.freq == rfc5545.SECONDLY:
+            raise ValueError("FREQ=SECONDLY is not supported: use a cron expression with seconds")
+        if rule.count:
+            rdates += _expand_count(rule)
+        else:
+            kept.append(rule)
+    if any(rule.freq == rfc5545.SECONDLY or rule.count for rule in exrules):
+        raise ValueError("an EXRULE with FREQ=SECONDLY or COUNT is not supported; use EXDATE")
+    return _ParsedRule(tuple(kept), tuple(exrules), tuple(sorted(rdates)), frozenset(parsed._exdate))
+
+
+def _expand_count(rule: _Rule) -> list[datetime]:
+    """The occurrences of a rule with COUNT, found within SEARCH_STEPS periods of its DTSTART."""
+    assert rule.count is not None
+    if rule.count > MAX_RRULE_COUNT:
+        raise ValueError(f"COUNT is at most {MAX_RRULE_COUNT}")
+    bounded = rule.rebuilt(rule.dtstart, None, count=rule.count)
+    horizon = rule.shift(rule.dtstart, SEARCH_STEPS)
+    found = list(bounded.between(rule.dtstart, horizon, inc=True))
+    if len(found) < rule.count:
+        raise ValueError(
+            f"its COUNT={rule.count} occurrences do not all fall within {SEARCH_STEPS} "
+            "periods of its frequency from DTSTART; use a coarser FREQ or fewer"
+        )
+    return found
+
+
+class _RRule(BaseTrigger):  # type: ignore[misc]
+    """An RFC 5545 recurrence, wall-clock times in `zone` (see above)."""
+
+    __slots__ = ("parsed", "zone")
+
+    def __init__(self, parsed: _ParsedRule, zone: tzinfo) -> None:
+        self.parsed = parsed
+        self.zone = zone
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        return self.search(_utc(now), SearchBudget())
+
+    def search(self, now: datetime, budget: SearchBudget) -> datetime | None:
+        """The first fire time at or after `now`."""
+        # An hour of wall time back: a repeated hour's first occurrence may be before `now`'s.
+        wall = now.astimezone(self.zone).replace(tzinfo=None) - timedelta(hours=1)
+        while True:
+            budget.charge(1)
+            candidate = self._next_wall(wall, budget)
+            if candidate is None:
+                return None
+            fire, _ = _instant(candidate, self.zone)
+            if fire >= now:
+                return fire
+            wall = candidate + timedelta(seconds=1)
+
+    def _next_wall(self, wall: datetime, budget: SearchBudget) -> datetime | None:
+        """The first occurrence at or after naive wall time `wall`. Each rule is walked from the
+        period of `wall` for at most as many periods as the budget has steps left; one that goes on
+        beyond them without an occurrence spends the budget (TriggerTooExpensive)."""
+        parsed = self.parsed
+        periods = max(budget.remaining(), 1)
+        found = [d for d in parsed.rdates if d >= wall and d not in parsed.exdates][:1]
+        for rule in parsed.rules:
+            start = rule.period_start(wall)
+            end = rule.shift(start, periods)
+            for walked, occurrence in enumerate(rule.rebuilt(start, end).xafter(wall, inc=True)):
+                if occurrence not in parsed.exdates and not self._excluded(occurrence):
+                    found.append(occurrence)
+                    break
+                if walked >= SEARCH_STEPS:  # excluded occurrences, one after another
+                    budget.charge(periods + 1)
+            else:
+                if rule.until is None or end < rule.until:
+                    budget.charge(periods + 1)
+        if not found:
+            return None
+        best = min(found)
+        budget.charge(min(periods, _periods_between(parsed, wall, best)))
+        return best
+
+    def _excluded(self, occurrence: datetime) -> bool:
+        for rule in self.parsed.exrules:
+            window = rule.rebuilt(rule.period_start(occurrence), occurrence + timedelta(seconds=1))
+            if window.between(occurrence, occurrence, inc=True):
+                return True
+        return False
+
+    def __str__(self) -> str:
+        return f"rrule[{self.zone}]"
+
+
+def _periods_between(parsed: _ParsedRule, start: datetime, end: datetime) -> int:
+    """About how many periods of the finest rule lie between `start` and `end`."""
+    if not parsed.rules:
+        return 1
+    unit = _PERIOD_SECONDS[max(r.freq for r in parsed.rules)]
+    return int((end - start).total_seconds() // unit) + 1
+
+
 class _Or(OrTrigger):  # type: ignore[misc]
     """OrTrigger comparing in UTC: datetimes sharing a tzinfo compare by wall time, wrong in a fold.
 
@@ -927,6 +1189,8 @@ def _build(
 ) -> BaseTrigger:
     if isinstance(spec, BusinessDaySpec):
         return _BusinessDay(spec, zone, days.calendars if days is not None else {})
+    if isinstance(spec, RRuleSpec):
+        return _RRule(_parse_rrule(spec.rule), zone)
     if isinstance(spec, CronSpec):
         return _Cron(_parse_cron(spec.expression), zone, spec.dst_policy)
     if isinstance(spec, IntervalSpec):

@@ -33,6 +33,7 @@ from cronwire_server.core.model import (
     PublicHolidays,
     RetentionPolicy,
     RetryPolicy,
+    RRuleSpec,
     Schedule,
     SkipReason,
     TimeRange,
@@ -104,6 +105,8 @@ def trigger_to_json(spec: TriggerSpec) -> JsonObject:
             return {"any_of": [trigger_to_json(t) for t in spec.triggers]}
         case AllOfSpec():
             return {"all_of": [trigger_to_json(t) for t in spec.triggers]}
+        case RRuleSpec():
+            return {"rrule": {"rule": spec.rule}}
         case BusinessDaySpec():
             return {
                 "business_day": {"calendar": spec.calendar_id, "day": spec.day, "at_minutes": spec.at_minutes}
@@ -125,6 +128,8 @@ def trigger_from_json(data: JsonObject) -> TriggerSpec:
         return AnyOfSpec(triggers=tuple(trigger_from_json(t) for t in body))
     if kind == "all_of":
         return AllOfSpec(triggers=tuple(trigger_from_json(t) for t in body))
+    if kind == "rrule":
+        return RRuleSpec(body["rule"])
     if kind == "business_day":
         return BusinessDaySpec(body["calendar"], body["day"], body["at_minutes"])
     raise ValueError(f"unknown trigger kind {kind!r} in the database")

@@ -445,3 +445,30 @@ async def test_a_last_business_day_trigger_in_new_york_and_a_calendar_change_rep
     assert after != before
     assert after.date() != before.date()
     assert after > datetime.now(UTC)
+
+
+@pytest.mark.usefixtures("job")
+async def test_an_rrule_trigger_with_exdate_round_trips_and_previews(schedules: ScheduleServiceStub) -> None:
+    rule = "DTSTART:20270104T090000\nRRULE:FREQ=WEEKLY;BYDAY=MO,WE\nEXDATE:20270106T090000"
+    created = await create_schedule(
+        schedules,
+        "ical",
+        trigger={"rrule": {"rule": rule}},
+        timeZone="Europe/Berlin",
+        startTime="2027-01-01T00:00:00Z",
+    )
+    assert created.trigger.rrule.rule == rule
+    assert created.next_fire_time.ToDatetime(tzinfo=UTC) == datetime(2027, 1, 4, 8, tzinfo=UTC)
+    request = schedule_service_pb2.PreviewScheduleRequest(name=created.name, count=3)
+    request.after_time.FromDatetime(datetime(2027, 1, 1, tzinfo=UTC))
+    preview = await schedules.PreviewSchedule(request)
+    assert [t.local_time for t in preview.fire_times] == [
+        "2027-01-04T09:00:00+01:00",
+        "2027-01-11T09:00:00+01:00",  # Wednesday the 6th is an EXDATE
+        "2027-01-13T09:00:00+01:00",
+    ]
+    violations, _ = await expect_error(
+        create_schedule(schedules, "bad", trigger={"rrule": {"rule": "RRULE:FREQ=DAILY"}}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert list(violations) == ["schedule.trigger.rrule.rule"]

@@ -73,6 +73,15 @@ def test_a_business_day_schedule_from_the_command_line(cw: Run) -> None:  # noqa
         "2027-01-29T17:00:00+01:00", "2027-02-26T17:00:00+01:00", "2027-03-31T17:00:00+02:00",
     ]  # fmt: skip
     assert cw("schedules", "create", "x", "--job", "report", "--business-day", "1").code == 2
+    # An iCalendar rule, its lines joined by a literal \n on the command line.
+    ical = cw(
+        "schedules", "preview", "--rrule", "DTSTART:20270104T090000\\nRRULE:FREQ=WEEKLY;BYDAY=MO;INTERVAL=2",
+        "--tz", "Europe/Berlin", "--after", "2027-01-01T00:00", "--count", "2", "-o", "json",
+    )  # fmt: skip
+    assert ical.code == 0, ical.err
+    assert [t["local_time"] for t in ical.json()["fire_times"]] == [
+        "2027-01-04T09:00:00+01:00", "2027-01-18T09:00:00+01:00",
+    ]  # fmt: skip
 
     refused = cw("calendars", "delete", "bavaria")
     assert refused.code == EXIT_ERROR
