@@ -264,12 +264,16 @@ def _schedule_pairs(schedule: Schedule) -> list[tuple[str, Any]]:
         ("catch-up window", schedule.catchup_window),
         ("overlap policy", schedule.overlap_policy.name if schedule.overlap_policy else None),
         ("arguments", schedule.arguments),
-        ("exclude calendars", ", ".join(schedule.exclude_calendars) or None),
-        ("only on calendars", ", ".join(schedule.only_on_calendars) or None),
         ("created", schedule.create_time),
         ("updated", schedule.update_time),
         ("etag", schedule.etag),
     ]
+    # Shown only when set: a schedule without calendars reads as before.
+    calendars = [
+        ("exclude calendars", ", ".join(schedule.exclude_calendars)),
+        ("only on calendars", ", ".join(schedule.only_on_calendars)),
+    ]
+    pairs[-3:-3] = [(key, value) for key, value in calendars if value]
     return pairs
 
 
@@ -595,7 +599,8 @@ def calendar_year_view(preview: CalendarPreview) -> str:
     whole = sum(1 for d in preview.days if not d.time_ranges)
     out.append(f"{len(preview.days)} days on the calendar ({whole} whole)\n")
     for held_day in preview.days:
-        if held_day.reason.lower() in _WEEKDAY_NAMES and not held_day.time_ranges:
+        # "Monday", or "Monday (calendar weekdays)" through an included calendar.
+        if held_day.reason.split(" (", 1)[0].lower() in _WEEKDAY_NAMES and not held_day.time_ranges:
             continue
         hours = ", ".join(f"{t.start}-{t.end}" for t in held_day.time_ranges)
         suffix = f"  ({hours})" if hours else ""

@@ -73,7 +73,14 @@ def validate_calendar(cal: Calendar) -> None:
         bad(FieldViolation("time_zone", str(e)))
     if len(cal.description) > MAX_DESCRIPTION:
         bad(FieldViolation("description", f"must be at most {MAX_DESCRIPTION} characters"))
-    for field in ("dates", "yearly_dates", "public_holidays", "time_ranges", "include_calendars"):
+    for field in (
+        "dates",
+        "yearly_dates",
+        "public_holidays",
+        "time_ranges",
+        "include_calendars",
+        "exclude_calendars",
+    ):
         if len(getattr(cal, field)) > MAX_ENTRIES:
             bad(FieldViolation(field, f"holds more than {MAX_ENTRIES} entries"))
     for i, span in enumerate(cal.dates[:MAX_ENTRIES]):

@@ -3,6 +3,7 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,6 +26,8 @@ from cronwire.v1.calendar_service_pb2_grpc import CalendarServiceStub
 from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire.v1.schedule_service_pb2_grpc import ScheduleServiceStub
+from cronwire_server.app import create_server
+from cronwire_server.config import Settings
 from tests.integration.api.test_job_service import expect_error
 from tests.support import eventually
 
@@ -472,3 +475,66 @@ async def test_an_rrule_trigger_with_exdate_round_trips_and_previews(schedules: 
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert list(violations) == ["schedule.trigger.rrule.rule"]
+
+
+@pytest.mark.postgres
+async def test_a_calendar_changed_on_one_replica_replans_the_schedules_every_replica_reads(
+    fresh_database_url: Callable[[str], str],
+) -> None:
+    url = fresh_database_url("postgres")
+    replicas = [
+        await create_server(Settings(listen="127.0.0.1:0", database_url=url, allow_root_jobs=True))
+        for _ in range(2)
+    ]
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{replicas[0].port}") as first,
+            grpc.aio.insecure_channel(f"127.0.0.1:{replicas[1].port}") as second,
+        ):
+            await JobServiceStub(first).CreateJob(
+                job_service_pb2.CreateJobRequest(
+                    parent=PARENT, job_id="report", job=job_pb2.Job(executor="noop")
+                )
+            )
+            shut = await create_calendar(CalendarServiceStub(first), "shut")
+            every_day = [f"WEEKDAY_{d}" for d in ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY")]
+            every_day += ["WEEKDAY_SATURDAY", "WEEKDAY_SUNDAY"]
+            await create_calendar(
+                CalendarServiceStub(first), "open", weekdays=every_day, excludeCalendars=[shut.name]
+            )
+            on_first = ScheduleServiceStub(first)
+            last_day = await create_schedule(
+                on_first,
+                "last-day",
+                trigger={"businessDay": {"calendar": f"{PARENT}/calendars/open", "day": -1}},
+            )
+            daily = await create_schedule(
+                on_first,
+                "daily",
+                trigger={"cron": {"expression": "0 12 * * *"}},
+                excludeCalendars=[shut.name],
+            )
+            waiting = last_day.next_fire_time.ToDatetime(tzinfo=UTC)
+            noon = daily.next_fire_time.ToDatetime(tzinfo=UTC)
+            # The other replica shuts both days the schedules wait for.
+            days = sorted({waiting.date().isoformat(), noon.date().isoformat()})
+            await CalendarServiceStub(second).UpdateCalendar(
+                calendar_service_pb2.UpdateCalendarRequest(
+                    calendar=calendar(name=shut.name, dates=[{"startDate": d} for d in days])
+                )
+            )
+            for stub in (on_first, ScheduleServiceStub(second)):
+                got = {
+                    s.name.rpartition("/")[2]: s.next_fire_time.ToDatetime(tzinfo=UTC)
+                    for s in (
+                        await stub.ListSchedules(schedule_service_pb2.ListSchedulesRequest(parent=PARENT))
+                    ).schedules
+                }
+                assert got["last-day"].date().isoformat() not in days
+                assert got["last-day"] != waiting
+                assert got["daily"].date().isoformat() not in days
+                assert got["daily"] > noon
+                assert (got["daily"].hour, got["daily"].minute) == (12, 0)
+    finally:
+        for replica in replicas:
+            await replica.stop(grace=0)

@@ -42,6 +42,10 @@ def test_a_business_day_schedule_from_the_command_line(cw: Run) -> None:  # noqa
     )  # fmt: skip
     assert made.code == 0, made.err
     assert "only on calendars: namespaces/default/calendars/business-days" in made.out
+    assert "exclude calendars" not in made.out  # shown only when set
+    business_year = cw("calendars", "preview", "business-days", "--year", "2027")
+    assert "253 days on the calendar (253 whole)" in business_year.out
+    assert business_year.out.count("\n  2027-") == 0  # plain weekdays are not listed one by one
     preview = cw("schedules", "preview", "report-9am", "--after", "2027-05-14T12:00", "--count", "4")
     lines = preview.out.splitlines()[1:]
     assert [line.split()[1][:10] for line in lines] == [
