@@ -63,6 +63,16 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """A schedule was resumed."""
     EVENT_TYPE_SCHEDULE_DELETED: _EventType.ValueType  # 17
     """A schedule was deleted."""
+    EVENT_TYPE_CALENDAR_CREATED: _EventType.ValueType  # 18
+    """A calendar was created. Calendar events carry no snapshot: read the
+    calendar named by `resource`.
+    """
+    EVENT_TYPE_CALENDAR_UPDATED: _EventType.ValueType  # 19
+    """A calendar was changed (the schedules that use it were re-planned in the
+    same transaction).
+    """
+    EVENT_TYPE_CALENDAR_DELETED: _EventType.ValueType  # 20
+    """A calendar was deleted."""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """The kinds of event."""
@@ -103,6 +113,16 @@ EVENT_TYPE_SCHEDULE_RESUMED: EventType.ValueType  # 16
 """A schedule was resumed."""
 EVENT_TYPE_SCHEDULE_DELETED: EventType.ValueType  # 17
 """A schedule was deleted."""
+EVENT_TYPE_CALENDAR_CREATED: EventType.ValueType  # 18
+"""A calendar was created. Calendar events carry no snapshot: read the
+calendar named by `resource`.
+"""
+EVENT_TYPE_CALENDAR_UPDATED: EventType.ValueType  # 19
+"""A calendar was changed (the schedules that use it were re-planned in the
+same transaction).
+"""
+EVENT_TYPE_CALENDAR_DELETED: EventType.ValueType  # 20
+"""A calendar was deleted."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final

@@ -91,7 +91,9 @@ class CalendarManager:
         )
 
     async def delete(self, namespace: str, calendar_id: str, *, expected_etag: str = "") -> None:
-        await self._store.delete_calendar(namespace, calendar_id, expected_etag=expected_etag)
+        await self._store.delete_calendar(
+            namespace, calendar_id, expected_etag=expected_etag, actor=current_actor()
+        )
 
     @staticmethod
     def preview_year(year: int) -> int:

@@ -371,6 +371,9 @@ class EventType(enum.Enum):
     SCHEDULE_PAUSED = "schedule_paused"
     SCHEDULE_RESUMED = "schedule_resumed"
     SCHEDULE_DELETED = "schedule_deleted"
+    CALENDAR_CREATED = "calendar_created"
+    CALENDAR_UPDATED = "calendar_updated"
+    CALENDAR_DELETED = "calendar_deleted"
 
 
 # The event an execution's arrival in each state is reported as.

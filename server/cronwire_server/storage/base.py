@@ -200,8 +200,9 @@ class Store(Protocol):
     # Calendars
 
     async def create_calendar(self, calendar: Calendar, *, request_id: str = "", actor: str = "") -> Calendar:
-        """Insert a calendar. AlreadyExists if the id is taken; a repeated `request_id` returns the
-        calendar that request created."""
+        """Insert a calendar and its event. AlreadyExists if the id is taken; a repeated
+        `request_id` returns the calendar that request created. Updates and deletes write their
+        events too (CALENDAR_UPDATED, CALENDAR_DELETED), credited to `actor`."""
 
     async def get_calendar(self, namespace: str, calendar_id: str) -> Calendar:
         """The calendar, or NotFound."""
@@ -225,7 +226,9 @@ class Store(Protocol):
         (`Schedule.calendars`) and the next fire time `replan` plans with them. NotFound;
         EtagMismatch."""
 
-    async def delete_calendar(self, namespace: str, calendar_id: str, *, expected_etag: str = "") -> None:
+    async def delete_calendar(
+        self, namespace: str, calendar_id: str, *, expected_etag: str = "", actor: str = ""
+    ) -> None:
         """Delete the calendar. NotFound; EtagMismatch; FailedPrecondition while a schedule or
         another calendar names it."""
 

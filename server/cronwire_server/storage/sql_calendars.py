@@ -16,14 +16,16 @@ from sqlalchemy.engine import Connection, Row
 
 from cronwire_server.core import calendars as rules
 from cronwire_server.core import errors
-from cronwire_server.core.model import Calendar, Schedule
+from cronwire_server.core.model import Calendar, EventType, Schedule
 from cronwire_server.core.names import calendar_name, schedule_name
+from cronwire_server.storage import sql_events
 from cronwire_server.storage.records import (
     calendar_fields,
     calendar_from_record,
     calendars_to_json,
     schedule_from_record,
 )
+from cronwire_server.storage.sql_executions import emit
 from cronwire_server.storage.tables import calendars, request_ids, schedules
 
 METHOD_CREATE = "CreateCalendar"
@@ -73,6 +75,7 @@ def create(conn: Connection, cal: Calendar, request_id: str, now: Any) -> Row[An
         "etag": _new_etag(),
     }
     row = conn.execute(sa.insert(calendars).values(values).returning(*calendars.c)).one()
+    _event(conn, EventType.CALENDAR_CREATED, cal.namespace, cal.id, row.create_time)
     if request_id:
         conn.execute(
             sa.insert(request_ids).values(
@@ -128,6 +131,7 @@ def update(conn: Connection, cal: Calendar, expected_etag: str, replan: Replanne
         .order_by(schedules.c.namespace, schedules.c.id)
         .with_for_update()
     ).all()
+    _event(conn, EventType.CALENDAR_UPDATED, cal.namespace, cal.id, row.update_time)
     world = of_namespace(conn, cal.namespace)
     for record in using:
         schedule = schedule_from_record(record._mapping)
@@ -146,7 +150,12 @@ def update(conn: Connection, cal: Calendar, expected_etag: str, replan: Replanne
     return row
 
 
-def delete(conn: Connection, namespace: str, calendar_id: str, expected_etag: str) -> None:
+def _event(conn: Connection, kind: EventType, namespace: str, calendar_id: str, when: datetime) -> None:
+    """Queue the calendar's event, written with the transaction (no snapshot: read the calendar)."""
+    emit(conn, [sql_events.row(kind, namespace, calendar_name(namespace, calendar_id), when)])
+
+
+def delete(conn: Connection, namespace: str, calendar_id: str, expected_etag: str, now: datetime) -> None:
     """DELETE the calendar unless a schedule or another calendar names it."""
     name = calendar_name(namespace, calendar_id)
     others = [c for c in of_namespace(conn, namespace).values() if calendar_id in rules.references(c)]
@@ -172,3 +181,4 @@ def delete(conn: Connection, namespace: str, calendar_id: str, expected_etag: st
         if conn.execute(sa.select(calendars.c.id).where(*_key(calendars, namespace, calendar_id))).first():
             raise errors.EtagMismatch("calendar", name)
         raise errors.NotFound("calendar", name)
+    _event(conn, EventType.CALENDAR_DELETED, namespace, calendar_id, now)

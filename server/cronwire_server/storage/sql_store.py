@@ -782,14 +782,12 @@ class SqlStore:
         await self._schedules_changed()  # a re-planned next fire time may be earlier now
         return calendar_from_record(row._mapping)
 
-    async def delete_calendar(self, namespace: str, calendar_id: str, *, expected_etag: str = "") -> None:
-        await self._run(self._in_transaction, self._deleting_calendar, namespace, calendar_id, expected_etag)
-
-    @staticmethod
-    def _deleting_calendar(
-        conn: Connection, namespace: str, calendar_id: str, expected_etag: str, now: datetime
+    async def delete_calendar(
+        self, namespace: str, calendar_id: str, *, expected_etag: str = "", actor: str = ""
     ) -> None:
-        sql_calendars.delete(conn, namespace, calendar_id, expected_etag)
+        await self._run(
+            self._in_transaction_by, actor, sql_calendars.delete, namespace, calendar_id, expected_etag
+        )
 
     # The clock and wake-ups
 

@@ -15,6 +15,8 @@ from google.protobuf import field_mask_pb2, json_format
 from cronwire.v1 import (
     calendar_pb2,
     calendar_service_pb2,
+    event_pb2,
+    event_service_pb2,
     execution_pb2,
     execution_service_pb2,
     job_pb2,
@@ -23,6 +25,7 @@ from cronwire.v1 import (
     schedule_service_pb2,
 )
 from cronwire.v1.calendar_service_pb2_grpc import CalendarServiceStub
+from cronwire.v1.event_service_pb2_grpc import EventServiceStub
 from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire.v1.schedule_service_pb2_grpc import ScheduleServiceStub
@@ -115,7 +118,7 @@ async def create_schedule(
 
 @pytest.mark.usefixtures("job")
 async def test_calendars_have_the_aip_semantics_of_jobs(
-    calendars: CalendarServiceStub, schedules: ScheduleServiceStub
+    calendars: CalendarServiceStub, schedules: ScheduleServiceStub, events: EventServiceStub
 ) -> None:
     first = await create_calendar(calendars, "closed", request_id="r-1", dates=[{"startDate": "2027-12-24"}])
     again = await create_calendar(calendars, "closed", request_id="r-1", dates=[{"startDate": "2027-12-24"}])
@@ -169,6 +172,22 @@ async def test_calendars_have_the_aip_semantics_of_jobs(
         schedule_service_pb2.DeleteScheduleRequest(name=f"{PARENT}/schedules/nightly")
     )
     await calendars.DeleteCalendar(delete)
+    # Each change is an event on the namespace's stream, in the order of the changes.
+    types = [event_pb2.EVENT_TYPE_CALENDAR_CREATED, event_pb2.EVENT_TYPE_CALENDAR_UPDATED]
+    types.append(event_pb2.EVENT_TYPE_CALENDAR_DELETED)
+
+    async def calendar_events() -> list[tuple[int, str]] | None:
+        listed = await events.ListEvents(
+            event_service_pb2.ListEventsRequest(parent=PARENT, event_types=types)
+        )
+        found = [(e.type, e.resource) for e in listed.events if e.resource == first.name]
+        return found if len(found) == 3 else None
+
+    assert await eventually(calendar_events, 10, "the calendar's three events") == [
+        (event_pb2.EVENT_TYPE_CALENDAR_CREATED, first.name),
+        (event_pb2.EVENT_TYPE_CALENDAR_UPDATED, first.name),
+        (event_pb2.EVENT_TYPE_CALENDAR_DELETED, first.name),
+    ]
     await expect_error(
         calendars.GetCalendar(calendar_service_pb2.GetCalendarRequest(name=first.name)),
         grpc.StatusCode.NOT_FOUND,
