@@ -407,6 +407,13 @@ def trigger_flags(parser: argparse.ArgumentParser) -> None:
     when.add_argument(
         "--time-of-day", metavar="HH:MM", help="the wall-clock time of --business-day (default 00:00)"
     )
+    when.add_argument(
+        "--from-day",
+        type=int,
+        metavar="D",
+        help="count --business-day from day D of the month, into the next month if need be: "
+        "--business-day 1 --from-day 15 is the 15th or the next business day (-1: or the one before)",
+    )
     when.add_argument("--all", action="store_true", help="fire only when every trigger agrees (default: any)")
     when.add_argument(
         "--tz",

@@ -67,8 +67,9 @@ def trigger_document(trigger: Trigger) -> dict[str, Any]:
             return {"all_of": [trigger_document(t) for t in triggers]}
         case RRuleTrigger(rule):
             return {"rrule": rule}
-        case BusinessDayTrigger(calendar, day, time_of_day):
-            return {"business_day": {"calendar": calendar, "day": day, "time_of_day": time_of_day}}
+        case BusinessDayTrigger(calendar, day, time_of_day, from_day):
+            body: dict[str, Any] = {"calendar": calendar, "day": day, "time_of_day": time_of_day}
+            return {"business_day": {**body, "from_day": from_day} if from_day else body}
     raise TypeError(f"not a trigger: {trigger!r}")
 
 

@@ -89,7 +89,7 @@ def _resolved(trigger: Trigger, namespace: str) -> Trigger:
     """`trigger` with the calendars of its business days as full names (ids read in `namespace`)."""
     if isinstance(trigger, BusinessDayTrigger):
         full = resource_name("calendar", trigger.calendar, namespace)
-        return BusinessDayTrigger(full, trigger.day, trigger.time_of_day)
+        return BusinessDayTrigger(full, trigger.day, trigger.time_of_day, trigger.from_day)
     if isinstance(trigger, AnyOfTrigger | AllOfTrigger):
         children = [_resolved(t, namespace) for t in trigger.triggers]
         return AnyOfTrigger(children) if isinstance(trigger, AnyOfTrigger) else AllOfTrigger(children)

@@ -491,17 +491,22 @@ class AllOfTrigger:
 @dataclass(frozen=True)
 class BusinessDayTrigger:
     """Fires on the `day`-th business day of every month (1 the first, -1 the last, -2 the one
-    before it) at `time_of_day` (`HH:MM`, wall clock in the schedule's time zone). Business days
-    are the days `calendar` (a calendar of the schedule's namespace, id or name) holds."""
+    before it), counted from `from_day` when set, at `time_of_day` (`HH:MM`, wall clock in the
+    schedule's time zone). Business days are the days `calendar` (a calendar of the schedule's
+    namespace, id or name) holds."""
 
     calendar: str
     day: int
     time_of_day: str = "00:00"
+    # Count from this day of the month (forward, or backward for a negative `day`), into the next
+    # (previous) month if need be: day 1, from_day 15 is the 15th or the next business day. 0: unset.
+    from_day: int = 0
 
     def _fill(self, out: schedule_pb2.Trigger) -> None:
         out.business_day.calendar = self.calendar
         out.business_day.day = self.day
         out.business_day.time_of_day = self.time_of_day
+        out.business_day.from_day = self.from_day
 
 
 @dataclass(frozen=True)
@@ -549,7 +554,7 @@ def trigger_from_proto(message: schedule_pb2.Trigger) -> Trigger | None:
         return RRuleTrigger(message.rrule.rule)
     if kind == "business_day":
         body = message.business_day
-        return BusinessDayTrigger(body.calendar, body.day, body.time_of_day or "00:00")
+        return BusinessDayTrigger(body.calendar, body.day, body.time_of_day or "00:00", body.from_day)
     if kind in ("any_of", "all_of"):
         children = [trigger_from_proto(child) for child in getattr(message, kind).triggers]
         known = [child for child in children if child is not None]

@@ -345,3 +345,32 @@ def test_bad_business_day_fields_are_named() -> None:
         "trigger.business_day.day",
         "trigger.business_day.time_of_day",
     ]
+
+
+def test_the_15th_or_the_next_business_day_after_it_across_2027_in_bavaria() -> None:
+    s = schedule(
+        BusinessDaySpec("business-days", 1, 9 * 60, from_day=15),
+        zone="Europe/Berlin",
+        calendars=business_days(),
+    )
+    fires = triggers.fire_times(s, datetime(2027, 1, 1, tzinfo=UTC), 12, datetime(2027, 1, 1, tzinfo=UTC))
+    days = [f.astimezone(BERLIN).date() for f in fires]
+    # By hand: 15 May is a Saturday and Monday the 17th Whit Monday, so Tuesday the 18th; 15 August
+    # is a Sunday (Assumption is no Bavaria-wide holiday in the package), so Monday the 16th.
+    assert days == [date(2027, m, 15) for m in range(1, 5)] + [date(2027, 5, 18)] + [
+        date(2027, m, 15) for m in range(6, 8)
+    ] + [date(2027, 8, 16)] + [date(2027, m, 15) for m in range(9, 13)]
+
+
+def test_the_1st_or_the_business_day_before_it_crosses_into_the_month_before() -> None:
+    s = schedule(
+        BusinessDaySpec("business-days", -1, 9 * 60, from_day=1),
+        zone="Europe/Berlin",
+        calendars=business_days(),
+    )
+    fires = triggers.fire_times(s, datetime(2026, 12, 1, tzinfo=UTC), 6, datetime(2026, 12, 1, tzinfo=UTC))
+    # 1 January 2027 is New Year's Day: Thursday 31 December 2026; 1 May is a Saturday: Friday 30 April.
+    assert [f.astimezone(BERLIN).date() for f in fires] == [
+        date(2026, 12, 1), date(2026, 12, 31), date(2027, 2, 1), date(2027, 3, 1), date(2027, 4, 1),
+        date(2027, 4, 30),
+    ]  # fmt: skip

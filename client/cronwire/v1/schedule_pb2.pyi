@@ -390,6 +390,7 @@ class BusinessDayTrigger(_message.Message):
     CALENDAR_FIELD_NUMBER: _builtins.int
     DAY_FIELD_NUMBER: _builtins.int
     TIME_OF_DAY_FIELD_NUMBER: _builtins.int
+    FROM_DAY_FIELD_NUMBER: _builtins.int
     calendar: _builtins.str
     """Required. The resource name of a calendar in the schedule's namespace,
     `namespaces/{namespace}/calendars/{calendar}`, whose days are the
@@ -405,16 +406,26 @@ class BusinessDayTrigger(_message.Message):
     zone. Defaults to `00:00`. A time a daylight-saving change skips fires at
     the jump.
     """
+    from_day: _builtins.int
+    """Optional. Count from this day of every month (1 to 31; past the month's
+    end, its last day) instead of from the month's first day (last day for a
+    negative `day`), forward for a positive `day` and backward for a negative
+    one, into the next (previous) month if need be: `day` 1 with `from_day`
+    15 is the 15th if it is a business day, else the next business day after
+    it; `day` -1 with `from_day` 15 the 15th or the business day before it.
+    0: unset.
+    """
     def __init__(
         self,
         *,
         calendar: _builtins.str = ...,
         day: _builtins.int = ...,
         time_of_day: _builtins.str = ...,
+        from_day: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar", b"calendar", "day", b"day", "time_of_day", b"time_of_day"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar", b"calendar", "day", b"day", "from_day", b"from_day", "time_of_day", b"time_of_day"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -169,6 +169,9 @@ class BusinessDaySpec:
     calendar_id: str
     day: int
     at_minutes: int = 0
+    # Count from this day of the month (forward, or backward for a negative `day`) across the
+    # month's end if need be; 0: from the month's first (last) day, within the month.
+    from_day: int = 0
 
 
 @dataclass(frozen=True)

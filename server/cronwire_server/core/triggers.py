@@ -117,6 +117,8 @@ _SEARCH_BUDGET = 5_000
 # months one search looks at before it gives up (the trigger then names no fire time).
 MAX_BUSINESS_DAY = 23
 _BUSINESS_MONTHS = 120
+# The days a count from a day of the month (`from_day`) walks at most.
+_ROLL_DAYS = 62
 # Where the check that a SKIP cron fires at all in its zone starts searching.
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -271,6 +273,12 @@ def _check_trigger(spec: object, path: str, out: list[FieldViolation], shape: _S
             )
         if not 0 <= spec.at_minutes < 24 * 60:
             out.append(FieldViolation(f"{path}.business_day.time_of_day", "must be 00:00 to 23:59"))
+        if not 0 <= spec.from_day <= 31:
+            out.append(
+                FieldViolation(
+                    f"{path}.business_day.from_day", "must be a day of the month, 1 to 31 (0: unset)"
+                )
+            )
     elif isinstance(spec, AnyOfSpec | AllOfSpec):
         kind = "any_of" if isinstance(spec, AnyOfSpec) else "all_of"
         if shape.limited and depth >= MAX_TRIGGER_DEPTH:
@@ -742,6 +750,11 @@ class _BusinessDay(BaseTrigger):  # type: ignore[misc]
         """The first fire time at or after `now`."""
         local = now.astimezone(self.zone)
         year, month = local.year, local.month
+        if self.spec.from_day:
+            # A count from a day of the month may cross into the next month (or the one before).
+            month -= 2
+            if month < 1:
+                year, month = year - 1, month + 12
         for _ in range(_BUSINESS_MONTHS):
             fire = self.in_month(year, month, budget)
             if fire is not None and fire >= now:
@@ -755,17 +768,26 @@ class _BusinessDay(BaseTrigger):  # type: ignore[misc]
         """The month's fire time; None when it has too few business days."""
         spec = self.spec
         hour, minute = divmod(spec.at_minutes, 60)
-        days = range(1, calendar.monthrange(year, month)[1] + 1)
         wanted = spec.day if spec.day > 0 else -spec.day
         found = 0
-        for day in days if spec.day > 0 else reversed(days):
+        for day in self._days(year, month):
             budget.charge(1)
-            instant, _ = _instant(datetime(year, month, day, hour, minute), self.zone)
+            instant, _ = _instant(datetime(day.year, day.month, day.day, hour, minute), self.zone)
             if calendar_rules.holds(self.calendars, spec.calendar_id, instant) is not None:
                 found += 1
                 if found == wanted:
                     return instant
         return None
+
+    def _days(self, year: int, month: int) -> list[date]:
+        """The days the month's count walks, in counting order."""
+        length = calendar.monthrange(year, month)[1]
+        if not self.spec.from_day:
+            days = [date(year, month, d) for d in range(1, length + 1)]
+            return days if self.spec.day > 0 else days[::-1]
+        start = date(year, month, min(self.spec.from_day, length))
+        step = timedelta(days=1 if self.spec.day > 0 else -1)
+        return [start + step * n for n in range(_ROLL_DAYS)]
 
     def __str__(self) -> str:
         return f"business_day[{self.spec.day} of {self.spec.calendar_id}, {self.zone}]"

@@ -108,9 +108,8 @@ def trigger_to_json(spec: TriggerSpec) -> JsonObject:
         case RRuleSpec():
             return {"rrule": {"rule": spec.rule}}
         case BusinessDaySpec():
-            return {
-                "business_day": {"calendar": spec.calendar_id, "day": spec.day, "at_minutes": spec.at_minutes}
-            }
+            body = {"calendar": spec.calendar_id, "day": spec.day, "at_minutes": spec.at_minutes}
+            return {"business_day": {**body, "from_day": spec.from_day} if spec.from_day else body}
         case _:
             assert_never(spec)
 
@@ -131,7 +130,7 @@ def trigger_from_json(data: JsonObject) -> TriggerSpec:
     if kind == "rrule":
         return RRuleSpec(body["rule"])
     if kind == "business_day":
-        return BusinessDaySpec(body["calendar"], body["day"], body["at_minutes"])
+        return BusinessDaySpec(body["calendar"], body["day"], body["at_minutes"], body.get("from_day", 0))
     raise ValueError(f"unknown trigger kind {kind!r} in the database")
 
 

@@ -76,6 +76,14 @@ def test_a_business_day_schedule_from_the_command_line(cw: Run) -> None:  # noqa
     assert [t["local_time"] for t in ends.json()["fire_times"]] == [
         "2027-01-29T17:00:00+01:00", "2027-02-26T17:00:00+01:00", "2027-03-31T17:00:00+02:00",
     ]  # fmt: skip
+    # The 15th of each month, or the next business day after it.
+    mid = cw(
+        "schedules", "preview", "--business-day", "1", "--from-day", "15", "--calendar", "business-days",
+        "--time-of-day", "09:00", "--tz", "Europe/Berlin", "--after", "2027-05-01T00:00", "--count", "1",
+        "-o", "json",
+    )  # fmt: skip
+    assert mid.code == 0, mid.err
+    assert [t["local_time"] for t in mid.json()["fire_times"]] == ["2027-05-18T09:00:00+02:00"]
     assert cw("schedules", "create", "x", "--job", "report", "--business-day", "1").code == 2
     # An iCalendar rule, its lines joined by a literal \n on the command line.
     ical = cw(
