@@ -168,3 +168,12 @@ async def store(database_url: str) -> AsyncIterator[SqlStore]:
     opened = await open_store(database_url)
     yield opened
     await opened.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`scripts/test` runs `-n 2 --dist loadgroup`) the system tests (several
+    server processes, throwaway PostgreSQL servers, faults) run one after another on one worker,
+    beside the rest of the suite on the other."""
+    for item in items:
+        if item.nodeid.startswith("tests/system/"):
+            item.add_marker(pytest.mark.xdist_group("system"))
