@@ -1,30 +1,47 @@
-"""Several PostgreSQL statements in one round trip, for the hot paths that need a lock taken
-before a statement's snapshot (the claim's admission, the sequencer's numbering)."""
+"""Hot PostgreSQL statements sent on the driver (psycopg) directly, past SQLAlchemy's execution
+machinery: several statements in one round trip (the claim's admission, which needs a lock taken
+before a statement's snapshot), and primary-key reads built once (GetJob and the like), whose
+per-call cost is otherwise mostly SQLAlchemy's. Both are reported to the engine's statement hooks
+like any other statement, and their errors translated as SQLAlchemy translates them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy import exc
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.util import await_only
+
+T = TypeVar("T")
+
+
+def _on_driver(conn: Connection, sql: str, send: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    """`send(driver)` on the psycopg connection under `conn`, errors translated."""
+    import psycopg  # PostgreSQL only
+
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.AsyncConnection)
+    try:
+        return await_only(send(driver))
+    except psycopg.Error as error:
+        if driver.broken or driver.closed:
+            conn.invalidate(error)
+        raise exc.DBAPIError.instance(
+            sql, None, error, psycopg.Error, connection_invalidated=conn.invalidated
+        ) from error
 
 
 def run_script(conn: Connection, statements: Sequence[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
     """PostgreSQL: several statements (no parameters) in one round trip, in one transaction, each
-    with its own snapshot (the simple query protocol); the column names and rows of the last.
-    Sent on the driver directly (SQLAlchemy reads only a first result), reported to the
-    engine's statement hooks like any other statement, errors translated as SQLAlchemy does."""
-    import psycopg  # PostgreSQL only
-
+    with its own snapshot (the simple query protocol); the column names and rows of the last
+    (SQLAlchemy reads only a first result)."""
     script = ";\n".join(statements)
     for statement in statements:
         conn.dispatch.before_cursor_execute(conn, None, statement, {}, None, False)
-    driver = conn.connection.driver_connection
-    assert isinstance(driver, psycopg.AsyncConnection)
 
-    async def send() -> tuple[list[str], list[tuple[Any, ...]]]:
+    async def send(driver: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
         async with driver.cursor() as cursor:
             await cursor.execute(script.encode())  # bytes: no placeholder is looked for
             while cursor.nextset():
@@ -32,11 +49,44 @@ def run_script(conn: Connection, statements: Sequence[str]) -> tuple[list[str], 
             assert cursor.description is not None
             return [c.name for c in cursor.description], list(await cursor.fetchall())
 
-    try:
-        return await_only(send())
-    except psycopg.Error as error:
-        if driver.broken or driver.closed:
-            conn.invalidate(error)
-        raise exc.DBAPIError.instance(
-            script, None, error, psycopg.Error, connection_invalidated=conn.invalidated
-        ) from error
+    return _on_driver(conn, script, send)
+
+
+class PreparedRead:
+    """A SELECT of at most one row, compiled once for `dialect` (PostgreSQL), sent prepared on the
+    driver; its row comes back as SQLAlchemy would map it (column keys, result types applied: the
+    processors are made once, at the first call, from the types the database reports)."""
+
+    def __init__(self, statement: sa.Select[Any], dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self._literals = dict(compiled.params)  # the values bound in the statement itself
+        self._dialect = dialect
+        self._columns = [
+            (str(column.key), column.type.dialect_impl(dialect)) for column in statement.selected_columns
+        ]
+        self._processors: list[tuple[str, Callable[[Any], Any] | None]] | None = None
+
+    def one_or_none(self, conn: Connection, given: Mapping[str, Any]) -> dict[str, Any] | None:
+        params = {**self._literals, **given}
+        conn.dispatch.before_cursor_execute(conn, None, self.sql, params, None, False)
+        described = self._processors is not None
+
+        async def send(driver: Any) -> tuple[list[int], tuple[Any, ...] | None]:
+            async with driver.cursor() as cursor:
+                await cursor.execute(self.sql, params, prepare=True)
+                types = [] if described else [c.type_code for c in cursor.description]
+                return types, await cursor.fetchone()
+
+        types, row = _on_driver(conn, self.sql, send)
+        if self._processors is None:
+            self._processors = [
+                (key, impl.result_processor(self._dialect, type_code))
+                for (key, impl), type_code in zip(self._columns, types, strict=True)
+            ]
+        if row is None:
+            return None
+        return {
+            key: (process(value) if process is not None and value is not None else value)
+            for (key, process), value in zip(self._processors, row, strict=True)
+        }

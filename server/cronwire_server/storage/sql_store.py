@@ -67,6 +67,7 @@ from cronwire_server.storage.records import (
     trigger_from_json,
     trigger_to_json,
 )
+from cronwire_server.storage.sql_script import PreparedRead
 from cronwire_server.storage.tables import (
     UtcDateTime,
     execution_counters,
@@ -371,16 +372,20 @@ def _stats_of(row: Mapping[Any, Any], next_run_time: datetime | None) -> Executi
     )
 
 
-def _job_with_stats(row: Row[Any]) -> Job:
-    job = job_from_record(row._mapping)
-    job.stats = _stats_of(row._mapping, row.stats_next_run_time)
+def _job_with_stats(row: Mapping[Any, Any]) -> Job:
+    job = job_from_record(row)
+    job.stats = _stats_of(row, row["stats_next_run_time"])
     return job
 
 
-def _schedule_with_stats(row: Row[Any]) -> Schedule:
-    schedule = schedule_from_record(row._mapping)
-    schedule.stats = _stats_of(row._mapping, None if schedule.paused else schedule.next_fire_time)
+def _schedule_with_stats(row: Mapping[Any, Any]) -> Schedule:
+    schedule = schedule_from_record(row)
+    schedule.stats = _stats_of(row, None if schedule.paused else schedule.next_fire_time)
     return schedule
+
+
+# Primary-key reads, sent prepared on the driver on PostgreSQL (`PreparedRead`).
+_PK_READS = (_GET_JOB, _GET_JOB_WITH_STATS, _GET_SCHEDULE, _GET_SCHEDULE_WITH_STATS, _GET_EXECUTION)
 
 
 # A delete locks its namespace's counts (see SqlStore._delete).
@@ -444,6 +449,9 @@ class SqlStore:
         self._runs: sql_creates.GroupCommit[_Run, dict[str, Any]] = sql_creates.GroupCommit(self._commit_runs)
         # Whether the last claim saw executions that need an admission decision (PostgreSQL).
         self._admitting = False
+        self._prepared = (
+            {read: PreparedRead(read, engine.dialect) for read in _PK_READS} if self._postgres else {}
+        )
         self._wakeup: LocalWakeup = (
             PostgresWakeup(engine.url.render_as_string(hide_password=False))
             if self._postgres
@@ -471,6 +479,15 @@ class SqlStore:
     def _execute(self, statement: sa.Executable, params: dict[str, Any]) -> None:
         with self._sync.connect() as conn:
             conn.execute(statement, params)
+
+    def _read_by_key(self, statement: sa.Select[Any], params: dict[str, Any]) -> Mapping[Any, Any] | None:
+        """One of `_PK_READS`: prepared on the driver on PostgreSQL (a third of the CPU of the
+        same read through SQLAlchemy's execution), through SQLAlchemy on SQLite."""
+        with self._sync.connect() as conn:
+            if self._prepared:
+                return self._prepared[statement].one_or_none(conn, params)
+            row = conn.execute(statement, params).one_or_none()
+            return None if row is None else row._mapping
 
     def _one_or_none(self, statement: sa.Executable, params: dict[str, Any]) -> Row[Any] | None:
         with self._sync.connect() as conn:
@@ -641,10 +658,10 @@ class SqlStore:
 
     async def get_job(self, namespace: str, job_id: str, *, with_stats: bool = False) -> Job:
         query = _GET_JOB_WITH_STATS if with_stats else _GET_JOB
-        row = await self._run(self._one_or_none, query, {"namespace": namespace, "id": job_id})
+        row = await self._run(self._read_by_key, query, {"namespace": namespace, "id": job_id})
         if row is None:
             raise errors.NotFound("job", job_name(namespace, job_id))
-        return _job_with_stats(row) if with_stats else job_from_record(row._mapping)
+        return _job_with_stats(row) if with_stats else job_from_record(row)
 
     async def list_jobs(
         self, namespace: str, page: Page, *, executor: str = "", with_stats: bool = False
@@ -653,8 +670,8 @@ class SqlStore:
         if executor:
             query = query.where(jobs.c.executor == executor)
         rows, next_after = await self._page(query, jobs.c.id, page)
-        to_job = _job_with_stats if with_stats else (lambda r: job_from_record(r._mapping))
-        return Listing(items=[to_job(r) for r in rows], next_after=next_after)
+        to_job = _job_with_stats if with_stats else job_from_record
+        return Listing(items=[to_job(r._mapping) for r in rows], next_after=next_after)
 
     async def update_job(self, job: Job, *, expected_etag: str, actor: str = "") -> Job:
         key = _Key("job", job.namespace, job.id)
@@ -691,10 +708,10 @@ class SqlStore:
 
     async def get_schedule(self, namespace: str, schedule_id: str, *, with_stats: bool = False) -> Schedule:
         query = _GET_SCHEDULE_WITH_STATS if with_stats else _GET_SCHEDULE
-        row = await self._run(self._one_or_none, query, {"namespace": namespace, "id": schedule_id})
+        row = await self._run(self._read_by_key, query, {"namespace": namespace, "id": schedule_id})
         if row is None:
             raise errors.NotFound("schedule", schedule_name(namespace, schedule_id))
-        return _schedule_with_stats(row) if with_stats else schedule_from_record(row._mapping)
+        return _schedule_with_stats(row) if with_stats else schedule_from_record(row)
 
     async def namespace_counts(self) -> dict[str, tuple[int, int]]:
         counts: dict[str, tuple[int, int]] = {}
@@ -715,8 +732,8 @@ class SqlStore:
         if job_id:
             query = query.where(schedules.c.job_id == job_id)
         rows, next_after = await self._page(query, schedules.c.id, page)
-        to_schedule = _schedule_with_stats if with_stats else (lambda r: schedule_from_record(r._mapping))
-        return Listing(items=[to_schedule(r) for r in rows], next_after=next_after)
+        to_schedule = _schedule_with_stats if with_stats else schedule_from_record
+        return Listing(items=[to_schedule(r._mapping) for r in rows], next_after=next_after)
 
     async def update_schedule(
         self,
@@ -1072,10 +1089,10 @@ class SqlStore:
 
     async def get_execution(self, namespace: str, execution_id: str) -> Execution:
         params = {"namespace": namespace, "id": execution_id}
-        row = await self._run(self._one_or_none, _GET_EXECUTION, params)
+        row = await self._run(self._read_by_key, _GET_EXECUTION, params)
         if row is None:
             raise errors.NotFound("execution", execution_name(namespace, execution_id))
-        return execution_from_row(row._mapping)
+        return execution_from_row(row)
 
     async def list_executions(self, namespace: str, page: Page, where: ExecutionFilter) -> Listing[Execution]:
         query = ex.filtered(namespace, where)
