@@ -293,7 +293,8 @@ class Fence:
         # Never block the event loop on a fence that stopped reading: that fails the write.
         os.set_blocking(write, False)
         self._pipe = write
-        lines = [f"B {token} {self._deadlines[token]!r}" for token in self._groups]
+        # A group with no deadline left (its run was forgotten) is killed at once.
+        lines = [f"B {token} {self._deadlines.get(token, -math.inf)!r}" for token in self._groups]
         lines += [f"G {token} {pgid}" for token, groups in self._groups.items() for pgid in groups]
         for chunk in _packed(lines):
             os.write(self._pipe, chunk)

@@ -44,7 +44,7 @@ from cronwire_server.storage.base import (
     StartNow,
 )
 from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
-from cronwire_server.storage.sql_script import run_script
+from cronwire_server.storage.sql_driver import run_script
 from cronwire_server.storage.tables import execution_logs, executions, jobs, schedules
 
 QUEUED, RUNNING = ExecutionState.QUEUED.value, ExecutionState.RUNNING.value

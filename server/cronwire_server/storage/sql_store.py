@@ -67,7 +67,7 @@ from cronwire_server.storage.records import (
     trigger_from_json,
     trigger_to_json,
 )
-from cronwire_server.storage.sql_script import PreparedRead
+from cronwire_server.storage.sql_driver import PreparedRead
 from cronwire_server.storage.tables import (
     UtcDateTime,
     execution_counters,
