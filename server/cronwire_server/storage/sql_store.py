@@ -201,13 +201,34 @@ def _instrument(engine: sa.Engine) -> None:
     sa.event.listen(engine, "before_cursor_execute", SQL_SENT)
 
 
+# How long a lease renewal may take to connect, be acknowledged or run, in seconds.
+RENEWAL_TIMEOUT = 5
+
+
 class _BlockingRenewals:
     """`BlockingRenewals` on a blocking engine of its own (one connection), on the store's database."""
 
     def __init__(self, url: str) -> None:
         parsed = make_url(sync_url(url))
-        # A database that stops answering fails the renewal (retried) instead of hanging it.
-        self._engine = sa.create_engine(parsed, **_engine_options(parsed, 1, 0, connect_timeout=5))
+        # A database that stops answering fails the renewal (retried at the next heartbeat) instead
+        # of hanging the thread: a connect, a peer that stops acknowledging (a dead network; TCP
+        # alone would wait many minutes) or a statement (a row lock held by a stuck transaction)
+        # each give up after RENEWAL_TIMEOUT.
+        seconds = RENEWAL_TIMEOUT
+        self._engine = sa.create_engine(
+            parsed,
+            **_engine_options(
+                parsed,
+                1,
+                0,
+                connect_timeout=seconds,
+                tcp_user_timeout=seconds * 1000,
+                keepalives_idle=seconds,
+                keepalives_interval=1,
+                keepalives_count=3,
+                options=f"-c statement_timeout={seconds * 1000}",
+            ),
+        )
         _instrument(self._engine)
 
     def renew(self, worker: str, execution_ids: list[str], lease: timedelta) -> LeaseRenewal:
