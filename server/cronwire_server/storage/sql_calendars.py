@@ -18,7 +18,7 @@ from cronwire_server.core import calendars as rules
 from cronwire_server.core import errors
 from cronwire_server.core.model import Calendar, EventType, Schedule
 from cronwire_server.core.names import calendar_name, schedule_name
-from cronwire_server.storage import sql_events
+from cronwire_server.storage import sql_creates, sql_events
 from cronwire_server.storage.records import (
     calendar_fields,
     calendar_from_record,
@@ -42,25 +42,10 @@ def _key(table: sa.Table, namespace: str, calendar_id: str) -> list[sa.ColumnEle
     return [table.c.namespace == namespace, table.c.id == calendar_id]
 
 
-def recorded(conn: Connection, namespace: str, request_id: str) -> str | None:
-    """The id of the calendar the create with `request_id` made; None if none is recorded.
-    InvalidArgument when the request id was used for another method."""
-    row = conn.execute(
-        sa.select(request_ids.c.method, request_ids.c.resource_id).where(
-            request_ids.c.namespace == namespace, request_ids.c.request_id == request_id
-        )
-    ).one_or_none()
-    if row is None:
-        return None
-    if row.method != METHOD_CREATE:
-        raise errors.InvalidArgument.field("request_id", f"was already used for a {row.method} request")
-    return str(row.resource_id)
-
-
 def create(conn: Connection, cal: Calendar, request_id: str, now: Any) -> Row[Any] | str:
     """Insert the calendar (and its request id); the row, or the id a retried request made."""
     if request_id:
-        earlier = recorded(conn, cal.namespace, request_id)
+        earlier = sql_creates.recorded(conn, cal.namespace, request_id, METHOD_CREATE)
         if earlier is not None:
             return earlier
     exists = conn.execute(sa.select(calendars.c.id).where(*_key(calendars, cal.namespace, cal.id))).first()

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from cronwire_server.core import errors
 from cronwire_server.storage import sql_events
 from cronwire_server.storage.tables import UtcDateTime, jobs, namespace_usage, request_ids, schedules
 
@@ -328,3 +329,20 @@ def _record_requests(conn: Connection, creates: list[Create], postgres: bool) ->
 def _undo(conn: Connection, table: sa.Table, creates: list[Create]) -> None:
     keys = [c.key for c in creates]
     conn.execute(sa.delete(table).where(sa.tuple_(table.c.namespace, table.c.id).in_(keys)))
+
+
+_GET_REQUEST = sa.select(request_ids.c.method, request_ids.c.resource_id).where(
+    request_ids.c.namespace == sa.bindparam("namespace"),
+    request_ids.c.request_id == sa.bindparam("request_id"),
+)
+
+
+def recorded(conn: Connection, namespace: str, request_id: str, method: str) -> str | None:
+    """The id of what the `method` request with `request_id` created; None if it is not recorded.
+    InvalidArgument when the request id was used for another method."""
+    row = conn.execute(_GET_REQUEST, {"namespace": namespace, "request_id": request_id}).one_or_none()
+    if row is None:
+        return None
+    if row.method != method:
+        raise errors.InvalidArgument.field("request_id", f"was already used for a {row.method} request")
+    return str(row.resource_id)

@@ -420,11 +420,6 @@ _LOCK_USAGE = (
     .with_for_update()
 )
 
-_GET_REQUEST = sa.select(request_ids.c.method, request_ids.c.resource_id).where(
-    request_ids.c.namespace == sa.bindparam("namespace"),
-    request_ids.c.request_id == sa.bindparam("request_id"),
-)
-
 
 def _request_params(values: dict[str, Any], request_id: str, method: str) -> dict[str, Any]:
     return {
@@ -642,13 +637,10 @@ class SqlStore:
 
     async def _recorded_resource(self, namespace: str, request_id: str, method: str) -> str | None:
         """The id of what the request with `request_id` created, None if it is not recorded."""
-        params = {"namespace": namespace, "request_id": request_id}
-        row = await self._run(self._one_or_none, _GET_REQUEST, params)
-        if row is None:
-            return None
-        if row.method != method:
-            raise errors.InvalidArgument.field("request_id", f"was already used for a {row.method} request")
-        return str(row.resource_id)
+        recorded: str | None = await self._run(
+            self._read, sql_creates.recorded, namespace, request_id, method
+        )
+        return recorded
 
     async def _page(
         self, query: sa.Select[Any], id_column: sa.Column[Any], page: Page
