@@ -36,9 +36,16 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """
     ROLE_ADMIN: _Role.ValueType  # 3
     """Also manages API keys (KeyService)."""
+    ROLE_WORKER: _Role.ValueType  # 4
+    """Runs remote work and nothing else: may open WorkerService.Connect streams
+    for the key's namespaces and queues, and call no other RPC. Not above or
+    below the others: no other role may take work.
+    """
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
-    """What a key may do. Each role includes the ones before it."""
+    """What a key may do. Each of viewer, editor and admin includes the ones
+    before it; worker stands apart.
+    """
 
 ROLE_UNSPECIFIED: Role.ValueType  # 0
 """Not a role; refused with INVALID_ARGUMENT."""
@@ -50,6 +57,11 @@ backfills jobs and schedules.
 """
 ROLE_ADMIN: Role.ValueType  # 3
 """Also manages API keys (KeyService)."""
+ROLE_WORKER: Role.ValueType  # 4
+"""Runs remote work and nothing else: may open WorkerService.Connect streams
+for the key's namespaces and queues, and call no other RPC. Not above or
+below the others: no other role may take work.
+"""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final
@@ -68,6 +80,7 @@ class Key(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
     EXECUTORS_FIELD_NUMBER: _builtins.int
+    QUEUES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. The resource name, `keys/{key}`: the key's short id."""
     description: _builtins.str
@@ -98,6 +111,13 @@ class Key(_message.Message):
         job need no kind.
         """
 
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. For role `worker` (required there): the queues (the `queue`
+        parameter of jobs with executor `remote`) its workers may take work
+        from; `*` is every queue. Empty for every other role.
+        """
+
     def __init__(
         self,
         *,
@@ -108,10 +128,11 @@ class Key(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
         executors: _abc.Iterable[_builtins.str] | None = ...,
+        queues: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "executors", b"executors", "name", b"name", "namespaces", b"namespaces", "revoke_time", b"revoke_time", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "executors", b"executors", "name", b"name", "namespaces", b"namespaces", "queues", b"queues", "revoke_time", b"revoke_time", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
