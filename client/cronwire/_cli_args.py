@@ -61,6 +61,16 @@ time_arg = _typed(parse_time, "time")
 local_time_arg = _typed(parse_local_time, "time")
 
 
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date YYYY-MM-DD, e.g. 2027-05-15") from None
+
+
+date_arg = _typed(_date, "date")
+
+
 def time_flags(parser: argparse.ArgumentParser) -> set[str]:
     """The option strings, in the whole command tree, whose value is a time."""
     flags: set[str] = set()
@@ -413,6 +423,13 @@ def trigger_flags(parser: argparse.ArgumentParser) -> None:
         metavar="D",
         help="count --business-day from day D of the month, into the next month if need be: "
         "--business-day 1 --from-day 15 is the 15th or the next business day (-1: or the one before)",
+    )
+    when.add_argument(
+        "--from-date",
+        type=date_arg,
+        metavar="YYYY-MM-DD",
+        help="fire once instead of every month, counting --business-day from this date: "
+        "--business-day 1 --from-date 2027-05-15 is that day or the next business day after it",
     )
     when.add_argument("--all", action="store_true", help="fire only when every trigger agrees (default: any)")
     when.add_argument(

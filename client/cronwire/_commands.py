@@ -333,12 +333,14 @@ def _triggers(args: argparse.Namespace) -> Trigger | None:
     triggers += [IntervalTrigger(every) for every in args.every or []]
     triggers += [DateTrigger(in_zone(at)) for at in args.at or []]
     triggers += [RRuleTrigger(rule.replace("\\n", "\n")) for rule in args.rrule or []]
-    if (args.calendar or args.time_of_day or args.from_day) and not args.business_day:
-        raise UsageError("--calendar, --time-of-day and --from-day go with --business-day")
+    if (args.calendar or args.time_of_day or args.from_day or args.from_date) and not args.business_day:
+        raise UsageError("--calendar, --time-of-day, --from-day and --from-date go with --business-day")
     if args.business_day and not args.calendar:
         raise UsageError("--business-day needs --calendar (the calendar of business days)")
+    if args.from_day and args.from_date:
+        raise UsageError("--from-day counts every month, --from-date once: give one of them")
     triggers += [
-        BusinessDayTrigger(args.calendar, n, args.time_of_day or "00:00", args.from_day or 0)
+        BusinessDayTrigger(args.calendar, n, args.time_of_day or "00:00", args.from_day or 0, args.from_date)
         for n in args.business_day or []
     ]
     if not triggers:

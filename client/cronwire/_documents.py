@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from cronwire._types import (
@@ -67,16 +67,27 @@ def trigger_document(trigger: Trigger) -> dict[str, Any]:
             return {"all_of": [trigger_document(t) for t in triggers]}
         case RRuleTrigger(rule):
             return {"rrule": rule}
-        case BusinessDayTrigger(calendar, day, time_of_day, from_day):
+        case BusinessDayTrigger(calendar, day, time_of_day, from_day, from_date):
             body: dict[str, Any] = {"calendar": calendar, "day": day, "time_of_day": time_of_day}
-            return {"business_day": {**body, "from_day": from_day} if from_day else body}
+            if from_day:
+                body["from_day"] = from_day
+            if from_date is not None:
+                body["from_date"] = from_date.isoformat()
+            return {"business_day": body}
     raise TypeError(f"not a trigger: {trigger!r}")
 
 
 def to_document(value: Any) -> Any:
     """A JSON-ready form of an SDK value (dataclasses, enums, times, durations, containers)."""
     if isinstance(
-        value, CronTrigger | IntervalTrigger | DateTrigger | AnyOfTrigger | AllOfTrigger | BusinessDayTrigger
+        value,
+        CronTrigger
+        | IntervalTrigger
+        | DateTrigger
+        | AnyOfTrigger
+        | AllOfTrigger
+        | BusinessDayTrigger
+        | RRuleTrigger,
     ):
         return trigger_document(value)
     if isinstance(value, FireTime):  # the local time keeps its UTC offset
@@ -180,10 +191,46 @@ def optional(read: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     return reader
 
 
+TRIGGER_KINDS = "cron, every, at, business_day, rrule, any_of, all_of"
+
+
+def read_date(value: Any, path: str) -> date:
+    if isinstance(value, date) and not isinstance(value, datetime):  # YAML reads unquoted dates
+        return value
+    text = read_str(value, path)
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise DocumentError(path, f"{text!r} is not a date of the form YYYY-MM-DD") from None
+
+
+def _read_time_of_day(value: Any, path: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 17:00 as a number of minutes in base 60 (1020).
+        hours, minutes = divmod(value, 60)
+        return f"{hours:02d}:{minutes:02d}"
+    return read_str(value, path)
+
+
+def _read_business_day(value: Any, path: str) -> BusinessDayTrigger:
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "calendar": read_str,
+        "day": read_int,
+        "time_of_day": _read_time_of_day,
+        "from_day": read_int,
+        "from_date": optional(read_date),
+    }
+    fields = _read_fields(read_object(value, path), readers, path)
+    for key in ("calendar", "day"):
+        if key not in fields:
+            raise DocumentError(f"{path}.{key}", "is required")
+    return BusinessDayTrigger(**fields)
+
+
 def read_trigger(value: Any, path: str) -> Trigger:
     document = read_object(value, path)
     if len(document) != 1:
-        raise DocumentError(path, "must have exactly one of cron, every, at, any_of, all_of")
+        raise DocumentError(path, f"must have exactly one of {TRIGGER_KINDS}")
     ((kind, body),) = document.items()
     where = f"{path}.{kind}"
     if kind == "cron":
@@ -207,10 +254,19 @@ def read_trigger(value: Any, path: str) -> Trigger:
         return IntervalTrigger(read_duration(body, where))
     if kind == "at":
         return DateTrigger(read_time(body, where))
+    if kind == "rrule":
+        if isinstance(body, dict):
+            rule = read_object(body, where)
+            if set(rule) != {"rule"}:
+                raise DocumentError(where, "must be the rule's text, or {rule: <text>}")
+            return RRuleTrigger(read_str(rule["rule"], f"{where}.rule"))
+        return RRuleTrigger(read_str(body, where))
+    if kind == "business_day":
+        return _read_business_day(body, where)
     if kind in ("any_of", "all_of"):
         children = [read_trigger(child, f"{where}[{i}]") for i, child in enumerate(read_list(body, where))]
         return AnyOfTrigger(children) if kind == "any_of" else AllOfTrigger(children)
-    raise DocumentError(path, f"unknown trigger {kind!r}; one of cron, every, at, any_of, all_of")
+    raise DocumentError(path, f"unknown trigger {kind!r}; one of {TRIGGER_KINDS}")
 
 
 def read_retry_policy(value: Any, path: str) -> RetryPolicy:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -89,7 +90,7 @@ def _resolved(trigger: Trigger, namespace: str) -> Trigger:
     """`trigger` with the calendars of its business days as full names (ids read in `namespace`)."""
     if isinstance(trigger, BusinessDayTrigger):
         full = resource_name("calendar", trigger.calendar, namespace)
-        return BusinessDayTrigger(full, trigger.day, trigger.time_of_day, trigger.from_day)
+        return dataclasses.replace(trigger, calendar=full)
     if isinstance(trigger, AnyOfTrigger | AllOfTrigger):
         children = [_resolved(t, namespace) for t in trigger.triggers]
         return AnyOfTrigger(children) if isinstance(trigger, AnyOfTrigger) else AllOfTrigger(children)

@@ -492,8 +492,9 @@ class AllOfTrigger:
 class BusinessDayTrigger:
     """Fires on the `day`-th business day of every month (1 the first, -1 the last, -2 the one
     before it), counted from `from_day` when set, at `time_of_day` (`HH:MM`, wall clock in the
-    schedule's time zone). Business days are the days `calendar` (a calendar of the schedule's
-    namespace, id or name) holds."""
+    schedule's time zone); with `from_date`, once, on the `day`-th business day counted from that
+    date. Business days are the days `calendar` (a calendar of the schedule's namespace, id or
+    name) holds."""
 
     calendar: str
     day: int
@@ -501,12 +502,17 @@ class BusinessDayTrigger:
     # Count from this day of the month (forward, or backward for a negative `day`), into the next
     # (previous) month if need be: day 1, from_day 15 is the 15th or the next business day. 0: unset.
     from_day: int = 0
+    # Fire once: day 1 is this date if it is a business day, else the next business day after
+    # it; -1 the date or the business day before it. None: every month.
+    from_date: date | None = None
 
     def _fill(self, out: schedule_pb2.Trigger) -> None:
         out.business_day.calendar = self.calendar
         out.business_day.day = self.day
         out.business_day.time_of_day = self.time_of_day
         out.business_day.from_day = self.from_day
+        if self.from_date is not None:
+            out.business_day.from_date = self.from_date.isoformat()
 
 
 @dataclass(frozen=True)
@@ -554,7 +560,10 @@ def trigger_from_proto(message: schedule_pb2.Trigger) -> Trigger | None:
         return RRuleTrigger(message.rrule.rule)
     if kind == "business_day":
         body = message.business_day
-        return BusinessDayTrigger(body.calendar, body.day, body.time_of_day or "00:00", body.from_day)
+        from_date = date.fromisoformat(body.from_date) if body.from_date else None
+        return BusinessDayTrigger(
+            body.calendar, body.day, body.time_of_day or "00:00", body.from_day, from_date
+        )
     if kind in ("any_of", "all_of"):
         children = [trigger_from_proto(child) for child in getattr(message, kind).triggers]
         known = [child for child in children if child is not None]

@@ -374,3 +374,65 @@ def test_the_1st_or_the_business_day_before_it_crosses_into_the_month_before() -
         date(2026, 12, 1), date(2026, 12, 31), date(2027, 2, 1), date(2027, 3, 1), date(2027, 4, 1),
         date(2027, 4, 30),
     ]  # fmt: skip
+
+
+# The next business day from a date (once)
+
+
+def test_a_one_off_date_on_a_holiday_moves_to_the_next_business_day_and_fires_once() -> None:
+    # Whit Monday 17 May 2027 is a Bavarian holiday: the next business day is Tuesday the 18th.
+    s = schedule(
+        BusinessDaySpec("business-days", 1, 9 * 60, from_date=date(2027, 5, 17)),
+        zone="Europe/Berlin",
+        calendars=business_days(),
+    )
+    start = datetime(2027, 1, 1, tzinfo=UTC)
+    assert triggers.fire_times(s, start, 5, start) == [datetime(2027, 5, 18, 7, 0, tzinfo=UTC)]
+    # Asked from after its time, it names nothing: it fired.
+    assert triggers.next_fire_time(s, datetime(2027, 5, 18, 7, 0, tzinfo=UTC), start) is None
+    # A date that is a business day fires on that day; the first business day strictly after a
+    # date is counted from the day after it: from Friday 14 May, Saturday 15 on, Tuesday the 18th.
+    on_the_day = schedule(
+        BusinessDaySpec("business-days", 1, 9 * 60, from_date=date(2027, 5, 14)),
+        zone="Europe/Berlin",
+        calendars=business_days(),
+    )
+    assert triggers.fire_times(on_the_day, start, 5, start) == [datetime(2027, 5, 14, 7, 0, tzinfo=UTC)]
+    after = schedule(
+        BusinessDaySpec("business-days", 1, 9 * 60, from_date=date(2027, 5, 15)),
+        zone="Europe/Berlin",
+        calendars=business_days(),
+    )
+    assert triggers.fire_times(after, start, 5, start) == [datetime(2027, 5, 18, 7, 0, tzinfo=UTC)]
+
+
+def test_a_one_off_date_counts_backward_and_to_the_nth_business_day() -> None:
+    business = new_york_business_days()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    # Saturday 1 January 2028 (New Year's Day, observed Friday 31 December 2027) or the business day
+    # before it: Thursday 30 December 2027.
+    before = schedule(
+        BusinessDaySpec("business", -1, 17 * 60, from_date=date(2028, 1, 1)),
+        zone="America/New_York",
+        calendars=business,
+    )
+    (fire,) = triggers.fire_times(before, start, 3, start)
+    assert fire.astimezone(NEW_YORK) == datetime(2027, 12, 30, 17, 0, tzinfo=NEW_YORK)
+    # The third business day from Thursday 27 May 2027: Thu 27, Fri 28, (Memorial Day Mon 31), Tue 1 June.
+    third = schedule(
+        BusinessDaySpec("business", 3, 9 * 60, from_date=date(2027, 5, 27)),
+        zone="America/New_York",
+        calendars=business,
+    )
+    (fire,) = triggers.fire_times(third, start, 3, start)
+    assert fire.astimezone(NEW_YORK).date() == date(2027, 6, 1)
+    # A calendar with no business day within the count's reach (366 days): no fire time.
+    empty = schedule(BusinessDaySpec("none", 1, from_date=date(2027, 1, 1)), calendars=world(cal("none")))
+    assert triggers.next_fire_time(empty, start, start) is None
+
+
+def test_from_date_and_from_day_together_are_refused_naming_the_field() -> None:
+    s = schedule(BusinessDaySpec("business", 1, 0, from_day=15, from_date=date(2027, 5, 15)))
+    with pytest.raises(InvalidArgument) as caught:
+        triggers.validate_schedule_timing(s)
+    assert [v.field for v in caught.value.violations] == ["trigger.business_day.from_date"]

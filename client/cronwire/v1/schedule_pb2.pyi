@@ -319,7 +319,9 @@ class Trigger(_message.Message):
 
     @_builtins.property
     def business_day(self) -> Global___BusinessDayTrigger:
-        """Fires on the n-th (or n-th last) business day of every month."""
+        """Fires on the n-th (or n-th last) business day of every month, or once,
+        on the n-th business day from a date.
+        """
 
     @_builtins.property
     def rrule(self) -> Global___RRuleTrigger:
@@ -380,7 +382,8 @@ Global___RRuleTrigger: _TypeAlias = RRuleTrigger  # noqa: Y015
 @_typing.final
 class BusinessDayTrigger(_message.Message):
     """Fires once a month, on the n-th business day of the month or the n-th
-    counted from its end, at a wall-clock time in the schedule's time zone. A
+    counted from its end, at a wall-clock time in the schedule's time zone; or,
+    with `from_date`, once, on the n-th business day counted from that date. A
     business day is a day the calendar holds at that time (e.g. a calendar of
     weekdays minus public holidays).
     """
@@ -391,6 +394,7 @@ class BusinessDayTrigger(_message.Message):
     DAY_FIELD_NUMBER: _builtins.int
     TIME_OF_DAY_FIELD_NUMBER: _builtins.int
     FROM_DAY_FIELD_NUMBER: _builtins.int
+    FROM_DATE_FIELD_NUMBER: _builtins.int
     calendar: _builtins.str
     """Required. The resource name of a calendar in the schedule's namespace,
     `namespaces/{namespace}/calendars/{calendar}`, whose days are the
@@ -415,6 +419,16 @@ class BusinessDayTrigger(_message.Message):
     it; `day` -1 with `from_day` 15 the 15th or the business day before it.
     0: unset.
     """
+    from_date: _builtins.str
+    """Optional. Fire once instead of every month: on the `day`-th business day
+    counted from this date, ISO 8601 (`2027-05-15`), forward for a positive
+    `day` and backward for a negative one. `day` 1 is the date itself if it
+    is a business day, else the next business day after it (a one-off date
+    that falls on a holiday moves to the next business day); `day` -1 the
+    date or the business day before it. For the first business day strictly
+    after a date, give the day after it. The count looks at most 366 days
+    from the date. Cannot be combined with `from_day`. Empty: every month.
+    """
     def __init__(
         self,
         *,
@@ -422,10 +436,11 @@ class BusinessDayTrigger(_message.Message):
         day: _builtins.int = ...,
         time_of_day: _builtins.str = ...,
         from_day: _builtins.int = ...,
+        from_date: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar", b"calendar", "day", b"day", "from_day", b"from_day", "time_of_day", b"time_of_day"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar", b"calendar", "day", b"day", "from_date", b"from_date", "from_day", b"from_day", "time_of_day", b"time_of_day"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

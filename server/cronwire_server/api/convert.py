@@ -360,7 +360,8 @@ def trigger_from_pb(
         if not ids:
             raise InvalidArgument.field(f"{where}.calendar", "is required: the calendar of business days")
         minutes = _minutes(body.time_of_day, f"{where}.time_of_day") if body.time_of_day else 0
-        return model.BusinessDaySpec(ids[0], body.day, minutes, body.from_day)
+        from_date = _date(body.from_date, f"{where}.from_date") if body.from_date else None
+        return model.BusinessDaySpec(ids[0], body.day, minutes, body.from_day, from_date)
     if kind == "cron":
         policy = _enum(message.cron.dst_policy, _DST, model.DstPolicy.DEBIAN, f"{field}.cron.dst_policy")
         return model.CronSpec(message.cron.expression, policy)
@@ -388,11 +389,12 @@ def trigger_to_pb(spec: model.TriggerSpec, out: schedule_pb2.Trigger, namespace:
     match spec:
         case model.RRuleSpec(rule):
             out.rrule.rule = rule
-        case model.BusinessDaySpec(calendar_id, day, at_minutes, from_day):
+        case model.BusinessDaySpec(calendar_id, day, at_minutes, from_day, from_date):
             out.business_day.calendar = format_name("calendar", namespace, calendar_id)
             out.business_day.day = day
             out.business_day.time_of_day = _format_minutes(at_minutes)
             out.business_day.from_day = from_day
+            out.business_day.from_date = from_date.isoformat() if from_date is not None else ""
         case model.CronSpec(expression, dst_policy):
             out.cron.expression = expression
             out.cron.dst_policy = _DST_PB[dst_policy]

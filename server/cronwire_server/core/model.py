@@ -172,6 +172,9 @@ class BusinessDaySpec:
     # Count from this day of the month (forward, or backward for a negative `day`) across the
     # month's end if need be; 0: from the month's first (last) day, within the month.
     from_day: int = 0
+    # Fire once, on the `day`-th business day counted from this date (forward, or backward for a
+    # negative `day`), instead of every month. None: every month.
+    from_date: date | None = None
 
 
 @dataclass(frozen=True)

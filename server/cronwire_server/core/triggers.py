@@ -119,6 +119,8 @@ MAX_BUSINESS_DAY = 23
 _BUSINESS_MONTHS = 120
 # The days a count from a day of the month (`from_day`) walks at most.
 _ROLL_DAYS = 62
+# The days a count from a date (`from_date`, a one-off) walks at most.
+_DATE_ROLL_DAYS = 366
 # Where the check that a SKIP cron fires at all in its zone starts searching.
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -277,6 +279,13 @@ def _check_trigger(spec: object, path: str, out: list[FieldViolation], shape: _S
             out.append(
                 FieldViolation(
                     f"{path}.business_day.from_day", "must be a day of the month, 1 to 31 (0: unset)"
+                )
+            )
+        if spec.from_date is not None and spec.from_day:
+            out.append(
+                FieldViolation(
+                    f"{path}.business_day.from_date",
+                    "cannot be combined with from_day: from_date fires once, from_day every month",
                 )
             )
     elif isinstance(spec, AnyOfSpec | AllOfSpec):
@@ -748,6 +757,10 @@ class _BusinessDay(BaseTrigger):  # type: ignore[misc]
 
     def search(self, now: datetime, budget: SearchBudget) -> datetime | None:
         """The first fire time at or after `now`."""
+        if self.spec.from_date is not None:
+            # Once: the count from the date, if it is not past.
+            fire = self._counted(self._days_from(self.spec.from_date, _DATE_ROLL_DAYS), budget)
+            return fire if fire is not None and fire >= now else None
         local = now.astimezone(self.zone)
         year, month = local.year, local.month
         if self.spec.from_day:
@@ -766,11 +779,16 @@ class _BusinessDay(BaseTrigger):  # type: ignore[misc]
 
     def in_month(self, year: int, month: int, budget: SearchBudget) -> datetime | None:
         """The month's fire time; None when it has too few business days."""
+        return self._counted(self._days(year, month), budget)
+
+    def _counted(self, days: list[date], budget: SearchBudget) -> datetime | None:
+        """The `day`-th business day of `days` (in counting order) at the time of day; None when
+        they hold too few."""
         spec = self.spec
         hour, minute = divmod(spec.at_minutes, 60)
         wanted = spec.day if spec.day > 0 else -spec.day
         found = 0
-        for day in self._days(year, month):
+        for day in days:
             budget.charge(1)
             instant, _ = _instant(datetime(day.year, day.month, day.day, hour, minute), self.zone)
             if calendar_rules.holds(self.calendars, spec.calendar_id, instant) is not None:
@@ -785,12 +803,19 @@ class _BusinessDay(BaseTrigger):  # type: ignore[misc]
         if not self.spec.from_day:
             days = [date(year, month, d) for d in range(1, length + 1)]
             return days if self.spec.day > 0 else days[::-1]
-        start = date(year, month, min(self.spec.from_day, length))
-        step = timedelta(days=1 if self.spec.day > 0 else -1)
-        return [start + step * n for n in range(_ROLL_DAYS)]
+        return self._days_from(date(year, month, min(self.spec.from_day, length)), _ROLL_DAYS)
+
+    def _days_from(self, start: date, count: int) -> list[date]:
+        """`count` days from `start`, forward (backward for a negative `day`), within the years
+        a date can have."""
+        step = 1 if self.spec.day > 0 else -1
+        first, last = date.min.toordinal(), date.max.toordinal()
+        ordinals = (start.toordinal() + step * n for n in range(count))
+        return [date.fromordinal(o) for o in ordinals if first <= o <= last]
 
     def __str__(self) -> str:
-        return f"business_day[{self.spec.day} of {self.spec.calendar_id}, {self.zone}]"
+        once = f" from {self.spec.from_date}" if self.spec.from_date is not None else ""
+        return f"business_day[{self.spec.day}{once} of {self.spec.calendar_id}, {self.zone}]"
 
 
 # --- RFC 5545 recurrence rules -------------------------------------------------

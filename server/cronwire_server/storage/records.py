@@ -108,8 +108,12 @@ def trigger_to_json(spec: TriggerSpec) -> JsonObject:
         case RRuleSpec():
             return {"rrule": {"rule": spec.rule}}
         case BusinessDaySpec():
-            body = {"calendar": spec.calendar_id, "day": spec.day, "at_minutes": spec.at_minutes}
-            return {"business_day": {**body, "from_day": spec.from_day} if spec.from_day else body}
+            body: JsonObject = {"calendar": spec.calendar_id, "day": spec.day, "at_minutes": spec.at_minutes}
+            if spec.from_day:
+                body["from_day"] = spec.from_day
+            if spec.from_date is not None:
+                body["from_date"] = spec.from_date.isoformat()
+            return {"business_day": body}
         case _:
             assert_never(spec)
 
@@ -130,7 +134,10 @@ def trigger_from_json(data: JsonObject) -> TriggerSpec:
     if kind == "rrule":
         return RRuleSpec(body["rule"])
     if kind == "business_day":
-        return BusinessDaySpec(body["calendar"], body["day"], body["at_minutes"], body.get("from_day", 0))
+        from_date = date.fromisoformat(body["from_date"]) if body.get("from_date") else None
+        return BusinessDaySpec(
+            body["calendar"], body["day"], body["at_minutes"], body.get("from_day", 0), from_date
+        )
     raise ValueError(f"unknown trigger kind {kind!r} in the database")
 
 

@@ -470,6 +470,48 @@ async def test_a_last_business_day_trigger_in_new_york_and_a_calendar_change_rep
 
 
 @pytest.mark.usefixtures("job")
+async def test_the_next_business_day_from_a_one_off_date_fires_once_and_previews(
+    calendars: CalendarServiceStub, schedules: ScheduleServiceStub
+) -> None:
+    business = await business_days(calendars)
+    # Whit Monday 17 May 2027 is a Bavarian holiday: the one-off moves to Tuesday the 18th.
+    trigger = {
+        "businessDay": {"calendar": business, "day": 1, "timeOfDay": "09:00", "fromDate": "2027-05-17"}
+    }
+    once = await create_schedule(schedules, "once", timeZone="Europe/Berlin", trigger=trigger)
+    assert json_format.MessageToDict(once.trigger) == trigger
+    assert once.next_fire_time.ToDatetime(tzinfo=UTC) == datetime(2027, 5, 18, 7, 0, tzinfo=UTC)
+    request = schedule_service_pb2.PreviewScheduleRequest(name=once.name, count=5)
+    preview = await schedules.PreviewSchedule(request)
+    assert [t.local_time for t in preview.fire_times] == ["2027-05-18T09:00:00+02:00"]
+    # Counted backward: Saturday 15 May or the business day before it, Friday the 14th.
+    unsaved = json_format.ParseDict(
+        {
+            "job": JOB,
+            "timeZone": "Europe/Berlin",
+            "trigger": {"businessDay": {"calendar": business, "day": -1, "fromDate": "2027-05-15"}},
+        },
+        schedule_pb2.Schedule(),
+    )
+    before = await schedules.PreviewSchedule(
+        schedule_service_pb2.PreviewScheduleRequest(schedule=unsaved, count=5)
+    )
+    assert [t.local_time for t in before.fire_times] == ["2027-05-14T00:00:00+02:00"]
+
+    for body, field in [
+        ({"fromDate": "2027-02-30"}, "schedule.trigger.business_day.from_date"),
+        ({"fromDate": "2027-05-17", "fromDay": 15}, "schedule.trigger.business_day.from_date"),
+    ]:
+        violations, _ = await expect_error(
+            create_schedule(
+                schedules, "bad", trigger={"businessDay": {"calendar": business, "day": 1, **body}}
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert set(violations) == {field}
+
+
+@pytest.mark.usefixtures("job")
 async def test_an_rrule_trigger_with_exdate_round_trips_and_previews(schedules: ScheduleServiceStub) -> None:
     rule = "DTSTART:20270104T090000\nRRULE:FREQ=WEEKLY;BYDAY=MO,WE\nEXDATE:20270106T090000"
     created = await create_schedule(

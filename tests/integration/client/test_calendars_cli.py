@@ -84,6 +84,22 @@ def test_a_business_day_schedule_from_the_command_line(cw: Run) -> None:  # noqa
     )  # fmt: skip
     assert mid.code == 0, mid.err
     assert [t["local_time"] for t in mid.json()["fire_times"]] == ["2027-05-18T09:00:00+02:00"]
+    # Once: Whit Monday 17 May 2027, or the next business day after it.
+    once = cw(
+        "schedules", "create", "once", "--job", "report", "--business-day", "1", "--from-date", "2027-05-17",
+        "--calendar", "business-days", "--time-of-day", "09:00", "--tz", "Europe/Berlin", "-o", "json",
+    )  # fmt: skip
+    assert once.code == 0, once.err
+    assert once.json()["trigger"]["business_day"]["from_date"] == "2027-05-17"
+    assert once.json()["next_fire_time"] == "2027-05-18T07:00:00Z"
+    once_preview = cw("schedules", "preview", "once", "--count", "3", "-o", "json")
+    assert [t["local_time"] for t in once_preview.json()["fire_times"]] == ["2027-05-18T09:00:00+02:00"]
+    both = cw(
+        "schedules", "preview", "--business-day", "1", "--from-day", "15", "--from-date", "2027-05-17",
+        "--calendar", "business-days",
+    )  # fmt: skip
+    assert both.code == 2
+    assert "--from-day counts every month, --from-date once" in both.err
     assert cw("schedules", "create", "x", "--job", "report", "--business-day", "1").code == 2
     # An iCalendar rule, its lines joined by a literal \n on the command line.
     ical = cw(
