@@ -20,17 +20,26 @@ The file (YAML or JSON) is a mapping:
       - name: hourly
         job: backup
         trigger: {every: 1h}
+    calendars:                    # optional: calendars, applied before the schedules
+      - name: business-days       # that name them
+        time_zone: Europe/Berlin
+        weekdays: mon-fri
+        exclude_calendars: [bavaria]
+      - name: bavaria
+        time_zone: Europe/Berlin
+        public_holidays: [DE-BY]
 
 Missing resources are created; existing ones get the fields the file names updated (with
 the etag just read, so a concurrent change fails instead of being overwritten); `null`
-clears a field. With `prune`, jobs and schedules of the namespace the file does not name are
-deleted. Before anything changes, the server checks every create and update of the file
+clears a field. With `prune`, jobs, schedules and calendars of the namespace the file does not
+name are deleted. Before anything changes, the server checks every create and update of the file
 (validate_only); `--dry-run` stops there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -40,6 +49,8 @@ from typing import Any
 
 from cronwire._convert import resource_name, split_name
 from cronwire._documents import (
+    CALENDAR_FIELDS,
+    CALENDAR_OUTPUT_ONLY,
     JOB_FIELDS,
     JOB_OUTPUT_ONLY,
     SCHEDULE_FIELDS,
@@ -50,16 +61,22 @@ from cronwire._documents import (
     read_spec,
     read_str,
 )
-from cronwire._errors import CronwireError, NotFound
+from cronwire._errors import CronwireError, InvalidArgument, NotFound
 from cronwire._output import YAML_MISSING, OutputError, yaml_module
 from cronwire._types import (
+    AllOfTrigger,
+    AnyOfTrigger,
+    BusinessDayTrigger,
+    Calendar,
     CompletionCallback,
+    DateRange,
     DependencyCondition,
     Job,
     JobDependent,
     MisfirePolicy,
     OverlapPolicy,
     Schedule,
+    Trigger,
 )
 from cronwire.client import Client
 
@@ -92,6 +109,7 @@ class ApplyFile:
     namespace: str
     jobs: list[Item] = field(default_factory=list)
     schedules: list[Item] = field(default_factory=list)
+    calendars: list[Item] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -147,11 +165,24 @@ def read_file(document: Any, default_namespace: str) -> ApplyFile:
     if document is None:
         document = {}
     body = read_object(document, "")
-    unknown = set(body) - {"namespace", "jobs", "schedules"}
+    unknown = set(body) - {"namespace", "jobs", "schedules", "calendars"}
     if unknown:
-        raise DocumentError(sorted(unknown)[0], "unknown top-level key; known: namespace, jobs, schedules")
+        raise DocumentError(
+            sorted(unknown)[0], "unknown top-level key; known: namespace, jobs, schedules, calendars"
+        )
     namespace = read_str(body["namespace"], "namespace") if body.get("namespace") else default_namespace
     result = ApplyFile(namespace)
+    for index, raw in enumerate(read_list(body.get("calendars") or [], "calendars")):
+        path = f"calendars[{index}]"
+        document_copy = read_object(raw, path)
+        ids, fields = read_spec(document_copy, path, CALENDAR_FIELDS, CALENDAR_OUTPUT_ONLY, ("name",))
+        if "name" not in ids:
+            raise DocumentError(f"{path}.name", "is required")
+        for key in ("include_calendars", "exclude_calendars"):
+            if fields.get(key):
+                fields[key] = _calendar_names(fields[key], namespace, f"{path}.{key}")
+        name = _full_name("calendar", ids["name"], namespace, f"{path}.name")
+        result.calendars.append(Item(name, fields, document_copy, path))
     nested: list[tuple[Any, str, str]] = []
     for index, raw in enumerate(read_list(body.get("jobs") or [], "jobs")):
         path = f"jobs[{index}]"
@@ -182,14 +213,77 @@ def read_file(document: Any, default_namespace: str) -> ApplyFile:
             raise DocumentError(f"{path}.trigger", "is required")
         name = _full_name("schedule", ids["name"], namespace, f"{path}.name")
         job_name = job or _full_name("job", ids["job"], namespace, f"{path}.job")
+        fields["trigger"] = _with_calendar_names(fields["trigger"], namespace, f"{path}.trigger")
+        for key in ("exclude_calendars", "only_on_calendars"):
+            if fields.get(key):
+                fields[key] = _calendar_names(fields[key], namespace, f"{path}.{key}")
         result.schedules.append(Item(name, fields, document_copy, path, job=job_name))
-    for kind, items in (("job", result.jobs), ("schedule", result.schedules)):
+    for kind, items in (
+        ("job", result.jobs),
+        ("schedule", result.schedules),
+        ("calendar", result.calendars),
+    ):
         seen: dict[str, str] = {}
         for item in items:
             if item.name in seen:
                 raise DocumentError(item.path, f"{kind} {item.name} is also given at {seen[item.name]}")
             seen[item.name] = item.path
     return result
+
+
+def _calendar_names(values: list[str], namespace: str, path: str) -> list[str]:
+    return [_full_name("calendar", v, namespace, f"{path}[{i}]") for i, v in enumerate(values)]
+
+
+def _with_calendar_names(trigger: Trigger, namespace: str, path: str) -> Trigger:
+    """`trigger` with the calendars of its business days as full names, as the server shows them."""
+    if isinstance(trigger, BusinessDayTrigger):
+        full = _full_name("calendar", trigger.calendar, namespace, f"{path}.business_day.calendar")
+        return dataclasses.replace(trigger, calendar=full)
+    if isinstance(trigger, AnyOfTrigger | AllOfTrigger):
+        kind = "any_of" if isinstance(trigger, AnyOfTrigger) else "all_of"
+        children = [
+            _with_calendar_names(t, namespace, f"{path}.{kind}[{i}]") for i, t in enumerate(trigger.triggers)
+        ]
+        return AnyOfTrigger(children) if isinstance(trigger, AnyOfTrigger) else AllOfTrigger(children)
+    return trigger
+
+
+def _trigger_calendars(trigger: Trigger | None) -> list[str]:
+    if isinstance(trigger, BusinessDayTrigger):
+        return [trigger.calendar]
+    if isinstance(trigger, AnyOfTrigger | AllOfTrigger):
+        return [name for t in trigger.triggers for name in _trigger_calendars(t)]
+    return []
+
+
+def _named_calendars(item: Item) -> list[str]:
+    """The calendars (full names) a calendar or schedule of the file names, in order."""
+    fields = item.fields
+    keys = ("include_calendars", "exclude_calendars", "only_on_calendars")
+    named = [name for key in keys for name in fields.get(key) or []]
+    return list(dict.fromkeys(named + _trigger_calendars(fields.get("trigger"))))
+
+
+def _calendar_order(items: list[Item]) -> list[Item]:
+    """The file's calendars, each after the calendars of the file it names (cycles are left in
+    file order, for the server to refuse)."""
+    by_name = {item.name: item for item in items}
+    ordered: list[Item] = []
+    visiting: set[str] = set()
+
+    def visit(item: Item) -> None:
+        if item in ordered or item.name in visiting:
+            return
+        visiting.add(item.name)
+        for name in _named_calendars(item):
+            if name in by_name:
+                visit(by_name[name])
+        ordered.append(item)
+
+    for item in items:
+        visit(item)
+    return ordered
 
 
 # Comparing
@@ -245,11 +339,29 @@ def _schedule_field_differs(key: str, wanted: Any, current: Schedule) -> bool:
         return False  # the server starts an unset start at creation: nothing to compare
     if key == "jitter":
         return (wanted or None) != (current.jitter or None)
+    if key in ("exclude_calendars", "only_on_calendars"):
+        return list(wanted or []) != list(getattr(current, key))
     have = getattr(current, key)
     if key in _SCHEDULE_DEFAULTS:
         wanted = wanted if wanted not in (None, "") else _SCHEDULE_DEFAULTS[key]
         have = have if have not in (None, "") else _SCHEDULE_DEFAULTS[key]
     return bool(wanted != have)
+
+
+_CALENDAR_DEFAULTS: dict[str, Any] = {"description": "", "time_zone": DEFAULT_TIME_ZONE}
+
+
+def _calendar_field_differs(key: str, wanted: Any, current: Calendar) -> bool:
+    have = getattr(current, key)
+    if key in _CALENDAR_DEFAULTS:
+        return bool((wanted or _CALENDAR_DEFAULTS[key]) != (have or _CALENDAR_DEFAULTS[key]))
+    if key == "dates":
+        # A range of one day is that day alone, as the server reads it back.
+        def alone(ranges: list[DateRange]) -> list[DateRange]:
+            return [DateRange(d.start, None if d.end == d.start else d.end) for d in ranges]
+
+        return alone(wanted or []) != alone(have)
+    return list(wanted or []) != list(have)
 
 
 # Applying
@@ -284,7 +396,14 @@ def _schedule_create_arguments(fields: Mapping[str, Any]) -> dict[str, Any]:
         "overlap_policy": fields.get("overlap_policy"),
         "arguments": fields.get("arguments") or {},
         "paused": bool(fields.get("paused", False)),
+        "exclude_calendars": fields.get("exclude_calendars") or [],
+        "only_on_calendars": fields.get("only_on_calendars") or [],
     }
+
+
+def _calendar_arguments(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of create_calendar and update_calendar; null and left out alike: empty."""
+    return {key: fields.get(key) or ("" if key in _CALENDAR_DEFAULTS else []) for key in fields}
 
 
 @dataclass
@@ -297,6 +416,9 @@ class Step:
     # Schedules of a job this file creates: the server cannot find that job before it is.
     job_created_here: bool = False
     checked: bool = True
+    # Calendars (full names) this file creates that the resource names: the server cannot find
+    # them before they are, so a refusal naming only those is no problem of the file.
+    calendars_created_here: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -329,7 +451,7 @@ class ApplyFailed(Exception):
         self.left = left
 
 
-_FIELD_PREFIX = re.compile(r"^(?:job|schedule)\.([A-Za-z0-9_.\[\]'\"-]+): ")
+_FIELD_PREFIX = re.compile(r"^(?:job|schedule|calendar)\.([A-Za-z0-9_.\[\]'\"-]+): ")
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
@@ -339,7 +461,7 @@ def _place(item: Item, field_path: str) -> str:
     The path is followed in the item's document as far as it goes: a value written in a short
     form there (`trigger: {cron: "..."}` for `trigger.cron.expression`) is named itself.
     """
-    for prefix in ("job.", "schedule."):
+    for prefix in ("job.", "schedule.", "calendar."):
         if field_path.startswith(prefix):
             field_path = field_path[len(prefix) :]
     value: Any = item.document
@@ -370,6 +492,21 @@ def _problems(error: CronwireError, item: Item | None, change: Change) -> list[P
     if match:
         return [Problem(_place(item, match.group(1)), error.message[match.end() :])]
     return [Problem(item.path, error.message)]
+
+
+_MISSING_CALENDAR = re.compile(r"^calendar '([^']+)' does not exist$")
+
+
+def _only_missing(error: CronwireError, created_here: frozenset[str]) -> bool:
+    """Whether `error` only says that calendars this file creates do not exist yet."""
+    if not created_here or not error.field_violations:
+        return False
+    ids = {name.rsplit("/", 1)[-1] for name in created_here}
+    for violation in error.field_violations:
+        missing = _MISSING_CALENDAR.match(violation.description)
+        if missing is None or missing.group(1) not in ids:
+            return False
+    return True
 
 
 class Applier:
@@ -416,6 +553,9 @@ class Applier:
                 continue
             try:
                 step.run(True)
+            except InvalidArgument as error:
+                if not _only_missing(error, step.calendars_created_here):
+                    problems += _problems(error, step.item, step.change)
             except NotFound as error:
                 if step.job_created_here:
                     continue  # the schedule's fields passed; its job is created by this file first
@@ -431,17 +571,51 @@ class Applier:
         """The steps that make the namespace match the file, and what cannot be planned."""
         steps: list[Step] = []
         problems: list[Problem] = []
+        # Calendars first: the schedules (and calendars) that name them find them made.
+        for item in _calendar_order(plan.calendars):
+            steps.append(self._plan_calendar(item, plan.namespace))
         for item in plan.jobs:
             steps += self._plan_job(item, plan.namespace)
         created = {s.change.name for s in steps if s.change.action == "create"}
+        for step in steps:
+            if step.item is not None and step.change.kind == "calendar":
+                step.calendars_created_here = frozenset(_named_calendars(step.item)) & created
         for item in plan.schedules:
             try:
-                steps += self._plan_schedule(item, plan.namespace, item.job in created)
+                scheduled = self._plan_schedule(item, plan.namespace, item.job in created)
             except DocumentError as error:
                 problems.append(Problem(error.path, error.problem))
+                continue
+            for step in scheduled:
+                step.calendars_created_here = frozenset(_named_calendars(item)) & created
+            steps += scheduled
         if prune:
             steps += self._plan_prune(plan)
         return steps, problems
+
+    def _plan_calendar(self, item: Item, namespace: str) -> Step:
+        client = self._client
+        try:
+            current = client.get_calendar(item.name)
+        except NotFound:
+            arguments = _calendar_arguments(item.fields)
+            calendar_id = split_name(item.name)[1]
+
+            def create(validate_only: bool) -> Any:
+                return client.create_calendar(
+                    calendar_id, namespace=namespace, validate_only=validate_only, **arguments
+                )
+
+            return Step(Change("calendar", item.name, "create"), create, item)
+        changed = [k for k, v in item.fields.items() if _calendar_field_differs(k, v, current)]
+        if not changed:
+            return Step(Change("calendar", item.name, "unchanged"), lambda _: None, item)
+        updates = _calendar_arguments({k: item.fields[k] for k in changed})
+
+        def update(validate_only: bool) -> Any:
+            return client.update_calendar(current, etag=current.etag, validate_only=validate_only, **updates)
+
+        return Step(Change("calendar", item.name, "update", tuple(changed)), update, item)
 
     def _plan_job(self, item: Item, namespace: str) -> list[Step]:
         client = self._client
@@ -532,11 +706,13 @@ class Applier:
         wanted_schedules = {item.name for item in plan.schedules}
         wanted_jobs = {item.name for item in plan.jobs}
 
-        def deleting(resource: Job | Schedule) -> Callable[[bool], None]:
+        def deleting(resource: Job | Schedule | Calendar) -> Callable[[bool], None]:
             def run(validate_only: bool) -> None:
                 with contextlib.suppress(NotFound):  # gone meanwhile: the goal is reached
                     if isinstance(resource, Schedule):
                         client.delete_schedule(resource, etag=resource.etag)
+                    elif isinstance(resource, Calendar):
+                        client.delete_calendar(resource, etag=resource.etag)
                     else:
                         client.delete_job(resource, etag=resource.etag)
 
@@ -549,6 +725,25 @@ class Applier:
         for job in list(client.iter_jobs(namespace=plan.namespace)):
             if job.name not in wanted_jobs:
                 steps.append(Step(Change("job", job.name, "delete"), deleting(job), checked=False))
+        # Calendars last (the schedules that named them are gone or changed by then), each before
+        # the calendars it names.
+        wanted_calendars = {item.name for item in plan.calendars}
+        doomed = [
+            c for c in client.iter_calendars(namespace=plan.namespace) if c.name not in wanted_calendars
+        ]
+        items = [
+            Item(
+                c.name,
+                {"include_calendars": c.include_calendars, "exclude_calendars": c.exclude_calendars},
+                {},
+                "",
+            )
+            for c in doomed
+        ]
+        by_name = {c.name: c for c in doomed}
+        for item in reversed(_calendar_order(items)):
+            calendar = by_name[item.name]
+            steps.append(Step(Change("calendar", calendar.name, "delete"), deleting(calendar), checked=False))
         return steps
 
 

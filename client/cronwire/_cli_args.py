@@ -548,6 +548,10 @@ def _hours(text: str) -> TimeRange:
     return TimeRange(start, end)
 
 
+# The short forms, also read by `cronwire apply` files.
+parse_date_range, parse_yearly, parse_weekdays = _date_range, _yearly, _weekdays
+parse_holidays, parse_hours = _holidays, _hours
+
 date_range_arg = _typed(_date_range, "date")
 yearly_arg = _typed(_yearly, "yearly date")
 weekdays_arg = _typed(_weekdays, "weekdays")

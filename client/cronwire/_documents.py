@@ -14,12 +14,20 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
+from cronwire._cli_args import (
+    parse_date_range,
+    parse_holidays,
+    parse_hours,
+    parse_weekdays,
+    parse_yearly,
+)
 from cronwire._types import (
     AllOfTrigger,
     AnyOfTrigger,
     BusinessDayTrigger,
     CompletionCallback,
     CronTrigger,
+    DateRange,
     DateTrigger,
     DependencyCondition,
     DstPolicy,
@@ -30,9 +38,13 @@ from cronwire._types import (
     JobDependent,
     MisfirePolicy,
     OverlapPolicy,
+    PublicHolidays,
     RetryPolicy,
     RRuleTrigger,
+    TimeRange,
     Trigger,
+    Weekday,
+    YearlyDate,
 )
 from cronwire._values import format_duration, format_time, parse_duration, parse_enum, parse_time
 
@@ -362,6 +374,14 @@ JOB_FIELDS: dict[str, Callable[[Any, str], Any]] = {
 }
 JOB_OUTPUT_ONLY = frozenset({"create_time", "update_time", "etag", "stats"})
 
+
+def read_names(value: Any, path: str) -> list[str]:
+    """A list of resource ids or names (one string is a list of one)."""
+    if isinstance(value, str):
+        return [value]
+    return [read_str(item, f"{path}[{i}]") for i, item in enumerate(read_list(value, path))]
+
+
 SCHEDULE_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "trigger": read_trigger,
     "description": optional(read_str),
@@ -374,10 +394,104 @@ SCHEDULE_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "overlap_policy": optional(lambda v, p: read_enum(OverlapPolicy, v, p)),
     "arguments": optional(read_object),
     "paused": read_bool,
+    "exclude_calendars": optional(read_names),
+    "only_on_calendars": optional(read_names),
 }
 SCHEDULE_OUTPUT_ONLY = frozenset(
     {"next_fire_time", "create_time", "update_time", "etag", "pause_reason", "stats"}
 )
+
+
+# Calendars: each list item in the CLI's short form (`2027-12-24..2027-12-31`, `12-24`, `mon-fri`,
+# `DE-BY`, `12:00-13:30`) or as `calendars get -o yaml` prints it (`{start: ..., end: ...}`, ...).
+
+
+def _short_form(parse: Callable[[str], Any], value: Any, path: str) -> Any:
+    try:
+        return parse(read_str(value, path))
+    except ValueError as error:
+        raise DocumentError(path, str(error)) from None
+
+
+def _read_date_range(value: Any, path: str) -> DateRange:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return DateRange(value)
+    if isinstance(value, dict):
+        fields = _read_fields(
+            read_object(value, path), {"start": read_date, "end": optional(read_date)}, path
+        )
+        if "start" not in fields:
+            raise DocumentError(f"{path}.start", "is required")
+        return DateRange(**fields)
+    result: DateRange = _short_form(parse_date_range, value, path)
+    return result
+
+
+def _read_yearly(value: Any, path: str) -> YearlyDate:
+    if isinstance(value, dict):
+        fields = _read_fields(read_object(value, path), {"month": read_int, "day": read_int}, path)
+        for key in ("month", "day"):
+            if key not in fields:
+                raise DocumentError(f"{path}.{key}", "is required")
+        return YearlyDate(**fields)
+    result: YearlyDate = _short_form(parse_yearly, value, path)
+    return result
+
+
+def _read_weekdays(value: Any, path: str) -> list[Weekday]:
+    items = [value] if isinstance(value, str) else read_list(value, path)
+    days: list[Weekday] = []
+    for i, item in enumerate(items):
+        where = path if isinstance(value, str) else f"{path}[{i}]"
+        for day in _short_form(parse_weekdays, item, where):
+            if day not in days:
+                days.append(day)
+    return days
+
+
+def _read_holidays(value: Any, path: str) -> PublicHolidays:
+    if isinstance(value, dict):
+        fields = _read_fields(
+            read_object(value, path), {"country": read_str, "subdivision": optional(read_str)}, path
+        )
+        if "country" not in fields:
+            raise DocumentError(f"{path}.country", "is required")
+        return PublicHolidays(fields["country"], fields.get("subdivision") or "")
+    result: PublicHolidays = _short_form(parse_holidays, value, path)
+    return result
+
+
+def _read_hours(value: Any, path: str) -> TimeRange:
+    if isinstance(value, dict):
+        readers = {"start": _read_time_of_day, "end": _read_time_of_day}
+        fields = _read_fields(read_object(value, path), readers, path)
+        for key in ("start", "end"):
+            if key not in fields:
+                raise DocumentError(f"{path}.{key}", "is required")
+        return TimeRange(**fields)
+    result: TimeRange = _short_form(parse_hours, value, path)
+    return result
+
+
+def _each(read: Callable[[Any, str], Any]) -> Callable[[Any, str], list[Any]]:
+    def reader(value: Any, path: str) -> list[Any]:
+        return [read(item, f"{path}[{i}]") for i, item in enumerate(read_list(value, path))]
+
+    return reader
+
+
+CALENDAR_FIELDS: dict[str, Callable[[Any, str], Any]] = {
+    "description": optional(read_str),
+    "time_zone": optional(read_str),
+    "dates": optional(_each(_read_date_range)),
+    "yearly_dates": optional(_each(_read_yearly)),
+    "weekdays": optional(_read_weekdays),
+    "public_holidays": optional(_each(_read_holidays)),
+    "time_ranges": optional(_each(_read_hours)),
+    "include_calendars": optional(read_names),
+    "exclude_calendars": optional(read_names),
+}
+CALENDAR_OUTPUT_ONLY = frozenset({"create_time", "update_time", "etag"})
 
 
 def read_spec(

@@ -140,3 +140,116 @@ def test_apply_failing_part_way_names_what_was_made(
         "job namespaces/default/jobs/job-0 created",
         "job namespaces/default/jobs/job-1 created",
     ]
+
+
+def test_apply_declares_calendars_and_schedules_that_use_them(cw: Run, tmp_path: Path) -> None:  # noqa: F811
+    # The schedules name calendars this file makes; the calendars name one another in any order.
+    spec: dict[str, Any] = {
+        "calendars": [
+            {
+                "name": "business-days",
+                "time_zone": "Europe/Berlin",
+                "include_calendars": ["weekdays"],
+                "exclude_calendars": ["bavaria"],
+            },
+            {"name": "weekdays", "time_zone": "Europe/Berlin", "weekdays": "mon-fri"},
+            {"name": "bavaria", "time_zone": "Europe/Berlin", "public_holidays": ["DE-BY"]},
+        ],
+        "jobs": [
+            {
+                "name": "report",
+                "executor": "noop",
+                "schedules": [
+                    {
+                        "name": "report-9am",
+                        "trigger": {"cron": "0 9 * * *"},
+                        "time_zone": "Europe/Berlin",
+                        "only_on_calendars": ["business-days"],
+                    },
+                    {
+                        "name": "month-end",
+                        "trigger": {
+                            "business_day": {"calendar": "business-days", "day": -1, "time_of_day": "17:00"}
+                        },
+                        "time_zone": "Europe/Berlin",
+                    },
+                    {
+                        "name": "whit",
+                        "trigger": {
+                            "business_day": {"calendar": "business-days", "day": 1, "from_date": "2027-05-17"}
+                        },
+                        "time_zone": "Europe/Berlin",
+                    },
+                    {
+                        "name": "standup",
+                        "trigger": {"rrule": "DTSTART:20270104T090000\nRRULE:FREQ=WEEKLY;BYDAY=MO,WE"},
+                        "time_zone": "Europe/Berlin",
+                        "exclude_calendars": ["bavaria"],
+                    },
+                ],
+            }
+        ],
+    }
+    path = _write(tmp_path / "f.json", spec)
+    dry = cw("apply", "-f", path, "--dry-run")
+    assert dry.code == 0, dry.err
+    assert dry.out.splitlines()[-1] == (
+        "dry run, nothing changed in namespace default: 8 created (checked by the server)"
+    )
+    assert cw("calendars", "list", "-o", "json").json() == []
+
+    applied = cw("apply", "-f", path)
+    assert applied.code == 0, applied.err
+    # Each calendar before the calendars and schedules that name it.
+    assert applied.out.splitlines()[:3] == [
+        "calendar namespaces/default/calendars/weekdays created",
+        "calendar namespaces/default/calendars/bavaria created",
+        "calendar namespaces/default/calendars/business-days created",
+    ]
+    report = cw("schedules", "get", "report-9am", "-o", "json").json()
+    assert report["only_on_calendars"] == ["namespaces/default/calendars/business-days"]
+    month_end = cw("schedules", "get", "month-end", "-o", "json").json()
+    assert month_end["trigger"]["business_day"]["calendar"] == "namespaces/default/calendars/business-days"
+    whit = cw("schedules", "get", "whit", "-o", "json").json()
+    assert whit["next_fire_time"] == "2027-05-17T22:00:00Z"  # Tuesday 18 May, 00:00 in Berlin
+    assert cw("schedules", "get", "standup", "-o", "json").json()["exclude_calendars"] == [
+        "namespaces/default/calendars/bavaria"
+    ]
+
+    # Applied again: nothing to do, whichever form a name was given in.
+    again = cw("apply", "-f", path)
+    assert again.code == 0, again.err
+    assert again.out.splitlines()[-1] == "applied in namespace default: 8 unchanged"
+
+    # What `calendars get -o yaml` prints is a valid calendar of an apply file.
+    printed = cw("calendars", "get", "bavaria", "-o", "json").json()
+    spec["calendars"][2] = {**printed, "public_holidays": [*printed["public_holidays"], "DE-BE"]}
+    spec["jobs"][0]["schedules"][0]["only_on_calendars"] = []
+    changed = cw("apply", "-f", _write(tmp_path / "f.json", spec))
+    assert changed.code == 0, changed.err
+    assert "calendar namespaces/default/calendars/bavaria updated: public_holidays" in changed.out
+    assert "schedule namespaces/default/schedules/report-9am updated: only_on_calendars" in changed.out
+    assert cw("schedules", "get", "report-9am", "-o", "json").json().get("only_on_calendars", []) == []
+
+    # A bad calendar field is named at its place in the file, and nothing changes.
+    spec["calendars"][1]["weekdays"] = "mon-xyz"
+    bad = cw("apply", "-f", _write(tmp_path / "f.json", spec))
+    assert bad.code != 0
+    assert "calendars[1].weekdays" in bad.err
+    spec["calendars"][1]["weekdays"] = ["MONDAY", "TUESDAY"]
+    spec["calendars"][1]["time_zone"] = "Mars/Olympus"
+    bad = cw("apply", "-f", _write(tmp_path / "f.json", spec))
+    assert bad.code == 1
+    assert "calendars[1].time_zone" in bad.err
+    assert cw("calendars", "get", "weekdays", "-o", "json").json()["time_zone"] == "Europe/Berlin"
+
+    # Pruned: the schedules go first, then the calendars nothing names any more.
+    pruned = cw(
+        "apply",
+        "-f",
+        _write(tmp_path / "f.json", {"jobs": [{"name": "report", "executor": "noop"}]}),
+        "--prune",
+    )
+    assert pruned.code == 0, pruned.err
+    assert pruned.out.splitlines()[-1] == "applied in namespace default: 7 deleted, 1 unchanged"
+    assert cw("calendars", "list", "-o", "json").json() == []
