@@ -8,7 +8,7 @@ import math
 import re
 import socket
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 from urllib.parse import urlsplit
 
@@ -17,9 +17,10 @@ from cronwire_server.config import Settings
 from cronwire_server.core.arguments import check_schema
 from cronwire_server.core.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from cronwire_server.core.fanout import fan_outs
-from cronwire_server.core.model import Job, Listing, Page, RetryPolicy
+from cronwire_server.core.model import ExecutionStats, Job, Listing, Page, RetryPolicy
 from cronwire_server.core.names import job_name
 from cronwire_server.core.optimistic import read_modify_write
+from cronwire_server.core.schedules import shown
 from cronwire_server.executors import registry
 from cronwire_server.executors.address_policy import literal_address
 from cronwire_server.executors.http_runner import check_url
@@ -144,8 +145,53 @@ class JobManager:
         raise AlreadyExists("job", job_name(job.namespace, job.id))
 
     async def get(self, namespace: str, job_id: str) -> Job:
-        """The job with its statistics (one statement: they are counters kept with it)."""
-        return await self._store.get_job(namespace, job_id, with_stats=True)
+        """The job with its statistics (one statement: they are counters kept with it; a second
+        reads its schedules that name calendars, when one of them may run first)."""
+        job = await self._store.get_job(namespace, job_id, with_stats=True)
+        return (await self._with_next_runs(namespace, [job]))[0]
+
+    async def _with_next_runs(self, namespace: str, listed: list[Job]) -> list[Job]:
+        """`listed` with `stats.next_run_time` the next tick that really runs: the store leaves
+        out the schedules that name calendars (their stored tick may be one a calendar excludes);
+        those whose stored tick comes first are read (one statement for all the jobs) and their
+        exclusions stepped over (`shown`), which only ever puts a tick later."""
+        never = datetime.max.replace(tzinfo=UTC)
+
+        def plain(stats: ExecutionStats) -> datetime:
+            return stats.next_run_time or never
+
+        waiting = {
+            job.id: job.stats
+            for job in listed
+            if job.stats is not None
+            and job.stats.calendar_next_run_time is not None
+            and job.stats.calendar_next_run_time < plain(job.stats)
+        }
+        if not waiting:
+            return listed
+        bound = max(plain(stats) for stats in waiting.values())
+        found = await self._store.schedules_with_calendars(
+            namespace, sorted(waiting), None if bound == never else bound
+        )
+        earliest = {job_id: plain(stats) for job_id, stats in waiting.items()}
+        for schedule in found:
+            stored = schedule.next_fire_time
+            if stored is None or stored >= earliest[schedule.job_id]:
+                continue  # no earlier than a tick that runs anyway: nothing to compute
+            runs = shown(schedule).next_fire_time
+            if runs is not None and runs < earliest[schedule.job_id]:
+                earliest[schedule.job_id] = runs
+        return [
+            dataclasses.replace(
+                job,
+                stats=dataclasses.replace(
+                    job.stats, next_run_time=None if earliest[job.id] == never else earliest[job.id]
+                ),
+            )
+            if job.stats is not None and job.id in waiting
+            else job
+            for job in listed
+        ]
 
     async def _refuse_cycles(self, job: Job) -> None:
         """INVALID_ARGUMENT if following dependents from `job` leads back to it.
@@ -219,7 +265,8 @@ class JobManager:
                 )
 
     async def list_page(self, namespace: str, page: Page, *, executor: str = "") -> Listing[Job]:
-        return await self._store.list_jobs(namespace, page, executor=executor, with_stats=True)
+        listing = await self._store.list_jobs(namespace, page, executor=executor, with_stats=True)
+        return dataclasses.replace(listing, items=await self._with_next_runs(namespace, listing.items))
 
     async def update(
         self,

@@ -13,6 +13,7 @@ from cronwire_server.core import model
 from cronwire_server.core.calendars import WEEKDAY_NAMES
 from cronwire_server.core.errors import FieldViolation, InvalidArgument
 from cronwire_server.core.names import format_name, parse_name
+from cronwire_server.core.schedules import shown
 from cronwire_server.core.triggers import PreviewTime
 
 # Enums: proto value <-> domain member. UNSPECIFIED maps to the documented default.
@@ -658,5 +659,6 @@ def event_to_pb(event: model.Event) -> event_pb2.Event:
     elif isinstance(snapshot, model.Job):
         message.job_snapshot.CopyFrom(job_to_pb(snapshot))
     elif isinstance(snapshot, model.Schedule):
-        message.schedule_snapshot.CopyFrom(schedule_to_pb(snapshot))
+        # Its next fire time as GetSchedule shows it: the next tick that runs.
+        message.schedule_snapshot.CopyFrom(schedule_to_pb(shown(snapshot)))
     return message

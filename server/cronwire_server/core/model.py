@@ -100,6 +100,10 @@ class ExecutionStats:
     last_run_state: ExecutionState | None = None
     next_run_time: datetime | None = None
     p50_duration: timedelta | None = None
+    # A job's only, not shown: the earliest stored next fire time of its unpaused schedules that
+    # name calendars, a tick their calendars may exclude (next_run_time leaves those schedules
+    # out until JobManager has stepped over their exclusions, core.schedules.shown).
+    calendar_next_run_time: datetime | None = None
 
 
 @dataclass

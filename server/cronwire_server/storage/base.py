@@ -181,6 +181,12 @@ class Store(Protocol):
         """Schedules in id order after `page.after`, at most `page.size`; only `job_id`'s if given;
         each with its statistics if `with_stats`."""
 
+    async def schedules_with_calendars(
+        self, namespace: str, job_ids: Sequence[str], before: datetime | None = None
+    ) -> list[Schedule]:
+        """The unpaused schedules of the jobs `job_ids` that name calendars and have a next fire
+        time (before `before`, if given): those whose next run a calendar may put off."""
+
     async def update_schedule(
         self,
         schedule: Schedule,

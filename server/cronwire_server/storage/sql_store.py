@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -355,18 +355,31 @@ def _counted(table: sa.Table, kind: str) -> tuple[sa.Join, list[sa.ColumnElement
 
 
 _JOB_COUNTED, _JOB_STATS = _counted(jobs, "job")
-# The earliest next fire time of the job's unpaused schedules.
-_JOB_NEXT_RUN = sa.type_coerce(
-    sa.select(sa.func.min(schedules.c.next_fire_time))
-    .where(
-        schedules.c.namespace == jobs.c.namespace,
-        schedules.c.job_id == jobs.c.id,
-        schedules.c.paused.is_(False),
-    )
-    .scalar_subquery(),
-    UtcDateTime(),
-).label("stats_next_run_time")
-_JOBS_WITH_STATS = sa.select(jobs, *_JOB_STATS, _JOB_NEXT_RUN).select_from(_JOB_COUNTED)
+
+
+def _job_next_run(with_calendars: bool, label: str) -> sa.Label[Any]:
+    """The earliest next fire time of the job's unpaused schedules that name no calendars (or,
+    `with_calendars`, that do: their stored tick may be one a calendar excludes)."""
+    kept = schedules.c.calendars.is_not(None) if with_calendars else schedules.c.calendars.is_(None)
+    return sa.type_coerce(
+        sa.select(sa.func.min(schedules.c.next_fire_time))
+        .where(
+            schedules.c.namespace == jobs.c.namespace,
+            schedules.c.job_id == jobs.c.id,
+            schedules.c.paused.is_(False),
+            kept,
+        )
+        .scalar_subquery(),
+        UtcDateTime(),
+    ).label(label)
+
+
+_JOBS_WITH_STATS = sa.select(
+    jobs,
+    *_JOB_STATS,
+    _job_next_run(False, "stats_next_run_time"),
+    _job_next_run(True, "stats_calendar_next_run_time"),
+).select_from(_JOB_COUNTED)
 _SCHEDULE_COUNTED, _SCHEDULE_STATS = _counted(schedules, "schedule")
 _SCHEDULES_WITH_STATS = sa.select(schedules, *_SCHEDULE_STATS).select_from(_SCHEDULE_COUNTED)
 _GET_JOB_WITH_STATS = _JOBS_WITH_STATS.where(
@@ -395,7 +408,8 @@ def _stats_of(row: Mapping[Any, Any], next_run_time: datetime | None) -> Executi
 
 def _job_with_stats(row: Mapping[Any, Any]) -> Job:
     job = job_from_record(row)
-    job.stats = _stats_of(row, row["stats_next_run_time"])
+    stats = _stats_of(row, row["stats_next_run_time"])
+    job.stats = replace(stats, calendar_next_run_time=row["stats_calendar_next_run_time"])
     return job
 
 
@@ -747,6 +761,21 @@ class SqlStore:
         rows, next_after = await self._page(query, schedules.c.id, page)
         to_schedule = _schedule_with_stats if with_stats else schedule_from_record
         return Listing(items=[to_schedule(r._mapping) for r in rows], next_after=next_after)
+
+    async def schedules_with_calendars(
+        self, namespace: str, job_ids: Sequence[str], before: datetime | None = None
+    ) -> list[Schedule]:
+        query = sa.select(schedules).where(
+            schedules.c.namespace == namespace,
+            schedules.c.job_id.in_(job_ids),
+            schedules.c.paused.is_(False),
+            schedules.c.calendars.is_not(None),
+            schedules.c.next_fire_time.is_not(None),
+        )
+        if before is not None:
+            query = query.where(schedules.c.next_fire_time < before)
+        rows = await self._run(self._all, query.order_by(schedules.c.job_id, schedules.c.id))
+        return [schedule_from_record(r._mapping) for r in rows]
 
     async def update_schedule(
         self,

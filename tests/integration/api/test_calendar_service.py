@@ -469,6 +469,61 @@ async def test_a_last_business_day_trigger_in_new_york_and_a_calendar_change_rep
     assert after > datetime.now(UTC)
 
 
+async def test_every_next_time_shown_is_a_tick_that_runs_job_stats_lists_and_events_too(
+    calendars: CalendarServiceStub,
+    schedules: ScheduleServiceStub,
+    jobs: JobServiceStub,
+    events: EventServiceStub,
+    job: job_pb2.Job,
+) -> None:
+    # `closed` holds the next three days (UTC): a noon schedule skipping it runs on the fourth.
+    today = datetime.now(UTC).date()
+    closed = await create_calendar(
+        calendars,
+        "closed",
+        dates=[{"startDate": today.isoformat(), "endDate": (today + timedelta(days=2)).isoformat()}],
+    )
+    noon = await create_schedule(
+        schedules, "noon", trigger={"cron": {"expression": "0 12 * * *"}}, excludeCalendars=[closed.name]
+    )
+    runs = datetime.combine(today + timedelta(days=3), datetime.min.time(), UTC).replace(hour=12)
+    assert noon.next_fire_time.ToDatetime(tzinfo=UTC) == runs
+
+    async def job_next_run() -> tuple[datetime, datetime]:
+        got = (await jobs.GetJob(job_service_pb2.GetJobRequest(name=job.name))).job
+        listed = (await jobs.ListJobs(job_service_pb2.ListJobsRequest(parent=PARENT))).jobs
+        (same,) = [j for j in listed if j.name == job.name]
+        return (
+            got.stats.next_run_time.ToDatetime(tzinfo=UTC),
+            same.stats.next_run_time.ToDatetime(tzinfo=UTC),
+        )
+
+    # The job's next run is the schedule's, not the excluded tick stored for the dispatcher.
+    assert await job_next_run() == (runs, runs)
+    got = (await schedules.GetSchedule(schedule_service_pb2.GetScheduleRequest(name=noon.name))).schedule
+    assert got.stats.next_run_time.ToDatetime(tzinfo=UTC) == runs
+    # A plain schedule of the job that runs before it is the job's next run; one after it is not.
+    later = runs + timedelta(days=1)
+    await create_schedule(schedules, "later", trigger={"date": {"runTime": later.isoformat()}})
+    assert await job_next_run() == (runs, runs)
+    sooner = datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC).replace(hour=6)
+    await create_schedule(schedules, "sooner", trigger={"date": {"runTime": sooner.isoformat()}})
+    assert await job_next_run() == (sooner, sooner)
+
+    # The schedule's snapshot on its created event shows the tick that runs too.
+    async def created_snapshot() -> schedule_pb2.Schedule | None:
+        listed = await events.ListEvents(
+            event_service_pb2.ListEventsRequest(
+                parent=PARENT, event_types=[event_pb2.EVENT_TYPE_SCHEDULE_CREATED]
+            )
+        )
+        found = [e.schedule_snapshot for e in listed.events if e.resource == noon.name]
+        return found[0] if found else None
+
+    snapshot = await eventually(created_snapshot, 10, "the schedule's created event")
+    assert snapshot.next_fire_time.ToDatetime(tzinfo=UTC) == runs
+
+
 @pytest.mark.usefixtures("job")
 async def test_the_next_business_day_from_a_one_off_date_fires_once_and_previews(
     calendars: CalendarServiceStub, schedules: ScheduleServiceStub
