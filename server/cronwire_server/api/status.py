@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 from cronwire_server.api import fields
 from cronwire_server.core.errors import (
     AlreadyExists,
+    CalendarsChanged,
     CronwireError,
     DeadlineExceeded,
     EtagMismatch,
@@ -38,6 +39,7 @@ _CODES: list[tuple[type[CronwireError], int]] = [
     (NotFound, code_pb2.NOT_FOUND),
     (AlreadyExists, code_pb2.ALREADY_EXISTS),
     (EtagMismatch, code_pb2.ABORTED),
+    (CalendarsChanged, code_pb2.ABORTED),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
     (StorageUnavailable, code_pb2.UNAVAILABLE),
     (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),

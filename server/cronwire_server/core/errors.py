@@ -82,6 +82,18 @@ class EtagMismatch(CronwireError):
         self.name = name
 
 
+class CalendarsChanged(CronwireError):
+    """A calendar a schedule names (or reaches) changed or went between reading it and writing the
+    schedule with it: the write is refused, to be redone with the calendars as they are now."""
+
+    reason = "CALENDARS_CHANGED"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"a calendar that schedule {name!r} uses changed while it was written; retry",
+        )
+
+
 class FailedPrecondition(CronwireError):
     """The request is valid but the resource is not in a state that allows it."""
 

@@ -18,6 +18,7 @@ from cronwire_server.core import calendars, triggers
 from cronwire_server.core.arguments import checked_arguments
 from cronwire_server.core.errors import (
     AlreadyExists,
+    CalendarsChanged,
     DeadlineExceeded,
     EtagMismatch,
     FieldViolation,
@@ -54,6 +55,10 @@ PREVIEW_TIMEOUT = 5.0
 PREVIEW_THREADS = 2
 
 T = TypeVar("T")
+
+# Writes of a schedule refused because a calendar it uses changed meanwhile, redone at most so
+# many times in all (each on the calendars read again).
+CALENDAR_ATTEMPTS = 5
 
 # The fields that decide when a schedule fires; changing one recomputes next_fire_time.
 TIMING_FIELDS = ("trigger", "time_zone", "start_time", "end_time")
@@ -195,24 +200,32 @@ class ScheduleManager:
         self, schedule: Schedule, *, request_id: str = "", validate_only: bool = False
     ) -> Schedule:
         validate_schedule(schedule)
-        schedule = await self._with_calendars(schedule)
         job = await self._store.get_job(schedule.namespace, schedule.job_id)
         schedule = dataclasses.replace(
             schedule, arguments=checked_arguments(job.arguments_schema, schedule.arguments)
         )
-        now = await self._store.now()
-        if schedule.start_time is None:
-            # Pin the anchor so interval ticks do not drift with restarts or updates.
-            schedule = dataclasses.replace(schedule, start_time=now.replace(microsecond=0))
-        if validate_only:
-            return shown(await self._check_create(with_next_fire_time(schedule, now), now))
-        created = await self._store.create_schedule(
-            with_next_fire_time(schedule, now),
-            request_id=request_id,
-            limit=self._max_per_namespace,
-            actor=current_actor(),
-        )
-        return shown(created)
+        for attempt in range(CALENDAR_ATTEMPTS):
+            planned = await self._with_calendars(schedule)
+            now = await self._store.now()
+            if planned.start_time is None:
+                # Pin the anchor so interval ticks do not drift with restarts or updates.
+                planned = dataclasses.replace(planned, start_time=now.replace(microsecond=0))
+            if validate_only:
+                return shown(await self._check_create(with_next_fire_time(planned, now), now))
+            try:
+                created = await self._store.create_schedule(
+                    with_next_fire_time(planned, now),
+                    request_id=request_id,
+                    limit=self._max_per_namespace,
+                    actor=current_actor(),
+                )
+            except CalendarsChanged:
+                # A calendar it names changed after it was read: planned again on the new one.
+                if attempt == CALENDAR_ATTEMPTS - 1:
+                    raise
+                continue
+            return shown(created)
+        raise AssertionError("unreachable")
 
     async def _with_calendars(self, schedule: Schedule) -> Schedule:
         if not calendars.schedule_references(schedule):
@@ -247,28 +260,39 @@ class ScheduleManager:
         validate_only: bool = False,
     ) -> Schedule:
         """With `validate_only`, everything is checked and the updated schedule returned unstored."""
-        now = await self._store.now()
         # The job (which a schedule cannot change) for its arguments schema.
         job_id = (await self._store.get_schedule(namespace, schedule_id)).job_id
         schema = (await self._store.get_job(namespace, job_id)).arguments_schema
-        world = await self._store.namespace_calendars(namespace)
+        for attempt in range(CALENDAR_ATTEMPTS):
+            now = await self._store.now()
+            world = await self._store.namespace_calendars(namespace)
 
-        def checked(current: Schedule) -> Schedule:
-            updated = change(current)
-            validate_schedule(updated)
-            updated = with_calendars(updated, world)
-            if updated.arguments != current.arguments:
-                updated = dataclasses.replace(updated, arguments=checked_arguments(schema, updated.arguments))
-            if any(getattr(updated, f) != getattr(current, f) for f in TIMING_FIELDS):
-                updated = with_next_fire_time(updated, now)
-            return updated
+            def checked(
+                current: Schedule, world: dict[str, Calendar] = world, now: datetime = now
+            ) -> Schedule:
+                updated = change(current)
+                validate_schedule(updated)
+                updated = with_calendars(updated, world)
+                if updated.arguments != current.arguments:
+                    updated = dataclasses.replace(
+                        updated, arguments=checked_arguments(schema, updated.arguments)
+                    )
+                if any(getattr(updated, f) != getattr(current, f) for f in TIMING_FIELDS):
+                    updated = with_next_fire_time(updated, now)
+                return updated
 
-        if validate_only:
-            current = await self._store.get_schedule(namespace, schedule_id)
-            if expected_etag and current.etag != expected_etag:
-                raise EtagMismatch("schedule", schedule_name(namespace, schedule_id))
-            return shown(checked(current))
-        return shown(await self._write(namespace, schedule_id, checked, expected_etag))
+            if validate_only:
+                current = await self._store.get_schedule(namespace, schedule_id)
+                if expected_etag and current.etag != expected_etag:
+                    raise EtagMismatch("schedule", schedule_name(namespace, schedule_id))
+                return shown(checked(current))
+            try:
+                return shown(await self._write(namespace, schedule_id, checked, expected_etag, attempts=1))
+            except CalendarsChanged:
+                # A calendar changed after `world` was read: checked again on the new calendars.
+                if attempt == CALENDAR_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def pause(self, namespace: str, schedule_id: str, reason: str) -> Schedule:
         # next_fire_time is kept: the ticks from it to the resume are the misfires.
@@ -304,18 +328,29 @@ class ScheduleManager:
         change: Callable[[Schedule], Schedule],
         expected_etag: str,
         event_type: EventType = EventType.SCHEDULE_UPDATED,
+        *,
+        attempts: int = CALENDAR_ATTEMPTS,
     ) -> Schedule:
+        """Read, change and write the schedule. The write is refused (CalendarsChanged) when a
+        calendar kept with the schedule changed after it was read (its row then holds the new
+        one): read again and redone, up to `attempts` times."""
         actor = current_actor()
-        return await read_modify_write(
-            lambda: self._store.get_schedule(namespace, schedule_id),
-            lambda schedule, etag: self._store.update_schedule(
-                schedule, expected_etag=etag, event_type=event_type, actor=actor
-            ),
-            change,
-            kind="schedule",
-            name=schedule_name(namespace, schedule_id),
-            expected_etag=expected_etag,
-        )
+        for attempt in range(attempts):
+            try:
+                return await read_modify_write(
+                    lambda: self._store.get_schedule(namespace, schedule_id),
+                    lambda schedule, etag: self._store.update_schedule(
+                        schedule, expected_etag=etag, event_type=event_type, actor=actor
+                    ),
+                    change,
+                    kind="schedule",
+                    name=schedule_name(namespace, schedule_id),
+                    expected_etag=expected_etag,
+                )
+            except CalendarsChanged:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     @staticmethod
     def preview_count(count: int) -> int:

@@ -43,6 +43,7 @@ class Outcome(enum.Enum):
     EXISTS = "exists"  # the id is taken
     FULL = "full"  # the namespace holds its limit of this kind
     NO_JOB = "no_job"  # a schedule's job does not exist
+    STALE_CALENDARS = "stale_calendars"  # a calendar a schedule uses changed since it was read
     REQUEST_TAKEN = "request_taken"  # the request id is recorded already (a retry)
 
 
@@ -155,6 +156,7 @@ def commit(conn: Connection, creates: list[Create]) -> None:
     pending = creates
     if kind == "schedule":
         pending = _with_jobs(conn, pending, postgres)
+        pending = _with_current_calendars(conn, pending)
     room = _room(conn, kind, pending)
     inserted: list[Create] = []
     while pending:
@@ -198,6 +200,22 @@ def _with_jobs(conn: Connection, creates: list[Create], postgres: bool) -> list[
     for create in creates:
         if (create.namespace, create.values["job_id"]) not in found:
             create.outcome = Outcome.NO_JOB
+    return [c for c in creates if c.outcome is Outcome.PENDING]
+
+
+def _with_current_calendars(conn: Connection, creates: list[Create]) -> list[Create]:
+    """The schedules whose calendars (kept with them) are still those stored; the calendars are
+    locked (FOR SHARE) until commit, so that a concurrent change of one waits for the schedule
+    and re-plans it too (sql_calendars.unchanged)."""
+    from cronwire_server.storage import sql_calendars  # it imports this module
+
+    using = [c for c in creates if c.values.get("calendars")]
+    if not using:
+        return creates
+    current = sql_calendars.unchanged(conn, [(c.namespace, c.values["calendars"]) for c in using])
+    for create, ok in zip(using, current, strict=True):
+        if not ok:
+            create.outcome = Outcome.STALE_CALENDARS
     return [c for c in creates if c.outcome is Outcome.PENDING]
 
 

@@ -581,6 +581,8 @@ class SqlStore:
         name = format_name(create.kind, create.namespace, create.values["id"])
         if done.outcome is sql_creates.Outcome.NO_JOB:
             raise errors.NotFound("job", job_name(create.namespace, create.values["job_id"]))
+        if done.outcome is sql_creates.Outcome.STALE_CALENDARS:
+            raise errors.CalendarsChanged(name)
         # A retry of a create that got in gets what it created, whatever stops it now.
         if create.request_id:
             replay = await self._recorded_resource(create.namespace, create.request_id, create.method)
@@ -598,11 +600,14 @@ class SqlStore:
         expected_etag: str,
         event_type: EventType,
         actor: str,
+        check: Callable[[Connection], None] | None = None,
     ) -> Row[Any]:
         """UPDATE ... RETURNING the row and write its event, if the etag matches; else NotFound or
-        EtagMismatch."""
+        EtagMismatch. `check` runs first in the transaction (and may refuse the update)."""
         statement = sa.update(table).where(*key.match(table, expected_etag)).values(values)
         with self._transaction() as conn:
+            if check is not None:
+                check(conn)
             row = conn.execute(statement.returning(*table.c)).one_or_none()
             if row is None:
                 _raise_missing_or_changed(conn, table, key)
@@ -787,8 +792,17 @@ class SqlStore:
     ) -> Schedule:
         key = _Key("schedule", schedule.namespace, schedule.id)
         values = _stamp(schedule_fields(schedule), stamp_time(self._postgres))
+        kept = values["calendars"]
+
+        def calendars_current(conn: Connection) -> None:
+            # The calendars kept with the schedule are still those stored (locked until commit).
+            if kept and not sql_calendars.unchanged(conn, [(schedule.namespace, kept)])[0]:
+                raise errors.CalendarsChanged(key.name)
+
         try:
-            row = await self._run(self._update, schedules, key, values, expected_etag, event_type, actor)
+            row = await self._run(
+                self._update, schedules, key, values, expected_etag, event_type, actor, calendars_current
+            )
         except exc.IntegrityError as error:  # moved to a job that does not exist
             _raise_schedule_conflict(error, schedule)
         await self._schedules_changed()
