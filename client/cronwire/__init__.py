@@ -86,6 +86,7 @@ from cronwire._types import (
 from cronwire._version import __version__
 from cronwire.aio import AsyncClient
 from cronwire.client import Client
+from cronwire.worker import TaskContext, Worker, current_task
 
 __all__ = [
     "UNSET",
@@ -148,12 +149,15 @@ __all__ = [
     "SchedulingLag",
     "SkipReason",
     "TLSConfig",
+    "TaskContext",
     "TimeRange",
     "Trigger",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "Weekday",
+    "Worker",
     "YearlyDate",
     "__version__",
+    "current_task",
 ]

@@ -89,6 +89,7 @@ from cronwire._output import OutputError, exact_times
 from cronwire._types import ExecutionState, Job, OverlapPolicy, Schedule
 from cronwire._values import enum_text
 from cronwire._version import __version__
+from cronwire._worker_commands import add_worker_commands
 
 
 class _Builder:
@@ -417,6 +418,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     )
 
     add_key_commands(top, build.leaf)
+    add_worker_commands(top, build.leaf)
     p = build.leaf(
         top,
         "status",

@@ -30,6 +30,8 @@ from cronwire.v1 import (
     key_service_pb2_grpc,
     schedule_service_pb2,
     schedule_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
 )
 from cronwire_server import __version__
 from cronwire_server.api.calendar_service import CalendarService
@@ -42,6 +44,7 @@ from cronwire_server.api.key_service import KeyService
 from cronwire_server.api.paging import use_secret as use_page_token_secret
 from cronwire_server.api.rpc_metrics import RpcMetricsInterceptor
 from cronwire_server.api.schedule_service import ScheduleService
+from cronwire_server.api.worker_service import WorkerService
 from cronwire_server.auth.interceptor import RequestDecoding
 from cronwire_server.auth.manage import KeyManager
 from cronwire_server.auth.mode import AuthRefused, auth_interceptor
@@ -59,6 +62,7 @@ from cronwire_server.health import ReplicaHealth
 from cronwire_server.jobs import JobManager
 from cronwire_server.limits import DocumentSizes, Limits, StreamCaps
 from cronwire_server.metrics_endpoint import MetricsEndpoint, serve_metrics
+from cronwire_server.remote_workers import RemoteWorkers
 from cronwire_server.replicas import ReplicaHeartbeat, this_replica
 from cronwire_server.retention import ExecutionPruner
 from cronwire_server.secrets import SecretError, Secrets
@@ -82,6 +86,7 @@ SERVICE_NAMES = tuple(
         (event_service_pb2, "EventService"),
         (key_service_pb2, "KeyService"),
         (cluster_service_pb2, "ClusterService"),
+        (worker_service_pb2, "WorkerService"),
     )
 )
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -197,6 +202,16 @@ async def create_server(settings: Settings) -> RunningServer:
         add_event_service(EventService(events), server)
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyService(KeyManager(keys)), server)
         cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterService(store), server)
+        # Remote workers connect to the API; without a local pool here, this replica also
+        # recovers the leases they let expire.
+        remote = RemoteWorkers(
+            store,
+            lease=timedelta(seconds=settings.lease_seconds),
+            capture_bytes=limits.max_output_bytes,
+            recover="worker" not in settings.roles,
+        )
+        remote.start(supervisor, stopping)
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(remote), server)
 
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

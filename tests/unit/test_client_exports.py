@@ -10,6 +10,9 @@ import cronwire
 
 EXPORTED = [
     "UNSET",
+    "TaskContext",
+    "Worker",
+    "current_task",
     "AllOfTrigger",
     "AlreadyExists",
     "AnyOfTrigger",

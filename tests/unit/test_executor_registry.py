@@ -19,8 +19,8 @@ def violations(kind: str, parameters: Any) -> dict[str, str]:
     return {v.field: v.description for v in caught.value.violations}
 
 
-def test_the_four_builtin_kinds() -> None:
-    assert [kind.name for kind in registry.all_kinds()] == ["http", "noop", "python", "shell"]
+def test_the_builtin_kinds() -> None:
+    assert [kind.name for kind in registry.all_kinds()] == ["http", "noop", "python", "remote", "shell"]
     assert registry.get_kind("shell") is registry.KINDS["shell"]
 
 
@@ -43,7 +43,7 @@ def test_unknown_kind_lists_the_known_ones() -> None:
     found = violations("cobol", {})
     assert list(found) == ["executor"]
     assert "'cobol'" in found["executor"]
-    assert "http, noop, python, shell" in found["executor"]
+    assert "http, noop, python, remote, shell" in found["executor"]
     assert list(violations("", {})) == ["executor"]
 
 

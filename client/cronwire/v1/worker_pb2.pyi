@@ -317,6 +317,35 @@ class TaskResult(_message.Message):
 Global___TaskResult: _TypeAlias = TaskResult  # noqa: Y015
 
 @_typing.final
+class LeaseRelease(_message.Message):
+    """Gives an execution back without running it to its end (the worker is
+    draining): it is QUEUED again with the same attempt, for any worker of its
+    queue; one whose cancellation was requested ends CANCELLED instead.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    execution: _builtins.str
+    """Required. The execution's resource name."""
+    lease_token: _builtins.str
+    """Required. The lease it runs under."""
+    def __init__(
+        self,
+        *,
+        execution: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution", "lease_token", b"lease_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseRelease: _TypeAlias = LeaseRelease  # noqa: Y015
+
+@_typing.final
 class WorkerWelcome(_message.Message):
     """The server's answer to a WorkerHello."""
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cronwire.v1 import worker_pb2 as cronwire_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cronwire/v1/worker_service.proto\x12\x0b\x63ronwire.v1\x1a\x18\x63ronwire/v1/worker.proto\"\xfb\x01\n\x0e\x43onnectRequest\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.cronwire.v1.WorkerHelloH\x00\x12)\n\x05slots\x18\x02 \x01(\x0b\x32\x18.cronwire.v1.WorkerSlotsH\x00\x12\x31\n\theartbeat\x18\x03 \x01(\x0b\x32\x1c.cronwire.v1.WorkerHeartbeatH\x00\x12*\n\x06output\x18\x04 \x01(\x0b\x32\x18.cronwire.v1.OutputChunkH\x00\x12)\n\x06result\x18\x05 \x01(\x0b\x32\x17.cronwire.v1.TaskResultH\x00\x42\t\n\x07message\"\xe1\x01\n\x0f\x43onnectResponse\x12-\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.cronwire.v1.WorkerWelcomeH\x00\x12\x36\n\nassignment\x18\x02 \x01(\x0b\x32 .cronwire.v1.ExecutionAssignmentH\x00\x12.\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1c.cronwire.v1.ExecutionCancelH\x00\x12,\n\x07refused\x18\x04 \x01(\x0b\x32\x19.cronwire.v1.LeaseRefusedH\x00\x42\t\n\x07message2Y\n\rWorkerService\x12H\n\x07\x43onnect\x12\x1b.cronwire.v1.ConnectRequest\x1a\x1c.cronwire.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cronwire/v1/worker_service.proto\x12\x0b\x63ronwire.v1\x1a\x18\x63ronwire/v1/worker.proto\"\xa9\x02\n\x0e\x43onnectRequest\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.cronwire.v1.WorkerHelloH\x00\x12)\n\x05slots\x18\x02 \x01(\x0b\x32\x18.cronwire.v1.WorkerSlotsH\x00\x12\x31\n\theartbeat\x18\x03 \x01(\x0b\x32\x1c.cronwire.v1.WorkerHeartbeatH\x00\x12*\n\x06output\x18\x04 \x01(\x0b\x32\x18.cronwire.v1.OutputChunkH\x00\x12)\n\x06result\x18\x05 \x01(\x0b\x32\x17.cronwire.v1.TaskResultH\x00\x12,\n\x07release\x18\x06 \x01(\x0b\x32\x19.cronwire.v1.LeaseReleaseH\x00\x42\t\n\x07message\"\xe1\x01\n\x0f\x43onnectResponse\x12-\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.cronwire.v1.WorkerWelcomeH\x00\x12\x36\n\nassignment\x18\x02 \x01(\x0b\x32 .cronwire.v1.ExecutionAssignmentH\x00\x12.\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1c.cronwire.v1.ExecutionCancelH\x00\x12,\n\x07refused\x18\x04 \x01(\x0b\x32\x19.cronwire.v1.LeaseRefusedH\x00\x42\t\n\x07message2Y\n\rWorkerService\x12H\n\x07\x43onnect\x12\x1b.cronwire.v1.ConnectRequest\x1a\x1c.cronwire.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cronwire.v1.worker_service_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONNECTREQUEST']._serialized_start=76
-  _globals['_CONNECTREQUEST']._serialized_end=327
-  _globals['_CONNECTRESPONSE']._serialized_start=330
-  _globals['_CONNECTRESPONSE']._serialized_end=555
-  _globals['_WORKERSERVICE']._serialized_start=557
-  _globals['_WORKERSERVICE']._serialized_end=646
+  _globals['_CONNECTREQUEST']._serialized_end=373
+  _globals['_CONNECTRESPONSE']._serialized_start=376
+  _globals['_CONNECTRESPONSE']._serialized_end=601
+  _globals['_WORKERSERVICE']._serialized_start=603
+  _globals['_WORKERSERVICE']._serialized_end=692
 # @@protoc_insertion_point(module_scope)

@@ -28,6 +28,7 @@ class ConnectRequest(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> _worker_pb2.WorkerHello:
         """The first message, and only the first."""
@@ -48,6 +49,10 @@ class ConnectRequest(_message.Message):
     def result(self) -> _worker_pb2.TaskResult:
         """The end of an attempt."""
 
+    @_builtins.property
+    def release(self) -> _worker_pb2.LeaseRelease:
+        """An execution given back unfinished."""
+
     def __init__(
         self,
         *,
@@ -56,12 +61,13 @@ class ConnectRequest(_message.Message):
         heartbeat: _worker_pb2.WorkerHeartbeat | None = ...,
         output: _worker_pb2.OutputChunk | None = ...,
         result: _worker_pb2.TaskResult | None = ...,
+        release: _worker_pb2.LeaseRelease | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "output", b"output", "result", b"result", "slots", b"slots"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "output", b"output", "release", b"release", "result", b"result", "slots", b"slots"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "output", b"output", "result", b"result", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "output", b"output", "release", b"release", "result", b"result", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "slots", "heartbeat", "output", "result"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "slots", "heartbeat", "output", "result", "release"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

@@ -23,16 +23,27 @@ ALL_NAMESPACES = "*"
 # role: shell and python run code on the workers, so they are granted by name only.
 ALL_EXECUTORS = "*"
 DEFAULT_EXECUTORS = ("http", "noop")
+# Queues of a worker key: "*" is every queue.
+ALL_QUEUES = "*"
 ID_HEX_DIGITS = 12
 SECRET_BYTES = 32
 
 
 class Role(enum.IntEnum):
-    """What a key may do; each role includes the ones below it."""
+    """What a key may do; each of viewer, editor and admin includes the ones below it. WORKER
+    stands apart (`may`): it opens WorkerService streams and nothing else, and no other role
+    opens them."""
 
     VIEWER = 1  # read and watch
     EDITOR = 2  # also create, change, delete, run, cancel, backfill
     ADMIN = 3  # also manage API keys
+    WORKER = 4  # runs remote work (WorkerService), and nothing else
+
+    def may(self, needed: Role) -> bool:
+        """Whether a key of this role may call what needs `needed`."""
+        if self is Role.WORKER or needed is Role.WORKER:
+            return self is needed
+        return self >= needed
 
     @classmethod
     def parse(cls, value: str) -> Role:
@@ -57,6 +68,8 @@ class ApiKey:
     revoke_time: datetime | None = None
     # The executor kinds it may create or change jobs with; ("*",) is every kind.
     executors: tuple[str, ...] = DEFAULT_EXECUTORS
+    # Role WORKER: the queues its workers may take work from; ("*",) is every queue.
+    queues: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -73,6 +86,10 @@ class ApiKey:
     def may_use(self, executor: str) -> bool:
         """Whether jobs of executor kind `executor` may be created or changed with this key."""
         return ALL_EXECUTORS in self.executors or executor in self.executors
+
+    def serves(self, queues: Iterable[str]) -> bool:
+        """Whether a worker with this key may take work from every one of `queues`."""
+        return self.role is Role.WORKER and (ALL_QUEUES in self.queues or set(queues) <= set(self.queues))
 
     def grants(self, executors: Iterable[str]) -> bool:
         """Whether every one of `executors` is within this key's."""

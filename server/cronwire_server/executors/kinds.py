@@ -185,6 +185,43 @@ NOOP_SCHEMA: dict[str, Any] = {
     },
 }
 
+# A queue or task name: what a worker announces and a worker key is scoped to.
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_QUEUE_NAME_MESSAGE = (
+    "must be a letter or digit, then letters, digits, '.', '_' or '-'; at most 63 characters"
+)
+
+REMOTE_SCHEMA: dict[str, Any] = {
+    "$schema": _DRAFT,
+    "title": "remote",
+    "description": (
+        "Runs on a remote worker: a process of yours, in any language, connected to the server "
+        "with WorkerService and serving the job's `queue`. The run waits QUEUED until such a "
+        "worker has a free slot. Its arguments are the execution's; give the job an "
+        "`arguments_schema` to have them checked when runs are queued."
+    ),
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["queue"],
+    "properties": {
+        "queue": {
+            "type": "string",
+            "pattern": QUEUE_NAME_PATTERN,
+            "errorMessage": _QUEUE_NAME_MESSAGE,
+            "description": "The queue whose workers run the job, e.g. `billing`.",
+        },
+        "task": {
+            "type": "string",
+            "pattern": QUEUE_NAME_PATTERN,
+            "errorMessage": _QUEUE_NAME_MESSAGE,
+            "description": (
+                "The task the worker runs, e.g. `send-invoices` (a worker's registered function). "
+                "Only workers that announce it, or announce no task names, are given the run."
+            ),
+        },
+    },
+}
+
 SHELL_EXAMPLE: dict[str, Any] = {
     "argv": ["pg_dump", "--format=custom", "--file=/backups/app.dump", "app"],
     "env": {"PGHOST": "db.internal", "PGPASSWORD": {"secret": "db-password"}},
@@ -203,3 +240,4 @@ HTTP_EXAMPLE: dict[str, Any] = {
     "expected_status": [200, 202],
 }
 NOOP_EXAMPLE: dict[str, Any] = {"sleep_seconds": 2}
+REMOTE_EXAMPLE: dict[str, Any] = {"queue": "billing", "task": "send-invoices"}

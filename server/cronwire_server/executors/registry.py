@@ -31,14 +31,19 @@ from cronwire_server.executors.runtime import Runner
 if TYPE_CHECKING:
     from cronwire_server.executors.jobuser import JobUser
 
+# The kind whose runs remote workers take (WorkerService); the local pool never starts them.
+REMOTE = "remote"
+
 __all__ = [
     "KINDS",
+    "REMOTE",
     "EntryPolicy",
     "ExecutorKind",
     "ExecutorPolicy",
     "all_kinds",
     "field_path",
     "get_kind",
+    "runs_remotely",
     "starts_processes",
     "validate_parameters",
 ]
@@ -121,6 +126,12 @@ def _noop_runner(policy: ExecutorPolicy) -> Runner:
     return NoopRunner()
 
 
+def _remote_runner(policy: ExecutorPolicy) -> Runner:
+    from cronwire_server.executors.remote import RemoteRunner
+
+    return RemoteRunner()
+
+
 _BUILTIN = (
     ExecutorKind(
         name="shell",
@@ -154,7 +165,20 @@ _BUILTIN = (
         runner=_noop_runner,
         starts_processes=False,
     ),
+    ExecutorKind(
+        name="remote",
+        description="Runs on a remote worker of the job's queue (WorkerService): your code, in your process.",
+        parameters_schema=kinds.REMOTE_SCHEMA,
+        example=kinds.REMOTE_EXAMPLE,
+        runner=_remote_runner,
+        starts_processes=False,
+    ),
 )
+
+
+def runs_remotely(name: str) -> bool:
+    """Whether runs of executor kind `name` are taken by remote workers, never by a local pool."""
+    return name == REMOTE
 
 
 def _compile(kinds: Iterable[ExecutorKind]) -> dict[str, Draft202012Validator]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cronwire_server.core.model import (
     Calendar,
@@ -26,6 +26,9 @@ from cronwire_server.core.model import (
 from cronwire_server.core.planning import ScheduleActivity, TickPlan
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from cronwire_server.storage.remote import HeldRemoteLease, RemoteClaim, RemoteTake
 
 # The dispatcher's decision for one due schedule, run inside the claiming transaction.
 Planner = Callable[[Schedule, datetime, ScheduleActivity], TickPlan]
@@ -298,6 +301,17 @@ class Store(Protocol):
 
     async def recover_expired(self, retry: RetryPlanner, *, limit: int) -> list[Execution]:
         """Mark RUNNING executions whose lease expired as LOST and queue their retries."""
+
+    # Remote workers (WorkerService): runs of executor `remote`, each under a lease of its own
+    # (`storage.remote`); they end through `finish_executions` and `release_executions` with
+    # the lease's `worker`, and are recovered by `recover_expired`, like any run.
+
+    async def take_remote(self, take: RemoteTake) -> list[RemoteClaim]:
+        """Start up to `take.limit` due QUEUED remote executions of the worker's queues (SKIP
+        LOCKED, admitted like a claim), each RUNNING under a lease token of its own."""
+
+    async def renew_remote(self, leases: list[HeldRemoteLease], lease: timedelta) -> LeaseRenewal:
+        """Extend the remote leases still held; which were cancelled and which are lost."""
 
     # Executions
 

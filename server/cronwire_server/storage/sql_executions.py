@@ -32,6 +32,7 @@ from cronwire_server.core.model import (
     SkipReason,
 )
 from cronwire_server.core.planning import PlannedRun, ScheduleActivity
+from cronwire_server.executors.registry import REMOTE
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.storage import sql_events
 from cronwire_server.storage.base import (
@@ -170,6 +171,15 @@ def _compact(sql: str) -> str:
 # The dispatcher
 
 
+def _leave_remote_queued(rows: list[dict[str, Any]], to_start: dict[int, Job]) -> None:
+    """A dispatch starts no remote run itself: remote workers take them from the queue."""
+    for row in rows:
+        job = to_start.get(id(row))
+        if job is not None and job.executor == REMOTE:
+            del to_start[id(row)]
+            row.update(state=QUEUED, worker="", start_time=None, lease_expires_at=None)
+
+
 def dispatch(
     conn: Connection, planner: Planner, limit: int, start: StartNow | None, now: datetime
 ) -> DispatchResult:
@@ -216,6 +226,7 @@ def dispatch(
         )
         if plan.cancel_running:
             cancel.append((schedule.namespace, schedule.id))
+    _leave_remote_queued(rows, to_start)
     if conn.dialect.name == "postgresql":
         if start is not None:
             for row in rows:
@@ -432,6 +443,8 @@ def claim(
             isouter=True,
         )
         .where(executions.c.state == QUEUED, executions.c.due_time <= now)
+        # Remote runs are taken by remote workers (sql_remote), never by the local pool.
+        .where(sa.func.coalesce(jobs.c.executor, "") != REMOTE)
         .order_by(executions.c.due_time)
     )
     if namespace_limit > 0:
@@ -591,6 +604,8 @@ WITH picked AS MATERIALIZED (
            e.scheduled_time
     FROM executions AS e
     WHERE e.state = '{QUEUED}' AND e.due_time <= now()
+      AND NOT EXISTS (SELECT 1 FROM jobs AS x WHERE x.namespace = e.namespace AND x.id = e.job_id
+                      AND x.executor = '{REMOTE}')
       AND NOT (e.serial AND e.schedule_id <> '' AND EXISTS (
           SELECT 1 FROM executions AS q
           WHERE q.namespace = e.namespace AND q.schedule_id = e.schedule_id AND q.state = '{QUEUED}'

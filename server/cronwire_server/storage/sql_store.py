@@ -44,7 +44,14 @@ from cronwire_server.core.model import (
 from cronwire_server.core.names import execution_name, format_name, job_name, schedule_name
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.limits import NamespaceFull
-from cronwire_server.storage import sql_calendars, sql_creates, sql_events, sql_replicas, sql_retention
+from cronwire_server.storage import (
+    sql_calendars,
+    sql_creates,
+    sql_events,
+    sql_remote,
+    sql_replicas,
+    sql_retention,
+)
 from cronwire_server.storage import sql_executions as ex
 from cronwire_server.storage.base import (
     ClaimedExecution,
@@ -67,6 +74,7 @@ from cronwire_server.storage.records import (
     trigger_from_json,
     trigger_to_json,
 )
+from cronwire_server.storage.remote import HeldRemoteLease, RemoteClaim, RemoteTake
 from cronwire_server.storage.sql_driver import PreparedRead
 from cronwire_server.storage.tables import (
     UtcDateTime,
@@ -1007,6 +1015,14 @@ class SqlStore:
         if lost:
             self._wakeup.signal("executions")
         return lost
+
+    async def take_remote(self, take: RemoteTake) -> list[RemoteClaim]:
+        taken: list[RemoteClaim] = await self._run(self._in_transaction, sql_remote.take, take)
+        return taken
+
+    async def renew_remote(self, leases: list[HeldRemoteLease], lease: timedelta) -> LeaseRenewal:
+        renewal: LeaseRenewal = await self._run(self._in_transaction, sql_remote.renew, leases, lease)
+        return renewal
 
     # Executions
 

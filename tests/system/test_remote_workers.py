@@ -1,0 +1,240 @@
+"""Remote workers end to end: `cronwire-server` processes, `cronwire worker run` processes (and
+raw WorkerService streams where a test must misbehave like no SDK does), on SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import json_format, struct_pb2
+
+from cronwire.v1 import execution_pb2, execution_service_pb2, job_service_pb2, worker_pb2
+from tests.support import wait_for
+from tests.system.helpers import QUEUED, RUNNING, Replicas, describe, execution_in
+from tests.system.remote_helpers import RawWorker, WorkerProcesses
+
+SUCCEEDED = execution_pb2.EXECUTION_STATE_SUCCEEDED
+FAILED = execution_pb2.EXECUTION_STATE_FAILED
+CANCELLED = execution_pb2.EXECUTION_STATE_CANCELLED
+LOST = execution_pb2.EXECUTION_STATE_LOST
+TIMED_OUT = execution_pb2.EXECUTION_STATE_TIMED_OUT
+LEASE_SECONDS = "2"
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[WorkerProcesses]:
+    started = WorkerProcesses(tmp_path / "workers")
+    yield started
+    started.close()
+
+
+def result_of(execution: execution_pb2.Execution) -> object:
+    return json_format.MessageToDict(execution.result)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_scheduled_remote_job_runs_on_a_worker_with_its_output(
+    backend: str,
+    fresh_database_url: Callable[[str], str],
+    replicas: Replicas,
+    workers: WorkerProcesses,
+) -> None:
+    server = replicas.start(fresh_database_url(backend))
+    api = replicas.api(server)
+    job = api.create_job("greet", "remote", parameters={"queue": "billing", "task": "echo"})
+    workers.start(server.target, queues="billing", identity="worker-a")
+    api.create_schedule(
+        "every-second", job.name, trigger={"interval": {"every": "1s"}}, arguments={"word": "hello"}
+    )
+
+    def succeeded() -> execution_pb2.Execution | None:
+        done = [e for e in api.executions_of(job=job.name) if e.state == SUCCEEDED]
+        return done[0] if done else None
+
+    execution = wait_for(succeeded, 30, "a scheduled remote execution to succeed")
+    full = api.get(execution.name)
+    assert "echo says hello" in full.output, describe([full])
+    assert result_of(full) == {"arguments": {"word": "hello"}, "worker": "worker-a"}
+    assert full.worker.startswith("worker-a lease:"), full.worker
+    # The output is the run's log too (StreamExecutionLogs).
+    request = execution_service_pb2.StreamExecutionLogsRequest(name=execution.name)
+    logs = "".join(c.data for c in api.executions.StreamExecutionLogs(request, timeout=10))
+    assert "echo says hello" in logs
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_local_pool_never_runs_remote_work_and_queues_route(
+    backend: str,
+    fresh_database_url: Callable[[str], str],
+    replicas: Replicas,
+    workers: WorkerProcesses,
+) -> None:
+    server = replicas.start(fresh_database_url(backend))
+    api = replicas.api(server)
+    billing = api.create_job("billing", "remote", parameters={"queue": "billing", "task": "echo"})
+    reports = api.create_job("reports", "remote", parameters={"queue": "reports", "task": "echo"})
+    local = api.create_job("local", "noop")
+    waiting = api.run_job(billing.name)
+    # A local run queued after it starts and ends while the remote one stays QUEUED: no local
+    # worker takes remote work, and none of the fused dispatch either.
+    ran = api.run_job(local.name)
+    wait_for(execution_in(api, ran.name, SUCCEEDED), 20, "the local run")
+    assert api.get(waiting.name).state == QUEUED
+
+    workers.start(server.target, queues="billing", identity="billing-worker")
+    workers.start(server.target, queues="reports", identity="reports-worker")
+    for job, identity in ((billing, "billing-worker"), (reports, "reports-worker")):
+        runs = [api.run_job(job.name) for _ in range(3)]
+        for run in runs:
+            done = wait_for(execution_in(api, run.name, SUCCEEDED), 30, f"a {job.name} run")
+            assert done.worker.startswith(f"{identity} lease:"), describe([done])
+    done = wait_for(execution_in(api, waiting.name, SUCCEEDED), 30, "the run that waited")
+    assert done.worker.startswith("billing-worker lease:")
+
+
+@pytest.mark.postgres
+def test_a_killed_worker_s_run_is_lost_and_retried_on_another_worker(
+    fresh_database_url: Callable[[str], str], replicas: Replicas, workers: WorkerProcesses
+) -> None:
+    server = replicas.start(fresh_database_url("postgres"), "--lease-seconds", LEASE_SECONDS)
+    api = replicas.api(server)
+    job = api.create_job(
+        "fragile",
+        "remote",
+        parameters={"queue": "q", "task": "block-first"},
+        retryPolicy={"maxAttempts": 3, "initialBackoff": "0.1s"},
+    )
+    first = workers.start(server.target, queues="q", identity="doomed")
+    execution = api.run_job(job.name)
+    wait_for(lambda: workers.marker("run-started-1"), 30, "the first attempt to start on the worker")
+    workers.start(server.target, queues="q", identity="survivor")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+
+    lost = wait_for(execution_in(api, execution.name, LOST), 30, "the attempt to be LOST")
+    assert "doomed" in lost.error, describe([lost])
+
+    def retried() -> execution_pb2.Execution | None:
+        found = [e for e in api.executions_of(job=job.name) if e.attempt == 2]
+        return found[0] if found and found[0].state == SUCCEEDED else None
+
+    second = wait_for(retried, 30, "the retry to succeed on the other worker")
+    assert second.worker.startswith("survivor lease:"), describe([second])
+    assert result_of(second) == {"attempt": 2, "worker": "survivor"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_result_for_a_lease_no_longer_held_is_refused_and_not_recorded(
+    backend: str, fresh_database_url: Callable[[str], str], replicas: Replicas
+) -> None:
+    server = replicas.start(fresh_database_url(backend), "--lease-seconds", LEASE_SECONDS)
+    api = replicas.api(server)
+    job = api.create_job("slow", "remote", parameters={"queue": "q"}, retryPolicy={"maxAttempts": 2})
+    execution = api.run_job(job.name)
+    stale = RawWorker(server.target)
+    other = RawWorker(server.target)
+    try:
+        stale.hello(["q"], identity="stale")
+        stale.next("welcome")
+        assignment = stale.next("assignment").assignment
+        assert assignment.execution == execution.name
+        assert assignment.attempt == 1
+        assert assignment.lease_token
+
+        # Another worker cannot heartbeat, send output for, or finish the lease it does not hold.
+        other.hello(["q"], identity="stale", free_slots=0)
+        other.next("welcome")
+        lease = worker_pb2.HeldLease(execution=assignment.execution, lease_token="not-the-token")
+        other.send(heartbeat=worker_pb2.WorkerHeartbeat(leases=[lease]))
+        refused = other.next("refused").refused
+        assert refused.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert refused.reason == "LEASE_NOT_HELD"
+        other.send(
+            result=worker_pb2.TaskResult(
+                execution=assignment.execution,
+                lease_token=assignment.lease_token,
+                success=worker_pb2.TaskSuccess(result=struct_pb2.Value(string_value="forged")),
+            )
+        )
+        assert other.next("refused").refused.reason == "LEASE_NOT_HELD"
+        assert api.get(execution.name).state == RUNNING
+
+        # The stale worker stays connected but stops renewing the lease (heartbeats listing none,
+        # as a worker frozen mid-task would, or one whose renewals are lost): the lease expires,
+        # the attempt is LOST and retried.
+        def lost() -> execution_pb2.Execution | None:
+            for stream in (stale, other):
+                stream.send(heartbeat=worker_pb2.WorkerHeartbeat())
+            return execution_in(api, execution.name, LOST)()
+
+        wait_for(lost, 30, "the unrenewed attempt to be LOST", interval=0.2)
+        stale.send(
+            result=worker_pb2.TaskResult(
+                execution=assignment.execution,
+                lease_token=assignment.lease_token,
+                success=worker_pb2.TaskSuccess(result=struct_pb2.Value(string_value="late")),
+            )
+        )
+    finally:
+        other.close()
+    try:
+        late = stale.next("refused").refused
+        assert late.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert late.lease_token == assignment.lease_token
+    finally:
+        stale.close()
+    recovered = api.get(execution.name)
+    assert recovered.state == LOST, describe([recovered])
+    assert not recovered.HasField("result"), describe([recovered])
+    (retry,) = [e for e in api.executions_of(job=job.name) if e.attempt == 2]
+    # Queued: neither worker connected has a free slot left.
+    assert retry.state == QUEUED, describe([retry])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_cancel_reaches_a_running_remote_task(
+    backend: str, fresh_database_url: Callable[[str], str], replicas: Replicas, workers: WorkerProcesses
+) -> None:
+    server = replicas.start(fresh_database_url(backend))
+    api = replicas.api(server)
+    job = api.create_job("waits", "remote", parameters={"queue": "q", "task": "wait-cancel"})
+    workers.start(server.target, queues="q", identity="w")
+    execution = api.run_job(job.name)
+    wait_for(lambda: workers.marker("run-started"), 30, "the task to start")
+    api.cancel(execution.name, reason="not today")
+    wait_for(lambda: workers.marker("run-cancelled"), 15, "the task to see the cancel")
+    cancelled = wait_for(execution_in(api, execution.name, CANCELLED), 15, "the run to be CANCELLED")
+    assert "not today" in cancelled.error, describe([cancelled])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_failures_timeouts_and_retries_behave_as_for_any_kind(
+    backend: str, fresh_database_url: Callable[[str], str], replicas: Replicas, workers: WorkerProcesses
+) -> None:
+    server = replicas.start(fresh_database_url(backend))
+    api = replicas.api(server)
+    retry = {"maxAttempts": 2, "initialBackoff": "0.1s"}
+    flaky = api.create_job("flaky", "remote", parameters={"queue": "q", "task": "fail"}, retryPolicy=retry)
+    final = api.create_job("final", "remote", parameters={"queue": "q", "task": "fail"}, retryPolicy=retry)
+    slow = api.create_job("slow", "remote", parameters={"queue": "q", "task": "wait-cancel"}, timeout="1s")
+    workers.start(server.target, queues="q", identity="w", concurrency=4)
+    api.run_job(flaky.name)
+    arguments = struct_pb2.Struct()
+    arguments.update({"retryable": False})
+    api.jobs.RunJob(job_service_pb2.RunJobRequest(name=final.name, arguments=arguments), timeout=10)
+    timed = api.run_job(slow.name)
+
+    def attempts(job: str, count: int) -> list[execution_pb2.Execution] | None:
+        found = api.executions_of(job=job)
+        return found if len(found) == count and all(e.state == FAILED for e in found) else None
+
+    failed = wait_for(lambda: attempts(flaky.name, 2), 30, "both attempts of the flaky job to fail")
+    assert all("ValueError: bad input" in e.error for e in failed), describe(failed)
+    once = wait_for(lambda: attempts(final.name, 1), 30, "the non-retryable failure")
+    assert "NonRetryableError" in once[0].error, describe(once)
+    wait_for(execution_in(api, timed.name, TIMED_OUT), 30, "the slow run to time out")
+    wait_for(lambda: workers.marker("run-cancelled"), 15, "the timed-out task to be told to stop")
