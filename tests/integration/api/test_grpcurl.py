@@ -79,3 +79,38 @@ def test_create_get_and_a_bad_cron(server: ServerProcess) -> None:
     assert bad.returncode != 0
     assert "InvalidArgument" in bad.stderr
     assert "schedule.trigger.cron.expression" in bad.stderr
+
+
+def _readme_section(title: str) -> str:
+    text = (Path(__file__).parents[3] / "README.md").read_text()
+    start = text.index(f"### {title}\n")
+    end = text.index("\n### ", start + 1)
+    return text[start:end]
+
+
+def test_the_readme_calendar_walkthrough_with_grpcurl_runs_as_shown(server: ServerProcess) -> None:
+    # README, Calendars, "The same with grpcurl": its commands, run as written (against this
+    # test's server), and the preview it shows, as the server answers it.
+    section = _readme_section("The same with grpcurl")
+    blocks = section.split("```sh\n")[1:]
+    setup, session = (block.split("\n```")[0] for block in blocks[:2])
+    assert GRPCURL is not None
+    env = {**os.environ, "PATH": f"{os.path.dirname(GRPCURL)}{os.pathsep}{os.environ['PATH']}"}
+
+    def run(script: str) -> str:
+        script = script.replace("127.0.0.1:50051", server.target)
+        done = subprocess.run(
+            ["bash", "-e", "-c", script], capture_output=True, text=True, timeout=120, check=False, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    run(setup)
+    command, _, shown = session.partition("\n{")
+    answer = json.loads(run(command.removeprefix("$ ")))
+    # The README leaves out the middle ticks ("..."): the ones it shows are the server's, in order.
+    expected = json.loads("{" + shown.replace("    ...\n", ""))
+    assert answer["time_zone"] == expected["time_zone"]
+    times = answer["fire_times"]
+    assert times[: len(expected["fire_times"]) - 2] == expected["fire_times"][:-2]
+    assert times[-2:] == expected["fire_times"][-2:]
