@@ -679,7 +679,10 @@ class Applier:
         steps = []
         changed = [k for k, v in fields.items() if _schedule_field_differs(k, v, current)]
         if changed:
-            updates = {k: fields[k] for k in changed}
+            # null clears a list of calendars.
+            updates = {
+                k: [] if fields[k] is None and k.endswith("_calendars") else fields[k] for k in changed
+            }
 
             def update(validate_only: bool) -> Any:
                 return client.update_schedule(

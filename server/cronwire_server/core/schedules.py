@@ -200,12 +200,13 @@ class ScheduleManager:
         self, schedule: Schedule, *, request_id: str = "", validate_only: bool = False
     ) -> Schedule:
         validate_schedule(schedule)
+        planned = await self._with_calendars(schedule)  # its calendars exist (before its job)
         job = await self._store.get_job(schedule.namespace, schedule.job_id)
-        schedule = dataclasses.replace(
-            schedule, arguments=checked_arguments(job.arguments_schema, schedule.arguments)
-        )
+        arguments = checked_arguments(job.arguments_schema, schedule.arguments)
         for attempt in range(CALENDAR_ATTEMPTS):
-            planned = await self._with_calendars(schedule)
+            if attempt:  # the calendars as they are now
+                planned = await self._with_calendars(schedule)
+            planned = dataclasses.replace(planned, arguments=arguments)
             now = await self._store.now()
             if planned.start_time is None:
                 # Pin the anchor so interval ticks do not drift with restarts or updates.

@@ -224,7 +224,7 @@ def test_apply_declares_calendars_and_schedules_that_use_them(cw: Run, tmp_path:
     # What `calendars get -o yaml` prints is a valid calendar of an apply file.
     printed = cw("calendars", "get", "bavaria", "-o", "json").json()
     spec["calendars"][2] = {**printed, "public_holidays": [*printed["public_holidays"], "DE-BE"]}
-    spec["jobs"][0]["schedules"][0]["only_on_calendars"] = []
+    spec["jobs"][0]["schedules"][0]["only_on_calendars"] = None  # null clears it
     changed = cw("apply", "-f", _write(tmp_path / "f.json", spec))
     assert changed.code == 0, changed.err
     assert "calendar namespaces/default/calendars/bavaria updated: public_holidays" in changed.out
