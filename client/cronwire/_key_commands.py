@@ -38,6 +38,13 @@ def add_key_commands(top: argparse._SubParsersAction[argparse.ArgumentParser], l
         help="the executor kinds the key may create and change jobs with, e.g. shell,python; "
         "'*' is every kind (default: http,noop)",
     )
+    p.add_argument(
+        "--queues",
+        type=lambda value: [queue.strip() for queue in value.split(",") if queue.strip()],
+        default=[],
+        metavar="QUEUE[,QUEUE]",
+        help="role worker: the queues its workers take work from; '*' is every queue",
+    )
     p.add_argument("--description", default="", help="who or what uses the key")
     leaf(keys, "list", cmd_keys_list, "list API keys, revoked ones included (never their secrets)")
     p = leaf(keys, "get", cmd_keys_get, "show an API key")
@@ -67,14 +74,18 @@ def _rows(keys: list[Key]) -> str:
 def cmd_keys_create(ctx: Context) -> int:
     args = ctx.args
     created = ctx.client.create_key(
-        args.namespaces, args.role, description=args.description, executors=args.executors
+        args.namespaces, args.role, description=args.description, executors=args.executors, queues=args.queues
     )
     if ctx.fmt == "table":
         # The token alone on stdout, for TOKEN=$(cronwire keys create ...).
         ctx.print(created.token + "\n")
+        scope = (
+            f"queues {','.join(created.key.queues)}"
+            if created.key.queues
+            else f"executors {','.join(created.key.executors)}"
+        )
         ctx.note(
-            f"created key {created.key.name} (role {args.role}, executors "
-            f"{','.join(created.key.executors)}); the token is shown only this once"
+            f"created key {created.key.name} (role {args.role}, {scope}); the token is shown only this once"
         )
     else:
         document: dict[str, Any] = {"key": to_document(created.key), "token": created.token}

@@ -11,11 +11,13 @@ from cronwire.v1 import key_pb2, key_service_pb2
 
 
 class Role(NamedIntEnum):
-    """What a key may do; each role includes the ones before it."""
+    """What a key may do; each of viewer, editor and admin includes the ones before it; worker
+    stands apart."""
 
     VIEWER = key_pb2.ROLE_VIEWER  # read and watch
     EDITOR = key_pb2.ROLE_EDITOR  # also create, change, delete, run, cancel, backfill
     ADMIN = key_pb2.ROLE_ADMIN  # also manage keys
+    WORKER = key_pb2.ROLE_WORKER  # take remote work of its queues (cronwire.Worker), nothing else
 
 
 @dataclass
@@ -30,6 +32,8 @@ class Key:
     create_time: datetime | None = None
     revoke_time: datetime | None = None
     executors: list[str] = field(default_factory=list)
+    # Role worker: the queues its workers take work from, ["*"] every queue.
+    queues: list[str] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -49,6 +53,7 @@ class Key:
             create_time=time_from(message, "create_time"),
             revoke_time=time_from(message, "revoke_time"),
             executors=list(message.executors),
+            queues=list(message.queues),
         )
 
 
@@ -68,10 +73,18 @@ def key_name(key: str | Key) -> str:
 
 
 def create_request(
-    namespaces: Sequence[str], role: Role | str, description: str, executors: Sequence[str] = ()
+    namespaces: Sequence[str],
+    role: Role | str,
+    description: str,
+    executors: Sequence[str] = (),
+    queues: Sequence[str] = (),
 ) -> key_service_pb2.CreateKeyRequest:
     parsed = role if isinstance(role, Role) else Role[role.upper()]
     key = key_pb2.Key(
-        namespaces=list(namespaces), role=parsed.value, description=description, executors=list(executors)
+        namespaces=list(namespaces),
+        role=parsed.value,
+        description=description,
+        executors=list(executors),
+        queues=list(queues),
     )
     return key_service_pb2.CreateKeyRequest(key=key)

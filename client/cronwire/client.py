@@ -880,12 +880,14 @@ class Client:
         *,
         description: str = "",
         executors: Sequence[str] = (),
+        queues: Sequence[str] = (),
     ) -> CreatedKey:
         """Create an API key for `namespaces` (["*"]: every one) with `role` (`Role` or
-        "viewer", "editor", "admin") that may create and change jobs of the `executors` kinds
-        (["*"]: every one; empty: the server's default, http and noop). Its token is in the
+        "viewer", "editor", "admin", "worker") that may create and change jobs of the
+        `executors` kinds (["*"]: every one; empty: the server's default, http and noop), or,
+        role worker, take remote work from `queues` (["*"]: every queue). Its token is in the
         result, and only there."""
-        request = create_request(namespaces, role, description, executors)
+        request = create_request(namespaces, role, description, executors, queues)
         response = self._call(self._keys.CreateKey, request)
         return CreatedKey(Key._from_proto(response.key), response.token)
 

@@ -27,9 +27,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cronwire_server import metrics
-from cronwire_server.core.errors import NotFound, StorageUnavailable
+from cronwire_server.core.errors import InvalidArgument, NotFound, StorageUnavailable
 from cronwire_server.core.model import Execution, ExecutionState, Job
-from cronwire_server.core.names import execution_name, job_name
+from cronwire_server.core.names import execution_name, job_name, parse_name
 from cronwire_server.core.planning import retry_due_time
 from cronwire_server.dispatcher import first_of
 from cronwire_server.executors.registry import REMOTE
@@ -192,16 +192,11 @@ class Session:
 
 
 def _parse_execution(name: str) -> tuple[str, str] | None:
-    parts = name.split("/")
-    if (
-        len(parts) != 4
-        or parts[0] != "namespaces"
-        or parts[2] != "executions"
-        or not parts[1]
-        or not parts[3]
-    ):
+    try:
+        parsed = parse_name(name, "execution")
+    except InvalidArgument:
         return None
-    return parts[1], parts[3]
+    return parsed.namespace, parsed.id
 
 
 class RemoteWorkers:

@@ -26,6 +26,7 @@ def key_to_pb(key: ApiKey) -> key_pb2.Key:
         namespaces=list(key.namespaces),
         role=key_pb2.Role.ValueType(key.role.value),
         executors=list(key.executors),
+        queues=list(key.queues),
     )
     convert.set_time(message.create_time, key.create_time)
     convert.set_time(message.revoke_time, key.revoke_time)
@@ -46,7 +47,9 @@ class KeyService(key_service_pb2_grpc.KeyServiceServicer):
     ) -> key_service_pb2.CreateKeyResponse:
         fields.required(request.HasField("key"), "key")
         if request.key.role not in (r.value for r in Role):
-            raise InvalidArgument.field("key.role", "must be ROLE_VIEWER, ROLE_EDITOR or ROLE_ADMIN")
+            raise InvalidArgument.field(
+                "key.role", "must be ROLE_VIEWER, ROLE_EDITOR, ROLE_ADMIN or ROLE_WORKER"
+            )
         with fields.under("key"):
             key, token = await self._keys.create(
                 Role(request.key.role),
@@ -54,6 +57,7 @@ class KeyService(key_service_pb2_grpc.KeyServiceServicer):
                 request.key.description,
                 caller=principal.current(),
                 executors=list(request.key.executors),
+                queues=list(request.key.queues),
             )
         return key_service_pb2.CreateKeyResponse(key=key_to_pb(key), token=token)
 

@@ -32,7 +32,7 @@ from cronwire_server.core.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from cronwire_server.core.names import check_id, job_name
+from cronwire_server.core.names import check_id, execution_name, job_name
 from cronwire_server.executors.kinds import QUEUE_NAME_PATTERN
 from cronwire_server.remote_workers import (
     Assignment,
@@ -212,7 +212,7 @@ def to_pb(message: Outgoing) -> pb.ConnectResponse:
     if isinstance(message, Assignment):
         execution = message.execution
         assignment = worker_pb2.ExecutionAssignment(
-            execution=f"namespaces/{execution.namespace}/executions/{execution.id}",
+            execution=execution_name(execution.namespace, execution.id),
             job=job_name(execution.namespace, execution.job_id),
             task=message.task,
             queue=message.queue,

@@ -10,7 +10,14 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from cronwire_server.auth.keys import ALL_EXECUTORS, ALL_NAMESPACES, DEFAULT_EXECUTORS, ApiKey, Role
+from cronwire_server.auth.keys import (
+    ALL_EXECUTORS,
+    ALL_NAMESPACES,
+    ALL_QUEUES,
+    DEFAULT_EXECUTORS,
+    ApiKey,
+    Role,
+)
 from cronwire_server.auth.principal import OPEN
 from cronwire_server.core.errors import CronwireError, InvalidArgument, NotFound
 from cronwire_server.core.model import Page
@@ -37,7 +44,16 @@ def add_keys_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "--role",
         required=True,
         choices=[r.name.lower() for r in Role],
-        help="viewer: read and watch; editor: also change and run; admin: also manage keys",
+        help="viewer: read and watch; editor: also change and run; admin: also manage keys; "
+        "worker: take remote work of --queues (WorkerService) and nothing else",
+    )
+    create.add_argument(
+        "--queues",
+        type=_kinds,
+        default=[],
+        metavar="QUEUE[,QUEUE]",
+        help="role worker: the queues its workers take work from (the jobs' queue parameter); "
+        f"{ALL_QUEUES!r} is every queue",
     )
     create.add_argument(
         "--executors",
@@ -95,14 +111,19 @@ def _run(url: str, work: Callable[[KeyManager], Awaitable[int]]) -> int:
 
 async def _create(keys: KeyManager, args: argparse.Namespace) -> int:
     key, token = await keys.create(
-        Role.parse(args.role), args.namespaces, args.description, caller=OPEN, executors=args.executors
+        Role.parse(args.role),
+        args.namespaces,
+        args.description,
+        caller=OPEN,
+        executors=args.executors,
+        queues=args.queues,
     )
     # The token alone on stdout, for TOKEN=$(cronwire-server keys create ...).
     print(token)
     print(
         f"created key {key.name} (role {key.role.name.lower()}, namespaces {', '.join(key.namespaces)}, "
-        f"executors {', '.join(key.executors)}); "
-        "it is shown only this once",
+        + (f"queues {', '.join(key.queues)}); " if key.queues else f"executors {', '.join(key.executors)}); ")
+        + "it is shown only this once",
         file=sys.stderr,
     )
     return 0
@@ -128,7 +149,8 @@ def _row(key: ApiKey) -> tuple[str, str, str, str, str, str, str]:
         key.id,
         key.role.name.lower(),
         ",".join(key.namespaces),
-        ",".join(key.executors),
+        # A worker key creates no jobs: its queues are what it is scoped to.
+        "queues:" + ",".join(key.queues) if key.role is Role.WORKER else ",".join(key.executors),
         _time(key.create_time),
         _time(key.revoke_time) or "-",
         key.description,

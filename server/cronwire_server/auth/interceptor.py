@@ -223,7 +223,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         needed = required_role(method)
         if needed is None:
             raise PermissionDenied(f"{method} is not open to API keys")
-        if key.role < needed:
+        if not key.role.may(needed):
             raise PermissionDenied(
                 f"key {key.name} has role {key.role.name.lower()}; {method} needs {needed.name.lower()}"
             )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 
 from cronwire_server.auth.keys import (
     ALL_EXECUTORS,
     ALL_NAMESPACES,
+    ALL_QUEUES,
     DEFAULT_EXECUTORS,
     ApiKey,
     Role,
@@ -20,6 +22,7 @@ from cronwire_server.auth.principal import Principal
 from cronwire_server.core.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from cronwire_server.core.model import Listing, Page
 from cronwire_server.core.names import check_id
+from cronwire_server.executors.kinds import QUEUE_NAME_PATTERN
 from cronwire_server.executors.registry import KINDS
 from cronwire_server.storage.sql_keys import KeyStore
 
@@ -45,6 +48,30 @@ def validate_key(namespaces: Sequence[str], description: str) -> tuple[str, ...]
         raise InvalidArgument(violations)
     unique = tuple(dict.fromkeys(namespaces))
     return (ALL_NAMESPACES,) if ALL_NAMESPACES in unique else unique
+
+
+def validate_queues(role: Role, queues: Sequence[str]) -> tuple[str, ...]:
+    """The queues of a worker key, deduplicated in order; InvalidArgument naming each bad one,
+    none for a worker key, or any for a key of another role."""
+    if role is not Role.WORKER:
+        if queues:
+            raise InvalidArgument.field("queues", "only keys of role worker take work from queues")
+        return ()
+    if not queues:
+        raise InvalidArgument.field("queues", f"a worker key needs at least one queue, or {ALL_QUEUES!r}")
+    pattern = re.compile(QUEUE_NAME_PATTERN)
+    violations = [
+        FieldViolation(
+            f"queues[{index}]",
+            f"{queue[:80]!r} is not a queue name: a letter or digit, then letters, digits, '.', '_' or '-'",
+        )
+        for index, queue in enumerate(queues)
+        if queue != ALL_QUEUES and not pattern.match(queue)
+    ]
+    if violations:
+        raise InvalidArgument(violations)
+    unique = tuple(dict.fromkeys(queues))
+    return (ALL_QUEUES,) if ALL_QUEUES in unique else unique
 
 
 def validate_executors(executors: Sequence[str]) -> tuple[str, ...]:
@@ -81,6 +108,7 @@ class KeyManager:
         *,
         caller: Principal,
         executors: Sequence[str] = (),
+        queues: Sequence[str] = (),
     ) -> tuple[ApiKey, str]:
         """The stored key and its token (the only time the secret exists outside the caller).
 
@@ -88,8 +116,10 @@ class KeyManager:
         the default (http, noop), whatever the role."""
         scope = validate_key(namespaces, description)
         kinds = validate_executors(executors)
+        scoped_queues = validate_queues(role, queues)
         if caller.key is not None:
-            if role > caller.key.role:
+            # A worker key is made by an admin (it stands apart from the other roles).
+            if not caller.key.role.may(Role.ADMIN if role is Role.WORKER else role):
                 raise PermissionDenied(
                     f"key {caller.key.name} has role {caller.key.role.name.lower()} and cannot create "
                     f"a key with role {role.name.lower()}"
@@ -106,7 +136,7 @@ class KeyManager:
                 )
         key_id, secret = new_key_id(), new_secret()
         key = await self._store.create(
-            ApiKey(key_id, role, scope, description, executors=kinds), digest(secret)
+            ApiKey(key_id, role, scope, description, executors=kinds, queues=scoped_queues), digest(secret)
         )
         # Keys have no events: the log is their audit trail.
         log.info(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cronwire_server.auth.keys import Role
 
-_V, _E, _A = Role.VIEWER, Role.EDITOR, Role.ADMIN
+_V, _E, _A, _W = Role.VIEWER, Role.EDITOR, Role.ADMIN, Role.WORKER
 
 REQUIRED_ROLES: dict[str, Role] = {
     "/cronwire.v1.JobService/CreateJob": _E,
@@ -45,6 +45,8 @@ REQUIRED_ROLES: dict[str, Role] = {
     "/cronwire.v1.KeyService/RevokeKey": _A,
     "/cronwire.v1.ClusterService/GetClusterStatus": _V,
     "/cronwire.v1.ClusterService/ListNamespaces": _V,
+    # Only worker keys, and they nothing else (Role.may).
+    "/cronwire.v1.WorkerService/Connect": _W,
 }
 
 # Standard services, whole: they need a key only when not exempt (--auth-exempt-services).

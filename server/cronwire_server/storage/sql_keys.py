@@ -38,6 +38,7 @@ def _key(row: Mapping[Any, Any]) -> ApiKey:
         create_time=row["create_time"],
         revoke_time=row["revoke_time"],
         executors=tuple(row["executors"]),
+        queues=tuple(row["queues"]),
     )
 
 
@@ -66,6 +67,7 @@ class KeyStore:
                 namespaces=list(key.namespaces),
                 role=key.role.name,
                 executors=list(key.executors),
+                queues=list(key.queues),
                 secret_sha256=secret_sha256,
                 create_time=stamp_time(self._postgres),
             )
@@ -78,6 +80,7 @@ class KeyStore:
             description=key.description,
             create_time=result.scalar_one(),
             executors=key.executors,
+            queues=key.queues,
         )
 
     async def lookup(self, key_id: str) -> StoredKey | None:

@@ -307,6 +307,8 @@ api_keys = sa.Table(
     sa.Column("role", sa.String(), nullable=False),
     # A JSON list of the executor kinds it may create and change jobs with; ["*"] is every kind.
     sa.Column("executors", Json, nullable=False),
+    # Role worker: a JSON list of the queues its workers may take work from; ["*"] is every queue.
+    sa.Column("queues", Json, nullable=False, server_default=sa.text("'[]'")),
     sa.Column("secret_sha256", sa.String(), nullable=False),
     sa.Column("create_time", UtcDateTime(), nullable=False),
     sa.Column("revoke_time", UtcDateTime(), nullable=True),

@@ -322,6 +322,8 @@ NAMESPACE_FREE = {
     "ClusterService/GetClusterStatus",
     # Lists only the caller's namespaces (tests/integration/security/test_namespaces_list.py).
     "ClusterService/ListNamespaces",
+    # Worker keys only; their namespaces and queues: tests/system/test_remote_worker_keys.py.
+    "WorkerService/Connect",
 }
 
 
