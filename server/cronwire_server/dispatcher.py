@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 # Schedules claimed per transaction: large enough to batch inserts, small enough to keep locks short.
 BATCH = 200
+# Ticks due within this long are dispatched ahead when the local pool can start them itself (see
+# `StartNow`): long enough to batch a steady stream of ticks, short enough to hold few slots idle.
+AHEAD = timedelta(milliseconds=200)
 # Sleep at most this long even when nothing is due: a safety net for a lost notification.
 MAX_SLEEP = 5.0
 RETRY_AFTER_ERROR = 1.0
@@ -51,9 +54,15 @@ async def first_of(*waits: Coroutine[Any, Any, Any]) -> None:
 class LocalPool(Protocol):
     """The worker pool of this process, which runs what a dispatch starts itself (`WorkerPool`)."""
 
-    def reserve(self, wanted: int) -> StartNow | None: ...
+    def reserve(self, wanted: int, ahead: timedelta) -> StartNow | None: ...
 
-    def adopt(self, start: StartNow, started: Sequence[ClaimedExecution], sent: float) -> None: ...
+    def adopt(
+        self,
+        start: StartNow,
+        started: Sequence[ClaimedExecution],
+        sent: float,
+        clock: tuple[float, datetime] | None,
+    ) -> None: ...
 
 
 class Dispatcher:
@@ -64,20 +73,25 @@ class Dispatcher:
         grace: timedelta = DEFAULT_MISFIRE_GRACE,
         batch: int = BATCH,
         pool: LocalPool | None = None,
+        ahead: timedelta = AHEAD,
     ) -> None:
         self._store = store
         self._grace = grace
         self._batch = batch
         self._pool = pool
+        self._ahead = ahead
 
     def fuse(self, pool: LocalPool) -> None:
-        """Start the runs a dispatch creates in `pool` at once while it has free slots: inserted
-        RUNNING with its lease, so a tick costs no claim."""
+        """Start the runs a dispatch creates in `pool` itself while it has free slots: inserted
+        RUNNING with its lease, so a tick costs no claim; those due within `ahead` of now too,
+        started by the pool's timer at their due time (see `StartNow`)."""
         self._pool = pool
 
-    def plan(self, schedule: Schedule, now: datetime, activity: ScheduleActivity) -> TickPlan:
+    def plan(
+        self, schedule: Schedule, now: datetime, activity: ScheduleActivity, horizon: datetime | None = None
+    ) -> TickPlan:
         anchor = schedule.start_time or schedule.create_time or now
-        return plan_ticks(schedule, now, activity, anchor=anchor, grace=self._grace)
+        return plan_ticks(schedule, now, activity, anchor=anchor, grace=self._grace, horizon=horizon)
 
     async def run_once(self) -> int:
         """One pass over everything due now; returns the executions queued."""
@@ -91,24 +105,25 @@ class Dispatcher:
     async def _dispatch_batch(self) -> DispatchResult:
         skipped: list[SkipReason] = []
 
-        def plan(schedule: Schedule, now: datetime, activity: ScheduleActivity) -> TickPlan:
-            planned = self.plan(schedule, now, activity)
+        def plan(schedule: Schedule, now: datetime, activity: ScheduleActivity, until: datetime) -> TickPlan:
+            planned = self.plan(schedule, now, activity, until)
             skipped.extend(run.skip_reason for run in planned.runs if run.skip_reason)
             return planned
 
         pool = self._pool
-        start = pool.reserve(self._batch) if pool is not None else None
+        start = pool.reserve(self._batch, self._ahead) if pool is not None else None
         if start is None:
             result = await self._store.dispatch_due(plan, limit=self._batch)
         else:
             assert pool is not None
             started: tuple[ClaimedExecution, ...] = ()
             sent = time.monotonic()  # the leases are taken after this
+            clock: tuple[float, datetime] | None = None
             try:
                 result = await self._store.dispatch_due(plan, limit=self._batch, start=start)
-                started = result.started
+                started, clock = result.started, result.clock
             finally:
-                pool.adopt(start, started, sent)
+                pool.adopt(start, started, sent, clock)
         metrics.ticks_skipped(skipped)  # counted once the batch has committed
         return result
 
@@ -131,4 +146,10 @@ class Dispatcher:
         if upcoming is None:
             return MAX_SLEEP
         now = await self._store.now()
-        return max(0.0, min(MAX_SLEEP, (upcoming - now).total_seconds()))
+        wait = (upcoming - now).total_seconds()
+        ahead = self._ahead.total_seconds() if self._pool is not None else 0.0
+        # Wake `ahead` early to take the tick ahead; one already within reach that the last pass
+        # left (it could not start it itself) is dispatched when it is due.
+        if wait > ahead:
+            wait -= ahead
+        return max(0.0, min(MAX_SLEEP, wait))

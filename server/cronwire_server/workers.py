@@ -19,6 +19,7 @@ retry policy. Each claim of a run has its own lease token (`CRONWIRE_LEASE_TOKEN
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -102,6 +103,10 @@ class _Running:
     # Output not yet stored as chunks, and the byte offset the next chunk starts at.
     pending_output: list[str] = field(default_factory=list)
     output_offset: int = 0
+    # A run taken ahead of its due time: the monotonic time it starts at, and the dispatch's
+    # (monotonic time, database time) read together, by which its real start is told in database time.
+    start_at: float | None = None
+    clock: tuple[float, datetime] | None = None
 
     def add_output(self, text: str) -> None:
         if text:
@@ -150,13 +155,18 @@ class WorkerPool:
         self._ending: list[str] = []
         # Slots promised to a dispatch that starts runs itself (`reserve`), until it returns.
         self._reserved = 0
+        # Runs taken ahead of their due time and not started yet: they take a slot when they
+        # start, so as many again may wait; and those promised to a dispatch.
+        self._waiting = 0
+        self._reserved_ahead = 0
         self._stopping: asyncio.Event | None = None
         # How long after a renewal was sent the run is safe: its lease is still this one's.
         self._safe_for = lease.total_seconds() - fence_margin(lease)
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        """Runs whose job code has started (or is about to): those taking a slot."""
+        return len(self._running) - self._waiting
 
     def start(self, supervisor: Supervisor, stopping: asyncio.Event) -> None:
         """Start the pool's loops under `supervisor`: the claimer until `stopping` is set (then call
@@ -217,51 +227,93 @@ class WorkerPool:
         self._begin(claimed, sent)
         return len(claimed)
 
-    def reserve(self, wanted: int) -> StartNow | None:
+    def reserve(self, wanted: int, ahead: timedelta = timedelta(0)) -> StartNow | None:
         """Free slots for a dispatch that starts the runs it creates itself (leased to this pool),
-        held until `adopt`; None when there is none to give, or each run must be admitted by a
-        claim (a namespace limit: the dispatch does not count the namespace's runs)."""
+        held until `adopt`, and room for runs it takes up to `ahead` before their due time; None
+        when there is none to give, or each run must be admitted by a claim (a namespace limit:
+        the dispatch does not count the namespace's runs)."""
         stopping = self._stopping
         if stopping is None or stopping.is_set() or self._max_running_per_namespace > 0:
             return None
-        count = min(wanted, self._free())
-        if count <= 0:
+        count = max(0, min(wanted, self._free()))
+        ahead_count = max(0, min(wanted, self._slots - self._waiting - self._reserved_ahead)) if ahead else 0
+        if count == 0 and ahead_count == 0:
             return None
         self._reserved += count
-        return StartNow(self.identity, count, self._lease)
+        self._reserved_ahead += ahead_count
+        return StartNow(self.identity, count, self._lease, ahead, ahead_count)
 
-    def adopt(self, start: StartNow, started: Sequence[ClaimedExecution], sent: float) -> None:
+    def adopt(
+        self,
+        start: StartNow,
+        started: Sequence[ClaimedExecution],
+        sent: float,
+        clock: tuple[float, datetime] | None = None,
+    ) -> None:
         """After the dispatch `start` was given to (sent at `sent`, monotonic) committed or failed:
-        run what it started, and give back the slots it did not use."""
+        run what it started, each at its start time (told in monotonic time by the dispatch's
+        `clock`), and give back the slots it did not use."""
         self._reserved -= start.count
-        self._begin(started, sent)
-        if len(started) < start.count:
+        self._reserved_ahead -= start.ahead_count
+        self._begin(started, sent, clock)
+        if len(started) < start.count + start.ahead_count:
             self._slot_freed.set()
 
-    def _begin(self, claimed: Sequence[ClaimedExecution], sent: float) -> None:
+    def _begin(
+        self, claimed: Sequence[ClaimedExecution], sent: float, clock: tuple[float, datetime] | None = None
+    ) -> None:
         """Run claimed executions; the fence knows them (told in one write) before they start: safe
-        until `sent` (when their leases were taken, monotonic) plus the safe margin."""
+        until `sent` (when their leases were taken, monotonic) plus the safe margin. One whose
+        start time is later than the database's time of `clock` (monotonic time, database time
+        read together) waits for it (taken ahead, see `StartNow`)."""
         if not claimed:
             return
         runs = [_Running(item) for item in claimed]
         deadline = sent + self._safe_for
         self._fence.begin_many((r.token, deadline, starts_processes(r.claimed.job.executor)) for r in runs)
-        logged = log.isEnabledFor(logging.INFO)  # the fields are built per run: only when logged
         for running in runs:
-            item = running.claimed
-            execution = item.execution
-            late = metrics.seconds_late(execution.start_time, execution.due_time or execution.scheduled_time)
-            metrics.execution_started(item.job.executor, late)
-            if logged:
-                log.info(
-                    "run started",
-                    extra={**run_fields(execution), "kind": item.job.executor, "attempt": execution.attempt},
-                )
+            execution = running.claimed.execution
+            if clock is not None and execution.start_time is not None and execution.start_time > clock[1]:
+                running.start_at = clock[0] + (execution.start_time - clock[1]).total_seconds()
+                running.clock = clock
+                self._waiting += 1
+            else:
+                self._started(running)
             with self._running_lock:
                 self._running[execution.id] = running
             task = asyncio.create_task(self._execute(running))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _started(self, running: _Running) -> None:
+        item = running.claimed
+        execution = item.execution
+        late = metrics.seconds_late(execution.start_time, execution.due_time or execution.scheduled_time)
+        metrics.execution_started(item.job.executor, late)
+        if log.isEnabledFor(logging.INFO):  # the fields are built per run: only when logged
+            log.info(
+                "run started",
+                extra={**run_fields(execution), "kind": item.job.executor, "attempt": execution.attempt},
+            )
+
+    async def _start_in_time(self, running: _Running, start_at: float) -> None:
+        """Wait for a run taken ahead to be due and for a free slot, then note when it really
+        started, in the database's time: its outcome records that start time."""
+        delay = start_at - time.monotonic()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):  # a cancellation starts it at once, to end it
+                await asyncio.wait_for(running.cancel.wait(), delay)
+        while self._free() <= 0 and not running.cancel.is_set():
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        running.start_at = None
+        self._waiting -= 1
+        assert running.clock is not None
+        read_at, now = running.clock
+        started = now + timedelta(seconds=time.monotonic() - read_at)
+        execution, job = running.claimed.execution, running.claimed.job
+        running.claimed = ClaimedExecution(dataclasses.replace(execution, start_time=started), job)
+        self._started(running)
 
     async def _idle_time(self) -> float:
         due = await self._store.next_due_time()
@@ -289,6 +341,22 @@ class WorkerPool:
     async def _execute(self, running: _Running) -> None:
         execution, job = running.claimed.execution, running.claimed.job
         recorded: ExecutionState | None = None
+        try:
+            if running.start_at is not None:
+                await self._start_in_time(running, running.start_at)
+            recorded = await self._run(running)
+        finally:
+            self._end_fenced(running.token)
+            if running.start_at is not None:  # taken ahead, never started
+                self._waiting -= 1
+            with self._running_lock:
+                self._running.pop(execution.id, None)
+            self._slot_freed.set()
+            metrics.execution_left(job.executor, recorded.name if recorded else None)
+
+    async def _run(self, running: _Running) -> ExecutionState | None:
+        """Run the job's code and record its outcome; the state recorded (None: none was)."""
+        execution, job = running.claimed.execution, running.claimed.job
         request = RunRequest(
             execution_name=execution.name,
             job_name=job.name,
@@ -304,42 +372,35 @@ class WorkerPool:
         )
         redactor = Redactor([])
         try:
-            try:
-                request, redactor = await self._with_secrets(request)
-                outcome = await self._runners.runner_for(job.executor).run(
-                    request, running.cancel, lambda text: running.add_output(redactor.feed(text))
-                )
-                running.add_output(redactor.close(outcome.output_truncated))
-            except (LookupError, SecretError) as error:
-                outcome = RunOutcome(ExecutionState.FAILED, error=str(error))
-            except Exception as error:  # a runner bug must not leave the execution RUNNING
-                # Its traceback could quote a secret's value: then only the masked message.
-                log.error(
-                    "executor %s failed: %s",
-                    job.executor,
-                    redactor.text(repr(error)),
-                    exc_info=not redactor,
-                    extra=run_fields(execution),
-                )
-                outcome = RunOutcome(ExecutionState.FAILED, error=f"executor error: {error}")
-            if self._fenced(running, time.monotonic()):
-                return
-            running.finishing = True
-            outcome = redactor.outcome(outcome)
-            if outcome.output_truncated:
-                log.info(
-                    "output truncated: only the first %d bytes are kept",
-                    self._capture_bytes,
-                    extra=run_fields(execution),
-                )
-            await self._flush_output(running)
-            recorded = await self._record(running, outcome)
-        finally:
-            self._end_fenced(running.token)
-            with self._running_lock:
-                self._running.pop(execution.id, None)
-            self._slot_freed.set()
-            metrics.execution_left(job.executor, recorded.name if recorded else None)
+            request, redactor = await self._with_secrets(request)
+            outcome = await self._runners.runner_for(job.executor).run(
+                request, running.cancel, lambda text: running.add_output(redactor.feed(text))
+            )
+            running.add_output(redactor.close(outcome.output_truncated))
+        except (LookupError, SecretError) as error:
+            outcome = RunOutcome(ExecutionState.FAILED, error=str(error))
+        except Exception as error:  # a runner bug must not leave the execution RUNNING
+            # Its traceback could quote a secret's value: then only the masked message.
+            log.error(
+                "executor %s failed: %s",
+                job.executor,
+                redactor.text(repr(error)),
+                exc_info=not redactor,
+                extra=run_fields(execution),
+            )
+            outcome = RunOutcome(ExecutionState.FAILED, error=f"executor error: {error}")
+        if self._fenced(running, time.monotonic()):
+            return None
+        running.finishing = True
+        outcome = redactor.outcome(outcome)
+        if outcome.output_truncated:
+            log.info(
+                "output truncated: only the first %d bytes are kept",
+                self._capture_bytes,
+                extra=run_fields(execution),
+            )
+        await self._flush_output(running)
+        return await self._record(running, outcome)
 
     def _end_fenced(self, token: str) -> None:
         """Tell the fence a run is over; the runs that end in the same turn of the event loop (a

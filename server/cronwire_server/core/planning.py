@@ -105,8 +105,10 @@ def plan_ticks(
     anchor: datetime,
     grace: timedelta = DEFAULT_MISFIRE_GRACE,
     rng: random.Random | None = None,
+    horizon: datetime | None = None,
 ) -> TickPlan:
-    """Decide what the ticks of `schedule` due by `now` become, and the next fire time.
+    """Decide what the ticks of `schedule` due by `now` become, and the next fire time; those due
+    by `horizon` (later than now) too, for a dispatch that takes them ahead of their time.
 
     At most MAX_TICKS_PER_PASS ticks of the catch-up window are planned (plus one record for the
     ticks older than it); the next fire time is then the first tick left, still due, for the next
@@ -115,15 +117,16 @@ def plan_ticks(
     but the latest, which it runs once: in the pass that reaches it, when the next tick is no
     longer late.
     """
+    horizon = max(now, horizon or now)
     tick = schedule.next_fire_time
-    if tick is None or tick > now:
+    if tick is None or tick > horizon:
         return TickPlan(next_fire_time=tick)
     runs: list[PlannedRun] = []
     tick = _skip_old_ticks(schedule, tick, now - schedule.catchup_window, anchor, runs)
 
     due: list[datetime] = []
     visited = 0
-    while tick is not None and tick <= now and visited < MAX_TICKS_PER_PASS:
+    while tick is not None and tick <= horizon and visited < MAX_TICKS_PER_PASS:
         visited += 1
         # A tick the schedule's calendars exclude is recorded as such, whatever the misfire
         # policy: it would not have run on time either.

@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from cronwire_server.storage.remote import HeldRemoteLease, RemoteClaim, RemoteTake
 
 # The dispatcher's decision for one due schedule, run inside the claiming transaction.
-Planner = Callable[[Schedule, datetime, ScheduleActivity], TickPlan]
+# (schedule, now, activity, horizon): ticks due by the horizon (now, or later for a dispatch
+# that takes ticks ahead) are planned, misfires judged by now.
+Planner = Callable[[Schedule, datetime, ScheduleActivity, datetime], TickPlan]
 # When a failed attempt is retried: (job, ended attempt, its end state, now) -> due time or None.
 RetryPlanner = Callable[[Job, Execution, ExecutionState, datetime], "datetime | None"]
 
@@ -44,16 +46,27 @@ class DispatchResult:
     more: bool  # the batch was full: more schedules may be due right now
     # Executions started by the dispatch itself for the local worker pool (see `StartNow`).
     started: tuple[ClaimedExecution, ...] = ()
+    # The database's time the dispatch decided by, and this process's monotonic time when it had
+    # read it: a run taken ahead of its due time starts `start_time - now` after that.
+    clock: tuple[float, datetime] | None = None
 
 
 @dataclass(frozen=True)
 class StartNow:
-    """Executions a dispatch creates that `worker` starts at once: inserted RUNNING with its
-    lease, at most `count`, only those due and needing no admission decision."""
+    """Executions a dispatch creates that `worker` starts itself: inserted RUNNING with its
+    lease, at most `count`, only those needing no admission decision.
+
+    With `ahead`, ticks due within that much of now are taken too, at most `ahead_count`, when
+    every tick of their schedule starts this way (none skipped, serial or waiting for admission):
+    inserted RUNNING with their due time as start time, and started by the pool's timer then. So
+    a tick's start does not wait for a dispatch pass and its transaction at its due time, and the
+    ticks of a steady stream are dispatched a batch at a time."""
 
     worker: str
     count: int
     lease: timedelta
+    ahead: timedelta = timedelta(0)
+    ahead_count: int = 0
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -183,9 +184,12 @@ def _leave_remote_queued(rows: list[dict[str, Any]], to_start: dict[int, Job]) -
 def dispatch(
     conn: Connection, planner: Planner, limit: int, start: StartNow | None, now: datetime
 ) -> DispatchResult:
+    read_at = time.monotonic()  # when `now` had just been read, for runs started on a timer
+    # With a pool to start runs, ticks due within its look-ahead are taken too (see `StartNow`).
+    horizon = now + start.ahead if start is not None else now
     query = (
         sa.select(schedules)
-        .where(schedules.c.paused.is_(False), schedules.c.next_fire_time <= now)
+        .where(schedules.c.paused.is_(False), schedules.c.next_fire_time <= horizon)
         .order_by(schedules.c.next_fire_time)
         .limit(limit)
     )
@@ -206,21 +210,40 @@ def dispatch(
     cancel: list[tuple[str, str]] = []
     to_start: dict[int, Job] = {}  # id() of a row -> its job
     room = start.count if start is not None else 0
+    ahead_room = start.ahead_count if start is not None else 0
     for record in due:
         values = record._mapping
         schedule = schedule_from_record(values)
-        plan = planner(schedule, now, activity.get((schedule.namespace, schedule.id), ScheduleActivity()))
+        schedule_activity = activity.get((schedule.namespace, schedule.id), ScheduleActivity())
+        ahead = schedule.next_fire_time is not None and schedule.next_fire_time > now
+        plan = planner(schedule, now, schedule_activity, horizon if ahead else now)
         ticks = [
             _tick_row(schedule.namespace, schedule.job_id, schedule.id, schedule.arguments, run, now)
             for run in plan.runs
         ]
-        rows += ticks
-        if room > 0 and values[f"{_JOB_PREFIX}max_concurrency"] == 0:
-            job = job_from_record({c.name: values[f"{_JOB_PREFIX}{c.name}"] for c in jobs.c})
+        startable = values[f"{_JOB_PREFIX}max_concurrency"] == 0 if start is not None else False
+        chosen: list[dict[str, Any]] = []
+        if ahead:
+            if not (startable and not plan.cancel_running and _all_start(ticks, ahead_room, horizon)):
+                # Taken ahead only when the pool starts every tick itself at its due time; anything
+                # else (a skip, a serial turn, a limit to admit by) is decided when it is due.
+                continue
+            chosen, ahead_room = ticks, ahead_room - len(ticks)
+        elif startable:
             for row in ticks:
                 if room > 0 and row["state"] == QUEUED and not row["serial"] and row["due_time"] <= now:
-                    to_start[id(row)] = job
+                    chosen.append(row)
                     room -= 1
+        rows += ticks
+        if chosen:
+            assert start is not None
+            job = job_from_record({c.name: values[f"{_JOB_PREFIX}{c.name}"] for c in jobs.c})
+            for row in chosen:
+                to_start[id(row)] = job
+                # A tick taken ahead starts at its due time, by the pool's timer.
+                begins = max(now, row["due_time"])
+                lease = begins + start.lease
+                row.update(state=RUNNING, worker=start.worker, start_time=begins, lease_expires_at=lease)
         advances.append(
             {"b_namespace": schedule.namespace, "b_id": schedule.id, "b_next": plan.next_fire_time}
         )
@@ -228,22 +251,10 @@ def dispatch(
             cancel.append((schedule.namespace, schedule.id))
     _leave_remote_queued(rows, to_start)
     if conn.dialect.name == "postgresql":
-        if start is not None:
-            for row in rows:
-                if id(row) in to_start:
-                    row.update(
-                        state=RUNNING, worker=start.worker, start_time=now, lease_expires_at=now + start.lease
-                    )
         inserted = _insert_ticks(conn, rows, now)
         rows = [r for r in rows if r["id"] in inserted]
     else:
-        queued_events = [sql_events.execution_event(r, now) for r in rows if id(r) in to_start]
-        if start is not None:
-            for row in rows:
-                if id(row) in to_start:
-                    row.update(
-                        state=RUNNING, worker=start.worker, start_time=now, lease_expires_at=now + start.lease
-                    )
+        queued_events = [sql_events.execution_event(_as_queued(r), now) for r in rows if id(r) in to_start]
         inserted = _insert_ignoring_duplicate_ticks(conn, rows)
         rows = [r for r in rows if r["id"] in inserted]
         # A run started at once was queued first, as far as its events tell.
@@ -276,7 +287,20 @@ def dispatch(
         len(rows) - queued - len(started),
         more=len(due) == limit,
         started=tuple(ClaimedExecution(execution_from_row(r), to_start[id(r)]) for r in started),
+        clock=(read_at, now),
     )
+
+
+def _all_start(ticks: list[dict[str, Any]], room: int, horizon: datetime) -> bool:
+    """Whether a pool with `room` free slots starts every one of `ticks` itself by `horizon`."""
+    return len(ticks) <= room and all(
+        row["state"] == QUEUED and not row["serial"] and row["due_time"] <= horizon for row in ticks
+    )
+
+
+def _as_queued(row: dict[str, Any]) -> dict[str, Any]:
+    """A run started by its dispatch as its QUEUED event tells it: first queued, as if claimed."""
+    return {**row, "state": QUEUED, "worker": "", "start_time": None, "lease_expires_at": None}
 
 
 # PostgreSQL: the ticks of a dispatch batch inserted in one statement built once (their values
@@ -296,6 +320,7 @@ _TICK_ARRAYS = {
     "skip_reason": "text",
     "serial": "boolean",
     "worker": "text",
+    "start_time": "timestamptz",
     "lease_expires_at": "timestamptz",
     "event_type": "text",
 }
@@ -310,7 +335,6 @@ _TICK_COLUMNS = {
     "output_truncated": "false",
     "cancel_requested": "false",
     "create_time": ":now",
-    "start_time": f"CASE WHEN t.state = '{RUNNING}' THEN CAST(:now AS timestamptz) END",
     "end_time": f"CASE WHEN t.state NOT IN ('{QUEUED}', '{RUNNING}') THEN CAST(:now AS timestamptz) END",
 }
 _QUEUED_SNAPSHOT = (
@@ -380,6 +404,8 @@ _ADVANCE = (
 
 
 def _advance(conn: Connection, advances: list[dict[str, Any]]) -> None:
+    if not advances:
+        return
     if len(advances) > 1 and conn.dialect.name == "postgresql":
         conn.execute(
             _ADVANCE_MANY,
@@ -910,6 +936,8 @@ def finish(
         )
         .values(
             state=outcome.state.value,
+            # A run taken ahead of its due time started when its timer fired (see `StartNow`).
+            start_time=sa.func.coalesce(execution.start_time, executions.c.start_time),
             end_time=now,
             exit_code=outcome.exit_code,
             http_status=outcome.http_status,
@@ -965,8 +993,9 @@ WITH outcome AS (
         CAST(:namespaces AS text[]), CAST(:ids AS text[]), CAST(:states AS text[]),
         CAST(:exit_codes AS integer[]), CAST(:http_statuses AS integer[]), CAST(:outputs AS text[]),
         CAST(:truncated AS boolean[]), CAST(:results AS text[]), CAST(:errors AS text[]),
-        CAST(:event_types AS text[])
-    ) AS o(namespace, id, state, exit_code, http_status, output, output_truncated, result, error, event_type)
+        CAST(:event_types AS text[]), CAST(:starts AS timestamptz[])
+    ) AS o(namespace, id, state, exit_code, http_status, output, output_truncated, result, error, event_type,
+           start_time)
 ),
 held AS MATERIALIZED (
     SELECT e.namespace, e.id
@@ -977,7 +1006,8 @@ held AS MATERIALIZED (
 ),
 ended AS (
     UPDATE executions AS e
-    SET state = o.state, end_time = now(), exit_code = o.exit_code, http_status = o.http_status,
+    SET state = o.state, start_time = coalesce(o.start_time, e.start_time), end_time = now(),
+        exit_code = o.exit_code, http_status = o.http_status,
         output = o.output, output_truncated = o.output_truncated, result = CAST(o.result AS jsonb),
         -- A cancellation's reason was recorded when it was requested: keep it.
         error = CASE WHEN e.cancel_requested AND o.state = '{ExecutionState.CANCELLED.value}'
@@ -1046,6 +1076,8 @@ def finish_batch(
             "results": [None if o.result is None else json.dumps(o.result) for o in outcomes],
             "errors": [o.error for o in outcomes],
             "event_types": [STATE_EVENTS[o.state].value for o in outcomes],
+            # A run taken ahead of its due time started when its timer fired (see `StartNow`).
+            "starts": [c.execution.start_time for c, _ in items],
             "worker": worker,
             "wake": any(
                 c.execution.serial or c.job.max_concurrency or c.execution.group_limit for c, _ in items

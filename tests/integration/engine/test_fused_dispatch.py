@@ -90,3 +90,109 @@ async def test_ticks_start_in_the_dispatch_while_the_pool_has_room(store: SqlSto
         stopping.set()
         await supervisor.stop(within=5)
         await pool.drain(5)
+
+
+async def schedules_due_in(store: SqlStore, job: Job, offsets: list[timedelta]) -> list[str]:
+    """Schedules of `job` whose next tick is each offset from now, by the database's clock."""
+    await store.create_job(job)
+    now = await store.now()
+    names = []
+    for n, offset in enumerate(offsets):
+        schedule_id = f"{job.id}-{n}"
+        await store.create_schedule(
+            Schedule(namespace=NS, id=schedule_id, job_id=job.id, trigger=IntervalSpec(timedelta(hours=1)))
+        )
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                sa.update(schedules).where(schedules.c.id == schedule_id).values(next_fire_time=now + offset)
+            )
+        names.append(schedule_id)
+    return names
+
+
+async def next_fire_times(store: SqlStore) -> dict[str, datetime]:
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(schedules.c.id, schedules.c.next_fire_time))).all()
+    return {r.id: r.next_fire_time.replace(tzinfo=r.next_fire_time.tzinfo or UTC) for r in rows}
+
+
+async def test_a_tick_due_soon_is_taken_ahead_and_starts_at_its_due_time(store: SqlStore) -> None:
+    soon, later = await schedules_due_in(
+        store,
+        Job(namespace=NS, id="ahead", executor="noop", parameters={}),
+        [timedelta(seconds=2), timedelta(seconds=60)],
+    )
+    planned = await next_fire_times(store)
+    stopping = asyncio.Event()
+    supervisor = Supervisor(stopping)
+    pool = WorkerPool(store, slots=4)
+    pool.start(supervisor, stopping)
+    try:
+        # A look-ahead wider than the default, so that the tick two seconds away is within it
+        # however slow this machine is; the one a minute away is not.
+        assert await Dispatcher(store, pool=pool, ahead=timedelta(seconds=20)).run_once() == 1
+        (taken,) = await executions_of(store, "ahead")
+        assert taken.schedule_id == soon
+        assert taken.scheduled_time == planned[soon]
+        # Recorded before its due time, leased to the pool, to start when it is due.
+        assert taken.create_time is not None
+        assert taken.create_time < taken.scheduled_time
+        assert taken.state in (ExecutionState.RUNNING, ExecutionState.SUCCEEDED), taken.state
+        assert taken.worker == pool.identity
+        deadline = time.monotonic() + 20
+        while (ran := (await executions_of(store, "ahead"))[0]).state is not ExecutionState.SUCCEEDED:
+            assert time.monotonic() < deadline, ran.state
+            await asyncio.sleep(0.05)
+        # The job's code started at its due time, not when it was dispatched; the row says when.
+        assert ran.start_time is not None
+        assert ran.start_time >= ran.scheduled_time
+        assert ran.end_time is not None
+        assert ran.end_time >= ran.start_time
+        left = await next_fire_times(store)
+        assert left[soon] > planned[soon]
+        assert left[later] == planned[later]  # beyond the look-ahead: untouched
+        events = await store.read_events(EventFilter(namespace=NS), after=0, limit=1000)
+        if not events:  # PostgreSQL numbers them first
+            await store.sequence_events(1000)
+            events = await store.read_events(EventFilter(namespace=NS), after=0, limit=1000)
+        assert [e.type for e in events if e.resource == ran.name] == [
+            EventType.EXECUTION_QUEUED,
+            EventType.EXECUTION_STARTED,
+            EventType.EXECUTION_SUCCEEDED,
+        ]
+    finally:
+        stopping.set()
+        await supervisor.stop(within=5)
+        await pool.drain(5)
+
+
+async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(store: SqlStore) -> None:
+    # A job with a concurrency limit needs a claim's decision when it is due; and of two plain
+    # ticks ahead, a pool with one free slot takes one.
+    (limited,) = await schedules_due_in(
+        store,
+        Job(namespace=NS, id="limited", executor="noop", parameters={}, max_concurrency=1),
+        [timedelta(seconds=2)],
+    )
+    plain = await schedules_due_in(
+        store,
+        Job(namespace=NS, id="plain", executor="noop", parameters={}),
+        [timedelta(seconds=2), timedelta(seconds=3)],
+    )
+    planned = await next_fire_times(store)
+    stopping = asyncio.Event()
+    supervisor = Supervisor(stopping)
+    pool = WorkerPool(store, slots=1)
+    pool.start(supervisor, stopping)
+    try:
+        assert await Dispatcher(store, pool=pool, ahead=timedelta(seconds=20)).run_once() == 1
+        assert await executions_of(store, "limited") == []
+        (taken,) = await executions_of(store, "plain")
+        assert taken.schedule_id == plain[0]
+        left = await next_fire_times(store)
+        assert left[limited] == planned[limited]
+        assert left[plain[1]] == planned[plain[1]]
+    finally:
+        stopping.set()
+        await supervisor.stop(within=5)
+        await pool.drain(5)
