@@ -9,19 +9,21 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date, timedelta
 from typing import Any, TypeVar
 
+from cronwire._calendar_forms import (
+    parse_date_range,
+    parse_holidays,
+    parse_hours,
+    parse_weekdays,
+    parse_yearly,
+)
 from cronwire._channel import DEFAULT_NAMESPACE, DEFAULT_TARGET
 from cronwire._output import FORMATS
 from cronwire._types import (
-    DateRange,
     DstPolicy,
     EventType,
     ExecutionState,
     MisfirePolicy,
     OverlapPolicy,
-    PublicHolidays,
-    TimeRange,
-    Weekday,
-    YearlyDate,
 )
 from cronwire._values import (
     DURATION_HELP,
@@ -503,60 +505,11 @@ def schedule_flags(parser: argparse.ArgumentParser, create: bool) -> None:
         parser.add_argument("--etag", help="update only if the schedule still has this etag")
 
 
-def _date_range(text: str) -> DateRange:
-    first, sep, last = text.partition("..")
-    try:
-        return DateRange(date.fromisoformat(first), date.fromisoformat(last) if sep else None)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a date (2027-12-24) or a range (2027-12-24..2027-12-31)") from None
-
-
-def _yearly(text: str) -> YearlyDate:
-    month, sep, day = text.partition("-")
-    if not (sep and month.isdigit() and day.isdigit()):
-        raise ValueError(f"{text!r} is not a yearly date MM-DD, e.g. 12-24")
-    return YearlyDate(int(month), int(day))
-
-
-_DAYS = [w.name.lower()[:3] for w in Weekday]
-
-
-def _weekdays(text: str) -> list[Weekday]:
-    days: list[Weekday] = []
-    for part in text.lower().split(","):
-        first, sep, last = part.strip().partition("-")
-        if first[:3] not in _DAYS or (sep and last[:3] not in _DAYS):
-            raise ValueError(f"{text!r} is not weekdays like mon-fri or sat,sun")
-        start = _DAYS.index(first[:3])
-        end = _DAYS.index(last[:3]) if sep else start
-        span = range(start, end + 1) if end >= start else [*range(start, 7), *range(0, end + 1)]
-        days += [Weekday(n + 1) for n in span if Weekday(n + 1) not in days]
-    return days
-
-
-def _holidays(text: str) -> PublicHolidays:
-    country, _, subdivision = text.partition("-")
-    if not country:
-        raise ValueError(f"{text!r} is not a country (DE) or a country and subdivision (DE-BY)")
-    return PublicHolidays(country.upper(), subdivision.upper())
-
-
-def _hours(text: str) -> TimeRange:
-    start, sep, end = text.partition("-")
-    if not sep or ":" not in start or ":" not in end:
-        raise ValueError(f"{text!r} is not a range of wall-clock times HH:MM-HH:MM, e.g. 12:00-13:00")
-    return TimeRange(start, end)
-
-
-# The short forms, also read by `cronwire apply` files.
-parse_date_range, parse_yearly, parse_weekdays = _date_range, _yearly, _weekdays
-parse_holidays, parse_hours = _holidays, _hours
-
-date_range_arg = _typed(_date_range, "date")
-yearly_arg = _typed(_yearly, "yearly date")
-weekdays_arg = _typed(_weekdays, "weekdays")
-holidays_arg = _typed(_holidays, "holidays")
-hours_arg = _typed(_hours, "hours")
+date_range_arg = _typed(parse_date_range, "date")
+yearly_arg = _typed(parse_yearly, "yearly date")
+weekdays_arg = _typed(parse_weekdays, "weekdays")
+holidays_arg = _typed(parse_holidays, "holidays")
+hours_arg = _typed(parse_hours, "hours")
 
 
 def calendar_flags(parser: argparse.ArgumentParser, create: bool) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
-from cronwire._cli_args import (
+from cronwire._calendar_forms import (
     parse_date_range,
     parse_holidays,
     parse_hours,

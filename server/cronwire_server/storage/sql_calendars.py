@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +22,6 @@ from cronwire_server.storage import sql_creates, sql_events
 from cronwire_server.storage.records import (
     calendar_fields,
     calendar_from_record,
-    calendar_rules_to_json,
     calendars_to_json,
     schedule_from_record,
 )
@@ -94,31 +93,6 @@ def of_namespace(conn: Connection, namespace: str) -> dict[str, Calendar]:
     return {row.id: calendar_from_record(row._mapping) for row in rows}
 
 
-def unchanged(conn: Connection, kept: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list[bool]:
-    """For each (namespace, the calendars kept with a schedule about to be written, as
-    records.calendars_to_json made them), whether they are still the calendars stored.
-
-    On PostgreSQL the calendar rows are locked FOR SHARE, in key order, until the caller's
-    transaction ends: an UpdateCalendar (which locks its row, then the schedules that reach it)
-    or DeleteCalendar of one of them waits for the schedule to be written and then sees it; one
-    that came first has committed, and its change is read here. Either way no schedule keeps a
-    calendar's old content."""
-    wanted = sorted({(namespace, cid) for namespace, json in kept for cid in json or {}})
-    if not wanted:
-        return [True] * len(kept)
-    query = sa.select(calendars).where(sa.tuple_(calendars.c.namespace, calendars.c.id).in_(wanted))
-    if conn.dialect.name == "postgresql":
-        query = query.order_by(calendars.c.namespace, calendars.c.id).with_for_update(read=True)
-    stored = {
-        (row.namespace, row.id): calendar_rules_to_json(calendar_from_record(row._mapping))
-        for row in conn.execute(query)
-    }
-    return [
-        all(stored.get((namespace, cid)) == rules for cid, rules in (json or {}).items())
-        for namespace, json in kept
-    ]
-
-
 def update(conn: Connection, cal: Calendar, expected_etag: str, replan: Replanner, now: datetime) -> Row[Any]:
     """UPDATE the calendar if the etag matches, then refresh the calendars kept with every
     schedule of the namespace that reaches it and plan its next fire time again (`replan`), in
@@ -171,7 +145,7 @@ def delete(conn: Connection, namespace: str, calendar_id: str, expected_etag: st
     name = calendar_name(namespace, calendar_id)
     if conn.dialect.name == "postgresql":
         # Locked first: a schedule written with it meanwhile (which holds it FOR SHARE, see
-        # `unchanged`) has committed before the schedules are read below, and one written after
+        # sql_kept_calendars) has committed before the schedules are read below, and one written after
         # finds it gone.
         conn.execute(
             sa.select(calendars.c.id).where(*_key(calendars, namespace, calendar_id)).with_for_update()

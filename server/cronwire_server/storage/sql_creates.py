@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from cronwire_server.core import errors
-from cronwire_server.storage import sql_events
+from cronwire_server.storage import sql_events, sql_kept_calendars
 from cronwire_server.storage.tables import UtcDateTime, jobs, namespace_usage, request_ids, schedules
 
 __all__ = ["Create", "GroupCommit", "Outcome", "commit"]
@@ -206,13 +206,11 @@ def _with_jobs(conn: Connection, creates: list[Create], postgres: bool) -> list[
 def _with_current_calendars(conn: Connection, creates: list[Create]) -> list[Create]:
     """The schedules whose calendars (kept with them) are still those stored; the calendars are
     locked (FOR SHARE) until commit, so that a concurrent change of one waits for the schedule
-    and re-plans it too (sql_calendars.unchanged)."""
-    from cronwire_server.storage import sql_calendars  # it imports this module
-
+    and re-plans it too (sql_kept_calendars.unchanged)."""
     using = [c for c in creates if c.values.get("calendars")]
     if not using:
         return creates
-    current = sql_calendars.unchanged(conn, [(c.namespace, c.values["calendars"]) for c in using])
+    current = sql_kept_calendars.unchanged(conn, [(c.namespace, c.values["calendars"]) for c in using])
     for create, ok in zip(using, current, strict=True):
         if not ok:
             create.outcome = Outcome.STALE_CALENDARS

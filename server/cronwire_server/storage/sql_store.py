@@ -48,6 +48,7 @@ from cronwire_server.storage import (
     sql_calendars,
     sql_creates,
     sql_events,
+    sql_kept_calendars,
     sql_remote,
     sql_replicas,
     sql_retention,
@@ -804,7 +805,7 @@ class SqlStore:
 
         def calendars_current(conn: Connection) -> None:
             # The calendars kept with the schedule are still those stored (locked until commit).
-            if kept and not sql_calendars.unchanged(conn, [(schedule.namespace, kept)])[0]:
+            if kept and not sql_kept_calendars.unchanged(conn, [(schedule.namespace, kept)])[0]:
                 raise errors.CalendarsChanged(key.name)
 
         try:
