@@ -3,7 +3,9 @@
 The CLI prints these with `-o json|yaml`, and `cronwire apply` reads the same shapes, so
 `cronwire jobs get backup -o yaml` is a valid item of an apply file. Times are RFC 3339
 strings, durations `10m`-style strings, enum members their names (`RUN_ONCE`), triggers
-`{cron: "0 3 * * *"}`, `{every: 5m}`, `{at: <time>}`, `{any_of: [...]}`, `{all_of: [...]}`.
+`{cron: "0 3 * * *"}`, `{every: 5m}`, `{at: <time>}`, `{rrule: "DTSTART:...\\nRRULE:..."}`,
+`{business_day: {calendar: ..., day: -1, time_of_day: "17:00"}}`, `{any_of: [...]}`,
+`{all_of: [...]}`; calendars' days in the short forms of the CLI's flags or as printed.
 """
 
 from __future__ import annotations
