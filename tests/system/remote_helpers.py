@@ -64,6 +64,17 @@ async def wait_cancel(tag="run"):
         raise
 
 
+@worker.task("gate")
+def gate(tag="run"):
+    # Starts, then waits for the test to open the gate (the file `<tag>-go`).
+    attempt = cronwire.current_task().attempt
+    mark(f"{tag}-started-{attempt}")
+    while not (MARKERS / f"{tag}-go").exists():
+        time.sleep(0.02)
+    print("through the gate on attempt", attempt)
+    return {"attempt": attempt, "worker": worker.identity}
+
+
 @worker.task("fail")
 def fail(retryable=True):
     if not retryable:

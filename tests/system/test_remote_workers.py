@@ -238,3 +238,69 @@ def test_failures_timeouts_and_retries_behave_as_for_any_kind(
     assert "NonRetryableError" in once[0].error, describe(once)
     wait_for(execution_in(api, timed.name, TIMED_OUT), 30, "the slow run to time out")
     wait_for(lambda: workers.marker("run-cancelled"), 15, "the timed-out task to be told to stop")
+
+
+@pytest.mark.postgres
+def test_a_worker_whose_replica_is_killed_reconnects_and_nothing_is_lost_or_run_twice(
+    fresh_database_url: Callable[[str], str], replicas: Replicas, workers: WorkerProcesses
+) -> None:
+    url = fresh_database_url("postgres")
+    doomed = replicas.start(url, "--lease-seconds", "6")
+    survivor = replicas.start(url, "--lease-seconds", "6")
+    api = replicas.api(survivor)
+    job = api.create_job(
+        "gated", "remote", parameters={"queue": "q", "task": "gate"}, retryPolicy={"maxAttempts": 3}
+    )
+    # The worker knows both replicas and connects to the first.
+    workers.start(f"{doomed.target},{survivor.target}", queues="q", identity="w")
+    execution = api.run_job(job.name)
+    wait_for(lambda: workers.marker("run-started-1"), 30, "the task to start")
+    doomed.process.send_signal(signal.SIGKILL)
+    doomed.process.wait(timeout=10)
+    wait_for(lambda: "connected to " + survivor.target in workers.log("w"), 30, "the worker to reconnect")
+    (workers.markers / "run-go").write_text("")
+
+    done = wait_for(execution_in(api, execution.name, SUCCEEDED), 30, "the run to finish after the reconnect")
+    assert result_of(done) == {"attempt": 1, "worker": "w"}, describe([done])
+    runs = api.executions_of(job=job.name)
+    assert len(runs) == 1, describe(runs)  # no LOST attempt, no retry
+    assert workers.marker("run-started-2") is None
+
+
+@pytest.mark.postgres
+def test_a_frozen_worker_s_late_result_is_refused_and_the_outcome_recorded_once(
+    fresh_database_url: Callable[[str], str], replicas: Replicas, workers: WorkerProcesses
+) -> None:
+    server = replicas.start(fresh_database_url("postgres"), "--lease-seconds", LEASE_SECONDS)
+    api = replicas.api(server)
+    job = api.create_job(
+        "gated",
+        "remote",
+        parameters={"queue": "q", "task": "gate"},
+        retryPolicy={"maxAttempts": 3, "initialBackoff": "0.1s"},
+    )
+    frozen = workers.start(server.target, queues="q", identity="frozen", concurrency=1)
+    execution = api.run_job(job.name)
+    wait_for(lambda: workers.marker("run-started-1"), 30, "the first attempt to start")
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(execution_in(api, execution.name, LOST), 30, "the frozen worker's attempt to be LOST")
+        workers.start(server.target, queues="q", identity="thawed-elsewhere", concurrency=1)
+        wait_for(lambda: workers.marker("run-started-2"), 30, "the retry to start on the other worker")
+        # Both attempts may now end: the frozen one's result comes late.
+        (workers.markers / "run-go").write_text("")
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+
+    def retried() -> execution_pb2.Execution | None:
+        found = [e for e in api.executions_of(job=job.name) if e.attempt == 2 and e.state == SUCCEEDED]
+        return found[0] if found else None
+
+    second = wait_for(retried, 30, "the retry to succeed")
+    assert result_of(second) == {"attempt": 2, "worker": "thawed-elsewhere"}
+    wait_for(lambda: "refused a message about " + execution.name in workers.log("frozen"), 30, "the refusal")
+    first = api.get(execution.name)
+    assert first.state == LOST, describe([first])
+    assert not first.HasField("result"), describe([first])
+    assert "through the gate" not in first.output
+    assert len(api.executions_of(job=job.name)) == 2
