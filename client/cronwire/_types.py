@@ -1072,6 +1072,35 @@ class Event:
 
 
 @dataclass(frozen=True)
+class ConnectedWorker:
+    """A remote worker with a stream open to a replica (`cronwire.Worker`)."""
+
+    identity: str
+    queues: list[str]
+    namespaces: list[str]  # empty: every namespace
+    free_slots: int
+    running: int
+    replica: str
+    agent: str
+    connect_time: datetime | None
+    report_time: datetime | None
+
+    @classmethod
+    def _from_proto(cls, message: cluster_pb2.ConnectedWorker) -> ConnectedWorker:
+        return cls(
+            identity=message.identity,
+            queues=list(message.queues),
+            namespaces=list(message.namespaces),
+            free_slots=message.free_slots,
+            running=message.running,
+            replica=message.replica,
+            agent=message.agent,
+            connect_time=time_from(message, "connect_time"),
+            report_time=time_from(message, "report_time"),
+        )
+
+
+@dataclass(frozen=True)
 class Replica:
     """A server process in the replica registry."""
 
@@ -1154,6 +1183,8 @@ class ClusterStatus:
     scheduling_lag: SchedulingLag
     server_version: str
     read_time: datetime | None
+    # The remote workers connected to any replica, by queue then identity.
+    workers: list[ConnectedWorker] = field(default_factory=list)
 
     @classmethod
     def _from_proto(cls, message: cluster_service_pb2.GetClusterStatusResponse) -> ClusterStatus:
@@ -1166,4 +1197,5 @@ class ClusterStatus:
             scheduling_lag=SchedulingLag._from_proto(message.scheduling_lag),
             server_version=message.server_version,
             read_time=time_from(message, "read_time"),
+            workers=[ConnectedWorker._from_proto(w) for w in message.workers],
         )

@@ -518,7 +518,26 @@ def cluster_status_view(status: ClusterStatus, namespace: str) -> str:
     replicas = table(
         ["REPLICA", "VERSION", "ROLES", "STARTED", "LAST HEARTBEAT", "ALIVE", "LOOPS DOWN"], rows
     )
-    return f"{lines}\nreplicas: {alive} alive of {len(status.replicas)}\n{replicas}"
+    text = f"{lines}\nreplicas: {alive} alive of {len(status.replicas)}\n{replicas}"
+    if not status.workers:
+        return text + "remote workers: none connected\n"
+    # One row per queue a worker serves: the free slots of each queue at a glance.
+    rows = [
+        [
+            queue,
+            w.identity,
+            str(w.free_slots),
+            str(w.running),
+            ",".join(w.namespaces) or "*",
+            w.replica,
+            w.connect_time,
+        ]
+        for queue in sorted({q for w in status.workers for q in w.queues})
+        for w in status.workers
+        if queue in w.queues
+    ]
+    workers = table(["QUEUE", "WORKER", "FREE SLOTS", "RUNNING", "NAMESPACES", "REPLICA", "CONNECTED"], rows)
+    return f"{text}remote workers: {len(status.workers)} connected\n{workers}"
 
 
 def _seconds(value: Any) -> str:

@@ -69,6 +69,7 @@ from cronwire_server.secrets import SecretError, Secrets
 from cronwire_server.storage import Store
 from cronwire_server.storage.migrate import upgrade
 from cronwire_server.storage.sql_keys import KeyStore
+from cronwire_server.storage.sql_remote_registry import RemoteRegistry
 from cronwire_server.storage.sql_store import open_store
 from cronwire_server.supervisor import MAIN, Supervisor
 from cronwire_server.tls import TlsError, TlsFiles, server_credentials
@@ -169,6 +170,8 @@ async def create_server(settings: Settings) -> RunningServer:
     )
     stopping = asyncio.Event()
     supervisor = Supervisor(stopping)
+    # This process's identity: its replica id, and the `worker` of the runs its pool starts.
+    identity = worker_identity()
     store.supervise_listener(supervisor)
     supervisor.start("sequencer", lambda: Sequencer(store).run(stopping))
     supervisor.start("clock-check", lambda: ClockCheck(store).run(stopping))
@@ -201,7 +204,9 @@ async def create_server(settings: Settings) -> RunningServer:
         # Not the generated registration: WatchEvents sends bytes it serialized once per batch.
         add_event_service(EventService(events), server)
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyService(KeyManager(keys)), server)
-        cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterService(store), server)
+        cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
+            ClusterService(store, RemoteRegistry(store.engine)), server
+        )
         # Remote workers connect to the API; without a local pool here, this replica also
         # recovers the leases they let expire.
         remote = RemoteWorkers(
@@ -209,6 +214,8 @@ async def create_server(settings: Settings) -> RunningServer:
             lease=timedelta(seconds=settings.lease_seconds),
             capture_bytes=limits.max_output_bytes,
             recover="worker" not in settings.roles,
+            registry=RemoteRegistry(store.engine),
+            replica=identity,
         )
         remote.start(supervisor, stopping)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(remote), server)
@@ -236,7 +243,6 @@ async def create_server(settings: Settings) -> RunningServer:
     if settings.metrics_address:
         running.metrics = serve_metrics(settings.metrics_address, store, store.engine.sync_engine.pool)
     # In the registry before anyone is told the server is up.
-    identity = worker_identity()
     replica = this_replica(identity, settings.roles, settings.replica_heartbeat_seconds, await store.now())
     heartbeat = ReplicaHeartbeat(store, replica, loops_down=supervisor.down)
     await heartbeat.register()

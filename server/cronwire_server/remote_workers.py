@@ -19,6 +19,7 @@ the worker) and closes sessions that went silent for a whole lease.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
@@ -38,6 +39,7 @@ from cronwire_server.logs import run_fields
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ClaimedExecution, RetryPlanner
 from cronwire_server.storage.remote import HeldRemoteLease, RemoteClaim, RemoteTake, lease_worker
+from cronwire_server.storage.sql_remote_registry import ConnectedWorker, RemoteRegistry
 from cronwire_server.supervisor import Supervisor, loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,10 @@ MAX_OUTBOX = 4096
 # a wake-up another loop of this process took first).
 POLL_SECONDS = 0.5
 DEADLINE_CHECK_SECONDS = 0.5
+# How often the connected workers are reported for the cluster status: at most, when they
+# changed; at least, to show they are still there.
+REPORT_CHANGES_EVERY = 1.0
+REPORT_EVERY = 10.0
 RETRY_AFTER_ERROR = 1.0
 # Heartbeats carry cancellations to the workers, so they come often.
 MAX_HEARTBEAT_SECONDS = 1.0
@@ -210,6 +216,8 @@ class RemoteWorkers:
         capture_bytes: int,
         max_in_flight: int = MAX_IN_FLIGHT,
         recover: bool = False,
+        registry: RemoteRegistry | None = None,
+        replica: str = "",
     ) -> None:
         self._store = store
         self.lease = lease
@@ -219,6 +227,8 @@ class RemoteWorkers:
         # whose recovery loop would).
         self._recover = recover
         self._sessions: dict[str, Session] = {}
+        self._registry = registry
+        self._replica = replica
         self._changed = asyncio.Event()
         self._clock = asyncio.get_running_loop().time
 
@@ -229,6 +239,8 @@ class RemoteWorkers:
     def start(self, supervisor: Supervisor, stopping: asyncio.Event) -> None:
         supervisor.start("remote-dispatch", lambda: self._dispatch(stopping))
         supervisor.start("remote-deadlines", lambda: self._deadlines(stopping))
+        if self._registry is not None:
+            supervisor.start("remote-registry", lambda: self._report(stopping))
 
     # Sessions
 
@@ -577,6 +589,43 @@ class RemoteWorkers:
             )
             if await self._finish(session, held, outcome, _plan_retry):
                 session.send(CancelRun(held.name, held.claim.token, "timed out"))
+
+    def connected(self) -> list[ConnectedWorker]:
+        """This replica's sessions as the cluster status shows them."""
+        return [
+            ConnectedWorker(
+                session=s.id,
+                replica=self._replica,
+                identity=s.identity,
+                queues=s.queues,
+                namespaces=s.namespaces,
+                free_slots=s.room(),
+                running=len(s.held),
+                agent=s.agent,
+            )
+            for s in self.sessions
+            if s.closed is None
+        ]
+
+    async def _report(self, stopping: asyncio.Event) -> None:
+        assert self._registry is not None
+        reported: list[ConnectedWorker] | None = None
+        last = 0.0
+        while not stopping.is_set():
+            now = self._clock()
+            current = self.connected()
+            if current != reported or now - last >= REPORT_EVERY:
+                try:
+                    await self._registry.report(self._replica, current)
+                    reported, last = current, now
+                    loop_ok()
+                except StorageUnavailable as error:
+                    loop_failed(error)
+                    log.warning("remote workers: cannot report the connected workers (%s)", error)
+            await first_of(asyncio.sleep(REPORT_CHANGES_EVERY), stopping.wait())
+        # Stopping: this replica's streams end with it.
+        with contextlib.suppress(StorageUnavailable):
+            await self._registry.forget(self._replica)
 
 
 def _deadline(execution: Execution, job: Job) -> datetime | None:

@@ -4,7 +4,10 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import re
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,9 +15,10 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from cronwire.v1 import execution_pb2, execution_service_pb2, job_service_pb2, worker_pb2
+from cronwire.v1 import cluster_service_pb2, execution_pb2, execution_service_pb2, job_service_pb2, worker_pb2
+from cronwire.v1.cluster_service_pb2_grpc import ClusterServiceStub
 from tests.support import wait_for
-from tests.system.helpers import QUEUED, RUNNING, Replicas, describe, execution_in
+from tests.system.helpers import QUEUED, RUNNING, Api, Replicas, describe, execution_in
 from tests.system.remote_helpers import RawWorker, WorkerProcesses
 
 SUCCEEDED = execution_pb2.EXECUTION_STATE_SUCCEEDED
@@ -30,6 +34,14 @@ def workers(tmp_path: Path) -> Iterator[WorkerProcesses]:
     started = WorkerProcesses(tmp_path / "workers")
     yield started
     started.close()
+
+
+class ClusterApi(Api):
+    """`Api` with the cluster service too."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.cluster = ClusterServiceStub(self.channel)
 
 
 def result_of(execution: execution_pb2.Execution) -> object:
@@ -74,7 +86,7 @@ def test_the_local_pool_never_runs_remote_work_and_queues_route(
     workers: WorkerProcesses,
 ) -> None:
     server = replicas.start(fresh_database_url(backend))
-    api = replicas.api(server)
+    api = ClusterApi(server.target)
     billing = api.create_job("billing", "remote", parameters={"queue": "billing", "task": "echo"})
     reports = api.create_job("reports", "remote", parameters={"queue": "reports", "task": "echo"})
     local = api.create_job("local", "noop")
@@ -87,6 +99,23 @@ def test_the_local_pool_never_runs_remote_work_and_queues_route(
 
     workers.start(server.target, queues="billing", identity="billing-worker")
     workers.start(server.target, queues="reports", identity="reports-worker")
+
+    # The cluster status lists them, per queue, with their free slots.
+    def connected() -> dict[str, tuple[list[str], int]] | None:
+        status = api.cluster.GetClusterStatus(cluster_service_pb2.GetClusterStatusRequest(), timeout=10)
+        found = {w.identity: (list(w.queues), w.free_slots) for w in status.workers}
+        return found if len(found) == 2 else None
+
+    listed = wait_for(connected, 30, "the workers in the cluster status")
+    assert listed == {"billing-worker": (["billing"], 2), "reports-worker": (["reports"], 2)}
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "cronwire"), "status", "--server", server.target],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "remote workers: 2 connected" in shown.stdout, shown.stdout + shown.stderr
+    assert re.search(r"billing\s+billing-worker\s+2\s+0", shown.stdout), shown.stdout
     for job, identity in ((billing, "billing-worker"), (reports, "reports-worker")):
         runs = [api.run_job(job.name) for _ in range(3)]
         for run in runs:
@@ -94,6 +123,7 @@ def test_the_local_pool_never_runs_remote_work_and_queues_route(
             assert done.worker.startswith(f"{identity} lease:"), describe([done])
     done = wait_for(execution_in(api, waiting.name, SUCCEEDED), 30, "the run that waited")
     assert done.worker.startswith("billing-worker lease:")
+    api.close()
 
 
 @pytest.mark.postgres

@@ -27,6 +27,7 @@ EXPORTED = [
     "ClusterStatus",
     "CompletionCallback",
     "Conflict",
+    "ConnectedWorker",
     "CreatedKey",
     "CronTrigger",
     "CronwireError",

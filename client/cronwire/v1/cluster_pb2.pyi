@@ -192,3 +192,67 @@ class SchedulingLag(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SchedulingLag: _TypeAlias = SchedulingLag  # noqa: Y015
+
+@_typing.final
+class ConnectedWorker(_message.Message):
+    """A remote worker with a WorkerService stream open to a replica."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    QUEUES_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    FREE_SLOTS_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    CONNECT_TIME_FIELD_NUMBER: _builtins.int
+    REPORT_TIME_FIELD_NUMBER: _builtins.int
+    identity: _builtins.str
+    """Output only. The identity the worker announced, e.g. `billing-7f9c:4242`."""
+    free_slots: _builtins.int
+    """Output only. How many more executions it can take now."""
+    running: _builtins.int
+    """Output only. How many executions it is running."""
+    replica: _builtins.str
+    """Output only. The replica whose stream it holds (`Replica.id`)."""
+    agent: _builtins.str
+    """Output only. What it runs, as it said, e.g. `cronwire-python/0.1.0`."""
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. The queues it takes work from."""
+
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. The namespaces it takes work from; empty means every
+        namespace.
+        """
+
+    @_builtins.property
+    def connect_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When its stream opened."""
+
+    @_builtins.property
+    def report_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When its replica last reported it, by the database's clock."""
+
+    def __init__(
+        self,
+        *,
+        identity: _builtins.str = ...,
+        queues: _abc.Iterable[_builtins.str] | None = ...,
+        namespaces: _abc.Iterable[_builtins.str] | None = ...,
+        free_slots: _builtins.int = ...,
+        running: _builtins.int = ...,
+        replica: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        connect_time: _timestamp_pb2.Timestamp | None = ...,
+        report_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "report_time", b"report_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "connect_time", b"connect_time", "free_slots", b"free_slots", "identity", b"identity", "namespaces", b"namespaces", "queues", b"queues", "replica", b"replica", "report_time", b"report_time", "running", b"running"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectedWorker: _TypeAlias = ConnectedWorker  # noqa: Y015

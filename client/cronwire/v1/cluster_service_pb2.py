@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from cronwire.v1 import cluster_pb2 as cronwire_dot_v1_dot_cluster__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!cronwire/v1/cluster_service.proto\x12\x0b\x63ronwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x63ronwire/v1/cluster.proto\">\n\x15ListNamespacesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x16ListNamespacesResponse\x12*\n\nnamespaces\x18\x01 \x03(\x0b\x32\x16.cronwire.v1.Namespace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tjob_count\x18\x02 \x01(\x03\x12\x16\n\x0eschedule_count\x18\x03 \x01(\x03\"H\n\x17GetClusterStatusRequest\x12-\n\nlag_window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb3\x02\n\x18GetClusterStatusResponse\x12&\n\x08replicas\x18\x01 \x03(\x0b\x32\x14.cronwire.v1.Replica\x12\x19\n\x11queued_executions\x18\x02 \x01(\x03\x12=\n\x17oldest_queued_execution\x18\x03 \x01(\x0b\x32\x1c.cronwire.v1.QueuedExecution\x12\x1a\n\x12running_executions\x18\x04 \x01(\x03\x12\x32\n\x0escheduling_lag\x18\x05 \x01(\x0b\x32\x1a.cronwire.v1.SchedulingLag\x12\x16\n\x0eserver_version\x18\x06 \x01(\t\x12-\n\tread_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xcc\x01\n\x0e\x43lusterService\x12_\n\x10GetClusterStatus\x12$.cronwire.v1.GetClusterStatusRequest\x1a%.cronwire.v1.GetClusterStatusResponse\x12Y\n\x0eListNamespaces\x12\".cronwire.v1.ListNamespacesRequest\x1a#.cronwire.v1.ListNamespacesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!cronwire/v1/cluster_service.proto\x12\x0b\x63ronwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x63ronwire/v1/cluster.proto\">\n\x15ListNamespacesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x16ListNamespacesResponse\x12*\n\nnamespaces\x18\x01 \x03(\x0b\x32\x16.cronwire.v1.Namespace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tjob_count\x18\x02 \x01(\x03\x12\x16\n\x0eschedule_count\x18\x03 \x01(\x03\"H\n\x17GetClusterStatusRequest\x12-\n\nlag_window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe2\x02\n\x18GetClusterStatusResponse\x12&\n\x08replicas\x18\x01 \x03(\x0b\x32\x14.cronwire.v1.Replica\x12\x19\n\x11queued_executions\x18\x02 \x01(\x03\x12=\n\x17oldest_queued_execution\x18\x03 \x01(\x0b\x32\x1c.cronwire.v1.QueuedExecution\x12\x1a\n\x12running_executions\x18\x04 \x01(\x03\x12\x32\n\x0escheduling_lag\x18\x05 \x01(\x0b\x32\x1a.cronwire.v1.SchedulingLag\x12\x16\n\x0eserver_version\x18\x06 \x01(\t\x12-\n\tread_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x07workers\x18\x08 \x03(\x0b\x32\x1c.cronwire.v1.ConnectedWorker2\xcc\x01\n\x0e\x43lusterService\x12_\n\x10GetClusterStatus\x12$.cronwire.v1.GetClusterStatusRequest\x1a%.cronwire.v1.GetClusterStatusResponse\x12Y\n\x0eListNamespaces\x12\".cronwire.v1.ListNamespacesRequest\x1a#.cronwire.v1.ListNamespacesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +43,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=371
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=443
   _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=446
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=753
-  _globals['_CLUSTERSERVICE']._serialized_start=756
-  _globals['_CLUSTERSERVICE']._serialized_end=960
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=800
+  _globals['_CLUSTERSERVICE']._serialized_start=803
+  _globals['_CLUSTERSERVICE']._serialized_end=1007
 # @@protoc_insertion_point(module_scope)

@@ -145,6 +145,7 @@ class GetClusterStatusResponse(_message.Message):
     SCHEDULING_LAG_FIELD_NUMBER: _builtins.int
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
     READ_TIME_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
     queued_executions: _builtins.int
     """Executions QUEUED (due now, or waiting for a retry's backoff or a
     concurrency limit).
@@ -169,6 +170,13 @@ class GetClusterStatusResponse(_message.Message):
     def read_time(self) -> _timestamp_pb2.Timestamp:
         """The database's clock when the status was read."""
 
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[_cluster_pb2.ConnectedWorker]:
+        """The remote workers connected to any replica (WorkerService), by queue
+        then identity; only those whose namespaces the caller's key sees (a worker
+        of every namespace is seen by every key).
+        """
+
     def __init__(
         self,
         *,
@@ -179,10 +187,11 @@ class GetClusterStatusResponse(_message.Message):
         scheduling_lag: _cluster_pb2.SchedulingLag | None = ...,
         server_version: _builtins.str = ...,
         read_time: _timestamp_pb2.Timestamp | None = ...,
+        workers: _abc.Iterable[_cluster_pb2.ConnectedWorker] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_queued_execution", b"oldest_queued_execution", "read_time", b"read_time", "scheduling_lag", b"scheduling_lag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["oldest_queued_execution", b"oldest_queued_execution", "queued_executions", b"queued_executions", "read_time", b"read_time", "replicas", b"replicas", "running_executions", b"running_executions", "scheduling_lag", b"scheduling_lag", "server_version", b"server_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["oldest_queued_execution", b"oldest_queued_execution", "queued_executions", b"queued_executions", "read_time", b"read_time", "replicas", b"replicas", "running_executions", b"running_executions", "scheduling_lag", b"scheduling_lag", "server_version", b"server_version", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -19,6 +19,7 @@ from cronwire_server.core.errors import InvalidArgument
 from cronwire_server.core.model import ClusterStatus, LagPercentiles, Replica
 from cronwire_server.core.names import format_name, parent_name
 from cronwire_server.storage import Store
+from cronwire_server.storage.sql_remote_registry import ConnectedWorker, RemoteRegistry
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -83,16 +84,36 @@ def status_to_pb(status: ClusterStatus, window: timedelta) -> pb.GetClusterStatu
     return response
 
 
+def worker_to_pb(worker: ConnectedWorker) -> cluster_pb2.ConnectedWorker:
+    message = cluster_pb2.ConnectedWorker(
+        identity=worker.identity,
+        queues=list(worker.queues),
+        namespaces=list(worker.namespaces or ()),
+        free_slots=worker.free_slots,
+        running=worker.running,
+        replica=worker.replica,
+        agent=worker.agent,
+    )
+    set_time(message.connect_time, worker.connect_time)
+    set_time(message.report_time, worker.report_time)
+    return message
+
+
 class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, workers: RemoteRegistry | None = None) -> None:
         self._store = store
+        self._workers = workers
 
     @unary
     async def GetClusterStatus(
         self, request: pb.GetClusterStatusRequest, context: Context
     ) -> pb.GetClusterStatusResponse:
         window = lag_window(request)
-        return status_to_pb(await self._store.cluster_status(window), window)
+        response = status_to_pb(await self._store.cluster_status(window), window)
+        if self._workers is not None:
+            connected = await self._workers.connected(principal.visible_namespaces())
+            response.workers.extend(worker_to_pb(w) for w in connected)
+        return response
 
     @unary
     async def ListNamespaces(

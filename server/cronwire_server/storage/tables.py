@@ -339,3 +339,22 @@ replicas = sa.Table(
     sa.Column("loops_down", sa.String(), nullable=False, server_default=""),
     sa.Index("ix_replicas_heartbeat_at", "heartbeat_at"),
 )
+
+
+# The remote workers with a WorkerService stream open, one row per stream, kept by the replica
+# holding it (`storage.sql_remote_registry`), for the cluster status.
+remote_workers = sa.Table(
+    "remote_workers",
+    metadata,
+    sa.Column("session", Ident, primary_key=True),
+    sa.Column("replica", sa.String(), nullable=False),
+    sa.Column("identity", sa.String(), nullable=False),
+    sa.Column("queues", Json, nullable=False),
+    sa.Column("namespaces", Json, nullable=True),  # NULL: every namespace
+    sa.Column("free_slots", sa.Integer(), nullable=False),
+    sa.Column("running", sa.Integer(), nullable=False),
+    sa.Column("agent", sa.String(), nullable=False),
+    sa.Column("connect_time", UtcDateTime(), nullable=False),
+    sa.Column("report_time", UtcDateTime(), nullable=False),
+    sa.Index("ix_remote_workers_report_time", "report_time"),
+)
