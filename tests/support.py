@@ -91,7 +91,10 @@ def start_server(
 ) -> ServerProcess:
     """Start `python -m cronwire_server` on a free port and wait until it reports its port.
 
-    `env` adds to (or overrides) the environment the server inherits from the tests."""
+    `env` adds to (or overrides) the environment the server inherits from the tests. The HTTP
+    listener is off unless `extra` asks for it: its default port would be shared by every test."""
+    if not any(flag.startswith(("--http-address", "--metrics-address")) for flag in extra):
+        extra = ("--http-address=", *extra)
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / f"port-{time.monotonic_ns()}"
     log_path = workdir / f"server-{time.monotonic_ns()}.log"

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.pool import Pool
 
 from cronwire.v1 import (
     calendar_service_pb2,
@@ -61,7 +62,7 @@ from cronwire_server.executors.runners import Runners
 from cronwire_server.health import ReplicaHealth
 from cronwire_server.jobs import JobManager
 from cronwire_server.limits import DocumentSizes, Limits, StreamCaps
-from cronwire_server.metrics_endpoint import MetricsEndpoint, serve_metrics
+from cronwire_server.metrics_endpoint import attach_metrics
 from cronwire_server.remote_workers import RemoteWorkers
 from cronwire_server.replicas import ReplicaHeartbeat, this_replica
 from cronwire_server.retention import ExecutionPruner
@@ -73,6 +74,15 @@ from cronwire_server.storage.sql_remote_registry import RemoteRegistry
 from cronwire_server.storage.sql_store import open_store
 from cronwire_server.supervisor import MAIN, Supervisor
 from cronwire_server.tls import TlsError, TlsFiles, server_credentials
+from cronwire_server.web.auth import web_auth
+from cronwire_server.web.listener import HttpListener, HttpUnavailable, serve_http
+from cronwire_server.web.pages import (
+    STREAM_BUFFER_BATCHES,
+    STREAM_BUFFER_BYTES,
+    STREAM_HEARTBEAT_SECONDS,
+    Dashboard,
+)
+from cronwire_server.web.views import Readers
 from cronwire_server.workers import WorkerPool, worker_identity
 
 log = logging.getLogger("cronwire_server")
@@ -109,7 +119,8 @@ class RunningServer:
     supervisor: Supervisor
     stopping: asyncio.Event
     workers: WorkerPool | None = None
-    metrics: MetricsEndpoint | None = None
+    # The dashboard, /metrics, /healthz and /readyz (--http-address).
+    http: HttpListener | None = None
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING first, so balancers drain us; stop claiming; let calls and running
@@ -124,8 +135,8 @@ class RunningServer:
         await asyncio.gather(self.server.stop(grace), drained)
         # What running executions needed while draining (lease heartbeats, the finisher).
         await self.supervisor.stop(within=0)
-        if self.metrics:
-            await self.metrics.close()
+        if self.http:
+            await self.http.close()
         try:
             async with asyncio.timeout(CLOSE_STORE_WITHIN):
                 await self.store.close()
@@ -147,7 +158,7 @@ async def create_server(settings: Settings) -> RunningServer:
         check_job_user(settings, job_user)
     store = await open_store(settings.database_url)
     interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
-    if settings.metrics_address:
+    if http_address(settings):
         # First, so that calls a later interceptor refuses are counted with their code.
         interceptors.append(RpcMetricsInterceptor())
     keys = KeyStore(store.engine)
@@ -175,6 +186,8 @@ async def create_server(settings: Settings) -> RunningServer:
     store.supervise_listener(supervisor)
     supervisor.start("sequencer", lambda: Sequencer(store).run(stopping))
     supervisor.start("clock-check", lambda: ClockCheck(store).run(stopping))
+    readers: Readers | None = None
+    hub: EventHub | None = None
     if "api" in settings.roles:
         executions = ExecutionManager(store)
         jobs = JobManager(
@@ -185,10 +198,9 @@ async def create_server(settings: Settings) -> RunningServer:
             max_fan_out=limits.max_fan_out,
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(jobs, executions), server)
-        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
-            ScheduleService(ScheduleManager(store, max_per_namespace=limits.max_schedules_per_namespace)),
-            server,
-        )
+        schedules = ScheduleManager(store, max_per_namespace=limits.max_schedules_per_namespace)
+        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleService(schedules), server)
+        readers = Readers(store, jobs, schedules, executions)
         calendar_service_pb2_grpc.add_CalendarServiceServicer_to_server(
             CalendarService(CalendarManager(store)), server
         )
@@ -240,8 +252,21 @@ async def create_server(settings: Settings) -> RunningServer:
     replica_health = ReplicaHealth(settings.database_url, health, ("", *SERVICE_NAMES), supervisor.down)
     supervisor.start("health", lambda: replica_health.run(stopping))
     running = RunningServer(server, port, health, store, supervisor, stopping)
-    if settings.metrics_address:
-        running.metrics = serve_metrics(settings.metrics_address, store, store.engine.sync_engine.pool)
+    if http_address(settings):
+        try:
+            running.http = await _serve_http(
+                settings,
+                running,
+                replica_health,
+                keys,
+                readers,
+                hub,
+                store.engine.sync_engine.pool,
+                grpc_auth=auth is not None,
+            )
+        except (AuthRefused, HttpUnavailable) as exc:
+            await running.stop(0)
+            raise SystemExit(f"cronwire-server: {exc}") from exc
     # In the registry before anyone is told the server is up.
     replica = this_replica(identity, settings.roles, settings.replica_heartbeat_seconds, await store.now())
     heartbeat = ReplicaHeartbeat(store, replica, loops_down=supervisor.down)
@@ -249,6 +274,51 @@ async def create_server(settings: Settings) -> RunningServer:
     supervisor.start("replica-heartbeat", lambda: heartbeat.run(stopping))
     _start_scheduler(running, settings, identity)
     return running
+
+
+def http_address(settings: Settings) -> str:
+    """Where the HTTP listener serves ("" when off); --metrics-address is its older name."""
+    return settings.http_address or settings.metrics_address
+
+
+async def _serve_http(
+    settings: Settings,
+    running: RunningServer,
+    replica_health: ReplicaHealth,
+    keys: KeyStore,
+    readers: Readers | None,
+    hub: EventHub | None,
+    pool: Pool,
+    *,
+    grpc_auth: bool,
+) -> HttpListener | None:
+    """The HTTP listener: the dashboard (with the api role), /metrics, /healthz and /readyz.
+    None when the default address is taken: the server runs on without it."""
+    address = http_address(settings)
+    dashboard = None
+    if readers is not None and hub is not None:
+        auth = await web_auth(
+            settings, address, keys, await keys.shared_secret("dashboard"), grpc_auth=grpc_auth
+        )
+        events = EventManager(
+            running.store,
+            hub,
+            heartbeat=STREAM_HEARTBEAT_SECONDS,
+            buffer=STREAM_BUFFER_BATCHES,
+            buffer_bytes=STREAM_BUFFER_BYTES,
+        )
+        dashboard = Dashboard(readers, events, auth)
+    metrics = attach_metrics(running.store, pool)
+    try:
+        return await serve_http(
+            address, tls_files(settings), running.health, lambda: replica_health.problem, metrics, dashboard
+        )
+    except HttpUnavailable as exc:
+        metrics.close()
+        if not settings.http_address_defaulted:
+            raise
+        log.warning("%s: the dashboard is off (choose another port with --http-address)", exc)
+        return None
 
 
 def job_user_of(settings: Settings) -> JobUser:
@@ -341,11 +411,13 @@ async def serve(settings: Settings) -> None:
     log.info("cronwire-server %s listening on %s:%d (%s)", __version__, host, running.port, transport)
     if settings.port_file:
         _write_port_file(settings.port_file, running.port)
-    if running.metrics:
-        metrics_host = settings.metrics_address.rsplit(":", 1)[0]
-        log.info("metrics at http://%s:%d/metrics", metrics_host, running.metrics.port)
-        if settings.metrics_port_file:
-            _write_port_file(settings.metrics_port_file, running.metrics.port)
+    if running.http:
+        http_host = http_address(settings).rsplit(":", 1)[0]
+        scheme = "https" if files.enabled else "http"
+        log.info("dashboard at %s://%s:%d/ (metrics at /metrics)", scheme, http_host, running.http.port)
+        port_file = settings.http_port_file or settings.metrics_port_file
+        if port_file:
+            _write_port_file(port_file, running.http.port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -18,6 +18,8 @@ from cronwire_server.logs import FORMATS as LOG_FORMATS
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///cronwire.db"
+# The dashboard, /metrics, /healthz and /readyz, served by default when gRPC listens on loopback.
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 ROLES = ("api", "dispatcher", "worker")
 # The standard services a caller may reach without an API key, unless configured otherwise.
 AUTH_EXEMPTABLE = (
@@ -116,9 +118,16 @@ class Settings:
     watch_heartbeat_seconds: float = 15.0
     watch_buffer: int = 256
     event_loop: str = "auto"
-    # Prometheus metrics over HTTP at HOST:PORT/metrics; empty: not served.
+    # The HTTP listener (dashboard, /metrics, /healthz, /readyz) at HOST:PORT; empty: not served.
+    # The command line's default (see `resolve_http_address`) serves it on loopback.
+    http_address: str = ""
+    # Where to write the HTTP port once serving (useful with port 0).
+    http_port_file: str = ""
+    # Whether `http_address` is the default rather than asked for: then a port already taken
+    # leaves the server running without the listener, and says so.
+    http_address_defaulted: bool = False
+    # Older names of http_address and http_port_file (`--metrics-address`), kept as aliases.
     metrics_address: str = ""
-    # Where to write the metrics port once serving (useful with port 0).
     metrics_port_file: str = ""
     # "text" for people, "json" (one object per line) for log collectors.
     log_format: str = "text"
@@ -312,21 +321,32 @@ def add_server_flags(parser: argparse.ArgumentParser, env: Mapping[str, str] = o
     )
     _flag(parser, env, "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
     add_log_format_flag(parser, env)
+    _optional_flag(
+        parser,
+        env,
+        "--http-address",
+        convert=parse_metrics_address,
+        metavar="HOST:PORT",
+        help="serve the dashboard, /metrics, /healthz and /readyz over HTTP (HTTPS with --tls-cert) "
+        f"at HOST:PORT; port 0 picks a free one; empty turns it off; default {DEFAULT_HTTP_ADDRESS} "
+        "when --listen is on loopback, else off",
+    )
     _flag(
+        parser,
+        env,
+        "--http-port-file",
+        metavar="PATH",
+        help="write the bound HTTP port to this file once serving",
+    )
+    _optional_flag(
         parser,
         env,
         "--metrics-address",
         convert=parse_metrics_address,
         metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics; off when empty; port 0 picks a free one",
+        help="the older name of --http-address",
     )
-    _flag(
-        parser,
-        env,
-        "--metrics-port-file",
-        metavar="PATH",
-        help="write the bound metrics port to this file once serving",
-    )
+    _flag(parser, env, "--metrics-port-file", metavar="PATH", help="the older name of --http-port-file")
     add_tls_flags(parser, env)
     add_auth_flags(parser, env)
     add_limit_flags(parser, env)
@@ -377,6 +397,28 @@ def parse_python_path_allow(value: str) -> tuple[str, ...]:
                 f"{package!r} is not a module name (letters, digits, _ and dots)"
             )
     return packages
+
+
+def _optional_flag(
+    parser: argparse.ArgumentParser,
+    env: Mapping[str, str],
+    flag: str,
+    *,
+    help: str,
+    convert: Callable[[str], Any] = str,
+    **extra: Any,
+) -> None:
+    """`--some-flag`, else its CRONWIRE_SOME_FLAG variable, else None: not given (the setting's
+    default then depends on other settings)."""
+    variable = "CRONWIRE_" + flag.removeprefix("--").replace("-", "_").upper()
+    raw = env.get(variable)
+    parser.add_argument(
+        flag,
+        type=convert,
+        default=convert(raw) if raw is not None else None,
+        help=f"{help} ({variable})",
+        **extra,
+    )
 
 
 def _switch(parser: argparse.ArgumentParser, env: Mapping[str, str], flag: str, *, help: str) -> None:
@@ -557,7 +599,45 @@ def add_database_flag(parser: argparse.ArgumentParser, env: Mapping[str, str] = 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     # `migrate` has only some of the flags: the rest keep their defaults.
-    return Settings(**{f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)})
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
+    if hasattr(args, "http_address"):
+        given.update(resolve_http_address(args))
+    return Settings(**given)
+
+
+def resolve_http_address(args: argparse.Namespace) -> dict[str, Any]:
+    """The HTTP listener's address and port file from --http-address or its older name
+    --metrics-address (SystemExit when both are given and differ); when neither is,
+    DEFAULT_HTTP_ADDRESS if gRPC listens on loopback, else off."""
+    address, older = args.http_address, args.metrics_address
+    if address is not None and older is not None and address != older:
+        raise SystemExit(
+            "cronwire-server: --metrics-address is the older name of --http-address: give one of them"
+        )
+    chosen = address if address is not None else older
+    defaulted = chosen is None
+    if chosen is None:
+        chosen = DEFAULT_HTTP_ADDRESS if is_loopback_address(args.listen) else ""
+    port_file = args.http_port_file or args.metrics_port_file
+    return {
+        "http_address": chosen,
+        "http_address_defaulted": defaulted,
+        "metrics_address": chosen,
+        "http_port_file": port_file,
+        "metrics_port_file": port_file,
+    }
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether HOST:PORT only accepts connections from this machine (names other than
+    localhost count as reachable from elsewhere)."""
+    host = address.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def http_policy(settings: Settings) -> HttpPolicy:

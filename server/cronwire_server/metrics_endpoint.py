@@ -1,5 +1,6 @@
-"""The /metrics HTTP endpoint and what it reads at scrape time: the queue (from the database),
-the connection pools and the statements sent. The metrics themselves are defined in metrics.py."""
+"""What /metrics (served by the HTTP listener, see web/) reads at scrape time: the queue (from the
+database), the connection pools and the statements sent. The metrics themselves are defined in
+metrics.py."""
 
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from sqlalchemy.pool import Pool
 
-from cronwire_server.config import host_and_port
 from cronwire_server.storage import Store
 from cronwire_server.storage.sql_store import SQL_SENT
 
@@ -167,33 +167,31 @@ REGISTRY.register(_SqlCollector())
 
 
 @dataclass
-class MetricsEndpoint:
-    """The HTTP server that exposes /metrics, and what it reads at scrape time."""
+class MetricsSource:
+    """A store (and its connection pool) read by the collectors while it is attached."""
 
-    port: int
-    _http: WSGIServer
-    _thread: threading.Thread
     _store: Store
     _pool: Pool | None
 
-    async def close(self) -> None:
+    def close(self) -> None:
         _QUEUE.remove(self._store)
         if self._pool is not None:
             _POOLS.remove(self._pool)
-        self._http.shutdown()
-        self._http.server_close()
-        await asyncio.to_thread(self._thread.join, 5.0)
 
 
-def serve_metrics(address: str, store: Store, pool: Pool | None) -> MetricsEndpoint:
-    """Serve the metrics at http://ADDRESS/metrics (port 0: a free one, see `.port`).
+def attach_metrics(store: Store, pool: Pool | None) -> MetricsSource:
+    """Read the queue from `store` and the use of `pool` at scrape time, until closed.
     Call it on the event loop that `store` runs on."""
-    host, port = host_and_port(address)
-    try:
-        http, thread = start_http_server(port, addr=host)
-    except OSError as error:
-        raise SystemExit(f"cannot serve metrics on {address}: {error}") from error
     _QUEUE.add(store, asyncio.get_running_loop())
     if pool is not None:
         _POOLS.add(pool)
-    return MetricsEndpoint(http.server_port, http, thread, store, pool)
+    return MetricsSource(store, pool)
+
+
+async def render_metrics(accept: str) -> tuple[bytes, str]:
+    """Every metric in the format `accept` asks for (text by default), and its content type.
+
+    Collected in a thread: the queue collector waits there for its read on the store's loop."""
+    encoder, content_type = choose_encoder(accept)
+    body = await asyncio.to_thread(encoder, REGISTRY)
+    return body, content_type

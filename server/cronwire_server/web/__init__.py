@@ -1,0 +1,1 @@
+"""The HTTP listener: dashboard, /metrics, /healthz and /readyz (see listener.py)."""

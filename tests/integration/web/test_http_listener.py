@@ -1,0 +1,107 @@
+"""The HTTP listener (--http-address): /healthz, /readyz and /metrics beside the dashboard, on
+the gRPC server's process, and where it listens by default."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cronwire import Client
+from cronwire_server.config import add_server_flags, settings_from_args
+from tests.integration.web.helpers import WebServer, start_web_server
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[WebServer]:
+    server = start_web_server(f"sqlite:///{tmp_path / 'cronwire.db'}", tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def settings_of(*argv: str, env: dict[str, str] | None = None) -> tuple[str, bool]:
+    parser = argparse.ArgumentParser()
+    add_server_flags(parser, env or {})
+    settings = settings_from_args(parser.parse_args(list(argv)))
+    return settings.http_address, settings.http_address_defaulted
+
+
+def test_health_and_readiness_are_http_views_of_grpc_health(web: WebServer) -> None:
+    healthz = httpx.get(f"{web.url}/healthz", timeout=5.0)
+    readyz = httpx.get(f"{web.url}/readyz", timeout=5.0)
+    assert (healthz.status_code, healthz.text) == (200, "SERVING\n")
+    assert (readyz.status_code, readyz.text) == (200, "SERVING\n")
+
+
+def test_metrics_are_served_on_the_http_listener(web: WebServer) -> None:
+    with Client(web.target, namespace="web") as client:
+        client.create_job("hello", executor="shell", parameters={"argv": ["true"]})
+        client.get_job("hello")
+    metrics = httpx.get(f"{web.url}/metrics", timeout=10.0)
+    assert metrics.status_code == 200
+    assert "cronwire_queue_depth" in metrics.text
+    # RPCs are counted once the listener serves metrics.
+    assert 'grpc_method="GetJob"' in metrics.text
+
+
+def test_every_response_carries_the_security_headers(web: WebServer) -> None:
+    for path in ("/", "/healthz", "/static/app.js", "/no-such-page"):
+        response = httpx.get(f"{web.url}{path}", timeout=5.0)
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self'" in policy, path
+        assert "unsafe-inline" not in policy, path
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_a_loopback_listener_answers_only_to_loopback_names(web: WebServer) -> None:
+    """A site whose name resolves to 127.0.0.1 (DNS rebinding) gets nothing."""
+    refused = httpx.get(f"{web.url}/", headers={"Host": "attacker.example"}, timeout=5.0)
+    assert refused.status_code == 421
+    assert httpx.get(f"http://localhost:{web.http_port}/healthz", timeout=5.0).status_code == 200
+
+
+def test_the_default_address_follows_the_grpc_listener() -> None:
+    assert settings_of() == ("127.0.0.1:8080", True)
+    assert settings_of("--listen", "127.0.0.1:6000") == ("127.0.0.1:8080", True)
+    assert settings_of("--listen", "0.0.0.0:50051") == ("", True)
+    assert settings_of("--listen", "0.0.0.0:50051", "--http-address", "0.0.0.0:8443") == (
+        "0.0.0.0:8443",
+        False,
+    )
+    assert settings_of("--http-address", "") == ("", False)
+    assert settings_of(env={"CRONWIRE_HTTP_ADDRESS": "127.0.0.1:9000"}) == ("127.0.0.1:9000", False)
+    # The older name is an alias.
+    assert settings_of("--metrics-address", "127.0.0.1:9464") == ("127.0.0.1:9464", False)
+    assert settings_of(env={"CRONWIRE_METRICS_ADDRESS": "127.0.0.1:9464"}) == ("127.0.0.1:9464", False)
+    with pytest.raises(SystemExit, match="older name"):
+        settings_of("--metrics-address", "127.0.0.1:1", "--http-address", "127.0.0.1:2")
+
+
+def test_an_address_asked_for_that_is_taken_stops_the_server(web: WebServer, tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cronwire_server",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'other.db'}",
+            "--http-address",
+            f"127.0.0.1:{web.http_port}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode != 0
+    assert f"cannot serve HTTP on 127.0.0.1:{web.http_port}" in finished.stderr
