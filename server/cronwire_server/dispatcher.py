@@ -148,8 +148,9 @@ class Dispatcher:
         now = await self._store.now()
         wait = (upcoming - now).total_seconds()
         ahead = self._ahead.total_seconds() if self._pool is not None else 0.0
-        # Wake `ahead` early to take the tick ahead; one already within reach that the last pass
-        # left (it could not start it itself) is dispatched when it is due.
+        # Wake half the look-ahead before the next tick: the pass takes it and the ticks of the
+        # next half look-ahead with it, each still well before its time. A tick within reach
+        # that the last pass left (the pool could not start it itself) is dispatched when due.
         if wait > ahead:
-            wait -= ahead
+            wait -= ahead / 2
         return max(0.0, min(MAX_SLEEP, wait))
