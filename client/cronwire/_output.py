@@ -128,7 +128,8 @@ def detail_cell(value: Any) -> str:
 
 
 def trigger_text(trigger: Trigger | None) -> str:
-    """A trigger for people: `cron 0 3 * * *`, `every 5m`, `at 2030-01-01T00:00:00Z`, `any of (...)`."""
+    """A trigger for people, on one line: `cron 0 3 * * *`, `every 5m`, `at 2030-01-01T00:00:00Z`,
+    `business day calendar=... day=-1`, `rrule DTSTART:...; RRULE:...`, `any of (...)`."""
     from cronwire._documents import trigger_document
 
     if trigger is None:
@@ -141,6 +142,10 @@ def trigger_text(trigger: Trigger | None) -> str:
             return f"{kind.replace('_', ' ')} ({inner})"
         if kind == "cron" and isinstance(body, dict):  # a DST policy other than the default
             return f"cron {body['expression']} (dst {body['dst_policy'].lower()})"
+        if kind == "rrule":  # its lines (DTSTART, RRULE, EXDATE, RDATE) on one line
+            return f"rrule {'; '.join(line.strip() for line in str(body).splitlines() if line.strip())}"
+        if isinstance(body, dict):  # business_day: {calendar: ..., day: -1, time_of_day: ...}
+            return f"{kind.replace('_', ' ')} " + " ".join(f"{k}={v}" for k, v in body.items())
         return f"{kind} {body}"
 
     return text(trigger_document(trigger))

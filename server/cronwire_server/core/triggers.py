@@ -311,7 +311,7 @@ def _check_trigger(spec: object, path: str, out: list[FieldViolation], shape: _S
             _check_trigger(child, f"{path}.{kind}.triggers[{i}]", out, shape, depth + 1)
     else:
         out.append(
-            FieldViolation(path, "required: one of cron, interval, date, business_day, any_of, all_of")
+            FieldViolation(path, "required: one of cron, interval, date, business_day, rrule, any_of, all_of")
         )
 
 
