@@ -240,6 +240,7 @@ def _render(
 ) -> web.Response:
     auth = dashboard.auth
     session = visitor.session if visitor else ""
+    values.setdefault("page", template.removesuffix(".html"))
     body = dashboard.env.get_template(template).render(
         fragment=request.headers.get(FRAGMENT_HEADER) == "1",
         csrf=auth.csrf_token(session) if session else "",
