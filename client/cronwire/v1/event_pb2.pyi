@@ -14,10 +14,10 @@ import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 10):
-    from typing import TypeAlias as _TypeAlias
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing_extensions import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -73,6 +73,10 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """
     EVENT_TYPE_CALENDAR_DELETED: _EventType.ValueType  # 20
     """A calendar was deleted."""
+    EVENT_TYPE_DEADLINE_MISSED: _EventType.ValueType  # 21
+    """A tick of a schedule missed one of its deadlines; `deadline_miss` says
+    which, and `resource` names the schedule.
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """The kinds of event."""
@@ -123,7 +127,39 @@ same transaction).
 """
 EVENT_TYPE_CALENDAR_DELETED: EventType.ValueType  # 20
 """A calendar was deleted."""
+EVENT_TYPE_DEADLINE_MISSED: EventType.ValueType  # 21
+"""A tick of a schedule missed one of its deadlines; `deadline_miss` says
+which, and `resource` names the schedule.
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
+
+class _DeadlineKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeadlineKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeadlineKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEADLINE_KIND_UNSPECIFIED: _DeadlineKind.ValueType  # 0
+    """Never used."""
+    DEADLINE_KIND_START_WITHIN: _DeadlineKind.ValueType  # 1
+    """`start_within`: the tick had not started in time (LATE)."""
+    DEADLINE_KIND_FINISH_BY: _DeadlineKind.ValueType  # 2
+    """`finish_by`: the tick had not ended in time (MISSED)."""
+    DEADLINE_KIND_MAX_DURATION: _DeadlineKind.ValueType  # 3
+    """`max_duration`: the execution ran too long (TOO_LONG)."""
+
+class DeadlineKind(_DeadlineKind, metaclass=_DeadlineKindEnumTypeWrapper):
+    """Which deadline of a schedule was missed."""
+
+DEADLINE_KIND_UNSPECIFIED: DeadlineKind.ValueType  # 0
+"""Never used."""
+DEADLINE_KIND_START_WITHIN: DeadlineKind.ValueType  # 1
+"""`start_within`: the tick had not started in time (LATE)."""
+DEADLINE_KIND_FINISH_BY: DeadlineKind.ValueType  # 2
+"""`finish_by`: the tick had not ended in time (MISSED)."""
+DEADLINE_KIND_MAX_DURATION: DeadlineKind.ValueType  # 3
+"""`max_duration`: the execution ran too long (TOO_LONG)."""
+Global___DeadlineKind: _TypeAlias = DeadlineKind  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
@@ -144,6 +180,7 @@ class Event(_message.Message):
     EXECUTION_FIELD_NUMBER: _builtins.int
     JOB_SNAPSHOT_FIELD_NUMBER: _builtins.int
     SCHEDULE_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    DEADLINE_MISS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Output only. The event's position in the history of the whole service:
     it only grows, with no two events sharing one.
@@ -179,6 +216,10 @@ class Event(_message.Message):
     def schedule_snapshot(self) -> _schedule_pb2.Schedule:
         """The schedule, for EVENT_TYPE_SCHEDULE_* events."""
 
+    @_builtins.property
+    def deadline_miss(self) -> Global___DeadlineMiss:
+        """Output only. For EVENT_TYPE_DEADLINE_MISSED: which deadline, of which tick."""
+
     def __init__(
         self,
         *,
@@ -193,13 +234,52 @@ class Event(_message.Message):
         execution: _execution_pb2.Execution | None = ...,
         job_snapshot: _job_pb2.Job | None = ...,
         schedule_snapshot: _schedule_pb2.Schedule | None = ...,
+        deadline_miss: Global___DeadlineMiss | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution", "job_snapshot", b"job_snapshot", "schedule_snapshot", b"schedule_snapshot", "snapshot", b"snapshot", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline_miss", b"deadline_miss", "execution", b"execution", "job_snapshot", b"job_snapshot", "schedule_snapshot", b"schedule_snapshot", "snapshot", b"snapshot", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "execution", b"execution", "job", b"job", "job_snapshot", b"job_snapshot", "namespace", b"namespace", "resource", b"resource", "schedule", b"schedule", "schedule_snapshot", b"schedule_snapshot", "sequence", b"sequence", "snapshot", b"snapshot", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "deadline_miss", b"deadline_miss", "execution", b"execution", "job", b"job", "job_snapshot", b"job_snapshot", "namespace", b"namespace", "resource", b"resource", "schedule", b"schedule", "schedule_snapshot", b"schedule_snapshot", "sequence", b"sequence", "snapshot", b"snapshot", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_snapshot: _TypeAlias = _typing.Literal["execution", "job_snapshot", "schedule_snapshot"]  # noqa: Y015
     _WhichOneofArgType_snapshot: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_snapshot) -> _WhichOneofReturnType_snapshot | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class DeadlineMiss(_message.Message):
+    """A missed deadline, on EVENT_TYPE_DEADLINE_MISSED events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SCHEDULED_TIME_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    EXECUTION_FIELD_NUMBER: _builtins.int
+    kind: Global___DeadlineKind.ValueType
+    """Output only. The deadline missed."""
+    execution: _builtins.str
+    """Output only. The tick's execution; empty when it was not yet dispatched."""
+    @_builtins.property
+    def scheduled_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. The tick's time."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the deadline passed."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___DeadlineKind.ValueType = ...,
+        scheduled_time: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        execution: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "scheduled_time", b"scheduled_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "execution", b"execution", "kind", b"kind", "scheduled_time", b"scheduled_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadlineMiss: _TypeAlias = DeadlineMiss  # noqa: Y015

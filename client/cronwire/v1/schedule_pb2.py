@@ -28,35 +28,39 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from cronwire.v1 import execution_pb2 as cronwire_dot_v1_dot_execution__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63ronwire/v1/schedule.proto\x12\x0b\x63ronwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1b\x63ronwire/v1/execution.proto\"\xf0\x05\n\x08Schedule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12%\n\x07trigger\x18\x04 \x01(\x0b\x32\x14.cronwire.v1.Trigger\x12\x11\n\ttime_zone\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06jitter\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0emisfire_policy\x18\t \x01(\x0e\x32\x1a.cronwire.v1.MisfirePolicy\x12\x31\n\x0e\x63\x61tchup_window\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0eoverlap_policy\x18\x0b \x01(\x0e\x32\x1a.cronwire.v1.OverlapPolicy\x12\x0e\n\x06paused\x18\x0c \x01(\x08\x12*\n\targuments\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x0enext_fire_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x11 \x01(\t\x12\x14\n\x0cpause_reason\x18\x12 \x01(\t\x12*\n\x05stats\x18\x13 \x01(\x0b\x32\x1b.cronwire.v1.ExecutionStats\x12\x19\n\x11\x65xclude_calendars\x18\x14 \x03(\t\x12\x19\n\x11only_on_calendars\x18\x15 \x03(\t\"\xd4\x02\n\x07Trigger\x12(\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x18.cronwire.v1.CronTriggerH\x00\x12\x30\n\x08interval\x18\x02 \x01(\x0b\x32\x1c.cronwire.v1.IntervalTriggerH\x00\x12(\n\x04\x64\x61te\x18\x03 \x01(\x0b\x32\x18.cronwire.v1.DateTriggerH\x00\x12*\n\x06\x61ny_of\x18\x04 \x01(\x0b\x32\x18.cronwire.v1.TriggerListH\x00\x12*\n\x06\x61ll_of\x18\x05 \x01(\x0b\x32\x18.cronwire.v1.TriggerListH\x00\x12\x37\n\x0c\x62usiness_day\x18\x06 \x01(\x0b\x32\x1f.cronwire.v1.BusinessDayTriggerH\x00\x12*\n\x05rrule\x18\x07 \x01(\x0b\x32\x19.cronwire.v1.RRuleTriggerH\x00\x42\x06\n\x04kind\"\x1c\n\x0cRRuleTrigger\x12\x0c\n\x04rule\x18\x01 \x01(\t\"m\n\x12\x42usinessDayTrigger\x12\x10\n\x08\x63\x61lendar\x18\x01 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x02 \x01(\x05\x12\x13\n\x0btime_of_day\x18\x03 \x01(\t\x12\x10\n\x08\x66rom_day\x18\x04 \x01(\x05\x12\x11\n\tfrom_date\x18\x05 \x01(\t\"M\n\x0b\x43ronTrigger\x12\x12\n\nexpression\x18\x01 \x01(\t\x12*\n\ndst_policy\x18\x02 \x01(\x0e\x32\x16.cronwire.v1.DstPolicy\";\n\x0fIntervalTrigger\x12(\n\x05\x65very\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x0b\x44\x61teTrigger\x12,\n\x08run_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x0bTriggerList\x12&\n\x08triggers\x18\x01 \x03(\x0b\x32\x14.cronwire.v1.Trigger\"\xb7\x01\n\x08\x46ireTime\x12-\n\tfire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlocal_time\x18\x02 \x01(\t\x12\x12\n\nin_dst_gap\x18\x03 \x01(\x08\x12\x13\n\x0bin_dst_fold\x18\x04 \x01(\x08\x12\x10\n\x08\x65xcluded\x18\x05 \x01(\x08\x12\x13\n\x0b\x65xcluded_by\x18\x06 \x01(\t\x12\x18\n\x10\x65xclusion_reason\x18\x07 \x01(\t*S\n\tDstPolicy\x12\x1a\n\x16\x44ST_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44ST_POLICY_DEBIAN\x10\x01\x12\x13\n\x0f\x44ST_POLICY_SKIP\x10\x02*\x81\x01\n\rMisfirePolicy\x12\x1e\n\x1aMISFIRE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13MISFIRE_POLICY_SKIP\x10\x01\x12\x1b\n\x17MISFIRE_POLICY_RUN_ONCE\x10\x02\x12\x1a\n\x16MISFIRE_POLICY_RUN_ALL\x10\x03*\xa7\x01\n\rOverlapPolicy\x12\x1e\n\x1aOVERLAP_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13OVERLAP_POLICY_SKIP\x10\x01\x12\x1c\n\x18OVERLAP_POLICY_QUEUE_ONE\x10\x02\x12\x1c\n\x18OVERLAP_POLICY_ALLOW_ALL\x10\x03\x12!\n\x1dOVERLAP_POLICY_CANCEL_RUNNING\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63ronwire/v1/schedule.proto\x12\x0b\x63ronwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1b\x63ronwire/v1/execution.proto\"\xa3\x06\n\x08Schedule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12%\n\x07trigger\x18\x04 \x01(\x0b\x32\x14.cronwire.v1.Trigger\x12\x11\n\ttime_zone\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06jitter\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0emisfire_policy\x18\t \x01(\x0e\x32\x1a.cronwire.v1.MisfirePolicy\x12\x31\n\x0e\x63\x61tchup_window\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0eoverlap_policy\x18\x0b \x01(\x0e\x32\x1a.cronwire.v1.OverlapPolicy\x12\x0e\n\x06paused\x18\x0c \x01(\x08\x12*\n\targuments\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x0enext_fire_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x11 \x01(\t\x12\x14\n\x0cpause_reason\x18\x12 \x01(\t\x12*\n\x05stats\x18\x13 \x01(\x0b\x32\x1b.cronwire.v1.ExecutionStats\x12\x19\n\x11\x65xclude_calendars\x18\x14 \x03(\t\x12\x19\n\x11only_on_calendars\x18\x15 \x03(\t\x12\x31\n\tdeadlines\x18\x16 \x01(\x0b\x32\x1e.cronwire.v1.ScheduleDeadlines\"\x9f\x01\n\x11ScheduleDeadlines\x12/\n\x0cstart_within\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\tfinish_by\x18\x02 \x01(\x0b\x32\x15.cronwire.v1.FinishBy\x12/\n\x0cmax_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"]\n\x08\x46inishBy\x12\x14\n\nlocal_time\x18\x01 \x01(\tH\x00\x12/\n\nafter_tick\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x42\n\n\x08\x64\x65\x61\x64line\"\xd4\x02\n\x07Trigger\x12(\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x18.cronwire.v1.CronTriggerH\x00\x12\x30\n\x08interval\x18\x02 \x01(\x0b\x32\x1c.cronwire.v1.IntervalTriggerH\x00\x12(\n\x04\x64\x61te\x18\x03 \x01(\x0b\x32\x18.cronwire.v1.DateTriggerH\x00\x12*\n\x06\x61ny_of\x18\x04 \x01(\x0b\x32\x18.cronwire.v1.TriggerListH\x00\x12*\n\x06\x61ll_of\x18\x05 \x01(\x0b\x32\x18.cronwire.v1.TriggerListH\x00\x12\x37\n\x0c\x62usiness_day\x18\x06 \x01(\x0b\x32\x1f.cronwire.v1.BusinessDayTriggerH\x00\x12*\n\x05rrule\x18\x07 \x01(\x0b\x32\x19.cronwire.v1.RRuleTriggerH\x00\x42\x06\n\x04kind\"\x1c\n\x0cRRuleTrigger\x12\x0c\n\x04rule\x18\x01 \x01(\t\"m\n\x12\x42usinessDayTrigger\x12\x10\n\x08\x63\x61lendar\x18\x01 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x02 \x01(\x05\x12\x13\n\x0btime_of_day\x18\x03 \x01(\t\x12\x10\n\x08\x66rom_day\x18\x04 \x01(\x05\x12\x11\n\tfrom_date\x18\x05 \x01(\t\"M\n\x0b\x43ronTrigger\x12\x12\n\nexpression\x18\x01 \x01(\t\x12*\n\ndst_policy\x18\x02 \x01(\x0e\x32\x16.cronwire.v1.DstPolicy\";\n\x0fIntervalTrigger\x12(\n\x05\x65very\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x0b\x44\x61teTrigger\x12,\n\x08run_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x0bTriggerList\x12&\n\x08triggers\x18\x01 \x03(\x0b\x32\x14.cronwire.v1.Trigger\"\xb7\x01\n\x08\x46ireTime\x12-\n\tfire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlocal_time\x18\x02 \x01(\t\x12\x12\n\nin_dst_gap\x18\x03 \x01(\x08\x12\x13\n\x0bin_dst_fold\x18\x04 \x01(\x08\x12\x10\n\x08\x65xcluded\x18\x05 \x01(\x08\x12\x13\n\x0b\x65xcluded_by\x18\x06 \x01(\t\x12\x18\n\x10\x65xclusion_reason\x18\x07 \x01(\t*S\n\tDstPolicy\x12\x1a\n\x16\x44ST_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44ST_POLICY_DEBIAN\x10\x01\x12\x13\n\x0f\x44ST_POLICY_SKIP\x10\x02*\x81\x01\n\rMisfirePolicy\x12\x1e\n\x1aMISFIRE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13MISFIRE_POLICY_SKIP\x10\x01\x12\x1b\n\x17MISFIRE_POLICY_RUN_ONCE\x10\x02\x12\x1a\n\x16MISFIRE_POLICY_RUN_ALL\x10\x03*\xa7\x01\n\rOverlapPolicy\x12\x1e\n\x1aOVERLAP_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13OVERLAP_POLICY_SKIP\x10\x01\x12\x1c\n\x18OVERLAP_POLICY_QUEUE_ONE\x10\x02\x12\x1c\n\x18OVERLAP_POLICY_ALLOW_ALL\x10\x03\x12!\n\x1dOVERLAP_POLICY_CANCEL_RUNNING\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cronwire.v1.schedule_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DSTPOLICY']._serialized_start=1848
-  _globals['_DSTPOLICY']._serialized_end=1931
-  _globals['_MISFIREPOLICY']._serialized_start=1934
-  _globals['_MISFIREPOLICY']._serialized_end=2063
-  _globals['_OVERLAPPOLICY']._serialized_start=2066
-  _globals['_OVERLAPPOLICY']._serialized_end=2233
+  _globals['_DSTPOLICY']._serialized_start=2156
+  _globals['_DSTPOLICY']._serialized_end=2239
+  _globals['_MISFIREPOLICY']._serialized_start=2242
+  _globals['_MISFIREPOLICY']._serialized_end=2371
+  _globals['_OVERLAPPOLICY']._serialized_start=2374
+  _globals['_OVERLAPPOLICY']._serialized_end=2541
   _globals['_SCHEDULE']._serialized_start=168
-  _globals['_SCHEDULE']._serialized_end=920
-  _globals['_TRIGGER']._serialized_start=923
-  _globals['_TRIGGER']._serialized_end=1263
-  _globals['_RRULETRIGGER']._serialized_start=1265
-  _globals['_RRULETRIGGER']._serialized_end=1293
-  _globals['_BUSINESSDAYTRIGGER']._serialized_start=1295
-  _globals['_BUSINESSDAYTRIGGER']._serialized_end=1404
-  _globals['_CRONTRIGGER']._serialized_start=1406
-  _globals['_CRONTRIGGER']._serialized_end=1483
-  _globals['_INTERVALTRIGGER']._serialized_start=1485
-  _globals['_INTERVALTRIGGER']._serialized_end=1544
-  _globals['_DATETRIGGER']._serialized_start=1546
-  _globals['_DATETRIGGER']._serialized_end=1605
-  _globals['_TRIGGERLIST']._serialized_start=1607
-  _globals['_TRIGGERLIST']._serialized_end=1660
-  _globals['_FIRETIME']._serialized_start=1663
-  _globals['_FIRETIME']._serialized_end=1846
+  _globals['_SCHEDULE']._serialized_end=971
+  _globals['_SCHEDULEDEADLINES']._serialized_start=974
+  _globals['_SCHEDULEDEADLINES']._serialized_end=1133
+  _globals['_FINISHBY']._serialized_start=1135
+  _globals['_FINISHBY']._serialized_end=1228
+  _globals['_TRIGGER']._serialized_start=1231
+  _globals['_TRIGGER']._serialized_end=1571
+  _globals['_RRULETRIGGER']._serialized_start=1573
+  _globals['_RRULETRIGGER']._serialized_end=1601
+  _globals['_BUSINESSDAYTRIGGER']._serialized_start=1603
+  _globals['_BUSINESSDAYTRIGGER']._serialized_end=1712
+  _globals['_CRONTRIGGER']._serialized_start=1714
+  _globals['_CRONTRIGGER']._serialized_end=1791
+  _globals['_INTERVALTRIGGER']._serialized_start=1793
+  _globals['_INTERVALTRIGGER']._serialized_end=1852
+  _globals['_DATETRIGGER']._serialized_start=1854
+  _globals['_DATETRIGGER']._serialized_end=1913
+  _globals['_TRIGGERLIST']._serialized_start=1915
+  _globals['_TRIGGERLIST']._serialized_end=1968
+  _globals['_FIRETIME']._serialized_start=1971
+  _globals['_FIRETIME']._serialized_end=2154
 # @@protoc_insertion_point(module_scope)

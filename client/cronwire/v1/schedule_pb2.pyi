@@ -151,6 +151,7 @@ class Schedule(_message.Message):
     STATS_FIELD_NUMBER: _builtins.int
     EXCLUDE_CALENDARS_FIELD_NUMBER: _builtins.int
     ONLY_ON_CALENDARS_FIELD_NUMBER: _builtins.int
+    DEADLINES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. The resource name,
     `namespaces/{namespace}/schedules/{schedule}`. Output only on create;
@@ -248,6 +249,15 @@ class Schedule(_message.Message):
         must exist.
         """
 
+    @_builtins.property
+    def deadlines(self) -> Global___ScheduleDeadlines:
+        """Optional. When the schedule's ticks must start, end, and how long they
+        may run. A missed deadline is an alert, never a stop: it is recorded as
+        an EVENT_TYPE_DEADLINE_MISSED event and notifies the rules that select
+        it (LATE, MISSED, TOO_LONG). Deadlines are judged on the database's
+        clock by any running replica, also while no worker runs.
+        """
+
     def __init__(
         self,
         *,
@@ -272,14 +282,90 @@ class Schedule(_message.Message):
         stats: _execution_pb2.ExecutionStats | None = ...,
         exclude_calendars: _abc.Iterable[_builtins.str] | None = ...,
         only_on_calendars: _abc.Iterable[_builtins.str] | None = ...,
+        deadlines: Global___ScheduleDeadlines | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "catchup_window", b"catchup_window", "create_time", b"create_time", "end_time", b"end_time", "jitter", b"jitter", "next_fire_time", b"next_fire_time", "start_time", b"start_time", "stats", b"stats", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "catchup_window", b"catchup_window", "create_time", b"create_time", "deadlines", b"deadlines", "end_time", b"end_time", "jitter", b"jitter", "next_fire_time", b"next_fire_time", "start_time", b"start_time", "stats", b"stats", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "catchup_window", b"catchup_window", "create_time", b"create_time", "description", b"description", "end_time", b"end_time", "etag", b"etag", "exclude_calendars", b"exclude_calendars", "jitter", b"jitter", "job", b"job", "misfire_policy", b"misfire_policy", "name", b"name", "next_fire_time", b"next_fire_time", "only_on_calendars", b"only_on_calendars", "overlap_policy", b"overlap_policy", "pause_reason", b"pause_reason", "paused", b"paused", "start_time", b"start_time", "stats", b"stats", "time_zone", b"time_zone", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "catchup_window", b"catchup_window", "create_time", b"create_time", "deadlines", b"deadlines", "description", b"description", "end_time", b"end_time", "etag", b"etag", "exclude_calendars", b"exclude_calendars", "jitter", b"jitter", "job", b"job", "misfire_policy", b"misfire_policy", "name", b"name", "next_fire_time", b"next_fire_time", "only_on_calendars", b"only_on_calendars", "overlap_policy", b"overlap_policy", "pause_reason", b"pause_reason", "paused", b"paused", "start_time", b"start_time", "stats", b"stats", "time_zone", b"time_zone", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
+
+@_typing.final
+class ScheduleDeadlines(_message.Message):
+    """The deadlines of a schedule's ticks; each is optional."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_WITHIN_FIELD_NUMBER: _builtins.int
+    FINISH_BY_FIELD_NUMBER: _builtins.int
+    MAX_DURATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_within(self) -> _duration_pb2.Duration:
+        """Optional. A tick that has not started this long after its time is LATE:
+        not yet started (no worker free, no worker running) or not yet even
+        dispatched (no dispatcher running).
+        """
+
+    @_builtins.property
+    def finish_by(self) -> Global___FinishBy:
+        """Optional. A tick that has not ended by then is MISSED."""
+
+    @_builtins.property
+    def max_duration(self) -> _duration_pb2.Duration:
+        """Optional. An execution of the schedule running longer than this is
+        TOO_LONG. Unlike the job's timeout, nothing is stopped.
+        """
+
+    def __init__(
+        self,
+        *,
+        start_within: _duration_pb2.Duration | None = ...,
+        finish_by: Global___FinishBy | None = ...,
+        max_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finish_by", b"finish_by", "max_duration", b"max_duration", "start_within", b"start_within"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_by", b"finish_by", "max_duration", b"max_duration", "start_within", b"start_within"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleDeadlines: _TypeAlias = ScheduleDeadlines  # noqa: Y015
+
+@_typing.final
+class FinishBy(_message.Message):
+    """When a tick must have ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCAL_TIME_FIELD_NUMBER: _builtins.int
+    AFTER_TICK_FIELD_NUMBER: _builtins.int
+    local_time: _builtins.str
+    """A wall-clock time `HH:MM` in the schedule's time zone: the first such
+    time after the tick, so it keeps its wall time across daylight-saving
+    changes (a time a change skips is read with the offset before it,
+    02:30 as 03:30 after the jump; a repeated one as its first occurrence).
+    """
+    @_builtins.property
+    def after_tick(self) -> _duration_pb2.Duration:
+        """A duration after the tick's time."""
+
+    def __init__(
+        self,
+        *,
+        local_time: _builtins.str = ...,
+        after_tick: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after_tick", b"after_tick", "deadline", b"deadline", "local_time", b"local_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_tick", b"after_tick", "deadline", b"deadline", "local_time", b"local_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_deadline: _TypeAlias = _typing.Literal["local_time", "after_tick"]  # noqa: Y015
+    _WhichOneofArgType_deadline: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_deadline) -> _WhichOneofReturnType_deadline | None: ...
+
+Global___FinishBy: _TypeAlias = FinishBy  # noqa: Y015
 
 @_typing.final
 class Trigger(_message.Message):
