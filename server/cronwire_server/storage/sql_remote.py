@@ -53,30 +53,33 @@ def take(conn: Connection, take: RemoteTake, now: datetime) -> list[RemoteClaim]
         query = query.where(_queue_of(jobs.c.parameters, "task").in_(("", *take.tasks)))
     if take.namespaces is not None:
         query = query.where(executions.c.namespace.in_(take.namespaces))
-    candidates = ex._candidates(conn, query, take.limit * 2 + 16)
+    # A few candidates more than wanted: a serial turn or a concurrency limit may hold some back.
+    candidates = ex._candidates(conn, query, take.limit + 8)
     if not candidates:
         return []
     accepted, _ = ex._admissible(conn, candidates)
-    started: list[tuple[Any, str]] = []
-    for namespace, execution_id in accepted[: take.limit]:
-        token = new_lease_token()
-        row = conn.execute(
-            sa.update(executions)
-            .where(
-                executions.c.namespace == namespace,
-                executions.c.id == execution_id,
-                executions.c.state == ex.QUEUED,
-            )
-            .values(
-                state=ex.RUNNING,
-                worker=lease_worker(take.identity, token),
-                start_time=now,
-                lease_expires_at=now + take.lease,
-            )
-            .returning(*executions.c)
-        ).one_or_none()
-        if row is not None:
-            started.append((row._mapping, token))
+    tokens = {key: new_lease_token() for key in accepted[: take.limit]}
+    if not tokens:
+        return []
+    # One statement: each row under a lease of its own.
+    workers = {
+        execution_id: lease_worker(take.identity, token) for (_, execution_id), token in tokens.items()
+    }
+    rows = conn.execute(
+        sa.update(executions)
+        .where(
+            sa.tuple_(executions.c.namespace, executions.c.id).in_(list(tokens)),
+            executions.c.state == ex.QUEUED,
+        )
+        .values(
+            state=ex.RUNNING,
+            worker=sa.case(workers, value=executions.c.id),
+            start_time=now,
+            lease_expires_at=now + take.lease,
+        )
+        .returning(*executions.c)
+    ).all()
+    started: list[tuple[Any, str]] = [(row._mapping, tokens[(row.namespace, row.id)]) for row in rows]
     if not started:
         return []
     ex.emit(conn, [sql_events.execution_event(values, now) for values, _ in started])
