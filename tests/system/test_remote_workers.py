@@ -17,7 +17,7 @@ from google.protobuf import json_format, struct_pb2
 
 from cronwire.v1 import cluster_service_pb2, execution_pb2, execution_service_pb2, job_service_pb2, worker_pb2
 from cronwire.v1.cluster_service_pb2_grpc import ClusterServiceStub
-from tests.support import wait_for
+from tests.support import status_details, wait_for
 from tests.system.helpers import QUEUED, RUNNING, Api, Replicas, describe, execution_in
 from tests.system.remote_helpers import RawWorker, WorkerProcesses
 
@@ -334,3 +334,40 @@ def test_a_frozen_worker_s_late_result_is_refused_and_the_outcome_recorded_once(
     assert not first.HasField("result"), describe([first])
     assert "through the gate" not in first.output
     assert len(api.executions_of(job=job.name)) == 2
+
+
+def test_bad_worker_messages_are_refused_naming_the_field(
+    fresh_database_url: Callable[[str], str], replicas: Replicas
+) -> None:
+    server = replicas.start(fresh_database_url("sqlite"))
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"slots": worker_pb2.WorkerSlots(free_slots=1)}, "hello"),
+        (
+            {"hello": worker_pb2.WorkerHello(identity="w", queues=["no spaces"], free_slots=1)},
+            "hello.queues[0]",
+        ),
+        ({"hello": worker_pb2.WorkerHello(identity="w", queues=[], free_slots=1)}, "hello.queues"),
+        ({"hello": worker_pb2.WorkerHello(identity="", queues=["q"], free_slots=1)}, "hello.identity"),
+        ({"hello": worker_pb2.WorkerHello(identity="w", queues=["q"], free_slots=5000)}, "hello.free_slots"),
+    ]
+    for message, field in cases:
+        stream = RawWorker(server.target)
+        try:
+            stream.send(**message)
+            error = stream.error()
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, error)
+            violations, _ = status_details(error)
+            assert field in violations, (field, violations)
+        finally:
+            stream.close()
+    # After the hello, a malformed message ends the stream naming its field too.
+    stream = RawWorker(server.target)
+    try:
+        stream.hello(["q"])
+        stream.next("welcome")
+        stream.send(output=worker_pb2.OutputChunk(execution="", lease_token="t", text="x"))
+        error = stream.error()
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "output.execution" in status_details(error)[0]
+    finally:
+        stream.close()
