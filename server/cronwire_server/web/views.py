@@ -19,6 +19,7 @@ from cronwire_server.core.executions import ExecutionManager
 from cronwire_server.core.model import (
     Execution,
     ExecutionState,
+    ExecutionTrigger,
     Job,
     Listing,
     Page,
@@ -105,10 +106,12 @@ def lag_plot(executions: list[Execution], now: datetime) -> Plot:
     width = timedelta(hours=1) / PLOT_BUCKETS
     lags: list[list[float]] = [[] for _ in range(PLOT_BUCKETS)]
     for execution in executions:
-        if execution.start_time is None or execution.scheduled_time < start:
+        # As the cluster status counts it: runs started in the window, backfills left out.
+        started = execution.start_time
+        if started is None or started < start or execution.trigger is ExecutionTrigger.BACKFILL:
             continue
-        index = min(PLOT_BUCKETS - 1, int((execution.scheduled_time - start) / width))
-        lags[index].append(max(0.0, (execution.start_time - execution.scheduled_time).total_seconds()))
+        index = min(PLOT_BUCKETS - 1, int((started - start) / width))
+        lags[index].append(max(0.0, (started - execution.scheduled_time).total_seconds()))
     points = [
         LagPoint(start + width * i, len(values), percentile(values, 0.5), percentile(values, 0.99))
         for i, values in enumerate(lags)

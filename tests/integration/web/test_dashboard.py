@@ -68,7 +68,13 @@ def test_run_now_goes_queued_running_succeeded_live(
             },
         )
         client.create_schedule("nightly", job="nightly-report", trigger=CronTrigger("0 2 * * *"))
-        client.create_job("cleanup", executor="shell", parameters={"argv": ["true"]})
+        client.create_job(
+            "cleanup",
+            executor="shell",
+            description="Removes exports older than a week",
+            labels={"team": "ops"},
+            parameters={"argv": ["sh", "-c", "echo removed 42 old exports"]},
+        )
         client.create_schedule("hourly", job="cleanup", trigger=CronTrigger("0 * * * *"))
         blocker = client.run_job("blocker")
 
@@ -112,7 +118,6 @@ def test_run_now_goes_queued_running_succeeded_live(
 
     page.click("a:has-text('shop/nightly-report')")
     expect(page.locator("#executions")).to_contain_text("succeeded")
-    page.screenshot(path=str(screenshots / "job.png"), full_page=True)
 
     page.click("text=Events")
     page.evaluate(MARK)
@@ -121,6 +126,10 @@ def test_run_now_goes_queued_running_succeeded_live(
     expect(page.locator("#feed-rows")).to_contain_text("execution_succeeded")
     assert page.evaluate(NOT_RELOADED)
     page.screenshot(path=str(screenshots / "events.png"))
+
+    page.goto(f"{web.url}/jobs/{NS}/cleanup")
+    expect(page.locator("#executions")).to_contain_text("succeeded")
+    page.screenshot(path=str(screenshots / "job.png"), full_page=True)
 
 
 def test_pausing_a_schedule_takes_its_next_run_away(web: WebServer, page: Page) -> None:
