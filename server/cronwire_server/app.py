@@ -29,6 +29,8 @@ from cronwire.v1 import (
     job_service_pb2_grpc,
     key_service_pb2,
     key_service_pb2_grpc,
+    notification_service_pb2,
+    notification_service_pb2_grpc,
     schedule_service_pb2,
     schedule_service_pb2_grpc,
     worker_service_pb2,
@@ -42,6 +44,7 @@ from cronwire_server.api.event_service import add_to_server as add_event_service
 from cronwire_server.api.execution_service import ExecutionService
 from cronwire_server.api.job_service import JobService
 from cronwire_server.api.key_service import KeyService
+from cronwire_server.api.notification_service import NotificationService
 from cronwire_server.api.paging import use_secret as use_page_token_secret
 from cronwire_server.api.rpc_metrics import RpcMetricsInterceptor
 from cronwire_server.api.schedule_service import ScheduleService
@@ -54,8 +57,10 @@ from cronwire_server.config import Settings, http_policy, retention_policy
 from cronwire_server.core.calendar_manager import CalendarManager
 from cronwire_server.core.executions import ExecutionManager
 from cronwire_server.core.schedules import ScheduleManager
+from cronwire_server.destinations import Sender
 from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.events import EventHub, EventManager, Pruner, Sequencer
+from cronwire_server.executors.http_runner import HttpRunner
 from cronwire_server.executors.jobuser import SERVER_UMASK, JobUser, choose_job_user, warn_exposed
 from cronwire_server.executors.registry import EntryPolicy, ExecutorPolicy
 from cronwire_server.executors.runners import Runners
@@ -63,6 +68,7 @@ from cronwire_server.health import ReplicaHealth
 from cronwire_server.jobs import JobManager
 from cronwire_server.limits import DocumentSizes, Limits, StreamCaps
 from cronwire_server.metrics_endpoint import attach_metrics
+from cronwire_server.notifier import Alerts
 from cronwire_server.remote_workers import RemoteWorkers
 from cronwire_server.replicas import ReplicaHeartbeat, this_replica
 from cronwire_server.retention import ExecutionPruner
@@ -70,6 +76,7 @@ from cronwire_server.secrets import SecretError, Secrets
 from cronwire_server.storage import Store
 from cronwire_server.storage.migrate import upgrade
 from cronwire_server.storage.sql_keys import KeyStore
+from cronwire_server.storage.sql_notifications import NotificationStore
 from cronwire_server.storage.sql_remote_registry import RemoteRegistry
 from cronwire_server.storage.sql_store import open_store
 from cronwire_server.supervisor import MAIN, Supervisor
@@ -98,6 +105,7 @@ SERVICE_NAMES = tuple(
         (key_service_pb2, "KeyService"),
         (cluster_service_pb2, "ClusterService"),
         (worker_service_pb2, "WorkerService"),
+        (notification_service_pb2, "NotificationService"),
     )
 )
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -186,6 +194,11 @@ async def create_server(settings: Settings) -> RunningServer:
     store.supervise_listener(supervisor)
     supervisor.start("sequencer", lambda: Sequencer(store).run(stopping))
     supervisor.start("clock-check", lambda: ClockCheck(store).run(stopping))
+    # Alerts: every replica reads events, sends and watches deadlines, sharing the work.
+    notifications = NotificationStore(store.engine)
+    Alerts(notifications, Sender(HttpRunner(http_policy(settings)), Secrets(settings.secrets_file))).start(
+        supervisor, stopping
+    )
     readers: Readers | None = None
     hub: EventHub | None = None
     if "api" in settings.roles:
@@ -216,6 +229,9 @@ async def create_server(settings: Settings) -> RunningServer:
         # Not the generated registration: WatchEvents sends bytes it serialized once per batch.
         add_event_service(EventService(events), server)
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyService(KeyManager(keys)), server)
+        notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
+            NotificationService(notifications, http_policy(settings), Secrets(settings.secrets_file)), server
+        )
         cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
             ClusterService(store, RemoteRegistry(store.engine)), server
         )

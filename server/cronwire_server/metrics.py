@@ -51,6 +51,18 @@ LEASE_RECOVERIES = Counter(
     "Executions this process found with an expired lease (their worker died) and marked LOST.",
 )
 WATCHERS = Gauge("cronwire_watchers", "Open WatchEvents streams on this process.")
+DEADLINES_MISSED = Counter(
+    "cronwire_deadlines_missed_total",
+    "Schedule deadlines this process found missed (each miss is counted by one replica), by "
+    "deadline: start_within, finish_by, max_duration.",
+    ["deadline"],
+)
+NOTIFICATIONS = Counter(
+    "cronwire_notification_attempts_total",
+    "Attempts this process made at sending a notification, by destination and outcome "
+    "(delivered, retrying, failed).",
+    ["destination", "outcome"],
+)
 
 # After go-grpc-prometheus, so existing dashboards and alerts apply as they are.
 RPC_STARTED = Counter(

@@ -458,7 +458,50 @@ def schedule_from_pb(message: schedule_pb2.Schedule, namespace: str, schedule_id
         arguments=struct_to_dict(message.arguments),
         exclude_calendars=references["exclude_calendars"],
         only_on_calendars=references["only_on_calendars"],
+        deadlines=deadlines_from_pb(message),
     )
+
+
+def deadlines_from_pb(message: schedule_pb2.Schedule) -> model.Deadlines | None:
+    """The schedule's deadlines, or None when it sets none; InvalidArgument naming the field."""
+    if not message.HasField("deadlines"):
+        return None
+    given = message.deadlines
+    positive: dict[str, timedelta | None] = {}
+    for field in ("start_within", "max_duration"):
+        value = optional_duration(given, field, f"deadlines.{field}")
+        if value is not None and value <= timedelta(0):
+            raise InvalidArgument.field(f"deadlines.{field}", "must be positive")
+        positive[field] = value
+    local: int | None = None
+    after: timedelta | None = None
+    form = given.finish_by.WhichOneof("deadline") if given.HasField("finish_by") else None
+    if form == "local_time":
+        local = _minutes(given.finish_by.local_time, "deadlines.finish_by.local_time") % (24 * 60)
+    elif form == "after_tick":
+        after = duration_from_pb(given.finish_by.after_tick, "deadlines.finish_by.after_tick")
+        if after <= timedelta(0):
+            raise InvalidArgument.field("deadlines.finish_by.after_tick", "must be positive")
+    return (
+        model.Deadlines(
+            start_within=positive["start_within"],
+            finish_by_local_minutes=local,
+            finish_by_after=after,
+            max_duration=positive["max_duration"],
+        )
+        or None
+    )
+
+
+def deadlines_to_pb(deadlines: model.Deadlines, out: schedule_pb2.ScheduleDeadlines) -> None:
+    if deadlines.start_within is not None:
+        set_duration(out.start_within, deadlines.start_within)
+    if deadlines.max_duration is not None:
+        set_duration(out.max_duration, deadlines.max_duration)
+    if deadlines.finish_by_local_minutes is not None:
+        out.finish_by.local_time = _format_minutes(deadlines.finish_by_local_minutes)
+    elif deadlines.finish_by_after is not None:
+        set_duration(out.finish_by.after_tick, deadlines.finish_by_after)
 
 
 def schedule_to_pb(schedule: model.Schedule) -> schedule_pb2.Schedule:
@@ -490,6 +533,8 @@ def schedule_to_pb(schedule: model.Schedule) -> schedule_pb2.Schedule:
     message.only_on_calendars.extend(
         format_name("calendar", schedule.namespace, c) for c in schedule.only_on_calendars
     )
+    if schedule.deadlines:
+        deadlines_to_pb(schedule.deadlines, message.deadlines)
     return message
 
 
@@ -661,4 +706,14 @@ def event_to_pb(event: model.Event) -> event_pb2.Event:
     elif isinstance(snapshot, model.Schedule):
         # Its next fire time as GetSchedule shows it: the next tick that runs.
         message.schedule_snapshot.CopyFrom(schedule_to_pb(shown(snapshot)))
+    miss = event.deadline_miss
+    if miss is not None:
+        message.deadline_miss.kind = _DEADLINE_KIND_PB[miss.kind]
+        set_time(message.deadline_miss.scheduled_time, miss.scheduled_time)
+        set_time(message.deadline_miss.deadline, miss.deadline)
+        if miss.execution_id:
+            message.deadline_miss.execution = format_name("execution", event.namespace, miss.execution_id)
     return message
+
+
+_DEADLINE_KIND_PB = {k: getattr(event_pb2, f"DEADLINE_KIND_{k.name}") for k in model.DeadlineKind}

@@ -31,6 +31,7 @@ MUTABLE = frozenset(
         "overlap_policy",
         "arguments",
         "exclude_calendars",
+        "deadlines",
         "only_on_calendars",
     }
 )

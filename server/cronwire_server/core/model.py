@@ -194,6 +194,43 @@ TriggerSpec: TypeAlias = (
 )
 
 
+class DeadlineKind(enum.Enum):
+    START_WITHIN = "start_within"  # LATE
+    FINISH_BY = "finish_by"  # MISSED
+    MAX_DURATION = "max_duration"  # TOO_LONG
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """A schedule's deadlines (alerts only, see `core.deadlines`); None fields are not set."""
+
+    start_within: timedelta | None = None
+    # finish_by: a wall-clock time (minutes after midnight, schedule's zone) or a duration after
+    # the tick; at most one is set.
+    finish_by_local_minutes: int | None = None
+    finish_by_after: timedelta | None = None
+    max_duration: timedelta | None = None
+
+    def __bool__(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.start_within,
+                self.finish_by_local_minutes,
+                self.finish_by_after,
+                self.max_duration,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class DeadlineMiss:
+    kind: DeadlineKind
+    scheduled_time: datetime
+    deadline: datetime
+    execution_id: str = ""
+
+
 @dataclass
 class Schedule:
     """When a job runs. `namespace` + `id` identify it; `job_id` is in the same namespace."""
@@ -229,6 +266,7 @@ class Schedule:
     # the schedule or of one of them: kept with the schedule by the store, so deciding on a
     # tick needs no other read.
     calendars: dict[str, Calendar] = field(default_factory=dict)
+    deadlines: Deadlines | None = None
 
 
 # Calendars: sets of days (and times within days) that schedules skip or keep to; `calendars.py`
@@ -384,6 +422,7 @@ class EventType(enum.Enum):
     CALENDAR_CREATED = "calendar_created"
     CALENDAR_UPDATED = "calendar_updated"
     CALENDAR_DELETED = "calendar_deleted"
+    DEADLINE_MISSED = "deadline_missed"
 
 
 # The event an execution's arrival in each state is reported as.
@@ -412,6 +451,7 @@ class Event:
     schedule_id: str = ""
     actor: str = ""
     snapshot: Job | Schedule | Execution | None = None
+    deadline_miss: DeadlineMiss | None = None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,16 @@ from cronwire_server.core.errors import InvalidArgument
 ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 ID_RULE = "1 to 63 lowercase letters, digits or hyphens, starting with a letter, not ending with a hyphen"
 
-COLLECTIONS = {"job": "jobs", "schedule": "schedules", "execution": "executions", "calendar": "calendars"}
+COLLECTIONS = {
+    "job": "jobs",
+    "schedule": "schedules",
+    "execution": "executions",
+    "calendar": "calendars",
+    "route": "notificationRoutes",
+    "rule": "notificationRules",
+    "incident": "incidents",
+    "delivery": "notificationDeliveries",
+}
 KEYS = "keys"
 
 

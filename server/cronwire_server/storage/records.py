@@ -19,6 +19,7 @@ from cronwire_server.core.model import (
     CronSpec,
     DateRange,
     DateSpec,
+    Deadlines,
     DependencyCondition,
     DstPolicy,
     Execution,
@@ -217,7 +218,33 @@ def schedule_fields(schedule: Schedule) -> dict[str, Any]:
         "only_on_calendars": list(schedule.only_on_calendars),
         # NULL when it names none: the schedules a calendar change concerns are the others.
         "calendars": calendars_to_json(schedule.calendars) if schedule.calendars else None,
+        "deadlines": deadlines_to_json(schedule.deadlines),
     }
+
+
+def deadlines_to_json(deadlines: Deadlines | None) -> JsonObject | None:
+    """{"start_within": seconds, "finish_by_local": minutes, "finish_by_after": seconds,
+    "max_duration": seconds} (unset ones left out); None when none is set."""
+    if not deadlines:
+        return None
+    values = {
+        "start_within": _seconds(deadlines.start_within),
+        "finish_by_local": deadlines.finish_by_local_minutes,
+        "finish_by_after": _seconds(deadlines.finish_by_after),
+        "max_duration": _seconds(deadlines.max_duration),
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def deadlines_from_json(values: Mapping[str, Any] | None) -> Deadlines | None:
+    if not values:
+        return None
+    return Deadlines(
+        start_within=_duration(values.get("start_within")),
+        finish_by_local_minutes=values.get("finish_by_local"),
+        finish_by_after=_duration(values.get("finish_by_after")),
+        max_duration=_duration(values.get("max_duration")),
+    )
 
 
 def schedule_from_record(row: Mapping[Any, Any]) -> Schedule:
@@ -247,6 +274,7 @@ def schedule_from_record(row: Mapping[Any, Any]) -> Schedule:
         exclude_calendars=tuple(row.get("exclude_calendars") or ()),
         only_on_calendars=tuple(row.get("only_on_calendars") or ()),
         calendars=calendars_from_json(row.get("calendars") or {}, row["namespace"]),
+        deadlines=deadlines_from_json(row.get("deadlines")),
     )
 
 

@@ -10,7 +10,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from cronwire_server.core.model import STATE_EVENTS, Event, EventFilter, EventType, Execution, Job, Schedule
+from cronwire_server.core.model import (
+    STATE_EVENTS,
+    DeadlineKind,
+    DeadlineMiss,
+    Event,
+    EventFilter,
+    EventType,
+    Execution,
+    Job,
+    Schedule,
+)
 from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
 from cronwire_server.storage.tables import events
 
@@ -60,6 +70,17 @@ def schedule_row_snapshot(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def execution_row_snapshot(values: Mapping[Any, Any]) -> dict[str, Any]:
     return {"execution": _jsonable({k: v for k, v in values.items() if k != "output"})}
+
+
+def deadline_miss_snapshot(miss: DeadlineMiss) -> dict[str, Any]:
+    return {
+        "deadline_miss": {
+            "kind": miss.kind.value,
+            "scheduled_time": miss.scheduled_time.isoformat(),
+            "deadline": miss.deadline.isoformat(),
+            "execution_id": miss.execution_id,
+        }
+    }
 
 
 def row(
@@ -216,10 +237,18 @@ def params(event: dict[str, Any]) -> dict[str, Any]:
 def event_from_row(record: Mapping[Any, Any]) -> Event:
 
     snapshot: Job | Schedule | Execution | None = None
+    miss: DeadlineMiss | None = None
     data = record["snapshot"]
     if data:
         ((kind, values),) = data.items()
-        if kind == "job":
+        if kind == "deadline_miss":
+            miss = DeadlineMiss(
+                DeadlineKind(values["kind"]),
+                datetime.fromisoformat(values["scheduled_time"]),
+                datetime.fromisoformat(values["deadline"]),
+                values["execution_id"],
+            )
+        elif kind == "job":
             snapshot = job_from_record(_times(values, JOB_TIMES))
         elif kind == "schedule":
             snapshot = schedule_from_record(_times(values, SCHEDULE_TIMES))
@@ -235,6 +264,7 @@ def event_from_row(record: Mapping[Any, Any]) -> Event:
         schedule_id=record["schedule_id"],
         actor=record["actor"],
         snapshot=snapshot,
+        deadline_miss=miss,
     )
 
 

@@ -118,6 +118,8 @@ schedules = sa.Table(
     sa.Column("exclude_calendars", Json, nullable=False, server_default="[]"),
     sa.Column("only_on_calendars", Json, nullable=False, server_default="[]"),
     sa.Column("calendars", OptionalJson, nullable=True),
+    # Its deadlines (records.deadlines_to_json); NULL when it has none.
+    sa.Column("deadlines", OptionalJson, nullable=True),
     sa.ForeignKeyConstraint(["namespace", "job_id"], ["jobs.namespace", "jobs.id"], ondelete="CASCADE"),
     # Serves ListSchedules by job and the cascade from a deleted job.
     sa.Index(None, "namespace", "job_id", "id"),
@@ -357,4 +359,118 @@ remote_workers = sa.Table(
     sa.Column("connect_time", UtcDateTime(), nullable=False),
     sa.Column("report_time", UtcDateTime(), nullable=False),
     sa.Index("ix_remote_workers_report_time", "report_time"),
+)
+
+
+# Alerts (migration 0020): where notifications go, which alerts go where, what they opened, and
+# each notification sent (storage.sql_notifications).
+notification_routes = sa.Table(
+    "notification_routes",
+    metadata,
+    sa.Column("namespace", Ident, primary_key=True),
+    sa.Column("id", Ident, primary_key=True),
+    sa.Column("description", sa.Text(), nullable=False),
+    # {"kind": "webhook" | "slack" | "pagerduty" | "email", ...}: names of secrets, never values.
+    sa.Column("destination", Json, nullable=False),
+    sa.Column("max_per_hour", sa.Integer(), nullable=False),
+    *_audit_columns(),
+)
+
+notification_rules = sa.Table(
+    "notification_rules",
+    metadata,
+    sa.Column("namespace", Ident, primary_key=True),
+    sa.Column("id", Ident, primary_key=True),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("route_id", Ident, nullable=False),
+    sa.Column("kinds", Json, nullable=False),
+    sa.Column("job_id", Ident, nullable=False),  # "": any
+    sa.Column("schedule_id", Ident, nullable=False),  # "": any
+    sa.Column("labels", Json, nullable=False),
+    *_audit_columns(),
+    sa.ForeignKeyConstraint(
+        ["namespace", "route_id"], ["notification_routes.namespace", "notification_routes.id"]
+    ),
+    sa.Index("ix_notification_rules_route", "namespace", "route_id"),
+)
+
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+notification_incidents = sa.Table(
+    "notification_incidents",
+    metadata,
+    sa.Column("seq", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("namespace", Ident, nullable=False),
+    sa.Column("rule_id", Ident, nullable=False),
+    sa.Column("route_id", Ident, nullable=False),
+    sa.Column("job_id", Ident, nullable=False),
+    sa.Column("schedule_id", Ident, nullable=False),
+    # What resolves it and what it counts: "failure" (FAILED, TIMED_OUT, LOST) or an alert kind.
+    sa.Column("family", sa.String(), nullable=False),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("summary", sa.Text(), nullable=False),
+    sa.Column("alerts", sa.BigInteger(), nullable=False),
+    sa.Column("open_time", UtcDateTime(), nullable=False),
+    sa.Column("resolve_time", UtcDateTime(), nullable=True),
+    sa.Column("dedup_key", sa.String(), nullable=False),
+    sa.Index(
+        "ux_notification_incidents_open",
+        "namespace",
+        "rule_id",
+        "job_id",
+        "schedule_id",
+        "family",
+        unique=True,
+        **_partial("resolve_time IS NULL"),
+    ),
+    sa.Index("ix_notification_incidents_schedule", "namespace", "schedule_id", "seq"),
+    sqlite_autoincrement=True,
+)
+
+notification_deliveries = sa.Table(
+    "notification_deliveries",
+    metadata,
+    sa.Column("seq", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("namespace", Ident, nullable=False),
+    sa.Column("route_id", Ident, nullable=False),
+    sa.Column("incident_seq", sa.BigInteger(), nullable=False),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("resolve", sa.Boolean(), nullable=False),
+    # What the notification says (core.alerts.Alert), no secrets.
+    sa.Column("alert", Json, nullable=False),
+    sa.Column("state", sa.String(), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("http_status", sa.Integer(), nullable=True),
+    sa.Column("error", sa.Text(), nullable=False),
+    sa.Column("summary", sa.Text(), nullable=False),
+    sa.Column("create_time", UtcDateTime(), nullable=False),
+    sa.Column("last_attempt_time", UtcDateTime(), nullable=True),
+    sa.Column("next_attempt_time", UtcDateTime(), nullable=True),
+    sa.Index("ix_notification_deliveries_due", "next_attempt_time", **_partial("state = 'pending'")),
+    sa.Index("ix_notification_deliveries_route", "namespace", "route_id", "create_time"),
+    sa.Index("ix_notification_deliveries_namespace", "namespace", "seq"),
+    sqlite_autoincrement=True,
+)
+
+# How far the notifier has read the events (one row, "notifier").
+notification_cursor = sa.Table(
+    "notification_cursor",
+    metadata,
+    sa.Column("name", sa.String(), primary_key=True),
+    sa.Column("sequence", sa.BigInteger(), nullable=False),
+)
+
+# Each missed deadline of a tick, once: inserting the row is the claim of the replica that sends
+# its event.
+deadline_misses = sa.Table(
+    "deadline_misses",
+    metadata,
+    sa.Column("namespace", Ident, primary_key=True),
+    sa.Column("schedule_id", Ident, primary_key=True),
+    sa.Column("scheduled_time", UtcDateTime(), primary_key=True),
+    sa.Column("kind", sa.String(), primary_key=True),
+    sa.Column("execution_id", Ident, nullable=False),
+    sa.Column("deadline", UtcDateTime(), nullable=False),
+    sa.Column("time", UtcDateTime(), nullable=False),
+    sa.Index("ix_deadline_misses_time", "time"),
 )

@@ -37,6 +37,8 @@ from cronwire.v1 import (
     job_service_pb2,
     key_pb2,
     key_service_pb2,
+    notification_pb2,
+    notification_service_pb2,
     schedule_pb2,
     schedule_service_pb2,
 )
@@ -309,6 +311,40 @@ def requests_into_team_a(execution: str) -> dict[str, Message]:
         ),
         "EventService/WatchEvents": event_service_pb2.WatchEventsRequest(parent=TEAM_A),
         "EventService/ListEvents": event_service_pb2.ListEventsRequest(parent=TEAM_A),
+        **notification_requests_into_team_a(),
+    }
+
+
+def notification_requests_into_team_a() -> dict[str, Message]:
+    route, rule = f"{TEAM_A}/notificationRoutes/ops", f"{TEAM_A}/notificationRules/ops"
+    alerts = notification_service_pb2
+    return {
+        "NotificationService/CreateNotificationRoute": alerts.CreateNotificationRouteRequest(
+            parent=TEAM_A,
+            route=notification_pb2.NotificationRoute(
+                webhook=notification_pb2.WebhookDestination(url="https://example.com/hook")
+            ),
+        ),
+        "NotificationService/GetNotificationRoute": alerts.GetNotificationRouteRequest(name=route),
+        "NotificationService/ListNotificationRoutes": alerts.ListNotificationRoutesRequest(parent=TEAM_A),
+        "NotificationService/UpdateNotificationRoute": alerts.UpdateNotificationRouteRequest(
+            route=notification_pb2.NotificationRoute(name=route, description="mine")
+        ),
+        "NotificationService/DeleteNotificationRoute": alerts.DeleteNotificationRouteRequest(name=route),
+        "NotificationService/CreateNotificationRule": alerts.CreateNotificationRuleRequest(
+            parent=TEAM_A,
+            rule=notification_pb2.NotificationRule(route=route, kinds=[notification_pb2.ALERT_KIND_FAILED]),
+        ),
+        "NotificationService/GetNotificationRule": alerts.GetNotificationRuleRequest(name=rule),
+        "NotificationService/ListNotificationRules": alerts.ListNotificationRulesRequest(parent=TEAM_A),
+        "NotificationService/UpdateNotificationRule": alerts.UpdateNotificationRuleRequest(
+            rule=notification_pb2.NotificationRule(name=rule, description="mine")
+        ),
+        "NotificationService/DeleteNotificationRule": alerts.DeleteNotificationRuleRequest(name=rule),
+        "NotificationService/ListIncidents": alerts.ListIncidentsRequest(parent=TEAM_A),
+        "NotificationService/ListNotificationDeliveries": alerts.ListNotificationDeliveriesRequest(
+            parent=TEAM_A
+        ),
     }
 
 

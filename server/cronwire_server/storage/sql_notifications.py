@@ -1,0 +1,909 @@
+"""Alerts in SQL: routes and rules, the notifier's pass over the events (incidents and the
+deliveries they make), the sender's claim of due deliveries, and the deadline watch's pass.
+
+Every replica may run every pass at once:
+
+- the notifier locks its cursor row (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has one
+  writer): one replica at a time reads a batch of events, and the incidents, deliveries and the
+  cursor's advance commit together, so an event notifies once;
+- the sender claims due deliveries `FOR UPDATE SKIP LOCKED` and moves their next attempt past
+  the time the send may take (a lease): a replica that dies mid-send leaves them to be tried
+  again;
+- the deadline watch inserts each miss into `deadline_misses`, whose key is the claim: the
+  replica whose insert went in writes the event, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
+
+from cronwire_server.core import alerts, errors
+from cronwire_server.core.alerts import (
+    AlertKind,
+    Delivery,
+    DeliveryState,
+    Destination,
+    EmailDestination,
+    EmailSecurity,
+    Incident,
+    NotificationRoute,
+    NotificationRule,
+    PagerDutyDestination,
+    SlackDestination,
+    WebhookDestination,
+)
+from cronwire_server.core.deadlines import Candidate, misses
+from cronwire_server.core.model import DeadlineMiss, EventType, Listing, Page
+from cronwire_server.core.names import format_name, schedule_name
+from cronwire_server.storage import sql_creates, sql_events
+from cronwire_server.storage.records import deadlines_from_json
+from cronwire_server.storage.sql_executions import database_now
+from cronwire_server.storage.sql_store import _unavailable_on_connection_errors
+from cronwire_server.storage.tables import (
+    deadline_misses,
+    events,
+    executions,
+    jobs,
+    notification_cursor,
+    notification_deliveries,
+    notification_incidents,
+    notification_routes,
+    notification_rules,
+    request_ids,
+    schedules,
+)
+
+T = TypeVar("T")
+CURSOR = "notifier"
+METHOD_CREATE_ROUTE = "CreateNotificationRoute"
+METHOD_CREATE_RULE = "CreateNotificationRule"
+HOUR = timedelta(hours=1)
+
+
+def _etag() -> str:
+    return secrets.token_hex(8)
+
+
+# Rows <-> domain
+
+
+def destination_to_json(destination: Destination) -> dict[str, Any]:
+    if isinstance(destination, WebhookDestination):
+        return {"kind": "webhook", "url": destination.url, "signing_secret": destination.signing_secret}
+    if isinstance(destination, SlackDestination):
+        return {"kind": "slack", "url_secret": destination.url_secret}
+    if isinstance(destination, PagerDutyDestination):
+        return {
+            "kind": "pagerduty",
+            "routing_key_secret": destination.routing_key_secret,
+            "events_url": destination.events_url,
+        }
+    return {
+        "kind": "email",
+        "smtp_host": destination.smtp_host,
+        "smtp_port": destination.smtp_port,
+        "security": destination.security.value,
+        "username": destination.username,
+        "password_secret": destination.password_secret,
+        "from_address": destination.from_address,
+        "to_addresses": list(destination.to_addresses),
+    }
+
+
+def destination_from_json(values: Mapping[str, Any]) -> Destination:
+    kind = values["kind"]
+    if kind == "webhook":
+        return WebhookDestination(values["url"], values.get("signing_secret", ""))
+    if kind == "slack":
+        return SlackDestination(values["url_secret"])
+    if kind == "pagerduty":
+        return PagerDutyDestination(values["routing_key_secret"], values.get("events_url", ""))
+    return EmailDestination(
+        smtp_host=values["smtp_host"],
+        smtp_port=values["smtp_port"],
+        security=EmailSecurity(values["security"]),
+        username=values["username"],
+        password_secret=values["password_secret"],
+        from_address=values["from_address"],
+        to_addresses=tuple(values["to_addresses"]),
+    )
+
+
+def _route(row: Mapping[Any, Any]) -> NotificationRoute:
+    return NotificationRoute(
+        namespace=row["namespace"],
+        id=row["id"],
+        description=row["description"],
+        destination=destination_from_json(row["destination"]),
+        max_per_hour=row["max_per_hour"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        etag=row["etag"],
+    )
+
+
+def _rule(row: Mapping[Any, Any]) -> NotificationRule:
+    return NotificationRule(
+        namespace=row["namespace"],
+        id=row["id"],
+        description=row["description"],
+        route_id=row["route_id"],
+        kinds=frozenset(AlertKind(k) for k in row["kinds"]),
+        job_id=row["job_id"],
+        schedule_id=row["schedule_id"],
+        labels=dict(row["labels"]),
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        etag=row["etag"],
+    )
+
+
+def _incident(row: Mapping[Any, Any]) -> Incident:
+    return Incident(
+        namespace=row["namespace"],
+        seq=row["seq"],
+        rule_id=row["rule_id"],
+        route_id=row["route_id"],
+        job_id=row["job_id"],
+        schedule_id=row["schedule_id"],
+        kind=AlertKind(row["kind"]),
+        summary=row["summary"],
+        alerts=row["alerts"],
+        open_time=row["open_time"],
+        resolve_time=row["resolve_time"],
+        dedup_key=row["dedup_key"],
+    )
+
+
+def _delivery(row: Mapping[Any, Any]) -> Delivery:
+    return Delivery(
+        namespace=row["namespace"],
+        seq=row["seq"],
+        route_id=row["route_id"],
+        incident_seq=row["incident_seq"],
+        kind=AlertKind(row["kind"]),
+        resolve=row["resolve"],
+        state=DeliveryState(row["state"]),
+        attempts=row["attempts"],
+        summary=row["summary"],
+        create_time=row["create_time"],
+        alert=dict(row["alert"]),
+        http_status=row["http_status"],
+        error=row["error"],
+        last_attempt_time=row["last_attempt_time"],
+        next_attempt_time=row["next_attempt_time"],
+    )
+
+
+def _route_values(route: NotificationRoute) -> dict[str, Any]:
+    return {
+        "description": route.description,
+        "destination": destination_to_json(route.destination),
+        "max_per_hour": route.max_per_hour,
+    }
+
+
+def _rule_values(rule: NotificationRule) -> dict[str, Any]:
+    return {
+        "description": rule.description,
+        "route_id": rule.route_id,
+        "kinds": sorted(k.value for k in rule.kinds),
+        "job_id": rule.job_id,
+        "schedule_id": rule.schedule_id,
+        "labels": dict(rule.labels),
+    }
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    delivery: Delivery
+    route: NotificationRoute
+
+
+@dataclass(frozen=True)
+class DeadlinePass:
+    misses: list[tuple[str, DeadlineMiss]]  # (namespace, miss) recorded by this pass
+
+
+class NotificationStore:
+    """The alert tables over the server's engine; each method one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sync = engine.sync_engine
+        self._postgres = engine.dialect.name == "postgresql"
+        self._begin = "BEGIN" if self._postgres else "BEGIN IMMEDIATE"
+
+    async def _run(self, work: Callable[..., T], *args: Any) -> T:
+        with _unavailable_on_connection_errors():
+            return await greenlet_spawn(self._in_transaction, work, *args)
+
+    def _in_transaction(self, work: Callable[..., T], *args: Any) -> T:
+        with self._transaction() as conn:
+            return work(conn, *args, database_now(conn))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self._sync.connect() as conn:
+            conn.exec_driver_sql(self._begin)
+            try:
+                yield conn
+            except BaseException:
+                if not conn.invalidated:
+                    with suppress(exc.SQLAlchemyError):
+                        conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+
+    async def now(self) -> datetime:
+        return await self._run(lambda conn, now: now)
+
+    # Routes
+
+    async def create_route(self, route: NotificationRoute, request_id: str) -> NotificationRoute:
+        return await self._run(
+            self._create, notification_routes, route, _route_values(route), request_id, _route
+        )
+
+    async def get_route(self, namespace: str, route_id: str) -> NotificationRoute:
+        return await self._run(self._get, notification_routes, "route", namespace, route_id, _route)
+
+    async def list_routes(self, namespace: str, page: Page) -> Listing[NotificationRoute]:
+        return await self._run(self._list, notification_routes, namespace, page, _route)
+
+    async def update_route(self, route: NotificationRoute, expected_etag: str) -> NotificationRoute:
+        return await self._run(
+            self._update, notification_routes, route, _route_values(route), expected_etag, _route
+        )
+
+    async def delete_route(self, namespace: str, route_id: str, expected_etag: str) -> None:
+        await self._run(self._delete_route, namespace, route_id, expected_etag)
+
+    # Rules
+
+    async def create_rule(self, rule: NotificationRule, request_id: str) -> NotificationRule:
+        return await self._run(self._create, notification_rules, rule, _rule_values(rule), request_id, _rule)
+
+    async def get_rule(self, namespace: str, rule_id: str) -> NotificationRule:
+        return await self._run(self._get, notification_rules, "rule", namespace, rule_id, _rule)
+
+    async def list_rules(self, namespace: str, page: Page) -> Listing[NotificationRule]:
+        return await self._run(self._list, notification_rules, namespace, page, _rule)
+
+    async def update_rule(self, rule: NotificationRule, expected_etag: str) -> NotificationRule:
+        return await self._run(
+            self._update, notification_rules, rule, _rule_values(rule), expected_etag, _rule
+        )
+
+    async def delete_rule(self, namespace: str, rule_id: str, expected_etag: str) -> None:
+        await self._run(self._delete_rule, namespace, rule_id, expected_etag)
+
+    def _kind(self, table: sa.Table) -> str:
+        return "route" if table is notification_routes else "rule"
+
+    def _check_route(self, conn: Connection, values: Mapping[str, Any], namespace: str) -> None:
+        if "route_id" in values:
+            found = conn.execute(
+                sa.select(notification_routes.c.id).where(
+                    notification_routes.c.namespace == namespace,
+                    notification_routes.c.id == values["route_id"],
+                )
+            ).first()
+            if found is None:
+                raise errors.NotFound("route", format_name("route", namespace, values["route_id"]))
+
+    def _create(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        item: Any,
+        values: dict[str, Any],
+        request_id: str,
+        build: Callable[[Mapping[Any, Any]], T],
+        now: datetime,
+    ) -> T:
+        kind = self._kind(table)
+        method = METHOD_CREATE_ROUTE if kind == "route" else METHOD_CREATE_RULE
+        if request_id:
+            earlier = sql_creates.recorded(conn, item.namespace, request_id, method)
+            if earlier is not None:
+                return self._get(conn, table, kind, item.namespace, earlier, build, now)
+        key = [table.c.namespace == item.namespace, table.c.id == item.id]
+        if conn.execute(sa.select(table.c.id).where(*key)).first() is not None:
+            raise errors.AlreadyExists(kind, format_name(kind, item.namespace, item.id))
+        self._check_route(conn, values, item.namespace)
+        row = conn.execute(
+            sa.insert(table)
+            .values(
+                namespace=item.namespace, id=item.id, **values, create_time=now, update_time=now, etag=_etag()
+            )
+            .returning(*table.c)
+        ).one()
+        if request_id:
+            conn.execute(
+                sa.insert(request_ids).values(
+                    namespace=item.namespace,
+                    request_id=request_id,
+                    method=method,
+                    resource_id=item.id,
+                    create_time=now,
+                )
+            )
+        return build(row._mapping)
+
+    def _get(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        kind: str,
+        namespace: str,
+        item_id: str,
+        build: Callable[[Mapping[Any, Any]], T],
+        now: datetime,
+    ) -> T:
+        row = conn.execute(
+            sa.select(table).where(table.c.namespace == namespace, table.c.id == item_id)
+        ).first()
+        if row is None:
+            raise errors.NotFound(kind, format_name(kind, namespace, item_id))
+        return build(row._mapping)
+
+    def _list(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        namespace: str,
+        page: Page,
+        build: Callable[[Mapping[Any, Any]], Any],
+        now: datetime,
+    ) -> Listing[Any]:
+        query = sa.select(table).where(table.c.namespace == namespace)
+        if page.after:
+            query = query.where(table.c.id > page.after)
+        rows = conn.execute(query.order_by(table.c.id).limit(page.size + 1)).all()
+        items = [build(r._mapping) for r in rows[: page.size]]
+        more = len(rows) > page.size
+        return Listing(items=items, next_after=items[-1].id if more else None)
+
+    def _update(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        item: Any,
+        values: dict[str, Any],
+        expected_etag: str,
+        build: Callable[[Mapping[Any, Any]], T],
+        now: datetime,
+    ) -> T:
+        kind = self._kind(table)
+        key = [table.c.namespace == item.namespace, table.c.id == item.id]
+        self._check_route(conn, values, item.namespace)
+        where = [*key, table.c.etag == expected_etag] if expected_etag else key
+        row = conn.execute(
+            sa.update(table).where(*where).values(**values, update_time=now, etag=_etag()).returning(*table.c)
+        ).first()
+        if row is None:
+            name = format_name(kind, item.namespace, item.id)
+            if conn.execute(sa.select(table.c.id).where(*key)).first() is not None:
+                raise errors.EtagMismatch(kind, name)
+            raise errors.NotFound(kind, name)
+        return build(row._mapping)
+
+    def _delete(
+        self, conn: Connection, table: sa.Table, namespace: str, item_id: str, expected_etag: str
+    ) -> None:
+        kind = self._kind(table)
+        key = [table.c.namespace == namespace, table.c.id == item_id]
+        where = [*key, table.c.etag == expected_etag] if expected_etag else key
+        if conn.execute(sa.delete(table).where(*where).returning(table.c.id)).first() is None:
+            name = format_name(kind, namespace, item_id)
+            if conn.execute(sa.select(table.c.id).where(*key)).first() is not None:
+                raise errors.EtagMismatch(kind, name)
+            raise errors.NotFound(kind, name)
+
+    def _delete_route(
+        self, conn: Connection, namespace: str, route_id: str, expected_etag: str, now: datetime
+    ) -> None:
+        user = conn.execute(
+            sa.select(notification_rules.c.id)
+            .where(notification_rules.c.namespace == namespace, notification_rules.c.route_id == route_id)
+            .limit(1)
+        ).first()
+        if user is not None:
+            raise errors.FailedPrecondition(
+                f"route {format_name('route', namespace, route_id)!r} is named by rule "
+                f"{format_name('rule', namespace, user.id)!r}; delete or change that rule first",
+                reason="ROUTE_IN_USE",
+            )
+        self._delete(conn, notification_routes, namespace, route_id, expected_etag)
+
+    def _delete_rule(
+        self, conn: Connection, namespace: str, rule_id: str, expected_etag: str, now: datetime
+    ) -> None:
+        self._delete(conn, notification_rules, namespace, rule_id, expected_etag)
+        # Its open incidents close, silently: nothing will resolve them any more.
+        conn.execute(
+            sa.update(notification_incidents)
+            .where(
+                notification_incidents.c.namespace == namespace,
+                notification_incidents.c.rule_id == rule_id,
+                notification_incidents.c.resolve_time.is_(None),
+            )
+            .values(resolve_time=now)
+        )
+
+    # Incidents and deliveries, as callers see them
+
+    async def list_incidents(
+        self, namespace: str, page: Page, *, job_id: str = "", schedule_id: str = "", open_only: bool = False
+    ) -> Listing[Incident]:
+        def work(conn: Connection, now: datetime) -> Listing[Incident]:
+            t = notification_incidents
+            query = sa.select(t).where(t.c.namespace == namespace)
+            if job_id:
+                query = query.where(t.c.job_id == job_id)
+            if schedule_id:
+                query = query.where(t.c.schedule_id == schedule_id)
+            if open_only:
+                query = query.where(t.c.resolve_time.is_(None))
+            if page.after:
+                query = query.where(t.c.seq < int(page.after))
+            rows = conn.execute(query.order_by(t.c.seq.desc()).limit(page.size + 1)).all()
+            items = [_incident(r._mapping) for r in rows[: page.size]]
+            return Listing(items, str(items[-1].seq) if len(rows) > page.size else None)
+
+        return await self._run(work)
+
+    async def list_deliveries(self, namespace: str, page: Page, *, route_id: str = "") -> Listing[Delivery]:
+        def work(conn: Connection, now: datetime) -> Listing[Delivery]:
+            t = notification_deliveries
+            query = sa.select(t).where(t.c.namespace == namespace)
+            if route_id:
+                query = query.where(t.c.route_id == route_id)
+            if page.after:
+                query = query.where(t.c.seq < int(page.after))
+            rows = conn.execute(query.order_by(t.c.seq.desc()).limit(page.size + 1)).all()
+            items = [_delivery(r._mapping) for r in rows[: page.size]]
+            return Listing(items, str(items[-1].seq) if len(rows) > page.size else None)
+
+        return await self._run(work)
+
+    # The notifier: events -> incidents and deliveries
+
+    async def notify_pass(self, limit: int) -> int:
+        """Read up to `limit` events after the cursor and turn them into incidents and pending
+        deliveries; the number of events read (0 when another replica holds the cursor)."""
+        return await self._run(self._notify_pass, limit)
+
+    def _cursor(self, conn: Connection) -> int | None:
+        query = sa.select(notification_cursor.c.sequence).where(notification_cursor.c.name == CURSOR)
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True)
+        value = conn.execute(query).scalar_one_or_none()
+        if value is not None:
+            return int(value)
+        # The first pass ever: alerts start from now, not from the whole history.
+        insert = (postgresql.insert if self._postgres else sqlite.insert)(notification_cursor)
+        latest = sql_events.latest(conn)
+        conn.execute(insert.values(name=CURSOR, sequence=latest).on_conflict_do_nothing())
+        return None
+
+    def _notify_pass(self, conn: Connection, limit: int, now: datetime) -> int:
+        after = self._cursor(conn)
+        if after is None:
+            return 0
+        rows = conn.execute(
+            sa.select(events)
+            .where(
+                events.c.sequence > after,
+                events.c.sequence.is_not(None),
+                events.c.type.in_(sorted(t.value for t in alerts.WATCHED)),
+            )
+            .order_by(events.c.sequence)
+            .limit(limit)
+        ).all()
+        if not rows:
+            # Skip past the other events too, so the next read starts near the end.
+            latest = sql_events.latest(conn)
+            if latest > after:
+                self._advance(conn, latest)
+            return 0
+        found = sql_events.to_events(rows)
+        rules: dict[str, list[NotificationRule]] = {}
+        routes: dict[tuple[str, str], NotificationRoute] = {}
+        labels: dict[tuple[str, str], dict[str, str] | None] = {}
+        for event in found:
+            observed = alerts.observe(event)
+            if observed is None:
+                continue
+            if event.namespace not in rules:
+                rules[event.namespace] = [
+                    _rule(r._mapping)
+                    for r in conn.execute(
+                        sa.select(notification_rules).where(notification_rules.c.namespace == event.namespace)
+                    ).all()
+                ]
+            for rule in rules[event.namespace]:
+                if rule.labels:
+                    key = (event.namespace, observed.job_id)
+                    if key not in labels:
+                        labels[key] = conn.execute(
+                            sa.select(jobs.c.labels).where(jobs.c.namespace == key[0], jobs.c.id == key[1])
+                        ).scalar_one_or_none()
+                    job_labels = labels[key]
+                else:
+                    job_labels = None
+                if not rule.selects(observed.job_id, observed.schedule_id, job_labels):
+                    continue
+                route_key = (event.namespace, rule.route_id)
+                if route_key not in routes:
+                    routes[route_key] = self._get(
+                        conn, notification_routes, "route", event.namespace, rule.route_id, _route, now
+                    )
+                self._apply(conn, rule, routes[route_key], event.namespace, observed, event.time, now)
+        self._advance(conn, int(rows[-1].sequence))
+        return len(rows)
+
+    def _advance(self, conn: Connection, sequence: int) -> None:
+        conn.execute(
+            sa.update(notification_cursor)
+            .where(notification_cursor.c.name == CURSOR)
+            .values(sequence=sequence)
+        )
+
+    def _apply(
+        self,
+        conn: Connection,
+        rule: NotificationRule,
+        route: NotificationRoute,
+        namespace: str,
+        observed: alerts.Observed,
+        when: datetime,
+        now: datetime,
+    ) -> None:
+        t = notification_incidents
+        key = [
+            t.c.namespace == namespace,
+            t.c.rule_id == rule.id,
+            t.c.job_id == observed.job_id,
+            t.c.schedule_id == observed.schedule_id,
+            t.c.resolve_time.is_(None),
+        ]
+        if observed.kind is None:  # a success resolves the rule's open incidents of this job and schedule
+            for row in conn.execute(sa.update(t).where(*key).values(resolve_time=now).returning(*t.c)).all():
+                incident = _incident(row._mapping)
+                if AlertKind.RECOVERED in rule.kinds or isinstance(route.destination, PagerDutyDestination):
+                    summary = f"resolved: {observed.summary} after {incident.alerts} alert(s)"
+                    self._deliver(
+                        conn,
+                        rule,
+                        route,
+                        incident,
+                        AlertKind.RECOVERED,
+                        summary,
+                        observed,
+                        when,
+                        now,
+                        resolve=True,
+                    )
+            return
+        if observed.kind not in rule.kinds:
+            return
+        family = alerts.family(observed.kind)
+        counted = conn.execute(
+            sa.update(t).where(*key, t.c.family == family).values(alerts=t.c.alerts + 1).returning(t.c.seq)
+        ).first()
+        if counted is not None:
+            return  # one notification per incident
+        row = conn.execute(
+            sa.insert(t)
+            .values(
+                namespace=namespace,
+                rule_id=rule.id,
+                route_id=route.id,
+                job_id=observed.job_id,
+                schedule_id=observed.schedule_id,
+                family=family,
+                kind=observed.kind.value,
+                summary=observed.summary,
+                alerts=1,
+                open_time=now,
+                resolve_time=None,
+                dedup_key=f"cronwire-{secrets.token_hex(12)}",
+            )
+            .returning(*t.c)
+        ).one()
+        incident = _incident(row._mapping)
+        self._deliver(
+            conn, rule, route, incident, observed.kind, observed.summary, observed, when, now, resolve=False
+        )
+
+    def _deliver(
+        self,
+        conn: Connection,
+        rule: NotificationRule,
+        route: NotificationRoute,
+        incident: Incident,
+        kind: AlertKind,
+        summary: str,
+        observed: alerts.Observed,
+        when: datetime,
+        now: datetime,
+        *,
+        resolve: bool,
+    ) -> None:
+        d = notification_deliveries
+        state = DeliveryState.PENDING
+        if not resolve:
+            sent = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(d)
+                .where(
+                    d.c.namespace == route.namespace,
+                    d.c.route_id == route.id,
+                    d.c.create_time > now - HOUR,
+                    d.c.state != DeliveryState.RATE_LIMITED.value,
+                    d.c.resolve.is_(False),
+                )
+            ).scalar_one()
+            if sent >= route.per_hour:
+                state = DeliveryState.RATE_LIMITED
+        namespace = route.namespace
+        alert = {
+            "kind": kind.name,
+            "resolve": resolve,
+            "summary": summary,
+            "namespace": namespace,
+            "job": format_name("job", namespace, observed.job_id) if observed.job_id else "",
+            "schedule": schedule_name(namespace, observed.schedule_id) if observed.schedule_id else "",
+            "execution": format_name("execution", namespace, observed.execution_id)
+            if observed.execution_id
+            else "",
+            "scheduled_time": observed.scheduled_time.isoformat() if observed.scheduled_time else None,
+            "time": when.isoformat(),
+            "rule": rule.name,
+            "route": route.name,
+            "incident": incident.name,
+            "dedup_key": incident.dedup_key,
+            "incident_alerts": incident.alerts,
+        }
+        conn.execute(
+            sa.insert(d).values(
+                namespace=namespace,
+                route_id=route.id,
+                incident_seq=incident.seq,
+                kind=kind.value,
+                resolve=resolve,
+                alert=alert,
+                state=state.value,
+                attempts=0,
+                http_status=None,
+                error=""
+                if state is DeliveryState.PENDING
+                else f"the route sent {route.per_hour} in the last hour",
+                summary=summary,
+                create_time=now,
+                last_attempt_time=None,
+                next_attempt_time=now if state is DeliveryState.PENDING else None,
+            )
+        )
+
+    # The sender
+
+    async def claim_deliveries(self, limit: int, lease: timedelta) -> list[ClaimedDelivery]:
+        """Up to `limit` due pending deliveries, with their routes; their next attempt is moved
+        `lease` on, so no other replica takes them while this one sends."""
+        return await self._run(self._claim, limit, lease)
+
+    def _claim(self, conn: Connection, limit: int, lease: timedelta, now: datetime) -> list[ClaimedDelivery]:
+        d = notification_deliveries
+        query = (
+            sa.select(d)
+            .where(d.c.state == DeliveryState.PENDING.value, d.c.next_attempt_time <= now)
+            .order_by(d.c.next_attempt_time)
+            .limit(limit)
+        )
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True)
+        rows = conn.execute(query).all()
+        if not rows:
+            return []
+        conn.execute(
+            sa.update(d).where(d.c.seq.in_([r.seq for r in rows])).values(next_attempt_time=now + lease)
+        )
+        claimed: list[ClaimedDelivery] = []
+        routes: dict[tuple[str, str], NotificationRoute | None] = {}
+        for row in rows:
+            delivery = _delivery(row._mapping)
+            key = (delivery.namespace, delivery.route_id)
+            if key not in routes:
+                found = conn.execute(
+                    sa.select(notification_routes).where(
+                        notification_routes.c.namespace == key[0], notification_routes.c.id == key[1]
+                    )
+                ).first()
+                routes[key] = _route(found._mapping) if found is not None else None
+            route = routes[key]
+            if route is None:
+                conn.execute(
+                    sa.update(d)
+                    .where(d.c.seq == delivery.seq)
+                    .values(
+                        state=DeliveryState.FAILED.value,
+                        error="the route was deleted",
+                        next_attempt_time=None,
+                    )
+                )
+                continue
+            claimed.append(ClaimedDelivery(delivery, route))
+        return claimed
+
+    async def record_attempt(
+        self,
+        delivery: Delivery,
+        *,
+        delivered: bool,
+        http_status: int | None,
+        error: str,
+        retry_in: timedelta | None,
+    ) -> None:
+        """The outcome of one attempt; `retry_in` None gives up (FAILED) unless delivered."""
+
+        def work(conn: Connection, now: datetime) -> None:
+            state = (
+                DeliveryState.DELIVERED
+                if delivered
+                else DeliveryState.PENDING
+                if retry_in is not None
+                else DeliveryState.FAILED
+            )
+            d = notification_deliveries
+            conn.execute(
+                sa.update(d)
+                .where(d.c.seq == delivery.seq)
+                .values(
+                    state=state.value,
+                    attempts=d.c.attempts + 1,
+                    http_status=http_status,
+                    error=error[:2000],
+                    last_attempt_time=now,
+                    next_attempt_time=now + retry_in if state is DeliveryState.PENDING and retry_in else None,
+                )
+            )
+
+        await self._run(work)
+
+    # The deadline watch
+
+    async def deadline_pass(self, limit: int = 500) -> DeadlinePass:
+        return await self._run(self._deadline_pass, limit)
+
+    def _deadline_pass(self, conn: Connection, limit: int, now: datetime) -> DeadlinePass:
+        s, e = schedules, executions
+        candidates: list[Candidate] = []
+        # Ticks not even dispatched: the schedule's next fire time is in the past.
+        for row in conn.execute(
+            sa.select(s.c.namespace, s.c.id, s.c.job_id, s.c.deadlines, s.c.time_zone, s.c.next_fire_time)
+            .where(
+                s.c.deadlines.is_not(None),
+                s.c.paused.is_(False),
+                s.c.next_fire_time.is_not(None),
+                s.c.next_fire_time <= now,
+            )
+            .limit(limit)
+        ).all():
+            deadlines = deadlines_from_json(row.deadlines)
+            if deadlines:
+                candidates.append(
+                    Candidate(row.namespace, row.id, row.job_id, deadlines, row.time_zone, row.next_fire_time)
+                )
+        # Ticks dispatched and not ended.
+        for active in conn.execute(
+            sa.select(
+                e.c.namespace,
+                e.c.id,
+                e.c.schedule_id,
+                e.c.job_id,
+                e.c.state,
+                e.c.scheduled_time,
+                e.c.start_time,
+                s.c.deadlines,
+                s.c.time_zone,
+            )
+            .select_from(e.join(s, sa.and_(s.c.namespace == e.c.namespace, s.c.id == e.c.schedule_id)))
+            .where(
+                e.c.state.in_(("queued", "running")),
+                e.c.schedule_id != "",
+                s.c.deadlines.is_not(None),
+            )
+            .limit(limit)
+        ).all():
+            deadlines = deadlines_from_json(active.deadlines)
+            if deadlines:
+                candidates.append(
+                    Candidate(
+                        active.namespace,
+                        active.schedule_id,
+                        active.job_id,
+                        deadlines,
+                        active.time_zone,
+                        active.scheduled_time,
+                        execution_id=active.id,
+                        started=active.start_time if active.state == "running" else None,
+                    )
+                )
+        recorded: list[tuple[str, DeadlineMiss]] = []
+        insert = (postgresql.insert if self._postgres else sqlite.insert)(deadline_misses)
+        for candidate in candidates:
+            for miss in misses(candidate, now):
+                kept = conn.execute(
+                    insert.values(
+                        namespace=candidate.namespace,
+                        schedule_id=candidate.schedule_id,
+                        scheduled_time=miss.scheduled_time,
+                        kind=miss.kind.value,
+                        execution_id=miss.execution_id,
+                        deadline=miss.deadline,
+                        time=now,
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(deadline_misses.c.kind)
+                ).first()
+                if kept is None:
+                    continue  # recorded before, by this replica or another
+                sql_events.insert(
+                    conn,
+                    [
+                        sql_events.row(
+                            EventType.DEADLINE_MISSED,
+                            candidate.namespace,
+                            schedule_name(candidate.namespace, candidate.schedule_id),
+                            now,
+                            job_id=candidate.job_id,
+                            schedule_id=candidate.schedule_id,
+                            snapshot=sql_events.deadline_miss_snapshot(miss),
+                        )
+                    ],
+                )
+                recorded.append((candidate.namespace, miss))
+        return DeadlinePass(recorded)
+
+    async def deadline_misses_of(self, namespace: str, schedule_id: str) -> int:
+        def work(conn: Connection, now: datetime) -> int:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(deadline_misses)
+                    .where(
+                        deadline_misses.c.namespace == namespace, deadline_misses.c.schedule_id == schedule_id
+                    )
+                ).scalar_one()
+            )
+
+        return await self._run(work)
+
+    async def prune(self, before: datetime) -> None:
+        """Forget deadline misses, resolved incidents and finished deliveries older than `before`."""
+
+        def work(conn: Connection, now: datetime) -> None:
+            conn.execute(sa.delete(deadline_misses).where(deadline_misses.c.time < before))
+            d = notification_deliveries
+            conn.execute(
+                sa.delete(d).where(d.c.create_time < before, d.c.state != DeliveryState.PENDING.value)
+            )
+            t = notification_incidents
+            conn.execute(sa.delete(t).where(t.c.resolve_time < before))
+
+        await self._run(work)

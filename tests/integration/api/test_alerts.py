@@ -1,0 +1,435 @@
+"""Alerts against a real server and database, with real local receivers: a signed webhook that
+gets one alert per incident and its resolution, Slack and PagerDuty payloads, mail received by an
+SMTP server over STARTTLS, LATE while every worker slot is busy and while no worker runs, and
+nothing sent to an address the server refuses."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import socket
+import ssl
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from google.protobuf import duration_pb2
+
+from cronwire.v1 import (
+    event_pb2,
+    event_service_pb2,
+    event_service_pb2_grpc,
+    execution_pb2,
+    execution_service_pb2,
+    execution_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    notification_pb2,
+    notification_service_pb2,
+    notification_service_pb2_grpc,
+    schedule_pb2,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
+)
+from cronwire_server.app import RunningServer, create_server
+from cronwire_server.config import Settings
+from tests.support import eventually
+
+NS = "namespaces/alerts"
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A local HTTP server that records every POST and answers 200 (202 under /pd)."""
+
+    port: int = 0
+    got: list[Received] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def on(self, path: str) -> list[Received]:
+        return [r for r in self.got if r.path == path]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    found = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            found.got.append(Received(self.path, dict(self.headers.items()), body))
+            self.send_response(202 if self.path.startswith("/pd") else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    found.port = http.server_address[1]
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    yield found
+    http.shutdown()
+    http.server_close()
+
+
+@dataclass
+class Api:
+    jobs: job_service_pb2_grpc.JobServiceStub
+    schedules: schedule_service_pb2_grpc.ScheduleServiceStub
+    executions: execution_service_pb2_grpc.ExecutionServiceStub
+    events: event_service_pb2_grpc.EventServiceStub
+    alerts: notification_service_pb2_grpc.NotificationServiceStub
+
+
+async def _serve(database_url: str, **settings: Any) -> RunningServer:
+    return await create_server(
+        Settings(listen="127.0.0.1:0", database_url=database_url, allow_root_jobs=True, **settings)
+    )
+
+
+@pytest.fixture
+async def api_of() -> AsyncIterator[Any]:
+    """Start servers with given settings; stubs on them."""
+    started: list[tuple[RunningServer, grpc.aio.Channel]] = []
+
+    async def start(database_url: str, **settings: Any) -> Api:
+        running = await _serve(database_url, **settings)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        started.append((running, channel))
+        return Api(
+            job_service_pb2_grpc.JobServiceStub(channel),
+            schedule_service_pb2_grpc.ScheduleServiceStub(channel),
+            execution_service_pb2_grpc.ExecutionServiceStub(channel),
+            event_service_pb2_grpc.EventServiceStub(channel),
+            notification_service_pb2_grpc.NotificationServiceStub(channel),
+        )
+
+    yield start
+    for running, channel in started:
+        await channel.close()
+        await running.stop(grace=0)
+
+
+async def _route(api: Api, route_id: str, **destination: Any) -> notification_pb2.NotificationRoute:
+    created = await api.alerts.CreateNotificationRoute(
+        notification_service_pb2.CreateNotificationRouteRequest(
+            parent=NS, route_id=route_id, route=notification_pb2.NotificationRoute(**destination)
+        )
+    )
+    return created.route
+
+
+async def _rule(api: Api, rule_id: str, route: str, kinds: list[int], **select: Any) -> None:
+    await api.alerts.CreateNotificationRule(
+        notification_service_pb2.CreateNotificationRuleRequest(
+            parent=NS,
+            rule_id=rule_id,
+            rule=notification_pb2.NotificationRule(route=route, kinds=kinds, **select),
+        )
+    )
+
+
+async def _shell_job(api: Api, job_id: str, argv: list[str], **extra: Any) -> None:
+    job = job_pb2.Job(executor="shell", **extra)
+    job.parameters.update({"argv": argv})
+    await api.jobs.CreateJob(job_service_pb2.CreateJobRequest(parent=NS, job_id=job_id, job=job))
+
+
+async def _run_to_end(api: Api, job_id: str) -> execution_pb2.Execution:
+    run = await api.jobs.RunJob(job_service_pb2.RunJobRequest(name=f"{NS}/jobs/{job_id}"))
+
+    async def ended() -> execution_pb2.Execution | None:
+        got = await api.executions.GetExecution(
+            execution_service_pb2.GetExecutionRequest(name=run.execution.name)
+        )
+        done = got.execution.state not in (
+            execution_pb2.EXECUTION_STATE_QUEUED,
+            execution_pb2.EXECUTION_STATE_RUNNING,
+        )
+        return got.execution if done else None
+
+    return await eventually(ended, 30, f"the run of {job_id} to end")
+
+
+async def _deliveries(api: Api) -> list[notification_pb2.NotificationDelivery]:
+    listed = await api.alerts.ListNotificationDeliveries(
+        notification_service_pb2.ListNotificationDeliveriesRequest(parent=NS)
+    )
+    return list(listed.deliveries)
+
+
+async def test_one_signed_alert_per_incident_and_its_resolution(
+    api_of: Any, database_url: str, receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRONWIRE_SECRET_HOOK_KEY", "hook-signing-key")
+    api = await api_of(database_url, allow_private_networks=True)
+    route = await _route(
+        api,
+        "ops-hook",
+        webhook=notification_pb2.WebhookDestination(url=receiver.url("/hook"), signing_secret="HOOK_KEY"),
+    )
+    assert "hook-signing-key" not in str(route)
+    await _rule(
+        api,
+        "flaky-failures",
+        route.name,
+        [notification_pb2.ALERT_KIND_FAILED, notification_pb2.ALERT_KIND_RECOVERED],
+        job=f"{NS}/jobs/flaky",
+    )
+    flag = tmp_path / "ok"
+    await _shell_job(api, "flaky", ["test", "-f", str(flag)])
+    for _ in range(5):
+        failed = await _run_to_end(api, "flaky")
+        assert failed.state == execution_pb2.EXECUTION_STATE_FAILED
+    first = await eventually(lambda: receiver.on("/hook"), 20, "the failure alert")
+    flag.write_text("")
+    assert (await _run_to_end(api, "flaky")).state == execution_pb2.EXECUTION_STATE_SUCCEEDED
+    await eventually(lambda: len(receiver.on("/hook")) >= 2, 20, "the resolution")
+
+    sent = receiver.on("/hook")
+    assert len(sent) == 2, [r.json() for r in sent]  # five failures, one alert; one resolution
+    trigger, resolution = sent[0].json(), sent[1].json()
+    assert first[0].json() == trigger
+    assert trigger["kind"] == "FAILED"
+    assert trigger["resolve"] is False
+    assert trigger["job"] == f"{NS}/jobs/flaky"
+    assert resolution["kind"] == "RECOVERED"
+    assert resolution["resolve"] is True
+    assert resolution["incident"] == trigger["incident"]
+    for request in sent:
+        expected = "sha256=" + hmac.new(b"hook-signing-key", request.body, hashlib.sha256).hexdigest()
+        assert request.headers["X-Cronwire-Signature"] == expected
+        assert b"hook-signing-key" not in request.body
+
+    incidents = (
+        await api.alerts.ListIncidents(notification_service_pb2.ListIncidentsRequest(parent=NS))
+    ).incidents
+    assert len(incidents) == 1
+    assert incidents[0].alerts == 5
+    assert incidents[0].HasField("resolve_time")
+    deliveries = await _deliveries(api)
+    assert [d.state for d in deliveries] == [notification_pb2.DELIVERY_STATE_DELIVERED] * 2
+    assert [d.kind for d in deliveries] == [
+        notification_pb2.ALERT_KIND_RECOVERED,
+        notification_pb2.ALERT_KIND_FAILED,
+    ]
+    assert all(d.http_status == 200 for d in deliveries)
+
+
+async def test_slack_and_pagerduty_payloads(
+    api_of: Any, database_url: str, receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRONWIRE_SECRET_SLACK_URL", receiver.url("/slack/T000/B000/XXXX"))
+    monkeypatch.setenv("CRONWIRE_SECRET_PD_KEY", "R0UTINGKEY")
+    api = await api_of(database_url, allow_private_networks=True)
+    slack = await _route(api, "chat", slack=notification_pb2.SlackDestination(url_secret="SLACK_URL"))
+    pager = await _route(
+        api,
+        "pager",
+        pagerduty=notification_pb2.PagerDutyDestination(
+            routing_key_secret="PD_KEY", events_url=receiver.url("/pd")
+        ),
+    )
+    for route in (slack, pager):
+        await _rule(
+            api,
+            f"{route.name.rsplit('/', 1)[1]}-rule",
+            route.name,
+            [notification_pb2.ALERT_KIND_FAILED],
+            labels={"team": "data"},
+        )
+    flag = tmp_path / "ok"
+    await _shell_job(api, "etl", ["test", "-f", str(flag)], labels={"team": "data"})
+    await _shell_job(api, "other", ["false"])  # no label: no rule selects it
+    await _run_to_end(api, "other")
+    await _run_to_end(api, "etl")
+    await eventually(lambda: receiver.on("/pd") and receiver.on("/slack/T000/B000/XXXX"), 20, "both alerts")
+    flag.write_text("")
+    await _run_to_end(api, "etl")
+    await eventually(lambda: len(receiver.on("/pd")) >= 2, 20, "the PagerDuty resolve")
+
+    posted = receiver.on("/slack/T000/B000/XXXX")
+    assert len(posted) == 1  # RECOVERED is not among the Slack rule's kinds
+    message = posted[0].json()
+    assert message["text"].startswith("cronwire Failed: ")
+    fields = {f["title"]: f["value"] for f in message["attachments"][0]["fields"]}
+    assert fields["Job"] == f"{NS}/jobs/etl"
+    assert fields["Execution"].startswith(f"{NS}/executions/")
+
+    trigger, resolve = (r.json() for r in receiver.on("/pd"))
+    assert trigger["routing_key"] == "R0UTINGKEY"
+    assert trigger["event_action"] == "trigger"
+    assert trigger["payload"]["severity"] == "error"
+    assert trigger["payload"]["class"] == "FAILED"
+    assert trigger["payload"]["component"] == f"{NS}/jobs/etl"
+    assert resolve == {
+        "routing_key": "R0UTINGKEY",
+        "event_action": "resolve",
+        "dedup_key": trigger["dedup_key"],
+    }
+    assert all("other" not in r.body.decode() for r in receiver.got)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Mailbox:
+    messages: list[Any] = field(default_factory=list)
+    tls: list[bool] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope)
+        self.tls.append(session.ssl is not None)
+        return "250 OK"
+
+
+async def test_mail_over_starttls_reaches_a_real_smtp_server(
+    api_of: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the server's SMTP client trusts the test CA
+    mailbox = Mailbox()
+    port = _free_port()
+    smtp = Controller(
+        mailbox, hostname="127.0.0.1", port=port, tls_context=server_context, require_starttls=True
+    )
+    smtp.start()
+    try:
+        api = await api_of(database_url, allow_private_networks=True)
+        mail = await _route(
+            api,
+            "mail",
+            email=notification_pb2.EmailDestination(
+                smtp_host="127.0.0.1",
+                smtp_port=port,
+                security=notification_pb2.EMAIL_SECURITY_STARTTLS,
+                from_address="cronwire@example.com",
+                to_addresses=["oncall@example.com"],
+            ),
+        )
+        await _rule(api, "mail-failures", mail.name, [notification_pb2.ALERT_KIND_FAILED])
+        await _shell_job(api, "nightly", ["sh", "-c", "echo boom >&2; exit 3"])
+        await _run_to_end(api, "nightly")
+        await eventually(lambda: mailbox.messages, 20, "the mail")
+    finally:
+        smtp.stop()
+    envelope = mailbox.messages[0]
+    assert mailbox.tls == [True]
+    assert envelope.mail_from == "cronwire@example.com"
+    assert envelope.rcpt_tos == ["oncall@example.com"]
+    text = envelope.content.decode()
+    assert f"Subject: [cronwire] FAILED: {NS}/jobs/nightly" in text
+    assert "exit code 3" in text
+    deliveries = await _deliveries(api)
+    assert [d.state for d in deliveries] == [notification_pb2.DELIVERY_STATE_DELIVERED]
+
+
+async def test_nothing_is_sent_to_a_refused_address(
+    api_of: Any, database_url: str, receiver: Receiver
+) -> None:
+    api = await api_of(database_url)  # private addresses not allowed
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _route(api, "direct", webhook=notification_pb2.WebhookDestination(url=receiver.url("/x")))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "loopback" in (refused.value.details() or "")
+    # A name is resolved when sending: refused then, recorded, nothing sent.
+    route = await _route(
+        api, "by-name", webhook=notification_pb2.WebhookDestination(url=f"http://localhost:{receiver.port}/x")
+    )
+    await _rule(api, "all-failures", route.name, [notification_pb2.ALERT_KIND_FAILED])
+    await _shell_job(api, "broken", ["false"])
+    await _run_to_end(api, "broken")
+
+    async def given_up() -> list[notification_pb2.NotificationDelivery] | None:
+        found = await _deliveries(api)
+        return found if found and found[0].state == notification_pb2.DELIVERY_STATE_FAILED else None
+
+    failed = (await eventually(given_up, 20, "the refused delivery"))[0]
+    assert "refused" in failed.error
+    assert "loopback" in failed.error
+    assert failed.attempts == 1  # a refusal is not retried
+    assert receiver.got == []
+
+
+def _deadline_schedule(schedule_id: str, job_id: str) -> schedule_pb2.Schedule:
+    schedule = schedule_pb2.Schedule(job=f"{NS}/jobs/{job_id}")
+    schedule.trigger.interval.every.FromSeconds(2)
+    schedule.deadlines.start_within.CopyFrom(duration_pb2.Duration(seconds=1))
+    schedule.deadlines.max_duration.CopyFrom(duration_pb2.Duration(seconds=60))
+    return schedule
+
+
+async def _late_alert(api: Api, receiver: Receiver, job_id: str, **job: Any) -> None:
+    route = await _route(api, "hook", webhook=notification_pb2.WebhookDestination(url=receiver.url("/late")))
+    await _rule(
+        api, "late", route.name, [notification_pb2.ALERT_KIND_LATE], schedule=f"{NS}/schedules/every-2s"
+    )
+    await _shell_job(api, job_id, ["true"], **job)
+    created = await api.schedules.CreateSchedule(
+        schedule_service_pb2.CreateScheduleRequest(
+            parent=NS, schedule_id="every-2s", schedule=_deadline_schedule("every-2s", job_id)
+        )
+    )
+    assert created.schedule.deadlines.start_within.seconds == 1
+    alert = (await eventually(lambda: receiver.on("/late"), 30, "the LATE alert"))[0].json()
+    assert alert["kind"] == "LATE"
+    assert alert["schedule"] == f"{NS}/schedules/every-2s"
+    missed = await api.events.ListEvents(
+        event_service_pb2.ListEventsRequest(parent=NS, event_types=[event_pb2.EVENT_TYPE_DEADLINE_MISSED])
+    )
+    assert missed.events
+    event = missed.events[0]
+    assert event.resource == f"{NS}/schedules/every-2s"
+    assert event.deadline_miss.kind == event_pb2.DEADLINE_KIND_START_WITHIN
+    assert event.deadline_miss.deadline.ToSeconds() == event.deadline_miss.scheduled_time.ToSeconds() + 1
+    await eventually(lambda: len(receiver.on("/late")) >= 1, 5, "at least one")
+    # Late again and again: one incident, one notification.
+    assert len(receiver.on("/late")) == 1
+
+
+async def test_late_when_every_worker_slot_is_busy(
+    api_of: Any, database_url: str, receiver: Receiver
+) -> None:
+    api = await api_of(database_url, allow_private_networks=True, worker_slots=1)
+    await _shell_job(api, "hog", ["sleep", "60"])
+    await api.jobs.RunJob(job_service_pb2.RunJobRequest(name=f"{NS}/jobs/hog"))
+    # A job with a concurrency limit: its ticks wait QUEUED for a slot (ticks the local pool takes
+    # ahead of their time are recorded RUNNING while they wait, and cannot be told late).
+    await _late_alert(api, receiver, "report", max_concurrency=1)
+
+
+async def test_late_when_no_worker_runs(api_of: Any, database_url: str, receiver: Receiver) -> None:
+    api = await api_of(database_url, allow_private_networks=True, roles=frozenset({"api", "dispatcher"}))
+    await _late_alert(api, receiver, "report")
