@@ -365,6 +365,11 @@ class RemoteWorkers:
             _deadline(execution, job),
             renewed_at=self._clock(),
         )
+        # Its output goes on after what the earlier stream stored (the last chunk's end).
+        last = await self._store.read_logs(execution.namespace, execution.id, 2**62, 1)
+        if last:
+            offset, data, _ = last[-1]
+            held.output_bytes = held.kept_bytes = offset + len(data.encode())
         held.cancel_requested = cancelled
         session.held[token] = held
         self._changed.set()
@@ -382,6 +387,8 @@ class RemoteWorkers:
         if held is None:
             self._refuse(session, name, token, "output for a lease this worker does not hold")
             return
+        if not text:
+            return  # a chunk holds at least one byte: its offset is its key
         data = text.encode()
         offset = held.output_bytes
         held.output_bytes += len(data)

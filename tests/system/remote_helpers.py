@@ -69,6 +69,7 @@ def gate(tag="run"):
     # Starts, then waits for the test to open the gate (the file `<tag>-go`).
     attempt = cronwire.current_task().attempt
     mark(f"{tag}-started-{attempt}")
+    print("at the gate on attempt", attempt)
     while not (MARKERS / f"{tag}-go").exists():
         time.sleep(0.02)
     print("through the gate on attempt", attempt)

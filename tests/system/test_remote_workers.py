@@ -44,6 +44,11 @@ class ClusterApi(Api):
         self.cluster = ClusterServiceStub(self.channel)
 
 
+def live_output(api: Api, execution: str) -> str:
+    request = execution_service_pb2.StreamExecutionLogsRequest(name=execution)
+    return "".join(c.data for c in api.executions.StreamExecutionLogs(request, timeout=10))
+
+
 def result_of(execution: execution_pb2.Execution) -> object:
     return json_format.MessageToDict(execution.result)
 
@@ -285,6 +290,7 @@ def test_a_worker_whose_replica_is_killed_reconnects_and_nothing_is_lost_or_run_
     workers.start(f"{doomed.target},{survivor.target}", queues="q", identity="w")
     execution = api.run_job(job.name)
     wait_for(lambda: workers.marker("run-started-1"), 30, "the task to start")
+    wait_for(lambda: "at the gate" in live_output(api, execution.name), 30, "its first output to be stored")
     doomed.process.send_signal(signal.SIGKILL)
     doomed.process.wait(timeout=10)
     wait_for(lambda: "connected to " + survivor.target in workers.log("w"), 30, "the worker to reconnect")
@@ -292,6 +298,9 @@ def test_a_worker_whose_replica_is_killed_reconnects_and_nothing_is_lost_or_run_
 
     done = wait_for(execution_in(api, execution.name, SUCCEEDED), 30, "the run to finish after the reconnect")
     assert result_of(done) == {"attempt": 1, "worker": "w"}, describe([done])
+    # Its output goes on where the first stream left it.
+    output = live_output(api, execution.name)
+    assert output.index("at the gate on attempt 1") < output.index("through the gate on attempt 1"), output
     runs = api.executions_of(job=job.name)
     assert len(runs) == 1, describe(runs)  # no LOST attempt, no retry
     assert workers.marker("run-started-2") is None
