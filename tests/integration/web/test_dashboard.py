@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,40 @@ def test_what_jobs_hold_renders_as_text(web: WebServer, page: Page) -> None:
     expect(page.locator("#output")).to_contain_text(hostile)
     assert page.locator("main script, main img").count() == 0
     assert page.evaluate("window.__xss === undefined")
+
+
+def test_backfill_previews_its_ticks_and_cancel_stops_a_run(
+    web: WebServer, page: Page, tmp_path: Path, screenshots: Path
+) -> None:
+    with Client(web.target, namespace=NS) as client:
+        client.create_job("sync", executor="shell", parameters={"argv": ["true"]})
+        client.create_schedule("hourly", job="sync", trigger=CronTrigger("0 * * * *"))
+        client.create_job("stuck", executor="shell", parameters={"argv": waits_for(tmp_path / "never")})
+        stuck = client.run_job("stuck")
+    # Two whole hours ago, from half past: exactly two ticks.
+    start = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=30, second=0, microsecond=0)
+    end = start + timedelta(hours=2)
+
+    page.goto(f"{web.url}/jobs/{NS}/sync")
+    backfill = page.locator("#schedule-hourly form.backfill")
+    backfill.locator("input[name=start]").fill(start.strftime("%Y-%m-%dT%H:%M"))
+    backfill.locator("input[name=end]").fill(end.strftime("%Y-%m-%dT%H:%M"))
+    backfill.locator("button").click()
+    preview = page.locator("#preview li")
+    expect(preview).to_have_count(2)
+    expect(preview.first).to_have_text((start + timedelta(minutes=30)).strftime("%Y-%m-%d %H:%M:%S"))
+    page.screenshot(path=str(screenshots / "backfill-preview.png"))
+    with Client(web.target, namespace=NS) as client:
+        assert client.list_executions(job="sync").items == []  # a dry run ran nothing
+    page.click("#confirm-button")
+    expect(page.locator("#outcome")).to_have_text("Backfill queued.")
+    expect(page.locator("#executions .execution-row")).to_have_count(2)
+    expect(page.locator("#executions")).to_contain_text("backfill")
+
+    page.goto(f"{web.url}/executions/{NS}/{stuck.name.rsplit('/', 1)[1]}")
+    expect(page.locator("#execution-state")).to_have_text("running")
+    page.click("#cancel")
+    confirm(page)
+    expect(page.locator("#outcome")).to_have_text("Cancellation requested.")
+    expect(page.locator("#execution-state")).to_have_text("cancelled")
+    assert page.locator("#cancel").count() == 0

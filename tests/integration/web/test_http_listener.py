@@ -4,6 +4,7 @@ the gRPC server's process, and where it listens by default."""
 from __future__ import annotations
 
 import argparse
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from cronwire import Client
 from cronwire_server.config import add_server_flags, settings_from_args
@@ -105,3 +107,50 @@ def test_an_address_asked_for_that_is_taken_stops_the_server(web: WebServer, tmp
     )
     assert finished.returncode != 0
     assert f"cannot serve HTTP on 127.0.0.1:{web.http_port}" in finished.stderr
+
+
+def test_the_listener_serves_https_with_the_grpc_tls_files_and_a_secure_cookie(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key, ca_file = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    server_cert.cert_chain_pems[0].write_to_path(str(cert))
+    server_cert.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    web = start_web_server(
+        f"sqlite:///{tmp_path / 'cronwire.db'}", tmp_path, "--tls-cert", str(cert), "--tls-key", str(key)
+    )
+    try:
+        url = f"https://127.0.0.1:{web.http_port}"
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(ca_file)), timeout=5.0) as client:
+            assert client.get(f"{url}/readyz").text == "SERVING\n"
+            # With TLS a key is needed even on loopback, as for gRPC.
+            assert client.get(f"{url}/").headers["location"].startswith("/login")
+            login = client.get(f"{url}/login")
+            assert "secure" in login.headers["set-cookie"].lower()
+            assert "samesite=strict" in login.headers["set-cookie"].lower()
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{web.http_port}/readyz", timeout=5.0)
+    finally:
+        web.stop()
+
+
+def test_beyond_loopback_the_listener_needs_keys_like_grpc(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cronwire_server",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'cronwire.db'}",
+            "--http-address",
+            "0.0.0.0:0",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode != 0
+    assert "refusing to serve on 0.0.0.0:0 without authentication" in finished.stderr
