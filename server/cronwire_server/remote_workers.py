@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # Executions one stream holds at most, whatever free slots its worker announces.
 MAX_IN_FLIGHT = 256
+# Results of one stream recorded at once, at most; the stream's next messages wait beyond.
+MAX_RECORDING = 64
 # Messages waiting to be sent down one stream at most; a worker that does not read is dropped.
 MAX_OUTBOX = 4096
 # How often the dispatch loop looks for due work it was not woken for (a retry's backoff ending,
@@ -173,6 +175,8 @@ class Session:
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.closed: SessionClosed | None = None
         self.closed_event = asyncio.Event()
+        # Results of this stream being recorded at once, at most.
+        self.recording = asyncio.Semaphore(MAX_RECORDING)
         self.last_heard = 0.0  # monotonic
 
     def room(self) -> int:
@@ -227,6 +231,8 @@ class RemoteWorkers:
         # whose recovery loop would).
         self._recover = recover
         self._sessions: dict[str, Session] = {}
+        # Results being recorded (`_record`), each awaited by its own task until written.
+        self._recordings: set[asyncio.Task[None]] = set()
         self._registry = registry
         self._replica = replica
         self._changed = asyncio.Event()
@@ -440,10 +446,41 @@ class RemoteWorkers:
                 },
             )
             retry = _plan_retry if failure.retryable else _no_retry
-        if not await self._finish(session, held, outcome, retry):
-            self._refuse(
-                session, name, token, "the lease expired before the result came: not recorded", cancel=False
-            )
+        # Recorded beside the stream's next messages (at most MAX_RECORDING of a stream at once):
+        # results that arrive together are written together, not one round trip after another.
+        held.ending = True
+        await session.recording.acquire()
+        task = asyncio.ensure_future(self._record(session, held, outcome, retry))
+        self._recordings.add(task)
+        task.add_done_callback(self._recordings.discard)
+
+    async def _record(self, session: Session, held: _Held, outcome: RunOutcome, retry: RetryPlanner) -> None:
+        """Record a result; while the database is away, retry for as long as the lease lasts (it
+        protects the run meanwhile). The refusal of a result whose lease had expired goes back."""
+        try:
+            give_up = self._clock() + self.lease.total_seconds()
+            while True:
+                try:
+                    recorded = await self._finish(session, held, outcome, retry)
+                    break
+                except StorageUnavailable as error:
+                    if self._clock() >= give_up:
+                        log.warning("could not record a remote result (%s); its lease will expire", error)
+                        return
+                    await asyncio.sleep(RETRY_AFTER_ERROR)
+            if not recorded:
+                self._refuse(
+                    session,
+                    held.name,
+                    held.claim.token,
+                    "the lease expired before the result came: not recorded",
+                    cancel=False,
+                )
+        except Exception:
+            # Logged, never lost silently: the lease expires and the recovery applies.
+            log.exception("recording a remote result failed", extra=run_fields(held.execution))
+        finally:
+            session.recording.release()
 
     async def release(self, session: Session, name: str, token: str) -> None:
         held = self._held(session, name, token)

@@ -2,7 +2,8 @@
 
 One Connect call is one `Session`. The call reads the worker's messages and writes what the
 session has to send, in one task: each turn waits for whichever comes first (a message from the
-worker, one for it, or the session's end). Messages are handled in order, one at a time, so a
+worker, one for it, or the session's end). Messages are handled in order; results are recorded
+beside the next messages, at most `remote_workers.MAX_RECORDING` of a stream at once, so a
 worker that sends faster than the database records is slowed down by its own stream.
 """
 
