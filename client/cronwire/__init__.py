@@ -16,6 +16,19 @@
 
 from __future__ import annotations
 
+from cronwire._alerts import (
+    AlertKind,
+    DeliveryState,
+    EmailDestination,
+    EmailSecurity,
+    Incident,
+    NotificationDelivery,
+    NotificationRoute,
+    NotificationRule,
+    PagerDutyDestination,
+    SlackDestination,
+    WebhookDestination,
+)
 from cronwire._channel import TLSConfig
 from cronwire._errors import (
     AlreadyExists,
@@ -50,6 +63,7 @@ from cronwire._types import (
     CronTrigger,
     DateRange,
     DateTrigger,
+    Deadlines,
     DependencyCondition,
     DstPolicy,
     Event,
@@ -91,6 +105,7 @@ from cronwire.worker import TaskContext, Worker, current_task
 
 __all__ = [
     "UNSET",
+    "AlertKind",
     "AllOfTrigger",
     "AlreadyExists",
     "AnyOfTrigger",
@@ -112,8 +127,12 @@ __all__ = [
     "DateRange",
     "DateTrigger",
     "DeadlineExceeded",
+    "Deadlines",
+    "DeliveryState",
     "DependencyCondition",
     "DstPolicy",
+    "EmailDestination",
+    "EmailSecurity",
     "Event",
     "EventType",
     "Execution",
@@ -124,6 +143,7 @@ __all__ = [
     "FailedPrecondition",
     "FieldViolation",
     "FireTime",
+    "Incident",
     "IntervalTrigger",
     "InvalidArgument",
     "Job",
@@ -135,9 +155,13 @@ __all__ = [
     "MisfirePolicy",
     "Namespace",
     "NotFound",
+    "NotificationDelivery",
+    "NotificationRoute",
+    "NotificationRule",
     "OutOfRange",
     "OverlapPolicy",
     "Page",
+    "PagerDutyDestination",
     "PermissionDenied",
     "PublicHolidays",
     "QueuedExecution",
@@ -150,6 +174,7 @@ __all__ = [
     "SchedulePreview",
     "SchedulingLag",
     "SkipReason",
+    "SlackDestination",
     "TLSConfig",
     "TaskContext",
     "TimeRange",
@@ -157,6 +182,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "WebhookDestination",
     "Weekday",
     "Worker",
     "YearlyDate",

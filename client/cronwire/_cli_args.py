@@ -455,6 +455,25 @@ def _choices(members: Iterable[enum.Enum]) -> str:
     return ", ".join(enum_text(m) for m in members)
 
 
+def parse_finish_by(value: str) -> str | timedelta:
+    """`09:30` (a wall time) or a duration (`2h`)."""
+    hours, sep, minutes = value.partition(":")
+    if sep:
+        if (
+            hours.isdigit()
+            and minutes.isdigit()
+            and len(minutes) == 2
+            and int(hours) < 24
+            and int(minutes) < 60
+        ):
+            return f"{int(hours):02d}:{minutes}"
+        raise ValueError(f"{value!r} is not a time HH:MM")
+    return parse_duration(value)
+
+
+finish_by_arg = _typed(parse_finish_by, "finish-by")
+
+
 def schedule_flags(parser: argparse.ArgumentParser, create: bool) -> None:
     trigger_flags(parser)
     how = parser.add_argument_group("how it fires")
@@ -493,6 +512,21 @@ def schedule_flags(parser: argparse.ArgumentParser, create: bool) -> None:
     )
     if not create:
         days.add_argument("--no-calendars", action="store_true", help="clear both lists of calendars")
+    deadlines = parser.add_argument_group("deadlines (alerts, never stops)")
+    deadlines.add_argument(
+        "--start-within", type=duration_arg, metavar="DURATION", help="LATE if a tick has not started by then"
+    )
+    deadlines.add_argument(
+        "--finish-by",
+        type=finish_by_arg,
+        metavar="HH:MM|DURATION",
+        help="MISSED if a tick has not ended by this wall time (in --tz) or this long after it",
+    )
+    deadlines.add_argument(
+        "--max-duration", type=duration_arg, metavar="DURATION", help="TOO_LONG if a run takes longer"
+    )
+    if not create:
+        deadlines.add_argument("--no-deadlines", action="store_true", help="clear every deadline")
     if create:
         parser.add_argument("--job", required=True, help="the job it runs (id or name)")
         parser.add_argument("--paused", action="store_true", help="create it paused")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from cronwire._types import (
     CompletionCallback,
     CronTrigger,
     DateTrigger,
+    Deadlines,
     DependencyCondition,
     DstPolicy,
     Execution,
@@ -58,6 +60,7 @@ from cronwire._views import (
     events_table,
     execution_details,
     executions_table,
+    incident_text,
     job_describe,
     job_details,
     job_types_table,
@@ -851,6 +854,18 @@ def cmd_jobs_types(ctx: Context) -> int:
 # Commands: schedules
 
 
+def _deadlines(args: argparse.Namespace, current: Deadlines | None) -> Deadlines | None:
+    """The deadlines the flags give, over `current` (an update changes only those given)."""
+    given = {
+        key: getattr(args, key)
+        for key in ("start_within", "finish_by", "max_duration")
+        if getattr(args, key) is not None
+    }
+    if not given:
+        return current
+    return dataclasses.replace(current or Deadlines(), **given)
+
+
 def cmd_schedules_create(ctx: Context) -> int:
     args = ctx.args
     _zoned(args, args.tz or "")
@@ -876,6 +891,7 @@ def cmd_schedules_create(ctx: Context) -> int:
         arguments=_merge_pairs(args.arg),
         exclude_calendars=args.exclude_calendar or (),
         only_on_calendars=args.only_on_calendar or (),
+        deadlines=_deadlines(args, None),
         request_id=args.request_id or "",
     )
     ctx.show(schedule, lambda: schedule_details(schedule))
@@ -917,6 +933,12 @@ def cmd_schedules_update(ctx: Context) -> int:
     for attribute in ("exclude_calendar", "only_on_calendar"):
         if getattr(args, attribute):
             fields[f"{attribute}s"] = getattr(args, attribute)
+    if args.no_deadlines:
+        fields["deadlines"] = None
+    elif any(getattr(args, flag) is not None for flag in ("start_within", "finish_by", "max_duration")):
+        current = client.get_schedule(args.name)
+        etag = etag or current.etag
+        fields["deadlines"] = _deadlines(args, current.deadlines)
     if not fields:
         raise UsageError("nothing to update: give at least one flag to change")
     schedule = client.update_schedule(args.name, etag=etag, **fields)
@@ -962,8 +984,11 @@ def cmd_schedules_describe(ctx: Context) -> int:
     for execution in skipped:
         reason = execution.skip_reason.name if execution.skip_reason else "UNKNOWN"
         reasons[reason] = reasons.get(reason, 0) + 1
+    incidents = client.list_incidents(schedule=schedule.name, page_size=1).items
+    incident = incidents[0] if incidents else None
     document = {
         "schedule": schedule,
+        "last_incident": incident,
         "next_fire_times": preview.fire_times,
         "skipped_ticks": {"total": len(skipped), "more": capped, "by_reason": reasons},
         "active": active,
@@ -971,7 +996,10 @@ def cmd_schedules_describe(ctx: Context) -> int:
     }
     ctx.show(
         document,
-        lambda: schedule_describe(schedule, preview, skipped, capped, active, recent, ctx.namespace),
+        lambda: (
+            schedule_describe(schedule, preview, skipped, capped, active, recent, ctx.namespace)
+            + f"\nlast incident:\n  {incident_text(incident) if incident else 'none'}\n"
+        ),
     )
     return EXIT_OK
 

@@ -30,7 +30,14 @@ class NamedIntEnum(enum.IntEnum):
         return format(self.name, format_spec)
 
 
-COLLECTIONS = {"job": "jobs", "schedule": "schedules", "execution": "executions", "calendar": "calendars"}
+COLLECTIONS = {
+    "job": "jobs",
+    "schedule": "schedules",
+    "execution": "executions",
+    "calendar": "calendars",
+    "route": "notificationRoutes",
+    "rule": "notificationRules",
+}
 ALL_NAMESPACES = "-"
 
 

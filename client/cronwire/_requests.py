@@ -29,6 +29,7 @@ from cronwire._types import (
     BusinessDayTrigger,
     Calendar,
     CompletionCallback,
+    Deadlines,
     EventType,
     Execution,
     ExecutionRetention,
@@ -237,6 +238,7 @@ class Requests:
         arguments: Mapping[str, Any] | None,
         exclude_calendars: Iterable[CalendarRef] | None = None,
         only_on_calendars: Iterable[CalendarRef] | None = None,
+        deadlines: Deadlines | None = None,
     ) -> schedule_service_pb2.CreateScheduleRequest:
         job_ns = split_name(job.name if isinstance(job, Job) else job)[0]
         ns = namespace or job_ns or self.namespace
@@ -255,6 +257,7 @@ class Requests:
             arguments=dict(arguments or {}),
             exclude_calendars=self.calendar_names(exclude_calendars, ns),
             only_on_calendars=self.calendar_names(only_on_calendars, ns),
+            deadlines=deadlines,
         )
         return schedule_service_pb2.CreateScheduleRequest(
             parent=parent_name(ns),

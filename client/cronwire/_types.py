@@ -149,6 +149,7 @@ class EventType(NamedIntEnum):
     CALENDAR_CREATED = event_pb2.EVENT_TYPE_CALENDAR_CREATED
     CALENDAR_UPDATED = event_pb2.EVENT_TYPE_CALENDAR_UPDATED
     CALENDAR_DELETED = event_pb2.EVENT_TYPE_CALENDAR_DELETED
+    DEADLINE_MISSED = event_pb2.EVENT_TYPE_DEADLINE_MISSED
 
 
 # Pages
@@ -574,6 +575,43 @@ def trigger_from_proto(message: schedule_pb2.Trigger) -> Trigger | None:
 # Schedules
 
 
+@dataclass(frozen=True)
+class Deadlines:
+    """When a schedule's ticks must start and end, and how long they may run: each miss is an
+    alert (LATE, MISSED, TOO_LONG) and a DEADLINE_MISSED event, never a stop.
+
+    `finish_by` is a wall-clock time `"HH:MM"` in the schedule's time zone (the first such time
+    after the tick) or a duration after the tick.
+    """
+
+    start_within: timedelta | None = None
+    finish_by: str | timedelta | None = None
+    max_duration: timedelta | None = None
+
+    def _to_proto(self, out: schedule_pb2.ScheduleDeadlines) -> None:
+        if self.start_within is not None:
+            set_duration(out.start_within, self.start_within)
+        if self.max_duration is not None:
+            set_duration(out.max_duration, self.max_duration)
+        if isinstance(self.finish_by, str):
+            out.finish_by.local_time = self.finish_by
+        elif self.finish_by is not None:
+            set_duration(out.finish_by.after_tick, self.finish_by)
+
+    @classmethod
+    def _from_proto(cls, message: schedule_pb2.ScheduleDeadlines) -> Deadlines:
+        finish: str | timedelta | None = None
+        if message.finish_by.WhichOneof("deadline") == "local_time":
+            finish = message.finish_by.local_time
+        elif message.finish_by.WhichOneof("deadline") == "after_tick":
+            finish = duration_from(message.finish_by, "after_tick")
+        return cls(
+            start_within=duration_from(message, "start_within"),
+            finish_by=finish,
+            max_duration=duration_from(message, "max_duration"),
+        )
+
+
 @dataclass
 class Schedule:
     """A schedule: when one job runs.
@@ -604,6 +642,7 @@ class Schedule:
     # Calendar names (`namespaces/{namespace}/calendars/{calendar}`) of the schedule's namespace.
     exclude_calendars: list[str] = field(default_factory=list)
     only_on_calendars: list[str] = field(default_factory=list)
+    deadlines: Deadlines | None = None
 
     @property
     def id(self) -> str:
@@ -639,6 +678,8 @@ class Schedule:
         if self.catchup_window is not None:
             set_duration(message.catchup_window, self.catchup_window)
         dict_to_struct(self.arguments, message.arguments)
+        if self.deadlines is not None:
+            self.deadlines._to_proto(message.deadlines)
         return message
 
     @classmethod
@@ -665,6 +706,7 @@ class Schedule:
             stats=ExecutionStats._from_proto(message.stats) if message.HasField("stats") else None,
             exclude_calendars=list(message.exclude_calendars),
             only_on_calendars=list(message.only_on_calendars),
+            deadlines=Deadlines._from_proto(message.deadlines) if message.HasField("deadlines") else None,
         )
 
 

@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import date
 from typing import Any
 
+from cronwire._alerts import Incident
 from cronwire._output import (
     cell,
     detail_cell,
@@ -23,6 +24,7 @@ from cronwire._types import (
     CalendarPreview,
     CallbackDelivery,
     ClusterStatus,
+    Deadlines,
     Event,
     Execution,
     ExecutionRetention,
@@ -274,7 +276,30 @@ def _schedule_pairs(schedule: Schedule) -> list[tuple[str, Any]]:
         ("only on calendars", ", ".join(schedule.only_on_calendars)),
     ]
     pairs[-3:-3] = [(key, value) for key, value in calendars if value]
+    if schedule.deadlines is not None:
+        pairs[-3:-3] = [("deadlines", deadlines_text(schedule.deadlines))]
     return pairs
+
+
+def incident_text(incident: Incident) -> str:
+    """`FAILED, 5 alert(s), OPEN: ...`."""
+    state = f"resolved {cell(incident.resolve_time)}" if incident.resolve_time else "OPEN"
+    kind = incident.kind.name if incident.kind else "?"
+    return f"{kind}, {incident.alerts} alert(s), {state}: {incident.summary}"
+
+
+def deadlines_text(deadlines: Deadlines) -> str:
+    """`start within 5m, finish by 09:30, max duration 1h`."""
+    parts = []
+    if deadlines.start_within is not None:
+        parts.append(f"start within {cell(deadlines.start_within)}")
+    if isinstance(deadlines.finish_by, str):
+        parts.append(f"finish by {deadlines.finish_by} local")
+    elif deadlines.finish_by is not None:
+        parts.append(f"finish within {cell(deadlines.finish_by)} of the tick")
+    if deadlines.max_duration is not None:
+        parts.append(f"max duration {cell(deadlines.max_duration)}")
+    return ", ".join(parts)
 
 
 def _section(title: str, body: str, empty: str = "none") -> str:

@@ -12,7 +12,17 @@ from typing import Any, TypeVar
 import grpc
 
 from cronwire import _channel
+from cronwire._alerts import (
+    AlertKind,
+    Destination,
+    Incident,
+    NotificationDelivery,
+    NotificationRoute,
+    NotificationRule,
+    alert_kinds,
+)
 from cronwire._channel import DEFAULT_NAMESPACE, DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSConfig
+from cronwire._convert import resource_name
 from cronwire._errors import from_rpc_error
 from cronwire._keys import CreatedKey, Key, Role, create_request, key_name
 from cronwire._requests import (
@@ -36,6 +46,7 @@ from cronwire._types import (
     ClusterStatus,
     CompletionCallback,
     DateRange,
+    Deadlines,
     Event,
     EventType,
     Execution,
@@ -72,6 +83,8 @@ from cronwire.v1 import (
     job_service_pb2_grpc,
     key_service_pb2,
     key_service_pb2_grpc,
+    notification_service_pb2,
+    notification_service_pb2_grpc,
     schedule_service_pb2,
     schedule_service_pb2_grpc,
 )
@@ -139,6 +152,7 @@ class Client:
         self._events = event_service_pb2_grpc.EventServiceStub(self._channel)
         self._cluster = cluster_service_pb2_grpc.ClusterServiceStub(self._channel)
         self._keys = key_service_pb2_grpc.KeyServiceStub(self._channel)
+        self._alerts = notification_service_pb2_grpc.NotificationServiceStub(self._channel)
         self.target = target
 
     @property
@@ -390,6 +404,7 @@ class Client:
         arguments: Mapping[str, Any] | None = None,
         exclude_calendars: Iterable[CalendarRef] | None = None,
         only_on_calendars: Iterable[CalendarRef] | None = None,
+        deadlines: Deadlines | None = None,
         namespace: str | None = None,
         request_id: str = "",
         validate_only: bool = False,
@@ -403,7 +418,8 @@ class Client:
         `validate_only` the server checks everything and returns the schedule it would have
         stored, but stores nothing. A tick on one of `exclude_calendars`, or off one of
         `only_on_calendars` (calendars of the schedule's namespace), does not run: it is
-        recorded as a SKIPPED execution with skip reason CALENDAR.
+        recorded as a SKIPPED execution with skip reason CALENDAR. `deadlines` alert when a
+        tick starts late, ends late or runs too long (see `Deadlines`).
         """
         request = self._requests.create_schedule(
             schedule_id,
@@ -423,6 +439,7 @@ class Client:
             arguments=arguments,
             exclude_calendars=exclude_calendars,
             only_on_calendars=only_on_calendars,
+            deadlines=deadlines,
         )
         request.validate_only = validate_only
         return Schedule._from_proto(self._call(self._schedules.CreateSchedule, request).schedule)
@@ -476,6 +493,7 @@ class Client:
         arguments: Maybe | Mapping[str, Any] = UNSET,
         exclude_calendars: Maybe | Iterable[CalendarRef] = UNSET,
         only_on_calendars: Maybe | Iterable[CalendarRef] = UNSET,
+        deadlines: Maybe | Deadlines | None = UNSET,
         etag: str = "",
         validate_only: bool = False,
     ) -> Schedule:
@@ -500,6 +518,7 @@ class Client:
             "arguments": arguments,
             "exclude_calendars": exclude_calendars,
             "only_on_calendars": only_on_calendars,
+            "deadlines": deadlines,
         }
         request = self._requests.update_schedule(schedule, etag, fields)
         request.validate_only = validate_only
@@ -697,6 +716,185 @@ class Client:
         else:
             request.name = self._requests.calendar_name(calendar)
         return CalendarPreview._from_proto(self._call(self._calendars.PreviewCalendar, request))
+
+    # Alerts: notification routes and rules, incidents, deliveries
+
+    def _route_name(self, route: str | NotificationRoute, namespace: str | None = None) -> str:
+        value = route.name if isinstance(route, NotificationRoute) else route
+        return resource_name("route", value, self._requests.ns(namespace))
+
+    def _rule_name(self, rule: str | NotificationRule, namespace: str | None = None) -> str:
+        value = rule.name if isinstance(rule, NotificationRule) else rule
+        return resource_name("rule", value, self._requests.ns(namespace))
+
+    def create_notification_route(
+        self,
+        route_id: str = "",
+        *,
+        destination: Destination,
+        description: str = "",
+        max_per_hour: int = 0,
+        namespace: str | None = None,
+        request_id: str = "",
+        validate_only: bool = False,
+    ) -> NotificationRoute:
+        """Create a route: where notifications go (a `WebhookDestination`, `SlackDestination`,
+        `PagerDutyDestination` or `EmailDestination`; secrets are named, never given). At most
+        `max_per_hour` notifications an hour are sent to it (0: the server's default)."""
+        route = NotificationRoute(destination=destination, description=description, max_per_hour=max_per_hour)
+        request = notification_service_pb2.CreateNotificationRouteRequest(
+            parent=self._requests.parent(namespace),
+            route_id=route_id,
+            route=route._to_proto(),
+            request_id=request_id,
+            validate_only=validate_only,
+        )
+        response = self._call(self._alerts.CreateNotificationRoute, request)
+        return NotificationRoute._from_proto(response.route)
+
+    def get_notification_route(self, route: str | NotificationRoute) -> NotificationRoute:
+        """Get a route by id or name. Raises NotFound."""
+        request = notification_service_pb2.GetNotificationRouteRequest(name=self._route_name(route))
+        return NotificationRoute._from_proto(self._call(self._alerts.GetNotificationRoute, request).route)
+
+    def list_notification_routes(
+        self, *, page_size: int = 0, page_token: str = "", namespace: str | None = None
+    ) -> Page[NotificationRoute]:
+        """One page of the routes of a namespace, in id order."""
+        request = notification_service_pb2.ListNotificationRoutesRequest(
+            parent=self._requests.parent(namespace), page_size=page_size, page_token=page_token
+        )
+        response = self._call(self._alerts.ListNotificationRoutes, request)
+        return Page([NotificationRoute._from_proto(r) for r in response.routes], response.next_page_token)
+
+    def iter_notification_routes(
+        self, *, page_size: int = 0, namespace: str | None = None
+    ) -> Iterator[NotificationRoute]:
+        """Every route of a namespace, a page at a time."""
+        return self._pages(
+            lambda token: self.list_notification_routes(
+                page_size=page_size, page_token=token, namespace=namespace
+            )
+        )
+
+    def delete_notification_route(self, route: str | NotificationRoute, *, etag: str = "") -> None:
+        """Delete a route; FailedPrecondition while a rule names it."""
+        request = notification_service_pb2.DeleteNotificationRouteRequest(
+            name=self._route_name(route),
+            etag=etag or (route.etag if isinstance(route, NotificationRoute) else ""),
+        )
+        self._call(self._alerts.DeleteNotificationRoute, request)
+
+    def create_notification_rule(
+        self,
+        rule_id: str = "",
+        *,
+        route: str | NotificationRoute,
+        kinds: Iterable[AlertKind | str],
+        job: JobRef | None = None,
+        schedule: ScheduleRef | None = None,
+        labels: Mapping[str, str] | None = None,
+        description: str = "",
+        namespace: str | None = None,
+        request_id: str = "",
+        validate_only: bool = False,
+    ) -> NotificationRule:
+        """Create a rule: alerts of `kinds` about the jobs it selects (by `job`, `schedule` or job
+        `labels`; none: every job) notify `route`, once per incident."""
+        ns = self._requests.ns(namespace)
+        rule = NotificationRule(
+            route=self._route_name(route, ns),
+            kinds=alert_kinds(kinds),
+            description=description,
+            job=self._requests.job_name(job, ns) if job is not None else "",
+            schedule=self._requests.schedule_name(schedule, ns) if schedule is not None else "",
+            labels=dict(labels or {}),
+        )
+        request = notification_service_pb2.CreateNotificationRuleRequest(
+            parent=self._requests.parent(ns),
+            rule_id=rule_id,
+            rule=rule._to_proto(),
+            request_id=request_id,
+            validate_only=validate_only,
+        )
+        return NotificationRule._from_proto(self._call(self._alerts.CreateNotificationRule, request).rule)
+
+    def get_notification_rule(self, rule: str | NotificationRule) -> NotificationRule:
+        """Get a rule by id or name. Raises NotFound."""
+        request = notification_service_pb2.GetNotificationRuleRequest(name=self._rule_name(rule))
+        return NotificationRule._from_proto(self._call(self._alerts.GetNotificationRule, request).rule)
+
+    def list_notification_rules(
+        self, *, page_size: int = 0, page_token: str = "", namespace: str | None = None
+    ) -> Page[NotificationRule]:
+        """One page of the rules of a namespace, in id order."""
+        request = notification_service_pb2.ListNotificationRulesRequest(
+            parent=self._requests.parent(namespace), page_size=page_size, page_token=page_token
+        )
+        response = self._call(self._alerts.ListNotificationRules, request)
+        return Page([NotificationRule._from_proto(r) for r in response.rules], response.next_page_token)
+
+    def iter_notification_rules(
+        self, *, page_size: int = 0, namespace: str | None = None
+    ) -> Iterator[NotificationRule]:
+        """Every rule of a namespace, a page at a time."""
+        return self._pages(
+            lambda token: self.list_notification_rules(
+                page_size=page_size, page_token=token, namespace=namespace
+            )
+        )
+
+    def delete_notification_rule(self, rule: str | NotificationRule, *, etag: str = "") -> None:
+        """Delete a rule; its open incidents close without notifying."""
+        request = notification_service_pb2.DeleteNotificationRuleRequest(
+            name=self._rule_name(rule),
+            etag=etag or (rule.etag if isinstance(rule, NotificationRule) else ""),
+        )
+        self._call(self._alerts.DeleteNotificationRule, request)
+
+    def list_incidents(
+        self,
+        *,
+        job: JobRef | None = None,
+        schedule: ScheduleRef | None = None,
+        open_only: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        namespace: str | None = None,
+    ) -> Page[Incident]:
+        """One page of incidents, newest first, optionally of one job or schedule."""
+        ns = self._requests.ns(namespace)
+        request = notification_service_pb2.ListIncidentsRequest(
+            parent=self._requests.parent(ns),
+            job=self._requests.job_name(job, ns) if job is not None else "",
+            schedule=self._requests.schedule_name(schedule, ns) if schedule is not None else "",
+            open_only=open_only,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = self._call(self._alerts.ListIncidents, request)
+        return Page([Incident._from_proto(i) for i in response.incidents], response.next_page_token)
+
+    def list_notification_deliveries(
+        self,
+        *,
+        route: str | NotificationRoute | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        namespace: str | None = None,
+    ) -> Page[NotificationDelivery]:
+        """One page of notifications sent or being sent, newest first, optionally to one route."""
+        ns = self._requests.ns(namespace)
+        request = notification_service_pb2.ListNotificationDeliveriesRequest(
+            parent=self._requests.parent(ns),
+            route=self._route_name(route, ns) if route is not None else "",
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = self._call(self._alerts.ListNotificationDeliveries, request)
+        return Page(
+            [NotificationDelivery._from_proto(d) for d in response.deliveries], response.next_page_token
+        )
 
     # Executions
 

@@ -12,7 +12,7 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from cronwire_server.core.errors import InvalidArgument
@@ -230,6 +230,10 @@ WATCHED = frozenset(
 )
 
 
+def _when(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -254,8 +258,7 @@ def observe(event: Event) -> Observed | None:
                 AlertKind.MISSED,
                 event.job_id,
                 event.schedule_id,
-                f"{job_name}: the tick of {when.isoformat()} was missed "
-                "(no replica ran in its catch-up window)",
+                f"{job_name}: the tick of {_when(when)} was missed (no replica ran in its catch-up window)",
                 execution.id,
                 when,
             )
@@ -264,9 +267,9 @@ def observe(event: Event) -> Observed | None:
             execution.state, "failed"
         )
         detail = f": {_short(execution.error)}" if execution.error else ""
-        if execution.exit_code is not None:
+        if execution.exit_code is not None and str(execution.exit_code) not in execution.error:
             detail = f" (exit code {execution.exit_code}){detail}"
-        elif execution.http_status is not None:
+        elif execution.http_status is not None and str(execution.http_status) not in execution.error:
             detail = f" (HTTP {execution.http_status}){detail}"
         return Observed(
             kind,
@@ -288,8 +291,8 @@ def observe(event: Event) -> Observed | None:
             kind,
             event.job_id,
             event.schedule_id,
-            f"{event.resource}: the tick of {miss.scheduled_time.isoformat()} {what} its "
-            f"{miss.kind.value} deadline {miss.deadline.isoformat()}",
+            f"{event.resource}: the tick of {_when(miss.scheduled_time)} {what} its "
+            f"{miss.kind.value} deadline {_when(miss.deadline)}",
             miss.execution_id,
             miss.scheduled_time,
         )

@@ -72,6 +72,11 @@ METHOD_CREATE_RULE = "CreateNotificationRule"
 HOUR = timedelta(hours=1)
 
 
+def _time(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z`, as completion callbacks write times."""
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
 def _etag() -> str:
     return secrets.token_hex(8)
 
@@ -671,8 +676,8 @@ class NotificationStore:
             "execution": format_name("execution", namespace, observed.execution_id)
             if observed.execution_id
             else "",
-            "scheduled_time": observed.scheduled_time.isoformat() if observed.scheduled_time else None,
-            "time": when.isoformat(),
+            "scheduled_time": _time(observed.scheduled_time),
+            "time": _time(when),
             "rule": rule.name,
             "route": route.name,
             "incident": incident.name,

@@ -143,7 +143,15 @@ def test_schedules_describe(cw: Run) -> None:  # noqa: F811
     assert all("SKIPPED" not in line for line in recent[2:])  # counted, not listed among the runs
 
     document = cw("schedules", "describe", "often", "-o", "json").json()
-    assert set(document) == {"schedule", "next_fire_times", "skipped_ticks", "active", "recent"}
+    assert set(document) == {
+        "schedule",
+        "last_incident",
+        "next_fire_times",
+        "skipped_ticks",
+        "active",
+        "recent",
+    }
+    assert document["last_incident"] is None
     counted = document["skipped_ticks"]
     assert counted["total"] >= 1
     assert counted["by_reason"] == {"OVERLAP": counted["total"]}

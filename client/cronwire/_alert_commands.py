@@ -1,0 +1,373 @@
+"""`cronwire notifications routes|rules|deliveries|incidents`: alerts over NotificationService."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from cronwire._alerts import (
+    AlertKind,
+    Destination,
+    EmailDestination,
+    EmailSecurity,
+    Incident,
+    NotificationDelivery,
+    NotificationRoute,
+    NotificationRule,
+    PagerDutyDestination,
+    SlackDestination,
+    WebhookDestination,
+    alert_kinds,
+)
+from cronwire._cli_args import UsageError
+from cronwire._commands import EXIT_OK, Context
+from cronwire._output import details, dump, short, table
+
+Leaf = Callable[..., argparse.ArgumentParser]
+
+
+def _kinds(value: str) -> list[AlertKind]:
+    try:
+        return alert_kinds(k for k in value.split(",") if k.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _label(value: str) -> tuple[str, str]:
+    key, sep, wanted = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{value!r} is not KEY=VALUE")
+    return key, wanted
+
+
+def _kind_names(kinds: list[AlertKind]) -> str:
+    return ",".join(k.name for k in kinds)
+
+
+def add_alert_commands(top: argparse._SubParsersAction[argparse.ArgumentParser], leaf: Leaf) -> None:
+    alerts = top.add_parser(
+        "notifications", help="alerts: where they go (routes), which go where (rules), what was sent"
+    ).add_subparsers(dest="topic", metavar="TOPIC", required=True)
+    routes = alerts.add_parser("routes", help="where notifications go").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    p = leaf(
+        routes,
+        "create",
+        cmd_routes_create,
+        "create a route: a webhook, a Slack webhook, PagerDuty or email",
+        epilog="secrets are named, never given: the server resolves them when it sends\n"
+        "examples:\n"
+        "  cronwire notifications routes create ops-hook --webhook https://ops.example.com/cronwire "
+        "--signing-secret OPS_HOOK_KEY\n"
+        "  cronwire notifications routes create chat --slack SLACK_WEBHOOK_URL\n"
+        "  cronwire notifications routes create pager --pagerduty PD_ROUTING_KEY\n"
+        "  cronwire notifications routes create mail --email oncall@example.com --from cronwire@example.com "
+        "--smtp-host smtp.example.com --smtp-user cronwire --smtp-password-secret SMTP_PASSWORD",
+    )
+    p.add_argument("name", help="the route's id (or full name)")
+    where = p.add_argument_group("destination (one of)")
+    where.add_argument("--webhook", metavar="URL", help="POST each alert as JSON to URL")
+    where.add_argument("--signing-secret", metavar="SECRET", help="webhook: sign the body with this secret")
+    where.add_argument("--slack", metavar="SECRET", help="the secret holding a Slack incoming webhook URL")
+    where.add_argument("--pagerduty", metavar="SECRET", help="the secret holding a PagerDuty routing key")
+    where.add_argument("--pagerduty-url", metavar="URL", help="PagerDuty: another Events API v2 URL")
+    where.add_argument("--email", metavar="TO[,TO]", help="mail the alerts to these addresses")
+    where.add_argument("--from", dest="from_address", metavar="ADDRESS", help="email: the sender")
+    where.add_argument("--smtp-host", metavar="HOST", help="email: the SMTP server")
+    where.add_argument("--smtp-port", type=int, default=0, metavar="PORT", help="email: its port")
+    where.add_argument(
+        "--smtp-security",
+        choices=["starttls", "smtps", "none"],
+        default="starttls",
+        help="email: how the connection is protected (default starttls)",
+    )
+    where.add_argument("--smtp-user", metavar="USER", help="email: the user to log in as")
+    where.add_argument(
+        "--smtp-password-secret", metavar="SECRET", help="email: the secret holding its password"
+    )
+    p.add_argument("--max-per-hour", type=int, default=0, metavar="N", help="at most N a hour (default 30)")
+    p.add_argument("--description", default="", help="free text")
+    p.add_argument("--request-id", help="a retried create with the same id returns the first route")
+    leaf(routes, "list", cmd_routes_list, "list the routes of the namespace")
+    p = leaf(routes, "get", cmd_routes_get, "show a route")
+    p.add_argument("name", help="the route (id or name)")
+    p = leaf(routes, "delete", cmd_routes_delete, "delete a route no rule names")
+    p.add_argument("name", help="the route (id or name)")
+    p.add_argument("--etag", help="delete only if the route still has this etag")
+
+    rules = alerts.add_parser("rules", help="which alerts go to which route").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    p = leaf(
+        rules,
+        "create",
+        cmd_rules_create,
+        "create a rule: alerts of some kinds about some jobs notify a route, once per incident",
+        epilog="kinds: " + ", ".join(k.name.lower().replace("_", "-") for k in AlertKind) + "\n"
+        "example:\n"
+        "  cronwire notifications rules create backup-failures --route ops-hook "
+        "--on failed,timed-out,recovered --job backup",
+    )
+    p.add_argument("name", help="the rule's id (or full name)")
+    p.add_argument("--route", required=True, help="the route to notify (id or name)")
+    p.add_argument(
+        "--on", dest="kinds", type=_kinds, required=True, metavar="KIND[,KIND]", help="alert kinds"
+    )
+    p.add_argument("--job", help="only alerts about this job")
+    p.add_argument("--schedule", help="only alerts about this schedule")
+    p.add_argument(
+        "--label",
+        action="append",
+        type=_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="only jobs with this label",
+    )
+    p.add_argument("--description", default="", help="free text")
+    p.add_argument("--request-id", help="a retried create with the same id returns the first rule")
+    leaf(rules, "list", cmd_rules_list, "list the rules of the namespace")
+    p = leaf(rules, "get", cmd_rules_get, "show a rule")
+    p.add_argument("name", help="the rule (id or name)")
+    p = leaf(rules, "delete", cmd_rules_delete, "delete a rule")
+    p.add_argument("name", help="the rule (id or name)")
+    p.add_argument("--etag", help="delete only if the rule still has this etag")
+
+    p = leaf(alerts, "deliveries", cmd_deliveries, "the notifications sent or being sent, newest first")
+    p.add_argument("--route", help="only those to this route")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+    p = leaf(alerts, "incidents", cmd_incidents, "the incidents alerts opened, newest first")
+    p.add_argument("--job", help="only those of this job")
+    p.add_argument("--schedule", help="only those of this schedule")
+    p.add_argument("--open", action="store_true", help="only those still open")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+
+
+# Views
+
+
+def destination_text(destination: Destination | None) -> str:
+    d = destination
+    if isinstance(d, WebhookDestination):
+        return f"webhook {d.url}" + (f" (signed with secret {d.signing_secret})" if d.signing_secret else "")
+    if isinstance(d, SlackDestination):
+        return f"slack (URL in secret {d.url_secret})"
+    if isinstance(d, PagerDutyDestination):
+        where = f" at {d.events_url}" if d.events_url else ""
+        return f"pagerduty (routing key in secret {d.routing_key_secret}){where}"
+    if isinstance(d, EmailDestination):
+        security = d.security.name if d.security else "STARTTLS"
+        port = f":{d.smtp_port}" if d.smtp_port else ""
+        login = f", login {d.username}" if d.username else ""
+        to = ", ".join(d.to_addresses)
+        return f"email to {to} from {d.from_address} via {d.smtp_host}{port} ({security}{login})"
+    return "-"
+
+
+def route_details(route: NotificationRoute) -> str:
+    return details(
+        [
+            ("name", route.name),
+            ("destination", destination_text(route.destination)),
+            ("max per hour", route.max_per_hour or "30 (default)"),
+            ("description", route.description),
+            ("created", route.create_time),
+            ("etag", route.etag),
+        ]
+    )
+
+
+def rule_details(rule: NotificationRule) -> str:
+    return details(
+        [
+            ("name", rule.name),
+            ("route", rule.route),
+            ("on", _kind_names(rule.kinds)),
+            ("job", rule.job or "any"),
+            ("schedule", rule.schedule or "any"),
+            ("labels", ", ".join(f"{k}={v}" for k, v in rule.labels.items())),
+            ("description", rule.description),
+            ("created", rule.create_time),
+            ("etag", rule.etag),
+        ]
+    )
+
+
+def incidents_table(incidents: list[Incident], namespace: str) -> str:
+    return table(
+        ["INCIDENT", "KIND", "JOB", "SCHEDULE", "ALERTS", "OPENED", "RESOLVED", "RULE"],
+        [
+            [
+                short(i.name, namespace),
+                i.kind.name if i.kind else None,
+                short(i.job, namespace),
+                short(i.schedule, namespace),
+                i.alerts,
+                i.open_time,
+                i.resolve_time,
+                short(i.rule, namespace),
+            ]
+            for i in incidents
+        ],
+    )
+
+
+def deliveries_table(deliveries: list[NotificationDelivery], namespace: str) -> str:
+    return table(
+        ["DELIVERY", "ROUTE", "KIND", "STATE", "ATTEMPTS", "STATUS", "CREATED", "ERROR"],
+        [
+            [
+                short(d.name, namespace),
+                short(d.route, namespace),
+                d.kind.name if d.kind else None,
+                d.state.name if d.state else None,
+                d.attempts,
+                d.http_status,
+                d.create_time,
+                d.error[:80],
+            ]
+            for d in deliveries
+        ],
+    )
+
+
+# Commands
+
+
+def _destination(args: argparse.Namespace) -> Destination:
+    given = [flag for flag in ("webhook", "slack", "pagerduty", "email") if getattr(args, flag)]
+    if len(given) != 1:
+        raise UsageError(
+            "give one destination: --webhook URL, --slack SECRET, --pagerduty SECRET or --email TO"
+        )
+    if args.webhook:
+        return WebhookDestination(args.webhook, args.signing_secret or "")
+    if args.slack:
+        return SlackDestination(args.slack)
+    if args.pagerduty:
+        return PagerDutyDestination(args.pagerduty, args.pagerduty_url or "")
+    if not args.from_address or not args.smtp_host:
+        raise UsageError("--email needs --from ADDRESS and --smtp-host HOST")
+    return EmailDestination(
+        smtp_host=args.smtp_host,
+        from_address=args.from_address,
+        to_addresses=[a.strip() for a in args.email.split(",") if a.strip()],
+        smtp_port=args.smtp_port,
+        security=EmailSecurity[args.smtp_security.upper()],
+        username=args.smtp_user or "",
+        password_secret=args.smtp_password_secret or "",
+    )
+
+
+def cmd_routes_create(ctx: Context) -> int:
+    args = ctx.args
+    route = ctx.client.create_notification_route(
+        args.name,
+        destination=_destination(args),
+        description=args.description,
+        max_per_hour=args.max_per_hour,
+        request_id=args.request_id or "",
+    )
+    ctx.show(route, lambda: route_details(route))
+    return EXIT_OK
+
+
+def cmd_routes_list(ctx: Context) -> int:
+    routes = list(ctx.client.iter_notification_routes())
+    ctx.show(
+        routes,
+        lambda: table(
+            ["NAME", "DESTINATION", "MAX/HOUR"],
+            [
+                [short(r.name, ctx.namespace), destination_text(r.destination), r.max_per_hour or 30]
+                for r in routes
+            ],
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_routes_get(ctx: Context) -> int:
+    route = ctx.client.get_notification_route(ctx.args.name)
+    ctx.show(route, lambda: route_details(route))
+    return EXIT_OK
+
+
+def _deleted(ctx: Context, kind: str, name: str) -> None:
+    if ctx.fmt == "table":
+        ctx.print(f"{kind} {ctx.args.name} deleted\n")
+    else:
+        ctx.print(dump({"deleted": name}, ctx.fmt))
+
+
+def cmd_routes_delete(ctx: Context) -> int:
+    ctx.client.delete_notification_route(ctx.args.name, etag=ctx.args.etag or "")
+    _deleted(ctx, "route", ctx.client._route_name(ctx.args.name))
+    return EXIT_OK
+
+
+def cmd_rules_create(ctx: Context) -> int:
+    args = ctx.args
+    rule = ctx.client.create_notification_rule(
+        args.name,
+        route=args.route,
+        kinds=args.kinds,
+        job=args.job,
+        schedule=args.schedule,
+        labels=dict(args.label),
+        description=args.description,
+        request_id=args.request_id or "",
+    )
+    ctx.show(rule, lambda: rule_details(rule))
+    return EXIT_OK
+
+
+def cmd_rules_list(ctx: Context) -> int:
+    rules = list(ctx.client.iter_notification_rules())
+    ctx.show(
+        rules,
+        lambda: table(
+            ["NAME", "ROUTE", "ON", "JOB", "SCHEDULE", "LABELS"],
+            [
+                [
+                    short(r.name, ctx.namespace),
+                    short(r.route, ctx.namespace),
+                    _kind_names(r.kinds),
+                    short(r.job, ctx.namespace) or "any",
+                    short(r.schedule, ctx.namespace) or "any",
+                    ",".join(f"{k}={v}" for k, v in r.labels.items()),
+                ]
+                for r in rules
+            ],
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_rules_get(ctx: Context) -> int:
+    rule = ctx.client.get_notification_rule(ctx.args.name)
+    ctx.show(rule, lambda: rule_details(rule))
+    return EXIT_OK
+
+
+def cmd_rules_delete(ctx: Context) -> int:
+    ctx.client.delete_notification_rule(ctx.args.name, etag=ctx.args.etag or "")
+    _deleted(ctx, "rule", ctx.client._rule_name(ctx.args.name))
+    return EXIT_OK
+
+
+def cmd_deliveries(ctx: Context) -> int:
+    page = ctx.client.list_notification_deliveries(route=ctx.args.route, page_size=max(ctx.args.limit, 1))
+    deliveries = page.items
+    ctx.show(deliveries, lambda: deliveries_table(deliveries, ctx.namespace))
+    return EXIT_OK
+
+
+def cmd_incidents(ctx: Context) -> int:
+    args = ctx.args
+    page = ctx.client.list_incidents(
+        job=args.job, schedule=args.schedule, open_only=args.open, page_size=max(args.limit, 1)
+    )
+    incidents = page.items
+    ctx.show(incidents, lambda: incidents_table(incidents, ctx.namespace))
+    return EXIT_OK
