@@ -96,7 +96,7 @@ class WebAuth:
             return None
         try:
             key = await self.authenticate(cookie, peer)
-        except Unauthenticated:
+        except (Unauthenticated, PermissionDenied):
             return None
         wait = self._limiter.acquire(key.id)
         if wait > 0:

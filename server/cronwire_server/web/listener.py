@@ -154,7 +154,10 @@ async def serve_http(
     app.add_routes([web.get("/metrics", metrics_view)])
     if dashboard is not None:
         add_dashboard_routes(app, dashboard)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    # A handler whose client went away is cancelled: a closed tab gives its stream back at once.
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=1.0, handler_cancellation=True
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context(tls), reuse_address=True)

@@ -272,7 +272,7 @@ def page(template: str) -> Callable[[Callable[..., Awaitable[dict[str, Any]]]], 
         async def handle(dashboard: Dashboard, request: web.Request) -> web.StreamResponse:
             try:
                 visitor = await _visitor(request, dashboard)
-            except RateLimited as error:
+            except CronwireError as error:  # over its rate, or keys cannot be read now
                 return _error(request, dashboard, None, error)
             if visitor is None:
                 raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
@@ -413,7 +413,7 @@ async def action(dashboard: Dashboard, request: web.Request) -> web.StreamRespon
         raise web.HTTPNotFound()
     try:
         visitor = await _visitor(request, dashboard)
-    except RateLimited as error:
+    except CronwireError as error:
         return _error(request, dashboard, None, error)
     if visitor is None:
         return _error(request, dashboard, None, Unauthenticated("log in with an API key first"))
@@ -568,8 +568,8 @@ async def _streamed(
 ) -> web.StreamResponse:
     try:
         visitor = await _visitor(request, dashboard)
-    except RateLimited as error:
-        return web.Response(status=429, text=f"{error}\n")
+    except CronwireError as error:
+        return web.Response(status=http_status(error), text=f"{error}\n")
     if visitor is None:
         return web.Response(status=401, text="log in with an API key first\n")
     stream = _Stream(dashboard, request, visitor)

@@ -8,7 +8,8 @@
   var page = document.body.getAttribute("data-page");
   var live = document.getElementById("live");
   var main = document.getElementById("main");
-  var REFRESH_GAP_MS = 750;
+  // Lists read more than one resource's pages: they are redrawn less often under a busy stream.
+  var REFRESH_GAP_MS = (page === "overview" || page === "jobs") ? 3000 : 750;
   var MAX_FEED_ROWS = 200;
   var lastRefresh = 0;
   var refreshTimer = null;
