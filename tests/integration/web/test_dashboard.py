@@ -14,9 +14,6 @@ from playwright.sync_api import BrowserContext, Page, expect
 from cronwire import Client, CronTrigger
 from tests.integration.web.helpers import WebServer, start_web_server
 
-# One browser for all: every browser test on the same xdist worker.
-pytestmark = pytest.mark.xdist_group("browser")
-
 NS = "shop"
 # Loaded pages mark their window; a reload would lose the mark.
 MARK = "window.__notReloaded = true"

@@ -16,8 +16,6 @@ from playwright.sync_api import BrowserContext, Page, expect
 from cronwire import Client
 from tests.integration.web.helpers import WebServer, start_web_server
 
-pytestmark = pytest.mark.xdist_group("browser")
-
 NS = "shop"
 
 
