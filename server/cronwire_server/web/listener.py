@@ -76,9 +76,27 @@ def ssl_context(files: TlsFiles) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(files.cert, files.key)
     if files.mutual:
-        context.verify_mode = ssl.CERT_REQUIRED
+        # Checked when presented; required of the dashboard by `client_certificates`, not of
+        # /metrics and the health views (scrapers and load balancers rarely carry one).
+        context.verify_mode = ssl.CERT_OPTIONAL
         context.load_verify_locations(files.client_ca)
     return context
+
+
+# Served to any client the TLS handshake admits, as before the dashboard existed.
+OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+
+
+@web.middleware
+async def client_certificates(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With --tls-client-ca, the dashboard serves only clients whose certificate the CA signed,
+    as gRPC does (mutual TLS)."""
+    transport = request.transport
+    if request.path not in OPEN_PATHS and transport is not None and not transport.get_extra_info("peercert"):
+        return web.Response(
+            status=403, text="a client certificate signed by the server's client CA is required\n"
+        )
+    return await handler(request)
 
 
 def _host_of(header: str) -> str:
@@ -148,6 +166,8 @@ async def serve_http(
     middlewares: list[Any] = []
     if is_loopback_address(address):
         middlewares.append(loopback_hosts_only())
+    if tls.mutual:
+        middlewares.append(client_certificates)
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BYTES)
     app.on_response_prepare.append(security_headers)
     app.add_routes(health_routes(health, problem))

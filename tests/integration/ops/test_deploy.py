@@ -14,6 +14,7 @@ import re
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -200,7 +201,11 @@ def test_the_unit_runs_as_written_with_the_env_file(
             timeout=10,
         )
         assert [r.pid for r in status.replicas] == [server.pid]
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        # The HTTP listener serves TLS with the same files; /metrics needs no client certificate.
+        scraper = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{metrics_port}/metrics", timeout=10, context=scraper
+        ) as page:
             assert page.status == 200
         # JSON logs, one object per line.
         first = log_path.read_text().splitlines()[0]

@@ -154,3 +154,30 @@ def test_beyond_loopback_the_listener_needs_keys_like_grpc(tmp_path: Path) -> No
     )
     assert finished.returncode != 0
     assert "refusing to serve on 0.0.0.0:0 without authentication" in finished.stderr
+
+
+def test_with_a_client_ca_the_dashboard_needs_a_client_certificate_and_metrics_do_not(
+    tmp_path: Path,
+) -> None:
+    ca = trustme.CA()
+    server_cert, client_cert = ca.issue_cert("127.0.0.1"), ca.issue_cert("ops@cronwire.test")
+    cert, key, ca_file = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    server_cert.cert_chain_pems[0].write_to_path(str(cert))
+    server_cert.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(ca_file))
+    web = start_web_server(f"sqlite:///{tmp_path / 'cronwire.db'}", tmp_path, *tls)
+    try:
+        url = f"https://127.0.0.1:{web.http_port}"
+        anonymous = ssl.create_default_context(cafile=str(ca_file))
+        with httpx.Client(verify=anonymous, timeout=5.0) as client:
+            assert client.get(f"{url}/metrics").status_code == 200
+            assert client.get(f"{url}/readyz").status_code == 200
+            assert client.get(f"{url}/").status_code == 403
+            assert client.get(f"{url}/login").status_code == 403
+        presenting = ssl.create_default_context(cafile=str(ca_file))
+        client_cert.configure_cert(presenting)
+        with httpx.Client(verify=presenting, timeout=5.0) as client:
+            assert client.get(f"{url}/").headers["location"].startswith("/login")
+    finally:
+        web.stop()
