@@ -260,8 +260,9 @@ def test_watchers_gauge_follows_open_streams(served: tuple[ServerProcess, int]) 
     )
 
 
-def test_metrics_are_off_by_default(tmp_path: Path) -> None:
-    server = start_server(f"sqlite:///{tmp_path / 'cronwire.db'}", tmp_path)
+def test_with_the_http_listener_off_only_grpc_listens(tmp_path: Path) -> None:
+    # On loopback the listener (and /metrics) is on by default; start_server turns it off.
+    server = start_server(f"sqlite:///{tmp_path / 'cronwire.db'}", tmp_path, "--http-address", "")
     try:
         with Client(server.target) as client:
             client.list_job_types()
