@@ -20,6 +20,8 @@ from sqlalchemy.pool import Pool
 from cronwire.v1 import (
     calendar_service_pb2,
     calendar_service_pb2_grpc,
+    checkin_service_pb2,
+    checkin_service_pb2_grpc,
     cluster_service_pb2,
     cluster_service_pb2_grpc,
     event_service_pb2,
@@ -38,6 +40,7 @@ from cronwire.v1 import (
 )
 from cronwire_server import __version__
 from cronwire_server.api.calendar_service import CalendarService
+from cronwire_server.api.checkin_service import CheckInService
 from cronwire_server.api.cluster_service import ClusterService
 from cronwire_server.api.event_service import EventService
 from cronwire_server.api.event_service import add_to_server as add_event_service
@@ -106,6 +109,7 @@ SERVICE_NAMES = tuple(
         (cluster_service_pb2, "ClusterService"),
         (worker_service_pb2, "WorkerService"),
         (notification_service_pb2, "NotificationService"),
+        (checkin_service_pb2, "CheckInService"),
     )
 )
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -232,6 +236,7 @@ async def create_server(settings: Settings) -> RunningServer:
         notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
             NotificationService(notifications, http_policy(settings), Secrets(settings.secrets_file)), server
         )
+        checkin_service_pb2_grpc.add_CheckInServiceServicer_to_server(CheckInService(notifications), server)
         cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
             ClusterService(store, RemoteRegistry(store.engine)), server
         )

@@ -6,7 +6,8 @@ them, and they share the work through the database (`storage.sql_notifications`)
 - `notification-sender`: sends due deliveries, retried with backoff (at most `MAX_ATTEMPTS`), each
   attempt recorded;
 - `deadline-watch`: finds the ticks that missed a deadline on the database's clock, records each
-  once with its DEADLINE_MISSED event, and counts it in metrics.
+  once with its DEADLINE_MISSED event, and counts it in metrics; likewise the check-ins whose
+  awaited ping did not come within their grace (CHECKIN_MISSED).
 
 Memory stays bounded: each pass reads a bounded batch; the sender holds at most `SEND_BATCH`
 deliveries and sends at most `PARALLEL` at once.
@@ -20,6 +21,7 @@ import logging
 from datetime import timedelta
 
 from cronwire_server import metrics
+from cronwire_server.core.checkins import next_tick
 from cronwire_server.core.errors import StorageUnavailable
 from cronwire_server.destinations import Sender, kind_of
 from cronwire_server.storage.sql_notifications import ClaimedDelivery, NotificationStore
@@ -97,7 +99,12 @@ class Alerts:
 
         async def one(item: ClaimedDelivery) -> None:
             async with limit:
-                await self._attempt(item)
+                try:
+                    await self._attempt(item)
+                except StorageUnavailable as error:
+                    # Its lease runs out and it is tried again; the others of the batch go on.
+                    loop_failed(error)
+                    log.warning("notification %s: database unavailable (%s)", item.delivery.name, error)
 
         async with asyncio.TaskGroup() as group:
             for item in claimed:
@@ -130,7 +137,7 @@ class Alerts:
         passes = 0
         while not stopping.is_set():
             try:
-                found = await self._store.deadline_pass()
+                found = await self._store.deadline_pass(next_tick)
                 for _, miss in found.misses:
                     metrics.DEADLINES_MISSED.labels(deadline=miss.kind.value).inc()
                 passes += 1

@@ -77,6 +77,14 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """A tick of a schedule missed one of its deadlines; `deadline_miss` says
     which, and `resource` names the schedule.
     """
+    EVENT_TYPE_CHECKIN_MISSED: _EventType.ValueType  # 22
+    """A check-in's tick got no ping within its grace; `resource` names the
+    check-in, `deadline_miss.scheduled_time` the tick.
+    """
+    EVENT_TYPE_CHECKIN_SUCCEEDED: _EventType.ValueType  # 23
+    """A check-in got a success ping."""
+    EVENT_TYPE_CHECKIN_FAILED: _EventType.ValueType  # 24
+    """A check-in got a fail ping."""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """The kinds of event."""
@@ -131,6 +139,14 @@ EVENT_TYPE_DEADLINE_MISSED: EventType.ValueType  # 21
 """A tick of a schedule missed one of its deadlines; `deadline_miss` says
 which, and `resource` names the schedule.
 """
+EVENT_TYPE_CHECKIN_MISSED: EventType.ValueType  # 22
+"""A check-in's tick got no ping within its grace; `resource` names the
+check-in, `deadline_miss.scheduled_time` the tick.
+"""
+EVENT_TYPE_CHECKIN_SUCCEEDED: EventType.ValueType  # 23
+"""A check-in got a success ping."""
+EVENT_TYPE_CHECKIN_FAILED: EventType.ValueType  # 24
+"""A check-in got a fail ping."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 class _DeadlineKind:
@@ -147,6 +163,8 @@ class _DeadlineKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Deadline
     """`finish_by`: the tick had not ended in time (MISSED)."""
     DEADLINE_KIND_MAX_DURATION: _DeadlineKind.ValueType  # 3
     """`max_duration`: the execution ran too long (TOO_LONG)."""
+    DEADLINE_KIND_CHECK_IN_GRACE: _DeadlineKind.ValueType  # 4
+    """A check-in's grace: no ping came (CHECKIN_MISSED)."""
 
 class DeadlineKind(_DeadlineKind, metaclass=_DeadlineKindEnumTypeWrapper):
     """Which deadline of a schedule was missed."""
@@ -159,6 +177,8 @@ DEADLINE_KIND_FINISH_BY: DeadlineKind.ValueType  # 2
 """`finish_by`: the tick had not ended in time (MISSED)."""
 DEADLINE_KIND_MAX_DURATION: DeadlineKind.ValueType  # 3
 """`max_duration`: the execution ran too long (TOO_LONG)."""
+DEADLINE_KIND_CHECK_IN_GRACE: DeadlineKind.ValueType  # 4
+"""A check-in's grace: no ping came (CHECKIN_MISSED)."""
 Global___DeadlineKind: _TypeAlias = DeadlineKind  # noqa: Y015
 
 @_typing.final

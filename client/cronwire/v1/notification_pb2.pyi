@@ -488,6 +488,7 @@ class Incident(_message.Message):
     OPEN_TIME_FIELD_NUMBER: _builtins.int
     RESOLVE_TIME_FIELD_NUMBER: _builtins.int
     DEDUP_KEY_FIELD_NUMBER: _builtins.int
+    CHECK_IN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. The resource name,
     `namespaces/{namespace}/incidents/{incident}`.
@@ -508,7 +509,11 @@ class Incident(_message.Message):
     """Output only. How many alerts it took in, the first included."""
     dedup_key: _builtins.str
     """Output only. The PagerDuty dedup key of the incident (also sent to
-    webhooks as `incident`).
+    webhooks as `dedup_key`).
+    """
+    check_in: _builtins.str
+    """Output only. The check-in concerned, for CHECKIN_MISSED incidents and
+    failures a check-in reported; empty otherwise.
     """
     @_builtins.property
     def open_time(self) -> _timestamp_pb2.Timestamp:
@@ -532,10 +537,11 @@ class Incident(_message.Message):
         open_time: _timestamp_pb2.Timestamp | None = ...,
         resolve_time: _timestamp_pb2.Timestamp | None = ...,
         dedup_key: _builtins.str = ...,
+        check_in: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["open_time", b"open_time", "resolve_time", b"resolve_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "dedup_key", b"dedup_key", "job", b"job", "kind", b"kind", "name", b"name", "open_time", b"open_time", "resolve_time", b"resolve_time", "route", b"route", "rule", b"rule", "schedule", b"schedule", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "check_in", b"check_in", "dedup_key", b"dedup_key", "job", b"job", "kind", b"kind", "name", b"name", "open_time", b"open_time", "resolve_time", b"resolve_time", "route", b"route", "rule", b"rule", "schedule", b"schedule", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ from cronwire_server.core.model import (
     ExecutionState,
     SkipReason,
 )
-from cronwire_server.core.names import format_name
+from cronwire_server.core.names import format_name, parse_name
 
 # The default and the largest `max_per_hour` of a route.
 DEFAULT_PER_HOUR = 30
@@ -55,6 +55,7 @@ DEADLINE_ALERTS = {
     DeadlineKind.START_WITHIN: AlertKind.LATE,
     DeadlineKind.FINISH_BY: AlertKind.MISSED,
     DeadlineKind.MAX_DURATION: AlertKind.TOO_LONG,
+    DeadlineKind.CHECK_IN_GRACE: AlertKind.CHECKIN_MISSED,
 }
 
 
@@ -170,6 +171,7 @@ class Incident:
     open_time: datetime
     resolve_time: datetime | None
     dedup_key: str
+    check_in_id: str = ""
 
     @property
     def name(self) -> str:
@@ -217,6 +219,7 @@ class Observed:
     summary: str
     execution_id: str = ""
     scheduled_time: datetime | None = None
+    check_in_id: str = ""
 
 
 _ENDED = {
@@ -226,7 +229,15 @@ _ENDED = {
 }
 # The event types the notifier reads.
 WATCHED = frozenset(
-    {*_ENDED, EventType.EXECUTION_SUCCEEDED, EventType.EXECUTION_SKIPPED, EventType.DEADLINE_MISSED}
+    {
+        *_ENDED,
+        EventType.EXECUTION_SUCCEEDED,
+        EventType.EXECUTION_SKIPPED,
+        EventType.DEADLINE_MISSED,
+        EventType.CHECKIN_MISSED,
+        EventType.CHECKIN_SUCCEEDED,
+        EventType.CHECKIN_FAILED,
+    }
 )
 
 
@@ -278,6 +289,23 @@ def observe(event: Event) -> Observed | None:
             f"{job_name} {state} (attempt {execution.attempt}){detail}",
             execution.id,
             when,
+        )
+    if event.type in (EventType.CHECKIN_MISSED, EventType.CHECKIN_SUCCEEDED, EventType.CHECKIN_FAILED):
+        check_in_id = parse_name(event.resource, "check_in", "resource").id
+        if event.type is EventType.CHECKIN_SUCCEEDED:
+            return Observed(None, "", "", f"{event.resource} pinged", check_in_id=check_in_id)
+        if event.type is EventType.CHECKIN_FAILED:
+            return Observed(
+                AlertKind.FAILED, "", "", f"{event.resource} reported a failure", check_in_id=check_in_id
+            )
+        tick = event.deadline_miss.scheduled_time if event.deadline_miss else event.time
+        return Observed(
+            AlertKind.CHECKIN_MISSED,
+            "",
+            "",
+            f"{event.resource}: no ping for the tick of {_when(tick)}",
+            scheduled_time=tick,
+            check_in_id=check_in_id,
         )
     if event.type is EventType.DEADLINE_MISSED and event.deadline_miss is not None:
         miss = event.deadline_miss

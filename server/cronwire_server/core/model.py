@@ -198,6 +198,7 @@ class DeadlineKind(enum.Enum):
     START_WITHIN = "start_within"  # LATE
     FINISH_BY = "finish_by"  # MISSED
     MAX_DURATION = "max_duration"  # TOO_LONG
+    CHECK_IN_GRACE = "check_in_grace"  # CHECKIN_MISSED
 
 
 @dataclass(frozen=True)
@@ -423,6 +424,9 @@ class EventType(enum.Enum):
     CALENDAR_UPDATED = "calendar_updated"
     CALENDAR_DELETED = "calendar_deleted"
     DEADLINE_MISSED = "deadline_missed"
+    CHECKIN_MISSED = "checkin_missed"
+    CHECKIN_SUCCEEDED = "checkin_succeeded"
+    CHECKIN_FAILED = "checkin_failed"
 
 
 # The event an execution's arrival in each state is reported as.

@@ -22,6 +22,7 @@ COLLECTIONS = {
     "rule": "notificationRules",
     "incident": "incidents",
     "delivery": "notificationDeliveries",
+    "check_in": "checkIns",
 }
 KEYS = "keys"
 

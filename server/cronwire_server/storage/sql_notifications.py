@@ -44,14 +44,17 @@ from cronwire_server.core.alerts import (
     SlackDestination,
     WebhookDestination,
 )
+from cronwire_server.core.checkins import CheckIn, PingKind
 from cronwire_server.core.deadlines import Candidate, misses
-from cronwire_server.core.model import DeadlineMiss, EventType, Listing, Page
+from cronwire_server.core.model import DeadlineKind, DeadlineMiss, EventType, Listing, Page
 from cronwire_server.core.names import format_name, schedule_name
 from cronwire_server.storage import sql_creates, sql_events
-from cronwire_server.storage.records import deadlines_from_json
+from cronwire_server.storage.records import deadlines_from_json, trigger_from_json, trigger_to_json
 from cronwire_server.storage.sql_executions import database_now
 from cronwire_server.storage.sql_store import _unavailable_on_connection_errors
 from cronwire_server.storage.tables import (
+    check_in_pings,
+    check_ins,
     deadline_misses,
     events,
     executions,
@@ -169,6 +172,7 @@ def _incident(row: Mapping[Any, Any]) -> Incident:
         open_time=row["open_time"],
         resolve_time=row["resolve_time"],
         dedup_key=row["dedup_key"],
+        check_in_id=row["check_in_id"],
     )
 
 
@@ -189,6 +193,27 @@ def _delivery(row: Mapping[Any, Any]) -> Delivery:
         error=row["error"],
         last_attempt_time=row["last_attempt_time"],
         next_attempt_time=row["next_attempt_time"],
+    )
+
+
+def _check_in(row: Mapping[Any, Any]) -> CheckIn:
+    return CheckIn(
+        namespace=row["namespace"],
+        id=row["id"],
+        trigger=trigger_from_json(row["trigger"]),
+        time_zone=row["time_zone"],
+        description=row["description"],
+        grace=timedelta(seconds=row["grace_seconds"]),
+        labels=dict(row["labels"]),
+        next_expected_time=row["next_expected_time"],
+        last_ping_time=row["last_ping_time"],
+        last_ping_kind=PingKind(row["last_ping_kind"]) if row["last_ping_kind"] else None,
+        last_duration=timedelta(seconds=row["last_duration_seconds"])
+        if row["last_duration_seconds"] is not None
+        else None,
+        missed=row["missed"],
+        create_time=row["create_time"],
+        etag=row["etag"],
     )
 
 
@@ -451,6 +476,171 @@ class NotificationStore:
 
     # Incidents and deliveries, as callers see them
 
+    # Check-ins
+
+    async def create_check_in(self, check_in: CheckIn, token_sha256: str, first: datetime | None) -> CheckIn:
+        def work(conn: Connection, now: datetime) -> CheckIn:
+            key = [check_ins.c.namespace == check_in.namespace, check_ins.c.id == check_in.id]
+            if conn.execute(sa.select(check_ins.c.id).where(*key)).first() is not None:
+                raise errors.AlreadyExists("check_in", check_in.name)
+            row = conn.execute(
+                sa.insert(check_ins)
+                .values(
+                    namespace=check_in.namespace,
+                    id=check_in.id,
+                    description=check_in.description,
+                    trigger=trigger_to_json(check_in.trigger),
+                    time_zone=check_in.time_zone,
+                    grace_seconds=check_in.grace.total_seconds(),
+                    labels=dict(check_in.labels),
+                    token_sha256=token_sha256,
+                    next_expected_time=first,
+                    missed=0,
+                    create_time=now,
+                    etag=_etag(),
+                )
+                .returning(*check_ins.c)
+            ).one()
+            return _check_in(row._mapping)
+
+        return await self._run(work)
+
+    async def get_check_in(self, namespace: str, check_in_id: str) -> CheckIn:
+        def work(conn: Connection, now: datetime) -> CheckIn:
+            row = conn.execute(
+                sa.select(check_ins).where(check_ins.c.namespace == namespace, check_ins.c.id == check_in_id)
+            ).first()
+            if row is None:
+                raise errors.NotFound("check_in", format_name("check_in", namespace, check_in_id))
+            return _check_in(row._mapping)
+
+        return await self._run(work)
+
+    async def list_check_ins(self, namespace: str, page: Page) -> Listing[CheckIn]:
+        return await self._run(self._list, check_ins, namespace, page, _check_in)
+
+    async def delete_check_in(self, namespace: str, check_in_id: str, expected_etag: str) -> None:
+        def work(conn: Connection, now: datetime) -> None:
+            key = [check_ins.c.namespace == namespace, check_ins.c.id == check_in_id]
+            where = [*key, check_ins.c.etag == expected_etag] if expected_etag else key
+            if conn.execute(sa.delete(check_ins).where(*where).returning(check_ins.c.id)).first() is None:
+                name = format_name("check_in", namespace, check_in_id)
+                if conn.execute(sa.select(check_ins.c.id).where(*key)).first() is not None:
+                    raise errors.EtagMismatch("check_in", name)
+                raise errors.NotFound("check_in", name)
+            t = notification_incidents
+            conn.execute(
+                sa.update(t)
+                .where(t.c.namespace == namespace, t.c.check_in_id == check_in_id, t.c.resolve_time.is_(None))
+                .values(resolve_time=now)
+            )
+
+        await self._run(work)
+
+    async def check_in_of_token(self, token_sha256: str) -> CheckIn | None:
+        def work(conn: Connection, now: datetime) -> CheckIn | None:
+            row = conn.execute(sa.select(check_ins).where(check_ins.c.token_sha256 == token_sha256)).first()
+            return None if row is None else _check_in(row._mapping)
+
+        return await self._run(work)
+
+    async def ping(
+        self,
+        namespace: str,
+        check_in_id: str,
+        kind: PingKind,
+        next_after: Callable[[CheckIn, datetime], datetime | None],
+    ) -> CheckIn:
+        """Record a ping: the awaited tick moves past now; an end ping after a start records the
+        duration; success and fail pings are events (the notifier resolves or alerts)."""
+
+        def work(conn: Connection, now: datetime) -> CheckIn:
+            key = [check_ins.c.namespace == namespace, check_ins.c.id == check_in_id]
+            query = sa.select(check_ins).where(*key)
+            row = conn.execute(query.with_for_update() if self._postgres else query).first()
+            if row is None:
+                raise errors.NotFound("check_in", format_name("check_in", namespace, check_in_id))
+            current = _check_in(row._mapping)
+            duration: float | None = None
+            started = row.last_start_time
+            if kind is not PingKind.START and started is not None:
+                duration = (now - started).total_seconds()
+            values: dict[str, Any] = {
+                "last_ping_time": now,
+                "last_ping_kind": kind.value,
+                "next_expected_time": next_after(current, now),
+                "last_start_time": now if kind is PingKind.START else None,
+            }
+            if duration is not None:
+                values["last_duration_seconds"] = duration
+            updated = conn.execute(
+                sa.update(check_ins).where(*key).values(**values).returning(*check_ins.c)
+            ).one()
+            conn.execute(
+                sa.insert(check_in_pings).values(
+                    namespace=namespace,
+                    check_in_id=check_in_id,
+                    kind=kind.value,
+                    time=now,
+                    duration_seconds=duration,
+                )
+            )
+            if kind is not PingKind.START:
+                event = EventType.CHECKIN_SUCCEEDED if kind is PingKind.SUCCESS else EventType.CHECKIN_FAILED
+                sql_events.insert(conn, [sql_events.row(event, namespace, current.name, now)])
+            return _check_in(updated._mapping)
+
+        return await self._run(work)
+
+    def _missed_check_ins(
+        self,
+        conn: Connection,
+        limit: int,
+        now: datetime,
+        next_after: Callable[[CheckIn, datetime], datetime | None],
+    ) -> list[tuple[str, DeadlineMiss]]:
+        """Check-ins whose awaited tick is past its grace: each one miss (its event), the awaited
+        tick moved to the first after `now - grace`. Rows are locked (SKIP LOCKED) so replicas take
+        different ones."""
+        query = (
+            sa.select(check_ins)
+            .where(check_ins.c.next_expected_time.is_not(None), check_ins.c.next_expected_time <= now)
+            .order_by(check_ins.c.next_expected_time)
+            .limit(limit)
+        )
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True)
+        found: list[tuple[str, DeadlineMiss]] = []
+        for row in conn.execute(query).all():
+            check_in = _check_in(row._mapping)
+            tick = row.next_expected_time
+            deadline = tick + check_in.grace
+            if deadline > now:
+                continue
+            miss = DeadlineMiss(DeadlineKind.CHECK_IN_GRACE, tick, deadline)
+            conn.execute(
+                sa.update(check_ins)
+                .where(check_ins.c.namespace == check_in.namespace, check_ins.c.id == check_in.id)
+                .values(
+                    next_expected_time=next_after(check_in, now - check_in.grace),
+                    missed=check_ins.c.missed + 1,
+                )
+            )
+            sql_events.insert(
+                conn,
+                [
+                    sql_events.row(
+                        EventType.CHECKIN_MISSED,
+                        check_in.namespace,
+                        check_in.name,
+                        now,
+                        snapshot=sql_events.deadline_miss_snapshot(miss),
+                    )
+                ],
+            )
+            found.append((check_in.namespace, miss))
+        return found
+
     async def list_incidents(
         self, namespace: str, page: Page, *, job_id: str = "", schedule_id: str = "", open_only: bool = False
     ) -> Listing[Incident]:
@@ -541,7 +731,16 @@ class NotificationStore:
                     ).all()
                 ]
             for rule in rules[event.namespace]:
-                if rule.labels:
+                if rule.labels and observed.check_in_id:
+                    key = (event.namespace, "check-in " + observed.check_in_id)
+                    if key not in labels:
+                        labels[key] = conn.execute(
+                            sa.select(check_ins.c.labels).where(
+                                check_ins.c.namespace == key[0], check_ins.c.id == observed.check_in_id
+                            )
+                        ).scalar_one_or_none()
+                    job_labels = labels[key]
+                elif rule.labels:
                     key = (event.namespace, observed.job_id)
                     if key not in labels:
                         labels[key] = conn.execute(
@@ -584,6 +783,7 @@ class NotificationStore:
             t.c.rule_id == rule.id,
             t.c.job_id == observed.job_id,
             t.c.schedule_id == observed.schedule_id,
+            t.c.check_in_id == observed.check_in_id,
             t.c.resolve_time.is_(None),
         ]
         if observed.kind is None:  # a success resolves the rule's open incidents of this job and schedule
@@ -620,6 +820,7 @@ class NotificationStore:
                 route_id=route.id,
                 job_id=observed.job_id,
                 schedule_id=observed.schedule_id,
+                check_in_id=observed.check_in_id,
                 family=family,
                 kind=observed.kind.value,
                 summary=observed.summary,
@@ -673,6 +874,9 @@ class NotificationStore:
             "namespace": namespace,
             "job": format_name("job", namespace, observed.job_id) if observed.job_id else "",
             "schedule": schedule_name(namespace, observed.schedule_id) if observed.schedule_id else "",
+            "check_in": format_name("check_in", namespace, observed.check_in_id)
+            if observed.check_in_id
+            else "",
             "execution": format_name("execution", namespace, observed.execution_id)
             if observed.execution_id
             else "",
@@ -792,10 +996,18 @@ class NotificationStore:
 
     # The deadline watch
 
-    async def deadline_pass(self, limit: int = 500) -> DeadlinePass:
-        return await self._run(self._deadline_pass, limit)
+    async def deadline_pass(
+        self, next_after: Callable[[CheckIn, datetime], datetime | None], limit: int = 500
+    ) -> DeadlinePass:
+        return await self._run(self._deadline_pass, next_after, limit)
 
-    def _deadline_pass(self, conn: Connection, limit: int, now: datetime) -> DeadlinePass:
+    def _deadline_pass(
+        self,
+        conn: Connection,
+        next_after: Callable[[CheckIn, datetime], datetime | None],
+        limit: int,
+        now: datetime,
+    ) -> DeadlinePass:
         s, e = schedules, executions
         candidates: list[Candidate] = []
         # Ticks not even dispatched: the schedule's next fire time is in the past.
@@ -883,6 +1095,7 @@ class NotificationStore:
                     ],
                 )
                 recorded.append((candidate.namespace, miss))
+        recorded.extend(self._missed_check_ins(conn, limit, now, next_after))
         return DeadlinePass(recorded)
 
     async def deadline_misses_of(self, namespace: str, schedule_id: str) -> int:

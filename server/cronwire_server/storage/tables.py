@@ -413,12 +413,15 @@ notification_incidents = sa.Table(
     sa.Column("open_time", UtcDateTime(), nullable=False),
     sa.Column("resolve_time", UtcDateTime(), nullable=True),
     sa.Column("dedup_key", sa.String(), nullable=False),
+    # The check-in it is about (migration 0021); "" for jobs.
+    sa.Column("check_in_id", Ident, nullable=False, server_default=""),
     sa.Index(
         "ux_notification_incidents_open",
         "namespace",
         "rule_id",
         "job_id",
         "schedule_id",
+        "check_in_id",
         "family",
         unique=True,
         **_partial("resolve_time IS NULL"),
@@ -473,4 +476,41 @@ deadline_misses = sa.Table(
     sa.Column("deadline", UtcDateTime(), nullable=False),
     sa.Column("time", UtcDateTime(), nullable=False),
     sa.Index("ix_deadline_misses_time", "time"),
+)
+
+# Check-ins (migration 0021): dead man's switches for work cronwire does not run.
+check_ins = sa.Table(
+    "check_ins",
+    metadata,
+    sa.Column("namespace", Ident, primary_key=True),
+    sa.Column("id", Ident, primary_key=True),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("trigger", Json, nullable=False),
+    sa.Column("time_zone", sa.String(), nullable=False),
+    sa.Column("grace_seconds", sa.Float(), nullable=False),
+    sa.Column("labels", Json, nullable=False),
+    # The ping token's SHA-256, hex; the token itself is shown once, at create.
+    sa.Column("token_sha256", sa.String(), nullable=False, unique=True),
+    sa.Column("next_expected_time", UtcDateTime(), nullable=True),
+    sa.Column("last_ping_time", UtcDateTime(), nullable=True),
+    sa.Column("last_ping_kind", sa.String(), nullable=True),
+    sa.Column("last_start_time", UtcDateTime(), nullable=True),
+    sa.Column("last_duration_seconds", sa.Float(), nullable=True),
+    sa.Column("missed", sa.BigInteger(), nullable=False),
+    sa.Column("create_time", UtcDateTime(), nullable=False),
+    sa.Column("etag", sa.String(), nullable=False),
+    sa.Index("ix_check_ins_next_expected_time", "next_expected_time"),
+)
+
+check_in_pings = sa.Table(
+    "check_in_pings",
+    metadata,
+    sa.Column("seq", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("namespace", Ident, nullable=False),
+    sa.Column("check_in_id", Ident, nullable=False),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("time", UtcDateTime(), nullable=False),
+    sa.Column("duration_seconds", sa.Float(), nullable=True),
+    sa.Index("ix_check_in_pings_check_in", "namespace", "check_in_id", "seq"),
+    sqlite_autoincrement=True,
 )

@@ -24,6 +24,9 @@ from aiosmtpd.controller import Controller
 from google.protobuf import duration_pb2
 
 from cronwire.v1 import (
+    checkin_pb2,
+    checkin_service_pb2,
+    checkin_service_pb2_grpc,
     event_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
@@ -102,6 +105,7 @@ class Api:
     executions: execution_service_pb2_grpc.ExecutionServiceStub
     events: event_service_pb2_grpc.EventServiceStub
     alerts: notification_service_pb2_grpc.NotificationServiceStub
+    check_ins: checkin_service_pb2_grpc.CheckInServiceStub
 
 
 async def _serve(database_url: str, **settings: Any) -> RunningServer:
@@ -125,6 +129,7 @@ async def api_of() -> AsyncIterator[Any]:
             execution_service_pb2_grpc.ExecutionServiceStub(channel),
             event_service_pb2_grpc.EventServiceStub(channel),
             notification_service_pb2_grpc.NotificationServiceStub(channel),
+            checkin_service_pb2_grpc.CheckInServiceStub(channel),
         )
 
     yield start
@@ -181,6 +186,10 @@ async def _deliveries(api: Api) -> list[notification_pb2.NotificationDelivery]:
     return list(listed.deliveries)
 
 
+async def _states(api: Api, wanted: list[int]) -> bool:
+    return [d.state for d in await _deliveries(api)] == wanted
+
+
 async def test_one_signed_alert_per_incident_and_its_resolution(
     api_of: Any, database_url: str, receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -230,8 +239,10 @@ async def test_one_signed_alert_per_incident_and_its_resolution(
     assert len(incidents) == 1
     assert incidents[0].alerts == 5
     assert incidents[0].HasField("resolve_time")
+    await eventually(
+        lambda: _states(api, [notification_pb2.DELIVERY_STATE_DELIVERED] * 2), 10, "both recorded delivered"
+    )
     deliveries = await _deliveries(api)
-    assert [d.state for d in deliveries] == [notification_pb2.DELIVERY_STATE_DELIVERED] * 2
     assert [d.kind for d in deliveries] == [
         notification_pb2.ALERT_KIND_RECOVERED,
         notification_pb2.ALERT_KIND_FAILED,
@@ -352,8 +363,9 @@ async def test_mail_over_starttls_reaches_a_real_smtp_server(
     text = envelope.content.decode()
     assert f"Subject: [cronwire] FAILED: {NS}/jobs/nightly" in text
     assert "exit code 3" in text
-    deliveries = await _deliveries(api)
-    assert [d.state for d in deliveries] == [notification_pb2.DELIVERY_STATE_DELIVERED]
+    await eventually(
+        lambda: _states(api, [notification_pb2.DELIVERY_STATE_DELIVERED]), 10, "the mail recorded delivered"
+    )
 
 
 async def test_nothing_is_sent_to_a_refused_address(
@@ -433,3 +445,55 @@ async def test_late_when_every_worker_slot_is_busy(
 async def test_late_when_no_worker_runs(api_of: Any, database_url: str, receiver: Receiver) -> None:
     api = await api_of(database_url, allow_private_networks=True, roles=frozenset({"api", "dispatcher"}))
     await _late_alert(api, receiver, "report")
+
+
+async def test_a_missed_check_in_alerts_once_and_a_ping_resolves_it(
+    api_of: Any, database_url: str, receiver: Receiver
+) -> None:
+    api = await api_of(database_url, allow_private_networks=True)
+    check_ins = api.check_ins
+    route = await _route(api, "hook", webhook=notification_pb2.WebhookDestination(url=receiver.url("/ci")))
+    await _rule(
+        api,
+        "nightly-etl",
+        route.name,
+        [notification_pb2.ALERT_KIND_CHECKIN_MISSED, notification_pb2.ALERT_KIND_RECOVERED],
+        labels={"team": "data"},
+    )
+    check_in = checkin_pb2.CheckIn(labels={"team": "data"})
+    check_in.trigger.interval.every.FromSeconds(1)
+    check_in.grace.FromSeconds(1)
+    created = await check_ins.CreateCheckIn(
+        checkin_service_pb2.CreateCheckInRequest(parent=NS, check_in_id="etl", check_in=check_in)
+    )
+    token = created.token
+    assert token
+    assert created.check_in.HasField("next_expected_time")
+
+    alert = (await eventually(lambda: receiver.on("/ci"), 20, "the CHECKIN_MISSED alert"))[0].json()
+    assert alert["kind"] == "CHECKIN_MISSED"
+    assert alert["check_in"] == f"{NS}/checkIns/etl"
+    missed = await api.events.ListEvents(
+        event_service_pb2.ListEventsRequest(parent=NS, event_types=[event_pb2.EVENT_TYPE_CHECKIN_MISSED])
+    )
+    assert missed.events[0].resource == f"{NS}/checkIns/etl"
+    assert missed.events[0].deadline_miss.kind == event_pb2.DEADLINE_KIND_CHECK_IN_GRACE
+
+    started = await check_ins.CheckIn(
+        checkin_service_pb2.CheckInRequest(token=token, kind=checkin_pb2.CHECK_IN_PING_KIND_START)
+    )
+    assert started.check_in.last_ping_kind == checkin_pb2.CHECK_IN_PING_KIND_START
+    ended = await check_ins.CheckIn(checkin_service_pb2.CheckInRequest(token=token))
+    assert ended.check_in.last_ping_kind == checkin_pb2.CHECK_IN_PING_KIND_SUCCESS
+    assert ended.check_in.HasField("last_duration")
+    assert ended.check_in.missed >= 1
+    resolved = await eventually(
+        lambda: [r for r in receiver.on("/ci") if r.json()["resolve"]], 20, "the resolve"
+    )
+    assert resolved[0].json()["incident"] == alert["incident"]
+    # Missed again and again before the ping: one incident, one alert.
+    assert len([r for r in receiver.on("/ci") if not r.json()["resolve"]]) == 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await check_ins.CheckIn(checkin_service_pb2.CheckInRequest(token="ci_not-a-token"))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND

@@ -30,6 +30,8 @@ import cronwire.v1
 from cronwire.v1 import (
     calendar_pb2,
     calendar_service_pb2,
+    checkin_pb2,
+    checkin_service_pb2,
     event_pb2,
     event_service_pb2,
     execution_service_pb2,
@@ -345,6 +347,23 @@ def notification_requests_into_team_a() -> dict[str, Message]:
         "NotificationService/ListNotificationDeliveries": alerts.ListNotificationDeliveriesRequest(
             parent=TEAM_A
         ),
+        **check_in_requests_into_team_a(),
+    }
+
+
+def check_in_requests_into_team_a() -> dict[str, Message]:
+    name = f"{TEAM_A}/checkIns/etl"
+    check_in = checkin_pb2.CheckIn()
+    check_in.trigger.interval.every.FromSeconds(60)
+    return {
+        "CheckInService/CreateCheckIn": checkin_service_pb2.CreateCheckInRequest(
+            parent=TEAM_A, check_in=check_in
+        ),
+        "CheckInService/GetCheckIn": checkin_service_pb2.GetCheckInRequest(name=name),
+        "CheckInService/ListCheckIns": checkin_service_pb2.ListCheckInsRequest(parent=TEAM_A),
+        "CheckInService/DeleteCheckIn": checkin_service_pb2.DeleteCheckInRequest(name=name),
+        # The token of no check-in: NOT_FOUND too (a real one of team-a's: test_alerts.py).
+        "CheckInService/CheckIn": checkin_service_pb2.CheckInRequest(token="ci_unknown"),
     }
 
 
