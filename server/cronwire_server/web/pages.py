@@ -564,10 +564,17 @@ class _Stream:
 
 
 async def _streamed(
-    dashboard: Dashboard, request: web.Request, run: Callable[[_Stream], Awaitable[None]]
+    dashboard: Dashboard,
+    request: web.Request,
+    run: Callable[[_Stream], Awaitable[None]],
+    check: Callable[[], Awaitable[None]] | None = None,
 ) -> web.StreamResponse:
+    """`run` on an event stream for the request's visitor; `check` first, under their principal
+    (what it raises is the answer: a stream of what they may not see is not opened)."""
     try:
         visitor = await _visitor(request, dashboard)
+        if visitor is not None and check is not None:
+            await check()
     except CronwireError as error:
         return web.Response(status=http_status(error), text=f"{error}\n")
     if visitor is None:
@@ -606,11 +613,18 @@ async def event_stream(dashboard: Dashboard, request: web.Request) -> web.Stream
 
 
 async def output_stream(dashboard: Dashboard, request: web.Request) -> web.StreamResponse:
-    async def run(stream: _Stream) -> None:
-        name = scope.name(
+    def target() -> names.ResourceName:
+        return scope.name(
             names.format_name("execution", request.match_info["namespace"], request.match_info["execution"]),
             "execution",
         )
+
+    async def check() -> None:
+        name = target()
+        await dashboard.readers.executions.get(name.namespace, name.id)
+
+    async def run(stream: _Stream) -> None:
+        name = target()
         try:
             offset = max(0, int(request.query.get("offset", "0")))
         except ValueError:
@@ -627,7 +641,7 @@ async def output_stream(dashboard: Dashboard, request: web.Request) -> web.Strea
         finally:
             await pieces.aclose()  # type: ignore[attr-defined]
 
-    return await _streamed(dashboard, request, run)
+    return await _streamed(dashboard, request, run, check)
 
 
 async def static_file(dashboard: Dashboard, request: web.Request) -> web.StreamResponse:

@@ -99,6 +99,7 @@ def test_a_viewer_sees_its_namespaces_and_cannot_act(keyed: tuple[WebServer, Key
     response = page.goto(f"{web.url}/jobs/other/secret-job")
     assert response is not None
     assert response.status == 404
+    assert page.request.get(f"{web.url}/stream/output/other/e0000000000000000000000").status == 404
     # Posting the form anyway (with a valid CSRF token) is refused.
     page.goto(f"{web.url}/jobs/{NS}/report")
     csrf = page.locator("form[action='/logout'] input[name=csrf]").get_attribute("value")

@@ -59,3 +59,9 @@ def test_a_stream_tells_what_changed_without_snapshots(web: WebServer) -> None:
     assert change["resource"] == "namespaces/feed/jobs/noted"
     assert change["namespace"] == "feed"
     assert "parameters" not in line  # what the job holds is read through the pages, not pushed
+
+
+def test_the_output_of_an_execution_that_is_not_there_is_not_streamed(web: WebServer) -> None:
+    with httpx.Client(base_url=web.url, timeout=10.0) as browser:
+        browser.get("/")
+        assert browser.get("/stream/output/feed/e0000000000000000000000").status_code == 404
