@@ -4,6 +4,9 @@ the gRPC server's process, and where it listens by default."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -15,8 +18,9 @@ import pytest
 import trustme
 
 from cronwire import Client
-from cronwire_server.config import add_server_flags, settings_from_args
-from tests.integration.web.helpers import WebServer, start_web_server
+from cronwire_server.config import DEFAULT_HTTP_ADDRESS, add_server_flags, settings_from_args
+from tests.integration.web.helpers import DEADLINE, WebServer, start_web_server
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -181,3 +185,41 @@ def test_with_a_client_ca_the_dashboard_needs_a_client_certificate_and_metrics_d
             assert client.get(f"{url}/").headers["location"].startswith("/login")
     finally:
         web.stop()
+
+
+def test_a_second_server_on_a_laptop_starts_without_the_default_listener(tmp_path: Path) -> None:
+    """The default port taken (by an earlier server, or anything else): the server says so and
+    serves gRPC; only an address asked for stops it."""
+    host, port = DEFAULT_HTTP_ADDRESS.rsplit(":", 1)
+    holder = socket.socket()
+    with contextlib.suppress(OSError):  # taken already: all the same to the server
+        holder.bind((host, int(port)))
+        holder.listen()
+    port_file, log = tmp_path / "port", tmp_path / "server.log"
+    asked = ("CRONWIRE_HTTP_ADDRESS", "CRONWIRE_METRICS_ADDRESS")
+    env = {k: v for k, v in os.environ.items() if k not in asked}
+    try:
+        with log.open("w") as out:
+            server = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "cronwire_server", "--listen", "127.0.0.1:0"),
+                    *("--database-url", f"sqlite:///{tmp_path / 'cronwire.db'}"),
+                    *("--port-file", str(port_file)),
+                ],
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**env, "PYTHONUNBUFFERED": "1"},
+            )
+        try:
+            wait_for(lambda: port_file.exists() or server.poll() is not None, DEADLINE, "the server to start")
+            assert server.poll() is None, log.read_text()
+            with Client(f"127.0.0.1:{int(port_file.read_text())}") as client:
+                client.list_job_types()
+        finally:
+            server.terminate()
+            server.wait(30)
+    finally:
+        holder.close()
+    assert f"cannot serve HTTP on {DEFAULT_HTTP_ADDRESS}" in log.read_text()
+    assert "the dashboard is off" in log.read_text()
