@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 from cronwire._alerts import (
     AlertKind,
+    CheckIn,
+    CheckInPingKind,
     Destination,
     EmailDestination,
     EmailSecurity,
@@ -19,9 +22,10 @@ from cronwire._alerts import (
     WebhookDestination,
     alert_kinds,
 )
-from cronwire._cli_args import UsageError
-from cronwire._commands import EXIT_OK, Context
-from cronwire._output import details, dump, short, table
+from cronwire._cli_args import UsageError, duration_arg, trigger_flags
+from cronwire._commands import EXIT_OK, Context, _triggers, _zoned
+from cronwire._documents import to_document
+from cronwire._output import details, dump, short, table, trigger_text
 
 Leaf = Callable[..., argparse.ArgumentParser]
 
@@ -370,4 +374,137 @@ def cmd_incidents(ctx: Context) -> int:
     )
     incidents = page.items
     ctx.show(incidents, lambda: incidents_table(incidents, ctx.namespace))
+    return EXIT_OK
+
+
+# Check-ins
+
+
+def add_check_in_commands(top: argparse._SubParsersAction[argparse.ArgumentParser], leaf: Leaf) -> None:
+    checkins = top.add_parser(
+        "checkins", help="dead man's switches: work cronwire does not run pings it on its ticks"
+    ).add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = leaf(
+        checkins,
+        "create",
+        cmd_checkins_create,
+        "create a check-in and print its ping token (shown only this once)",
+        epilog="examples:\n"
+        "  cronwire checkins create nightly-backup --cron '0 2 * * *' --tz Europe/Berlin --grace 30m\n"
+        "  # in the backup script, when it is done:\n"
+        '  cronwire checkins ping "$TOKEN"',
+    )
+    p.add_argument("name", help="the check-in's id (or full name)")
+    trigger_flags(p)
+    p.add_argument(
+        "--grace", type=duration_arg, metavar="DURATION", help="how late a ping may come (default 5m)"
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        type=_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="rules select by labels",
+    )
+    p.add_argument("--description", default="", help="free text")
+    leaf(checkins, "list", cmd_checkins_list, "list the check-ins of the namespace")
+    p = leaf(checkins, "get", cmd_checkins_get, "show a check-in")
+    p.add_argument("name", help="the check-in (id or name)")
+    p = leaf(checkins, "delete", cmd_checkins_delete, "delete a check-in; its token stops working")
+    p.add_argument("name", help="the check-in (id or name)")
+    p.add_argument("--etag", help="delete only if the check-in still has this etag")
+    p = leaf(checkins, "ping", cmd_checkins_ping, "ping a check-in by its token")
+    p.add_argument("token", help="the check-in's token (or - to read it from standard input)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--start", action="store_true", help="the work starts (the end ping records its duration)"
+    )
+    kind.add_argument("--fail", action="store_true", help="the work failed (a FAILED alert)")
+
+
+def check_in_details(check_in: CheckIn) -> str:
+    return details(
+        [
+            ("name", check_in.name),
+            ("trigger", trigger_text(check_in.trigger)),
+            ("time zone", check_in.time_zone),
+            ("grace", check_in.grace),
+            ("labels", ", ".join(f"{k}={v}" for k, v in check_in.labels.items())),
+            ("next expected", check_in.next_expected_time),
+            ("last ping", check_in.last_ping_time),
+            ("last ping kind", check_in.last_ping_kind.name if check_in.last_ping_kind else None),
+            ("last duration", check_in.last_duration),
+            ("missed", check_in.missed),
+            ("description", check_in.description),
+            ("created", check_in.create_time),
+        ]
+    )
+
+
+def cmd_checkins_create(ctx: Context) -> int:
+    args = ctx.args
+    _zoned(args, args.tz or "")
+    trigger = _triggers(args)
+    if trigger is None:
+        raise UsageError(
+            "say when pings are expected: --cron EXPR, --every DURATION, --at TIME or --rrule RULE"
+        )
+    created = ctx.client.create_check_in(
+        args.name,
+        trigger=trigger,
+        time_zone=args.tz or "",
+        grace=args.grace,
+        labels=dict(args.label),
+        description=args.description,
+    )
+    if ctx.fmt == "table":
+        ctx.print(check_in_details(created.check_in))
+        ctx.print(f"token:          {created.token}\n")
+        ctx.note("the token is shown only this once: ping with `cronwire checkins ping TOKEN`")
+    else:
+        ctx.print(dump({"check_in": to_document(created.check_in), "token": created.token}, ctx.fmt))
+    return EXIT_OK
+
+
+def cmd_checkins_list(ctx: Context) -> int:
+    found = list(ctx.client.iter_check_ins())
+    ctx.show(
+        found,
+        lambda: table(
+            ["NAME", "TRIGGER", "GRACE", "NEXT EXPECTED", "LAST PING", "MISSED"],
+            [
+                [
+                    short(c.name, ctx.namespace),
+                    trigger_text(c.trigger),
+                    c.grace,
+                    c.next_expected_time,
+                    c.last_ping_time,
+                    c.missed,
+                ]
+                for c in found
+            ],
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_checkins_get(ctx: Context) -> int:
+    check_in = ctx.client.get_check_in(ctx.args.name)
+    ctx.show(check_in, lambda: check_in_details(check_in))
+    return EXIT_OK
+
+
+def cmd_checkins_delete(ctx: Context) -> int:
+    ctx.client.delete_check_in(ctx.args.name, etag=ctx.args.etag or "")
+    _deleted(ctx, "check-in", ctx.client._check_in_name(ctx.args.name))
+    return EXIT_OK
+
+
+def cmd_checkins_ping(ctx: Context) -> int:
+    args = ctx.args
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token
+    kind = CheckInPingKind.START if args.start else CheckInPingKind.FAIL if args.fail else None
+    check_in = ctx.client.ping_check_in(token, kind=kind)
+    ctx.show(check_in, lambda: check_in_details(check_in))
     return EXIT_OK

@@ -5,11 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeAlias
 
-from cronwire._convert import NamedIntEnum, enum_from, enum_to, split_name, time_from
-from cronwire.v1 import notification_pb2
+from cronwire._convert import (
+    NamedIntEnum,
+    duration_from,
+    enum_from,
+    enum_to,
+    set_duration,
+    split_name,
+    time_from,
+)
+from cronwire._types import Trigger, trigger_from_proto, trigger_to_proto
+from cronwire.v1 import checkin_pb2, notification_pb2
 
 
 class AlertKind(NamedIntEnum):
@@ -222,6 +231,7 @@ class Incident:
     open_time: datetime | None
     resolve_time: datetime | None
     dedup_key: str
+    check_in: str = ""
 
     @classmethod
     def _from_proto(cls, message: notification_pb2.Incident) -> Incident:
@@ -237,6 +247,7 @@ class Incident:
             open_time=time_from(message, "open_time"),
             resolve_time=time_from(message, "resolve_time"),
             dedup_key=message.dedup_key,
+            check_in=message.check_in,
         )
 
 
@@ -273,6 +284,75 @@ class NotificationDelivery:
             last_attempt_time=time_from(message, "last_attempt_time"),
             next_attempt_time=time_from(message, "next_attempt_time"),
         )
+
+
+class CheckInPingKind(NamedIntEnum):
+    """What a check-in's ping says."""
+
+    SUCCESS = checkin_pb2.CHECK_IN_PING_KIND_SUCCESS
+    START = checkin_pb2.CHECK_IN_PING_KIND_START
+    FAIL = checkin_pb2.CHECK_IN_PING_KIND_FAIL
+
+
+@dataclass
+class CheckIn:
+    """A dead man's switch: `trigger` (read in `time_zone`) says when pings are expected; a tick
+    with no ping within `grace` is a CHECKIN_MISSED alert. The other fields are set by the
+    server."""
+
+    trigger: Trigger | None = None
+    name: str = ""
+    description: str = ""
+    time_zone: str = ""
+    grace: timedelta | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    next_expected_time: datetime | None = None
+    last_ping_time: datetime | None = None
+    last_ping_kind: CheckInPingKind | None = None
+    last_duration: timedelta | None = None
+    missed: int = 0
+    create_time: datetime | None = None
+    etag: str = ""
+
+    @property
+    def id(self) -> str:
+        return split_name(self.name)[1]
+
+    def _to_proto(self) -> checkin_pb2.CheckIn:
+        message = checkin_pb2.CheckIn(
+            name=self.name, description=self.description, time_zone=self.time_zone, labels=self.labels
+        )
+        if self.trigger is not None:
+            message.trigger.CopyFrom(trigger_to_proto(self.trigger))
+        if self.grace is not None:
+            set_duration(message.grace, self.grace)
+        return message
+
+    @classmethod
+    def _from_proto(cls, message: checkin_pb2.CheckIn) -> CheckIn:
+        return cls(
+            trigger=trigger_from_proto(message.trigger),
+            name=message.name,
+            description=message.description,
+            time_zone=message.time_zone,
+            grace=duration_from(message, "grace"),
+            labels=dict(message.labels),
+            next_expected_time=time_from(message, "next_expected_time"),
+            last_ping_time=time_from(message, "last_ping_time"),
+            last_ping_kind=enum_from(CheckInPingKind, message.last_ping_kind),
+            last_duration=duration_from(message, "last_duration"),
+            missed=message.missed,
+            create_time=time_from(message, "create_time"),
+            etag=message.etag,
+        )
+
+
+@dataclass(frozen=True)
+class CreatedCheckIn:
+    """A new check-in and its ping token: the only time the token is shown."""
+
+    check_in: CheckIn
+    token: str
 
 
 def alert_kinds(values: Iterable[AlertKind | str]) -> list[AlertKind]:

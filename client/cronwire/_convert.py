@@ -37,6 +37,7 @@ COLLECTIONS = {
     "calendar": "calendars",
     "route": "notificationRoutes",
     "rule": "notificationRules",
+    "check_in": "checkIns",
 }
 ALL_NAMESPACES = "-"
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from cronwire._alert_commands import add_alert_commands
+from cronwire._alert_commands import add_alert_commands, add_check_in_commands
 from cronwire._cli_args import (
     UsageError,
     add_globals,
@@ -420,6 +420,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
 
     add_key_commands(top, build.leaf)
     add_alert_commands(top, build.leaf)
+    add_check_in_commands(top, build.leaf)
     add_worker_commands(top, build.leaf)
     p = build.leaf(
         top,

@@ -14,6 +14,9 @@ import grpc
 from cronwire import _channel
 from cronwire._alerts import (
     AlertKind,
+    CheckIn,
+    CheckInPingKind,
+    CreatedCheckIn,
     Destination,
     Incident,
     NotificationDelivery,
@@ -22,7 +25,7 @@ from cronwire._alerts import (
     alert_kinds,
 )
 from cronwire._channel import DEFAULT_NAMESPACE, DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSConfig
-from cronwire._convert import resource_name
+from cronwire._convert import enum_to, resource_name
 from cronwire._errors import from_rpc_error
 from cronwire._keys import CreatedKey, Key, Role, create_request, key_name
 from cronwire._requests import (
@@ -73,6 +76,8 @@ from cronwire._version import __version__
 from cronwire.v1 import (
     calendar_service_pb2,
     calendar_service_pb2_grpc,
+    checkin_service_pb2,
+    checkin_service_pb2_grpc,
     cluster_service_pb2,
     cluster_service_pb2_grpc,
     event_service_pb2,
@@ -153,6 +158,7 @@ class Client:
         self._cluster = cluster_service_pb2_grpc.ClusterServiceStub(self._channel)
         self._keys = key_service_pb2_grpc.KeyServiceStub(self._channel)
         self._alerts = notification_service_pb2_grpc.NotificationServiceStub(self._channel)
+        self._check_ins = checkin_service_pb2_grpc.CheckInServiceStub(self._channel)
         self.target = target
 
     @property
@@ -895,6 +901,78 @@ class Client:
         return Page(
             [NotificationDelivery._from_proto(d) for d in response.deliveries], response.next_page_token
         )
+
+    # Check-ins
+
+    def _check_in_name(self, check_in: str | CheckIn, namespace: str | None = None) -> str:
+        value = check_in.name if isinstance(check_in, CheckIn) else check_in
+        return resource_name("check_in", value, self._requests.ns(namespace))
+
+    def create_check_in(
+        self,
+        check_in_id: str = "",
+        *,
+        trigger: Trigger,
+        time_zone: str = "",
+        grace: timedelta | None = None,
+        labels: Mapping[str, str] | None = None,
+        description: str = "",
+        namespace: str | None = None,
+        validate_only: bool = False,
+    ) -> CreatedCheckIn:
+        """Create a check-in: pings are expected on `trigger`'s ticks (read in `time_zone`),
+        each within `grace` (default 5 minutes). Returns it with its ping token, shown only
+        this once."""
+        check_in = CheckIn(
+            trigger=trigger,
+            time_zone=time_zone,
+            grace=grace,
+            labels=dict(labels or {}),
+            description=description,
+        )
+        request = checkin_service_pb2.CreateCheckInRequest(
+            parent=self._requests.parent(namespace),
+            check_in_id=check_in_id,
+            check_in=check_in._to_proto(),
+            validate_only=validate_only,
+        )
+        response = self._call(self._check_ins.CreateCheckIn, request)
+        return CreatedCheckIn(CheckIn._from_proto(response.check_in), response.token)
+
+    def get_check_in(self, check_in: str | CheckIn) -> CheckIn:
+        """Get a check-in by id or name. Raises NotFound."""
+        request = checkin_service_pb2.GetCheckInRequest(name=self._check_in_name(check_in))
+        return CheckIn._from_proto(self._call(self._check_ins.GetCheckIn, request).check_in)
+
+    def list_check_ins(
+        self, *, page_size: int = 0, page_token: str = "", namespace: str | None = None
+    ) -> Page[CheckIn]:
+        """One page of the check-ins of a namespace, in id order."""
+        request = checkin_service_pb2.ListCheckInsRequest(
+            parent=self._requests.parent(namespace), page_size=page_size, page_token=page_token
+        )
+        response = self._call(self._check_ins.ListCheckIns, request)
+        return Page([CheckIn._from_proto(c) for c in response.check_ins], response.next_page_token)
+
+    def iter_check_ins(self, *, page_size: int = 0, namespace: str | None = None) -> Iterator[CheckIn]:
+        """Every check-in of a namespace, a page at a time."""
+        return self._pages(
+            lambda token: self.list_check_ins(page_size=page_size, page_token=token, namespace=namespace)
+        )
+
+    def delete_check_in(self, check_in: str | CheckIn, *, etag: str = "") -> None:
+        """Delete a check-in; its token stops working."""
+        request = checkin_service_pb2.DeleteCheckInRequest(
+            name=self._check_in_name(check_in),
+            etag=etag or (check_in.etag if isinstance(check_in, CheckIn) else ""),
+        )
+        self._call(self._check_ins.DeleteCheckIn, request)
+
+    def ping_check_in(self, token: str, *, kind: CheckInPingKind | None = None) -> CheckIn:
+        """Ping the check-in whose token this is: a success by default, or a start or a
+        failure. Raises NotFound for an unknown token."""
+        request = checkin_service_pb2.CheckInRequest(token=token, kind=enum_to(kind))
+        return CheckIn._from_proto(self._call(self._check_ins.CheckIn, request).check_in)
 
     # Executions
 

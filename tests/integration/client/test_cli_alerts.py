@@ -126,3 +126,33 @@ def test_schedule_deadlines_from_the_cli(cwa: Run) -> None:
     bad = cwa("schedules", "update", "daily", "--finish-by", "25:00")
     assert bad.code != 0
     assert "HH:MM" in bad.err
+
+
+def test_check_ins_from_the_cli(cwa: Run) -> None:
+    created = cwa("checkins", "create", "nightly-backup", "--cron", "0 2 * * *", "--tz", "Europe/Berlin",
+                  "--grace", "30m", "--label", "team=data")  # fmt: skip
+    assert created.code == 0, created.err
+    assert "shown only this once" in created.err
+    token = next(line.split()[-1] for line in created.out.splitlines() if line.startswith("token:"))
+    assert token.startswith("ci_")
+    assert "grace:          30m" in created.out
+    assert token not in cwa("checkins", "get", "nightly-backup", "-o", "json").out
+    assert "nightly-backup" in cwa("checkins", "list").out
+
+    started = cwa("checkins", "ping", token, "--start")
+    assert started.code == 0, started.err
+    assert "last ping kind: START" in started.out
+    ended = cwa("checkins", "ping", token)
+    assert "last ping kind: SUCCESS" in ended.out
+    assert "last duration:" in ended.out
+    assert "last duration:  -" not in ended.out
+    failed = cwa("checkins", "ping", token, "--fail")
+    assert "last ping kind: FAIL" in failed.out
+
+    no_trigger = cwa("checkins", "create", "bare")
+    assert no_trigger.code != 0
+    assert "say when pings are expected" in no_trigger.err
+    assert cwa("checkins", "delete", "nightly-backup").code == 0
+    gone = cwa("checkins", "ping", token)
+    assert gone.code != 0
+    assert "not found" in gone.err.lower()
