@@ -40,7 +40,7 @@ from cronwire.v1 import (
 )
 from cronwire_server import __version__
 from cronwire_server.api.calendar_service import CalendarService
-from cronwire_server.api.checkin_service import CheckInService
+from cronwire_server.api.checkin_service import CheckInService, http_pinger
 from cronwire_server.api.cluster_service import ClusterService
 from cronwire_server.api.event_service import EventService
 from cronwire_server.api.event_service import add_to_server as add_event_service
@@ -85,7 +85,7 @@ from cronwire_server.storage.sql_store import open_store
 from cronwire_server.supervisor import MAIN, Supervisor
 from cronwire_server.tls import TlsError, TlsFiles, server_credentials
 from cronwire_server.web.auth import web_auth
-from cronwire_server.web.listener import HttpListener, HttpUnavailable, serve_http
+from cronwire_server.web.listener import HttpListener, HttpUnavailable, Pinger, serve_http
 from cronwire_server.web.pages import (
     STREAM_BUFFER_BATCHES,
     STREAM_BUFFER_BYTES,
@@ -284,6 +284,7 @@ async def create_server(settings: Settings) -> RunningServer:
                 hub,
                 store.engine.sync_engine.pool,
                 grpc_auth=auth is not None,
+                ping=http_pinger(notifications) if "api" in settings.roles else None,
             )
         except (AuthRefused, HttpUnavailable) as exc:
             await running.stop(0)
@@ -312,6 +313,7 @@ async def _serve_http(
     pool: Pool,
     *,
     grpc_auth: bool,
+    ping: Pinger | None = None,
 ) -> HttpListener | None:
     """The HTTP listener: the dashboard (with the api role), /metrics, /healthz and /readyz.
     None when the default address is taken: the server runs on without it."""
@@ -332,7 +334,13 @@ async def _serve_http(
     metrics = attach_metrics(running.store, pool)
     try:
         return await serve_http(
-            address, tls_files(settings), running.health, lambda: replica_health.problem, metrics, dashboard
+            address,
+            tls_files(settings),
+            running.health,
+            lambda: replica_health.problem,
+            metrics,
+            dashboard,
+            ping,
         )
     except HttpUnavailable as exc:
         metrics.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -159,3 +160,16 @@ async def ping(store: NotificationStore, token: str, kind: PingKind) -> CheckIn:
         raise NotFound("check_in", "with this token")
     principal.require_namespace(found.namespace, "check_in", found.name)
     return await store.ping(found.namespace, found.id, kind, checkins.next_tick)
+
+
+def http_pinger(store: NotificationStore) -> Callable[[str, str], Awaitable[bool]]:
+    """`POST /ping/TOKEN[/start|/fail]` on the HTTP listener: the token alone authorizes a ping."""
+
+    async def ping_by_http(token: str, kind: str) -> bool:
+        try:
+            await ping(store, token, PingKind(kind))
+        except NotFound:
+            return False
+        return True
+
+    return ping_by_http

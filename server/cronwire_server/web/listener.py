@@ -46,6 +46,10 @@ SECURITY_HEADERS = {
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
+# A check-in's ping by token and kind ("success", "start", "fail"): False for an unknown token.
+Pinger = Callable[[str, str], Awaitable[bool]]
+
+
 class HttpUnavailable(Exception):
     """The listener cannot be served at the address asked for; the message says why."""
 
@@ -153,6 +157,19 @@ async def metrics_view(request: web.Request) -> web.Response:
     return response
 
 
+def ping_routes(ping: Pinger) -> list[web.RouteDef]:
+    """`POST /ping/TOKEN` (a success), `/ping/TOKEN/start` and `/ping/TOKEN/fail`: a check-in's
+    ping with its token alone, for hosts with curl and no API key. 404 for an unknown token."""
+
+    async def view(request: web.Request) -> web.Response:
+        kind = request.match_info.get("kind", "success")
+        if not await ping(request.match_info["token"], kind):
+            return web.Response(status=404, text="no check-in has this token\n")
+        return web.Response(text="OK\n")
+
+    return [web.post("/ping/{token}", view), web.post("/ping/{token}/{kind:start|fail}", view)]
+
+
 async def serve_http(
     address: str,
     tls: TlsFiles,
@@ -160,6 +177,7 @@ async def serve_http(
     problem: Callable[[], str],
     metrics: MetricsSource | None,
     dashboard: Dashboard | None,
+    ping: Pinger | None = None,
 ) -> HttpListener:
     """Serve at `address` (port 0: a free one, see `.port`); HttpUnavailable if it cannot."""
     host, port = host_and_port(address)
@@ -172,6 +190,8 @@ async def serve_http(
     app.on_response_prepare.append(security_headers)
     app.add_routes(health_routes(health, problem))
     app.add_routes([web.get("/metrics", metrics_view)])
+    if ping is not None:
+        app.add_routes(ping_routes(ping))
     if dashboard is not None:
         add_dashboard_routes(app, dashboard)
     # A handler whose client went away is cancelled: a closed tab gives its stream back at once.

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
@@ -118,11 +119,13 @@ async def _serve(database_url: str, **settings: Any) -> RunningServer:
 async def api_of() -> AsyncIterator[Any]:
     """Start servers with given settings; stubs on them."""
     started: list[tuple[RunningServer, grpc.aio.Channel]] = []
+    servers: list[RunningServer] = []
 
     async def start(database_url: str, **settings: Any) -> Api:
         running = await _serve(database_url, **settings)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
         started.append((running, channel))
+        servers.append(running)
         return Api(
             job_service_pb2_grpc.JobServiceStub(channel),
             schedule_service_pb2_grpc.ScheduleServiceStub(channel),
@@ -132,6 +135,7 @@ async def api_of() -> AsyncIterator[Any]:
             checkin_service_pb2_grpc.CheckInServiceStub(channel),
         )
 
+    start.started = servers  # type: ignore[attr-defined]
     yield start
     for running, channel in started:
         await channel.close()
@@ -497,3 +501,23 @@ async def test_a_missed_check_in_alerts_once_and_a_ping_resolves_it(
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await check_ins.CheckIn(checkin_service_pb2.CheckInRequest(token="ci_not-a-token"))
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_check_in_pinged_over_http_with_its_token_alone(api_of: Any, database_url: str) -> None:
+    api = await api_of(database_url, http_address="127.0.0.1:0")
+    check_in = checkin_pb2.CheckIn()
+    check_in.trigger.cron.expression = "0 2 * * *"
+    created = await api.check_ins.CreateCheckIn(
+        checkin_service_pb2.CreateCheckInRequest(parent=NS, check_in_id="backup", check_in=check_in)
+    )
+    running = api_of.started[-1]
+    base = f"http://127.0.0.1:{running.http.port}/ping"
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        assert (await http.post(f"{base}/{created.token}/start")).status_code == 200
+        ended = await http.post(f"{base}/{created.token}")
+        assert (ended.status_code, ended.text) == (200, "OK\n")
+        assert (await http.post(f"{base}/ci_not-a-token")).status_code == 404
+        assert (await http.get(f"{base}/{created.token}")).status_code == 405  # a ping is a POST
+    got = await api.check_ins.GetCheckIn(checkin_service_pb2.GetCheckInRequest(name=f"{NS}/checkIns/backup"))
+    assert got.check_in.last_ping_kind == checkin_pb2.CHECK_IN_PING_KIND_SUCCESS
+    assert got.check_in.HasField("last_duration")
