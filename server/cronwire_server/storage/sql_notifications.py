@@ -787,6 +787,10 @@ class NotificationStore:
             t.c.resolve_time.is_(None),
         ]
         if observed.kind is None:  # a success resolves the rule's open incidents of this job and schedule
+            if self._missed_a_deadline(conn, namespace, observed):
+                # A run that ended late resolves failures, not the deadline it missed: a schedule
+                # that is late tick after tick stays one incident until a tick keeps its deadlines.
+                key.append(t.c.family == "failure")
             for row in conn.execute(sa.update(t).where(*key).values(resolve_time=now).returning(*t.c)).all():
                 incident = _incident(row._mapping)
                 if AlertKind.RECOVERED in rule.kinds or isinstance(route.destination, PagerDutyDestination):
@@ -835,6 +839,22 @@ class NotificationStore:
         self._deliver(
             conn, rule, route, incident, observed.kind, observed.summary, observed, when, now, resolve=False
         )
+
+    @staticmethod
+    def _missed_a_deadline(conn: Connection, namespace: str, observed: alerts.Observed) -> bool:
+        if not observed.schedule_id or observed.scheduled_time is None:
+            return False
+        m = deadline_misses
+        found = conn.execute(
+            sa.select(m.c.kind)
+            .where(
+                m.c.namespace == namespace,
+                m.c.schedule_id == observed.schedule_id,
+                m.c.scheduled_time == observed.scheduled_time,
+            )
+            .limit(1)
+        ).first()
+        return found is not None
 
     def _deliver(
         self,

@@ -521,3 +521,48 @@ async def test_a_check_in_pinged_over_http_with_its_token_alone(api_of: Any, dat
     got = await api.check_ins.GetCheckIn(checkin_service_pb2.GetCheckInRequest(name=f"{NS}/checkIns/backup"))
     assert got.check_in.last_ping_kind == checkin_pb2.CHECK_IN_PING_KIND_SUCCESS
     assert got.check_in.HasField("last_duration")
+
+
+async def test_a_schedule_too_long_tick_after_tick_is_one_incident_until_a_tick_keeps_its_deadline(
+    api_of: Any, database_url: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    api = await api_of(database_url, allow_private_networks=True)
+    route = await _route(api, "hook", webhook=notification_pb2.WebhookDestination(url=receiver.url("/slow")))
+    await _rule(
+        api,
+        "slow",
+        route.name,
+        [notification_pb2.ALERT_KIND_TOO_LONG, notification_pb2.ALERT_KIND_RECOVERED],
+        schedule=f"{NS}/schedules/slow",
+    )
+    fast = tmp_path / "fast"
+    await _shell_job(api, "etl", ["sh", "-c", f"test -f {fast} || sleep 2"])
+    schedule = schedule_pb2.Schedule(job=f"{NS}/jobs/etl")
+    schedule.trigger.interval.every.FromSeconds(1)
+    schedule.deadlines.max_duration.FromSeconds(1)
+    await api.schedules.CreateSchedule(
+        schedule_service_pb2.CreateScheduleRequest(parent=NS, schedule_id="slow", schedule=schedule)
+    )
+
+    async def misses(count: int) -> bool:
+        listed = await api.events.ListEvents(
+            event_service_pb2.ListEventsRequest(parent=NS, event_types=[event_pb2.EVENT_TYPE_DEADLINE_MISSED])
+        )
+        return len(listed.events) >= count
+
+    await eventually(lambda: misses(3), 30, "three ticks too long")
+    # Each late run ended SUCCEEDED, and none of them resolved the incident.
+    await eventually(lambda: receiver.on("/slow"), 10, "the TOO_LONG alert")
+    incidents = (
+        await api.alerts.ListIncidents(notification_service_pb2.ListIncidentsRequest(parent=NS))
+    ).incidents
+    assert len(incidents) == 1
+    assert not incidents[0].HasField("resolve_time")
+    assert incidents[0].alerts >= 2
+    fast.write_text("")
+    resolved = await eventually(
+        lambda: [r for r in receiver.on("/slow") if r.json()["resolve"]], 30, "the resolve by a tick in time"
+    )
+    assert resolved[0].json()["kind"] == "RECOVERED"
+    assert [r.json()["kind"] for r in receiver.on("/slow")][:1] == ["TOO_LONG"]
+    assert len([r for r in receiver.on("/slow") if not r.json()["resolve"]]) == 1
