@@ -89,11 +89,14 @@ def test_a_renewed_deadline_keeps_the_group_alive(
     fence: Fence, sleepers: list[subprocess.Popen[bytes]]
 ) -> None:
     job = sleeper(sleepers)
-    fence.begin("run-1", time.monotonic() + 0.3)
+    # Each deadline a second ahead, renewed every 0.1 s for three seconds: without the renewals
+    # the group dies after one; a loaded machine may stretch a step, not by ten times.
+    fence.begin("run-1", time.monotonic() + 1.0)
     fence.guard("run-1", job.pid)
-    for _ in range(8):
+    until = time.monotonic() + 3.0
+    while time.monotonic() < until:
         time.sleep(0.1)
-        assert fence.extend(["run-1"], time.monotonic() + 0.3) == set()
+        assert fence.extend(["run-1"], time.monotonic() + 1.0) == set()
     assert job.poll() is None
     fence.end("run-1")
     # The fence acts in order: once a later deadline was acted on, the ended run's had passed.

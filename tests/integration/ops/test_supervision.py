@@ -84,6 +84,13 @@ def _cronwire(server: ServerProcess, *argv: str) -> str:
     return done.stdout
 
 
+def _replica_row(status: str) -> list[str]:
+    """The cells of the one replica's row of `cronwire status`: the line below the REPLICA header."""
+    lines = status.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("REPLICA"))
+    return lines[header + 1].split()
+
+
 def test_a_loop_that_keeps_failing_is_restarted_and_reported_down(limited_url: str, tmp_path: Path) -> None:
     server = start_server(limited_url, tmp_path, "--replica-heartbeat-seconds", "0.5")
     api = Api(server.target)
@@ -94,12 +101,12 @@ def test_a_loop_that_keeps_failing_is_restarted_and_reported_down(limited_url: s
         wait_for(lambda: _health(server) == NOT_SERVING, 30, "NOT_SERVING while the sequencer fails")
         wait_for(lambda: _loops_down(server) == ["sequencer"], 10, "the registry to name the loop")
         # The replica's row of the table, whose last column is LOOPS DOWN.
-        assert _cronwire(server, "status").strip().splitlines()[-1].split()[-1] == "sequencer"
+        assert _replica_row(_cronwire(server, "status"))[-1] == "sequencer"
 
         _grant(limited_url, grant=True)
         wait_for(lambda: _health(server) == SERVING, 30, "SERVING once the sequencer works again")
         wait_for(lambda: _loops_down(server) == [], 10, "the registry to show every loop up")
-        assert _cronwire(server, "status").strip().splitlines()[-1].split()[-1] == "-"
+        assert _replica_row(_cronwire(server, "status"))[-1] == "-"
     finally:
         api.close()
         assert server.stop() == 0
