@@ -34,6 +34,7 @@ import grpc
 import sqlalchemy as sa
 from database import fresh_database
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from servers import quiet_http
 
 import cronwire_server
 from cronwire.v1 import (
@@ -98,7 +99,7 @@ def start_server(name: str, database_url: str, workdir: Path, flags: Sequence[st
     """A server process; from the sources under `tree` (its server/ and client/) if given."""
     port_file = workdir / f"{name}.port"
     log = workdir / f"{name}.log"
-    env = dict(os.environ)
+    env = {**quiet_http(flags), **os.environ}
     if tree:
         paths = [str(Path(tree, "server")), str(Path(tree, "client")), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)

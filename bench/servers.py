@@ -12,6 +12,18 @@ from pathlib import Path
 from types import TracebackType
 
 START_TIMEOUT_S = 60.0
+# Benchmarked servers serve no HTTP listener (dashboard, metrics) unless a benchmark asks with a
+# flag: it would take a fixed port and add the RPC metrics to every call. A variable, not a flag,
+# so that servers of trees older than the listener start alike.
+QUIET_HTTP = {"CRONWIRE_HTTP_ADDRESS": ""}
+
+
+def quiet_http(argv: Sequence[str]) -> dict[str, str]:
+    """QUIET_HTTP, unless `argv` asks for the listener (`--metrics-address`, `--http-address`)."""
+    asked = any(a.split("=")[0] in ("--metrics-address", "--http-address") for a in argv)
+    return {} if asked else QUIET_HTTP
+
+
 STOP_TIMEOUT_S = 15.0
 POLL_INTERVAL_S = 0.05
 
@@ -59,7 +71,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 cwd=self._port_file.parent,
                 # Unbuffered, so the log tail shown on a failed start is complete.
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**quiet_http(self._argv), **os.environ, "PYTHONUNBUFFERED": "1"},
             )
         try:
             self.port = self._wait_for_port(timeout)
