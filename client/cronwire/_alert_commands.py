@@ -199,12 +199,12 @@ def rule_details(rule: NotificationRule) -> str:
 
 def incidents_table(incidents: list[Incident], namespace: str) -> str:
     return table(
-        ["INCIDENT", "KIND", "JOB", "SCHEDULE", "ALERTS", "OPENED", "RESOLVED", "RULE"],
+        ["INCIDENT", "KIND", "JOB OR CHECK-IN", "SCHEDULE", "ALERTS", "OPENED", "RESOLVED", "RULE"],
         [
             [
                 short(i.name, namespace),
                 i.kind.name if i.kind else None,
-                short(i.job, namespace),
+                short(i.job or i.check_in, namespace),
                 short(i.schedule, namespace),
                 i.alerts,
                 i.open_time,

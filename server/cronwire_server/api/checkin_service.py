@@ -15,7 +15,7 @@ from cronwire_server.api.status import unary
 from cronwire_server.auth import principal
 from cronwire_server.core import checkins, names
 from cronwire_server.core.checkins import CheckIn, PingKind
-from cronwire_server.core.errors import AlreadyExists, InvalidArgument, NotFound
+from cronwire_server.core.errors import AlreadyExists, CronwireError, InvalidArgument, NotFound
 from cronwire_server.core.model import AllOfSpec, AnyOfSpec, BusinessDaySpec, TriggerSpec
 from cronwire_server.storage.sql_notifications import NotificationStore
 
@@ -32,6 +32,14 @@ _KIND_PB = {
     PingKind.START: checkin_pb2.CHECK_IN_PING_KIND_START,
     PingKind.FAIL: checkin_pb2.CHECK_IN_PING_KIND_FAIL,
 }
+
+
+class UnknownToken(NotFound):
+    """The same answer for a token of no check-in and one of a namespace the caller may not see."""
+
+    def __init__(self) -> None:
+        CronwireError.__init__(self, "no check-in has this token", reason="CHECK_IN_NOT_FOUND")
+        self.kind, self.name = "check_in", ""
 
 
 def _business_days(spec: TriggerSpec) -> bool:
@@ -156,9 +164,8 @@ async def ping(store: NotificationStore, token: str, kind: PingKind) -> CheckIn:
     """Record a ping by token. NOT_FOUND for an unknown token, and for the token of a check-in in a
     namespace the caller may not see (nothing recorded then)."""
     found = await store.check_in_of_token(checkins.token_digest(token))
-    if found is None:
-        raise NotFound("check_in", "with this token")
-    principal.require_namespace(found.namespace, "check_in", found.name)
+    if found is None or not principal.current().sees(found.namespace):
+        raise UnknownToken()
     return await store.ping(found.namespace, found.id, kind, checkins.next_tick)
 
 
