@@ -38,9 +38,16 @@ from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.logs import run_fields
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ClaimedExecution, RetryPlanner
-from cronwire_server.storage.remote import HeldRemoteLease, RemoteClaim, RemoteTake, lease_worker
+from cronwire_server.storage.remote import (
+    HeldRemoteLease,
+    RemoteClaim,
+    RemoteTake,
+    new_session_secret,
+    secret_of,
+    session_worker,
+)
 from cronwire_server.storage.sql_remote_registry import ConnectedWorker, RemoteRegistry
-from cronwire_server.supervisor import Supervisor, loop_failed, loop_ok
+from cronwire_server.supervisor import DRAIN, Supervisor, loop_failed, loop_ok
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +125,17 @@ class Failure:
     retryable: bool
 
 
+@dataclass(eq=False)
+class _Result:
+    """A result waiting for the finisher."""
+
+    session: Session
+    held: _Held
+    outcome: RunOutcome
+    retry: RetryPlanner
+    queued: float  # monotonic
+
+
 @dataclass
 class _Held:
     claim: RemoteClaim
@@ -175,6 +193,9 @@ class Session:
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.closed: SessionClosed | None = None
         self.closed_event = asyncio.Event()
+        # The leases of this stream: its executions' `worker`, and the secret of its tokens.
+        self.secret = new_session_secret()
+        self.worker = session_worker(identity, self.secret)
         # Results of this stream being recorded at once, at most.
         self.recording = asyncio.Semaphore(MAX_RECORDING)
         self.last_heard = 0.0  # monotonic
@@ -231,8 +252,9 @@ class RemoteWorkers:
         # whose recovery loop would).
         self._recover = recover
         self._sessions: dict[str, Session] = {}
-        # Results being recorded (`_record`), each awaited by its own task until written.
-        self._recordings: set[asyncio.Task[None]] = set()
+        # Results waiting for the finisher, which writes those of one lease holder together.
+        self._results: list[_Result] = []
+        self._results_waiting = asyncio.Event()
         self._registry = registry
         self._replica = replica
         self._changed = asyncio.Event()
@@ -245,6 +267,8 @@ class RemoteWorkers:
     def start(self, supervisor: Supervisor, stopping: asyncio.Event) -> None:
         supervisor.start("remote-dispatch", lambda: self._dispatch(stopping))
         supervisor.start("remote-deadlines", lambda: self._deadlines(stopping))
+        # Until the results of the streams still open are written (the DRAIN phase).
+        supervisor.start("remote-finisher", self._finisher, phase=DRAIN)
         if self._registry is not None:
             supervisor.start("remote-registry", lambda: self._report(stopping))
 
@@ -325,10 +349,11 @@ class RemoteWorkers:
                     )
                 continue
             key = _parse_execution(name)
-            if key is None or not session.may_take(key[0]) or not token:
+            if key is None or not session.may_take(key[0]) or not secret_of(token):
                 self._refuse(session, name, token, "not a lease this worker holds")
                 continue
-            renew.append(HeldRemoteLease(key[0], key[1], lease_worker(session.identity, token)))
+            # A lease of an earlier stream of this worker: its token proves the secret.
+            renew.append(HeldRemoteLease(key[0], key[1], session_worker(session.identity, secret_of(token))))
             adopting[key[1]] = (name, token)
         if not renew:
             return
@@ -450,37 +475,64 @@ class RemoteWorkers:
         # results that arrive together are written together, not one round trip after another.
         held.ending = True
         await session.recording.acquire()
-        task = asyncio.ensure_future(self._record(session, held, outcome, retry))
-        self._recordings.add(task)
-        task.add_done_callback(self._recordings.discard)
+        self._results.append(_Result(session, held, outcome, retry, self._clock()))
+        self._results_waiting.set()
 
-    async def _record(self, session: Session, held: _Held, outcome: RunOutcome, retry: RetryPlanner) -> None:
-        """Record a result; while the database is away, retry for as long as the lease lasts (it
-        protects the run meanwhile). The refusal of a result whose lease had expired goes back."""
-        try:
-            give_up = self._clock() + self.lease.total_seconds()
-            while True:
-                try:
-                    recorded = await self._finish(session, held, outcome, retry)
-                    break
-                except StorageUnavailable as error:
-                    if self._clock() >= give_up:
-                        log.warning("could not record a remote result (%s); its lease will expire", error)
-                        return
-                    await asyncio.sleep(RETRY_AFTER_ERROR)
-            if not recorded:
-                self._refuse(
-                    session,
-                    held.name,
-                    held.claim.token,
-                    "the lease expired before the result came: not recorded",
-                    cancel=False,
-                )
-        except Exception:
-            # Logged, never lost silently: the lease expires and the recovery applies.
-            log.exception("recording a remote result failed", extra=run_fields(held.execution))
-        finally:
-            session.recording.release()
+    async def _finisher(self) -> None:
+        """Writes the results waiting: those of one lease holder (a stream, or an earlier stream
+        of its worker) and retry rule in one statement. While the database is away it retries,
+        each result for as long as its lease lasts (which protects the run meanwhile)."""
+        while True:
+            await self._results_waiting.wait()
+            self._results_waiting.clear()
+            while self._results:
+                batch, self._results = self._results, []
+                groups: dict[tuple[str, RetryPlanner], list[_Result]] = {}
+                for item in batch:
+                    groups.setdefault((item.held.claim.worker, item.retry), []).append(item)
+                for (worker, retry), items in groups.items():
+                    try:
+                        ended = await self._store.finish_executions(
+                            [(i.held.claim.claimed, i.outcome) for i in items], worker, retry
+                        )
+                        loop_ok()
+                    except StorageUnavailable as error:
+                        loop_failed(error)
+                        log.warning("cannot record %d remote results yet (%s); retrying", len(items), error)
+                        keep = [i for i in items if self._clock() - i.queued < self.lease.total_seconds()]
+                        self._results[:0] = keep
+                        for item in items:
+                            if item not in keep:
+                                item.session.recording.release()
+                        await asyncio.sleep(RETRY_AFTER_ERROR)
+                        continue
+                    for item, execution in zip(items, ended, strict=True):
+                        item.session.recording.release()
+                        self._ended(item.session, item.held, execution)
+
+    def _ended(self, session: Session, held: _Held, ended: Execution | None) -> bool:
+        """After a finish: the run is no longer the stream's; a refusal if it was not recorded."""
+        session.held.pop(held.claim.token, None)
+        self._changed.set()
+        metrics.execution_left(REMOTE, ended.state.name if ended else None)
+        if ended is None:
+            log.warning(
+                "remote run outcome not recorded: its lease had expired", extra=run_fields(held.execution)
+            )
+            self._refuse(
+                session,
+                held.name,
+                held.claim.token,
+                "the lease expired before the result came: not recorded",
+                cancel=False,
+            )
+            return False
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "remote run finished",
+                extra={**run_fields(held.execution), "state": ended.state.name, "worker": session.identity},
+            )
+        return True
 
     async def release(self, session: Session, name: str, token: str) -> None:
         held = self._held(session, name, token)
@@ -501,28 +553,16 @@ class RemoteWorkers:
         )
 
     async def _finish(self, session: Session, held: _Held, outcome: RunOutcome, retry: RetryPlanner) -> bool:
-        """Record the outcome if the lease is still held; whether it was."""
+        """Record the outcome at once if the lease is still held; whether it was."""
         held.ending = True
         try:
             ended = (
                 await self._store.finish_executions([(held.claim.claimed, outcome)], held.claim.worker, retry)
             )[0]
         except BaseException:
-            held.ending = False  # the worker may send it again; the lease still protects the run
+            held.ending = False  # the lease still protects the run: the next check tries again
             raise
-        session.held.pop(held.claim.token, None)
-        self._changed.set()
-        metrics.execution_left(REMOTE, ended.state.name if ended else None)
-        if ended is None:
-            log.warning(
-                "remote run outcome not recorded: its lease had expired", extra=run_fields(held.execution)
-            )
-            return False
-        log.info(
-            "remote run finished",
-            extra={**run_fields(held.execution), "state": ended.state.name, "worker": session.identity},
-        )
-        return True
+        return self._ended(session, held, ended)
 
     # Loops
 
@@ -536,7 +576,8 @@ class RemoteWorkers:
                 try:
                     claims = await self._store.take_remote(
                         RemoteTake(
-                            identity=session.identity,
+                            worker=session.worker,
+                            secret=session.secret,
                             queues=session.queues,
                             tasks=session.tasks,
                             namespaces=session.namespaces,

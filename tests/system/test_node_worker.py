@@ -87,7 +87,7 @@ def test_the_node_worker_runs_scheduled_jobs_and_hears_cancels(
     assert result["worker"] == "node-1"
     assert result["runtime"].startswith("node v")
     assert "node sends the invoices of 2027-01" in execution.output
-    assert execution.worker.startswith("node-1 lease:")
+    assert execution.worker.startswith("node-1 session:")
 
     running = api.run_job(waits.name)
     wait_for(

@@ -124,7 +124,7 @@ def test_worker_keys_take_only_their_work_and_nothing_else(
         my_run = jobs.run(mine.name)
         workers.start(server.target, queues="billing", identity="keyed", token=worker)
         done = wait_for(execution_in(jobs, my_run.name, SUCCEEDED), 30, "the worker key's run")
-        assert done.worker.startswith("keyed lease:")
+        assert done.worker.startswith("keyed session:")
         # Same queue, another namespace: the key does not cover it, so it waits for another worker.
         assert jobs.get(other_run.name).state == QUEUED
         jobs.close()

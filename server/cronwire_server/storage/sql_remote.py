@@ -2,7 +2,7 @@
 
 Taking is the local claim's admission (serial turns, jobs' and backfills' concurrency limits,
 `sql_executions._admissible`) over the remote executions of a worker's queues, rows locked with
-SKIP LOCKED, each started under a lease of its own (`core.remote.lease_worker`). Renewal goes by
+SKIP LOCKED, each started under the session's lease (`storage.remote`). Renewal goes by
 the lease; finishing, releasing and recovering are the local runs' own code paths
 (`Store.finish_executions`, `release_executions`, `recover_expired`), which fence by `worker`.
 """
@@ -24,7 +24,6 @@ from cronwire_server.storage.remote import (
     HeldRemoteLease,
     RemoteClaim,
     RemoteTake,
-    lease_worker,
     new_lease_token,
 )
 from cronwire_server.storage.tables import executions, jobs
@@ -58,25 +57,16 @@ def take(conn: Connection, take: RemoteTake, now: datetime) -> list[RemoteClaim]
     if not candidates:
         return []
     accepted, _ = ex._admissible(conn, candidates)
-    tokens = {key: new_lease_token() for key in accepted[: take.limit]}
+    tokens = {key: new_lease_token(take.secret) for key in accepted[: take.limit]}
     if not tokens:
         return []
-    # One statement: each row under a lease of its own.
-    workers = {
-        execution_id: lease_worker(take.identity, token) for (_, execution_id), token in tokens.items()
-    }
     rows = conn.execute(
         sa.update(executions)
         .where(
             sa.tuple_(executions.c.namespace, executions.c.id).in_(list(tokens)),
             executions.c.state == ex.QUEUED,
         )
-        .values(
-            state=ex.RUNNING,
-            worker=sa.case(workers, value=executions.c.id),
-            start_time=now,
-            lease_expires_at=now + take.lease,
-        )
+        .values(state=ex.RUNNING, worker=take.worker, start_time=now, lease_expires_at=now + take.lease)
         .returning(*executions.c)
     ).all()
     started: list[tuple[Any, str]] = [(row._mapping, tokens[(row.namespace, row.id)]) for row in rows]
