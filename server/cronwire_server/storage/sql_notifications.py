@@ -80,6 +80,23 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+# Routes and rules each, and check-ins, a namespace may hold: every event of a namespace is matched
+# against all its rules, and every rule may notify.
+MAX_PER_NAMESPACE = 200
+MAX_CHECK_INS_PER_NAMESPACE = 1000
+
+
+def _within_quota(conn: Connection, table: sa.Table, namespace: str, kind: str, limit: int) -> None:
+    held = conn.execute(
+        sa.select(sa.func.count()).select_from(table).where(table.c.namespace == namespace)
+    ).scalar_one()
+    if held >= limit:
+        raise errors.ResourceExhausted(
+            f"namespace {namespace!r} holds {held} {kind}s, the most it may; delete some first",
+            reason=kind.upper().replace("-", "_") + "_LIMIT_REACHED",
+        )
+
+
 def _etag() -> str:
     return secrets.token_hex(8)
 
@@ -260,6 +277,16 @@ class NotificationStore:
         with _unavailable_on_connection_errors():
             return await greenlet_spawn(self._in_transaction, work, *args)
 
+    async def _read(self, work: Callable[..., T], *args: Any) -> T:
+        """`work` outside a transaction: the passes look before they lock (on SQLite a write
+        transaction is the database's one writer), and most passes find nothing to do."""
+        with _unavailable_on_connection_errors():
+            return await greenlet_spawn(self._in_read, work, *args)
+
+    def _in_read(self, work: Callable[..., T], *args: Any) -> T:
+        with self._sync.connect() as conn:
+            return work(conn, *args, database_now(conn))
+
     def _in_transaction(self, work: Callable[..., T], *args: Any) -> T:
         with self._transaction() as conn:
             return work(conn, *args, database_now(conn))
@@ -353,6 +380,7 @@ class NotificationStore:
         key = [table.c.namespace == item.namespace, table.c.id == item.id]
         if conn.execute(sa.select(table.c.id).where(*key)).first() is not None:
             raise errors.AlreadyExists(kind, format_name(kind, item.namespace, item.id))
+        _within_quota(conn, table, item.namespace, kind, MAX_PER_NAMESPACE)
         self._check_route(conn, values, item.namespace)
         row = conn.execute(
             sa.insert(table)
@@ -483,6 +511,7 @@ class NotificationStore:
             key = [check_ins.c.namespace == check_in.namespace, check_ins.c.id == check_in.id]
             if conn.execute(sa.select(check_ins.c.id).where(*key)).first() is not None:
                 raise errors.AlreadyExists("check_in", check_in.name)
+            _within_quota(conn, check_ins, check_in.namespace, "check-in", MAX_CHECK_INS_PER_NAMESPACE)
             row = conn.execute(
                 sa.insert(check_ins)
                 .values(
@@ -680,7 +709,19 @@ class NotificationStore:
     async def notify_pass(self, limit: int) -> int:
         """Read up to `limit` events after the cursor and turn them into incidents and pending
         deliveries; the number of events read (0 when another replica holds the cursor)."""
+        if not await self._read(self._events_after_cursor):
+            return 0
         return await self._run(self._notify_pass, limit)
+
+    @staticmethod
+    def _events_after_cursor(conn: Connection, now: datetime) -> bool:
+        cursor = conn.execute(
+            sa.select(notification_cursor.c.sequence).where(notification_cursor.c.name == CURSOR)
+        ).scalar_one_or_none()
+        if cursor is None:
+            return True  # the first pass sets it
+        newer = sa.select(events.c.sequence).where(events.c.sequence > cursor).limit(1)
+        return conn.execute(newer).first() is not None
 
     def _cursor(self, conn: Connection) -> int | None:
         query = sa.select(notification_cursor.c.sequence).where(notification_cursor.c.name == CURSOR)
@@ -934,7 +975,15 @@ class NotificationStore:
     async def claim_deliveries(self, limit: int, lease: timedelta) -> list[ClaimedDelivery]:
         """Up to `limit` due pending deliveries, with their routes; their next attempt is moved
         `lease` on, so no other replica takes them while this one sends."""
+        if not await self._read(self._any_due):
+            return []
         return await self._run(self._claim, limit, lease)
+
+    @staticmethod
+    def _any_due(conn: Connection, now: datetime) -> bool:
+        d = notification_deliveries
+        due = sa.select(d.c.seq).where(d.c.state == DeliveryState.PENDING.value, d.c.next_attempt_time <= now)
+        return conn.execute(due.limit(1)).first() is not None
 
     def _claim(self, conn: Connection, limit: int, lease: timedelta, now: datetime) -> list[ClaimedDelivery]:
         d = notification_deliveries
@@ -1019,7 +1068,32 @@ class NotificationStore:
     async def deadline_pass(
         self, next_after: Callable[[CheckIn, datetime], datetime | None], limit: int = 500
     ) -> DeadlinePass:
+        if not await self._read(self._anything_missed, limit):
+            return DeadlinePass([])
         return await self._run(self._deadline_pass, next_after, limit)
+
+    def _anything_missed(self, conn: Connection, limit: int, now: datetime) -> bool:
+        """Whether a pass would record something: a miss not recorded yet, or a check-in past its
+        grace."""
+        m = deadline_misses
+        for candidate in self._candidates(conn, limit, now):
+            for miss in misses(candidate, now):
+                recorded = conn.execute(
+                    sa.select(m.c.kind).where(
+                        m.c.namespace == candidate.namespace,
+                        m.c.schedule_id == candidate.schedule_id,
+                        m.c.scheduled_time == miss.scheduled_time,
+                        m.c.kind == miss.kind.value,
+                    )
+                ).first()
+                if recorded is None:
+                    return True
+        overdue = conn.execute(
+            sa.select(check_ins.c.next_expected_time, check_ins.c.grace_seconds)
+            .where(check_ins.c.next_expected_time.is_not(None), check_ins.c.next_expected_time <= now)
+            .limit(limit)
+        ).all()
+        return any(row.next_expected_time + timedelta(seconds=row.grace_seconds) <= now for row in overdue)
 
     def _deadline_pass(
         self,
@@ -1028,59 +1102,7 @@ class NotificationStore:
         limit: int,
         now: datetime,
     ) -> DeadlinePass:
-        s, e = schedules, executions
-        candidates: list[Candidate] = []
-        # Ticks not even dispatched: the schedule's next fire time is in the past.
-        for row in conn.execute(
-            sa.select(s.c.namespace, s.c.id, s.c.job_id, s.c.deadlines, s.c.time_zone, s.c.next_fire_time)
-            .where(
-                s.c.deadlines.is_not(None),
-                s.c.paused.is_(False),
-                s.c.next_fire_time.is_not(None),
-                s.c.next_fire_time <= now,
-            )
-            .limit(limit)
-        ).all():
-            deadlines = deadlines_from_json(row.deadlines)
-            if deadlines:
-                candidates.append(
-                    Candidate(row.namespace, row.id, row.job_id, deadlines, row.time_zone, row.next_fire_time)
-                )
-        # Ticks dispatched and not ended.
-        for active in conn.execute(
-            sa.select(
-                e.c.namespace,
-                e.c.id,
-                e.c.schedule_id,
-                e.c.job_id,
-                e.c.state,
-                e.c.scheduled_time,
-                e.c.start_time,
-                s.c.deadlines,
-                s.c.time_zone,
-            )
-            .select_from(e.join(s, sa.and_(s.c.namespace == e.c.namespace, s.c.id == e.c.schedule_id)))
-            .where(
-                e.c.state.in_(("queued", "running")),
-                e.c.schedule_id != "",
-                s.c.deadlines.is_not(None),
-            )
-            .limit(limit)
-        ).all():
-            deadlines = deadlines_from_json(active.deadlines)
-            if deadlines:
-                candidates.append(
-                    Candidate(
-                        active.namespace,
-                        active.schedule_id,
-                        active.job_id,
-                        deadlines,
-                        active.time_zone,
-                        active.scheduled_time,
-                        execution_id=active.id,
-                        started=active.start_time if active.state == "running" else None,
-                    )
-                )
+        candidates = self._candidates(conn, limit, now)
         recorded: list[tuple[str, DeadlineMiss]] = []
         insert = (postgresql.insert if self._postgres else sqlite.insert)(deadline_misses)
         for candidate in candidates:
@@ -1117,6 +1139,66 @@ class NotificationStore:
                 recorded.append((candidate.namespace, miss))
         recorded.extend(self._missed_check_ins(conn, limit, now, next_after))
         return DeadlinePass(recorded)
+
+    @staticmethod
+    def _candidates(conn: Connection, limit: int, now: datetime) -> list[Candidate]:
+        """The ticks of schedules with deadlines that have not ended, dispatched or not."""
+        s, e = schedules, executions
+        candidates: list[Candidate] = []
+        # Ticks not even dispatched: the schedule's next fire time is in the past.
+        for row in conn.execute(
+            sa.select(s.c.namespace, s.c.id, s.c.job_id, s.c.deadlines, s.c.time_zone, s.c.next_fire_time)
+            .where(
+                s.c.deadlines.is_not(None),
+                s.c.paused.is_(False),
+                s.c.next_fire_time.is_not(None),
+                s.c.next_fire_time <= now,
+            )
+            .limit(limit)
+        ).all():
+            deadlines = deadlines_from_json(row.deadlines)
+            if deadlines:
+                candidates.append(
+                    Candidate(row.namespace, row.id, row.job_id, deadlines, row.time_zone, row.next_fire_time)
+                )
+        # Ticks dispatched and not ended.
+        for active in conn.execute(
+            sa.select(
+                e.c.namespace,
+                e.c.id,
+                e.c.schedule_id,
+                e.c.job_id,
+                e.c.state,
+                e.c.scheduled_time,
+                e.c.start_time,
+                s.c.deadlines,
+                s.c.time_zone,
+            )
+            .select_from(e.join(s, sa.and_(s.c.namespace == e.c.namespace, s.c.id == e.c.schedule_id)))
+            .where(
+                e.c.state.in_(("queued", "running")),
+                # Ticks only: a backfill's runs of past ticks are not late, a retry's tick started.
+                e.c.trigger == "schedule",
+                e.c.schedule_id != "",
+                s.c.deadlines.is_not(None),
+            )
+            .limit(limit)
+        ).all():
+            deadlines = deadlines_from_json(active.deadlines)
+            if deadlines:
+                candidates.append(
+                    Candidate(
+                        active.namespace,
+                        active.schedule_id,
+                        active.job_id,
+                        deadlines,
+                        active.time_zone,
+                        active.scheduled_time,
+                        execution_id=active.id,
+                        started=active.start_time if active.state == "running" else None,
+                    )
+                )
+        return candidates
 
     async def deadline_misses_of(self, namespace: str, schedule_id: str) -> int:
         def work(conn: Connection, now: datetime) -> int:

@@ -46,6 +46,7 @@ from cronwire.v1 import (
 )
 from cronwire_server.app import RunningServer, create_server
 from cronwire_server.config import Settings
+from cronwire_server.storage import sql_notifications
 from tests.support import eventually
 
 NS = "namespaces/alerts"
@@ -536,7 +537,7 @@ async def test_a_schedule_too_long_tick_after_tick_is_one_incident_until_a_tick_
         schedule=f"{NS}/schedules/slow",
     )
     fast = tmp_path / "fast"
-    await _shell_job(api, "etl", ["sh", "-c", f"test -f {fast} || sleep 2"])
+    await _shell_job(api, "etl", ["sh", "-c", f"test -f {fast} || sleep 4"])
     schedule = schedule_pb2.Schedule(job=f"{NS}/jobs/etl")
     schedule.trigger.interval.every.FromSeconds(1)
     schedule.deadlines.max_duration.FromSeconds(1)
@@ -566,3 +567,16 @@ async def test_a_schedule_too_long_tick_after_tick_is_one_incident_until_a_tick_
     assert resolved[0].json()["kind"] == "RECOVERED"
     assert [r.json()["kind"] for r in receiver.on("/slow")][:1] == ["TOO_LONG"]
     assert len([r for r in receiver.on("/slow") if not r.json()["resolve"]]) == 1
+
+
+async def test_a_namespace_holds_a_bounded_number_of_routes(
+    api_of: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_notifications, "MAX_PER_NAMESPACE", 2)
+    api = await api_of(database_url)
+    for route_id in ("one", "two"):
+        await _route(api, route_id, slack=notification_pb2.SlackDestination(url_secret="SLACK_URL"))
+    with pytest.raises(grpc.aio.AioRpcError) as full:
+        await _route(api, "three", slack=notification_pb2.SlackDestination(url_secret="SLACK_URL"))
+    assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "ROUTE_LIMIT_REACHED" in str(full.value.trailing_metadata())
