@@ -22,6 +22,7 @@ import httpx
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from google.protobuf import duration_pb2
 
 from cronwire.v1 import (
@@ -319,6 +320,12 @@ def _free_port() -> int:
 class Mailbox:
     messages: list[Any] = field(default_factory=list)
     tls: list[bool] = field(default_factory=list)
+    logins: list[tuple[str, str, bool]] = field(default_factory=list)
+
+    def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        login, password = data.login.decode(), data.password.decode()
+        self.logins.append((login, password, session.ssl is not None))
+        return AuthResult(success=(login, password) == ("cronwire", "smtp-pass"))
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append(envelope)
@@ -336,10 +343,17 @@ async def test_mail_over_starttls_reaches_a_real_smtp_server(
     ca_file = tmp_path / "ca.pem"
     authority.cert_pem.write_to_path(str(ca_file))
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the server's SMTP client trusts the test CA
+    monkeypatch.setenv("CRONWIRE_SECRET_SMTP_PASSWORD", "smtp-pass")
     mailbox = Mailbox()
     port = _free_port()
     smtp = Controller(
-        mailbox, hostname="127.0.0.1", port=port, tls_context=server_context, require_starttls=True
+        mailbox,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=server_context,
+        require_starttls=True,
+        auth_required=True,
+        authenticator=mailbox.authenticate,
     )
     smtp.start()
     try:
@@ -351,6 +365,8 @@ async def test_mail_over_starttls_reaches_a_real_smtp_server(
                 smtp_host="127.0.0.1",
                 smtp_port=port,
                 security=notification_pb2.EMAIL_SECURITY_STARTTLS,
+                username="cronwire",
+                password_secret="SMTP_PASSWORD",
                 from_address="cronwire@example.com",
                 to_addresses=["oncall@example.com"],
             ),
@@ -363,6 +379,7 @@ async def test_mail_over_starttls_reaches_a_real_smtp_server(
         smtp.stop()
     envelope = mailbox.messages[0]
     assert mailbox.tls == [True]
+    assert mailbox.logins == [("cronwire", "smtp-pass", True)]
     assert envelope.mail_from == "cronwire@example.com"
     assert envelope.rcpt_tos == ["oncall@example.com"]
     text = envelope.content.decode()
@@ -371,6 +388,46 @@ async def test_mail_over_starttls_reaches_a_real_smtp_server(
     await eventually(
         lambda: _states(api, [notification_pb2.DELIVERY_STATE_DELIVERED]), 10, "the mail recorded delivered"
     )
+
+
+async def test_no_mail_and_no_password_without_the_starttls_the_route_requires(
+    api_of: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRONWIRE_SECRET_SMTP_PASSWORD", "smtp-pass")
+    mailbox = Mailbox()
+    port = _free_port()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=port, auth_require_tls=False)  # no TLS offered
+    smtp.start()
+    try:
+        api = await api_of(database_url, allow_private_networks=True)
+        mail = await _route(
+            api,
+            "mail",
+            email=notification_pb2.EmailDestination(
+                smtp_host="127.0.0.1",
+                smtp_port=port,
+                username="cronwire",
+                password_secret="SMTP_PASSWORD",
+                from_address="cronwire@example.com",
+                to_addresses=["oncall@example.com"],
+            ),
+        )
+        await _rule(api, "mail-failures", mail.name, [notification_pb2.ALERT_KIND_FAILED])
+        await _shell_job(api, "nightly", ["false"])
+        await _run_to_end(api, "nightly")
+
+        async def given_up() -> notification_pb2.NotificationDelivery | None:
+            found = await _deliveries(api)
+            return found[0] if found and found[0].state == notification_pb2.DELIVERY_STATE_FAILED else None
+
+        failed = await eventually(given_up, 20, "the delivery given up")
+    finally:
+        smtp.stop()
+    assert "STARTTLS is required" in failed.error
+    assert failed.attempts == 1
+    assert mailbox.messages == []
+    assert mailbox.logins == []  # the password never went over the plain connection
+    assert "smtp-pass" not in failed.error
 
 
 async def test_nothing_is_sent_to_a_refused_address(
