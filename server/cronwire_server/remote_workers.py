@@ -567,6 +567,9 @@ class RemoteWorkers:
     # Loops
 
     async def _dispatch(self, stopping: asyncio.Event) -> None:
+        # Its own wake-ups: the local worker pool sleeps on the same channel, and a shared
+        # wake-up taken by one would be missed by the other.
+        queued = self._store.wakeup.subscribe("executions")
         while not stopping.is_set():
             full = False
             for session in self.sessions:
@@ -597,9 +600,7 @@ class RemoteWorkers:
                 continue
             self._changed.clear()
             if self._sessions:
-                await first_of(
-                    self._store.wakeup.wait("executions", POLL_SECONDS), self._changed.wait(), stopping.wait()
-                )
+                await first_of(queued.wait(POLL_SECONDS), self._changed.wait(), stopping.wait())
             else:
                 await first_of(self._changed.wait(), stopping.wait())
 

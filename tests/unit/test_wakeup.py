@@ -36,3 +36,22 @@ async def test_cancel_is_never_lost_when_the_signal_arrives_together(steps_betwe
             await sleeper
     else:  # it had already finished
         assert sleeper.result() is True
+
+
+async def test_a_subscription_keeps_a_signal_another_sleeper_took() -> None:
+    # The local pool takes the shared wake-up of "executions"; the remote workers' dispatcher,
+    # busy at that moment, still finds it on its own subscription when it sleeps next.
+    wakeup = LocalWakeup()
+    own = wakeup.subscribe("executions")
+    wakeup.signal("executions")
+    assert await wakeup.wait("executions", 0.01) is True  # taken by the shared sleeper
+    assert await wakeup.wait("executions", 0.01) is False
+    assert await own.wait(0.01) is True  # and still there for the subscriber, once
+    assert await own.wait(0.01) is False
+
+
+async def test_a_subscription_hears_only_its_channel() -> None:
+    wakeup = LocalWakeup()
+    own = wakeup.subscribe("executions")
+    wakeup.signal("schedules")
+    assert await own.wait(0.01) is False

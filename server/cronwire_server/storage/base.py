@@ -29,6 +29,7 @@ from cronwire_server.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from cronwire_server.storage.remote import HeldRemoteLease, RemoteClaim, RemoteTake
+    from cronwire_server.storage.wakeup import Subscription
 
 # The dispatcher's decision for one due schedule, run inside the claiming transaction.
 # (schedule, now, activity, horizon): ticks due by the horizon (now, or later for a dispatch
@@ -127,6 +128,9 @@ class Wakeup(Protocol):
 
     async def wait(self, channel: str, max_wait: float) -> bool:
         """Wait until `channel` ("schedules" or "executions") is signalled or `max_wait` seconds pass."""
+
+    def subscribe(self, channel: str) -> Subscription:
+        """Wake-ups of `channel` for one loop alone, which no other sleeper takes from it."""
 
 
 class Store(Protocol):

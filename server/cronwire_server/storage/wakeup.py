@@ -28,27 +28,56 @@ def pg_channel(channel: str) -> str:
     return PG_PREFIX + channel
 
 
+async def _take(event: asyncio.Event, max_wait: float) -> bool:
+    """Wait up to `max_wait` seconds for `event`, then clear it; whether it was set."""
+    if not event.is_set():
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+        # arrives as the event is set, and a loop cancelled at shutdown would then run on.
+        try:
+            async with asyncio.timeout(max_wait):
+                await event.wait()
+        except TimeoutError:
+            return False
+    event.clear()
+    return True
+
+
+class Subscription:
+    """One sleeper's own wake-ups of a channel: every signal reaches every subscription, and
+    each takes it once. (A channel's shared wake-up is taken by whichever sleeper reads it first,
+    so two loops sleeping on one channel would each miss the other's.)"""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, max_wait: float) -> bool:
+        """Wait up to `max_wait` seconds for a signal since the last wait; whether one came."""
+        return await _take(self._event, max_wait)
+
+
 class LocalWakeup:
     """Wake-ups within one process."""
 
     def __init__(self) -> None:
         self._events = {channel: asyncio.Event() for channel in CHANNELS}
+        self._subscriptions: dict[str, list[Subscription]] = {channel: [] for channel in CHANNELS}
 
     def signal(self, channel: str) -> None:
         self._events[channel].set()
+        for subscription in self._subscriptions[channel]:
+            subscription.set()
+
+    def subscribe(self, channel: str) -> Subscription:
+        """Wake-ups of `channel` for one long-lived loop of its own, beside the shared ones."""
+        subscription = Subscription()
+        self._subscriptions[channel].append(subscription)
+        return subscription
 
     async def wait(self, channel: str, max_wait: float) -> bool:
-        event = self._events[channel]
-        if not event.is_set():
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
-            # arrives as the event is set, and a loop cancelled at shutdown would then run on.
-            try:
-                async with asyncio.timeout(max_wait):
-                    await event.wait()
-            except TimeoutError:
-                return False
-        event.clear()
-        return True
+        return await _take(self._events[channel], max_wait)
 
     async def close(self) -> None:
         pass
