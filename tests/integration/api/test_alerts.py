@@ -637,3 +637,43 @@ async def test_a_namespace_holds_a_bounded_number_of_routes(
         await _route(api, "three", slack=notification_pb2.SlackDestination(url_secret="SLACK_URL"))
     assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "ROUTE_LIMIT_REACHED" in str(full.value.trailing_metadata())
+
+
+@pytest.mark.postgres
+async def test_two_replicas_alert_once(api_of: Any, fresh_database_url: Any, receiver: Receiver) -> None:
+    # Both replicas run the notifier, the sender and the deadline watch on one database; no
+    # worker runs anywhere, so every tick is late.
+    url = fresh_database_url("postgres")
+    roles = frozenset({"api", "dispatcher"})
+    first = await api_of(url, allow_private_networks=True, roles=roles)
+    second = await api_of(url, allow_private_networks=True, roles=roles)
+    route = await _route(first, "hook", webhook=notification_pb2.WebhookDestination(url=receiver.url("/r")))
+    await _rule(second, "late", route.name, [notification_pb2.ALERT_KIND_LATE])
+    await _shell_job(first, "report", ["true"])
+    schedule = schedule_pb2.Schedule(job=f"{NS}/jobs/report")
+    schedule.trigger.interval.every.FromSeconds(1)
+    schedule.deadlines.start_within.FromSeconds(1)
+    schedule.overlap_policy = schedule_pb2.OVERLAP_POLICY_ALLOW_ALL  # every tick queued, every one late
+    await second.schedules.CreateSchedule(
+        schedule_service_pb2.CreateScheduleRequest(parent=NS, schedule_id="often", schedule=schedule)
+    )
+
+    async def late_ticks(count: int) -> list[event_pb2.Event] | None:
+        listed = await first.events.ListEvents(
+            event_service_pb2.ListEventsRequest(parent=NS, event_types=[event_pb2.EVENT_TYPE_DEADLINE_MISSED])
+        )
+        return list(listed.events) if len(listed.events) >= count else None
+
+    missed = await eventually(lambda: late_ticks(4), 30, "four late ticks")
+    await eventually(lambda: receiver.on("/r"), 10, "the LATE alert")
+    # Each late tick recorded once, by whichever replica saw it first.
+    ticks = [e.deadline_miss.scheduled_time.ToDatetime() for e in missed]
+    assert len(ticks) == len(set(ticks))
+    # And one incident, one notification, however many replicas read the events.
+    await eventually(lambda: late_ticks(6), 30, "more late ticks")
+    assert len(receiver.on("/r")) == 1
+    incidents = (
+        await first.alerts.ListIncidents(notification_service_pb2.ListIncidentsRequest(parent=NS))
+    ).incidents
+    assert len(incidents) == 1
+    assert incidents[0].alerts >= 4
