@@ -278,6 +278,8 @@ class ExecutionStats:
     last_run_state: ExecutionState | None = None
     next_run_time: datetime | None = None
     p50_duration: timedelta | None = None
+    # A schedule with deadlines (get_schedule): the deadlines its ticks missed in the last 14 days.
+    deadlines_missed: int = 0
 
     @classmethod
     def _from_proto(cls, message: execution_pb2.ExecutionStats) -> ExecutionStats:
@@ -289,6 +291,7 @@ class ExecutionStats:
             last_run_state=enum_from(ExecutionState, message.last_run_state),
             next_run_time=time_from(message, "next_run_time"),
             p50_duration=duration_from(message, "p50_duration"),
+            deadlines_missed=message.deadlines_missed,
         )
 
 

@@ -87,6 +87,7 @@ def _stats_pairs(stats: ExecutionStats | None) -> list[tuple[str, Any]]:
         ("last run", _last_run(stats, detail_cell)),
         ("next run", stats.next_run_time),
         ("median duration", stats.p50_duration),
+        *([("deadlines missed", stats.deadlines_missed)] if stats.deadlines_missed else []),
     ]
 
 

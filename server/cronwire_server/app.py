@@ -216,7 +216,9 @@ async def create_server(settings: Settings) -> RunningServer:
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(jobs, executions), server)
         schedules = ScheduleManager(store, max_per_namespace=limits.max_schedules_per_namespace)
-        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleService(schedules), server)
+        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
+            ScheduleService(schedules, notifications.deadline_misses_of), server
+        )
         readers = Readers(store, jobs, schedules, executions)
         calendar_service_pb2_grpc.add_CalendarServiceServicer_to_server(
             CalendarService(CalendarManager(store)), server

@@ -374,6 +374,7 @@ class ExecutionStats(_message.Message):
     LAST_RUN_STATE_FIELD_NUMBER: _builtins.int
     NEXT_RUN_TIME_FIELD_NUMBER: _builtins.int
     P50_DURATION_FIELD_NUMBER: _builtins.int
+    DEADLINES_MISSED_FIELD_NUMBER: _builtins.int
     total: _builtins.int
     """Output only. Executions in all, every state included, over the resource's
     lifetime: executions removed by retention or deleted do not lower it.
@@ -384,6 +385,10 @@ class ExecutionStats(_message.Message):
     """Output only. Executions that ended FAILED, TIMED_OUT or LOST."""
     last_run_state: Global___ExecutionState.ValueType
     """Output only. The state of the latest execution."""
+    deadlines_missed: _builtins.int
+    """Output only. Schedules with deadlines, in GetSchedule: the deadlines their
+    ticks missed in the last 14 days (each tick's each deadline once).
+    """
     @_builtins.property
     def last_run_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the latest execution started."""
@@ -410,10 +415,11 @@ class ExecutionStats(_message.Message):
         last_run_state: Global___ExecutionState.ValueType = ...,
         next_run_time: _timestamp_pb2.Timestamp | None = ...,
         p50_duration: _duration_pb2.Duration | None = ...,
+        deadlines_missed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_run_time", b"last_run_time", "next_run_time", b"next_run_time", "p50_duration", b"p50_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "last_run_state", b"last_run_state", "last_run_time", b"last_run_time", "next_run_time", b"next_run_time", "p50_duration", b"p50_duration", "succeeded", b"succeeded", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadlines_missed", b"deadlines_missed", "failed", b"failed", "last_run_state", b"last_run_state", "last_run_time", b"last_run_time", "next_run_time", b"next_run_time", "p50_duration", b"p50_duration", "succeeded", b"succeeded", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -238,6 +238,7 @@ def stats_to_pb(stats: model.ExecutionStats, out: execution_pb2.ExecutionStats) 
         out.last_run_state = _STATE_PB[stats.last_run_state]
     set_time(out.next_run_time, stats.next_run_time)
     set_duration(out.p50_duration, stats.p50_duration)
+    out.deadlines_missed = stats.deadlines_missed
 
 
 def job_to_pb(job: model.Job) -> job_pb2.Job:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -64,8 +66,15 @@ def _trigger_calendars(trigger: schedule_pb2.Trigger, path: str) -> list[tuple[s
 
 
 class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
-    def __init__(self, schedules: ScheduleManager) -> None:
+    def __init__(
+        self,
+        schedules: ScheduleManager,
+        deadline_misses: Callable[[str, str], Awaitable[int]] | None = None,
+    ) -> None:
         self._schedules = schedules
+        # (namespace, schedule id) -> the deadlines its ticks missed; read for schedules with
+        # deadlines only, so the others' reads are as before.
+        self._deadline_misses = deadline_misses
 
     @unary
     async def CreateSchedule(
@@ -92,6 +101,9 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     ) -> schedule_service_pb2.GetScheduleResponse:
         name = scope.name(request.name, "schedule")
         schedule = await self._schedules.get(name.namespace, name.id, with_stats=True)
+        if schedule.deadlines and schedule.stats is not None and self._deadline_misses is not None:
+            missed = await self._deadline_misses(name.namespace, name.id)
+            schedule.stats = dataclasses.replace(schedule.stats, deadlines_missed=missed)
         return schedule_service_pb2.GetScheduleResponse(schedule=_schedule_pb(schedule))
 
     @unary

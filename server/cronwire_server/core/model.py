@@ -100,6 +100,8 @@ class ExecutionStats:
     last_run_state: ExecutionState | None = None
     next_run_time: datetime | None = None
     p50_duration: timedelta | None = None
+    # A schedule's with deadlines, in GetSchedule: the misses still kept (core.deadlines).
+    deadlines_missed: int = 0
     # A job's only, not shown: the earliest stored next fire time of its unpaused schedules that
     # name calendars, a tick their calendars may exclude (next_run_time leaves those schedules
     # out until JobManager has stepped over their exclusions, core.schedules.shown).

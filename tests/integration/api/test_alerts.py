@@ -488,6 +488,10 @@ async def _late_alert(api: Api, receiver: Receiver, job_id: str, **job: Any) -> 
     assert event.resource == f"{NS}/schedules/every-2s"
     assert event.deadline_miss.kind == event_pb2.DEADLINE_KIND_START_WITHIN
     assert event.deadline_miss.deadline.ToSeconds() == event.deadline_miss.scheduled_time.ToSeconds() + 1
+    got = await api.schedules.GetSchedule(
+        schedule_service_pb2.GetScheduleRequest(name=f"{NS}/schedules/every-2s")
+    )
+    assert got.schedule.stats.deadlines_missed >= 1  # counted in the schedule's statistics
     await eventually(lambda: len(receiver.on("/late")) >= 1, 5, "at least one")
     # Late again and again: one incident, one notification.
     assert len(receiver.on("/late")) == 1
