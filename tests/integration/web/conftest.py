@@ -1,5 +1,9 @@
-"""One headless Chromium for every browser test: the system's (Debian's chromium package), driven
-by Playwright, with a new empty profile; never a browser Playwright would download.
+"""One headless Chromium per test module: the system's (Debian's chromium package), driven by
+Playwright, with a new empty profile; never a browser Playwright would download.
+
+Per module, not per session: Playwright's sync API keeps an event loop running in the test's
+thread while it is open, and every asyncio test that ran after it in the same process would
+fail ("Runner.run() cannot be called from a running event loop").
 
 Screenshots go to $CRONWIRE_SCREENSHOTS when set (the README's come from there), else to a
 directory under the session's temporary path."""
@@ -27,7 +31,7 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
     """A browser context of its own profile (cookies are cleared by each test that needs to)."""
     if shutil.which(CHROMIUM) is None:
