@@ -398,6 +398,7 @@ def _schedule_create_arguments(fields: Mapping[str, Any]) -> dict[str, Any]:
         "paused": bool(fields.get("paused", False)),
         "exclude_calendars": fields.get("exclude_calendars") or [],
         "only_on_calendars": fields.get("only_on_calendars") or [],
+        "deadlines": fields.get("deadlines"),
     }
 
 

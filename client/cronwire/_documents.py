@@ -31,6 +31,7 @@ from cronwire._types import (
     CronTrigger,
     DateRange,
     DateTrigger,
+    Deadlines,
     DependencyCondition,
     DstPolicy,
     ExecutionRetention,
@@ -377,6 +378,28 @@ JOB_FIELDS: dict[str, Callable[[Any, str], Any]] = {
 JOB_OUTPUT_ONLY = frozenset({"create_time", "update_time", "etag", "stats"})
 
 
+def read_deadlines(value: Any, path: str) -> Deadlines | None:
+    """`{start_within: 5m, finish_by: "09:30" | 2h, max_duration: 1h}`, each optional; None when
+    it sets none."""
+
+    def finish_by(item: Any, at: str) -> str | timedelta:
+        if isinstance(item, str) and ":" in item:
+            return item
+        return read_duration(item, at)
+
+    fields = _read_fields(
+        read_object(value, path),
+        {
+            "start_within": optional(read_duration),
+            "finish_by": optional(finish_by),
+            "max_duration": optional(read_duration),
+        },
+        path,
+    )
+    deadlines = Deadlines(**fields)
+    return deadlines if any(v is not None for v in fields.values()) else None
+
+
 def read_names(value: Any, path: str) -> list[str]:
     """A list of resource ids or names (one string is a list of one)."""
     if isinstance(value, str):
@@ -398,6 +421,7 @@ SCHEDULE_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "paused": read_bool,
     "exclude_calendars": optional(read_names),
     "only_on_calendars": optional(read_names),
+    "deadlines": optional(lambda v, p: read_deadlines(v, p)),
 }
 SCHEDULE_OUTPUT_ONLY = frozenset(
     {"next_fire_time", "create_time", "update_time", "etag", "pause_reason", "stats"}

@@ -4,9 +4,11 @@ as delivered, deadlines set, merged, shown and cleared."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -156,3 +158,48 @@ def test_check_ins_from_the_cli(cwa: Run) -> None:
     gone = cwa("checkins", "ping", token)
     assert gone.code != 0
     assert "no check-in has this token" in gone.err
+
+
+def test_apply_declares_deadlines_and_takes_back_what_get_prints(cwa: Run, tmp_path: Path) -> None:
+    spec: dict[str, Any] = {
+        "jobs": [{"name": "report", "executor": "noop"}],
+        "schedules": [
+            {
+                "name": "daily",
+                "job": "report",
+                "trigger": {"cron": "0 7 * * *"},
+                "time_zone": "Europe/Berlin",
+                "deadlines": {"start_within": "5m", "finish_by": "09:30"},
+            },
+            {"name": "plain", "job": "report", "trigger": {"every": "1h"}},
+        ],
+    }
+    path = tmp_path / "alerts.json"
+    path.write_text(json.dumps(spec))
+    applied = cwa("apply", "-f", str(path))
+    assert applied.code == 0, applied.err
+    assert cwa("schedules", "get", "daily", "-o", "json").json()["deadlines"] == {
+        "start_within": "5m",
+        "finish_by": "09:30",
+        "max_duration": None,
+    }
+    # What `get -o yaml` prints applies as it is, with deadlines or without (null).
+    for name in ("daily", "plain"):
+        printed = tmp_path / f"{name}.yaml"
+        document = cwa("schedules", "get", name, "-o", "yaml").out
+        printed.write_text(
+            "schedules:\n"
+            + "".join(f"  {line}\n" if i else f"- {line}\n" for i, line in enumerate(document.splitlines()))
+        )
+        again = cwa("apply", "-f", str(printed))
+        assert again.code == 0, again.err
+        assert "0 created, 0 updated" in again.out or "unchanged" in again.out, again.out
+    spec["schedules"][0]["deadlines"] = {"max_duration": "1h"}
+    path.write_text(json.dumps(spec))
+    changed = cwa("apply", "-f", str(path))
+    assert changed.code == 0, changed.err
+    assert cwa("schedules", "get", "daily", "-o", "json").json()["deadlines"] == {
+        "start_within": None,
+        "finish_by": None,
+        "max_duration": "1h",
+    }
