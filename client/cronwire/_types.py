@@ -1075,6 +1075,35 @@ class LogChunk:
 # Events
 
 
+class DeadlineKind(NamedIntEnum):
+    """Which deadline a tick missed."""
+
+    START_WITHIN = event_pb2.DEADLINE_KIND_START_WITHIN
+    FINISH_BY = event_pb2.DEADLINE_KIND_FINISH_BY
+    MAX_DURATION = event_pb2.DEADLINE_KIND_MAX_DURATION
+    CHECK_IN_GRACE = event_pb2.DEADLINE_KIND_CHECK_IN_GRACE
+
+
+@dataclass(frozen=True)
+class DeadlineMiss:
+    """On DEADLINE_MISSED and CHECKIN_MISSED events: the deadline, the tick, when it passed, and
+    the tick's execution ("" when it was not dispatched)."""
+
+    kind: DeadlineKind | None
+    scheduled_time: datetime | None
+    deadline: datetime | None
+    execution: str = ""
+
+    @classmethod
+    def _from_proto(cls, message: event_pb2.DeadlineMiss) -> DeadlineMiss:
+        return cls(
+            kind=enum_from(DeadlineKind, message.kind),
+            scheduled_time=time_from(message, "scheduled_time"),
+            deadline=time_from(message, "deadline"),
+            execution=message.execution,
+        )
+
+
 @dataclass
 class Event:
     """A committed state change of a job, a schedule or an execution.
@@ -1095,6 +1124,7 @@ class Event:
     execution: Execution | None = None
     job_snapshot: Job | None = None
     schedule_snapshot: Schedule | None = None
+    deadline_miss: DeadlineMiss | None = None
 
     @classmethod
     def _from_proto(cls, message: event_pb2.Event) -> Event:
@@ -1112,6 +1142,9 @@ class Event:
             job_snapshot=Job._from_proto(message.job_snapshot) if snapshot == "job_snapshot" else None,
             schedule_snapshot=(
                 Schedule._from_proto(message.schedule_snapshot) if snapshot == "schedule_snapshot" else None
+            ),
+            deadline_miss=(
+                DeadlineMiss._from_proto(message.deadline_miss) if message.HasField("deadline_miss") else None
             ),
         )
 

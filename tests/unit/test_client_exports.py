@@ -9,6 +9,8 @@ import sys
 import cronwire
 
 EXPORTED = [
+    "DeadlineKind",
+    "DeadlineMiss",
     "CheckIn",
     "CheckInPingKind",
     "CreatedCheckIn",

@@ -25,6 +25,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from google.protobuf import duration_pb2
 
+import cronwire
 from cronwire.v1 import (
     checkin_pb2,
     checkin_service_pb2,
@@ -511,6 +512,16 @@ async def test_late_when_every_worker_slot_is_busy(
 async def test_late_when_no_worker_runs(api_of: Any, database_url: str, receiver: Receiver) -> None:
     api = await api_of(database_url, allow_private_networks=True, roles=frozenset({"api", "dispatcher"}))
     await _late_alert(api, receiver, "report")
+    # The SDK reads the miss off the event.
+    async with cronwire.AsyncClient(f"127.0.0.1:{api_of.started[-1].port}", namespace="alerts") as client:
+        page = await client.list_events(event_types=[cronwire.EventType.DEADLINE_MISSED])
+    miss = page.items[0].deadline_miss
+    assert miss is not None
+    assert miss.kind is cronwire.DeadlineKind.START_WITHIN
+    assert miss.execution.startswith(f"{NS}/executions/")
+    assert miss.deadline is not None
+    assert miss.scheduled_time is not None
+    assert (miss.deadline - miss.scheduled_time).total_seconds() == 1
 
 
 async def test_a_missed_check_in_alerts_once_and_a_ping_resolves_it(
