@@ -692,3 +692,26 @@ async def test_two_replicas_alert_once(api_of: Any, fresh_database_url: Any, rec
     ).incidents
     assert len(incidents) == 1
     assert incidents[0].alerts >= 4
+
+
+async def test_a_secret_url_never_shows_in_a_delivery_error(
+    api_of: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Slack URL is a credential: when the call fails with an error that quotes the URL (here:
+    # not an http URL), the recorded error has it masked.
+    monkeypatch.setenv("CRONWIRE_SECRET_SLACK_URL", "ftp://hooks.example.com/services/T0/B0/S3CRETPATH")
+    api = await api_of(database_url, allow_private_networks=True)
+    route = await _route(api, "chat", slack=notification_pb2.SlackDestination(url_secret="SLACK_URL"))
+    await _rule(api, "all", route.name, [notification_pb2.ALERT_KIND_FAILED])
+    await _shell_job(api, "broken", ["false"])
+    await _run_to_end(api, "broken")
+
+    async def attempted() -> notification_pb2.NotificationDelivery | None:
+        found = await _deliveries(api)
+        return found[0] if found and found[0].attempts >= 1 else None
+
+    delivery = await eventually(attempted, 20, "a failed attempt")
+    assert delivery.state == notification_pb2.DELIVERY_STATE_PENDING  # retried with backoff
+    assert delivery.HasField("next_attempt_time")
+    assert "cannot call ***" in delivery.error
+    assert "S3CRETPATH" not in delivery.error
