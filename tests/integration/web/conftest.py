@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, sync_playwright
+from playwright.sync_api import BrowserContext, Page, sync_playwright
 
 CHROMIUM = os.environ.get("CRONWIRE_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -53,6 +53,17 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browse
             yield context
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(browser_context: BrowserContext) -> Iterator[Page]:
+    """A new page of the module's browser, with no cookie of an earlier test."""
+    browser_context.clear_cookies()
+    opened = browser_context.new_page()
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import Page, expect
 
 from cronwire import Client, CronTrigger
 from tests.integration.web.helpers import WebServer, start_web_server
@@ -28,16 +28,6 @@ def web(tmp_path: Path) -> Iterator[WebServer]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def page(browser_context: BrowserContext) -> Iterator[Page]:
-    browser_context.clear_cookies()
-    opened = browser_context.new_page()
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def waits_for(path: Path) -> list[str]:

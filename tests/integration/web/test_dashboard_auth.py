@@ -46,16 +46,6 @@ def keyed(tmp_path: Path) -> Iterator[tuple[WebServer, Keys]]:
         server.stop()
 
 
-@pytest.fixture
-def page(browser_context: BrowserContext) -> Iterator[Page]:
-    browser_context.clear_cookies()
-    opened = browser_context.new_page()
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
 def log_in(page: Page, web: WebServer, key: str) -> None:
     page.goto(web.url + "/")
     expect(page).to_have_url(re.compile(r"/login\?next="))
