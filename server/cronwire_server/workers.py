@@ -155,18 +155,14 @@ class WorkerPool:
         self._ending: list[str] = []
         # Slots promised to a dispatch that starts runs itself (`reserve`), until it returns.
         self._reserved = 0
-        # Runs taken ahead of their due time and not started yet: they take a slot when they
-        # start, so as many again may wait; and those promised to a dispatch.
-        self._waiting = 0
-        self._reserved_ahead = 0
         self._stopping: asyncio.Event | None = None
         # How long after a renewal was sent the run is safe: its lease is still this one's.
         self._safe_for = lease.total_seconds() - fence_margin(lease)
 
     @property
     def running(self) -> int:
-        """Runs whose job code has started (or is about to): those taking a slot."""
-        return len(self._running) - self._waiting
+        """Runs holding a slot: started, or taken ahead and waiting for their due time."""
+        return len(self._running)
 
     def start(self, supervisor: Supervisor, stopping: asyncio.Event) -> None:
         """Start the pool's loops under `supervisor`: the claimer until `stopping` is set (then call
@@ -231,19 +227,21 @@ class WorkerPool:
 
     def reserve(self, wanted: int, ahead: timedelta = timedelta(0)) -> StartNow | None:
         """Free slots for a dispatch that starts the runs it creates itself (leased to this pool),
-        held until `adopt`, and room for runs it takes up to `ahead` before their due time; None
-        when there is none to give, or each run must be admitted by a claim (a namespace limit:
-        the dispatch does not count the namespace's runs)."""
+        held until `adopt`; None when there is none to give, or each run must be admitted by a
+        claim (a namespace limit: the dispatch does not count the namespace's runs).
+
+        Runs taken up to `ahead` before their due time hold their slot while they wait, so that
+        they start on time: at most half the free slots go to them, the rest stay for what is
+        due now (a busy pool takes nothing ahead, and a tick it could not start on time is left
+        for any replica to dispatch when due)."""
         stopping = self._stopping
         if stopping is None or stopping.is_set() or self._max_running_per_namespace > 0:
             return None
-        count = max(0, min(wanted, self._free()))
-        ahead_count = max(0, min(wanted, self._slots - self._waiting - self._reserved_ahead)) if ahead else 0
-        if count == 0 and ahead_count == 0:
+        count = min(wanted, self._free())
+        if count <= 0:
             return None
         self._reserved += count
-        self._reserved_ahead += ahead_count
-        return StartNow(self.identity, count, self._lease, ahead, ahead_count)
+        return StartNow(self.identity, count, self._lease, ahead, count // 2 if ahead else 0)
 
     def adopt(
         self,
@@ -256,9 +254,8 @@ class WorkerPool:
         run what it started, each at its start time (told in monotonic time by the dispatch's
         `clock`), and give back the slots it did not use."""
         self._reserved -= start.count
-        self._reserved_ahead -= start.ahead_count
         self._begin(started, sent, clock)
-        if len(started) < start.count + start.ahead_count:
+        if len(started) < start.count:
             self._slot_freed.set()
 
     def _begin(
@@ -278,7 +275,6 @@ class WorkerPool:
             if clock is not None and execution.start_time is not None and execution.start_time > clock[1]:
                 running.start_at = clock[0] + (execution.start_time - clock[1]).total_seconds()
                 running.clock = clock
-                self._waiting += 1
             else:
                 self._started(running)
             with self._running_lock:
@@ -299,17 +295,12 @@ class WorkerPool:
             )
 
     async def _start_in_time(self, running: _Running, start_at: float) -> None:
-        """Wait for a run taken ahead to be due and for a free slot, then note when it really
-        started, in the database's time: its outcome records that start time."""
+        """Wait (in its slot) for a run taken ahead to be due, then note when it really started,
+        in the database's time: its outcome records that start time."""
         delay = start_at - time.monotonic()
         if delay > 0:
             with contextlib.suppress(TimeoutError):  # a cancellation starts it at once, to end it
                 await asyncio.wait_for(running.cancel.wait(), delay)
-        while self._free() <= 0 and not running.cancel.is_set():
-            self._slot_freed.clear()
-            await self._slot_freed.wait()
-        running.start_at = None
-        self._waiting -= 1
         assert running.clock is not None
         read_at, now = running.clock
         started = now + timedelta(seconds=time.monotonic() - read_at)
@@ -349,8 +340,6 @@ class WorkerPool:
             recorded = await self._run(running)
         finally:
             self._end_fenced(running.token)
-            if running.start_at is not None:  # taken ahead, never started
-                self._waiting -= 1
             with self._running_lock:
                 self._running.pop(execution.id, None)
             self._slot_freed.set()

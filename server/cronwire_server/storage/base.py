@@ -57,11 +57,12 @@ class StartNow:
     """Executions a dispatch creates that `worker` starts itself: inserted RUNNING with its
     lease, at most `count`, only those needing no admission decision.
 
-    With `ahead`, ticks due within that much of now are taken too, at most `ahead_count`, when
-    every tick of their schedule starts this way (none skipped, serial or waiting for admission):
-    inserted RUNNING with their due time as start time, and started by the pool's timer then. So
-    a tick's start does not wait for a dispatch pass and its transaction at its due time, and the
-    ticks of a steady stream are dispatched a batch at a time."""
+    With `ahead`, ticks due within that much of now are taken too, at most `ahead_count` of the
+    `count`, when every tick of their schedule starts this way (none skipped, serial or waiting
+    for admission): inserted RUNNING with their due time as start time, and started by the pool's
+    timer then, in a slot held for them. So a tick's start does not wait for a dispatch pass and
+    its transaction at its due time, and the ticks of a steady stream are dispatched a batch at a
+    time."""
 
     worker: str
     count: int

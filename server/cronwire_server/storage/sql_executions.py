@@ -224,11 +224,13 @@ def dispatch(
         startable = values[f"{_JOB_PREFIX}max_concurrency"] == 0 if start is not None else False
         chosen: list[dict[str, Any]] = []
         if ahead:
-            if not (startable and not plan.cancel_running and _all_start(ticks, ahead_room, horizon)):
+            if not (
+                startable and not plan.cancel_running and _all_start(ticks, min(room, ahead_room), horizon)
+            ):
                 # Taken ahead only when the pool starts every tick itself at its due time; anything
                 # else (a skip, a serial turn, a limit to admit by) is decided when it is due.
                 continue
-            chosen, ahead_room = ticks, ahead_room - len(ticks)
+            chosen, room, ahead_room = ticks, room - len(ticks), ahead_room - len(ticks)
         elif startable:
             for row in ticks:
                 if room > 0 and row["state"] == QUEUED and not row["serial"] and row["due_time"] <= now:

@@ -168,7 +168,8 @@ async def test_a_tick_due_soon_is_taken_ahead_and_starts_at_its_due_time(store: 
 
 async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(store: SqlStore) -> None:
     # A job with a concurrency limit needs a claim's decision when it is due; and of two plain
-    # ticks ahead, a pool with one free slot takes one.
+    # ticks ahead, a pool with two free slots takes one (half its free slots: the rest stay for
+    # what is due now, and a run taken ahead holds its slot while it waits).
     (limited,) = await schedules_due_in(
         store,
         Job(namespace=NS, id="limited", executor="noop", parameters={}, max_concurrency=1),
@@ -182,7 +183,7 @@ async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(store: SqlStore
     planned = await next_fire_times(store)
     stopping = asyncio.Event()
     supervisor = Supervisor(stopping)
-    pool = WorkerPool(store, slots=1)
+    pool = WorkerPool(store, slots=2)
     pool.start(supervisor, stopping)
     try:
         assert await Dispatcher(store, pool=pool, ahead=timedelta(seconds=20)).run_once() == 1
