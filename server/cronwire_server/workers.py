@@ -221,8 +221,6 @@ class WorkerPool:
         finally:
             self._reserved -= free
         self._begin(claimed, sent)
-        if len(claimed) < free:
-            self._slot_freed.set()  # a run taken ahead may be waiting for a slot the claim held
         return len(claimed)
 
     def reserve(self, wanted: int, ahead: timedelta = timedelta(0)) -> StartNow | None:

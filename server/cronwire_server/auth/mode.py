@@ -3,13 +3,12 @@ with TLS, or as soon as the database has a key."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from cronwire_server.auth.cache import KeyCache
 from cronwire_server.auth.interceptor import AuthInterceptor, KeysExist
 from cronwire_server.auth.ratelimit import RateLimiter
-from cronwire_server.config import Settings
+from cronwire_server.config import Settings, is_loopback_address
 from cronwire_server.storage.sql_keys import KeyStore
 
 log = logging.getLogger(__name__)
@@ -24,21 +23,9 @@ class AuthRefused(Exception):
     """The server must not start as configured; the message says why and what to do."""
 
 
-def is_loopback(listen: str) -> bool:
-    """Whether HOST:PORT only accepts connections from this machine (names other than
-    localhost count as reachable from elsewhere)."""
-    host = listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 async def auth_interceptor(settings: Settings, keys: KeyStore) -> AuthInterceptor | None:
     """The interceptor if auth is on, None if it is off; AuthRefused if the server must not start."""
-    loopback = is_loopback(settings.listen)
+    loopback = is_loopback_address(settings.listen)
     if settings.insecure and settings.require_auth:
         raise AuthRefused("--insecure and --require-auth contradict each other: choose one")
     if settings.insecure:

@@ -172,15 +172,6 @@ def _compact(sql: str) -> str:
 # The dispatcher
 
 
-def _leave_remote_queued(rows: list[dict[str, Any]], to_start: dict[int, Job]) -> None:
-    """A dispatch starts no remote run itself: remote workers take them from the queue."""
-    for row in rows:
-        job = to_start.get(id(row))
-        if job is not None and job.executor == REMOTE:
-            del to_start[id(row)]
-            row.update(state=QUEUED, worker="", start_time=None, lease_expires_at=None)
-
-
 def dispatch(
     conn: Connection, planner: Planner, limit: int, start: StartNow | None, now: datetime
 ) -> DispatchResult:
@@ -221,7 +212,12 @@ def dispatch(
             _tick_row(schedule.namespace, schedule.job_id, schedule.id, schedule.arguments, run, now)
             for run in plan.runs
         ]
-        startable = values[f"{_JOB_PREFIX}max_concurrency"] == 0 if start is not None else False
+        # A run that needs no admission decision; never a remote one (remote workers take those).
+        startable = (
+            start is not None
+            and values[f"{_JOB_PREFIX}max_concurrency"] == 0
+            and values[f"{_JOB_PREFIX}executor"] != REMOTE
+        )
         chosen: list[dict[str, Any]] = []
         if ahead:
             if not (
@@ -251,7 +247,6 @@ def dispatch(
         )
         if plan.cancel_running:
             cancel.append((schedule.namespace, schedule.id))
-    _leave_remote_queued(rows, to_start)
     if conn.dialect.name == "postgresql":
         inserted = _insert_ticks(conn, rows, now)
         rows = [r for r in rows if r["id"] in inserted]

@@ -21,11 +21,11 @@ from dataclasses import dataclass, replace
 from cronwire_server.auth.cache import KeyCache
 from cronwire_server.auth.interceptor import UNAUTHENTICATED, KeysExist
 from cronwire_server.auth.keys import ApiKey, Role, parse_token, secret_matches
-from cronwire_server.auth.mode import auth_interceptor, is_loopback
+from cronwire_server.auth.mode import auth_interceptor
 from cronwire_server.auth.principal import OPEN, Principal
 from cronwire_server.auth.ratelimit import RateLimiter
 from cronwire_server.auth.roles import required_role
-from cronwire_server.config import Settings
+from cronwire_server.config import Settings, is_loopback_address
 from cronwire_server.core.errors import PermissionDenied, RateLimited, Unauthenticated
 from cronwire_server.storage.sql_keys import KeyStore
 
@@ -155,14 +155,14 @@ async def web_auth(
     """The dashboard's auth for a listener at `address`: on when the gRPC rules say so for the
     gRPC listener (`grpc_auth`) or for this address (AuthRefused when they refuse to start)."""
     web_side = grpc_auth
-    if is_loopback(address) != is_loopback(settings.listen):
+    if is_loopback_address(address) != is_loopback_address(settings.listen):
         web_side = await auth_interceptor(replace(settings, listen=address), keys) is not None
     secure = bool(settings.tls_cert)
     if settings.insecure or not (grpc_auth or web_side):
         return WebAuth(None, secret, secure=secure)
     lenient = (
-        is_loopback(settings.listen)
-        and is_loopback(address)
+        is_loopback_address(settings.listen)
+        and is_loopback_address(address)
         and not settings.require_auth
         and not settings.tls_cert
     )
