@@ -698,8 +698,8 @@ async def test_a_secret_url_never_shows_in_a_delivery_error(
     api_of: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A Slack URL is a credential: when the call fails with an error that quotes the URL (here:
-    # not an http URL), the recorded error has it masked.
-    monkeypatch.setenv("CRONWIRE_SECRET_SLACK_URL", "ftp://hooks.example.com/services/T0/B0/S3CRETPATH")
+    # not an http URL; a local address, so no name is looked up), the recorded error has it masked.
+    monkeypatch.setenv("CRONWIRE_SECRET_SLACK_URL", "ftp://127.0.0.1/services/T0/B0/S3CRETPATH")
     api = await api_of(database_url, allow_private_networks=True)
     route = await _route(api, "chat", slack=notification_pb2.SlackDestination(url_secret="SLACK_URL"))
     await _rule(api, "all", route.name, [notification_pb2.ALERT_KIND_FAILED])
