@@ -166,9 +166,11 @@ def test_a_replica_frozen_past_its_lease_has_its_job_killed_before_the_retry_and
     finally:
         victim.process.send_signal(signal.SIGCONT)
 
+    # On thawing, whichever notices first names the reason: its own safe-margin check or the
+    # renewal that finds the lease taken. Either way the run is fenced and records nothing.
     fenced = re.compile(
-        "run fenced: its lease was not renewed within the safe margin.* execution="
-        + running.name.rsplit("/", 1)[1]
+        "run fenced: its lease (was not renewed within the safe margin|passed to another replica)"
+        ".* execution=" + running.name.rsplit("/", 1)[1]
     )
     runs = assert_never_two_at_once(out)
     assert [a.number for a in runs] == [1, 2]

@@ -719,22 +719,19 @@ class NotificationStore:
             sa.select(notification_cursor.c.sequence).where(notification_cursor.c.name == CURSOR)
         ).scalar_one_or_none()
         if cursor is None:
-            return True  # the first pass sets it
+            return False  # migration 0022 writes the row; without it there is nothing to read from
         newer = sa.select(events.c.sequence).where(events.c.sequence > cursor).limit(1)
         return conn.execute(newer).first() is not None
 
     def _cursor(self, conn: Connection) -> int | None:
+        """The cursor, locked; None while another replica holds it. Its row is written by
+        migration 0022 at the latest event then, never by a pass: a first pass that came late
+        would have put it past the events since the server started."""
         query = sa.select(notification_cursor.c.sequence).where(notification_cursor.c.name == CURSOR)
         if self._postgres:
             query = query.with_for_update(skip_locked=True)
         value = conn.execute(query).scalar_one_or_none()
-        if value is not None:
-            return int(value)
-        # The first pass ever: alerts start from now, not from the whole history.
-        insert = (postgresql.insert if self._postgres else sqlite.insert)(notification_cursor)
-        latest = sql_events.latest(conn)
-        conn.execute(insert.values(name=CURSOR, sequence=latest).on_conflict_do_nothing())
-        return None
+        return None if value is None else int(value)
 
     def _notify_pass(self, conn: Connection, limit: int, now: datetime) -> int:
         after = self._cursor(conn)

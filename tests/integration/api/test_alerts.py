@@ -78,16 +78,6 @@ class Receiver:
         return [r for r in self.got if r.path == path]
 
 
-@pytest.fixture(autouse=True)
-def _known_sqlite_flake(request: pytest.FixtureRequest) -> None:
-    # Known flake, not understood yet: on SQLite, under a full parallel run, a delivery is
-    # sometimes not attempted within the tests' 20 s (no notifier warning logged). Marked, not
-    # skipped: the tests still run and report XPASS/XFAIL; PostgreSQL's are unchanged.
-    callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and "sqlite" in callspec.id:
-        request.node.add_marker(pytest.mark.xfail(reason="known SQLite delivery flake", strict=False))
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     found = Receiver()
