@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -55,3 +57,17 @@ async def test_a_subscription_hears_only_its_channel() -> None:
     own = wakeup.subscribe("executions")
     wakeup.signal("schedules")
     assert await own.wait(0.01) is False
+
+
+async def test_every_follower_of_the_logs_hears_each_signal_and_one_that_left_is_let_go() -> None:
+    # Followers of executions' output come and go: each has its own wake-ups for as long as it
+    # follows (a shared one would wake only the first of them), and leaving lets it go.
+    wakeup = LocalWakeup()
+    with wakeup.subscribed("logs") as first, wakeup.subscribed("logs") as second:
+        wakeup.signal("logs")
+        assert await first.wait(0.01) is True
+        assert await second.wait(0.01) is True
+        left = weakref.ref(first)
+    del first, second
+    gc.collect()
+    assert left() is None

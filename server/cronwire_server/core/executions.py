@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from cronwire_server.auth.principal import current_actor
 from cronwire_server.core.model import (
@@ -17,6 +18,9 @@ from cronwire_server.core.model import (
 )
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ExecutionFilter
+
+if TYPE_CHECKING:
+    from cronwire_server.storage.wakeup import Subscription
 
 LOG_BATCH = 100
 # A follower re-reads at least this often, in case a wake-up from another replica was lost.
@@ -87,6 +91,19 @@ class ExecutionManager:
         self, namespace: str, execution_id: str, offset: int, follow: bool
     ) -> AsyncIterator[OutputPiece]:
         """The output from byte `offset` on; with `follow`, until the execution ends (then a final piece)."""
+        if not follow:
+            async for piece in self._output(namespace, execution_id, offset, None):
+                yield piece
+            return
+        # Each follower its own wake-ups, from before its first read: many may follow at once (a
+        # shared one is taken by whichever wakes first, and the others would wait a full poll).
+        with self._store.wakeup.subscribed("logs") as woken:
+            async for piece in self._output(namespace, execution_id, offset, woken):
+                yield piece
+
+    async def _output(
+        self, namespace: str, execution_id: str, offset: int, woken: Subscription | None
+    ) -> AsyncIterator[OutputPiece]:
         execution = await self._store.get_execution(namespace, execution_id)
         while True:
             chunks = await self._store.read_logs(namespace, execution_id, offset, LOG_BATCH)
@@ -105,7 +122,7 @@ class ExecutionManager:
                     offset += len(rest.encode())
                 yield OutputPiece(offset, "", execution.end_time, execution.state)
                 return
-            if not follow:
+            if woken is None:
                 return
-            await self._store.wakeup.wait("logs", FOLLOW_POLL)
+            await woken.wait(FOLLOW_POLL)
             execution = await self._store.get_execution(namespace, execution_id)

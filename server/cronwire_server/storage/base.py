@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -132,6 +133,9 @@ class Wakeup(Protocol):
 
     def subscribe(self, channel: str) -> Subscription:
         """Wake-ups of `channel` for one loop alone, which no other sleeper takes from it."""
+
+    def subscribed(self, channel: str) -> AbstractContextManager[Subscription]:
+        """`subscribe` for one of many sleepers that come and go, removed when it leaves."""
 
 
 class Store(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 
 import psycopg
 from sqlalchemy.engine import make_url
@@ -75,6 +76,16 @@ class LocalWakeup:
         subscription = Subscription()
         self._subscriptions[channel].append(subscription)
         return subscription
+
+    @contextlib.contextmanager
+    def subscribed(self, channel: str) -> Iterator[Subscription]:
+        """Wake-ups of `channel` for one of many sleepers that come and go (the followers of
+        executions' output), removed when it leaves."""
+        subscription = self.subscribe(channel)
+        try:
+            yield subscription
+        finally:
+            self._subscriptions[channel].remove(subscription)
 
     async def wait(self, channel: str, max_wait: float) -> bool:
         return await _take(self._events[channel], max_wait)
