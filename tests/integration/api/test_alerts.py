@@ -1,7 +1,7 @@
 """Alerts against a real server and database, with real local receivers: a signed webhook that
 gets one alert per incident and its resolution, Slack and PagerDuty payloads, mail received by an
-SMTP server over STARTTLS, LATE while every worker slot is busy and while no worker runs, and
-nothing sent to an address the server refuses."""
+SMTP server over STARTTLS and over implicit TLS (SMTPS), LATE while every worker slot is busy and
+while no worker runs, and nothing sent to an address the server refuses."""
 
 from __future__ import annotations
 
@@ -323,27 +323,44 @@ class Mailbox:
     tls: list[bool] = field(default_factory=list)
     logins: list[tuple[str, str, bool]] = field(default_factory=list)
 
+    # Set: the answer to the message instead of accepting it.
+    refusal: str = ""
+
     def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
         login, password = data.login.decode(), data.password.decode()
-        self.logins.append((login, password, session.ssl is not None))
+        self.logins.append((login, password, _over_tls(server, session)))
         return AuthResult(success=(login, password) == ("cronwire", "smtp-pass"))
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.refusal:
+            return self.refusal
         self.messages.append(envelope)
-        self.tls.append(session.ssl is not None)
+        self.tls.append(_over_tls(server, session))
         return "250 OK"
 
 
-async def test_mail_over_starttls_reaches_a_real_smtp_server(
-    api_of: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _over_tls(server: Any, session: Any) -> bool:
+    """After STARTTLS (the session's `ssl`) or on an implicit TLS connection (its transport's)."""
+    return session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None
+
+
+def _trusted_tls_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A server TLS context for 127.0.0.1, its certificate issued by a test CA that the server's
+    SMTP client trusts (SSL_CERT_FILE)."""
     authority = trustme.CA()
     certificate = authority.issue_cert("127.0.0.1")
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     certificate.configure_cert(server_context)
     ca_file = tmp_path / "ca.pem"
     authority.cert_pem.write_to_path(str(ca_file))
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the server's SMTP client trusts the test CA
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    return server_context
+
+
+async def test_mail_over_starttls_reaches_a_real_smtp_server(
+    api_of: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_context = _trusted_tls_context(tmp_path, monkeypatch)
     monkeypatch.setenv("CRONWIRE_SECRET_SMTP_PASSWORD", "smtp-pass")
     mailbox = Mailbox()
     port = _free_port()
@@ -389,6 +406,101 @@ async def test_mail_over_starttls_reaches_a_real_smtp_server(
     await eventually(
         lambda: _states(api, [notification_pb2.DELIVERY_STATE_DELIVERED]), 10, "the mail recorded delivered"
     )
+
+
+def _smtps_route(port: int) -> notification_pb2.EmailDestination:
+    return notification_pb2.EmailDestination(
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        security=notification_pb2.EMAIL_SECURITY_SMTPS,
+        username="cronwire",
+        password_secret="SMTP_PASSWORD",
+        from_address="cronwire@example.com",
+        to_addresses=["oncall@example.com", "backup@example.com"],
+    )
+
+
+def _smtps_server(mailbox: Mailbox, tls: ssl.SSLContext) -> Controller:
+    """An SMTP server that speaks TLS from the first byte (SMTPS, port 465 style): no STARTTLS
+    offered, the login taken over the implicit TLS connection only."""
+    return Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=_free_port(),
+        ssl_context=tls,
+        # AUTH offered on this connection (aiosmtpd counts STARTTLS only as TLS; this connection
+        # is TLS from its first byte): the test checks that the client logs in, and over TLS.
+        auth_require_tls=False,
+        authenticator=mailbox.authenticate,
+    )
+
+
+async def test_mail_over_smtps_reaches_a_real_smtp_server(
+    api_of: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tls = _trusted_tls_context(tmp_path, monkeypatch)
+    monkeypatch.setenv("CRONWIRE_SECRET_SMTP_PASSWORD", "smtp-pass")
+    mailbox = Mailbox()
+    smtp = _smtps_server(mailbox, tls)
+    smtp.start()
+    try:
+        api = await api_of(database_url, allow_private_networks=True)
+        mail = await _route(api, "mail", email=_smtps_route(smtp.port))
+        assert mail.email.security == notification_pb2.EMAIL_SECURITY_SMTPS
+        await _rule(api, "mail-failures", mail.name, [notification_pb2.ALERT_KIND_FAILED])
+        await _shell_job(api, "nightly", ["sh", "-c", "echo boom >&2; exit 3"])
+        await _run_to_end(api, "nightly")
+        await eventually(lambda: mailbox.messages, 20, "the mail")
+        delivered = await eventually(
+            lambda: _states(api, [notification_pb2.DELIVERY_STATE_DELIVERED]), 10, "the mail recorded"
+        )
+        assert delivered
+        record = (await _deliveries(api))[0]
+    finally:
+        smtp.stop()
+    assert mailbox.tls == [True]
+    # The password is the secret's value, sent once, over TLS.
+    assert mailbox.logins == [("cronwire", "smtp-pass", True)]
+    envelope = mailbox.messages[0]
+    assert envelope.mail_from == "cronwire@example.com"
+    assert envelope.rcpt_tos == ["oncall@example.com", "backup@example.com"]
+    text = envelope.content.decode()
+    assert f"Subject: [cronwire] FAILED: {NS}/jobs/nightly" in text
+    assert "exit code 3" in text
+    assert "smtp-pass" not in text
+    assert record.attempts == 1
+    assert "smtp-pass" not in str(record)
+
+
+async def test_an_smtp_password_quoted_by_the_server_is_masked_in_the_delivery(
+    api_of: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server takes the login, then refuses the message with a reply that quotes the password:
+    # the error recorded is the reply with the secret's value masked, and the send is retried.
+    tls = _trusted_tls_context(tmp_path, monkeypatch)
+    monkeypatch.setenv("CRONWIRE_SECRET_SMTP_PASSWORD", "smtp-pass")
+    mailbox = Mailbox(refusal="451 4.7.0 try again later, user cronwire password smtp-pass")
+    smtp = _smtps_server(mailbox, tls)
+    smtp.start()
+    try:
+        api = await api_of(database_url, allow_private_networks=True)
+        mail = await _route(api, "mail", email=_smtps_route(smtp.port))
+        await _rule(api, "mail-failures", mail.name, [notification_pb2.ALERT_KIND_FAILED])
+        await _shell_job(api, "nightly", ["false"])
+        await _run_to_end(api, "nightly")
+
+        async def attempted() -> notification_pb2.NotificationDelivery | None:
+            found = await _deliveries(api)
+            return found[0] if found and found[0].attempts >= 1 else None
+
+        delivery = await eventually(attempted, 20, "a refused attempt")
+    finally:
+        smtp.stop()
+    assert mailbox.logins == [("cronwire", "smtp-pass", True)]
+    assert mailbox.messages == []
+    assert delivery.state == notification_pb2.DELIVERY_STATE_PENDING  # a 4xx reply is retried
+    assert "try again later, user cronwire password ***" in delivery.error
+    assert "smtp-pass" not in str(delivery)
 
 
 async def test_no_mail_and_no_password_without_the_starttls_the_route_requires(
