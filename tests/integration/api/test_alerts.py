@@ -119,8 +119,10 @@ async def _serve(database_url: str, **settings: Any) -> RunningServer:
 
 
 @pytest.fixture
-async def api_of() -> AsyncIterator[Any]:
-    """Start servers with given settings; stubs on them."""
+async def api_of(fresh_database_url: Any) -> AsyncIterator[Any]:
+    """Start servers with given settings; stubs on them. They stop before the test's databases
+    are dropped (hence the fixture it depends on): a server whose database went away first
+    spends its shutdown retrying to put its running executions back."""
     started: list[tuple[RunningServer, grpc.aio.Channel]] = []
     servers: list[RunningServer] = []
 
