@@ -377,9 +377,13 @@ class Worker:
             request = await outbox.get()
             try:
                 await call.write(request)
-            except BaseException:
+            except BaseException as error:
                 if request.WhichOneof("message") in ("result", "release"):
                     self._pending.append(request)
+                if isinstance(error, asyncio.InvalidStateError):
+                    # grpc's word for a write to a stream the server already ended (a worker
+                    # thawed after its stream was closed): reconnect, like any broken stream.
+                    raise _Stop("the server ended the stream") from error
                 raise
             finally:
                 outbox.task_done()
