@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from cronwire._alerts import (
     AlertKind,
@@ -48,6 +50,36 @@ def _kind_names(kinds: list[AlertKind]) -> str:
     return ",".join(k.name for k in kinds)
 
 
+def _destination_flags(parser: argparse.ArgumentParser, *, create: bool) -> None:
+    where = parser.add_argument_group(
+        "destination (one of)"
+        if create
+        else "destination: one of --webhook, --slack, --pagerduty, --email replaces it (the flags "
+        "it does not give are kept if it is of the same kind); the other flags change one field of it"
+    )
+    where.add_argument("--webhook", metavar="URL", help="POST each alert as JSON to URL")
+    where.add_argument("--signing-secret", metavar="SECRET", help="webhook: sign the body with this secret")
+    where.add_argument("--slack", metavar="SECRET", help="the secret holding a Slack incoming webhook URL")
+    where.add_argument("--pagerduty", metavar="SECRET", help="the secret holding a PagerDuty routing key")
+    where.add_argument("--pagerduty-url", metavar="URL", help="PagerDuty: another Events API v2 URL")
+    where.add_argument("--email", metavar="TO[,TO]", help="mail the alerts to these addresses")
+    where.add_argument("--from", dest="from_address", metavar="ADDRESS", help="email: the sender")
+    where.add_argument("--smtp-host", metavar="HOST", help="email: the SMTP server")
+    where.add_argument(
+        "--smtp-port", type=int, default=0 if create else None, metavar="PORT", help="email: its port"
+    )
+    where.add_argument(
+        "--smtp-security",
+        choices=["starttls", "smtps", "none"],
+        default="starttls" if create else None,
+        help="email: how the connection is protected" + (" (default starttls)" if create else ""),
+    )
+    where.add_argument("--smtp-user", metavar="USER", help="email: the user to log in as")
+    where.add_argument(
+        "--smtp-password-secret", metavar="SECRET", help="email: the secret holding its password"
+    )
+
+
 def add_alert_commands(top: argparse._SubParsersAction[argparse.ArgumentParser], leaf: Leaf) -> None:
     alerts = top.add_parser(
         "notifications", help="alerts: where they go (routes), which go where (rules), what was sent"
@@ -70,29 +102,25 @@ def add_alert_commands(top: argparse._SubParsersAction[argparse.ArgumentParser],
         "--smtp-host smtp.example.com --smtp-user cronwire --smtp-password-secret SMTP_PASSWORD",
     )
     p.add_argument("name", help="the route's id (or full name)")
-    where = p.add_argument_group("destination (one of)")
-    where.add_argument("--webhook", metavar="URL", help="POST each alert as JSON to URL")
-    where.add_argument("--signing-secret", metavar="SECRET", help="webhook: sign the body with this secret")
-    where.add_argument("--slack", metavar="SECRET", help="the secret holding a Slack incoming webhook URL")
-    where.add_argument("--pagerduty", metavar="SECRET", help="the secret holding a PagerDuty routing key")
-    where.add_argument("--pagerduty-url", metavar="URL", help="PagerDuty: another Events API v2 URL")
-    where.add_argument("--email", metavar="TO[,TO]", help="mail the alerts to these addresses")
-    where.add_argument("--from", dest="from_address", metavar="ADDRESS", help="email: the sender")
-    where.add_argument("--smtp-host", metavar="HOST", help="email: the SMTP server")
-    where.add_argument("--smtp-port", type=int, default=0, metavar="PORT", help="email: its port")
-    where.add_argument(
-        "--smtp-security",
-        choices=["starttls", "smtps", "none"],
-        default="starttls",
-        help="email: how the connection is protected (default starttls)",
-    )
-    where.add_argument("--smtp-user", metavar="USER", help="email: the user to log in as")
-    where.add_argument(
-        "--smtp-password-secret", metavar="SECRET", help="email: the secret holding its password"
-    )
+    _destination_flags(p, create=True)
     p.add_argument("--max-per-hour", type=int, default=0, metavar="N", help="at most N a hour (default 30)")
     p.add_argument("--description", default="", help="free text")
     p.add_argument("--request-id", help="a retried create with the same id returns the first route")
+    p = leaf(
+        routes,
+        "update",
+        cmd_routes_update,
+        "change the fields given of a route",
+        epilog="examples:\n"
+        "  cronwire notifications routes update ops-hook --webhook https://ops.example.com/alerts\n"
+        "  cronwire notifications routes update mail --smtp-password-secret SMTP_PASSWORD_2026\n"
+        "  cronwire notifications routes update ops-hook --slack SLACK_WEBHOOK_URL --max-per-hour 60",
+    )
+    p.add_argument("name", help="the route (id or name)")
+    _destination_flags(p, create=False)
+    p.add_argument("--max-per-hour", type=int, metavar="N", help="at most N a hour (0: the default, 30)")
+    p.add_argument("--description", help="free text")
+    p.add_argument("--etag", help="update only if the route still has this etag")
     leaf(routes, "list", cmd_routes_list, "list the routes of the namespace")
     p = leaf(routes, "get", cmd_routes_get, "show a route")
     p.add_argument("name", help="the route (id or name)")
@@ -130,6 +158,37 @@ def add_alert_commands(top: argparse._SubParsersAction[argparse.ArgumentParser],
     )
     p.add_argument("--description", default="", help="free text")
     p.add_argument("--request-id", help="a retried create with the same id returns the first rule")
+    p = leaf(
+        rules,
+        "update",
+        cmd_rules_update,
+        "change the fields given of a rule",
+        epilog="examples:\n"
+        "  cronwire notifications rules update backup-failures --route pager\n"
+        "  cronwire notifications rules update backup-failures --on failed,timed-out --any-job "
+        "--label team=data",
+    )
+    p.add_argument("name", help="the rule (id or name)")
+    p.add_argument("--route", help="the route to notify (id or name)")
+    p.add_argument(
+        "--on", dest="kinds", type=_kinds, metavar="KIND[,KIND]", help="alert kinds (replacing the rule's)"
+    )
+    job = p.add_mutually_exclusive_group()
+    job.add_argument("--job", help="only alerts about this job")
+    job.add_argument("--any-job", action="store_true", help="alerts about any job again")
+    schedule = p.add_mutually_exclusive_group()
+    schedule.add_argument("--schedule", help="only alerts about this schedule")
+    schedule.add_argument("--any-schedule", action="store_true", help="alerts about any schedule again")
+    p.add_argument(
+        "--label",
+        action="append",
+        type=_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="only jobs with this label (merged into the rule's; KEY= removes it)",
+    )
+    p.add_argument("--description", help="free text")
+    p.add_argument("--etag", help="update only if the rule still has this etag")
     leaf(rules, "list", cmd_rules_list, "list the rules of the namespace")
     p = leaf(rules, "get", cmd_rules_get, "show a rule")
     p.add_argument("name", help="the rule (id or name)")
@@ -189,7 +248,7 @@ def rule_details(rule: NotificationRule) -> str:
             ("on", _kind_names(rule.kinds)),
             ("job", rule.job or "any"),
             ("schedule", rule.schedule or "any"),
-            ("labels", ", ".join(f"{k}={v}" for k, v in rule.labels.items())),
+            ("labels", ", ".join(f"{k}={v}" for k, v in sorted(rule.labels.items()))),
             ("description", rule.description),
             ("created", rule.create_time),
             ("etag", rule.etag),
@@ -256,8 +315,8 @@ def _destination(args: argparse.Namespace) -> Destination:
         smtp_host=args.smtp_host,
         from_address=args.from_address,
         to_addresses=[a.strip() for a in args.email.split(",") if a.strip()],
-        smtp_port=args.smtp_port,
-        security=EmailSecurity[args.smtp_security.upper()],
+        smtp_port=args.smtp_port or 0,
+        security=EmailSecurity[(args.smtp_security or "starttls").upper()],
         username=args.smtp_user or "",
         password_secret=args.smtp_password_secret or "",
     )
@@ -272,6 +331,86 @@ def cmd_routes_create(ctx: Context) -> int:
         max_per_hour=args.max_per_hour,
         request_id=args.request_id or "",
     )
+    ctx.show(route, lambda: route_details(route))
+    return EXIT_OK
+
+
+# The flags that change one field of a destination of their kind, by the field they set.
+_DESTINATION_FIELDS: dict[type[Any], dict[str, str]] = {
+    WebhookDestination: {"webhook": "url", "signing_secret": "signing_secret"},
+    SlackDestination: {"slack": "url_secret"},
+    PagerDutyDestination: {"pagerduty": "routing_key_secret", "pagerduty_url": "events_url"},
+    EmailDestination: {
+        "email": "to_addresses",
+        "from_address": "from_address",
+        "smtp_host": "smtp_host",
+        "smtp_port": "smtp_port",
+        "smtp_security": "security",
+        "smtp_user": "username",
+        "smtp_password_secret": "password_secret",
+    },
+}
+_KIND_FLAG: dict[type[Any], str] = {
+    WebhookDestination: "webhook",
+    SlackDestination: "slack",
+    PagerDutyDestination: "pagerduty",
+    EmailDestination: "email",
+}
+
+
+def _flag(attribute: str) -> str:
+    return "--from" if attribute == "from_address" else "--" + attribute.replace("_", "-")
+
+
+def _changed_destination(ctx: Context, route: str) -> tuple[Destination | None, str]:
+    """The route's destination as the flags change it, and the etag it was read with; None when
+    no destination flag is given."""
+    args = ctx.args
+    given = {
+        kind: [flag for flag in fields if getattr(args, flag) is not None]
+        for kind, fields in _DESTINATION_FIELDS.items()
+    }
+    touched = [kind for kind, flags in given.items() if flags]
+    if not touched:
+        return None, ""
+    named = [kind for kind in touched if getattr(args, _KIND_FLAG[kind]) is not None]
+    if len(touched) > 1:
+        flags = ", ".join(_flag(f) for kind in touched for f in given[kind])
+        raise UsageError(f"{flags}: flags of different destinations; give those of one")
+    kind = touched[0]
+    current = ctx.client.get_notification_route(route)
+    if isinstance(current.destination, kind):
+        changes: dict[str, Any] = {}
+        for flag in given[kind]:
+            value = getattr(args, flag)
+            if flag == "email":
+                value = [a.strip() for a in value.split(",") if a.strip()]
+            elif flag == "smtp_security":
+                value = EmailSecurity[value.upper()]
+            changes[_DESTINATION_FIELDS[kind][flag]] = value
+        return dataclasses.replace(current.destination, **changes), current.etag
+    if not named:
+        flags = ", ".join(_flag(f) for f in given[kind])
+        raise UsageError(
+            f"route {args.name} sends to {destination_text(current.destination)}; {flags}: flags "
+            f"of {_KIND_FLAG[kind]} destinations (give --{_KIND_FLAG[kind]} to replace it)"
+        )
+    return _destination(args), current.etag
+
+
+def cmd_routes_update(ctx: Context) -> int:
+    args = ctx.args
+    fields: dict[str, Any] = {}
+    destination, etag = _changed_destination(ctx, args.name)
+    if destination is not None:
+        fields["destination"] = destination
+    if args.max_per_hour is not None:
+        fields["max_per_hour"] = args.max_per_hour
+    if args.description is not None:
+        fields["description"] = args.description
+    if not fields:
+        raise UsageError("nothing to update: give at least one flag to change")
+    route = ctx.client.update_notification_route(args.name, etag=args.etag or etag, **fields)
     ctx.show(route, lambda: route_details(route))
     return EXIT_OK
 
@@ -326,6 +465,37 @@ def cmd_rules_create(ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_rules_update(ctx: Context) -> int:
+    args = ctx.args
+    etag = args.etag or ""
+    fields: dict[str, Any] = {}
+    if args.route is not None:
+        fields["route"] = args.route
+    if args.kinds is not None:
+        fields["kinds"] = args.kinds
+    if args.job is not None or args.any_job:
+        fields["job"] = args.job
+    if args.schedule is not None or args.any_schedule:
+        fields["schedule"] = args.schedule
+    if args.label:
+        current = ctx.client.get_notification_rule(args.name)
+        etag = etag or current.etag
+        fields["labels"] = _merged_labels(current.labels, args.label)
+    if args.description is not None:
+        fields["description"] = args.description
+    if not fields:
+        raise UsageError("nothing to update: give at least one flag to change")
+    rule = ctx.client.update_notification_rule(args.name, etag=etag, **fields)
+    ctx.show(rule, lambda: rule_details(rule))
+    return EXIT_OK
+
+
+def _merged_labels(current: dict[str, str], given: list[tuple[str, str]]) -> dict[str, str]:
+    """The labels with those given set, and those given as KEY= removed."""
+    merged = {**current, **dict(given)}
+    return {key: value for key, value in merged.items() if value != ""}
+
+
 def cmd_rules_list(ctx: Context) -> int:
     rules = list(ctx.client.iter_notification_rules())
     ctx.show(
@@ -339,7 +509,7 @@ def cmd_rules_list(ctx: Context) -> int:
                     _kind_names(r.kinds),
                     short(r.job, ctx.namespace) or "any",
                     short(r.schedule, ctx.namespace) or "any",
-                    ",".join(f"{k}={v}" for k, v in r.labels.items()),
+                    ",".join(f"{k}={v}" for k, v in sorted(r.labels.items())),
                 ]
                 for r in rules
             ],
@@ -408,6 +578,30 @@ def add_check_in_commands(top: argparse._SubParsersAction[argparse.ArgumentParse
         help="rules select by labels",
     )
     p.add_argument("--description", default="", help="free text")
+    p = leaf(
+        checkins,
+        "update",
+        cmd_checkins_update,
+        "change the fields given of a check-in (its token stays the same)",
+        epilog="a new trigger or --tz plans the awaited ping again: the first tick after the update;\n"
+        "a new --grace keeps the awaited tick and moves its deadline\n"
+        "examples:\n"
+        "  cronwire checkins update nightly-backup --cron '30 2 * * *' --grace 1h\n"
+        "  cronwire checkins update nightly-backup --label team=infra --label owner=",
+    )
+    p.add_argument("name", help="the check-in (id or name)")
+    trigger_flags(p)
+    p.add_argument("--grace", type=duration_arg, metavar="DURATION", help="how late a ping may come")
+    p.add_argument(
+        "--label",
+        action="append",
+        type=_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label (merged into the check-in's; KEY= removes it)",
+    )
+    p.add_argument("--description", help="free text")
+    p.add_argument("--etag", help="update only if the check-in still has this etag")
     leaf(checkins, "list", cmd_checkins_list, "list the check-ins of the namespace")
     p = leaf(checkins, "get", cmd_checkins_get, "show a check-in")
     p.add_argument("name", help="the check-in (id or name)")
@@ -430,7 +624,7 @@ def check_in_details(check_in: CheckIn) -> str:
             ("trigger", trigger_text(check_in.trigger)),
             ("time zone", check_in.time_zone),
             ("grace", check_in.grace),
-            ("labels", ", ".join(f"{k}={v}" for k, v in check_in.labels.items())),
+            ("labels", ", ".join(f"{k}={v}" for k, v in sorted(check_in.labels.items()))),
             ("next expected", check_in.next_expected_time),
             ("last ping", check_in.last_ping_time),
             ("last ping kind", check_in.last_ping_kind.name if check_in.last_ping_kind else None),
@@ -464,6 +658,34 @@ def cmd_checkins_create(ctx: Context) -> int:
         ctx.note("the token is shown only this once: ping with `cronwire checkins ping TOKEN`")
     else:
         ctx.print(dump({"check_in": to_document(created.check_in), "token": created.token}, ctx.fmt))
+    return EXIT_OK
+
+
+def cmd_checkins_update(ctx: Context) -> int:
+    args = ctx.args
+    etag = args.etag or ""
+    fields: dict[str, Any] = {}
+    current: CheckIn | None = None
+    if args.label or (args.at and args.tz is None):
+        current = ctx.client.get_check_in(args.name)
+        etag = etag or current.etag
+    # --at times without an offset are read in --tz, else in the check-in's zone.
+    _zoned(args, args.tz if args.tz is not None else current.time_zone if current else "")
+    trigger = _triggers(args)
+    if trigger is not None:
+        fields["trigger"] = trigger
+    if args.tz is not None:
+        fields["time_zone"] = args.tz
+    if args.grace is not None:
+        fields["grace"] = args.grace
+    if args.label and current is not None:
+        fields["labels"] = _merged_labels(current.labels, args.label)
+    if args.description is not None:
+        fields["description"] = args.description
+    if not fields:
+        raise UsageError("nothing to update: give at least one flag to change")
+    check_in = ctx.client.update_check_in(args.name, etag=etag, **fields)
+    ctx.show(check_in, lambda: check_in_details(check_in))
     return EXIT_OK
 
 

@@ -320,7 +320,11 @@ class CheckIn:
 
     def _to_proto(self) -> checkin_pb2.CheckIn:
         message = checkin_pb2.CheckIn(
-            name=self.name, description=self.description, time_zone=self.time_zone, labels=self.labels
+            name=self.name,
+            description=self.description,
+            time_zone=self.time_zone,
+            labels=self.labels,
+            etag=self.etag,
         )
         if self.trigger is not None:
             message.trigger.CopyFrom(trigger_to_proto(self.trigger))

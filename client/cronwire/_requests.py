@@ -11,6 +11,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 from google.protobuf import field_mask_pb2
 
+from cronwire._alerts import CheckIn, NotificationRoute, NotificationRule, alert_kinds
 from cronwire._convert import (
     ALL_NAMESPACES,
     dict_to_struct,
@@ -46,9 +47,11 @@ from cronwire._types import (
 )
 from cronwire.v1 import (
     calendar_service_pb2,
+    checkin_service_pb2,
     event_service_pb2,
     execution_service_pb2,
     job_service_pb2,
+    notification_service_pb2,
     schedule_pb2,
     schedule_service_pb2,
 )
@@ -390,6 +393,69 @@ class Requests:
             setattr(calendar, key, value)
         return calendar_service_pb2.UpdateCalendarRequest(
             calendar=calendar._to_proto(), update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
+
+    # Alerts
+
+    def update_notification_route(
+        self, name: str, etag: str, fields: Mapping[str, Any]
+    ) -> notification_service_pb2.UpdateNotificationRouteRequest:
+        paths, given = _mask(fields)
+        route = NotificationRoute(name=name, etag=etag)
+        for key, value in given.items():
+            if key == "destination":
+                if value is None:
+                    raise ValueError("a route needs a destination")
+                route.destination = value
+            elif key == "description":
+                route.description = value or ""
+            else:
+                route.max_per_hour = value or 0
+        message = route._to_proto()
+        # The destination is a oneof: the mask names the member given, which replaces the current one.
+        member = message.WhichOneof("destination") or "destination"
+        masked = sorted(member if path == "destination" else path for path in paths)
+        return notification_service_pb2.UpdateNotificationRouteRequest(
+            route=message, update_mask=field_mask_pb2.FieldMask(paths=masked)
+        )
+
+    def update_notification_rule(
+        self, name: str, etag: str, fields: Mapping[str, Any]
+    ) -> notification_service_pb2.UpdateNotificationRuleRequest:
+        paths, given = _mask(fields)
+        rule = NotificationRule(name=name, etag=etag)
+        ns = split_name(name)[0] or self.namespace
+        for key, value in given.items():
+            if key == "route":
+                ref = value.name if isinstance(value, NotificationRoute) else value
+                rule.route = resource_name("route", ref, ns)
+            elif key == "kinds":
+                rule.kinds = alert_kinds(value or ())
+            elif key == "job":
+                rule.job = self.job_name(value, ns) if value is not None else ""
+            elif key == "schedule":
+                rule.schedule = self.schedule_name(value, ns) if value is not None else ""
+            elif key == "labels":
+                rule.labels = dict(value or {})
+            else:
+                rule.description = value or ""
+        return notification_service_pb2.UpdateNotificationRuleRequest(
+            rule=rule._to_proto(), update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
+
+    def update_check_in(
+        self, name: str, etag: str, fields: Mapping[str, Any]
+    ) -> checkin_service_pb2.UpdateCheckInRequest:
+        paths, given = _mask(fields)
+        check_in = CheckIn(name=name, etag=etag)
+        for key, value in given.items():
+            if key in ("description", "time_zone"):
+                value = value or ""
+            elif key == "labels":
+                value = dict(value or {})
+            setattr(check_in, key, value)
+        return checkin_service_pb2.UpdateCheckInRequest(
+            check_in=check_in._to_proto(), update_mask=field_mask_pb2.FieldMask(paths=paths)
         )
 
     # Executions

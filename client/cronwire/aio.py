@@ -783,6 +783,35 @@ class AsyncClient:
             )
         )
 
+    async def update_notification_route(
+        self,
+        route: str | NotificationRoute,
+        *,
+        destination: Maybe | Destination = UNSET,
+        description: Maybe | str = UNSET,
+        max_per_hour: Maybe | int | None = UNSET,
+        etag: str = "",
+        validate_only: bool = False,
+    ) -> NotificationRoute:
+        """Change the fields given (the others stay as they are) and return the route.
+
+        A `destination` replaces the route's whole destination, of whatever kind; `None` resets
+        `max_per_hour` to the server's default. With `etag` (by default that of a
+        `NotificationRoute` passed as `route`) it raises Conflict if the route changed. With
+        `validate_only` the server checks the update and returns the route as it would be, but
+        stores nothing.
+        """
+        fields = {"destination": destination, "description": description, "max_per_hour": max_per_hour}
+        request = self._requests.update_notification_route(
+            self._route_name(route),
+            etag or (route.etag if isinstance(route, NotificationRoute) else ""),
+            fields,
+        )
+        request.validate_only = validate_only
+        return NotificationRoute._from_proto(
+            (await self._call(self._alerts.UpdateNotificationRoute, request)).route
+        )
+
     async def delete_notification_route(self, route: str | NotificationRoute, *, etag: str = "") -> None:
         """Delete a route; FailedPrecondition while a rule names it."""
         request = notification_service_pb2.DeleteNotificationRouteRequest(
@@ -852,6 +881,42 @@ class AsyncClient:
             lambda token: self.list_notification_rules(
                 page_size=page_size, page_token=token, namespace=namespace
             )
+        )
+
+    async def update_notification_rule(
+        self,
+        rule: str | NotificationRule,
+        *,
+        route: Maybe | str | NotificationRoute = UNSET,
+        kinds: Maybe | Iterable[AlertKind | str] = UNSET,
+        job: Maybe | JobRef | None = UNSET,
+        schedule: Maybe | ScheduleRef | None = UNSET,
+        labels: Maybe | Mapping[str, str] | None = UNSET,
+        description: Maybe | str = UNSET,
+        etag: str = "",
+        validate_only: bool = False,
+    ) -> NotificationRule:
+        """Change the fields given (the others stay as they are) and return the rule.
+
+        `kinds` and `labels` replace the rule's whole list and map; `None` for `job`, `schedule`
+        or `labels` selects any again. With `etag` (by default that of a `NotificationRule`
+        passed as `rule`) it raises Conflict if the rule changed. With `validate_only` the server
+        checks the update and returns the rule as it would be, but stores nothing.
+        """
+        fields = {
+            "route": route,
+            "kinds": kinds,
+            "job": job,
+            "schedule": schedule,
+            "labels": labels,
+            "description": description,
+        }
+        request = self._requests.update_notification_rule(
+            self._rule_name(rule), etag or (rule.etag if isinstance(rule, NotificationRule) else ""), fields
+        )
+        request.validate_only = validate_only
+        return NotificationRule._from_proto(
+            (await self._call(self._alerts.UpdateNotificationRule, request)).rule
         )
 
     async def delete_notification_rule(self, rule: str | NotificationRule, *, etag: str = "") -> None:
@@ -963,6 +1028,43 @@ class AsyncClient:
         return self._pages(
             lambda token: self.list_check_ins(page_size=page_size, page_token=token, namespace=namespace)
         )
+
+    async def update_check_in(
+        self,
+        check_in: str | CheckIn,
+        *,
+        trigger: Maybe | Trigger = UNSET,
+        time_zone: Maybe | str = UNSET,
+        grace: Maybe | timedelta | None = UNSET,
+        labels: Maybe | Mapping[str, str] | None = UNSET,
+        description: Maybe | str = UNSET,
+        etag: str = "",
+        validate_only: bool = False,
+    ) -> CheckIn:
+        """Change the fields given (the others stay as they are) and return the check-in; its
+        token stays the same.
+
+        A new `trigger` or `time_zone` plans the awaited tick again: the first of the new plan
+        after the update. A new `grace` keeps the awaited tick and moves its deadline. `None`
+        resets `grace` to its default (5 minutes) and clears `labels`. With `etag` (by default
+        that of a `CheckIn` passed as `check_in`) it raises Conflict if the check-in changed.
+        With `validate_only` the server checks the update and returns the check-in as it would
+        be, but stores nothing.
+        """
+        fields = {
+            "trigger": trigger,
+            "time_zone": time_zone,
+            "grace": grace,
+            "labels": labels,
+            "description": description,
+        }
+        request = self._requests.update_check_in(
+            self._check_in_name(check_in),
+            etag or (check_in.etag if isinstance(check_in, CheckIn) else ""),
+            fields,
+        )
+        request.validate_only = validate_only
+        return CheckIn._from_proto((await self._call(self._check_ins.UpdateCheckIn, request)).check_in)
 
     async def delete_check_in(self, check_in: str | CheckIn, *, etag: str = "") -> None:
         """Delete a check-in; its token stops working."""

@@ -22,36 +22,41 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from cronwire.v1 import checkin_pb2 as cronwire_dot_v1_dot_checkin__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!cronwire/v1/checkin_service.proto\x12\x0b\x63ronwire.v1\x1a\x19\x63ronwire/v1/checkin.proto\"z\n\x14\x43reateCheckInRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0b\x63heck_in_id\x18\x02 \x01(\t\x12&\n\x08\x63heck_in\x18\x03 \x01(\x0b\x32\x14.cronwire.v1.CheckIn\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\"N\n\x15\x43reateCheckInResponse\x12&\n\x08\x63heck_in\x18\x01 \x01(\x0b\x32\x14.cronwire.v1.CheckIn\x12\r\n\x05token\x18\x02 \x01(\t\"!\n\x11GetCheckInRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x12GetCheckInResponse\x12&\n\x08\x63heck_in\x18\x01 \x01(\x0b\x32\x14.cronwire.v1.CheckIn\"L\n\x13ListCheckInsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x14ListCheckInsResponse\x12\'\n\tcheck_ins\x18\x01 \x03(\x0b\x32\x14.cronwire.v1.CheckIn\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x14\x44\x65leteCheckInRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x17\n\x15\x44\x65leteCheckInResponse\"K\n\x0e\x43heckInRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.cronwire.v1.CheckInPingKind\"9\n\x0f\x43heckInResponse\x12&\n\x08\x63heck_in\x18\x01 \x01(\x0b\x32\x14.cronwire.v1.CheckIn2\xaa\x03\n\x0e\x43heckInService\x12V\n\rCreateCheckIn\x12!.cronwire.v1.CreateCheckInRequest\x1a\".cronwire.v1.CreateCheckInResponse\x12M\n\nGetCheckIn\x12\x1e.cronwire.v1.GetCheckInRequest\x1a\x1f.cronwire.v1.GetCheckInResponse\x12S\n\x0cListCheckIns\x12 .cronwire.v1.ListCheckInsRequest\x1a!.cronwire.v1.ListCheckInsResponse\x12V\n\rDeleteCheckIn\x12!.cronwire.v1.DeleteCheckInRequest\x1a\".cronwire.v1.DeleteCheckInResponse\x12\x44\n\x07\x43heckIn\x12\x1b.cronwire.v1.CheckInRequest\x1a\x1c.cronwire.v1.CheckInResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!cronwire/v1/checkin_service.proto\x12\x0b\x63ronwire.v1\x1a google/protobuf/field_mask.proto\x1a\x19\x63ronwire/v1/checkin.proto\"z\n\x14\x43reateCheckInRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0b\x63heck_in_id\x18\x02 \x01(\t\x12&\n\x08\x63heck_in\x18\x03 \x01(\x0b\x32\x14.cronwire.v1.CheckIn\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\"N\n\x15\x43reateCheckInResponse\x12&\n\x08\x63heck_in\x18\x01 \x01(\x0b\x32\x14.cronwire.v1.CheckIn\x12\r\n\x05token\x18\x02 \x01(\t\"!\n\x11GetCheckInRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x12GetCheckInResponse\x12&\n\x08\x63heck_in\x18\x01 \x01(\x0b\x32\x14.cronwire.v1.CheckIn\"L\n\x13ListCheckInsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x14ListCheckInsResponse\x12\'\n\tcheck_ins\x18\x01 \x03(\x0b\x32\x14.cronwire.v1.CheckIn\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x86\x01\n\x14UpdateCheckInRequest\x12&\n\x08\x63heck_in\x18\x01 \x01(\x0b\x32\x14.cronwire.v1.CheckIn\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"?\n\x15UpdateCheckInResponse\x12&\n\x08\x63heck_in\x18\x01 \x01(\x0b\x32\x14.cronwire.v1.CheckIn\"2\n\x14\x44\x65leteCheckInRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x17\n\x15\x44\x65leteCheckInResponse\"K\n\x0e\x43heckInRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.cronwire.v1.CheckInPingKind\"9\n\x0f\x43heckInResponse\x12&\n\x08\x63heck_in\x18\x01 \x01(\x0b\x32\x14.cronwire.v1.CheckIn2\x82\x04\n\x0e\x43heckInService\x12V\n\rCreateCheckIn\x12!.cronwire.v1.CreateCheckInRequest\x1a\".cronwire.v1.CreateCheckInResponse\x12M\n\nGetCheckIn\x12\x1e.cronwire.v1.GetCheckInRequest\x1a\x1f.cronwire.v1.GetCheckInResponse\x12S\n\x0cListCheckIns\x12 .cronwire.v1.ListCheckInsRequest\x1a!.cronwire.v1.ListCheckInsResponse\x12V\n\rUpdateCheckIn\x12!.cronwire.v1.UpdateCheckInRequest\x1a\".cronwire.v1.UpdateCheckInResponse\x12V\n\rDeleteCheckIn\x12!.cronwire.v1.DeleteCheckInRequest\x1a\".cronwire.v1.DeleteCheckInResponse\x12\x44\n\x07\x43heckIn\x12\x1b.cronwire.v1.CheckInRequest\x1a\x1c.cronwire.v1.CheckInResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cronwire.v1.checkin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATECHECKINREQUEST']._serialized_start=77
-  _globals['_CREATECHECKINREQUEST']._serialized_end=199
-  _globals['_CREATECHECKINRESPONSE']._serialized_start=201
-  _globals['_CREATECHECKINRESPONSE']._serialized_end=279
-  _globals['_GETCHECKINREQUEST']._serialized_start=281
-  _globals['_GETCHECKINREQUEST']._serialized_end=314
-  _globals['_GETCHECKINRESPONSE']._serialized_start=316
-  _globals['_GETCHECKINRESPONSE']._serialized_end=376
-  _globals['_LISTCHECKINSREQUEST']._serialized_start=378
-  _globals['_LISTCHECKINSREQUEST']._serialized_end=454
-  _globals['_LISTCHECKINSRESPONSE']._serialized_start=456
-  _globals['_LISTCHECKINSRESPONSE']._serialized_end=544
-  _globals['_DELETECHECKINREQUEST']._serialized_start=546
-  _globals['_DELETECHECKINREQUEST']._serialized_end=596
-  _globals['_DELETECHECKINRESPONSE']._serialized_start=598
-  _globals['_DELETECHECKINRESPONSE']._serialized_end=621
-  _globals['_CHECKINREQUEST']._serialized_start=623
-  _globals['_CHECKINREQUEST']._serialized_end=698
-  _globals['_CHECKINRESPONSE']._serialized_start=700
-  _globals['_CHECKINRESPONSE']._serialized_end=757
-  _globals['_CHECKINSERVICE']._serialized_start=760
-  _globals['_CHECKINSERVICE']._serialized_end=1186
+  _globals['_CREATECHECKINREQUEST']._serialized_start=111
+  _globals['_CREATECHECKINREQUEST']._serialized_end=233
+  _globals['_CREATECHECKINRESPONSE']._serialized_start=235
+  _globals['_CREATECHECKINRESPONSE']._serialized_end=313
+  _globals['_GETCHECKINREQUEST']._serialized_start=315
+  _globals['_GETCHECKINREQUEST']._serialized_end=348
+  _globals['_GETCHECKINRESPONSE']._serialized_start=350
+  _globals['_GETCHECKINRESPONSE']._serialized_end=410
+  _globals['_LISTCHECKINSREQUEST']._serialized_start=412
+  _globals['_LISTCHECKINSREQUEST']._serialized_end=488
+  _globals['_LISTCHECKINSRESPONSE']._serialized_start=490
+  _globals['_LISTCHECKINSRESPONSE']._serialized_end=578
+  _globals['_UPDATECHECKINREQUEST']._serialized_start=581
+  _globals['_UPDATECHECKINREQUEST']._serialized_end=715
+  _globals['_UPDATECHECKINRESPONSE']._serialized_start=717
+  _globals['_UPDATECHECKINRESPONSE']._serialized_end=780
+  _globals['_DELETECHECKINREQUEST']._serialized_start=782
+  _globals['_DELETECHECKINREQUEST']._serialized_end=832
+  _globals['_DELETECHECKINRESPONSE']._serialized_start=834
+  _globals['_DELETECHECKINRESPONSE']._serialized_end=857
+  _globals['_CHECKINREQUEST']._serialized_start=859
+  _globals['_CHECKINREQUEST']._serialized_end=934
+  _globals['_CHECKINRESPONSE']._serialized_start=936
+  _globals['_CHECKINRESPONSE']._serialized_end=993
+  _globals['_CHECKINSERVICE']._serialized_start=996
+  _globals['_CHECKINSERVICE']._serialized_end=1510
 # @@protoc_insertion_point(module_scope)

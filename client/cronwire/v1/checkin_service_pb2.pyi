@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from cronwire.v1 import checkin_pb2 as _checkin_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
@@ -190,6 +191,71 @@ class ListCheckInsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCheckInsResponse: _TypeAlias = ListCheckInsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateCheckInRequest(_message.Message):
+    """The request of CheckInService.UpdateCheckIn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECK_IN_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Optional. Only check the update (AIP-163) and return the check-in as it
+    would be, storing nothing.
+    """
+    @_builtins.property
+    def check_in(self) -> _checkin_pb2.CheckIn:
+        """Required. The new values; `check_in.name` says which. If `check_in.etag`
+        is set, it must be the current etag.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Optional. The fields to change: `description`, `trigger`, `time_zone`,
+        `grace`, `labels`. Omitted: every field that is set. `*`: every field,
+        unset ones reset to their defaults. Output-only fields are ignored.
+        """
+
+    def __init__(
+        self,
+        *,
+        check_in: _checkin_pb2.CheckIn | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        validate_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check_in", b"check_in", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_in", b"check_in", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateCheckInRequest: _TypeAlias = UpdateCheckInRequest  # noqa: Y015
+
+@_typing.final
+class UpdateCheckInResponse(_message.Message):
+    """The response of CheckInService.UpdateCheckIn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECK_IN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def check_in(self) -> _checkin_pb2.CheckIn:
+        """As stored after the update."""
+
+    def __init__(
+        self,
+        *,
+        check_in: _checkin_pb2.CheckIn | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check_in", b"check_in"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_in", b"check_in"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateCheckInResponse: _TypeAlias = UpdateCheckInResponse  # noqa: Y015
 
 @_typing.final
 class DeleteCheckInRequest(_message.Message):

@@ -29,9 +29,7 @@ class CheckInServiceStub:
     """Manages check-ins and takes their pings.
 
     Departures from the AIPs, with reasons: every RPC answers with its own
-    `XxxResponse` (buf STANDARD lint; room to grow), Delete included. A
-    check-in has no Update yet: delete it and create it again (its token
-    changes).
+    `XxxResponse` (buf STANDARD lint; room to grow), Delete included.
     """
 
     def __init__(self, channel):
@@ -55,6 +53,11 @@ class CheckInServiceStub:
                 request_serializer=cronwire_dot_v1_dot_checkin__service__pb2.ListCheckInsRequest.SerializeToString,
                 response_deserializer=cronwire_dot_v1_dot_checkin__service__pb2.ListCheckInsResponse.FromString,
                 _registered_method=True)
+        self.UpdateCheckIn = channel.unary_unary(
+                '/cronwire.v1.CheckInService/UpdateCheckIn',
+                request_serializer=cronwire_dot_v1_dot_checkin__service__pb2.UpdateCheckInRequest.SerializeToString,
+                response_deserializer=cronwire_dot_v1_dot_checkin__service__pb2.UpdateCheckInResponse.FromString,
+                _registered_method=True)
         self.DeleteCheckIn = channel.unary_unary(
                 '/cronwire.v1.CheckInService/DeleteCheckIn',
                 request_serializer=cronwire_dot_v1_dot_checkin__service__pb2.DeleteCheckInRequest.SerializeToString,
@@ -71,9 +74,7 @@ class CheckInServiceServicer:
     """Manages check-ins and takes their pings.
 
     Departures from the AIPs, with reasons: every RPC answers with its own
-    `XxxResponse` (buf STANDARD lint; room to grow), Delete included. A
-    check-in has no Update yet: delete it and create it again (its token
-    changes).
+    `XxxResponse` (buf STANDARD lint; room to grow), Delete included.
     """
 
     def CreateCheckIn(self, request, context):
@@ -92,6 +93,18 @@ class CheckInServiceServicer:
 
     def ListCheckIns(self, request, context):
         """Lists the check-ins of a namespace in id order, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCheckIn(self, request, context):
+        """Updates the fields of a check-in that `update_mask` names; its token is
+        kept. A stale `etag` fails with ABORTED. A changed trigger or time zone
+        plans the awaited tick again, as at create: the first tick of the new
+        plan after the update, on the database's clock (a tick of the old plan
+        not yet pinged is no longer awaited). A changed grace keeps the awaited
+        tick and moves its deadline (the tick plus the new grace).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,6 +144,11 @@ def add_CheckInServiceServicer_to_server(servicer, server):
                     request_deserializer=cronwire_dot_v1_dot_checkin__service__pb2.ListCheckInsRequest.FromString,
                     response_serializer=cronwire_dot_v1_dot_checkin__service__pb2.ListCheckInsResponse.SerializeToString,
             ),
+            'UpdateCheckIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCheckIn,
+                    request_deserializer=cronwire_dot_v1_dot_checkin__service__pb2.UpdateCheckInRequest.FromString,
+                    response_serializer=cronwire_dot_v1_dot_checkin__service__pb2.UpdateCheckInResponse.SerializeToString,
+            ),
             'DeleteCheckIn': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteCheckIn,
                     request_deserializer=cronwire_dot_v1_dot_checkin__service__pb2.DeleteCheckInRequest.FromString,
@@ -153,9 +171,7 @@ class CheckInService:
     """Manages check-ins and takes their pings.
 
     Departures from the AIPs, with reasons: every RPC answers with its own
-    `XxxResponse` (buf STANDARD lint; room to grow), Delete included. A
-    check-in has no Update yet: delete it and create it again (its token
-    changes).
+    `XxxResponse` (buf STANDARD lint; room to grow), Delete included.
     """
 
     @staticmethod
@@ -229,6 +245,33 @@ class CheckInService:
             '/cronwire.v1.CheckInService/ListCheckIns',
             cronwire_dot_v1_dot_checkin__service__pb2.ListCheckInsRequest.SerializeToString,
             cronwire_dot_v1_dot_checkin__service__pb2.ListCheckInsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCheckIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cronwire.v1.CheckInService/UpdateCheckIn',
+            cronwire_dot_v1_dot_checkin__service__pb2.UpdateCheckInRequest.SerializeToString,
+            cronwire_dot_v1_dot_checkin__service__pb2.UpdateCheckInResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,9 +30,7 @@ class CheckInServiceStub:
     """Manages check-ins and takes their pings.
 
     Departures from the AIPs, with reasons: every RPC answers with its own
-    `XxxResponse` (buf STANDARD lint; room to grow), Delete included. A
-    check-in has no Update yet: delete it and create it again (its token
-    changes).
+    `XxxResponse` (buf STANDARD lint; room to grow), Delete included.
     """
 
     @_typing.overload
@@ -45,6 +43,14 @@ class CheckInServiceStub:
     """Gets a check-in by name. Fails with NOT_FOUND if there is none."""
     ListCheckIns: _grpc.UnaryUnaryMultiCallable[_checkin_service_pb2.ListCheckInsRequest, _checkin_service_pb2.ListCheckInsResponse]
     """Lists the check-ins of a namespace in id order, a page at a time."""
+    UpdateCheckIn: _grpc.UnaryUnaryMultiCallable[_checkin_service_pb2.UpdateCheckInRequest, _checkin_service_pb2.UpdateCheckInResponse]
+    """Updates the fields of a check-in that `update_mask` names; its token is
+    kept. A stale `etag` fails with ABORTED. A changed trigger or time zone
+    plans the awaited tick again, as at create: the first tick of the new
+    plan after the update, on the database's clock (a tick of the old plan
+    not yet pinged is no longer awaited). A changed grace keeps the awaited
+    tick and moves its deadline (the tick plus the new grace).
+    """
     DeleteCheckIn: _grpc.UnaryUnaryMultiCallable[_checkin_service_pb2.DeleteCheckInRequest, _checkin_service_pb2.DeleteCheckInResponse]
     """Deletes a check-in; its token stops working."""
     CheckIn: _grpc.UnaryUnaryMultiCallable[_checkin_service_pb2.CheckInRequest, _checkin_service_pb2.CheckInResponse]
@@ -58,9 +64,7 @@ class CheckInServiceAsyncStub(CheckInServiceStub):
     """Manages check-ins and takes their pings.
 
     Departures from the AIPs, with reasons: every RPC answers with its own
-    `XxxResponse` (buf STANDARD lint; room to grow), Delete included. A
-    check-in has no Update yet: delete it and create it again (its token
-    changes).
+    `XxxResponse` (buf STANDARD lint; room to grow), Delete included.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -70,6 +74,14 @@ class CheckInServiceAsyncStub(CheckInServiceStub):
     """Gets a check-in by name. Fails with NOT_FOUND if there is none."""
     ListCheckIns: _aio.UnaryUnaryMultiCallable[_checkin_service_pb2.ListCheckInsRequest, _checkin_service_pb2.ListCheckInsResponse]  # type: ignore[assignment]
     """Lists the check-ins of a namespace in id order, a page at a time."""
+    UpdateCheckIn: _aio.UnaryUnaryMultiCallable[_checkin_service_pb2.UpdateCheckInRequest, _checkin_service_pb2.UpdateCheckInResponse]  # type: ignore[assignment]
+    """Updates the fields of a check-in that `update_mask` names; its token is
+    kept. A stale `etag` fails with ABORTED. A changed trigger or time zone
+    plans the awaited tick again, as at create: the first tick of the new
+    plan after the update, on the database's clock (a tick of the old plan
+    not yet pinged is no longer awaited). A changed grace keeps the awaited
+    tick and moves its deadline (the tick plus the new grace).
+    """
     DeleteCheckIn: _aio.UnaryUnaryMultiCallable[_checkin_service_pb2.DeleteCheckInRequest, _checkin_service_pb2.DeleteCheckInResponse]  # type: ignore[assignment]
     """Deletes a check-in; its token stops working."""
     CheckIn: _aio.UnaryUnaryMultiCallable[_checkin_service_pb2.CheckInRequest, _checkin_service_pb2.CheckInResponse]  # type: ignore[assignment]
@@ -82,9 +94,7 @@ class CheckInServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages check-ins and takes their pings.
 
     Departures from the AIPs, with reasons: every RPC answers with its own
-    `XxxResponse` (buf STANDARD lint; room to grow), Delete included. A
-    check-in has no Update yet: delete it and create it again (its token
-    changes).
+    `XxxResponse` (buf STANDARD lint; room to grow), Delete included.
     """
 
     @_abc_1.abstractmethod
@@ -110,6 +120,20 @@ class CheckInServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_checkin_service_pb2.ListCheckInsResponse, _abc.Awaitable[_checkin_service_pb2.ListCheckInsResponse]]:
         """Lists the check-ins of a namespace in id order, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def UpdateCheckIn(
+        self,
+        request: _checkin_service_pb2.UpdateCheckInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_checkin_service_pb2.UpdateCheckInResponse, _abc.Awaitable[_checkin_service_pb2.UpdateCheckInResponse]]:
+        """Updates the fields of a check-in that `update_mask` names; its token is
+        kept. A stale `etag` fails with ABORTED. A changed trigger or time zone
+        plans the awaited tick again, as at create: the first tick of the new
+        plan after the update, on the database's clock (a tick of the old plan
+        not yet pinged is no longer awaited). A changed grace keeps the awaited
+        tick and moves its deadline (the tick plus the new grace).
+        """
 
     @_abc_1.abstractmethod
     def DeleteCheckIn(

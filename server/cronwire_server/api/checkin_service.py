@@ -10,6 +10,7 @@ import grpc
 
 from cronwire.v1 import checkin_pb2, checkin_service_pb2, checkin_service_pb2_grpc
 from cronwire_server.api import convert, fields, scope
+from cronwire_server.api.masks import mask_paths, merge
 from cronwire_server.api.paging import encode_token, page_from_request
 from cronwire_server.api.status import unary
 from cronwire_server.auth import principal
@@ -20,6 +21,20 @@ from cronwire_server.core.model import AllOfSpec, AnyOfSpec, BusinessDaySpec, Tr
 from cronwire_server.storage.sql_notifications import NotificationStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+MUTABLE = frozenset({"description", "trigger", "time_zone", "grace", "labels"})
+OUTPUT_ONLY = frozenset(
+    {
+        "name",
+        "next_expected_time",
+        "last_ping_time",
+        "last_ping_kind",
+        "last_duration",
+        "missed",
+        "create_time",
+        "etag",
+    }
+)
 
 _KIND = {
     checkin_pb2.CHECK_IN_PING_KIND_UNSPECIFIED: PingKind.SUCCESS,
@@ -140,6 +155,35 @@ class CheckInService(checkin_service_pb2_grpc.CheckInServiceServicer):
             check_ins=[check_in_to_pb(c) for c in listing.items],
             next_page_token=encode_token(listing.next_after, filters),
         )
+
+    @unary
+    async def UpdateCheckIn(
+        self, request: checkin_service_pb2.UpdateCheckInRequest, context: Context
+    ) -> checkin_service_pb2.UpdateCheckInResponse:
+        fields.required(request.HasField("check_in"), "check_in")
+        update = request.check_in
+        name = scope.name(update.name, "check_in", "check_in.name")
+        mask = request.update_mask if request.HasField("update_mask") else None
+        paths = mask_paths(update, mask, mutable=MUTABLE, output_only=OUTPUT_ONLY)
+
+        def change(current: CheckIn) -> CheckIn:
+            # Checked before anything is written, in the transaction that writes it.
+            merged = check_in_to_pb(current)
+            merge(merged, update, paths)
+            updated = check_in_from_pb(merged, name.namespace, name.id)
+            updated.create_time = current.create_time
+            return updated
+
+        with fields.under("check_in"):
+            updated = await self._store.update_check_in(
+                name.namespace,
+                name.id,
+                change,
+                update.etag,
+                checkins.next_tick,
+                validate_only=request.validate_only,
+            )
+        return checkin_service_pb2.UpdateCheckInResponse(check_in=check_in_to_pb(updated))
 
     @unary
     async def DeleteCheckIn(

@@ -47,6 +47,7 @@ REQUIRED_ROLES: dict[str, Role] = {
     "/cronwire.v1.CheckInService/CreateCheckIn": _E,
     "/cronwire.v1.CheckInService/GetCheckIn": _V,
     "/cronwire.v1.CheckInService/ListCheckIns": _V,
+    "/cronwire.v1.CheckInService/UpdateCheckIn": _E,
     "/cronwire.v1.CheckInService/DeleteCheckIn": _E,
     # A ping: a key that may read the check-in's namespace, and the check-in's token.
     "/cronwire.v1.CheckInService/CheckIn": _V,

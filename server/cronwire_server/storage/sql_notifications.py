@@ -18,7 +18,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -547,6 +547,63 @@ class NotificationStore:
 
     async def list_check_ins(self, namespace: str, page: Page) -> Listing[CheckIn]:
         return await self._run(self._list, check_ins, namespace, page, _check_in)
+
+    async def update_check_in(
+        self,
+        namespace: str,
+        check_in_id: str,
+        change: Callable[[CheckIn], CheckIn],
+        expected_etag: str,
+        next_after: Callable[[CheckIn, datetime], datetime | None],
+        *,
+        validate_only: bool = False,
+    ) -> CheckIn:
+        """Apply `change` to the stored check-in, in one transaction with its row locked (a ping
+        waits for it, or it for the ping). `change` checks and may raise: nothing is written
+        then. A changed trigger or time zone plans the awaited tick again, the first after now
+        on the database's clock; a changed grace keeps it (its deadline is tick + grace).
+        With `validate_only` the check-in is returned as it would be stored, and nothing is."""
+
+        def work(conn: Connection, now: datetime) -> CheckIn:
+            key = [check_ins.c.namespace == namespace, check_ins.c.id == check_in_id]
+            query = sa.select(check_ins).where(*key)
+            row = conn.execute(query.with_for_update() if self._postgres else query).first()
+            name = format_name("check_in", namespace, check_in_id)
+            if row is None:
+                raise errors.NotFound("check_in", name)
+            current = _check_in(row._mapping)
+            if expected_etag and expected_etag != current.etag:
+                raise errors.EtagMismatch("check_in", name)
+            updated = change(current)
+            replanned = (
+                trigger_to_json(updated.trigger) != trigger_to_json(current.trigger)
+                or updated.time_zone != current.time_zone
+            )
+            values: dict[str, Any] = {
+                "description": updated.description,
+                "trigger": trigger_to_json(updated.trigger),
+                "time_zone": updated.time_zone,
+                "grace_seconds": updated.grace.total_seconds(),
+                "labels": dict(updated.labels),
+                "next_expected_time": next_after(updated, now) if replanned else current.next_expected_time,
+                "etag": _etag(),
+            }
+            if validate_only:
+                return replace(
+                    current,
+                    trigger=updated.trigger,
+                    time_zone=updated.time_zone,
+                    description=updated.description,
+                    grace=updated.grace,
+                    labels=dict(updated.labels),
+                    next_expected_time=values["next_expected_time"],
+                )
+            stored = conn.execute(
+                sa.update(check_ins).where(*key).values(**values).returning(*check_ins.c)
+            ).one()
+            return _check_in(stored._mapping)
+
+        return await self._run(work)
 
     async def delete_check_in(self, namespace: str, check_in_id: str, expected_etag: str) -> None:
         def work(conn: Connection, now: datetime) -> None:

@@ -1,6 +1,7 @@
 """`cronwire notifications` and schedule deadlines from the CLI, against a real server with a local
-webhook receiver: routes and rules created, shown and deleted, a failure's notification listed
-as delivered, deadlines set, merged, shown and cleared."""
+webhook receiver: routes and rules created, updated, shown and deleted, a failure's notification
+listed as delivered, deadlines set, merged, shown and cleared, check-ins created, updated and
+pinged."""
 
 from __future__ import annotations
 
@@ -203,3 +204,139 @@ def test_apply_declares_deadlines_and_takes_back_what_get_prints(cwa: Run, tmp_p
         "finish_by": None,
         "max_duration": "1h",
     }
+
+
+def test_routes_and_rules_updated_from_the_cli(
+    cwa: Run, hook: tuple[str, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, got = hook
+    monkeypatch.setenv("CRONWIRE_SECRET_OPS_HOOK_KEY", "hook-signing-key")
+    assert cwa("notifications", "routes", "create", "ops-hook", "--webhook", url).code == 0
+    first_etag = cwa("notifications", "routes", "get", "ops-hook", "-o", "json").json()["etag"]
+
+    described = cwa("notifications", "routes", "update", "ops-hook", "--description", "the ops channel",
+                    "--max-per-hour", "60")  # fmt: skip
+    assert described.code == 0, described.err
+    assert f"destination:  webhook {url}\n" in described.out
+    assert "max per hour: 60\n" in described.out
+    assert "description:  the ops channel\n" in described.out
+    # A flag of the same kind of destination changes that field and keeps the others.
+    signed = cwa("notifications", "routes", "update", "ops-hook", "--signing-secret", "OPS_HOOK_KEY")
+    assert f"destination:  webhook {url} (signed with secret OPS_HOOK_KEY)\n" in signed.out
+    # Another kind: refused unless its kind flag replaces the destination.
+    wrong = cwa("notifications", "routes", "update", "ops-hook", "--smtp-password-secret", "SMTP_PASSWORD")
+    assert wrong.code != 0
+    assert "--smtp-password-secret: flags of email destinations (give --email to replace it)" in wrong.err
+    mixed = cwa(
+        "notifications", "routes", "update", "ops-hook", "--slack", "SLACK_URL", "--signing-secret", "K"
+    )
+    assert mixed.code != 0
+    assert "flags of different destinations" in mixed.err
+    mailed = cwa("notifications", "routes", "update", "ops-hook", "--email", "oncall@example.com",
+                 "--from", "cronwire@example.com", "--smtp-host", "smtp.example.com",
+                 "--smtp-security", "smtps", "--smtp-user", "cronwire",
+                 "--smtp-password-secret", "SMTP_PASSWORD")  # fmt: skip
+    assert mailed.code == 0, mailed.err
+    assert (
+        "destination:  email to oncall@example.com from cronwire@example.com via smtp.example.com "
+        "(SMTPS, login cronwire)\n"
+    ) in mailed.out
+    ported = cwa("notifications", "routes", "update", "ops-hook", "--smtp-port", "2465")
+    assert "via smtp.example.com:2465 (SMTPS, login cronwire)" in ported.out
+    stored = cwa("notifications", "routes", "get", "ops-hook", "-o", "json").json()
+    assert stored["description"] == "the ops channel"
+    back = cwa(
+        "notifications", "routes", "update", "ops-hook", "--webhook", url, "--signing-secret", "OPS_HOOK_KEY"
+    )
+    assert f"destination:  webhook {url} (signed with secret OPS_HOOK_KEY)\n" in back.out
+    stale = cwa("notifications", "routes", "update", "ops-hook", "--description", "x", "--etag", first_etag)
+    assert stale.code != 0
+    assert "ETAG_MISMATCH" in stale.err
+    nothing = cwa("notifications", "routes", "update", "ops-hook")
+    assert nothing.code != 0
+    assert "nothing to update" in nothing.err
+
+    # A rule for another job, changed to the one that fails: the next failure notifies.
+    assert cwa("jobs", "create", "flaky", "--shell-command", "false").code == 0
+    rule = cwa("notifications", "rules", "create", "flaky-failures", "--route", "ops-hook",
+               "--on", "timed-out", "--job", "other", "--label", "team=data")  # fmt: skip
+    assert rule.code == 0, rule.err
+    updated = cwa("notifications", "rules", "update", "flaky-failures", "--on", "failed,recovered",
+                  "--any-job", "--label", "tier=1", "--description", "flaky things")  # fmt: skip
+    assert updated.code == 0, updated.err
+    assert "on:          FAILED,RECOVERED\n" in updated.out
+    assert "job:         any\n" in updated.out
+    assert "labels:      team=data, tier=1\n" in updated.out
+    assert "description: flaky things\n" in updated.out
+    narrowed = cwa("notifications", "rules", "update", "flaky-failures", "--job", "flaky", "--label", "team=",
+                   "--label", "tier=")  # fmt: skip
+    assert narrowed.code == 0, narrowed.err
+    assert "job:         namespaces/default/jobs/flaky\n" in narrowed.out
+    assert "labels:      -\n" in narrowed.out
+    nowhere = cwa("notifications", "rules", "update", "flaky-failures", "--route", "pager")
+    assert nowhere.code != 0
+    assert "ROUTE_NOT_FOUND" in nowhere.err
+    assert cwa("jobs", "run", "flaky", "--wait").code != 0
+    body = json.loads(wait_for(lambda: got, 20, "the webhook call")[0])
+    assert (body["kind"], body["rule"]) == ("FAILED", "namespaces/default/notificationRules/flaky-failures")
+
+
+@pytest.fixture
+def cwb(backend_target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    """The CLI against a server on each database backend."""
+    monkeypatch.setenv("CRONWIRE_SERVER", backend_target)
+    monkeypatch.delenv("CRONWIRE_NAMESPACE", raising=False)
+    monkeypatch.delenv("CRONWIRE_TOKEN", raising=False)
+
+    def run(*argv: str) -> Result:
+        capsys.readouterr()
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def test_a_check_in_updated_from_the_cli(cwb: Run) -> None:
+    created = cwb("checkins", "create", "nightly-backup", "--cron", "0 2 * * *", "--tz", "Europe/Berlin",
+                  "--grace", "30m", "--label", "team=data")  # fmt: skip
+    assert created.code == 0, created.err
+    token = next(line.split()[-1] for line in created.out.splitlines() if line.startswith("token:"))
+    first_etag = cwb("checkins", "get", "nightly-backup", "-o", "json").json()["etag"]
+
+    updated = cwb("checkins", "update", "nightly-backup", "--every", "10s", "--grace", "1m",
+                  "--label", "owner=ops", "--description", "to S3")  # fmt: skip
+    assert updated.code == 0, updated.err
+    assert "trigger:        every 10s\n" in updated.out
+    assert "time zone:      Europe/Berlin\n" in updated.out
+    assert "grace:          1m\n" in updated.out
+    assert "labels:         owner=ops, team=data\n" in updated.out
+    assert "description:    to S3\n" in updated.out
+    assert token not in updated.out
+    stored = cwb("checkins", "get", "nightly-backup", "-o", "json").json()
+    assert stored["etag"] != first_etag
+    expected_in = next(line for line in updated.out.splitlines() if line.startswith("next expected:"))
+    assert "(in " in expected_in or "(just now)" in expected_in  # the first tick of 10 s after the update
+
+    # --at without --tz is read in the check-in's zone (Europe/Berlin: UTC+1 in January).
+    once = cwb("checkins", "update", "nightly-backup", "--at", "2030-01-01T09:00", "--label", "team=")
+    assert once.code == 0, once.err
+    assert "next expected:  2030-01-01T08:00:00Z" in once.out
+    assert "labels:         owner=ops\n" in once.out
+    zoned = cwb("checkins", "update", "nightly-backup", "--cron", "30 2 * * *", "--tz", "UTC")
+    assert "time zone:      UTC\n" in zoned.out
+    assert "T02:30:00Z" in next(line for line in zoned.out.splitlines() if line.startswith("next expected:"))
+
+    stale = cwb("checkins", "update", "nightly-backup", "--description", "x", "--etag", first_etag)
+    assert stale.code != 0
+    assert "ETAG_MISMATCH" in stale.err
+    bad = cwb("checkins", "update", "nightly-backup", "--grace", "8d")
+    assert bad.code != 0
+    assert "check_in.grace" in bad.err
+    nothing = cwb("checkins", "update", "nightly-backup")
+    assert nothing.code != 0
+    assert "nothing to update" in nothing.err
+    assert cwb("checkins", "get", "nightly-backup", "-o", "json").json()["description"] == "to S3"
+    pinged = cwb("checkins", "ping", token)  # the token of the create still pings
+    assert pinged.code == 0, pinged.err
+    assert "last ping kind: SUCCESS" in pinged.out

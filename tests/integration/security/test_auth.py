@@ -361,6 +361,9 @@ def check_in_requests_into_team_a() -> dict[str, Message]:
         ),
         "CheckInService/GetCheckIn": checkin_service_pb2.GetCheckInRequest(name=name),
         "CheckInService/ListCheckIns": checkin_service_pb2.ListCheckInsRequest(parent=TEAM_A),
+        "CheckInService/UpdateCheckIn": checkin_service_pb2.UpdateCheckInRequest(
+            check_in=checkin_pb2.CheckIn(name=name, description="mine")
+        ),
         "CheckInService/DeleteCheckIn": checkin_service_pb2.DeleteCheckInRequest(name=name),
         # The token of no check-in: NOT_FOUND too (a real one of team-a's: test_alerts.py).
         "CheckInService/CheckIn": checkin_service_pb2.CheckInRequest(token="ci_unknown"),
