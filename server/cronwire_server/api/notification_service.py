@@ -39,6 +39,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 
 ROUTE_MUTABLE = frozenset({"description", "webhook", "slack", "pagerduty", "email", "max_per_hour"})
+DESTINATIONS = frozenset({"webhook", "slack", "pagerduty", "email"})
 RULE_MUTABLE = frozenset({"description", "route", "kinds", "job", "schedule", "labels"})
 OUTPUT_ONLY = frozenset({"name", "create_time", "update_time", "etag"})
 
@@ -294,8 +295,12 @@ class NotificationService(notification_service_pb2_grpc.NotificationServiceServi
         if update.etag and update.etag != current.etag:
             raise EtagMismatch("route", current.name)
         merged = route_to_pb(current)
-        if {p.split(".")[0] for p in paths.paths} & {"webhook", "slack", "pagerduty", "email"}:
-            merged.ClearField(merged.WhichOneof("destination") or "webhook")
+        named = {p.split(".")[0] for p in paths.paths} & DESTINATIONS
+        held = merged.WhichOneof("destination") or "webhook"
+        if named and named != {held}:
+            # Another kind (or `*`) replaces the destination; a path into the one held
+            # (`email.password_secret`) changes that field and keeps the others.
+            merged.ClearField(held)
         merge(merged, update, paths)
         with fields.under("route"):
             route = self._checked_route(route_from_pb(merged, name.namespace, name.id))

@@ -23,7 +23,7 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
 import cronwire
 from cronwire.v1 import (
@@ -753,6 +753,77 @@ async def test_a_schedule_too_long_tick_after_tick_is_one_incident_until_a_tick_
     assert resolved[0].json()["kind"] == "RECOVERED"
     assert [r.json()["kind"] for r in receiver.on("/slow")][:1] == ["TOO_LONG"]
     assert len([r for r in receiver.on("/slow") if not r.json()["resolve"]]) == 1
+
+
+async def test_a_route_update_masked_into_its_destination_keeps_the_rest(
+    api_of: Any, database_url: str
+) -> None:
+    api = await api_of(database_url)
+    mail = await _route(
+        api,
+        "mail",
+        email=notification_pb2.EmailDestination(
+            smtp_host="smtp.example.com",
+            username="cronwire",
+            password_secret="SMTP_PASSWORD",
+            from_address="cronwire@example.com",
+            to_addresses=["oncall@example.com"],
+        ),
+    )
+
+    async def update(
+        route: notification_pb2.NotificationRoute, *paths: str
+    ) -> notification_pb2.NotificationRoute:
+        request = notification_service_pb2.UpdateNotificationRouteRequest(
+            route=route, update_mask=field_mask_pb2.FieldMask(paths=list(paths))
+        )
+        return (await api.alerts.UpdateNotificationRoute(request)).route
+
+    # A path into the destination held changes that field only (AIP-161).
+    rotated = await update(
+        notification_pb2.NotificationRoute(
+            name=mail.name, email=notification_pb2.EmailDestination(password_secret="SMTP_PASSWORD_2")
+        ),
+        "email.password_secret",
+    )
+    assert rotated.email.password_secret == "SMTP_PASSWORD_2"
+    assert (rotated.email.smtp_host, rotated.email.username) == ("smtp.example.com", "cronwire")
+    assert list(rotated.email.to_addresses) == ["oncall@example.com"]
+    # The destination named whole replaces it, of the same kind or another.
+    whole = await update(
+        notification_pb2.NotificationRoute(
+            name=mail.name,
+            email=notification_pb2.EmailDestination(
+                smtp_host="mail.example.com", from_address="a@example.com", to_addresses=["b@example.com"]
+            ),
+        ),
+        "email",
+    )
+    assert (whole.email.smtp_host, whole.email.username, whole.email.password_secret) == (
+        "mail.example.com",
+        "",
+        "",
+    )
+    paged = await update(
+        notification_pb2.NotificationRoute(
+            name=mail.name, pagerduty=notification_pb2.PagerDutyDestination(routing_key_secret="PD_KEY")
+        ),
+        "pagerduty",
+    )
+    assert paged.WhichOneof("destination") == "pagerduty"
+    # A path into another kind of destination starts that destination empty: refused, nothing stored.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await update(
+            notification_pb2.NotificationRoute(
+                name=mail.name, email=notification_pb2.EmailDestination(password_secret="SMTP_PASSWORD")
+            ),
+            "email.password_secret",
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    got = await api.alerts.GetNotificationRoute(
+        notification_service_pb2.GetNotificationRouteRequest(name=mail.name)
+    )
+    assert got.route == paged
 
 
 async def test_a_namespace_holds_a_bounded_number_of_routes(
