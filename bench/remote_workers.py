@@ -14,6 +14,12 @@ it started. See bench/README.md, "Remote workers".
 - latency: RunJob at `--rate` per second for `--seconds` with 4 workers connected; per
   execution, its due time (the RunJob's database time) to the moment the worker's function
   started (its result), p50 and p99.
+
+Each phase also reports what an execution cost, which other load on the machine moves much
+less than the rates: the server's CPU (microseconds per execution), PostgreSQL's (the whole
+server's, an upper bound on a shared machine), and the SQL statements and round trips the
+server sent (its /metrics), per execution. `--profile FILE` runs the server under cProfile and
+writes its statistics to FILE when it stops.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ from typing import Any
 
 import grpc
 import sqlalchemy as sa
-from database import fresh_database
+from cpu import Meter, postgres_meter, process_tree_meter
+from database import fresh_database, libpq_url
 from google.protobuf import json_format
+from sql_sent import metrics_port_file, sql_sent, with_metrics
 
 from cronwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from cronwire_server.core.model import ExecutionTrigger
@@ -59,31 +67,48 @@ def noop(**arguments):
 """
 
 
-def start_server(url: str, workdir: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+# The server under cProfile, timed by its CPU (wall time would count the other processes of a
+# busy machine); the statistics are written to the file named by the first argument.
+PROFILED = """
+import cProfile, runpy, sys, time
+out = sys.argv.pop(1)
+sys.argv[0] = "cronwire_server"
+profile = cProfile.Profile(time.process_time)
+try:
+    profile.runcall(runpy.run_module, "cronwire_server", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+profile.dump_stats(out)
+"""
+
+
+def start_server(
+    url: str, workdir: Path, extra: list[str], profile: str = ""
+) -> tuple[subprocess.Popen[bytes], str]:
     port_file = workdir / "server.port"
     log = (workdir / "server.log").open("wb")
+    server = ["-c", PROFILED, profile] if profile else ["-m", "cronwire_server"]
+    argv = [
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        url,
+        "--port-file",
+        str(port_file),
+        "--roles",
+        "api,dispatcher",
+        *extra,
+    ]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cronwire_server",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            url,
-            "--port-file",
-            str(port_file),
-            "--roles",
-            "api,dispatcher",
-            *extra,
-        ],
+        [sys.executable, *server, *with_metrics(argv, workdir, "server")],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=workdir,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     deadline = time.monotonic() + 60
-    while not port_file.exists() or not port_file.read_text().strip():
+    ready = (port_file, metrics_port_file(workdir, "server"))
+    while not all(f.exists() and f.read_text().strip() for f in ready):
         if process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"the server did not start:\n{(workdir / 'server.log').read_text()[-3000:]}")
         time.sleep(0.05)
@@ -174,12 +199,46 @@ def clear(engine: sa.Engine) -> None:
         conn.execute(sa.delete(executions).where(executions.c.namespace == NAMESPACE))
 
 
-def throughput(engine: sa.Engine, target: str, workdir: Path, workers: int, backlog: int) -> dict[str, Any]:
+class Costs:
+    """What the phase's executions cost: CPU of the server and of PostgreSQL, SQL sent."""
+
+    def __init__(self, meters: dict[str, Meter | None], metrics_port: int) -> None:
+        self._meters = meters
+        self._port = metrics_port
+        self._before: dict[str, float | None] = {}
+
+    def _snapshot(self) -> dict[str, float | None]:
+        taken: dict[str, float | None] = {n: m() if m else None for n, m in self._meters.items()}
+        taken.update(sql_sent([self._port]))
+        return taken
+
+    def start(self) -> None:
+        self._before = self._snapshot()
+
+    def per_execution(self, executions: int) -> dict[str, Any]:
+        after = self._snapshot()
+        costs: dict[str, Any] = {}
+        for name, end in after.items():
+            begin = self._before.get(name)
+            if end is None or begin is None or not executions:
+                costs[name] = None
+            elif name in ("statements", "round_trips"):
+                costs[f"{name}_per_execution"] = round((end - begin) / executions, 2)
+            else:
+                costs[f"{name}_cpu_us_per_execution"] = round((end - begin) / executions * 1e6)
+        return costs
+
+
+def throughput(
+    engine: sa.Engine, target: str, workdir: Path, workers: int, backlog: int, costs: Costs
+) -> dict[str, Any]:
     clear(engine)
     queue_backlog(engine, backlog)
+    costs.start()
     processes = start_workers(target, workdir, workers, concurrency=64)
     try:
         wait_for_ends(engine, backlog, timeout=600)
+        spent = costs.per_execution(backlog)
     finally:
         stop(processes)
     with engine.connect() as conn:
@@ -194,6 +253,7 @@ def throughput(engine: sa.Engine, target: str, workdir: Path, workers: int, back
         "executions": done,
         "seconds": round(seconds, 3),
         "per_second": round(done / seconds, 1),
+        **spent,
     }
 
 
@@ -215,19 +275,21 @@ async def paced_runs(target: str, job: str, rate: float, seconds: float) -> int:
 
 
 def latency(
-    engine: sa.Engine, target: str, job: str, workdir: Path, rate: float, seconds: float
+    engine: sa.Engine, target: str, job: str, workdir: Path, rate: float, seconds: float, costs: Costs
 ) -> dict[str, Any]:
     clear(engine)
     processes = start_workers(target, workdir, 4, concurrency=64)
     try:
         time.sleep(2)  # let the workers connect before the clock starts (not a test: a warm-up)
+        costs.start()
         total = asyncio.run(paced_runs(target, job, rate, seconds))
         wait_for_ends(engine, total, timeout=300)
+        spent = costs.per_execution(total)
     finally:
         stop(processes)
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(executions.c.due_time, executions.c.result).where(
+            sa.select(executions.c.due_time, executions.c.start_time, executions.c.result).where(
                 executions.c.namespace == NAMESPACE, executions.c.state == "succeeded"
             )
         ).all()
@@ -235,13 +297,29 @@ def latency(
         (datetime.fromtimestamp(row.result["started"], UTC) - row.due_time).total_seconds() * 1000
         for row in rows
     )
+    # The two parts: due to taken (the start recorded by the server), taken to started (pushed to
+    # the worker, which calls the function).
+    taken = sorted((row.start_time - row.due_time).total_seconds() * 1000 for row in rows)
+    pushed = sorted(
+        (datetime.fromtimestamp(row.result["started"], UTC) - row.start_time).total_seconds() * 1000
+        for row in rows
+    )
     return {
         "rate": rate,
         "executions": len(lags),
         "p50_ms": round(statistics.median(lags), 2),
-        "p99_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 2),
+        "p99_ms": round(_p99(lags), 2),
         "max_ms": round(lags[-1], 2),
+        "taken_p50_ms": round(statistics.median(taken), 2),
+        "taken_p99_ms": round(_p99(taken), 2),
+        "pushed_p50_ms": round(statistics.median(pushed), 2),
+        "pushed_p99_ms": round(_p99(pushed), 2),
+        **spent,
     }
+
+
+def _p99(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 def main() -> None:
@@ -260,31 +338,73 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--phases", default="throughput,latency", help="which phases to run (comma-separated)"
+    )
+    parser.add_argument("--profile", default="", help="run the server under cProfile, statistics to FILE")
     args = parser.parse_args()
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"cpus": os.cpu_count(), "load_average_1m_before": round(os.getloadavg()[0], 2)}
+    profile = str(Path(args.profile).resolve()) if args.profile else ""
     with fresh_database(args.database_url) as url, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        server, target = start_server(url, workdir, args.server_arg)
+        server, target = start_server(url, workdir, args.server_arg, profile)
         engine = sa.create_engine(normalize_url(url))
         try:
+            meters = {
+                "server": process_tree_meter(server.pid),
+                "postgres": postgres_meter(libpq_url(args.database_url)),
+            }
+            costs = Costs(meters, int(metrics_port_file(workdir, "server").read_text()))
             job = create_job(target)
-            report["throughput"] = [throughput(engine, target, workdir, n, args.backlog) for n in (1, 4)]
-            report["latency"] = latency(engine, target, job, workdir, args.rate, args.seconds)
+            phases = args.phases.split(",")
+            if "throughput" in phases:
+                report["throughput"] = [
+                    throughput(engine, target, workdir, n, args.backlog, costs) for n in (1, 4)
+                ]
+            if "latency" in phases:
+                report["latency"] = latency(engine, target, job, workdir, args.rate, args.seconds, costs)
         finally:
             engine.dispose()
             stop([server])
+    report["load_average_1m_after"] = round(os.getloadavg()[0], 2)
     if args.json:
         print(json.dumps(report))
         return
-    for phase in report["throughput"]:
+    print(
+        f"{report['cpus']} CPUs, load average {report['load_average_1m_before']:.2f} before, "
+        f"{report['load_average_1m_after']:.2f} after"
+    )
+    for phase in report.get("throughput", []):
         print(
             f"throughput, {phase['workers']} worker(s): {phase['per_second']:.0f} executions/s "
-            f"({phase['executions']} in {phase['seconds']:.1f}s)  target >= 1000/s with 4"
+            f"({phase['executions']} in {phase['seconds']:.1f}s)  target >= 1000/s with 4; "
+            f"{_costs(phase)}"
         )
-    lag = report["latency"]
+    lag = report.get("latency")
+    if lag is None:
+        return
     print(
         f"latency at {lag['rate']:.0f}/s: p50 {lag['p50_ms']:.1f} ms, p99 {lag['p99_ms']:.1f} ms, "
-        f"max {lag['max_ms']:.1f} ms over {lag['executions']}  target p99 <= 20 ms"
+        f"max {lag['max_ms']:.1f} ms over {lag['executions']}  target p99 <= 20 ms; {_costs(lag)}"
+    )
+    print(
+        f"  of which due -> taken p50 {lag['taken_p50_ms']:.1f} ms, p99 {lag['taken_p99_ms']:.1f} ms; "
+        f"taken -> started on the worker p50 {lag['pushed_p50_ms']:.1f} ms, p99 {lag['pushed_p99_ms']:.1f} ms"
+    )
+
+
+def _costs(phase: dict[str, Any]) -> str:
+    """A phase's costs per execution, as one line."""
+
+    def shown(key: str, unit: str) -> str:
+        value = phase.get(key)
+        return "-" if value is None else f"{value:g}{unit}"
+
+    return (
+        f"per execution: server {shown('server_cpu_us_per_execution', ' us')} CPU, "
+        f"PostgreSQL {shown('postgres_cpu_us_per_execution', ' us')}, "
+        f"{shown('statements_per_execution', '')} statements, "
+        f"{shown('round_trips_per_execution', '')} round trips"
     )
 
 

@@ -3,9 +3,10 @@ hold a WorkerService stream open to this replica.
 
 Each stream is a `Session`: the worker's identity, queues, task names and free slots, and the
 executions it holds, each under a lease token of its own (`storage.remote`). One loop per replica
-(`remote-dispatch`) takes QUEUED remote work for the sessions with room, woken by the
-"executions" wake-up (LISTEN/NOTIFY across replicas) or a session's new room, and pushes it down
-their streams; never more than a session's announced free slots, nor its in-flight bound.
+(`remote-dispatch`) takes QUEUED remote work for all the sessions with room at once, woken by
+the "executions" wake-up (LISTEN/NOTIFY across replicas), a new session, or new room while work
+waits, and pushes it down their streams; never more than a session's announced free slots, nor
+its in-flight bound.
 
 Leases are those of local runs. A worker's heartbeat renews the leases it lists; a lease not
 renewed expires and the recovery (`Store.recover_expired`, any replica) marks the execution LOST
@@ -257,7 +258,9 @@ class RemoteWorkers:
         self._results_waiting = asyncio.Event()
         self._registry = registry
         self._replica = replica
+        # A session's room may have grown; a session opened.
         self._changed = asyncio.Event()
+        self._joined = asyncio.Event()
         self._clock = asyncio.get_running_loop().time
 
     @property
@@ -295,7 +298,7 @@ class RemoteWorkers:
         )
         session.last_heard = self._clock()
         self._sessions[session.id] = session
-        self._changed.set()
+        self._joined.set()
         log.info(
             "remote worker %s connected (session %s, queues %s, %d free slots)",
             identity,
@@ -567,42 +570,51 @@ class RemoteWorkers:
     # Loops
 
     async def _dispatch(self, stopping: asyncio.Event) -> None:
-        # Its own wake-ups: the local worker pool sleeps on the same channel, and a shared
-        # wake-up taken by one would be missed by the other.
+        """Takes for every session with room at once (one statement on PostgreSQL). Woken by work
+        queued (its own subscription: the local worker pool sleeps on the same channel, and a
+        shared wake-up taken by one would be missed by the other), by a new session, and by room
+        coming free only while the last take says work may be waiting for it: a worker's every
+        result frees a slot, and a take for it when the queue is empty would be wasted."""
         queued = self._store.wakeup.subscribe("executions")
+        more = True  # whether work may wait for room that comes free
         while not stopping.is_set():
-            full = False
-            for session in self.sessions:
-                room = session.room()
-                if room <= 0:
-                    continue
+            # Cleared before the take: a change while it runs wakes the wait after it.
+            self._changed.clear()
+            self._joined.clear()
+            wanting = [s for s in self.sessions if s.room() > 0]
+            if wanting:
                 try:
-                    claims = await self._store.take_remote(
-                        RemoteTake(
-                            worker=session.worker,
-                            secret=session.secret,
-                            queues=session.queues,
-                            tasks=session.tasks,
-                            namespaces=session.namespaces,
-                            limit=room,
-                            lease=self.lease,
-                        )
-                    )
+                    taken = await self._store.take_remote([self._take_of(s) for s in wanting])
                     loop_ok()
                 except StorageUnavailable as error:
                     loop_failed(error)
                     log.warning("remote workers: database unavailable (%s); retrying", error)
                     await asyncio.sleep(RETRY_AFTER_ERROR)
                     continue
-                self._hand(session, claims)
-                full = full or len(claims) == room
-            if full:
-                continue
-            self._changed.clear()
-            if self._sessions:
-                await first_of(queued.wait(POLL_SECONDS), self._changed.wait(), stopping.wait())
+                for session, claims in zip(wanting, taken.claims, strict=True):
+                    self._hand(session, claims)
+                more = taken.more
+                if more and any(taken.claims):
+                    continue  # more may wait for the room still free
+            if not self._sessions:
+                await first_of(self._joined.wait(), stopping.wait())
+            elif more:
+                await first_of(
+                    queued.wait(POLL_SECONDS), self._changed.wait(), self._joined.wait(), stopping.wait()
+                )
             else:
-                await first_of(self._changed.wait(), stopping.wait())
+                await first_of(queued.wait(POLL_SECONDS), self._joined.wait(), stopping.wait())
+
+    def _take_of(self, session: Session) -> RemoteTake:
+        return RemoteTake(
+            worker=session.worker,
+            secret=session.secret,
+            queues=session.queues,
+            tasks=session.tasks,
+            namespaces=session.namespaces,
+            limit=session.room(),
+            lease=self.lease,
+        )
 
     def _hand(self, session: Session, claims: list[RemoteClaim]) -> None:
         for claim in claims:

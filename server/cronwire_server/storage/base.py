@@ -29,7 +29,7 @@ from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.supervisor import Supervisor
 
 if TYPE_CHECKING:
-    from cronwire_server.storage.remote import HeldRemoteLease, RemoteClaim, RemoteTake
+    from cronwire_server.storage.remote import HeldRemoteLease, RemoteTake, RemoteTaken
     from cronwire_server.storage.wakeup import Subscription
 
 # The dispatcher's decision for one due schedule, run inside the claiming transaction.
@@ -328,9 +328,10 @@ class Store(Protocol):
     # (`storage.remote`); they end through `finish_executions` and `release_executions` with
     # the lease's `worker`, and are recovered by `recover_expired`, like any run.
 
-    async def take_remote(self, take: RemoteTake) -> list[RemoteClaim]:
-        """Start up to `take.limit` due QUEUED remote executions of the worker's queues (SKIP
-        LOCKED, admitted like a claim), each RUNNING under a lease token of its own."""
+    async def take_remote(self, takes: Sequence[RemoteTake]) -> RemoteTaken:
+        """For each take (a worker's stream), start up to `take.limit` due QUEUED remote executions
+        of its queues (SKIP LOCKED, admitted like a claim), each RUNNING under a lease token of
+        its own; all of them together (on PostgreSQL in one statement)."""
 
     async def renew_remote(self, leases: list[HeldRemoteLease], lease: timedelta) -> LeaseRenewal:
         """Extend the remote leases still held; which were cancelled and which are lost."""

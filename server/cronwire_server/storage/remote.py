@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from cronwire_server.storage.base import ClaimedExecution
@@ -79,3 +79,13 @@ class HeldRemoteLease:
     namespace: str
     execution_id: str
     worker: str
+
+
+@dataclass(frozen=True)
+class RemoteTaken:
+    """What one take started: for each `RemoteTake` given, in order, its claims; and whether the
+    queue may hold more for them than they were given (a worker that got all the room it asked
+    for, or more candidates than were looked at), so room that comes free is worth a take."""
+
+    claims: list[list[RemoteClaim]] = field(default_factory=list)
+    more: bool = False

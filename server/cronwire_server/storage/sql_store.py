@@ -75,7 +75,7 @@ from cronwire_server.storage.records import (
     trigger_from_json,
     trigger_to_json,
 )
-from cronwire_server.storage.remote import HeldRemoteLease, RemoteClaim, RemoteTake
+from cronwire_server.storage.remote import HeldRemoteLease, RemoteTake, RemoteTaken
 from cronwire_server.storage.sql_driver import PreparedRead
 from cronwire_server.storage.tables import (
     UtcDateTime,
@@ -488,6 +488,8 @@ class SqlStore:
         self._runs: sql_creates.GroupCommit[_Run, dict[str, Any]] = sql_creates.GroupCommit(self._commit_runs)
         # Whether the last claim saw executions that need an admission decision (PostgreSQL).
         self._admitting = False
+        # The same for the last take of remote work.
+        self._remote_admitting = False
         self._prepared = (
             {read: PreparedRead(read, engine.dialect) for read in _PK_READS} if self._postgres else {}
         )
@@ -1017,9 +1019,33 @@ class SqlStore:
             self._wakeup.signal("executions")
         return lost
 
-    async def take_remote(self, take: RemoteTake) -> list[RemoteClaim]:
-        taken: list[RemoteClaim] = await self._run(self._in_transaction, sql_remote.take, take)
+    async def take_remote(self, takes: Sequence[RemoteTake]) -> RemoteTaken:
+        if not self._postgres:
+            each: RemoteTaken = await self._run(self._in_transaction, sql_remote.take_each, takes)
+            return each
+        # As `claim_executions`: admitting while the last take saw executions that need a
+        # decision, else plainly; a plain take that left some admits at once for the room left.
+        admit = self._remote_admitting
+        taken, self._remote_admitting = await self._run(self._take_remote_batch, takes, admit)
+        if self._remote_admitting and not admit:
+            rest = [replace(t, limit=t.limit - len(c)) for t, c in zip(takes, taken.claims, strict=True)]
+            if any(t.limit > 0 for t in rest):
+                more, self._remote_admitting = await self._run(self._take_remote_batch, rest, True)
+                claims = [a + b for a, b in zip(taken.claims, more.claims, strict=True)]
+                taken = RemoteTaken(claims, taken.more or more.more)
         return taken
+
+    def _take_remote_batch(self, takes: Sequence[RemoteTake], admit: bool) -> tuple[RemoteTaken, bool]:
+        if admit:
+            with self._transaction() as conn:
+                sql_remote.lock_admission(conn)
+                taken, restricted = sql_remote.take_batch(conn, takes, admit=True)
+        else:
+            with self._sync.connect() as conn:
+                taken, restricted = sql_remote.take_batch(conn, takes, admit=False)
+        if any(taken.claims):
+            self._wakeup.signal("events_new")
+        return taken, restricted
 
     async def renew_remote(self, leases: list[HeldRemoteLease], lease: timedelta) -> LeaseRenewal:
         renewal: LeaseRenewal = await self._run(self._in_transaction, sql_remote.renew, leases, lease)
