@@ -222,6 +222,7 @@ def destination_text(destination: Destination | None) -> str:
         security = d.security.name if d.security else "STARTTLS"
         port = f":{d.smtp_port}" if d.smtp_port else ""
         login = f", login {d.username}" if d.username else ""
+        login += f", password in secret {d.password_secret}" if d.password_secret else ""
         to = ", ".join(d.to_addresses)
         return f"email to {to} from {d.from_address} via {d.smtp_host}{port} ({security}{login})"
     return "-"

@@ -239,10 +239,14 @@ def test_routes_and_rules_updated_from_the_cli(
     assert mailed.code == 0, mailed.err
     assert (
         "destination:  email to oncall@example.com from cronwire@example.com via smtp.example.com "
-        "(SMTPS, login cronwire)\n"
+        "(SMTPS, login cronwire, password in secret SMTP_PASSWORD)\n"
     ) in mailed.out
-    ported = cwa("notifications", "routes", "update", "ops-hook", "--smtp-port", "2465")
-    assert "via smtp.example.com:2465 (SMTPS, login cronwire)" in ported.out
+    rotated = cwa("notifications", "routes", "update", "ops-hook", "--smtp-port", "2465",
+                  "--smtp-password-secret", "SMTP_PASSWORD_2026")  # fmt: skip
+    assert (
+        "via smtp.example.com:2465 (SMTPS, login cronwire, password in secret SMTP_PASSWORD_2026)"
+        in rotated.out
+    )
     stored = cwa("notifications", "routes", "get", "ops-hook", "-o", "json").json()
     assert stored["description"] == "the ops channel"
     back = cwa(
