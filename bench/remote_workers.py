@@ -212,7 +212,11 @@ class Costs:
         taken.update(sql_sent([self._port]))
         return taken
 
-    def start(self) -> None:
+    def start(self, workers: list[subprocess.Popen[bytes]] | None = None) -> None:
+        """From now on; with `workers`, their CPU too (started before, so that their start-up
+        does not count)."""
+        meters = [process_tree_meter(w.pid) for w in workers or []]
+        self._meters["workers"] = (lambda: sum(m() for m in meters if m is not None)) if meters else None
         self._before = self._snapshot()
 
     def per_execution(self, executions: int) -> dict[str, Any]:
@@ -220,8 +224,10 @@ class Costs:
         costs: dict[str, Any] = {}
         for name, end in after.items():
             begin = self._before.get(name)
-            if end is None or begin is None or not executions:
-                costs[name] = None
+            if name not in ("statements", "round_trips") and (end is None or begin is None or not executions):
+                costs[f"{name}_cpu_us_per_execution"] = None
+            elif end is None or begin is None or not executions:
+                costs[f"{name}_per_execution"] = None
             elif name in ("statements", "round_trips"):
                 costs[f"{name}_per_execution"] = round((end - begin) / executions, 2)
             else:
@@ -281,7 +287,7 @@ def latency(
     processes = start_workers(target, workdir, 4, concurrency=64)
     try:
         time.sleep(2)  # let the workers connect before the clock starts (not a test: a warm-up)
-        costs.start()
+        costs.start(processes)
         total = asyncio.run(paced_runs(target, job, rate, seconds))
         wait_for_ends(engine, total, timeout=300)
         spent = costs.per_execution(total)
@@ -403,6 +409,7 @@ def _costs(phase: dict[str, Any]) -> str:
     return (
         f"per execution: server {shown('server_cpu_us_per_execution', ' us')} CPU, "
         f"PostgreSQL {shown('postgres_cpu_us_per_execution', ' us')}, "
+        f"workers {shown('workers_cpu_us_per_execution', ' us')}, "
         f"{shown('statements_per_execution', '')} statements, "
         f"{shown('round_trips_per_execution', '')} round trips"
     )

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import inspect
 import io
 import logging
@@ -38,6 +39,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO, TypeVar
@@ -215,6 +217,10 @@ class Worker:
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+        # Plain functions run in threads of their own, as many as tasks may run at once (the
+        # event loop's default executor has a few, whatever the concurrency).
+        self._threads: ThreadPoolExecutor | None = None
+        self._slots_due = False  # a slots message is on its way (see `_announce_slots`)
 
     # Registration
 
@@ -257,6 +263,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self._draining = False
+        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="cronwire-task")
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._stopping.set)
@@ -296,6 +303,8 @@ class Worker:
             for run in self._runs.values():
                 if run.task is not None:
                     run.task.cancel()
+            # Threads still running a plain function (past the drain's grace) are not waited for.
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
     def _free(self) -> int:
         if self._draining:
@@ -493,7 +502,9 @@ class Worker:
                 value = await function(**arguments)
             else:
                 # In a thread that carries this task's context (its output capture).
-                value = await asyncio.to_thread(function, **arguments)
+                assert self._threads is not None
+                call = functools.partial(contextvars.copy_context().run, function, **arguments)
+                value = await asyncio.get_running_loop().run_in_executor(self._threads, call)
                 if inspect.isawaitable(value):
                     value = await value
             result = worker_pb2.TaskResult(success=worker_pb2.TaskSuccess())
@@ -523,6 +534,17 @@ class Worker:
         result.execution, result.lease_token = run.execution, run.token
         self._send(worker_service_pb2.ConnectRequest(result=result))
         self._runs.pop(run.token, None)
+        self._announce_slots()
+
+    def _announce_slots(self) -> None:
+        """Tell the server the free slots once the results of this turn of the loop are sent:
+        one message for the tasks that end together."""
+        if not self._slots_due:
+            self._slots_due = True
+            asyncio.get_running_loop().call_soon(self._send_slots)
+
+    def _send_slots(self) -> None:
+        self._slots_due = False
         self._send(worker_service_pb2.ConnectRequest(slots=worker_pb2.WorkerSlots(free_slots=self._free())))
 
     async def _drain(self) -> None:

@@ -258,9 +258,10 @@ class RemoteWorkers:
         self._results_waiting = asyncio.Event()
         self._registry = registry
         self._replica = replica
-        # A session's room may have grown; a session opened.
-        self._changed = asyncio.Event()
-        self._joined = asyncio.Event()
+        # What the dispatch sleeps on: work queued, a session opened, room come free while work
+        # may wait for it (`_more`: the last take said so), stopping.
+        self._wake = asyncio.Event()
+        self._more = True
         self._clock = asyncio.get_running_loop().time
 
     @property
@@ -298,7 +299,7 @@ class RemoteWorkers:
         )
         session.last_heard = self._clock()
         self._sessions[session.id] = session
-        self._joined.set()
+        self._wake.set()
         log.info(
             "remote worker %s connected (session %s, queues %s, %d free slots)",
             identity,
@@ -322,7 +323,7 @@ class RemoteWorkers:
     def set_free(self, session: Session, free: int) -> None:
         session.last_heard = self._clock()
         session.free = free
-        self._changed.set()
+        self._room_grew()
 
     # Messages about executions
 
@@ -366,7 +367,7 @@ class RemoteWorkers:
             execution_id = held.execution.id
             if execution_id in renewal.lost and not held.ending:
                 session.held.pop(held.claim.token, None)
-                self._changed.set()
+                self._room_grew()
                 self._refuse(session, held.name, held.claim.token, "the lease expired: the run was recovered")
                 continue
             if any(r.execution_id == execution_id for r in renew):
@@ -406,7 +407,7 @@ class RemoteWorkers:
             held.output_bytes = held.kept_bytes = offset + len(data.encode())
         held.cancel_requested = cancelled
         session.held[token] = held
-        self._changed.set()
+        self._room_grew()
         log.info(
             "remote worker %s took over its run after reconnecting",
             session.identity,
@@ -516,7 +517,7 @@ class RemoteWorkers:
     def _ended(self, session: Session, held: _Held, ended: Execution | None) -> bool:
         """After a finish: the run is no longer the stream's; a refusal if it was not recorded."""
         session.held.pop(held.claim.token, None)
-        self._changed.set()
+        self._room_grew()
         metrics.execution_left(REMOTE, ended.state.name if ended else None)
         if ended is None:
             log.warning(
@@ -547,7 +548,7 @@ class RemoteWorkers:
             await self._store.release_executions(held.claim.worker, [held.execution.id])
         finally:
             session.held.pop(token, None)
-            self._changed.set()
+            self._room_grew()
             metrics.execution_left(REMOTE, None)
         log.info(
             "remote worker %s gave a run back to the queue",
@@ -569,41 +570,45 @@ class RemoteWorkers:
 
     # Loops
 
+    def _room_grew(self) -> None:
+        if self._more:
+            self._wake.set()
+
     async def _dispatch(self, stopping: asyncio.Event) -> None:
         """Takes for every session with room at once (one statement on PostgreSQL). Woken by work
         queued (its own subscription: the local worker pool sleeps on the same channel, and a
         shared wake-up taken by one would be missed by the other), by a new session, and by room
         coming free only while the last take says work may be waiting for it: a worker's every
-        result frees a slot, and a take for it when the queue is empty would be wasted."""
-        queued = self._store.wakeup.subscribe("executions")
-        more = True  # whether work may wait for room that comes free
-        while not stopping.is_set():
-            # Cleared before the take: a change while it runs wakes the wait after it.
-            self._changed.clear()
-            self._joined.clear()
-            wanting = [s for s in self.sessions if s.room() > 0]
-            if wanting:
-                try:
-                    taken = await self._store.take_remote([self._take_of(s) for s in wanting])
-                    loop_ok()
-                except StorageUnavailable as error:
-                    loop_failed(error)
-                    log.warning("remote workers: database unavailable (%s); retrying", error)
-                    await asyncio.sleep(RETRY_AFTER_ERROR)
-                    continue
-                for session, claims in zip(wanting, taken.claims, strict=True):
-                    self._hand(session, claims)
-                more = taken.more
-                if more and any(taken.claims):
-                    continue  # more may wait for the room still free
-            if not self._sessions:
-                await first_of(self._joined.wait(), stopping.wait())
-            elif more:
-                await first_of(
-                    queued.wait(POLL_SECONDS), self._changed.wait(), self._joined.wait(), stopping.wait()
-                )
-            else:
-                await first_of(queued.wait(POLL_SECONDS), self._joined.wait(), stopping.wait())
+        result frees a slot, and a take for it when the queue is empty would be wasted. It
+        sleeps on one event that all of them set: a wake-up is one step of the event loop."""
+        self._store.wakeup.subscribe("executions", self._wake)
+        stopper = asyncio.ensure_future(stopping.wait())
+        stopper.add_done_callback(lambda _: self._wake.set())
+        try:
+            while not stopping.is_set():
+                # Cleared before the take: a wake-up while it runs is for the next one.
+                self._wake.clear()
+                wanting = [s for s in self.sessions if s.room() > 0]
+                if wanting:
+                    try:
+                        taken = await self._store.take_remote([self._take_of(s) for s in wanting])
+                        loop_ok()
+                    except StorageUnavailable as error:
+                        loop_failed(error)
+                        log.warning("remote workers: database unavailable (%s); retrying", error)
+                        await first_of(asyncio.sleep(RETRY_AFTER_ERROR), stopping.wait())
+                        continue
+                    for session, claims in zip(wanting, taken.claims, strict=True):
+                        self._hand(session, claims)
+                    self._more = taken.more
+                    if self._more and any(taken.claims):
+                        continue  # more may wait for the room still free
+                # The poll: a retry's backoff ending, work another replica's take left.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await self._wake.wait()
+        finally:
+            stopper.cancel()
 
     def _take_of(self, session: Session) -> RemoteTake:
         return RemoteTake(
@@ -665,7 +670,7 @@ class RemoteWorkers:
                 if self._clock() - held.renewed_at > silent_after:
                     # Not renewed for a whole lease: it is gone (or going) to the recovery.
                     session.held.pop(held.claim.token, None)
-                    self._changed.set()
+                    self._room_grew()
                     self._refuse(
                         session, held.name, held.claim.token, "the lease expired: not renewed in time"
                     )

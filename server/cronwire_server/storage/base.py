@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -131,8 +132,9 @@ class Wakeup(Protocol):
     async def wait(self, channel: str, max_wait: float) -> bool:
         """Wait until `channel` ("schedules" or "executions") is signalled or `max_wait` seconds pass."""
 
-    def subscribe(self, channel: str) -> Subscription:
-        """Wake-ups of `channel` for one loop alone, which no other sleeper takes from it."""
+    def subscribe(self, channel: str, event: asyncio.Event | None = None) -> Subscription:
+        """Wake-ups of `channel` for one loop alone, which no other sleeper takes from it (with
+        `event`, they set it)."""
 
     def subscribed(self, channel: str) -> AbstractContextManager[Subscription]:
         """`subscribe` for one of many sleepers that come and go, removed when it leaves."""

@@ -48,8 +48,8 @@ class Subscription:
     each takes it once. (A channel's shared wake-up is taken by whichever sleeper reads it first,
     so two loops sleeping on one channel would each miss the other's.)"""
 
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
+    def __init__(self, event: asyncio.Event | None = None) -> None:
+        self._event = event or asyncio.Event()
 
     def set(self) -> None:
         self._event.set()
@@ -71,9 +71,10 @@ class LocalWakeup:
         for subscription in self._subscriptions[channel]:
             subscription.set()
 
-    def subscribe(self, channel: str) -> Subscription:
-        """Wake-ups of `channel` for one long-lived loop of its own, beside the shared ones."""
-        subscription = Subscription()
+    def subscribe(self, channel: str, event: asyncio.Event | None = None) -> Subscription:
+        """Wake-ups of `channel` for one long-lived loop of its own, beside the shared ones; with
+        `event`, signals set it (a loop that sleeps on one event for several reasons)."""
+        subscription = Subscription(event)
         self._subscriptions[channel].append(subscription)
         return subscription
 
