@@ -38,7 +38,7 @@ from cronwire_server.executors.registry import REMOTE
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.logs import run_fields
 from cronwire_server.storage import Store
-from cronwire_server.storage.base import ClaimedExecution, RetryPlanner
+from cronwire_server.storage.base import ClaimedExecution, LeaseRenewal, RetryPlanner
 from cronwire_server.storage.remote import (
     HeldRemoteLease,
     RemoteClaim,
@@ -47,6 +47,7 @@ from cronwire_server.storage.remote import (
     secret_of,
     session_worker,
 )
+from cronwire_server.storage.sql_creates import GroupCommit
 from cronwire_server.storage.sql_remote_registry import ConnectedWorker, RemoteRegistry
 from cronwire_server.supervisor import DRAIN, Supervisor, loop_failed, loop_ok
 
@@ -159,6 +160,16 @@ class _Held:
         return execution_name(self.execution.namespace, self.execution.id)
 
 
+@dataclass(frozen=True)
+class _Heartbeat:
+    """The leases one heartbeat renews, waiting to be renewed with others."""
+
+    leases: list[HeldRemoteLease]
+
+    def claims(self) -> list[tuple[str, str, str]]:
+        return []  # heartbeats of any streams may go together
+
+
 class SessionClosed(Exception):
     """The session ended on the server's side; `code` and `message` say why."""
 
@@ -262,6 +273,7 @@ class RemoteWorkers:
         # may wait for it (`_more`: the last take said so), stopping.
         self._wake = asyncio.Event()
         self._more = True
+        self._renewals: GroupCommit[_Heartbeat, LeaseRenewal] = GroupCommit(self._renew)
         self._clock = asyncio.get_running_loop().time
 
     @property
@@ -362,7 +374,8 @@ class RemoteWorkers:
         if not renew:
             return
         asked = self._clock()
-        renewal = await self._store.renew_remote(renew, self.lease)
+        # With the heartbeats of other streams that come meanwhile: one statement for them all.
+        renewal = await self._renewals.submit(_Heartbeat(renew))
         for held in list(session.held.values()):
             execution_id = held.execution.id
             if execution_id in renewal.lost and not held.ending:
@@ -382,6 +395,9 @@ class RemoteWorkers:
                 self._refuse(session, name, token, "not a lease this worker holds")
                 continue
             await self._adopt(session, name, token, execution_id in renewal.cancelled)
+
+    async def _renew(self, heartbeats: list[_Heartbeat]) -> list[LeaseRenewal]:
+        return await self._store.renew_remote([h.leases for h in heartbeats], self.lease)
 
     async def _adopt(self, session: Session, name: str, token: str, cancelled: bool) -> None:
         key = _parse_execution(name)

@@ -335,8 +335,11 @@ class Store(Protocol):
         of its queues (SKIP LOCKED, admitted like a claim), each RUNNING under a lease token of
         its own; all of them together (on PostgreSQL in one statement)."""
 
-    async def renew_remote(self, leases: list[HeldRemoteLease], lease: timedelta) -> LeaseRenewal:
-        """Extend the remote leases still held; which were cancelled and which are lost."""
+    async def renew_remote(
+        self, batches: Sequence[list[HeldRemoteLease]], lease: timedelta
+    ) -> list[LeaseRenewal]:
+        """Extend the remote leases still held, those of several heartbeats at once; for each
+        heartbeat, which were cancelled and which are lost."""
 
     # Executions
 

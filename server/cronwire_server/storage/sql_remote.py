@@ -100,31 +100,45 @@ def take(conn: Connection, take: RemoteTake, now: datetime) -> list[RemoteClaim]
     ]
 
 
-def renew(conn: Connection, leases: list[HeldRemoteLease], lease: timedelta, now: datetime) -> LeaseRenewal:
+def renew(
+    conn: Connection, batches: Sequence[list[HeldRemoteLease]], lease: timedelta, now: datetime | None
+) -> list[LeaseRenewal]:
     """Extend the leases still held (each by its own `worker`), locking the rows in primary-key
-    order like every multi-row change of executions; which were cancelled, which are lost."""
-    if not leases:
-        return LeaseRenewal()
-    keys = [(held.namespace, held.execution_id, held.worker) for held in leases]
+    order like every multi-row change of executions; for each heartbeat (a list of leases), which
+    were cancelled and which are lost. One statement for all of them: with `now` None, the
+    database's clock (PostgreSQL, autocommitted)."""
+    keys = {(held.namespace, held.execution_id, held.worker) for leases in batches for held in leases}
+    if not keys:
+        return [LeaseRenewal() for _ in batches]
     held_rows = (
         sa.select(executions.c.namespace, executions.c.id)
         .where(
-            sa.tuple_(executions.c.namespace, executions.c.id, executions.c.worker).in_(keys),
+            sa.tuple_(executions.c.namespace, executions.c.id, executions.c.worker).in_(sorted(keys)),
             executions.c.state == ex.RUNNING,
         )
         .order_by(executions.c.namespace, executions.c.id)
         .with_for_update(of=executions)
     )
+    expires = sa.func.now() + lease if now is None else now + lease
     renewed = conn.execute(
         sa.update(executions)
         .where(sa.tuple_(executions.c.namespace, executions.c.id).in_(held_rows))
-        .values(lease_expires_at=now + lease)
-        .returning(executions.c.id, executions.c.cancel_requested)
+        .values(lease_expires_at=expires)
+        .returning(
+            executions.c.namespace, executions.c.id, executions.c.worker, executions.c.cancel_requested
+        )
     ).all()
-    return LeaseRenewal(
-        cancelled=frozenset(row.id for row in renewed if row.cancel_requested),
-        lost=frozenset(held.execution_id for held in leases) - {row.id for row in renewed},
-    )
+    held = {(row.namespace, row.id, row.worker): bool(row.cancel_requested) for row in renewed}
+    renewals = []
+    for leases in batches:
+        kept = {(h.namespace, h.execution_id, h.worker): h.execution_id for h in leases}
+        renewals.append(
+            LeaseRenewal(
+                cancelled=frozenset(i for key, i in kept.items() if held.get(key)),
+                lost=frozenset(i for key, i in kept.items() if key not in held),
+            )
+        )
+    return renewals
 
 
 # Taking on PostgreSQL in ONE statement, for every session with room. Sessions that may take the

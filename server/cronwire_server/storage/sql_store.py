@@ -1047,9 +1047,15 @@ class SqlStore:
             self._wakeup.signal("events_new")
         return taken, restricted
 
-    async def renew_remote(self, leases: list[HeldRemoteLease], lease: timedelta) -> LeaseRenewal:
-        renewal: LeaseRenewal = await self._run(self._in_transaction, sql_remote.renew, leases, lease)
-        return renewal
+    async def renew_remote(
+        self, batches: Sequence[list[HeldRemoteLease]], lease: timedelta
+    ) -> list[LeaseRenewal]:
+        renewals: list[LeaseRenewal]
+        if self._postgres:  # one autocommitted statement, by the database's clock
+            renewals = await self._run(self._read, sql_remote.renew, batches, lease, None)
+        else:
+            renewals = await self._run(self._in_transaction, sql_remote.renew, batches, lease)
+        return renewals
 
     # Executions
 

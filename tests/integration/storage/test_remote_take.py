@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from cronwire_server.core.model import EventType, ExecutionState, Job
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.storage.remote import (
+    HeldRemoteLease,
     RemoteTake,
     new_session_secret,
     secret_of,
@@ -198,3 +199,28 @@ async def test_on_postgres_one_statement_takes_for_every_stream(store: SqlStore,
         taken = await store.take_remote(takes)
     assert sum(len(c) for c in taken.claims) == 12
     assert len(sent) == 1, sent
+
+
+async def test_heartbeats_of_several_streams_renew_together(store: SqlStore) -> None:
+    job = remote_job("renewed", "q")
+    await store.create_job(job)
+    await queue_runs(store, job, 3)
+    first, second = stream("w1", ("q",), 2), stream("w2", ("q",), 1)
+    taken = await store.take_remote([first, second])
+    mine, theirs = taken.claims
+    cancelled = mine[0].claimed.execution
+    await store.cancel_execution(NS, cancelled.id, "stop it")
+    held = [HeldRemoteLease(NS, c.claimed.execution.id, c.worker) for c in mine]
+    # A stream that says it holds the other stream's run holds nothing.
+    forged = [HeldRemoteLease(NS, theirs[0].claimed.execution.id, first.worker)]
+    real = [HeldRemoteLease(NS, theirs[0].claimed.execution.id, second.worker)]
+    with counting(store) as sent:
+        renewals = await store.renew_remote([held, forged, real], LEASE * 2)
+    assert renewals[0].cancelled == {cancelled.id}
+    assert renewals[0].lost == frozenset()
+    assert renewals[1].lost == {theirs[0].claimed.execution.id}
+    assert renewals[2].lost == frozenset()
+    if store.engine.dialect.name == "postgresql":
+        assert len(sent) == 1, sent
+    stored = await store.get_execution(NS, theirs[0].claimed.execution.id)
+    assert stored.worker == second.worker  # the forged heartbeat changed nothing
