@@ -566,7 +566,7 @@ def add_check_in_commands(top: argparse._SubParsersAction[argparse.ArgumentParse
         '  cronwire checkins ping "$TOKEN"',
     )
     p.add_argument("name", help="the check-in's id (or full name)")
-    trigger_flags(p)
+    trigger_flags(p, window=False)
     p.add_argument(
         "--grace", type=duration_arg, metavar="DURATION", help="how late a ping may come (default 5m)"
     )
@@ -591,7 +591,7 @@ def add_check_in_commands(top: argparse._SubParsersAction[argparse.ArgumentParse
         "  cronwire checkins update nightly-backup --label team=infra --label owner=",
     )
     p.add_argument("name", help="the check-in (id or name)")
-    trigger_flags(p)
+    trigger_flags(p, window=False)
     p.add_argument("--grace", type=duration_arg, metavar="DURATION", help="how late a ping may come")
     p.add_argument(
         "--label",
@@ -633,12 +633,25 @@ def check_in_details(check_in: CheckIn) -> str:
             ("missed", check_in.missed),
             ("description", check_in.description),
             ("created", check_in.create_time),
+            ("etag", check_in.etag),
         ]
     )
 
 
+def _refuse_window(args: argparse.Namespace) -> None:
+    """A check-in's trigger has no start or end (a schedule's are the schedule's, not its
+    trigger's): --start and --end are refused, never ignored."""
+    for flag in ("start", "end"):
+        if getattr(args, flag, None) is not None:
+            raise UsageError(
+                f"--{flag} does not apply to a check-in: its pings are awaited on every tick of its "
+                "trigger from its creation on (for a start ping, use `cronwire checkins ping TOKEN --start`)"
+            )
+
+
 def cmd_checkins_create(ctx: Context) -> int:
     args = ctx.args
+    _refuse_window(args)
     _zoned(args, args.tz or "")
     trigger = _triggers(args)
     if trigger is None:
@@ -664,6 +677,7 @@ def cmd_checkins_create(ctx: Context) -> int:
 
 def cmd_checkins_update(ctx: Context) -> int:
     args = ctx.args
+    _refuse_window(args)
     etag = args.etag or ""
     fields: dict[str, Any] = {}
     current: CheckIn | None = None

@@ -390,7 +390,9 @@ def job_flags(parser: argparse.ArgumentParser, create: bool) -> None:
         parser.add_argument("--etag", help="update only if the job still has this etag")
 
 
-def trigger_flags(parser: argparse.ArgumentParser) -> None:
+def trigger_flags(parser: argparse.ArgumentParser, *, window: bool = True) -> None:
+    """The flags of a trigger; `window` False (a check-in, which has no start or end): --start and
+    --end are hidden, and the command refuses them by name rather than ignoring them."""
     when = parser.add_argument_group("when it fires (repeat to combine)")
     when.add_argument("--cron", action="append", metavar="EXPR", help="5 or 6 cron fields, e.g. '0 3 * * *'")
     when.add_argument(
@@ -447,8 +449,12 @@ def trigger_flags(parser: argparse.ArgumentParser) -> None:
         help="what a --cron time a daylight-saving change skips does: debian (runs at the jump, "
         "default) or skip (does not run)",
     )
-    when.add_argument("--start", type=local_time_arg, metavar="TIME", help="no tick before")
-    when.add_argument("--end", type=local_time_arg, metavar="TIME", help="no tick after")
+    when.add_argument(
+        "--start", type=local_time_arg, metavar="TIME", help="no tick before" if window else argparse.SUPPRESS
+    )
+    when.add_argument(
+        "--end", type=local_time_arg, metavar="TIME", help="no tick after" if window else argparse.SUPPRESS
+    )
 
 
 def _choices(members: Iterable[enum.Enum]) -> str:

@@ -344,3 +344,29 @@ def test_a_check_in_updated_from_the_cli(cwb: Run) -> None:
     pinged = cwb("checkins", "ping", token)  # the token of the create still pings
     assert pinged.code == 0, pinged.err
     assert "last ping kind: SUCCESS" in pinged.out
+
+
+def test_a_check_in_shows_its_etag_and_refuses_start_and_end(cwa: Run) -> None:
+    created = cwa("checkins", "create", "nightly-backup", "--every", "1h")
+    assert created.code == 0, created.err
+    etag = cwa("checkins", "get", "nightly-backup", "-o", "json").json()["etag"]
+    shown = cwa("checkins", "get", "nightly-backup")
+    assert f"etag:           {etag}\n" in shown.out
+    # The etag shown is the one `update --etag` takes.
+    updated = cwa("checkins", "update", "nightly-backup", "--grace", "10m", "--etag", etag)
+    assert updated.code == 0, updated.err
+    new_etag = cwa("checkins", "get", "nightly-backup", "-o", "json").json()["etag"]
+    assert new_etag != etag
+    assert f"etag:           {new_etag}\n" in updated.out
+
+    # A check-in's trigger has no start or end: the flags are refused by name, nothing changed.
+    for flag in ("--start", "--end"):
+        refused = cwa("checkins", "create", "other", "--every", "1h", flag, "2030-01-01T00:00Z")
+        assert refused.code != 0
+        assert f"{flag} does not apply to a check-in" in refused.err
+        refused = cwa("checkins", "update", "nightly-backup", "--every", "2h", flag, "2030-01-01T00:00Z")
+        assert refused.code != 0
+        assert f"{flag} does not apply to a check-in" in refused.err
+    assert "other" not in cwa("checkins", "list").out
+    kept = cwa("checkins", "get", "nightly-backup", "-o", "json").json()
+    assert kept["etag"] == new_etag
