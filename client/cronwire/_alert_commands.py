@@ -258,8 +258,19 @@ def rule_details(rule: NotificationRule) -> str:
 
 
 def incidents_table(incidents: list[Incident], namespace: str) -> str:
+    ours = f"namespaces/{namespace}/"
     return table(
-        ["INCIDENT", "KIND", "JOB OR CHECK-IN", "SCHEDULE", "ALERTS", "OPENED", "RESOLVED", "RULE"],
+        [
+            "INCIDENT",
+            "KIND",
+            "JOB OR CHECK-IN",
+            "SCHEDULE",
+            "ALERTS",
+            "OPENED",
+            "RESOLVED",
+            "RULE",
+            "RESOLVED BY",
+        ],
         [
             [
                 short(i.name, namespace),
@@ -270,6 +281,7 @@ def incidents_table(incidents: list[Incident], namespace: str) -> str:
                 i.open_time,
                 i.resolve_time,
                 short(i.rule, namespace),
+                i.resolve_reason.replace(ours, "")[:80],
             ]
             for i in incidents
         ],

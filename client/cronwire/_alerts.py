@@ -218,7 +218,8 @@ class NotificationRule:
 
 @dataclass(frozen=True)
 class Incident:
-    """A problem one rule alerted about: opened by the first alert, resolved by a success."""
+    """A problem one rule alerted about: opened by the first alert, resolved by a success or by
+    the deletion of its job, schedule, check-in or rule (`resolve_reason` says which)."""
 
     name: str
     rule: str
@@ -232,6 +233,7 @@ class Incident:
     resolve_time: datetime | None
     dedup_key: str
     check_in: str = ""
+    resolve_reason: str = ""
 
     @classmethod
     def _from_proto(cls, message: notification_pb2.Incident) -> Incident:
@@ -248,6 +250,7 @@ class Incident:
             resolve_time=time_from(message, "resolve_time"),
             dedup_key=message.dedup_key,
             check_in=message.check_in,
+            resolve_reason=message.resolve_reason,
         )
 
 

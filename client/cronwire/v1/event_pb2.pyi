@@ -85,6 +85,8 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """A check-in got a success ping."""
     EVENT_TYPE_CHECKIN_FAILED: _EventType.ValueType  # 24
     """A check-in got a fail ping."""
+    EVENT_TYPE_CHECKIN_DELETED: _EventType.ValueType  # 25
+    """A check-in was deleted; its open incidents are resolved."""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """The kinds of event."""
@@ -147,6 +149,8 @@ EVENT_TYPE_CHECKIN_SUCCEEDED: EventType.ValueType  # 23
 """A check-in got a success ping."""
 EVENT_TYPE_CHECKIN_FAILED: EventType.ValueType  # 24
 """A check-in got a fail ping."""
+EVENT_TYPE_CHECKIN_DELETED: EventType.ValueType  # 25
+"""A check-in was deleted; its open incidents are resolved."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 class _DeadlineKind:

@@ -489,6 +489,7 @@ class Incident(_message.Message):
     RESOLVE_TIME_FIELD_NUMBER: _builtins.int
     DEDUP_KEY_FIELD_NUMBER: _builtins.int
     CHECK_IN_FIELD_NUMBER: _builtins.int
+    RESOLVE_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. The resource name,
     `namespaces/{namespace}/incidents/{incident}`.
@@ -515,6 +516,11 @@ class Incident(_message.Message):
     """Output only. The check-in concerned, for CHECKIN_MISSED incidents and
     failures a check-in reported; empty otherwise.
     """
+    resolve_reason: _builtins.str
+    """Output only. Why it was resolved, for people: the success that resolved
+    it, the deletion of its job, schedule or check-in, or of its rule. Empty
+    while it is open (and for incidents resolved before reasons were kept).
+    """
     @_builtins.property
     def open_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When it was opened."""
@@ -538,10 +544,11 @@ class Incident(_message.Message):
         resolve_time: _timestamp_pb2.Timestamp | None = ...,
         dedup_key: _builtins.str = ...,
         check_in: _builtins.str = ...,
+        resolve_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["open_time", b"open_time", "resolve_time", b"resolve_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "check_in", b"check_in", "dedup_key", b"dedup_key", "job", b"job", "kind", b"kind", "name", b"name", "open_time", b"open_time", "resolve_time", b"resolve_time", "route", b"route", "rule", b"rule", "schedule", b"schedule", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "check_in", b"check_in", "dedup_key", b"dedup_key", "job", b"job", "kind", b"kind", "name", b"name", "open_time", b"open_time", "resolve_reason", b"resolve_reason", "resolve_time", b"resolve_time", "route", b"route", "rule", b"rule", "schedule", b"schedule", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

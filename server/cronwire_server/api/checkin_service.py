@@ -190,7 +190,9 @@ class CheckInService(checkin_service_pb2_grpc.CheckInServiceServicer):
         self, request: checkin_service_pb2.DeleteCheckInRequest, context: Context
     ) -> checkin_service_pb2.DeleteCheckInResponse:
         name = scope.name(request.name, "check_in")
-        await self._store.delete_check_in(name.namespace, name.id, request.etag)
+        await self._store.delete_check_in(
+            name.namespace, name.id, request.etag, actor=principal.current_actor()
+        )
         return checkin_service_pb2.DeleteCheckInResponse()
 
     @unary

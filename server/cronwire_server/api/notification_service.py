@@ -184,6 +184,7 @@ def incident_to_pb(incident: Incident) -> notification_pb2.Incident:
         alerts=incident.alerts,
         dedup_key=incident.dedup_key,
         check_in=format_name("check_in", ns, incident.check_in_id) if incident.check_in_id else "",
+        resolve_reason=incident.resolve_reason,
     )
     set_time(message.open_time, incident.open_time)
     set_time(message.resolve_time, incident.resolve_time)

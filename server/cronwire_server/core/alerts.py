@@ -172,6 +172,8 @@ class Incident:
     resolve_time: datetime | None
     dedup_key: str
     check_in_id: str = ""
+    # Why it was resolved (the success, or the deletion, that did); "" while open.
+    resolve_reason: str = ""
 
     @property
     def name(self) -> str:
@@ -211,15 +213,18 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Observed:
-    """What an event says, for alerting: the alert kind, or a success (which resolves)."""
+    """What an event says, for alerting: the alert kind, a success (which resolves), or the
+    deletion of a job, schedule or check-in (which resolves its open incidents, whatever rule
+    opened them)."""
 
-    kind: AlertKind | None  # None: a success
+    kind: AlertKind | None  # None: a success, or a deletion
     job_id: str
     schedule_id: str
     summary: str
     execution_id: str = ""
     scheduled_time: datetime | None = None
     check_in_id: str = ""
+    deleted: bool = False
 
 
 _ENDED = {
@@ -227,6 +232,7 @@ _ENDED = {
     EventType.EXECUTION_TIMED_OUT: AlertKind.TIMED_OUT,
     EventType.EXECUTION_LOST: AlertKind.LOST,
 }
+_DELETED = frozenset({EventType.JOB_DELETED, EventType.SCHEDULE_DELETED, EventType.CHECKIN_DELETED})
 # The event types the notifier reads.
 WATCHED = frozenset(
     {
@@ -237,6 +243,7 @@ WATCHED = frozenset(
         EventType.CHECKIN_MISSED,
         EventType.CHECKIN_SUCCEEDED,
         EventType.CHECKIN_FAILED,
+        *_DELETED,
     }
 )
 
@@ -253,6 +260,14 @@ def _short(text: str, limit: int = 300) -> str:
 def observe(event: Event) -> Observed | None:
     """What `event` means for alerts, or None when nothing."""
     job_name = format_name("job", event.namespace, event.job_id) if event.job_id else ""
+    if event.type in _DELETED:
+        by = f" by {event.actor}" if event.actor else ""
+        summary = f"{event.resource} was deleted{by}"
+        if event.type is EventType.CHECKIN_DELETED:
+            check_in_id = parse_name(event.resource, "check_in", "resource").id
+            return Observed(None, "", "", summary, check_in_id=check_in_id, deleted=True)
+        schedule_id = event.schedule_id if event.type is EventType.SCHEDULE_DELETED else ""
+        return Observed(None, event.job_id, schedule_id, summary, deleted=True)
     if event.type in _ENDED or event.type in (EventType.EXECUTION_SUCCEEDED, EventType.EXECUTION_SKIPPED):
         execution = event.snapshot if isinstance(event.snapshot, Execution) else None
         if execution is None:

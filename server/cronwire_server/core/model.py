@@ -429,6 +429,7 @@ class EventType(enum.Enum):
     CHECKIN_MISSED = "checkin_missed"
     CHECKIN_SUCCEEDED = "checkin_succeeded"
     CHECKIN_FAILED = "checkin_failed"
+    CHECKIN_DELETED = "checkin_deleted"
 
 
 # The event an execution's arrival in each state is reported as.

@@ -190,6 +190,7 @@ def _incident(row: Mapping[Any, Any]) -> Incident:
         resolve_time=row["resolve_time"],
         dedup_key=row["dedup_key"],
         check_in_id=row["check_in_id"],
+        resolve_reason=row["resolve_reason"],
     )
 
 
@@ -499,7 +500,7 @@ class NotificationStore:
                 notification_incidents.c.rule_id == rule_id,
                 notification_incidents.c.resolve_time.is_(None),
             )
-            .values(resolve_time=now)
+            .values(resolve_time=now, resolve_reason=f"{format_name('rule', namespace, rule_id)} was deleted")
         )
 
     # Incidents and deliveries, as callers see them
@@ -605,7 +606,13 @@ class NotificationStore:
 
         return await self._run(work)
 
-    async def delete_check_in(self, namespace: str, check_in_id: str, expected_etag: str) -> None:
+    async def delete_check_in(
+        self, namespace: str, check_in_id: str, expected_etag: str, *, actor: str = ""
+    ) -> None:
+        """Delete a check-in and write its CHECKIN_DELETED event, in one transaction: the notifier
+        resolves its open incidents when it reads the event, after the events before it (a miss
+        not yet read still opens its incident first, and the deletion then resolves it)."""
+
         def work(conn: Connection, now: datetime) -> None:
             key = [check_ins.c.namespace == namespace, check_ins.c.id == check_in_id]
             where = [*key, check_ins.c.etag == expected_etag] if expected_etag else key
@@ -614,11 +621,9 @@ class NotificationStore:
                 if conn.execute(sa.select(check_ins.c.id).where(*key)).first() is not None:
                     raise errors.EtagMismatch("check_in", name)
                 raise errors.NotFound("check_in", name)
-            t = notification_incidents
-            conn.execute(
-                sa.update(t)
-                .where(t.c.namespace == namespace, t.c.check_in_id == check_in_id, t.c.resolve_time.is_(None))
-                .values(resolve_time=now)
+            name = format_name("check_in", namespace, check_in_id)
+            sql_events.insert(
+                conn, [sql_events.row(EventType.CHECKIN_DELETED, namespace, name, now, actor=actor)]
             )
 
         await self._run(work)
@@ -825,6 +830,11 @@ class NotificationStore:
                         sa.select(notification_rules).where(notification_rules.c.namespace == event.namespace)
                     ).all()
                 ]
+            if observed.deleted:
+                self._resolve_deleted(
+                    conn, rules[event.namespace], event.namespace, observed, event.time, now
+                )
+                continue
             for rule in rules[event.namespace]:
                 if rule.labels and observed.check_in_id:
                     key = (event.namespace, "check-in " + observed.check_in_id)
@@ -886,7 +896,8 @@ class NotificationStore:
                 # A run that ended late resolves failures, not the deadline it missed: a schedule
                 # that is late tick after tick stays one incident until a tick keeps its deadlines.
                 key.append(t.c.family == "failure")
-            for row in conn.execute(sa.update(t).where(*key).values(resolve_time=now).returning(*t.c)).all():
+            resolved = sa.update(t).where(*key).values(resolve_time=now, resolve_reason=observed.summary)
+            for row in conn.execute(resolved.returning(*t.c)).all():
                 incident = _incident(row._mapping)
                 if AlertKind.RECOVERED in rule.kinds or isinstance(route.destination, PagerDutyDestination):
                     summary = f"resolved: {observed.summary} after {incident.alerts} alert(s)"
@@ -911,6 +922,10 @@ class NotificationStore:
         ).first()
         if counted is not None:
             return  # one notification per incident
+        if self._gone(conn, namespace, observed):
+            # A run of a job (or schedule) deleted since, or a check-in deleted since: its
+            # deletion resolves its incidents once, so one opened after it would never resolve.
+            return
         row = conn.execute(
             sa.insert(t)
             .values(
@@ -934,6 +949,89 @@ class NotificationStore:
         self._deliver(
             conn, rule, route, incident, observed.kind, observed.summary, observed, when, now, resolve=False
         )
+
+    @staticmethod
+    def _gone(conn: Connection, namespace: str, observed: alerts.Observed) -> bool:
+        """Whether the job, schedule or check-in an alert is about no longer exists."""
+        if observed.check_in_id:
+            c = check_ins
+            return (
+                conn.execute(
+                    sa.select(c.c.id).where(c.c.namespace == namespace, c.c.id == observed.check_in_id)
+                ).first()
+                is None
+            )
+        if observed.schedule_id:
+            s = schedules
+            return (
+                conn.execute(
+                    sa.select(s.c.id).where(s.c.namespace == namespace, s.c.id == observed.schedule_id)
+                ).first()
+                is None
+            )
+        j = jobs
+        return (
+            conn.execute(
+                sa.select(j.c.id).where(j.c.namespace == namespace, j.c.id == observed.job_id)
+            ).first()
+            is None
+        )
+
+    def _resolve_deleted(
+        self,
+        conn: Connection,
+        rules: list[NotificationRule],
+        namespace: str,
+        deleted: alerts.Observed,
+        when: datetime,
+        now: datetime,
+    ) -> None:
+        """A job, schedule or check-in was deleted: its open incidents (whatever rule opened them,
+        a job's of every schedule) are resolved, each with a resolve notification to the route it
+        was sent to, as a success would: PagerDuty always, other routes when the rule asks for
+        RECOVERED. Under the notifier's cursor: once, however many replicas run."""
+        t = notification_incidents
+        if deleted.check_in_id:
+            about = t.c.check_in_id == deleted.check_in_id
+        elif deleted.schedule_id:
+            about = t.c.schedule_id == deleted.schedule_id
+        else:
+            about = sa.and_(t.c.job_id == deleted.job_id, t.c.check_in_id == "")
+        resolved = conn.execute(
+            sa.update(t)
+            .where(t.c.namespace == namespace, about, t.c.resolve_time.is_(None))
+            .values(resolve_time=now, resolve_reason=deleted.summary)
+            .returning(*t.c)
+        ).all()
+        by_id = {rule.id: rule for rule in rules}
+        for row in resolved:
+            incident = _incident(row._mapping)
+            rule = by_id.get(incident.rule_id)
+            route_row = conn.execute(
+                sa.select(notification_routes).where(
+                    notification_routes.c.namespace == namespace,
+                    notification_routes.c.id == incident.route_id,
+                )
+            ).first()
+            if rule is None or route_row is None:
+                continue  # a rule's deletion resolves its incidents; a route gone has nowhere to send
+            route = _route(route_row._mapping)
+            if AlertKind.RECOVERED not in rule.kinds and not isinstance(
+                route.destination, PagerDutyDestination
+            ):
+                continue
+            about_it = alerts.Observed(
+                None,
+                incident.job_id,
+                incident.schedule_id,
+                deleted.summary,
+                check_in_id=incident.check_in_id,
+                deleted=True,
+            )
+            summary = f"resolved: {deleted.summary} after {incident.alerts} alert(s)"
+            self._deliver(
+                conn, rule, route, incident, AlertKind.RECOVERED, summary, about_it, when, now, resolve=True
+            )
 
     @staticmethod
     def _missed_a_deadline(conn: Connection, namespace: str, observed: alerts.Observed) -> bool:

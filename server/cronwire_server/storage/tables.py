@@ -415,6 +415,8 @@ notification_incidents = sa.Table(
     sa.Column("dedup_key", sa.String(), nullable=False),
     # The check-in it is about (migration 0021); "" for jobs.
     sa.Column("check_in_id", Ident, nullable=False, server_default=""),
+    # Why it was resolved, for people (migration 0023); "" while open.
+    sa.Column("resolve_reason", sa.Text(), nullable=False, server_default=""),
     sa.Index(
         "ux_notification_incidents_open",
         "namespace",

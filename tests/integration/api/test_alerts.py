@@ -900,3 +900,192 @@ async def test_a_secret_url_never_shows_in_a_delivery_error(
     assert delivery.HasField("next_attempt_time")
     assert "cannot call ***" in delivery.error
     assert "S3CRETPATH" not in delivery.error
+
+
+async def _incidents(api: Api) -> list[notification_pb2.Incident]:
+    listed = await api.alerts.ListIncidents(notification_service_pb2.ListIncidentsRequest(parent=NS))
+    return list(listed.incidents)
+
+
+async def _passed(api: Api, receiver: Receiver, marker: str) -> None:
+    """Wait until the notifier has read every event so far: a job failing now is read after
+    them, and its alert (to a route of its own) is sent once the events before it were read."""
+    route = await _route(
+        api, marker, webhook=notification_pb2.WebhookDestination(url=receiver.url(f"/{marker}"))
+    )
+    await _rule(api, marker, route.name, [notification_pb2.ALERT_KIND_FAILED], job=f"{NS}/jobs/{marker}")
+    await _shell_job(api, marker, ["false"])
+    await _run_to_end(api, marker)
+    await eventually(lambda: receiver.on(f"/{marker}"), 20, "the marker's alert")
+
+
+async def _all_delivered(api: Api) -> list[notification_pb2.NotificationDelivery]:
+    async def done() -> list[notification_pb2.NotificationDelivery] | None:
+        found = await _deliveries(api)
+        return found if all(d.state == notification_pb2.DELIVERY_STATE_DELIVERED for d in found) else None
+
+    return await eventually(done, 20, "every delivery recorded delivered")
+
+
+async def _job_failing_to_three_routes(api: Api, receiver: Receiver, job_id: str) -> dict[str, Any]:
+    """A failing job, a rule for it to a webhook that takes RECOVERED, one to PagerDuty, one to a
+    webhook that does not; the job fails once; the three triggers."""
+    hook = await _route(api, "hook", webhook=notification_pb2.WebhookDestination(url=receiver.url("/hook")))
+    quiet = await _route(
+        api, "quiet", webhook=notification_pb2.WebhookDestination(url=receiver.url("/quiet"))
+    )
+    pager = await _route(
+        api,
+        "pager",
+        pagerduty=notification_pb2.PagerDutyDestination(
+            routing_key_secret="PD_KEY", events_url=receiver.url("/pd")
+        ),
+    )
+    job = f"{NS}/jobs/{job_id}"
+    failed, recovered = notification_pb2.ALERT_KIND_FAILED, notification_pb2.ALERT_KIND_RECOVERED
+    await _rule(api, "to-hook", hook.name, [failed, recovered], job=job)
+    await _rule(api, "to-pager", pager.name, [failed], job=job)
+    await _rule(api, "to-quiet", quiet.name, [failed], job=job)
+    await _shell_job(api, job_id, ["false"])
+    assert (await _run_to_end(api, job_id)).state == execution_pb2.EXECUTION_STATE_FAILED
+    await eventually(
+        lambda: receiver.on("/hook") and receiver.on("/pd") and receiver.on("/quiet"), 20, "the three alerts"
+    )
+    assert [i.resolve_reason for i in await _incidents(api)] == ["", "", ""]
+    return {path: receiver.on(path)[0].json() for path in ("/hook", "/pd", "/quiet")}
+
+
+async def test_deleting_a_job_resolves_its_open_incidents_once(
+    api_of: Any, database_url: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRONWIRE_SECRET_PD_KEY", "R0UTINGKEY")
+    api = await api_of(database_url, allow_private_networks=True)
+    triggers = await _job_failing_to_three_routes(api, receiver, "doomed")
+
+    await api.jobs.DeleteJob(job_service_pb2.DeleteJobRequest(name=f"{NS}/jobs/doomed"))
+    await eventually(
+        lambda: len(receiver.on("/hook")) >= 2 and len(receiver.on("/pd")) >= 2, 20, "the resolves"
+    )
+    await _passed(api, receiver, "marker")
+
+    resolved = receiver.on("/hook")[1].json()
+    assert (resolved["kind"], resolved["resolve"]) == ("RECOVERED", True)
+    assert resolved["incident"] == triggers["/hook"]["incident"]
+    assert resolved["summary"] == f"resolved: {NS}/jobs/doomed was deleted after 1 alert(s)"
+    assert resolved["job"] == f"{NS}/jobs/doomed"
+    assert [r.json() for r in receiver.on("/pd")][1] == {
+        "routing_key": "R0UTINGKEY",
+        "event_action": "resolve",
+        "dedup_key": triggers["/pd"]["dedup_key"],
+    }
+    # Once each, and a route whose rule does not take RECOVERED gets no resolve (as on a success).
+    assert (len(receiver.on("/hook")), len(receiver.on("/pd")), len(receiver.on("/quiet"))) == (2, 2, 1)
+    incidents = [i for i in await _incidents(api) if i.job == f"{NS}/jobs/doomed"]
+    assert len(incidents) == 3
+    assert all(i.HasField("resolve_time") for i in incidents)
+    assert {i.resolve_reason for i in incidents} == {f"{NS}/jobs/doomed was deleted"}
+    deliveries = await _all_delivered(api)
+    assert sorted(d.kind for d in deliveries if d.route.endswith(("/hook", "/pager"))) == sorted(
+        [notification_pb2.ALERT_KIND_FAILED, notification_pb2.ALERT_KIND_RECOVERED] * 2
+    )
+
+    # A job of the same name created again starts with no open incident.
+    await _shell_job(api, "doomed", ["true"])
+    assert not (
+        await api.alerts.ListIncidents(
+            notification_service_pb2.ListIncidentsRequest(parent=NS, job=f"{NS}/jobs/doomed", open_only=True)
+        )
+    ).incidents
+
+
+async def test_deleting_a_schedule_resolves_its_incidents_and_not_its_jobs_others(
+    api_of: Any, database_url: str, receiver: Receiver
+) -> None:
+    api = await api_of(database_url, allow_private_networks=True)
+    route = await _route(api, "hook", webhook=notification_pb2.WebhookDestination(url=receiver.url("/hook")))
+    await _rule(
+        api,
+        "etl",
+        route.name,
+        [notification_pb2.ALERT_KIND_FAILED, notification_pb2.ALERT_KIND_RECOVERED],
+        job=f"{NS}/jobs/etl",
+    )
+    await _shell_job(api, "etl", ["false"])
+    await _run_to_end(api, "etl")  # run now: an incident of the job and no schedule
+    schedule = schedule_pb2.Schedule(job=f"{NS}/jobs/etl")
+    schedule.trigger.interval.every.FromSeconds(1)
+    await api.schedules.CreateSchedule(
+        schedule_service_pb2.CreateScheduleRequest(parent=NS, schedule_id="often", schedule=schedule)
+    )
+    await eventually(
+        lambda: [r for r in receiver.on("/hook") if r.json()["schedule"] == f"{NS}/schedules/often"],
+        20,
+        "the alert of a tick",
+    )
+
+    await api.schedules.DeleteSchedule(
+        schedule_service_pb2.DeleteScheduleRequest(name=f"{NS}/schedules/often")
+    )
+    resolve = await eventually(
+        lambda: [r.json() for r in receiver.on("/hook") if r.json()["resolve"]], 20, "the resolve"
+    )
+    # Ticks still running when it went fail after it: they open no incident that nothing resolves.
+    await _passed(api, receiver, "marker")
+    assert len(resolve) == 1
+    assert resolve[0]["schedule"] == f"{NS}/schedules/often"
+    assert resolve[0]["summary"].startswith(f"resolved: {NS}/schedules/often was deleted after ")
+    by_schedule = {i.schedule: i for i in await _incidents(api) if i.job == f"{NS}/jobs/etl"}
+    assert set(by_schedule) == {"", f"{NS}/schedules/often"}
+    assert by_schedule[f"{NS}/schedules/often"].resolve_reason == f"{NS}/schedules/often was deleted"
+    assert not by_schedule[""].HasField("resolve_time")  # the job's run-now failures go on
+    assert len([r for r in receiver.on("/hook") if r.json()["resolve"]]) == 1
+
+
+async def test_deleting_a_check_in_resolves_its_incident(
+    api_of: Any, database_url: str, receiver: Receiver
+) -> None:
+    api = await api_of(database_url, allow_private_networks=True)
+    route = await _route(api, "hook", webhook=notification_pb2.WebhookDestination(url=receiver.url("/ci")))
+    await _rule(
+        api,
+        "backups",
+        route.name,
+        [notification_pb2.ALERT_KIND_CHECKIN_MISSED, notification_pb2.ALERT_KIND_RECOVERED],
+    )
+    check_in = checkin_pb2.CheckIn()
+    check_in.trigger.interval.every.FromSeconds(1)
+    check_in.grace.FromSeconds(1)
+    await api.check_ins.CreateCheckIn(
+        checkin_service_pb2.CreateCheckInRequest(parent=NS, check_in_id="backup", check_in=check_in)
+    )
+    alert = (await eventually(lambda: receiver.on("/ci"), 20, "the CHECKIN_MISSED alert"))[0].json()
+
+    await api.check_ins.DeleteCheckIn(checkin_service_pb2.DeleteCheckInRequest(name=f"{NS}/checkIns/backup"))
+    resolve = (await eventually(lambda: receiver.on("/ci")[1:], 20, "the resolve"))[0].json()
+    await _passed(api, receiver, "marker")
+    assert len(receiver.on("/ci")) == 2
+    assert (resolve["resolve"], resolve["incident"]) == (True, alert["incident"])
+    assert resolve["check_in"] == f"{NS}/checkIns/backup"
+    assert resolve["summary"].startswith(f"resolved: {NS}/checkIns/backup was deleted after ")
+    (incident,) = [i for i in await _incidents(api) if i.check_in]
+    assert incident.resolve_reason == f"{NS}/checkIns/backup was deleted"
+    deleted = await api.events.ListEvents(
+        event_service_pb2.ListEventsRequest(parent=NS, event_types=[event_pb2.EVENT_TYPE_CHECKIN_DELETED])
+    )
+    assert [e.resource for e in deleted.events] == [f"{NS}/checkIns/backup"]
+
+
+async def test_two_replicas_resolve_a_deleted_jobs_incident_once(
+    api_of: Any, fresh_database_url: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRONWIRE_SECRET_PD_KEY", "R0UTINGKEY")
+    url = fresh_database_url("postgres")
+    first = await api_of(url, allow_private_networks=True)
+    second = await api_of(url, allow_private_networks=True)
+    triggers = await _job_failing_to_three_routes(first, receiver, "doomed")
+    await second.jobs.DeleteJob(job_service_pb2.DeleteJobRequest(name=f"{NS}/jobs/doomed"))
+    await eventually(lambda: len(receiver.on("/pd")) >= 2, 20, "the PagerDuty resolve")
+    await _passed(second, receiver, "marker")
+    await _all_delivered(first)
+    assert (len(receiver.on("/hook")), len(receiver.on("/pd")), len(receiver.on("/quiet"))) == (2, 2, 1)
+    assert receiver.on("/pd")[1].json()["dedup_key"] == triggers["/pd"]["dedup_key"]

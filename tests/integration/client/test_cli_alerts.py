@@ -101,6 +101,9 @@ def test_routes_rules_and_deliveries(
     assert in_use.code != 0
     assert "ROUTE_IN_USE" in in_use.err or "named by rule" in in_use.err
     assert cwa("notifications", "rules", "delete", "flaky-failures").code == 0
+    # Its incident resolved, silently, saying why.
+    assert "RESOLVED BY" in (resolved := cwa("notifications", "incidents").out)
+    assert "notificationRules/flaky-failures was deleted" in resolved
     assert cwa("notifications", "routes", "delete", "ops-hook").code == 0
     assert "ops-hook" not in cwa("notifications", "routes", "list").out
 
