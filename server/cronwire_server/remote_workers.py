@@ -619,6 +619,9 @@ class RemoteWorkers:
                     self._more = taken.more
                     if self._more and any(taken.claims):
                         continue  # more may wait for the room still free
+                else:
+                    # No room to take with: work queued meanwhile waits for the first room.
+                    self._more = True
                 # The poll: a retry's backoff ending, work another replica's take left.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_SECONDS):
