@@ -491,17 +491,29 @@ class NotificationStore:
     def _delete_rule(
         self, conn: Connection, namespace: str, rule_id: str, expected_etag: str, now: datetime
     ) -> None:
+        rule = self._get(conn, notification_rules, "rule", namespace, rule_id, _rule, now)
         self._delete(conn, notification_rules, namespace, rule_id, expected_etag)
-        # Its open incidents close, silently: nothing will resolve them any more.
-        conn.execute(
-            sa.update(notification_incidents)
-            .where(
-                notification_incidents.c.namespace == namespace,
-                notification_incidents.c.rule_id == rule_id,
-                notification_incidents.c.resolve_time.is_(None),
+        # Its open incidents are resolved (nothing would resolve them any more), each with a
+        # resolve notification as a success would send, so a PagerDuty incident closes too.
+        reason = f"{format_name('rule', namespace, rule_id)} was deleted"
+        t = notification_incidents
+        resolved = conn.execute(
+            sa.update(t)
+            .where(t.c.namespace == namespace, t.c.rule_id == rule_id, t.c.resolve_time.is_(None))
+            .values(resolve_time=now, resolve_reason=reason)
+            .returning(*t.c)
+        ).all()
+        for row in resolved:
+            incident = _incident(row._mapping)
+            about_it = alerts.Observed(
+                None,
+                incident.job_id,
+                incident.schedule_id,
+                reason,
+                check_in_id=incident.check_in_id,
+                deleted=True,
             )
-            .values(resolve_time=now, resolve_reason=f"{format_name('rule', namespace, rule_id)} was deleted")
-        )
+            self._resolve(conn, rule, incident, about_it, now, now)
 
     # Incidents and deliveries, as callers see them
 
@@ -898,21 +910,7 @@ class NotificationStore:
                 key.append(t.c.family == "failure")
             resolved = sa.update(t).where(*key).values(resolve_time=now, resolve_reason=observed.summary)
             for row in conn.execute(resolved.returning(*t.c)).all():
-                incident = _incident(row._mapping)
-                if AlertKind.RECOVERED in rule.kinds or isinstance(route.destination, PagerDutyDestination):
-                    summary = f"resolved: {observed.summary} after {incident.alerts} alert(s)"
-                    self._deliver(
-                        conn,
-                        rule,
-                        route,
-                        incident,
-                        AlertKind.RECOVERED,
-                        summary,
-                        observed,
-                        when,
-                        now,
-                        resolve=True,
-                    )
+                self._resolve(conn, rule, _incident(row._mapping), observed, when, now)
             return
         if observed.kind not in rule.kinds:
             return
@@ -1007,19 +1005,8 @@ class NotificationStore:
         for row in resolved:
             incident = _incident(row._mapping)
             rule = by_id.get(incident.rule_id)
-            route_row = conn.execute(
-                sa.select(notification_routes).where(
-                    notification_routes.c.namespace == namespace,
-                    notification_routes.c.id == incident.route_id,
-                )
-            ).first()
-            if rule is None or route_row is None:
-                continue  # a rule's deletion resolves its incidents; a route gone has nowhere to send
-            route = _route(route_row._mapping)
-            if AlertKind.RECOVERED not in rule.kinds and not isinstance(
-                route.destination, PagerDutyDestination
-            ):
-                continue
+            if rule is None:
+                continue  # a rule's deletion resolves its incidents
             about_it = alerts.Observed(
                 None,
                 incident.job_id,
@@ -1028,10 +1015,35 @@ class NotificationStore:
                 check_in_id=incident.check_in_id,
                 deleted=True,
             )
-            summary = f"resolved: {deleted.summary} after {incident.alerts} alert(s)"
-            self._deliver(
-                conn, rule, route, incident, AlertKind.RECOVERED, summary, about_it, when, now, resolve=True
+            self._resolve(conn, rule, incident, about_it, when, now)
+
+    def _resolve(
+        self,
+        conn: Connection,
+        rule: NotificationRule,
+        incident: Incident,
+        observed: alerts.Observed,
+        when: datetime,
+        now: datetime,
+    ) -> None:
+        """The resolve notification of an incident just resolved, to the route it was sent to (a
+        rule moved to another route since would otherwise leave a PagerDuty incident open on the
+        old one): PagerDuty always, other routes when the rule asks for RECOVERED."""
+        route_row = conn.execute(
+            sa.select(notification_routes).where(
+                notification_routes.c.namespace == incident.namespace,
+                notification_routes.c.id == incident.route_id,
             )
+        ).first()
+        if route_row is None:
+            return  # a route gone has nowhere to send
+        route = _route(route_row._mapping)
+        if AlertKind.RECOVERED not in rule.kinds and not isinstance(route.destination, PagerDutyDestination):
+            return
+        summary = f"resolved: {observed.summary} after {incident.alerts} alert(s)"
+        self._deliver(
+            conn, rule, route, incident, AlertKind.RECOVERED, summary, observed, when, now, resolve=True
+        )
 
     @staticmethod
     def _missed_a_deadline(conn: Connection, namespace: str, observed: alerts.Observed) -> bool:

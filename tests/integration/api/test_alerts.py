@@ -1089,3 +1089,68 @@ async def test_two_replicas_resolve_a_deleted_jobs_incident_once(
     await _all_delivered(first)
     assert (len(receiver.on("/hook")), len(receiver.on("/pd")), len(receiver.on("/quiet"))) == (2, 2, 1)
     assert receiver.on("/pd")[1].json()["dedup_key"] == triggers["/pd"]["dedup_key"]
+
+
+async def test_a_resolve_goes_to_the_route_the_incident_was_sent_to_after_its_rule_moved(
+    api_of: Any, database_url: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    api = await api_of(database_url, allow_private_networks=True)
+    first = await _route(
+        api, "first", webhook=notification_pb2.WebhookDestination(url=receiver.url("/first"))
+    )
+    second = await _route(
+        api, "second", webhook=notification_pb2.WebhookDestination(url=receiver.url("/second"))
+    )
+    failed, recovered = notification_pb2.ALERT_KIND_FAILED, notification_pb2.ALERT_KIND_RECOVERED
+    await _rule(api, "flaky", first.name, [failed, recovered], job=f"{NS}/jobs/flaky")
+    flag = tmp_path / "ok"
+    await _shell_job(api, "flaky", ["test", "-f", str(flag)])
+    await _run_to_end(api, "flaky")
+    trigger = (await eventually(lambda: receiver.on("/first"), 20, "the failure alert"))[0].json()
+
+    # The rule moves to the other route while its incident is open.
+    await api.alerts.UpdateNotificationRule(
+        notification_service_pb2.UpdateNotificationRuleRequest(
+            rule=notification_pb2.NotificationRule(name=f"{NS}/notificationRules/flaky", route=second.name),
+            update_mask=field_mask_pb2.FieldMask(paths=["route"]),
+        )
+    )
+    flag.write_text("")
+    await _run_to_end(api, "flaky")
+    resolution = (await eventually(lambda: receiver.on("/first")[1:], 20, "the resolution"))[0].json()
+    assert (resolution["kind"], resolution["resolve"]) == ("RECOVERED", True)
+    assert resolution["incident"] == trigger["incident"]
+    await _passed(api, receiver, "marker")
+    assert receiver.on("/second") == []
+
+
+async def test_deleting_a_rule_resolves_its_open_incidents_with_their_resolves(
+    api_of: Any, database_url: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRONWIRE_SECRET_PD_KEY", "R0UTINGKEY")
+    api = await api_of(database_url, allow_private_networks=True)
+    triggers = await _job_failing_to_three_routes(api, receiver, "watched")
+
+    for rule in ("to-hook", "to-pager", "to-quiet"):
+        await api.alerts.DeleteNotificationRule(
+            notification_service_pb2.DeleteNotificationRuleRequest(name=f"{NS}/notificationRules/{rule}")
+        )
+    await eventually(
+        lambda: len(receiver.on("/hook")) >= 2 and len(receiver.on("/pd")) >= 2, 20, "the resolves"
+    )
+    resolved = receiver.on("/hook")[1].json()
+    assert (resolved["kind"], resolved["resolve"]) == ("RECOVERED", True)
+    assert resolved["incident"] == triggers["/hook"]["incident"]
+    assert resolved["summary"] == f"resolved: {NS}/notificationRules/to-hook was deleted after 1 alert(s)"
+    assert receiver.on("/pd")[1].json() == {
+        "routing_key": "R0UTINGKEY",
+        "event_action": "resolve",
+        "dedup_key": triggers["/pd"]["dedup_key"],
+    }
+    await _passed(api, receiver, "marker")
+    # Once each; the route whose rule did not take RECOVERED gets none, as on a success.
+    assert (len(receiver.on("/hook")), len(receiver.on("/pd")), len(receiver.on("/quiet"))) == (2, 2, 1)
+    incidents = [i for i in await _incidents(api) if i.job == f"{NS}/jobs/watched"]
+    assert {i.resolve_reason for i in incidents} == {
+        f"{NS}/notificationRules/{rule} was deleted" for rule in ("to-hook", "to-pager", "to-quiet")
+    }
