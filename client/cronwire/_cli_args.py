@@ -439,8 +439,9 @@ def trigger_flags(parser: argparse.ArgumentParser, *, window: bool = True) -> No
     when.add_argument(
         "--tz",
         metavar="ZONE",
-        help="IANA time zone of the cron fields and of --at/--start/--end times written without an "
-        "offset, e.g. Europe/Berlin (default UTC)",
+        help="IANA time zone of the cron fields and of --at"
+        + ("/--start/--end" if window else "")
+        + " times written without an offset, e.g. Europe/Berlin (default UTC)",
     )
     when.add_argument(
         "--dst",
