@@ -952,28 +952,13 @@ class NotificationStore:
     def _gone(conn: Connection, namespace: str, observed: alerts.Observed) -> bool:
         """Whether the job, schedule or check-in an alert is about no longer exists."""
         if observed.check_in_id:
-            c = check_ins
-            return (
-                conn.execute(
-                    sa.select(c.c.id).where(c.c.namespace == namespace, c.c.id == observed.check_in_id)
-                ).first()
-                is None
-            )
-        if observed.schedule_id:
-            s = schedules
-            return (
-                conn.execute(
-                    sa.select(s.c.id).where(s.c.namespace == namespace, s.c.id == observed.schedule_id)
-                ).first()
-                is None
-            )
-        j = jobs
-        return (
-            conn.execute(
-                sa.select(j.c.id).where(j.c.namespace == namespace, j.c.id == observed.job_id)
-            ).first()
-            is None
-        )
+            table, item_id = check_ins, observed.check_in_id
+        elif observed.schedule_id:
+            table, item_id = schedules, observed.schedule_id
+        else:
+            table, item_id = jobs, observed.job_id
+        found = sa.select(table.c.id).where(table.c.namespace == namespace, table.c.id == item_id)
+        return conn.execute(found).first() is None
 
     def _resolve_deleted(
         self,
