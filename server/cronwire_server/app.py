@@ -251,6 +251,7 @@ async def create_server(settings: Settings) -> RunningServer:
             recover="worker" not in settings.roles,
             registry=RemoteRegistry(store.engine),
             replica=identity,
+            max_running_per_namespace=limits.max_running_per_namespace,
         )
         remote.start(supervisor, stopping)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(remote), server)

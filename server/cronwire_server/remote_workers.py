@@ -255,8 +255,11 @@ class RemoteWorkers:
         recover: bool = False,
         registry: RemoteRegistry | None = None,
         replica: str = "",
+        max_running_per_namespace: int = 0,
     ) -> None:
         self._store = store
+        # At most this many executions of a namespace run at once, local and remote (0: no limit).
+        self._namespace_limit = max_running_per_namespace
         self.lease = lease
         self._capture_bytes = capture_bytes
         self.max_in_flight = max_in_flight
@@ -587,7 +590,9 @@ class RemoteWorkers:
     # Loops
 
     def _room_grew(self) -> None:
-        if self._more:
+        # Under a namespace limit, any end may make room for runs the limit held back (as the
+        # local pool's claims do).
+        if self._more or self._namespace_limit > 0:
             self._wake.set()
 
     async def _dispatch(self, stopping: asyncio.Event) -> None:
@@ -607,7 +612,9 @@ class RemoteWorkers:
                 wanting = [s for s in self.sessions if s.room() > 0]
                 if wanting:
                     try:
-                        taken = await self._store.take_remote([self._take_of(s) for s in wanting])
+                        taken = await self._store.take_remote(
+                            [self._take_of(s) for s in wanting], namespace_limit=self._namespace_limit
+                        )
                         loop_ok()
                     except StorageUnavailable as error:
                         loop_failed(error)

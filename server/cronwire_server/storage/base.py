@@ -330,10 +330,12 @@ class Store(Protocol):
     # (`storage.remote`); they end through `finish_executions` and `release_executions` with
     # the lease's `worker`, and are recovered by `recover_expired`, like any run.
 
-    async def take_remote(self, takes: Sequence[RemoteTake]) -> RemoteTaken:
+    async def take_remote(self, takes: Sequence[RemoteTake], *, namespace_limit: int = 0) -> RemoteTaken:
         """For each take (a worker's stream), start up to `take.limit` due QUEUED remote executions
         of its queues (SKIP LOCKED, admitted like a claim), each RUNNING under a lease token of
-        its own; all of them together (on PostgreSQL in one statement)."""
+        its own; all of them together (on PostgreSQL in one statement). When > 0,
+        `namespace_limit` running per namespace, local and remote runs together, across all
+        replicas (as `claim_executions` counts them)."""
 
     async def renew_remote(
         self, batches: Sequence[list[HeldRemoteLease]], lease: timedelta

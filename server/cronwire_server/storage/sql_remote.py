@@ -1,6 +1,7 @@
 """The remote queue in SQL: executions of jobs with executor `remote`, taken by remote workers.
 
-Taking is the local claim's admission (serial turns, jobs' and backfills' concurrency limits)
+Taking is the local claim's admission (serial turns, jobs' and backfills' concurrency limits,
+and with a namespace limit the RUNNING executions of the namespace, local and remote together)
 over the remote executions of the workers' queues, rows locked with SKIP LOCKED, each started
 under its session's lease (`storage.remote`). On PostgreSQL one statement takes for every
 session with room (`take_batch`); on SQLite, one transaction (`take_each`). Renewal goes by
@@ -31,6 +32,7 @@ from cronwire_server.storage.remote import (
     RemoteTaken,
     new_lease_token,
 )
+from cronwire_server.storage.sql_driver import run_script
 from cronwire_server.storage.tables import executions, jobs
 
 
@@ -42,14 +44,18 @@ def _wants(take: RemoteTake) -> bool:
     return take.limit > 0 and bool(take.queues) and (take.namespaces is None or bool(take.namespaces))
 
 
-def take_each(conn: Connection, takes: Sequence[RemoteTake], now: datetime) -> RemoteTaken:
+def take_each(
+    conn: Connection, takes: Sequence[RemoteTake], namespace_limit: int, now: datetime
+) -> RemoteTaken:
     """SQLite (one writer): every take in this one transaction, one after another."""
-    claims = [take(conn, t, now) for t in takes]
+    claims = [take(conn, t, now, namespace_limit) for t in takes]
     return RemoteTaken(claims, any(len(c) == t.limit for c, t in zip(claims, takes, strict=True) if c))
 
 
-def take(conn: Connection, take: RemoteTake, now: datetime) -> list[RemoteClaim]:
-    """Start up to `take.limit` due remote executions for the worker, each under its own lease."""
+def take(conn: Connection, take: RemoteTake, now: datetime, namespace_limit: int = 0) -> list[RemoteClaim]:
+    """Start up to `take.limit` due remote executions for the worker, each under its own lease;
+    with `namespace_limit` (> 0), only while fewer than that many of their namespace run (local
+    and remote runs alike)."""
     if not _wants(take):
         return []
     query = (
@@ -67,11 +73,17 @@ def take(conn: Connection, take: RemoteTake, now: datetime) -> list[RemoteClaim]
         query = query.where(_queue_of(jobs.c.parameters, "task").in_(("", *take.tasks)))
     if take.namespaces is not None:
         query = query.where(executions.c.namespace.in_(take.namespaces))
+    if namespace_limit > 0:
+        # As the local claim: namespaces at their limit are left out of the candidates, so that
+        # their backlog does not hold up the other namespaces; `_admissible` counts exactly.
+        full = ex._namespaces_at(conn, namespace_limit)
+        if full:
+            query = query.where(executions.c.namespace.not_in(full))
     # A few candidates more than wanted: a serial turn or a concurrency limit may hold some back.
     candidates = ex._candidates(conn, query, take.limit + 8)
     if not candidates:
         return []
-    accepted, _ = ex._admissible(conn, candidates)
+    accepted, _ = ex._admissible(conn, candidates, namespace_limit)
     tokens = {key: new_lease_token(take.secret) for key in accepted[: take.limit]}
     if not tokens:
         return []
@@ -149,7 +161,11 @@ def renew(
 # else to the earlier. Admission is the local claim's (`sql_executions._claim_sql`), stage by
 # stage in due order over all the candidates: a plain take starts only candidates that need no
 # decision and says whether it saw others, then the store takes again admitting, under the
-# advisory lock every admitting take holds (`lock_admission`). The admitted candidates of a class
+# advisory lock every admitting take holds (`lock_admission`). With a namespace limit every take
+# admits, and holds the local claim's admission lock too: a namespace's RUNNING executions, local
+# and remote, plus the candidates ranked before one stay within the limit, counted with no other
+# admitting claim or take between the count and the commit; namespaces at their limit are left
+# out of the candidates (their backlog must not hold up the others'). The admitted candidates of a class
 # go to its sessions' free slots in turn, the session with the most room first (slot k of every
 # session before slot k + 1 of any), each started under its session's `worker`, its event
 # inserted by a CTE, its job read with it. (Kept short: psycopg caches the parsing of a
@@ -162,8 +178,9 @@ _SESSION = "remote_session"
 _RETURNED = [c for c in executions.c if c.name != "output"]
 
 
-def _picked_sql(k: int) -> str:
+def _picked_sql(k: int, *, limited: bool) -> str:
     """The candidates of class `k` (its parameters are suffixed with it)."""
+    room = " AND e.namespace NOT IN (SELECT namespace FROM at_limit)" if limited else ""
     earlier = "".join(
         f" AND (e.namespace, e.id) NOT IN (SELECT namespace, id FROM p{n} ORDER BY {ex._order('p' + str(n))}"
         f" LIMIT :room_{n})"
@@ -183,15 +200,26 @@ p{k} AS MATERIALIZED (
       AND NOT (e.serial AND e.schedule_id <> '' AND EXISTS (
           SELECT FROM executions AS q
           WHERE q.namespace = e.namespace AND q.schedule_id = e.schedule_id AND q.state = '{ex.QUEUED}'
-            AND ({ex._order("q")}) < ({ex._order("e")}))){earlier}
+            AND ({ex._order("q")}) < ({ex._order("e")}))){room}{earlier}
     ORDER BY e.due_time
     LIMIT :limit_{k}
     FOR UPDATE OF e SKIP LOCKED
 ),"""
 
 
-def _take_sql(classes: int, *, admit: bool) -> str:
-    picked = "".join(_picked_sql(k) for k in range(classes))
+def _take_sql(classes: int, *, admit: bool, limited: bool = False) -> str:
+    """With `limited` (admitting only), the namespace limit `:namespace_limit` applies too."""
+    assert admit or not limited, "a namespace limit is decided by an admitting take"
+    picked = "".join(_picked_sql(k, limited=limited) for k in range(classes))
+    if limited:
+        picked = (
+            f"""
+at_limit AS MATERIALIZED (
+    SELECT r.namespace FROM executions AS r WHERE r.state = '{ex.RUNNING}'
+    GROUP BY r.namespace HAVING count(*) >= :namespace_limit
+),"""
+            + picked
+        )
     union = " UNION ALL ".join(f"SELECT * FROM p{k}" for k in range(classes))
     saturated = " OR ".join(f"(SELECT count(*) FROM p{k}) >= :limit_{k}" for k in range(classes))
     if admit:
@@ -219,7 +247,20 @@ job_room AS (
                      <= s.max_concurrency
                 ELSE true END AS ok
     FROM group_room AS s WHERE s.ok
+),"""
+        if limited:
+            decided += f"""
+namespace_room AS (
+    SELECT {_DECIDED},
+           {ex._rank("s.namespace", "s")}
+           + (SELECT count(*) FROM executions AS r
+              WHERE r.namespace = s.namespace AND r.state = '{ex.RUNNING}')
+           <= :namespace_limit AS ok
+    FROM job_room AS s WHERE s.ok
 ),
+a AS (SELECT * FROM namespace_room WHERE ok),"""
+        else:
+            decided += """
 a AS (SELECT * FROM job_room WHERE ok),"""
     else:
         decided = """
@@ -271,15 +312,15 @@ ORDER BY s.due_time, s.scheduled_time, s.id
 """
 
 
-_TAKE_STATEMENTS: dict[tuple[int, bool], sa.TextualSelect] = {}
+_TAKE_STATEMENTS: dict[tuple[int, bool, bool], sa.TextualSelect] = {}
 
 
-def _take_statement(classes: int, *, admit: bool) -> sa.TextualSelect:
-    """Built once per number of classes (psycopg then prepares it)."""
-    key = (classes, admit)
+def _take_statement(classes: int, *, admit: bool, limited: bool) -> sa.TextualSelect:
+    """Built once per number of classes and variant (psycopg then prepares it)."""
+    key = (classes, admit, limited)
     statement = _TAKE_STATEMENTS.get(key)
     if statement is None:
-        text = sa.text(ex._compact(_take_sql(classes, admit=admit))).bindparams(
+        text = sa.text(ex._compact(_take_sql(classes, admit=admit, limited=limited))).bindparams(
             sa.bindparam("classes", type_=ARRAY(sa.Integer())),
             sa.bindparam("rooms", type_=ARRAY(sa.Integer())),
             sa.bindparam("class_rooms", type_=ARRAY(sa.Integer())),
@@ -290,6 +331,7 @@ def _take_statement(classes: int, *, admit: bool) -> sa.TextualSelect:
                 for k in range(classes)
                 for name in ("queues", "tasks", "namespaces")
             ),
+            *([sa.bindparam("namespace_limit", type_=sa.Integer())] if limited else []),
         )
         statement = text.columns(
             sa.column("restricted", sa.Boolean()),
@@ -306,11 +348,16 @@ def _take_statement(classes: int, *, admit: bool) -> sa.TextualSelect:
 EXTRA_CANDIDATES = 8
 
 
-def take_batch(conn: Connection, takes: Sequence[RemoteTake], *, admit: bool) -> tuple[RemoteTaken, bool]:
+def take_batch(
+    conn: Connection, takes: Sequence[RemoteTake], *, admit: bool, namespace_limit: int = 0
+) -> tuple[RemoteTaken, bool]:
     """PostgreSQL: one statement for every take. Plain (`admit` False), it starts only executions
     that need no admission decision and says whether it saw others; admitting, it decides for
-    all, and must run in a transaction after `_ADMISSION_LOCK` (see `lock_admission`). Returns
-    what was taken and whether candidates needing a decision were seen."""
+    all, and must run in a transaction after `lock_admission` (with the same `namespace_limit`).
+    A `namespace_limit` (> 0) is decided by admitting takes only. Returns what was taken and
+    whether candidates needing a decision were seen."""
+    limited = namespace_limit > 0
+    assert admit or not limited, "a namespace limit is decided by an admitting take"
     wanted = [i for i, t in enumerate(takes) if _wants(t)]
     claims: list[list[RemoteClaim]] = [[] for _ in takes]
     if not wanted:
@@ -340,7 +387,9 @@ def take_batch(conn: Connection, takes: Sequence[RemoteTake], *, admit: bool) ->
     params.update(
         classes=session_classes, rooms=rooms, class_rooms=class_rooms, workers=workers, lease=lease.pop()
     )
-    rows = conn.execute(_take_statement(len(classes), admit=admit), params).all()
+    if limited:
+        params["namespace_limit"] = namespace_limit
+    rows = conn.execute(_take_statement(len(classes), admit=admit, limited=limited), params).all()
     first = rows[0]._mapping
     jobs_by_key: dict[tuple[str, str], Job] = {}
     for row in rows:
@@ -362,7 +411,13 @@ def take_batch(conn: Connection, takes: Sequence[RemoteTake], *, admit: bool) ->
     return RemoteTaken(claims, bool(first["saturated"]) or full), bool(first["restricted"])
 
 
-def lock_admission(conn: Connection) -> None:
+def lock_admission(conn: Connection, namespace_limit: int = 0) -> None:
     """In a transaction, before an admitting `take_batch`: one admitting take at a time, so that
-    the running counts it decides by are not stale by another's starts."""
-    conn.exec_driver_sql(_ADMISSION_LOCK)
+    the running counts it decides by are not stale by another's starts. With a namespace limit,
+    the local claim's admission lock too (after this one, in one round trip): a namespace's
+    local and remote runs are counted together, so no admitting claim may start any between
+    this take's count and its commit. (A local claim holds only its own lock: no deadlock.)"""
+    if namespace_limit > 0:
+        run_script(conn, [_ADMISSION_LOCK, ex._ADMISSION_LOCK])
+    else:
+        conn.exec_driver_sql(_ADMISSION_LOCK)

@@ -1019,27 +1019,39 @@ class SqlStore:
             self._wakeup.signal("executions")
         return lost
 
-    async def take_remote(self, takes: Sequence[RemoteTake]) -> RemoteTaken:
+    async def take_remote(self, takes: Sequence[RemoteTake], *, namespace_limit: int = 0) -> RemoteTaken:
+        namespace_limit = max(0, namespace_limit)
         if not self._postgres:
-            each: RemoteTaken = await self._run(self._in_transaction, sql_remote.take_each, takes)
+            each: RemoteTaken = await self._run(
+                self._in_transaction, sql_remote.take_each, takes, namespace_limit
+            )
             return each
         # As `claim_executions`: admitting while the last take saw executions that need a
-        # decision, else plainly; a plain take that left some admits at once for the room left.
-        admit = self._remote_admitting
-        taken, self._remote_admitting = await self._run(self._take_remote_batch, takes, admit)
+        # decision or a namespace limit is set, else plainly; a plain take that left some admits
+        # at once for the room left.
+        admit = self._remote_admitting or namespace_limit > 0
+        taken, self._remote_admitting = await self._run(
+            self._take_remote_batch, takes, admit, namespace_limit
+        )
         if self._remote_admitting and not admit:
             rest = [replace(t, limit=t.limit - len(c)) for t, c in zip(takes, taken.claims, strict=True)]
             if any(t.limit > 0 for t in rest):
-                more, self._remote_admitting = await self._run(self._take_remote_batch, rest, True)
+                more, self._remote_admitting = await self._run(
+                    self._take_remote_batch, rest, True, namespace_limit
+                )
                 claims = [a + b for a, b in zip(taken.claims, more.claims, strict=True)]
                 taken = RemoteTaken(claims, taken.more or more.more)
         return taken
 
-    def _take_remote_batch(self, takes: Sequence[RemoteTake], admit: bool) -> tuple[RemoteTaken, bool]:
+    def _take_remote_batch(
+        self, takes: Sequence[RemoteTake], admit: bool, namespace_limit: int
+    ) -> tuple[RemoteTaken, bool]:
         if admit:
             with self._transaction() as conn:
-                sql_remote.lock_admission(conn)
-                taken, restricted = sql_remote.take_batch(conn, takes, admit=True)
+                sql_remote.lock_admission(conn, namespace_limit)
+                taken, restricted = sql_remote.take_batch(
+                    conn, takes, admit=True, namespace_limit=namespace_limit
+                )
         else:
             with self._sync.connect() as conn:
                 taken, restricted = sql_remote.take_batch(conn, takes, admit=False)
