@@ -67,8 +67,15 @@ async def _server(database_url: str, **settings: Any) -> RunningServer:
 
 @pytest.fixture
 async def worker(database_url: str) -> AsyncIterator[tuple[RunningServer, Api]]:
-    """A server that runs executions and keeps them all."""
-    running = await _server(database_url, execution_retention_count=0, execution_retention_days=0)
+    """A server that runs executions and keeps them all: it has no dispatcher role, so no
+    pruner (one would apply the jobs' own retention whenever its pass came, e.g. a first pass
+    that waited for the SQLite writer until the test's runs had ended)."""
+    running = await _server(
+        database_url,
+        roles=frozenset({"api", "worker"}),
+        execution_retention_count=0,
+        execution_retention_days=0,
+    )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         yield running, Api(channel)
     await running.stop(grace=0)
