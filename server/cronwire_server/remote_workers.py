@@ -602,39 +602,43 @@ class RemoteWorkers:
         coming free only while the last take says work may be waiting for it: a worker's every
         result frees a slot, and a take for it when the queue is empty would be wasted. It
         sleeps on one event that all of them set: a wake-up is one step of the event loop."""
-        self._store.wakeup.subscribe("executions", self._wake)
         stopper = asyncio.ensure_future(stopping.wait())
         stopper.add_done_callback(lambda _: self._wake.set())
         try:
-            while not stopping.is_set():
-                # Cleared before the take: a wake-up while it runs is for the next one.
-                self._wake.clear()
-                wanting = [s for s in self.sessions if s.room() > 0]
-                if wanting:
-                    try:
-                        taken = await self._store.take_remote(
-                            [self._take_of(s) for s in wanting], namespace_limit=self._namespace_limit
-                        )
-                        loop_ok()
-                    except StorageUnavailable as error:
-                        loop_failed(error)
-                        log.warning("remote workers: database unavailable (%s); retrying", error)
-                        await first_of(asyncio.sleep(RETRY_AFTER_ERROR), stopping.wait())
+            # For this run of the loop only: a restarted loop would otherwise add one more each time.
+            with self._store.wakeup.subscribed("executions", self._wake):
+                while not stopping.is_set():
+                    # Cleared before the take: a wake-up while it runs is for the next one.
+                    self._wake.clear()
+                    if await self._take_for_sessions(stopping):
                         continue
-                    for session, claims in zip(wanting, taken.claims, strict=True):
-                        self._hand(session, claims)
-                    self._more = taken.more
-                    if self._more and any(taken.claims):
-                        continue  # more may wait for the room still free
-                else:
-                    # No room to take with: work queued meanwhile waits for the first room.
-                    self._more = True
-                # The poll: a retry's backoff ending, work another replica's take left.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(POLL_SECONDS):
-                        await self._wake.wait()
+                    # The poll: a retry's backoff ending, work another replica's take left.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(POLL_SECONDS):
+                            await self._wake.wait()
         finally:
             stopper.cancel()
+
+    async def _take_for_sessions(self, stopping: asyncio.Event) -> bool:
+        """One take for every session with room; whether to take again at once."""
+        wanting = [s for s in self.sessions if s.room() > 0]
+        if not wanting:
+            self._more = True  # no room to take with: work queued meanwhile waits for the first room
+            return False
+        try:
+            taken = await self._store.take_remote(
+                [self._take_of(s) for s in wanting], namespace_limit=self._namespace_limit
+            )
+            loop_ok()
+        except StorageUnavailable as error:
+            loop_failed(error)
+            log.warning("remote workers: database unavailable (%s); retrying", error)
+            await first_of(asyncio.sleep(RETRY_AFTER_ERROR), stopping.wait())
+            return True
+        for session, claims in zip(wanting, taken.claims, strict=True):
+            self._hand(session, claims)
+        self._more = taken.more
+        return self._more and any(taken.claims)  # more may wait for the room still free
 
     def _take_of(self, session: Session) -> RemoteTake:
         return RemoteTake(

@@ -136,8 +136,11 @@ class Wakeup(Protocol):
         """Wake-ups of `channel` for one loop alone, which no other sleeper takes from it (with
         `event`, they set it)."""
 
-    def subscribed(self, channel: str) -> AbstractContextManager[Subscription]:
-        """`subscribe` for one of many sleepers that come and go, removed when it leaves."""
+    def subscribed(
+        self, channel: str, event: asyncio.Event | None = None
+    ) -> AbstractContextManager[Subscription]:
+        """`subscribe` for as long as the block runs (sleepers that come and go, loops a
+        supervisor may restart), removed when it leaves."""
 
 
 class Store(Protocol):

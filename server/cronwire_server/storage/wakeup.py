@@ -79,10 +79,10 @@ class LocalWakeup:
         return subscription
 
     @contextlib.contextmanager
-    def subscribed(self, channel: str) -> Iterator[Subscription]:
-        """Wake-ups of `channel` for one of many sleepers that come and go (the followers of
-        executions' output), removed when it leaves."""
-        subscription = self.subscribe(channel)
+    def subscribed(self, channel: str, event: asyncio.Event | None = None) -> Iterator[Subscription]:
+        """`subscribe` for as long as the block runs: for sleepers that come and go (the followers
+        of executions' output) and loops a supervisor may restart, removed when they leave."""
+        subscription = self.subscribe(channel, event)
         try:
             yield subscription
         finally:
