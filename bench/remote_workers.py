@@ -47,7 +47,7 @@ from sql_sent import metrics_port_file, sql_sent, with_metrics
 
 from cronwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from cronwire_server.core.model import ExecutionTrigger
-from cronwire_server.storage import sql_executions
+from cronwire_server.storage import sql_engine, sql_executions
 from cronwire_server.storage.sql_store import normalize_url
 from cronwire_server.storage.tables import executions
 
@@ -165,7 +165,7 @@ def create_job(target: str) -> str:
 
 def queue_backlog(engine: sa.Engine, count: int) -> None:
     with engine.begin() as conn:
-        now = sql_executions.database_now(conn)
+        now = sql_engine.database_now(conn)
         rows = [
             sql_executions.new_row(
                 namespace=NAMESPACE,

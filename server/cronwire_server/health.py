@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cronwire_server.storage.sql_store import create_engine
+from cronwire_server.storage.sql_engine import create_engine
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.pool import Pool
 
 from cronwire_server.storage import Store
-from cronwire_server.storage.sql_store import SQL_SENT
+from cronwire_server.storage.sql_engine import SQL_SENT
 
 log = logging.getLogger(__name__)
 

@@ -96,8 +96,8 @@ def run_keys_command(args: argparse.Namespace) -> int:
 
 def _run(url: str, work: Callable[[KeyManager], Awaitable[int]]) -> int:
     from cronwire_server.auth.manage import KeyManager
+    from cronwire_server.storage.sql_engine import create_engine
     from cronwire_server.storage.sql_keys import KeyStore
-    from cronwire_server.storage.sql_store import create_engine
 
     async def main() -> int:
         engine = create_engine(url, pool_size=1)

@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from cronwire_server.storage.sql_store import sync_url
+from cronwire_server.storage.sql_engine import sync_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 

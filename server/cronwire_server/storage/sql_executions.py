@@ -47,11 +47,10 @@ from cronwire_server.storage.base import (
 )
 from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
 from cronwire_server.storage.sql_driver import run_script
+from cronwire_server.storage.sql_engine import PENDING_EVENTS, notify
 from cronwire_server.storage.tables import execution_logs, executions, jobs, schedules
 
 QUEUED, RUNNING = ExecutionState.QUEUED.value, ExecutionState.RUNNING.value
-# Connection.info key of the events a transaction writes just before it commits.
-PENDING_EVENTS = "cronwire_pending_events"
 ACTIVE_STATES = (QUEUED, RUNNING)
 # Columns a listing returns: everything but the (large) output.
 LISTED_COLUMNS = [c for c in executions.c if c.name != "output"]
@@ -138,21 +137,6 @@ def _insert_ignoring_duplicate_ticks(conn: Connection, rows: list[dict[str, Any]
         index_where=sa.text("trigger = 'schedule'"),
     )
     return set(conn.execute(statement.returning(executions.c.id), rows).scalars())
-
-
-def database_now(conn: Connection) -> datetime:
-    """The database's clock: every replica decides by the same time."""
-    if conn.dialect.name == "postgresql":
-        value = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
-        assert isinstance(value, datetime)
-        return value
-    return datetime.now(UTC)
-
-
-def notify(conn: Connection, channel: str) -> None:
-    """NOTIFY every replica when this transaction commits (PostgreSQL; a no-op elsewhere)."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"NOTIFY cronwire_{channel}")
 
 
 def _locked(select: sa.Select[Any], conn: Connection, *tables: sa.Table) -> sa.Select[Any]:

@@ -15,7 +15,7 @@ from cronwire_server.auth.keys import ApiKey, Role
 from cronwire_server.core import errors
 from cronwire_server.core.model import Listing, Page
 from cronwire_server.core.names import key_name
-from cronwire_server.storage.sql_store import _unavailable_on_connection_errors, stamp_time
+from cronwire_server.storage.sql_engine import stamp_time, unavailable_on_connection_errors
 from cronwire_server.storage.tables import api_keys, server_secrets
 
 PAGE_TOKEN_SECRET = "page_token_hmac"
@@ -54,7 +54,7 @@ class KeyStore:
         self._postgres = engine.dialect.name == "postgresql"
 
     async def _execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
-        with _unavailable_on_connection_errors():
+        with unavailable_on_connection_errors():
             async with self._engine.connect() as conn:
                 return await conn.execute(statement)
 
@@ -131,7 +131,7 @@ class KeyStore:
         """The secret `name`, the same for every replica on this database: made by the first
         that asks (a racing replica's insert does nothing), read by all."""
         insert = (postgresql.insert if self._postgres else sqlite.insert)(server_secrets)
-        with _unavailable_on_connection_errors():
+        with unavailable_on_connection_errors():
             async with self._engine.begin() as conn:
                 await conn.execute(
                     insert.values(name=name, value=secrets.token_hex(32)).on_conflict_do_nothing()

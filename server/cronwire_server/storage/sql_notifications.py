@@ -50,8 +50,7 @@ from cronwire_server.core.model import DeadlineKind, DeadlineMiss, EventType, Li
 from cronwire_server.core.names import format_name, schedule_name
 from cronwire_server.storage import sql_creates, sql_events
 from cronwire_server.storage.records import deadlines_from_json, trigger_from_json, trigger_to_json
-from cronwire_server.storage.sql_executions import database_now
-from cronwire_server.storage.sql_store import _unavailable_on_connection_errors
+from cronwire_server.storage.sql_engine import database_now, unavailable_on_connection_errors
 from cronwire_server.storage.tables import (
     check_in_pings,
     check_ins,
@@ -275,13 +274,13 @@ class NotificationStore:
         self._begin = "BEGIN" if self._postgres else "BEGIN IMMEDIATE"
 
     async def _run(self, work: Callable[..., T], *args: Any) -> T:
-        with _unavailable_on_connection_errors():
+        with unavailable_on_connection_errors():
             return await greenlet_spawn(self._in_transaction, work, *args)
 
     async def _read(self, work: Callable[..., T], *args: Any) -> T:
         """`work` outside a transaction: the passes look before they lock (on SQLite a write
         transaction is the database's one writer), and most passes find nothing to do."""
-        with _unavailable_on_connection_errors():
+        with unavailable_on_connection_errors():
             return await greenlet_spawn(self._in_read, work, *args)
 
     def _in_read(self, work: Callable[..., T], *args: Any) -> T:

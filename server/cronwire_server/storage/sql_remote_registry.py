@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cronwire_server.storage.sql_store import _unavailable_on_connection_errors
+from cronwire_server.storage.sql_engine import unavailable_on_connection_errors
 from cronwire_server.storage.tables import remote_workers
 
 # Rows not reported for this long belong to a replica that died: removed.
@@ -59,7 +59,7 @@ class RemoteRegistry:
     async def report(self, replica: str, workers: list[ConnectedWorker]) -> None:
         """Replace `replica`'s rows with `workers` (keeping the connect times of those known),
         and remove the rows of replicas silent for STALE_AFTER."""
-        with _unavailable_on_connection_errors():
+        with unavailable_on_connection_errors():
             async with self._engine.begin() as conn:
                 # The database's clock (SQLite is one process: its clock is the database's).
                 now: datetime = (
@@ -91,14 +91,14 @@ class RemoteRegistry:
 
     async def forget(self, replica: str) -> None:
         """The replica stops: its streams are gone."""
-        with _unavailable_on_connection_errors():
+        with unavailable_on_connection_errors():
             async with self._engine.begin() as conn:
                 await conn.execute(sa.delete(remote_workers).where(remote_workers.c.replica == replica))
 
     async def connected(self, namespaces: frozenset[str] | None) -> list[ConnectedWorker]:
         """The workers connected, by queue then identity; only those taking work in one of
         `namespaces` (None: all) or in every namespace."""
-        with _unavailable_on_connection_errors():
+        with unavailable_on_connection_errors():
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(sa.select(remote_workers))).mappings().all()
         found = [

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc
-from sqlalchemy.engine import URL, Connection, Row, make_url
-from sqlalchemy.engine.interfaces import ExecuteStyle
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.engine import Connection, Row, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
 from cronwire_server.core import errors
@@ -47,6 +46,7 @@ from cronwire_server.limits import NamespaceFull
 from cronwire_server.storage import (
     sql_calendars,
     sql_creates,
+    sql_engine,
     sql_events,
     sql_kept_calendars,
     sql_remote,
@@ -77,6 +77,18 @@ from cronwire_server.storage.records import (
 )
 from cronwire_server.storage.remote import HeldRemoteLease, RemoteTake, RemoteTaken
 from cronwire_server.storage.sql_driver import PreparedRead
+from cronwire_server.storage.sql_engine import (
+    PENDING_EVENTS,
+    create_engine,
+    database_now,
+    engine_options,
+    instrument,
+    normalize_url,
+    rollback,
+    stamp_time,
+    sync_url,
+    unavailable_on_connection_errors,
+)
 from cronwire_server.storage.tables import (
     UtcDateTime,
     execution_counters,
@@ -99,116 +111,7 @@ __all__ = [
     "trigger_to_json",
 ]
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-
 T = TypeVar("T")
-
-# ---------------------------------------------------------------------------
-# URLs
-
-
-def _backend(url: URL) -> str:
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return "sqlite"
-    if backend in ("postgresql", "postgres"):
-        return "postgresql"
-    raise ValueError(f"unsupported database {backend!r}: use sqlite:///FILE or postgresql://...")
-
-
-def _with_driver(url: str, drivers: dict[str, str]) -> str:
-    parsed = make_url(url)
-    backend = _backend(parsed)
-    return parsed.set(drivername=drivers[backend]).render_as_string(hide_password=False)
-
-
-def normalize_url(url: str) -> str:
-    """The async SQLAlchemy URL for a user's database URL.
-
-    `sqlite:///x.db` -> `sqlite+aiosqlite:///x.db`; `postgres://` and
-    `postgresql://` (any driver) -> `postgresql+psycopg://`.
-    """
-    return _with_driver(url, {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"})
-
-
-def sync_url(url: str) -> str:
-    """The blocking-driver SQLAlchemy URL for the same database (used by migrations)."""
-    return _with_driver(url, {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg"})
-
-
-# ---------------------------------------------------------------------------
-# Engine
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # busy_timeout first: switching to WAL needs a lock another connection may hold.
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    # WAL: readers never block the writer, and commits are cheaper.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # Off by default in SQLite, per connection; the schedules -> jobs cascade needs it.
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-class SqlSent:
-    """What this process sent to its databases, counted by a statement hook on every store engine
-    (several stores in one process add up, like the metrics): `statements`, and `round_trips`,
-    which add the BEGIN/COMMIT/ROLLBACK the store sends itself on its autocommit engine. An
-    executemany is as many statements as parameter sets in one round trip (psycopg pipelines
-    them); a multi-row INSERT (insertmanyvalues) is one statement."""
-
-    def __init__(self) -> None:
-        self.statements = 0
-        self.round_trips = 0
-
-    def __call__(
-        self, _conn: Any, _cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> None:
-        self.round_trips += 1
-        if executemany and context is not None and context.execute_style is ExecuteStyle.EXECUTEMANY:
-            self.statements += len(parameters)
-        elif statement[:8].upper() not in _TRANSACTION_CONTROL:
-            self.statements += 1
-
-
-_TRANSACTION_CONTROL = frozenset({"BEGIN", "BEGIN IM", "COMMIT", "ROLLBACK"})
-SQL_SENT = SqlSent()
-
-
-def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> AsyncEngine:
-    """An async engine for a user's database URL, set up for the store."""
-    async_url = normalize_url(url)
-    parsed = make_url(async_url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        # Each pooled connection (and the migration) would see its own empty database.
-        raise ValueError("in-memory SQLite is not supported: give a file, sqlite:///cronwire.db")
-    engine = create_async_engine(async_url, **_engine_options(parsed, pool_size, max_overflow))
-    _instrument(engine.sync_engine)
-    return engine
-
-
-def _engine_options(url: URL, pool_size: int, max_overflow: int, **connect_args: Any) -> dict[str, Any]:
-    """Options of every engine on the store's database; `connect_args` go to PostgreSQL's driver."""
-    options: dict[str, Any] = {
-        "pool_size": pool_size,
-        "max_overflow": max_overflow,
-        # Autocommit: most calls are one statement, which then costs one round trip, not three.
-        "isolation_level": "AUTOCOMMIT",
-        # Never in logs or error messages: parameters carry job documents and secrets.
-        "hide_parameters": True,
-    }
-    if url.get_backend_name() != "sqlite":
-        options["connect_args"] = {"application_name": "cronwire", **connect_args}
-    return options
-
-
-def _instrument(engine: sa.Engine) -> None:
-    """SQLite's per-connection settings, and the statement count every engine of the store keeps."""
-    if engine.dialect.name == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_on_connect)
-    sa.event.listen(engine, "before_cursor_execute", SQL_SENT)
-
 
 # How long a lease renewal may take to connect, be acknowledged or run, in seconds.
 RENEWAL_TIMEOUT = 5
@@ -226,7 +129,7 @@ class _BlockingRenewals:
         seconds = RENEWAL_TIMEOUT
         self._engine = sa.create_engine(
             parsed,
-            **_engine_options(
+            **engine_options(
                 parsed,
                 1,
                 0,
@@ -238,12 +141,12 @@ class _BlockingRenewals:
                 options=f"-c statement_timeout={seconds * 1000}",
             ),
         )
-        _instrument(self._engine)
+        instrument(self._engine)
 
     def renew(self, worker: str, execution_ids: list[str], lease: timedelta) -> LeaseRenewal:
         # Autocommit: the UPDATE alone is atomic, and the lease runs from just before it.
-        with _unavailable_on_connection_errors(), self._engine.connect() as conn:
-            return ex.renew(conn, worker, execution_ids, lease, ex.database_now(conn))
+        with unavailable_on_connection_errors(), self._engine.connect() as conn:
+            return ex.renew(conn, worker, execution_ids, lease, database_now(conn))
 
     def close(self) -> None:
         self._engine.dispose()
@@ -255,52 +158,6 @@ async def open_store(url: str, *, pool_size: int = 20, max_overflow: int = 0) ->
     return SqlStore(create_engine(url, pool_size=pool_size, max_overflow=max_overflow))
 
 
-# ---------------------------------------------------------------------------
-# Errors
-
-
-@contextmanager
-def _unavailable_on_connection_errors() -> Iterator[None]:
-    """Turn "cannot talk to the database" into the retryable domain error."""
-    try:
-        yield
-    except exc.DBAPIError as error:
-        # OperationalError covers refused connections, shutdowns, locked SQLite files.
-        # The message reaches API callers: the driver's text (hosts, ports) stays in the cause.
-        if error.connection_invalidated or isinstance(error, exc.OperationalError | exc.InterfaceError):
-            reason = type(error.orig).__name__
-            raise errors.StorageUnavailable(f"the database is unavailable ({reason})") from error
-        raise
-    except exc.PendingRollbackError as error:
-        # A connection invalidated mid-transaction refuses every use until rolled back: the
-        # connection was lost, not the statement wrong.
-        raise errors.StorageUnavailable("the database is unavailable (connection lost)") from error
-    except (exc.TimeoutError, OSError) as error:  # pool exhausted, socket errors
-        raise errors.StorageUnavailable(f"the database is unavailable ({type(error).__name__})") from error
-
-
-def _violated(error: exc.IntegrityError) -> str:
-    """Which constraint kind an insert or update broke: "unique", "foreign_key" or "other"."""
-    sqlstate = getattr(error.orig, "sqlstate", None)  # psycopg
-    if sqlstate is not None:
-        return {"23505": "unique", "23503": "foreign_key"}.get(sqlstate, "other")
-    name = getattr(error.orig, "sqlite_errorname", "")
-    if name in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
-        return "unique"
-    return "foreign_key" if name == "SQLITE_CONSTRAINT_FOREIGNKEY" else "other"
-
-
-def _rollback(conn: Connection) -> None:
-    """Best effort, and never in place of the error that led here: if the connection broke, the
-    pool discards it and the server has rolled back already."""
-    if conn.invalidated:
-        conn.rollback()  # only resets SQLAlchemy's state; nothing is sent
-        return
-    conn.info.pop(ex.PENDING_EVENTS, None)
-    with suppress(exc.SQLAlchemyError):
-        conn.exec_driver_sql("ROLLBACK")
-
-
 def _new_etag() -> str:
     return secrets.token_hex(8)
 
@@ -310,19 +167,9 @@ def _stamp(fields: dict[str, Any], now: Any) -> dict[str, Any]:
     return {**fields, "update_time": now, "etag": _new_etag()}
 
 
-def stamp_time(postgres: bool) -> Any:
-    """What a write stores as "now": on PostgreSQL the database's now() inside the statement, so
-    no replica's own clock reaches a stored time (now() is one instant for a whole transaction:
-    a row, its event and its request id agree). SQLite is one process: its clock is the database's.
-    """
-    return _DB_NOW if postgres else datetime.now(UTC)
-
-
 # ListNamespaces: what each namespace holds, from the counter rows the quota keeps (no count
 # over the tables).
 _NAMESPACE_USAGE = sa.select(namespace_usage).where(namespace_usage.c.used > 0)
-_DB_NOW = sa.func.now()
-_DB_STAMPS = {"create_time": _DB_NOW, "update_time": _DB_NOW}
 
 # Built once: the hot path only binds values.
 _RECORD_REQUEST = sa.insert(request_ids).values(
@@ -512,7 +359,7 @@ class SqlStore:
 
     async def _run(self, work: Callable[..., T], *args: Any) -> T:
         """Run synchronous database `work` on the async driver, connection errors translated."""
-        with _unavailable_on_connection_errors():
+        with unavailable_on_connection_errors():
             return await greenlet_spawn(work, *args)
 
     # Synchronous building blocks, run through `_run`.
@@ -544,13 +391,13 @@ class SqlStore:
         credited to `actor` (the API key of the call; "" for the scheduler's own work)."""
         with self._sync.connect() as conn:
             conn.exec_driver_sql(self._begin)
-            conn.info[ex.PENDING_EVENTS] = []
+            conn.info[PENDING_EVENTS] = []
             try:
                 yield conn
-                pending = conn.info.pop(ex.PENDING_EVENTS)
+                pending = conn.info.pop(PENDING_EVENTS)
                 sql_events.insert(conn, [{**e, "actor": actor} for e in pending] if actor else pending)
             except Exception:
-                _rollback(conn)
+                rollback(conn)
                 raise
             conn.exec_driver_sql("COMMIT")
 
@@ -663,7 +510,7 @@ class SqlStore:
 
     @staticmethod
     def _now_of(conn: Connection) -> datetime:
-        return ex.database_now(conn)
+        return database_now(conn)
 
     async def _recorded_resource(self, namespace: str, request_id: str, method: str) -> str | None:
         """The id of what the request with `request_id` created, None if it is not recorded."""
@@ -880,7 +727,7 @@ class SqlStore:
 
     def _now(self) -> datetime:
         with self._sync.connect() as conn:
-            return ex.database_now(conn)
+            return database_now(conn)
 
     def supervise_listener(self, supervisor: Supervisor) -> None:
         """With PostgreSQL, run the LISTEN connection that brings other replicas' wake-ups as one
@@ -899,8 +746,8 @@ class SqlStore:
 
     def _in_transaction_by(self, actor: str, work: Callable[..., T], *args: Any) -> T:
         with self._transaction(actor) as conn:
-            result = work(conn, *args, ex.database_now(conn))
-            wrote_events = bool(conn.info.get(ex.PENDING_EVENTS))
+            result = work(conn, *args, database_now(conn))
+            wrote_events = bool(conn.info.get(PENDING_EVENTS))
         if wrote_events:
             self._wakeup.signal("events_new")
         return result
@@ -965,7 +812,7 @@ class SqlStore:
     def _queue_summary(self) -> QueueSummary:
         # One pass over the partial index of QUEUED executions.
         with self._sync.connect() as conn:
-            now = ex.database_now(conn)
+            now = database_now(conn)
             due = sa.case((executions.c.due_time <= now, executions.c.due_time))
             depth, oldest = conn.execute(
                 sa.select(sa.func.count(), sa.func.min(due)).where(executions.c.state == ex.QUEUED)
@@ -1118,8 +965,8 @@ class SqlStore:
     def _run_batch(self, runs: list[_Run]) -> list[dict[str, Any] | Exception]:
         results: list[dict[str, Any] | Exception] = []
         with self._transaction() as conn:
-            now = ex.database_now(conn)
-            pending = conn.info[ex.PENDING_EVENTS]
+            now = database_now(conn)
+            pending = conn.info[PENDING_EVENTS]
             notified = False
             for run in runs:
                 queued = len(pending)
@@ -1200,7 +1047,7 @@ class SqlStore:
             )
         conn.execute(sa.insert(executions), [row])
         if notify:  # once per transaction is enough: PostgreSQL delivers it at commit
-            ex.notify(conn, "executions")
+            sql_engine.notify(conn, "executions")
         ex.emit(conn, [sql_events.execution_event(row, now)])
         return row
 
@@ -1489,7 +1336,7 @@ def _raise_missing_or_changed(conn: Connection, table: sa.Table, key: _Key) -> N
 
 
 def _raise_schedule_conflict(error: exc.IntegrityError, schedule: Schedule) -> NoReturn:
-    violated = _violated(error)
+    violated = sql_engine.violated(error)
     if violated == "foreign_key":
         raise errors.NotFound("job", job_name(schedule.namespace, schedule.job_id)) from error
     if violated == "unique":
