@@ -53,9 +53,9 @@ def run_script(conn: Connection, statements: Sequence[str]) -> tuple[list[str], 
 
 
 class PreparedRead:
-    """A SELECT of at most one row, compiled once for `dialect` (PostgreSQL), sent prepared on the
-    driver; its row comes back as SQLAlchemy would map it (column keys, result types applied: the
-    processors are made once, at the first call, from the types the database reports)."""
+    """A SELECT compiled once for `dialect` (PostgreSQL), sent prepared on the driver; its rows come
+    back as SQLAlchemy would map them (column keys, result types applied: the processors are made
+    once, at the first call, from the types the database reports)."""
 
     def __init__(self, statement: sa.Select[Any], dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -68,25 +68,37 @@ class PreparedRead:
         self._processors: list[tuple[str, Callable[[Any], Any] | None]] | None = None
 
     def one_or_none(self, conn: Connection, given: Mapping[str, Any]) -> dict[str, Any] | None:
+        rows = self._fetch(conn, given, many=False)
+        return rows[0] if rows else None
+
+    def all(self, conn: Connection, given: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return self._fetch(conn, given, many=True)
+
+    def _fetch(self, conn: Connection, given: Mapping[str, Any], *, many: bool) -> list[dict[str, Any]]:
         params = {**self._literals, **given}
         conn.dispatch.before_cursor_execute(conn, None, self.sql, params, None, False)
         described = self._processors is not None
 
-        async def send(driver: Any) -> tuple[list[int], tuple[Any, ...] | None]:
+        async def send(driver: Any) -> tuple[list[int], list[tuple[Any, ...]]]:
             async with driver.cursor() as cursor:
                 await cursor.execute(self.sql, params, prepare=True)
                 types = [] if described else [c.type_code for c in cursor.description]
-                return types, await cursor.fetchone()
+                if many:
+                    return types, await cursor.fetchall()
+                row = await cursor.fetchone()
+                return types, [] if row is None else [row]
 
-        types, row = _on_driver(conn, self.sql, send)
+        types, rows = _on_driver(conn, self.sql, send)
         if self._processors is None:
             self._processors = [
                 (key, impl.result_processor(self._dialect, type_code))
                 for (key, impl), type_code in zip(self._columns, types, strict=True)
             ]
-        if row is None:
-            return None
-        return {
-            key: (process(value) if process is not None and value is not None else value)
-            for (key, process), value in zip(self._processors, row, strict=True)
-        }
+        processors = self._processors
+        return [
+            {
+                key: (process(value) if process is not None and value is not None else value)
+                for (key, process), value in zip(processors, row, strict=True)
+            }
+            for row in rows
+        ]

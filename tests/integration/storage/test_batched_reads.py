@@ -1,0 +1,105 @@
+"""Primary-key reads that arrive together share one statement on PostgreSQL, and each caller
+still gets its own row or its own NotFound; over a real channel, concurrent GetJob calls each
+get their own job."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from cronwire.v1 import job_pb2, job_service_pb2
+from cronwire.v1.job_service_pb2_grpc import JobServiceStub
+from cronwire_server.app import create_server
+from cronwire_server.config import Settings
+from cronwire_server.core import errors
+from cronwire_server.core.model import Job
+from cronwire_server.storage.sql_store import SqlStore
+
+NS = "reads"
+
+
+@contextmanager
+def counting(store: SqlStore) -> Iterator[list[int]]:
+    counts = [0]
+
+    def hook(*_: Any) -> None:
+        counts[0] += 1
+
+    engine = store.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", hook)
+    try:
+        yield counts
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", hook)
+
+
+async def _get(store: SqlStore, namespace: str, job_id: str, with_stats: bool) -> str:
+    try:
+        job = await store.get_job(namespace, job_id, with_stats=with_stats)
+    except errors.NotFound:
+        return "missing"
+    assert (job.stats is not None) is with_stats
+    return f"{job.namespace}/{job.id}/{job.executor}"
+
+
+async def test_reads_that_arrive_together_share_a_statement(store: SqlStore, backend: str) -> None:
+    for i in range(40):
+        await store.create_job(
+            Job(namespace=NS, id=f"j{i}", executor="shell" if i % 2 else "noop", parameters={})
+        )
+    await store.create_job(Job(namespace="other", id="j1", executor="http", parameters={}))
+    wanted = [(NS, f"j{i}") for i in range(40)] + [(NS, "j3"), ("other", "j1"), (NS, "nope"), ("none", "j1")]
+    expected = [
+        f"{ns}/{job_id}/{'http' if ns == 'other' else 'shell' if int(job_id[1:]) % 2 else 'noop'}"
+        if ns in (NS, "other") and job_id != "nope"
+        else "missing"
+        for ns, job_id in wanted
+    ]
+
+    with counting(store) as counts:
+        got = await asyncio.gather(*(_get(store, ns, job_id, False) for ns, job_id in wanted))
+        got_with_stats = await asyncio.gather(*(_get(store, ns, job_id, True) for ns, job_id in wanted))
+
+    assert got == expected
+    assert got_with_stats == expected
+    # One statement per kind of read on PostgreSQL (all were waiting when the first went); one per
+    # read on SQLite, which reads in process.
+    assert counts[0] == (2 if backend == "postgres" else 2 * len(wanted))
+
+
+@pytest.mark.postgres
+async def test_concurrent_get_job_calls_each_get_their_own_job(fresh_database_url: Any) -> None:
+    url = fresh_database_url("postgres")
+    running = await create_server(Settings(listen="127.0.0.1:0", database_url=url, roles=frozenset({"api"})))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            jobs = JobServiceStub(channel)
+            for i in range(50):
+                request = job_service_pb2.CreateJobRequest(
+                    parent=f"namespaces/{NS}", job_id=f"j{i}", job=job_pb2.Job(executor="noop")
+                )
+                await jobs.CreateJob(request)
+            names = [f"namespaces/{NS}/jobs/j{i}" for i in range(50)] * 3 + [f"namespaces/{NS}/jobs/gone"]
+
+            async def get(name: str) -> str:
+                try:
+                    reply = await jobs.GetJob(job_service_pb2.GetJobRequest(name=name))
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() is grpc.StatusCode.NOT_FOUND
+                    assert "gone" in (error.details() or "")
+                    return "missing"
+                return reply.job.name
+
+            assert isinstance(running.store, SqlStore)
+            with counting(running.store) as counts:
+                got = await asyncio.gather(*(get(name) for name in names))
+            assert got == names[:-1] + ["missing"]
+            assert counts[0] < len(names)  # some were read together
+    finally:
+        await running.stop(grace=0)
