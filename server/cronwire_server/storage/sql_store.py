@@ -89,6 +89,7 @@ from cronwire_server.storage.sql_engine import (
     sync_url,
     unavailable_on_connection_errors,
 )
+from cronwire_server.storage.sql_reads import BatchedKeyReads
 from cronwire_server.storage.tables import (
     UtcDateTime,
     execution_counters,
@@ -275,8 +276,15 @@ def _schedule_with_stats(row: Mapping[Any, Any]) -> Schedule:
     return schedule
 
 
-# Primary-key reads, sent prepared on the driver on PostgreSQL (`PreparedRead`).
-_PK_READS = (_GET_JOB, _GET_JOB_WITH_STATS, _GET_SCHEDULE, _GET_SCHEDULE_WITH_STATS, _GET_EXECUTION)
+# Primary-key reads: on PostgreSQL, those that arrive together go as one prepared statement
+# (`BatchedKeyReads`); each is the read of its table's rows from the base statement.
+_PK_READS: dict[sa.Select[Any], tuple[sa.Select[Any], sa.Table]] = {
+    _GET_JOB: (sa.select(jobs), jobs),
+    _GET_JOB_WITH_STATS: (_JOBS_WITH_STATS, jobs),
+    _GET_SCHEDULE: (sa.select(schedules), schedules),
+    _GET_SCHEDULE_WITH_STATS: (_SCHEDULES_WITH_STATS, schedules),
+    _GET_EXECUTION: (sa.select(executions), executions),
+}
 
 
 # A delete locks its namespace's counts (see SqlStore._delete).
@@ -337,8 +345,13 @@ class SqlStore:
         self._admitting = False
         # The same for the last take of remote work.
         self._remote_admitting = False
-        self._prepared = (
-            {read: PreparedRead(read, engine.dialect) for read in _PK_READS} if self._postgres else {}
+        self._key_reads = (
+            {
+                single: BatchedKeyReads(base, table, engine.dialect, self._fetch_prepared)
+                for single, (base, table) in _PK_READS.items()
+            }
+            if self._postgres
+            else {}
         )
         self._wakeup: LocalWakeup = (
             PostgresWakeup(engine.url.render_as_string(hide_password=False))
@@ -368,12 +381,26 @@ class SqlStore:
         with self._sync.connect() as conn:
             conn.execute(statement, params)
 
-    def _read_by_key(self, statement: sa.Select[Any], params: dict[str, Any]) -> Mapping[Any, Any] | None:
-        """One of `_PK_READS`: prepared on the driver on PostgreSQL (a third of the CPU of the
-        same read through SQLAlchemy's execution), through SQLAlchemy on SQLite."""
+    async def _read_by_key(
+        self, statement: sa.Select[Any], namespace: str, key_id: str
+    ) -> Mapping[Any, Any] | None:
+        """One of `_PK_READS`: batched and prepared on the driver on PostgreSQL (a third of the CPU
+        of the same read through SQLAlchemy's execution, before batching), through SQLAlchemy on
+        SQLite."""
+        reads = self._key_reads.get(statement)
+        if reads is not None:
+            return await reads.read(namespace, key_id)
+        return await self._run(self._mapping_or_none, statement, {"namespace": namespace, "id": key_id})
+
+    async def _fetch_prepared(self, read: PreparedRead, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self._run(self._prepared_rows, read, params)
+
+    def _prepared_rows(self, read: PreparedRead, params: dict[str, Any]) -> list[dict[str, Any]]:
         with self._sync.connect() as conn:
-            if self._prepared:
-                return self._prepared[statement].one_or_none(conn, params)
+            return read.all(conn, params)
+
+    def _mapping_or_none(self, statement: sa.Executable, params: dict[str, Any]) -> Mapping[Any, Any] | None:
+        with self._sync.connect() as conn:
             row = conn.execute(statement, params).one_or_none()
             return None if row is None else row._mapping
 
@@ -548,7 +575,7 @@ class SqlStore:
 
     async def get_job(self, namespace: str, job_id: str, *, with_stats: bool = False) -> Job:
         query = _GET_JOB_WITH_STATS if with_stats else _GET_JOB
-        row = await self._run(self._read_by_key, query, {"namespace": namespace, "id": job_id})
+        row = await self._read_by_key(query, namespace, job_id)
         if row is None:
             raise errors.NotFound("job", job_name(namespace, job_id))
         return _job_with_stats(row) if with_stats else job_from_record(row)
@@ -598,7 +625,7 @@ class SqlStore:
 
     async def get_schedule(self, namespace: str, schedule_id: str, *, with_stats: bool = False) -> Schedule:
         query = _GET_SCHEDULE_WITH_STATS if with_stats else _GET_SCHEDULE
-        row = await self._run(self._read_by_key, query, {"namespace": namespace, "id": schedule_id})
+        row = await self._read_by_key(query, namespace, schedule_id)
         if row is None:
             raise errors.NotFound("schedule", schedule_name(namespace, schedule_id))
         return _schedule_with_stats(row) if with_stats else schedule_from_record(row)
@@ -1052,8 +1079,7 @@ class SqlStore:
         return row
 
     async def get_execution(self, namespace: str, execution_id: str) -> Execution:
-        params = {"namespace": namespace, "id": execution_id}
-        row = await self._run(self._read_by_key, _GET_EXECUTION, params)
+        row = await self._read_by_key(_GET_EXECUTION, namespace, execution_id)
         if row is None:
             raise errors.NotFound("execution", execution_name(namespace, execution_id))
         return execution_from_row(row)
