@@ -9,7 +9,7 @@ get RESOURCE_EXHAUSTED with a message naming the limit and the flag that sets it
 - `--max-jobs-per-namespace`, `--max-schedules-per-namespace`: checked by the store against the
   namespace's counter row, locked in the transaction that inserts (storage/sql_creates.py), so
   concurrent creates cannot overshoot, on any replicas.
-- `--max-running-per-namespace`: enforced in the claim query (storage/sql_executions.py), so it
+- `--max-running-per-namespace`: enforced in the claim query (storage/sql_queue.py), so it
   holds across replicas; executions past it stay QUEUED until a slot frees.
 - `--max-parameters-bytes`, `--max-arguments-bytes`, `--max-labels-bytes`: the free-form
   documents of a request, checked before any service sees it (`DocumentSizes`). Everything that

@@ -4,9 +4,9 @@ one place, for every storage module."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
 from cronwire_server.core.model import (
     AllOfSpec,
@@ -41,6 +41,9 @@ from cronwire_server.core.model import (
     TriggerSpec,
     YearlyDate,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Row
 
 
 def _seconds(value: timedelta | None) -> float | None:
@@ -379,3 +382,47 @@ def _callback_from_row(row: Mapping[Any, Any]) -> CallbackDelivery | None:
         error=row["callback_error"],
         last_attempt_time=row["callback_last_time"],
     )
+
+
+def execution_values(execution: Execution) -> dict[str, Any]:
+    """An execution as the values of its row (output left out), for its event snapshot."""
+    callback = execution.callback
+    return {
+        "namespace": execution.namespace,
+        "id": execution.id,
+        "job_id": execution.job_id,
+        "schedule_id": execution.schedule_id,
+        "state": execution.state.value,
+        "trigger": execution.trigger.value,
+        "scheduled_time": execution.scheduled_time,
+        "due_time": execution.due_time,
+        "create_time": execution.create_time,
+        "start_time": execution.start_time,
+        "end_time": execution.end_time,
+        "attempt": execution.attempt,
+        "first_attempt_id": execution.first_attempt_id,
+        "parent_execution_id": execution.parent_execution_id,
+        "arguments": execution.arguments,
+        "exit_code": execution.exit_code,
+        "http_status": execution.http_status,
+        "output_truncated": execution.output_truncated,
+        "result": execution.result,
+        "error": execution.error,
+        "skip_reason": execution.skip_reason.value if execution.skip_reason else None,
+        "worker": execution.worker,
+        "lease_expires_at": None,
+        "cancel_requested": execution.cancel_requested,
+        "serial": execution.serial,
+        "backfill_id": execution.backfill_id,
+        "group_limit": execution.group_limit,
+        "callback_state": callback.state.value if callback else None,
+        "callback_attempts": callback.attempts if callback else 0,
+        "callback_http_status": callback.http_status if callback else None,
+        "callback_error": callback.error if callback else "",
+        "callback_last_time": callback.last_attempt_time if callback else None,
+        "callback_next_time": None,
+    }
+
+
+def rows_to_executions(rows: Iterable[Row[Any]]) -> list[Execution]:
+    return [execution_from_row(r._mapping) for r in rows]

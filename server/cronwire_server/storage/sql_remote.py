@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from cronwire_server.core.model import EventType, Job
 from cronwire_server.executors.registry import REMOTE
-from cronwire_server.storage import sql_events
+from cronwire_server.storage import sql_events, sql_queue
 from cronwire_server.storage import sql_executions as ex
 from cronwire_server.storage.base import ClaimedExecution, LeaseRenewal
 from cronwire_server.storage.records import execution_from_row, job_from_record
@@ -33,6 +33,14 @@ from cronwire_server.storage.remote import (
     new_lease_token,
 )
 from cronwire_server.storage.sql_driver import run_script
+from cronwire_server.storage.sql_queue import (
+    _admissible,
+    _candidates,
+    _namespaces_at,
+    _order,
+    _rank,
+    _running_count,
+)
 from cronwire_server.storage.tables import executions, jobs
 
 
@@ -76,14 +84,14 @@ def take(conn: Connection, take: RemoteTake, now: datetime, namespace_limit: int
     if namespace_limit > 0:
         # As the local claim: namespaces at their limit are left out of the candidates, so that
         # their backlog does not hold up the other namespaces; `_admissible` counts exactly.
-        full = ex._namespaces_at(conn, namespace_limit)
+        full = _namespaces_at(conn, namespace_limit)
         if full:
             query = query.where(executions.c.namespace.not_in(full))
     # A few candidates more than wanted: a serial turn or a concurrency limit may hold some back.
-    candidates = ex._candidates(conn, query, take.limit + 8)
+    candidates = _candidates(conn, query, take.limit + 8)
     if not candidates:
         return []
-    accepted, _ = ex._admissible(conn, candidates, namespace_limit)
+    accepted, _ = _admissible(conn, candidates, namespace_limit)
     tokens = {key: new_lease_token(take.secret) for key in accepted[: take.limit]}
     if not tokens:
         return []
@@ -158,7 +166,7 @@ def renew(
 # candidates, locked with SKIP LOCKED, a few more than its sessions' room (a serial turn or a
 # limit may hold some back); an earlier class's first picks, as many as its room, are left out
 # of a later one's. A candidate picked by two classes goes to the one whose room it is within,
-# else to the earlier. Admission is the local claim's (`sql_executions._claim_sql`), stage by
+# else to the earlier. Admission is the local claim's (`sql_queue._claim_sql`), stage by
 # stage in due order over all the candidates: a plain take starts only candidates that need no
 # decision and says whether it saw others, then the store takes again admitting, under the
 # advisory lock every admitting take holds (`lock_admission`). With a namespace limit every take
@@ -182,7 +190,7 @@ def _picked_sql(k: int, *, limited: bool) -> str:
     """The candidates of class `k` (its parameters are suffixed with it)."""
     room = " AND e.namespace NOT IN (SELECT namespace FROM at_limit)" if limited else ""
     earlier = "".join(
-        f" AND (e.namespace, e.id) NOT IN (SELECT namespace, id FROM p{n} ORDER BY {ex._order('p' + str(n))}"
+        f" AND (e.namespace, e.id) NOT IN (SELECT namespace, id FROM p{n} ORDER BY {_order('p' + str(n))}"
         f" LIMIT :room_{n})"
         for n in range(k)
     )
@@ -200,7 +208,7 @@ p{k} AS MATERIALIZED (
       AND NOT (e.serial AND e.schedule_id <> '' AND EXISTS (
           SELECT FROM executions AS q
           WHERE q.namespace = e.namespace AND q.schedule_id = e.schedule_id AND q.state = '{ex.QUEUED}'
-            AND ({ex._order("q")}) < ({ex._order("e")}))){room}{earlier}
+            AND ({_order("q")}) < ({_order("e")}))){room}{earlier}
     ORDER BY e.due_time
     LIMIT :limit_{k}
     FOR UPDATE OF e SKIP LOCKED
@@ -227,15 +235,15 @@ at_limit AS MATERIALIZED (
 serial_turn AS (
     SELECT {_DECIDED},
            CASE WHEN c.serial AND c.schedule_id <> ''
-                THEN {ex._rank("c.namespace, c.schedule_id", "c")} = 1
-                     AND {ex._running_count("schedule_id", "c")} = 0
+                THEN {_rank("c.namespace, c.schedule_id", "c")} = 1
+                     AND {_running_count("schedule_id", "c")} = 0
                 ELSE true END AS ok
     FROM c
 ),
 group_room AS (
     SELECT {_DECIDED},
            CASE WHEN s.group_limit > 0 AND s.backfill_id <> ''
-                THEN {ex._rank("s.namespace, s.backfill_id", "s")} + {ex._running_count("backfill_id", "s")}
+                THEN {_rank("s.namespace, s.backfill_id", "s")} + {_running_count("backfill_id", "s")}
                      <= s.group_limit
                 ELSE true END AS ok
     FROM serial_turn AS s WHERE s.ok
@@ -243,7 +251,7 @@ group_room AS (
 job_room AS (
     SELECT {_DECIDED},
            CASE WHEN s.max_concurrency > 0
-                THEN {ex._rank("s.namespace, s.job_id", "s")} + {ex._running_count("job_id", "s")}
+                THEN {_rank("s.namespace, s.job_id", "s")} + {_running_count("job_id", "s")}
                      <= s.max_concurrency
                 ELSE true END AS ok
     FROM group_room AS s WHERE s.ok
@@ -252,7 +260,7 @@ job_room AS (
             decided += f"""
 namespace_room AS (
     SELECT {_DECIDED},
-           {ex._rank("s.namespace", "s")}
+           {_rank("s.namespace", "s")}
            + (SELECT count(*) FROM executions AS r
               WHERE r.namespace = s.namespace AND r.state = '{ex.RUNNING}')
            <= :namespace_limit AS ok
@@ -281,7 +289,7 @@ c AS MATERIALIZED (
 {decided}
 x AS MATERIALIZED (
     SELECT a.namespace, a.id, t.session
-    FROM (SELECT namespace, id, k, row_number() OVER (PARTITION BY k ORDER BY {ex._order("a")}) AS n
+    FROM (SELECT namespace, id, k, row_number() OVER (PARTITION BY k ORDER BY {_order("a")}) AS n
           FROM a) AS a
     JOIN (SELECT t.k, t.session, row_number() OVER (PARTITION BY t.k ORDER BY n.n, t.room DESC, t.session) n
           FROM unnest(:classes, :rooms) WITH ORDINALITY AS t(k, room, session),
@@ -320,7 +328,7 @@ def _take_statement(classes: int, *, admit: bool, limited: bool) -> sa.TextualSe
     key = (classes, admit, limited)
     statement = _TAKE_STATEMENTS.get(key)
     if statement is None:
-        text = sa.text(ex._compact(_take_sql(classes, admit=admit, limited=limited))).bindparams(
+        text = sa.text(ex.compact(_take_sql(classes, admit=admit, limited=limited))).bindparams(
             sa.bindparam("classes", type_=ARRAY(sa.Integer())),
             sa.bindparam("rooms", type_=ARRAY(sa.Integer())),
             sa.bindparam("class_rooms", type_=ARRAY(sa.Integer())),
@@ -418,6 +426,6 @@ def lock_admission(conn: Connection, namespace_limit: int = 0) -> None:
     local and remote runs are counted together, so no admitting claim may start any between
     this take's count and its commit. (A local claim holds only its own lock: no deadlock.)"""
     if namespace_limit > 0:
-        run_script(conn, [_ADMISSION_LOCK, ex._ADMISSION_LOCK])
+        run_script(conn, [_ADMISSION_LOCK, sql_queue._ADMISSION_LOCK])
     else:
         conn.exec_driver_sql(_ADMISSION_LOCK)

@@ -10,12 +10,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cronwire_server.core.model import ClusterStatus, ExecutionTrigger, LagPercentiles, Replica
+from cronwire_server.storage.records import rows_to_executions
 from cronwire_server.storage.sql_engine import database_now
 from cronwire_server.storage.sql_executions import (
     LISTED_COLUMNS,
     QUEUED,
     RUNNING,
-    rows_to_executions,
 )
 from cronwire_server.storage.tables import executions, replicas
 

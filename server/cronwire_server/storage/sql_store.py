@@ -44,11 +44,16 @@ from cronwire_server.core.names import execution_name, format_name, job_name, sc
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.limits import NamespaceFull
 from cronwire_server.storage import (
+    sql_backfill,
     sql_calendars,
+    sql_callbacks,
     sql_creates,
+    sql_dispatch,
     sql_engine,
     sql_events,
     sql_kept_calendars,
+    sql_logs,
+    sql_queue,
     sql_remote,
     sql_replicas,
     sql_retention,
@@ -70,6 +75,7 @@ from cronwire_server.storage.records import (
     execution_from_row,
     job_fields,
     job_from_record,
+    rows_to_executions,
     schedule_fields,
     schedule_from_record,
     trigger_from_json,
@@ -147,7 +153,7 @@ class _BlockingRenewals:
     def renew(self, worker: str, execution_ids: list[str], lease: timedelta) -> LeaseRenewal:
         # Autocommit: the UPDATE alone is atomic, and the lease runs from just before it.
         with unavailable_on_connection_errors(), self._engine.connect() as conn:
-            return ex.renew(conn, worker, execution_ids, lease, database_now(conn))
+            return sql_queue.renew(conn, worker, execution_ids, lease, database_now(conn))
 
     def close(self) -> None:
         self._engine.dispose()
@@ -784,7 +790,9 @@ class SqlStore:
     async def dispatch_due(
         self, planner: Planner, *, limit: int, start: StartNow | None = None
     ) -> DispatchResult:
-        result: DispatchResult = await self._run(self._in_transaction, ex.dispatch, planner, limit, start)
+        result: DispatchResult = await self._run(
+            self._in_transaction, sql_dispatch.dispatch, planner, limit, start
+        )
         if result.queued > len(result.started):
             self._wakeup.signal("executions")
         if result.queued or result.skipped:  # their events, written by the dispatch's statement
@@ -803,7 +811,7 @@ class SqlStore:
     ) -> list[ClaimedExecution]:
         if not self._postgres:
             claimed: list[ClaimedExecution] = await self._run(
-                self._in_transaction, ex.claim, worker, limit, lease, namespace_limit
+                self._in_transaction, sql_queue.claim, worker, limit, lease, namespace_limit
             )
             return claimed
         # One round trip: admitting (under the admission lock) while the last claim saw executions
@@ -823,7 +831,9 @@ class SqlStore:
         self, worker: str, limit: int, lease: timedelta, namespace_limit: int, admit: bool
     ) -> tuple[list[ClaimedExecution], bool]:
         with self._sync.connect() as conn:
-            claimed, restricted = ex.claim_batch(conn, worker, limit, lease, namespace_limit, admit=admit)
+            claimed, restricted = sql_queue.claim_batch(
+                conn, worker, limit, lease, namespace_limit, admit=admit
+            )
         if claimed:
             self._wakeup.signal("events_new")
         return claimed, restricted
@@ -847,7 +857,9 @@ class SqlStore:
         return QueueSummary(int(depth), _aware(oldest), now)
 
     async def renew_leases(self, worker: str, execution_ids: list[str], lease: timedelta) -> LeaseRenewal:
-        renewal: LeaseRenewal = await self._run(self._in_transaction, ex.renew, worker, execution_ids, lease)
+        renewal: LeaseRenewal = await self._run(
+            self._in_transaction, sql_queue.renew, worker, execution_ids, lease
+        )
         return renewal
 
     def blocking_renewals(self) -> _BlockingRenewals:
@@ -860,10 +872,10 @@ class SqlStore:
         if self._postgres:
             results = await self._run(self._finish_batch, items, worker, retry)
         else:
-            results = await self._run(self._in_transaction, ex.finish_many, items, worker, retry)
+            results = await self._run(self._in_transaction, sql_queue.finish_many, items, worker, retry)
         # A serial turn, a concurrency limit's room or a retry may be free now (a worker pool knows
         # its own free slots): wake the claimers of this process.
-        if any(ex.may_unblock(c, o, retry) for c, o in items):
+        if any(sql_queue.may_unblock(c, o, retry) for c, o in items):
             self._wakeup.signal("executions")
         return results
 
@@ -872,23 +884,23 @@ class SqlStore:
     ) -> list[Execution | None]:
         """One autocommitted statement when every run ends plainly; else that statement and what
         the others need (retries, dependents, callbacks) in one transaction."""
-        if all(ex.finishes_plainly(c, o, retry) for c, o in items):
+        if all(sql_queue.finishes_plainly(c, o, retry) for c, o in items):
             with self._sync.connect() as conn:
-                ended = ex.finish_batch(conn, items, worker)
+                ended = sql_queue.finish_batch(conn, items, worker)
         else:
             with self._transaction() as conn:
-                ended = ex.finish_batch(conn, items, worker)
-                ex.finish_rest(conn, items, ended, retry)
+                ended = sql_queue.finish_batch(conn, items, worker)
+                sql_queue.finish_rest(conn, items, ended, retry)
         if any(ended):
             self._wakeup.signal("events_new")
         return ended
 
     async def release_executions(self, worker: str, execution_ids: list[str]) -> None:
-        await self._run(self._in_transaction, ex.release, worker, execution_ids)
+        await self._run(self._in_transaction, sql_queue.release, worker, execution_ids)
         self._wakeup.signal("executions")
 
     async def recover_expired(self, retry: RetryPlanner, *, limit: int) -> list[Execution]:
-        lost: list[Execution] = await self._run(self._in_transaction, ex.recover, retry, limit)
+        lost: list[Execution] = await self._run(self._in_transaction, sql_queue.recover, retry, limit)
         if lost:
             self._wakeup.signal("executions")
         return lost
@@ -1089,30 +1101,30 @@ class SqlStore:
         if page.after:
             query = ex.after_cursor(query, page.after)
         rows = await self._run(self._all, ex.ordered_newest_first(query).limit(page.size + 1))
-        items = ex.rows_to_executions(rows[: page.size])
+        items = rows_to_executions(rows[: page.size])
         more = len(rows) > page.size
         return Listing(items=items, next_after=ex.cursor_of(items[-1]) if more else None)
 
     async def cancel_execution(
         self, namespace: str, execution_id: str, reason: str, *, actor: str = ""
     ) -> Execution:
-        """Cancels the run `execution_id` is an attempt of; the attempt cancelled (see `ex.cancel`)."""
+        """Cancels the run `execution_id` is an attempt of; the attempt cancelled (see `sql_queue.cancel`)."""
         cancelled: str = await self._run(
-            self._in_transaction_by, actor, ex.cancel, namespace, execution_id, reason
+            self._in_transaction_by, actor, sql_queue.cancel, namespace, execution_id, reason
         )
         return await self.get_execution(namespace, cancelled)
 
     # Run control
 
     async def append_logs(self, namespace: str, execution_id: str, chunks: list[tuple[int, str]]) -> None:
-        await self._run(self._in_transaction, ex.append_logs, namespace, execution_id, chunks)
+        await self._run(self._in_transaction, sql_logs.append_logs, namespace, execution_id, chunks)
         self._wakeup.signal("logs")
 
     async def read_logs(
         self, namespace: str, execution_id: str, offset: int, limit: int
     ) -> list[tuple[int, str, datetime]]:
         chunks: list[tuple[int, str, datetime]] = await self._run(
-            self._read, ex.read_logs, namespace, execution_id, offset, limit
+            self._read, sql_logs.read_logs, namespace, execution_id, offset, limit
         )
         return chunks
 
@@ -1122,7 +1134,7 @@ class SqlStore:
 
     async def claim_callbacks(self, limit: int) -> list[tuple[Execution, Job]]:
         claimed: list[tuple[Execution, Job]] = await self._run(
-            self._in_transaction, ex.claim_callbacks, limit
+            self._in_transaction, sql_callbacks.claim_callbacks, limit
         )
         return claimed
 
@@ -1137,7 +1149,7 @@ class SqlStore:
     ) -> None:
         await self._run(
             self._in_transaction,
-            ex.record_callback,
+            sql_callbacks.record_callback,
             execution.namespace,
             execution.id,
             execution.callback,
@@ -1163,7 +1175,7 @@ class SqlStore:
         if request_id:
             replay = await self._recorded_resource(namespace, request_id, "BackfillSchedule")
             if replay is not None:
-                return await self._run(self._read, ex.backfill_executions, namespace, replay)
+                return await self._run(self._read, sql_backfill.backfill_executions, namespace, replay)
         try:
             backfill_id: str = await self._run(
                 self._in_transaction_by,
@@ -1186,7 +1198,7 @@ class SqlStore:
             backfill_id = replay
         self._wakeup.signal("executions")
         executions_: list[Execution] = await self._run(
-            self._read, ex.backfill_executions, namespace, backfill_id
+            self._read, sql_backfill.backfill_executions, namespace, backfill_id
         )
         return executions_
 
@@ -1205,7 +1217,7 @@ class SqlStore:
         if request_id:
             record = {"namespace": schedule.namespace, "id": backfill_id, "create_time": now}
             conn.execute(_RECORD_REQUEST, _request_params(record, request_id, "BackfillSchedule"))
-        ex.backfill(
+        sql_backfill.backfill(
             conn,
             schedule.namespace,
             schedule.job_id,

@@ -1,0 +1,337 @@
+"""The dispatcher's transaction in SQL: the due schedules read and locked, their ticks planned
+by the core's `Planner` and inserted (a tick another replica recorded first left alone), runs
+started at once for a pool with room, and the schedules' next fire times advanced.
+
+A synchronous building block that `SqlStore` runs on its async driver, on an open Connection
+inside a transaction with the database's "now"; the scheduling policy is the planner's, passed
+in, not decided here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from cronwire_server.core.model import (
+    STATE_EVENTS,
+    EventType,
+    ExecutionState,
+    ExecutionTrigger,
+    Job,
+    JsonObject,
+)
+from cronwire_server.core.planning import PlannedRun, ScheduleActivity
+from cronwire_server.executors.registry import REMOTE
+from cronwire_server.storage import sql_events
+from cronwire_server.storage.base import ClaimedExecution, DispatchResult, Planner, StartNow
+from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
+from cronwire_server.storage.sql_engine import notify
+from cronwire_server.storage.sql_executions import (
+    ACTIVE_STATES,
+    JOB_PREFIX,
+    QUEUED,
+    RUNNING,
+    compact,
+    emit,
+    locked,
+    new_row,
+)
+from cronwire_server.storage.tables import executions, jobs, schedules
+
+
+def _insert_ignoring_duplicate_ticks(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert rows; a tick another replica recorded first is left alone. Returns the ids inserted."""
+    if not rows:
+        return set()
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(executions).on_conflict_do_nothing(
+        index_elements=["namespace", "schedule_id", "scheduled_time"],
+        index_where=sa.text("trigger = 'schedule'"),
+    )
+    return set(conn.execute(statement.returning(executions.c.id), rows).scalars())
+
+
+def dispatch(
+    conn: Connection, planner: Planner, limit: int, start: StartNow | None, now: datetime
+) -> DispatchResult:
+    read_at = time.monotonic()  # when `now` had just been read, for runs started on a timer
+    # With a pool to start runs, ticks due within its look-ahead are taken too (see `StartNow`).
+    horizon = now + start.ahead if start is not None else now
+    query = (
+        sa.select(schedules)
+        .where(schedules.c.paused.is_(False), schedules.c.next_fire_time <= horizon)
+        .order_by(schedules.c.next_fire_time)
+        .limit(limit)
+    )
+    if start is not None:
+        # The jobs come with the schedules: a run started at once needs its job, and whether
+        # its start needs an admission decision (then it is queued as usual).
+        query = query.add_columns(*(c.label(f"{JOB_PREFIX}{c.name}") for c in jobs.c)).join(
+            jobs,
+            sa.and_(jobs.c.namespace == schedules.c.namespace, jobs.c.id == schedules.c.job_id),
+            isouter=True,
+        )
+    due = conn.execute(locked(query, conn, schedules)).all()
+    if not due:
+        return DispatchResult(0, 0, 0, more=False)
+    activity = _activity(conn, [(r.namespace, r.id) for r in due])
+    rows: list[dict[str, Any]] = []
+    advances: list[dict[str, Any]] = []
+    cancel: list[tuple[str, str]] = []
+    to_start: dict[int, Job] = {}  # id() of a row -> its job
+    room = start.count if start is not None else 0
+    ahead_room = start.ahead_count if start is not None else 0
+    for record in due:
+        values = record._mapping
+        schedule = schedule_from_record(values)
+        schedule_activity = activity.get((schedule.namespace, schedule.id), ScheduleActivity())
+        ahead = schedule.next_fire_time is not None and schedule.next_fire_time > now
+        plan = planner(schedule, now, schedule_activity, horizon if ahead else now)
+        ticks = [
+            _tick_row(schedule.namespace, schedule.job_id, schedule.id, schedule.arguments, run, now)
+            for run in plan.runs
+        ]
+        # A run that needs no admission decision; never a remote one (remote workers take those).
+        startable = (
+            start is not None
+            and values[f"{JOB_PREFIX}max_concurrency"] == 0
+            and values[f"{JOB_PREFIX}executor"] != REMOTE
+        )
+        chosen: list[dict[str, Any]] = []
+        if ahead:
+            if not (
+                startable and not plan.cancel_running and _all_start(ticks, min(room, ahead_room), horizon)
+            ):
+                # Taken ahead only when the pool starts every tick itself at its due time; anything
+                # else (a skip, a serial turn, a limit to admit by) is decided when it is due.
+                continue
+            chosen, room, ahead_room = ticks, room - len(ticks), ahead_room - len(ticks)
+        elif startable:
+            for row in ticks:
+                if room > 0 and row["state"] == QUEUED and not row["serial"] and row["due_time"] <= now:
+                    chosen.append(row)
+                    room -= 1
+        rows += ticks
+        if chosen:
+            assert start is not None
+            job = job_from_record({c.name: values[f"{JOB_PREFIX}{c.name}"] for c in jobs.c})
+            for row in chosen:
+                to_start[id(row)] = job
+                # A tick taken ahead starts at its due time, by the pool's timer.
+                begins = max(now, row["due_time"])
+                lease = begins + start.lease
+                row.update(state=RUNNING, worker=start.worker, start_time=begins, lease_expires_at=lease)
+        advances.append(
+            {"b_namespace": schedule.namespace, "b_id": schedule.id, "b_next": plan.next_fire_time}
+        )
+        if plan.cancel_running:
+            cancel.append((schedule.namespace, schedule.id))
+    if conn.dialect.name == "postgresql":
+        inserted = _insert_ticks(conn, rows, now)
+        rows = [r for r in rows if r["id"] in inserted]
+    else:
+        queued_events = [sql_events.execution_event(_as_queued(r), now) for r in rows if id(r) in to_start]
+        inserted = _insert_ignoring_duplicate_ticks(conn, rows)
+        rows = [r for r in rows if r["id"] in inserted]
+        # A run started at once was queued first, as far as its events tell.
+        emit(conn, [e for e in queued_events if e["resource"].rpartition("/")[2] in inserted])
+        emit(conn, [sql_events.execution_event(r, now) for r in rows])
+    started = [r for r in rows if id(r) in to_start]
+    _advance(conn, advances)
+    if cancel:
+        # Locked in primary-key order like every multi-row change of executions (see `sql_queue._held`).
+        running = (
+            sa.select(executions.c.namespace, executions.c.id)
+            .where(
+                sa.tuple_(executions.c.namespace, executions.c.schedule_id).in_(cancel),
+                executions.c.state == RUNNING,
+            )
+            .order_by(executions.c.namespace, executions.c.id)
+            .with_for_update(of=executions)
+        )
+        conn.execute(
+            sa.update(executions)
+            .where(sa.tuple_(executions.c.namespace, executions.c.id).in_(running))
+            .values(cancel_requested=True)
+        )
+    queued = sum(1 for r in rows if r["state"] == QUEUED)
+    if queued:
+        notify(conn, "executions")
+    return DispatchResult(
+        len(due),
+        queued + len(started),
+        len(rows) - queued - len(started),
+        more=len(due) == limit,
+        started=tuple(ClaimedExecution(execution_from_row(r), to_start[id(r)]) for r in started),
+        clock=(read_at, now),
+    )
+
+
+def _all_start(ticks: list[dict[str, Any]], room: int, horizon: datetime) -> bool:
+    """Whether a pool with `room` free slots starts every one of `ticks` itself by `horizon`."""
+    return len(ticks) <= room and all(
+        row["state"] == QUEUED and not row["serial"] and row["due_time"] <= horizon for row in ticks
+    )
+
+
+def _as_queued(row: dict[str, Any]) -> dict[str, Any]:
+    """A run started by its dispatch as its QUEUED event tells it: first queued, as if claimed."""
+    return {**row, "state": QUEUED, "worker": "", "start_time": None, "lease_expires_at": None}
+
+
+# PostgreSQL: the ticks of a dispatch batch inserted in one statement built once (their values
+# travel as arrays; the columns every tick shares are written here), a tick another replica
+# recorded first left alone, and the events of those inserted written by a CTE of it: each in its
+# state, and a run started at once (RUNNING) first as QUEUED, as if claimed.
+_TICK_ARRAYS = {
+    "namespace": "text",
+    "id": "text",
+    "job_id": "text",
+    "schedule_id": "text",
+    "state": "text",
+    "scheduled_time": "timestamptz",
+    "due_time": "timestamptz",
+    "arguments": "text",
+    "error": "text",
+    "skip_reason": "text",
+    "serial": "boolean",
+    "worker": "text",
+    "start_time": "timestamptz",
+    "lease_expires_at": "timestamptz",
+    "event_type": "text",
+}
+_TICK_COLUMNS = {
+    **{name: f"t.{name}" for name in _TICK_ARRAYS if name not in ("arguments", "event_type")},
+    "arguments": "CAST(t.arguments AS jsonb)",
+    "trigger": f"'{ExecutionTrigger.SCHEDULE.value}'",
+    "attempt": "1",
+    "first_attempt_id": "''",
+    "parent_execution_id": "''",
+    "output": "''",
+    "output_truncated": "false",
+    "cancel_requested": "false",
+    "create_time": ":now",
+    "end_time": f"CASE WHEN t.state NOT IN ('{QUEUED}', '{RUNNING}') THEN CAST(:now AS timestamptz) END",
+}
+_QUEUED_SNAPSHOT = (
+    "to_jsonb(i) - 'output' || jsonb_build_object("
+    f"'state', '{QUEUED}', 'worker', '', 'start_time', NULL, 'lease_expires_at', NULL)"
+)
+_INSERT_TICKS = sa.text(
+    compact(
+        f"""
+WITH inserted AS (
+    INSERT INTO executions ({", ".join(_TICK_COLUMNS)})
+    SELECT {", ".join(_TICK_COLUMNS.values())}
+    FROM unnest({", ".join(f"CAST(:{n}s AS {t}[])" for n, t in _TICK_ARRAYS.items())})
+        WITH ORDINALITY AS t({", ".join(_TICK_ARRAYS)}, n)
+    ORDER BY t.n
+    ON CONFLICT (namespace, schedule_id, scheduled_time) WHERE trigger = '{ExecutionTrigger.SCHEDULE.value}'
+    DO NOTHING
+    RETURNING *
+),
+written AS (
+    INSERT INTO events (type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
+    SELECT e.type, i.namespace, 'namespaces/' || i.namespace || '/executions/' || i.id, i.job_id,
+           i.schedule_id, '', :now, jsonb_build_object('execution', e.snapshot)
+    FROM inserted AS i
+    JOIN unnest(CAST(:ids AS text[]), CAST(:event_types AS text[])) WITH ORDINALITY AS t(id, type, n)
+        ON t.id = i.id
+    CROSS JOIN LATERAL (
+        SELECT '{EventType.EXECUTION_QUEUED.value}' AS type, {_QUEUED_SNAPSHOT} AS snapshot, 0 AS phase
+        WHERE i.state = '{RUNNING}'
+        UNION ALL
+        SELECT t.type, to_jsonb(i) - 'output', 1
+    ) AS e
+    ORDER BY t.n, e.phase
+)
+SELECT id FROM inserted
+"""
+    )
+)
+
+
+def _insert_ticks(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> set[str]:
+    """PostgreSQL: insert a dispatch's ticks with their events (`_INSERT_TICKS`); the ids inserted."""
+    if not rows:
+        return set()
+    params: dict[str, Any] = {f"{name}s": [r[name] for r in rows] for name in _TICK_ARRAYS if name in rows[0]}
+    params["argumentss"] = [json.dumps(r["arguments"]) for r in rows]
+    params["event_types"] = [STATE_EVENTS[ExecutionState(r["state"])].value for r in rows]
+    params["now"] = now
+    return set(conn.execute(_INSERT_TICKS, params).scalars())
+
+
+# PostgreSQL: the next fire times of a dispatch batch in one statement (an executemany is one
+# statement per schedule), built once. The rows are locked already, by the dispatch's SELECT.
+_ADVANCE_MANY = sa.text(
+    """
+UPDATE schedules AS s SET next_fire_time = a.next
+FROM unnest(CAST(:namespaces AS text[]), CAST(:ids AS text[]), CAST(:nexts AS timestamptz[]))
+    AS a(namespace, id, next)
+WHERE s.namespace = a.namespace AND s.id = a.id
+"""
+)
+_ADVANCE = (
+    sa.update(schedules)
+    .where(schedules.c.namespace == sa.bindparam("b_namespace"), schedules.c.id == sa.bindparam("b_id"))
+    .values(next_fire_time=sa.bindparam("b_next"))
+)
+
+
+def _advance(conn: Connection, advances: list[dict[str, Any]]) -> None:
+    if not advances:
+        return
+    if len(advances) > 1 and conn.dialect.name == "postgresql":
+        conn.execute(
+            _ADVANCE_MANY,
+            {
+                "namespaces": [a["b_namespace"] for a in advances],
+                "ids": [a["b_id"] for a in advances],
+                "nexts": [a["b_next"] for a in advances],
+            },
+        )
+    else:
+        conn.execute(_ADVANCE, advances)
+
+
+def _activity(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], ScheduleActivity]:
+    counts = conn.execute(
+        sa.select(executions.c.namespace, executions.c.schedule_id, executions.c.state, sa.func.count())
+        .where(
+            sa.tuple_(executions.c.namespace, executions.c.schedule_id).in_(keys),
+            executions.c.state.in_(ACTIVE_STATES),
+        )
+        .group_by(executions.c.namespace, executions.c.schedule_id, executions.c.state)
+    ).all()
+    found: dict[tuple[str, str], Counter[str]] = {}
+    for namespace, schedule_id, state, count in counts:
+        found.setdefault((namespace, schedule_id), Counter())[state] = count
+    return {key: ScheduleActivity(running=c[RUNNING], queued=c[QUEUED]) for key, c in found.items()}
+
+
+def _tick_row(
+    namespace: str, job_id: str, schedule_id: str, arguments: JsonObject, run: PlannedRun, now: datetime
+) -> dict[str, Any]:
+    skipped = run.skip_reason is not None
+    return new_row(
+        namespace=namespace,
+        job_id=job_id,
+        schedule_id=schedule_id,
+        trigger=ExecutionTrigger.SCHEDULE,
+        scheduled_time=run.tick,
+        due_time=run.due_time,
+        arguments=arguments,
+        state=ExecutionState.SKIPPED if skipped else ExecutionState.QUEUED,
+        skip_reason=run.skip_reason,
+        error=run.note,
+        serial=run.serial,
+        now=now,
+    )
