@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, assert_never
 
@@ -24,6 +25,7 @@ from cronwire_server.core.model import (
     DstPolicy,
     Execution,
     ExecutionState,
+    ExecutionStats,
     ExecutionTrigger,
     IntervalSpec,
     Job,
@@ -382,6 +384,35 @@ def _callback_from_row(row: Mapping[Any, Any]) -> CallbackDelivery | None:
         error=row["callback_error"],
         last_attempt_time=row["callback_last_time"],
     )
+
+
+def stats_of(row: Mapping[Any, Any], next_run_time: datetime | None) -> ExecutionStats:
+    """The statistics read with a job or schedule (no counters row: none yet)."""
+    durations = sorted(row["stats_durations"] or ())
+    state = row["stats_last_run_state"]
+    return ExecutionStats(
+        total=int(row["stats_total"] or 0),
+        succeeded=int(row["stats_succeeded"] or 0),
+        failed=int(row["stats_failed"] or 0),
+        last_run_time=row["stats_last_run_time"],
+        last_run_state=ExecutionState(state) if state else None,
+        next_run_time=next_run_time,
+        # The lower median, as a list of even length has no middle element.
+        p50_duration=timedelta(seconds=durations[(len(durations) - 1) // 2]) if durations else None,
+    )
+
+
+def job_with_stats(row: Mapping[Any, Any]) -> Job:
+    job = job_from_record(row)
+    stats = stats_of(row, row["stats_next_run_time"])
+    job.stats = replace(stats, calendar_next_run_time=row["stats_calendar_next_run_time"])
+    return job
+
+
+def schedule_with_stats(row: Mapping[Any, Any]) -> Schedule:
+    schedule = schedule_from_record(row)
+    schedule.stats = stats_of(row, None if schedule.paused else schedule.next_fire_time)
+    return schedule
 
 
 def execution_values(execution: Execution) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -29,7 +29,6 @@ from cronwire_server.core.model import (
     EventType,
     Execution,
     ExecutionState,
-    ExecutionStats,
     ExecutionTrigger,
     Job,
     JsonObject,
@@ -81,6 +80,8 @@ from cronwire_server.storage.records import (
     trigger_from_json,
     trigger_to_json,
 )
+from cronwire_server.storage.records import job_with_stats as _job_with_stats
+from cronwire_server.storage.records import schedule_with_stats as _schedule_with_stats
 from cronwire_server.storage.remote import HeldRemoteLease, RemoteTake, RemoteTaken
 from cronwire_server.storage.sql_driver import PreparedRead
 from cronwire_server.storage.sql_engine import (
@@ -95,10 +96,14 @@ from cronwire_server.storage.sql_engine import (
     sync_url,
     unavailable_on_connection_errors,
 )
+from cronwire_server.storage.sql_jobs import GET_JOB as _GET_JOB
+from cronwire_server.storage.sql_jobs import GET_JOB_WITH_STATS as _GET_JOB_WITH_STATS
+from cronwire_server.storage.sql_jobs import JOBS_WITH_STATS, Key, raise_missing_or_changed, resource_event
 from cronwire_server.storage.sql_reads import BatchedKeyReads
+from cronwire_server.storage.sql_schedules import GET_SCHEDULE as _GET_SCHEDULE
+from cronwire_server.storage.sql_schedules import GET_SCHEDULE_WITH_STATS as _GET_SCHEDULE_WITH_STATS
+from cronwire_server.storage.sql_schedules import SCHEDULES_WITH_STATS, raise_schedule_conflict
 from cronwire_server.storage.tables import (
-    UtcDateTime,
-    execution_counters,
     executions,
     jobs,
     namespace_usage,
@@ -186,109 +191,18 @@ _RECORD_REQUEST = sa.insert(request_ids).values(
     resource_id=sa.bindparam("request_resource_id"),
     create_time=sa.bindparam("request_create_time"),
 )
-_GET_JOB = sa.select(jobs).where(
-    jobs.c.namespace == sa.bindparam("namespace"), jobs.c.id == sa.bindparam("id")
-)
-_GET_SCHEDULE = sa.select(schedules).where(
-    schedules.c.namespace == sa.bindparam("namespace"), schedules.c.id == sa.bindparam("id")
-)
 _GET_EXECUTION = sa.select(executions).where(
     executions.c.namespace == sa.bindparam("namespace"), executions.c.id == sa.bindparam("id")
 )
-
-
-# Reads with statistics: the row, its counters (kept by triggers, see tables.execution_counters)
-# and the next run, in one statement.
-def _stats_columns(counters: sa.FromClause) -> list[sa.ColumnElement[Any]]:
-    names = ("total", "succeeded", "failed", "last_run_time", "last_run_state", "durations")
-    return [counters.c[name].label(f"stats_{name}") for name in names]
-
-
-def _counted(table: sa.Table, kind: str) -> tuple[sa.Join, list[sa.ColumnElement[Any]]]:
-    counters = execution_counters.alias(f"{kind}_counters")
-    joined = table.outerjoin(
-        counters,
-        sa.and_(
-            counters.c.namespace == table.c.namespace,
-            counters.c.kind == kind,
-            counters.c.owner_id == table.c.id,
-        ),
-    )
-    return joined, _stats_columns(counters)
-
-
-_JOB_COUNTED, _JOB_STATS = _counted(jobs, "job")
-
-
-def _job_next_run(with_calendars: bool, label: str) -> sa.Label[Any]:
-    """The earliest next fire time of the job's unpaused schedules that name no calendars (or,
-    `with_calendars`, that do: their stored tick may be one a calendar excludes)."""
-    kept = schedules.c.calendars.is_not(None) if with_calendars else schedules.c.calendars.is_(None)
-    return sa.type_coerce(
-        sa.select(sa.func.min(schedules.c.next_fire_time))
-        .where(
-            schedules.c.namespace == jobs.c.namespace,
-            schedules.c.job_id == jobs.c.id,
-            schedules.c.paused.is_(False),
-            kept,
-        )
-        .scalar_subquery(),
-        UtcDateTime(),
-    ).label(label)
-
-
-_JOBS_WITH_STATS = sa.select(
-    jobs,
-    *_JOB_STATS,
-    _job_next_run(False, "stats_next_run_time"),
-    _job_next_run(True, "stats_calendar_next_run_time"),
-).select_from(_JOB_COUNTED)
-_SCHEDULE_COUNTED, _SCHEDULE_STATS = _counted(schedules, "schedule")
-_SCHEDULES_WITH_STATS = sa.select(schedules, *_SCHEDULE_STATS).select_from(_SCHEDULE_COUNTED)
-_GET_JOB_WITH_STATS = _JOBS_WITH_STATS.where(
-    jobs.c.namespace == sa.bindparam("namespace"), jobs.c.id == sa.bindparam("id")
-)
-_GET_SCHEDULE_WITH_STATS = _SCHEDULES_WITH_STATS.where(
-    schedules.c.namespace == sa.bindparam("namespace"), schedules.c.id == sa.bindparam("id")
-)
-
-
-def _stats_of(row: Mapping[Any, Any], next_run_time: datetime | None) -> ExecutionStats:
-    """The statistics read with a job or schedule (no counters row: none yet)."""
-    durations = sorted(row["stats_durations"] or ())
-    state = row["stats_last_run_state"]
-    return ExecutionStats(
-        total=int(row["stats_total"] or 0),
-        succeeded=int(row["stats_succeeded"] or 0),
-        failed=int(row["stats_failed"] or 0),
-        last_run_time=row["stats_last_run_time"],
-        last_run_state=ExecutionState(state) if state else None,
-        next_run_time=next_run_time,
-        # The lower median, as a list of even length has no middle element.
-        p50_duration=timedelta(seconds=durations[(len(durations) - 1) // 2]) if durations else None,
-    )
-
-
-def _job_with_stats(row: Mapping[Any, Any]) -> Job:
-    job = job_from_record(row)
-    stats = _stats_of(row, row["stats_next_run_time"])
-    job.stats = replace(stats, calendar_next_run_time=row["stats_calendar_next_run_time"])
-    return job
-
-
-def _schedule_with_stats(row: Mapping[Any, Any]) -> Schedule:
-    schedule = schedule_from_record(row)
-    schedule.stats = _stats_of(row, None if schedule.paused else schedule.next_fire_time)
-    return schedule
 
 
 # Primary-key reads: on PostgreSQL, those that arrive together go as one prepared statement
 # (`BatchedKeyReads`); each is the read of its table's rows from the base statement.
 _PK_READS: dict[sa.Select[Any], tuple[sa.Select[Any], sa.Table]] = {
     _GET_JOB: (sa.select(jobs), jobs),
-    _GET_JOB_WITH_STATS: (_JOBS_WITH_STATS, jobs),
+    _GET_JOB_WITH_STATS: (JOBS_WITH_STATS, jobs),
     _GET_SCHEDULE: (sa.select(schedules), schedules),
-    _GET_SCHEDULE_WITH_STATS: (_SCHEDULES_WITH_STATS, schedules),
+    _GET_SCHEDULE_WITH_STATS: (SCHEDULES_WITH_STATS, schedules),
     _GET_EXECUTION: (sa.select(executions), executions),
 }
 
@@ -486,7 +400,7 @@ class SqlStore:
     def _update(
         self,
         table: sa.Table,
-        key: _Key,
+        key: Key,
         values: dict[str, Any],
         expected_etag: str,
         event_type: EventType,
@@ -501,14 +415,14 @@ class SqlStore:
                 check(conn)
             row = conn.execute(statement.returning(*table.c)).one_or_none()
             if row is None:
-                _raise_missing_or_changed(conn, table, key)
+                raise_missing_or_changed(conn, table, key)
             # The update time the row got (the database's clock on PostgreSQL, see stamp_time).
-            event = _resource_event(event_type, key, row._mapping, row.update_time, actor)
+            event = resource_event(event_type, key, row._mapping, row.update_time, actor)
             sql_events.insert(conn, [event])
         return row
 
     def _delete(
-        self, table: sa.Table, key: _Key, expected_etag: str, event_type: EventType, actor: str
+        self, table: sa.Table, key: Key, expected_etag: str, event_type: EventType, actor: str
     ) -> None:
         with self._transaction() as conn:
             if self._postgres:
@@ -525,9 +439,9 @@ class SqlStore:
                     )
                 ).all()
                 cascaded = [
-                    _resource_event(
+                    resource_event(
                         EventType.SCHEDULE_DELETED,
-                        _Key("schedule", key.namespace, r.id),
+                        Key("schedule", key.namespace, r.id),
                         r._mapping,
                         now,
                         actor,
@@ -538,8 +452,8 @@ class SqlStore:
                 sa.delete(table).where(*key.match(table, expected_etag)).returning(*table.c)
             ).one_or_none()
             if row is None:
-                _raise_missing_or_changed(conn, table, key)
-            sql_events.insert(conn, [*cascaded, _resource_event(event_type, key, row._mapping, now, actor)])
+                raise_missing_or_changed(conn, table, key)
+            sql_events.insert(conn, [*cascaded, resource_event(event_type, key, row._mapping, now, actor)])
 
     @staticmethod
     def _now_of(conn: Connection) -> datetime:
@@ -572,8 +486,8 @@ class SqlStore:
         now = datetime.now(UTC)  # SQLite's stamp; PostgreSQL stamps the row with its own clock
         values = {"namespace": job.namespace, "id": job.id, "create_time": now}
         values.update(_stamp(job_fields(job), now))
-        key = _Key("job", job.namespace, job.id)
-        event = _resource_event(EventType.JOB_CREATED, key, values, now, actor)
+        key = Key("job", job.namespace, job.id)
+        event = resource_event(EventType.JOB_CREATED, key, values, now, actor)
         created = await self._create(sql_creates.Create("job", values, event, request_id, "CreateJob", limit))
         if isinstance(created, str):
             return await self.get_job(job.namespace, created)
@@ -589,7 +503,7 @@ class SqlStore:
     async def list_jobs(
         self, namespace: str, page: Page, *, executor: str = "", with_stats: bool = False
     ) -> Listing[Job]:
-        query = (_JOBS_WITH_STATS if with_stats else sa.select(jobs)).where(jobs.c.namespace == namespace)
+        query = (JOBS_WITH_STATS if with_stats else sa.select(jobs)).where(jobs.c.namespace == namespace)
         if executor:
             query = query.where(jobs.c.executor == executor)
         rows, next_after = await self._page(query, jobs.c.id, page)
@@ -597,7 +511,7 @@ class SqlStore:
         return Listing(items=[to_job(r._mapping) for r in rows], next_after=next_after)
 
     async def update_job(self, job: Job, *, expected_etag: str, actor: str = "") -> Job:
-        key = _Key("job", job.namespace, job.id)
+        key = Key("job", job.namespace, job.id)
         values = _stamp(job_fields(job), stamp_time(self._postgres))
         row = await self._run(self._update, jobs, key, values, expected_etag, EventType.JOB_UPDATED, actor)
         self._wakeup.signal("events_new")
@@ -607,7 +521,7 @@ class SqlStore:
         self, namespace: str, job_id: str, *, expected_etag: str = "", actor: str = ""
     ) -> None:
         # The schedules go with it: ON DELETE CASCADE, in this same statement.
-        key = _Key("job", namespace, job_id)
+        key = Key("job", namespace, job_id)
         await self._run(self._delete, jobs, key, expected_etag, EventType.JOB_DELETED, actor)
         self._wakeup.signal("events_new")
 
@@ -619,8 +533,8 @@ class SqlStore:
         now = datetime.now(UTC)  # SQLite's stamp; PostgreSQL stamps the row with its own clock
         values = {"namespace": schedule.namespace, "id": schedule.id, "create_time": now}
         values.update(_stamp(schedule_fields(schedule), now))
-        key = _Key("schedule", schedule.namespace, schedule.id)
-        event = _resource_event(EventType.SCHEDULE_CREATED, key, values, now, actor)
+        key = Key("schedule", schedule.namespace, schedule.id)
+        event = resource_event(EventType.SCHEDULE_CREATED, key, values, now, actor)
         created = await self._create(
             sql_creates.Create("schedule", values, event, request_id, "CreateSchedule", limit)
         )
@@ -650,7 +564,7 @@ class SqlStore:
     async def list_schedules(
         self, namespace: str, page: Page, *, job_id: str = "", with_stats: bool = False
     ) -> Listing[Schedule]:
-        query = _SCHEDULES_WITH_STATS if with_stats else sa.select(schedules)
+        query = SCHEDULES_WITH_STATS if with_stats else sa.select(schedules)
         query = query.where(schedules.c.namespace == namespace)
         if job_id:
             query = query.where(schedules.c.job_id == job_id)
@@ -681,7 +595,7 @@ class SqlStore:
         event_type: EventType = EventType.SCHEDULE_UPDATED,
         actor: str = "",
     ) -> Schedule:
-        key = _Key("schedule", schedule.namespace, schedule.id)
+        key = Key("schedule", schedule.namespace, schedule.id)
         values = _stamp(schedule_fields(schedule), stamp_time(self._postgres))
         kept = values["calendars"]
 
@@ -695,14 +609,14 @@ class SqlStore:
                 self._update, schedules, key, values, expected_etag, event_type, actor, calendars_current
             )
         except exc.IntegrityError as error:  # moved to a job that does not exist
-            _raise_schedule_conflict(error, schedule)
+            raise_schedule_conflict(error, schedule)
         await self._schedules_changed()
         return schedule_from_record(row._mapping)
 
     async def delete_schedule(
         self, namespace: str, schedule_id: str, *, expected_etag: str = "", actor: str = ""
     ) -> None:
-        key = _Key("schedule", namespace, schedule_id)
+        key = Key("schedule", namespace, schedule_id)
         await self._run(self._delete, schedules, key, expected_etag, EventType.SCHEDULE_DELETED, actor)
         self._wakeup.signal("events_new")
 
@@ -1307,10 +1221,6 @@ def _aware(value: datetime | None) -> datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-# ---------------------------------------------------------------------------
-# Helpers shared by jobs and schedules
-
-
 @dataclass(frozen=True)
 class _Run:
     """One RunJob call waiting for its batch."""
@@ -1324,59 +1234,3 @@ class _Run:
 
     def claims(self) -> list[tuple[str, str, str]]:
         return [("request", self.namespace, self.request_id)] if self.request_id else []
-
-
-@dataclass(frozen=True)
-class _Key:
-    """One job or schedule: its kind (for errors), namespace and id."""
-
-    kind: str
-    namespace: str
-    id: str
-
-    @property
-    def name(self) -> str:
-        return format_name(self.kind, self.namespace, self.id)
-
-    def match(self, table: sa.Table, expected_etag: str = "") -> list[sa.ColumnElement[bool]]:
-        """The WHERE clause for this row, and its etag unless `expected_etag` is empty.
-
-        An empty expected etag means "whatever it is now" (AIP-154: the etag is optional).
-        """
-        where = [table.c.namespace == self.namespace, table.c.id == self.id]
-        if expected_etag:
-            where.append(table.c.etag == expected_etag)
-        return where
-
-
-def _resource_event(
-    event_type: EventType, key: _Key, values: Mapping[Any, Any], now: datetime, actor: str
-) -> dict[str, Any]:
-    """The event of a job or schedule change, with the row as its snapshot."""
-    is_job = key.kind == "job"
-    return sql_events.row(
-        event_type,
-        key.namespace,
-        key.name,
-        now,
-        job_id=key.id if is_job else values["job_id"],
-        schedule_id="" if is_job else key.id,
-        snapshot=sql_events.job_row_snapshot(values) if is_job else sql_events.schedule_row_snapshot(values),
-        actor=actor,
-    )
-
-
-def _raise_missing_or_changed(conn: Connection, table: sa.Table, key: _Key) -> NoReturn:
-    """After a write matched no row: NotFound if the row is gone, else EtagMismatch."""
-    if conn.execute(sa.select(table.c.etag).where(*key.match(table))).first() is not None:
-        raise errors.EtagMismatch(key.kind, key.name)
-    raise errors.NotFound(key.kind, key.name)
-
-
-def _raise_schedule_conflict(error: exc.IntegrityError, schedule: Schedule) -> NoReturn:
-    violated = sql_engine.violated(error)
-    if violated == "foreign_key":
-        raise errors.NotFound("job", job_name(schedule.namespace, schedule.job_id)) from error
-    if violated == "unique":
-        raise errors.AlreadyExists("schedule", schedule_name(schedule.namespace, schedule.id)) from error
-    raise error
