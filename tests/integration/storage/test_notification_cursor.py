@@ -42,3 +42,35 @@ async def test_a_failure_before_the_first_notifier_pass_is_alerted(store: SqlSto
     (delivery,) = (await notifications.list_deliveries(NS, Page(10))).items
     assert (delivery.kind, delivery.state) == (AlertKind.FAILED, DeliveryState.PENDING)
     assert await notifications.notify_pass(200) == 0  # read once
+
+
+async def _fail(store: SqlStore, namespace: str, job_id: str) -> None:
+    await store.create_job(Job(namespace=namespace, id=job_id, executor="noop", parameters={}))
+    await store.run_job(namespace, job_id, {})
+    (claimed,) = await store.claim_executions(WORKER, 1, timedelta(seconds=60))
+    failed = RunOutcome(ExecutionState.FAILED, exit_code=1, error="exit code 1")
+    await store.finish_executions([(claimed, failed)], WORKER, plan_retry)
+
+
+async def test_the_notifier_reads_only_the_events_of_namespaces_with_rules(store: SqlStore) -> None:
+    notifications = NotificationStore(store.engine)
+    # No rules anywhere: a pass reads nothing, and moves the cursor past what there is.
+    await _fail(store, "quiet", "early")
+    await store.sequence_events(1000)
+    assert await notifications.notify_pass(200) == 0
+
+    route = NotificationRoute(NS, "hook", WebhookDestination("https://hooks.example.com/ops"))
+    await notifications.create_route(route, "")
+    await notifications.create_rule(
+        NotificationRule(NS, "failures", "hook", frozenset({AlertKind.FAILED})), ""
+    )
+    for i in range(5):
+        await _fail(store, "quiet", f"job{i}")
+    await _fail(store, NS, "job")
+    await store.sequence_events(1000)
+
+    # Only the failure in the namespace with a rule is read (and alerted), once.
+    assert await notifications.notify_pass(200) == 1
+    (delivery,) = (await notifications.list_deliveries(NS, Page(10))).items
+    assert delivery.kind is AlertKind.FAILED
+    assert await notifications.notify_pass(200) == 0
