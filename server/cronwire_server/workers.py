@@ -155,6 +155,8 @@ class WorkerPool:
         self._ending: list[str] = []
         # Slots promised to a dispatch that starts runs itself (`reserve`), until it returns.
         self._reserved = 0
+        # Runs whose code has ended, waiting for their outcome to be written: their slots are free.
+        self._finishing = 0
         self._stopping: asyncio.Event | None = None
         # How long after a renewal was sent the run is safe: its lease is still this one's.
         self._safe_for = lease.total_seconds() - fence_margin(lease)
@@ -206,7 +208,11 @@ class WorkerPool:
                 await self._sleep(stopping, MAX_IDLE_SLEEP if full else delay, for_slot=for_slot or full)
 
     def _free(self) -> int:
-        return self._slots - self.running - self._reserved
+        """Slots for new runs: a run whose code has ended gives its slot back while its outcome
+        waits for the finisher (the next claim need not wait for that write), but the pool holds
+        at most twice its slots in all, so outcomes a slow database has not taken yet stay bounded."""
+        running = self.running
+        return min(self._slots - (running - self._finishing), 2 * self._slots - running) - self._reserved
 
     async def _claim(self) -> int:
         free = self._free()
@@ -340,6 +346,8 @@ class WorkerPool:
             self._end_fenced(running.token)
             with self._running_lock:
                 self._running.pop(execution.id, None)
+            if running.finishing:
+                self._finishing -= 1
             self._slot_freed.set()
             metrics.execution_left(job.executor, recorded.name if recorded else None)
 
@@ -381,6 +389,8 @@ class WorkerPool:
         if self._fenced(running, time.monotonic()):
             return None
         running.finishing = True
+        self._finishing += 1  # its slot is free (see `_free`)
+        self._slot_freed.set()
         outcome = redactor.outcome(outcome)
         if outcome.output_truncated:
             log.info(

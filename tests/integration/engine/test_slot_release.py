@@ -1,0 +1,75 @@
+"""A worker slot is for running a job's code: a run whose code has ended gives its slot back
+while its outcome waits to be written, so the next claim does not wait for that write. The pool
+holds at most twice its slots in all, so outcomes a slow database has not taken stay bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from cronwire_server.core.model import ExecutionState, Job, Page
+from cronwire_server.storage.base import ExecutionFilter
+from cronwire_server.storage.sql_store import SqlStore
+from cronwire_server.supervisor import MAIN, Supervisor
+from cronwire_server.workers import WorkerPool
+
+NS = "slots"
+
+
+async def states(store: SqlStore) -> Counter[ExecutionState]:
+    listed = await store.list_executions(NS, Page(size=100), ExecutionFilter())
+    return Counter(e.state for e in listed.items)
+
+
+async def wait_for(condition: Any, what: str, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_a_run_gives_its_slot_back_before_its_outcome_is_written(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    for _ in range(4):
+        await store.run_job(NS, "noop", {})
+    # The database takes no outcome until `writes` is set.
+    writes = asyncio.Event()
+    finish = store.finish_executions
+
+    async def held_finish(*args: Any, **kwargs: Any) -> Any:
+        await writes.wait()
+        return await finish(*args, **kwargs)
+
+    monkeypatch.setattr(store, "finish_executions", held_finish)
+    stopping = asyncio.Event()
+    supervisor = Supervisor(stopping)
+    pool = WorkerPool(store, slots=1)
+    pool.start(supervisor, stopping)
+    try:
+        # One slot, and the first outcome not written: the second run still started.
+        async def two_held() -> bool:
+            return pool.running == 2 and (await states(store))[ExecutionState.RUNNING] == 2
+
+        await wait_for(two_held, "a second run to start while the first outcome waits")
+        # Twice the slots held in all: the pool takes no third run until an outcome is written.
+        assert (await states(store))[ExecutionState.QUEUED] == 2
+        assert pool.running == 2
+
+        writes.set()
+
+        async def all_done() -> bool:
+            return (await states(store))[ExecutionState.SUCCEEDED] == 4
+
+        await wait_for(all_done, "every run to succeed once outcomes are written")
+    finally:
+        writes.set()
+        stopping.set()
+        await supervisor.stop([MAIN], within=5)
+        await pool.drain(5)
+        await supervisor.stop(within=0)  # the loops that run until cancelled
