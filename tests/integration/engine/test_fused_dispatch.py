@@ -23,7 +23,7 @@ from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.storage.base import ExecutionFilter
 from cronwire_server.storage.sql_store import SqlStore
 from cronwire_server.storage.tables import schedules
-from cronwire_server.supervisor import Supervisor
+from cronwire_server.supervisor import MAIN, Supervisor
 from cronwire_server.workers import WorkerPool
 
 NS = "fused"
@@ -88,8 +88,9 @@ async def test_ticks_start_in_the_dispatch_while_the_pool_has_room(store: SqlSto
             ]
     finally:
         stopping.set()
-        await supervisor.stop(within=5)
+        await supervisor.stop([MAIN], within=5)
         await pool.drain(5)
+        await supervisor.stop(within=0)  # the loops that run until cancelled
 
 
 async def schedules_due_in(store: SqlStore, job: Job, offsets: list[timedelta]) -> list[str]:
@@ -162,8 +163,9 @@ async def test_a_tick_due_soon_is_taken_ahead_and_starts_at_its_due_time(store: 
         ]
     finally:
         stopping.set()
-        await supervisor.stop(within=5)
+        await supervisor.stop([MAIN], within=5)
         await pool.drain(5)
+        await supervisor.stop(within=0)  # the loops that run until cancelled
 
 
 async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(store: SqlStore) -> None:
@@ -195,5 +197,6 @@ async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(store: SqlStore
         assert left[plain[1]] == planned[plain[1]]
     finally:
         stopping.set()
-        await supervisor.stop(within=5)
+        await supervisor.stop([MAIN], within=5)
         await pool.drain(5)
+        await supervisor.stop(within=0)  # the loops that run until cancelled
