@@ -4,18 +4,20 @@ polling a condition with a deadline (`wait_for`, and `eventually` in async tests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import grpc
+import sqlalchemy as sa
 from google.rpc import error_details_pb2, status_pb2
 
 T = TypeVar("T")
@@ -63,6 +65,22 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def statements_sent(store: Any) -> Iterator[list[int]]:
+    """Count the SQL statements `store` (a SqlStore) sends while the block runs: `[count]`."""
+    counts = [0]
+
+    def hook(*_: Any) -> None:
+        counts[0] += 1
+
+    engine = store.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", hook)
+    try:
+        yield counts
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", hook)
 
 
 @dataclass

@@ -5,7 +5,6 @@ holds at most twice its slots in all, so outcomes a slow database has not taken 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from typing import Any
 
@@ -16,6 +15,7 @@ from cronwire_server.storage.base import ExecutionFilter
 from cronwire_server.storage.sql_store import SqlStore
 from cronwire_server.supervisor import MAIN, Supervisor
 from cronwire_server.workers import WorkerPool
+from tests.support import eventually
 
 NS = "slots"
 
@@ -23,13 +23,6 @@ NS = "slots"
 async def states(store: SqlStore) -> Counter[ExecutionState]:
     listed = await store.list_executions(NS, Page(size=100), ExecutionFilter())
     return Counter(e.state for e in listed.items)
-
-
-async def wait_for(condition: Any, what: str, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.02)
 
 
 async def test_a_run_gives_its_slot_back_before_its_outcome_is_written(
@@ -56,7 +49,7 @@ async def test_a_run_gives_its_slot_back_before_its_outcome_is_written(
         async def two_held() -> bool:
             return pool.running == 2 and (await states(store))[ExecutionState.RUNNING] == 2
 
-        await wait_for(two_held, "a second run to start while the first outcome waits")
+        await eventually(two_held, 15, "a second run to start while the first outcome waits")
         # Twice the slots held in all: the pool takes no third run until an outcome is written.
         assert (await states(store))[ExecutionState.QUEUED] == 2
         assert pool.running == 2
@@ -66,7 +59,7 @@ async def test_a_run_gives_its_slot_back_before_its_outcome_is_written(
         async def all_done() -> bool:
             return (await states(store))[ExecutionState.SUCCEEDED] == 4
 
-        await wait_for(all_done, "every run to succeed once outcomes are written")
+        await eventually(all_done, 15, "every run to succeed once outcomes are written")
     finally:
         writes.set()
         stopping.set()

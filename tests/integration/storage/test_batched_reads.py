@@ -5,13 +5,10 @@ get their own job."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import grpc
 import pytest
-import sqlalchemy as sa
 
 from cronwire.v1 import job_pb2, job_service_pb2
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
@@ -20,23 +17,9 @@ from cronwire_server.config import Settings
 from cronwire_server.core import errors
 from cronwire_server.core.model import Job
 from cronwire_server.storage.sql_store import SqlStore
+from tests.support import statements_sent as counting
 
 NS = "reads"
-
-
-@contextmanager
-def counting(store: SqlStore) -> Iterator[list[int]]:
-    counts = [0]
-
-    def hook(*_: Any) -> None:
-        counts[0] += 1
-
-    engine = store.engine.sync_engine
-    sa.event.listen(engine, "before_cursor_execute", hook)
-    try:
-        yield counts
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", hook)
 
 
 async def _get(store: SqlStore, namespace: str, job_id: str, with_stats: bool) -> str:

@@ -8,8 +8,7 @@ import asyncio
 import dataclasses
 import statistics
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,6 +57,7 @@ from cronwire_server.storage.sql_store import SqlStore, create_engine, open_stor
 from cronwire_server.storage.tables import schedules as schedules_table
 from cronwire_server.workers import plan_retry
 from tests.support import eventually
+from tests.support import statements_sent as counting
 
 NS = "stats"
 PARENT = f"namespaces/{NS}"
@@ -74,21 +74,6 @@ async def _server(database_url: str, **settings: Any) -> RunningServer:
     return await create_server(
         Settings(listen="127.0.0.1:0", database_url=database_url, roles=frozenset({"api"}), **settings)
     )
-
-
-@contextmanager
-def counting(store: SqlStore) -> Iterator[list[int]]:
-    counts = [0]
-
-    def hook(*_: Any) -> None:
-        counts[0] += 1
-
-    engine = store.engine.sync_engine
-    sa.event.listen(engine, "before_cursor_execute", hook)
-    try:
-        yield counts
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", hook)
 
 
 async def fewest_statements(store: SqlStore, call: Callable[[], Any]) -> int:
