@@ -1,8 +1,8 @@
 """Hot PostgreSQL statements sent on the driver (psycopg) directly, past SQLAlchemy's execution
 machinery: several statements in one round trip (the claim's admission, which needs a lock taken
-before a statement's snapshot), and primary-key reads built once (GetJob and the like), whose
-per-call cost is otherwise mostly SQLAlchemy's. Both are reported to the engine's statement hooks
-like any other statement, and their errors translated as SQLAlchemy translates them."""
+before a statement's snapshot), and primary-key reads built once (GetJob and the like, sent on
+the reads' own connection, see `sql_reads`), whose per-call cost is otherwise mostly
+SQLAlchemy's. Both are reported to the engine's statement hooks like any other statement."""
 
 from __future__ import annotations
 
@@ -67,28 +67,16 @@ class PreparedRead:
         ]
         self._processors: list[tuple[str, Callable[[Any], Any] | None]] | None = None
 
-    def one_or_none(self, conn: Connection, given: Mapping[str, Any]) -> dict[str, Any] | None:
-        rows = self._fetch(conn, given, many=False)
-        return rows[0] if rows else None
+    async def fetch_on(self, driver: Any, given: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every row, read on `driver` (a psycopg AsyncConnection) from the event loop itself: no
+        pool, no greenlet. The caller reports the statement and translates errors."""
+        async with driver.cursor() as cursor:
+            await cursor.execute(self.sql, {**self._literals, **given}, prepare=True)
+            types = [] if self._processors is not None else [c.type_code for c in cursor.description]
+            rows = await cursor.fetchall()
+        return self._mapped(types, rows)
 
-    def all(self, conn: Connection, given: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return self._fetch(conn, given, many=True)
-
-    def _fetch(self, conn: Connection, given: Mapping[str, Any], *, many: bool) -> list[dict[str, Any]]:
-        params = {**self._literals, **given}
-        conn.dispatch.before_cursor_execute(conn, None, self.sql, params, None, False)
-        described = self._processors is not None
-
-        async def send(driver: Any) -> tuple[list[int], list[tuple[Any, ...]]]:
-            async with driver.cursor() as cursor:
-                await cursor.execute(self.sql, params, prepare=True)
-                types = [] if described else [c.type_code for c in cursor.description]
-                if many:
-                    return types, await cursor.fetchall()
-                row = await cursor.fetchone()
-                return types, [] if row is None else [row]
-
-        types, rows = _on_driver(conn, self.sql, send)
+    def _mapped(self, types: list[int], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
         if self._processors is None:
             self._processors = [
                 (key, impl.result_processor(self._dialect, type_code))

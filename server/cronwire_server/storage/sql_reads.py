@@ -1,26 +1,29 @@
 """Primary-key reads that arrive together, sent as one statement (PostgreSQL).
 
 Services read jobs and executions on their request paths, many at once. Each read alone costs a
-round trip: a pool checkout, a send, a wake-up of the event loop for the answer. Reads of one
-statement that arrive while another is in flight wait for it and then go together, as one
-prepared `WHERE (namespace, id) IN (SELECT unnest(...), unnest(...))`; a lone read goes at once,
-as the plain primary-key read, so nothing waits on a timer.
+round trip: a send and a wake-up of the event loop for the answer. Reads of one statement that
+arrive while another is in flight wait for it and then go together, as one prepared
+`WHERE (namespace, id) IN (SELECT unnest(...), unnest(...))`; a lone read goes at once, as the
+plain primary-key read, so nothing waits on a timer. They are sent on a connection of their own
+(`ReadConnection`), from the event loop itself: no pool checkout and no greenlet per read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 
+from cronwire_server.core import errors
 from cronwire_server.storage.sql_creates import GroupCommit
 from cronwire_server.storage.sql_driver import PreparedRead
 
-__all__ = ["BatchedKeyReads"]
+__all__ = ["BatchedKeyReads", "ReadConnection"]
 
 Row = dict[str, Any]
 
@@ -69,3 +72,62 @@ class BatchedKeyReads:
         params = {"namespaces": [k.namespace for k in keys], "ids": [k.id for k in keys]}
         found = {(row["namespace"], row["id"]): row for row in await self._fetch(self._many, params)}
         return [found.get((k.namespace, k.id)) for k in keys]
+
+
+class ReadConnection:
+    """A PostgreSQL connection of the reads' own (psycopg, on the event loop). Batches of
+    different statements in flight together share it: psycopg sends them one after the other.
+    A broken connection is replaced at the next read, and a read that finds the connection it
+    had broken is tried once more on a new one (a read changes nothing); a read that cannot
+    reach the database raises StorageUnavailable, as the store's other calls do. The engine's
+    statement hooks see each read, as they see the store's other statements."""
+
+    def __init__(self, url: str, engine: sa.Engine) -> None:
+        self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._engine = engine
+        self._conn: Any = None  # psycopg.AsyncConnection, made at the first read
+        self._connecting = asyncio.Lock()
+
+    async def fetch(self, read: PreparedRead, params: Mapping[str, Any]) -> list[Row]:
+        import psycopg  # PostgreSQL only
+
+        self._engine.dispatch.before_cursor_execute(None, None, read.sql, params, None, False)
+        while True:
+            conn, fresh = await self._connection()
+            try:
+                return await read.fetch_on(conn, params)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                if not (conn.broken or conn.closed):
+                    raise  # the statement failed, not the connection
+                await self._discard(conn)
+                if fresh:
+                    raise _unavailable(error) from error
+
+    async def _connection(self) -> tuple[Any, bool]:
+        """The connection, and whether it was made for this read."""
+        import psycopg
+
+        async with self._connecting:
+            if self._conn is not None and not (self._conn.broken or self._conn.closed):
+                return self._conn, False
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, application_name="cronwire"
+                )
+            except psycopg.Error as error:
+                raise _unavailable(error) from error
+            return self._conn, True
+
+    async def _discard(self, conn: Any) -> None:
+        if self._conn is conn:
+            self._conn = None
+        await conn.close()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._discard(self._conn)
+
+
+def _unavailable(error: Exception) -> errors.StorageUnavailable:
+    # The driver's text (hosts, ports) stays in the cause, as for the store's other calls.
+    return errors.StorageUnavailable(f"the database is unavailable ({type(error).__name__})")

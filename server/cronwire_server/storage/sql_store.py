@@ -83,7 +83,6 @@ from cronwire_server.storage.records import (
 from cronwire_server.storage.records import job_with_stats as _job_with_stats
 from cronwire_server.storage.records import schedule_with_stats as _schedule_with_stats
 from cronwire_server.storage.remote import HeldRemoteLease, RemoteTake, RemoteTaken
-from cronwire_server.storage.sql_driver import PreparedRead
 from cronwire_server.storage.sql_engine import (
     PENDING_EVENTS,
     create_engine,
@@ -99,7 +98,7 @@ from cronwire_server.storage.sql_engine import (
 from cronwire_server.storage.sql_jobs import GET_JOB as _GET_JOB
 from cronwire_server.storage.sql_jobs import GET_JOB_WITH_STATS as _GET_JOB_WITH_STATS
 from cronwire_server.storage.sql_jobs import JOBS_WITH_STATS, Key, raise_missing_or_changed, resource_event
-from cronwire_server.storage.sql_reads import BatchedKeyReads
+from cronwire_server.storage.sql_reads import BatchedKeyReads, ReadConnection
 from cronwire_server.storage.sql_schedules import GET_SCHEDULE as _GET_SCHEDULE
 from cronwire_server.storage.sql_schedules import GET_SCHEDULE_WITH_STATS as _GET_SCHEDULE_WITH_STATS
 from cronwire_server.storage.sql_schedules import SCHEDULES_WITH_STATS, raise_schedule_conflict
@@ -265,12 +264,17 @@ class SqlStore:
         self._admitting = False
         # The same for the last take of remote work.
         self._remote_admitting = False
+        self._read_connection = (
+            ReadConnection(engine.url.render_as_string(hide_password=False), self._sync)
+            if self._postgres
+            else None
+        )
         self._key_reads = (
             {
-                single: BatchedKeyReads(base, table, engine.dialect, self._fetch_prepared)
+                single: BatchedKeyReads(base, table, engine.dialect, self._read_connection.fetch)
                 for single, (base, table) in _PK_READS.items()
             }
-            if self._postgres
+            if self._read_connection is not None
             else {}
         )
         self._wakeup: LocalWakeup = (
@@ -285,6 +289,8 @@ class SqlStore:
 
     async def close(self) -> None:
         await self._wakeup.close()
+        if self._read_connection is not None:
+            await self._read_connection.close()
         await self._engine.dispose()
 
     async def ping(self) -> None:
@@ -304,20 +310,12 @@ class SqlStore:
     async def _read_by_key(
         self, statement: sa.Select[Any], namespace: str, key_id: str
     ) -> Mapping[Any, Any] | None:
-        """One of `_PK_READS`: batched and prepared on the driver on PostgreSQL (a third of the CPU
-        of the same read through SQLAlchemy's execution, before batching), through SQLAlchemy on
-        SQLite."""
+        """One of `_PK_READS`: on PostgreSQL batched, prepared, on the reads' own connection
+        (`sql_reads`); through SQLAlchemy on SQLite."""
         reads = self._key_reads.get(statement)
         if reads is not None:
             return await reads.read(namespace, key_id)
         return await self._run(self._mapping_or_none, statement, {"namespace": namespace, "id": key_id})
-
-    async def _fetch_prepared(self, read: PreparedRead, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return await self._run(self._prepared_rows, read, params)
-
-    def _prepared_rows(self, read: PreparedRead, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with self._sync.connect() as conn:
-            return read.all(conn, params)
 
     def _mapping_or_none(self, statement: sa.Executable, params: dict[str, Any]) -> Mapping[Any, Any] | None:
         with self._sync.connect() as conn:

@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from cronwire.v1 import job_pb2, job_service_pb2
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
@@ -16,7 +18,7 @@ from cronwire_server.app import create_server
 from cronwire_server.config import Settings
 from cronwire_server.core import errors
 from cronwire_server.core.model import Job
-from cronwire_server.storage.sql_store import SqlStore
+from cronwire_server.storage.sql_store import SqlStore, open_store
 from tests.support import statements_sent as counting
 
 NS = "reads"
@@ -86,3 +88,29 @@ async def test_concurrent_get_job_calls_each_get_their_own_job(fresh_database_ur
             assert counts[0] < len(names)  # some were read together
     finally:
         await running.stop(grace=0)
+
+
+@pytest.mark.postgres
+async def test_a_read_whose_connection_was_cut_is_read_again(fresh_database_url: Any) -> None:
+    url = fresh_database_url("postgres")
+    store = await open_store(url)
+    try:
+        await store.create_job(Job(namespace=NS, id="kept", executor="noop", parameters={}))
+        assert (await store.get_job(NS, "kept")).id == "kept"
+        database = make_url(url).database
+        async with store.engine.connect() as conn:
+            cut = await conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            )
+            assert cut.scalar_one() >= 1  # the reads' connection among them
+        # The reads' connection is gone: the next read makes a new one, and the caller sees none
+        # of it.
+        assert (await store.get_job(NS, "kept", with_stats=True)).id == "kept"
+        with pytest.raises(errors.NotFound):
+            await store.get_job(NS, "gone")
+    finally:
+        await store.close()
