@@ -163,7 +163,8 @@ class WorkerPool:
 
     @property
     def running(self) -> int:
-        """Runs holding a slot: started, or taken ahead and waiting for their due time."""
+        """Runs the pool holds: started, taken ahead and waiting for their due time, or ended with
+        their outcome not written yet (these no longer hold a slot, see `_free`)."""
         return len(self._running)
 
     def start(self, supervisor: Supervisor, stopping: asyncio.Event) -> None:
