@@ -68,17 +68,17 @@ async def eventually(
 
 
 @contextlib.contextmanager
-def statements_sent(store: Any) -> Iterator[list[int]]:
-    """Count the SQL statements `store` (a SqlStore) sends while the block runs: `[count]`."""
-    counts = [0]
+def statements_sent(store: Any) -> Iterator[list[str]]:
+    """The SQL statements `store` (a SqlStore) sends while the block runs, in order."""
+    sent: list[str] = []
 
-    def hook(*_: Any) -> None:
-        counts[0] += 1
+    def hook(*args: Any) -> None:
+        sent.append(args[2])
 
     engine = store.engine.sync_engine
     sa.event.listen(engine, "before_cursor_execute", hook)
     try:
-        yield counts
+        yield sent
     finally:
         sa.event.remove(engine, "before_cursor_execute", hook)
 

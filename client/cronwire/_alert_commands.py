@@ -46,6 +46,26 @@ def _label(value: str) -> tuple[str, str]:
     return key, wanted
 
 
+def _label_flag(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE", help=text)
+
+
+def _get_and_delete(
+    leaf: Leaf,
+    group: argparse._SubParsersAction[argparse.ArgumentParser],
+    noun: str,
+    get: Callable[[Context], int],
+    delete: Callable[[Context], int],
+    delete_help: str,
+) -> None:
+    """`get NAME` and `delete NAME [--etag]` of a resource kind."""
+    p = leaf(group, "get", get, f"show a {noun}")
+    p.add_argument("name", help=f"the {noun} (id or name)")
+    p = leaf(group, "delete", delete, delete_help)
+    p.add_argument("name", help=f"the {noun} (id or name)")
+    p.add_argument("--etag", help=f"delete only if the {noun} still has this etag")
+
+
 def _kind_names(kinds: list[AlertKind]) -> str:
     return ",".join(k.name for k in kinds)
 
@@ -122,11 +142,7 @@ def add_alert_commands(top: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--description", help="free text")
     p.add_argument("--etag", help="update only if the route still has this etag")
     leaf(routes, "list", cmd_routes_list, "list the routes of the namespace")
-    p = leaf(routes, "get", cmd_routes_get, "show a route")
-    p.add_argument("name", help="the route (id or name)")
-    p = leaf(routes, "delete", cmd_routes_delete, "delete a route no rule names")
-    p.add_argument("name", help="the route (id or name)")
-    p.add_argument("--etag", help="delete only if the route still has this etag")
+    _get_and_delete(leaf, routes, "route", cmd_routes_get, cmd_routes_delete, "delete a route no rule names")
 
     rules = alerts.add_parser("rules", help="which alerts go to which route").add_subparsers(
         dest="action", metavar="ACTION", required=True
@@ -148,14 +164,7 @@ def add_alert_commands(top: argparse._SubParsersAction[argparse.ArgumentParser],
     )
     p.add_argument("--job", help="only alerts about this job")
     p.add_argument("--schedule", help="only alerts about this schedule")
-    p.add_argument(
-        "--label",
-        action="append",
-        type=_label,
-        default=[],
-        metavar="KEY=VALUE",
-        help="only jobs with this label",
-    )
+    _label_flag(p, "only jobs with this label")
     p.add_argument("--description", default="", help="free text")
     p.add_argument("--request-id", help="a retried create with the same id returns the first rule")
     p = leaf(
@@ -179,22 +188,11 @@ def add_alert_commands(top: argparse._SubParsersAction[argparse.ArgumentParser],
     schedule = p.add_mutually_exclusive_group()
     schedule.add_argument("--schedule", help="only alerts about this schedule")
     schedule.add_argument("--any-schedule", action="store_true", help="alerts about any schedule again")
-    p.add_argument(
-        "--label",
-        action="append",
-        type=_label,
-        default=[],
-        metavar="KEY=VALUE",
-        help="only jobs with this label (merged into the rule's; KEY= removes it)",
-    )
+    _label_flag(p, "only jobs with this label (merged into the rule's; KEY= removes it)")
     p.add_argument("--description", help="free text")
     p.add_argument("--etag", help="update only if the rule still has this etag")
     leaf(rules, "list", cmd_rules_list, "list the rules of the namespace")
-    p = leaf(rules, "get", cmd_rules_get, "show a rule")
-    p.add_argument("name", help="the rule (id or name)")
-    p = leaf(rules, "delete", cmd_rules_delete, "delete a rule")
-    p.add_argument("name", help="the rule (id or name)")
-    p.add_argument("--etag", help="delete only if the rule still has this etag")
+    _get_and_delete(leaf, rules, "rule", cmd_rules_get, cmd_rules_delete, "delete a rule")
 
     p = leaf(alerts, "deliveries", cmd_deliveries, "the notifications sent or being sent, newest first")
     p.add_argument("--route", help="only those to this route")
@@ -582,14 +580,7 @@ def add_check_in_commands(top: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument(
         "--grace", type=duration_arg, metavar="DURATION", help="how late a ping may come (default 5m)"
     )
-    p.add_argument(
-        "--label",
-        action="append",
-        type=_label,
-        default=[],
-        metavar="KEY=VALUE",
-        help="rules select by labels",
-    )
+    _label_flag(p, "rules select by labels")
     p.add_argument("--description", default="", help="free text")
     p = leaf(
         checkins,
@@ -605,22 +596,18 @@ def add_check_in_commands(top: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("name", help="the check-in (id or name)")
     trigger_flags(p, window=False)
     p.add_argument("--grace", type=duration_arg, metavar="DURATION", help="how late a ping may come")
-    p.add_argument(
-        "--label",
-        action="append",
-        type=_label,
-        default=[],
-        metavar="KEY=VALUE",
-        help="a label (merged into the check-in's; KEY= removes it)",
-    )
+    _label_flag(p, "a label (merged into the check-in's; KEY= removes it)")
     p.add_argument("--description", help="free text")
     p.add_argument("--etag", help="update only if the check-in still has this etag")
     leaf(checkins, "list", cmd_checkins_list, "list the check-ins of the namespace")
-    p = leaf(checkins, "get", cmd_checkins_get, "show a check-in")
-    p.add_argument("name", help="the check-in (id or name)")
-    p = leaf(checkins, "delete", cmd_checkins_delete, "delete a check-in; its token stops working")
-    p.add_argument("name", help="the check-in (id or name)")
-    p.add_argument("--etag", help="delete only if the check-in still has this etag")
+    _get_and_delete(
+        leaf,
+        checkins,
+        "check-in",
+        cmd_checkins_get,
+        cmd_checkins_delete,
+        "delete a check-in; its token stops working",
+    )
     p = leaf(checkins, "ping", cmd_checkins_ping, "ping a check-in by its token")
     p.add_argument("token", help="the check-in's token (or - to read it from standard input)")
     kind = p.add_mutually_exclusive_group()

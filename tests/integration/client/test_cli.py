@@ -30,7 +30,13 @@ Run = Callable[..., Result]
 @pytest.fixture
 def cw(server_target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
     """Run the CLI against the test's server, in namespace `default` unless told otherwise."""
-    monkeypatch.setenv("CRONWIRE_SERVER", server_target)
+    return cli_against(server_target, monkeypatch, capsys)
+
+
+def cli_against(target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    """`main(argv)` against the server at `target`, with no namespace or key from the environment;
+    each call's exit code and output."""
+    monkeypatch.setenv("CRONWIRE_SERVER", target)
     monkeypatch.delenv("CRONWIRE_NAMESPACE", raising=False)
     monkeypatch.delenv("CRONWIRE_TOKEN", raising=False)
 

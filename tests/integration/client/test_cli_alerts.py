@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from cronwire.cli import main
 from tests.integration.client.conftest import ThreadedServer
-from tests.integration.client.test_cli import Result, Run
+from tests.integration.client.test_cli import Run, cli_against
 from tests.support import wait_for
 
 
@@ -47,17 +46,7 @@ def cwa(
 ) -> Iterator[Run]:
     """The CLI against a server that may call the tests' local receivers."""
     server = ThreadedServer(sqlite_url, allow_private_networks=True)
-    monkeypatch.setenv("CRONWIRE_SERVER", server.target)
-    monkeypatch.delenv("CRONWIRE_NAMESPACE", raising=False)
-    monkeypatch.delenv("CRONWIRE_TOKEN", raising=False)
-
-    def run(*argv: str) -> Result:
-        capsys.readouterr()
-        code = main(list(argv))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    yield run
+    yield cli_against(server.target, monkeypatch, capsys)
     server.stop()
 
 
@@ -291,17 +280,7 @@ def test_routes_and_rules_updated_from_the_cli(
 @pytest.fixture
 def cwb(backend_target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
     """The CLI against a server on each database backend."""
-    monkeypatch.setenv("CRONWIRE_SERVER", backend_target)
-    monkeypatch.delenv("CRONWIRE_NAMESPACE", raising=False)
-    monkeypatch.delenv("CRONWIRE_TOKEN", raising=False)
-
-    def run(*argv: str) -> Result:
-        capsys.readouterr()
-        code = main(list(argv))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
+    return cli_against(backend_target, monkeypatch, capsys)
 
 
 def test_a_check_in_updated_from_the_cli(cwb: Run) -> None:

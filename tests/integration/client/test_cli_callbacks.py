@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import cronwire
-from cronwire.cli import EXIT_USAGE, main
+from cronwire.cli import EXIT_USAGE
 from tests.integration.client.conftest import ThreadedServer
-from tests.integration.client.test_cli import Result, Run, cw  # noqa: F401  (the fixture)
+from tests.integration.client.test_cli import Run, cli_against, cw  # noqa: F401  (the fixture)
 from tests.support import wait_for
 
 UNRESOLVABLE = "http://cronwire-callback.invalid/hook"  # .invalid never resolves (RFC 6761)
@@ -115,17 +115,7 @@ def private_cw(
 ) -> Iterator[Run]:
     """The CLI against a server started with --allow-private-networks."""
     server = ThreadedServer(sqlite_url, allow_private_networks=True)
-    monkeypatch.setenv("CRONWIRE_SERVER", server.target)
-    monkeypatch.delenv("CRONWIRE_NAMESPACE", raising=False)
-    monkeypatch.delenv("CRONWIRE_TOKEN", raising=False)
-
-    def run(*argv: str) -> Result:
-        capsys.readouterr()
-        code = main(list(argv))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    yield run
+    yield cli_against(server.target, monkeypatch, capsys)
     server.stop()
 
 

@@ -4,8 +4,6 @@ under its own lease; admission holds across them; on PostgreSQL it is one statem
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +20,7 @@ from cronwire_server.storage.remote import (
 )
 from cronwire_server.storage.sql_store import SqlStore
 from cronwire_server.workers import plan_retry
+from tests.support import statements_sent as counting
 
 NS = "remote"
 LEASE = timedelta(seconds=60)
@@ -54,21 +53,6 @@ def stream(
 
 async def queue_runs(store: SqlStore, job: Job, count: int) -> list[str]:
     return [(await store.run_job(job.namespace, job.id, {})).id for _ in range(count)]
-
-
-@contextmanager
-def counting(store: SqlStore) -> Iterator[list[str]]:
-    sent: list[str] = []
-
-    def hook(*args: Any) -> None:
-        sent.append(args[2])
-
-    engine = store.engine.sync_engine
-    sa.event.listen(engine, "before_cursor_execute", hook)
-    try:
-        yield sent
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", hook)
 
 
 async def test_one_take_serves_every_stream_by_its_queues_tasks_and_room(store: SqlStore) -> None:
