@@ -147,22 +147,26 @@ def _rank(partition: str, alias: str) -> str:
     return f"row_number() OVER (PARTITION BY {partition} ORDER BY {_order(alias)})"
 
 
-def _claim_sql(*, limit: str, worker: str, lease: str, namespace_limit: str, admit: bool) -> str:
-    """The claim statement; each argument but `admit` is an SQL expression (a bind parameter or a
-    literal)."""
-    if admit:
-        decided = f"""
+# What a local claim admits from: its candidates whose job still exists.
+_CLAIM_CANDIDATES = "candidate AS c\n    WHERE NOT c.orphan"
+
+
+def admission_steps(columns: str, candidates: str) -> str:
+    """The admission a local claim and a remote take share, as CTEs over `candidates` (a FROM item
+    aliased `c`), each keeping `columns` and `ok`: `serial_turn` (the earliest of a serial schedule,
+    and none of it running), then `group_room` (a backfill's group limit), then `job_room` (the
+    job's max_concurrency), counting the RUNNING executions of each key; ends with a comma."""
+    return f"""
 serial_turn AS (
-    SELECT {_CANDIDATE},
+    SELECT {columns},
            CASE WHEN c.serial AND c.schedule_id <> ''
                 THEN {_rank("c.namespace, c.schedule_id", "c")} = 1
                      AND {_running_count("schedule_id", "c")} = 0
                 ELSE true END AS ok
-    FROM candidate AS c
-    WHERE NOT c.orphan
+    FROM {candidates}
 ),
 group_room AS (
-    SELECT {_CANDIDATE},
+    SELECT {columns},
            CASE WHEN s.group_limit > 0 AND s.backfill_id <> ''
                 THEN {_rank("s.namespace, s.backfill_id", "s")} + {_running_count("backfill_id", "s")}
                      <= s.group_limit
@@ -170,13 +174,22 @@ group_room AS (
     FROM serial_turn AS s WHERE s.ok
 ),
 job_room AS (
-    SELECT {_CANDIDATE},
+    SELECT {columns},
            CASE WHEN s.max_concurrency > 0
                 THEN {_rank("s.namespace, s.job_id", "s")} + {_running_count("job_id", "s")}
                      <= s.max_concurrency
                 ELSE true END AS ok
     FROM group_room AS s WHERE s.ok
-),
+),"""
+
+
+def _claim_sql(*, limit: str, worker: str, lease: str, namespace_limit: str, admit: bool) -> str:
+    """The claim statement; each argument but `admit` is an SQL expression (a bind parameter or a
+    literal)."""
+    if admit:
+        decided = (
+            admission_steps(_CANDIDATE, _CLAIM_CANDIDATES)
+            + f"""
 namespace_room AS (
     SELECT {_CANDIDATE},
            CASE WHEN {namespace_limit} > 0
@@ -196,6 +209,7 @@ orphaned AS (
     WHERE c.orphan AND e.namespace = c.namespace AND e.id = c.id
 ),
 """
+        )
     else:  # only candidates that need no decision
         decided = f"""
 admitted AS MATERIALIZED (

@@ -39,7 +39,7 @@ from cronwire_server.storage.sql_queue import (
     _namespaces_at,
     _order,
     _rank,
-    _running_count,
+    admission_steps,
 )
 from cronwire_server.storage.tables import executions, jobs
 
@@ -231,31 +231,7 @@ at_limit AS MATERIALIZED (
     union = " UNION ALL ".join(f"SELECT * FROM p{k}" for k in range(classes))
     saturated = " OR ".join(f"(SELECT count(*) FROM p{k}) >= :limit_{k}" for k in range(classes))
     if admit:
-        decided = f"""
-serial_turn AS (
-    SELECT {_DECIDED},
-           CASE WHEN c.serial AND c.schedule_id <> ''
-                THEN {_rank("c.namespace, c.schedule_id", "c")} = 1
-                     AND {_running_count("schedule_id", "c")} = 0
-                ELSE true END AS ok
-    FROM c
-),
-group_room AS (
-    SELECT {_DECIDED},
-           CASE WHEN s.group_limit > 0 AND s.backfill_id <> ''
-                THEN {_rank("s.namespace, s.backfill_id", "s")} + {_running_count("backfill_id", "s")}
-                     <= s.group_limit
-                ELSE true END AS ok
-    FROM serial_turn AS s WHERE s.ok
-),
-job_room AS (
-    SELECT {_DECIDED},
-           CASE WHEN s.max_concurrency > 0
-                THEN {_rank("s.namespace, s.job_id", "s")} + {_running_count("job_id", "s")}
-                     <= s.max_concurrency
-                ELSE true END AS ok
-    FROM group_room AS s WHERE s.ok
-),"""
+        decided = admission_steps(_DECIDED, "c")
         if limited:
             decided += f"""
 namespace_room AS (
