@@ -207,4 +207,3 @@ def stamp_time(postgres: bool) -> Any:
 
 
 _DB_NOW = sa.func.now()
-_DB_STAMPS = {"create_time": _DB_NOW, "update_time": _DB_NOW}

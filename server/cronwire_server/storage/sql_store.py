@@ -74,14 +74,14 @@ from cronwire_server.storage.records import (
     execution_from_row,
     job_fields,
     job_from_record,
+    job_with_stats,
     rows_to_executions,
     schedule_fields,
     schedule_from_record,
+    schedule_with_stats,
     trigger_from_json,
     trigger_to_json,
 )
-from cronwire_server.storage.records import job_with_stats as _job_with_stats
-from cronwire_server.storage.records import schedule_with_stats as _schedule_with_stats
 from cronwire_server.storage.remote import HeldRemoteLease, RemoteTake, RemoteTaken
 from cronwire_server.storage.sql_engine import (
     PENDING_EVENTS,
@@ -95,13 +95,21 @@ from cronwire_server.storage.sql_engine import (
     sync_url,
     unavailable_on_connection_errors,
 )
-from cronwire_server.storage.sql_jobs import GET_JOB as _GET_JOB
-from cronwire_server.storage.sql_jobs import GET_JOB_WITH_STATS as _GET_JOB_WITH_STATS
-from cronwire_server.storage.sql_jobs import JOBS_WITH_STATS, Key, raise_missing_or_changed, resource_event
+from cronwire_server.storage.sql_jobs import (
+    GET_JOB,
+    GET_JOB_WITH_STATS,
+    JOBS_WITH_STATS,
+    Key,
+    raise_missing_or_changed,
+    resource_event,
+)
 from cronwire_server.storage.sql_reads import BatchedKeyReads, ReadConnection
-from cronwire_server.storage.sql_schedules import GET_SCHEDULE as _GET_SCHEDULE
-from cronwire_server.storage.sql_schedules import GET_SCHEDULE_WITH_STATS as _GET_SCHEDULE_WITH_STATS
-from cronwire_server.storage.sql_schedules import SCHEDULES_WITH_STATS, raise_schedule_conflict
+from cronwire_server.storage.sql_schedules import (
+    GET_SCHEDULE,
+    GET_SCHEDULE_WITH_STATS,
+    SCHEDULES_WITH_STATS,
+    raise_schedule_conflict,
+)
 from cronwire_server.storage.tables import (
     executions,
     jobs,
@@ -198,10 +206,10 @@ _GET_EXECUTION = sa.select(executions).where(
 # Primary-key reads: on PostgreSQL, those that arrive together go as one prepared statement
 # (`BatchedKeyReads`); each is the read of its table's rows from the base statement.
 _PK_READS: dict[sa.Select[Any], tuple[sa.Select[Any], sa.Table]] = {
-    _GET_JOB: (sa.select(jobs), jobs),
-    _GET_JOB_WITH_STATS: (JOBS_WITH_STATS, jobs),
-    _GET_SCHEDULE: (sa.select(schedules), schedules),
-    _GET_SCHEDULE_WITH_STATS: (SCHEDULES_WITH_STATS, schedules),
+    GET_JOB: (sa.select(jobs), jobs),
+    GET_JOB_WITH_STATS: (JOBS_WITH_STATS, jobs),
+    GET_SCHEDULE: (sa.select(schedules), schedules),
+    GET_SCHEDULE_WITH_STATS: (SCHEDULES_WITH_STATS, schedules),
     _GET_EXECUTION: (sa.select(executions), executions),
 }
 
@@ -492,11 +500,11 @@ class SqlStore:
         return job_from_record({**values, "create_time": created, "update_time": created})
 
     async def get_job(self, namespace: str, job_id: str, *, with_stats: bool = False) -> Job:
-        query = _GET_JOB_WITH_STATS if with_stats else _GET_JOB
+        query = GET_JOB_WITH_STATS if with_stats else GET_JOB
         row = await self._read_by_key(query, namespace, job_id)
         if row is None:
             raise errors.NotFound("job", job_name(namespace, job_id))
-        return _job_with_stats(row) if with_stats else job_from_record(row)
+        return job_with_stats(row) if with_stats else job_from_record(row)
 
     async def list_jobs(
         self, namespace: str, page: Page, *, executor: str = "", with_stats: bool = False
@@ -505,7 +513,7 @@ class SqlStore:
         if executor:
             query = query.where(jobs.c.executor == executor)
         rows, next_after = await self._page(query, jobs.c.id, page)
-        to_job = _job_with_stats if with_stats else job_from_record
+        to_job = job_with_stats if with_stats else job_from_record
         return Listing(items=[to_job(r._mapping) for r in rows], next_after=next_after)
 
     async def update_job(self, job: Job, *, expected_etag: str, actor: str = "") -> Job:
@@ -542,11 +550,11 @@ class SqlStore:
         return schedule_from_record({**values, "create_time": created, "update_time": created})
 
     async def get_schedule(self, namespace: str, schedule_id: str, *, with_stats: bool = False) -> Schedule:
-        query = _GET_SCHEDULE_WITH_STATS if with_stats else _GET_SCHEDULE
+        query = GET_SCHEDULE_WITH_STATS if with_stats else GET_SCHEDULE
         row = await self._read_by_key(query, namespace, schedule_id)
         if row is None:
             raise errors.NotFound("schedule", schedule_name(namespace, schedule_id))
-        return _schedule_with_stats(row) if with_stats else schedule_from_record(row)
+        return schedule_with_stats(row) if with_stats else schedule_from_record(row)
 
     async def namespace_counts(self) -> dict[str, tuple[int, int]]:
         counts: dict[str, tuple[int, int]] = {}
@@ -567,7 +575,7 @@ class SqlStore:
         if job_id:
             query = query.where(schedules.c.job_id == job_id)
         rows, next_after = await self._page(query, schedules.c.id, page)
-        to_schedule = _schedule_with_stats if with_stats else schedule_from_record
+        to_schedule = schedule_with_stats if with_stats else schedule_from_record
         return Listing(items=[to_schedule(r._mapping) for r in rows], next_after=next_after)
 
     async def schedules_with_calendars(
@@ -955,7 +963,7 @@ class SqlStore:
         *,
         notify: bool = True,
     ) -> dict[str, Any]:
-        job = conn.execute(_GET_JOB, {"namespace": namespace, "id": job_id}).first()
+        job = conn.execute(GET_JOB, {"namespace": namespace, "id": job_id}).first()
         if job is None:
             raise errors.NotFound("job", job_name(namespace, job_id))
         arguments = checked_arguments(job.arguments_schema, arguments)
