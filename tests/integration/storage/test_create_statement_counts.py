@@ -22,8 +22,8 @@ from cronwire_server.app import create_server
 from cronwire_server.config import Settings
 from cronwire_server.storage.sql_creates import GroupCommit
 from cronwire_server.storage.sql_store import SqlStore, create_engine
-from tests.integration.storage.test_read_statement_counts import counting
 from tests.support import eventually
+from tests.support import statements_sent as counting
 
 CREATES = 64
 NS = "batch"
@@ -72,7 +72,7 @@ async def test_64_concurrent_creates_cost_at_most_2_statements_each(
 
             await create("warm-up")  # the channel and the server's first statements
             names = [f"job-{n}" for n in range(CREATES)]
-            with counting(store) as counts:
+            with counting(store) as sent:
                 async with held(url, "namespace_usage"):
                     calls = asyncio.gather(*(create(n) for n in names))
                     await all_arrived(store._creates["job"], CREATES)
@@ -82,7 +82,7 @@ async def test_64_concurrent_creates_cost_at_most_2_statements_each(
                 job_service_pb2.ListJobsRequest(parent=f"namespaces/{NS}", page_size=100)
             )
             assert len(listed.jobs) == CREATES + 1
-            assert counts[0] <= 2 * CREATES, f"{counts[0]} statements for {CREATES} creates"
+            assert len(sent) <= 2 * CREATES, f"{len(sent)} statements for {CREATES} creates"
     finally:
         await running.stop(grace=0)
 
@@ -114,7 +114,7 @@ async def test_64_concurrent_runs_share_their_transactions(fresh_database_url: C
 
             await run(job)  # warm-up
             names = [job] * CREATES + [f"namespaces/{NS}/jobs/missing"]
-            with counting(store) as counts:
+            with counting(store) as sent:
                 async with held(url, "executions"):
                     calls = asyncio.gather(*(run(n) for n in names))
                     await all_arrived(store._runs, CREATES + 1)
@@ -122,6 +122,6 @@ async def test_64_concurrent_runs_share_their_transactions(fresh_database_url: C
             assert got[-1] == "NOT_FOUND"
             assert len(set(got[:-1])) == CREATES
             assert all(g.startswith(f"{job.replace('/jobs/often', '')}/executions/") for g in got[:-1])
-            assert counts[0] <= 3 * CREATES, f"{counts[0]} statements for {CREATES} runs"
+            assert len(sent) <= 3 * CREATES, f"{len(sent)} statements for {CREATES} runs"
     finally:
         await running.stop(grace=0)
