@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -81,7 +81,7 @@ def dispatch(
     due = conn.execute(locked(query, conn, schedules)).all()
     if not due:
         return DispatchResult(0, 0, 0, more=False)
-    activity = _activity(conn, [(r.namespace, r.id) for r in due])
+    activity, checked = _activity(conn, [(r.namespace, r.id) for r in due])
     rows: list[dict[str, Any]] = []
     advances: list[dict[str, Any]] = []
     cancel: list[tuple[str, str]] = []
@@ -124,8 +124,10 @@ def dispatch(
             job = job_from_record({c.name: values[f"{JOB_PREFIX}{c.name}"] for c in jobs.c})
             for row in chosen:
                 to_start[id(row)] = job
-                # A tick taken ahead starts at its due time, by the pool's timer.
-                begins = max(now, row["due_time"])
+                # A tick taken ahead starts at its due time, by the pool's timer. One due now
+                # starts when the activity was read, not at `now`: a run of the schedule that
+                # ended after `now` but before that read must not seem to overlap this one.
+                begins = max(checked, row["due_time"])
                 lease = begins + start.lease
                 row.update(state=RUNNING, worker=start.worker, start_time=begins, lease_expires_at=lease)
         advances.append(
@@ -302,19 +304,41 @@ def _advance(conn: Connection, advances: list[dict[str, Any]]) -> None:
         conn.execute(_ADVANCE, advances)
 
 
-def _activity(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], ScheduleActivity]:
-    counts = conn.execute(
-        sa.select(executions.c.namespace, executions.c.schedule_id, executions.c.state, sa.func.count())
+def _activity(
+    conn: Connection, keys: list[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], ScheduleActivity], datetime]:
+    """The schedules' queued and running executions, and the database's clock once they were read:
+    whatever ended before that instant is no longer counted as running."""
+    counts = (
+        sa.select(
+            executions.c.namespace, executions.c.schedule_id, executions.c.state, sa.func.count().label("n")
+        )
         .where(
             sa.tuple_(executions.c.namespace, executions.c.schedule_id).in_(keys),
             executions.c.state.in_(ACTIVE_STATES),
         )
         .group_by(executions.c.namespace, executions.c.schedule_id, executions.c.state)
-    ).all()
+    )
+    if conn.dialect.name == "postgresql":
+        # clock_timestamp() runs after the statement's snapshot is taken, so it is later than
+        # the end time of every run the counts no longer see (one row even when none is active).
+        active = counts.subquery()
+        clock = sa.select(sa.func.clock_timestamp().label("at")).subquery()
+        rows = conn.execute(
+            sa.select(
+                clock.c.at, active.c.namespace, active.c.schedule_id, active.c.state, active.c.n
+            ).select_from(clock.outerjoin(active, sa.true()))
+        ).all()
+        checked = rows[0].at
+        found_rows = [r[1:] for r in rows if r.namespace is not None]
+    else:  # one process writes at a time: its clock is the database's
+        found_rows = [tuple(r) for r in conn.execute(counts).all()]
+        checked = datetime.now(UTC)
     found: dict[tuple[str, str], Counter[str]] = {}
-    for namespace, schedule_id, state, count in counts:
+    for namespace, schedule_id, state, count in found_rows:
         found.setdefault((namespace, schedule_id), Counter())[state] = count
-    return {key: ScheduleActivity(running=c[RUNNING], queued=c[QUEUED]) for key, c in found.items()}
+    activity = {key: ScheduleActivity(running=c[RUNNING], queued=c[QUEUED]) for key, c in found.items()}
+    return activity, checked
 
 
 def _tick_row(

@@ -1,13 +1,15 @@
 """While the local worker pool has free slots, the dispatcher starts the ticks it creates itself:
 inserted RUNNING with the pool's lease in the dispatch's transaction, run by the pool at once,
-with no claim in between (their start time is their creation time). The rest queue as before."""
+with no claim in between (their start is written by the dispatch's statement). The rest queue as before."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from cronwire_server.core.model import (
@@ -20,8 +22,9 @@ from cronwire_server.core.model import (
     Schedule,
 )
 from cronwire_server.dispatcher import Dispatcher
-from cronwire_server.storage.base import ExecutionFilter
-from cronwire_server.storage.sql_store import SqlStore
+from cronwire_server.storage.base import ExecutionFilter, StartNow
+from cronwire_server.storage.sql_engine import sync_url
+from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.storage.tables import schedules
 from cronwire_server.supervisor import MAIN, Supervisor
 from cronwire_server.workers import WorkerPool
@@ -70,16 +73,20 @@ async def test_ticks_start_in_the_dispatch_while_the_pool_has_room(store: SqlSto
             assert time.monotonic() < deadline, [(e.id, e.state) for e in ran]
             await asyncio.sleep(0.05)
         assert {e.worker for e in ran} == {pool.identity}
-        fused = [e for e in ran if e.start_time == e.create_time]
-        # As many as the pool had free slots, of the job that needs no decision; the others
-        # were queued and claimed.
-        assert len(fused) == 2
-        assert {e.job_id for e in fused} == {"noop"}
         events = await store.read_events(EventFilter(namespace=NS), after=0, limit=1000)
         if not events:  # PostgreSQL numbers them first
             await store.sequence_events(1000)
             events = await store.read_events(EventFilter(namespace=NS), after=0, limit=1000)
+        started_by = {e.resource: e.time for e in events if e.type is EventType.EXECUTION_STARTED}
+        # A run started by its dispatch has its start written by the dispatch's statement; a
+        # claimed one by a claim's, later.
+        fused = [e for e in ran if started_by[e.name] == e.create_time]
+        # As many as the pool had free slots, of the job that needs no decision; the others
+        # were queued and claimed.
+        assert len(fused) == 2
+        assert {e.job_id for e in fused} == {"noop"}
         for execution in fused:
+            assert execution.create_time <= execution.start_time
             types = [e.type for e in events if e.resource == execution.name]
             assert types == [
                 EventType.EXECUTION_QUEUED,
@@ -200,3 +207,48 @@ async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(store: SqlStore
         await supervisor.stop([MAIN], within=5)
         await pool.drain(5)
         await supervisor.stop(within=0)  # the loops that run until cancelled
+
+
+@pytest.mark.postgres
+async def test_a_run_started_by_its_dispatch_starts_after_the_run_it_saw_end(
+    fresh_database_url: Callable[[str], str],
+) -> None:
+    # The overlap policy skips a tick while a run of the schedule is going. A run that ends after
+    # the dispatch began but before it counted what is going is not counted; the run the dispatch
+    # then starts must not be recorded as starting before that run ended.
+    url = fresh_database_url("postgres")
+    store = await open_store(url)
+    try:
+        await due_schedules(store, Job(namespace=NS, id="serial", executor="noop", parameters={}), 1)
+        planner = Dispatcher(store).plan
+        start = StartNow(worker="pool", count=1, lease=timedelta(minutes=1))
+        (first,) = (await store.dispatch_due(planner, limit=10, start=start)).started
+        async with store.engine.begin() as conn:
+            await conn.execute(sa.update(schedules).values(next_fire_time=await store.now()))
+
+        ended = []
+        other = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)
+
+        def end_first_run_before_the_count(_c: object, _cur: object, statement: str, *_: object) -> None:
+            if "GROUP BY executions.namespace, executions.schedule_id" in statement and not ended:
+                ended.append(True)
+                with other.begin() as conn:  # the run's outcome, written as a finish writes it
+                    conn.execute(
+                        sa.text("UPDATE executions SET state = 'succeeded', end_time = now() WHERE id = :id"),
+                        {"id": first.execution.id},
+                    )
+
+        engine = store.engine.sync_engine
+        sa.event.listen(engine, "before_cursor_execute", end_first_run_before_the_count)
+        try:
+            (second,) = (await store.dispatch_due(planner, limit=10, start=start)).started
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", end_first_run_before_the_count)
+        assert ended
+        done = await store.get_execution(NS, first.execution.id)
+        assert done.end_time is not None
+        assert second.execution.start_time is not None
+        assert second.execution.start_time >= done.end_time
+        other.dispose()
+    finally:
+        await store.close()
