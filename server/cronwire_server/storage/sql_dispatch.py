@@ -304,38 +304,56 @@ def _advance(conn: Connection, advances: list[dict[str, Any]]) -> None:
         conn.execute(_ADVANCE, advances)
 
 
+# PostgreSQL: the queued and running executions of a dispatch batch's schedules, built once (the
+# keys travel as arrays: an IN list of pairs would be a new statement, parsed and planned again,
+# for every batch size), with the database's clock once they were read. clock_timestamp() runs
+# after the statement's snapshot is taken, so it is later than the end time of every run the
+# counts no longer see; the outer join gives that one row even when nothing is active.
+_ACTIVITY = sa.text(
+    compact(
+        f"""
+SELECT c.at, a.namespace, a.schedule_id, a.state, a.n
+FROM (SELECT clock_timestamp() AS at) AS c
+LEFT JOIN (
+    SELECT e.namespace, e.schedule_id, e.state, count(*) AS n
+    FROM unnest(CAST(:namespaces AS text[]), CAST(:ids AS text[])) AS k(namespace, id)
+    JOIN executions AS e ON e.namespace = k.namespace AND e.schedule_id = k.id
+    WHERE e.state IN ('{QUEUED}', '{RUNNING}')
+    GROUP BY e.namespace, e.schedule_id, e.state
+) AS a ON true
+"""
+    )
+)
+
+
 def _activity(
     conn: Connection, keys: list[tuple[str, str]]
 ) -> tuple[dict[tuple[str, str], ScheduleActivity], datetime]:
     """The schedules' queued and running executions, and the database's clock once they were read:
     whatever ended before that instant is no longer counted as running."""
-    counts = (
-        sa.select(
-            executions.c.namespace, executions.c.schedule_id, executions.c.state, sa.func.count().label("n")
-        )
-        .where(
-            sa.tuple_(executions.c.namespace, executions.c.schedule_id).in_(keys),
-            executions.c.state.in_(ACTIVE_STATES),
-        )
-        .group_by(executions.c.namespace, executions.c.schedule_id, executions.c.state)
-    )
     if conn.dialect.name == "postgresql":
-        # clock_timestamp() runs after the statement's snapshot is taken, so it is later than
-        # the end time of every run the counts no longer see (one row even when none is active).
-        active = counts.subquery()
-        clock = sa.select(sa.func.clock_timestamp().label("at")).subquery()
         rows = conn.execute(
-            sa.select(
-                clock.c.at, active.c.namespace, active.c.schedule_id, active.c.state, active.c.n
-            ).select_from(clock.outerjoin(active, sa.true()))
+            _ACTIVITY, {"namespaces": [k[0] for k in keys], "ids": [k[1] for k in keys]}
         ).all()
         checked = rows[0].at
-        found_rows = [r[1:] for r in rows if r.namespace is not None]
+        counts = [tuple(r[1:]) for r in rows if r.namespace is not None]
     else:  # one process writes at a time: its clock is the database's
-        found_rows = [tuple(r) for r in conn.execute(counts).all()]
+        counts = [
+            tuple(r)
+            for r in conn.execute(
+                sa.select(
+                    executions.c.namespace, executions.c.schedule_id, executions.c.state, sa.func.count()
+                )
+                .where(
+                    sa.tuple_(executions.c.namespace, executions.c.schedule_id).in_(keys),
+                    executions.c.state.in_(ACTIVE_STATES),
+                )
+                .group_by(executions.c.namespace, executions.c.schedule_id, executions.c.state)
+            )
+        ]
         checked = datetime.now(UTC)
     found: dict[tuple[str, str], Counter[str]] = {}
-    for namespace, schedule_id, state, count in found_rows:
+    for namespace, schedule_id, state, count in counts:
         found.setdefault((namespace, schedule_id), Counter())[state] = count
     activity = {key: ScheduleActivity(running=c[RUNNING], queued=c[QUEUED]) for key, c in found.items()}
     return activity, checked

@@ -230,7 +230,7 @@ async def test_a_run_started_by_its_dispatch_starts_after_the_run_it_saw_end(
         other = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)
 
         def end_first_run_before_the_count(_c: object, _cur: object, statement: str, *_: object) -> None:
-            if "GROUP BY executions.namespace, executions.schedule_id" in statement and not ended:
+            if "count(*)" in statement and "GROUP BY" in statement and not ended:  # the activity read
                 ended.append(True)
                 with other.begin() as conn:  # the run's outcome, written as a finish writes it
                     conn.execute(
