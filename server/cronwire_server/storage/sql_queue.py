@@ -228,14 +228,17 @@ admitted AS MATERIALIZED (
         if namespace_limit != "0"
         else ""
     )
+    # A remote job's runs are left out by a lookup of the job's executor, not NOT EXISTS: as an
+    # anti-join PostgreSQL estimated that few candidates survive it, and read and sorted every
+    # queued execution to pick the batch; this way it reads them in due order and stops at the limit.
     return f"""
 WITH picked AS MATERIALIZED (
     SELECT e.namespace, e.id, e.job_id, e.schedule_id, e.serial, e.backfill_id, e.group_limit, e.due_time,
            e.scheduled_time
     FROM executions AS e
     WHERE e.state = '{QUEUED}' AND e.due_time <= now()
-      AND NOT EXISTS (SELECT 1 FROM jobs AS x WHERE x.namespace = e.namespace AND x.id = e.job_id
-                      AND x.executor = '{REMOTE}')
+      AND coalesce((SELECT x.executor FROM jobs AS x WHERE x.namespace = e.namespace AND x.id = e.job_id),
+                   '') <> '{REMOTE}'
       AND NOT (e.serial AND e.schedule_id <> '' AND EXISTS (
           SELECT 1 FROM executions AS q
           WHERE q.namespace = e.namespace AND q.schedule_id = e.schedule_id AND q.state = '{QUEUED}'

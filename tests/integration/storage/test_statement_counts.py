@@ -27,6 +27,7 @@ from cronwire_server.core.model import (
 from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.storage.base import ClaimedExecution, ExecutionFilter
+from cronwire_server.storage.sql_queue import CLAIM_BATCH
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.workers import plan_retry
 
@@ -155,6 +156,35 @@ async def test_claiming_a_batch_is_one_statement(store: SqlStore) -> None:
     with counting(store) as sent:
         assert await store.claim_executions(WORKER, BATCH, LEASE) == []
     assert sent.count == 1, "an empty queue costs one statement too"
+
+
+async def test_a_claim_reads_its_batch_not_the_whole_queue(store: SqlStore) -> None:
+    # In a burst thousands are queued; a claim of a few must not read and sort them all.
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    for _ in range(20):
+        await asyncio.gather(*(store.run_job(NS, "noop", {}) for _ in range(100)))
+    async with store.engine.connect() as conn:
+        await conn.execute(sa.text("ANALYZE executions, jobs"))  # statistics that say so
+        await conn.commit()
+        plan = (
+            await conn.execute(
+                sa.text(f"EXPLAIN (ANALYZE, FORMAT JSON) {CLAIM_BATCH.element.text}"),
+                {"limit": 16, "worker": WORKER, "lease": LEASE},
+            )
+        ).scalar_one()
+        await conn.rollback()
+    read = [
+        node["Actual Rows"] * node["Actual Loops"]
+        for node in plan_nodes(plan[0]["Plan"])
+        if node.get("Relation Name") == "executions"
+    ]
+    assert sum(read) <= 16 * 4, read
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from plan_nodes(child)
 
 
 async def test_a_claim_that_needs_an_admission_decision_still_makes_it(store: SqlStore) -> None:
