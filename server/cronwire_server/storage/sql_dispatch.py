@@ -61,7 +61,6 @@ def _insert_ignoring_duplicate_ticks(conn: Connection, rows: list[dict[str, Any]
 def dispatch(
     conn: Connection, planner: Planner, limit: int, start: StartNow | None, now: datetime
 ) -> DispatchResult:
-    read_at = time.monotonic()  # when `now` had just been read, for runs started on a timer
     # With a pool to start runs, ticks due within its look-ahead are taken too (see `StartNow`).
     horizon = now + start.ahead if start is not None else now
     query = (
@@ -82,6 +81,7 @@ def dispatch(
     if not due:
         return DispatchResult(0, 0, 0, more=False)
     activity, checked = _activity(conn, [(r.namespace, r.id) for r in due])
+    read_at = time.monotonic()  # when `checked` had just been read, for runs started on a timer
     rows: list[dict[str, Any]] = []
     advances: list[dict[str, Any]] = []
     cancel: list[tuple[str, str]] = []
@@ -172,7 +172,7 @@ def dispatch(
         len(rows) - queued - len(started),
         more=len(due) == limit,
         started=tuple(ClaimedExecution(execution_from_row(r), to_start[id(r)]) for r in started),
-        clock=(read_at, now),
+        clock=(read_at, checked),
     )
 
 
