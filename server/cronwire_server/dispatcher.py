@@ -142,10 +142,9 @@ class Dispatcher:
         log.info("dispatcher stopped")
 
     async def _sleep_time(self) -> float:
-        upcoming = await self._store.next_fire_time()
+        upcoming, now = await self._store.next_fire_time()
         if upcoming is None:
             return MAX_SLEEP
-        now = await self._store.now()
         wait = (upcoming - now).total_seconds()
         ahead = self._ahead.total_seconds() if self._pool is not None else 0.0
         # Wake half the look-ahead before the next tick: the pass takes it and the ticks of the

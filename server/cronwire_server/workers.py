@@ -314,10 +314,9 @@ class WorkerPool:
         self._started(running)
 
     async def _idle_time(self) -> float:
-        due = await self._store.next_due_time()
+        due, now = await self._store.next_due_time()
         if due is None:
             return MAX_IDLE_SLEEP
-        now = await self._store.now()
         if due <= now:
             # Due but not admitted (a serial turn or a job's concurrency limit): the end of the
             # run that blocks it wakes us; poll now and then in case that was on another replica.

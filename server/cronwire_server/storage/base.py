@@ -291,8 +291,9 @@ class Store(Protocol):
         a tick never fires twice), cancel running ones it asks to, and advance next_fire_time.
         With `start`, some of them are inserted RUNNING instead, leased to its worker."""
 
-    async def next_fire_time(self) -> datetime | None:
-        """The earliest next fire time of an unpaused schedule."""
+    async def next_fire_time(self) -> tuple[datetime | None, datetime]:
+        """The earliest next fire time of an unpaused schedule, and the database's time when it
+        was read (one round trip)."""
 
     # Workers
 
@@ -303,8 +304,9 @@ class Store(Protocol):
         jobs' max_concurrency and, when > 0, `namespace_limit` running per namespace (across all
         replicas); each RUNNING under `worker` with a lease until now + `lease`."""
 
-    async def next_due_time(self) -> datetime | None:
-        """The earliest due time of a QUEUED execution."""
+    async def next_due_time(self) -> tuple[datetime | None, datetime]:
+        """The earliest due time of a QUEUED execution, and the database's time when it was read
+        (one round trip)."""
 
     async def queue_summary(self) -> QueueSummary:
         """How many executions are QUEUED, and the earliest due time of those already due."""

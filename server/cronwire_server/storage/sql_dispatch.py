@@ -32,7 +32,6 @@ from cronwire_server.executors.registry import REMOTE
 from cronwire_server.storage import sql_events
 from cronwire_server.storage.base import ClaimedExecution, DispatchResult, Planner, StartNow
 from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
-from cronwire_server.storage.sql_engine import notify
 from cronwire_server.storage.sql_executions import (
     ACTIVE_STATES,
     JOB_PREFIX,
@@ -135,8 +134,9 @@ def dispatch(
         )
         if plan.cancel_running:
             cancel.append((schedule.namespace, schedule.id))
-    if conn.dialect.name == "postgresql":
-        inserted = _insert_ticks(conn, rows, now)
+    if conn.dialect.name == "postgresql" and rows:
+        # The next fire times are advanced and the claimers woken by the same statement.
+        inserted = _insert_ticks(conn, rows, advances, now)
         rows = [r for r in rows if r["id"] in inserted]
     else:
         queued_events = [sql_events.execution_event(_as_queued(r), now) for r in rows if id(r) in to_start]
@@ -145,8 +145,8 @@ def dispatch(
         # A run started at once was queued first, as far as its events tell.
         emit(conn, [e for e in queued_events if e["resource"].rpartition("/")[2] in inserted])
         emit(conn, [sql_events.execution_event(r, now) for r in rows])
+        _advance(conn, advances)
     started = [r for r in rows if id(r) in to_start]
-    _advance(conn, advances)
     if cancel:
         # Locked in primary-key order like every multi-row change of executions (see `sql_queue._held`).
         running = (
@@ -164,8 +164,6 @@ def dispatch(
             .values(cancel_requested=True)
         )
     queued = sum(1 for r in rows if r["state"] == QUEUED)
-    if queued:
-        notify(conn, "executions")
     return DispatchResult(
         len(due),
         queued + len(started),
@@ -191,7 +189,9 @@ def _as_queued(row: dict[str, Any]) -> dict[str, Any]:
 # PostgreSQL: the ticks of a dispatch batch inserted in one statement built once (their values
 # travel as arrays; the columns every tick shares are written here), a tick another replica
 # recorded first left alone, and the events of those inserted written by a CTE of it: each in its
-# state, and a run started at once (RUNNING) first as QUEUED, as if claimed.
+# state, and a run started at once (RUNNING) first as QUEUED, as if claimed. The same statement
+# advances the batch's next fire times (the schedules are locked already, by the dispatch's
+# SELECT) and, when it queued a run, wakes every replica's claimer at commit.
 _TICK_ARRAYS = {
     "namespace": "text",
     "id": "text",
@@ -253,21 +253,34 @@ written AS (
         SELECT t.type, to_jsonb(i) - 'output', 1
     ) AS e
     ORDER BY t.n, e.phase
+),
+advanced AS (
+    UPDATE schedules AS s SET next_fire_time = a.next
+    FROM unnest(CAST(:advance_namespaces AS text[]), CAST(:advance_ids AS text[]),
+                CAST(:advance_nexts AS timestamptz[])) AS a(namespace, id, next)
+    WHERE s.namespace = a.namespace AND s.id = a.id
+),
+woken AS MATERIALIZED (
+    SELECT pg_notify('cronwire_executions', '') WHERE EXISTS (SELECT FROM inserted WHERE state = '{QUEUED}')
 )
-SELECT id FROM inserted
+SELECT id FROM inserted LEFT JOIN woken ON true
 """
     )
 )
 
 
-def _insert_ticks(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> set[str]:
-    """PostgreSQL: insert a dispatch's ticks with their events (`_INSERT_TICKS`); the ids inserted."""
-    if not rows:
-        return set()
+def _insert_ticks(
+    conn: Connection, rows: list[dict[str, Any]], advances: list[dict[str, Any]], now: datetime
+) -> set[str]:
+    """PostgreSQL: insert a dispatch's ticks with their events and advance its schedules'
+    next fire times (`_INSERT_TICKS`); the ids inserted."""
     params: dict[str, Any] = {f"{name}s": [r[name] for r in rows] for name in _TICK_ARRAYS if name in rows[0]}
     params["argumentss"] = [json.dumps(r["arguments"]) for r in rows]
     params["event_types"] = [STATE_EVENTS[ExecutionState(r["state"])].value for r in rows]
     params["now"] = now
+    params["advance_namespaces"] = [a["b_namespace"] for a in advances]
+    params["advance_ids"] = [a["b_id"] for a in advances]
+    params["advance_nexts"] = [a["b_next"] for a in advances]
     return set(conn.execute(_INSERT_TICKS, params).scalars())
 
 

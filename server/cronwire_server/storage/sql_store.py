@@ -719,10 +719,17 @@ class SqlStore:
             self._wakeup.signal("events_new")
         return result
 
-    async def next_fire_time(self) -> datetime | None:
-        query = sa.select(sa.func.min(schedules.c.next_fire_time)).where(schedules.c.paused.is_(False))
-        rows = await self._run(self._all, query)
-        return _aware(rows[0][0])
+    async def next_fire_time(self) -> tuple[datetime | None, datetime]:
+        earliest = sa.select(sa.func.min(schedules.c.next_fire_time)).where(schedules.c.paused.is_(False))
+        return await self._run(self._earliest, earliest)
+
+    def _earliest(self, query: sa.Select[Any]) -> tuple[datetime | None, datetime]:
+        """The one value of `query` (a MIN), and the database's time in the same round trip."""
+        with self._sync.connect() as conn:
+            if self._postgres:
+                value, now = conn.execute(query.add_columns(sa.func.clock_timestamp())).one()
+                return _aware(value), now
+            return _aware(conn.execute(query).scalar()), database_now(conn)
 
     # Workers
 
@@ -758,10 +765,9 @@ class SqlStore:
             self._wakeup.signal("events_new")
         return claimed, restricted
 
-    async def next_due_time(self) -> datetime | None:
-        query = sa.select(sa.func.min(executions.c.due_time)).where(executions.c.state == ex.QUEUED)
-        rows = await self._run(self._all, query)
-        return _aware(rows[0][0])
+    async def next_due_time(self) -> tuple[datetime | None, datetime]:
+        earliest = sa.select(sa.func.min(executions.c.due_time)).where(executions.c.state == ex.QUEUED)
+        return await self._run(self._earliest, earliest)
 
     async def queue_summary(self) -> QueueSummary:
         return await self._run(self._queue_summary)

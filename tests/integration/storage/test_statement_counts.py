@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import ExecuteStyle
@@ -296,6 +297,32 @@ async def test_replicas_claiming_at_once_never_pass_a_concurrency_limit(store: S
     finally:
         for replica in replicas[1:]:
             await replica.close()
+
+
+async def test_a_dispatch_batch_is_one_transaction_of_four_statements(store: SqlStore) -> None:
+    # The schedules read and locked, their activity read with the clock, then one statement for
+    # the ticks, their events, the next fire times and the claimers' wake-up.
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    for n in range(3):
+        await store.create_schedule(
+            Schedule(namespace=NS, id=f"s{n}", job_id="noop", trigger=IntervalSpec(timedelta(hours=1)))
+        )
+    async with store.engine.connect() as conn:  # due now
+        await conn.execute(sa.text("UPDATE schedules SET next_fire_time = now() - interval '1 second'"))
+        await conn.commit()
+    url = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as listener:
+        await listener.execute("LISTEN cronwire_executions")
+        with counting(store) as sent:
+            assert await Dispatcher(store).run_once() == 3
+        work = [s for s in sent.statements if s not in ("BEGIN", "COMMIT")]
+        assert len(work) == 4, work  # the database's clock first
+        assert sent.count == 6
+        woken = [n.channel async for n in listener.notifies(timeout=5, stop_after=1)]
+    assert woken == ["cronwire_executions"]
+    async with store.engine.connect() as conn:
+        later = (await conn.execute(sa.text("SELECT count(*) FROM schedules WHERE next_fire_time > now()"))).scalar()
+    assert later == 3
 
 
 async def test_a_burst_of_due_schedules_costs_at_most_one_statement_per_execution(store: SqlStore) -> None:
