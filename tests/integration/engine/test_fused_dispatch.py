@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -202,6 +203,32 @@ async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(store: SqlStore
         left = await next_fire_times(store)
         assert left[limited] == planned[limited]
         assert left[plain[1]] == planned[plain[1]]
+    finally:
+        stopping.set()
+        await supervisor.stop([MAIN], within=5)
+        await pool.drain(5)
+        await supervisor.stop(within=0)  # the loops that run until cancelled
+
+
+async def test_a_pass_reads_no_more_schedules_ahead_than_the_pool_takes(store: SqlStore) -> None:
+    # Ten ticks within the look-ahead; a pool with four free slots takes two of them ahead (half
+    # its room), so the pass reads those two schedules, not all ten (each read is decoded).
+    offsets = [timedelta(seconds=2 + n / 10) for n in range(10)]
+    await schedules_due_in(store, Job(namespace=NS, id="plain", executor="noop", parameters={}), offsets)
+    planned: list[str] = []
+
+    class Counting(Dispatcher):
+        def plan(self, schedule: Schedule, *args: Any) -> Any:
+            planned.append(schedule.id)
+            return super().plan(schedule, *args)
+
+    stopping = asyncio.Event()
+    supervisor = Supervisor(stopping)
+    pool = WorkerPool(store, slots=4)
+    pool.start(supervisor, stopping)
+    try:
+        assert await Counting(store, pool=pool, ahead=timedelta(seconds=20)).run_once() == 2
+        assert len(planned) == 2, planned
     finally:
         stopping.set()
         await supervisor.stop([MAIN], within=5)

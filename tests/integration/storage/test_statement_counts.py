@@ -321,7 +321,9 @@ async def test_a_dispatch_batch_is_one_transaction_of_four_statements(store: Sql
         woken = [n.channel async for n in listener.notifies(timeout=5, stop_after=1)]
     assert woken == ["cronwire_executions"]
     async with store.engine.connect() as conn:
-        later = (await conn.execute(sa.text("SELECT count(*) FROM schedules WHERE next_fire_time > now()"))).scalar()
+        later = (
+            await conn.execute(sa.text("SELECT count(*) FROM schedules WHERE next_fire_time > now()"))
+        ).scalar()
     assert later == 3
 
 
