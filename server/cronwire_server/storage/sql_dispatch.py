@@ -193,8 +193,9 @@ def _due_now_and(ahead: int, now: datetime, limit: int) -> sa.ColumnElement[int]
         .limit(limit)
         .subquery()
     )
-    wanted = sa.select(sa.func.count()).select_from(due).scalar_subquery() + ahead
-    return sa.case((wanted < limit, wanted), else_=limit)
+    counted = sa.select(sa.func.count().label("n")).select_from(due).subquery()
+    wanted = counted.c.n + ahead
+    return sa.select(sa.case((wanted < limit, wanted), else_=limit)).scalar_subquery()
 
 
 def _all_start(ticks: list[dict[str, Any]], room: int, horizon: datetime) -> bool:
