@@ -36,10 +36,9 @@ log = logging.getLogger(__name__)
 SEQUENCE_BATCH = 5000
 # The least time from one numbering pass to the next (a bound on the passes per second, and on
 # what it adds to an event's delivery). A pass costs PostgreSQL about 0.6 ms however few events
-# it numbers and 12 us per event: at 10 ms, a scheduler running 200 noop runs/s spent a third of
-# a millisecond of database CPU per run on numbering; at 25 ms the watchers of 1,000 events/s
-# got their batches no later (larger batches, fewer responses) for less server CPU.
-SEQUENCE_GAP = 0.025
+# it numbers; 25 ms saved database CPU at 200 runs/s but cost lag and CPU at 1,000/s
+# (bench/README.md), so it stays at 10.
+SEQUENCE_GAP = 0.01
 READ_BATCH = 1000
 # Snapshot bytes (JSON text) per read: what one hub batch or replay page may hold (one event
 # larger than this is still read, alone).
