@@ -37,7 +37,7 @@ SEQUENCE_BATCH = 5000
 # The least time from one numbering pass to the next (a bound on the passes per second, and on
 # what it adds to an event's delivery). A pass costs PostgreSQL about 0.6 ms however few events
 # it numbers; 25 ms saved database CPU at 200 runs/s but cost lag and CPU at 1,000/s
-# (bench/README.md), so it stays at 10.
+# (bench/README.md), so it stays at 10 ms.
 SEQUENCE_GAP = 0.01
 READ_BATCH = 1000
 # Snapshot bytes (JSON text) per read: what one hub batch or replay page may hold (one event

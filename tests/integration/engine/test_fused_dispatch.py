@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,6 +49,22 @@ async def due_schedules(store: SqlStore, job: Job, count: int) -> None:
         )
 
 
+@asynccontextmanager
+async def running_pool(store: SqlStore, slots: int) -> AsyncIterator[WorkerPool]:
+    """A worker pool with its loops running, stopped as the server stops it."""
+    stopping = asyncio.Event()
+    supervisor = Supervisor(stopping)
+    pool = WorkerPool(store, slots=slots)
+    pool.start(supervisor, stopping)
+    try:
+        yield pool
+    finally:
+        stopping.set()
+        await supervisor.stop([MAIN], within=5)
+        await pool.drain(5)
+        await supervisor.stop(within=0)  # the loops that run until cancelled
+
+
 async def executions_of(store: SqlStore, job_id: str) -> list:  # type: ignore[type-arg]
     listed = await store.list_executions(NS, Page(size=100), ExecutionFilter(job_id=job_id))
     return list(listed.items)
@@ -59,11 +76,7 @@ async def test_ticks_start_in_the_dispatch_while_the_pool_has_room(store: SqlSto
     await due_schedules(
         store, Job(namespace=NS, id="one", executor="noop", parameters={}, max_concurrency=1), 1
     )
-    stopping = asyncio.Event()
-    supervisor = Supervisor(stopping)
-    pool = WorkerPool(store, slots=2)
-    pool.start(supervisor, stopping)
-    try:
+    async with running_pool(store, slots=2) as pool:
         assert await Dispatcher(store, pool=pool).run_once() == 4
         deadline = time.monotonic() + 15
         while True:
@@ -94,11 +107,6 @@ async def test_ticks_start_in_the_dispatch_while_the_pool_has_room(store: SqlSto
                 EventType.EXECUTION_STARTED,
                 EventType.EXECUTION_SUCCEEDED,
             ]
-    finally:
-        stopping.set()
-        await supervisor.stop([MAIN], within=5)
-        await pool.drain(5)
-        await supervisor.stop(within=0)  # the loops that run until cancelled
 
 
 async def schedules_due_in(store: SqlStore, job: Job, offsets: list[timedelta]) -> list[str]:
@@ -132,11 +140,7 @@ async def test_a_tick_due_soon_is_taken_ahead_and_starts_at_its_due_time(store: 
         [timedelta(seconds=2), timedelta(seconds=60)],
     )
     planned = await next_fire_times(store)
-    stopping = asyncio.Event()
-    supervisor = Supervisor(stopping)
-    pool = WorkerPool(store, slots=4)
-    pool.start(supervisor, stopping)
-    try:
+    async with running_pool(store, slots=4) as pool:
         # A look-ahead wider than the default, so that the tick two seconds away is within it
         # however slow this machine is; the one a minute away is not.
         assert await Dispatcher(store, pool=pool, ahead=timedelta(seconds=20)).run_once() == 1
@@ -169,11 +173,6 @@ async def test_a_tick_due_soon_is_taken_ahead_and_starts_at_its_due_time(store: 
             EventType.EXECUTION_STARTED,
             EventType.EXECUTION_SUCCEEDED,
         ]
-    finally:
-        stopping.set()
-        await supervisor.stop([MAIN], within=5)
-        await pool.drain(5)
-        await supervisor.stop(within=0)  # the loops that run until cancelled
 
 
 async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(store: SqlStore) -> None:
@@ -191,11 +190,7 @@ async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(store: SqlStore
         [timedelta(seconds=2), timedelta(seconds=3)],
     )
     planned = await next_fire_times(store)
-    stopping = asyncio.Event()
-    supervisor = Supervisor(stopping)
-    pool = WorkerPool(store, slots=2)
-    pool.start(supervisor, stopping)
-    try:
+    async with running_pool(store, slots=2) as pool:
         assert await Dispatcher(store, pool=pool, ahead=timedelta(seconds=20)).run_once() == 1
         assert await executions_of(store, "limited") == []
         (taken,) = await executions_of(store, "plain")
@@ -203,11 +198,6 @@ async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(store: SqlStore
         left = await next_fire_times(store)
         assert left[limited] == planned[limited]
         assert left[plain[1]] == planned[plain[1]]
-    finally:
-        stopping.set()
-        await supervisor.stop([MAIN], within=5)
-        await pool.drain(5)
-        await supervisor.stop(within=0)  # the loops that run until cancelled
 
 
 async def test_a_pass_reads_no_more_schedules_ahead_than_the_pool_takes(store: SqlStore) -> None:
@@ -222,18 +212,9 @@ async def test_a_pass_reads_no_more_schedules_ahead_than_the_pool_takes(store: S
             planned.append(schedule.id)
             return super().plan(schedule, *args)
 
-    stopping = asyncio.Event()
-    supervisor = Supervisor(stopping)
-    pool = WorkerPool(store, slots=4)
-    pool.start(supervisor, stopping)
-    try:
+    async with running_pool(store, slots=4) as pool:
         assert await Counting(store, pool=pool, ahead=timedelta(seconds=20)).run_once() == 2
         assert len(planned) == 2, planned
-    finally:
-        stopping.set()
-        await supervisor.stop([MAIN], within=5)
-        await pool.drain(5)
-        await supervisor.stop(within=0)  # the loops that run until cancelled
 
 
 @pytest.mark.postgres
