@@ -60,11 +60,10 @@ def _insert_ignoring_duplicate_ticks(conn: Connection, rows: list[dict[str, Any]
 def dispatch(
     conn: Connection, planner: Planner, limit: int, start: StartNow | None, now: datetime
 ) -> DispatchResult:
-    query = sa.select(schedules).where(schedules.c.paused.is_(False)).order_by(schedules.c.next_fire_time)
-    horizon = now
-    if start is None:
-        query = query.where(schedules.c.next_fire_time <= now).limit(limit)
-    else:
+    unpaused = schedules.c.paused.is_(False)
+    due_now = schedules.c.next_fire_time <= now
+    query = sa.select(schedules).where(unpaused).order_by(schedules.c.next_fire_time)
+    if start is not None:
         # The jobs come with the schedules: a run started at once needs its job, and whether
         # its start needs an admission decision (then it is queued as usual).
         query = query.add_columns(*(c.label(f"{JOB_PREFIX}{c.name}") for c in jobs.c)).join(
@@ -72,20 +71,18 @@ def dispatch(
             sa.and_(jobs.c.namespace == schedules.c.namespace, jobs.c.id == schedules.c.job_id),
             isouter=True,
         )
-        if start.ahead_count > 0:
-            # Ticks due within the pool's look-ahead are taken too (see `StartNow`), those of
-            # jobs it may start without an admission decision, and no more than its room for
-            # them: each schedule read costs its decoding.
-            horizon = now + start.ahead
-            may_start = sa.and_(jobs.c.max_concurrency == 0, jobs.c.executor != REMOTE)
-            query = query.where(
-                sa.or_(
-                    schedules.c.next_fire_time <= now,
-                    sa.and_(schedules.c.next_fire_time <= horizon, may_start),
-                )
-            ).limit(_due_now_and(start.ahead_count, now, limit))
-        else:
-            query = query.where(schedules.c.next_fire_time <= now).limit(limit)
+    horizon = now
+    if start is not None and start.ahead_count > 0:
+        # Ticks due within the pool's look-ahead are taken too (see `StartNow`), those of jobs
+        # it may start without an admission decision, and no more than its room for them: each
+        # schedule read costs its decoding.
+        horizon = now + start.ahead
+        may_start = sa.and_(jobs.c.max_concurrency == 0, jobs.c.executor != REMOTE)
+        query = query.where(sa.or_(due_now, sa.and_(schedules.c.next_fire_time <= horizon, may_start))).limit(
+            _due_now_and(sa.and_(unpaused, due_now), start.ahead_count, limit)
+        )
+    else:
+        query = query.where(due_now).limit(limit)
     due = conn.execute(locked(query, conn, schedules)).all()
     if not due:
         return DispatchResult(0, 0, 0, more=False)
@@ -184,15 +181,10 @@ def dispatch(
     )
 
 
-def _due_now_and(ahead: int, now: datetime, limit: int) -> sa.ColumnElement[int]:
-    """A LIMIT for the schedules due by `now` and `ahead` more, at most `limit` in all: a pool
-    takes no more ticks ahead than its room, and each schedule read costs its decoding."""
-    due = (
-        sa.select(sa.literal(1))
-        .where(schedules.c.paused.is_(False), schedules.c.next_fire_time <= now)
-        .limit(limit)
-        .subquery()
-    )
+def _due_now_and(due_now: sa.ColumnElement[bool], ahead: int, limit: int) -> sa.ColumnElement[int]:
+    """A LIMIT for the schedules `due_now` and `ahead` more, at most `limit` in all: a pool takes
+    no more ticks ahead than its room, and each schedule read costs its decoding."""
+    due = sa.select(sa.literal(1)).where(due_now).limit(limit).subquery()
     counted = sa.select(sa.func.count().label("n")).select_from(due).subquery()
     wanted = counted.c.n + ahead
     return sa.select(sa.case((wanted < limit, wanted), else_=limit)).scalar_subquery()

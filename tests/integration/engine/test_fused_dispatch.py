@@ -226,6 +226,7 @@ async def test_a_run_started_by_its_dispatch_starts_after_the_run_it_saw_end(
     # then starts must not be recorded as starting before that run ended.
     url = fresh_database_url("postgres")
     store = await open_store(url)
+    other = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)  # another replica's
     try:
         await due_schedules(store, Job(namespace=NS, id="serial", executor="noop", parameters={}), 1)
         planner = Dispatcher(store).plan
@@ -235,7 +236,6 @@ async def test_a_run_started_by_its_dispatch_starts_after_the_run_it_saw_end(
             await conn.execute(sa.update(schedules).values(next_fire_time=await store.now()))
 
         ended = []
-        other = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)
 
         def end_first_run_before_the_count(_c: object, _cur: object, statement: str, *_: object) -> None:
             if "count(*)" in statement and "GROUP BY" in statement and not ended:  # the activity read
@@ -257,6 +257,6 @@ async def test_a_run_started_by_its_dispatch_starts_after_the_run_it_saw_end(
         assert done.end_time is not None
         assert second.execution.start_time is not None
         assert second.execution.start_time >= done.end_time
-        other.dispose()
     finally:
+        other.dispose()
         await store.close()
