@@ -111,30 +111,6 @@ def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 0) -> As
     return engine
 
 
-# The claims' and remote takes' sessions plan with index scans only. A claim must read the queue
-# in due order through its partial index and stop at its batch however many are queued, but the
-# planner's row estimates for the queue are often far off (statistics taken while it was empty, or
-# none yet): then it may read and sort every queued execution, on every claim, which makes a
-# burst's claims quadratic (measured: after a few claims of a 3,000-tick burst, each claim read the
-# 2,000 still queued). Pinned here, no server or database setting changes the access path.
-INDEX_SCANS_ONLY = "-c enable_indexscan=on -c enable_bitmapscan=off -c enable_seqscan=off"
-
-
-def create_queue_engine(engine: AsyncEngine, pool_size: int = 2) -> AsyncEngine:
-    """PostgreSQL: a small engine on `engine`'s database whose sessions plan with index scans only
-    (`INDEX_SCANS_ONLY`), for the statements that take work from the queue. What it sends is
-    counted, and seen by hooks, as the store's engine's."""
-    url = engine.url
-    queue = create_async_engine(url, **engine_options(url, pool_size, 0, options=INDEX_SCANS_ONLY))
-    store = engine.sync_engine
-
-    def forward(*args: Any) -> None:
-        store.dispatch.before_cursor_execute(*args)
-
-    sa.event.listen(queue.sync_engine, "before_cursor_execute", forward)
-    return queue
-
-
 def engine_options(url: URL, pool_size: int, max_overflow: int, **connect_args: Any) -> dict[str, Any]:
     """Options of every engine on the store's database; `connect_args` go to PostgreSQL's driver."""
     options: dict[str, Any] = {
