@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -235,7 +236,7 @@ async def test_a_run_started_by_its_dispatch_starts_after_the_run_it_saw_end(
         async with store.engine.begin() as conn:
             await conn.execute(sa.update(schedules).values(next_fire_time=await store.now()))
 
-        ended = []
+        ended: list[bool] = []
 
         def end_first_run_before_the_count(_c: object, _cur: object, statement: str, *_: object) -> None:
             if "count(*)" in statement and "GROUP BY" in statement and not ended:  # the activity read
@@ -259,4 +260,66 @@ async def test_a_run_started_by_its_dispatch_starts_after_the_run_it_saw_end(
         assert second.execution.start_time >= done.end_time
     finally:
         other.dispose()
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_pass_with_nothing_due_reads_no_schedule_whatever_its_plan(
+    fresh_database_url: Callable[[str], str],
+) -> None:
+    # The dispatcher's read of due schedules runs every pass, as a prepared statement; PostgreSQL
+    # may plan it once for any time (a generic plan, which guesses a third of the table due). With
+    # nothing due, neither plan may read the schedules: they are many, and the pass frequent.
+    url = fresh_database_url("postgres")
+    store = await open_store(url)
+    reader = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)
+    try:
+        await store.create_job(Job(namespace=NS, id="later", executor="noop", parameters={}))
+        await asyncio.gather(
+            *(
+                store.create_schedule(
+                    Schedule(
+                        namespace=NS,
+                        id=f"later-{n}",
+                        job_id="later",
+                        trigger=IntervalSpec(timedelta(hours=1)),
+                    )
+                )
+                for n in range(1000)
+            )
+        )
+        async with store.engine.connect() as conn:
+            await conn.execute(sa.text("ANALYZE schedules, jobs"))  # as autovacuum keeps them
+        sent: list[tuple[str, Any]] = []
+
+        def capture(_c: object, _cur: object, statement: str, parameters: Any, *_: object) -> None:
+            if statement.startswith("SELECT schedules.namespace") and "FOR UPDATE" in statement:
+                sent.append((statement, parameters))
+
+        start = StartNow(
+            worker="pool", count=16, lease=timedelta(minutes=1), ahead=timedelta(seconds=1), ahead_count=8
+        )
+        engine = store.engine.sync_engine
+        sa.event.listen(engine, "before_cursor_execute", capture)
+        try:
+            result = await store.dispatch_due(Dispatcher(store).plan, limit=200, start=start)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", capture)
+        assert result.schedules == 0
+        ((statement, parameters),) = sent
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            with reader.connect() as plain:
+                driver = plain.connection.driver_connection
+                assert isinstance(driver, psycopg.Connection)
+                driver.execute(f"SET plan_cache_mode = {mode}")
+                driver.execute(statement, parameters, prepare=True)
+                counted = driver.execute(
+                    "SELECT pg_stat_get_xact_tuples_returned('schedules'::regclass)"
+                ).fetchone()
+                assert counted is not None
+                (read,) = counted
+                driver.rollback()
+            assert read == 0, f"{mode}: {read} schedules read"
+    finally:
+        reader.dispose()
         await store.close()
