@@ -78,12 +78,11 @@ def dispatch(
         # schedule read costs its decoding.
         horizon = now + start.ahead
         may_start = sa.and_(jobs.c.max_concurrency == 0, jobs.c.executor != REMOTE)
-        # The horizon's bound is also a term of its own: PostgreSQL reads the index only up to a
-        # bound outside the OR, and read every schedule's entry without it.
-        query = query.where(
-            schedules.c.next_fire_time <= horizon,
-            sa.or_(due_now, sa.and_(schedules.c.next_fire_time <= horizon, may_start)),
-        ).limit(_due_now_and(sa.and_(unpaused, due_now), start.ahead_count, limit))
+        # The horizon bounds every row, outside the OR: PostgreSQL reads the index up to a bound
+        # only there, and read every schedule's entry when it sat inside.
+        query = query.where(schedules.c.next_fire_time <= horizon, sa.or_(due_now, may_start)).limit(
+            _due_now_and(sa.and_(unpaused, due_now), start.ahead_count, limit)
+        )
     else:
         query = query.where(due_now).limit(limit)
     due = conn.execute(locked(query, conn, schedules)).all()
