@@ -124,7 +124,7 @@ def claim(
 _STARTED = ", ".join(f"s.{c.name}" for c in executions.c)
 _CANDIDATE = (
     "namespace, id, job_id, schedule_id, serial, backfill_id, group_limit, due_time, scheduled_time, "
-    "max_concurrency"
+    "max_concurrency, row_id"
 )
 _ADMISSION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('cronwire:claim-admission'))"
 _ORPHANED = "the job was deleted before it ran"
@@ -200,20 +200,21 @@ namespace_room AS (
     FROM job_room AS s WHERE s.ok
 ),
 admitted AS MATERIALIZED (
-    SELECT namespace, id FROM namespace_room WHERE ok ORDER BY due_time, scheduled_time, id LIMIT {limit}
+    SELECT namespace, id, row_id FROM namespace_room WHERE ok
+    ORDER BY due_time, scheduled_time, id LIMIT {limit}
 ),
 orphaned AS (
     UPDATE executions AS e
     SET state = '{ExecutionState.FAILED.value}', end_time = now(), error = '{_ORPHANED}'
     FROM candidate AS c
-    WHERE c.orphan AND e.namespace = c.namespace AND e.id = c.id
+    WHERE c.orphan AND e.ctid = c.row_id AND e.namespace = c.namespace AND e.id = c.id
 ),
 """
         )
     else:  # only candidates that need no decision
         decided = f"""
 admitted AS MATERIALIZED (
-    SELECT namespace, id FROM candidate WHERE NOT restricted
+    SELECT namespace, id, row_id FROM candidate WHERE NOT restricted
     ORDER BY due_time, scheduled_time, id LIMIT {limit}
 ),
 """
@@ -228,13 +229,16 @@ admitted AS MATERIALIZED (
         if namespace_limit != "0"
         else ""
     )
+    # The rows picked are found again by their ctid (a TID scan), not by a join on (namespace, id):
+    # without statistics the planner priced every index alike for that join and once took one by
+    # namespace alone, reading the namespace's executions for each row.
     # A remote job's runs are left out by a lookup of the job's executor, not NOT EXISTS: as an
     # anti-join PostgreSQL estimated that few candidates survive it, and read and sorted every
     # queued execution to pick the batch; this way it reads them in due order and stops at the limit.
     return f"""
 WITH picked AS MATERIALIZED (
     SELECT e.namespace, e.id, e.job_id, e.schedule_id, e.serial, e.backfill_id, e.group_limit, e.due_time,
-           e.scheduled_time
+           e.scheduled_time, e.ctid AS row_id
     FROM executions AS e
     WHERE e.state = '{QUEUED}' AND e.due_time <= now()
       AND coalesce((SELECT x.executor FROM jobs AS x WHERE x.namespace = e.namespace AND x.id = e.job_id),
@@ -260,7 +264,7 @@ started AS (
     UPDATE executions AS e
     SET state = '{RUNNING}', worker = {worker}, start_time = now(), lease_expires_at = now() + {lease}
     FROM admitted AS a
-    WHERE e.namespace = a.namespace AND e.id = a.id
+    WHERE e.ctid = a.row_id AND e.namespace = a.namespace AND e.id = a.id
     RETURNING e.*
 ),
 written AS (

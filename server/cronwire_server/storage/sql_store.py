@@ -86,6 +86,7 @@ from cronwire_server.storage.remote import HeldRemoteLease, RemoteTake, RemoteTa
 from cronwire_server.storage.sql_engine import (
     PENDING_EVENTS,
     create_engine,
+    create_queue_engine,
     database_now,
     engine_options,
     instrument,
@@ -272,6 +273,9 @@ class SqlStore:
         self._admitting = False
         # The same for the last take of remote work.
         self._remote_admitting = False
+        # Claims and remote takes: on sessions that never plan a bitmap scan, so that they read
+        # the queue by its index in due order (sql_engine.QUEUE_SESSION_OPTIONS).
+        self._queue = create_queue_engine(engine) if self._postgres else engine
         self._read_connection = (
             ReadConnection(engine.url.render_as_string(hide_password=False), self._sync)
             if self._postgres
@@ -295,10 +299,18 @@ class SqlStore:
     def engine(self) -> AsyncEngine:
         return self._engine
 
+    @property
+    def queue_engine(self) -> AsyncEngine:
+        """The engine of claims and remote takes (PostgreSQL: sessions that never plan a bitmap
+        scan; SQLite: the store's engine)."""
+        return self._queue
+
     async def close(self) -> None:
         await self._wakeup.close()
         if self._read_connection is not None:
             await self._read_connection.close()
+        if self._queue is not self._engine:
+            await self._queue.dispose()
         await self._engine.dispose()
 
     async def ping(self) -> None:
@@ -339,10 +351,11 @@ class SqlStore:
             return conn.execute(statement).all()
 
     @contextmanager
-    def _transaction(self, actor: str = "") -> Iterator[Connection]:
+    def _transaction(self, actor: str = "", *, engine: sa.Engine | None = None) -> Iterator[Connection]:
         """BEGIN ... COMMIT; events the work queued (`sql_executions.emit`) are written last,
-        credited to `actor` (the API key of the call; "" for the scheduler's own work)."""
-        with self._sync.connect() as conn:
+        credited to `actor` (the API key of the call; "" for the scheduler's own work). On the
+        store's engine unless `engine` is given."""
+        with (engine or self._sync).connect() as conn:
             conn.exec_driver_sql(self._begin)
             conn.info[PENDING_EVENTS] = []
             try:
@@ -757,7 +770,7 @@ class SqlStore:
     def _claim_batch(
         self, worker: str, limit: int, lease: timedelta, namespace_limit: int, admit: bool
     ) -> tuple[list[ClaimedExecution], bool]:
-        with self._sync.connect() as conn:
+        with self._queue.sync_engine.connect() as conn:
             claimed, restricted = sql_queue.claim_batch(
                 conn, worker, limit, lease, namespace_limit, admit=admit
             )
@@ -859,13 +872,13 @@ class SqlStore:
         self, takes: Sequence[RemoteTake], admit: bool, namespace_limit: int
     ) -> tuple[RemoteTaken, bool]:
         if admit:
-            with self._transaction() as conn:
+            with self._transaction(engine=self._queue.sync_engine) as conn:
                 sql_remote.lock_admission(conn, namespace_limit)
                 taken, restricted = sql_remote.take_batch(
                     conn, takes, admit=True, namespace_limit=namespace_limit
                 )
         else:
-            with self._sync.connect() as conn:
+            with self._queue.sync_engine.connect() as conn:
                 taken, restricted = sql_remote.take_batch(conn, takes, admit=False)
         if any(taken.claims):
             self._wakeup.signal("events_new")
