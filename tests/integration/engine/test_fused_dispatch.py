@@ -66,6 +66,19 @@ async def running_pool(store: SqlStore, slots: int) -> AsyncIterator[WorkerPool]
         await supervisor.stop(within=0)  # the loops that run until cancelled
 
 
+@asynccontextmanager
+async def store_and_session(url: str) -> AsyncIterator[tuple[SqlStore, sa.Engine]]:
+    """A store on `url` and a plain blocking engine on the same database (another replica's, or
+    a session of one's own), both closed after."""
+    store = await open_store(url)
+    other = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)
+    try:
+        yield store, other
+    finally:
+        other.dispose()
+        await store.close()
+
+
 async def executions_of(store: SqlStore, job_id: str) -> list:  # type: ignore[type-arg]
     listed = await store.list_executions(NS, Page(size=100), ExecutionFilter(job_id=job_id))
     return list(listed.items)
@@ -225,10 +238,7 @@ async def test_a_run_started_by_its_dispatch_starts_after_the_run_it_saw_end(
     # The overlap policy skips a tick while a run of the schedule is going. A run that ends after
     # the dispatch began but before it counted what is going is not counted; the run the dispatch
     # then starts must not be recorded as starting before that run ended.
-    url = fresh_database_url("postgres")
-    store = await open_store(url)
-    other = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)  # another replica's
-    try:
+    async with store_and_session(fresh_database_url("postgres")) as (store, other):  # other: a replica's
         await due_schedules(store, Job(namespace=NS, id="serial", executor="noop", parameters={}), 1)
         planner = Dispatcher(store).plan
         start = StartNow(worker="pool", count=1, lease=timedelta(minutes=1))
@@ -258,9 +268,6 @@ async def test_a_run_started_by_its_dispatch_starts_after_the_run_it_saw_end(
         assert done.end_time is not None
         assert second.execution.start_time is not None
         assert second.execution.start_time >= done.end_time
-    finally:
-        other.dispose()
-        await store.close()
 
 
 @pytest.mark.postgres
@@ -270,10 +277,7 @@ async def test_a_pass_with_nothing_due_reads_no_schedule_whatever_its_plan(
     # The dispatcher's read of due schedules runs every pass, as a prepared statement; PostgreSQL
     # may plan it once for any time (a generic plan, which guesses a third of the table due). With
     # nothing due, neither plan may read the schedules: they are many, and the pass frequent.
-    url = fresh_database_url("postgres")
-    store = await open_store(url)
-    reader = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)
-    try:
+    async with store_and_session(fresh_database_url("postgres")) as (store, reader):
         await store.create_job(Job(namespace=NS, id="later", executor="noop", parameters={}))
         await asyncio.gather(
             *(
@@ -320,6 +324,3 @@ async def test_a_pass_with_nothing_due_reads_no_schedule_whatever_its_plan(
                 (read,) = counted
                 driver.rollback()
             assert read == 0, f"{mode}: {read} schedules read"
-    finally:
-        reader.dispose()
-        await store.close()
