@@ -52,7 +52,14 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from database import fresh_database, libpq_url
 from scheduler_api import create_schedules, daily_at, every_second
-from scheduler_db import Executions, backend_pids, read_executions, seed_schedules, wait_until_ended
+from scheduler_db import (
+    Executions,
+    backend_pids,
+    read_executions,
+    seed_schedules,
+    wait_until_ended,
+    wal_position,
+)
 from servers import ServerFailed, ServerProcess, cpu_seconds, rss_bytes
 
 import cronwire_server
@@ -216,6 +223,8 @@ class Run:
     # What the scheduler processes sent to PostgreSQL over the same window: "statements" and
     # "round_trips" (statements plus BEGIN/COMMIT), from their own statement hooks.
     sql: dict[str, float] = field(default_factory=dict)
+    # Bytes PostgreSQL wrote to its WAL over the same window (`scheduler_db.wal_position`).
+    wal_bytes: int | None = None
     note: str = ""
 
     def cpu_pct(self) -> dict[str, float]:
@@ -231,6 +240,10 @@ class Run:
     def sql_per_run(self) -> dict[str, float]:
         started = len(self.lags_ms)
         return {k: v / started for k, v in self.sql.items()} if started else {}
+
+    def wal_kib_per_run(self) -> float | None:
+        started = len(self.lags_ms)
+        return self.wal_bytes / 1024 / started if started and self.wal_bytes is not None else None
 
     @property
     def ran(self) -> bool:
@@ -280,6 +293,7 @@ class Run:
             "cpu_pct_of_one_core": {k: _round(v, 1) for k, v in self.cpu_pct().items()},
             "cpu_ms_per_run": {k: _round(v, 3) for k, v in self.cpu_ms_per_run().items()},
             "sql_per_run": {k: _round(v, 2) for k, v in self.sql_per_run().items()},
+            "wal_kib_per_run": _round(self.wal_kib_per_run(), 2),
             "waited_for_cpu_pct": {k: _round(v, 1) for k, v in self.wait_pct().items()},
             "window_s": _round(self.window_s, 3),
             "create_schedules_per_s": _round(self.create_per_s, 1),
@@ -538,12 +552,14 @@ def _wait_and_measure(
 ) -> None:
     sleep_until(fire_at - timedelta(seconds=0.3))
     sent_before = sql_sent(metrics_ports)
+    wal_before = wal_position(url)
     meter = CpuMeter({"scheduler": [s.pid for s in servers], "postgres": backend_pids(url)})
     timeout = (last_tick - datetime.now(UTC)).total_seconds() + RUN_TIMEOUT_S + run.expected / 100
     with profiling(args, run.label, [s.pid for s in servers]):
         ended = wait_until_ended(url, run.expected, time.monotonic() + timeout)
         meter.add("postgres", backend_pids(url))
         meter.measure(run)
+        run.wal_bytes = wal_position(url) - wal_before
     # A scrape costs the statements of one queue read: a handful against thousands.
     sent_after = sql_sent(metrics_ports)
     run.sql = {k: v - sent_before[k] for k, v in sent_after.items()}
@@ -691,10 +707,12 @@ def _baseline_run(args: argparse.Namespace, run: Run) -> None:
             assert process.stdin is not None
             assert process.stdout is not None
             sleep_until(fire_at - timedelta(seconds=0.3))
+            wal_before = wal_position(url)
             meter = CpuMeter({"scheduler": [process.pid], "postgres": backend_pids(url)})
             line = process.stdout.readline()
             meter.add("postgres", backend_pids(url))
             meter.measure(run)
+            run.wal_bytes = wal_position(url) - wal_before
             process.stdin.write("\n")
             process.stdin.close()
             process.wait()
@@ -823,11 +841,12 @@ def print_report(
     print("from the due time. CPU: % of one core while the runs were due and ms per run, of the")
     print("scheduler processes and of the PostgreSQL backends serving them; wait %: how long the")
     print("scheduler's threads were runnable but had no CPU (other work on the machine).")
-    print("sql/run, rt/run: SQL statements and round trips (statements, BEGIN, COMMIT) per run.")
+    print("sql/run, rt/run: SQL statements and round trips (statements, BEGIN, COMMIT) per run;")
+    print("wal KiB/run: what PostgreSQL wrote to its write-ahead log per run (the whole server's).")
     print(
         f"{'system':<12}{'run':>13}{'repl':>5}{'p50':>8}{'p99':>8}{'max':>8}{'fire/s':>8}{'exec/s':>8}"
         f"{'last ok s':>10}{'cpu %':>7}{'ms/run':>7}{'wait %':>7}{'db %':>6}{'ms/run':>7}"
-        f"{'sql/run':>8}{'rt/run':>7}  notes"
+        f"{'sql/run':>8}{'rt/run':>7}{'wal KiB':>8}  notes"
     )
     for run in runs:
         what = f"{run.schedules} due" if run.kind == "burst" else f"{run.schedules}/s x {args.paced_seconds}s"
@@ -849,7 +868,7 @@ def print_report(
             f"{_cell(wait.get('scheduler'), '.0f'):>7}"
             f"{_cell(pct.get('postgres'), '.0f'):>6}{_cell(per_run.get('postgres'), '.2f'):>7}"
             f"{_cell(sql.get('statements'), '.2f'):>8}{_cell(sql.get('round_trips'), '.2f'):>7}"
-            f"  {'; '.join(notes)}"
+            f"{_cell(run.wal_kib_per_run(), '.2f'):>8}  {'; '.join(notes)}"
         )
     print()
     print(
@@ -899,6 +918,7 @@ def ratios(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 "sql_per_run": _quotient(
                     run.sql_per_run().get("statements"), base.sql_per_run().get("statements")
                 ),
+                "wal_per_run": _quotient(run.wal_kib_per_run(), base.wal_kib_per_run()),
             }
         )
     return found
