@@ -199,18 +199,24 @@ def latest(conn: Connection) -> int:
 
 
 def prune(conn: Connection, before: datetime, limit: int) -> int:
-    """Delete up to `limit` numbered events older than `before` (small batches: short locks).
+    """Delete those of the `limit` oldest numbered events that are older than `before`.
+
+    The oldest are read in sequence order, so a pass reads at most `limit` events however many
+    are kept (there is no index by time). Sequence order is commit order, about time order: an
+    event a little newer than one numbered after it only waits for a later pass. A pass that
+    finds none to delete among the oldest ends the pruning.
 
     The newest event always stays: numbering continues from it, so a sequence is never reused.
     """
     newest = sa.select(sa.func.max(events.c.sequence)).scalar_subquery()
-    doomed = (
-        sa.select(events.c.id)
-        .where(events.c.time < before, events.c.sequence.is_not(None), events.c.sequence < newest)
-        .order_by(events.c.id)
+    oldest = (
+        sa.select(events.c.id, events.c.time, events.c.sequence)
+        .where(events.c.sequence.is_not(None))
+        .order_by(events.c.sequence)
         .limit(limit)
-        .scalar_subquery()
+        .subquery()
     )
+    doomed = sa.select(oldest.c.id).where(oldest.c.time < before, oldest.c.sequence < newest)
     return max(int(conn.execute(sa.delete(events).where(events.c.id.in_(doomed))).rowcount), 0)
 
 

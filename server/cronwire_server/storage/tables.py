@@ -293,8 +293,8 @@ events = sa.Table(
     sa.Column("snapshot", OptionalJson, nullable=True),
     sa.Index("ux_events_sequence", "sequence", unique=True),
     sa.Index("ix_events_unsequenced", "id", **_partial("sequence IS NULL")),
-    # Retention prunes by time.
-    sa.Index("ix_events_time", "time"),
+    # No index by time: retention reads the oldest in sequence order (sql_events.prune), and
+    # each index costs an entry at the insert and another at the numbering.
     # AUTOINCREMENT: SQLite never reuses the id of a pruned last event.
     sqlite_autoincrement=True,
 )
