@@ -202,9 +202,9 @@ def prune(conn: Connection, before: datetime, limit: int) -> int:
     """Delete those of the `limit` oldest numbered events that are older than `before`.
 
     The oldest are read in sequence order, so a pass reads at most `limit` events however many
-    are kept (there is no index by time). Sequence order is commit order, about time order: an
-    event a little newer than one numbered after it only waits for a later pass. A pass that
-    finds none to delete among the oldest ends the pruning.
+    are kept (there is no index by time). Sequence order is commit order, about but not exactly
+    time order: an old event numbered after `limit` newer ones waits until they are old too. A
+    pass that finds none to delete among the oldest ends the pruning.
 
     The newest event always stays: numbering continues from it, so a sequence is never reused.
     """
