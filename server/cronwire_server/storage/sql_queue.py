@@ -594,8 +594,9 @@ def finish_many(
 
 
 # Finishing on PostgreSQL: the outcomes of a loop turn in ONE statement, their events inserted by
-# a data-modifying CTE of it, the rows locked in primary-key order (see `_held`). Built once: the
-# batch travels as arrays, so the text never changes and psycopg prepares it.
+# a data-modifying CTE of it, the rows locked in primary-key order (as `_held` explains) and by
+# primary key alone (`cronwire_lock_executions`, migration 0026). Built once: the batch travels
+# as arrays, so the text never changes and psycopg prepares it.
 _ENDED = ", ".join(f"e.{c.name}" for c in LISTED_COLUMNS)
 FINISH_BATCH = sa.text(
     f"""
@@ -608,12 +609,10 @@ WITH outcome AS (
     ) AS o(namespace, id, state, exit_code, http_status, output, output_truncated, result, error, event_type,
            start_time)
 ),
-held AS MATERIALIZED (
-    SELECT e.namespace, e.id
-    FROM executions AS e JOIN outcome AS o ON e.namespace = o.namespace AND e.id = o.id
-    WHERE e.worker = :worker AND e.state = '{RUNNING}'
-    ORDER BY e.namespace, e.id
-    FOR UPDATE OF e
+held AS MATERIALIZED (  -- locked by primary key, in its order (migration 0026 says why)
+    SELECT h.namespace, h.id
+    FROM cronwire_lock_executions(CAST(:namespaces AS text[]), CAST(:ids AS text[])) AS h
+    WHERE h.worker = :worker AND h.state = '{RUNNING}'
 ),
 ended AS (
     UPDATE executions AS e

@@ -29,7 +29,9 @@ from cronwire_server.core.model import (
 )
 from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.executors.runtime import RunOutcome
+from cronwire_server.storage import sql_queue
 from cronwire_server.storage.base import ClaimedExecution, ExecutionFilter
+from cronwire_server.storage.sql_engine import sync_url
 from cronwire_server.storage.sql_queue import CLAIM_BATCH
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.workers import plan_retry
@@ -212,6 +214,40 @@ async def test_a_claim_reads_its_batch_whatever_the_planner_estimates(store: Sql
     assert await executions_read_by_a_claim(store.queue_engine, 16) <= 16 * 4
     claimed = await store.claim_executions(WORKER, 16, LEASE)
     assert len(claimed) == 16
+
+
+async def test_a_finish_reads_its_batch_whatever_the_planner_estimates(store: SqlStore) -> None:
+    """Thousands running (a burst, remote workers' long runs) while the table's statistics say
+    few are (none taken yet, or taken at a quiet time): the planner then finds reading every
+    running execution through their partial index as cheap as reading the batch by primary key.
+    A finish of 16 reads its 16, on a session as any other."""
+    async with store.engine.connect() as conn:
+        # No statistics for the run: autovacuum would take them within a minute.
+        await conn.execute(sa.text("ALTER TABLE executions SET (autovacuum_enabled = off)"))
+        await conn.commit()
+    await queue_of(store, 2000)
+    taken: list[ClaimedExecution] = []
+    while batch := await store.claim_executions(WORKER, BATCH, LEASE):
+        taken += batch
+    assert len(taken) == 2000
+    items = [(c, RunOutcome(ExecutionState.SUCCEEDED)) for c in taken[:16]]
+    plain = sa.create_engine(
+        sync_url(store.engine.url.render_as_string(hide_password=False)), poolclass=NullPool
+    )
+    try:
+        with plain.connect() as conn:
+            ended = sql_queue.finish_batch(conn, items, WORKER)
+            read = conn.execute(
+                sa.text(
+                    "SELECT pg_stat_get_xact_tuples_fetched('executions'::regclass)"
+                    " + pg_stat_get_xact_tuples_returned('executions'::regclass)"
+                )
+            ).scalar_one()
+            conn.rollback()
+    finally:
+        plain.dispose()
+    assert all(e is not None and e.state is ExecutionState.SUCCEEDED for e in ended)
+    assert read <= 16 * 4, f"{read} executions read to finish 16"
 
 
 def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
