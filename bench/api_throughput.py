@@ -27,11 +27,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from cpu import CpuUsage, CpuWindow, Meter, postgres_meter, process_tree_meter
-from database import fresh_database, libpq_url
+from database import fresh_database, libpq_url, wal_position
 from echo_server import METHOD as ECHO_METHOD
 from load import LoadProcess, LoadResult, LoadSpec, Workload
 from servers import ServerFailed, ServerProcess
@@ -51,6 +52,7 @@ EVENT_LOOP_ENV = "CRONWIRE_EVENT_LOOP"
 CPU_GROUPS = (("server", "server"), ("load", "load gen"), ("postgres", "PG"))
 # The meter of the SQL statements the server sent, beside the CPU ones.
 STATEMENTS = "statements"
+WAL = "wal"
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,8 @@ def _run_cronwire(args: argparse.Namespace, load: LoadProcess, workdir: Path) ->
                 "postgres": postgres_meter(libpq_url(args.database_url)),
                 # Not CPU: the statements sent, so that "cores" reads as statements per second.
                 STATEMENTS: statement_meter(int(metrics_port_file(workdir, "cronwire-server").read_text())),
+                # Nor this: bytes PostgreSQL wrote to its write-ahead log (the whole server's).
+                WAL: partial(wal_position, libpq_url(args.database_url)),
             }
             create_spec = load_spec(args, server.address, CreateJobWorkload(), collect_ok_keys=True)
             create, create_cpu = measured_run(args, load, create_spec, meters)
@@ -216,6 +220,7 @@ def phase_figures(phase: Phase) -> dict[str, Any]:
         "event_loop": phase.event_loop,
         "cpu": cpu_figures(phase),
         "statements_per_call": _round(statements_per_call(phase)),
+        "wal_bytes_per_call": _round(wal_per_call(phase), 0),
     }
 
 
@@ -224,6 +229,14 @@ def statements_per_call(phase: Phase) -> float | None:
     if phase.cpu is None or phase.result is None or not phase.result.calls_per_s:
         return None
     per_second = phase.cpu.cores.get(STATEMENTS)
+    return None if per_second is None else per_second / phase.result.calls_per_s
+
+
+def wal_per_call(phase: Phase) -> float | None:
+    """Bytes PostgreSQL wrote to its write-ahead log per successful call over the measured window."""
+    if phase.cpu is None or phase.result is None or not phase.result.calls_per_s:
+        return None
+    per_second = phase.cpu.cores.get(WAL)
     return None if per_second is None else per_second / phase.result.calls_per_s
 
 
@@ -283,7 +296,7 @@ def print_table(
     print(f"{os.cpu_count()} CPUs, load average {loadavg[0]:.2f} before the run, {loadavg[1]:.2f} after")
     cpu_heads = "".join(f" {name + ' us':>10}" for _, name in CPU_GROUPS)
     heads = f"{'phase':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
-    print(f"{heads}{cpu_heads} {'sql/call':>9}  loop")
+    print(f"{heads}{cpu_heads} {'sql/call':>9} {'WAL B':>7}  loop")
     for phase in phases.values():
         r = phase.result
         if r is None:
@@ -292,12 +305,14 @@ def print_table(
         p50, p99 = _cell(r.percentile_ms(50), ".2f"), _cell(r.percentile_ms(99), ".2f")
         cpu = "".join(f" {_cpu_cell(phase, group):>10}" for group, _ in CPU_GROUPS)
         loop = phase.event_loop or "?"
-        sql = _cell(statements_per_call(phase), ".2f")
-        print(f"{phase.name:<10} {r.calls_per_s:>9.0f} {p50:>8} {p99:>8} {r.errors:>7}{cpu} {sql:>9}  {loop}")
+        sql, wal = _cell(statements_per_call(phase), ".2f"), _cell(wal_per_call(phase), ".0f")
+        row = f"{phase.name:<10} {r.calls_per_s:>9.0f} {p50:>8} {p99:>8} {r.errors:>7}{cpu}"
+        print(f"{row} {sql:>9} {wal:>7}  {loop}")
         if r.first_error:
             print(f"{'':<10} first error: {r.first_error}")
     print("(CPU microseconds per call, and in brackets the cores kept busy; PG counts the whole server;")
-    print(" sql/call: SQL statements the server sent per call, from its statement hook)")
+    print(" sql/call: SQL statements the server sent per call, from its statement hook;")
+    print(" WAL B: bytes PostgreSQL wrote to its write-ahead log per call, the whole server's)")
     loops = {phase.event_loop for phase in phases.values() if phase.result and phase.event_loop}
     if len(loops) > 1:
         print(f"WARNING: the servers ran on different event loops ({', '.join(sorted(loops))}): the ratio")

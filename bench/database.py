@@ -38,3 +38,12 @@ def fresh_database(url: str) -> Iterator[str]:
         with psycopg.connect(admin, autocommit=True) as conn:
             # FORCE: a server that did not stop cleanly may still hold connections.
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def wal_position(url: str) -> int:
+    """The server's current WAL insert position, in bytes. Its difference over a run is what the
+    whole PostgreSQL server wrote to its log (other databases' writes included: an upper bound),
+    a figure that, unlike CPU time, does not move with the machine's load."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+    return int(row[0]) if row else 0

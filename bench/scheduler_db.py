@@ -97,15 +97,6 @@ def read_executions(url: str) -> Executions:
     return found
 
 
-def wal_position(url: str) -> int:
-    """The server's current WAL insert position, in bytes. Its difference over a run is what the
-    whole PostgreSQL server wrote to its log (other databases' writes included: an upper bound),
-    a figure that, unlike CPU time, does not move with the machine's load."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
-    return int(row[0]) if row else 0
-
-
 def backend_pids(url: str) -> list[int]:
     """The PostgreSQL backends connected to this URL's database (other than this query's)."""
     with psycopg.connect(url) as conn:

@@ -50,7 +50,7 @@ import psycopg
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from database import fresh_database, libpq_url
+from database import fresh_database, libpq_url, wal_position
 from scheduler_api import create_schedules, daily_at, every_second
 from scheduler_db import (
     Executions,
@@ -58,7 +58,6 @@ from scheduler_db import (
     read_executions,
     seed_schedules,
     wait_until_ended,
-    wal_position,
 )
 from servers import ServerFailed, ServerProcess, cpu_seconds, rss_bytes
 
