@@ -65,6 +65,11 @@ class BatchedKeyReads:
     async def read(self, namespace: str, id: str) -> Row | None:
         return await self._group.submit(_Key(namespace, id))
 
+    @property
+    def pending(self) -> int:
+        """Reads submitted and not answered yet (waiting, or in the statement in flight)."""
+        return self._group.pending
+
     async def _read(self, keys: list[_Key]) -> Sequence[Row | None]:
         if len(keys) == 1:
             rows = await self._fetch(self._one, {"namespace": keys[0].namespace, "id": keys[0].id})

@@ -5,12 +5,15 @@ get their own job."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from cronwire.v1 import job_pb2, job_service_pb2
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
@@ -58,6 +61,13 @@ async def test_reads_that_arrive_together_share_a_statement(store: SqlStore, bac
     assert len(sent) == (2 if backend == "postgres" else 2 * len(wanted))
 
 
+async def _until(condition: Callable[[], bool], within: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not within the deadline"
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.postgres
 async def test_concurrent_get_job_calls_each_get_their_own_job(fresh_database_url: Any) -> None:
     url = fresh_database_url("postgres")
@@ -79,13 +89,26 @@ async def test_concurrent_get_job_calls_each_get_their_own_job(fresh_database_ur
                     return f"{error.code().name}: {error.details()}"
                 return reply.job.name
 
-            assert isinstance(running.store, SqlStore)
-            with counting(running.store) as sent:
-                got = await asyncio.gather(*(get(name) for name in names))
+            store = running.store
+            assert isinstance(store, SqlStore)
+            with counting(store) as sent:
+                # The first read waits on a lock of the table, so that every other call arrives
+                # while it is in flight (however the machine schedules them) and waits for it.
+                plain = create_async_engine(store.engine.url, poolclass=NullPool)
+                try:
+                    async with plain.begin() as blocker:
+                        await blocker.execute(sa.text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
+                        calls = asyncio.gather(*(get(name) for name in names))
+                        await _until(lambda: sum(r.pending for r in store._key_reads.values()) == len(names))
+                        await blocker.rollback()
+                finally:
+                    await plain.dispose()
+                got = await calls
             assert got[:-1] == names[:-1]
             assert got[-1].startswith("NOT_FOUND: ")
             assert "gone" in got[-1]
-            assert len(sent) < len(names)  # some were read together
+            reads = [s for s in sent if "FROM jobs" in s]
+            assert 1 < len(reads) < len(names) // 10, reads  # the waiting ones were read together
     finally:
         await running.stop(grace=0)
 
