@@ -67,6 +67,20 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+def rows_read(conn: Any, table: str) -> int:
+    """Rows of `table` (PostgreSQL) that the statements of `conn`'s open transaction have read, by
+    sequential and by index scans: what a plan really cost, whatever its estimates."""
+    return int(
+        conn.execute(
+            sa.text(
+                "SELECT pg_stat_get_xact_tuples_returned(CAST(:t AS regclass))"
+                " + pg_stat_get_xact_tuples_fetched(CAST(:t AS regclass))"
+            ),
+            {"t": table},
+        ).scalar_one()
+    )
+
+
 @contextlib.contextmanager
 def statements_sent(store: Any) -> Iterator[list[str]]:
     """The SQL statements `store` (a SqlStore) sends while the block runs, in order."""

@@ -17,7 +17,7 @@ from cronwire_server.storage.sql_executions import (
     QUEUED,
     RUNNING,
 )
-from cronwire_server.storage.tables import executions, replicas
+from cronwire_server.storage.tables import FINISHED, RUNNING_ONLY, executions, replicas
 
 
 def _values(replica: Replica, now: datetime) -> dict[str, Any]:
@@ -103,11 +103,8 @@ def lag(conn: Connection, window: timedelta, now: datetime) -> LagPercentiles:
     change of an execution would write to)."""
     since = now - window
     where = [
-        # The indexes' own predicates, spelled as they are (a plan for any values still uses them).
-        sa.or_(
-            sa.text(f"state = '{RUNNING}'"),
-            sa.and_(sa.text(f"state NOT IN ('{QUEUED}', '{RUNNING}')"), executions.c.end_time >= since),
-        ),
+        # The indexes' own predicates (a plan for any values still uses them).
+        sa.or_(RUNNING_ONLY, sa.and_(FINISHED, executions.c.end_time >= since)),
         executions.c.start_time >= since,
         executions.c.trigger != ExecutionTrigger.BACKFILL.value,
     ]

@@ -14,6 +14,7 @@ from cronwire_server.storage import sql_events
 from cronwire_server.storage.sql_engine import sync_url
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.storage.tables import events
+from tests.support import rows_read
 
 NS = "retention"
 
@@ -66,12 +67,7 @@ async def test_a_prune_pass_reads_at_most_its_batch(fresh_database_url: Callable
         with engine.connect() as conn:
             # None is older than a day: nothing to delete, whatever the plan, in at most 100 reads.
             assert sql_events.prune(conn, now - timedelta(days=1), 100) == 0
-            read = conn.execute(
-                sa.text(
-                    "SELECT pg_stat_get_xact_tuples_returned('events'::regclass)"
-                    " + pg_stat_get_xact_tuples_fetched('events'::regclass)"
-                )
-            ).scalar_one()
+            read = rows_read(conn, "events")
             conn.rollback()
         assert read <= 101, f"{read} events read by one prune pass of 100"
     finally:

@@ -5,7 +5,6 @@ get their own job."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -22,6 +21,7 @@ from cronwire_server.config import Settings
 from cronwire_server.core import errors
 from cronwire_server.core.model import Job
 from cronwire_server.storage.sql_store import SqlStore, open_store
+from tests.support import eventually
 from tests.support import statements_sent as counting
 
 NS = "reads"
@@ -61,13 +61,6 @@ async def test_reads_that_arrive_together_share_a_statement(store: SqlStore, bac
     assert len(sent) == (2 if backend == "postgres" else 2 * len(wanted))
 
 
-async def _until(condition: Callable[[], bool], within: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "not within the deadline"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.postgres
 async def test_concurrent_get_job_calls_each_get_their_own_job(fresh_database_url: Any) -> None:
     url = fresh_database_url("postgres")
@@ -99,7 +92,11 @@ async def test_concurrent_get_job_calls_each_get_their_own_job(fresh_database_ur
                     async with plain.begin() as blocker:
                         await blocker.execute(sa.text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
                         calls = asyncio.gather(*(get(name) for name in names))
-                        await _until(lambda: sum(r.pending for r in store._key_reads.values()) == len(names))
+                        await eventually(
+                            lambda: sum(r.pending for r in store._key_reads.values()) == len(names),
+                            30,
+                            "every call waiting behind the first read",
+                        )
                         await blocker.rollback()
                 finally:
                     await plain.dispose()

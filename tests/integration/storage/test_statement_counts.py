@@ -35,6 +35,7 @@ from cronwire_server.storage.sql_engine import sync_url
 from cronwire_server.storage.sql_queue import CLAIM_BATCH
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.workers import plan_retry
+from tests.support import rows_read
 
 NS = "counts"
 WORKER = "host:1:abc"
@@ -237,12 +238,7 @@ async def test_a_finish_reads_its_batch_whatever_the_planner_estimates(store: Sq
     try:
         with plain.connect() as conn:
             ended = sql_queue.finish_batch(conn, items, WORKER)
-            read = conn.execute(
-                sa.text(
-                    "SELECT pg_stat_get_xact_tuples_fetched('executions'::regclass)"
-                    " + pg_stat_get_xact_tuples_returned('executions'::regclass)"
-                )
-            ).scalar_one()
+            read = rows_read(conn, "executions")
             conn.rollback()
     finally:
         plain.dispose()
