@@ -41,7 +41,13 @@ from cronwire_server.dispatcher import sleep_until_woken
 from cronwire_server.executors.fence import Fence
 from cronwire_server.executors.registry import starts_processes
 from cronwire_server.executors.runners import Runners
-from cronwire_server.executors.runtime import RunOutcome, RunRequest, parent_run
+from cronwire_server.executors.runtime import (
+    RunOutcome,
+    RunRequest,
+    parent_run,
+    storable_outcome,
+    storable_text,
+)
 from cronwire_server.lease_renewer import LeaseRenewer
 from cronwire_server.logs import run_fields, url_for_log
 from cronwire_server.secrets import Redactor, SecretError, Secrets, has_references, namespace_of
@@ -110,7 +116,7 @@ class _Running:
 
     def add_output(self, text: str) -> None:
         if text:
-            self.pending_output.append(text)
+            self.pending_output.append(storable_text(text))
 
     def take_output(self) -> tuple[int, str] | None:
         if not self.pending_output:
@@ -391,7 +397,7 @@ class WorkerPool:
         running.finishing = True
         self._finishing += 1  # its slot is free (see `_free`)
         self._slot_freed.set()
-        outcome = redactor.outcome(outcome)
+        outcome = storable_outcome(redactor.outcome(outcome))
         if outcome.output_truncated:
             log.info(
                 "output truncated: only the first %d bytes are kept",

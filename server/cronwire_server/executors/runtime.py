@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,6 +42,9 @@ __all__ = [
     "parent_run",
     "race",
     "set_parent_env",
+    "storable_json",
+    "storable_outcome",
+    "storable_text",
 ]
 
 OutputCallback = Callable[[str], None]
@@ -146,6 +151,46 @@ class RunOutcome:
     error: str = ""
     # The response status of an `http` run that got a response; None for other kinds.
     http_status: int | None = None
+
+
+# What job code produces is stored as text and JSON: PostgreSQL holds no NUL character in either
+# and no NaN or infinity in JSON. A run's output, error or result is its code's to choose, so a
+# value neither backend could store is not refused (that would leave the run without an outcome):
+# it is stored the same way on both.
+
+
+def storable_text(text: str) -> str:
+    """`text` with each NUL character as U+FFFD, as an undecodable byte of output already is."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def storable_json(value: Any) -> Any:
+    """A JSON value with its strings (keys too) through `storable_text`, and NaN and the
+    infinities, which JSON has not, as null (as JavaScript's JSON.stringify writes them)."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {
+            (storable_text(key) if isinstance(key, str) else key): storable_json(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [storable_json(item) for item in value]
+    return value
+
+
+def storable_outcome(outcome: RunOutcome) -> RunOutcome:
+    """`outcome` as every backend stores it (the same object when it already is)."""
+    if "\x00" not in outcome.output and "\x00" not in outcome.error and outcome.result is None:
+        return outcome
+    return dataclasses.replace(
+        outcome,
+        output=storable_text(outcome.output),
+        error=storable_text(outcome.error),
+        result=storable_json(outcome.result),
+    )
 
 
 class Runner(Protocol):

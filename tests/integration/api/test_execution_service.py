@@ -203,3 +203,30 @@ async def test_get_of_a_missing_execution_is_not_found(executions: ExecutionServ
         grpc.StatusCode.NOT_FOUND,
     )
     assert reason == "EXECUTION_NOT_FOUND"
+
+
+async def test_what_job_code_produces_that_no_database_holds_is_stored_and_later_runs_still_end(
+    jobs: JobServiceStub, executions: ExecutionServiceStub
+) -> None:
+    # PostgreSQL holds no NUL in text or JSON: such an outcome once failed to be written, again
+    # and again, and no later outcome of the replica was written either.
+    printed = await make_job(
+        jobs, "prints-nul", executor="shell", parameters={"argv": ["printf", "a\\000b\\n"]}
+    )
+    returned = await make_job(
+        jobs,
+        "returns-nul",
+        executor="python",
+        parameters={"callable": "json:loads", "args": ['{"a\\u0000": ["b\\u0000", 1.5]}']},
+    )
+    runs = [await run(jobs, job) for job in (printed, returned)]
+    later = await run(jobs, await make_job(jobs, "later", executor="noop"))
+
+    ended = [await wait_state(executions, queued.name, ENDED) for queued in [*runs, later]]
+    assert [e.state for e in ended] == [
+        execution_pb2.EXECUTION_STATE_SUCCEEDED,
+        execution_pb2.EXECUTION_STATE_SUCCEEDED,
+        execution_pb2.EXECUTION_STATE_SUCCEEDED,
+    ]
+    assert ended[0].output == "a\ufffdb\n"
+    assert json_format.MessageToDict(ended[1].result) == {"a\ufffd": ["b\ufffd", 1.5]}

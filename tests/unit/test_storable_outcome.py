@@ -1,0 +1,34 @@
+"""What job code produces, made storable on every backend (PostgreSQL holds no NUL in text or JSON,
+and no NaN or infinity in JSON)."""
+
+from __future__ import annotations
+
+import math
+
+from cronwire_server.core.model import ExecutionState
+from cronwire_server.executors.runtime import RunOutcome, storable_json, storable_outcome, storable_text
+
+
+def test_a_nul_character_becomes_the_replacement_character() -> None:
+    assert storable_text("a\x00b\x00") == "a\ufffdb\ufffd"
+    assert storable_text("plain") == "plain"
+
+
+def test_json_strings_and_keys_lose_their_nul_and_non_finite_numbers_become_null() -> None:
+    value = {
+        "k\x00": ["v\x00", math.nan, math.inf, -math.inf, 1.5, 2, True, None, {"n": (1, "x\x00")}],
+        3: "t",
+    }
+    assert storable_json(value) == {
+        "k\ufffd": ["v\ufffd", None, None, None, 1.5, 2, True, None, {"n": [1, "x\ufffd"]}],
+        3: "t",
+    }
+
+
+def test_an_outcome_is_storable_in_each_of_its_texts_and_kept_as_is_when_it_already_is() -> None:
+    plain = RunOutcome(ExecutionState.SUCCEEDED, output="ok\n", error="")
+    assert storable_outcome(plain) is plain
+    bad = RunOutcome(ExecutionState.FAILED, output="o\x00", error="e\x00", result={"r": "\x00"}, exit_code=1)
+    assert storable_outcome(bad) == RunOutcome(
+        ExecutionState.FAILED, output="o\ufffd", error="e\ufffd", result={"r": "\ufffd"}, exit_code=1
+    )
