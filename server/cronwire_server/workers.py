@@ -498,8 +498,11 @@ class WorkerPool:
         while True:
             await self._outcomes_waiting.wait()
             self._outcomes_waiting.clear()
+            alone = 0  # outcomes to write one at a time, after a batch failed
             while self._finished:
-                batch, self._finished = self._finished[:FINISH_BATCH], self._finished[FINISH_BATCH:]
+                size = 1 if alone else FINISH_BATCH
+                batch, self._finished = self._finished[:size], self._finished[size:]
+                alone = max(0, alone - 1)
                 try:
                     ended = await self._store.finish_executions(
                         [(c, o) for c, o, _ in batch], self.identity, plan_retry
@@ -511,10 +514,17 @@ class WorkerPool:
                     await asyncio.sleep(RETRY_AFTER_ERROR)
                     continue
                 except Exception as error:
-                    # Kept, never dropped: an outcome lost here would leave its run RUNNING.
+                    # Kept, never dropped: an outcome lost here would leave its run RUNNING. One
+                    # outcome the database refuses must not hold up the others: the batch is
+                    # written again one outcome at a time, and one that fails alone waits behind
+                    # the rest.
                     loop_failed(error)
                     log.exception("recording %d outcomes failed; retrying", len(batch))
-                    self._finished[:0] = batch
+                    if len(batch) > 1:
+                        alone = len(batch)
+                        self._finished[:0] = batch
+                    else:
+                        self._finished.extend(batch)
                     await asyncio.sleep(RETRY_AFTER_ERROR)
                     continue
                 loop_ok()

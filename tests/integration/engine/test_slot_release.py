@@ -66,3 +66,54 @@ async def test_a_run_gives_its_slot_back_before_its_outcome_is_written(
         await supervisor.stop([MAIN], within=5)
         await pool.drain(5)
         await supervisor.stop(within=0)  # the loops that run until cancelled
+
+
+async def test_an_outcome_the_database_refuses_does_not_hold_up_the_others(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    refused = (await store.run_job(NS, "noop", {})).id
+    for _ in range(5):
+        await store.run_job(NS, "noop", {})
+    # Nothing is written until every run has ended, so the first write is one batch of all six;
+    # the database then refuses every write that holds the first run's outcome.
+    ended = asyncio.Event()
+    refusing = True
+    finish = store.finish_executions
+    tried: list[int] = []
+
+    async def refusing_finish(items: Any, *args: Any, **kwargs: Any) -> Any:
+        await ended.wait()
+        tried.append(len(items))
+        if refusing and any(claimed.execution.id == refused for claimed, _ in items):
+            raise ValueError("refused")
+        return await finish(items, *args, **kwargs)
+
+    monkeypatch.setattr(store, "finish_executions", refusing_finish)
+    stopping = asyncio.Event()
+    supervisor = Supervisor(stopping)
+    pool = WorkerPool(store, slots=6)
+    pool.start(supervisor, stopping)
+    try:
+        await eventually(lambda: pool.running == 6, 15, "six runs to end and wait for their write")
+        ended.set()
+
+        async def others_done() -> bool:
+            return (await states(store))[ExecutionState.SUCCEEDED] == 5
+
+        await eventually(others_done, 15, "the five other outcomes to be written")
+        assert tried[0] == 6  # one batch first, then one outcome at a time
+        assert (await states(store))[ExecutionState.RUNNING] == 1
+        # Kept, not dropped: once the database takes it, it is written too.
+        refusing = False
+
+        async def all_done() -> bool:
+            return (await states(store))[ExecutionState.SUCCEEDED] == 6
+
+        await eventually(all_done, 15, "the refused outcome to be written once it is taken")
+    finally:
+        ended.set()
+        stopping.set()
+        await supervisor.stop([MAIN], within=5)
+        await pool.drain(5)
+        await supervisor.stop(within=0)
