@@ -35,7 +35,7 @@ from cronwire_server.core.names import execution_name, job_name, parse_name
 from cronwire_server.core.planning import retry_due_time
 from cronwire_server.dispatcher import first_of
 from cronwire_server.executors.registry import REMOTE
-from cronwire_server.executors.runtime import RunOutcome
+from cronwire_server.executors.runtime import RunOutcome, storable_outcome, storable_text
 from cronwire_server.logs import run_fields
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ClaimedExecution, LeaseRenewal, RetryPlanner
@@ -443,6 +443,7 @@ class RemoteWorkers:
             return
         if not text:
             return  # a chunk holds at least one byte: its offset is its key
+        text = storable_text(text)  # the job's to choose: stored as the local runners' is
         data = text.encode()
         offset = held.output_bytes
         held.output_bytes += len(data)
@@ -498,7 +499,7 @@ class RemoteWorkers:
         # results that arrive together are written together, not one round trip after another.
         held.ending = True
         await session.recording.acquire()
-        self._results.append(_Result(session, held, outcome, retry, self._clock()))
+        self._results.append(_Result(session, held, storable_outcome(outcome), retry, self._clock()))
         self._results_waiting.set()
 
     async def _finisher(self) -> None:

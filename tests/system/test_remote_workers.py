@@ -385,3 +385,55 @@ def test_bad_worker_messages_are_refused_naming_the_field(
         assert "output.execution" in status_details(error)[0]
     finally:
         stream.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_nul_in_what_a_remote_task_produced_is_stored_and_ends_neither_run_nor_stream(
+    backend: str, fresh_database_url: Callable[[str], str], replicas: Replicas
+) -> None:
+    server = replicas.start(fresh_database_url(backend))
+    api = replicas.api(server)
+    job = api.create_job("binary", "remote", parameters={"queue": "q"})
+    first, second = api.run_job(job.name), api.run_job(job.name)
+    stream = RawWorker(server.target)
+    try:
+        stream.hello(["q"], free_slots=2)
+        stream.next("welcome")
+        assignments = [stream.next("assignment").assignment for _ in range(2)]
+        # Job output holding a NUL, a result and a failure holding NULs and a NaN: none is refused
+        # (that would end the stream and both runs); each is stored as a local run's would be.
+        done, failed = assignments
+        stream.send(
+            output=worker_pb2.OutputChunk(execution=done.execution, lease_token=done.lease_token, text="a\0b")
+        )
+        result = struct_pb2.Value()
+        result.struct_value.update({"k\0": ["v\0", float("nan")]})
+        stream.send(
+            result=worker_pb2.TaskResult(
+                execution=done.execution,
+                lease_token=done.lease_token,
+                success=worker_pb2.TaskSuccess(result=result),
+            )
+        )
+        stream.send(
+            result=worker_pb2.TaskResult(
+                execution=failed.execution,
+                lease_token=failed.lease_token,
+                failure=worker_pb2.TaskFailure(type="Oops\0", message="m\0", retryable=False),
+            )
+        )
+        succeeded = wait_for(
+            execution_in(api, done.execution, SUCCEEDED), 30, "the run with a NUL to succeed"
+        )
+        assert succeeded.output == "a\ufffdb"
+        assert result_of(succeeded) == {"k\ufffd": ["v\ufffd", None]}
+        ended = wait_for(
+            execution_in(api, failed.execution, FAILED), 30, "the failing run with a NUL to fail"
+        )
+        assert ended.error == "Oops\ufffd: m\ufffd"
+        # The stream is still the worker's: its heartbeat is answered, not an error.
+        stream.send(heartbeat=worker_pb2.WorkerHeartbeat())
+        assert stream.responses.empty() or not isinstance(stream.responses.get_nowait(), grpc.RpcError)
+        assert {a.execution for a in assignments} == {first.name, second.name}
+    finally:
+        stream.close()

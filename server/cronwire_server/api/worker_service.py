@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 
 from cronwire.v1 import worker_pb2, worker_service_pb2_grpc
 from cronwire.v1 import worker_service_pb2 as pb
@@ -155,7 +157,7 @@ def _failure(message: worker_pb2.TaskFailure) -> Failure:
         raise InvalidArgument.field("result.failure.message", f"at most {MAX_ERROR_MESSAGE} characters")
     if message.details.ByteSize() > MAX_DETAILS_BYTES:
         raise InvalidArgument.field("result.failure.details", f"at most {MAX_DETAILS_BYTES} bytes")
-    details = struct_to_dict(message.details) if message.HasField("details") else None
+    details = struct_to_dict(_finite(message.details)) if message.HasField("details") else None
     return Failure(message.type, message.message, details, message.retryable)
 
 
@@ -164,15 +166,49 @@ def _success(message: worker_pb2.TaskSuccess) -> Any:
         return None
     if message.result.ByteSize() > MAX_RESULT_BYTES:
         raise InvalidArgument.field("result.success.result", f"at most {MAX_RESULT_BYTES} bytes")
-    return json_format.MessageToDict(message.result)
+    return json_format.MessageToDict(_finite(message.result))
+
+
+def _finite(message: Message) -> Any:
+    """A task's JSON value (Value or Struct) with NaN and the infinities, which JSON has not, as
+    null: the message itself when it has none."""
+    try:
+        json_format.MessageToDict(message)
+        return message
+    except ValueError:
+        copy = type(message)()
+        copy.CopyFrom(message)
+        _null_non_finite(copy)
+        return copy
+
+
+def _null_non_finite(message: Any) -> None:
+    kind = message.DESCRIPTOR.full_name
+    if kind == "google.protobuf.Struct":
+        for value in message.fields.values():
+            _null_non_finite(value)
+    elif kind == "google.protobuf.ListValue":
+        for value in message.values:
+            _null_non_finite(value)
+    elif message.WhichOneof("kind") == "number_value" and not math.isfinite(message.number_value):
+        message.null_value = struct_pb2.NULL_VALUE
+    elif message.WhichOneof("kind") in ("struct_value", "list_value"):
+        _null_non_finite(getattr(message, message.WhichOneof("kind")))
+
+
+# Messages carrying what job code produced (output, a result or a failure): a value no database
+# holds in them is stored as the local runners' is (see `storable_outcome`), not refused, which
+# would end the worker's stream and every run it holds.
+_JOB_PRODUCED = frozenset({"output", "result"})
 
 
 async def handle(workers: RemoteWorkers, session: Session, request: pb.ConnectRequest) -> None:
     """One message of the worker, after its hello."""
     if request.ByteSize() > MAX_MESSAGE_BYTES:
         raise InvalidArgument.field("request", f"at most {MAX_MESSAGE_BYTES} bytes per message")
-    fields.refuse_unstorable(request)
     kind = request.WhichOneof("message")
+    if kind not in _JOB_PRODUCED:
+        fields.refuse_unstorable(request)
     if kind == "slots":
         workers.set_free(session, _slots(request.slots.free_slots, "slots.free_slots"))
     elif kind == "heartbeat":
