@@ -9,9 +9,12 @@ from cronwire_server.core.model import ExecutionState
 from cronwire_server.executors.runtime import RunOutcome, storable_json, storable_outcome, storable_text
 
 
-def test_a_nul_character_becomes_the_replacement_character() -> None:
+def test_a_nul_character_and_a_lone_surrogate_become_the_replacement_character() -> None:
     assert storable_text("a\x00b\x00") == "a\ufffdb\ufffd"
-    assert storable_text("plain") == "plain"
+    assert storable_text("a\ud800b\udfff") == "a\ufffdb\ufffd"
+    assert storable_text("\ud83d\ude00") == "\U0001f600"  # a pair is the character it encodes
+    plain = "plain \u00e9\U0001f600"
+    assert storable_text(plain) is plain
 
 
 def test_json_strings_and_keys_lose_their_nul_and_non_finite_numbers_become_null() -> None:

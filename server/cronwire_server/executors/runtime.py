@@ -154,14 +154,23 @@ class RunOutcome:
 
 
 # What job code produces is stored as text and JSON: PostgreSQL holds no NUL character in either
-# and no NaN or infinity in JSON. A run's output, error or result is its code's to choose, so a
-# value neither backend could store is not refused (that would leave the run without an outcome):
-# it is stored the same way on both.
+# and no NaN or infinity in JSON, and neither database a lone surrogate. A run's output, error or
+# result is its code's to choose, so a value a backend could not store is not refused (that would
+# leave the run without an outcome): it is stored the same way on both.
 
 
 def storable_text(text: str) -> str:
-    """`text` with each NUL character as U+FFFD, as an undecodable byte of output already is."""
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    """`text` with each NUL character, and each lone surrogate (which no UTF-8 holds: JSON's
+    `"\\ud800"` decodes to one), as U+FFFD, as an undecodable byte of output already is; `text`
+    itself when it has neither."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        # UTF-16 joins the surrogates that pair up and replaces the others.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def storable_json(value: Any) -> Any:
@@ -183,14 +192,10 @@ def storable_json(value: Any) -> Any:
 
 def storable_outcome(outcome: RunOutcome) -> RunOutcome:
     """`outcome` as every backend stores it (the same object when it already is)."""
-    if "\x00" not in outcome.output and "\x00" not in outcome.error and outcome.result is None:
+    output, error = storable_text(outcome.output), storable_text(outcome.error)
+    if output is outcome.output and error is outcome.error and outcome.result is None:
         return outcome
-    return dataclasses.replace(
-        outcome,
-        output=storable_text(outcome.output),
-        error=storable_text(outcome.error),
-        result=storable_json(outcome.result),
-    )
+    return dataclasses.replace(outcome, output=output, error=error, result=storable_json(outcome.result))
 
 
 class Runner(Protocol):

@@ -208,8 +208,8 @@ async def test_get_of_a_missing_execution_is_not_found(executions: ExecutionServ
 async def test_what_job_code_produces_that_no_database_holds_is_stored_and_later_runs_still_end(
     jobs: JobServiceStub, executions: ExecutionServiceStub
 ) -> None:
-    # PostgreSQL holds no NUL in text or JSON: such an outcome once failed to be written, again
-    # and again, and no later outcome of the replica was written either.
+    # PostgreSQL holds no NUL in text or JSON, and no UTF-8 a lone surrogate: such an outcome once
+    # failed to be written, again and again, and no later outcome of the replica was written either.
     printed = await make_job(
         jobs, "prints-nul", executor="shell", parameters={"argv": ["printf", "a\\000b\\n"]}
     )
@@ -217,7 +217,7 @@ async def test_what_job_code_produces_that_no_database_holds_is_stored_and_later
         jobs,
         "returns-nul",
         executor="python",
-        parameters={"callable": "json:loads", "args": ['{"a\\u0000": ["b\\u0000", 1.5]}']},
+        parameters={"callable": "json:loads", "args": ['{"a\\u0000": ["b\\u0000", "c\\ud800", 1.5]}']},
     )
     runs = [await run(jobs, job) for job in (printed, returned)]
     later = await run(jobs, await make_job(jobs, "later", executor="noop"))
@@ -229,4 +229,4 @@ async def test_what_job_code_produces_that_no_database_holds_is_stored_and_later
         execution_pb2.EXECUTION_STATE_SUCCEEDED,
     ]
     assert ended[0].output == "a\ufffdb\n"
-    assert json_format.MessageToDict(ended[1].result) == {"a\ufffd": ["b\ufffd", 1.5]}
+    assert json_format.MessageToDict(ended[1].result) == {"a\ufffd": ["b\ufffd", "c\ufffd", 1.5]}
