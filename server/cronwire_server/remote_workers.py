@@ -461,6 +461,9 @@ class RemoteWorkers:
         except StorageUnavailable as error:
             # Live output is best effort; the whole output is stored with the outcome.
             log.warning("could not store live output (%s)", error, extra=run_fields(held.execution))
+        except Exception:
+            # Nor may any other failure of it end the stream, and every run it holds.
+            log.exception("could not store live output", extra=run_fields(held.execution))
 
     async def result(
         self, session: Session, name: str, token: str, *, success: Any = None, failure: Failure | None = None

@@ -542,6 +542,9 @@ class WorkerPool:
         except StorageUnavailable as error:
             # Live output is best effort; the whole output is stored with the outcome.
             log.warning("could not store live output (%s)", error, extra=run_fields(execution))
+        except Exception:
+            # Nor may any other failure of it end the run without its outcome.
+            log.exception("could not store live output", extra=run_fields(execution))
 
     async def _flush_output_loop(self) -> None:
         while True:

@@ -79,3 +79,25 @@ async def test_work_queued_while_a_stream_has_room_goes_out_at_once(
     for _ in range(3):
         run = await store.run_job(NS, "job", {})
         assert (await assigned(session)).execution.id == run.id
+
+
+async def test_a_failing_live_output_write_ends_neither_the_stream_nor_the_run(
+    store: SqlStore, workers: RemoteWorkers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.create_job(Job(namespace=NS, id="job", executor="remote", parameters={"queue": "q"}))
+    session = workers.open(identity="w", queues=["q"], tasks=[], namespaces=None, free=1)
+    execution = await store.run_job(NS, "job", {})
+    running = await assigned(session)
+
+    async def refusing_append(*args: object, **kwargs: object) -> None:
+        raise ValueError("refused")
+
+    monkeypatch.setattr(store, "append_logs", refusing_append)
+    name, token = f"namespaces/{NS}/executions/{execution.id}", running.claim.token
+    await workers.output(session, name, token, "said\n")  # raised before, ending the stream
+    await workers.result(session, name, token, success={"ok": True})
+    deadline = time.monotonic() + 15
+    while (await store.get_execution(NS, execution.id)).state is not ExecutionState.SUCCEEDED:
+        assert time.monotonic() < deadline, "the run's result was not recorded"
+        await asyncio.sleep(0.02)
+    assert (await store.get_execution(NS, execution.id)).output == "said\n"

@@ -117,3 +117,36 @@ async def test_an_outcome_the_database_refuses_does_not_hold_up_the_others(
         await supervisor.stop([MAIN], within=5)
         await pool.drain(5)
         await supervisor.stop(within=0)
+
+
+async def test_a_failing_live_output_write_does_not_lose_the_run(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.create_job(
+        Job(namespace=NS, id="talks", executor="shell", parameters={"argv": ["echo", "said"]})
+    )
+    execution = await store.run_job(NS, "talks", {})
+    tried = asyncio.Event()
+
+    async def refusing_append(*args: Any, **kwargs: Any) -> Any:
+        tried.set()
+        raise ValueError("refused")
+
+    monkeypatch.setattr(store, "append_logs", refusing_append)
+    stopping = asyncio.Event()
+    supervisor = Supervisor(stopping)
+    pool = WorkerPool(store, slots=1)
+    pool.start(supervisor, stopping)
+    try:
+
+        async def succeeded() -> bool:
+            got = await store.get_execution(NS, execution.id)
+            return got.state == ExecutionState.SUCCEEDED and got.output == "said\n"
+
+        await eventually(succeeded, 15, "the run to succeed with its output, its live output refused")
+        assert tried.is_set()
+    finally:
+        stopping.set()
+        await supervisor.stop([MAIN], within=5)
+        await pool.drain(5)
+        await supervisor.stop(within=0)
