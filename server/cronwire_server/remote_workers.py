@@ -136,6 +136,7 @@ class _Result:
     outcome: RunOutcome
     retry: RetryPlanner
     queued: float  # monotonic
+    alone: bool = False  # written in a statement of its own (a batch that held it failed)
 
 
 @dataclass
@@ -514,10 +515,11 @@ class RemoteWorkers:
             self._results_waiting.clear()
             while self._results:
                 batch, self._results = self._results, []
-                groups: dict[tuple[str, RetryPlanner], list[_Result]] = {}
+                groups: dict[tuple[str, RetryPlanner, int], list[_Result]] = {}
                 for item in batch:
-                    groups.setdefault((item.held.claim.worker, item.retry), []).append(item)
-                for (worker, retry), items in groups.items():
+                    alone = id(item) if item.alone else 0
+                    groups.setdefault((item.held.claim.worker, item.retry, alone), []).append(item)
+                for (worker, retry, _), items in groups.items():
                     try:
                         ended = await self._store.finish_executions(
                             [(i.held.claim.claimed, i.outcome) for i in items], worker, retry
@@ -526,16 +528,31 @@ class RemoteWorkers:
                     except StorageUnavailable as error:
                         loop_failed(error)
                         log.warning("cannot record %d remote results yet (%s); retrying", len(items), error)
-                        keep = [i for i in items if self._clock() - i.queued < self.lease.total_seconds()]
-                        self._results[:0] = keep
+                        self._results[:0] = self._kept(items)
+                        await asyncio.sleep(RETRY_AFTER_ERROR)
+                        continue
+                    except Exception as error:
+                        # One result the database refuses must not hold up the others: each is
+                        # written alone from now, behind the rest.
+                        loop_failed(error)
+                        log.exception("recording %d remote results failed; retrying", len(items))
                         for item in items:
-                            if item not in keep:
-                                item.session.recording.release()
+                            item.alone = True
+                        self._results.extend(self._kept(items))
                         await asyncio.sleep(RETRY_AFTER_ERROR)
                         continue
                     for item, execution in zip(items, ended, strict=True):
                         item.session.recording.release()
                         self._ended(item.session, item.held, execution)
+
+    def _kept(self, items: list[_Result]) -> list[_Result]:
+        """The results of `items` still worth writing again: those whose lease may not have
+        expired yet (the others' runs are recovered as LOST); the rest give their place back."""
+        keep = [i for i in items if self._clock() - i.queued < self.lease.total_seconds()]
+        for item in items:
+            if item not in keep:
+                item.session.recording.release()
+        return keep
 
     def _ended(self, session: Session, held: _Held, ended: Execution | None) -> bool:
         """After a finish: the run is no longer the stream's; a refusal if it was not recorded."""

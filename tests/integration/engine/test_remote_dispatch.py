@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -101,3 +102,43 @@ async def test_a_failing_live_output_write_ends_neither_the_stream_nor_the_run(
         assert time.monotonic() < deadline, "the run's result was not recorded"
         await asyncio.sleep(0.02)
     assert (await store.get_execution(NS, execution.id)).output == "said\n"
+
+
+async def test_a_result_the_database_refuses_does_not_hold_up_the_others(
+    store: SqlStore, workers: RemoteWorkers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.create_job(Job(namespace=NS, id="job", executor="remote", parameters={"queue": "q"}))
+    session = workers.open(identity="w", queues=["q"], tasks=[], namespaces=None, free=2)
+    refused, other = await store.run_job(NS, "job", {}), await store.run_job(NS, "job", {})
+    tokens = {a.execution.id: a.claim.token for a in [await assigned(session), await assigned(session)]}
+    sent = asyncio.Event()
+    refusing = True
+    finish = store.finish_executions
+    tried: list[int] = []
+
+    async def refusing_finish(items: Any, *args: Any, **kwargs: Any) -> Any:
+        await sent.wait()
+        tried.append(len(items))
+        if refusing and any(claimed.execution.id == refused.id for claimed, _ in items):
+            raise ValueError("refused")
+        return await finish(items, *args, **kwargs)
+
+    monkeypatch.setattr(store, "finish_executions", refusing_finish)
+    for execution in (refused, other):
+        name = f"namespaces/{NS}/executions/{execution.id}"
+        await workers.result(session, name, tokens[execution.id], success={"ok": True})
+    sent.set()
+
+    async def state_of(execution_id: str) -> ExecutionState:
+        return (await store.get_execution(NS, execution_id)).state
+
+    deadline = time.monotonic() + 15
+    while await state_of(other.id) is not ExecutionState.SUCCEEDED:
+        assert time.monotonic() < deadline, "the other result was not recorded"
+        await asyncio.sleep(0.02)
+    assert tried[0] == 2  # one statement for both first, then one each
+    assert await state_of(refused.id) is ExecutionState.RUNNING
+    refusing = False  # kept, not dropped: once the database takes it, it is written too
+    while await state_of(refused.id) is not ExecutionState.SUCCEEDED:
+        assert time.monotonic() < deadline, "the refused result was not recorded once taken"
+        await asyncio.sleep(0.02)
