@@ -397,7 +397,8 @@ class WorkerPool:
         running.finishing = True
         self._finishing += 1  # its slot is free (see `_free`)
         self._slot_freed.set()
-        outcome = storable_outcome(redactor.outcome(outcome))
+        # Storable first: the redactor then walks a result of bounded depth.
+        outcome = redactor.outcome(storable_outcome(outcome))
         if outcome.output_truncated:
             log.info(
                 "output truncated: only the first %d bytes are kept",

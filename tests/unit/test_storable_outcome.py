@@ -6,7 +6,13 @@ from __future__ import annotations
 import math
 
 from cronwire_server.core.model import ExecutionState
-from cronwire_server.executors.runtime import RunOutcome, storable_json, storable_outcome, storable_text
+from cronwire_server.executors.runtime import (
+    MAX_RESULT_DEPTH,
+    RunOutcome,
+    storable_json,
+    storable_outcome,
+    storable_text,
+)
 
 
 def test_a_nul_character_and_a_lone_surrogate_become_the_replacement_character() -> None:
@@ -35,3 +41,18 @@ def test_an_outcome_is_storable_in_each_of_its_texts_and_kept_as_is_when_it_alre
     assert storable_outcome(bad) == RunOutcome(
         ExecutionState.FAILED, output="o\ufffd", error="e\ufffd", result={"r": "\ufffd"}, exit_code=1
     )
+
+
+def test_a_result_nested_deeper_than_the_api_can_return_is_omitted() -> None:
+    def nested(depth: int) -> object:
+        value: object = "leaf\x00"
+        for level in range(depth):
+            value = [value] if level % 2 else {"k": value}
+        return value
+
+    kept = str(storable_json(nested(MAX_RESULT_DEPTH)))
+    assert "leaf\ufffd" in kept and "omitted" not in kept
+    assert storable_json(nested(MAX_RESULT_DEPTH + 1)) == {
+        "omitted": f"a result nested more than {MAX_RESULT_DEPTH} levels deep"
+    }
+    assert storable_json(nested(5000))["omitted"]  # no RecursionError, however deep

@@ -29,6 +29,7 @@ from cronwire_server.core.model import Execution, ExecutionState
 from cronwire_server.core.names import job_name
 
 __all__ = [
+    "MAX_RESULT_DEPTH",
     "OutputCallback",
     "ParentRun",
     "ProcessFence",
@@ -173,25 +174,46 @@ def storable_text(text: str) -> str:
     return text
 
 
+# Levels of arrays and objects a result may nest: protobuf reads a message at most 100 deep,
+# and each JSON level is two (a Value, then its ListValue or Struct), so one nested deeper could
+# be neither returned by the API nor read by a client.
+MAX_RESULT_DEPTH = 32
+
+
+class _TooDeep(Exception):
+    pass
+
+
 def storable_json(value: Any) -> Any:
     """A JSON value with its strings (keys too) through `storable_text`, and NaN and the
-    infinities, which JSON has not, as null (as JavaScript's JSON.stringify writes them)."""
+    infinities, which JSON has not, as null (as JavaScript's JSON.stringify writes them); one
+    nested more than MAX_RESULT_DEPTH levels deep is replaced by `{"omitted": why}`."""
+    try:
+        return _storable(value, 0)
+    except _TooDeep:
+        return {"omitted": f"a result nested more than {MAX_RESULT_DEPTH} levels deep"}
+
+
+def _storable(value: Any, depth: int) -> Any:
     if isinstance(value, str):
         return storable_text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, dict | list | tuple) and depth >= MAX_RESULT_DEPTH:
+        raise _TooDeep
     if isinstance(value, dict):
         return {
-            (storable_text(key) if isinstance(key, str) else key): storable_json(item)
+            (storable_text(key) if isinstance(key, str) else key): _storable(item, depth + 1)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
-        return [storable_json(item) for item in value]
+        return [_storable(item, depth + 1) for item in value]
     return value
 
 
 def storable_outcome(outcome: RunOutcome) -> RunOutcome:
-    """`outcome` as every backend stores it (the same object when it already is)."""
+    """`outcome` as every backend stores it and the API returns it (the same object when it
+    already is)."""
     output, error = storable_text(outcome.output), storable_text(outcome.error)
     if output is outcome.output and error is outcome.error and outcome.result is None:
         return outcome

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -230,3 +231,24 @@ async def test_what_job_code_produces_that_no_database_holds_is_stored_and_later
     ]
     assert ended[0].output == "a\ufffdb\n"
     assert json_format.MessageToDict(ended[1].result) == {"a\ufffd": ["b\ufffd", "c\ufffd", 1.5]}
+
+
+@pytest.mark.parametrize("depth", [32, 33, 900])
+async def test_a_result_nested_too_deep_to_return_is_stored_as_omitted(
+    jobs: JobServiceStub, executions: ExecutionServiceStub, depth: int
+) -> None:
+    # Protobuf reads a message at most 100 deep: a result nested 60 levels was stored, and every
+    # read of its execution failed with INTERNAL; one nested 900 levels never ended its run.
+    job = await make_job(
+        jobs,
+        "deep",
+        executor="python",
+        parameters={"callable": "json:loads", "args": ["[" * depth + "]" * depth]},
+    )
+    ended = await wait_state(executions, (await run(jobs, job)).name, ENDED)
+    assert ended.state == execution_pb2.EXECUTION_STATE_SUCCEEDED, ended.error
+    result = json_format.MessageToDict(ended.result)
+    if depth <= 32:
+        assert json.dumps(result) == "[" * depth + "]" * depth
+    else:
+        assert result == {"omitted": "a result nested more than 32 levels deep"}
