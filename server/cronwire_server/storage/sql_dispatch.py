@@ -207,12 +207,13 @@ def _as_queued(row: dict[str, Any]) -> dict[str, Any]:
 
 
 # PostgreSQL: the ticks of a dispatch batch inserted in one statement built once (their values
-# travel as arrays; the columns every tick shares are written here), a tick another replica
+# travel as one JSON document, which costs the server a fraction of what dumping an array per
+# column did; the columns every tick shares are written here), a tick another replica
 # recorded first left alone, and the events of those inserted written by a CTE of it: each in its
 # state, and a run started at once (RUNNING) first as QUEUED, as if claimed. The same statement
 # advances the batch's next fire times (the schedules are locked already, by the dispatch's
 # SELECT) and, when it queued a run, wakes every replica's claimer at commit.
-_TICK_ARRAYS = {
+_TICK_FIELDS = {
     "namespace": "text",
     "id": "text",
     "job_id": "text",
@@ -220,7 +221,7 @@ _TICK_ARRAYS = {
     "state": "text",
     "scheduled_time": "timestamptz",
     "due_time": "timestamptz",
-    "arguments": "text",
+    "arguments": "jsonb",
     "error": "text",
     "skip_reason": "text",
     "serial": "boolean",
@@ -229,9 +230,9 @@ _TICK_ARRAYS = {
     "lease_expires_at": "timestamptz",
     "event_type": "text",
 }
+_TICK_RECORD = ", ".join(f"{name} {kind}" for name, kind in _TICK_FIELDS.items())
 _TICK_COLUMNS = {
-    **{name: f"t.{name}" for name in _TICK_ARRAYS if name not in ("arguments", "event_type")},
-    "arguments": "CAST(t.arguments AS jsonb)",
+    **{name: f"t.{name}" for name in _TICK_FIELDS if name != "event_type"},
     "trigger": f"'{ExecutionTrigger.SCHEDULE.value}'",
     "attempt": "1",
     "first_attempt_id": "''",
@@ -249,11 +250,15 @@ _QUEUED_SNAPSHOT = (
 _INSERT_TICKS = sa.text(
     compact(
         f"""
-WITH inserted AS (
+WITH tick AS MATERIALIZED (
+    SELECT * FROM ROWS FROM (
+        jsonb_to_recordset(CAST(:ticks AS jsonb)) AS ({_TICK_RECORD})
+    ) WITH ORDINALITY AS t({", ".join(_TICK_FIELDS)}, n)
+),
+inserted AS (
     INSERT INTO executions ({", ".join(_TICK_COLUMNS)})
     SELECT {", ".join(_TICK_COLUMNS.values())}
-    FROM unnest({", ".join(f"CAST(:{n}s AS {t}[])" for n, t in _TICK_ARRAYS.items())})
-        WITH ORDINALITY AS t({", ".join(_TICK_ARRAYS)}, n)
+    FROM tick AS t
     ORDER BY t.n
     ON CONFLICT (namespace, schedule_id, scheduled_time) WHERE trigger = '{ExecutionTrigger.SCHEDULE.value}'
     DO NOTHING
@@ -264,13 +269,12 @@ written AS (
     SELECT e.type, i.namespace, 'namespaces/' || i.namespace || '/executions/' || i.id, i.job_id,
            i.schedule_id, '', :now, jsonb_build_object('execution', e.snapshot)
     FROM inserted AS i
-    JOIN unnest(CAST(:ids AS text[]), CAST(:event_types AS text[])) WITH ORDINALITY AS t(id, type, n)
-        ON t.id = i.id
+    JOIN tick AS t ON t.id = i.id
     CROSS JOIN LATERAL (
         SELECT '{EventType.EXECUTION_QUEUED.value}' AS type, {_QUEUED_SNAPSHOT} AS snapshot, 0 AS phase
         WHERE i.state = '{RUNNING}'
         UNION ALL
-        SELECT t.type, to_jsonb(i) - 'output', 1
+        SELECT t.event_type, to_jsonb(i) - 'output', 1
     ) AS e
     ORDER BY t.n, e.phase
 ),
@@ -294,14 +298,26 @@ def _insert_ticks(
 ) -> set[str]:
     """PostgreSQL: insert a dispatch's ticks with their events and advance its schedules'
     next fire times (`_INSERT_TICKS`); the ids inserted."""
-    params: dict[str, Any] = {f"{name}s": [r[name] for r in rows] for name in _TICK_ARRAYS if name in rows[0]}
-    params["argumentss"] = [json.dumps(r["arguments"]) for r in rows]
-    params["event_types"] = [STATE_EVENTS[ExecutionState(r["state"])].value for r in rows]
+    ticks = [
+        {
+            **{name: r[name] for name in _TICK_FIELDS if name in r},
+            "event_type": STATE_EVENTS[ExecutionState(r["state"])].value,
+        }
+        for r in rows
+    ]
+    params: dict[str, Any] = {"ticks": json.dumps(ticks, default=_iso, ensure_ascii=False, allow_nan=False)}
     params["now"] = now
     params["advance_namespaces"] = [a["b_namespace"] for a in advances]
     params["advance_ids"] = [a["b_id"] for a in advances]
     params["advance_nexts"] = [a["b_next"] for a in advances]
     return set(conn.execute(_INSERT_TICKS, params).scalars())
+
+
+def _iso(value: Any) -> str:
+    """A tick's time in its JSON document."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} in a tick")
 
 
 # PostgreSQL: the next fire times of a dispatch batch in one statement (an executemany is one
