@@ -9,7 +9,6 @@ in, not decided here.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from cronwire_server.executors.registry import REMOTE
 from cronwire_server.storage import sql_events
 from cronwire_server.storage.base import ClaimedExecution, DispatchResult, Planner, StartNow
 from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
+from cronwire_server.storage.sql_driver import json_document
 from cronwire_server.storage.sql_executions import (
     ACTIVE_STATES,
     JOB_PREFIX,
@@ -305,19 +305,12 @@ def _insert_ticks(
         }
         for r in rows
     ]
-    params: dict[str, Any] = {"ticks": json.dumps(ticks, default=_iso, ensure_ascii=False, allow_nan=False)}
+    params: dict[str, Any] = {"ticks": json_document(ticks)}
     params["now"] = now
     params["advance_namespaces"] = [a["b_namespace"] for a in advances]
     params["advance_ids"] = [a["b_id"] for a in advances]
     params["advance_nexts"] = [a["b_next"] for a in advances]
     return set(conn.execute(_INSERT_TICKS, params).scalars())
-
-
-def _iso(value: Any) -> str:
-    """A tick's time in its JSON document."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} in a tick")
 
 
 # PostgreSQL: the next fire times of a dispatch batch in one statement (an executemany is one

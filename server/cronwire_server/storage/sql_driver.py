@@ -6,7 +6,9 @@ SQLAlchemy's. Both are reported to the engine's statement hooks like any other s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -15,6 +17,19 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.util import await_only
 
 T = TypeVar("T")
+
+
+def json_document(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as the one JSON parameter of a batch statement (`jsonb_to_recordset`; a key left
+    out is NULL there, times are ISO 8601). psycopg dumps an array parameter element by element
+    in Python; this is one C call, a fraction of the server's CPU for the same rows."""
+    return json.dumps(rows, default=_iso, ensure_ascii=False, allow_nan=False)
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} in a JSON document of rows")
 
 
 def _on_driver(conn: Connection, sql: str, send: Callable[[Any], Coroutine[Any, Any, T]]) -> T:

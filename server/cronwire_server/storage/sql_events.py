@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -22,6 +21,7 @@ from cronwire_server.core.model import (
     Schedule,
 )
 from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
+from cronwire_server.storage.sql_driver import json_document
 from cronwire_server.storage.tables import events
 
 # Snapshots never carry the callback secret; a marker keeps "a secret is set" visible.
@@ -126,19 +126,20 @@ def execution_event(
 
 
 # PostgreSQL: a batch of events in one statement whatever its size (an executemany is one
-# statement per row), built once: the rows travel as arrays, in order.
+# statement per row), built once: the rows travel as one JSON document, in order.
 _INSERT_MANY = sa.text(
     """
 INSERT INTO events (type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
-SELECT type, namespace, resource, job_id, schedule_id, actor, time, CAST(snapshot AS jsonb)
-FROM unnest(
-    CAST(:types AS text[]), CAST(:namespaces AS text[]), CAST(:resources AS text[]),
-    CAST(:job_ids AS text[]), CAST(:schedule_ids AS text[]), CAST(:actors AS text[]),
-    CAST(:times AS timestamptz[]), CAST(:snapshots AS text[])
+SELECT type, namespace, resource, job_id, schedule_id, actor, time, snapshot
+FROM ROWS FROM (
+    jsonb_to_recordset(CAST(:rows AS jsonb)) AS (
+        type text, namespace text, resource text, job_id text, schedule_id text, actor text,
+        time timestamptz, snapshot jsonb)
 ) WITH ORDINALITY AS r(type, namespace, resource, job_id, schedule_id, actor, time, snapshot, n)
 ORDER BY n
 """
 )
+_COLUMNS = ("type", "namespace", "resource", "job_id", "schedule_id", "actor", "time")
 
 
 def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -147,19 +148,12 @@ def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
     On PostgreSQL a statement trigger wakes the sequencers of every replica (migration 0004).
     """
     if len(rows) > 1 and conn.dialect.name == "postgresql":
-        conn.execute(
-            _INSERT_MANY,
-            {
-                "types": [r["type"] for r in rows],
-                "namespaces": [r["namespace"] for r in rows],
-                "resources": [r["resource"] for r in rows],
-                "job_ids": [r["job_id"] for r in rows],
-                "schedule_ids": [r["schedule_id"] for r in rows],
-                "actors": [r["actor"] for r in rows],
-                "times": [r["time"] for r in rows],
-                "snapshots": [None if r["snapshot"] is None else json.dumps(r["snapshot"]) for r in rows],
-            },
-        )
+        # A snapshot left out of its row is NULL (a JSON null would be stored as one).
+        document = [
+            {**{c: r[c] for c in _COLUMNS}, **({} if r["snapshot"] is None else {"snapshot": r["snapshot"]})}
+            for r in rows
+        ]
+        conn.execute(_INSERT_MANY, {"rows": json_document(document)})
     elif rows:
         conn.execute(_INSERT, rows)
 

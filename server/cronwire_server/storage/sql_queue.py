@@ -33,7 +33,7 @@ from cronwire_server.storage import sql_events
 from cronwire_server.storage.base import ClaimedExecution, LeaseRenewal, RetryPlanner
 from cronwire_server.storage.records import execution_from_row, execution_values, job_from_record
 from cronwire_server.storage.sql_callbacks import on_final, read_job, triggers
-from cronwire_server.storage.sql_driver import run_script
+from cronwire_server.storage.sql_driver import json_document, run_script
 from cronwire_server.storage.sql_engine import notify
 from cronwire_server.storage.sql_executions import (
     JOB_PREFIX,
@@ -673,7 +673,7 @@ def finish_batch(
     rows = conn.execute(
         FINISH_BATCH,
         {
-            "outcomes": json.dumps(outcomes, ensure_ascii=False, allow_nan=False),
+            "outcomes": json_document(outcomes),
             "worker": worker,
             "wake": any(
                 c.execution.serial or c.job.max_concurrency or c.execution.group_limit for c, _ in items
@@ -687,7 +687,6 @@ def finish_batch(
 def _outcome_document(claimed: ClaimedExecution, outcome: RunOutcome) -> dict[str, Any]:
     """One outcome of FINISH_BATCH's document (a key left out is NULL: no result is not JSON null)."""
     execution = claimed.execution
-    start = execution.start_time
     document = {
         "namespace": execution.namespace,
         "id": execution.id,
@@ -699,7 +698,7 @@ def _outcome_document(claimed: ClaimedExecution, outcome: RunOutcome) -> dict[st
         "error": outcome.error,
         "event_type": STATE_EVENTS[outcome.state].value,
         # A run taken ahead of its due time started when its timer fired (see `StartNow`).
-        "start_time": None if start is None else start.isoformat(),
+        "start_time": execution.start_time,
     }
     if outcome.result is not None:
         document["result"] = outcome.result
