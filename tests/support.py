@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -19,6 +19,9 @@ from typing import Any, TypeVar, overload
 import grpc
 import sqlalchemy as sa
 from google.rpc import error_details_pb2, status_pb2
+
+from cronwire_server.supervisor import MAIN, Supervisor
+from cronwire_server.workers import WorkerPool
 
 T = TypeVar("T")
 # The repository's root, for tests that read its files (deploy/, examples/, scripts/).
@@ -95,6 +98,42 @@ def statements_sent(store: Any) -> Iterator[list[str]]:
         yield sent
     finally:
         sa.event.remove(engine, "before_cursor_execute", hook)
+
+
+@contextlib.asynccontextmanager
+async def running_pool(store: Any, slots: int) -> AsyncIterator[WorkerPool]:
+    """A worker pool on `store` with its loops running, stopped as the server stops it."""
+    stopping = asyncio.Event()
+    supervisor = Supervisor(stopping)
+    pool = WorkerPool(store, slots=slots)
+    pool.start(supervisor, stopping)
+    try:
+        yield pool
+    finally:
+        stopping.set()
+        await supervisor.stop([MAIN], within=5)
+        await pool.drain(5)
+        await supervisor.stop(within=0)  # the loops that run until cancelled
+
+
+class RefusingFinishes:
+    """A store's `finish_executions` that writes nothing until `open` is set, records the size of
+    each batch it is asked to write (`sizes`), and refuses (ValueError, as the database refusing
+    a value would) every batch holding the execution `refused`, until `refusing` is cleared."""
+
+    def __init__(self, store: Any, refused: str) -> None:
+        self._finish = store.finish_executions
+        self._refused = refused
+        self.open = asyncio.Event()
+        self.refusing = True
+        self.sizes: list[int] = []
+
+    async def __call__(self, items: Any, *args: Any, **kwargs: Any) -> Any:
+        await self.open.wait()
+        self.sizes.append(len(items))
+        if self.refusing and any(claimed.execution.id == self._refused for claimed, _ in items):
+            raise ValueError("refused")
+        return await self._finish(items, *args, **kwargs)
 
 
 @dataclass

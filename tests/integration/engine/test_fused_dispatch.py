@@ -29,8 +29,7 @@ from cronwire_server.storage.base import ExecutionFilter, StartNow
 from cronwire_server.storage.sql_engine import sync_url
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.storage.tables import schedules
-from cronwire_server.supervisor import MAIN, Supervisor
-from cronwire_server.workers import WorkerPool
+from tests.support import running_pool
 
 NS = "fused"
 
@@ -48,22 +47,6 @@ async def due_schedules(store: SqlStore, job: Job, count: int) -> None:
         await conn.execute(
             sa.update(schedules).where(schedules.c.job_id == job.id).values(next_fire_time=past)
         )
-
-
-@asynccontextmanager
-async def running_pool(store: SqlStore, slots: int) -> AsyncIterator[WorkerPool]:
-    """A worker pool with its loops running, stopped as the server stops it."""
-    stopping = asyncio.Event()
-    supervisor = Supervisor(stopping)
-    pool = WorkerPool(store, slots=slots)
-    pool.start(supervisor, stopping)
-    try:
-        yield pool
-    finally:
-        stopping.set()
-        await supervisor.stop([MAIN], within=5)
-        await pool.drain(5)
-        await supervisor.stop(within=0)  # the loops that run until cancelled
 
 
 @asynccontextmanager

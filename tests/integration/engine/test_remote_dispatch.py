@@ -8,7 +8,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -17,6 +16,7 @@ from cronwire_server.core.model import ExecutionState, Job
 from cronwire_server.remote_workers import Assignment, RemoteWorkers, Session
 from cronwire_server.storage.sql_store import SqlStore
 from cronwire_server.supervisor import Supervisor
+from tests.support import RefusingFinishes
 
 NS = "dispatch"
 
@@ -111,23 +111,12 @@ async def test_a_result_the_database_refuses_does_not_hold_up_the_others(
     session = workers.open(identity="w", queues=["q"], tasks=[], namespaces=None, free=2)
     refused, other = await store.run_job(NS, "job", {}), await store.run_job(NS, "job", {})
     tokens = {a.execution.id: a.claim.token for a in [await assigned(session), await assigned(session)]}
-    sent = asyncio.Event()
-    refusing = True
-    finish = store.finish_executions
-    tried: list[int] = []
-
-    async def refusing_finish(items: Any, *args: Any, **kwargs: Any) -> Any:
-        await sent.wait()
-        tried.append(len(items))
-        if refusing and any(claimed.execution.id == refused.id for claimed, _ in items):
-            raise ValueError("refused")
-        return await finish(items, *args, **kwargs)
-
-    monkeypatch.setattr(store, "finish_executions", refusing_finish)
+    finishes = RefusingFinishes(store, refused.id)
+    monkeypatch.setattr(store, "finish_executions", finishes)
     for execution in (refused, other):
         name = f"namespaces/{NS}/executions/{execution.id}"
         await workers.result(session, name, tokens[execution.id], success={"ok": True})
-    sent.set()
+    finishes.open.set()
 
     async def state_of(execution_id: str) -> ExecutionState:
         return (await store.get_execution(NS, execution_id)).state
@@ -136,9 +125,9 @@ async def test_a_result_the_database_refuses_does_not_hold_up_the_others(
     while await state_of(other.id) is not ExecutionState.SUCCEEDED:
         assert time.monotonic() < deadline, "the other result was not recorded"
         await asyncio.sleep(0.02)
-    assert tried[0] == 2  # one statement for both first, then one each
+    assert finishes.sizes[0] == 2  # one statement for both first, then one each
     assert await state_of(refused.id) is ExecutionState.RUNNING
-    refusing = False  # kept, not dropped: once the database takes it, it is written too
+    finishes.refusing = False  # kept, not dropped: once the database takes it, it is written too
     while await state_of(refused.id) is not ExecutionState.SUCCEEDED:
         assert time.monotonic() < deadline, "the refused result was not recorded once taken"
         await asyncio.sleep(0.02)

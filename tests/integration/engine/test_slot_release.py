@@ -13,9 +13,7 @@ import pytest
 from cronwire_server.core.model import ExecutionState, Job, Page
 from cronwire_server.storage.base import ExecutionFilter
 from cronwire_server.storage.sql_store import SqlStore
-from cronwire_server.supervisor import MAIN, Supervisor
-from cronwire_server.workers import WorkerPool
-from tests.support import eventually
+from tests.support import RefusingFinishes, eventually, running_pool
 
 NS = "slots"
 
@@ -40,11 +38,7 @@ async def test_a_run_gives_its_slot_back_before_its_outcome_is_written(
         return await finish(*args, **kwargs)
 
     monkeypatch.setattr(store, "finish_executions", held_finish)
-    stopping = asyncio.Event()
-    supervisor = Supervisor(stopping)
-    pool = WorkerPool(store, slots=1)
-    pool.start(supervisor, stopping)
-    try:
+    async with running_pool(store, slots=1) as pool:
         # One slot, and the first outcome not written: the second run still started.
         async def two_held() -> bool:
             return pool.running == 2 and (await states(store))[ExecutionState.RUNNING] == 2
@@ -60,12 +54,6 @@ async def test_a_run_gives_its_slot_back_before_its_outcome_is_written(
             return (await states(store))[ExecutionState.SUCCEEDED] == 4
 
         await eventually(all_done, 15, "every run to succeed once outcomes are written")
-    finally:
-        writes.set()
-        stopping.set()
-        await supervisor.stop([MAIN], within=5)
-        await pool.drain(5)
-        await supervisor.stop(within=0)  # the loops that run until cancelled
 
 
 async def test_an_outcome_the_database_refuses_does_not_hold_up_the_others(
@@ -77,46 +65,25 @@ async def test_an_outcome_the_database_refuses_does_not_hold_up_the_others(
         await store.run_job(NS, "noop", {})
     # Nothing is written until every run has ended, so the first write is one batch of all six;
     # the database then refuses every write that holds the first run's outcome.
-    ended = asyncio.Event()
-    refusing = True
-    finish = store.finish_executions
-    tried: list[int] = []
-
-    async def refusing_finish(items: Any, *args: Any, **kwargs: Any) -> Any:
-        await ended.wait()
-        tried.append(len(items))
-        if refusing and any(claimed.execution.id == refused for claimed, _ in items):
-            raise ValueError("refused")
-        return await finish(items, *args, **kwargs)
-
-    monkeypatch.setattr(store, "finish_executions", refusing_finish)
-    stopping = asyncio.Event()
-    supervisor = Supervisor(stopping)
-    pool = WorkerPool(store, slots=6)
-    pool.start(supervisor, stopping)
-    try:
+    finishes = RefusingFinishes(store, refused)
+    monkeypatch.setattr(store, "finish_executions", finishes)
+    async with running_pool(store, slots=6) as pool:
         await eventually(lambda: pool.running == 6, 15, "six runs to end and wait for their write")
-        ended.set()
+        finishes.open.set()
 
         async def others_done() -> bool:
             return (await states(store))[ExecutionState.SUCCEEDED] == 5
 
         await eventually(others_done, 15, "the five other outcomes to be written")
-        assert tried[0] == 6  # one batch first, then one outcome at a time
+        assert finishes.sizes[0] == 6  # one batch first, then one outcome at a time
         assert (await states(store))[ExecutionState.RUNNING] == 1
         # Kept, not dropped: once the database takes it, it is written too.
-        refusing = False
+        finishes.refusing = False
 
         async def all_done() -> bool:
             return (await states(store))[ExecutionState.SUCCEEDED] == 6
 
         await eventually(all_done, 15, "the refused outcome to be written once it is taken")
-    finally:
-        ended.set()
-        stopping.set()
-        await supervisor.stop([MAIN], within=5)
-        await pool.drain(5)
-        await supervisor.stop(within=0)
 
 
 async def test_a_failing_live_output_write_does_not_lose_the_run(
@@ -133,11 +100,7 @@ async def test_a_failing_live_output_write_does_not_lose_the_run(
         raise ValueError("refused")
 
     monkeypatch.setattr(store, "append_logs", refusing_append)
-    stopping = asyncio.Event()
-    supervisor = Supervisor(stopping)
-    pool = WorkerPool(store, slots=1)
-    pool.start(supervisor, stopping)
-    try:
+    async with running_pool(store, slots=1):
 
         async def succeeded() -> bool:
             got = await store.get_execution(NS, execution.id)
@@ -145,8 +108,3 @@ async def test_a_failing_live_output_write_does_not_lose_the_run(
 
         await eventually(succeeded, 15, "the run to succeed with its output, its live output refused")
         assert tried.is_set()
-    finally:
-        stopping.set()
-        await supervisor.stop([MAIN], within=5)
-        await pool.drain(5)
-        await supervisor.stop(within=0)
