@@ -431,9 +431,10 @@ def test_a_nul_in_what_a_remote_task_produced_is_stored_and_ends_neither_run_nor
             execution_in(api, failed.execution, FAILED), 30, "the failing run with a NUL to fail"
         )
         assert ended.error == "Oops\ufffd: m\ufffd"
-        # The stream is still the worker's: its heartbeat is answered, not an error.
-        stream.send(heartbeat=worker_pb2.WorkerHeartbeat())
-        assert stream.responses.empty() or not isinstance(stream.responses.get_nowait(), grpc.RpcError)
         assert {a.execution for a in assignments} == {first.name, second.name}
+        # The stream is still the worker's: the next run is handed to it.
+        third = api.run_job(job.name)
+        stream.send(slots=worker_pb2.WorkerSlots(free_slots=1))
+        assert stream.next("assignment").assignment.execution == third.name
     finally:
         stream.close()
