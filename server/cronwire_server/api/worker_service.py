@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import math
 import re
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -157,7 +157,7 @@ def _failure(message: worker_pb2.TaskFailure) -> Failure:
         raise InvalidArgument.field("result.failure.message", f"at most {MAX_ERROR_MESSAGE} characters")
     if message.details.ByteSize() > MAX_DETAILS_BYTES:
         raise InvalidArgument.field("result.failure.details", f"at most {MAX_DETAILS_BYTES} bytes")
-    details = struct_to_dict(_finite(message.details)) if message.HasField("details") else None
+    details = _converted(message.details, struct_to_dict) if message.HasField("details") else None
     return Failure(message.type, message.message, details, message.retryable)
 
 
@@ -166,20 +166,22 @@ def _success(message: worker_pb2.TaskSuccess) -> Any:
         return None
     if message.result.ByteSize() > MAX_RESULT_BYTES:
         raise InvalidArgument.field("result.success.result", f"at most {MAX_RESULT_BYTES} bytes")
-    return json_format.MessageToDict(_finite(message.result))
+    return _converted(message.result, json_format.MessageToDict)
 
 
-def _finite(message: Message) -> Any:
-    """A task's JSON value (Value or Struct) with NaN and the infinities, which JSON has not, as
-    null: the message itself when it has none."""
+M = TypeVar("M", bound=Message)
+
+
+def _converted(message: M, convert: Callable[[M], Any]) -> Any:
+    """`convert(message)` of a task's JSON value (Value or Struct), with NaN and the infinities,
+    which JSON has not (protobuf's JSON conversion refuses them), as null."""
     try:
-        json_format.MessageToDict(message)
-        return message
+        return convert(message)
     except ValueError:
         copy = type(message)()
         copy.CopyFrom(message)
         _null_non_finite(copy)
-        return copy
+        return convert(copy)
 
 
 def _null_non_finite(message: Any) -> None:
