@@ -20,9 +20,10 @@ T = TypeVar("T")
 
 
 def json_document(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Rows as the one JSON parameter of a batch statement (`jsonb_to_recordset`; a key left
-    out is NULL there, times are ISO 8601). psycopg dumps an array parameter element by element
-    in Python; this is one C call, a fraction of the server's CPU for the same rows."""
+    """Rows as the one JSON parameter of a batch statement (`jsonb_to_recordset`; times are ISO
+    8601, and None is JSON null: NULL in a column of any type but jsonb, which reads it with
+    `NULLIF(column, 'null')`). psycopg dumps an array parameter element by element in Python;
+    this is one C call, a fraction of the server's CPU for the same rows."""
     return json.dumps(rows, default=_iso, ensure_ascii=False, allow_nan=False)
 
 

@@ -130,7 +130,7 @@ def execution_event(
 _INSERT_MANY = sa.text(
     """
 INSERT INTO events (type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
-SELECT type, namespace, resource, job_id, schedule_id, actor, time, snapshot
+SELECT type, namespace, resource, job_id, schedule_id, actor, time, NULLIF(snapshot, 'null')
 FROM ROWS FROM (
     jsonb_to_recordset(CAST(:rows AS jsonb)) AS (
         type text, namespace text, resource text, job_id text, schedule_id text, actor text,
@@ -139,7 +139,7 @@ FROM ROWS FROM (
 ORDER BY n
 """
 )
-_COLUMNS = ("type", "namespace", "resource", "job_id", "schedule_id", "actor", "time")
+_COLUMNS = ("type", "namespace", "resource", "job_id", "schedule_id", "actor", "time", "snapshot")
 
 
 def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -148,12 +148,8 @@ def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
     On PostgreSQL a statement trigger wakes the sequencers of every replica (migration 0004).
     """
     if len(rows) > 1 and conn.dialect.name == "postgresql":
-        # A snapshot left out of its row is NULL (a JSON null would be stored as one).
-        document = [
-            {**{c: r[c] for c in _COLUMNS}, **({} if r["snapshot"] is None else {"snapshot": r["snapshot"]})}
-            for r in rows
-        ]
-        conn.execute(_INSERT_MANY, {"rows": json_document(document)})
+        document = json_document([{c: r[c] for c in _COLUMNS} for r in rows])
+        conn.execute(_INSERT_MANY, {"rows": document})
     elif rows:
         conn.execute(_INSERT, rows)
 

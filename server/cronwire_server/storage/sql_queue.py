@@ -615,7 +615,7 @@ ended AS (
     UPDATE executions AS e
     SET state = o.state, start_time = coalesce(o.start_time, e.start_time), end_time = now(),
         exit_code = o.exit_code, http_status = o.http_status,
-        output = o.output, output_truncated = o.output_truncated, result = o.result,
+        output = o.output, output_truncated = o.output_truncated, result = NULLIF(o.result, 'null'),
         -- A cancellation's reason was recorded when it was requested: keep it.
         error = CASE WHEN e.cancel_requested AND o.state = '{ExecutionState.CANCELLED.value}'
                      THEN e.error ELSE o.error END,
@@ -685,9 +685,9 @@ def finish_batch(
 
 
 def _outcome_document(claimed: ClaimedExecution, outcome: RunOutcome) -> dict[str, Any]:
-    """One outcome of FINISH_BATCH's document (a key left out is NULL: no result is not JSON null)."""
+    """One outcome of FINISH_BATCH's document."""
     execution = claimed.execution
-    document = {
+    return {
         "namespace": execution.namespace,
         "id": execution.id,
         "state": outcome.state.value,
@@ -695,14 +695,12 @@ def _outcome_document(claimed: ClaimedExecution, outcome: RunOutcome) -> dict[st
         "http_status": outcome.http_status,
         "output": outcome.output,
         "output_truncated": outcome.output_truncated,
+        "result": outcome.result,
         "error": outcome.error,
         "event_type": STATE_EVENTS[outcome.state].value,
         # A run taken ahead of its due time started when its timer fired (see `StartNow`).
         "start_time": execution.start_time,
     }
-    if outcome.result is not None:
-        document["result"] = outcome.result
-    return document
 
 
 def finish_rest(
