@@ -119,11 +119,13 @@ async def running_pool(store: Any, slots: int) -> AsyncIterator[WorkerPool]:
 class RefusingFinishes:
     """A store's `finish_executions` that writes nothing until `open` is set, records the size of
     each batch it is asked to write (`sizes`), and refuses (ValueError, as the database refusing
-    a value would) every batch holding the execution `refused`, until `refusing` is cleared."""
+    a value would) every batch holding the execution `refused` (only while its outcome is one
+    `refuses` picks, if given), until `refusing` is cleared."""
 
-    def __init__(self, store: Any, refused: str) -> None:
+    def __init__(self, store: Any, refused: str, refuses: Callable[[Any], bool] | None = None) -> None:
         self._finish = store.finish_executions
         self._refused = refused
+        self._refuses = refuses or (lambda outcome: True)
         self.open = asyncio.Event()
         self.refusing = True
         self.sizes: list[int] = []
@@ -131,7 +133,9 @@ class RefusingFinishes:
     async def __call__(self, items: Any, *args: Any, **kwargs: Any) -> Any:
         await self.open.wait()
         self.sizes.append(len(items))
-        if self.refusing and any(claimed.execution.id == self._refused for claimed, _ in items):
+        if self.refusing and any(
+            claimed.execution.id == self._refused and self._refuses(outcome) for claimed, outcome in items
+        ):
             raise ValueError("refused")
         return await self._finish(items, *args, **kwargs)
 

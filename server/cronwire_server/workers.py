@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,6 +48,7 @@ from cronwire_server.executors.runtime import (
     parent_run,
     storable_outcome,
     storable_text,
+    without_produce,
 )
 from cronwire_server.lease_renewer import LeaseRenewer
 from cronwire_server.logs import run_fields, url_for_log
@@ -74,6 +76,9 @@ FINISH_BATCH = 256
 DRAIN_STOP_WITHIN = 15.0
 BLOCKED_POLL = 1.0
 RETRY_AFTER_ERROR = 1.0
+# Tries of an outcome the database refuses even alone (while it takes the others) before it is
+# written without what the job produced: those values are the likely cause, and the run must end.
+REFUSALS_BEFORE_STRIPPING = 3
 
 
 def worker_identity() -> str:
@@ -155,6 +160,7 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._finished: list[tuple[ClaimedExecution, RunOutcome, asyncio.Future[Execution | None]]] = []
+        self._refusals: Counter[str] = Counter()  # by execution id: failed writes of it alone
         self._outcomes_waiting = asyncio.Event()
         self._fence = Fence()
         # Runs over whose end the fence is told at the next turn of the event loop (`_end_fenced`).
@@ -525,13 +531,39 @@ class WorkerPool:
                         alone = len(batch)
                         self._finished[:0] = batch
                     else:
-                        self._finished.extend(batch)
+                        self._finished.append(self._refused(*batch[0], error))
                     await asyncio.sleep(RETRY_AFTER_ERROR)
                     continue
                 loop_ok()
-                for (_, _, done), execution in zip(batch, ended, strict=True):
+                for (claimed, _, done), execution in zip(batch, ended, strict=True):
+                    self._refusals.pop(claimed.execution.id, None)
                     if not done.done():
                         done.set_result(execution)
+
+    def _refused(
+        self,
+        claimed: ClaimedExecution,
+        outcome: RunOutcome,
+        done: asyncio.Future[Execution | None],
+        error: Exception,
+    ) -> tuple[ClaimedExecution, RunOutcome, asyncio.Future[Execution | None]]:
+        """An outcome whose write alone failed, as it is to be tried again: after
+        REFUSALS_BEFORE_STRIPPING failures, without what the job produced."""
+        execution = claimed.execution
+        self._refusals[execution.id] += 1
+        if self._refusals[execution.id] != REFUSALS_BEFORE_STRIPPING:
+            return claimed, outcome, done
+        log.error(
+            "the database refused this run's outcome %d times; recording it without its output,"
+            " result and error",
+            REFUSALS_BEFORE_STRIPPING,
+            extra=run_fields(execution),
+        )
+        why = (
+            f"the run ended {outcome.state.name}, but its output, result and error could not be"
+            f" stored ({type(error).__name__}) and were dropped"
+        )
+        return claimed, without_produce(outcome, why), done
 
     async def _flush_output(self, running: _Running) -> None:
         chunk = running.take_output()

@@ -220,6 +220,12 @@ def storable_outcome(outcome: RunOutcome) -> RunOutcome:
     return dataclasses.replace(outcome, output=output, error=error, result=storable_json(outcome.result))
 
 
+def without_produce(outcome: RunOutcome, why: str) -> RunOutcome:
+    """`outcome` without what the job produced (its output, result and error text), which `why`
+    replaces as its error: the state, exit code and HTTP status stay."""
+    return dataclasses.replace(outcome, output="", output_truncated=False, result=None, error=why)
+
+
 class Runner(Protocol):
     """Runs one kind of executor.
 

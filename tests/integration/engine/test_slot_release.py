@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from cronwire_server.core.model import ExecutionState, Job, Page
+from cronwire_server import workers
+from cronwire_server.core.model import Execution, ExecutionState, Job, Page
 from cronwire_server.storage.base import ExecutionFilter
 from cronwire_server.storage.sql_store import SqlStore
 from tests.support import RefusingFinishes, eventually, running_pool
@@ -84,6 +85,39 @@ async def test_an_outcome_the_database_refuses_does_not_hold_up_the_others(
             return (await states(store))[ExecutionState.SUCCEEDED] == 6
 
         await eventually(all_done, 15, "the refused outcome to be written once it is taken")
+
+
+async def test_an_outcome_refused_even_alone_ends_the_run_without_what_the_job_produced(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers, "RETRY_AFTER_ERROR", 0.05)
+    returns = {"callable": "json:loads", "args": ['{"kept": false}']}
+    await store.create_job(Job(namespace=NS, id="returns", executor="python", parameters=returns))
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    returned = (await store.run_job(NS, "returns", {})).id
+    for _ in range(3):
+        await store.run_job(NS, "noop", {})
+    # The database refuses the run's outcome while it holds the job's result, however written.
+    finishes = RefusingFinishes(store, returned, refuses=lambda outcome: outcome.result is not None)
+    finishes.open.set()
+    monkeypatch.setattr(store, "finish_executions", finishes)
+    async with running_pool(store, slots=4):
+
+        async def ended() -> Execution | None:
+            got = await store.get_execution(NS, returned)
+            return got if got.end_time is not None else None
+
+        got = await eventually(ended, 30, "the refused run to end")
+        # Written without what the job produced, saying so; how it ended is kept.
+        assert (got.state, got.exit_code, got.result) == (ExecutionState.SUCCEEDED, 0, None)
+        assert "could not be stored (ValueError) and were dropped" in got.error
+        # Tried alone as many times as the worker gives it, then written without them.
+        assert finishes.sizes.count(1) >= workers.REFUSALS_BEFORE_STRIPPING
+
+        async def others_done() -> bool:
+            return (await states(store))[ExecutionState.SUCCEEDED] == 4
+
+        await eventually(others_done, 15, "every run to end")
 
 
 async def test_a_failing_live_output_write_does_not_lose_the_run(
