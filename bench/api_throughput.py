@@ -8,7 +8,10 @@ flight for --seconds after a --warmup:
 1. echo: a bare grpc.aio server that returns its request bytes (payload the
    size of a GetJobRequest), the ceiling of Python gRPC on this machine;
 2. CreateJob on the real server, each call a new `shell` job;
-3. GetJob of the jobs created, picked at random.
+3. GetJob of the jobs created, picked at random;
+4. add_job: the baseline of CreateJob, APScheduler 3's `add_job` on a
+   SQLAlchemyJobStore in the same PostgreSQL, called from as many threads
+   (`apscheduler_add_job.py`, its own process).
 
 Both servers run on the same event loop (`--event-loop`, default auto: uvloop if
 installed), and every phase reports the CPU the server, the load generator and
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -44,8 +48,11 @@ from cronwire_server.eventloop import ALL_ROLES, EVENT_LOOPS, resolve
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 # GetJob is a primary-key read; it should keep most of what gRPC itself can do.
 GET_JOB_VS_ECHO_TARGET_PCT = 60.0
-# 5x the ~475 add_job/s of APScheduler 3's SQLAlchemyJobStore on the same database.
+# 5x the ~475 add_job/s of APScheduler 3's SQLAlchemyJobStore on the same database, as first
+# measured; the add_job phase measures that baseline again in every run.
 CREATE_JOB_TARGET_PER_S = 2400.0
+CREATE_JOB_VS_ADD_JOB_TARGET = 5.0
+ADD_JOB_TIMEOUT_S = 60.0
 CRONWIRE_PHASES = (("CreateJob", "create_job"), ("GetJob", "get_job"))
 EVENT_LOOP_ENV = "CRONWIRE_EVENT_LOOP"
 # CPU groups, as printed: the server under test, the load generator, PostgreSQL.
@@ -203,6 +210,38 @@ def _run_cronwire(args: argparse.Namespace, load: LoadProcess, workdir: Path) ->
     ]
 
 
+def run_add_job(args: argparse.Namespace, workdir: Path) -> Phase:
+    """APScheduler 3's add_job, from as many threads as CreateJob has calls in flight."""
+    with fresh_database(args.database_url) as database_url:
+        argv = [
+            *(sys.executable, str(Path(__file__).with_name("apscheduler_add_job.py"))),
+            *("--database-url", database_url, "--threads", str(args.concurrency)),
+            *("--warmup", str(args.warmup), "--seconds", str(args.seconds)),
+        ]
+        with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as baseline:
+            assert baseline.stdin is not None
+            assert baseline.stdout is not None
+            try:
+                if baseline.stdout.readline().strip() != "ready":
+                    return Phase("add_job", "add_job", None, "the APScheduler baseline did not start")
+                progress(f"add_job: APScheduler 3, {args.concurrency} threads")
+                meters = {
+                    "server": process_tree_meter(baseline.pid),
+                    "postgres": postgres_meter(libpq_url(args.database_url)),
+                    WAL: partial(wal_position, libpq_url(args.database_url)),
+                }
+                with CpuWindow(meters, args.warmup, args.seconds) as window:
+                    baseline.stdin.write("go\n")
+                    baseline.stdin.flush()
+                    figures = json.loads(baseline.stdout.readline())
+                baseline.stdin.close()
+                baseline.wait(ADD_JOB_TIMEOUT_S)
+            finally:
+                if baseline.poll() is None:
+                    baseline.kill()
+    return Phase("add_job", "add_job", LoadResult(**figures), cpu=window.usage, event_loop="threads")
+
+
 def phase_figures(phase: Phase) -> dict[str, Any]:
     result = phase.result
     if result is None:
@@ -255,14 +294,19 @@ def cpu_figures(phase: Phase) -> dict[str, dict[str, float | None]] | None:
 
 
 def target_figures(phases: dict[str, Phase]) -> dict[str, dict[str, Any]]:
-    echo, create, get = (phases[key].result for key in ("echo", "create_job", "get_job"))
+    echo, create, get, add = (phases[key].result for key in ("echo", "create_job", "get_job", "add_job"))
     get_pct = None
     if echo and get and echo.calls_per_s:
         get_pct = 100.0 * get.calls_per_s / echo.calls_per_s
     create_rate = create.calls_per_s if create else None
+    vs_add_job = None
+    if create_rate is not None and add and add.calls_per_s:
+        vs_add_job = create_rate / add.calls_per_s
     return {
         "get_job_vs_echo_pct": _target(get_pct, GET_JOB_VS_ECHO_TARGET_PCT),
         "create_job_per_s": _target(create_rate, CREATE_JOB_TARGET_PER_S),
+        # What the absolute target stands for, measured on this machine in this run.
+        "create_job_vs_add_job": _target(vs_add_job, CREATE_JOB_VS_ADD_JOB_TARGET),
         # Not a target: the same ratio in server CPU per call, which other work on the
         # machine moves much less than it moves the echo ceiling's calls/s.
         "get_job_vs_echo_cpu_pct": {"value": _round(_cpu_ratio_pct(phases["echo"], phases["get_job"]))},
@@ -312,12 +356,14 @@ def print_table(
             print(f"{'':<10} first error: {r.first_error}")
     print("(CPU microseconds per call, and in brackets the cores kept busy; PG counts the whole server;")
     print(" sql/call: SQL statements the server sent per call, from its statement hook;")
-    print(" WAL B: bytes PostgreSQL wrote to its write-ahead log per call, the whole server's)")
-    loops = {phase.event_loop for phase in phases.values() if phase.result and phase.event_loop}
+    print(" WAL B: bytes PostgreSQL wrote to its write-ahead log per call, the whole server's;")
+    print(' add_job: its "server" is the APScheduler process, its callers\' threads included)')
+    loops = {p.event_loop for p in phases.values() if p.result and p.event_loop and p.key != "add_job"}
     if len(loops) > 1:
         print(f"WARNING: the servers ran on different event loops ({', '.join(sorted(loops))}): the ratio")
         print("         below compares loops as well as servers")
     get, create = targets["get_job_vs_echo_pct"], targets["create_job_per_s"]
+    vs_add = targets["create_job_vs_add_job"]
     print()
     print(
         f"GetJob / echo ceiling: {_cell(get['value'], '.1f'):>6} %   "
@@ -326,6 +372,10 @@ def print_table(
     print(
         f"CreateJob:             {_cell(create['value'], '.0f'):>6} /s  "
         f"target >= {create['target']:.0f} /s  {_verdict(create)}"
+    )
+    print(
+        f"CreateJob / add_job:   {_cell(vs_add['value'], '.2f'):>6} x   "
+        f"target >= {vs_add['target']:.0f} x      {_verdict(vs_add)}  (APScheduler 3, this run)"
     )
     cpu_pct = targets["get_job_vs_echo_cpu_pct"]["value"]
     print(f"(echo / GetJob server CPU per call: {_cell(cpu_pct, '.1f')} %, steadier than the calls/s ratio)")
@@ -358,6 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cronwire-bench-") as tmp, LoadProcess() as load:
         workdir = Path(tmp)
         phase_list = [run_echo(args, load, workdir), *run_cronwire(args, load, workdir)]
+        phase_list.append(run_add_job(args, workdir))
     loadavg_after = os.getloadavg()[0]
     phases = {phase.key: phase for phase in phase_list}
     targets = target_figures(phases)
