@@ -35,7 +35,14 @@ from cronwire_server.core.names import execution_name, job_name, parse_name
 from cronwire_server.core.planning import retry_due_time
 from cronwire_server.dispatcher import first_of
 from cronwire_server.executors.registry import REMOTE
-from cronwire_server.executors.runtime import RunOutcome, storable_outcome, storable_text
+from cronwire_server.executors.runtime import (
+    REFUSALS_BEFORE_STRIPPING,
+    STRIPPED,
+    RunOutcome,
+    after_refusal,
+    storable_outcome,
+    storable_text,
+)
 from cronwire_server.logs import run_fields
 from cronwire_server.storage import Store
 from cronwire_server.storage.base import ClaimedExecution, LeaseRenewal, RetryPlanner
@@ -137,6 +144,7 @@ class _Result:
     retry: RetryPlanner
     queued: float  # monotonic
     alone: bool = False  # written in a statement of its own (a batch that held it failed)
+    refusals: int = 0  # failed writes of it alone
 
 
 @dataclass
@@ -537,6 +545,16 @@ class RemoteWorkers:
                         loop_failed(error)
                         log.exception("recording %d remote results failed; retrying", len(items))
                         for item in items:
+                            if item.alone:
+                                item.refusals += 1
+                                tried = after_refusal(item.outcome, item.refusals, error)
+                                if tried is not item.outcome:
+                                    log.error(
+                                        STRIPPED,
+                                        REFUSALS_BEFORE_STRIPPING,
+                                        extra=run_fields(item.held.execution),
+                                    )
+                                    item.outcome = tried
                             item.alone = True
                         self._results.extend(self._kept(items))
                         await asyncio.sleep(RETRY_AFTER_ERROR)

@@ -43,12 +43,14 @@ from cronwire_server.executors.fence import Fence
 from cronwire_server.executors.registry import starts_processes
 from cronwire_server.executors.runners import Runners
 from cronwire_server.executors.runtime import (
+    REFUSALS_BEFORE_STRIPPING,
+    STRIPPED,
     RunOutcome,
     RunRequest,
+    after_refusal,
     parent_run,
     storable_outcome,
     storable_text,
-    without_produce,
 )
 from cronwire_server.lease_renewer import LeaseRenewer
 from cronwire_server.logs import run_fields, url_for_log
@@ -76,9 +78,6 @@ FINISH_BATCH = 256
 DRAIN_STOP_WITHIN = 15.0
 BLOCKED_POLL = 1.0
 RETRY_AFTER_ERROR = 1.0
-# Tries of an outcome the database refuses even alone (while it takes the others) before it is
-# written without what the job produced: those values are the likely cause, and the run must end.
-REFUSALS_BEFORE_STRIPPING = 3
 
 
 def worker_identity() -> str:
@@ -547,23 +546,12 @@ class WorkerPool:
         done: asyncio.Future[Execution | None],
         error: Exception,
     ) -> tuple[ClaimedExecution, RunOutcome, asyncio.Future[Execution | None]]:
-        """An outcome whose write alone failed, as it is to be tried again: after
-        REFUSALS_BEFORE_STRIPPING failures, without what the job produced."""
-        execution = claimed.execution
-        self._refusals[execution.id] += 1
-        if self._refusals[execution.id] != REFUSALS_BEFORE_STRIPPING:
-            return claimed, outcome, done
-        log.error(
-            "the database refused this run's outcome %d times; recording it without its output,"
-            " result and error",
-            REFUSALS_BEFORE_STRIPPING,
-            extra=run_fields(execution),
-        )
-        why = (
-            f"the run ended {outcome.state.name}, but its output, result and error could not be"
-            f" stored ({type(error).__name__}) and were dropped"
-        )
-        return claimed, without_produce(outcome, why), done
+        """An outcome whose write alone failed, as it is to be tried again (`after_refusal`)."""
+        self._refusals[claimed.execution.id] += 1
+        tried = after_refusal(outcome, self._refusals[claimed.execution.id], error)
+        if tried is not outcome:
+            log.error(STRIPPED, REFUSALS_BEFORE_STRIPPING, extra=run_fields(claimed.execution))
+        return claimed, tried, done
 
     async def _flush_output(self, running: _Running) -> None:
         chunk = running.take_output()

@@ -220,9 +220,25 @@ def storable_outcome(outcome: RunOutcome) -> RunOutcome:
     return dataclasses.replace(outcome, output=output, error=error, result=storable_json(outcome.result))
 
 
-def without_produce(outcome: RunOutcome, why: str) -> RunOutcome:
-    """`outcome` without what the job produced (its output, result and error text), which `why`
-    replaces as its error: the state, exit code and HTTP status stay."""
+# Tries of an outcome the database refuses even alone (while it takes the others) before it is
+# written without what the job produced: those values are the likely cause, and the run must end.
+REFUSALS_BEFORE_STRIPPING = 3
+STRIPPED = (
+    "the database refused this run's outcome %d times; recording it without its output, result and error"
+)
+
+
+def after_refusal(outcome: RunOutcome, refusals: int, error: Exception) -> RunOutcome:
+    """`outcome` as it is to be tried again once the database has refused it alone `refusals`
+    times (the last with `error`): at REFUSALS_BEFORE_STRIPPING, without what the job produced
+    (its output, result and error text), which a message replaces as its error; the state, exit
+    code and HTTP status stay."""
+    if refusals != REFUSALS_BEFORE_STRIPPING:
+        return outcome
+    why = (
+        f"the run ended {outcome.state.name}, but its output, result and error could not be"
+        f" stored ({type(error).__name__}) and were dropped"
+    )
     return dataclasses.replace(outcome, output="", output_truncated=False, result=None, error=why)
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from cronwire_server import remote_workers
 from cronwire_server.core.model import ExecutionState, Job
+from cronwire_server.executors.runtime import REFUSALS_BEFORE_STRIPPING
 from cronwire_server.remote_workers import Assignment, RemoteWorkers, Session
 from cronwire_server.storage.sql_store import SqlStore
 from cronwire_server.supervisor import Supervisor
@@ -131,3 +132,28 @@ async def test_a_result_the_database_refuses_does_not_hold_up_the_others(
     while await state_of(refused.id) is not ExecutionState.SUCCEEDED:
         assert time.monotonic() < deadline, "the refused result was not recorded once taken"
         await asyncio.sleep(0.02)
+
+
+async def test_a_result_refused_even_alone_ends_the_run_without_what_the_task_returned(
+    store: SqlStore, workers: RemoteWorkers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote_workers, "RETRY_AFTER_ERROR", 0.05)
+    await store.create_job(Job(namespace=NS, id="job", executor="remote", parameters={"queue": "q"}))
+    session = workers.open(identity="w", queues=["q"], tasks=[], namespaces=None, free=1)
+    refused = await store.run_job(NS, "job", {})
+    token = (await assigned(session)).claim.token
+    # The database refuses the run's outcome while it holds the task's result, however written.
+    finishes = RefusingFinishes(store, refused.id, refuses=lambda outcome: outcome.result is not None)
+    finishes.open.set()
+    monkeypatch.setattr(store, "finish_executions", finishes)
+    await workers.result(session, f"namespaces/{NS}/executions/{refused.id}", token, success={"ok": True})
+
+    deadline = time.monotonic() + 15
+    while (got := await store.get_execution(NS, refused.id)).end_time is None:
+        assert time.monotonic() < deadline, "the refused result was not recorded"
+        await asyncio.sleep(0.02)
+    # Written without what the task returned, saying so, within its lease: not LOST and run again.
+    assert (got.state, got.result) == (ExecutionState.SUCCEEDED, None)
+    assert "could not be stored (ValueError) and were dropped" in got.error
+    # Once in the first statement, then alone until it is written.
+    assert finishes.sizes == [1] * (REFUSALS_BEFORE_STRIPPING + 2)
