@@ -1,5 +1,5 @@
 """What job code produces, made storable on every backend (PostgreSQL holds no NUL in text or JSON,
-and no NaN or infinity in JSON)."""
+and no NaN or infinity in JSON) and sendable to every client (protobuf's numbers are doubles)."""
 
 from __future__ import annotations
 
@@ -57,3 +57,15 @@ def test_a_result_nested_deeper_than_the_api_can_return_is_omitted() -> None:
         "omitted": f"a result nested more than {MAX_RESULT_DEPTH} levels deep"
     }
     assert storable_json(nested(5000))["omitted"]  # no RecursionError, however deep
+
+
+def test_an_integer_no_double_holds_becomes_null() -> None:
+    largest = int(1.7976931348623157e308)  # the largest double, exactly
+    assert storable_json([largest, -largest, largest * 2, -(10**400), 2**53 + 1, True]) == [
+        largest,
+        -largest,
+        None,
+        None,
+        2**53 + 1,  # a double holds it approximately, as protobuf will send it
+        True,
+    ]

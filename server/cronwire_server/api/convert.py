@@ -15,6 +15,7 @@ from cronwire_server.core.errors import FieldViolation, InvalidArgument
 from cronwire_server.core.names import format_name, parse_name
 from cronwire_server.core.schedules import shown
 from cronwire_server.core.triggers import PreviewTime
+from cronwire_server.executors.runtime import storable_json
 
 # Enums: proto value <-> domain member. UNSPECIFIED maps to the documented default.
 
@@ -330,7 +331,7 @@ def execution_to_pb(execution: model.Execution) -> execution_pb2.Execution:
     if execution.http_status is not None:
         message.http_status = execution.http_status
     if execution.result is not None:
-        json_format.ParseDict(execution.result, message.result)
+        _set_result(message.result, execution.result)
     if execution.skip_reason is not None:
         message.skip_reason = _SKIP_PB[execution.skip_reason]
     if execution.state is model.ExecutionState.QUEUED and execution.trigger is model.ExecutionTrigger.RETRY:
@@ -686,6 +687,16 @@ def event_type_from_pb(value: int, field: str) -> model.EventType:
         return _EVENT_TYPE[value]
     except KeyError:
         raise InvalidArgument.field(field, f"unknown or unspecified event type {value}") from None
+
+
+def _set_result(message: struct_pb2.Value, result: Any) -> None:
+    """A run's result as protobuf. One stored before results were made storable that protobuf
+    cannot hold (an integer beyond a double's range) is sent as it would be stored now."""
+    try:
+        json_format.ParseDict(result, message)
+    except (OverflowError, json_format.ParseError):
+        message.Clear()
+        json_format.ParseDict(storable_json(result), message)
 
 
 def event_to_pb(event: model.Event) -> event_pb2.Event:

@@ -186,8 +186,9 @@ class _TooDeep(Exception):
 
 def storable_json(value: Any) -> Any:
     """A JSON value with its strings (keys too) through `storable_text`, and NaN and the
-    infinities, which JSON has not, as null (as JavaScript's JSON.stringify writes them); one
-    nested more than MAX_RESULT_DEPTH levels deep is replaced by `{"omitted": why}`."""
+    infinities, which JSON has not, as null (as JavaScript's JSON.stringify writes them), and so
+    an integer beyond a double's range (protobuf's numbers are doubles: no client could be sent
+    it); one nested more than MAX_RESULT_DEPTH levels deep is replaced by `{"omitted": why}`."""
     try:
         return _storable(value, 0)
     except _TooDeep:
@@ -199,6 +200,12 @@ def _storable(value: Any, depth: int) -> Any:
         return storable_text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, int):
+        try:
+            float(value)
+        except OverflowError:
+            return None
+        return value
     if isinstance(value, dict | list | tuple) and depth >= MAX_RESULT_DEPTH:
         raise _TooDeep
     if isinstance(value, dict):

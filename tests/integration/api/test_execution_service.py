@@ -10,11 +10,14 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf import json_format
 
 from cronwire.v1 import execution_pb2, execution_service_pb2, job_pb2, job_service_pb2
 from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
+from cronwire_server.app import RunningServer
+from cronwire_server.storage.sql_store import SqlStore
 from tests.integration.api.test_job_service import expect_error
 from tests.support import eventually
 
@@ -231,6 +234,42 @@ async def test_what_job_code_produces_that_no_database_holds_is_stored_and_later
     ]
     assert ended[0].output == "a\ufffdb\n"
     assert json_format.MessageToDict(ended[1].result) == {"a\ufffd": ["b\ufffd", "c\ufffd", 1.5]}
+
+
+async def test_a_number_too_large_for_a_double_is_stored_as_null(
+    jobs: JobServiceStub, executions: ExecutionServiceStub
+) -> None:
+    # JSON's numbers are unbounded and Python reads them exactly, but protobuf's are doubles: a
+    # result holding 10**400 was stored, and every read of its execution failed with INTERNAL.
+    huge, largest = "1" + "0" * 400, str(2**1023)
+    document = f'{{"huge": {huge}, "negative": -{huge}, "largest": {largest}, "in": [{huge}, 1]}}'
+    job = await make_job(
+        jobs, "huge", executor="python", parameters={"callable": "json:loads", "args": [document]}
+    )
+    ended = await wait_state(executions, (await run(jobs, job)).name, ENDED)
+    assert ended.state == execution_pb2.EXECUTION_STATE_SUCCEEDED, ended.error
+    result = json_format.MessageToDict(ended.result)
+    assert result == {"huge": None, "negative": None, "largest": float(2**1023), "in": [None, 1]}
+    listed = await executions.ListExecutions(execution_service_pb2.ListExecutionsRequest(parent=PARENT))
+    assert ended.name in [e.name for e in listed.executions]
+
+
+async def test_a_number_too_large_for_a_double_stored_before_is_read_as_null(
+    server: RunningServer, jobs: JobServiceStub, executions: ExecutionServiceStub
+) -> None:
+    # A row written before results were made storable still holds the number: reads send null.
+    job = await make_job(jobs, "noop", executor="noop")
+    ended = await wait_state(executions, (await run(jobs, job)).name, ENDED)
+    store = server.store
+    assert isinstance(store, SqlStore)
+    value = "CAST(:result AS jsonb)" if store.engine.dialect.name == "postgresql" else ":result"
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            sa.text(f"UPDATE executions SET result = {value} WHERE id = :id"),
+            {"result": '{"huge": 1' + "0" * 400 + ', "small": 2}', "id": ended.name.rsplit("/", 1)[1]},
+        )
+    got = await executions.GetExecution(execution_service_pb2.GetExecutionRequest(name=ended.name))
+    assert json_format.MessageToDict(got.execution.result) == {"huge": None, "small": 2}
 
 
 @pytest.mark.parametrize("depth", [32, 33, 900])
