@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 from google.protobuf import json_format
 
-from cronwire.v1 import execution_pb2, execution_service_pb2, job_pb2, job_service_pb2
+from cronwire.v1 import event_service_pb2, execution_pb2, execution_service_pb2, job_pb2, job_service_pb2
+from cronwire.v1.event_service_pb2_grpc import EventServiceStub
 from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire_server.app import RunningServer
@@ -237,10 +238,12 @@ async def test_what_job_code_produces_that_no_database_holds_is_stored_and_later
 
 
 async def test_a_number_too_large_for_a_double_is_stored_as_null(
-    jobs: JobServiceStub, executions: ExecutionServiceStub
+    jobs: JobServiceStub, executions: ExecutionServiceStub, events: EventServiceStub
 ) -> None:
     # JSON's numbers are unbounded and Python reads them exactly, but protobuf's are doubles: a
-    # result holding 10**400 was stored, and every read of its execution failed with INTERNAL.
+    # result holding 10**400 was stored, and every read of its execution failed with INTERNAL, and
+    # so did (on PostgreSQL) the stream of every watcher sent its end event.
+    watch = events.WatchEvents(event_service_pb2.WatchEventsRequest())
     huge, largest = "1" + "0" * 400, str(2**1023)
     document = f'{{"huge": {huge}, "negative": -{huge}, "largest": {largest}, "in": [{huge}, 1]}}'
     job = await make_job(
@@ -252,6 +255,15 @@ async def test_a_number_too_large_for_a_double_is_stored_as_null(
     assert result == {"huge": None, "negative": None, "largest": float(2**1023), "in": [None, 1]}
     listed = await executions.ListExecutions(execution_service_pb2.ListExecutionsRequest(parent=PARENT))
     assert ended.name in [e.name for e in listed.executions]
+    async with asyncio.timeout(10):
+        async for response in watch:
+            ends = [
+                e for e in response.events if e.execution.name == ended.name and e.execution.end_time.seconds
+            ]
+            if ends:
+                assert json_format.MessageToDict(ends[0].execution.result) == result
+                break
+    watch.cancel()
 
 
 async def test_a_number_too_large_for_a_double_stored_before_is_read_as_null(
