@@ -151,3 +151,8 @@ def cursor_of(execution: Execution) -> str:
 
 def ordered_newest_first(query: sa.Select[Any]) -> sa.Select[Any]:
     return query.order_by(executions.c.create_time.desc(), executions.c.id.desc())
+
+
+# Newest first, for `sql_paging.sized_page`; and what may make an execution large in a listing.
+NEWEST_FIRST = (("create_time", True), ("id", True))
+LARGE_COLUMNS = ("result", "arguments", "error")

@@ -52,6 +52,7 @@ from cronwire_server.storage import (
     sql_events,
     sql_kept_calendars,
     sql_logs,
+    sql_paging,
     sql_queue,
     sql_remote,
     sql_replicas,
@@ -99,6 +100,7 @@ from cronwire_server.storage.sql_engine import (
 from cronwire_server.storage.sql_jobs import (
     GET_JOB,
     GET_JOB_WITH_STATS,
+    JOB_LARGE_COLUMNS,
     JOBS_WITH_STATS,
     Key,
     raise_missing_or_changed,
@@ -108,6 +110,7 @@ from cronwire_server.storage.sql_reads import BatchedKeyReads, ReadConnection
 from cronwire_server.storage.sql_schedules import (
     GET_SCHEDULE,
     GET_SCHEDULE_WITH_STATS,
+    SCHEDULE_LARGE_COLUMNS,
     SCHEDULES_WITH_STATS,
     raise_schedule_conflict,
 )
@@ -486,18 +489,20 @@ class SqlStore:
         return recorded
 
     async def _page(
-        self, query: sa.Select[Any], id_column: sa.Column[Any], page: Page
+        self, query: sa.Select[Any], id_column: sa.Column[Any], page: Page, large: Sequence[str]
     ) -> tuple[Sequence[Row[Any]], str | None]:
-        """Keyset paging: the rows after the cursor in id order, and the next cursor if more follow.
+        """Keyset paging: the rows after the cursor in id order, cut by the size of their `large`
+        columns (`sql_paging`), and the next cursor if more follow.
 
         One row more than asked for tells whether more follow without a COUNT.
         """
         if page.after:
             query = query.where(id_column > page.after)
-        rows = await self._run(self._all, query.order_by(id_column).limit(page.size + 1))
-        if len(rows) <= page.size:
-            return rows, None
-        return rows[: page.size], str(rows[page.size - 1].id)
+        sized = sql_paging.sized_page(
+            query, ((id_column.name, False),), page.size, large, postgres=self._postgres
+        )
+        rows, more = sql_paging.kept(await self._run(self._all, sized), page.size)
+        return rows, str(rows[-1].id) if more else None
 
     # Jobs
 
@@ -525,7 +530,7 @@ class SqlStore:
         query = (JOBS_WITH_STATS if with_stats else sa.select(jobs)).where(jobs.c.namespace == namespace)
         if executor:
             query = query.where(jobs.c.executor == executor)
-        rows, next_after = await self._page(query, jobs.c.id, page)
+        rows, next_after = await self._page(query, jobs.c.id, page, JOB_LARGE_COLUMNS)
         to_job = job_with_stats if with_stats else job_from_record
         return Listing(items=[to_job(r._mapping) for r in rows], next_after=next_after)
 
@@ -587,7 +592,7 @@ class SqlStore:
         query = query.where(schedules.c.namespace == namespace)
         if job_id:
             query = query.where(schedules.c.job_id == job_id)
-        rows, next_after = await self._page(query, schedules.c.id, page)
+        rows, next_after = await self._page(query, schedules.c.id, page, SCHEDULE_LARGE_COLUMNS)
         to_schedule = schedule_with_stats if with_stats else schedule_from_record
         return Listing(items=[to_schedule(r._mapping) for r in rows], next_after=next_after)
 
@@ -1039,9 +1044,11 @@ class SqlStore:
         query = ex.filtered(namespace, where)
         if page.after:
             query = ex.after_cursor(query, page.after)
-        rows = await self._run(self._all, ex.ordered_newest_first(query).limit(page.size + 1))
-        items = rows_to_executions(rows[: page.size])
-        more = len(rows) > page.size
+        sized = sql_paging.sized_page(
+            query, ex.NEWEST_FIRST, page.size, ex.LARGE_COLUMNS, postgres=self._postgres
+        )
+        rows, more = sql_paging.kept(await self._run(self._all, sized), page.size)
+        items = rows_to_executions(rows)
         return Listing(items=items, next_after=ex.cursor_of(items[-1]) if more else None)
 
     async def cancel_execution(

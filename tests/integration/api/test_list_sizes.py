@@ -1,0 +1,109 @@
+"""Every list is paged by size as well as by count: a job's parameters may take 256 KiB and a run's
+result 1 MiB, so a page bounded by count alone could pass the size of a message the server sends
+(8 MiB by default), built whole before being refused. A page holds about 1 MiB of such values
+and at least one item; `next_page_token` goes on from its last."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sqlalchemy as sa
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from cronwire.v1 import (
+    execution_service_pb2,
+    job_service_pb2,
+    schedule_pb2,
+    schedule_service_pb2,
+)
+from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
+from cronwire.v1.job_service_pb2_grpc import JobServiceStub
+from cronwire.v1.schedule_service_pb2_grpc import ScheduleServiceStub
+from cronwire_server.app import RunningServer
+from cronwire_server.storage.sql_store import SqlStore
+from tests.integration.api.test_execution_service import ENDED, PARENT, make_job, run, wait_state
+
+LARGE = 300_000  # characters of one item's large value: a page takes items while it holds under 1 MiB: four
+
+
+async def store_large(server: RunningServer, table: str, column: str, value: Any, where: str) -> None:
+    """Give the rows of `table` matching `where` a large `column` (as job code or a caller could)."""
+    store = server.store
+    assert isinstance(store, SqlStore)
+    json_column = column != "description"
+    cast = "CAST(:value AS jsonb)" if json_column and store.engine.dialect.name == "postgresql" else ":value"
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            sa.text(f"UPDATE {table} SET {column} = {cast} WHERE {where}"),
+            {"value": json.dumps(value) if json_column else value},
+        )
+
+
+async def every_page(call: Callable[[str], Awaitable[Message]], field: str) -> list[list[Message]]:
+    """The pages of a list, each checked to be a bounded response."""
+    pages: list[list[Message]] = []
+    token = ""
+    while True:
+        page = await call(token)
+        assert page.ByteSize() <= 2 * 1024 * 1024
+        pages.append(list(getattr(page, field)))
+        token = page.next_page_token  # type: ignore[attr-defined]
+        if not token:
+            return pages
+
+
+async def test_executions_with_large_results(
+    server: RunningServer, jobs: JobServiceStub, executions: ExecutionServiceStub
+) -> None:
+    # 16 runs returning 600 KB each made a default page of 9.6 MB: the server built it whole and
+    # could not send it (RESOURCE_EXHAUSTED); a page of 1,000 such would have held a GiB.
+    job = await make_job(jobs, "large", executor="noop")
+    names = [(await run(jobs, job)).name for _ in range(16)]
+    for name in names:
+        await wait_state(executions, name, ENDED)
+    await store_large(server, "executions", "result", {"data": "x" * LARGE}, "job_id = 'large'")
+
+    async def page(token: str) -> Message:
+        request = execution_service_pb2.ListExecutionsRequest(
+            parent=PARENT, job=job, page_size=1000, page_token=token
+        )
+        return await executions.ListExecutions(request)
+
+    pages = await every_page(page, "executions")
+    listed = [e for p in pages for e in p]
+    assert sorted(e.name for e in listed) == sorted(names)
+    assert all(json_format.MessageToDict(e.result) == {"data": "x" * LARGE} for e in listed)
+    assert max(len(p) for p in pages) == 4
+
+
+async def test_jobs_and_schedules_with_large_documents(
+    server: RunningServer, jobs: JobServiceStub, schedules: ScheduleServiceStub
+) -> None:
+    job_names = [await make_job(jobs, f"big-{n}", executor="noop") for n in range(8)]
+    trigger = schedule_pb2.Trigger(cron=schedule_pb2.CronTrigger(expression="0 3 * * *"))
+    for n in range(8):
+        schedule = schedule_pb2.Schedule(job=job_names[0], trigger=trigger)
+        request = schedule_service_pb2.CreateScheduleRequest(
+            parent=PARENT, schedule_id=f"big-{n}", schedule=schedule
+        )
+        await schedules.CreateSchedule(request)
+    await store_large(server, "jobs", "description", "d" * LARGE, "id LIKE 'big-%'")
+    await store_large(server, "schedules", "arguments", {"a": "x" * LARGE}, "id LIKE 'big-%'")
+
+    async def job_page(token: str) -> Message:
+        request = job_service_pb2.ListJobsRequest(parent=PARENT, page_size=1000, page_token=token)
+        return await jobs.ListJobs(request)
+
+    async def schedule_page(token: str) -> Message:
+        request = schedule_service_pb2.ListSchedulesRequest(parent=PARENT, page_size=1000, page_token=token)
+        return await schedules.ListSchedules(request)
+
+    job_pages = await every_page(job_page, "jobs")
+    assert [j.name for p in job_pages for j in p] == sorted(job_names)
+    assert max(len(p) for p in job_pages) == 4
+    schedule_pages = await every_page(schedule_page, "schedules")
+    assert [s.name for p in schedule_pages for s in p] == [f"{PARENT}/schedules/big-{n}" for n in range(8)]
+    assert max(len(p) for p in schedule_pages) == 4
