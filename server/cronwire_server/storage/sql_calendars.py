@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -79,13 +79,6 @@ def get(conn: Connection, namespace: str, calendar_id: str) -> Calendar:
     if row is None:
         raise errors.NotFound("calendar", calendar_name(namespace, calendar_id))
     return calendar_from_record(row._mapping)
-
-
-def list_page(conn: Connection, namespace: str, after: str | None, size: int) -> Sequence[Row[Any]]:
-    query = sa.select(calendars).where(calendars.c.namespace == namespace)
-    if after:
-        query = query.where(calendars.c.id > after)
-    return conn.execute(query.order_by(calendars.c.id).limit(size + 1)).all()
 
 
 def of_namespace(conn: Connection, namespace: str) -> dict[str, Calendar]:

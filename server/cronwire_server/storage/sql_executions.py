@@ -153,6 +153,5 @@ def ordered_newest_first(query: sa.Select[Any]) -> sa.Select[Any]:
     return query.order_by(executions.c.create_time.desc(), executions.c.id.desc())
 
 
-# Newest first, for `sql_paging.sized_page`; and what may make an execution large in a listing.
+# Newest first, for `sql_paging.sized_page`.
 NEWEST_FIRST = (("create_time", True), ("id", True))
-LARGE_COLUMNS = ("result", "arguments", "error")

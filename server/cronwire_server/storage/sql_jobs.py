@@ -127,7 +127,3 @@ def raise_missing_or_changed(conn: Connection, table: sa.Table, key: Key) -> NoR
     if conn.execute(sa.select(table.c.etag).where(*key.match(table))).first() is not None:
         raise errors.EtagMismatch(key.kind, key.name)
     raise errors.NotFound(key.kind, key.name)
-
-
-# What may make a job large in a listing (`sql_paging.sized_page`).
-JOB_LARGE_COLUMNS = ("description", "parameters", "labels", "arguments_schema", "callback", "dependents")

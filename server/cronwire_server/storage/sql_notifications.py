@@ -16,7 +16,7 @@ Every replica may run every pass at once:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
@@ -48,7 +48,7 @@ from cronwire_server.core.checkins import CheckIn, PingKind
 from cronwire_server.core.deadlines import Candidate, misses
 from cronwire_server.core.model import DeadlineKind, DeadlineMiss, EventType, Listing, Page
 from cronwire_server.core.names import format_name, schedule_name
-from cronwire_server.storage import sql_creates, sql_events
+from cronwire_server.storage import sql_creates, sql_events, sql_paging
 from cronwire_server.storage.records import deadlines_from_json, trigger_from_json, trigger_to_json
 from cronwire_server.storage.sql_engine import database_now, unavailable_on_connection_errors
 from cronwire_server.storage.tables import (
@@ -446,9 +446,8 @@ class NotificationStore:
         query = sa.select(table).where(table.c.namespace == namespace)
         if page.after:
             query = query.where(table.c.id > page.after)
-        rows = conn.execute(query.order_by(table.c.id).limit(page.size + 1)).all()
-        items = [build(r._mapping) for r in rows[: page.size]]
-        more = len(rows) > page.size
+        rows, more = _sized(conn, query, (("id", False),), page)
+        items = [build(r._mapping) for r in rows]
         return Listing(items=items, next_after=items[-1].id if more else None)
 
     def _update(
@@ -773,9 +772,9 @@ class NotificationStore:
                 query = query.where(t.c.resolve_time.is_(None))
             if page.after:
                 query = query.where(t.c.seq < int(page.after))
-            rows = conn.execute(query.order_by(t.c.seq.desc()).limit(page.size + 1)).all()
-            items = [_incident(r._mapping) for r in rows[: page.size]]
-            return Listing(items, str(items[-1].seq) if len(rows) > page.size else None)
+            rows, more = _sized(conn, query, (("seq", True),), page)
+            items = [_incident(r._mapping) for r in rows]
+            return Listing(items, str(items[-1].seq) if more else None)
 
         return await self._run(work)
 
@@ -787,9 +786,9 @@ class NotificationStore:
                 query = query.where(t.c.route_id == route_id)
             if page.after:
                 query = query.where(t.c.seq < int(page.after))
-            rows = conn.execute(query.order_by(t.c.seq.desc()).limit(page.size + 1)).all()
-            items = [_delivery(r._mapping) for r in rows[: page.size]]
-            return Listing(items, str(items[-1].seq) if len(rows) > page.size else None)
+            rows, more = _sized(conn, query, (("seq", True),), page)
+            items = [_delivery(r._mapping) for r in rows]
+            return Listing(items, str(items[-1].seq) if more else None)
 
         return await self._run(work)
 
@@ -1383,3 +1382,12 @@ class NotificationStore:
             conn.execute(sa.delete(t).where(t.c.resolve_time < before))
 
         await self._run(work)
+
+
+def _sized(
+    conn: Connection, query: sa.Select[Any], order: Sequence[tuple[str, bool]], page: Page
+) -> tuple[Sequence[Row[Any]], bool]:
+    """A page of `query` bounded in bytes as well as in count (`sql_paging`), and whether more follow."""
+    postgres = conn.dialect.name == "postgresql"
+    rows = conn.execute(sql_paging.sized_page(query, order, page.size, postgres=postgres)).all()
+    return sql_paging.kept(rows, page.size)

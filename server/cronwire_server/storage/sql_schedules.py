@@ -37,7 +37,3 @@ def raise_schedule_conflict(error: exc.IntegrityError, schedule: Schedule) -> No
     if violated == "unique":
         raise errors.AlreadyExists("schedule", schedule_name(schedule.namespace, schedule.id)) from error
     raise error
-
-
-# What may make a schedule large in a listing (`sql_paging.sized_page`).
-SCHEDULE_LARGE_COLUMNS = ("description", "arguments", "trigger", "calendars", "pause_reason")

@@ -100,7 +100,6 @@ from cronwire_server.storage.sql_engine import (
 from cronwire_server.storage.sql_jobs import (
     GET_JOB,
     GET_JOB_WITH_STATS,
-    JOB_LARGE_COLUMNS,
     JOBS_WITH_STATS,
     Key,
     raise_missing_or_changed,
@@ -110,11 +109,11 @@ from cronwire_server.storage.sql_reads import BatchedKeyReads, ReadConnection
 from cronwire_server.storage.sql_schedules import (
     GET_SCHEDULE,
     GET_SCHEDULE_WITH_STATS,
-    SCHEDULE_LARGE_COLUMNS,
     SCHEDULES_WITH_STATS,
     raise_schedule_conflict,
 )
 from cronwire_server.storage.tables import (
+    calendars,
     executions,
     jobs,
     namespace_usage,
@@ -489,18 +488,16 @@ class SqlStore:
         return recorded
 
     async def _page(
-        self, query: sa.Select[Any], id_column: sa.Column[Any], page: Page, large: Sequence[str]
+        self, query: sa.Select[Any], id_column: sa.Column[Any], page: Page
     ) -> tuple[Sequence[Row[Any]], str | None]:
-        """Keyset paging: the rows after the cursor in id order, cut by the size of their `large`
-        columns (`sql_paging`), and the next cursor if more follow.
+        """Keyset paging: the rows after the cursor in id order, cut by their size
+        (`sql_paging`), and the next cursor if more follow.
 
         One row more than asked for tells whether more follow without a COUNT.
         """
         if page.after:
             query = query.where(id_column > page.after)
-        sized = sql_paging.sized_page(
-            query, ((id_column.name, False),), page.size, large, postgres=self._postgres
-        )
+        sized = sql_paging.sized_page(query, ((id_column.name, False),), page.size, postgres=self._postgres)
         rows, more = sql_paging.kept(await self._run(self._all, sized), page.size)
         return rows, str(rows[-1].id) if more else None
 
@@ -530,7 +527,7 @@ class SqlStore:
         query = (JOBS_WITH_STATS if with_stats else sa.select(jobs)).where(jobs.c.namespace == namespace)
         if executor:
             query = query.where(jobs.c.executor == executor)
-        rows, next_after = await self._page(query, jobs.c.id, page, JOB_LARGE_COLUMNS)
+        rows, next_after = await self._page(query, jobs.c.id, page)
         to_job = job_with_stats if with_stats else job_from_record
         return Listing(items=[to_job(r._mapping) for r in rows], next_after=next_after)
 
@@ -592,7 +589,7 @@ class SqlStore:
         query = query.where(schedules.c.namespace == namespace)
         if job_id:
             query = query.where(schedules.c.job_id == job_id)
-        rows, next_after = await self._page(query, schedules.c.id, page, SCHEDULE_LARGE_COLUMNS)
+        rows, next_after = await self._page(query, schedules.c.id, page)
         to_schedule = schedule_with_stats if with_stats else schedule_from_record
         return Listing(items=[to_schedule(r._mapping) for r in rows], next_after=next_after)
 
@@ -663,9 +660,9 @@ class SqlStore:
         return await self._run(self._read, sql_calendars.get, namespace, calendar_id)
 
     async def list_calendars(self, namespace: str, page: Page) -> Listing[Calendar]:
-        rows = await self._run(self._read, sql_calendars.list_page, namespace, page.after, page.size)
-        items = [calendar_from_record(r._mapping) for r in rows[: page.size]]
-        return Listing(items=items, next_after=items[-1].id if len(rows) > page.size else None)
+        query = sa.select(calendars).where(calendars.c.namespace == namespace)
+        rows, next_after = await self._page(query, calendars.c.id, page)
+        return Listing(items=[calendar_from_record(r._mapping) for r in rows], next_after=next_after)
 
     async def namespace_calendars(self, namespace: str) -> dict[str, Calendar]:
         return await self._run(self._read, sql_calendars.of_namespace, namespace)
@@ -1044,9 +1041,7 @@ class SqlStore:
         query = ex.filtered(namespace, where)
         if page.after:
             query = ex.after_cursor(query, page.after)
-        sized = sql_paging.sized_page(
-            query, ex.NEWEST_FIRST, page.size, ex.LARGE_COLUMNS, postgres=self._postgres
-        )
+        sized = sql_paging.sized_page(query, ex.NEWEST_FIRST, page.size, postgres=self._postgres)
         rows, more = sql_paging.kept(await self._run(self._all, sized), page.size)
         items = rows_to_executions(rows)
         return Listing(items=items, next_after=ex.cursor_of(items[-1]) if more else None)

@@ -9,16 +9,23 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 import sqlalchemy as sa
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from cronwire.v1 import (
+    calendar_pb2,
+    calendar_service_pb2,
+    checkin_pb2,
+    checkin_service_pb2,
     execution_service_pb2,
     job_service_pb2,
     schedule_pb2,
     schedule_service_pb2,
 )
+from cronwire.v1.calendar_service_pb2_grpc import CalendarServiceStub
+from cronwire.v1.checkin_service_pb2_grpc import CheckInServiceStub
 from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire.v1.schedule_service_pb2_grpc import ScheduleServiceStub
@@ -107,3 +114,36 @@ async def test_jobs_and_schedules_with_large_documents(
     schedule_pages = await every_page(schedule_page, "schedules")
     assert [s.name for p in schedule_pages for s in p] == [f"{PARENT}/schedules/big-{n}" for n in range(8)]
     assert max(len(p) for p in schedule_pages) == 4
+
+
+async def test_calendars_and_check_ins_with_large_documents(
+    server: RunningServer, channel: grpc.aio.Channel
+) -> None:
+    calendars, check_ins = CalendarServiceStub(channel), CheckInServiceStub(channel)
+    for n in range(8):
+        weekdays = calendar_pb2.Calendar(weekdays=[calendar_pb2.WEEKDAY_SUNDAY])
+        request = calendar_service_pb2.CreateCalendarRequest(
+            parent=PARENT, calendar_id=f"big-{n}", calendar=weekdays
+        )
+        await calendars.CreateCalendar(request)
+        spec = checkin_pb2.CheckIn()
+        spec.trigger.cron.expression = "0 2 * * *"
+        spec.grace.FromSeconds(600)
+        await check_ins.CreateCheckIn(
+            checkin_service_pb2.CreateCheckInRequest(parent=PARENT, check_in_id=f"big-{n}", check_in=spec)
+        )
+    await store_large(server, "calendars", "description", "d" * LARGE, "id LIKE 'big-%'")
+    await store_large(server, "check_ins", "description", "d" * LARGE, "id LIKE 'big-%'")
+
+    async def calendar_page(token: str) -> Message:
+        request = calendar_service_pb2.ListCalendarsRequest(parent=PARENT, page_size=1000, page_token=token)
+        return await calendars.ListCalendars(request)
+
+    async def check_in_page(token: str) -> Message:
+        request = checkin_service_pb2.ListCheckInsRequest(parent=PARENT, page_size=1000, page_token=token)
+        return await check_ins.ListCheckIns(request)
+
+    for call, field in ((calendar_page, "calendars"), (check_in_page, "check_ins")):
+        pages = await every_page(call, field)
+        assert len([item for page in pages for item in page]) == 8, field
+        assert max(len(page) for page in pages) == 4, field
