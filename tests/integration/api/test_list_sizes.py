@@ -49,15 +49,17 @@ async def store_large(server: RunningServer, table: str, column: str, value: Any
         )
 
 
-async def every_page(call: Callable[[str], Awaitable[Message]], field: str) -> list[list[Message]]:
-    """The pages of a list, each checked to be a bounded response."""
+async def every_page(
+    method: Callable[[Any], Awaitable[Any]], request: Callable[..., Message], field: str, **fields: Any
+) -> list[list[Message]]:
+    """The pages of a list (pages of up to 1,000 asked for), each checked to be a bounded response."""
     pages: list[list[Message]] = []
     token = ""
     while True:
-        page = await call(token)
+        page = await method(request(parent=PARENT, page_size=1000, page_token=token, **fields))
         assert page.ByteSize() <= 2 * 1024 * 1024
         pages.append(list(getattr(page, field)))
-        token = page.next_page_token  # type: ignore[attr-defined]
+        token = page.next_page_token
         if not token:
             return pages
 
@@ -65,21 +67,17 @@ async def every_page(call: Callable[[str], Awaitable[Message]], field: str) -> l
 async def test_executions_with_large_results(
     server: RunningServer, jobs: JobServiceStub, executions: ExecutionServiceStub
 ) -> None:
-    # 16 runs returning 600 KB each made a default page of 9.6 MB: the server built it whole and
-    # could not send it (RESOURCE_EXHAUSTED); a page of 1,000 such would have held a GiB.
+    # 16 runs returning 300 KB each made a default page of 4.8 MB, which a gRPC client refuses
+    # (RESOURCE_EXHAUSTED past 4 MiB); a page of 1,000 such would have been 300 MB, built whole.
     job = await make_job(jobs, "large", executor="noop")
     names = [(await run(jobs, job)).name for _ in range(16)]
     for name in names:
         await wait_state(executions, name, ENDED)
     await store_large(server, "executions", "result", {"data": "x" * LARGE}, "job_id = 'large'")
 
-    async def page(token: str) -> Message:
-        request = execution_service_pb2.ListExecutionsRequest(
-            parent=PARENT, job=job, page_size=1000, page_token=token
-        )
-        return await executions.ListExecutions(request)
-
-    pages = await every_page(page, "executions")
+    pages = await every_page(
+        executions.ListExecutions, execution_service_pb2.ListExecutionsRequest, "executions", job=job
+    )
     listed = [e for p in pages for e in p]
     assert sorted(e.name for e in listed) == sorted(names)
     assert all(json_format.MessageToDict(e.result) == {"data": "x" * LARGE} for e in listed)
@@ -100,18 +98,12 @@ async def test_jobs_and_schedules_with_large_documents(
     await store_large(server, "jobs", "description", "d" * LARGE, "id LIKE 'big-%'")
     await store_large(server, "schedules", "arguments", {"a": "x" * LARGE}, "id LIKE 'big-%'")
 
-    async def job_page(token: str) -> Message:
-        request = job_service_pb2.ListJobsRequest(parent=PARENT, page_size=1000, page_token=token)
-        return await jobs.ListJobs(request)
-
-    async def schedule_page(token: str) -> Message:
-        request = schedule_service_pb2.ListSchedulesRequest(parent=PARENT, page_size=1000, page_token=token)
-        return await schedules.ListSchedules(request)
-
-    job_pages = await every_page(job_page, "jobs")
+    job_pages = await every_page(jobs.ListJobs, job_service_pb2.ListJobsRequest, "jobs")
     assert [j.name for p in job_pages for j in p] == sorted(job_names)
     assert max(len(p) for p in job_pages) == 4
-    schedule_pages = await every_page(schedule_page, "schedules")
+    schedule_pages = await every_page(
+        schedules.ListSchedules, schedule_service_pb2.ListSchedulesRequest, "schedules"
+    )
     assert [s.name for p in schedule_pages for s in p] == [f"{PARENT}/schedules/big-{n}" for n in range(8)]
     assert max(len(p) for p in schedule_pages) == 4
 
@@ -135,15 +127,11 @@ async def test_calendars_and_check_ins_with_large_documents(
     await store_large(server, "calendars", "description", "d" * LARGE, "id LIKE 'big-%'")
     await store_large(server, "check_ins", "description", "d" * LARGE, "id LIKE 'big-%'")
 
-    async def calendar_page(token: str) -> Message:
-        request = calendar_service_pb2.ListCalendarsRequest(parent=PARENT, page_size=1000, page_token=token)
-        return await calendars.ListCalendars(request)
-
-    async def check_in_page(token: str) -> Message:
-        request = checkin_service_pb2.ListCheckInsRequest(parent=PARENT, page_size=1000, page_token=token)
-        return await check_ins.ListCheckIns(request)
-
-    for call, field in ((calendar_page, "calendars"), (check_in_page, "check_ins")):
-        pages = await every_page(call, field)
+    lists = (
+        (calendars.ListCalendars, calendar_service_pb2.ListCalendarsRequest, "calendars"),
+        (check_ins.ListCheckIns, checkin_service_pb2.ListCheckInsRequest, "check_ins"),
+    )
+    for method, request, field in lists:
+        pages = await every_page(method, request, field)
         assert len([item for page in pages for item in page]) == 8, field
         assert max(len(page) for page in pages) == 4, field
