@@ -36,8 +36,6 @@ from cronwire_server.core.planning import retry_due_time
 from cronwire_server.dispatcher import first_of
 from cronwire_server.executors.registry import REMOTE
 from cronwire_server.executors.runtime import (
-    REFUSALS_BEFORE_STRIPPING,
-    STRIPPED,
     RunOutcome,
     after_refusal,
     storable_outcome,
@@ -547,14 +545,9 @@ class RemoteWorkers:
                         for item in items:
                             if item.alone:
                                 item.refusals += 1
-                                tried = after_refusal(item.outcome, item.refusals, error)
-                                if tried is not item.outcome:
-                                    log.error(
-                                        STRIPPED,
-                                        REFUSALS_BEFORE_STRIPPING,
-                                        extra=run_fields(item.held.execution),
-                                    )
-                                    item.outcome = tried
+                                item.outcome = after_refusal(
+                                    item.outcome, item.refusals, error, item.held.execution
+                                )
                             item.alone = True
                         self._results.extend(self._kept(items))
                         await asyncio.sleep(RETRY_AFTER_ERROR)

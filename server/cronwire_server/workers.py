@@ -43,8 +43,6 @@ from cronwire_server.executors.fence import Fence
 from cronwire_server.executors.registry import starts_processes
 from cronwire_server.executors.runners import Runners
 from cronwire_server.executors.runtime import (
-    REFUSALS_BEFORE_STRIPPING,
-    STRIPPED,
     RunOutcome,
     RunRequest,
     after_refusal,
@@ -548,10 +546,8 @@ class WorkerPool:
     ) -> tuple[ClaimedExecution, RunOutcome, asyncio.Future[Execution | None]]:
         """An outcome whose write alone failed, as it is to be tried again (`after_refusal`)."""
         self._refusals[claimed.execution.id] += 1
-        tried = after_refusal(outcome, self._refusals[claimed.execution.id], error)
-        if tried is not outcome:
-            log.error(STRIPPED, REFUSALS_BEFORE_STRIPPING, extra=run_fields(claimed.execution))
-        return claimed, tried, done
+        refusals = self._refusals[claimed.execution.id]
+        return claimed, after_refusal(outcome, refusals, error, claimed.execution), done
 
     async def _flush_output(self, running: _Running) -> None:
         chunk = running.take_output()

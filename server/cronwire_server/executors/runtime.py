@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from cronwire_server.config import Settings
 from cronwire_server.core.errors import NotFound, StorageUnavailable
 from cronwire_server.core.model import Execution, ExecutionState
 from cronwire_server.core.names import job_name
+from cronwire_server.logs import run_fields
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_RESULT_DEPTH",
@@ -230,18 +234,20 @@ def storable_outcome(outcome: RunOutcome) -> RunOutcome:
 # Tries of an outcome the database refuses even alone (while it takes the others) before it is
 # written without what the job produced: those values are the likely cause, and the run must end.
 REFUSALS_BEFORE_STRIPPING = 3
-STRIPPED = (
-    "the database refused this run's outcome %d times; recording it without its output, result and error"
-)
 
 
-def after_refusal(outcome: RunOutcome, refusals: int, error: Exception) -> RunOutcome:
-    """`outcome` as it is to be tried again once the database has refused it alone `refusals`
-    times (the last with `error`): at REFUSALS_BEFORE_STRIPPING, without what the job produced
-    (its output, result and error text), which a message replaces as its error; the state, exit
-    code and HTTP status stay."""
+def after_refusal(outcome: RunOutcome, refusals: int, error: Exception, execution: Execution) -> RunOutcome:
+    """`execution`'s `outcome` as it is to be tried again once the database has refused it alone
+    `refusals` times (the last with `error`): at REFUSALS_BEFORE_STRIPPING, without what the job
+    produced (its output, result and error text), which a message replaces as its error; the
+    state, exit code and HTTP status stay."""
     if refusals != REFUSALS_BEFORE_STRIPPING:
         return outcome
+    log.error(
+        "the database refused this run's outcome %d times; recording it without its output, result and error",
+        refusals,
+        extra=run_fields(execution),
+    )
     why = (
         f"the run ended {outcome.state.name}, but its output, result and error could not be"
         f" stored ({type(error).__name__}) and were dropped"

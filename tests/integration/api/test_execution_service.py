@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-import sqlalchemy as sa
 from google.protobuf import json_format
 
 from cronwire.v1 import event_service_pb2, execution_pb2, execution_service_pb2, job_pb2, job_service_pb2
@@ -18,9 +17,8 @@ from cronwire.v1.event_service_pb2_grpc import EventServiceStub
 from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire_server.app import RunningServer
-from cronwire_server.storage.sql_store import SqlStore
 from tests.integration.api.test_job_service import expect_error
-from tests.support import eventually
+from tests.support import eventually, store_value
 
 PARENT = "namespaces/runs"
 T = TypeVar("T")
@@ -272,14 +270,8 @@ async def test_a_number_too_large_for_a_double_stored_before_is_read_as_null(
     # A row written before results were made storable still holds the number: reads send null.
     job = await make_job(jobs, "noop", executor="noop")
     ended = await wait_state(executions, (await run(jobs, job)).name, ENDED)
-    store = server.store
-    assert isinstance(store, SqlStore)
-    value = "CAST(:result AS jsonb)" if store.engine.dialect.name == "postgresql" else ":result"
-    async with store.engine.begin() as conn:
-        await conn.execute(
-            sa.text(f"UPDATE executions SET result = {value} WHERE id = :id"),
-            {"result": '{"huge": 1' + "0" * 400 + ', "small": 2}', "id": ended.name.rsplit("/", 1)[1]},
-        )
+    huge = {"huge": 10**400, "small": 2}
+    await store_value(server.store, "executions", "result", huge, f"id = '{ended.name.rsplit('/', 1)[1]}'")
     got = await executions.GetExecution(execution_service_pb2.GetExecutionRequest(name=ended.name))
     assert json_format.MessageToDict(got.execution.result) == {"huge": None, "small": 2}
 

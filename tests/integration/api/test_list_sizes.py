@@ -5,12 +5,10 @@ and at least one item; `next_page_token` goes on from its last."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import sqlalchemy as sa
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -30,23 +28,10 @@ from cronwire.v1.execution_service_pb2_grpc import ExecutionServiceStub
 from cronwire.v1.job_service_pb2_grpc import JobServiceStub
 from cronwire.v1.schedule_service_pb2_grpc import ScheduleServiceStub
 from cronwire_server.app import RunningServer
-from cronwire_server.storage.sql_store import SqlStore
 from tests.integration.api.test_execution_service import ENDED, PARENT, make_job, run, wait_state
+from tests.support import store_value
 
 LARGE = 300_000  # characters of one item's large value: a page takes items while it holds under 1 MiB: four
-
-
-async def store_large(server: RunningServer, table: str, column: str, value: Any, where: str) -> None:
-    """Give the rows of `table` matching `where` a large `column` (as job code or a caller could)."""
-    store = server.store
-    assert isinstance(store, SqlStore)
-    json_column = column != "description"
-    cast = "CAST(:value AS jsonb)" if json_column and store.engine.dialect.name == "postgresql" else ":value"
-    async with store.engine.begin() as conn:
-        await conn.execute(
-            sa.text(f"UPDATE {table} SET {column} = {cast} WHERE {where}"),
-            {"value": json.dumps(value) if json_column else value},
-        )
 
 
 async def every_page(
@@ -73,7 +58,7 @@ async def test_executions_with_large_results(
     names = [(await run(jobs, job)).name for _ in range(16)]
     for name in names:
         await wait_state(executions, name, ENDED)
-    await store_large(server, "executions", "result", {"data": "x" * LARGE}, "job_id = 'large'")
+    await store_value(server.store, "executions", "result", {"data": "x" * LARGE}, "job_id = 'large'")
 
     pages = await every_page(
         executions.ListExecutions, execution_service_pb2.ListExecutionsRequest, "executions", job=job
@@ -95,8 +80,8 @@ async def test_jobs_and_schedules_with_large_documents(
             parent=PARENT, schedule_id=f"big-{n}", schedule=schedule
         )
         await schedules.CreateSchedule(request)
-    await store_large(server, "jobs", "description", "d" * LARGE, "id LIKE 'big-%'")
-    await store_large(server, "schedules", "arguments", {"a": "x" * LARGE}, "id LIKE 'big-%'")
+    await store_value(server.store, "jobs", "description", "d" * LARGE, "id LIKE 'big-%'")
+    await store_value(server.store, "schedules", "arguments", {"a": "x" * LARGE}, "id LIKE 'big-%'")
 
     job_pages = await every_page(jobs.ListJobs, job_service_pb2.ListJobsRequest, "jobs")
     assert [j.name for p in job_pages for j in p] == sorted(job_names)
@@ -124,8 +109,8 @@ async def test_calendars_and_check_ins_with_large_documents(
         await check_ins.CreateCheckIn(
             checkin_service_pb2.CreateCheckInRequest(parent=PARENT, check_in_id=f"big-{n}", check_in=spec)
         )
-    await store_large(server, "calendars", "description", "d" * LARGE, "id LIKE 'big-%'")
-    await store_large(server, "check_ins", "description", "d" * LARGE, "id LIKE 'big-%'")
+    await store_value(server.store, "calendars", "description", "d" * LARGE, "id LIKE 'big-%'")
+    await store_value(server.store, "check_ins", "description", "d" * LARGE, "id LIKE 'big-%'")
 
     lists = (
         (calendars.ListCalendars, calendar_service_pb2.ListCalendarsRequest, "calendars"),

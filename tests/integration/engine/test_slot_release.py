@@ -12,6 +12,7 @@ import pytest
 
 from cronwire_server import workers
 from cronwire_server.core.model import Execution, ExecutionState, Job, Page
+from cronwire_server.executors.runtime import REFUSALS_BEFORE_STRIPPING
 from cronwire_server.storage.base import ExecutionFilter
 from cronwire_server.storage.sql_store import SqlStore
 from tests.support import RefusingFinishes, eventually, running_pool
@@ -22,6 +23,13 @@ NS = "slots"
 async def states(store: SqlStore) -> Counter[ExecutionState]:
     listed = await store.list_executions(NS, Page(size=100), ExecutionFilter())
     return Counter(e.state for e in listed.items)
+
+
+async def until_succeeded(store: SqlStore, count: int, what: str) -> None:
+    async def reached() -> bool:
+        return (await states(store))[ExecutionState.SUCCEEDED] == count
+
+    await eventually(reached, 15, what)
 
 
 async def test_a_run_gives_its_slot_back_before_its_outcome_is_written(
@@ -51,10 +59,7 @@ async def test_a_run_gives_its_slot_back_before_its_outcome_is_written(
 
         writes.set()
 
-        async def all_done() -> bool:
-            return (await states(store))[ExecutionState.SUCCEEDED] == 4
-
-        await eventually(all_done, 15, "every run to succeed once outcomes are written")
+        await until_succeeded(store, 4, "every run to succeed once outcomes are written")
 
 
 async def test_an_outcome_the_database_refuses_does_not_hold_up_the_others(
@@ -72,19 +77,13 @@ async def test_an_outcome_the_database_refuses_does_not_hold_up_the_others(
         await eventually(lambda: pool.running == 6, 15, "six runs to end and wait for their write")
         finishes.open.set()
 
-        async def others_done() -> bool:
-            return (await states(store))[ExecutionState.SUCCEEDED] == 5
-
-        await eventually(others_done, 15, "the five other outcomes to be written")
+        await until_succeeded(store, 5, "the five other outcomes to be written")
         assert finishes.sizes[0] == 6  # one batch first, then one outcome at a time
         assert (await states(store))[ExecutionState.RUNNING] == 1
         # Kept, not dropped: once the database takes it, it is written too.
         finishes.refusing = False
 
-        async def all_done() -> bool:
-            return (await states(store))[ExecutionState.SUCCEEDED] == 6
-
-        await eventually(all_done, 15, "the refused outcome to be written once it is taken")
+        await until_succeeded(store, 6, "the refused outcome to be written once it is taken")
 
 
 async def test_an_outcome_refused_even_alone_ends_the_run_without_what_the_job_produced(
@@ -112,12 +111,9 @@ async def test_an_outcome_refused_even_alone_ends_the_run_without_what_the_job_p
         assert (got.state, got.exit_code, got.result) == (ExecutionState.SUCCEEDED, 0, None)
         assert "could not be stored (ValueError) and were dropped" in got.error
         # Tried alone as many times as the worker gives it, then written without them.
-        assert finishes.sizes.count(1) >= workers.REFUSALS_BEFORE_STRIPPING
+        assert finishes.sizes.count(1) >= REFUSALS_BEFORE_STRIPPING
 
-        async def others_done() -> bool:
-            return (await states(store))[ExecutionState.SUCCEEDED] == 4
-
-        await eventually(others_done, 15, "every run to end")
+        await until_succeeded(store, 4, "every run to end")
 
 
 async def test_a_failing_live_output_write_does_not_lose_the_run(
