@@ -21,6 +21,7 @@ import grpc
 import sqlalchemy as sa
 from google.rpc import error_details_pb2, status_pb2
 
+from cronwire_server.executors.runners import Runners
 from cronwire_server.storage.tables import metadata
 from cronwire_server.supervisor import MAIN, Supervisor
 from cronwire_server.workers import WorkerPool
@@ -103,11 +104,11 @@ def statements_sent(store: Any) -> Iterator[list[str]]:
 
 
 @contextlib.asynccontextmanager
-async def running_pool(store: Any, slots: int) -> AsyncIterator[WorkerPool]:
+async def running_pool(store: Any, slots: int, runners: Runners | None = None) -> AsyncIterator[WorkerPool]:
     """A worker pool on `store` with its loops running, stopped as the server stops it."""
     stopping = asyncio.Event()
     supervisor = Supervisor(stopping)
-    pool = WorkerPool(store, slots=slots)
+    pool = WorkerPool(store, slots=slots, runners=runners)
     pool.start(supervisor, stopping)
     try:
         yield pool

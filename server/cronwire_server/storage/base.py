@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -64,13 +64,18 @@ class StartNow:
     for admission): inserted RUNNING with their due time as start time, and started by the pool's
     timer then, in a slot held for them. So a tick's start does not wait for a dispatch pass and
     its transaction at its due time, and the ticks of a steady stream are dispatched a batch at a
-    time."""
+    time.
+
+    Ticks of the jobs in `quick` (their runs give their slot back at once) are taken ahead beside
+    those, at most `quick_count`, and hold no slot while they wait: each takes one when due."""
 
     worker: str
     count: int
     lease: timedelta
     ahead: timedelta = timedelta(0)
     ahead_count: int = 0
+    quick: Container[tuple[str, str]] = frozenset()
+    quick_count: int = 0
 
 
 @dataclass(frozen=True)

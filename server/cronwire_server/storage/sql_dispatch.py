@@ -72,7 +72,7 @@ def dispatch(
             isouter=True,
         )
     horizon = now
-    if start is not None and start.ahead_count > 0:
+    if start is not None and start.ahead_count + start.quick_count > 0:
         # Ticks due within the pool's look-ahead are taken too (see `StartNow`), those of jobs
         # it may start without an admission decision, and no more than its room for them: each
         # schedule read costs its decoding.
@@ -81,7 +81,7 @@ def dispatch(
         # The horizon bounds every row, outside the OR: PostgreSQL reads the index up to a bound
         # only there, and read every schedule's entry when it sat inside.
         query = query.where(schedules.c.next_fire_time <= horizon, sa.or_(due_now, may_start)).limit(
-            _due_now_and(sa.and_(unpaused, due_now), start.ahead_count, limit)
+            _due_now_and(sa.and_(unpaused, due_now), start.ahead_count + start.quick_count, limit)
         )
     else:
         query = query.where(due_now).limit(limit)
@@ -96,6 +96,7 @@ def dispatch(
     to_start: dict[int, Job] = {}  # id() of a row -> its job
     room = start.count if start is not None else 0
     ahead_room = start.ahead_count if start is not None else 0
+    quick_room = start.quick_count if start is not None else 0
     for record in due:
         values = record._mapping
         schedule = schedule_from_record(values)
@@ -114,13 +115,19 @@ def dispatch(
         )
         chosen: list[dict[str, Any]] = []
         if ahead:
-            if not (
-                startable and not plan.cancel_running and _all_start(ticks, min(room, ahead_room), horizon)
-            ):
+            assert start is not None
+            # A quick job's ticks wait for their due time without a slot (see `StartNow`).
+            quick = (schedule.namespace, schedule.job_id) in start.quick
+            can_take = quick_room if quick else min(room, ahead_room)
+            if not (startable and not plan.cancel_running and _all_start(ticks, can_take, horizon)):
                 # Taken ahead only when the pool starts every tick itself at its due time; anything
                 # else (a skip, a serial turn, a limit to admit by) is decided when it is due.
                 continue
-            chosen, room, ahead_room = ticks, room - len(ticks), ahead_room - len(ticks)
+            chosen = ticks
+            if quick:
+                quick_room -= len(ticks)
+            else:
+                room, ahead_room = room - len(ticks), ahead_room - len(ticks)
         elif startable:
             for row in ticks:
                 if room > 0 and row["state"] == QUEUED and not row["serial"] and row["due_time"] <= now:

@@ -5,16 +5,21 @@ with no claim in between (their start is written by the dispatch's statement). T
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import ip_network
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
+from cronwire_server import quick_jobs
 from cronwire_server.core.model import (
     EventFilter,
     EventType,
@@ -25,6 +30,8 @@ from cronwire_server.core.model import (
     Schedule,
 )
 from cronwire_server.dispatcher import Dispatcher
+from cronwire_server.executors.address_policy import HttpPolicy
+from cronwire_server.executors.runners import Runners
 from cronwire_server.storage.base import ExecutionFilter, StartNow
 from cronwire_server.storage.sql_engine import sync_url
 from cronwire_server.storage.sql_store import SqlStore, open_store
@@ -106,9 +113,13 @@ async def test_ticks_start_in_the_dispatch_while_the_pool_has_room(store: SqlSto
             ]
 
 
-async def schedules_due_in(store: SqlStore, job: Job, offsets: list[timedelta]) -> list[str]:
-    """Schedules of `job` whose next tick is each offset from now, by the database's clock."""
-    await store.create_job(job)
+async def schedules_due_in(
+    store: SqlStore, job: Job, offsets: list[timedelta], *, new_job: bool = True
+) -> list[str]:
+    """Schedules of `job` (created first if `new_job`) whose next tick is each offset from now,
+    by the database's clock."""
+    if new_job:
+        await store.create_job(job)
     now = await store.now()
     names = []
     for n, offset in enumerate(offsets):
@@ -307,3 +318,130 @@ async def test_a_pass_with_nothing_due_reads_no_schedule_whatever_its_plan(
                 (read,) = counted
                 driver.rollback()
             assert read == 0, f"{mode}: {read} schedules read"
+
+
+@dataclass
+class Webhook:
+    """A local endpoint for http jobs: answers each call after a moment (two calls at once would
+    overlap), counting the calls in flight and the most at once; while `hold` is set a call waits
+    until `release` is."""
+
+    url: str = ""
+    calls: int = 0
+    in_flight: int = 0
+    most: int = 0
+    hold: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Answering(BaseHTTPRequestHandler):
+    webhook: Webhook
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        hook = self.webhook
+        with hook.lock:
+            hook.calls += 1
+            hook.in_flight += 1
+            hook.most = max(hook.most, hook.in_flight)
+        try:
+            if hook.hold.is_set():
+                hook.release.wait(30)
+            else:
+                time.sleep(0.005)
+        finally:
+            with hook.lock:
+                hook.in_flight -= 1
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Answering", (_Answering,), {"webhook": hook}))
+    hook.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield hook
+    hook.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+# http jobs may call this machine's loopback address here (the server's default refuses it).
+LOOPBACK = Runners(HttpPolicy(allowed_networks=(ip_network("127.0.0.0/8"),)))
+
+
+async def run_until_succeeded(store: SqlStore, job: Job, runs: int) -> None:
+    """Run `job` now `runs` times, through the pool's claims, and wait until each succeeded."""
+    for execution in [await store.run_job(NS, job.id, {}) for _ in range(runs)]:
+        await succeeded(store, execution.id)
+
+
+async def succeeded(store: SqlStore, execution_id: str) -> None:
+    deadline = time.monotonic() + 20
+    while (ran := await store.get_execution(NS, execution_id)).state is not ExecutionState.SUCCEEDED:
+        assert time.monotonic() < deadline, ran.state
+        await asyncio.sleep(0.02)
+
+
+async def test_ticks_of_a_quick_job_are_taken_ahead_beyond_the_slots_and_wait_for_one_when_due(
+    store: SqlStore, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job whose runs here end at once: ticks of it taken ahead hold no slot while they wait, so
+    # a pool of one slot takes six due together (by the slot rule alone it would take none: half
+    # its one free slot). When due, they take the slot one after another.
+    monkeypatch.setattr(quick_jobs, "QUICK_RUN", 5.0)  # quick on however slow a machine
+    job = Job(namespace=NS, id="quick", executor="http", parameters={"url": webhook.url})
+    await store.create_job(job)
+    async with running_pool(store, slots=1, runners=LOOPBACK) as pool:
+        dispatcher = Dispatcher(store, pool=pool, ahead=timedelta(seconds=20))
+        await run_until_succeeded(store, job, quick_jobs.QUICK_AFTER)
+        webhook.most = 0
+        ticks = await schedules_due_in(store, job, [timedelta(seconds=2)] * 6, new_job=False)
+        planned = await next_fire_times(store)
+        assert await dispatcher.run_once() == 6
+        taken = [e for e in await executions_of(store, job.id) if e.schedule_id]
+        assert sorted(e.schedule_id for e in taken) == sorted(ticks)
+        assert all(e.create_time is not None and e.create_time < e.scheduled_time for e in taken)
+        deadline = time.monotonic() + 20
+        while not all(e.state is ExecutionState.SUCCEEDED for e in taken):
+            assert time.monotonic() < deadline, [e.state for e in taken]
+            await asyncio.sleep(0.05)
+            taken = [e for e in await executions_of(store, job.id) if e.schedule_id]
+        for execution in taken:
+            assert execution.scheduled_time == planned[execution.schedule_id]
+            assert execution.start_time is not None
+            assert execution.start_time >= execution.scheduled_time
+        assert webhook.most == 1  # one slot: one call at a time
+
+
+async def test_a_quick_job_with_a_run_going_long_is_taken_ahead_only_as_the_slots_allow(
+    store: SqlStore, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A quick job's endpoint hangs: once its run has gone on longer than a quick run, its ticks
+    # are no longer taken ahead without a slot (they could wait behind it as long as it hangs).
+    monkeypatch.setattr(quick_jobs, "QUICK_RUN", 0.5)
+    job = Job(namespace=NS, id="hangs", executor="http", parameters={"url": webhook.url})
+    await store.create_job(job)
+    async with running_pool(store, slots=2, runners=LOOPBACK) as pool:
+        dispatcher = Dispatcher(store, pool=pool, ahead=timedelta(seconds=20))
+        await run_until_succeeded(store, job, quick_jobs.QUICK_AFTER)
+        webhook.hold.set()
+        calls = webhook.calls
+        hung = await store.run_job(NS, job.id, {})
+        deadline = time.monotonic() + 20
+        while webhook.calls == calls:  # the pool has called the endpoint: the run is going
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.6)  # longer than a quick run (the condition is time itself)
+        await schedules_due_in(store, job, [timedelta(seconds=5)] * 4, new_job=False)
+        # One slot free, half of it for ticks ahead: none.
+        assert await dispatcher.run_once() == 0
+        webhook.release.set()
+        await succeeded(store, hung.id)

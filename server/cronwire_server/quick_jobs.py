@@ -1,0 +1,66 @@
+"""Which jobs' runs end quickly in this worker pool: a tick of such a job taken ahead of its due
+time need not hold a slot while it waits, since the slot it takes when due is given back a
+moment later (see `WorkerPool.reserve`).
+
+A job is quick once its last runs here each ended within `QUICK_RUN` and no run of it has been
+going longer; one slower run, or one going long (a hung webhook), makes it slow again at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+# A run holding its slot no longer than this gives it back well within the look-ahead.
+QUICK_RUN = 0.05
+# Runs in a row that ended that quickly before a job counts as quick.
+QUICK_AFTER = 3
+# Jobs remembered; the least recently ended are forgotten first (then counted slow).
+REMEMBERED = 10_000
+
+JobKey = tuple[str, str]  # (namespace, job id)
+
+
+class QuickJobs:
+    """The runs going in one pool, by job, and each job's streak of quick runs."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._streaks: dict[JobKey, int] = {}
+        self._quick = 0  # jobs with a streak of QUICK_AFTER or more
+        self._going: dict[JobKey, dict[str, float]] = {}  # job -> run token -> began (monotonic)
+
+    def began(self, job: JobKey, token: str) -> None:
+        self._going.setdefault(job, {})[token] = self._clock()
+
+    def ended(self, job: JobKey, token: str) -> None:
+        going = self._going.get(job)
+        began = going.pop(token, None) if going is not None else None
+        if began is None:
+            return
+        if not going:
+            del self._going[job]
+        was = self._streaks.pop(job, 0)  # re-inserted last: the most recently ended
+        self._set(job, was + 1 if self._clock() - began <= QUICK_RUN else 0, was)
+        if len(self._streaks) > REMEMBERED:
+            forgotten = self._streaks.pop(next(iter(self._streaks)))
+            self._quick -= forgotten >= QUICK_AFTER
+
+    def _set(self, job: JobKey, streak: int, was: int) -> None:
+        self._streaks[job] = streak
+        self._quick += (streak >= QUICK_AFTER) - (was >= QUICK_AFTER)
+
+    def any(self) -> bool:
+        """Whether some job is quick, going runs aside."""
+        return self._quick > 0
+
+    def slow_runs(self) -> int:
+        """Runs going longer than a quick one would."""
+        since = self._clock() - QUICK_RUN
+        return sum(1 for runs in self._going.values() for began in runs.values() if began < since)
+
+    def __contains__(self, job: object) -> bool:
+        if not isinstance(job, tuple) or self._streaks.get(job, 0) < QUICK_AFTER:
+            return False
+        since = self._clock() - QUICK_RUN
+        return all(began >= since for began in self._going.get(job, {}).values())

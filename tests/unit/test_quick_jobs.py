@@ -1,0 +1,76 @@
+"""Which jobs a worker pool counts quick: those whose last runs each ended within QUICK_RUN, with
+no run of theirs going longer (their ticks taken ahead then hold no slot while they wait)."""
+
+from __future__ import annotations
+
+from cronwire_server import quick_jobs
+from cronwire_server.quick_jobs import QUICK_AFTER, QUICK_RUN, QuickJobs
+
+JOB = ("ns", "job")
+OTHER = ("ns", "other")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(jobs: QuickJobs, clock: Clock, job: tuple[str, str], token: str, seconds: float) -> None:
+    jobs.began(job, token)
+    clock.now += seconds
+    jobs.ended(job, token)
+
+
+def test_a_job_is_quick_after_enough_quick_runs_in_a_row_and_slow_again_after_one_slow_run() -> None:
+    clock = Clock()
+    jobs = QuickJobs(clock)
+    for n in range(QUICK_AFTER - 1):
+        run(jobs, clock, JOB, f"r{n}", QUICK_RUN / 2)
+        assert JOB not in jobs
+        assert not jobs.any()
+    run(jobs, clock, JOB, "last", QUICK_RUN)
+    assert JOB in jobs
+    assert jobs.any()
+    assert OTHER not in jobs
+    run(jobs, clock, JOB, "slow", QUICK_RUN * 2)
+    assert JOB not in jobs
+    assert not jobs.any()
+
+
+def test_a_run_going_longer_than_a_quick_one_makes_its_job_slow_until_it_ends() -> None:
+    clock = Clock()
+    jobs = QuickJobs(clock)
+    for n in range(QUICK_AFTER):
+        run(jobs, clock, JOB, f"r{n}", 0.0)
+    jobs.began(JOB, "hung")
+    jobs.began(OTHER, "other")
+    assert JOB in jobs  # just begun
+    assert jobs.slow_runs() == 0
+    clock.now += QUICK_RUN * 2
+    assert JOB not in jobs
+    assert jobs.slow_runs() == 2
+    jobs.ended(OTHER, "other")
+    assert jobs.slow_runs() == 1
+    jobs.ended(JOB, "hung")  # it ended slow: the streak starts again
+    assert JOB not in jobs
+    assert jobs.slow_runs() == 0
+    jobs.ended(JOB, "hung")  # a run ends once; told again, nothing changes
+    assert jobs.slow_runs() == 0
+
+
+def test_the_least_recently_run_jobs_are_forgotten_beyond_what_is_remembered(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(quick_jobs, "REMEMBERED", 3)
+    clock = Clock()
+    jobs = QuickJobs(clock)
+    names = [("ns", f"job-{n}") for n in range(4)]
+    for name in names:
+        for n in range(QUICK_AFTER):
+            run(jobs, clock, name, f"{name[1]}-{n}", 0.0)
+    assert names[0] not in jobs  # forgotten: counted slow again
+    assert all(name in jobs for name in names[1:])
+    for name in names[1:]:
+        run(jobs, clock, name, "slow", QUICK_RUN * 2)
+    assert not jobs.any()
