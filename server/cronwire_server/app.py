@@ -38,7 +38,7 @@ from cronwire.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-from cronwire_server import __version__
+from cronwire_server import __version__, collector
 from cronwire_server.api.calendar_service import CalendarService
 from cronwire_server.api.checkin_service import CheckInService, http_pinger
 from cronwire_server.api.cluster_service import ClusterService
@@ -437,6 +437,7 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     _keep_files_from_jobs(settings)
     running = await create_server(settings)
+    collector.settle()  # what start-up built lives as long as the process
     host = settings.listen.rsplit(":", 1)[0]
     files = tls_files(settings)
     transport = ("mutual TLS" if files.mutual else "TLS") if files.enabled else "plaintext"
