@@ -62,6 +62,7 @@ class LocalPool(Protocol):
         started: Sequence[ClaimedExecution],
         sent: float,
         clock: tuple[float, datetime] | None,
+        slotless: frozenset[str] = frozenset(),
     ) -> None: ...
 
 
@@ -119,11 +120,12 @@ class Dispatcher:
             started: tuple[ClaimedExecution, ...] = ()
             sent = time.monotonic()  # the leases are taken after this
             clock: tuple[float, datetime] | None = None
+            slotless: frozenset[str] = frozenset()
             try:
                 result = await self._store.dispatch_due(plan, limit=self._batch, start=start)
-                started, clock = result.started, result.clock
+                started, clock, slotless = result.started, result.clock, result.slotless
             finally:
-                pool.adopt(start, started, sent, clock)
+                pool.adopt(start, started, sent, clock, slotless)
         metrics.ticks_skipped(skipped)  # counted once the batch has committed
         return result
 

@@ -289,9 +289,10 @@ class WorkerPool:
         for any replica to dispatch when due).
 
         Ticks of quick jobs (whose runs here give their slot back at once, `QuickJobs`) are taken
-        ahead beside those, holding no slot while they wait: when due, each waits for a slot
-        before anything else the pool would start. Only while some slot turns over quickly (no
-        more slow runs going than slots), and at most `QUICK_AHEAD_PER_SLOT` per slot waiting."""
+        ahead beside those, and due now beyond the free slots, holding no slot while they wait:
+        when due, each waits for a slot before anything else the pool would start. Only while
+        some slot turns over quickly (no more slow runs going than slots), and at most
+        `QUICK_AHEAD_PER_SLOT` per slot waiting."""
         stopping = self._stopping
         if stopping is None or stopping.is_set() or self._max_running_per_namespace > 0:
             return None
@@ -312,22 +313,28 @@ class WorkerPool:
         started: Sequence[ClaimedExecution],
         sent: float,
         clock: tuple[float, datetime] | None = None,
+        slotless: frozenset[str] = frozenset(),
     ) -> None:
         """After the dispatch `start` was given to (sent at `sent`, monotonic) committed or failed:
         run what it started, each at its start time (told in monotonic time by the dispatch's
-        `clock`), and give back the slots it did not use."""
+        `clock`), those in `slotless` once they have a slot too, and give back the slots it did
+        not use."""
         self._reserved -= start.count
-        if self._begin(started, sent, clock) < start.count:
+        if self._begin(started, sent, clock, slotless) < start.count:
             self._slot_released()
 
     def _begin(
-        self, claimed: Sequence[ClaimedExecution], sent: float, clock: tuple[float, datetime] | None = None
+        self,
+        claimed: Sequence[ClaimedExecution],
+        sent: float,
+        clock: tuple[float, datetime] | None = None,
+        slotless: frozenset[str] = frozenset(),
     ) -> int:
         """Run claimed executions; the fence knows them (told in one write) before they start: safe
         until `sent` (when their leases were taken, monotonic) plus the safe margin. One whose
         start time is later than the database's time of `clock` (monotonic time, database time
-        read together) waits for it (taken ahead, see `StartNow`): without a slot if its job is
-        quick. Returns how many of them hold a slot."""
+        read together) waits for it (taken ahead, see `StartNow`); one in `slotless` waits for a
+        slot too, holding none meanwhile. Returns how many of them hold a slot."""
         if not claimed:
             return 0
         holding = len(claimed)
@@ -336,11 +343,15 @@ class WorkerPool:
         self._fence.begin_many((r.token, deadline, starts_processes(r.claimed.job.executor)) for r in runs)
         for running in runs:
             execution = running.claimed.execution
-            if clock is not None and execution.start_time is not None and execution.start_time > clock[1]:
+            waits = execution.id in slotless
+            if (
+                clock is not None
+                and execution.start_time is not None
+                and (waits or execution.start_time > clock[1])
+            ):
                 running.start_at = clock[0] + (execution.start_time - clock[1]).total_seconds()
                 running.clock = clock
-                job = running.claimed.job
-                if (job.namespace, job.id) in self._quick:
+                if waits:
                     running.slotless = True
                     self._waiting += 1
                     holding -= 1

@@ -47,8 +47,10 @@ class DispatchResult:
     queued: int  # executions queued
     skipped: int  # ticks recorded as SKIPPED
     more: bool  # the batch was full: more schedules may be due right now
-    # Executions started by the dispatch itself for the local worker pool (see `StartNow`).
+    # Executions started by the dispatch itself for the local worker pool (see `StartNow`), and
+    # the ids of those among them that hold no slot until they get one (quick jobs' ticks).
     started: tuple[ClaimedExecution, ...] = ()
+    slotless: frozenset[str] = frozenset()
     # The database's time the dispatch decided by, and this process's monotonic time when it had
     # read it: a run taken ahead of its due time starts `start_time - now` after that.
     clock: tuple[float, datetime] | None = None
@@ -67,7 +69,8 @@ class StartNow:
     time.
 
     Ticks of the jobs in `quick` (their runs give their slot back at once) are taken ahead beside
-    those, at most `quick_count`, and hold no slot while they wait: each takes one when due."""
+    those, and due now beyond `count`, at most `quick_count` in all; they hold no slot while they
+    wait (`DispatchResult.slotless`): each takes one when due and free."""
 
     worker: str
     count: int

@@ -94,6 +94,7 @@ def dispatch(
     advances: list[dict[str, Any]] = []
     cancel: list[tuple[str, str]] = []
     to_start: dict[int, Job] = {}  # id() of a row -> its job
+    slotless: set[int] = set()  # id() of those that take no slot until they get one (quick jobs')
     room = start.count if start is not None else 0
     ahead_room = start.ahead_count if start is not None else 0
     quick_room = start.quick_count if start is not None else 0
@@ -126,13 +127,23 @@ def dispatch(
             chosen = ticks
             if quick:
                 quick_room -= len(ticks)
+                slotless.update(id(row) for row in ticks)
             else:
                 room, ahead_room = room - len(ticks), ahead_room - len(ticks)
         elif startable:
+            assert start is not None
+            quick = (schedule.namespace, schedule.job_id) in start.quick
             for row in ticks:
-                if room > 0 and row["state"] == QUEUED and not row["serial"] and row["due_time"] <= now:
-                    chosen.append(row)
+                if row["state"] != QUEUED or row["serial"] or row["due_time"] > now:
+                    continue
+                if room > 0:
                     room -= 1
+                elif quick and quick_room > 0:  # beyond the free slots: it waits for one
+                    quick_room -= 1
+                    slotless.add(id(row))
+                else:
+                    continue
+                chosen.append(row)
         rows += ticks
         if chosen:
             assert start is not None
@@ -186,6 +197,7 @@ def dispatch(
         len(rows) - queued - len(started),
         more=len(due) == limit,
         started=tuple(ClaimedExecution(execution_from_row(r), to_start[id(r)]) for r in started),
+        slotless=frozenset(r["id"] for r in started if id(r) in slotless),
         clock=(read_at, checked),
     )
 

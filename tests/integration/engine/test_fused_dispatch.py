@@ -445,3 +445,34 @@ async def test_a_quick_job_with_a_run_going_long_is_taken_ahead_only_as_the_slot
         assert await dispatcher.run_once() == 0
         webhook.release.set()
         await succeeded(store, hung.id)
+
+
+async def test_ticks_of_a_quick_job_due_beyond_the_free_slots_start_in_the_dispatch_one_slot_at_a_time(
+    store: SqlStore, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Six ticks of a quick job due now, one slot: the dispatch starts all six itself (they wait
+    # for the slot in turn), none is queued for a claim; a slow job's would be, beyond the slot.
+    monkeypatch.setattr(quick_jobs, "QUICK_RUN", 5.0)
+    job = Job(namespace=NS, id="burst", executor="http", parameters={"url": webhook.url})
+    await store.create_job(job)
+    claimed: list[str] = []
+    claim = store.claim_executions
+
+    async def claim_and_note(*args: Any, **kwargs: Any) -> Any:
+        got = await claim(*args, **kwargs)
+        claimed.extend(c.execution.id for c in got)
+        return got
+
+    monkeypatch.setattr(store, "claim_executions", claim_and_note)
+    async with running_pool(store, slots=1, runners=LOOPBACK) as pool:
+        await run_until_succeeded(store, job, quick_jobs.QUICK_AFTER)
+        claimed.clear()
+        webhook.most = 0
+        await schedules_due_in(store, job, [timedelta(0)] * 6, new_job=False)
+        assert await Dispatcher(store, pool=pool).run_once() == 6
+        ticks = [e for e in await executions_of(store, job.id) if e.schedule_id]
+        assert len(ticks) == 6
+        for execution in ticks:
+            await succeeded(store, execution.id)
+        assert claimed == []
+        assert webhook.most == 1  # one slot: one call at a time
