@@ -470,7 +470,10 @@ async def test_ticks_of_a_quick_job_due_beyond_the_free_slots_start_in_the_dispa
         webhook.most = 0
         await schedules_due_in(store, job, [timedelta(0)] * 6, new_job=False)
         assert await Dispatcher(store, pool=pool).run_once() == 6
-        ticks = [e for e in await executions_of(store, job.id) if e.schedule_id]
+        # A schedule created after the time its tick was set to has its first tick due too,
+        # skipped (overlap) while the earlier one runs: what ran is the six.
+        made = [e for e in await executions_of(store, job.id) if e.schedule_id]
+        ticks = [e for e in made if e.state is not ExecutionState.SKIPPED]
         assert len(ticks) == 6
         for execution in ticks:
             await succeeded(store, execution.id)
