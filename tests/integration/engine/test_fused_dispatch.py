@@ -36,6 +36,8 @@ from cronwire_server.storage.base import ExecutionFilter, StartNow
 from cronwire_server.storage.sql_engine import sync_url
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.storage.tables import schedules
+from cronwire_server.supervisor import MAIN, Supervisor
+from cronwire_server.workers import WorkerPool
 from tests.support import running_pool
 
 NS = "fused"
@@ -479,3 +481,31 @@ async def test_ticks_of_a_quick_job_due_beyond_the_free_slots_start_in_the_dispa
             await succeeded(store, execution.id)
         assert claimed == []
         assert webhook.most == 1  # one slot: one call at a time
+
+
+async def test_a_pool_that_drains_puts_back_the_quick_jobs_ticks_waiting_for_their_time(
+    store: SqlStore, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ticks taken ahead without a slot, still waiting for their due time when the replica stops:
+    # put back in the queue for any replica, none left RUNNING under the stopped pool's lease.
+    monkeypatch.setattr(quick_jobs, "QUICK_RUN", 5.0)
+    job = Job(namespace=NS, id="later", executor="http", parameters={"url": webhook.url})
+    await store.create_job(job)
+    stopping = asyncio.Event()
+    supervisor = Supervisor(stopping)
+    pool = WorkerPool(store, slots=1, runners=LOOPBACK)
+    pool.start(supervisor, stopping)
+    try:
+        await run_until_succeeded(store, job, quick_jobs.QUICK_AFTER)
+        calls = webhook.calls
+        await schedules_due_in(store, job, [timedelta(seconds=30)] * 3, new_job=False)
+        assert await Dispatcher(store, pool=pool, ahead=timedelta(seconds=60)).run_once() == 3
+    finally:
+        stopping.set()
+        await supervisor.stop([MAIN], within=5)
+        await pool.drain(0.5)
+        await supervisor.stop(within=0)
+    waiting = [e for e in await executions_of(store, job.id) if e.schedule_id]
+    assert len(waiting) == 3
+    assert {e.state for e in waiting} == {ExecutionState.QUEUED}
+    assert webhook.calls == calls  # none of them ran
