@@ -104,8 +104,11 @@ def statements_sent(store: Any) -> Iterator[list[str]]:
 
 
 @contextlib.asynccontextmanager
-async def running_pool(store: Any, slots: int, runners: Runners | None = None) -> AsyncIterator[WorkerPool]:
-    """A worker pool on `store` with its loops running, stopped as the server stops it."""
+async def running_pool(
+    store: Any, slots: int, runners: Runners | None = None, grace: float = 5
+) -> AsyncIterator[WorkerPool]:
+    """A worker pool on `store` with its loops running, stopped as the server stops it (its runs
+    given `grace` seconds to end)."""
     stopping = asyncio.Event()
     supervisor = Supervisor(stopping)
     pool = WorkerPool(store, slots=slots, runners=runners)
@@ -115,7 +118,7 @@ async def running_pool(store: Any, slots: int, runners: Runners | None = None) -
     finally:
         stopping.set()
         await supervisor.stop([MAIN], within=5)
-        await pool.drain(5)
+        await pool.drain(grace)
         await supervisor.stop(within=0)  # the loops that run until cancelled
 
 

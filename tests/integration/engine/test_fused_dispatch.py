@@ -36,8 +36,6 @@ from cronwire_server.storage.base import ExecutionFilter, StartNow
 from cronwire_server.storage.sql_engine import sync_url
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.storage.tables import schedules
-from cronwire_server.supervisor import MAIN, Supervisor
-from cronwire_server.workers import WorkerPool
 from tests.support import running_pool
 
 NS = "fused"
@@ -379,9 +377,16 @@ def webhook() -> Iterator[Webhook]:
 LOOPBACK = Runners(HttpPolicy(allowed_networks=(ip_network("127.0.0.0/8"),)))
 
 
-async def run_until_succeeded(store: SqlStore, job: Job, runs: int) -> None:
-    """Run `job` now `runs` times, through the pool's claims, and wait until each succeeded."""
-    for execution in [await store.run_job(NS, job.id, {}) for _ in range(runs)]:
+async def http_job(store: SqlStore, webhook: Webhook, job_id: str) -> Job:
+    job = Job(namespace=NS, id=job_id, executor="http", parameters={"url": webhook.url})
+    await store.create_job(job)
+    return job
+
+
+async def made_quick(store: SqlStore, job: Job) -> None:
+    """Run `job` now as often as a pool needs to count it quick (through its claims), and wait
+    until each run succeeded."""
+    for execution in [await store.run_job(NS, job.id, {}) for _ in range(quick_jobs.QUICK_AFTER)]:
         await succeeded(store, execution.id)
 
 
@@ -399,11 +404,10 @@ async def test_ticks_of_a_quick_job_are_taken_ahead_beyond_the_slots_and_wait_fo
     # a pool of one slot takes six due together (by the slot rule alone it would take none: half
     # its one free slot). When due, they take the slot one after another.
     monkeypatch.setattr(quick_jobs, "QUICK_RUN", 5.0)  # quick on however slow a machine
-    job = Job(namespace=NS, id="quick", executor="http", parameters={"url": webhook.url})
-    await store.create_job(job)
+    job = await http_job(store, webhook, "quick")
     async with running_pool(store, slots=1, runners=LOOPBACK) as pool:
         dispatcher = Dispatcher(store, pool=pool, ahead=timedelta(seconds=20))
-        await run_until_succeeded(store, job, quick_jobs.QUICK_AFTER)
+        await made_quick(store, job)
         webhook.most = 0
         ticks = await schedules_due_in(store, job, [timedelta(seconds=2)] * 6, new_job=False)
         planned = await next_fire_times(store)
@@ -429,11 +433,10 @@ async def test_a_quick_job_with_a_run_going_long_is_taken_ahead_only_as_the_slot
     # A quick job's endpoint hangs: once its run has gone on longer than a quick run, its ticks
     # are no longer taken ahead without a slot (they could wait behind it as long as it hangs).
     monkeypatch.setattr(quick_jobs, "QUICK_RUN", 0.5)
-    job = Job(namespace=NS, id="hangs", executor="http", parameters={"url": webhook.url})
-    await store.create_job(job)
+    job = await http_job(store, webhook, "hangs")
     async with running_pool(store, slots=2, runners=LOOPBACK) as pool:
         dispatcher = Dispatcher(store, pool=pool, ahead=timedelta(seconds=20))
-        await run_until_succeeded(store, job, quick_jobs.QUICK_AFTER)
+        await made_quick(store, job)
         webhook.hold.set()
         calls = webhook.calls
         hung = await store.run_job(NS, job.id, {})
@@ -455,8 +458,7 @@ async def test_ticks_of_a_quick_job_due_beyond_the_free_slots_start_in_the_dispa
     # Six ticks of a quick job due now, one slot: the dispatch starts all six itself (they wait
     # for the slot in turn), none is queued for a claim; a slow job's would be, beyond the slot.
     monkeypatch.setattr(quick_jobs, "QUICK_RUN", 5.0)
-    job = Job(namespace=NS, id="burst", executor="http", parameters={"url": webhook.url})
-    await store.create_job(job)
+    job = await http_job(store, webhook, "burst")
     claimed: list[str] = []
     claim = store.claim_executions
 
@@ -467,7 +469,7 @@ async def test_ticks_of_a_quick_job_due_beyond_the_free_slots_start_in_the_dispa
 
     monkeypatch.setattr(store, "claim_executions", claim_and_note)
     async with running_pool(store, slots=1, runners=LOOPBACK) as pool:
-        await run_until_succeeded(store, job, quick_jobs.QUICK_AFTER)
+        await made_quick(store, job)
         claimed.clear()
         webhook.most = 0
         await schedules_due_in(store, job, [timedelta(0)] * 6, new_job=False)
@@ -489,22 +491,12 @@ async def test_a_pool_that_drains_puts_back_the_quick_jobs_ticks_waiting_for_the
     # Ticks taken ahead without a slot, still waiting for their due time when the replica stops:
     # put back in the queue for any replica, none left RUNNING under the stopped pool's lease.
     monkeypatch.setattr(quick_jobs, "QUICK_RUN", 5.0)
-    job = Job(namespace=NS, id="later", executor="http", parameters={"url": webhook.url})
-    await store.create_job(job)
-    stopping = asyncio.Event()
-    supervisor = Supervisor(stopping)
-    pool = WorkerPool(store, slots=1, runners=LOOPBACK)
-    pool.start(supervisor, stopping)
-    try:
-        await run_until_succeeded(store, job, quick_jobs.QUICK_AFTER)
+    job = await http_job(store, webhook, "later")
+    async with running_pool(store, slots=1, runners=LOOPBACK, grace=0.5) as pool:
+        await made_quick(store, job)
         calls = webhook.calls
         await schedules_due_in(store, job, [timedelta(seconds=30)] * 3, new_job=False)
         assert await Dispatcher(store, pool=pool, ahead=timedelta(seconds=60)).run_once() == 3
-    finally:
-        stopping.set()
-        await supervisor.stop([MAIN], within=5)
-        await pool.drain(0.5)
-        await supervisor.stop(within=0)
     waiting = [e for e in await executions_of(store, job.id) if e.schedule_id]
     assert len(waiting) == 3
     assert {e.state for e in waiting} == {ExecutionState.QUEUED}
