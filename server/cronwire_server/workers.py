@@ -176,8 +176,7 @@ class WorkerPool:
         # waiting for a slot (in the order they came due), which they get before any claim or
         # dispatch (see `_free`, `_grant`).
         self._waiting = 0
-        self._ready = 0
-        self._ready_queue: deque[tuple[asyncio.Future[None], _Running]] = deque()
+        self._ready: deque[tuple[asyncio.Future[None], _Running]] = deque()
         self._quick = QuickJobs()
         self._stopping: asyncio.Event | None = None
         # How long after a renewal was sent the run is safe: its lease is still this one's.
@@ -241,7 +240,7 @@ class WorkerPool:
 
     def _free(self) -> int:
         """Slots for new runs, after those that runs taken ahead and now due are waiting for."""
-        return self._open() - self._ready
+        return self._open() - len(self._ready)
 
     def _slot_released(self) -> None:
         self._slot_freed.set()
@@ -249,15 +248,16 @@ class WorkerPool:
 
     def _grant(self) -> None:
         """Give the slots open now to runs taken ahead that are due and wait for one, in turn."""
-        queue = self._ready_queue
-        while queue and self._open() > 0:
-            granted, running = queue.popleft()
-            if granted.done():  # cancelled: its run went on without a slot, to end
-                continue
+        while self._ready and self._open() > 0:
+            granted, running = self._ready.popleft()
+            self._holds_slot(running)
+            granted.set_result(None)
+
+    def _holds_slot(self, running: _Running) -> None:
+        """A run taken ahead without a slot counts as holding one from now on."""
+        if running.slotless:
             running.slotless = False
             self._waiting -= 1
-            self._ready -= 1
-            granted.set_result(None)
 
     async def _claim(self) -> int:
         free = self._free()
@@ -394,23 +394,19 @@ class WorkerPool:
     async def _take_slot(self, running: _Running) -> None:
         """A run taken ahead without a slot, now due: wait for one, before any claim or dispatch
         takes it (a cancelled run goes on at once, to end, counted as holding one meanwhile)."""
-        if not self._ready_queue and self._open() > 0:
-            running.slotless = False
-            self._waiting -= 1
+        if not self._ready and self._open() > 0:
+            self._holds_slot(running)
             return
-        granted = asyncio.get_running_loop().create_future()
-        self._ready_queue.append((granted, running))
-        self._ready += 1
+        waiter = (asyncio.get_running_loop().create_future(), running)
+        self._ready.append(waiter)
         cancelled = asyncio.ensure_future(running.cancel.wait())
         try:
-            await asyncio.wait({granted, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter[0], cancelled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             cancelled.cancel()
-            if not granted.done() or granted.cancelled():  # not given one: counted as holding one
-                granted.cancel()
-                self._ready -= 1
-                running.slotless = False
-                self._waiting -= 1
+            if not waiter[0].done():  # not given one: counted as holding one
+                self._ready.remove(waiter)
+                self._holds_slot(running)
 
     async def _idle_time(self) -> float:
         due, now = await self._store.next_due_time()
@@ -448,9 +444,7 @@ class WorkerPool:
                 self._running.pop(execution.id, None)
             if running.finishing:
                 self._finishing -= 1
-            if running.slotless:  # ended before it was due (cancelled, or the pool drained)
-                running.slotless = False
-                self._waiting -= 1
+            self._holds_slot(running)  # if it ended before it was due (cancelled, or drained)
             self._slot_released()
             metrics.execution_left(job.executor, recorded.name if recorded else None)
 

@@ -3,6 +3,8 @@ no run of theirs going longer (their ticks taken ahead then hold no slot while t
 
 from __future__ import annotations
 
+import pytest
+
 from cronwire_server import quick_jobs
 from cronwire_server.quick_jobs import QUICK_AFTER, QUICK_RUN, QuickJobs
 
@@ -61,7 +63,9 @@ def test_a_run_going_longer_than_a_quick_one_makes_its_job_slow_until_it_ends() 
     assert jobs.slow_runs() == 0
 
 
-def test_the_least_recently_run_jobs_are_forgotten_beyond_what_is_remembered(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_least_recently_run_jobs_are_forgotten_beyond_what_is_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(quick_jobs, "REMEMBERED", 3)
     clock = Clock()
     jobs = QuickJobs(clock)

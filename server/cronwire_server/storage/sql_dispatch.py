@@ -114,11 +114,10 @@ def dispatch(
             and values[f"{JOB_PREFIX}max_concurrency"] == 0
             and values[f"{JOB_PREFIX}executor"] != REMOTE
         )
+        # A quick job's ticks wait for their due time, or a free slot, without one (`StartNow`).
+        quick = start is not None and (schedule.namespace, schedule.job_id) in start.quick
         chosen: list[dict[str, Any]] = []
         if ahead:
-            assert start is not None
-            # A quick job's ticks wait for their due time without a slot (see `StartNow`).
-            quick = (schedule.namespace, schedule.job_id) in start.quick
             can_take = quick_room if quick else min(room, ahead_room)
             if not (startable and not plan.cancel_running and _all_start(ticks, can_take, horizon)):
                 # Taken ahead only when the pool starts every tick itself at its due time; anything
@@ -131,8 +130,6 @@ def dispatch(
             else:
                 room, ahead_room = room - len(ticks), ahead_room - len(ticks)
         elif startable:
-            assert start is not None
-            quick = (schedule.namespace, schedule.job_id) in start.quick
             for row in ticks:
                 if row["state"] != QUEUED or row["serial"] or row["due_time"] > now:
                     continue
