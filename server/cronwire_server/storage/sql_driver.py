@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.util import await_only
+
+if TYPE_CHECKING:
+    from cronwire_server.storage.sql_wire import Wire
 
 T = TypeVar("T")
 
@@ -69,13 +72,17 @@ def run_script(conn: Connection, statements: Sequence[str]) -> tuple[list[str], 
 
 
 class PreparedRead:
-    """A SELECT compiled once for `dialect` (PostgreSQL), sent prepared on the driver; its rows come
-    back as SQLAlchemy would map them (column keys, result types applied: the processors are made
-    once, at the first call, from the types the database reports)."""
+    """A SELECT compiled once for `dialect` (PostgreSQL), sent prepared on a `sql_wire.Wire`; its
+    rows come back as SQLAlchemy would map them (column keys, result types applied: the
+    processors are made once, at the first call, from the types the database reports)."""
 
     def __init__(self, statement: sa.Select[Any], dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
-        self.sql = str(compiled)
+        self.sql = str(compiled)  # as the statement hooks and logs show it
+        # The same with numbered placeholders, as the wire sends it, and their names in order.
+        numbered = statement.compile(dialect=cast(Any, type(dialect))(paramstyle="numeric_dollar"))
+        self._wire_sql = str(numbered).encode()
+        self._names = list(numbered.positiontup or ())
         self._literals = dict(compiled.params)  # the values bound in the statement itself
         self._dialect = dialect
         self._columns = [
@@ -83,13 +90,10 @@ class PreparedRead:
         ]
         self._processors: list[tuple[str, Callable[[Any], Any] | None]] | None = None
 
-    async def fetch_on(self, driver: Any, given: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Every row, read on `driver` (a psycopg AsyncConnection) from the event loop itself: no
-        pool, no greenlet. The caller reports the statement and translates errors."""
-        async with driver.cursor() as cursor:
-            await cursor.execute(self.sql, {**self._literals, **given}, prepare=True)
-            types = [] if self._processors is not None else [c.type_code for c in cursor.description]
-            rows = await cursor.fetchall()
+    async def fetch_on(self, wire: Wire, given: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every row, read on `wire`. The caller reports the statement and translates errors."""
+        params = {**self._literals, **given}
+        types, rows = await wire.fetch(self._wire_sql, [params[name] for name in self._names])
         return self._mapped(types, rows)
 
     def _mapped(self, types: list[int], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:

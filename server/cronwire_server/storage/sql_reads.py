@@ -5,7 +5,8 @@ round trip: a send and a wake-up of the event loop for the answer. Reads of one 
 arrive while another is in flight wait for it and then go together, as one prepared
 `WHERE (namespace, id) IN (SELECT unnest(...), unnest(...))`; a lone read goes at once, as the
 plain primary-key read, so nothing waits on a timer. They are sent on a connection of their own
-(`ReadConnection`), from the event loop itself: no pool checkout and no greenlet per read.
+(`ReadConnection`), from the event loop itself at the libpq level (`sql_wire`): no pool checkout,
+no greenlet and no cursor per read.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -22,6 +23,9 @@ from sqlalchemy.engine import Dialect, make_url
 from cronwire_server.core import errors
 from cronwire_server.storage.sql_creates import GroupCommit
 from cronwire_server.storage.sql_driver import PreparedRead
+
+if TYPE_CHECKING:
+    from cronwire_server.storage.sql_wire import Wire
 
 __all__ = ["BatchedKeyReads", "ReadConnection"]
 
@@ -80,17 +84,17 @@ class BatchedKeyReads:
 
 
 class ReadConnection:
-    """A PostgreSQL connection of the reads' own (psycopg, on the event loop). Batches of
-    different statements in flight together share it: psycopg sends them one after the other.
-    A broken connection is replaced at the next read, and a read that finds the connection it
-    had broken is tried once more on a new one (a read changes nothing); a read that cannot
-    reach the database raises StorageUnavailable, as the store's other calls do. The engine's
-    statement hooks see each read, as they see the store's other statements."""
+    """A PostgreSQL connection of the reads' own, sent to at the libpq level from the event loop
+    (`sql_wire.Wire`). Batches of different statements in flight together share it: they go one
+    after the other. A broken connection is replaced at the next read, and a read that finds the
+    connection it had broken is tried once more on a new one (a read changes nothing); a read
+    that cannot reach the database raises StorageUnavailable, as the store's other calls do. The
+    engine's statement hooks see each read, as they see the store's other statements."""
 
     def __init__(self, url: str, engine: sa.Engine) -> None:
         self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         self._engine = engine
-        self._conn: Any = None  # psycopg.AsyncConnection, made at the first read
+        self._wire: Wire | None = None  # made at the first read
         self._connecting = asyncio.Lock()
 
     async def fetch(self, read: PreparedRead, params: Mapping[str, Any]) -> list[Row]:
@@ -98,39 +102,42 @@ class ReadConnection:
 
         self._engine.dispatch.before_cursor_execute(None, None, read.sql, params, None, False)
         while True:
-            conn, fresh = await self._connection()
+            wire, fresh = await self._connection()
             try:
-                return await read.fetch_on(conn, params)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-                if not (conn.broken or conn.closed):
+                return await read.fetch_on(wire, params)
+            except psycopg.OperationalError as error:
+                if not wire.broken:
                     raise  # the statement failed, not the connection
-                await self._discard(conn)
+                await self._discard(wire)
                 if fresh:
                     raise _unavailable(error) from error
 
-    async def _connection(self) -> tuple[Any, bool]:
+    async def _connection(self) -> tuple[Wire, bool]:
         """The connection, and whether it was made for this read."""
         import psycopg
 
+        from cronwire_server.storage.sql_wire import Wire
+
         async with self._connecting:
-            if self._conn is not None and not (self._conn.broken or self._conn.closed):
-                return self._conn, False
+            if self._wire is not None and not self._wire.broken:
+                return self._wire, False
             try:
-                self._conn = await psycopg.AsyncConnection.connect(
+                conn = await psycopg.AsyncConnection.connect(
                     self._conninfo, autocommit=True, application_name="cronwire"
                 )
             except psycopg.Error as error:
                 raise _unavailable(error) from error
-            return self._conn, True
+            self._wire = Wire(conn)
+            return self._wire, True
 
-    async def _discard(self, conn: Any) -> None:
-        if self._conn is conn:
-            self._conn = None
-        await conn.close()
+    async def _discard(self, wire: Wire) -> None:
+        if self._wire is wire:
+            self._wire = None
+        await wire.close()
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._discard(self._conn)
+        if self._wire is not None:
+            await self._discard(self._wire)
 
 
 def _unavailable(error: Exception) -> errors.StorageUnavailable:
