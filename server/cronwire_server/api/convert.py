@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from cronwire.v1 import calendar_pb2, event_pb2, execution_pb2, job_pb2, schedule_pb2
+from cronwire_server.api.message_cache import MessageCache
 from cronwire_server.core import model
 from cronwire_server.core.calendars import WEEKDAY_NAMES
 from cronwire_server.core.errors import FieldViolation, InvalidArgument
@@ -242,7 +243,23 @@ def stats_to_pb(stats: model.ExecutionStats, out: execution_pb2.ExecutionStats) 
     out.deadlines_missed = stats.deadlines_missed
 
 
+# Jobs as converted, by version (see `message_cache`); statistics are set on each copy.
+_JOBS: MessageCache[job_pb2.Job] = MessageCache()
+
+
 def job_to_pb(job: model.Job) -> job_pb2.Job:
+    message = job_pb2.Job()
+    if job.etag:
+        _JOBS.copy((job.namespace, job.id, job.etag), lambda: _job_message(job), message)
+    else:
+        message.CopyFrom(_job_message(job))
+    if job.stats is not None:
+        stats_to_pb(job.stats, message.stats)
+    return message
+
+
+def _job_message(job: model.Job) -> job_pb2.Job:
+    """`job` as a message, without its statistics."""
     message = job_pb2.Job(
         name=format_name("job", job.namespace, job.id),
         description=job.description,
@@ -277,8 +294,6 @@ def job_to_pb(job: model.Job) -> job_pb2.Job:
         dict_to_struct(job.arguments_schema, message.arguments_schema)
     set_time(message.create_time, job.create_time)
     set_time(message.update_time, job.update_time)
-    if job.stats is not None:
-        stats_to_pb(job.stats, message.stats)
     return message
 
 

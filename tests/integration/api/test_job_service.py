@@ -203,6 +203,26 @@ async def test_update_with_mask_changes_only_the_named_fields(jobs: JobServiceSt
     assert updated.create_time == created.create_time
 
 
+async def test_get_shows_the_stored_version_after_checked_and_stored_updates(jobs: JobServiceStub) -> None:
+    created = await create(jobs, "shown", description="old")
+
+    async def shown() -> job_pb2.Job:
+        got = (await jobs.GetJob(job_service_pb2.GetJobRequest(name=created.name))).job
+        got.ClearField("stats")  # GetJob's own
+        return got
+
+    assert await shown() == created
+    # A checked update answers with the job it would store, and stores nothing.
+    checked = job_pb2.Job(name=created.name, description="checked", etag=created.etag)
+    answer = await jobs.UpdateJob(job_service_pb2.UpdateJobRequest(job=checked, validate_only=True))
+    assert answer.job.description == "checked"
+    assert await shown() == created
+    stored = job_pb2.Job(name=created.name, description="new", etag=created.etag)
+    updated = (await jobs.UpdateJob(job_service_pb2.UpdateJobRequest(job=stored))).job
+    assert updated.description == "new"
+    assert await shown() == updated
+
+
 async def test_update_without_mask_takes_the_set_fields(jobs: JobServiceStub) -> None:
     created = await create(jobs, "nomask", description="old", timeout="10s")
     change = json_format.ParseDict({"name": created.name, "timeout": "20s"}, job_pb2.Job())

@@ -238,10 +238,14 @@ async def test_completion_callback_is_signed_and_recorded(
 async def test_statistics_on_get_job(jobs: JobServiceStub, executions: ExecutionServiceStub) -> None:
     script = 'case "$CRONWIRE_ARGUMENTS" in *fail*) exit 1;; esac'
     job = await make_job(jobs, "counted", executor="shell", parameters={"argv": ["sh", "-c", script]})
+    before = (await jobs.GetJob(job_service_pb2.GetJobRequest(name=job))).job
+    assert before.stats.total == 0
     names = [(await run(jobs, job, arguments=arguments)).name for arguments in ({}, {}, {"fail": True})]
     for name in names:
         await wait_state(executions, name, ENDED)
-    stats = (await jobs.GetJob(job_service_pb2.GetJobRequest(name=job))).job.stats
+    after = (await jobs.GetJob(job_service_pb2.GetJobRequest(name=job))).job
+    assert after.etag == before.etag  # the same version of the job, with its new statistics
+    stats = after.stats
     assert (stats.total, stats.succeeded, stats.failed) == (3, 2, 1)
     assert stats.HasField("last_run_time")
     assert stats.HasField("p50_duration")
