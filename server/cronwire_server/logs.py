@@ -12,6 +12,8 @@ import json
 import logging
 import re
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,18 +55,49 @@ def url_for_log(url: str) -> str:
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    attributes = vars(record)
+    if attributes.keys() <= _STANDARD:  # most lines carry no fields: a set comparison in C
+        return {}
+    return {k: v for k, v in attributes.items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class _SecondsCache:
+    """The part of a time stamp above the millisecond, made once per second of log lines: every
+    line would otherwise format the same date and time again."""
+
+    def __init__(self, render: Callable[[int], str]) -> None:
+        self._render = render
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second, self._text = second, self._render(second)
+        return self._text
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (RFC 3339, UTC), level, logger, message, the record's
     extra fields, and the exception (traceback as one string) if any."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._seconds = _SecondsCache(
+            lambda second: datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        )
+
+    def _time(self, created: float) -> str:
+        """RFC 3339 in UTC, to the millisecond of the microsecond `created` rounds to."""
+        second = int(created)
+        micro = round((created - second) * 1_000_000)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        return f"{self._seconds(second)}.{micro // 1000:03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -85,6 +118,12 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+        self._seconds = _SecondsCache(
+            lambda second: time.strftime(self.default_time_format, self.converter(second))
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return f"{self._seconds(record.created)},{int(record.msecs):03d}"  # as logging's default
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
@@ -105,6 +144,12 @@ def configure(level: str | int = logging.INFO, log_format: str = "text") -> None
     """Send every logger's records to stderr in `log_format` ("text" or "json")."""
     if log_format not in FORMATS:
         raise ValueError(f"log format is one of {', '.join(FORMATS)}, not {log_format!r}")
+    # What a record would otherwise look up for every line, and no format here shows: the
+    # caller's file and line (a walk of the stack), the thread's and the process's names.
+    logging._srcfile = None  # the logging HOWTO's "Optimization"
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -118,6 +118,9 @@ class ReadConnection:
 
         from cronwire_server.storage.sql_wire import Wire
 
+        wire = self._wire
+        if wire is not None and not wire.broken:
+            return wire, False  # the usual case, without the lock
         async with self._connecting:
             if self._wire is not None and not self._wire.broken:
                 return self._wire, False
