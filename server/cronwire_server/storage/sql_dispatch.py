@@ -57,6 +57,10 @@ def _insert_ignoring_duplicate_ticks(conn: Connection, rows: list[dict[str, Any]
     return set(conn.execute(statement.returning(executions.c.id), rows).scalars())
 
 
+# Each job column and its label in a dispatch's read (`JOB_PREFIX`).
+_JOB_LABELS = [(c, f"{JOB_PREFIX}{c.name}") for c in jobs.c]
+
+
 def dispatch(
     conn: Connection, planner: Planner, limit: int, start: StartNow | None, now: datetime
 ) -> DispatchResult:
@@ -95,6 +99,7 @@ def dispatch(
     cancel: list[tuple[str, str]] = []
     to_start: dict[int, Job] = {}  # id() of a row -> its job
     slotless: set[int] = set()  # id() of those that take no slot until they get one (quick jobs')
+    decoded: dict[tuple[str, str], Job] = {}  # the jobs of the runs started, by (namespace, id)
     room = start.count if start is not None else 0
     ahead_room = start.ahead_count if start is not None else 0
     quick_room = start.quick_count if start is not None else 0
@@ -144,7 +149,10 @@ def dispatch(
         rows += ticks
         if chosen:
             assert start is not None
-            job = job_from_record({c.name: values[f"{JOB_PREFIX}{c.name}"] for c in jobs.c})
+            job_key = (schedule.namespace, schedule.job_id)
+            job = decoded.get(job_key)
+            if job is None:  # read once per batch with every schedule of it: decoded once
+                job = decoded[job_key] = job_from_record({c.name: values[label] for c, label in _JOB_LABELS})
             for row in chosen:
                 to_start[id(row)] = job
                 # A tick taken ahead starts at its due time, by the pool's timer. One due now
