@@ -91,23 +91,43 @@ class GroupCommit(Generic[T, R]):
     its own error, in order; an error it raises (the database unavailable) goes to every caller
     of the batch."""
 
-    def __init__(self, commit: Callable[[list[T]], Awaitable[Sequence[R | Exception]]]) -> None:
+    def __init__(
+        self, commit: Callable[[list[T]], Awaitable[Sequence[R | Exception]]], *, lead: bool = False
+    ) -> None:
         self._commit = commit
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._draining: asyncio.Task[None] | None = None
+        # With `lead`, the caller of an item submitted while no batch is in flight commits it at
+        # once in its own task, instead of a task made for it (a lone read costs a third less);
+        # items submitted meanwhile wait and then go together. Only for commits that a caller
+        # going away may interrupt (reads): the leader's batch is its own item alone.
+        self._lead = lead
+        self._leading = False
         # Items submitted and not answered yet: waiting, or in the batch being committed.
         self.pending = 0
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._draining is None:
-            self._draining = asyncio.create_task(self._drain())
         self.pending += 1
         try:
+            if self._draining is None and not self._leading:
+                if self._lead:
+                    await self._commit_leading()
+                else:
+                    self._draining = asyncio.create_task(self._drain())
             return await future
         finally:
             self.pending -= 1
+
+    async def _commit_leading(self) -> None:
+        self._leading = True
+        try:
+            await self._commit_batch(self._next_batch())  # its own item: nothing else waited
+        finally:
+            self._leading = False
+            if self._waiting:  # submitted meanwhile, or the leader went away
+                self._draining = asyncio.create_task(self._drain())
 
     def _next_batch(self) -> list[tuple[T, asyncio.Future[R]]]:
         batch: list[tuple[T, asyncio.Future[R]]] = []
@@ -123,24 +143,26 @@ class GroupCommit(Generic[T, R]):
         self._waiting = later
         return batch
 
+    async def _commit_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._commit([item for item, _ in batch])
+        except Exception as error:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():  # its caller went away: what it did stands
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
     async def _drain(self) -> None:
         try:
             while self._waiting:
-                batch = self._next_batch()
-                try:
-                    results = await self._commit([item for item, _ in batch])
-                except Exception as error:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():  # its caller went away: what it did stands
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+                await self._commit_batch(self._next_batch())
         finally:
             self._draining = None
 

@@ -64,7 +64,7 @@ class BatchedKeyReads:
         )
         self._many = PreparedRead(select.where(sa.tuple_(table.c.namespace, table.c.id).in_(_KEYS)), dialect)
         self._fetch = fetch
-        self._group: GroupCommit[_Key, Row | None] = GroupCommit(self._read)
+        self._group: GroupCommit[_Key, Row | None] = GroupCommit(self._read, lead=True)
 
     async def read(self, namespace: str, id: str) -> Row | None:
         return await self._group.submit(_Key(namespace, id))

@@ -84,15 +84,19 @@ async def test_statements_in_flight_together_each_get_their_own_rows_when_a_call
     await store.create_schedule(Schedule(namespace=NS, id="s", job_id="b", trigger=every))
     async with plain.begin() as locker, _watching(plain) as watcher:
         first = await _blocked_read(store, locker, watcher)
-        # Three more statements wait behind it on the one connection: each of another kind.
+        # More wait behind it: a read of the same kind, and statements of other kinds queued
+        # behind it on the one connection.
+        same = asyncio.create_task(store.get_job(NS, "b"))
         with_stats = asyncio.create_task(store.get_job(NS, "b", with_stats=True))
         scheduled = asyncio.create_task(store.get_schedule(NS, "s"))
-        await eventually(lambda: sum(r.pending for r in store._key_reads.values()) == 3, 10, "all sent")
+        await eventually(lambda: sum(r.pending for r in store._key_reads.values()) == 4, 10, "all sent")
         first.cancel()
         await locker.rollback()
     with pytest.raises(asyncio.CancelledError):
         await first
-    got_b, got_s = await asyncio.gather(with_stats, scheduled)
+    async with asyncio.timeout(30):  # left waiting for a batch nobody sends, they would never end
+        got_same, got_b, got_s = await asyncio.gather(same, with_stats, scheduled)
+    assert got_same.description == "B"
     assert (got_b.id, got_b.description, got_b.stats is not None) == ("b", "B", True)
     assert (got_s.id, got_s.job_id, got_s.trigger) == ("s", "b", every)
     # The row the cancelled read brought back went nowhere: the next reads are each their own.
