@@ -34,6 +34,7 @@ from cronwire_server.storage.records import execution_from_row, job_from_record,
 from cronwire_server.storage.sql_driver import json_document
 from cronwire_server.storage.sql_executions import (
     ACTIVE_STATES,
+    JOB_LABELS,
     JOB_PREFIX,
     QUEUED,
     RUNNING,
@@ -57,10 +58,6 @@ def _insert_ignoring_duplicate_ticks(conn: Connection, rows: list[dict[str, Any]
     return set(conn.execute(statement.returning(executions.c.id), rows).scalars())
 
 
-# Each job column and its label in a dispatch's read (`JOB_PREFIX`).
-_JOB_LABELS = [(c, f"{JOB_PREFIX}{c.name}") for c in jobs.c]
-
-
 def dispatch(
     conn: Connection, planner: Planner, limit: int, start: StartNow | None, now: datetime
 ) -> DispatchResult:
@@ -70,7 +67,7 @@ def dispatch(
     if start is not None:
         # The jobs come with the schedules: a run started at once needs its job, and whether
         # its start needs an admission decision (then it is queued as usual).
-        query = query.add_columns(*(c.label(f"{JOB_PREFIX}{c.name}") for c in jobs.c)).join(
+        query = query.add_columns(*(c.label(label) for c, label in JOB_LABELS)).join(
             jobs,
             sa.and_(jobs.c.namespace == schedules.c.namespace, jobs.c.id == schedules.c.job_id),
             isouter=True,
@@ -152,7 +149,7 @@ def dispatch(
             job_key = (schedule.namespace, schedule.job_id)
             job = decoded.get(job_key)
             if job is None:  # read once per batch with every schedule of it: decoded once
-                job = decoded[job_key] = job_from_record({c.name: values[label] for c, label in _JOB_LABELS})
+                job = decoded[job_key] = job_from_record({c.name: values[label] for c, label in JOB_LABELS})
             for row in chosen:
                 to_start[id(row)] = job
                 # A tick taken ahead starts at its due time, by the pool's timer. One due now

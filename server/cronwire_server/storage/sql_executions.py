@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from cronwire_server.core.model import Execution, ExecutionState, ExecutionTrigger, JsonObject, SkipReason
 from cronwire_server.storage.base import ExecutionFilter
 from cronwire_server.storage.sql_engine import PENDING_EVENTS
-from cronwire_server.storage.tables import executions
+from cronwire_server.storage.tables import executions, jobs
 
 QUEUED, RUNNING = ExecutionState.QUEUED.value, ExecutionState.RUNNING.value
 ACTIVE_STATES = (QUEUED, RUNNING)
@@ -30,6 +30,8 @@ LISTED_COLUMNS = [c for c in executions.c if c.name != "output"]
 # Prefix of a job's columns read with a schedule or an execution (the dispatch's and the
 # claim's joins).
 JOB_PREFIX = "job__"
+# Each job column and its label there.
+JOB_LABELS = [(c, f"{JOB_PREFIX}{c.name}") for c in jobs.c]
 
 
 def new_execution_id(now: datetime) -> str:

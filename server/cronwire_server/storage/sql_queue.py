@@ -36,6 +36,7 @@ from cronwire_server.storage.sql_callbacks import on_final, read_job, triggers
 from cronwire_server.storage.sql_driver import json_document, run_script
 from cronwire_server.storage.sql_engine import notify
 from cronwire_server.storage.sql_executions import (
+    JOB_LABELS,
     JOB_PREFIX,
     LISTED_COLUMNS,
     QUEUED,
@@ -337,7 +338,7 @@ def claim_batch(
     for values_ in rows:
         if values_["id"] is None:  # nothing started: the verdict's row alone
             continue
-        job = {c.name: values_[f"{JOB_PREFIX}{c.name}"] for c in jobs.c}
+        job = {c.name: values_[label] for c, label in JOB_LABELS}
         claimed.append(ClaimedExecution(execution_from_row(values_), job_from_record(job)))
     return claimed, restricted
 
