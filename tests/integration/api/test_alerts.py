@@ -22,7 +22,7 @@ import httpx
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
+from aiosmtpd.smtp import SMTP, AuthResult
 from google.protobuf import duration_pb2, field_mask_pb2
 
 import cronwire
@@ -341,6 +341,38 @@ class Mailbox:
         return "250 OK"
 
 
+class _SessionsSMTP(SMTP):
+    """aiosmtpd's server, telling its controller which connections are still open."""
+
+    def __init__(self, controller: _MailServer, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._controller = controller
+
+    def connection_made(self, transport: Any) -> None:
+        self._controller.open_sessions.add(self)  # called again after STARTTLS: a set
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self._controller.open_sessions.discard(self)
+
+
+class _MailServer(Controller):
+    """A threaded aiosmtpd server whose test waits for its connections to close before stopping
+    it: stopped with a connection still closing, aiosmtpd leaves the plain transport under a
+    STARTTLS session unclosed, and its ResourceWarning fails whichever test the collector runs in."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_sessions: set[SMTP] = set()
+
+    def factory(self) -> SMTP:
+        return _SessionsSMTP(self, self.handler, **self.SMTP_kwargs)
+
+    async def closed(self) -> None:
+        await eventually(lambda: not self.open_sessions, 10, "the SMTP connections closed")
+
+
 def _over_tls(server: Any, session: Any) -> bool:
     """After STARTTLS (the session's `ssl`) or on an implicit TLS connection (its transport's)."""
     return session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None
@@ -366,7 +398,7 @@ async def test_mail_over_starttls_reaches_a_real_smtp_server(
     monkeypatch.setenv("CRONWIRE_SECRET_SMTP_PASSWORD", "smtp-pass")
     mailbox = Mailbox()
     port = _free_port()
-    smtp = Controller(
+    smtp = _MailServer(
         mailbox,
         hostname="127.0.0.1",
         port=port,
@@ -395,6 +427,7 @@ async def test_mail_over_starttls_reaches_a_real_smtp_server(
         await _shell_job(api, "nightly", ["sh", "-c", "echo boom >&2; exit 3"])
         await _run_to_end(api, "nightly")
         await eventually(lambda: mailbox.messages, 20, "the mail")
+        await smtp.closed()
     finally:
         smtp.stop()
     envelope = mailbox.messages[0]
@@ -422,10 +455,10 @@ def _smtps_route(port: int) -> notification_pb2.EmailDestination:
     )
 
 
-def _smtps_server(mailbox: Mailbox, tls: ssl.SSLContext) -> Controller:
+def _smtps_server(mailbox: Mailbox, tls: ssl.SSLContext) -> _MailServer:
     """An SMTP server that speaks TLS from the first byte (SMTPS, port 465 style): no STARTTLS
     offered, the login taken over the implicit TLS connection only."""
-    return Controller(
+    return _MailServer(
         mailbox,
         hostname="127.0.0.1",
         port=_free_port(),
@@ -458,6 +491,7 @@ async def test_mail_over_smtps_reaches_a_real_smtp_server(
         )
         assert delivered
         record = (await _deliveries(api))[0]
+        await smtp.closed()
     finally:
         smtp.stop()
     assert mailbox.tls == [True]
@@ -496,6 +530,7 @@ async def test_an_smtp_password_quoted_by_the_server_is_masked_in_the_delivery(
             return found[0] if found and found[0].attempts >= 1 else None
 
         delivery = await eventually(attempted, 20, "a refused attempt")
+        await smtp.closed()
     finally:
         smtp.stop()
     assert mailbox.logins == [("cronwire", "smtp-pass", True)]
@@ -511,7 +546,7 @@ async def test_no_mail_and_no_password_without_the_starttls_the_route_requires(
     monkeypatch.setenv("CRONWIRE_SECRET_SMTP_PASSWORD", "smtp-pass")
     mailbox = Mailbox()
     port = _free_port()
-    smtp = Controller(mailbox, hostname="127.0.0.1", port=port, auth_require_tls=False)  # no TLS offered
+    smtp = _MailServer(mailbox, hostname="127.0.0.1", port=port, auth_require_tls=False)  # no TLS offered
     smtp.start()
     try:
         api = await api_of(database_url, allow_private_networks=True)
@@ -536,6 +571,7 @@ async def test_no_mail_and_no_password_without_the_starttls_the_route_requires(
             return found[0] if found and found[0].state == notification_pb2.DELIVERY_STATE_FAILED else None
 
         failed = await eventually(given_up, 20, "the delivery given up")
+        await smtp.closed()
     finally:
         smtp.stop()
     assert "STARTTLS is required" in failed.error
