@@ -104,3 +104,34 @@ def backend_pids(url: str) -> list[int]:
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         ).fetchall()
     return [int(r[0]) for r in rows]
+
+
+def reset_statements(url: str) -> bool:
+    """Zero pg_stat_statements' figures of this URL's database; False where the extension is not
+    loaded (it needs `shared_preload_libraries = pg_stat_statements`)."""
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute(
+                "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database"
+                " WHERE datname = current_database()), 0)"
+            )
+    except psycopg.Error:
+        return False
+    return True
+
+
+def top_statements(url: str, limit: int) -> list[dict[str, Any]]:
+    """The statements of this URL's database that took PostgreSQL the most time since the reset
+    (statements that triggers and functions ran included, so times nest)."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT calls, rows, total_exec_time, wal_bytes, regexp_replace(query, '\\s+', ' ', 'g')"
+            " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
+            " WHERE datname = current_database()) ORDER BY total_exec_time DESC LIMIT %s",
+            (limit,),
+        ).fetchall()
+    return [
+        {"calls": calls, "rows": n, "ms": float(ms), "wal_bytes": int(wal), "query": query}
+        for calls, n, ms, wal, query in rows
+    ]

@@ -56,7 +56,9 @@ from scheduler_db import (
     Executions,
     backend_pids,
     read_executions,
+    reset_statements,
     seed_schedules,
+    top_statements,
     wait_until_ended,
 )
 from servers import ServerFailed, ServerProcess, cpu_seconds, rss_bytes
@@ -133,6 +135,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="",
         metavar="PARTS",
         help="comma-separated parts not to run: burst, paced, startup, baseline",
+    )
+    parser.add_argument(
+        "--statements",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the N statements that took PostgreSQL the most time in each cronwire run "
+        "(pg_stat_statements, which the PostgreSQL server must preload)",
     )
     parser.add_argument(
         "--profile",
@@ -224,6 +234,8 @@ class Run:
     sql: dict[str, float] = field(default_factory=dict)
     # Bytes PostgreSQL wrote to its WAL over the same window (`scheduler_db.wal_position`).
     wal_bytes: int | None = None
+    # --statements: the statements that took PostgreSQL the most time over the same window.
+    statements: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""
 
     def cpu_pct(self) -> dict[str, float]:
@@ -296,6 +308,7 @@ class Run:
             "waited_for_cpu_pct": {k: _round(v, 1) for k, v in self.wait_pct().items()},
             "window_s": _round(self.window_s, 3),
             "create_schedules_per_s": _round(self.create_per_s, 1),
+            "statements": self.statements,
             "note": self.note,
         }
 
@@ -550,6 +563,9 @@ def _wait_and_measure(
     last_tick: datetime,
 ) -> None:
     sleep_until(fire_at - timedelta(seconds=0.3))
+    if args.statements and not reset_statements(url):
+        progress("--statements: pg_stat_statements is not loaded by this PostgreSQL server")
+        args.statements = 0
     sent_before = sql_sent(metrics_ports)
     wal_before = wal_position(url)
     meter = CpuMeter({"scheduler": [s.pid for s in servers], "postgres": backend_pids(url)})
@@ -562,6 +578,8 @@ def _wait_and_measure(
     # A scrape costs the statements of one queue read: a handful against thousands.
     sent_after = sql_sent(metrics_ports)
     run.sql = {k: v - sent_before[k] for k, v in sent_after.items()}
+    if args.statements:
+        run.statements = top_statements(url, args.statements)
     if ended < run.expected:
         run.note = f"only {ended} of {run.expected} executions ended within {timeout:.0f} s"
     fill_from_cronwire(run, read_executions(url))
@@ -869,6 +887,16 @@ def print_report(
             f"{_cell(sql.get('statements'), '.2f'):>8}{_cell(sql.get('round_trips'), '.2f'):>7}"
             f"{_cell(run.wal_kib_per_run(), '.2f'):>8}  {'; '.join(notes)}"
         )
+    for run in runs:
+        if run.statements:
+            started = max(len(run.lags_ms), 1)
+            print()
+            print(f"{run.label}: the statements that took PostgreSQL the most time (per run: ms, KiB of WAL)")
+            for s in run.statements:
+                print(
+                    f"  {s['calls']:>7} calls {s['rows']:>7} rows {s['ms'] / started:>7.3f} ms"
+                    f" {s['wal_bytes'] / 1024 / started:>6.2f} KiB  {s['query'][:100]}"
+                )
     print()
     print(
         f"Start-up: spawn -> serving, fastest of {args.startup_repeats}; net: less the time it waited "
