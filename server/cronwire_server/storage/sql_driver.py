@@ -1,8 +1,9 @@
 """Hot PostgreSQL statements sent on the driver (psycopg) directly, past SQLAlchemy's execution
 machinery: several statements in one round trip (the claim's admission, which needs a lock taken
-before a statement's snapshot), and primary-key reads built once (GetJob and the like, sent on
-the reads' own connection, see `sql_reads`), whose per-call cost is otherwise mostly
-SQLAlchemy's. Both are reported to the engine's statement hooks like any other statement."""
+before a statement's snapshot), and statements built once and sent prepared on connections of
+their own (`sql_wire`): primary-key reads (GetJob and the like, see `sql_reads`), plain claims
+and finishes, and the events' numbering, whose per-call cost is otherwise mostly SQLAlchemy's.
+All are reported to the engine's statement hooks like any other statement."""
 
 from __future__ import annotations
 
@@ -71,12 +72,13 @@ def run_script(conn: Connection, statements: Sequence[str]) -> tuple[list[str], 
     return _on_driver(conn, script, send)
 
 
-class PreparedRead:
-    """A SELECT compiled once for `dialect` (PostgreSQL), sent prepared on a `sql_wire.Wire`; its
-    rows come back as SQLAlchemy would map them (column keys, result types applied: the
+class PreparedStatement:
+    """A statement with typed result columns (a SELECT, or a textual statement given its
+    `.columns()`) compiled once for `dialect` (PostgreSQL), sent prepared on a `sql_wire.Wire`;
+    its rows come back as SQLAlchemy would map them (column keys, result types applied: the
     processors are made once, at the first call, from the types the database reports)."""
 
-    def __init__(self, statement: sa.Select[Any], dialect: Dialect) -> None:
+    def __init__(self, statement: sa.Select[Any] | sa.TextualSelect, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)  # as the statement hooks and logs show it
         # The same with numbered placeholders, as the wire sends it, and their names in order.

@@ -155,8 +155,11 @@ def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
 
 
 # PostgreSQL: the sequencer's lock, the numbering and the NOTIFY of the replicas, in one call of
-# the function migration 0017 made (one statement, one round trip, prepared).
-_NUMBER_PENDING = sa.text("SELECT cronwire_number_events(:limit)")
+# the function migration 0017 made (one statement, one round trip, prepared; the store sends it on
+# a connection of its own, `sql_wire.WireConnection`).
+NUMBER_PENDING = sa.text("SELECT cronwire_number_events(:limit) AS numbered").columns(
+    sa.column("numbered", sa.Integer())
+)
 
 
 def sequence_pending(conn: Connection, limit: int) -> int:
@@ -169,7 +172,7 @@ def sequence_pending(conn: Connection, limit: int) -> int:
     own); on SQLite it must. Returns how many were numbered.
     """
     if conn.dialect.name == "postgresql":
-        return int(conn.execute(_NUMBER_PENDING, {"limit": limit}).scalar_one())
+        return int(conn.execute(NUMBER_PENDING, {"limit": limit}).scalar_one())
     base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.sequence), 0))).scalar_one()
     pending = (
         sa.select(events.c.id, sa.func.row_number().over(order_by=events.c.id).label("n"))

@@ -331,8 +331,19 @@ def claim_batch(
         names, values = run_script(conn, [_ADMISSION_LOCK, claim])
         rows: list[Mapping[Any, Any]] = [_converted(dict(zip(names, row, strict=True))) for row in values]
     else:
-        result = conn.execute(CLAIM_BATCH, {"limit": limit, "worker": worker, "lease": lease}).all()
+        result = conn.execute(CLAIM_BATCH, claim_params(worker, limit, lease)).all()
         rows = [row._mapping for row in result]
+    return claimed_from(rows)
+
+
+def claim_params(worker: str, limit: int, lease: timedelta) -> dict[str, Any]:
+    """CLAIM_BATCH's parameters."""
+    return {"limit": limit, "worker": worker, "lease": lease}
+
+
+def claimed_from(rows: Sequence[Mapping[Any, Any]]) -> tuple[list[ClaimedExecution], bool]:
+    """A claim's rows (CLAIM_BATCH's columns) as the executions it started, and whether it saw
+    candidates needing an admission decision."""
     restricted = bool(rows[0]["restricted"])
     claimed = []
     for values_ in rows:
@@ -596,7 +607,7 @@ def finish_many(
 
 # Finishing on PostgreSQL: the outcomes of a loop turn in ONE statement, their events inserted by
 # a data-modifying CTE of it, the rows locked in primary-key order (as `_held` explains) and by
-# primary key alone (`cronwire_lock_executions`, migration 0026). Built once: the batch travels
+# primary key alone (`cronwire_lock_executions`, migrations 0026 and 0027). Built once: the batch travels
 # as one JSON document, so the text never changes and psycopg prepares it (and one json.dumps
 # costs the server a tenth of what dumping eleven arrays, element by element, did).
 _ENDED = ", ".join(f"e.{c.name}" for c in LISTED_COLUMNS)
@@ -670,18 +681,26 @@ def finish_batch(
     """PostgreSQL: every outcome of `items` and its event in one statement; None for a run whose
     lease `worker` no longer held. Results follow `items`. Retries, dependents and callbacks are
     `finish_rest`'s, in the same transaction."""
+    rows = conn.execute(FINISH_BATCH, finish_params(items, worker)).all()
+    return finished(items, [row._mapping for row in rows])
+
+
+def finish_params(items: Sequence[tuple[ClaimedExecution, RunOutcome]], worker: str) -> dict[str, Any]:
+    """FINISH_BATCH's parameters."""
     outcomes = [_outcome_document(claimed, outcome) for claimed, outcome in items]
-    rows = conn.execute(
-        FINISH_BATCH,
-        {
-            "outcomes": json_document(outcomes),
-            "worker": worker,
-            "wake": any(
-                c.execution.serial or c.job.max_concurrency or c.execution.group_limit for c, _ in items
-            ),
-        },
-    ).all()
-    ended = {(r.namespace, r.id): execution_from_row(r._mapping) for r in rows}
+    return {
+        "outcomes": json_document(outcomes),
+        "worker": worker,
+        "wake": any(c.execution.serial or c.job.max_concurrency or c.execution.group_limit for c, _ in items),
+    }
+
+
+def finished(
+    items: Sequence[tuple[ClaimedExecution, RunOutcome]], rows: Sequence[Mapping[Any, Any]]
+) -> list[Execution | None]:
+    """FINISH_BATCH's rows as the executions ended, following `items` (None where the lease was
+    no longer held)."""
+    ended = {(r["namespace"], r["id"]): execution_from_row(r) for r in rows}
     return [ended.get(_key(c.execution)) for c, _ in items]
 
 

@@ -84,8 +84,10 @@ from cronwire_server.storage.records import (
     trigger_to_json,
 )
 from cronwire_server.storage.remote import HeldRemoteLease, RemoteTake, RemoteTaken
+from cronwire_server.storage.sql_driver import PreparedStatement
 from cronwire_server.storage.sql_engine import (
     PENDING_EVENTS,
+    QUEUE_SESSION_OPTIONS,
     create_engine,
     create_queue_engine,
     database_now,
@@ -105,13 +107,14 @@ from cronwire_server.storage.sql_jobs import (
     raise_missing_or_changed,
     resource_event,
 )
-from cronwire_server.storage.sql_reads import BatchedKeyReads, ReadConnection
+from cronwire_server.storage.sql_reads import BatchedKeyReads
 from cronwire_server.storage.sql_schedules import (
     GET_SCHEDULE,
     GET_SCHEDULE_WITH_STATS,
     SCHEDULES_WITH_STATS,
     raise_schedule_conflict,
 )
+from cronwire_server.storage.sql_wire import WireConnection
 from cronwire_server.storage.tables import (
     calendars,
     executions,
@@ -278,11 +281,12 @@ class SqlStore:
         # Claims and remote takes: on sessions that never plan a bitmap scan, so that they read
         # the queue by its index in due order (sql_engine.QUEUE_SESSION_OPTIONS).
         self._queue = create_queue_engine(engine) if self._postgres else engine
-        self._read_connection = (
-            ReadConnection(engine.url.render_as_string(hide_password=False), self._sync)
-            if self._postgres
-            else None
-        )
+        url = engine.url.render_as_string(hide_password=False)
+        # PostgreSQL: connections of their own, sent to from the event loop (`sql_wire`), for
+        # the primary-key reads and for the statements of every run (a plain claim, a plain
+        # finish, the events' numbering), each kind on its own so none waits behind another.
+        self._read_connection = WireConnection(url, self._sync, resend=True) if self._postgres else None
+        self._hot: _HotStatements | None = _HotStatements(url, engine) if self._postgres else None
         self._key_reads = (
             {
                 single: BatchedKeyReads(base, table, engine.dialect, self._read_connection.fetch)
@@ -311,6 +315,8 @@ class SqlStore:
         await self._wakeup.close()
         if self._read_connection is not None:
             await self._read_connection.close()
+        if self._hot is not None:
+            await self._hot.close()
         if self._queue is not self._engine:
             await self._queue.dispose()
         await self._engine.dispose()
@@ -759,9 +765,14 @@ class SqlStore:
         # One round trip: admitting (under the admission lock) while the last claim saw executions
         # that need a decision, else plainly; a plain claim that left some admits at once.
         admit = self._admitting or namespace_limit > 0
-        claimed, self._admitting = await self._run(
-            self._claim_batch, worker, limit, lease, namespace_limit, admit
-        )
+        if admit or self._hot is None:
+            claimed, self._admitting = await self._run(
+                self._claim_batch, worker, limit, lease, namespace_limit, admit
+            )
+        else:
+            claimed, self._admitting = await self._hot.claim(worker, limit, lease)
+            if claimed:
+                self._wakeup.signal("events_new")
         if self._admitting and not admit and len(claimed) < limit:
             more, self._admitting = await self._run(
                 self._claim_batch, worker, limit - len(claimed), lease, namespace_limit, True
@@ -810,7 +821,11 @@ class SqlStore:
         self, items: list[tuple[ClaimedExecution, RunOutcome]], worker: str, retry: RetryPlanner
     ) -> list[Execution | None]:
         results: list[Execution | None]
-        if self._postgres:
+        if self._hot is not None and all(sql_queue.finishes_plainly(c, o, retry) for c, o in items):
+            results = await self._hot.finish(items, worker)
+            if any(results):
+                self._wakeup.signal("events_new")
+        elif self._postgres:
             results = await self._run(self._finish_batch, items, worker, retry)
         else:
             results = await self._run(self._in_transaction, sql_queue.finish_many, items, worker, retry)
@@ -823,15 +838,12 @@ class SqlStore:
     def _finish_batch(
         self, items: list[tuple[ClaimedExecution, RunOutcome]], worker: str, retry: RetryPlanner
     ) -> list[Execution | None]:
-        """One autocommitted statement when every run ends plainly; else that statement and what
-        the others need (retries, dependents, callbacks) in one transaction."""
-        if all(sql_queue.finishes_plainly(c, o, retry) for c, o in items):
-            with self._sync.connect() as conn:
-                ended = sql_queue.finish_batch(conn, items, worker)
-        else:
-            with self._transaction() as conn:
-                ended = sql_queue.finish_batch(conn, items, worker)
-                sql_queue.finish_rest(conn, items, ended, retry)
+        """The finish of a batch where some run does not end plainly: the statement of every
+        outcome and what the others need (retries, dependents, callbacks) in one transaction. (A
+        batch of plain ends is one autocommitted statement, `_HotStatements.finish`.)"""
+        with self._transaction() as conn:
+            ended = sql_queue.finish_batch(conn, items, worker)
+            sql_queue.finish_rest(conn, items, ended, retry)
         if any(ended):
             self._wakeup.signal("events_new")
         return ended
@@ -1175,15 +1187,16 @@ class SqlStore:
     # Events
 
     async def sequence_events(self, limit: int) -> int:
-        numbered = await self._run(self._sequence_events, limit)
+        if self._hot is not None:
+            numbered = await self._hot.number_events(limit)
+        else:
+            numbered = await self._run(self._sequence_events, limit)
         if numbered:
             self._wakeup.signal("events")
         return numbered
 
     def _sequence_events(self, limit: int) -> int:
-        # No clock read: numbering needs no time. PostgreSQL's is one script, its own transaction.
-        if self._postgres:
-            return self._read(sql_events.sequence_pending, limit)
+        # SQLite. No clock read: numbering needs no time.
         with self._transaction() as conn:
             return sql_events.sequence_pending(conn, limit)
 
@@ -1261,3 +1274,47 @@ class _Run:
 
     def claims(self) -> list[tuple[str, str, str]]:
         return [("request", self.namespace, self.request_id)] if self.request_id else []
+
+
+CUSTOM_PLANS = "-c plan_cache_mode=force_custom_plan"
+
+
+class _HotStatements:
+    """PostgreSQL: the statements of every run, each one autocommitted statement, prepared and
+    sent from the event loop on a connection of its kind (`sql_wire.WireConnection`): a plain
+    claim, a finish of plain ends, and the events' numbering. Through the pool each would cost
+    the server about 300 us more, whatever it does.
+
+    A claim or a finish whose connection breaks is not sent again (it may have committed): it
+    fails with StorageUnavailable, as through the pool, and its caller's retry finds what it
+    did (a finish only ends runs still RUNNING under its lease). A numbering changes nothing
+    twice, and is sent again once."""
+
+    def __init__(self, url: str, engine: AsyncEngine) -> None:
+        store = engine.sync_engine
+        self._claims = WireConnection(url, store, resend=False, options=QUEUE_SESSION_OPTIONS)
+        # Every finish planned for the table as it is: a plan kept from when `executions` was
+        # nearly empty may read every row of the namespace for each one it ends (migration 0027).
+        self._finishes = WireConnection(url, store, resend=False, options=CUSTOM_PLANS)
+        self._numbering = WireConnection(url, store, resend=True)
+        self._claim = PreparedStatement(sql_queue.CLAIM_BATCH, engine.dialect)
+        self._finish = PreparedStatement(sql_queue.FINISH_BATCH, engine.dialect)
+        self._number = PreparedStatement(sql_events.NUMBER_PENDING, engine.dialect)
+
+    async def claim(self, worker: str, limit: int, lease: timedelta) -> tuple[list[ClaimedExecution], bool]:
+        rows = await self._claims.fetch(self._claim, sql_queue.claim_params(worker, limit, lease))
+        return sql_queue.claimed_from(rows)
+
+    async def finish(
+        self, items: list[tuple[ClaimedExecution, RunOutcome]], worker: str
+    ) -> list[Execution | None]:
+        rows = await self._finishes.fetch(self._finish, sql_queue.finish_params(items, worker))
+        return sql_queue.finished(items, rows)
+
+    async def number_events(self, limit: int) -> int:
+        rows = await self._numbering.fetch(self._number, {"limit": limit})
+        return int(rows[0]["numbered"])
+
+    async def close(self) -> None:
+        for connection in (self._claims, self._finishes, self._numbering):
+            await connection.close()
