@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -14,12 +13,12 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cronwire_server.core.model import IntervalSpec, Job, Schedule
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.storage.sql_wire import Wire
+from tests.integration.storage.sessions import own_engine, waiting_on_a_lock, watching
 from tests.support import eventually
 
 pytestmark = pytest.mark.postgres
@@ -29,12 +28,8 @@ NS = "wire"
 
 @pytest.fixture
 async def plain(store: SqlStore) -> AsyncIterator[AsyncEngine]:
-    """Sessions of the test's own, in transactions of their own (the store's are autocommit)."""
-    engine = create_async_engine(store.engine.url, poolclass=NullPool)
-    try:
+    async with own_engine(store) as engine:
         yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture
@@ -48,32 +43,13 @@ async def store(fresh_database_url: Any) -> AsyncIterator[SqlStore]:
         await opened.close()
 
 
-@asynccontextmanager
-async def _watching(plain: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A session outside transactions: each look at pg_stat_activity sees it as it is now."""
-    async with plain.connect() as conn:
-        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
-
-
-async def _reads_waiting_on_a_lock(conn: AsyncConnection, store: SqlStore) -> list[int]:
-    database = make_url(str(store.engine.url)).database
-    found = await conn.execute(
-        sa.text(
-            "SELECT pid FROM pg_stat_activity WHERE datname = :db AND wait_event_type = 'Lock' "
-            "AND application_name = 'cronwire'"
-        ),
-        {"db": database},
-    )
-    return [int(pid) for pid in found.scalars()]
-
-
 async def _blocked_read(
     store: SqlStore, locker: AsyncConnection, watcher: AsyncConnection
 ) -> asyncio.Task[Job]:
     """A read of job `a` in flight on the reads' connection, waiting for `locker`'s lock of jobs."""
     await locker.execute(sa.text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
     first = asyncio.create_task(store.get_job(NS, "a"))
-    await eventually(lambda: _reads_waiting_on_a_lock(watcher, store), 10, "the read waiting for the lock")
+    await eventually(lambda: waiting_on_a_lock(watcher, store), 10, "the read waiting for the lock")
     return first
 
 
@@ -82,7 +58,7 @@ async def test_statements_in_flight_together_each_get_their_own_rows_when_a_call
 ) -> None:
     every = IntervalSpec(timedelta(hours=1))
     await store.create_schedule(Schedule(namespace=NS, id="s", job_id="b", trigger=every))
-    async with plain.begin() as locker, _watching(plain) as watcher:
+    async with plain.begin() as locker, watching(plain) as watcher:
         first = await _blocked_read(store, locker, watcher)
         # More wait behind it: a read of the same kind, and statements of other kinds queued
         # behind it on the one connection.
@@ -107,9 +83,9 @@ async def test_a_read_whose_connection_is_cut_in_flight_is_read_again(
     store: SqlStore, plain: AsyncEngine
 ) -> None:
     await store.get_job(NS, "b")  # the connection is made (one that fails as it is made is not retried)
-    async with plain.begin() as locker, _watching(plain) as watcher:
+    async with plain.begin() as locker, watching(plain) as watcher:
         first = await _blocked_read(store, locker, watcher)
-        [reader] = await _reads_waiting_on_a_lock(watcher, store)
+        [reader] = await waiting_on_a_lock(watcher, store)
         await watcher.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": reader})
         # Read again on a new connection, which waits for the same lock.
         await eventually(
@@ -120,7 +96,7 @@ async def test_a_read_whose_connection_is_cut_in_flight_is_read_again(
 
 
 async def _new_reader(watcher: AsyncConnection, store: SqlStore, old: int) -> bool:
-    return any(pid != old for pid in await _reads_waiting_on_a_lock(watcher, store))
+    return any(pid != old for pid in await waiting_on_a_lock(watcher, store))
 
 
 async def test_a_read_whose_prepared_statement_went_stale_is_prepared_again(store: SqlStore) -> None:
@@ -142,12 +118,12 @@ async def test_a_statement_whose_caller_went_away_in_flight_leaves_the_next_thei
     )
     wire = Wire(conn)
     try:
-        async with plain.begin() as locker, _watching(plain) as watcher:
+        async with plain.begin() as locker, watching(plain) as watcher:
             await locker.execute(sa.text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
             counting = asyncio.create_task(
                 wire.fetch(b"SELECT count(*) FROM jobs WHERE namespace = $1", [NS])
             )
-            await eventually(lambda: _reads_waiting_on_a_lock(watcher, store), 10, "the count waiting")
+            await eventually(lambda: waiting_on_a_lock(watcher, store), 10, "the count waiting")
             echoed = [asyncio.create_task(wire.fetch(b"SELECT $1::text", [text])) for text in ("x", "y")]
             counting.cancel()
             await locker.rollback()

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cronwire_server.core.errors import StorageUnavailable
 from cronwire_server.core.model import ExecutionState, Job
@@ -22,6 +19,7 @@ from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.storage.base import ClaimedExecution
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.workers import plan_retry
+from tests.integration.storage.sessions import own_engine, waiting_on_a_lock, watching
 from tests.support import eventually
 
 pytestmark = pytest.mark.postgres
@@ -44,30 +42,8 @@ async def store(fresh_database_url: Callable[[str], str]) -> AsyncIterator[SqlSt
 
 @pytest.fixture
 async def plain(store: SqlStore) -> AsyncIterator[AsyncEngine]:
-    """Sessions of the test's own, in transactions of their own (the store's are autocommit)."""
-    engine = create_async_engine(store.engine.url, poolclass=NullPool)
-    try:
+    async with own_engine(store) as engine:
         yield engine
-    finally:
-        await engine.dispose()
-
-
-@asynccontextmanager
-async def _watching(plain: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    async with plain.connect() as conn:
-        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
-
-
-async def _waiting_on_a_lock(conn: AsyncConnection, store: SqlStore) -> list[int]:
-    """The store's sessions waiting for a lock (a table's or an advisory one)."""
-    found = await conn.execute(
-        sa.text(
-            "SELECT pid FROM pg_stat_activity WHERE datname = :db AND wait_event_type = 'Lock' "
-            "AND application_name = 'cronwire'"
-        ),
-        {"db": make_url(str(store.engine.url)).database},
-    )
-    return [int(pid) for pid in found.scalars()]
 
 
 async def _running(store: SqlStore, count: int) -> list[ClaimedExecution]:
@@ -85,15 +61,15 @@ async def test_a_finish_whose_connection_is_cut_is_not_sent_again_and_its_retry_
     # The finishes' connection is made (one that fails as it is made fails whatever the kind).
     await store.finish_executions([(first, RunOutcome(ExecutionState.SUCCEEDED))], WORKER, plan_retry)
     items = [(c, RunOutcome(ExecutionState.SUCCEEDED, exit_code=0)) for c in claimed]
-    async with plain.begin() as locker, _watching(plain) as watcher:
+    async with plain.begin() as locker, watching(plain) as watcher:
         await locker.execute(sa.text("LOCK TABLE executions IN ACCESS EXCLUSIVE MODE"))
         finishing = asyncio.create_task(store.finish_executions(items, WORKER, plan_retry))
-        [finisher] = await eventually(lambda: _waiting_on_a_lock(watcher, store), 10, "the finish waiting")
+        [finisher] = await eventually(lambda: waiting_on_a_lock(watcher, store), 10, "the finish waiting")
         await watcher.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": finisher})
         with pytest.raises(StorageUnavailable):
             await asyncio.wait_for(finishing, 30)
         # Not sent again behind the caller's back: nothing of the store waits for the lock now.
-        assert await _waiting_on_a_lock(watcher, store) == []
+        assert await waiting_on_a_lock(watcher, store) == []
         await locker.rollback()
     ended = await store.finish_executions(items, WORKER, plan_retry)
     assert [e.state if e else None for e in ended] == [ExecutionState.SUCCEEDED] * 2
@@ -103,16 +79,14 @@ async def test_a_finish_whose_connection_is_cut_is_not_sent_again_and_its_retry_
 async def test_a_numbering_whose_connection_is_cut_is_sent_again(store: SqlStore, plain: AsyncEngine) -> None:
     await store.sequence_events(100)  # the connection is made (one that fails as it is made is not retried)
     await store.run_job(NS, "noop", {})  # an event to number
-    async with plain.begin() as locker, _watching(plain) as watcher:
+    async with plain.begin() as locker, watching(plain) as watcher:
         await locker.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SEQUENCER_LOCK})
         numbering = asyncio.create_task(store.sequence_events(100))
-        [sequencer] = await eventually(
-            lambda: _waiting_on_a_lock(watcher, store), 10, "the numbering waiting"
-        )
+        [sequencer] = await eventually(lambda: waiting_on_a_lock(watcher, store), 10, "the numbering waiting")
         await watcher.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": sequencer})
 
         async def sent_again() -> bool:
-            return any(pid != sequencer for pid in await _waiting_on_a_lock(watcher, store))
+            return any(pid != sequencer for pid in await waiting_on_a_lock(watcher, store))
 
         await eventually(sent_again, 10, "the numbering sent again on a new connection")
         await locker.rollback()
