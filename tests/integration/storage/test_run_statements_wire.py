@@ -1,7 +1,8 @@
 """The statements of every run on their own connections on PostgreSQL (`sql_wire.WireConnection`):
 a finish whose connection is cut in flight fails as unavailable and is not sent again (it may
 have committed; the caller's retry finds out), and the retry, on a new connection, ends the
-runs; a numbering whose connection is cut is sent again."""
+runs; a numbering whose connection is cut is sent again; claims keep the queue's session
+settings on their own connection; the finish's row lock reads by primary key once the table grew."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cronwire_server.core.errors import StorageUnavailable
 from cronwire_server.core.model import ExecutionState, Job
 from cronwire_server.executors.runtime import RunOutcome
 from cronwire_server.storage.base import ClaimedExecution
+from cronwire_server.storage.sql_driver import PreparedStatement
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.workers import plan_retry
 from tests.integration.storage.sessions import own_engine, waiting_on_a_lock, watching
@@ -138,3 +140,15 @@ async def _index_entries_read(conn: AsyncConnection) -> int:
         )
     )
     return int(found.scalar_one())
+
+
+async def test_claims_go_on_a_connection_with_the_queues_session_settings(store: SqlStore) -> None:
+    # A claim's plan relies on them (`sql_engine.QUEUE_SESSION_OPTIONS`): asked on the claims' own
+    # connection, after a claim has made it.
+    await _running(store, 1)
+    hot = store._hot
+    assert hot is not None
+    asked = sa.text("SELECT current_setting('enable_bitmapscan') AS value")
+    setting = PreparedStatement(asked.columns(sa.column("value", sa.Text())), store.engine.dialect)
+    assert await hot._claims.fetch(setting, {}) == [{"value": "off"}]
+    assert await hot._finishes.fetch(setting, {}) == [{"value": "on"}]  # only the claims'
