@@ -154,25 +154,23 @@ def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
         conn.execute(_INSERT, rows)
 
 
-# PostgreSQL: the sequencer's lock, the numbering and the NOTIFY of the replicas, in one call of
-# the function migration 0017 made (one statement, one round trip, prepared; the store sends it on
-# a connection of its own, `sql_wire.WireConnection`).
+# PostgreSQL's numbering (`sequence_pending` is SQLite's): the sequencer's lock, the numbering and
+# the NOTIFY of the replicas, in one call of the function migration 0017 made (one statement, one
+# round trip, prepared; the store sends it on a connection of its own, `sql_wire.WireConnection`).
 NUMBER_PENDING = sa.text("SELECT cronwire_number_events(:limit) AS numbered").columns(
     sa.column("numbered", sa.Integer())
 )
 
 
 def sequence_pending(conn: Connection, limit: int) -> int:
-    """Number the committed events that have no sequence yet, in insertion order.
+    """SQLite: number the committed events that have no sequence yet, in insertion order, in
+    `conn`'s open transaction; returns how many were numbered.
 
-    One sequencer at a time (a transaction-scoped advisory lock on PostgreSQL, waited for: a
-    numbering is short; SQLite has a single writer): each numbering commits before the next
-    starts, so sequences become visible in order, and a reader that has seen sequence N will
-    never see a smaller one. On PostgreSQL `conn` must not be in a transaction (the call is its
-    own); on SQLite it must. Returns how many were numbered.
+    One sequencer at a time (SQLite has a single writer; PostgreSQL's `NUMBER_PENDING` takes a
+    transaction-scoped advisory lock, waited for: a numbering is short): each numbering commits
+    before the next starts, so sequences become visible in order, and a reader that has seen
+    sequence N will never see a smaller one.
     """
-    if conn.dialect.name == "postgresql":
-        return int(conn.execute(NUMBER_PENDING, {"limit": limit}).scalar_one())
     base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.sequence), 0))).scalar_one()
     pending = (
         sa.select(events.c.id, sa.func.row_number().over(order_by=events.c.id).label("n"))

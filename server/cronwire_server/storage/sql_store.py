@@ -86,6 +86,7 @@ from cronwire_server.storage.records import (
 from cronwire_server.storage.remote import HeldRemoteLease, RemoteTake, RemoteTaken
 from cronwire_server.storage.sql_driver import PreparedStatement
 from cronwire_server.storage.sql_engine import (
+    FINISH_SESSION_OPTIONS,
     PENDING_EVENTS,
     QUEUE_SESSION_OPTIONS,
     create_engine,
@@ -1276,9 +1277,6 @@ class _Run:
         return [("request", self.namespace, self.request_id)] if self.request_id else []
 
 
-CUSTOM_PLANS = "-c plan_cache_mode=force_custom_plan"
-
-
 class _HotStatements:
     """PostgreSQL: the statements of every run, each one autocommitted statement, prepared and
     sent from the event loop on a connection of its kind (`sql_wire.WireConnection`): a plain
@@ -1293,9 +1291,7 @@ class _HotStatements:
     def __init__(self, url: str, engine: AsyncEngine) -> None:
         store = engine.sync_engine
         self._claims = WireConnection(url, store, resend=False, options=QUEUE_SESSION_OPTIONS)
-        # Every finish planned for the table as it is: a plan kept from when `executions` was
-        # nearly empty may read every row of the namespace for each one it ends (migration 0027).
-        self._finishes = WireConnection(url, store, resend=False, options=CUSTOM_PLANS)
+        self._finishes = WireConnection(url, store, resend=False, options=FINISH_SESSION_OPTIONS)
         self._numbering = WireConnection(url, store, resend=True)
         self._claim = PreparedStatement(sql_queue.CLAIM_BATCH, engine.dialect)
         self._finish = PreparedStatement(sql_queue.FINISH_BATCH, engine.dialect)

@@ -29,7 +29,7 @@ from psycopg.adapt import PyFormat, Transformer
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
-from cronwire_server.core import errors
+from cronwire_server.storage.sql_engine import unavailable
 
 if TYPE_CHECKING:
     from cronwire_server.storage.sql_driver import PreparedStatement
@@ -255,7 +255,7 @@ class WireConnection:
                     raise  # the statement failed, not the connection
                 await self._discard(wire)
                 if fresh or not self._resend:
-                    raise _unavailable(error) from error
+                    raise unavailable(type(error).__name__) from error
 
     async def _connection(self) -> tuple[Wire, bool]:
         """The connection, and whether it was made for this statement."""
@@ -268,7 +268,7 @@ class WireConnection:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
             except psycopg.Error as error:
-                raise _unavailable(error) from error
+                raise unavailable(type(error).__name__) from error
             self._wire = Wire(conn)
             return self._wire, True
 
@@ -280,8 +280,3 @@ class WireConnection:
     async def close(self) -> None:
         if self._wire is not None:
             await self._discard(self._wire)
-
-
-def _unavailable(error: Exception) -> errors.StorageUnavailable:
-    # The driver's text (hosts, ports) stays in the cause, as for the store's other calls.
-    return errors.StorageUnavailable(f"the database is unavailable ({type(error).__name__})")
