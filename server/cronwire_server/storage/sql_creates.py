@@ -17,20 +17,24 @@ import asyncio
 import enum
 import functools
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 
 from cronwire_server.core import errors
 from cronwire_server.storage import sql_events, sql_kept_calendars
 from cronwire_server.storage.tables import UtcDateTime, jobs, namespace_usage, request_ids, schedules
 
-__all__ = ["Create", "GroupCommit", "Outcome", "commit"]
+if TYPE_CHECKING:
+    from cronwire_server.storage.sql_driver import PreparedStatement
+    from cronwire_server.storage.sql_wire import Fetch
+
+__all__ = ["Create", "GroupCommit", "Outcome", "Steps", "commit", "insert_steps", "run", "run_on"]
 
 # Creates per batch at most (the rest wait for the next): keeps a multi-row INSERT's parameters
 # well below what either database takes in one statement.
@@ -167,19 +171,60 @@ class GroupCommit(Generic[T, R]):
             self._draining = None
 
 
+# One statement of a batch and its parameters (a list of them: one execution per item, SQLite);
+# what it returns comes back as the rows' mappings.
+Step = tuple[sa.Executable, Mapping[str, Any] | list[dict[str, Any]]]
+Steps = Generator[Step, list[Mapping[str, Any]], None]
+
+
 def commit(conn: Connection, creates: list[Create]) -> None:
     """Insert what `creates` may insert, in `conn`'s open transaction, and set each outcome.
 
     SQLite stores each create's own time; PostgreSQL stamps the rows with its own clock (now(),
     one instant for the transaction)."""
     postgres = conn.dialect.name == "postgresql"
-    kind = creates[0].kind
-    table = jobs if kind == "job" else schedules
     pending = creates
-    if kind == "schedule":
+    if creates[0].kind == "schedule":
         pending = _with_jobs(conn, pending, postgres)
         pending = _with_current_calendars(conn, pending)
-    room = _room(conn, kind, pending)
+    if pending:
+        run(conn, insert_steps(pending, postgres))
+
+
+def run(conn: Connection, steps: Steps) -> None:
+    """Send the statements of `steps` on `conn`, each one's rows back to it."""
+    rows: list[Mapping[str, Any]] | None = None
+    while True:
+        try:
+            statement, params = steps.send(rows)  # type: ignore[arg-type]  # None starts it
+        except StopIteration:
+            return
+        result = conn.execute(statement, params)
+        rows = cast(list[Mapping[str, Any]], list(result.mappings())) if result.returns_rows else []
+
+
+async def run_on(fetch: Fetch, prepare: Callable[[Any], PreparedStatement], steps: Steps) -> None:
+    """PostgreSQL: send the statements of `steps` prepared (`prepare`) by `fetch`, in the
+    transaction it belongs to (`sql_wire.WireConnection.transaction`)."""
+    rows: list[dict[str, Any]] | None = None
+    while True:
+        try:
+            statement, params = steps.send(rows)  # type: ignore[arg-type]  # None starts it
+        except StopIteration:
+            return
+        assert not isinstance(params, list), "PostgreSQL's steps have one set of parameters"
+        rows = await fetch(prepare(statement), params)
+
+
+def insert_steps(creates: list[Create], postgres: bool) -> Steps:
+    """The statements that insert what `creates` (of one kind, each checked already) may insert,
+    and set each outcome: the namespaces' counts read and locked, the rows inserted, their request
+    ids recorded, their events written. PostgreSQL's are each one statement with one set of
+    parameters (`POSTGRES_STEPS`), so they can be sent prepared."""
+    kind = creates[0].kind
+    table = jobs if kind == "job" else schedules
+    room = yield from _room(kind, creates, postgres)
+    pending = creates
     inserted: list[Create] = []
     while pending:
         admitted: list[Create] = []
@@ -193,7 +238,7 @@ def commit(conn: Connection, creates: list[Create]) -> None:
                 create.outcome = Outcome.FULL
         if not admitted:
             break
-        went_in = _insert_rows(conn, table, admitted, postgres)
+        went_in = yield from _insert_rows(table, admitted, postgres)
         for create in admitted:
             stamped = went_in.get(create.key)
             if stamped is None:
@@ -205,11 +250,12 @@ def commit(conn: Connection, creates: list[Create]) -> None:
                 inserted.append(create)
         # Rare: ids already taken left room that creates refused in this batch may take.
         pending = [c for c in pending if c.outcome is Outcome.FULL and room.get(c.namespace, 0) > 0]
-    recorded = _record_requests(conn, [c for c in inserted if c.request_id], postgres)
+    recorded = yield from _record_requests([c for c in inserted if c.request_id], postgres)
     if recorded:
-        _undo(conn, table, recorded)
+        yield _undo(table, recorded, postgres)
         inserted = [c for c in inserted if c.outcome is Outcome.CREATED]
-    _insert_events(conn, inserted, postgres)
+    if inserted:
+        yield _events(inserted, postgres)
 
 
 def _with_jobs(conn: Connection, creates: list[Create], postgres: bool) -> list[Create]:
@@ -239,7 +285,7 @@ def _with_current_calendars(conn: Connection, creates: list[Create]) -> list[Cre
     return [c for c in creates if c.outcome is Outcome.PENDING]
 
 
-def _room(conn: Connection, kind: str, creates: list[Create]) -> dict[str, int]:
+def _room(kind: str, creates: list[Create], postgres: bool) -> Generator[Step, Any, dict[str, int]]:
     """How many more rows each namespace with a limit may take; its counter row locked until
     commit (an upsert that changes nothing, in namespace order, so it works for a namespace with no
     row yet and batches on several replicas never wait for each other in a cycle)."""
@@ -247,14 +293,17 @@ def _room(conn: Connection, kind: str, creates: list[Create]) -> dict[str, int]:
     if not limits:
         return {}
     names = sorted(limits)
-    rows = conn.execute(_LOCK_USAGE[conn.dialect.name], [{"namespace": n, "kind": kind} for n in names])
-    used = {r.namespace: int(r.used) for r in rows}
+    if postgres:
+        rows = yield _POSTGRES_LOCK_USAGE, {"namespaces": names, "kind": kind}
+    else:
+        rows = yield _SQLITE_LOCK_USAGE, [{"namespace": n, "kind": kind} for n in names]
+    used = {r["namespace"]: int(r["used"]) for r in rows}
     return {n: max(0, limits[n] - used.get(n, 0)) for n in names}
 
 
 def _insert_rows(
-    conn: Connection, table: sa.Table, creates: list[Create], postgres: bool
-) -> dict[tuple[str, str], datetime]:
+    table: sa.Table, creates: list[Create], postgres: bool
+) -> Generator[Step, Any, dict[tuple[str, str], datetime]]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING: the (namespace, id) that went in, with their
     create time. One statement for the batch, in key order (so that batches on several replicas
     never wait for each other's rows in a cycle)."""
@@ -263,10 +312,11 @@ def _insert_rows(
         # The rows as one JSON document: a statement built once, whose only parameter psycopg
         # sends as it is (no per-row SQL to render and parse, no array to escape).
         columns = tuple(k for k in creates[0].values if k not in _STAMPED)
-        statement = _postgres_insert(table.name, columns)
         rows = _json([{k: c.values[k] for k in columns} for c in creates])
-        return {(r.namespace, r.id): r.create_time for r in conn.execute(statement, {"rows": rows})}
-    went_in = {(r.namespace, r.id) for r in conn.execute(_INSERTS[table.name], [c.values for c in creates])}
+        returned = yield _postgres_insert(table.name, columns), {"rows": rows}
+        return {(r["namespace"], r["id"]): r["create_time"] for r in returned}
+    returned = yield _INSERTS[table.name], [c.values for c in creates]
+    went_in = {(r["namespace"], r["id"]) for r in returned}
     return {c.key: c.values["create_time"] for c in creates if c.key in went_in}
 
 
@@ -289,7 +339,7 @@ def _postgres_insert(table: str, columns: tuple[str, ...]) -> sa.TextualSelect:
         "FROM jsonb_array_elements(CAST(:rows AS jsonb)) WITH ORDINALITY AS e(doc, n), "
         f"jsonb_populate_record(NULL::{table}, e.doc) AS r ORDER BY e.n "
         "ON CONFLICT DO NOTHING RETURNING namespace, id, create_time"
-    ).columns(create_time=UtcDateTime())
+    ).columns(namespace=sa.String(), id=sa.String(), create_time=UtcDateTime())
 
 
 # PostgreSQL: the events of a batch from one JSON document, in order, stamped now() (the rows'
@@ -299,16 +349,15 @@ _POSTGRES_EVENTS = sa.text(
     "SELECT r.type, r.namespace, r.resource, r.job_id, r.schedule_id, r.actor, now(), r.snapshot "
     "FROM jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(doc, n), "
     "jsonb_populate_record(NULL::events, e.doc) AS r ORDER BY e.n"
-)
+).columns()
 
 
-def _insert_events(conn: Connection, creates: list[Create], postgres: bool) -> None:
-    if postgres and creates:
+def _events(creates: list[Create], postgres: bool) -> Step:
+    if postgres:
         fields = ("type", "namespace", "resource", "job_id", "schedule_id", "actor", "snapshot")
         events = [{k: c.event[k] for k in fields} for c in creates]
-        conn.execute(_POSTGRES_EVENTS, {"events": _json(events)})
-    else:
-        sql_events.insert(conn, [{**c.event, "time": c.created_at} for c in creates])
+        return _POSTGRES_EVENTS, {"events": _json(events)}
+    return sql_events.INSERT, [{**c.event, "time": c.created_at} for c in creates]
 
 
 _STAMPED = frozenset({"create_time", "update_time"})
@@ -320,28 +369,38 @@ _INSERTS = {
     .returning(table.c.namespace, table.c.id, table.c.create_time)
     for table in (jobs, schedules)
 }
-_LOCK_USAGE = {
-    name: insert(namespace_usage)
+# The counter rows of a batch's namespaces, locked in namespace order (codepoint order, as the
+# store's other lockers sort them) by an upsert that changes nothing.
+_POSTGRES_LOCK_USAGE = sa.text(
+    "INSERT INTO namespace_usage (namespace, kind, used) "
+    'SELECT n, CAST(:kind AS text), 0 FROM unnest(CAST(:namespaces AS text[])) AS n ORDER BY n COLLATE "C" '
+    "ON CONFLICT (namespace, kind) DO UPDATE SET used = namespace_usage.used "
+    "RETURNING namespace, used"
+).columns(namespace=sa.String(), used=sa.BigInteger())
+_SQLITE_LOCK_USAGE = (
+    sqlite.insert(namespace_usage)
     .values(used=0)
     .on_conflict_do_update(
         index_elements=[namespace_usage.c.namespace, namespace_usage.c.kind],
         set_={"used": namespace_usage.c.used},
     )
     .returning(namespace_usage.c.namespace, namespace_usage.c.used)
-    for name, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
-}
-_RECORDS = {
-    "postgresql": postgresql.insert(request_ids)
-    .values(create_time=sa.func.now())
+)
+_POSTGRES_RECORD = sa.text(
+    "INSERT INTO request_ids (namespace, request_id, method, resource_id, create_time) "
+    "SELECT r.namespace, r.request_id, r.method, r.resource_id, now() "
+    "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) "
+    "AS r(namespace text, request_id text, method text, resource_id text) "
+    "ON CONFLICT DO NOTHING RETURNING namespace, request_id"
+).columns(namespace=sa.String(), request_id=sa.String())
+_SQLITE_RECORD = (
+    sqlite.insert(request_ids)
     .on_conflict_do_nothing()
-    .returning(request_ids.c.namespace, request_ids.c.request_id),
-    "sqlite": sqlite.insert(request_ids)
-    .on_conflict_do_nothing()
-    .returning(request_ids.c.namespace, request_ids.c.request_id),
-}
+    .returning(request_ids.c.namespace, request_ids.c.request_id)
+)
 
 
-def _record_requests(conn: Connection, creates: list[Create], postgres: bool) -> list[Create]:
+def _record_requests(creates: list[Create], postgres: bool) -> Generator[Step, Any, list[Create]]:
     """Record the request ids of the creates that went in; those whose request id was recorded
     already (a retry racing the first try) come back, marked REQUEST_TAKEN."""
     if not creates:
@@ -356,17 +415,32 @@ def _record_requests(conn: Connection, creates: list[Create], postgres: bool) ->
         }
         for c in creates
     ]
-    returned = conn.execute(_RECORDS[conn.dialect.name], rows)
-    recorded = {(r.namespace, r.request_id) for r in returned}
+    if postgres:
+        returned = yield _POSTGRES_RECORD, {"rows": _json(rows)}
+    else:
+        returned = yield _SQLITE_RECORD, rows
+    recorded = {(r["namespace"], r["request_id"]) for r in returned}
     taken = [c for c in creates if (c.namespace, c.request_id) not in recorded]
     for create in taken:
         create.outcome, create.created_at = Outcome.REQUEST_TAKEN, None
     return taken
 
 
-def _undo(conn: Connection, table: sa.Table, creates: list[Create]) -> None:
-    keys = [c.key for c in creates]
-    conn.execute(sa.delete(table).where(sa.tuple_(table.c.namespace, table.c.id).in_(keys)))
+@functools.cache
+def _postgres_undo(table: str) -> sa.TextualSelect:
+    return sa.text(
+        f"DELETE FROM {table} AS t "
+        "USING jsonb_to_recordset(CAST(:keys AS jsonb)) AS k(namespace text, id text) "
+        "WHERE t.namespace = k.namespace AND t.id = k.id"
+    ).columns()
+
+
+def _undo(table: sa.Table, creates: list[Create], postgres: bool) -> Step:
+    if postgres:
+        keys = [{"namespace": c.namespace, "id": c.values["id"]} for c in creates]
+        return _postgres_undo(table.name), {"keys": _json(keys)}
+    doomed = [c.key for c in creates]
+    return sa.delete(table).where(sa.tuple_(table.c.namespace, table.c.id).in_(doomed)), {}
 
 
 _GET_REQUEST = sa.select(request_ids.c.method, request_ids.c.resource_id).where(

@@ -27,7 +27,7 @@ from cronwire_server.storage.tables import events
 # Snapshots never carry the callback secret; a marker keeps "a secret is set" visible.
 REDACTED = "<redacted>"
 
-_INSERT = sa.insert(events)
+INSERT = sa.insert(events)  # rows as `row` makes them, one execution each
 
 
 def _jsonable(values: Mapping[Any, Any]) -> dict[str, Any]:
@@ -151,7 +151,7 @@ def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
         document = json_document([{c: r[c] for c in _COLUMNS} for r in rows])
         conn.execute(_INSERT_MANY, {"rows": document})
     elif rows:
-        conn.execute(_INSERT, rows)
+        conn.execute(INSERT, rows)
 
 
 # PostgreSQL's numbering (`sequence_pending` is SQLite's): the sequencer's lock, the numbering and

@@ -288,6 +288,11 @@ class SqlStore:
         # finish, the events' numbering), each kind on its own so none waits behind another.
         self._read_connection = WireConnection(url, self._sync, resend=True) if self._postgres else None
         self._hot: _HotStatements | None = _HotStatements(url, engine) if self._postgres else None
+        # Batches of job creates, each a transaction of prepared statements (`sql_creates`): on
+        # a connection of their own, one batch at a time. Schedules' go through the pool (their
+        # calendars are checked there).
+        self._creates_connection = WireConnection(url, self._sync, resend=False) if self._postgres else None
+        self._prepared_statements: dict[Any, PreparedStatement] = {}
         self._key_reads = (
             {
                 single: BatchedKeyReads(base, table, engine.dialect, self._read_connection.fetch)
@@ -318,6 +323,8 @@ class SqlStore:
             await self._read_connection.close()
         if self._hot is not None:
             await self._hot.close()
+        if self._creates_connection is not None:
+            await self._creates_connection.close()
         if self._queue is not self._engine:
             await self._queue.dispose()
         await self._engine.dispose()
@@ -382,7 +389,7 @@ class SqlStore:
         """One transaction for the batch; if it fails for a reason one create may cause (not the
         database being unavailable), each create again alone, so that reason fails only its own."""
         try:
-            await self._run(self._commit_batch, creates)
+            await self._commit_batch(creates)
             return list(creates)
         except errors.StorageUnavailable:
             raise
@@ -393,15 +400,30 @@ class SqlStore:
         for create in creates:
             create.outcome = sql_creates.Outcome.PENDING
             try:
-                await self._run(self._commit_batch, [create])
+                await self._commit_batch([create])
                 results.append(create)
             except Exception as error:
                 results.append(error)
         return results
 
-    def _commit_batch(self, creates: list[sql_creates.Create]) -> None:
+    async def _commit_batch(self, creates: list[sql_creates.Create]) -> None:
+        if self._creates_connection is not None and creates[0].kind == "job":
+            steps = sql_creates.insert_steps(creates, postgres=True)
+            async with self._creates_connection.transaction() as fetch:
+                await sql_creates.run_on(fetch, self._prepared, steps)
+        else:
+            await self._run(self._commit_in_transaction, creates)
+
+    def _commit_in_transaction(self, creates: list[sql_creates.Create]) -> None:
         with self._transaction() as conn:
             sql_creates.commit(conn, creates)
+
+    def _prepared(self, statement: sa.Select[Any] | sa.TextualSelect) -> PreparedStatement:
+        prepared = self._prepared_statements.get(statement)
+        if prepared is None:
+            prepared = PreparedStatement(statement, self._engine.dialect)
+            self._prepared_statements[statement] = prepared
+        return prepared
 
     async def _create(self, create: sql_creates.Create) -> datetime | str:
         """The create time of the row `create` inserted, or the id of the resource its request id

@@ -16,11 +16,13 @@ cursors return them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -34,7 +36,11 @@ from cronwire_server.storage.sql_engine import unavailable
 if TYPE_CHECKING:
     from cronwire_server.storage.sql_driver import PreparedStatement
 
-__all__ = ["Wire", "WireConnection"]
+__all__ = ["Fetch", "Wire", "WireConnection"]
+
+T = TypeVar("T")
+# A statement of a transaction sent, its rows back (`WireConnection.transaction`).
+Fetch = Callable[["PreparedStatement", Mapping[str, Any]], Awaitable[list[dict[str, Any]]]]
 
 # SQLSTATE prefixes of an error after which the server closes the session: connection
 # exceptions, and an operator's intervention (a shutdown, pg_terminate_backend, the database
@@ -243,6 +249,7 @@ class WireConnection:
         self._resend = resend
         self._wire: Wire | None = None  # made at the first statement
         self._connecting = asyncio.Lock()
+        self._transacting = asyncio.Lock()  # one transaction at a time (`transaction`)
 
     async def fetch(self, statement: PreparedStatement, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         self._engine.dispatch.before_cursor_execute(None, None, statement.sql, params, None, False)
@@ -256,6 +263,53 @@ class WireConnection:
                 await self._discard(wire)
                 if fresh or not self._resend:
                     raise unavailable(type(error).__name__) from error
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Fetch]:
+        """BEGIN ... COMMIT, yielding the fetch of its statements. For a connection that only
+        holds transactions, one at a time (a statement sent by `fetch` meanwhile would join the
+        open one). Never sent again: a broken connection fails it with StorageUnavailable (a
+        COMMIT whose answer was lost may have committed; the caller decides); any other error,
+        or the caller going away, rolls it back."""
+        async with self._transacting:
+            wire, _ = await self._connection()
+            await self._control(wire, "BEGIN")
+            try:
+                yield functools.partial(self._in_transaction, wire)
+                await self._control(wire, "COMMIT")
+            except BaseException:
+                await self._roll_back(wire)
+                raise
+
+    async def _in_transaction(
+        self, wire: Wire, statement: PreparedStatement, params: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        self._engine.dispatch.before_cursor_execute(None, None, statement.sql, params, None, False)
+        return await self._unresent(wire, statement.fetch_on(wire, params))
+
+    async def _control(self, wire: Wire, sql: str) -> None:
+        self._engine.dispatch.before_cursor_execute(None, None, sql, {}, None, False)
+        await self._unresent(wire, wire.fetch(sql.encode(), ()))
+
+    async def _unresent(self, wire: Wire, sent: Awaitable[T]) -> T:
+        try:
+            return await sent
+        except psycopg.OperationalError as error:
+            if not wire.broken:
+                raise  # the statement failed, not the connection
+            await self._discard(wire)
+            raise unavailable(type(error).__name__) from error
+
+    async def _roll_back(self, wire: Wire) -> None:
+        """End a failed transaction: ROLLBACK, or, if that cannot be sent, the connection closed
+        (which ends it too)."""
+        if not wire.broken:
+            try:
+                await wire.fetch(b"ROLLBACK", ())
+                return
+            except (psycopg.Error, asyncio.CancelledError):
+                pass
+        await self._discard(wire)
 
     async def _connection(self) -> tuple[Wire, bool]:
         """The connection, and whether it was made for this statement."""
