@@ -17,24 +17,21 @@ import asyncio
 import enum
 import functools
 import json
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 
 from cronwire_server.core import errors
-from cronwire_server.storage import sql_events, sql_kept_calendars
+from cronwire_server.storage import sql_events, sql_kept_calendars, sql_steps
+from cronwire_server.storage.sql_steps import Step, Steps
 from cronwire_server.storage.tables import UtcDateTime, jobs, namespace_usage, request_ids, schedules
 
-if TYPE_CHECKING:
-    from cronwire_server.storage.sql_driver import PreparedStatement
-    from cronwire_server.storage.sql_wire import Fetch
-
-__all__ = ["Create", "GroupCommit", "Outcome", "Steps", "commit", "insert_steps", "run", "run_on"]
+__all__ = ["Create", "GroupCommit", "Outcome", "commit", "create_steps"]
 
 # Creates per batch at most (the rest wait for the next): keeps a multi-row INSERT's parameters
 # well below what either database takes in one statement.
@@ -171,56 +168,30 @@ class GroupCommit(Generic[T, R]):
             self._draining = None
 
 
-# One statement of a batch and its parameters (a list of them: one execution per item, SQLite);
-# what it returns comes back as the rows' mappings.
-Step = tuple[sa.Executable, Mapping[str, Any] | list[dict[str, Any]]]
-Steps = Generator[Step, list[Mapping[str, Any]], None]
-
-
 def commit(conn: Connection, creates: list[Create]) -> None:
-    """Insert what `creates` may insert, in `conn`'s open transaction, and set each outcome.
+    """Insert what `creates` may insert, in `conn`'s open transaction, and set each outcome."""
+    sql_steps.run(conn, create_steps(creates, conn.dialect.name == "postgresql"))
+
+
+def create_steps(creates: list[Create], postgres: bool) -> Steps[None]:
+    """The statements of a batch of creates of one kind (`sql_steps`): a schedule's job and
+    calendars checked, then `insert_steps` for what passed.
 
     SQLite stores each create's own time; PostgreSQL stamps the rows with its own clock (now(),
     one instant for the transaction)."""
-    postgres = conn.dialect.name == "postgresql"
     pending = creates
     if creates[0].kind == "schedule":
-        pending = _with_jobs(conn, pending, postgres)
-        pending = _with_current_calendars(conn, pending)
+        pending = yield from _with_jobs(pending, postgres)
+        pending = yield from _with_current_calendars(pending, postgres)
     if pending:
-        run(conn, insert_steps(pending, postgres))
+        yield from insert_steps(pending, postgres)
 
 
-def run(conn: Connection, steps: Steps) -> None:
-    """Send the statements of `steps` on `conn`, each one's rows back to it."""
-    rows: list[Mapping[str, Any]] | None = None
-    while True:
-        try:
-            statement, params = steps.send(rows)  # type: ignore[arg-type]  # None starts it
-        except StopIteration:
-            return
-        result = conn.execute(statement, params)
-        rows = cast(list[Mapping[str, Any]], list(result.mappings())) if result.returns_rows else []
-
-
-async def run_on(fetch: Fetch, prepare: Callable[[Any], PreparedStatement], steps: Steps) -> None:
-    """PostgreSQL: send the statements of `steps` prepared (`prepare`) by `fetch`, in the
-    transaction it belongs to (`sql_wire.WireConnection.transaction`)."""
-    rows: list[dict[str, Any]] | None = None
-    while True:
-        try:
-            statement, params = steps.send(rows)  # type: ignore[arg-type]  # None starts it
-        except StopIteration:
-            return
-        assert not isinstance(params, list), "PostgreSQL's steps have one set of parameters"
-        rows = await fetch(prepare(statement), params)
-
-
-def insert_steps(creates: list[Create], postgres: bool) -> Steps:
+def insert_steps(creates: list[Create], postgres: bool) -> Steps[None]:
     """The statements that insert what `creates` (of one kind, each checked already) may insert,
     and set each outcome: the namespaces' counts read and locked, the rows inserted, their request
     ids recorded, their events written. PostgreSQL's are each one statement with one set of
-    parameters (`POSTGRES_STEPS`), so they can be sent prepared."""
+    parameters, so they can be sent prepared."""
     kind = creates[0].kind
     table = jobs if kind == "job" else schedules
     room = yield from _room(kind, creates, postgres)
@@ -258,34 +229,48 @@ def insert_steps(creates: list[Create], postgres: bool) -> Steps:
         yield _events(inserted, postgres)
 
 
-def _with_jobs(conn: Connection, creates: list[Create], postgres: bool) -> list[Create]:
+# PostgreSQL: the jobs of a batch's schedules that exist, locked (FOR KEY SHARE) in key order.
+_POSTGRES_JOBS = sa.text(
+    "SELECT j.namespace, j.id FROM jobs AS j "
+    "JOIN jsonb_to_recordset(CAST(:keys AS jsonb)) AS k(namespace text, id text) "
+    "ON j.namespace = k.namespace AND j.id = k.id "
+    "ORDER BY j.namespace, j.id FOR KEY SHARE OF j"
+).columns(namespace=sa.String(), id=sa.String())
+
+
+def _with_jobs(creates: list[Create], postgres: bool) -> Steps[list[Create]]:
     """The schedules whose job exists; the job is locked (FOR KEY SHARE) until commit, so it stays."""
     wanted = sorted({(c.namespace, str(c.values["job_id"])) for c in creates})
-    query = sa.select(jobs.c.namespace, jobs.c.id).where(sa.tuple_(jobs.c.namespace, jobs.c.id).in_(wanted))
     if postgres:
-        query = query.order_by(jobs.c.namespace, jobs.c.id).with_for_update(key_share=True, read=True)
-    found = {(r.namespace, r.id) for r in conn.execute(query)}
+        keys = [{"namespace": namespace, "id": job_id} for namespace, job_id in wanted]
+        rows = yield _POSTGRES_JOBS, {"keys": _json(keys)}
+    else:
+        keyed = sa.tuple_(jobs.c.namespace, jobs.c.id)
+        rows = yield sa.select(jobs.c.namespace, jobs.c.id).where(keyed.in_(wanted)), {}
+    found = {(r["namespace"], r["id"]) for r in rows}
     for create in creates:
         if (create.namespace, create.values["job_id"]) not in found:
             create.outcome = Outcome.NO_JOB
     return [c for c in creates if c.outcome is Outcome.PENDING]
 
 
-def _with_current_calendars(conn: Connection, creates: list[Create]) -> list[Create]:
+def _with_current_calendars(creates: list[Create], postgres: bool) -> Steps[list[Create]]:
     """The schedules whose calendars (kept with them) are still those stored; the calendars are
     locked (FOR SHARE) until commit, so that a concurrent change of one waits for the schedule
     and re-plans it too (sql_kept_calendars.unchanged)."""
     using = [c for c in creates if c.values.get("calendars")]
     if not using:
         return creates
-    current = sql_kept_calendars.unchanged(conn, [(c.namespace, c.values["calendars"]) for c in using])
+    current = yield from sql_kept_calendars.unchanged_steps(
+        [(c.namespace, c.values["calendars"]) for c in using], postgres
+    )
     for create, ok in zip(using, current, strict=True):
         if not ok:
             create.outcome = Outcome.STALE_CALENDARS
     return [c for c in creates if c.outcome is Outcome.PENDING]
 
 
-def _room(kind: str, creates: list[Create], postgres: bool) -> Generator[Step, Any, dict[str, int]]:
+def _room(kind: str, creates: list[Create], postgres: bool) -> Steps[dict[str, int]]:
     """How many more rows each namespace with a limit may take; its counter row locked until
     commit (an upsert that changes nothing, in namespace order, so it works for a namespace with no
     row yet and batches on several replicas never wait for each other in a cycle)."""
@@ -303,7 +288,7 @@ def _room(kind: str, creates: list[Create], postgres: bool) -> Generator[Step, A
 
 def _insert_rows(
     table: sa.Table, creates: list[Create], postgres: bool
-) -> Generator[Step, Any, dict[tuple[str, str], datetime]]:
+) -> Steps[dict[tuple[str, str], datetime]]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING: the (namespace, id) that went in, with their
     create time. One statement for the batch, in key order (so that batches on several replicas
     never wait for each other's rows in a cycle)."""
@@ -400,7 +385,7 @@ _SQLITE_RECORD = (
 )
 
 
-def _record_requests(creates: list[Create], postgres: bool) -> Generator[Step, Any, list[Create]]:
+def _record_requests(creates: list[Create], postgres: bool) -> Steps[list[Create]]:
     """Record the request ids of the creates that went in; those whose request id was recorded
     already (a retry racing the first try) come back, marked REQUEST_TAKEN."""
     if not creates:

@@ -57,6 +57,7 @@ from cronwire_server.storage import (
     sql_remote,
     sql_replicas,
     sql_retention,
+    sql_steps,
 )
 from cronwire_server.storage import sql_executions as ex
 from cronwire_server.storage.base import (
@@ -288,9 +289,8 @@ class SqlStore:
         # finish, the events' numbering), each kind on its own so none waits behind another.
         self._read_connection = WireConnection(url, self._sync, resend=True) if self._postgres else None
         self._hot: _HotStatements | None = _HotStatements(url, engine) if self._postgres else None
-        # Batches of job creates, each a transaction of prepared statements (`sql_creates`): on
-        # a connection of their own, one batch at a time. Schedules' go through the pool (their
-        # calendars are checked there).
+        # Batches of creates, each a transaction of prepared statements (`sql_creates`), on a
+        # connection of their own: one batch at a time.
         self._creates_connection = WireConnection(url, self._sync, resend=False) if self._postgres else None
         self._prepared_statements: dict[Any, PreparedStatement] = {}
         self._key_reads = (
@@ -407,10 +407,10 @@ class SqlStore:
         return results
 
     async def _commit_batch(self, creates: list[sql_creates.Create]) -> None:
-        if self._creates_connection is not None and creates[0].kind == "job":
-            steps = sql_creates.insert_steps(creates, postgres=True)
+        if self._creates_connection is not None:
+            steps = sql_creates.create_steps(creates, postgres=True)
             async with self._creates_connection.transaction() as fetch:
-                await sql_creates.run_on(fetch, self._prepared, steps)
+                await sql_steps.run_on(fetch, self._prepared, steps)
         else:
             await self._run(self._commit_in_transaction, creates)
 
