@@ -9,6 +9,7 @@ in, not decided here.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.util import await_only
 
 from cronwire_server.core.model import (
     STATE_EVENTS,
@@ -44,6 +46,9 @@ from cronwire_server.storage.sql_executions import (
     new_row,
 )
 from cronwire_server.storage.tables import executions, jobs, schedules
+
+# The longest the planning of a batch keeps the event loop before it lets others run.
+PLANNING_SLICE = 0.002
 
 
 def _insert_ignoring_duplicate_ticks(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
@@ -100,7 +105,13 @@ def dispatch(
     room = start.count if start is not None else 0
     ahead_room = start.ahead_count if start is not None else 0
     quick_room = start.quick_count if start is not None else 0
+    pause_after = time.monotonic() + PLANNING_SLICE
     for record in due:
+        if time.monotonic() > pause_after:
+            # Planning a batch is the event loop's work (this runs in the store's greenlet): let
+            # what is due meanwhile run, above all the runs taken ahead, waiting to start on time.
+            await_only(asyncio.sleep(0))
+            pause_after = time.monotonic() + PLANNING_SLICE
         values = record._mapping
         schedule = schedule_from_record(values)
         schedule_activity = activity.get((schedule.namespace, schedule.id), ScheduleActivity())
