@@ -19,7 +19,6 @@ retry policy. Each claim of a run has its own lease token (`CRONWIRE_LEASE_TOKEN
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -100,10 +99,28 @@ def plan_retry_expected(job: Job, ended: Execution) -> bool:
     return ended.end_time is not None and plan_retry(job, ended, ended.state, ended.end_time) is not None
 
 
+class _CancelFlag(asyncio.Event):
+    """A run's cancel request. Setting it also wakes the run if it waits for its start time
+    (`WorkerPool._start_in_time`), which waits on a future of its own, not a task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waking: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        super().set()
+        _resolve(self.waking)
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
 @dataclass
 class _Running:
     claimed: ClaimedExecution
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel: _CancelFlag = field(default_factory=_CancelFlag)
     # Unique per claim; the fence knows the run by it.
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Set when the pool drains: the run is stopped and put back, not recorded as cancelled.
@@ -379,9 +396,19 @@ class WorkerPool:
         """Wait (in its slot) for a run taken ahead to be due, then note when it really started,
         in the database's time: its outcome records that start time."""
         delay = start_at - time.monotonic()
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):  # a cancellation starts it at once, to end it
-                await asyncio.wait_for(running.cancel.wait(), delay)
+        cancel = running.cancel
+        if delay > 0 and not cancel.is_set():
+            # Woken by a timer one loop turn after it is due (wait_for's task and its
+            # cancellation took several turns of a busy loop), or at once by a cancellation,
+            # which starts it, to end it.
+            loop = asyncio.get_running_loop()
+            cancel.waking = woken = loop.create_future()
+            timer = loop.call_later(delay, _resolve, woken)
+            try:
+                await woken
+            finally:
+                timer.cancel()
+                cancel.waking = None
         if running.slotless:
             await self._take_slot(running)
         assert running.clock is not None
