@@ -31,6 +31,7 @@ from psycopg.adapt import PyFormat, Transformer
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
+from cronwire_server.core.errors import StorageUnavailable
 from cronwire_server.storage.sql_engine import unavailable
 
 if TYPE_CHECKING:
@@ -272,14 +273,25 @@ class WireConnection:
         COMMIT whose answer was lost may have committed; the caller decides); any other error,
         or the caller going away, rolls it back."""
         async with self._transacting:
-            wire, _ = await self._connection()
-            await self._control(wire, "BEGIN")
+            wire = await self._begun()
             try:
                 yield functools.partial(self._in_transaction, wire)
                 await self._control(wire, "COMMIT")
             except BaseException:
                 await self._roll_back(wire)
                 raise
+
+    async def _begun(self) -> Wire:
+        """The connection, a transaction begun on it. One found broken by the BEGIN (the server
+        restarted, or ended the idle session) is replaced once: nothing was sent in it yet."""
+        while True:
+            wire, fresh = await self._connection()
+            try:
+                await self._control(wire, "BEGIN")
+                return wire
+            except StorageUnavailable:
+                if fresh:
+                    raise
 
     async def _in_transaction(
         self, wire: Wire, statement: PreparedStatement, params: Mapping[str, Any]

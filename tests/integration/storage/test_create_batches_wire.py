@@ -1,6 +1,7 @@
 """Job creates on PostgreSQL go in batches, each a transaction on the creates' own connection
 (`sql_wire.WireConnection.transaction`): a batch whose connection is cut in flight fails as
 unavailable, leaves nothing behind and is not sent again, and a retry creates the job; a batch
+after the connection was cut while idle (a database restart) goes on a new one; a batch
 that a statement fails is rolled back, each of its creates goes again alone (one create's error
 never fails another), and the connection goes on serving the batches after it."""
 
@@ -11,12 +12,12 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cronwire_server.core.errors import NotFound, StorageUnavailable
 from cronwire_server.core.model import Job
 from cronwire_server.storage.sql_store import SqlStore, open_store
-from tests.integration.storage.sessions import own_engine, waiting_on_a_lock, watching
+from tests.integration.storage.sessions import waiting_on_a_lock, watching
 from tests.support import eventually
 
 pytestmark = pytest.mark.postgres
@@ -33,12 +34,6 @@ async def store(fresh_database_url: Callable[[str], str]) -> AsyncIterator[SqlSt
         yield opened
     finally:
         await opened.close()
-
-
-@pytest.fixture
-async def plain(store: SqlStore) -> AsyncIterator[AsyncEngine]:
-    async with own_engine(store) as engine:
-        yield engine
 
 
 async def _create(store: SqlStore, job_id: str) -> Job:
@@ -125,3 +120,49 @@ async def test_a_batch_a_statement_fails_is_rolled_back_and_each_create_goes_alo
         )
         assert list(pids) == [creator]
     assert (await _stored(plain))[0] == ["a", "after", "b", "c", "first"]
+
+
+async def test_a_batch_after_its_idle_connection_was_cut_goes_on_a_new_one(
+    store: SqlStore, plain: AsyncEngine
+) -> None:
+    async with watching(plain) as watcher:
+        # The creates' connection, idle since the fixture's create ended with its COMMIT.
+        found = await watcher.scalars(
+            sa.text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'cronwire' AND state = 'idle' AND query = 'COMMIT'"
+            )
+        )
+        [idle] = list(found)
+        await watcher.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": idle})
+        await eventually(lambda: _gone(watcher, idle), 10, "the creates' connection to be gone")
+    created = await _create(store, "after-restart")  # not UNAVAILABLE: nothing was sent on the cut one
+    assert created.id == "after-restart"
+    assert (await _stored(plain))[0] == ["after-restart", "first"]
+
+
+async def test_a_batch_whose_begin_finds_the_connection_cut_goes_on_a_new_one(
+    store: SqlStore, plain: AsyncEngine
+) -> None:
+    # The cut noticed only once the BEGIN was sent (the server ended the session as the batch
+    # came): nothing was sent in the transaction, so it is begun again on a new connection.
+    connection = store._creates_connection
+    assert connection is not None
+    wire = connection._wire
+    assert wire is not None
+    wire._loop.remove_reader(wire._socket)  # the loop does not look at the socket meanwhile
+    async with watching(plain) as watcher:
+        await watcher.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": wire._pgconn.backend_pid})
+        await eventually(lambda: _gone(watcher, wire._pgconn.backend_pid), 10, "the session to be gone")
+    # Looked at again from the next turn of the loop: after the batch's task has sent its BEGIN.
+    wire._loop.add_reader(wire._socket, wire._readable)
+    created = await _create(store, "after-cut")
+    assert created.id == "after-cut"
+    assert connection._wire is not wire
+
+
+async def _gone(watcher: AsyncConnection, pid: int) -> bool:
+    found = await watcher.scalar(
+        sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+    )
+    return found == 0

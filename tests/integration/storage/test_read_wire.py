@@ -18,18 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from cronwire_server.core.model import IntervalSpec, Job, Schedule
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.storage.sql_wire import Wire
-from tests.integration.storage.sessions import own_engine, waiting_on_a_lock, watching
+from tests.integration.storage.sessions import waiting_on_a_lock, watching
 from tests.support import eventually
 
 pytestmark = pytest.mark.postgres
 
 NS = "wire"
-
-
-@pytest.fixture
-async def plain(store: SqlStore) -> AsyncIterator[AsyncEngine]:
-    async with own_engine(store) as engine:
-        yield engine
 
 
 @pytest.fixture

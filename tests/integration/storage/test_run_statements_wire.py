@@ -21,7 +21,7 @@ from cronwire_server.storage.base import ClaimedExecution
 from cronwire_server.storage.sql_driver import PreparedStatement
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.workers import plan_retry
-from tests.integration.storage.sessions import own_engine, waiting_on_a_lock, watching
+from tests.integration.storage.sessions import waiting_on_a_lock, watching
 from tests.support import eventually
 
 pytestmark = pytest.mark.postgres
@@ -40,12 +40,6 @@ async def store(fresh_database_url: Callable[[str], str]) -> AsyncIterator[SqlSt
         yield opened
     finally:
         await opened.close()
-
-
-@pytest.fixture
-async def plain(store: SqlStore) -> AsyncIterator[AsyncEngine]:
-    async with own_engine(store) as engine:
-        yield engine
 
 
 async def _running(store: SqlStore, count: int) -> list[ClaimedExecution]:
