@@ -3,7 +3,8 @@
 Creates that arrive while a batch's transaction runs wait, and go in together in the next one
 (group commit): one multi-row INSERT of the rows, one of their events, one of their request ids,
 after one statement that locks and reads the namespaces' counts for the quota. A lone create
-goes at once: no timer adds to its latency.
+goes at once: no timer adds to its latency. The batch's statements are steps (`sql_steps`): the
+store sends them prepared on a PostgreSQL connection of the creates' own, or through SQLAlchemy.
 
 Each create gets its own outcome: created, or the reason it was not (its id taken, its namespace
 full, its job missing, its request id already recorded); one create's failure never fails
