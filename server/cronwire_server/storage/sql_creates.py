@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +28,7 @@ from sqlalchemy.engine import Connection
 
 from cronwire_server.core import errors
 from cronwire_server.storage import sql_events, sql_kept_calendars, sql_steps
+from cronwire_server.storage.sql_driver import json_document
 from cronwire_server.storage.sql_steps import Step, Steps
 from cronwire_server.storage.tables import UtcDateTime, jobs, namespace_usage, request_ids, schedules
 
@@ -244,7 +244,7 @@ def _with_jobs(creates: list[Create], postgres: bool) -> Steps[list[Create]]:
     wanted = sorted({(c.namespace, str(c.values["job_id"])) for c in creates})
     if postgres:
         keys = [{"namespace": namespace, "id": job_id} for namespace, job_id in wanted]
-        rows = yield _POSTGRES_JOBS, {"keys": _json(keys)}
+        rows = yield _POSTGRES_JOBS, {"keys": json_document(keys)}
     else:
         keyed = sa.tuple_(jobs.c.namespace, jobs.c.id)
         rows = yield sa.select(jobs.c.namespace, jobs.c.id).where(keyed.in_(wanted)), {}
@@ -298,22 +298,12 @@ def _insert_rows(
         # The rows as one JSON document: a statement built once, whose only parameter psycopg
         # sends as it is (no per-row SQL to render and parse, no array to escape).
         columns = tuple(k for k in creates[0].values if k not in _STAMPED)
-        rows = _json([{k: c.values[k] for k in columns} for c in creates])
+        rows = json_document([{k: c.values[k] for k in columns} for c in creates])
         returned = yield _postgres_insert(table.name, columns), {"rows": rows}
         return {(r["namespace"], r["id"]): r["create_time"] for r in returned}
     returned = yield _INSERTS[table.name], [c.values for c in creates]
     went_in = {(r["namespace"], r["id"]) for r in returned}
     return {c.key: c.values["create_time"] for c in creates if c.key in went_in}
-
-
-def _json_default(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=_json_default, separators=(",", ":"))
 
 
 @functools.cache
@@ -342,7 +332,7 @@ def _events(creates: list[Create], postgres: bool) -> Step:
     if postgres:
         fields = ("type", "namespace", "resource", "job_id", "schedule_id", "actor", "snapshot")
         events = [{k: c.event[k] for k in fields} for c in creates]
-        return _POSTGRES_EVENTS, {"events": _json(events)}
+        return _POSTGRES_EVENTS, {"events": json_document(events)}
     return sql_events.INSERT, [{**c.event, "time": c.created_at} for c in creates]
 
 
@@ -402,7 +392,7 @@ def _record_requests(creates: list[Create], postgres: bool) -> Steps[list[Create
         for c in creates
     ]
     if postgres:
-        returned = yield _POSTGRES_RECORD, {"rows": _json(rows)}
+        returned = yield _POSTGRES_RECORD, {"rows": json_document(rows)}
     else:
         returned = yield _SQLITE_RECORD, rows
     recorded = {(r["namespace"], r["request_id"]) for r in returned}
@@ -424,7 +414,7 @@ def _postgres_undo(table: str) -> sa.TextualSelect:
 def _undo(table: sa.Table, creates: list[Create], postgres: bool) -> Step:
     if postgres:
         keys = [{"namespace": c.namespace, "id": c.values["id"]} for c in creates]
-        return _postgres_undo(table.name), {"keys": _json(keys)}
+        return _postgres_undo(table.name), {"keys": json_document(keys)}
     doomed = [c.key for c in creates]
     return sa.delete(table).where(sa.tuple_(table.c.namespace, table.c.id).in_(doomed)), {}
 

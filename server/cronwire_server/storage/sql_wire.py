@@ -254,16 +254,7 @@ class WireConnection:
 
     async def fetch(self, statement: PreparedStatement, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         self._engine.dispatch.before_cursor_execute(None, None, statement.sql, params, None, False)
-        while True:
-            wire, fresh = await self._connection()
-            try:
-                return await statement.fetch_on(wire, params)
-            except psycopg.OperationalError as error:
-                if not wire.broken:
-                    raise  # the statement failed, not the connection
-                await self._discard(wire)
-                if fresh or not self._resend:
-                    raise unavailable(type(error).__name__) from error
+        return await self._on_a_connection(lambda wire: statement.fetch_on(wire, params), self._resend)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Fetch]:
@@ -284,13 +275,23 @@ class WireConnection:
     async def _begun(self) -> Wire:
         """The connection, a transaction begun on it. One found broken by the BEGIN (the server
         restarted, or ended the idle session) is replaced once: nothing was sent in it yet."""
+
+        async def begin(wire: Wire) -> Wire:
+            self._engine.dispatch.before_cursor_execute(None, None, "BEGIN", {}, None, False)
+            await wire.fetch(b"BEGIN", ())
+            return wire
+
+        return await self._on_a_connection(begin, True)
+
+    async def _on_a_connection(self, send: Callable[[Wire], Awaitable[T]], resend: bool) -> T:
+        """`send(wire)` on the connection. If it finds the connection broken, StorageUnavailable;
+        with `resend`, unless the connection was new, it is sent once more on a new one."""
         while True:
             wire, fresh = await self._connection()
             try:
-                await self._control(wire, "BEGIN")
-                return wire
+                return await self._unresent(wire, send(wire))
             except StorageUnavailable:
-                if fresh:
+                if fresh or not resend:
                     raise
 
     async def _in_transaction(
@@ -304,6 +305,8 @@ class WireConnection:
         await self._unresent(wire, wire.fetch(sql.encode(), ()))
 
     async def _unresent(self, wire: Wire, sent: Awaitable[T]) -> T:
+        """What `sent` (on `wire`) returns; StorageUnavailable, the connection discarded, if it
+        found the connection broken (not sent again)."""
         try:
             return await sent
         except psycopg.OperationalError as error:
