@@ -174,20 +174,9 @@ def dispatch(
         )
         if plan.cancel_running:
             cancel.append((schedule.namespace, schedule.id))
-    if conn.dialect.name == "postgresql" and rows:
-        # The next fire times are advanced and the claimers woken by the same statement.
-        inserted = _insert_ticks(conn, rows, advances, now)
-        rows = [r for r in rows if r["id"] in inserted]
-    else:
-        queued_events = [sql_events.execution_event(_as_queued(r), now) for r in rows if id(r) in to_start]
-        inserted = _insert_ignoring_duplicate_ticks(conn, rows)
-        rows = [r for r in rows if r["id"] in inserted]
-        # A run started at once was queued first, as far as its events tell.
-        emit(conn, [e for e in queued_events if e["resource"].rpartition("/")[2] in inserted])
-        emit(conn, [sql_events.execution_event(r, now) for r in rows])
-        _advance(conn, advances)
-    started = [r for r in rows if id(r) in to_start]
     if cancel:
+        # The runs the new ticks replace, asked to stop before the ticks are written: on
+        # PostgreSQL that statement numbers its events, so it is the transaction's last change.
         # Locked in primary-key order like every multi-row change of executions (see `sql_queue._held`).
         running = (
             sa.select(executions.c.namespace, executions.c.id)
@@ -203,6 +192,19 @@ def dispatch(
             .where(sa.tuple_(executions.c.namespace, executions.c.id).in_(running))
             .values(cancel_requested=True)
         )
+    if conn.dialect.name == "postgresql" and rows:
+        # The next fire times are advanced and the claimers woken by the same statement.
+        inserted = _insert_ticks(conn, rows, advances, now)
+        rows = [r for r in rows if r["id"] in inserted]
+    else:
+        queued_events = [sql_events.execution_event(_as_queued(r), now) for r in rows if id(r) in to_start]
+        inserted = _insert_ignoring_duplicate_ticks(conn, rows)
+        rows = [r for r in rows if r["id"] in inserted]
+        # A run started at once was queued first, as far as its events tell.
+        emit(conn, [e for e in queued_events if e["resource"].rpartition("/")[2] in inserted])
+        emit(conn, [sql_events.execution_event(r, now) for r in rows])
+        _advance(conn, advances)
+    started = [r for r in rows if id(r) in to_start]
     queued = sum(1 for r in rows if r["state"] == QUEUED)
     return DispatchResult(
         len(due),
@@ -297,8 +299,9 @@ inserted AS (
     RETURNING *
 ),
 written AS (
-    INSERT INTO events (type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
-    SELECT e.type, i.namespace, 'namespaces/' || i.namespace || '/executions/' || i.id, i.job_id,
+    INSERT INTO events (sequence, type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
+    SELECT {sql_events.TAKE_SEQUENCES} + row_number() OVER (ORDER BY t.n, e.phase), e.type, i.namespace,
+           'namespaces/' || i.namespace || '/executions/' || i.id, i.job_id,
            i.schedule_id, '', :now, jsonb_build_object('execution', e.snapshot)
     FROM inserted AS i
     JOIN tick AS t ON t.id = i.id

@@ -154,6 +154,12 @@ def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
         conn.execute(INSERT, rows)
 
 
+# PostgreSQL: the statements of every run number their events as they write them, each event's
+# sequence this plus its place in the statement's order (migration 0028: the sequencer's lock,
+# held until the statement's transaction commits; it must be that transaction's last change).
+TAKE_SEQUENCES = "(SELECT cronwire_take_sequences())"
+
+
 # PostgreSQL's numbering (`sequence_pending` is SQLite's): the sequencer's lock, the numbering and
 # the NOTIFY of the replicas, in one call of the function migration 0017 made (one statement, one
 # round trip, prepared; the store sends it on a connection of its own, `sql_wire.WireConnection`).

@@ -269,12 +269,13 @@ started AS (
     RETURNING e.*
 ),
 written AS (
-    INSERT INTO events (type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
-    SELECT '{EventType.EXECUTION_STARTED.value}', namespace,
+    INSERT INTO events (sequence, type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
+    SELECT {sql_events.TAKE_SEQUENCES} + row_number() OVER (ORDER BY due_time, namespace, id),
+           '{EventType.EXECUTION_STARTED.value}', namespace,
            'namespaces/' || namespace || '/executions/' || id, job_id, schedule_id, '', start_time,
            jsonb_build_object('execution', to_jsonb(started) - 'output')
     FROM started
-    ORDER BY due_time
+    ORDER BY due_time, namespace, id
 )
 SELECT v.restricted, {_STARTED}, {", ".join(f"j.{c.name} AS {JOB_PREFIX}{c.name}" for c in jobs.c)}
 FROM verdict AS v
@@ -611,8 +612,13 @@ def finish_many(
 # as one JSON document, so the text never changes and psycopg prepares it (and one json.dumps
 # costs the server a tenth of what dumping eleven arrays, element by element, did).
 _ENDED = ", ".join(f"e.{c.name}" for c in LISTED_COLUMNS)
-FINISH_BATCH = sa.text(
-    f"""
+
+
+def _finish_sql(numbered: bool) -> str:
+    """The finish's statement; `numbered`: its events numbered as written (sql_events.TAKE_SEQUENCES),
+    only where it is its transaction's last change."""
+    sequence = f"{sql_events.TAKE_SEQUENCES} + row_number() OVER (ORDER BY namespace, id)"
+    return f"""
 WITH outcome AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(CAST(:outcomes AS jsonb)) AS o(
         namespace text, id text, state text, exit_code integer, http_status integer, output text,
@@ -637,9 +643,10 @@ ended AS (
     RETURNING {_ENDED}, o.event_type
 ),
 written AS (
-    INSERT INTO events (type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
-    SELECT event_type, namespace, 'namespaces/' || namespace || '/executions/' || id, job_id, schedule_id,
-           '', end_time, jsonb_build_object('execution', to_jsonb(ended) - 'event_type')
+    INSERT INTO events (sequence, type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
+    SELECT {sequence if numbered else "NULL::bigint"}, event_type, namespace,
+           'namespaces/' || namespace || '/executions/' || id, job_id, schedule_id, '', end_time,
+           jsonb_build_object('execution', to_jsonb(ended) - 'event_type')
     FROM ended
     ORDER BY namespace, id
 ),
@@ -647,7 +654,12 @@ written AS (
 woken AS MATERIALIZED (SELECT pg_notify('cronwire_executions', '') AS sent WHERE CAST(:wake AS boolean))
 SELECT {", ".join(c.name for c in LISTED_COLUMNS)} FROM ended LEFT JOIN woken ON true
 """
-).columns(*LISTED_COLUMNS)
+
+
+# The plain finishes' (one autocommitted statement each), and the others' (retries, dependents
+# and callbacks follow it in its transaction: their events are the sequencer's to number).
+FINISH_BATCH = sa.text(_finish_sql(numbered=True)).columns(*LISTED_COLUMNS)
+_FINISH_IN_TRANSACTION = sa.text(_finish_sql(numbered=False)).columns(*LISTED_COLUMNS)
 
 
 def finishes_plainly(claimed: ClaimedExecution, outcome: RunOutcome, retry: RetryPlanner) -> bool:
@@ -681,7 +693,7 @@ def finish_batch(
     """PostgreSQL: every outcome of `items` and its event in one statement; None for a run whose
     lease `worker` no longer held. Results follow `items`. Retries, dependents and callbacks are
     `finish_rest`'s, in the same transaction."""
-    rows = conn.execute(FINISH_BATCH, finish_params(items, worker)).all()
+    rows = conn.execute(_FINISH_IN_TRANSACTION, finish_params(items, worker)).all()
     return finished(items, [row._mapping for row in rows])
 
 

@@ -760,7 +760,8 @@ class SqlStore:
         if result.queued > len(result.started):
             self._wakeup.signal("executions")
         if result.queued or result.skipped:  # their events, written by the dispatch's statement
-            self._wakeup.signal("events_new")
+            # numbered by it on PostgreSQL (`sql_events.TAKE_SEQUENCES`), else by the sequencer
+            self._wakeup.signal("events" if self._postgres else "events_new")
         return result
 
     async def next_fire_time(self) -> tuple[datetime | None, datetime]:
@@ -794,8 +795,8 @@ class SqlStore:
             )
         else:
             claimed, self._admitting = await self._hot.claim(worker, limit, lease)
-            if claimed:
-                self._wakeup.signal("events_new")
+            if claimed:  # their events, numbered by the claim
+                self._wakeup.signal("events")
         if self._admitting and not admit and len(claimed) < limit:
             more, self._admitting = await self._run(
                 self._claim_batch, worker, limit - len(claimed), lease, namespace_limit, True
@@ -810,8 +811,8 @@ class SqlStore:
             claimed, restricted = sql_queue.claim_batch(
                 conn, worker, limit, lease, namespace_limit, admit=admit
             )
-        if claimed:
-            self._wakeup.signal("events_new")
+        if claimed:  # their events, numbered by the claim
+            self._wakeup.signal("events")
         return claimed, restricted
 
     async def next_due_time(self) -> tuple[datetime | None, datetime]:
@@ -846,8 +847,8 @@ class SqlStore:
         results: list[Execution | None]
         if self._hot is not None and all(sql_queue.finishes_plainly(c, o, retry) for c, o in items):
             results = await self._hot.finish(items, worker)
-            if any(results):
-                self._wakeup.signal("events_new")
+            if any(results):  # their events, numbered by the finish
+                self._wakeup.signal("events")
         elif self._postgres:
             results = await self._run(self._finish_batch, items, worker, retry)
         else:

@@ -418,16 +418,42 @@ async def test_a_burst_of_due_schedules_costs_at_most_one_statement_per_executio
 
 
 async def test_numbering_a_batch_of_events_is_one_statement_under_the_lock(store: SqlStore) -> None:
-    await running(store, Job(namespace=NS, id="noop", executor="noop", parameters={}), BATCH)
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    for _ in range(BATCH):
+        await store.run_job(NS, "noop", {})
     with counting(store) as sent:
         numbered = await store.sequence_events(10_000)
     # One call takes the sequencer's lock and numbers them, its NOTIFY included (4 statements
     # before: BEGIN, the lock, the numbering, COMMIT).
     assert sent.count == 1, sent.statements
-    assert numbered == 1 + 2 * BATCH  # the job's event, then each run's QUEUED and STARTED
+    assert numbered == 1 + BATCH  # the job's event, then each run's QUEUED
     events = await store.read_events(EventFilter(namespace=NS), after=0, limit=10_000)
     assert [e.sequence for e in events] == list(range(1, numbered + 1))
-    assert events[-1].type is EventType.EXECUTION_STARTED
+    assert events[-1].type is EventType.EXECUTION_QUEUED
     await store.run_job(NS, "noop", {})
     assert await store.sequence_events(10_000) == 1
     assert await store.latest_event_sequence() == numbered + 1
+
+
+async def test_a_claim_and_a_finish_number_their_own_events_after_those_committed_before(
+    store: SqlStore,
+) -> None:
+    """The statements of every run write their events numbered (no second write of each by the
+    sequencer), after any committed before them that the sequencer had not numbered yet."""
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    for _ in range(BATCH):
+        await store.run_job(NS, "noop", {})
+    claimed = await store.claim_executions(WORKER, BATCH, LEASE)
+    assert len(claimed) == BATCH
+    # The claim numbered the job's event and the QUEUED ones first, then its STARTED ones.
+    events = await store.read_events(EventFilter(namespace=NS), after=0, limit=10_000)
+    assert [e.sequence for e in events] == list(range(1, 2 + 2 * BATCH))
+    assert [e.type for e in events[1 : 1 + BATCH]] == [EventType.EXECUTION_QUEUED] * BATCH
+    assert [e.type for e in events[1 + BATCH :]] == [EventType.EXECUTION_STARTED] * BATCH
+    items = [(c, RunOutcome(ExecutionState.SUCCEEDED, exit_code=0)) for c in claimed]
+    await store.finish_executions(items, WORKER, plan_retry)
+    events = await store.read_events(EventFilter(namespace=NS), after=1 + 2 * BATCH, limit=10_000)
+    assert [e.sequence for e in events] == list(range(2 + 2 * BATCH, 2 + 3 * BATCH))
+    assert {e.type for e in events} == {EventType.EXECUTION_SUCCEEDED}
+    # Nothing was left for the sequencer to number (a second write of each).
+    assert await store.sequence_events(10_000) == 0
