@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # Schedules claimed per transaction: large enough to batch inserts, small enough to keep locks short.
 BATCH = 200
+# The first batch of a pass that may find ticks due already (see `Dispatcher.run_once`).
+FIRST_BATCH = 32
 # Ticks due within this long are dispatched ahead when the local pool can start them itself (see
 # `StartNow`): long enough to batch a steady stream of ticks, short enough to hold few slots idle.
 AHEAD = timedelta(milliseconds=200)
@@ -81,6 +83,8 @@ class Dispatcher:
         self._batch = batch
         self._pool = pool
         self._ahead = ahead
+        self._reach: datetime | None = None  # the last pass's (`DispatchResult.reach`)
+        self._woken_ahead = False  # the next pass is woken ahead of its first tick
 
     def fuse(self, pool: LocalPool) -> None:
         """Start the runs a dispatch creates in `pool` itself while it has free slots: inserted
@@ -97,13 +101,21 @@ class Dispatcher:
     async def run_once(self) -> int:
         """One pass over everything due now; returns the executions queued."""
         queued = 0
+        # A pass woken ahead of its first tick takes a whole batch. Any other may find ticks due
+        # already, and a batch's runs start when it has committed (about a quarter of a
+        # millisecond per tick): its first batch is small, so that they start soon, and the next
+        # ones grow, each ending before the ticks it takes are due in a steady stream.
+        limit = self._batch if self._woken_ahead else min(self._batch, FIRST_BATCH)
+        self._woken_ahead = False
         while True:
-            result = await self._dispatch_batch()
+            result = await self._dispatch_batch(limit)
+            self._reach = result.reach
             queued += result.queued
             if not result.more:
                 return queued
+            limit = min(self._batch, 2 * limit)
 
-    async def _dispatch_batch(self) -> DispatchResult:
+    async def _dispatch_batch(self, limit: int) -> DispatchResult:
         skipped: list[SkipReason] = []
 
         def plan(schedule: Schedule, now: datetime, activity: ScheduleActivity, until: datetime) -> TickPlan:
@@ -112,9 +124,9 @@ class Dispatcher:
             return planned
 
         pool = self._pool
-        start = pool.reserve(self._batch, self._ahead) if pool is not None else None
+        start = pool.reserve(limit, self._ahead) if pool is not None else None
         if start is None:
-            result = await self._store.dispatch_due(plan, limit=self._batch)
+            result = await self._store.dispatch_due(plan, limit=limit)
         else:
             assert pool is not None
             started: tuple[ClaimedExecution, ...] = ()
@@ -122,7 +134,7 @@ class Dispatcher:
             clock: tuple[float, datetime] | None = None
             slotless: frozenset[str] = frozenset()
             try:
-                result = await self._store.dispatch_due(plan, limit=self._batch, start=start)
+                result = await self._store.dispatch_due(plan, limit=limit, start=start)
                 started, clock, slotless = result.started, result.clock, result.slotless
             finally:
                 pool.adopt(start, started, sent, clock, slotless)
@@ -149,9 +161,13 @@ class Dispatcher:
             return MAX_SLEEP
         wait = (upcoming - now).total_seconds()
         ahead = self._ahead.total_seconds() if self._pool is not None else 0.0
-        # Wake half the look-ahead before the next tick: the pass takes it and the ticks of the
-        # next half look-ahead with it, each still well before its time. A tick within reach
-        # that the last pass left (the pool could not start it itself) is dispatched when due.
-        if wait > ahead:
+        # Wake half the look-ahead before the next tick beyond the last pass's reach: the pass
+        # takes it and the ticks of the next half look-ahead with it, each still well before its
+        # time however long the pass takes. (Woken at its due time, a pass started late every
+        # tick due while it ran: in a steady stream, those of its first tens of milliseconds.) A
+        # tick within reach that the last pass left (the pool could not start it itself) is
+        # dispatched when due.
+        if wait > ahead or (self._reach is not None and upcoming > self._reach):
             wait -= ahead / 2
+            self._woken_ahead = wait > 0
         return max(0.0, min(MAX_SLEEP, wait))

@@ -31,6 +31,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from cronwire_server import callbacks, metrics
 from cronwire_server.config import Settings
@@ -105,14 +106,14 @@ class _CancelFlag(asyncio.Event):
 
     def __init__(self) -> None:
         super().__init__()
-        self.waking: asyncio.Future[None] | None = None
+        self.waking: asyncio.Future[Any] | None = None
 
     def set(self) -> None:
         super().set()
         _resolve(self.waking)
 
 
-def _resolve(future: asyncio.Future[None] | None) -> None:
+def _resolve(future: asyncio.Future[Any] | None) -> None:
     if future is not None and not future.done():
         future.set_result(None)
 
@@ -193,7 +194,7 @@ class WorkerPool:
         # waiting for a slot (in the order they came due), which they get before any claim or
         # dispatch (see `_free`, `_grant`).
         self._waiting = 0
-        self._ready: deque[tuple[asyncio.Future[None], _Running]] = deque()
+        self._ready: deque[tuple[asyncio.Future[bool | None], _Running]] = deque()
         self._quick = QuickJobs()
         self._stopping: asyncio.Event | None = None
         # How long after a renewal was sent the run is safe: its lease is still this one's.
@@ -267,8 +268,10 @@ class WorkerPool:
         """Give the slots open now to runs taken ahead that are due and wait for one, in turn."""
         while self._ready and self._open() > 0:
             granted, running = self._ready.popleft()
+            if granted.done():  # cancelled meanwhile: it counts itself as holding one
+                continue
             self._holds_slot(running)
-            granted.set_result(None)
+            granted.set_result(True)
 
     def _holds_slot(self, running: _Running) -> None:
         """A run taken ahead without a slot counts as holding one from now on."""
@@ -313,7 +316,9 @@ class WorkerPool:
         stopping = self._stopping
         if stopping is None or stopping.is_set() or self._max_running_per_namespace > 0:
             return None
-        count = max(0, min(wanted, self._free()))
+        # Not the slots that quick runs taken ahead will want as they come due, maybe while this
+        # dispatch runs: held for it, they would wait for its end (tens of milliseconds).
+        count = max(0, min(wanted, self._free() - self._waiting))
         quick = 0
         if ahead and self._quick.any() and self._quick.slow_runs() < self._slots:
             quick = max(0, QUICK_AHEAD_PER_SLOT * self._slots - self._waiting)
@@ -424,16 +429,25 @@ class WorkerPool:
         if not self._ready and self._open() > 0:
             self._holds_slot(running)
             return
-        waiter = (asyncio.get_running_loop().create_future(), running)
-        self._ready.append(waiter)
-        cancelled = asyncio.ensure_future(running.cancel.wait())
-        try:
-            await asyncio.wait({waiter[0], cancelled}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancelled.cancel()
-            if not waiter[0].done():  # not given one: counted as holding one
-                self._ready.remove(waiter)
-                self._holds_slot(running)
+        cancel = running.cancel
+        waiter: tuple[asyncio.Future[bool | None], _Running] = (
+            asyncio.get_running_loop().create_future(),
+            running,
+        )
+        granted = False
+        if not cancel.is_set():
+            # One future, resolved True by `_grant` or None by a cancellation (no task and no
+            # asyncio.wait per run: most runs of a burst of a quick job wait here).
+            self._ready.append(waiter)
+            cancel.waking = waiter[0]
+            try:
+                granted = bool(await waiter[0])
+            finally:
+                cancel.waking = None
+                if not granted and waiter in self._ready:
+                    self._ready.remove(waiter)
+        if not granted:  # not given one (cancelled, or the pool stops it): counted as holding one
+            self._holds_slot(running)
 
     async def _idle_time(self) -> float:
         due, now = await self._store.next_due_time()

@@ -54,6 +54,9 @@ class DispatchResult:
     # The database's time the dispatch decided by, and this process's monotonic time when it had
     # read it: a run taken ahead of its due time starts `start_time - now` after that.
     clock: tuple[float, datetime] | None = None
+    # How far ahead the dispatch looked (the database's time it decided by plus the look-ahead),
+    # when it took ticks ahead: a tick due later was beyond its reach, not left by it.
+    reach: datetime | None = None
 
 
 @dataclass(frozen=True)

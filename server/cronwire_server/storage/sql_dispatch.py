@@ -92,8 +92,9 @@ def dispatch(
     else:
         query = query.where(due_now).limit(limit)
     due = conn.execute(locked(query, conn, schedules)).all()
+    reach = horizon if horizon > now else None
     if not due:
-        return DispatchResult(0, 0, 0, more=False)
+        return DispatchResult(0, 0, 0, more=False, reach=reach)
     activity, checked = _activity(conn, [(r.namespace, r.id) for r in due])
     read_at = time.monotonic()  # when `checked` had just been read, for runs started on a timer
     rows: list[dict[str, Any]] = []
@@ -214,6 +215,7 @@ def dispatch(
         started=tuple(ClaimedExecution(execution_from_row(r), to_start[id(r)]) for r in started),
         slotless=frozenset(r["id"] for r in started if id(r) in slotless),
         clock=(read_at, checked),
+        reach=reach,
     )
 
 

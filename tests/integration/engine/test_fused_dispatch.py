@@ -19,6 +19,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from cronwire_server import dispatcher as dispatcher_module
 from cronwire_server import quick_jobs
 from cronwire_server.core.model import (
     EventFilter,
@@ -501,3 +502,118 @@ async def test_a_pool_that_drains_puts_back_the_quick_jobs_ticks_waiting_for_the
     assert len(waiting) == 3
     assert {e.state for e in waiting} == {ExecutionState.QUEUED}
     assert webhook.calls == calls  # none of them ran
+
+
+async def test_a_dispatch_in_flight_holds_no_slot_a_quick_run_taken_ahead_wants_when_due(
+    store: SqlStore, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dispatch holds the slots it may start runs in until it has committed (tens of
+    # milliseconds under load), but not those the quick runs taken ahead will want as they come
+    # due meanwhile: they would all start late, at its end.
+    monkeypatch.setattr(quick_jobs, "QUICK_RUN", 5.0)
+    job = await http_job(store, webhook, "due-meanwhile")
+    async with running_pool(store, slots=1, runners=LOOPBACK) as pool:
+        dispatcher = Dispatcher(store, pool=pool, ahead=timedelta(seconds=20))
+        await made_quick(store, job)
+        await schedules_due_in(store, job, [timedelta(seconds=1)], new_job=False)
+        assert await dispatcher.run_once() == 1  # taken ahead, waiting for its time without a slot
+        (waiting,) = [e for e in await executions_of(store, job.id) if e.schedule_id]
+        start = pool.reserve(200, timedelta(seconds=20))  # the next dispatch begins, and lasts
+        assert start is not None
+        assert start.count == 0  # the one free slot is the waiting run's
+        try:
+            await succeeded(store, waiting.id)  # it came due and ran meanwhile
+        finally:
+            pool.adopt(start, [], time.monotonic())
+
+
+async def test_a_run_waiting_for_a_slot_when_due_ends_at_once_when_cancelled(
+    store: SqlStore, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ticks of a quick job due now beyond the free slots wait for one without holding any; while
+    # the only slot is taken by a call that hangs, a cancelled one goes on at once, to end.
+    monkeypatch.setattr(quick_jobs, "QUICK_RUN", 5.0)
+    job = await http_job(store, webhook, "cancelled-waiting")
+    async with running_pool(store, slots=1, runners=LOOPBACK) as pool:
+        await made_quick(store, job)
+        webhook.hold.set()
+        calls = webhook.calls
+        await schedules_due_in(store, job, [timedelta(0)] * 2, new_job=False)
+        assert await Dispatcher(store, pool=pool).run_once() == 2
+        deadline = time.monotonic() + 20
+        while webhook.calls == calls:  # one holds the slot, calling the endpoint that hangs
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        while not pool._ready:  # the other waits for the slot
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        ((_, queued),) = pool._ready
+        waiting = queued.claimed.execution
+        await store.cancel_execution(NS, waiting.id, "not needed")
+        deadline = time.monotonic() + 20
+        while (ended := await store.get_execution(NS, waiting.id)).state is not ExecutionState.CANCELLED:
+            assert time.monotonic() < deadline, ended.state
+            await asyncio.sleep(0.05)
+        assert webhook.calls == calls + 1  # the cancelled one never called
+        webhook.release.set()
+
+
+async def test_the_next_pass_wakes_half_the_look_ahead_before_the_first_tick_beyond_reach(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In a steady stream the next tick is always within one look-ahead of the last pass: woken
+    # only at its due time, a pass would start late every tick due while it ran. (A look-ahead
+    # within the dispatcher's longest sleep.)
+    ahead = timedelta(seconds=4)
+    _, later = await schedules_due_in(
+        store,
+        Job(namespace=NS, id="stream", executor="noop", parameters={}),
+        [timedelta(seconds=1), timedelta(hours=1)],
+    )
+    limits: list[int] = []
+    dispatch = store.dispatch_due
+
+    async def dispatch_and_note(*args: Any, limit: int, **kwargs: Any) -> Any:
+        limits.append(limit)
+        return await dispatch(*args, limit=limit, **kwargs)
+
+    monkeypatch.setattr(store, "dispatch_due", dispatch_and_note)
+    async with running_pool(store, slots=4) as pool:
+        dispatcher = Dispatcher(store, pool=pool, ahead=ahead)
+        assert await dispatcher.run_once() == 1  # `soon`, taken ahead
+        reach = dispatcher._reach
+        assert reach is not None
+        # The next tick just beyond what the pass could take, so within one look-ahead of now.
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                sa.update(schedules)
+                .where(schedules.c.id == later)
+                .values(next_fire_time=reach + timedelta(milliseconds=1))
+            )
+        assert 0 < await dispatcher._sleep_time() <= ahead.total_seconds() / 2
+        # Woken ahead of its first tick, the pass takes a whole batch at once.
+        limits.clear()
+        await dispatcher.run_once()
+        assert limits == [dispatcher_module.BATCH]
+
+
+async def test_a_pass_that_may_find_ticks_due_starts_with_a_small_batch_then_larger_ones(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch's runs start once it has committed: the first of a pass that finds 150 ticks due
+    # is small, so that they start soon, and the batches after it grow.
+    await due_schedules(store, Job(namespace=NS, id="due", executor="noop", parameters={}), 150)
+    limits: list[int] = []
+    dispatch = store.dispatch_due
+
+    async def dispatch_and_note(*args: Any, limit: int, **kwargs: Any) -> Any:
+        limits.append(limit)
+        return await dispatch(*args, limit=limit, **kwargs)
+
+    monkeypatch.setattr(store, "dispatch_due", dispatch_and_note)
+    async with running_pool(store, slots=4) as pool:
+        await Dispatcher(store, pool=pool).run_once()
+    first = dispatcher_module.FIRST_BATCH
+    assert limits[:3] == [first, 2 * first, 4 * first]
+    made = await store.list_executions(NS, Page(size=1000), ExecutionFilter(job_id="due"))
+    assert len({e.schedule_id for e in made.items}) == 150  # every schedule's tick taken
