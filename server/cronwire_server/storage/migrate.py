@@ -23,8 +23,10 @@ from cronwire_server.storage.sql_engine import sync_url
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 # Replicas starting together must not migrate at once: they queue on this
-# PostgreSQL advisory lock (an arbitrary constant, the same in every replica).
-_PG_MIGRATION_LOCK = 0x63726F6E77697265  # "cronwire"
+# PostgreSQL advisory lock (an arbitrary constant, the same in every replica). Not the
+# sequencer's ("cronwire", migration 0017), which the statements of every run hold with their
+# tables' locks until they commit: a migration's DDL and such a statement would wait for each other.
+_PG_MIGRATION_LOCK = 0x63726F6E776D6967  # "cronwmig"
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from cronwire_server.core.errors import StorageUnavailable
 from cronwire_server.core.model import ExecutionState, Job
 from cronwire_server.executors.runtime import RunOutcome
+from cronwire_server.storage import migrate
 from cronwire_server.storage.base import ClaimedExecution
 from cronwire_server.storage.sql_driver import PreparedStatement
 from cronwire_server.storage.sql_store import SqlStore, open_store
@@ -88,6 +89,18 @@ async def test_a_numbering_whose_connection_is_cut_is_sent_again(store: SqlStore
         await locker.rollback()
     assert await asyncio.wait_for(numbering, 30) >= 1
     assert await store.latest_event_sequence() >= 1
+
+
+async def test_a_migration_queues_on_a_lock_of_its_own_not_the_sequencers(
+    store: SqlStore, plain: AsyncEngine
+) -> None:
+    # The statements of every run hold the sequencer's lock from their events' insert to their
+    # commit, with their tables' locks. A migration, whose DDL takes its tables' locks, must not
+    # queue on that same lock: each would wait for the other.
+    url = plain.url.render_as_string(hide_password=False)
+    async with plain.begin() as locker:
+        await locker.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SEQUENCER_LOCK})
+        await asyncio.wait_for(migrate.upgrade_async(url), 30)
 
 
 async def test_the_finish_row_lock_reads_by_primary_key_once_the_table_has_grown(plain: AsyncEngine) -> None:
