@@ -145,7 +145,7 @@ _COLUMNS = ("type", "namespace", "resource", "job_id", "schedule_id", "actor", "
 def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Write events, not yet numbered; the sequencer numbers them once committed.
 
-    On PostgreSQL a statement trigger wakes the sequencers of every replica (migration 0004).
+    On PostgreSQL a trigger wakes the sequencers of every replica (migrations 0004 and 0028).
     """
     if len(rows) > 1 and conn.dialect.name == "postgresql":
         document = json_document([{c: r[c] for c in _COLUMNS} for r in rows])

@@ -558,6 +558,19 @@ async def test_a_run_waiting_for_a_slot_when_due_ends_at_once_when_cancelled(
         webhook.release.set()
 
 
+def batch_limits(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The schedules' limit of each dispatch batch `store` is asked for, as they come."""
+    limits: list[int] = []
+    dispatch = store.dispatch_due
+
+    async def dispatch_and_note(*args: Any, limit: int, **kwargs: Any) -> Any:
+        limits.append(limit)
+        return await dispatch(*args, limit=limit, **kwargs)
+
+    monkeypatch.setattr(store, "dispatch_due", dispatch_and_note)
+    return limits
+
+
 async def test_the_next_pass_wakes_half_the_look_ahead_before_the_first_tick_beyond_reach(
     store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -570,14 +583,7 @@ async def test_the_next_pass_wakes_half_the_look_ahead_before_the_first_tick_bey
         Job(namespace=NS, id="stream", executor="noop", parameters={}),
         [timedelta(seconds=1), timedelta(hours=1)],
     )
-    limits: list[int] = []
-    dispatch = store.dispatch_due
-
-    async def dispatch_and_note(*args: Any, limit: int, **kwargs: Any) -> Any:
-        limits.append(limit)
-        return await dispatch(*args, limit=limit, **kwargs)
-
-    monkeypatch.setattr(store, "dispatch_due", dispatch_and_note)
+    limits = batch_limits(store, monkeypatch)
     async with running_pool(store, slots=4) as pool:
         dispatcher = Dispatcher(store, pool=pool, ahead=ahead)
         assert await dispatcher.run_once() == 1  # `soon`, taken ahead
@@ -603,14 +609,7 @@ async def test_a_pass_that_may_find_ticks_due_starts_with_a_small_batch_then_lar
     # A batch's runs start once it has committed: the first of a pass that finds 150 ticks due
     # is small, so that they start soon, and the batches after it grow.
     await due_schedules(store, Job(namespace=NS, id="due", executor="noop", parameters={}), 150)
-    limits: list[int] = []
-    dispatch = store.dispatch_due
-
-    async def dispatch_and_note(*args: Any, limit: int, **kwargs: Any) -> Any:
-        limits.append(limit)
-        return await dispatch(*args, limit=limit, **kwargs)
-
-    monkeypatch.setattr(store, "dispatch_due", dispatch_and_note)
+    limits = batch_limits(store, monkeypatch)
     async with running_pool(store, slots=4) as pool:
         await Dispatcher(store, pool=pool).run_once()
     first = dispatcher_module.FIRST_BATCH
