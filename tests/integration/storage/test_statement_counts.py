@@ -41,6 +41,7 @@ NS = "counts"
 WORKER = "host:1:abc"
 LEASE = timedelta(seconds=60)
 BATCH = 100
+SEQUENCER_LOCK = 0x63726F6E77697265  # migration 0017's
 
 pytestmark = pytest.mark.postgres
 
@@ -415,6 +416,32 @@ async def test_a_burst_of_due_schedules_costs_at_most_one_statement_per_executio
     # 195 now (events of a dispatch batch in its insert, the claim in one statement): 217 before,
     # 5,918 before the set-based steps. At most one statement per execution is the target.
     assert sent.count <= 200, f"{sent.count} statements for {count} executions"
+
+
+async def test_a_claim_does_not_wait_for_another_numbering_and_leaves_its_events_to_the_sequencer(
+    store: SqlStore,
+) -> None:
+    """While another numbering holds the sequencer's lock, the statements of every run write their
+    events unnumbered rather than wait (every replica's would take turns until each commits);
+    the sequencer numbers them once the lock is free, in order."""
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    for _ in range(3):
+        await store.run_job(NS, "noop", {})
+    engine = create_async_engine(store.engine.url, poolclass=NullPool)
+    try:
+        async with engine.connect() as other:
+            await other.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SEQUENCER_LOCK})
+            claimed = await asyncio.wait_for(store.claim_executions(WORKER, 3, LEASE), 30)
+            assert len(claimed) == 3
+            assert await store.read_events(EventFilter(namespace=NS), after=0, limit=100) == []
+            await other.rollback()
+    finally:
+        await engine.dispose()
+    assert await store.sequence_events(100) == 1 + 2 * 3
+    events = await store.read_events(EventFilter(namespace=NS), after=0, limit=100)
+    assert [e.type for e in events] == [EventType.JOB_CREATED] + [EventType.EXECUTION_QUEUED] * 3 + [
+        EventType.EXECUTION_STARTED
+    ] * 3
 
 
 async def test_numbering_a_batch_of_events_is_one_statement_under_the_lock(store: SqlStore) -> None:
