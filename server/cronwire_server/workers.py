@@ -435,19 +435,19 @@ class WorkerPool:
             running,
         )
         granted = False
-        if not cancel.is_set():
-            # One future, resolved True by `_grant` or None by a cancellation (no task and no
-            # asyncio.wait per run: most runs of a burst of a quick job wait here).
-            self._ready.append(waiter)
-            cancel.waking = waiter[0]
-            try:
+        try:
+            if not cancel.is_set():
+                # One future, resolved True by `_grant` or None by a cancellation (no task and no
+                # asyncio.wait per run: most runs of a burst of a quick job wait here).
+                self._ready.append(waiter)
+                cancel.waking = waiter[0]
                 granted = bool(await waiter[0])
-            finally:
-                cancel.waking = None
-                if not granted and waiter in self._ready:
+        finally:
+            cancel.waking = None
+            if not granted:  # not given one (cancelled, or its task stopped): counted as holding one
+                if waiter in self._ready:
                     self._ready.remove(waiter)
-        if not granted:  # not given one (cancelled, or the pool stops it): counted as holding one
-            self._holds_slot(running)
+                self._holds_slot(running)
 
     async def _idle_time(self) -> float:
         due, now = await self._store.next_due_time()
