@@ -760,7 +760,8 @@ class SqlStore:
         if result.queued > len(result.started):
             self._wakeup.signal("executions")
         if result.queued or result.skipped:  # their events, written by the dispatch's statement
-            # numbered by it on PostgreSQL (`sql_events.TAKE_SEQUENCES`), else by the sequencer
+            # numbered by it on PostgreSQL (`sql_events.TAKE_SEQUENCES`; else the database's trigger
+            # wakes the sequencers), by the sequencer on SQLite
             self._wakeup.signal("events" if self._postgres else "events_new")
         return result
 
@@ -795,7 +796,7 @@ class SqlStore:
             )
         else:
             claimed, self._admitting = await self._hot.claim(worker, limit, lease)
-            if claimed:  # their events, numbered by the claim
+            if claimed:  # their events, numbered by it (or the trigger wakes the sequencers)
                 self._wakeup.signal("events")
         if self._admitting and not admit and len(claimed) < limit:
             more, self._admitting = await self._run(
@@ -811,7 +812,7 @@ class SqlStore:
             claimed, restricted = sql_queue.claim_batch(
                 conn, worker, limit, lease, namespace_limit, admit=admit
             )
-        if claimed:  # their events, numbered by the claim
+        if claimed:  # their events, numbered by it (or the trigger wakes the sequencers)
             self._wakeup.signal("events")
         return claimed, restricted
 
@@ -847,7 +848,7 @@ class SqlStore:
         results: list[Execution | None]
         if self._hot is not None and all(sql_queue.finishes_plainly(c, o, retry) for c, o in items):
             results = await self._hot.finish(items, worker)
-            if any(results):  # their events, numbered by the finish
+            if any(results):  # their events, numbered by it (or the trigger wakes the sequencers)
                 self._wakeup.signal("events")
         elif self._postgres:
             results = await self._run(self._finish_batch, items, worker, retry)
