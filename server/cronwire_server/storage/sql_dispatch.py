@@ -30,7 +30,7 @@ from cronwire_server.core.model import (
 )
 from cronwire_server.core.planning import PlannedRun, ScheduleActivity
 from cronwire_server.executors.registry import REMOTE
-from cronwire_server.storage import sql_events
+from cronwire_server.storage import sql_counters, sql_events
 from cronwire_server.storage.base import ClaimedExecution, DispatchResult, Planner, StartNow
 from cronwire_server.storage.records import execution_from_row, job_from_record, schedule_from_record
 from cronwire_server.storage.sql_driver import json_document
@@ -248,7 +248,8 @@ def _as_queued(row: dict[str, Any]) -> dict[str, Any]:
 # recorded first left alone, and the events of those inserted written by a CTE of it: each in its
 # state, and a run started at once (RUNNING) first as QUEUED, as if claimed. The same statement
 # advances the batch's next fire times (the schedules are locked already, by the dispatch's
-# SELECT) and, when it queued a run, wakes every replica's claimer at commit.
+# SELECT), adds the runs to the counters (sql_counters) and, when it queued a run, wakes every
+# replica's claimer at commit.
 _TICK_FIELDS = {
     "namespace": "text",
     "id": "text",
@@ -323,8 +324,9 @@ advanced AS (
 ),
 woken AS MATERIALIZED (
     SELECT pg_notify('cronwire_executions', '') WHERE EXISTS (SELECT FROM inserted WHERE state = '{QUEUED}')
-)
-SELECT id FROM inserted LEFT JOIN woken ON true
+),
+{sql_counters.counted("inserted", inserted=True)}
+SELECT id FROM inserted LEFT JOIN woken ON true LEFT JOIN counted ON true
 """
     )
 )

@@ -29,7 +29,7 @@ from cronwire_server.core.model import (
 )
 from cronwire_server.executors.registry import REMOTE
 from cronwire_server.executors.runtime import RunOutcome
-from cronwire_server.storage import sql_events
+from cronwire_server.storage import sql_counters, sql_events
 from cronwire_server.storage.base import ClaimedExecution, LeaseRenewal, RetryPlanner
 from cronwire_server.storage.records import execution_from_row, execution_values, job_from_record
 from cronwire_server.storage.sql_callbacks import on_final, read_job, triggers
@@ -230,6 +230,12 @@ admitted AS MATERIALIZED (
         if namespace_limit != "0"
         else ""
     )
+    # A plain claim adds its runs to the counters itself (sql_counters); an admitting one may also
+    # fail orphans, which its trigger records with the runs it starts.
+    counting, read_counted = "", ""
+    if not admit:
+        counting = ",\n" + sql_counters.counted("started", inserted=False, old_state=ExecutionState.QUEUED)
+        read_counted = " CROSS JOIN counted"
     # The rows picked are found again by their ctid (a TID scan), not by a join on (namespace, id):
     # without statistics the planner priced every index alike for that join and once took one by
     # namespace alone, reading the namespace's executions for each row.
@@ -276,9 +282,9 @@ written AS (
            jsonb_build_object('execution', to_jsonb(started) - 'output')
     FROM started
     ORDER BY due_time, namespace, id
-)
+){counting}
 SELECT v.restricted, {_STARTED}, {", ".join(f"j.{c.name} AS {JOB_PREFIX}{c.name}" for c in jobs.c)}
-FROM verdict AS v
+FROM verdict AS v{read_counted}
 LEFT JOIN (started AS s JOIN jobs AS j ON j.namespace = s.namespace AND j.id = s.job_id) ON true
 ORDER BY s.due_time
 """
@@ -614,10 +620,14 @@ def finish_many(
 _ENDED = ", ".join(f"e.{c.name}" for c in LISTED_COLUMNS)
 
 
-def _finish_sql(numbered: bool) -> str:
-    """The finish's statement; `numbered`: its events numbered as written (sql_events.TAKE_SEQUENCES),
-    only where it is its transaction's last change."""
+def _finish_sql(last_change: bool) -> str:
+    """The finish's statement. Where it is its transaction's last change, it numbers its events as
+    it writes them (sql_events.TAKE_SEQUENCES) and adds its runs to the counters (sql_counters)."""
     sequence = f"{sql_events.TAKE_SEQUENCES} + row_number() OVER (ORDER BY namespace, id)"
+    counting, read_counted = "", ""
+    if last_change:
+        counting = ", " + sql_counters.counted("ended", inserted=False, old_state=ExecutionState.RUNNING)
+        read_counted = " LEFT JOIN counted ON true"
     return f"""
 WITH outcome AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(CAST(:outcomes AS jsonb)) AS o(
@@ -644,7 +654,7 @@ ended AS (
 ),
 written AS (
     INSERT INTO events (sequence, type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
-    SELECT {sequence if numbered else "NULL::bigint"}, event_type, namespace,
+    SELECT {sequence if last_change else "NULL::bigint"}, event_type, namespace,
            'namespaces/' || namespace || '/executions/' || id, job_id, schedule_id, '', end_time,
            jsonb_build_object('execution', to_jsonb(ended) - 'event_type')
     FROM ended
@@ -652,14 +662,16 @@ written AS (
 ),
 -- An execution waiting for one of these to end (a serial turn, a concurrency limit) may start now.
 woken AS MATERIALIZED (SELECT pg_notify('cronwire_executions', '') AS sent WHERE CAST(:wake AS boolean))
-SELECT {", ".join(c.name for c in LISTED_COLUMNS)} FROM ended LEFT JOIN woken ON true
+{counting}
+SELECT {", ".join(c.name for c in LISTED_COLUMNS)} FROM ended LEFT JOIN woken ON true{read_counted}
 """
 
 
 # The plain finishes' (one autocommitted statement each), and the others' (retries, dependents
-# and callbacks follow it in its transaction: their events are the sequencer's to number).
-FINISH_BATCH = sa.text(_finish_sql(numbered=True)).columns(*LISTED_COLUMNS)
-_FINISH_IN_TRANSACTION = sa.text(_finish_sql(numbered=False)).columns(*LISTED_COLUMNS)
+# and callbacks follow it in its transaction: their events are the sequencer's to number, their
+# runs the counters' triggers' to record).
+FINISH_BATCH = sa.text(_finish_sql(last_change=True)).columns(*LISTED_COLUMNS)
+_FINISH_IN_TRANSACTION = sa.text(_finish_sql(last_change=False)).columns(*LISTED_COLUMNS)
 
 
 def finishes_plainly(claimed: ClaimedExecution, outcome: RunOutcome, retry: RetryPlanner) -> bool:

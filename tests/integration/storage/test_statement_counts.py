@@ -484,3 +484,66 @@ async def test_a_claim_and_a_finish_number_their_own_events_after_those_committe
     assert {e.type for e in events} == {EventType.EXECUTION_SUCCEEDED}
     # Nothing was left for the sequencer to number (a second write of each).
     assert await store.sequence_events(10_000) == 0
+
+
+async def test_the_statements_of_every_run_add_their_runs_to_the_counters_themselves(
+    store: SqlStore,
+) -> None:
+    """A dispatch's ticks, a plain claim and a plain finish add their runs to the counters at once,
+    recording nothing for the fold at commit (migration 0029), and the counters stay exact."""
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    for n in range(3):
+        await store.create_schedule(
+            Schedule(namespace=NS, id=f"s{n}", job_id="noop", trigger=IntervalSpec(timedelta(hours=1)))
+        )
+    await store.run_job(NS, "noop", {})  # recorded for the fold, before the guard
+    async with store.engine.connect() as conn:
+        await conn.execute(sa.text("UPDATE schedules SET next_fire_time = now() - interval '1 second'"))
+        await conn.execute(
+            sa.text(
+                "CREATE FUNCTION refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$"
+                " BEGIN RAISE EXCEPTION 'a change recorded for the fold'; END $$"
+            )
+        )
+        await conn.execute(
+            sa.text(
+                "CREATE TRIGGER refuse_change BEFORE INSERT ON execution_counter_changes"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_change()"
+            )
+        )
+        await conn.commit()
+    assert await Dispatcher(store).run_once() == 3
+    claimed = await store.claim_executions(WORKER, 10, LEASE)
+    assert len(claimed) == 4
+    outcomes = [(c, RunOutcome(ExecutionState.SUCCEEDED, exit_code=0)) for c in claimed[:3]]
+    outcomes.append((claimed[3], RunOutcome(ExecutionState.FAILED, exit_code=1)))
+    ended = await store.finish_executions(outcomes, WORKER, plan_retry)
+    assert all(e is not None for e in ended)
+
+    # Every execution counted once (the dispatch also recorded the tick each schedule missed as
+    # SKIPPED), each in its state.
+    tally = sa.text(
+        "SELECT count(*), count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'failed')"
+        " FROM executions WHERE schedule_id = :schedule OR :schedule = ''"
+    )
+    async with store.engine.connect() as conn:
+        for kind, owner, schedule in [
+            ("job", "noop", ""),
+            *[("schedule", f"s{n}", f"s{n}") for n in range(3)],
+        ]:
+            read = (
+                store.get_job(NS, owner, with_stats=True)
+                if kind == "job"
+                else store.get_schedule(NS, owner, with_stats=True)
+            )
+            stats = (await read).stats
+            assert stats is not None
+            expected = (await conn.execute(tally, {"schedule": schedule})).one()
+            assert (stats.total, stats.succeeded, stats.failed) == tuple(expected), (kind, owner)
+    assert expected[0] == 2  # a schedule's: its run and the tick it missed
+    stats = (await store.get_job(NS, "noop", with_stats=True)).stats
+    assert stats is not None
+    assert (stats.total, stats.succeeded, stats.failed) == (7, 3, 1)
+    last = max((e for e in ended if e), key=lambda e: (e.start_time, e.id))
+    assert (stats.last_run_time, stats.last_run_state) == (last.start_time, last.state)
+    assert stats.p50_duration is not None
