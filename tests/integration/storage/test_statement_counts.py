@@ -462,6 +462,38 @@ async def test_numbering_a_batch_of_events_is_one_statement_under_the_lock(store
     assert await store.latest_event_sequence() == numbered + 1
 
 
+def test_numbering_reads_its_batch_with_the_plan_it_made_while_the_table_was_empty(store: SqlStore) -> None:
+    """The numbering keeps one plan per session (migration 0030). Made here when the statistics
+    said the events table was empty (where reading it in full looks cheapest), it still reads only
+    the batch and the last sequence once 2,000 events are stored."""
+    add = (
+        "INSERT INTO events (sequence, type, namespace, resource, job_id, schedule_id, actor, time)"
+        " SELECT {sequence}, 'job_created', 'ns', 'r', '', '', '', now()"
+        " FROM generate_series(1, {count}) AS n"
+    )
+    plain = sa.create_engine(
+        sync_url(store.engine.url.render_as_string(hide_password=False)), poolclass=NullPool
+    )
+    try:
+        with plain.connect() as conn:
+            conn.execute(sa.text("ALTER TABLE events SET (autovacuum_enabled = off)"))
+            conn.execute(sa.text("ANALYZE events"))
+            conn.commit()
+            for _ in range(6):  # past the custom plans PostgreSQL tries first
+                conn.execute(sa.text("SELECT cronwire_number_events(16)"))
+                conn.commit()
+            conn.execute(sa.text(add.format(sequence="n", count=2000)))
+            conn.execute(sa.text(add.format(sequence="NULL", count=16)))
+            conn.commit()
+            numbered = conn.execute(sa.text("SELECT cronwire_number_events(16)")).scalar_one()
+            read = rows_read(conn, "events")
+            conn.commit()
+    finally:
+        plain.dispose()
+    assert numbered == 16
+    assert read <= 16 * 4, f"{read} events read to number 16"
+
+
 async def test_a_claim_and_a_finish_number_their_own_events_after_those_committed_before(
     store: SqlStore,
 ) -> None:
@@ -523,7 +555,8 @@ async def test_the_statements_of_every_run_add_their_runs_to_the_counters_themse
     # Every execution counted once (the dispatch also recorded the tick each schedule missed as
     # SKIPPED), each in its state.
     tally = sa.text(
-        "SELECT count(*), count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'failed')"
+        "SELECT count(*), count(*) FILTER (WHERE state = 'succeeded'),"
+        " count(*) FILTER (WHERE state = 'failed')"
         " FROM executions WHERE schedule_id = :schedule OR :schedule = ''"
     )
     async with store.engine.connect() as conn:
