@@ -13,10 +13,14 @@ from __future__ import annotations
 from cronwire_server.core.model import ExecutionState
 
 
-def counted(rows: str, *, inserted: bool, old_state: ExecutionState | None = None) -> str:
+def counted(rows: str, *, after: str, inserted: bool, old_state: ExecutionState | None = None) -> str:
     """A CTE named `counted` adding the executions of the CTE `rows` (each as it is now) to the
     counters: inserted ones, or ones that were all in `old_state`. The statement must read it (a
-    CTE nobody reads is not run): its one row is `true`."""
+    CTE nobody reads is not run): its one row is `true`.
+
+    It runs once the CTE `after` (one with RETURNING: the rest of the statement's work) has: the
+    counter rows it locks are shared by every run of a job, so it holds them from then until the
+    commit only, as the fold at commit did."""
     before = f"'{old_state.value}'" if old_state else "NULL"
     # As the triggers record them: in order of end time, a duration for each that ended now.
     change = f"""ROW(r.namespace, r.job_id, r.schedule_id, r.id, {str(inserted).lower()}, {before}, r.state,
@@ -25,5 +29,5 @@ def counted(rows: str, *, inserted: bool, old_state: ExecutionState | None = Non
     return f"""counted AS MATERIALIZED (
     SELECT cronwire_counters_count(
         coalesce(array_agg({change} ORDER BY r.end_time NULLS FIRST, r.id), '{{}}')) AS counted
-    FROM {rows} AS r
+    FROM {rows} AS r CROSS JOIN (SELECT count(*) FROM {after}) AS done
 )"""

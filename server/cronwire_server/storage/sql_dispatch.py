@@ -315,6 +315,7 @@ written AS (
         SELECT t.event_type, to_jsonb(i) - 'output', 1
     ) AS e
     ORDER BY t.n, e.phase
+    RETURNING 1
 ),
 advanced AS (
     UPDATE schedules AS s SET next_fire_time = a.next
@@ -325,7 +326,7 @@ advanced AS (
 woken AS MATERIALIZED (
     SELECT pg_notify('cronwire_executions', '') WHERE EXISTS (SELECT FROM inserted WHERE state = '{QUEUED}')
 ),
-{sql_counters.counted("inserted", inserted=True)}
+{sql_counters.counted("inserted", after="written", inserted=True)}
 SELECT id FROM inserted LEFT JOIN woken ON true LEFT JOIN counted ON true
 """
     )

@@ -234,7 +234,9 @@ admitted AS MATERIALIZED (
     # fail orphans, which its trigger records with the runs it starts.
     counting, read_counted = "", ""
     if not admit:
-        counting = ",\n" + sql_counters.counted("started", inserted=False, old_state=ExecutionState.QUEUED)
+        counting = ",\n" + sql_counters.counted(
+            "started", after="written", inserted=False, old_state=ExecutionState.QUEUED
+        )
         read_counted = " CROSS JOIN counted"
     # The rows picked are found again by their ctid (a TID scan), not by a join on (namespace, id):
     # without statistics the planner priced every index alike for that join and once took one by
@@ -282,6 +284,7 @@ written AS (
            jsonb_build_object('execution', to_jsonb(started) - 'output')
     FROM started
     ORDER BY due_time, namespace, id
+    RETURNING 1
 ){counting}
 SELECT v.restricted, {_STARTED}, {", ".join(f"j.{c.name} AS {JOB_PREFIX}{c.name}" for c in jobs.c)}
 FROM verdict AS v{read_counted}
@@ -626,7 +629,9 @@ def _finish_sql(last_change: bool) -> str:
     sequence = f"{sql_events.TAKE_SEQUENCES} + row_number() OVER (ORDER BY namespace, id)"
     counting, read_counted = "", ""
     if last_change:
-        counting = ", " + sql_counters.counted("ended", inserted=False, old_state=ExecutionState.RUNNING)
+        counting = ", " + sql_counters.counted(
+            "ended", after="written", inserted=False, old_state=ExecutionState.RUNNING
+        )
         read_counted = " LEFT JOIN counted ON true"
     return f"""
 WITH outcome AS MATERIALIZED (
@@ -659,6 +664,7 @@ written AS (
            jsonb_build_object('execution', to_jsonb(ended) - 'event_type')
     FROM ended
     ORDER BY namespace, id
+    RETURNING 1
 ),
 -- An execution waiting for one of these to end (a serial turn, a concurrency limit) may start now.
 woken AS MATERIALIZED (SELECT pg_notify('cronwire_executions', '') AS sent WHERE CAST(:wake AS boolean))
