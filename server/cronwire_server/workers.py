@@ -133,6 +133,9 @@ class _Running:
     # Output not yet stored as chunks, and the byte offset the next chunk starts at.
     pending_output: list[str] = field(default_factory=list)
     output_offset: int = 0
+    # Held while a chunk is written: one write at a time, so the last (before the outcome) also
+    # waits for one the periodic flush has in flight.
+    output_written: asyncio.Lock = field(default_factory=asyncio.Lock)
     # A run taken ahead of its due time: the monotonic time it starts at, and the dispatch's
     # (monotonic time, database time) read together, by which its real start is told in database time.
     start_at: float | None = None
@@ -681,18 +684,21 @@ class WorkerPool:
         return claimed, after_refusal(outcome, refusals, error, claimed.execution), done
 
     async def _flush_output(self, running: _Running) -> None:
-        chunk = running.take_output()
-        if chunk is None:
-            return
-        execution = running.claimed.execution
-        try:
-            await self._store.append_logs(execution.namespace, execution.id, [chunk])
-        except StorageUnavailable as error:
-            # Live output is best effort; the whole output is stored with the outcome.
-            log.warning("could not store live output (%s)", error, extra=run_fields(execution))
-        except Exception:
-            # Nor may any other failure of it end the run without its outcome.
-            log.exception("could not store live output", extra=run_fields(execution))
+        # All of a run's live output is stored (or given up) before its outcome: a follower that
+        # sees the run ended has every chunk to read.
+        async with running.output_written:
+            chunk = running.take_output()
+            if chunk is None:
+                return
+            execution = running.claimed.execution
+            try:
+                await self._store.append_logs(execution.namespace, execution.id, [chunk])
+            except StorageUnavailable as error:
+                # Live output is best effort; the whole output is stored with the outcome.
+                log.warning("could not store live output (%s)", error, extra=run_fields(execution))
+            except Exception:
+                # Nor may any other failure of it end the run without its outcome.
+                log.exception("could not store live output", extra=run_fields(execution))
 
     async def _flush_output_loop(self) -> None:
         while True:

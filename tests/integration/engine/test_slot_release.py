@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -138,3 +139,52 @@ async def test_a_failing_live_output_write_does_not_lose_the_run(
 
         await eventually(succeeded, 15, "the run to succeed with its output, its live output refused")
         assert tried.is_set()
+
+
+async def test_a_runs_live_output_is_stored_before_its_outcome(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The periodic flush may be writing a run's last chunk when its code ends: the outcome waits
+    for that write, so whoever sees the run ended finds all of its live output."""
+    exited = tmp_path / "exited"
+    await store.create_job(
+        Job(
+            namespace=NS,
+            id="talks",
+            executor="shell",
+            # Says something, leaves the periodic flush time to take it, then ends.
+            parameters={
+                "argv": ["sh", "-c", f"echo said; sleep {3 * workers.OUTPUT_FLUSH_INTERVAL}; touch {exited}"]
+            },
+        )
+    )
+    execution = await store.run_job(NS, "talks", {})
+    writing, release = asyncio.Event(), asyncio.Event()
+    stored_at_finish: list[bool] = []
+    append, finish = store.append_logs, store.finish_executions
+
+    async def held_append(*args: Any, **kwargs: Any) -> Any:
+        writing.set()
+        await release.wait()
+        return await append(*args, **kwargs)
+
+    async def checked_finish(*args: Any, **kwargs: Any) -> Any:
+        stored_at_finish.append(bool(await store.read_logs(NS, execution.id, 0, 10)))
+        return await finish(*args, **kwargs)
+
+    monkeypatch.setattr(store, "append_logs", held_append)
+    monkeypatch.setattr(store, "finish_executions", checked_finish)
+    async with running_pool(store, slots=1) as pool:
+        await eventually(writing.is_set, 15, "the periodic flush to write the run's output")
+
+        def code_ended() -> bool:
+            return exited.exists() and all(r.finishing for r in pool._running.values())
+
+        await eventually(code_ended, 15, "the run's code to end while its output is being written")
+        release.set()
+
+        async def succeeded() -> bool:
+            return (await store.get_execution(NS, execution.id)).state == ExecutionState.SUCCEEDED
+
+        await eventually(succeeded, 15, "the run to succeed")
+    assert stored_at_finish == [True]
