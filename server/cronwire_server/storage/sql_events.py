@@ -155,10 +155,10 @@ def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
 
 
 # PostgreSQL: the statements of every run number their events as they write them, each event's
-# sequence this plus its place in the statement's order (migration 0028: the
-# sequencer's lock, held until the statement's transaction commits, so it must be that
-# transaction's last change). NULL while another numbering holds the lock: the events are then
-# written unnumbered, for the sequencer, rather than every run's statements taking turns.
+# sequence this plus its place in the statement's order (migration 0028: the sequencer's lock,
+# held until the statement's transaction commits, so it must be that transaction's last change).
+# NULL while another numbering holds the lock: the events are then written unnumbered, for the
+# sequencer, rather than every run's statements taking turns.
 TAKE_SEQUENCES = "(SELECT cronwire_take_sequences())"
 
 

@@ -36,14 +36,22 @@ down_revision: str | Sequence[str] | None = "0028"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Durations kept per job or schedule for the median: the latest this many (as in 0011).
-WINDOW = 100
-FAILED = "('failed', 'timed_out', 'lost')"
+
+def _migration(name: str) -> ModuleType:
+    path = next(Path(__file__).parent.glob(f"{name}_*.py"))
+    spec = importlib.util.spec_from_file_location(f"cronwire_migration_{name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The fold's rules as 0016 wrote them: the durations window, the failed states, which last run is newer.
+_0016 = _migration("0016")
+WINDOW, FAILED, _NEWER = _0016.WINDOW, _0016.FAILED, _0016._NEWER
 # Set by cronwire_counters_count for the trigger of the statement that called it.
 COUNTED = "cronwire.counted"
-
-_NEWER = """(excluded.last_run_time IS NOT NULL AND (c.last_run_time IS NULL
-    OR (excluded.last_run_time, excluded.last_run_id) >= (c.last_run_time, c.last_run_id)))"""
 
 _TYPE = """
 CREATE TYPE cronwire_counter_change AS (
@@ -159,16 +167,6 @@ _SKIP_COUNTED = f"""
     END IF;"""
 
 
-def _migration(name: str) -> ModuleType:
-    path = next(Path(__file__).parent.glob(f"{name}_*.py"))
-    spec = importlib.util.spec_from_file_location(f"cronwire_migration_{name}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _recorders(skip: str) -> list[str]:
     """0011's two recording trigger functions, each starting with `skip`."""
     m0011 = _migration("0011")
@@ -189,7 +187,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    for statement in (_migration("0016")._FOLD, *_recorders("")):
+    for statement in (_0016._FOLD, *_recorders("")):
         op.execute(statement)
     op.execute("DROP FUNCTION cronwire_counters_count(cronwire_counter_change[])")
     op.execute("DROP FUNCTION cronwire_counters_add(cronwire_counter_change[])")
