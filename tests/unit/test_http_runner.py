@@ -216,8 +216,14 @@ async def test_a_body_is_sent_as_is(server: Server) -> None:
 
 
 async def test_a_stalling_server_times_the_run_out(server: Server) -> None:
-    outcome = await run(request(server.url("/stall"), timeout=0.3))
-    assert outcome == RunOutcome(ExecutionState.TIMED_OUT, error="timed out after 0.3s")
+    async def timed_out_while_held() -> bool:
+        outcome = await run(request(server.url("/stall"), timeout=0.3))
+        assert outcome == RunOutcome(ExecutionState.TIMED_OUT, error="timed out after 0.3s")
+        return server.stalled.is_set()
+
+    # On a loaded machine the timeout may pass before the request is even sent: the run times out
+    # all the same, and the runs go on until one's request reached the server, to see it hang up.
+    await eventually(timed_out_while_held, BOUND, "a run whose request reached the server")
     await wait_for(server.hung_up)
 
 

@@ -648,7 +648,8 @@ async def test_health_and_reflection_stay_open_unless_configured(database_url: s
 async def test_a_key_over_its_rate_is_answered_resource_exhausted_with_retry_info(
     database_url: str, keys: Keys
 ) -> None:
-    running = await start(database_url, rate_limit_per_key=2, rate_limit_burst=3)
+    # A token every four seconds: the four calls below cannot earn one back, however slow they are.
+    running = await start(database_url, rate_limit_per_key=0.25, rate_limit_burst=3)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             jobs = JobServiceStub(channel)
@@ -659,7 +660,7 @@ async def test_a_key_over_its_rate_is_answered_resource_exhausted_with_retry_inf
                 await jobs.ListJobs(listing, metadata=bearer(keys.viewer_a))
             error = caught.value
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "2 requests per second" in (error.details() or "")
+            assert "0.25 requests per second" in (error.details() or "")
             assert retry_delay(error) > 0
             # Another key has its own bucket.
             await jobs.ListJobs(listing, metadata=bearer(keys.editor_a))
@@ -671,7 +672,7 @@ async def test_a_key_over_its_rate_is_answered_resource_exhausted_with_retry_inf
                     return False
                 return True
 
-            await eventually(allowed_again, 5, "the bucket to refill")
+            await eventually(allowed_again, 15, "the bucket to refill")
     finally:
         await running.stop(grace=0)
 
