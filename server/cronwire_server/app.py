@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -85,15 +86,11 @@ from cronwire_server.storage.sql_store import open_store
 from cronwire_server.supervisor import MAIN, Supervisor
 from cronwire_server.tls import TlsError, TlsFiles, server_credentials
 from cronwire_server.web.auth import web_auth
-from cronwire_server.web.listener import HttpListener, HttpUnavailable, Pinger, serve_http
-from cronwire_server.web.pages import (
-    STREAM_BUFFER_BATCHES,
-    STREAM_BUFFER_BYTES,
-    STREAM_HEARTBEAT_SECONDS,
-    Dashboard,
-)
 from cronwire_server.web.views import Readers
 from cronwire_server.workers import WorkerPool, worker_identity
+
+if TYPE_CHECKING:
+    from cronwire_server.web.listener import HttpListener, Pinger
 
 log = logging.getLogger("cronwire_server")
 
@@ -257,6 +254,9 @@ async def create_server(settings: Settings) -> RunningServer:
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(remote), server)
 
     health = HealthServicer()
+    # grpc_health calls the whole server SERVING from the start: not before the replica is.
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -270,13 +270,13 @@ async def create_server(settings: Settings) -> RunningServer:
         await store.close()
         raise SystemExit(f"cannot listen on {settings.listen}: {exc}") from exc
     await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    # From now on health follows the database and the loops.
     replica_health = ReplicaHealth(settings.database_url, health, ("", *SERVICE_NAMES), supervisor.down)
-    supervisor.start("health", lambda: replica_health.run(stopping))
     running = RunningServer(server, port, health, store, supervisor, stopping)
     if http_address(settings):
+        # The HTTP stack (aiohttp, the dashboard's templates) is loaded only by a server that serves
+        # HTTP: a third of a second of start-up that a replica without the listener never pays.
+        from cronwire_server.web.listener import HttpUnavailable
+
         try:
             running.http = await _serve_http(
                 settings,
@@ -292,11 +292,15 @@ async def create_server(settings: Settings) -> RunningServer:
         except (AuthRefused, HttpUnavailable) as exc:
             await running.stop(0)
             raise SystemExit(f"cronwire-server: {exc}") from exc
-    # In the registry before anyone is told the server is up.
+    # In the registry before anyone is told the server is up (its health, its port file).
     replica = this_replica(identity, settings.roles, settings.replica_heartbeat_seconds, await store.now())
     heartbeat = ReplicaHeartbeat(store, replica, loops_down=supervisor.down)
     await heartbeat.register()
     supervisor.start("replica-heartbeat", lambda: heartbeat.run(stopping))
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # From now on health follows the database and the loops.
+    supervisor.start("health", lambda: replica_health.run(stopping))
     _start_scheduler(running, settings, identity)
     return running
 
@@ -320,6 +324,14 @@ async def _serve_http(
 ) -> HttpListener | None:
     """The HTTP listener: the dashboard (with the api role), /metrics, /healthz and /readyz.
     None when the default address is taken: the server runs on without it."""
+    from cronwire_server.web.listener import HttpUnavailable, serve_http
+    from cronwire_server.web.pages import (
+        STREAM_BUFFER_BATCHES,
+        STREAM_BUFFER_BYTES,
+        STREAM_HEARTBEAT_SECONDS,
+        Dashboard,
+    )
+
     address = http_address(settings)
     dashboard = None
     if readers is not None and hub is not None:

@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import os
 import socket
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from cronwire_server.core import errors
@@ -37,7 +40,7 @@ from cronwire_server.core.model import (
     RetryPolicy,
     Schedule,
 )
-from cronwire_server.storage.migrate import current_revision, head_revision
+from cronwire_server.storage.migrate import alembic_config, current_revision, head_revision
 from cronwire_server.storage.sql_store import SqlStore, normalize_url, open_store, sync_url
 from cronwire_server.storage.tables import metadata
 from tests.conftest import POSTGRES_URL_ENV
@@ -159,6 +162,30 @@ def test_migrations_create_what_the_tables_describe(database_url: str) -> None:
     finally:
         engine.dispose()
     assert diff == []
+
+
+def test_the_head_read_from_the_migrations_names_is_alembics() -> None:
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert head_revision() == scripts.get_current_head()
+    for script in scripts.walk_revisions():
+        assert script.path is not None
+        assert Path(script.path).name.startswith(f"{script.revision}_"), script.path
+
+
+def test_starting_on_a_database_at_the_head_migrates_nothing_and_leaves_alembic_unloaded(
+    database_url: str,
+) -> None:
+    check = (
+        "import sys\n"
+        "from cronwire_server.storage.migrate import upgrade\n"
+        f"upgrade({database_url!r})\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert ran.stdout.split() == ["False"], ran.stderr
+    assert current_revision(database_url) == head_revision()
 
 
 @pytest.mark.parametrize(
