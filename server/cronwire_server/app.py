@@ -274,7 +274,7 @@ async def create_server(settings: Settings) -> RunningServer:
     running = RunningServer(server, port, health, store, supervisor, stopping)
     if http_address(settings):
         # The HTTP stack (aiohttp, the dashboard's templates) is loaded only by a server that serves
-        # HTTP: a third of a second of start-up that a replica without the listener never pays.
+        # HTTP: a good part of the start-up, which a replica without the listener never pays.
         from cronwire_server.web.listener import HttpUnavailable
 
         try:

@@ -52,8 +52,8 @@ def _sync_engine(url: str) -> sa.Engine:
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at `url` (any form `normalize_url` accepts) up to `revision`.
 
-    A database already at the head is only read: Alembic, a third of a second of a replica's
-    start-up to import, is loaded when there is something to migrate."""
+    A database already at the head is only read: Alembic, a good part of a replica's start-up to
+    import, is loaded only when there is something to migrate."""
     engine = _sync_engine(url)
     try:
         if revision != "head" or _stored_revisions(engine) != [head_revision()]:
