@@ -97,11 +97,10 @@ def head_revision() -> str:
 
 def current_revision(url: str) -> str | None:
     """The migration the database at `url` is at; None if it was never migrated."""
-    from alembic.runtime.migration import MigrationContext
-
     engine = _sync_engine(url)
     try:
-        with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+        revisions = _stored_revisions(engine)
     finally:
         engine.dispose()
+    # One at most: the migrations follow one another, with no branches.
+    return revisions[0] if revisions else None
