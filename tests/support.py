@@ -105,13 +105,13 @@ def statements_sent(store: Any) -> Iterator[list[str]]:
 
 @contextlib.asynccontextmanager
 async def running_pool(
-    store: Any, slots: int, runners: Runners | None = None, grace: float = 5
+    store: Any, slots: int, runners: Runners | None = None, grace: float = 5, **options: Any
 ) -> AsyncIterator[WorkerPool]:
-    """A worker pool on `store` with its loops running, stopped as the server stops it (its runs
-    given `grace` seconds to end)."""
+    """A worker pool on `store` (with `options` for WorkerPool) with its loops running, stopped as
+    the server stops it (its runs given `grace` seconds to end)."""
     stopping = asyncio.Event()
     supervisor = Supervisor(stopping)
-    pool = WorkerPool(store, slots=slots, runners=runners)
+    pool = WorkerPool(store, slots=slots, runners=runners, **options)
     pool.start(supervisor, stopping)
     try:
         yield pool

@@ -77,6 +77,11 @@ FINISH_BATCH = 256
 DRAIN_STOP_WITHIN = 15.0
 BLOCKED_POLL = 1.0
 RETRY_AFTER_ERROR = 1.0
+# Outcomes waiting for the finisher that the pool may hold beside its slots' runs: this many (or
+# as many as it has slots, if more) while the output they hold stays within what its slots' runs
+# may capture together; beyond that, as many as it has slots. Runs of quick jobs end faster than a
+# batch is written, and the more outcomes one write takes, the less each costs the database.
+OUTCOME_BACKLOG = 128
 # Runs of quick jobs taken ahead and waiting for their due time, per slot: 256 with the default
 # 16 slots, a steady 1,000 ticks/s over the dispatcher's 200 ms look-ahead and room to spare.
 QUICK_AHEAD_PER_SLOT = 16
@@ -128,6 +133,8 @@ class _Running:
     released: bool = False
     # Set once its outcome is queued for the finisher (or it is put back): no longer renewed.
     finishing: bool = False
+    # The characters of output its outcome holds while it waits for the finisher.
+    finishing_output: int = 0
     # Set once its lease was not renewed in time or passed on: killed, and nothing recorded.
     fenced: bool = False
     # Output not yet stored as chunks, and the byte offset the next chunk starts at.
@@ -192,7 +199,9 @@ class WorkerPool:
         # Slots promised to a dispatch that starts runs itself (`reserve`), until it returns.
         self._reserved = 0
         # Runs whose code has ended, waiting for their outcome to be written: their slots are free.
+        # And the characters of output those outcomes hold (`_backlog`).
         self._finishing = 0
+        self._finishing_output = 0
         # Runs taken ahead without a slot (`_Running.slotless`), and of those the ones due and
         # waiting for a slot (in the order they came due), which they get before any claim or
         # dispatch (see `_free`, `_grant`).
@@ -254,10 +263,19 @@ class WorkerPool:
     def _open(self) -> int:
         """Slots no run holds or is promised: a run whose code has ended gives its slot back while
         its outcome waits for the finisher (the next claim need not wait for that write), but the
-        pool holds at most twice its slots in all, so outcomes a slow database has not taken yet
-        stay bounded. A run taken ahead for a quick job holds none until it is due."""
+        pool holds at most its slots and `_backlog()` more in all, so outcomes a slow database has
+        not taken yet stay bounded. A run taken ahead for a quick job holds none until it is due."""
         holding = self.running - self._waiting
-        return min(self._slots - (holding - self._finishing), 2 * self._slots - holding) - self._reserved
+        going = holding - self._finishing
+        return min(self._slots - going, self._slots + self._backlog() - holding) - self._reserved
+
+    def _backlog(self) -> int:
+        """How many runs beyond its slots the pool may hold while their outcomes wait to be
+        written: `OUTCOME_BACKLOG` (at least the slots), unless the outcomes waiting hold more
+        output than the slots' runs may capture, when only as many as the slots."""
+        if self._finishing_output > self._slots * self._capture_bytes:
+            return self._slots
+        return max(self._slots, OUTCOME_BACKLOG)
 
     def _free(self) -> int:
         """Slots for new runs, after those that runs taken ahead and now due are waiting for."""
@@ -488,6 +506,7 @@ class WorkerPool:
                 self._running.pop(execution.id, None)
             if running.finishing:
                 self._finishing -= 1
+                self._finishing_output -= running.finishing_output
             self._holds_slot(running)  # if it ended before it was due (cancelled, or drained)
             self._slot_released()
             metrics.execution_left(job.executor, recorded.name if recorded else None)
@@ -532,7 +551,9 @@ class WorkerPool:
         if self._fenced(running, time.monotonic()):
             return None
         running.finishing = True
+        running.finishing_output = len(outcome.output)
         self._finishing += 1  # its slot is free (see `_free`)
+        self._finishing_output += running.finishing_output
         self._slot_released()
         # Storable first: the redactor then walks a result of bounded depth.
         outcome = redactor.outcome(storable_outcome(outcome))

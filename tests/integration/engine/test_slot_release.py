@@ -1,6 +1,8 @@
 """A worker slot is for running a job's code: a run whose code has ended gives its slot back
-while its outcome waits to be written, so the next claim does not wait for that write. The pool
-holds at most twice its slots in all, so outcomes a slow database has not taken stay bounded."""
+while its outcome waits to be written, so the next claim does not wait for that write. Beside its
+slots' runs the pool holds at most `OUTCOME_BACKLOG` outcomes waiting (as many as its slots once
+they hold more output than its slots' runs may capture), so outcomes a slow database has not taken
+stay bounded."""
 
 from __future__ import annotations
 
@@ -33,34 +35,70 @@ async def until_succeeded(store: SqlStore, count: int, what: str) -> None:
     await eventually(reached, 15, what)
 
 
+class HeldFinishes:
+    """A store's `finish_executions` that writes nothing until `writes` is set."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._finish = store.finish_executions
+        self.writes = asyncio.Event()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        await self.writes.wait()
+        return await self._finish(*args, **kwargs)
+
+
+async def held_in_all(store: SqlStore, pool: workers.WorkerPool, count: int, what: str) -> None:
+    """Wait until the pool holds `count` runs, RUNNING in the database, their outcomes waiting."""
+
+    async def held() -> bool:
+        ended = all(r.finishing for r in pool._running.values())
+        return ended and pool.running == count and (await states(store))[ExecutionState.RUNNING] == count
+
+    await eventually(held, 15, what)
+
+
 async def test_a_run_gives_its_slot_back_before_its_outcome_is_written(
     store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(workers, "OUTCOME_BACKLOG", 2)
     await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
     for _ in range(4):
         await store.run_job(NS, "noop", {})
-    # The database takes no outcome until `writes` is set.
-    writes = asyncio.Event()
-    finish = store.finish_executions
-
-    async def held_finish(*args: Any, **kwargs: Any) -> Any:
-        await writes.wait()
-        return await finish(*args, **kwargs)
-
-    monkeypatch.setattr(store, "finish_executions", held_finish)
+    finishes = HeldFinishes(store)
+    monkeypatch.setattr(store, "finish_executions", finishes)
     async with running_pool(store, slots=1) as pool:
-        # One slot, and the first outcome not written: the second run still started.
-        async def two_held() -> bool:
-            return pool.running == 2 and (await states(store))[ExecutionState.RUNNING] == 2
+        # One slot, and no outcome written: runs went on starting as each one's code ended...
+        await held_in_all(store, pool, 3, "three runs to end while no outcome is written")
+        # ...until the slot and OUTCOME_BACKLOG were held: the fourth waits for a write.
+        assert (await states(store))[ExecutionState.QUEUED] == 1
 
-        await eventually(two_held, 15, "a second run to start while the first outcome waits")
-        # Twice the slots held in all: the pool takes no third run until an outcome is written.
-        assert (await states(store))[ExecutionState.QUEUED] == 2
-        assert pool.running == 2
-
-        writes.set()
+        finishes.writes.set()
 
         await until_succeeded(store, 4, "every run to succeed once outcomes are written")
+
+
+async def test_outcomes_holding_much_output_wait_only_as_many_as_the_slots(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each run's output (100 characters) is cut to what a run may capture (64).
+    prints = {"argv": ["sh", "-c", "printf '%0100d' 0"]}
+    await store.create_job(Job(namespace=NS, id="talks", executor="shell", parameters=prints))
+    for _ in range(4):
+        await store.run_job(NS, "talks", {})
+    finishes = HeldFinishes(store)
+    monkeypatch.setattr(store, "finish_executions", finishes)
+    async with running_pool(store, slots=1, capture_bytes=64) as pool:
+        # The first outcome holds what one slot's run may capture, so a second run starts; with
+        # two waiting they hold more, and the pool holds no more than twice its slots.
+        await held_in_all(store, pool, 2, "two runs to end while no outcome is written")
+        assert (await states(store))[ExecutionState.QUEUED] == 2
+
+        finishes.writes.set()
+
+        await until_succeeded(store, 4, "every run to succeed once outcomes are written")
+        listed = await store.list_executions(NS, Page(size=10), ExecutionFilter())
+        outputs = {(await store.get_execution(NS, e.id)).output for e in listed.items}
+        assert outputs == {"0" * 64}
 
 
 async def test_an_outcome_the_database_refuses_does_not_hold_up_the_others(
