@@ -4,6 +4,8 @@ moment later (see `WorkerPool.reserve`).
 
 A job is quick once its last runs here each ended within `QUICK_RUN` and no run of it has been
 going longer; one slower run, or one going long (a hung webhook), makes it slow again at once.
+The pace of quick runs (how long each held its slot, on average) tells how many runs taken ahead
+a slot may have waiting (`ahead_per_slot`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ QUICK_RUN = 0.05
 QUICK_AFTER = 3
 # Jobs remembered; the least recently ended are forgotten first (then counted slow).
 REMEMBERED = 10_000
+# The weight of each quick run's time in the pace (a moving average), which starts at QUICK_RUN.
+PACE_WEIGHT = 0.05
 
 JobKey = tuple[str, str]  # (namespace, job id)
 
@@ -29,6 +33,7 @@ class QuickJobs:
         self._streaks: dict[JobKey, int] = {}
         self._quick = 0  # jobs with a streak of QUICK_AFTER or more
         self._going: dict[JobKey, dict[str, float]] = {}  # job -> run token -> began (monotonic)
+        self._pace = QUICK_RUN
 
     def began(self, job: JobKey, token: str) -> None:
         self._going.setdefault(job, {})[token] = self._clock()
@@ -41,7 +46,11 @@ class QuickJobs:
         if not going:
             del self._going[job]
         was = self._streaks.pop(job, 0)  # re-inserted last: the most recently ended
-        self._set(job, was + 1 if self._clock() - began <= QUICK_RUN else 0, was)
+        took = self._clock() - began
+        quick = took <= QUICK_RUN
+        self._set(job, was + 1 if quick else 0, was)
+        if quick:
+            self._pace += PACE_WEIGHT * (took - self._pace)
         if len(self._streaks) > REMEMBERED:
             forgotten = self._streaks.pop(next(iter(self._streaks)))
             self._quick -= forgotten >= QUICK_AFTER
@@ -49,6 +58,12 @@ class QuickJobs:
     def _set(self, job: JobKey, streak: int, was: int) -> None:
         self._streaks[job] = streak
         self._quick += (streak >= QUICK_AFTER) - (was >= QUICK_AFTER)
+
+    def ahead_per_slot(self, fewest: int, most: int) -> int:
+        """How many runs taken ahead each slot may have waiting: as many as would start, at the
+        pace quick runs have been ending, in the time `fewest` runs of `QUICK_RUN` each would
+        take (so `fewest` when they are that slow), at most `most`."""
+        return max(fewest, min(most, int(fewest * QUICK_RUN / max(self._pace, 1e-6))))
 
     def any(self) -> bool:
         """Whether some job is quick, going runs aside."""

@@ -78,3 +78,25 @@ def test_the_least_recently_run_jobs_are_forgotten_beyond_what_is_remembered(
     for name in names[1:]:
         run(jobs, clock, name, "slow", QUICK_RUN * 2)
     assert not jobs.any()
+
+
+def test_the_quicker_runs_have_been_ending_the_more_runs_ahead_a_slot_may_have_waiting() -> None:
+    fewest, most = 16, 64
+    clock = Clock()
+    jobs = QuickJobs(clock)
+    # No run yet: the fewest, as for runs as slow as a quick one may be.
+    assert jobs.ahead_per_slot(fewest, most) == fewest
+    for n in range(200):
+        run(jobs, clock, JOB, f"noop-{n}", QUICK_RUN / 100)
+    assert jobs.ahead_per_slot(fewest, most) == most  # more, up to `most`
+    # A slow run makes its job slow, and leaves the pace of quick runs as it was.
+    run(jobs, clock, JOB, "slow", QUICK_RUN * 20)
+    assert JOB not in jobs
+    assert jobs.ahead_per_slot(fewest, most) == most
+    # Quick runs that take longer bring it down, never below the fewest.
+    for n in range(50):
+        run(jobs, clock, JOB, f"half-{n}", QUICK_RUN / 2)
+    assert fewest < jobs.ahead_per_slot(fewest, most) < most
+    for n in range(200):
+        run(jobs, clock, JOB, f"quick-{n}", QUICK_RUN)
+    assert jobs.ahead_per_slot(fewest, most) == fewest
