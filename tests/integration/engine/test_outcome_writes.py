@@ -1,0 +1,68 @@
+"""A worker pool writes the outcomes of a steady stream of runs in batches: a write begins at least
+FINISH_LINGER after the one before (the outcomes that end meanwhile wait for it), while an outcome
+after a quiet spell is written at once."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import pytest
+
+from cronwire_server import workers
+from cronwire_server.core.model import ExecutionState, Job
+from cronwire_server.storage.sql_store import SqlStore
+from tests.support import eventually, running_pool
+
+NS = "writes"
+LINGER = 0.5
+
+
+class TimedFinishes:
+    """A store's `finish_executions` that notes when each write began and how many it wrote."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._finish = store.finish_executions
+        self.writes: list[tuple[float, int]] = []
+
+    async def __call__(self, items: list[Any], *args: Any, **kwargs: Any) -> Any:
+        self.writes.append((time.monotonic(), len(items)))
+        return await self._finish(items, *args, **kwargs)
+
+
+async def test_the_outcomes_of_runs_ending_one_after_another_are_written_together(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers, "FINISH_LINGER", LINGER)
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    finishes = TimedFinishes(store)
+    monkeypatch.setattr(store, "finish_executions", finishes)
+    async with running_pool(store, slots=1):
+        # One run at a time: each ends before the next is queued.
+        ids = [(await store.run_job(NS, "noop", {})).id for _ in range(6)]
+
+        async def all_succeeded() -> bool:
+            ran = [await store.get_execution(NS, i) for i in ids]
+            return all(e.state is ExecutionState.SUCCEEDED for e in ran)
+
+        await eventually(all_succeeded, 15, "every run to succeed")
+    began = [at for at, _ in finishes.writes]
+    assert sum(size for _, size in finishes.writes) == 6
+    assert len(began) < 6  # some outcomes waited for the next write, and went with others
+    assert all(later - earlier >= LINGER for earlier, later in itertools.pairwise(began))
+
+
+async def test_an_outcome_after_a_quiet_spell_is_written_at_once(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Far longer than the test may take: an outcome that waited for it would never be written.
+    monkeypatch.setattr(workers, "FINISH_LINGER", 60.0)
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    async with running_pool(store, slots=1):
+        execution = await store.run_job(NS, "noop", {})
+
+        async def succeeded() -> bool:
+            return (await store.get_execution(NS, execution.id)).state is ExecutionState.SUCCEEDED
+
+        await eventually(succeeded, 15, "the run's outcome to be written")
