@@ -327,6 +327,13 @@ def test_a_frozen_worker_s_late_result_is_refused_and_the_outcome_recorded_once(
     frozen.send_signal(signal.SIGSTOP)
     try:
         wait_for(execution_in(api, execution.name, LOST), 30, "the frozen worker's attempt to be LOST")
+        # Its run's lease may expire before the server's check finds its stream silent for a
+        # lease: it stays frozen until the server has closed that stream too.
+        wait_for(
+            lambda: "remote worker frozen disconnected" in server.log(),
+            30,
+            "the server to close the frozen worker's silent stream",
+        )
         workers.start(server.target, queues="q", identity="thawed-elsewhere", concurrency=1)
         wait_for(lambda: workers.marker("run-started-2"), 30, "the retry to start on the other worker")
         # Both attempts may now end: the frozen one's result comes late.
