@@ -125,10 +125,12 @@ async def running_pool(
 class RefusingFinishes:
     """A store's `finish_executions` that writes nothing until `open` is set, records the size of
     each batch it is asked to write (`sizes`), and refuses (ValueError, as the database refusing
-    a value would) every batch holding the execution `refused` (only while its outcome is one
-    `refuses` picks, if given), until `refusing` is cleared."""
+    a value would) every batch holding the execution `refused`, if given (only while its outcome
+    is one `refuses` picks, if given), until `refusing` is cleared."""
 
-    def __init__(self, store: Any, refused: str, refuses: Callable[[Any], bool] | None = None) -> None:
+    def __init__(
+        self, store: Any, refused: str | None = None, refuses: Callable[[Any], bool] | None = None
+    ) -> None:
         self._finish = store.finish_executions
         self._refused = refused
         self._refuses = refuses or (lambda outcome: True)

@@ -85,6 +85,7 @@ from cronwire_server.storage.sql_remote_registry import RemoteRegistry
 from cronwire_server.storage.sql_store import open_store
 from cronwire_server.supervisor import MAIN, Supervisor
 from cronwire_server.tls import TlsError, TlsFiles, server_credentials
+from cronwire_server.web import HttpUnavailable
 from cronwire_server.web.auth import web_auth
 from cronwire_server.web.views import Readers
 from cronwire_server.workers import WorkerPool, worker_identity
@@ -273,10 +274,6 @@ async def create_server(settings: Settings) -> RunningServer:
     replica_health = ReplicaHealth(settings.database_url, health, ("", *SERVICE_NAMES), supervisor.down)
     running = RunningServer(server, port, health, store, supervisor, stopping)
     if http_address(settings):
-        # The HTTP stack (aiohttp, the dashboard's templates) is loaded only by a server that serves
-        # HTTP: a good part of the start-up, which a replica without the listener never pays.
-        from cronwire_server.web.listener import HttpUnavailable
-
         try:
             running.http = await _serve_http(
                 settings,
@@ -324,7 +321,9 @@ async def _serve_http(
 ) -> HttpListener | None:
     """The HTTP listener: the dashboard (with the api role), /metrics, /healthz and /readyz.
     None when the default address is taken: the server runs on without it."""
-    from cronwire_server.web.listener import HttpUnavailable, serve_http
+    # The HTTP stack (aiohttp, the dashboard's templates) is loaded only by a server that serves
+    # HTTP: a good part of the start-up, which a replica without the listener never pays.
+    from cronwire_server.web.listener import serve_http
     from cronwire_server.web.pages import (
         STREAM_BUFFER_BATCHES,
         STREAM_BUFFER_BYTES,

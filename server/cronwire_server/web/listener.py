@@ -20,6 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from cronwire_server.config import host_and_port, is_loopback_address
 from cronwire_server.metrics_endpoint import MetricsSource, render_metrics
 from cronwire_server.tls import TlsFiles
+from cronwire_server.web import HttpUnavailable
 from cronwire_server.web.pages import Dashboard, add_dashboard_routes
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,6 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 # A check-in's ping by token and kind ("success", "start", "fail"): False for an unknown token.
 Pinger = Callable[[str, str], Awaitable[bool]]
-
-
-class HttpUnavailable(Exception):
-    """The listener cannot be served at the address asked for; the message says why."""
 
 
 @dataclass

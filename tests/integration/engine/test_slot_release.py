@@ -35,18 +35,6 @@ async def until_succeeded(store: SqlStore, count: int, what: str) -> None:
     await eventually(reached, 15, what)
 
 
-class HeldFinishes:
-    """A store's `finish_executions` that writes nothing until `writes` is set."""
-
-    def __init__(self, store: SqlStore) -> None:
-        self._finish = store.finish_executions
-        self.writes = asyncio.Event()
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        await self.writes.wait()
-        return await self._finish(*args, **kwargs)
-
-
 async def held_in_all(store: SqlStore, pool: workers.WorkerPool, count: int, what: str) -> None:
     """Wait until the pool holds `count` runs, RUNNING in the database, their outcomes waiting."""
 
@@ -64,7 +52,7 @@ async def test_a_run_gives_its_slot_back_before_its_outcome_is_written(
     await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
     for _ in range(4):
         await store.run_job(NS, "noop", {})
-    finishes = HeldFinishes(store)
+    finishes = RefusingFinishes(store)
     monkeypatch.setattr(store, "finish_executions", finishes)
     async with running_pool(store, slots=1) as pool:
         # One slot, and no outcome written: runs went on starting as each one's code ended...
@@ -72,7 +60,7 @@ async def test_a_run_gives_its_slot_back_before_its_outcome_is_written(
         # ...until the slot and OUTCOME_BACKLOG were held: the fourth waits for a write.
         assert (await states(store))[ExecutionState.QUEUED] == 1
 
-        finishes.writes.set()
+        finishes.open.set()
 
         await until_succeeded(store, 4, "every run to succeed once outcomes are written")
 
@@ -85,7 +73,7 @@ async def test_outcomes_holding_much_output_wait_only_as_many_as_the_slots(
     await store.create_job(Job(namespace=NS, id="talks", executor="shell", parameters=prints))
     for _ in range(4):
         await store.run_job(NS, "talks", {})
-    finishes = HeldFinishes(store)
+    finishes = RefusingFinishes(store)
     monkeypatch.setattr(store, "finish_executions", finishes)
     async with running_pool(store, slots=1, capture_bytes=64) as pool:
         # The first outcome holds what one slot's run may capture, so a second run starts; with
@@ -93,7 +81,7 @@ async def test_outcomes_holding_much_output_wait_only_as_many_as_the_slots(
         await held_in_all(store, pool, 2, "two runs to end while no outcome is written")
         assert (await states(store))[ExecutionState.QUEUED] == 2
 
-        finishes.writes.set()
+        finishes.open.set()
 
         await until_succeeded(store, 4, "every run to succeed once outcomes are written")
         listed = await store.list_executions(NS, Page(size=10), ExecutionFilter())
