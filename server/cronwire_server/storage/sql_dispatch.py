@@ -249,7 +249,8 @@ def _as_queued(row: dict[str, Any]) -> dict[str, Any]:
 # state, and a run started at once (RUNNING) first as QUEUED, as if claimed. The same statement
 # advances the batch's next fire times (the schedules are locked already, by the dispatch's
 # SELECT), adds the runs to the counters (sql_counters) and, when it queued a run, wakes every
-# replica's claimer at commit.
+# replica's claimer at commit. A row's snapshot is built once for both of its events (OFFSET 0
+# keeps that subquery whole: pulled up into its two uses, it would be built twice).
 _TICK_FIELDS = {
     "namespace": "text",
     "id": "text",
@@ -281,7 +282,7 @@ _TICK_COLUMNS = {
     "end_time": f"CASE WHEN t.state NOT IN ('{QUEUED}', '{RUNNING}') THEN CAST(:now AS timestamptz) END",
 }
 _QUEUED_SNAPSHOT = (
-    "to_jsonb(i) - 'output' || jsonb_build_object("
+    "s.snapshot || jsonb_build_object("
     f"'state', '{QUEUED}', 'worker', '', 'start_time', NULL, 'lease_expires_at', NULL)"
 )
 _INSERT_TICKS = sa.text(
@@ -308,11 +309,12 @@ written AS (
            i.schedule_id, '', :now, jsonb_build_object('execution', e.snapshot)
     FROM inserted AS i
     JOIN tick AS t ON t.id = i.id
+    CROSS JOIN LATERAL (SELECT to_jsonb(i) - 'output' AS snapshot OFFSET 0) AS s
     CROSS JOIN LATERAL (
         SELECT '{EventType.EXECUTION_QUEUED.value}' AS type, {_QUEUED_SNAPSHOT} AS snapshot, 0 AS phase
         WHERE i.state = '{RUNNING}'
         UNION ALL
-        SELECT t.event_type, to_jsonb(i) - 'output', 1
+        SELECT t.event_type, s.snapshot, 1
     ) AS e
     ORDER BY t.n, e.phase
     RETURNING 1

@@ -24,6 +24,7 @@ from cronwire_server import quick_jobs
 from cronwire_server.core.model import (
     EventFilter,
     EventType,
+    Execution,
     ExecutionState,
     IntervalSpec,
     Job,
@@ -106,12 +107,21 @@ async def test_ticks_start_in_the_dispatch_while_the_pool_has_room(store: SqlSto
         assert {e.job_id for e in fused} == {"noop"}
         for execution in fused:
             assert execution.create_time <= execution.start_time
-            types = [e.type for e in events if e.resource == execution.name]
-            assert types == [
+            own = [e for e in events if e.resource == execution.name]
+            assert [e.type for e in own] == [
                 EventType.EXECUTION_QUEUED,
                 EventType.EXECUTION_STARTED,
                 EventType.EXECUTION_SUCCEEDED,
             ]
+            # Each event carries the run as it was then: queued first, as if claimed after.
+            queued, started = own[0].snapshot, own[1].snapshot
+            assert isinstance(queued, Execution)
+            assert isinstance(started, Execution)
+            assert (queued.state, queued.worker, queued.start_time) == (ExecutionState.QUEUED, "", None)
+            assert (started.state, started.worker) == (ExecutionState.RUNNING, pool.identity)
+            assert started.start_time == execution.start_time
+            assert queued.id == started.id == execution.id
+            assert queued.scheduled_time == started.scheduled_time == execution.scheduled_time
 
 
 async def schedules_due_in(
