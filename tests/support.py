@@ -123,10 +123,11 @@ async def running_pool(
 
 
 class RefusingFinishes:
-    """A store's `finish_executions` that writes nothing until `open` is set, records the size of
-    each batch it is asked to write (`sizes`), and refuses (ValueError, as the database refusing
-    a value would) every batch holding the execution `refused`, if given (only while its outcome
-    is one `refuses` picks, if given), until `refusing` is cleared."""
+    """A store's `finish_executions` that writes nothing until `open` is set (`asked` is set once
+    a batch waits for it), records the size of each batch it is asked to write (`sizes`), and
+    refuses (ValueError, as the database refusing a value would) every batch holding the execution
+    `refused`, if given (only while its outcome is one `refuses` picks, if given), until
+    `refusing` is cleared."""
 
     def __init__(
         self, store: Any, refused: str | None = None, refuses: Callable[[Any], bool] | None = None
@@ -135,10 +136,12 @@ class RefusingFinishes:
         self._refused = refused
         self._refuses = refuses or (lambda outcome: True)
         self.open = asyncio.Event()
+        self.asked = asyncio.Event()
         self.refusing = True
         self.sizes: list[int] = []
 
     async def __call__(self, items: Any, *args: Any, **kwargs: Any) -> Any:
+        self.asked.set()
         await self.open.wait()
         self.sizes.append(len(items))
         if self.refusing and any(

@@ -626,6 +626,8 @@ class WorkerPool:
         if not running.released:
             # Outcomes that end together are written together, by the finisher.
             done: asyncio.Future[Execution | None] = asyncio.get_running_loop().create_future()
+            if outcome.ended is None:
+                outcome = dataclasses.replace(outcome, ended=time.monotonic())
             self._finished.append((claimed, outcome, done))
             self._outcomes_waiting.set()
             ended = await done

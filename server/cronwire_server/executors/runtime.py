@@ -156,6 +156,10 @@ class RunOutcome:
     error: str = ""
     # The response status of an `http` run that got a response; None for other kinds.
     http_status: int | None = None
+    # When the run ended, on this process's monotonic clock (`time.monotonic()`), once the worker
+    # pool has it: its end time is recorded as the database's clock then, however long the outcome
+    # waited to be written (a batch, a database that was away). None: the time it is written.
+    ended: float | None = field(default=None, compare=False)
 
 
 # What job code produces is stored as text and JSON: PostgreSQL holds no NUL character in either

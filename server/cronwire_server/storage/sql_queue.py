@@ -11,6 +11,7 @@ the claim's candidates and admission.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -559,6 +560,7 @@ def finish(
 ) -> Execution | None:
     execution = claimed.execution
     cancelled = outcome.state is ExecutionState.CANCELLED
+    now = ended_at(outcome, now, execution.start_time)
     row = conn.execute(
         sa.update(executions)
         .where(
@@ -596,6 +598,19 @@ def finish(
         if ended.serial or claimed.job.max_concurrency or ended.group_limit:
             notify(conn, "executions")  # an execution waiting for this one's end may start now
     return ended
+
+
+def waited(outcome: RunOutcome) -> float:
+    """Seconds since the run of `outcome` ended (`RunOutcome.ended`): how long its outcome waited
+    to be written; 0 when that is not known."""
+    return 0.0 if outcome.ended is None else max(0.0, time.monotonic() - outcome.ended)
+
+
+def ended_at(outcome: RunOutcome, now: datetime, start: datetime | None) -> datetime:
+    """When the run of `outcome` ended, on the database's clock that reads `now`; never before
+    its start."""
+    end = now - timedelta(seconds=waited(outcome))
+    return end if start is None or end >= start else start
 
 
 def finish_many(
@@ -637,7 +652,8 @@ def _finish_sql(last_change: bool) -> str:
 WITH outcome AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(CAST(:outcomes AS jsonb)) AS o(
         namespace text, id text, state text, exit_code integer, http_status integer, output text,
-        output_truncated boolean, result jsonb, error text, event_type text, start_time timestamptz)
+        output_truncated boolean, result jsonb, error text, event_type text, start_time timestamptz,
+        waited float8)
 ),
 held AS MATERIALIZED (  -- locked by primary key, in its order (migration 0026 says why)
     SELECT h.namespace, h.id
@@ -646,7 +662,8 @@ held AS MATERIALIZED (  -- locked by primary key, in its order (migration 0026 s
 ),
 ended AS (
     UPDATE executions AS e
-    SET state = o.state, start_time = coalesce(o.start_time, e.start_time), end_time = now(),
+    SET state = o.state, start_time = coalesce(o.start_time, e.start_time),
+        end_time = greatest(coalesce(o.start_time, e.start_time), now() - make_interval(secs => o.waited)),
         exit_code = o.exit_code, http_status = o.http_status,
         output = o.output, output_truncated = o.output_truncated, result = NULLIF(o.result, 'null'),
         -- A cancellation's reason was recorded when it was requested: keep it.
@@ -750,6 +767,9 @@ def _outcome_document(claimed: ClaimedExecution, outcome: RunOutcome) -> dict[st
         "event_type": STATE_EVENTS[outcome.state].value,
         # A run taken ahead of its due time started when its timer fired (see `StartNow`).
         "start_time": execution.start_time,
+        # It ended that long before the statement's now(), maybe in a batch or while the
+        # database was away: its end time is when it ended.
+        "waited": waited(outcome),
     }
 
 

@@ -1,11 +1,13 @@
 """A worker pool writes the outcomes of a steady stream of runs in batches: a write begins at least
 FINISH_LINGER after the one before (the outcomes that end meanwhile wait for it), while an outcome
-after a quiet spell is written at once."""
+after a quiet spell is written at once. However long an outcome waits, its run's end time is when
+the run ended."""
 
 from __future__ import annotations
 
 import itertools
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from cronwire_server import workers
 from cronwire_server.core.model import ExecutionState, Job
 from cronwire_server.storage.sql_store import SqlStore
-from tests.support import eventually, running_pool
+from tests.support import RefusingFinishes, eventually, running_pool
 
 NS = "writes"
 LINGER = 0.5
@@ -66,3 +68,32 @@ async def test_an_outcome_after_a_quiet_spell_is_written_at_once(
             return (await store.get_execution(NS, execution.id)).state is ExecutionState.SUCCEEDED
 
         await eventually(succeeded, 15, "the run's outcome to be written")
+
+
+async def test_a_run_s_end_time_is_when_it_ended_not_when_its_outcome_was_written(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
+    finishes = RefusingFinishes(store)  # writes nothing until opened
+    monkeypatch.setattr(store, "finish_executions", finishes)
+    async with running_pool(store, slots=1):
+        execution = await store.run_job(NS, "noop", {})
+        await eventually(finishes.asked.is_set, 15, "the run to end and its outcome to wait")
+        held_from = await store.now()
+
+        async def held_a_second() -> bool:
+            return await store.now() - held_from >= timedelta(seconds=1)
+
+        await eventually(held_a_second, 15, "a second of the database's clock")
+        finishes.open.set()
+
+        async def succeeded() -> bool:
+            return (await store.get_execution(NS, execution.id)).state is ExecutionState.SUCCEEDED
+
+        await eventually(succeeded, 15, "the run's outcome to be written")
+    ended = await store.get_execution(NS, execution.id)
+    assert ended.start_time is not None
+    assert ended.end_time is not None
+    # A noop run takes milliseconds: its duration is its own, not the second its outcome waited.
+    assert ended.start_time <= ended.end_time <= held_from
+    assert ended.end_time - ended.start_time < timedelta(seconds=0.5)
