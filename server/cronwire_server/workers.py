@@ -558,15 +558,17 @@ class WorkerPool:
                 extra=run_fields(execution),
             )
             outcome = RunOutcome(ExecutionState.FAILED, error=f"executor error: {error}")
-        if self._fenced(running, time.monotonic()):
+        ended = time.monotonic()
+        if self._fenced(running, ended):
             return None
         running.finishing = True
         running.finishing_output = len(outcome.output)
         self._finishing += 1  # its slot is free (see `_free`)
         self._finishing_output += running.finishing_output
         self._slot_released()
-        # Storable first: the redactor then walks a result of bounded depth.
-        outcome = redactor.outcome(storable_outcome(outcome))
+        # Storable first: the redactor then walks a result of bounded depth. Its end time is
+        # now, however long its remaining output and its outcome take to be written.
+        outcome = dataclasses.replace(redactor.outcome(storable_outcome(outcome)), ended=ended)
         if outcome.output_truncated:
             log.info(
                 "output truncated: only the first %d bytes are kept",
@@ -626,8 +628,6 @@ class WorkerPool:
         if not running.released:
             # Outcomes that end together are written together, by the finisher.
             done: asyncio.Future[Execution | None] = asyncio.get_running_loop().create_future()
-            if outcome.ended is None:
-                outcome = dataclasses.replace(outcome, ended=time.monotonic())
             self._finished.append((claimed, outcome, done))
             self._outcomes_waiting.set()
             ended = await done

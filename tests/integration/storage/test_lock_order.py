@@ -135,6 +135,29 @@ async def test_finishing_locks_in_primary_key_order_whatever_the_order_runs_ende
     assert {e.state if e else None for e in ended} == {ExecutionState.SUCCEEDED}
 
 
+async def test_a_finish_ends_the_version_a_renewal_committed_while_it_waited_for_the_row(
+    store: SqlStore, url: str, blocker: psycopg.Connection
+) -> None:
+    # A lease renewal (the replica's own, on another connection) that commits while a finish
+    # waits for the row leaves a newer version of it: the finish ends that one, not none.
+    claimed = await three_running(store, url)
+    middle = claimed[1].execution.id
+    blocker.execute(
+        "UPDATE executions SET lease_expires_at = lease_expires_at + interval '1 minute' WHERE id = %s",
+        (middle,),
+    )
+    outcome = RunOutcome(ExecutionState.SUCCEEDED, exit_code=0)
+    task = asyncio.ensure_future(store.finish_executions([(c, outcome) for c in claimed], WORKER, plan_retry))
+    try:
+        await asyncio.to_thread(wait_for, lambda: waiting_for_a_lock(url), BOUND, "the finish to wait")
+    finally:
+        blocker.commit()
+    async with asyncio.timeout(BOUND):
+        ended = await task
+    assert [e.state if e else None for e in ended] == [ExecutionState.SUCCEEDED] * 3
+    assert (await store.get_execution(NS, middle)).state is ExecutionState.SUCCEEDED
+
+
 async def test_releasing_locks_in_primary_key_order(
     store: SqlStore, url: str, blocker: psycopg.Connection
 ) -> None:
