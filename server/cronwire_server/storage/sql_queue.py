@@ -560,6 +560,7 @@ def finish(
 ) -> Execution | None:
     execution = claimed.execution
     cancelled = outcome.state is ExecutionState.CANCELLED
+    # What this records is dated when the run ended (its outcome may have waited to be written).
     now = ended_at(outcome, now, execution.start_time)
     row = conn.execute(
         sa.update(executions)
