@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,16 @@ from tests.support import RefusingFinishes, eventually, running_pool
 
 NS = "writes"
 LINGER = 0.5
+
+
+def succeeded(store: SqlStore, *ids: str) -> Callable[[], Awaitable[bool]]:
+    """A check for `eventually`: whether every run of `ids` has SUCCEEDED."""
+
+    async def check() -> bool:
+        ran = [await store.get_execution(NS, i) for i in ids]
+        return all(e.state is ExecutionState.SUCCEEDED for e in ran)
+
+    return check
 
 
 class TimedFinishes:
@@ -43,12 +54,7 @@ async def test_the_outcomes_of_runs_ending_one_after_another_are_written_togethe
     async with running_pool(store, slots=1):
         # One run at a time: each ends before the next is queued.
         ids = [(await store.run_job(NS, "noop", {})).id for _ in range(6)]
-
-        async def all_succeeded() -> bool:
-            ran = [await store.get_execution(NS, i) for i in ids]
-            return all(e.state is ExecutionState.SUCCEEDED for e in ran)
-
-        await eventually(all_succeeded, 15, "every run to succeed")
+        await eventually(succeeded(store, *ids), 15, "every run to succeed")
     began = [at for at, _ in finishes.writes]
     assert sum(size for _, size in finishes.writes) == 6
     assert len(began) < 6  # some outcomes waited for the next write, and went with others
@@ -63,11 +69,7 @@ async def test_an_outcome_after_a_quiet_spell_is_written_at_once(
     await store.create_job(Job(namespace=NS, id="noop", executor="noop", parameters={}))
     async with running_pool(store, slots=1):
         execution = await store.run_job(NS, "noop", {})
-
-        async def succeeded() -> bool:
-            return (await store.get_execution(NS, execution.id)).state is ExecutionState.SUCCEEDED
-
-        await eventually(succeeded, 15, "the run's outcome to be written")
+        await eventually(succeeded(store, execution.id), 15, "the run's outcome to be written")
 
 
 async def test_a_run_s_end_time_is_when_it_ended_not_when_its_outcome_was_written(
@@ -86,11 +88,7 @@ async def test_a_run_s_end_time_is_when_it_ended_not_when_its_outcome_was_writte
 
         await eventually(held_a_second, 15, "a second of the database's clock")
         finishes.open.set()
-
-        async def succeeded() -> bool:
-            return (await store.get_execution(NS, execution.id)).state is ExecutionState.SUCCEEDED
-
-        await eventually(succeeded, 15, "the run's outcome to be written")
+        await eventually(succeeded(store, execution.id), 15, "the run's outcome to be written")
     ended = await store.get_execution(NS, execution.id)
     assert ended.start_time is not None
     assert ended.end_time is not None
