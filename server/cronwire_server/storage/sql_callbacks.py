@@ -91,7 +91,7 @@ def claim_callbacks(conn: Connection, limit: int, now: datetime) -> list[tuple[E
             )
             .order_by(executions.c.callback_next_time)
             .limit(limit),
-            conn,
+            conn.dialect.name,
             executions,
         )
     ).all()

@@ -10,6 +10,7 @@ in, not decided here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -82,32 +83,16 @@ def _insert_ignoring_duplicate_ticks(conn: Connection, rows: list[dict[str, Any]
 def dispatch(
     conn: Connection, planner: Planner, limit: int, start: StartNow | None, now: datetime
 ) -> DispatchResult:
-    unpaused = schedules.c.paused.is_(False)
-    due_now = schedules.c.next_fire_time <= now
-    query = sa.select(schedules).where(unpaused).order_by(schedules.c.next_fire_time)
-    if start is not None:
-        # The jobs come with the schedules: a run started at once needs its job, and whether
-        # its start needs an admission decision (then it is queued as usual).
-        query = query.add_columns(*(c.label(label) for c, label in JOB_LABELS)).join(
-            jobs,
-            sa.and_(jobs.c.namespace == schedules.c.namespace, jobs.c.id == schedules.c.job_id),
-            isouter=True,
-        )
     horizon = now
-    if start is not None and start.ahead_count + start.quick_count > 0:
-        # Ticks due within the pool's look-ahead are taken too (see `StartNow`), those of jobs
-        # it may start without an admission decision, and no more than its room for them: each
-        # schedule read costs its decoding.
+    ahead = start is not None and start.ahead_count + start.quick_count > 0
+    if ahead:
+        assert start is not None
         horizon = now + start.ahead
-        may_start = sa.and_(jobs.c.max_concurrency == 0, jobs.c.executor != REMOTE)
-        # The horizon bounds every row, outside the OR: PostgreSQL reads the index up to a bound
-        # only there, and read every schedule's entry when it sat inside.
-        query = query.where(schedules.c.next_fire_time <= horizon, sa.or_(due_now, may_start)).limit(
-            _due_now_and(sa.and_(unpaused, due_now), start.ahead_count + start.quick_count, limit)
-        )
-    else:
-        query = query.where(due_now).limit(limit)
-    due = conn.execute(locked(query, conn, schedules)).all()
+    query = _due_query(conn.dialect.name, start is not None, ahead)
+    params: dict[str, Any] = {"now": now, "horizon": horizon, "limit": limit}
+    if start is not None:
+        params["room"] = start.ahead_count + start.quick_count
+    due = conn.execute(query, params).all()
     reach = horizon if horizon > now else None
     if not due:
         return DispatchResult(0, 0, 0, more=False, reach=reach)
@@ -118,7 +103,11 @@ def dispatch(
     cancel: list[tuple[str, str]] = []
     to_start: dict[int, Job] = {}  # id() of a row -> its job
     slotless: set[int] = set()  # id() of those that take no slot until they get one (quick jobs')
-    decoded: dict[tuple[str, str], Job] = {}  # the jobs of the runs started, by (namespace, id)
+    # The jobs of the runs started, by (namespace, id): each decoded once, from its row.
+    job_rows = {
+        (r.namespace, r.job_id): r._mapping for r in due if start is not None and r._mapping[_JOB_READ]
+    }
+    decoded: dict[tuple[str, str], Job] = {}
     room = start.count if start is not None else 0
     ahead_room = start.ahead_count if start is not None else 0
     quick_room = start.quick_count if start is not None else 0
@@ -172,8 +161,10 @@ def dispatch(
             assert start is not None
             job_key = (schedule.namespace, schedule.job_id)
             job = decoded.get(job_key)
-            if job is None:  # read once per batch with every schedule of it: decoded once
-                job = decoded[job_key] = job_from_record({c.name: values[label] for c, label in JOB_LABELS})
+            if job is None:
+                job_values = job_rows[job_key]
+                job = job_from_record({c.name: job_values[label] for c, label in JOB_LABELS})
+                decoded[job_key] = job
             for row in chosen:
                 to_start[id(row)] = job
                 # A tick taken ahead starts at its due time, by the pool's timer. One due now
@@ -234,14 +225,83 @@ def dispatch(
     )
 
 
-def _due_now_and(due_now: sa.ColumnElement[bool], ahead: int, limit: int) -> sa.ColumnElement[int]:
-    """A LIMIT for the schedules `due_now` and `ahead` more, at most `limit` in all: a pool takes
+@functools.cache
+def _due_query(dialect: str, fused: bool, ahead: bool) -> sa.Select[Any]:
+    """The due schedules of a dispatch batch on the `dialect` named, locked, in due order: those
+    due by `:now`, at most `:limit`. With `fused`, each with its job (`_with_jobs`); with `ahead`,
+    also those due by `:horizon` whose runs may start without an admission decision, at most
+    `:room` more. Built once for each shape: building it cost a small batch more than its plans."""
+    unpaused = schedules.c.paused.is_(False)
+    due_now = schedules.c.next_fire_time <= sa.bindparam("now")
+    limit = sa.bindparam("limit", type_=sa.Integer())
+    query = sa.select(schedules).where(unpaused).order_by(schedules.c.next_fire_time)
+    if fused:
+        # With each schedule, whether its runs need an admission decision (then they are queued
+        # as usual); its job comes with the batch's first schedule of it (`_with_jobs`).
+        query = query.add_columns(*(c.label(label) for c, label in _JOB_FLAGS)).join(
+            jobs,
+            sa.and_(jobs.c.namespace == schedules.c.namespace, jobs.c.id == schedules.c.job_id),
+            isouter=True,
+        )
+    if ahead:
+        # Ticks due within the pool's look-ahead are taken too (see `StartNow`), those of jobs
+        # it may start without an admission decision, and no more than its room for them: each
+        # schedule read costs its decoding.
+        may_start = sa.and_(jobs.c.max_concurrency == 0, jobs.c.executor != REMOTE)
+        # The horizon bounds every row, outside the OR: PostgreSQL reads the index up to a bound
+        # only there, and read every schedule's entry when it sat inside.
+        horizon = schedules.c.next_fire_time <= sa.bindparam("horizon")
+        query = query.where(horizon, sa.or_(due_now, may_start)).limit(
+            _due_now_and(sa.and_(unpaused, due_now), limit)
+        )
+    else:
+        query = query.where(due_now).limit(limit)
+    query = locked(query, dialect, schedules)
+    return _with_jobs(query) if fused else query
+
+
+# What each due schedule's row tells of its job: whether a run of it may start at once.
+_JOB_FLAGS = [(c, label) for c, label in JOB_LABELS if c.name in ("max_concurrency", "executor")]
+# Whether a row carries its job's columns: the batch's first schedule of the job does.
+_JOB_READ = f"{JOB_PREFIX}read"
+
+
+def _with_jobs(due: sa.Select[Any]) -> sa.Select[Any]:
+    """The due schedules' rows with their jobs' columns, only on each job's first row: a batch
+    of many schedules of one job reads and decodes the job once, not with every schedule (its
+    JSON documents are most of a row's decoding). The window is outside the locking SELECT,
+    where PostgreSQL allows it."""
+    # Short names: the statement is near the length psycopg caches the parsing of (`compact`).
+    locked_rows = due.subquery("l")
+    first = sa.func.row_number().over(
+        partition_by=(locked_rows.c.namespace, locked_rows.c.job_id),
+        order_by=(locked_rows.c.next_fire_time, locked_rows.c.id),
+    )
+    rows = sa.select(locked_rows, (first == 1).label("first_of_job")).subquery("d")
+    flags = {label for _, label in _JOB_FLAGS}
+    return (
+        sa.select(
+            *(c for c in rows.c if c.name != "first_of_job"),
+            jobs.c.id.is_not(None).label(_JOB_READ),
+            *(c.label(label) for c, label in JOB_LABELS if label not in flags),
+        )
+        .join(
+            jobs,
+            sa.and_(jobs.c.namespace == rows.c.namespace, jobs.c.id == rows.c.job_id, rows.c.first_of_job),
+            isouter=True,
+        )
+        .order_by(rows.c.next_fire_time)
+    )
+
+
+def _due_now_and(due_now: sa.ColumnElement[bool], limit: sa.BindParameter[int]) -> sa.ColumnElement[int]:
+    """A LIMIT for the schedules `due_now` and `:room` more, at most `limit` in all: a pool takes
     no more ticks ahead than its room, and each schedule read costs its decoding."""
     # In due order: with a LIMIT, an estimate that many are due (a generic plan's, a third of the
     # table) still reads the index, not the whole table.
     due = sa.select(sa.literal(1)).where(due_now).order_by(schedules.c.next_fire_time).limit(limit).subquery()
     counted = sa.select(sa.func.count().label("n")).select_from(due).subquery()
-    wanted = counted.c.n + ahead
+    wanted = counted.c.n + sa.bindparam("room", type_=sa.Integer())
     return sa.select(sa.case((wanted < limit, wanted), else_=limit)).scalar_subquery()
 
 

@@ -105,9 +105,10 @@ def emit(conn: Connection, rows: list[dict[str, Any]]) -> None:
     conn.info.setdefault(PENDING_EVENTS, []).extend(rows)
 
 
-def locked(select: sa.Select[Any], conn: Connection, *tables: sa.Table) -> sa.Select[Any]:
+def locked(select: sa.Select[Any], dialect: str, *tables: sa.Table) -> sa.Select[Any]:
+    """`select` locking its rows of `tables` on the `dialect` named (a `Dialect.name`)."""
     # Replicas share the work: each skips rows another has locked. SQLite has one writer anyway.
-    if conn.dialect.name == "postgresql":
+    if dialect == "postgresql":
         return select.with_for_update(skip_locked=True, of=list(tables) or None)
     return select
 

@@ -404,7 +404,7 @@ def _candidates(conn: Connection, query: sa.Select[Any], count: int) -> list[Row
                     sa.tuple_(executions.c.namespace, executions.c.schedule_id).not_in(serial),
                 )
             )
-        rows = conn.execute(locked(batch.limit(count), conn, executions)).all()
+        rows = conn.execute(locked(batch.limit(count), conn.dialect.name, executions)).all()
         found += rows
         repeated = 0
         for row in rows:
@@ -850,7 +850,7 @@ def recover(conn: Connection, retry: RetryPlanner, limit: int, now: datetime) ->
             # Primary-key order, as every multi-row lock of executions (see `_held`).
             .order_by(executions.c.namespace, executions.c.id)
             .limit(limit),
-            conn,
+            conn.dialect.name,
             executions,
         )
     ).all()

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_network
@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
 
 from cronwire_server import dispatcher as dispatcher_module
 from cronwire_server import quick_jobs
@@ -30,7 +31,9 @@ from cronwire_server.core.model import (
     Job,
     Page,
     Schedule,
+    SkipReason,
 )
+from cronwire_server.core.planning import ScheduleActivity, TickPlan
 from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.executors.address_policy import HttpPolicy
 from cronwire_server.executors.runners import Runners
@@ -122,6 +125,49 @@ async def test_ticks_start_in_the_dispatch_while_the_pool_has_room(store: SqlSto
             assert started.start_time == execution.start_time
             assert queued.id == started.id == execution.id
             assert queued.scheduled_time == started.scheduled_time == execution.scheduled_time
+
+
+async def test_each_run_started_by_a_dispatch_runs_its_own_job(store: SqlStore) -> None:
+    # A batch reads each job once, with the first of its schedules in due order. Two jobs'
+    # schedules due in turn, the first of each planned as a skipped tick (so its job is needed
+    # only for a later schedule): every run started carries its own job, whole.
+    jobs = [
+        Job(namespace=NS, id=name, executor="noop", parameters={}, labels={"job": name}, description=name)
+        for name in ("first", "second")
+    ]
+    for job in jobs:
+        await store.create_job(job)
+    past = (await store.now()) - timedelta(seconds=1)
+    for n in range(3):
+        for m, job in enumerate(jobs):
+            await store.create_schedule(
+                Schedule(
+                    namespace=NS, id=f"{job.id}-{n}", job_id=job.id, trigger=IntervalSpec(timedelta(hours=1))
+                )
+            )
+            async with store.engine.begin() as conn:  # in turn: first-0, second-0, first-1, ...
+                due = past + timedelta(milliseconds=10 * (2 * n + m))
+                await conn.execute(
+                    sa.update(schedules).where(schedules.c.id == f"{job.id}-{n}").values(next_fire_time=due)
+                )
+    dispatcher = Dispatcher(store)
+
+    def plan(schedule: Schedule, now: datetime, activity: ScheduleActivity, until: datetime) -> TickPlan:
+        planned = dispatcher.plan(schedule, now, activity, until)
+        if schedule.id.endswith("-0"):
+            skipped = [replace(run, skip_reason=SkipReason.MISSED) for run in planned.runs]
+            return replace(planned, runs=skipped)
+        return planned
+
+    start = StartNow(worker="pool", count=10, lease=timedelta(minutes=1))
+    result = await store.dispatch_due(plan, limit=10, start=start)
+    assert result.schedules == 6
+    started = {claimed.execution.schedule_id: claimed for claimed in result.started}
+    assert sorted(started) == ["first-1", "first-2", "second-1", "second-2"]
+    for claimed in started.values():
+        job = next(j for j in jobs if j.id == claimed.execution.job_id)
+        assert claimed.job.id == job.id
+        assert (claimed.job.labels, claimed.job.description) == (job.labels, job.description)
 
 
 async def schedules_due_in(
@@ -302,7 +348,7 @@ async def test_a_pass_with_nothing_due_reads_no_schedule_whatever_its_plan(
         sent: list[tuple[str, Any]] = []
 
         def capture(_c: object, _cur: object, statement: str, parameters: Any, *_: object) -> None:
-            if statement.startswith("SELECT schedules.namespace") and "FOR UPDATE" in statement:
+            if "FOR UPDATE OF schedules" in statement:
                 sent.append((statement, parameters))
 
         start = StartNow(
@@ -329,6 +375,34 @@ async def test_a_pass_with_nothing_due_reads_no_schedule_whatever_its_plan(
                 (read,) = counted
                 driver.rollback()
             assert read == 0, f"{mode}: {read} schedules read"
+
+
+@pytest.mark.postgres
+async def test_the_statements_of_a_dispatch_are_parsed_once_by_the_driver(
+    fresh_database_url: Callable[[str], str],
+) -> None:
+    # psycopg keeps the parsing of a statement of at most MAX_CACHED_STATEMENT_LENGTH bytes and
+    # parses a longer one again at every call; a dispatch's are sent every pass.
+    async with store_and_session(fresh_database_url("postgres")) as (store, _):
+        await due_schedules(store, Job(namespace=NS, id="parsed", executor="noop", parameters={}), 3)
+        sent: list[str] = []
+
+        def capture(_c: object, _cur: object, statement: str, *_: object) -> None:
+            sent.append(statement)
+
+        start = StartNow(
+            worker="pool", count=16, lease=timedelta(minutes=1), ahead=timedelta(seconds=1), ahead_count=8
+        )
+        engine = store.engine.sync_engine
+        sa.event.listen(engine, "before_cursor_execute", capture)
+        try:
+            result = await store.dispatch_due(Dispatcher(store).plan, limit=200, start=start)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", capture)
+        assert len(result.started) == 3
+        assert any("FOR UPDATE OF schedules" in statement for statement in sent), sent
+        longest = max(sent, key=len)
+        assert len(longest) <= MAX_CACHED_STATEMENT_LENGTH, longest[:200]
 
 
 @dataclass
