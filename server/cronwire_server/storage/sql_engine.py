@@ -8,6 +8,7 @@ and this module imports none of them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -145,6 +146,27 @@ def create_queue_engine(engine: AsyncEngine, pool_size: int = 2) -> AsyncEngine:
     return queue
 
 
+# The empty documents, most of a row's JSON (arguments, labels, dependents, calendars): made
+# without a parse.
+_EMPTY_DOCUMENTS: dict[bytes | str, type[dict[str, Any]] | type[list[Any]]] = {
+    b"{}": dict,
+    b"[]": list,
+    "{}": dict,
+    "[]": list,
+}
+_DECODE = json.JSONDecoder().decode
+
+
+def json_loads(data: bytes | str) -> Any:
+    """A JSON document the driver read (PostgreSQL's are UTF-8 bytes), as `json.loads` makes it:
+    about a microsecond less for an empty object or list (a tenth of the time) and half a one
+    for any other sent as bytes (decoded first: `json.loads` would detect its encoding). Every
+    row read carries several, and the hot paths read a row per run."""
+    if len(data) == 2 and (empty := _EMPTY_DOCUMENTS.get(data)) is not None:
+        return empty()
+    return _DECODE(data.decode() if isinstance(data, bytes) else data)
+
+
 def engine_options(url: URL, pool_size: int, max_overflow: int, **connect_args: Any) -> dict[str, Any]:
     """Options of every engine on the store's database; `connect_args` go to PostgreSQL's driver."""
     options: dict[str, Any] = {
@@ -154,6 +176,7 @@ def engine_options(url: URL, pool_size: int, max_overflow: int, **connect_args: 
         "isolation_level": "AUTOCOMMIT",
         # Never in logs or error messages: parameters carry job documents and secrets.
         "hide_parameters": True,
+        "json_deserializer": json_loads,
     }
     if url.get_backend_name() != "sqlite":
         options["connect_args"] = {"application_name": "cronwire", **connect_args}

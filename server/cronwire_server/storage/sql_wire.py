@@ -29,10 +29,11 @@ import sqlalchemy as sa
 from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import set_json_loads
 from sqlalchemy.engine import make_url
 
 from cronwire_server.core.errors import StorageUnavailable
-from cronwire_server.storage.sql_engine import unavailable
+from cronwire_server.storage.sql_engine import json_loads, unavailable
 
 if TYPE_CHECKING:
     from cronwire_server.storage.sql_driver import PreparedStatement
@@ -338,6 +339,7 @@ class WireConnection:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
             except psycopg.Error as error:
                 raise unavailable(type(error).__name__) from error
+            set_json_loads(json_loads, conn)  # as the engine's connections read JSON
             self._wire = Wire(conn)
             return self._wire, True
 
