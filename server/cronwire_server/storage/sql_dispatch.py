@@ -104,9 +104,11 @@ def dispatch(
     to_start: dict[int, Job] = {}  # id() of a row -> its job
     slotless: set[int] = set()  # id() of those that take no slot until they get one (quick jobs')
     # The jobs of the runs started, by (namespace, id): each decoded once, from its row.
-    job_rows = {
-        (r.namespace, r.job_id): r._mapping for r in due if start is not None and r._mapping[_JOB_READ]
-    }
+    job_rows = (
+        {(r.namespace, r.job_id): r._mapping for r in due if r._mapping[_JOB_READ]}
+        if start is not None
+        else {}
+    )
     decoded: dict[tuple[str, str], Job] = {}
     room = start.count if start is not None else 0
     ahead_room = start.ahead_count if start is not None else 0

@@ -37,7 +37,7 @@ from cronwire_server.core.planning import ScheduleActivity, TickPlan
 from cronwire_server.dispatcher import Dispatcher
 from cronwire_server.executors.address_policy import HttpPolicy
 from cronwire_server.executors.runners import Runners
-from cronwire_server.storage.base import ExecutionFilter, StartNow
+from cronwire_server.storage.base import DispatchResult, ExecutionFilter, StartNow
 from cronwire_server.storage.sql_engine import sync_url
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from cronwire_server.storage.tables import schedules
@@ -321,6 +321,26 @@ async def test_a_run_started_by_its_dispatch_starts_after_the_run_it_saw_end(
         assert second.execution.start_time >= done.end_time
 
 
+async def dispatch_sending(store: SqlStore) -> tuple[DispatchResult, list[tuple[str, Any]]]:
+    """A pass for a pool with room that takes ticks ahead, and the statements it sent (with
+    their parameters)."""
+    sent: list[tuple[str, Any]] = []
+
+    def capture(_c: object, _cur: object, statement: str, parameters: Any, *_: object) -> None:
+        sent.append((statement, parameters))
+
+    start = StartNow(
+        worker="pool", count=16, lease=timedelta(minutes=1), ahead=timedelta(seconds=1), ahead_count=8
+    )
+    engine = store.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        result = await store.dispatch_due(Dispatcher(store).plan, limit=200, start=start)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    return result, sent
+
+
 @pytest.mark.postgres
 async def test_a_pass_with_nothing_due_reads_no_schedule_whatever_its_plan(
     fresh_database_url: Callable[[str], str],
@@ -345,23 +365,9 @@ async def test_a_pass_with_nothing_due_reads_no_schedule_whatever_its_plan(
         )
         async with store.engine.connect() as conn:
             await conn.execute(sa.text("ANALYZE schedules, jobs"))  # as autovacuum keeps them
-        sent: list[tuple[str, Any]] = []
-
-        def capture(_c: object, _cur: object, statement: str, parameters: Any, *_: object) -> None:
-            if "FOR UPDATE OF schedules" in statement:
-                sent.append((statement, parameters))
-
-        start = StartNow(
-            worker="pool", count=16, lease=timedelta(minutes=1), ahead=timedelta(seconds=1), ahead_count=8
-        )
-        engine = store.engine.sync_engine
-        sa.event.listen(engine, "before_cursor_execute", capture)
-        try:
-            result = await store.dispatch_due(Dispatcher(store).plan, limit=200, start=start)
-        finally:
-            sa.event.remove(engine, "before_cursor_execute", capture)
+        result, sent = await dispatch_sending(store)
         assert result.schedules == 0
-        ((statement, parameters),) = sent
+        ((statement, parameters),) = [(s, p) for s, p in sent if "FOR UPDATE OF schedules" in s]
         for mode in ("force_custom_plan", "force_generic_plan"):
             with reader.connect() as plain:
                 driver = plain.connection.driver_connection
@@ -385,23 +391,10 @@ async def test_the_statements_of_a_dispatch_are_parsed_once_by_the_driver(
     # parses a longer one again at every call; a dispatch's are sent every pass.
     async with store_and_session(fresh_database_url("postgres")) as (store, _):
         await due_schedules(store, Job(namespace=NS, id="parsed", executor="noop", parameters={}), 3)
-        sent: list[str] = []
-
-        def capture(_c: object, _cur: object, statement: str, *_: object) -> None:
-            sent.append(statement)
-
-        start = StartNow(
-            worker="pool", count=16, lease=timedelta(minutes=1), ahead=timedelta(seconds=1), ahead_count=8
-        )
-        engine = store.engine.sync_engine
-        sa.event.listen(engine, "before_cursor_execute", capture)
-        try:
-            result = await store.dispatch_due(Dispatcher(store).plan, limit=200, start=start)
-        finally:
-            sa.event.remove(engine, "before_cursor_execute", capture)
+        result, sent = await dispatch_sending(store)
         assert len(result.started) == 3
-        assert any("FOR UPDATE OF schedules" in statement for statement in sent), sent
-        longest = max(sent, key=len)
+        assert any("FOR UPDATE OF schedules" in statement for statement, _ in sent), sent
+        longest = max((statement for statement, _ in sent), key=len)
         assert len(longest) <= MAX_CACHED_STATEMENT_LENGTH, longest[:200]
 
 
