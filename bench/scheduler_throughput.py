@@ -149,6 +149,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(pg_stat_statements, which the PostgreSQL server must preload)",
     )
     parser.add_argument(
+        "--loop-steps",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="record every step of each cronwire server's event loop that took MS milliseconds or "
+        "more during each cronwire run, and print how many, their CPU and where they stopped "
+        "(bench/loop_steps)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="DIR",
         help="record py-spy profiles of every server during every cronwire burst and paced run into DIR",
@@ -240,6 +249,8 @@ class Run:
     wal_bytes: int | None = None
     # --statements: the statements that took PostgreSQL the most time over the same window.
     statements: list[dict[str, Any]] = field(default_factory=list)
+    # --loop-steps: the servers' event-loop steps of at least that long over the same window.
+    loop_steps: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""
 
     def cpu_pct(self) -> dict[str, float]:
@@ -313,6 +324,7 @@ class Run:
             "window_s": _round(self.window_s, 3),
             "create_schedules_per_s": _round(self.create_per_s, 1),
             "statements": self.statements,
+            "loop_steps": loop_steps_summary(self.loop_steps),
             "note": self.note,
         }
 
@@ -416,6 +428,49 @@ def profiling(args: argparse.Namespace, label: str, pids: Sequence[int]) -> Iter
             recorder.wait(30)
 
 
+# --loop-steps: bench/loop_steps/sitecustomize.py, first on the servers' path, writes the steps.
+LOOP_STEPS_DIR = Path(__file__).with_name("loop_steps")
+
+
+def loop_steps_env(args: argparse.Namespace, workdir: Path, label: str) -> dict[str, str]:
+    """The environment that has a server record its long event-loop steps (none without the flag)."""
+    if not args.loop_steps:
+        return {}
+    path = os.pathsep.join(p for p in (str(LOOP_STEPS_DIR), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        "PYTHONPATH": path,
+        "CRONWIRE_BENCH_LOOP_STEPS": str(workdir / f"loop-steps-{label}"),
+        "CRONWIRE_BENCH_LOOP_STEPS_MS": str(args.loop_steps),
+    }
+
+
+def read_loop_steps(workdir: Path, label: str, pids: Sequence[int], run: Run) -> list[dict[str, Any]]:
+    """The steps the servers `pids` recorded over the run's measured window (from just before
+    its fire time for `window_s`)."""
+    start = run.fire_at - 0.3
+    steps = []
+    for pid in pids:
+        path = workdir / f"loop-steps-{label}.{pid}"
+        lines = path.read_text().splitlines() if path.exists() else []
+        steps += [step for step in map(json.loads, lines) if start <= step["at"] <= start + run.window_s]
+    return steps
+
+
+def loop_steps_summary(steps: Sequence[dict[str, Any]], top: int = 5) -> dict[str, Any]:
+    """How many steps, their time and CPU, and the places they stopped at most often."""
+    where: dict[str, int] = {}
+    for step in steps:
+        where[step["stopped_at"]] = where.get(step["stopped_at"], 0) + 1
+    took = sorted(step["ms"] for step in steps)
+    return {
+        "count": len(steps),
+        "median_ms": _round(percentile(took, 50), 1),
+        "max_ms": _round(max(took, default=None), 1),
+        "cpu_pct": _round(100 * sum(s["cpu_ms"] for s in steps) / sum(took), 1) if took else None,
+        "stopped_at": sorted(where.items(), key=lambda item: -item[1])[:top],
+    }
+
+
 # cronwire
 
 
@@ -515,6 +570,7 @@ def _cronwire_run(
                         with_metrics(server_argv(args, database_url), workdir, f"cronwire-{n}"),
                         workdir,
                         f"cronwire-{n}",
+                        env=loop_steps_env(args, workdir, run.label),
                     )
                 )
                 for n in range(replicas)
@@ -539,6 +595,8 @@ def _cronwire_run(
                 return run
             ports = [int(metrics_port_file(workdir, s.name).read_text()) for s in servers]
             _wait_and_measure(args, run, servers, ports, libpq_url(database_url), fire_at, last_tick)
+            if args.loop_steps:
+                run.loop_steps = read_loop_steps(workdir, run.label, [s.pid for s in servers], run)
             for server in servers:
                 if server.stop():
                     progress(f"{server.name} exited uncleanly on SIGTERM\n{server.log_tail()}")
@@ -905,6 +963,17 @@ def print_report(
             f"{_cell(run.wal_kib_per_run(), '.2f'):>8}  {'; '.join(notes)}"
         )
     for run in runs:
+        if args.loop_steps and run.system == "cronwire" and run.window_s:
+            summary = loop_steps_summary(run.loop_steps)
+            print()
+            median, longest = _cell(summary["median_ms"], ".1f"), _cell(summary["max_ms"], ".1f")
+            print(
+                f"{run.label}: event-loop steps of {args.loop_steps:g} ms or more: {summary['count']}"
+                f" (median {median} ms, longest {longest}; on the CPU"
+                f" {_cell(summary['cpu_pct'], '.0f')} % of their time), stopped at:"
+            )
+            for chain, count in summary["stopped_at"]:
+                print(f"  {count:>5}  {chain[-160:]}")
         if run.statements:
             started = max(len(run.lags_ms), 1)
             print()

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -39,9 +39,16 @@ class ServerProcess:
     """
 
     def __init__(
-        self, argv: Sequence[str], workdir: Path, name: str, *, poll_interval: float = POLL_INTERVAL_S
+        self,
+        argv: Sequence[str],
+        workdir: Path,
+        name: str,
+        *,
+        poll_interval: float = POLL_INTERVAL_S,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
+        self._env = dict(env or {})  # beside (over) this process's environment
         self._poll_interval = poll_interval
         self._argv = list(argv)
         self._port_file = workdir / f"{name}.port"
@@ -71,7 +78,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 cwd=self._port_file.parent,
                 # Unbuffered, so the log tail shown on a failed start is complete.
-                env={**quiet_http(self._argv), **os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**quiet_http(self._argv), **os.environ, **self._env, "PYTHONUNBUFFERED": "1"},
             )
         try:
             self.port = self._wait_for_port(timeout)
