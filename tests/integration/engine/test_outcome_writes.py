@@ -20,6 +20,8 @@ from tests.support import RefusingFinishes, eventually, running_pool
 
 NS = "writes"
 LINGER = 0.5
+# The most a write is noted after the pool began it (`TimedFinishes`): a busy machine's pause.
+NOTED_LATE = 0.1
 
 
 def succeeded(store: SqlStore, *ids: str) -> Callable[[], Awaitable[bool]]:
@@ -58,7 +60,11 @@ async def test_the_outcomes_of_runs_ending_one_after_another_are_written_togethe
     began = [at for at, _ in finishes.writes]
     assert sum(size for _, size in finishes.writes) == 6
     assert len(began) < 6  # some outcomes waited for the next write, and went with others
-    assert all(later - earlier >= LINGER for earlier, later in itertools.pairwise(began))
+    # Noted as each write reaches the store, a moment after the pool began it: two such moments
+    # may be that much nearer than the writes' beginnings (without the linger they would be
+    # milliseconds apart).
+    gaps = [later - earlier for earlier, later in itertools.pairwise(began)]
+    assert all(gap >= LINGER - NOTED_LATE for gap in gaps), gaps
 
 
 async def test_an_outcome_after_a_quiet_spell_is_written_at_once(
