@@ -10,7 +10,6 @@ the claim's candidates and admission.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,7 +34,7 @@ from cronwire_server.storage.base import ClaimedExecution, LeaseRenewal, RetryPl
 from cronwire_server.storage.records import execution_from_row, execution_values, job_from_record
 from cronwire_server.storage.sql_callbacks import on_final, read_job, triggers
 from cronwire_server.storage.sql_driver import json_document, run_script
-from cronwire_server.storage.sql_engine import notify
+from cronwire_server.storage.sql_engine import json_loads, notify
 from cronwire_server.storage.sql_executions import (
     JOB_LABELS,
     JOB_PREFIX,
@@ -371,7 +370,7 @@ def _converted(row: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, datetime):
             row[name] = value.astimezone(UTC)
         elif isinstance(value, str) and name in _JSON_COLUMNS:
-            row[name] = json.loads(value)
+            row[name] = json_loads(value)
     return row
 
 
