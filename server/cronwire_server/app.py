@@ -50,6 +50,7 @@ from cronwire_server.api.job_service import JobService
 from cronwire_server.api.key_service import KeyService
 from cronwire_server.api.notification_service import NotificationService
 from cronwire_server.api.paging import use_secret as use_page_token_secret
+from cronwire_server.api.registration import serve_generically
 from cronwire_server.api.rpc_metrics import RpcMetricsInterceptor
 from cronwire_server.api.schedule_service import ScheduleService
 from cronwire_server.api.worker_service import WorkerService
@@ -185,10 +186,7 @@ async def create_server(settings: Settings) -> RunningServer:
     interceptors.append(RequestDecoding())
     interceptors.append(DocumentSizes(limits))
     interceptors.append(StreamCaps(limits))
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=limits.grpc_options(),
-    )
+    server = serve_generically(grpc.aio.server(interceptors=interceptors, options=limits.grpc_options()))
     stopping = asyncio.Event()
     supervisor = Supervisor(stopping)
     # This process's identity: its replica id, and the `worker` of the runs its pool starts.
