@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +38,10 @@ __all__ = ["Create", "GroupCommit", "Outcome", "commit", "create_steps"]
 # Creates per batch at most (the rest wait for the next): keeps a multi-row INSERT's parameters
 # well below what either database takes in one statement.
 MAX_BATCH = 256
+# Callers count as concurrent for CONCURRENT_FOR seconds after an item came with COMPANY
+# others pending (`GroupCommit`'s window).
+COMPANY = 3
+CONCURRENT_FOR = 1.0
 
 
 class Outcome(enum.Enum):
@@ -88,13 +93,74 @@ T = TypeVar("T", bound=Claimed)
 R = TypeVar("R")
 
 
+class _Window:
+    """When an item that finds no batch in flight waits for others (`GroupCommit`'s `window`).
+
+    While callers are concurrent (an item came while COMPANY others were pending, within
+    CONCURRENT_FOR), such an item waits up to `seconds` for others instead of going alone: a
+    busy server pays a batch's round trip once for many callers. Fewer callers do not count:
+    on a server they do not keep busy, each waiting for the others cost them more than their
+    shared statement saved (loops of GetJob, two callers: 1,087 calls/s with the wait against
+    1,451 without; three: 1,376 against 1,650; four: 1,675-1,680 against 1,613-1,679, at a
+    quarter less CPU per call). The wait ends early once as
+    many wait as the largest batch of the last CONCURRENT_FOR (a few callers each calling in a
+    loop wait for one another, not for the time), and a wait that gathered no one else ends the
+    concurrency, so a lone caller never waits twice in a row.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._concurrent_at = -math.inf
+        self._peak = 0  # the most items a batch took, since `_peak_at`
+        self._peak_at = -math.inf
+        self._gathering: asyncio.Future[None] | None = None
+
+    def open(self, now: float) -> bool:
+        return now - self._concurrent_at < CONCURRENT_FOR
+
+    def arrived(self, now: float, *, pending: int, waiting: int) -> None:
+        """An item came, with `pending` others not answered yet, `waiting` (itself included)."""
+        if pending >= COMPANY:
+            self._concurrent_at = now
+        gathering = self._gathering
+        if gathering is not None and waiting >= max(2, self._peak) and not gathering.done():
+            gathering.set_result(None)
+
+    def batched(self, now: float, size: int) -> None:
+        if size >= self._peak or now - self._peak_at > CONCURRENT_FOR:
+            self._peak, self._peak_at = size, now
+
+    def alone(self) -> None:
+        self._concurrent_at = -math.inf
+
+    async def gather(self) -> None:
+        """Until as many wait as batches took lately, or `seconds` passed."""
+        loop = asyncio.get_running_loop()
+        self._gathering = gathering = loop.create_future()
+        timer = loop.call_later(self._seconds, _release, gathering)
+        try:
+            await gathering
+        finally:
+            timer.cancel()
+            self._gathering = None
+
+
+def _release(gathering: asyncio.Future[None]) -> None:
+    if not gathering.done():
+        gathering.set_result(None)
+
+
 class GroupCommit(Generic[T, R]):
     """Runs `commit` on the items waiting, one batch at a time: it returns each item's result or
     its own error, in order; an error it raises (the database unavailable) goes to every caller
     of the batch."""
 
     def __init__(
-        self, commit: Callable[[list[T]], Awaitable[Sequence[R | Exception]]], *, lead: bool = False
+        self,
+        commit: Callable[[list[T]], Awaitable[Sequence[R | Exception]]],
+        *,
+        lead: bool = False,
+        window: float = 0.0,
     ) -> None:
         self._commit = commit
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
@@ -105,16 +171,23 @@ class GroupCommit(Generic[T, R]):
         # going away may interrupt (reads): the leader's batch is its own item alone.
         self._lead = lead
         self._leading = False
+        self._window = _Window(window) if window else None
         # Items submitted and not answered yet: waiting, or in the batch being committed.
         self.pending = 0
 
     async def submit(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
         self._waiting.append((item, future))
+        window = self._window
+        if window is not None:
+            window.arrived(loop.time(), pending=self.pending, waiting=len(self._waiting))
         self.pending += 1
         try:
             if self._draining is None and not self._leading:
-                if self._lead:
+                if window is not None and window.open(loop.time()):
+                    self._draining = asyncio.create_task(self._drain(window))
+                elif self._lead:
                     await self._commit_leading()
                 else:
                     self._draining = asyncio.create_task(self._drain())
@@ -146,6 +219,8 @@ class GroupCommit(Generic[T, R]):
         return batch
 
     async def _commit_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        if self._window is not None:
+            self._window.batched(asyncio.get_running_loop().time(), len(batch))
         try:
             results = await self._commit([item for item, _ in batch])
         except Exception as error:
@@ -161,8 +236,12 @@ class GroupCommit(Generic[T, R]):
             else:
                 future.set_result(result)
 
-    async def _drain(self) -> None:
+    async def _drain(self, window: _Window | None = None) -> None:
         try:
+            if window is not None:
+                await window.gather()
+                if len(self._waiting) == 1:
+                    window.alone()
             while self._waiting:
                 await self._commit_batch(self._next_batch())
         finally:

@@ -4,9 +4,10 @@ Services read jobs and executions on their request paths, many at once. Each rea
 round trip: a send and a wake-up of the event loop for the answer. Reads of one statement that
 arrive while another is in flight wait for it and then go together, as one prepared
 `WHERE (namespace, id) IN (SELECT unnest(...), unnest(...))`; a lone read goes at once, as the
-plain primary-key read, so nothing waits on a timer. They are sent on a connection of their own
-(`sql_wire.WireConnection`), from the event loop itself at the libpq level: no pool checkout,
-no greenlet and no cursor per read.
+plain primary-key read. While callers read concurrently, a read that finds none in flight
+waits READ_WINDOW for others: on a busy server, reads that each went alone kept it from
+batching. They are sent on a connection of their own (`sql_wire.WireConnection`), from the
+event loop itself at the libpq level: no pool checkout, no greenlet and no cursor per read.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ from cronwire_server.storage.sql_driver import PreparedStatement
 __all__ = ["BatchedKeyReads"]
 
 Row = dict[str, Any]
+
+# While reads come concurrently, a read that finds none in flight waits up to this long for
+# others (`GroupCommit`'s window). 64 GetJob calls in flight: 4,071-4,334 calls/s at 250-268 µs
+# of server CPU and 0.12-0.13 statements per call, p50 latency 14-15 ms, against 2,172-2,671
+# calls/s at 399-471 µs, 0.53-0.77 statements and 25-33 ms with each such read sent at once.
+READ_WINDOW = 0.002
 
 # The keys of a batch, unnested in step (PostgreSQL zips the two arrays).
 _KEYS = sa.select(
@@ -61,7 +68,7 @@ class BatchedKeyReads:
             select.where(sa.tuple_(table.c.namespace, table.c.id).in_(_KEYS)), dialect
         )
         self._fetch = fetch
-        self._group: GroupCommit[_Key, Row | None] = GroupCommit(self._read, lead=True)
+        self._group: GroupCommit[_Key, Row | None] = GroupCommit(self._read, lead=True, window=READ_WINDOW)
 
     async def read(self, namespace: str, id: str) -> Row | None:
         return await self._group.submit(_Key(namespace, id))

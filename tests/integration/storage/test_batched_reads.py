@@ -20,6 +20,7 @@ from cronwire_server.app import create_server
 from cronwire_server.config import Settings
 from cronwire_server.core import errors
 from cronwire_server.core.model import Job
+from cronwire_server.storage import sql_creates, sql_reads
 from cronwire_server.storage.sql_store import SqlStore, open_store
 from tests.support import eventually
 from tests.support import statements_sent as counting
@@ -59,6 +60,90 @@ async def test_reads_that_arrive_together_share_a_statement(store: SqlStore, bac
     # Two statements per kind of read on PostgreSQL: the first read goes at once, alone, and the
     # others, waiting for it, go together; one per read on SQLite, which reads in process.
     assert len(sent) == (4 if backend == "postgres" else 2 * len(wanted))
+
+
+def _pending_reads(store: SqlStore) -> int:
+    return sum(reads.pending for reads in store._key_reads.values())
+
+
+async def _in_turn(store: SqlStore, *ids: str, hold: bool) -> tuple[list[str], list[str]]:
+    """Reads of `ids`, each submitted once the one before has; the results and the reads sent.
+
+    With `hold`, a lock on the table keeps the first read in flight until every read is
+    submitted, however the machine schedules them. Without, nothing can end a read's wait for
+    others before the next is submitted: the loop runs the next one before any timer."""
+    with counting(store) as sent:
+        plain = create_async_engine(store.engine.url, poolclass=NullPool)
+        try:
+            async with plain.begin() as blocker:
+                if hold:
+                    await blocker.execute(sa.text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
+                reads = []
+                for job_id in ids:
+                    reads.append(asyncio.create_task(_get(store, NS, job_id, False)))
+                    await asyncio.sleep(0)
+                assert _pending_reads(store) == len(ids)  # none answered yet
+        finally:
+            await plain.dispose()
+        got = await asyncio.gather(*reads)
+    return got, [statement for statement in sent if "FROM jobs" in statement]
+
+
+@pytest.mark.postgres
+async def test_while_callers_are_concurrent_a_read_waits_for_others_and_a_lone_caller_stops_it(
+    fresh_database_url: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However slowly the machine runs the steps, callers stay concurrent until a lone one.
+    monkeypatch.setattr(sql_creates, "CONCURRENT_FOR", 600.0)
+    store = await open_store(fresh_database_url("postgres"))
+    try:
+        for i in range(6):
+            await store.create_job(Job(namespace=NS, id=f"j{i}", executor="noop", parameters={}))
+        # Up to three callers: the first goes at once and the others wait for it, every time.
+        for ids in (("j0", "j1"), ("j0", "j1", "j2"), ("j3", "j4"), ("j3", "j4", "j5"), ("j2", "j3")):
+            got, reads = await _in_turn(store, *ids, hold=True)
+            assert got == [f"{NS}/{job_id}/noop" for job_id in ids]
+            assert len(reads) == 2
+        # Four: the same, but callers are concurrent now.
+        got, reads = await _in_turn(store, "j0", "j1", "j2", "j3", hold=True)
+        assert got == [f"{NS}/j{i}/noop" for i in range(4)]
+        assert len(reads) == 2
+        # So the first of two waits for the second, and both go in one statement.
+        got, reads = await _in_turn(store, "j3", "nope", hold=False)
+        assert got == [f"{NS}/j3/noop", "missing"]
+        assert len(reads) == 1
+        # A read alone waits, finds no one, and ends that: the next two go as the first two did.
+        assert await _get(store, NS, "j4", False) == f"{NS}/j4/noop"
+        got, reads = await _in_turn(store, "j4", "j5", hold=True)
+        assert got == [f"{NS}/j4/noop", f"{NS}/j5/noop"]
+        assert len(reads) == 2
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_read_waiting_for_others_goes_once_as_many_wait_as_lately_read_together(
+    fresh_database_url: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A window no test could sit out: the reads must go because enough of them wait.
+    monkeypatch.setattr(sql_reads, "READ_WINDOW", 600.0)
+    monkeypatch.setattr(sql_creates, "CONCURRENT_FOR", 600.0)
+    store = await open_store(fresh_database_url("postgres"))
+    try:
+        for i in range(8):
+            await store.create_job(Job(namespace=NS, id=f"j{i}", executor="noop", parameters={}))
+        # Four: the first goes alone, the three others wait for it and go together.
+        got, reads = await _in_turn(store, "j0", "j1", "j2", "j3", hold=True)
+        assert got == [f"{NS}/j{i}/noop" for i in range(4)]
+        assert len(reads) == 2
+        # Callers are concurrent, and read three at a time lately: three reads go as soon as
+        # all three wait.
+        async with asyncio.timeout(60):
+            got, reads = await _in_turn(store, "j5", "j6", "j7", hold=False)
+        assert got == [f"{NS}/j{i}/noop" for i in (5, 6, 7)]
+        assert len(reads) == 1
+    finally:
+        await store.close()
 
 
 @pytest.mark.postgres
