@@ -171,6 +171,31 @@ def test_what_jobs_hold_renders_as_text(web: WebServer, page: Page) -> None:
     assert page.evaluate("window.__xss === undefined")
 
 
+def test_a_form_being_filled_in_is_not_redrawn_by_live_updates(web: WebServer, page: Page) -> None:
+    with Client(web.target, namespace=NS) as client:
+        client.create_job("sync", executor="shell", parameters={"argv": ["true"]})
+        client.create_schedule("hourly", job="sync", trigger=CronTrigger("0 * * * *"))
+        page.goto(f"{web.url}/jobs/{NS}/sync")
+        page.evaluate(MARK)
+        expect(page.locator("#live")).to_have_text("● live")
+        backfill = page.locator("#schedule-hourly form.backfill")
+        backfill.locator("input[name=start]").fill("2026-01-01T00:30")
+        backfill.locator("input[name=end]").fill("2026-01-01T02:30")
+        page.locator("h1").first.click()  # the visitor looks elsewhere: no field has the focus
+        # An event about the job: the page would redraw its main part, and the form with it.
+        client.wait_for_execution(client.run_job("sync").name, wait_timeout=20)
+    expect(page.locator("#live")).to_have_text(re.compile("not redrawn while a form is being filled in"))
+    expect(backfill.locator("input[name=start]")).to_have_value("2026-01-01T00:30")
+    expect(backfill.locator("input[name=end]")).to_have_value("2026-01-01T02:30")
+    assert page.evaluate(NOT_RELOADED)
+    # Sent, the form leaves the page; back on it, the page shows the run it had held back.
+    backfill.locator("button").click()
+    expect(page.locator("#preview li")).to_have_count(2)
+    page.goto(f"{web.url}/jobs/{NS}/sync")
+    expect(page.locator("#live")).to_have_text("● live")
+    expect(page.locator("#executions .execution-row")).to_have_count(1)
+
+
 def test_backfill_previews_its_ticks_and_cancel_stops_a_run(
     web: WebServer, page: Page, tmp_path: Path, screenshots: Path
 ) -> None:

@@ -15,6 +15,7 @@
   var refreshTimer = null;
   var output = null;
   var outputOffset = -1;
+  var holding = false;  // a redraw was held back for a form being filled in
 
   function context() {
     var element = document.getElementById("context");
@@ -33,13 +34,39 @@
     return active && main.contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName);
   }
 
+  // What the visitor put in a form of the page and has not sent: a redraw would lose it.
+  function unsent() {
+    var fields = main.querySelectorAll("input, textarea");
+    for (var i = 0; i < fields.length; i++) {
+      var field = fields[i];
+      var checkable = field.type === "checkbox" || field.type === "radio";
+      if (checkable ? field.checked !== field.defaultChecked : field.value !== field.defaultValue) {
+        return true;
+      }
+    }
+    var options = main.querySelectorAll("option");
+    for (var j = 0; j < options.length; j++) {
+      if (options[j].selected !== options[j].defaultSelected) { return true; }
+    }
+    return false;
+  }
+
+  function held() {
+    if (!editing() && !unsent()) { return false; }
+    // Tried again after the gap, until the form is sent or left as it was.
+    holding = true;
+    live.textContent = "● live (not redrawn while a form is being filled in)";
+    refresh();
+    return true;
+  }
+
   function refresh() {
     if (refreshTimer !== null) { return; }
     var wait = Math.max(0, lastRefresh + REFRESH_GAP_MS - Date.now());
     refreshTimer = window.setTimeout(function () {
       refreshTimer = null;
-      if (editing()) { refresh(); return; }
       lastRefresh = Date.now();
+      if (held()) { return; }
       window.fetch(window.location.href, {
         headers: { "X-Cronwire-Fragment": "1" },
         credentials: "same-origin",
@@ -48,8 +75,10 @@
         if (!response.ok) { return null; }
         return response.text();
       }).then(function (html) {
-        if (html === null) { return; }
+        // Also checked now: the visitor may have filled a form in while the page was fetched.
+        if (html === null || held()) { return; }
         main.innerHTML = html;  // rendered and escaped by the server, like the page itself
+        if (holding) { holding = false; live.textContent = "● live"; }
         followOutput();
       }).catch(function () { /* the next event tries again */ });
     }, wait);
