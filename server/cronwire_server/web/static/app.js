@@ -51,9 +51,10 @@
     return false;
   }
 
-  function held() {
+  // Whether a redraw must wait for a form being filled in; if so, the header says it and the
+  // redraw is tried again after the gap, until the form is sent or left as it was.
+  function holdBack() {
     if (!editing() && !unsent()) { return false; }
-    // Tried again after the gap, until the form is sent or left as it was.
     holding = true;
     live.textContent = "● live (not redrawn while a form is being filled in)";
     refresh();
@@ -66,7 +67,7 @@
     refreshTimer = window.setTimeout(function () {
       refreshTimer = null;
       lastRefresh = Date.now();
-      if (held()) { return; }
+      if (holdBack()) { return; }
       window.fetch(window.location.href, {
         headers: { "X-Cronwire-Fragment": "1" },
         credentials: "same-origin",
@@ -76,7 +77,7 @@
         return response.text();
       }).then(function (html) {
         // Also checked now: the visitor may have filled a form in while the page was fetched.
-        if (html === null || held()) { return; }
+        if (html === null || holdBack()) { return; }
         main.innerHTML = html;  // rendered and escaped by the server, like the page itself
         if (holding) { holding = false; live.textContent = "● live"; }
         followOutput();
