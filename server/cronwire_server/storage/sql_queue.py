@@ -631,11 +631,18 @@ def finish_many(
 
 
 # Finishing on PostgreSQL: the outcomes of a loop turn in ONE statement, their events inserted by
-# a data-modifying CTE of it, the rows locked in primary-key order (as `_held` explains) and by
-# primary key alone (`cronwire_lock_executions`, migrations 0026 and 0027). Built once: the batch travels
-# as one JSON document, so the text never changes and psycopg prepares it (and one json.dumps
-# costs the server a tenth of what dumping eleven arrays, element by element, did).
+# a data-modifying CTE of it. `cronwire_end_executions` (migration 0031) locks the rows in
+# primary-key order (as `_held` explains) and by primary key alone, then ends them by the address
+# the lock returned: the statement reads no table itself, so one plan fits every call. Built once:
+# the batch travels as one JSON document, so the text never changes and psycopg prepares it (and
+# one json.dumps costs the server a tenth of what dumping eleven arrays, element by element, did).
 _ENDED = ", ".join(f"e.{c.name}" for c in LISTED_COLUMNS)
+# The event each ended state is reported as.
+_EVENT_TYPE = (
+    "CASE e.state "
+    + " ".join(f"WHEN '{state.value}' THEN '{event.value}'" for state, event in STATE_EVENTS.items())
+    + " END"
+)
 
 
 def _finish_sql(last_change: bool) -> str:
@@ -645,34 +652,13 @@ def _finish_sql(last_change: bool) -> str:
     counting, read_counted = "", ""
     if last_change:
         counting = ", " + sql_counters.counted(
-            "ended", after="written", inserted=False, old_state=ExecutionState.RUNNING
+            "ended", after="written", inserted=False, old_state=ExecutionState.RUNNING, own_trigger=False
         )
         read_counted = " LEFT JOIN counted ON true"
     return f"""
-WITH outcome AS MATERIALIZED (
-    SELECT * FROM jsonb_to_recordset(CAST(:outcomes AS jsonb)) AS o(
-        namespace text, id text, state text, exit_code integer, http_status integer, output text,
-        output_truncated boolean, result jsonb, error text, event_type text, start_time timestamptz,
-        waited float8)
-),
-held AS MATERIALIZED (  -- locked by primary key, in its order (migration 0026 says why)
-    SELECT h.namespace, h.id
-    FROM cronwire_lock_executions(ARRAY(SELECT namespace FROM outcome), ARRAY(SELECT id FROM outcome)) AS h
-    WHERE h.worker = :worker AND h.state = '{RUNNING}'
-),
-ended AS (
-    UPDATE executions AS e
-    SET state = o.state, start_time = coalesce(o.start_time, e.start_time),
-        end_time = greatest(coalesce(o.start_time, e.start_time), now() - make_interval(secs => o.waited)),
-        exit_code = o.exit_code, http_status = o.http_status,
-        output = o.output, output_truncated = o.output_truncated, result = NULLIF(o.result, 'null'),
-        -- A cancellation's reason was recorded when it was requested: keep it.
-        error = CASE WHEN e.cancel_requested AND o.state = '{ExecutionState.CANCELLED.value}'
-                     THEN e.error ELSE o.error END,
-        lease_expires_at = NULL
-    FROM held AS h JOIN outcome AS o ON o.namespace = h.namespace AND o.id = h.id
-    WHERE e.namespace = h.namespace AND e.id = h.id
-    RETURNING {_ENDED}, o.event_type
+WITH ended AS MATERIALIZED (
+    SELECT {_ENDED}, {_EVENT_TYPE} AS event_type
+    FROM cronwire_end_executions(CAST(:outcomes AS jsonb), :worker, {str(last_change).lower()}) AS e
 ),
 written AS (
     INSERT INTO events (sequence, type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
@@ -764,7 +750,6 @@ def _outcome_document(claimed: ClaimedExecution, outcome: RunOutcome) -> dict[st
         "output_truncated": outcome.output_truncated,
         "result": outcome.result,
         "error": outcome.error,
-        "event_type": STATE_EVENTS[outcome.state].value,
         # A run taken ahead of its due time started when its timer fired (see `StartNow`).
         "start_time": execution.start_time,
         # It ended that long before the statement's now(), maybe in a batch or while the

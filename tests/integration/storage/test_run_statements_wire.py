@@ -2,11 +2,13 @@
 a finish whose connection is cut in flight fails as unavailable and is not sent again (it may
 have committed; the caller's retry finds out), and the retry, on a new connection, ends the
 runs; a numbering whose connection is cut is sent again; claims keep the queue's session
-settings on their own connection; the finish's row lock reads by primary key once the table grew."""
+settings on their own connection; the finish's row lock reads by primary key once the table grew,
+and its rows are ended by address with one plan however the table grew."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
@@ -122,18 +124,63 @@ async def test_the_finish_row_lock_reads_by_primary_key_once_the_table_has_grown
     assert read <= 2 * len(ids), f"{read} index entries read to lock {len(ids)} rows"
 
 
-async def _insert_executions(conn: AsyncConnection, first: int, last: int) -> None:
-    """Ended executions e<first>..e<last> of one job, written straight into the table."""
+async def test_a_finish_planned_once_ends_its_rows_by_address_however_the_table_grew(
+    plain: AsyncEngine,
+) -> None:
+    # The finishes' session keeps one plan (sql_engine.FINISH_SESSION_OPTIONS), made here while
+    # `executions` is small; once it has grown, ending rows still reads one index entry per row
+    # (its lock, by primary key) and finds each row by its address (migration 0031).
+    end = sa.text("SELECT count(*) FROM cronwire_end_executions(CAST(:outcomes AS jsonb), :worker, false)")
+    ids = [f"e{n}" for n in range(1, 3000, 200)]
+    outcomes = json.dumps(
+        [
+            {
+                "namespace": NS,
+                "id": i,
+                "state": "succeeded",
+                "output": "",
+                "output_truncated": False,
+                "error": "",
+                "waited": 0,
+            }
+            for i in ids
+        ]
+    )
+    async with plain.connect() as conn:
+        await conn.execute(sa.text("SET plan_cache_mode = force_generic_plan"))
+        await _insert_executions(conn, 1, 200, state="running", worker=WORKER)
+        await conn.commit()
+        for _ in range(10):
+            assert (await conn.execute(end, {"outcomes": outcomes, "worker": WORKER})).scalar_one() == 1
+            await conn.rollback()
+        await _insert_executions(conn, 201, 3000, state="running", worker=WORKER)
+        await conn.commit()
+        before = await _index_entries_read(conn)
+        ended = (await conn.execute(end, {"outcomes": outcomes, "worker": WORKER})).scalar_one()
+        read = await _index_entries_read(conn) - before
+        await conn.rollback()
+        # Only the finisher's own runs are ended.
+        assert (await conn.execute(end, {"outcomes": outcomes, "worker": "another:2:def"})).scalar_one() == 0
+        await conn.rollback()
+    assert ended == len(ids)
+    assert read <= 2 * len(ids), f"{read} index entries read to end {len(ids)} rows"
+
+
+async def _insert_executions(
+    conn: AsyncConnection, first: int, last: int, state: str = "succeeded", worker: str = ""
+) -> None:
+    """Executions e<first>..e<last> of one job (ended, unless `state` says otherwise), written
+    straight into the table."""
     await conn.execute(
         sa.text(
             "INSERT INTO executions (namespace, id, job_id, schedule_id, state, trigger, scheduled_time,"
             " due_time, create_time, attempt, first_attempt_id, parent_execution_id, output,"
             " output_truncated, cancel_requested, worker, arguments, serial, error, skip_reason)"
-            " SELECT :ns, 'e' || g, 'noop', '', 'succeeded', 'manual', now(), now(), now(), 1, '', '',"
-            " '', false, false, '', '{}', false, '', ''"
+            " SELECT :ns, 'e' || g, 'noop', '', :state, 'manual', now(), now(), now(), 1, '', '',"
+            " '', false, false, :worker, '{}', false, '', ''"
             " FROM generate_series(CAST(:first AS int), CAST(:last AS int)) AS g"
         ),
-        {"ns": NS, "first": first, "last": last},
+        {"ns": NS, "first": first, "last": last, "state": state, "worker": worker},
     )
 
 
