@@ -21,10 +21,7 @@ which fires inside it, to record nothing.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
 
@@ -35,7 +32,8 @@ depends_on: str | Sequence[str] | None = None
 
 _LOCK = "cronwire_lock_executions(text[], text[])"
 
-# 0026's function, its rows' addresses returned too, with 0027's planning at every call.
+# 0026's function, its rows' addresses returned too (as `address`, from `e.ctid`), with 0027's
+# planning at every call.
 _LOCK_FUNCTION = """
 CREATE FUNCTION cronwire_lock_executions(namespaces text[], ids text[])
 RETURNS TABLE (namespace varchar, id varchar, worker varchar, state varchar, address tid)
@@ -102,16 +100,6 @@ END $$
 """
 
 
-def _migration(name: str) -> ModuleType:
-    path = next(Path(__file__).parent.glob(f"{name}_*.py"))
-    spec = importlib.util.spec_from_file_location(f"cronwire_migration_{name}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
@@ -125,5 +113,4 @@ def downgrade() -> None:
         return
     op.execute("DROP FUNCTION cronwire_end_executions(jsonb, text, boolean)")
     op.execute(f"DROP FUNCTION {_LOCK}")
-    op.execute(_migration("0026")._FUNCTION)
-    op.execute(f"ALTER FUNCTION {_LOCK} SET plan_cache_mode = force_custom_plan")
+    op.execute(_LOCK_FUNCTION.replace(", address tid", "").replace(", e.ctid", ""))
