@@ -122,16 +122,27 @@ def reset_statements(url: str) -> bool:
 
 
 def top_statements(url: str, limit: int) -> list[dict[str, Any]]:
-    """The statements of this URL's database that took PostgreSQL the most time since the reset
-    (statements that triggers and functions ran included, so times nest)."""
+    """The statements of this URL's database that took PostgreSQL the most time since the reset,
+    running and planning (statements that triggers and functions ran included, so times nest;
+    planning is counted only where the server sets `pg_stat_statements.track_planning`)."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT calls, rows, total_exec_time, wal_bytes, regexp_replace(query, '\\s+', ' ', 'g')"
+            "SELECT calls, plans, rows, total_exec_time, total_plan_time, wal_bytes,"
+            " regexp_replace(query, '\\s+', ' ', 'g')"
             " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
-            " WHERE datname = current_database()) ORDER BY total_exec_time DESC LIMIT %s",
+            " WHERE datname = current_database())"
+            " ORDER BY total_exec_time + total_plan_time DESC LIMIT %s",
             (limit,),
         ).fetchall()
     return [
-        {"calls": calls, "rows": n, "ms": float(ms), "wal_bytes": int(wal), "query": query}
-        for calls, n, ms, wal, query in rows
+        {
+            "calls": calls,
+            "plans": plans,
+            "rows": n,
+            "ms": float(ms),
+            "plan_ms": float(plan_ms),
+            "wal_bytes": int(wal),
+            "query": query,
+        }
+        for calls, plans, n, ms, plan_ms, wal, query in rows
     ]

@@ -146,7 +146,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0,
         metavar="N",
         help="print the N statements that took PostgreSQL the most time in each cronwire run "
-        "(pg_stat_statements, which the PostgreSQL server must preload)",
+        "(pg_stat_statements, which the PostgreSQL server must preload; their planning too where it "
+        "sets pg_stat_statements.track_planning)",
     )
     parser.add_argument(
         "--loop-steps",
@@ -977,10 +978,15 @@ def print_report(
         if run.statements:
             started = max(len(run.lags_ms), 1)
             print()
-            print(f"{run.label}: the statements that took PostgreSQL the most time (per run: ms, KiB of WAL)")
+            # Planning is tracked only where the server sets pg_stat_statements.track_planning.
+            planned = any(s["plan_ms"] for s in run.statements)
+            unit = "ms running + planning (plans)" if planned else "ms running"
+            print(f"{run.label}: the statements that took PostgreSQL the most time", end="")
+            print(f" (per run: {unit}, KiB of WAL)")
             for s in run.statements:
+                planning = f" + {s['plan_ms'] / started:.3f} ({s['plans']:>5})" if planned else ""
                 print(
-                    f"  {s['calls']:>7} calls {s['rows']:>7} rows {s['ms'] / started:>7.3f} ms"
+                    f"  {s['calls']:>7} calls {s['rows']:>7} rows {s['ms'] / started:>7.3f}{planning} ms"
                     f" {s['wal_bytes'] / 1024 / started:>6.2f} KiB  {s['query'][:100]}"
                 )
     print()
