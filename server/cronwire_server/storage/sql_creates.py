@@ -115,16 +115,15 @@ class _Window:
         self._peak_at = -math.inf
         self._gathering: asyncio.Future[None] | None = None
 
-    def open(self, now: float) -> bool:
-        return now - self._concurrent_at < CONCURRENT_FOR
-
-    def arrived(self, now: float, *, pending: int, waiting: int) -> None:
-        """An item came, with `pending` others not answered yet, `waiting` (itself included)."""
+    def arrived(self, now: float, *, pending: int, waiting: int) -> bool:
+        """An item came, with `pending` others not answered yet, `waiting` (itself included):
+        whether callers are concurrent now (one finding no batch in flight then waits)."""
         if pending >= COMPANY:
             self._concurrent_at = now
         gathering = self._gathering
         if gathering is not None and waiting >= max(2, self._peak) and not gathering.done():
             gathering.set_result(None)
+        return now - self._concurrent_at < CONCURRENT_FOR
 
     def batched(self, now: float, size: int) -> None:
         if size >= self._peak or now - self._peak_at > CONCURRENT_FOR:
@@ -180,13 +179,13 @@ class GroupCommit(Generic[T, R]):
         future: asyncio.Future[R] = loop.create_future()
         self._waiting.append((item, future))
         window = self._window
-        now = loop.time() if window is not None else 0.0
-        if window is not None:
-            window.arrived(now, pending=self.pending, waiting=len(self._waiting))
+        concurrent = window is not None and window.arrived(
+            loop.time(), pending=self.pending, waiting=len(self._waiting)
+        )
         self.pending += 1
         try:
             if self._draining is None and not self._leading:
-                if window is not None and window.open(now):
+                if concurrent:
                     self._draining = asyncio.create_task(self._drain(window))
                 elif self._lead:
                     await self._commit_leading()
