@@ -76,8 +76,9 @@ CALLBACK_POLL = 1.0
 FINISH_BATCH = 256
 # A write of outcomes begins at least this long after the one before: in a steady stream of runs
 # one write then takes several (twenty at 1,000 runs/s), while an outcome after a quiet spell is
-# written at once. A write has a fixed cost (about 0.8 ms of PostgreSQL's CPU, and the server's
-# pass) that 10 ms left at a fifth of a paced run's; an outcome waits at most 20 ms for it.
+# written at once. Each write costs PostgreSQL about 0.8 ms beside its outcomes' own (and the
+# server a pass): at one write per 10 ms, a fifth of a paced run's PostgreSQL time. An outcome
+# waits at most this long for its write.
 FINISH_LINGER = 0.02
 DRAIN_STOP_WITHIN = 15.0
 BLOCKED_POLL = 1.0
