@@ -22,7 +22,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.util import await_only
 
 from cronwire_server.core.model import (
-    STATE_EVENTS,
     EventType,
     ExecutionState,
     ExecutionTrigger,
@@ -343,11 +342,10 @@ _TICK_FIELDS = {
     "worker": "text",
     "start_time": "timestamptz",
     "lease_expires_at": "timestamptz",
-    "event_type": "text",
 }
 _TICK_RECORD = ", ".join(f"{name} {kind}" for name, kind in _TICK_FIELDS.items())
 _TICK_COLUMNS = {
-    **{name: f"t.{name}" for name in _TICK_FIELDS if name != "event_type"},
+    **{name: f"t.{name}" for name in _TICK_FIELDS},
     "trigger": f"'{ExecutionTrigger.SCHEDULE.value}'",
     "attempt": "1",
     "first_attempt_id": "''",
@@ -391,7 +389,7 @@ written AS (
         SELECT '{EventType.EXECUTION_QUEUED.value}' AS type, {_QUEUED_SNAPSHOT} AS snapshot, 0 AS phase
         WHERE i.state = '{RUNNING}'
         UNION ALL
-        SELECT t.event_type, s.snapshot, 1
+        SELECT {sql_events.state_event_sql("i.state")}, s.snapshot, 1
     ) AS e
     ORDER BY t.n, e.phase
     RETURNING 1
@@ -417,13 +415,7 @@ def _insert_ticks(
 ) -> set[str]:
     """PostgreSQL: insert a dispatch's ticks with their events and advance its schedules'
     next fire times (`_INSERT_TICKS`); the ids inserted."""
-    ticks = [
-        {
-            **{name: r[name] for name in _TICK_FIELDS if name in r},
-            "event_type": STATE_EVENTS[ExecutionState(r["state"])].value,
-        }
-        for r in rows
-    ]
+    ticks = [{name: r[name] for name in _TICK_FIELDS if name in r} for r in rows]
     params: dict[str, Any] = {"ticks": json_document(ticks)}
     params["now"] = now
     params["advance_namespaces"] = [a["b_namespace"] for a in advances]

@@ -154,6 +154,13 @@ def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
         conn.execute(INSERT, rows)
 
 
+def state_event_sql(state: str) -> str:
+    """SQL: the event type an execution whose state is the SQL expression `state` is reported
+    as (`STATE_EVENTS`), for statements that write a run's events themselves."""
+    cases = " ".join(f"WHEN '{s.value}' THEN '{event.value}'" for s, event in STATE_EVENTS.items())
+    return f"CASE {state} {cases} END"
+
+
 # PostgreSQL: the statements of every run number their events as they write them, each event's
 # sequence this plus its place in the statement's order (migration 0028: the sequencer's lock,
 # held until the statement's transaction commits, so it must be that transaction's last change).

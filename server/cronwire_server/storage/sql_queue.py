@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from cronwire_server.core.model import (
-    STATE_EVENTS,
     EventType,
     Execution,
     ExecutionState,
@@ -637,12 +636,6 @@ def finish_many(
 # the batch travels as one JSON document, so the text never changes and psycopg prepares it (and
 # one json.dumps costs the server a tenth of what dumping eleven arrays, element by element, did).
 _ENDED = ", ".join(f"e.{c.name}" for c in LISTED_COLUMNS)
-# The event each ended state is reported as.
-_EVENT_TYPE = (
-    "CASE e.state "
-    + " ".join(f"WHEN '{state.value}' THEN '{event.value}'" for state, event in STATE_EVENTS.items())
-    + " END"
-)
 
 
 def _finish_sql(last_change: bool) -> str:
@@ -657,7 +650,7 @@ def _finish_sql(last_change: bool) -> str:
         read_counted = " LEFT JOIN counted ON true"
     return f"""
 WITH ended AS MATERIALIZED (
-    SELECT {_ENDED}, {_EVENT_TYPE} AS event_type
+    SELECT {_ENDED}, {sql_events.state_event_sql("e.state")} AS event_type
     FROM cronwire_end_executions(CAST(:outcomes AS jsonb), :worker, {str(last_change).lower()}) AS e
 ),
 written AS (
