@@ -325,7 +325,13 @@ def test_no_value_in_events_or_the_server_log(channel: grpc.Channel, server: Ser
     events = EventServiceStub(channel)
     history: list[str] = []
     page = event_service_pb2.ListEventsRequest(parent=PARENT, page_size=1000)
-    listed = events.ListEvents(page)
+
+    def all_listed() -> event_service_pb2.ListEventsResponse | None:
+        # An event is listed once numbered, which may follow its run's commit by a moment.
+        found = events.ListEvents(page)
+        return found if len(found.events) >= 8 else None
+
+    listed = wait_for(all_listed, 10, "the runs' events to be listed")
     history.extend(str(e) for e in listed.events)
     assert len(history) >= 8
     # A watcher that replays the same history sees it the same way.
