@@ -530,7 +530,15 @@ async def test_the_statements_of_every_run_add_their_runs_to_the_counters_themse
         )
     await store.run_job(NS, "noop", {})  # recorded for the fold, before the guard
     async with store.engine.connect() as conn:
-        await conn.execute(sa.text("UPDATE schedules SET next_fire_time = now() - interval '1 second'"))
+        # Two ticks of each schedule due, whenever this runs: a second before the anchor its
+        # interval counts from (its creation, to the second), which runs, and the anchor itself,
+        # skipped as overlapping that run. A second before now() falls on either side of it.
+        await conn.execute(
+            sa.text(
+                "UPDATE schedules"
+                " SET next_fire_time = date_trunc('second', create_time) - interval '1 second'"
+            )
+        )
         await conn.execute(
             sa.text(
                 "CREATE FUNCTION refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$"
