@@ -6,12 +6,16 @@ A job is quick once its last runs here each ended within `QUICK_RUN` and no run 
 going longer; one slower run, or one going long (a hung webhook), makes it slow again at once.
 The pace of quick runs (how long each held its slot, on average) tells how many runs taken ahead
 a slot may have waiting (`ahead_per_slot`).
+
+A job no run of which has ended here yet is untried (`untried`): the pool may take its ticks
+ahead as a quick job's while none of its runs is going long, so that a new job's first ticks
+start on time; its first runs then tell.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Mapping
 
 # A run holding its slot no longer than this gives it back well within the look-ahead.
 QUICK_RUN = 0.05
@@ -65,6 +69,10 @@ class QuickJobs:
         take (so `fewest` when they are that slow), at most `most`."""
         return max(fewest, min(most, int(fewest * QUICK_RUN / max(self._pace, 1e-6))))
 
+    def untried(self) -> Container[JobKey]:
+        """The jobs no run of which has ended in this pool, or that it has forgotten since."""
+        return _Untried(self._streaks)
+
     def any(self) -> bool:
         """Whether some job is quick, going runs aside."""
         return self._quick > 0
@@ -79,3 +87,13 @@ class QuickJobs:
             return False
         since = self._clock() - QUICK_RUN
         return all(began >= since for began in self._going.get(job, {}).values())
+
+
+class _Untried(Container[JobKey]):
+    __slots__ = ("_streaks",)
+
+    def __init__(self, streaks: Mapping[JobKey, int]) -> None:
+        self._streaks = streaks
+
+    def __contains__(self, job: object) -> bool:
+        return isinstance(job, tuple) and job not in self._streaks

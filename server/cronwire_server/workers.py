@@ -344,7 +344,9 @@ class WorkerPool:
         when due, each waits for a slot before anything else the pool would start. Only while
         some slot turns over quickly (no more slow runs going than slots), and per slot at most
         `QUICK_AHEAD_PER_SLOT` waiting, or more as quick runs have been ending sooner
-        (`QuickJobs.ahead_per_slot`), up to `QUICK_AHEAD_MOST`."""
+        (`QuickJobs.ahead_per_slot`), up to `QUICK_AHEAD_MOST`. Ticks of untried jobs (none of
+        whose runs has ended here yet) are taken ahead as quick ones' while no run is going long,
+        so that a new job's first ticks start on time too."""
         stopping = self._stopping
         if stopping is None or stopping.is_set() or self._max_running_per_namespace > 0:
             return None
@@ -352,14 +354,25 @@ class WorkerPool:
         # dispatch runs: held for it, they would wait for its end (tens of milliseconds).
         count = max(0, min(wanted, self._free() - self._waiting))
         quick = 0
-        if ahead and self._quick.any() and self._quick.slow_runs() < self._slots:
+        slow = self._quick.slow_runs() if ahead else self._slots
+        # Untried jobs' ticks only while no run is going long: a busy pool's would wait behind
+        # its runs, where another replica might start them on time.
+        untried = slow == 0
+        if ahead and slow < self._slots and (untried or self._quick.any()):
             per_slot = self._quick.ahead_per_slot(QUICK_AHEAD_PER_SLOT, QUICK_AHEAD_MOST)
             quick = max(0, per_slot * self._slots - self._waiting)
         if count <= 0 and quick <= 0:
             return None
         self._reserved += count
         return StartNow(
-            self.identity, count, self._lease, ahead, count // 2 if ahead else 0, self._quick, quick
+            self.identity,
+            count,
+            self._lease,
+            ahead,
+            count // 2 if ahead else 0,
+            self._quick,
+            quick,
+            self._quick.untried() if untried else frozenset(),
         )
 
     def adopt(

@@ -63,6 +63,25 @@ def test_a_run_going_longer_than_a_quick_one_makes_its_job_slow_until_it_ends() 
     assert jobs.slow_runs() == 0
 
 
+def test_a_job_is_untried_until_one_of_its_runs_ends_here_and_again_once_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(quick_jobs, "REMEMBERED", 1)
+    clock = Clock()
+    jobs = QuickJobs(clock)
+    assert JOB in jobs.untried()
+    jobs.began(JOB, "first")
+    assert JOB in jobs.untried()  # going, not ended
+    clock.now += QUICK_RUN * 2
+    jobs.ended(JOB, "first")  # slow: tried, and not quick
+    assert JOB not in jobs.untried()
+    assert JOB not in jobs
+    run(jobs, clock, OTHER, "other", 0.0)  # the one job remembered now
+    assert OTHER not in jobs.untried()
+    assert JOB in jobs.untried()
+    assert "not a job" not in jobs.untried()
+
+
 def test_the_least_recently_run_jobs_are_forgotten_beyond_what_is_remembered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -73,7 +73,9 @@ class StartNow:
 
     Ticks of the jobs in `quick` (their runs give their slot back at once) are taken ahead beside
     those, and due now beyond `count`, at most `quick_count` in all; they hold no slot while they
-    wait (`DispatchResult.slotless`): each takes one when due and free."""
+    wait (`DispatchResult.slotless`): each takes one when due and free. Ticks of the jobs in
+    `untried` (none of their runs has ended in the pool yet) are taken ahead as a quick job's:
+    the pool gives them while none of its runs is going long (`QuickJobs.untried`)."""
 
     worker: str
     count: int
@@ -82,6 +84,7 @@ class StartNow:
     ahead_count: int = 0
     quick: Container[tuple[str, str]] = frozenset()
     quick_count: int = 0
+    untried: Container[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)

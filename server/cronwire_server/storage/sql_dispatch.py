@@ -130,21 +130,25 @@ def dispatch(
             and values[f"{JOB_PREFIX}max_concurrency"] == 0
             and values[f"{JOB_PREFIX}executor"] != REMOTE
         )
-        # A quick job's ticks wait for their due time, or a free slot, without one (`StartNow`).
-        quick = start is not None and (schedule.namespace, schedule.job_id) in start.quick
+        # A quick job's ticks wait for their due time, or a free slot, without one (`StartNow`);
+        # so do an untried job's taken ahead, not those due now.
+        job_key = (schedule.namespace, schedule.job_id)
+        quick = start is not None and (job_key in start.quick or (ahead and job_key in start.untried))
         chosen: list[dict[str, Any]] = []
         if ahead:
-            can_take = quick_room if quick else min(room, ahead_room)
-            if not (startable and not plan.cancel_running and _all_start(ticks, can_take, horizon)):
-                # Taken ahead only when the pool starts every tick itself at its due time; anything
-                # else (a skip, a serial turn, a limit to admit by) is decided when it is due.
+            # Taken ahead only when the pool starts every tick itself at its due time; anything
+            # else (a skip, a serial turn, a limit to admit by) is decided when it is due. Without
+            # a slot while there is room for that, else in one.
+            if not startable or plan.cancel_running:
                 continue
-            chosen = ticks
-            if quick:
+            if quick and _all_start(ticks, quick_room, horizon):
                 quick_room -= len(ticks)
                 slotless.update(id(row) for row in ticks)
-            else:
+            elif _all_start(ticks, min(room, ahead_room), horizon):
                 room, ahead_room = room - len(ticks), ahead_room - len(ticks)
+            else:
+                continue
+            chosen = ticks
         elif startable:
             for row in ticks:
                 if row["state"] != QUEUED or row["serial"] or row["due_time"] > now:
@@ -160,7 +164,6 @@ def dispatch(
         rows += ticks
         if chosen:
             assert start is not None
-            job_key = (schedule.namespace, schedule.job_id)
             job = decoded.get(job_key)
             if job is None:
                 job_values = job_rows[job_key]

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
 
 from cronwire_server import dispatcher as dispatcher_module
-from cronwire_server import quick_jobs
+from cronwire_server import quick_jobs, workers
 from cronwire_server.core.model import (
     EventFilter,
     EventType,
@@ -240,10 +240,19 @@ async def test_a_tick_due_soon_is_taken_ahead_and_starts_at_its_due_time(store: 
         ]
 
 
-async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(store: SqlStore) -> None:
-    # A job with a concurrency limit needs a claim's decision when it is due; and of two plain
-    # ticks ahead, a pool with two free slots takes one (half its free slots: the rest stay for
-    # what is due now, and a run taken ahead holds its slot while it waits).
+async def tried_slow(store: SqlStore, job_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `job_id` once in the running pool, counted slow there (no run is quick): its ticks
+    taken ahead then hold a slot each, as those of a job the pool knows to be slow."""
+    monkeypatch.setattr(quick_jobs, "QUICK_RUN", 0.0)
+    await succeeded(store, (await store.run_job(NS, job_id, {})).id)
+
+
+async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job with a concurrency limit needs a claim's decision when it is due; and of two ticks
+    # ahead of a slow job, a pool with two free slots takes one (half its free slots: the rest
+    # stay for what is due now, and a run taken ahead holds its slot while it waits).
     (limited,) = await schedules_due_in(
         store,
         Job(namespace=NS, id="limited", executor="noop", parameters={}, max_concurrency=1),
@@ -256,18 +265,23 @@ async def test_only_ticks_the_pool_starts_itself_are_taken_ahead(store: SqlStore
     )
     planned = await next_fire_times(store)
     async with running_pool(store, slots=2) as pool:
+        await tried_slow(store, "plain", monkeypatch)
         assert await Dispatcher(store, pool=pool, ahead=timedelta(seconds=20)).run_once() == 1
         assert await executions_of(store, "limited") == []
-        (taken,) = await executions_of(store, "plain")
+        (taken,) = [e for e in await executions_of(store, "plain") if e.schedule_id]
         assert taken.schedule_id == plain[0]
         left = await next_fire_times(store)
         assert left[limited] == planned[limited]
         assert left[plain[1]] == planned[plain[1]]
 
 
-async def test_a_pass_reads_no_more_schedules_ahead_than_the_pool_takes(store: SqlStore) -> None:
-    # Ten ticks within the look-ahead; a pool with four free slots takes two of them ahead (half
-    # its room), so the pass reads those two schedules, not all ten (each read is decoded).
+async def test_a_pass_reads_no_more_schedules_ahead_than_the_pool_takes(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ten ticks within the look-ahead; a pool with four free slots and no room for ticks taken
+    # without a slot (those of quick or untried jobs) takes two of them ahead (half its room), so
+    # the pass reads those two schedules, not all ten (each read is decoded).
+    monkeypatch.setattr(workers, "QUICK_AHEAD_PER_SLOT", 0)
     offsets = [timedelta(seconds=2 + n / 10) for n in range(10)]
     await schedules_due_in(store, Job(namespace=NS, id="plain", executor="noop", parameters={}), offsets)
     planned: list[str] = []
@@ -526,6 +540,52 @@ async def test_a_quick_job_with_a_run_going_long_is_taken_ahead_only_as_the_slot
         await schedules_due_in(store, job, [timedelta(seconds=5)] * 4, new_job=False)
         # One slot free, half of it for ticks ahead: none.
         assert await dispatcher.run_once() == 0
+        webhook.release.set()
+        await succeeded(store, hung.id)
+
+
+async def test_ticks_of_a_job_the_pool_has_not_run_are_taken_ahead_as_a_quick_jobs(
+    store: SqlStore, webhook: Webhook
+) -> None:
+    # A new job's first ticks: a pool of one slot that has run nothing of it takes all six ahead
+    # (by the slot rule alone it would take none: half its one free slot), holding no slot while
+    # they wait; when due, they take the slot one after another, and start on time.
+    job = Job(namespace=NS, id="new", executor="http", parameters={"url": webhook.url})
+    ticks = await schedules_due_in(store, job, [timedelta(seconds=2)] * 6)
+    webhook.most = 0
+    async with running_pool(store, slots=1, runners=LOOPBACK) as pool:
+        planned = await next_fire_times(store)
+        assert await Dispatcher(store, pool=pool, ahead=timedelta(seconds=20)).run_once() == 6
+        taken = [e for e in await executions_of(store, job.id) if e.schedule_id]
+        assert sorted(e.schedule_id for e in taken) == sorted(ticks)
+        assert all(e.create_time is not None and e.create_time < e.scheduled_time for e in taken)
+        for execution in taken:
+            await succeeded(store, execution.id)
+        for execution in await executions_of(store, job.id):
+            assert execution.start_time is not None
+            assert execution.start_time >= planned[execution.schedule_id]
+    assert webhook.most == 1  # one slot: one call at a time
+
+
+async def test_a_pool_with_a_run_going_long_takes_a_new_jobs_ticks_ahead_only_as_the_slots_allow(
+    store: SqlStore, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its slots may stay taken: a job it knows nothing of could wait behind them, where another
+    # replica might start it on time.
+    monkeypatch.setattr(quick_jobs, "QUICK_RUN", 0.5)
+    hangs = await http_job(store, webhook, "hangs")
+    async with running_pool(store, slots=2, runners=LOOPBACK) as pool:
+        webhook.hold.set()
+        hung = await store.run_job(NS, hangs.id, {})
+        deadline = time.monotonic() + 20
+        while webhook.calls == 0:  # the pool has called the endpoint: the run is going
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.6)  # longer than a quick run (the condition is time itself)
+        new = Job(namespace=NS, id="new", executor="noop", parameters={})
+        await schedules_due_in(store, new, [timedelta(seconds=5)] * 4)
+        # One slot free, half of it for ticks ahead: none.
+        assert await Dispatcher(store, pool=pool, ahead=timedelta(seconds=20)).run_once() == 0
         webhook.release.set()
         await succeeded(store, hung.id)
 
