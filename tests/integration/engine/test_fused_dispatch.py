@@ -519,6 +519,20 @@ async def test_ticks_of_a_quick_job_are_taken_ahead_beyond_the_slots_and_wait_fo
         assert webhook.most == 1  # one slot: one call at a time
 
 
+async def run_going_long(store: SqlStore, webhook: Webhook, job: Job) -> Execution:
+    """A run of `job` (an http job) whose call hangs until `webhook.release` is set, once it has
+    gone on longer than a quick run (QUICK_RUN set to 0.5 s)."""
+    webhook.hold.set()
+    calls = webhook.calls
+    hung = await store.run_job(NS, job.id, {})
+    deadline = time.monotonic() + 20
+    while webhook.calls == calls:  # the pool has called the endpoint: the run is going
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.6)  # longer than a quick run (the condition is time itself)
+    return hung
+
+
 async def test_a_quick_job_with_a_run_going_long_is_taken_ahead_only_as_the_slots_allow(
     store: SqlStore, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -529,14 +543,7 @@ async def test_a_quick_job_with_a_run_going_long_is_taken_ahead_only_as_the_slot
     async with running_pool(store, slots=2, runners=LOOPBACK) as pool:
         dispatcher = Dispatcher(store, pool=pool, ahead=timedelta(seconds=20))
         await made_quick(store, job)
-        webhook.hold.set()
-        calls = webhook.calls
-        hung = await store.run_job(NS, job.id, {})
-        deadline = time.monotonic() + 20
-        while webhook.calls == calls:  # the pool has called the endpoint: the run is going
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.6)  # longer than a quick run (the condition is time itself)
+        hung = await run_going_long(store, webhook, job)
         await schedules_due_in(store, job, [timedelta(seconds=5)] * 4, new_job=False)
         # One slot free, half of it for ticks ahead: none.
         assert await dispatcher.run_once() == 0
@@ -575,13 +582,7 @@ async def test_a_pool_with_a_run_going_long_takes_a_new_jobs_ticks_ahead_only_as
     monkeypatch.setattr(quick_jobs, "QUICK_RUN", 0.5)
     hangs = await http_job(store, webhook, "hangs")
     async with running_pool(store, slots=2, runners=LOOPBACK) as pool:
-        webhook.hold.set()
-        hung = await store.run_job(NS, hangs.id, {})
-        deadline = time.monotonic() + 20
-        while webhook.calls == 0:  # the pool has called the endpoint: the run is going
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.6)  # longer than a quick run (the condition is time itself)
+        hung = await run_going_long(store, webhook, hangs)
         new = Job(namespace=NS, id="new", executor="noop", parameters={})
         await schedules_due_in(store, new, [timedelta(seconds=5)] * 4)
         # One slot free, half of it for ticks ahead: none.
