@@ -354,13 +354,15 @@ class WorkerPool:
         # dispatch runs: held for it, they would wait for its end (tens of milliseconds).
         count = max(0, min(wanted, self._free() - self._waiting))
         quick = 0
-        slow = self._quick.slow_runs() if ahead else self._slots
-        # Untried jobs' ticks only while no run is going long: a busy pool's would wait behind
-        # its runs, where another replica might start them on time.
-        untried = slow == 0
-        if ahead and slow < self._slots and (untried or self._quick.any()):
-            per_slot = self._quick.ahead_per_slot(QUICK_AHEAD_PER_SLOT, QUICK_AHEAD_MOST)
-            quick = max(0, per_slot * self._slots - self._waiting)
+        untried = False
+        if ahead:
+            slow = self._quick.slow_runs()
+            # Untried jobs' ticks only while no run is going long: a busy pool's would wait
+            # behind its runs, where another replica might start them on time.
+            untried = slow == 0
+            if slow < self._slots and (untried or self._quick.any()):
+                per_slot = self._quick.ahead_per_slot(QUICK_AHEAD_PER_SLOT, QUICK_AHEAD_MOST)
+                quick = max(0, per_slot * self._slots - self._waiting)
         if count <= 0 and quick <= 0:
             return None
         self._reserved += count
