@@ -359,9 +359,17 @@ _TICK_COLUMNS = {
     "create_time": ":now",
     "end_time": f"CASE WHEN t.state NOT IN ('{QUEUED}', '{RUNNING}') THEN CAST(:now AS timestamptz) END",
 }
+# The snapshot columns the insert leaves at their default (given so, or not given at all).
+_AT_DEFAULT = tuple(
+    key
+    for key in sql_events.SNAPSHOT_DEFAULTS
+    if _TICK_COLUMNS.get(key, sql_events.default_literal(key)) == sql_events.default_literal(key)
+)
+_SNAPSHOT = sql_events.execution_snapshot_sql("i", at_default=_AT_DEFAULT)
+# Its QUEUED event's: the start left out (a snapshot leaves out what is at its default).
 _QUEUED_SNAPSHOT = (
-    "s.snapshot || jsonb_build_object("
-    f"'state', '{QUEUED}', 'worker', '', 'start_time', NULL, 'lease_expires_at', NULL)"
+    "(s.snapshot - ARRAY['worker', 'start_time', 'lease_expires_at'])"
+    f" || jsonb_build_object('state', '{QUEUED}')"
 )
 _INSERT_TICKS = sa.text(
     compact(
@@ -387,7 +395,7 @@ written AS (
            i.schedule_id, '', :now, jsonb_build_object('execution', e.snapshot)
     FROM inserted AS i
     JOIN tick AS t ON t.id = i.id
-    CROSS JOIN LATERAL (SELECT to_jsonb(i) - 'output' AS snapshot OFFSET 0) AS s
+    CROSS JOIN LATERAL (SELECT {_SNAPSHOT} AS snapshot OFFSET 0) AS s
     CROSS JOIN LATERAL (
         SELECT '{EventType.EXECUTION_QUEUED.value}' AS type, {_QUEUED_SNAPSHOT} AS snapshot, 0 AS phase
         WHERE i.state = '{RUNNING}'

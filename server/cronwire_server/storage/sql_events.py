@@ -68,8 +68,85 @@ def schedule_row_snapshot(values: Mapping[str, Any]) -> dict[str, Any]:
     return {"schedule": _jsonable(values)}
 
 
+# An execution's event snapshot leaves out what its reader puts back: the columns its event row
+# holds itself (namespace, job, schedule; the id ends the resource name), the output (never in a
+# snapshot), and the columns still at the value a run starts with (no error, no exit code, no
+# callback...). A run's events weigh half as much on disk and in the log. Snapshots written whole
+# before read the same.
+SNAPSHOT_FROM_EVENT = ("namespace", "id", "job_id", "schedule_id")
+SNAPSHOT_DEFAULTS: dict[str, Any] = {
+    **dict.fromkeys(
+        (
+            "start_time",
+            "end_time",
+            "exit_code",
+            "http_status",
+            "result",
+            "skip_reason",
+            "lease_expires_at",
+            "callback_state",
+            "callback_http_status",
+            "callback_last_time",
+            "callback_next_time",
+        )
+    ),
+    **dict.fromkeys(
+        ("error", "worker", "first_attempt_id", "parent_execution_id", "backfill_id", "callback_error"), ""
+    ),
+    **dict.fromkeys(("output_truncated", "cancel_requested", "serial"), False),
+    **dict.fromkeys(("group_limit", "callback_attempts"), 0),
+    "attempt": 1,
+    "arguments": {},
+}
+_LEFT_OUT = frozenset(("output", *SNAPSHOT_FROM_EVENT))
+
+
+def _at_default(key: str, value: Any) -> bool:
+    default = SNAPSHOT_DEFAULTS.get(key, ...)
+    # Exact types: 0 == False and 1 == True in Python, not in the row.
+    return value is None if default is None else type(value) is type(default) and value == default
+
+
 def execution_row_snapshot(values: Mapping[Any, Any]) -> dict[str, Any]:
-    return {"execution": _jsonable({k: v for k, v in values.items() if k != "output"})}
+    kept = {k: v for k, v in values.items() if k not in _LEFT_OUT and not _at_default(k, v)}
+    return {"execution": _jsonable(kept)}
+
+
+def default_literal(key: str) -> str:
+    """SQL: the value `key` of an execution snapshot leaves out (SNAPSHOT_DEFAULTS)."""
+    default = SNAPSHOT_DEFAULTS[key]
+    if default is None:
+        return "NULL"
+    if isinstance(default, bool):
+        return str(default).lower()
+    return "'{}'::jsonb" if isinstance(default, dict) else repr(default)
+
+
+def execution_snapshot_sql(row: str, *leave_out: str, at_default: Sequence[str] = ()) -> str:
+    """SQL: the event snapshot of the execution row `row` (as `execution_row_snapshot` builds it),
+    less the columns `leave_out` (a query's own). The columns `at_default` are known to hold
+    their default (as a statement inserted them): left out without a test."""
+    fixed = ", ".join(f"'{key}'" for key in (*sorted(_LEFT_OUT), *leave_out, *at_default))
+    tested = []
+    for key in SNAPSHOT_DEFAULTS:
+        if key not in at_default:
+            literal = default_literal(key)
+            test = f"{row}.{key} IS NULL" if literal == "NULL" else f"{row}.{key} = {literal}"
+            tested.append(f"CASE WHEN {test} THEN '{key}' END")
+    return f"to_jsonb({row}) - ARRAY[{', '.join((fixed, *tested))}]"
+
+
+def _execution_values(record: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """An execution snapshot's values with what it left out put back from its event `record`."""
+    return {
+        **SNAPSHOT_DEFAULTS,
+        "namespace": record["namespace"],
+        "id": record["resource"].rsplit("/", 1)[-1],
+        "job_id": record["job_id"],
+        "schedule_id": record["schedule_id"],
+        "output": "",
+        **_times(values, EXECUTION_TIMES),
+    }
 
 
 def deadline_miss_snapshot(miss: DeadlineMiss) -> dict[str, Any]:
@@ -265,7 +342,7 @@ def event_from_row(record: Mapping[Any, Any]) -> Event:
         elif kind == "schedule":
             snapshot = schedule_from_record(_times(values, SCHEDULE_TIMES))
         else:
-            snapshot = execution_from_row({"output": "", **_times(values, EXECUTION_TIMES)})
+            snapshot = execution_from_row(_execution_values(record, values))
     return Event(
         sequence=int(record["sequence"]),
         type=EventType(record["type"]),

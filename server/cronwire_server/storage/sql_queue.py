@@ -280,7 +280,7 @@ written AS (
     SELECT {sql_events.TAKE_SEQUENCES} + row_number() OVER (ORDER BY due_time, namespace, id),
            '{EventType.EXECUTION_STARTED.value}', namespace,
            'namespaces/' || namespace || '/executions/' || id, job_id, schedule_id, '', start_time,
-           jsonb_build_object('execution', to_jsonb(started) - 'output')
+           jsonb_build_object('execution', {sql_events.execution_snapshot_sql("started")})
     FROM started
     ORDER BY due_time, namespace, id
     RETURNING 1
@@ -657,7 +657,7 @@ written AS (
     INSERT INTO events (sequence, type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
     SELECT {sequence if last_change else "NULL::bigint"}, event_type, namespace,
            'namespaces/' || namespace || '/executions/' || id, job_id, schedule_id, '', end_time,
-           jsonb_build_object('execution', to_jsonb(ended) - 'event_type')
+           jsonb_build_object('execution', {sql_events.execution_snapshot_sql("ended", "event_type")})
     FROM ended
     ORDER BY namespace, id
     RETURNING 1

@@ -287,7 +287,7 @@ w AS (
     INSERT INTO events (type, namespace, resource, job_id, schedule_id, actor, time, snapshot)
     SELECT '{EventType.EXECUTION_STARTED.value}', namespace,
            'namespaces/' || namespace || '/executions/' || id, job_id, schedule_id, '', start_time,
-           jsonb_build_object('execution', to_jsonb(s) - 'output' - '{_SESSION}')
+           jsonb_build_object('execution', {sql_events.execution_snapshot_sql("s", _SESSION)})
     FROM s ORDER BY due_time
 )
 SELECT v.restricted, v.saturated, s.{_SESSION}, {columns}, {job_columns}
