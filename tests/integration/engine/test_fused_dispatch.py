@@ -125,6 +125,12 @@ async def test_ticks_start_in_the_dispatch_while_the_pool_has_room(store: SqlSto
             assert started.start_time == execution.start_time
             assert queued.id == started.id == execution.id
             assert queued.scheduled_time == started.scheduled_time == execution.scheduled_time
+            # Whole, as read back: the run as its dispatch inserted it, then as it ended.
+            stored = await store.get_execution(NS, execution.id)
+            as_started = replace(stored, state=ExecutionState.RUNNING, end_time=None, result=None, output="")
+            assert started == as_started
+            assert queued == replace(as_started, state=ExecutionState.QUEUED, worker="", start_time=None)
+            assert own[2].snapshot == replace(stored, output="")
 
 
 async def test_each_run_started_by_a_dispatch_runs_its_own_job(store: SqlStore) -> None:
