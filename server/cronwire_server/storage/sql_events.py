@@ -145,6 +145,7 @@ def _execution_values(record: Mapping[str, Any], values: Mapping[str, Any]) -> d
         "job_id": record["job_id"],
         "schedule_id": record["schedule_id"],
         "output": "",
+        "arguments": {},  # each execution its own: not the one default object, shared
         **_times(values, EXECUTION_TIMES),
     }
 

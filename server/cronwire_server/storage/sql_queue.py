@@ -183,6 +183,10 @@ job_room AS (
 ),"""
 
 
+# Built once: an admitting claim's statement is built at every call.
+_STARTED_SNAPSHOT = sql_events.execution_snapshot_sql("started")
+
+
 def _claim_sql(*, limit: str, worker: str, lease: str, namespace_limit: str, admit: bool) -> str:
     """The claim statement; each argument but `admit` is an SQL expression (a bind parameter or a
     literal)."""
@@ -280,7 +284,7 @@ written AS (
     SELECT {sql_events.TAKE_SEQUENCES} + row_number() OVER (ORDER BY due_time, namespace, id),
            '{EventType.EXECUTION_STARTED.value}', namespace,
            'namespaces/' || namespace || '/executions/' || id, job_id, schedule_id, '', start_time,
-           jsonb_build_object('execution', {sql_events.execution_snapshot_sql("started")})
+           jsonb_build_object('execution', {_STARTED_SNAPSHOT})
     FROM started
     ORDER BY due_time, namespace, id
     RETURNING 1
