@@ -102,7 +102,9 @@ _LEFT_OUT = frozenset(("output", *SNAPSHOT_FROM_EVENT))
 
 
 def _at_default(key: str, value: Any) -> bool:
-    default = SNAPSHOT_DEFAULTS.get(key, ...)
+    if key not in SNAPSHOT_DEFAULTS:
+        return False
+    default = SNAPSHOT_DEFAULTS[key]
     # Exact types: 0 == False and 1 == True in Python, not in the row.
     return value is None if default is None else type(value) is type(default) and value == default
 
